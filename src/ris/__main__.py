@@ -1,0 +1,3 @@
+from ris.cli import main
+
+raise SystemExit(main())

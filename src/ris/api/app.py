@@ -1,0 +1,85 @@
+"""The ASGI application: routes, error handlers, a body-size guard and the engine's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ris import __version__
+from ris.api import routes_generate, routes_ops
+from ris.api.errors import HANDLERS, error_response
+from ris.config import Config
+from ris.runtime.engine import Engine
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413 before reading them into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(413, "body_too_large",
+                              f"request bodies are limited to {self.max_bytes} bytes")
+        await resp(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
+    eng = engine or Engine(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await eng.start()
+        try:
+            yield
+        finally:
+            await eng.stop()
+
+    app = FastAPI(
+        title="RIS: Resource Isolation Scheduler",
+        version=__version__,
+        description="LLM, TTS and image lanes, each in its own worker process bound to its "
+        "own resources, behind one scheduler.",
+        lifespan=lifespan,
+    )
+    app.state.engine = eng
+    for exc, handler in HANDLERS.items():
+        app.add_exception_handler(exc, handler)
+    app.include_router(routes_generate.router)
+    app.include_router(routes_ops.router)
+    app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
+    return app

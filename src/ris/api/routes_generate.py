@@ -1,0 +1,217 @@
+"""The seed's work endpoints: /api/llm/generate, /api/tts/synthesize, /api/image/generate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+
+from ris import messages as m
+from ris.api.deps import engine_of, task_or_404
+from ris.api.errors import APIError, lane_unavailable, queue_full
+from ris.api.schemas import (
+    ErrorBody,
+    ImageGenerateRequest,
+    LLMGenerateRequest,
+    LLMGenerateResponse,
+    TTSSynthesizeRequest,
+    TTSSynthesizeResponse,
+)
+from ris.runtime.engine import Engine, LaneUnavailable, TaskHandle
+from ris.scheduler import Lane, QueueFull, Task, TaskState
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (404, 413, 422, 429, 500, 503, 504)
+}
+
+
+def _submit(engine: Engine, lane: Lane, model: str, request: Any, priority: int,
+            timeout_s: float | None) -> TaskHandle:
+    try:
+        return engine.submit(lane, model, request, priority=priority, timeout_s=timeout_s)
+    except QueueFull as e:
+        raise queue_full(e) from None
+    except LaneUnavailable as e:
+        raise lane_unavailable(e) from None
+
+
+def _resolve_model(engine: Engine, lane: Lane, name: str | None) -> str:
+    try:
+        return engine.config.lane(lane).resolve_model(name)
+    except KeyError as e:
+        raise APIError(404 if name else 503, "unknown_model", str(e.args[0])) from None
+
+
+def _failure(task: Task) -> APIError:
+    code = task.error_code or "failed"
+    status = {
+        "deadline_exceeded": 504, "worker_timeout": 504, "worker_crashed": 503,
+        "cancelled": 409, "server_shutdown": 503, "unknown_voice": 422,
+        "context_length_exceeded": 422,
+    }.get(code, 500)
+    return APIError(status, code, task.error_message or "the task failed")
+
+
+async def _wait(engine: Engine, handle: TaskHandle, request: Request) -> Task:
+    """Wait for the task's end; cancel it if the client goes away first."""
+    try:
+        return await asyncio.shield(handle.done)
+    except asyncio.CancelledError:
+        engine.cancel(handle.task_id)
+        raise
+
+
+# ----- LLM -----------------------------------------------------------------------------------
+
+
+@router.post("/api/llm/generate", response_model=LLMGenerateResponse, responses=ERRORS,
+             tags=["llm"], summary="Generate text (streams server-sent events with stream=true)")
+async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    limits = engine.config.server
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(422, "invalid_request", "give exactly one of `prompt` or `messages`")
+    chars = len(body.prompt or "") + sum(len(x.content) for x in body.messages or [])
+    if chars > limits.max_prompt_chars:
+        raise APIError(413, "prompt_too_long",
+                       f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}")
+    if body.max_tokens > limits.max_new_tokens:
+        raise APIError(422, "invalid_request",
+                       f"max_tokens {body.max_tokens} is over the limit of {limits.max_new_tokens}")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
+        raise APIError(422, "invalid_request", "stop: at most 4 strings of 1 to 64 characters")
+    model = _resolve_model(engine, Lane.LLM, body.model)
+    req = m.LLMRequest(
+        prompt=body.prompt,
+        messages=tuple((x.role, x.content) for x in body.messages) if body.messages else None,
+        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+        stop=tuple(stops), seed=body.seed, ignore_eos=body.ignore_eos,
+    )
+    handle = _submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
+    if body.stream:
+        return StreamingResponse(_sse(engine, handle), media_type="text/event-stream",
+                                 headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"})
+    task = await _wait(engine, handle, request)
+    if task.state is not TaskState.SUCCEEDED:
+        raise _failure(task)
+    return _llm_body(task)
+
+
+def _llm_body(task: Task) -> dict[str, Any]:
+    r = task.result
+    return {
+        "task_id": task.id, "model": r["model"], "text": r["text"],
+        "finish_reason": r["finish_reason"],
+        "usage": {"prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                  "total_tokens": r["prompt_tokens"] + r["completion_tokens"]},
+        "timings": r["timings"],
+    }
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _sse(engine: Engine, handle: TaskHandle) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        yield _event("start", {"task_id": handle.task_id, "model": handle.model})
+        while True:
+            item = await handle.events.get()
+            if item is None:
+                break
+            if isinstance(item, m.TextDelta):
+                yield _event("token", {"text": item.text})
+        task = await handle.done
+        finished = True
+        if task.state is TaskState.SUCCEEDED:
+            yield _event("done", _llm_body(task))
+        else:
+            err = _failure(task)
+            yield _event("error", {"code": err.code, "message": err.message})
+    finally:
+        if not finished:  # the client went away mid-stream: stop spending the lane on it
+            engine.cancel(handle.task_id)
+
+
+# ----- TTS -----------------------------------------------------------------------------------
+
+
+def _pick_tts_model(engine: Engine, body: TTSSynthesizeRequest) -> str:
+    cfg = engine.config.lane(Lane.TTS)
+    if body.model is not None:
+        return _resolve_model(engine, Lane.TTS, body.model)
+    if body.voice is None:
+        return _resolve_model(engine, Lane.TTS, None)
+    infos = engine.model_infos(Lane.TTS)
+    wanted = body.voice.lower().replace("_", "-")
+    order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
+    for name in order:
+        info = infos.get(name or "")
+        if info and any(v.lower().replace("_", "-") == wanted for v in info.voices):
+            return info.name
+    if not infos:
+        raise APIError(503, "lane_unavailable", "the TTS worker is still starting",
+                       headers={"Retry-After": "5"})
+    known = sorted({v for i in infos.values() for v in i.voices[:1]} | {"en-US", "zh-CN"})
+    raise APIError(422, "unknown_voice",
+                   f"no configured TTS model speaks voice {body.voice!r}; examples: {', '.join(known)}")
+
+
+@router.post("/api/tts/synthesize", response_model=TTSSynthesizeResponse, responses={
+    **ERRORS, 200: {"content": {"audio/wav": {}}, "description": "JSON, or the WAV bytes when "
+                    "the request sends Accept: audio/wav"}}, tags=["tts"],
+    summary="Synthesize speech; the WAV is fetchable by task id")
+async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    limit = engine.config.server.max_tts_chars
+    if len(body.text) > limit:
+        raise APIError(413, "text_too_long", f"the text is {len(body.text)} characters; the limit is {limit}")
+    model = _pick_tts_model(engine, body)
+    req = m.TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
+    handle = _submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)
+    task = await _wait(engine, handle, request)
+    if task.state is not TaskState.SUCCEEDED:
+        raise _failure(task)
+    r = task.result
+    accept = request.headers.get("accept", "")
+    if "audio/wav" in accept and "application/json" not in accept:
+        return FileResponse(r["audio_path"], media_type="audio/wav", headers={
+            "X-Task-Id": task.id, "X-Duration-S": f"{r['duration_s']:.3f}",
+            "X-Sample-Rate": str(r["sample_rate"])})
+    return {
+        "task_id": task.id, "model": r["model"], "voice": r["voice"],
+        "sample_rate": r["sample_rate"], "duration_s": r["duration_s"],
+        "audio_url": f"/api/tts/audio/{task.id}", "timings": r["timings"],
+    }
+
+
+@router.get("/api/tts/audio/{task_id}", responses={**ERRORS, 200: {"content": {"audio/wav": {}}}},
+            tags=["tts"], summary="The WAV of a finished synthesis", response_class=Response)
+async def tts_audio(task_id: str, request: Request) -> Any:
+    engine = engine_of(request)
+    task = task_or_404(engine, task_id)
+    if task.lane is not Lane.TTS:
+        raise APIError(404, "not_found", f"task {task_id} is not a TTS task")
+    if task.state is not TaskState.SUCCEEDED:
+        raise APIError(409, "not_ready", f"task {task_id} is {task.state.value}, no audio")
+    return FileResponse(task.result["audio_path"], media_type="audio/wav")
+
+
+# ----- image (backend arrives with the image-lane work) --------------------------------------
+
+
+@router.post("/api/image/generate", responses=ERRORS, tags=["image"], status_code=202,
+             summary="Queue an image generation task")
+async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    if Lane.IMAGE not in engine.workers:
+        raise APIError(503, "lane_unavailable",
+                       "the image lane is disabled: no image model is configured on this server")
+    raise APIError(501, "not_implemented", "image generation is not available in this build")

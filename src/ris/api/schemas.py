@@ -1,0 +1,105 @@
+"""Request and response bodies of the seed's REST API (the OpenAPI schema is built from these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class LLMGenerateRequest(_Body):
+    prompt: str | None = Field(default=None, description="plain prompt; or give `messages`")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, max_length=256, description="chat turns; the chat template applies"
+    )
+    model: str | None = Field(default=None, description="a configured model name; default if absent")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=256, ge=1)
+    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    stream: bool = Field(default=False, description="stream tokens as server-sent events")
+    priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
+    timeout_s: float | None = Field(default=None, gt=0, le=86_400, description="deadline")
+    ignore_eos: bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timings(BaseModel):
+    queue_ms: float | None = None
+    first_output_ms: float | None = None
+    total_ms: float | None = None
+
+
+class LLMGenerateResponse(BaseModel):
+    task_id: str
+    model: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+
+
+class TTSSynthesizeRequest(_Body):
+    text: str = Field(min_length=1, description="text to speak")
+    voice: str | None = Field(default=None, description="e.g. en-US, zh-CN, or a model's voice")
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    model: str | None = Field(default=None, description="a configured TTS model; else by voice")
+    priority: int = Field(default=0, ge=-10, le=10)
+    timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+
+
+class TTSSynthesizeResponse(BaseModel):
+    task_id: str
+    model: str
+    voice: str
+    sample_rate: int
+    duration_s: float
+    audio_url: str
+    timings: Timings
+
+
+class ImageGenerateRequest(_Body):
+    prompt: str = Field(min_length=1)
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    use_turbo: bool = False
+    steps: int | None = Field(default=None, ge=1, le=150)
+
+
+class TaskInfo(BaseModel):
+    task_id: str
+    lane: str
+    state: str
+    priority: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_position: int | None
+    progress_done: int
+    progress_total: int | None
+    eta_s: float | None
+    error: dict[str, str] | None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

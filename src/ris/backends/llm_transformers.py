@@ -1,0 +1,176 @@
+"""Hugging Face causal LMs (Qwen2.5, Llama) on GPU or CPU, with a `dummy` load format.
+
+`load_format: "dummy"` builds a named architecture with random weights (as vLLM does), so the
+scheduling of a 7B-shape model can be measured without downloading weights. Its tokenizer is
+a byte-level stand-in: the text it produces is noise, the timings are real.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ris.backends import BackendContext, resolve_source
+from ris.backends._textgen import StopScanner
+from ris.backends.base import BackendError, Cancelled, LLMBackend
+from ris.config import ModelSpec
+from ris.messages import LLMOutcome, LLMRequest
+
+# Architecture shapes for the dummy load format (Qwen2 family).
+DUMMY_SHAPES: dict[str, dict[str, int]] = {
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936),
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
+}
+
+
+class ByteTokenizer:
+    """Stand-in tokenizer for dummy models: UTF-8 bytes in, printable ASCII out."""
+
+    eos_token_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1 for b in text.encode("utf-8")]
+
+    def decode_one(self, tok: int) -> bytes:
+        return bytes([32 + tok % 95])
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
+
+
+class HFTokenizer:
+    def __init__(self, path: str) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.eos_token_id = self._tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self._tok.encode(text, add_special_tokens=False)
+        return ids
+
+    def decode_one(self, tok: int) -> bytes:
+        # Byte-level BPE: convert_ids_to_tokens + the byte decoder keeps partial UTF-8 intact.
+        text: str = self._tok.decode([tok], skip_special_tokens=True)
+        return text.encode("utf-8")
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        out: str = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return out
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    if name:
+        return getattr(torch, name)  # type: ignore[no-any-return]
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+class TransformersLLM(LLMBackend):
+    def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
+        from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        torch.set_num_threads(ctx.threads)
+        # The worker sees only its own GPU (CUDA_VISIBLE_DEVICES), always as cuda:0.
+        self._device = "cuda:0" if ctx.device.startswith("cuda") else "cpu"
+        opts: dict[str, Any] = dict(spec.options)
+        dtype = _dtype(opts.pop("dtype", None), self._device)
+        self._max_ctx = int(opts.pop("max_context", 32768))
+        if spec.load_format == "dummy":
+            shape = spec.source or "qwen2.5-7b"
+            if shape not in DUMMY_SHAPES:
+                raise BackendError(
+                    "bad_model", f"dummy shape {shape!r} unknown; known: {', '.join(DUMMY_SHAPES)}"
+                )
+            cfg = Qwen2Config(max_position_embeddings=32768, rope_theta=1e6,
+                              tie_word_embeddings=False, **DUMMY_SHAPES[shape])
+            torch.manual_seed(0)
+            prev = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                with torch.device(self._device):
+                    self._model = Qwen2ForCausalLM(cfg)
+            finally:
+                torch.set_default_dtype(prev)
+            self._tok: ByteTokenizer | HFTokenizer = ByteTokenizer()
+        else:
+            path = str(resolve_source(spec.source))
+            self._model = AutoModelForCausalLM.from_pretrained(
+                path, torch_dtype=dtype, local_files_only=True, **opts
+            ).to(self._device)
+            self._tok = HFTokenizer(path)
+        self._model.eval()
+
+    def _sync(self) -> None:
+        if self._device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    @torch.inference_mode()
+    def generate(
+        self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled
+    ) -> LLMOutcome:
+        if req.messages is not None:
+            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in req.messages])
+        else:
+            prompt = req.prompt or ""
+        ids = self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
+        if len(ids) >= self._max_ctx:
+            raise BackendError(
+                "context_length_exceeded",
+                f"the prompt is {len(ids)} tokens; this model's context is {self._max_ctx}",
+            )
+        gen = torch.Generator(device=self._device)
+        gen.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
+        scanner = StopScanner(req.stop, emit)
+        eos = self._tok.eos_token_id
+        max_tokens = min(req.max_tokens, self._max_ctx - len(ids))
+        input_ids = torch.tensor([ids], device=self._device)
+        cache = None
+        produced, finish = 0, "length"
+        while produced < max_tokens:
+            if cancelled():
+                finish = "cancelled"
+                break
+            out = self._model(input_ids=input_ids, past_key_values=cache, use_cache=True,
+                              logits_to_keep=1)
+            cache = out.past_key_values
+            tok = self._sample(out.logits[0, -1].float(), req, gen)
+            self._sync()
+            if tok == eos and not req.ignore_eos:
+                finish = "stop"
+                break
+            produced += 1
+            scanner.feed_bytes(self._tok.decode_one(tok))
+            if scanner.stopped:
+                finish = "stop"
+                break
+            input_ids = torch.tensor([[tok]], device=self._device)
+        scanner.flush()
+        return LLMOutcome(finish_reason=finish, prompt_tokens=len(ids), completion_tokens=produced)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, req: LLMRequest, gen: torch.Generator) -> int:
+        if req.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / req.temperature, dim=-1)
+        if req.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(0) - sorted_p < req.top_p
+            sorted_p = sorted_p * keep
+            choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
+            return int(order[choice])
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    def close(self) -> None:
+        del self._model
+        if self._device.startswith("cuda"):
+            torch.cuda.empty_cache()

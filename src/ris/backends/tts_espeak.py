@@ -1,0 +1,139 @@
+"""espeak-ng 1.52 through ctypes, using the library and voice data shipped in espeakng-loader.
+
+Why not Debian's espeak-ng: 1.51 reads Chinese wrongly; 1.52 with its `cmn` voice is right,
+and the wheel needs no system package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import espeakng_loader
+
+from ris.backends import BackendContext
+from ris.backends.base import BackendError, Cancelled, TTSBackend
+from ris.config import ModelSpec
+from ris.messages import TTSOutcome, TTSRequest
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_CHARS_UTF8 = 1
+_POS_CHARACTER = 1
+_RATE = 1
+_DEFAULT_WPM = 175
+
+# Language tags people send, mapped to espeak-ng voice names where the two differ.
+_ALIASES = {
+    "zh": "cmn", "zh-cn": "cmn", "zh-hans": "cmn", "zh-sg": "cmn", "cmn-cn": "cmn",
+    "zh-hk": "yue", "zh-tw": "cmn",
+    "en": "en-us", "en-us": "en-us", "en-gb": "en-gb",
+}
+
+_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Voice(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("languages", ctypes.c_void_p),
+        ("identifier", ctypes.c_char_p),
+        ("gender", ctypes.c_ubyte),
+        ("age", ctypes.c_ubyte),
+        ("variant", ctypes.c_ubyte),
+        ("xx1", ctypes.c_ubyte),
+        ("score", ctypes.c_int),
+        ("spare", ctypes.c_void_p),
+    ]
+
+
+def _languages(ptr: int | None) -> list[str]:
+    """Decode espeak's `languages` field: (priority byte, NUL-terminated name)* then a 0 byte."""
+    out: list[str] = []
+    if not ptr:
+        return out
+    i = 0
+    while True:
+        if ctypes.c_ubyte.from_address(ptr + i).value == 0:
+            return out
+        name = ctypes.string_at(ptr + i + 1)
+        out.append(name.decode("ascii", "replace"))
+        i += 2 + len(name)
+
+
+class EspeakTTS(TTSBackend):
+    def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+            ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ]
+        rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), _INITIALIZE_DONT_EXIT
+        )
+        if rate <= 0:
+            raise BackendError("backend_unavailable", f"espeak-ng failed to initialise ({rate})")
+        self._lib = lib
+        self.sample_rate = int(rate)
+        self._known = self._list_voices()
+        preferred = ["en-US", "zh-CN"]
+        self.voices = tuple(preferred + sorted(self._known - {v.lower() for v in preferred}))
+        self._sink: Callable[[bytes], None] | None = None
+        self._stop: Cancelled | None = None
+        self._samples = 0
+        # Keep a reference: ctypes would free the trampoline while espeak still holds it.
+        self._callback = _Callback(self._on_audio)
+        lib.espeak_SetSynthCallback(self._callback)
+
+    def _list_voices(self) -> set[str]:
+        names: set[str] = set()
+        arr = self._lib.espeak_ListVoices(None)
+        i = 0
+        while arr[i]:
+            v = arr[i].contents
+            names.update(lang.lower() for lang in _languages(v.languages))
+            if v.identifier:
+                names.add(v.identifier.decode("ascii", "replace").split("/")[-1].lower())
+            i += 1
+        return names
+
+    def espeak_voice(self, voice: str | None) -> str:
+        """The espeak-ng voice name for a request's `voice`, or an error listing the choices."""
+        tag = (voice or "en-US").lower().replace("_", "-")
+        name = _ALIASES.get(tag, tag)
+        if name not in self._known:
+            raise BackendError(
+                "unknown_voice",
+                f"voice {voice!r} is not known to espeak-ng; try e.g. en-US, zh-CN, de, fr, es, ja",
+            )
+        return name
+
+    def _on_audio(self, wav: ctypes._Pointer[ctypes.c_short] | None, n: int, _events: int) -> int:
+        if wav and n > 0 and self._sink is not None:
+            self._sink(ctypes.string_at(wav, n * 2))
+            self._samples += n
+        return 1 if (self._stop is not None and self._stop()) else 0
+
+    def synthesize(
+        self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled
+    ) -> TTSOutcome:
+        name = self.espeak_voice(req.voice)
+        if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise BackendError("unknown_voice", f"espeak-ng could not select voice {name!r}")
+        wpm = max(80, min(450, round(_DEFAULT_WPM * req.speed)))
+        self._lib.espeak_SetParameter(_RATE, wpm, 0)
+        text = req.text.encode("utf-8")
+        self._sink, self._stop, self._samples = emit, cancelled, 0
+        try:
+            err = self._lib.espeak_Synth(
+                text, len(text) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+            )
+            self._lib.espeak_Synchronize()
+        finally:
+            self._sink, self._stop = None, None
+        if err != 0 and not cancelled():
+            raise BackendError("synthesis_failed", f"espeak-ng returned error {err}")
+        return TTSOutcome(sample_rate=self.sample_rate, samples=self._samples, voice=name)

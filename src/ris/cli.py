@@ -1,0 +1,126 @@
+"""The `ris` command: serve, status, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ris.config import Config, ConfigError, default_config, load_config
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("RIS_CONFIG")
+    cfg = load_config(path) if path else default_config()
+    server = cfg.server.model_copy(update={
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+    })
+    update: dict[str, Any] = {"server": server}
+    if args.data_dir:
+        update["data_dir"] = Path(args.data_dir).resolve()
+    return cfg.model_copy(update=update)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ris.api.app import create_app
+
+    cfg = _load(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # Windows: asyncio's own loop
+        loop = "asyncio"
+    app = create_app(cfg)
+    uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, loop=loop,
+                log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ris.sdk import Client, RISError
+
+    try:
+        with Client(args.url, api_key=args.api_key, timeout=10, max_retries=0) as client:
+            stats = client.stats()["lanes"]
+    except (RISError, OSError) as e:
+        print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - httpx transport errors
+        print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    head = f"{'lane':6} {'worker':9} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} " \
+           f"{'done':>6} {'failed':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
+    print(head)
+    for name, s in stats.items():
+        w = s["worker"]
+        cores = ",".join(map(str, w["cpu_affinity"] or s["cores"] or [])) or "all"
+        lat = s["latency_s"]
+        print(f"{name:6} {w['state']:9} {w['pid'] or '-':>7} {s['device']:7} {cores:9} "
+              f"{s['queue_depth']:>4}/{s['max_queue']:<4} {s['running']:>3} {s['done']:>6} "
+              f"{s['failed']:>6} {_num(lat['p50']):>7} {_num(lat['p99']):>7} "
+              f"{_num(w['cpu_percent'], 0):>5} {_fmt_bytes(w['rss_bytes']):>9}")
+        if w.get("error"):
+            print(f"       error: {w['error']}")
+    return 0
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print(cfg.model_dump_json(indent=2, exclude_defaults=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ris", description="Resource Isolation Scheduler")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in (("serve", cmd_serve, "start the service"),
+                            ("config", cmd_config, "print the effective configuration")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", help="config.json (default: $RIS_CONFIG, else built from "
+                        "this machine)")
+        sp.add_argument("--host", help="override server.host")
+        sp.add_argument("--port", type=int, help="override server.port")
+        sp.add_argument("--data-dir", help="override data_dir")
+        sp.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+        sp.set_defaults(fn=fn)
+    st = sub.add_parser("status", help="lanes, queues and resources of a running service")
+    st.add_argument("--url", default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))
+    st.add_argument("--api-key", default=os.environ.get("RIS_API_KEY"))
+    st.add_argument("--json", action="store_true", help="print the raw statistics")
+    st.set_defaults(fn=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"ris: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,71 @@
+"""Binding a worker process to its lane's resources, before any model library is imported.
+
+Order matters: thread-count variables and CUDA_VISIBLE_DEVICES are read by OpenMP, BLAS,
+onnxruntime, llama.cpp and CUDA when they load, so `apply_binding` runs first thing in the
+freshly spawned worker, and backends are imported only afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import psutil
+
+# Every pool-size knob the libraries we host read at import time.
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "TORCH_NUM_THREADS",
+    "ORT_NUM_THREADS",
+)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The resources one worker process may use."""
+
+    # CPU cores the process is pinned to; None leaves the affinity as inherited.
+    cores: tuple[int, ...] | None
+    # Size of every math library's thread pool; the lane's backend is told the same number.
+    threads: int
+    # OS priority, 0 (normal) to 19 (lowest); the image lane runs at 19 on shared cores.
+    nice: int
+    # Physical GPU index the worker sees (as cuda:0); None hides every GPU.
+    gpu: int | None
+
+    def environment(self) -> dict[str, str]:
+        env = {var: str(self.threads) for var in THREAD_ENV_VARS}
+        env["CUDA_VISIBLE_DEVICES"] = "" if self.gpu is None else str(self.gpu)
+        # Models come from packages or configured paths, never from a hub at run time.
+        env["HF_HUB_OFFLINE"] = "1"
+        env["TRANSFORMERS_OFFLINE"] = "1"
+        env["HF_DATASETS_OFFLINE"] = "1"
+        # Spinning OpenMP waits steal cycles from the lane sharing a core with us.
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        return env
+
+
+def apply_binding(binding: Binding) -> None:
+    """Bind the calling process; call before importing torch, onnxruntime or llama.cpp."""
+    os.environ.update(binding.environment())
+    proc = psutil.Process()
+    if binding.cores is not None and hasattr(proc, "cpu_affinity"):
+        proc.cpu_affinity(list(binding.cores))
+    if binding.nice:
+        if sys.platform == "win32":
+            proc.nice(psutil.IDLE_PRIORITY_CLASS if binding.nice >= 15 else
+                      psutil.BELOW_NORMAL_PRIORITY_CLASS)
+        else:
+            proc.nice(binding.nice)
+
+
+def observed_affinity() -> tuple[int, ...] | None:
+    proc = psutil.Process()
+    if not hasattr(proc, "cpu_affinity"):
+        return None
+    return tuple(sorted(proc.cpu_affinity() or []))

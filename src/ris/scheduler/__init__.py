@@ -1,0 +1,27 @@
+"""Scheduling policy: pure code with an injected clock; no processes, sockets or devices."""
+
+from ris.scheduler.queue import LaneQueue
+from ris.scheduler.scheduler import (
+    CancelOutcome,
+    LanePolicy,
+    LaneStats,
+    QueueFull,
+    Scheduler,
+    percentile,
+)
+from ris.scheduler.tasks import Lane, PriorityClass, Task, TaskSpec, TaskState
+
+__all__ = [
+    "CancelOutcome",
+    "Lane",
+    "LanePolicy",
+    "LaneQueue",
+    "LaneStats",
+    "PriorityClass",
+    "QueueFull",
+    "Scheduler",
+    "Task",
+    "TaskSpec",
+    "TaskState",
+    "percentile",
+]

@@ -1,0 +1,75 @@
+"""A bounded priority queue with aging, for one lane.
+
+Aging is built into a static sort key, so the heap never needs re-sorting:
+
+    key = submitted_at - aging_s * priority - class_boost_s * (priority class is REALTIME)
+
+A task is overtaken only by tasks that earned more boost than the time it has already waited,
+so a task of priority p waits behind later arrivals for at most (p_max - p) * aging_s seconds:
+nothing starves, and the bound is a number the config states.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ris.scheduler.tasks import PriorityClass, Task, TaskState
+
+
+class LaneQueue:
+    """Queued tasks of one lane, highest effective priority first, at most `capacity` of them."""
+
+    def __init__(self, capacity: int, aging_s: float, class_boost_s: float) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.aging_s = aging_s
+        self.class_boost_s = class_boost_s
+        self._heap: list[tuple[float, int, Task]] = []
+        # Entries are removed lazily (cancel, deadline): `_live` counts those still queued.
+        self._live = 0
+
+    def key_for(self, submitted_at: float, priority: int, pclass: PriorityClass) -> float:
+        boost = self.aging_s * priority
+        if pclass is PriorityClass.REALTIME:
+            boost += self.class_boost_s
+        return submitted_at - boost
+
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def full(self) -> bool:
+        return self._live >= self.capacity
+
+    def push(self, task: Task) -> None:
+        if self.full:
+            raise OverflowError("lane queue is full")
+        heapq.heappush(self._heap, (task.sort_key, task.seq, task))
+        self._live += 1
+
+    def discard(self, task: Task) -> None:
+        """Forget a task that left the QUEUED state without being popped (cancel, deadline)."""
+        self._live -= 1
+        self._drop_dead_head()
+
+    def pop(self) -> Task | None:
+        self._drop_dead_head()
+        if not self._heap:
+            return None
+        _, _, task = heapq.heappop(self._heap)
+        self._live -= 1
+        self._drop_dead_head()
+        return task
+
+    def peek(self) -> Task | None:
+        self._drop_dead_head()
+        return self._heap[0][2] if self._heap else None
+
+    def ordered(self) -> list[Task]:
+        """Live tasks in the order they would run (O(n log n); for listings and positions)."""
+        return [t for _, _, t in sorted(self._heap) if t.state is TaskState.QUEUED]
+
+    def _drop_dead_head(self) -> None:
+        while self._heap and self._heap[0][2].state is not TaskState.QUEUED:
+            heapq.heappop(self._heap)

@@ -1,0 +1,335 @@
+"""The scheduler: admission, ordering, dispatch, cancellation and deadlines, with no I/O.
+
+The runtime drives it, as vLLM's engine drives its scheduler:
+
+    task = sched.submit(spec)            # or QueueFull -> HTTP 429 with Retry-After
+    for task in sched.dispatch(): ...    # start these on their lane's worker
+    sched.progress(id, done, total)      # as the worker reports
+    sched.finish(id, TaskState.SUCCEEDED, result=...)
+    sched.cancel(id)                     # queued: gone now; running: the runtime interrupts it
+    sched.expire()                       # deadlines; returns running tasks to interrupt
+
+Time comes only from the injected clock, so every decision is reproducible in a unit test.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ris.scheduler.queue import LaneQueue
+from ris.scheduler.tasks import Lane, PriorityClass, Task, TaskSpec, TaskState
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class LanePolicy:
+    """How one lane queues and admits work."""
+
+    # Queued tasks beyond this are refused (HTTP 429), never buffered without bound.
+    max_queue: int = 64
+    # Seconds of waiting that one step of `priority` is worth (see LaneQueue).
+    aging_s: float = 10.0
+    # Extra head start of REALTIME over BATCH tasks in a queue they share.
+    class_boost_s: float = 60.0
+    priority_class: PriorityClass = PriorityClass.REALTIME
+    # Finished tasks remembered for polling, per lane; older ones are forgotten first.
+    keep_finished: int = 1000
+    # Run time assumed before any task of the lane has finished (for Retry-After).
+    initial_run_estimate_s: float = 1.0
+
+
+class QueueFull(Exception):
+    """The lane's queue is at its bound; the caller should retry after `retry_after_s`."""
+
+    def __init__(self, lane: Lane, depth: int, retry_after_s: float) -> None:
+        super().__init__(f"the {lane.value} queue is full ({depth} tasks waiting)")
+        self.lane = lane
+        self.depth = depth
+        self.retry_after_s = retry_after_s
+
+
+class CancelOutcome(str, enum.Enum):
+    CANCELLED = "cancelled"  # it was queued and will never run
+    REQUESTED = "requested"  # it is running: the runtime must interrupt the worker
+    FINISHED = "finished"  # it had already finished; nothing changed
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class LaneStats:
+    lane: Lane
+    queued: int
+    running: int
+    slots: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    # Seconds from submission to finish, over the most recent finished tasks.
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    queue_wait_p50: float | None
+    run_time_mean: float | None
+
+
+def percentile(values: Iterable[float], p: float) -> float | None:
+    """Nearest-rank percentile, p in [0, 100]; None for no values."""
+    xs = sorted(values)
+    if not xs:
+        return None
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+class _LaneBook:
+    """Everything the scheduler tracks for one lane."""
+
+    def __init__(self, lane: Lane, policy: LanePolicy) -> None:
+        self.lane = lane
+        self.policy = policy
+        self.queue = LaneQueue(policy.max_queue, policy.aging_s, policy.class_boost_s)
+        self.running: dict[str, Task] = {}
+        self.slots = 0
+        self.finished: deque[str] = deque()
+        self.counts = {TaskState.SUCCEEDED: 0, TaskState.FAILED: 0, TaskState.CANCELLED: 0}
+        self.latencies: deque[float] = deque(maxlen=1000)
+        self.waits: deque[float] = deque(maxlen=1000)
+        # Exponentially weighted mean run time, for Retry-After and ETA estimates.
+        self.run_estimate = policy.initial_run_estimate_s
+
+
+class Scheduler:
+    """Per-lane bounded priority queues feeding worker slots; pure state, clock injected."""
+
+    def __init__(
+        self,
+        policies: Mapping[Lane, LanePolicy],
+        clock: Clock,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._new_id = new_id or (lambda: uuid.uuid4().hex)
+        self._lanes = {lane: _LaneBook(lane, p) for lane, p in policies.items()}
+        self._tasks: dict[str, Task] = {}
+        self._seq = itertools.count()
+        # Why a running task is being cancelled: "client" or "deadline".
+        self._cancel_reason: dict[str, str] = {}
+
+    # ----- admission -----------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec, task_id: str | None = None) -> Task:
+        book = self._book(spec.lane)
+        if book.queue.full:
+            raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
+        now = self._clock()
+        task = Task(
+            id=task_id or self._new_id(),
+            spec=spec,
+            submitted_at=now,
+            sort_key=book.queue.key_for(now, spec.priority, spec.priority_class),
+            seq=next(self._seq),
+        )
+        if task.id in self._tasks:
+            raise ValueError(f"duplicate task id {task.id!r}")
+        book.queue.push(task)
+        self._tasks[task.id] = task
+        return task
+
+    def retry_after(self, lane: Lane) -> float:
+        """Seconds until a queue slot is likely to free up: an estimate, at least one second."""
+        book = self._book(lane)
+        per_task = book.run_estimate / max(1, book.slots)
+        return max(1.0, per_task * max(1, len(book.running)))
+
+    # ----- dispatch ------------------------------------------------------------------------
+
+    def set_slots(self, lane: Lane, slots: int) -> None:
+        """How many tasks the lane's workers can run now (0 while its worker is down)."""
+        self._book(lane).slots = slots
+
+    def dispatch(self) -> list[Task]:
+        """Move tasks from queues to free worker slots; the caller starts them."""
+        started: list[Task] = []
+        now = self._clock()
+        for book in self._lanes.values():
+            while len(book.running) < book.slots:
+                task = book.queue.pop()
+                if task is None:
+                    break
+                task.state = TaskState.RUNNING
+                task.started_at = now
+                book.running[task.id] = task
+                book.waits.append(now - task.submitted_at)
+                started.append(task)
+        return started
+
+    # ----- progress and outcomes -----------------------------------------------------------
+
+    def progress(self, task_id: str, done: int, total: int | None = None) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.RUNNING:
+            return
+        task.progress_done = done
+        if total is not None:
+            task.progress_total = total
+
+    def finish(
+        self,
+        task_id: str,
+        state: TaskState,
+        *,
+        code: str | None = None,
+        message: str | None = None,
+        result: Any = None,
+    ) -> Task | None:
+        """Record a running task's outcome; ignored for tasks already finished."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state.finished:
+            return None
+        if not state.finished:
+            raise ValueError(f"finish() needs a final state, got {state.value}")
+        book = self._book(task.lane)
+        if task.state is TaskState.QUEUED:
+            task.state = state
+            book.queue.discard(task)
+        reason = self._cancel_reason.pop(task_id, None)
+        if state is TaskState.CANCELLED and reason == "deadline":
+            state, code = TaskState.FAILED, "deadline_exceeded"
+            message = "the task's deadline passed while it was running"
+        book.running.pop(task_id, None)
+        self._close(book, task, state, code, message)
+        task.result = result
+        if state is TaskState.SUCCEEDED and task.run_time is not None:
+            book.run_estimate = 0.8 * book.run_estimate + 0.2 * task.run_time
+        return task
+
+    def fail_running(self, lane: Lane, code: str, message: str) -> list[Task]:
+        """Fail every task running on a lane (its worker died or hung)."""
+        book = self._book(lane)
+        failed = list(book.running.values())
+        for task in failed:
+            self._cancel_reason.pop(task.id, None)
+            self._close(book, task, TaskState.FAILED, code, message)
+        book.running.clear()
+        return failed
+
+    # ----- cancellation and deadlines ------------------------------------------------------
+
+    def cancel(self, task_id: str) -> CancelOutcome:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return CancelOutcome.UNKNOWN
+        if task.state.finished:
+            return CancelOutcome.FINISHED
+        if task.state is TaskState.QUEUED:
+            book = self._book(task.lane)
+            self._close(book, task, TaskState.CANCELLED, "cancelled", "cancelled by the client")
+            book.queue.discard(task)
+            return CancelOutcome.CANCELLED
+        task.cancel_requested = True
+        self._cancel_reason.setdefault(task_id, "client")
+        return CancelOutcome.REQUESTED
+
+    def expire(self) -> list[Task]:
+        """Fail queued tasks past their deadline; return running ones the runtime must stop."""
+        now = self._clock()
+        to_interrupt: list[Task] = []
+        for book in self._lanes.values():
+            for task in book.queue.ordered():
+                if task.spec.deadline is not None and task.spec.deadline <= now:
+                    self._close(
+                        book, task, TaskState.FAILED, "deadline_exceeded",
+                        "the task's deadline passed before a worker was free",
+                    )
+                    book.queue.discard(task)
+            for task in book.running.values():
+                if (
+                    task.spec.deadline is not None
+                    and task.spec.deadline <= now
+                    and not task.cancel_requested
+                ):
+                    task.cancel_requested = True
+                    self._cancel_reason[task.id] = "deadline"
+                    to_interrupt.append(task)
+        return to_interrupt
+
+    # ----- queries -------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def tasks(self, lane: Lane | None = None) -> list[Task]:
+        return [t for t in self._tasks.values() if lane is None or t.lane is lane]
+
+    def position(self, task_id: str) -> int | None:
+        """0-based place in its lane's queue (0 runs next); None unless queued."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.QUEUED:
+            return None
+        return self._book(task.lane).queue.ordered().index(task)
+
+    def eta(self, task_id: str) -> float | None:
+        """Estimated seconds until the task finishes, from the lane's mean run time."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state.finished:
+            return None
+        book = self._book(task.lane)
+        est = book.run_estimate
+        if task.state is TaskState.RUNNING:
+            if task.progress_total and task.started_at is not None and task.progress_done:
+                elapsed = self._clock() - task.started_at
+                return elapsed / task.progress_done * (task.progress_total - task.progress_done)
+            return max(0.0, est - (self._clock() - (task.started_at or self._clock())))
+        ahead = (self.position(task_id) or 0) + len(book.running)
+        return est * (ahead / max(1, book.slots) + 1)
+
+    def stats(self, lane: Lane) -> LaneStats:
+        book = self._book(lane)
+        return LaneStats(
+            lane=lane,
+            queued=len(book.queue),
+            running=len(book.running),
+            slots=book.slots,
+            succeeded=book.counts[TaskState.SUCCEEDED],
+            failed=book.counts[TaskState.FAILED],
+            cancelled=book.counts[TaskState.CANCELLED],
+            latency_p50=percentile(book.latencies, 50),
+            latency_p95=percentile(book.latencies, 95),
+            latency_p99=percentile(book.latencies, 99),
+            queue_wait_p50=percentile(book.waits, 50),
+            run_time_mean=book.run_estimate,
+        )
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return list(self._lanes)
+
+    # ----- internals -----------------------------------------------------------------------
+
+    def _book(self, lane: Lane) -> _LaneBook:
+        try:
+            return self._lanes[lane]
+        except KeyError:
+            raise KeyError(f"lane {lane.value!r} is not configured") from None
+
+    def _close(
+        self, book: _LaneBook, task: Task, state: TaskState, code: str | None, message: str | None
+    ) -> None:
+        now = self._clock()
+        task.state = state
+        task.finished_at = now
+        task.error_code = code if state is not TaskState.SUCCEEDED else None
+        task.error_message = message if state is not TaskState.SUCCEEDED else None
+        book.counts[state] += 1
+        if state is TaskState.SUCCEEDED:
+            book.latencies.append(now - task.submitted_at)
+        book.finished.append(task.id)
+        while len(book.finished) > book.policy.keep_finished:
+            self._tasks.pop(book.finished.popleft(), None)

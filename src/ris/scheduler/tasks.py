@@ -1,0 +1,89 @@
+"""Task records and the vocabulary the scheduler speaks: lanes, states, priority classes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Lane(str, enum.Enum):
+    """A kind of work, served by its own worker process bound to its own resources."""
+
+    LLM = "llm"
+    TTS = "tts"
+    IMAGE = "image"
+
+
+class PriorityClass(enum.IntEnum):
+    """Real-time work (chat, speech) is ordered before batch work (images)."""
+
+    REALTIME = 0
+    BATCH = 1
+
+
+class TaskState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a caller asks the scheduler to run; the payload is opaque to the scheduler."""
+
+    lane: Lane
+    # Who goes first within the lane: higher runs earlier; each step is worth `aging_s` of waiting.
+    priority: int = 0
+    # Absolute time (scheduler clock) after which the task is worthless; None: no deadline.
+    deadline: float | None = None
+    # The request for the backend (an ipc request dataclass); never inspected here.
+    payload: Any = field(default=None, repr=False)
+    # Real-time lanes run REALTIME; the image lane runs BATCH. Set by the caller's lane policy.
+    priority_class: PriorityClass = PriorityClass.REALTIME
+
+
+@dataclass
+class Task:
+    """The scheduler's record of one task; mutated only by the Scheduler."""
+
+    id: str
+    spec: TaskSpec
+    submitted_at: float
+    # Static heap key: submission time minus the boosts it earned (see LaneQueue).
+    sort_key: float
+    seq: int
+    state: TaskState = TaskState.QUEUED
+    started_at: float | None = None
+    finished_at: float | None = None
+    # Progress reported by the worker: steps (tokens, audio chunks, denoising steps) done/total.
+    progress_done: int = 0
+    progress_total: int | None = None
+    # Set when cancel() hits a running task: the runtime must stop the worker's work.
+    cancel_requested: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+    # Backend-specific outcome (usage, durations, file names) attached by the runtime.
+    result: Any = field(default=None, repr=False)
+
+    @property
+    def lane(self) -> Lane:
+        return self.spec.lane
+
+    @property
+    def queue_wait(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return self.started_at - self.submitted_at
+
+    @property
+    def run_time(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at

@@ -1,0 +1,102 @@
+"""Pieces shared by the sync and async clients: errors, retry policy, result types."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class RISError(Exception):
+    """The server answered with an error object; `code` is machine-readable."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Generation:
+    task_id: str
+    model: str
+    text: str
+    finish_reason: str
+    usage: dict[str, int]
+    timings: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Speech:
+    task_id: str
+    model: str
+    voice: str
+    sample_rate: int
+    duration_s: float
+    audio: bytes = field(repr=False)
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.write_bytes(self.audio)
+        return p
+
+
+def error_from(resp: httpx.Response) -> RISError:
+    try:
+        err = resp.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", resp.text[:500]
+    return RISError(resp.status_code, code, message, retry_after_of(resp))
+
+
+def retry_after_of(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def backoff_delay(attempt: int, retry_after: float | None, cap: float) -> float:
+    """Honour the server's Retry-After; else exponential back-off with jitter."""
+    if retry_after is not None:
+        return min(cap, retry_after)
+    return min(cap, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+RETRY_STATUSES = (429, 503)
+
+
+def parse_sse(lines: list[str]) -> tuple[str, Any] | None:
+    event, data = "message", []
+    for line in lines:
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+    if not data:
+        return None
+    return event, json.loads("\n".join(data))
+
+
+def generation_from(body: dict[str, Any]) -> Generation:
+    return Generation(
+        task_id=body["task_id"], model=body["model"], text=body["text"],
+        finish_reason=body["finish_reason"], usage=body["usage"], timings=body["timings"],
+    )
+
+
+def llm_body(prompt: str | None, messages: list[dict[str, str]] | None, **kw: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
+    if messages is not None:
+        body["messages"] = messages
+    else:
+        body["prompt"] = prompt
+    return body

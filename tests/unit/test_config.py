@@ -1,0 +1,173 @@
+"""config.json validation against a fake machine: every error quotes the value and the choices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ris.config import ConfigError, default_config, load_config, parse_config
+from ris.machine import MachineInfo
+from ris.scheduler import Lane
+
+TWO_CORES = MachineInfo(cores=(0, 1), gpus=0)
+ONE_GPU = MachineInfo(cores=tuple(range(8)), gpus=1)
+
+
+def base() -> dict[str, Any]:
+    return {
+        "lanes": {
+            "llm": {"cores": [0], "default_model": "m",
+                    "models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}}},
+            "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": {"enabled": False, "priority_class": "batch"},
+        }
+    }
+
+
+def error_of(data: dict[str, Any], machine: MachineInfo = TWO_CORES) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, machine)
+    return str(exc.value)
+
+
+def test_valid_config_parses() -> None:
+    cfg = parse_config(base(), TWO_CORES)
+    assert cfg.lane(Lane.LLM).cores == (0,)
+    assert cfg.server.port == 8080 and cfg.server.host == "127.0.0.1"
+    assert cfg.lane(Lane.LLM).resolve_model(None) == "m"
+
+
+def test_unknown_key_is_named_with_allowed_keys() -> None:
+    data = base()
+    data["lanes"]["llm"]["coers"] = [0]
+    msg = error_of(data)
+    assert "lanes.llm.coers" in msg and "'coers'" in msg and "cores" in msg
+
+
+def test_unknown_top_level_key() -> None:
+    data = base()
+    data["sever"] = {}
+    assert "unknown key 'sever'" in error_of(data)
+
+
+def test_core_that_does_not_exist() -> None:
+    data = base()
+    data["lanes"]["tts"]["cores"] = [7]
+    msg = error_of(data)
+    assert "core 7 does not exist" in msg and "0, 1" in msg
+
+
+def test_gpu_that_is_not_there() -> None:
+    data = base()
+    data["lanes"]["llm"]["device"] = "cuda:0"
+    msg = error_of(data)
+    assert "'cuda:0' is not available" in msg and "no GPU" in msg
+    data["lanes"]["llm"]["device"] = "cuda:3"
+    data["lanes"]["llm"]["cores"] = [0]
+    assert "cuda:0" in error_of(data, MachineInfo(cores=(0, 1), gpus=1))
+
+
+def test_device_form() -> None:
+    data = base()
+    data["lanes"]["llm"]["device"] = "gpu0"
+    assert "'gpu0' is not allowed" in error_of(data)
+
+
+def test_tts_lane_never_gets_a_gpu() -> None:
+    data = base()
+    data["lanes"]["tts"]["device"] = "cuda:0"
+    data["lanes"]["tts"]["cores"] = [2]
+    assert "TTS lane runs on CPU cores only" in error_of(data, ONE_GPU)
+
+
+def test_two_realtime_lanes_on_the_same_core() -> None:
+    data = base()
+    data["lanes"]["tts"]["cores"] = [0]
+    msg = error_of(data)
+    assert "core 0 is also given to the real-time llm lane" in msg
+
+
+def test_sharing_allowed_when_asked_for() -> None:
+    data = base()
+    data["lanes"]["tts"]["cores"] = [0]
+    data["lanes"]["tts"]["exclusive_cores"] = False
+    parse_config(data, TWO_CORES)
+
+
+def test_batch_lane_may_share_cores() -> None:
+    data = base()
+    data["lanes"]["image"] = {"enabled": False, "priority_class": "batch", "cores": [0, 1]}
+    parse_config(data, TWO_CORES)
+
+
+def test_backend_must_fit_the_lane() -> None:
+    data = base()
+    data["lanes"]["tts"]["models"]["e"]["backend"] = "llama_cpp"
+    assert "not a tts backend; allowed: espeak, piper" in error_of(data)
+
+
+def test_default_model_must_be_configured() -> None:
+    data = base()
+    data["lanes"]["llm"]["default_model"] = "qwen2.5"
+    assert "'qwen2.5' is not in its models" in error_of(data)
+
+
+def test_bounds_quote_the_value() -> None:
+    data = base()
+    data["lanes"]["llm"]["max_queue"] = -1
+    msg = error_of(data)
+    assert "lanes.llm.max_queue" in msg and "-1" in msg
+
+
+def test_unknown_model_in_a_request() -> None:
+    cfg = parse_config(base(), TWO_CORES)
+    with pytest.raises(KeyError, match="unknown model 'qwen2.5'; configured: m"):
+        cfg.lane(Lane.LLM).resolve_model("qwen2.5")
+
+
+def test_bad_json_names_line_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "config.json"
+    p.write_text('{"lanes": {\n  "llm": ,}}')
+    with pytest.raises(ConfigError, match="line 2 column"):
+        load_config(p, TWO_CORES)
+
+
+def test_relative_data_dir_is_relative_to_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**base(), "data_dir": "data"}))
+    assert load_config(p, TWO_CORES).data_dir == tmp_path / "data"
+
+
+def test_default_on_two_cpu_cores_gives_disjoint_realtime_cores() -> None:
+    cfg = default_config(TWO_CORES)
+    llm, tts, image = (cfg.lane(x) for x in Lane)
+    assert llm.cores == (0,) and tts.cores == (1,)
+    assert llm.device == tts.device == "cpu"
+    assert image.nice == 19 and image.priority_class == "batch"
+
+
+def test_default_on_many_cores() -> None:
+    cfg = default_config(MachineInfo(cores=tuple(range(8)), gpus=0))
+    assert cfg.lane(Lane.LLM).cores == tuple(range(6))
+    assert cfg.lane(Lane.TTS).cores == (6, 7)
+
+
+def test_default_with_a_gpu_puts_the_llm_on_it() -> None:
+    cfg = default_config(ONE_GPU)
+    assert cfg.lane(Lane.LLM).device == "cuda:0"
+    assert cfg.lane(Lane.TTS).device == "cpu"
+    assert cfg.lane(Lane.IMAGE).device == "cuda:0"
+    assert not set(cfg.lane(Lane.LLM).cores or ()) & set(cfg.lane(Lane.TTS).cores or ())
+
+
+def test_default_on_one_core_shares_it_rather_than_refusing() -> None:
+    cfg = default_config(MachineInfo(cores=(0,), gpus=0))
+    assert cfg.lane(Lane.LLM).cores == cfg.lane(Lane.TTS).cores == (0,)
+
+
+def test_example_config_in_the_repository_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    load_config(root / "config.json", TWO_CORES)

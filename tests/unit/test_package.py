@@ -1,0 +1,66 @@
+"""The public surface, lazy backends, binding and the SSE parser."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import ris
+from ris.backends import BackendError, backend_class, resolve_source
+from ris.backends._textgen import StopScanner
+from ris.runtime.binding import THREAD_ENV_VARS, Binding
+from ris.scheduler import Lane
+
+
+def test_public_names() -> None:
+    assert ris.__all__ == ["AsyncClient", "Client", "Generation", "RISError", "Speech", "__version__"]
+
+
+def test_package_imports_without_heavy_libraries() -> None:
+    code = (
+        "import sys, ris, ris.api.app, ris.cli, ris.runtime.engine\n"
+        "heavy = {'torch', 'llama_cpp', 'onnxruntime', 'piper', 'diffusers', 'transformers'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_unknown_backend_lists_the_known_ones() -> None:
+    with pytest.raises(BackendError, match="available: espeak, piper"):
+        backend_class(Lane.TTS, "coqui")
+
+
+def test_package_source_resolves_without_importing() -> None:
+    with pytest.raises(BackendError, match="is not installed"):
+        resolve_source("package:no_such_pkg_xyz/model.gguf")
+    with pytest.raises(BackendError, match="does not exist"):
+        resolve_source("/nonexistent/model.gguf")
+
+
+def test_binding_environment() -> None:
+    env = Binding(cores=(1,), threads=1, nice=0, gpu=None).environment()
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert all(env[v] == "1" for v in THREAD_ENV_VARS)
+    assert Binding(cores=None, threads=4, nice=0, gpu=2).environment()["CUDA_VISIBLE_DEVICES"] == "2"
+
+
+def test_stop_scanner_holds_back_partial_stop_strings() -> None:
+    out: list[str] = []
+    s = StopScanner(("</s>",), out.append)
+    for piece in ("Hello", " wor", "ld<", "/", "s> tail"):
+        s.feed(piece)
+    s.flush()
+    assert "".join(out) == "Hello world" and s.stopped
+
+
+def test_stop_scanner_decodes_split_utf8() -> None:
+    out: list[str] = []
+    s = StopScanner((), out.append)
+    data = "你好".encode()
+    for i in range(len(data)):
+        s.feed_bytes(data[i : i + 1])
+    s.flush()
+    assert "".join(out) == "你好"

@@ -1,0 +1,263 @@
+"""The pure scheduler, driven by a fake clock: ordering, aging, bounds, cancellation, deadlines."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ris.scheduler import (
+    CancelOutcome,
+    Lane,
+    LanePolicy,
+    PriorityClass,
+    QueueFull,
+    Scheduler,
+    TaskSpec,
+    TaskState,
+    percentile,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+
+def make(max_queue: int = 8, aging_s: float = 10.0, slots: int = 0) -> tuple[Scheduler, FakeClock]:
+    clock = FakeClock()
+    ids = (f"t{i}" for i in itertools.count())
+    policy = LanePolicy(max_queue=max_queue, aging_s=aging_s)
+    sched = Scheduler({lane: policy for lane in Lane}, clock, new_id=lambda: next(ids))
+    for lane in Lane:
+        sched.set_slots(lane, slots)
+    return sched, clock
+
+
+def spec(priority: int = 0, deadline: float | None = None, lane: Lane = Lane.LLM) -> TaskSpec:
+    return TaskSpec(lane=lane, priority=priority, deadline=deadline)
+
+
+def drain(sched: Scheduler, lane: Lane = Lane.LLM) -> list[str]:
+    """Run every queued task of a lane one at a time; return the order they started in."""
+    order = []
+    sched.set_slots(lane, 1)
+    while True:
+        started = sched.dispatch()
+        if not started:
+            return order
+        (task,) = started
+        order.append(task.id)
+        sched.finish(task.id, TaskState.SUCCEEDED)
+
+
+def test_fifo_within_one_priority() -> None:
+    sched, clock = make()
+    for _ in range(4):
+        sched.submit(spec())
+        clock.advance(0.1)
+    assert drain(sched) == ["t0", "t1", "t2", "t3"]
+
+
+def test_higher_priority_runs_first() -> None:
+    sched, clock = make()
+    sched.submit(spec(priority=0))
+    clock.advance(1)
+    sched.submit(spec(priority=2))
+    clock.advance(1)
+    sched.submit(spec(priority=1))
+    assert drain(sched) == ["t1", "t2", "t0"]
+
+
+def test_aging_bounds_how_long_a_task_can_be_overtaken() -> None:
+    sched, clock = make(max_queue=100, aging_s=10.0)
+    sched.submit(spec(priority=0))  # t0 at 1000
+    clock.advance(5)
+    sched.submit(spec(priority=1))  # t1: boosted 10 s, submitted 5 s later -> ahead of t0
+    clock.advance(6)
+    sched.submit(spec(priority=1))  # t2: submitted 11 s after t0 -> t0 has aged past it
+    assert drain(sched) == ["t1", "t0", "t2"]
+
+
+def test_a_stream_of_high_priority_work_cannot_starve_low_priority() -> None:
+    sched, clock = make(max_queue=1000, aging_s=1.0)
+    sched.submit(spec(priority=0))  # t0
+    for _ in range(50):
+        clock.advance(0.5)
+        sched.submit(spec(priority=5))
+    order = drain(sched)
+    # Boost is 5 s, arrivals every 0.5 s: only the first 10 arrivals may pass the old task.
+    assert order.index("t0") <= 10
+
+
+def test_realtime_class_ahead_of_batch_in_a_shared_queue() -> None:
+    clock = FakeClock()
+    sched = Scheduler({Lane.IMAGE: LanePolicy(class_boost_s=60.0)}, clock,
+                      new_id=iter(["batch", "rt"]).__next__)
+    sched.submit(TaskSpec(lane=Lane.IMAGE, priority_class=PriorityClass.BATCH))
+    clock.advance(1)
+    sched.submit(TaskSpec(lane=Lane.IMAGE, priority_class=PriorityClass.REALTIME))
+    assert drain(sched, Lane.IMAGE) == ["rt", "batch"]
+
+
+def test_full_queue_refuses_with_retry_after_and_keeps_what_it_accepted() -> None:
+    sched, _ = make(max_queue=2)
+    sched.submit(spec())
+    sched.submit(spec())
+    with pytest.raises(QueueFull) as exc:
+        sched.submit(spec())
+    assert exc.value.retry_after_s >= 1.0
+    assert exc.value.depth == 2
+    assert sched.stats(Lane.LLM).queued == 2
+    assert drain(sched) == ["t0", "t1"]
+
+
+def test_queue_bound_counts_only_waiting_tasks() -> None:
+    sched, _ = make(max_queue=1, slots=1)
+    sched.submit(spec())
+    assert [t.id for t in sched.dispatch()] == ["t0"]
+    sched.submit(spec())  # the running task does not hold a queue place
+    with pytest.raises(QueueFull):
+        sched.submit(spec())
+
+
+def test_lanes_are_independent() -> None:
+    sched, _ = make(max_queue=1)
+    sched.submit(spec(lane=Lane.LLM))
+    sched.submit(spec(lane=Lane.TTS))  # the full LLM queue does not refuse speech
+    sched.set_slots(Lane.TTS, 1)
+    assert [t.lane for t in sched.dispatch()] == [Lane.TTS]
+
+
+def test_dispatch_respects_slots_and_worker_down() -> None:
+    sched, _ = make()
+    for _ in range(3):
+        sched.submit(spec())
+    assert sched.dispatch() == []  # worker not up yet
+    sched.set_slots(Lane.LLM, 1)
+    assert [t.id for t in sched.dispatch()] == ["t0"]
+    assert sched.dispatch() == []  # its one slot is busy
+    sched.finish("t0", TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == ["t1"]
+
+
+def test_cancel_queued_task_never_runs() -> None:
+    sched, _ = make()
+    sched.submit(spec())
+    sched.submit(spec())
+    assert sched.cancel("t0") is CancelOutcome.CANCELLED
+    task = sched.get("t0")
+    assert task is not None and task.state is TaskState.CANCELLED
+    assert drain(sched) == ["t1"]
+    assert sched.stats(Lane.LLM).cancelled == 1
+
+
+def test_cancel_running_task_is_requested_then_finished_by_the_worker() -> None:
+    sched, _ = make(slots=1)
+    sched.submit(spec())
+    sched.dispatch()
+    assert sched.cancel("t0") is CancelOutcome.REQUESTED
+    task = sched.get("t0")
+    assert task is not None and task.cancel_requested and task.state is TaskState.RUNNING
+    sched.finish("t0", TaskState.CANCELLED)
+    assert task.state is TaskState.CANCELLED
+    assert sched.cancel("t0") is CancelOutcome.FINISHED
+    assert sched.cancel("nope") is CancelOutcome.UNKNOWN
+
+
+def test_cancelled_task_frees_its_queue_place() -> None:
+    sched, _ = make(max_queue=1)
+    sched.submit(spec())
+    sched.cancel("t0")
+    sched.submit(spec())  # does not raise
+
+
+def test_queued_task_past_deadline_fails_without_running() -> None:
+    sched, clock = make()
+    sched.submit(spec(deadline=clock.now + 5))
+    sched.submit(spec())
+    clock.advance(6)
+    assert sched.expire() == []
+    task = sched.get("t0")
+    assert task is not None and task.state is TaskState.FAILED
+    assert task.error_code == "deadline_exceeded"
+    assert drain(sched) == ["t1"]
+
+
+def test_running_task_past_deadline_is_interrupted_and_fails() -> None:
+    sched, clock = make(slots=1)
+    sched.submit(spec(deadline=clock.now + 5))
+    sched.dispatch()
+    clock.advance(6)
+    (task,) = sched.expire()
+    assert task.id == "t0" and task.cancel_requested
+    assert sched.expire() == []  # asked once
+    sched.finish("t0", TaskState.CANCELLED)  # the worker stopped it
+    assert task.state is TaskState.FAILED and task.error_code == "deadline_exceeded"
+
+
+def test_worker_crash_fails_running_tasks_and_keeps_queued_ones() -> None:
+    sched, _ = make(slots=1)
+    sched.submit(spec())
+    sched.submit(spec())
+    sched.dispatch()
+    failed = sched.fail_running(Lane.LLM, "worker_crashed", "boom")
+    assert [t.id for t in failed] == ["t0"]
+    t0 = sched.get("t0")
+    assert t0 is not None and t0.error_code == "worker_crashed"
+    assert drain(sched) == ["t1"]
+
+
+def test_positions_move_as_tasks_start() -> None:
+    sched, _ = make()
+    for _ in range(3):
+        sched.submit(spec())
+    assert [sched.position(f"t{i}") for i in range(3)] == [0, 1, 2]
+    sched.set_slots(Lane.LLM, 1)
+    sched.dispatch()
+    assert [sched.position(f"t{i}") for i in range(3)] == [None, 0, 1]
+
+
+def test_stats_latency_percentiles_from_the_clock() -> None:
+    sched, clock = make(slots=1)
+    for dt in (1.0, 2.0, 3.0):
+        task = sched.submit(spec())
+        sched.dispatch()
+        clock.advance(dt)
+        sched.finish(task.id, TaskState.SUCCEEDED)
+    s = sched.stats(Lane.LLM)
+    assert (s.succeeded, s.latency_p50, s.latency_p99) == (3, 2.0, 3.0)
+
+
+def test_progress_and_eta() -> None:
+    sched, clock = make(slots=1)
+    sched.submit(spec())
+    sched.dispatch()
+    clock.advance(2)
+    sched.progress("t0", 2, 10)
+    assert sched.eta("t0") == pytest.approx(8.0)
+
+
+def test_finished_tasks_are_forgotten_beyond_the_limit() -> None:
+    clock = FakeClock()
+    sched = Scheduler({Lane.LLM: LanePolicy(keep_finished=2)}, clock)
+    sched.set_slots(Lane.LLM, 1)
+    ids = []
+    for _ in range(3):
+        t = sched.submit(spec())
+        sched.dispatch()
+        sched.finish(t.id, TaskState.SUCCEEDED)
+        ids.append(t.id)
+    assert sched.get(ids[0]) is None and sched.get(ids[2]) is not None
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3, 1, 2], 50) == 2
+    assert percentile(range(101), 99) == 99
