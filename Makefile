@@ -31,3 +31,9 @@ test: $(TESTDEPS)
 
 test-fast: $(TESTDEPS)
 	$(BIN)/python -m pytest tests/unit
+
+lint: $(TESTDEPS)
+	$(BIN)/python -m pip install --quiet "ruff>=0.8" "mypy>=1.13"
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy

@@ -16,9 +16,9 @@ from ris.config import Config, ConfigError, default_config, load_config
 def _load(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("RIS_CONFIG")
     cfg = load_config(path) if path else default_config()
-    server = cfg.server.model_copy(update={
-        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
-    })
+    server = cfg.server.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    )
     update: dict[str, Any] = {"server": server}
     if args.data_dir:
         update["data_dir"] = Path(args.data_dir).resolve()
@@ -39,8 +39,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:  # Windows: asyncio's own loop
         loop = "asyncio"
     app = create_app(cfg)
-    uvicorn.run(app, host=cfg.server.host, port=cfg.server.port, loop=loop,
-                log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=cfg.server.host,
+        port=cfg.server.port,
+        loop=loop,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 
@@ -69,17 +75,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    head = f"{'lane':6} {'worker':9} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} " \
-           f"{'done':>6} {'failed':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
+    head = (
+        f"{'lane':6} {'worker':9} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} "
+        f"{'done':>6} {'failed':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
+    )
     print(head)
     for name, s in stats.items():
         w = s["worker"]
         cores = ",".join(map(str, w["cpu_affinity"] or s["cores"] or [])) or "all"
         lat = s["latency_s"]
-        print(f"{name:6} {w['state']:9} {w['pid'] or '-':>7} {s['device']:7} {cores:9} "
-              f"{s['queue_depth']:>4}/{s['max_queue']:<4} {s['running']:>3} {s['done']:>6} "
-              f"{s['failed']:>6} {_num(lat['p50']):>7} {_num(lat['p99']):>7} "
-              f"{_num(w['cpu_percent'], 0):>5} {_fmt_bytes(w['rss_bytes']):>9}")
+        print(
+            f"{name:6} {w['state']:9} {w['pid'] or '-':>7} {s['device']:7} {cores:9} "
+            f"{s['queue_depth']:>4}/{s['max_queue']:<4} {s['running']:>3} {s['done']:>6} "
+            f"{s['failed']:>6} {_num(lat['p50']):>7} {_num(lat['p99']):>7} "
+            f"{_num(w['cpu_percent'], 0):>5} {_fmt_bytes(w['rss_bytes']):>9}"
+        )
         if w.get("error"):
             print(f"       error: {w['error']}")
     return 0
@@ -98,16 +108,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ris", description="Resource Isolation Scheduler")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn, help_ in (("serve", cmd_serve, "start the service"),
-                            ("config", cmd_config, "print the effective configuration")):
+    for name, fn, help_ in (
+        ("serve", cmd_serve, "start the service"),
+        ("config", cmd_config, "print the effective configuration"),
+    ):
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", help="config.json (default: $RIS_CONFIG, else built from "
-                        "this machine)")
+        sp.add_argument("--config", help="config.json (default: $RIS_CONFIG, else built from this machine)")
         sp.add_argument("--host", help="override server.host")
         sp.add_argument("--port", type=int, help="override server.port")
         sp.add_argument("--data-dir", help="override data_dir")
-        sp.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
+        sp.add_argument(
+            "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        )
         sp.set_defaults(fn=fn)
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")
     st.add_argument("--url", default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))

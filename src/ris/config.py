@@ -122,9 +122,7 @@ class LaneConfig(_Strict):
                 raise KeyError("this lane has no default model; name one")
             return self.default_model
         if name not in self.models:
-            raise KeyError(
-                f"unknown model {name!r}; configured: {', '.join(sorted(self.models)) or 'none'}"
-            )
+            raise KeyError(f"unknown model {name!r}; configured: {', '.join(sorted(self.models)) or 'none'}")
         return name
 
 
@@ -178,9 +176,7 @@ class Config(_Strict):
                 )
                 problems.append(f"{where}.device: {cfg.device!r} is not available; {have}")
             if lane is Lane.TTS and cfg.device != "cpu":
-                problems.append(
-                    f"{where}.device: {cfg.device!r}; the TTS lane runs on CPU cores only"
-                )
+                problems.append(f"{where}.device: {cfg.device!r}; the TTS lane runs on CPU cores only")
             for name, spec in cfg.models.items():
                 if spec.backend not in LANE_BACKENDS[lane]:
                     problems.append(

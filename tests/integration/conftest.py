@@ -17,7 +17,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = make_config(tmp, llm={"max_queue": 3})
     # A second, lazily loaded LLM: the transformers backend with random weights.
     cfg["lanes"]["llm"]["models"]["tiny-dummy"] = {
-        "backend": "transformers", "load_format": "dummy", "source": "tiny",
+        "backend": "transformers",
+        "load_format": "dummy",
+        "source": "tiny",
         "description": "random weights, for tests",
     }
     srv = Server(tmp, cfg).start()

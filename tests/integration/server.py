@@ -48,9 +48,19 @@ class Server:
     def start(self, timeout: float = 240.0) -> Server:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ris", "serve", "--config", str(self.config_path),
-                 "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "ris",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         self.wait_ready(timeout)
         return self

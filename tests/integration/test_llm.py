@@ -88,8 +88,12 @@ def test_bad_input_gets_a_code_and_a_message(
 
 
 def test_malformed_json(server: Server) -> None:
-    r = httpx.post(f"{server.url}/api/llm/generate", content=b"{not json",
-                   headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{server.url}/api/llm/generate",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
 
 

@@ -46,8 +46,16 @@ def test_prometheus_metrics(server: Server) -> None:
 
 def test_openapi_schema_lists_the_seed_api(server: Server) -> None:
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
-    for path in ("/api/llm/generate", "/api/tts/synthesize", "/api/image/generate",
-                 "/api/tasks/{task_id}", "/health", "/ready", "/api/stats", "/metrics"):
+    for path in (
+        "/api/llm/generate",
+        "/api/tts/synthesize",
+        "/api/image/generate",
+        "/api/tasks/{task_id}",
+        "/health",
+        "/ready",
+        "/api/stats",
+        "/metrics",
+    ):
         assert path in paths
 
 
@@ -61,8 +69,9 @@ def test_models_list(client: Client) -> None:
 
 def _start_long(server: Server) -> tuple[threading.Thread, list[httpx.Response]]:
     out: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: out.append(
-        httpx.post(f"{server.url}/api/llm/generate", json=LONG, timeout=300)))
+    t = threading.Thread(
+        target=lambda: out.append(httpx.post(f"{server.url}/api/llm/generate", json=LONG, timeout=300))
+    )
     t.start()
     return t, out
 
@@ -85,9 +94,7 @@ def test_cancel_a_running_generation(server: Server, client: Client) -> None:
     assert client.task(task_id)["state"] == "cancelled"
 
 
-def test_full_queue_answers_429_with_retry_after_and_loses_nothing(
-    server: Server, client: Client
-) -> None:
+def test_full_queue_answers_429_with_retry_after_and_loses_nothing(server: Server, client: Client) -> None:
     thread, out = _start_long(server)
     running = _running_llm_task(client)
     http = httpx.Client(base_url=server.url, timeout=60)
@@ -135,14 +142,22 @@ def test_image_lane_disabled_is_a_clear_503(server: Server) -> None:
 
 
 def test_oversize_body(server: Server) -> None:
-    r = httpx.post(f"{server.url}/api/llm/generate", content=b"x" * 2_000_000,
-                   headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{server.url}/api/llm/generate",
+        content=b"x" * 2_000_000,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
 
 def test_ris_status_cli(server: Server) -> None:
-    out = subprocess.run([sys.executable, "-m", "ris", "status", "--url", server.url],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "ris", "status", "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["lane", "worker", "pid"]
@@ -155,7 +170,12 @@ def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: object) -> N
 
     p = Path(str(tmp_path)) / "bad.json"
     p.write_text('{"lanes": {"llm": {"cores": [99]}, "tts": {}, "image": {}}}')
-    out = subprocess.run([sys.executable, "-m", "ris", "serve", "--config", str(p)],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "ris", "serve", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 2
     assert "core 99 does not exist" in out.stderr

@@ -45,8 +45,12 @@ def test_tts_completes_while_a_long_llm_generation_is_still_running(server: Serv
 
     def long_generation() -> None:
         with Client(server.url, timeout=300, max_retries=0) as c:
-            for piece in c.generate_stream("Write a very long story about a lighthouse keeper.",
-                                           max_tokens=800, ignore_eos=True, temperature=0.8):
+            for piece in c.generate_stream(
+                "Write a very long story about a lighthouse keeper.",
+                max_tokens=800,
+                ignore_eos=True,
+                temperature=0.8,
+            ):
                 pieces.append(piece)
                 first_token.set()
         llm_done_at.append(time.monotonic())

@@ -55,8 +55,12 @@ def test_speed_is_honoured(client: Client) -> None:
 
 
 def test_wav_bytes_directly_with_accept_header(server: Server) -> None:
-    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "Hello."},
-                   headers={"accept": "audio/wav"}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/api/tts/synthesize",
+        json={"text": "Hello."},
+        headers={"accept": "audio/wav"},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     assert wav_info(r.content)[2] > 0.3
     task = httpx.get(f"{server.url}/api/tasks/{r.headers['x-task-id']}", timeout=10).json()

@@ -45,8 +45,9 @@ def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
     old_pid = srv.worker_pid("llm")
     result: list[httpx.Response] = []
     body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
-    t = threading.Thread(target=lambda: result.append(
-        httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120)))
+    t = threading.Thread(
+        target=lambda: result.append(httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120))
+    )
     t.start()
     with Client(srv.url, max_retries=0) as c:
         wait_for(lambda: c.tasks(lane="llm", state="running"), 30)

@@ -19,8 +19,11 @@ ONE_GPU = MachineInfo(cores=tuple(range(8)), gpus=1)
 def base() -> dict[str, Any]:
     return {
         "lanes": {
-            "llm": {"cores": [0], "default_model": "m",
-                    "models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}}},
+            "llm": {
+                "cores": [0],
+                "default_model": "m",
+                "models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}},
+            },
             "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
             "image": {"enabled": False, "priority_class": "batch"},
         }

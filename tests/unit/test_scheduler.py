@@ -98,8 +98,9 @@ def test_a_stream_of_high_priority_work_cannot_starve_low_priority() -> None:
 
 def test_realtime_class_ahead_of_batch_in_a_shared_queue() -> None:
     clock = FakeClock()
-    sched = Scheduler({Lane.IMAGE: LanePolicy(class_boost_s=60.0)}, clock,
-                      new_id=iter(["batch", "rt"]).__next__)
+    sched = Scheduler(
+        {Lane.IMAGE: LanePolicy(class_boost_s=60.0)}, clock, new_id=iter(["batch", "rt"]).__next__
+    )
     sched.submit(TaskSpec(lane=Lane.IMAGE, priority_class=PriorityClass.BATCH))
     clock.advance(1)
     sched.submit(TaskSpec(lane=Lane.IMAGE, priority_class=PriorityClass.REALTIME))

@@ -49,8 +49,7 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        resp = error_response(413, "body_too_large",
-                              f"request bodies are limited to {self.max_bytes} bytes")
+        resp = error_response(413, "body_too_large", f"request bodies are limited to {self.max_bytes} bytes")
         await resp(scope, receive, send)
 
 

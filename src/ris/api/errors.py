@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -14,9 +15,7 @@ from ris.scheduler import QueueFull
 
 
 class APIError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -25,18 +24,14 @@ class APIError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def queue_full(e: QueueFull) -> APIError:
     retry = str(max(1, math.ceil(e.retry_after_s)))
-    return APIError(
-        429, "queue_full", f"{e}; retry after {retry} s", headers={"Retry-After": retry}
-    )
+    return APIError(429, "queue_full", f"{e}; retry after {retry} s", headers={"Retry-After": retry})
 
 
 def lane_unavailable(e: LaneUnavailable) -> APIError:

@@ -30,8 +30,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _submit(engine: Engine, lane: Lane, model: str, request: Any, priority: int,
-            timeout_s: float | None) -> TaskHandle:
+def _submit(
+    engine: Engine, lane: Lane, model: str, request: Any, priority: int, timeout_s: float | None
+) -> TaskHandle:
     try:
         return engine.submit(lane, model, request, priority=priority, timeout_s=timeout_s)
     except QueueFull as e:
@@ -50,8 +51,12 @@ def _resolve_model(engine: Engine, lane: Lane, name: str | None) -> str:
 def _failure(task: Task) -> APIError:
     code = task.error_code or "failed"
     status = {
-        "deadline_exceeded": 504, "worker_timeout": 504, "worker_crashed": 503,
-        "cancelled": 409, "server_shutdown": 503, "unknown_voice": 422,
+        "deadline_exceeded": 504,
+        "worker_timeout": 504,
+        "worker_crashed": 503,
+        "cancelled": 409,
+        "server_shutdown": 503,
+        "unknown_voice": 422,
         "context_length_exceeded": 422,
     }.get(code, 500)
     return APIError(status, code, task.error_message or "the task failed")
@@ -69,8 +74,13 @@ async def _wait(engine: Engine, handle: TaskHandle, request: Request) -> Task:
 # ----- LLM -----------------------------------------------------------------------------------
 
 
-@router.post("/api/llm/generate", response_model=LLMGenerateResponse, responses=ERRORS,
-             tags=["llm"], summary="Generate text (streams server-sent events with stream=true)")
+@router.post(
+    "/api/llm/generate",
+    response_model=LLMGenerateResponse,
+    responses=ERRORS,
+    tags=["llm"],
+    summary="Generate text (streams server-sent events with stream=true)",
+)
 async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
     engine = engine_of(request)
     limits = engine.config.server
@@ -78,11 +88,17 @@ async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
         raise APIError(422, "invalid_request", "give exactly one of `prompt` or `messages`")
     chars = len(body.prompt or "") + sum(len(x.content) for x in body.messages or [])
     if chars > limits.max_prompt_chars:
-        raise APIError(413, "prompt_too_long",
-                       f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}")
+        raise APIError(
+            413,
+            "prompt_too_long",
+            f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}",
+        )
     if body.max_tokens > limits.max_new_tokens:
-        raise APIError(422, "invalid_request",
-                       f"max_tokens {body.max_tokens} is over the limit of {limits.max_new_tokens}")
+        raise APIError(
+            422,
+            "invalid_request",
+            f"max_tokens {body.max_tokens} is over the limit of {limits.max_new_tokens}",
+        )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
         raise APIError(422, "invalid_request", "stop: at most 4 strings of 1 to 64 characters")
@@ -90,13 +106,20 @@ async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
     req = m.LLMRequest(
         prompt=body.prompt,
         messages=tuple((x.role, x.content) for x in body.messages) if body.messages else None,
-        max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-        stop=tuple(stops), seed=body.seed, ignore_eos=body.ignore_eos,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(stops),
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
     handle = _submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
     if body.stream:
-        return StreamingResponse(_sse(engine, handle), media_type="text/event-stream",
-                                 headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _sse(engine, handle),
+            media_type="text/event-stream",
+            headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
+        )
     task = await _wait(engine, handle, request)
     if task.state is not TaskState.SUCCEEDED:
         raise _failure(task)
@@ -106,10 +129,15 @@ async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
 def _llm_body(task: Task) -> dict[str, Any]:
     r = task.result
     return {
-        "task_id": task.id, "model": r["model"], "text": r["text"],
+        "task_id": task.id,
+        "model": r["model"],
+        "text": r["text"],
         "finish_reason": r["finish_reason"],
-        "usage": {"prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
-                  "total_tokens": r["prompt_tokens"] + r["completion_tokens"]},
+        "usage": {
+            "prompt_tokens": r["prompt_tokens"],
+            "completion_tokens": r["completion_tokens"],
+            "total_tokens": r["prompt_tokens"] + r["completion_tokens"],
+        },
         "timings": r["timings"],
     }
 
@@ -157,17 +185,30 @@ def _pick_tts_model(engine: Engine, body: TTSSynthesizeRequest) -> str:
         if info and any(v.lower().replace("_", "-") == wanted for v in info.voices):
             return info.name
     if not infos:
-        raise APIError(503, "lane_unavailable", "the TTS worker is still starting",
-                       headers={"Retry-After": "5"})
+        raise APIError(
+            503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
+        )
     known = sorted({v for i in infos.values() for v in i.voices[:1]} | {"en-US", "zh-CN"})
-    raise APIError(422, "unknown_voice",
-                   f"no configured TTS model speaks voice {body.voice!r}; examples: {', '.join(known)}")
+    raise APIError(
+        422,
+        "unknown_voice",
+        f"no configured TTS model speaks voice {body.voice!r}; examples: {', '.join(known)}",
+    )
 
 
-@router.post("/api/tts/synthesize", response_model=TTSSynthesizeResponse, responses={
-    **ERRORS, 200: {"content": {"audio/wav": {}}, "description": "JSON, or the WAV bytes when "
-                    "the request sends Accept: audio/wav"}}, tags=["tts"],
-    summary="Synthesize speech; the WAV is fetchable by task id")
+@router.post(
+    "/api/tts/synthesize",
+    response_model=TTSSynthesizeResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"audio/wav": {}},
+            "description": "JSON, or the WAV bytes when the request sends Accept: audio/wav",
+        },
+    },
+    tags=["tts"],
+    summary="Synthesize speech; the WAV is fetchable by task id",
+)
 async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     engine = engine_of(request)
     limit = engine.config.server.max_tts_chars
@@ -182,18 +223,33 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     r = task.result
     accept = request.headers.get("accept", "")
     if "audio/wav" in accept and "application/json" not in accept:
-        return FileResponse(r["audio_path"], media_type="audio/wav", headers={
-            "X-Task-Id": task.id, "X-Duration-S": f"{r['duration_s']:.3f}",
-            "X-Sample-Rate": str(r["sample_rate"])})
+        return FileResponse(
+            r["audio_path"],
+            media_type="audio/wav",
+            headers={
+                "X-Task-Id": task.id,
+                "X-Duration-S": f"{r['duration_s']:.3f}",
+                "X-Sample-Rate": str(r["sample_rate"]),
+            },
+        )
     return {
-        "task_id": task.id, "model": r["model"], "voice": r["voice"],
-        "sample_rate": r["sample_rate"], "duration_s": r["duration_s"],
-        "audio_url": f"/api/tts/audio/{task.id}", "timings": r["timings"],
+        "task_id": task.id,
+        "model": r["model"],
+        "voice": r["voice"],
+        "sample_rate": r["sample_rate"],
+        "duration_s": r["duration_s"],
+        "audio_url": f"/api/tts/audio/{task.id}",
+        "timings": r["timings"],
     }
 
 
-@router.get("/api/tts/audio/{task_id}", responses={**ERRORS, 200: {"content": {"audio/wav": {}}}},
-            tags=["tts"], summary="The WAV of a finished synthesis", response_class=Response)
+@router.get(
+    "/api/tts/audio/{task_id}",
+    responses={**ERRORS, 200: {"content": {"audio/wav": {}}}},
+    tags=["tts"],
+    summary="The WAV of a finished synthesis",
+    response_class=Response,
+)
 async def tts_audio(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
     task = task_or_404(engine, task_id)
@@ -207,11 +263,17 @@ async def tts_audio(task_id: str, request: Request) -> Any:
 # ----- image (backend arrives with the image-lane work) --------------------------------------
 
 
-@router.post("/api/image/generate", responses=ERRORS, tags=["image"], status_code=202,
-             summary="Queue an image generation task")
+@router.post(
+    "/api/image/generate",
+    responses=ERRORS,
+    tags=["image"],
+    status_code=202,
+    summary="Queue an image generation task",
+)
 async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     engine = engine_of(request)
     if Lane.IMAGE not in engine.workers:
-        raise APIError(503, "lane_unavailable",
-                       "the image lane is disabled: no image model is configured on this server")
+        raise APIError(
+            503, "lane_unavailable", "the image lane is disabled: no image model is configured on this server"
+        )
     raise APIError(501, "not_implemented", "image generation is not available in this build")

@@ -35,11 +35,11 @@ async def stats(request: Request) -> dict[str, Any]:
     return {"lanes": lane_stats(engine_of(request))}
 
 
-@router.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
-            summary="Prometheus metrics")
+@router.get("/metrics", tags=["ops"], response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(prometheus_text(lane_stats(engine_of(request))),
-                             media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(
+        prometheus_text(lane_stats(engine_of(request))), media_type="text/plain; version=0.0.4"
+    )
 
 
 @router.get("/api/models", tags=["ops"], summary="Configured models per lane")
@@ -51,8 +51,11 @@ async def models(request: Request) -> dict[str, Any]:
         loaded = engine.model_infos(lane)
         out[lane.value] = [
             {
-                "name": name, "backend": spec.backend, "default": name == cfg.default_model,
-                "description": spec.description, "loaded": name in loaded,
+                "name": name,
+                "backend": spec.backend,
+                "default": name == cfg.default_model,
+                "description": spec.description,
+                "loaded": name in loaded,
                 "voices": list(loaded[name].voices) if name in loaded else None,
             }
             for name, spec in cfg.models.items()
@@ -62,14 +65,20 @@ async def models(request: Request) -> dict[str, Any]:
 
 def task_info(engine: Engine, task: Task) -> dict[str, Any]:
     return TaskInfo(
-        task_id=task.id, lane=task.lane.value, state=task.state.value,
-        priority=task.spec.priority, submitted_at=task.submitted_at,
-        started_at=task.started_at, finished_at=task.finished_at,
+        task_id=task.id,
+        lane=task.lane.value,
+        state=task.state.value,
+        priority=task.spec.priority,
+        submitted_at=task.submitted_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
         queue_position=engine.scheduler.position(task.id),
-        progress_done=task.progress_done, progress_total=task.progress_total,
+        progress_done=task.progress_done,
+        progress_total=task.progress_total,
         eta_s=engine.scheduler.eta(task.id),
         error={"code": task.error_code or "failed", "message": task.error_message or ""}
-        if task.error_code or task.error_message else None,
+        if task.error_code or task.error_message
+        else None,
     ).model_dump()
 
 
@@ -92,11 +101,16 @@ async def get_task(task_id: str, request: Request) -> dict[str, Any]:
     return task_info(engine, task_or_404(engine, task_id))
 
 
-@router.post("/api/tasks/{task_id}/cancel", tags=["tasks"], responses=ERRORS,
-             summary="Cancel a queued or running task")
+@router.post(
+    "/api/tasks/{task_id}/cancel", tags=["tasks"], responses=ERRORS, summary="Cancel a queued or running task"
+)
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     engine = engine_of(request)
     task = task_or_404(engine, task_id)
     outcome = engine.cancel(task.id)
-    return {"task_id": task.id, "outcome": outcome.value,
-            "state": task.state.value, "cancelled": outcome is not CancelOutcome.FINISHED}
+    return {
+        "task_id": task.id,
+        "outcome": outcome.value,
+        "state": task.state.value,
+        "cancelled": outcome is not CancelOutcome.FINISHED,
+    }

@@ -81,24 +81,66 @@ def prometheus_text(stats: dict[str, Any]) -> str:
                 lines.append(f"{name}{{{labels}}} {float(value):.6g}")
 
     lanes = list(stats.items())
-    metric("ris_worker_up", "gauge", "1 when the lane's worker is ready",
-           [(f'lane="{n}"', 1 if s["worker"]["state"] == "ready" else 0) for n, s in lanes])
-    metric("ris_worker_restarts_total", "counter", "worker restarts since the server started",
-           [(f'lane="{n}"', s["worker"]["restarts"]) for n, s in lanes])
-    metric("ris_queue_depth", "gauge", "tasks waiting in the lane's queue",
-           [(f'lane="{n}"', s["queue_depth"]) for n, s in lanes])
-    metric("ris_running", "gauge", "tasks running on the lane's worker",
-           [(f'lane="{n}"', s["running"]) for n, s in lanes])
-    metric("ris_tasks_total", "counter", "finished tasks by final state",
-           [(f'lane="{n}",state="{st}"', s[st]) for n, s in lanes
-            for st in ("succeeded", "failed", "cancelled")])
-    metric("ris_task_latency_seconds", "summary", "submission to finish, recent tasks",
-           [(f'lane="{n}",quantile="{q}"', s["latency_s"][k]) for n, s in lanes
-            for q, k in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))])
-    metric("ris_worker_cpu_percent", "gauge", "worker process CPU use",
-           [(f'lane="{n}"', s["worker"]["cpu_percent"]) for n, s in lanes])
-    metric("ris_worker_rss_bytes", "gauge", "worker process resident memory",
-           [(f'lane="{n}"', s["worker"]["rss_bytes"]) for n, s in lanes])
-    metric("ris_worker_gpu_memory_bytes", "gauge", "worker process GPU memory (NVML)",
-           [(f'lane="{n}"', s["worker"]["gpu_memory_bytes"]) for n, s in lanes])
+    metric(
+        "ris_worker_up",
+        "gauge",
+        "1 when the lane's worker is ready",
+        [(f'lane="{n}"', 1 if s["worker"]["state"] == "ready" else 0) for n, s in lanes],
+    )
+    metric(
+        "ris_worker_restarts_total",
+        "counter",
+        "worker restarts since the server started",
+        [(f'lane="{n}"', s["worker"]["restarts"]) for n, s in lanes],
+    )
+    metric(
+        "ris_queue_depth",
+        "gauge",
+        "tasks waiting in the lane's queue",
+        [(f'lane="{n}"', s["queue_depth"]) for n, s in lanes],
+    )
+    metric(
+        "ris_running",
+        "gauge",
+        "tasks running on the lane's worker",
+        [(f'lane="{n}"', s["running"]) for n, s in lanes],
+    )
+    metric(
+        "ris_tasks_total",
+        "counter",
+        "finished tasks by final state",
+        [
+            (f'lane="{n}",state="{st}"', s[st])
+            for n, s in lanes
+            for st in ("succeeded", "failed", "cancelled")
+        ],
+    )
+    metric(
+        "ris_task_latency_seconds",
+        "summary",
+        "submission to finish, recent tasks",
+        [
+            (f'lane="{n}",quantile="{q}"', s["latency_s"][k])
+            for n, s in lanes
+            for q, k in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
+        ],
+    )
+    metric(
+        "ris_worker_cpu_percent",
+        "gauge",
+        "worker process CPU use",
+        [(f'lane="{n}"', s["worker"]["cpu_percent"]) for n, s in lanes],
+    )
+    metric(
+        "ris_worker_rss_bytes",
+        "gauge",
+        "worker process resident memory",
+        [(f'lane="{n}"', s["worker"]["rss_bytes"]) for n, s in lanes],
+    )
+    metric(
+        "ris_worker_gpu_memory_bytes",
+        "gauge",
+        "worker process GPU memory (NVML)",
+        [(f'lane="{n}"', s["worker"]["gpu_memory_bytes"]) for n, s in lanes],
+    )
     return "\n".join(lines) + "\n"

@@ -24,9 +24,7 @@ class LLMBackend(ABC):
     """Text generation. `emit` receives each piece of text as soon as it is decoded."""
 
     @abstractmethod
-    def generate(
-        self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled
-    ) -> LLMOutcome: ...
+    def generate(self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled) -> LLMOutcome: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""

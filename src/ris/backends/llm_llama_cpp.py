@@ -23,16 +23,17 @@ class LlamaCppLLM(LLMBackend):
         opts: dict[str, Any] = {"n_ctx": 2048, "verbose": False}
         opts.update(spec.options)
         opts.setdefault("n_gpu_layers", -1 if ctx.device.startswith("cuda") else 0)
-        self._llm = Llama(
-            model_path=str(path), n_threads=ctx.threads, n_threads_batch=ctx.threads, **opts
-        )
+        self._llm = Llama(model_path=str(path), n_threads=ctx.threads, n_threads_batch=ctx.threads, **opts)
         self._formatter = self._chat_formatter()
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:
         template = self._llm.metadata.get("tokenizer.chat_template")
         if not template:
             return None
-        special = lambda tok: self._llm.detokenize([tok], special=True).decode("utf-8", "replace")  # noqa: E731
+
+        def special(tok: int) -> str:
+            return self._llm.detokenize([tok], special=True).decode("utf-8", "replace")
+
         return Jinja2ChatFormatter(
             template=template,
             eos_token=special(self._llm.token_eos()),
@@ -47,13 +48,11 @@ class LlamaCppLLM(LLMBackend):
         if self._formatter is None:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             return text, ("\nuser:",)
-        formatted = self._formatter(messages=messages)
+        formatted = self._formatter(messages=messages)  # type: ignore[arg-type]
         stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
         return formatted.prompt, tuple(s for s in stops if s)
 
-    def generate(
-        self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled
-    ) -> LLMOutcome:
+    def generate(self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled) -> LLMOutcome:
         prompt, template_stops = self._prompt(req)
         tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         budget = self._llm.n_ctx() - len(tokens)
@@ -69,8 +68,12 @@ class LlamaCppLLM(LLMBackend):
         eos = self._llm.token_eos()
         produced, finish = 0, "length"
         gen = self._llm.generate(
-            tokens, temp=req.temperature, top_p=req.top_p, top_k=40 if req.temperature > 0 else 1,
-            repeat_penalty=1.0, reset=True,
+            tokens,
+            temp=req.temperature,
+            top_p=req.top_p,
+            top_k=40 if req.temperature > 0 else 1,
+            repeat_penalty=1.0,
+            reset=True,
         )
         try:
             for tok in gen:

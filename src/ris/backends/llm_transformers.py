@@ -22,14 +22,38 @@ from ris.messages import LLMOutcome, LLMRequest
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936),
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+    ),
 }
 
 
@@ -41,8 +65,8 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return [b + 1 for b in text.encode("utf-8")]
 
-    def decode_one(self, tok: int) -> bytes:
-        return bytes([32 + tok % 95])
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(32 + tok % 95) for tok in ids)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
@@ -56,17 +80,13 @@ class HFTokenizer:
         self.eos_token_id = self._tok.eos_token_id
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = self._tok.encode(text, add_special_tokens=False)
-        return ids
+        return list(self._tok.encode(text, add_special_tokens=False))
 
-    def decode_one(self, tok: int) -> bytes:
-        # Byte-level BPE: convert_ids_to_tokens + the byte decoder keeps partial UTF-8 intact.
-        text: str = self._tok.decode([tok], skip_special_tokens=True)
-        return text.encode("utf-8")
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=True))
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        out: str = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return out
+        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
@@ -92,8 +112,7 @@ class TransformersLLM(LLMBackend):
                 raise BackendError(
                     "bad_model", f"dummy shape {shape!r} unknown; known: {', '.join(DUMMY_SHAPES)}"
                 )
-            cfg = Qwen2Config(max_position_embeddings=32768, rope_theta=1e6,
-                              tie_word_embeddings=False, **DUMMY_SHAPES[shape])
+            cfg = Qwen2Config(max_position_embeddings=32768, tie_word_embeddings=False, **DUMMY_SHAPES[shape])  # type: ignore[arg-type]
             torch.manual_seed(0)
             prev = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
@@ -106,10 +125,10 @@ class TransformersLLM(LLMBackend):
         else:
             path = str(resolve_source(spec.source))
             self._model = AutoModelForCausalLM.from_pretrained(
-                path, torch_dtype=dtype, local_files_only=True, **opts
-            ).to(self._device)
+                path, dtype=dtype, local_files_only=True, **opts
+            ).to(self._device)  # type: ignore[arg-type]
             self._tok = HFTokenizer(path)
-        self._model.eval()
+        self._model.eval()  # type: ignore[no-untyped-call]
         # transformers 5.x renamed the KV-cache argument and output field `past_key_values` -> `cache`.
         params = inspect.signature(self._model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -119,9 +138,7 @@ class TransformersLLM(LLMBackend):
             torch.cuda.synchronize()
 
     @torch.inference_mode()
-    def generate(
-        self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled
-    ) -> LLMOutcome:
+    def generate(self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled) -> LLMOutcome:
         if req.messages is not None:
             prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in req.messages])
         else:
@@ -140,12 +157,15 @@ class TransformersLLM(LLMBackend):
         input_ids = torch.tensor([ids], device=self._device)
         cache = None
         produced, finish = 0, "length"
+        generated: list[int] = []
+        emitted = 0
         while produced < max_tokens:
             if cancelled():
                 finish = "cancelled"
                 break
-            out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
-                              **{self._cache_arg: cache})
+            out = self._model(
+                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
+            )
             cache = getattr(out, self._cache_arg)
             tok = self._sample(out.logits[0, -1].float(), req, gen)
             self._sync()
@@ -153,7 +173,13 @@ class TransformersLLM(LLMBackend):
                 finish = "stop"
                 break
             produced += 1
-            scanner.feed_bytes(self._tok.decode_one(tok))
+            generated.append(tok)
+            # Decode the whole answer each step: exact for every tokenizer (BPE merges, partial
+            # UTF-8); a trailing U+FFFD means a character is still incomplete, so wait.
+            text = self._tok.decode(generated)
+            if not text.endswith("\ufffd"):
+                scanner.feed(text[emitted:])
+                emitted = len(text)
             if scanner.stopped:
                 finish = "stop"
                 break

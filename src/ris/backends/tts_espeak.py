@@ -25,9 +25,16 @@ _DEFAULT_WPM = 175
 
 # Language tags people send, mapped to espeak-ng voice names where the two differ.
 _ALIASES = {
-    "zh": "cmn", "zh-cn": "cmn", "zh-hans": "cmn", "zh-sg": "cmn", "cmn-cn": "cmn",
-    "zh-hk": "yue", "zh-tw": "cmn",
-    "en": "en-us", "en-us": "en-us", "en-gb": "en-gb",
+    "zh": "cmn",
+    "zh-cn": "cmn",
+    "zh-hans": "cmn",
+    "zh-sg": "cmn",
+    "cmn-cn": "cmn",
+    "zh-hk": "yue",
+    "zh-tw": "cmn",
+    "en": "en-us",
+    "en-us": "en-us",
+    "en-gb": "en-gb",
 }
 
 _Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -68,8 +75,14 @@ class EspeakTTS(TTSBackend):
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-            ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         rate = lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), _INITIALIZE_DONT_EXIT
@@ -117,9 +130,7 @@ class EspeakTTS(TTSBackend):
             self._samples += n
         return 1 if (self._stop is not None and self._stop()) else 0
 
-    def synthesize(
-        self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled
-    ) -> TTSOutcome:
+    def synthesize(self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled) -> TTSOutcome:
         name = self.espeak_voice(req.voice)
         if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
             raise BackendError("unknown_voice", f"espeak-ng could not select voice {name!r}")
@@ -128,9 +139,7 @@ class EspeakTTS(TTSBackend):
         text = req.text.encode("utf-8")
         self._sink, self._stop, self._samples = emit, cancelled, 0
         try:
-            err = self._lib.espeak_Synth(
-                text, len(text) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
-            )
+            err = self._lib.espeak_Synth(text, len(text) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             self._lib.espeak_Synchronize()
         finally:
             self._sink, self._stop = None, None

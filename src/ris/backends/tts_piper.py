@@ -48,9 +48,7 @@ class PiperTTS(TTSBackend):
             tags |= {"en-US", "en"}
         self.voices = (name, *sorted(tags - {name}))
 
-    def synthesize(
-        self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled
-    ) -> TTSOutcome:
+    def synthesize(self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled) -> TTSOutcome:
         syn = SynthesisConfig(length_scale=1.0 / req.speed)
         samples = 0
         for chunk in self._voice.synthesize(req.text, syn_config=syn):

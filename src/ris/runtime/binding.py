@@ -82,8 +82,9 @@ def apply_binding(binding: Binding) -> None:
         proc.cpu_affinity(list(binding.cores))
     if binding.nice:
         if sys.platform == "win32":
-            proc.nice(psutil.IDLE_PRIORITY_CLASS if binding.nice >= 15 else
-                      psutil.BELOW_NORMAL_PRIORITY_CLASS)
+            proc.nice(
+                psutil.IDLE_PRIORITY_CLASS if binding.nice >= 15 else psutil.BELOW_NORMAL_PRIORITY_CLASS
+            )
         else:
             proc.nice(binding.nice)
 

@@ -99,14 +99,22 @@ class Engine:
             gpu=cfg.gpu_index,
         )
         return WorkerSpec(
-            lane=lane.value, binding=binding, device=cfg.device,
-            lane_config_json=cfg.model_dump_json(), data_dir=str(self.config.data_dir),
+            lane=lane.value,
+            binding=binding,
+            device=cfg.device,
+            lane_config_json=cfg.model_dump_json(),
+            data_dir=str(self.config.data_dir),
         )
 
     # ----- requests ------------------------------------------------------------------------
 
     def submit(
-        self, lane: Lane, model: str, request: Any, *, priority: int = 0,
+        self,
+        lane: Lane,
+        model: str,
+        request: Any,
+        *,
+        priority: int = 0,
         timeout_s: float | None = None,
     ) -> TaskHandle:
         """Queue a task; raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
@@ -115,12 +123,15 @@ class Engine:
             raise LaneUnavailable(lane, f"the {lane.value} lane is disabled in the configuration")
         worker = self.workers[lane]
         if worker.state is WorkerState.FAILED and worker.failure is not None:
-            raise LaneUnavailable(
-                lane, f"the {lane.value} worker cannot start: {worker.failure.message}"
-            )
+            raise LaneUnavailable(lane, f"the {lane.value} worker cannot start: {worker.failure.message}")
         deadline = self.clock() + (timeout_s or cfg.request_timeout_s)
-        spec = TaskSpec(lane=lane, priority=priority, deadline=deadline, payload=(model, request),
-                        priority_class=cfg.policy().priority_class)
+        spec = TaskSpec(
+            lane=lane,
+            priority=priority,
+            deadline=deadline,
+            payload=(model, request),
+            priority_class=cfg.policy().priority_class,
+        )
         task = self.scheduler.submit(spec)
         handle = TaskHandle(task.id, lane, model)
         self.handles[task.id] = handle
@@ -216,8 +227,9 @@ class Engine:
         elif isinstance(msg, m.TaskError):
             self.scheduler.finish(msg.task_id, TaskState.FAILED, code=msg.code, message=msg.message)
         else:
-            self.scheduler.finish(msg.task_id, TaskState.CANCELLED, code="cancelled",
-                                  message="cancelled by the client")
+            self.scheduler.finish(
+                msg.task_id, TaskState.CANCELLED, code="cancelled", message="cancelled by the client"
+            )
         self._settle(msg.task_id)
         self._dispatch()
 
@@ -279,24 +291,31 @@ class Engine:
             if worker.state in (WorkerState.STARTING, WorkerState.READY) and not worker.alive:
                 self._crashed(lane, "worker_crashed", f"the {lane.value} worker process died")
             elif worker.state is WorkerState.READY and now - worker.last_heartbeat > cfg.heartbeat_timeout_s:
-                self._crashed(lane, "worker_timeout",
-                              f"the {lane.value} worker stopped answering for {cfg.heartbeat_timeout_s:g} s")
+                self._crashed(
+                    lane,
+                    "worker_timeout",
+                    f"the {lane.value} worker stopped answering for {cfg.heartbeat_timeout_s:g} s",
+                )
             elif worker.state is WorkerState.STARTING and now - worker.started_at > cfg.load_timeout_s:
                 self._crashed(lane, "worker_timeout", f"the {lane.value} worker did not load in time")
             running = self._running_on[lane]
             handle = self.handles.get(running) if running else None
             if handle is not None and now - handle.last_progress_at > cfg.busy_timeout_s:
-                self._crashed(lane, "worker_timeout",
-                              f"no progress for {cfg.busy_timeout_s:g} s; the worker was replaced")
-            if worker.state in (WorkerState.DEAD, WorkerState.FAILED) and now >= self._restart_at.get(lane, 0):
+                self._crashed(
+                    lane,
+                    "worker_timeout",
+                    f"no progress for {cfg.busy_timeout_s:g} s; the worker was replaced",
+                )
+            down = worker.state in (WorkerState.DEAD, WorkerState.FAILED)
+            if down and now >= self._restart_at.get(lane, 0):
                 log.warning("restarting the %s worker", lane.value)
                 worker.restarts += 1
                 worker.start()
         for task in self.scheduler.expire():
             self.workers[task.lane].send(m.CancelTask(task.id))
         for task_id in list(self.handles):
-            task = self.scheduler.get(task_id)
-            if task is None or task.state.finished:
+            live = self.scheduler.get(task_id)
+            if live is None or live.state.finished:
                 self._settle(task_id)
 
     def _crashed(self, lane: Lane, code: str, message: str) -> None:
@@ -315,7 +334,7 @@ class Engine:
     @staticmethod
     def _backoff(worker: WorkerHandle) -> float:
         # Quick first restart; repeated failures back off so a broken model cannot spin the CPU.
-        return min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(worker.restarts, 6)))
+        return min(RESTART_BACKOFF_MAX_S, 0.5 * 2.0 ** min(worker.restarts, 6))
 
     # ----- queries -------------------------------------------------------------------------
 

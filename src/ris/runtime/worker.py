@@ -20,7 +20,7 @@ from ris.runtime.worker_main import WorkerSpec, worker_main
 _CTX = mp.get_context("spawn")
 
 
-class WorkerState(str, enum.Enum):
+class WorkerState(enum.StrEnum):
     STARTING = "starting"  # process spawned, models loading
     READY = "ready"
     FAILED = "failed"  # could not load its models; restarted after a back-off
@@ -58,7 +58,9 @@ class WorkerHandle:
     def start(self) -> None:
         parent, child = _CTX.Pipe(duplex=True)
         proc = _CTX.Process(
-            target=worker_main, args=(self.spec, child), name=f"ris-{self.spec.lane}-worker",
+            target=worker_main,
+            args=(self.spec, child),
+            name=f"ris-{self.spec.lane}-worker",
             daemon=True,
         )
         with spawn_environment(self.spec.binding):
@@ -71,7 +73,9 @@ class WorkerHandle:
         self.ready_info = None
         self._ps = None
         threading.Thread(
-            target=self._read, args=(parent, self.generation), name=f"ris-{self.spec.lane}-reader",
+            target=self._read,
+            args=(parent, self.generation),
+            name=f"ris-{self.spec.lane}-reader",
             daemon=True,
         ).start()
 

@@ -74,11 +74,14 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         eager = list(cfg.models) if lane is Lane.TTS else [cfg.default_model] if cfg.default_model else []
         for name in eager:
             backend = load(name)
-            infos.append(m.ModelInfo(
-                name=name, backend=cfg.models[name].backend,
-                voices=tuple(getattr(backend, "voices", ())),
-                sample_rate=getattr(backend, "sample_rate", None),
-            ))
+            infos.append(
+                m.ModelInfo(
+                    name=name,
+                    backend=cfg.models[name].backend,
+                    voices=tuple(getattr(backend, "voices", ())),
+                    sample_rate=getattr(backend, "sample_rate", None),
+                )
+            )
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return
@@ -113,11 +116,15 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
     threading.Thread(target=receive, name="ris-receiver", daemon=True).start()
     threading.Thread(target=heartbeat, name="ris-heartbeat", daemon=True).start()
-    out.send(m.WorkerReady(
-        pid=os.getpid(), models=tuple(infos), cpu_affinity=observed_affinity(),
-        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-        threads=spec.binding.threads,
-    ))
+    out.send(
+        m.WorkerReady(
+            pid=os.getpid(),
+            models=tuple(infos),
+            cpu_affinity=observed_affinity(),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            threads=spec.binding.threads,
+        )
+    )
 
     while True:
         msg = inbox.get()
@@ -129,18 +136,20 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
             continue
         task_id = msg.task_id
 
-        def cancelled(task_id: str = task_id) -> bool:
-            return task_id in cancel_ids
-
-        def emit(item: Any, task_id: str = task_id) -> None:
-            progress_events[0] += 1
-            if isinstance(item, str):
-                out.send(m.TextDelta(task_id, item))
-            else:
-                out.send(m.AudioChunk(task_id, bytes(item), getattr(backend, "sample_rate", 0)))
-
         try:
             backend = load(msg.model)
+            rate = int(getattr(backend, "sample_rate", 0))
+
+            def cancelled(task_id: str = task_id) -> bool:
+                return task_id in cancel_ids
+
+            def emit(item: Any, task_id: str = task_id, rate: int = rate) -> None:
+                progress_events[0] += 1
+                if isinstance(item, str):
+                    out.send(m.TextDelta(task_id, item))
+                else:
+                    out.send(m.AudioChunk(task_id, bytes(item), rate))
+
             if lane is Lane.LLM:
                 outcome = backend.generate(msg.request, emit, cancelled)
             else:

@@ -55,7 +55,7 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
-class CancelOutcome(str, enum.Enum):
+class CancelOutcome(enum.StrEnum):
     CANCELLED = "cancelled"  # it was queued and will never run
     REQUESTED = "requested"  # it is running: the runtime must interrupt the worker
     FINISHED = "finished"  # it had already finished; nothing changed
@@ -245,16 +245,15 @@ class Scheduler:
             for task in book.queue.ordered():
                 if task.spec.deadline is not None and task.spec.deadline <= now:
                     self._close(
-                        book, task, TaskState.FAILED, "deadline_exceeded",
+                        book,
+                        task,
+                        TaskState.FAILED,
+                        "deadline_exceeded",
                         "the task's deadline passed before a worker was free",
                     )
                     book.queue.discard(task)
             for task in book.running.values():
-                if (
-                    task.spec.deadline is not None
-                    and task.spec.deadline <= now
-                    and not task.cancel_requested
-                ):
+                if task.spec.deadline is not None and task.spec.deadline <= now and not task.cancel_requested:
                     task.cancel_requested = True
                     self._cancel_reason[task.id] = "deadline"
                     to_interrupt.append(task)

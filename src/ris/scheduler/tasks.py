@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class Lane(str, enum.Enum):
+class Lane(enum.StrEnum):
     """A kind of work, served by its own worker process bound to its own resources."""
 
     LLM = "llm"
@@ -22,7 +22,7 @@ class PriorityClass(enum.IntEnum):
     BATCH = 1
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"

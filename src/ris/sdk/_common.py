@@ -68,7 +68,7 @@ def backoff_delay(attempt: int, retry_after: float | None, cap: float) -> float:
     """Honour the server's Retry-After; else exponential back-off with jitter."""
     if retry_after is not None:
         return min(cap, retry_after)
-    return min(cap, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+    return min(cap, 0.25 * 2.0**attempt) * (0.5 + random.random() / 2)
 
 
 RETRY_STATUSES = (429, 503)
@@ -88,8 +88,12 @@ def parse_sse(lines: list[str]) -> tuple[str, Any] | None:
 
 def generation_from(body: dict[str, Any]) -> Generation:
     return Generation(
-        task_id=body["task_id"], model=body["model"], text=body["text"],
-        finish_reason=body["finish_reason"], usage=body["usage"], timings=body["timings"],
+        task_id=body["task_id"],
+        model=body["model"],
+        text=body["text"],
+        finish_reason=body["finish_reason"],
+        usage=body["usage"],
+        timings=body["timings"],
     )
 
 

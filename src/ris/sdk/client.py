@@ -29,8 +29,13 @@ class Client:
     """Synchronous client. Retries 429/503 up to `max_retries` times, honouring Retry-After."""
 
     def __init__(
-        self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 300.0,
-        max_retries: int = 3, max_retry_wait: float = 30.0,
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
@@ -60,7 +65,10 @@ class Client:
     # ----- LLM -----------------------------------------------------------------------------
 
     def generate(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
         **options: Any,
     ) -> Generation:
         """Generate text; options: model, temperature, top_p, max_tokens, stop, seed, priority."""
@@ -68,7 +76,10 @@ class Client:
         return generation_from(self._request("POST", "/api/llm/generate", json=body).json())
 
     def generate_stream(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
         **options: Any,
     ) -> Iterator[str]:
         """Yield text pieces as the model produces them."""
@@ -101,16 +112,23 @@ class Client:
     # ----- TTS -----------------------------------------------------------------------------
 
     def synthesize(
-        self, text: str, *, voice: str | None = None, speed: float = 1.0,
-        model: str | None = None, path: str | Path | None = None, **options: Any,
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        model: str | None = None,
+        path: str | Path | None = None,
+        **options: Any,
     ) -> Speech:
         """Synthesize speech; returns the WAV bytes (and writes them to `path` if given)."""
         body = {"text": text, "voice": voice, "speed": speed, "model": model, **options}
         body = {k: v for k, v in body.items() if v is not None}
         meta = self._request("POST", "/api/tts/synthesize", json=body).json()
         audio = self._request("GET", meta["audio_url"]).content
-        speech = Speech(meta["task_id"], meta["model"], meta["voice"], meta["sample_rate"],
-                        meta["duration_s"], audio)
+        speech = Speech(
+            meta["task_id"], meta["model"], meta["voice"], meta["sample_rate"], meta["duration_s"], audio
+        )
         if path is not None:
             speech.save(path)
         return speech
@@ -145,8 +163,13 @@ class AsyncClient:
     """Asynchronous twin of Client."""
 
     def __init__(
-        self, base_url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 300.0,
-        max_retries: int = 3, max_retry_wait: float = 30.0,
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
@@ -174,7 +197,10 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def generate(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
         **options: Any,
     ) -> Generation:
         body = llm_body(prompt, messages, **options, stream=False)
@@ -182,7 +208,10 @@ class AsyncClient:
         return generation_from(resp.json())
 
     async def generate_stream(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
         **options: Any,
     ) -> AsyncIterator[str]:
         body = llm_body(prompt, messages, **options, stream=True)
@@ -212,15 +241,22 @@ class AsyncClient:
                 return
 
     async def synthesize(
-        self, text: str, *, voice: str | None = None, speed: float = 1.0,
-        model: str | None = None, path: str | Path | None = None, **options: Any,
+        self,
+        text: str,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        model: str | None = None,
+        path: str | Path | None = None,
+        **options: Any,
     ) -> Speech:
         body = {"text": text, "voice": voice, "speed": speed, "model": model, **options}
         body = {k: v for k, v in body.items() if v is not None}
         meta = (await self._request("POST", "/api/tts/synthesize", json=body)).json()
         audio = (await self._request("GET", meta["audio_url"])).content
-        speech = Speech(meta["task_id"], meta["model"], meta["voice"], meta["sample_rate"],
-                        meta["duration_s"], audio)
+        speech = Speech(
+            meta["task_id"], meta["model"], meta["voice"], meta["sample_rate"], meta["duration_s"], audio
+        )
         if path is not None:
             speech.save(path)
         return speech
