@@ -6,6 +6,7 @@ the machine (which cores and GPUs exist) take a MachineInfo, so tests can pass a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ris.machine import MachineInfo, machine_info
 from ris.scheduler import Lane, LanePolicy, PriorityClass
+from ris.scheduler.preemption import PreemptionPolicy
 
 # Backends each lane kind accepts (names as registered in ris.backends).
 LANE_BACKENDS: dict[Lane, tuple[str, ...]] = {
@@ -51,6 +53,23 @@ class ModelSpec(_Strict):
     description: str = ""
 
 
+class PreemptionConfig(_Strict):
+    """How the image lane yields to real-time lanes that share its GPU or CPU cores."""
+
+    policy: Literal["auto", "none", "step", "block"] = Field(
+        default="auto",
+        description="'auto': 'block' when the lane shares hardware with a real-time lane, else "
+        "'none'; 'step' pauses between denoising steps; 'block' also inside the UNet",
+    )
+    scope: Literal["prefill", "request"] = Field(
+        default="prefill", description="pause during LLM prefill only, or its whole request"
+    )
+    min_share: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="wall-time share images keep under constant load"
+    )
+    window_s: float = Field(default=10.0, gt=0, description="memory of the starvation guard")
+
+
 class LaneConfig(_Strict):
     """Resources, limits and models of one lane; each lane is one worker process."""
 
@@ -81,6 +100,9 @@ class LaneConfig(_Strict):
     load_timeout_s: float = Field(default=600.0, gt=0, description="model loading at most")
     default_model: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    preemption: PreemptionConfig = Field(
+        default_factory=PreemptionConfig, description="image lane only: yielding to real-time lanes"
+    )
 
     @field_validator("device")
     @classmethod
@@ -136,6 +158,8 @@ class ServerConfig(_Strict):
     max_prompt_chars: int = Field(default=32_000, ge=1)
     max_tts_chars: int = Field(default=5_000, ge=1)
     max_new_tokens: int = Field(default=4096, ge=1)
+    max_image_pixels: int = Field(default=1024 * 1024, ge=64 * 64, description="width x height")
+    max_image_steps: int = Field(default=100, ge=1, le=1000)
 
 
 class Config(_Strict):
@@ -151,6 +175,34 @@ class Config(_Strict):
     @property
     def enabled_lanes(self) -> list[Lane]:
         return [lane for lane, cfg in self.lanes.items() if cfg.enabled]
+
+    def image_sharing(self) -> tuple[Lane, ...]:
+        """Real-time lanes the image lane shares hardware with: the same GPU, or (on CPU)
+        overlapping cores. The image worker yields to these."""
+        img = self.lanes[Lane.IMAGE]
+        shared: list[Lane] = []
+        for lane in (Lane.LLM, Lane.TTS):
+            cfg = self.lanes[lane]
+            if not cfg.enabled or cfg.priority_class != "realtime":
+                continue
+            if img.device.startswith("cuda"):
+                if cfg.device == img.device:
+                    shared.append(lane)
+            elif cfg.device == "cpu":
+                mine, theirs = img.cores, cfg.cores
+                if mine is None or theirs is None or set(mine) & set(theirs):
+                    shared.append(lane)
+        return tuple(shared)
+
+    def image_preemption(self) -> PreemptionPolicy:
+        """The image lane's resolved policy ('none' when it shares nothing)."""
+        pc = self.lanes[Lane.IMAGE].preemption
+        mode = pc.policy
+        if not self.image_sharing():
+            mode = "none"
+        elif mode == "auto":
+            mode = "block"
+        return PreemptionPolicy(mode=mode, scope=pc.scope, min_share=pc.min_share, window_s=pc.window_s)
 
     def check_against(self, machine: MachineInfo) -> Config:
         """Cross-field and machine checks; raises ConfigError quoting the bad values."""
@@ -281,7 +333,15 @@ def default_models() -> dict[Lane, dict[str, ModelSpec]]:
                 description="espeak-ng 1.52 from espeakng-loader: many languages, zh-CN included",
             ),
         },
-        Lane.IMAGE: {},
+        Lane.IMAGE: {
+            "tiny-sd": ModelSpec(
+                backend="diffusers",
+                source="builtin:tiny-sd",
+                options={"default_steps": 8, "default_guidance": 5.0},
+                description="UNTRAINED tiny Stable Diffusion pipeline built offline (tests, "
+                "plumbing); its pictures are noise. Configure SD 1.5 / SD-Turbo / SDXL for real ones",
+            ),
+        },
     }
 
 
@@ -323,7 +383,8 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
             models=models[Lane.TTS],
         ),
         Lane.IMAGE: LaneConfig(
-            enabled=bool(models[Lane.IMAGE]),
+            # The image extra (torch, diffusers) is optional: without it the lane stays off.
+            enabled=importlib.util.find_spec("diffusers") is not None,
             device=f"cuda:{1 if m.gpus >= 2 else 0}" if m.gpus else "cpu",
             cores=tuple(cores),
             threads=max(1, n // 2),
@@ -332,6 +393,7 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
             max_queue=256,
             request_timeout_s=3600.0,
             busy_timeout_s=600.0,
+            default_model="tiny-sd",
             models=models[Lane.IMAGE],
         ),
     }

@@ -36,6 +36,31 @@ class TTSRequest:
 
 
 @dataclass(frozen=True)
+class ImageRequest:
+    prompt: str = field(repr=False)
+    negative_prompt: str | None = field(default=None, repr=False)
+    width: int = 512
+    height: int = 512
+    # None: the model's default (few for turbo models).
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    width: int
+    height: int
+    steps: int
+    seed: int
+    # Where the worker wrote the PNG (inside the data folder).
+    path: str
+    # Seconds the worker spent paused for real-time lanes, and how often it paused.
+    paused_s: float = 0.0
+    pauses: int = 0
+
+
+@dataclass(frozen=True)
 class LLMOutcome:
     finish_reason: str  # "stop" (end of sequence or a stop string), "length" or "cancelled"
     prompt_tokens: int

@@ -10,8 +10,9 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ris.backends.base import BackendError, LLMBackend, TTSBackend
+from ris.backends.base import BackendError, ImageBackend, LLMBackend, TTSBackend
 from ris.scheduler import Lane
 
 REGISTRY: dict[Lane, dict[str, str]] = {
@@ -23,7 +24,9 @@ REGISTRY: dict[Lane, dict[str, str]] = {
         "espeak": "ris.backends.tts_espeak:EspeakTTS",
         "piper": "ris.backends.tts_piper:PiperTTS",
     },
-    Lane.IMAGE: {},
+    Lane.IMAGE: {
+        "diffusers": "ris.backends.image_diffusers:DiffusersImage",
+    },
 }
 
 
@@ -34,6 +37,8 @@ class BackendContext:
     device: str  # "cpu" or "cuda:N" as configured (the worker sees only that GPU, as cuda:0)
     threads: int
     data_dir: Path
+    # The image worker's preemption points (ris.scheduler.preemption.Yielder); None elsewhere.
+    yielder: Any = None
 
 
 def backend_class(lane: Lane, name: str) -> type:
@@ -80,6 +85,7 @@ __all__ = [
     "REGISTRY",
     "BackendContext",
     "BackendError",
+    "ImageBackend",
     "LLMBackend",
     "TTSBackend",
     "backend_class",

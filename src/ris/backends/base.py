@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from ris.messages import LLMOutcome, LLMRequest, TTSOutcome, TTSRequest
+from ris.messages import ImageRequest, LLMOutcome, LLMRequest, TTSOutcome, TTSRequest
 
 # Returns True once the task should stop (cancelled by the client, or past its deadline).
 Cancelled = Callable[[], bool]
@@ -41,6 +42,26 @@ class TTSBackend(ABC):
     def synthesize(
         self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled
     ) -> TTSOutcome: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model's memory."""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    png: bytes = field(repr=False)
+    width: int
+    height: int
+    steps: int
+    seed: int
+
+
+class ImageBackend(ABC):
+    """Text-to-image. `on_step(done, total)` after each denoising step. The backend calls the
+    worker's Yielder (given at construction) at its preemption points."""
+
+    @abstractmethod
+    def generate(self, req: ImageRequest, on_step: Callable[[int, int], None]) -> GeneratedImage: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model's memory."""

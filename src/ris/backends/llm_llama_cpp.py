@@ -52,7 +52,13 @@ class LlamaCppLLM(LLMBackend):
         stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
         return formatted.prompt, tuple(s for s in stops if s)
 
-    def generate(self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled) -> LLMOutcome:
+    def generate(
+        self,
+        req: LLMRequest,
+        emit: Callable[[str], None],
+        cancelled: Cancelled,
+        prefill_done: Callable[[], None] = lambda: None,
+    ) -> LLMOutcome:
         prompt, template_stops = self._prompt(req)
         tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         budget = self._llm.n_ctx() - len(tokens)
@@ -77,6 +83,8 @@ class LlamaCppLLM(LLMBackend):
         )
         try:
             for tok in gen:
+                if produced == 0:
+                    prefill_done()
                 if cancelled():
                     finish = "cancelled"
                     break

@@ -138,7 +138,13 @@ class TransformersLLM(LLMBackend):
             torch.cuda.synchronize()
 
     @torch.inference_mode()
-    def generate(self, req: LLMRequest, emit: Callable[[str], None], cancelled: Cancelled) -> LLMOutcome:
+    def generate(
+        self,
+        req: LLMRequest,
+        emit: Callable[[str], None],
+        cancelled: Cancelled,
+        prefill_done: Callable[[], None] = lambda: None,
+    ) -> LLMOutcome:
         if req.messages is not None:
             prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in req.messages])
         else:
@@ -169,6 +175,8 @@ class TransformersLLM(LLMBackend):
             cache = getattr(out, self._cache_arg)
             tok = self._sample(out.logits[0, -1].float(), req, gen)
             self._sync()
+            if produced == 0:
+                prefill_done()
             if tok == eos and not req.ignore_eos:
                 finish = "stop"
                 break

@@ -7,6 +7,7 @@ messages over with call_soon_threadsafe; a monitor task checks liveness, hangs a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import wave
@@ -17,7 +18,9 @@ from typing import Any
 
 from ris import messages as m
 from ris.config import Config
+from ris.runtime.activity import ActivityBoard
 from ris.runtime.binding import Binding
+from ris.runtime.store import StoredTask, TaskStore
 from ris.runtime.worker import WorkerHandle, WorkerState
 from ris.runtime.worker_main import WorkerSpec
 from ris.scheduler import (
@@ -29,11 +32,16 @@ from ris.scheduler import (
     TaskSpec,
     TaskState,
 )
+from ris.scheduler.preemption import Activity
 
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
 RESTART_BACKOFF_MAX_S = 30.0
+# Lanes whose accepted tasks survive a server restart (asynchronous: the client polls later).
+DURABLE_LANES = frozenset({Lane.IMAGE})
+# A task found running after a restart is run again at most this many times in all.
+MAX_ATTEMPTS = 2
 
 
 @dataclass
@@ -67,26 +75,79 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._monitor: asyncio.Task[None] | None = None
         self.audio_dir = Path(config.data_dir) / "audio"
+        self.board = ActivityBoard()
+        self.store: TaskStore | None = None
+        # Scheduler times are monotonic; clients see Unix times.
+        self._wall_offset = time.time() - clock()
+
+    def wall(self, t: float | None) -> float | None:
+        return None if t is None else t + self._wall_offset
 
     # ----- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self.store = TaskStore(Path(self.config.data_dir) / "tasks.db")
         for lane in self.config.enabled_lanes:
-            handle = WorkerHandle(self._worker_spec(lane), self._from_thread)
+            handle = WorkerHandle(self._worker_spec(lane), self._from_thread, self.board)
             self.workers[lane] = handle
             handle.start()
+        self._recover()
         self._monitor = asyncio.create_task(self._monitor_loop(), name="ris-monitor")
 
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
+        # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
+        durable = {tid for tid, h in self.handles.items() if h.lane in DURABLE_LANES}
         for task_id in list(self.handles):
-            self.scheduler.cancel(task_id)
+            if task_id not in durable:
+                self.scheduler.cancel(task_id)
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers.values()))
         for lane in self.workers:
-            self._fail_lane(lane, "server_shutdown", "the server is shutting down")
+            if lane not in DURABLE_LANES:
+                self._fail_lane(lane, "server_shutdown", "the server is shutting down")
+        if self.store is not None:
+            self.store.close()
+
+    def _recover(self) -> None:
+        """Resume the durable tasks a previous server accepted but did not finish."""
+        assert self.store is not None
+        for st in self.store.unfinished():
+            lane = Lane(st.lane)
+            if st.state == "running" and st.attempts >= MAX_ATTEMPTS:
+                self.store.finish(
+                    st.id,
+                    "failed",
+                    time.time(),
+                    "interrupted",
+                    f"the server stopped while this task ran ({st.attempts} attempts)",
+                )
+                continue
+            if lane not in self.workers:
+                self.store.finish(
+                    st.id,
+                    "failed",
+                    time.time(),
+                    "lane_unavailable",
+                    f"the {lane.value} lane is disabled since the task was accepted",
+                )
+                continue
+            request = m.ImageRequest(**st.request)
+            cfg = self.config.lane(lane)
+            spec = TaskSpec(
+                lane=lane,
+                priority=st.priority,
+                payload=(st.model, request),
+                deadline=self.clock() + cfg.request_timeout_s,
+                priority_class=cfg.policy().priority_class,
+            )
+            self.scheduler.submit(spec, task_id=st.id, force=True)
+            self.handles[st.id] = TaskHandle(st.id, lane, st.model)
+            if st.state == "running":
+                self.store.requeue(st.id)
+            log.info("resumed %s task %s (%s)", lane.value, st.id, st.state)
 
     def _worker_spec(self, lane: Lane) -> WorkerSpec:
         cfg = self.config.lane(lane)
@@ -133,6 +194,13 @@ class Engine:
             priority_class=cfg.policy().priority_class,
         )
         task = self.scheduler.submit(spec)
+        if lane in DURABLE_LANES:
+            assert self.store is not None
+            try:
+                self.store.add(task.id, lane.value, model, priority, dataclasses.asdict(request), time.time())
+            except Exception:
+                self.scheduler.cancel(task.id)  # not durable, so not accepted
+                raise
         handle = TaskHandle(task.id, lane, model)
         self.handles[task.id] = handle
         self._dispatch()
@@ -158,6 +226,8 @@ class Engine:
             handle = self.handles.get(task.id)
             if handle is not None:
                 handle.last_progress_at = self.clock()
+            if task.lane in DURABLE_LANES and self.store is not None:
+                self.store.mark_running(task.id, time.time())
             if not worker.send(m.RunTask(task.id, model, request)):
                 self._crashed(task.lane, "worker_crashed", "the worker died before the task started")
 
@@ -250,6 +320,18 @@ class Engine:
                 "completion_tokens": outcome.completion_tokens,
                 "timings": timings,
             }
+        if isinstance(outcome, m.ImageOutcome):
+            return {
+                "model": handle.model,
+                "path": outcome.path,
+                "width": outcome.width,
+                "height": outcome.height,
+                "steps": outcome.steps,
+                "seed": outcome.seed,
+                "paused_s": outcome.paused_s,
+                "pauses": outcome.pauses,
+                "timings": timings,
+            }
         if isinstance(outcome, m.TTSOutcome):
             path = self.audio_dir / f"{handle.task_id}.wav"
             write_wav(path, bytes(handle.audio), outcome.sample_rate)
@@ -269,6 +351,10 @@ class Engine:
         task = self.scheduler.get(task_id)
         if handle is None or task is None:
             return
+        if task.lane in DURABLE_LANES and self.store is not None:
+            self.store.finish(
+                task.id, task.state.value, time.time(), task.error_code, task.error_message, task.result
+            )
         handle.events.put_nowait(None)
         if not handle.done.done():
             handle.done.set_result(task)
@@ -322,6 +408,9 @@ class Engine:
         worker = self.workers[lane]
         log.error("%s: %s", lane.value, message)
         worker.kill()
+        # A worker killed mid-prefill must not leave the image lane paused behind it.
+        if lane is not Lane.IMAGE:
+            self.board.set(lane, Activity.IDLE)
         self.scheduler.set_slots(lane, 0)
         self._fail_lane(lane, code, message)
         self._restart_at[lane] = self.clock() + self._backoff(worker)
@@ -341,11 +430,79 @@ class Engine:
     def ready(self) -> dict[Lane, bool]:
         return {lane: w.state is WorkerState.READY for lane, w in self.workers.items()}
 
+    def lookup(self, task_id: str) -> TaskView | None:
+        """A task's state from the scheduler (live) or the durable store (finished, or from
+        before a restart)."""
+        task = self.scheduler.get(task_id)
+        if task is not None:
+            model = task.spec.payload[0] if task.spec.payload else ""
+            return TaskView(
+                id=task.id,
+                lane=task.lane,
+                model=model,
+                state=task.state.value,
+                priority=task.spec.priority,
+                submitted_at=self.wall(task.submitted_at) or 0.0,
+                started_at=self.wall(task.started_at),
+                finished_at=self.wall(task.finished_at),
+                queue_position=self.scheduler.position(task.id),
+                progress_done=task.progress_done,
+                progress_total=task.progress_total,
+                eta_s=self.scheduler.eta(task.id),
+                error_code=task.error_code,
+                error_message=task.error_message,
+                result=task.result,
+            )
+        st = self.store.get(task_id) if self.store is not None else None
+        return None if st is None else TaskView.from_stored(st)
+
     def model_infos(self, lane: Lane) -> dict[str, m.ModelInfo]:
         worker = self.workers.get(lane)
         if worker is None or worker.ready_info is None:
             return {}
         return {info.name: info for info in worker.ready_info.models}
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as clients see it; times are Unix seconds."""
+
+    id: str
+    lane: Lane
+    model: str
+    state: str
+    priority: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_position: int | None
+    progress_done: int
+    progress_total: int | None
+    eta_s: float | None
+    error_code: str | None
+    error_message: str | None
+    result: dict[str, Any] | None
+
+    @classmethod
+    def from_stored(cls, st: StoredTask) -> TaskView:
+        steps = (st.result or {}).get("steps")
+        return cls(
+            id=st.id,
+            lane=Lane(st.lane),
+            model=st.model,
+            state=st.state,
+            priority=st.priority,
+            submitted_at=st.submitted_at,
+            started_at=st.started_at,
+            finished_at=st.finished_at,
+            queue_position=None,
+            progress_done=steps or 0,
+            progress_total=steps,
+            eta_s=None,
+            error_code=st.error_code,
+            error_message=st.error_message,
+            result=st.result,
+        )
 
 
 class LaneUnavailable(Exception):
@@ -365,4 +522,4 @@ def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
     tmp.replace(path)
 
 
-__all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "write_wav"]
+__all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "TaskView", "write_wav"]

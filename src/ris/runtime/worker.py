@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 
 from ris import messages as m
+from ris.runtime.activity import ActivityBoard
 from ris.runtime.binding import spawn_environment
 from ris.runtime.worker_main import WorkerSpec, worker_main
 
@@ -30,8 +31,11 @@ class WorkerState(enum.StrEnum):
 class WorkerHandle:
     """One worker process. Messages it sends are passed to `on_message` from a reader thread."""
 
-    def __init__(self, spec: WorkerSpec, on_message: Callable[[WorkerHandle, Any], None]) -> None:
+    def __init__(
+        self, spec: WorkerSpec, on_message: Callable[[WorkerHandle, Any], None], board: ActivityBoard
+    ) -> None:
         self.spec = spec
+        self._board = board
         self._on_message = on_message
         self._proc: Any = None
         self._conn: Any = None
@@ -59,7 +63,7 @@ class WorkerHandle:
         parent, child = _CTX.Pipe(duplex=True)
         proc = _CTX.Process(
             target=worker_main,
-            args=(self.spec, child),
+            args=(self.spec, child, self._board),
             name=f"ris-{self.spec.lane}-worker",
             daemon=True,
         )

@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from ris.runtime.activity import ActivityBoard
 from ris.runtime.binding import Binding, apply_binding, observed_affinity
+from ris.scheduler.preemption import PreemptionPolicy
 
 HEARTBEAT_INTERVAL_S = 0.5
 
@@ -32,6 +36,9 @@ class WorkerSpec:
     # The lane's LaneConfig as JSON: the config model is rebuilt inside the worker.
     lane_config_json: str
     data_dir: str
+    # Image lane only: how to yield, and to which real-time lanes (those sharing its hardware).
+    preemption: PreemptionPolicy | None = None
+    yield_to: tuple[str, ...] = ()
 
 
 class _Outbox:
@@ -46,7 +53,7 @@ class _Outbox:
             self._conn.send(msg)
 
 
-def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+def worker_main(spec: WorkerSpec, conn: Connection, board: ActivityBoard) -> None:
     apply_binding(spec.binding)  # before any model library is imported
     # Imports below may pull numpy and friends: only now that the thread variables are set.
     from ris import messages as m
@@ -54,11 +61,19 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     from ris.backends.base import BackendError
     from ris.config import LaneConfig
     from ris.scheduler import Lane
+    from ris.scheduler.preemption import Yielder
 
     out = _Outbox(conn)
     lane = Lane(spec.lane)
     cfg = LaneConfig.model_validate_json(spec.lane_config_json)
-    ctx = BackendContext(device=spec.device, threads=spec.binding.threads, data_dir=Path(spec.data_dir))
+    yielder = None
+    if lane is Lane.IMAGE and spec.preemption is not None:
+        yielder = Yielder(
+            spec.preemption, board.reader([Lane(x) for x in spec.yield_to]), time.monotonic, time.sleep
+        )
+    ctx = BackendContext(
+        device=spec.device, threads=spec.binding.threads, data_dir=Path(spec.data_dir), yielder=yielder
+    )
     models: dict[str, Any] = {}
     infos: list[m.ModelInfo] = []
 
@@ -69,8 +84,8 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         return models[name]
 
     try:
-        # LLMs are large: load the default now, others on first use. Speech models are small
-        # and the server needs their voices to route requests: load them all.
+        # LLMs and image models are large: load the default now, others on first use. Speech
+        # models are small and the server needs their voices to route requests: load them all.
         eager = list(cfg.models) if lane is Lane.TTS else [cfg.default_model] if cfg.default_model else []
         for name in eager:
             backend = load(name)
@@ -86,6 +101,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return
     except Exception as e:  # noqa: BLE001 - report any load failure, then exit
+        traceback.print_exc()
         out.send(m.WorkerFailed(code="model_load_failed", message=f"{type(e).__name__}: {e}"))
         return
 
@@ -126,6 +142,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
         )
     )
 
+    runner = _TaskRunner(lane, out, board, progress_events, Path(spec.data_dir), yielder)
     while True:
         msg = inbox.get()
         if isinstance(msg, m.Shutdown):
@@ -136,32 +153,95 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
             continue
         task_id = msg.task_id
 
+        def cancelled(task_id: str = task_id) -> bool:
+            return task_id in cancel_ids
+
+        if yielder is not None:
+            yielder.cancelled = cancelled
         try:
-            backend = load(msg.model)
-            rate = int(getattr(backend, "sample_rate", 0))
-
-            def cancelled(task_id: str = task_id) -> bool:
-                return task_id in cancel_ids
-
-            def emit(item: Any, task_id: str = task_id, rate: int = rate) -> None:
-                progress_events[0] += 1
-                if isinstance(item, str):
-                    out.send(m.TextDelta(task_id, item))
-                else:
-                    out.send(m.AudioChunk(task_id, bytes(item), rate))
-
-            if lane is Lane.LLM:
-                outcome = backend.generate(msg.request, emit, cancelled)
-            else:
-                outcome = backend.synthesize(msg.request, emit, cancelled)
-            if cancelled():
-                out.send(m.TaskCancelled(task_id))
-            else:
-                out.send(m.TaskDone(task_id, outcome))
+            outcome = runner.run(load(msg.model), msg, cancelled)
+            out.send(m.TaskCancelled(task_id) if cancelled() else m.TaskDone(task_id, outcome))
         except BackendError as e:
-            out.send(m.TaskError(task_id, e.code, e.message))
+            out.send(m.TaskCancelled(task_id) if cancelled() else m.TaskError(task_id, e.code, e.message))
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             traceback.print_exc()
             out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
             cancel_ids.discard(task_id)
+
+
+class _TaskRunner:
+    """Runs one task on a backend of the worker's lane, streaming its output to the server."""
+
+    def __init__(
+        self, lane: Any, out: _Outbox, board: ActivityBoard, progress: list[int], data_dir: Path, yielder: Any
+    ) -> None:
+        from ris.scheduler import Lane
+
+        self.lane = lane
+        self.out = out
+        self.board = board
+        self.progress = progress
+        self.images = data_dir / "images"
+        self._Lane = Lane
+        self.yielder = yielder
+
+    def run(self, backend: Any, msg: Any, cancelled: Callable[[], bool]) -> Any:
+        from ris import messages as m
+        from ris.scheduler.preemption import Activity
+
+        task_id = msg.task_id
+        out, Lane = self.out, self._Lane
+
+        def tick() -> None:
+            self.progress[0] += 1
+
+        if self.lane is Lane.LLM:
+
+            def emit_text(text: str) -> None:
+                tick()
+                out.send(m.TextDelta(task_id, text))
+
+            # Published for the image worker: prefill is when sharing a GPU hurts the most.
+            self.board.set(Lane.LLM, Activity.PREFILL)
+            try:
+                return backend.generate(
+                    msg.request, emit_text, cancelled, lambda: self.board.set(Lane.LLM, Activity.DECODE)
+                )
+            finally:
+                self.board.set(Lane.LLM, Activity.IDLE)
+        if self.lane is Lane.TTS:
+            rate = int(backend.sample_rate)
+
+            def emit_audio(pcm: bytes) -> None:
+                tick()
+                out.send(m.AudioChunk(task_id, bytes(pcm), rate))
+
+            self.board.set(Lane.TTS, Activity.BUSY)
+            try:
+                return backend.synthesize(msg.request, emit_audio, cancelled)
+            finally:
+                self.board.set(Lane.TTS, Activity.IDLE)
+
+        def on_step(done: int, total: int) -> None:
+            tick()
+            out.send(m.Progress(task_id, done, total))
+
+        yielder = self.yielder
+        before = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
+        image = backend.generate(msg.request, on_step)
+        self.images.mkdir(parents=True, exist_ok=True)
+        path = self.images / f"{task_id}.png"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(image.png)
+        os.replace(tmp, path)
+        after = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
+        return m.ImageOutcome(
+            width=image.width,
+            height=image.height,
+            steps=image.steps,
+            seed=image.seed,
+            path=str(path),
+            paused_s=after[0] - before[0],
+            pauses=after[1] - before[1],
+        )

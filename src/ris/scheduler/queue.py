@@ -42,8 +42,9 @@ class LaneQueue:
     def full(self) -> bool:
         return self._live >= self.capacity
 
-    def push(self, task: Task) -> None:
-        if self.full:
+    def push(self, task: Task, force: bool = False) -> None:
+        """Queue a task; `force` admits it over the bound (tasks accepted before a restart)."""
+        if self.full and not force:
             raise OverflowError("lane queue is full")
         heapq.heappush(self._heap, (task.sort_key, task.seq, task))
         self._live += 1

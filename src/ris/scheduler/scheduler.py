@@ -124,9 +124,11 @@ class Scheduler:
 
     # ----- admission -----------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec, task_id: str | None = None) -> Task:
+    def submit(self, spec: TaskSpec, task_id: str | None = None, *, force: bool = False) -> Task:
+        """Admit a task, or raise QueueFull. `force` skips the bound: for tasks that were
+        already accepted once (resumed after a restart), which must not be lost."""
         book = self._book(spec.lane)
-        if book.queue.full:
+        if book.queue.full and not force:
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
         now = self._clock()
         task = Task(
@@ -138,7 +140,7 @@ class Scheduler:
         )
         if task.id in self._tasks:
             raise ValueError(f"duplicate task id {task.id!r}")
-        book.queue.push(task)
+        book.queue.push(task, force=force)
         self._tasks[task.id] = task
         return task
 

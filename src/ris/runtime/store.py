@@ -1,0 +1,160 @@
+"""The durable task store: accepted image tasks and their state in SQLite, results beside it.
+
+WAL journal with synchronous=FULL: a task acknowledged to a client (HTTP 202) has reached the
+disk, and so has every state change after it, so a server killed with SIGKILL comes back
+knowing every task it accepted. Progress within a running task is not stored: after a restart
+a task that was running is run again from its start (or failed, past `max_attempts`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id            TEXT PRIMARY KEY,
+    lane          TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    priority      INTEGER NOT NULL,
+    request       TEXT NOT NULL,
+    submitted_at  REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    error_code    TEXT,
+    error_message TEXT,
+    result        TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, submitted_at);
+CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
+"""
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    id: str
+    lane: str
+    model: str
+    state: str
+    priority: int
+    request: dict[str, Any]
+    # Wall-clock (Unix) times.
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    result: dict[str, Any] | None
+
+
+class TaskStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One connection used from the event loop thread (and tests); the lock guards stray use.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._db.execute(sql, args)
+
+    def add(
+        self, task_id: str, lane: str, model: str, priority: int, request: dict[str, Any], submitted_at: float
+    ) -> None:
+        self._write(
+            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at) "
+            "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+            (task_id, lane, model, priority, json.dumps(request), submitted_at),
+        )
+
+    def mark_running(self, task_id: str, started_at: float) -> None:
+        self._write(
+            "UPDATE tasks SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
+            (started_at, task_id),
+        )
+
+    def requeue(self, task_id: str) -> None:
+        self._write("UPDATE tasks SET state='queued', started_at=NULL WHERE id=?", (task_id,))
+
+    def finish(
+        self,
+        task_id: str,
+        state: str,
+        finished_at: float,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        self._write(
+            "UPDATE tasks SET state=?, finished_at=?, error_code=?, error_message=?, result=? "
+            "WHERE id=? AND state IN ('queued', 'running')",
+            (
+                state,
+                finished_at,
+                error_code,
+                error_message,
+                None if result is None else json.dumps(result),
+                task_id,
+            ),
+        )
+
+    def get(self, task_id: str) -> StoredTask | None:
+        rows = self._select("WHERE id=?", (task_id,))
+        return rows[0] if rows else None
+
+    def unfinished(self) -> list[StoredTask]:
+        """Queued and running tasks, oldest first (the order they are resumed in)."""
+        return self._select("WHERE state IN ('queued', 'running') ORDER BY submitted_at", ())
+
+    def recent(self, lane: str | None = None, state: str | None = None, limit: int = 100) -> list[StoredTask]:
+        where, args = [], []
+        if lane is not None:
+            where.append("lane=?")
+            args.append(lane)
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self._select(f"{clause} ORDER BY submitted_at DESC LIMIT ?", (*args, limit))
+
+    def _select(self, clause: str, args: tuple[Any, ...]) -> list[StoredTask]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, lane, model, state, priority, request, submitted_at, started_at, "
+                f"finished_at, attempts, error_code, error_message, result FROM tasks {clause}",
+                args,
+            ).fetchall()
+        return [
+            StoredTask(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                json.loads(r[5]),
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                r[11],
+                None if r[12] is None else json.loads(r[12]),
+            )
+            for r in rows
+        ]
