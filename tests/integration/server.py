@@ -62,7 +62,12 @@ class Server:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.proc.kill()  # never leave a half-started server behind a failed fixture
+            self.proc.wait()
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:

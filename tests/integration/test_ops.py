@@ -22,7 +22,7 @@ LONG = {"prompt": "Tell me everything about the sea.", "max_tokens": 1500, "igno
 def test_health_and_ready(server: Server) -> None:
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/ready").json()
-    assert ready == {"ready": True, "lanes": {"llm": True, "tts": True}}
+    assert ready == {"ready": True, "lanes": {"llm": True, "tts": True, "image": True}}
 
 
 def test_stats_report_every_lane(client: Client) -> None:
@@ -32,7 +32,7 @@ def test_stats_report_every_lane(client: Client) -> None:
     tts = lanes["tts"]
     assert tts["worker"]["state"] == "ready" and tts["worker"]["rss_bytes"] > 10_000_000
     assert tts["succeeded"] >= 1 and tts["latency_s"]["p50"] > 0
-    assert lanes["image"]["worker"]["state"] == "disabled"
+    assert lanes["image"]["worker"]["state"] == "ready" and lanes["image"]["worker"]["cpu_affinity"] == [0, 1]
 
 
 def test_prometheus_metrics(server: Server) -> None:
@@ -136,11 +136,6 @@ def test_unknown_task(server: Server) -> None:
     assert r.status_code == 404 and "32 lowercase hex" in r.json()["error"]["message"]
 
 
-def test_image_lane_disabled_is_a_clear_503(server: Server) -> None:
-    r = httpx.post(f"{server.url}/api/image/generate", json={"prompt": "a red apple"})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "lane_unavailable"
-
-
 def test_oversize_body(server: Server) -> None:
     r = httpx.post(
         f"{server.url}/api/llm/generate",
@@ -162,7 +157,7 @@ def test_ris_status_cli(server: Server) -> None:
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["lane", "worker", "pid"]
     assert any(line.startswith("llm") and "ready" in line for line in lines)
-    assert any(line.startswith("image") and "disabled" in line for line in lines)
+    assert any(line.startswith("image") and "ready" in line for line in lines)
 
 
 def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: object) -> None:

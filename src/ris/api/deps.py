@@ -7,8 +7,7 @@ import re
 from fastapi import Request
 
 from ris.api.errors import APIError
-from ris.runtime.engine import Engine
-from ris.scheduler import Task
+from ris.runtime.engine import Engine, TaskView
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -18,10 +17,11 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def task_or_404(engine: Engine, task_id: str) -> Task:
+def view_or_404(engine: Engine, task_id: str) -> TaskView:
+    """A task from the scheduler or the durable store; ids are checked before any lookup."""
     if not _TASK_ID.match(task_id):
         raise APIError(404, "not_found", "task ids are 32 lowercase hex characters")
-    task = engine.scheduler.get(task_id)
-    if task is None:
+    view = engine.lookup(task_id)
+    if view is None:
         raise APIError(404, "not_found", f"no task {task_id}")
-    return task
+    return view

@@ -11,11 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ris import messages as m
-from ris.api.deps import engine_of, task_or_404
+from ris.api.deps import engine_of, view_or_404
 from ris.api.errors import APIError, lane_unavailable, queue_full
 from ris.api.schemas import (
     ErrorBody,
-    ImageGenerateRequest,
     LLMGenerateRequest,
     LLMGenerateResponse,
     TTSSynthesizeRequest,
@@ -252,28 +251,9 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
 )
 async def tts_audio(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    task = task_or_404(engine, task_id)
-    if task.lane is not Lane.TTS:
+    view = view_or_404(engine, task_id)
+    if view.lane is not Lane.TTS:
         raise APIError(404, "not_found", f"task {task_id} is not a TTS task")
-    if task.state is not TaskState.SUCCEEDED:
-        raise APIError(409, "not_ready", f"task {task_id} is {task.state.value}, no audio")
-    return FileResponse(task.result["audio_path"], media_type="audio/wav")
-
-
-# ----- image (backend arrives with the image-lane work) --------------------------------------
-
-
-@router.post(
-    "/api/image/generate",
-    responses=ERRORS,
-    tags=["image"],
-    status_code=202,
-    summary="Queue an image generation task",
-)
-async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
-    engine = engine_of(request)
-    if Lane.IMAGE not in engine.workers:
-        raise APIError(
-            503, "lane_unavailable", "the image lane is disabled: no image model is configured on this server"
-        )
-    raise APIError(501, "not_implemented", "image generation is not available in this build")
+    if view.state != "succeeded" or not view.result:
+        raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
+    return FileResponse(view.result["audio_path"], media_type="audio/wav")

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from ris.api.deps import engine_of, task_or_404
+from ris.api.deps import engine_of, view_or_404
 from ris.api.schemas import ErrorBody, TaskInfo
 from ris.api.stats import lane_stats, prometheus_text
-from ris.runtime.engine import Engine
-from ris.scheduler import CancelOutcome, Lane, Task
+from ris.runtime.engine import TaskView
+from ris.scheduler import CancelOutcome, Lane
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
@@ -63,26 +63,27 @@ async def models(request: Request) -> dict[str, Any]:
     return {"lanes": out}
 
 
-def task_info(engine: Engine, task: Task) -> dict[str, Any]:
+def task_info(view: TaskView) -> dict[str, Any]:
     return TaskInfo(
-        task_id=task.id,
-        lane=task.lane.value,
-        state=task.state.value,
-        priority=task.spec.priority,
-        submitted_at=task.submitted_at,
-        started_at=task.started_at,
-        finished_at=task.finished_at,
-        queue_position=engine.scheduler.position(task.id),
-        progress_done=task.progress_done,
-        progress_total=task.progress_total,
-        eta_s=engine.scheduler.eta(task.id),
-        error={"code": task.error_code or "failed", "message": task.error_message or ""}
-        if task.error_code or task.error_message
+        task_id=view.id,
+        lane=view.lane.value,
+        state=view.state,
+        model=view.model,
+        priority=view.priority,
+        submitted_at=view.submitted_at,
+        started_at=view.started_at,
+        finished_at=view.finished_at,
+        queue_position=view.queue_position,
+        progress_done=view.progress_done,
+        progress_total=view.progress_total,
+        eta_s=view.eta_s,
+        error={"code": view.error_code or "failed", "message": view.error_message or ""}
+        if view.error_code or view.error_message
         else None,
     ).model_dump()
 
 
-@router.get("/api/tasks", tags=["tasks"], summary="Recent and live tasks")
+@router.get("/api/tasks", tags=["tasks"], summary="Live and recent tasks of every lane, newest first")
 async def list_tasks(
     request: Request,
     lane: Lane | None = None,
@@ -92,13 +93,13 @@ async def list_tasks(
     engine = engine_of(request)
     tasks = [t for t in engine.scheduler.tasks(lane) if state is None or t.state.value == state]
     tasks.sort(key=lambda t: t.submitted_at, reverse=True)
-    return {"tasks": [task_info(engine, t) for t in tasks[:limit]]}
+    views = [v for v in (engine.lookup(t.id) for t in tasks[:limit]) if v is not None]
+    return {"tasks": [task_info(v) for v in views]}
 
 
 @router.get("/api/tasks/{task_id}", tags=["tasks"], responses=ERRORS, response_model=TaskInfo)
 async def get_task(task_id: str, request: Request) -> dict[str, Any]:
-    engine = engine_of(request)
-    return task_info(engine, task_or_404(engine, task_id))
+    return task_info(view_or_404(engine_of(request), task_id))
 
 
 @router.post(
@@ -106,11 +107,12 @@ async def get_task(task_id: str, request: Request) -> dict[str, Any]:
 )
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     engine = engine_of(request)
-    task = task_or_404(engine, task_id)
-    outcome = engine.cancel(task.id)
+    view = view_or_404(engine, task_id)
+    outcome = engine.cancel(view.id)
+    after = engine.lookup(view.id) or view
     return {
-        "task_id": task.id,
+        "task_id": view.id,
         "outcome": outcome.value,
-        "state": task.state.value,
-        "cancelled": outcome is not CancelOutcome.FINISHED,
+        "state": after.state,
+        "cancelled": outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED),
     }

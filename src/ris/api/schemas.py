@@ -74,17 +74,44 @@ class TTSSynthesizeResponse(BaseModel):
 
 
 class ImageGenerateRequest(_Body):
-    prompt: str = Field(min_length=1)
-    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    use_turbo: bool = False
-    steps: int | None = Field(default=None, ge=1, le=150)
+    prompt: str = Field(min_length=1, max_length=4000)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="pixels, multiple of 8")
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="pixels, multiple of 8")
+    use_turbo: bool = Field(default=False, description="use the configured turbo model (few steps)")
+    steps: int | None = Field(default=None, ge=1, le=1000, description="default: the model's")
+    guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    model: str | None = None
+    priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+
+
+class ImageAccepted(BaseModel):
+    task_id: str
+    status: str
+    queue_position: int | None
+    model: str
+    progress_url: str
+    result_url: str
+
+
+class ImageProgress(BaseModel):
+    task_id: str
+    status: str
+    step: int
+    total_steps: int | None
+    progress: float
+    queue_position: int | None
+    eta_s: float | None
+    error: dict[str, str] | None
 
 
 class TaskInfo(BaseModel):
     task_id: str
     lane: str
     state: str
+    model: str
     priority: int
     submitted_at: float
     started_at: float | None

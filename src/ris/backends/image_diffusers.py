@@ -24,7 +24,7 @@ import torch
 
 from ris.backends import BackendContext, resolve_source
 from ris.backends.base import BackendError, GeneratedImage, ImageBackend
-from ris.backends.sd_arch import ARCHS, build_pipeline, ensure_tiny_pipeline
+from ris.backends.sd_arch import ARCHS, TINY_VERSION, build_pipeline, ensure_tiny_pipeline
 from ris.config import ModelSpec
 from ris.messages import ImageRequest
 from ris.scheduler.preemption import PreemptedCancel, Yielder
@@ -95,7 +95,7 @@ class DiffusersImage(ImageBackend):
                 raise BackendError("bad_model", f"dummy architecture {arch!r}; known: {', '.join(ARCHS)}")
             pipe = build_pipeline(arch, ctx.data_dir / "tokenizers" / "byte-clip", device, dtype)
         elif spec.source == BUILTIN_TINY:
-            folder = ensure_tiny_pipeline(ctx.data_dir / "models" / "tiny-sd")
+            folder = ensure_tiny_pipeline(ctx.data_dir / "models" / f"tiny-sd-v{TINY_VERSION}")
             pipe = AutoPipelineForText2Image.from_pretrained(str(folder), local_files_only=True)
         else:
             pipe = self._load_path(resolve_source(spec.source), opts, dtype)

@@ -61,14 +61,16 @@ VAE: dict[str, Any] = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
+# Four blocks like the real VAE, so latents are 1/8 of the image side as in SD (with two, the
+# UNet would denoise at half resolution and a 512 px step would take a minute on one core).
 TINY_VAE: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
     latent_channels=4,
     layers_per_block=1,
-    block_out_channels=(32, 64),
-    down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2,
+    block_out_channels=(32, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
     sample_size=128,
 )
 CLIP_L: dict[str, Any] = dict(
@@ -101,6 +103,8 @@ SCHEDULER: dict[str, Any] = dict(
 )
 
 ARCHS = ("sd15", "sdxl", "tiny")
+# Bumped whenever the tiny pipeline's architecture changes: data folders keep one per version.
+TINY_VERSION = 1
 
 
 def _bytes_to_unicode() -> list[str]:

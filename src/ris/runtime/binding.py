@@ -48,6 +48,10 @@ class Binding:
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
         env["HF_DATASETS_OFFLINE"] = "1"
+        # Workers log to the server's output: no progress bars or advisory chatter there.
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        env["TRANSFORMERS_VERBOSITY"] = "error"
+        env["DIFFUSERS_VERBOSITY"] = "error"
         # Spinning OpenMP waits steal cycles from the lane sharing a core with us.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
         return env

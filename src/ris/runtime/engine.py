@@ -159,12 +159,15 @@ class Engine:
             nice=cfg.nice,
             gpu=cfg.gpu_index,
         )
+        image = lane is Lane.IMAGE
         return WorkerSpec(
             lane=lane.value,
             binding=binding,
             device=cfg.device,
             lane_config_json=cfg.model_dump_json(),
             data_dir=str(self.config.data_dir),
+            preemption=self.config.image_preemption() if image else None,
+            yield_to=tuple(x.value for x in self.config.image_sharing()) if image else (),
         )
 
     # ----- requests ------------------------------------------------------------------------

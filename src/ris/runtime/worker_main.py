@@ -66,10 +66,15 @@ def worker_main(spec: WorkerSpec, conn: Connection, board: ActivityBoard) -> Non
     out = _Outbox(conn)
     lane = Lane(spec.lane)
     cfg = LaneConfig.model_validate_json(spec.lane_config_json)
+    # The image worker always has a Yielder: even with nothing to yield to (policy "none"),
+    # its preemption points are where a cancelled task stops.
     yielder = None
-    if lane is Lane.IMAGE and spec.preemption is not None:
+    if lane is Lane.IMAGE:
         yielder = Yielder(
-            spec.preemption, board.reader([Lane(x) for x in spec.yield_to]), time.monotonic, time.sleep
+            spec.preemption or PreemptionPolicy(mode="none"),
+            board.reader([Lane(x) for x in spec.yield_to]),
+            time.monotonic,
+            time.sleep,
         )
     ctx = BackendContext(
         device=spec.device, threads=spec.binding.threads, data_dir=Path(spec.data_dir), yielder=yielder

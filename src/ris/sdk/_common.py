@@ -104,3 +104,14 @@ def llm_body(prompt: str | None, messages: list[dict[str, str]] | None, **kw: An
     else:
         body["prompt"] = prompt
     return body
+
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def check_final(progress: dict[str, Any]) -> dict[str, Any]:
+    """A finished task's progress, or RISError carrying its error code."""
+    if progress["status"] == "succeeded":
+        return progress
+    err = progress.get("error") or {}
+    raise RISError(200, str(err.get("code") or progress["status"]), str(err.get("message") or ""))

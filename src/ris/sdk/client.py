@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ris.sdk._common import (
+    FINAL_STATES,
     RETRY_STATUSES,
     Generation,
     RISError,
     Speech,
     backoff_delay,
+    check_final,
     error_from,
     generation_from,
     llm_body,
@@ -132,6 +134,54 @@ class Client:
         if path is not None:
             speech.save(path)
         return speech
+
+    # ----- images --------------------------------------------------------------------------
+
+    def generate_image(self, prompt: str, **options: Any) -> dict[str, Any]:
+        """Queue an image; returns at once with task_id, status and queue_position.
+        Options: width, height, steps, guidance, seed, negative_prompt, use_turbo, model, priority."""
+        body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        return dict(self._request("POST", "/api/image/generate", json=body).json())
+
+    def progress(self, task_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/image/progress/{task_id}").json())
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 0.25,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the task ends; return its last progress, or raise RISError if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            prog = self.progress(task_id)
+            if on_progress is not None:
+                on_progress(prog)
+            if prog["status"] in FINAL_STATES:
+                return check_final(prog)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {prog['status']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def result(self, task_id: str, path: str | Path | None = None) -> bytes:
+        """The PNG of a finished image task (written to `path` too if given)."""
+        png = self._request("GET", f"/api/image/result/{task_id}").content
+        if path is not None:
+            Path(path).write_bytes(png)
+        return png
+
+    def image(self, prompt: str, *, path: str | Path | None = None, **options: Any) -> bytes:
+        """Generate, wait and fetch: the PNG bytes."""
+        task_id = self.generate_image(prompt, **options)["task_id"]
+        self.wait(task_id)
+        return self.result(task_id, path)
+
+    def image_tasks(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
+        return list(self._request("GET", "/api/image/tasks", params=params).json()["tasks"])
 
     # ----- tasks and status ----------------------------------------------------------------
 
@@ -260,6 +310,38 @@ class AsyncClient:
         if path is not None:
             speech.save(path)
         return speech
+
+    async def generate_image(self, prompt: str, **options: Any) -> dict[str, Any]:
+        body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        return dict((await self._request("POST", "/api/image/generate", json=body)).json())
+
+    async def progress(self, task_id: str) -> dict[str, Any]:
+        return dict((await self._request("GET", f"/api/image/progress/{task_id}")).json())
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 0.25,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            prog = await self.progress(task_id)
+            if on_progress is not None:
+                on_progress(prog)
+            if prog["status"] in FINAL_STATES:
+                return check_final(prog)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {prog['status']} after {timeout} s")
+            await asyncio.sleep(poll_s)
+
+    async def result(self, task_id: str, path: str | Path | None = None) -> bytes:
+        png = (await self._request("GET", f"/api/image/result/{task_id}")).content
+        if path is not None:
+            Path(path).write_bytes(png)
+        return png
 
     async def task(self, task_id: str) -> dict[str, Any]:
         return dict((await self._request("GET", f"/api/tasks/{task_id}")).json())

@@ -1,0 +1,82 @@
+"""Image tasks survive SIGKILL of the server: every accepted id can be polled after a restart,
+queued tasks complete, a task that was running is re-run once and then fails with a clear code."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from ris import Client
+
+from .server import Server, make_config
+
+pytestmark = pytest.mark.slow
+
+LONG = {"prompt": "long", "width": 256, "height": 256, "steps": 100}
+SMALL = {"prompt": "small", "width": 64, "height": 64, "steps": 3}
+
+
+def sigkill_server(srv: Server) -> None:
+    assert srv.proc is not None
+    children = psutil.Process(srv.proc.pid).children(recursive=True)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(10)
+    srv.proc = None
+    # Orphaned workers notice the broken pipe and exit by themselves.
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"workers outlived a killed server: {[p.pid for p in alive]}"
+
+
+def wait_running(c: Client, task_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if c.progress(task_id)["status"] == "running":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id} never started")
+
+
+def test_tasks_survive_sigkill_and_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    srv = Server(tmp_path, config).start()
+    try:
+        with Client(srv.url, max_retries=0) as c:
+            long_id = c.generate_image(**LONG)["task_id"]
+            wait_running(c, long_id)
+            queued = [c.generate_image(**SMALL, seed=i)["task_id"] for i in range(3)]
+            assert [c.progress(t)["status"] for t in queued] == ["queued"] * 3
+    finally:
+        sigkill_server(srv)
+
+    # Second life: everything is still known; the interrupted task runs again first.
+    srv = Server(tmp_path, config).start()
+    try:
+        with Client(srv.url, max_retries=0) as c:
+            for t in [long_id, *queued]:
+                assert c.progress(t)["status"] in ("queued", "running")
+            wait_running(c, long_id)
+    finally:
+        sigkill_server(srv)
+
+    # Third life: the task interrupted twice fails with a clear code; the queued ones complete.
+    srv = Server(tmp_path, config).start()
+    try:
+        with Client(srv.url, max_retries=0) as c:
+            final = c.progress(long_id)
+            assert final["status"] == "failed" and final["error"]["code"] == "interrupted"
+            for t in queued:
+                c.wait(t, timeout=120)
+                assert c.result(t)[:8] == b"\x89PNG\r\n\x1a\n"
+            statuses = {t["task_id"]: t["status"] for t in c.image_tasks()}
+            assert statuses[long_id] == "failed"
+            assert all(statuses[t] == "succeeded" for t in queued)
+            assert "running" not in statuses.values()
+            r = httpx.get(f"{srv.url}/api/tasks/{queued[0]}", timeout=10)
+            assert r.status_code == 200 and r.json()["state"] == "succeeded"
+    finally:
+        srv.stop()

@@ -1,0 +1,148 @@
+"""The image lane through the real server and SDK, with the embedded tiny pipeline."""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from ris import Client, RISError
+
+from .server import Server
+
+pytestmark = pytest.mark.slow
+
+LONG = {"prompt": "a long one", "width": 256, "height": 256, "steps": 100}
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", data[16:24])
+    return w, h
+
+
+def wait_state(client: Client, task_id: str, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        prog = client.progress(task_id)
+        if prog["status"] in states:
+            return prog
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id} never reached {states}: {prog}")
+
+
+@pytest.fixture()
+def idle_image_lane(client: Client) -> Client:
+    """Cancel leftovers so each test starts with an empty image queue."""
+    for t in client.image_tasks(status="queued") + client.image_tasks(status="running"):
+        client.cancel(t["task_id"])
+    return client
+
+
+def test_submit_poll_fetch_png_of_the_requested_size(idle_image_lane: Client) -> None:
+    c = idle_image_lane
+    accepted = c.generate_image("a red apple", width=96, height=64, steps=4, seed=1)
+    assert accepted["status"] in ("queued", "running") and accepted["model"] == "tiny-sd"
+    seen: list[dict[str, Any]] = []
+    final = c.wait(accepted["task_id"], on_progress=seen.append, poll_s=0.02)
+    assert final["status"] == "succeeded" and final["step"] == final["total_steps"] == 4
+    assert final["progress"] == 1.0
+    steps = [p["step"] for p in seen]
+    assert steps == sorted(steps)  # progress only moves forward
+    png = c.result(accepted["task_id"])
+    assert png_size(png) == (96, 64)
+
+
+def test_same_seed_same_image(idle_image_lane: Client) -> None:
+    c = idle_image_lane
+    a = c.image("a boat", width=64, height=64, steps=2, seed=5)
+    b = c.image("a boat", width=64, height=64, steps=2, seed=5)
+    assert a == b
+
+
+def test_cancel_running_and_queued(idle_image_lane: Client) -> None:
+    c = idle_image_lane
+    running = c.generate_image(**LONG)["task_id"]
+    queued = c.generate_image(**LONG)["task_id"]
+    prog = wait_state(c, running, ("running",))
+    wait_state(c, running, ("running",))
+    assert c.progress(queued)["queue_position"] == 0
+    assert c.cancel(queued)["outcome"] == "cancelled"
+    assert c.progress(queued)["status"] == "cancelled"
+    assert c.cancel(running)["outcome"] == "requested"
+    final = wait_state(c, running, ("cancelled", "failed", "succeeded"), timeout=30)
+    assert final["status"] == "cancelled" and final["step"] < LONG["steps"]
+    assert prog["total_steps"] in (None, LONG["steps"])
+    with pytest.raises(RISError) as exc:
+        c.wait(running)
+    assert exc.value.code == "cancelled"
+    r = httpx.get(f"{c._http.base_url}/api/image/result/{running}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready"
+
+
+def test_priority_orders_the_queue_and_positions_move(idle_image_lane: Client) -> None:
+    c = idle_image_lane
+    blocker = c.generate_image(**LONG)["task_id"]
+    wait_state(c, blocker, ("running",))
+    small = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
+    low1 = c.generate_image(**small)["task_id"]
+    low2 = c.generate_image(**small)["task_id"]
+    high = c.generate_image(**small, priority=5)["task_id"]
+    assert [c.progress(t)["queue_position"] for t in (high, low1, low2)] == [0, 1, 2]
+    c.cancel(blocker)
+    order = []
+    for t in (high, low1, low2):
+        c.wait(t)
+    # Finished in priority order: compare their start times.
+    order = sorted((high, low1, low2), key=lambda t: c.task(t)["started_at"])
+    assert order == [high, low1, low2]
+
+
+def test_queue_position_counts_down(idle_image_lane: Client) -> None:
+    c = idle_image_lane
+    blocker = c.generate_image(**LONG)["task_id"]
+    wait_state(c, blocker, ("running",))
+    ids = [c.generate_image("y", width=64, height=64, steps=2)["task_id"] for _ in range(3)]
+    assert [c.progress(t)["queue_position"] for t in ids] == [0, 1, 2]
+    c.cancel(blocker)
+    wait_state(c, ids[0], ("running", "succeeded"))
+    last = c.progress(ids[2])
+    assert last["status"] == "succeeded" or last["queue_position"] in (0, 1)
+    for t in ids:
+        c.wait(t)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"prompt": "x", "width": 100}, 422, "multiple of 8"),
+        ({"prompt": "x", "width": 4096}, 422, "2048"),
+        ({"prompt": "x", "width": 2048, "height": 2048}, 422, "limit is 1048576"),
+        ({"prompt": "x", "steps": 500}, 422, "limit of 100"),
+        ({"prompt": "x", "steps": 0}, 422, "steps"),
+        ({"prompt": ""}, 422, "prompt"),
+        ({"prompt": "x", "use_turbo": True}, 422, "no model with options.turbo"),
+        ({"prompt": "x", "model": "sdxl"}, 404, "tiny-sd"),
+    ],
+)
+def test_bad_image_requests(server: Server, body: dict[str, Any], status: int, needle: str) -> None:
+    r = httpx.post(f"{server.url}/api/image/generate", json=body, timeout=10)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_unknown_image_task(server: Server) -> None:
+    for path in ("progress", "result"):
+        r = httpx.get(f"{server.url}/api/image/{path}/{'a' * 32}", timeout=10)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_image_worker_runs_at_lowest_priority_on_shared_cores(server: Server) -> None:
+    import psutil
+
+    proc = psutil.Process(server.worker_pid("image"))
+    assert proc.nice() == 19
+    assert sorted(proc.cpu_affinity()) == sorted(server.config["lanes"]["image"]["cores"])

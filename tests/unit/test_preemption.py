@@ -1,0 +1,107 @@
+"""The image lane's yielding policy with a fake clock: pauses, scopes and the starvation guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from ris.scheduler.preemption import Activity, PreemptedCancel, PreemptionPolicy, Yielder
+
+
+class World:
+    """A fake clock whose sleep advances time and can change the board at set times."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.states = [Activity.IDLE]
+        self.events: list[tuple[float, Activity]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, dt: float) -> None:
+        self.now += dt
+        while self.events and self.events[0][0] <= self.now:
+            self.states[0] = self.events.pop(0)[1]
+
+    def read(self) -> list[int]:
+        return [int(s) for s in self.states]
+
+
+def yielder(world: World, **policy: object) -> Yielder:
+    return Yielder(PreemptionPolicy(poll_s=0.01, **policy), world.read, world.clock, world.sleep)  # type: ignore[arg-type]
+
+
+def test_pauses_while_prefill_and_resumes_when_it_ends() -> None:
+    w = World()
+    y = yielder(w, mode="step", min_share=0.0)
+    w.states[0] = Activity.PREFILL
+    w.events = [(0.5, Activity.DECODE)]
+    y.checkpoint("step")
+    assert w.now == pytest.approx(0.5, abs=0.011)
+    assert y.stats.pauses == 1 and y.stats.paused_s == pytest.approx(0.5, abs=0.011)
+
+
+def test_prefill_scope_lets_decode_share() -> None:
+    w = World()
+    y = yielder(w, mode="block", scope="prefill")
+    w.states[0] = Activity.DECODE
+    y.checkpoint("block")
+    assert w.now == 0.0 and y.stats.pauses == 0
+
+
+def test_request_scope_pauses_through_decode() -> None:
+    w = World()
+    y = yielder(w, mode="block", scope="request", min_share=0.0)
+    w.states[0] = Activity.DECODE
+    w.events = [(0.3, Activity.IDLE)]
+    y.checkpoint("block")
+    assert w.now == pytest.approx(0.3, abs=0.011)
+
+
+def test_busy_tts_is_always_protected() -> None:
+    w = World()
+    y = yielder(w, mode="step", scope="prefill", min_share=0.0)
+    w.states[0] = Activity.BUSY
+    w.events = [(0.2, Activity.IDLE)]
+    y.checkpoint("step")
+    assert w.now == pytest.approx(0.2, abs=0.011)
+
+
+def test_step_policy_ignores_block_points_and_none_ignores_all() -> None:
+    w = World()
+    w.states[0] = Activity.PREFILL
+    yielder(w, mode="step").checkpoint("block")
+    yielder(w, mode="none").checkpoint("step")
+    assert w.now == 0.0
+
+
+def test_cancel_while_paused_raises() -> None:
+    w = World()
+    y = yielder(w, mode="step", min_share=0.0)
+    w.states[0] = Activity.PREFILL
+    y.cancelled = lambda: w.now >= 0.1
+    with pytest.raises(PreemptedCancel):
+        y.checkpoint("step")
+    assert w.now == pytest.approx(0.1, abs=0.011)
+
+
+def test_starvation_guard_keeps_a_minimum_share_under_constant_load() -> None:
+    w = World()
+    y = yielder(w, mode="step", min_share=0.25, window_s=5.0)
+    w.states[0] = Activity.PREFILL  # never drops
+    steps, step_s = 0, 0.05
+    while w.now < 60.0:
+        y.checkpoint("step")
+        w.now += step_s  # one denoising step of work
+        steps += 1
+    share = steps * step_s / w.now
+    assert 0.2 < share < 0.35, share
+    assert y.stats.guard_overrides > 0
+
+
+def test_without_contention_the_guard_costs_nothing() -> None:
+    w = World()
+    y = yielder(w, mode="block", min_share=0.5)
+    for _ in range(1000):
+        y.checkpoint("block")
+    assert w.now == 0.0 and y.stats.pauses == 0
