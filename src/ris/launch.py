@@ -1,0 +1,112 @@
+"""Run the real service as a child process: for integration tests, benchmarks and scripts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServiceProcess:
+    """`ris serve` with a given config, on a free loopback port unless the config names one."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], log_level: str = "warning") -> None:
+        server = dict(config.get("server", {}))
+        server.setdefault("port", 0)
+        if not server["port"]:
+            server["port"] = free_port()
+        self.port = int(server["port"])
+        self.config = {**config, "server": server}
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config_path = folder / "config.json"
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        self.log_path = folder / "server.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_level = log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 300.0) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ris",
+                    "serve",
+                    "--config",
+                    str(self.config_path),
+                    "--log-level",
+                    self.log_level,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.proc.kill()  # never leave a half-started server behind
+            self.proc.wait()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                r = httpx.get(f"{self.url}/ready", timeout=2)
+                last = r.json()
+                if r.status_code == 200:
+                    return dict(last)
+            except httpx.HTTPError as e:
+                last = e
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout}s: {last}\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/api/stats", timeout=10).json()["lanes"])
+
+    def worker_pid(self, lane: str) -> int:
+        pid = self.stats()[lane]["worker"]["pid"]
+        assert pid is not None, f"{lane} worker has no pid"
+        return int(pid)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM) and check that no worker process outlives it."""
+        if self.proc is None:
+            return
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"server did not stop on SIGTERM\n{self.log()}") from None
+        finally:
+            self.proc = None
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for p in alive:
+            p.kill()
+        assert not alive, f"worker processes outlived the server: {[p.pid for p in alive]}"
