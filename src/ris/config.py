@@ -160,6 +160,10 @@ class ServerConfig(_Strict):
     max_new_tokens: int = Field(default=4096, ge=1)
     max_image_pixels: int = Field(default=1024 * 1024, ge=64 * 64, description="width x height")
     max_image_steps: int = Field(default=100, ge=1, le=1000)
+    openai_voices: dict[str, str] = Field(
+        default_factory=dict,
+        description="OpenAI voice names (alloy, nova, ...) -> our voices; unlisted ones speak en-US",
+    )
 
 
 class Config(_Strict):

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ris import __version__
-from ris.api import routes_generate, routes_image, routes_ops
+from ris.api import routes_generate, routes_image, routes_openai, routes_ops, routes_speak
 from ris.api.errors import HANDLERS, error_response
 from ris.config import Config
 from ris.runtime.engine import Engine
@@ -80,6 +80,8 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         app.add_exception_handler(exc, handler)
     app.include_router(routes_generate.router)
     app.include_router(routes_image.router)
+    app.include_router(routes_openai.router)
+    app.include_router(routes_speak.router)
     app.include_router(routes_ops.router)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     return app

@@ -15,17 +15,44 @@ from ris.scheduler import QueueFull
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        # The request field at fault (reported as OpenAI's `param`).
+        self.param = param
+
+
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def is_openai(path: str) -> bool:
+    return path.startswith("/v1/")
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    openai: bool = False,
+    param: str | None = None,
 ) -> JSONResponse:
+    """The seed API's `{"error": {"code", "message"}}`, or OpenAI's shape on /v1 routes."""
+    if openai:
+        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -38,25 +65,32 @@ def lane_unavailable(e: LaneUnavailable) -> APIError:
     return APIError(503, "lane_unavailable", e.message, headers={"Retry-After": "5"})
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    openai = is_openai(request.url.path)
+    return error_response(exc.status, exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
+    first: str | None = None
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p != "body")
+        first = first or loc or None
         parts.append(f"{loc or 'body'}: {err['msg']}")
-    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+    message = "; ".join(parts) or "invalid request"
+    if is_openai(request.url.path):  # OpenAI answers invalid parameters with 400
+        return error_response(400, "invalid_request", message, openai=True, param=first)
+    return error_response(422, "invalid_request", message)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+    code = codes.get(exc.status_code, "http_error")
     return error_response(
-        exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers
+        exc.status_code, code, str(exc.detail), exc.headers, openai=is_openai(request.url.path)
     )
 
 

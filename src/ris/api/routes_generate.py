@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ris import messages as m
+from ris.api.common import failure, pick_tts_model, resolve_model, submit, wait_task
 from ris.api.deps import engine_of, view_or_404
-from ris.api.errors import APIError, lane_unavailable, queue_full
+from ris.api.errors import APIError
 from ris.api.schemas import (
     ErrorBody,
     LLMGenerateRequest,
@@ -20,54 +20,13 @@ from ris.api.schemas import (
     TTSSynthesizeRequest,
     TTSSynthesizeResponse,
 )
-from ris.runtime.engine import Engine, LaneUnavailable, TaskHandle
-from ris.scheduler import Lane, QueueFull, Task, TaskState
+from ris.runtime.engine import Engine, TaskHandle
+from ris.scheduler import Lane, Task, TaskState
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorBody} for s in (404, 413, 422, 429, 500, 503, 504)
 }
-
-
-def _submit(
-    engine: Engine, lane: Lane, model: str, request: Any, priority: int, timeout_s: float | None
-) -> TaskHandle:
-    try:
-        return engine.submit(lane, model, request, priority=priority, timeout_s=timeout_s)
-    except QueueFull as e:
-        raise queue_full(e) from None
-    except LaneUnavailable as e:
-        raise lane_unavailable(e) from None
-
-
-def _resolve_model(engine: Engine, lane: Lane, name: str | None) -> str:
-    try:
-        return engine.config.lane(lane).resolve_model(name)
-    except KeyError as e:
-        raise APIError(404 if name else 503, "unknown_model", str(e.args[0])) from None
-
-
-def _failure(task: Task) -> APIError:
-    code = task.error_code or "failed"
-    status = {
-        "deadline_exceeded": 504,
-        "worker_timeout": 504,
-        "worker_crashed": 503,
-        "cancelled": 409,
-        "server_shutdown": 503,
-        "unknown_voice": 422,
-        "context_length_exceeded": 422,
-    }.get(code, 500)
-    return APIError(status, code, task.error_message or "the task failed")
-
-
-async def _wait(engine: Engine, handle: TaskHandle, request: Request) -> Task:
-    """Wait for the task's end; cancel it if the client goes away first."""
-    try:
-        return await asyncio.shield(handle.done)
-    except asyncio.CancelledError:
-        engine.cancel(handle.task_id)
-        raise
 
 
 # ----- LLM -----------------------------------------------------------------------------------
@@ -101,7 +60,7 @@ async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
         raise APIError(422, "invalid_request", "stop: at most 4 strings of 1 to 64 characters")
-    model = _resolve_model(engine, Lane.LLM, body.model)
+    model = resolve_model(engine, Lane.LLM, body.model)
     req = m.LLMRequest(
         prompt=body.prompt,
         messages=tuple((x.role, x.content) for x in body.messages) if body.messages else None,
@@ -112,16 +71,16 @@ async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
         seed=body.seed,
         ignore_eos=body.ignore_eos,
     )
-    handle = _submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
+    handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
     if body.stream:
         return StreamingResponse(
             _sse(engine, handle),
             media_type="text/event-stream",
             headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
         )
-    task = await _wait(engine, handle, request)
+    task = await wait_task(engine, handle)
     if task.state is not TaskState.SUCCEEDED:
-        raise _failure(task)
+        raise failure(task)
     return _llm_body(task)
 
 
@@ -160,7 +119,7 @@ async def _sse(engine: Engine, handle: TaskHandle) -> AsyncIterator[bytes]:
         if task.state is TaskState.SUCCEEDED:
             yield _event("done", _llm_body(task))
         else:
-            err = _failure(task)
+            err = failure(task)
             yield _event("error", {"code": err.code, "message": err.message})
     finally:
         if not finished:  # the client went away mid-stream: stop spending the lane on it
@@ -168,31 +127,6 @@ async def _sse(engine: Engine, handle: TaskHandle) -> AsyncIterator[bytes]:
 
 
 # ----- TTS -----------------------------------------------------------------------------------
-
-
-def _pick_tts_model(engine: Engine, body: TTSSynthesizeRequest) -> str:
-    cfg = engine.config.lane(Lane.TTS)
-    if body.model is not None:
-        return _resolve_model(engine, Lane.TTS, body.model)
-    if body.voice is None:
-        return _resolve_model(engine, Lane.TTS, None)
-    infos = engine.model_infos(Lane.TTS)
-    wanted = body.voice.lower().replace("_", "-")
-    order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
-    for name in order:
-        info = infos.get(name or "")
-        if info and any(v.lower().replace("_", "-") == wanted for v in info.voices):
-            return info.name
-    if not infos:
-        raise APIError(
-            503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
-        )
-    known = sorted({v for i in infos.values() for v in i.voices[:1]} | {"en-US", "zh-CN"})
-    raise APIError(
-        422,
-        "unknown_voice",
-        f"no configured TTS model speaks voice {body.voice!r}; examples: {', '.join(known)}",
-    )
 
 
 @router.post(
@@ -213,12 +147,12 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     limit = engine.config.server.max_tts_chars
     if len(body.text) > limit:
         raise APIError(413, "text_too_long", f"the text is {len(body.text)} characters; the limit is {limit}")
-    model = _pick_tts_model(engine, body)
+    model = pick_tts_model(engine, body.model, body.voice)
     req = m.TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
-    handle = _submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)
-    task = await _wait(engine, handle, request)
+    handle = submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)
+    task = await wait_task(engine, handle)
     if task.state is not TaskState.SUCCEEDED:
-        raise _failure(task)
+        raise failure(task)
     r = task.result
     accept = request.headers.get("accept", "")
     if "audio/wav" in accept and "application/json" not in accept:

@@ -1,0 +1,64 @@
+"""Cut streamed text at sentence boundaries (English and Chinese punctuation), as it arrives.
+
+Used by the speaking pipeline: each finished sentence goes to the TTS lane while the LLM keeps
+generating, so the first sound comes after the first sentence, not after the whole answer.
+"""
+
+from __future__ import annotations
+
+# Ends a sentence at once (full-width punctuation needs no following space).
+_CJK_ENDERS = "。！？；…\n"
+# Ends a sentence only when followed by whitespace: "3.14" and "e.g.x" stay whole.
+_LATIN_ENDERS = ".!?;"
+# Words whose trailing period does not end a sentence.
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "no"}
+)
+# Closing quotes and brackets that belong to the sentence they end.
+_CLOSERS = "\"')]}»”’」』）"
+
+
+class SentenceSplitter:
+    def __init__(self, min_chars: int = 12) -> None:
+        # Latin sentences shorter than this are joined to the next ("Mr. Smith", "1. First").
+        self.min_chars = min_chars
+        self._buf = ""
+
+    def feed(self, text: str) -> list[str]:
+        """Add text; return the sentences it completed, in order."""
+        self._buf += text
+        out: list[str] = []
+        start = 0
+        i = 0
+        buf = self._buf
+        while i < len(buf):
+            ch = buf[i]
+            end = None
+            if ch in _CJK_ENDERS:
+                end = i + 1
+            elif ch in _LATIN_ENDERS:
+                j = i + 1
+                while j < len(buf) and buf[j] in _CLOSERS:
+                    j += 1
+                if j >= len(buf):
+                    break  # cannot tell yet whether a space follows
+                word = buf[start:i].rsplit(None, 1)[-1].lower() if buf[start:i].strip() else ""
+                if buf[j].isspace() and not (ch == "." and word in _ABBREVIATIONS):
+                    end = j
+            if end is not None:
+                while end < len(buf) and buf[end] in _CLOSERS:
+                    end += 1
+                piece = buf[start:end].strip()
+                if piece and (len(piece) >= self.min_chars or ch in _CJK_ENDERS):
+                    out.append(piece)
+                    start = end
+                i = end
+                continue
+            i += 1
+        self._buf = buf[start:]
+        return out
+
+    def flush(self) -> str | None:
+        """The unfinished rest, once the text has ended."""
+        rest, self._buf = self._buf.strip(), ""
+        return rest or None

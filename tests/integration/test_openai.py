@@ -1,0 +1,118 @@
+"""The unmodified `openai` Python package against the real server and default models."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import wave
+
+import httpx
+import pytest
+
+from .server import Server
+
+openai = pytest.importorskip("openai", reason="the openai package is a test dependency")
+pytestmark = pytest.mark.slow
+
+SKY = [{"role": "user", "content": "What color is the sky on a clear day?"}]
+
+
+@pytest.fixture()
+def oa(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_model_list(oa: openai.OpenAI) -> None:
+    ids = {m.id for m in oa.models.list()}
+    assert {"smollm2", "piper", "espeak", "tiny-sd"} <= ids
+
+
+def test_chat_completion(oa: openai.OpenAI) -> None:
+    r = oa.chat.completions.create(model="smollm2", messages=SKY, temperature=0, max_tokens=40, seed=1)
+    assert r.object == "chat.completion" and r.model == "smollm2"
+    text = r.choices[0].message.content or ""
+    assert "blue" in text.lower() and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage is not None and r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
+
+
+def test_streamed_chat_joins_into_the_same_text(oa: openai.OpenAI) -> None:
+    whole = oa.chat.completions.create(model="smollm2", messages=SKY, temperature=0, max_tokens=30, seed=2)
+    stream = oa.chat.completions.create(
+        model="smollm2",
+        messages=SKY,
+        temperature=0,
+        max_tokens=30,
+        seed=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )  # type: ignore[union-attr]
+
+
+def test_text_completion(oa: openai.OpenAI) -> None:
+    r = oa.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].text
+    assert r.usage is not None and 0 < r.usage.completion_tokens <= 5
+
+
+def test_speech_is_valid_wav(oa: openai.OpenAI) -> None:
+    resp = oa.audio.speech.create(
+        model="tts-1", voice="alloy", input="Hello from the speech lane.", response_format="wav"
+    )
+    data = resp.content
+    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt "
+    with wave.open(io.BytesIO(data)) as wf:
+        assert (wf.getnchannels(), wf.getsampwidth(), wf.getframerate()) == (1, 2, 22050)
+        frames = wf.readframes(wf.getnframes())
+    assert len(frames) == len(data) - 44 and len(frames) / 2 / 22050 > 0.8
+
+
+def test_speech_pcm_and_unsupported_format(oa: openai.OpenAI, server: Server) -> None:
+    pcm = oa.audio.speech.create(model="tts-1", voice="nova", input="Raw samples.", response_format="pcm")
+    assert len(pcm.content) > 22050 and len(pcm.content) % 2 == 0
+    with pytest.raises(openai.BadRequestError) as exc:
+        oa.audio.speech.create(model="tts-1", voice="alloy", input="x", response_format="mp3")
+    assert "use 'wav' or 'pcm'" in str(exc.value)
+
+
+def test_image_b64_decodes_to_a_png_of_the_asked_size(oa: openai.OpenAI) -> None:
+    r = oa.images.generate(model="tiny-sd", prompt="a red apple", size="128x64", response_format="b64_json")
+    png = base64.b64decode(r.data[0].b64_json or "")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (128, 64)
+
+
+def test_image_url_points_at_the_result(oa: openai.OpenAI) -> None:
+    r = oa.images.generate(prompt="a boat", size="64x64", response_format="url")
+    url = r.data[0].url or ""
+    assert "/api/image/result/" in url
+    assert httpx.get(url, timeout=10).content[:4] == b"\x89PNG"
+
+
+def test_unknown_model_is_an_openai_error(oa: openai.OpenAI, server: Server) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        oa.chat.completions.create(model="gpt-4o", messages=SKY)
+    assert exc.value.status_code == 404
+    body = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": SKY}).json()
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
+    assert "smollm2" in body["error"]["message"]
+
+
+def test_invalid_parameter_is_400_in_openai_shape(server: Server) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", json={"model": "smollm2", "messages": SKY, "temperature": 9}
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and "temperature" in err["message"]
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "smollm2", "messages": SKY, "n": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"

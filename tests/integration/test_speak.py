@@ -1,0 +1,70 @@
+"""The speaking pipeline: LLM output cut into sentences, each spoken while the LLM goes on."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import pytest
+
+from .server import Server
+
+pytestmark = pytest.mark.slow
+
+STORY = [{"role": "user", "content": "Tell me a short story about a cat who finds a hat."}]
+
+
+def events(server: Server, body: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
+    out: list[tuple[str, dict[str, object]]] = []
+    with httpx.stream("POST", f"{server.url}/api/chat/speak", json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:") and name:
+                out.append((name, json.loads(line[5:])))
+    return out
+
+
+def test_audio_comes_in_order_and_before_the_llm_finishes(server: Server) -> None:
+    evs = events(
+        server,
+        {
+            "messages": STORY,
+            "max_tokens": 160,
+            "ignore_eos": True,
+            "seed": 3,
+            "temperature": 0.7,
+            "stream_format": "events",
+        },
+    )
+    names = [n for n, _ in evs]
+    assert names[0] == "start" and names[-1] == "done", names
+    first_audio, llm_done = names.index("audio"), names.index("llm_done")
+    assert first_audio < llm_done, "no sound before the whole answer was generated"
+    texts = [d for n, d in evs if n == "text"]
+    assert len(texts) >= 2
+    assert [t["index"] for t in texts] == list(range(len(texts)))
+    audio_indices = [d["index"] for n, d in evs if n == "audio"]
+    assert audio_indices == sorted(audio_indices)  # sentence order is kept
+    assert set(audio_indices) == set(range(len(texts)))
+    # Every sentence's text is announced before its audio.
+    for t in texts:
+        assert names.index("text") <= min(
+            i for i, (n, d) in enumerate(evs) if n == "audio" and d["index"] == t["index"]
+        )
+    pcm = b"".join(base64.b64decode(str(d["pcm"])) for n, d in evs if n == "audio")
+    assert len(pcm) / 2 / 22050 > 1.0
+    spoken = " ".join(str(t["text"]) for t in texts)
+    llm_text = str(dict(evs)["llm_done"]["text"])
+    assert spoken.split() == llm_text.split()
+
+
+def test_audio_stream_is_a_wav(server: Server) -> None:
+    r = httpx.post(
+        f"{server.url}/api/chat/speak", json={"prompt": "Say hello.", "max_tokens": 24}, timeout=120
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    assert r.content[:4] == b"RIFF" and len(r.content) > 44

@@ -1,0 +1,54 @@
+"""Sentence cutting for the speaking pipeline, fed in arbitrary pieces."""
+
+from __future__ import annotations
+
+import pytest
+
+from ris.sentences import SentenceSplitter
+
+
+def split(text: str, step: int) -> list[str]:
+    s = SentenceSplitter()
+    out: list[str] = []
+    for i in range(0, len(text), step):
+        out += s.feed(text[i : i + step])
+    rest = s.flush()
+    return out + ([rest] if rest else [])
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_english_and_chinese(step: int) -> None:
+    text = "Hello there, my friend! Pi is 3.14 and Mr. Smith agrees. 你好。这是测试！Is it really done? Yes"
+    assert split(text, step) == [
+        "Hello there, my friend!",
+        "Pi is 3.14 and Mr. Smith agrees.",
+        "你好。",
+        "这是测试！",
+        "Is it really done?",
+        "Yes",
+    ]
+
+
+def test_a_sentence_is_released_as_soon_as_it_ends() -> None:
+    s = SentenceSplitter()
+    assert s.feed("The first sentence is here.") == []  # a decimal point might follow
+    assert s.feed(" The") == ["The first sentence is here."]
+    assert s.feed("第二句。") == ["The第二句。"]
+
+
+def test_short_fragments_join_the_next_sentence() -> None:
+    assert split("1. First item is long enough. Ok. Fine then, done.", 5) == [
+        "1. First item is long enough.",
+        "Ok. Fine then, done.",
+    ]
+
+
+def test_closing_quotes_stay_with_their_sentence() -> None:
+    assert split('He said "stop right there." Then he left quietly.', 4) == [
+        'He said "stop right there."',
+        "Then he left quietly.",
+    ]
+
+
+def test_newline_ends_a_sentence() -> None:
+    assert split("A line without a stop\nAnother line", 3) == ["A line without a stop", "Another line"]
