@@ -28,16 +28,13 @@ MESSAGES = [{"role": "user", "content": "Tell me a short story about a lighthous
 
 def first_audio_pipeline(http: httpx.Client, body: dict[str, Any]) -> float:
     t0 = time.perf_counter()
-    got = 0
+    first = None
     with http.stream("POST", "/api/chat/speak", json={**body, "audio_format": "pcm"}) as r:
         r.raise_for_status()
-        for chunk in r.iter_bytes():
-            got += len(chunk)
-            if got:
+        for chunk in r.iter_bytes():  # read to the end, so runs do not overlap
+            if chunk and first is None:
                 first = time.perf_counter() - t0
-                break
-        for _ in r.iter_bytes():  # let it finish, so runs do not overlap
-            pass
+    assert first is not None, "no audio"
     return first
 
 
@@ -54,12 +51,11 @@ def first_audio_sequential(http: httpx.Client, body: dict[str, Any]) -> float:
         json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"},
     ) as r:
         r.raise_for_status()
+        first = None
         for chunk in r.iter_bytes():
-            if chunk:
+            if chunk and first is None:
                 first = time.perf_counter() - t0
-                break
-        for _ in r.iter_bytes():
-            pass
+    assert first is not None, "no audio"
     return first
 
 

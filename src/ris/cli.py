@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ris.api.app import create_app
 
     cfg = _load(args)
+    cfg.check_exposure()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # noqa: F401

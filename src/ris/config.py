@@ -7,6 +7,7 @@ the machine (which cores and GPUs exist) take a MachineInfo, so tests can pass a
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -154,6 +155,12 @@ class ServerConfig(_Strict):
     api_keys: tuple[str, ...] = Field(
         default=(), description="bearer keys; when set, every endpoint but /health needs one"
     )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Host names served besides loopback ones ('*': any; DNS rebinding guard)"
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=(), description="web origins allowed to call the API from a browser (CORS)"
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body limit")
     max_prompt_chars: int = Field(default=32_000, ge=1)
     max_tts_chars: int = Field(default=5_000, ge=1)
@@ -164,6 +171,15 @@ class ServerConfig(_Strict):
         default_factory=dict,
         description="OpenAI voice names (alloy, nova, ...) -> our voices; unlisted ones speak en-US",
     )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Config(_Strict):
@@ -179,6 +195,14 @@ class Config(_Strict):
     @property
     def enabled_lanes(self) -> list[Lane]:
         return [lane for lane, cfg in self.lanes.items() if cfg.enabled]
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback with no API key: anyone on the network could use it."""
+        if not is_loopback(self.server.host) and not self.server.api_keys:
+            raise ConfigError(
+                f"server.host {self.server.host!r} exposes the service beyond this machine, but no "
+                "server.api_keys are configured; set api_keys, or listen on 127.0.0.1"
+            )
 
     def image_sharing(self) -> tuple[Lane, ...]:
         """Real-time lanes the image lane shares hardware with: the same GPU, or (on CPU)

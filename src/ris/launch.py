@@ -25,7 +25,9 @@ def free_port() -> int:
 class ServiceProcess:
     """`ris serve` with a given config, on a free loopback port unless the config names one."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], log_level: str = "warning") -> None:
+    def __init__(
+        self, folder: Path, config: dict[str, Any], log_level: str = "warning", api_key: str | None = None
+    ) -> None:
         server = dict(config.get("server", {}))
         server.setdefault("port", 0)
         if not server["port"]:
@@ -38,6 +40,7 @@ class ServiceProcess:
         self.log_path = folder / "server.log"
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_level = log_level
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 300.0) -> ServiceProcess:
@@ -72,7 +75,7 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                r = httpx.get(f"{self.url}/ready", timeout=2)
+                r = httpx.get(f"{self.url}/ready", timeout=2, headers=self.headers)
                 last = r.json()
                 if r.status_code == 200:
                     return dict(last)
@@ -85,7 +88,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stats(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/api/stats", timeout=10).json()["lanes"])
+        return dict(httpx.get(f"{self.url}/api/stats", timeout=10, headers=self.headers).json()["lanes"])
 
     def worker_pid(self, lane: str) -> int:
         pid = self.stats()[lane]["worker"]["pid"]

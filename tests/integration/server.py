@@ -23,9 +23,9 @@ def make_config(tmp: Path, **lane_overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 class Server(ServiceProcess):
-    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], api_key: str | None = None) -> None:
         config = {**config, "server": {**config.get("server", {}), "port": 0}}
-        super().__init__(tmp, config)
+        super().__init__(tmp, config, api_key=api_key)
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -12,7 +12,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ris import __version__
 from ris.api import routes_generate, routes_image, routes_openai, routes_ops, routes_speak
 from ris.api.errors import HANDLERS, error_response
-from ris.config import Config
+from ris.api.security import Guard
+from ris.config import Config, is_loopback
 from ris.runtime.engine import Engine
 
 
@@ -84,4 +85,10 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     app.include_router(routes_speak.router)
     app.include_router(routes_ops.router)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
+    # Added last, so it runs first: nothing is parsed for a request it refuses.
+    srv = config.server
+    hosts = list(srv.allowed_hosts)
+    if not is_loopback(srv.host) and srv.host not in ("0.0.0.0", "::"):
+        hosts.append(srv.host)
+    app.add_middleware(Guard, api_keys=srv.api_keys, allowed_hosts=hosts, allowed_origins=srv.allowed_origins)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -182,6 +183,53 @@ class Client:
     def image_tasks(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
         return list(self._request("GET", "/api/image/tasks", params=params).json()["tasks"])
+
+    # ----- speaking pipeline ---------------------------------------------------------------
+
+    def speak(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        path: str | Path | None = None,
+        **options: Any,
+    ) -> bytes:
+        """An answer spoken as it is generated: the WAV bytes (written to `path` if given).
+        Options: model, voice, speed, tts_model, max_tokens, temperature, seed."""
+        body = llm_body(prompt, messages, **options)
+        with self._http.stream("POST", "/api/chat/speak", json=body) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise error_from(resp)
+            audio = b"".join(resp.iter_bytes())
+        if path is not None:
+            Path(path).write_bytes(audio)
+        return audio
+
+    def speak_events(
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event, data) as they happen: text, audio (data["pcm"] as bytes), llm_done, done."""
+        body = llm_body(prompt, messages, **options, stream_format="events")
+        with self._http.stream("POST", "/api/chat/speak", json=body) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise error_from(resp)
+            lines: list[str] = []
+            for line in resp.iter_lines():
+                if line:
+                    lines.append(line)
+                    continue
+                event = parse_sse(lines)
+                lines = []
+                if event is None:
+                    continue
+                name, data = event
+                if name == "audio":
+                    data["pcm"] = base64.b64decode(data["pcm"])
+                elif name == "error":
+                    raise RISError(200, data["code"], data["message"])
+                yield name, data
 
     # ----- tasks and status ----------------------------------------------------------------
 

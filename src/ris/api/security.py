@@ -1,0 +1,125 @@
+"""Who may talk to the server: Host allow-list (DNS rebinding), cross-origin refusal, bearer keys.
+
+One pure-ASGI guard in front of every route, so no endpoint can forget a check. Browsers let any
+web page send requests to 127.0.0.1; a rebinding page does so under its own host name. So by
+default only loopback names are accepted as Host, cross-origin requests are refused unless their
+origin is configured, and with keys configured every path but /health needs one.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ris.api.errors import error_response, is_openai
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _host_name(host: str) -> str:
+    """'example.com:8080' -> 'example.com'; '[::1]:8080' -> '[::1]'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.index("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Guard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+        hosts = {h.lower() for h in allowed_hosts}
+        self.any_host = "*" in hosts
+        self.hosts = LOOPBACK_NAMES | hosts
+        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self.any_origin = "*" in self.origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        path: str = scope.get("path", "")
+        openai = is_openai(path)
+        host = _host_name(headers.get("host", ""))
+        if not self.any_host and host not in self.hosts:
+            resp = error_response(
+                403,
+                "host_not_allowed",
+                f"Host {host!r} is not served here; allowed: "
+                f"{', '.join(sorted(self.hosts))} (server.allowed_hosts)",
+                openai=openai,
+            )
+            await resp(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        cors: dict[str, str] = {}
+        if origin is not None:
+            o = origin.rstrip("/").lower()
+            same = o.split("://", 1)[-1] == headers.get("host", "").lower()
+            if not (same or self.any_origin or o in self.origins):
+                resp = error_response(
+                    403,
+                    "origin_not_allowed",
+                    f"cross-origin requests from {origin!r} "
+                    "are refused; configure server.allowed_origins to allow one",
+                    openai=openai,
+                )
+                await resp(scope, receive, send)
+                return
+            cors = {
+                "Access-Control-Allow-Origin": origin,
+                "Vary": "Origin",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                "Access-Control-Expose-Headers": "X-Task-Id, Retry-After, X-Sample-Rate",
+            }
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                await _preflight(cors, scope, receive, send)
+                return
+        if self.keys and path not in OPEN_PATHS and not self._authorized(headers.get("authorization", "")):
+            resp = error_response(
+                401,
+                "unauthorized",
+                "this server needs an API key: send 'Authorization: Bearer <key>'",
+                {"WWW-Authenticate": "Bearer"},
+                openai=openai,
+            )
+            await resp(scope, receive, send)
+            return
+        if not cors:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k.lower().encode(), v.encode()) for k, v in cors.items()
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        given = token.strip().encode()
+        # Constant-time comparison against every key: timing does not reveal a prefix.
+        return any(hmac.compare_digest(given, key) for key in self.keys)
+
+
+async def _preflight(cors: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+    from starlette.responses import Response
+
+    await Response(status_code=204, headers={**cors, "Access-Control-Max-Age": "600"})(scope, receive, send)

@@ -1,0 +1,151 @@
+"""Exposure: API keys, Host allow-list (DNS rebinding), cross-origin refusal, refusing to listen
+beyond loopback without a key, and paths that must not reach outside the data folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ris import Client, RISError
+
+from .server import ROOT, Server, make_config
+
+pytestmark = pytest.mark.slow
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("locked")
+    cfg = make_config(tmp, tts={"enabled": True})
+    cfg["server"] = {"api_keys": [KEY], "allowed_origins": ["https://app.example"]}
+    srv = Server(tmp, cfg, api_key=KEY).start()
+    yield srv
+    srv.stop()
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def test_every_endpoint_but_health_needs_the_key(locked: Server) -> None:
+    assert httpx.get(f"{locked.url}/health").status_code == 200
+    for path in ("/ready", "/api/stats", "/metrics", "/api/tasks", "/openapi.json"):
+        r = httpx.get(f"{locked.url}{path}")
+        assert r.status_code == 401, path
+        assert r.json()["error"]["code"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(f"{locked.url}/api/llm/generate", json={"prompt": "hi"})
+    assert r.status_code == 401
+    r = httpx.get(f"{locked.url}/api/stats", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert httpx.get(f"{locked.url}/api/stats", headers=auth()).status_code == 200
+
+
+def test_openai_routes_answer_401_in_openai_shape(locked: Server) -> None:
+    r = httpx.get(f"{locked.url}/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=f"{locked.url}/v1", api_key=KEY, max_retries=0)
+    assert any(m.id == "smollm2" for m in oa.models.list())
+
+
+def test_sdk_sends_the_key(locked: Server) -> None:
+    with Client(locked.url, api_key=KEY, max_retries=0) as c:
+        assert c.generate("Hi", max_tokens=2, ignore_eos=True).usage["completion_tokens"] == 2
+    with Client(locked.url, max_retries=0) as c, pytest.raises(RISError) as exc:
+        c.stats()
+    assert exc.value.status == 401
+
+
+def test_foreign_host_header_is_refused(locked: Server) -> None:
+    for host in ("evil.example", "evil.example:8080", "127.0.0.1.nip.io"):
+        r = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Host": host})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed", host
+    r = httpx.get(f"{locked.url}/health", headers={"Host": f"localhost:{locked.port}"})
+    assert r.status_code == 200
+
+
+def test_cross_origin_requests_are_refused_unless_configured(locked: Server) -> None:
+    r = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Origin": "https://evil.example"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    r = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Origin": "https://app.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    pre = httpx.options(
+        f"{locked.url}/api/llm/generate",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert pre.status_code == 204 and "Authorization" in pre.headers["access-control-allow-headers"]
+    same = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Origin": locked.url})
+    assert same.status_code == 200  # the server's own pages (/docs) are same-origin
+
+
+def test_listening_beyond_loopback_without_a_key_is_refused(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ris", "serve", "--config", str(ROOT / "config.json"), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    assert "'0.0.0.0' exposes the service" in out.stderr and "api_keys" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../../etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "%2e%2e%2f%2e%2e",
+        "..\\..\\windows",
+        "abc%00def",
+        "A" * 32,
+        "0" * 31,
+        "0" * 33,
+    ],
+)
+def test_task_ids_are_validated_everywhere(server: Server, bad: str) -> None:
+    for path in (
+        f"/api/tasks/{bad}",
+        f"/api/tts/audio/{bad}",
+        f"/api/image/result/{bad}",
+        f"/api/image/progress/{bad}",
+    ):
+        r = httpx.get(f"{server.url}{path}")
+        assert r.status_code == 404, (path, r.status_code)
+        assert "passwd" not in r.text.lower() or r.json()["error"]["code"] == "not_found"
+
+
+def test_model_names_never_become_paths(server: Server) -> None:
+    for name in ("../../etc/passwd", "/etc/passwd", "C:\\\\models\\\\x.gguf"):
+        r = httpx.post(f"{server.url}/api/llm/generate", json={"prompt": "x", "model": name})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_model"
+        r = httpx.post(f"{server.url}/api/image/generate", json={"prompt": "x", "model": name})
+        assert r.status_code == 404
+
+
+def test_result_symlinked_out_of_the_data_folder_is_not_served(server: Server) -> None:
+    with Client(server.url, max_retries=0) as c:
+        task_id = c.generate_image("x", width=64, height=64, steps=1)["task_id"]
+        c.wait(task_id, timeout=60)
+        png = Path(server.config["data_dir"]) / "images" / f"{task_id}.png"
+        png.unlink()
+        os.symlink("/etc/passwd", png)
+        r = httpx.get(f"{server.url}/api/image/result/{task_id}")
+        assert r.status_code == 404 and "root:" not in r.text
+
+
+def test_nothing_unpickles_untrusted_files() -> None:
+    src = ROOT / "src" / "ris"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        assert "pickle.load" not in text, path
+        for i, line in enumerate(text.splitlines()):
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}:{i + 1}"
