@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def crash_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("crash")
-    srv = Server(tmp, make_config(tmp, tts={"heartbeat_timeout_s": 2.0})).start()
+    cfg = make_config(tmp, tts={"heartbeat_timeout_s": 2.0}, llm={"heartbeat_timeout_s": 2.0})
+    srv = Server(tmp, cfg).start()
     yield srv
     srv.stop()
 
@@ -81,3 +82,49 @@ def test_hung_tts_worker_is_replaced(crash_server: Server) -> None:
     with Client(srv.url, max_retries=0) as c:
         assert c.synthesize("Back again.").duration_s > 0.3
     assert srv.worker_pid("tts") != old_pid
+
+
+def test_image_worker_killed_mid_task(crash_server: Server) -> None:
+    srv = crash_server
+    old_pid = srv.worker_pid("image")
+    with Client(srv.url, max_retries=0) as c:
+        task_id = c.generate_image("x", width=256, height=256, steps=100)["task_id"]
+        wait_for(lambda: c.progress(task_id)["status"] == "running", 30)
+        kill(old_pid)
+        took = wait_for(lambda: c.progress(task_id)["status"] == "failed", 15)
+        assert took < 15
+        assert c.progress(task_id)["error"]["code"] == "worker_crashed"
+        wait_for(lambda: ready(srv)["image"], 60)
+        assert srv.worker_pid("image") != old_pid
+        png = c.image("y", width=64, height=64, steps=2)
+        assert png[:4] == b"\x89PNG"
+
+
+def test_stopped_llm_worker_times_out_its_task_and_is_replaced(crash_server: Server) -> None:
+    srv = crash_server
+    old_pid = srv.worker_pid("llm")
+    result: list[httpx.Response] = []
+    body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
+    t = threading.Thread(
+        target=lambda: result.append(httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120))
+    )
+    t.start()
+    with Client(srv.url, max_retries=0) as c:
+        wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
+    kill(old_pid, signal.SIGSTOP)
+    start = time.monotonic()
+    t.join(2.0 + 5.0 + 1.0)  # heartbeat timeout + 5 s (+1 s for the client)
+    assert result, f"no answer {time.monotonic() - start:.1f} s after the worker stopped"
+    assert result[0].status_code == 504 and result[0].json()["error"]["code"] == "worker_timeout"
+    wait_for(lambda: ready(srv)["llm"], 60)
+    assert srv.worker_pid("llm") != old_pid
+    assert not psutil_alive(old_pid)
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,106 @@
+"""Overload: bounded queues answer 429 with Retry-After at once, admitted work completes, the
+server stays healthy. Concurrency C=1 per lane, queue bound Q=2: 10x(C+Q) requests at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ris import Client
+from ris.scheduler import percentile
+
+from .server import Server, make_config
+
+pytestmark = pytest.mark.slow
+C, Q = 1, 2
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp: Path = tmp_path_factory.mktemp("overload")
+    cfg = make_config(tmp, llm={"max_queue": Q}, tts={"max_queue": Q}, image={"max_queue": Q})
+    srv = Server(tmp, cfg).start()
+    yield srv
+    srv.stop()
+
+
+async def _burst(url: str, path: str, body: dict[str, object], n: int) -> tuple[list, list[float]]:
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        health: list[float] = []
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            while not stop.is_set():
+                t = time.perf_counter()
+                r = await http.get("/health")
+                assert r.status_code == 200
+                health.append(time.perf_counter() - t)
+                await asyncio.sleep(0.02)
+
+        async def one() -> tuple[int, float, httpx.Response]:
+            t = time.perf_counter()
+            r = await http.post(path, json=body)
+            return r.status_code, time.perf_counter() - t, r
+
+        prober = asyncio.create_task(probe())
+        results = await asyncio.gather(*(one() for _ in range(n)))
+        stop.set()
+        await prober
+        return list(results), health
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/llm/generate", {"prompt": "Tell me about the sea.", "max_tokens": 24, "ignore_eos": True}),
+        ("/api/tts/synthesize", {"text": "A short sentence to speak."}),
+        ("/api/image/generate", {"prompt": "x", "width": 64, "height": 64, "steps": 2}),
+    ],
+)
+def test_burst_of_ten_times_capacity(small: Server, path: str, body: dict[str, object]) -> None:
+    n = 10 * (C + Q)
+    results, health = asyncio.run(_burst(small.url, path, body, n))
+    codes = [code for code, _, _ in results]
+    assert set(codes) <= {200, 202, 429}, codes  # no 5xx, no resets (those would raise)
+    refused = [(dt, r) for code, dt, r in results if code == 429]
+    admitted = [r for code, _, r in results if code in (200, 202)]
+    assert len(admitted) >= C + Q and len(refused) >= n - 3 * (C + Q)
+    for _, r in refused:
+        assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
+    refuse_p99 = percentile([dt for dt, _ in refused], 99) or 0.0
+    health_p99 = percentile(health, 99) or 0.0
+    print(
+        f"{path}: {len(admitted)} admitted, {len(refused)} refused; "
+        f"429 p99 {1000 * refuse_p99:.1f} ms; /health p99 {1000 * health_p99:.1f} ms"
+    )
+    # Refusals never wait for work to finish (generous bound: a loaded 2-core machine).
+    assert refuse_p99 < 1.0
+    assert health_p99 < 1.0
+    if path == "/api/image/generate":  # asynchronous: every admitted task must still finish
+        with Client(small.url, max_retries=0) as c:
+            for r in admitted:
+                assert c.wait(r.json()["task_id"], timeout=120)["status"] == "succeeded"
+
+
+def test_sdk_retries_honouring_retry_after(small: Server) -> None:
+    body = {"prompt": "x", "max_tokens": 40, "ignore_eos": True}
+
+    async def fill() -> None:
+        async with httpx.AsyncClient(base_url=small.url, timeout=300) as http:
+            await asyncio.gather(*(http.post("/api/llm/generate", json=body) for _ in range(C + Q)))
+
+    import threading
+
+    t = threading.Thread(target=lambda: asyncio.run(fill()))
+    t.start()
+    time.sleep(0.3)
+    with Client(small.url, max_retries=10, max_retry_wait=2.0) as c:
+        gen = c.generate("y", max_tokens=2, ignore_eos=True)
+    t.join(120)
+    assert gen.usage["completion_tokens"] == 2
