@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ris import __version__
 from ris.api import routes_generate, routes_image, routes_openai, routes_ops, routes_speak
 from ris.api.errors import HANDLERS, error_response
+from ris.api.schemas import ErrorBody
 from ris.api.security import Guard
 from ris.config import Config, is_loopback
 from ris.runtime.engine import Engine
@@ -75,6 +76,8 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         description="LLM, TTS and image lanes, each in its own worker process bound to its "
         "own resources, behind one scheduler.",
         lifespan=lifespan,
+        # Every operation may answer these, in the error shape (OpenAI's on /v1).
+        responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)},
     )
     app.state.engine = eng
     for exc, handler in HANDLERS.items():

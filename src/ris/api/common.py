@@ -25,7 +25,8 @@ def resolve_model(engine: Engine, lane: Lane, name: str | None) -> str:
     try:
         return engine.config.lane(lane).resolve_model(name)
     except KeyError as e:
-        raise APIError(404 if name else 503, "unknown_model", str(e.args[0])) from None
+        # An unknown name is the client's mistake (404); no default model is the server's (503).
+        raise APIError(404 if name is not None else 503, "unknown_model", str(e.args[0])) from None
 
 
 def failure(task: Task) -> APIError:

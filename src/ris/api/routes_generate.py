@@ -35,7 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/api/llm/generate",
     response_model=LLMGenerateResponse,
-    responses=ERRORS,
+    responses={**ERRORS, 200: {"content": {"application/json": {}, "text/event-stream": {}}}},
     tags=["llm"],
     summary="Generate text (streams server-sent events with stream=true)",
 )

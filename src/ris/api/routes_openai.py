@@ -24,6 +24,9 @@ from ris.runtime.engine import Engine, TaskHandle
 from ris.scheduler import Lane, Task, TaskState
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+}
 
 # OpenAI's voice names, mapped to voices our TTS models speak (override in config: openai_voices).
 DEFAULT_VOICES = {
@@ -184,7 +187,11 @@ def _finish_reason(task: Task) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-@router.post("/chat/completions", summary="Chat completion (streams chat.completion.chunk events)")
+@router.post(
+    "/chat/completions",
+    responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
+    summary="Chat completion (streams chat.completion.chunk events)",
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     engine = engine_of(request)
     model = _llm_model(engine, body.model)
@@ -261,7 +268,11 @@ async def _texts(handle: TaskHandle) -> AsyncIterator[str]:
             yield item.text
 
 
-@router.post("/completions", summary="Text completion (legacy); streams text_completion events")
+@router.post(
+    "/completions",
+    responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
+    summary="Text completion (legacy); streams text_completion events",
+)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     engine = engine_of(request)
     model = _llm_model(engine, body.model)
@@ -354,7 +365,12 @@ def tts_rate(engine: Engine, model: str) -> int:
     return info.sample_rate
 
 
-@router.post("/audio/speech", summary="Speech, streamed as it is synthesized (wav or pcm)")
+@router.post(
+    "/audio/speech",
+    responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}}}},
+    response_class=StreamingResponse,
+    summary="Speech, streamed as it is synthesized (wav or pcm)",
+)
 async def speech(body: SpeechRequest, request: Request) -> Any:
     engine = engine_of(request)
     if body.response_format not in ("wav", "pcm"):

@@ -58,7 +58,12 @@ async def _submit_tts(engine: Engine, model: str, req: m.TTSRequest) -> TaskHand
             await asyncio.sleep(min(1.0, e.retry_after_s))
 
 
-@router.post("/api/chat/speak", summary="Chat answer spoken as it is generated (audio or events)")
+@router.post(
+    "/api/chat/speak",
+    responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}, "text/event-stream": {}}}},
+    response_class=StreamingResponse,
+    summary="Chat answer spoken as it is generated (audio or events)",
+)
 async def chat_speak(body: SpeakRequest, request: Request) -> Any:
     engine = engine_of(request)
     if (body.prompt is None) == (body.messages is None):

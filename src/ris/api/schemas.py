@@ -29,7 +29,7 @@ class LLMGenerateRequest(_Body):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     stream: bool = Field(default=False, description="stream tokens as server-sent events")
     priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
-    timeout_s: float | None = Field(default=None, gt=0, le=86_400, description="deadline")
+    timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
     ignore_eos: bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
 
 
@@ -60,7 +60,7 @@ class TTSSynthesizeRequest(_Body):
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
     priority: int = Field(default=0, ge=-10, le=10)
-    timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+    timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
 
 
 class TTSSynthesizeResponse(BaseModel):
@@ -84,7 +84,7 @@ class ImageGenerateRequest(_Body):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     model: str | None = None
     priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
-    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86_400)
+    timeout_s: float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
 
 
 class ImageAccepted(BaseModel):

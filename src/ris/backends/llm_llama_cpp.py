@@ -61,6 +61,8 @@ class LlamaCppLLM(LLMBackend):
     ) -> LLMOutcome:
         prompt, template_stops = self._prompt(req)
         tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if not tokens:  # an empty prompt, on a model that adds no BOS: start from BOS
+            tokens = [self._llm.token_bos()]
         budget = self._llm.n_ctx() - len(tokens)
         if budget <= 0:
             raise BackendError(
