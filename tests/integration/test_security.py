@@ -149,3 +149,34 @@ def test_nothing_unpickles_untrusted_files() -> None:
         for i, line in enumerate(text.splitlines()):
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}:{i + 1}"
+
+
+def test_workers_listen_on_no_socket(server: Server) -> None:
+    import psutil
+
+    for lane in ("llm", "tts", "image"):
+        proc = psutil.Process(server.worker_pid(lane))
+        listening = [c for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert listening == [], (lane, listening)
+        assert all(c.status != psutil.CONN_ESTABLISHED for c in proc.net_connections(kind="inet"))
+
+
+def test_server_listens_on_loopback_only_by_default(server: Server) -> None:
+    import psutil
+
+    assert server.proc is not None
+    ports = [
+        c
+        for c in psutil.Process(server.proc.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert ports and all(c.laddr.ip in ("127.0.0.1", "::1") for c in ports)
+
+
+def test_wrong_content_type_is_a_clear_error(server: Server) -> None:
+    r = httpx.post(
+        f"{server.url}/api/llm/generate",
+        content=b"prompt=hi",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"

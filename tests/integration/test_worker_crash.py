@@ -22,7 +22,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def crash_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("crash")
-    cfg = make_config(tmp, tts={"heartbeat_timeout_s": 2.0}, llm={"heartbeat_timeout_s": 2.0})
+    cfg = make_config(
+        tmp,
+        tts={"heartbeat_timeout_s": 2.0},
+        llm={"heartbeat_timeout_s": 2.0, "busy_timeout_s": 2.0},
+    )
     srv = Server(tmp, cfg).start()
     yield srv
     srv.stop()
@@ -128,3 +132,32 @@ def psutil_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_tts_worker_killed_mid_synthesis(crash_server: Server) -> None:
+    srv = crash_server
+    old_pid = srv.worker_pid("tts")
+    result: list[httpx.Response] = []
+    text = "This is a long passage that keeps the speech lane busy for a while. " * 40
+    t = threading.Thread(
+        target=lambda: result.append(
+            httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": text, "voice": "en-US"}, timeout=120)
+        )
+    )
+    t.start()
+    with Client(srv.url, max_retries=0) as c:
+        wait_for(lambda: c.tasks(lane="tts", state="running"), 30)
+        kill(old_pid)
+        t.join(15)
+        assert result and result[0].json()["error"]["code"] == "worker_crashed"
+        wait_for(lambda: ready(srv)["tts"], 60)
+        assert c.synthesize("Recovered.").duration_s > 0.3
+
+
+def test_long_work_that_makes_progress_is_never_killed(crash_server: Server) -> None:
+    # busy_timeout_s is 2 s on this server; this generation runs far longer, token by token.
+    with Client(crash_server.url, max_retries=0, timeout=120) as c:
+        pid = crash_server.worker_pid("llm")
+        gen = c.generate("A long tale:", max_tokens=300, ignore_eos=True)
+        assert gen.usage["completion_tokens"] == 300 and gen.timings["total_ms"] > 2000
+        assert crash_server.worker_pid("llm") == pid
