@@ -10,6 +10,24 @@ from ris.runtime.engine import Engine, LaneUnavailable, TaskHandle
 from ris.scheduler import Lane, QueueFull, Task
 
 
+def check_prompt(engine: Engine, prompt: str | None, contents: list[str] | None, max_tokens: int) -> None:
+    """The seed-API checks of an LLM request: one of prompt/messages, and the configured limits."""
+    limits = engine.config.server
+    if (prompt is None) == (contents is None):
+        raise APIError(422, "invalid_request", "give exactly one of `prompt` or `messages`")
+    chars = len(prompt or "") + sum(len(c) for c in contents or [])
+    if chars > limits.max_prompt_chars:
+        raise APIError(
+            413,
+            "prompt_too_long",
+            f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}",
+        )
+    if max_tokens > limits.max_new_tokens:
+        raise APIError(
+            422, "invalid_request", f"max_tokens {max_tokens} is over the limit of {limits.max_new_tokens}"
+        )
+
+
 def submit(
     engine: Engine, lane: Lane, model: str, request: Any, priority: int, timeout_s: float | None
 ) -> TaskHandle:

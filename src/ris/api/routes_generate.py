@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ris import messages as m
-from ris.api.common import failure, pick_tts_model, resolve_model, submit, wait_task
+from ris.api.common import check_prompt, failure, pick_tts_model, resolve_model, submit, wait_task
 from ris.api.deps import engine_of, view_or_404
 from ris.api.errors import APIError
 from ris.api.schemas import (
@@ -41,22 +41,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
     engine = engine_of(request)
-    limits = engine.config.server
-    if (body.prompt is None) == (body.messages is None):
-        raise APIError(422, "invalid_request", "give exactly one of `prompt` or `messages`")
-    chars = len(body.prompt or "") + sum(len(x.content) for x in body.messages or [])
-    if chars > limits.max_prompt_chars:
-        raise APIError(
-            413,
-            "prompt_too_long",
-            f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}",
-        )
-    if body.max_tokens > limits.max_new_tokens:
-        raise APIError(
-            422,
-            "invalid_request",
-            f"max_tokens {body.max_tokens} is over the limit of {limits.max_new_tokens}",
-        )
+    contents = [x.content for x in body.messages] if body.messages is not None else None
+    check_prompt(engine, body.prompt, contents, body.max_tokens)
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
         raise APIError(422, "invalid_request", "stop: at most 4 strings of 1 to 64 characters")

@@ -21,9 +21,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from ris import messages as m
-from ris.api.common import failure, pick_tts_model, resolve_model, submit
+from ris.api.common import check_prompt, failure, pick_tts_model, resolve_model, submit
 from ris.api.deps import engine_of
-from ris.api.errors import APIError
 from ris.api.routes_openai import audio_chunks, tts_rate, wav_header
 from ris.api.schemas import ChatMessage, _Body
 from ris.runtime.engine import Engine, TaskHandle
@@ -66,18 +65,8 @@ async def _submit_tts(engine: Engine, model: str, req: m.TTSRequest) -> TaskHand
 )
 async def chat_speak(body: SpeakRequest, request: Request) -> Any:
     engine = engine_of(request)
-    if (body.prompt is None) == (body.messages is None):
-        raise APIError(422, "invalid_request", "give exactly one of `prompt` or `messages`")
-    limits = engine.config.server
-    if body.max_tokens > limits.max_new_tokens:
-        raise APIError(422, "invalid_request", f"max_tokens is over the limit of {limits.max_new_tokens}")
-    chars = len(body.prompt or "") + sum(len(x.content) for x in body.messages or [])
-    if chars > limits.max_prompt_chars:
-        raise APIError(
-            413,
-            "prompt_too_long",
-            f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}",
-        )
+    contents = [x.content for x in body.messages] if body.messages is not None else None
+    check_prompt(engine, body.prompt, contents, body.max_tokens)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
     tts_model = pick_tts_model(engine, body.tts_model, body.voice)
     rate = tts_rate(engine, tts_model)

@@ -74,6 +74,20 @@ def backoff_delay(attempt: int, retry_after: float | None, cap: float) -> float:
 RETRY_STATUSES = (429, 503)
 
 
+class SSEDecoder:
+    """Server-sent events from a stream of lines: feed each line, get an event at each blank one."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, Any] | None:
+        if line:
+            self._lines.append(line)
+            return None
+        lines, self._lines = self._lines, []
+        return parse_sse(lines)
+
+
 def parse_sse(lines: list[str]) -> tuple[str, Any] | None:
     event, data = "message", []
     for line in lines:

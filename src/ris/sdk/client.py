@@ -17,12 +17,12 @@ from ris.sdk._common import (
     Generation,
     RISError,
     Speech,
+    SSEDecoder,
     backoff_delay,
     check_final,
     error_from,
     generation_from,
     llm_body,
-    parse_sse,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -96,13 +96,9 @@ class Client:
                         raise err
                     time.sleep(backoff_delay(attempt, err.retry_after, self.max_retry_wait))
                     continue
-                lines: list[str] = []
+                decoder = SSEDecoder()
                 for line in resp.iter_lines():
-                    if line:
-                        lines.append(line)
-                        continue
-                    event = parse_sse(lines)
-                    lines = []
+                    event = decoder.feed(line)
                     if event is None:
                         continue
                     name, data = event
@@ -215,13 +211,9 @@ class Client:
             if resp.status_code >= 400:
                 resp.read()
                 raise error_from(resp)
-            lines: list[str] = []
+            decoder = SSEDecoder()
             for line in resp.iter_lines():
-                if line:
-                    lines.append(line)
-                    continue
-                event = parse_sse(lines)
-                lines = []
+                event = decoder.feed(line)
                 if event is None:
                     continue
                 name, data = event
@@ -322,13 +314,9 @@ class AsyncClient:
                         raise err
                     await asyncio.sleep(backoff_delay(attempt, err.retry_after, self.max_retry_wait))
                     continue
-                lines: list[str] = []
+                decoder = SSEDecoder()
                 async for line in resp.aiter_lines():
-                    if line:
-                        lines.append(line)
-                        continue
-                    event = parse_sse(lines)
-                    lines = []
+                    event = decoder.feed(line)
                     if event is None:
                         continue
                     name, data = event
