@@ -75,11 +75,17 @@ def test_burst_of_ten_times_capacity(small: Server, path: str, body: dict[str, o
         assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
     refuse_p99 = percentile([dt for dt, _ in refused], 99) or 0.0
     health_p99 = percentile(health, 99) or 0.0
+    # The server's own time to answer each 429 (Server-Timing), without client and network.
+    server_ms = [float(r.headers["server-timing"].split("dur=")[1]) for _, r in refused]
+    server_p99 = percentile(server_ms, 99) or 0.0
     print(
-        f"{path}: {len(admitted)} admitted, {len(refused)} refused; "
-        f"429 p99 {1000 * refuse_p99:.1f} ms; /health p99 {1000 * health_p99:.1f} ms"
+        f"{path}: {len(admitted)} admitted, {len(refused)} refused; 429 p99 server {server_p99:.1f} ms, "
+        f"at the client {1000 * refuse_p99:.1f} ms; /health p99 {1000 * health_p99:.1f} ms"
     )
-    # Refusals never wait for work to finish (generous bound: a loaded 2-core machine).
+    # Refusals never wait for work to finish. Image admissions are fsync'd to the task store on
+    # the event loop, and a refusal can queue behind them: that lane gets a looser bound.
+    assert server_p99 < (50.0 if path != "/api/image/generate" else 150.0)
+    # At the client, connection set-up and the client's own loop on 2 cores add to it.
     assert refuse_p99 < 1.0
     assert health_p99 < 1.0
     if path == "/api/image/generate":  # asynchronous: every admitted task must still finish
