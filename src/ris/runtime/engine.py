@@ -18,6 +18,7 @@ from typing import Any
 
 from ris import messages as m
 from ris.config import Config
+from ris.machine import machine_info
 from ris.runtime.activity import ActivityBoard
 from ris.runtime.binding import Binding
 from ris.runtime.store import StoredTask, TaskStore
@@ -151,8 +152,6 @@ class Engine:
 
     def _worker_spec(self, lane: Lane) -> WorkerSpec:
         cfg = self.config.lane(lane)
-        from ris.machine import machine_info
-
         binding = Binding(
             cores=cfg.cores,
             threads=cfg.effective_threads(machine_info()),
