@@ -21,7 +21,7 @@ from ris.scheduler.preemption import PreemptionPolicy
 
 # Backends each lane kind accepts (names as registered in ris.backends).
 LANE_BACKENDS: dict[Lane, tuple[str, ...]] = {
-    Lane.LLM: ("llama_cpp", "transformers"),
+    Lane.LLM: ("llama_cpp", "transformers", "noop"),
     Lane.TTS: ("espeak", "piper"),
     Lane.IMAGE: ("diffusers",),
 }

@@ -19,6 +19,8 @@ REGISTRY: dict[Lane, dict[str, str]] = {
     Lane.LLM: {
         "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
         "transformers": "ris.backends.llm_transformers:TransformersLLM",
+        # Benchmark-only: no model, measures the service's own overhead.
+        "noop": "ris.backends.llm_noop:NoopLLM",
     },
     Lane.TTS: {
         "espeak": "ris.backends.tts_espeak:EspeakTTS",

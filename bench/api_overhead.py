@@ -1,0 +1,128 @@
+"""What the API and scheduler add: a BENCHMARK-ONLY no-op LLM backend behind the real server,
+driven from another process, beside the same backend called directly.
+
+Reports per-request latency p50/p99 over one connection, and requests/s with many connections.
+Goals: API overhead p50 <= 1 ms; >= 3,000 no-op requests/s on a 2-core machine.
+
+    python bench/api_overhead.py [--seconds 5] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ris.backends import BackendContext
+from ris.backends.llm_noop import NoopLLM
+from ris.config import ModelSpec
+from ris.launch import ServiceProcess
+from ris.messages import LLMRequest
+from ris.scheduler import percentile
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {"prompt": "x", "max_tokens": 1}
+
+
+def direct(n: int) -> list[float]:
+    backend = NoopLLM(ModelSpec(backend="noop"), BackendContext("cpu", 1, Path(".")))
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        backend.generate(LLMRequest(prompt="x", max_tokens=1), lambda s: None, lambda: False)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _load(url: str, n_seq: int, seconds: float, concurrency: int, conn: Any) -> None:
+    """In its own process: sequential latencies, then throughput with many connections."""
+    lat = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for _ in range(50):
+            http.post("/api/llm/generate", json=BODY)
+        for _ in range(n_seq):
+            t = time.perf_counter()
+            r = http.post("/api/llm/generate", json=BODY)
+            lat.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+
+    async def many() -> tuple[int, int]:
+        ok = errors = 0
+        end = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+
+            async def worker() -> None:
+                nonlocal ok, errors
+                while time.perf_counter() < end:
+                    r = await http.post("/api/llm/generate", json=BODY)
+                    if r.status_code == 200:
+                        ok += 1
+                    else:
+                        errors += 1
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return ok, errors
+
+    ok, errors = asyncio.run(many())
+    conn.send({"latencies": lat, "ok": ok, "errors": errors})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--out", default=str(ROOT / "bench/results/api_overhead.json"))
+    args = p.parse_args()
+    base = direct(args.requests)
+    cfg = json.loads((ROOT / "config.json").read_text())
+    cfg["lanes"]["llm"].update(
+        {
+            "default_model": "noop",
+            "max_queue": 10_000,
+            "models": {"noop": {"backend": "noop", "description": "benchmark only"}},
+        }
+    )
+    cfg["lanes"]["tts"]["enabled"] = False
+    cfg["lanes"]["image"]["enabled"] = False
+    with tempfile.TemporaryDirectory(prefix="ris-api-") as tmp:
+        cfg = {**cfg, "data_dir": str(Path(tmp) / "data"), "server": {"port": 0}}
+        svc = ServiceProcess(Path(tmp), cfg).start()
+        try:
+            ctx = mp.get_context("spawn")
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_load, args=(svc.url, args.requests, args.seconds, args.concurrency, child)
+            )
+            proc.start()
+            res = parent.recv()
+            proc.join(30)
+        finally:
+            svc.stop()
+    lat = res["latencies"]
+    row = {
+        "direct_p50_us": 1e6 * (percentile(base, 50) or 0),
+        "direct_p99_us": 1e6 * (percentile(base, 99) or 0),
+        "service_p50_ms": 1e3 * (percentile(lat, 50) or 0),
+        "service_p99_ms": 1e3 * (percentile(lat, 99) or 0),
+        "overhead_p50_ms": 1e3 * ((percentile(lat, 50) or 0) - (percentile(base, 50) or 0)),
+        "requests_per_s": res["ok"] / args.seconds,
+        "errors": res["errors"],
+        "concurrency": args.concurrency,
+        "requests_sequential": args.requests,
+    }
+    print(json.dumps(row, indent=1))
+    Path(args.out).write_text(json.dumps(row, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
