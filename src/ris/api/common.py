@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from ris.api.errors import APIError, lane_unavailable, queue_full
@@ -94,3 +95,8 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
         "unknown_voice",
         f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
     )
+
+
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event of the seed API's streams (named event, JSON data)."""
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()

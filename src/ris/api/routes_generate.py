@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ris import messages as m
-from ris.api.common import check_prompt, failure, pick_tts_model, resolve_model, submit, wait_task
+from ris.api.common import check_prompt, failure, pick_tts_model, resolve_model, sse_event, submit, wait_task
 from ris.api.deps import engine_of, view_or_404
 from ris.api.errors import APIError
 from ris.api.schemas import (
@@ -86,27 +85,23 @@ def _llm_body(task: Task) -> dict[str, Any]:
     }
 
 
-def _event(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 async def _sse(engine: Engine, handle: TaskHandle) -> AsyncIterator[bytes]:
     finished = False
     try:
-        yield _event("start", {"task_id": handle.task_id, "model": handle.model})
+        yield sse_event("start", {"task_id": handle.task_id, "model": handle.model})
         while True:
             item = await handle.events.get()
             if item is None:
                 break
             if isinstance(item, m.TextDelta):
-                yield _event("token", {"text": item.text})
+                yield sse_event("token", {"text": item.text})
         task = await handle.done
         finished = True
         if task.state is TaskState.SUCCEEDED:
-            yield _event("done", _llm_body(task))
+            yield sse_event("done", _llm_body(task))
         else:
             err = failure(task)
-            yield _event("error", {"code": err.code, "message": err.message})
+            yield sse_event("error", {"code": err.code, "message": err.message})
     finally:
         if not finished:  # the client went away mid-stream: stop spending the lane on it
             engine.cancel(handle.task_id)

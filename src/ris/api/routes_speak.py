@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -21,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from ris import messages as m
-from ris.api.common import check_prompt, failure, pick_tts_model, resolve_model, submit
+from ris.api.common import check_prompt, failure, pick_tts_model, resolve_model, sse_event, submit
 from ris.api.deps import engine_of
 from ris.api.routes_openai import audio_chunks, tts_rate, wav_header
 from ris.api.schemas import ChatMessage, _Body
@@ -188,12 +187,10 @@ class _Pipeline:
                 yield data["pcm"]
 
     async def events(self, rate: int) -> AsyncIterator[bytes]:
-        yield _sse("start", {"task_id": self.llm.task_id, "sample_rate": rate, "tts_model": self.tts_model})
+        yield sse_event(
+            "start", {"task_id": self.llm.task_id, "sample_rate": rate, "tts_model": self.tts_model}
+        )
         async for kind, data in self._run():
             if kind == "audio":
                 data = {"index": data["index"], "pcm": base64.b64encode(data["pcm"]).decode()}
-            yield _sse(kind, data)
-
-
-def _sse(name: str, data: dict[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+            yield sse_event(kind, data)
