@@ -45,15 +45,21 @@ def ready(srv: Server) -> dict[str, bool]:
     return dict(httpx.get(f"{srv.url}/ready", timeout=5).json()["lanes"])
 
 
-def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
-    srv = crash_server
-    old_pid = srv.worker_pid("llm")
+def start_long_generation(srv: Server) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A 1,500-token generation in a thread; its response lands in the returned list."""
     result: list[httpx.Response] = []
     body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
     t = threading.Thread(
         target=lambda: result.append(httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120))
     )
     t.start()
+    return t, result
+
+
+def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
+    srv = crash_server
+    old_pid = srv.worker_pid("llm")
+    t, result = start_long_generation(srv)
     with Client(srv.url, max_retries=0) as c:
         wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
         kill(old_pid)
@@ -107,12 +113,7 @@ def test_image_worker_killed_mid_task(crash_server: Server) -> None:
 def test_stopped_llm_worker_times_out_its_task_and_is_replaced(crash_server: Server) -> None:
     srv = crash_server
     old_pid = srv.worker_pid("llm")
-    result: list[httpx.Response] = []
-    body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
-    t = threading.Thread(
-        target=lambda: result.append(httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120))
-    )
-    t.start()
+    t, result = start_long_generation(srv)
     with Client(srv.url, max_retries=0) as c:
         wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
     kill(old_pid, signal.SIGSTOP)

@@ -19,9 +19,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+# Only the standard library lies behind these imports: safe before the binding is applied.
+from ris import messages as m
 from ris.runtime.activity import ActivityBoard
 from ris.runtime.binding import Binding, apply_binding, observed_affinity
-from ris.scheduler.preemption import PreemptionPolicy
+from ris.scheduler import Lane
+from ris.scheduler.preemption import Activity, PreemptionPolicy, Yielder
 
 HEARTBEAT_INTERVAL_S = 0.5
 
@@ -56,19 +59,16 @@ class _Outbox:
 def worker_main(spec: WorkerSpec, conn: Connection, board: ActivityBoard) -> None:
     apply_binding(spec.binding)  # before any model library is imported
     # Imports below may pull numpy and friends: only now that the thread variables are set.
-    from ris import messages as m
     from ris.backends import BackendContext, backend_class
     from ris.backends.base import BackendError
     from ris.config import LaneConfig
-    from ris.scheduler import Lane
-    from ris.scheduler.preemption import Yielder
 
     out = _Outbox(conn)
     lane = Lane(spec.lane)
     cfg = LaneConfig.model_validate_json(spec.lane_config_json)
     # The image worker always has a Yielder: even with nothing to yield to (policy "none"),
     # its preemption points are where a cancelled task stops.
-    yielder = None
+    yielder: Yielder | None = None
     if lane is Lane.IMAGE:
         yielder = Yielder(
             spec.preemption or PreemptionPolicy(mode="none"),
@@ -179,24 +179,24 @@ class _TaskRunner:
     """Runs one task on a backend of the worker's lane, streaming its output to the server."""
 
     def __init__(
-        self, lane: Any, out: _Outbox, board: ActivityBoard, progress: list[int], data_dir: Path, yielder: Any
+        self,
+        lane: Lane,
+        out: _Outbox,
+        board: ActivityBoard,
+        progress: list[int],
+        data_dir: Path,
+        yielder: Yielder | None,
     ) -> None:
-        from ris.scheduler import Lane
-
         self.lane = lane
         self.out = out
         self.board = board
         self.progress = progress
         self.images = data_dir / "images"
-        self._Lane = Lane
         self.yielder = yielder
 
-    def run(self, backend: Any, msg: Any, cancelled: Callable[[], bool]) -> Any:
-        from ris import messages as m
-        from ris.scheduler.preemption import Activity
-
+    def run(self, backend: Any, msg: m.RunTask, cancelled: Callable[[], bool]) -> Any:
         task_id = msg.task_id
-        out, Lane = self.out, self._Lane
+        out = self.out
 
         def tick() -> None:
             self.progress[0] += 1
