@@ -1,4 +1,4 @@
-"""The `ris` command: serve, status, config."""
+"""The `ris` command: serve, status, config, bench."""
 
 from __future__ import annotations
 
@@ -106,6 +106,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ris.benchmark.run import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ris", description="Resource Isolation Scheduler")
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--api-key", default=os.environ.get("RIS_API_KEY"))
     st.add_argument("--json", action="store_true", help="print the raw statistics")
     st.set_defaults(fn=cmd_status)
+    from ris.benchmark.run import add_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="traditional vs isolated configuration under one mixed workload (starts its own services)",
+    )
+    add_arguments(bench)
+    bench.set_defaults(fn=cmd_bench)
     return p
 
 

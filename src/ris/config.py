@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ris.machine import MachineInfo, machine_info
-from ris.scheduler import Lane, LanePolicy, PriorityClass
+from ris.scheduler import Lane, LanePolicy, Ordering, PriorityClass
 from ris.scheduler.preemption import PreemptionPolicy
 
 # Backends each lane kind accepts (names as registered in ris.backends).
@@ -187,6 +187,11 @@ class Config(_Strict):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     data_dir: Path = Field(default=Path("ris-data"), description="tasks, audio and images")
+    scheduling: Ordering = Field(
+        default=Ordering.LANES,
+        description="'lanes': each lane its own priority queue (the product); 'fifo': one "
+        "first-in-first-out queue for all lanes, the traditional baseline `ris bench` measures",
+    )
     lanes: dict[Lane, LaneConfig]
 
     def lane(self, lane: Lane) -> LaneConfig:

@@ -10,6 +10,7 @@ from ris.scheduler import (
     CancelOutcome,
     Lane,
     LanePolicy,
+    Ordering,
     PriorityClass,
     QueueFull,
     Scheduler,
@@ -262,3 +263,50 @@ def test_percentile() -> None:
     assert percentile([], 50) is None
     assert percentile([3, 1, 2], 50) == 2
     assert percentile(range(101), 99) == 99
+
+
+# ----- the FIFO ordering (the benchmark's "traditional" baseline) -----------------------------
+
+
+def make_fifo() -> tuple[Scheduler, FakeClock]:
+    clock = FakeClock()
+    ids = (f"t{i}" for i in itertools.count())
+    sched = Scheduler(
+        {lane: LanePolicy() for lane in Lane}, clock, new_id=lambda: next(ids), ordering=Ordering.FIFO
+    )
+    return sched, clock
+
+
+def test_fifo_ignores_priority_and_class() -> None:
+    sched, clock = make_fifo()
+    low = sched.submit(TaskSpec(Lane.LLM, priority=0))
+    clock.advance(1)
+    high = sched.submit(TaskSpec(Lane.LLM, priority=9, priority_class=PriorityClass.REALTIME))
+    sched.set_slots(Lane.LLM, 1)
+    assert [t.id for t in sched.dispatch()] == [low.id]
+    sched.finish(low.id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [high.id]
+
+
+def test_fifo_head_of_line_blocks_other_lanes() -> None:
+    sched, clock = make_fifo()
+    for lane in Lane:
+        sched.set_slots(lane, 1)
+    img1 = sched.submit(TaskSpec(Lane.IMAGE))
+    assert [t.id for t in sched.dispatch()] == [img1.id]
+    img2 = sched.submit(TaskSpec(Lane.IMAGE))
+    chat = sched.submit(TaskSpec(Lane.LLM))
+    # The LLM worker is free, but the image task submitted before the chat has not started.
+    assert sched.dispatch() == []
+    sched.finish(img1.id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [img2.id, chat.id]
+
+
+def test_lanes_ordering_does_not_block_across_lanes() -> None:
+    sched, _ = make(slots=1)
+    img1 = sched.submit(TaskSpec(Lane.IMAGE))
+    sched.dispatch()
+    sched.submit(TaskSpec(Lane.IMAGE))
+    chat = sched.submit(TaskSpec(Lane.LLM))
+    assert [t.id for t in sched.dispatch()] == [chat.id]
+    assert img1.state is TaskState.RUNNING

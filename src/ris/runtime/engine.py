@@ -68,7 +68,9 @@ class Engine:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
-        self.scheduler = Scheduler({lane: config.lane(lane).policy() for lane in Lane}, clock)
+        self.scheduler = Scheduler(
+            {lane: config.lane(lane).policy() for lane in Lane}, clock, ordering=config.scheduling
+        )
         self.workers: dict[Lane, WorkerHandle] = {}
         self.handles: dict[str, TaskHandle] = {}
         self._running_on: dict[Lane, str | None] = {lane: None for lane in Lane}

@@ -10,6 +10,11 @@ The runtime drives it, as vLLM's engine drives its scheduler:
     sched.expire()                       # deadlines; returns running tasks to interrupt
 
 Time comes only from the injected clock, so every decision is reproducible in a unit test.
+
+Two orderings: `Ordering.LANES` (the product: each lane's own priority queue, so a busy image
+lane never delays chat or speech) and `Ordering.FIFO` (the "traditional" baseline the
+benchmark compares against: one first-in-first-out queue for all lanes, priorities ignored, and
+a task waits while any task submitted before it has not started, as in a single job queue).
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class LanePolicy:
     keep_finished: int = 1000
     # Run time assumed before any task of the lane has finished (for Retry-After).
     initial_run_estimate_s: float = 1.0
+
+
+class Ordering(enum.StrEnum):
+    LANES = "lanes"  # per-lane priority queues with aging, dispatched independently
+    FIFO = "fifo"  # one arrival-order queue across lanes, head-of-line blocking
 
 
 class QueueFull(Exception):
@@ -113,8 +123,10 @@ class Scheduler:
         policies: Mapping[Lane, LanePolicy],
         clock: Clock,
         new_id: Callable[[], str] | None = None,
+        ordering: Ordering = Ordering.LANES,
     ) -> None:
         self._clock = clock
+        self.ordering = ordering
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self._lanes = {lane: _LaneBook(lane, p) for lane, p in policies.items()}
         self._tasks: dict[str, Task] = {}
@@ -135,7 +147,11 @@ class Scheduler:
             id=task_id or self._new_id(),
             spec=spec,
             submitted_at=now,
-            sort_key=book.queue.key_for(now, spec.priority, spec.priority_class),
+            sort_key=(
+                now
+                if self.ordering is Ordering.FIFO
+                else book.queue.key_for(now, spec.priority, spec.priority_class)
+            ),
             seq=next(self._seq),
         )
         if task.id in self._tasks:
@@ -158,19 +174,41 @@ class Scheduler:
 
     def dispatch(self) -> list[Task]:
         """Move tasks from queues to free worker slots; the caller starts them."""
-        started: list[Task] = []
         now = self._clock()
+        if self.ordering is Ordering.FIFO:
+            return self._dispatch_fifo(now)
+        started: list[Task] = []
         for book in self._lanes.values():
             while len(book.running) < book.slots:
                 task = book.queue.pop()
                 if task is None:
                     break
-                task.state = TaskState.RUNNING
-                task.started_at = now
-                book.running[task.id] = task
-                book.waits.append(now - task.submitted_at)
+                self._start(book, task, now)
                 started.append(task)
         return started
+
+    def _dispatch_fifo(self, now: float) -> list[Task]:
+        # Each lane's queue is in arrival order here (key = submission time), so the global
+        # queue's head is the oldest lane head. It starts only when its lane has a free slot;
+        # until then everything behind it waits too (head-of-line blocking).
+        started: list[Task] = []
+        while True:
+            heads = [(t.seq, b, t) for b in self._lanes.values() if (t := b.queue.peek()) is not None]
+            if not heads:
+                return started
+            _, book, task = min(heads, key=lambda h: h[0])
+            if len(book.running) >= book.slots:
+                return started
+            book.queue.pop()
+            self._start(book, task, now)
+            started.append(task)
+
+    @staticmethod
+    def _start(book: _LaneBook, task: Task, now: float) -> None:
+        task.state = TaskState.RUNNING
+        task.started_at = now
+        book.running[task.id] = task
+        book.waits.append(now - task.submitted_at)
 
     # ----- progress and outcomes -----------------------------------------------------------
 

@@ -1,0 +1,275 @@
+"""`ris bench`: start each configuration of the service in turn and drive the same workload.
+
+For every repetition and configuration, a fresh `ris serve` is started, warmed up (one request
+per lane, not measured), and the load generator process drives its phases: in the isolated
+configuration each lane alone, then all three at once ("mixed"); in the others the mixed phase.
+Configurations alternate their order between repetitions so drift does not favour one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import psutil
+
+from ris.benchmark import configs, report, summary
+from ris.benchmark.workload import Workload, preset
+from ris.launch import ServiceProcess
+
+ALONE_PHASES = ("llm", "tts", "image")
+STARTUP_ESTIMATE_S = {"cpu": 15.0, "gpu": 120.0}
+
+
+@dataclass(frozen=True)
+class Step:
+    repetition: int
+    config: str
+    phases: tuple[str, ...]
+
+
+def plan(config_names: list[str], repetitions: int) -> list[Step]:
+    steps = []
+    for rep in range(repetitions):
+        order = config_names if rep % 2 == 0 else list(reversed(config_names))
+        for name in order:
+            phases = (*ALONE_PHASES, "mixed") if name == "isolated" else ("mixed",)
+            steps.append(Step(rep, name, phases))
+    return steps
+
+
+class ProgressBar:
+    """One line redrawn in place on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, total_s: float, out: TextIO = sys.stderr) -> None:
+        self.total_s = total_s
+        self.done_s = 0.0
+        self.out = out
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self._last_line = 0.0
+
+    def show(self, label: str, extra_s: float = 0.0, detail: str = "") -> None:
+        frac = min(1.0, (self.done_s + extra_s) / self.total_s) if self.total_s else 1.0
+        elapsed = time.monotonic() - self.started
+        left = elapsed / frac - elapsed if frac > 0.02 else None
+        bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
+        eta = (
+            f"~{left / 60:.0f} min left"
+            if left is not None and left >= 60
+            else (f"~{left:.0f} s left" if left else "")
+        )
+        line = f"[{bar}] {frac:4.0%}  {label}  {detail}  {eta}"
+        if self.tty:
+            self.out.write("\r" + line[: shutil.get_terminal_size().columns - 1].ljust(80))
+            self.out.flush()
+        elif time.monotonic() - self._last_line >= 5.0:
+            self._last_line = time.monotonic()
+            print(line, file=self.out, flush=True)
+
+    def advance(self, seconds: float) -> None:
+        self.done_s += seconds
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+
+
+def warm_up(url: str, w: Workload) -> None:
+    """One request per lane before measuring: first calls pay one-off costs (graphs, caches)."""
+    with httpx.Client(base_url=url, timeout=600) as c:
+        c.post("/api/llm/generate", json={"prompt": "Hello", "max_tokens": 8}).raise_for_status()
+        c.post("/api/tts/synthesize", json={"text": "Hello there."}).raise_for_status()
+        size = w.image_size
+        r = c.post(
+            "/api/image/generate", json={"prompt": "warm up", "width": size, "height": size, "steps": 2}
+        )
+        r.raise_for_status()
+        task_id = r.json()["task_id"]
+        while c.get(f"/api/tasks/{task_id}").json()["state"] in ("queued", "running"):
+            time.sleep(0.1)
+
+
+def run_loadgen(url: str, lanes: str, w: Workload, out: Path, bar: ProgressBar, label: str) -> dict[str, Any]:
+    cmd = [
+        sys.executable, "-m", "ris.benchmark.loadgen",
+        "--url", url, "--lanes", lanes, "--workload", json.dumps(w.to_json()), "--out", str(out),
+    ]  # fmt: skip
+    err_path = out.with_suffix(".stderr")
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                p = json.loads(line)
+            except ValueError:
+                continue
+            d = p["done"]
+            t = min(p["t"], w.duration_s)
+            done = f"llm {d['llm']} tts {d['tts']} image {d['image']}"
+            detail = f"{t:.0f}/{w.duration_s:g} s  {done}  errors {p['errors']}"
+            bar.show(label, t, detail)
+        rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"load generator failed ({rc}): {err_path.read_text()[-3000:]}")
+    bar.advance(w.duration_s)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def machine_summary() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    if shutil.which("nvidia-smi"):
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        gpu = q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count()
+    mem = psutil.virtual_memory().total / 2**30
+    text = f"{cores} cores ({cpu}), {mem:.0f} GiB, " + (f"GPU {gpu}" if gpu else "no GPU")
+    return {"summary": text, "cores": cores, "cpu": cpu, "memory_gib": round(mem, 1), "gpu": gpu,
+            "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    kind = "gpu" if args.gpu else "cpu"
+    w = preset(kind, args.quick)
+    if args.duration is not None:
+        w = replace(w, duration_s=args.duration)
+    names = (
+        args.configs.split(",")
+        if args.configs
+        else (["traditional", "isolated"] if args.quick else list(configs.CONFIGS))
+    )
+    if "isolated" not in names:
+        raise SystemExit("ris bench: --configs must include isolated (its alone phases are the baseline)")
+    built = {name: configs.build(name, kind) for name in names}  # fails early on a bad machine
+    steps = plan(names, args.repetitions)
+    per_phase = w.duration_s + 2.0
+    total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) for s in steps)
+    bar = ProgressBar(total)
+    raw: list[dict[str, dict[str, Any]]] = [{} for _ in range(args.repetitions)]
+    with tempfile.TemporaryDirectory(prefix="ris-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        for step in steps:
+            label = f"rep {step.repetition + 1}/{args.repetitions}  {step.config}"
+            bar.show(label, 0.0, "starting the service")
+            folder = tmp / f"{step.config}-{step.repetition}"
+            service = ServiceProcess(folder, configs.as_json(built[step.config], str(folder / "data")))
+            service.start(timeout=900)
+            try:
+                warm_up(service.url, w)
+                bar.advance(STARTUP_ESTIMATE_S[kind])
+                for phase in step.phases:
+                    lanes = "llm,tts,image" if phase == "mixed" else phase
+                    out = folder / f"{phase}.json"
+                    raw[step.repetition].setdefault(step.config, {})[phase] = run_loadgen(
+                        service.url,
+                        lanes,
+                        w,
+                        out,
+                        bar,
+                        f"{label}: {'all lanes' if phase == 'mixed' else phase + ' alone'}",
+                    )
+                    bar.advance(per_phase - w.duration_s)
+            finally:
+                service.stop()
+    bar.close()
+    result = assemble(raw, names, kind, w, args)
+    result["raw"] = raw
+    return result
+
+
+def assemble(
+    raw: list[dict[str, dict[str, Any]]], names: list[str], kind: str, w: Workload, args: argparse.Namespace
+) -> dict[str, Any]:
+    per_rep = []
+    for rep in raw:
+        figs = {
+            "alone": summary.merge_alone(
+                {lane: summary.phase_figures(rep["isolated"][lane]) for lane in ALONE_PHASES}
+            )
+        }
+        figs.update({name: summary.phase_figures(rep[name]["mixed"]) for name in names})
+        per_rep.append(figs)
+    combined = summary.combine(per_rep)
+    pooled: dict[str, list[dict[str, Any]]] = {
+        "alone": [rep["isolated"][lane] for rep in raw for lane in ALONE_PHASES]
+    }
+    pooled.update({name: [rep[name]["mixed"] for rep in raw] for name in names})
+    return {
+        "meta": {
+            "kind": kind,
+            "quick": args.quick,
+            "repetitions": args.repetitions,
+            "configs": names,
+            "workload": w.to_json(),
+            "machine": machine_summary(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": "ris bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        },
+        "per_repetition": per_rep,
+        "combined": combined,
+        "goals": summary.goals(kind, combined),
+        "distributions": report.distributions(pooled),
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="short phases, one repetition, two configurations")
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU variant: 7B-shape LLM and SD 1.5-shape images (dummy weights)",
+    )
+    p.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    p.add_argument("--configs", default=None, help=f"comma-separated, from {', '.join(configs.CONFIGS)}")
+    p.add_argument(
+        "--out", default=None, help="folder for ris_bench[_gpu].json/.md/.png (default bench/results)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.repetitions is None:
+        args.repetitions = 1 if args.quick else 3
+    if args.repetitions < 1:
+        raise SystemExit("ris bench: --repetitions must be at least 1")
+    result = run(args)
+    out = Path(args.out or "bench/results")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "ris_bench_gpu" if args.gpu else "ris_bench"
+    if args.quick:
+        stem += "_quick"
+    # Every request's samples go beside the report, for a second look at any figure.
+    (out / f"{stem}_raw.json").write_text(json.dumps(result.pop("raw")))
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    text = report.markdown(result)
+    (out / f"{stem}.md").write_text(text)
+    title = f"ris bench ({result['meta']['kind']}) — {result['meta']['machine']['summary']}"
+    drew = report.chart(result["distributions"], out / f"{stem}.png", title)
+    print(text)
+    print(f"wrote {out / stem}.json, .md" + (", .png" if drew else " (no chart: pip install 'ris[bench]')"))
+    return 0

@@ -1,0 +1,56 @@
+"""`ris bench --quick` runs the real services and writes well-formed reports (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ris.benchmark.summary import METRICS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(900)
+def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ris", "bench", "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "%" in proc.stderr  # the progress bar
+
+    report = json.loads((tmp_path / "ris_bench_quick.json").read_text())
+    assert report["meta"]["configs"] == ["traditional", "isolated"]
+    assert report["meta"]["repetitions"] == 1 and report["meta"]["machine"]["cores"] >= 1
+    figures = report["combined"]["figures"]
+    assert set(figures) == {"alone", "traditional", "isolated"}
+    for column in figures.values():
+        # Every lane was driven and finished work in every column.
+        for name in ("llm_ttft_p50", "llm_itl_p99", "tts_rtf_p99", "image_wait_p50", "requests_per_min"):
+            assert column[name]["median"] > 0, (name, column)
+    assert set(report["combined"]["ratios"]) == {
+        "isolated/alone",
+        "traditional/alone",
+        "isolated/traditional",
+    }
+    assert [g["met"] in (True, False) for g in report["goals"]] == [True, True, True]
+
+    raw = json.loads((tmp_path / "ris_bench_quick_raw.json").read_text())
+    mixed = raw[0]["isolated"]["mixed"]
+    assert mixed["lanes"] == ["image", "llm", "tts"]
+    assert all(mixed["samples"][lane] for lane in ("llm", "tts", "image"))
+
+    table = (tmp_path / "ris_bench_quick.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| seed row"))
+    assert header.split("|")[3:6] == [" alone ", " traditional ", " isolated "]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
+    assert len(rows) == len(METRICS)
+    assert "Goals:" in table
+
+    assert (tmp_path / "ris_bench_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,152 @@
+"""The benchmark's arithmetic: figures from samples, ratios within repetitions, goals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ris.benchmark import configs, summary
+from ris.config import parse_config
+from ris.machine import MachineInfo
+from ris.scheduler import Lane, Ordering
+
+
+def phase(
+    lanes: list[str], samples: dict[str, list[dict[str, Any]]], duration: float = 10.0
+) -> dict[str, Any]:
+    return {
+        "lanes": lanes,
+        "workload": {"duration_s": duration},
+        "samples": {"llm": [], "tts": [], "image": [], **samples},
+    }
+
+
+def llm(t0: float, ttft: float, gaps: list[float], ok: bool = True) -> dict[str, Any]:
+    end = t0 + ttft + sum(gaps)
+    return {"t0": t0, "t_end": end, "latency_s": end - t0, "stream": True, "ok": ok, "ttft_s": ttft,
+            "itl_s": gaps, "tokens": len(gaps) + 1, "decode_tok_s": len(gaps) / sum(gaps),
+            "max_gap_s": max([ttft, *gaps])}  # fmt: skip
+
+
+def test_max_overlap_counts_concurrent_intervals() -> None:
+    assert summary.max_overlap([(0, 1), (0.5, 2), (1.5, 3), (1, 1.2)]) == 2
+    assert summary.max_overlap([(0, 1), (1, 2)]) == 1  # one ends as the next starts
+    assert summary.max_overlap([]) == 0
+
+
+def test_phase_figures_from_samples() -> None:
+    r = phase(
+        ["llm", "tts", "image"],
+        {
+            "llm": [
+                llm(0, 0.1, [0.02] * 9),
+                llm(2, 3.0, [0.02] * 9),
+                {"t0": 5, "t_end": 6, "ok": False, "error": "http_500"},
+            ],
+            "tts": [
+                {"t0": 1, "t_end": 1.5, "latency_s": 0.5, "ok": True, "rtf": 0.2, "max_gap_s": 0.5},
+                {"t0": 1.2, "t_end": 1.4, "latency_s": 0.2, "ok": True, "rtf": 0.1, "max_gap_s": 0.2},
+            ],
+            "image": [
+                {
+                    "t0": 0,
+                    "t_end": 4,
+                    "ok": True,
+                    "queue_wait_s": 0.0,
+                    "steps_in_window": 8,
+                    "max_gap_s": 0.5,
+                },
+                {
+                    "t0": 0,
+                    "ok": False,
+                    "unfinished": True,
+                    "queue_wait_s": 4.0,
+                    "steps_in_window": 2,
+                    "max_gap_s": 0.1,
+                },
+            ],
+        },
+    )
+    f = summary.phase_figures(r)
+    assert f["llm_ttft_p50"] == pytest.approx(0.1) and f["llm_ttft_p99"] == pytest.approx(3.0)
+    assert f["llm_itl_p99"] == pytest.approx(0.02)
+    assert f["tts_concurrent"] == 2
+    assert f["image_steps_s"] == pytest.approx(1.0)  # 10 steps in a 10 s window
+    assert f["image_wait_p99"] == pytest.approx(4.0)
+    assert f["requests_per_min"] == pytest.approx(5 / 10 * 60)  # 2 LLM + 2 TTS + 1 image
+    assert f["errors"] == 1  # the unfinished image at the window's end is not an error
+    assert f["stalls"] == 1  # the 3 s time to first token
+
+
+def test_lanes_not_driven_have_no_figures() -> None:
+    f = summary.phase_figures(phase(["tts"], {}))
+    assert "llm_itl_p99" not in f and "image_steps_s" not in f
+    assert f["tts_rtf_p99"] is None  # driven, but nothing finished
+
+
+def test_ratios_are_taken_within_each_repetition() -> None:
+    reps = [
+        {
+            "alone": {"llm_itl_p99": 0.020},
+            "isolated": {"llm_itl_p99": 0.021},
+            "traditional": {"llm_itl_p99": 0.2},
+        },
+        {
+            "alone": {"llm_itl_p99": 0.030},
+            "isolated": {"llm_itl_p99": 0.030},
+            "traditional": {"llm_itl_p99": 0.6},
+        },
+    ]
+    c = summary.combine(reps)
+    iso = c["ratios"]["isolated/alone"]["llm_itl_p99"]
+    assert iso["min"] == pytest.approx(1.0) and iso["max"] == pytest.approx(1.05) and iso["n"] == 2
+    assert c["ratios"]["isolated/traditional"]["llm_itl_p99"]["median"] == pytest.approx((0.105 + 0.05) / 2)
+    assert c["figures"]["traditional"]["llm_itl_p99"]["max"] == pytest.approx(0.6)
+    goals = summary.goals("cpu", c)
+    assert goals[0]["met"] is True and goals[0]["worst"] == pytest.approx(1.05)
+    assert goals[1]["met"] is None  # no TTS figures: not measured, not "met"
+
+
+def test_alone_column_merges_each_lanes_own_phase() -> None:
+    merged = summary.merge_alone(
+        {
+            "llm": {"llm_itl_p99": 0.02, "requests_per_min": 30.0, "errors": 0.0, "stalls": 1.0},
+            "tts": {"tts_rtf_p99": 0.2, "requests_per_min": 60.0, "errors": 1.0, "stalls": 0.0},
+        }
+    )
+    assert merged == {
+        "llm_itl_p99": 0.02,
+        "tts_rtf_p99": 0.2,
+        "requests_per_min": 90.0,
+        "errors": 1.0,
+        "stalls": 1.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "kind,machine", [("cpu", MachineInfo((0, 1), 0)), ("gpu", MachineInfo(tuple(range(16)), 1))]
+)
+def test_benchmark_configurations_are_valid_and_differ_as_documented(kind: str, machine: MachineInfo) -> None:
+    built = {name: configs.build(name, kind, machine) for name in configs.CONFIGS}
+    for cfg in built.values():
+        parse_config(configs.as_json(cfg, "/tmp/ris-bench-test"), machine)  # round-trips through config.json
+    iso, trad, shared = built["isolated"], built["traditional"], built["shared"]
+    assert (
+        iso.scheduling is Ordering.LANES
+        and trad.scheduling is Ordering.FIFO
+        and shared.scheduling is Ordering.LANES
+    )
+    assert iso.image_preemption().mode == "block" and trad.image_preemption().mode == "none"
+    assert set(iso.lane(Lane.LLM).cores or ()).isdisjoint(iso.lane(Lane.TTS).cores or ())
+    for lane in Lane:
+        assert trad.lane(lane).cores is None and trad.lane(lane).threads is None and trad.lane(lane).nice == 0
+        assert trad.lane(lane).models == iso.lane(lane).models  # the same models, only isolation differs
+    if kind == "gpu":
+        assert iso.lane(Lane.LLM).device == iso.lane(Lane.IMAGE).device == "cuda:0"
+        assert iso.lane(Lane.LLM).models["llm"].source == "qwen2.5-7b"
+
+
+def test_gpu_variant_refuses_a_machine_without_gpu() -> None:
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+        configs.build("isolated", "gpu", MachineInfo((0, 1), 0))
