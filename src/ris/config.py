@@ -228,13 +228,21 @@ class Config(_Strict):
         return tuple(shared)
 
     def image_preemption(self) -> PreemptionPolicy:
-        """The image lane's resolved policy ('none' when it shares nothing)."""
-        pc = self.lanes[Lane.IMAGE].preemption
+        """The image lane's resolved policy ('none' when it shares nothing).
+
+        'auto' on a GPU is 'block': the GPU has no priorities, so the image worker must pause
+        itself. On CPU cores the kernel already yields for an image lane at a low OS priority
+        (nice >= 10), and `ris bench` measured pausing on top of that as a loss on a 2-core
+        machine: the paused worker's polling cost the LLM's p99 gap between tokens, and images
+        lost half their throughput and stalled. So 'auto' there is 'none'.
+        """
+        img = self.lanes[Lane.IMAGE]
+        pc = img.preemption
         mode = pc.policy
         if not self.image_sharing():
             mode = "none"
         elif mode == "auto":
-            mode = "block"
+            mode = "none" if img.device == "cpu" and img.nice >= 10 else "block"
         return PreemptionPolicy(mode=mode, scope=pc.scope, min_share=pc.min_share, window_s=pc.window_s)
 
     def check_against(self, machine: MachineInfo) -> Config:
