@@ -232,9 +232,9 @@ class Config(_Strict):
 
         'auto' on a GPU is 'block': the GPU has no priorities, so the image worker must pause
         itself. On CPU cores the kernel already yields for an image lane at a low OS priority
-        (nice >= 10), and `ris bench` measured pausing on top of that as a loss on a 2-core
-        machine: the paused worker's polling cost the LLM's p99 gap between tokens, and images
-        lost half their throughput and stalled. So 'auto' there is 'none'.
+        (nice >= 10); measured on a 2-core machine, pausing on top of that bought nothing
+        measurable for the LLM's p99 gap between tokens while images lost a third to nine
+        tenths of their throughput and stalled (see README, Performance). So 'auto' is 'none'.
         """
         img = self.lanes[Lane.IMAGE]
         pc = img.preemption

@@ -29,10 +29,15 @@ def llm(t0: float, ttft: float, gaps: list[float], ok: bool = True) -> dict[str,
             "max_gap_s": max([ttft, *gaps])}  # fmt: skip
 
 
-def test_max_overlap_counts_concurrent_intervals() -> None:
-    assert summary.max_overlap([(0, 1), (0.5, 2), (1.5, 3), (1, 1.2)]) == 2
-    assert summary.max_overlap([(0, 1), (1, 2)]) == 1  # one ends as the next starts
-    assert summary.max_overlap([]) == 0
+def test_a_burst_takes_until_its_last_answer_and_counts_only_if_all_succeeded() -> None:
+    tts = [
+        {"t0": 1.0, "t_end": 1.3, "ok": True, "burst": 1},
+        {"t0": 1.0, "t_end": 1.9, "ok": True, "burst": 1},
+        {"t0": 5.0, "t_end": 5.2, "ok": True, "burst": 2},
+        {"t0": 5.0, "t_end": 9.0, "ok": False, "burst": 2},
+        {"t0": 2.0, "t_end": 9.0, "ok": True, "burst": 0},  # not part of a burst
+    ]
+    assert summary.burst_times(tts) == [pytest.approx(0.9)]
 
 
 def test_phase_figures_from_samples() -> None:
@@ -71,7 +76,7 @@ def test_phase_figures_from_samples() -> None:
     f = summary.phase_figures(r)
     assert f["llm_ttft_p50"] == pytest.approx(0.1) and f["llm_ttft_p99"] == pytest.approx(3.0)
     assert f["llm_itl_p99"] == pytest.approx(0.02)
-    assert f["tts_concurrent"] == 2
+    assert f["tts_burst_s"] is None  # no bursts in this phase
     assert f["image_steps_s"] == pytest.approx(1.0)  # 10 steps in a 10 s window
     assert f["image_wait_p99"] == pytest.approx(4.0)
     assert f["requests_per_min"] == pytest.approx(5 / 10 * 60)  # 2 LLM + 2 TTS + 1 image

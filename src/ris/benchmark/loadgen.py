@@ -129,22 +129,24 @@ async def _llm_stream(
 
 
 async def tts_driver(ph: Phase, client: httpx.AsyncClient) -> None:
-    k = 0
+    k = bursts = 0
     next_at = 0.0
     next_burst = ph.w.tts_burst_every_s / 2
     while ph.open:
         if ph.w.tts_burst_size > 0 and ph.now() >= next_burst:
+            bursts += 1
             for j in range(ph.w.tts_burst_size):
-                ph.spawn(tts_request(ph, client, SHORT_SENTENCES[j % len(SHORT_SENTENCES)], burst=True))
+                ph.spawn(tts_request(ph, client, SHORT_SENTENCES[j % len(SHORT_SENTENCES)], burst=bursts))
             next_burst += ph.w.tts_burst_every_s
         text = (SHORT_SENTENCES if k % 2 == 0 else LONG_SENTENCES)[k // 2 % 2]
-        ph.spawn(tts_request(ph, client, text, burst=False))
+        ph.spawn(tts_request(ph, client, text, burst=0))
         k += 1
         next_at += ph.w.tts_interval_s
         await asyncio.sleep(max(0.0, next_at - ph.now()))
 
 
-async def tts_request(ph: Phase, client: httpx.AsyncClient, text: str, burst: bool) -> None:
+async def tts_request(ph: Phase, client: httpx.AsyncClient, text: str, burst: int) -> None:
+    """One synthesis; `burst` numbers the burst it belongs to (0: none)."""
     sample: dict[str, Any] = {"t0": ph.now(), "burst": burst, "chars": len(text), "ok": False}
     ph.samples["tts"].append(sample)
     try:

@@ -80,7 +80,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def chart(distributions: dict[str, dict[str, list[float]]], path: Path, title: str) -> bool:
-    """Box plots per lane (LLM inter-token gap, TTS real-time factor, image queue wait), one box
+    """Box plots per lane (LLM first token and inter-token gap, TTS real-time factor, image queue
+    wait), one box
     per configuration. False when matplotlib is missing (`pip install ris[bench]`)."""
     try:
         import matplotlib
@@ -90,11 +91,12 @@ def chart(distributions: dict[str, dict[str, list[float]]], path: Path, title: s
     except ImportError:
         return False
     panels = (
+        ("llm_ttft_ms", "LLM time to first token (ms)"),
         ("llm_itl_ms", "LLM inter-token latency (ms)"),
         ("tts_rtf", "TTS real-time factor"),
         ("image_wait_s", "image queue wait (s)"),
     )
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5))
     for ax, (key, label) in zip(axes, panels, strict=True):
         names = [c for c in COLUMN_ORDER if distributions.get(c, {}).get(key)]
         data = [distributions[c][key] for c in names]
@@ -117,9 +119,10 @@ def distributions(phase_results: dict[str, list[dict[str, Any]]]) -> dict[str, d
     """Raw per-request values pooled over repetitions, per column (alone / configurations)."""
     out: dict[str, dict[str, list[float]]] = {}
     for column, results in phase_results.items():
-        d = out.setdefault(column, {"llm_itl_ms": [], "tts_rtf": [], "image_wait_s": []})
+        d = out.setdefault(column, {"llm_ttft_ms": [], "llm_itl_ms": [], "tts_rtf": [], "image_wait_s": []})
         for r in results:
             s = r["samples"]
+            d["llm_ttft_ms"] += [1000 * x["ttft_s"] for x in s["llm"] if x.get("ok") and x.get("stream")]
             d["llm_itl_ms"] += [1000 * g for x in s["llm"] if x.get("ok") for g in x.get("itl_s", [])]
             d["tts_rtf"] += [x["rtf"] for x in s["tts"] if x.get("ok")]
             d["image_wait_s"] += [x["queue_wait_s"] for x in s["image"] if "queue_wait_s" in x]

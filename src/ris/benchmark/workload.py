@@ -27,7 +27,7 @@ LONG_SENTENCES = (
 class Workload:
     """One phase's load. Lanes not in `lanes` send nothing (the "alone" phases)."""
 
-    duration_s: float = 20.0
+    duration_s: float = 30.0
     # After the window: how long outstanding chat and speech requests may still finish.
     drain_s: float = 60.0
     # LLM: one closed-loop chat client; every `llm_plain_every`-th request is not streamed.
