@@ -157,3 +157,10 @@ def test_benchmark_configurations_are_valid_and_differ_as_documented(kind: str, 
 def test_gpu_variant_refuses_a_machine_without_gpu() -> None:
     with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
         configs.build("isolated", "gpu", MachineInfo((0, 1), 0))
+
+
+def test_bench_refuses_an_unknown_configuration_before_starting_anything() -> None:
+    from ris.cli import main
+
+    with pytest.raises(SystemExit, match="unknown configuration .bogus.; known: traditional, shared"):
+        main(["bench", "--configs", "bogus,isolated", "--out", "/nonexistent"])

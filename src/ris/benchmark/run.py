@@ -165,7 +165,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if "isolated" not in names:
         raise SystemExit("ris bench: --configs must include isolated (its alone phases are the baseline)")
-    built = {name: configs.build(name, kind) for name in names}  # fails early on a bad machine
+    try:  # fail before starting anything: an unknown name, no GPU, no image extra
+        built = {name: configs.build(name, kind) for name in names}
+    except ValueError as e:
+        raise SystemExit(f"ris bench: {e}") from None
     steps = plan(names, args.repetitions)
     per_phase = w.duration_s + 2.0
     total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) for s in steps)
