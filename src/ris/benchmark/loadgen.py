@@ -27,8 +27,6 @@ PROMPT_TOPICS = ("a lighthouse keeper", "a city garden", "a long train journey",
 
 @dataclass
 class Phase:
-    url: str
-    lanes: frozenset[str]
     w: Workload
     t0: float = field(default_factory=time.perf_counter)
     samples: dict[str, list[dict[str, Any]]] = field(
@@ -258,7 +256,7 @@ async def run_phase(url: str, lanes: frozenset[str], w: Workload) -> dict[str, A
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     timeout = httpx.Timeout(w.duration_s + w.drain_s + 60)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
-        ph = Phase(url, lanes, w)
+        ph = Phase(w)
         reporter = asyncio.create_task(report_progress(ph))
         drivers = []
         if "llm" in lanes:

@@ -266,13 +266,15 @@ def main(args: argparse.Namespace) -> int:
     stem = "ris_bench_gpu" if args.gpu else "ris_bench"
     if args.quick:
         stem += "_quick"
-    # Every request's samples go beside the report, for a second look at any figure.
+    # Every request's samples go beside the report, for a second look at any figure; the
+    # chart's distributions are drawn from them and not repeated in the report.
     (out / f"{stem}_raw.json").write_text(json.dumps(result.pop("raw")))
+    distributions = result.pop("distributions")
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     text = report.markdown(result)
     (out / f"{stem}.md").write_text(text)
     title = f"ris bench ({result['meta']['kind']}) — {result['meta']['machine']['summary']}"
-    drew = report.chart(result["distributions"], out / f"{stem}.png", title)
+    drew = report.chart(distributions, out / f"{stem}.png", title)
     print(text)
     print(f"wrote {out / stem}.json, .md" + (", .png" if drew else " (no chart: pip install 'ris[bench]')"))
     return 0
