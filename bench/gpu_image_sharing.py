@@ -88,6 +88,8 @@ class ImageLoad:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.lock = threading.Lock()
+        # The first failed task's error: a benchmark of failing images must stop, not wait.
+        self.error: dict[str, Any] | None = None
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -98,6 +100,8 @@ class ImageLoad:
                     self.done_steps[tid] = int(p["step"])
                 if p["status"] in ("queued", "running"):
                     live += 1
+                elif p["status"] == "failed" and self.error is None:
+                    self.error = p["error"]
             while live < 2:
                 r = self.http.post("/api/image/generate", json=self.body)
                 r.raise_for_status()
@@ -176,7 +180,10 @@ def run_phase(
         if not image:
             return summarize(name, llm_requests(svc.url, args, args.requests), None)
         with ImageLoad(svc.url, args.image_size, args.image_steps) as load:
+            give_up = time.monotonic() + 300
             while load.steps() < 3:  # image pipeline warmed up and running
+                if load.error is not None or not load.thread.is_alive() or time.monotonic() > give_up:
+                    raise RuntimeError(f"{name}: images do not run: {load.error}\n{svc.log()}")
                 time.sleep(0.1)
             s0, t0 = load.steps(), time.perf_counter()
             if llm:

@@ -79,6 +79,13 @@ class ServiceProcess:
                 last = r.json()
                 if r.status_code == 200:
                     return dict(last)
+                failed = {
+                    lane: s["worker"]["error"]
+                    for lane, s in self.stats().items()
+                    if s["worker"]["state"] == "failed"
+                }
+                if failed:  # a model that cannot load will not load on the next try either
+                    raise RuntimeError(f"a lane's worker cannot start: {failed}\n{self.log()}")
             except httpx.HTTPError as e:
                 last = e
             time.sleep(0.2)

@@ -156,12 +156,14 @@ def build_pipeline(arch: str, tokenizer_dir: Path, device: str = "cpu", dtype: A
     n_vocab = write_byte_level_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
     torch.manual_seed(0)
+    # The noise scheduler is host-side bookkeeping in float32: built under the device context
+    # below, its tables land on the GPU and diffusers' numpy conversion fails there.
+    scheduler = EulerDiscreteScheduler(**SCHEDULER)
     dtype = dtype or torch.float32
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            scheduler = EulerDiscreteScheduler(**SCHEDULER)
             if arch == "tiny":
                 text_cfg = CLIPTextConfig(
                     hidden_size=32,

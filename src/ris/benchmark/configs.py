@@ -36,11 +36,21 @@ GPU_IMAGE = ModelSpec(
 )
 
 
-def isolated(kind: str, machine: MachineInfo | None = None) -> Config:
+def isolated(kind: str, machine: MachineInfo | None = None, tts_model: str | None = None) -> Config:
     m = machine or machine_info()
     if kind == "gpu" and m.gpus == 0:
         raise ValueError("the GPU variant needs an NVIDIA GPU; this machine has none")
     cfg = default_config(m)
+    if tts_model is not None:
+        tts = cfg.lanes[Lane.TTS]
+        if tts_model not in tts.models:
+            raise ValueError(f"unknown TTS model {tts_model!r}; configured: {', '.join(tts.models)}")
+        # Only the chosen voice is loaded: the others would cost start-up time and memory.
+        lanes = dict(cfg.lanes)
+        lanes[Lane.TTS] = tts.model_copy(
+            update={"default_model": tts_model, "models": {tts_model: tts.models[tts_model]}}
+        )
+        cfg = cfg.model_copy(update={"lanes": lanes})
     if kind == "gpu":
         lanes = dict(cfg.lanes)
         lanes[Lane.LLM] = lanes[Lane.LLM].model_copy(
@@ -55,9 +65,9 @@ def isolated(kind: str, machine: MachineInfo | None = None) -> Config:
     return cfg
 
 
-def build(name: str, kind: str, machine: MachineInfo | None = None) -> Config:
+def build(name: str, kind: str, machine: MachineInfo | None = None, tts_model: str | None = None) -> Config:
     """The named configuration (see the module docstring)."""
-    base = isolated(kind, machine)
+    base = isolated(kind, machine, tts_model)
     if name == "isolated":
         return base
     if name not in CONFIGS:

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "isolated" not in names:
         raise SystemExit("ris bench: --configs must include isolated (its alone phases are the baseline)")
     try:  # fail before starting anything: an unknown name, no GPU, no image extra
-        built = {name: configs.build(name, kind) for name in names}
+        built = {name: configs.build(name, kind, tts_model=args.tts_model) for name in names}
     except ValueError as e:
         raise SystemExit(f"ris bench: {e}") from None
     steps = plan(names, args.repetitions)
@@ -249,6 +249,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
     p.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    p.add_argument(
+        "--tts-model",
+        default=None,
+        help="the TTS model the lane loads (piper, espeak); default: the default config's (piper)",
+    )
     p.add_argument("--configs", default=None, help=f"comma-separated, from {', '.join(configs.CONFIGS)}")
     p.add_argument(
         "--out", default=None, help="folder for ris_bench[_gpu].json/.md/.png (default bench/results)"
