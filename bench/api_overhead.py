@@ -22,8 +22,8 @@ from typing import Any
 from ris.backends import BackendContext
 from ris.backends.llm_noop import NoopLLM
 from ris.config import ModelSpec
+from ris.lanes.llm import LLMRequest, TextCollector
 from ris.launch import ServiceProcess
-from ris.messages import LLMRequest
 from ris.scheduler import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def direct(n: int) -> list[float]:
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        backend.generate(LLMRequest(prompt="x", max_tokens=1), lambda s: None, lambda: False)
+        backend.generate(LLMRequest(prompt="x", max_tokens=1), TextCollector())
         out.append(time.perf_counter() - t)
     return out
 

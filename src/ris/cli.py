@@ -29,9 +29,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ris.api.app import create_app
+    from ris.api.security import check_exposure
 
     cfg = _load(args)
-    cfg.check_exposure()
+    check_exposure(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # noqa: F401

@@ -1,82 +1,19 @@
-"""Typed messages that cross the process boundary between the server and lane workers.
+"""The wire protocol between the server and a lane's worker, whatever carries it (a pipe today).
 
-Everything here is a small frozen dataclass, pickled over a multiprocessing Pipe. Reprs leave
-out prompts, texts and audio so logs never carry user content.
+Every message is a small frozen dataclass; requests, outputs and outcomes inside them are the
+lane kinds' own dataclasses (ris.lanes). Reprs leave out prompts, texts and audio, so logs
+never carry user content.
+
+    server -> worker    RunTask, CancelTask, Shutdown
+    worker -> server    WorkerReady | WorkerFailed (once), Heartbeat (every half second),
+                        TaskOutput / TaskProgress (while a task runs), then one of
+                        TaskDone, TaskError, TaskCancelled
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-
-# ----- requests a backend runs ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    # Plain completion prompt; used when `messages` is None.
-    prompt: str | None = field(default=None, repr=False)
-    # Chat messages [{"role": ..., "content": ...}]; the model's chat template applies.
-    messages: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    # Keep generating past end-of-sequence until max_tokens (benchmarks, long-run tests).
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class TTSRequest:
-    text: str = field(repr=False)
-    # A language tag such as "en-US" or "zh-CN", or a backend's own voice name.
-    voice: str | None = None
-    speed: float = 1.0
-
-
-@dataclass(frozen=True)
-class ImageRequest:
-    prompt: str = field(repr=False)
-    negative_prompt: str | None = field(default=None, repr=False)
-    width: int = 512
-    height: int = 512
-    # None: the model's default (few for turbo models).
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    width: int
-    height: int
-    steps: int
-    seed: int
-    # Where the worker wrote the PNG (inside the data folder).
-    path: str
-    # Seconds the worker spent paused for real-time lanes, and how often it paused.
-    paused_s: float = 0.0
-    pauses: int = 0
-
-
-@dataclass(frozen=True)
-class LLMOutcome:
-    finish_reason: str  # "stop" (end of sequence or a stop string), "length" or "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class TTSOutcome:
-    sample_rate: int
-    samples: int
-    voice: str
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples / self.sample_rate if self.sample_rate else 0.0
-
 
 # ----- server -> worker ----------------------------------------------------------------------
 
@@ -85,7 +22,7 @@ class TTSOutcome:
 class RunTask:
     task_id: str
     model: str
-    request: Any = field(repr=False)
+    request: Any = field(repr=False)  # the lane kind's request dataclass
 
 
 @dataclass(frozen=True)
@@ -118,6 +55,8 @@ class WorkerReady:
     cpu_affinity: tuple[int, ...] | None
     cuda_visible_devices: str | None
     threads: int
+    # Tasks the worker runs at once.
+    slots: int = 1
 
 
 @dataclass(frozen=True)
@@ -135,21 +74,17 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
-class TextDelta:
+class TaskOutput:
+    """A piece of a task's output as it is produced (ris.lanes.llm.TextDelta, ...)."""
+
     task_id: str
-    text: str = field(repr=False)
+    data: Any = field(repr=False)
 
 
 @dataclass(frozen=True)
-class AudioChunk:
-    task_id: str
-    # 16-bit little-endian mono PCM.
-    pcm: bytes = field(repr=False)
-    sample_rate: int = 0
+class TaskProgress:
+    """Steps done of a task that counts them (denoising steps)."""
 
-
-@dataclass(frozen=True)
-class Progress:
     task_id: str
     done: int
     total: int | None = None
@@ -158,7 +93,7 @@ class Progress:
 @dataclass(frozen=True)
 class TaskDone:
     task_id: str
-    outcome: Any  # LLMOutcome | TTSOutcome
+    outcome: Any = field(repr=False)  # the lane kind's outcome dataclass
 
 
 @dataclass(frozen=True)
@@ -171,3 +106,6 @@ class TaskError:
 @dataclass(frozen=True)
 class TaskCancelled:
     task_id: str
+
+
+TaskEnd = TaskDone | TaskError | TaskCancelled

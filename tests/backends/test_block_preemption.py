@@ -12,7 +12,7 @@ pytest.importorskip("diffusers", reason="needs diffusers (make test installs it)
 
 from ris.backends.image_diffusers import install_block_hooks  # noqa: E402
 from ris.backends.sd_arch import TINY_UNET  # noqa: E402
-from ris.scheduler.preemption import Activity, PreemptionPolicy, Yielder  # noqa: E402
+from ris.preemption.policy import Activity, PreemptionPolicy, Yielder  # noqa: E402
 
 
 def test_raised_flag_stops_progress_inside_a_step_and_lowering_resumes_it() -> None:
@@ -32,7 +32,7 @@ def test_raised_flag_stops_progress_inside_a_step_and_lowering_resumes_it() -> N
 
     raised, lowered = threading.Event(), threading.Event()
     y = Yielder(PreemptionPolicy(mode="block", min_share=0.0, poll_s=0.001), read, time.monotonic, time.sleep)
-    n_hooks = install_block_hooks(unet, y, cuda=False)
+    n_hooks = install_block_hooks(unet, lambda: y.checkpoint("block"), cuda=False)
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
         for sub in [*(block.resnets or []), *(getattr(block, "attentions", None) or [])]:
             sub.register_forward_pre_hook(lambda _m, _a: entered.append(1))

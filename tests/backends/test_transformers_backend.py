@@ -11,7 +11,7 @@ pytest.importorskip("transformers", reason="the transformers backend needs trans
 
 from ris.backends import BackendContext, BackendError, backend_class  # noqa: E402
 from ris.config import ModelSpec  # noqa: E402
-from ris.messages import LLMRequest  # noqa: E402
+from ris.lanes.llm import LLMRequest, TextCollector  # noqa: E402
 from ris.scheduler import Lane  # noqa: E402
 
 
@@ -23,27 +23,27 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 def test_dummy_model_streams_exactly_max_tokens(tiny: object) -> None:
-    out: list[str] = []
+    out = TextCollector()
     req = LLMRequest(messages=(("user", "hi"),), max_tokens=12, ignore_eos=True, seed=1)
-    outcome = tiny.generate(req, out.append, lambda: False)  # type: ignore[attr-defined]
+    outcome = tiny.generate(req, out)  # type: ignore[attr-defined]
     assert outcome.completion_tokens == 12 and outcome.finish_reason == "length"
-    assert len("".join(out)) == 12 and outcome.prompt_tokens > 2
+    assert len(out.text) == 12 and outcome.prompt_tokens > 2
 
 
 def test_seed_makes_sampling_repeatable(tiny: object) -> None:
     def run() -> str:
-        out: list[str] = []
+        out = TextCollector()
         req = LLMRequest(prompt="abc", max_tokens=8, ignore_eos=True, temperature=1.0, seed=5)
-        tiny.generate(req, out.append, lambda: False)  # type: ignore[attr-defined]
-        return "".join(out)
+        tiny.generate(req, out)  # type: ignore[attr-defined]
+        return out.text
 
     assert run() == run()
 
 
 def test_cancel_stops_generation(tiny: object) -> None:
-    out: list[str] = []
+    out = TextCollector(cancel_after=3)
     req = LLMRequest(prompt="abc", max_tokens=500, ignore_eos=True)
-    outcome = tiny.generate(req, out.append, lambda: len(out) >= 3)  # type: ignore[attr-defined]
+    outcome = tiny.generate(req, out)  # type: ignore[attr-defined]
     assert outcome.finish_reason == "cancelled" and outcome.completion_tokens == 3
 
 

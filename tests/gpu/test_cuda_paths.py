@@ -22,7 +22,7 @@ def test_block_hooks_with_cuda_events_pause_inside_a_step() -> None:
 
     from ris.backends.image_diffusers import install_block_hooks
     from ris.backends.sd_arch import SD15_UNET
-    from ris.scheduler.preemption import Activity, PreemptionPolicy, Yielder
+    from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 
     unet = UNet2DConditionModel(**SD15_UNET).to("cuda", torch.float16).eval()
     board = [int(Activity.IDLE)]
@@ -36,7 +36,7 @@ def test_block_hooks_with_cuda_events_pause_inside_a_step() -> None:
         return board
 
     y = Yielder(PreemptionPolicy(mode="block", min_share=0.0), read, time.monotonic, time.sleep)
-    n = install_block_hooks(unet, y, cuda=True)
+    n = install_block_hooks(unet, lambda: y.checkpoint("block"), cuda=True)
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
         for sub in [*(block.resnets or []), *(getattr(block, "attentions", None) or [])]:
             sub.register_forward_pre_hook(lambda _m, _a: entered.append(1))
@@ -63,20 +63,18 @@ def test_block_hooks_with_cuda_events_pause_inside_a_step() -> None:
 def test_dummy_sd15_and_7b_shapes_load_on_the_gpu(tmp_path: Path) -> None:
     from ris.backends import BackendContext, backend_class
     from ris.config import ModelSpec
-    from ris.messages import ImageRequest, LLMRequest
+    from ris.lanes.image import DirectRun, ImageRequest
+    from ris.lanes.llm import LLMRequest, TextCollector
     from ris.scheduler import Lane
 
     ctx = BackendContext("cuda:0", 2, tmp_path)
     img = backend_class(Lane.IMAGE, "diffusers")(
         ModelSpec(backend="diffusers", load_format="dummy", source="sd15"), ctx
     )
-    out = img.generate(ImageRequest(prompt="x", width=512, height=512, steps=2), lambda d, n: None)
+    out = img.generate(ImageRequest(prompt="x", width=512, height=512, steps=2), DirectRun())
     assert out.png[:4] == b"\x89PNG" and (out.width, out.height) == (512, 512)
     llm = backend_class(Lane.LLM, "transformers")(
         ModelSpec(backend="transformers", load_format="dummy", source="qwen2.5-0.5b"), ctx
     )
-    pieces: list[str] = []
-    res = llm.generate(
-        LLMRequest(prompt="hello" * 100, max_tokens=8, ignore_eos=True), pieces.append, lambda: False
-    )
+    res = llm.generate(LLMRequest(prompt="hello" * 100, max_tokens=8, ignore_eos=True), TextCollector())
     assert res.completion_tokens == 8

@@ -9,6 +9,7 @@ import pytest
 from ris.benchmark import configs, summary
 from ris.config import parse_config
 from ris.machine import MachineInfo
+from ris.preemption.resolve import resolve_policy
 from ris.scheduler import Lane, Ordering
 
 
@@ -143,8 +144,8 @@ def test_benchmark_configurations_are_valid_and_differ_as_documented(kind: str, 
         and shared.scheduling is Ordering.LANES
     )
     # On CPU the image lane yields through its OS priority; on a GPU it pauses itself.
-    assert iso.image_preemption().mode == ("block" if kind == "gpu" else "none")
-    assert trad.image_preemption().mode == "none"
+    assert resolve_policy(iso, Lane.IMAGE).mode == ("block" if kind == "gpu" else "none")
+    assert resolve_policy(trad, Lane.IMAGE).mode == "none"
     assert set(iso.lane(Lane.LLM).cores or ()).isdisjoint(iso.lane(Lane.TTS).cores or ())
     for lane in Lane:
         assert trad.lane(lane).cores is None and trad.lane(lane).threads is None and trad.lane(lane).nice == 0

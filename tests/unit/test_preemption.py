@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ris.scheduler.preemption import Activity, PreemptedCancel, PreemptionPolicy, Yielder
+from ris.preemption.policy import Activity, PreemptedCancel, PreemptionPolicy, Yielder
 
 
 class World:
@@ -79,9 +79,8 @@ def test_cancel_while_paused_raises() -> None:
     w = World()
     y = yielder(w, mode="step", min_share=0.0)
     w.states[0] = Activity.PREFILL
-    y.cancelled = lambda: w.now >= 0.1
     with pytest.raises(PreemptedCancel):
-        y.checkpoint("step")
+        y.checkpoint("step", lambda: w.now >= 0.1)
     assert w.now == pytest.approx(0.1, abs=0.011)
 
 

@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ris import __version__
-from ris.api import routes_generate, routes_image, routes_openai, routes_ops, routes_speak
 from ris.api.errors import HANDLERS, error_response
+from ris.api.routes import ROUTERS
 from ris.api.schemas import ErrorBody
-from ris.api.security import Guard
-from ris.config import Config, is_loopback
+from ris.api.security import Guard, served_hosts
+from ris.config import Config
 from ris.runtime.engine import Engine
 
 
@@ -82,16 +82,12 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     app.state.engine = eng
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)
-    app.include_router(routes_generate.router)
-    app.include_router(routes_image.router)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_speak.router)
-    app.include_router(routes_ops.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server
-    hosts = list(srv.allowed_hosts)
-    if not is_loopback(srv.host) and srv.host not in ("0.0.0.0", "::"):
-        hosts.append(srv.host)
-    app.add_middleware(Guard, api_keys=srv.api_keys, allowed_hosts=hosts, allowed_origins=srv.allowed_origins)
+    app.add_middleware(
+        Guard, api_keys=srv.api_keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
+    )
     return app

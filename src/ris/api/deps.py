@@ -1,13 +1,17 @@
-"""Small helpers the route modules share."""
+"""Request plumbing every route shares: the engine, task lookup, submission and waiting."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from typing import Any
 
 from fastapi import Request
 
-from ris.api.errors import APIError
-from ris.runtime.engine import Engine, TaskView
+from ris.api.errors import APIError, lane_unavailable, queue_full
+from ris.runtime.engine import Engine, LaneUnavailable
+from ris.runtime.views import TaskHandle, TaskView
+from ris.scheduler import Lane, QueueFull
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -17,11 +21,82 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def view_or_404(engine: Engine, task_id: str) -> TaskView:
+def view_or_404(engine: Engine, task_id: str, lane: str | None = None) -> TaskView:
     """A task from the scheduler or the durable store; ids are checked before any lookup."""
     if not _TASK_ID.match(task_id):
         raise APIError(404, "not_found", "task ids are 32 lowercase hex characters")
     view = engine.lookup(task_id)
     if view is None:
         raise APIError(404, "not_found", f"no task {task_id}")
+    if lane is not None and view.lane != lane:
+        raise APIError(
+            404, "not_found", f"task {task_id} is not a{'n' if lane[0] in 'aeiou' else ''} {lane} task"
+        )
     return view
+
+
+def submit(
+    engine: Engine, lane: str, model: str, request: Any, priority: int = 0, timeout_s: float | None = None
+) -> TaskHandle:
+    try:
+        return engine.submit(lane, model, request, priority=priority, timeout_s=timeout_s)
+    except QueueFull as e:
+        raise queue_full(e) from None
+    except LaneUnavailable as e:
+        raise lane_unavailable(e) from None
+
+
+def require_lane(engine: Engine, lane: str) -> None:
+    if not engine.lane_enabled(lane):
+        raise APIError(503, "lane_unavailable", f"the {lane} lane is disabled in the configuration")
+
+
+def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
+    try:
+        return engine.config.lane(lane).resolve_model(name)
+    except KeyError as e:
+        # An unknown name is the client's mistake (404); no default model is the server's (503).
+        raise APIError(404 if name is not None else 503, "unknown_model", str(e.args[0])) from None
+
+
+async def wait_task(engine: Engine, handle: TaskHandle) -> TaskView:
+    """Wait for the task's end; cancel it if the client goes away first."""
+    try:
+        return await asyncio.shield(handle.done)
+    except asyncio.CancelledError:
+        engine.cancel(handle.task_id)
+        raise
+
+
+def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
+    """The TTS model a request names, else the first configured one that speaks its voice."""
+    cfg = engine.config.lane(Lane.TTS)
+    if model is not None:
+        return resolve_model(engine, Lane.TTS, model)
+    if voice is None:
+        return resolve_model(engine, Lane.TTS, None)
+    infos = engine.model_infos(Lane.TTS)
+    wanted = voice.lower().replace("_", "-")
+    order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
+    for name in order:
+        info = infos.get(name or "")
+        if info and any(v.lower().replace("_", "-") == wanted for v in info.voices):
+            return info.name
+    if not infos:
+        raise APIError(
+            503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
+        )
+    known = sorted({v for i in infos.values() for v in i.voices[:1]} | {"en-US", "zh-CN"})
+    raise APIError(
+        422,
+        "unknown_voice",
+        f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
+    )
+
+
+def tts_rate(engine: Engine, model: str) -> int:
+    """The sample rate of a loaded TTS model (streams need it before the first chunk)."""
+    info = engine.model_infos(Lane.TTS).get(model)
+    if info is None or not info.sample_rate:
+        raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
+    return info.sample_rate

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ris.runtime.engine import LaneUnavailable
+from ris.runtime.views import TaskView
 from ris.scheduler import QueueFull
 
 
@@ -63,6 +64,24 @@ def queue_full(e: QueueFull) -> APIError:
 
 def lane_unavailable(e: LaneUnavailable) -> APIError:
     return APIError(503, "lane_unavailable", e.message, headers={"Retry-After": "5"})
+
+
+# HTTP status of a task that ended without success, by its error code (500 otherwise).
+FAILURE_STATUS = {
+    "deadline_exceeded": 504,
+    "worker_timeout": 504,
+    "worker_crashed": 503,
+    "cancelled": 409,
+    "server_shutdown": 503,
+    "unknown_voice": 422,
+    "context_length_exceeded": 422,
+}
+
+
+def failure(view: TaskView) -> APIError:
+    """The error a task that did not succeed answers with."""
+    code = view.error_code or "failed"
+    return APIError(FAILURE_STATUS.get(code, 500), code, view.error_message or "the task failed")
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -123,6 +123,23 @@ class TaskInfo(BaseModel):
     error: dict[str, str] | None
 
 
+class SpeakRequest(_Body):
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
+    prompt: str | None = None
+    model: str | None = Field(default=None, description="LLM model; default if absent")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=256, ge=1)
+    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    ignore_eos: bool = False
+    voice: str | None = Field(default=None, description="e.g. en-US, zh-CN")
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    tts_model: str | None = None
+    audio_format: Literal["wav", "pcm"] = "wav"
+    stream_format: Literal["audio", "events"] = "audio"
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -130,3 +147,9 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# The error answers a work route documents (each in the ErrorBody shape).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (404, 409, 413, 422, 429, 500, 503, 504)
+}

@@ -9,15 +9,45 @@ origin is configured, and with keys configured every path but /health needs one.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.api.errors import error_response, is_openai
+from ris.config import Config, ConfigError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 OPEN_PATHS = frozenset({"/health"})
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to listen beyond loopback with no API key: anyone on the network could use it."""
+    host = config.server.host
+    if not is_loopback(host) and not config.server.api_keys:
+        raise ConfigError(
+            f"server.host {host!r} exposes the service beyond this machine, but no "
+            "server.api_keys are configured; set api_keys, or listen on 127.0.0.1"
+        )
+
+
+def served_hosts(config: Config) -> list[str]:
+    """Host names accepted besides loopback ones: the configured ones and the listen address."""
+    srv = config.server
+    hosts = list(srv.allowed_hosts)
+    if not is_loopback(srv.host) and srv.host not in ("0.0.0.0", "::"):
+        hosts.append(srv.host)
+    return hosts
 
 
 def _host_name(host: str) -> str:

@@ -5,59 +5,54 @@ from __future__ import annotations
 from typing import Any
 
 from ris.runtime.engine import Engine
-from ris.scheduler import Lane
+from ris.runtime.views import WorkerStatus
+
+_NO_WORKER = WorkerStatus(
+    state="disabled",
+    slots=0,
+    running=0,
+    restarts=0,
+    pid=None,
+    cpu_affinity=None,
+    threads=None,
+    cuda_visible_devices=None,
+    cpu_percent=None,
+    rss_bytes=None,
+    gpu_memory_bytes=None,
+    error=None,
+)
 
 
-def _gpu_memory(pid: int | None) -> int | None:
-    """GPU memory used by a process, from NVML when it is installed and a GPU is present."""
-    if pid is None:
-        return None
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            total = 0
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
-                    if p.pid == pid and p.usedGpuMemory:
-                        total += int(p.usedGpuMemory)
-            return total
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - no driver: report nothing rather than fail the endpoint
-        return None
+def _worker_json(w: WorkerStatus) -> dict[str, Any]:
+    return {
+        "state": w.state,
+        "pid": w.pid,
+        "restarts": w.restarts,
+        "slots": w.slots,
+        "running": w.running,
+        "cpu_affinity": list(w.cpu_affinity) if w.cpu_affinity else None,
+        "threads": w.threads,
+        "cuda_visible_devices": w.cuda_visible_devices,
+        "cpu_percent": w.cpu_percent,
+        "rss_bytes": w.rss_bytes,
+        "gpu_memory_bytes": w.gpu_memory_bytes,
+        "error": w.error,
+    }
 
 
 def lane_stats(engine: Engine) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for lane in Lane:
-        cfg = engine.config.lane(lane)
-        s = engine.scheduler.stats(lane)
-        worker = engine.workers.get(lane)
-        usage = worker.resource_usage() if worker else {"cpu_percent": None, "rss_bytes": None}
-        info = worker.ready_info if worker else None
-        out[lane.value] = {
-            "enabled": cfg.enabled,
-            "device": cfg.device,
-            "cores": list(cfg.cores) if cfg.cores is not None else None,
-            "worker": {
-                "state": worker.state.value if worker else "disabled",
-                "pid": worker.pid if worker else None,
-                "restarts": worker.restarts if worker else 0,
-                "cpu_affinity": list(info.cpu_affinity) if info and info.cpu_affinity else None,
-                "threads": info.threads if info else None,
-                "cuda_visible_devices": info.cuda_visible_devices if info else None,
-                "cpu_percent": usage["cpu_percent"],
-                "rss_bytes": usage["rss_bytes"],
-                "gpu_memory_bytes": _gpu_memory(worker.pid) if worker else None,
-                "error": worker.failure.message if worker and worker.failure else None,
-            },
+    for lane in engine.status():
+        s = lane.stats
+        out[lane.lane] = {
+            "enabled": lane.enabled,
+            "device": lane.device,
+            "cores": list(lane.cores) if lane.cores is not None else None,
+            # The lane's (first) worker; every replica under "workers".
+            "worker": _worker_json(lane.workers[0] if lane.workers else _NO_WORKER),
+            "workers": [_worker_json(w) for w in lane.workers],
             "queue_depth": s.queued,
-            "max_queue": cfg.max_queue,
+            "max_queue": lane.max_queue,
             "running": s.running,
             "succeeded": s.succeeded,
             "failed": s.failed,

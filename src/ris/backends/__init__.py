@@ -1,66 +1,24 @@
-"""Model backends, registered by name and imported only when a lane's worker loads one.
+"""Model backends. Each is registered by name on its lane kind (ris/lanes/*.py) and imported
+only inside that lane's worker process, after its resources are bound: the `ris` package
+imports without torch, llama.cpp or any speech engine.
 
-The `ris` package imports without torch, llama.cpp or any speech engine: each entry below is a
-"module:Class" string resolved inside the worker process, after its resources are bound.
+The interfaces they implement live with their lanes: LLMBackend (ris.lanes.llm), TTSBackend
+(ris.lanes.tts), ImageBackend (ris.lanes.image).
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ris.backends.base import BackendError, ImageBackend, LLMBackend, TTSBackend
-from ris.scheduler import Lane
-
-REGISTRY: dict[Lane, dict[str, str]] = {
-    Lane.LLM: {
-        "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
-        "transformers": "ris.backends.llm_transformers:TransformersLLM",
-        # Benchmark-only: no model, measures the service's own overhead.
-        "noop": "ris.backends.llm_noop:NoopLLM",
-    },
-    Lane.TTS: {
-        "espeak": "ris.backends.tts_espeak:EspeakTTS",
-        "piper": "ris.backends.tts_piper:PiperTTS",
-    },
-    Lane.IMAGE: {
-        "diffusers": "ris.backends.image_diffusers:DiffusersImage",
-    },
-}
+from ris.lanes.base import Backend, BackendContext, BackendError
 
 
-@dataclass(frozen=True)
-class BackendContext:
-    """Where a backend runs: what the worker was bound to."""
+def backend_class(lane: str, name: str) -> type[Backend]:
+    """The backend class registered as `name` on `lane`'s kind (imports its module)."""
+    from ris.lanes import kind
 
-    device: str  # "cpu" or "cuda:N" as configured (the worker sees only that GPU, as cuda:0)
-    threads: int
-    data_dir: Path
-    # The image worker's preemption points (ris.scheduler.preemption.Yielder); None elsewhere.
-    yielder: Any = None
-
-
-def backend_class(lane: Lane, name: str) -> type:
-    try:
-        target = REGISTRY[lane][name]
-    except KeyError:
-        allowed = ", ".join(REGISTRY.get(lane, {})) or "none"
-        raise BackendError(
-            "unknown_backend", f"no {lane.value} backend named {name!r}; available: {allowed}"
-        ) from None
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise BackendError(
-            "backend_unavailable",
-            f"the {name!r} backend needs a package that is not installed ({e.name}): {e}",
-        ) from e
-    cls: type = getattr(module, attr)
-    return cls
+    return kind(lane).backend_class(name)
 
 
 def resolve_source(source: str | None) -> Path:
@@ -83,13 +41,4 @@ def resolve_source(source: str | None) -> Path:
     return path
 
 
-__all__ = [
-    "REGISTRY",
-    "BackendContext",
-    "BackendError",
-    "ImageBackend",
-    "LLMBackend",
-    "TTSBackend",
-    "backend_class",
-    "resolve_source",
-]
+__all__ = ["Backend", "BackendContext", "BackendError", "backend_class", "resolve_source"]

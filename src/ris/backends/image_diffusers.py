@@ -5,9 +5,9 @@ naming a local diffusers folder of the same architecture for its configs and tok
 `builtin:tiny-sd` (the embedded untrained pipeline, created once in the data folder), or
 `load_format: "dummy"` with `source` sd15 / sdxl / tiny (random weights, real shapes).
 
-Preemption: the worker's Yielder is called between denoising steps and, under the `block`
+Preemption: `run.checkpoint()` is called between denoising steps and, under the `block`
 policy, before every UNet resnet and attention block, so a step can pause half-way when a
-real-time lane sharing the GPU needs it.
+real-time lane sharing the GPU needs it (and a cancelled task stops there).
 """
 
 from __future__ import annotations
@@ -22,22 +22,15 @@ from typing import Any
 
 import torch
 
-from ris.backends import BackendContext, resolve_source
-from ris.backends.base import BackendError, GeneratedImage, ImageBackend
+from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.sd_arch import ARCHS, TINY_VERSION, build_pipeline, ensure_tiny_pipeline
 from ris.config import ModelSpec
-from ris.messages import ImageRequest
-from ris.scheduler.preemption import PreemptedCancel, Yielder
+from ris.lanes.image import GeneratedImage, ImageBackend, ImageRequest, ImageRun
 
 BUILTIN_TINY = "builtin:tiny-sd"
 
 
-class Cancelled(BackendError):
-    def __init__(self) -> None:
-        super().__init__("cancelled", "cancelled by the client")
-
-
-def install_block_hooks(unet: Any, yielder: Yielder, cuda: bool, lookahead: int = 2) -> int:
+def install_block_hooks(unet: Any, checkpoint: Callable[[], None], cuda: bool, lookahead: int = 2) -> int:
     """Forward pre-hooks on the UNet's resnet and attention blocks; returns how many.
 
     On a GPU the host runs ahead of the device: each hook records a CUDA event and waits for
@@ -53,7 +46,7 @@ def install_block_hooks(unet: Any, yielder: Yielder, cuda: bool, lookahead: int 
             events.append(ev)
             if len(events) > lookahead:
                 events.popleft().synchronize()
-        yielder.checkpoint("block")
+        checkpoint()
 
     blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
     count = 0
@@ -102,10 +95,15 @@ class DiffusersImage(ImageBackend):
         self._pipe = pipe.to(device)
         self._pipe.set_progress_bar_config(disable=True)
         self._device = device
-        self._yielder: Yielder | None = ctx.yielder
+        # The task being generated: the UNet hooks (installed once) pause through its run.
+        self._run: ImageRun | None = None
         self.hooks = 0
-        if self._yielder is not None and self._yielder.policy.mode == "block":
-            self.hooks = install_block_hooks(self._pipe.unet, self._yielder, self._cuda, lookahead)
+        if ctx.preemption is not None and ctx.preemption.mode == "block":
+            self.hooks = install_block_hooks(self._pipe.unet, self._block_checkpoint, self._cuda, lookahead)
+
+    def _block_checkpoint(self) -> None:
+        if self._run is not None:
+            self._run.checkpoint("block")
 
     @staticmethod
     def _load_path(path: Path, opts: dict[str, Any], dtype: torch.dtype) -> Any:
@@ -139,22 +137,20 @@ class DiffusersImage(ImageBackend):
             str(path), config=str(config), torch_dtype=dtype, local_files_only=True, **opts
         )
 
-    def generate(self, req: ImageRequest, on_step: Callable[[int, int], None]) -> GeneratedImage:
+    def generate(self, req: ImageRequest, run: ImageRun) -> GeneratedImage:
         steps = req.steps or self.default_steps
         guidance = self.default_guidance if req.guidance is None else req.guidance
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         generator = torch.Generator(device=self._device).manual_seed(seed)
-        yielder = self._yielder
 
         def step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            on_step(i + 1, steps)
-            if yielder is not None:
-                yielder.checkpoint("step")  # also the last stop before the VAE decode
+            run.step(i + 1, steps)
+            run.checkpoint("step")  # also the last stop before the VAE decode
             return kwargs
 
+        run.checkpoint("step")
+        self._run = run
         try:
-            if yielder is not None:
-                yielder.checkpoint("step")
             with torch.inference_mode():
                 image = self._pipe(
                     prompt=req.prompt,
@@ -166,8 +162,8 @@ class DiffusersImage(ImageBackend):
                     generator=generator,
                     callback_on_step_end=step_end,
                 ).images[0]
-        except PreemptedCancel:
-            raise Cancelled() from None
+        finally:
+            self._run = None
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         return GeneratedImage(

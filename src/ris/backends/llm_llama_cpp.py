@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from ris.backends import BackendContext, resolve_source
+from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends._textgen import StopScanner
-from ris.backends.base import BackendError, Cancelled, LLMBackend
 from ris.config import ModelSpec
-from ris.messages import LLMOutcome, LLMRequest
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
 
 
 class LlamaCppLLM(LLMBackend):
@@ -52,13 +50,7 @@ class LlamaCppLLM(LLMBackend):
         stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
         return formatted.prompt, tuple(s for s in stops if s)
 
-    def generate(
-        self,
-        req: LLMRequest,
-        emit: Callable[[str], None],
-        cancelled: Cancelled,
-        prefill_done: Callable[[], None] = lambda: None,
-    ) -> LLMOutcome:
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
         prompt, template_stops = self._prompt(req)
         tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         if not tokens:  # an empty prompt, on a model that adds no BOS: start from BOS
@@ -72,7 +64,7 @@ class LlamaCppLLM(LLMBackend):
         max_tokens = min(req.max_tokens, budget)
         if req.seed is not None:
             self._llm.set_seed(req.seed)
-        scanner = StopScanner(req.stop + template_stops, emit)
+        scanner = StopScanner(req.stop + template_stops, out.emit)
         eos = self._llm.token_eos()
         produced, finish = 0, "length"
         gen = self._llm.generate(
@@ -86,8 +78,8 @@ class LlamaCppLLM(LLMBackend):
         try:
             for tok in gen:
                 if produced == 0:
-                    prefill_done()
-                if cancelled():
+                    out.prefill_done()
+                if out.cancelled():
                     finish = "cancelled"
                     break
                 if tok == eos and not req.ignore_eos:

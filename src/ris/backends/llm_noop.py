@@ -6,24 +6,10 @@ and back) with no model in the way. Never a default; configure it by name to use
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ris.backends import BackendContext
-from ris.backends.base import Cancelled, LLMBackend
-from ris.config import ModelSpec
-from ris.messages import LLMOutcome, LLMRequest
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
 
 
 class NoopLLM(LLMBackend):
-    def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
-        del spec, ctx
-
-    def generate(
-        self,
-        req: LLMRequest,
-        emit: Callable[[str], None],
-        cancelled: Cancelled,
-        prefill_done: Callable[[], None] = lambda: None,
-    ) -> LLMOutcome:
-        prefill_done()
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        out.prefill_done()
         return LLMOutcome(finish_reason="stop", prompt_tokens=0, completion_tokens=0)

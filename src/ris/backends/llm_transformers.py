@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ris.backends import BackendContext, resolve_source
+from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends._textgen import StopScanner
-from ris.backends.base import BackendError, Cancelled, LLMBackend
 from ris.config import ModelSpec
-from ris.messages import LLMOutcome, LLMRequest
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
@@ -138,13 +136,7 @@ class TransformersLLM(LLMBackend):
             torch.cuda.synchronize()
 
     @torch.inference_mode()
-    def generate(
-        self,
-        req: LLMRequest,
-        emit: Callable[[str], None],
-        cancelled: Cancelled,
-        prefill_done: Callable[[], None] = lambda: None,
-    ) -> LLMOutcome:
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
         if req.messages is not None:
             prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in req.messages])
         else:
@@ -157,7 +149,7 @@ class TransformersLLM(LLMBackend):
             )
         gen = torch.Generator(device=self._device)
         gen.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
-        scanner = StopScanner(req.stop, emit)
+        scanner = StopScanner(req.stop, out.emit)
         eos = self._tok.eos_token_id
         max_tokens = min(req.max_tokens, self._max_ctx - len(ids))
         input_ids = torch.tensor([ids], device=self._device)
@@ -166,17 +158,17 @@ class TransformersLLM(LLMBackend):
         generated: list[int] = []
         emitted = 0
         while produced < max_tokens:
-            if cancelled():
+            if out.cancelled():
                 finish = "cancelled"
                 break
-            out = self._model(
+            step = self._model(
                 input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
             )
-            cache = getattr(out, self._cache_arg)
-            tok = self._sample(out.logits[0, -1].float(), req, gen)
+            cache = getattr(step, self._cache_arg)
+            tok = self._sample(step.logits[0, -1].float(), req, gen)
             self._sync()
             if produced == 0:
-                prefill_done()
+                out.prefill_done()
             if tok == eos and not req.ignore_eos:
                 finish = "stop"
                 break

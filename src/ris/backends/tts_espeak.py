@@ -7,14 +7,12 @@ and the wheel needs no system package.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 
 import espeakng_loader
 
-from ris.backends import BackendContext
-from ris.backends.base import BackendError, Cancelled, TTSBackend
+from ris.backends import BackendContext, BackendError
 from ris.config import ModelSpec
-from ris.messages import TTSOutcome, TTSRequest
+from ris.lanes.tts import AudioOutput, TTSBackend, TTSOutcome, TTSRequest
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -94,8 +92,7 @@ class EspeakTTS(TTSBackend):
         self._known = self._list_voices()
         preferred = ["en-US", "zh-CN"]
         self.voices = tuple(preferred + sorted(self._known - {v.lower() for v in preferred}))
-        self._sink: Callable[[bytes], None] | None = None
-        self._stop: Cancelled | None = None
+        self._out: AudioOutput | None = None
         self._samples = 0
         # Keep a reference: ctypes would free the trampoline while espeak still holds it.
         self._callback = _Callback(self._on_audio)
@@ -125,24 +122,25 @@ class EspeakTTS(TTSBackend):
         return name
 
     def _on_audio(self, wav: ctypes._Pointer[ctypes.c_short] | None, n: int, _events: int) -> int:
-        if wav and n > 0 and self._sink is not None:
-            self._sink(ctypes.string_at(wav, n * 2))
+        out = self._out
+        if wav and n > 0 and out is not None:
+            out.emit(ctypes.string_at(wav, n * 2))
             self._samples += n
-        return 1 if (self._stop is not None and self._stop()) else 0
+        return 1 if (out is not None and out.cancelled()) else 0
 
-    def synthesize(self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled) -> TTSOutcome:
+    def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
         name = self.espeak_voice(req.voice)
         if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
             raise BackendError("unknown_voice", f"espeak-ng could not select voice {name!r}")
         wpm = max(80, min(450, round(_DEFAULT_WPM * req.speed)))
         self._lib.espeak_SetParameter(_RATE, wpm, 0)
         text = req.text.encode("utf-8")
-        self._sink, self._stop, self._samples = emit, cancelled, 0
+        self._out, self._samples = out, 0
         try:
             err = self._lib.espeak_Synth(text, len(text) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             self._lib.espeak_Synchronize()
         finally:
-            self._sink, self._stop = None, None
-        if err != 0 and not cancelled():
+            self._out = None
+        if err != 0 and not out.cancelled():
             raise BackendError("synthesis_failed", f"espeak-ng returned error {err}")
         return TTSOutcome(sample_rate=self.sample_rate, samples=self._samples, voice=name)

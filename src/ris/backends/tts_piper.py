@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
-from ris.backends import BackendContext, resolve_source
-from ris.backends.base import BackendError, Cancelled, TTSBackend
+from ris.backends import BackendContext, BackendError, resolve_source
 from ris.config import ModelSpec
-from ris.messages import TTSOutcome, TTSRequest
+from ris.lanes.tts import AudioOutput, TTSBackend, TTSOutcome, TTSRequest
 
 
 def _find_voice(path: Path) -> tuple[Path, Path]:
@@ -48,13 +46,13 @@ class PiperTTS(TTSBackend):
             tags |= {"en-US", "en"}
         self.voices = (name, *sorted(tags - {name}))
 
-    def synthesize(self, req: TTSRequest, emit: Callable[[bytes], None], cancelled: Cancelled) -> TTSOutcome:
+    def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
         syn = SynthesisConfig(length_scale=1.0 / req.speed)
         samples = 0
         for chunk in self._voice.synthesize(req.text, syn_config=syn):
             pcm = chunk.audio_int16_bytes
             samples += len(pcm) // 2
-            emit(pcm)
-            if cancelled():
+            out.emit(pcm)
+            if out.cancelled():
                 break
         return TTSOutcome(sample_rate=self.sample_rate, samples=samples, voice=self.voices[0])

@@ -1,116 +1,166 @@
-"""The engine: drives the pure Scheduler from the asyncio loop and owns the lane workers.
+"""The engine: the one facade the HTTP layer talks to, over the scheduler and the lane workers.
 
-All scheduler calls happen on the event loop thread. Worker reader threads only hand their
-messages over with call_soon_threadsafe; a monitor task checks liveness, hangs and deadlines.
+It admits work (the pure Scheduler decides), hands tasks to free worker slots, turns worker
+messages into task events and, through the lane kind, into typed results; durable lanes are
+kept in the task store. Supervision rules live in supervisor.py, process handling behind the
+LaneWorker protocol (worker.py), lane knowledge in ris.lanes. Everything runs on the event loop
+thread; time comes from the injected clocks, so unit tests drive it with fake workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ris import lanes
 from ris import messages as m
 from ris.config import Config
-from ris.machine import machine_info
-from ris.runtime.activity import ActivityBoard
+from ris.lanes.base import LaneKind, Seen, Timings
+from ris.machine import MachineInfo, machine_info
+from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.binding import Binding
+from ris.runtime.files import ResultFiles
 from ris.runtime.store import StoredTask, TaskStore
-from ris.runtime.worker import WorkerHandle, WorkerState
-from ris.runtime.worker_main import WorkerSpec
-from ris.scheduler import (
-    CancelOutcome,
-    Lane,
-    QueueFull,
-    Scheduler,
-    Task,
-    TaskSpec,
-    TaskState,
-)
-from ris.scheduler.preemption import Activity
+from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
+from ris.runtime.views import LaneStatus, TaskHandle, TaskView, WorkerStatus
+from ris.runtime.worker import LaneWorker, WorkerFactory, WorkerSpec
+from ris.scheduler import CancelOutcome, QueueFull, Scheduler, Task, TaskSpec, TaskState
 
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
-RESTART_BACKOFF_MAX_S = 30.0
-# Lanes whose accepted tasks survive a server restart (asynchronous: the client polls later).
-DURABLE_LANES = frozenset({Lane.IMAGE})
-# A task found running after a restart is run again at most this many times in all.
+# A durable task found running after a restart is run again at most this many times in all.
 MAX_ATTEMPTS = 2
 
 
-@dataclass
-class TaskHandle:
-    """The live side of a task: its stream of events and a future for its end."""
+class LaneUnavailable(Exception):
+    def __init__(self, lane: str, message: str) -> None:
+        super().__init__(message)
+        self.lane = lane
+        self.message = message
 
-    task_id: str
-    lane: Lane
-    model: str
-    # TextDelta / AudioChunk / Progress as the worker sends them; None marks the end.
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    done: asyncio.Future[Task] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    text: list[str] = field(default_factory=list)
-    audio: bytearray = field(default_factory=bytearray)
-    sample_rate: int = 0
-    first_output_at: float | None = None
-    last_progress_at: float = 0.0
+
+@dataclass(eq=False)
+class Replica:
+    """One worker of a lane and what the engine knows of it."""
+
+    lane: str
+    worker: LaneWorker
+    watch: Watch
+    running: set[str] = field(default_factory=set)
+    ready_info: m.WorkerReady | None = None
+    failure: m.WorkerFailed | None = None
+
+    @property
+    def free_slots(self) -> int:
+        if self.watch.state is not WorkerState.READY or self.ready_info is None:
+            return 0
+        return self.ready_info.slots - len(self.running)
 
 
 class Engine:
-    """Scheduler + workers + task handles; the HTTP layer talks only to this."""
-
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        workers: WorkerFactory | None = None,
+        machine: MachineInfo | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.wall_clock = wall
+        self.kinds: dict[str, LaneKind[Any, Any]] = {lane: lanes.kind(lane) for lane in config.lanes}
         self.scheduler = Scheduler(
-            {lane: config.lane(lane).policy() for lane in Lane}, clock, ordering=config.scheduling
+            {lane: cfg.policy() for lane, cfg in config.lanes.items()}, clock, ordering=config.scheduling
         )
-        self.workers: dict[Lane, WorkerHandle] = {}
-        self.handles: dict[str, TaskHandle] = {}
-        self._running_on: dict[Lane, str | None] = {lane: None for lane in Lane}
-        self._restart_at: dict[Lane, float] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._monitor: asyncio.Task[None] | None = None
-        self.audio_dir = Path(config.data_dir) / "audio"
-        self.board = ActivityBoard()
+        self.supervisor = Supervisor(clock)
+        self.files = ResultFiles(Path(config.data_dir))
         self.store: TaskStore | None = None
+        self.handles: dict[str, TaskHandle] = {}
+        self.replicas: dict[str, list[Replica]] = {}
+        self._where: dict[str, Replica] = {}  # running task id -> the replica running it
+        self._factory = workers
+        self._machine = machine
+        self._monitor: asyncio.Task[None] | None = None
         # Scheduler times are monotonic; clients see Unix times.
-        self._wall_offset = time.time() - clock()
+        self._wall_offset = wall() - clock()
 
     def wall(self, t: float | None) -> float | None:
+        """A scheduler (monotonic) time as Unix seconds."""
         return None if t is None else t + self._wall_offset
 
     # ----- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.audio_dir.mkdir(parents=True, exist_ok=True)
         self.store = TaskStore(Path(self.config.data_dir) / "tasks.db")
+        if self._factory is None:
+            from ris.runtime.process_worker import ProcessWorkers
+
+            self._factory = ProcessWorkers(list(self.config.lanes), asyncio.get_running_loop())
         for lane in self.config.enabled_lanes:
-            handle = WorkerHandle(self._worker_spec(lane), self._from_thread, self.board)
-            self.workers[lane] = handle
-            handle.start()
+            self.replicas[lane] = [self._replica(lane)]
+        for replica in self._all_replicas():
+            replica.worker.start()
+            self.supervisor.started(replica.watch)
         self._recover()
         self._monitor = asyncio.create_task(self._monitor_loop(), name="ris-monitor")
+
+    def _replica(self, lane: str) -> Replica:
+        cfg = self.config.lane(lane)
+        limits = Limits(cfg.heartbeat_timeout_s, cfg.busy_timeout_s, cfg.load_timeout_s)
+        replica: Replica
+
+        def deliver(msg: object) -> None:
+            self._on_message(replica, msg)
+
+        assert self._factory is not None
+        replica = Replica(
+            lane, self._factory(self.worker_spec(lane), deliver), self.supervisor.watch(lane, limits)
+        )
+        return replica
+
+    def worker_spec(self, lane: str) -> WorkerSpec:
+        cfg = self.config.lane(lane)
+        kind = self.kinds[lane]
+        preemptible = kind.preemptible
+        return WorkerSpec(
+            lane=lane,
+            kind=lanes.target(lane),
+            binding=Binding(
+                cores=cfg.cores,
+                threads=cfg.effective_threads(self._machine or machine_info()),
+                nice=cfg.nice,
+                gpu=cfg.gpu_index,
+            ),
+            device=cfg.device,
+            lane_config_json=cfg.model_dump_json(),
+            backends={name: kind.backend_target(spec.backend) for name, spec in cfg.models.items()},
+            data_dir=str(self.config.data_dir),
+            preemption=resolve_policy(self.config, lane) if preemptible else None,
+            yield_to=yields_to(self.config, lane),
+        )
 
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
         # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
-        durable = {tid for tid, h in self.handles.items() if h.lane in DURABLE_LANES}
-        for task_id in list(self.handles):
-            if task_id not in durable:
+        for task_id, handle in list(self.handles.items()):
+            if not self.kinds[handle.lane].durable:
                 self.scheduler.cancel(task_id)
-        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers.values()))
-        for lane in self.workers:
-            if lane not in DURABLE_LANES:
-                self._fail_lane(lane, "server_shutdown", "the server is shutting down")
+        await asyncio.gather(*(r.worker.stop(5.0) for r in self._all_replicas()))
+        for replica in self._all_replicas():
+            if not self.kinds[replica.lane].durable:
+                self._fail_tasks(replica, "server_shutdown", "the server is shutting down")
+        for task in self.scheduler.tasks():
+            if task.id in self.handles and not self.kinds[task.lane].durable and task.state.finished:
+                self._settle(task.id)
         if self.store is not None:
             self.store.close()
 
@@ -118,90 +168,72 @@ class Engine:
         """Resume the durable tasks a previous server accepted but did not finish."""
         assert self.store is not None
         for st in self.store.unfinished():
-            lane = Lane(st.lane)
             if st.state == "running" and st.attempts >= MAX_ATTEMPTS:
                 self.store.finish(
                     st.id,
                     "failed",
-                    time.time(),
+                    self.wall_clock(),
                     "interrupted",
                     f"the server stopped while this task ran ({st.attempts} attempts)",
                 )
                 continue
-            if lane not in self.workers:
+            if st.lane not in self.replicas:
                 self.store.finish(
                     st.id,
                     "failed",
-                    time.time(),
+                    self.wall_clock(),
                     "lane_unavailable",
-                    f"the {lane.value} lane is disabled since the task was accepted",
+                    f"the {st.lane} lane is disabled since the task was accepted",
                 )
                 continue
-            request = m.ImageRequest(**st.request)
-            cfg = self.config.lane(lane)
+            cfg = self.config.lane(st.lane)
             spec = TaskSpec(
-                lane=lane,
+                lane=st.lane,
                 priority=st.priority,
-                payload=(st.model, request),
+                payload=(st.model, self.kinds[st.lane].request_from_json(st.request)),
                 deadline=self.clock() + cfg.request_timeout_s,
                 priority_class=cfg.policy().priority_class,
             )
             self.scheduler.submit(spec, task_id=st.id, force=True)
-            self.handles[st.id] = TaskHandle(st.id, lane, st.model)
+            self.handles[st.id] = TaskHandle(st.id, st.lane, st.model)
             if st.state == "running":
                 self.store.requeue(st.id)
-            log.info("resumed %s task %s (%s)", lane.value, st.id, st.state)
-
-    def _worker_spec(self, lane: Lane) -> WorkerSpec:
-        cfg = self.config.lane(lane)
-        binding = Binding(
-            cores=cfg.cores,
-            threads=cfg.effective_threads(machine_info()),
-            nice=cfg.nice,
-            gpu=cfg.gpu_index,
-        )
-        image = lane is Lane.IMAGE
-        return WorkerSpec(
-            lane=lane.value,
-            binding=binding,
-            device=cfg.device,
-            lane_config_json=cfg.model_dump_json(),
-            data_dir=str(self.config.data_dir),
-            preemption=self.config.image_preemption() if image else None,
-            yield_to=tuple(x.value for x in self.config.image_sharing()) if image else (),
-        )
+            log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
 
     # ----- requests ------------------------------------------------------------------------
 
+    def lane_enabled(self, lane: str) -> bool:
+        return lane in self.replicas
+
     def submit(
-        self,
-        lane: Lane,
-        model: str,
-        request: Any,
-        *,
-        priority: int = 0,
-        timeout_s: float | None = None,
+        self, lane: str, model: str, request: Any, *, priority: int = 0, timeout_s: float | None = None
     ) -> TaskHandle:
         """Queue a task; raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        if lane not in self.replicas:
+            raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
+        kind = self.kinds[lane]
+        if not isinstance(request, kind.request_type):
+            raise TypeError(
+                f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
+            )
+        failures = [r.failure for r in self.replicas[lane] if r.watch.state is WorkerState.FAILED]
+        if failures and len(failures) == len(self.replicas[lane]) and failures[0] is not None:
+            raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failures[0].message}")
         cfg = self.config.lane(lane)
-        if lane not in self.workers:
-            raise LaneUnavailable(lane, f"the {lane.value} lane is disabled in the configuration")
-        worker = self.workers[lane]
-        if worker.state is WorkerState.FAILED and worker.failure is not None:
-            raise LaneUnavailable(lane, f"the {lane.value} worker cannot start: {worker.failure.message}")
-        deadline = self.clock() + (timeout_s or cfg.request_timeout_s)
         spec = TaskSpec(
             lane=lane,
             priority=priority,
-            deadline=deadline,
+            deadline=self.clock() + (timeout_s or cfg.request_timeout_s),
             payload=(model, request),
             priority_class=cfg.policy().priority_class,
         )
         task = self.scheduler.submit(spec)
-        if lane in DURABLE_LANES:
+        if kind.durable:
             assert self.store is not None
             try:
-                self.store.add(task.id, lane.value, model, priority, dataclasses.asdict(request), time.time())
+                self.store.add(
+                    task.id, lane, model, priority, kind.request_to_json(request), self.wall_clock()
+                )
             except Exception:
                 self.scheduler.cancel(task.id)  # not durable, so not accepted
                 raise
@@ -214,10 +246,8 @@ class Engine:
         outcome = self.scheduler.cancel(task_id)
         if outcome is CancelOutcome.CANCELLED:
             self._settle(task_id)
-        elif outcome is CancelOutcome.REQUESTED:
-            task = self.scheduler.get(task_id)
-            if task is not None and task.lane in self.workers:
-                self.workers[task.lane].send(m.CancelTask(task_id))
+        elif outcome is CancelOutcome.REQUESTED and task_id in self._where:
+            self._where[task_id].worker.send(m.CancelTask(task_id))
         return outcome
 
     # ----- dispatch and worker messages -----------------------------------------------------
@@ -225,79 +255,64 @@ class Engine:
     def _dispatch(self) -> None:
         for task in self.scheduler.dispatch():
             model, request = task.spec.payload
-            worker = self.workers[task.lane]
-            self._running_on[task.lane] = task.id
-            handle = self.handles.get(task.id)
-            if handle is not None:
-                handle.last_progress_at = self.clock()
-            if task.lane in DURABLE_LANES and self.store is not None:
-                self.store.mark_running(task.id, time.time())
-            if not worker.send(m.RunTask(task.id, model, request)):
-                self._crashed(task.lane, "worker_crashed", "the worker died before the task started")
+            replica = max(self.replicas[task.lane], key=lambda r: r.free_slots)
+            replica.running.add(task.id)
+            self._where[task.id] = replica
+            self.supervisor.task_started(replica.watch)
+            if self.kinds[task.lane].durable and self.store is not None:
+                self.store.mark_running(task.id, self.wall_clock())
+            if not replica.worker.send(m.RunTask(task.id, model, request)):
+                self._crashed(replica, "worker_crashed", "the worker died before the task started")
 
-    def _from_thread(self, worker: WorkerHandle, msg: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_message, worker, worker.generation, msg)
-
-    def _on_message(self, worker: WorkerHandle, generation: int, msg: Any) -> None:
-        if generation != worker.generation:
-            return  # from a process already replaced
-        lane = Lane(worker.spec.lane)
-        now = self.clock()
-        if isinstance(msg, m.Heartbeat):
-            worker.last_heartbeat = now
-            if msg.progress_events != worker.last_progress_events:
-                worker.last_progress_events = msg.progress_events
-                running = self._running_on[lane]
-                if running in self.handles:
-                    self.handles[running].last_progress_at = now
-            return
-        worker.last_heartbeat = now
-        if isinstance(msg, m.WorkerReady):
-            worker.state, worker.ready_info, worker.failure = WorkerState.READY, msg, None
-            log.info("%s worker ready (pid %s)", lane.value, msg.pid)
-            self.scheduler.set_slots(lane, 1)
+    def _on_message(self, replica: Replica, msg: object) -> None:
+        self.supervisor.heard(replica.watch, msg.progress_events if isinstance(msg, m.Heartbeat) else None)
+        if isinstance(msg, (m.TaskOutput, m.TaskProgress)):
+            self._on_progress(replica, msg)
+        elif isinstance(msg, (m.TaskDone, m.TaskError, m.TaskCancelled)):
+            self._on_end(replica, msg)
+        elif isinstance(msg, m.WorkerReady):
+            replica.ready_info, replica.failure = msg, None
+            self.supervisor.ready(replica.watch)
+            log.info("%s worker ready (pid %s)", replica.lane, msg.pid)
+            self._update_slots(replica.lane)
             self._dispatch()
         elif isinstance(msg, m.WorkerFailed):
-            log.error("%s worker failed to start: %s", lane.value, msg.message)
-            worker.failure = msg
-            worker.kill()
-            worker.state = WorkerState.FAILED
-            self.scheduler.set_slots(lane, 0)
-            self._restart_at[lane] = now + self._backoff(worker)
-        elif isinstance(msg, (m.TextDelta, m.AudioChunk, m.Progress)):
-            self._on_progress(msg, now)
-        elif isinstance(msg, (m.TaskDone, m.TaskError, m.TaskCancelled)):
-            self._on_end(lane, msg)
+            log.error("%s worker failed to start: %s", replica.lane, msg.message)
+            replica.failure = msg
+            replica.worker.kill()
+            self.supervisor.load_failed(replica.watch)
+            self._update_slots(replica.lane)
 
-    def _on_progress(self, msg: m.TextDelta | m.AudioChunk | m.Progress, now: float) -> None:
+    def _on_progress(self, replica: Replica, msg: m.TaskOutput | m.TaskProgress) -> None:
         handle = self.handles.get(msg.task_id)
         if handle is None:
             return
-        handle.last_progress_at = now
-        if isinstance(msg, m.Progress):
+        self.supervisor.progressed(replica.watch)
+        if isinstance(msg, m.TaskProgress):
             self.scheduler.progress(msg.task_id, msg.done, msg.total)
-        else:
-            if handle.first_output_at is None:
-                handle.first_output_at = now
-            if isinstance(msg, m.TextDelta):
-                handle.text.append(msg.text)
-            else:
-                handle.audio.extend(msg.pcm)
-                handle.sample_rate = msg.sample_rate
-            task = self.scheduler.get(msg.task_id)
-            if task is not None:
-                self.scheduler.progress(msg.task_id, task.progress_done + 1)
-        handle.events.put_nowait(msg)
+            handle.events.put_nowait(msg)
+            return
+        if handle.first_output_at is None:
+            handle.first_output_at = self.clock()
+        handle.outputs.append(msg.data)
+        task = self.scheduler.get(msg.task_id)
+        if task is not None:
+            self.scheduler.progress(msg.task_id, task.progress_done + 1)
+        handle.events.put_nowait(msg.data)
 
-    def _on_end(self, lane: Lane, msg: m.TaskDone | m.TaskError | m.TaskCancelled) -> None:
-        if self._running_on[lane] == msg.task_id:
-            self._running_on[lane] = None
+    def _on_end(self, replica: Replica, msg: m.TaskDone | m.TaskError | m.TaskCancelled) -> None:
+        if msg.task_id in replica.running:
+            replica.running.discard(msg.task_id)
+            self._where.pop(msg.task_id, None)
+            self.supervisor.task_ended(replica.watch)
         handle = self.handles.get(msg.task_id)
         if isinstance(msg, m.TaskDone):
-            result = self._result(handle, msg.outcome) if handle else {}
-            self.scheduler.finish(msg.task_id, TaskState.SUCCEEDED, result=result)
+            try:
+                result = self._result(handle, msg.outcome) if handle else None
+                self.scheduler.finish(msg.task_id, TaskState.SUCCEEDED, result=result)
+            except OSError as e:  # the result could not be written (disk full, permissions)
+                log.exception("%s task %s: result not stored", replica.lane, msg.task_id)
+                self.scheduler.finish(msg.task_id, TaskState.FAILED, code="result_not_stored", message=str(e))
         elif isinstance(msg, m.TaskError):
             self.scheduler.finish(msg.task_id, TaskState.FAILED, code=msg.code, message=msg.message)
         else:
@@ -307,61 +322,42 @@ class Engine:
         self._settle(msg.task_id)
         self._dispatch()
 
-    def _result(self, handle: TaskHandle, outcome: Any) -> dict[str, Any]:
+    def _result(self, handle: TaskHandle, outcome: Any) -> Any:
         task = self.scheduler.get(handle.task_id)
-        timings = {}
+        timings = Timings()
         if task is not None and task.started_at is not None:
-            timings["queue_ms"] = 1000 * (task.started_at - task.submitted_at)
-            if handle.first_output_at is not None:
-                timings["first_output_ms"] = 1000 * (handle.first_output_at - task.submitted_at)
-            timings["total_ms"] = 1000 * (self.clock() - task.submitted_at)
-        if isinstance(outcome, m.LLMOutcome):
-            return {
-                "model": handle.model,
-                "text": "".join(handle.text),
-                "finish_reason": outcome.finish_reason,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
-                "timings": timings,
-            }
-        if isinstance(outcome, m.ImageOutcome):
-            return {
-                "model": handle.model,
-                "path": outcome.path,
-                "width": outcome.width,
-                "height": outcome.height,
-                "steps": outcome.steps,
-                "seed": outcome.seed,
-                "paused_s": outcome.paused_s,
-                "pauses": outcome.pauses,
-                "timings": timings,
-            }
-        if isinstance(outcome, m.TTSOutcome):
-            path = self.audio_dir / f"{handle.task_id}.wav"
-            write_wav(path, bytes(handle.audio), outcome.sample_rate)
-            return {
-                "model": handle.model,
-                "voice": outcome.voice,
-                "sample_rate": outcome.sample_rate,
-                "duration_s": outcome.duration_s,
-                "audio_path": str(path),
-                "timings": timings,
-            }
-        return {"model": handle.model, "timings": timings}
+            first = handle.first_output_at
+            timings = Timings(
+                queue_ms=1000 * (task.started_at - task.submitted_at),
+                first_output_ms=None if first is None else 1000 * (first - task.submitted_at),
+                total_ms=1000 * (self.clock() - task.submitted_at),
+            )
+        seen = Seen(handle.task_id, handle.model, handle.outputs, timings)
+        return self.kinds[handle.lane].build_result(seen, outcome, self.files)
 
     def _settle(self, task_id: str) -> None:
         """Resolve a finished task's handle and forget it."""
-        handle = self.handles.pop(task_id, None)
         task = self.scheduler.get(task_id)
-        if handle is None or task is None:
+        if task is None:
+            self.handles.pop(task_id, None)  # forgotten by the scheduler: nothing to report
             return
-        if task.lane in DURABLE_LANES and self.store is not None:
+        if not task.state.finished:
+            return
+        handle = self.handles.pop(task_id, None)
+        if self.kinds[task.lane].durable and self.store is not None:
+            result = task.result.to_json() if task.result is not None else None
             self.store.finish(
-                task.id, task.state.value, time.time(), task.error_code, task.error_message, task.result
+                task.id, task.state.value, self.wall_clock(), task.error_code, task.error_message, result
             )
+        if handle is None:
+            return
         handle.events.put_nowait(None)
         if not handle.done.done():
-            handle.done.set_result(task)
+            handle.done.set_result(self._view(task))
+
+    def _update_slots(self, lane: str) -> None:
+        ready = [r for r in self.replicas[lane] if r.watch.state is WorkerState.READY and r.ready_info]
+        self.scheduler.set_slots(lane, sum(r.ready_info.slots for r in ready if r.ready_info))
 
     # ----- supervision ---------------------------------------------------------------------
 
@@ -374,125 +370,135 @@ class Engine:
                 log.exception("monitor check failed")
 
     def check(self) -> None:
-        """One supervision pass: dead or hung workers, stuck tasks, deadlines, restarts."""
-        now = self.clock()
-        for lane, worker in self.workers.items():
-            cfg = self.config.lane(lane)
-            if worker.state in (WorkerState.STARTING, WorkerState.READY) and not worker.alive:
-                self._crashed(lane, "worker_crashed", f"the {lane.value} worker process died")
-            elif worker.state is WorkerState.READY and now - worker.last_heartbeat > cfg.heartbeat_timeout_s:
-                self._crashed(
-                    lane,
-                    "worker_timeout",
-                    f"the {lane.value} worker stopped answering for {cfg.heartbeat_timeout_s:g} s",
-                )
-            elif worker.state is WorkerState.STARTING and now - worker.started_at > cfg.load_timeout_s:
-                self._crashed(lane, "worker_timeout", f"the {lane.value} worker did not load in time")
-            running = self._running_on[lane]
-            handle = self.handles.get(running) if running else None
-            if handle is not None and now - handle.last_progress_at > cfg.busy_timeout_s:
-                self._crashed(
-                    lane,
-                    "worker_timeout",
-                    f"no progress for {cfg.busy_timeout_s:g} s; the worker was replaced",
-                )
-            down = worker.state in (WorkerState.DEAD, WorkerState.FAILED)
-            if down and now >= self._restart_at.get(lane, 0):
-                log.warning("restarting the %s worker", lane.value)
-                worker.restarts += 1
-                worker.start()
+        """One supervision pass: dead or hung workers, restarts, deadlines."""
+        for replica in self._all_replicas():
+            action = self.supervisor.decide(replica.watch, replica.worker.alive())
+            if isinstance(action, Fail):
+                self._crashed(replica, action.code, action.message)
+            elif isinstance(action, Restart):
+                log.warning("restarting the %s worker", replica.lane)
+                replica.worker.start()
+                self.supervisor.restarting(replica.watch)
         for task in self.scheduler.expire():
-            self.workers[task.lane].send(m.CancelTask(task.id))
+            if task.id in self._where:
+                self._where[task.id].worker.send(m.CancelTask(task.id))
         for task_id in list(self.handles):
-            live = self.scheduler.get(task_id)
-            if live is None or live.state.finished:
-                self._settle(task_id)
+            self._settle(task_id)
 
-    def _crashed(self, lane: Lane, code: str, message: str) -> None:
-        worker = self.workers[lane]
-        log.error("%s: %s", lane.value, message)
-        worker.kill()
-        # A worker killed mid-prefill must not leave the image lane paused behind it.
-        if lane is not Lane.IMAGE:
-            self.board.set(lane, Activity.IDLE)
-        self.scheduler.set_slots(lane, 0)
-        self._fail_lane(lane, code, message)
-        self._restart_at[lane] = self.clock() + self._backoff(worker)
+    def _crashed(self, replica: Replica, code: str, message: str) -> None:
+        log.error("%s: %s", replica.lane, message)
+        replica.worker.kill()
+        self.supervisor.killed(replica.watch)
+        self._update_slots(replica.lane)
+        self._fail_tasks(replica, code, message)
 
-    def _fail_lane(self, lane: Lane, code: str, message: str) -> None:
-        self._running_on[lane] = None
-        for task in self.scheduler.fail_running(lane, code, message):
-            self._settle(task.id)
+    def _fail_tasks(self, replica: Replica, code: str, message: str) -> None:
+        for task_id in list(replica.running):
+            replica.running.discard(task_id)
+            self._where.pop(task_id, None)
+            self.scheduler.finish(task_id, TaskState.FAILED, code=code, message=message)
+            self._settle(task_id)
 
-    @staticmethod
-    def _backoff(worker: WorkerHandle) -> float:
-        # Quick first restart; repeated failures back off so a broken model cannot spin the CPU.
-        return min(RESTART_BACKOFF_MAX_S, 0.5 * 2.0 ** min(worker.restarts, 6))
+    def _all_replicas(self) -> list[Replica]:
+        return [r for rs in self.replicas.values() for r in rs]
 
     # ----- queries -------------------------------------------------------------------------
 
-    def ready(self) -> dict[Lane, bool]:
-        return {lane: w.state is WorkerState.READY for lane, w in self.workers.items()}
+    def ready(self) -> dict[str, bool]:
+        return {
+            lane: all(r.watch.state is WorkerState.READY for r in rs) for lane, rs in self.replicas.items()
+        }
 
     def lookup(self, task_id: str) -> TaskView | None:
-        """A task's state from the scheduler (live) or the durable store (finished, or from
+        """A task from the scheduler (live and recent) or the durable store (older, or from
         before a restart)."""
         task = self.scheduler.get(task_id)
         if task is not None:
-            model = task.spec.payload[0] if task.spec.payload else ""
-            return TaskView(
-                id=task.id,
-                lane=task.lane,
-                model=model,
-                state=task.state.value,
-                priority=task.spec.priority,
-                submitted_at=self.wall(task.submitted_at) or 0.0,
-                started_at=self.wall(task.started_at),
-                finished_at=self.wall(task.finished_at),
-                queue_position=self.scheduler.position(task.id),
-                progress_done=task.progress_done,
-                progress_total=task.progress_total,
-                eta_s=self.scheduler.eta(task.id),
-                error_code=task.error_code,
-                error_message=task.error_message,
-                result=task.result,
-            )
+            return self._view(task)
         st = self.store.get(task_id) if self.store is not None else None
-        return None if st is None else TaskView.from_stored(st)
+        return None if st is None else self._stored_view(st)
 
-    def model_infos(self, lane: Lane) -> dict[str, m.ModelInfo]:
-        worker = self.workers.get(lane)
-        if worker is None or worker.ready_info is None:
-            return {}
-        return {info.name: info for info in worker.ready_info.models}
+    def tasks(self, lane: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskView]:
+        """Live and recent tasks, newest first."""
+        found = [t for t in self.scheduler.tasks(lane) if state is None or t.state.value == state]
+        found.sort(key=lambda t: t.submitted_at, reverse=True)
+        return [self._view(t) for t in found[:limit]]
 
+    def durable_tasks(self, lane: str, state: str | None = None, limit: int = 100) -> list[TaskView]:
+        """A durable lane's tasks from the store, newest first, with their live state."""
+        assert self.store is not None
+        views = (self.lookup(st.id) for st in self.store.recent(lane, state, limit))
+        return [v for v in views if v is not None]
 
-@dataclass(frozen=True)
-class TaskView:
-    """A task as clients see it; times are Unix seconds."""
+    def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
+        for replica in self.replicas.get(lane, ()):
+            if replica.ready_info is not None:
+                return {info.name: info for info in replica.ready_info.models}
+        return {}
 
-    id: str
-    lane: Lane
-    model: str
-    state: str
-    priority: int
-    submitted_at: float
-    started_at: float | None
-    finished_at: float | None
-    queue_position: int | None
-    progress_done: int
-    progress_total: int | None
-    eta_s: float | None
-    error_code: str | None
-    error_message: str | None
-    result: dict[str, Any] | None
+    def status(self) -> list[LaneStatus]:
+        out = []
+        for lane, cfg in self.config.lanes.items():
+            workers = tuple(self._worker_status(r) for r in self.replicas.get(lane, ()))
+            out.append(
+                LaneStatus(
+                    lane=lane,
+                    enabled=cfg.enabled,
+                    device=cfg.device,
+                    cores=cfg.cores,
+                    max_queue=cfg.max_queue,
+                    stats=self.scheduler.stats(lane),
+                    workers=workers,
+                )
+            )
+        return out
 
-    @classmethod
-    def from_stored(cls, st: StoredTask) -> TaskView:
-        steps = (st.result or {}).get("steps")
-        return cls(
+    @staticmethod
+    def _worker_status(r: Replica) -> WorkerStatus:
+        usage = r.worker.usage()
+        info = r.ready_info
+        return WorkerStatus(
+            state=r.watch.state.value,
+            slots=info.slots if info else 0,
+            running=len(r.running),
+            restarts=r.watch.restarts,
+            pid=usage.pid,
+            cpu_affinity=info.cpu_affinity if info and info.cpu_affinity else None,
+            threads=info.threads if info else None,
+            cuda_visible_devices=info.cuda_visible_devices if info else None,
+            cpu_percent=usage.cpu_percent,
+            rss_bytes=usage.rss_bytes,
+            gpu_memory_bytes=usage.gpu_memory_bytes,
+            error=r.failure.message if r.failure else None,
+        )
+
+    def _view(self, task: Task) -> TaskView:
+        model = task.spec.payload[0] if task.spec.payload else ""
+        return TaskView(
+            id=task.id,
+            lane=task.lane,
+            model=model,
+            state=task.state.value,
+            priority=task.spec.priority,
+            submitted_at=self.wall(task.submitted_at) or 0.0,
+            started_at=self.wall(task.started_at),
+            finished_at=self.wall(task.finished_at),
+            queue_position=self.scheduler.position(task.id),
+            progress_done=task.progress_done,
+            progress_total=task.progress_total,
+            eta_s=self.scheduler.eta(task.id),
+            error_code=task.error_code,
+            error_message=task.error_message,
+            result=task.result,
+        )
+
+    def _stored_view(self, st: StoredTask) -> TaskView:
+        kind = self.kinds.get(st.lane)
+        result = kind.result_from_json(st.result) if kind is not None and st.result else None
+        steps = result.steps_done if result is not None else None
+        return TaskView(
             id=st.id,
-            lane=Lane(st.lane),
+            lane=st.lane,
             model=st.model,
             state=st.state,
             priority=st.priority,
@@ -505,25 +511,8 @@ class TaskView:
             eta_s=None,
             error_code=st.error_code,
             error_message=st.error_message,
-            result=st.result,
+            result=result,
         )
 
 
-class LaneUnavailable(Exception):
-    def __init__(self, lane: Lane, message: str) -> None:
-        super().__init__(message)
-        self.lane = lane
-        self.message = message
-
-
-def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    with wave.open(str(tmp), "wb") as wf:
-        wf.setnchannels(1)
-        wf.setsampwidth(2)
-        wf.setframerate(sample_rate)
-        wf.writeframes(pcm)
-    tmp.replace(path)
-
-
-__all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "TaskView", "write_wav"]
+__all__ = ["Engine", "LaneUnavailable", "QueueFull", "Replica", "TaskHandle", "TaskView"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ris.scheduler.queue import LaneQueue
-from ris.scheduler.tasks import Lane, PriorityClass, Task, TaskSpec, TaskState
+from ris.scheduler.tasks import PriorityClass, Task, TaskSpec, TaskState
 
 Clock = Callable[[], float]
 
@@ -58,8 +58,8 @@ class Ordering(enum.StrEnum):
 class QueueFull(Exception):
     """The lane's queue is at its bound; the caller should retry after `retry_after_s`."""
 
-    def __init__(self, lane: Lane, depth: int, retry_after_s: float) -> None:
-        super().__init__(f"the {lane.value} queue is full ({depth} tasks waiting)")
+    def __init__(self, lane: str, depth: int, retry_after_s: float) -> None:
+        super().__init__(f"the {lane} queue is full ({depth} tasks waiting)")
         self.lane = lane
         self.depth = depth
         self.retry_after_s = retry_after_s
@@ -74,7 +74,7 @@ class CancelOutcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class LaneStats:
-    lane: Lane
+    lane: str
     queued: int
     running: int
     slots: int
@@ -101,7 +101,7 @@ def percentile(values: Iterable[float], p: float) -> float | None:
 class _LaneBook:
     """Everything the scheduler tracks for one lane."""
 
-    def __init__(self, lane: Lane, policy: LanePolicy) -> None:
+    def __init__(self, lane: str, policy: LanePolicy) -> None:
         self.lane = lane
         self.policy = policy
         self.queue = LaneQueue(policy.max_queue, policy.aging_s, policy.class_boost_s)
@@ -120,7 +120,7 @@ class Scheduler:
 
     def __init__(
         self,
-        policies: Mapping[Lane, LanePolicy],
+        policies: Mapping[str, LanePolicy],
         clock: Clock,
         new_id: Callable[[], str] | None = None,
         ordering: Ordering = Ordering.LANES,
@@ -160,7 +160,7 @@ class Scheduler:
         self._tasks[task.id] = task
         return task
 
-    def retry_after(self, lane: Lane) -> float:
+    def retry_after(self, lane: str) -> float:
         """Seconds until a queue slot is likely to free up: an estimate, at least one second."""
         book = self._book(lane)
         per_task = book.run_estimate / max(1, book.slots)
@@ -168,7 +168,7 @@ class Scheduler:
 
     # ----- dispatch ------------------------------------------------------------------------
 
-    def set_slots(self, lane: Lane, slots: int) -> None:
+    def set_slots(self, lane: str, slots: int) -> None:
         """How many tasks the lane's workers can run now (0 while its worker is down)."""
         self._book(lane).slots = slots
 
@@ -250,7 +250,7 @@ class Scheduler:
             book.run_estimate = 0.8 * book.run_estimate + 0.2 * task.run_time
         return task
 
-    def fail_running(self, lane: Lane, code: str, message: str) -> list[Task]:
+    def fail_running(self, lane: str, code: str, message: str) -> list[Task]:
         """Fail every task running on a lane (its worker died or hung)."""
         book = self._book(lane)
         failed = list(book.running.values())
@@ -304,8 +304,8 @@ class Scheduler:
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
 
-    def tasks(self, lane: Lane | None = None) -> list[Task]:
-        return [t for t in self._tasks.values() if lane is None or t.lane is lane]
+    def tasks(self, lane: str | None = None) -> list[Task]:
+        return [t for t in self._tasks.values() if lane is None or t.lane == lane]
 
     def position(self, task_id: str) -> int | None:
         """0-based place in its lane's queue (0 runs next); None unless queued."""
@@ -329,7 +329,7 @@ class Scheduler:
         ahead = (self.position(task_id) or 0) + len(book.running)
         return est * (ahead / max(1, book.slots) + 1)
 
-    def stats(self, lane: Lane) -> LaneStats:
+    def stats(self, lane: str) -> LaneStats:
         book = self._book(lane)
         return LaneStats(
             lane=lane,
@@ -347,16 +347,16 @@ class Scheduler:
         )
 
     @property
-    def lanes(self) -> list[Lane]:
+    def lanes(self) -> list[str]:
         return list(self._lanes)
 
     # ----- internals -----------------------------------------------------------------------
 
-    def _book(self, lane: Lane) -> _LaneBook:
+    def _book(self, lane: str) -> _LaneBook:
         try:
             return self._lanes[lane]
         except KeyError:
-            raise KeyError(f"lane {lane.value!r} is not configured") from None
+            raise KeyError(f"lane {lane!r} is not configured") from None
 
     def _close(
         self, book: _LaneBook, task: Task, state: TaskState, code: str | None, message: str | None

@@ -8,7 +8,12 @@ from typing import Any
 
 
 class Lane(enum.StrEnum):
-    """A kind of work, served by its own worker process bound to its own resources."""
+    """The names of the built-in lane kinds (see ris.lanes).
+
+    Everywhere else a lane is named by a plain string, so a lane kind registered later (one
+    module and one registration, see docs/ARCHITECTURE.md) is a lane like these. Members are
+    strings: `Lane.LLM == "llm"`, and either works as a key.
+    """
 
     LLM = "llm"
     TTS = "tts"
@@ -38,7 +43,7 @@ class TaskState(enum.StrEnum):
 class TaskSpec:
     """What a caller asks the scheduler to run; the payload is opaque to the scheduler."""
 
-    lane: Lane
+    lane: str  # a lane name ("llm", "tts", "image" or a registered kind's)
     # Who goes first within the lane: higher runs earlier; each step is worth `aging_s` of waiting.
     priority: int = 0
     # Absolute time (scheduler clock) after which the task is worthless; None: no deadline.
@@ -73,7 +78,7 @@ class Task:
     result: Any = field(default=None, repr=False)
 
     @property
-    def lane(self) -> Lane:
+    def lane(self) -> str:
         return self.spec.lane
 
     @property

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from ris import messages as m
-from ris.api.deps import engine_of, view_or_404
-from ris.api.errors import APIError, lane_unavailable, queue_full
-from ris.api.schemas import ErrorBody, ImageAccepted, ImageGenerateRequest, ImageProgress
-from ris.runtime.engine import Engine, LaneUnavailable, TaskView
-from ris.scheduler import Lane, QueueFull
+from ris.api.deps import engine_of, require_lane, submit, view_or_404
+from ris.api.errors import APIError
+from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
+from ris.lanes.image import ImageRequest, ImageResult
+from ris.runtime.engine import Engine
+from ris.runtime.views import TaskView
+from ris.scheduler import Lane
 
 router = APIRouter(tags=["image"])
-ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody} for s in (404, 409, 413, 422, 429, 503)}
 
 
 def _pick_model(engine: Engine, body: ImageGenerateRequest) -> str:
@@ -42,6 +41,19 @@ def _pick_model(engine: Engine, body: ImageGenerateRequest) -> str:
         raise APIError(503, "unknown_model", str(e.args[0])) from None
 
 
+def check_size(engine: Engine, width: int, height: int, steps: int | None) -> None:
+    limits = engine.config.server
+    pixels = width * height
+    if pixels > limits.max_image_pixels:
+        raise APIError(
+            422,
+            "image_too_large",
+            f"{width}x{height} is {pixels} pixels; the limit is {limits.max_image_pixels} (width x height)",
+        )
+    if steps is not None and steps > limits.max_image_steps:
+        raise APIError(422, "too_many_steps", f"steps {steps} is over the limit of {limits.max_image_steps}")
+
+
 @router.post(
     "/api/image/generate",
     status_code=202,
@@ -51,23 +63,10 @@ def _pick_model(engine: Engine, body: ImageGenerateRequest) -> str:
 )
 async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     engine = engine_of(request)
-    limits = engine.config.server
-    if Lane.IMAGE not in engine.workers:
-        raise APIError(503, "lane_unavailable", "the image lane is disabled in the configuration")
-    pixels = body.width * body.height
-    if pixels > limits.max_image_pixels:
-        raise APIError(
-            422,
-            "image_too_large",
-            f"{body.width}x{body.height} is {pixels} pixels; "
-            f"the limit is {limits.max_image_pixels} (width x height)",
-        )
-    if body.steps is not None and body.steps > limits.max_image_steps:
-        raise APIError(
-            422, "too_many_steps", f"steps {body.steps} is over the limit of {limits.max_image_steps}"
-        )
+    require_lane(engine, Lane.IMAGE)
+    check_size(engine, body.width, body.height, body.steps)
     model = _pick_model(engine, body)
-    req = m.ImageRequest(
+    req = ImageRequest(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
         width=body.width,
@@ -76,12 +75,7 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
         guidance=body.guidance,
         seed=body.seed,
     )
-    try:
-        handle = engine.submit(Lane.IMAGE, model, req, priority=body.priority, timeout_s=body.timeout_s)
-    except QueueFull as e:
-        raise queue_full(e) from None
-    except LaneUnavailable as e:
-        raise lane_unavailable(e) from None
+    handle = submit(engine, Lane.IMAGE, model, req, body.priority, body.timeout_s)
     view = engine.lookup(handle.task_id)
     return {
         "task_id": handle.task_id,
@@ -96,10 +90,7 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
 def progress_body(view: TaskView) -> dict[str, Any]:
     total = view.progress_total
     done = view.progress_done
-    if view.state == "succeeded":
-        fraction = 1.0
-    else:
-        fraction = min(1.0, done / total) if total else 0.0
+    fraction = 1.0 if view.succeeded else (min(1.0, done / total) if total else 0.0)
     return ImageProgress(
         task_id=view.id,
         status=view.state,
@@ -114,13 +105,6 @@ def progress_body(view: TaskView) -> dict[str, Any]:
     ).model_dump()
 
 
-def _image_view(engine: Engine, task_id: str) -> TaskView:
-    view = view_or_404(engine, task_id)
-    if view.lane is not Lane.IMAGE:
-        raise APIError(404, "not_found", f"task {task_id} is not an image task")
-    return view
-
-
 @router.get(
     "/api/image/progress/{task_id}",
     response_model=ImageProgress,
@@ -128,7 +112,7 @@ def _image_view(engine: Engine, task_id: str) -> TaskView:
     summary="Status, step, fraction done, queue position, ETA",
 )
 async def image_progress(task_id: str, request: Request) -> Any:
-    return progress_body(_image_view(engine_of(request), task_id))
+    return progress_body(view_or_404(engine_of(request), task_id, Lane.IMAGE))
 
 
 @router.get(
@@ -139,8 +123,8 @@ async def image_progress(task_id: str, request: Request) -> Any:
 )
 async def image_result(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = _image_view(engine, task_id)
-    if view.state != "succeeded" or not view.result:
+    view = view_or_404(engine, task_id, Lane.IMAGE)
+    if not view.succeeded or not isinstance(view.result, ImageResult):
         return JSONResponse(
             {
                 "error": {"code": "not_ready", "message": f"task {task_id} is {view.state}; no image"},
@@ -148,9 +132,8 @@ async def image_result(task_id: str, request: Request) -> Any:
             },
             status_code=409,
         )
-    path = Path(view.result["path"]).resolve()
-    images = (Path(engine.config.data_dir) / "images").resolve()
-    if path.parent != images or not path.is_file():  # served only from the data folder
+    path = engine.files.servable("images", view.result.path)
+    if path is None:  # served only from the data folder
         raise APIError(404, "not_found", f"the image of task {task_id} is no longer on disk")
     return FileResponse(path, media_type="image/png", headers={"X-Task-Id": task_id})
 
@@ -162,7 +145,7 @@ async def image_result(task_id: str, request: Request) -> Any:
 )
 async def image_cancel(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = _image_view(engine, task_id)
+    view = view_or_404(engine, task_id, Lane.IMAGE)
     outcome = engine.cancel(view.id)
     after = engine.lookup(view.id) or view
     return {"task_id": view.id, "outcome": outcome.value, "status": after.state}
@@ -174,11 +157,5 @@ async def image_tasks(
     status: str | None = Query(default=None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> Any:
-    engine = engine_of(request)
-    assert engine.store is not None
-    out = []
-    for st in engine.store.recent(Lane.IMAGE.value, status, limit):
-        view = engine.lookup(st.id)
-        if view is not None:
-            out.append(progress_body(view) | {"model": view.model, "submitted_at": view.submitted_at})
-    return {"tasks": out}
+    views = engine_of(request).durable_tasks(Lane.IMAGE, status, limit)
+    return {"tasks": [progress_body(v) | {"model": v.model, "submitted_at": v.submitted_at} for v in views]}

@@ -1,10 +1,10 @@
-"""When the image lane yields to real-time lanes that share its GPU (or its CPU cores).
+"""How a batch lane (images) yields to real-time lanes that share its GPU (or its CPU cores).
 
 Real-time workers publish what they are doing (idle, prefill, decode, busy) on a shared-memory
-board; the image worker calls `Yielder.checkpoint` at its preemption points (between denoising
-steps, and before each UNet block under the `block` policy) and waits there while a lane it
-shares hardware with is in a phase the policy protects. A starvation guard keeps a minimum share
-of wall time for images even under constant real-time load.
+board (board.py); the image worker calls `Yielder.checkpoint` at its preemption points (between
+denoising steps, and before each UNet block under the `block` policy) and waits there while a
+lane it shares hardware with is in a phase the policy protects. A starvation guard keeps a
+minimum share of wall time for images even under constant real-time load.
 
 Pure policy: the board reader, clock and sleep are injected.
 """
@@ -29,6 +29,10 @@ class Activity(enum.IntEnum):
 
 PolicyMode = Literal["none", "step", "block"]
 PolicyScope = Literal["prefill", "request"]
+
+
+def _never() -> bool:
+    return False
 
 
 class PreemptedCancel(Exception):
@@ -71,13 +75,11 @@ class Yielder:
         read_states: Callable[[], Sequence[int]],
         clock: Callable[[], float],
         sleep: Callable[[float], None],
-        cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
         self.policy = policy
         self._read = read_states
         self._clock = clock
         self._sleep = sleep
-        self.cancelled = cancelled
         self.stats = YieldStats()
         self._ran = 0.0  # decayed seconds of running
         self._paused = 0.0  # decayed seconds of pausing
@@ -90,8 +92,12 @@ class Yielder:
     def contended(self) -> bool:
         return any(self.policy.protects(s) for s in self._read())
 
-    def checkpoint(self, kind: Literal["step", "block"] = "step") -> None:
-        if self.cancelled():
+    def checkpoint(
+        self, kind: Literal["step", "block"] = "step", cancelled: Callable[[], bool] = _never
+    ) -> None:
+        """Return when the caller may go on; raise PreemptedCancel once `cancelled()` (the
+        running task's flag, passed by whoever runs it) says the task should stop."""
+        if cancelled():
             raise PreemptedCancel
         if not self.active(kind):
             return
@@ -113,7 +119,7 @@ class Yielder:
             self._account(now - self._mark, paused=True)
             self.stats.paused_s += now - self._mark
             self._mark = now
-            if self.cancelled():
+            if cancelled():
                 raise PreemptedCancel
 
     def _account(self, dt: float, *, paused: bool) -> None:

@@ -1,0 +1,68 @@
+"""One place that turns an API's text-generation fields into an LLMRequest, with the limits.
+
+The seed API, the speaking pipeline and the OpenAI routes all call `llm_request`; only the way
+a refusal is phrased differs (the seed API's status codes, or OpenAI's 400 with `param`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ris.api.errors import APIError
+from ris.config import ServerConfig
+from ris.lanes.llm import LLMRequest
+
+MAX_STOPS = 4
+MAX_STOP_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Dialect:
+    too_long: tuple[int, str]  # status and code for a prompt over the limit
+    invalid: tuple[int, str]  # status and code for any other field out of range
+
+
+SEED = Dialect(too_long=(413, "prompt_too_long"), invalid=(422, "invalid_request"))
+OPENAI = Dialect(too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"))
+
+
+def llm_request(
+    limits: ServerConfig,
+    dialect: Dialect,
+    *,
+    prompt: str | None,
+    messages: Sequence[tuple[str, str]] | None,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: str | Sequence[str] | None = None,
+    seed: int | None = None,
+    ignore_eos: bool = False,
+) -> LLMRequest:
+    def invalid(message: str, param: str) -> APIError:
+        return APIError(dialect.invalid[0], dialect.invalid[1], message, param=param)
+
+    if (prompt is None) == (messages is None):
+        raise invalid("give exactly one of `prompt` or `messages`", "messages")
+    chars = len(prompt or "") + sum(len(c) for _, c in messages or ())
+    if chars > limits.max_prompt_chars:
+        status, code = dialect.too_long
+        raise APIError(
+            status, code, f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}"
+        )
+    if max_tokens > limits.max_new_tokens:
+        raise invalid(f"max_tokens {max_tokens} is over the limit of {limits.max_new_tokens}", "max_tokens")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
+    return LLMRequest(
+        prompt=prompt,
+        messages=None if messages is None else tuple(messages),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=tuple(stops),
+        seed=seed,
+        ignore_eos=ignore_eos,
+    )

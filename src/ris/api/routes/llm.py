@@ -1,0 +1,95 @@
+"""POST /api/llm/generate: text generation, whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ris.api.deps import engine_of, resolve_model, submit, wait_task
+from ris.api.errors import failure
+from ris.api.llm_request import SEED, llm_request
+from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
+from ris.api.streams import sse_event, texts
+from ris.lanes.llm import LLMResult
+from ris.runtime.engine import Engine
+from ris.runtime.views import TaskHandle, TaskView
+from ris.scheduler import Lane
+
+router = APIRouter(tags=["llm"])
+
+
+@router.post(
+    "/api/llm/generate",
+    responses={
+        **ERRORS,
+        200: {"model": LLMGenerateResponse, "content": {"text/event-stream": {}}},
+    },
+    summary="Generate text (streams server-sent events with stream=true)",
+)
+async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    req = llm_request(
+        engine.config.server,
+        SEED,
+        prompt=body.prompt,
+        messages=None if body.messages is None else [(x.role, x.content) for x in body.messages],
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop,
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
+    )
+    model = resolve_model(engine, Lane.LLM, body.model)
+    handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
+    if body.stream:
+        return StreamingResponse(
+            _sse(engine, handle),
+            media_type="text/event-stream",
+            headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
+        )
+    view = await wait_task(engine, handle)
+    if not view.succeeded:
+        raise failure(view)
+    # A plain JSONResponse: the body is built from a typed result, so FastAPI's response-model
+    # validation would only check it a second time, on the hot path.
+    return JSONResponse(generation_body(view))
+
+
+def generation_body(view: TaskView) -> dict[str, Any]:
+    r = view.result
+    assert isinstance(r, LLMResult)
+    return {
+        "task_id": view.id,
+        "model": r.model,
+        "text": r.text,
+        "finish_reason": r.finish_reason,
+        "usage": {
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+        },
+        "timings": asdict(r.timings),
+    }
+
+
+async def _sse(engine: Engine, handle: TaskHandle) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        yield sse_event("start", {"task_id": handle.task_id, "model": handle.model})
+        async for text in texts(handle):
+            yield sse_event("token", {"text": text})
+        view = await handle.done
+        finished = True
+        if view.succeeded:
+            yield sse_event("done", generation_body(view))
+        else:
+            err = failure(view)
+            yield sse_event("error", {"code": err.code, "message": err.message})
+    finally:
+        if not finished:  # the client went away mid-stream: stop spending the lane on it
+            engine.cancel(handle.task_id)

@@ -1,0 +1,118 @@
+"""The OpenAI-compatible media API: /v1/audio/speech and /v1/images/generations."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ris.api.deps import engine_of, pick_tts_model, require_lane, resolve_model, submit, tts_rate, wait_task
+from ris.api.errors import APIError, failure
+from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
+from ris.api.streams import audio_chunks, wav_header
+from ris.lanes.image import ImageRequest, ImageResult
+from ris.lanes.tts import TTSRequest
+from ris.scheduler import Lane
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+# OpenAI's voice names, mapped to voices our TTS models speak (override in config: openai_voices).
+DEFAULT_VOICES = dict.fromkeys(
+    ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"),
+    "en-US",
+)
+
+
+@router.post(
+    "/audio/speech",
+    responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}}}},
+    response_class=StreamingResponse,
+    summary="Speech, streamed as it is synthesized (wav or pcm)",
+)
+async def speech(body: SpeechRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    if body.response_format not in ("wav", "pcm"):
+        raise APIError(
+            400,
+            "unsupported_format",
+            f"response_format {body.response_format!r} is not supported; use 'wav' or 'pcm' (16-bit mono)",
+            param="response_format",
+        )
+    limit = engine.config.server.max_tts_chars
+    if len(body.input) > limit:
+        raise APIError(
+            400,
+            "input_too_long",
+            f"input is {len(body.input)} characters; the limit is {limit}",
+            param="input",
+        )
+    voices = {**DEFAULT_VOICES, **engine.config.server.openai_voices}
+    voice = voices.get(body.voice.lower(), body.voice)
+    tts = engine.config.lane(Lane.TTS).models
+    model = pick_tts_model(engine, body.model if body.model in tts else None, voice)
+    rate = tts_rate(engine, model)
+    handle = submit(engine, Lane.TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
+
+    async def stream() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            if body.response_format == "wav":
+                yield wav_header(rate)
+            async for pcm in audio_chunks(handle):
+                yield pcm
+            finished = True
+        finally:
+            if not finished:
+                engine.cancel(handle.task_id)
+
+    media = "audio/wav" if body.response_format == "wav" else "audio/pcm"
+    return StreamingResponse(
+        stream(), media_type=media, headers={"X-Task-Id": handle.task_id, "X-Sample-Rate": str(rate)}
+    )
+
+
+def _size(text: str, max_pixels: int) -> tuple[int, int]:
+    try:
+        width, height = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise APIError(
+            400, "invalid_value", f"size {text!r} must look like '512x512'", param="size"
+        ) from None
+    if not (64 <= width <= 2048 and 64 <= height <= 2048 and width % 8 == 0 and height % 8 == 0):
+        raise APIError(
+            400, "invalid_value", f"size {text!r}: each side 64 to 2048 and a multiple of 8", param="size"
+        )
+    if width * height > max_pixels:
+        raise APIError(400, "invalid_value", f"size {text!r} is over {max_pixels} pixels", param="size")
+    return width, height
+
+
+@router.post("/images/generations", summary="Text to image; waits for the images")
+async def images_generations(body: ImageGenerationRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    require_lane(engine, Lane.IMAGE)
+    width, height = _size(body.size, engine.config.server.max_image_pixels)
+    cfg = engine.config.lane(Lane.IMAGE)
+    model = body.model if body.model in cfg.models else resolve_model(engine, Lane.IMAGE, None)
+    handles = []
+    for i in range(body.n):
+        seed = None if body.seed is None else body.seed + i
+        req = ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed)
+        handles.append(submit(engine, Lane.IMAGE, model, req))
+    views = await asyncio.gather(*(wait_task(engine, h) for h in handles))
+    data = []
+    for view in views:
+        if not view.succeeded or not isinstance(view.result, ImageResult):
+            raise failure(view)
+        if body.response_format == "b64_json":
+            png = Path(view.result.path).read_bytes()
+            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None})
+        else:
+            data.append({"url": f"{str(request.base_url).rstrip('/')}/api/image/result/{view.id}"})
+    return {"created": int(time.time()), "data": data}

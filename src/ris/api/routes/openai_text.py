@@ -1,0 +1,227 @@
+"""The OpenAI-compatible text API: /v1/models, /v1/chat/completions, /v1/completions.
+
+Errors use OpenAI's shape (see errors.py); streams are OpenAI's `data:` chunks and `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ris.api.deps import engine_of, submit, wait_task
+from ris.api.errors import APIError, failure
+from ris.api.llm_request import OPENAI, llm_request
+from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
+from ris.api.streams import SSE_DONE, sse_data, texts
+from ris.lanes.llm import LLMRequest, LLMResult
+from ris.runtime.engine import Engine
+from ris.runtime.views import TaskHandle, TaskView
+from ris.scheduler import Lane
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+}
+# Roles our chat templates know, for the ones OpenAI added.
+ROLES = {"developer": "system", "tool": "user"}
+
+
+@router.get("/models", summary="Configured models of every lane")
+async def list_models(request: Request) -> dict[str, Any]:
+    engine = engine_of(request)
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": f"ris:{lane}"}
+        for lane, cfg in engine.config.lanes.items()
+        if cfg.enabled
+        for name in cfg.models
+    ]
+    return {"object": "list", "data": data}
+
+
+def _llm_model(engine: Engine, name: str) -> str:
+    models = engine.config.lane(Lane.LLM).models
+    if name not in models:
+        raise APIError(
+            404,
+            "model_not_found",
+            f"The model '{name}' does not exist; available: {', '.join(models) or 'none'}",
+            param="model",
+        )
+    return name
+
+
+def _request(
+    engine: Engine,
+    body: SamplingBody,
+    prompt: str | None,
+    messages: list[tuple[str, str]] | None,
+    max_tokens: int,
+) -> LLMRequest:
+    return llm_request(
+        engine.config.server,
+        OPENAI,
+        prompt=prompt,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        # OpenAI's clients may send empty stop strings; they stop nothing.
+        stop=[s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s],
+        seed=body.seed,
+    )
+
+
+def _result(view: TaskView) -> LLMResult:
+    r = view.result
+    assert isinstance(r, LLMResult)
+    return r
+
+
+def _usage(r: LLMResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+    }
+
+
+def _finish_reason(r: LLMResult) -> str:
+    return r.finish_reason if r.finish_reason in ("stop", "length") else "stop"
+
+
+@router.post(
+    "/chat/completions",
+    responses=JSON_OR_SSE,
+    summary="Chat completion (streams chat.completion.chunk events)",
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    model = _llm_model(engine, body.model)
+    messages = [(ROLES.get(x.role, x.role), x.text()) for x in body.messages]
+    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    handle = submit(engine, Lane.LLM, model, _request(engine, body, None, messages, max_tokens))
+    base = {
+        "id": f"chatcmpl-{handle.task_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+    }
+    if body.stream:
+        base["object"] = "chat.completion.chunk"
+
+        def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+
+        return _streaming(
+            _stream(
+                engine,
+                handle,
+                base,
+                first=choice({"role": "assistant", "content": ""}),
+                piece=lambda text: choice({"content": text}),
+                end=lambda reason: choice({}, reason),
+                include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            ),
+            handle,
+        )
+    r = _result(await _finished(engine, handle))
+    return {
+        **base,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": None,
+                "finish_reason": _finish_reason(r),
+            }
+        ],
+        "usage": _usage(r),
+    }
+
+
+@router.post(
+    "/completions", responses=JSON_OR_SSE, summary="Text completion (legacy); streams text_completion events"
+)
+async def completions(body: CompletionRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    model = _llm_model(engine, body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
+    handle = submit(engine, Lane.LLM, model, _request(engine, body, prompts[0], None, body.max_tokens or 16))
+    base = {
+        "id": f"cmpl-{handle.task_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def choice(text: str, finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+    if body.stream:
+        return _streaming(
+            _stream(
+                engine,
+                handle,
+                base,
+                first=None,
+                piece=choice,
+                end=lambda reason: choice("", reason),
+                include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            ),
+            handle,
+        )
+    r = _result(await _finished(engine, handle))
+    return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
+
+
+async def _finished(engine: Engine, handle: TaskHandle) -> TaskView:
+    view = await wait_task(engine, handle)
+    if not view.succeeded:
+        raise failure(view)
+    return view
+
+
+def _streaming(chunks: AsyncIterator[bytes], handle: TaskHandle) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id})
+
+
+async def _stream(
+    engine: Engine,
+    handle: TaskHandle,
+    base: dict[str, Any],
+    *,
+    first: dict[str, Any] | None,
+    piece: Callable[[str], dict[str, Any]],
+    end: Callable[[str], dict[str, Any]],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """OpenAI's stream of chunks: `piece(text)` per text, `end(finish_reason)`, usage, [DONE]."""
+    finished = False
+    try:
+        if first is not None:
+            yield sse_data(first)
+        async for text in texts(handle):
+            yield sse_data(piece(text))
+        view = await handle.done
+        finished = True
+        if not view.succeeded:
+            err = failure(view)
+            yield sse_data({"error": {"message": err.message, "type": "server_error", "code": err.code}})
+        else:
+            r = _result(view)
+            yield sse_data(end(_finish_reason(r)))
+            if include_usage:
+                yield sse_data({**base, "choices": [], "usage": _usage(r)})
+        yield SSE_DONE
+    finally:
+        if not finished:  # the client went away mid-stream
+            engine.cancel(handle.task_id)

@@ -1,0 +1,57 @@
+"""Operations: health, readiness, statistics, metrics and the configured models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ris.api.deps import engine_of
+from ris.api.stats import lane_stats, prometheus_text
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health", summary="The server process is alive")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Every enabled lane's worker is up (503 otherwise)")
+async def ready(request: Request) -> JSONResponse:
+    lanes = engine_of(request).ready()
+    ok = bool(lanes) and all(lanes.values())
+    return JSONResponse({"ready": ok, "lanes": lanes}, status_code=200 if ok else 503)
+
+
+@router.get("/api/stats", summary="Per-lane queues, outcomes, latency, resources")
+async def stats(request: Request) -> dict[str, Any]:
+    return {"lanes": lane_stats(engine_of(request))}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(
+        prometheus_text(lane_stats(engine_of(request))), media_type="text/plain; version=0.0.4"
+    )
+
+
+@router.get("/api/models", summary="Configured models per lane")
+async def models(request: Request) -> dict[str, Any]:
+    engine = engine_of(request)
+    out: dict[str, Any] = {}
+    for lane, cfg in engine.config.lanes.items():
+        loaded = engine.model_infos(lane)
+        out[lane] = [
+            {
+                "name": name,
+                "backend": spec.backend,
+                "default": name == cfg.default_model,
+                "description": spec.description,
+                "loaded": name in loaded,
+                "voices": list(loaded[name].voices) if name in loaded else None,
+            }
+            for name, spec in cfg.models.items()
+        ]
+    return {"lanes": out}

@@ -1,0 +1,79 @@
+"""POST /api/chat/speak: an LLM answer spoken while it is generated (ris.services.speaking).
+
+The response is audio (a streaming WAV or raw PCM), or, with `"stream_format": "events"`,
+server-sent events: `text` (a sentence as it goes to TTS), `audio` (base64 PCM), `llm_done`,
+`done` or `error`, in the order they happened.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ris.api.deps import engine_of, pick_tts_model, resolve_model, submit, tts_rate
+from ris.api.llm_request import SEED, llm_request
+from ris.api.schemas import SpeakRequest
+from ris.api.streams import sse_event, wav_header
+from ris.scheduler import Lane
+from ris.services.speaking import SpeakingPipeline
+
+router = APIRouter(tags=["speak"])
+
+
+@router.post(
+    "/api/chat/speak",
+    responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}, "text/event-stream": {}}}},
+    response_class=StreamingResponse,
+    summary="Chat answer spoken as it is generated (audio or events)",
+)
+async def chat_speak(body: SpeakRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    req = llm_request(
+        engine.config.server,
+        SEED,
+        prompt=body.prompt,
+        messages=None if body.messages is None else [(x.role, x.content) for x in body.messages],
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop,
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
+    )
+    llm_model = resolve_model(engine, Lane.LLM, body.model)
+    tts_model = pick_tts_model(engine, body.tts_model, body.voice)
+    rate = tts_rate(engine, tts_model)
+    llm = submit(engine, Lane.LLM, llm_model, req)
+    pipeline = SpeakingPipeline(engine, llm, tts_model, body.voice, body.speed)
+    if body.stream_format == "events":
+        return StreamingResponse(
+            _events(pipeline, rate), media_type="text/event-stream", headers={"X-Task-Id": llm.task_id}
+        )
+    media = "audio/wav" if body.audio_format == "wav" else "audio/pcm"
+    return StreamingResponse(
+        _audio(pipeline, rate, body.audio_format == "wav"),
+        media_type=media,
+        headers={"X-Task-Id": llm.task_id, "X-Sample-Rate": str(rate)},
+    )
+
+
+async def _audio(pipeline: SpeakingPipeline, rate: int, wav: bool) -> AsyncIterator[bytes]:
+    if wav:
+        yield wav_header(rate)
+    async for kind, data in pipeline.run():
+        if kind == "audio":
+            yield data["pcm"]
+
+
+async def _events(pipeline: SpeakingPipeline, rate: int) -> AsyncIterator[bytes]:
+    yield sse_event(
+        "start", {"task_id": pipeline.llm.task_id, "sample_rate": rate, "tts_model": pipeline.tts_model}
+    )
+    async for kind, data in pipeline.run():
+        if kind == "audio":
+            data = {"index": data["index"], "pcm": base64.b64encode(data["pcm"]).decode()}
+        yield sse_event(kind, data)

@@ -1,0 +1,83 @@
+"""POST /api/tts/synthesize and GET /api/tts/audio/{task_id}: speech, as JSON or WAV bytes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from ris.api.deps import engine_of, pick_tts_model, submit, view_or_404, wait_task
+from ris.api.errors import APIError, failure
+from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
+from ris.lanes.tts import TTSRequest, TTSResult
+from ris.scheduler import Lane
+
+router = APIRouter(tags=["tts"])
+
+
+@router.post(
+    "/api/tts/synthesize",
+    responses={
+        **ERRORS,
+        200: {
+            "model": TTSSynthesizeResponse,
+            "content": {"audio/wav": {}},
+            "description": "JSON, or the WAV bytes when the request sends Accept: audio/wav",
+        },
+    },
+    summary="Synthesize speech; the WAV is fetchable by task id",
+)
+async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
+    engine = engine_of(request)
+    limit = engine.config.server.max_tts_chars
+    if len(body.text) > limit:
+        raise APIError(413, "text_too_long", f"the text is {len(body.text)} characters; the limit is {limit}")
+    model = pick_tts_model(engine, body.model, body.voice)
+    req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
+    handle = submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)
+    view = await wait_task(engine, handle)
+    if not view.succeeded:
+        raise failure(view)
+    r = view.result
+    assert isinstance(r, TTSResult)
+    accept = request.headers.get("accept", "")
+    if "audio/wav" in accept and "application/json" not in accept:
+        return FileResponse(
+            r.audio_path,
+            media_type="audio/wav",
+            headers={
+                "X-Task-Id": view.id,
+                "X-Duration-S": f"{r.duration_s:.3f}",
+                "X-Sample-Rate": str(r.sample_rate),
+            },
+        )
+    return JSONResponse(
+        {
+            "task_id": view.id,
+            "model": r.model,
+            "voice": r.voice,
+            "sample_rate": r.sample_rate,
+            "duration_s": r.duration_s,
+            "audio_url": f"/api/tts/audio/{view.id}",
+            "timings": asdict(r.timings),
+        }
+    )
+
+
+@router.get(
+    "/api/tts/audio/{task_id}",
+    responses={**ERRORS, 200: {"content": {"audio/wav": {}}}},
+    summary="The WAV of a finished synthesis",
+    response_class=Response,
+)
+async def tts_audio(task_id: str, request: Request) -> Any:
+    engine = engine_of(request)
+    view = view_or_404(engine, task_id, Lane.TTS)
+    if not view.succeeded or not isinstance(view.result, TTSResult):
+        raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
+    path = engine.files.servable("audio", view.result.audio_path)
+    if path is None:
+        raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
+    return FileResponse(path, media_type="audio/wav")

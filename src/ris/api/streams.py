@@ -1,0 +1,52 @@
+"""The formats streamed responses are written in: server-sent events and WAV headers."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ris.lanes.llm import TextDelta
+from ris.lanes.tts import AudioChunk
+from ris.runtime.views import TaskHandle
+
+
+def sse_event(name: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event of the seed API's streams (a named event, JSON data)."""
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def sse_data(obj: Any) -> bytes:
+    """One unnamed server-sent event (OpenAI's stream format)."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
+    """A 16-bit mono WAV header; the default sizes mark a stream of unknown length."""
+    riff = min(0xFFFFFFFF, data_bytes + 36)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+
+
+async def texts(handle: TaskHandle) -> AsyncIterator[str]:
+    """The text pieces of an LLM task as they come."""
+    while (item := await handle.events.get()) is not None:
+        if isinstance(item, TextDelta):
+            yield item.text
+
+
+async def audio_chunks(handle: TaskHandle) -> AsyncIterator[bytes]:
+    """The PCM chunks of a TTS task as they come."""
+    while (item := await handle.events.get()) is not None:
+        if isinstance(item, AudioChunk):
+            yield item.pcm

@@ -1,0 +1,67 @@
+"""Checks that need more than one field, or facts about the machine (which cores and GPUs exist).
+
+They take a MachineInfo, so tests pass a fake one; every problem quotes the value at fault and
+says what is allowed, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+from ris.config.schema import Config, ConfigError, LaneConfig
+from ris.machine import MachineInfo
+
+
+def check_config(cfg: Config, machine: MachineInfo) -> Config:
+    """Cross-field and machine checks; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    exclusive: dict[int, str] = {}
+    for lane, lane_cfg in cfg.lanes.items():
+        problems += _lane_problems(lane, lane_cfg, machine)
+        if lane_cfg.enabled and lane_cfg.priority_class == "realtime" and lane_cfg.exclusive_cores:
+            for core in lane_cfg.cores or machine.cores:
+                other = exclusive.setdefault(core, lane)
+                if other != lane:
+                    problems.append(
+                        f"lanes.{lane}.cores: core {core} is also given to the real-time "
+                        f"{other} lane; real-time lanes need disjoint cores "
+                        "(or set exclusive_cores: false)"
+                    )
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo) -> list[str]:
+    from ris.lanes import kind
+
+    spec = kind(lane)
+    where = f"lanes.{lane}"
+    problems = []
+    for core in cfg.cores or ():
+        if core not in machine.cores:
+            problems.append(
+                f"{where}.cores: core {core} does not exist here; available cores: {machine.describe_cores()}"
+            )
+    gpu = cfg.gpu_index
+    if gpu is not None and gpu >= machine.gpus:
+        have = (
+            "this machine has no GPU; use 'cpu'"
+            if machine.gpus == 0
+            else f"GPUs here: {', '.join(f'cuda:{i}' for i in range(machine.gpus))}"
+        )
+        problems.append(f"{where}.device: {cfg.device!r} is not available; {have}")
+    if spec.cpu_only and cfg.device != "cpu":
+        problems.append(f"{where}.device: {cfg.device!r}; the {lane.upper()} lane runs on CPU cores only")
+    for name, model in cfg.models.items():
+        if model.backend not in spec.backends:
+            problems.append(
+                f"{where}.models.{name}.backend: {model.backend!r} is not a "
+                f"{lane} backend; allowed: {', '.join(spec.backends)}"
+            )
+    if cfg.enabled and cfg.default_model is not None and cfg.default_model not in cfg.models:
+        problems.append(
+            f"{where}.default_model: {cfg.default_model!r} is not in its models "
+            f"({', '.join(sorted(cfg.models)) or 'none configured'})"
+        )
+    if cfg.enabled and not cfg.models:
+        problems.append(f"{where}: enabled but no models configured")
+    return problems

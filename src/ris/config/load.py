@@ -1,0 +1,84 @@
+"""Reading config.json: JSON errors with line and column, schema errors that quote the value and
+list the keys allowed where an unknown one was found, then the machine checks."""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ris.config.checks import check_config
+from ris.config.schema import Config, ConfigError
+from ris.machine import MachineInfo, machine_info
+
+
+def parse_config(data: Any, machine: MachineInfo | None = None) -> Config:
+    """Validate a decoded config object; raises ConfigError."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+    return check_config(cfg, machine or machine_info())
+
+
+def load_config(path: str | Path, machine: MachineInfo | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    cfg = parse_config(data, machine)
+    if not cfg.data_dir.is_absolute():
+        # A relative data folder is relative to the config file, not to wherever ris was started.
+        cfg = cfg.model_copy(update={"data_dir": (p.parent / cfg.data_dir).resolve()})
+    return cfg
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent, key = e["loc"][:-1], e["loc"][-1]
+            model = _model_at(parent)
+            allowed = ", ".join(model.model_fields) if model else "see the README"
+            lines.append(f"{loc}: unknown key {key!r}; allowed here: {allowed}")
+        elif e["type"] == "value_error" and not loc:
+            lines.append(str(e["ctx"]["error"]) if "ctx" in e else e["msg"])
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n  - " + "\n  - ".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings model found at a location like ('lanes', 'llm', 'models', 'x'), found by
+    walking the models' own field types (a model field is one step, a dict of models two)."""
+    model: type[BaseModel] = Config
+    i = 0
+    while i < len(loc):
+        field = model.model_fields.get(str(loc[i]))
+        if field is None:
+            return None
+        inner = _model_of(field.annotation)
+        if inner is None:
+            return None
+        model, step = inner
+        i += step
+    return model
+
+
+def _model_of(annotation: Any) -> tuple[type[BaseModel], int] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, 1
+    if typing.get_origin(annotation) is dict:
+        value = typing.get_args(annotation)[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value, 2
+    return None

@@ -1,0 +1,206 @@
+"""The settings model of config.json: pydantic, one docstring per field, bounds on every number.
+
+Lanes are keyed by name. A lane kind's own defaults (ris.lanes) fill the fields a config leaves
+out, and a lane a config does not mention is there, disabled, so a config written before a
+kind existed still loads. Checks against the machine live in checks.py; loading in load.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ris.machine import MachineInfo
+from ris.scheduler import LanePolicy, Ordering, PriorityClass
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda:(\d+))$")
+
+
+class ConfigError(ValueError):
+    """config.json (or a default built from the machine) is not usable; the message says why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """One named model a request can pick with `"model": "<name>"`."""
+
+    backend: str = Field(description="backend name, e.g. llama_cpp, transformers, espeak, piper")
+    source: str | None = Field(
+        default=None,
+        description="a file or folder path, 'package:<module>/<file>' for a file shipped in "
+        "a Python package, or None when the backend needs no file (espeak)",
+    )
+    load_format: Literal["auto", "dummy"] = Field(
+        default="auto", description="'dummy' builds the architecture with random weights"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
+    description: str = ""
+
+
+class PreemptionConfig(_Strict):
+    """How the image lane yields to real-time lanes that share its GPU or CPU cores."""
+
+    policy: Literal["auto", "none", "step", "block"] = Field(
+        default="auto",
+        description="'auto': 'block' when the lane shares hardware with a real-time lane, else "
+        "'none'; 'step' pauses between denoising steps; 'block' also inside the UNet",
+    )
+    scope: Literal["prefill", "request"] = Field(
+        default="prefill", description="pause during LLM prefill only, or its whole request"
+    )
+    min_share: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="wall-time share images keep under constant load"
+    )
+    window_s: float = Field(default=10.0, gt=0, description="memory of the starvation guard")
+
+
+class LaneConfig(_Strict):
+    """Resources, limits and models of one lane, served by its own worker process."""
+
+    enabled: bool = True
+    device: str = Field(default="cpu", description="'cpu' or 'cuda:N'")
+    cores: tuple[int, ...] | None = Field(
+        default=None, description="CPU cores the worker is pinned to; None: every core"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="math-library threads; None: one per core"
+    )
+    nice: int = Field(default=0, ge=0, le=19, description="OS priority; 19 is the lowest")
+    priority_class: Literal["realtime", "batch"] = "realtime"
+    exclusive_cores: bool = Field(
+        default=True, description="a real-time lane's cores may not be given to another one"
+    )
+    max_queue: int = Field(default=64, ge=0, le=1_000_000, description="queued tasks at most")
+    aging_s: float = Field(default=10.0, gt=0, description="waiting worth one priority step")
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="default deadline of a request, from its submission"
+    )
+    heartbeat_timeout_s: float = Field(
+        default=10.0, gt=0, description="a worker silent this long is declared hung"
+    )
+    busy_timeout_s: float = Field(
+        default=300.0, gt=0, description="a task with no progress this long is declared hung"
+    )
+    load_timeout_s: float = Field(default=600.0, gt=0, description="model loading at most")
+    default_model: str | None = None
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    preemption: PreemptionConfig = Field(
+        default_factory=PreemptionConfig,
+        description="preemptible (image) lanes only: how they yield to real-time lanes",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"device {v!r} is not allowed; use 'cpu' or 'cuda:N' (N >= 0)")
+        return v
+
+    @field_validator("cores")
+    @classmethod
+    def _cores_form(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("cores is empty; list at least one core, or omit it")
+            if len(set(v)) != len(v):
+                raise ValueError(f"cores {list(v)} lists a core twice")
+            if min(v) < 0:
+                raise ValueError(f"cores {list(v)} holds a negative number")
+        return v
+
+    @property
+    def gpu_index(self) -> int | None:
+        m = _DEVICE_RE.match(self.device)
+        return int(m.group(2)) if m and m.group(2) is not None else None
+
+    def effective_threads(self, machine: MachineInfo) -> int:
+        if self.threads is not None:
+            return self.threads
+        return len(self.cores) if self.cores is not None else len(machine.cores)
+
+    def policy(self) -> LanePolicy:
+        pclass = PriorityClass.REALTIME if self.priority_class == "realtime" else PriorityClass.BATCH
+        return LanePolicy(max_queue=self.max_queue, aging_s=self.aging_s, priority_class=pclass)
+
+    def resolve_model(self, name: str | None) -> str:
+        """The configured model name a request's `model` field picks (default when absent)."""
+        if name is None:
+            if self.default_model is None:
+                raise KeyError("this lane has no default model; name one")
+            return self.default_model
+        if name not in self.models:
+            raise KeyError(f"unknown model {name!r}; configured: {', '.join(sorted(self.models)) or 'none'}")
+        return name
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys: tuple[str, ...] = Field(
+        default=(), description="bearer keys; when set, every endpoint but /health needs one"
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Host names served besides loopback ones ('*': any; DNS rebinding guard)"
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=(), description="web origins allowed to call the API from a browser (CORS)"
+    )
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body limit")
+    max_prompt_chars: int = Field(default=32_000, ge=1)
+    max_tts_chars: int = Field(default=5_000, ge=1)
+    max_new_tokens: int = Field(default=4096, ge=1)
+    max_image_pixels: int = Field(default=1024 * 1024, ge=64 * 64, description="width x height")
+    max_image_steps: int = Field(default=100, ge=1, le=1000)
+    openai_voices: dict[str, str] = Field(
+        default_factory=dict,
+        description="OpenAI voice names (alloy, nova, ...) -> our voices; unlisted ones speak en-US",
+    )
+
+
+class Config(_Strict):
+    """The whole service: HTTP server, data folder and its lanes."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    data_dir: Path = Field(default=Path("ris-data"), description="tasks, audio and images")
+    scheduling: Ordering = Field(
+        default=Ordering.LANES,
+        description="'lanes': each lane its own priority queue (the product); 'fifo': one "
+        "first-in-first-out queue for all lanes, the traditional baseline `ris bench` measures",
+    )
+    lanes: dict[str, LaneConfig] = Field(
+        default_factory=dict, description="by lane name: llm, tts, image (and registered kinds)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_lane_with_its_defaults(cls, data: Any) -> Any:
+        """Known lanes only; each gets its kind's defaults; an unmentioned one is disabled."""
+        if not isinstance(data, dict) or not isinstance(data.get("lanes", {}), dict):
+            return data
+        from ris.lanes import kinds
+
+        known = kinds()
+        given: dict[str, Any] = dict(data.get("lanes") or {})
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"lanes: unknown lane {unknown[0]!r}; known lanes: {', '.join(known)}")
+        lanes: dict[str, Any] = {}
+        for name, kind in known.items():
+            entry = given.get(name, {"enabled": False})
+            if isinstance(entry, dict):
+                entry = {**kind.config_defaults, **entry}
+            lanes[name] = entry
+        return {**data, "lanes": lanes}
+
+    def lane(self, lane: str) -> LaneConfig:
+        return self.lanes[lane]
+
+    @property
+    def enabled_lanes(self) -> list[str]:
+        return [lane for lane, cfg in self.lanes.items() if cfg.enabled]

@@ -1,0 +1,280 @@
+"""What a lane kind declares, and the pieces both sides of the worker boundary share.
+
+A lane kind is one module (ris/lanes/llm.py, tts.py, image.py) holding one `LaneKind`:
+
+    server process                                   worker process
+    --------------                                   --------------
+    request (a frozen dataclass)  --- RunTask --->   LaneRunner.run(backend, ...)
+    TaskHandle collects outputs  <-- TaskOutput --     gives the backend a typed output
+    LaneKind.build_result(...)   <-- TaskDone ---      object, returns the lane's outcome
+      -> a typed result (LLMResult, ...)
+
+Results cross the boundary as values (text, PCM, PNG bytes), never as paths: the server writes
+every file it serves (ResultFiles), so a worker needs no disk shared with the server.
+Backends are registered by name on their kind ("module:Class", imported only inside the
+worker), so a new backend is one file plus one entry and the package imports without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from ris.config.schema import ModelSpec
+from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
+
+
+class BackendError(Exception):
+    """A backend refused or failed a request; `code` is machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Cancelled(BackendError):
+    """Raised inside a backend (or by its output object) once its task is cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled", "cancelled by the client")
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """Where a backend runs: what its worker was bound to."""
+
+    device: str  # "cpu" or "cuda:N" as configured (the worker sees only that GPU, as cuda:0)
+    threads: int
+    # A folder on the worker's own machine for model caches (tokenizers, the built-in tiny
+    # pipeline). Results never go here: they travel back to the server as values.
+    data_dir: Path
+    # Preemptible lanes: how this worker yields to real-time lanes (None elsewhere). A backend
+    # with sub-step preemption points (the `block` policy) installs them when asked.
+    preemption: PreemptionPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What the server routes requests by, reported once a model is loaded."""
+
+    # Voices a speech model answers to (language tags and native names); first is its default.
+    voices: tuple[str, ...] = ()
+    sample_rate: int | None = None
+
+
+class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract method
+    """What every backend shares: built from its config entry inside the worker; freed by close()."""
+
+    def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
+        del spec, ctx
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model's memory."""
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds from submission: to the start, to the first output, to the end."""
+
+    queue_ms: float | None = None
+    first_output_ms: float | None = None
+    total_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class LaneResult:
+    """A finished task's result as clients see it; each lane kind extends it."""
+
+    model: str
+    timings: Timings
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def steps_done(self) -> int | None:
+        """Progress units a finished task completed, where the lane counts them (image steps)."""
+        return None
+
+
+R = TypeVar("R", bound=LaneResult)
+
+
+def result_from_json(cls: type[R], data: Mapping[str, Any]) -> R:
+    """Rebuild a result stored with `to_json` (unknown keys from older versions are ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in data.items() if k in names}
+    values["timings"] = Timings(**(data.get("timings") or {}))
+    return cls(**values)
+
+
+@dataclass
+class WorkerEnv:
+    """What the worker process gives a lane's runner."""
+
+    lane: str
+    # Sends one wire message to the server (ris.messages).
+    send: Callable[[object], None]
+    # Publishes this lane's activity on the board that batch lanes read.
+    publish: Callable[[Activity], None]
+    # Counts one progress event; heartbeats carry the count so the server tells busy from stuck.
+    tick: Callable[[], None]
+    # Preemptible lanes only: where the worker pauses for real-time lanes sharing its hardware.
+    yielder: Yielder | None = None
+
+
+BackendT = TypeVar("BackendT", bound=Backend)
+RequestT = TypeVar("RequestT")
+OutcomeT = TypeVar("OutcomeT")
+
+
+class LaneRunner(ABC, Generic[BackendT, RequestT, OutcomeT]):
+    """Runs one task of its lane on a backend, inside the worker, streaming outputs to the server."""
+
+    def __init__(self, env: WorkerEnv) -> None:
+        self.env = env
+
+    @abstractmethod
+    def run(
+        self, backend: BackendT, task_id: str, request: RequestT, cancelled: Callable[[], bool]
+    ) -> OutcomeT: ...
+
+
+@dataclass
+class Seen:
+    """What the server collected of one task while it ran: the outputs, in order, and timings."""
+
+    task_id: str
+    model: str
+    outputs: list[Any]
+    timings: Timings
+
+
+class ResultFiles(Protocol):
+    """The server's folder of result files (ris.runtime.files)."""
+
+    def write(self, folder: str, name: str, data: bytes) -> Path: ...
+
+    def write_wav(self, folder: str, name: str, pcm: bytes, sample_rate: int) -> Path: ...
+
+
+class LaneKind(ABC, Generic[RequestT, OutcomeT]):
+    """One kind of work: its types, backends, defaults, runner and result builder."""
+
+    name: ClassVar[str]
+    request_type: ClassVar[type]
+    outcome_type: ClassVar[type]
+    backend_type: ClassVar[type[Backend]]
+    # Backend name -> "module:Class"; the one registry of this lane's backends.
+    backends: dict[str, str]
+    # Accepted tasks survive a server restart (asynchronous lanes whose clients poll later).
+    durable: ClassVar[bool] = False
+    # Yields to real-time lanes that share its GPU or cores (see ris.preemption).
+    preemptible: ClassVar[bool] = False
+    # Never given a GPU (speech runs on its own CPU cores).
+    cpu_only: ClassVar[bool] = False
+    # Load every configured model at start (small models whose details the server routes by).
+    load_all_models: ClassVar[bool] = False
+    # LaneConfig fields a config.json may leave out, where this kind's differ from the generic
+    # ones (the image lane: batch priority class, lowest OS priority, a long deadline).
+    config_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self) -> None:
+        self.backends = dict(type(self).default_backends())
+
+    @classmethod
+    def default_backends(cls) -> Mapping[str, str]:
+        return {}
+
+    # ----- registry and defaults -------------------------------------------------------------
+
+    def register_backend(self, name: str, target: str) -> None:
+        """Add a backend ("module:Class"); the worker imports it when a model names it."""
+        if ":" not in target:
+            raise ValueError(f"backend target {target!r} must look like 'package.module:Class'")
+        self.backends[name] = target
+
+    def backend_target(self, name: str) -> str:
+        try:
+            return self.backends[name]
+        except KeyError:
+            allowed = ", ".join(self.backends) or "none"
+            raise BackendError(
+                "unknown_backend", f"no {self.name} backend named {name!r}; available: {allowed}"
+            ) from None
+
+    def backend_class(self, name: str) -> type[Backend]:
+        return load_backend(self.backend_target(name), name)
+
+    def default_models(self) -> dict[str, ModelSpec]:
+        """The embedded default models of this lane (those the default set-up installs)."""
+        return {}
+
+    def default_model(self) -> str | None:
+        return next(iter(self.default_models()), None)
+
+    def enabled_by_default(self) -> bool:
+        return True
+
+    # ----- worker side -----------------------------------------------------------------------
+
+    @abstractmethod
+    def runner(self, env: WorkerEnv) -> LaneRunner[Any, RequestT, OutcomeT]: ...
+
+    # ----- server side -----------------------------------------------------------------------
+
+    @abstractmethod
+    def build_result(self, seen: Seen, outcome: OutcomeT, files: ResultFiles) -> LaneResult: ...
+
+    @abstractmethod
+    def result_from_json(self, data: Mapping[str, Any]) -> LaneResult: ...
+
+    def request_to_json(self, request: RequestT) -> dict[str, Any]:
+        return dataclasses.asdict(request)  # type: ignore[call-overload, no-any-return]
+
+    def request_from_json(self, data: Mapping[str, Any]) -> RequestT:
+        req: RequestT = self.request_type(**data)
+        return req
+
+
+def load_backend(target: str, name: str) -> type[Backend]:
+    """Import "module:Class" (inside a worker, after its binding is applied)."""
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise BackendError(
+            "backend_unavailable",
+            f"the {name!r} backend needs a package that is not installed ({e.name}): {e}",
+        ) from e
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendError("backend_unavailable", f"{target!r} is not a backend class")
+    return cls
+
+
+__all__ = [
+    "Backend",
+    "BackendContext",
+    "BackendError",
+    "Cancelled",
+    "LaneKind",
+    "LaneResult",
+    "LaneRunner",
+    "ModelDetails",
+    "ResultFiles",
+    "Seen",
+    "Timings",
+    "WorkerEnv",
+    "load_backend",
+    "result_from_json",
+]

@@ -1,0 +1,215 @@
+"""The image lane: text to image, batch work behind a durable asynchronous queue.
+
+Clients submit, poll progress (denoising steps) and fetch the PNG later, so accepted tasks are
+stored and survive a server restart. The worker yields to real-time lanes that share its GPU
+or cores: the backend calls `run.checkpoint()` between denoising steps (and, under the `block`
+policy, inside the UNet), which pauses while such a lane is busy (see ris.preemption) and is
+also where a cancelled task stops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from ris.config.schema import ModelSpec
+from ris.lanes.base import (
+    Backend,
+    Cancelled,
+    LaneKind,
+    LaneResult,
+    LaneRunner,
+    ResultFiles,
+    Seen,
+    WorkerEnv,
+    result_from_json,
+)
+from ris.messages import TaskProgress
+from ris.preemption.policy import PreemptedCancel
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str = field(repr=False)
+    negative_prompt: str | None = field(default=None, repr=False)
+    width: int = 512
+    height: int = 512
+    # None: the model's default (few for turbo models).
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """What an image backend returns."""
+
+    png: bytes = field(repr=False)
+    width: int
+    height: int
+    steps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    png: bytes = field(repr=False)
+    width: int
+    height: int
+    steps: int
+    seed: int
+    # Seconds the worker spent paused for real-time lanes, and how often it paused.
+    paused_s: float = 0.0
+    pauses: int = 0
+
+
+class ImageRun(ABC):
+    """What an image backend reports to, and asks, while it works on one task."""
+
+    @abstractmethod
+    def step(self, done: int, total: int) -> None:
+        """After each denoising step."""
+
+    @abstractmethod
+    def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
+        """A preemption point: returns when the work may go on, which may be after a pause
+        while a real-time lane sharing the hardware is busy; raises Cancelled once the task
+        is cancelled. Call it between steps, and inside a step for the `block` policy."""
+
+
+class DirectRun(ImageRun):
+    """An ImageRun for calling a backend directly: records the steps, never pauses."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+
+    def step(self, done: int, total: int) -> None:
+        self.steps.append((done, total))
+
+    def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
+        return None
+
+
+class ImageBackend(Backend):
+    """Text to image, with preemption points (`run.checkpoint`) and progress (`run.step`)."""
+
+    @abstractmethod
+    def generate(self, req: ImageRequest, run: ImageRun) -> GeneratedImage: ...
+
+
+@dataclass(frozen=True)
+class ImageResult(LaneResult):
+    # The PNG on the server's disk (served at /api/image/result/{task_id}).
+    path: str
+    width: int
+    height: int
+    steps: int
+    seed: int
+    paused_s: float = 0.0
+    pauses: int = 0
+
+    @property
+    def steps_done(self) -> int | None:
+        return self.steps
+
+
+class _WorkerRun(ImageRun):
+    def __init__(self, env: WorkerEnv, task_id: str, cancelled: Callable[[], bool]) -> None:
+        self._env = env
+        self._task_id = task_id
+        self._cancelled = cancelled
+
+    def step(self, done: int, total: int) -> None:
+        self._env.tick()
+        self._env.send(TaskProgress(self._task_id, done, total))
+
+    def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
+        yielder = self._env.yielder
+        if yielder is None:
+            if self._cancelled():
+                raise Cancelled()
+            return
+        try:
+            yielder.checkpoint(where, self._cancelled)
+        except PreemptedCancel:
+            raise Cancelled() from None
+
+
+class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
+    def run(
+        self, backend: ImageBackend, task_id: str, request: ImageRequest, cancelled: Callable[[], bool]
+    ) -> ImageOutcome:
+        yielder = self.env.yielder
+        before = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
+        image = backend.generate(request, _WorkerRun(self.env, task_id, cancelled))
+        after = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
+        return ImageOutcome(
+            png=image.png,
+            width=image.width,
+            height=image.height,
+            steps=image.steps,
+            seed=image.seed,
+            paused_s=after[0] - before[0],
+            pauses=after[1] - before[1],
+        )
+
+
+class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
+    name = "image"
+    request_type = ImageRequest
+    outcome_type = ImageOutcome
+    backend_type = ImageBackend
+    durable = True
+    preemptible = True
+    config_defaults: ClassVar[Mapping[str, Any]] = {
+        "priority_class": "batch",
+        "nice": 19,
+        "max_queue": 256,
+        "request_timeout_s": 3600.0,
+        "busy_timeout_s": 600.0,
+    }
+
+    @classmethod
+    def default_backends(cls) -> Mapping[str, str]:
+        return {"diffusers": "ris.backends.image_diffusers:DiffusersImage"}
+
+    def default_models(self) -> dict[str, ModelSpec]:
+        return {
+            "tiny-sd": ModelSpec(
+                backend="diffusers",
+                source="builtin:tiny-sd",
+                options={"default_steps": 8, "default_guidance": 5.0},
+                description="UNTRAINED tiny Stable Diffusion pipeline built offline (tests, "
+                "plumbing); its pictures are noise. Configure SD 1.5 / SD-Turbo / SDXL for real ones",
+            )
+        }
+
+    def enabled_by_default(self) -> bool:
+        # The image extra (torch, diffusers) is optional: without it the lane stays off.
+        return importlib.util.find_spec("diffusers") is not None
+
+    def runner(self, env: WorkerEnv) -> ImageRunner:
+        return ImageRunner(env)
+
+    def build_result(self, seen: Seen, outcome: ImageOutcome, files: ResultFiles) -> ImageResult:
+        path = files.write("images", f"{seen.task_id}.png", outcome.png)
+        return ImageResult(
+            model=seen.model,
+            timings=seen.timings,
+            path=str(path),
+            width=outcome.width,
+            height=outcome.height,
+            steps=outcome.steps,
+            seed=outcome.seed,
+            paused_s=outcome.paused_s,
+            pauses=outcome.pauses,
+        )
+
+    def result_from_json(self, data: Mapping[str, Any]) -> ImageResult:
+        return result_from_json(ImageResult, data)
+
+
+LANE = ImageLane()

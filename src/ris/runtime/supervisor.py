@@ -1,0 +1,137 @@
+"""When a lane's worker is dead, hung or due for a restart: pure decisions, clock injected.
+
+The engine reports what it observes about each worker (started, ready, failed to load, heard
+from, started or progressed a task, killed) and asks `decide()` what to do; it carries the
+answer out. Every liveness, hang and restart rule is therefore unit-tested with a fake clock
+and no processes (tests/unit/test_supervisor.py).
+
+    STARTING --WorkerReady--> READY --dies / silent / no progress--> (Fail) DEAD
+       |                                                                   |
+       +--WorkerFailed--> FAILED --back-off--> (Restart) STARTING <--------+
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"  # spawned, models loading
+    READY = "ready"
+    FAILED = "failed"  # could not load its models; restarted after a back-off
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Limits:
+    heartbeat_timeout_s: float  # a worker silent this long is hung
+    busy_timeout_s: float  # a busy worker with no progress this long is hung
+    load_timeout_s: float  # loading models may take this long
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Kill the worker; its running tasks fail with `code`."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Start the worker again."""
+
+
+@dataclass
+class Watch:
+    """The supervisor's record of one worker."""
+
+    name: str
+    limits: Limits
+    state: WorkerState = WorkerState.DEAD
+    started_at: float = 0.0
+    last_heard: float = 0.0
+    restarts: int = 0
+    restart_at: float = 0.0
+    busy: int = 0  # tasks running on it
+    last_progress: float = 0.0
+    progress_events: int = 0
+
+
+def backoff(restarts: int) -> float:
+    """Quick first restart; repeated failures back off so a broken model cannot spin the CPU."""
+    return min(RESTART_BACKOFF_MAX_S, 0.5 * 2.0 ** min(restarts, 6))
+
+
+class Supervisor:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+
+    def watch(self, name: str, limits: Limits) -> Watch:
+        return Watch(name=name, limits=limits)
+
+    # ----- observations --------------------------------------------------------------------
+
+    def started(self, w: Watch) -> None:
+        now = self._clock()
+        w.state, w.started_at, w.last_heard = WorkerState.STARTING, now, now
+        w.busy, w.progress_events = 0, 0
+
+    def restarting(self, w: Watch) -> None:
+        w.restarts += 1
+        self.started(w)
+
+    def ready(self, w: Watch) -> None:
+        w.state = WorkerState.READY
+        w.last_heard = self._clock()
+
+    def load_failed(self, w: Watch) -> None:
+        w.state = WorkerState.FAILED
+        w.restart_at = self._clock() + backoff(w.restarts)
+
+    def killed(self, w: Watch) -> None:
+        w.state, w.busy = WorkerState.DEAD, 0
+        w.restart_at = self._clock() + backoff(w.restarts)
+
+    def heard(self, w: Watch, progress_events: int | None = None) -> None:
+        """Any message from the worker; heartbeats carry its count of progress events."""
+        now = self._clock()
+        w.last_heard = now
+        if progress_events is not None and progress_events != w.progress_events:
+            w.progress_events = progress_events
+            w.last_progress = now
+
+    def task_started(self, w: Watch) -> None:
+        w.busy += 1
+        w.last_progress = self._clock()
+
+    def progressed(self, w: Watch) -> None:
+        w.last_progress = self._clock()
+
+    def task_ended(self, w: Watch) -> None:
+        w.busy = max(0, w.busy - 1)
+
+    # ----- decisions -----------------------------------------------------------------------
+
+    def decide(self, w: Watch, alive: bool) -> Fail | Restart | None:
+        now = self._clock()
+        lim = w.limits
+        if w.state in (WorkerState.STARTING, WorkerState.READY) and not alive:
+            return Fail("worker_crashed", f"the {w.name} worker process died")
+        if w.state is WorkerState.READY and now - w.last_heard > lim.heartbeat_timeout_s:
+            return Fail(
+                "worker_timeout", f"the {w.name} worker stopped answering for {lim.heartbeat_timeout_s:g} s"
+            )
+        if w.state is WorkerState.STARTING and now - w.started_at > lim.load_timeout_s:
+            return Fail("worker_timeout", f"the {w.name} worker did not load in time")
+        if w.state is WorkerState.READY and w.busy and now - w.last_progress > lim.busy_timeout_s:
+            return Fail(
+                "worker_timeout", f"no progress for {lim.busy_timeout_s:g} s; the worker was replaced"
+            )
+        if w.state in (WorkerState.DEAD, WorkerState.FAILED) and now >= w.restart_at:
+            return Restart()
+        return None

@@ -1,0 +1,81 @@
+"""What the engine hands the HTTP layer: live task handles and typed, read-only views."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from ris.lanes.base import LaneResult
+from ris.scheduler import LaneStats
+
+
+@dataclass
+class TaskHandle:
+    """The live side of a submitted task: its stream of events and a future for its end."""
+
+    task_id: str
+    lane: str
+    model: str
+    # What the worker streams (ris.lanes.llm.TextDelta, ris.lanes.tts.AudioChunk,
+    # ris.messages.TaskProgress), in order; None marks the end.
+    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # The task as it ended.
+    done: asyncio.Future[TaskView] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Outputs kept for the result builder, and when the first one came (scheduler clock).
+    outputs: list[Any] = field(default_factory=list)
+    first_output_at: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as clients see it; times are Unix seconds."""
+
+    id: str
+    lane: str
+    model: str
+    state: str
+    priority: int
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_position: int | None
+    progress_done: int
+    progress_total: int | None
+    eta_s: float | None
+    error_code: str | None
+    error_message: str | None
+    result: LaneResult | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker of a lane, as /api/stats shows it."""
+
+    state: str
+    slots: int
+    running: int
+    restarts: int
+    pid: int | None
+    cpu_affinity: tuple[int, ...] | None
+    threads: int | None
+    cuda_visible_devices: str | None
+    cpu_percent: float | None
+    rss_bytes: int | None
+    gpu_memory_bytes: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class LaneStatus:
+    lane: str
+    enabled: bool
+    device: str
+    cores: tuple[int, ...] | None
+    max_queue: int
+    stats: LaneStats
+    workers: tuple[WorkerStatus, ...]

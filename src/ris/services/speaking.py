@@ -1,0 +1,135 @@
+"""The speaking pipeline: an LLM answer spoken sentence by sentence while it is generated.
+
+    LLM tokens -> SentenceSplitter -> one TTS task per sentence (queued as each sentence ends)
+               -> audio of sentence 1, 2, 3 ... in order, while the LLM still generates
+
+`SpeakingPipeline.run()` yields events in the order things happen: ("text", {index, text}) as a
+sentence goes to TTS, ("audio", {index, pcm}) per chunk, ("llm_done", {...}), then ("done",
+{sentences}) or ("error", {code, message}). If the client stops listening, or a part fails,
+the LLM task and every sentence still queued or speaking are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ris.lanes.llm import LLMResult, TextDelta
+from ris.lanes.tts import AudioChunk, TTSRequest
+from ris.runtime.engine import Engine
+from ris.runtime.views import TaskHandle, TaskView
+from ris.scheduler import Lane, QueueFull
+from ris.sentences import SentenceSplitter
+
+# Sentences go ahead of other speech in the TTS queue: someone is listening to this answer.
+SENTENCE_PRIORITY = 1
+
+
+class SpeakingPipeline:
+    def __init__(
+        self,
+        engine: Engine,
+        llm: TaskHandle,
+        tts_model: str,
+        voice: str | None,
+        speed: float,
+        *,
+        queue_wait_s: float = 30.0,
+    ) -> None:
+        """`llm` is the submitted LLM task; a full TTS queue is waited on for at most
+        `queue_wait_s` seconds per sentence, then the pipeline ends with `queue_full`."""
+        self.engine = engine
+        self.llm = llm
+        self.tts_model = tts_model
+        self.voice = voice
+        self.speed = speed
+        self.queue_wait_s = queue_wait_s
+        self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._sentences: asyncio.Queue[TaskHandle | None] = asyncio.Queue()
+        self.tts: list[TaskHandle] = []
+
+    async def run(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        parts = [asyncio.create_task(self._produce()), asyncio.create_task(self._consume())]
+        ended, kind = False, ""
+        try:
+            while True:
+                kind, data = await self._out.get()
+                yield kind, data
+                if kind in ("done", "error"):
+                    ended = True
+                    return
+        finally:
+            for part in parts:
+                part.cancel()
+            if not ended or kind == "error":  # the client left, or a part failed: stop the rest
+                self.engine.cancel(self.llm.task_id)
+                for handle in self.tts:
+                    self.engine.cancel(handle.task_id)
+
+    async def _submit_sentence(self, text: str) -> TaskHandle | None:
+        """Queue one sentence; wait a bounded time for room if the TTS queue is full."""
+        req = TTSRequest(text=text, voice=self.voice, speed=self.speed)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.queue_wait_s
+        while True:
+            try:
+                return self.engine.submit(Lane.TTS, self.tts_model, req, priority=SENTENCE_PRIORITY)
+            except QueueFull as e:
+                left = give_up - loop.time()
+                if left <= 0:
+                    message = f"{e}; waited {self.queue_wait_s:g} s for room to speak the next sentence"
+                    await self._out.put(("error", {"code": "queue_full", "message": message}))
+                    return None
+                await asyncio.sleep(min(1.0, e.retry_after_s, left))
+
+    async def _produce(self) -> None:
+        splitter = SentenceSplitter()
+        index = 0
+
+        async def speak(text: str) -> bool:
+            nonlocal index
+            handle = await self._submit_sentence(text)
+            if handle is None:
+                return False
+            self.tts.append(handle)
+            await self._out.put(("text", {"index": index, "text": text}))
+            await self._sentences.put(handle)
+            index += 1
+            return True
+
+        while (item := await self.llm.events.get()) is not None:
+            if isinstance(item, TextDelta):
+                for sentence in splitter.feed(item.text):
+                    if not await speak(sentence):
+                        return
+        view = await self.llm.done
+        if not view.succeeded:
+            await self._out.put(("error", _error(view)))
+            await self._sentences.put(None)
+            return
+        rest = splitter.flush()
+        if rest and not await speak(rest):
+            return
+        r = view.result
+        assert isinstance(r, LLMResult)
+        done = {"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": r.completion_tokens}
+        await self._out.put(("llm_done", done))
+        await self._sentences.put(None)
+
+    async def _consume(self) -> None:
+        index = 0
+        while (handle := await self._sentences.get()) is not None:
+            while (item := await handle.events.get()) is not None:
+                if isinstance(item, AudioChunk):
+                    await self._out.put(("audio", {"index": index, "pcm": item.pcm}))
+            view = await handle.done
+            if not view.succeeded:
+                await self._out.put(("error", _error(view)))
+                return
+            index += 1
+        await self._out.put(("done", {"sentences": index}))
+
+
+def _error(view: TaskView) -> dict[str, Any]:
+    return {"code": view.error_code or "failed", "message": view.error_message or "the task failed"}
