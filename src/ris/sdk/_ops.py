@@ -1,0 +1,365 @@
+"""Every SDK call, written once, as a generator of HTTP exchanges (no I/O of its own).
+
+An operation yields what it needs, a `Call` (one request; its response is sent back in) or a
+`Pause`, and returns its result. `Client` runs operations with httpx.Client and time.sleep,
+`AsyncClient` awaits them with httpx.AsyncClient and asyncio.sleep (client.py), so the two
+cannot drift apart: both get their methods from `Operations` through the `op` and `stream_op`
+descriptors, which also type them (`T` on Client, `Awaitable[T]` on AsyncClient).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+import httpx
+
+from ris.sdk._common import (
+    FINAL_STATES,
+    Generation,
+    RISError,
+    Speech,
+    SSEDecoder,
+    check_final,
+    generation_from,
+    llm_body,
+)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request of an operation."""
+
+    method: str
+    url: str
+    json: Any = None
+    params: dict[str, Any] | None = None
+    # Retry 429 and 503 answers (honouring Retry-After) up to the client's max_retries.
+    retry: bool = True
+    # Raise RISError for an error answer; False hands any answer back (health, ready).
+    check: bool = True
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+
+
+Op = Generator[Call | Pause, Any, T]
+
+
+class LineDecoder(Generic[T]):
+    """Turns a streamed response's lines into items (and error events into RISError)."""
+
+    def feed(self, line: str) -> list[T]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StreamSpec(Generic[T]):
+    call: Call
+    decoder: Callable[[], LineDecoder[T]]
+
+
+class SyncRunner:
+    """Base of clients that run operations to completion (Client)."""
+
+    def _run(self, operation: Op[T]) -> T:
+        raise NotImplementedError
+
+    def _iterate(self, spec: StreamSpec[T]) -> Iterator[T]:
+        raise NotImplementedError
+
+
+class AsyncRunner:
+    """Base of clients whose operations are awaited (AsyncClient)."""
+
+    async def _run(self, operation: Op[T]) -> T:
+        raise NotImplementedError
+
+    def _iterate(self, spec: StreamSpec[T]) -> AsyncIterator[T]:
+        raise NotImplementedError
+
+
+def _public_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    sig = inspect.signature(fn)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+class op(Generic[P, T]):  # noqa: N801 - used as a decorator
+    """An operation: run to completion on Client, awaited on AsyncClient."""
+
+    def __init__(self, fn: Callable[Concatenate[Any, P], Op[T]]) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> op[P, T]: ...
+    @overload
+    def __get__(self, obj: SyncRunner, owner: type) -> Callable[P, T]: ...
+    @overload
+    def __get__(self, obj: AsyncRunner, owner: type) -> Callable[P, Awaitable[T]]: ...
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is None:
+            return self
+        fn = self.fn
+
+        @functools.wraps(fn)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return obj._run(fn(obj, *args, **kwargs))
+
+        bound.__signature__ = _public_signature(fn)  # type: ignore[attr-defined]
+        return bound
+
+
+class stream_op(Generic[P, T]):  # noqa: N801 - used as a decorator
+    """A streaming operation: an iterator on Client, an async iterator on AsyncClient."""
+
+    def __init__(self, fn: Callable[Concatenate[Any, P], StreamSpec[T]]) -> None:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> stream_op[P, T]: ...
+    @overload
+    def __get__(self, obj: SyncRunner, owner: type) -> Callable[P, Iterator[T]]: ...
+    @overload
+    def __get__(self, obj: AsyncRunner, owner: type) -> Callable[P, AsyncIterator[T]]: ...
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        if obj is None:
+            return self
+        fn = self.fn
+
+        @functools.wraps(fn)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return obj._iterate(fn(obj, *args, **kwargs))
+
+        bound.__signature__ = _public_signature(fn)  # type: ignore[attr-defined]
+        return bound
+
+
+# ----- decoders of the seed API's event streams -------------------------------------------
+
+
+class _Tokens(LineDecoder[str]):
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+
+    def feed(self, line: str) -> list[str]:
+        event = self._sse.feed(line)
+        if event is None:
+            return []
+        name, data = event
+        if name == "error":
+            raise RISError(200, data["code"], data["message"])
+        return [data["text"]] if name == "token" else []
+
+
+class _SpeakEvents(LineDecoder[tuple[str, dict[str, Any]]]):
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+
+    def feed(self, line: str) -> list[tuple[str, dict[str, Any]]]:
+        event = self._sse.feed(line)
+        if event is None:
+            return []
+        name, data = event
+        if name == "audio":
+            data["pcm"] = base64.b64decode(data["pcm"])
+        elif name == "error":
+            raise RISError(200, data["code"], data["message"])
+        return [(name, data)]
+
+
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    return dict(resp.json())
+
+
+def _save(data: bytes, path: str | Path | None) -> bytes:
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+class Operations:
+    """The SDK's calls. On `ris.Client` each returns its result; on `ris.AsyncClient` each is
+    awaited (streams: iterated with `async for`). 429 and 503 answers are retried up to
+    `max_retries` times, honouring Retry-After."""
+
+    # ----- LLM -----------------------------------------------------------------------------
+
+    @op
+    def generate(
+        self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
+    ) -> Op[Generation]:
+        """Generate text; options: model, temperature, top_p, max_tokens, stop, seed, priority."""
+        resp = yield Call(
+            "POST", "/api/llm/generate", json=llm_body(prompt, messages, **options, stream=False)
+        )
+        return generation_from(resp.json())
+
+    @stream_op
+    def generate_stream(
+        self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
+    ) -> StreamSpec[str]:
+        """Text pieces as the model produces them."""
+        body = llm_body(prompt, messages, **options, stream=True)
+        return StreamSpec(Call("POST", "/api/llm/generate", json=body), _Tokens)
+
+    # ----- TTS -----------------------------------------------------------------------------
+
+    @op
+    def synthesize(
+        self,
+        /,
+        text: str,
+        *,
+        voice: str | None = None,
+        speed: float = 1.0,
+        model: str | None = None,
+        path: str | Path | None = None,
+        **options: Any,
+    ) -> Op[Speech]:
+        """Synthesize speech; returns the WAV bytes (and writes them to `path` if given)."""
+        body = {"text": text, "voice": voice, "speed": speed, "model": model, **options}
+        resp = yield Call(
+            "POST", "/api/tts/synthesize", json={k: v for k, v in body.items() if v is not None}
+        )
+        meta = resp.json()
+        audio = (yield Call("GET", meta["audio_url"])).content
+        speech = Speech(
+            meta["task_id"], meta["model"], meta["voice"], meta["sample_rate"], meta["duration_s"], audio
+        )
+        if path is not None:
+            speech.save(path)
+        return speech
+
+    # ----- images --------------------------------------------------------------------------
+
+    @op
+    def generate_image(self, /, prompt: str, **options: Any) -> Op[dict[str, Any]]:
+        """Queue an image; returns at once with task_id, status and queue_position.
+        Options: width, height, steps, guidance, seed, negative_prompt, use_turbo, model, priority."""
+        body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        return _json((yield Call("POST", "/api/image/generate", json=body)))
+
+    @op
+    def progress(self, /, task_id: str) -> Op[dict[str, Any]]:
+        return _json((yield Call("GET", f"/api/image/progress/{task_id}")))
+
+    @op
+    def wait(
+        self,
+        /,
+        task_id: str,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 0.25,
+        timeout: float | None = None,
+    ) -> Op[dict[str, Any]]:
+        """Poll until the task ends; return its last progress, or raise RISError if it failed."""
+        return (yield from _wait(task_id, on_progress, poll_s, timeout))
+
+    @op
+    def result(self, /, task_id: str, path: str | Path | None = None) -> Op[bytes]:
+        """The PNG of a finished image task (written to `path` too if given)."""
+        return _save((yield Call("GET", f"/api/image/result/{task_id}")).content, path)
+
+    @op
+    def image(self, /, prompt: str, *, path: str | Path | None = None, **options: Any) -> Op[bytes]:
+        """Generate, wait and fetch: the PNG bytes."""
+        body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
+        task_id = (yield Call("POST", "/api/image/generate", json=body)).json()["task_id"]
+        yield from _wait(task_id, None, 0.25, None)
+        return _save((yield Call("GET", f"/api/image/result/{task_id}")).content, path)
+
+    @op
+    def image_tasks(self, /, status: str | None = None, limit: int = 100) -> Op[list[dict[str, Any]]]:
+        params = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
+        return list((yield Call("GET", "/api/image/tasks", params=params)).json()["tasks"])
+
+    # ----- speaking pipeline ---------------------------------------------------------------
+
+    @op
+    def speak(
+        self,
+        /,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        path: str | Path | None = None,
+        **options: Any,
+    ) -> Op[bytes]:
+        """An answer spoken as it is generated: the WAV bytes (written to `path` if given).
+        Options: model, voice, speed, tts_model, max_tokens, temperature, seed."""
+        body = llm_body(prompt, messages, **options)
+        return _save((yield Call("POST", "/api/chat/speak", json=body, retry=False)).content, path)
+
+    @stream_op
+    def speak_events(
+        self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
+    ) -> StreamSpec[tuple[str, dict[str, Any]]]:
+        """(event, data) as they happen: text, audio (data["pcm"] as bytes), llm_done, done."""
+        body = llm_body(prompt, messages, **options, stream_format="events")
+        return StreamSpec(Call("POST", "/api/chat/speak", json=body, retry=False), _SpeakEvents)
+
+    # ----- tasks and status ----------------------------------------------------------------
+
+    @op
+    def task(self, /, task_id: str) -> Op[dict[str, Any]]:
+        return _json((yield Call("GET", f"/api/tasks/{task_id}")))
+
+    @op
+    def tasks(self, /, **filters: Any) -> Op[list[dict[str, Any]]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return list((yield Call("GET", "/api/tasks", params=params)).json()["tasks"])
+
+    @op
+    def cancel(self, /, task_id: str) -> Op[dict[str, Any]]:
+        return _json((yield Call("POST", f"/api/tasks/{task_id}/cancel")))
+
+    @op
+    def health(self, /) -> Op[bool]:
+        resp = yield Call("GET", "/health", retry=False, check=False)
+        return bool(resp.status_code == 200)
+
+    @op
+    def ready(self, /) -> Op[dict[str, Any]]:
+        return _json((yield Call("GET", "/ready", retry=False, check=False)))
+
+    @op
+    def stats(self, /) -> Op[dict[str, Any]]:
+        return _json((yield Call("GET", "/api/stats")))
+
+    @op
+    def models(self, /) -> Op[dict[str, Any]]:
+        return _json((yield Call("GET", "/api/models")))
+
+
+def _wait(
+    task_id: str,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+    poll_s: float,
+    timeout: float | None,
+) -> Op[dict[str, Any]]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        prog = _json((yield Call("GET", f"/api/image/progress/{task_id}")))
+        if on_progress is not None:
+            on_progress(prog)
+        if prog["status"] in FINAL_STATES:
+            return check_final(prog)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} still {prog['status']} after {timeout} s")
+        yield Pause(poll_s)
