@@ -1,0 +1,129 @@
+"""In-memory fakes for building the whole engine without processes: a fake clock, and a
+LaneWorker whose messages the test writes by hand (as vLLM's scheduler tests hand-write
+model outputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ris import messages as m
+from ris.config import Config, parse_config
+from ris.machine import MachineInfo
+from ris.runtime.engine import Engine
+from ris.runtime.worker import ResourceUsage, WorkerSpec
+
+TWO_CORES = MachineInfo(cores=(0, 1), gpus=0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeWorker:
+    """A LaneWorker that runs nothing: it records what the engine sends, and the test speaks
+    for it through `deliver` (ready, outputs, ends) and `die()`."""
+
+    def __init__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> None:
+        self.spec = spec
+        self.deliver = deliver
+        self.inbox: list[object] = []
+        self.starts = 0
+        self.kills = 0
+        self._alive = False
+
+    # LaneWorker
+    def start(self) -> None:
+        self.starts += 1
+        self._alive = True
+
+    def send(self, msg: object) -> bool:
+        if not self._alive:
+            return False
+        self.inbox.append(msg)
+        return True
+
+    def alive(self) -> bool:
+        return self._alive
+
+    def kill(self) -> None:
+        self.kills += 1
+        self._alive = False
+
+    async def stop(self, timeout: float) -> None:
+        self._alive = False
+
+    def usage(self) -> ResourceUsage:
+        return ResourceUsage(pid=4242 if self._alive else None)
+
+    # what a test makes the worker say
+    def ready(self, slots: int = 1, models: tuple[m.ModelInfo, ...] = ()) -> None:
+        self.deliver(m.WorkerReady(4242, models, (0,), "", 1, slots))
+
+    def die(self) -> None:
+        self._alive = False
+
+    @property
+    def runs(self) -> list[m.RunTask]:
+        return [x for x in self.inbox if isinstance(x, m.RunTask)]
+
+    @property
+    def cancels(self) -> list[str]:
+        return [x.task_id for x in self.inbox if isinstance(x, m.CancelTask)]
+
+
+class FakeWorkers:
+    """The worker factory: one FakeWorker per lane, found by lane name."""
+
+    def __init__(self) -> None:
+        self.by_lane: dict[str, FakeWorker] = {}
+
+    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> FakeWorker:
+        worker = FakeWorker(spec, deliver)
+        self.by_lane[spec.lane] = worker
+        return worker
+
+    def __getitem__(self, lane: str) -> FakeWorker:
+        return self.by_lane[lane]
+
+
+def config(tmp: Path, **lanes: dict[str, Any]) -> Config:
+    """A small valid config: an LLM and a TTS lane on their own cores, images off unless given."""
+    data: dict[str, Any] = {
+        "data_dir": str(tmp / "data"),
+        "lanes": {
+            "llm": {
+                "cores": [0],
+                "max_queue": 2,
+                "heartbeat_timeout_s": 5,
+                "busy_timeout_s": 20,
+                "load_timeout_s": 60,
+                "default_model": "m",
+                "models": {"m": {"backend": "noop"}},
+            },
+            "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": {"enabled": False},
+        },
+    }
+    for lane, override in lanes.items():
+        data["lanes"][lane] = {**data["lanes"].get(lane, {}), **override}
+    return parse_config(data, TWO_CORES)
+
+
+def engine(cfg: Config, clock: FakeClock, workers: FakeWorkers) -> Engine:
+    return Engine(
+        cfg,
+        clock=clock,
+        wall=lambda: 1_700_000_000.0 + clock(),
+        workers=workers,
+        machine=TWO_CORES,
+        monitor_interval_s=None,
+    )

@@ -1,0 +1,104 @@
+"""The speaking pipeline on the engine with fake workers: sentence order, audio before the
+answer ends, a bounded wait for a full TTS queue, and cancellation when the listener leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ris import messages as m
+from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
+from ris.lanes.tts import AudioChunk, TTSOutcome
+from ris.runtime.engine import Engine
+from ris.scheduler import Lane
+from ris.services.speaking import SpeakingPipeline
+
+from .fakes import FakeClock, FakeWorkers, config, engine
+from .test_engine import run
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def collect(events: AsyncIterator[tuple[str, dict[str, Any]]], into: list[tuple[str, Any]]) -> None:
+    async for kind, data in events:
+        into.append((kind, data))
+
+
+async def started(tmp: Path, **lanes: dict[str, Any]) -> tuple[Engine, FakeWorkers]:
+    workers = FakeWorkers()
+    eng = engine(config(tmp, **lanes), FakeClock(), workers)
+    await eng.start()
+    workers[Lane.LLM].ready()
+    return eng, workers
+
+
+@run
+async def test_sentences_are_spoken_in_order_and_the_first_before_the_answer_ends(tmp_path: Path) -> None:
+    eng, workers = await started(tmp_path)
+    llm, tts = workers[Lane.LLM], workers[Lane.TTS]
+    tts.ready()
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    pipeline = SpeakingPipeline(eng, answer, "e", "en-US", 1.0)
+    events: list[tuple[str, Any]] = []
+    listener = asyncio.create_task(collect(pipeline.run(), events))
+
+    for piece in ("Hello there. ", "How are", " you? Fine"):
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta(piece)))
+    await settle()
+    first = tts.runs[0]
+    assert first.request.text == "Hello there." and first.request.voice == "en-US"
+    tts.deliver(m.TaskOutput(first.task_id, AudioChunk(b"\x01\x00" * 10, 16000)))
+    tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 10, "en-US")))
+    await settle()
+    assert ("audio", {"index": 0, "pcm": b"\x01\x00" * 10}) in events  # spoken while the LLM still runs
+    llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 9)))
+    await settle()
+    for i in (1, 2):  # one TTS slot: each sentence starts when the one before it is spoken
+        run_ = tts.runs[i]
+        tts.deliver(m.TaskOutput(run_.task_id, AudioChunk(run_.request.text.encode(), 16000)))
+        tts.deliver(m.TaskDone(run_.task_id, TTSOutcome(16000, 1, "en-US")))
+        await settle()
+    await asyncio.wait_for(listener, 5)
+
+    kinds = [k for k, _ in events]
+    assert kinds.index("audio") < kinds.index("llm_done") and kinds[-1] == "done"
+    assert [d["text"] for k, d in events if k == "text"] == ["Hello there.", "How are you?", "Fine"]
+    audio = [d["index"] for k, d in events if k == "audio"]
+    assert audio == sorted(audio) == [0, 1, 2]
+    assert events[-1] == ("done", {"sentences": 3})
+    await eng.stop()
+
+
+@run
+async def test_a_full_tts_queue_is_waited_on_for_a_bounded_time_then_everything_stops(tmp_path: Path) -> None:
+    eng, workers = await started(tmp_path, tts={"max_queue": 0})  # nothing can be queued
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    pipeline = SpeakingPipeline(eng, answer, "e", None, 1.0, queue_wait_s=0.3)
+    events: list[tuple[str, Any]] = []
+    listener = asyncio.create_task(collect(pipeline.run(), events))
+    workers[Lane.LLM].deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence. ")))
+    await asyncio.wait_for(listener, 5)
+    kind, data = events[-1]
+    assert kind == "error" and data["code"] == "queue_full" and "waited 0.3 s" in data["message"]
+    assert workers[Lane.LLM].cancels == [answer.task_id]  # the answer is not generated for nobody
+    await eng.stop()
+
+
+@run
+async def test_a_listener_who_leaves_cancels_the_answer_and_its_sentences(tmp_path: Path) -> None:
+    eng, workers = await started(tmp_path)
+    tts = workers[Lane.TTS]
+    tts.ready()
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    events = SpeakingPipeline(eng, answer, "e", None, 1.0).run()
+    workers[Lane.LLM].deliver(m.TaskOutput(answer.task_id, TextDelta("First one. Second one. ")))
+    assert (await anext(events))[0] == "text"
+    await events.aclose()  # the HTTP client went away
+    assert workers[Lane.LLM].cancels == [answer.task_id]
+    assert tts.cancels == [tts.runs[0].task_id]
+    await eng.stop()

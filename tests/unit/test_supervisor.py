@@ -1,0 +1,93 @@
+"""Supervision rules as pure decisions, with a fake clock: when a worker is dead, hung, too
+slow to load, or due for a restart."""
+
+from __future__ import annotations
+
+from ris.runtime.supervisor import (
+    RESTART_BACKOFF_MAX_S,
+    Fail,
+    Limits,
+    Restart,
+    Supervisor,
+    Watch,
+    WorkerState,
+    backoff,
+)
+
+from .fakes import FakeClock
+
+LIMITS = Limits(heartbeat_timeout_s=10, busy_timeout_s=30, load_timeout_s=60)
+
+
+def started() -> tuple[FakeClock, Supervisor, Watch]:
+    clock = FakeClock()
+    sup = Supervisor(clock)
+    w = sup.watch("llm", LIMITS)
+    sup.started(w)
+    return clock, sup, w
+
+
+def test_a_dead_process_is_a_crash_whether_loading_or_ready() -> None:
+    clock, sup, w = started()
+    assert sup.decide(w, alive=False) == Fail("worker_crashed", "the llm worker process died")
+    sup.ready(w)
+    assert isinstance(sup.decide(w, alive=False), Fail)
+    assert sup.decide(w, alive=True) is None
+
+
+def test_loading_may_take_the_load_timeout_and_no_longer() -> None:
+    clock, sup, w = started()
+    clock.advance(59)
+    assert sup.decide(w, alive=True) is None  # silent while loading: fine
+    clock.advance(2)
+    verdict = sup.decide(w, alive=True)
+    assert isinstance(verdict, Fail) and "did not load in time" in verdict.message
+
+
+def test_silence_beyond_the_heartbeat_timeout_is_a_hang() -> None:
+    clock, sup, w = started()
+    sup.ready(w)
+    clock.advance(9)
+    sup.heard(w)
+    clock.advance(9)
+    assert sup.decide(w, alive=True) is None
+    clock.advance(2)
+    assert sup.decide(w, alive=True) == Fail("worker_timeout", "the llm worker stopped answering for 10 s")
+
+
+def test_busy_without_progress_is_a_hang_but_progress_reported_by_heartbeats_is_not() -> None:
+    clock, sup, w = started()
+    sup.ready(w)
+    sup.task_started(w)
+    for events in range(1, 10):  # 90 s of heartbeats that carry a growing count
+        clock.advance(10)
+        sup.heard(w, progress_events=events)
+        assert sup.decide(w, alive=True) is None
+    for _ in range(4):  # the count stops moving
+        clock.advance(10)
+        sup.heard(w, progress_events=9)
+    verdict = sup.decide(w, alive=True)
+    assert isinstance(verdict, Fail) and "no progress for 30 s" in verdict.message
+    sup.task_ended(w)
+    assert sup.decide(w, alive=True) is None  # idle: no progress to expect
+
+
+def test_restarts_back_off_and_the_backoff_is_capped() -> None:
+    clock, sup, w = started()
+    sup.killed(w)
+    assert sup.decide(w, alive=False) is None
+    clock.advance(backoff(0))
+    assert sup.decide(w, alive=False) == Restart()
+    sup.restarting(w)
+    assert w.state is WorkerState.STARTING and w.restarts == 1
+    delays = [backoff(n) for n in range(10)]
+    assert delays == sorted(delays) and delays[0] == 0.5 and delays[-1] == RESTART_BACKOFF_MAX_S
+
+
+def test_a_failed_load_is_retried_after_the_backoff() -> None:
+    clock, sup, w = started()
+    sup.load_failed(w)
+    assert w.state is WorkerState.FAILED
+    assert sup.decide(w, alive=False) is None
+    clock.advance(backoff(0))
+    assert sup.decide(w, alive=False) == Restart()
