@@ -4,7 +4,6 @@ queued tasks complete, a task that was running is re-run once and then fails wit
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 from ris import Client
 
 from .server import Server, make_config
+from .waiting import wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +32,13 @@ def sigkill_server(srv: Server) -> None:
     assert not alive, f"workers outlived a killed server: {[p.pid for p in alive]}"
 
 
-def wait_running(c: Client, task_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if c.progress(task_id)["status"] == "running":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{task_id} never started")
-
-
 def test_tasks_survive_sigkill_and_restart(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     srv = Server(tmp_path, config).start()
     try:
         with Client(srv.url, max_retries=0) as c:
             long_id = c.generate_image(**LONG)["task_id"]
-            wait_running(c, long_id)
+            wait_state(c, long_id, ("running",))
             queued = [c.generate_image(**SMALL, seed=i)["task_id"] for i in range(3)]
             assert [c.progress(t)["status"] for t in queued] == ["queued"] * 3
     finally:
@@ -59,7 +50,7 @@ def test_tasks_survive_sigkill_and_restart(tmp_path: Path) -> None:
         with Client(srv.url, max_retries=0) as c:
             for t in [long_id, *queued]:
                 assert c.progress(t)["status"] in ("queued", "running")
-            wait_running(c, long_id)
+            wait_state(c, long_id, ("running",))
     finally:
         sigkill_server(srv)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any
 
 import httpx
@@ -12,6 +11,7 @@ import pytest
 from ris import Client, RISError
 
 from .server import Server
+from .waiting import wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +22,6 @@ def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", data[16:24])
     return w, h
-
-
-def wait_state(client: Client, task_id: str, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        prog = client.progress(task_id)
-        if prog["status"] in states:
-            return prog
-        time.sleep(0.05)
-    raise AssertionError(f"{task_id} never reached {states}: {prog}")
 
 
 @pytest.fixture()

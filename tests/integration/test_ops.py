@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from ris import Client, RISError
 
 from .server import ROOT, Server
+from .waiting import post_in_background, running_task
 
 pytestmark = pytest.mark.slow
 
@@ -67,27 +67,9 @@ def test_models_list(client: Client) -> None:
     assert "zh-CN" in tts["espeak"]["voices"] and "en-US" in tts["piper"]["voices"]
 
 
-def _start_long(server: Server) -> tuple[threading.Thread, list[httpx.Response]]:
-    out: list[httpx.Response] = []
-    t = threading.Thread(
-        target=lambda: out.append(httpx.post(f"{server.url}/api/llm/generate", json=LONG, timeout=300))
-    )
-    t.start()
-    return t, out
-
-
-def _running_llm_task(client: Client) -> str:
-    for _ in range(200):
-        running = client.tasks(lane="llm", state="running")
-        if running:
-            return str(running[0]["task_id"])
-        time.sleep(0.05)
-    raise AssertionError("no LLM task started")
-
-
 def test_cancel_a_running_generation(server: Server, client: Client) -> None:
-    thread, out = _start_long(server)
-    task_id = _running_llm_task(client)
+    thread, out = post_in_background(f"{server.url}/api/llm/generate", LONG)
+    task_id = running_task(client, "llm")
     assert client.cancel(task_id)["outcome"] == "requested"
     thread.join(60)
     assert out[0].status_code == 409 and out[0].json()["error"]["code"] == "cancelled"
@@ -95,8 +77,8 @@ def test_cancel_a_running_generation(server: Server, client: Client) -> None:
 
 
 def test_full_queue_answers_429_with_retry_after_and_loses_nothing(server: Server, client: Client) -> None:
-    thread, out = _start_long(server)
-    running = _running_llm_task(client)
+    thread, out = post_in_background(f"{server.url}/api/llm/generate", LONG)
+    running = running_task(client, "llm")
     http = httpx.Client(base_url=server.url, timeout=60)
     queued = []
     for _ in range(3):  # the test server's LLM queue holds 3

@@ -15,6 +15,7 @@ import pytest
 from ris import Client
 
 from .server import Server, kill, make_config
+from .waiting import post_in_background, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,28 +33,14 @@ def crash_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
-def wait_for(predicate: object, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def ready(srv: Server) -> dict[str, bool]:
     return dict(httpx.get(f"{srv.url}/ready", timeout=5).json()["lanes"])
 
 
 def start_long_generation(srv: Server) -> tuple[threading.Thread, list[httpx.Response]]:
     """A 1,500-token generation in a thread; its response lands in the returned list."""
-    result: list[httpx.Response] = []
     body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
-    t = threading.Thread(
-        target=lambda: result.append(httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120))
-    )
-    t.start()
-    return t, result
+    return post_in_background(f"{srv.url}/api/llm/generate", body, timeout=120)
 
 
 def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
@@ -138,14 +125,8 @@ def psutil_alive(pid: int) -> bool:
 def test_tts_worker_killed_mid_synthesis(crash_server: Server) -> None:
     srv = crash_server
     old_pid = srv.worker_pid("tts")
-    result: list[httpx.Response] = []
     text = "This is a long passage that keeps the speech lane busy for a while. " * 40
-    t = threading.Thread(
-        target=lambda: result.append(
-            httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": text, "voice": "en-US"}, timeout=120)
-        )
-    )
-    t.start()
+    t, result = post_in_background(f"{srv.url}/api/tts/synthesize", {"text": text, "voice": "en-US"}, 120)
     with Client(srv.url, max_retries=0) as c:
         wait_for(lambda: c.tasks(lane="tts", state="running"), 30)
         kill(old_pid)
