@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -43,7 +44,8 @@ class ServiceProcess:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 300.0) -> ServiceProcess:
+    def start(self, timeout: float = 300.0, env: dict[str, str] | None = None) -> ServiceProcess:
+        """Start it and wait until every lane is ready; `env` adds environment variables."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -58,6 +60,7 @@ class ServiceProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else {**os.environ, **env},
             )
         try:
             self.wait_ready(timeout)

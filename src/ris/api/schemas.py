@@ -107,6 +107,14 @@ class ImageProgress(BaseModel):
     error: dict[str, str] | None
 
 
+class TaskSubmit(_Body):
+    lane: str = Field(description="a lane whose kind takes generic submissions (registered kinds)")
+    model: str | None = Field(default=None, description="a configured model of the lane; default if absent")
+    request: dict[str, Any] = Field(default_factory=dict, description="the lane's request fields")
+    priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
+    timeout_s: float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
+
+
 class TaskInfo(BaseModel):
     task_id: str
     lane: str
@@ -121,6 +129,8 @@ class TaskInfo(BaseModel):
     progress_total: int | None
     eta_s: float | None
     error: dict[str, str] | None
+    # A finished task's result, as its lane describes it (URLs for files).
+    result: dict[str, Any] | None = None
 
 
 class SpeakRequest(_Body):

@@ -3,6 +3,7 @@ list the keys allowed where an unknown one was found, then the machine checks.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ from ris.machine import MachineInfo, machine_info
 
 def parse_config(data: Any, machine: MachineInfo | None = None) -> Config:
     """Validate a decoded config object; raises ConfigError."""
+    load_plugins(data.get("plugins") if isinstance(data, dict) else None)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
@@ -39,6 +41,20 @@ def load_config(path: str | Path, machine: MachineInfo | None = None) -> Config:
         # A relative data folder is relative to the config file, not to wherever ris was started.
         cfg = cfg.model_copy(update={"data_dir": (p.parent / cfg.data_dir).resolve()})
     return cfg
+
+
+def load_plugins(names: Any) -> None:
+    """Import the modules a config lists in `plugins`: they register backends and lane kinds,
+    which the rest of the config may then name."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"plugins: a list of Python module names is expected (got {names!r})")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugins: cannot import {name!r}: {e}") from None
 
 
 def _explain(err: ValidationError) -> str:

@@ -167,6 +167,11 @@ class Config(_Strict):
     """The whole service: HTTP server, data folder and its lanes."""
 
     server: ServerConfig = Field(default_factory=ServerConfig)
+    plugins: tuple[str, ...] = Field(
+        default=(),
+        description="Python modules imported before the rest is read: they register backends "
+        "or lane kinds (see docs/ARCHITECTURE.md, the recipes)",
+    )
     data_dir: Path = Field(default=Path("ris-data"), description="tasks, audio and images")
     scheduling: Ordering = Field(
         default=Ordering.LANES,

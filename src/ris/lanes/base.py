@@ -90,6 +90,11 @@ class Timings:
     total_ms: float | None = None
 
 
+def timings_json(t: Timings) -> dict[str, float | None]:
+    # By hand: dataclasses.asdict's deep copy showed on the request path.
+    return {"queue_ms": t.queue_ms, "first_output_ms": t.first_output_ms, "total_ms": t.total_ms}
+
+
 @dataclass(frozen=True)
 class LaneResult:
     """A finished task's result as clients see it; each lane kind extends it."""
@@ -98,7 +103,12 @@ class LaneResult:
     timings: Timings
 
     def to_json(self) -> dict[str, Any]:
+        """Everything, for the durable store."""
         return dataclasses.asdict(self)
+
+    def public_json(self, task_id: str) -> dict[str, Any]:
+        """What clients see (GET /api/tasks/{id}): server paths become URLs."""
+        return self.to_json()
 
     @property
     def steps_done(self) -> int | None:
@@ -184,6 +194,9 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).
     load_all_models: ClassVar[bool] = False
+    # Tasks may be submitted through the generic POST /api/tasks. The built-in lanes say no:
+    # their own routes check requests against the server's limits (prompt and image sizes).
+    generic_api: ClassVar[bool] = True
     # LaneConfig fields a config.json may leave out, where this kind's differ from the generic
     # ones (the image lane: batch priority class, lowest OS priority, a long deadline).
     config_defaults: ClassVar[Mapping[str, Any]] = {}
@@ -277,4 +290,5 @@ __all__ = [
     "WorkerEnv",
     "load_backend",
     "result_from_json",
+    "timings_json",
 ]

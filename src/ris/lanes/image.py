@@ -115,6 +115,11 @@ class ImageResult(LaneResult):
     def steps_done(self) -> int | None:
         return self.steps
 
+    def public_json(self, task_id: str) -> dict[str, Any]:
+        data = self.to_json()
+        del data["path"]
+        return {**data, "result_url": f"/api/image/result/{task_id}"}
+
 
 class _WorkerRun(ImageRun):
     def __init__(self, env: WorkerEnv, task_id: str, cancelled: Callable[[], bool]) -> None:
@@ -159,6 +164,7 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
 
 class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
     name = "image"
+    generic_api = False
     request_type = ImageRequest
     outcome_type = ImageOutcome
     backend_type = ImageBackend

@@ -148,6 +148,7 @@ class LLMRunner(LaneRunner[LLMBackend, LLMRequest, LLMOutcome]):
 
 class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     name = "llm"
+    generic_api = False
     request_type = LLMRequest
     outcome_type = LLMOutcome
     backend_type = LLMBackend

@@ -102,6 +102,11 @@ class TTSResult(LaneResult):
     # The WAV on the server's disk (served at /api/tts/audio/{task_id}).
     audio_path: str
 
+    def public_json(self, task_id: str) -> dict[str, Any]:
+        data = self.to_json()
+        del data["audio_path"]
+        return {**data, "audio_url": f"/api/tts/audio/{task_id}"}
+
 
 class _WorkerOutput(AudioOutput):
     def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
@@ -132,6 +137,7 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
 
 class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
     name = "tts"
+    generic_api = False
     request_type = TTSRequest
     outcome_type = TTSOutcome
     backend_type = TTSBackend

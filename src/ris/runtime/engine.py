@@ -72,14 +72,16 @@ class Engine:
         wall: Callable[[], float] = time.time,
         workers: WorkerFactory | None = None,
         machine: MachineInfo | None = None,
+        monitor_interval_s: float | None = MONITOR_INTERVAL_S,
     ) -> None:
+        """`workers` builds each lane's worker (default: local processes); `monitor_interval_s`
+        None leaves supervision to explicit `check()` calls (unit tests with a fake clock)."""
         self.config = config
         self.clock = clock
         self.wall_clock = wall
         self.kinds: dict[str, LaneKind[Any, Any]] = {lane: lanes.kind(lane) for lane in config.lanes}
-        self.scheduler = Scheduler(
-            {lane: cfg.policy() for lane, cfg in config.lanes.items()}, clock, ordering=config.scheduling
-        )
+        self._policies = {lane: cfg.policy() for lane, cfg in config.lanes.items()}
+        self.scheduler = Scheduler(self._policies, clock, ordering=config.scheduling)
         self.supervisor = Supervisor(clock)
         self.files = ResultFiles(Path(config.data_dir))
         self.store: TaskStore | None = None
@@ -88,6 +90,7 @@ class Engine:
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._factory = workers
         self._machine = machine
+        self._monitor_interval_s = monitor_interval_s
         self._monitor: asyncio.Task[None] | None = None
         # Scheduler times are monotonic; clients see Unix times.
         self._wall_offset = wall() - clock()
@@ -110,7 +113,10 @@ class Engine:
             replica.worker.start()
             self.supervisor.started(replica.watch)
         self._recover()
-        self._monitor = asyncio.create_task(self._monitor_loop(), name="ris-monitor")
+        if self._monitor_interval_s is not None:
+            self._monitor = asyncio.create_task(
+                self._monitor_loop(self._monitor_interval_s), name="ris-monitor"
+            )
 
     def _replica(self, lane: str) -> Replica:
         cfg = self.config.lane(lane)
@@ -192,7 +198,7 @@ class Engine:
                 priority=st.priority,
                 payload=(st.model, self.kinds[st.lane].request_from_json(st.request)),
                 deadline=self.clock() + cfg.request_timeout_s,
-                priority_class=cfg.policy().priority_class,
+                priority_class=self._policies[st.lane].priority_class,
             )
             self.scheduler.submit(spec, task_id=st.id, force=True)
             self.handles[st.id] = TaskHandle(st.id, st.lane, st.model)
@@ -225,7 +231,7 @@ class Engine:
             priority=priority,
             deadline=self.clock() + (timeout_s or cfg.request_timeout_s),
             payload=(model, request),
-            priority_class=cfg.policy().priority_class,
+            priority_class=self._policies[lane].priority_class,
         )
         task = self.scheduler.submit(spec)
         if kind.durable:
@@ -361,9 +367,9 @@ class Engine:
 
     # ----- supervision ---------------------------------------------------------------------
 
-    async def _monitor_loop(self) -> None:
+    async def _monitor_loop(self, interval_s: float) -> None:
         while True:
-            await asyncio.sleep(MONITOR_INTERVAL_S)
+            await asyncio.sleep(interval_s)
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - the monitor must outlive any single bad check

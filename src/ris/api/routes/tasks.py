@@ -1,14 +1,18 @@
-"""Tasks of every lane: list, look up, cancel."""
+"""Tasks of every lane: list, look up, cancel; and submit to lanes without routes of their own."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
-from ris.api.deps import engine_of, view_or_404
+from ris.api.deps import engine_of, require_lane, resolve_model, submit, view_or_404
 from ris.api.errors import APIError
-from ris.api.schemas import ERRORS, TaskInfo
+from ris.api.schemas import ERRORS, TaskInfo, TaskSubmit
+from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
 from ris.scheduler import CancelOutcome
 
@@ -33,7 +37,50 @@ def task_info(view: TaskView) -> dict[str, Any]:
         error={"code": view.error_code or "failed", "message": view.error_message or ""}
         if view.error_code or view.error_message
         else None,
+        result=view.result.public_json(view.id) if view.result is not None else None,
     ).model_dump()
+
+
+def _known_lane(engine: Engine, lane: str) -> None:
+    if lane not in engine.config.lanes:
+        known = ", ".join(engine.config.lanes)
+        raise APIError(422, "invalid_request", f"lane: unknown lane {lane!r}; lanes: {known}")
+
+
+@router.post(
+    "/api/tasks",
+    status_code=202,
+    response_model=TaskInfo,
+    responses=ERRORS,
+    summary="Submit a task to a lane that has no route of its own (a registered lane kind)",
+)
+async def submit_task(body: TaskSubmit, request: Request) -> Any:
+    engine = engine_of(request)
+    _known_lane(engine, body.lane)
+    kind = engine.kinds[body.lane]
+    if not kind.generic_api:
+        raise APIError(
+            422,
+            "invalid_request",
+            f"lane: the {body.lane} lane takes its requests at its own routes (/api/{body.lane}/...)",
+        )
+    require_lane(engine, body.lane)
+    fields = [f.name for f in dataclasses.fields(kind.request_type)]
+    unknown = sorted(set(body.request) - set(fields))
+    if unknown:
+        raise APIError(
+            422, "invalid_request", f"request: unknown field {unknown[0]!r}; fields: {', '.join(fields)}"
+        )
+    try:
+        req: Any = TypeAdapter(kind.request_type).validate_python(body.request)
+    except ValidationError as e:
+        problems = "; ".join(f"request.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise APIError(422, "invalid_request", problems) from None
+    model = resolve_model(engine, body.lane, body.model)
+    handle = submit(engine, body.lane, model, req, body.priority, body.timeout_s)
+    view = engine.lookup(handle.task_id)
+    assert view is not None
+    return JSONResponse(task_info(view), status_code=202)
 
 
 @router.get("/api/tasks", summary="Live and recent tasks of every lane, newest first")
@@ -44,9 +91,8 @@ async def list_tasks(
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     engine = engine_of(request)
-    if lane is not None and lane not in engine.config.lanes:
-        known = ", ".join(engine.config.lanes)
-        raise APIError(422, "invalid_request", f"lane: unknown lane {lane!r}; lanes: {known}")
+    if lane is not None:
+        _known_lane(engine, lane)
     return {"tasks": [task_info(v) for v in engine.tasks(lane, state, limit)]}
 
 
