@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ris import __version__
+from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, error_response
 from ris.api.routes import ROUTERS
 from ris.api.schemas import ErrorBody
@@ -59,6 +61,23 @@ class _TooLarge(Exception):
     pass
 
 
+def _document_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies that routes parse themselves (deps.json_body) to OpenAPI."""
+    make_default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = make_default()
+            _, defs = models_json_schema(
+                [(m, "validation") for m in DOCUMENTED_BODIES], ref_template="#/components/schemas/{model}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     eng = engine or Engine(config)
 
@@ -84,6 +103,7 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         app.add_exception_handler(exc, handler)
     for router in ROUTERS:
         app.include_router(router)
+    _document_bodies(app)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server

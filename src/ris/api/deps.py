@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from ris.api.errors import APIError, lane_unavailable, queue_full
 from ris.runtime.engine import Engine, LaneUnavailable
@@ -14,6 +16,31 @@ from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+M = TypeVar("M", bound=BaseModel)
+# Bodies parsed by `json_body`; the app adds their schemas to the OpenAPI document.
+DOCUMENTED_BODIES: list[type[BaseModel]] = []
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body with `json_body(request, model)`."""
+    DOCUMENTED_BODIES.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """The JSON body, validated by pydantic-core straight from the bytes: one pass where a
+    body parameter costs FastAPI two (json.loads, then validation); measurable on the
+    hottest routes. Errors are the same 422 (400 on /v1) as a body parameter's."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise APIError(
+            422, "invalid_request", f"body: send JSON with Content-Type: application/json (got {ctype!r})"
+        )
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from None
 
 
 def engine_of(request: Request) -> Engine:
@@ -60,9 +87,10 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
 
 
 async def wait_task(engine: Engine, handle: TaskHandle) -> TaskView:
-    """Wait for the task's end; cancel it if the client goes away first."""
+    """Wait for the task's end; cancel it if the client goes away first. (Nothing else awaits
+    this handle, so the future itself may be cancelled with the request: no shield needed.)"""
     try:
-        return await asyncio.shield(handle.done)
+        return await handle.done
     except asyncio.CancelledError:
         engine.cancel(handle.task_id)
         raise

@@ -1,4 +1,4 @@
-"""The formats streamed responses are written in: server-sent events and WAV headers."""
+"""The formats responses are written in: JSON bodies, server-sent events and WAV headers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi.responses import Response
+
 from ris.lanes.llm import TextDelta
 from ris.lanes.tts import AudioChunk
 from ris.runtime.views import TaskHandle
+
+# One encoder for every body: Starlette's JSONResponse builds a new one per response, which
+# showed on the request path of a no-op generation.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_JSON.encode(content).encode(), status_code, headers, media_type="application/json")
 
 
 def sse_event(name: str, data: dict[str, Any]) -> bytes:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -133,7 +134,8 @@ class ProcessWorker:
                 return True
             except (OSError, ValueError):
                 return False
-        self._out += frame(bytes(ForkingPickler.dumps(msg)))
+        # Plain pickle: what Connection.recv unpickles, faster than ForkingPickler's copy-reducers.
+        self._out += frame(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
         return self._flush()
 
     def alive(self) -> bool:

@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from ris.lanes.base import LaneResult
 from ris.scheduler import LaneStats
+
+
+class EventStream:
+    """A task's events in order: the engine puts, one consumer awaits. (asyncio.Queue does the
+    same with more machinery, measurable on the request path: one is made per task.)"""
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 @dataclass
@@ -19,7 +49,7 @@ class TaskHandle:
     model: str
     # What the worker streams (ris.lanes.llm.TextDelta, ris.lanes.tts.AudioChunk,
     # ris.messages.TaskProgress), in order; None marks the end.
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    events: EventStream = field(default_factory=EventStream)
     # The task as it ended.
     done: asyncio.Future[TaskView] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     # Outputs kept for the result builder, and when the first one came (scheduler clock).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-import uuid
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -98,6 +98,22 @@ def percentile(values: Iterable[float], p: float) -> float | None:
     return xs[k]
 
 
+class RandomIds:
+    """Task ids: 32 hex characters from the OS's cryptographic randomness (ids are the only
+    key to a task's result), drawn 256 ids at a time: one system call per id was measurable
+    on the request path."""
+
+    def __init__(self, batch: int = 256) -> None:
+        self._batch = batch
+        self._hex = ""
+
+    def __call__(self) -> str:
+        if not self._hex:
+            self._hex = os.urandom(16 * self._batch).hex()
+        head, self._hex = self._hex[:32], self._hex[32:]
+        return head
+
+
 class _LaneBook:
     """Everything the scheduler tracks for one lane."""
 
@@ -127,7 +143,7 @@ class Scheduler:
     ) -> None:
         self._clock = clock
         self.ordering = ordering
-        self._new_id = new_id or (lambda: uuid.uuid4().hex)
+        self._new_id = new_id or RandomIds()
         self._lanes = {lane: _LaneBook(lane, p) for lane, p in policies.items()}
         self._tasks: dict[str, Task] = {}
         self._seq = itertools.count()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, resolve_model, submit, wait_task
+from ris.api.deps import body_doc, engine_of, json_body, resolve_model, submit, wait_task
 from ris.api.errors import failure
 from ris.api.llm_request import SEED, llm_request
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
-from ris.api.streams import sse_event, texts
+from ris.api.streams import json_response, sse_event, texts
+from ris.lanes.base import timings_json
 from ris.lanes.llm import LLMResult
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle, TaskView
@@ -29,8 +29,10 @@ router = APIRouter(tags=["llm"])
         200: {"model": LLMGenerateResponse, "content": {"text/event-stream": {}}},
     },
     summary="Generate text (streams server-sent events with stream=true)",
+    openapi_extra=body_doc(LLMGenerateRequest),
 )
-async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
+async def llm_generate(request: Request) -> Any:
+    body = await json_body(request, LLMGenerateRequest)
     engine = engine_of(request)
     req = llm_request(
         engine.config.server,
@@ -55,9 +57,9 @@ async def llm_generate(body: LLMGenerateRequest, request: Request) -> Any:
     view = await wait_task(engine, handle)
     if not view.succeeded:
         raise failure(view)
-    # A plain JSONResponse: the body is built from a typed result, so FastAPI's response-model
+    # A plain response: the body is built from a typed result, so FastAPI's response-model
     # validation would only check it a second time, on the hot path.
-    return JSONResponse(generation_body(view))
+    return json_response(generation_body(view))
 
 
 def generation_body(view: TaskView) -> dict[str, Any]:
@@ -73,7 +75,7 @@ def generation_body(view: TaskView) -> dict[str, Any]:
             "completion_tokens": r.completion_tokens,
             "total_tokens": r.prompt_tokens + r.completion_tokens,
         },
-        "timings": asdict(r.timings),
+        "timings": timings_json(r.timings),
     }
 
 

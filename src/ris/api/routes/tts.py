@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 
 from ris.api.deps import engine_of, pick_tts_model, submit, view_or_404, wait_task
 from ris.api.errors import APIError, failure
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
+from ris.api.streams import json_response
+from ris.lanes.base import timings_json
 from ris.lanes.tts import TTSRequest, TTSResult
 from ris.scheduler import Lane
 
@@ -53,7 +54,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
                 "X-Sample-Rate": str(r.sample_rate),
             },
         )
-    return JSONResponse(
+    return json_response(
         {
             "task_id": view.id,
             "model": r.model,
@@ -61,7 +62,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
             "sample_rate": r.sample_rate,
             "duration_s": r.duration_s,
             "audio_url": f"/api/tts/audio/{view.id}",
-            "timings": asdict(r.timings),
+            "timings": timings_json(r.timings),
         }
     )
 
