@@ -1,16 +1,18 @@
 """LLM latency and image throughput when the two lanes share one GPU, per preemption policy.
 
 Runs the real service (one fresh `ris serve` per phase) on one GPU with a Qwen2.5-7B-shape LLM
-and an SD 1.5-shape image model, both with random weights (the `dummy` load format), and prints,
-side by side from one run, the table of ../shared/design/GPU_SHARING.md:
+and an SD 1.5-shape image model, both with random weights (the `dummy` load format), drives
+it with `ris bench`'s load generator (ris.benchmark: one streaming chat client with think
+time, images kept two deep) and prints, side by side from one run:
 
-    phase             | TTFT p50 | TTFT max | ITL p50 | image steps/s
-    LLM alone         |          |          |         |  -
-    image alone       |  -       |  -       |  -      |
-    policy none       |          |          |         |
-    policy default    |          |          |         |   (block, during prefill)
+    phase             | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | image steps/s
+    LLM alone         |          |          |         |         |  -
+    image alone       |  -       |  -       |  -      |  -      |
+    policy none       |          |          |         |         |
+    policy default    |          |          |         |         |   (block, during prefill)
 
 Goals: TTFT p50 within 1.05x of LLM alone; image steps/s at least 0.85x of policy none.
+The measurement that motivated the design is in docs/PERFORMANCE.md (GPU sharing).
 
     python bench/gpu_image_sharing.py                 # on a GPU machine
     python bench/gpu_image_sharing.py --smoke         # tiny shapes on CPU: checks the script
@@ -19,20 +21,30 @@ Goals: TTFT p50 within 1.05x of LLM alone; image steps/s at least 0.85x of polic
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from ris.benchmark.loadgen import run_phase
+from ris.benchmark.run import warm_up
+from ris.benchmark.summary import phase_figures
+from ris.benchmark.workload import Workload
 from ris.launch import ServiceProcess
-from ris.scheduler import percentile
+
+# The dummy models' tokenizer makes one token per byte; the load generator's prompt is made
+# of the word "please" (7 bytes with its space).
+BYTES_PER_WORD = 7
+COLUMNS = (
+    ("llm_ttft_p50", "TTFT p50 ms", 1000, "LLM alone"),
+    ("llm_ttft_p99", "TTFT p99 ms", 1000, "LLM alone"),
+    ("llm_itl_p50", "ITL p50 ms", 1000, "LLM alone"),
+    ("llm_itl_p99", "ITL p99 ms", 1000, "LLM alone"),
+    ("image_steps_s", "image steps/s", 1, "policy none"),
+)
 
 
 def lane_configs(args: argparse.Namespace, policy: str | None, llm: bool, image: bool) -> dict[str, Any]:
@@ -55,11 +67,10 @@ def lane_configs(args: argparse.Namespace, policy: str | None, llm: bool, image:
                 }
             },
         },
-        "tts": {"enabled": False, "device": "cpu", "models": {}},
+        "tts": {"enabled": False},
         "image": {
             "enabled": image,
             "device": dev,
-            "priority_class": "batch",
             "nice": 0 if not args.smoke else 19,
             "max_queue": 16,
             "default_model": "img",
@@ -77,146 +88,53 @@ def lane_configs(args: argparse.Namespace, policy: str | None, llm: bool, image:
     }
 
 
-class ImageLoad:
-    """Keeps the image queue fed and counts denoising steps done."""
-
-    def __init__(self, url: str, size: int, steps: int) -> None:
-        self.http = httpx.Client(base_url=url, timeout=30)
-        self.body = {"prompt": "a lighthouse at dawn", "width": size, "height": size, "steps": steps}
-        self.ids: list[str] = []
-        self.done_steps: dict[str, int] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.lock = threading.Lock()
-        # The first failed task's error: a benchmark of failing images must stop, not wait.
-        self.error: dict[str, Any] | None = None
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            live = 0
-            for tid in list(self.ids):
-                p = self.http.get(f"/api/image/progress/{tid}").json()
-                with self.lock:
-                    self.done_steps[tid] = int(p["step"])
-                if p["status"] in ("queued", "running"):
-                    live += 1
-                elif p["status"] == "failed" and self.error is None:
-                    self.error = p["error"]
-            while live < 2:
-                r = self.http.post("/api/image/generate", json=self.body)
-                r.raise_for_status()
-                self.ids.append(r.json()["task_id"])
-                live += 1
-            time.sleep(0.05)
-
-    def steps(self) -> int:
-        with self.lock:
-            return sum(self.done_steps.values())
-
-    def __enter__(self) -> ImageLoad:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        for tid in self.ids:
-            self.http.post(f"/api/image/cancel/{tid}")
-        self.http.close()
+def workload(args: argparse.Namespace) -> Workload:
+    return Workload(
+        duration_s=args.window_s,
+        drain_s=60.0,
+        llm_clients=1,
+        llm_max_tokens=args.new_tokens,
+        llm_prompt_words=args.prompt_tokens // BYTES_PER_WORD,
+        llm_think_s=args.gap_s,
+        llm_plain_every=0,  # every request streamed: TTFT and ITL from each
+        tts_burst_size=0,
+        image_outstanding=2,
+        image_size=args.image_size,
+        image_steps=args.image_steps,
+    )
 
 
-def llm_requests(url: str, args: argparse.Namespace, n: int) -> dict[str, list[float]]:
-    """n streamed requests with gaps; client-side TTFT and inter-token latency."""
-    ttft, itl = [], []
-    prompt = "x" * args.prompt_tokens  # the dummy tokenizer makes one token per byte
-    body = {
-        "prompt": prompt,
-        "max_tokens": args.new_tokens,
-        "ignore_eos": True,
-        "stream": True,
-        "temperature": 0,
-    }
-    with httpx.Client(base_url=url, timeout=300) as http:
-        for _ in range(n):
-            time.sleep(args.gap_s)
-            t0 = time.perf_counter()
-            last = None
-            with http.stream("POST", "/api/llm/generate", json=body) as resp:
-                resp.raise_for_status()
-                for line in resp.iter_lines():
-                    if not line.startswith("event: token"):
-                        continue
-                    now = time.perf_counter()
-                    if last is None:
-                        ttft.append(now - t0)
-                    else:
-                        itl.append(now - last)
-                    last = now
-    return {"ttft": ttft, "itl": itl}
-
-
-def summarize(name: str, llm: dict[str, list[float]] | None, steps_s: float | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"phase": name}
-    if llm:
-        row.update(
-            ttft_p50_ms=1000 * statistics.median(llm["ttft"]),
-            ttft_max_ms=1000 * max(llm["ttft"]),
-            itl_p50_ms=1000 * statistics.median(llm["itl"]),
-            itl_p99_ms=1000 * (percentile(llm["itl"], 99) or 0.0),
-        )
-    if steps_s is not None:
-        row["image_steps_per_s"] = steps_s
-    return row
-
-
-def run_phase(
+def run_phase_on_service(
     args: argparse.Namespace, name: str, policy: str | None, llm: bool, image: bool, work: Path
 ) -> dict[str, Any]:
     cfg = {"data_dir": str(work / "data"), "lanes": lane_configs(args, policy, llm, image)}
     svc = ServiceProcess(work / name.replace(" ", "_"), cfg).start(timeout=900)
+    lanes = tuple(lane for lane, on in (("llm", llm), ("image", image)) if on)
+    w = workload(args)
     try:
-        if llm:
-            llm_requests(svc.url, args, 2)  # warm-up (CUDA kernels, allocator)
-        if not image:
-            return summarize(name, llm_requests(svc.url, args, args.requests), None)
-        with ImageLoad(svc.url, args.image_size, args.image_steps) as load:
-            give_up = time.monotonic() + 300
-            while load.steps() < 3:  # image pipeline warmed up and running
-                if load.error is not None or not load.thread.is_alive() or time.monotonic() > give_up:
-                    raise RuntimeError(f"{name}: images do not run: {load.error}\n{svc.log()}")
-                time.sleep(0.1)
-            s0, t0 = load.steps(), time.perf_counter()
-            if llm:
-                stats = llm_requests(svc.url, args, args.requests)
-            else:
-                time.sleep(args.image_window_s)
-                stats = None
-            rate = (load.steps() - s0) / (time.perf_counter() - t0)
-        return summarize(name, stats, rate)
+        warm_up(svc.url, w, lanes)  # CUDA kernels, the allocator, the pipeline
+        figures = phase_figures(asyncio.run(run_phase(svc.url, frozenset(lanes), w)))
     finally:
         svc.stop()
+    if figures["errors"]:
+        raise RuntimeError(f"{name}: {figures['errors']:.0f} requests failed\n{svc.log()}")
+    return {"phase": name, **{k: v for k, v in figures.items() if v is not None}}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     by = {r["phase"]: r for r in rows}
-    alone, none_ = by.get("LLM alone", {}), by.get("policy none", {})
 
-    def cell(r: dict[str, Any], k: str, ref: dict[str, Any]) -> str:
-        if k not in r:
+    def cell(r: dict[str, Any], key: str, scale: float, ref_name: str) -> str:
+        if key not in r:
             return "-"
-        ratio = f" ({r[k] / ref[k]:.2f}x)" if k in ref and ref is not r and ref[k] else ""
-        return f"{r[k]:.1f}{ratio}" if k != "image_steps_per_s" else f"{r[k]:.2f}{ratio}"
+        ref = by.get(ref_name, {})
+        ratio = f" ({r[key] / ref[key]:.2f}x)" if key in ref and ref is not r and ref[key] else ""
+        return f"{r[key] * scale:.1f}{ratio}"
 
-    out = [
-        "| phase | TTFT p50 ms | TTFT max ms | ITL p50 ms | ITL p99 ms | image steps/s |",
-        "|---|---|---|---|---|---|",
-    ]
+    out = ["| phase | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for r in rows:
-        out.append(
-            f"| {r['phase']} | {cell(r, 'ttft_p50_ms', alone)} | {cell(r, 'ttft_max_ms', alone)} | "
-            f"{cell(r, 'itl_p50_ms', alone)} | {cell(r, 'itl_p99_ms', alone)} | "
-            f"{cell(r, 'image_steps_per_s', none_)} |"
-        )
+        cells = [cell(r, key, scale, ref) for key, _, scale, ref in COLUMNS]
+        out.append(f"| {r['phase']} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -224,20 +142,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
     p.add_argument("--llm-shape", default="qwen2.5-7b")
-    p.add_argument("--requests", type=int, default=8)
+    p.add_argument("--window-s", type=float, default=15.0, help="measured seconds per phase")
     p.add_argument("--prompt-tokens", type=int, default=2048)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--gap-s", type=float, default=0.3)
+    p.add_argument("--gap-s", type=float, default=0.3, help="the chat client's think time")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--image-steps", type=int, default=20)
-    p.add_argument("--image-window-s", type=float, default=12.0)
     p.add_argument("--min-share", type=float, default=0.1)
     p.add_argument("--extra-policies", default="step", help="comma-separated, beside none and default")
     p.add_argument("--out", default="bench/results/gpu_image_sharing.json")
     args = p.parse_args()
     if args.smoke:
-        args.requests, args.prompt_tokens, args.new_tokens = 3, 64, 8
-        args.image_size, args.image_steps, args.image_window_s = 64, 4, 3.0
+        args.window_s, args.prompt_tokens, args.new_tokens = 3.0, 64, 8
+        args.image_size, args.image_steps = 64, 4
     phases: list[tuple[str, str | None, bool, bool]] = [
         ("LLM alone", None, True, False),
         ("image alone", "none", False, True),
@@ -248,7 +165,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ris-bench-") as tmp:
         for name, policy, llm, image in phases:
-            row = run_phase(args, name, policy, llm, image, Path(tmp))
+            row = run_phase_on_service(args, name, policy, llm, image, Path(tmp))
             print(json.dumps(row), flush=True)
             rows.append(row)
     text = table(rows)

@@ -40,7 +40,7 @@ case ",$PARTS," in *,tests,*)
         2>&1 | tee "$OUT/gpu_tests.txt"
 esac
 case ",$PARTS," in *,sharing,*)
-    timeout "${T_SHARING:-300}" $PY bench/gpu_image_sharing.py --requests "${REQUESTS:-6}" \
+    timeout "${T_SHARING:-300}" $PY bench/gpu_image_sharing.py --window-s "${WINDOW_S:-12}" \
         --extra-policies "${EXTRA_POLICIES:-}" --out "$OUT/gpu_image_sharing.json" 2>&1 \
         | tee "$OUT/gpu_image_sharing.log" | tail -25
 esac

@@ -86,11 +86,15 @@ class ProgressBar:
             self.out.write("\n")
 
 
-def warm_up(url: str, w: Workload) -> None:
+def warm_up(url: str, w: Workload, lanes: tuple[str, ...] = ALONE_PHASES) -> None:
     """One request per lane before measuring: first calls pay one-off costs (graphs, caches)."""
     with httpx.Client(base_url=url, timeout=600) as c:
-        c.post("/api/llm/generate", json={"prompt": "Hello", "max_tokens": 8}).raise_for_status()
-        c.post("/api/tts/synthesize", json={"text": "Hello there."}).raise_for_status()
+        if "llm" in lanes:
+            c.post("/api/llm/generate", json={"prompt": "Hello", "max_tokens": 8}).raise_for_status()
+        if "tts" in lanes:
+            c.post("/api/tts/synthesize", json={"text": "Hello there."}).raise_for_status()
+        if "image" not in lanes:
+            return
         size = w.image_size
         r = c.post(
             "/api/image/generate", json={"prompt": "warm up", "width": size, "height": size, "steps": 2}
