@@ -37,18 +37,21 @@ def ready(srv: Server) -> dict[str, bool]:
     return dict(httpx.get(f"{srv.url}/ready", timeout=5).json()["lanes"])
 
 
-def start_long_generation(srv: Server) -> tuple[threading.Thread, list[httpx.Response]]:
-    """A 1,500-token generation in a thread; its response lands in the returned list."""
+def long_generation_running(srv: Server) -> tuple[int, threading.Thread, list[httpx.Response]]:
+    """The LLM worker's pid, once a 1,500-token generation runs on it; the generation's
+    response lands in the returned list."""
+    pid = srv.worker_pid("llm")
     body = {"prompt": "A long tale:", "max_tokens": 1500, "ignore_eos": True}
-    return post_in_background(f"{srv.url}/api/llm/generate", body, timeout=120)
+    t, result = post_in_background(f"{srv.url}/api/llm/generate", body, timeout=120)
+    with Client(srv.url, max_retries=0) as c:
+        wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
+    return pid, t, result
 
 
 def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
     srv = crash_server
-    old_pid = srv.worker_pid("llm")
-    t, result = start_long_generation(srv)
+    old_pid, t, result = long_generation_running(srv)
     with Client(srv.url, max_retries=0) as c:
-        wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
         kill(old_pid)
         t.join(15)
         assert result, "the in-flight request did not end within 15 s"
@@ -99,10 +102,7 @@ def test_image_worker_killed_mid_task(crash_server: Server) -> None:
 
 def test_stopped_llm_worker_times_out_its_task_and_is_replaced(crash_server: Server) -> None:
     srv = crash_server
-    old_pid = srv.worker_pid("llm")
-    t, result = start_long_generation(srv)
-    with Client(srv.url, max_retries=0) as c:
-        wait_for(lambda: c.tasks(lane="llm", state="running"), 30)
+    old_pid, t, result = long_generation_running(srv)
     kill(old_pid, signal.SIGSTOP)
     start = time.monotonic()
     t.join(2.0 + 5.0 + 1.0)  # heartbeat timeout + 5 s (+1 s for the client)

@@ -20,7 +20,6 @@ from ris.lanes.base import (
     LaneRunner,
     ResultFiles,
     Seen,
-    WorkerEnv,
     result_from_json,
 )
 from ris.messages import TaskOutput
@@ -81,16 +80,8 @@ class EchoRunner(LaneRunner[EchoBackend, EchoRequest, EchoOutcome]):
 
 class EchoLane(LaneKind[EchoRequest, EchoOutcome]):
     name = "echo"
-    request_type = EchoRequest
-    outcome_type = EchoOutcome
-    backend_type = EchoBackend
-
-    @classmethod
-    def default_backends(cls) -> Mapping[str, str]:
-        return {"upper": f"{__name__}:UpperEcho"}
-
-    def runner(self, env: WorkerEnv) -> EchoRunner:
-        return EchoRunner(env)
+    request_type, outcome_type, backend_type, runner_type = EchoRequest, EchoOutcome, EchoBackend, EchoRunner
+    builtin_backends = {"upper": f"{__name__}:UpperEcho"}
 
     def build_result(self, seen: Seen, outcome: EchoOutcome, files: ResultFiles) -> EchoResult:
         text = " ".join(part.text for part in seen.outputs)

@@ -5,22 +5,49 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ris import messages as m
-from ris.lanes.image import ImageOutcome, ImageRequest, ImageResult
+from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageResult
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
-from ris.runtime.engine import LaneUnavailable
+from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.supervisor import backoff
+from ris.runtime.views import TaskHandle
 from ris.scheduler import CancelOutcome, Lane, QueueFull
 
-from .fakes import FakeClock, FakeWorkers, config, engine
+from .fakes import FakeClock, FakeWorker, FakeWorkers, config, engine
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
+
+
+@asynccontextmanager
+async def started_engine(
+    tmp: Path, **lanes: dict[str, Any]
+) -> AsyncIterator[tuple[Engine, FakeWorkers, FakeClock]]:
+    """A started engine on fake workers (none of them ready yet) and its fake clock."""
+    clock, workers = FakeClock(), FakeWorkers()
+    eng = engine(config(tmp, **lanes), clock, workers)
+    await eng.start()
+    try:
+        yield eng, workers, clock
+    finally:
+        await eng.stop()
+
+
+def two_tasks(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle, TaskHandle]:
+    """The LLM worker made ready, one task running on it and one queued behind."""
+    llm = workers[Lane.LLM]
+    llm.ready()
+    return (
+        llm,
+        eng.submit(Lane.LLM, "m", LLMRequest(prompt="a")),
+        eng.submit(Lane.LLM, "m", LLMRequest(prompt="b")),
+    )
 
 
 def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -33,195 +60,161 @@ def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
 
 @run
 async def test_tasks_wait_for_a_ready_worker_then_run_one_per_slot(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    a = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    b = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
-    llm = workers[Lane.LLM]
-    assert llm.runs == []  # still loading
-    llm.ready()
-    assert [r.task_id for r in llm.runs] == [a.task_id]
-    assert eng.lookup(b.task_id).queue_position == 0  # type: ignore[union-attr]
-    llm.deliver(m.TaskDone(a.task_id, LLMOutcome("stop", 1, 0)))
-    assert [r.task_id for r in llm.runs] == [a.task_id, b.task_id]
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        a = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        b = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
+        llm = workers[Lane.LLM]
+        assert llm.runs == []  # still loading
+        llm.ready()
+        assert [r.task_id for r in llm.runs] == [a.task_id]
+        assert eng.lookup(b.task_id).queue_position == 0  # type: ignore[union-attr]
+        llm.deliver(m.TaskDone(a.task_id, LLMOutcome("stop", 1, 0)))
+        assert [r.task_id for r in llm.runs] == [a.task_id, b.task_id]
 
 
 @run
 async def test_a_worker_with_two_slots_runs_two_tasks_at_once(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    workers[Lane.LLM].ready(slots=2)
-    ids = [eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i))).task_id for i in range(3)]
-    assert [r.task_id for r in workers[Lane.LLM].runs] == ids[:2]
-    assert eng.status()[0].workers[0].running == 2
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        workers[Lane.LLM].ready(slots=2)
+        ids = [eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i))).task_id for i in range(3)]
+        assert [r.task_id for r in workers[Lane.LLM].runs] == ids[:2]
+        assert eng.status()[0].workers[0].running == 2
 
 
 @run
 async def test_outputs_stream_and_become_a_typed_result_with_timings(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    workers[Lane.LLM].ready()
-    handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="hi"))
-    clock.advance(0.2)
-    for piece in ("Hel", "lo"):
-        workers[Lane.LLM].deliver(m.TaskOutput(handle.task_id, TextDelta(piece)))
-        clock.advance(0.1)
-    workers[Lane.LLM].deliver(m.TaskDone(handle.task_id, LLMOutcome("stop", 2, 2)))
-    streamed = [handle.events.get_nowait() for _ in range(3)]
-    assert [e.text for e in streamed[:2]] == ["Hel", "lo"] and streamed[2] is None
-    view = await handle.done
-    assert view.state == "succeeded" and isinstance(view.result, LLMResult)
-    r = view.result
-    assert (r.text, r.finish_reason, r.completion_tokens) == ("Hello", "stop", 2)
-    assert r.timings.queue_ms == pytest.approx(0) and r.timings.first_output_ms == pytest.approx(200)
-    assert r.timings.total_ms == pytest.approx(400)
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        workers[Lane.LLM].ready()
+        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="hi"))
+        clock.advance(0.2)
+        for piece in ("Hel", "lo"):
+            workers[Lane.LLM].deliver(m.TaskOutput(handle.task_id, TextDelta(piece)))
+            clock.advance(0.1)
+        workers[Lane.LLM].deliver(m.TaskDone(handle.task_id, LLMOutcome("stop", 2, 2)))
+        streamed = [handle.events.get_nowait() for _ in range(3)]
+        assert [e.text for e in streamed[:2]] == ["Hel", "lo"] and streamed[2] is None
+        view = await handle.done
+        assert view.state == "succeeded" and isinstance(view.result, LLMResult)
+        r = view.result
+        assert (r.text, r.finish_reason, r.completion_tokens) == ("Hello", "stop", 2)
+        assert r.timings.queue_ms == pytest.approx(0) and r.timings.first_output_ms == pytest.approx(200)
+        assert r.timings.total_ms == pytest.approx(400)
 
 
 @run
 async def test_admission_refuses_with_reasons(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    for i in range(2):  # max_queue 2, worker not ready: both wait
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i)))
-    with pytest.raises(QueueFull) as full:
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt="3"))
-    assert full.value.retry_after_s >= 1
-    with pytest.raises(LaneUnavailable, match="image lane is disabled"):
-        eng.submit(Lane.IMAGE, "x", ImageRequest(prompt="x"))
-    with pytest.raises(TypeError, match="takes LLMRequest"):
-        eng.submit(Lane.LLM, "m", ImageRequest(prompt="x"))
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        for i in range(2):  # max_queue 2, worker not ready: both wait
+            eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i)))
+        with pytest.raises(QueueFull) as full:
+            eng.submit(Lane.LLM, "m", LLMRequest(prompt="3"))
+        assert full.value.retry_after_s >= 1
+        with pytest.raises(LaneUnavailable, match="image lane is disabled"):
+            eng.submit(Lane.IMAGE, "x", ImageRequest(prompt="x"))
+        with pytest.raises(TypeError, match="takes LLMRequest"):
+            eng.submit(Lane.LLM, "m", ImageRequest(prompt="x"))
 
 
 @run
 async def test_a_crash_fails_the_running_task_and_the_worker_restarts_after_a_backoff(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    llm = workers[Lane.LLM]
-    llm.ready()
-    running = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    queued = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
-    llm.die()
-    eng.check()
-    view = await running.done
-    assert (view.state, view.error_code) == ("failed", "worker_crashed")
-    assert eng.ready() == {"llm": False, "tts": False}
-    assert eng.lookup(queued.task_id).state == "queued"  # type: ignore[union-attr]  # waits, not lost
-    clock.advance(backoff(0) - 0.01)
-    eng.check()
-    assert llm.starts == 1
-    clock.advance(0.02)
-    eng.check()
-    assert llm.starts == 2 and eng.status()[0].workers[0].restarts == 1
-    llm.ready()
-    assert llm.runs[-1].task_id == queued.task_id  # the queued task runs on the new worker
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm, running, queued = two_tasks(eng, workers)
+        llm.die()
+        eng.check()
+        view = await running.done
+        assert (view.state, view.error_code) == ("failed", "worker_crashed")
+        assert eng.ready() == {"llm": False, "tts": False}
+        assert eng.lookup(queued.task_id).state == "queued"  # type: ignore[union-attr]  # waits, not lost
+        clock.advance(backoff(0) - 0.01)
+        eng.check()
+        assert llm.starts == 1
+        clock.advance(0.02)
+        eng.check()
+        assert llm.starts == 2 and eng.status()[0].workers[0].restarts == 1
+        llm.ready()
+        assert llm.runs[-1].task_id == queued.task_id  # the queued task runs on the new worker
 
 
 @run
 async def test_a_silent_worker_is_declared_hung_and_replaced(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    llm = workers[Lane.LLM]
-    llm.ready()
-    handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    for _ in range(4):  # heartbeats keep it alive (timeout 5 s)
-        clock.advance(2.0)
-        llm.deliver(m.Heartbeat(progress_events=0))
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        for _ in range(4):  # heartbeats keep it alive (timeout 5 s)
+            clock.advance(2.0)
+            llm.deliver(m.Heartbeat(progress_events=0))
+            eng.check()
+        assert llm.kills == 0
+        clock.advance(5.5)
         eng.check()
-    assert llm.kills == 0
-    clock.advance(5.5)
-    eng.check()
-    assert llm.kills == 1
-    view = await handle.done
-    assert view.error_code == "worker_timeout" and "stopped answering for 5 s" in (view.error_message or "")
-    await eng.stop()
+        assert llm.kills == 1
+        view = await handle.done
+        assert view.error_code == "worker_timeout" and "stopped answering for 5 s" in (
+            view.error_message or ""
+        )
 
 
 @run
 async def test_a_busy_worker_without_progress_is_replaced_and_progress_keeps_it(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    llm = workers[Lane.LLM]
-    llm.ready()
-    handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    for events in range(1, 6):  # 30 s of work, making progress (busy timeout 20 s)
-        clock.advance(6.0)
-        llm.deliver(m.Heartbeat(progress_events=events))
-        eng.check()
-    assert llm.kills == 0
-    for _ in range(4):  # alive (heartbeats) but stuck: no progress for 24 s
-        clock.advance(6.0)
-        llm.deliver(m.Heartbeat(progress_events=5))
-        eng.check()
-    assert llm.kills == 1
-    view = await handle.done
-    assert view.error_code == "worker_timeout" and "no progress for 20 s" in (view.error_message or "")
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        for events in range(1, 6):  # 30 s of work, making progress (busy timeout 20 s)
+            clock.advance(6.0)
+            llm.deliver(m.Heartbeat(progress_events=events))
+            eng.check()
+        assert llm.kills == 0
+        for _ in range(4):  # alive (heartbeats) but stuck: no progress for 24 s
+            clock.advance(6.0)
+            llm.deliver(m.Heartbeat(progress_events=5))
+            eng.check()
+        assert llm.kills == 1
+        view = await handle.done
+        assert view.error_code == "worker_timeout" and "no progress for 20 s" in (view.error_message or "")
 
 
 @run
 async def test_a_model_that_cannot_load_makes_the_lane_unavailable_until_it_can(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    llm = workers[Lane.LLM]
-    llm.deliver(m.WorkerFailed("model_not_found", "no such file"))
-    with pytest.raises(LaneUnavailable, match="cannot start: no such file"):
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.deliver(m.WorkerFailed("model_not_found", "no such file"))
+        with pytest.raises(LaneUnavailable, match="cannot start: no such file"):
+            eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        clock.advance(backoff(0))
+        eng.check()
+        assert llm.starts == 2
+        llm.ready()
+        assert eng.ready()["llm"]
         eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    clock.advance(backoff(0))
-    eng.check()
-    assert llm.starts == 2
-    llm.ready()
-    assert eng.ready()["llm"]
-    eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    await eng.stop()
 
 
 @run
 async def test_cancel_a_queued_task_at_once_and_a_running_one_through_its_worker(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    llm = workers[Lane.LLM]
-    llm.ready()
-    running = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-    queued = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
-    assert eng.cancel(queued.task_id) is CancelOutcome.CANCELLED
-    assert (await queued.done).state == "cancelled"
-    assert eng.cancel(running.task_id) is CancelOutcome.REQUESTED
-    assert llm.cancels == [running.task_id]
-    llm.deliver(m.TaskCancelled(running.task_id))
-    assert (await running.done).state == "cancelled"
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm, running, queued = two_tasks(eng, workers)
+        assert eng.cancel(queued.task_id) is CancelOutcome.CANCELLED
+        assert (await queued.done).state == "cancelled"
+        assert eng.cancel(running.task_id) is CancelOutcome.REQUESTED
+        assert llm.cancels == [running.task_id]
+        llm.deliver(m.TaskCancelled(running.task_id))
+        assert (await running.done).state == "cancelled"
 
 
 @run
 async def test_a_deadline_stops_a_running_task(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp_path), clock, workers)
-    await eng.start()
-    llm = workers[Lane.LLM]
-    llm.ready()
-    handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"), timeout_s=3)
-    clock.advance(3.5)
-    llm.deliver(m.Heartbeat(progress_events=1))
-    eng.check()
-    assert llm.cancels == [handle.task_id]
-    llm.deliver(m.TaskCancelled(handle.task_id))
-    view = await handle.done
-    assert (view.state, view.error_code) == ("failed", "deadline_exceeded")
-    await eng.stop()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"), timeout_s=3)
+        clock.advance(3.5)
+        llm.deliver(m.Heartbeat(progress_events=1))
+        eng.check()
+        assert llm.cancels == [handle.task_id]
+        llm.deliver(m.TaskCancelled(handle.task_id))
+        view = await handle.done
+        assert (view.state, view.error_code) == ("failed", "deadline_exceeded")
 
 
 IMAGE_ON = {"enabled": True, "cores": [0, 1], "default_model": "i", "models": {"i": {"backend": "diffusers"}}}
@@ -229,46 +222,38 @@ IMAGE_ON = {"enabled": True, "cores": [0, 1], "default_model": "i", "models": {"
 
 @run
 async def test_image_results_are_written_by_the_server_and_tasks_survive_a_restart(tmp_path: Path) -> None:
-    cfg = config(tmp_path, image=IMAGE_ON)
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(cfg, clock, workers)
-    await eng.start()
-    img = workers[Lane.IMAGE]
-    img.ready()
-    done = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="a"))
-    img.deliver(m.TaskProgress(done.task_id, 1, 2))
-    assert eng.lookup(done.task_id).progress_done == 1  # type: ignore[union-attr]
-    img.deliver(m.TaskDone(done.task_id, ImageOutcome(PNG, 64, 64, 2, 7)))
-    result = (await done.done).result
-    assert isinstance(result, ImageResult) and Path(result.path).read_bytes() == PNG
-    assert eng.files.servable("images", result.path) == Path(result.path).resolve()
-    interrupted = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="b"))
-    clock.advance(1.0)
-    waiting = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="c", seed=3))
-    await eng.stop()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        img = workers[Lane.IMAGE]
+        img.ready()
+        done = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="a"))
+        img.deliver(m.TaskProgress(done.task_id, 1, 2))
+        assert eng.lookup(done.task_id).progress_done == 1  # type: ignore[union-attr]
+        img.deliver(m.TaskDone(done.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7))))
+        result = (await done.done).result
+        assert isinstance(result, ImageResult) and Path(result.path).read_bytes() == PNG
+        assert eng.files.servable("images", result.path) == Path(result.path).resolve()
+        interrupted = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="b"))
+        clock.advance(1.0)
+        waiting = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="c", seed=3))
 
     # A new engine on the same data folder: the finished one is known, the others resume.
-    workers2 = FakeWorkers()
-    eng2 = engine(cfg, FakeClock(), workers2)
-    await eng2.start()
-    assert eng2.lookup(done.task_id).result == result  # type: ignore[union-attr]
-    assert [eng2.lookup(t.task_id).state for t in (interrupted, waiting)] == ["queued", "queued"]  # type: ignore[union-attr]
-    workers2[Lane.IMAGE].ready()
-    run_ = workers2[Lane.IMAGE].runs[0]
-    assert run_.task_id == interrupted.task_id and run_.request == ImageRequest(prompt="b")
-    await eng2.stop()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, workers2, _):
+        assert eng2.lookup(done.task_id).result == result  # type: ignore[union-attr]
+        states = [eng2.lookup(t.task_id).state for t in (interrupted, waiting)]  # type: ignore[union-attr]
+        assert states == ["queued", "queued"]
+        workers2[Lane.IMAGE].ready()
+        run_ = workers2[Lane.IMAGE].runs[0]
+        assert run_.task_id == interrupted.task_id and run_.request == ImageRequest(prompt="b")
 
 
 @run
 async def test_a_result_that_cannot_be_written_fails_the_task_clearly(tmp_path: Path) -> None:
-    cfg = config(tmp_path, image=IMAGE_ON)
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(cfg, clock, workers)
-    await eng.start()
-    workers[Lane.IMAGE].ready()
-    handle = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="a"))
-    (tmp_path / "data" / "images").write_text("a file where the folder should be")
-    workers[Lane.IMAGE].deliver(m.TaskDone(handle.task_id, ImageOutcome(PNG, 64, 64, 2, 7)))
-    view = await handle.done
-    assert (view.state, view.error_code) == ("failed", "result_not_stored")
-    await eng.stop()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        workers[Lane.IMAGE].ready()
+        handle = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="a"))
+        (tmp_path / "data" / "images").write_text("a file where the folder should be")
+        workers[Lane.IMAGE].deliver(
+            m.TaskDone(handle.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7)))
+        )
+        view = await handle.done
+        assert (view.state, view.error_code) == ("failed", "result_not_stored")

@@ -49,22 +49,22 @@ def test_prefill_scope_lets_decode_share() -> None:
     assert w.now == 0.0 and y.stats.pauses == 0
 
 
-def test_request_scope_pauses_through_decode() -> None:
+@pytest.mark.parametrize(
+    ("mode", "scope", "state", "ends_at"),
+    [
+        ("block", "request", Activity.DECODE, 0.3),  # the request scope pauses through decode
+        ("step", "prefill", Activity.BUSY, 0.2),  # a busy TTS lane is always protected
+    ],
+)
+def test_protected_phases_pause_until_they_end(
+    mode: str, scope: str, state: Activity, ends_at: float
+) -> None:
     w = World()
-    y = yielder(w, mode="block", scope="request", min_share=0.0)
-    w.states[0] = Activity.DECODE
-    w.events = [(0.3, Activity.IDLE)]
-    y.checkpoint("block")
-    assert w.now == pytest.approx(0.3, abs=0.011)
-
-
-def test_busy_tts_is_always_protected() -> None:
-    w = World()
-    y = yielder(w, mode="step", scope="prefill", min_share=0.0)
-    w.states[0] = Activity.BUSY
-    w.events = [(0.2, Activity.IDLE)]
-    y.checkpoint("step")
-    assert w.now == pytest.approx(0.2, abs=0.011)
+    y = yielder(w, mode=mode, scope=scope, min_share=0.0)
+    w.states[0] = state
+    w.events = [(ends_at, Activity.IDLE)]
+    y.checkpoint(mode)  # type: ignore[arg-type]
+    assert w.now == pytest.approx(ends_at, abs=0.011)
 
 
 def test_step_policy_ignores_block_points_and_none_ignores_all() -> None:

@@ -19,16 +19,7 @@ from ris.scheduler import (
     percentile,
 )
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, dt: float) -> None:
-        self.now += dt
+from .fakes import FakeClock
 
 
 def make(max_queue: int = 8, aging_s: float = 10.0, slots: int = 0) -> tuple[Scheduler, FakeClock]:

@@ -63,7 +63,7 @@ def queue_full(e: QueueFull) -> APIError:
 
 
 def lane_unavailable(e: LaneUnavailable) -> APIError:
-    return APIError(503, "lane_unavailable", e.message, headers={"Retry-After": "5"})
+    return APIError(503, "lane_unavailable", str(e), headers={"Retry-After": "5"})
 
 
 # HTTP status of a task that ended without success, by its error code (500 otherwise).

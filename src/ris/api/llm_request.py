@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ris.api.errors import APIError
+from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
 from ris.lanes.llm import LLMRequest
 
@@ -66,3 +67,12 @@ def llm_request(
         seed=seed,
         ignore_eos=ignore_eos,
     )
+
+
+def seed_llm_request(limits: ServerConfig, body: LLMFields) -> LLMRequest:
+    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak)."""
+    messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
+    same = body.model_dump(
+        include={"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos"}
+    )
+    return llm_request(limits, SEED, messages=messages, **same)

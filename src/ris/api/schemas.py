@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ris.runtime.views import TaskView
 
 
 class _Body(BaseModel):
@@ -16,21 +20,26 @@ class ChatMessage(_Body):
     content: str = Field(max_length=200_000)
 
 
-class LLMGenerateRequest(_Body):
+class LLMFields(_Body):
+    """What the seed API's LLM routes share (/api/llm/generate, /api/chat/speak)."""
+
     prompt: str | None = Field(default=None, description="plain prompt; or give `messages`")
     messages: list[ChatMessage] | None = Field(
         default=None, min_length=1, max_length=256, description="chat turns; the chat template applies"
     )
-    model: str | None = Field(default=None, description="a configured model name; default if absent")
+    model: str | None = Field(default=None, description="a configured LLM name; default if absent")
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(default=256, ge=1)
     stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    ignore_eos: bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
+
+
+class LLMGenerateRequest(LLMFields):
     stream: bool = Field(default=False, description="stream tokens as server-sent events")
     priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
     timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
-    ignore_eos: bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
 
 
 class Usage(BaseModel):
@@ -115,34 +124,24 @@ class TaskSubmit(_Body):
     timeout_s: float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
 
 
-class TaskInfo(BaseModel):
-    task_id: str
-    lane: str
-    state: str
-    model: str
-    priority: int
-    submitted_at: float
-    started_at: float | None
-    finished_at: float | None
-    queue_position: int | None
-    progress_done: int
-    progress_total: int | None
-    eta_s: float | None
-    error: dict[str, str] | None
-    # A finished task's result, as its lane describes it (URLs for files).
-    result: dict[str, Any] | None = None
+def _task_info() -> type[BaseModel]:
+    """TaskInfo, a task as JSON: the engine's TaskView with `task_id`, an `error` object and
+    the result's public JSON, derived from TaskView so the two field lists cannot drift."""
+    hints = typing.get_type_hints(TaskView)
+    fields: dict[str, Any] = {"task_id": (str, ...)}
+    for f in dataclasses.fields(TaskView):
+        if f.name not in TASK_VIEW_SPECIAL:
+            fields[f.name] = (hints[f.name], ...)
+    fields["error"] = (ErrorDetail | None, None)
+    fields["result"] = (dict[str, Any] | None, None)
+    return create_model("TaskInfo", **fields)
 
 
-class SpeakRequest(_Body):
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=256)
-    prompt: str | None = None
-    model: str | None = Field(default=None, description="LLM model; default if absent")
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=256, ge=1)
-    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    ignore_eos: bool = False
+# TaskView fields TaskInfo shows differently.
+TASK_VIEW_SPECIAL = frozenset({"id", "error_code", "error_message", "result"})
+
+
+class SpeakRequest(LLMFields):
     voice: str | None = Field(default=None, description="e.g. en-US, zh-CN")
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     tts_model: str | None = None
@@ -158,6 +157,8 @@ class ErrorDetail(BaseModel):
 class ErrorBody(BaseModel):
     error: ErrorDetail
 
+
+TaskInfo = _task_info()
 
 # The error answers a work route documents (each in the ErrorBody shape).
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -201,12 +201,15 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     # ones (the image lane: batch priority class, lowest OS priority, a long deadline).
     config_defaults: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self) -> None:
-        self.backends = dict(type(self).default_backends())
+    # The worker-side runner of this lane's tasks.
+    runner_type: ClassVar[type[LaneRunner[Any, Any, Any]]]
+    # Backends that come with RIS: name -> "module:Class" (more may be registered).
+    builtin_backends: ClassVar[Mapping[str, str]] = {}
+    # The embedded default models (those the default set-up installs), the first the default.
+    embedded_models: ClassVar[Mapping[str, ModelSpec]] = {}
 
-    @classmethod
-    def default_backends(cls) -> Mapping[str, str]:
-        return {}
+    def __init__(self) -> None:
+        self.backends = dict(self.builtin_backends)
 
     # ----- registry and defaults -------------------------------------------------------------
 
@@ -229,19 +232,18 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
         return load_backend(self.backend_target(name), name)
 
     def default_models(self) -> dict[str, ModelSpec]:
-        """The embedded default models of this lane (those the default set-up installs)."""
-        return {}
+        return dict(self.embedded_models)
 
     def default_model(self) -> str | None:
-        return next(iter(self.default_models()), None)
+        return next(iter(self.embedded_models), None)
 
     def enabled_by_default(self) -> bool:
         return True
 
     # ----- worker side -----------------------------------------------------------------------
 
-    @abstractmethod
-    def runner(self, env: WorkerEnv) -> LaneRunner[Any, RequestT, OutcomeT]: ...
+    def runner(self, env: WorkerEnv) -> LaneRunner[Any, RequestT, OutcomeT]:
+        return self.runner_type(env)
 
     # ----- server side -----------------------------------------------------------------------
 

@@ -56,11 +56,7 @@ class GeneratedImage:
 
 @dataclass(frozen=True)
 class ImageOutcome:
-    png: bytes = field(repr=False)
-    width: int
-    height: int
-    steps: int
-    seed: int
+    image: GeneratedImage
     # Seconds the worker spent paused for real-time lanes, and how often it paused.
     paused_s: float = 0.0
     pauses: int = 0
@@ -151,23 +147,18 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
         before = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
         image = backend.generate(request, _WorkerRun(self.env, task_id, cancelled))
         after = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
-        return ImageOutcome(
-            png=image.png,
-            width=image.width,
-            height=image.height,
-            steps=image.steps,
-            seed=image.seed,
-            paused_s=after[0] - before[0],
-            pauses=after[1] - before[1],
-        )
+        return ImageOutcome(image, paused_s=after[0] - before[0], pauses=after[1] - before[1])
 
 
 class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
     name = "image"
     generic_api = False
-    request_type = ImageRequest
-    outcome_type = ImageOutcome
-    backend_type = ImageBackend
+    request_type, outcome_type, backend_type, runner_type = (
+        ImageRequest,
+        ImageOutcome,
+        ImageBackend,
+        ImageRunner,
+    )
     durable = True
     preemptible = True
     config_defaults: ClassVar[Mapping[str, Any]] = {
@@ -178,41 +169,28 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
         "busy_timeout_s": 600.0,
     }
 
-    @classmethod
-    def default_backends(cls) -> Mapping[str, str]:
-        return {"diffusers": "ris.backends.image_diffusers:DiffusersImage"}
-
-    def default_models(self) -> dict[str, ModelSpec]:
-        return {
-            "tiny-sd": ModelSpec(
-                backend="diffusers",
-                source="builtin:tiny-sd",
-                options={"default_steps": 8, "default_guidance": 5.0},
-                description="UNTRAINED tiny Stable Diffusion pipeline built offline (tests, "
-                "plumbing); its pictures are noise. Configure SD 1.5 / SD-Turbo / SDXL for real ones",
-            )
-        }
+    builtin_backends = {"diffusers": "ris.backends.image_diffusers:DiffusersImage"}
+    embedded_models = {
+        "tiny-sd": ModelSpec(
+            backend="diffusers",
+            source="builtin:tiny-sd",
+            options={"default_steps": 8, "default_guidance": 5.0},
+            description="UNTRAINED tiny Stable Diffusion pipeline built offline (tests, "
+            "plumbing); its pictures are noise. Configure SD 1.5 / SD-Turbo / SDXL for real ones",
+        )
+    }
 
     def enabled_by_default(self) -> bool:
         # The image extra (torch, diffusers) is optional: without it the lane stays off.
         return importlib.util.find_spec("diffusers") is not None
 
-    def runner(self, env: WorkerEnv) -> ImageRunner:
-        return ImageRunner(env)
-
     def build_result(self, seen: Seen, outcome: ImageOutcome, files: ResultFiles) -> ImageResult:
-        path = files.write("images", f"{seen.task_id}.png", outcome.png)
+        image = outcome.image
+        path = files.write("images", f"{seen.task_id}.png", image.png)
         return ImageResult(
-            model=seen.model,
-            timings=seen.timings,
-            path=str(path),
-            width=outcome.width,
-            height=outcome.height,
-            steps=outcome.steps,
-            seed=outcome.seed,
-            paused_s=outcome.paused_s,
-            pauses=outcome.pauses,
-        )
+            seen.model, seen.timings, str(path), image.width, image.height, image.steps, image.seed,
+            outcome.paused_s, outcome.pauses,
+        )  # fmt: skip
 
     def result_from_json(self, data: Mapping[str, Any]) -> ImageResult:
         return result_from_json(ImageResult, data)

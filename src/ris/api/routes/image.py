@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -16,6 +17,8 @@ from ris.runtime.views import TaskView
 from ris.scheduler import Lane
 
 router = APIRouter(tags=["image"])
+# The body's fields that are the image request's (the rest are about queueing).
+REQUEST_FIELDS = {f.name for f in dataclasses.fields(ImageRequest)}
 
 
 def _pick_model(engine: Engine, body: ImageGenerateRequest) -> str:
@@ -66,15 +69,7 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)
     model = _pick_model(engine, body)
-    req = ImageRequest(
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
-        width=body.width,
-        height=body.height,
-        steps=body.steps,
-        guidance=body.guidance,
-        seed=body.seed,
-    )
+    req = ImageRequest(**body.model_dump(include=REQUEST_FIELDS))
     handle = submit(engine, Lane.IMAGE, model, req, body.priority, body.timeout_s)
     view = engine.lookup(handle.task_id)
     return {

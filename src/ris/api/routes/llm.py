@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from ris.api.deps import body_doc, engine_of, json_body, resolve_model, submit, wait_task
 from ris.api.errors import failure
-from ris.api.llm_request import SEED, llm_request
+from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
 from ris.api.streams import json_response, sse_event, texts
 from ris.lanes.base import timings_json
@@ -34,18 +34,7 @@ router = APIRouter(tags=["llm"])
 async def llm_generate(request: Request) -> Any:
     body = await json_body(request, LLMGenerateRequest)
     engine = engine_of(request)
-    req = llm_request(
-        engine.config.server,
-        SEED,
-        prompt=body.prompt,
-        messages=None if body.messages is None else [(x.role, x.content) for x in body.messages],
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
-    )
+    req = seed_llm_request(engine.config.server, body)
     model = resolve_model(engine, Lane.LLM, body.model)
     handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
     if body.stream:

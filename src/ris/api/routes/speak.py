@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ris.api.deps import engine_of, pick_tts_model, resolve_model, submit, tts_rate
-from ris.api.llm_request import SEED, llm_request
+from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import SpeakRequest
 from ris.api.streams import sse_event, wav_header
 from ris.scheduler import Lane
@@ -32,18 +32,7 @@ router = APIRouter(tags=["speak"])
 )
 async def chat_speak(body: SpeakRequest, request: Request) -> Any:
     engine = engine_of(request)
-    req = llm_request(
-        engine.config.server,
-        SEED,
-        prompt=body.prompt,
-        messages=None if body.messages is None else [(x.role, x.content) for x in body.messages],
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
-    )
+    req = seed_llm_request(engine.config.server, body)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
     tts_model = pick_tts_model(engine, body.tts_model, body.voice)
     rate = tts_rate(engine, tts_model)

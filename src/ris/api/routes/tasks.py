@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ris.api.deps import engine_of, require_lane, resolve_model, submit, view_or_404
 from ris.api.errors import APIError
-from ris.api.schemas import ERRORS, TaskInfo, TaskSubmit
+from ris.api.schemas import ERRORS, TASK_VIEW_SPECIAL, TaskInfo, TaskSubmit
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
 from ris.scheduler import CancelOutcome
@@ -21,24 +21,19 @@ STATES = "^(queued|running|succeeded|failed|cancelled)$"
 
 
 def task_info(view: TaskView) -> dict[str, Any]:
-    return TaskInfo(
-        task_id=view.id,
-        lane=view.lane,
-        state=view.state,
-        model=view.model,
-        priority=view.priority,
-        submitted_at=view.submitted_at,
-        started_at=view.started_at,
-        finished_at=view.finished_at,
-        queue_position=view.queue_position,
-        progress_done=view.progress_done,
-        progress_total=view.progress_total,
-        eta_s=view.eta_s,
-        error={"code": view.error_code or "failed", "message": view.error_message or ""}
-        if view.error_code or view.error_message
+    """A task as JSON (the shape of schemas.TaskInfo)."""
+    fields = {
+        f.name: getattr(view, f.name) for f in dataclasses.fields(view) if f.name not in TASK_VIEW_SPECIAL
+    }
+    failed = view.error_code or view.error_message
+    return {
+        "task_id": view.id,
+        **fields,
+        "error": {"code": view.error_code or "failed", "message": view.error_message or ""}
+        if failed
         else None,
-        result=view.result.public_json(view.id) if view.result is not None else None,
-    ).model_dump()
+        "result": view.result.public_json(view.id) if view.result is not None else None,
+    }
 
 
 def _known_lane(engine: Engine, lane: str) -> None:
