@@ -94,3 +94,10 @@ def test_audio_of_unknown_task(server: Server) -> None:
     assert r.status_code == 404
     r = httpx.get(f"{server.url}/api/tts/audio/..%2f..%2fetc%2fpasswd", timeout=10)
     assert r.status_code == 404
+
+
+@pytest.mark.parametrize("voice", ["en-US", "zh-CN"])
+def test_control_characters_are_spoken_around_not_a_server_error(client: Client, voice: str) -> None:
+    # Found by the fuzzer: a NUL in the text reached the speech engines' C strings (500).
+    speech = client.synthesize("Hello\x00 there\x05, friend\x7f.", voice=voice)
+    assert speech.duration_s > 0.3

@@ -7,6 +7,7 @@ server keeps them and writes the WAV it serves when the task ends.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,10 +124,18 @@ class _WorkerOutput(AudioOutput):
         return self._cancelled()
 
 
+# Control characters other than tab and line breaks are not speech, and speech engines reached
+# through C strings fail on NUL ("embedded null character"): they become spaces.
+_CONTROLS = {c: " " for c in (*range(0, 9), 11, 12, *range(14, 32), 127)}
+
+
 class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
     def run(
         self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
     ) -> TTSOutcome:
+        # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
+        text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
+        request = dataclasses.replace(request, text=text)
         self.env.publish(Activity.BUSY)
         try:
             out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
