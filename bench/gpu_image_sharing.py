@@ -12,7 +12,7 @@ time, images kept two deep) and prints, side by side from one run:
     policy default    |          |          |         |         |   (block, during prefill)
 
 Goals: TTFT p50 within 1.05x of LLM alone; image steps/s at least 0.85x of policy none.
-The measurement that motivated the design is in docs/PERFORMANCE.md (GPU sharing).
+The probe that motivated the design is in docs/DESIGN_MEASUREMENTS.md (GPU sharing).
 
     python bench/gpu_image_sharing.py                 # on a GPU machine
     python bench/gpu_image_sharing.py --smoke         # tiny shapes on CPU: checks the script

@@ -69,10 +69,12 @@ def llm_request(
     )
 
 
+# Fields the seed API's bodies and LLMRequest name alike (getattr: model_dump costs more).
+_SAME_NAMES = ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
+
+
 def seed_llm_request(limits: ServerConfig, body: LLMFields) -> LLMRequest:
     """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak)."""
     messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
-    same = body.model_dump(
-        include={"prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos"}
-    )
+    same = {name: getattr(body, name) for name in _SAME_NAMES}
     return llm_request(limits, SEED, messages=messages, **same)

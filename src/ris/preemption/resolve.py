@@ -3,7 +3,7 @@
 A preemptible (batch) lane yields to the enabled real-time lanes it shares hardware with: the
 same GPU, or on the CPU, overlapping cores. 'auto' on a GPU is 'block': the GPU has no
 priorities, so the image worker must pause itself inside the UNet, during the LLM's prefill
-(measured on an H200: time to first token 0.99x of the LLM alone, see docs/PERFORMANCE.md).
+(measured on an H200: time to first token 0.99x of the LLM alone, see docs/DESIGN_MEASUREMENTS.md).
 On CPU cores the kernel already yields for a lane at a low OS priority (nice >= 10); measured
 on a 2-core machine, pausing on top of that bought nothing measurable for the LLM's p99 gap
 between tokens while images lost a third to nine tenths of their throughput, so there 'auto'
