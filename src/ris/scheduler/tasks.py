@@ -48,7 +48,7 @@ class TaskSpec:
     priority: int = 0
     # Absolute time (scheduler clock) after which the task is worthless; None: no deadline.
     deadline: float | None = None
-    # The request for the backend (an ipc request dataclass); never inspected here.
+    # What the runtime needs to run it (the engine keeps (model, request)); never inspected here.
     payload: Any = field(default=None, repr=False)
     # Real-time lanes run REALTIME; the image lane runs BATCH. Set by the caller's lane policy.
     priority_class: PriorityClass = PriorityClass.REALTIME
@@ -74,7 +74,7 @@ class Task:
     cancel_requested: bool = False
     error_code: str | None = None
     error_message: str | None = None
-    # Backend-specific outcome (usage, durations, file names) attached by the runtime.
+    # The lane's typed result (ris.lanes), attached by the runtime when the task succeeds.
     result: Any = field(default=None, repr=False)
 
     @property
