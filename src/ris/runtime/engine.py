@@ -24,18 +24,16 @@ from ris.lanes.base import LaneKind, Seen, Timings
 from ris.machine import MachineInfo, machine_info
 from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.binding import Binding
+from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
-from ris.runtime.store import StoredTask, TaskStore
 from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
-from ris.runtime.views import LaneStatus, TaskHandle, TaskView, WorkerStatus
+from ris.runtime.views import LaneStatus, TaskHandle, TaskView, WorkerStatus, stored_view, task_view
 from ris.runtime.worker import LaneWorker, WorkerFactory, WorkerSpec
-from ris.scheduler import CancelOutcome, QueueFull, Scheduler, Task, TaskSpec, TaskState
+from ris.scheduler import CancelOutcome, QueueFull, Scheduler, TaskSpec, TaskState
 
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
-# A durable task found running after a restart is run again at most this many times in all.
-MAX_ATTEMPTS = 2
 
 
 class LaneUnavailable(Exception):
@@ -44,13 +42,6 @@ class LaneUnavailable(Exception):
     def __init__(self, lane: str, message: str) -> None:
         super().__init__(message)
         self.lane = lane
-
-
-# The fields a stored task shows as they are.
-_STORED_AS_VIEWED = (
-    "id", "lane", "model", "state", "priority", "submitted_at", "started_at", "finished_at", "error_code",
-    "error_message",
-)  # fmt: skip
 
 
 @dataclass(eq=False)
@@ -92,7 +83,7 @@ class Engine:
         self.scheduler = Scheduler(self._policies, clock, ordering=config.scheduling)
         self.supervisor = Supervisor(clock)
         self.files = ResultFiles(Path(config.data_dir))
-        self.store: TaskStore | None = None
+        self.durable: DurableTasks | None = None
         self.handles: dict[str, TaskHandle] = {}
         self.replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
@@ -110,7 +101,7 @@ class Engine:
     # ----- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.store = TaskStore(Path(self.config.data_dir) / "tasks.db")
+        self.durable = DurableTasks(Path(self.config.data_dir) / "tasks.db", self.kinds, self.wall_clock)
         if self._factory is None:
             from ris.runtime.process_worker import ProcessWorkers
 
@@ -175,43 +166,22 @@ class Engine:
         for task in self.scheduler.tasks():
             if task.id in self.handles and not self.kinds[task.lane].durable and task.state.finished:
                 self._settle(task.id)
-        if self.store is not None:
-            self.store.close()
+        if self.durable is not None:
+            self.durable.close()
 
     def _recover(self) -> None:
         """Resume the durable tasks a previous server accepted but did not finish."""
-        assert self.store is not None
-        for st in self.store.unfinished():
-            if st.state == "running" and st.attempts >= MAX_ATTEMPTS:
-                self.store.finish(
-                    st.id,
-                    "failed",
-                    self.wall_clock(),
-                    "interrupted",
-                    f"the server stopped while this task ran ({st.attempts} attempts)",
-                )
-                continue
-            if st.lane not in self.replicas:
-                self.store.finish(
-                    st.id,
-                    "failed",
-                    self.wall_clock(),
-                    "lane_unavailable",
-                    f"the {st.lane} lane is disabled since the task was accepted",
-                )
-                continue
-            cfg = self.config.lane(st.lane)
+        assert self.durable is not None
+        for st, request in self.durable.resumable(set(self.replicas)):
             spec = TaskSpec(
                 lane=st.lane,
                 priority=st.priority,
-                payload=(st.model, self.kinds[st.lane].request_from_json(st.request)),
-                deadline=self.clock() + cfg.request_timeout_s,
+                payload=(st.model, request),
+                deadline=self.clock() + self.config.lane(st.lane).request_timeout_s,
                 priority_class=self._policies[st.lane].priority_class,
             )
             self.scheduler.submit(spec, task_id=st.id, force=True)
             self.handles[st.id] = TaskHandle(st.id, st.lane, st.model)
-            if st.state == "running":
-                self.store.requeue(st.id)
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
 
     # ----- requests ------------------------------------------------------------------------
@@ -242,15 +212,12 @@ class Engine:
             priority_class=self._policies[lane].priority_class,
         )
         task = self.scheduler.submit(spec)
-        if kind.durable:
-            assert self.store is not None
-            try:
-                self.store.add(
-                    task.id, lane, model, priority, kind.request_to_json(request), self.wall_clock()
-                )
-            except Exception:
-                self.scheduler.cancel(task.id)  # not durable, so not accepted
-                raise
+        assert self.durable is not None
+        try:
+            self.durable.accepted(task, model, request)
+        except Exception:
+            self.scheduler.cancel(task.id)  # not durable, so not accepted
+            raise
         handle = TaskHandle(task.id, lane, model)
         self.handles[task.id] = handle
         self._dispatch()
@@ -273,8 +240,8 @@ class Engine:
             replica.running.add(task.id)
             self._where[task.id] = replica
             self.supervisor.task_started(replica.watch)
-            if self.kinds[task.lane].durable and self.store is not None:
-                self.store.mark_running(task.id, self.wall_clock())
+            if self.durable is not None:
+                self.durable.started(task)
             if not replica.worker.send(m.RunTask(task.id, model, request)):
                 self._crashed(replica, "worker_crashed", "the worker died before the task started")
 
@@ -358,16 +325,13 @@ class Engine:
         if not task.state.finished:
             return
         handle = self.handles.pop(task_id, None)
-        if self.kinds[task.lane].durable and self.store is not None:
-            result = task.result.to_json() if task.result is not None else None
-            self.store.finish(
-                task.id, task.state.value, self.wall_clock(), task.error_code, task.error_message, result
-            )
+        if self.durable is not None:
+            self.durable.finished(task)
         if handle is None:
             return
         handle.events.put_nowait(None)
         if not handle.done.done():
-            handle.done.set_result(self._view(task))
+            handle.done.set_result(task_view(task, self.scheduler, self.wall))
 
     def _update_slots(self, lane: str) -> None:
         ready = [r for r in self.replicas[lane] if r.watch.state is WorkerState.READY and r.ready_info]
@@ -428,20 +392,20 @@ class Engine:
         before a restart)."""
         task = self.scheduler.get(task_id)
         if task is not None:
-            return self._view(task)
-        st = self.store.get(task_id) if self.store is not None else None
-        return None if st is None else self._stored_view(st)
+            return task_view(task, self.scheduler, self.wall)
+        st = self.durable.store.get(task_id) if self.durable is not None else None
+        return None if st is None else stored_view(st, self.kinds.get(st.lane))
 
     def tasks(self, lane: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskView]:
         """Live and recent tasks, newest first."""
         found = [t for t in self.scheduler.tasks(lane) if state is None or t.state.value == state]
         found.sort(key=lambda t: t.submitted_at, reverse=True)
-        return [self._view(t) for t in found[:limit]]
+        return [task_view(t, self.scheduler, self.wall) for t in found[:limit]]
 
     def durable_tasks(self, lane: str, state: str | None = None, limit: int = 100) -> list[TaskView]:
         """A durable lane's tasks from the store, newest first, with their live state."""
-        assert self.store is not None
-        views = (self.lookup(st.id) for st in self.store.recent(lane, state, limit))
+        assert self.durable is not None
+        views = (self.lookup(st.id) for st in self.durable.store.recent(lane, state, limit))
         return [v for v in views if v is not None]
 
     def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
@@ -484,40 +448,6 @@ class Engine:
             rss_bytes=usage.rss_bytes,
             gpu_memory_bytes=usage.gpu_memory_bytes,
             error=r.failure.message if r.failure else None,
-        )
-
-    def _view(self, task: Task) -> TaskView:
-        model = task.spec.payload[0] if task.spec.payload else ""
-        return TaskView(
-            id=task.id,
-            lane=task.lane,
-            model=model,
-            state=task.state.value,
-            priority=task.spec.priority,
-            submitted_at=self.wall(task.submitted_at) or 0.0,
-            started_at=self.wall(task.started_at),
-            finished_at=self.wall(task.finished_at),
-            queue_position=self.scheduler.position(task.id),
-            progress_done=task.progress_done,
-            progress_total=task.progress_total,
-            eta_s=self.scheduler.eta(task.id),
-            error_code=task.error_code,
-            error_message=task.error_message,
-            result=task.result,
-        )
-
-    def _stored_view(self, st: StoredTask) -> TaskView:
-        kind = self.kinds.get(st.lane)
-        result = kind.result_from_json(st.result) if kind is not None and st.result else None
-        steps = result.steps_done if result is not None else None
-        same = {name: getattr(st, name) for name in _STORED_AS_VIEWED}
-        return TaskView(
-            **same,
-            queue_position=None,
-            progress_done=steps or 0,
-            progress_total=steps,
-            eta_s=None,
-            result=result,
         )
 
 

@@ -1,14 +1,17 @@
-"""What the engine hands the HTTP layer: live task handles and typed, read-only views."""
+"""What the engine hands the HTTP layer: live task handles and typed, read-only views of tasks
+and lanes, and how views are made from the scheduler's and the store's records."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ris.lanes.base import LaneResult
-from ris.scheduler import LaneStats
+from ris.lanes.base import LaneKind, LaneResult
+from ris.runtime.store import StoredTask
+from ris.scheduler import LaneStats, Scheduler, Task
 
 
 class EventStream:
@@ -109,3 +112,43 @@ class LaneStatus:
     max_queue: int
     stats: LaneStats
     workers: tuple[WorkerStatus, ...]
+
+
+def task_view(task: Task, scheduler: Scheduler, wall: Callable[[float | None], float | None]) -> TaskView:
+    """A live (or recently finished) task as clients see it; `wall` turns scheduler times into
+    Unix seconds."""
+    model = task.spec.payload[0] if task.spec.payload else ""
+    return TaskView(
+        id=task.id,
+        lane=task.lane,
+        model=model,
+        state=task.state.value,
+        priority=task.spec.priority,
+        submitted_at=wall(task.submitted_at) or 0.0,
+        started_at=wall(task.started_at),
+        finished_at=wall(task.finished_at),
+        queue_position=scheduler.position(task.id),
+        progress_done=task.progress_done,
+        progress_total=task.progress_total,
+        eta_s=scheduler.eta(task.id),
+        error_code=task.error_code,
+        error_message=task.error_message,
+        result=task.result,
+    )
+
+
+# The fields a stored task shows as they are.
+_STORED_AS_VIEWED = (
+    "id", "lane", "model", "state", "priority", "submitted_at", "started_at", "finished_at", "error_code",
+    "error_message",
+)  # fmt: skip
+
+
+def stored_view(st: StoredTask, kind: LaneKind[Any, Any] | None) -> TaskView:
+    """A task from the durable store (finished, or accepted before a restart)."""
+    result = kind.result_from_json(st.result) if kind is not None and st.result else None
+    steps = result.steps_done if result is not None else None
+    same = {name: getattr(st, name) for name in _STORED_AS_VIEWED}
+    return TaskView(
+        **same, queue_position=None, progress_done=steps or 0, progress_total=steps, eta_s=None, result=result
+    )

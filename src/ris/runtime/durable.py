@@ -1,0 +1,62 @@
+"""The durable lanes' tasks in the store: recorded when accepted, started and finished, and
+found again after a restart. Lanes whose kind is not durable pass through untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ris.lanes.base import LaneKind
+from ris.runtime.store import StoredTask, TaskStore
+from ris.scheduler import Task
+
+# A task found running after a restart is run again at most this many times in all.
+MAX_ATTEMPTS = 2
+
+
+class DurableTasks:
+    def __init__(
+        self, path: Path, kinds: Mapping[str, LaneKind[Any, Any]], wall: Callable[[], float]
+    ) -> None:
+        self.store = TaskStore(path)
+        self._kinds = kinds
+        self._wall = wall
+
+    def close(self) -> None:
+        self.store.close()
+
+    def durable(self, lane: str) -> bool:
+        return self._kinds[lane].durable
+
+    def accepted(self, task: Task, model: str, request: Any) -> None:
+        """Record a newly admitted task (before the client hears it was accepted)."""
+        if self.durable(task.lane):
+            req = self._kinds[task.lane].request_to_json(request)
+            self.store.add(task.id, task.lane, model, task.spec.priority, req, self._wall())
+
+    def started(self, task: Task) -> None:
+        if self.durable(task.lane):
+            self.store.mark_running(task.id, self._wall())
+
+    def finished(self, task: Task) -> None:
+        if self.durable(task.lane):
+            result = task.result.to_json() if task.result is not None else None
+            self.store.finish(
+                task.id, task.state.value, self._wall(), task.error_code, task.error_message, result
+            )
+
+    def resumable(self, enabled: set[str]) -> Iterator[tuple[StoredTask, Any]]:
+        """The tasks a previous server accepted but did not finish, oldest first, with their
+        requests; those run too often already, or whose lane is now off, fail here instead."""
+        for st in self.store.unfinished():
+            if st.state == "running" and st.attempts >= MAX_ATTEMPTS:
+                message = f"the server stopped while this task ran ({st.attempts} attempts)"
+                self.store.finish(st.id, "failed", self._wall(), "interrupted", message)
+            elif st.lane not in enabled:
+                message = f"the {st.lane} lane is disabled since the task was accepted"
+                self.store.finish(st.id, "failed", self._wall(), "lane_unavailable", message)
+            else:
+                if st.state == "running":
+                    self.store.requeue(st.id)
+                yield st, self._kinds[st.lane].request_from_json(st.request)
