@@ -116,3 +116,11 @@ def test_invalid_parameter_is_400_in_openai_shape(server: Server) -> None:
     assert err["type"] == "invalid_request_error" and "temperature" in err["message"]
     r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "smollm2", "messages": SKY, "n": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+def test_a_body_that_is_not_json_is_a_400_in_openai_shape(server: Server) -> None:
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=b"model=smollm2", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "Content-Type: application/json" in r.json()["error"]["message"]

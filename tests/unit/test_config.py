@@ -174,3 +174,8 @@ def test_default_on_one_core_shares_it_rather_than_refusing() -> None:
 def test_example_config_in_the_repository_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     load_config(root / "config.json", TWO_CORES)
+
+
+def test_a_config_with_no_enabled_lane_is_refused() -> None:
+    assert "no lane is enabled" in error_of({"lanes": {}})
+    assert "no lane is enabled" in error_of({})

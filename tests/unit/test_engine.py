@@ -15,6 +15,7 @@ import pytest
 from ris import messages as m
 from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageResult
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
+from ris.lanes.tts import TTSOutcome, TTSRequest
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.supervisor import backoff
 from ris.runtime.views import TaskHandle
@@ -257,3 +258,28 @@ async def test_a_result_that_cannot_be_written_fails_the_task_clearly(tmp_path: 
         )
         view = await handle.done
         assert (view.state, view.error_code) == ("failed", "result_not_stored")
+
+
+@run
+async def test_a_result_the_lane_cannot_build_fails_its_task_and_frees_the_slot(tmp_path: Path) -> None:
+    # A backend that reports an impossible sample rate: the WAV cannot be written.
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready()
+        bad = eng.submit(Lane.TTS, "e", TTSRequest(text="a"))
+        tts.deliver(m.TaskDone(bad.task_id, TTSOutcome(sample_rate=0, samples=0, voice="x")))
+        view = await bad.done
+        assert (view.state, view.error_code) == ("failed", "result_not_stored")
+        nxt = eng.submit(Lane.TTS, "e", TTSRequest(text="b"))
+        assert tts.runs[-1].task_id == nxt.task_id  # the lane goes on
+
+
+@run
+async def test_a_crashed_worker_reports_no_models_until_its_replacement_is_ready(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready(models=(m.ModelInfo("e", "espeak", ("en-US",), 22050),))
+        assert set(eng.model_infos(Lane.TTS)) == {"e"}
+        tts.die()
+        eng.check()
+        assert eng.model_infos(Lane.TTS) == {}

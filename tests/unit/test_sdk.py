@@ -104,10 +104,14 @@ def public(cls: type) -> set[str]:
 
 def test_both_clients_have_the_same_calls_with_the_same_signatures() -> None:
     assert public(Client) - {"close"} == public(AsyncClient) - {"aclose"} == set(CALLS)
-    sync, asyn = Client(), AsyncClient()
+    sync, asyn = Client(max_retries=5), AsyncClient(max_retries=5)
+    assert sync.max_retries == asyn.max_retries == 5
     for name in CALLS:
         assert inspect.signature(getattr(sync, name)) == inspect.signature(getattr(asyn, name)), name
         assert getattr(sync, name).__doc__ == getattr(asyn, name).__doc__
+        # What inspect (and mocks built with spec=) see: coroutines and async generators.
+        kind = inspect.isasyncgenfunction if name in STREAMS else inspect.iscoroutinefunction
+        assert kind(getattr(asyn, name)), name
 
 
 def test_both_clients_send_the_same_requests_and_return_the_same_results() -> None:

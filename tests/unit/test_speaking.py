@@ -102,3 +102,22 @@ async def test_a_listener_who_leaves_cancels_the_answer_and_its_sentences(tmp_pa
     assert workers[Lane.LLM].cancels == [answer.task_id]
     assert tts.cancels == [tts.runs[0].task_id]
     await eng.stop()
+
+
+@run
+async def test_a_tts_lane_that_goes_down_ends_the_answer_with_an_error_not_a_hang(tmp_path: Path) -> None:
+    eng, workers = await started(tmp_path)
+    tts = workers[Lane.TTS]
+    tts.ready()
+    tts.deliver(m.WorkerFailed("model_not_found", "the voice file is gone"))  # a failed restart
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    events: list[tuple[str, Any]] = []
+    listener = asyncio.create_task(collect(SpeakingPipeline(eng, answer, "e", None, 1.0).run(), events))
+    workers[Lane.LLM].deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence. ")))
+    await asyncio.wait_for(listener, 5)
+    assert events[-1] == (
+        "error",
+        {"code": "lane_unavailable", "message": "the tts worker cannot start: the voice file is gone"},
+    )
+    assert workers[Lane.LLM].cancels == [answer.task_id]
+    await eng.stop()

@@ -25,6 +25,8 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                         f"{other} lane; real-time lanes need disjoint cores "
                         "(or set exclusive_cores: false)"
                     )
+    if not cfg.enabled_lanes:
+        problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg

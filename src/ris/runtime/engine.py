@@ -259,7 +259,7 @@ class Engine:
             self._dispatch()
         elif isinstance(msg, m.WorkerFailed):
             log.error("%s worker failed to start: %s", replica.lane, msg.message)
-            replica.failure = msg
+            replica.failure, replica.ready_info = msg, None
             replica.worker.kill()
             self.supervisor.load_failed(replica.watch)
             self._update_slots(replica.lane)
@@ -290,10 +290,14 @@ class Engine:
         if isinstance(msg, m.TaskDone):
             try:
                 result = self._result(handle, msg.outcome) if handle else None
+            except Exception as e:  # noqa: BLE001 - disk full, a bad outcome, a plugin's bug
+                log.exception("%s task %s: no result", replica.lane, msg.task_id)
+                message = f"the result could not be stored: {type(e).__name__}: {e}"
+                self.scheduler.finish(
+                    msg.task_id, TaskState.FAILED, code="result_not_stored", message=message
+                )
+            else:
                 self.scheduler.finish(msg.task_id, TaskState.SUCCEEDED, result=result)
-            except OSError as e:  # the result could not be written (disk full, permissions)
-                log.exception("%s task %s: result not stored", replica.lane, msg.task_id)
-                self.scheduler.finish(msg.task_id, TaskState.FAILED, code="result_not_stored", message=str(e))
         elif isinstance(msg, m.TaskError):
             self.scheduler.finish(msg.task_id, TaskState.FAILED, code=msg.code, message=msg.message)
         else:
@@ -366,16 +370,21 @@ class Engine:
     def _crashed(self, replica: Replica, code: str, message: str) -> None:
         log.error("%s: %s", replica.lane, message)
         replica.worker.kill()
+        replica.ready_info = None  # its models and voices went with it
         self.supervisor.killed(replica.watch)
         self._update_slots(replica.lane)
         self._fail_tasks(replica, code, message)
 
     def _fail_tasks(self, replica: Replica, code: str, message: str) -> None:
-        for task_id in list(replica.running):
-            replica.running.discard(task_id)
+        # The replica's own tasks, and any the scheduler still counts as running on the lane
+        # with no replica holding them (none should; a leak here would jam the lane's slots).
+        held = {t for r in self.replicas[replica.lane] if r is not replica for t in r.running}
+        orphans = {t.id for t in self.scheduler.tasks(replica.lane) if t.state is TaskState.RUNNING} - held
+        for task_id in replica.running | orphans:
             self._where.pop(task_id, None)
             self.scheduler.finish(task_id, TaskState.FAILED, code=code, message=message)
             self._settle(task_id)
+        replica.running.clear()
 
     def _all_replicas(self) -> list[Replica]:
         return [r for rs in self.replicas.values() for r in rs]
@@ -409,8 +418,9 @@ class Engine:
         return [v for v in views if v is not None]
 
     def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
+        """What the lane's ready workers report of their loaded models (empty while none is)."""
         for replica in self.replicas.get(lane, ()):
-            if replica.ready_info is not None:
+            if replica.watch.state is WorkerState.READY and replica.ready_info is not None:
                 return {info.name: info for info in replica.ready_info.models}
         return {}
 

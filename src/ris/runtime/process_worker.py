@@ -4,10 +4,10 @@ Two one-way pipes, each framed as multiprocessing.Connection frames them, so the
 plain blocking Connections while the server's ends are non-blocking and served by the event
 loop itself (`add_reader` / `add_writer`): a message is handed to the engine the moment it is
 complete, a half-written one never blocks the loop, and neither does a send to a worker that
-has stopped reading. Where the loop cannot watch pipes (Windows' proactor) a reader thread
-and blocking sends take over. A generation counter drops what a replaced process still had in
-flight. Spawn everywhere: fork would copy the server's threads and event loop into the child,
-and spawn is the only method Windows has.
+has stopped reading, nor a killed process (it is reaped in a thread). Where the loop cannot
+watch pipes (Windows' proactor) a reader thread and blocking sends take over. A generation
+counter drops what a replaced process still had in flight. Spawn everywhere: fork would copy
+the server's threads and event loop into the child, and spawn is the only method Windows has.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class ProcessWorker:
         if proc is not None:
             if proc.is_alive():
                 proc.kill()
-            proc.join(timeout=5)
+            # Reaped off the loop: a process holding a GPU can take seconds to go.
+            threading.Thread(target=proc.join, name="ris-reaper", daemon=True).start()
         for conn in (self._down, self._up):
             if conn is not None:
                 conn.close()
@@ -199,10 +200,13 @@ class ProcessWorker:
         self._threaded, self._watching = False, True
 
     def _unwatch(self) -> None:
-        if self._watching:
-            self._loop.remove_reader(self._up.fileno())
-            self._loop.remove_writer(self._down.fileno())
-            self._watching = False
+        """Stop watching both pipes (a writer may be pending even after the reader saw EOF)."""
+        if not self._threaded:
+            if self._up is not None and not self._up.closed:
+                self._loop.remove_reader(self._up.fileno())
+            if self._down is not None and not self._down.closed:
+                self._loop.remove_writer(self._down.fileno())
+        self._watching = False
 
     def _readable(self, generation: int) -> None:
         """The worker wrote: take what is there, hand over every complete message."""
@@ -226,7 +230,10 @@ class ProcessWorker:
                 continue
             if generation != self._generation:
                 return  # delivering a message got this worker replaced
-            self._deliver(msg)
+            try:
+                self._deliver(msg)
+            except Exception:  # noqa: BLE001 - the messages after it must still be delivered
+                log.exception("%s worker: handling %s failed", self.spec.lane, type(msg).__name__)
 
     def _flush(self) -> bool:
         """Write what the pipe takes now; the loop writes the rest when the worker reads."""
@@ -239,7 +246,8 @@ class ProcessWorker:
         except BlockingIOError:
             self._loop.add_writer(fd, self._flush)
             return True
-        except OSError:
+        except OSError:  # the worker is gone; the supervisor notices
+            self._loop.remove_writer(fd)
             return False
         self._loop.remove_writer(fd)
         return True

@@ -65,33 +65,30 @@ def worker_main(
     from ris.lanes.base import BackendContext, BackendError, Cancelled, WorkerEnv, load_backend
 
     out = _Outbox(outbox_conn)
-    kind = import_kind(spec.kind)
-    cfg = LaneConfig.model_validate_json(spec.lane_config_json)
-    # A preemptible worker always has a Yielder: even with nothing to yield to (policy
-    # "none"), its preemption points are where a cancelled task stops.
-    yielder: Yielder | None = None
-    if kind.preemptible:
-        yielder = Yielder(
-            spec.preemption or PreemptionPolicy(mode="none"),
-            board.reader(spec.yield_to),
-            time.monotonic,
-            time.sleep,
-        )
-    ctx = BackendContext(
-        device=spec.device,
-        threads=spec.binding.threads,
-        data_dir=Path(spec.data_dir),
-        preemption=spec.preemption,
-    )
     models: dict[str, Any] = {}
-
-    def load(name: str) -> Any:
-        if name not in models:
-            models[name] = load_backend(spec.backends[name], cfg.models[name].backend)(cfg.models[name], ctx)
-        return models[name]
-
     infos: list[m.ModelInfo] = []
-    try:
+    try:  # anything that goes wrong before WorkerReady is a failed start, said as such
+        kind = import_kind(spec.kind)
+        cfg = LaneConfig.model_validate_json(spec.lane_config_json)
+        # A preemptible worker always has a Yielder: even with nothing to yield to (policy
+        # "none"), its preemption points are where a cancelled task stops.
+        yielder: Yielder | None = None
+        if kind.preemptible:
+            policy = spec.preemption or PreemptionPolicy(mode="none")
+            yielder = Yielder(policy, board.reader(spec.yield_to), time.monotonic, time.sleep)
+        ctx = BackendContext(
+            device=spec.device,
+            threads=spec.binding.threads,
+            data_dir=Path(spec.data_dir),
+            preemption=spec.preemption,
+        )
+
+        def load(name: str) -> Any:
+            if name not in models:
+                backend = load_backend(spec.backends[name], cfg.models[name].backend)
+                models[name] = backend(cfg.models[name], ctx)
+            return models[name]
+
         # Large models load on first use, except the default; small ones (speech) all at once.
         eager = list(cfg.models) if kind.load_all_models else [cfg.default_model] if cfg.default_model else []
         for name in eager:
@@ -100,7 +97,7 @@ def worker_main(
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return
-    except Exception as e:  # noqa: BLE001 - report any load failure, then exit
+    except Exception as e:  # noqa: BLE001 - report any start failure, then exit
         traceback.print_exc()
         out.send(m.WorkerFailed(code="model_load_failed", message=f"{type(e).__name__}: {e}"))
         return

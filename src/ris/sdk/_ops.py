@@ -91,13 +91,27 @@ class AsyncRunner:
 
 
 def _bind(obj: Any, fn: Callable[..., Any], runner: str) -> Callable[..., Any]:
-    """`fn` as a method of `obj` whose result goes through `obj.<runner>`."""
+    """`fn` as a method of `obj` whose result goes through `obj.<runner>`; on an AsyncRunner a
+    real coroutine (or async generator) function, so inspect and mocks see what it is."""
     run = getattr(obj, runner)
+    bound: Callable[..., Any]
+    if not isinstance(obj, AsyncRunner):
 
-    @functools.wraps(fn)
-    def bound(*args: Any, **kwargs: Any) -> Any:
-        return run(fn(obj, *args, **kwargs))
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return run(fn(obj, *args, **kwargs))
 
+    elif runner == "_run":
+
+        async def bound(*args: Any, **kwargs: Any) -> Any:
+            return await run(fn(obj, *args, **kwargs))
+
+    else:
+
+        async def bound(*args: Any, **kwargs: Any) -> Any:
+            async for item in run(fn(obj, *args, **kwargs)):
+                yield item
+
+    bound = functools.wraps(fn)(bound)
     sig = inspect.signature(fn)  # shown without `self`, as a bound method's
     bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
     return bound

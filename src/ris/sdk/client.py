@@ -19,22 +19,6 @@ from ris.sdk._ops import AsyncRunner, Call, Op, Operations, Pause, StreamSpec, S
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
-class _Settings:
-    def __init__(self, max_retries: int, max_retry_wait: float) -> None:
-        self.max_retries = max_retries
-        self.max_retry_wait = max_retry_wait
-
-    def retry_delay(self, call: Call, resp: httpx.Response, attempt: int) -> float | None:
-        """None: hand `resp` back. Else the seconds to wait before asking again; raises RISError
-        when the answer is an error that is not retried (or retries are used up)."""
-        if resp.status_code < 400 or not call.check:
-            return None
-        err = error_from(resp)
-        if not call.retry or resp.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
-            raise err
-        return backoff_delay(attempt, err.retry_after, self.max_retry_wait)
-
-
 class _Base(Operations):
     def __init__(
         self,
@@ -47,12 +31,23 @@ class _Base(Operations):
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`transport`: httpx's (an httpx.MockTransport in tests)."""
-        self._settings = _Settings(max_retries, max_retry_wait)
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._connect(dict(base_url=base_url, timeout=timeout, headers=headers, transport=transport))
 
     def _connect(self, http_options: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _retry_delay(self, call: Call, resp: httpx.Response, attempt: int) -> float | None:
+        """None: hand `resp` back. Else the seconds to wait before asking again; raises RISError
+        when the answer is an error that is not retried (or retries are used up)."""
+        if resp.status_code < 400 or not call.check:
+            return None
+        err = error_from(resp)
+        if not call.retry or resp.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+            raise err
+        return backoff_delay(attempt, err.retry_after, self.max_retry_wait)
 
 
 class Client(_Base, SyncRunner):
@@ -88,7 +83,7 @@ class Client(_Base, SyncRunner):
         attempt = 0
         while True:
             resp = self._http.request(call.method, call.url, json=call.json, params=call.params)
-            delay = self._settings.retry_delay(call, resp, attempt)
+            delay = self._retry_delay(call, resp, attempt)
             if delay is None:
                 return resp
             time.sleep(delay)
@@ -100,7 +95,7 @@ class Client(_Base, SyncRunner):
             with self._http.stream(call.method, call.url, json=call.json, params=call.params) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    delay = self._settings.retry_delay(call, resp, attempt)
+                    delay = self._retry_delay(call, resp, attempt)
                     if delay is not None:
                         time.sleep(delay)
                         attempt += 1
@@ -144,7 +139,7 @@ class AsyncClient(_Base, AsyncRunner):
         attempt = 0
         while True:
             resp = await self._http.request(call.method, call.url, json=call.json, params=call.params)
-            delay = self._settings.retry_delay(call, resp, attempt)
+            delay = self._retry_delay(call, resp, attempt)
             if delay is None:
                 return resp
             await asyncio.sleep(delay)
@@ -156,7 +151,7 @@ class AsyncClient(_Base, AsyncRunner):
             async with self._http.stream(call.method, call.url, json=call.json, params=call.params) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
-                    delay = self._settings.retry_delay(call, resp, attempt)
+                    delay = self._retry_delay(call, resp, attempt)
                     if delay is not None:
                         await asyncio.sleep(delay)
                         attempt += 1

@@ -12,12 +12,12 @@ the LLM task and every sentence still queued or speaking are cancelled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
 from ris.lanes.tts import AudioChunk, TTSRequest
-from ris.runtime.engine import Engine
+from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
 from ris.sentences import SentenceSplitter
@@ -50,7 +50,10 @@ class SpeakingPipeline:
         self.tts: list[TaskHandle] = []
 
     async def run(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        parts = [asyncio.create_task(self._produce()), asyncio.create_task(self._consume())]
+        parts = [
+            asyncio.create_task(self._guarded(self._produce())),
+            asyncio.create_task(self._guarded(self._consume())),
+        ]
         ended, kind = False, ""
         try:
             while True:
@@ -67,6 +70,15 @@ class SpeakingPipeline:
                 for handle in self.tts:
                     self.engine.cancel(handle.task_id)
 
+    async def _guarded(self, part: Coroutine[Any, Any, None]) -> None:
+        """Run one part; if it fails, the listener hears an error instead of waiting forever."""
+        try:
+            await part
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported to the listener, then everything stops
+            await self._out.put(("error", {"code": "speaking_failed", "message": f"{type(e).__name__}: {e}"}))
+
     async def _submit_sentence(self, text: str) -> TaskHandle | None:
         """Queue one sentence; wait a bounded time for room if the TTS queue is full."""
         req = TTSRequest(text=text, voice=self.voice, speed=self.speed)
@@ -75,6 +87,9 @@ class SpeakingPipeline:
         while True:
             try:
                 return self.engine.submit(Lane.TTS, self.tts_model, req, priority=SENTENCE_PRIORITY)
+            except LaneUnavailable as e:  # the TTS worker went down during the answer
+                await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))
+                return None
             except QueueFull as e:
                 left = give_up - loop.time()
                 if left <= 0:

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, submit, wait_task
+from ris.api.deps import body_doc, engine_of, json_body, submit, wait_task
 from ris.api.errors import APIError, failure
 from ris.api.llm_request import OPENAI, llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
@@ -97,8 +97,10 @@ def _finish_reason(r: LLMResult) -> str:
     "/chat/completions",
     responses=JSON_OR_SSE,
     summary="Chat completion (streams chat.completion.chunk events)",
+    openapi_extra=body_doc(ChatCompletionRequest),
 )
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+async def chat_completions(request: Request) -> Any:
+    body = await json_body(request, ChatCompletionRequest)
     engine = engine_of(request)
     model = _llm_model(engine, body.model)
     messages = [(ROLES.get(x.role, x.role), x.text()) for x in body.messages]

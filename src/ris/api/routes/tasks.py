@@ -20,8 +20,9 @@ router = APIRouter(tags=["tasks"])
 STATES = "^(queued|running|succeeded|failed|cancelled)$"
 
 
-def task_info(view: TaskView) -> dict[str, Any]:
-    """A task as JSON (the shape of schemas.TaskInfo)."""
+def task_info(view: TaskView, with_result: bool = True) -> dict[str, Any]:
+    """A task as JSON (the shape of schemas.TaskInfo); lists leave results out (they can be
+    long, and a listing is not the place to read another caller's answer)."""
     fields = {
         f.name: getattr(view, f.name) for f in dataclasses.fields(view) if f.name not in TASK_VIEW_SPECIAL
     }
@@ -32,7 +33,7 @@ def task_info(view: TaskView) -> dict[str, Any]:
         "error": {"code": view.error_code or "failed", "message": view.error_message or ""}
         if failed
         else None,
-        "result": view.result.public_json(view.id) if view.result is not None else None,
+        "result": view.result.public_json(view.id) if with_result and view.result is not None else None,
     }
 
 
@@ -88,7 +89,7 @@ async def list_tasks(
     engine = engine_of(request)
     if lane is not None:
         _known_lane(engine, lane)
-    return {"tasks": [task_info(v) for v in engine.tasks(lane, state, limit)]}
+    return {"tasks": [task_info(v, with_result=False) for v in engine.tasks(lane, state, limit)]}
 
 
 @router.get("/api/tasks/{task_id}", responses=ERRORS, response_model=TaskInfo)
