@@ -62,3 +62,38 @@ class SentenceSplitter:
         """The unfinished rest, once the text has ended."""
         rest, self._buf = self._buf.strip(), ""
         return rest or None
+
+
+# Where a sentence too long to speak in one go is cut, best first: clause punctuation, then
+# any whitespace; past those, a hard cut (CJK text without punctuation, one endless word).
+_CLAUSE_ENDERS = ",;:，、；：)"
+
+
+def speech_chunks(text: str, max_chars: int) -> list[str]:
+    """`text` as pieces of at most `max_chars` characters, cut at sentence ends, then clauses,
+    then spaces: what a speech engine is given at once, so its memory and the time it spends
+    before it next looks at a cancel are bounded whatever the text."""
+    splitter = SentenceSplitter(min_chars=1)
+    sentences = splitter.feed(text)
+    rest = splitter.flush()
+    out: list[str] = []
+    for sentence in [*sentences, *([rest] if rest else [])]:
+        out += _cut(sentence, max_chars)
+    return out
+
+
+def _cut(text: str, max_chars: int) -> list[str]:
+    pieces: list[str] = []
+    while len(text) > max_chars:
+        window = text[: max_chars + 1]
+        at = max((window.rfind(c, 0, max_chars) for c in _CLAUSE_ENDERS), default=-1) + 1
+        if at <= 0:
+            at = window.rfind(" ", 0, max_chars + 1)
+        if at <= 0:
+            at = max_chars
+        head, text = text[:at].strip(), text[at:].strip()
+        if head:
+            pieces.append(head)
+    if text.strip():
+        pieces.append(text.strip())
+    return pieces

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ris.sentences import SentenceSplitter
+from ris.sentences import SentenceSplitter, speech_chunks
 
 
 def split(text: str, step: int) -> list[str]:
@@ -52,3 +52,25 @@ def test_closing_quotes_stay_with_their_sentence() -> None:
 
 def test_newline_ends_a_sentence() -> None:
     assert split("A line without a stop\nAnother line", 3) == ["A line without a stop", "Another line"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word " * 1000,  # no punctuation at all
+        "x" * 4998,  # one endless word
+        "这是一个没有标点的很长的中文句子" * 300,  # CJK without punctuation
+        "short, clauses; of: various sizes, " * 200,
+        "A sentence. " * 300,
+    ],
+)
+def test_speech_chunks_are_bounded_and_lose_no_words(text: str) -> None:
+    chunks = speech_chunks(text, 200)
+    assert chunks and all(0 < len(c) <= 200 for c in chunks)
+    assert "".join(chunks).replace(" ", "") == text.replace(" ", "")
+
+
+def test_speech_chunks_keep_sentences_and_prefer_clauses() -> None:
+    assert speech_chunks("Hi. How are you? Fine", 200) == ["Hi.", "How are you?", "Fine"]
+    long = "alpha beta gamma, " * 20
+    assert all(c.endswith(",") for c in speech_chunks(long, 60)[:-1])

@@ -22,16 +22,12 @@ MAX_STOP_CHARS = 64
 class Dialect:
     too_long: tuple[int, str]  # status and code for a prompt over the limit
     invalid: tuple[int, str]  # status and code for any other field out of range
-    max_stop_chars: int | None  # characters per stop string (None: only the body limit)
 
 
-SEED = Dialect(
-    too_long=(413, "prompt_too_long"), invalid=(422, "invalid_request"), max_stop_chars=MAX_STOP_CHARS
-)
-# OpenAI's API has no per-string limit; its clients may rely on long ones.
-OPENAI = Dialect(
-    too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"), max_stop_chars=None
-)
+# The same limits on both APIs (a stop string is scanned at every token); only the phrasing
+# of a refusal differs.
+SEED = Dialect(too_long=(413, "prompt_too_long"), invalid=(422, "invalid_request"))
+OPENAI = Dialect(too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"))
 
 
 def llm_request(
@@ -61,10 +57,8 @@ def llm_request(
     if max_tokens > limits.max_new_tokens:
         raise invalid(f"max_tokens {max_tokens} is over the limit of {limits.max_new_tokens}", "max_tokens")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    longest = dialect.max_stop_chars
-    if len(stops) > MAX_STOPS or any(not s or (longest is not None and len(s) > longest) for s in stops):
-        size = f"1 to {longest} characters" if longest is not None else "at least 1 character"
-        raise invalid(f"stop: at most {MAX_STOPS} strings of {size}", "stop")
+    if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
     return LLMRequest(
         prompt=prompt,
         messages=None if messages is None else tuple(messages),

@@ -1,0 +1,77 @@
+"""The lanes' worker-side runners with a recording backend: what a backend is given, and the
+signals the lane publishes. No process: the runner's environment is a list and a board."""
+
+from __future__ import annotations
+
+from ris.lanes.base import WorkerEnv
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, LLMRunner, TextOutput
+from ris.lanes.tts import MAX_CHUNK_CHARS, AudioOutput, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
+from ris.preemption.policy import Activity
+
+
+class Env:
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+        self.board: list[Activity] = []
+        self.ticks = 0
+
+    def worker_env(self) -> WorkerEnv:
+        return WorkerEnv("test", self.sent.append, self.board.append, self.tick)
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+
+class RecordingTTS(TTSBackend):
+    sample_rate = 16_000
+    voices = ("rec",)
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
+        self.texts.append(req.text)
+        out.emit(b"\x00\x00" * len(req.text))
+        return TTSOutcome(self.sample_rate, len(req.text), "rec")
+
+
+def test_long_text_reaches_the_engine_in_bounded_pieces() -> None:
+    # 4,998 characters without a full stop once took Piper to 10 GB in one call.
+    text = ("word " * 1000)[:4998]
+    tts, env = RecordingTTS(), Env()
+    outcome = TTSRunner(env.worker_env()).run(tts, "t", TTSRequest(text=text), lambda: False)
+    assert len(tts.texts) > 20 and max(map(len, tts.texts)) <= MAX_CHUNK_CHARS
+    assert " ".join(tts.texts).split() == text.split()
+    assert outcome.samples == sum(map(len, tts.texts)) and outcome.voice == "rec"
+    assert env.board == [Activity.BUSY, Activity.IDLE] and env.ticks == len(tts.texts)
+
+
+def test_a_cancel_stops_long_text_within_one_piece() -> None:
+    tts, env = RecordingTTS(), Env()
+    TTSRunner(env.worker_env()).run(tts, "t", TTSRequest(text="word " * 1000), lambda: len(tts.texts) >= 1)
+    assert len(tts.texts) == 1
+
+
+def test_control_characters_never_reach_the_engine() -> None:
+    tts, env = RecordingTTS(), Env()
+    TTSRunner(env.worker_env()).run(tts, "t", TTSRequest(text="a\x00b\x07c\td"), lambda: False)
+    assert tts.texts == ["a b c\td"]
+
+
+class SilentLLM(LLMBackend):
+    """A backend that never says when prefill ends: its first text must end it anyway."""
+
+    def __init__(self) -> None:  # no model to load
+        pass
+
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        out.emit("a")
+        out.emit("b")
+        return LLMOutcome("stop", 1, 2)
+
+
+def test_the_first_text_ends_prefill_even_if_the_backend_never_says() -> None:
+    env = Env()
+    LLMRunner(env.worker_env()).run(SilentLLM(), "t", LLMRequest(prompt="x"), lambda: False)
+    assert env.board == [Activity.PREFILL, Activity.DECODE, Activity.IDLE]
+    assert env.ticks == 2 and len(env.sent) == 2
