@@ -69,19 +69,6 @@ class AudioOutput(ABC):
         """True once the task should stop; check between chunks."""
 
 
-class AudioCollector(AudioOutput):
-    """An AudioOutput that keeps what it is given: for calling a backend directly."""
-
-    def __init__(self) -> None:
-        self.pcm = bytearray()
-
-    def emit(self, pcm: bytes) -> None:
-        self.pcm.extend(pcm)
-
-    def cancelled(self) -> bool:
-        return False
-
-
 class TTSBackend(Backend):
     """Speech synthesis to 16-bit mono PCM, emitted in chunks as it is produced."""
 
