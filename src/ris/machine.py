@@ -17,6 +17,8 @@ class MachineInfo:
     cores: tuple[int, ...]
     # Number of NVIDIA GPUs visible (0 on a CPU-only machine).
     gpus: int
+    # Physical memory; lanes' default memory ceilings are shares of it.
+    memory_bytes: int = 16 * 2**30
 
     def describe_cores(self) -> str:
         return ", ".join(str(c) for c in self.cores) or "none"
@@ -58,4 +60,8 @@ def machine_info() -> MachineInfo:
         cores = tuple(sorted(psutil.Process().cpu_affinity() or []))
     except (AttributeError, NotImplementedError):  # macOS has no affinity API
         cores = tuple(range(psutil.cpu_count() or 1))
-    return MachineInfo(cores=cores or (0,), gpus=_visible_limit(_count_gpus()))
+    return MachineInfo(
+        cores=cores or (0,),
+        gpus=_visible_limit(_count_gpus()),
+        memory_bytes=int(psutil.virtual_memory().total),
+    )

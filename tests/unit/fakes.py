@@ -38,6 +38,7 @@ class FakeWorker:
         self.inbox: list[object] = []
         self.starts = 0
         self.kills = 0
+        self.rss: int | None = None  # what the watchdog reads; a test sets it
         self._alive = False
 
     # LaneWorker
@@ -63,6 +64,9 @@ class FakeWorker:
 
     def usage(self) -> ResourceUsage:
         return ResourceUsage(pid=4242 if self._alive else None)
+
+    def memory_bytes(self) -> int | None:
+        return self.rss if self._alive else None
 
     # what a test makes the worker say
     def ready(self, slots: int = 1, models: tuple[m.ModelInfo, ...] = ()) -> None:

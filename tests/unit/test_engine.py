@@ -21,7 +21,7 @@ from ris.runtime.supervisor import backoff
 from ris.runtime.views import TaskHandle
 from ris.scheduler import CancelOutcome, Lane, QueueFull
 
-from .fakes import FakeClock, FakeWorker, FakeWorkers, config, engine
+from .fakes import TWO_CORES, FakeClock, FakeWorker, FakeWorkers, config, engine
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -134,6 +134,36 @@ async def test_a_crash_fails_the_running_task_and_the_worker_restarts_after_a_ba
         assert llm.starts == 2 and eng.status()[0].workers[0].restarts == 1
         llm.ready()
         assert llm.runs[-1].task_id == queued.task_id  # the queued task runs on the new worker
+
+
+@run
+async def test_a_worker_over_its_memory_ceiling_fails_its_task_and_is_replaced(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, llm={"memory_limit_mb": 100}) as (eng, workers, clock):
+        llm, running, queued = two_tasks(eng, workers)
+        assert llm.spec.binding.memory_limit_bytes == 100 * 2**20  # the OS backstop is told too
+        llm.rss = 90 * 2**20
+        eng.check()
+        assert llm.kills == 0
+        llm.rss = 150 * 2**20
+        eng.check()
+        view = await running.done
+        assert (view.state, view.error_code) == ("failed", "worker_out_of_memory")
+        assert llm.kills == 1 and eng.lookup(queued.task_id).state == "queued"  # type: ignore[union-attr]
+        clock.advance(backoff(0))
+        eng.check()
+        llm.ready()
+        assert llm.runs[-1].task_id == queued.task_id
+
+
+def test_the_default_memory_ceiling_is_the_lane_kinds_share_of_the_machine(tmp_path: Path) -> None:
+    eng = engine(
+        config(tmp_path, tts={"memory_limit_mb": None}, llm={"memory_limit_mb": 0}),
+        FakeClock(),
+        FakeWorkers(),
+    )
+    machine = TWO_CORES.memory_bytes
+    assert eng.worker_spec("tts").binding.memory_limit_bytes == int(machine * 0.25)
+    assert eng.worker_spec("llm").binding.memory_limit_bytes is None  # 0: no ceiling
 
 
 @run

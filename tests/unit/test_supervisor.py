@@ -91,3 +91,26 @@ def test_a_failed_load_is_retried_after_the_backoff() -> None:
     assert sup.decide(w, alive=False) is None
     clock.advance(backoff(0))
     assert sup.decide(w, alive=False) == Restart()
+
+
+def test_a_worker_over_its_memory_ceiling_is_replaced_with_its_own_code() -> None:
+    clock = FakeClock()
+    sup = Supervisor(clock)
+    w = sup.watch("tts", Limits(10, 30, 60, memory_bytes=100 * 2**20))
+    sup.started(w)
+    assert sup.decide(w, alive=True, memory_bytes=100 * 2**20) is None  # at the ceiling: fine
+    over = sup.decide(w, alive=True, memory_bytes=101 * 2**20)
+    assert isinstance(over, Fail) and over.code == "worker_out_of_memory"
+    assert "101 MiB" in over.message and "100 MiB" in over.message
+    sup.ready(w)
+    assert isinstance(sup.decide(w, alive=True, memory_bytes=2**40), Fail)
+    assert sup.decide(w, alive=True, memory_bytes=None) is None  # unknown: no guess
+    sup.killed(w)
+    clock.advance(backoff(0))
+    assert sup.decide(w, alive=False, memory_bytes=None) == Restart()
+
+
+def test_no_ceiling_means_no_memory_decision() -> None:
+    clock, sup, w = started()
+    sup.ready(w)
+    assert sup.decide(w, alive=True, memory_bytes=2**50) is None

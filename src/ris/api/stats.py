@@ -18,6 +18,7 @@ _NO_WORKER = WorkerStatus(
     cuda_visible_devices=None,
     cpu_percent=None,
     rss_bytes=None,
+    memory_limit_bytes=None,
     gpu_memory_bytes=None,
     error=None,
 )
@@ -35,6 +36,7 @@ def _worker_json(w: WorkerStatus) -> dict[str, Any]:
         "cuda_visible_devices": w.cuda_visible_devices,
         "cpu_percent": w.cpu_percent,
         "rss_bytes": w.rss_bytes,
+        "memory_limit_bytes": w.memory_limit_bytes,
         "gpu_memory_bytes": w.gpu_memory_bytes,
         "error": w.error,
     }

@@ -88,6 +88,14 @@ class LaneConfig(_Strict):
         default=300.0, gt=0, description="a task with no progress this long is declared hung"
     )
     load_timeout_s: float = Field(default=600.0, gt=0, description="model loading at most")
+    memory_limit_mb: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**30,
+        description="the worker's memory ceiling (resident MiB): a worker over it is restarted and "
+        "its tasks fail `worker_out_of_memory`; None: the lane kind's share of the machine's "
+        "memory (TTS 25%, others 60%); 0: no ceiling",
+    )
     default_model: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     preemption: PreemptionConfig = Field(
@@ -123,6 +131,11 @@ class LaneConfig(_Strict):
         if self.threads is not None:
             return self.threads
         return len(self.cores) if self.cores is not None else len(machine.cores)
+
+    def memory_limit_bytes(self, machine: MachineInfo, default_share: float) -> int | None:
+        if self.memory_limit_mb is None:
+            return int(machine.memory_bytes * default_share)
+        return self.memory_limit_mb * 2**20 if self.memory_limit_mb else None
 
     def policy(self) -> LanePolicy:
         pclass = PriorityClass.REALTIME if self.priority_class == "realtime" else PriorityClass.BATCH

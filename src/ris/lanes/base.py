@@ -194,6 +194,10 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).
     load_all_models: ClassVar[bool] = False
+    # The worker's default memory ceiling, as a share of the machine's memory (LaneConfig
+    # memory_limit_mb overrides it). Big enough for the largest model a lane is meant to hold,
+    # small enough that one runaway worker cannot take the machine.
+    memory_share: ClassVar[float] = 0.6
     # Tasks may be submitted through the generic POST /api/tasks. The built-in lanes say no:
     # their own routes check requests against the server's limits (prompt and image sizes).
     generic_api: ClassVar[bool] = True

@@ -151,6 +151,8 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
     request_type, outcome_type, backend_type, runner_type = TTSRequest, TTSOutcome, TTSBackend, TTSRunner
     cpu_only = True
     load_all_models = True
+    # Voices are tens of MB; a quarter of the machine leaves room for the LLM and images.
+    memory_share = 0.25
     builtin_backends = {
         "espeak": "ris.backends.tts_espeak:EspeakTTS",
         "piper": "ris.backends.tts_piper:PiperTTS",

@@ -40,6 +40,10 @@ class Binding:
     nice: int
     # Physical GPU index the worker sees (as cuda:0); None hides every GPU.
     gpu: int | None
+    # The lane's memory ceiling; the server's watchdog enforces it on resident memory (see
+    # ris.runtime.supervisor) and, on Linux, an OS limit a little above it stops an allocation
+    # spike between two samples (MemoryError in the worker: its task fails, it restarts).
+    memory_limit_bytes: int | None = None
 
     def environment(self) -> dict[str, str]:
         env = {var: str(self.threads) for var in THREAD_ENV_VARS}
@@ -78,9 +82,16 @@ def spawn_environment(binding: Binding) -> Iterator[None]:
                     os.environ[k] = v
 
 
+# The OS limit sits this far above the ceiling the watchdog enforces: the watchdog, which
+# fails the task with a clear code, acts first on memory that grows; the OS limit only on a
+# jump too fast for a sample every quarter second.
+OS_LIMIT_MARGIN = 1.5
+
+
 def apply_binding(binding: Binding) -> None:
     """Bind the calling process; call before importing torch, onnxruntime or llama.cpp."""
     os.environ.update(binding.environment())
+    _limit_data_memory(binding)
     proc = psutil.Process()
     if binding.cores is not None and hasattr(proc, "cpu_affinity"):
         proc.cpu_affinity(list(binding.cores))
@@ -98,3 +109,18 @@ def observed_affinity() -> tuple[int, ...] | None:
     if not hasattr(proc, "cpu_affinity"):
         return None
     return tuple(sorted(proc.cpu_affinity() or []))
+
+
+def _limit_data_memory(binding: Binding) -> None:
+    """RLIMIT_DATA (Linux >= 4.7 counts private writable mappings: the heap and anonymous
+    mmaps, not model files mapped read-only). Not on GPU workers: CUDA's driver maps large
+    writable regions it never touches, which would trip a limit on virtual size."""
+    if binding.memory_limit_bytes is None or binding.gpu is not None or not sys.platform.startswith("linux"):
+        return
+    import resource
+
+    limit = int(binding.memory_limit_bytes * OS_LIMIT_MARGIN)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))

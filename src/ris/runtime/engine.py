@@ -119,7 +119,9 @@ class Engine:
 
     def _replica(self, lane: str) -> Replica:
         cfg = self.config.lane(lane)
-        limits = Limits(cfg.heartbeat_timeout_s, cfg.busy_timeout_s, cfg.load_timeout_s)
+        limits = Limits(
+            cfg.heartbeat_timeout_s, cfg.busy_timeout_s, cfg.load_timeout_s, self._memory_limit(lane)
+        )
         replica: Replica
 
         def deliver(msg: object) -> None:
@@ -130,6 +132,11 @@ class Engine:
             lane, self._factory(self.worker_spec(lane), deliver), self.supervisor.watch(lane, limits)
         )
         return replica
+
+    def _memory_limit(self, lane: str) -> int | None:
+        return self.config.lane(lane).memory_limit_bytes(
+            self._machine or machine_info(), self.kinds[lane].memory_share
+        )
 
     def worker_spec(self, lane: str) -> WorkerSpec:
         cfg = self.config.lane(lane)
@@ -143,6 +150,7 @@ class Engine:
                 threads=cfg.effective_threads(self._machine or machine_info()),
                 nice=cfg.nice,
                 gpu=cfg.gpu_index,
+                memory_limit_bytes=self._memory_limit(lane),
             ),
             device=cfg.device,
             lane_config_json=cfg.model_dump_json(),
@@ -305,6 +313,9 @@ class Engine:
                 msg.task_id, TaskState.CANCELLED, code="cancelled", message="cancelled by the client"
             )
         self._settle(msg.task_id)
+        if isinstance(msg, m.TaskError) and msg.code == "worker_out_of_memory":
+            # The worker exits after an allocation over its OS limit: no task may go to it.
+            self._crashed(replica, msg.code, f"the {replica.lane} worker ran out of memory")
         self._dispatch()
 
     def _result(self, handle: TaskHandle, outcome: Any) -> Any:
@@ -354,7 +365,9 @@ class Engine:
     def check(self) -> None:
         """One supervision pass: dead or hung workers, restarts, deadlines."""
         for replica in self._all_replicas():
-            action = self.supervisor.decide(replica.watch, replica.worker.alive())
+            action = self.supervisor.decide(
+                replica.watch, replica.worker.alive(), replica.worker.memory_bytes()
+            )
             if isinstance(action, Fail):
                 self._crashed(replica, action.code, action.message)
             elif isinstance(action, Restart):
@@ -456,6 +469,7 @@ class Engine:
             cuda_visible_devices=info.cuda_visible_devices if info else None,
             cpu_percent=usage.cpu_percent,
             rss_bytes=usage.rss_bytes,
+            memory_limit_bytes=r.watch.limits.memory_bytes,
             gpu_memory_bytes=usage.gpu_memory_bytes,
             error=r.failure.message if r.failure else None,
         )

@@ -165,6 +165,17 @@ class ProcessWorker:
             await asyncio.to_thread(proc.join, timeout)
         self.kill()
 
+    def memory_bytes(self) -> int | None:
+        pid = self._proc.pid if self._proc is not None else None
+        if pid is None or not self.alive():
+            return None
+        try:
+            if self._ps is None or self._ps.pid != pid:
+                self._ps = psutil.Process(pid)
+            return int(self._ps.memory_info().rss)  # leaves cpu_percent's reference alone
+        except psutil.Error:
+            return None
+
     def usage(self) -> ResourceUsage:
         """CPU percent since the last call, resident memory and GPU memory, read from the OS."""
         pid = self._proc.pid if self._proc is not None else None

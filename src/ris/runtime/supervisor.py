@@ -5,7 +5,7 @@ from, started or progressed a task, killed) and asks `decide()` what to do; it c
 answer out. Every liveness, hang and restart rule is therefore unit-tested with a fake clock
 and no processes (tests/unit/test_supervisor.py).
 
-    STARTING --WorkerReady--> READY --dies / silent / no progress--> (Fail) DEAD
+    STARTING --WorkerReady--> READY --dies / silent / no progress / over its memory--> (Fail) DEAD
        |                                                                   |
        +--WorkerFailed--> FAILED --back-off--> (Restart) STARTING <--------+
 """
@@ -31,6 +31,7 @@ class Limits:
     heartbeat_timeout_s: float  # a worker silent this long is hung
     busy_timeout_s: float  # a busy worker with no progress this long is hung
     load_timeout_s: float  # loading models may take this long
+    memory_bytes: int | None = None  # resident memory ceiling; None: none
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,20 @@ class Supervisor:
 
     # ----- decisions -----------------------------------------------------------------------
 
-    def decide(self, w: Watch, alive: bool) -> Fail | Restart | None:
+    def decide(self, w: Watch, alive: bool, memory_bytes: int | None = None) -> Fail | Restart | None:
+        """`memory_bytes`: the worker's resident memory now, when known."""
         now = self._clock()
         lim = w.limits
         if w.state in (WorkerState.STARTING, WorkerState.READY) and not alive:
             return Fail("worker_crashed", f"the {w.name} worker process died")
+        over = lim.memory_bytes is not None and memory_bytes is not None and memory_bytes > lim.memory_bytes
+        if w.state in (WorkerState.STARTING, WorkerState.READY) and over:
+            assert lim.memory_bytes is not None and memory_bytes is not None
+            return Fail(
+                "worker_out_of_memory",
+                f"the {w.name} worker used {memory_bytes / 2**20:,.0f} MiB, over its ceiling of "
+                f"{lim.memory_bytes / 2**20:,.0f} MiB (memory_limit_mb); it was restarted",
+            )
         if w.state is WorkerState.READY and now - w.last_heard > lim.heartbeat_timeout_s:
             return Fail(
                 "worker_timeout", f"the {w.name} worker stopped answering for {lim.heartbeat_timeout_s:g} s"

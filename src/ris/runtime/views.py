@@ -99,6 +99,7 @@ class WorkerStatus:
     cuda_visible_devices: str | None
     cpu_percent: float | None
     rss_bytes: int | None
+    memory_limit_bytes: int | None
     gpu_memory_bytes: int | None
     error: str | None
 

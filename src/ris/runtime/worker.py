@@ -64,6 +64,10 @@ class LaneWorker(Protocol):
 
     def usage(self) -> ResourceUsage: ...
 
+    def memory_bytes(self) -> int | None:
+        """Resident memory now (None when unknown); read by the watchdog several times a second,
+        so cheap and without side effects on usage()'s CPU reading."""
+
 
 # Builds the worker of `spec`; `deliver(msg)` must be called on the engine's loop thread.
 WorkerFactory = Callable[[WorkerSpec, Callable[[object], None]], LaneWorker]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ris.runtime.worker import WorkerSpec
 
 HEARTBEAT_INTERVAL_S = 0.5
+EXIT_OUT_OF_MEMORY = 3
 
 
 class _Outbox:
@@ -163,6 +164,18 @@ def worker_main(
                 out.send(m.TaskCancelled(task_id))
             else:
                 out.send(m.TaskError(task_id, e.code, e.message))
+        except MemoryError:
+            # Over the OS memory limit (ris.runtime.binding): the heap may be left fragmented
+            # or a library half-way through an allocation, so a fresh worker serves on.
+            out.send(
+                m.TaskError(
+                    task_id,
+                    "worker_out_of_memory",
+                    "the task needed more memory than the lane's ceiling (memory_limit_mb) allows; "
+                    "the worker was restarted",
+                )
+            )
+            os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             traceback.print_exc()
             out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
