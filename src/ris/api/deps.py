@@ -85,14 +85,45 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
         raise APIError(404 if name is not None else 503, "unknown_model", str(e.args[0])) from None
 
 
-async def wait_task(engine: Engine, handle: TaskHandle) -> TaskView:
-    """Wait for the task's end; cancel it if the client goes away first. (Nothing else awaits
-    this handle, so the future itself may be cancelled with the request: no shield needed.)"""
+class ClientGone(APIError):
+    """The client closed its connection before the answer; nobody will read this response."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_closed_request", "the client closed the connection")
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has closed the connection. Once the body is read, the server's
+    receive() answers only `http.disconnect`, at once when it happens (no polling)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_task(engine: Engine, handle: TaskHandle, request: Request) -> TaskView:
+    """Wait for the task's end; cancel it if the client goes away first, so a client that
+    gave up does not hold the lane (streaming routes do the same as they write)."""
+    return (await wait_tasks(engine, [handle], request))[0]
+
+
+async def wait_tasks(engine: Engine, handles: list[TaskHandle], request: Request) -> list[TaskView]:
+    """`wait_task` for several tasks of one request: all are cancelled if the client leaves."""
+    gone: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
+    every: asyncio.Future[list[TaskView]] = asyncio.gather(*(h.done for h in handles))
     try:
-        return await handle.done
-    except asyncio.CancelledError:
-        engine.cancel(handle.task_id)
+        either: list[asyncio.Future[Any]] = [gone, every]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if every.done():
+            return list(every.result())
+        raise ClientGone
+    except BaseException:
+        for h in handles:
+            if not h.done.done():
+                engine.cancel(h.task_id)
         raise
+    finally:
+        gone.cancel()
+        if not every.done():
+            every.cancel()
 
 
 def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:

@@ -41,6 +41,8 @@ class SamplingBody(_OpenAIBody):
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # An extension llama-server and vLLM share: generate exactly max_tokens (benchmarks, tests).
+    ignore_eos: bool = False
 
 
 class ChatCompletionRequest(SamplingBody):

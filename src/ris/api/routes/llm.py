@@ -43,7 +43,7 @@ async def llm_generate(request: Request) -> Any:
             media_type="text/event-stream",
             headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
         )
-    view = await wait_task(engine, handle)
+    view = await wait_task(engine, handle, request)
     if not view.succeeded:
         raise failure(view)
     # A plain response: the body is built from a typed result, so FastAPI's response-model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, pick_tts_model, require_lane, resolve_model, submit, tts_rate, wait_task
+from ris.api.deps import engine_of, pick_tts_model, require_lane, resolve_model, submit, tts_rate, wait_tasks
 from ris.api.errors import APIError, failure
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.streams import audio_chunks, wav_header
@@ -105,7 +104,7 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
         seed = None if body.seed is None else body.seed + i
         req = ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed)
         handles.append(submit(engine, Lane.IMAGE, model, req))
-    views = await asyncio.gather(*(wait_task(engine, h) for h in handles))
+    views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:
         if not view.succeeded or not isinstance(view.result, ImageResult):

@@ -72,6 +72,7 @@ def _request(
         # OpenAI's clients may send empty stop strings; they stop nothing.
         stop=[s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s],
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
 
 
@@ -133,7 +134,7 @@ async def chat_completions(request: Request) -> Any:
             ),
             handle,
         )
-    r = _result(await _finished(engine, handle))
+    r = _result(await _finished(engine, handle, request))
     return {
         **base,
         "choices": [
@@ -181,12 +182,12 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             ),
             handle,
         )
-    r = _result(await _finished(engine, handle))
+    r = _result(await _finished(engine, handle, request))
     return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
 
 
-async def _finished(engine: Engine, handle: TaskHandle) -> TaskView:
-    view = await wait_task(engine, handle)
+async def _finished(engine: Engine, handle: TaskHandle, request: Request) -> TaskView:
+    view = await wait_task(engine, handle, request)
     if not view.succeeded:
         raise failure(view)
     return view

@@ -38,7 +38,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     model = pick_tts_model(engine, body.model, body.voice)
     req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
     handle = submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)
-    view = await wait_task(engine, handle)
+    view = await wait_task(engine, handle, request)
     if not view.succeeded:
         raise failure(view)
     r = view.result
