@@ -71,3 +71,23 @@ def test_tasks_survive_sigkill_and_restart(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["state"] == "succeeded"
     finally:
         srv.stop()
+
+
+def test_speech_stays_reachable_across_a_restart(tmp_path: Path) -> None:
+    config = make_config(tmp_path, llm={"enabled": False}, image={"enabled": False})
+    srv = Server(tmp_path, config).start()
+    try:
+        r = httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": "Kept across restarts."}, timeout=60)
+        assert r.status_code == 200, r.text
+        task_id = r.json()["task_id"]
+        wav = httpx.get(f"{srv.url}/api/tts/audio/{task_id}").content
+        assert wav[:4] == b"RIFF" and len(wav) > 1000
+    finally:
+        sigkill_server(srv)
+    srv = Server(tmp_path, config).start()
+    try:
+        again = httpx.get(f"{srv.url}/api/tts/audio/{task_id}")
+        assert again.status_code == 200 and again.content == wav
+        assert httpx.get(f"{srv.url}/api/tasks/{task_id}").json()["state"] == "succeeded"
+    finally:
+        srv.stop()

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from ris import messages as m
+from ris.config import RetentionConfig
 from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageResult
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
-from ris.lanes.tts import TTSOutcome, TTSRequest
+from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest, TTSResult
 from ris.runtime.engine import Engine, LaneUnavailable
+from ris.runtime.retention import Retention
 from ris.runtime.supervisor import backoff
 from ris.runtime.views import TaskHandle
 from ris.scheduler import CancelOutcome, Lane, QueueFull
@@ -275,6 +277,34 @@ async def test_image_results_are_written_by_the_server_and_tasks_survive_a_resta
         workers2[Lane.IMAGE].ready()
         run_ = workers2[Lane.IMAGE].runs[0]
         assert run_.task_id == interrupted.task_id and run_.request == ImageRequest(prompt="b")
+
+
+@run
+async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready()
+        said = eng.submit(Lane.TTS, "e", TTSRequest(text="hello"))
+        tts.deliver(m.TaskOutput(said.task_id, AudioChunk(b"\x01\x00" * 100)))
+        tts.deliver(m.TaskDone(said.task_id, TTSOutcome(sample_rate=16000, samples=100, voice="en")))
+        result = (await said.done).result
+        assert isinstance(result, TTSResult)
+
+    async with started_engine(tmp_path) as (eng2, _, _):
+        view = eng2.lookup(said.task_id)
+        assert view is not None and view.state == "succeeded" and view.result == result
+        assert eng2.files.servable("audio", result.audio_path) is not None
+        # Past its age the record and the file go together.
+        assert eng2.durable is not None
+        later = Retention(
+            eng2.durable.store,
+            tmp_path / "data",
+            ["audio"],
+            RetentionConfig(max_age_h=1),
+            wall=lambda: 1_700_000_000.0 + 7200 + 10,
+        )
+        assert later.sweep().expired == 1 and eng2.lookup(said.task_id) is None
+        assert not Path(result.audio_path).exists()
 
 
 @run

@@ -15,6 +15,7 @@ from ris.config.schema import (
     LaneConfig,
     ModelSpec,
     PreemptionConfig,
+    RetentionConfig,
     ServerConfig,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "LaneConfig",
     "ModelSpec",
     "PreemptionConfig",
+    "RetentionConfig",
     "ServerConfig",
     "check_config",
     "default_config",

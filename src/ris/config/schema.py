@@ -176,6 +176,20 @@ class ServerConfig(_Strict):
     )
 
 
+class RetentionConfig(_Strict):
+    """How long generated files (speech, images) and their task records are kept."""
+
+    max_age_h: float = Field(
+        default=168.0,
+        gt=0,
+        description="a finished task and its files are deleted this many hours after its end",
+    )
+    max_total_mb: int = Field(
+        default=2048, ge=1, description="result files beyond this size in all: the oldest go first"
+    )
+    sweep_interval_s: float = Field(default=60.0, ge=1, description="how often the policy is applied")
+
+
 class Config(_Strict):
     """The whole service: HTTP server, data folder and its lanes."""
 
@@ -186,6 +200,7 @@ class Config(_Strict):
         "or lane kinds (see docs/ARCHITECTURE.md, the recipes)",
     )
     data_dir: Path = Field(default=Path("ris-data"), description="tasks, audio and images")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     scheduling: Ordering = Field(
         default=Ordering.LANES,
         description="'lanes': each lane its own priority queue (the product); 'fifo': one "

@@ -115,6 +115,10 @@ class LaneResult:
         """Progress units a finished task completed, where the lane counts them (image steps)."""
         return None
 
+    def files(self) -> tuple[str, ...]:
+        """The server's files this result names: kept, and deleted, with its task record."""
+        return ()
+
 
 R = TypeVar("R", bound=LaneResult)
 
@@ -194,6 +198,9 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).
     load_all_models: ClassVar[bool] = False
+    # The folder of the server's data_dir this lane's result files go to (None: no files);
+    # the retention policy sweeps these folders and no others.
+    result_folder: ClassVar[str | None] = None
     # The worker's default memory ceiling, as a share of the machine's memory (LaneConfig
     # memory_limit_mb overrides it). Big enough for the largest model a lane is meant to hold,
     # small enough that one runaway worker cannot take the machine.

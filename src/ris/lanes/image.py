@@ -30,6 +30,8 @@ from ris.lanes.base import (
 from ris.messages import TaskProgress
 from ris.preemption.policy import PreemptedCancel
 
+IMAGE_FOLDER = "images"  # under the server's data_dir
+
 
 @dataclass(frozen=True)
 class ImageRequest:
@@ -111,6 +113,9 @@ class ImageResult(LaneResult):
     def steps_done(self) -> int | None:
         return self.steps
 
+    def files(self) -> tuple[str, ...]:
+        return (self.path,)
+
     def public_json(self, task_id: str) -> dict[str, Any]:
         data = self.to_json()
         del data["path"]
@@ -161,6 +166,7 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
     )
     durable = True
     preemptible = True
+    result_folder = IMAGE_FOLDER
     config_defaults: ClassVar[Mapping[str, Any]] = {
         "priority_class": "batch",
         "nice": 19,
@@ -186,7 +192,7 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
 
     def build_result(self, seen: Seen, outcome: ImageOutcome, files: ResultFiles) -> ImageResult:
         image = outcome.image
-        path = files.write("images", f"{seen.task_id}.png", image.png)
+        path = files.write(IMAGE_FOLDER, f"{seen.task_id}.png", image.png)
         return ImageResult(
             seen.model, seen.timings, str(path), image.width, image.height, image.steps, image.seed,
             outcome.paused_s, outcome.pauses,

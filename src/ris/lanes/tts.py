@@ -29,6 +29,8 @@ from ris.messages import TaskOutput
 from ris.preemption.policy import Activity
 from ris.sentences import speech_chunks
 
+AUDIO_FOLDER = "audio"  # under the server's data_dir
+
 
 @dataclass(frozen=True)
 class TTSRequest:
@@ -90,6 +92,9 @@ class TTSResult(LaneResult):
     duration_s: float
     # The WAV on the server's disk (served at /api/tts/audio/{task_id}).
     audio_path: str
+
+    def files(self) -> tuple[str, ...]:
+        return (self.audio_path,)
 
     def public_json(self, task_id: str) -> dict[str, Any]:
         data = self.to_json()
@@ -153,6 +158,7 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
     load_all_models = True
     # Voices are tens of MB; a quarter of the machine leaves room for the LLM and images.
     memory_share = 0.25
+    result_folder = AUDIO_FOLDER
     builtin_backends = {
         "espeak": "ris.backends.tts_espeak:EspeakTTS",
         "piper": "ris.backends.tts_piper:PiperTTS",
@@ -171,7 +177,7 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
 
     def build_result(self, seen: Seen, outcome: TTSOutcome, files: ResultFiles) -> TTSResult:
         pcm = b"".join(chunk.pcm for chunk in seen.outputs)
-        path = files.write_wav("audio", f"{seen.task_id}.wav", pcm, outcome.sample_rate)
+        path = files.write_wav(AUDIO_FOLDER, f"{seen.task_id}.wav", pcm, outcome.sample_rate)
         o = outcome
         return TTSResult(seen.model, seen.timings, o.voice, o.sample_rate, o.duration_s, str(path))
 

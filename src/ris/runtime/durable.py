@@ -1,5 +1,7 @@
-"""The durable lanes' tasks in the store: recorded when accepted, started and finished, and
-found again after a restart. Lanes whose kind is not durable pass through untouched."""
+"""Tasks in the store. A durable lane's are recorded when accepted, started and finished, and
+found again after a restart; another lane's are recorded at their end when their result is a
+file (speech), so it stays reachable after the scheduler forgets the task or the server restarts,
+for as long as the retention policy keeps it (ris.runtime.retention)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 
 from ris.lanes.base import LaneKind
 from ris.runtime.store import StoredTask, TaskStore
-from ris.scheduler import Task
+from ris.scheduler import Task, TaskState
 
 # A task found running after a restart is run again at most this many times in all.
 MAX_ATTEMPTS = 2
@@ -17,11 +19,17 @@ MAX_ATTEMPTS = 2
 
 class DurableTasks:
     def __init__(
-        self, path: Path, kinds: Mapping[str, LaneKind[Any, Any]], wall: Callable[[], float]
+        self,
+        path: Path,
+        kinds: Mapping[str, LaneKind[Any, Any]],
+        wall: Callable[[], float],
+        to_wall: Callable[[float], float],
     ) -> None:
+        """`wall`: Unix time now; `to_wall`: a scheduler (monotonic) time as Unix time."""
         self.store = TaskStore(path)
         self._kinds = kinds
         self._wall = wall
+        self._to_wall = to_wall
 
     def close(self) -> None:
         self.store.close()
@@ -40,10 +48,30 @@ class DurableTasks:
             self.store.mark_running(task.id, self._wall())
 
     def finished(self, task: Task) -> None:
+        result = task.result.to_json() if task.result is not None else None
         if self.durable(task.lane):
-            result = task.result.to_json() if task.result is not None else None
             self.store.finish(
                 task.id, task.state.value, self._wall(), task.error_code, task.error_message, result
+            )
+        elif task.state is TaskState.SUCCEEDED and task.result is not None and task.result.files():
+            model, request = task.spec.payload
+            started = task.started_at
+            self.store.keep(
+                StoredTask(
+                    id=task.id,
+                    lane=task.lane,
+                    model=model,
+                    state=task.state.value,
+                    priority=task.spec.priority,
+                    request=self._kinds[task.lane].request_to_json(request),
+                    submitted_at=self._to_wall(task.submitted_at),
+                    started_at=None if started is None else self._to_wall(started),
+                    finished_at=self._wall(),
+                    attempts=1,
+                    error_code=None,
+                    error_message=None,
+                    result=result,
+                )
             )
 
     def resumable(self, enabled: set[str]) -> Iterator[tuple[StoredTask, Any]]:

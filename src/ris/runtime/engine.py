@@ -26,6 +26,7 @@ from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.binding import Binding
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
+from ris.runtime.retention import Retention, SweepReport
 from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
 from ris.runtime.views import LaneStatus, TaskHandle, TaskView, WorkerStatus, stored_view, task_view
 from ris.runtime.worker import LaneWorker, WorkerFactory, WorkerSpec
@@ -84,6 +85,9 @@ class Engine:
         self.supervisor = Supervisor(clock)
         self.files = ResultFiles(Path(config.data_dir))
         self.durable: DurableTasks | None = None
+        self.retention: Retention | None = None
+        self._sweep: asyncio.Future[SweepReport] | None = None
+        self._next_sweep = 0.0  # due at once: a first sweep at start
         self.handles: dict[str, TaskHandle] = {}
         self.replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
@@ -98,10 +102,16 @@ class Engine:
         """A scheduler (monotonic) time as Unix seconds."""
         return None if t is None else t + self._wall_offset
 
+    def _to_wall(self, t: float) -> float:
+        return t + self._wall_offset
+
     # ----- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.durable = DurableTasks(Path(self.config.data_dir) / "tasks.db", self.kinds, self.wall_clock)
+        data = Path(self.config.data_dir)
+        self.durable = DurableTasks(data / "tasks.db", self.kinds, self.wall_clock, self._to_wall)
+        folders = [k.result_folder for k in self.kinds.values() if k.result_folder]
+        self.retention = Retention(self.durable.store, data, folders, self.config.retention, self.wall_clock)
         if self._factory is None:
             from ris.runtime.process_worker import ProcessWorkers
 
@@ -163,6 +173,8 @@ class Engine:
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
+        if self._sweep is not None:
+            await asyncio.wait([self._sweep])  # it uses the store closed below
         # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
         for task_id, handle in list(self.handles.items()):
             if not self.kinds[handle.lane].durable:
@@ -379,6 +391,17 @@ class Engine:
                 self._where[task.id].worker.send(m.CancelTask(task.id))
         for task_id in list(self.handles):
             self._settle(task_id)
+        self._sweep_when_due()
+
+    def _sweep_when_due(self) -> None:
+        """Apply the retention policy every `sweep_interval_s`, on a thread (it reads the disk)."""
+        if self.retention is None or self.clock() < self._next_sweep:
+            return
+        if self._sweep is not None and not self._sweep.done():
+            return
+        self._next_sweep = self.clock() + self.config.retention.sweep_interval_s
+        self._sweep = asyncio.ensure_future(asyncio.to_thread(self.retention.sweep))
+        self._sweep.add_done_callback(_log_sweep)
 
     def _crashed(self, replica: Replica, code: str, message: str) -> None:
         log.error("%s: %s", replica.lane, message)
@@ -472,6 +495,24 @@ class Engine:
             memory_limit_bytes=r.watch.limits.memory_bytes,
             gpu_memory_bytes=usage.gpu_memory_bytes,
             error=r.failure.message if r.failure else None,
+        )
+
+
+def _log_sweep(done: asyncio.Future[SweepReport]) -> None:
+    if done.cancelled():
+        return
+    if done.exception() is not None:
+        log.error("retention sweep failed: %r", done.exception())
+        return
+    r = done.result()
+    if r.expired or r.evicted or r.orphans:
+        log.info(
+            "retention: %d expired, %d over the size limit, %d orphan files; %.1f MiB freed, %.1f MiB kept",
+            r.expired,
+            r.evicted,
+            r.orphans,
+            r.bytes_freed / 2**20,
+            r.bytes_kept / 2**20,
         )
 
 

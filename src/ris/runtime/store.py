@@ -1,4 +1,6 @@
-"""The durable task store: accepted image tasks and their state in SQLite, results beside it.
+"""The task store: durable lanes' tasks from acceptance on, and every finished task whose
+result is a file (so the file stays reachable, across restarts, for as long as the retention
+policy keeps both; ris.runtime.retention), in SQLite.
 
 WAL journal with synchronous=FULL: a task acknowledged to a client (HTTP 202) has reached the
 disk, and so has every state change after it, so a server killed with SIGKILL comes back
@@ -113,6 +115,59 @@ class TaskStore:
                 task_id,
             ),
         )
+
+    def keep(self, st: StoredTask) -> None:
+        """Record a finished task in full (a lane that is not durable, at its end)."""
+        self._write(
+            "INSERT OR REPLACE INTO tasks (id, lane, model, state, priority, request, submitted_at, "
+            "started_at, finished_at, attempts, error_code, error_message, result) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                st.id,
+                st.lane,
+                st.model,
+                st.state,
+                st.priority,
+                json.dumps(st.request),
+                st.submitted_at,
+                st.started_at,
+                st.finished_at,
+                st.attempts,
+                st.error_code,
+                st.error_message,
+                None if st.result is None else json.dumps(st.result),
+            ),
+        )
+
+    def finished_before(self, t: float) -> list[str]:
+        """Ids of tasks that ended before wall time `t`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM tasks WHERE state NOT IN ('queued', 'running') AND finished_at < ?", (t,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def known(self, ids: list[str]) -> set[str]:
+        """Those of `ids` the store has a record of."""
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):  # SQLite's bound on host parameters
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                found.update(
+                    r[0] for r in self._db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk)
+                )
+        return found
+
+    def delete(self, ids: list[str]) -> None:
+        """Forget finished tasks (never a queued or running one)."""
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            self._write(
+                f"DELETE FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')",
+                tuple(chunk),
+            )
 
     def get(self, task_id: str) -> StoredTask | None:
         rows = self._select("WHERE id=?", (task_id,))

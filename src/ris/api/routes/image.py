@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from ris.api.deps import engine_of, require_lane, submit, view_or_404
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
-from ris.lanes.image import ImageRequest, ImageResult
+from ris.lanes.image import IMAGE_FOLDER, ImageRequest, ImageResult
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
 from ris.scheduler import Lane
@@ -127,7 +127,7 @@ async def image_result(task_id: str, request: Request) -> Any:
             },
             status_code=409,
         )
-    path = engine.files.servable("images", view.result.path)
+    path = engine.files.servable(IMAGE_FOLDER, view.result.path)
     if path is None:  # served only from the data folder
         raise APIError(404, "not_found", f"the image of task {task_id} is no longer on disk")
     return FileResponse(path, media_type="image/png", headers={"X-Task-Id": task_id})

@@ -12,7 +12,7 @@ from ris.api.errors import APIError, failure
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
 from ris.lanes.base import timings_json
-from ris.lanes.tts import TTSRequest, TTSResult
+from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, TTSResult
 from ris.scheduler import Lane
 
 router = APIRouter(tags=["tts"])
@@ -78,7 +78,7 @@ async def tts_audio(task_id: str, request: Request) -> Any:
     view = view_or_404(engine, task_id, Lane.TTS)
     if not view.succeeded or not isinstance(view.result, TTSResult):
         raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
-    path = engine.files.servable("audio", view.result.audio_path)
+    path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
     if path is None:
         raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
     return FileResponse(path, media_type="audio/wav")

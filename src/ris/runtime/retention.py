@@ -1,0 +1,114 @@
+"""How long results stay: a finished task's record and its files live, and go, together.
+
+Policy (config.json `retention`): a task record older than `max_age_h` is deleted with its
+files; when the result folders hold more than `max_total_mb`, the oldest results go first
+until they fit; a file no task record names (a crash between writing it and recording its
+task, or a store deleted by hand) is deleted once it is `ORPHAN_GRACE_S` old. Only the lanes'
+result folders are swept, never the rest of data_dir.
+
+Result files are named `<task id>.<ext>` (ris.runtime.files), which is how a file is matched
+to its record. A sweep reads the disk and the store and may run on a worker thread: the grace
+period covers a result written a moment before its task is recorded.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ris.config import RetentionConfig
+from ris.runtime.store import TaskStore
+
+# A file with no record is left alone this long (its task may be being recorded right now).
+ORPHAN_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    expired: int = 0  # task records deleted for their age (with their files)
+    evicted: int = 0  # results deleted to bring the folders under the size limit
+    orphans: int = 0  # files deleted because no task record names them
+    bytes_freed: int = 0
+    bytes_kept: int = 0
+
+
+@dataclass
+class _Result:
+    """The files of one task id, as found on disk."""
+
+    paths: list[Path]
+    size: int
+    newest: float  # mtime of its newest file
+
+
+class Retention:
+    def __init__(
+        self,
+        store: TaskStore,
+        root: Path,
+        folders: Iterable[str],
+        policy: RetentionConfig,
+        wall: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.folders = [Path(root) / f for f in folders]
+        self.policy = policy
+        self._wall = wall
+
+    def sweep(self) -> SweepReport:
+        now = self._wall()
+        results = self._scan()
+        freed = 0
+
+        def remove(task_id: str) -> None:
+            nonlocal freed
+            found = results.pop(task_id, None)
+            for path in found.paths if found else ():
+                path.unlink(missing_ok=True)
+            freed += found.size if found else 0
+
+        expired = self.store.finished_before(now - self.policy.max_age_h * 3600)
+        for task_id in expired:
+            remove(task_id)
+        self.store.delete(expired)
+
+        known = self.store.known(list(results))
+        orphans = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
+        for task_id in orphans:
+            remove(task_id)
+
+        limit = self.policy.max_total_mb * 2**20
+        total = sum(r.size for r in results.values())
+        evicted: list[str] = []
+        for task_id in sorted(results, key=lambda i: results[i].newest):  # oldest first
+            if total <= limit:
+                break
+            total -= results[task_id].size
+            remove(task_id)
+            evicted.append(task_id)
+        self.store.delete(evicted)
+        return SweepReport(len(expired), len(evicted), len(orphans), freed, total)
+
+    def _scan(self) -> dict[str, _Result]:
+        """Result files by task id; temporary files of an interrupted write count as their
+        task's (`<id>.png.tmp`), so they go with it or as orphans."""
+        results: dict[str, _Result] = defaultdict(lambda: _Result([], 0, 0.0))
+        for folder in self.folders:
+            try:
+                entries = list(folder.iterdir())
+            except FileNotFoundError:
+                continue
+            for path in entries:
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if not path.is_file() or path.name.startswith("."):
+                    continue
+                r = results[path.name.split(".", 1)[0]]
+                r.paths.append(path)
+                r.size += st.st_size
+                r.newest = max(r.newest, st.st_mtime)
+        return dict(results)

@@ -1,0 +1,75 @@
+"""The retention policy on a real store and real files: records and files go together, by
+age, by total size (oldest first) and as orphans; nothing else in data_dir is touched."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ris.config import RetentionConfig
+from ris.runtime.retention import ORPHAN_GRACE_S, Retention
+from ris.runtime.store import StoredTask, TaskStore
+
+NOW = time.time()
+HOUR = 3600.0
+
+
+def record(store: TaskStore, task_id: str, finished_h_ago: float | None, state: str = "succeeded") -> None:
+    finished = None if finished_h_ago is None else NOW - finished_h_ago * HOUR
+    store.keep(
+        StoredTask(task_id, "tts", "e", state, 0, {}, NOW - 1000 * HOUR, None, finished, 1, None, None, None)
+    )
+
+
+def result_file(root: Path, task_id: str, size: int, age_s: float, folder: str = "audio") -> Path:
+    path = root / folder / f"{task_id}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * size)
+    os.utime(path, (NOW - age_s, NOW - age_s))
+    return path
+
+
+def policy(root: Path, store: TaskStore, **kw: float) -> Retention:
+    return Retention(store, root, ["audio", "images"], RetentionConfig(**kw), wall=lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_a_record_past_its_age_goes_with_its_files_and_a_recent_one_stays(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    record(store, "a" * 32, finished_h_ago=30)
+    old = result_file(tmp_path, "a" * 32, 10, age_s=30 * HOUR)
+    record(store, "b" * 32, finished_h_ago=1)
+    new = result_file(tmp_path, "b" * 32, 10, age_s=HOUR)
+    record(store, "c" * 32, finished_h_ago=None, state="running")  # unfinished: never swept
+    report = policy(tmp_path, store, max_age_h=24).sweep()
+    assert (report.expired, report.bytes_freed) == (1, 10)
+    assert not old.exists() and new.exists()
+    assert store.get("a" * 32) is None and store.get("b" * 32) and store.get("c" * 32)
+
+
+def test_over_the_size_limit_the_oldest_results_go_first(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    mib = 2**20
+    paths = []
+    for i, task_id in enumerate(("1" * 32, "2" * 32, "3" * 32)):
+        record(store, task_id, finished_h_ago=3 - i)
+        paths.append(result_file(tmp_path, task_id, int(0.6 * mib), age_s=(3 - i) * HOUR))
+    report = policy(tmp_path, store, max_total_mb=1).sweep()
+    assert report.evicted == 2 and report.bytes_kept == int(0.6 * mib)
+    assert [p.exists() for p in paths] == [False, False, True]
+    assert store.get("1" * 32) is None and store.get("3" * 32) is not None
+
+
+def test_files_no_task_names_go_after_a_grace_period_and_other_folders_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    store = TaskStore(tmp_path / "tasks.db")
+    orphan = result_file(tmp_path, "d" * 32, 10, age_s=ORPHAN_GRACE_S + 5, folder="images")
+    half_written = result_file(tmp_path, "e" * 32, 10, age_s=ORPHAN_GRACE_S + 5)
+    half_written.rename(half_written.with_name(half_written.name + ".tmp"))
+    being_recorded = result_file(tmp_path, "f" * 32, 10, age_s=1)
+    model_cache = result_file(tmp_path, "g" * 32, 10, age_s=1000 * HOUR, folder="models")
+    report = policy(tmp_path, store).sweep()
+    assert report.orphans == 2
+    assert not orphan.exists() and not half_written.with_name(half_written.name + ".tmp").exists()
+    assert being_recorded.exists() and model_cache.exists()
