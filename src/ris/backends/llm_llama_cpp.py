@@ -1,4 +1,10 @@
-"""GGUF models on llama.cpp (llama-cpp-python): SmolLM2, Qwen2.5, Llama and the like."""
+"""GGUF models on llama.cpp (llama-cpp-python): SmolLM2, Qwen2.5, Llama and the like.
+
+Generation runs on a continuous batch (llama_batch.py) of BackendContext.parallel sequences,
+each with `n_ctx` tokens of context; the `Llama` object holds the model, its tokenizer and
+chat template. Options besides llama-cpp-python's own: `prefill_chunk` (prompt tokens per
+sequence per step).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ris.backends import BackendContext, BackendError, resolve_source
-from ris.backends._textgen import StopScanner
+from ris.backends.llama_batch import PREFILL_CHUNK, LlamaBatch
 from ris.config import ModelSpec
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
+
+_UNUSED_CTX = 64
+_DIRECT = "direct"
 
 
 class LlamaCppLLM(LLMBackend):
@@ -20,9 +29,21 @@ class LlamaCppLLM(LLMBackend):
         path = resolve_source(spec.source)
         opts: dict[str, Any] = {"n_ctx": 2048, "verbose": False}
         opts.update(spec.options)
+        n_ctx = int(opts.pop("n_ctx"))
+        prefill_chunk = int(opts.pop("prefill_chunk", PREFILL_CHUNK))
         opts.setdefault("n_gpu_layers", -1 if ctx.device.startswith("cuda") else 0)
-        self._llm = Llama(model_path=str(path), n_threads=ctx.threads, n_threads_batch=ctx.threads, **opts)
+        # The Llama object's own context is never used for generation: keep it tiny.
+        self._llm = Llama(
+            model_path=str(path),
+            n_threads=ctx.threads,
+            n_threads_batch=ctx.threads,
+            n_ctx=_UNUSED_CTX,
+            n_batch=_UNUSED_CTX,
+            **opts,
+        )
+        self.context_tokens = n_ctx
         self._formatter = self._chat_formatter()
+        self._batch = LlamaBatch(self._llm, ctx.parallel, n_ctx, self._tokens, prefill_chunk)
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:
         template = self._llm.metadata.get("tokenizer.chat_template")
@@ -50,53 +71,24 @@ class LlamaCppLLM(LLMBackend):
         stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
         return formatted.prompt, tuple(s for s in stops if s)
 
-    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+    def _tokens(self, req: LLMRequest) -> tuple[list[int], tuple[str, ...]]:
         prompt, template_stops = self._prompt(req)
-        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        tokens: list[int] = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         if not tokens:  # an empty prompt, on a model that adds no BOS: start from BOS
             tokens = [self._llm.token_bos()]
-        budget = self._llm.n_ctx() - len(tokens)
-        if budget <= 0:
-            raise BackendError(
-                "context_length_exceeded",
-                f"the prompt is {len(tokens)} tokens; this model's context is {self._llm.n_ctx()}",
-            )
-        max_tokens = min(req.max_tokens, budget)
-        if req.seed is not None:
-            self._llm.set_seed(req.seed)
-        scanner = StopScanner(req.stop + template_stops, out.emit)
-        eos = self._llm.token_eos()
-        produced, finish = 0, "length"
-        gen = self._llm.generate(
-            tokens,
-            temp=req.temperature,
-            top_p=req.top_p,
-            top_k=40 if req.temperature > 0 else 1,
-            repeat_penalty=1.0,
-            reset=True,
-        )
-        try:
-            for tok in gen:
-                if produced == 0:
-                    out.prefill_done()
-                if out.cancelled():
-                    finish = "cancelled"
-                    break
-                if tok == eos and not req.ignore_eos:
-                    finish = "stop"
-                    break
-                produced += 1
-                if tok != eos:
-                    scanner.feed_bytes(self._llm.detokenize([tok], prev_tokens=None))
-                if scanner.stopped:
-                    finish = "stop"
-                    break
-                if produced >= max_tokens:
-                    break
-        finally:
-            gen.close()
-        scanner.flush()
-        return LLMOutcome(finish_reason=finish, prompt_tokens=len(tokens), completion_tokens=produced)
+        return tokens, template_stops
+
+    def batch(self) -> LlamaBatch:
+        return self._batch
+
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        """One request alone, on the batch (direct calls; the lane's runner uses `batch()`)."""
+        self._batch.add(_DIRECT, req, out)
+        while True:
+            for key, outcome in self._batch.step():
+                if key == _DIRECT:
+                    return outcome
 
     def close(self) -> None:
+        self._batch.close()
         self._llm.close()

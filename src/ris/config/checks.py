@@ -51,6 +51,10 @@ def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo) -> list[str
             else f"GPUs here: {', '.join(f'cuda:{i}' for i in range(machine.gpus))}"
         )
         problems.append(f"{where}.device: {cfg.device!r} is not available; {have}")
+    if cfg.parallel > 1 and not spec.concurrent:
+        problems.append(
+            f"{where}.parallel: {cfg.parallel}; the {lane} lane runs one task at a time (parallel: 1)"
+        )
     if spec.cpu_only and cfg.device != "cpu":
         problems.append(f"{where}.device: {cfg.device!r}; the {lane.upper()} lane runs on CPU cores only")
     for name, model in cfg.models.items():

@@ -17,6 +17,8 @@ from ris.machine import MachineInfo
 from ris.scheduler import LanePolicy, Ordering, PriorityClass
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda:(\d+))$")
+# llama.cpp's own bound on sequences in one context (LLAMA_MAX_SEQ).
+MAX_PARALLEL = 256
 
 
 class ConfigError(ValueError):
@@ -88,6 +90,13 @@ class LaneConfig(_Strict):
         default=300.0, gt=0, description="a task with no progress this long is declared hung"
     )
     load_timeout_s: float = Field(default=600.0, gt=0, description="model loading at most")
+    parallel: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PARALLEL,
+        description="tasks the worker runs at once (the LLM lane batches them, continuous "
+        "batching); other lanes run one at a time",
+    )
     memory_limit_mb: int | None = Field(
         default=None,
         ge=0,

@@ -57,6 +57,9 @@ class BackendContext:
     # Preemptible lanes: how this worker yields to real-time lanes (None elsewhere). A backend
     # with sub-step preemption points (the `block` policy) installs them when asked.
     preemption: PreemptionPolicy | None = None
+    # Tasks the worker runs at once (LaneConfig.parallel); a backend that batches sizes its
+    # batch by it, one that does not runs its tasks one after another.
+    parallel: int = 1
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ class WorkerEnv:
     tick: Callable[[], None]
     # Preemptible lanes only: where the worker pauses for real-time lanes sharing its hardware.
     yielder: Yielder | None = None
+    # Tasks the worker runs at once (LaneConfig.parallel).
+    parallel: int = 1
 
 
 BackendT = TypeVar("BackendT", bound=Backend)
@@ -161,6 +166,38 @@ class LaneRunner(ABC, Generic[BackendT, RequestT, OutcomeT]):
     def run(
         self, backend: BackendT, task_id: str, request: RequestT, cancelled: Callable[[], bool]
     ) -> OutcomeT: ...
+
+
+class ConcurrentRunner(LaneRunner[BackendT, RequestT, OutcomeT]):
+    """A runner that holds several tasks at once and advances them together, a step at a time
+    (the LLM lane's continuous batching). The worker admits tasks between steps, so a new one
+    joins the running ones at the next step, and each ended task is reported as it ends."""
+
+    @abstractmethod
+    def admit(
+        self, backend: BackendT, task_id: str, request: RequestT, cancelled: Callable[[], bool]
+    ) -> None:
+        """Take a task; it starts at a coming step."""
+
+    @abstractmethod
+    def step(self) -> list[tuple[str, OutcomeT | BackendError]]:
+        """Advance every task held by one step; the tasks that ended, with how."""
+
+    @abstractmethod
+    def busy(self) -> bool:
+        """Holds a task (the worker then steps instead of waiting for messages)."""
+
+    def run(
+        self, backend: BackendT, task_id: str, request: RequestT, cancelled: Callable[[], bool]
+    ) -> OutcomeT:
+        """One task alone, start to end (direct calls and tests)."""
+        self.admit(backend, task_id, request, cancelled)
+        while True:
+            for key, ended in self.step():
+                if key == task_id:
+                    if isinstance(ended, BaseException):
+                        raise ended
+                    return ended
 
 
 @dataclass
@@ -223,6 +260,11 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
         self.backends = dict(self.builtin_backends)
 
     # ----- registry and defaults -------------------------------------------------------------
+
+    @property
+    def concurrent(self) -> bool:
+        """Its worker may run several tasks at once (config `parallel`)."""
+        return issubclass(self.runner_type, ConcurrentRunner)
 
     def register_backend(self, name: str, target: str) -> None:
         """Add a backend ("module:Class"); the worker imports it when a model names it."""

@@ -8,7 +8,9 @@ too, so a backend that forgets cannot leave images paused for a whole request.
 
 from __future__ import annotations
 
+import traceback
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendError,
+    ConcurrentRunner,
     LaneKind,
     LaneResult,
-    LaneRunner,
     ResultFiles,
     Seen,
     WorkerEnv,
@@ -98,11 +101,47 @@ class TextCollector(TextOutput):
         return self._cancel_after is not None and len(self.pieces) >= self._cancel_after
 
 
+class LLMBatch(ABC):
+    """Several generations advanced together, one decode step at a time (continuous batching).
+    Each sequence streams to its own output and keeps its own sampling, stops and limits."""
+
+    @abstractmethod
+    def free(self) -> int:
+        """Sequences that may still be added."""
+
+    @property
+    @abstractmethod
+    def active(self) -> int:
+        """Sequences running (in prefill or decoding)."""
+
+    @property
+    @abstractmethod
+    def prefilling(self) -> bool:
+        """Some sequence still has prompt tokens to process."""
+
+    @abstractmethod
+    def add(self, key: str, req: LLMRequest, out: TextOutput) -> None:
+        """Start a sequence at the next step; BackendError if the request cannot run."""
+
+    @abstractmethod
+    def step(self) -> list[tuple[str, LLMOutcome]]:
+        """One decode of every sequence; those that ended (done, stopped or cancelled)."""
+
+    @abstractmethod
+    def abort(self) -> list[str]:
+        """Drop every sequence (after a step failed); their keys."""
+
+
 class LLMBackend(Backend):
     """Text generation: stream text to `out` and say when prefill ends."""
 
     @abstractmethod
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome: ...
+
+    def batch(self) -> LLMBatch | None:
+        """The backend's continuous batch (sized by BackendContext.parallel), or None for a
+        backend that generates one request at a time."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -114,11 +153,16 @@ class LLMResult(LaneResult):
 
 
 class _WorkerOutput(TextOutput):
-    def __init__(self, env: WorkerEnv, task_id: str, cancelled: Callable[[], bool]) -> None:
+    def __init__(
+        self, env: WorkerEnv, task_id: str, cancelled: Callable[[], bool], publishes: bool = True
+    ) -> None:
         self._env = env
         self._task_id = task_id
         self._cancelled = cancelled
         self._decoding = False
+        # Alone on the lane, a task's end of prefill is the lane's; in a batch the runner
+        # publishes the lane's phase from every sequence's.
+        self._publishes = publishes
 
     def emit(self, text: str) -> None:
         self.prefill_done()
@@ -128,22 +172,115 @@ class _WorkerOutput(TextOutput):
     def prefill_done(self) -> None:
         if not self._decoding:
             self._decoding = True
-            self._env.publish(Activity.DECODE)
+            if self._publishes:
+                self._env.publish(Activity.DECODE)
 
     def cancelled(self) -> bool:
         return self._cancelled()
 
 
-class LLMRunner(LaneRunner[LLMBackend, LLMRequest, LLMOutcome]):
-    def run(
+Waiting = tuple[LLMBackend, str, LLMRequest, Callable[[], bool]]
+
+
+def _as_backend_error(e: Exception) -> BackendError:
+    if isinstance(e, BackendError):
+        return e
+    traceback.print_exc()
+    return BackendError("backend_error", f"{type(e).__name__}: {e}")
+
+
+class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
+    """Tasks join their model's batch between steps while it has room; a backend without a
+    batch runs its tasks one at a time, when no batch is running. The lane's phase on the
+    board is PREFILL while any sequence is in prefill (images sharing the GPU pause), DECODE
+    while sequences only decode, IDLE when none runs."""
+
+    def __init__(self, env: WorkerEnv) -> None:
+        super().__init__(env)
+        self._waiting: deque[Waiting] = deque()
+        self._batches: dict[int, LLMBatch | None] = {}  # by id() of the backend
+        self._phase: Activity | None = None
+
+    def admit(
         self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]
-    ) -> LLMOutcome:
+    ) -> None:
+        self._waiting.append((backend, task_id, request, cancelled))
+
+    def busy(self) -> bool:
+        return bool(self._waiting) or any(b.active for b in self._running())
+
+    def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
+        ended: list[tuple[str, LLMOutcome | BackendError]] = []
+        self._place(ended)
+        running = self._running()
+        self._publish(running)
+        for batch in running:
+            try:
+                ended.extend(batch.step())
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the batch's tasks fail; the worker serves on
+                error = (
+                    e
+                    if isinstance(e, BackendError)
+                    else BackendError("backend_error", f"{type(e).__name__}: {e}")
+                )
+                ended.extend((key, error) for key in batch.abort())
+        self._publish(self._running())
+        return ended
+
+    def _place(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
+        while self._waiting:
+            backend, task_id, request, cancelled = self._waiting[0]
+            batch = self._batch(backend)
+            if batch is None:
+                if self._running():
+                    return  # one at a time, after the batch: it holds the model's memory
+                self._waiting.popleft()
+                ended.append((task_id, self._alone(backend, task_id, request, cancelled)))
+                continue
+            if not batch.free():
+                return
+            self._waiting.popleft()
+            try:
+                batch.add(task_id, request, _WorkerOutput(self.env, task_id, cancelled, publishes=False))
+            except BackendError as e:
+                ended.append((task_id, e))
+
+    def _alone(
+        self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]
+    ) -> LLMOutcome | BackendError:
         # Published for the image worker: prefill is when sharing a GPU hurts the most.
         self.env.publish(Activity.PREFILL)
         try:
             return backend.generate(request, _WorkerOutput(self.env, task_id, cancelled))
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
+            return _as_backend_error(e)
         finally:
             self.env.publish(Activity.IDLE)
+            self._phase = Activity.IDLE
+
+    def _batch(self, backend: LLMBackend) -> LLMBatch | None:
+        if id(backend) not in self._batches:
+            self._batches[id(backend)] = backend.batch()
+        return self._batches[id(backend)]
+
+    def _running(self) -> list[LLMBatch]:
+        return [b for b in self._batches.values() if b is not None and b.active]
+
+    def _publish(self, running: list[LLMBatch]) -> None:
+        phase = (
+            Activity.PREFILL
+            if any(b.prefilling for b in running)
+            else Activity.DECODE
+            if running
+            else Activity.IDLE
+        )
+        if phase is not self._phase:
+            self._phase = phase
+            self.env.publish(phase)
 
 
 class LLMLane(LaneKind[LLMRequest, LLMOutcome]):

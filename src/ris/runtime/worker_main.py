@@ -1,10 +1,12 @@
-"""The body of a lane's worker process: bind, load models, then run tasks one at a time.
+"""The body of a lane's worker process: bind, load models, then run tasks.
 
 Nothing here knows one lane from another: the lane kind (imported by name after the binding
 is applied) says which models to load first and supplies the runner that drives a backend.
+A plain runner takes tasks one at a time; a ConcurrentRunner (the LLM lane's continuous
+batching) holds up to `parallel` and advances them together, admitting new ones between steps.
 
 Threads inside the worker, each with one job:
-  main       runs tasks from the inbox, one at a time (models are not re-entrant)
+  main       runs tasks from the inbox (models are not re-entrant: only this thread uses them)
   receiver   reads the pipe: queues RunTask, flags CancelTask, ends on Shutdown or EOF
   heartbeat  tells the supervisor every `interval` seconds that the process is alive
 """
@@ -16,6 +18,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,10 +31,14 @@ from ris.preemption.policy import PreemptionPolicy, Yielder
 from ris.runtime.binding import apply_binding, observed_affinity
 
 if TYPE_CHECKING:
+    from ris.lanes.base import ConcurrentRunner
     from ris.runtime.worker import WorkerSpec
 
 HEARTBEAT_INTERVAL_S = 0.5
 EXIT_OUT_OF_MEMORY = 3
+_OUT_OF_MEMORY = (
+    "the task needed more memory than the lane's ceiling (memory_limit_mb) allows; the worker was restarted"
+)
 
 
 class _Outbox:
@@ -52,6 +59,7 @@ class _Shared:
 
     progress_events: int = 0  # reported by heartbeats: the supervisor tells busy from stuck
     cancelled: set[str] = field(default_factory=set)  # ids flagged by CancelTask
+    running: set[str] = field(default_factory=set)  # ids held by a concurrent runner
 
 
 def worker_main(
@@ -63,7 +71,14 @@ def worker_main(
     # Imports below may pull numpy and friends: only now that the thread variables are set.
     from ris.config import LaneConfig
     from ris.lanes import import_kind
-    from ris.lanes.base import BackendContext, BackendError, Cancelled, WorkerEnv, load_backend
+    from ris.lanes.base import (
+        BackendContext,
+        BackendError,
+        Cancelled,
+        ConcurrentRunner,
+        WorkerEnv,
+        load_backend,
+    )
 
     out = _Outbox(outbox_conn)
     models: dict[str, Any] = {}
@@ -82,6 +97,7 @@ def worker_main(
             threads=spec.binding.threads,
             data_dir=Path(spec.data_dir),
             preemption=spec.preemption,
+            parallel=cfg.parallel,
         )
 
         def load(name: str) -> Any:
@@ -139,10 +155,14 @@ def worker_main(
             cpu_affinity=observed_affinity(),
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             threads=spec.binding.threads,
+            slots=cfg.parallel,
         )
     )
     publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
-    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder))
+    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel))
+    if isinstance(runner, ConcurrentRunner):
+        _serve_concurrently(runner, inbox, load, models, state, out)
+        return
     while True:
         msg = inbox.get()
         if isinstance(msg, m.Shutdown):
@@ -167,17 +187,84 @@ def worker_main(
         except MemoryError:
             # Over the OS memory limit (ris.runtime.binding): the heap may be left fragmented
             # or a library half-way through an allocation, so a fresh worker serves on.
-            out.send(
-                m.TaskError(
-                    task_id,
-                    "worker_out_of_memory",
-                    "the task needed more memory than the lane's ceiling (memory_limit_mb) allows; "
-                    "the worker was restarted",
-                )
-            )
+            out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
             os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             traceback.print_exc()
             out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
             state.cancelled.discard(task_id)
+
+
+def _serve_concurrently(
+    runner: ConcurrentRunner[Any, Any, Any],
+    inbox: queue.Queue[Any],
+    load: Callable[[str], Any],
+    models: dict[str, Any],
+    state: _Shared,
+    out: _Outbox,
+) -> None:
+    """The loop of a worker whose runner holds several tasks: take every message that has
+    arrived (waiting only when nothing runs), admit new tasks, advance all by one step, report
+    those that ended."""
+    from ris.lanes.base import BackendError, Cancelled
+
+    while True:
+        try:
+            msg = inbox.get(block=not runner.busy())
+        except queue.Empty:
+            msg = None
+        while msg is not None:
+            if isinstance(msg, m.Shutdown):
+                for backend in models.values():
+                    backend.close()
+                return
+            if isinstance(msg, m.RunTask):
+                _admit(runner, msg, load, state, out)
+            try:
+                msg = inbox.get_nowait()
+            except queue.Empty:
+                msg = None
+        try:
+            ended = runner.step()
+        except MemoryError:
+            for task_id in list(state.running):
+                out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
+            os._exit(EXIT_OUT_OF_MEMORY)
+        for task_id, result in ended:
+            state.running.discard(task_id)
+            was_cancelled = task_id in state.cancelled
+            state.cancelled.discard(task_id)
+            if was_cancelled or isinstance(result, Cancelled):
+                out.send(m.TaskCancelled(task_id))
+            elif isinstance(result, BackendError):
+                out.send(m.TaskError(task_id, result.code, result.message))
+            else:
+                out.send(m.TaskDone(task_id, result))
+
+
+def _admit(
+    runner: ConcurrentRunner[Any, Any, Any],
+    msg: m.RunTask,
+    load: Callable[[str], Any],
+    state: _Shared,
+    out: _Outbox,
+) -> None:
+    from ris.lanes.base import BackendError
+
+    task_id = msg.task_id
+    try:
+        backend = load(msg.model)  # a model loaded on first use: the others wait this once
+    except BackendError as e:
+        out.send(m.TaskError(task_id, e.code, e.message))
+        return
+    except Exception as e:  # noqa: BLE001 - a model that fails to load fails its task
+        traceback.print_exc()
+        out.send(m.TaskError(task_id, "model_load_failed", f"{type(e).__name__}: {e}"))
+        return
+
+    def cancelled(task_id: str = task_id) -> bool:
+        return task_id in state.cancelled
+
+    state.running.add(task_id)
+    runner.admit(backend, task_id, msg.request, cancelled)

@@ -1,0 +1,266 @@
+"""Continuous batching on llama.cpp: several generations advanced by one `llama_decode` per step.
+
+The way llama-server does it, on llama.cpp's batch API through llama-cpp-python's bindings:
+one context with `parallel` sequences (slots), each with its own part of the KV cache
+(n_ctx per slot) and its own sampler chain (temperature, top_p, seed). A step puts every
+decoding sequence's last token in one batch, then fills what is left of the batch budget with
+prompt tokens of sequences still in prefill, at most `prefill_chunk` per sequence per step, so
+a long prompt is processed in chunks between the running streams' tokens rather than
+stalling them. A sequence joins between steps and leaves (finished, stopped or cancelled)
+without disturbing the others.
+
+Prefix cache: a slot remembers the tokens its KV holds; a new request goes to the free slot
+sharing the longest prefix with its prompt and decodes only the rest, so turn k of each of
+several interleaved conversations costs its new tokens only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from ris.backends import BackendError
+from ris.backends._textgen import StopScanner
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
+
+# Prompt tokens one sequence may add to a step. On one CPU core SmolLM2-135M prefills about
+# 1,000 tokens/s, so a chunk of 256 delays the other streams' next token by ~0.25 s at most
+# while keeping prefill within ~10% of its unchunked speed (measured: bench/llm_concurrency.py).
+PREFILL_CHUNK = 256
+
+
+@dataclass
+class _Sequence:
+    key: str
+    req: LLMRequest
+    out: TextOutput
+    scanner: StopScanner
+    sampler: Any  # llama_sampler_p
+    prompt: list[int]
+    max_tokens: int
+    pending: list[int]  # prompt tokens not yet decoded
+    produced: int = 0
+    next_token: int | None = None  # sampled, not yet in the KV cache
+    index: int = -1  # its logits' row in this step's batch, -1: none
+    finish: str | None = None
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this slot holds, in order
+    seq: _Sequence | None = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaBatch(LLMBatch):
+    def __init__(
+        self,
+        llm: Any,  # llama_cpp.Llama: the model, its tokenizer and its context parameters
+        parallel: int,
+        n_ctx: int,
+        tokenize: Callable[[LLMRequest], tuple[list[int], tuple[str, ...]]],
+        prefill_chunk: int = PREFILL_CHUNK,
+    ) -> None:
+        """`tokenize(req)`: the request's prompt tokens and its chat template's stop strings."""
+        self._llm = llm
+        self._model = llm._model  # noqa: SLF001 - the loaded model, shared with `llm`
+        self._vocab = self._model.vocab
+        self.n_ctx = n_ctx
+        self.prefill_chunk = prefill_chunk
+        self._tokenize = tokenize
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_seq_max = parallel
+        params.n_ctx = n_ctx * parallel
+        # One KV buffer shared by the slots: faster attention on CPU than a stream per slot
+        # (measured), and safe because each sequence is held to n_ctx here.
+        params.kv_unified = True
+        self.n_batch = max(prefill_chunk, parallel) * 2
+        params.n_batch = params.n_ubatch = self.n_batch
+        ctx = llama_cpp.llama_init_from_model(self._model.model, params)
+        if not ctx:
+            raise BackendError(
+                "model_load_failed", f"llama.cpp could not make a context for {parallel} slots"
+            )
+        self._ctx = ctx
+        self._mem = llama_cpp.llama_get_memory(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._slots = [_Slot(i) for i in range(parallel)]
+        self._buf = ctypes.create_string_buffer(256)
+
+    # ----- LLMBatch ------------------------------------------------------------------------
+
+    def free(self) -> int:
+        return sum(1 for s in self._slots if s.seq is None)
+
+    @property
+    def active(self) -> int:
+        return len(self._slots) - self.free()
+
+    @property
+    def prefilling(self) -> bool:
+        return any(s.seq is not None and s.seq.pending for s in self._slots)
+
+    def add(self, key: str, req: LLMRequest, out: TextOutput) -> None:
+        prompt, stops = self._tokenize(req)
+        if len(prompt) >= self.n_ctx:
+            raise BackendError(
+                "context_length_exceeded",
+                f"the prompt is {len(prompt)} tokens; this model's context is {self.n_ctx}",
+            )
+        slot = max((s for s in self._slots if s.seq is None), key=lambda s: _common_prefix(s.cached, prompt))
+        # Keep the shared prefix's KV; at least one prompt token is decoded, for its logits.
+        keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1)
+        slot.cached = prompt[:keep]
+        slot.seq = _Sequence(
+            key=key,
+            req=req,
+            out=out,
+            scanner=StopScanner(req.stop + stops, out.emit),
+            sampler=self._sampler(req),
+            prompt=prompt,
+            max_tokens=min(req.max_tokens, self.n_ctx - len(prompt)),
+            pending=prompt[keep:],
+        )
+
+    def step(self) -> list[tuple[str, LLMOutcome]]:
+        """One decode of every running sequence; returns the sequences that ended."""
+        ended = self._drop_cancelled()
+        work = self._fill_batch()
+        if work:
+            rc = llama_cpp.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                raise BackendError("backend_error", f"llama_decode failed ({rc}) with {len(work)} sequences")
+            for slot in work:
+                self._advance(slot)
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is not None and seq.finish is not None:
+                ended.append(self._end(slot))
+        return ended
+
+    def abort(self) -> list[str]:
+        """Forget every sequence (after a failed step); their KV is dropped."""
+        keys = []
+        for slot in self._slots:
+            if slot.seq is not None:
+                keys.append(slot.seq.key)
+                llama_cpp.llama_sampler_free(slot.seq.sampler)
+                slot.seq = None
+            slot.cached = []
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+        return keys
+
+    def close(self) -> None:
+        self.abort()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+
+    # ----- one step --------------------------------------------------------------------------
+
+    def _drop_cancelled(self) -> list[tuple[str, LLMOutcome]]:
+        ended = []
+        for slot in self._slots:
+            if slot.seq is not None and slot.seq.out.cancelled():
+                slot.seq.finish = "cancelled"
+                ended.append(self._end(slot))
+        return ended
+
+    def _fill_batch(self) -> list[_Slot]:
+        """Decoding sequences first (one token each), then prompt chunks in the room left."""
+        b = self._batch
+        n = 0
+
+        def put(slot: _Slot, token: int, logits: bool) -> None:
+            nonlocal n
+            b.token[n] = token
+            b.pos[n] = len(slot.cached)
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = slot.seq_id
+            b.logits[n] = logits
+            slot.cached.append(token)
+            n += 1
+
+        work: list[_Slot] = []
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is not None and not seq.pending and seq.next_token is not None:
+                seq.index = n
+                put(slot, seq.next_token, True)
+                seq.next_token = None
+                work.append(slot)
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is None or not seq.pending or n >= self.n_batch:
+                continue
+            take = min(len(seq.pending), self.prefill_chunk, self.n_batch - n)
+            chunk, seq.pending = seq.pending[:take], seq.pending[take:]
+            for i, token in enumerate(chunk):
+                put(slot, token, not seq.pending and i == take - 1)
+            seq.index = n - 1 if not seq.pending else -1
+            work.append(slot)
+        b.n_tokens = n
+        return work
+
+    def _advance(self, slot: _Slot) -> None:
+        seq = slot.seq
+        assert seq is not None
+        if seq.index < 0:
+            return  # a prompt chunk with more to come: nothing to sample yet
+        if seq.produced == 0:
+            seq.out.prefill_done()
+        token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.index)
+        seq.index = -1
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token) and not seq.req.ignore_eos:
+            seq.finish = "stop"
+            return
+        seq.produced += 1
+        if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            seq.scanner.feed_bytes(self._piece(token))
+        if seq.scanner.stopped:
+            seq.finish = "stop"
+        elif seq.produced >= seq.max_tokens or len(slot.cached) >= self.n_ctx:
+            seq.finish = "length"
+        else:
+            seq.next_token = token
+
+    def _end(self, slot: _Slot) -> tuple[str, LLMOutcome]:
+        seq = slot.seq
+        assert seq is not None and seq.finish is not None
+        if seq.finish != "cancelled":
+            seq.scanner.flush()
+        llama_cpp.llama_sampler_free(seq.sampler)
+        slot.seq = None
+        return seq.key, LLMOutcome(seq.finish, len(seq.prompt), seq.produced)
+
+    # ----- helpers ---------------------------------------------------------------------------
+
+    def _sampler(self, req: LLMRequest) -> Any:
+        params = llama_cpp.llama_sampler_chain_default_params()
+        chain = llama_cpp.llama_sampler_chain_init(params)
+        if req.temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        seed = req.seed if req.seed is not None else random.getrandbits(32)
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(40))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(req.top_p, 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(req.temperature))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[: max(n, 0)]
