@@ -1,7 +1,8 @@
 """One place that turns an API's text-generation fields into an LLMRequest, with the limits.
 
 The seed API, the speaking pipeline and the OpenAI routes all call `llm_request`; only the way
-a refusal is phrased differs (the seed API's status codes, or OpenAI's 400 with `param`).
+a refusal is phrased differs (the seed API's status codes, or OpenAI's 400 with `param`). The
+fixed per-field limits are in ris.api.limits, the tunable ones in config.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ris.api.errors import APIError
+from ris.api.limits import MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
 from ris.lanes.llm import LLMRequest
-
-MAX_STOPS = 4
-MAX_STOP_CHARS = 64
 
 
 @dataclass(frozen=True)
