@@ -13,6 +13,8 @@ from .server import Server
 pytestmark = pytest.mark.slow
 
 TURN = {"role": "user", "content": "hi"}
+# The default model's context window (config.json: smollm2, n_ctx 2048), under max_new_tokens.
+CONTEXT = 2048
 
 
 def post_raw(server: Server, path: str, body: str) -> httpx.Response:
@@ -77,6 +79,7 @@ def _openai(**fields: Any) -> dict[str, Any]:
         ({"messages": [TURN] * 5000}, "messages", "at most 1000 items"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
         ({"seed": 2**32}, "seed", "less than or equal to 4294967295"),
+        ({"max_tokens": CONTEXT + 1}, "max_tokens", f"context of {CONTEXT} tokens"),
     ],
 )
 def test_both_apis_refuse_the_same_values(
@@ -97,9 +100,12 @@ def test_both_apis_refuse_the_same_values(
         assert_refused(r, "/v1/completions", needle, param)
 
 
-def test_edge_seeds_are_served(server: Server) -> None:
+def test_max_tokens_within_the_context_and_edge_seeds_are_served(server: Server) -> None:
     for seed in (0, 2**32 - 1):
         r = httpx.post(f"{server.url}/api/llm/generate", json=_native(seed=seed), timeout=60)
         assert r.status_code == 200, r.text
         r = httpx.post(f"{server.url}/v1/chat/completions", json=_openai(seed=seed), timeout=60)
         assert r.status_code == 200, r.text
+    body = {"prompt": "Once upon a time", "max_tokens": CONTEXT, "stream": True}
+    with httpx.stream("POST", f"{server.url}/api/llm/generate", json=body, timeout=60) as r:
+        assert r.status_code == 200  # accepted; the stream is dropped unread, which cancels it

@@ -1,6 +1,6 @@
-"""The request checks both APIs share (ris.api.limits): one limit per field whichever dialect
-carries it, and text that is not Unicode refused by the schema rather than by a worker. No
-server: schemas and functions."""
+"""The request checks both APIs share (ris.api.limits, ris.api.llm_request): one limit per field
+whichever dialect carries it, text that is not Unicode refused by the schema rather than by a
+worker, and max_tokens refused beyond the model's context. No server: schemas and functions."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from pydantic import BaseModel, ValidationError
 
 from ris.api import openai_schemas, schemas
 from ris.api.app import create_app
+from ris.api.errors import APIError
 from ris.api.limits import MAX_MESSAGES, SEED_MAX, RequestBody
+from ris.api.llm_request import OPENAI, SEED, llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SpeechRequest
 from ris.api.schemas import LLMGenerateRequest, SpeakRequest, TaskSubmit, TTSSynthesizeRequest
-from ris.config import default_config
+from ris.config import ServerConfig, default_config
 
 TURN = {"role": "user", "content": "hi"}
 
@@ -102,3 +104,26 @@ def test_a_surrogate_pair_in_json_is_text() -> None:
     body = '{"prompt": "\\ud83d\\ude00"}'  # JSON's escape of U+1F600, as a pair
     assert LLMGenerateRequest.model_validate_json(body).prompt == "\U0001f600"
     assert LLMGenerateRequest.model_validate(json.loads(body)).prompt == "\U0001f600"
+
+
+def generation(dialect: Any, max_tokens: int, context_tokens: int | None) -> Any:
+    return llm_request(
+        ServerConfig(max_new_tokens=4096),
+        dialect,
+        prompt="x",
+        messages=None,
+        max_tokens=max_tokens,
+        temperature=0,
+        top_p=1,
+        context_tokens=context_tokens,
+    )
+
+
+@pytest.mark.parametrize(("dialect", "status"), [(SEED, 422), (OPENAI, 400)])
+def test_max_tokens_over_the_models_context_is_refused(dialect: Any, status: int) -> None:
+    with pytest.raises(APIError) as exc:
+        generation(dialect, max_tokens=3000, context_tokens=2048)
+    assert exc.value.status == status and exc.value.param == "max_tokens"
+    assert "context of 2048 tokens" in exc.value.message
+    assert generation(dialect, max_tokens=2048, context_tokens=2048).max_tokens == 2048
+    assert generation(dialect, max_tokens=3000, context_tokens=None).max_tokens == 3000  # not loaded yet

@@ -102,6 +102,13 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
         raise APIError(404 if name is not None else 503, "unknown_model", str(e.args[0])) from None
 
 
+def llm_context(engine: Engine, model: str) -> int | None:
+    """The context window of an LLM its worker has reported (the default model, loaded at
+    start); None for one that loads on first use, whose worker checks it instead."""
+    info = engine.model_infos(Lane.LLM).get(model)
+    return None if info is None else info.context_tokens
+
+
 async def wait_task(engine: Engine, handle: TaskHandle) -> TaskView:
     """Wait for the task's end; cancel it if the client goes away first. (Nothing else awaits
     this handle, so the future itself may be cancelled with the request: no shield needed.)"""

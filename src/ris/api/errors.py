@@ -75,6 +75,7 @@ FAILURE_STATUS = {
     "server_shutdown": 503,
     "unknown_voice": 422,
     "context_length_exceeded": 422,
+    "invalid_request": 422,  # a request only the worker can judge (a model loaded on first use)
 }
 
 

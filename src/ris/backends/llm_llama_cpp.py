@@ -22,6 +22,7 @@ class LlamaCppLLM(LLMBackend):
         opts.update(spec.options)
         opts.setdefault("n_gpu_layers", -1 if ctx.device.startswith("cuda") else 0)
         self._llm = Llama(model_path=str(path), n_threads=ctx.threads, n_threads_batch=ctx.threads, **opts)
+        self.context_tokens = self._llm.n_ctx()
         self._formatter = self._chat_formatter()
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:

@@ -16,9 +16,11 @@ from typing import Any
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendError,
     LaneKind,
     LaneResult,
     LaneRunner,
+    ModelDetails,
     ResultFiles,
     Seen,
     WorkerEnv,
@@ -101,8 +103,15 @@ class TextCollector(TextOutput):
 class LLMBackend(Backend):
     """Text generation: stream text to `out` and say when prefill ends."""
 
+    # The model's context window in tokens, prompt and answer together; a backend that knows
+    # it sets it once loaded (None: unknown, nothing is refused for it).
+    context_tokens: int | None = None
+
     @abstractmethod
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome: ...
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails(context_tokens=self.context_tokens)
 
 
 @dataclass(frozen=True)
@@ -134,10 +143,22 @@ class _WorkerOutput(TextOutput):
         return self._cancelled()
 
 
+def max_tokens_over_context(max_tokens: int, context: int) -> str:
+    return (
+        f"max_tokens {max_tokens} is over this model's context of {context} tokens "
+        "(the prompt and the answer share it)"
+    )
+
+
 class LLMRunner(LaneRunner[LLMBackend, LLMRequest, LLMOutcome]):
     def run(
         self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]
     ) -> LLMOutcome:
+        context = backend.context_tokens
+        if context is not None and request.max_tokens > context:
+            # The API refuses this already for models its worker reported at start; a model
+            # loaded on first use is only known here. Refused, not quietly shortened.
+            raise BackendError("invalid_request", max_tokens_over_context(request.max_tokens, context))
         # Published for the image worker: prefill is when sharing a GPU hurts the most.
         self.env.publish(Activity.PREFILL)
         try:
