@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -23,8 +24,21 @@ def free_port() -> int:
         return port
 
 
+def client_host(listen: str) -> str:
+    """Where a client on this machine reaches a server listening on `listen` (a wildcard
+    address: through loopback)."""
+    try:
+        ip = ipaddress.ip_address(listen.strip("[]"))
+    except ValueError:
+        return listen  # a host name
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "[::1]"
+    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+
+
 class ServiceProcess:
-    """`ris serve` with a given config, on a free loopback port unless the config names one."""
+    """`ris serve` with a given config, on a free port unless the config names one; `url`
+    reaches it at the address it listens on."""
 
     def __init__(
         self, folder: Path, config: dict[str, Any], log_level: str = "warning", api_key: str | None = None
@@ -39,7 +53,7 @@ class ServiceProcess:
         self.config_path = folder / "config.json"
         self.config_path.write_text(json.dumps(self.config, indent=2))
         self.log_path = folder / "server.log"
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{client_host(str(server.get('host', '127.0.0.1')))}:{self.port}"
         self.log_level = log_level
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,6 +96,8 @@ class ServiceProcess:
                 last = r.json()
                 if r.status_code == 200:
                     return dict(last)
+                if r.status_code != 503:  # refused (a key, a Host): waiting will not change it
+                    raise RuntimeError(f"{self.url}/ready answered {r.status_code}: {r.text}")
                 failed = {
                     lane: s["worker"]["error"]
                     for lane, s in self.stats().items()

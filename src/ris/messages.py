@@ -45,6 +45,8 @@ class ModelInfo:
     # Voices a TTS model answers to (language tags and native names); empty for other kinds.
     voices: tuple[str, ...] = ()
     sample_rate: int | None = None
+    # A text model's context window in tokens (None: unknown); the API refuses larger max_tokens.
+    context_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -125,6 +128,51 @@ def test_oversize_body(server: Server) -> None:
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def post_chunked(server: Server, path: str, body: bytes, chunk: int = 64 * 1024) -> httpx.Response:
+    """POST with Transfer-Encoding: chunked and no Content-Length, on a raw socket (clients add
+    a length whenever they can). A thread writes while the answer is read: the server may
+    answer before the body ends."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    def write() -> None:
+        try:
+            sock.sendall(head.encode())
+            for i in range(0, len(body), chunk):
+                part = body[i : i + chunk]
+                sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed first
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        raw = http.client.HTTPResponse(sock)
+        raw.begin()
+        return httpx.Response(raw.status, headers=raw.getheaders(), content=raw.read())
+    finally:
+        sock.close()
+        writer.join(timeout=60)
+
+
+def test_oversize_chunked_body_is_the_same_413(server: Server) -> None:
+    body = b'{"text": "' + b"x" * 1_200_000 + b'"}'
+    for path in ("/api/llm/generate", "/api/tts/synthesize", "/v1/chat/completions"):
+        sized = httpx.post(f"{server.url}{path}", content=body, headers={"content-type": "application/json"})
+        chunked = post_chunked(server, path, body)
+        assert chunked.status_code == sized.status_code == 413, (path, chunked.text)
+        assert chunked.json() == sized.json(), path
+        assert chunked.json()["error"]["code"] == "body_too_large"
+    small = post_chunked(
+        server, "/api/llm/generate", b'{"prompt": "Hi", "max_tokens": 2, "ignore_eos": true}'
+    )
+    assert small.status_code == 200 and small.json()["usage"]["completion_tokens"] == 2
 
 
 def test_ris_status_cli(server: Server) -> None:

@@ -71,6 +71,30 @@ def test_foreign_host_header_is_refused(locked: Server) -> None:
     assert r.status_code == 200
 
 
+def test_the_address_the_server_listens_on_is_served(tmp_path: Path) -> None:
+    """`ris serve --host 127.0.0.2` (Linux routes all of 127/8 to loopback): requests
+    addressed to it (Host: 127.0.0.2:PORT) are served, other Hosts still are not."""
+    cfg = make_config(tmp_path, tts={"enabled": False}, image={"enabled": False})
+    cfg["server"] = {"host": "127.0.0.2"}
+    srv = Server(tmp_path, cfg)
+    assert srv.url == f"http://127.0.0.2:{srv.port}"
+    try:
+        srv.start(timeout=120)
+    except (RuntimeError, TimeoutError) as e:
+        pytest.fail(f"the server did not answer at its own address: {e}")
+    try:
+        r = httpx.get(f"{srv.url}/api/stats")
+        assert r.request.headers["host"] == f"127.0.0.2:{srv.port}"
+        assert r.status_code == 200, r.text
+        short = {"prompt": "Hi", "max_tokens": 2, "ignore_eos": True}
+        r = httpx.post(f"{srv.url}/api/llm/generate", json=short)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        r = httpx.get(f"{srv.url}/api/stats", headers={"Host": f"127.0.0.3:{srv.port}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
+    finally:
+        srv.stop()
+
+
 def test_cross_origin_requests_are_refused_unless_configured(locked: Server) -> None:
     r = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Origin": "https://evil.example"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"

@@ -3,7 +3,9 @@ signals the lane publishes. No process: the runner's environment is a list and a
 
 from __future__ import annotations
 
-from ris.lanes.base import WorkerEnv
+import pytest
+
+from ris.lanes.base import BackendError, WorkerEnv
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, LLMRunner, TextOutput
 from ris.lanes.tts import MAX_CHUNK_CHARS, AudioOutput, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
 from ris.preemption.policy import Activity
@@ -75,3 +77,26 @@ def test_the_first_text_ends_prefill_even_if_the_backend_never_says() -> None:
     LLMRunner(env.worker_env()).run(SilentLLM(), "t", LLMRequest(prompt="x"), lambda: False)
     assert env.board == [Activity.PREFILL, Activity.DECODE, Activity.IDLE]
     assert env.ticks == 2 and len(env.sent) == 2
+
+
+class ShortContextLLM(LLMBackend):
+    context_tokens = 64
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        self.calls += 1
+        return LLMOutcome("length", 1, req.max_tokens)
+
+
+def test_max_tokens_over_the_context_is_refused_by_the_worker() -> None:
+    """A model loaded on first use is known only to its worker: the runner refuses what the
+    API could not check, rather than the backend quietly shortening the answer."""
+    backend, env = ShortContextLLM(), Env()
+    with pytest.raises(BackendError) as exc:
+        LLMRunner(env.worker_env()).run(backend, "t", LLMRequest(prompt="x", max_tokens=65), lambda: False)
+    assert exc.value.code == "invalid_request" and "context of 64 tokens" in exc.value.message
+    assert backend.calls == 0 and env.board == []
+    LLMRunner(env.worker_env()).run(backend, "t", LLMRequest(prompt="x", max_tokens=64), lambda: False)
+    assert backend.calls == 1 and backend.describe().context_tokens == 64

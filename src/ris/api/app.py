@@ -8,11 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris import __version__
 from ris.api.deps import DOCUMENTED_BODIES
-from ris.api.errors import HANDLERS, error_response
+from ris.api.errors import HANDLERS, error_response, is_openai
 from ris.api.routes import ROUTERS
 from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
@@ -21,7 +21,14 @@ from ris.runtime.engine import Engine
 
 
 class BodyLimit:
-    """Refuse request bodies over the limit with 413 before reading them into memory."""
+    """Refuse request bodies over the limit with 413 `body_too_large`, never reading more than
+    the limit (and one chunk) into memory.
+
+    With Content-Length the header decides before anything is read. A chunked body
+    (Transfer-Encoding, no length known) is read here, up to the limit, and handed on whole:
+    refused from inside the app instead, as a route read it, FastAPI's body parsing turned
+    the refusal into a 400 'error parsing the body'.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -36,29 +43,46 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._too_large(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
+        if b"transfer-encoding" not in headers:
+            # No body, or one the server reads no further than its Content-Length.
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
+            if message["type"] != "http.request":
+                return  # the client left before its body ended: no one to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        resp = error_response(413, "body_too_large", f"request bodies are limited to {self.max_bytes} bytes")
+        resp = error_response(
+            413,
+            "body_too_large",
+            f"request bodies are limited to {self.max_bytes} bytes",
+            openai=is_openai(scope.get("path", "")),
+        )
         await resp(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body read ahead as one message, then the client's own
+    (a stream learns of a disconnect from it)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _document_bodies(app: FastAPI) -> None:

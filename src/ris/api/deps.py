@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any, TypeVar
 
@@ -36,10 +37,26 @@ async def json_body(request: Request, model: type[M]) -> M:
     if ctype != "application/json" and not ctype.endswith("+json"):
         error = {"loc": ("body",), "msg": f"send JSON with Content-Type: application/json, not {ctype!r}"}
         raise RequestValidationError([{**error, "type": "content_type"}])
+    body = await request.body()
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(body)
     except ValidationError as e:
-        raise RequestValidationError(e.errors(include_url=False)) from None
+        errors = e.errors(include_url=False)
+    if any(err["type"] == "json_invalid" for err in errors):
+        # pydantic-core's parser refuses a lone surrogate ("\ud800") in words about hex
+        # escapes; Python's parser keeps it, and the schema's own check (limits.RequestBody)
+        # then names the field. Only on this error path: the hot path stays one pass.
+        try:
+            return model.model_validate(json.loads(body, parse_constant=_no_constants))
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+        except ValueError:
+            pass  # not JSON for Python either: pydantic's words stand
+    raise RequestValidationError(errors)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's parser takes NaN and Infinity; JSON does not
 
 
 def engine_of(request: Request) -> Engine:
@@ -83,6 +100,13 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
     except KeyError as e:
         # An unknown name is the client's mistake (404); no default model is the server's (503).
         raise APIError(404 if name is not None else 503, "unknown_model", str(e.args[0])) from None
+
+
+def llm_context(engine: Engine, model: str) -> int | None:
+    """The context window of an LLM its worker has reported (the default model, loaded at
+    start); None for one that loads on first use, whose worker checks it instead."""
+    info = engine.model_infos(Lane.LLM).get(model)
+    return None if info is None else info.context_tokens
 
 
 class ClientGone(APIError):

@@ -75,6 +75,7 @@ FAILURE_STATUS = {
     "server_shutdown": 503,
     "unknown_voice": 422,
     "context_length_exceeded": 422,
+    "invalid_request": 422,  # a request only the worker can judge (a model loaded on first use)
 }
 
 
@@ -87,7 +88,10 @@ def failure(view: TaskView) -> APIError:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
     openai = is_openai(request.url.path)
-    return error_response(exc.status, exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
+    # OpenAI answers every invalid request with 400; the seed API's 422s (a task the worker
+    # refused, an unknown voice) are that on /v1.
+    status = 400 if openai and exc.status == 422 else exc.status
+    return error_response(status, exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,7 +1,8 @@
 """One place that turns an API's text-generation fields into an LLMRequest, with the limits.
 
 The seed API, the speaking pipeline and the OpenAI routes all call `llm_request`; only the way
-a refusal is phrased differs (the seed API's status codes, or OpenAI's 400 with `param`).
+a refusal is phrased differs (the seed API's status codes, or OpenAI's 400 with `param`). The
+fixed per-field limits are in ris.api.limits, the tunable ones in config.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ris.api.errors import APIError
+from ris.api.limits import MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
-from ris.lanes.llm import LLMRequest
-
-MAX_STOPS = 4
-MAX_STOP_CHARS = 64
+from ris.lanes.llm import LLMRequest, max_tokens_over_context
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,11 @@ def llm_request(
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
     ignore_eos: bool = False,
+    context_tokens: int | None = None,
 ) -> LLMRequest:
+    """`context_tokens`: the model's context window, where its worker has reported it (see
+    deps.llm_context); a model not loaded yet is checked by its worker instead."""
+
     def invalid(message: str, param: str) -> APIError:
         return APIError(dialect.invalid[0], dialect.invalid[1], message, param=param)
 
@@ -56,6 +59,8 @@ def llm_request(
         )
     if max_tokens > limits.max_new_tokens:
         raise invalid(f"max_tokens {max_tokens} is over the limit of {limits.max_new_tokens}", "max_tokens")
+    if context_tokens is not None and max_tokens > context_tokens:
+        raise invalid(max_tokens_over_context(max_tokens, context_tokens), "max_tokens")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
@@ -75,8 +80,8 @@ def llm_request(
 _SAME_NAMES = ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
 
 
-def seed_llm_request(limits: ServerConfig, body: LLMFields) -> LLMRequest:
+def seed_llm_request(limits: ServerConfig, body: LLMFields, context_tokens: int | None) -> LLMRequest:
     """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak)."""
     messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
     same = {name: getattr(body, name) for name in _SAME_NAMES}
-    return llm_request(limits, SEED, messages=messages, **same)
+    return llm_request(limits, SEED, messages=messages, context_tokens=context_tokens, **same)

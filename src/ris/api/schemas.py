@@ -8,16 +8,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from ris.api.limits import (
+    MAX_IMAGE_PROMPT_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_STOPS,
+    MAX_TEMPERATURE,
+    SEED_MAX,
+    RequestBody,
+)
 from ris.runtime.views import TaskView
 
 
-class _Body(BaseModel):
+class _Body(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
 
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=200_000)
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
 
 
 class LLMFields(_Body):
@@ -25,14 +34,19 @@ class LLMFields(_Body):
 
     prompt: str | None = Field(default=None, description="plain prompt; or give `messages`")
     messages: list[ChatMessage] | None = Field(
-        default=None, min_length=1, max_length=256, description="chat turns; the chat template applies"
+        default=None,
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        description="chat turns; the chat template applies",
     )
     model: str | None = Field(default=None, description="a configured LLM name; default if absent")
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    temperature: float = Field(default=0.7, ge=0.0, le=MAX_TEMPERATURE)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(default=256, ge=1)
-    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    max_tokens: int = Field(
+        default=256, ge=1, description="at most server.max_new_tokens and the model's context"
+    )
+    stop: str | list[str] | None = Field(default=None, description=f"up to {MAX_STOPS} stop strings")
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     ignore_eos: bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
 
 
@@ -83,14 +97,14 @@ class TTSSynthesizeResponse(BaseModel):
 
 
 class ImageGenerateRequest(_Body):
-    prompt: str = Field(min_length=1, max_length=4000)
-    negative_prompt: str | None = Field(default=None, max_length=4000)
+    prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_IMAGE_PROMPT_CHARS)
     width: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="pixels, multiple of 8")
     height: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="pixels, multiple of 8")
     use_turbo: bool = Field(default=False, description="use the configured turbo model (few steps)")
     steps: int | None = Field(default=None, ge=1, le=1000, description="default: the model's")
     guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     model: str | None = None
     priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
     timeout_s: float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")

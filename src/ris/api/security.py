@@ -42,19 +42,40 @@ def check_exposure(config: Config) -> None:
 
 
 def served_hosts(config: Config) -> list[str]:
-    """Host names accepted besides loopback ones: the configured ones and the listen address."""
+    """Host names accepted besides loopback names: the configured ones and the address the
+    server listens on, whatever it is (127.0.0.2 is loopback, yet only 127.0.0.1 is among
+    the loopback names). A wildcard address (0.0.0.0, ::) names no host of its own: behind
+    it, only loopback names and server.allowed_hosts are served."""
     srv = config.server
     hosts = list(srv.allowed_hosts)
-    if not is_loopback(srv.host) and srv.host not in ("0.0.0.0", "::"):
-        hosts.append(srv.host)
+    listening = _listen_name(srv.host)
+    if listening is not None:
+        hosts.append(listening)
     return hosts
 
 
+def _listen_name(host: str) -> str | None:
+    """The listen address as a client writes it in Host: an IPv6 address in brackets and in
+    its shortest form; None for a wildcard address."""
+    try:
+        ip = ipaddress.ip_address(host.strip().strip("[]"))
+    except ValueError:
+        return host.strip().lower() or None  # a host name
+    if ip.is_unspecified:
+        return None
+    return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+
+
 def _host_name(host: str) -> str:
-    """'example.com:8080' -> 'example.com'; '[::1]:8080' -> '[::1]'."""
+    """'example.com:8080' -> 'example.com'; '[0:0::1]:8080' -> '[::1]' (one spelling per
+    IPv6 address, the one served_hosts uses)."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[: host.index("]") + 1] if "]" in host else host
+        name = host[: host.index("]") + 1] if "]" in host else host
+        try:
+            return f"[{ipaddress.IPv6Address(name[1:-1]).compressed}]"
+        except ValueError:
+            return name
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 

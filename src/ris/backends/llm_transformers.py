@@ -104,6 +104,7 @@ class TransformersLLM(LLMBackend):
         opts: dict[str, Any] = dict(spec.options)
         dtype = _dtype(opts.pop("dtype", None), self._device)
         self._max_ctx = int(opts.pop("max_context", 32768))
+        self.context_tokens = self._max_ctx
         if spec.load_format == "dummy":
             shape = spec.source or "qwen2.5-7b"
             if shape not in DUMMY_SHAPES:

@@ -69,6 +69,8 @@ class ModelDetails:
     # Voices a speech model answers to (language tags and native names); first is its default.
     voices: tuple[str, ...] = ()
     sample_rate: int | None = None
+    # A text model's context window in tokens, prompt and answer together (None: unknown).
+    context_tokens: int | None = None
 
 
 class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract method

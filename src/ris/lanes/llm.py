@@ -22,6 +22,7 @@ from ris.lanes.base import (
     ConcurrentRunner,
     LaneKind,
     LaneResult,
+    ModelDetails,
     ResultFiles,
     Seen,
     WorkerEnv,
@@ -135,6 +136,10 @@ class LLMBatch(ABC):
 class LLMBackend(Backend):
     """Text generation: stream text to `out` and say when prefill ends."""
 
+    # The model's context window in tokens, prompt and answer together; a backend that knows
+    # it sets it once loaded (None: unknown, nothing is refused for it).
+    context_tokens: int | None = None
+
     @abstractmethod
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome: ...
 
@@ -142,6 +147,9 @@ class LLMBackend(Backend):
         """The backend's continuous batch (sized by BackendContext.parallel), or None for a
         backend that generates one request at a time."""
         return None
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails(context_tokens=self.context_tokens)
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,13 @@ class _WorkerOutput(TextOutput):
 Waiting = tuple[LLMBackend, str, LLMRequest, Callable[[], bool]]
 
 
+def max_tokens_over_context(max_tokens: int, context: int) -> str:
+    return (
+        f"max_tokens {max_tokens} is over this model's context of {context} tokens "
+        "(the prompt and the answer share it)"
+    )
+
+
 def _as_backend_error(e: Exception) -> BackendError:
     if isinstance(e, BackendError):
         return e
@@ -199,7 +214,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         super().__init__(env)
         self._waiting: deque[Waiting] = deque()
         self._batches: dict[int, LLMBatch | None] = {}  # by id() of the backend
-        self._phase: Activity | None = None
+        self._phase = Activity.IDLE  # the board starts idle
 
     def admit(
         self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]
@@ -220,18 +235,21 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - the batch's tasks fail; the worker serves on
-                error = (
-                    e
-                    if isinstance(e, BackendError)
-                    else BackendError("backend_error", f"{type(e).__name__}: {e}")
-                )
-                ended.extend((key, error) for key in batch.abort())
+                ended.extend((key, _as_backend_error(e)) for key in batch.abort())
         self._publish(self._running())
         return ended
 
     def _place(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
         while self._waiting:
             backend, task_id, request, cancelled = self._waiting[0]
+            context = backend.context_tokens
+            if context is not None and request.max_tokens > context:
+                # The API refuses this already for models its worker reported at start; a model
+                # loaded on first use is only known here. Refused, not quietly shortened.
+                self._waiting.popleft()
+                error = BackendError("invalid_request", max_tokens_over_context(request.max_tokens, context))
+                ended.append((task_id, error))
+                continue
             batch = self._batch(backend)
             if batch is None:
                 if self._running():

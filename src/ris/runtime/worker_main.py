@@ -110,7 +110,10 @@ def worker_main(
         eager = list(cfg.models) if kind.load_all_models else [cfg.default_model] if cfg.default_model else []
         for name in eager:
             details = load(name).describe()
-            infos.append(m.ModelInfo(name, cfg.models[name].backend, details.voices, details.sample_rate))
+            backend_name = cfg.models[name].backend
+            infos.append(
+                m.ModelInfo(name, backend_name, details.voices, details.sample_rate, details.context_tokens)
+            )
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return

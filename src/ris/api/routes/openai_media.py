@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from ris.api.deps import engine_of, pick_tts_model, require_lane, resolve_model, submit, tts_rate, wait_tasks
 from ris.api.errors import APIError, failure
+from ris.api.limits import wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.streams import audio_chunks, wav_header
 from ris.lanes.image import ImageRequest, ImageResult
@@ -101,7 +102,7 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     model = body.model if body.model in cfg.models else resolve_model(engine, Lane.IMAGE, None)
     handles = []
     for i in range(body.n):
-        seed = None if body.seed is None else body.seed + i
+        seed = None if body.seed is None else wrap_seed(body.seed + i)
         req = ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed)
         handles.append(submit(engine, Lane.IMAGE, model, req))
     views = await wait_tasks(engine, handles, request)

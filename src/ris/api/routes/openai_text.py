@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import body_doc, engine_of, json_body, submit, wait_task
+from ris.api.deps import body_doc, engine_of, json_body, llm_context, submit, wait_task
 from ris.api.errors import APIError, failure
 from ris.api.llm_request import OPENAI, llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
@@ -57,6 +57,7 @@ def _llm_model(engine: Engine, name: str) -> str:
 def _request(
     engine: Engine,
     body: SamplingBody,
+    model: str,
     prompt: str | None,
     messages: list[tuple[str, str]] | None,
     max_tokens: int,
@@ -73,6 +74,7 @@ def _request(
         stop=[s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s],
         seed=body.seed,
         ignore_eos=body.ignore_eos,
+        context_tokens=llm_context(engine, model),
     )
 
 
@@ -106,7 +108,7 @@ async def chat_completions(request: Request) -> Any:
     model = _llm_model(engine, body.model)
     messages = [(ROLES.get(x.role, x.role), x.text()) for x in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
-    handle = submit(engine, Lane.LLM, model, _request(engine, body, None, messages, max_tokens))
+    handle = submit(engine, Lane.LLM, model, _request(engine, body, model, None, messages, max_tokens))
     base = {
         "id": f"chatcmpl-{handle.task_id}",
         "object": "chat.completion",
@@ -158,7 +160,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
-    handle = submit(engine, Lane.LLM, model, _request(engine, body, prompts[0], None, body.max_tokens or 16))
+    req = _request(engine, body, model, prompts[0], None, body.max_tokens or 16)
+    handle = submit(engine, Lane.LLM, model, req)
     base = {
         "id": f"cmpl-{handle.task_id}",
         "object": "text_completion",

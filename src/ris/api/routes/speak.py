@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, pick_tts_model, resolve_model, submit, tts_rate
+from ris.api.deps import engine_of, llm_context, pick_tts_model, resolve_model, submit, tts_rate
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import SpeakRequest
 from ris.api.streams import sse_event, wav_header
@@ -32,8 +32,8 @@ router = APIRouter(tags=["speak"])
 )
 async def chat_speak(body: SpeakRequest, request: Request) -> Any:
     engine = engine_of(request)
-    req = seed_llm_request(engine.config.server, body)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
+    req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
     tts_model = pick_tts_model(engine, body.tts_model, body.voice)
     rate = tts_rate(engine, tts_model)
     llm = submit(engine, Lane.LLM, llm_model, req)

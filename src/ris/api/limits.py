@@ -1,0 +1,71 @@
+"""The fixed limits on request fields, one per field, for both APIs.
+
+The seed API (/api) and the OpenAI-compatible API (/v1) build their schemas from these and
+`llm_request` checks the rest, so the two cannot drift apart; only the phrasing of a refusal
+differs (422 `invalid_request` on /api, OpenAI's 400 on /v1; see errors.py). Limits a
+deployment tunes (prompt and speech characters, new tokens, image pixels and steps, body
+bytes) live in config (`ServerConfig`); a model's context window is reported by its worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+# A stop string is looked for after every token: a few short ones keep that cheap.
+MAX_STOPS = 4
+MAX_STOP_CHARS = 64
+# Chat turns in one request. Their characters are bounded by server.max_prompt_chars already;
+# this bounds the per-turn cost (an object, a pass of the chat template) that even empty
+# turns have. A thousand turns is far more than any chat history that fits a context window.
+MAX_MESSAGES = 1_000
+MAX_MESSAGE_CHARS = 200_000
+# Seeds are unsigned 32-bit for every backend (llama.cpp, torch generators); a request that
+# derives several seeds from one (n images) wraps around within the range.
+SEED_MAX = 2**32 - 1
+MAX_TEMPERATURE = 2.0
+MAX_IMAGE_PROMPT_CHARS = 4_000
+
+
+def wrap_seed(seed: int) -> int:
+    return seed % (SEED_MAX + 1)
+
+
+class RequestBody(BaseModel):
+    """The base of every request body on both APIs: text must be text.
+
+    JSON can escape half of a UTF-16 surrogate pair ("\\ud800"); Python keeps it as a lone
+    surrogate, which no model, tokenizer or UTF-8 encoder accepts: left alone it became a 500
+    deep in a worker. Every string of every field, nested ones included, is checked here, once,
+    before pydantic's own checks (whose words for it, "unable to parse raw data", say less).
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        _refuse_surrogates(value, info.field_name or "")
+        return value
+
+
+def _refuse_surrogates(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        if value.isascii():  # the usual case, and a fast one
+            return
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "text must be valid Unicode: {path} has a lone surrogate ({char}) at character "
+                "{index}; JSON escapes \\ud800-\\udfff must come in high-low pairs",
+                {"path": path, "char": f"\\u{ord(value[e.start]):04x}", "index": e.start},
+            ) from None
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _refuse_surrogates(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_surrogates(key, f"{path} (a key)")
+            _refuse_surrogates(item, f"{path}.{key}")

@@ -1,0 +1,72 @@
+"""The Host allow-list (ris.api.security): the address the server listens on is always served,
+a wildcard address serves no Host of its own, IPv6 addresses match in any spelling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from ris.api.security import Guard, served_hosts
+from ris.config import Config
+
+
+def hosts_for(listen: str, allowed: tuple[str, ...] = ()) -> list[str]:
+    return served_hosts(Config.model_validate({"server": {"host": listen, "allowed_hosts": list(allowed)}}))
+
+
+@pytest.mark.parametrize(
+    ("listen", "name"),
+    [
+        ("127.0.0.2", "127.0.0.2"),
+        ("192.168.1.5", "192.168.1.5"),
+        ("::2", "[::2]"),
+        ("fd00:0:0::7", "[fd00::7]"),
+        ("[fd00::7]", "[fd00::7]"),
+        ("Box.Example", "box.example"),
+    ],
+)
+def test_the_listen_address_is_served(listen: str, name: str) -> None:
+    assert name in hosts_for(listen)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::", "[::]"])
+def test_a_wildcard_address_serves_only_configured_hosts(listen: str) -> None:
+    assert hosts_for(listen) == []
+    assert hosts_for(listen, ("api.example",)) == ["api.example"]
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def status(listen: str, host_header: str) -> int:
+    guard = Guard(_ok, allowed_hosts=hosts_for(listen))
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/stats",
+        "headers": [(b"host", host_header.encode())],
+    }
+    asyncio.run(guard(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+def test_guard_serves_requests_addressed_to_the_listen_address() -> None:
+    assert status("127.0.0.2", "127.0.0.2:8080") == 200
+    assert status("127.0.0.2", "127.0.0.1:8080") == 200  # loopback names stay served
+    assert status("127.0.0.2", "127.0.0.3:8080") == 403
+    assert status("::2", "[::2]:8080") == 200
+    assert status("::2", "[0:0:0:0:0:0:0:2]:8080") == 200
+    assert status("0.0.0.0", "192.168.1.5:8080") == 403
+    assert status("0.0.0.0", "evil.example") == 403
