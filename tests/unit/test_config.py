@@ -179,3 +179,14 @@ def test_example_config_in_the_repository_is_valid() -> None:
 def test_a_config_with_no_enabled_lane_is_refused() -> None:
     assert "no lane is enabled" in error_of({"lanes": {}})
     assert "no lane is enabled" in error_of({})
+
+
+def test_parallel_is_bounded_and_only_for_lanes_that_batch() -> None:
+    assert parse_config(base(), TWO_CORES).lane(Lane.LLM).parallel == 4  # the LLM kind's default
+    for absurd, allowed in ((0, "greater than or equal to 1"), (100_000, "less than or equal to 256")):
+        data = base()
+        data["lanes"]["llm"]["parallel"] = absurd
+        assert f"lanes.llm.parallel: Input should be {allowed} (got {absurd})" in error_of(data)
+    data = base()
+    data["lanes"]["tts"]["parallel"] = 2
+    assert "lanes.tts.parallel: 2; the tts lane runs one task at a time" in error_of(data)

@@ -56,6 +56,12 @@ def lane_stats(engine: Engine) -> dict[str, Any]:
             "queue_depth": s.queued,
             "max_queue": lane.max_queue,
             "running": s.running,
+            # Tasks the lane's workers run at once (the LLM's batch) and how many are in use.
+            "slots": s.slots,
+            "slots_busy": s.running,
+            # Streamed outputs per second over the last RATE_WINDOW_S (LLM: tokens; TTS: audio
+            # chunks), the lane's live throughput.
+            "outputs_per_s": engine.output_rate(lane.lane),
             "succeeded": s.succeeded,
             "failed": s.failed,
             "cancelled": s.cancelled,

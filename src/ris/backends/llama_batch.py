@@ -84,9 +84,10 @@ class LlamaBatch(LLMBatch):
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel
         params.n_ctx = n_ctx * parallel
-        # One KV buffer shared by the slots: faster attention on CPU than a stream per slot
-        # (measured), and safe because each sequence is held to n_ctx here.
-        params.kv_unified = True
+        # A KV stream per slot: each sequence's attention is computed alone, so its text does
+        # not depend on the others in the batch (a seed gives the same text under load; one
+        # shared buffer did not), and one long chat cannot take another's context.
+        params.kv_unified = False
         self.n_batch = max(prefill_chunk, parallel) * 2
         params.n_batch = params.n_ubatch = self.n_batch
         ctx = llama_cpp.llama_init_from_model(self._model.model, params)
@@ -206,7 +207,11 @@ class LlamaBatch(LLMBatch):
             seq = slot.seq
             if seq is None or not seq.pending or n >= self.n_batch:
                 continue
-            take = min(len(seq.pending), self.prefill_chunk, self.n_batch - n)
+            # The last prompt token goes alone, like every generated token: llama.cpp's logits
+            # for a token depend on how many of its sequence's tokens share its decode, so
+            # this keeps a seed's text the same whether the prompt was cached or not.
+            ahead = len(seq.pending) - 1
+            take = min(ahead or 1, self.prefill_chunk, self.n_batch - n)
             chunk, seq.pending = seq.pending[:take], seq.pending[take:]
             for i, token in enumerate(chunk):
                 put(slot, token, not seq.pending and i == take - 1)

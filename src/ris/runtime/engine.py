@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from ris.scheduler import CancelOutcome, QueueFull, Scheduler, TaskSpec, TaskSta
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
+RATE_WINDOW_S = 10.0  # the window of a lane's outputs-per-second figure
 
 
 class LaneUnavailable(Exception):
@@ -91,6 +93,7 @@ class Engine:
         self.handles: dict[str, TaskHandle] = {}
         self.replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
+        self._output_times: dict[str, deque[float]] = {lane: deque() for lane in config.lanes}
         self._factory = workers
         self._machine = machine
         self._monitor_interval_s = monitor_interval_s
@@ -293,8 +296,13 @@ class Engine:
             self.scheduler.progress(msg.task_id, msg.done, msg.total)
             handle.events.put_nowait(msg)
             return
+        now = self.clock()
+        times = self._output_times[handle.lane]
+        times.append(now)
+        while times[0] < now - RATE_WINDOW_S:  # bounded by the window, read or not
+            times.popleft()
         if handle.first_output_at is None:
-            handle.first_output_at = self.clock()
+            handle.first_output_at = now
         handle.outputs.append(msg.data)
         task = self.scheduler.get(msg.task_id)
         if task is not None:
@@ -452,6 +460,14 @@ class Engine:
         assert self.durable is not None
         views = (self.lookup(st.id) for st in self.durable.store.recent(lane, state, limit))
         return [v for v in views if v is not None]
+
+    def output_rate(self, lane: str) -> float:
+        """The lane's streamed outputs per second over the last RATE_WINDOW_S."""
+        times = self._output_times[lane]
+        horizon = self.clock() - RATE_WINDOW_S
+        while times and times[0] < horizon:
+            times.popleft()
+        return len(times) / RATE_WINDOW_S
 
     def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
         """What the lane's ready workers report of their loaded models (empty while none is)."""
