@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +61,35 @@ def test_openapi_schema_lists_the_seed_api(server: Server) -> None:
         "/metrics",
     ):
         assert path in paths
+
+
+PNG = "image/png"
+
+
+@pytest.mark.parametrize(
+    ("page", "assets"),
+    [
+        ("/docs", {"swagger-ui-bundle.js": "javascript", "swagger-ui.css": "text/css", "favicon.png": PNG}),
+        ("/redoc", {"redoc.standalone.js": "javascript", "favicon.png": PNG}),
+    ],
+)
+def test_docs_pages_work_offline(server: Server, page: str, assets: dict[str, str]) -> None:
+    """Everything a docs page loads comes from this server (no CDN: a blank page offline)."""
+    r = httpx.get(f"{server.url}{page}")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert not re.findall(r"https?://", html), "the page names another host"
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert {u.rsplit("/", 1)[1] for u in urls} == set(assets), urls
+    for url in urls:
+        assert url.startswith("/docs/assets/"), url
+        asset = httpx.get(f"{server.url}{url}")
+        assert asset.status_code == 200, url
+        assert assets[url.rsplit("/", 1)[1]] in asset.headers["content-type"], (url, asset.headers)
+        assert len(asset.content) > 1000
+    assert "/openapi.json" in html
+    missing = httpx.get(f"{server.url}/docs/assets/..%2fcore.py")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 def test_models_list(client: Client) -> None:

@@ -119,6 +119,9 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         description="LLM, TTS and image lanes, each in its own worker process bound to its "
         "own resources, behind one scheduler.",
         lifespan=lifespan,
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN; routes/docs.py serves them here.
+        docs_url=None,
+        redoc_url=None,
         # Every operation may answer these, in the error shape (OpenAI's on /v1).
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)},
     )

@@ -8,12 +8,13 @@ tasks.py         /api/tasks, /api/tasks/{id}, /api/tasks/{id}/cancel
 ops.py           /health, /ready, /api/stats, /metrics, /api/models
 openai_text.py   /v1/models, /v1/chat/completions, /v1/completions
 openai_media.py  /v1/audio/speech, /v1/images/generations
+docs.py          /docs, /redoc and their files, served here (no CDN)
 """
 
 from fastapi import APIRouter
 
-from ris.api.routes import image, llm, openai_media, openai_text, ops, speak, tasks, tts
+from ris.api.routes import docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
 
 ROUTERS: tuple[APIRouter, ...] = tuple(
-    m.router for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media)
+    m.router for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, docs)
 )
