@@ -74,7 +74,10 @@ FAILURE_STATUS = {
     "cancelled": 409,
     "server_shutdown": 503,
     "unknown_voice": 422,
+    "nothing_to_speak": 422,
     "context_length_exceeded": 422,
+    # The engine was given something to say and produced no sound: the server's failure.
+    "synthesis_empty": 500,
 }
 
 

@@ -8,6 +8,7 @@ server keeps them and writes the WAV it serves when the task ends.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendError,
     LaneKind,
     LaneResult,
     LaneRunner,
@@ -97,15 +99,35 @@ class TTSResult(LaneResult):
         return {**data, "audio_url": f"/api/tts/audio/{task_id}"}
 
 
+NOTHING_TO_SPEAK = (
+    "the text has nothing to speak: it needs at least one letter, digit or symbol, "
+    "not only spaces and punctuation"
+)
+
+
+def speakable(text: str) -> bool:
+    """Whether the text has anything to say: a letter, a digit or a symbol ("$", "+", an emoji).
+    Spaces, punctuation and control characters alone are not speech: engines answer them with
+    no samples, with silence, or by reading the marks' names aloud ("!!"), none of it asked for."""
+    return any(unicodedata.category(c)[0] in "LNS" for c in text)
+
+
 class _WorkerOutput(AudioOutput):
     def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
         self._env = env
         self._task_id = task_id
         self._rate = rate
         self._cancelled = cancelled
+        self.samples = 0
+        # Whether any sample so far was not silence: some engines answer text they cannot say
+        # with a few all-zero samples instead of none.
+        self.audible = False
 
     def emit(self, pcm: bytes) -> None:
         self._env.tick()
+        self.samples += len(pcm) // 2
+        if not self.audible and pcm.count(0) != len(pcm):
+            self.audible = True
         self._env.send(TaskOutput(self._task_id, AudioChunk(bytes(pcm), self._rate)))
 
     def cancelled(self) -> bool:
@@ -130,7 +152,10 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
     ) -> TTSOutcome:
         # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
         text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
-        chunks = speech_chunks(text, MAX_CHUNK_CHARS) or [text]
+        # Pieces of punctuation alone ("..." between sentences) are left out, not read aloud.
+        chunks = [chunk for chunk in speech_chunks(text, MAX_CHUNK_CHARS) if speakable(chunk)]
+        if not chunks:
+            raise BackendError("nothing_to_speak", NOTHING_TO_SPEAK)
         out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
         self.env.publish(Activity.BUSY)
         try:
@@ -140,6 +165,12 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
                     break
                 outcome = backend.synthesize(dataclasses.replace(request, text=chunk), out)
                 samples, voice = samples + outcome.samples, voice or outcome.voice
+            if not out.audible and not cancelled():
+                # Success with no sound would reach the client as an empty WAV and a 200.
+                heard = f"{out.samples} samples, all silent" if out.samples else "no samples"
+                raise BackendError(
+                    "synthesis_empty", f"the speech engine produced no audio for this text ({heard})"
+                )
             return TTSOutcome(sample_rate=int(backend.sample_rate), samples=samples, voice=voice)
         finally:
             self.env.publish(Activity.IDLE)
