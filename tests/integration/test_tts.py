@@ -101,3 +101,35 @@ def test_control_characters_are_spoken_around_not_a_server_error(client: Client,
     # Found by the fuzzer: a NUL in the text reached the speech engines' C strings (500).
     speech = client.synthesize("Hello\x00 there\x05, friend\x7f.", voice=voice)
     assert speech.duration_s > 0.3
+
+
+def tts_task_count(server: Server) -> int:
+    return len(httpx.get(f"{server.url}/api/tasks?lane=tts&limit=1000", timeout=10).json()["tasks"])
+
+
+@pytest.mark.parametrize("accept", ["application/json", "audio/wav"])
+def test_text_with_nothing_to_speak_is_refused_before_queueing(server: Server, accept: str) -> None:
+    # Was 200 with a second of noise from Piper (it read "!!" aloud) or 14 ms of espeak silence.
+    before = tts_task_count(server)
+    for text in ("   ...  !!", "\u200b。", "?! - ()"):
+        r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": text}, headers={"accept": accept})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "nothing_to_speak", r.text
+        assert "letter, digit or symbol" in r.json()["error"]["message"]
+    assert tts_task_count(server) == before  # decided before anything was queued
+
+
+@pytest.mark.parametrize("model", ["piper", "espeak"])
+def test_an_engine_that_produces_no_audio_is_a_server_error_not_silence(server: Server, model: str) -> None:
+    # An Arabic-Indic digit: a character both engines have no sound for (Piper gives no
+    # samples, espeak-ng 154 silent ones). Was 200 and a WAV of 0 or 0.007 s.
+    r = httpx.post(
+        f"{server.url}/api/tts/synthesize",
+        json={"text": "\u0663", "model": model},
+        headers={"accept": "audio/wav"},
+        timeout=60,
+    )
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == "synthesis_empty" and "no audio" in error["message"]
+    task = httpx.get(f"{server.url}/api/tasks?lane=tts&limit=1", timeout=10).json()["tasks"][0]
+    assert task["state"] == "failed" and task["error"]["code"] == "synthesis_empty"

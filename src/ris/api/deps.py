@@ -10,7 +10,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from ris.api.errors import APIError, lane_unavailable, queue_full
+from ris.api.errors import APIError, failure, lane_unavailable, queue_full
+from ris.api.streams import next_audio
+from ris.lanes.tts import NOTHING_TO_SPEAK, speakable
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
@@ -127,3 +129,26 @@ def tts_rate(engine: Engine, model: str) -> int:
     if info is None or not info.sample_rate:
         raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
     return info.sample_rate
+
+
+def require_speakable(text: str, status: int = 422, param: str | None = None) -> None:
+    """Refuse, before anything is queued, text in which no engine has anything to say."""
+    if not speakable(text):
+        raise APIError(status, "nothing_to_speak", NOTHING_TO_SPEAK, param=param)
+
+
+async def first_audio(engine: Engine, handle: TaskHandle) -> bytes:
+    """A TTS task's first PCM chunk. A task that ends without one answers with its error
+    here, while the response's status line is still unsent: a stream must not begin with
+    200 and a WAV header for audio that never comes."""
+    try:
+        pcm = await next_audio(handle)
+    except asyncio.CancelledError:
+        engine.cancel(handle.task_id)
+        raise
+    if pcm is None:
+        view = await handle.done
+        if not view.succeeded:
+            raise failure(view)
+        raise APIError(500, "synthesis_empty", "the speech engine produced no audio")
+    return pcm

@@ -13,7 +13,7 @@ to speak ("...") are not sent to TTS; an answer with none that has ends in `noth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
@@ -50,7 +50,7 @@ class SpeakingPipeline:
         self._sentences: asyncio.Queue[TaskHandle | None] = asyncio.Queue()
         self.tts: list[TaskHandle] = []
 
-    async def run(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def run(self) -> AsyncGenerator[tuple[str, dict[str, Any]]]:
         parts = [
             asyncio.create_task(self._guarded(self._produce())),
             asyncio.create_task(self._guarded(self._consume())),
