@@ -82,6 +82,13 @@ def test_unknown_voice_says_what_exists(client: Client) -> None:
     assert "en-US" in exc.value.message
 
 
+def test_espeak_answers_to_the_tags_it_lists(client: Client) -> None:
+    # en-GB was listed but espeak-ng could not select it; zh-TW it took, but did not list.
+    assert client.synthesize("Good morning.", voice="en-GB", model="espeak").duration_s > 0.3
+    speech = client.synthesize("早上好", voice="zh-TW")
+    assert speech.model == "espeak" and speech.voice == "cmn"
+
+
 def test_empty_and_oversize_text(server: Server) -> None:
     r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": ""}, timeout=10)
     assert r.status_code == 422
