@@ -78,3 +78,9 @@ def test_an_answer_with_nothing_to_speak_is_an_error_not_a_silent_wav(server: Se
     r = httpx.post(f"{server.url}/api/chat/speak", json={**body, "stop": [text.lstrip()[:1]]}, timeout=120)
     assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.content[:60]
     assert r.json()["error"]["code"] == "nothing_to_speak"
+
+
+def test_a_tts_model_that_does_not_speak_the_voice_is_refused_before_the_answer(server: Server) -> None:
+    body = {"prompt": "Say hello.", "max_tokens": 8, "tts_model": "piper", "voice": "zh-CN"}
+    r = httpx.post(f"{server.url}/api/chat/speak", json=body, timeout=120)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_voice", r.content[:60]

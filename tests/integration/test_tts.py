@@ -82,6 +82,17 @@ def test_unknown_voice_says_what_exists(client: Client) -> None:
     assert "en-US" in exc.value.message
 
 
+def test_a_named_model_refuses_a_voice_it_does_not_have(server: Server) -> None:
+    # Piper's English model used to answer "zh-CN" with English speech and a 200.
+    body = {"text": "Hello there.", "voice": "zh-CN", "model": "piper"}
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json=body, timeout=60)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_voice" and "'piper'" in error["message"]
+    assert "'zh-CN'" in error["message"]
+    assert "en_US-joe-medium" in error["message"] and "en-US" in error["message"]  # what it does speak
+
+
 def test_espeak_answers_to_the_tags_it_lists(client: Client) -> None:
     # en-GB was listed but espeak-ng could not select it; zh-TW it took, but did not list.
     assert client.synthesize("Good morning.", voice="en-GB", model="espeak").duration_s > 0.3

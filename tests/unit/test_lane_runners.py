@@ -104,6 +104,17 @@ def test_an_engine_that_produces_no_audio_fails_the_task(silent_samples: int) ->
     assert exc.value.code == "synthesis_empty" and "no audio" in exc.value.message
 
 
+def test_a_voice_the_engine_does_not_have_is_refused_with_its_voices() -> None:
+    tts = RecordingTTS()
+    with pytest.raises(BackendError) as exc:
+        run_tts(tts, TTSRequest(text="Hello.", voice="zh-CN"))
+    assert exc.value.code == "unknown_voice" and "'zh-CN'" in exc.value.message
+    assert "rec, en-US" in exc.value.message and tts.texts == []
+    # Case and "_" for "-" do not matter, as at the API.
+    outcome, _ = run_tts(tts, TTSRequest(text="Hello.", voice="EN_us"))
+    assert outcome.samples == len("Hello.")
+
+
 class SilentLLM(LLMBackend):
     """A backend that never says when prefill ends: its first text must end it anyway."""
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from ris.api.errors import APIError, failure, lane_unavailable, queue_full
 from ris.api.streams import next_audio
-from ris.lanes.tts import NOTHING_TO_SPEAK, speakable
+from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
@@ -98,18 +98,29 @@ async def wait_task(engine: Engine, handle: TaskHandle) -> TaskView:
 
 
 def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
-    """The TTS model a request names, else the first configured one that speaks its voice."""
+    """The TTS model a request names, else the first configured one that speaks its voice.
+    A named model must speak the voice asked for: refused here, before queueing, as its worker
+    would refuse it (the worker is the judge while it has not reported its voices yet)."""
     cfg = engine.config.lane(Lane.TTS)
+    infos = engine.model_infos(Lane.TTS)
     if model is not None:
-        return resolve_model(engine, Lane.TTS, model)
+        name = resolve_model(engine, Lane.TTS, model)
+        info = infos.get(name)
+        if voice is not None and info is not None and not speaks(info.voices, voice):
+            raise APIError(
+                422,
+                "unknown_voice",
+                f"TTS model {name!r} does not speak voice {voice!r}; "
+                f"its voices: {voice_listing(info.voices)}",
+                param="voice",
+            )
+        return name
     if voice is None:
         return resolve_model(engine, Lane.TTS, None)
-    infos = engine.model_infos(Lane.TTS)
-    wanted = voice.lower().replace("_", "-")
     order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
-    for name in order:
-        info = infos.get(name or "")
-        if info and any(v.lower().replace("_", "-") == wanted for v in info.voices):
+    for candidate in order:
+        info = infos.get(candidate or "")
+        if info and speaks(info.voices, voice):
             return info.name
     if not infos:
         raise APIError(
@@ -120,6 +131,7 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
         422,
         "unknown_voice",
         f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
+        param="voice",
     )
 
 

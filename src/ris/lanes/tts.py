@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,24 @@ def speakable(text: str) -> bool:
     return any(unicodedata.category(c)[0] in "LNS" for c in text)
 
 
+def voice_key(voice: str) -> str:
+    """A voice as matched: case, and "_" against "-", do not matter ("zh_CN" is "zh-cn")."""
+    return voice.lower().replace("_", "-")
+
+
+def speaks(voices: Iterable[str], voice: str) -> bool:
+    """Whether a model whose voices are `voices` answers to `voice`."""
+    key = voice_key(voice)
+    return any(voice_key(v) == key for v in voices)
+
+
+def voice_listing(voices: Sequence[str], most: int = 12) -> str:
+    """Voices for an error message: all of a few, else the first `most` and how many more."""
+    if len(voices) <= most:
+        return ", ".join(voices)
+    return f"{', '.join(voices[:most])} and {len(voices) - most} more (GET /api/models lists them)"
+
+
 class _WorkerOutput(AudioOutput):
     def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
         self._env = env
@@ -150,6 +168,14 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
     def run(
         self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
     ) -> TTSOutcome:
+        # Every engine refuses a voice it does not have, as espeak-ng always did: speaking
+        # another voice instead (Piper's English for "zh-CN") is a wrong answer, not a fallback.
+        if request.voice is not None and not speaks(backend.voices, request.voice):
+            raise BackendError(
+                "unknown_voice",
+                f"this model does not speak voice {request.voice!r}; "
+                f"its voices: {voice_listing(backend.voices)}",
+            )
         # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
         text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
         # Pieces of punctuation alone ("..." between sentences) are left out, not read aloud.
