@@ -74,6 +74,16 @@ def submit(
         raise lane_unavailable(e) from None
 
 
+def submit_many(engine: Engine, lane: str, model: str, requests: list[Any]) -> list[TaskHandle]:
+    """Queue every request or none (a 429 leaves nothing queued)."""
+    try:
+        return engine.submit_many(lane, model, requests)
+    except QueueFull as e:
+        raise queue_full(e) from None
+    except LaneUnavailable as e:
+        raise lane_unavailable(e) from None
+
+
 def require_lane(engine: Engine, lane: str) -> None:
     if not engine.lane_enabled(lane):
         raise APIError(503, "lane_unavailable", f"the {lane} lane is disabled in the configuration")

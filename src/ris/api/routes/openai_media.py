@@ -20,6 +20,7 @@ from ris.api.deps import (
     require_speakable,
     resolve_model,
     submit,
+    submit_many,
     tts_rate,
     wait_task,
 )
@@ -117,11 +118,11 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     width, height = _size(body.size, engine.config.server.max_image_pixels)
     cfg = engine.config.lane(Lane.IMAGE)
     model = body.model if body.model in cfg.models else resolve_model(engine, Lane.IMAGE, None)
-    handles = []
-    for i in range(body.n):
-        seed = None if body.seed is None else body.seed + i
-        req = ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed)
-        handles.append(submit(engine, Lane.IMAGE, model, req))
+    seeds = [None if body.seed is None else body.seed + i for i in range(body.n)]
+    reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
+    # All n or none: a 429 after some were queued would leave tasks running whose ids the
+    # client never gets.
+    handles = submit_many(engine, Lane.IMAGE, model, reqs)
     views = await asyncio.gather(*(wait_task(engine, h) for h in handles))
     data = []
     for view in views:
