@@ -83,6 +83,35 @@ def test_speech_pcm_and_unsupported_format(oa: openai.OpenAI, server: Server) ->
     assert "use 'wav' or 'pcm'" in str(exc.value)
 
 
+def test_speech_with_nothing_to_speak_is_a_400_in_openai_shape(server: Server) -> None:
+    body = {"model": "tts-1", "voice": "alloy", "input": "   ...  !!", "response_format": "wav"}
+    r = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=60)
+    assert r.status_code == 400, (r.status_code, r.content[:60])  # was 200 and a second of noise
+    err = r.json()["error"]
+    assert err["code"] == "nothing_to_speak" and err["param"] == "input"
+    assert err["type"] == "invalid_request_error" and "letter, digit or symbol" in err["message"]
+
+
+@pytest.mark.parametrize("response_format", ["wav", "pcm"])
+def test_speech_that_produces_no_audio_is_a_server_error_not_an_empty_wav(
+    oa: openai.OpenAI, response_format: str
+) -> None:
+    # The engine has no sound for an Arabic-Indic digit: was 200 with a WAV header and no samples.
+    with pytest.raises(openai.InternalServerError) as exc:
+        oa.audio.speech.create(model="tts-1", voice="alloy", input="\u0663", response_format=response_format)
+    assert exc.value.status_code == 500
+    body = exc.value.body
+    assert isinstance(body, dict) and body["code"] == "synthesis_empty" and body["type"] == "server_error"
+
+
+def test_speech_refuses_a_voice_the_named_model_does_not_have(server: Server) -> None:
+    body = {"model": "piper", "voice": "zh-CN", "input": "Hello there.", "response_format": "wav"}
+    r = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=60)
+    assert r.status_code == 422, r.content[:60]  # was 200 and English speech
+    err = r.json()["error"]
+    assert err["code"] == "unknown_voice" and err["param"] == "voice" and "en_US-joe-medium" in err["message"]
+
+
 def test_image_b64_decodes_to_a_png_of_the_asked_size(oa: openai.OpenAI) -> None:
     r = oa.images.generate(model="tiny-sd", prompt="a red apple", size="128x64", response_format="b64_json")
     png = base64.b64decode(r.data[0].b64_json or "")

@@ -110,3 +110,19 @@ def test_sdk_retries_honouring_retry_after(small: Server) -> None:
         gen = c.generate("y", max_tokens=2, ignore_eos=True)
     t.join(120)
     assert gen.usage["completion_tokens"] == 2
+
+
+def test_a_batch_of_images_is_queued_whole_or_not_at_all(small: Server) -> None:
+    long = {"prompt": "busy", "width": 256, "height": 256, "steps": 100}
+    with httpx.Client(base_url=small.url, timeout=60) as http:
+        busy = [http.post("/api/image/generate", json=long).json()["task_id"] for _ in range(2)]
+        before = {t["task_id"] for t in http.get("/api/image/tasks").json()["tasks"]}
+        # One image runs and one waits: the queue (Q=2) has room for one, not for four.
+        r = http.post("/v1/images/generations", json={"prompt": "x", "n": 4, "size": "64x64"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        after = {t["task_id"] for t in http.get("/api/image/tasks").json()["tasks"]}
+        assert after == before  # was: one of the four queued and ran, its id never told
+        err = r.json()["error"]
+        assert err["type"] == "rate_limit_error" and "not the 4 asked for together" in err["message"]
+        for task_id in busy:
+            http.post(f"/api/image/cancel/{task_id}")

@@ -68,3 +68,19 @@ def test_audio_stream_is_a_wav(server: Server) -> None:
     )
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     assert r.content[:4] == b"RIFF" and len(r.content) > 44
+
+
+def test_an_answer_with_nothing_to_speak_is_an_error_not_a_silent_wav(server: Server) -> None:
+    # A greedy answer is the same each time: stopping it at its own first character leaves an
+    # answer with nothing to speak. Was 200 and a WAV header with no audio after it.
+    body = {"prompt": "Say hello.", "max_tokens": 8, "temperature": 0, "seed": 1}
+    text = httpx.post(f"{server.url}/api/llm/generate", json=body, timeout=120).json()["text"]
+    r = httpx.post(f"{server.url}/api/chat/speak", json={**body, "stop": [text.lstrip()[:1]]}, timeout=120)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.content[:60]
+    assert r.json()["error"]["code"] == "nothing_to_speak"
+
+
+def test_a_tts_model_that_does_not_speak_the_voice_is_refused_before_the_answer(server: Server) -> None:
+    body = {"prompt": "Say hello.", "max_tokens": 8, "tts_model": "piper", "voice": "zh-CN"}
+    r = httpx.post(f"{server.url}/api/chat/speak", json=body, timeout=120)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_voice", r.content[:60]

@@ -82,6 +82,24 @@ def test_unknown_voice_says_what_exists(client: Client) -> None:
     assert "en-US" in exc.value.message
 
 
+def test_a_named_model_refuses_a_voice_it_does_not_have(server: Server) -> None:
+    # Piper's English model used to answer "zh-CN" with English speech and a 200.
+    body = {"text": "Hello there.", "voice": "zh-CN", "model": "piper"}
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json=body, timeout=60)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_voice" and "'piper'" in error["message"]
+    assert "'zh-CN'" in error["message"]
+    assert "en_US-joe-medium" in error["message"] and "en-US" in error["message"]  # what it does speak
+
+
+def test_espeak_answers_to_the_tags_it_lists(client: Client) -> None:
+    # en-GB was listed but espeak-ng could not select it; zh-TW it took, but did not list.
+    assert client.synthesize("Good morning.", voice="en-GB", model="espeak").duration_s > 0.3
+    speech = client.synthesize("早上好", voice="zh-TW")
+    assert speech.model == "espeak" and speech.voice == "cmn"
+
+
 def test_empty_and_oversize_text(server: Server) -> None:
     r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": ""}, timeout=10)
     assert r.status_code == 422
@@ -101,3 +119,35 @@ def test_control_characters_are_spoken_around_not_a_server_error(client: Client,
     # Found by the fuzzer: a NUL in the text reached the speech engines' C strings (500).
     speech = client.synthesize("Hello\x00 there\x05, friend\x7f.", voice=voice)
     assert speech.duration_s > 0.3
+
+
+def tts_task_count(server: Server) -> int:
+    return len(httpx.get(f"{server.url}/api/tasks?lane=tts&limit=1000", timeout=10).json()["tasks"])
+
+
+@pytest.mark.parametrize("accept", ["application/json", "audio/wav"])
+def test_text_with_nothing_to_speak_is_refused_before_queueing(server: Server, accept: str) -> None:
+    # Was 200 with a second of noise from Piper (it read "!!" aloud) or 14 ms of espeak silence.
+    before = tts_task_count(server)
+    for text in ("   ...  !!", "\u200b。", "?! - ()"):
+        r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": text}, headers={"accept": accept})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "nothing_to_speak", r.text
+        assert "letter, digit or symbol" in r.json()["error"]["message"]
+    assert tts_task_count(server) == before  # decided before anything was queued
+
+
+@pytest.mark.parametrize("model", ["piper", "espeak"])
+def test_an_engine_that_produces_no_audio_is_a_server_error_not_silence(server: Server, model: str) -> None:
+    # An Arabic-Indic digit: a character both engines have no sound for (Piper gives no
+    # samples, espeak-ng 154 silent ones). Was 200 and a WAV of 0 or 0.007 s.
+    r = httpx.post(
+        f"{server.url}/api/tts/synthesize",
+        json={"text": "\u0663", "model": model},
+        headers={"accept": "audio/wav"},
+        timeout=60,
+    )
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == "synthesis_empty" and "no audio" in error["message"]
+    task = httpx.get(f"{server.url}/api/tasks?lane=tts&limit=1", timeout=10).json()["tasks"][0]
+    assert task["state"] == "failed" and task["error"]["code"] == "synthesis_empty"

@@ -119,6 +119,42 @@ async def test_admission_refuses_with_reasons(tmp_path: Path) -> None:
 
 
 @run
+async def test_a_batch_is_queued_whole_or_not_at_all(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        eng.submit(Lane.LLM, "m", LLMRequest(prompt="busy"))  # runs; max_queue 2 left
+        with pytest.raises(QueueFull, match="not the 3 asked for together"):
+            eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(3)])
+        assert len(eng.tasks(Lane.LLM)) == 1  # none of the three was admitted
+        batch = eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
+        assert [eng.lookup(h.task_id).state for h in batch] == ["queued", "queued"]  # type: ignore[union-attr]
+
+
+@run
+async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        workers[Lane.LLM].ready()
+        assert eng.durable is not None
+        accepted = eng.durable.accepted
+        calls = 0
+
+        def disk_full_on_the_second(*args: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise OSError("disk full")
+            accepted(*args)
+
+        eng.durable.accepted = disk_full_on_the_second  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
+        first = workers[Lane.LLM].runs[0].task_id  # it had started at once: it is stopped again
+        assert workers[Lane.LLM].cancels == [first]
+        assert eng.scheduler.stats(Lane.LLM).queued == 0
+
+
+@run
 async def test_a_crash_fails_the_running_task_and_the_worker_restarts_after_a_backoff(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm, running, queued = two_tasks(eng, workers)

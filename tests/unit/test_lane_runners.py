@@ -25,16 +25,38 @@ class Env:
 
 
 class RecordingTTS(TTSBackend):
+    """One audible sample per character it is given."""
+
     sample_rate = 16_000
-    voices = ("rec",)
+    voices = ("rec", "en-US")
 
     def __init__(self) -> None:
         self.texts: list[str] = []
 
     def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
         self.texts.append(req.text)
-        out.emit(b"\x00\x00" * len(req.text))
+        out.emit(b"\x01\x00" * len(req.text))
         return TTSOutcome(self.sample_rate, len(req.text), "rec")
+
+
+class MuteTTS(RecordingTTS):
+    """An engine that says nothing for text it cannot pronounce: no samples, or only silence
+    (espeak-ng gives 154 zero samples for an Arabic-Indic digit, Piper none)."""
+
+    def __init__(self, silent_samples: int) -> None:
+        super().__init__()
+        self.silent_samples = silent_samples
+
+    def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
+        self.texts.append(req.text)
+        if self.silent_samples:
+            out.emit(b"\x00\x00" * self.silent_samples)
+        return TTSOutcome(self.sample_rate, self.silent_samples, "rec")
+
+
+def run_tts(tts: TTSBackend, req: TTSRequest) -> tuple[TTSOutcome, Env]:
+    env = Env()
+    return TTSRunner(env.worker_env()).run(tts, "t", req, lambda: False), env
 
 
 def test_long_text_reaches_the_engine_in_bounded_pieces() -> None:
@@ -58,6 +80,39 @@ def test_control_characters_never_reach_the_engine() -> None:
     tts, env = RecordingTTS(), Env()
     TTSRunner(env.worker_env()).run(tts, "t", TTSRequest(text="a\x00b\x07c\td"), lambda: False)
     assert tts.texts == ["a b c\td"]
+
+
+@pytest.mark.parametrize("text", ["   ...  !!", " ", "\x00\x05", "?! - ()", "\u200b。"])
+def test_text_with_nothing_to_speak_is_refused_and_never_reaches_the_engine(text: str) -> None:
+    tts = RecordingTTS()
+    with pytest.raises(BackendError) as exc:
+        run_tts(tts, TTSRequest(text=text))
+    assert exc.value.code == "nothing_to_speak" and "letter, digit or symbol" in exc.value.message
+    assert tts.texts == []
+
+
+def test_pieces_of_punctuation_alone_are_left_out_of_longer_text() -> None:
+    tts = RecordingTTS()
+    run_tts(tts, TTSRequest(text="Hello there. !! ... How are you?"))
+    assert tts.texts == ["Hello there.", "How are you?"]
+
+
+@pytest.mark.parametrize("silent_samples", [0, 154])
+def test_an_engine_that_produces_no_audio_fails_the_task(silent_samples: int) -> None:
+    with pytest.raises(BackendError) as exc:
+        run_tts(MuteTTS(silent_samples), TTSRequest(text="\u0663"))
+    assert exc.value.code == "synthesis_empty" and "no audio" in exc.value.message
+
+
+def test_a_voice_the_engine_does_not_have_is_refused_with_its_voices() -> None:
+    tts = RecordingTTS()
+    with pytest.raises(BackendError) as exc:
+        run_tts(tts, TTSRequest(text="Hello.", voice="zh-CN"))
+    assert exc.value.code == "unknown_voice" and "'zh-CN'" in exc.value.message
+    assert "rec, en-US" in exc.value.message and tts.texts == []
+    # Case and "_" for "-" do not matter, as at the API.
+    outcome, _ = run_tts(tts, TTSRequest(text="Hello.", voice="EN_us"))
+    assert outcome.samples == len("Hello.")
 
 
 class SilentLLM(LLMBackend):

@@ -120,6 +120,35 @@ def test_queue_bound_counts_only_waiting_tasks() -> None:
         sched.submit(spec())
 
 
+def test_room_is_free_queue_places_plus_idle_slots_that_take_new_tasks_at_once() -> None:
+    sched, _ = make(max_queue=2, slots=1)
+    assert sched.room(Lane.LLM) == 3  # one starts at once, two wait
+    sched.submit(spec())
+    sched.dispatch()
+    assert sched.room(Lane.LLM) == 2  # the worker is busy: queue places only
+    sched.submit(spec())
+    assert sched.room(Lane.LLM) == 1
+    sched.submit(spec())
+    assert sched.room(Lane.LLM) == 0
+    assert make(max_queue=0, slots=1)[0].room(Lane.LLM) == 0  # a queue of 0 admits nothing
+    fifo = Scheduler({Lane.LLM: LanePolicy(max_queue=2)}, FakeClock(), ordering=Ordering.FIFO)
+    fifo.set_slots(Lane.LLM, 1)
+    assert fifo.room(Lane.LLM) == 2  # FIFO may hold a task behind another lane: places only
+
+
+def test_a_batch_that_does_not_fit_whole_is_refused_and_nothing_is_queued() -> None:
+    sched, _ = make(max_queue=2, slots=1)
+    sched.submit(spec())
+    sched.dispatch()
+    sched.submit(spec())  # one running, one waiting: room for one more
+    with pytest.raises(QueueFull) as exc:
+        sched.require_room(Lane.LLM, 4)
+    assert exc.value.wanted == 4 and exc.value.retry_after_s >= 1.0
+    assert "room for 1 more task, not the 4 asked for together" in str(exc.value)
+    assert sched.stats(Lane.LLM).queued == 1
+    sched.require_room(Lane.LLM, 1)  # what fits passes
+
+
 def test_lanes_are_independent() -> None:
     sched, _ = make(max_queue=1)
     sched.submit(spec(lane=Lane.LLM))

@@ -121,3 +121,41 @@ async def test_a_tts_lane_that_goes_down_ends_the_answer_with_an_error_not_a_han
     )
     assert workers[Lane.LLM].cancels == [answer.task_id]
     await eng.stop()
+
+
+@run
+async def test_sentences_with_nothing_to_speak_never_reach_the_tts_lane(tmp_path: Path) -> None:
+    eng, workers = await started(tmp_path)
+    llm, tts = workers[Lane.LLM], workers[Lane.TTS]
+    tts.ready()
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    events: list[tuple[str, Any]] = []
+    listener = asyncio.create_task(collect(SpeakingPipeline(eng, answer, "e", None, 1.0).run(), events))
+    llm.deliver(m.TaskOutput(answer.task_id, TextDelta("Hello there. …")))  # "…" ends a sentence
+    llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 4)))
+    await settle()
+    assert [r.request.text for r in tts.runs] == ["Hello there."]  # the TTS lane would refuse "…"
+    tts.deliver(m.TaskOutput(tts.runs[0].task_id, AudioChunk(b"\x01\x00", 16000)))
+    tts.deliver(m.TaskDone(tts.runs[0].task_id, TTSOutcome(16000, 1, "en-US")))
+    await asyncio.wait_for(listener, 5)
+    assert [d["text"] for k, d in events if k == "text"] == ["Hello there."]
+    assert events[-1] == ("done", {"sentences": 1})
+    await eng.stop()
+
+
+@run
+async def test_an_answer_with_nothing_to_speak_ends_in_an_error_not_a_silent_done(tmp_path: Path) -> None:
+    eng, workers = await started(tmp_path)
+    llm, tts = workers[Lane.LLM], workers[Lane.TTS]
+    tts.ready()
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    events: list[tuple[str, Any]] = []
+    listener = asyncio.create_task(collect(SpeakingPipeline(eng, answer, "e", None, 1.0).run(), events))
+    llm.deliver(m.TaskOutput(answer.task_id, TextDelta("… !!")))
+    llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 2)))
+    await asyncio.wait_for(listener, 5)
+    assert tts.runs == []
+    kind, data = events[-1]
+    assert kind == "error" and data["code"] == "nothing_to_speak"
+    assert "letter, digit or symbol" in data["message"]
+    await eng.stop()

@@ -11,7 +11,9 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from ris.api.errors import APIError, lane_unavailable, queue_full
+from ris.api.errors import APIError, failure, lane_unavailable, queue_full
+from ris.api.streams import next_audio
+from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
@@ -89,6 +91,16 @@ def submit(
         raise lane_unavailable(e) from None
 
 
+def submit_many(engine: Engine, lane: str, model: str, requests: list[Any]) -> list[TaskHandle]:
+    """Queue every request or none (a 429 leaves nothing queued)."""
+    try:
+        return engine.submit_many(lane, model, requests)
+    except QueueFull as e:
+        raise queue_full(e) from None
+    except LaneUnavailable as e:
+        raise lane_unavailable(e) from None
+
+
 def require_lane(engine: Engine, lane: str) -> None:
     if not engine.lane_enabled(lane):
         raise APIError(503, "lane_unavailable", f"the {lane} lane is disabled in the configuration")
@@ -151,18 +163,29 @@ async def wait_tasks(engine: Engine, handles: list[TaskHandle], request: Request
 
 
 def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
-    """The TTS model a request names, else the first configured one that speaks its voice."""
+    """The TTS model a request names, else the first configured one that speaks its voice.
+    A named model must speak the voice asked for: refused here, before queueing, as its worker
+    would refuse it (the worker is the judge while it has not reported its voices yet)."""
     cfg = engine.config.lane(Lane.TTS)
+    infos = engine.model_infos(Lane.TTS)
     if model is not None:
-        return resolve_model(engine, Lane.TTS, model)
+        name = resolve_model(engine, Lane.TTS, model)
+        info = infos.get(name)
+        if voice is not None and info is not None and not speaks(info.voices, voice):
+            raise APIError(
+                422,
+                "unknown_voice",
+                f"TTS model {name!r} does not speak voice {voice!r}; "
+                f"its voices: {voice_listing(info.voices)}",
+                param="voice",
+            )
+        return name
     if voice is None:
         return resolve_model(engine, Lane.TTS, None)
-    infos = engine.model_infos(Lane.TTS)
-    wanted = voice.lower().replace("_", "-")
     order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
-    for name in order:
-        info = infos.get(name or "")
-        if info and any(v.lower().replace("_", "-") == wanted for v in info.voices):
+    for candidate in order:
+        info = infos.get(candidate or "")
+        if info and speaks(info.voices, voice):
             return info.name
     if not infos:
         raise APIError(
@@ -173,6 +196,7 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
         422,
         "unknown_voice",
         f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
+        param="voice",
     )
 
 
@@ -182,3 +206,26 @@ def tts_rate(engine: Engine, model: str) -> int:
     if info is None or not info.sample_rate:
         raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
     return info.sample_rate
+
+
+def require_speakable(text: str, status: int = 422, param: str | None = None) -> None:
+    """Refuse, before anything is queued, text in which no engine has anything to say."""
+    if not speakable(text):
+        raise APIError(status, "nothing_to_speak", NOTHING_TO_SPEAK, param=param)
+
+
+async def first_audio(engine: Engine, handle: TaskHandle) -> bytes:
+    """A TTS task's first PCM chunk. A task that ends without one answers with its error
+    here, while the response's status line is still unsent: a stream must not begin with
+    200 and a WAV header for audio that never comes."""
+    try:
+        pcm = await next_audio(handle)
+    except asyncio.CancelledError:
+        engine.cancel(handle.task_id)
+        raise
+    if pcm is None:
+        view = await handle.done
+        if not view.succeeded:
+            raise failure(view)
+        raise APIError(500, "synthesis_empty", "the speech engine produced no audio")
+    return pcm

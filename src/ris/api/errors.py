@@ -66,23 +66,33 @@ def lane_unavailable(e: LaneUnavailable) -> APIError:
     return APIError(503, "lane_unavailable", str(e), headers={"Retry-After": "5"})
 
 
-# HTTP status of a task that ended without success, by its error code (500 otherwise).
+# HTTP status of a task (or a speaking pipeline) that ended without success, by its error code
+# (500 otherwise).
 FAILURE_STATUS = {
     "deadline_exceeded": 504,
     "worker_timeout": 504,
     "worker_crashed": 503,
     "cancelled": 409,
     "server_shutdown": 503,
+    "lane_unavailable": 503,
+    "queue_full": 429,
     "unknown_voice": 422,
+    "nothing_to_speak": 422,
     "context_length_exceeded": 422,
     "invalid_request": 422,  # a request only the worker can judge (a model loaded on first use)
+    # The engine was given something to say and produced no sound: the server's failure.
+    "synthesis_empty": 500,
 }
+
+
+def task_error(code: str, message: str) -> APIError:
+    """The error response for a failure reported by code (a task's, or the speaking pipeline's)."""
+    return APIError(FAILURE_STATUS.get(code, 500), code, message)
 
 
 def failure(view: TaskView) -> APIError:
     """The error a task that did not succeed answers with."""
-    code = view.error_code or "failed"
-    return APIError(FAILURE_STATUS.get(code, 500), code, view.error_message or "the task failed")
+    return task_error(view.error_code or "failed", view.error_message or "the task failed")
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

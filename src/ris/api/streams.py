@@ -55,8 +55,21 @@ async def texts(handle: TaskHandle) -> AsyncIterator[str]:
             yield item.text
 
 
-async def audio_chunks(handle: TaskHandle) -> AsyncIterator[bytes]:
-    """The PCM chunks of a TTS task as they come."""
+async def next_audio(handle: TaskHandle) -> bytes | None:
+    """A TTS task's next PCM chunk as it comes; None once the task has ended (then its
+    `done` is resolved: the engine ends the events just before it settles the task)."""
     while (item := await handle.events.get()) is not None:
         if isinstance(item, AudioChunk):
-            yield item.pcm
+            return item.pcm
+    return None
+
+
+class StreamBroken(Exception):
+    """Raised by an audio body that already began, when what it was sending failed. Raw audio
+    has no place for an error event: the server then closes the connection mid-body, so the
+    client sees a truncated response (an error) rather than a clean end it would take for
+    complete audio."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code

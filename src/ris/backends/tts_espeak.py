@@ -89,32 +89,44 @@ class EspeakTTS(TTSBackend):
             raise BackendError("backend_unavailable", f"espeak-ng failed to initialise ({rate})")
         self._lib = lib
         self.sample_rate = int(rate)
-        self._known = self._list_voices()
+        # Every tag and name it answers to -> the voice name that selects it.
+        self._select = self._list_voices()
         preferred = ["en-US", "zh-CN"]
-        self.voices = tuple(preferred + sorted(self._known - {v.lower() for v in preferred}))
+        # The tags it answers to through an alias are listed too ("zh-tw"): the server routes
+        # by this list, and the TTS lane refuses any voice not on it.
+        aliases = {tag for tag, name in _ALIASES.items() if name in self._select}
+        answers_to = set(self._select) | aliases
+        self.voices = tuple(preferred + sorted(answers_to - {v.lower() for v in preferred}))
         self._out: AudioOutput | None = None
         self._samples = 0
         # Keep a reference: ctypes would free the trampoline while espeak still holds it.
         self._callback = _Callback(self._on_audio)
         lib.espeak_SetSynthCallback(self._callback)
 
-    def _list_voices(self) -> set[str]:
-        names: set[str] = set()
+    def _list_voices(self) -> dict[str, str]:
+        """Voice names (an identifier's last part: "cmn", "en-gb-x-rp") and the languages each
+        voice lists ("zh-yue", "en-gb"), mapped to a voice name that selects them: espeak-ng
+        selects voices by name only, so "en-gb" means the voice "en" that lists it."""
+        voices: list[tuple[str, list[str]]] = []
         arr = self._lib.espeak_ListVoices(None)
         i = 0
         while arr[i]:
             v = arr[i].contents
-            names.update(lang.lower() for lang in _languages(v.languages))
             if v.identifier:
-                names.add(v.identifier.decode("ascii", "replace").split("/")[-1].lower())
+                name = v.identifier.decode("ascii", "replace").split("/")[-1].lower()
+                voices.append((name, [lang.lower() for lang in _languages(v.languages)]))
             i += 1
-        return names
+        select = {name: name for name, _ in voices}
+        for name, languages in voices:
+            for lang in languages:
+                select.setdefault(lang, name)  # a voice's own name first, then the first voice listing it
+        return select
 
     def espeak_voice(self, voice: str | None) -> str:
         """The espeak-ng voice name for a request's `voice`, or an error listing the choices."""
         tag = (voice or "en-US").lower().replace("_", "-")
-        name = _ALIASES.get(tag, tag)
-        if name not in self._known:
+        name = self._select.get(_ALIASES.get(tag, tag))
+        if name is None:
             raise BackendError(
                 "unknown_voice",
                 f"voice {voice!r} is not known to espeak-ng; try e.g. en-US, zh-CN, de, fr, es, ja",

@@ -8,14 +8,16 @@ server keeps them and writes the WAV it serves when the task ends.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendError,
     LaneKind,
     LaneResult,
     LaneRunner,
@@ -102,15 +104,53 @@ class TTSResult(LaneResult):
         return {**data, "audio_url": f"/api/tts/audio/{task_id}"}
 
 
+NOTHING_TO_SPEAK = (
+    "the text has nothing to speak: it needs at least one letter, digit or symbol, "
+    "not only spaces and punctuation"
+)
+
+
+def speakable(text: str) -> bool:
+    """Whether the text has anything to say: a letter, a digit or a symbol ("$", "+", an emoji).
+    Spaces, punctuation and control characters alone are not speech: engines answer them with
+    no samples, with silence, or by reading the marks' names aloud ("!!"), none of it asked for."""
+    return any(unicodedata.category(c)[0] in "LNS" for c in text)
+
+
+def voice_key(voice: str) -> str:
+    """A voice as matched: case, and "_" against "-", do not matter ("zh_CN" is "zh-cn")."""
+    return voice.lower().replace("_", "-")
+
+
+def speaks(voices: Iterable[str], voice: str) -> bool:
+    """Whether a model whose voices are `voices` answers to `voice`."""
+    key = voice_key(voice)
+    return any(voice_key(v) == key for v in voices)
+
+
+def voice_listing(voices: Sequence[str], most: int = 12) -> str:
+    """Voices for an error message: all of a few, else the first `most` and how many more."""
+    if len(voices) <= most:
+        return ", ".join(voices)
+    return f"{', '.join(voices[:most])} and {len(voices) - most} more (GET /api/models lists them)"
+
+
 class _WorkerOutput(AudioOutput):
     def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
         self._env = env
         self._task_id = task_id
         self._rate = rate
         self._cancelled = cancelled
+        self.samples = 0
+        # Whether any sample so far was not silence: some engines answer text they cannot say
+        # with a few all-zero samples instead of none.
+        self.audible = False
 
     def emit(self, pcm: bytes) -> None:
         self._env.tick()
+        self.samples += len(pcm) // 2
+        if not self.audible and pcm.count(0) != len(pcm):
+            self.audible = True
         self._env.send(TaskOutput(self._task_id, AudioChunk(bytes(pcm), self._rate)))
 
     def cancelled(self) -> bool:
@@ -133,9 +173,20 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
     def run(
         self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
     ) -> TTSOutcome:
+        # Every engine refuses a voice it does not have, as espeak-ng always did: speaking
+        # another voice instead (Piper's English for "zh-CN") is a wrong answer, not a fallback.
+        if request.voice is not None and not speaks(backend.voices, request.voice):
+            raise BackendError(
+                "unknown_voice",
+                f"this model does not speak voice {request.voice!r}; "
+                f"its voices: {voice_listing(backend.voices)}",
+            )
         # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
         text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
-        chunks = speech_chunks(text, MAX_CHUNK_CHARS) or [text]
+        # Pieces of punctuation alone ("..." between sentences) are left out, not read aloud.
+        chunks = [chunk for chunk in speech_chunks(text, MAX_CHUNK_CHARS) if speakable(chunk)]
+        if not chunks:
+            raise BackendError("nothing_to_speak", NOTHING_TO_SPEAK)
         out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
         self.env.publish(Activity.BUSY)
         try:
@@ -145,6 +196,12 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
                     break
                 outcome = backend.synthesize(dataclasses.replace(request, text=chunk), out)
                 samples, voice = samples + outcome.samples, voice or outcome.voice
+            if not out.audible and not cancelled():
+                # Success with no sound would reach the client as an empty WAV and a 200.
+                heard = f"{out.samples} samples, all silent" if out.samples else "no samples"
+                raise BackendError(
+                    "synthesis_empty", f"the speech engine produced no audio for this text ({heard})"
+                )
             return TTSOutcome(sample_rate=int(backend.sample_rate), samples=samples, voice=voice)
         finally:
             self.env.publish(Activity.IDLE)

@@ -246,6 +246,23 @@ class Engine:
         self._dispatch()
         return handle
 
+    def submit_many(
+        self, lane: str, model: str, requests: list[Any], *, priority: int = 0, timeout_s: float | None = None
+    ) -> list[TaskHandle]:
+        """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
+        if one still fails to be admitted, those admitted before it are cancelled."""
+        if lane in self.replicas:  # otherwise submit() says why the lane takes nothing
+            self.scheduler.require_room(lane, len(requests))
+        handles: list[TaskHandle] = []
+        try:
+            for request in requests:
+                handles.append(self.submit(lane, model, request, priority=priority, timeout_s=timeout_s))
+        except BaseException:
+            for handle in handles:
+                self.cancel(handle.task_id)
+            raise
+        return handles
+
     def cancel(self, task_id: str) -> CancelOutcome:
         outcome = self.scheduler.cancel(task_id)
         if outcome is CancelOutcome.CANCELLED:

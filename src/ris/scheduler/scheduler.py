@@ -56,13 +56,24 @@ class Ordering(enum.StrEnum):
 
 
 class QueueFull(Exception):
-    """The lane's queue is at its bound; the caller should retry after `retry_after_s`."""
+    """The lane's queue is at its bound, or has no room for a whole batch (`wanted` tasks, of
+    which `room` would fit); the caller should retry after `retry_after_s`."""
 
-    def __init__(self, lane: str, depth: int, retry_after_s: float) -> None:
-        super().__init__(f"the {lane} queue is full ({depth} tasks waiting)")
+    def __init__(
+        self, lane: str, depth: int, retry_after_s: float, *, wanted: int = 1, room: int = 0
+    ) -> None:
+        if wanted > 1:
+            message = (
+                f"the {lane} queue has room for {room} more task{'s' if room != 1 else ''}, not the "
+                f"{wanted} asked for together ({depth} waiting); a batch is queued whole or not at all"
+            )
+        else:
+            message = f"the {lane} queue is full ({depth} tasks waiting)"
+        super().__init__(message)
         self.lane = lane
         self.depth = depth
         self.retry_after_s = retry_after_s
+        self.wanted = wanted
 
 
 class CancelOutcome(enum.StrEnum):
@@ -175,6 +186,26 @@ class Scheduler:
         book.queue.push(task, force=force)
         self._tasks[task.id] = task
         return task
+
+    def room(self, lane: str) -> int:
+        """How many more tasks the lane admits now, submitted one after another with a dispatch
+        after each (as the engine does): its free queue places and, with per-lane ordering,
+        its free worker slots, since that many new tasks start at once and leave their places
+        free. FIFO ordering may hold a task behind another lane's head: places only there."""
+        book = self._book(lane)
+        places = max(0, book.queue.capacity - len(book.queue))
+        if places == 0 or self.ordering is Ordering.FIFO:
+            return places
+        return places + max(0, book.slots - len(book.running))
+
+    def require_room(self, lane: str, count: int) -> None:
+        """Raise QueueFull unless `count` tasks would all be admitted now: a batch (n images
+        in one request) is admitted whole or not at all, never partly, with ids the client
+        would never see."""
+        room = self.room(lane)
+        if count > room:
+            depth = len(self._book(lane).queue)
+            raise QueueFull(lane, depth, self.retry_after(lane), wanted=count, room=room)
 
     def retry_after(self, lane: str) -> float:
         """Seconds until a queue slot is likely to free up: an estimate, at least one second."""

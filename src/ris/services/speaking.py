@@ -6,17 +6,18 @@
 `SpeakingPipeline.run()` yields events in the order things happen: ("text", {index, text}) as a
 sentence goes to TTS, ("audio", {index, pcm}) per chunk, ("llm_done", {...}), then ("done",
 {sentences}) or ("error", {code, message}). If the client stops listening, or a part fails,
-the LLM task and every sentence still queued or speaking are cancelled.
+the LLM task and every sentence still queued or speaking are cancelled. Sentences with nothing
+to speak ("...") are not sent to TTS; an answer with none that has ends in `nothing_to_speak`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
-from ris.lanes.tts import AudioChunk, TTSRequest
+from ris.lanes.tts import AudioChunk, TTSRequest, speakable
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
@@ -49,7 +50,7 @@ class SpeakingPipeline:
         self._sentences: asyncio.Queue[TaskHandle | None] = asyncio.Queue()
         self.tts: list[TaskHandle] = []
 
-    async def run(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    async def run(self) -> AsyncGenerator[tuple[str, dict[str, Any]]]:
         parts = [
             asyncio.create_task(self._guarded(self._produce())),
             asyncio.create_task(self._guarded(self._consume())),
@@ -104,6 +105,8 @@ class SpeakingPipeline:
 
         async def speak(text: str) -> bool:
             nonlocal index
+            if not speakable(text):  # the TTS lane would refuse it; the answer goes on
+                return True
             handle = await self._submit_sentence(text)
             if handle is None:
                 return False
@@ -143,6 +146,10 @@ class SpeakingPipeline:
                 await self._out.put(("error", _error(view)))
                 return
             index += 1
+        if index == 0:  # an answer of punctuation alone, or none: silence is not a success
+            message = "the answer has nothing to speak: no letter, digit or symbol, only punctuation"
+            await self._out.put(("error", {"code": "nothing_to_speak", "message": message}))
+            return
         await self._out.put(("done", {"sentences": index}))
 
 

@@ -11,11 +11,22 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, pick_tts_model, require_lane, resolve_model, submit, tts_rate, wait_tasks
+from ris.api.deps import (
+    engine_of,
+    first_audio,
+    pick_tts_model,
+    require_lane,
+    require_speakable,
+    resolve_model,
+    submit,
+    submit_many,
+    tts_rate,
+    wait_tasks,
+)
 from ris.api.errors import APIError, failure
 from ris.api.limits import wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
-from ris.api.streams import audio_chunks, wav_header
+from ris.api.streams import StreamBroken, next_audio, wav_header
 from ris.lanes.image import ImageRequest, ImageResult
 from ris.lanes.tts import TTSRequest
 from ris.scheduler import Lane
@@ -52,20 +63,27 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
             f"input is {len(body.input)} characters; the limit is {limit}",
             param="input",
         )
+    require_speakable(body.input, 400, param="input")  # /v1 answers bad parameters with 400
     voices = {**DEFAULT_VOICES, **engine.config.server.openai_voices}
     voice = voices.get(body.voice.lower(), body.voice)
     tts = engine.config.lane(Lane.TTS).models
     model = pick_tts_model(engine, body.model if body.model in tts else None, voice)
     rate = tts_rate(engine, model)
     handle = submit(engine, Lane.TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
+    first = await first_audio(engine, handle)  # a task that fails before any sound is an error
 
     async def stream() -> AsyncIterator[bytes]:
         finished = False
         try:
             if body.response_format == "wav":
                 yield wav_header(rate)
-            async for pcm in audio_chunks(handle):
+            pcm: bytes | None = first
+            while pcm is not None:
                 yield pcm
+                pcm = await next_audio(handle)
+            view = await handle.done
+            if not view.succeeded:  # after some audio: break the body, do not end it cleanly
+                raise StreamBroken(view.error_code or "failed", view.error_message or "the task failed")
             finished = True
         finally:
             if not finished:
@@ -100,11 +118,11 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     width, height = _size(body.size, engine.config.server.max_image_pixels)
     cfg = engine.config.lane(Lane.IMAGE)
     model = body.model if body.model in cfg.models else resolve_model(engine, Lane.IMAGE, None)
-    handles = []
-    for i in range(body.n):
-        seed = None if body.seed is None else wrap_seed(body.seed + i)
-        req = ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed)
-        handles.append(submit(engine, Lane.IMAGE, model, req))
+    seeds = [None if body.seed is None else wrap_seed(body.seed + i) for i in range(body.n)]
+    reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
+    # All n or none: a 429 after some were queued would leave tasks running whose ids the
+    # client never gets.
+    handles = submit_many(engine, Lane.IMAGE, model, reqs)
     views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:

@@ -2,22 +2,24 @@
 
 The response is audio (a streaming WAV or raw PCM), or, with `"stream_format": "events"`,
 server-sent events: `text` (a sentence as it goes to TTS), `audio` (base64 PCM), `llm_done`,
-`done` or `error`, in the order they happened.
+`done` or `error`, in the order they happened. Audio starts (status line and all) with the
+first sound: a failure before it is an HTTP error; a failure after it breaks the body off.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ris.api.deps import engine_of, llm_context, pick_tts_model, resolve_model, submit, tts_rate
+from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import SpeakRequest
-from ris.api.streams import sse_event, wav_header
+from ris.api.streams import StreamBroken, sse_event, wav_header
 from ris.scheduler import Lane
 from ris.services.speaking import SpeakingPipeline
 
@@ -42,20 +44,45 @@ async def chat_speak(body: SpeakRequest, request: Request) -> Any:
         return StreamingResponse(
             _events(pipeline, rate), media_type="text/event-stream", headers={"X-Task-Id": llm.task_id}
         )
+    events = pipeline.run()
+    first = await _first_sound(events)
     media = "audio/wav" if body.audio_format == "wav" else "audio/pcm"
     return StreamingResponse(
-        _audio(pipeline, rate, body.audio_format == "wav"),
+        _audio(first, events, rate, body.audio_format == "wav"),
         media_type=media,
         headers={"X-Task-Id": llm.task_id, "X-Sample-Rate": str(rate)},
     )
 
 
-async def _audio(pipeline: SpeakingPipeline, rate: int, wav: bool) -> AsyncIterator[bytes]:
-    if wav:
-        yield wav_header(rate)
-    async for kind, data in pipeline.run():
-        if kind == "audio":
-            yield data["pcm"]
+async def _first_sound(events: AsyncGenerator[tuple[str, dict[str, Any]]]) -> bytes:
+    """The answer's first PCM chunk; an error before it (the LLM failed, nothing to speak, the
+    TTS lane refused) is the response, with its status, instead of 200 and a silent WAV."""
+    try:
+        async for kind, data in events:
+            if kind == "audio":
+                return bytes(data["pcm"])
+            if kind == "error":
+                raise task_error(data["code"], data["message"])
+        raise APIError(500, "synthesis_empty", "the answer was spoken with no audio")
+    except BaseException:  # an error, or the client left: stop the answer and its sentences
+        await events.aclose()
+        raise
+
+
+async def _audio(
+    first: bytes, events: AsyncGenerator[tuple[str, dict[str, Any]]], rate: int, wav: bool
+) -> AsyncIterator[bytes]:
+    try:
+        if wav:
+            yield wav_header(rate)
+        yield first
+        async for kind, data in events:
+            if kind == "audio":
+                yield data["pcm"]
+            elif kind == "error":  # a later sentence failed: break the body, do not end it cleanly
+                raise StreamBroken(data["code"], data["message"])
+    finally:
+        await events.aclose()
 
 
 async def _events(pipeline: SpeakingPipeline, rate: int) -> AsyncIterator[bytes]:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from ris.api.deps import engine_of, pick_tts_model, submit, view_or_404, wait_task
+from ris.api.deps import engine_of, pick_tts_model, require_speakable, submit, view_or_404, wait_task
 from ris.api.errors import APIError, failure
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
@@ -35,6 +35,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     limit = engine.config.server.max_tts_chars
     if len(body.text) > limit:
         raise APIError(413, "text_too_long", f"the text is {len(body.text)} characters; the limit is {limit}")
+    require_speakable(body.text)
     model = pick_tts_model(engine, body.model, body.voice)
     req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
     handle = submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)

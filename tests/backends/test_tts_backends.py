@@ -1,0 +1,52 @@
+"""The real speech engines (Piper, espeak-ng) driven through the TTS lane's runner, as the worker
+drives them: every engine refuses a voice it does not have, and no audio is never a success."""
+
+from __future__ import annotations
+
+import pytest
+
+from ris.backends import BackendContext, BackendError, backend_class
+from ris.lanes.base import WorkerEnv
+from ris.lanes.tts import LANE, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
+from ris.scheduler import Lane
+
+
+@pytest.fixture(scope="module", params=["piper", "espeak"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TTSBackend:
+    spec = LANE.embedded_models[request.param]
+    ctx = BackendContext(device="cpu", threads=1, data_dir=tmp_path_factory.mktemp("tts"))
+    backend = backend_class(Lane.TTS, spec.backend)(spec, ctx)
+    assert isinstance(backend, TTSBackend)
+    return backend
+
+
+def speak(backend: TTSBackend, req: TTSRequest) -> TTSOutcome:
+    env = WorkerEnv("tts", lambda _msg: None, lambda _activity: None, lambda: None)
+    return TTSRunner(env).run(backend, "t", req, lambda: False)
+
+
+def test_a_voice_the_engine_does_not_have_is_refused(engine: TTSBackend) -> None:
+    # Piper's English model used to speak "zh-CN" text in English, and say nothing of it.
+    voice = "xx-klingon" if "zh-CN" in engine.voices else "zh-CN"
+    with pytest.raises(BackendError) as exc:
+        speak(engine, TTSRequest(text="Hello there.", voice=voice))
+    assert exc.value.code == "unknown_voice" and engine.voices[0] in exc.value.message
+
+
+def test_every_voice_it_lists_can_be_selected(engine: TTSBackend) -> None:
+    # The server routes by this list and refuses voices not on it, so every entry must work:
+    # espeak-ng listed language tags it could not select by name ("en-gb", "zh-yue"), and
+    # refused the aliases it takes ("zh-TW") at the server, for not listing them.
+    assert "zh-tw" in engine.voices or "zh-CN" not in engine.voices
+    for voice in engine.voices:
+        try:
+            speak(engine, TTSRequest(text="One.", voice=voice))
+        except BackendError as e:  # a few espeak-ng voices ship without data: no audio, no voice
+            assert e.code == "synthesis_empty", (voice, e.message)
+
+
+def test_text_the_engine_has_no_sound_for_is_an_error(engine: TTSBackend) -> None:
+    # An Arabic-Indic digit: Piper gives no samples, espeak-ng 154 silent ones.
+    with pytest.raises(BackendError) as exc:
+        speak(engine, TTSRequest(text="\u0663"))
+    assert exc.value.code == "synthesis_empty"

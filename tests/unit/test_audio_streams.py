@@ -1,0 +1,117 @@
+"""Audio responses through the real app over fake workers: a failure before the first sound is
+an HTTP error with its code; a failure after it breaks the body off instead of ending it as if
+the audio were complete (raw audio has nowhere to put an error event)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ris import messages as m
+from ris.api.app import create_app
+from ris.api.streams import StreamBroken
+from ris.lanes.llm import LLMOutcome, TextDelta
+from ris.lanes.tts import AudioChunk, TTSOutcome
+from ris.runtime.engine import Engine
+from ris.scheduler import Lane
+
+from .fakes import FakeClock, FakeWorker, FakeWorkers, config, engine
+from .test_engine import run
+
+VOICE = m.ModelInfo("e", "espeak", ("en-US",), 16000)
+SOUND = b"\x01\x00" * 8
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def ready_engine(tmp: Path) -> tuple[Engine, FakeWorkers]:
+    workers = FakeWorkers()
+    eng = engine(config(tmp), FakeClock(), workers)
+    await eng.start()
+    workers[Lane.LLM].ready()
+    workers[Lane.TTS].ready(models=(VOICE,))
+    return eng, workers
+
+
+async def post(eng: Engine, path: str, body: dict[str, Any]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        return await client.post(path, json=body)
+
+
+SPEECH = {"model": "tts-1", "voice": "en-US", "input": "Hello there.", "response_format": "wav"}
+
+
+@run
+async def test_speech_that_fails_before_any_sound_is_an_error_not_an_empty_wav(tmp_path: Path) -> None:
+    eng, workers = await ready_engine(tmp_path)
+    request = asyncio.create_task(post(eng, "/v1/audio/speech", SPEECH))
+    await settle()
+    tts = workers[Lane.TTS]
+    tts.deliver(m.TaskError(tts.runs[0].task_id, "synthesis_empty", "the speech engine produced no audio"))
+    r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == {
+        "message": "the speech engine produced no audio",
+        "type": "server_error",
+        "param": None,
+        "code": "synthesis_empty",
+    }
+    await eng.stop()
+
+
+@run
+async def test_speech_that_fails_after_its_first_sound_breaks_the_body_off(tmp_path: Path) -> None:
+    eng, workers = await ready_engine(tmp_path)
+    request = asyncio.create_task(post(eng, "/v1/audio/speech", SPEECH))
+    await settle()
+    tts = workers[Lane.TTS]
+    task_id = tts.runs[0].task_id
+    tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+    tts.deliver(m.TaskError(task_id, "synthesis_failed", "espeak-ng returned error 2"))
+    with pytest.raises(StreamBroken, match="synthesis_failed"):
+        await asyncio.wait_for(request, 5)
+    await eng.stop()
+
+
+def answer(llm: FakeWorker, text: str) -> None:
+    task_id = llm.runs[0].task_id
+    llm.deliver(m.TaskOutput(task_id, TextDelta(text)))
+    llm.deliver(m.TaskDone(task_id, LLMOutcome("stop", 3, 4)))
+
+
+@run
+async def test_spoken_answer_that_fails_before_any_sound_is_an_error_not_an_empty_wav(tmp_path: Path) -> None:
+    eng, workers = await ready_engine(tmp_path)
+    request = asyncio.create_task(post(eng, "/api/chat/speak", {"prompt": "talk"}))
+    await settle()
+    answer(workers[Lane.LLM], "…")
+    r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "nothing_to_speak"
+    await eng.stop()
+
+
+@run
+async def test_spoken_answer_whose_later_sentence_fails_breaks_the_body_off(tmp_path: Path) -> None:
+    eng, workers = await ready_engine(tmp_path)
+    request = asyncio.create_task(post(eng, "/api/chat/speak", {"prompt": "talk"}))
+    await settle()
+    answer(workers[Lane.LLM], "The first sentence. The second sentence.")
+    await settle()
+    tts = workers[Lane.TTS]
+    first = tts.runs[0].task_id
+    tts.deliver(m.TaskOutput(first, AudioChunk(SOUND, 16000)))
+    tts.deliver(m.TaskDone(first, TTSOutcome(16000, 8, "en-US")))
+    await settle()
+    tts.deliver(m.TaskError(tts.runs[1].task_id, "synthesis_empty", "the speech engine produced no audio"))
+    with pytest.raises(StreamBroken, match="synthesis_empty"):
+        await asyncio.wait_for(request, 5)
+    assert not tts.cancels  # both sentences had ended: nothing left to cancel
+    await eng.stop()
