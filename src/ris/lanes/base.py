@@ -237,6 +237,8 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).
     load_all_models: ClassVar[bool] = False
+    # Backends that serve `parallel` requests at once (the others serve one at a time).
+    batching_backends: ClassVar[frozenset[str]] = frozenset()
     # The folder of the server's data_dir this lane's result files go to (None: no files);
     # the retention policy sweeps these folders and no others.
     result_folder: ClassVar[str | None] = None

@@ -309,6 +309,8 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
     # Sequences decoded together (continuous batching); see the README's measurements.
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
+    # transformers generates one request at a time (its worker runs them in turn).
+    batching_backends = frozenset({"llama_cpp"})
     builtin_backends = {
         "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
         "transformers": "ris.backends.llm_transformers:TransformersLLM",

@@ -51,6 +51,9 @@ async def models(request: Request) -> dict[str, Any]:
                 "description": spec.description,
                 "loaded": name in loaded,
                 "voices": list(loaded[name].voices) if name in loaded else None,
+                # Requests this model serves at once: the lane's `parallel` for a backend that
+                # batches (llama.cpp), 1 for a single-stream one (transformers).
+                "parallel": cfg.parallel if spec.backend in engine.kinds[lane].batching_backends else 1,
             }
             for name, spec in cfg.models.items()
         ]
