@@ -137,7 +137,7 @@ def test_text_with_nothing_to_speak_is_refused_before_queueing(server: Server, a
 
 
 @pytest.mark.parametrize("model", ["piper", "espeak"])
-def test_an_engine_that_produces_no_audio_is_a_server_error_not_silence(server: Server, model: str) -> None:
+def test_text_the_engine_has_no_sound_for_is_an_error_not_silence(server: Server, model: str) -> None:
     # An Arabic-Indic digit: a character both engines have no sound for (Piper gives no
     # samples, espeak-ng 154 silent ones). Was 200 and a WAV of 0 or 0.007 s.
     r = httpx.post(
@@ -146,8 +146,8 @@ def test_an_engine_that_produces_no_audio_is_a_server_error_not_silence(server: 
         headers={"accept": "audio/wav"},
         timeout=60,
     )
-    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json"
     error = r.json()["error"]
-    assert error["code"] == "synthesis_empty" and "no audio" in error["message"]
+    assert error["code"] == "synthesis_empty" and "has no sound for its characters" in error["message"]
     task = httpx.get(f"{server.url}/api/tasks?lane=tts&limit=1", timeout=10).json()["tasks"][0]
     assert task["state"] == "failed" and task["error"]["code"] == "synthesis_empty"

@@ -55,14 +55,14 @@ async def test_speech_that_fails_before_any_sound_is_an_error_not_an_empty_wav(t
     request = asyncio.create_task(post(eng, "/v1/audio/speech", SPEECH))
     await settle()
     tts = workers[Lane.TTS]
-    tts.deliver(m.TaskError(tts.runs[0].task_id, "synthesis_empty", "the speech engine produced no audio"))
+    tts.deliver(m.TaskError(tts.runs[0].task_id, "synthesis_failed", "espeak-ng returned error 2"))
     r = await asyncio.wait_for(request, 5)
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert r.json()["error"] == {
-        "message": "the speech engine produced no audio",
+        "message": "espeak-ng returned error 2",
         "type": "server_error",
         "param": None,
-        "code": "synthesis_empty",
+        "code": "synthesis_failed",
     }
     await eng.stop()
 

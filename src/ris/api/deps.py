@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -20,6 +21,7 @@ from ris.scheduler import Lane, QueueFull
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 # Bodies parsed by `json_body`; the app adds their schemas to the OpenAPI document.
 DOCUMENTED_BODIES: list[type[BaseModel]] = []
 
@@ -135,31 +137,44 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; if the client closes the connection first, `work` is cancelled and
+    ClientGone raised, so a client that gave up does not hold a lane."""
+    gone: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
+    done: asyncio.Future[T] = asyncio.ensure_future(work)
+    try:
+        either: list[asyncio.Future[Any]] = [gone, done]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            raise ClientGone
+        return done.result()
+    finally:
+        gone.cancel()
+        if not done.done():
+            done.cancel()
+            done.add_done_callback(_retrieve)  # its CancelledError is expected: no log noise
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
+
+
 async def wait_task(engine: Engine, handle: TaskHandle, request: Request) -> TaskView:
-    """Wait for the task's end; cancel it if the client goes away first, so a client that
-    gave up does not hold the lane (streaming routes do the same as they write)."""
+    """Wait for the task's end; cancel it if the client goes away first (streaming routes
+    do the same as they write)."""
     return (await wait_tasks(engine, [handle], request))[0]
 
 
 async def wait_tasks(engine: Engine, handles: list[TaskHandle], request: Request) -> list[TaskView]:
     """`wait_task` for several tasks of one request: all are cancelled if the client leaves."""
-    gone: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
-    every: asyncio.Future[list[TaskView]] = asyncio.gather(*(h.done for h in handles))
     try:
-        either: list[asyncio.Future[Any]] = [gone, every]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if every.done():
-            return list(every.result())
-        raise ClientGone
+        return list(await unless_gone(request, asyncio.gather(*(h.done for h in handles))))
     except BaseException:
-        for h in handles:
-            if not h.done.done():
+        for h in handles:  # a future cancelled with the wait is a task still running
+            if h.done.cancelled() or not h.done.done():
                 engine.cancel(h.task_id)
         raise
-    finally:
-        gone.cancel()
-        if not every.done():
-            every.cancel()
 
 
 def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
@@ -214,13 +229,14 @@ def require_speakable(text: str, status: int = 422, param: str | None = None) ->
         raise APIError(status, "nothing_to_speak", NOTHING_TO_SPEAK, param=param)
 
 
-async def first_audio(engine: Engine, handle: TaskHandle) -> bytes:
+async def first_audio(engine: Engine, handle: TaskHandle, request: Request) -> bytes:
     """A TTS task's first PCM chunk. A task that ends without one answers with its error
     here, while the response's status line is still unsent: a stream must not begin with
-    200 and a WAV header for audio that never comes."""
+    200 and a WAV header for audio that never comes. A client that leaves meanwhile takes
+    its task with it."""
     try:
-        pcm = await next_audio(handle)
-    except asyncio.CancelledError:
+        pcm = await unless_gone(request, next_audio(handle))
+    except BaseException:
         engine.cancel(handle.task_id)
         raise
     if pcm is None:

@@ -200,7 +200,9 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
                 # Success with no sound would reach the client as an empty WAV and a 200.
                 heard = f"{out.samples} samples, all silent" if out.samples else "no samples"
                 raise BackendError(
-                    "synthesis_empty", f"the speech engine produced no audio for this text ({heard})"
+                    "synthesis_empty",
+                    f"the speech engine produced no audio for this text ({heard}): voice "
+                    f"{request.voice or backend.voices[0]!r} has no sound for its characters",
                 )
             return TTSOutcome(sample_rate=int(backend.sample_rate), samples=samples, voice=voice)
         finally:

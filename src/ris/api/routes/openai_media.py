@@ -70,7 +70,7 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     model = pick_tts_model(engine, body.model if body.model in tts else None, voice)
     rate = tts_rate(engine, model)
     handle = submit(engine, Lane.TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
-    first = await first_audio(engine, handle)  # a task that fails before any sound is an error
+    first = await first_audio(engine, handle, request)  # a task that fails before any sound is an error
 
     async def stream() -> AsyncIterator[bytes]:
         finished = False

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, llm_context, pick_tts_model, resolve_model, submit, tts_rate
+from ris.api.deps import engine_of, llm_context, pick_tts_model, resolve_model, submit, tts_rate, unless_gone
 from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import SpeakRequest
@@ -45,7 +45,7 @@ async def chat_speak(body: SpeakRequest, request: Request) -> Any:
             _events(pipeline, rate), media_type="text/event-stream", headers={"X-Task-Id": llm.task_id}
         )
     events = pipeline.run()
-    first = await _first_sound(events)
+    first = await unless_gone(request, _first_sound(events))  # the client may leave meanwhile
     media = "audio/wav" if body.audio_format == "wav" else "audio/pcm"
     return StreamingResponse(
         _audio(first, events, rate, body.audio_format == "wav"),
