@@ -34,17 +34,20 @@ import importlib.util
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from ris.benchmark.run import machine_summary
 from ris.benchmark.summary import Spread, ratio, spread
@@ -59,6 +62,10 @@ MAX_TOKENS = 64
 CONVERSATIONS, TURNS = 4, 4
 RIS, LLAMA = "ris", "llama-server"
 SYSTEMS = (RIS, LLAMA)
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,18 +89,18 @@ class Target:
     model: str
 
 
-def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{url} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
 def llama_server_command(binary: Path, slots: int, port: int) -> list[str]:
@@ -111,12 +118,12 @@ def llama_server_command(binary: Path, slots: int, port: int) -> list[str]:
 @contextmanager
 def llama_server(binary: Path, slots: int, folder: Path) -> Iterator[Target]:
     port = free_port()
-    log = folder / "llama-server.log"
-    with log.open("ab") as out:
+    log_path = folder / "llama-server.log"
+    with log_path.open("ab") as out:
         cmd = llama_server_command(binary, slots, port)
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_http_ok(f"http://127.0.0.1:{port}/health", proc, log)
+        wait_http_ok(f"http://127.0.0.1:{port}/health", proc, log_path)
         # llama-server answers to any model name; RIS's is the configured one.
         yield Target(LLAMA, f"http://127.0.0.1:{port}", "smollm2")
     finally:
@@ -191,6 +198,12 @@ def ris_server(folder: Path, parallel: int | None, env: dict[str, str]) -> Itera
         yield Target(RIS, svc.url, "smollm2")
     finally:
         svc.stop()
+
+
+def core_busy_before_start() -> float:
+    """How busy the benchmark's core is before anything of ours runs there (percent, over 2 s):
+    another process computing on it (a test suite's LLM lane, a build) shows in every figure."""
+    return float(psutil.cpu_percent(interval=2.0, percpu=True)[CORE])
 
 
 def keep_client_off_core() -> None:
@@ -300,10 +313,10 @@ def burst_messages(tag: str, concurrency: int) -> list[list[dict[str, str]]]:
     ]
 
 
-async def burst(target: Target, conversations: list[list[dict[str, str]]]) -> dict[str, float]:
+async def burst(target: Target, requests: list[list[dict[str, str]]]) -> dict[str, float]:
     async with new_client() as client:
         t0 = time.perf_counter()
-        streams = await asyncio.gather(*(stream_chat(client, target, m) for m in conversations))
+        streams = await asyncio.gather(*(stream_chat(client, target, m) for m in requests))
         wall = max(s.t_end for s in streams) - t0
     ttfts = [s.ttft for s in streams]
     gaps = [g for s in streams for g in s.gaps]
@@ -411,9 +424,7 @@ def figures_of(levels: list[int]) -> list[Figure]:
     ]
 
 
-def run_repeat(
-    targets: dict[str, Target], levels: list[int], index: int, log: Callable[[str], None]
-) -> dict[str, Any]:
+def run_repeat(targets: dict[str, Target], levels: list[int], index: int) -> dict[str, Any]:
     """Every step of both workloads, for both systems in turn (who goes first alternates), so
     the two figures of a ratio are measured minutes apart at most."""
     order = list(SYSTEMS) if index % 2 == 0 else list(reversed(SYSTEMS))
@@ -493,17 +504,21 @@ def markdown(result: dict[str, Any], figures: list[Figure]) -> str:
         [
             f"# RIS's LLM lane vs llama-server under concurrency ({m['date']})",
             "",
-            f"Machine: {m['machine']['summary']}, load average {load['start']:.1f} at the start, "
-            f"{load['end']:.1f} at the end. Model: {MODEL_FILE}, both servers on core {CORE}, "
-            "1 thread, flash attention off.",
-            f"RIS: {m['ris_source']}, LLM lane `parallel`: {m['ris_parallel'] or 'not set'}. "
-            f"llama-server: {m['llama_server_version']}, {m['llama_slots']} slots of {SLOT_CTX} tokens.",
-            f"{m['repeats']} repeat(s), order alternating; median (min–max over repeats); ratios taken "
-            f"within each repeat. Answers of exactly {MAX_TOKENS} tokens (ignore_eos), greedy, streamed.",
-            "",
-            f"Workload A: a burst of c concurrent chat requests (a different question each). Workload B: "
-            f"{CONVERSATIONS} conversations x {TURNS} turns, interleaved, each over its own system prompt "
-            f"of ~{m['system_prompt_tokens']} tokens.",
+            f"- Machine: {m['machine']['summary']}. Before the start core {CORE} was "
+            f"{m['core_busy_before_start_pct']:.0f}% busy; load average {load['start']:.1f} at the start, "
+            f"{load['end']:.1f} at the end.",
+            f"- Model: {MODEL_FILE}; both servers compute on core {CORE} with 1 thread, flash attention "
+            "off; the client runs on the other cores (so does RIS's API process, which is not pinned).",
+            f"- RIS: {m['ris_source']}; LLM lane `parallel`: {m['ris_parallel'] or 'not set'}.",
+            f"- llama-server: {m['llama_server_version']}, {m['llama_slots']} slots of {SLOT_CTX} tokens.",
+            f"- Workload A: a burst of c concurrent chat requests (a different question each), answers of "
+            f"exactly {MAX_TOKENS} tokens (ignore_eos), greedy, streamed. Inter-token: gaps between "
+            "content chunks, all streams pooled. TTFT p99 is a nearest-rank percentile: with 50 requests "
+            "or fewer, it is the max.",
+            f"- Workload B: {CONVERSATIONS} conversations x {TURNS} turns, interleaved, each over its own "
+            f"system prompt of ~{m['system_prompt_tokens']} tokens.",
+            f"- {m['repeats']} repeat(s), the order of the systems alternating; median (min–max over "
+            "repeats); ratios RIS / llama-server taken within each repeat.",
             "",
             *table(result["summary"], figures),
             "",
@@ -541,9 +556,12 @@ def main() -> int:
     slots = args.slots or max(*levels, CONVERSATIONS)
     figures = figures_of(levels)
     binary = args.llama_server.resolve()
-
-    def log(line: str) -> None:
-        print(line, flush=True)
+    machine = machine_summary()  # before the client leaves core 0, or it counts one core
+    # A SIGTERM unwinds like an error: both servers are stopped, not left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    busy = core_busy_before_start()
+    if busy > 20:
+        log(f"warning: core {CORE} is {busy:.0f}% busy with other work; the figures will show it")
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ris-llm-conc-")))
@@ -558,13 +576,13 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         reps = []
         for i in range(repeats):
-            reps.append(run_repeat(targets, levels, i, log))
+            reps.append(run_repeat(targets, levels, i))
     summary = summarise(reps, figures)
     prompt_tokens = reps[0]["raw"][LLAMA]["prompt_tokens"]
     result = {
         "meta": {
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine_summary(),
+            "machine": machine,
             "ris_source": source,
             "ris_parallel": args.ris_parallel,
             "llama_server_version": llama_server_version(binary),
@@ -574,14 +592,15 @@ def main() -> int:
             "max_tokens": MAX_TOKENS,
             "levels": levels,
             "repeats": repeats,
-            "system_prompt_tokens": statistics.median(t[0] for t in prompt_tokens),
+            "system_prompt_tokens": int(statistics.median(t[0] for t in prompt_tokens)),
             # Other work on the machine shows in the figures; the 1-minute load average says how much.
             "load_avg_1m": {"start": load_before, "end": os.getloadavg()[0]},
+            "core_busy_before_start_pct": busy,
         },
         "summary": summary,
         "repeats": reps,
     }
-    check_same_prompts(reps, log)
+    check_same_prompts(reps)
     md = markdown(result, figures)
     print("\n" + md)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -591,17 +610,18 @@ def main() -> int:
     return 0
 
 
-def check_same_prompts(reps: list[dict[str, Any]], log: Callable[[str], None]) -> None:
-    """Both servers should apply the GGUF's chat template to the same token counts; say so if not
-    (a different prompt would make the TTFT comparison unfair)."""
+def check_same_prompts(reps: list[dict[str, Any]]) -> None:
+    """Both servers should apply the GGUF's chat template into the same number of tokens; say so
+    if not (a longer prompt would make the TTFT comparison unfair). Later turns of a conversation
+    carry each server's own answers, which may differ: only first turns and bursts compare."""
     for i, r in enumerate(reps):
         ris, llama = r["raw"][RIS]["prompt_tokens"], r["raw"][LLAMA]["prompt_tokens"]
-        if ris != llama:
-            log(f"note: repeat {i + 1}: prompt tokens differ: RIS {ris} vs llama-server {llama}")
-        for n_key in (k for k in r["figures"][RIS] if k.endswith(".prompt_tokens")):
-            a, b = r["figures"][RIS][n_key], r["figures"][LLAMA][n_key]
+        if [t[0] for t in ris] != [t[0] for t in llama]:
+            log(f"note: repeat {i + 1}: first-turn prompt tokens differ: RIS {ris} vs llama-server {llama}")
+        for key in (k for k in r["figures"][RIS] if k.endswith("_tokens")):
+            a, b = r["figures"][RIS][key], r["figures"][LLAMA][key]
             if a != b:
-                log(f"note: repeat {i + 1}: {n_key}: RIS {a} vs llama-server {b}")
+                log(f"note: repeat {i + 1}: {key}: RIS {a} vs llama-server {b}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 from ris import Client, RISError
 
 from .server import ROOT, Server
-from .waiting import post_in_background, running_task
+from .waiting import post_in_background, running_task, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -110,8 +110,10 @@ def test_cancel_a_running_generation(server: Server, client: Client) -> None:
 
 
 def test_full_queue_answers_429_with_retry_after_and_loses_nothing(server: Server, client: Client) -> None:
-    thread, out = post_in_background(f"{server.url}/api/llm/generate", LONG)
-    running = running_task(client, "llm")
+    slots = httpx.get(f"{server.url}/api/stats").json()["lanes"]["llm"]["slots"]
+    background = [post_in_background(f"{server.url}/api/llm/generate", LONG) for _ in range(slots)]
+    wait_for(lambda: len(client.tasks(lane="llm", state="running")) == slots, 30)  # every slot busy
+    running = [t["task_id"] for t in client.tasks(lane="llm", state="running")]
     http = httpx.Client(base_url=server.url, timeout=60)
     queued = []
     for _ in range(3):  # the test server's LLM queue holds 3
@@ -129,8 +131,10 @@ def test_full_queue_answers_429_with_retry_after_and_loses_nothing(server: Serve
     with pytest.raises(RISError) as exc:
         client.generate("x")
     assert exc.value.status == 429 and exc.value.retry_after is not None
-    client.cancel(running)
-    thread.join(60)
+    for task_id in running:
+        client.cancel(task_id)
+    for thread, _ in background:
+        thread.join(60)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         states = [client.task(i)["state"] for i in ids]

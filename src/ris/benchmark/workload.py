@@ -30,8 +30,9 @@ class Workload:
     duration_s: float = 30.0
     # After the window: how long outstanding chat and speech requests may still finish.
     drain_s: float = 60.0
-    # LLM: one closed-loop chat client; every `llm_plain_every`-th request is not streamed.
-    llm_clients: int = 1
+    # LLM: closed-loop chat clients (several users at once: the lane batches them); every
+    # `llm_plain_every`-th request of each is not streamed.
+    llm_clients: int = 4
     llm_max_tokens: int = 64
     llm_prompt_words: int = 40
     llm_think_s: float = 0.3
