@@ -442,6 +442,7 @@ def run_repeat(targets: dict[str, Target], levels: list[int], index: int) -> dic
         rep["raw"][name] = {k: conv[k] for k in ("ttft_s", "prompt_tokens")}
         later_over_first = conv["figures"]["later_over_first"]
         log(f"  repeat {index + 1} conversations {name:<12} later/first TTFT {later_over_first:.2f}")
+    rep["load_avg_1m_end"] = os.getloadavg()[0]  # other work during the repeat shows here
     return rep
 
 

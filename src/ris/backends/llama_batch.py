@@ -55,6 +55,7 @@ class _Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV this slot holds, in order
     seq: _Sequence | None = None
+    last_used: int = 0
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -100,6 +101,8 @@ class LlamaBatch(LLMBatch):
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._buf = ctypes.create_string_buffer(256)
+        self._uses = 0
+        self.last_reused = 0  # prompt tokens the last added request found in a slot's cache
 
     # ----- LLMBatch ------------------------------------------------------------------------
 
@@ -121,11 +124,19 @@ class LlamaBatch(LLMBatch):
                 "context_length_exceeded",
                 f"the prompt is {len(prompt)} tokens; this model's context is {self.n_ctx}",
             )
-        slot = max((s for s in self._slots if s.seq is None), key=lambda s: _common_prefix(s.cached, prompt))
+        # The free slot sharing the longest prefix with the prompt; among equals, the one used
+        # least recently, so a new conversation does not evict a fresh one's cache.
+        free = [s for s in self._slots if s.seq is None]
+        slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -s.last_used))
         # Keep the shared prefix's KV; at least one prompt token is decoded, for its logits.
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-        llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1)
+        if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
+            keep = 0  # a memory that cannot drop part of a sequence: drop all of it
+            llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
         slot.cached = prompt[:keep]
+        self.last_reused = keep
+        self._uses += 1
+        slot.last_used = self._uses
         slot.seq = _Sequence(
             key=key,
             req=req,

@@ -1,0 +1,84 @@
+"""Continuous batching on the real model (SmolLM2 on llama.cpp): several sequences in one
+context, each with its own sampling, stops, limits and cancellation; a slot's cached prompt
+reused; a seed's text the same alone or among others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ris.backends import BackendContext, BackendError
+from ris.backends.llm_llama_cpp import LlamaCppLLM
+from ris.lanes.llm import LANE, LLMOutcome, LLMRequest, TextCollector
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> LlamaCppLLM:
+    spec = LANE.embedded_models["smollm2"]
+    ctx = BackendContext(device="cpu", threads=1, data_dir=Path(tmp_path_factory.mktemp("llm")), parallel=3)
+    return LlamaCppLLM(spec, ctx)
+
+
+def run_batch(
+    llm: LlamaCppLLM, reqs: dict[str, LLMRequest], cancel_after: dict[str, int] | None = None
+) -> dict[str, tuple[LLMOutcome, str]]:
+    batch = llm.batch()
+    outs = {k: TextCollector(cancel_after=(cancel_after or {}).get(k)) for k in reqs}
+    for key, req in reqs.items():
+        batch.add(key, req, outs[key])
+    ended: dict[str, LLMOutcome] = {}
+    while len(ended) < len(reqs):
+        ended.update(batch.step())
+    return {k: (ended[k], outs[k].text) for k in reqs}
+
+
+def story(n: int, **kw: Any) -> LLMRequest:
+    return LLMRequest(
+        **{"prompt": f"Story {n}: Once upon a time", "max_tokens": 24, "ignore_eos": True, **kw}
+    )
+
+
+def test_each_sequence_keeps_its_own_limits_and_stops(llm: LlamaCppLLM) -> None:
+    got = run_batch(
+        llm,
+        {
+            "short": story(1, max_tokens=5),
+            "long": story(2, max_tokens=30),
+            "stopped": LLMRequest(prompt="Count: 1, 2, 3,", max_tokens=40, temperature=0, stop=(" 6",)),
+        },
+    )
+    assert got["short"][0].completion_tokens == 5 and got["short"][0].finish_reason == "length"
+    assert got["long"][0].completion_tokens == 30
+    outcome, text = got["stopped"]
+    assert outcome.finish_reason == "stop" and "6" not in text and "5" in text
+
+
+def test_a_seed_gives_the_same_text_alone_and_among_others(llm: LlamaCppLLM) -> None:
+    seeded = story(7, temperature=0.9, seed=99)
+    alone = run_batch(llm, {"s": seeded})["s"][1]
+    among = run_batch(llm, {"x": story(8, temperature=1.0), "s": seeded, "y": story(9, seed=3)})["s"][1]
+    assert alone == among and len(alone) > 20
+
+
+def test_a_cancelled_sequence_leaves_and_the_others_finish(llm: LlamaCppLLM) -> None:
+    got = run_batch(llm, {"a": story(1), "gone": story(2), "b": story(3)}, cancel_after={"gone": 3})
+    assert got["gone"][0].finish_reason == "cancelled" and got["gone"][0].completion_tokens <= 4
+    assert got["a"][0].completion_tokens == got["b"][0].completion_tokens == 24
+
+
+def test_a_repeated_prompt_reuses_its_slots_cache(llm: LlamaCppLLM) -> None:
+    req = LLMRequest(messages=(("system", "You are terse. " * 30), ("user", "Hi")), max_tokens=4)
+    run_batch(llm, {"first": req})
+    batch = llm.batch()
+    batch.add("again", req, TextCollector())
+    assert batch.last_reused > 100  # only the last prompt token is decoded again
+    while batch.active:
+        batch.step()
+
+
+def test_a_prompt_longer_than_a_slots_context_is_refused(llm: LlamaCppLLM) -> None:
+    with pytest.raises(BackendError) as exc:
+        llm.batch().add("long", LLMRequest(prompt="word " * 3000, max_tokens=4), TextCollector())
+    assert exc.value.code == "context_length_exceeded" and "2048" in exc.value.message

@@ -1,0 +1,162 @@
+"""The LLM lane's concurrent runner over a scripted batch (no model): tasks join between steps
+up to the batch's room, each ends on its own, a failing step fails only its batch's tasks, a
+single-stream backend waits for the batch, and the lane's phase on the board is PREFILL while
+any sequence prefills. The batch itself, on the real model: tests/backends/."""
+
+from __future__ import annotations
+
+from ris.lanes.base import BackendError
+from ris.lanes.llm import LLMBackend, LLMBatch, LLMOutcome, LLMRequest, LLMRunner, TextOutput
+from ris.preemption.policy import Activity
+
+from .test_lane_runners import Env
+
+
+class ScriptedBatch(LLMBatch):
+    """Each sequence prefills for `prefill_steps` steps, then emits one token per step."""
+
+    def __init__(self, slots: int, prefill_steps: int = 1) -> None:
+        self.slots = slots
+        self.prefill_steps = prefill_steps
+        self.seqs: dict[str, list[int]] = {}  # key -> [prefill steps left, tokens left]
+        self.outs: dict[str, TextOutput] = {}
+        self.fail_next = False
+
+    def free(self) -> int:
+        return self.slots - len(self.seqs)
+
+    @property
+    def active(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def prefilling(self) -> bool:
+        return any(left > 0 for left, _ in self.seqs.values())
+
+    def add(self, key: str, req: LLMRequest, out: TextOutput) -> None:
+        if req.prompt == "bad":
+            raise BackendError("context_length_exceeded", "too long")
+        self.seqs[key] = [self.prefill_steps, req.max_tokens]
+        self.outs[key] = out
+
+    def step(self) -> list[tuple[str, LLMOutcome]]:
+        if self.fail_next:
+            raise RuntimeError("decode failed")
+        ended = []
+        for key, state in list(self.seqs.items()):
+            out = self.outs[key]
+            if out.cancelled():
+                del self.seqs[key]
+                ended.append((key, LLMOutcome("cancelled", 1, 0)))
+            elif state[0] > 0:
+                state[0] -= 1
+            else:
+                out.emit("t")
+                state[1] -= 1
+                if state[1] == 0:
+                    del self.seqs[key]
+                    ended.append((key, LLMOutcome("length", 1, 1)))
+        return ended
+
+    def abort(self) -> list[str]:
+        keys = list(self.seqs)
+        self.seqs.clear()
+        return keys
+
+
+class Batched(LLMBackend):
+    def __init__(self, batch: ScriptedBatch) -> None:
+        self._batch = batch
+
+    def batch(self) -> ScriptedBatch:
+        return self._batch
+
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        raise AssertionError("a batching backend's tasks go to its batch")
+
+
+class SingleStream(LLMBackend):
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        self.runs += 1
+        out.emit("x")
+        return LLMOutcome("stop", 1, 1)
+
+
+def never() -> bool:
+    return False
+
+
+def test_tasks_join_between_steps_up_to_the_room_and_end_each_on_its_own() -> None:
+    batch, env = ScriptedBatch(slots=2), Env()
+    runner = LLMRunner(env.worker_env())
+    backend = Batched(batch)
+    runner.admit(backend, "a", LLMRequest(prompt="a", max_tokens=1), never)
+    runner.admit(backend, "b", LLMRequest(prompt="b", max_tokens=3), never)
+    runner.admit(backend, "c", LLMRequest(prompt="c", max_tokens=1), never)
+    assert runner.step() == [] and set(batch.seqs) == {"a", "b"}  # c waits for room
+    assert [k for k, _ in runner.step()] == ["a"]  # a ends; b goes on
+    runner.step()
+    assert set(batch.seqs) == {"b", "c"}  # c joined the running batch between steps
+    ended = [k for _ in range(5) for k, _ in runner.step()]
+    assert sorted(ended) == ["b", "c"] and not runner.busy()
+
+
+def test_the_board_shows_prefill_while_any_sequence_prefills() -> None:
+    batch, env = ScriptedBatch(slots=2, prefill_steps=2), Env()
+    runner, backend = LLMRunner(env.worker_env()), Batched(batch)
+    runner.admit(backend, "a", LLMRequest(prompt="a", max_tokens=4), never)
+    runner.step()
+    runner.step()
+    assert env.board == [Activity.PREFILL, Activity.DECODE]
+    runner.admit(backend, "b", LLMRequest(prompt="b", max_tokens=1), never)
+    runner.step()  # b prefills while a decodes: the lane is in prefill again
+    assert env.board[-1] is Activity.PREFILL
+    while runner.busy():
+        runner.step()
+    assert env.board[-2:] == [Activity.DECODE, Activity.IDLE]
+
+
+def test_a_cancel_ends_one_sequence_and_a_refused_request_fails_alone() -> None:
+    batch, env = ScriptedBatch(slots=3), Env()
+    runner = LLMRunner(env.worker_env())
+    cancelled = {"b": False}
+    backend = Batched(batch)
+    runner.admit(backend, "a", LLMRequest(prompt="a", max_tokens=3), never)
+    runner.admit(backend, "b", LLMRequest(prompt="b", max_tokens=3), lambda: cancelled["b"])
+    runner.admit(backend, "c", LLMRequest(prompt="bad"), never)
+    first = runner.step()
+    assert [(k, type(r).__name__) for k, r in first] == [("c", "BackendError")]
+    cancelled["b"] = True
+    ended = dict(runner.step())
+    assert isinstance(ended["b"], LLMOutcome) and ended["b"].finish_reason == "cancelled"
+    assert "a" in batch.seqs  # the others go on
+
+
+def test_a_failing_step_fails_its_batch_and_the_worker_serves_on() -> None:
+    batch, env = ScriptedBatch(slots=2), Env()
+    runner = LLMRunner(env.worker_env())
+    backend = Batched(batch)
+    for key in ("a", "b"):
+        runner.admit(backend, key, LLMRequest(prompt=key, max_tokens=5), never)
+    batch.fail_next = True
+    ended = runner.step()
+    assert sorted(k for k, _ in ended) == ["a", "b"]
+    assert all(isinstance(r, BackendError) and r.code == "backend_error" for _, r in ended)
+    batch.fail_next = False
+    runner.admit(backend, "c", LLMRequest(prompt="c", max_tokens=1), never)
+    assert [k for _ in range(3) for k, _ in runner.step()] == ["c"]
+
+
+def test_a_single_stream_backend_runs_alone_after_the_batch() -> None:
+    batch, env = ScriptedBatch(slots=2), Env()
+    runner = LLMRunner(env.worker_env())
+    single = SingleStream()
+    runner.admit(Batched(batch), "a", LLMRequest(prompt="a", max_tokens=2), never)
+    runner.admit(single, "s", LLMRequest(prompt="s"), never)
+    runner.step()
+    assert single.runs == 0  # waits: the batch holds the model's memory
+    ended = [k for _ in range(4) for k, _ in runner.step()]
+    assert ended == ["a", "s"] and single.runs == 1
