@@ -28,10 +28,13 @@ from ris.backends import BackendError
 from ris.backends._textgen import StopScanner
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 
-# Prompt tokens one sequence may add to a step. On one CPU core SmolLM2-135M prefills about
-# 1,000 tokens/s, so a chunk of 256 delays the other streams' next token by ~0.25 s at most
-# while keeping prefill within ~10% of its unchunked speed (measured: bench/llm_concurrency.py).
-PREFILL_CHUNK = 256
+# Prompt tokens one sequence may add to a step: the other streams wait that long for their
+# next token. On one CPU core SmolLM2-135M prefills ~145 tokens/s whether in chunks of 32 or
+# 512 (measured, README), so 32 costs no prefill speed and keeps the stall near 0.2 s (256:
+# 1.8 s). A GPU prefills far faster per step and gains from big chunks: 512, llama.cpp's
+# default micro-batch.
+PREFILL_CHUNK_CPU = 32
+PREFILL_CHUNK_GPU = 512
 
 
 @dataclass
@@ -73,7 +76,7 @@ class LlamaBatch(LLMBatch):
         parallel: int,
         n_ctx: int,
         tokenize: Callable[[LLMRequest], tuple[list[int], tuple[str, ...]]],
-        prefill_chunk: int = PREFILL_CHUNK,
+        prefill_chunk: int = PREFILL_CHUNK_CPU,
     ) -> None:
         """`tokenize(req)`: the request's prompt tokens and its chat template's stop strings."""
         self._llm = llm
@@ -89,7 +92,8 @@ class LlamaBatch(LLMBatch):
         # not depend on the others in the batch (a seed gives the same text under load; one
         # shared buffer did not), and one long chat cannot take another's context.
         params.kv_unified = False
-        self.n_batch = max(prefill_chunk, parallel) * 2
+        # Room for every slot's decode token and two prompt chunks in one step.
+        self.n_batch = parallel + 2 * prefill_chunk
         params.n_batch = params.n_ubatch = self.n_batch
         ctx = llama_cpp.llama_init_from_model(self._model.model, params)
         if not ctx:

@@ -14,7 +14,7 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ris.backends import BackendContext, BackendError, resolve_source
-from ris.backends.llama_batch import PREFILL_CHUNK, LlamaBatch
+from ris.backends.llama_batch import PREFILL_CHUNK_CPU, PREFILL_CHUNK_GPU, LlamaBatch
 from ris.config import ModelSpec
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
 
@@ -30,8 +30,9 @@ class LlamaCppLLM(LLMBackend):
         opts: dict[str, Any] = {"n_ctx": 2048, "verbose": False}
         opts.update(spec.options)
         n_ctx = int(opts.pop("n_ctx"))
-        prefill_chunk = int(opts.pop("prefill_chunk", PREFILL_CHUNK))
-        opts.setdefault("n_gpu_layers", -1 if ctx.device.startswith("cuda") else 0)
+        gpu = ctx.device.startswith("cuda")
+        prefill_chunk = int(opts.pop("prefill_chunk", PREFILL_CHUNK_GPU if gpu else PREFILL_CHUNK_CPU))
+        opts.setdefault("n_gpu_layers", -1 if gpu else 0)
         # The Llama object's own context is never used for generation: keep it tiny.
         self._llm = Llama(
             model_path=str(path),
