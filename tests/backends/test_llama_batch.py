@@ -82,3 +82,22 @@ def test_a_prompt_longer_than_a_slots_context_is_refused(llm: LlamaCppLLM) -> No
     with pytest.raises(BackendError) as exc:
         llm.batch().add("long", LLMRequest(prompt="word " * 3000, max_tokens=4), TextCollector())
     assert exc.value.code == "context_length_exceeded" and "2048" in exc.value.message
+
+
+def test_interleaved_conversations_each_keep_their_cache(llm: LlamaCppLLM) -> None:
+    """Conversations share the chat template's first tokens; a new one must not take the slot
+    of another for those few tokens and throw that conversation's cache away."""
+    chats = {
+        name: [("system", f"You are {name}, who answers briefly. " * 12), ("user", "Hello?")]
+        for name in ("Ada", "Bo", "Cy")
+    }
+    reused: dict[str, list[int]] = {name: [] for name in chats}
+    for _turn in range(2):
+        for name, chat in chats.items():
+            batch, out = llm.batch(), TextCollector()
+            batch.add(name, LLMRequest(messages=tuple(chat), max_tokens=4, temperature=0), out)
+            reused[name].append(batch.last_reused)
+            while batch.active:
+                batch.step()
+            chat += [("assistant", out.text), ("user", "And then?")]
+    assert all(later > 100 for _, later in reused.values()), reused

@@ -35,6 +35,9 @@ from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 # default micro-batch.
 PREFILL_CHUNK_CPU = 32
 PREFILL_CHUNK_GPU = 512
+# When no sequence is decoding, nobody waits on a stall: prompts (a burst of new requests)
+# are prefilled up to this many tokens per step, all of them together, as llama-server does.
+IDLE_PREFILL = 512
 
 
 @dataclass
@@ -92,8 +95,9 @@ class LlamaBatch(LLMBatch):
         # not depend on the others in the batch (a seed gives the same text under load; one
         # shared buffer did not), and one long chat cannot take another's context.
         params.kv_unified = False
-        # Room for every slot's decode token and two prompt chunks in one step.
-        self.n_batch = parallel + 2 * prefill_chunk
+        # Room for every slot's decode token and two prompt chunks in one step, and for whole
+        # prompts when nobody is decoding (IDLE_PREFILL).
+        self.n_batch = max(IDLE_PREFILL, parallel + 2 * prefill_chunk)
         params.n_batch = params.n_ubatch = self.n_batch
         ctx = llama_cpp.llama_init_from_model(self._model.model, params)
         if not ctx:
@@ -128,10 +132,7 @@ class LlamaBatch(LLMBatch):
                 "context_length_exceeded",
                 f"the prompt is {len(prompt)} tokens; this model's context is {self.n_ctx}",
             )
-        # The free slot sharing the longest prefix with the prompt; among equals, the one used
-        # least recently, so a new conversation does not evict a fresh one's cache.
-        free = [s for s in self._slots if s.seq is None]
-        slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -s.last_used))
+        slot = self._slot_for(prompt)
         # Keep the shared prefix's KV; at least one prompt token is decoded, for its logits.
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
@@ -185,6 +186,20 @@ class LlamaBatch(LLMBatch):
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
 
+    def _slot_for(self, prompt: list[int]) -> _Slot:
+        """The free slot whose cache this prompt continues (sharing at least half of what the
+        slot holds: the next turn of its conversation), the longest such prefix first; else
+        the least recently used free slot. Picking by longest prefix alone would hand a new
+        conversation the slot of another that merely starts with the same chat-template
+        tokens, and throw that conversation's cache away (as llama-server's similarity
+        threshold avoids)."""
+        free = [s for s in self._slots if s.seq is None]
+        shared = {id(s): _common_prefix(s.cached, prompt) for s in free}
+        continued = [s for s in free if s.cached and shared[id(s)] * 2 >= len(s.cached)]
+        if continued:
+            return max(continued, key=lambda s: shared[id(s)])
+        return min(free, key=lambda s: s.last_used)
+
     # ----- one step --------------------------------------------------------------------------
 
     def _drop_cancelled(self) -> list[tuple[str, LLMOutcome]]:
@@ -218,6 +233,8 @@ class LlamaBatch(LLMBatch):
                 put(slot, seq.next_token, True)
                 seq.next_token = None
                 work.append(slot)
+        # Streams decoding: small chunks between their tokens. None: whole prompts at once.
+        chunk_limit = self.prefill_chunk if work else self.n_batch
         for slot in self._slots:
             seq = slot.seq
             if seq is None or not seq.pending or n >= self.n_batch:
@@ -226,7 +243,7 @@ class LlamaBatch(LLMBatch):
             # for a token depend on how many of its sequence's tokens share its decode, so
             # this keeps a seed's text the same whether the prompt was cached or not.
             ahead = len(seq.pending) - 1
-            take = min(ahead or 1, self.prefill_chunk, self.n_batch - n)
+            take = min(ahead or 1, chunk_limit, self.n_batch - n)
             chunk, seq.pending = seq.pending[:take], seq.pending[take:]
             for i, token in enumerate(chunk):
                 put(slot, token, not seq.pending and i == take - 1)
