@@ -101,3 +101,27 @@ def test_interleaved_conversations_each_keep_their_cache(llm: LlamaCppLLM) -> No
                 batch.step()
             chat += [("assistant", out.text), ("user", "And then?")]
     assert all(later > 100 for _, later in reused.values()), reused
+
+
+def test_a_new_request_borrows_a_shared_prefix_from_a_busy_slot(llm: LlamaCppLLM) -> None:
+    system = ("system", "You are a careful assistant for a lighthouse museum. " * 12)
+    first = LLMRequest(messages=(system, ("user", "When was it built?")), max_tokens=8, temperature=0)
+    second = LLMRequest(
+        messages=(system, ("user", "Who lived there?")), max_tokens=8, temperature=0.7, seed=4
+    )
+    batch = llm.batch()
+    batch.abort()  # no cache from earlier tests
+    batch.add("first", first, TextCollector())
+    batch.step()  # the first is busy with its prompt
+    borrowed = TextCollector()
+    batch.add("second", second, borrowed)
+    assert batch.last_reused > 100  # the system prompt's KV copied from the busy slot
+    while batch.active:
+        batch.step()
+    batch.abort()
+    fresh = TextCollector()
+    batch.add("again", second, fresh)
+    assert batch.last_reused == 0
+    while batch.active:
+        batch.step()
+    assert borrowed.text == fresh.text and borrowed.text

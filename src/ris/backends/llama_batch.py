@@ -38,6 +38,8 @@ PREFILL_CHUNK_GPU = 512
 # When no sequence is decoding, nobody waits on a stall: prompts (a burst of new requests)
 # are prefilled up to this many tokens per step, all of them together, as llama-server does.
 IDLE_PREFILL = 512
+# A shared prefix shorter than this is recomputed rather than copied from another slot.
+MIN_BORROW = 16
 
 
 @dataclass
@@ -133,6 +135,7 @@ class LlamaBatch(LLMBatch):
                 f"the prompt is {len(prompt)} tokens; this model's context is {self.n_ctx}",
             )
         slot = self._slot_for(prompt)
+        self._borrow_prefix(slot, prompt)
         # Keep the shared prefix's KV; at least one prompt token is decoded, for its logits.
         keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
@@ -199,6 +202,23 @@ class LlamaBatch(LLMBatch):
         if continued:
             return max(continued, key=lambda s: shared[id(s)])
         return min(free, key=lambda s: s.last_used)
+
+    def _borrow_prefix(self, slot: _Slot, prompt: list[int]) -> None:
+        """When another slot, busy or not, shares a longer prefix with the prompt (the chat
+        template and system prompt every request starts with), copy its KV into `slot` rather
+        than compute it again. llama.cpp copies between per-slot KV streams whole; the tail
+        past the prefix is dropped by the caller."""
+        have = _common_prefix(slot.cached, prompt)
+        donor = max(
+            (s for s in self._slots if s is not slot),
+            key=lambda s: _common_prefix(s.cached, prompt),
+            default=None,
+        )
+        if donor is None or _common_prefix(donor.cached, prompt) <= max(have, MIN_BORROW):
+            return
+        llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, -1, -1)
+        slot.cached = list(donor.cached)
 
     # ----- one step --------------------------------------------------------------------------
 
