@@ -125,3 +125,29 @@ def test_a_new_request_borrows_a_shared_prefix_from_a_busy_slot(llm: LlamaCppLLM
     while batch.active:
         batch.step()
     assert borrowed.text == fresh.text and borrowed.text
+
+
+def test_new_prompts_share_one_chunk_per_step_while_a_stream_decodes(llm: LlamaCppLLM) -> None:
+    batch = llm.batch()
+    batch.abort()
+    batch.add("stream", story(1, max_tokens=40), TextCollector())
+    while batch.prefilling:
+        batch.step()
+    for i in range(2):  # two new prompts of ~60 tokens arrive while it decodes
+        batch.add(
+            f"new{i}",
+            LLMRequest(prompt=f"{i} " + "tell me more about it " * 12, max_tokens=2),
+            TextCollector(),
+        )
+    steps = []
+    while batch.prefilling:
+        batch.step()
+        steps.append(batch.last_step_tokens)
+    assert max(steps) <= 1 + batch.prefill_chunk, steps  # the stream's token + one shared chunk
+    while batch.active:
+        batch.step()
+
+
+def test_the_largest_seed_is_a_seed_not_a_request_for_randomness(llm: LlamaCppLLM) -> None:
+    top = story(5, temperature=1.0, seed=2**32 - 1)
+    assert run_batch(llm, {"a": top})["a"][1] == run_batch(llm, {"b": top})["b"][1]

@@ -160,3 +160,29 @@ def test_a_single_stream_backend_runs_alone_after_the_batch() -> None:
     assert single.runs == 0  # waits: the batch holds the model's memory
     ended = [k for _ in range(4) for k, _ in runner.step()]
     assert ended == ["a", "s"] and single.runs == 1
+
+
+class TemplateRefuses(ScriptedBatch):
+    def add(self, key: str, req: LLMRequest, out: TextOutput) -> None:
+        if req.prompt == "roles out of order":
+            raise ValueError("Conversation roles must alternate user/assistant")  # a Jinja template's
+        super().add(key, req, out)
+
+
+def test_a_request_the_backend_cannot_start_fails_alone_whatever_it_raises() -> None:
+    batch, env = TemplateRefuses(slots=2), Env()
+    runner, backend = LLMRunner(env.worker_env()), Batched(batch)
+    runner.admit(backend, "ok", LLMRequest(prompt="a", max_tokens=2), never)
+    runner.admit(backend, "bad", LLMRequest(prompt="roles out of order"), never)
+    ended = dict(runner.step())
+    assert isinstance(ended["bad"], BackendError) and "alternate" in ended["bad"].message
+    assert "ok" in batch.seqs  # the worker and the other request go on
+
+
+def test_single_stream_tasks_are_reported_one_by_one() -> None:
+    env, single = Env(), SingleStream()
+    runner = LLMRunner(env.worker_env())
+    for key in ("s1", "s2", "s3"):
+        runner.admit(single, key, LLMRequest(prompt=key), never)
+    assert [k for k, _ in runner.step()] == ["s1"]  # not held back until s2 and s3 are done
+    assert [k for k, _ in runner.step()] == ["s2"]

@@ -72,6 +72,7 @@ FAILURE_STATUS = {
     "deadline_exceeded": 504,
     "worker_timeout": 504,
     "worker_crashed": 503,
+    "worker_out_of_memory": 503,  # the worker was replaced; the lane serves on
     "cancelled": 409,
     "server_shutdown": 503,
     "lane_unavailable": 503,

@@ -9,9 +9,11 @@ a long prompt is processed in chunks between the running streams' tokens rather 
 stalling them. A sequence joins between steps and leaves (finished, stopped or cancelled)
 without disturbing the others.
 
-Prefix cache: a slot remembers the tokens its KV holds; a new request goes to the free slot
-sharing the longest prefix with its prompt and decodes only the rest, so turn k of each of
-several interleaved conversations costs its new tokens only.
+Prefix cache: a slot remembers the tokens its KV holds. A new request takes the free slot
+whose cache it continues (the next turn of that slot's conversation), else the least recently
+used free slot, and copies the longest prefix it shares with any slot (the chat template, a
+system prompt) from there, so turn k of each of several interleaved conversations, and every
+request over a common system prompt, costs its new tokens only.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from ris.backends import BackendError
 from ris.backends._textgen import StopScanner
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 
-# Prompt tokens one sequence may add to a step: the other streams wait that long for their
-# next token. On one CPU core SmolLM2-135M prefills ~145 tokens/s whether in chunks of 32 or
-# 512 (measured, README), so 32 costs no prefill speed and keeps the stall near 0.2 s (256:
-# 1.8 s). A GPU prefills far faster per step and gains from big chunks: 512, llama.cpp's
-# default micro-batch.
+# Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
+# streams wait that long for their next token. On one CPU core SmolLM2-135M prefills ~145
+# tokens/s whether in chunks of 32 or 512 (measured, README), so 32 costs no prefill speed and
+# keeps the stall near 0.2 s (256: 1.8 s). A GPU prefills far faster per step and gains from
+# big chunks: 512, llama.cpp's default micro-batch.
 PREFILL_CHUNK_CPU = 32
 PREFILL_CHUNK_GPU = 512
 # When no sequence is decoding, nobody waits on a stall: prompts (a burst of new requests)
@@ -97,9 +99,9 @@ class LlamaBatch(LLMBatch):
         # not depend on the others in the batch (a seed gives the same text under load; one
         # shared buffer did not), and one long chat cannot take another's context.
         params.kv_unified = False
-        # Room for every slot's decode token and two prompt chunks in one step, and for whole
+        # Room for every slot's decode token and a prompt chunk in one step, and for whole
         # prompts when nobody is decoding (IDLE_PREFILL).
-        self.n_batch = max(IDLE_PREFILL, parallel + 2 * prefill_chunk)
+        self.n_batch = max(IDLE_PREFILL, parallel + prefill_chunk)
         params.n_batch = params.n_ubatch = self.n_batch
         ctx = llama_cpp.llama_init_from_model(self._model.model, params)
         if not ctx:
@@ -112,7 +114,9 @@ class LlamaBatch(LLMBatch):
         self._slots = [_Slot(i) for i in range(parallel)]
         self._buf = ctypes.create_string_buffer(256)
         self._uses = 0
+        self._turn = 0  # which prefilling slot gets the step's prompt budget first
         self.last_reused = 0  # prompt tokens the last added request found in a slot's cache
+        self.last_step_tokens = 0  # tokens the last step decoded, all sequences together
 
     # ----- LLMBatch ------------------------------------------------------------------------
 
@@ -160,6 +164,7 @@ class LlamaBatch(LLMBatch):
         """One decode of every running sequence; returns the sequences that ended."""
         ended = self._drop_cancelled()
         work = self._fill_batch()
+        self.last_step_tokens = self._batch.n_tokens
         if work:
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
             if rc != 0:
@@ -253,17 +258,21 @@ class LlamaBatch(LLMBatch):
                 put(slot, seq.next_token, True)
                 seq.next_token = None
                 work.append(slot)
-        # Streams decoding: small chunks between their tokens. None: whole prompts at once.
-        chunk_limit = self.prefill_chunk if work else self.n_batch
-        for slot in self._slots:
+        # Streams decoding: at most `prefill_chunk` prompt tokens in all per step, shared in
+        # turn by the prompts waiting, so a burst of new requests stalls the streams no longer
+        # than one. Nobody decoding: whole prompts, as many as fit.
+        budget = self.prefill_chunk if work else self.n_batch - n
+        self._turn = (self._turn + 1) % len(self._slots)
+        for slot in self._slots[self._turn :] + self._slots[: self._turn]:
             seq = slot.seq
-            if seq is None or not seq.pending or n >= self.n_batch:
+            if seq is None or not seq.pending or budget <= 0:
                 continue
             # The last prompt token goes alone, like every generated token: llama.cpp's logits
             # for a token depend on how many of its sequence's tokens share its decode, so
             # this keeps a seed's text the same whether the prompt was cached or not.
             ahead = len(seq.pending) - 1
-            take = min(ahead or 1, chunk_limit, self.n_batch - n)
+            take = min(ahead or 1, budget)
+            budget -= take
             chunk, seq.pending = seq.pending[:take], seq.pending[take:]
             for i, token in enumerate(chunk):
                 put(slot, token, not seq.pending and i == take - 1)
@@ -312,6 +321,8 @@ class LlamaBatch(LLMBatch):
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain
         seed = req.seed if req.seed is not None else random.getrandbits(32)
+        if seed & 0xFFFFFFFF == llama_cpp.LLAMA_DEFAULT_SEED:
+            seed = 0  # llama.cpp reads 0xFFFFFFFF as "pick a random seed": keep it reproducible
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(40))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(req.top_p, 1))
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(req.temperature))

@@ -68,7 +68,12 @@ class LlamaCppLLM(LLMBackend):
         if self._formatter is None:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             return text, ("\nuser:",)
-        formatted = self._formatter(messages=messages)  # type: ignore[arg-type]
+        try:
+            formatted = self._formatter(messages=messages)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - a template's raise_exception(), e.g. roles out of order
+            raise BackendError(
+                "invalid_request", f"the model's chat template refused the messages: {e}"
+            ) from e
         stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
         return formatted.prompt, tuple(s for s in stops if s)
 

@@ -258,14 +258,16 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
                     return  # one at a time, after the batch: it holds the model's memory
                 self._waiting.popleft()
                 ended.append((task_id, self._alone(backend, task_id, request, cancelled)))
-                continue
+                return  # reported now, not after the tasks queued behind it
             if not batch.free():
                 return
             self._waiting.popleft()
             try:
                 batch.add(task_id, request, _WorkerOutput(self.env, task_id, cancelled, publishes=False))
-            except BackendError as e:
-                ended.append((task_id, e))
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a request that cannot start fails alone
+                ended.append((task_id, _as_backend_error(e)))
 
     def _alone(
         self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # The standard library and stdlib-only ris modules: safe before the binding is applied.
 from ris import messages as m
@@ -60,6 +60,12 @@ class _Shared:
     progress_events: int = 0  # reported by heartbeats: the supervisor tells busy from stuck
     cancelled: set[str] = field(default_factory=set)  # ids flagged by CancelTask
     running: set[str] = field(default_factory=set)  # ids held by a concurrent runner
+    known: set[str] = field(default_factory=set)  # ids received and not yet reported ended
+
+    def ended(self, task_id: str) -> None:
+        self.running.discard(task_id)
+        self.known.discard(task_id)
+        self.cancelled.discard(task_id)
 
 
 def worker_main(
@@ -132,8 +138,11 @@ def worker_main(
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone: nothing left to serve
             if isinstance(msg, m.CancelTask):
-                state.cancelled.add(msg.task_id)
+                if msg.task_id in state.known:  # a late cancel of an ended task is no flag to keep
+                    state.cancelled.add(msg.task_id)
             else:
+                if isinstance(msg, m.RunTask):
+                    state.known.add(msg.task_id)
                 inbox.put(msg)
                 if isinstance(msg, m.Shutdown):
                     return
@@ -196,7 +205,7 @@ def worker_main(
             traceback.print_exc()
             out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
-            state.cancelled.discard(task_id)
+            state.ended(task_id)
 
 
 def _serve_concurrently(
@@ -212,32 +221,38 @@ def _serve_concurrently(
     those that ended."""
     from ris.lanes.base import BackendError, Cancelled
 
+    def fail_all(code: str, message: str, exit_code: int) -> NoReturn:
+        """The runner's state cannot be trusted: its tasks fail, a fresh worker serves on."""
+        for task_id in list(state.running):
+            out.send(m.TaskError(task_id, code, message))
+        os._exit(exit_code)  # the messages are in the pipe already
+
     while True:
         try:
             msg = inbox.get(block=not runner.busy())
         except queue.Empty:
             msg = None
-        while msg is not None:
-            if isinstance(msg, m.Shutdown):
-                for backend in models.values():
-                    backend.close()
-                return
-            if isinstance(msg, m.RunTask):
-                _admit(runner, msg, load, state, out)
-            try:
-                msg = inbox.get_nowait()
-            except queue.Empty:
-                msg = None
         try:
+            while msg is not None:
+                if isinstance(msg, m.Shutdown):
+                    for backend in models.values():
+                        backend.close()
+                    return
+                if isinstance(msg, m.RunTask):
+                    _admit(runner, msg, load, state, out)
+                try:
+                    msg = inbox.get_nowait()
+                except queue.Empty:
+                    msg = None
             ended = runner.step()
         except MemoryError:
-            for task_id in list(state.running):
-                out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
-            os._exit(EXIT_OUT_OF_MEMORY)
+            fail_all("worker_out_of_memory", _OUT_OF_MEMORY, EXIT_OUT_OF_MEMORY)
+        except Exception as e:  # noqa: BLE001 - a bug in the runner: never a silent hang
+            traceback.print_exc()
+            fail_all("backend_error", f"{type(e).__name__}: {e}", 1)
         for task_id, result in ended:
-            state.running.discard(task_id)
             was_cancelled = task_id in state.cancelled
-            state.cancelled.discard(task_id)
+            state.ended(task_id)
             if was_cancelled or isinstance(result, Cancelled):
                 out.send(m.TaskCancelled(task_id))
             elif isinstance(result, BackendError):
@@ -256,18 +271,22 @@ def _admit(
     from ris.lanes.base import BackendError
 
     task_id = msg.task_id
+    state.running.add(task_id)
     try:
         backend = load(msg.model)  # a model loaded on first use: the others wait this once
+    except MemoryError:
+        raise  # with the task counted as running: it fails with the others
     except BackendError as e:
+        state.ended(task_id)
         out.send(m.TaskError(task_id, e.code, e.message))
         return
     except Exception as e:  # noqa: BLE001 - a model that fails to load fails its task
         traceback.print_exc()
+        state.ended(task_id)
         out.send(m.TaskError(task_id, "model_load_failed", f"{type(e).__name__}: {e}"))
         return
 
     def cancelled(task_id: str = task_id) -> bool:
         return task_id in state.cancelled
 
-    state.running.add(task_id)
     runner.admit(backend, task_id, msg.request, cancelled)
