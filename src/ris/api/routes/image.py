@@ -43,7 +43,7 @@ def _pick_model(engine: Engine, body: ImageGenerateRequest) -> tuple[str, ImageR
     steps = req.steps or TURBO_STEPS
     guidance = TURBO_GUIDANCE if req.guidance is None else req.guidance
     note = (
-        f"use_turbo: no turbo model is configured, so {model!r} ran with turbo settings "
+        f"use_turbo: no turbo model is configured, so {model!r} runs with turbo settings "
         f"({steps} steps, guidance {guidance}); for a real turbo model run `ris pull sd-turbo` "
         "(or sdxl-turbo) and restart the server"
     )
