@@ -53,9 +53,12 @@ def llm_request(
 
     if (prompt is None) == (messages is None):
         raise invalid("give exactly one of `prompt` or `messages`", "messages")
-    if system is not None and not (prompt_is_message and prompt is not None):
-        where = "`messages`" if messages is not None else "a raw prompt"
-        raise invalid(f"`system` goes with a chat prompt, not with {where}: put it in `messages`", "system")
+    if system is not None and messages is not None:
+        raise invalid("`system` goes with `prompt`; with `messages`, make it the first message", "system")
+    if system is not None and not prompt_is_message:
+        raise invalid(
+            "`system` needs the chat template, which `raw: true` skips: write it into the prompt", "system"
+        )
     chars = len(prompt or "") + len(system or "") + sum(len(c) for _, c in messages or ())
     if chars > limits.max_prompt_chars:
         status, code = dialect.too_long
