@@ -54,7 +54,15 @@ def _direct(conn: Any, tokens: int, repeats: int) -> None:
 
 
 def service_rate(http: httpx.Client, tokens: int) -> float:
-    body = {"prompt": PROMPT, "max_tokens": tokens, "ignore_eos": True, "temperature": 0, "stream": True}
+    # raw: the same tokens llama.cpp direct is given (a prompt is otherwise a chat message)
+    body = {
+        "prompt": PROMPT,
+        "raw": True,
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+    }
     t0 = time.perf_counter()
     with http.stream("POST", "/api/llm/generate", json=body) as r:
         r.raise_for_status()

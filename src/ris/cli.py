@@ -1,4 +1,4 @@
-"""The `ris` command: serve, status, config, bench."""
+"""The `ris` command: serve, status, config, pull, bench, test."""
 
 from __future__ import annotations
 
@@ -113,6 +113,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from ris import catalogue
+    from ris.pull import PullError, pull
+
+    if args.list or not args.name:
+        for name in catalogue.names():
+            entry = catalogue.lookup(name)
+            assert entry is not None
+            alias = f" (= {entry.name})" if entry.name != name else ""
+            print(f"{name:28} {entry.lane:6} {entry.repo:38} {','.join(entry.languages)}{alias}")
+        print(f"{'piper:<voice>':28} tts    any voice of rhasspy/piper-voices by its file name")
+        for name, why in catalogue.UNAVAILABLE.items():
+            print(f"{name:28} -      {why}")
+        return 0 if args.list else 2
+    path = Path(args.config or os.environ.get("RIS_CONFIG") or "config.json")
+    if not path.is_file():
+        print(f"ris pull: no config file {str(path)!r}; make one with `ris config > {path}`", file=sys.stderr)
+        return 2
+    try:
+        pull(args.name, path, endpoint=args.endpoint, token=args.token)
+    except PullError as e:
+        print(f"ris pull: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# The integration test the product description calls resource_isolation_test.
+TESTS = {"isolation": "tests/integration/test_resource_isolation.py"}
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import subprocess
+
+    # A source checkout: the tests are not installed with the package.
+    root = Path(__file__).resolve().parents[2]
+    path = root / TESTS[args.which]
+    if not path.is_file():
+        print(
+            f"ris test: {TESTS[args.which]} is not here ({root}): it runs from a source checkout "
+            "installed with `pip install -e .[test]`",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, "-m", "pytest", str(path), "-v", *args.pytest_args], cwd=root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ris", description="Resource Isolation Scheduler")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--api-key", default=os.environ.get("RIS_API_KEY"))
     st.add_argument("--json", action="store_true", help="print the raw statistics")
     st.set_defaults(fn=cmd_status)
+    pl = sub.add_parser("pull", help="fetch a catalogued model from the Hugging Face hub into config.json")
+    pl.add_argument("name", nargs="?", help="e.g. qwen2.5, qwen2.5:7b, llama3.2, sd-turbo, piper:<voice>")
+    pl.add_argument("--list", action="store_true", help="list the catalogue")
+    pl.add_argument("--config", help="the config file to add it to (default: $RIS_CONFIG, else config.json)")
+    pl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
+    pl.add_argument("--token", help="hub token for gated repositories (default: $HF_TOKEN)")
+    pl.set_defaults(fn=cmd_pull)
+    te = sub.add_parser("test", help="run a test of the service by name (from a source checkout)")
+    te.add_argument("which", choices=sorted(TESTS), help="isolation: the resource isolation test")
+    te.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    te.set_defaults(fn=cmd_test)
     from ris.benchmark.run import add_arguments
 
     bench = sub.add_parser(

@@ -114,8 +114,10 @@ def test_queue_position_counts_down(idle_image_lane: Client) -> None:
         ({"prompt": "x", "steps": 500}, 422, "limit of 100"),
         ({"prompt": "x", "steps": 0}, 422, "steps"),
         ({"prompt": ""}, 422, "prompt"),
-        ({"prompt": "x", "use_turbo": True}, 422, "no model with options.turbo"),
         ({"prompt": "x", "model": "sdxl"}, 404, "tiny-sd"),
+        # A catalogued model not pulled: the command that gets it (use_turbo: test_spec_examples).
+        ({"prompt": "x", "model": "sdxl-turbo"}, 404, "ris pull sdxl-turbo"),
+        ({"prompt": "x", "model": "mobilediffusion"}, 404, "no public weights"),
     ],
 )
 def test_bad_image_requests(server: Server, body: dict[str, Any], status: int, needle: str) -> None:

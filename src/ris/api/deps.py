@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from ris import catalogue
 from ris.api.errors import APIError, failure, lane_unavailable, queue_full
 from ris.api.streams import next_audio
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
+from ris.languages import language_warning, script_language
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane, QueueFull
@@ -113,7 +115,32 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
         return engine.config.lane(lane).resolve_model(name)
     except KeyError as e:
         # An unknown name is the client's mistake (404); no default model is the server's (503).
-        raise APIError(404 if name is not None else 503, "unknown_model", str(e.args[0])) from None
+        raise APIError(
+            404 if name is not None else 503,
+            "unknown_model",
+            unknown_model_message(str(e.args[0]), name, lane),
+        ) from None
+
+
+def unknown_model_message(message: str, name: str | None, lane: str) -> str:
+    """The refusal of a model that is not configured; for one the catalogue knows, the exact
+    command that gets it (never a silent substitute)."""
+    hint = None if name is None else catalogue.pull_hint(name, lane)
+    return message if hint is None else f"{hint}. {message}"
+
+
+def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> list[str]:
+    """Notes for an answer the client may not expect: a prompt in a language the model does
+    not write (it is answered all the same)."""
+    languages = engine.config.lane(Lane.LLM).models[model].languages
+    text = "\n".join(t for t in texts if t)
+    note = language_warning(model, languages, text, _suggestion(text))
+    return [] if note is None else [note]
+
+
+def _suggestion(text: str) -> str | None:
+    language = script_language(text)
+    return None if language is None else catalogue.writer_of(language, Lane.LLM)
 
 
 def llm_context(engine: Engine, model: str) -> int | None:

@@ -42,6 +42,8 @@ def llm_request(
     seed: int | None = None,
     ignore_eos: bool = False,
     context_tokens: int | None = None,
+    system: str | None = None,
+    prompt_is_message: bool = False,
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
     deps.llm_context); a model not loaded yet is checked by its worker instead."""
@@ -51,7 +53,13 @@ def llm_request(
 
     if (prompt is None) == (messages is None):
         raise invalid("give exactly one of `prompt` or `messages`", "messages")
-    chars = len(prompt or "") + sum(len(c) for _, c in messages or ())
+    if system is not None and messages is not None:
+        raise invalid("`system` goes with `prompt`; with `messages`, make it the first message", "system")
+    if system is not None and not prompt_is_message:
+        raise invalid(
+            "`system` needs the chat template, which `raw: true` skips: write it into the prompt", "system"
+        )
+    chars = len(prompt or "") + len(system or "") + sum(len(c) for _, c in messages or ())
     if chars > limits.max_prompt_chars:
         status, code = dialect.too_long
         raise APIError(
@@ -73,15 +81,25 @@ def llm_request(
         stop=tuple(stops),
         seed=seed,
         ignore_eos=ignore_eos,
+        prompt_is_message=prompt_is_message and prompt is not None,
+        system=system,
     )
 
 
 # Fields the seed API's bodies and LLMRequest name alike (getattr: model_dump costs more).
-_SAME_NAMES = ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
+_SAME_NAMES = ("prompt", "system", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
 
 
 def seed_llm_request(limits: ServerConfig, body: LLMFields, context_tokens: int | None) -> LLMRequest:
-    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak)."""
+    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak). Its `prompt`
+    is the user's message to a chat model unless `raw` says otherwise."""
     messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
     same = {name: getattr(body, name) for name in _SAME_NAMES}
-    return llm_request(limits, SEED, messages=messages, context_tokens=context_tokens, **same)
+    return llm_request(
+        limits,
+        SEED,
+        messages=messages,
+        context_tokens=context_tokens,
+        prompt_is_message=not body.raw,
+        **same,
+    )

@@ -32,7 +32,15 @@ class ChatMessage(_Body):
 class LLMFields(_Body):
     """What the seed API's LLM routes share (/api/llm/generate, /api/chat/speak)."""
 
-    prompt: str | None = Field(default=None, description="plain prompt; or give `messages`")
+    prompt: str | None = Field(
+        default=None,
+        description="what to answer: the user's message, through the model's chat template "
+        "(raw completion with `raw: true`); or give `messages`",
+    )
+    system: str | None = Field(
+        default=None, max_length=MAX_MESSAGE_CHARS, description="a system message before `prompt`"
+    )
+    raw: bool = Field(default=False, description="complete `prompt` as written, without the chat template")
     messages: list[ChatMessage] | None = Field(
         default=None,
         min_length=1,
@@ -75,6 +83,9 @@ class LLMGenerateResponse(BaseModel):
     finish_reason: str
     usage: Usage
     timings: Timings
+    warnings: list[str] = Field(
+        default_factory=list, description="what the answer may not be as asked (e.g. its language)"
+    )
 
 
 class TTSSynthesizeRequest(_Body):
@@ -117,6 +128,9 @@ class ImageAccepted(BaseModel):
     model: str
     progress_url: str
     result_url: str
+    warnings: list[str] = Field(
+        default_factory=list, description="how the request was served other than asked (use_turbo)"
+    )
 
 
 class ImageProgress(BaseModel):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
+from ris.gpus import GPUDevice
 from ris.runtime.engine import Engine
 from ris.runtime.views import WorkerStatus
 
@@ -72,8 +75,13 @@ def lane_stats(engine: Engine) -> dict[str, Any]:
     return out
 
 
-def prometheus_text(stats: dict[str, Any]) -> str:
-    """Render lane stats in the Prometheus text exposition format (version 0.0.4)."""
+def gpus_json(gpus: Sequence[GPUDevice]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(g) for g in gpus]
+
+
+def prometheus_text(stats: dict[str, Any], gpus: Sequence[GPUDevice] = ()) -> str:
+    """Render lane stats (and the machine's GPUs) in the Prometheus text exposition format
+    (version 0.0.4)."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
@@ -145,5 +153,23 @@ def prometheus_text(stats: dict[str, Any]) -> str:
         "gauge",
         "worker process GPU memory (NVML)",
         [(f'lane="{n}"', s["worker"]["gpu_memory_bytes"]) for n, s in lanes],
+    )
+    metric(
+        "ris_gpu_utilization_percent",
+        "gauge",
+        "GPU busy share of the last sample period (NVML)",
+        [(f'gpu="{g.index}"', g.utilization_percent) for g in gpus],
+    )
+    metric(
+        "ris_gpu_memory_used_bytes",
+        "gauge",
+        "GPU memory in use, every process (NVML)",
+        [(f'gpu="{g.index}"', g.memory_used_bytes) for g in gpus],
+    )
+    metric(
+        "ris_gpu_memory_total_bytes",
+        "gauge",
+        "GPU memory (NVML)",
+        [(f'gpu="{g.index}"', g.memory_total_bytes) for g in gpus],
     )
     return "\n".join(lines) + "\n"

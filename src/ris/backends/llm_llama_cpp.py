@@ -62,9 +62,12 @@ class LlamaCppLLM(LLMBackend):
         )
 
     def _prompt(self, req: LLMRequest) -> tuple[str, tuple[str, ...]]:
-        if req.messages is None:
-            return req.prompt or "", ()
-        messages = [{"role": r, "content": c} for r, c in req.messages]
+        turns = req.chat_turns()
+        # A prompt meant as a user's message goes through the template; on a model without one
+        # it is completed as written (the role-prefixed fallback below is for `messages`).
+        if turns is None or (req.messages is None and self._formatter is None):
+            return req.plain_prompt(), ()
+        messages = [{"role": r, "content": c} for r, c in turns]
         if self._formatter is None:
             text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
             return text, ("\nuser:",)

@@ -59,6 +59,7 @@ class ByteTokenizer:
     """Stand-in tokenizer for dummy models: UTF-8 bytes in, printable ASCII out."""
 
     eos_token_id = 0
+    has_template = True
 
     def encode(self, text: str) -> list[int]:
         return [b + 1 for b in text.encode("utf-8")]
@@ -76,6 +77,7 @@ class HFTokenizer:
 
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.eos_token_id = self._tok.eos_token_id
+        self.has_template = bool(getattr(self._tok, "chat_template", None))
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
@@ -138,10 +140,11 @@ class TransformersLLM(LLMBackend):
 
     @torch.inference_mode()
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
-        if req.messages is not None:
-            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in req.messages])
+        turns = req.chat_turns()
+        if turns is not None and (req.messages is not None or self._tok.has_template):
+            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in turns])
         else:
-            prompt = req.prompt or ""
+            prompt = req.plain_prompt()
         ids = self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
         if len(ids) >= self._max_ctx:
             raise BackendError(

@@ -43,6 +43,11 @@ class ModelSpec(_Strict):
     )
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend")
     description: str = ""
+    languages: tuple[str, ...] | None = Field(
+        default=None,
+        description="languages the model writes or speaks (tags like 'en', 'zh'); a prompt in "
+        "another is answered with a warning; None: unknown, nothing is flagged",
+    )
 
 
 class PreemptionConfig(_Strict):

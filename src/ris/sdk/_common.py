@@ -30,6 +30,8 @@ class Generation:
     finish_reason: str
     usage: dict[str, int]
     timings: dict[str, float | None]
+    # What the answer may not be as asked (e.g. a prompt in a language the model does not write).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def generation_from(body: dict[str, Any]) -> Generation:
         finish_reason=body["finish_reason"],
         usage=body["usage"],
         timings=body["timings"],
+        warnings=tuple(body.get("warnings", ())),
     )
 
 

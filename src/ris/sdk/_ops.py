@@ -199,7 +199,8 @@ class Operations:
     def generate(
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> Op[Generation]:
-        """Generate text; options: model, temperature, top_p, max_tokens, stop, seed, priority."""
+        """Generate text; `prompt` is the user's message (`raw=True`: plain completion). Options:
+        model, system, raw, temperature, top_p, max_tokens, stop, seed, priority."""
         resp = yield Call(
             "POST", "/api/llm/generate", json=llm_body(prompt, messages, **options, stream=False)
         )

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from ris.api.deps import engine_of, require_lane, submit, view_or_404
+from ris.api.deps import engine_of, require_lane, resolve_model, submit, view_or_404
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes.image import IMAGE_FOLDER, ImageRequest, ImageResult
@@ -21,27 +21,33 @@ router = APIRouter(tags=["image"])
 REQUEST_FIELDS = {f.name for f in dataclasses.fields(ImageRequest)}
 
 
-def _pick_model(engine: Engine, body: ImageGenerateRequest) -> str:
+# What `use_turbo` means for a model that is not a turbo one: a turbo model's own settings.
+TURBO_STEPS = 4
+TURBO_GUIDANCE = 0.0
+
+
+def _pick_model(engine: Engine, body: ImageGenerateRequest) -> tuple[str, ImageRequest, list[str]]:
+    """The model, the request it runs and the warnings of the answer. `use_turbo` with no
+    turbo model configured runs the default model with turbo settings and says so: the
+    request is served, not refused (the product description's example sends it)."""
+    req = ImageRequest(**body.model_dump(include=REQUEST_FIELDS))
     cfg = engine.config.lane(Lane.IMAGE)
     if body.model is not None:
-        try:
-            return cfg.resolve_model(body.model)
-        except KeyError as e:
-            raise APIError(404, "unknown_model", str(e.args[0])) from None
-    if body.use_turbo:
-        turbo = [name for name, spec in cfg.models.items() if spec.options.get("turbo")]
-        if not turbo:
-            raise APIError(
-                422,
-                "no_turbo_model",
-                "use_turbo: no model with options.turbo is configured; "
-                f"configured: {', '.join(cfg.models) or 'none'}",
-            )
-        return turbo[0]
-    try:
-        return cfg.resolve_model(None)
-    except KeyError as e:
-        raise APIError(503, "unknown_model", str(e.args[0])) from None
+        return resolve_model(engine, Lane.IMAGE, body.model), req, []
+    if not body.use_turbo:
+        return resolve_model(engine, Lane.IMAGE, None), req, []
+    turbo = [name for name, spec in cfg.models.items() if spec.options.get("turbo")]
+    if turbo:
+        return turbo[0], req, []
+    model = resolve_model(engine, Lane.IMAGE, None)
+    steps = req.steps or TURBO_STEPS
+    guidance = TURBO_GUIDANCE if req.guidance is None else req.guidance
+    note = (
+        f"use_turbo: no turbo model is configured, so {model!r} runs with turbo settings "
+        f"({steps} steps, guidance {guidance}); for a real turbo model run `ris pull sd-turbo` "
+        "(or sdxl-turbo) and restart the server"
+    )
+    return model, dataclasses.replace(req, steps=steps, guidance=guidance), [note]
 
 
 def check_size(engine: Engine, width: int, height: int, steps: int | None) -> None:
@@ -68,8 +74,7 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     engine = engine_of(request)
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)
-    model = _pick_model(engine, body)
-    req = ImageRequest(**body.model_dump(include=REQUEST_FIELDS))
+    model, req, warnings = _pick_model(engine, body)
     handle = submit(engine, Lane.IMAGE, model, req, body.priority, body.timeout_s)
     view = engine.lookup(handle.task_id)
     return {
@@ -79,6 +84,7 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
         "model": model,
         "progress_url": f"/api/image/progress/{handle.task_id}",
         "result_url": f"/api/image/result/{handle.task_id}",
+        "warnings": warnings,
     }
 
 

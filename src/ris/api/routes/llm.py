@@ -8,7 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import body_doc, engine_of, json_body, llm_context, resolve_model, submit, wait_task
+from ris.api.deps import (
+    body_doc,
+    engine_of,
+    json_body,
+    llm_context,
+    llm_warnings,
+    resolve_model,
+    submit,
+    wait_task,
+)
 from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
@@ -36,10 +45,12 @@ async def llm_generate(request: Request) -> Any:
     engine = engine_of(request)
     model = resolve_model(engine, Lane.LLM, body.model)
     req = seed_llm_request(engine.config.server, body, llm_context(engine, model))
+    texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
+    warnings = llm_warnings(engine, model, texts_in)
     handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
     if body.stream:
         return StreamingResponse(
-            _sse(engine, handle),
+            _sse(engine, handle, warnings),
             media_type="text/event-stream",
             headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
         )
@@ -48,10 +59,12 @@ async def llm_generate(request: Request) -> Any:
         raise failure(view)
     # A plain response: the body is built from a typed result, so FastAPI's response-model
     # validation would only check it a second time, on the hot path.
-    return json_response(generation_body(view))
+    return json_response(generation_body(view, warnings))
 
 
-def generation_body(view: TaskView) -> dict[str, Any]:
+def generation_body(view: TaskView, warnings: list[str]) -> dict[str, Any]:
+    """The answer; `warnings`: what the client may not expect of it (a prompt in a language
+    the model does not write), always present, empty when there is nothing to say."""
     r = view.result
     assert isinstance(r, LLMResult)
     return {
@@ -65,19 +78,20 @@ def generation_body(view: TaskView) -> dict[str, Any]:
             "total_tokens": r.prompt_tokens + r.completion_tokens,
         },
         "timings": timings_json(r.timings),
+        "warnings": warnings,
     }
 
 
-async def _sse(engine: Engine, handle: TaskHandle) -> AsyncIterator[bytes]:
+async def _sse(engine: Engine, handle: TaskHandle, warnings: list[str]) -> AsyncIterator[bytes]:
     finished = False
     try:
-        yield sse_event("start", {"task_id": handle.task_id, "model": handle.model})
+        yield sse_event("start", {"task_id": handle.task_id, "model": handle.model, "warnings": warnings})
         async for text in texts(handle):
             yield sse_event("token", {"text": text})
         view = await handle.done
         finished = True
         if view.succeeded:
-            yield sse_event("done", generation_body(view))
+            yield sse_event("done", generation_body(view, warnings))
         else:
             err = failure(view)
             yield sse_event("error", {"code": err.code, "message": err.message})

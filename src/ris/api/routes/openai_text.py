@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import body_doc, engine_of, json_body, llm_context, submit, wait_task
+from ris.api.deps import body_doc, engine_of, json_body, llm_context, submit, unknown_model_message, wait_task
 from ris.api.errors import APIError, failure
 from ris.api.llm_request import OPENAI, llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
@@ -48,7 +48,9 @@ def _llm_model(engine: Engine, name: str) -> str:
         raise APIError(
             404,
             "model_not_found",
-            f"The model '{name}' does not exist; available: {', '.join(models) or 'none'}",
+            unknown_model_message(
+                f"The model '{name}' does not exist; available: {', '.join(models) or 'none'}", name, Lane.LLM
+            ),
             param="model",
         )
     return name

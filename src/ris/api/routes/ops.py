@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ris.api.deps import engine_of
-from ris.api.stats import lane_stats, prometheus_text
+from ris.api.stats import gpus_json, lane_stats, prometheus_text
+from ris.gpus import gpu_devices
 
 router = APIRouter(tags=["ops"])
 
@@ -27,13 +29,16 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/api/stats", summary="Per-lane queues, outcomes, latency, resources")
 async def stats(request: Request) -> dict[str, Any]:
-    return {"lanes": lane_stats(engine_of(request))}
+    # NVML is a blocking C library: asked off the event loop that streams the real-time lanes.
+    gpus = await asyncio.to_thread(gpu_devices)
+    return {"lanes": lane_stats(engine_of(request)), "gpus": gpus_json(gpus)}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request) -> PlainTextResponse:
+    gpus = await asyncio.to_thread(gpu_devices)
     return PlainTextResponse(
-        prometheus_text(lane_stats(engine_of(request))), media_type="text/plain; version=0.0.4"
+        prometheus_text(lane_stats(engine_of(request)), gpus), media_type="text/plain; version=0.0.4"
     )
 
 
@@ -49,6 +54,7 @@ async def models(request: Request) -> dict[str, Any]:
                 "backend": spec.backend,
                 "default": name == cfg.default_model,
                 "description": spec.description,
+                "languages": None if spec.languages is None else list(spec.languages),
                 "loaded": name in loaded,
                 "voices": list(loaded[name].voices) if name in loaded else None,
                 # Requests this model serves at once: the lane's `parallel` for a backend that

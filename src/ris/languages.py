@@ -1,0 +1,64 @@
+"""The language a text is written in, as far as its script tells, and a note for a model
+that does not write it.
+
+Only scripts that name one language are read (Han without kana: Chinese; kana: Japanese;
+Hangul: Korean; Thai): a Latin or Cyrillic text could be many languages, and is never flagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# (first, last) code points of each script, and the language it names.
+_HAN = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF))
+_KANA = ((0x3040, 0x309F), (0x30A0, 0x30FF))
+_HANGUL = ((0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F))
+_THAI = ((0x0E00, 0x0E7F),)
+# A text counts as written in a script when this share of its letters are in it: a Chinese
+# word in an English sentence does not make the sentence Chinese.
+_SHARE = 0.3
+
+
+def _count(text: str, ranges: tuple[tuple[int, int], ...]) -> int:
+    return sum(1 for ch in text if any(a <= ord(ch) <= b for a, b in ranges))
+
+
+def script_language(text: str) -> str | None:
+    """'zh', 'ja', 'ko' or 'th' for a text mostly in that language's script; else None."""
+    letters = sum(1 for ch in text if ch.isalpha())
+    if letters == 0:
+        return None
+    kana, han = _count(text, _KANA), _count(text, _HAN)
+    for language, n in (("ja", kana + han if kana else 0), ("zh", han), ("ko", _count(text, _HANGUL))):
+        if n and n >= _SHARE * letters:
+            return language
+    if _count(text, _THAI) >= _SHARE * letters:
+        return "th"
+    return None
+
+
+def writes(languages: Sequence[str], language: str) -> bool:
+    """Whether a model's languages ('zh', 'zh-CN', 'en') include `language` (primary tag)."""
+    return any(tag.lower().split("-")[0] == language for tag in languages)
+
+
+def language_warning(
+    model: str, languages: Sequence[str] | None, text: str, suggestion: str | None
+) -> str | None:
+    """A note for the response when `text` is in a language the model does not write; None
+    when it does, or when either is unknown."""
+    if not languages:
+        return None
+    language = script_language(text)
+    if language is None or writes(languages, language):
+        return None
+    note = (
+        f"the prompt looks like {language!r} but model {model!r} writes {', '.join(languages)} only; "
+        "its answer may not be in that language or make sense"
+    )
+    if suggestion:
+        note += f"; for {language!r} get a model that writes it: ris pull {suggestion}"
+    return note
+
+
+__all__ = ["language_warning", "script_language", "writes"]

@@ -1,0 +1,227 @@
+"""`ris pull NAME`: fetch a catalogued model from the Hugging Face hub and configure it.
+
+The files go to `<data_dir>/models/<name>/` (the data folder of the config file), fetched by
+huggingface_hub: its progress bars, HF_ENDPOINT (a mirror) and HF_TOKEN (gated or private
+repositories) apply, and a connection dropped mid-file resumes where it stopped (an HTTP
+Range request). What huggingface_hub does not do is check the bytes against the hub's
+record: it checks the size only. So every file is checked here once it is on disk, against
+the repository's metadata at the pulled commit: the sha256 of an LFS file (weights) or the
+git blob id of a small one (configs); a file that does not match is deleted and the pull
+fails. A file already present and matching is not fetched again, so a pull of a folder that
+was stopped resumes at the file it stopped in.
+
+Then the model's entry is added to config.json under its lane (the file is rewritten as
+indented JSON, its other content unchanged). A running server reads config.json at start:
+restart it to serve the new model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ris import catalogue
+from ris.catalogue import CatalogueEntry
+
+# Read in pieces: weights are gigabytes.
+_CHUNK = 1 << 20
+
+
+class PullError(Exception):
+    """A pull that cannot be done; `code` is machine-readable, the message says what to do."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Pulled:
+    name: str  # the config entry's name: the name as pulled
+    lane: str
+    folder: Path  # where its files are
+    files: tuple[str, ...]  # their paths in the repository (and under `folder`)
+    commit: str  # the repository commit they came from
+    config_entry: dict[str, Any]  # what was written to config.json
+
+
+@dataclass(frozen=True)
+class _RemoteFile:
+    path: str
+    size: int | None
+    sha256: str | None  # LFS files
+    blob_id: str | None  # git's id of the file's content (small files)
+
+
+def pull(
+    name: str,
+    config_path: str | Path,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Pulled:
+    """Fetch `name`'s files, check them and add the model to the config file.
+    `endpoint` and `token` default to huggingface_hub's (HF_ENDPOINT, HF_TOKEN)."""
+    entry = catalogue.lookup(name)
+    if entry is None:
+        unavailable = catalogue.UNAVAILABLE.get(name.strip().lower())
+        if unavailable:
+            raise PullError("unavailable", unavailable)
+        raise PullError("unknown_model", f"{name!r} is not in the catalogue; known: {catalogue.listing()}")
+    config_path = Path(config_path)
+    config = _read_config(config_path)
+    folder = _data_dir(config, config_path) / "models" / entry.folder
+    commit, remote = _remote_files(entry, endpoint, token)
+    log(f"pulling {entry.name} from {entry.repo} at {commit[:12]} into {folder}")
+    for f in remote:
+        _download(entry, f, commit, folder, endpoint, token)
+        _verify(folder / f.path, f)
+    spec = _config_entry(entry, folder)
+    key = name.strip()
+    _add_to_config(config_path, config, entry.lane, key, spec)
+    log(f"added model {key!r} to the {entry.lane} lane of {config_path}; restart the server to use it")
+    return Pulled(key, entry.lane, folder, tuple(f.path for f in remote), commit, spec)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PullError("config_error", f"cannot read config file {str(path)!r}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise PullError("config_error", f"{path}: not valid JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise PullError("config_error", f"{path}: the top level is not a JSON object")
+    return data
+
+
+def _data_dir(config: dict[str, Any], config_path: Path) -> Path:
+    # As ris.config.load does: a relative data folder is relative to the config file.
+    data_dir = Path(str(config.get("data_dir", "ris-data"))).expanduser()
+    return data_dir if data_dir.is_absolute() else (config_path.parent / data_dir).resolve()
+
+
+def _remote_files(
+    entry: CatalogueEntry, endpoint: str | None, token: str | None
+) -> tuple[str, list[_RemoteFile]]:
+    """The commit the entry's revision points to, and its files the entry wants, with the
+    checksums the hub records for them."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi(endpoint=endpoint, token=token).model_info(
+            entry.repo, revision=entry.revision, files_metadata=True
+        )
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise PullError("not_found", f"{entry.repo}@{entry.revision} is not on the hub ({e})") from None
+    except HfHubHTTPError as e:
+        raise PullError("hub_error", f"the hub refused {entry.repo}: {e}") from None
+    except OSError as e:  # no network, DNS, offline mode
+        raise PullError("hub_unreachable", f"cannot reach the hub for {entry.repo}: {e}") from None
+    if info.sha is None:
+        raise PullError("hub_error", f"the hub gave no commit for {entry.repo}@{entry.revision}")
+    found = [
+        _RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
+        for s in info.siblings or []
+        if any(fnmatch.fnmatchcase(s.rfilename, pattern) for pattern in entry.files)
+    ]
+    missing = [p for p in entry.files if not any(fnmatch.fnmatchcase(f.path, p) for f in found)]
+    if missing:
+        raise PullError(
+            "not_found", f"{entry.repo}@{info.sha[:12]} has no file matching {', '.join(missing)}"
+        )
+    return info.sha, found
+
+
+def _download(
+    entry: CatalogueEntry, f: _RemoteFile, commit: str, folder: Path, endpoint: str | None, token: str | None
+) -> None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        hf_hub_download(entry.repo, f.path, revision=commit, local_dir=folder, endpoint=endpoint, token=token)
+    except HfHubHTTPError as e:
+        raise PullError("hub_error", f"downloading {entry.repo}/{f.path}: {e}") from None
+    except OSError as e:  # the connection failed past huggingface_hub's retries; disk full
+        raise PullError(
+            "download_failed", f"downloading {entry.repo}/{f.path}: {e}; run the same command to retry"
+        ) from None
+
+
+def _verify(path: Path, f: _RemoteFile) -> None:
+    """The file on disk is the one the hub records, or it is deleted and the pull fails."""
+    if f.sha256 is not None:
+        kind, want, got = "sha256", f.sha256, file_sha256(path)
+    elif f.blob_id is not None:
+        kind, want, got = "git blob id", f.blob_id, git_blob_id(path)
+    else:
+        return  # the hub gave no checksum (a mirror without file metadata): nothing to compare
+    if got != want:
+        _forget(path)
+        raise PullError(
+            "checksum_mismatch",
+            f"{f.path}: {kind} {got} does not match the hub's {want}; the file was deleted "
+            "(a corrupted download or a mirror serving other content): run the same command to retry",
+        )
+
+
+def _forget(path: Path) -> None:
+    """Delete a bad file and huggingface_hub's record of it (or it would count as present)."""
+    path.unlink(missing_ok=True)
+    for parent in path.parents:
+        meta_root = parent / ".cache" / "huggingface" / "download"
+        if meta_root.is_dir():
+            (meta_root / path.relative_to(parent)).with_name(path.name + ".metadata").unlink(missing_ok=True)
+            return
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_id(path: Path) -> str:
+    """git's object id of a file: sha1 of 'blob <size>\\0' and the content."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _config_entry(entry: CatalogueEntry, folder: Path) -> dict[str, Any]:
+    # An absolute path: a model source is read by the worker, from wherever it was started.
+    source = folder / entry.source if entry.source else folder
+    spec: dict[str, Any] = {"backend": entry.backend, "source": str(source)}
+    if entry.options:
+        spec["options"] = dict(entry.options)
+    spec["description"] = entry.description
+    spec["languages"] = list(entry.languages)
+    return spec
+
+
+def _add_to_config(path: Path, config: dict[str, Any], lane: str, name: str, spec: dict[str, Any]) -> None:
+    lanes = config.setdefault("lanes", {})
+    lane_cfg = lanes.setdefault(lane, {})
+    lane_cfg.setdefault("models", {})[name] = spec
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    # Written whole, then renamed: a pull stopped here leaves the old file, not half of one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["PullError", "Pulled", "file_sha256", "git_blob_id", "pull"]
