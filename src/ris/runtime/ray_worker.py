@@ -146,7 +146,9 @@ class LaneActor:
         board = (
             ActivityBoard.attach(board_lanes, board_name)
             if board_name
-            else ActivityBoard([spec.lane], array=bytearray(1))
+            # Not placed with its partners (its policy is 'none'): a board of its own, where
+            # they stay idle, for the Yielder's reads.
+            else ActivityBoard((spec.lane, *spec.yield_to), array=bytearray(1 + len(spec.yield_to)))
         )
         if spec.lane in board.lanes:
             board.writer(spec.lane)(Activity.IDLE)  # a predecessor killed mid-prefill left its mark
