@@ -2,10 +2,12 @@
 
 One cluster for the session (Ray's own cost: about 1 GiB and 4 s here). Its nodes, each
 pinned to a few logical CPUs, advertise different lanes:
-  head     ris_lane_llm, ris_lane_image (3 CPUs: the LLM's one, the image lane's two)
+  head     ris_lane_llm, ris_lane_image: 2 each, 6 CPUs (room for two servers' LLM and
+           image workers: the co-placement test starts its own)
   speech-a ris_lane_tts (1 CPU)
   speech-b ris_lane_tts (1 CPU)
-so the TTS lane runs two replicas, one on each speech node. The server is a real `ris serve`
+so the TTS lane runs two replicas, one on each speech node. The last test takes a speech node
+away and brings another: the cluster's shape changes for tests after it. The server is a real `ris serve`
 process joining the cluster by address; its workers are actors on these nodes, with the real
 default models.
 """
@@ -40,7 +42,7 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     cluster = cluster_utils.Cluster(
         initialize_head=True,
         connect=True,
-        head_node_args={"num_cpus": 3, "resources": {"ris_lane_llm": 1, "ris_lane_image": 1}},
+        head_node_args={"num_cpus": 6, "resources": {"ris_lane_llm": 2, "ris_lane_image": 2}},
     )
     try:
         cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
@@ -51,7 +53,7 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
             for name in node["Resources"]:
                 if name.startswith("ris_lane_"):
                     hosts.setdefault(name, set()).add(node["NodeID"])
-        yield {"address": cluster.address, "hosts": hosts}
+        yield {"address": cluster.address, "hosts": hosts, "cluster": cluster}
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -161,3 +163,60 @@ def test_a_lane_no_node_can_host_is_refused_at_start(tmp_path: Path, ray_cluster
     assert "lanes.image: no node of the Ray cluster has resource 'GPU'" in done.stderr
     assert "lanes.tts.replicas: 3, but the Ray cluster's nodes can host 2" in done.stderr
     assert time.monotonic() - start < 60  # refused, not left pending
+
+
+def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
+    tmp_path: Path, ray_cluster: dict[str, Any]
+) -> None:
+    # 'block' for the whole LLM request: the image worker pauses while the LLM works, which
+    # it can only see through the activity board the two actors share on their node.
+    cfg = cluster_config(
+        tmp_path,
+        ray_cluster["address"],
+        image={"preemption": {"policy": "block", "scope": "request"}},
+        tts={"enabled": False, "replicas": 1},
+    )
+    srv = Server(tmp_path, cfg).start(timeout=300)
+    try:
+        (llm,), (image,) = workers(srv, "llm"), workers(srv, "image")
+        assert llm["node"] == image["node"] in ray_cluster["hosts"]["ris_lane_image"]
+        with Client(srv.url, timeout=120, max_retries=0) as c:
+            task_id = c.generate_image("a slow blue square", width=128, height=128, steps=40)["task_id"]
+            wait_for(lambda: c.progress(task_id)["status"] == "running", 60)
+            c.generate("Tell a story.", max_tokens=64)
+            c.wait(task_id, timeout=240)
+            result = c.task(task_id)["result"]
+        assert result["pauses"] >= 1 and result["paused_s"] > 0, result
+    finally:
+        srv.stop()
+
+
+def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
+    ray_server: Server, ray_cluster: dict[str, Any]
+) -> None:
+    cluster = ray_cluster["cluster"]
+    text = "This passage keeps one speech node busy while it goes away. " * 40
+    t, result = post_in_background(f"{ray_server.url}/api/tts/synthesize", {"text": text}, 120)
+    found: list[dict[str, Any]] = []
+
+    def one_running() -> bool:
+        found[:] = [w for w in workers(ray_server, "tts") if w["running"]]
+        return bool(found)
+
+    wait_for(one_running, 30)
+    (node,) = [n for n in cluster.list_all_nodes() if n.node_id == found[0]["node"]]
+    lost_at = time.monotonic()
+    cluster.remove_node(node, allow_graceful=False)
+    t.join(30)
+    assert result, "no response within 30 s"
+    # Within the heartbeat timeout (3 s here) and some polling: a clear code, no hang.
+    assert time.monotonic() - lost_at < 3.0 + 5.0
+    assert result[0].json()["error"]["code"] in ("worker_crashed", "worker_timeout"), result[0].text
+    with Client(ray_server.url, timeout=60, max_retries=0) as c:
+        assert c.synthesize("The other node serves on.").duration_s > 0.3
+        # Its replacement waits for a node with the lane's resource, then serves.
+        cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
+        wait_for(lambda: [w["state"] for w in workers(ray_server, "tts")] == ["ready", "ready"], 120)
+        nodes = {w["node"] for w in workers(ray_server, "tts")}
+        assert node.node_id not in nodes and len(nodes) == 2
+        assert c.synthesize("Back on a new node.").duration_s > 0.3

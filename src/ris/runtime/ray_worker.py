@@ -203,7 +203,7 @@ class RayWorkers:
         self.config = config
         self.loop = loop
         self._groups: dict[str, tuple[PlacementGroup, int, str, tuple[str, ...]]] = {}
-        self._made: list[PlacementGroup] = []
+        self._made: list[tuple[PlacementGroup, str]] = []
         for group in colocated_groups(config):
             pg = placement_group(
                 [demand(config, lane).as_bundle() for lane in group],
@@ -218,9 +218,9 @@ class RayWorkers:
                     f"took them together within {PLACEMENT_TIMEOUT_S:g} s: "
                     f"{[demand(config, lane).as_bundle() for lane in group]}"
                 )
-            self._made.append(pg)
             # Named per server (pid) and group: a block in the node's /dev/shm.
             board = f"ris-board-{config.cluster.namespace}-{os.getpid()}-{'-'.join(group)}"
+            self._made.append((pg, board))
             for i, lane in enumerate(group):
                 self._groups[lane] = (pg, i, board, group)
 
@@ -251,9 +251,28 @@ class RayWorkers:
         return RayWorker(spec, deliver, self.loop, options, board_name, board_lanes)
 
     def close(self) -> None:
-        for pg in self._made:
+        """Free the placement groups, and the boards in their node's shared memory (removed by
+        a task run in the group, on that node)."""
+        unlink: Any = ray.remote(num_cpus=0)(_unlink_board)
+        for pg, board in self._made:
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+            try:
+                ray.get(unlink.options(scheduling_strategy=strategy).remote(board), timeout=10)
+            except Exception:  # noqa: BLE001 - a node gone with its board: nothing to remove
+                log.warning("activity board %s not removed from its node", board)
             remove_placement_group(pg)
         self._made.clear()
+
+
+def _unlink_board(name: str) -> None:
+    from multiprocessing import shared_memory
+
+    try:
+        shm = shared_memory.SharedMemory(name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    shm.unlink()
 
 
 class RayWorker:
