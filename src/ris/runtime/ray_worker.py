@@ -5,13 +5,14 @@ two in-memory queues where the local worker has its two pipes. The server speaks
 two actor methods:
   put(seq, msg)     a RunTask, CancelTask or Shutdown; numbered, because a threaded actor may
                     run calls out of order and a cancel must not overtake its task
-  take(timeout)     a long poll: every message the worker has written since the last take
+  take(n, timeout)  a long poll: every message the worker has written since the last take
                     (tokens, audio, progress, results, heartbeats), waiting until there is one
-One take is always outstanding per worker, awaited on the engine's event loop: a message
-reaches the engine one round trip after the worker wrote it. Results are values inside the
-messages (image bytes, audio samples), never paths: the nodes share no disk. The engine's pure
-supervisor sees this worker as it sees a process: heartbeats, `alive()` false once Ray says
-the actor died (killed, or its node lost), and a restart that creates a new actor.
+Two takes are always outstanding per worker, answered in order and awaited on the engine's
+event loop: a message reaches the engine half a round trip after the worker wrote it.
+Results are values inside the messages (image bytes, audio samples), never paths: the nodes
+share no disk. The engine's pure supervisor sees this worker as it sees a process:
+heartbeats, `alive()` false once Ray says the actor died (killed, or its node lost), and a
+restart that creates a new actor.
 
 Imported only when config.cluster.engine is 'ray': it imports ray at module level.
 """
@@ -24,6 +25,7 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -111,11 +113,14 @@ class _Inbox:
 
 
 class _Outbox:
-    """What the worker sends, held until the next take()."""
+    """What the worker sends, held until the next take(). Takes are numbered and served in
+    order: the server keeps the next one waiting here while the last one's answer travels, so
+    a message never waits for a take to be sent."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._pending: list[object] = []
+        self._served = 0  # the highest take number answered
         self.ended = False
 
     def send(self, msg: object) -> None:  # what worker_main calls on its Connection
@@ -128,10 +133,16 @@ class _Outbox:
             self.ended = True
             self._cond.notify_all()
 
-    def take(self, timeout: float) -> tuple[list[object], bool]:
+    def take(self, number: int, timeout: float) -> tuple[list[object], bool]:
         with self._cond:
-            self._cond.wait_for(lambda: bool(self._pending) or self.ended, timeout)
-            out, self._pending = self._pending, []
+            self._cond.wait_for(
+                lambda: self._served >= number - 1 and (bool(self._pending) or self.ended), timeout
+            )
+            out: list[object] = []
+            if self._served >= number - 1:  # its turn (else it timed out first, empty)
+                out, self._pending = self._pending, []
+            self._served = max(self._served, number)
+            self._cond.notify_all()
             return out, self.ended
 
 
@@ -169,8 +180,8 @@ class LaneActor:
     def put(self, seq: int, msg: object) -> None:
         self._inbox.put(seq, msg)
 
-    def take(self, timeout: float) -> _Batch:
-        messages, ended = self._outbox.take(timeout)
+    def take(self, number: int, timeout: float) -> _Batch:
+        messages, ended = self._outbox.take(number, timeout)
         return _Batch(
             messages,
             ended,
@@ -359,9 +370,14 @@ class RayWorker:
     # ----- the long poll -------------------------------------------------------------------
 
     async def _pump_loop(self, actor: Any, generation: int) -> None:
+        # Two takes outstanding: while one answer travels, the next take already waits.
+        polls = deque(actor.take.remote(n, POLL_S) for n in (1, 2))
+        number = 2
         while generation == self._generation:
             try:
-                batch: _Batch = await actor.take.remote(POLL_S)
+                batch: _Batch = await polls.popleft()
+                number += 1
+                polls.append(actor.take.remote(number, POLL_S))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any Ray error: the actor or its node is gone
