@@ -135,6 +135,8 @@ def main() -> int:
         "benchmark": "ray_replicas",
         "machine": f"{len(os.sched_getaffinity(0))} cores, {platform.processor() or platform.machine()}",
         "note": "short form on a 2-core machine shared with other engineers' work: indicative only",
+        # How busy the machine was (1-minute load average) when the run ended.
+        "load_average": round(os.getloadavg()[0], 2),
         "rounds": args.rounds,
         "requests": args.requests,
         "clients": args.clients,

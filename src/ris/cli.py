@@ -104,6 +104,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if w.get("error"):
             print(f"       error: {w['error']}")
+        workers = s.get("workers", [])
+        if len(workers) > 1 or any(r.get("node") for r in workers):
+            for i, r in enumerate(workers):  # every replica, with the Ray node it runs on
+                node = f"node {r['node'][:12]} at {r['node_ip']}" if r.get("node") else "local"
+                pid = r["pid"] or "-"
+                print(f"       replica {i}: {r['state']} pid {pid} on {node}, running {r['running']}")
     return 0
 
 

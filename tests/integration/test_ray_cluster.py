@@ -94,6 +94,16 @@ def test_each_lane_lands_on_a_node_that_advertises_it(
     assert {w["node"] for w in tts} == hosts["ris_lane_tts"]  # one replica on each speech node
     assert all(w["cpu_affinity"] == [1] and w["cuda_visible_devices"] == "" for w in tts)
     assert all(w["node_ip"] for w in tts)
+    # The console's view: `ris status` lists every replica with its node.
+    status = subprocess.run(
+        [sys.executable, "-m", "ris", "status", "--url", ray_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for w in tts:
+        assert f"on node {w['node'][:12]} at {w['node_ip']}" in status, status
 
 
 def test_the_seed_api_answers_through_the_cluster(ray_server: Server) -> None:
