@@ -3,6 +3,8 @@ of nodes can host (and the words that say so), and the config rules for Ray."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +161,26 @@ def test_messages_to_an_actor_are_served_in_the_order_sent() -> None:
     inbox.put(3, "shutdown")
     inbox.put(1, "run")
     assert [inbox.recv() for _ in range(3)] == ["run", "cancel", "shutdown"]
+
+
+def test_an_address_where_no_head_answers_is_refused_at_once() -> None:
+    pytest.importorskip("ray")
+    from ris.launch import free_port
+    from ris.runtime.ray_worker import check_cluster
+
+    data = cluster()
+    data["cluster"]["address"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ConfigError, match="no Ray head answers there"):
+        check_cluster(cfg(data))
+
+
+def test_serve_with_ray_turns_a_local_config_into_a_cluster_one(tmp_path: Path) -> None:
+    from ris.cli import _load, build_parser
+
+    local = cluster()
+    del local["cluster"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(local))
+    args = build_parser().parse_args(["config", "--config", str(path), "--ray", "10.0.0.9:6379"])
+    loaded = _load(args)
+    assert (loaded.cluster.engine, loaded.cluster.address) == ("ray", "10.0.0.9:6379")

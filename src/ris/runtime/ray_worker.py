@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import queue
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,8 @@ log = logging.getLogger("ris.worker")
 
 # How long one take() waits for a message; heartbeats (every 0.5 s) end most waits sooner.
 POLL_S = 2.0
+# How long the head's address may take to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
 # Placement groups for lanes placed together must be placed within this at start.
 PLACEMENT_TIMEOUT_S = 30.0
 
@@ -56,6 +59,16 @@ def connect(config: Config) -> None:
     if ray.is_initialized():
         return
     address = config.cluster.address
+    if address and ":" in address and "://" not in address:
+        # Ray retries an address where nothing listens for minutes: say so at once instead.
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
+                f"`ray start --head --port={port}` or fix the address"
+            ) from None
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
