@@ -28,7 +28,7 @@ import pytest
 from ris import Client
 
 from .server import Server, kill, make_config
-from .waiting import post_in_background, wait_for
+from .waiting import post_in_background, wait_for, wait_state
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
@@ -155,6 +155,15 @@ def test_killed_actor_fails_its_task_and_the_lane_comes_back(ray_server: Server)
     wait_for(replaced, 90)
     with Client(ray_server.url, timeout=60, max_retries=0) as c:
         assert c.synthesize("Back again.").duration_s > 0.3
+
+
+def test_a_running_image_task_reports_progress_and_is_cancelled_across_the_wire(ray_server: Server) -> None:
+    with Client(ray_server.url, timeout=60, max_retries=0) as c:
+        task_id = c.generate_image("a long green field", width=128, height=128, steps=100)["task_id"]
+        wait_for(lambda: (c.progress(task_id).get("step") or 0) >= 1, 60)  # steps reach the head
+        assert c.cancel(task_id)["outcome"] == "requested"
+        final = wait_state(c, task_id, ("cancelled", "failed", "succeeded"), timeout=30)
+    assert final["status"] == "cancelled" and final["step"] < 100, final
 
 
 def test_a_lane_no_node_can_host_is_refused_at_start(tmp_path: Path, ray_cluster: dict[str, Any]) -> None:
