@@ -56,19 +56,19 @@ PLACEMENT_TIMEOUT_S = 30.0
 
 def connect(config: Config) -> None:
     """Join the configured Ray cluster (once per process)."""
-    if ray.is_initialized():
-        return
     address = config.cluster.address
     if address and ":" in address and "://" not in address:
         # Ray retries an address where nothing listens for minutes: say so at once instead.
         host, _, port = address.rpartition(":")
         try:
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
                 f"`ray start --head --port={port}` or fix the address"
             ) from None
+    if ray.is_initialized():
+        return
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
