@@ -184,3 +184,18 @@ def test_serve_with_ray_turns_a_local_config_into_a_cluster_one(tmp_path: Path) 
     args = build_parser().parse_args(["config", "--config", str(path), "--ray", "10.0.0.9:6379"])
     loaded = _load(args)
     assert (loaded.cluster.engine, loaded.cluster.address) == ("ray", "10.0.0.9:6379")
+
+
+def test_takes_answer_in_the_order_they_were_sent() -> None:
+    # Two takes wait in the actor at once; whichever thread runs first, messages leave in order.
+    pytest.importorskip("ray")
+    from ris.runtime.ray_worker import _Outbox
+
+    out = _Outbox()
+    assert out.take(2, 0.01) == ([], False)  # ran before take 1: answers empty, out of turn
+    out.send("token")
+    assert out.take(3, 0.01) == ([], False)  # take 1 has not answered: the token waits for it
+    assert out.take(1, 0.01) == (["token"], False)
+    out.send("done")
+    out.end()
+    assert out.take(4, 0.01) == (["done"], True)  # takes 2 and 3 had their turn

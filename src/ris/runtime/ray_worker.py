@@ -133,7 +133,8 @@ class _Outbox:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._pending: list[object] = []
-        self._served = 0  # the highest take number answered
+        self._served = 0  # every take up to this number has answered
+        self._skipped: set[int] = set()  # later takes that answered empty, out of turn
         self.ended = False
 
     def send(self, msg: object) -> None:  # what worker_main calls on its Connection
@@ -148,13 +149,20 @@ class _Outbox:
 
     def take(self, number: int, timeout: float) -> tuple[list[object], bool]:
         with self._cond:
-            self._cond.wait_for(
-                lambda: self._served >= number - 1 and (bool(self._pending) or self.ended), timeout
-            )
+
+            def turn() -> bool:
+                return self._served == number - 1
+
+            self._cond.wait_for(lambda: turn() and (bool(self._pending) or self.ended), timeout)
             out: list[object] = []
-            if self._served >= number - 1:  # its turn (else it timed out first, empty)
+            if turn():
                 out, self._pending = self._pending, []
-            self._served = max(self._served, number)
+                self._served = number
+            else:  # timed out before the take ahead of it answered: it answers empty
+                self._skipped.add(number)
+            while self._served + 1 in self._skipped:
+                self._skipped.discard(self._served + 1)
+                self._served += 1
             self._cond.notify_all()
             return out, self.ended
 
