@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ris.config import Config, ConfigError, default_config, load_config
+from ris.config import Config, ConfigError, default_config, load_config, parse_config
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -22,7 +22,13 @@ def _load(args: argparse.Namespace) -> Config:
     update: dict[str, Any] = {"server": server}
     if args.data_dir:
         update["data_dir"] = Path(args.data_dir).resolve()
-    return cfg.model_copy(update=update)
+    cfg = cfg.model_copy(update=update)
+    if getattr(args, "ray", None):
+        # Validated again: on a cluster the cores and GPUs named are the nodes', not ours.
+        data = cfg.model_dump(mode="json")
+        data["cluster"] = {**data["cluster"], "engine": "ray", "address": args.ray}
+        cfg = parse_config(data)
+    return cfg
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -33,6 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     check_exposure(cfg)
+    if cfg.cluster.engine == "ray":
+        from ris.runtime.ray_worker import check_cluster
+
+        check_cluster(cfg)  # a lane no node can host: refused here, not left pending for ever
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # noqa: F401
@@ -94,6 +104,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if w.get("error"):
             print(f"       error: {w['error']}")
+        workers = s.get("workers", [])
+        if len(workers) > 1 or any(r.get("node") for r in workers):
+            for i, r in enumerate(workers):  # every replica, with the Ray node it runs on
+                node = f"node {r['node'][:12]} at {r['node_ip']}" if r.get("node") else "local"
+                pid = r["pid"] or "-"
+                print(f"       replica {i}: {r['state']} pid {pid} on {node}, running {r['running']}")
     return 0
 
 
@@ -173,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="override data_dir")
         sp.add_argument(
             "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        )
+        sp.add_argument(
+            "--ray",
+            metavar="ADDRESS",
+            help="run each lane's worker as an actor on this Ray cluster (cluster.engine 'ray')",
         )
         sp.set_defaults(fn=fn)
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")

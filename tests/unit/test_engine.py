@@ -21,6 +21,7 @@ from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.retention import Retention
 from ris.runtime.supervisor import backoff
 from ris.runtime.views import TaskHandle
+from ris.runtime.worker import WorkerSpec
 from ris.scheduler import CancelOutcome, Lane, QueueFull
 
 from .fakes import TWO_CORES, FakeClock, FakeWorker, FakeWorkers, config, engine
@@ -379,3 +380,40 @@ async def test_a_crashed_worker_reports_no_models_until_its_replacement_is_ready
         tts.die()
         eng.check()
         assert eng.model_infos(Lane.TTS) == {}
+
+
+class EveryWorker(FakeWorkers):
+    """The factory keeping every worker it built (a lane with replicas has several)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.built: list[FakeWorker] = []
+
+    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> FakeWorker:
+        worker = super().__call__(spec, deliver)
+        self.built.append(worker)
+        return worker
+
+
+@run
+async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_task(tmp_path: Path) -> None:
+    clock, workers = FakeClock(), EveryWorker()
+    eng = engine(config(tmp_path, tts={"replicas": 2}), clock, workers)
+    await eng.start()
+    try:
+        a, b = [w for w in workers.built if w.spec.lane == Lane.TTS]
+        a.ready()
+        first = eng.submit(Lane.TTS, "e", TTSRequest(text="one"))
+        second = eng.submit(Lane.TTS, "e", TTSRequest(text="two"))
+        assert [r.task_id for r in a.runs] == [first.task_id] and b.runs == []  # b still loading
+        b.ready()
+        assert [r.task_id for r in b.runs] == [second.task_id]  # the free slot on the other one
+        (tts,) = [s for s in eng.status() if s.lane == Lane.TTS]
+        assert [w.running for w in tts.workers] == [1, 1]
+        a.die()
+        eng.check()
+        crashed, running = eng.lookup(first.task_id), eng.lookup(second.task_id)
+        assert crashed is not None and (crashed.state, crashed.error_code) == ("failed", "worker_crashed")
+        assert running is not None and running.state == "running"
+    finally:
+        await eng.stop()

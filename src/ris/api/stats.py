@@ -42,6 +42,8 @@ def _worker_json(w: WorkerStatus) -> dict[str, Any]:
         "memory_limit_bytes": w.memory_limit_bytes,
         "gpu_memory_bytes": w.gpu_memory_bytes,
         "error": w.error,
+        "node": w.node,
+        "node_ip": w.node_ip,
     }
 
 

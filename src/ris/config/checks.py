@@ -14,9 +14,12 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
     """Cross-field and machine checks; raises ConfigError listing every problem."""
     problems: list[str] = []
     exclusive: dict[int, str] = {}
+    # On a cluster, cores and GPUs are those of the node a lane lands on, not this machine's:
+    # the node's worker checks them when it binds (a failed start names the core).
+    here = cfg.cluster.engine == "local"
     for lane, lane_cfg in cfg.lanes.items():
-        problems += _lane_problems(lane, lane_cfg, machine)
-        if lane_cfg.enabled and lane_cfg.priority_class == "realtime" and lane_cfg.exclusive_cores:
+        problems += _lane_problems(lane, lane_cfg, machine if here else None)
+        if here and lane_cfg.enabled and lane_cfg.priority_class == "realtime" and lane_cfg.exclusive_cores:
             for core in lane_cfg.cores or machine.cores:
                 other = exclusive.setdefault(core, lane)
                 if other != lane:
@@ -25,6 +28,8 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                         f"{other} lane; real-time lanes need disjoint cores "
                         "(or set exclusive_cores: false)"
                     )
+    if not here:
+        problems += _cluster_problems(cfg)
     if not cfg.enabled_lanes:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
@@ -32,19 +37,39 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
     return cfg
 
 
-def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo) -> list[str]:
+def _cluster_problems(cfg: Config) -> list[str]:
+    """Ray mode: lanes that yield to each other must share a node (the activity board is one
+    machine's shared memory), so each may have one replica only; see ris.runtime.ray_worker."""
+    from ris.preemption.resolve import resolve_policy, yields_to
+
+    problems = []
+    for lane in cfg.enabled_lanes:
+        partners = yields_to(cfg, lane)
+        if not partners or resolve_policy(cfg, lane).mode == "none":
+            continue
+        for name in (lane, *partners):
+            if cfg.lane(name).replicas != 1:
+                problems.append(
+                    f"lanes.{name}.replicas: {cfg.lane(name).replicas}; the {lane} lane yields to "
+                    f"{', '.join(partners)} on {cfg.lane(lane).device} and they are placed together on "
+                    "one node, one worker each (use replicas: 1, or give the lanes different devices)"
+                )
+    return problems
+
+
+def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> list[str]:
     from ris.lanes import kind
 
     spec = kind(lane)
     where = f"lanes.{lane}"
     problems = []
     for core in cfg.cores or ():
-        if core not in machine.cores:
+        if machine is not None and core not in machine.cores:
             problems.append(
                 f"{where}.cores: core {core} does not exist here; available cores: {machine.describe_cores()}"
             )
     gpu = cfg.gpu_index
-    if gpu is not None and gpu >= machine.gpus:
+    if machine is not None and gpu is not None and gpu >= machine.gpus:
         have = (
             "this machine has no GPU; use 'cpu'"
             if machine.gpus == 0

@@ -116,6 +116,13 @@ class LaneConfig(_Strict):
         default_factory=PreemptionConfig,
         description="preemptible (image) lanes only: how they yield to real-time lanes",
     )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="workers serving the lane; the scheduler dispatches to free slots across them "
+        "(meant for cluster mode, where each is placed on a node advertising the lane's resource)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -204,6 +211,33 @@ class RetentionConfig(_Strict):
     sweep_interval_s: float = Field(default=60.0, ge=1, description="how often the policy is applied")
 
 
+class ClusterConfig(_Strict):
+    """Where lane workers run: local processes (the default) or actors on a Ray cluster."""
+
+    engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="'local': each worker a process on this machine; 'ray': each worker a Ray actor "
+        "placed on a node advertising the lane's resource (`ris_lane_<lane>`), see docs/CLUSTER.md",
+    )
+    address: str | None = Field(
+        default=None,
+        description="the Ray cluster to join ('HOST:PORT' of the head, or 'auto'); engine 'ray' only",
+    )
+    namespace: str = Field(default="ris", min_length=1, description="the Ray namespace of our actors")
+
+    @model_validator(mode="after")
+    def _address_with_ray(self) -> ClusterConfig:
+        if self.engine == "ray" and not self.address:
+            raise ValueError(
+                "cluster.address is missing; engine 'ray' needs the head's 'HOST:PORT' (or 'auto')"
+            )
+        if self.engine == "local" and self.address:
+            raise ValueError(
+                f"cluster.address {self.address!r} is set but cluster.engine is 'local'; set engine 'ray'"
+            )
+        return self
+
+
 class Config(_Strict):
     """The whole service: HTTP server, data folder and its lanes."""
 
@@ -215,6 +249,7 @@ class Config(_Strict):
     )
     data_dir: Path = Field(default=Path("ris-data"), description="tasks, audio and images")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     scheduling: Ordering = Field(
         default=Ordering.LANES,
         description="'lanes': each lane its own priority queue (the product); 'fifo': one "

@@ -115,12 +115,17 @@ class Engine:
         self.durable = DurableTasks(data / "tasks.db", self.kinds, self.wall_clock, self._to_wall)
         folders = [k.result_folder for k in self.kinds.values() if k.result_folder]
         self.retention = Retention(self.durable.store, data, folders, self.config.retention, self.wall_clock)
-        if self._factory is None:
+        if self._factory is None and self.config.cluster.engine == "ray":
+            # Imported only here: ray is an optional extra (ris[ray]).
+            from ris.runtime.ray_worker import RayWorkers
+
+            self._factory = await asyncio.to_thread(RayWorkers, self.config, asyncio.get_running_loop())
+        elif self._factory is None:
             from ris.runtime.process_worker import ProcessWorkers
 
             self._factory = ProcessWorkers(list(self.config.lanes), asyncio.get_running_loop())
         for lane in self.config.enabled_lanes:
-            self.replicas[lane] = [self._replica(lane)]
+            self.replicas[lane] = [self._replica(lane) for _ in range(self.config.lane(lane).replicas)]
         for replica in self._all_replicas():
             replica.worker.start()
             self.supervisor.started(replica.watch)
@@ -183,6 +188,9 @@ class Engine:
             if not self.kinds[handle.lane].durable:
                 self.scheduler.cancel(task_id)
         await asyncio.gather(*(r.worker.stop(5.0) for r in self._all_replicas()))
+        close = getattr(self._factory, "close", None)  # a factory holding cluster resources
+        if close is not None:
+            close()
         for replica in self._all_replicas():
             if not self.kinds[replica.lane].durable:
                 self._fail_tasks(replica, "server_shutdown", "the server is shutting down")
@@ -528,6 +536,8 @@ class Engine:
             memory_limit_bytes=r.watch.limits.memory_bytes,
             gpu_memory_bytes=usage.gpu_memory_bytes,
             error=r.failure.message if r.failure else None,
+            node=usage.node,
+            node_ip=usage.node_ip,
         )
 
 

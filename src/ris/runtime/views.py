@@ -102,6 +102,9 @@ class WorkerStatus:
     memory_limit_bytes: int | None
     gpu_memory_bytes: int | None
     error: str | None
+    # The Ray node running it (id and address); None for a local process.
+    node: str | None = None
+    node_ip: str | None = None
 
 
 @dataclass(frozen=True)

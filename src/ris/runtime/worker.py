@@ -1,11 +1,11 @@
 """What the engine needs from a lane's worker, wherever it runs: the `LaneWorker` protocol.
 
-Implementations: `ProcessWorker` (a spawned local process with a pipe, process_worker.py) and,
-in unit tests, an in-memory fake. A worker is told what to run with wire messages
-(ris.messages) and hands every message it receives to the `deliver` callback it was built
-with, on the engine's event loop thread. It may run several tasks at once (`WorkerReady.slots`)
-and may live on another machine: results come back as values inside the messages, never as
-files (see ris.runtime.files).
+Implementations: `ProcessWorker` (a spawned local process with a pipe, process_worker.py),
+`RayWorker` (a Ray actor on a cluster node, ray_worker.py) and, in unit tests, an in-memory
+fake. A worker is told what to run with wire messages (ris.messages) and hands every message
+it receives to the `deliver` callback it was built with, on the engine's event loop thread.
+It may run several tasks at once (`WorkerReady.slots`) and may live on another machine:
+results come back as values inside the messages, never as files (see ris.runtime.files).
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class ResourceUsage:
     cpu_percent: float | None = None  # since the previous reading
     rss_bytes: int | None = None
     gpu_memory_bytes: int | None = None
+    # The Ray node running the worker (its id and address); None for a local process.
+    node: str | None = None
+    node_ip: str | None = None
 
 
 class LaneWorker(Protocol):

@@ -1,0 +1,157 @@
+"""Cluster mode on Ray: what a second TTS replica adds, and what the Ray path costs per task.
+
+A local Ray cluster on this machine: a head with no lanes and two single-CPU "nodes", each
+advertising `ris_lane_tts: 1`. The real server (`ris serve`, the TTS lane only, Piper, one
+math thread per worker, not pinned: the two nodes share this machine's cores) runs against it
+with 1 and then 2 TTS replicas, one server at a time (the two nodes host two workers in all);
+a local server (worker processes on pipes, no Ray) runs beside them all along.
+
+  throughput   `--clients` concurrent clients synthesise `--requests` sentences; requests/s
+               with 2 replicas over 1 replica (goal >= 1.8x)
+  added p50    sequential one-word espeak requests, the Ray server (1 replica) and the local
+               server alternately; p50 of Ray minus p50 of local (goal <= 2 ms)
+Rounds alternate which replica count goes first; median and range over rounds.
+
+    python bench/ray_replicas.py [--rounds 3] [--requests 16] [--clients 4] [--latency-n 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ray
+from ray.cluster_utils import Cluster
+
+from ris.launch import ServiceProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCE = "Two speech nodes share this work, one sentence at a time, as fast as they can."
+
+
+def tts_config(tmp: Path, address: str | None, replicas: int) -> dict[str, Any]:
+    cfg: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
+    cfg["data_dir"] = str(tmp / "data")
+    cfg["server"] = {**cfg.get("server", {}), "port": 0}  # a free one
+    tts = cfg["lanes"]["tts"]
+    tts.update({"cores": None, "threads": 1, "replicas": replicas, "max_queue": 1024})
+    cfg["lanes"] = {"tts": tts, "llm": {"enabled": False}, "image": {"enabled": False}}
+    if address:
+        cfg["cluster"] = {"engine": "ray", "address": address}
+    return cfg
+
+
+def start(folder: Path, address: str | None, replicas: int) -> ServiceProcess:
+    return ServiceProcess(folder, tts_config(folder, address, replicas)).start(timeout=300)
+
+
+def throughput(srv: ServiceProcess, requests: int, clients: int) -> float:
+    def one(_: int) -> None:
+        r = httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": SENTENCE}, timeout=300)
+        r.raise_for_status()
+
+    one(0)  # warm: the first synthesis loads what Piper loads lazily
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(requests)))
+    return requests / (time.perf_counter() - t)
+
+
+def latencies(srv: ServiceProcess, n: int) -> list[float]:
+    out = []
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        c.post("/api/tts/synthesize", json={"text": "Hi.", "model": "espeak"}).raise_for_status()
+        for _ in range(n):
+            t = time.perf_counter()
+            c.post("/api/tts/synthesize", json={"text": "Hi.", "model": "espeak"}).raise_for_status()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def summary(values: list[float], digits: int = 3) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--latency-n", type=int, default=40)
+    p.add_argument("--out", default=str(ROOT / "bench/results/ray_replicas.json"))
+    args = p.parse_args()
+
+    t0 = time.monotonic()
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
+    cluster.wait_for_nodes()
+    cluster_start_s = time.monotonic() - t0
+    ratios, added_ms, rates = [], [], {1: [], 2: []}
+    ray_p50, local_p50 = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        local = start(Path(tmp) / "local", None, 1)
+        try:
+            for rnd in range(args.rounds):
+                order = (1, 2) if rnd % 2 == 0 else (2, 1)
+                rate: dict[int, float] = {}
+                for replicas in order:
+                    srv = start(Path(tmp) / f"ray-{rnd}-{replicas}", cluster.address, replicas)
+                    try:
+                        rate[replicas] = throughput(srv, args.requests, args.clients)
+                        if replicas == 1:
+                            # Alternate which server answers first within the round too.
+                            pair = (local, srv) if rnd % 2 == 0 else (srv, local)
+                            p50 = {id(s): statistics.median(latencies(s, args.latency_n)) for s in pair}
+                            ray_p50.append(p50[id(srv)])
+                            local_p50.append(p50[id(local)])
+                            added_ms.append((p50[id(srv)] - p50[id(local)]) * 1000)
+                    finally:
+                        srv.stop()
+                for k, v in rate.items():
+                    rates[k].append(v)
+                ratios.append(rate[2] / rate[1])
+                print(
+                    f"round {rnd + 1}: {rate[1]:.2f} -> {rate[2]:.2f} req/s, added p50 {added_ms[-1]:.2f} ms"
+                )
+        finally:
+            local.stop()
+            ray.shutdown()
+            cluster.shutdown()
+    row = {
+        "benchmark": "ray_replicas",
+        "machine": f"{len(os.sched_getaffinity(0))} cores, {platform.processor() or platform.machine()}",
+        "note": "short form on a 2-core machine shared with other engineers' work: indicative only",
+        # How busy the machine was (1-minute load average) when the run ended.
+        "load_average": round(os.getloadavg()[0], 2),
+        "rounds": args.rounds,
+        "requests": args.requests,
+        "clients": args.clients,
+        "cluster_start_s": round(cluster_start_s, 2),
+        "tts_requests_per_s": {"1_replica": summary(rates[1], 2), "2_replicas": summary(rates[2], 2)},
+        "throughput_ratio_2_over_1": summary(ratios, 2),
+        "goal_ratio": 1.8,
+        "latency_p50_s": {"ray": summary(ray_p50, 4), "local": summary(local_p50, 4)},
+        "added_latency_p50_ms": summary(added_ms, 2),
+        "goal_added_ms": 2.0,
+    }
+    print(json.dumps(row, indent=1))
+    Path(args.out).write_text(json.dumps(row, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

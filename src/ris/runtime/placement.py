@@ -1,0 +1,143 @@
+"""Where each lane's workers may run on a Ray cluster, and which configs no node can host.
+
+Pure: it reads the config and the nodes' advertised resources (as `ray.nodes()` lists them) and
+decides; ris.runtime.ray_worker creates the actors. A lane's worker asks for
+  - `ris_lane_<lane>`: 1, the custom resource a node advertises (`ray start --resources`) to say
+    it hosts that lane (the amount it advertises is how many of the lane's workers it takes);
+  - `CPU`: its cores (`cores` given: as many as listed, else `threads`, else 1);
+  - `GPU`: 1 on a `cuda:N` device, shared in equal parts by the lanes placed together on it.
+Lanes that yield to each other (the image lane yielding to the LLM on the same GPU) read one
+activity board in shared memory, so they are placed together: one STRICT_PACK placement group.
+Ray keeps an actor whose resources no node has pending for ever; `refusals` says so at start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ris.config.schema import Config
+from ris.preemption.resolve import resolve_policy, yields_to
+
+LANE_RESOURCE_PREFIX = "ris_lane_"
+
+
+def lane_resource(lane: str) -> str:
+    """The custom resource a node advertises to host `lane`'s workers."""
+    return f"{LANE_RESOURCE_PREFIX}{lane}"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one worker of a lane asks Ray for."""
+
+    lane: str
+    num_cpus: float
+    num_gpus: float
+    # Custom resources: the lane's own, 1 per worker.
+    resources: Mapping[str, float]
+
+    def as_bundle(self) -> dict[str, float]:
+        """The demand as a placement-group bundle (Ray's resource names)."""
+        bundle = {"CPU": self.num_cpus, **self.resources}
+        if self.num_gpus:
+            bundle["GPU"] = self.num_gpus
+        return bundle
+
+
+def colocated_groups(config: Config) -> list[tuple[str, ...]]:
+    """Lanes that must share a node: a preemptible lane that actually yields (its policy is not
+    'none') with the real-time lanes it yields to. The config checks allow one replica each."""
+    groups: list[tuple[str, ...]] = []
+    for lane in config.enabled_lanes:
+        partners = yields_to(config, lane)
+        if partners and resolve_policy(config, lane).mode != "none":
+            groups.append((*partners, lane))
+    return groups
+
+
+def demand(config: Config, lane: str) -> Demand:
+    cfg = config.lane(lane)
+    cpus = float(len(cfg.cores)) if cfg.cores else float(cfg.threads or 1)
+    gpus = 0.0
+    if cfg.gpu_index is not None:
+        # Lanes placed together on one device split it: Ray then packs them on one GPU.
+        sharing = [g for g in colocated_groups(config) if lane in g]
+        same_device = [o for o in (sharing[0] if sharing else (lane,)) if config.lane(o).device == cfg.device]
+        gpus = 1.0 / len(same_device)
+    return Demand(lane, cpus, gpus, {lane_resource(lane): 1.0})
+
+
+def threads_in_cluster(config: Config, lane: str) -> int:
+    """The worker's math-library threads on a node: as configured, else one per CPU it asks for
+    (this machine's core count says nothing about the node's)."""
+    cfg = config.lane(lane)
+    return cfg.threads or max(1, int(demand(config, lane).num_cpus))
+
+
+def _fits(node: Mapping[str, float], need: Mapping[str, float]) -> int:
+    """How many times `need` fits in the node's total resources."""
+    counts = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    return min(counts) if counts else 0
+
+
+def refusals(config: Config, nodes: Iterable[Mapping[str, float]]) -> list[str]:
+    """Why the cluster cannot host the config, one line per lane or group (empty: it can).
+    `nodes`: each alive node's total resources. Capacity is checked lane by lane (and for each
+    group as a whole), not every lane at once: Ray still queues what does not fit together."""
+    nodes = list(nodes)
+    problems: list[str] = []
+    grouped = {lane for g in colocated_groups(config) for lane in g}
+    for lane in config.enabled_lanes:
+        if lane in grouped:
+            continue
+        need = demand(config, lane).as_bundle()
+        problem = _missing(f"lanes.{lane}", need, config.lane(lane).replicas, nodes)
+        if problem:
+            problems.append(problem)
+    for group in colocated_groups(config):
+        need = {}
+        for lane in group:
+            for k, v in demand(config, lane).as_bundle().items():
+                need[k] = need.get(k, 0.0) + v
+        together = f"placed together: {group[-1]} yields to {', '.join(group[:-1])}"
+        where = f"lanes {' and '.join(group)} ({together})"
+        problem = _missing(where, need, 1, nodes)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _missing(where: str, need: Mapping[str, float], replicas: int, nodes: list[Mapping[str, float]]) -> str:
+    for name, amount in need.items():
+        if not any(n.get(name, 0.0) >= amount - 1e-9 for n in nodes):
+            have = max((n.get(name, 0.0) for n in nodes), default=0.0)
+            hint = ""
+            if name.startswith(LANE_RESOURCE_PREFIX):
+                hint = f"; start a node with `ray start --resources='{json.dumps({name: replicas})}'`"
+            return (
+                f"{where}: no node of the Ray cluster has resource {name!r} >= {amount:g} "
+                f"(the most any node has: {have:g}){hint}"
+            )
+    hosts = sum(_fits(n, need) for n in nodes)
+    if hosts == 0:
+        return f"{where}: no single node of the Ray cluster has all of {dict(need)} at once"
+    if hosts < replicas:
+        return (
+            f"{where}.replicas: {replicas}, but the Ray cluster's nodes can host {hosts} worker(s) "
+            f"asking for {dict(need)} each; advertise the lane's resource on more nodes or lower replicas"
+        )
+    return ""
+
+
+__all__ = [
+    "LANE_RESOURCE_PREFIX",
+    "Demand",
+    "colocated_groups",
+    "demand",
+    "lane_resource",
+    "refusals",
+    "threads_in_cluster",
+]

@@ -1,0 +1,424 @@
+"""A lane's worker as a Ray actor, on a node that advertises the lane's resource.
+
+The actor runs the same serving loop as a local worker process (worker_main) in a thread, with
+two in-memory queues where the local worker has its two pipes. The server speaks to it with
+two actor methods:
+  put(seq, msg)     a RunTask, CancelTask or Shutdown; numbered, because a threaded actor may
+                    run calls out of order and a cancel must not overtake its task
+  take(n, timeout)  a long poll: every message the worker has written since the last take
+                    (tokens, audio, progress, results, heartbeats), waiting until there is one
+Two takes are always outstanding per worker, answered in order and awaited on the engine's
+event loop: a message reaches the engine half a round trip after the worker wrote it.
+Results are values inside the messages (image bytes, audio samples), never paths: the nodes
+share no disk. The engine's pure supervisor sees this worker as it sees a process:
+heartbeats, `alive()` false once Ray says the actor died (killed, or its node lost), and a
+restart that creates a new actor.
+
+Imported only when config.cluster.engine is 'ray': it imports ray at module level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import queue
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ris import messages as m
+from ris.config.schema import Config, ConfigError
+from ris.preemption.board import ActivityBoard
+from ris.preemption.policy import Activity
+from ris.runtime.placement import colocated_groups, demand, refusals, threads_in_cluster
+from ris.runtime.worker import ResourceUsage, WorkerSpec
+from ris.runtime.worker_main import worker_main
+
+log = logging.getLogger("ris.worker")
+
+# How long one take() waits for a message; heartbeats (every 0.5 s) end most waits sooner.
+POLL_S = 2.0
+# How long the head's address may take to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
+# Placement groups for lanes placed together must be placed within this at start.
+PLACEMENT_TIMEOUT_S = 30.0
+
+
+def connect(config: Config) -> None:
+    """Join the configured Ray cluster (once per process)."""
+    address = config.cluster.address
+    if address and ":" in address and "://" not in address:
+        # Ray retries an address where nothing listens for minutes: say so at once instead.
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
+                f"`ray start --head --port={port}` or fix the address"
+            ) from None
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"cluster.address {address!r}: cannot join a Ray cluster there: {e}") from None
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+
+
+def check_cluster(config: Config) -> None:
+    """Refuse, naming the missing resource, a config whose lanes no node of the cluster can host
+    (Ray would keep such an actor pending for ever)."""
+    connect(config)
+    problems = refusals(config, alive_nodes())
+    if problems:
+        raise ConfigError(
+            f"the Ray cluster at {config.cluster.address} cannot host this configuration:\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What one take() returns."""
+
+    messages: list[object]
+    # The worker's serving loop returned (Shutdown, or a failed start): nothing more will come.
+    ended: bool
+    pid: int
+    rss_bytes: int
+    cpu_percent: float
+    node_id: str
+    node_ip: str
+
+
+class _Inbox:
+    """The worker's inbox: what `put` delivers, in the order the server sent it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._lock = threading.Lock()
+        self._next = 1
+        self._early: dict[int, object] = {}
+
+    def put(self, seq: int, msg: object) -> None:
+        with self._lock:
+            self._early[seq] = msg
+            while self._next in self._early:
+                self._queue.put(self._early.pop(self._next))
+                self._next += 1
+
+    def recv(self) -> object:  # what worker_main's receiver calls on its Connection
+        return self._queue.get()
+
+
+class _Outbox:
+    """What the worker sends, held until the next take(). Takes are numbered and served in
+    order: the server keeps the next one waiting here while the last one's answer travels, so
+    a message never waits for a take to be sent."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[object] = []
+        self._served = 0  # every take up to this number has answered
+        self._skipped: set[int] = set()  # later takes that answered empty, out of turn
+        self.ended = False
+
+    def send(self, msg: object) -> None:  # what worker_main calls on its Connection
+        with self._cond:
+            self._pending.append(msg)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def take(self, number: int, timeout: float) -> tuple[list[object], bool]:
+        with self._cond:
+
+            def turn() -> bool:
+                return self._served == number - 1
+
+            self._cond.wait_for(lambda: turn() and (bool(self._pending) or self.ended), timeout)
+            out: list[object] = []
+            if turn():
+                out, self._pending = self._pending, []
+                self._served = number
+            else:  # timed out before the take ahead of it answered: it answers empty
+                self._skipped.add(number)
+            while self._served + 1 in self._skipped:
+                self._skipped.discard(self._served + 1)
+                self._served += 1
+            self._cond.notify_all()
+            return out, self.ended
+
+
+class LaneActor:
+    """The body of the Ray actor (wrapped by ray.remote when the first worker starts)."""
+
+    def __init__(self, spec: WorkerSpec, board_name: str | None, board_lanes: tuple[str, ...]) -> None:
+        gpus = ray.get_gpu_ids()
+        if spec.binding.gpu is not None and gpus:
+            # The GPU Ray gave us, whatever index the config named (it names the device kind).
+            spec = dataclasses.replace(spec, binding=dataclasses.replace(spec.binding, gpu=int(gpus[0])))
+        board = (
+            ActivityBoard.attach(board_lanes, board_name)
+            if board_name
+            # Not placed with its partners (its policy is 'none'): a board of its own, where
+            # they stay idle, for the Yielder's reads.
+            else ActivityBoard((spec.lane, *spec.yield_to), array=bytearray(1 + len(spec.yield_to)))
+        )
+        if spec.lane in board.lanes:
+            board.writer(spec.lane)(Activity.IDLE)  # a predecessor killed mid-prefill left its mark
+        self._inbox = _Inbox()
+        self._outbox = _Outbox()
+        self._proc = psutil.Process()
+        ctx = ray.get_runtime_context()
+        self._node_id = ctx.get_node_id()
+        self._node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        threading.Thread(target=self._serve, args=(spec, board), name="ris-serve", daemon=True).start()
+
+    def _serve(self, spec: WorkerSpec, board: ActivityBoard) -> None:
+        try:
+            worker_main(spec, self._inbox, self._outbox, board)  # type: ignore[arg-type]
+        finally:
+            self._outbox.end()
+
+    def put(self, seq: int, msg: object) -> None:
+        self._inbox.put(seq, msg)
+
+    def take(self, number: int, timeout: float) -> _Batch:
+        messages, ended = self._outbox.take(number, timeout)
+        return _Batch(
+            messages,
+            ended,
+            os.getpid(),
+            int(self._proc.memory_info().rss),
+            float(self._proc.cpu_percent(None)),
+            self._node_id,
+            self._node_ip,
+        )
+
+
+_remote_actor: Any = None
+
+
+def _actor_class() -> Any:
+    global _remote_actor
+    if _remote_actor is None:
+        # Threads: put and take (and a spare) run at once, the serving loop in its own thread.
+        remote: Any = ray.remote  # its overloads do not list the actor options
+        _remote_actor = remote(max_concurrency=4, max_restarts=0)(LaneActor)
+    return _remote_actor
+
+
+class RayWorkers:
+    """Builds each lane's RayWorkers: joins the cluster, refuses what it cannot host, and
+    reserves a placement group for each set of lanes placed together."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        check_cluster(config)
+        self.config = config
+        self.loop = loop
+        self._groups: dict[str, tuple[PlacementGroup, int, str, tuple[str, ...]]] = {}
+        self._made: list[tuple[PlacementGroup, str]] = []
+        for group in colocated_groups(config):
+            pg = placement_group(
+                [demand(config, lane).as_bundle() for lane in group],
+                strategy="STRICT_PACK",
+                name=f"ris-{'-'.join(group)}",
+            )
+            ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+            if not ready:
+                remove_placement_group(pg)
+                raise ConfigError(
+                    f"lanes {' and '.join(group)} must share a node and no node of the Ray cluster "
+                    f"took them together within {PLACEMENT_TIMEOUT_S:g} s: "
+                    f"{[demand(config, lane).as_bundle() for lane in group]}"
+                )
+            # Named per server (pid) and group: a block in the node's /dev/shm.
+            board = f"ris-board-{config.cluster.namespace}-{os.getpid()}-{'-'.join(group)}"
+            self._made.append((pg, board))
+            for i, lane in enumerate(group):
+                self._groups[lane] = (pg, i, board, group)
+
+    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> RayWorker:
+        lane = spec.lane
+        need = demand(self.config, lane)
+        spec = dataclasses.replace(
+            spec, binding=dataclasses.replace(spec.binding, threads=threads_in_cluster(self.config, lane))
+        )
+        env = spec.binding.environment()
+        if spec.binding.gpu is not None:
+            del env["CUDA_VISIBLE_DEVICES"]  # Ray sets it to the GPU it assigns
+        options: dict[str, Any] = {
+            "num_cpus": need.num_cpus,
+            "num_gpus": need.num_gpus,
+            "resources": dict(need.resources),
+            # From the process's first instruction: Ray would set OMP_NUM_THREADS=1 otherwise.
+            "runtime_env": {"env_vars": env},
+        }
+        board_name: str | None = None
+        board_lanes: tuple[str, ...] = ()
+        if lane in self._groups:
+            pg, index, board_name, board_lanes = self._groups[lane]
+            # The bundle already holds the resources: the actor asks for them inside it.
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=index
+            )
+        return RayWorker(spec, deliver, self.loop, options, board_name, board_lanes)
+
+    def close(self) -> None:
+        """Free the placement groups, and the boards in their node's shared memory (removed by
+        a task run in the group, on that node)."""
+        unlink: Any = ray.remote(num_cpus=0)(_unlink_board)
+        for pg, board in self._made:
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+            try:
+                ray.get(unlink.options(scheduling_strategy=strategy).remote(board), timeout=10)
+            except Exception:  # noqa: BLE001 - a node gone with its board: nothing to remove
+                log.warning("activity board %s not removed from its node", board)
+            remove_placement_group(pg)
+        self._made.clear()
+
+
+def _unlink_board(name: str) -> None:
+    from multiprocessing import shared_memory
+
+    try:
+        shm = shared_memory.SharedMemory(name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    shm.unlink()
+
+
+class RayWorker:
+    """One lane worker as a Ray actor (the LaneWorker protocol)."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        deliver: Callable[[object], None],
+        loop: asyncio.AbstractEventLoop,
+        options: dict[str, Any],
+        board_name: str | None,
+        board_lanes: tuple[str, ...],
+    ) -> None:
+        self.spec = spec
+        self._deliver = deliver
+        self._loop = loop
+        self._options = options
+        self._board = (board_name, board_lanes)
+        self._actor: Any = None
+        self._dead = False
+        self._ended = False
+        self._seq = 0
+        self._generation = 0
+        self._pump: asyncio.Task[None] | None = None
+        self._last: _Batch | None = None
+
+    # ----- LaneWorker ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._generation += 1
+        self._actor = _actor_class().options(**self._options).remote(self.spec, *self._board)
+        self._dead = self._ended = False
+        self._seq = 0
+        self._last = None
+        self._pump = self._loop.create_task(self._pump_loop(self._actor, self._generation))
+
+    def send(self, msg: object) -> bool:
+        if self._actor is None or self._dead:
+            return False
+        self._seq += 1
+        self._actor.put.remote(self._seq, msg)
+        return True
+
+    def alive(self) -> bool:
+        return self._actor is not None and not self._dead and not self._ended
+
+    def kill(self) -> None:
+        self._generation += 1  # whatever the old actor still sends is dropped
+        actor, self._actor = self._actor, None
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+        if actor is not None:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone with its node: nothing to kill
+                log.debug("%s actor already gone", self.spec.lane)
+
+    async def stop(self, timeout: float) -> None:
+        pump = self._pump
+        if self.alive() and pump is not None:
+            self.send(m.Shutdown())
+            await asyncio.wait([pump], timeout=timeout)
+        self.kill()
+
+    def memory_bytes(self) -> int | None:
+        return self._last.rss_bytes if self._last is not None and self.alive() else None
+
+    def usage(self) -> ResourceUsage:
+        b = self._last
+        if b is None:
+            return ResourceUsage()
+        if not self.alive():
+            return ResourceUsage(pid=b.pid, node=b.node_id, node_ip=b.node_ip)
+        return ResourceUsage(
+            pid=b.pid,
+            cpu_percent=b.cpu_percent,
+            rss_bytes=b.rss_bytes,
+            node=b.node_id,
+            node_ip=b.node_ip,
+        )
+
+    # ----- the long poll -------------------------------------------------------------------
+
+    async def _pump_loop(self, actor: Any, generation: int) -> None:
+        # Two takes outstanding: while one answer travels, the next take already waits.
+        polls = deque(actor.take.remote(n, POLL_S) for n in (1, 2))
+        number = 2
+        while generation == self._generation:
+            try:
+                batch: _Batch = await polls.popleft()
+                number += 1
+                polls.append(actor.take.remote(number, POLL_S))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any Ray error: the actor or its node is gone
+                if generation == self._generation:
+                    log.error("%s worker (Ray actor) is gone: %s", self.spec.lane, type(e).__name__)
+                    self._dead = True
+                return
+            if generation != self._generation:
+                return
+            self._last = batch
+            for msg in batch.messages:
+                try:
+                    self._deliver(msg)
+                except Exception:  # noqa: BLE001 - the messages after it must still be delivered
+                    log.exception("%s worker: handling %s failed", self.spec.lane, type(msg).__name__)
+                if generation != self._generation:
+                    return  # delivering a message got this worker replaced
+            if batch.ended:
+                self._ended = True
+                return
+
+
+__all__ = ["LaneActor", "RayWorker", "RayWorkers", "check_cluster", "connect"]

@@ -1,0 +1,241 @@
+"""Cluster mode: the real service on a local three-node Ray cluster with fake resources.
+
+One cluster for the session (Ray's own cost: about 1 GiB and 4 s here). Its nodes, each
+pinned to a few logical CPUs, advertise different lanes:
+  head     ris_lane_llm, ris_lane_image: 2 each, 6 CPUs (room for two servers' LLM and
+           image workers: the co-placement test starts its own)
+  speech-a ris_lane_tts (1 CPU)
+  speech-b ris_lane_tts (1 CPU)
+so the TTS lane runs two replicas, one on each speech node. The last test takes a speech node
+away and brings another: the cluster's shape changes for tests after it. The server is a real `ris serve`
+process joining the cluster by address; its workers are actors on these nodes, with the real
+default models.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ris import Client
+
+from .server import Server, kill, make_config
+from .waiting import post_in_background, wait_for, wait_state
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """The cluster's address and, per lane resource, the ids of the nodes advertising it."""
+    cluster = cluster_utils.Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={"num_cpus": 6, "resources": {"ris_lane_llm": 2, "ris_lane_image": 2}},
+    )
+    try:
+        cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
+        cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
+        cluster.wait_for_nodes()
+        hosts: dict[str, set[str]] = {}
+        for node in ray.nodes():
+            for name in node["Resources"]:
+                if name.startswith("ris_lane_"):
+                    hosts.setdefault(name, set()).add(node["NodeID"])
+        yield {"address": cluster.address, "hosts": hosts, "cluster": cluster}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def cluster_config(tmp: Path, address: str, **lanes: dict[str, Any]) -> dict[str, Any]:
+    lanes["tts"] = {"replicas": 2, "heartbeat_timeout_s": 3.0, **lanes.get("tts", {})}
+    cfg = make_config(tmp, **lanes)
+    cfg["cluster"] = {"engine": "ray", "address": address}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory: pytest.TempPathFactory, ray_cluster: dict[str, Any]) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("ray")
+    srv = Server(tmp, cluster_config(tmp, ray_cluster["address"])).start(timeout=300)
+    yield srv
+    srv.stop()
+
+
+def workers(srv: Server, lane: str) -> list[dict[str, Any]]:
+    return list(srv.stats()[lane]["workers"])
+
+
+def test_each_lane_lands_on_a_node_that_advertises_it(
+    ray_server: Server, ray_cluster: dict[str, Any]
+) -> None:
+    hosts = ray_cluster["hosts"]
+    for lane in ("llm", "tts", "image"):
+        for w in workers(ray_server, lane):
+            assert w["state"] == "ready", w
+            assert w["node"] in hosts[f"ris_lane_{lane}"], (lane, w["node"], hosts)
+            # The local binding, applied inside the actor: cores and threads from the config
+            # (Ray would leave OMP_NUM_THREADS=1), no GPU for speech.
+            assert w["threads"] == 1
+    tts = workers(ray_server, "tts")
+    assert len(tts) == 2
+    assert {w["node"] for w in tts} == hosts["ris_lane_tts"]  # one replica on each speech node
+    assert all(w["cpu_affinity"] == [1] and w["cuda_visible_devices"] == "" for w in tts)
+    assert all(w["node_ip"] for w in tts)
+    # The console's view: `ris status` lists every replica with its node.
+    status = subprocess.run(
+        [sys.executable, "-m", "ris", "status", "--url", ray_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for w in tts:
+        assert f"on node {w['node'][:12]} at {w['node_ip']}" in status, status
+
+
+def test_the_seed_api_answers_through_the_cluster(ray_server: Server) -> None:
+    with Client(ray_server.url, timeout=120, max_retries=0) as c:
+        tokens = list(c.generate_stream("Say hello.", max_tokens=8))
+        assert len(tokens) >= 2  # streamed back token by token across the actor boundary
+        speech = c.synthesize("Hello from a Ray node.")
+        assert speech.duration_s > 0.5
+        png = c.image("a red square", width=64, height=64, steps=2)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"  # bytes from the node, no shared disk
+
+
+def test_two_tts_replicas_serve_at_once(ray_server: Server) -> None:
+    text = "Two speech nodes share the work of this long passage. " * 12
+    started = [
+        post_in_background(f"{ray_server.url}/api/tts/synthesize", {"text": text}, 120) for _ in range(2)
+    ]
+    busy: list[list[int]] = []
+
+    def both_running() -> bool:
+        busy.append([w["running"] for w in workers(ray_server, "tts")])
+        return busy[-1] == [1, 1]
+
+    wait_for(both_running, 60)
+    for t, result in started:
+        t.join(120)
+        assert result and result[0].status_code == 200, result[0].text if result else "no response"
+
+
+def test_killed_actor_fails_its_task_and_the_lane_comes_back(ray_server: Server) -> None:
+    text = "This passage keeps one speech node busy for a while. " * 40
+    t, result = post_in_background(f"{ray_server.url}/api/tts/synthesize", {"text": text}, 120)
+    found: list[dict[str, Any]] = []
+
+    def one_running() -> bool:
+        found[:] = [w for w in workers(ray_server, "tts") if w["running"]]
+        return bool(found)
+
+    wait_for(one_running, 30)
+    restarts = found[0]["restarts"]
+    kill(found[0]["pid"], signal.SIGKILL)  # the actor's process: the nodes share this machine
+    t.join(30)
+    assert result, "no response within 30 s"
+    assert result[0].json()["error"]["code"] == "worker_crashed"
+
+    def replaced() -> bool:
+        return any(w["restarts"] > restarts and w["state"] == "ready" for w in workers(ray_server, "tts"))
+
+    wait_for(replaced, 90)
+    with Client(ray_server.url, timeout=60, max_retries=0) as c:
+        assert c.synthesize("Back again.").duration_s > 0.3
+
+
+def test_a_running_image_task_reports_progress_and_is_cancelled_across_the_wire(ray_server: Server) -> None:
+    with Client(ray_server.url, timeout=60, max_retries=0) as c:
+        task_id = c.generate_image("a long green field", width=128, height=128, steps=100)["task_id"]
+        wait_for(lambda: (c.progress(task_id).get("step") or 0) >= 1, 60)  # steps reach the head
+        assert c.cancel(task_id)["outcome"] == "requested"
+        final = wait_state(c, task_id, ("cancelled", "failed", "succeeded"), timeout=30)
+    assert final["status"] == "cancelled" and final["step"] < 100, final
+
+
+def test_a_lane_no_node_can_host_is_refused_at_start(tmp_path: Path, ray_cluster: dict[str, Any]) -> None:
+    # No node has a GPU, and only two advertise the speech lane.
+    cfg = cluster_config(tmp_path, ray_cluster["address"], image={"device": "cuda:0"}, tts={"replicas": 3})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "ris", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "lanes.image: no node of the Ray cluster has resource 'GPU'" in done.stderr
+    assert "lanes.tts.replicas: 3, but the Ray cluster's nodes can host 2" in done.stderr
+    assert time.monotonic() - start < 60  # refused, not left pending
+
+
+def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
+    tmp_path: Path, ray_cluster: dict[str, Any]
+) -> None:
+    # 'block' for the whole LLM request: the image worker pauses while the LLM works, which
+    # it can only see through the activity board the two actors share on their node.
+    cfg = cluster_config(
+        tmp_path,
+        ray_cluster["address"],
+        image={"preemption": {"policy": "block", "scope": "request"}},
+        tts={"enabled": False, "replicas": 1},
+    )
+    srv = Server(tmp_path, cfg).start(timeout=300)
+    try:
+        (llm,), (image,) = workers(srv, "llm"), workers(srv, "image")
+        assert llm["node"] == image["node"] in ray_cluster["hosts"]["ris_lane_image"]
+        with Client(srv.url, timeout=120, max_retries=0) as c:
+            task_id = c.generate_image("a slow blue square", width=128, height=128, steps=40)["task_id"]
+            wait_for(lambda: c.progress(task_id)["status"] == "running", 60)
+            c.generate("Tell a story.", max_tokens=64)
+            c.wait(task_id, timeout=240)
+            result = c.task(task_id)["result"]
+        assert result["pauses"] >= 1 and result["paused_s"] > 0, result
+    finally:
+        srv.stop()
+
+
+def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
+    ray_server: Server, ray_cluster: dict[str, Any]
+) -> None:
+    cluster = ray_cluster["cluster"]
+    text = "This passage keeps one speech node busy while it goes away. " * 40
+    t, result = post_in_background(f"{ray_server.url}/api/tts/synthesize", {"text": text}, 120)
+    found: list[dict[str, Any]] = []
+
+    def one_running() -> bool:
+        found[:] = [w for w in workers(ray_server, "tts") if w["running"]]
+        return bool(found)
+
+    wait_for(one_running, 30)
+    (node,) = [n for n in cluster.list_all_nodes() if n.node_id == found[0]["node"]]
+    lost_at = time.monotonic()
+    cluster.remove_node(node, allow_graceful=False)
+    t.join(30)
+    assert result, "no response within 30 s"
+    # Within the heartbeat timeout (3 s here) and some polling: a clear code, no hang.
+    assert time.monotonic() - lost_at < 3.0 + 5.0
+    assert result[0].json()["error"]["code"] in ("worker_crashed", "worker_timeout"), result[0].text
+    with Client(ray_server.url, timeout=60, max_retries=0) as c:
+        assert c.synthesize("The other node serves on.").duration_s > 0.3
+        # Its replacement waits for a node with the lane's resource, then serves.
+        cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
+        wait_for(lambda: [w["state"] for w in workers(ray_server, "tts")] == ["ready", "ready"], 120)
+        nodes = {w["node"] for w in workers(ray_server, "tts")}
+        assert node.node_id not in nodes and len(nodes) == 2
+        assert c.synthesize("Back on a new node.").duration_s > 0.3

@@ -1,0 +1,201 @@
+"""Cluster mode without a cluster: what each lane's worker asks Ray for, which configs no set
+of nodes can host (and the words that say so), and the config rules for Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ris.config import Config, ConfigError, parse_config
+from ris.machine import MachineInfo
+from ris.preemption.board import ActivityBoard
+from ris.preemption.policy import Activity
+from ris.runtime.placement import colocated_groups, demand, refusals, threads_in_cluster
+
+HEAD = MachineInfo(cores=(0, 1), gpus=0)  # the server's own machine: no GPU, two cores
+
+
+def cluster(**lanes: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "cluster": {"engine": "ray", "address": "10.0.0.1:6379"},
+        "lanes": {
+            "llm": {
+                "cores": [0],
+                "threads": 1,
+                "default_model": "m",
+                "models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}},
+            },
+            "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": {"enabled": False, "priority_class": "batch"},
+        },
+    }
+    for lane, override in lanes.items():
+        data["lanes"][lane].update(override)
+    return data
+
+
+def with_image(**image: Any) -> dict[str, Any]:
+    return cluster(
+        llm={"device": "cuda:0"},
+        image={
+            "enabled": True,
+            "device": "cuda:0",
+            "cores": [2, 3],
+            "default_model": "t",
+            "models": {"t": {"backend": "diffusers", "source": "tiny"}},
+            **image,
+        },
+    )
+
+
+def cfg(data: dict[str, Any]) -> Config:
+    return parse_config(data, HEAD)
+
+
+def test_a_worker_asks_for_its_lane_resource_its_cores_and_its_gpu() -> None:
+    c = cfg(cluster(llm={"device": "cuda:3", "cores": [4, 5, 6]}, tts={"cores": None, "threads": 2}))
+    llm = demand(c, "llm")
+    assert llm.as_bundle() == {"CPU": 3.0, "GPU": 1.0, "ris_lane_llm": 1.0}
+    assert demand(c, "tts").as_bundle() == {"CPU": 2.0, "ris_lane_tts": 1.0}
+    # The node's cores and GPUs, not this machine's: cuda:3 and core 6 do not exist here.
+    assert threads_in_cluster(c, "llm") == 1 and threads_in_cluster(c, "tts") == 2
+
+
+def test_an_image_lane_yielding_on_the_llms_gpu_is_placed_with_it() -> None:
+    c = cfg(with_image())
+    assert colocated_groups(c) == [("llm", "image")]
+    # One GPU between the two: Ray packs both on it.
+    assert demand(c, "llm").num_gpus == 0.5 and demand(c, "image").num_gpus == 0.5
+    # Told not to yield, it needs no partner and gets a GPU of its own.
+    apart = cfg(with_image(preemption={"policy": "none"}))
+    assert colocated_groups(apart) == [] and demand(apart, "image").num_gpus == 1.0
+
+
+def test_lanes_placed_together_have_one_replica_each() -> None:
+    with pytest.raises(ConfigError) as exc:
+        cfg(with_image(replicas=2))
+    assert "lanes.image.replicas: 2; the image lane yields to llm on cuda:0" in str(exc.value)
+
+
+def test_a_ray_cluster_needs_an_address_and_a_local_one_none() -> None:
+    no_address = cluster()
+    no_address["cluster"] = {"engine": "ray"}
+    with pytest.raises(ConfigError, match="cluster.address is missing"):
+        cfg(no_address)
+    stray = cluster()
+    stray["cluster"] = {"engine": "local", "address": "10.0.0.1:6379"}
+    with pytest.raises(ConfigError, match="cluster.engine is 'local'"):
+        cfg(stray)
+
+
+SPEECH_NODE = {"CPU": 1.0, "ris_lane_tts": 1.0}
+LLM_NODE = {"CPU": 4.0, "GPU": 1.0, "ris_lane_llm": 1.0}
+
+
+def test_a_cluster_that_hosts_every_lane_is_not_refused() -> None:
+    assert refusals(cfg(cluster(tts={"replicas": 2})), [LLM_NODE, SPEECH_NODE, SPEECH_NODE]) == []
+
+
+def test_a_lane_resource_no_node_advertises_is_named_with_the_command_that_adds_it() -> None:
+    (problem,) = refusals(cfg(cluster(tts={"replicas": 2})), [LLM_NODE])
+    assert problem.startswith("lanes.tts: no node of the Ray cluster has resource 'ris_lane_tts' >= 1")
+    assert """ray start --resources='{"ris_lane_tts": 2}'""" in problem
+
+
+def test_a_gpu_lane_on_cpu_nodes_is_refused_naming_the_gpu() -> None:
+    (problem,) = refusals(
+        cfg(cluster(llm={"device": "cuda:0"})), [{"CPU": 8.0, "ris_lane_llm": 1.0}, SPEECH_NODE]
+    )
+    assert (
+        "lanes.llm: no node of the Ray cluster has resource 'GPU' >= 1 (the most any node has: 0)" == problem
+    )
+
+
+def test_more_replicas_than_nodes_can_host_are_refused() -> None:
+    (problem,) = refusals(cfg(cluster(tts={"replicas": 3})), [LLM_NODE, SPEECH_NODE, SPEECH_NODE])
+    assert problem.startswith("lanes.tts.replicas: 3, but the Ray cluster's nodes can host 2 worker(s)")
+
+
+def test_resources_spread_over_nodes_that_none_has_together_are_refused() -> None:
+    gpu_only = {"CPU": 1.0, "GPU": 1.0}
+    (problem,) = refusals(
+        cfg(cluster(llm={"device": "cuda:0"})), [gpu_only, {"CPU": 1.0, "ris_lane_llm": 1.0}, SPEECH_NODE]
+    )
+    assert "no single node of the Ray cluster has all of" in problem
+
+
+def test_lanes_placed_together_need_one_node_with_room_for_both() -> None:
+    c = cfg(with_image())
+    # The LLM asks for 1 CPU, the image lane for 2 (its cores): 3 on one node.
+    gpu_box = {"CPU": 2.0, "GPU": 1.0, "ris_lane_llm": 1.0, "ris_lane_image": 1.0}
+    problems = refusals(c, [gpu_box, SPEECH_NODE])
+    assert len(problems) == 1 and problems[0].startswith("lanes llm and image (placed together")
+    assert refusals(c, [{**gpu_box, "CPU": 3.0}, SPEECH_NODE]) == []
+
+
+def test_a_board_attached_by_name_is_one_board() -> None:
+    name = "ris-test-board-unit"
+    llm_side = ActivityBoard.attach(("llm", "image"), name)
+    image_side = ActivityBoard.attach(("llm", "image"), name)
+    try:
+        llm_side.writer("llm")(Activity.PREFILL)
+        assert image_side.reader(["llm"])() == [int(Activity.PREFILL)]
+        llm_side.set("llm", Activity.IDLE)
+        assert image_side.get("llm") is Activity.IDLE
+    finally:
+        from multiprocessing import shared_memory
+
+        shared_memory.SharedMemory(name).unlink()
+
+
+def test_messages_to_an_actor_are_served_in_the_order_sent() -> None:
+    # A threaded actor may run two put() calls out of order: a cancel must not overtake its task.
+    pytest.importorskip("ray")
+    from ris.runtime.ray_worker import _Inbox
+
+    inbox = _Inbox()
+    inbox.put(2, "cancel")
+    inbox.put(3, "shutdown")
+    inbox.put(1, "run")
+    assert [inbox.recv() for _ in range(3)] == ["run", "cancel", "shutdown"]
+
+
+def test_an_address_where_no_head_answers_is_refused_at_once() -> None:
+    pytest.importorskip("ray")
+    from ris.launch import free_port
+    from ris.runtime.ray_worker import check_cluster
+
+    data = cluster()
+    data["cluster"]["address"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ConfigError, match="no Ray head answers there"):
+        check_cluster(cfg(data))
+
+
+def test_serve_with_ray_turns_a_local_config_into_a_cluster_one(tmp_path: Path) -> None:
+    from ris.cli import _load, build_parser
+
+    local = cluster()
+    del local["cluster"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(local))
+    args = build_parser().parse_args(["config", "--config", str(path), "--ray", "10.0.0.9:6379"])
+    loaded = _load(args)
+    assert (loaded.cluster.engine, loaded.cluster.address) == ("ray", "10.0.0.9:6379")
+
+
+def test_takes_answer_in_the_order_they_were_sent() -> None:
+    # Two takes wait in the actor at once; whichever thread runs first, messages leave in order.
+    pytest.importorskip("ray")
+    from ris.runtime.ray_worker import _Outbox
+
+    out = _Outbox()
+    assert out.take(2, 0.01) == ([], False)  # ran before take 1: answers empty, out of turn
+    out.send("token")
+    assert out.take(3, 0.01) == ([], False)  # take 1 has not answered: the token waits for it
+    assert out.take(1, 0.01) == (["token"], False)
+    out.send("done")
+    out.end()
+    assert out.take(4, 0.01) == (["done"], True)  # takes 2 and 3 had their turn
