@@ -26,7 +26,7 @@ from ris.api.errors import error_response, is_openai
 from ris.config import Config, ConfigError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-OPEN_PATHS = frozenset({"/health", "/ui/login"})
+OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
 # The console's scripts and styles: the login page needs them, and they hold no secrets.
 OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
