@@ -15,6 +15,7 @@ from ris.api.routes.tasks import task_info
 from ris.api.stats import lane_stats
 from ris.lanes.image import ImageResult
 from ris.lanes.llm import LLMResult
+from ris.lanes.tts import TTSResult
 from ris.preemption.policy import Activity
 from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.engine import Engine
@@ -22,9 +23,9 @@ from ris.runtime.supervisor import WorkerState
 from ris.runtime.views import TaskView
 from ris.scheduler import TaskState
 
-# How far back the LLM timeline's yield windows and the recent tasks reach.
+# How far back the LLM timeline's yield windows reach.
 HISTORY_S = 300.0
-RECENT_TASKS = 20
+RECENT_TASKS_PER_LANE = 10
 # Live tasks shown per lane (a queue of 256 images would make every tick heavy).
 LIVE_TASKS_PER_LANE = 50
 
@@ -40,7 +41,7 @@ def console_state(engine: Engine) -> dict[str, Any]:
         # Machine-wide, per core: the lanes' cores are listed on their cards.
         "cpu_cores": psutil.cpu_percent(percpu=True),
         "lanes": lanes,
-        "yields": _yield_windows(engine, now),
+        "yields": _yield_windows(engine),
         "tasks": _tasks(engine),
     }
 
@@ -95,28 +96,36 @@ def _uptime(engine: Engine, lane: str) -> float | None:
     return engine.clock() - replicas[0].watch.started_at
 
 
-def _yield_windows(engine: Engine, now: float) -> list[dict[str, Any]]:
+def _yield_windows(engine: Engine) -> list[dict[str, Any]]:
     """When image work paused for the LLM, over the last HISTORY_S: each LLM task's prefill
     (its whole run under scope "request") that overlapped a running image task, under a
     policy that pauses for it. Derived from task times; the pauses the image worker measured
     are on each image task (`paused_s`, `pauses`)."""
     out: list[dict[str, Any]] = []
     sched = engine.scheduler
+    horizon = engine.clock() - HISTORY_S
+
+    def recent(lane: str) -> list[Any]:  # tasks that ran in the window (the scheduler keeps 1000)
+        return [
+            t
+            for t in sched.tasks(lane)
+            if t.started_at is not None and (t.finished_at is None or t.finished_at > horizon)
+        ]
+
+    llm_tasks = recent("llm")
     for lane in engine.replicas:
         if "llm" not in yields_to(engine.config, lane):
             continue
         policy = resolve_policy(engine.config, lane)
         if policy.mode == "none":
             continue
-        batch = [(t.started_at, t.finished_at) for t in sched.tasks(lane) if t.started_at is not None]
-        for t in sched.tasks("llm"):
-            if t.started_at is None:
-                continue
+        batch = [(t.started_at, t.finished_at) for t in recent(lane)]
+        if not batch:
+            continue
+        for t in llm_tasks:
             start = t.started_at
             end = _prefill_end(engine, t.id, t.submitted_at, t.result) if policy.scope == "prefill" else None
             end = end or t.finished_at or engine.clock()
-            if (engine.wall(end) or 0) < now - HISTORY_S:
-                continue
             if any(b0 < end and (b1 is None or b1 > start) for b0, b1 in batch):
                 out.append({"lane": lane, "start": engine.wall(start), "end": engine.wall(end)})
     out.sort(key=lambda w: w["start"])
@@ -134,17 +143,18 @@ def _prefill_end(engine: Engine, task_id: str, submitted_at: float, result: Any)
 def _tasks(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     queued: list[dict[str, Any]] = []
     running: list[dict[str, Any]] = []
-    recent: list[TaskView] = []
+    recent: list[dict[str, Any]] = []
     for lane in engine.config.lanes:
         live = engine.scheduler.tasks(lane)
         q = [t for t in live if t.state is TaskState.QUEUED]
         q.sort(key=lambda t: engine.scheduler.position(t.id) or 0)
         queued += [_task(engine, t.id) for t in q[:LIVE_TASKS_PER_LANE]]
         running += [_task(engine, t.id) for t in live if t.state is TaskState.RUNNING][:LIVE_TASKS_PER_LANE]
-        recent += engine.tasks(lane, None, RECENT_TASKS * 2)
-    done = [v for v in recent if v.state not in (TaskState.QUEUED, TaskState.RUNNING)]
-    done.sort(key=lambda v: v.finished_at or 0, reverse=True)
-    return {"queued": queued, "running": running, "recent": [_brief(v) for v in done[:RECENT_TASKS]]}
+        ended = [t for t in live if t.state.finished]
+        ended.sort(key=lambda t: t.finished_at or 0, reverse=True)
+        recent += [_task(engine, t.id) for t in ended[:RECENT_TASKS_PER_LANE]]
+    recent.sort(key=lambda t: t["finished_at"] or 0, reverse=True)
+    return {"queued": queued, "running": running, "recent": recent}
 
 
 def _task(engine: Engine, task_id: str) -> dict[str, Any]:
@@ -154,9 +164,12 @@ def _task(engine: Engine, task_id: str) -> dict[str, Any]:
 
 
 def _brief(view: TaskView) -> dict[str, Any]:
-    """A task row: task_info without the result, plus the image worker's measured pauses."""
+    """A task row: task_info without the result, plus the image worker's measured pauses and
+    the length of a speech (for the TTS lane's real-time factor)."""
     row = task_info(view, with_result=False)
     r = view.result
     if isinstance(r, ImageResult):
         row["paused_s"], row["pauses"] = r.paused_s, r.pauses
+    elif isinstance(r, TTSResult):
+        row["audio_s"] = r.duration_s
     return row

@@ -23,7 +23,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.templating import Jinja2Templates
 
 from ris import __version__
-from ris.api.console_state import console_state
+
+# The module, not its function: console_state imports routes.tasks, whose package imports this.
+from ris.api import console_state as state_body
 from ris.api.deps import engine_of
 from ris.api.errors import APIError
 from ris.api.security import KEY_COOKIE
@@ -177,7 +179,7 @@ async def static(name: str) -> FileResponse:
 async def state(request: Request) -> dict[str, Any]:
     """Every lane's live state and the tasks queued, running and recently finished, in one
     body: what the console polls about once a second."""
-    return console_state(engine_of(request))
+    return state_body.console_state(engine_of(request))
 
 
 def redact(value: Any, name: str = "") -> Any:

@@ -6,7 +6,6 @@ const SPAN_S = 300;
 const charts = {}; // lane -> {latency, throughput}
 const lastState = {}; // lane -> last state shown (for the events list)
 const lastSteps = {}; // image task id -> steps done at the previous tick
-let lastTick = null;
 const cpuChart = new TimeChart(document.getElementById("cpu-chart"), { span: SPAN_S, max: 100 });
 
 for (const card of document.querySelectorAll(".card[data-lane]")) {
@@ -17,24 +16,44 @@ for (const card of document.querySelectorAll(".card[data-lane]")) {
   };
 }
 
-function throughput(lane, s, state, dt) {
-  if (lane === "image") {
-    // Steps per second: how far the running image tasks advanced since the last tick.
-    let steps = 0;
-    const seen = {};
-    for (const t of state.tasks.running) {
-      if (t.lane !== lane) continue;
-      seen[t.task_id] = t.progress_done;
-      steps += Math.max(0, t.progress_done - (lastSteps[t.task_id] ?? t.progress_done));
-    }
-    for (const k of Object.keys(lastSteps)) delete lastSteps[k];
-    Object.assign(lastSteps, seen);
-    return { value: dt ? steps / dt : 0, unit: "steps/s" };
+// Image steps per second over the last few ticks: how far image tasks (running, or finished
+// since the last tick) advanced. A per-tick figure would jump between 0 and a burst.
+const stepWindow = [];
+function imageSteps(state, now) {
+  let steps = 0;
+  const seen = {};
+  for (const t of [...state.tasks.running, ...state.tasks.recent]) {
+    if (t.lane !== "image") continue;
+    seen[t.task_id] = t.progress_done;
+    if (t.task_id in lastSteps) steps += Math.max(0, t.progress_done - lastSteps[t.task_id]);
+    else if (t.state === "running") steps += t.progress_done; // started since the last tick
   }
-  return { value: s.outputs_per_s, unit: lane === "llm" ? "tokens/s" : lane === "tts" ? "audio chunks/s" : "outputs/s" };
+  for (const k of Object.keys(lastSteps)) delete lastSteps[k];
+  Object.assign(lastSteps, seen);
+  if (!stepWindow.length) steps = 0; // the first tick has no previous one to compare with
+  stepWindow.push([now, steps]);
+  while (stepWindow.length > 1 && stepWindow[0][0] < now - 5) stepWindow.shift();
+  const span = now - stepWindow[0][0];
+  const total = stepWindow.slice(1).reduce((a, [, n]) => a + n, 0);
+  return span > 0 ? total / span : 0;
 }
 
-function facts(s, tp) {
+// Seconds of synthesis per second of speech, over the lane's recent tasks (median).
+function realTimeFactor(state, lane) {
+  const rtf = state.tasks.recent
+    .filter((t) => t.lane === lane && t.audio_s && t.started_at && t.finished_at)
+    .map((t) => (t.finished_at - t.started_at) / t.audio_s)
+    .sort((a, b) => a - b);
+  return rtf.length ? rtf[rtf.length >> 1] : null;
+}
+
+function throughput(lane, s, state, now) {
+  if (lane === "image") return { value: imageSteps(state, now), unit: "steps/s" };
+  if (lane === "llm") return { value: s.outputs_per_s, unit: "tokens/s" };
+  return { value: s.outputs_per_s, unit: lane === "tts" ? "audio chunks/s" : "outputs/s" };
+}
+
+function facts(s, tp, rtf) {
   const w = s.worker;
   const mem = w.memory_limit_bytes ? `${fmt.bytes(w.rss_bytes)} of ${fmt.bytes(w.memory_limit_bytes)}` : fmt.bytes(w.rss_bytes);
   const rows = [
@@ -52,6 +71,7 @@ function facts(s, tp) {
     ["429s", s.rejected, "rejected"],
     ["Latency", `p50 ${fmt.secs(s.latency_s.p50)}, p99 ${fmt.secs(s.latency_s.p99)}`, "latency"],
     ["Throughput", `${fmt.num(tp.value)} ${tp.unit}`, "throughput"],
+    ...(rtf !== null ? [["Real-time factor", `${fmt.num(rtf, 2)} (synthesis s per speech s)`, "rtf"]] : []),
     ["CPU", w.cpu_percent === null ? "–" : `${fmt.num(w.cpu_percent)} %`, "cpu"],
     ["Memory", mem, "memory"],
   ];
@@ -69,8 +89,6 @@ function logEvent(text) {
 async function refresh() {
   const state = await api("/api/console/state");
   const now = state.time;
-  const dt = lastTick === null ? 0 : now - lastTick;
-  lastTick = now;
   for (const [lane, s] of Object.entries(state.lanes)) {
     const card = document.getElementById("lane-" + lane);
     if (!card) continue;
@@ -81,8 +99,8 @@ async function refresh() {
     card.dataset.state = shown;
     if (lastState[lane] !== undefined && lastState[lane] !== shown) logEvent(`${lane}: ${lastState[lane]} → ${shown}`);
     lastState[lane] = shown;
-    const tp = throughput(lane, s, state, dt);
-    card.querySelector(".facts").replaceChildren(...facts(s, tp));
+    const tp = throughput(lane, s, state, now);
+    card.querySelector(".facts").replaceChildren(...facts(s, tp, realTimeFactor(state, lane)));
     card.querySelector('[data-field="throughput-label"]').textContent = tp.unit + (lane === "llm" ? " (shaded: image lane yielding)" : "");
     const c = charts[lane];
     c.latency.push(now, [s.latency_s.p50, s.latency_s.p99]);
