@@ -117,6 +117,21 @@ def test_chat_in_the_playground_streams_tokens(page: Page, server: Server) -> No
     shot(page, "playground-chat")
 
 
+def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#speak-model option")).not_to_have_count(0)
+    page.get_by_label("the LLM's answer to it, spoken as it is written").check()
+    page.get_by_label("Words").fill("Tell me about the sea and its colours.")
+    page.get_by_role("button", name="Speak").click()
+    expect(page.locator("#speak-status")).to_contain_text("all spoken audio received", timeout=120_000)
+    out = page.locator("#speak-output")
+    assert out.inner_text().strip()  # the sentences, as they went to speech
+    # Each chunk was scheduled on the page's audio clock as it came: sound began before the
+    # last of it arrived.
+    assert int(out.get_attribute("data-chunks") or 0) >= 2
+    assert out.get_attribute("data-played-early") == "true"
+
+
 def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Server) -> None:
     page.goto(server.url + "/ui/playground")
     page.get_by_label("Prompt").fill("a lighthouse at dusk")

@@ -114,6 +114,8 @@ async function speakAnswer(status) {
   let at = 0;
   let firstSound = null;
   let answerDone = null;
+  let chunks = 0;
+  let lastSound = null;
   for await (const { event, data } of sse(resp)) {
     if (event === "start") rate = data.sample_rate;
     else if (event === "text") out.append(data.text + " ");
@@ -130,6 +132,8 @@ async function speakAnswer(status) {
       src.start(at);
       at += buf.duration;
       if (firstSound === null) firstSound = (performance.now() - t0) / 1000;
+      lastSound = (performance.now() - t0) / 1000;
+      out.dataset.chunks = String(++chunks);
       status.textContent = `playing; first sound after ${firstSound.toFixed(2)} s`;
     } else if (event === "llm_done") {
       answerDone = (performance.now() - t0) / 1000;
@@ -138,6 +142,8 @@ async function speakAnswer(status) {
     }
   }
   const total = (performance.now() - t0) / 1000;
+  // Sound began before the last of it arrived: it was played as it came, not at the end.
+  out.dataset.playedEarly = String(chunks >= 2 && firstSound < lastSound);
   status.textContent = `first sound after ${firstSound?.toFixed(2)} s; answer written after ` +
     `${answerDone?.toFixed(2) ?? "?"} s; all spoken audio received after ${total.toFixed(2)} s`;
 }
@@ -146,6 +152,8 @@ $("speak-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const status = $("speak-status");
   $("speak-output").textContent = "";
+  delete $("speak-output").dataset.chunks;
+  delete $("speak-output").dataset.playedEarly;
   status.textContent = "working…";
   $("speak-send").disabled = true;
   try {
