@@ -31,7 +31,8 @@ from ris.api.errors import APIError
 from ris.api.security import KEY_COOKIE
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
-STATIC_URL = "/ui/static"
+# The version in the path: a browser never mixes files of two releases from its cache.
+STATIC_URL = f"/ui/static/{__version__}"
 # The files served, by name, with their media types: nothing else in the folder is.
 STATIC_TYPES = {
     "console.css": "text/css; charset=utf-8",
@@ -167,7 +168,7 @@ async def static(name: str) -> FileResponse:
     media_type = STATIC_TYPES.get(name)
     if media_type is None:
         raise APIError(404, "not_found", f"no console file {name!r}; there are {', '.join(STATIC_TYPES)}")
-    # They change with the package version: a browser may keep them an hour.
+    # Their URL changes with the package version: a browser may keep them an hour.
     return FileResponse(
         UI_DIR / "static" / name,
         media_type=media_type,
