@@ -19,6 +19,9 @@ $(BASE): pyproject.toml
 
 $(TESTDEPS): $(BASE)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# The console's browser tests drive Debian's chromium through Playwright (never
+	# `playwright install`, which downloads a browser).
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $@
 
 setup: $(BASE)

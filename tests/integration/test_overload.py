@@ -73,6 +73,7 @@ def test_burst_of_ten_times_capacity(small: Server, path: str, body: dict[str, o
     lane = path.split("/")[2]
     c = slots(small, lane)
     n = 10 * (c + Q)
+    rejected_before = small.stats()[lane]["rejected"]
     results, health = asyncio.run(_burst(small.url, path, body, n))
     codes = [code for code, _, _ in results]
     assert set(codes) <= {200, 202, 429}, codes  # no 5xx, no resets (those would raise)
@@ -81,6 +82,7 @@ def test_burst_of_ten_times_capacity(small: Server, path: str, body: dict[str, o
     assert len(admitted) >= c + Q and len(refused) >= n - 3 * (c + Q)
     for _, r in refused:
         assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
+    assert small.stats()[lane]["rejected"] - rejected_before == len(refused)  # the console's "429s"
     refuse_p99 = percentile([dt for dt, _ in refused], 99) or 0.0
     health_p99 = percentile(health, 99) or 0.0
     # The server's own time to answer each 429 (Server-Timing), without client and network.

@@ -111,6 +111,18 @@ def test_full_queue_refuses_with_retry_after_and_keeps_what_it_accepted() -> Non
     assert drain(sched) == ["t0", "t1"]
 
 
+def test_refusals_are_counted_per_lane() -> None:
+    sched, _ = make(max_queue=1)
+    sched.submit(spec())
+    for _ in range(3):
+        with pytest.raises(QueueFull):
+            sched.submit(spec())
+    with pytest.raises(QueueFull):
+        sched.require_room(Lane.LLM, 2)  # a batch refused whole counts once
+    assert sched.stats(Lane.LLM).rejected == 4
+    assert sched.stats(Lane.TTS).rejected == 0
+
+
 def test_queue_bound_counts_only_waiting_tasks() -> None:
     sched, _ = make(max_queue=1, slots=1)
     sched.submit(spec())

@@ -4,6 +4,10 @@ One pure-ASGI guard in front of every route, so no endpoint can forget a check. 
 web page send requests to 127.0.0.1; a rebinding page does so under its own host name. So by
 default only loopback names are accepted as Host, cross-origin requests are refused unless their
 origin is configured, and with keys configured every path but /health needs one.
+
+The web console (/ui) sends its key as an HttpOnly, SameSite=Strict cookie set by its login
+form (routes/console.py); a browser page without it is sent to the login form instead of
+getting a JSON 401.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Iterable
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import unquote
 
+from starlette.responses import RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.api.errors import error_response, is_openai
 from ris.config import Config, ConfigError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
+# The console's scripts and styles: the login page needs them, and they hold no secrets.
+OPEN_PREFIXES = ("/ui/static/",)
+KEY_COOKIE = "ris_key"
 
 
 def is_loopback(host: str) -> bool:
@@ -139,7 +149,11 @@ class Guard:
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 await _preflight(cors, scope, receive, send)
                 return
-        if self.keys and path not in OPEN_PATHS and not self._authorized(headers.get("authorization", "")):
+        if self.keys and not _open(path) and not self._authorized(headers):
+            if _console_page(path, scope["method"], headers):
+                # A person in a browser: to the login form, not a JSON error.
+                await RedirectResponse("/ui/login", status_code=303)(scope, receive, send)
+                return
             resp = error_response(
                 401,
                 "unauthorized",
@@ -162,13 +176,39 @@ class Guard:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _authorized(self, header: str) -> bool:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token:
+            given = token.strip()
+        else:
+            given = _cookie_key(headers.get("cookie", ""))
+        if not given:
             return False
-        given = token.strip().encode()
         # Constant-time comparison against every key: timing does not reveal a prefix.
-        return any(hmac.compare_digest(given, key) for key in self.keys)
+        return any(hmac.compare_digest(given.encode(), key) for key in self.keys)
+
+
+def _open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def _console_page(path: str, method: str, headers: dict[str, str]) -> bool:
+    """A browser asking for a console page (or / with HTML accepted)."""
+    page = path == "/ui" or path.startswith("/ui/") or path == "/"
+    return page and method == "GET" and "text/html" in headers.get("accept", "")
+
+
+def _cookie_key(header: str) -> str:
+    """The console's key from the Cookie header ('' when absent or unreadable)."""
+    if KEY_COOKIE not in header:
+        return ""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return ""
+    morsel = jar.get(KEY_COOKIE)
+    return unquote(morsel.value) if morsel is not None else ""
 
 
 async def _preflight(cors: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:

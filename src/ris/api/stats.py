@@ -71,6 +71,8 @@ def lane_stats(engine: Engine) -> dict[str, Any]:
             "failed": s.failed,
             "cancelled": s.cancelled,
             "done": s.succeeded + s.failed + s.cancelled,
+            # Submissions refused with 429 (queue full) since the server started.
+            "rejected": s.rejected,
             "latency_s": {"p50": s.latency_p50, "p95": s.latency_p95, "p99": s.latency_p99},
             "queue_wait_p50_s": s.queue_wait_p50,
         }
@@ -127,6 +129,12 @@ def prometheus_text(stats: dict[str, Any], gpus: Sequence[GPUDevice] = ()) -> st
             for n, s in lanes
             for st in ("succeeded", "failed", "cancelled")
         ],
+    )
+    metric(
+        "ris_rejected_total",
+        "counter",
+        "submissions refused with 429 because the lane's queue was full",
+        [(f'lane="{n}"', s["rejected"]) for n, s in lanes],
     )
     metric(
         "ris_task_latency_seconds",

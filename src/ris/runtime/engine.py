@@ -23,6 +23,8 @@ from ris import messages as m
 from ris.config import Config
 from ris.lanes.base import LaneKind, Seen, Timings
 from ris.machine import MachineInfo, machine_info
+from ris.preemption.board import ActivityBoard
+from ris.preemption.policy import Activity
 from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.binding import Binding
 from ris.runtime.durable import DurableTasks
@@ -493,6 +495,14 @@ class Engine:
         while times and times[0] < horizon:
             times.popleft()
         return len(times) / RATE_WINDOW_S
+
+    def activity(self, lane: str) -> Activity | None:
+        """What the lane's worker publishes on the activity board now (idle, prefill, decode,
+        busy); None where workers share no board (not local processes) or the lane has no slot."""
+        board = getattr(self._factory, "board", None)
+        if not isinstance(board, ActivityBoard) or lane not in board.lanes:
+            return None
+        return board.get(lane)
 
     def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
         """What the lane's ready workers report of their loaded models (empty while none is)."""

@@ -98,6 +98,8 @@ class LaneStats:
     latency_p99: float | None
     queue_wait_p50: float | None
     run_time_mean: float | None
+    # Submissions refused with QueueFull (HTTP 429) since the server started.
+    rejected: int = 0
 
 
 def percentile(values: Iterable[float], p: float) -> float | None:
@@ -138,6 +140,7 @@ class _LaneBook:
         self.counts = {TaskState.SUCCEEDED: 0, TaskState.FAILED: 0, TaskState.CANCELLED: 0}
         self.latencies: deque[float] = deque(maxlen=1000)
         self.waits: deque[float] = deque(maxlen=1000)
+        self.rejected = 0  # submissions refused with QueueFull
         # Exponentially weighted mean run time, for Retry-After and ETA estimates.
         self.run_estimate = policy.initial_run_estimate_s
 
@@ -168,6 +171,7 @@ class Scheduler:
         already accepted once (resumed after a restart), which must not be lost."""
         book = self._book(spec.lane)
         if book.queue.full and not force:
+            book.rejected += 1
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
         now = self._clock()
         task = Task(
@@ -204,8 +208,9 @@ class Scheduler:
         would never see."""
         room = self.room(lane)
         if count > room:
-            depth = len(self._book(lane).queue)
-            raise QueueFull(lane, depth, self.retry_after(lane), wanted=count, room=room)
+            book = self._book(lane)
+            book.rejected += 1
+            raise QueueFull(lane, len(book.queue), self.retry_after(lane), wanted=count, room=room)
 
     def retry_after(self, lane: str) -> float:
         """Seconds until a queue slot is likely to free up: an estimate, at least one second."""
@@ -391,6 +396,7 @@ class Scheduler:
             latency_p99=percentile(book.latencies, 99),
             queue_wait_p50=percentile(book.waits, 50),
             run_time_mean=book.run_estimate,
+            rejected=book.rejected,
         )
 
     @property

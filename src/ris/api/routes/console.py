@@ -1,0 +1,195 @@
+"""The web console: /ui (overview), /ui/work, /ui/playground, /ui/models, the key login, its
+static files, and /api/console/state, the one body its pages poll.
+
+Pages are Jinja2 templates rendered here; everything live is done by the page's own script
+through the public API (the console has no private way in). Every page is sent with a strict
+Content-Security-Policy: scripts and styles only from this server, no inline code, so a task's
+text shown on a page cannot run as script. With API keys configured, security.Guard sends a
+browser without the key cookie to /ui/login, and the login stores the key in an HttpOnly,
+SameSite=Strict cookie (never in the URL, never readable by the page's script).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from ris import __version__
+
+# The module, not its function: console_state imports routes.tasks, whose package imports this.
+from ris.api import console_state as state_body
+from ris.api.deps import engine_of
+from ris.api.errors import APIError
+from ris.api.security import KEY_COOKIE
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+# The version in the path: a browser never mixes files of two releases from its cache.
+STATIC_URL = f"/ui/static/{__version__}"
+# The files served, by name, with their media types: nothing else in the folder is.
+STATIC_TYPES = {
+    "console.css": "text/css; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
+    "overview.js": "text/javascript; charset=utf-8",
+    "work.js": "text/javascript; charset=utf-8",
+    "playground.js": "text/javascript; charset=utf-8",
+    "models.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+# Scripts, styles, pictures, audio and requests only from this server; no inline script or
+# style, no plugins, no framing (clickjacking), forms post only here.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "media-src 'self' blob:; connect-src 'self'; font-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: under it a browser sends "Origin: null" with the login form, which the
+    # guard refuses as cross-origin.
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+PAGES = {"overview": "Overview", "work": "Work", "playground": "Playground", "models": "Models"}
+# Config fields whose values are secrets: shown as how many there are, never what they are.
+SECRET_NAME = re.compile(r"(^|_)(api_?keys?|keys|secrets?|password|token|credentials?)$", re.IGNORECASE)
+
+templates = Jinja2Templates(directory=str(UI_DIR / "templates"))
+router = APIRouter(include_in_schema=False)
+
+
+def _page(request: Request, page: str, **context: Any) -> HTMLResponse:
+    engine = engine_of(request)
+    return templates.TemplateResponse(
+        request,
+        f"{page}.html",
+        {
+            "page": page,
+            "pages": PAGES,
+            "static": STATIC_URL,
+            "version": __version__,
+            "keys_required": bool(engine.config.server.api_keys),
+            "lanes": list(engine.config.lanes),
+            **context,
+        },
+        headers=PAGE_HEADERS,
+    )
+
+
+@router.get("/")
+async def root(request: Request) -> Response:
+    """A browser goes to the console; an API client is told where things are."""
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/ui", status_code=303)
+    return JSONResponse({"service": "ris", "version": __version__, "console": "/ui", "docs": "/docs"})
+
+
+@router.get("/ui")
+async def overview(request: Request) -> HTMLResponse:
+    return _page(request, "overview")
+
+
+@router.get("/ui/work")
+async def work(request: Request) -> HTMLResponse:
+    return _page(request, "work")
+
+
+@router.get("/ui/playground")
+async def playground(request: Request) -> HTMLResponse:
+    return _page(request, "playground")
+
+
+@router.get("/ui/models")
+async def models(request: Request) -> HTMLResponse:
+    engine = engine_of(request)
+    config = redact(json.loads(engine.config.model_dump_json()))
+    return _page(
+        request,
+        "models",
+        config_json=json.dumps(config, indent=2, ensure_ascii=False),
+        # No route reloads the config: it is read once, at start, and refused then if invalid.
+        reload_note="The configuration is read and validated when the server starts; "
+        "to change it, edit the file and restart the server (an invalid file is refused with "
+        "its errors then).",
+    )
+
+
+@router.get("/ui/login")
+async def login_form(request: Request) -> Response:
+    if not engine_of(request).config.server.api_keys:
+        return RedirectResponse("/ui", status_code=303)
+    return _page(request, "login", error=None)
+
+
+@router.post("/ui/login")
+async def login(request: Request) -> Response:
+    keys = engine_of(request).config.server.api_keys
+    if not keys:
+        return RedirectResponse("/ui", status_code=303)
+    # A plain form post (application/x-www-form-urlencoded): parsed here, so the server needs
+    # no multipart library for one field.
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    given = (form.get("key") or [""])[0].strip()
+    if not given or not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        refused = _page(request, "login", error="That key is not one of this server's API keys.")
+        refused.status_code = 401
+        return refused
+    resp = RedirectResponse("/ui", status_code=303)
+    resp.set_cookie(
+        KEY_COOKIE,
+        quote(given, safe=""),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return resp
+
+
+@router.post("/ui/logout")
+async def logout() -> Response:
+    resp = RedirectResponse("/ui/login", status_code=303)
+    resp.delete_cookie(KEY_COOKIE, path="/", httponly=True, samesite="strict")
+    return resp
+
+
+@router.get(STATIC_URL + "/{name}")
+async def static(name: str) -> FileResponse:
+    media_type = STATIC_TYPES.get(name)
+    if media_type is None:
+        raise APIError(404, "not_found", f"no console file {name!r}; there are {', '.join(STATIC_TYPES)}")
+    # Their URL changes with the package version: a browser may keep them an hour.
+    return FileResponse(
+        UI_DIR / "static" / name,
+        media_type=media_type,
+        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/api/console/state")
+async def state(request: Request) -> dict[str, Any]:
+    """Every lane's live state and the tasks queued, running and recently finished, in one
+    body: what the console polls about once a second."""
+    return state_body.console_state(engine_of(request))
+
+
+def redact(value: Any, name: str = "") -> Any:
+    """The config with secret values replaced: a list of keys becomes '<n keys hidden>'."""
+    if SECRET_NAME.search(name) and value:
+        count = len(value) if isinstance(value, list) else 1
+        return f"<{count} hidden>"
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, name) for v in value]
+    return value

@@ -1,0 +1,120 @@
+// What every console page shares: calling the API, polling, formatting, building elements.
+// The key, when the server needs one, travels in the HttpOnly cookie the login set: this
+// script never sees it.
+
+export class APIError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// A JSON request to the public API; errors become APIError with the server's code.
+export async function api(path, { method = "GET", body, headers = {}, signal } = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers }, signal, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers["Content-Type"] = "application/json";
+  }
+  const resp = await fetch(path, init);
+  if (resp.status === 401) {
+    location.assign("/ui/login"); // the key cookie is gone or was never set
+  }
+  if (!resp.ok) throw await errorOf(resp);
+  return resp.json();
+}
+
+export async function errorOf(resp) {
+  try {
+    const e = (await resp.json()).error;
+    return new APIError(resp.status, e.code, `${e.code}: ${e.message}`);
+  } catch {
+    return new APIError(resp.status, "http_" + resp.status, `HTTP ${resp.status}`);
+  }
+}
+
+// Server-sent events from a fetch response (EventSource cannot POST): {event, data} objects.
+export async function* sse(resp) {
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      let event = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      yield { event, data: data ? JSON.parse(data) : null };
+    }
+  }
+}
+
+// Calls fn about every `ms` while the page is visible (a hidden tab costs the server nothing),
+// never two at once; the connection badge says whether the last call worked.
+export function poll(fn, ms) {
+  let timer = null;
+  let running = false;
+  const conn = document.getElementById("conn");
+  async function tick() {
+    timer = null;
+    if (document.hidden || running) return;
+    running = true;
+    try {
+      await fn();
+      if (conn) { conn.textContent = "live"; conn.dataset.ok = "1"; }
+    } catch (e) {
+      if (conn) { conn.textContent = "no answer: " + e.message; conn.dataset.ok = "0"; }
+    } finally {
+      running = false;
+      if (!document.hidden) timer = setTimeout(tick, ms);
+    }
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && timer === null && !running) tick();
+  });
+  tick();
+}
+
+// An element with attributes and children (strings become text: nothing is parsed as HTML).
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+
+export const fmt = {
+  num(x, digits = 1) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); },
+  secs(x) {
+    if (x === null || x === undefined) return "–";
+    if (x < 1) return (x * 1000).toFixed(0) + " ms";
+    if (x < 120) return x.toFixed(1) + " s";
+    if (x < 7200) return (x / 60).toFixed(1) + " min";
+    return (x / 3600).toFixed(1) + " h";
+  },
+  bytes(x) {
+    if (x === null || x === undefined) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+    return x.toFixed(i ? 1 : 0) + " " + units[i];
+  },
+  list(xs) { return xs && xs.length ? xs.join(", ") : "–"; },
+};

@@ -1,0 +1,119 @@
+// Overview: one card per lane, refreshed from /api/console/state about once a second.
+import { api, el, fmt, poll } from "./common.js";
+import { COLORS, TimeChart } from "./charts.js";
+
+const SPAN_S = 300;
+const charts = {}; // lane -> {latency, throughput}
+const lastState = {}; // lane -> last state shown (for the events list)
+const lastSteps = {}; // image task id -> steps done at the previous tick
+const cpuChart = new TimeChart(document.getElementById("cpu-chart"), { span: SPAN_S, max: 100 });
+
+for (const card of document.querySelectorAll(".card[data-lane]")) {
+  const lane = card.dataset.lane;
+  charts[lane] = {
+    latency: new TimeChart(card.querySelector('[data-chart="latency"]'), { span: SPAN_S }),
+    throughput: new TimeChart(card.querySelector('[data-chart="throughput"]'), { span: SPAN_S }),
+  };
+}
+
+// Image steps per second over the last few ticks: how far image tasks (running, or finished
+// since the last tick) advanced. A per-tick figure would jump between 0 and a burst.
+const stepWindow = [];
+function imageSteps(state, now) {
+  let steps = 0;
+  const seen = {};
+  for (const t of [...state.tasks.running, ...state.tasks.recent]) {
+    if (t.lane !== "image") continue;
+    seen[t.task_id] = t.progress_done;
+    if (t.task_id in lastSteps) steps += Math.max(0, t.progress_done - lastSteps[t.task_id]);
+    else if (t.state === "running") steps += t.progress_done; // started since the last tick
+  }
+  for (const k of Object.keys(lastSteps)) delete lastSteps[k];
+  Object.assign(lastSteps, seen);
+  if (!stepWindow.length) steps = 0; // the first tick has no previous one to compare with
+  stepWindow.push([now, steps]);
+  while (stepWindow.length > 1 && stepWindow[0][0] < now - 5) stepWindow.shift();
+  const span = now - stepWindow[0][0];
+  const total = stepWindow.slice(1).reduce((a, [, n]) => a + n, 0);
+  return span > 0 ? total / span : 0;
+}
+
+// Seconds of synthesis per second of speech, over the lane's recent tasks (median).
+function realTimeFactor(state, lane) {
+  const rtf = state.tasks.recent
+    .filter((t) => t.lane === lane && t.audio_s && t.started_at && t.finished_at)
+    .map((t) => (t.finished_at - t.started_at) / t.audio_s)
+    .sort((a, b) => a - b);
+  return rtf.length ? rtf[rtf.length >> 1] : null;
+}
+
+function throughput(lane, s, state, now) {
+  if (lane === "image") return { value: imageSteps(state, now), unit: "steps/s" };
+  if (lane === "llm") return { value: s.outputs_per_s, unit: "tokens/s" };
+  return { value: s.outputs_per_s, unit: lane === "tts" ? "audio chunks/s" : "outputs/s" };
+}
+
+function facts(s, tp, rtf) {
+  const w = s.worker;
+  const mem = w.memory_limit_bytes ? `${fmt.bytes(w.rss_bytes)} of ${fmt.bytes(w.memory_limit_bytes)}` : fmt.bytes(w.rss_bytes);
+  const rows = [
+    ["Worker", w.pid ? `pid ${w.pid}` : "no process", "pid"],
+    ["Uptime", fmt.secs(s.uptime_s), "uptime"],
+    ["Restarts", w.restarts, "restarts"],
+    ["Device", s.device, "device"],
+    ["Cores", s.cores ? s.cores.join(", ") : "any", "cores"],
+    ["Threads", w.threads ?? s.threads_configured ?? "auto", "threads"],
+    ["Nice", s.nice, "nice"],
+    ["GPU", s.gpu === null ? "none" : `#${s.gpu}` + (w.gpu_memory_bytes ? `, ${fmt.bytes(w.gpu_memory_bytes)}` : ""), "gpu"],
+    ["Queued", `${s.queue_depth} of ${s.max_queue}`, "queued"],
+    ["Running", `${s.running} of ${s.slots} slots`, "running"],
+    ["Done", `${s.succeeded} ok, ${s.failed} failed, ${s.cancelled} cancelled`, "done"],
+    ["429s", s.rejected, "rejected"],
+    ["Latency", `p50 ${fmt.secs(s.latency_s.p50)}, p99 ${fmt.secs(s.latency_s.p99)}`, "latency"],
+    ["Throughput", `${fmt.num(tp.value)} ${tp.unit}`, "throughput"],
+    ...(rtf !== null ? [["Real-time factor", `${fmt.num(rtf, 2)} (synthesis s per speech s)`, "rtf"]] : []),
+    ["CPU", w.cpu_percent === null ? "–" : `${fmt.num(w.cpu_percent)} %`, "cpu"],
+    ["Memory", mem, "memory"],
+  ];
+  if (s.yield_policy) rows.push(["Yields", s.yield_policy === "none" ? "never (policy none)" : `to real-time lanes (${s.yield_policy})`, "yields"]);
+  if (w.error) rows.push(["Error", w.error, "error"]);
+  return rows.flatMap(([k, v, f]) => [el("dt", {}, k), el("dd", { dataset: { field: f } }, String(v))]);
+}
+
+function logEvent(text) {
+  const list = document.getElementById("events");
+  list.prepend(el("li", {}, `${new Date().toLocaleTimeString()} ${text}`));
+  while (list.children.length > 50) list.lastChild.remove();
+}
+
+async function refresh() {
+  const state = await api("/api/console/state");
+  const now = state.time;
+  for (const [lane, s] of Object.entries(state.lanes)) {
+    const card = document.getElementById("lane-" + lane);
+    if (!card) continue;
+    const badge = card.querySelector('[data-field="state"]');
+    const shown = s.enabled ? s.state : "disabled";
+    badge.textContent = shown;
+    badge.dataset.state = shown;
+    card.dataset.state = shown;
+    if (lastState[lane] !== undefined && lastState[lane] !== shown) logEvent(`${lane}: ${lastState[lane]} → ${shown}`);
+    lastState[lane] = shown;
+    const tp = throughput(lane, s, state, now);
+    card.querySelector(".facts").replaceChildren(...facts(s, tp, realTimeFactor(state, lane)));
+    card.querySelector('[data-field="throughput-label"]').textContent = tp.unit + (lane === "llm" ? " (shaded: image lane yielding)" : "");
+    const c = charts[lane];
+    c.latency.push(now, [s.latency_s.p50, s.latency_s.p99]);
+    c.throughput.push(now, [tp.value]);
+    if (lane === "llm") c.throughput.bands = state.yields.map((y) => [y.start, y.end]);
+    c.latency.draw(now);
+    c.throughput.draw(now);
+  }
+  cpuChart.push(now, state.cpu_cores);
+  cpuChart.draw(now);
+  const legend = document.getElementById("cpu-legend");
+  legend.replaceChildren(...state.cpu_cores.map((v, i) =>
+    el("span", { class: "key", dataset: { color: String(i % COLORS.length) } }, `core ${i}: ${fmt.num(v, 0)} %`)));
+}
+
+poll(refresh, 1000);

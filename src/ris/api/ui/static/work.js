@@ -1,0 +1,50 @@
+// Work: the queues in order, running tasks with progress, recent outcomes; cancel buttons.
+import { api, el, fmt, poll } from "./common.js";
+
+const status = document.getElementById("work-status");
+
+async function cancel(task) {
+  try {
+    const r = await api(`/api/tasks/${encodeURIComponent(task.task_id)}/cancel`, { method: "POST" });
+    status.textContent = `${task.lane} task ${task.task_id}: ${r.outcome} (${r.state})`;
+  } catch (e) {
+    status.textContent = `could not cancel ${task.task_id}: ${e.message}`;
+  }
+  await refresh();
+}
+
+function cancelButton(task) {
+  return el("button", { type: "button", class: "cancel", "aria-label": `Cancel ${task.lane} task ${task.task_id}`, onclick: () => cancel(task) }, "Cancel");
+}
+
+function progressCell(t) {
+  if (!t.progress_total) return el("span", {}, t.progress_done ? `${t.progress_done} outputs` : "started");
+  const label = `${t.lane} task ${t.task_id} progress`;
+  return el("span", { class: "prog" },
+    el("progress", { max: t.progress_total, value: t.progress_done, "aria-label": label }),
+    ` step ${t.progress_done}/${t.progress_total}`);
+}
+
+function fill(id, rows) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 6 }, "none"))]));
+}
+
+async function refresh() {
+  const state = await api("/api/console/state");
+  const now = state.time;
+  const { queued, running, recent } = state.tasks;
+  fill("queued", queued.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane } },
+    el("td", {}, t.lane), el("td", {}, t.queue_position ?? "–"), el("td", {}, el("code", {}, t.task_id)),
+    el("td", {}, t.model), el("td", {}, fmt.secs(now - t.submitted_at)), el("td", {}, cancelButton(t)))));
+  fill("running", running.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane } },
+    el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id)), el("td", {}, t.model),
+    el("td", {}, progressCell(t)), el("td", {}, fmt.secs(t.eta_s)), el("td", {}, cancelButton(t)))));
+  fill("recent", recent.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane, state: t.state } },
+    el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id)), el("td", { class: "st-" + t.state }, t.state),
+    el("td", {}, t.started_at && t.finished_at ? fmt.secs(t.finished_at - t.submitted_at) : "–"),
+    el("td", {}, t.error ? el("span", { title: t.error.message }, el("code", {}, t.error.code), " ", t.error.message) : ""),
+    el("td", {}, t.pauses !== undefined ? `${t.pauses} (${fmt.secs(t.paused_s)})` : ""))));
+}
+
+poll(refresh, 1000);

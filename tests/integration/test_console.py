@@ -1,0 +1,246 @@
+"""The web console (/ui) in a real headless Chromium, against the real service.
+
+Playwright drives Debian's `chromium` (the Makefile's test set-up installs it; `playwright
+install` is never run). Each page is photographed into tests/results/console/ (git-ignored).
+The session's server is reused; the API-key test starts its own, with only the LLM lane.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+
+from .server import ROOT, Server, make_config
+from .waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "tests" / "results" / "console"
+# The console's first load (HTML, CSS, scripts, icon) must stay small: the box may be reached
+# over a slow link, and nothing is fetched from elsewhere.
+FIRST_LOAD_LIMIT = 300 * 1024
+READY_STATES = ("idle", "prefill", "decode", "busy", "yielding")
+
+
+@pytest.fixture(scope="module")
+def pw() -> Iterator[Playwright]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
+        )
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(pw: Playwright) -> Iterator[Browser]:
+    b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    yield b
+    b.close()
+
+
+@pytest.fixture()
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (no cookies) whose page fails the test on a script error or a
+    Content-Security-Policy violation (both show as console errors)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(f"script error: {e}"))
+    pg.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    yield pg
+    context.close()
+    # A 401 the test itself provoked shows as a failed resource load: that one is expected.
+    unexpected = [e for e in errors if "401" not in e]
+    assert not unexpected, unexpected
+
+
+def shot(pg: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def lane_state(pg: Page, lane: str) -> Any:
+    return pg.locator(f'#lane-{lane} [data-field="state"]')
+
+
+def test_overview_shows_three_ready_lanes_with_their_cores(page: Page, server: Server) -> None:
+    responses: list[Any] = []
+    page.on("response", lambda r: responses.append(r))
+    first = page.goto(server.url + "/", wait_until="load")  # a browser at / is sent to /ui
+    assert first is not None and page.url == server.url + "/ui"
+    csp = first.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assets = [r for r in responses if r.request.resource_type not in ("fetch", "xhr") and r.ok]
+    assert {r.url.rsplit("/", 1)[-1] for r in assets} >= {"ui", "console.css", "overview.js", "charts.js"}
+    first_load = sum(len(r.body()) for r in assets)
+    assert first_load < FIRST_LOAD_LIMIT, f"the console's first load is {first_load} bytes"
+
+    cores = {lane: cfg["cores"] for lane, cfg in server.config["lanes"].items()}
+    assert set(cores) == {"llm", "tts", "image"}
+    for lane, lane_cores in cores.items():
+        card = page.locator(f"#lane-{lane}")
+        expect(card.locator('[data-field="state"]')).to_have_text(
+            re.compile("^(" + "|".join(READY_STATES) + ")$"), timeout=15_000
+        )
+        expect(card.locator('dd[data-field="cores"]')).to_have_text(", ".join(map(str, lane_cores)))
+        expect(card.locator('dd[data-field="pid"]')).to_have_text(re.compile(r"^pid \d+$"))
+    shot(page, "overview")
+
+
+def test_chat_in_the_playground_streams_tokens(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#chat-model option")).not_to_have_count(0)
+    page.get_by_label("Message").fill("Name three colours of the sea, one per line.")
+    page.get_by_label("Max tokens").fill("48")
+    page.get_by_role("button", name="Send").click()
+    # Seen in the browser while the answer is still arriving: tokens shown, not yet done.
+    page.wait_for_function(
+        "() => { const o = document.getElementById('chat-output');"
+        " return o.dataset.state === 'streaming' && Number(o.dataset.tokens) >= 2 }",
+        timeout=60_000,
+    )
+    out = page.locator("#chat-output")
+    expect(out).to_have_attribute("data-state", "done", timeout=60_000)
+    assert int(out.get_attribute("data-tokens") or 0) >= 2
+    assert out.inner_text().strip()
+    expect(page.locator("#chat-stats")).to_contain_text("tokens, first after")
+    shot(page, "playground-chat")
+
+
+def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#speak-model option")).not_to_have_count(0)
+    page.get_by_label("the LLM's answer to it, spoken as it is written").check()
+    page.get_by_label("Words").fill("Tell me about the sea and its colours.")
+    page.get_by_role("button", name="Speak").click()
+    expect(page.locator("#speak-status")).to_contain_text("all spoken audio received", timeout=120_000)
+    out = page.locator("#speak-output")
+    assert out.inner_text().strip()  # the sentences, as they went to speech
+    # Each chunk was scheduled on the page's audio clock as it came: sound began before the
+    # last of it arrived.
+    assert int(out.get_attribute("data-chunks") or 0) >= 2
+    assert out.get_attribute("data-played-early") == "true"
+
+
+def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    page.get_by_label("Prompt").fill("a lighthouse at dusk")
+    page.get_by_label("Width").select_option("256")
+    page.get_by_label("Height").select_option("256")
+    page.get_by_label("Steps").fill("24")
+    page.get_by_role("button", name="Generate").click()
+    picture = page.locator("#image-result")
+    expect(picture).to_be_visible(timeout=120_000)
+    assert page.evaluate("() => document.getElementById('image-result').naturalWidth") == 256
+    seen = [float(x) for x in (page.locator("#image-progress").get_attribute("data-seen") or "").split(",")]
+    assert seen == sorted(seen), f"progress went backwards: {seen}"
+    assert any(0 < x < 1 for x in seen), f"no progress seen between 0 and 1: {seen}"
+    assert seen[-1] == 1.0
+    assert page.locator("#image-progress").evaluate("p => p.value") == 1
+    shot(page, "playground-image")
+
+
+def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Server) -> None:
+    def submit(steps: int) -> str:
+        body = {"prompt": "slow", "width": 512, "height": 512, "steps": steps}
+        r = httpx.post(server.url + "/api/image/generate", json=body, timeout=30)
+        assert r.status_code == 202, r.text
+        task_id: str = r.json()["task_id"]
+        return task_id
+
+    running = submit(100)  # holds the image lane's one slot for over a minute
+    queued = submit(4)
+    try:
+        page.goto(server.url + "/ui/work")
+        expect(page.locator(f'#running tr[data-task-id="{running}"] progress')).to_be_visible(timeout=60_000)
+        row = page.locator(f'#queued tr[data-task-id="{queued}"]')
+        expect(row).to_be_visible()
+        shot(page, "work")
+        button = page.get_by_role("button", name=f"Cancel image task {queued}")
+        button.focus()
+        page.keyboard.press("Enter")  # the keyboard works the buttons
+        expect(row).to_have_count(0, timeout=10_000)
+        expect(page.locator(f'#recent tr[data-task-id="{queued}"]')).to_have_attribute(
+            "data-state", "cancelled", timeout=10_000
+        )
+        assert httpx.get(f"{server.url}/api/tasks/{queued}").json()["state"] == "cancelled"
+        expect(page.locator(f'#running tr[data-task-id="{running}"]')).to_be_visible()
+    finally:
+        httpx.post(f"{server.url}/api/tasks/{running}/cancel")
+        httpx.post(f"{server.url}/api/tasks/{queued}/cancel")
+        wait_for(lambda: httpx.get(f"{server.url}/api/tasks/{running}").json()["state"] != "running", 60)
+
+
+def test_a_killed_tts_worker_shows_restarting_and_back(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui")
+    badge = lane_state(page, "tts")
+    expect(badge).to_have_text("idle", timeout=15_000)
+    old = httpx.get(server.url + "/api/stats").json()["lanes"]["tts"]["worker"]
+    os.kill(old["pid"], signal.SIGKILL)
+    expect(badge).to_have_text("restarting", timeout=15_000)
+    shot(page, "overview-restarting")
+    expect(badge).to_have_text("idle", timeout=120_000)
+    pid = page.locator('#lane-tts dd[data-field="pid"]')
+    expect(pid).not_to_have_text(f"pid {old['pid']}")
+    expect(page.locator('#lane-tts dd[data-field="restarts"]')).to_have_text(str(old["restarts"] + 1))
+    expect(page.locator("#events")).to_contain_text("tts: idle → restarting")
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The service with an API key, only its LLM lane running (the quickest to start)."""
+    tmp = tmp_path_factory.mktemp("ris-console-keys")
+    cfg = make_config(tmp, tts={"enabled": False}, image={"enabled": False})
+    cfg["server"] = {**cfg.get("server", {}), "api_keys": [KEY]}
+    srv = Server(tmp, cfg, api_key=KEY).start()
+    yield srv
+    srv.stop()
+
+
+KEY = "console-test-key-3f9a"
+
+
+def test_with_api_keys_the_console_refuses_without_the_key_and_works_with_it(
+    page: Page, keyed_server: Server
+) -> None:
+    url = keyed_server.url
+    page.goto(url + "/ui")
+    assert page.url == url + "/ui/login"  # no key: the login form, not the console
+    assert page.evaluate("async () => (await fetch('/api/console/state')).status") == 401
+    shot(page, "login")
+
+    page.get_by_label("API key").fill("not-the-key")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not one of this server's API keys")
+    assert page.url == url + "/ui/login"
+
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(url + "/ui")
+    expect(lane_state(page, "llm")).to_have_text("idle", timeout=15_000)
+    expect(lane_state(page, "tts")).to_have_text("disabled")
+    assert KEY not in page.url
+    [cookie] = page.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert KEY not in page.evaluate("() => document.cookie")  # the page's script cannot read it
+
+    page.goto(url + "/ui/models")
+    expect(page.locator('#models tr[data-model="smollm2"]')).to_contain_text("yes")
+    config = page.locator("#config").inner_text()
+    assert KEY not in config and '"api_keys": "<1 hidden>"' in config
+    assert KEY not in page.content()
+    shot(page, "models")
+
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(url + "/ui/login")
+    assert httpx.get(url + "/api/console/state").status_code == 401

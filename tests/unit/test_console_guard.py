@@ -1,0 +1,78 @@
+"""The console's side of the guard (ris.api.security) and of the models page: the key cookie
+the login sets is a key like a bearer one, a browser without it is sent to the login form
+while API clients get a JSON 401, and the config shown hides secret values."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+from starlette.types import Message, Receive, Scope, Send
+
+from ris.api.routes.console import redact
+from ris.api.security import KEY_COOKIE, Guard
+
+KEY = "k3y;with=odd chars"
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def answer(path: str, *headers: tuple[str, str], method: str = "GET") -> tuple[int, dict[str, str]]:
+    guard = Guard(_ok, api_keys=[KEY])
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(b"host", b"127.0.0.1:8080"), *((k.encode(), v.encode()) for k, v in headers)],
+    }
+    asyncio.run(guard(scope, receive, send))
+    start = sent[0]
+    return int(start["status"]), {k.decode(): v.decode() for k, v in start["headers"]}
+
+
+def cookie(value: str) -> tuple[str, str]:
+    return ("cookie", f"other=1; {KEY_COOKIE}={quote(value, safe='')}")
+
+
+def test_the_login_cookie_is_a_key() -> None:
+    assert answer("/api/stats", cookie(KEY))[0] == 200
+    assert answer("/api/stats", cookie("wrong"))[0] == 401
+    assert answer("/api/stats", ("authorization", f"Bearer {KEY}"))[0] == 200
+    assert answer("/api/stats", ("cookie", "ris_key"))[0] == 401  # unreadable: no key
+
+
+def test_a_browser_without_the_key_goes_to_the_login_form_and_a_client_gets_401() -> None:
+    status, headers = answer("/ui/work", ("accept", "text/html,application/xhtml+xml"))
+    assert (status, headers["location"]) == (303, "/ui/login")
+    assert answer("/", ("accept", "text/html"))[0] == 303
+    assert answer("/ui/work", ("accept", "application/json"))[0] == 401
+    assert answer("/api/console/state", ("accept", "text/html"))[0] == 401  # data, not a page
+    assert answer("/ui/logout", method="POST")[0] == 200  # it only clears the cookie
+
+
+def test_the_login_form_and_its_files_need_no_key() -> None:
+    assert answer("/ui/login")[0] == 200
+    assert answer("/ui/static/console.css")[0] == 200
+    assert answer("/ui/staticky")[0] == 401
+
+
+def test_the_config_shown_hides_secret_values() -> None:
+    config = {
+        "server": {"api_keys": ["a", "b"], "max_new_tokens": 4096, "allowed_hosts": []},
+        "lanes": {"llm": {"models": {"m": {"options": {"hf_token": "hf_x", "n_ctx": 2048}}}}},
+    }
+    shown = redact(config)
+    assert shown["server"] == {"api_keys": "<2 hidden>", "max_new_tokens": 4096, "allowed_hosts": []}
+    assert shown["lanes"]["llm"]["models"]["m"]["options"] == {"hf_token": "<1 hidden>", "n_ctx": 2048}
+    assert redact({"server": {"api_keys": []}}) == {"server": {"api_keys": []}}

@@ -1,0 +1,108 @@
+"""The body the web console polls (ris.api.console_state), from an engine on fake workers and
+a fake clock: lane states through a crash, 429s, queue order, outcomes, and the windows in
+which the image lane yielded to the LLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ris import messages as m
+from ris.api.console_state import console_state
+from ris.lanes.image import ImageRequest
+from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
+from ris.runtime.engine import Engine
+from ris.scheduler import Lane, QueueFull
+
+from .fakes import FakeClock, FakeWorkers, config, engine
+from .test_engine import IMAGE_ON, run, started_engine
+
+# Images sharing the LLM's core, pausing for its prefill ("auto" would be "none" on CPU at nice 19).
+IMAGE_YIELDING = {**IMAGE_ON, "preemption": {"policy": "block"}}
+
+
+@run
+async def test_lane_states_follow_the_worker_through_a_crash(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        assert console_state(eng)["lanes"]["llm"]["state"] == "starting"
+        llm.ready()
+        lane = console_state(eng)["lanes"]["llm"]
+        assert (lane["state"], lane["cores"], lane["uptime_s"]) == ("idle", [0], 0.0)
+        eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        assert console_state(eng)["lanes"]["llm"]["state"] == "busy"  # no activity board here
+        llm.die()
+        eng.check()
+        assert console_state(eng)["lanes"]["llm"]["state"] == "restarting"  # dead, restarting
+        clock.advance(1.0)
+        eng.check()
+        lane = console_state(eng)["lanes"]["llm"]
+        assert (lane["state"], lane["worker"]["restarts"]) == ("restarting", 1)  # loading again
+        llm.ready()
+        assert console_state(eng)["lanes"]["llm"]["state"] == "idle"
+        assert console_state(eng)["lanes"]["image"]["state"] == "disabled"
+
+
+@run
+async def test_tasks_are_listed_in_queue_order_with_outcomes_and_429s_counted(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        running = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        first = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"), priority=5)
+        second = eng.submit(Lane.LLM, "m", LLMRequest(prompt="c"))
+        with pytest.raises(QueueFull):
+            eng.submit(Lane.LLM, "m", LLMRequest(prompt="d"))
+        state = console_state(eng)
+        assert state["lanes"]["llm"]["rejected"] == 1
+        tasks = state["tasks"]
+        assert [(t["task_id"], t["queue_position"]) for t in tasks["queued"]] == [
+            (first.task_id, 0),
+            (second.task_id, 1),
+        ]
+        assert [t["task_id"] for t in tasks["running"]] == [running.task_id]
+        llm.deliver(m.TaskError(running.task_id, "model_error", "it broke"))
+        recent = console_state(eng)["tasks"]["recent"]
+        assert [(t["task_id"], t["state"], t["error"]["code"]) for t in recent] == [
+            (running.task_id, "failed", "model_error")
+        ]
+
+
+def windows(eng: Engine, t0: float) -> list[tuple[str, float, float]]:
+    """The yield windows, in seconds after t0, to the millisecond."""
+    return [
+        (w["lane"], round(w["start"] - t0, 3), round(w["end"] - t0, 3)) for w in console_state(eng)["yields"]
+    ]
+
+
+@run
+async def test_the_image_lane_yields_during_llm_prefill_while_an_image_runs(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, image=IMAGE_YIELDING) as (eng, workers, clock):
+        llm, img = workers[Lane.LLM], workers[Lane.IMAGE]
+        llm.ready()
+        img.ready()
+        assert console_state(eng)["lanes"]["image"]["yield_policy"] == "block"
+        t0 = eng.wall_clock()
+        alone = eng.submit(Lane.LLM, "m", LLMRequest(prompt="before any image"))
+        clock.advance(0.2)
+        llm.deliver(m.TaskOutput(alone.task_id, TextDelta("x")))
+        llm.deliver(m.TaskDone(alone.task_id, LLMOutcome("stop", 1, 1)))
+        eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="p"))
+        clock.advance(1.0)
+        chat = eng.submit(Lane.LLM, "m", LLMRequest(prompt="while the image runs"))
+        clock.advance(0.5)
+        assert windows(eng, t0) == [("image", 1.2, 1.7)]  # prefill still going: up to now
+        llm.deliver(m.TaskOutput(chat.task_id, TextDelta("y")))  # the first token: prefill ends
+        clock.advance(2.0)
+        llm.deliver(m.TaskDone(chat.task_id, LLMOutcome("stop", 1, 5)))
+        assert windows(eng, t0) == [("image", 1.2, 1.7)]  # the first token ended it, not the task
+
+
+def test_the_yield_policy_shown_is_the_one_in_force(tmp_path: Path) -> None:
+    state = console_state(engine(config(tmp_path, image=IMAGE_YIELDING), FakeClock(), FakeWorkers()))
+    assert state["lanes"]["llm"]["yield_policy"] is None  # a real-time lane yields to nothing
+    assert state["lanes"]["image"]["yield_policy"] == "block"
+    state = console_state(engine(config(tmp_path, image=IMAGE_ON), FakeClock(), FakeWorkers()))
+    assert state["lanes"]["image"]["yield_policy"] == "none"  # auto: CPU at nice 19
+    assert state["yields"] == []
