@@ -30,11 +30,11 @@ Every route of the service, from the schema the server itself publishes (`GET /o
 interactive pages at `/docs` and `/redoc` on a running server). Conventions:
 
 - JSON in, JSON out; audio is WAV (`audio/wav`), images are PNG (`image/png`).
-- Errors on `/api/...` are `{{"error": {{"code": ..., "message": ..., "param": ...}}}}`: `code`
-  is machine-readable and stable, `message` says what is allowed. On `/v1/...` the body
-  follows OpenAI's error shape.
+- Errors on `/api/...` are `{{"error": {{"code": ..., "message": ...}}}}`: `code` is
+  machine-readable and stable, `message` says what is allowed. On `/v1/...` the body follows
+  OpenAI's error shape (`message`, `type`, `param`, `code`).
 - With `server.api_keys` set, every route but `/health` wants `Authorization: Bearer <key>`
-  (the examples and the SDK read it from `RIS_API_KEY`).
+  (the SDK takes `api_key=`; the `ris` CLI and the scripts in `examples/` read `RIS_API_KEY`).
 - 429 and 503 answers carry `Retry-After`.
 
 The narrative guides: [README](../README.md), [deployment](DEPLOYMENT_GUIDE.md),
