@@ -36,6 +36,51 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
 - With `server.api_keys` set, every route but `/health` wants `Authorization: Bearer <key>`
   (the SDK takes `api_key=`; the `ris` CLI and the scripts in `examples/` read `RIS_API_KEY`).
 - 429 and 503 answers carry `Retry-After`.
+- `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
+  model with a chat template it goes through that template as the user's message (with an
+  optional `system`); `"raw": true`, or `/v1/completions`, keeps raw text completion.
+- Streams: `/api/llm/generate` with `"stream": true` sends server-sent events `start`, then
+  `token` (`{{"text": ...}}`) as the model writes, and `done` (the whole answer's body) or `error`
+  (`{{"code", "message"}}`); the `X-Task-Id` header names the task. `/api/chat/speak` streams a WAV
+  (or raw PCM with `"audio_format": "pcm"`), or with `"stream_format": "events"` the events `text`,
+  `audio` (base64 PCM), `llm_done`, `done`. `/v1` streams follow OpenAI's format, ending in
+  `[DONE]`.
+- Images are asynchronous: `POST /api/image/generate` answers 202 with a `task_id`; poll
+  `GET /api/image/progress/{{task_id}}` and fetch `GET /api/image/result/{{task_id}}` (409
+  `not_ready` with the progress while it runs).
+
+## Status codes
+
+413 for bodies (`body_too_large`, with or without Content-Length), prompts or texts over the
+configured limits; 422 for invalid
+fields (the message names the field and the allowed range), unknown voices (`unknown_voice`,
+also for a voice the named model does not speak; the message lists its voices), text with
+nothing to speak (`nothing_to_speak`: no letter, digit or symbol), text a voice has no sound
+for (`synthesis_empty`: many symbols, digits of other scripts) and prompts over the model's
+context; 404 for unknown models (the message lists the configured ones) and tasks; 429
+`queue_full` with `Retry-After`; 500 `synthesis_failed` / `backend_error` for an engine that
+fails; 503 `lane_unavailable` / `worker_crashed`; 504 `deadline_exceeded` / `worker_timeout`;
+409 for a cancelled task. Speech is never a 200 without audio: the audio streams
+(`/v1/audio/speech`, `/api/chat/speak`) send their status with the first sound, so a failure
+before it is one of these errors; a failure after it breaks the body off (a truncated
+response, not a clean end).
+
+On `/v1`, errors are `{{"error": {{"message", "type", "param", "code"}}}}` with OpenAI's status codes
+(400 for invalid parameters, where the seed API answers 422, `nothing_to_speak` included; 404
+`model_not_found`, 413 `body_too_large`, 429 with `Retry-After` when a lane is full).
+
+## Limits
+
+The same limits hold on `/api` and `/v1` (`src/ris/api/limits.py`, and the `server.*` limits in
+config.json):
+at most 1,000 chat messages of at most 200,000 characters each, at most 4 stop strings of 1 to
+64 characters, `seed` 0 to 2^32-1, `temperature` 0 to 2, and text that is valid Unicode (a lone
+surrogate such as JSON's `"\\ud800"` is refused naming the field). `max_tokens` is at most
+`server.max_new_tokens` and at most the model's context window (llama.cpp's `n_ctx`,
+transformers' `max_context`): a larger one is refused naming the context size, by the API for
+models loaded at start (the default one), by the worker for a model loaded on first use (on a
+stream: its `error` event). A prompt plus `max_tokens` over the context ends the answer at the
+context (`finish_reason: "length"`).
 
 The narrative guides: [README](../README.md), [deployment](DEPLOYMENT_GUIDE.md),
 [developer guide](DEVELOPER_GUIDE.md), [performance](PERFORMANCE_OPTIMIZATION.md).
