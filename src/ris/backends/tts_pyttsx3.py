@@ -67,7 +67,7 @@ class Pyttsx3TTS(TTSBackend):
         timeout = spec.options.get("timeout_s", _DEFAULT_TIMEOUT_S)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise BackendError(
-                "invalid_model_options",
+                "bad_model",
                 f"pyttsx3 option timeout_s must be a positive number, got {timeout!r}",
             )
         self._timeout_s = float(timeout)
