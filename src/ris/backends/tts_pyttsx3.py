@@ -9,6 +9,11 @@ pyttsx3 is not safe to call concurrently (one engine per process, one global esp
 the worker keeps one engine, runs one synthesis at a time under a lock, and gives up on one
 that does not finish within `options.timeout_s` seconds. The library's state is per process, so
 a TTS lane has either this backend or the `espeak` one, not both (the second is refused).
+
+pyttsx3 2.99's espeak driver has three timing faults, each seen here under CPU load and each
+worked around below: its `runAndWait` can return before the speech it started has ended, a
+new engine applies the first property changes after speaking, and the samples that arrive with
+the end-of-message event are left out of the file it writes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -79,6 +85,14 @@ class Pyttsx3TTS(TTSBackend):
         self._espeak = _espeak
         self._lock = threading.Lock()
         self._wedged = False
+        # Set by pyttsx3 when an utterance ends, once its WAV file is written.
+        self._finished = threading.Event()
+        self._engine.connect("finished-utterance", self._on_finished)
+        # A new engine holds property changes in its command queue until its first run, and
+        # that run applied them after the speech had started (seen: the first answer at the
+        # default rate). One empty run settles it, so later changes apply at once, in order.
+        self._engine.runAndWait()
+        _espeak.Synchronize()
         self._folder = Path(tempfile.mkdtemp(prefix="pyttsx3-", dir=ctx.data_dir))
         self.sample_rate = 22050  # espeak-ng's only output rate; each WAV's header is checked
         self._select = self._list_voices()
@@ -135,30 +149,39 @@ class Pyttsx3TTS(TTSBackend):
         engine.setProperty("voice", name)
         engine.setProperty("rate", max(80, min(450, round(_DEFAULT_WPM * speed))))
         engine.save_to_file(text, str(path))
+        self._finished.clear()
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                # The driver prints "Audio saved to ..." for every file; the log needs none of it.
-                with contextlib.redirect_stdout(io.StringIO()):
-                    engine.runAndWait()
+                engine.runAndWait()
             except BaseException as e:  # noqa: BLE001 - reported on the worker's thread
                 failure.append(e)
 
-        thread = threading.Thread(target=run, name="pyttsx3", daemon=True)
-        thread.start()
-        deadline_hit = not self._wait(thread, self._timeout_s, out)
-        if deadline_hit or out.cancelled():
-            self._espeak.Cancel()
-            self._driver.endLoop()
+        # The driver prints "Audio saved to ..." from espeak-ng's thread for every file; the
+        # worker's log needs none of it (stdout is swapped process-wide while this runs).
+        with contextlib.redirect_stdout(io.StringIO()):
+            thread = threading.Thread(target=run, name="pyttsx3", daemon=True)
+            thread.start()
+            # Not runAndWait's return: when its command queue was not empty, pyttsx3's loop ends
+            # before the synthesis it started does (seen here under load: no file, or half of
+            # it). Its end-of-utterance event comes once the WAV is written.
+            outcome = self._wait_for_end(out)
+            if outcome != "finished":
+                self._espeak.Cancel()
+                self._driver.endLoop()
             thread.join(_CANCEL_GRACE_S)
-            if thread.is_alive():
-                self._wedged = True
-            if deadline_hit:
-                raise BackendError(
-                    "synthesis_timeout",
-                    f"pyttsx3 did not finish within {self._timeout_s:g} s (options.timeout_s)",
-                )
+            # The callback that announced the end may still hold its last samples, which the
+            # driver adds to its buffer after writing the file: wait for it to return.
+            self._espeak.Synchronize()
+        if thread.is_alive():
+            self._wedged = True
+        if outcome == "timeout":
+            raise BackendError(
+                "synthesis_timeout",
+                f"pyttsx3 did not finish within {self._timeout_s:g} s (options.timeout_s)",
+            )
+        if outcome == "cancelled":
             return b""
         if failure:
             raise BackendError("synthesis_failed", f"pyttsx3 failed: {failure[0]}")
@@ -172,18 +195,23 @@ class Pyttsx3TTS(TTSBackend):
                     f"pyttsx3 wrote (channels, bytes per sample, rate) {shape}, "
                     f"not 16-bit mono at {self.sample_rate} Hz",
                 )
-            return wav.readframes(wav.getnframes())
+            frames = wav.readframes(wav.getnframes())
+        # pyttsx3 2.99 writes the file on the end-of-message event before adding the samples
+        # that came with that event; they are left in its buffer until the next synthesis.
+        return frames + bytes(self._driver._data_buffer)
 
-    @staticmethod
-    def _wait(thread: threading.Thread, timeout_s: float, out: AudioOutput) -> bool:
-        """Wait for the synthesis thread; False when the deadline passed. Stops early on cancel."""
-        waited = 0.0
-        while waited < timeout_s:
-            thread.join(0.05)
-            if not thread.is_alive() or out.cancelled():
-                return True
-            waited += 0.05
-        return not thread.is_alive()
+    def _on_finished(self, **_details: Any) -> None:
+        self._finished.set()
+
+    def _wait_for_end(self, out: AudioOutput) -> str:
+        """Wait for the end of the utterance: "finished", "cancelled" or "timeout"."""
+        deadline = time.monotonic() + self._timeout_s
+        while not self._finished.wait(0.05):
+            if out.cancelled():
+                return "cancelled"
+            if time.monotonic() > deadline:
+                return "timeout"
+        return "finished"
 
     def close(self) -> None:
         for path in self._folder.glob("*"):
