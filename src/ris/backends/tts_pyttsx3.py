@@ -10,10 +10,10 @@ the worker keeps one engine, runs one synthesis at a time under a lock, and give
 that does not finish within `options.timeout_s` seconds. The library's state is per process, so
 a TTS lane has either this backend or the `espeak` one, not both (the second is refused).
 
-pyttsx3 2.99's espeak driver has three timing faults, each seen here under CPU load and each
-worked around below: its `runAndWait` can return before the speech it started has ended, a
-new engine applies the first property changes after speaking, and the samples that arrive with
-the end-of-message event are left out of the file it writes.
+pyttsx3 2.99's espeak driver has three timing faults, worked around below. Two were seen here
+under CPU load: its `runAndWait` can return before the speech it started has ended, and a new
+engine applies its first property changes after it starts speaking. The third is in its source:
+the samples that arrive with the end-of-message event are left out of the file it writes.
 """
 
 from __future__ import annotations
