@@ -48,7 +48,9 @@ def main() -> None:
             prompt="a small green frog", size=args.size, response_format="b64_json"
         )
         png = args.out_dir / "openai_image.png"
-        png.write_bytes(base64.b64decode(image.data[0].b64_json or ""))
+        if not image.data or not image.data[0].b64_json:
+            raise SystemExit("error: the image answer carried no picture")
+        png.write_bytes(base64.b64decode(image.data[0].b64_json))
         print(f"{png}: {png.stat().st_size} bytes")
     except APIError as e:
         print(f"error: {e}", file=sys.stderr)
