@@ -3,9 +3,12 @@ drives them: every engine refuses a voice it does not have, and no audio is neve
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ris.backends import BackendContext, BackendError, backend_class
+from ris.config import ModelSpec
 from ris.lanes.base import WorkerEnv
 from ris.lanes.tts import LANE, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
 from ris.scheduler import Lane
@@ -50,3 +53,12 @@ def test_text_the_engine_has_no_sound_for_is_an_error(engine: TTSBackend) -> Non
     with pytest.raises(BackendError) as exc:
         speak(engine, TTSRequest(text="\u0663"))
     assert exc.value.code == "synthesis_empty"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "30", True])
+def test_pyttsx3_refuses_a_timeout_that_is_not_a_positive_number(timeout: object, tmp_path: Path) -> None:
+    # Checked before the engine starts: this process's libespeak-ng stays the espeak backend's.
+    spec = ModelSpec(backend="pyttsx3", options={"timeout_s": timeout})
+    with pytest.raises(BackendError) as exc:
+        backend_class(Lane.TTS, "pyttsx3")(spec, BackendContext(device="cpu", threads=1, data_dir=tmp_path))
+    assert exc.value.code == "bad_model" and "timeout_s" in exc.value.message

@@ -1,4 +1,4 @@
-"""The two recipes of docs/ARCHITECTURE.md, followed once each through the real server: a TTS
+"""The two recipes of docs/DEVELOPER_GUIDE.md, followed once each through the real server: a TTS
 engine added as one backend file plus one registration, and a lane kind added as one module
 plus one registration, both loaded from config.json's `plugins`."""
 

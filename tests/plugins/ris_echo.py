@@ -1,4 +1,4 @@
-"""Recipe: a new lane kind. One module, one registration (docs/ARCHITECTURE.md).
+"""Recipe: a new lane kind. One module, one registration (docs/DEVELOPER_GUIDE.md).
 
 A test-only "echo" lane: it repeats text back, upper-cased by its one backend. Its requests go
 through the generic POST /api/tasks; config.json loads it with `"plugins": ["ris_echo"]` and

@@ -1,4 +1,4 @@
-"""Recipe: a new TTS engine. One backend file, one registration (docs/ARCHITECTURE.md).
+"""Recipe: a new TTS engine. One backend file, one registration (docs/DEVELOPER_GUIDE.md).
 
 A test-only engine that speaks every character as a 100 ms tone, so its output is exactly
 predictable. config.json loads it with `"plugins": ["ris_tone"]` and names it as a model's

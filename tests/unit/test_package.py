@@ -20,8 +20,8 @@ def test_public_names() -> None:
 
 def test_package_imports_without_heavy_libraries() -> None:
     code = (
-        "import sys, ris, ris.api.app, ris.cli, ris.runtime.engine, ris.runtime.placement\n"
-        "heavy = {'torch', 'llama_cpp', 'onnxruntime', 'piper', 'diffusers', 'transformers', 'ray'}\n"
+        "import sys, ris, ris.api.app, ris.api.reference, ris.cli, ris.runtime.engine, ris.runtime.placement\n"
+        "heavy = {'torch', 'llama_cpp', 'onnxruntime', 'piper', 'diffusers', 'transformers', 'ray', 'pyttsx3'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

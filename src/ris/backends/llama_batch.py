@@ -32,9 +32,9 @@ from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
 # streams wait that long for their next token. On one CPU core SmolLM2-135M prefills ~145
-# tokens/s whether in chunks of 32 or 512 (measured, README), so 32 costs no prefill speed and
-# keeps the stall near 0.2 s (256: 1.8 s). A GPU prefills far faster per step and gains from
-# big chunks: 512, llama.cpp's default micro-batch.
+# tokens/s whether in chunks of 32 or 512 (measured, docs/PERFORMANCE_OPTIMIZATION.md), so 32
+# costs no prefill speed and keeps the stall near 0.2 s (256: 1.8 s). A GPU prefills far faster
+# per step and gains from big chunks: 512, llama.cpp's default micro-batch.
 PREFILL_CHUNK_CPU = 32
 PREFILL_CHUNK_GPU = 512
 # When no sequence is decoding, nobody waits on a stall: prompts (a burst of new requests)

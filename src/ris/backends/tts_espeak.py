@@ -22,7 +22,7 @@ _RATE = 1
 _DEFAULT_WPM = 175
 
 # Language tags people send, mapped to espeak-ng voice names where the two differ.
-_ALIASES = {
+LANGUAGE_ALIASES = {
     "zh": "cmn",
     "zh-cn": "cmn",
     "zh-hans": "cmn",
@@ -34,6 +34,25 @@ _ALIASES = {
     "en-us": "en-us",
     "en-gb": "en-gb",
 }
+
+# Which backend drives libespeak-ng in this process. Its state (output mode, the one synthesis
+# callback, the voice) is global, and the two drivers need it set differently: this backend
+# runs it synchronously, pyttsx3's driver asynchronously, waiting for an end-of-message event
+# that the synchronous mode never sends. Sharing it hung or cut audio short when tried.
+_library_user: str | None = None
+
+
+def claim_library(user: str) -> None:
+    """Reserve libespeak-ng for one backend kind in this worker; a second kind is refused."""
+    global _library_user
+    if _library_user not in (None, user):
+        raise BackendError(
+            "backend_conflict",
+            f"the {user!r} and {_library_user!r} TTS backends both drive libespeak-ng, whose state "
+            "is per process: configure one of them per TTS lane",
+        )
+    _library_user = user
+
 
 _Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
@@ -68,6 +87,7 @@ def _languages(ptr: int | None) -> list[str]:
 
 class EspeakTTS(TTSBackend):
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
+        claim_library("espeak")
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
@@ -94,7 +114,7 @@ class EspeakTTS(TTSBackend):
         preferred = ["en-US", "zh-CN"]
         # The tags it answers to through an alias are listed too ("zh-tw"): the server routes
         # by this list, and the TTS lane refuses any voice not on it.
-        aliases = {tag for tag, name in _ALIASES.items() if name in self._select}
+        aliases = {tag for tag, name in LANGUAGE_ALIASES.items() if name in self._select}
         answers_to = set(self._select) | aliases
         self.voices = tuple(preferred + sorted(answers_to - {v.lower() for v in preferred}))
         self._out: AudioOutput | None = None
@@ -125,7 +145,7 @@ class EspeakTTS(TTSBackend):
     def espeak_voice(self, voice: str | None) -> str:
         """The espeak-ng voice name for a request's `voice`, or an error listing the choices."""
         tag = (voice or "en-US").lower().replace("_", "-")
-        name = self._select.get(_ALIASES.get(tag, tag))
+        name = self._select.get(LANGUAGE_ALIASES.get(tag, tag))
         if name is None:
             raise BackendError(
                 "unknown_voice",

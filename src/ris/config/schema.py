@@ -245,7 +245,7 @@ class Config(_Strict):
     plugins: tuple[str, ...] = Field(
         default=(),
         description="Python modules imported before the rest is read: they register backends "
-        "or lane kinds (see docs/ARCHITECTURE.md, the recipes)",
+        "or lane kinds (see docs/DEVELOPER_GUIDE.md, the recipes)",
     )
     data_dir: Path = Field(default=Path("ris-data"), description="tasks, audio and images")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)

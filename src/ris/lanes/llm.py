@@ -329,7 +329,7 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     name = "llm"
     generic_api = False
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
-    # Sequences decoded together (continuous batching); see the README's measurements.
+    # Sequences decoded together (continuous batching); measured in docs/PERFORMANCE_OPTIMIZATION.md.
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
     # transformers generates one request at a time (its worker runs them in turn).
     batching_backends = frozenset({"llama_cpp"})

@@ -221,6 +221,7 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
     builtin_backends = {
         "espeak": "ris.backends.tts_espeak:EspeakTTS",
         "piper": "ris.backends.tts_piper:PiperTTS",
+        "pyttsx3": "ris.backends.tts_pyttsx3:Pyttsx3TTS",
     }
     embedded_models = {
         "piper": ModelSpec(

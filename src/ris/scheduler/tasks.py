@@ -11,7 +11,7 @@ class Lane(enum.StrEnum):
     """The names of the built-in lane kinds (see ris.lanes).
 
     Everywhere else a lane is named by a plain string, so a lane kind registered later (one
-    module and one registration, see docs/ARCHITECTURE.md) is a lane like these. Members are
+    module and one registration, see docs/DEVELOPER_GUIDE.md) is a lane like these. Members are
     strings: `Lane.LLM == "llm"`, and either works as a key.
     """
 

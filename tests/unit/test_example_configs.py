@@ -1,0 +1,41 @@
+"""The example configs of docs/DEPLOYMENT_GUIDE.md load with the real config loader, checked
+against the machine each is written for (a fake MachineInfo: no GPU is needed to check them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ris.config import ConfigError, load_config
+from ris.machine import MachineInfo
+from ris.preemption.resolve import resolve_policy
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+GiB = 2**30
+
+
+def test_8_cores_and_one_gpu() -> None:
+    machine = MachineInfo(cores=tuple(range(8)), gpus=1, memory_bytes=32 * GiB)
+    cfg = load_config(CONFIGS / "8core-1gpu.json", machine)
+    llm, tts, image = (cfg.lane(lane) for lane in ("llm", "tts", "image"))
+    assert llm.device == image.device == "cuda:0" and tts.device == "cpu"
+    # One GPU shared: the image lane pauses its denoising while the LLM reads a prompt.
+    assert resolve_policy(cfg, "image").mode == "block"
+    assert not set(llm.cores or ()) & set(tts.cores or ())
+
+
+def test_16_cores_and_two_gpus() -> None:
+    machine = MachineInfo(cores=tuple(range(16)), gpus=2, memory_bytes=64 * GiB)
+    cfg = load_config(CONFIGS / "16core-2gpu.json", machine)
+    assert cfg.lane("llm").device == "cuda:0" and cfg.lane("image").device == "cuda:1"
+    # A GPU each: nothing shared, so the image lane never pauses.
+    assert resolve_policy(cfg, "image").mode == "none"
+
+
+@pytest.mark.parametrize(("name", "gpus"), [("8core-1gpu.json", 0), ("16core-2gpu.json", 1)])
+def test_on_a_smaller_machine_the_loader_says_what_is_missing(name: str, gpus: int) -> None:
+    # The checks are real: the same file on a machine with fewer GPUs is refused, naming them.
+    machine = MachineInfo(cores=tuple(range(16)), gpus=gpus)
+    with pytest.raises(ConfigError, match=r"device: 'cuda:\d' is not available"):
+        load_config(CONFIGS / name, machine)
