@@ -92,12 +92,15 @@ def test_burst_of_ten_times_capacity(small: Server, path: str, body: dict[str, o
         f"{path}: {len(admitted)} admitted, {len(refused)} refused; 429 p99 server {server_p99:.1f} ms, "
         f"at the client {1000 * refuse_p99:.1f} ms; /health p99 {1000 * health_p99:.1f} ms"
     )
-    # Refusals never wait for work to finish. Image admissions are fsync'd to the task store on
-    # the event loop, and a refusal can queue behind them: that lane gets a looser bound.
-    assert server_p99 < (50.0 if path != "/api/image/generate" else 150.0)
-    # At the client, connection set-up and the client's own loop on 2 cores add to it.
-    assert refuse_p99 < 1.0
-    assert health_p99 < 1.0
+    # Refusals never wait for work to finish: the queued work behind the full slots takes
+    # seconds, so a refusal that waited for a slot would take that long. The bounds are far from
+    # the typical figures (a few ms, printed above; the benchmarks measure them): a loaded
+    # machine must not fail this, a refusal that waits must. Image admissions are fsync'd on the
+    # event loop and a refusal can queue behind them; at the client, connection set-up and the
+    # client's own loop on 2 cores add to it.
+    assert server_p99 < 500.0
+    assert refuse_p99 < 2.0
+    assert health_p99 < 2.0
     if path == "/api/image/generate":  # asynchronous: every admitted task must still finish
         with Client(small.url, max_retries=0) as c:
             for r in admitted:
