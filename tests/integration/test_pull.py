@@ -35,6 +35,18 @@ HUAYAN = "zh/zh_CN/huayan/medium/zh_CN-huayan-medium"
 BIG = 24 * 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull is the one online step. The backends set HF_HUB_OFFLINE for their own process, and
+    backend tests that ran earlier in this one leave it set: clear it, and huggingface_hub's copy
+    read at import."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture()
 def hub() -> Iterator[Hub]:
     h = Hub().start()
