@@ -71,6 +71,8 @@ class ModelDetails:
     sample_rate: int | None = None
     # A text model's context window in tokens, prompt and answer together (None: unknown).
     context_tokens: int | None = None
+    # A text model whose chat template renders `tools` itself (else a fallback prompt does).
+    native_tools: bool | None = None
 
 
 class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract method
