@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from typing import Any
 
 import llama_cpp
@@ -25,6 +26,11 @@ from ris.lanes.llm_tools import CALL_CLOSE, CALL_OPEN, MAX_PARALLEL_CALLS
 # The start rule of a tool-call grammar; the schema's own rules keep their names (its start
 # rule is "root", one call).
 _CALLS_ROOT = "tool-calls"
+# A character inside a JSON string. llama-cpp-python's converter (0.3.x) allows any character
+# but `"` and `\`, control characters included, so a raw newline inside a string made JSON that
+# no parser accepts (found by the 10-prompt test); this is upstream llama.cpp's rule.
+_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+_CHAR_LINE = re.compile(r"^char ::= .*$", re.MULTILINE)
 
 
 def gbnf(constraint: Constraint) -> tuple[str, str]:
@@ -35,6 +41,7 @@ def gbnf(constraint: Constraint) -> tuple[str, str]:
         raise BackendError(
             "invalid_request", f"the JSON schema cannot be turned into a grammar: {type(e).__name__}: {e}"
         ) from e
+    rules = _CHAR_LINE.sub(lambda _: _CHAR_RULE, rules)
     if constraint.form == "json":
         return rules, "root"
     block = f'"{_escape(CALL_OPEN)}\\n" root "\\n{_escape(CALL_CLOSE)}"'
@@ -74,7 +81,7 @@ class Grammar:
         )
 
     def allows(self, token: int) -> bool:
-        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
+        self._one[0] = llama_cpp.llama_token_data(token, 1.0, 0.0)
         self._one_array.size, self._one_array.selected = 1, -1
         llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._one_array))
         return bool(np.isfinite(self._one[0].logit))
