@@ -7,14 +7,16 @@ fixed per-field limits are in ris.api.limits, the tunable ones in config.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ris.api.errors import APIError
-from ris.api.limits import MAX_STOP_CHARS, MAX_STOPS
+from ris.api.limits import MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
-from ris.lanes.llm import LLMRequest, max_tokens_over_context
+from ris.lanes.llm import Constraint, LLMRequest, Message, Tool, max_tokens_over_context
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def llm_request(
     dialect: Dialect,
     *,
     prompt: str | None,
-    messages: Sequence[tuple[str, str]] | None,
+    messages: Sequence[tuple[str, str] | Message] | None,
     max_tokens: int,
     temperature: float,
     top_p: float,
@@ -42,6 +44,9 @@ def llm_request(
     seed: int | None = None,
     ignore_eos: bool = False,
     context_tokens: int | None = None,
+    constraint: Constraint | None = None,
+    tools: Sequence[Tool] = (),
+    constraint_param: str = "response_format",
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
     deps.llm_context); a model not loaded yet is checked by its worker instead."""
@@ -51,7 +56,10 @@ def llm_request(
 
     if (prompt is None) == (messages is None):
         raise invalid("give exactly one of `prompt` or `messages`", "messages")
-    chars = len(prompt or "") + sum(len(c) for _, c in messages or ())
+    chars = len(prompt or "") + sum(
+        len(m.content) + sum(len(c.arguments) for c in m.tool_calls) if isinstance(m, Message) else len(m[1])
+        for m in messages or ()
+    )
     if chars > limits.max_prompt_chars:
         status, code = dialect.too_long
         raise APIError(
@@ -64,6 +72,8 @@ def llm_request(
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
+    if constraint is not None:
+        _check_constraint(constraint, stops, ignore_eos, invalid, constraint_param)
     return LLMRequest(
         prompt=prompt,
         messages=None if messages is None else tuple(messages),
@@ -73,15 +83,53 @@ def llm_request(
         stop=tuple(stops),
         seed=seed,
         ignore_eos=ignore_eos,
+        tools=tuple(tools),
+        constraint=constraint,
     )
+
+
+def _check_constraint(
+    constraint: Constraint,
+    stops: list[str],
+    ignore_eos: bool,
+    invalid: Callable[[str, str], APIError],
+    param: str,
+) -> None:
+    # The grammar makes the answer whole; a stop string would cut it, and past the grammar's
+    # end no token is allowed, so neither combines with it.
+    if stops:
+        raise invalid(f"stop cannot be combined with {param}: a stop string would cut the JSON short", "stop")
+    if ignore_eos:
+        raise invalid(
+            f"ignore_eos cannot be combined with {param}: the answer ends where the JSON does", "ignore_eos"
+        )
+    if len(constraint.schema) > MAX_SCHEMA_CHARS:
+        raise invalid(
+            f"the JSON schema is {len(constraint.schema)} characters; the limit is {MAX_SCHEMA_CHARS}", param
+        )
 
 
 # Fields the seed API's bodies and LLMRequest name alike (getattr: model_dump costs more).
 _SAME_NAMES = ("prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
 
 
-def seed_llm_request(limits: ServerConfig, body: LLMFields, context_tokens: int | None) -> LLMRequest:
-    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak)."""
+def seed_llm_request(
+    limits: ServerConfig,
+    body: LLMFields,
+    context_tokens: int | None,
+    json_schema: dict[str, Any] | None = None,
+) -> LLMRequest:
+    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak); `json_schema`:
+    the schema the answer must match (/api/llm/generate's field of that name)."""
     messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
     same = {name: getattr(body, name) for name in _SAME_NAMES}
-    return llm_request(limits, SEED, messages=messages, context_tokens=context_tokens, **same)
+    constraint = None if json_schema is None else Constraint(json.dumps(json_schema))
+    return llm_request(
+        limits,
+        SEED,
+        messages=messages,
+        context_tokens=context_tokens,
+        constraint=constraint,
+        constraint_param="json_schema",
+        **same,
+    )

@@ -16,7 +16,7 @@ import torch
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends._textgen import StopScanner
 from ris.config import ModelSpec
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, Message, TextOutput
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
@@ -138,8 +138,16 @@ class TransformersLLM(LLMBackend):
 
     @torch.inference_mode()
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        if req.constraint is not None or req.tools or any(isinstance(t, Message) for t in req.messages or ()):
+            # No grammar here: a JSON schema or tool call would be hoped for, not enforced.
+            # The API refuses these for this backend first (LLMLane.constraining_backends).
+            raise BackendError(
+                "unsupported_for_model",
+                "the transformers backend cannot constrain decoding: structured output and tools "
+                "need a llama_cpp model",
+            )
         if req.messages is not None:
-            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in req.messages])
+            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in map(_pair, req.messages)])
         else:
             prompt = req.prompt or ""
         ids = self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
@@ -205,3 +213,7 @@ class TransformersLLM(LLMBackend):
         del self._model
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def _pair(turn: tuple[str, str] | Message) -> tuple[str, str]:
+    return (turn.role, turn.content) if isinstance(turn, Message) else turn

