@@ -9,8 +9,16 @@ from typing import Any
 import pytest
 
 from ris.api.errors import APIError
-from ris.api.openai_schemas import ChatCompletionRequest
-from ris.api.openai_tools import ToolCallStream, ToolPlan, chat_answer, refuse_unsupported, tool_plan
+from ris.api.openai_schemas import ChatCompletionRequest, ResponseFormat
+from ris.api.openai_tools import (
+    ToolCallStream,
+    ToolPlan,
+    chat_answer,
+    refuse_unsupported,
+    response_constraint,
+    tool_plan,
+    unenforced,
+)
 from ris.lanes.llm import LANE, Constraint, LLMRequest, Message, Tool, ToolCall
 from ris.lanes.llm_tools import FALLBACK_INTRO, call_schema, fallback_turns, parse_calls
 
@@ -150,3 +158,21 @@ def test_the_lane_request_round_trips_through_json() -> None:
         constraint=Constraint('{"type": "object"}', "tool_calls", parallel=True),
     )
     assert LANE.request_from_json(LANE.request_to_json(req)) == req
+
+
+def test_a_strict_schema_with_keywords_the_grammar_cannot_hold_is_refused() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "minimum": {"type": "integer", "minimum": 0},  # a property may be named like a keyword
+            "tags": {"type": "array", "items": {"type": "string", "format": "email"}, "uniqueItems": True},
+        },
+    }
+    assert unenforced(schema) == ["minimum.minimum", "tags.uniqueItems", "tags.items.format"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    with pytest.raises(APIError) as e:
+        response_constraint(ResponseFormat.model_validate(fmt))
+    assert e.value.code == "unsupported_schema" and "minimum.minimum" in e.value.message
+    loose = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    constraint = response_constraint(ResponseFormat.model_validate(loose))
+    assert constraint is not None and json.loads(constraint.schema) == schema

@@ -39,6 +39,71 @@ def refuse_unsupported(body: SamplingBody) -> None:
             )
 
 
+# JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
+# a strict schema that uses one is refused, as OpenAI's strict mode refuses what it cannot
+# guarantee; a non-strict one is served with them unenforced (docs/OPENAI_COMPATIBILITY.md).
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "contains",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+ENFORCED_FORMATS = frozenset(
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+)
+_NAMED_SCHEMAS = ("properties", "$defs", "definitions")
+_ONE_SCHEMA = ("items", "additionalProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+
+
+def unenforced(schema: Any, path: str = "") -> list[str]:
+    """Where a schema uses what the grammar cannot hold the answer to, e.g. ["age.minimum"]."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{path}{k}" for k in schema if k in UNENFORCED]
+    if "format" in schema and schema["format"] not in ENFORCED_FORMATS:
+        found.append(f"{path}format")
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):
+            for name, sub in value.items():
+                found += unenforced(sub, f"{path}{name}.")
+        elif key in _ONE_SCHEMA and isinstance(value, dict):
+            found += unenforced(value, f"{path}{key}.")
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                found += unenforced(sub, f"{path}{key}[{i}].")
+    return found
+
+
+def _strict_schema(schema: dict[str, Any], param: str) -> None:
+    found = unenforced(schema)
+    if found:
+        raise APIError(
+            400,
+            "unsupported_schema",
+            f"strict: the grammar cannot enforce {', '.join(found[:5])}; drop those keywords or "
+            "set strict to false (then they are not enforced)",
+            param=param,
+        )
+
+
 def response_constraint(fmt: ResponseFormat | None) -> Constraint | None:
     """The grammar response_format asks for: none for text, any JSON object for json_object."""
     if fmt is None or fmt.type == "text":
@@ -52,6 +117,8 @@ def response_constraint(fmt: ResponseFormat | None) -> Constraint | None:
             'response_format of type json_schema needs a json_schema: {"name": ..., "schema": {...}}',
             param="response_format",
         )
+    if fmt.json_schema.strict:
+        _strict_schema(fmt.json_schema.schema_, "response_format")
     return Constraint(json.dumps(fmt.json_schema.schema_ or {}))
 
 
@@ -74,6 +141,9 @@ def tool_plan(body: ChatCompletionRequest) -> ToolPlan | None:
         return None
     if body.tool_choice == "none":
         return None
+    for t in body.tools:
+        if t.function.strict:
+            _strict_schema(t.function.parameters, "tools")
     tools = tuple(
         Tool(t.function.name, t.function.description, json.dumps(t.function.parameters)) for t in body.tools
     )

@@ -199,7 +199,8 @@ class Operations:
     def generate(
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> Op[Generation]:
-        """Generate text; options: model, temperature, top_p, max_tokens, stop, seed, priority."""
+        """Generate text; options: model, temperature, top_p, max_tokens, stop, seed, priority,
+        json_schema (a JSON Schema the answer must match, enforced while decoding)."""
         resp = yield Call(
             "POST", "/api/llm/generate", json=llm_body(prompt, messages, **options, stream=False)
         )
