@@ -106,3 +106,39 @@ def test_a_schema_that_cannot_become_a_grammar_is_refused_and_the_batch_serves_o
     assert llm.batch().active == 0
     outcome, _ = run_batch(llm, {"ok": ask("Hi", max_tokens=3)})["ok"]
     assert outcome.completion_tokens >= 1
+
+
+FEW_SHOT = (
+    "Q: weather in Rome?\nA: <tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>\n'
+    "Q: weather in Oslo?\nA: <tool_call>\n"
+    '{"name": "get_weather", "arguments": {"town": "Oslo"}}\n</tool_call>\n'
+    "Q: weather in Paris?\nA:"
+)
+
+
+def test_a_lazy_grammar_leaves_prose_alone_and_holds_a_call_it_sees_start(llm: LlamaCppLLM) -> None:
+    params = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}},
+        "required": ["city"],
+    }
+    tools = (Tool("get_weather", "Weather of a city", json.dumps(params)),)
+    lazy = Constraint(call_schema(tools), "tool_calls", parallel=False, lazy=True)
+    prose = ask("Tell me a story about a fox.", max_tokens=40, temperature=0)
+    got = run_batch(
+        llm,
+        {
+            "prose": ask("Tell me a story about a fox.", max_tokens=40, temperature=0, constraint=lazy),
+            "plain": prose,
+            # The model copies the form from the examples (one of which breaks the schema); the
+            # grammar, triggered by the opening tag, holds it to the schema and to one call.
+            "call": LLMRequest(prompt=FEW_SHOT, max_tokens=80, temperature=0, constraint=lazy),
+        },
+    )
+    assert got["prose"][1] == got["plain"][1]
+    outcome, text = got["call"]
+    parsed = parse_calls(text, ["get_weather"])
+    assert outcome.finish_reason == "stop" and parsed is not None, text
+    [(name, arguments)] = parsed.calls
+    jsonschema.validate(json.loads(arguments), params)

@@ -176,3 +176,19 @@ def test_a_strict_schema_with_keywords_the_grammar_cannot_hold_is_refused() -> N
     loose = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     constraint = response_constraint(ResponseFormat.model_validate(loose))
     assert constraint is not None and json.loads(constraint.schema) == schema
+
+
+def test_auto_holds_only_the_calls_the_model_starts() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+            "parallel_tool_calls": False,
+        }
+    )
+    plan = tool_plan(body)
+    assert plan is not None and plan.constraint is not None
+    assert plan.constraint.lazy and not plan.constraint.parallel
+    none = ChatCompletionRequest.model_validate({**body.model_dump(), "tool_choice": "none"})
+    assert tool_plan(none) is None

@@ -72,7 +72,7 @@ def llm_request(
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
-    if constraint is not None:
+    if constraint is not None and not constraint.lazy:  # a lazy grammar may never start
         _check_constraint(constraint, stops, ignore_eos, invalid, constraint_param)
     return LLMRequest(
         prompt=prompt,

@@ -127,7 +127,7 @@ class ToolPlan:
     """How a chat request's tools are used."""
 
     tools: tuple[Tool, ...]  # what the model is told of (none under tool_choice "none")
-    constraint: Constraint | None  # set when a call is required or names its function
+    constraint: Constraint | None  # the calls' grammar (lazy under auto: prose stays free)
     names: tuple[str, ...] = field(default=())  # the functions a call may name
 
 
@@ -166,7 +166,8 @@ def tool_plan(body: ChatCompletionRequest) -> ToolPlan | None:
         return ToolPlan(tools, Constraint(schema, "tool_calls", parallel=False), names)
     if choice == "required":
         return ToolPlan(tools, Constraint(call_schema(tools), "tool_calls", parallel), names)
-    return ToolPlan(tools, None, names)  # auto
+    # auto: the model may answer in prose; a call it starts is held to the form and schemas.
+    return ToolPlan(tools, Constraint(call_schema(tools), "tool_calls", parallel, lazy=True), names)
 
 
 def chat_turns(messages: list[OAMessage]) -> list[tuple[str, str] | Message]:
@@ -209,7 +210,7 @@ class ToolCallStream:
         self._held: list[str] = []
         # A required call holds everything; under auto, only while the text may be a call.
         self._holding = True
-        self._constrained = plan.constraint is not None
+        self._constrained = plan.constraint is not None and not plan.constraint.lazy
 
     def feed(self, text: str) -> list[dict[str, Any]]:
         if not self._holding:

@@ -329,7 +329,7 @@ class LlamaBatch(LLMBatch):
         if grammar is not None:
             if not grammar.allows(token):
                 token = grammar.resample(seq.sampler, self._ctx, seq.index)
-            grammar.accept(token)
+            grammar.accept(token, self._piece(token) if grammar.waiting else b"")
         return token
 
     def _sampler(self, req: LLMRequest) -> Any:

@@ -79,6 +79,9 @@ class Constraint:
     # the `<tool_call>` form, or up to MAX_PARALLEL_CALLS of them when `parallel`.
     form: Literal["json", "tool_calls"] = "json"
     parallel: bool = False
+    # The grammar waits for the first `<tool_call>`: text before it is free, the calls from
+    # there on are held to their form and schemas (tool_choice "auto").
+    lazy: bool = False
 
 
 @dataclass(frozen=True)
