@@ -16,7 +16,8 @@ import torch
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends._textgen import StopScanner
 from ris.config import ModelSpec
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, Message, TextOutput
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message
+from ris.lanes.llm_tools import fallback_turns
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
@@ -138,7 +139,7 @@ class TransformersLLM(LLMBackend):
 
     @torch.inference_mode()
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
-        if req.constraint is not None or req.tools or any(isinstance(t, Message) for t in req.messages or ()):
+        if req.constraint is not None or req.tools:
             # No grammar here: a JSON schema or tool call would be hoped for, not enforced.
             # The API refuses these for this backend first (LLMLane.constraining_backends).
             raise BackendError(
@@ -147,7 +148,8 @@ class TransformersLLM(LLMBackend):
                 "need a llama_cpp model",
             )
         if req.messages is not None:
-            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in map(_pair, req.messages)])
+            # Past tool calls and tool answers as plain turns (the fallback's text form).
+            prompt = self._tok.chat_prompt(fallback_turns([as_message(t) for t in req.messages], ()))
         else:
             prompt = req.prompt or ""
         ids = self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
@@ -213,7 +215,3 @@ class TransformersLLM(LLMBackend):
         del self._model
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()
-
-
-def _pair(turn: tuple[str, str] | Message) -> tuple[str, str]:
-    return (turn.role, turn.content) if isinstance(turn, Message) else turn
