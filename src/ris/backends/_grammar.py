@@ -113,6 +113,10 @@ class Grammar:
         self._all["id"] = np.arange(self._n_vocab, dtype=np.intc)
         self._all_array.size, self._all_array.selected, self._all_array.sorted = self._n_vocab, -1, False
         llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._all_array))
+        if not np.isfinite(self._all["logit"][: self._all_array.size]).any():
+            # Accepting a token the grammar refuses aborts the process inside llama.cpp; fail
+            # the step instead (the batch's tasks fail, the worker serves on).
+            raise BackendError("backend_error", "the grammar allows no token of this model's vocabulary here")
         llama_cpp.llama_sampler_apply(chain, ctypes.byref(self._all_array))
         selected = self._all_array.selected
         if selected < 0:  # a greedy or dist sampler always selects; guard anyway
