@@ -47,6 +47,8 @@ class ModelInfo:
     sample_rate: int | None = None
     # A text model's context window in tokens (None: unknown); the API refuses larger max_tokens.
     context_tokens: int | None = None
+    # A text model whose chat template renders tools (None: not a text model, or unknown).
+    native_tools: bool | None = None
 
 
 @dataclass(frozen=True)

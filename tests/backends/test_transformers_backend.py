@@ -51,3 +51,23 @@ def test_unknown_dummy_shape(tmp_path: Path) -> None:
     spec = ModelSpec(backend="transformers", load_format="dummy", source="gpt-9")
     with pytest.raises(BackendError, match="known: qwen2.5-7b"):
         backend_class(Lane.LLM, "transformers")(spec, BackendContext("cpu", 1, tmp_path))
+
+
+def test_without_a_grammar_it_refuses_structured_output_rather_than_ignore_it(tiny: object) -> None:
+    from ris.lanes.llm import Constraint, Message, Tool, ToolCall
+
+    for req in (
+        LLMRequest(prompt="abc", max_tokens=4, constraint=Constraint('{"type": "object"}')),
+        LLMRequest(messages=(("user", "hi"),), max_tokens=4, tools=(Tool("f"),)),
+    ):
+        with pytest.raises(BackendError) as e:
+            tiny.generate(req, TextCollector())  # type: ignore[attr-defined]
+        assert e.value.code == "unsupported_for_model"
+    # Past calls and tool answers in the history are plain turns to it.
+    history = (
+        ("user", "weather?"),
+        Message("assistant", "", (ToolCall("c1", "f", "{}"),)),
+        Message("tool", "sunny", tool_call_id="c1"),
+    )
+    outcome = tiny.generate(LLMRequest(messages=history, max_tokens=3, ignore_eos=True), TextCollector())  # type: ignore[attr-defined]
+    assert outcome.completion_tokens == 3

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from ris import catalogue
 from ris.api.errors import APIError, failure, lane_unavailable, queue_full
 from ris.api.streams import next_audio
+from ris.lanes.llm import LANE as LLM_LANE
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
 from ris.languages import language_warning, script_language
 from ris.runtime.engine import Engine, LaneUnavailable
@@ -148,6 +149,21 @@ def llm_context(engine: Engine, model: str) -> int | None:
     start); None for one that loads on first use, whose worker checks it instead."""
     info = engine.model_infos(Lane.LLM).get(model)
     return None if info is None else info.context_tokens
+
+
+def require_constraining_backend(engine: Engine, model: str, param: str) -> None:
+    """Refuse structured output or tools for a model whose backend cannot decode under a
+    grammar (transformers): they would be ignored, which is worse than a refusal."""
+    backend = engine.config.lane(Lane.LLM).models[model].backend
+    allowed = LLM_LANE.constraining_backends
+    if backend not in allowed:
+        raise APIError(
+            422,
+            "unsupported_for_model",
+            f"{param} needs a backend that constrains decoding ({', '.join(sorted(allowed))}); the model "
+            f"'{model}' runs on {backend} (GET /api/models shows each model's structured_output and tools)",
+            param=param,
+        )
 
 
 class ClientGone(APIError):

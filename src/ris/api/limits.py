@@ -26,6 +26,12 @@ MAX_MESSAGE_CHARS = 200_000
 # derives several seeds from one (n images) wraps around within the range.
 SEED_MAX = 2**32 - 1
 MAX_TEMPERATURE = 2.0
+# Structured output and tools: a JSON Schema becomes a grammar in the worker; its size bounds
+# that work. OpenAI allows 128 tools and names of 64 characters from this set.
+MAX_SCHEMA_CHARS = 32_000
+MAX_TOOLS = 128
+MAX_TOOL_DESCRIPTION_CHARS = 4_000
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_IMAGE_PROMPT_CHARS = 4_000
 
 

@@ -7,14 +7,16 @@ fixed per-field limits are in ris.api.limits, the tunable ones in config.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ris.api.errors import APIError
-from ris.api.limits import MAX_STOP_CHARS, MAX_STOPS
+from ris.api.limits import MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
-from ris.lanes.llm import LLMRequest, max_tokens_over_context
+from ris.lanes.llm import Constraint, LLMRequest, Message, Tool, max_tokens_over_context
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ def llm_request(
     dialect: Dialect,
     *,
     prompt: str | None,
-    messages: Sequence[tuple[str, str]] | None,
+    messages: Sequence[tuple[str, str] | Message] | None,
     max_tokens: int,
     temperature: float,
     top_p: float,
@@ -44,6 +46,9 @@ def llm_request(
     context_tokens: int | None = None,
     system: str | None = None,
     prompt_is_message: bool = False,
+    constraint: Constraint | None = None,
+    tools: Sequence[Tool] = (),
+    constraint_param: str = "response_format",
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
     deps.llm_context); a model not loaded yet is checked by its worker instead."""
@@ -59,7 +64,7 @@ def llm_request(
         raise invalid(
             "`system` needs the chat template, which `raw: true` skips: write it into the prompt", "system"
         )
-    chars = len(prompt or "") + len(system or "") + sum(len(c) for _, c in messages or ())
+    chars = len(prompt or "") + len(system or "") + sum(_turn_chars(m) for m in messages or ())
     if chars > limits.max_prompt_chars:
         status, code = dialect.too_long
         raise APIError(
@@ -72,6 +77,8 @@ def llm_request(
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
+    if constraint is not None and not constraint.lazy:  # a lazy grammar may never start
+        _check_constraint(constraint, stops, ignore_eos, invalid, constraint_param)
     return LLMRequest(
         prompt=prompt,
         messages=None if messages is None else tuple(messages),
@@ -83,23 +90,61 @@ def llm_request(
         ignore_eos=ignore_eos,
         prompt_is_message=prompt_is_message and prompt is not None,
         system=system,
+        tools=tuple(tools),
+        constraint=constraint,
     )
+
+
+def _turn_chars(turn: tuple[str, str] | Message) -> int:
+    if not isinstance(turn, Message):
+        return len(turn[1])
+    return len(turn.content) + sum(len(c.arguments) for c in turn.tool_calls)
+
+
+def _check_constraint(
+    constraint: Constraint,
+    stops: list[str],
+    ignore_eos: bool,
+    invalid: Callable[[str, str], APIError],
+    param: str,
+) -> None:
+    # The grammar makes the answer whole; a stop string would cut it, and past the grammar's
+    # end no token is allowed, so neither combines with it.
+    if stops:
+        raise invalid(f"stop cannot be combined with {param}: a stop string would cut the JSON short", "stop")
+    if ignore_eos:
+        raise invalid(
+            f"ignore_eos cannot be combined with {param}: the answer ends where the JSON does", "ignore_eos"
+        )
+    if len(constraint.schema) > MAX_SCHEMA_CHARS:
+        raise invalid(
+            f"the JSON schema is {len(constraint.schema)} characters; the limit is {MAX_SCHEMA_CHARS}", param
+        )
 
 
 # Fields the seed API's bodies and LLMRequest name alike (getattr: model_dump costs more).
 _SAME_NAMES = ("prompt", "system", "max_tokens", "temperature", "top_p", "stop", "seed", "ignore_eos")
 
 
-def seed_llm_request(limits: ServerConfig, body: LLMFields, context_tokens: int | None) -> LLMRequest:
-    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak). Its `prompt`
-    is the user's message to a chat model unless `raw` says otherwise."""
+def seed_llm_request(
+    limits: ServerConfig,
+    body: LLMFields,
+    context_tokens: int | None,
+    json_schema: dict[str, Any] | None = None,
+) -> LLMRequest:
+    """The LLMRequest of a seed-API body (/api/llm/generate, /api/chat/speak). Its `prompt` is the
+    user's message to a chat model unless `raw` says otherwise; `json_schema`: the schema the
+    answer must match (/api/llm/generate's field of that name)."""
     messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
     same = {name: getattr(body, name) for name in _SAME_NAMES}
+    constraint = None if json_schema is None else Constraint(json.dumps(json_schema))
     return llm_request(
         limits,
         SEED,
         messages=messages,
         context_tokens=context_tokens,
         prompt_is_message=not body.raw,
+        constraint=constraint,
+        constraint_param="json_schema",
         **same,
     )

@@ -1,10 +1,12 @@
-"""Request bodies of the OpenAI-compatible API. Clients send fields we do not use (user,
-presence_penalty, ...): they are accepted and ignored, as OpenAI's own SDKs expect. The limits
-are the seed API's (ris.api.limits)."""
+"""Request bodies of the OpenAI-compatible API. Fields that change nothing about the answer
+(user, metadata, store, ...) are accepted and ignored, as OpenAI's own SDKs expect; fields that
+ask for something not implemented (logprobs, logit_bias, penalties, n > 1) are refused by
+`refuse_unsupported`, never silently ignored. The limits are the seed API's (ris.api.limits)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -13,7 +15,10 @@ from ris.api.limits import (
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
     MAX_TEMPERATURE,
+    MAX_TOOL_DESCRIPTION_CHARS,
+    MAX_TOOLS,
     SEED_MAX,
+    TOOL_NAME_PATTERN,
     RequestBody,
 )
 
@@ -27,9 +32,24 @@ class ContentPart(RequestBody):
     text: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
 
 
+class CalledFunction(RequestBody):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: str = Field(default="{}", max_length=MAX_MESSAGE_CHARS, description="a JSON object")
+
+
+class MessageToolCall(_OpenAIBody):
+    """A call an assistant turn made (sent back on the next turn)."""
+
+    id: str = Field(max_length=128)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class OAMessage(_OpenAIBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | list[ContentPart] | None = None
+    tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=128, description="on role tool")
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -41,6 +61,44 @@ class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(RequestBody):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(default="response", pattern=TOOL_NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=MAX_TOOL_DESCRIPTION_CHARS)
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="the JSON Schema the answer matches"
+    )
+    # Enforced by a grammar either way: true and false both get output that validates.
+    strict: bool | None = None
+
+
+class ResponseFormat(RequestBody):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class FunctionDef(RequestBody):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = Field(default="", max_length=MAX_TOOL_DESCRIPTION_CHARS)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None  # arguments are held to `parameters` by a grammar when required
+
+
+class ToolDef(RequestBody):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class ChosenFunction(RequestBody):
+    name: str
+
+
+class NamedToolChoice(RequestBody):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
 class SamplingBody(_OpenAIBody):
     model: str
     temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
@@ -48,16 +106,45 @@ class SamplingBody(_OpenAIBody):
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
-    n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    n: int = Field(default=1, ge=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
     # An extension llama-server and vLLM share: generate exactly max_tokens (benchmarks, tests).
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
 
 
 class ChatCompletionRequest(SamplingBody):
     messages: list[OAMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+
+def _given(value: Any) -> bool:
+    return value not in (None, False, 0, 0.0, "", [], {})
+
+
+# Fields of OpenAI's text APIs that would change the answer and are not implemented: a request
+# that sets them (to anything but their neutral value) is refused with 400 naming the field.
+# Each maps to when it counts as set.
+UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
+    "logprobs": _given,
+    "top_logprobs": _given,
+    "logit_bias": _given,
+    "frequency_penalty": _given,
+    "presence_penalty": _given,
+    "best_of": lambda v: v not in (None, 1),
+    "echo": _given,
+    "suffix": _given,
+    "functions": _given,  # OpenAI's deprecated form of tools
+    "function_call": lambda v: v not in (None, "none", "auto"),
+    "audio": _given,
+    "modalities": lambda v: v not in (None, ["text"]),
+    "prediction": _given,
+    "web_search_options": _given,
+}
 
 
 class CompletionRequest(SamplingBody):

@@ -59,6 +59,11 @@ class LLMFields(_Body):
 
 
 class LLMGenerateRequest(LLMFields):
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="a JSON Schema the answer must match, enforced while decoding ({} or "
+        '{"type": "object"}: any JSON object); not with stop or ignore_eos',
+    )
     stream: bool = Field(default=False, description="stream tokens as server-sent events")
     priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
     timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")

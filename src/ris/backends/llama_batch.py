@@ -7,7 +7,8 @@ decoding sequence's last token in one batch, then fills what is left of the batc
 prompt tokens of sequences still in prefill, at most `prefill_chunk` per sequence per step, so
 a long prompt is processed in chunks between the running streams' tokens rather than
 stalling them. A sequence joins between steps and leaves (finished, stopped or cancelled)
-without disturbing the others.
+without disturbing the others. A constrained sequence (a JSON schema, a tool call) carries
+its own grammar (_grammar.py) beside its sampler chain and batches like any other.
 
 Prefix cache: a slot remembers the tokens its KV holds. A new request takes the free slot
 whose cache it continues (the next turn of that slot's conversation), else the least recently
@@ -27,6 +28,7 @@ from typing import Any
 import llama_cpp
 
 from ris.backends import BackendError
+from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 
@@ -54,6 +56,7 @@ class _Sequence:
     prompt: list[int]
     max_tokens: int
     pending: list[int]  # prompt tokens not yet decoded
+    grammar: Grammar | None = None  # the request's constraint, if any
     produced: int = 0
     next_token: int | None = None  # sampled, not yet in the KV cache
     index: int = -1  # its logits' row in this step's batch, -1: none
@@ -89,6 +92,7 @@ class LlamaBatch(LLMBatch):
         self._llm = llm
         self._model = llm._model  # noqa: SLF001 - the loaded model, shared with `llm`
         self._vocab = self._model.vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_ctx = n_ctx
         self.prefill_chunk = prefill_chunk
         self._tokenize = tokenize
@@ -138,6 +142,8 @@ class LlamaBatch(LLMBatch):
                 "context_length_exceeded",
                 f"the prompt is {len(prompt)} tokens; this model's context is {self.n_ctx}",
             )
+        # Built before the slot is touched: a schema that cannot be compiled refuses the request.
+        grammar = None if req.constraint is None else Grammar(self._vocab, self._n_vocab, req.constraint)
         slot = self._slot_for(prompt)
         self._borrow_prefix(slot, prompt)
         # Keep the shared prefix's KV; at least one prompt token is decoded, for its logits.
@@ -158,6 +164,7 @@ class LlamaBatch(LLMBatch):
             prompt=prompt,
             max_tokens=min(req.max_tokens, self.n_ctx - len(prompt)),
             pending=prompt[keep:],
+            grammar=grammar,
         )
 
     def step(self) -> list[tuple[str, LLMOutcome]]:
@@ -183,7 +190,7 @@ class LlamaBatch(LLMBatch):
         for slot in self._slots:
             if slot.seq is not None:
                 keys.append(slot.seq.key)
-                llama_cpp.llama_sampler_free(slot.seq.sampler)
+                _free(slot.seq)
                 slot.seq = None
             slot.cached = []
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
@@ -288,13 +295,15 @@ class LlamaBatch(LLMBatch):
             return  # a prompt chunk with more to come: nothing to sample yet
         if seq.produced == 0:
             seq.out.prefill_done()
-        token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.index)
+        token = self._sample(seq)
         seq.index = -1
-        if llama_cpp.llama_vocab_is_eog(self._vocab, token) and not seq.req.ignore_eos:
+        is_eog = llama_cpp.llama_vocab_is_eog(self._vocab, token)
+        # A grammar's end is the answer's end, ignore_eos or not: past it no token is allowed.
+        if is_eog and (not seq.req.ignore_eos or seq.grammar is not None):
             seq.finish = "stop"
             return
         seq.produced += 1
-        if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        if not is_eog:
             seq.scanner.feed_bytes(self._piece(token))
         if seq.scanner.stopped:
             seq.finish = "stop"
@@ -308,11 +317,20 @@ class LlamaBatch(LLMBatch):
         assert seq is not None and seq.finish is not None
         if seq.finish != "cancelled":
             seq.scanner.flush()
-        llama_cpp.llama_sampler_free(seq.sampler)
+        _free(seq)
         slot.seq = None
         return seq.key, LLMOutcome(seq.finish, len(seq.prompt), seq.produced)
 
     # ----- helpers ---------------------------------------------------------------------------
+
+    def _sample(self, seq: _Sequence) -> int:
+        token: int = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.index)
+        grammar = seq.grammar
+        if grammar is not None:
+            if not grammar.allows(token):
+                token = grammar.resample(seq.sampler, self._ctx, seq.index)
+            grammar.accept(token, self._piece(token) if grammar.waiting else b"")
+        return token
 
     def _sampler(self, req: LLMRequest) -> Any:
         params = llama_cpp.llama_sampler_chain_default_params()
@@ -332,3 +350,9 @@ class LlamaBatch(LLMBatch):
     def _piece(self, token: int) -> bytes:
         n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
         return self._buf.raw[: max(n, 0)]
+
+
+def _free(seq: _Sequence) -> None:
+    llama_cpp.llama_sampler_free(seq.sampler)
+    if seq.grammar is not None:
+        seq.grammar.free()

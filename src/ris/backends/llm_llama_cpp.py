@@ -16,7 +16,9 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.llama_batch import PREFILL_CHUNK_CPU, PREFILL_CHUNK_GPU, LlamaBatch
 from ris.config import ModelSpec
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
+from ris.lanes.base import ModelDetails
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message
+from ris.lanes.llm_tools import fallback_turns, openai_tool, template_turns
 
 _UNUSED_CTX = 64
 _DIRECT = "direct"
@@ -44,6 +46,10 @@ class LlamaCppLLM(LLMBackend):
         )
         self.context_tokens = n_ctx
         self._formatter = self._chat_formatter()
+        # A template that mentions `tools` renders them itself (Qwen2.5, Llama 3.1, Hermes);
+        # for any other the tools go in a system message (llm_tools.fallback_turns).
+        template = self._llm.metadata.get("tokenizer.chat_template") or ""
+        self.native_tools = self._formatter is not None and "tools" in template
         self._batch = LlamaBatch(self._llm, ctx.parallel, n_ctx, self._tokens, prefill_chunk)
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:
@@ -62,17 +68,22 @@ class LlamaCppLLM(LLMBackend):
         )
 
     def _prompt(self, req: LLMRequest) -> tuple[str, tuple[str, ...]]:
-        turns = req.chat_turns()
+        chat = req.chat_turns()
         # A prompt meant as a user's message goes through the template; on a model without one
         # it is completed as written (the role-prefixed fallback below is for `messages`).
-        if turns is None or (req.messages is None and self._formatter is None):
+        if chat is None or (req.messages is None and self._formatter is None):
             return req.plain_prompt(), ()
-        messages = [{"role": r, "content": c} for r, c in turns]
+        turns = [as_message(t) for t in chat]
+        tools = [openai_tool(t) for t in req.tools]
         if self._formatter is None:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            plain = fallback_turns(turns, req.tools)
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant:"
             return text, ("\nuser:",)
         try:
-            formatted = self._formatter(messages=messages)  # type: ignore[arg-type]
+            if self.native_tools:
+                formatted = self._formatter(messages=template_turns(turns), tools=tools or None)  # type: ignore[arg-type]
+            else:
+                formatted = self._formatter(messages=fallback_turns(turns, req.tools))  # type: ignore[arg-type]
         except Exception as e:  # noqa: BLE001 - a template's raise_exception(), e.g. roles out of order
             raise BackendError(
                 "invalid_request", f"the model's chat template refused the messages: {e}"
@@ -86,6 +97,9 @@ class LlamaCppLLM(LLMBackend):
         if not tokens:  # an empty prompt, on a model that adds no BOS: start from BOS
             tokens = [self._llm.token_bos()]
         return tokens, template_stops
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails(context_tokens=self.context_tokens, native_tools=self.native_tools)
 
     def batch(self) -> LlamaBatch:
         return self._batch

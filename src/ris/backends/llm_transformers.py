@@ -16,7 +16,8 @@ import torch
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends._textgen import StopScanner
 from ris.config import ModelSpec
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message
+from ris.lanes.llm_tools import fallback_turns
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
@@ -140,9 +141,18 @@ class TransformersLLM(LLMBackend):
 
     @torch.inference_mode()
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        if req.constraint is not None or req.tools:
+            # No grammar here: a JSON schema or tool call would be hoped for, not enforced.
+            # The API refuses these for this backend first (LLMLane.constraining_backends).
+            raise BackendError(
+                "unsupported_for_model",
+                "the transformers backend cannot constrain decoding: structured output and tools "
+                "need a llama_cpp model",
+            )
         turns = req.chat_turns()
         if turns is not None and (req.messages is not None or self._tok.has_template):
-            prompt = self._tok.chat_prompt([{"role": r, "content": c} for r, c in turns])
+            # Past tool calls and tool answers as plain turns (the fallback's text form).
+            prompt = self._tok.chat_prompt(fallback_turns([as_message(t) for t in turns], ()))
         else:
             prompt = req.plain_prompt()
         ids = self._tok.encode(prompt) or [self._tok.eos_token_id or 0]

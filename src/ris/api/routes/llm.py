@@ -14,6 +14,7 @@ from ris.api.deps import (
     json_body,
     llm_context,
     llm_warnings,
+    require_constraining_backend,
     resolve_model,
     submit,
     wait_task,
@@ -44,7 +45,9 @@ async def llm_generate(request: Request) -> Any:
     body = await json_body(request, LLMGenerateRequest)
     engine = engine_of(request)
     model = resolve_model(engine, Lane.LLM, body.model)
-    req = seed_llm_request(engine.config.server, body, llm_context(engine, model))
+    if body.json_schema is not None:
+        require_constraining_backend(engine, model, "json_schema")
+    req = seed_llm_request(engine.config.server, body, llm_context(engine, model), body.json_schema)
     texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
     warnings = llm_warnings(engine, model, texts_in)
     handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)

@@ -12,12 +12,30 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import body_doc, engine_of, json_body, llm_context, submit, unknown_model_message, wait_task
+from ris.api.deps import (
+    body_doc,
+    engine_of,
+    json_body,
+    llm_context,
+    require_constraining_backend,
+    submit,
+    unknown_model_message,
+    wait_task,
+)
 from ris.api.errors import APIError, failure
 from ris.api.llm_request import OPENAI, llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
+from ris.api.openai_tools import (
+    ToolCallStream,
+    ToolPlan,
+    chat_answer,
+    chat_turns,
+    refuse_unsupported,
+    response_constraint,
+    tool_plan,
+)
 from ris.api.streams import SSE_DONE, sse_data, texts
-from ris.lanes.llm import LLMRequest, LLMResult
+from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import Lane
@@ -26,8 +44,6 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {}, "text/event-stream": {}}}
 }
-# Roles our chat templates know, for the ones OpenAI added.
-ROLES = {"developer": "system", "tool": "user"}
 
 
 @router.get("/models", summary="Configured models of every lane")
@@ -61,9 +77,25 @@ def _request(
     body: SamplingBody,
     model: str,
     prompt: str | None,
-    messages: list[tuple[str, str]] | None,
+    messages: list[tuple[str, str] | Message] | None,
     max_tokens: int,
+    plan: ToolPlan | None = None,
 ) -> LLMRequest:
+    refuse_unsupported(body)
+    constraint = response_constraint(body.response_format)
+    tools: tuple[Tool, ...] = ()
+    if plan is not None:
+        if constraint is not None:
+            raise APIError(
+                400,
+                "invalid_value",
+                "response_format json_object or json_schema cannot be combined with tools "
+                '(unless tool_choice is "none"): the answer is either JSON or tool calls',
+                param="response_format",
+            )
+        constraint, tools = plan.constraint, plan.tools
+    if constraint is not None or tools:
+        require_constraining_backend(engine, model, "response_format" if plan is None else "tools")
     return llm_request(
         engine.config.server,
         OPENAI,
@@ -77,7 +109,14 @@ def _request(
         seed=body.seed,
         ignore_eos=body.ignore_eos,
         context_tokens=llm_context(engine, model),
+        constraint=constraint,
+        tools=tools,
+        constraint_param=_param(constraint),
     )
+
+
+def _param(constraint: Constraint | None) -> str:
+    return "tool_choice" if constraint is not None and constraint.form == "tool_calls" else "response_format"
 
 
 def _result(view: TaskView) -> LLMResult:
@@ -108,15 +147,17 @@ async def chat_completions(request: Request) -> Any:
     body = await json_body(request, ChatCompletionRequest)
     engine = engine_of(request)
     model = _llm_model(engine, body.model)
-    messages = [(ROLES.get(x.role, x.role), x.text()) for x in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
-    handle = submit(engine, Lane.LLM, model, _request(engine, body, model, None, messages, max_tokens))
+    plan = tool_plan(body)
+    req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
+    handle = submit(engine, Lane.LLM, model, req)
     base = {
         "id": f"chatcmpl-{handle.task_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
     }
+    call_ids = f"call_{handle.task_id}_"
     if body.stream:
         base["object"] = "chat.completion.chunk"
 
@@ -126,29 +167,32 @@ async def chat_completions(request: Request) -> Any:
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             }
 
+        calls = None if plan is None else ToolCallStream(plan, call_ids)
+
+        def piece(text: str) -> list[dict[str, Any]]:
+            return [choice(d) for d in (calls.feed(text) if calls else [{"content": text}])]
+
+        def end(reason: str) -> list[dict[str, Any]]:
+            deltas, reason = calls.finish(reason) if calls else ([], reason)
+            return [*(choice(d) for d in deltas), choice({}, reason)]
+
         return _streaming(
             _stream(
                 engine,
                 handle,
                 base,
                 first=choice({"role": "assistant", "content": ""}),
-                piece=lambda text: choice({"content": text}),
-                end=lambda reason: choice({}, reason),
+                piece=piece,
+                end=end,
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
             ),
             handle,
         )
     r = _result(await _finished(engine, handle, request))
+    message, finish = chat_answer(r.text, _finish_reason(r), plan, call_ids)
     return {
         **base,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": r.text},
-                "logprobs": None,
-                "finish_reason": _finish_reason(r),
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": _usage(r),
     }
 
@@ -181,8 +225,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
                 handle,
                 base,
                 first=None,
-                piece=choice,
-                end=lambda reason: choice("", reason),
+                piece=lambda text: [choice(text)],
+                end=lambda reason: [choice("", reason)],
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
             ),
             handle,
@@ -208,17 +252,18 @@ async def _stream(
     base: dict[str, Any],
     *,
     first: dict[str, Any] | None,
-    piece: Callable[[str], dict[str, Any]],
-    end: Callable[[str], dict[str, Any]],
+    piece: Callable[[str], list[dict[str, Any]]],
+    end: Callable[[str], list[dict[str, Any]]],
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """OpenAI's stream of chunks: `piece(text)` per text, `end(finish_reason)`, usage, [DONE]."""
+    """OpenAI's stream of chunks: `piece(text)`'s per text, `end(finish_reason)`'s, usage, [DONE]."""
     finished = False
     try:
         if first is not None:
             yield sse_data(first)
         async for text in texts(handle):
-            yield sse_data(piece(text))
+            for chunk in piece(text):
+                yield sse_data(chunk)
         view = await handle.done
         finished = True
         if not view.succeeded:
@@ -226,7 +271,8 @@ async def _stream(
             yield sse_data({"error": {"message": err.message, "type": "server_error", "code": err.code}})
         else:
             r = _result(view)
-            yield sse_data(end(_finish_reason(r)))
+            for chunk in end(_finish_reason(r)):
+                yield sse_data(chunk)
             if include_usage:
                 yield sse_data({**base, "choices": [], "usage": _usage(r)})
         yield SSE_DONE

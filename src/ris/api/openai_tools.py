@@ -1,0 +1,242 @@
+"""What /v1 does with response_format and tools: the Constraint a request asks for, the tools
+and turns it hands the model, and the answer's tool calls read back out of its text (whole,
+or while it streams). The text form of calls is ris.lanes.llm_tools'."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ris.api.errors import APIError
+from ris.api.openai_schemas import (
+    UNSUPPORTED,
+    ChatCompletionRequest,
+    NamedToolChoice,
+    OAMessage,
+    ResponseFormat,
+    SamplingBody,
+)
+from ris.lanes.llm import Constraint, Message, Tool, ToolCall
+from ris.lanes.llm_tools import call_schema, may_become_call, parse_calls
+
+# Roles our chat templates know, for the ones OpenAI added.
+ROLES = {"developer": "system"}
+
+
+def refuse_unsupported(body: SamplingBody) -> None:
+    """400 naming the first field that asks for something not implemented."""
+    if body.n != 1:
+        raise APIError(400, "unsupported_parameter", f"n is {body.n}; only n=1 is supported", param="n")
+    for name, value in (body.model_extra or {}).items():
+        wanted = UNSUPPORTED.get(name)
+        if wanted is not None and wanted(value):
+            raise APIError(
+                400,
+                "unsupported_parameter",
+                f"{name} is not supported by this server (leave it out); see docs/OPENAI_COMPATIBILITY.md",
+                param=name,
+            )
+
+
+# JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
+# a strict schema that uses one is refused, as OpenAI's strict mode refuses what it cannot
+# guarantee; a non-strict one is served with them unenforced (docs/OPENAI_COMPATIBILITY.md).
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "contains",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+ENFORCED_FORMATS = frozenset(
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+)
+_NAMED_SCHEMAS = ("properties", "$defs", "definitions")
+_ONE_SCHEMA = ("items", "additionalProperties")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+
+
+def unenforced(schema: Any, path: str = "") -> list[str]:
+    """Where a schema uses what the grammar cannot hold the answer to, e.g. ["age.minimum"]."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{path}{k}" for k in schema if k in UNENFORCED]
+    if "format" in schema and schema["format"] not in ENFORCED_FORMATS:
+        found.append(f"{path}format")
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):
+            for name, sub in value.items():
+                found += unenforced(sub, f"{path}{name}.")
+        elif key in _ONE_SCHEMA and isinstance(value, dict):
+            found += unenforced(value, f"{path}{key}.")
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                found += unenforced(sub, f"{path}{key}[{i}].")
+    return found
+
+
+def _strict_schema(schema: dict[str, Any], param: str) -> None:
+    found = unenforced(schema)
+    if found:
+        raise APIError(
+            400,
+            "unsupported_schema",
+            f"strict: the grammar cannot enforce {', '.join(found[:5])}; drop those keywords or "
+            "set strict to false (then they are not enforced)",
+            param=param,
+        )
+
+
+def response_constraint(fmt: ResponseFormat | None) -> Constraint | None:
+    """The grammar response_format asks for: none for text, any JSON object for json_object."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return Constraint(json.dumps({"type": "object"}))
+    if fmt.json_schema is None:
+        raise APIError(
+            400,
+            "invalid_value",
+            'response_format of type json_schema needs a json_schema: {"name": ..., "schema": {...}}',
+            param="response_format",
+        )
+    if fmt.json_schema.strict:
+        _strict_schema(fmt.json_schema.schema_, "response_format")
+    return Constraint(json.dumps(fmt.json_schema.schema_ or {}))
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """How a chat request's tools are used."""
+
+    tools: tuple[Tool, ...]  # what the model is told of (none under tool_choice "none")
+    constraint: Constraint | None  # the calls' grammar (lazy under auto: prose stays free)
+    names: tuple[str, ...] = field(default=())  # the functions a call may name
+
+
+def tool_plan(body: ChatCompletionRequest) -> ToolPlan | None:
+    """None when the request has no tools, or says tool_choice "none"."""
+    if not body.tools:
+        if body.tool_choice not in (None, "none", "auto"):
+            raise APIError(
+                400, "invalid_value", "tool_choice needs tools to choose from", param="tool_choice"
+            )
+        return None
+    if body.tool_choice == "none":
+        return None
+    for t in body.tools:
+        if t.function.strict:
+            _strict_schema(t.function.parameters, "tools")
+    tools = tuple(
+        Tool(t.function.name, t.function.description, json.dumps(t.function.parameters)) for t in body.tools
+    )
+    names = tuple(t.name for t in tools)
+    if len(set(names)) != len(names):
+        raise APIError(400, "invalid_value", "tools: each function needs its own name", param="tools")
+    choice = body.tool_choice
+    # OpenAI's default: several calls in one answer are allowed.
+    parallel = body.parallel_tool_calls is not False
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise APIError(
+                400,
+                "invalid_value",
+                f"tool_choice names '{choice.function.name}', which is not among tools: {', '.join(names)}",
+                param="tool_choice",
+            )
+        # A named function is called once, as OpenAI does.
+        schema = call_schema(tools, choice.function.name)
+        return ToolPlan(tools, Constraint(schema, "tool_calls", parallel=False), names)
+    if choice == "required":
+        return ToolPlan(tools, Constraint(call_schema(tools), "tool_calls", parallel), names)
+    # auto: the model may answer in prose; a call it starts is held to the form and schemas.
+    return ToolPlan(tools, Constraint(call_schema(tools), "tool_calls", parallel, lazy=True), names)
+
+
+def chat_turns(messages: list[OAMessage]) -> list[tuple[str, str] | Message]:
+    turns: list[tuple[str, str] | Message] = []
+    for x in messages:
+        role = ROLES.get(x.role, x.role)
+        if x.tool_calls or x.role == "tool":
+            calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in x.tool_calls or ())
+            turns.append(Message(role, x.text(), calls, x.tool_call_id))
+        else:
+            turns.append((role, x.text()))
+    return turns
+
+
+def _call_json(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def chat_answer(
+    text: str, finish_reason: str, plan: ToolPlan | None, call_ids: str
+) -> tuple[dict[str, Any], str]:
+    """The assistant message and finish_reason of a finished answer: its tool calls parsed out
+    (ids `call_ids` + index), or its text. A cut-short answer (length) stays text."""
+    parsed = parse_calls(text, plan.names) if plan is not None and finish_reason == "stop" else None
+    if parsed is None:
+        return {"role": "assistant", "content": text}, finish_reason
+    calls = [_call_json(f"{call_ids}{i}", name, args) for i, (name, args) in enumerate(parsed.calls)]
+    return {"role": "assistant", "content": parsed.content or None, "tool_calls": calls}, "tool_calls"
+
+
+class ToolCallStream:
+    """Streamed text -> chat.completion.chunk deltas. Text streams as content as it comes; an
+    answer that is (or may still become) a tool call is held back, and at its end sent as
+    delta.tool_calls: per call, one chunk with its id and name, one with its arguments (the
+    shape OpenAI's clients reassemble by index)."""
+
+    def __init__(self, plan: ToolPlan, call_ids: str) -> None:
+        self._plan = plan
+        self._call_ids = call_ids
+        self._held: list[str] = []
+        # A required call holds everything; under auto, only while the text may be a call.
+        self._holding = True
+        self._constrained = plan.constraint is not None and not plan.constraint.lazy
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        if not self._holding:
+            return [{"content": text}]
+        self._held.append(text)
+        so_far = "".join(self._held)
+        if self._constrained or may_become_call(so_far):
+            return []
+        self._holding, self._held = False, []
+        return [{"content": so_far}]
+
+    def finish(self, finish_reason: str) -> tuple[list[dict[str, Any]], str]:
+        """The deltas still owed, and the answer's finish_reason."""
+        if not self._holding:
+            return [], finish_reason
+        text = "".join(self._held)
+        message, finish = chat_answer(text, finish_reason, self._plan, self._call_ids)
+        if "tool_calls" not in message:
+            return ([{"content": text}] if text else []), finish
+        deltas: list[dict[str, Any]] = []
+        if message["content"]:
+            deltas.append({"content": message["content"]})
+        for i, call in enumerate(message["tool_calls"]):
+            head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+            deltas.append({"tool_calls": [{"index": i, **head}]})
+            deltas.append(
+                {"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}
+            )
+        return deltas, finish

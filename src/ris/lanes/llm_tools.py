@@ -1,0 +1,173 @@
+"""Tool calls on the LLM lane: the one text form calls take, how tools reach a model whose chat
+template does not know them, and how calls are read back out of the answer.
+
+The form is the one Qwen2.5's and Hermes' chat templates teach their models:
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+A model whose template renders `tools` is told about them by its template; any other model
+gets FALLBACK_INTRO (the same words Qwen2.5's template uses) as a system message. When a call
+is required or names its function, a grammar holds the answer to this form and the arguments
+to the function's parameter schema (see `call_schema`); under `auto` the model may answer in
+prose, and text that is not a well-formed call stays text.
+
+Pure text handling, no model: the backend renders with it, the API parses with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ris.lanes.llm import Message, Tool, ToolCall
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+# Calls one answer may hold when parallel calls are allowed (the grammar's bound: a small model
+# that repeats itself stops there rather than at max_tokens).
+MAX_PARALLEL_CALLS = 4
+
+FALLBACK_INTRO = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+FALLBACK_OUTRO = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+
+
+def openai_tool(tool: Tool) -> dict[str, object]:
+    """The tool as OpenAI (and chat templates, which follow it) write it."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": json.loads(tool.parameters),
+        },
+    }
+
+
+def fallback_prompt(tools: Sequence[Tool]) -> str:
+    """The system text that tells a model without a tool-aware template about the tools."""
+    lines = "\n".join(json.dumps(openai_tool(t), ensure_ascii=False) for t in tools)
+    return FALLBACK_INTRO + lines + FALLBACK_OUTRO
+
+
+def render_call(call: ToolCall) -> str:
+    """A past call, as the model would have written it (for a template without tool support)."""
+    try:
+        arguments: object = json.loads(call.arguments)
+    except ValueError:
+        arguments = call.arguments
+    body = json.dumps({"name": call.name, "arguments": arguments}, ensure_ascii=False)
+    return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
+
+
+def fallback_turns(messages: Sequence[Message], tools: Sequence[Tool]) -> list[dict[str, str]]:
+    """Chat turns for a template that knows only roles and text: the tools as a system message
+    (joined to the first system turn), past calls as the assistant's text, tool answers as user
+    turns in <tool_response> tags (as Qwen2.5's template writes them)."""
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        if m.role == "tool":
+            turns.append({"role": "user", "content": f"<tool_response>\n{m.content}\n</tool_response>"})
+        elif m.tool_calls:
+            text = "\n".join([m.content, *(render_call(c) for c in m.tool_calls)]).lstrip("\n")
+            turns.append({"role": "assistant", "content": text})
+        else:
+            turns.append({"role": m.role, "content": m.content})
+    if tools:
+        intro = fallback_prompt(tools)
+        if turns and turns[0]["role"] == "system":
+            turns[0] = {"role": "system", "content": f"{turns[0]['content']}\n\n{intro}"}
+        else:
+            turns.insert(0, {"role": "system", "content": intro})
+    return turns
+
+
+def template_turns(messages: Sequence[Message]) -> list[dict[str, object]]:
+    """Chat turns for a template that renders tools: calls and answers as Hugging Face's chat
+    templates expect them (arguments as an object, tool answers with their call's id)."""
+    turns: list[dict[str, object]] = []
+    for m in messages:
+        turn: dict[str, object] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": _object_or_text(c.arguments)},
+                }
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id is not None:
+            turn["tool_call_id"] = m.tool_call_id
+        turns.append(turn)
+    return turns
+
+
+def _object_or_text(arguments: str) -> object:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def call_schema(tools: Sequence[Tool], name: str | None = None) -> str:
+    """JSON Schema of one call: {"name": <one of the tools>, "arguments": <its parameters>}.
+    `name` restricts it to that function (tool_choice naming one)."""
+    chosen = [t for t in tools if name is None or t.name == name]
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": json.loads(t.parameters)},
+            "required": ["name", "arguments"],
+        }
+        for t in chosen
+    ]
+    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    content: str  # the text outside the calls (empty when the answer is only calls)
+    calls: tuple[tuple[str, str], ...]  # (name, arguments as JSON text), in order
+
+
+_CALL = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
+
+
+def parse_calls(text: str, tool_names: Sequence[str]) -> ParsedAnswer | None:
+    """The calls in an answer, or None when it holds none that is well formed: a block that is
+    not a JSON object with a known `name` and an object of `arguments` makes the whole answer
+    plain text (a model under `auto` that writes about a call rather than making it)."""
+    calls: list[tuple[str, str]] = []
+    for match in _CALL.finditer(text):
+        try:
+            call = json.loads(match.group(1))
+        except ValueError:
+            return None
+        if not isinstance(call, dict) or call.get("name") not in tool_names:
+            return None
+        arguments = call.get("arguments", call.get("parameters", {}))
+        if not isinstance(arguments, dict):
+            return None
+        calls.append((call["name"], json.dumps(arguments, ensure_ascii=False)))
+    if not calls:
+        return None
+    content = _CALL.sub("", text).strip()
+    return ParsedAnswer(content, tuple(calls))
+
+
+def may_become_call(text: str) -> bool:
+    """While streaming under `auto`: the answer so far may still turn out to be a call (it is
+    blank, or starts with the opening tag or a prefix of it), so its text is held back."""
+    head = text.lstrip()
+    return CALL_OPEN.startswith(head) or head.startswith(CALL_OPEN)

@@ -1,0 +1,144 @@
+"""Grammar-constrained sequences on the real model (SmolLM2 on llama.cpp), batched with plain
+ones: each keeps its own grammar, the JSON parses, the plain text is untouched by it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ris.backends import BackendContext, BackendError
+from ris.backends.llm_llama_cpp import LlamaCppLLM
+from ris.lanes.llm import LANE, Constraint, LLMOutcome, LLMRequest, TextCollector, Tool
+from ris.lanes.llm_tools import call_schema, parse_calls
+
+jsonschema = pytest.importorskip("jsonschema", reason="a test dependency")
+
+SHAPE = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 40},
+        "mood": {"enum": ["happy", "sad"]},
+        "scores": {"type": "array", "items": {"type": "integer"}, "maxItems": 4},
+    },
+    "required": ["title", "mood", "scores"],
+}
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> LlamaCppLLM:
+    spec = LANE.embedded_models["smollm2"]
+    ctx = BackendContext(device="cpu", threads=1, data_dir=Path(tmp_path_factory.mktemp("llm")), parallel=3)
+    return LlamaCppLLM(spec, ctx)
+
+
+def run_batch(llm: LlamaCppLLM, reqs: dict[str, LLMRequest]) -> dict[str, tuple[LLMOutcome, str]]:
+    batch = llm.batch()
+    outs = {k: TextCollector() for k in reqs}
+    for key, req in reqs.items():
+        batch.add(key, req, outs[key])
+    ended: dict[str, LLMOutcome] = {}
+    while len(ended) < len(reqs):
+        ended.update(batch.step())
+    return {k: (ended[k], outs[k].text) for k in reqs}
+
+
+def ask(text: str, **kw: object) -> LLMRequest:
+    return LLMRequest(messages=(("user", text),), **kw)  # type: ignore[arg-type]
+
+
+def test_a_constrained_sequence_among_plain_ones_gives_valid_json(llm: LlamaCppLLM) -> None:
+    plain = ask("Tell me a story about a fox.", max_tokens=40, temperature=0)
+    alone = run_batch(llm, {"p": plain})["p"][1]
+    got = run_batch(
+        llm,
+        {
+            "plain": plain,
+            "json": ask(
+                "Describe a film as JSON.", max_tokens=200, seed=1, constraint=Constraint(json.dumps(SHAPE))
+            ),
+            "object": ask(
+                "Give a person's name and age as JSON.",
+                max_tokens=200,
+                seed=2,
+                constraint=Constraint('{"type": "object"}'),
+            ),
+        },
+    )
+    outcome, text = got["json"]
+    assert outcome.finish_reason == "stop", text
+    jsonschema.validate(json.loads(text), SHAPE)
+    outcome, text = got["object"]
+    assert outcome.finish_reason == "stop" and isinstance(json.loads(text), dict), text
+    # The grammars of the others do not reach the plain sequence: greedy text is the same.
+    assert got["plain"][1] == alone
+
+
+def test_a_required_tool_call_has_the_form_and_arguments_validate(llm: LlamaCppLLM) -> None:
+    params = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}},
+        "required": ["city"],
+    }
+    tools = (Tool("get_weather", "Weather of a city", json.dumps(params)), Tool("get_time", "Time now"))
+    req = ask(
+        "What is the weather in Madrid?",
+        tools=tools,
+        max_tokens=120,
+        temperature=0,
+        constraint=Constraint(call_schema(tools, "get_weather"), "tool_calls"),
+    )
+    outcome, text = run_batch(llm, {"call": req})["call"]
+    parsed = parse_calls(text, ["get_weather", "get_time"])
+    assert outcome.finish_reason == "stop" and parsed is not None, text
+    [(name, arguments)] = parsed.calls
+    assert name == "get_weather"
+    jsonschema.validate(json.loads(arguments), params)
+
+
+def test_a_schema_that_cannot_become_a_grammar_is_refused_and_the_batch_serves_on(llm: LlamaCppLLM) -> None:
+    with pytest.raises(BackendError) as e:
+        llm.batch().add(
+            "bad", ask("x", constraint=Constraint('{"$ref": "https://example.com/s.json"}')), TextCollector()
+        )
+    assert e.value.code == "invalid_request"
+    assert llm.batch().active == 0
+    outcome, _ = run_batch(llm, {"ok": ask("Hi", max_tokens=3)})["ok"]
+    assert outcome.completion_tokens >= 1
+
+
+FEW_SHOT = (
+    "Q: weather in Rome?\nA: <tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>\n'
+    "Q: weather in Oslo?\nA: <tool_call>\n"
+    '{"name": "get_weather", "arguments": {"town": "Oslo"}}\n</tool_call>\n'
+    "Q: weather in Paris?\nA:"
+)
+
+
+def test_a_lazy_grammar_leaves_prose_alone_and_holds_a_call_it_sees_start(llm: LlamaCppLLM) -> None:
+    params = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}},
+        "required": ["city"],
+    }
+    tools = (Tool("get_weather", "Weather of a city", json.dumps(params)),)
+    lazy = Constraint(call_schema(tools), "tool_calls", parallel=False, lazy=True)
+    prose = ask("Tell me a story about a fox.", max_tokens=40, temperature=0)
+    got = run_batch(
+        llm,
+        {
+            "prose": ask("Tell me a story about a fox.", max_tokens=40, temperature=0, constraint=lazy),
+            "plain": prose,
+            # The model copies the form from the examples (one of which breaks the schema); the
+            # grammar, triggered by the opening tag, holds it to the schema and to one call.
+            "call": LLMRequest(prompt=FEW_SHOT, max_tokens=80, temperature=0, constraint=lazy),
+        },
+    )
+    assert got["prose"][1] == got["plain"][1]
+    outcome, text = got["call"]
+    parsed = parse_calls(text, ["get_weather"])
+    assert outcome.finish_reason == "stop" and parsed is not None, text
+    [(name, arguments)] = parsed.calls
+    jsonschema.validate(json.loads(arguments), params)

@@ -1,0 +1,194 @@
+"""Tool calls as text, without a model: the fallback prompt and turns, parsing calls out of an
+answer, the streamed deltas, the refusal of unimplemented fields, the lane's JSON round trip."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ris.api.errors import APIError
+from ris.api.openai_schemas import ChatCompletionRequest, ResponseFormat
+from ris.api.openai_tools import (
+    ToolCallStream,
+    ToolPlan,
+    chat_answer,
+    refuse_unsupported,
+    response_constraint,
+    tool_plan,
+    unenforced,
+)
+from ris.lanes.llm import LANE, Constraint, LLMRequest, Message, Tool, ToolCall
+from ris.lanes.llm_tools import FALLBACK_INTRO, call_schema, fallback_turns, parse_calls
+
+WEATHER = Tool(
+    "get_weather", "Weather of a city", '{"type": "object", "properties": {"city": {"type": "string"}}}'
+)
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+AUTO = ToolPlan((WEATHER,), None, ("get_weather",))
+
+
+def test_calls_are_parsed_with_the_text_around_them() -> None:
+    got = parse_calls(f"Let me look.\n{CALL}\n{CALL.replace('Oslo', 'Rome')}", ["get_weather"])
+    assert got is not None and got.content == "Let me look."
+    assert got.calls == (("get_weather", '{"city": "Oslo"}'), ("get_weather", '{"city": "Rome"}'))
+    # Llama-style "parameters" is read as the arguments.
+    alt = parse_calls('<tool_call>{"name": "get_weather", "parameters": {}}</tool_call>', ["get_weather"])
+    assert alt is not None and alt.calls == (("get_weather", "{}"),)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "It is sunny in Oslo.",
+        "<tool_call>\n{not json}\n</tool_call>",
+        '<tool_call>\n{"name": "launch_rocket", "arguments": {}}\n</tool_call>',
+        '<tool_call>\n{"name": "get_weather", "arguments": "Oslo"}\n</tool_call>',
+    ],
+)
+def test_an_answer_without_a_well_formed_call_stays_text(text: str) -> None:
+    assert parse_calls(text, ["get_weather"]) is None
+    message, finish = chat_answer(text, "stop", AUTO, "call_x_")
+    assert message == {"role": "assistant", "content": text} and finish == "stop"
+
+
+def test_a_finished_call_becomes_tool_calls_and_a_cut_one_stays_text() -> None:
+    message, finish = chat_answer(CALL, "stop", AUTO, "call_t_")
+    assert finish == "tool_calls" and message["content"] is None
+    assert message["tool_calls"] == [
+        {
+            "id": "call_t_0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        }
+    ]
+    assert chat_answer(CALL[:30], "length", AUTO, "c")[1] == "length"
+
+
+def deltas_of(stream: ToolCallStream, pieces: list[str], finish: str) -> tuple[list[dict[str, Any]], str]:
+    out = [d for p in pieces for d in stream.feed(p)]
+    tail, reason = stream.finish(finish)
+    return out + tail, reason
+
+
+def test_streamed_prose_flows_at_once_and_a_streamed_call_comes_whole_at_the_end() -> None:
+    prose, reason = deltas_of(ToolCallStream(AUTO, "c_"), ["It ", "is ", "sunny"], "stop")
+    assert prose == [{"content": "It "}, {"content": "is "}, {"content": "sunny"}] and reason == "stop"
+    pieces = [CALL[i : i + 7] for i in range(0, len(CALL), 7)]
+    deltas, reason = deltas_of(ToolCallStream(AUTO, "c_"), pieces, "stop")
+    assert reason == "tool_calls"
+    head, args = deltas
+    assert head == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "c_0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": ""},
+            }
+        ]
+    }
+    assert json.loads(args["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+
+
+def test_the_fallback_puts_tools_in_the_system_turn_and_past_calls_in_text() -> None:
+    turns = fallback_turns(
+        [
+            Message("system", "Be brief."),
+            Message("user", "Weather in Oslo?"),
+            Message("assistant", "", (ToolCall("call_1", "get_weather", '{"city": "Oslo"}'),)),
+            Message("tool", '{"temp": 3}', tool_call_id="call_1"),
+        ],
+        [WEATHER],
+    )
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
+    assert (
+        turns[0]["content"].startswith("Be brief.\n\n" + FALLBACK_INTRO)
+        and '"get_weather"' in turns[0]["content"]
+    )
+    assert turns[2]["content"] == CALL
+    assert turns[3]["content"] == '<tool_response>\n{"temp": 3}\n</tool_response>'
+
+
+def test_a_named_choice_constrains_to_that_function_and_one_call() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather"}},
+                {"type": "function", "function": {"name": "b"}},
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        }
+    )
+    plan = tool_plan(body)
+    assert plan is not None and plan.constraint is not None
+    assert plan.constraint.form == "tool_calls" and not plan.constraint.parallel
+    assert json.loads(plan.constraint.schema)["properties"]["name"] == {"const": "get_weather"}
+    assert "anyOf" in json.loads(call_schema(plan.tools))
+    with pytest.raises(APIError) as e:
+        wrong = {"type": "function", "function": {"name": "nope"}}
+        tool_plan(ChatCompletionRequest.model_validate({**body.model_dump(), "tool_choice": wrong}))
+    assert e.value.param == "tool_choice"
+
+
+def test_unimplemented_fields_are_refused_by_name_and_neutral_values_pass() -> None:
+    def body(**extra: Any) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], **extra}
+        )
+
+    refuse_unsupported(body(logprobs=False, frequency_penalty=0, user="u", logit_bias={}))
+    for field, value in [("logprobs", True), ("logit_bias", {"1": 2}), ("presence_penalty", 1.0), ("n", 3)]:
+        with pytest.raises(APIError) as e:
+            refuse_unsupported(body(**{field: value}))
+        assert e.value.status == 400 and e.value.param == field
+
+
+def test_the_lane_request_round_trips_through_json() -> None:
+    req = LLMRequest(
+        messages=(
+            ("user", "hi"),
+            Message("assistant", "", (ToolCall("c1", "f", "{}"),)),
+            Message("tool", "ok", tool_call_id="c1"),
+        ),
+        tools=(WEATHER,),
+        constraint=Constraint('{"type": "object"}', "tool_calls", parallel=True),
+    )
+    assert LANE.request_from_json(LANE.request_to_json(req)) == req
+
+
+def test_a_strict_schema_with_keywords_the_grammar_cannot_hold_is_refused() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "minimum": {"type": "integer", "minimum": 0},  # a property may be named like a keyword
+            "tags": {"type": "array", "items": {"type": "string", "format": "email"}, "uniqueItems": True},
+        },
+    }
+    assert unenforced(schema) == ["minimum.minimum", "tags.uniqueItems", "tags.items.format"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+    with pytest.raises(APIError) as e:
+        response_constraint(ResponseFormat.model_validate(fmt))
+    assert e.value.code == "unsupported_schema" and "minimum.minimum" in e.value.message
+    loose = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    constraint = response_constraint(ResponseFormat.model_validate(loose))
+    assert constraint is not None and json.loads(constraint.schema) == schema
+
+
+def test_auto_holds_only_the_calls_the_model_starts() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+            "parallel_tool_calls": False,
+        }
+    )
+    plan = tool_plan(body)
+    assert plan is not None and plan.constraint is not None
+    assert plan.constraint.lazy and not plan.constraint.parallel
+    none = ChatCompletionRequest.model_validate({**body.model_dump(), "tool_choice": "none"})
+    assert tool_plan(none) is None
