@@ -146,8 +146,14 @@ class Pyttsx3TTS(TTSBackend):
         path = self._folder / "speech.wav"
         path.unlink(missing_ok=True)
         engine = self._engine
-        engine.setProperty("voice", name)
-        engine.setProperty("rate", max(80, min(450, round(_DEFAULT_WPM * speed))))
+        # Voice and rate straight to espeak-ng, not through pyttsx3's command queue: that queue
+        # holds commands while its busy flag is up and applied them after the speech had started
+        # (seen once in the full suite: a 1.5x request spoken at the previous request's 0.75x).
+        # espeak-ng queues a rate change itself: Synchronize waits until it has applied.
+        self._espeak.Synchronize()
+        self._driver.setProperty("voice", name)
+        self._driver.setProperty("rate", max(80, min(450, round(_DEFAULT_WPM * speed))))
+        self._espeak.Synchronize()
         engine.save_to_file(text, str(path))
         self._finished.clear()
         failure: list[BaseException] = []
