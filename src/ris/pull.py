@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,9 +219,17 @@ def _add_to_config(path: Path, config: dict[str, Any], lane: str, name: str, spe
     lane_cfg = lanes.setdefault(lane, {})
     lane_cfg.setdefault("models", {})[name] = spec
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    # The file a link points to is the one rewritten (replacing the link would fork the config).
+    path = path.resolve()
     # Written whole, then renamed: a pull stopped here leaves the old file, not half of one.
+    # The new file keeps the old one's permissions: a config holding server.api_keys is
+    # often readable by its owner only, and a fresh file would be readable by all (umask).
+    mode = stat.S_IMODE(path.stat().st_mode)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)  # os.open's mode is cut by the umask
     os.replace(tmp, path)
 
 

@@ -3,6 +3,9 @@ drives them: every engine refuses a voice it does not have, and no audio is neve
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,21 @@ def test_pyttsx3_refuses_a_timeout_that_is_not_a_positive_number(timeout: object
     with pytest.raises(BackendError) as exc:
         backend_class(Lane.TTS, "pyttsx3")(spec, BackendContext(device="cpu", threads=1, data_dir=tmp_path))
     assert exc.value.code == "bad_model" and "timeout_s" in exc.value.message
+
+
+def test_pyttsx3_starts_where_the_data_folder_does_not_exist_yet(tmp_path: Path) -> None:
+    # A Ray node gets the server's data_dir path, which nothing has made there. In a process of
+    # its own: libespeak-ng's state is per process, and this one's is the espeak backend's.
+    folder = tmp_path / "not" / "made"
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from ris.backends import BackendContext, backend_class\n"
+        "from ris.config import ModelSpec\n"
+        "b = backend_class('tts', 'pyttsx3')(ModelSpec(backend='pyttsx3'),"
+        " BackendContext(device='cpu', threads=1, data_dir=Path(sys.argv[1])))\n"
+        "b.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert folder.is_dir()

@@ -94,6 +94,12 @@ def test_what_to_pull_for_a_language() -> None:
         ("Translate 你好 into English, please, and explain it", None),  # one word is not the text
         ("Привет", None),  # Cyrillic names no single language
         ("1234 !?", None),
+        # The ends of each range (the counting is done by character classes built from them).
+        ("\u4e00\u9fff\u3400\u4dbf\uf900\ufaff", "zh"),
+        ("\u3041\u30ff", "ja"),
+        ("\u1100\u11ff\u3131\uac00\ud7a3", "ko"),
+        ("\u0e01\u0e2e", "th"),
+        ("\u4dc0\u4dff abcdefgh", None),  # Yijing symbols, between two Han ranges
     ],
 )
 def test_script_language(text: str, language: str | None) -> None:

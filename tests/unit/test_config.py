@@ -106,6 +106,26 @@ def test_batch_lane_may_share_cores() -> None:
     parse_config(data, TWO_CORES)
 
 
+def test_a_lane_an_image_lane_yields_to_has_one_worker_locally() -> None:
+    # Its worker publishes the lane's activity in one slot of the board: two replicas would
+    # overwrite each other's, and the image lane would run through the other's prefill.
+    data = base()
+    data["lanes"]["llm"].update(device="cuda:0", replicas=2)
+    data["lanes"]["image"] = {
+        "device": "cuda:0",
+        "priority_class": "batch",
+        "default_model": "t",
+        "models": {"t": {"backend": "diffusers", "source": "tiny"}},
+    }
+    msg = error_of(data, ONE_GPU)
+    assert "lanes.llm.replicas: 2; the image lane yields to llm on cuda:0" in msg
+    data["lanes"]["image"]["device"] = "cpu"  # nothing shared, nothing to publish
+    parse_config(data, ONE_GPU)
+    data["lanes"]["llm"]["replicas"] = 1
+    data["lanes"]["image"].update(device="cuda:0", replicas=2)  # the image lane only reads it
+    parse_config(data, ONE_GPU)
+
+
 def test_backend_must_fit_the_lane() -> None:
     data = base()
     data["lanes"]["tts"]["models"]["e"]["backend"] = "llama_cpp"

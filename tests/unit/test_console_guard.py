@@ -20,8 +20,10 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def answer(path: str, *headers: tuple[str, str], method: str = "GET") -> tuple[int, dict[str, str]]:
-    guard = Guard(_ok, api_keys=[KEY])
+def answer(
+    path: str, *headers: tuple[str, str], method: str = "GET", origins: tuple[str, ...] = ()
+) -> tuple[int, dict[str, str]]:
+    guard = Guard(_ok, api_keys=[KEY], allowed_origins=origins)
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -76,3 +78,13 @@ def test_the_config_shown_hides_secret_values() -> None:
     assert shown["server"] == {"api_keys": "<2 hidden>", "max_new_tokens": 4096, "allowed_hosts": []}
     assert shown["lanes"]["llm"]["models"]["m"]["options"] == {"hf_token": "<1 hidden>", "n_ctx": 2048}
     assert redact({"server": {"api_keys": []}}) == {"server": {"api_keys": []}}
+
+
+def test_the_cookie_is_a_key_on_same_origin_requests_only() -> None:
+    # An allowed origin on the same site (another port of localhost) gets the console's cookie
+    # from the browser: it must bring a key of its own.
+    other = ("origin", "http://127.0.0.1:3000")
+    allowed = ("http://127.0.0.1:3000",)
+    assert answer("/api/stats", cookie(KEY), other, origins=allowed)[0] == 401
+    assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), other, origins=allowed)[0] == 200
+    assert answer("/api/stats", cookie(KEY), ("origin", "http://127.0.0.1:8080"))[0] == 200

@@ -106,3 +106,27 @@ def test_the_yield_policy_shown_is_the_one_in_force(tmp_path: Path) -> None:
     state = console_state(engine(config(tmp_path, image=IMAGE_ON), FakeClock(), FakeWorkers()))
     assert state["lanes"]["image"]["yield_policy"] == "none"  # auto: CPU at nice 19
     assert state["yields"] == []
+
+
+@run
+async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: Path) -> None:
+    from .test_engine import EveryWorker
+
+    clock, workers = FakeClock(), EveryWorker()
+    eng = engine(config(tmp_path, tts={"replicas": 2}), clock, workers)
+    await eng.start()
+    try:
+        a, b = [w for w in workers.built if w.spec.lane == Lane.TTS]
+        b.ready()  # the second replica loads first
+        lane = console_state(eng)["lanes"]["tts"]
+        assert (lane["state"], lane["uptime_s"]) == ("idle", 0.0)
+        assert [w["state"] for w in lane["workers"]] == ["starting", "ready"]
+        clock.advance(2.0)
+        a.ready()
+        a.die()
+        eng.check()
+        lane = console_state(eng)["lanes"]["tts"]
+        # One replica restarting, the other serving: the lane serves, up since b started.
+        assert (lane["state"], lane["uptime_s"]) == ("idle", 2.0)
+    finally:
+        await eng.stop()

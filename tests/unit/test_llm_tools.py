@@ -192,3 +192,40 @@ def test_auto_holds_only_the_calls_the_model_starts() -> None:
     assert plan.constraint.lazy and not plan.constraint.parallel
     none = ChatCompletionRequest.model_validate({**body.model_dump(), "tool_choice": "none"})
     assert tool_plan(none) is None
+
+
+def test_the_schema_limit_holds_for_tools_under_auto_too() -> None:
+    # tool_choice "auto" compiles every tool's parameters in the worker, as "required" does: the
+    # size limit that bounds that work applies to both; stop strings only to "required".
+    from ris.api.limits import MAX_SCHEMA_CHARS
+    from ris.api.llm_request import OPENAI, llm_request
+    from ris.config import ServerConfig
+
+    big = {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string"} for i in range(MAX_SCHEMA_CHARS // 20)},
+    }
+    tools = tuple(Tool(f"f{i}", "", json.dumps(big)) for i in range(4))
+    lazy = Constraint(call_schema(tools), "tool_calls", lazy=True)
+    assert len(lazy.schema) > MAX_SCHEMA_CHARS
+
+    def request(constraint: Constraint, stop: list[str]) -> LLMRequest:
+        return llm_request(
+            ServerConfig(),
+            OPENAI,
+            prompt=None,
+            messages=[("user", "hi")],
+            max_tokens=8,
+            temperature=0.0,
+            top_p=1.0,
+            stop=stop,
+            constraint=constraint,
+            tools=tools,
+            constraint_param="tool_choice",
+        )
+
+    with pytest.raises(APIError) as e:
+        request(lazy, [])
+    assert e.value.status == 400 and "the limit is" in e.value.message
+    small = Constraint(call_schema((WEATHER,)), "tool_calls", lazy=True)
+    assert request(small, ["\n\n"]).stop == ("\n\n",)

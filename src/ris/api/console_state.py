@@ -61,8 +61,11 @@ def _lane_extras(engine: Engine, lane: str, s: dict[str, Any]) -> dict[str, Any]
 
 def _state(engine: Engine, lane: str, s: dict[str, Any]) -> str:
     """idle, prefill, decode, busy, yielding (an image paused for a real-time lane), starting,
-    restarting, failed, dead or disabled."""
-    worker = s["worker"]
+    restarting, failed, dead or disabled. A lane with replicas serves while any of them is
+    ready; the others' states show on its workers."""
+    workers = s["workers"] or [s["worker"]]
+    ready = [w for w in workers if w["state"] == WorkerState.READY]
+    worker = ready[0] if ready else workers[0]
     state = worker["state"]
     if state != WorkerState.READY:
         # The supervisor starts a dead worker again at once (and a failed one after a back-off).
@@ -90,10 +93,9 @@ def _yielding(engine: Engine, lane: str) -> bool:
 
 
 def _uptime(engine: Engine, lane: str) -> float | None:
-    replicas = engine.replicas.get(lane, [])
-    if not replicas or replicas[0].watch.state is not WorkerState.READY:
-        return None
-    return engine.clock() - replicas[0].watch.started_at
+    """Since the longest-running ready replica started (None while none is ready)."""
+    ready = [r.watch.started_at for r in engine.replicas.get(lane, []) if r.watch.state is WorkerState.READY]
+    return engine.clock() - min(ready) if ready else None
 
 
 def _yield_windows(engine: Engine) -> list[dict[str, Any]]:

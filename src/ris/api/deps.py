@@ -134,6 +134,8 @@ def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> lis
     """Notes for an answer the client may not expect: a prompt in a language the model does
     not write (it is answered all the same)."""
     languages = engine.config.lane(Lane.LLM).models[model].languages
+    if not languages:  # unknown: nothing is flagged, and the prompt need not be read
+        return []
     text = "\n".join(t for t in texts if t)
     note = language_warning(model, languages, text, _suggestion(text))
     return [] if note is None else [note]

@@ -77,7 +77,7 @@ def llm_request(
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
-    if constraint is not None and not constraint.lazy:  # a lazy grammar may never start
+    if constraint is not None:
         _check_constraint(constraint, stops, ignore_eos, invalid, constraint_param)
     return LLMRequest(
         prompt=prompt,
@@ -108,6 +108,14 @@ def _check_constraint(
     invalid: Callable[[str, str], APIError],
     param: str,
 ) -> None:
+    # Its size bounds the worker's work compiling it, lazy or not (tool_choice "auto" sends
+    # every tool's parameters).
+    if len(constraint.schema) > MAX_SCHEMA_CHARS:
+        raise invalid(
+            f"the JSON schema is {len(constraint.schema)} characters; the limit is {MAX_SCHEMA_CHARS}", param
+        )
+    if constraint.lazy:  # a lazy grammar may never start: stop strings apply, as without one
+        return
     # The grammar makes the answer whole; a stop string would cut it, and past the grammar's
     # end no token is allowed, so neither combines with it.
     if stops:
@@ -115,10 +123,6 @@ def _check_constraint(
     if ignore_eos:
         raise invalid(
             f"ignore_eos cannot be combined with {param}: the answer ends where the JSON does", "ignore_eos"
-        )
-    if len(constraint.schema) > MAX_SCHEMA_CHARS:
-        raise invalid(
-            f"the JSON schema is {len(constraint.schema)} characters; the limit is {MAX_SCHEMA_CHARS}", param
         )
 
 

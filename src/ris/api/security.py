@@ -126,6 +126,7 @@ class Guard:
             return
         origin = headers.get("origin")
         cors: dict[str, str] = {}
+        same = True  # no Origin: not a cross-origin request from a browser
         if origin is not None:
             o = origin.rstrip("/").lower()
             same = o.split("://", 1)[-1] == headers.get("host", "").lower()
@@ -149,7 +150,7 @@ class Guard:
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 await _preflight(cors, scope, receive, send)
                 return
-        if self.keys and not _open(path) and not self._authorized(headers):
+        if self.keys and not _open(path) and not self._authorized(headers, cookie=same):
             if _console_page(path, scope["method"], headers):
                 # A person in a browser: to the login form, not a JSON error.
                 await RedirectResponse("/ui/login", status_code=303)(scope, receive, send)
@@ -176,12 +177,16 @@ class Guard:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _authorized(self, headers: dict[str, str]) -> bool:
+    def _authorized(self, headers: dict[str, str], *, cookie: bool) -> bool:
+        """A bearer key, or (`cookie`: on a same-origin request) the console's key cookie. An
+        origin allowed by server.allowed_origins may call the API with a key of its own; the
+        browser would send it the console's cookie too (SameSite counts a site, not a port),
+        which must not stand in for one."""
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token:
             given = token.strip()
         else:
-            given = _cookie_key(headers.get("cookie", ""))
+            given = _cookie_key(headers.get("cookie", "")) if cookie else ""
         if not given:
             return False
         # Constant-time comparison against every key: timing does not reveal a prefix.

@@ -93,6 +93,9 @@ class Pyttsx3TTS(TTSBackend):
         # default rate). One empty run settles it, so later changes apply at once, in order.
         self._engine.runAndWait()
         _espeak.Synchronize()
+        # The data folder is the server's path: a worker on another machine (a Ray node) may be
+        # the first to use it there.
+        ctx.data_dir.mkdir(parents=True, exist_ok=True)
         self._folder = Path(tempfile.mkdtemp(prefix="pyttsx3-", dir=ctx.data_dir))
         self.sample_rate = 22050  # espeak-ng's only output rate; each WAV's header is checked
         self._select = self._list_voices()

@@ -28,8 +28,7 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                         f"{other} lane; real-time lanes need disjoint cores "
                         "(or set exclusive_cores: false)"
                     )
-    if not here:
-        problems += _cluster_problems(cfg)
+    problems += _board_problems(cfg) if here else _cluster_problems(cfg)
     if not cfg.enabled_lanes:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
@@ -53,6 +52,27 @@ def _cluster_problems(cfg: Config) -> list[str]:
                     f"lanes.{name}.replicas: {cfg.lane(name).replicas}; the {lane} lane yields to "
                     f"{', '.join(partners)} on {cfg.lane(lane).device} and they are placed together on "
                     "one node, one worker each (use replicas: 1, or give the lanes different devices)"
+                )
+    return problems
+
+
+def _board_problems(cfg: Config) -> list[str]:
+    """Local mode: a lane that another one yields to publishes its activity in one slot of the
+    board, written by its worker; two replicas would overwrite each other's (one going idle
+    while the other is in prefill lets the image lane run through that prefill)."""
+    from ris.preemption.resolve import resolve_policy, yields_to
+
+    problems = []
+    for lane in cfg.enabled_lanes:
+        partners = yields_to(cfg, lane)
+        if not partners or resolve_policy(cfg, lane).mode == "none":
+            continue
+        for name in partners:
+            if cfg.lane(name).replicas != 1:
+                problems.append(
+                    f"lanes.{name}.replicas: {cfg.lane(name).replicas}; the {lane} lane yields to "
+                    f"{name} on {cfg.lane(lane).device}, whose activity one worker publishes (use "
+                    "replicas: 1, or give the lanes different devices or cores)"
                 )
     return problems
 

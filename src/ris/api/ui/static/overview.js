@@ -53,11 +53,20 @@ function throughput(lane, s, state, now) {
   return { value: s.outputs_per_s, unit: lane === "tts" ? "audio chunks/s" : "outputs/s" };
 }
 
+// Every worker of the lane: a Ray actor's pid is on its node, named by address; a lane with
+// replicas lists each with its state.
+function workersText(s) {
+  const all = s.workers.length ? s.workers : [s.worker];
+  const one = (w) => (w.pid ? `pid ${w.pid}` : "no process") + (w.node_ip ? ` on ${w.node_ip}` : "") +
+    (all.length > 1 ? ` (${w.state})` : "");
+  return all.map(one).join(", ");
+}
+
 function facts(s, tp, rtf) {
   const w = s.worker;
   const mem = w.memory_limit_bytes ? `${fmt.bytes(w.rss_bytes)} of ${fmt.bytes(w.memory_limit_bytes)}` : fmt.bytes(w.rss_bytes);
   const rows = [
-    ["Worker", w.pid ? `pid ${w.pid}` : "no process", "pid"],
+    ["Worker", workersText(s), "pid"],
     ["Uptime", fmt.secs(s.uptime_s), "uptime"],
     ["Restarts", w.restarts, "restarts"],
     ["Device", s.device, "device"],
