@@ -108,6 +108,36 @@ def test_a_schema_that_cannot_become_a_grammar_is_refused_and_the_batch_serves_o
     assert outcome.completion_tokens >= 1
 
 
+def test_a_grammar_with_no_way_on_fails_its_sequence_alone(
+    llm: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No schema reaches a dead end on this model (the grammar resamples over the whole
+    # vocabulary); the dead end is made where it would be raised, for the "json" sequence only.
+    from ris.backends import llama_batch
+
+    real = llama_batch.LlamaBatch._sample
+
+    def sample(self: llama_batch.LlamaBatch, seq: llama_batch._Sequence) -> int:
+        if seq.key == "json" and seq.produced == 2:
+            raise BackendError("backend_error", "the grammar allows no token of this model's vocabulary here")
+        return real(self, seq)
+
+    monkeypatch.setattr(llama_batch.LlamaBatch, "_sample", sample)
+    plain = ask("Tell me a story about a fox.", max_tokens=20, temperature=0)
+    batch = llm.batch()
+    outs = {"plain": TextCollector(), "json": TextCollector()}
+    batch.add("plain", plain, outs["plain"])
+    batch.add(
+        "json", ask("A film as JSON.", max_tokens=50, constraint=Constraint(json.dumps(SHAPE))), outs["json"]
+    )
+    ended: dict[str, object] = {}
+    while len(ended) < 2:
+        ended.update(batch.step())
+    assert isinstance(ended["json"], BackendError) and "no token" in ended["json"].message
+    assert isinstance(ended["plain"], LLMOutcome) and ended["plain"].completion_tokens == 20
+    assert batch.active == 0
+
+
 FEW_SHOT = (
     "Q: weather in Rome?\nA: <tool_call>\n"
     '{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>\n'

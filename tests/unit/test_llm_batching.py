@@ -39,7 +39,7 @@ class ScriptedBatch(LLMBatch):
         self.seqs[key] = [self.prefill_steps, req.max_tokens]
         self.outs[key] = out
 
-    def step(self) -> list[tuple[str, LLMOutcome]]:
+    def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
         if self.fail_next:
             raise RuntimeError("decode failed")
         ended = []

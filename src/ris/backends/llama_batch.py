@@ -167,9 +167,11 @@ class LlamaBatch(LLMBatch):
             grammar=grammar,
         )
 
-    def step(self) -> list[tuple[str, LLMOutcome]]:
-        """One decode of every running sequence; returns the sequences that ended."""
-        ended = self._drop_cancelled()
+    def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
+        """One decode of every running sequence; returns the sequences that ended, and those
+        that failed alone (a grammar with no way on) with their error."""
+        ended: list[tuple[str, LLMOutcome | BackendError]] = []
+        ended.extend(self._drop_cancelled())
         work = self._fill_batch()
         self.last_step_tokens = self._batch.n_tokens
         if work:
@@ -177,7 +179,11 @@ class LlamaBatch(LLMBatch):
             if rc != 0:
                 raise BackendError("backend_error", f"llama_decode failed ({rc}) with {len(work)} sequences")
             for slot in work:
-                self._advance(slot)
+                try:
+                    self._advance(slot)
+                except BackendError as e:
+                    # One sequence's own sampling failed: it ends, the others decode on.
+                    ended.append(self._fail(slot, e))
         for slot in self._slots:
             seq = slot.seq
             if seq is not None and seq.finish is not None:
@@ -311,6 +317,13 @@ class LlamaBatch(LLMBatch):
             seq.finish = "length"
         else:
             seq.next_token = token
+
+    def _fail(self, slot: _Slot, error: BackendError) -> tuple[str, BackendError]:
+        seq = slot.seq
+        assert seq is not None
+        _free(seq)
+        slot.seq = None
+        return seq.key, error
 
     def _end(self, slot: _Slot) -> tuple[str, LLMOutcome]:
         seq = slot.seq

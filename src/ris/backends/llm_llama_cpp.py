@@ -110,6 +110,8 @@ class LlamaCppLLM(LLMBackend):
         while True:
             for key, outcome in self._batch.step():
                 if key == _DIRECT:
+                    if isinstance(outcome, BackendError):
+                        raise outcome
                     return outcome
 
     def close(self) -> None:

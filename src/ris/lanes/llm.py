@@ -204,8 +204,9 @@ class LLMBatch(ABC):
         """Start a sequence at the next step; BackendError if the request cannot run."""
 
     @abstractmethod
-    def step(self) -> list[tuple[str, LLMOutcome]]:
-        """One decode of every sequence; those that ended (done, stopped or cancelled)."""
+    def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
+        """One decode of every sequence; those that ended (done, stopped or cancelled), and
+        those that failed on their own (the others run on); raises when the whole step failed."""
 
     @abstractmethod
     def abort(self) -> list[str]:
