@@ -13,6 +13,8 @@ from ris.backends.llm_llama_cpp import LlamaCppLLM
 from ris.lanes.llm import LANE, Constraint, LLMOutcome, LLMRequest, TextCollector, Tool
 from ris.lanes.llm_tools import call_schema, parse_calls
 
+from .test_llama_batch import run_batch
+
 jsonschema = pytest.importorskip("jsonschema", reason="a test dependency")
 
 SHAPE = {
@@ -31,17 +33,6 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> LlamaCppLLM:
     spec = LANE.embedded_models["smollm2"]
     ctx = BackendContext(device="cpu", threads=1, data_dir=Path(tmp_path_factory.mktemp("llm")), parallel=3)
     return LlamaCppLLM(spec, ctx)
-
-
-def run_batch(llm: LlamaCppLLM, reqs: dict[str, LLMRequest]) -> dict[str, tuple[LLMOutcome, str]]:
-    batch = llm.batch()
-    outs = {k: TextCollector() for k in reqs}
-    for key, req in reqs.items():
-        batch.add(key, req, outs[key])
-    ended: dict[str, LLMOutcome] = {}
-    while len(ended) < len(reqs):
-        ended.update(batch.step())
-    return {k: (ended[k], outs[k].text) for k in reqs}
 
 
 def ask(text: str, **kw: object) -> LLMRequest:
