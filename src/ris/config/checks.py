@@ -28,7 +28,7 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                         f"{other} lane; real-time lanes need disjoint cores "
                         "(or set exclusive_cores: false)"
                     )
-    problems += _board_problems(cfg) if here else _cluster_problems(cfg)
+    problems += _board_problems(cfg, local=here)
     if not cfg.enabled_lanes:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
@@ -36,9 +36,12 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
     return cfg
 
 
-def _cluster_problems(cfg: Config) -> list[str]:
-    """Ray mode: lanes that yield to each other must share a node (the activity board is one
-    machine's shared memory), so each may have one replica only; see ris.runtime.ray_worker."""
+def _board_problems(cfg: Config, *, local: bool) -> list[str]:
+    """Lanes that yield to each other share an activity board, one slot per lane written by its
+    one worker. Locally, two replicas of a lane yielded to would overwrite each other's slot (one
+    going idle while the other is in prefill lets the image lane run through that prefill). On
+    Ray the board is one node's shared memory, so the yielding lane and its partners are placed
+    together on one node, one worker each (see ris.runtime.ray_worker)."""
     from ris.preemption.resolve import resolve_policy, yields_to
 
     problems = []
@@ -46,33 +49,21 @@ def _cluster_problems(cfg: Config) -> list[str]:
         partners = yields_to(cfg, lane)
         if not partners or resolve_policy(cfg, lane).mode == "none":
             continue
-        for name in (lane, *partners):
-            if cfg.lane(name).replicas != 1:
+        for name in partners if local else (lane, *partners):
+            replicas = cfg.lane(name).replicas
+            if replicas == 1:
+                continue
+            head = f"lanes.{name}.replicas: {replicas}; the {lane} lane yields to"
+            if local:
                 problems.append(
-                    f"lanes.{name}.replicas: {cfg.lane(name).replicas}; the {lane} lane yields to "
-                    f"{', '.join(partners)} on {cfg.lane(lane).device} and they are placed together on "
-                    "one node, one worker each (use replicas: 1, or give the lanes different devices)"
+                    f"{head} {name} on {cfg.lane(lane).device}, whose activity one worker publishes "
+                    "(use replicas: 1, or give the lanes different devices or cores)"
                 )
-    return problems
-
-
-def _board_problems(cfg: Config) -> list[str]:
-    """Local mode: a lane that another one yields to publishes its activity in one slot of the
-    board, written by its worker; two replicas would overwrite each other's (one going idle
-    while the other is in prefill lets the image lane run through that prefill)."""
-    from ris.preemption.resolve import resolve_policy, yields_to
-
-    problems = []
-    for lane in cfg.enabled_lanes:
-        partners = yields_to(cfg, lane)
-        if not partners or resolve_policy(cfg, lane).mode == "none":
-            continue
-        for name in partners:
-            if cfg.lane(name).replicas != 1:
+            else:
                 problems.append(
-                    f"lanes.{name}.replicas: {cfg.lane(name).replicas}; the {lane} lane yields to "
-                    f"{name} on {cfg.lane(lane).device}, whose activity one worker publishes (use "
-                    "replicas: 1, or give the lanes different devices or cores)"
+                    f"{head} {', '.join(partners)} on {cfg.lane(lane).device} and they are placed "
+                    "together on one node, one worker each (use replicas: 1, or give the lanes "
+                    "different devices)"
                 )
     return problems
 
