@@ -78,6 +78,19 @@ def workers(srv: Server, lane: str) -> list[dict[str, Any]]:
     return list(srv.stats()[lane]["workers"])
 
 
+def long_synthesis(srv: Server, text: str) -> tuple[Any, list[Any], dict[str, Any]]:
+    """A long synthesis posted in the background, and the TTS worker it is running on."""
+    t, result = post_in_background(f"{srv.url}/api/tts/synthesize", {"text": text}, 120)
+    found: list[dict[str, Any]] = []
+
+    def one_running() -> bool:
+        found[:] = [w for w in workers(srv, "tts") if w["running"]]
+        return bool(found)
+
+    wait_for(one_running, 30)
+    return t, result, found[0]
+
+
 def test_each_lane_lands_on_a_node_that_advertises_it(
     ray_server: Server, ray_cluster: dict[str, Any]
 ) -> None:
@@ -135,16 +148,9 @@ def test_two_tts_replicas_serve_at_once(ray_server: Server) -> None:
 
 def test_killed_actor_fails_its_task_and_the_lane_comes_back(ray_server: Server) -> None:
     text = "This passage keeps one speech node busy for a while. " * 40
-    t, result = post_in_background(f"{ray_server.url}/api/tts/synthesize", {"text": text}, 120)
-    found: list[dict[str, Any]] = []
-
-    def one_running() -> bool:
-        found[:] = [w for w in workers(ray_server, "tts") if w["running"]]
-        return bool(found)
-
-    wait_for(one_running, 30)
-    restarts = found[0]["restarts"]
-    kill(found[0]["pid"], signal.SIGKILL)  # the actor's process: the nodes share this machine
+    t, result, busy = long_synthesis(ray_server, text)
+    restarts = busy["restarts"]
+    kill(busy["pid"], signal.SIGKILL)  # the actor's process: the nodes share this machine
     t.join(30)
     assert result, "no response within 30 s"
     assert result[0].json()["error"]["code"] == "worker_crashed"
@@ -215,15 +221,8 @@ def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
 ) -> None:
     cluster = ray_cluster["cluster"]
     text = "This passage keeps one speech node busy while it goes away. " * 40
-    t, result = post_in_background(f"{ray_server.url}/api/tts/synthesize", {"text": text}, 120)
-    found: list[dict[str, Any]] = []
-
-    def one_running() -> bool:
-        found[:] = [w for w in workers(ray_server, "tts") if w["running"]]
-        return bool(found)
-
-    wait_for(one_running, 30)
-    (node,) = [n for n in cluster.list_all_nodes() if n.node_id == found[0]["node"]]
+    t, result, busy = long_synthesis(ray_server, text)
+    (node,) = [n for n in cluster.list_all_nodes() if n.node_id == busy["node"]]
     lost_at = time.monotonic()
     cluster.remove_node(node, allow_graceful=False)
     t.join(30)
