@@ -236,18 +236,6 @@ def test_running_task_past_deadline_is_interrupted_and_fails() -> None:
     assert task.state is TaskState.FAILED and task.error_code == "deadline_exceeded"
 
 
-def test_worker_crash_fails_running_tasks_and_keeps_queued_ones() -> None:
-    sched, _ = make(slots=1)
-    sched.submit(spec())
-    sched.submit(spec())
-    sched.dispatch()
-    failed = sched.fail_running(Lane.LLM, "worker_crashed", "boom")
-    assert [t.id for t in failed] == ["t0"]
-    t0 = sched.get("t0")
-    assert t0 is not None and t0.error_code == "worker_crashed"
-    assert drain(sched) == ["t1"]
-
-
 def test_positions_move_as_tasks_start() -> None:
     sched, _ = make()
     for _ in range(3):

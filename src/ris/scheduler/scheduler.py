@@ -302,16 +302,6 @@ class Scheduler:
             book.run_estimate = 0.8 * book.run_estimate + 0.2 * task.run_time
         return task
 
-    def fail_running(self, lane: str, code: str, message: str) -> list[Task]:
-        """Fail every task running on a lane (its worker died or hung)."""
-        book = self._book(lane)
-        failed = list(book.running.values())
-        for task in failed:
-            self._cancel_reason.pop(task.id, None)
-            self._close(book, task, TaskState.FAILED, code, message)
-        book.running.clear()
-        return failed
-
     # ----- cancellation and deadlines ------------------------------------------------------
 
     def cancel(self, task_id: str) -> CancelOutcome:
