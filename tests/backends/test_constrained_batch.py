@@ -4,16 +4,15 @@ ones: each keeps its own grammar, the JSON parses, the plain text is untouched b
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from ris.backends import BackendContext, BackendError
+from ris.backends import BackendError
 from ris.backends.llm_llama_cpp import LlamaCppLLM
-from ris.lanes.llm import LANE, Constraint, LLMOutcome, LLMRequest, TextCollector, Tool
+from ris.lanes.llm import Constraint, LLMOutcome, LLMRequest, TextCollector, Tool
 from ris.lanes.llm_tools import call_schema, parse_calls
 
-from .test_llama_batch import run_batch
+from .batching import run_batch
 
 jsonschema = pytest.importorskip("jsonschema", reason="a test dependency")
 
@@ -26,13 +25,6 @@ SHAPE = {
     },
     "required": ["title", "mood", "scores"],
 }
-
-
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> LlamaCppLLM:
-    spec = LANE.embedded_models["smollm2"]
-    ctx = BackendContext(device="cpu", threads=1, data_dir=Path(tmp_path_factory.mktemp("llm")), parallel=3)
-    return LlamaCppLLM(spec, ctx)
 
 
 def ask(text: str, **kw: object) -> LLMRequest:

@@ -4,34 +4,15 @@ reused; a seed's text the same alone or among others."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ris.backends import BackendContext, BackendError
+from ris.backends import BackendError
 from ris.backends.llm_llama_cpp import LlamaCppLLM
-from ris.lanes.llm import LANE, LLMOutcome, LLMRequest, TextCollector
+from ris.lanes.llm import LLMRequest, TextCollector
 
-
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> LlamaCppLLM:
-    spec = LANE.embedded_models["smollm2"]
-    ctx = BackendContext(device="cpu", threads=1, data_dir=Path(tmp_path_factory.mktemp("llm")), parallel=3)
-    return LlamaCppLLM(spec, ctx)
-
-
-def run_batch(
-    llm: LlamaCppLLM, reqs: dict[str, LLMRequest], cancel_after: dict[str, int] | None = None
-) -> dict[str, tuple[LLMOutcome, str]]:
-    batch = llm.batch()
-    outs = {k: TextCollector(cancel_after=(cancel_after or {}).get(k)) for k in reqs}
-    for key, req in reqs.items():
-        batch.add(key, req, outs[key])
-    ended: dict[str, LLMOutcome] = {}
-    while len(ended) < len(reqs):
-        ended.update(batch.step())
-    return {k: (ended[k], outs[k].text) for k in reqs}
+from .batching import run_batch
 
 
 def story(n: int, **kw: Any) -> LLMRequest:
@@ -139,7 +120,7 @@ def test_new_prompts_share_one_chunk_per_step_while_a_stream_decodes(llm: LlamaC
             LLMRequest(prompt=f"{i} " + "tell me more about it " * 12, max_tokens=2),
             TextCollector(),
         )
-    steps = []
+    steps: list[int] = []
     while batch.prefilling:
         batch.step()
         steps.append(batch.last_step_tokens)

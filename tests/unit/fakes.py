@@ -1,16 +1,22 @@
 """In-memory fakes for building the whole engine without processes: a fake clock, and a
 LaneWorker whose messages the test writes by hand (as vLLM's scheduler tests hand-write
-model outputs)."""
+model outputs); the environment a lane's runner reports to; and the small harness the unit
+tests share to start such an engine and run their async bodies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from ris import messages as m
 from ris.config import Config, parse_config
+from ris.lanes.base import WorkerEnv
 from ris.machine import MachineInfo
+from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
 from ris.runtime.worker import ResourceUsage, WorkerSpec
 
@@ -99,6 +105,35 @@ class FakeWorkers:
         return self.by_lane[lane]
 
 
+class EveryWorker(FakeWorkers):
+    """The factory keeping every worker it built (a lane with replicas has several)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.built: list[FakeWorker] = []
+
+    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> FakeWorker:
+        worker = super().__call__(spec, deliver)
+        self.built.append(worker)
+        return worker
+
+
+class Env:
+    """What a lane's runner reports to, in memory: the messages it sends, the activities it
+    shows on the board, and how often it ticked (no worker process, no pipe)."""
+
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+        self.board: list[Activity] = []
+        self.ticks = 0
+
+    def worker_env(self) -> WorkerEnv:
+        return WorkerEnv("test", self.sent.append, self.board.append, self.tick)
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+
 def config(tmp: Path, **lanes: dict[str, Any]) -> Config:
     """A small valid config: an LLM and a TTS lane on their own cores, images off unless given."""
     data: dict[str, Any] = {
@@ -122,6 +157,10 @@ def config(tmp: Path, **lanes: dict[str, Any]) -> Config:
     return parse_config(data, TWO_CORES)
 
 
+# The image lane switched on, sharing both cores (it is off in `config` unless given).
+IMAGE_ON = {"enabled": True, "cores": [0, 1], "default_model": "i", "models": {"i": {"backend": "diffusers"}}}
+
+
 def engine(cfg: Config, clock: FakeClock, workers: FakeWorkers) -> Engine:
     return Engine(
         cfg,
@@ -131,3 +170,33 @@ def engine(cfg: Config, clock: FakeClock, workers: FakeWorkers) -> Engine:
         machine=TWO_CORES,
         monitor_interval_s=None,
     )
+
+
+@asynccontextmanager
+async def started_engine(
+    tmp: Path, **lanes: dict[str, Any]
+) -> AsyncIterator[tuple[Engine, FakeWorkers, FakeClock]]:
+    """A started engine on fake workers (none of them ready yet) and its fake clock."""
+    clock, workers = FakeClock(), FakeWorkers()
+    eng = engine(config(tmp, **lanes), clock, workers)
+    await eng.start()
+    try:
+        yield eng, workers, clock
+    finally:
+        await eng.stop()
+
+
+def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """An async test body run to its end on a fresh event loop (pytest itself is sync here)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+async def settle() -> None:
+    """Let the tasks the engine woke run until they wait again (a few loop turns)."""
+    for _ in range(20):
+        await asyncio.sleep(0)

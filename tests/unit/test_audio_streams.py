@@ -5,6 +5,8 @@ the audio were complete (raw audio has nowhere to put an error event)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +21,10 @@ from ris.lanes.tts import AudioChunk, TTSOutcome
 from ris.runtime.engine import Engine
 from ris.scheduler import Lane
 
-from .fakes import FakeClock, FakeWorker, FakeWorkers, config, engine
-from .test_engine import run
+from .fakes import FakeWorker, FakeWorkers, run, settle, started_engine
 
 VOICE = m.ModelInfo("e", "espeak", ("en-US",), 16000)
 SOUND = b"\x01\x00" * 8
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-async def ready_engine(tmp: Path) -> tuple[Engine, FakeWorkers]:
-    workers = FakeWorkers()
-    eng = engine(config(tmp), FakeClock(), workers)
-    await eng.start()
-    workers[Lane.LLM].ready()
-    workers[Lane.TTS].ready(models=(VOICE,))
-    return eng, workers
 
 
 async def post(eng: Engine, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -46,39 +33,48 @@ async def post(eng: Engine, path: str, body: dict[str, Any]) -> httpx.Response:
         return await client.post(path, json=body)
 
 
+@asynccontextmanager
+async def posted(
+    tmp: Path, path: str, body: dict[str, Any]
+) -> AsyncIterator[tuple[asyncio.Task[httpx.Response], FakeWorkers]]:
+    """The real app over an engine whose fake workers are ready, `body` POSTed to `path` and
+    already handed to the lanes: the request (answered once the test has the workers reply)
+    and the workers."""
+    async with started_engine(tmp) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        workers[Lane.TTS].ready(models=(VOICE,))
+        request = asyncio.create_task(post(eng, path, body))
+        await settle()
+        yield request, workers
+
+
 SPEECH = {"model": "tts-1", "voice": "en-US", "input": "Hello there.", "response_format": "wav"}
 
 
 @run
 async def test_speech_that_fails_before_any_sound_is_an_error_not_an_empty_wav(tmp_path: Path) -> None:
-    eng, workers = await ready_engine(tmp_path)
-    request = asyncio.create_task(post(eng, "/v1/audio/speech", SPEECH))
-    await settle()
-    tts = workers[Lane.TTS]
-    tts.deliver(m.TaskError(tts.runs[0].task_id, "synthesis_failed", "espeak-ng returned error 2"))
-    r = await asyncio.wait_for(request, 5)
-    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
-    assert r.json()["error"] == {
-        "message": "espeak-ng returned error 2",
-        "type": "server_error",
-        "param": None,
-        "code": "synthesis_failed",
-    }
-    await eng.stop()
+    async with posted(tmp_path, "/v1/audio/speech", SPEECH) as (request, workers):
+        tts = workers[Lane.TTS]
+        tts.deliver(m.TaskError(tts.runs[0].task_id, "synthesis_failed", "espeak-ng returned error 2"))
+        r = await asyncio.wait_for(request, 5)
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == {
+            "message": "espeak-ng returned error 2",
+            "type": "server_error",
+            "param": None,
+            "code": "synthesis_failed",
+        }
 
 
 @run
 async def test_speech_that_fails_after_its_first_sound_breaks_the_body_off(tmp_path: Path) -> None:
-    eng, workers = await ready_engine(tmp_path)
-    request = asyncio.create_task(post(eng, "/v1/audio/speech", SPEECH))
-    await settle()
-    tts = workers[Lane.TTS]
-    task_id = tts.runs[0].task_id
-    tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
-    tts.deliver(m.TaskError(task_id, "synthesis_failed", "espeak-ng returned error 2"))
-    with pytest.raises(StreamBroken, match="synthesis_failed"):
-        await asyncio.wait_for(request, 5)
-    await eng.stop()
+    async with posted(tmp_path, "/v1/audio/speech", SPEECH) as (request, workers):
+        tts = workers[Lane.TTS]
+        task_id = tts.runs[0].task_id
+        tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+        tts.deliver(m.TaskError(task_id, "synthesis_failed", "espeak-ng returned error 2"))
+        with pytest.raises(StreamBroken, match="synthesis_failed"):
+            await asyncio.wait_for(request, 5)
 
 
 def answer(llm: FakeWorker, text: str) -> None:
@@ -89,29 +85,25 @@ def answer(llm: FakeWorker, text: str) -> None:
 
 @run
 async def test_spoken_answer_that_fails_before_any_sound_is_an_error_not_an_empty_wav(tmp_path: Path) -> None:
-    eng, workers = await ready_engine(tmp_path)
-    request = asyncio.create_task(post(eng, "/api/chat/speak", {"prompt": "talk"}))
-    await settle()
-    answer(workers[Lane.LLM], "…")
-    r = await asyncio.wait_for(request, 5)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "nothing_to_speak"
-    await eng.stop()
+    async with posted(tmp_path, "/api/chat/speak", {"prompt": "talk"}) as (request, workers):
+        answer(workers[Lane.LLM], "…")
+        r = await asyncio.wait_for(request, 5)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "nothing_to_speak"
 
 
 @run
 async def test_spoken_answer_whose_later_sentence_fails_breaks_the_body_off(tmp_path: Path) -> None:
-    eng, workers = await ready_engine(tmp_path)
-    request = asyncio.create_task(post(eng, "/api/chat/speak", {"prompt": "talk"}))
-    await settle()
-    answer(workers[Lane.LLM], "The first sentence. The second sentence.")
-    await settle()
-    tts = workers[Lane.TTS]
-    first = tts.runs[0].task_id
-    tts.deliver(m.TaskOutput(first, AudioChunk(SOUND, 16000)))
-    tts.deliver(m.TaskDone(first, TTSOutcome(16000, 8, "en-US")))
-    await settle()
-    tts.deliver(m.TaskError(tts.runs[1].task_id, "synthesis_empty", "the speech engine produced no audio"))
-    with pytest.raises(StreamBroken, match="synthesis_empty"):
-        await asyncio.wait_for(request, 5)
-    assert not tts.cancels  # both sentences had ended: nothing left to cancel
-    await eng.stop()
+    async with posted(tmp_path, "/api/chat/speak", {"prompt": "talk"}) as (request, workers):
+        answer(workers[Lane.LLM], "The first sentence. The second sentence.")
+        await settle()
+        tts = workers[Lane.TTS]
+        first = tts.runs[0].task_id
+        tts.deliver(m.TaskOutput(first, AudioChunk(SOUND, 16000)))
+        tts.deliver(m.TaskDone(first, TTSOutcome(16000, 8, "en-US")))
+        await settle()
+        tts.deliver(
+            m.TaskError(tts.runs[1].task_id, "synthesis_empty", "the speech engine produced no audio")
+        )
+        with pytest.raises(StreamBroken, match="synthesis_empty"):
+            await asyncio.wait_for(request, 5)
+        assert not tts.cancels  # both sentences had ended: nothing left to cancel

@@ -4,43 +4,21 @@ while API clients get a JSON 401, and the config shown hides secret values."""
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import quote
-
-from starlette.types import Message, Receive, Scope, Send
 
 from ris.api.routes.console import redact
 from ris.api.security import KEY_COOKIE, Guard
 
+from .guarded import ok, through
+
 KEY = "k3y;with=odd chars"
-
-
-async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
 
 
 def answer(
     path: str, *headers: tuple[str, str], method: str = "GET", origins: tuple[str, ...] = ()
 ) -> tuple[int, dict[str, str]]:
-    guard = Guard(_ok, api_keys=[KEY], allowed_origins=origins)
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "headers": [(b"host", b"127.0.0.1:8080"), *((k.encode(), v.encode()) for k, v in headers)],
-    }
-    asyncio.run(guard(scope, receive, send))
-    start = sent[0]
-    return int(start["status"]), {k.decode(): v.decode() for k, v in start["headers"]}
+    guard = Guard(ok, api_keys=[KEY], allowed_origins=origins)
+    return through(guard, method, path, [("host", "127.0.0.1:8080"), *headers])
 
 
 def cookie(value: str) -> tuple[str, str]:

@@ -15,8 +15,7 @@ from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.runtime.engine import Engine
 from ris.scheduler import Lane, QueueFull
 
-from .fakes import FakeClock, FakeWorkers, config, engine
-from .test_engine import IMAGE_ON, run, started_engine
+from .fakes import IMAGE_ON, EveryWorker, FakeClock, FakeWorkers, config, engine, run, started_engine
 
 # Images sharing the LLM's core, pausing for its prefill ("auto" would be "none" on CPU at nice 19).
 IMAGE_YIELDING = {**IMAGE_ON, "preemption": {"policy": "block"}}
@@ -110,8 +109,6 @@ def test_the_yield_policy_shown_is_the_one_in_force(tmp_path: Path) -> None:
 
 @run
 async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: Path) -> None:
-    from .test_engine import EveryWorker
-
     clock, workers = FakeClock(), EveryWorker()
     eng = engine(config(tmp_path, tts={"replicas": 2}), clock, workers)
     await eng.start()

@@ -3,10 +3,6 @@ hang, restart, deadlines and durable recovery, with no process, pipe or socket."
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +17,22 @@ from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.retention import Retention
 from ris.runtime.supervisor import backoff
 from ris.runtime.views import TaskHandle
-from ris.runtime.worker import WorkerSpec
 from ris.scheduler import CancelOutcome, Lane, QueueFull
 
-from .fakes import TWO_CORES, FakeClock, FakeWorker, FakeWorkers, config, engine
+from .fakes import (
+    IMAGE_ON,
+    TWO_CORES,
+    EveryWorker,
+    FakeClock,
+    FakeWorker,
+    FakeWorkers,
+    config,
+    engine,
+    run,
+    started_engine,
+)
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
-
-
-@asynccontextmanager
-async def started_engine(
-    tmp: Path, **lanes: dict[str, Any]
-) -> AsyncIterator[tuple[Engine, FakeWorkers, FakeClock]]:
-    """A started engine on fake workers (none of them ready yet) and its fake clock."""
-    clock, workers = FakeClock(), FakeWorkers()
-    eng = engine(config(tmp, **lanes), clock, workers)
-    await eng.start()
-    try:
-        yield eng, workers, clock
-    finally:
-        await eng.stop()
 
 
 def two_tasks(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle, TaskHandle]:
@@ -52,14 +44,6 @@ def two_tasks(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle
         eng.submit(Lane.LLM, "m", LLMRequest(prompt="a")),
         eng.submit(Lane.LLM, "m", LLMRequest(prompt="b")),
     )
-
-
-def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return wrapper
 
 
 @run
@@ -140,12 +124,12 @@ async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_
         accepted = eng.durable.accepted
         calls = 0
 
-        def disk_full_on_the_second(*args: Any) -> None:
+        def disk_full_on_the_second(*args: Any, **kwargs: Any) -> None:
             nonlocal calls
             calls += 1
             if calls == 2:
                 raise OSError("disk full")
-            accepted(*args)
+            accepted(*args, **kwargs)
 
         eng.durable.accepted = disk_full_on_the_second  # type: ignore[method-assign]
         with pytest.raises(OSError):
@@ -287,9 +271,6 @@ async def test_a_deadline_stops_a_running_task(tmp_path: Path) -> None:
         assert (view.state, view.error_code) == ("failed", "deadline_exceeded")
 
 
-IMAGE_ON = {"enabled": True, "cores": [0, 1], "default_model": "i", "models": {"i": {"backend": "diffusers"}}}
-
-
 @run
 async def test_image_results_are_written_by_the_server_and_tasks_survive_a_restart(tmp_path: Path) -> None:
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
@@ -380,19 +361,6 @@ async def test_a_crashed_worker_reports_no_models_until_its_replacement_is_ready
         tts.die()
         eng.check()
         assert eng.model_infos(Lane.TTS) == {}
-
-
-class EveryWorker(FakeWorkers):
-    """The factory keeping every worker it built (a lane with replicas has several)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.built: list[FakeWorker] = []
-
-    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> FakeWorker:
-        worker = super().__call__(spec, deliver)
-        self.built.append(worker)
-        return worker
 
 
 @run

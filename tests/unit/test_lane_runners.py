@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from ris.lanes.base import BackendError, WorkerEnv
+from ris.lanes.base import BackendError
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, LLMRunner, TextOutput
 from ris.lanes.tts import MAX_CHUNK_CHARS, AudioOutput, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
 from ris.preemption.policy import Activity
 
-
-class Env:
-    def __init__(self) -> None:
-        self.sent: list[object] = []
-        self.board: list[Activity] = []
-        self.ticks = 0
-
-    def worker_env(self) -> WorkerEnv:
-        return WorkerEnv("test", self.sent.append, self.board.append, self.tick)
-
-    def tick(self) -> None:
-        self.ticks += 1
+from .fakes import Env
 
 
 class RecordingTTS(TTSBackend):

@@ -9,7 +9,7 @@ from ris.lanes.base import BackendError
 from ris.lanes.llm import LLMBackend, LLMBatch, LLMOutcome, LLMRequest, LLMRunner, TextOutput
 from ris.preemption.policy import Activity
 
-from .test_lane_runners import Env
+from .fakes import Env
 
 
 class ScriptedBatch(LLMBatch):
@@ -42,7 +42,7 @@ class ScriptedBatch(LLMBatch):
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
         if self.fail_next:
             raise RuntimeError("decode failed")
-        ended = []
+        ended: list[tuple[str, LLMOutcome | BackendError]] = []
         for key, state in list(self.seqs.items()):
             out = self.outs[key]
             if out.cancelled():

@@ -3,13 +3,12 @@ a wildcard address serves no Host of its own, IPv6 addresses match in any spelli
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from starlette.types import Message, Receive, Scope, Send
 
 from ris.api.security import Guard, served_hosts
 from ris.config import Config
+
+from .guarded import ok, through
 
 
 def hosts_for(listen: str, allowed: tuple[str, ...] = ()) -> list[str]:
@@ -37,29 +36,9 @@ def test_a_wildcard_address_serves_only_configured_hosts(listen: str) -> None:
     assert hosts_for(listen, ("api.example",)) == ["api.example"]
 
 
-async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
-
-
 def status(listen: str, host_header: str) -> int:
-    guard = Guard(_ok, allowed_hosts=hosts_for(listen))
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/api/stats",
-        "headers": [(b"host", host_header.encode())],
-    }
-    asyncio.run(guard(scope, receive, send))
-    return int(sent[0]["status"])
+    guard = Guard(ok, allowed_hosts=hosts_for(listen))
+    return through(guard, "GET", "/api/stats", [("host", host_header)])[0]
 
 
 def test_guard_serves_requests_addressed_to_the_listen_address() -> None:

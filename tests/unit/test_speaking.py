@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,150 +13,134 @@ from ris import messages as m
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.lanes.tts import AudioChunk, TTSOutcome
 from ris.runtime.engine import Engine
+from ris.runtime.views import TaskHandle
 from ris.scheduler import Lane
 from ris.services.speaking import SpeakingPipeline
 
-from .fakes import FakeClock, FakeWorkers, config, engine
-from .test_engine import run
+from .fakes import FakeWorker, run, settle, started_engine
+
+Events = list[tuple[str, Any]]
 
 
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-async def collect(events: AsyncIterator[tuple[str, dict[str, Any]]], into: list[tuple[str, Any]]) -> None:
+async def collect(events: AsyncIterator[tuple[str, dict[str, Any]]], into: Events) -> None:
     async for kind, data in events:
         into.append((kind, data))
 
 
-async def started(tmp: Path, **lanes: dict[str, Any]) -> tuple[Engine, FakeWorkers]:
-    workers = FakeWorkers()
-    eng = engine(config(tmp, **lanes), FakeClock(), workers)
-    await eng.start()
-    workers[Lane.LLM].ready()
-    return eng, workers
+@asynccontextmanager
+async def started(tmp: Path, **lanes: dict[str, Any]) -> AsyncIterator[tuple[Engine, FakeWorker, FakeWorker]]:
+    """An engine on fake workers with its LLM ready (the TTS worker still loading), and the two."""
+    async with started_engine(tmp, **lanes) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        yield eng, workers[Lane.LLM], workers[Lane.TTS]
+
+
+def speak(
+    eng: Engine, voice: str | None = None, **options: float
+) -> tuple[TaskHandle, Events, asyncio.Task[None]]:
+    """An answer asked of the LLM and the pipeline speaking it in the background: the answer,
+    the events as they come, and the listener that ends with the pipeline."""
+    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    events: Events = []
+    pipeline = SpeakingPipeline(eng, answer, "e", voice, 1.0, **options)
+    return answer, events, asyncio.create_task(collect(pipeline.run(), events))
 
 
 @run
 async def test_sentences_are_spoken_in_order_and_the_first_before_the_answer_ends(tmp_path: Path) -> None:
-    eng, workers = await started(tmp_path)
-    llm, tts = workers[Lane.LLM], workers[Lane.TTS]
-    tts.ready()
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
-    pipeline = SpeakingPipeline(eng, answer, "e", "en-US", 1.0)
-    events: list[tuple[str, Any]] = []
-    listener = asyncio.create_task(collect(pipeline.run(), events))
-
-    for piece in ("Hello there. ", "How are", " you? Fine"):
-        llm.deliver(m.TaskOutput(answer.task_id, TextDelta(piece)))
-    await settle()
-    first = tts.runs[0]
-    assert first.request.text == "Hello there." and first.request.voice == "en-US"
-    tts.deliver(m.TaskOutput(first.task_id, AudioChunk(b"\x01\x00" * 10, 16000)))
-    tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 10, "en-US")))
-    await settle()
-    assert ("audio", {"index": 0, "pcm": b"\x01\x00" * 10}) in events  # spoken while the LLM still runs
-    llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 9)))
-    await settle()
-    for i in (1, 2):  # one TTS slot: each sentence starts when the one before it is spoken
-        run_ = tts.runs[i]
-        tts.deliver(m.TaskOutput(run_.task_id, AudioChunk(run_.request.text.encode(), 16000)))
-        tts.deliver(m.TaskDone(run_.task_id, TTSOutcome(16000, 1, "en-US")))
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready()
+        answer, events, listener = speak(eng, voice="en-US")
+        for piece in ("Hello there. ", "How are", " you? Fine"):
+            llm.deliver(m.TaskOutput(answer.task_id, TextDelta(piece)))
         await settle()
-    await asyncio.wait_for(listener, 5)
+        first = tts.runs[0]
+        assert first.request.text == "Hello there." and first.request.voice == "en-US"
+        tts.deliver(m.TaskOutput(first.task_id, AudioChunk(b"\x01\x00" * 10, 16000)))
+        tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 10, "en-US")))
+        await settle()
+        assert ("audio", {"index": 0, "pcm": b"\x01\x00" * 10}) in events  # spoken while the LLM still runs
+        llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 9)))
+        await settle()
+        for i in (1, 2):  # one TTS slot: each sentence starts when the one before it is spoken
+            run_ = tts.runs[i]
+            tts.deliver(m.TaskOutput(run_.task_id, AudioChunk(run_.request.text.encode(), 16000)))
+            tts.deliver(m.TaskDone(run_.task_id, TTSOutcome(16000, 1, "en-US")))
+            await settle()
+        await asyncio.wait_for(listener, 5)
 
-    kinds = [k for k, _ in events]
-    assert kinds.index("audio") < kinds.index("llm_done") and kinds[-1] == "done"
-    assert [d["text"] for k, d in events if k == "text"] == ["Hello there.", "How are you?", "Fine"]
-    audio = [d["index"] for k, d in events if k == "audio"]
-    assert audio == sorted(audio) == [0, 1, 2]
-    assert events[-1] == ("done", {"sentences": 3})
-    await eng.stop()
+        kinds = [k for k, _ in events]
+        assert kinds.index("audio") < kinds.index("llm_done") and kinds[-1] == "done"
+        assert [d["text"] for k, d in events if k == "text"] == ["Hello there.", "How are you?", "Fine"]
+        audio = [d["index"] for k, d in events if k == "audio"]
+        assert audio == sorted(audio) == [0, 1, 2]
+        assert events[-1] == ("done", {"sentences": 3})
 
 
 @run
 async def test_a_full_tts_queue_is_waited_on_for_a_bounded_time_then_everything_stops(tmp_path: Path) -> None:
-    eng, workers = await started(tmp_path, tts={"max_queue": 0})  # nothing can be queued
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
-    pipeline = SpeakingPipeline(eng, answer, "e", None, 1.0, queue_wait_s=0.3)
-    events: list[tuple[str, Any]] = []
-    listener = asyncio.create_task(collect(pipeline.run(), events))
-    workers[Lane.LLM].deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence. ")))
-    await asyncio.wait_for(listener, 5)
-    kind, data = events[-1]
-    assert kind == "error" and data["code"] == "queue_full" and "waited 0.3 s" in data["message"]
-    assert workers[Lane.LLM].cancels == [answer.task_id]  # the answer is not generated for nobody
-    await eng.stop()
+    async with started(tmp_path, tts={"max_queue": 0}) as (eng, llm, _):  # nothing can be queued
+        answer, events, listener = speak(eng, queue_wait_s=0.3)
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence. ")))
+        await asyncio.wait_for(listener, 5)
+        kind, data = events[-1]
+        assert kind == "error" and data["code"] == "queue_full" and "waited 0.3 s" in data["message"]
+        assert llm.cancels == [answer.task_id]  # the answer is not generated for nobody
 
 
 @run
 async def test_a_listener_who_leaves_cancels_the_answer_and_its_sentences(tmp_path: Path) -> None:
-    eng, workers = await started(tmp_path)
-    tts = workers[Lane.TTS]
-    tts.ready()
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
-    events = SpeakingPipeline(eng, answer, "e", None, 1.0).run()
-    workers[Lane.LLM].deliver(m.TaskOutput(answer.task_id, TextDelta("First one. Second one. ")))
-    assert (await anext(events))[0] == "text"
-    await events.aclose()  # the HTTP client went away
-    assert workers[Lane.LLM].cancels == [answer.task_id]
-    assert tts.cancels == [tts.runs[0].task_id]
-    await eng.stop()
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready()
+        answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+        events = SpeakingPipeline(eng, answer, "e", None, 1.0).run()
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("First one. Second one. ")))
+        assert (await anext(events))[0] == "text"
+        await events.aclose()  # the HTTP client went away
+        assert llm.cancels == [answer.task_id]
+        assert tts.cancels == [tts.runs[0].task_id]
 
 
 @run
 async def test_a_tts_lane_that_goes_down_ends_the_answer_with_an_error_not_a_hang(tmp_path: Path) -> None:
-    eng, workers = await started(tmp_path)
-    tts = workers[Lane.TTS]
-    tts.ready()
-    tts.deliver(m.WorkerFailed("model_not_found", "the voice file is gone"))  # a failed restart
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
-    events: list[tuple[str, Any]] = []
-    listener = asyncio.create_task(collect(SpeakingPipeline(eng, answer, "e", None, 1.0).run(), events))
-    workers[Lane.LLM].deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence. ")))
-    await asyncio.wait_for(listener, 5)
-    assert events[-1] == (
-        "error",
-        {"code": "lane_unavailable", "message": "the tts worker cannot start: the voice file is gone"},
-    )
-    assert workers[Lane.LLM].cancels == [answer.task_id]
-    await eng.stop()
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready()
+        tts.deliver(m.WorkerFailed("model_not_found", "the voice file is gone"))  # a failed restart
+        answer, events, listener = speak(eng)
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence. ")))
+        await asyncio.wait_for(listener, 5)
+        assert events[-1] == (
+            "error",
+            {"code": "lane_unavailable", "message": "the tts worker cannot start: the voice file is gone"},
+        )
+        assert llm.cancels == [answer.task_id]
 
 
 @run
 async def test_sentences_with_nothing_to_speak_never_reach_the_tts_lane(tmp_path: Path) -> None:
-    eng, workers = await started(tmp_path)
-    llm, tts = workers[Lane.LLM], workers[Lane.TTS]
-    tts.ready()
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
-    events: list[tuple[str, Any]] = []
-    listener = asyncio.create_task(collect(SpeakingPipeline(eng, answer, "e", None, 1.0).run(), events))
-    llm.deliver(m.TaskOutput(answer.task_id, TextDelta("Hello there. …")))  # "…" ends a sentence
-    llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 4)))
-    await settle()
-    assert [r.request.text for r in tts.runs] == ["Hello there."]  # the TTS lane would refuse "…"
-    tts.deliver(m.TaskOutput(tts.runs[0].task_id, AudioChunk(b"\x01\x00", 16000)))
-    tts.deliver(m.TaskDone(tts.runs[0].task_id, TTSOutcome(16000, 1, "en-US")))
-    await asyncio.wait_for(listener, 5)
-    assert [d["text"] for k, d in events if k == "text"] == ["Hello there."]
-    assert events[-1] == ("done", {"sentences": 1})
-    await eng.stop()
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready()
+        answer, events, listener = speak(eng)
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("Hello there. …")))  # "…" ends a sentence
+        llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 4)))
+        await settle()
+        assert [r.request.text for r in tts.runs] == ["Hello there."]  # the TTS lane would refuse "…"
+        tts.deliver(m.TaskOutput(tts.runs[0].task_id, AudioChunk(b"\x01\x00", 16000)))
+        tts.deliver(m.TaskDone(tts.runs[0].task_id, TTSOutcome(16000, 1, "en-US")))
+        await asyncio.wait_for(listener, 5)
+        assert [d["text"] for k, d in events if k == "text"] == ["Hello there."]
+        assert events[-1] == ("done", {"sentences": 1})
 
 
 @run
 async def test_an_answer_with_nothing_to_speak_ends_in_an_error_not_a_silent_done(tmp_path: Path) -> None:
-    eng, workers = await started(tmp_path)
-    llm, tts = workers[Lane.LLM], workers[Lane.TTS]
-    tts.ready()
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
-    events: list[tuple[str, Any]] = []
-    listener = asyncio.create_task(collect(SpeakingPipeline(eng, answer, "e", None, 1.0).run(), events))
-    llm.deliver(m.TaskOutput(answer.task_id, TextDelta("… !!")))
-    llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 2)))
-    await asyncio.wait_for(listener, 5)
-    assert tts.runs == []
-    kind, data = events[-1]
-    assert kind == "error" and data["code"] == "nothing_to_speak"
-    assert "letter, digit or symbol" in data["message"]
-    await eng.stop()
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready()
+        answer, events, listener = speak(eng)
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("… !!")))
+        llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 2)))
+        await asyncio.wait_for(listener, 5)
+        assert tts.runs == []
+        kind, data = events[-1]
+        assert kind == "error" and data["code"] == "nothing_to_speak"
+        assert "letter, digit or symbol" in data["message"]
