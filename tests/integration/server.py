@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from ris.launch import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = ROOT / "tests" / "plugins"  # the test-only lanes and backends, loaded by config.json
 
 
 def make_config(tmp: Path, **lane_overrides: dict[str, Any]) -> dict[str, Any]:
@@ -26,6 +29,29 @@ class Server(ServiceProcess):
     def __init__(self, tmp: Path, config: dict[str, Any], api_key: str | None = None) -> None:
         config = {**config, "server": {**config.get("server", {}), "port": 0}}
         super().__init__(tmp, config, api_key=api_key)
+
+
+def with_plugins(tmp: Path, plugins: list[str], lanes: dict[str, Any]) -> Server:
+    """The service started with the test plugins named (modules in tests/plugins) and only the
+    lanes given: a lane the config does not mention stays off."""
+    config = {"data_dir": str(tmp / "data"), "plugins": plugins, "lanes": lanes}
+    path = os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
+    server = Server(tmp, config)
+    server.start(timeout=120, env={"PYTHONPATH": path})
+    return server
+
+
+def ris_status(url: str) -> str:
+    """What `ris status` prints for the service at `url` (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ris", "status", "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -151,13 +151,17 @@ class Soak:
         self._seen(r.json().get("task_id") if r.status_code == 200 else r.headers.get("x-task-id"))
         return str(r.status_code)
 
-    def _llm_stream(self, http: httpx.Client, rng: random.Random) -> str:
-        body = {"prompt": "Count to five.", "max_tokens": rng.randint(8, 32), "stream": True}
-        with http.stream("POST", "/api/llm/generate", json=body) as r:
+    def _read_to_the_end(self, http: httpx.Client, path: str, body: dict[str, Any]) -> str:
+        """A streamed request whose every line is read: its status."""
+        with http.stream("POST", path, json=body) as r:
             self._seen(r.headers.get("x-task-id"))
             for _ in r.iter_lines():
                 pass
             return str(r.status_code)
+
+    def _llm_stream(self, http: httpx.Client, rng: random.Random) -> str:
+        body = {"prompt": "Count to five.", "max_tokens": rng.randint(8, 32), "stream": True}
+        return self._read_to_the_end(http, "/api/llm/generate", body)
 
     def _llm_abandoned(self, http: httpx.Client, rng: random.Random) -> str:
         """A non-streaming request whose client gives up: its task must be cancelled."""
@@ -202,11 +206,7 @@ class Soak:
 
     def _speak_events(self, http: httpx.Client, rng: random.Random) -> str:
         body = {"prompt": "Say hello in one sentence.", "max_tokens": 24, "stream_format": "events"}
-        with http.stream("POST", "/api/chat/speak", json=body) as r:
-            self._seen(r.headers.get("x-task-id"))
-            for _ in r.iter_lines():
-                pass
-            return str(r.status_code)
+        return self._read_to_the_end(http, "/api/chat/speak", body)
 
     def _image(self, http: httpx.Client, rng: random.Random) -> str:
         r = http.post("/api/image/generate", json=_image(rng.randint(0, 1000)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -10,12 +11,12 @@ import pytest
 
 from ris import Client, RISError
 
-from .server import Server
+from .server import Server, with_plugins
 from .waiting import wait_state
 
 pytestmark = pytest.mark.slow
 
-LONG = {"prompt": "a long one", "width": 256, "height": 256, "steps": 100}
+LONG: dict[str, Any] = {"prompt": "a long one", "width": 256, "height": 256, "steps": 100}
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -77,7 +78,7 @@ def test_priority_orders_the_queue_and_positions_move(idle_image_lane: Client) -
     c = idle_image_lane
     blocker = c.generate_image(**LONG)["task_id"]
     wait_state(c, blocker, ("running",))
-    small = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
+    small: dict[str, Any] = {"prompt": "x", "width": 64, "height": 64, "steps": 2}
     low1 = c.generate_image(**small)["task_id"]
     low2 = c.generate_image(**small)["task_id"]
     high = c.generate_image(**small, priority=5)["task_id"]
@@ -91,18 +92,31 @@ def test_priority_orders_the_queue_and_positions_move(idle_image_lane: Client) -
     assert order == [high, low1, low2]
 
 
-def test_queue_position_counts_down(idle_image_lane: Client) -> None:
-    c = idle_image_lane
-    blocker = c.generate_image(**LONG)["task_id"]
-    wait_state(c, blocker, ("running",))
-    ids = [c.generate_image("y", width=64, height=64, steps=2)["task_id"] for _ in range(3)]
-    assert [c.progress(t)["queue_position"] for t in ids] == [0, 1, 2]
-    c.cancel(blocker)
-    wait_state(c, ids[0], ("running", "succeeded"))
-    last = c.progress(ids[2])
-    assert last["status"] == "succeeded" or last["queue_position"] in (0, 1)
-    for t in ids:
-        c.wait(t)
+@pytest.fixture(scope="module")
+def holding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """A service whose image lane runs tests/plugins/ris_hold.py: a task prompted "hold" runs
+    until it is cancelled, so what is queued behind it stays put until the test moves it."""
+    image = {"enabled": True, "cores": [0], "default_model": "held", "models": {"held": {"backend": "hold"}}}
+    srv = with_plugins(tmp_path_factory.mktemp("hold"), ["ris_hold"], {"image": image})
+    with Client(srv.url, timeout=60, max_retries=0) as c:
+        yield c
+    srv.stop()
+
+
+def test_queue_position_counts_down(holding: Client) -> None:
+    c = holding
+    held = [c.generate_image("hold", width=64, height=64)["task_id"] for _ in range(3)]
+    quick = c.generate_image("quick", width=64, height=64)["task_id"]
+    wait_state(c, held[0], ("running",))
+    assert [c.progress(t)["queue_position"] for t in (held[1], held[2], quick)] == [0, 1, 2]
+    c.cancel(held[0])  # the running task ends: the first in the queue starts, the others move up
+    wait_state(c, held[1], ("running",))
+    assert [c.progress(t)["queue_position"] for t in (held[2], quick)] == [0, 1]
+    assert c.cancel(held[2])["outcome"] == "cancelled"  # a queued task leaves: the one behind moves up
+    assert c.progress(quick)["queue_position"] == 0
+    c.cancel(held[1])
+    assert c.wait(quick)["status"] == "succeeded"
+    assert [c.progress(t)["status"] for t in held] == ["cancelled"] * 3
 
 
 @pytest.mark.parametrize(

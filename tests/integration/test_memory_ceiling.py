@@ -4,7 +4,6 @@ backend whose memory grows on request (tests/plugins/ris_hog.py)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from .server import ROOT, Server
-from .waiting import wait_for
+from .server import Server, with_plugins
+from .waiting import finished_task, wait_for
 
 pytestmark = pytest.mark.slow
 CEILING_MB = 200
@@ -21,21 +20,13 @@ CEILING_MB = 200
 
 @pytest.fixture(scope="module")
 def hog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("hog")
-    cfg = {
-        "data_dir": str(tmp / "data"),
-        "plugins": ["ris_echo", "ris_hog"],
-        "lanes": {
-            "echo": {
-                "cores": [0],
-                "memory_limit_mb": CEILING_MB,
-                "default_model": "hog",
-                "models": {"hog": {"backend": "hog"}},
-            }
-        },
+    echo = {
+        "cores": [0],
+        "memory_limit_mb": CEILING_MB,
+        "default_model": "hog",
+        "models": {"hog": {"backend": "hog"}},
     }
-    path = os.pathsep.join([str(ROOT / "tests" / "plugins"), os.environ.get("PYTHONPATH", "")])
-    srv = Server(tmp, cfg).start(timeout=120, env={"PYTHONPATH": path})
+    srv = with_plugins(tmp_path_factory.mktemp("hog"), ["ris_echo", "ris_hog"], {"echo": echo})
     yield srv
     srv.stop()
 
@@ -44,15 +35,7 @@ def run(srv: Server, request: dict[str, Any]) -> dict[str, Any]:
     with httpx.Client(base_url=srv.url, timeout=60) as http:
         r = http.post("/api/tasks", json={"lane": "echo", "request": request})
         assert r.status_code == 202, r.text
-        task_id = r.json()["task_id"]
-        seen: dict[str, Any] = {}
-
-        def finished() -> bool:
-            seen.update(http.get(f"/api/tasks/{task_id}").json())
-            return seen["state"] in ("succeeded", "failed", "cancelled")
-
-        wait_for(finished, 60)
-        return seen
+        return finished_task(http, r.json()["task_id"], 60)
 
 
 def worker(srv: Server) -> dict[str, Any]:
@@ -62,7 +45,7 @@ def worker(srv: Server) -> dict[str, Any]:
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

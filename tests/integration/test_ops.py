@@ -15,7 +15,7 @@ import pytest
 
 from ris import Client, RISError
 
-from .server import ROOT, Server
+from .server import ROOT, Server, ris_status
 from .waiting import post_in_background, running_task, wait_for
 
 pytestmark = pytest.mark.slow
@@ -210,15 +210,7 @@ def test_oversize_chunked_body_is_the_same_413(server: Server) -> None:
 
 
 def test_ris_status_cli(server: Server) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "ris", "status", "--url", server.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = ris_status(server.url).splitlines()
     assert lines[0].split()[:3] == ["lane", "worker", "pid"]
     assert any(line.startswith("llm") and "ready" in line for line in lines)
     assert any(line.startswith("image") and "ready" in line for line in lines)

@@ -27,7 +27,7 @@ import pytest
 
 from ris import Client
 
-from .server import Server, kill, make_config
+from .server import Server, kill, make_config, ris_status
 from .waiting import post_in_background, wait_for, wait_state
 
 ray = pytest.importorskip("ray")
@@ -108,13 +108,7 @@ def test_each_lane_lands_on_a_node_that_advertises_it(
     assert all(w["cpu_affinity"] == [1] and w["cuda_visible_devices"] == "" for w in tts)
     assert all(w["node_ip"] for w in tts)
     # The console's view: `ris status` lists every replica with its node.
-    status = subprocess.run(
-        [sys.executable, "-m", "ris", "status", "--url", ray_server.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    status = ris_status(ray_server.url)
     for w in tts:
         assert f"on node {w['node'][:12]} at {w['node_ip']}" in status, status
 

@@ -5,9 +5,7 @@ plus one registration, both loaded from config.json's `plugins`."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,25 +15,19 @@ from ris import Client
 from ris.config import load_config
 from ris.machine import MachineInfo
 
-from .server import ROOT, Server
+from .server import PLUGINS, ROOT, Server, with_plugins
+from .waiting import finished_task
 
 pytestmark = pytest.mark.slow
-PLUGINS = ROOT / "tests" / "plugins"
 
 
 @pytest.fixture(scope="module")
 def plugged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("recipes")
-    cfg = {
-        "data_dir": str(tmp / "data"),
-        "plugins": ["ris_tone", "ris_echo"],
-        "lanes": {  # llm and image are not mentioned: they stay off
-            "tts": {"cores": [1], "default_model": "beep", "models": {"beep": {"backend": "tone"}}},
-            "echo": {"cores": [0], "default_model": "up", "models": {"up": {"backend": "upper"}}},
-        },
+    lanes = {  # llm and image are not mentioned: they stay off
+        "tts": {"cores": [1], "default_model": "beep", "models": {"beep": {"backend": "tone"}}},
+        "echo": {"cores": [0], "default_model": "up", "models": {"up": {"backend": "upper"}}},
     }
-    path = os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
-    srv = Server(tmp, cfg).start(timeout=120, env={"PYTHONPATH": path})
+    srv = with_plugins(tmp_path_factory.mktemp("recipes"), ["ris_tone", "ris_echo"], lanes)
     yield srv
     srv.stop()
 
@@ -55,11 +47,7 @@ def test_a_new_lane_runs_tasks_through_the_generic_task_api(plugged: Server) -> 
     with httpx.Client(base_url=plugged.url, timeout=30) as http:
         r = http.post("/api/tasks", json={"lane": "echo", "request": {"text": "hi", "times": 3}})
         assert r.status_code == 202, r.text
-        task_id = r.json()["task_id"]
-        deadline = time.monotonic() + 30
-        while (task := http.get(f"/api/tasks/{task_id}").json())["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        task = finished_task(http, r.json()["task_id"], 30)
         assert task["state"] == "succeeded" and task["lane"] == "echo" and task["model"] == "up"
         assert task["result"]["text"] == "HI HI HI" and task["result"]["parts"] == 3
         stats = http.get("/api/stats").json()["lanes"]["echo"]

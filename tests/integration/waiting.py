@@ -11,6 +11,8 @@ import httpx
 
 from ris import Client
 
+ENDED = ("succeeded", "failed", "cancelled")  # a task in one of these states stays in it
+
 
 def wait_for(predicate: Callable[[], object], timeout: float) -> float:
     """Poll until `predicate()` is truthy; return how many seconds that took."""
@@ -34,6 +36,21 @@ def wait_state(client: Client, task_id: str, states: tuple[str, ...], timeout: f
         wait_for(reached, timeout)
     except AssertionError:
         raise AssertionError(f"{task_id} never reached {states}: {seen}") from None
+    return seen
+
+
+def finished_task(http: httpx.Client, task_id: str, timeout: float) -> dict[str, Any]:
+    """A task's record from the generic task API (any lane), once it has ended."""
+    seen: dict[str, Any] = {}
+
+    def ended() -> bool:
+        seen.update(http.get(f"/api/tasks/{task_id}").json())
+        return seen["state"] in ENDED
+
+    try:
+        wait_for(ended, timeout)
+    except AssertionError:
+        raise AssertionError(f"{task_id} had not ended after {timeout} s: {seen}") from None
     return seen
 
 
