@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psutil
@@ -58,7 +58,7 @@ class ServiceProcess:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 300.0, env: dict[str, str] | None = None) -> ServiceProcess:
+    def start(self, timeout: float = 300.0, env: dict[str, str] | None = None) -> Self:
         """Start it and wait until every lane is ready; `env` adds environment variables."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

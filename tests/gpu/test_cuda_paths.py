@@ -63,18 +63,20 @@ def test_block_hooks_with_cuda_events_pause_inside_a_step() -> None:
 def test_dummy_sd15_and_7b_shapes_load_on_the_gpu(tmp_path: Path) -> None:
     from ris.backends import BackendContext, backend_class
     from ris.config import ModelSpec
-    from ris.lanes.image import DirectRun, ImageRequest
-    from ris.lanes.llm import LLMRequest, TextCollector
+    from ris.lanes.image import DirectRun, ImageBackend, ImageRequest
+    from ris.lanes.llm import LLMBackend, LLMRequest, TextCollector
     from ris.scheduler import Lane
 
     ctx = BackendContext("cuda:0", 2, tmp_path)
     img = backend_class(Lane.IMAGE, "diffusers")(
         ModelSpec(backend="diffusers", load_format="dummy", source="sd15"), ctx
     )
+    assert isinstance(img, ImageBackend)
     out = img.generate(ImageRequest(prompt="x", width=512, height=512, steps=2), DirectRun())
     assert out.png[:4] == b"\x89PNG" and (out.width, out.height) == (512, 512)
     llm = backend_class(Lane.LLM, "transformers")(
         ModelSpec(backend="transformers", load_format="dummy", source="qwen2.5-0.5b"), ctx
     )
+    assert isinstance(llm, LLMBackend)
     res = llm.generate(LLMRequest(prompt="hello" * 100, max_tokens=8, ignore_eos=True), TextCollector())
     assert res.completion_tokens == 8

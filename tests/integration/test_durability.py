@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -17,8 +18,8 @@ from .waiting import wait_state
 
 pytestmark = pytest.mark.slow
 
-LONG = {"prompt": "long", "width": 256, "height": 256, "steps": 100}
-SMALL = {"prompt": "small", "width": 64, "height": 64, "steps": 3}
+LONG: dict[str, Any] = {"prompt": "long", "width": 256, "height": 256, "steps": 100}
+SMALL: dict[str, Any] = {"prompt": "small", "width": 64, "height": 64, "steps": 3}
 
 
 def sigkill_server(srv: Server) -> None:

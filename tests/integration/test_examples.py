@@ -54,7 +54,7 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def wav_seconds(data: bytes) -> float:
-    with wave.open(io.BytesIO(data)) as wf:
+    with wave.open(io.BytesIO(data), "rb") as wf:
         assert wf.getnchannels() == 1 and wf.getsampwidth() == 2
         frames = wf.readframes(wf.getnframes())
         assert frames.count(0) < len(frames)  # not silence

@@ -6,11 +6,15 @@ import base64
 import io
 import struct
 import wave
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from .server import Server
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 openai = pytest.importorskip("openai", reason="the openai package is a test dependency")
 pytestmark = pytest.mark.slow
@@ -19,16 +23,16 @@ SKY = [{"role": "user", "content": "What color is the sky on a clear day?"}]
 
 
 @pytest.fixture()
-def oa(server: Server) -> openai.OpenAI:
+def oa(server: Server) -> OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
-def test_model_list(oa: openai.OpenAI) -> None:
+def test_model_list(oa: OpenAI) -> None:
     ids = {m.id for m in oa.models.list()}
     assert {"smollm2", "piper", "espeak", "tiny-sd"} <= ids
 
 
-def test_chat_completion(oa: openai.OpenAI) -> None:
+def test_chat_completion(oa: OpenAI) -> None:
     r = oa.chat.completions.create(model="smollm2", messages=SKY, temperature=0, max_tokens=40, seed=1)
     assert r.object == "chat.completion" and r.model == "smollm2"
     text = r.choices[0].message.content or ""
@@ -36,7 +40,7 @@ def test_chat_completion(oa: openai.OpenAI) -> None:
     assert r.usage is not None and r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
 
 
-def test_streamed_chat_joins_into_the_same_text(oa: openai.OpenAI) -> None:
+def test_streamed_chat_joins_into_the_same_text(oa: OpenAI) -> None:
     whole = oa.chat.completions.create(model="smollm2", messages=SKY, temperature=0, max_tokens=30, seed=2)
     stream = oa.chat.completions.create(
         model="smollm2",
@@ -54,16 +58,16 @@ def test_streamed_chat_joins_into_the_same_text(oa: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert (
         chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    )  # type: ignore[union-attr]
+    )
 
 
-def test_text_completion(oa: openai.OpenAI) -> None:
+def test_text_completion(oa: OpenAI) -> None:
     r = oa.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=5, temperature=0)
     assert r.object == "text_completion" and r.choices[0].text
     assert r.usage is not None and 0 < r.usage.completion_tokens <= 5
 
 
-def test_speech_is_valid_wav(oa: openai.OpenAI) -> None:
+def test_speech_is_valid_wav(oa: OpenAI) -> None:
     resp = oa.audio.speech.create(
         model="tts-1", voice="alloy", input="Hello from the speech lane.", response_format="wav"
     )
@@ -75,7 +79,7 @@ def test_speech_is_valid_wav(oa: openai.OpenAI) -> None:
     assert len(frames) == len(data) - 44 and len(frames) / 2 / 22050 > 0.8
 
 
-def test_speech_pcm_and_unsupported_format(oa: openai.OpenAI, server: Server) -> None:
+def test_speech_pcm_and_unsupported_format(oa: OpenAI, server: Server) -> None:
     pcm = oa.audio.speech.create(model="tts-1", voice="nova", input="Raw samples.", response_format="pcm")
     assert len(pcm.content) > 22050 and len(pcm.content) % 2 == 0
     with pytest.raises(openai.BadRequestError) as exc:
@@ -94,7 +98,7 @@ def test_speech_with_nothing_to_speak_is_a_400_in_openai_shape(server: Server) -
 
 @pytest.mark.parametrize("response_format", ["wav", "pcm"])
 def test_speech_the_engine_has_no_sound_for_is_an_error_not_an_empty_wav(
-    oa: openai.OpenAI, response_format: str
+    oa: OpenAI, response_format: str
 ) -> None:
     # The engine has no sound for an Arabic-Indic digit: was 200 with a WAV header and no samples.
     with pytest.raises(openai.BadRequestError) as exc:  # OpenAI's status for what the input asks
@@ -112,21 +116,21 @@ def test_speech_refuses_a_voice_the_named_model_does_not_have(server: Server) ->
     assert err["code"] == "unknown_voice" and err["param"] == "voice" and "en_US-joe-medium" in err["message"]
 
 
-def test_image_b64_decodes_to_a_png_of_the_asked_size(oa: openai.OpenAI) -> None:
+def test_image_b64_decodes_to_a_png_of_the_asked_size(oa: OpenAI) -> None:
     r = oa.images.generate(model="tiny-sd", prompt="a red apple", size="128x64", response_format="b64_json")
     png = base64.b64decode(r.data[0].b64_json or "")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (128, 64)
 
 
-def test_image_url_points_at_the_result(oa: openai.OpenAI) -> None:
+def test_image_url_points_at_the_result(oa: OpenAI) -> None:
     r = oa.images.generate(prompt="a boat", size="64x64", response_format="url")
     url = r.data[0].url or ""
     assert "/api/image/result/" in url
     assert httpx.get(url, timeout=10).content[:4] == b"\x89PNG"
 
 
-def test_unknown_model_is_an_openai_error(oa: openai.OpenAI, server: Server) -> None:
+def test_unknown_model_is_an_openai_error(oa: OpenAI, server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         oa.chat.completions.create(model="gpt-4o", messages=SKY)
     assert exc.value.status_code == 404

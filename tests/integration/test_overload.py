@@ -35,7 +35,9 @@ def slots(srv: Server, lane: str) -> int:
     return n
 
 
-async def _burst(url: str, path: str, body: dict[str, object], n: int) -> tuple[list, list[float]]:
+async def _burst(
+    url: str, path: str, body: dict[str, object], n: int
+) -> tuple[list[tuple[int, float, httpx.Response]], list[float]]:
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
         health: list[float] = []
@@ -102,9 +104,9 @@ def test_burst_of_ten_times_capacity(small: Server, path: str, body: dict[str, o
     assert refuse_p99 < 2.0
     assert health_p99 < 2.0
     if path == "/api/image/generate":  # asynchronous: every admitted task must still finish
-        with Client(small.url, max_retries=0) as c:
+        with Client(small.url, max_retries=0) as client:
             for r in admitted:
-                assert c.wait(r.json()["task_id"], timeout=120)["status"] == "succeeded"
+                assert client.wait(r.json()["task_id"], timeout=120)["status"] == "succeeded"
 
 
 def test_sdk_retries_honouring_retry_after(small: Server) -> None:

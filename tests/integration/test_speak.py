@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -15,8 +16,8 @@ pytestmark = pytest.mark.slow
 STORY = [{"role": "user", "content": "Tell me a short story about a cat who finds a hat."}]
 
 
-def events(server: Server, body: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
-    out: list[tuple[str, dict[str, object]]] = []
+def events(server: Server, body: dict[str, object]) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
     with httpx.stream("POST", f"{server.url}/api/chat/speak", json=body, timeout=300) as r:
         assert r.status_code == 200, r.read()
         name = None

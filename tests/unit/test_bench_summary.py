@@ -92,7 +92,7 @@ def test_lanes_not_driven_have_no_figures() -> None:
 
 
 def test_ratios_are_taken_within_each_repetition() -> None:
-    reps = [
+    reps: list[dict[str, dict[str, float | None]]] = [
         {
             "alone": {"llm_itl_p99": 0.020},
             "isolated": {"llm_itl_p99": 0.021},

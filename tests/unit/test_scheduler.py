@@ -38,7 +38,7 @@ def spec(priority: int = 0, deadline: float | None = None, lane: Lane = Lane.LLM
 
 def drain(sched: Scheduler, lane: Lane = Lane.LLM) -> list[str]:
     """Run every queued task of a lane one at a time; return the order they started in."""
-    order = []
+    order: list[str] = []
     sched.set_slots(lane, 1)
     while True:
         started = sched.dispatch()
@@ -199,8 +199,8 @@ def test_cancel_running_task_is_requested_then_finished_by_the_worker() -> None:
     assert sched.cancel("t0") is CancelOutcome.REQUESTED
     task = sched.get("t0")
     assert task is not None and task.cancel_requested and task.state is TaskState.RUNNING
-    sched.finish("t0", TaskState.CANCELLED)
-    assert task.state is TaskState.CANCELLED
+    ended = sched.finish("t0", TaskState.CANCELLED)
+    assert ended is task and ended.state is TaskState.CANCELLED
     assert sched.cancel("t0") is CancelOutcome.FINISHED
     assert sched.cancel("nope") is CancelOutcome.UNKNOWN
 

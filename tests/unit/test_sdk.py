@@ -40,7 +40,7 @@ def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
 
 def handler(log: list[tuple[str, str, Any]]) -> httpx.MockTransport:
     def answer(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
+        body: Any = json.loads(request.content) if request.content else None
         log.append((request.method, str(request.url), body))
         path = request.url.path
         if path == "/api/llm/generate":
