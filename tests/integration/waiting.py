@@ -24,34 +24,42 @@ def wait_for(predicate: Callable[[], object], timeout: float) -> float:
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-def wait_state(client: Client, task_id: str, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
-    """An image task's progress, once its status is one of `states`."""
+def wait_seen(
+    read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> dict[str, Any]:
+    """Poll `read()` until `done` accepts what it returned; return that. On a timeout, fail
+    saying `what` was awaited and what was seen last."""
     seen: dict[str, Any] = {}
 
-    def reached() -> bool:
-        seen.update(client.progress(task_id))
-        return seen["status"] in states
+    def accepted() -> bool:
+        seen.update(read())
+        return done(seen)
 
     try:
-        wait_for(reached, timeout)
+        wait_for(accepted, timeout)
     except AssertionError:
-        raise AssertionError(f"{task_id} never reached {states}: {seen}") from None
+        raise AssertionError(f"{what}: {seen}") from None
     return seen
+
+
+def wait_state(client: Client, task_id: str, states: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+    """An image task's progress, once its status is one of `states`."""
+    return wait_seen(
+        lambda: client.progress(task_id),
+        lambda p: p["status"] in states,
+        timeout,
+        f"{task_id} never reached {states}",
+    )
 
 
 def finished_task(http: httpx.Client, task_id: str, timeout: float) -> dict[str, Any]:
     """A task's record from the generic task API (any lane), once it has ended."""
-    seen: dict[str, Any] = {}
-
-    def ended() -> bool:
-        seen.update(http.get(f"/api/tasks/{task_id}").json())
-        return seen["state"] in ENDED
-
-    try:
-        wait_for(ended, timeout)
-    except AssertionError:
-        raise AssertionError(f"{task_id} had not ended after {timeout} s: {seen}") from None
-    return seen
+    return wait_seen(
+        lambda: dict(http.get(f"/api/tasks/{task_id}").json()),
+        lambda t: t["state"] in ENDED,
+        timeout,
+        f"{task_id} had not ended after {timeout} s",
+    )
 
 
 def running_task(client: Client, lane: str, timeout: float = 10) -> str:
