@@ -91,31 +91,25 @@ class FakeWorker:
 
 
 class FakeWorkers:
-    """The worker factory: one FakeWorker per lane, found by lane name."""
+    """The worker factory: a FakeWorker per replica, found by lane name (the lane's last one)
+    or, for a lane with replicas, all of them."""
 
     def __init__(self) -> None:
         self.by_lane: dict[str, FakeWorker] = {}
+        self.built: list[FakeWorker] = []
 
     def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> FakeWorker:
         worker = FakeWorker(spec, deliver)
         self.by_lane[spec.lane] = worker
+        self.built.append(worker)
         return worker
 
     def __getitem__(self, lane: str) -> FakeWorker:
         return self.by_lane[lane]
 
-
-class EveryWorker(FakeWorkers):
-    """The factory keeping every worker it built (a lane with replicas has several)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.built: list[FakeWorker] = []
-
-    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> FakeWorker:
-        worker = super().__call__(spec, deliver)
-        self.built.append(worker)
-        return worker
+    def replicas(self, lane: str) -> list[FakeWorker]:
+        """Every worker built for the lane, in the order its replicas were built."""
+        return [w for w in self.built if w.spec.lane == lane]
 
 
 class Env:

@@ -15,7 +15,7 @@ from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.runtime.engine import Engine
 from ris.scheduler import Lane, QueueFull
 
-from .fakes import IMAGE_ON, EveryWorker, FakeClock, FakeWorkers, config, engine, run, started_engine
+from .fakes import IMAGE_ON, FakeClock, FakeWorkers, config, engine, run, started_engine
 
 # Images sharing the LLM's core, pausing for its prefill ("auto" would be "none" on CPU at nice 19).
 IMAGE_YIELDING = {**IMAGE_ON, "preemption": {"policy": "block"}}
@@ -109,11 +109,8 @@ def test_the_yield_policy_shown_is_the_one_in_force(tmp_path: Path) -> None:
 
 @run
 async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), EveryWorker()
-    eng = engine(config(tmp_path, tts={"replicas": 2}), clock, workers)
-    await eng.start()
-    try:
-        a, b = [w for w in workers.built if w.spec.lane == Lane.TTS]
+    async with started_engine(tmp_path, tts={"replicas": 2}) as (eng, workers, clock):
+        a, b = workers.replicas(Lane.TTS)
         b.ready()  # the second replica loads first
         lane = console_state(eng)["lanes"]["tts"]
         assert (lane["state"], lane["uptime_s"]) == ("idle", 0.0)
@@ -125,5 +122,3 @@ async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: 
         lane = console_state(eng)["lanes"]["tts"]
         # One replica restarting, the other serving: the lane serves, up since b started.
         assert (lane["state"], lane["uptime_s"]) == ("idle", 2.0)
-    finally:
-        await eng.stop()

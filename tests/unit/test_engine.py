@@ -22,7 +22,6 @@ from ris.scheduler import CancelOutcome, Lane, QueueFull
 from .fakes import (
     IMAGE_ON,
     TWO_CORES,
-    EveryWorker,
     FakeClock,
     FakeWorker,
     FakeWorkers,
@@ -35,15 +34,25 @@ from .fakes import (
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
 
-def two_tasks(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle, TaskHandle]:
-    """The LLM worker made ready, one task running on it and one queued behind."""
+def one_task(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle]:
+    """The LLM worker made ready and one task running on it."""
     llm = workers[Lane.LLM]
     llm.ready()
-    return (
-        llm,
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt="a")),
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt="b")),
-    )
+    return llm, eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+
+
+def two_tasks(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle, TaskHandle]:
+    """The LLM worker made ready, one task running on it and one queued behind."""
+    llm, running = one_task(eng, workers)
+    return llm, running, eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
+
+
+def heartbeat_after(seconds: float, eng: Engine, clock: FakeClock, worker: FakeWorker, progress: int) -> None:
+    """`seconds` pass, the worker says it is alive (with its progress count so far), and the
+    engine makes its periodic check."""
+    clock.advance(seconds)
+    worker.deliver(m.Heartbeat(progress_events=progress))
+    eng.check()
 
 
 @run
@@ -192,13 +201,9 @@ def test_the_default_memory_ceiling_is_the_lane_kinds_share_of_the_machine(tmp_p
 @run
 async def test_a_silent_worker_is_declared_hung_and_replaced(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
-        llm = workers[Lane.LLM]
-        llm.ready()
-        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        llm, handle = one_task(eng, workers)
         for _ in range(4):  # heartbeats keep it alive (timeout 5 s)
-            clock.advance(2.0)
-            llm.deliver(m.Heartbeat(progress_events=0))
-            eng.check()
+            heartbeat_after(2.0, eng, clock, llm, progress=0)
         assert llm.kills == 0
         clock.advance(5.5)
         eng.check()
@@ -212,18 +217,12 @@ async def test_a_silent_worker_is_declared_hung_and_replaced(tmp_path: Path) -> 
 @run
 async def test_a_busy_worker_without_progress_is_replaced_and_progress_keeps_it(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
-        llm = workers[Lane.LLM]
-        llm.ready()
-        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        llm, handle = one_task(eng, workers)
         for events in range(1, 6):  # 30 s of work, making progress (busy timeout 20 s)
-            clock.advance(6.0)
-            llm.deliver(m.Heartbeat(progress_events=events))
-            eng.check()
+            heartbeat_after(6.0, eng, clock, llm, progress=events)
         assert llm.kills == 0
         for _ in range(4):  # alive (heartbeats) but stuck: no progress for 24 s
-            clock.advance(6.0)
-            llm.deliver(m.Heartbeat(progress_events=5))
-            eng.check()
+            heartbeat_after(6.0, eng, clock, llm, progress=5)
         assert llm.kills == 1
         view = await handle.done
         assert view.error_code == "worker_timeout" and "no progress for 20 s" in (view.error_message or "")
@@ -365,11 +364,8 @@ async def test_a_crashed_worker_reports_no_models_until_its_replacement_is_ready
 
 @run
 async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_task(tmp_path: Path) -> None:
-    clock, workers = FakeClock(), EveryWorker()
-    eng = engine(config(tmp_path, tts={"replicas": 2}), clock, workers)
-    await eng.start()
-    try:
-        a, b = [w for w in workers.built if w.spec.lane == Lane.TTS]
+    async with started_engine(tmp_path, tts={"replicas": 2}) as (eng, workers, clock):
+        a, b = workers.replicas(Lane.TTS)
         a.ready()
         first = eng.submit(Lane.TTS, "e", TTSRequest(text="one"))
         second = eng.submit(Lane.TTS, "e", TTSRequest(text="two"))
@@ -383,5 +379,3 @@ async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_
         crashed, running = eng.lookup(first.task_id), eng.lookup(second.task_id)
         assert crashed is not None and (crashed.state, crashed.error_code) == ("failed", "worker_crashed")
         assert running is not None and running.state == "running"
-    finally:
-        await eng.stop()
