@@ -14,7 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
-from ris.scheduler import Lane, LanePolicy, Scheduler, TaskSpec, TaskState
+from ris.lanes import Lane
+from ris.scheduler import LanePolicy, Scheduler, TaskSpec, TaskState
 
 
 def measure(depth: int, ops: int) -> float:

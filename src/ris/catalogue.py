@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ris.scheduler import Lane
+from ris.lanes import Lane
 
 # The hub's revision to fetch; the commit it points to is recorded in the pulled folder.
 MAIN = "main"

@@ -11,8 +11,8 @@ pytest.importorskip("transformers", reason="the transformers backend needs trans
 
 from ris.backends import BackendContext, BackendError, backend_class  # noqa: E402
 from ris.config import ModelSpec  # noqa: E402
+from ris.lanes import Lane  # noqa: E402
 from ris.lanes.llm import LLMRequest, TextCollector  # noqa: E402
-from ris.scheduler import Lane  # noqa: E402
 
 
 @pytest.fixture(scope="module")

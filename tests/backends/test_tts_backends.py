@@ -12,9 +12,9 @@ import pytest
 
 from ris.backends import BackendContext, BackendError, backend_class
 from ris.config import ModelSpec
+from ris.lanes import Lane
 from ris.lanes.base import WorkerEnv
 from ris.lanes.tts import LANE, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
-from ris.scheduler import Lane
 
 
 @pytest.fixture(scope="module", params=["piper", "espeak"])

@@ -63,9 +63,9 @@ def test_block_hooks_with_cuda_events_pause_inside_a_step() -> None:
 def test_dummy_sd15_and_7b_shapes_load_on_the_gpu(tmp_path: Path) -> None:
     from ris.backends import BackendContext, backend_class
     from ris.config import ModelSpec
+    from ris.lanes import Lane
     from ris.lanes.image import DirectRun, ImageBackend, ImageRequest
     from ris.lanes.llm import LLMBackend, LLMRequest, TextCollector
-    from ris.scheduler import Lane
 
     ctx = BackendContext("cuda:0", 2, tmp_path)
     img = backend_class(Lane.IMAGE, "diffusers")(

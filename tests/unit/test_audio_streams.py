@@ -16,10 +16,10 @@ import pytest
 from ris import messages as m
 from ris.api.app import create_app
 from ris.api.streams import StreamBroken
+from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, TextDelta
 from ris.lanes.tts import AudioChunk, TTSOutcome
 from ris.runtime.engine import Engine
-from ris.scheduler import Lane
 
 from .fakes import FakeWorker, FakeWorkers, run, settle, started_engine
 

@@ -8,9 +8,10 @@ import pytest
 
 from ris.benchmark import configs, summary
 from ris.config import parse_config
+from ris.lanes import Lane
 from ris.machine import MachineInfo
 from ris.preemption.resolve import resolve_policy
-from ris.scheduler import Lane, Ordering
+from ris.scheduler import Ordering
 
 
 def phase(

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from ris.config import ConfigError, default_config, load_config, parse_config
+from ris.lanes import Lane
 from ris.machine import MachineInfo
-from ris.scheduler import Lane
 
 TWO_CORES = MachineInfo(cores=(0, 1), gpus=0)
 ONE_GPU = MachineInfo(cores=tuple(range(8)), gpus=1)

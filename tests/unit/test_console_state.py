@@ -10,10 +10,11 @@ import pytest
 
 from ris import messages as m
 from ris.api.console_state import console_state
+from ris.lanes import Lane
 from ris.lanes.image import ImageRequest
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.runtime.engine import Engine
-from ris.scheduler import Lane, QueueFull
+from ris.scheduler import QueueFull
 
 from .fakes import IMAGE_ON, FakeClock, FakeWorkers, config, engine, run, started_engine
 

@@ -10,6 +10,7 @@ import pytest
 
 from ris import messages as m
 from ris.config import RetentionConfig
+from ris.lanes import Lane
 from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageResult
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
 from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest, TTSResult
@@ -17,7 +18,7 @@ from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.retention import Retention
 from ris.runtime.supervisor import backoff
 from ris.runtime.views import TaskHandle
-from ris.scheduler import CancelOutcome, Lane, QueueFull
+from ris.scheduler import CancelOutcome, QueueFull
 
 from .fakes import (
     IMAGE_ON,

@@ -10,8 +10,8 @@ import pytest
 import ris
 from ris.backends import BackendError, backend_class, resolve_source
 from ris.backends._textgen import StopScanner
+from ris.lanes import Lane
 from ris.runtime.binding import THREAD_ENV_VARS, Binding
-from ris.scheduler import Lane
 
 
 def test_public_names() -> None:

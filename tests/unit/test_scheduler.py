@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from ris.lanes import Lane
 from ris.scheduler import (
     CancelOutcome,
-    Lane,
     LanePolicy,
     Ordering,
     PriorityClass,

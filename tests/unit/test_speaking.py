@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ris import messages as m
+from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.lanes.tts import AudioChunk, TTSOutcome
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
-from ris.scheduler import Lane
 from ris.services.speaking import SpeakingPipeline
 
 from .fakes import FakeWorker, run, settle, started_engine

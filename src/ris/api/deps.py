@@ -15,12 +15,13 @@ from pydantic import BaseModel, ValidationError
 from ris import catalogue
 from ris.api.errors import APIError, failure, lane_unavailable, queue_full
 from ris.api.streams import next_audio
+from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM_LANE
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
 from ris.languages import language_warning, script_language
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
-from ris.scheduler import Lane, QueueFull
+from ris.scheduler import QueueFull
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 M = TypeVar("M", bound=BaseModel)

@@ -15,8 +15,9 @@ import json
 from typing import Any
 
 from ris.config import Config, ModelSpec, default_config
+from ris.lanes import Lane
 from ris.machine import MachineInfo, machine_info
-from ris.scheduler import Lane, Ordering
+from ris.scheduler import Ordering
 
 CONFIGS = ("traditional", "shared", "isolated")
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from ris.config.checks import check_config
 from ris.config.schema import Config, LaneConfig, ModelSpec
+from ris.lanes.names import Lane  # the module: ris.lanes, half imported, may be what imports this
 from ris.machine import MachineInfo, machine_info
-from ris.scheduler import Lane
 
 
 def default_models() -> dict[str, dict[str, ModelSpec]]:

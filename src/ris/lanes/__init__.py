@@ -1,4 +1,4 @@
-"""Lane kinds by name: llm, tts, image, and any registered later.
+"""Lane kinds by name: llm, tts, image (their names: `Lane`), and any registered later.
 
 Adding a kind is one module defining a `LaneKind` and one `register()` call; a config.json that
 does not mention a lane leaves it disabled. A kind is registered with the "module:attribute"
@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from ris.lanes.base import LaneKind
+from ris.lanes.names import Lane
 
 _KINDS: dict[str, LaneKind[Any, Any]] = {}
 _TARGETS: dict[str, str] = {}
@@ -65,4 +66,4 @@ def _builtins() -> None:
 
 _builtins()
 
-__all__ = ["LaneKind", "import_kind", "kind", "kinds", "register", "target", "unregister"]
+__all__ = ["Lane", "LaneKind", "import_kind", "kind", "kinds", "register", "target", "unregister"]

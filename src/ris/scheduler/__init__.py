@@ -10,11 +10,10 @@ from ris.scheduler.scheduler import (
     Scheduler,
     percentile,
 )
-from ris.scheduler.tasks import Lane, PriorityClass, Task, TaskSpec, TaskState
+from ris.scheduler.tasks import PriorityClass, Task, TaskSpec, TaskState
 
 __all__ = [
     "CancelOutcome",
-    "Lane",
     "LanePolicy",
     "LaneQueue",
     "LaneStats",

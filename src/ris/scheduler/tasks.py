@@ -1,23 +1,11 @@
-"""Task records and the vocabulary the scheduler speaks: lanes, states, priority classes."""
+"""Task records and the vocabulary the scheduler speaks: states and priority classes (a lane is
+named by a plain string; the built-in names are ris.lanes.Lane)."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 from typing import Any
-
-
-class Lane(enum.StrEnum):
-    """The names of the built-in lane kinds (see ris.lanes).
-
-    Everywhere else a lane is named by a plain string, so a lane kind registered later (one
-    module and one registration, see docs/DEVELOPER_GUIDE.md) is a lane like these. Members are
-    strings: `Lane.LLM == "llm"`, and either works as a key.
-    """
-
-    LLM = "llm"
-    TTS = "tts"
-    IMAGE = "image"
 
 
 class PriorityClass(enum.IntEnum):

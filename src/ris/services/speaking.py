@@ -16,11 +16,12 @@ import asyncio
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
+from ris.lanes import Lane
 from ris.lanes.llm import LLMResult, TextDelta
 from ris.lanes.tts import AudioChunk, TTSRequest, speakable
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
-from ris.scheduler import Lane, QueueFull
+from ris.scheduler import QueueFull
 from ris.sentences import SentenceSplitter
 
 # Sentences go ahead of other speech in the TTS queue: someone is listening to this answer.

@@ -11,10 +11,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from ris.api.deps import engine_of, require_lane, resolve_model, submit, view_or_404
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
+from ris.lanes import Lane
 from ris.lanes.image import IMAGE_FOLDER, ImageRequest, ImageResult
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
-from ris.scheduler import Lane
 
 router = APIRouter(tags=["image"])
 # The body's fields that are the image request's (the rest are about queueing).

@@ -23,11 +23,11 @@ from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
 from ris.api.streams import json_response, sse_event, texts
+from ris.lanes import Lane
 from ris.lanes.base import timings_json
 from ris.lanes.llm import LLMResult
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle, TaskView
-from ris.scheduler import Lane
 
 router = APIRouter(tags=["llm"])
 

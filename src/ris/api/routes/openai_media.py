@@ -27,9 +27,9 @@ from ris.api.errors import APIError, failure
 from ris.api.limits import wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.streams import StreamBroken, next_audio, wav_header
+from ris.lanes import Lane
 from ris.lanes.image import ImageRequest, ImageResult
 from ris.lanes.tts import TTSRequest
-from ris.scheduler import Lane
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 

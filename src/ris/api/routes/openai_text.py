@@ -35,10 +35,10 @@ from ris.api.openai_tools import (
     tool_plan,
 )
 from ris.api.streams import SSE_DONE, sse_data, texts
+from ris.lanes import Lane
 from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle, TaskView
-from ris.scheduler import Lane
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 JSON_OR_SSE: dict[int | str, dict[str, Any]] = {

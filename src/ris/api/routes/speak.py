@@ -20,7 +20,7 @@ from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.schemas import SpeakRequest
 from ris.api.streams import StreamBroken, sse_event, wav_header
-from ris.scheduler import Lane
+from ris.lanes import Lane
 from ris.services.speaking import SpeakingPipeline
 
 router = APIRouter(tags=["speak"])

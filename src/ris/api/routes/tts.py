@@ -11,9 +11,9 @@ from ris.api.deps import engine_of, pick_tts_model, require_speakable, submit, v
 from ris.api.errors import APIError, failure
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
+from ris.lanes import Lane
 from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, TTSResult
-from ris.scheduler import Lane
 
 router = APIRouter(tags=["tts"])
 
