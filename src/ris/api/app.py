@@ -6,18 +6,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris import __version__
 from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, error_response, is_openai
-from ris.api.routes import ROUTERS
+from ris.api.routes import console, docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
 from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
 from ris.config import Config
 from ris.runtime.engine import Engine
+
+# Every route module's router; this order is that of the paths in the OpenAPI schema (and so in
+# docs/API_REFERENCE.md).
+ROUTERS: tuple[APIRouter, ...] = tuple(
+    m.router for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, docs, console)
+)
 
 
 class BodyLimit:

@@ -10,12 +10,8 @@ openai_text.py   /v1/models, /v1/chat/completions, /v1/completions
 openai_media.py  /v1/audio/speech, /v1/images/generations
 docs.py          /docs, /redoc and their files, served here (no CDN)
 console.py       /, /ui (the web console's pages, login, files), /api/console/state
+
+The app (ris/api/app.py) gathers their routers. This file imports none of them: a module that
+needs one route module's helper (the console's body needs tasks.task_info) then imports that
+one, not every route, the console's own included.
 """
-
-from fastapi import APIRouter
-
-from ris.api.routes import console, docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
-
-ROUTERS: tuple[APIRouter, ...] = tuple(
-    m.router for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, docs, console)
-)

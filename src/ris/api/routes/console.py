@@ -23,9 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.templating import Jinja2Templates
 
 from ris import __version__
-
-# The module, not its function: console_state imports routes.tasks, whose package imports this.
-from ris.api import console_state as state_body
+from ris.api.console_state import console_state
 from ris.api.deps import engine_of
 from ris.api.errors import APIError
 from ris.api.security import KEY_COOKIE
@@ -180,7 +178,7 @@ async def static(name: str) -> FileResponse:
 async def state(request: Request) -> dict[str, Any]:
     """Every lane's live state and the tasks queued, running and recently finished, in one
     body: what the console polls about once a second."""
-    return state_body.console_state(engine_of(request))
+    return console_state(engine_of(request))
 
 
 def redact(value: Any, name: str = "") -> Any:
