@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ris.config import Config, ConfigError, default_config, load_config, parse_config
+from ris.config import Config, ConfigError
+from ris.config.defaults import default_config
+from ris.config.load import load_config, parse_config
 
 
 def _load(args: argparse.Namespace) -> Config:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from ris.backends import resolve_source
-from ris.config import load_config
+from ris.config.load import load_config
 from ris.lanes.llm import SMOLLM2_SOURCE
 from ris.pull import PullError, pull
 

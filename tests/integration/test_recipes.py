@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ris import Client
-from ris.config import load_config
+from ris.config.load import load_config
 from ris.machine import MachineInfo
 
 from .server import PLUGINS, ROOT, Server, with_plugins

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ris import messages as m
-from ris.config import Config, parse_config
+from ris.config import Config
+from ris.config.load import parse_config
 from ris.lanes.base import WorkerEnv
 from ris.machine import MachineInfo
 from ris.preemption.policy import Activity

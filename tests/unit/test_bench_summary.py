@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from ris.benchmark import configs, summary
-from ris.config import parse_config
+from ris.config.load import parse_config
+from ris.config.sharing import resolve_policy
 from ris.lanes import Lane
 from ris.machine import MachineInfo
-from ris.preemption.resolve import resolve_policy
 from ris.scheduler import Ordering
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from ris.config import ConfigError, default_config, load_config, parse_config
+from ris.config import ConfigError
+from ris.config.defaults import default_config
+from ris.config.load import load_config, parse_config
 from ris.lanes import Lane
 from ris.machine import MachineInfo
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ris.config import ConfigError, load_config
+from ris.config import ConfigError
+from ris.config.load import load_config
+from ris.config.sharing import resolve_policy
 from ris.machine import MachineInfo
-from ris.preemption.resolve import resolve_policy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 GiB = 2**30

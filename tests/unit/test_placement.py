@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from ris.config import Config, ConfigError, parse_config
+from ris.config import Config, ConfigError
+from ris.config.load import parse_config
 from ris.machine import MachineInfo
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity

@@ -17,7 +17,8 @@ from ris.api.limits import MAX_MESSAGES, SEED_MAX, RequestBody
 from ris.api.llm_request import OPENAI, SEED, llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SpeechRequest
 from ris.api.schemas import LLMGenerateRequest, SpeakRequest, TaskSubmit, TTSSynthesizeRequest
-from ris.config import ServerConfig, default_config
+from ris.config import ServerConfig
+from ris.config.defaults import default_config
 
 TURN = {"role": "user", "content": "hi"}
 

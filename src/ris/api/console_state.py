@@ -13,11 +13,11 @@ import psutil
 
 from ris.api.routes.tasks import task_info
 from ris.api.stats import lane_stats
+from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes.image import ImageResult
 from ris.lanes.llm import LLMResult
 from ris.lanes.tts import TTSResult
 from ris.preemption.policy import Activity
-from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.engine import Engine
 from ris.runtime.supervisor import WorkerState
 from ris.runtime.views import TaskView

@@ -232,7 +232,7 @@ def render(schema: Mapping[str, Any]) -> str:
 def openapi_schema() -> dict[str, Any]:
     """The schema of the app as built from the default config (never started)."""
     from ris.api.app import create_app
-    from ris.config import default_config
+    from ris.config.defaults import default_config
 
     return dict(create_app(default_config()).openapi())
 

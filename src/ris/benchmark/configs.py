@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ris.config import Config, ModelSpec, default_config
+from ris.config import Config, ModelSpec
+from ris.config.defaults import default_config
 from ris.lanes import Lane
 from ris.machine import MachineInfo, machine_info
 from ris.scheduler import Ordering

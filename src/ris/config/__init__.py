@@ -1,14 +1,18 @@
 """config.json: one validated settings model, its checks against the machine, and defaults.
 
-schema.py    the pydantic models (Config, LaneConfig, ModelSpec, ...)
+schema.py    the pydantic models (Config, LaneConfig, ModelSpec, ...), exported here
+load.py      reading a file: each lane kind's defaults filled in, then validated and checked,
+             with errors that quote the value and say what is allowed
 checks.py    cross-field and machine checks
-load.py      reading a file, with errors that quote the value and say what is allowed
+sharing.py   which lanes share hardware: who yields to whom, with which policy
 defaults.py  the layout built from the machine when no file is given
+
+Only the settings model is exported here: lane kinds (ris.lanes) describe their models with
+ModelSpec, while load, checks, sharing and defaults read the lane kinds, so importing those from
+this package would close a circle. Import them by module: `from ris.config.load import
+parse_config`.
 """
 
-from ris.config.checks import check_config
-from ris.config.defaults import default_config, default_models
-from ris.config.load import load_config, parse_config
 from ris.config.schema import (
     Config,
     ConfigError,
@@ -27,9 +31,4 @@ __all__ = [
     "PreemptionConfig",
     "RetentionConfig",
     "ServerConfig",
-    "check_config",
-    "default_config",
-    "default_models",
-    "load_config",
-    "parse_config",
 ]

@@ -7,6 +7,8 @@ says what is allowed, and all problems are reported at once.
 from __future__ import annotations
 
 from ris.config.schema import Config, ConfigError, LaneConfig
+from ris.config.sharing import resolve_policy, yields_to
+from ris.lanes import kind
 from ris.machine import MachineInfo
 
 
@@ -42,8 +44,6 @@ def _board_problems(cfg: Config, *, local: bool) -> list[str]:
     going idle while the other is in prefill lets the image lane run through that prefill). On
     Ray the board is one node's shared memory, so the yielding lane and its partners are placed
     together on one node, one worker each (see ris.runtime.ray_worker)."""
-    from ris.preemption.resolve import resolve_policy, yields_to
-
     problems = []
     for lane in cfg.enabled_lanes:
         partners = yields_to(cfg, lane)
@@ -69,8 +69,6 @@ def _board_problems(cfg: Config, *, local: bool) -> list[str]:
 
 
 def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> list[str]:
-    from ris.lanes import kind
-
     spec = kind(lane)
     where = f"lanes.{lane}"
     problems = []

@@ -10,16 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ris.config.checks import check_config
-from ris.config.schema import Config, LaneConfig, ModelSpec
-from ris.lanes.names import Lane  # the module: ris.lanes, half imported, may be what imports this
+from ris.config.load import with_lane_defaults
+from ris.config.schema import Config, ModelSpec
+from ris.lanes import Lane, kind, kinds
 from ris.machine import MachineInfo, machine_info
 
 
 def default_models() -> dict[str, dict[str, ModelSpec]]:
     """Every lane kind's embedded default models, by lane."""
-    from ris.lanes import kinds
-
-    return {name: kind.default_models() for name, kind in kinds().items()}
+    return {name: k.default_models() for name, k in kinds().items()}
 
 
 def default_config(machine: MachineInfo | None = None, data_dir: Path | None = None) -> Config:
@@ -29,8 +28,6 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
     exclusive; the image lane may use every core but runs at the lowest OS priority, so the
     kernel hands it only what the real-time lanes leave idle.
     """
-    from ris.lanes import kind
-
     m = machine or machine_info()
     cores = list(m.cores)
     n = len(cores)
@@ -46,25 +43,24 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
         llm_cores = tuple(cores[: max(1, min(2, n - 1))]) if n >= 2 else tuple(cores)
         tts_cores = tuple(c for c in cores if c not in llm_cores) or tuple(cores)
     placement: dict[str, dict[str, Any]] = {
-        Lane.LLM: {"device": "cuda:0" if m.gpus else "cpu", "cores": llm_cores, "exclusive_cores": exclusive},
-        Lane.TTS: {"device": "cpu", "cores": tts_cores, "exclusive_cores": exclusive},
-        Lane.IMAGE: {
-            "device": f"cuda:{1 if m.gpus >= 2 else 0}" if m.gpus else "cpu",
-            "cores": tuple(cores),
-            "threads": max(1, n // 2),
-        },
+        Lane.LLM: {"cores": llm_cores, "exclusive_cores": exclusive},
+        Lane.TTS: {"cores": tts_cores, "exclusive_cores": exclusive},
+        Lane.IMAGE: {"cores": tuple(cores), "threads": max(1, n // 2)},
     }
-    lanes: dict[str, LaneConfig] = {}
+    # Lanes that may use a GPU take one each in this order while there are GPUs (the LLM cuda:0,
+    # the image lane cuda:1), then share the last; a CPU-only kind (TTS) stays on the CPU.
+    on_gpu = [name for name in placement if not kind(name).cpu_only]
+    lanes: dict[str, Any] = {}
     for name, where in placement.items():
         k = kind(name)
-        lanes[name] = LaneConfig.model_validate(
-            {
-                **k.config_defaults,
-                **where,
-                "enabled": k.enabled_by_default(),
-                "default_model": k.default_model(),
-                "models": k.default_models(),
-            }
-        )
-    cfg = Config(data_dir=data_dir or Path("ris-data").resolve(), lanes=lanes)
-    return check_config(cfg, m)
+        device = f"cuda:{min(on_gpu.index(name), m.gpus - 1)}" if m.gpus and name in on_gpu else "cpu"
+        lanes[name] = {
+            **where,
+            "device": device,
+            "enabled": k.enabled_by_default(),
+            "default_model": k.default_model(),
+            "models": k.default_models(),
+        }
+    # Registered kinds beyond the built-ins are there too, disabled, as in a loaded config.
+    data = with_lane_defaults({"data_dir": data_dir or Path("ris-data").resolve(), "lanes": lanes})
+    return check_config(Config.model_validate(data), m)

@@ -1,5 +1,6 @@
-"""Reading config.json: JSON errors with line and column, schema errors that quote the value and
-list the keys allowed where an unknown one was found, then the machine checks."""
+"""Reading config.json: JSON errors with line and column, each lane kind's defaults filled in,
+schema errors that quote the value and list the keys allowed where an unknown one was found,
+then the machine checks."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from pydantic import BaseModel, ValidationError
 
 from ris.config.checks import check_config
 from ris.config.schema import Config, ConfigError
+from ris.lanes import kinds
 from ris.machine import MachineInfo, machine_info
 
 
 def parse_config(data: Any, machine: MachineInfo | None = None) -> Config:
     """Validate a decoded config object; raises ConfigError."""
     load_plugins(data.get("plugins") if isinstance(data, dict) else None)
+    data = with_lane_defaults(data)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
@@ -57,6 +60,30 @@ def load_plugins(names: Any) -> None:
             raise ConfigError(f"plugins: cannot import {name!r}: {e}") from None
 
 
+def with_lane_defaults(data: Any) -> Any:
+    """`data` with every known lane kind (plugins' included, so load them first), in the
+    registry's order: a lane the config gives is its kind's `config_defaults` overlaid with
+    what it says; one it does not mention is there, disabled, so a config written before a
+    kind existed still loads. A lane no kind knows is refused. Anything that is not a mapping
+    of lanes is left for the schema to refuse."""
+    if not isinstance(data, dict) or not isinstance(data.get("lanes", {}), dict):
+        return data
+    known = kinds()
+    given: dict[str, Any] = dict(data.get("lanes") or {})
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"invalid configuration:\n  - lanes: unknown lane {unknown[0]!r}; known lanes: {', '.join(known)}"
+        )
+    lanes: dict[str, Any] = {}
+    for name, kind in known.items():
+        entry = given.get(name, {"enabled": False})
+        if isinstance(entry, dict):
+            entry = {**kind.config_defaults, **entry}
+        lanes[name] = entry
+    return {**data, "lanes": lanes}
+
+
 def _explain(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -66,8 +93,6 @@ def _explain(err: ValidationError) -> str:
             model = _model_at(parent)
             allowed = ", ".join(model.model_fields) if model else "see the README"
             lines.append(f"{loc}: unknown key {key!r}; allowed here: {allowed}")
-        elif e["type"] == "value_error" and not loc:
-            lines.append(str(e["ctx"]["error"]) if "ctx" in e else e["msg"])
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
     return "invalid configuration:\n  - " + "\n  - ".join(lines)

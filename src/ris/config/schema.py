@@ -1,8 +1,9 @@
 """The settings model of config.json: pydantic, one docstring per field, bounds on every number.
 
-Lanes are keyed by name. A lane kind's own defaults (ris.lanes) fill the fields a config leaves
-out, and a lane a config does not mention is there, disabled, so a config written before a
-kind existed still loads. Checks against the machine live in checks.py; loading in load.py.
+Lanes are keyed by name. The model knows no lane kind: the loader (load.py) first fills in
+each kind's own defaults (ris.lanes) and the lanes a config does not mention, disabled, so what
+a Config means never depends on which kinds happened to be registered when it was validated.
+Checks against the machine live in checks.py.
 """
 
 from __future__ import annotations
@@ -258,27 +259,6 @@ class Config(_Strict):
     lanes: dict[str, LaneConfig] = Field(
         default_factory=dict, description="by lane name: llm, tts, image (and registered kinds)"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _every_lane_with_its_defaults(cls, data: Any) -> Any:
-        """Known lanes only; each gets its kind's defaults; an unmentioned one is disabled."""
-        if not isinstance(data, dict) or not isinstance(data.get("lanes", {}), dict):
-            return data
-        from ris.lanes import kinds
-
-        known = kinds()
-        given: dict[str, Any] = dict(data.get("lanes") or {})
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            raise ValueError(f"lanes: unknown lane {unknown[0]!r}; known lanes: {', '.join(known)}")
-        lanes: dict[str, Any] = {}
-        for name, kind in known.items():
-            entry = given.get(name, {"enabled": False})
-            if isinstance(entry, dict):
-                entry = {**kind.config_defaults, **entry}
-            lanes[name] = entry
-        return {**data, "lanes": lanes}
 
     def lane(self, lane: str) -> LaneConfig:
         return self.lanes[lane]

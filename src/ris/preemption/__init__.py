@@ -2,8 +2,9 @@
 
     policy.py   the pure policy: Activity, PreemptionPolicy and the Yielder (clock injected)
     board.py    the shared-memory board where real-time workers publish their activity
-    resolve.py  from config: which lanes a batch lane yields to, and with which policy
-                (not imported here: this package stays free of the config's dependencies)
+
+Which lanes a batch lane yields to, and with which policy, is read from the config
+(ris/config/sharing.py); this package imports nothing from ris outside itself.
 
 The whole path of one yield: the LLM lane's runner (ris/lanes/llm.py) publishes PREFILL ->
 board.py -> the image worker's Yielder, called at the image backend's preemption points

@@ -21,11 +21,11 @@ from typing import Any
 from ris import lanes
 from ris import messages as m
 from ris.config import Config
+from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes.base import LaneKind, Seen, Timings
 from ris.machine import MachineInfo, machine_info
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
-from ris.preemption.resolve import resolve_policy, yields_to
 from ris.runtime.binding import Binding
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles

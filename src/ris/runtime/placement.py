@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ris.config.schema import Config
-from ris.preemption.resolve import resolve_policy, yields_to
+from ris.config.sharing import resolve_policy, yields_to
 
 LANE_RESOURCE_PREFIX = "ris_lane_"
 

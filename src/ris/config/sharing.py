@@ -1,4 +1,6 @@
-"""Which real-time lanes a preemptible lane yields to, and the policy it yields with.
+"""Which lanes share hardware: the real-time lanes a preemptible lane yields to, and the policy
+it yields with. A question about the config (devices, cores, classes), answered with the lane
+kinds' `preemptible` flag; ris.preemption carries the answer out and knows nothing of config.
 
 A preemptible (batch) lane yields to the enabled real-time lanes it shares hardware with: the
 same GPU, or on the CPU, overlapping cores. 'auto' on a GPU is 'block': the GPU has no
@@ -13,13 +15,12 @@ is 'none'.
 from __future__ import annotations
 
 from ris.config.schema import Config
+from ris.lanes import kind
 from ris.preemption.policy import PreemptionPolicy
 
 
 def yields_to(config: Config, lane: str) -> tuple[str, ...]:
     """The real-time lanes `lane` shares hardware with (empty unless it is preemptible)."""
-    from ris.lanes import kind
-
     mine = config.lane(lane)
     if not kind(lane).preemptible or not mine.enabled:
         return ()
