@@ -103,9 +103,16 @@ def test_sharing_allowed_when_asked_for() -> None:
 
 
 def test_batch_lane_may_share_cores() -> None:
+    # Enabled: the exclusivity rule reads enabled lanes only, so a disabled one proves nothing.
     data = base()
-    data["lanes"]["image"] = {"enabled": False, "priority_class": "batch", "cores": [0, 1]}
-    parse_config(data, TWO_CORES)
+    data["lanes"]["image"] = {
+        "priority_class": "batch",
+        "cores": [0, 1],
+        "default_model": "t",
+        "models": {"t": {"backend": "diffusers", "source": "tiny"}},
+    }
+    image = parse_config(data, TWO_CORES).lane(Lane.IMAGE)
+    assert image.enabled and image.cores == (0, 1) and image.exclusive_cores
 
 
 def test_a_lane_an_image_lane_yields_to_has_one_worker_locally() -> None:
