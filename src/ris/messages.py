@@ -39,16 +39,28 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    backend: str
-    # Voices a TTS model answers to (language tags and native names); empty for other kinds.
+class ModelDetails:
+    """What the server routes requests by, reported by a backend once its model is loaded
+    (Backend.describe) and carried to the server as it is."""
+
+    # Voices a speech model answers to (language tags and native names); first is its default.
     voices: tuple[str, ...] = ()
     sample_rate: int | None = None
-    # A text model's context window in tokens (None: unknown); the API refuses larger max_tokens.
+    # A text model's context window in tokens, prompt and answer together (None: unknown);
+    # the API refuses a larger max_tokens.
     context_tokens: int | None = None
-    # A text model whose chat template renders tools (None: not a text model, or unknown).
+    # A text model whose chat template renders `tools` itself (else a fallback prompt does;
+    # None: not a text model, or unknown).
     native_tools: bool | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the worker has loaded: its name in the config, its backend, and its details."""
+
+    name: str
+    backend: str
+    details: ModelDetails = field(default_factory=ModelDetails)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ris.runtime.engine import Engine
 
 from .fakes import FakeWorker, FakeWorkers, run, settle, started_engine
 
-VOICE = m.ModelInfo("e", "espeak", ("en-US",), 16000)
+VOICE = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US",), 16000))
 SOUND = b"\x01\x00" * 8
 
 

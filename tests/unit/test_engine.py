@@ -356,7 +356,7 @@ async def test_a_result_the_lane_cannot_build_fails_its_task_and_frees_the_slot(
 async def test_a_crashed_worker_reports_no_models_until_its_replacement_is_ready(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         tts = workers[Lane.TTS]
-        tts.ready(models=(m.ModelInfo("e", "espeak", ("en-US",), 22050),))
+        tts.ready(models=(m.ModelInfo("e", "espeak", m.ModelDetails(("en-US",), 22050)),))
         assert set(eng.model_infos(Lane.TTS)) == {"e"}
         tts.die()
         eng.check()

@@ -151,7 +151,7 @@ def llm_context(engine: Engine, model: str) -> int | None:
     """The context window of an LLM its worker has reported (the default model, loaded at
     start); None for one that loads on first use, whose worker checks it instead."""
     info = engine.model_infos(Lane.LLM).get(model)
-    return None if info is None else info.context_tokens
+    return None if info is None else info.details.context_tokens
 
 
 def require_constraining_backend(engine: Engine, model: str, param: str) -> None:
@@ -232,12 +232,12 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     if model is not None:
         name = resolve_model(engine, Lane.TTS, model)
         info = infos.get(name)
-        if voice is not None and info is not None and not speaks(info.voices, voice):
+        if voice is not None and info is not None and not speaks(info.details.voices, voice):
             raise APIError(
                 422,
                 "unknown_voice",
                 f"TTS model {name!r} does not speak voice {voice!r}; "
-                f"its voices: {voice_listing(info.voices)}",
+                f"its voices: {voice_listing(info.details.voices)}",
                 param="voice",
             )
         return name
@@ -246,13 +246,13 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
     for candidate in order:
         info = infos.get(candidate or "")
-        if info and speaks(info.voices, voice):
+        if info and speaks(info.details.voices, voice):
             return info.name
     if not infos:
         raise APIError(
             503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
         )
-    known = sorted({v for i in infos.values() for v in i.voices[:1]} | {"en-US", "zh-CN"})
+    known = sorted({v for i in infos.values() for v in i.details.voices[:1]} | {"en-US", "zh-CN"})
     raise APIError(
         422,
         "unknown_voice",
@@ -264,9 +264,9 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
 def tts_rate(engine: Engine, model: str) -> int:
     """The sample rate of a loaded TTS model (streams need it before the first chunk)."""
     info = engine.model_infos(Lane.TTS).get(model)
-    if info is None or not info.sample_rate:
+    if info is None or not info.details.sample_rate:
         raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
-    return info.sample_rate
+    return info.details.sample_rate
 
 
 def require_speakable(text: str, status: int = 422, param: str | None = None) -> None:

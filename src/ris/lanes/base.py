@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ris.config.schema import ModelSpec
+
+# ModelDetails lives with the wire message that carries it to the server (ModelInfo); backends
+# know it from here.
+from ris.messages import ModelDetails
 from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 
 
@@ -60,19 +64,6 @@ class BackendContext:
     # Tasks the worker runs at once (LaneConfig.parallel); a backend that batches sizes its
     # batch by it, one that does not runs its tasks one after another.
     parallel: int = 1
-
-
-@dataclass(frozen=True)
-class ModelDetails:
-    """What the server routes requests by, reported once a model is loaded."""
-
-    # Voices a speech model answers to (language tags and native names); first is its default.
-    voices: tuple[str, ...] = ()
-    sample_rate: int | None = None
-    # A text model's context window in tokens, prompt and answer together (None: unknown).
-    context_tokens: int | None = None
-    # A text model whose chat template renders `tools` itself (else a fallback prompt does).
-    native_tools: bool | None = None
 
 
 class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract method

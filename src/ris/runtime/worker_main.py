@@ -115,18 +115,7 @@ def worker_main(
         # Large models load on first use, except the default; small ones (speech) all at once.
         eager = list(cfg.models) if kind.load_all_models else [cfg.default_model] if cfg.default_model else []
         for name in eager:
-            details = load(name).describe()
-            backend_name = cfg.models[name].backend
-            infos.append(
-                m.ModelInfo(
-                    name,
-                    backend_name,
-                    details.voices,
-                    details.sample_rate,
-                    details.context_tokens,
-                    details.native_tools,
-                )
-            )
+            infos.append(m.ModelInfo(name, cfg.models[name].backend, load(name).describe()))
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return

@@ -11,8 +11,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ris.api.deps import engine_of
 from ris.api.stats import gpus_json, lane_stats, prometheus_text
 from ris.gpus import gpu_devices
-from ris.lanes.base import ModelDetails
-from ris.messages import ModelInfo
 
 router = APIRouter(tags=["ops"])
 
@@ -58,18 +56,14 @@ async def models(request: Request) -> dict[str, Any]:
                 "description": spec.description,
                 "languages": None if spec.languages is None else list(spec.languages),
                 "loaded": name in loaded,
-                "voices": list(loaded[name].voices) if name in loaded else None,
+                "voices": list(loaded[name].details.voices) if name in loaded else None,
                 # Requests this model serves at once: the lane's `parallel` for a backend that
                 # batches (llama.cpp), 1 for a single-stream one (transformers).
                 "parallel": cfg.parallel if spec.backend in engine.kinds[lane].batching_backends else 1,
-                **engine.kinds[lane].model_features(spec.backend, _details(loaded.get(name))),
+                **engine.kinds[lane].model_features(
+                    spec.backend, loaded[name].details if name in loaded else None
+                ),
             }
             for name, spec in cfg.models.items()
         ]
     return {"lanes": out}
-
-
-def _details(info: ModelInfo | None) -> ModelDetails | None:
-    if info is None:
-        return None
-    return ModelDetails(info.voices, info.sample_rate, info.context_tokens, info.native_tools)
