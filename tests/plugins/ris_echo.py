@@ -22,7 +22,6 @@ from ris.lanes.base import (
     Seen,
     result_from_json,
 )
-from ris.messages import TaskOutput
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,7 @@ class EchoRunner(LaneRunner[EchoBackend, EchoRequest, EchoOutcome]):
         self, backend: EchoBackend, task_id: str, request: EchoRequest, cancelled: Callable[[], bool]
     ) -> EchoOutcome:
         def emit(text: str) -> None:
-            self.env.tick()
-            self.env.send(TaskOutput(task_id, EchoPart(text)))
+            self.env.output(task_id, EchoPart(text))
 
         return backend.echo(request, emit, cancelled)
 

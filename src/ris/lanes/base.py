@@ -6,7 +6,8 @@ A lane kind is one module (ris/lanes/llm.py, tts.py, image.py) holding one `Lane
     --------------                                   --------------
     request (a frozen dataclass)  --- RunTask --->   LaneRunner.run(backend, ...)
     TaskHandle collects outputs  <-- TaskOutput --     gives the backend a typed output
-    LaneKind.build_result(...)   <-- TaskDone ---      object, returns the lane's outcome
+                                                       object (WorkerEnv.output underneath)
+    LaneKind.build_result(...)   <-- TaskDone ---      returns the lane's outcome
       -> a typed result (LLMResult, ...)
 
 Results cross the boundary as values (text, PCM, PNG bytes), never as paths: the server writes
@@ -29,7 +30,7 @@ from ris.config.schema import ModelSpec
 
 # ModelDetails lives with the wire message that carries it to the server (ModelInfo); backends
 # know it from here.
-from ris.messages import ModelDetails
+from ris.messages import ModelDetails, TaskOutput, TaskProgress
 from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 
 
@@ -131,10 +132,11 @@ def result_from_json(cls: type[R], data: Mapping[str, Any]) -> R:
 
 @dataclass
 class WorkerEnv:
-    """What the worker process gives a lane's runner."""
+    """What the worker process gives a lane's runner: `output` and `progress` report on a
+    running task, `publish` the lane's activity; the wire messages stay the worker's business."""
 
     lane: str
-    # Sends one wire message to the server (ris.messages).
+    # Sends one wire message to the server (ris.messages); runners report through output().
     send: Callable[[object], None]
     # Publishes this lane's activity on the board that batch lanes read.
     publish: Callable[[Activity], None]
@@ -144,6 +146,17 @@ class WorkerEnv:
     yielder: Yielder | None = None
     # Tasks the worker runs at once (LaneConfig.parallel).
     parallel: int = 1
+
+    def output(self, task_id: str, data: object) -> None:
+        """Stream a piece of a task's output to the server (the lane's own type: a TextDelta,
+        an AudioChunk); it reaches LaneKind.build_result in order, in `Seen.outputs`."""
+        self.tick()
+        self.send(TaskOutput(task_id, data))
+
+    def progress(self, task_id: str, done: int, total: int | None = None) -> None:
+        """Report steps done of a task that counts them (an image's denoising steps)."""
+        self.tick()
+        self.send(TaskProgress(task_id, done, total))
 
 
 BackendT = TypeVar("BackendT", bound=Backend)

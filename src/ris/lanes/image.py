@@ -27,7 +27,6 @@ from ris.lanes.base import (
     WorkerEnv,
     result_from_json,
 )
-from ris.messages import TaskProgress
 from ris.preemption.policy import PreemptedCancel
 
 IMAGE_FOLDER = "images"  # under the server's data_dir
@@ -129,8 +128,7 @@ class _WorkerRun(ImageRun):
         self._cancelled = cancelled
 
     def step(self, done: int, total: int) -> None:
-        self._env.tick()
-        self._env.send(TaskProgress(self._task_id, done, total))
+        self._env.progress(self._task_id, done, total)
 
     def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
         yielder = self._env.yielder

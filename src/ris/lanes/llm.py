@@ -28,7 +28,6 @@ from ris.lanes.base import (
     WorkerEnv,
     result_from_json,
 )
-from ris.messages import TaskOutput
 from ris.preemption.policy import Activity
 
 # Sequences the worker decodes together when config.json does not say (LaneConfig.parallel).
@@ -254,8 +253,7 @@ class _WorkerOutput(TextOutput):
 
     def emit(self, text: str) -> None:
         self.prefill_done()
-        self._env.tick()
-        self._env.send(TaskOutput(self._task_id, TextDelta(text)))
+        self._env.output(self._task_id, TextDelta(text))
 
     def prefill_done(self) -> None:
         if not self._decoding:

@@ -27,7 +27,6 @@ from ris.lanes.base import (
     WorkerEnv,
     result_from_json,
 )
-from ris.messages import TaskOutput
 from ris.preemption.policy import Activity
 from ris.sentences import speech_chunks
 
@@ -147,11 +146,10 @@ class _WorkerOutput(AudioOutput):
         self.audible = False
 
     def emit(self, pcm: bytes) -> None:
-        self._env.tick()
         self.samples += len(pcm) // 2
         if not self.audible and pcm.count(0) != len(pcm):
             self.audible = True
-        self._env.send(TaskOutput(self._task_id, AudioChunk(bytes(pcm), self._rate)))
+        self._env.output(self._task_id, AudioChunk(bytes(pcm), self._rate))
 
     def cancelled(self) -> bool:
         return self._cancelled()
