@@ -46,10 +46,5 @@ def type_ignores(folder: Path) -> list[str]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ray_worker.py keeps three until the workers folder lands: :79 and :192 (ray's untyped "
-    "calls) and :197 (worker_main given Ray's queues for pipes)",
-)
 def test_the_runtime_has_no_type_ignore() -> None:
     assert type_ignores(RUNTIME) == []

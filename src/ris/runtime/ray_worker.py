@@ -76,7 +76,8 @@ def connect(config: Config) -> None:
 
 
 def alive_nodes() -> list[dict[str, float]]:
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    nodes: Any = ray.nodes  # unannotated in Ray
+    return [dict(n["Resources"]) for n in nodes() if n.get("Alive")]
 
 
 def check_cluster(config: Config) -> None:
@@ -121,7 +122,7 @@ class _Inbox:
                 self._queue.put(self._early.pop(self._next))
                 self._next += 1
 
-    def recv(self) -> object:  # what worker_main's receiver calls on its Connection
+    def recv(self) -> object:  # worker_main.ChannelIn
         return self._queue.get()
 
 
@@ -137,7 +138,7 @@ class _Outbox:
         self._skipped: set[int] = set()  # later takes that answered empty, out of turn
         self.ended = False
 
-    def send(self, msg: object) -> None:  # what worker_main calls on its Connection
+    def send(self, msg: object) -> None:  # worker_main.ChannelOut
         with self._cond:
             self._pending.append(msg)
             self._cond.notify_all()
@@ -189,12 +190,13 @@ class LaneActor:
         self._proc = psutil.Process()
         ctx = ray.get_runtime_context()
         self._node_id = ctx.get_node_id()
-        self._node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        node_ip: Any = ray.util.get_node_ip_address  # unannotated in Ray
+        self._node_ip = node_ip()
         threading.Thread(target=self._serve, args=(spec, board), name="ris-serve", daemon=True).start()
 
     def _serve(self, spec: WorkerSpec, board: ActivityBoard) -> None:
         try:
-            worker_main(spec, self._inbox, self._outbox, board)  # type: ignore[arg-type]
+            worker_main(spec, self._inbox, self._outbox, board)
         finally:
             self._outbox.end()
 

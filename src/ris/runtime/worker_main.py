@@ -5,9 +5,13 @@ is applied) says which models to load first and supplies the runner that drives 
 A plain runner takes tasks one at a time; a ConcurrentRunner (the LLM lane's continuous
 batching) holds up to `parallel` and advances them together, admitting new ones between steps.
 
+The worker speaks to the server through a channel of two one-way halves, `ChannelIn` and
+`ChannelOut`: a local process's pipe Connections, a Ray actor's in-memory queues, or a unit
+test's lists all satisfy them.
+
 Threads inside the worker, each with one job:
   main       runs tasks from the inbox (models are not re-entrant: only this thread uses them)
-  receiver   reads the pipe: queues RunTask, flags CancelTask, ends on Shutdown or EOF
+  receiver   reads the channel: queues RunTask, flags CancelTask, ends on Shutdown or EOF
   heartbeat  tells the supervisor every `interval` seconds that the process is alive
 """
 
@@ -20,9 +24,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 # The standard library and stdlib-only ris modules: safe before the binding is applied.
 from ris import messages as m
@@ -41,16 +44,30 @@ _OUT_OF_MEMORY = (
 )
 
 
-class _Outbox:
-    """Pipe writes from several threads, serialised."""
+class ChannelIn(Protocol):
+    """The server's messages to the worker (ris.messages), in the order it sent them."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def recv(self) -> object:
+        """The next message, waiting for it; EOFError or OSError once the server is gone."""
+
+
+class ChannelOut(Protocol):
+    """The worker's messages to the server. Called from one thread at a time (the worker
+    serialises its threads' sends), so an implementation need not lock."""
+
+    def send(self, msg: object, /) -> None: ...
+
+
+class _SerialSender:
+    """Sends from several threads (main, heartbeat), one at a time."""
+
+    def __init__(self, channel: ChannelOut) -> None:
+        self._channel = channel
         self._lock = threading.Lock()
 
     def send(self, msg: object) -> None:
         with self._lock:
-            self._conn.send(msg)
+            self._channel.send(msg)
 
 
 @dataclass
@@ -68,13 +85,16 @@ class _Shared:
         self.cancelled.discard(task_id)
 
 
-def worker_main(
-    spec: WorkerSpec, inbox_conn: Connection, outbox_conn: Connection, board: ActivityBoard
-) -> None:
-    """The worker process: messages from the server arrive on `inbox_conn`, ours leave on
-    `outbox_conn` (two one-way pipes)."""
+def worker_main(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: ActivityBoard) -> None:
+    """The worker process (or Ray actor): bind it to its resources, then serve."""
     apply_binding(spec.binding)  # before any model library is imported
-    # Imports below may pull numpy and friends: only now that the thread variables are set.
+    serve(spec, inbound, outbound, board)
+
+
+def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: ActivityBoard) -> None:
+    """Load the models, say WorkerReady (or WorkerFailed), then run the tasks that arrive on
+    `inbound` until Shutdown, reporting on `outbound`. Returns after Shutdown or a failed start."""
+    # Imports below may pull numpy and friends: only once the binding's thread variables are set.
     from ris.config import LaneConfig
     from ris.lanes import import_kind
     from ris.lanes.base import (
@@ -86,7 +106,7 @@ def worker_main(
         load_backend,
     )
 
-    out = _Outbox(outbox_conn)
+    out = _SerialSender(outbound)
     models: dict[str, Any] = {}
     infos: list[m.ModelInfo] = []
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
@@ -130,7 +150,7 @@ def worker_main(
     def receive() -> None:
         while True:
             try:
-                msg = inbox_conn.recv()
+                msg = inbound.recv()
             except (EOFError, OSError):
                 os._exit(0)  # the server is gone: nothing left to serve
             if isinstance(msg, m.CancelTask):
@@ -210,7 +230,7 @@ def _serve_concurrently(
     load: Callable[[str], Any],
     models: dict[str, Any],
     state: _Shared,
-    out: _Outbox,
+    out: _SerialSender,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs), admit new tasks, advance all by one step, report
@@ -262,7 +282,7 @@ def _admit(
     msg: m.RunTask,
     load: Callable[[str], Any],
     state: _Shared,
-    out: _Outbox,
+    out: _SerialSender,
 ) -> None:
     from ris.lanes.base import BackendError
 

@@ -1,0 +1,219 @@
+"""The worker's serving loop (ris.runtime.worker_main.serve) driven entirely in memory: the test
+is the server at the other end of an in-memory channel, and the lane is a small one defined
+here (a backend that counts), so no process, pipe or model is involved."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ris import lanes
+from ris import messages as m
+from ris.config.schema import LaneConfig, ModelSpec
+from ris.lanes.base import (
+    Backend,
+    BackendError,
+    LaneKind,
+    LaneResult,
+    LaneRunner,
+    ModelDetails,
+    ResultFiles,
+    Seen,
+    result_from_json,
+)
+from ris.preemption.board import ActivityBoard
+from ris.runtime.binding import Binding
+from ris.runtime.worker import WorkerSpec
+from ris.runtime.worker_main import serve
+
+WAIT_S = 10.0  # generous: threads on a loaded machine; a passing test takes milliseconds
+
+
+@dataclass(frozen=True)
+class CountRequest:
+    upto: int
+    # Count once, then hold until cancelled (the cancel test's task).
+    hold: bool = False
+
+
+@dataclass(frozen=True)
+class CountOutcome:
+    counted: int
+
+
+class Counter(Backend):
+    """Says 1, 2, ... `upto`; refuses a negative count."""
+
+    closed = 0  # instances closed, over the test session's lifetime
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails(context_tokens=99)
+
+    def count(self, req: CountRequest, say: Callable[[int], None], cancelled: Callable[[], bool]) -> int:
+        if req.upto < 0:
+            raise BackendError("invalid_request", "a count cannot be negative")
+        for n in range(1, req.upto + 1):
+            say(n)
+        deadline = time.monotonic() + WAIT_S
+        while req.hold and not cancelled():
+            assert time.monotonic() < deadline, "the cancel never reached the task"
+            time.sleep(0.001)
+        return req.upto
+
+    def close(self) -> None:
+        Counter.closed += 1
+
+
+class CountRunner(LaneRunner[Counter, CountRequest, CountOutcome]):
+    def run(
+        self, backend: Counter, task_id: str, request: CountRequest, cancelled: Callable[[], bool]
+    ) -> CountOutcome:
+        def say(n: int) -> None:
+            self.env.output(task_id, n)
+
+        return CountOutcome(backend.count(request, say, cancelled))
+
+
+class CountLane(LaneKind[CountRequest, CountOutcome]):
+    name = "count"
+    request_type, outcome_type, backend_type, runner_type = CountRequest, CountOutcome, Counter, CountRunner
+    builtin_backends = {"counter": f"{__name__}:Counter"}
+
+    def build_result(self, seen: Seen, outcome: CountOutcome, files: ResultFiles) -> LaneResult:
+        raise AssertionError("the server side is not part of these tests")
+
+    def result_from_json(self, data: Mapping[str, Any]) -> LaneResult:
+        return result_from_json(LaneResult, data)
+
+
+LANE = CountLane()
+
+
+class MemoryChannel:
+    """Both halves of a worker's channel: the worker reads what the test puts, and sends what
+    the test takes. Once closed, sends fail as a closed pipe's do (the heartbeat thread ends)."""
+
+    def __init__(self) -> None:
+        self._to_worker: queue.Queue[object] = queue.Queue()
+        self._from_worker: queue.Queue[object] = queue.Queue()
+        self._closed = False
+
+    # ----- the worker's side (ChannelIn, ChannelOut) -------------------------------------
+
+    def recv(self) -> object:
+        return self._to_worker.get()
+
+    def send(self, msg: object, /) -> None:
+        if self._closed:
+            raise ValueError("the channel is closed")
+        self._from_worker.put(msg)
+
+    # ----- the test's side (the server) --------------------------------------------------
+
+    def put(self, msg: object) -> None:
+        self._to_worker.put(msg)
+
+    def take(self) -> object:
+        """The worker's next message other than a heartbeat."""
+        while True:
+            msg = self._from_worker.get(timeout=WAIT_S)
+            if not isinstance(msg, m.Heartbeat):
+                return msg
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def count_worker(tmp_path: Path, model: str, target: str) -> WorkerSpec:
+    """A count-lane worker whose one model, its default, is the backend at `target`."""
+    config = LaneConfig(default_model=model, models={model: ModelSpec(backend="counter")})
+    return WorkerSpec(
+        lane="count",
+        kind=f"{__name__}:LANE",
+        binding=Binding(cores=None, threads=1, nice=0, gpu=None),
+        device="cpu",
+        lane_config_json=config.model_dump_json(),
+        backends={model: target},
+        data_dir=str(tmp_path),
+    )
+
+
+@pytest.fixture
+def channel(tmp_path: Path) -> Iterator[MemoryChannel]:
+    """A worker of the count lane serving in a thread, its channel handed to the test."""
+    spec = count_worker(tmp_path, "one", LANE.backend_target("counter"))
+    chan = MemoryChannel()
+    board = ActivityBoard(("count",), array=bytearray(1))
+    worker = threading.Thread(target=serve, args=(spec, chan, chan, board), daemon=True)
+    worker.start()
+    try:
+        yield chan
+        worker.join(WAIT_S)
+        assert not worker.is_alive(), "the worker kept serving"
+    finally:
+        chan.close()
+        lanes.unregister("count")  # the worker registered its kind, as a spawned process would
+
+
+def test_ready_reports_the_default_model_with_its_details(channel: MemoryChannel) -> None:
+    ready = channel.take()
+    assert isinstance(ready, m.WorkerReady) and ready.slots == 1 and ready.threads == 1
+    assert ready.models == (m.ModelInfo("one", "counter", ModelDetails(context_tokens=99)),)
+    channel.put(m.Shutdown())
+
+
+def test_a_task_streams_its_outputs_then_ends_done(channel: MemoryChannel) -> None:
+    assert isinstance(channel.take(), m.WorkerReady)
+    channel.put(m.RunTask("t1", "one", CountRequest(upto=3)))
+    assert [channel.take() for _ in range(4)] == [
+        m.TaskOutput("t1", 1),
+        m.TaskOutput("t1", 2),
+        m.TaskOutput("t1", 3),
+        m.TaskDone("t1", CountOutcome(3)),
+    ]
+    channel.put(m.RunTask("t2", "one", CountRequest(upto=-1)))  # the worker serves on after a refusal
+    assert channel.take() == m.TaskError("t2", "invalid_request", "a count cannot be negative")
+    channel.put(m.RunTask("t3", "one", CountRequest(upto=0)))
+    assert channel.take() == m.TaskDone("t3", CountOutcome(0))
+    channel.put(m.Shutdown())
+
+
+def test_a_cancelled_task_ends_cancelled_and_the_next_one_runs(channel: MemoryChannel) -> None:
+    assert isinstance(channel.take(), m.WorkerReady)
+    channel.put(m.RunTask("held", "one", CountRequest(upto=1, hold=True)))
+    assert channel.take() == m.TaskOutput("held", 1)  # running: now the cancel can find it
+    channel.put(m.CancelTask("held"))
+    assert channel.take() == m.TaskCancelled("held")
+    channel.put(m.CancelTask("held"))  # late: the task has ended, nothing is flagged
+    channel.put(m.RunTask("next", "one", CountRequest(upto=1)))
+    assert [channel.take(), channel.take()] == [m.TaskOutput("next", 1), m.TaskDone("next", CountOutcome(1))]
+    channel.put(m.Shutdown())
+
+
+def test_shutdown_closes_the_loaded_models(channel: MemoryChannel) -> None:
+    assert isinstance(channel.take(), m.WorkerReady)
+    closed = Counter.closed
+    channel.put(m.Shutdown())
+    deadline = time.monotonic() + WAIT_S
+    while Counter.closed == closed:  # the fixture's join says the loop also returned
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def test_a_model_that_fails_to_load_fails_the_start(tmp_path: Path) -> None:
+    spec = count_worker(tmp_path, "bad", f"{__name__}:NoSuchBackend")
+    chan = MemoryChannel()
+    try:
+        serve(spec, chan, chan, ActivityBoard(("count",), array=bytearray(1)))  # returns at once
+    finally:
+        lanes.unregister("count")
+    failed = chan.take()
+    assert isinstance(failed, m.WorkerFailed) and failed.code == "backend_unavailable"
+    assert "NoSuchBackend" in failed.message
