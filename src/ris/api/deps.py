@@ -158,8 +158,8 @@ def require_constraining_backend(engine: Engine, model: str, param: str) -> None
     """Refuse structured output or tools for a model whose backend cannot decode under a
     grammar (transformers): they would be ignored, which is worse than a refusal."""
     backend = engine.config.lane(Lane.LLM).models[model].backend
-    allowed = LLM_LANE.constraining_backends
-    if backend not in allowed:
+    if not LLM_LANE.backend(backend).constrains:
+        allowed = [name for name, entry in LLM_LANE.backends.items() if entry.constrains]
         raise APIError(
             422,
             "unsupported_for_model",

@@ -143,7 +143,7 @@ class TransformersLLM(LLMBackend):
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
         if req.constraint is not None or req.tools:
             # No grammar here: a JSON schema or tool call would be hoped for, not enforced.
-            # The API refuses these for this backend first (LLMLane.constraining_backends).
+            # The API refuses these for this backend first (its registration: no `constrains`).
             raise BackendError(
                 "unsupported_for_model",
                 "the transformers backend cannot constrain decoding: structured output and tools "

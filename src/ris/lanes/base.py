@@ -226,6 +226,19 @@ class ResultFiles(Protocol):
     def write_wav(self, folder: str, name: str, pcm: bytes, sample_rate: int) -> Path: ...
 
 
+@dataclass(frozen=True)
+class BackendEntry:
+    """A registered backend: where the worker imports it from, and what it can do, declared at
+    registration so the server knows without importing it (the package imports without torch)."""
+
+    target: str  # "module:Class"
+    # Serves `parallel` requests at once, in one batch (the others serve one at a time).
+    batches: bool = False
+    # Decodes under a grammar (structured output, tools); the API refuses those requests for
+    # models of other backends.
+    constrains: bool = False
+
+
 class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     """One kind of work: its types, backends, defaults, runner and result builder."""
 
@@ -233,8 +246,8 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     request_type: ClassVar[type]
     outcome_type: ClassVar[type]
     backend_type: ClassVar[type[Backend]]
-    # Backend name -> "module:Class"; the one registry of this lane's backends.
-    backends: dict[str, str]
+    # Backend name -> its entry; the one registry of this lane's backends.
+    backends: dict[str, BackendEntry]
     # Accepted tasks survive a server restart (asynchronous lanes whose clients poll later).
     durable: ClassVar[bool] = False
     # Yields to real-time lanes that share its GPU or cores (see ris.preemption).
@@ -243,8 +256,6 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).
     load_all_models: ClassVar[bool] = False
-    # Backends that serve `parallel` requests at once (the others serve one at a time).
-    batching_backends: ClassVar[frozenset[str]] = frozenset()
     # The folder of the server's data_dir this lane's result files go to (None: no files);
     # the retention policy sweeps these folders and no others.
     result_folder: ClassVar[str | None] = None
@@ -261,13 +272,17 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
 
     # The worker-side runner of this lane's tasks.
     runner_type: ClassVar[type[LaneRunner[Any, Any, Any]]]
-    # Backends that come with RIS: name -> "module:Class" (more may be registered).
-    builtin_backends: ClassVar[Mapping[str, str]] = {}
+    # Backends that come with RIS: name -> "module:Class", or an entry for one that declares
+    # abilities (more may be registered).
+    builtin_backends: ClassVar[Mapping[str, str | BackendEntry]] = {}
     # The embedded default models (those the default set-up installs), the first the default.
     embedded_models: ClassVar[Mapping[str, ModelSpec]] = {}
 
     def __init__(self) -> None:
-        self.backends = dict(self.builtin_backends)
+        self.backends = {
+            name: entry if isinstance(entry, BackendEntry) else BackendEntry(entry)
+            for name, entry in self.builtin_backends.items()
+        }
 
     # ----- registry and defaults -------------------------------------------------------------
 
@@ -276,13 +291,16 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
         """Its worker may run several tasks at once (config `parallel`)."""
         return issubclass(self.runner_type, ConcurrentRunner)
 
-    def register_backend(self, name: str, target: str) -> None:
-        """Add a backend ("module:Class"); the worker imports it when a model names it."""
+    def register_backend(
+        self, name: str, target: str, *, batches: bool = False, constrains: bool = False
+    ) -> None:
+        """Add a backend ("module:Class") and what it can do (see BackendEntry); the worker
+        imports it when a model names it."""
         if ":" not in target:
             raise ValueError(f"backend target {target!r} must look like 'package.module:Class'")
-        self.backends[name] = target
+        self.backends[name] = BackendEntry(target, batches=batches, constrains=constrains)
 
-    def backend_target(self, name: str) -> str:
+    def backend(self, name: str) -> BackendEntry:
         try:
             return self.backends[name]
         except KeyError:
@@ -290,6 +308,9 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
             raise BackendError(
                 "unknown_backend", f"no {self.name} backend named {name!r}; available: {allowed}"
             ) from None
+
+    def backend_target(self, name: str) -> str:
+        return self.backend(name).target
 
     def backend_class(self, name: str) -> type[Backend]:
         return load_backend(self.backend_target(name), name)
@@ -349,6 +370,7 @@ def load_backend(target: str, name: str) -> type[Backend]:
 __all__ = [
     "Backend",
     "BackendContext",
+    "BackendEntry",
     "BackendError",
     "Cancelled",
     "LaneKind",

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendEntry,
     BackendError,
     ConcurrentRunner,
     LaneKind,
@@ -387,13 +388,10 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
     # Sequences decoded together (continuous batching); measured in docs/PERFORMANCE_OPTIMIZATION.md.
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
-    # transformers generates one request at a time (its worker runs them in turn).
-    batching_backends = frozenset({"llama_cpp"})
-    # Backends that decode under a grammar (response_format, tools); the API refuses those
-    # requests for models of other backends, and the backends refuse them too.
-    constraining_backends = frozenset({"llama_cpp"})
+    # transformers generates one request at a time (its worker runs them in turn) and refuses
+    # grammars, as the API does first for its models.
     builtin_backends = {
-        "llama_cpp": "ris.backends.llm_llama_cpp:LlamaCppLLM",
+        "llama_cpp": BackendEntry("ris.backends.llm_llama_cpp:LlamaCppLLM", batches=True, constrains=True),
         "transformers": "ris.backends.llm_transformers:TransformersLLM",
         "noop": "ris.backends.llm_noop:NoopLLM",  # benchmark-only: measures the service's own cost
     }
@@ -407,7 +405,7 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
     }
 
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
-        constrains = backend in self.constraining_backends
+        constrains = self.backend(backend).constrains
         # "native": the chat template renders tools; "fallback": a system prompt describes them
         # (docs/OPENAI_COMPATIBILITY.md); "unsupported": the backend refuses tools; null: not
         # known until the model is loaded.

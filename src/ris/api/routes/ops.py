@@ -59,7 +59,7 @@ async def models(request: Request) -> dict[str, Any]:
                 "voices": list(loaded[name].details.voices) if name in loaded else None,
                 # Requests this model serves at once: the lane's `parallel` for a backend that
                 # batches (llama.cpp), 1 for a single-stream one (transformers).
-                "parallel": cfg.parallel if spec.backend in engine.kinds[lane].batching_backends else 1,
+                "parallel": cfg.parallel if engine.kinds[lane].backend(spec.backend).batches else 1,
                 **engine.kinds[lane].model_features(
                     spec.backend, loaded[name].details if name in loaded else None
                 ),
