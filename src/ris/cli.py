@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     check_exposure(cfg)
     if cfg.cluster.engine == "ray":
-        from ris.runtime.ray_worker import check_cluster
+        from ris.runtime.workers.ray_cluster import check_cluster
 
         check_cluster(cfg)  # a lane no node can host: refused here, not left pending for ever
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

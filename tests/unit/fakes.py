@@ -19,7 +19,7 @@ from ris.lanes.base import WorkerEnv
 from ris.machine import MachineInfo
 from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
-from ris.runtime.worker import ResourceUsage, WorkerSpec
+from ris.runtime.workers.base import ResourceUsage, WorkerSpec
 
 TWO_CORES = MachineInfo(cores=(0, 1), gpus=0)
 
@@ -92,8 +92,8 @@ class FakeWorker:
 
 
 class FakeWorkers:
-    """The worker factory: a FakeWorker per replica, found by lane name (the lane's last one)
-    or, for a lane with replicas, all of them."""
+    """The worker pool: a FakeWorker per replica, found by lane name (the lane's last one) or,
+    for a lane with replicas, all of them; it keeps no activity board."""
 
     def __init__(self) -> None:
         self.by_lane: dict[str, FakeWorker] = {}
@@ -111,6 +111,12 @@ class FakeWorkers:
     def replicas(self, lane: str) -> list[FakeWorker]:
         """Every worker built for the lane, in the order its replicas were built."""
         return [w for w in self.built if w.spec.lane == lane]
+
+    def activity(self, lane: str) -> Activity | None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 class Env:

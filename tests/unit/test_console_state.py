@@ -13,6 +13,7 @@ from ris.api.console_state import console_state
 from ris.lanes import Lane
 from ris.lanes.image import ImageRequest
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
+from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
 from ris.scheduler import QueueFull
 
@@ -123,3 +124,33 @@ async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: 
         lane = console_state(eng)["lanes"]["tts"]
         # One replica restarting, the other serving: the lane serves, up since b started.
         assert (lane["state"], lane["uptime_s"]) == ("idle", 2.0)
+
+
+class BoardWorkers(FakeWorkers):
+    """Fake workers whose pool keeps an activity board, as local processes and Ray do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.board: dict[str, Activity] = {}
+
+    def activity(self, lane: str) -> Activity | None:
+        return self.board.get(lane, Activity.IDLE)
+
+
+@run
+async def test_the_lane_states_show_what_the_pool_reads_on_the_activity_board(tmp_path: Path) -> None:
+    clock, workers = FakeClock(), BoardWorkers()
+    eng = engine(config(tmp_path, image=IMAGE_YIELDING), clock, workers)
+    await eng.start()
+    try:
+        workers[Lane.LLM].ready()
+        workers[Lane.IMAGE].ready()
+        eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="p"))
+        workers.board[Lane.LLM] = Activity.PREFILL
+        lanes = console_state(eng)["lanes"]
+        assert (lanes["llm"]["state"], lanes["image"]["state"]) == ("prefill", "yielding")
+        workers.board[Lane.LLM] = Activity.IDLE
+        lanes = console_state(eng)["lanes"]
+        assert (lanes["llm"]["state"], lanes["image"]["state"]) == ("idle", "busy")
+    finally:
+        await eng.stop()

@@ -76,7 +76,7 @@ async def test_a_worker_with_two_slots_runs_two_tasks_at_once(tmp_path: Path) ->
         workers[Lane.LLM].ready(slots=2)
         ids = [eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i))).task_id for i in range(3)]
         assert [r.task_id for r in workers[Lane.LLM].runs] == ids[:2]
-        assert eng.status()[0].workers[0].running == 2
+        assert eng.snapshot().lane(Lane.LLM).workers[0].running == 2
 
 
 @run
@@ -146,7 +146,7 @@ async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_
             eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
         first = workers[Lane.LLM].runs[0].task_id  # it had started at once: it is stopped again
         assert workers[Lane.LLM].cancels == [first]
-        assert eng.scheduler.stats(Lane.LLM).queued == 0
+        assert eng.snapshot().lane(Lane.LLM).stats.queued == 0
 
 
 @run
@@ -164,7 +164,7 @@ async def test_a_crash_fails_the_running_task_and_the_worker_restarts_after_a_ba
         assert llm.starts == 1
         clock.advance(0.02)
         eng.check()
-        assert llm.starts == 2 and eng.status()[0].workers[0].restarts == 1
+        assert llm.starts == 2 and eng.snapshot().lane(Lane.LLM).workers[0].restarts == 1
         llm.ready()
         assert llm.runs[-1].task_id == queued.task_id  # the queued task runs on the new worker
 
@@ -373,7 +373,7 @@ async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_
         assert [r.task_id for r in a.runs] == [first.task_id] and b.runs == []  # b still loading
         b.ready()
         assert [r.task_id for r in b.runs] == [second.task_id]  # the free slot on the other one
-        (tts,) = [s for s in eng.status() if s.lane == Lane.TTS]
+        tts = eng.snapshot().lane(Lane.TTS)
         assert [w.running for w in tts.workers] == [1, 1]
         a.die()
         eng.check()

@@ -14,7 +14,7 @@ from ris.config.load import parse_config
 from ris.machine import MachineInfo
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
-from ris.runtime.placement import colocated_groups, demand, refusals, threads_in_cluster
+from ris.runtime.workers.ray_placement import colocated_groups, demand, refusals, threads_in_cluster
 
 HEAD = MachineInfo(cores=(0, 1), gpus=0)  # the server's own machine: no GPU, two cores
 
@@ -155,7 +155,7 @@ def test_a_board_attached_by_name_is_one_board() -> None:
 def test_messages_to_an_actor_are_served_in_the_order_sent() -> None:
     # A threaded actor may run two put() calls out of order: a cancel must not overtake its task.
     pytest.importorskip("ray")
-    from ris.runtime.ray_worker import _Inbox
+    from ris.runtime.workers.ray import _Inbox
 
     inbox = _Inbox()
     inbox.put(2, "cancel")
@@ -167,7 +167,7 @@ def test_messages_to_an_actor_are_served_in_the_order_sent() -> None:
 def test_an_address_where_no_head_answers_is_refused_at_once() -> None:
     pytest.importorskip("ray")
     from ris.launch import free_port
-    from ris.runtime.ray_worker import check_cluster
+    from ris.runtime.workers.ray_cluster import check_cluster
 
     data = cluster()
     data["cluster"]["address"] = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -190,7 +190,7 @@ def test_serve_with_ray_turns_a_local_config_into_a_cluster_one(tmp_path: Path) 
 def test_takes_answer_in_the_order_they_were_sent() -> None:
     # Two takes wait in the actor at once; whichever thread runs first, messages leave in order.
     pytest.importorskip("ray")
-    from ris.runtime.ray_worker import _Outbox
+    from ris.runtime.workers.ray import _Outbox
 
     out = _Outbox()
     assert out.take(2, 0.01) == ([], False)  # ran before take 1: answers empty, out of turn

@@ -30,8 +30,8 @@ from ris.lanes.base import (
 )
 from ris.preemption.board import ActivityBoard
 from ris.runtime.binding import Binding
-from ris.runtime.worker import WorkerSpec
 from ris.runtime.worker_main import serve
+from ris.runtime.workers.base import WorkerSpec
 
 WAIT_S = 10.0  # generous: threads on a loaded machine; a passing test takes milliseconds
 

@@ -1,4 +1,5 @@
-"""Per-lane statistics for /api/stats, `ris status` and the Prometheus /metrics text."""
+"""Per-lane statistics for /api/stats, `ris status` and the Prometheus /metrics text, from the
+engine's snapshot (ris.runtime.snapshot)."""
 
 from __future__ import annotations
 
@@ -7,57 +8,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from ris.gpus import GPUDevice
-from ris.runtime.engine import Engine
-from ris.runtime.views import WorkerStatus
+from ris.runtime.snapshot import Snapshot, WorkerStatus
 
-_NO_WORKER = WorkerStatus(
-    state="disabled",
-    slots=0,
-    running=0,
-    restarts=0,
-    pid=None,
-    cpu_affinity=None,
-    threads=None,
-    cuda_visible_devices=None,
-    cpu_percent=None,
-    rss_bytes=None,
-    memory_limit_bytes=None,
-    gpu_memory_bytes=None,
-    error=None,
-)
+# What a disabled lane shows as its (first) worker.
+NO_WORKER = WorkerStatus(state="disabled")
 
 
-def _worker_json(w: WorkerStatus) -> dict[str, Any]:
-    return {
-        "state": w.state,
-        "pid": w.pid,
-        "restarts": w.restarts,
-        "slots": w.slots,
-        "running": w.running,
-        "cpu_affinity": list(w.cpu_affinity) if w.cpu_affinity else None,
-        "threads": w.threads,
-        "cuda_visible_devices": w.cuda_visible_devices,
-        "cpu_percent": w.cpu_percent,
-        "rss_bytes": w.rss_bytes,
-        "memory_limit_bytes": w.memory_limit_bytes,
-        "gpu_memory_bytes": w.gpu_memory_bytes,
-        "error": w.error,
-        "node": w.node,
-        "node_ip": w.node_ip,
-    }
-
-
-def lane_stats(engine: Engine) -> dict[str, Any]:
+def lane_stats(snapshot: Snapshot) -> dict[str, Any]:
+    """Every lane's JSON for /api/stats (and, rendered, /metrics)."""
     out: dict[str, Any] = {}
-    for lane in engine.status():
+    for lane in snapshot.lanes:
         s = lane.stats
         out[lane.lane] = {
             "enabled": lane.enabled,
             "device": lane.device,
             "cores": list(lane.cores) if lane.cores is not None else None,
             # The lane's (first) worker; every replica under "workers".
-            "worker": _worker_json(lane.workers[0] if lane.workers else _NO_WORKER),
-            "workers": [_worker_json(w) for w in lane.workers],
+            "worker": (lane.workers[0] if lane.workers else NO_WORKER).as_json(),
+            "workers": [w.as_json() for w in lane.workers],
             "queue_depth": s.queued,
             "max_queue": lane.max_queue,
             "running": s.running,
@@ -66,7 +34,7 @@ def lane_stats(engine: Engine) -> dict[str, Any]:
             "slots_busy": s.running,
             # Streamed outputs per second over the last RATE_WINDOW_S (LLM: tokens; TTS: audio
             # chunks), the lane's live throughput.
-            "outputs_per_s": engine.output_rate(lane.lane),
+            "outputs_per_s": lane.outputs_per_s,
             "succeeded": s.succeeded,
             "failed": s.failed,
             "cancelled": s.cancelled,

@@ -43,7 +43,7 @@ def _board_problems(cfg: Config, *, local: bool) -> list[str]:
     one worker. Locally, two replicas of a lane yielded to would overwrite each other's slot (one
     going idle while the other is in prefill lets the image lane run through that prefill). On
     Ray the board is one node's shared memory, so the yielding lane and its partners are placed
-    together on one node, one worker each (see ris.runtime.ray_worker)."""
+    together on one node, one worker each (see ris.runtime.workers.ray)."""
     problems = []
     for lane in cfg.enabled_lanes:
         partners = yields_to(cfg, lane)

@@ -215,10 +215,12 @@ class RetentionConfig(_Strict):
 class ClusterConfig(_Strict):
     """Where lane workers run: local processes (the default) or actors on a Ray cluster."""
 
-    engine: Literal["local", "ray"] = Field(
+    engine: str = Field(
         default="local",
+        pattern=r"^(local|ray|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
         description="'local': each worker a process on this machine; 'ray': each worker a Ray actor "
-        "placed on a node advertising the lane's resource (`ris_lane_<lane>`), see docs/CLUSTER.md",
+        "placed on a node advertising the lane's resource (`ris_lane_<lane>`), see docs/CLUSTER.md; "
+        "or the 'module:Class' of another worker kind's pool (ris.runtime.workers)",
     )
     address: str | None = Field(
         default=None,

@@ -26,14 +26,17 @@ class ActivityBoard:
         self._arr = array
 
     @classmethod
-    def attach(cls, lanes: Sequence[str], name: str) -> ActivityBoard:
+    def attach(cls, lanes: Sequence[str], name: str, *, create: bool = True) -> ActivityBoard:
         """The board named `name` in this machine's shared memory, created by whichever of its
         processes comes first. It outlives them all (a restarted worker finds its partners'
-        slots where they left them); a few bytes per server in /dev/shm."""
+        slots where they left them); a few bytes per server in /dev/shm. With `create` False
+        a board that does not exist (any more) raises FileNotFoundError."""
         from multiprocessing import resource_tracker, shared_memory
 
         size = max(1, len(lanes))
         try:
+            if not create:
+                raise FileExistsError
             shm = shared_memory.SharedMemory(name, create=True, size=size)
         except FileExistsError:
             shm = shared_memory.SharedMemory(name)

@@ -13,6 +13,8 @@ period covers a result written a moment before its task is recorded.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from ris.config import RetentionConfig
 from ris.runtime.store import TaskStore
+
+log = logging.getLogger("ris.engine")  # the engine schedules the sweeps
 
 # A file with no record is left alone this long (its task may be being recorded right now).
 ORPHAN_GRACE_S = 60.0
@@ -112,3 +116,22 @@ class Retention:
                 r.size += st.st_size
                 r.newest = max(r.newest, st.st_mtime)
         return dict(results)
+
+
+def log_sweep(done: asyncio.Future[SweepReport]) -> None:
+    """Log a finished sweep (run on a thread) that did something, or why it failed."""
+    if done.cancelled():
+        return
+    if done.exception() is not None:
+        log.error("retention sweep failed: %r", done.exception())
+        return
+    r = done.result()
+    if r.expired or r.evicted or r.orphans:
+        log.info(
+            "retention: %d expired, %d over the size limit, %d orphan files; %.1f MiB freed, %.1f MiB kept",
+            r.expired,
+            r.evicted,
+            r.orphans,
+            r.bytes_freed / 2**20,
+            r.bytes_kept / 2**20,
+        )

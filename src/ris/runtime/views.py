@@ -1,5 +1,6 @@
-"""What the engine hands the HTTP layer: live task handles and typed, read-only views of tasks
-and lanes, and how views are made from the scheduler's and the store's records."""
+"""What the engine hands the HTTP layer for a task: its live handle and a typed, read-only view,
+and how views are made from the scheduler's and the store's records. (Lanes and workers are
+seen through ris.runtime.snapshot.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from ris.lanes.base import LaneKind, LaneResult
 from ris.runtime.store import StoredTask
-from ris.scheduler import LaneStats, Scheduler, Task
+from ris.scheduler import Scheduler, Task
 
 
 class EventStream:
@@ -83,39 +84,6 @@ class TaskView:
     @property
     def succeeded(self) -> bool:
         return self.state == "succeeded"
-
-
-@dataclass(frozen=True)
-class WorkerStatus:
-    """One worker of a lane, as /api/stats shows it."""
-
-    state: str
-    slots: int
-    running: int
-    restarts: int
-    pid: int | None
-    cpu_affinity: tuple[int, ...] | None
-    threads: int | None
-    cuda_visible_devices: str | None
-    cpu_percent: float | None
-    rss_bytes: int | None
-    memory_limit_bytes: int | None
-    gpu_memory_bytes: int | None
-    error: str | None
-    # The Ray node running it (id and address); None for a local process.
-    node: str | None = None
-    node_ip: str | None = None
-
-
-@dataclass(frozen=True)
-class LaneStatus:
-    lane: str
-    enabled: bool
-    device: str
-    cores: tuple[int, ...] | None
-    max_queue: int
-    stats: LaneStats
-    workers: tuple[WorkerStatus, ...]
 
 
 def task_view(task: Task, scheduler: Scheduler, wall: Callable[[float | None], float | None]) -> TaskView:

@@ -35,7 +35,7 @@ from ris.runtime.binding import apply_binding, observed_affinity
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
-    from ris.runtime.worker import WorkerSpec
+    from ris.runtime.workers.base import WorkerSpec
 
 HEARTBEAT_INTERVAL_S = 0.5
 EXIT_OUT_OF_MEMORY = 3

@@ -31,15 +31,14 @@ async def ready(request: Request) -> JSONResponse:
 async def stats(request: Request) -> dict[str, Any]:
     # NVML is a blocking C library: asked off the event loop that streams the real-time lanes.
     gpus = await asyncio.to_thread(gpu_devices)
-    return {"lanes": lane_stats(engine_of(request)), "gpus": gpus_json(gpus)}
+    return {"lanes": lane_stats(engine_of(request).snapshot()), "gpus": gpus_json(gpus)}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request) -> PlainTextResponse:
     gpus = await asyncio.to_thread(gpu_devices)
-    return PlainTextResponse(
-        prometheus_text(lane_stats(engine_of(request)), gpus), media_type="text/plain; version=0.0.4"
-    )
+    stats = lane_stats(engine_of(request).snapshot())
+    return PlainTextResponse(prometheus_text(stats, gpus), media_type="text/plain; version=0.0.4")
 
 
 @router.get("/api/models", summary="Configured models per lane")

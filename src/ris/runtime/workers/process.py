@@ -19,9 +19,9 @@ import os
 import pickle
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -29,8 +29,11 @@ from ris import messages as m
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
 from ris.runtime.binding import spawn_environment
-from ris.runtime.worker import ResourceUsage, WorkerSpec
 from ris.runtime.worker_main import worker_main
+from ris.runtime.workers.base import ResourceUsage, WorkerSpec
+
+if TYPE_CHECKING:
+    from ris.config import Config
 
 log = logging.getLogger("ris.worker")
 _CTX = mp.get_context("spawn")
@@ -38,14 +41,21 @@ _READ_CHUNK = 1 << 16
 
 
 class ProcessWorkers:
-    """Builds ProcessWorkers that share one activity board (they share one machine)."""
+    """The process kind's pool (WorkerPool): ProcessWorkers sharing one activity board, with a
+    slot for every lane (they share one machine)."""
 
-    def __init__(self, lanes: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
-        self.board = ActivityBoard(lanes, _CTX)
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.board = ActivityBoard(list(config.lanes), _CTX)
         self.loop = loop
 
     def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> ProcessWorker:
         return ProcessWorker(spec, deliver, self.board, self.loop)
+
+    def activity(self, lane: str) -> Activity | None:
+        return self.board.get(lane) if lane in self.board.lanes else None
+
+    def close(self) -> None:
+        """Nothing beyond the workers: the board is freed with this process."""
 
 
 def frame(data: bytes) -> bytes:
@@ -81,6 +91,8 @@ class Deframer:
 
 
 class ProcessWorker:
+    """One lane worker as a local process (the LaneWorker protocol)."""
+
     def __init__(
         self,
         spec: WorkerSpec,

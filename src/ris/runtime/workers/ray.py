@@ -12,9 +12,15 @@ event loop: a message reaches the engine half a round trip after the worker wrot
 Results are values inside the messages (image bytes, audio samples), never paths: the nodes
 share no disk. The engine's pure supervisor sees this worker as it sees a process:
 heartbeats, `alive()` false once Ray says the actor died (killed, or its node lost), and a
-restart that creates a new actor.
+restart that creates a new actor. Joining the cluster and placing lanes together is in
+ray_cluster.py.
 
-Imported only when config.cluster.engine is 'ray': it imports ray at module level.
+Activity: lanes placed together share a board in their node's memory, out of the server's
+reach, so every take() also reports the lane's activity there; the pool keeps the latest
+report of each lane on a board of its own (`RayWorkers.activity`), half a round trip behind
+the node's (heartbeats bound it to about half a second).
+
+Imported only when the Ray kind is chosen: it imports ray at module level.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import dataclasses
 import logging
 import os
 import queue
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -33,63 +38,20 @@ from typing import Any
 
 import psutil
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ris import messages as m
-from ris.config.schema import Config, ConfigError
+from ris.config.schema import Config
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
-from ris.runtime.placement import colocated_groups, demand, refusals, threads_in_cluster
-from ris.runtime.worker import ResourceUsage, WorkerSpec
 from ris.runtime.worker_main import worker_main
+from ris.runtime.workers.base import ResourceUsage, WorkerSpec
+from ris.runtime.workers.ray_cluster import Placements, check_cluster
+from ris.runtime.workers.ray_placement import demand, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
 
 # How long one take() waits for a message; heartbeats (every 0.5 s) end most waits sooner.
 POLL_S = 2.0
-# How long the head's address may take to accept a connection.
-CONNECT_TIMEOUT_S = 5.0
-# Placement groups for lanes placed together must be placed within this at start.
-PLACEMENT_TIMEOUT_S = 30.0
-
-
-def connect(config: Config) -> None:
-    """Join the configured Ray cluster (once per process)."""
-    address = config.cluster.address
-    if address and ":" in address and "://" not in address:
-        # Ray retries an address where nothing listens for minutes: say so at once instead.
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-        except (OSError, ValueError) as e:
-            raise ConfigError(
-                f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
-                f"`ray start --head --port={port}` or fix the address"
-            ) from None
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"cluster.address {address!r}: cannot join a Ray cluster there: {e}") from None
-
-
-def alive_nodes() -> list[dict[str, float]]:
-    nodes: Any = ray.nodes  # unannotated in Ray
-    return [dict(n["Resources"]) for n in nodes() if n.get("Alive")]
-
-
-def check_cluster(config: Config) -> None:
-    """Refuse, naming the missing resource, a config whose lanes no node of the cluster can host
-    (Ray would keep such an actor pending for ever)."""
-    connect(config)
-    problems = refusals(config, alive_nodes())
-    if problems:
-        raise ConfigError(
-            f"the Ray cluster at {config.cluster.address} cannot host this configuration:\n  - "
-            + "\n  - ".join(problems)
-        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +66,8 @@ class _Batch:
     cpu_percent: float
     node_id: str
     node_ip: str
+    # The lane's activity on the worker's board when the take answered (Activity's value).
+    activity: int = 0
 
 
 class _Inbox:
@@ -184,7 +148,10 @@ class LaneActor:
             else ActivityBoard((spec.lane, *spec.yield_to), array=bytearray(1 + len(spec.yield_to)))
         )
         if spec.lane in board.lanes:
-            board.writer(spec.lane)(Activity.IDLE)  # a predecessor killed mid-prefill left its mark
+            # Also done when the predecessor was killed; here in case that did not reach the node.
+            board.writer(spec.lane)(Activity.IDLE)
+        self._lane = spec.lane
+        self._board = board
         self._inbox = _Inbox()
         self._outbox = _Outbox()
         self._proc = psutil.Process()
@@ -213,6 +180,7 @@ class LaneActor:
             float(self._proc.cpu_percent(None)),
             self._node_id,
             self._node_ip,
+            int(self._board.get(self._lane)),
         )
 
 
@@ -229,34 +197,18 @@ def _actor_class() -> Any:
 
 
 class RayWorkers:
-    """Builds each lane's RayWorkers: joins the cluster, refuses what it cannot host, and
-    reserves a placement group for each set of lanes placed together."""
+    """The Ray kind's pool (WorkerPool): joins the cluster, refuses what it cannot host, reserves
+    a placement group for each set of lanes placed together, and keeps what the actors last
+    reported of their lanes' activity."""
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         check_cluster(config)
         self.config = config
         self.loop = loop
-        self._groups: dict[str, tuple[PlacementGroup, int, str, tuple[str, ...]]] = {}
-        self._made: list[tuple[PlacementGroup, str]] = []
-        for group in colocated_groups(config):
-            pg = placement_group(
-                [demand(config, lane).as_bundle() for lane in group],
-                strategy="STRICT_PACK",
-                name=f"ris-{'-'.join(group)}",
-            )
-            ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
-            if not ready:
-                remove_placement_group(pg)
-                raise ConfigError(
-                    f"lanes {' and '.join(group)} must share a node and no node of the Ray cluster "
-                    f"took them together within {PLACEMENT_TIMEOUT_S:g} s: "
-                    f"{[demand(config, lane).as_bundle() for lane in group]}"
-                )
-            # Named per server (pid) and group: a block in the node's /dev/shm.
-            board = f"ris-board-{config.cluster.namespace}-{os.getpid()}-{'-'.join(group)}"
-            self._made.append((pg, board))
-            for i, lane in enumerate(group):
-                self._groups[lane] = (pg, i, board, group)
+        self._placements = Placements(config)
+        # Every actor has its own lane on its board (shared or its own), so every lane a slot.
+        lanes = list(config.lanes)
+        self.board = ActivityBoard(lanes, array=bytearray(max(1, len(lanes))))
 
     def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> RayWorker:
         lane = spec.lane
@@ -276,37 +228,27 @@ class RayWorkers:
         }
         board_name: str | None = None
         board_lanes: tuple[str, ...] = ()
-        if lane in self._groups:
-            pg, index, board_name, board_lanes = self._groups[lane]
+        placed = self._placements.get(lane)
+        if placed is not None:
+            board_name, board_lanes = placed.board, placed.board_lanes
             # The bundle already holds the resources: the actor asks for them inside it.
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=index
-            )
-        return RayWorker(spec, deliver, self.loop, options, board_name, board_lanes)
+            options["scheduling_strategy"] = placed.strategy()
+        return RayWorker(spec, deliver, self.loop, options, (board_name, board_lanes), self)
+
+    def activity(self, lane: str) -> Activity | None:
+        return self.board.get(lane) if lane in self.board.lanes else None
+
+    def reported(self, lane: str, activity: int) -> None:
+        """A take() brought the lane's activity on its node."""
+        self.board.set(lane, Activity(activity))
+
+    def killed(self, lane: str) -> None:
+        """The kill rule (base.py): the lane reads idle here and on its node's board."""
+        self.board.set(lane, Activity.IDLE)
+        self._placements.set_idle(lane)
 
     def close(self) -> None:
-        """Free the placement groups, and the boards in their node's shared memory (removed by
-        a task run in the group, on that node)."""
-        unlink: Any = ray.remote(num_cpus=0)(_unlink_board)
-        for pg, board in self._made:
-            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
-            try:
-                ray.get(unlink.options(scheduling_strategy=strategy).remote(board), timeout=10)
-            except Exception:  # noqa: BLE001 - a node gone with its board: nothing to remove
-                log.warning("activity board %s not removed from its node", board)
-            remove_placement_group(pg)
-        self._made.clear()
-
-
-def _unlink_board(name: str) -> None:
-    from multiprocessing import shared_memory
-
-    try:
-        shm = shared_memory.SharedMemory(name)
-    except FileNotFoundError:
-        return
-    shm.close()
-    shm.unlink()
+        self._placements.close()
 
 
 class RayWorker:
@@ -318,14 +260,15 @@ class RayWorker:
         deliver: Callable[[object], None],
         loop: asyncio.AbstractEventLoop,
         options: dict[str, Any],
-        board_name: str | None,
-        board_lanes: tuple[str, ...],
+        board: tuple[str | None, tuple[str, ...]],
+        pool: RayWorkers,
     ) -> None:
         self.spec = spec
         self._deliver = deliver
         self._loop = loop
         self._options = options
-        self._board = (board_name, board_lanes)
+        self._board = board  # the name and lanes of the board shared on its node, if any
+        self._pool = pool
         self._actor: Any = None
         self._dead = False
         self._ended = False
@@ -365,6 +308,7 @@ class RayWorker:
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already gone with its node: nothing to kill
                 log.debug("%s actor already gone", self.spec.lane)
+        self._pool.killed(self.spec.lane)
 
     async def stop(self, timeout: float) -> None:
         pump = self._pump
@@ -411,6 +355,7 @@ class RayWorker:
             if generation != self._generation:
                 return
             self._last = batch
+            self._pool.reported(self.spec.lane, batch.activity)
             for msg in batch.messages:
                 try:
                     self._deliver(msg)
@@ -423,4 +368,4 @@ class RayWorker:
                 return
 
 
-__all__ = ["LaneActor", "RayWorker", "RayWorkers", "check_cluster", "connect"]
+__all__ = ["LaneActor", "RayWorker", "RayWorkers"]

@@ -1,7 +1,7 @@
 """Where each lane's workers may run on a Ray cluster, and which configs no node can host.
 
 Pure: it reads the config and the nodes' advertised resources (as `ray.nodes()` lists them) and
-decides; ris.runtime.ray_worker creates the actors. A lane's worker asks for
+decides; ris.runtime.workers.ray creates the actors. A lane's worker asks for
   - `ris_lane_<lane>`: 1, the custom resource a node advertises (`ray start --resources`) to say
     it hosts that lane (the amount it advertises is how many of the lane's workers it takes);
   - `CPU`: its cores (`cores` given: as many as listed, else `threads`, else 1);

@@ -1,0 +1,32 @@
+"""One worker of a lane as the engine tracks it: the worker, its supervisor watch, the tasks it
+runs and what it last said of itself (ready, with its slots and models, or failed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ris import messages as m
+from ris.runtime.supervisor import Watch, WorkerState
+from ris.runtime.workers.base import LaneWorker
+
+
+@dataclass(eq=False)
+class Replica:
+    """One worker of a lane and what the engine knows of it."""
+
+    lane: str
+    worker: LaneWorker
+    watch: Watch
+    running: set[str] = field(default_factory=set)
+    ready_info: m.WorkerReady | None = None
+    failure: m.WorkerFailed | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.watch.state is WorkerState.READY
+
+    @property
+    def free_slots(self) -> int:
+        if not self.ready or self.ready_info is None:
+            return 0
+        return self.ready_info.slots - len(self.running)

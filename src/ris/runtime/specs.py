@@ -1,0 +1,39 @@
+"""What each lane's worker is started with: the config, the lane kind and the machine turned
+into a `WorkerSpec` (binding, memory ceiling, backends, preemption)."""
+
+from __future__ import annotations
+
+from ris import lanes
+from ris.config import Config
+from ris.config.sharing import resolve_policy, yields_to
+from ris.machine import MachineInfo, machine_info
+from ris.runtime.binding import Binding
+from ris.runtime.workers.base import WorkerSpec
+
+
+def memory_limit(config: Config, lane: str, machine: MachineInfo | None = None) -> int | None:
+    """The lane's worker memory ceiling in bytes (None: none); `machine` defaults to this one."""
+    return config.lane(lane).memory_limit_bytes(machine or machine_info(), lanes.kind(lane).memory_share)
+
+
+def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -> WorkerSpec:
+    """The spec every worker of `lane` is built from; `machine` defaults to this one."""
+    cfg = config.lane(lane)
+    kind = lanes.kind(lane)
+    return WorkerSpec(
+        lane=lane,
+        kind=lanes.target(lane),
+        binding=Binding(
+            cores=cfg.cores,
+            threads=cfg.effective_threads(machine or machine_info()),
+            nice=cfg.nice,
+            gpu=cfg.gpu_index,
+            memory_limit_bytes=memory_limit(config, lane, machine),
+        ),
+        device=cfg.device,
+        lane_config_json=cfg.model_dump_json(),
+        backends={name: kind.backend_target(spec.backend) for name, spec in cfg.models.items()},
+        data_dir=str(config.data_dir),
+        preemption=resolve_policy(config, lane) if kind.preemptible else None,
+        yield_to=yields_to(config, lane),
+    )

@@ -1,0 +1,107 @@
+"""What the engine needs from the workers of a kind, wherever they run: the `WorkerPool` and
+`LaneWorker` protocols, and the `WorkerSpec` a worker is built from.
+
+Kinds: `ProcessWorkers` (spawned local processes with pipes, process.py), `RayWorkers` (Ray
+actors on cluster nodes, ray.py) and, in unit tests, an in-memory fake. A worker is told what
+to run with wire messages (ris.messages) and hands every message it receives to the `deliver`
+callback it was built with, on the engine's event loop thread. It may run several tasks at
+once (`WorkerReady.slots`) and may live on another machine: results come back as values inside
+the messages, never as files (see ris.runtime.files).
+
+The activity rule, the same for every kind: real-time workers publish what they do (idle,
+prefill, decode, busy) on an activity board that the lanes yielding to them read; the pool
+answers `activity(lane)` from it. A worker that is killed (`kill()`, and `stop()`, which ends
+in one) leaves its lane's slot IDLE: a worker killed mid-prefill must not leave the lanes that
+yield to it paused until its successor starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ris.messages import CancelTask, RunTask
+from ris.preemption.policy import Activity, PreemptionPolicy
+from ris.runtime.binding import Binding
+
+if TYPE_CHECKING:
+    from ris.config import Config
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to start, picklable (it crosses to the worker as is)."""
+
+    lane: str
+    # "module:ATTR" of the lane kind, imported inside the worker.
+    kind: str
+    binding: Binding
+    device: str
+    # The lane's LaneConfig as JSON: the config model is rebuilt inside the worker.
+    lane_config_json: str
+    # Model name -> its backend's "module:Class", resolved by the server from the kind's registry.
+    backends: dict[str, str]
+    # A folder on the worker's machine for model caches (never for results).
+    data_dir: str
+    # Preemptible lanes: how to yield, and to which real-time lanes (those sharing its hardware).
+    preemption: PreemptionPolicy | None = None
+    yield_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    pid: int | None = None
+    cpu_percent: float | None = None  # since the previous reading
+    rss_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
+    # The Ray node running the worker (its id and address); None for a local process.
+    node: str | None = None
+    node_ip: str | None = None
+
+
+class LaneWorker(Protocol):
+    def start(self) -> None:
+        """Begin starting (spawn, load models); returns at once. WorkerReady or WorkerFailed follows."""
+
+    def send(self, msg: RunTask | CancelTask) -> bool:
+        """Deliver a message to the worker; False when it is already gone."""
+
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None:
+        """Stop it now; messages it sent but were not yet delivered are dropped. Its lane's
+        activity reads IDLE afterwards (the rule above)."""
+
+    async def stop(self, timeout: float) -> None:
+        """Ask it to exit; kill it if it has not within `timeout` seconds."""
+
+    def usage(self) -> ResourceUsage: ...
+
+    def memory_bytes(self) -> int | None:
+        """Resident memory now (None when unknown); read by the watchdog several times a second,
+        so cheap and without side effects on usage()'s CPU reading."""
+
+
+class WorkerPool(Protocol):
+    """The workers of one kind for every lane, and what they share (an activity board, a
+    cluster's placement). The engine opens one per server and reads it only through these."""
+
+    def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> LaneWorker:
+        """A new, not yet started worker for `spec`; `deliver(msg)` is called on the engine's
+        loop thread."""
+
+    def activity(self, lane: str) -> Activity | None:
+        """What the lane's worker last published on the activity board; None where the lane
+        has no slot on a board (it neither yields nor is yielded to) or the kind keeps none."""
+
+    def close(self) -> None:
+        """Free what the pool holds beyond its workers (called after every worker stopped)."""
+
+
+class PoolOpener(Protocol):
+    """A worker kind's pool class: opened once per server, on a thread (it may block, joining a
+    cluster), with the event loop its workers deliver on."""
+
+    def __call__(self, config: Config, loop: asyncio.AbstractEventLoop) -> WorkerPool: ...

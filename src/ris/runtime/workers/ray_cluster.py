@@ -1,0 +1,168 @@
+"""Joining the configured Ray cluster and reserving its placement, for the Ray worker kind.
+
+`check_cluster` refuses, at start, a config no node can host (Ray would keep such an actor
+pending for ever; the pure rules are in ray_placement.py). `Placements` reserves one STRICT_PACK
+placement group for each set of lanes placed together (they read one activity board, a named
+block in their node's shared memory) and frees the groups and boards at the end.
+
+Imported only when the Ray kind is chosen: it imports ray at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ris.config.schema import Config, ConfigError
+from ris.preemption.board import ActivityBoard
+from ris.preemption.policy import Activity
+from ris.runtime.workers.ray_placement import colocated_groups, demand, refusals
+
+log = logging.getLogger("ris.worker")
+
+# How long the head's address may take to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
+# Placement groups for lanes placed together must be placed within this at start.
+PLACEMENT_TIMEOUT_S = 30.0
+
+
+def connect(config: Config) -> None:
+    """Join the configured Ray cluster (once per process)."""
+    address = config.cluster.address
+    if address and ":" in address and "://" not in address:
+        # Ray retries an address where nothing listens for minutes: say so at once instead.
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
+                f"`ray start --head --port={port}` or fix the address"
+            ) from None
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"cluster.address {address!r}: cannot join a Ray cluster there: {e}") from None
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    nodes: Any = ray.nodes  # unannotated in Ray
+    return [dict(n["Resources"]) for n in nodes() if n.get("Alive")]
+
+
+def check_cluster(config: Config) -> None:
+    """Refuse, naming the missing resource, a config whose lanes no node of the cluster can host
+    (Ray would keep such an actor pending for ever)."""
+    connect(config)
+    problems = refusals(config, alive_nodes())
+    if problems:
+        raise ConfigError(
+            f"the Ray cluster at {config.cluster.address} cannot host this configuration:\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a lane placed with partners runs: its bundle of their placement group, and the
+    name and lanes of the activity board they share on that node."""
+
+    group: PlacementGroup
+    index: int
+    board: str
+    board_lanes: tuple[str, ...]
+
+    def strategy(self, index: int | None = None) -> PlacementGroupSchedulingStrategy:
+        """Run inside the group (in the lane's bundle unless told which)."""
+        return PlacementGroupSchedulingStrategy(
+            self.group, placement_group_bundle_index=self.index if index is None else index
+        )
+
+
+class Placements:
+    """The placement groups of the lanes placed together, reserved at once (or refused)."""
+
+    def __init__(self, config: Config) -> None:
+        self._placed: dict[str, Placed] = {}
+        self._made: list[Placed] = []  # one per group (its first lane's)
+        for group in colocated_groups(config):
+            pg = placement_group(
+                [demand(config, lane).as_bundle() for lane in group],
+                strategy="STRICT_PACK",
+                name=f"ris-{'-'.join(group)}",
+            )
+            ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+            if not ready:
+                remove_placement_group(pg)
+                raise ConfigError(
+                    f"lanes {' and '.join(group)} must share a node and no node of the Ray cluster "
+                    f"took them together within {PLACEMENT_TIMEOUT_S:g} s: "
+                    f"{[demand(config, lane).as_bundle() for lane in group]}"
+                )
+            # Named per server (pid) and group: a block in the node's /dev/shm.
+            board = f"ris-board-{config.cluster.namespace}-{os.getpid()}-{'-'.join(group)}"
+            for i, lane in enumerate(group):
+                self._placed[lane] = Placed(pg, i, board, group)
+            self._made.append(self._placed[group[0]])
+
+    def get(self, lane: str) -> Placed | None:
+        return self._placed.get(lane)
+
+    def set_idle(self, lane: str) -> None:
+        """Mark `lane` idle on the board it shares on its node (its worker was killed), by a
+        task run in its bundle; not awaited: the partners read it within a poll."""
+        placed = self._placed.get(lane)
+        if placed is None:
+            return  # a board of its own, in the killed actor's memory: gone with it
+        try:
+            remote: Any = ray.remote(num_cpus=0)(_set_idle)
+            remote.options(scheduling_strategy=placed.strategy()).remote(
+                placed.board, placed.board_lanes, lane
+            )
+        except Exception:  # noqa: BLE001 - the cluster is going: the successor's start resets it
+            log.warning("%s: its slot on the activity board %s not reset", lane, placed.board)
+
+    def close(self) -> None:
+        """Free the placement groups, and the boards in their node's shared memory (removed by
+        a task run in the group, on that node)."""
+        unlink: Any = ray.remote(num_cpus=0)(_unlink_board)
+        for placed in self._made:
+            try:
+                ray.get(
+                    unlink.options(scheduling_strategy=placed.strategy(0)).remote(placed.board), timeout=10
+                )
+            except Exception:  # noqa: BLE001 - a node gone with its board: nothing to remove
+                log.warning("activity board %s not removed from its node", placed.board)
+            remove_placement_group(placed.group)
+        self._made.clear()
+
+
+def _set_idle(name: str, lanes: tuple[str, ...], lane: str) -> None:
+    try:
+        board = ActivityBoard.attach(lanes, name, create=False)
+    except FileNotFoundError:
+        return  # removed at shutdown
+    board.set(lane, Activity.IDLE)
+
+
+def _unlink_board(name: str) -> None:
+    from multiprocessing import shared_memory
+
+    try:
+        shm = shared_memory.SharedMemory(name)
+    except FileNotFoundError:
+        return
+    shm.close()
+    shm.unlink()
+
+
+__all__ = ["Placed", "Placements", "alive_nodes", "check_cluster", "connect"]

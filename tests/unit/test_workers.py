@@ -1,0 +1,155 @@
+"""Worker kinds (ris.runtime.workers): the name -> "module:Class" map, a kind named by its
+"module:Class" in the config, and the kill rule for the activity board."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ris.config import Config
+from ris.lanes import Lane
+from ris.preemption.policy import Activity
+from ris.runtime.binding import Binding
+from ris.runtime.engine import Engine
+from ris.runtime.workers import KINDS, pool_class
+from ris.runtime.workers.base import WorkerSpec
+from ris.runtime.workers.process import ProcessWorkers
+
+from .fakes import TWO_CORES, FakeClock, FakeWorkers, config
+
+
+def test_the_process_kind_is_chosen_by_its_name_and_by_local() -> None:
+    assert pool_class("process") is ProcessWorkers
+    assert pool_class("local") is ProcessWorkers
+    assert KINDS["ray"] == "ris.runtime.workers.ray:RayWorkers"  # not imported: ray is optional
+
+
+def test_an_unknown_kind_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown worker kind 'kube': use one of process, ray, local"):
+        pool_class("kube")
+
+
+class RecordingPool(FakeWorkers):
+    """A worker kind of a test's own, named in the config by its "module:Class"."""
+
+    opened: list[RecordingPool] = []
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.lanes = list(config.lanes)
+        self.closed = False
+        RecordingPool.opened.append(self)
+
+    def activity(self, lane: str) -> Activity | None:
+        return Activity.PREFILL if lane == Lane.LLM else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_kind_named_by_module_and_class_in_the_config_builds_the_workers(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    cfg = cfg.model_copy(
+        update={"cluster": cfg.cluster.model_copy(update={"engine": f"{__name__}:RecordingPool"})}
+    )
+
+    async def serve() -> None:
+        clock = FakeClock()
+        eng = Engine(cfg, clock=clock, wall=clock, machine=TWO_CORES, monitor_interval_s=None)
+        await eng.start()
+        (pool,) = RecordingPool.opened
+        assert sorted(pool.by_lane) == [Lane.LLM, Lane.TTS]
+        assert eng.snapshot().lane(Lane.LLM).activity is Activity.PREFILL  # read through the pool
+        await eng.stop()
+        assert pool.closed
+
+    RecordingPool.opened.clear()
+    asyncio.run(serve())
+
+
+def test_the_config_accepts_a_module_and_class_as_its_engine() -> None:
+    from pydantic import ValidationError
+
+    from ris.config.schema import ClusterConfig
+
+    assert ClusterConfig(engine="mypkg.kinds:SlurmWorkers").engine == "mypkg.kinds:SlurmWorkers"
+    with pytest.raises(ValidationError, match="engine"):
+        ClusterConfig(engine="slurm")
+
+
+def test_a_killed_process_worker_leaves_its_lane_idle_on_the_board(tmp_path: Path) -> None:
+    async def kill_one() -> None:
+        pool = ProcessWorkers(config(tmp_path), asyncio.get_running_loop())
+        assert pool.activity(Lane.LLM) is Activity.IDLE
+        pool.board.set(Lane.LLM, Activity.PREFILL)
+        worker = pool(_spec(Lane.LLM), lambda msg: None)
+        worker.kill()  # never started: nothing to stop, the rule holds all the same
+        assert pool.activity(Lane.LLM) is Activity.IDLE
+        pool.close()
+
+    asyncio.run(kill_one())
+
+
+def _spec(lane: str) -> WorkerSpec:
+    binding = Binding(cores=None, threads=1, nice=0, gpu=None, memory_limit_bytes=None)
+    return WorkerSpec(lane, "", binding, "cpu", "{}", {}, "")
+
+
+def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's boards live on the nodes: the pool keeps what each take() reported (no cluster
+    here: a fake actor answers the takes)."""
+    ray_kind = pytest.importorskip("ris.runtime.workers.ray")
+    from ris.preemption.board import ActivityBoard
+
+    class Idled:
+        """The placements' part: which lanes were set idle on their node."""
+
+        def __init__(self) -> None:
+            self.lanes: list[str] = []
+
+        def set_idle(self, lane: str) -> None:
+            self.lanes.append(lane)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        takes: list[asyncio.Future[object]] = []
+
+        def take(number: int, timeout: float) -> asyncio.Future[object]:
+            takes.append(loop.create_future())
+            return takes[-1]
+
+        class Method:
+            def __init__(self, fn: Callable[..., object]) -> None:
+                self.remote = fn
+
+        class Actor:
+            def __init__(self) -> None:
+                self.take, self.put = Method(take), Method(lambda seq, msg: None)
+
+        class ActorClass:
+            def options(self, **options: object) -> ActorClass:
+                return self
+
+            def remote(self, *args: object) -> Actor:
+                return Actor()
+
+        monkeypatch.setattr(ray_kind, "_actor_class", ActorClass)
+        pool = object.__new__(ray_kind.RayWorkers)  # its cluster part is not needed here
+        pool.board = ActivityBoard([Lane.LLM, Lane.TTS], array=bytearray(2))
+        pool._placements = idled = Idled()
+        worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, (None, ()), pool)
+        worker.start()
+        await asyncio.sleep(0)
+        takes[0].set_result(ray_kind._Batch([], False, 7, 0, 0.0, "node", "10.0.0.2", int(Activity.PREFILL)))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert (pool.activity(Lane.LLM), pool.activity(Lane.TTS)) == (Activity.PREFILL, Activity.IDLE)
+        worker.kill()
+        assert pool.activity(Lane.LLM) is Activity.IDLE and idled.lanes == [Lane.LLM]
+
+    asyncio.run(scenario())
