@@ -12,17 +12,24 @@ never carry user content.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import Field, dataclass, field
+from typing import Any, ClassVar, Protocol
 
 # ----- server -> worker ----------------------------------------------------------------------
+
+
+class LaneRequest(Protocol):
+    """A lane kind's request: a frozen dataclass (ris.lanes.llm.LLMRequest, ...), sent to the
+    worker as it is and stored as its fields (LaneKind.request_to_json)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
 
 @dataclass(frozen=True)
 class RunTask:
     task_id: str
     model: str
-    request: Any = field(repr=False)  # the lane kind's request dataclass
+    request: LaneRequest = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ class EchoRunner(LaneRunner[EchoBackend, EchoRequest, EchoOutcome]):
         return backend.echo(request, emit, cancelled)
 
 
-class EchoLane(LaneKind[EchoRequest, EchoOutcome]):
+class EchoLane(LaneKind[EchoRequest, EchoOutcome, EchoResult]):
     name = "echo"
     request_type, outcome_type, backend_type, runner_type = EchoRequest, EchoOutcome, EchoBackend, EchoRunner
     builtin_backends = {"upper": f"{__name__}:UpperEcho"}

@@ -11,7 +11,9 @@ import pytest
 from ris import messages as m
 from ris.api.console_state import console_state
 from ris.lanes import Lane
+from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
+from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
@@ -31,7 +33,7 @@ async def test_lane_states_follow_the_worker_through_a_crash(tmp_path: Path) -> 
         llm.ready()
         lane = console_state(eng)["lanes"]["llm"]
         assert (lane["state"], lane["cores"], lane["uptime_s"]) == ("idle", [0], 0.0)
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        eng.submit(LLM, "m", LLMRequest(prompt="a"))
         assert console_state(eng)["lanes"]["llm"]["state"] == "busy"  # no activity board here
         llm.die()
         eng.check()
@@ -50,11 +52,11 @@ async def test_tasks_are_listed_in_queue_order_with_outcomes_and_429s_counted(tm
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]
         llm.ready()
-        running = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-        first = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"), priority=5)
-        second = eng.submit(Lane.LLM, "m", LLMRequest(prompt="c"))
+        running = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        first = eng.submit(LLM, "m", LLMRequest(prompt="b"), priority=5)
+        second = eng.submit(LLM, "m", LLMRequest(prompt="c"))
         with pytest.raises(QueueFull):
-            eng.submit(Lane.LLM, "m", LLMRequest(prompt="d"))
+            eng.submit(LLM, "m", LLMRequest(prompt="d"))
         state = console_state(eng)
         assert state["lanes"]["llm"]["rejected"] == 1
         tasks = state["tasks"]
@@ -85,13 +87,13 @@ async def test_the_image_lane_yields_during_llm_prefill_while_an_image_runs(tmp_
         img.ready()
         assert console_state(eng)["lanes"]["image"]["yield_policy"] == "block"
         t0 = eng.wall_clock()
-        alone = eng.submit(Lane.LLM, "m", LLMRequest(prompt="before any image"))
+        alone = eng.submit(LLM, "m", LLMRequest(prompt="before any image"))
         clock.advance(0.2)
         llm.deliver(m.TaskOutput(alone.task_id, TextDelta("x")))
         llm.deliver(m.TaskDone(alone.task_id, LLMOutcome("stop", 1, 1)))
-        eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="p"))
+        eng.submit(IMAGE, "i", ImageRequest(prompt="p"))
         clock.advance(1.0)
-        chat = eng.submit(Lane.LLM, "m", LLMRequest(prompt="while the image runs"))
+        chat = eng.submit(LLM, "m", LLMRequest(prompt="while the image runs"))
         clock.advance(0.5)
         assert windows(eng, t0) == [("image", 1.2, 1.7)]  # prefill still going: up to now
         llm.deliver(m.TaskOutput(chat.task_id, TextDelta("y")))  # the first token: prefill ends
@@ -145,7 +147,7 @@ async def test_the_lane_states_show_what_the_pool_reads_on_the_activity_board(tm
     try:
         workers[Lane.LLM].ready()
         workers[Lane.IMAGE].ready()
-        eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="p"))
+        eng.submit(IMAGE, "i", ImageRequest(prompt="p"))
         workers.board[Lane.LLM] = Activity.PREFILL
         lanes = console_state(eng)["lanes"]
         assert (lanes["llm"]["state"], lanes["image"]["state"]) == ("prefill", "yielding")

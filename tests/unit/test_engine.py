@@ -11,8 +11,11 @@ import pytest
 from ris import messages as m
 from ris.config import RetentionConfig
 from ris.lanes import Lane
+from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageResult
+from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
+from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest, TTSResult
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.retention import Retention
@@ -35,17 +38,19 @@ from .fakes import (
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
 
-def one_task(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle]:
+def one_task(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle[LLMResult]]:
     """The LLM worker made ready and one task running on it."""
     llm = workers[Lane.LLM]
     llm.ready()
-    return llm, eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+    return llm, eng.submit(LLM, "m", LLMRequest(prompt="a"))
 
 
-def two_tasks(eng: Engine, workers: FakeWorkers) -> tuple[FakeWorker, TaskHandle, TaskHandle]:
+def two_tasks(
+    eng: Engine, workers: FakeWorkers
+) -> tuple[FakeWorker, TaskHandle[LLMResult], TaskHandle[LLMResult]]:
     """The LLM worker made ready, one task running on it and one queued behind."""
     llm, running = one_task(eng, workers)
-    return llm, running, eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
+    return llm, running, eng.submit(LLM, "m", LLMRequest(prompt="b"))
 
 
 def heartbeat_after(seconds: float, eng: Engine, clock: FakeClock, worker: FakeWorker, progress: int) -> None:
@@ -59,8 +64,8 @@ def heartbeat_after(seconds: float, eng: Engine, clock: FakeClock, worker: FakeW
 @run
 async def test_tasks_wait_for_a_ready_worker_then_run_one_per_slot(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
-        a = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
-        b = eng.submit(Lane.LLM, "m", LLMRequest(prompt="b"))
+        a = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        b = eng.submit(LLM, "m", LLMRequest(prompt="b"))
         llm = workers[Lane.LLM]
         assert llm.runs == []  # still loading
         llm.ready()
@@ -74,7 +79,7 @@ async def test_tasks_wait_for_a_ready_worker_then_run_one_per_slot(tmp_path: Pat
 async def test_a_worker_with_two_slots_runs_two_tasks_at_once(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         workers[Lane.LLM].ready(slots=2)
-        ids = [eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i))).task_id for i in range(3)]
+        ids = [eng.submit(LLM, "m", LLMRequest(prompt=str(i))).task_id for i in range(3)]
         assert [r.task_id for r in workers[Lane.LLM].runs] == ids[:2]
         assert eng.snapshot().lane(Lane.LLM).workers[0].running == 2
 
@@ -83,7 +88,7 @@ async def test_a_worker_with_two_slots_runs_two_tasks_at_once(tmp_path: Path) ->
 async def test_outputs_stream_and_become_a_typed_result_with_timings(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         workers[Lane.LLM].ready()
-        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="hi"))
+        handle = eng.submit(LLM, "m", LLMRequest(prompt="hi"))
         clock.advance(0.2)
         for piece in ("Hel", "lo"):
             workers[Lane.LLM].deliver(m.TaskOutput(handle.task_id, TextDelta(piece)))
@@ -103,14 +108,14 @@ async def test_outputs_stream_and_become_a_typed_result_with_timings(tmp_path: P
 async def test_admission_refuses_with_reasons(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         for i in range(2):  # max_queue 2, worker not ready: both wait
-            eng.submit(Lane.LLM, "m", LLMRequest(prompt=str(i)))
+            eng.submit(LLM, "m", LLMRequest(prompt=str(i)))
         with pytest.raises(QueueFull) as full:
-            eng.submit(Lane.LLM, "m", LLMRequest(prompt="3"))
+            eng.submit(LLM, "m", LLMRequest(prompt="3"))
         assert full.value.retry_after_s >= 1
         with pytest.raises(LaneUnavailable, match="image lane is disabled"):
-            eng.submit(Lane.IMAGE, "x", ImageRequest(prompt="x"))
+            eng.submit(IMAGE, "x", ImageRequest(prompt="x"))
         with pytest.raises(TypeError, match="takes LLMRequest"):
-            eng.submit(Lane.LLM, "m", ImageRequest(prompt="x"))
+            eng.submit(LLM, "m", ImageRequest(prompt="x"))  # type: ignore[misc]
 
 
 @run
@@ -118,11 +123,11 @@ async def test_a_batch_is_queued_whole_or_not_at_all(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]
         llm.ready()
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt="busy"))  # runs; max_queue 2 left
+        eng.submit(LLM, "m", LLMRequest(prompt="busy"))  # runs; max_queue 2 left
         with pytest.raises(QueueFull, match="not the 3 asked for together"):
-            eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(3)])
+            eng.submit_many(LLM, "m", [LLMRequest(prompt=str(i)) for i in range(3)])
         assert len(eng.tasks(Lane.LLM)) == 1  # none of the three was admitted
-        batch = eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
+        batch = eng.submit_many(LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
         assert [eng.lookup(h.task_id).state for h in batch] == ["queued", "queued"]  # type: ignore[union-attr]
 
 
@@ -143,7 +148,7 @@ async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_
 
         eng.durable.accepted = disk_full_on_the_second  # type: ignore[method-assign]
         with pytest.raises(OSError):
-            eng.submit_many(Lane.LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
+            eng.submit_many(LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
         first = workers[Lane.LLM].runs[0].task_id  # it had started at once: it is stopped again
         assert workers[Lane.LLM].cancels == [first]
         assert eng.snapshot().lane(Lane.LLM).stats.queued == 0
@@ -235,13 +240,13 @@ async def test_a_model_that_cannot_load_makes_the_lane_unavailable_until_it_can(
         llm = workers[Lane.LLM]
         llm.deliver(m.WorkerFailed("model_not_found", "no such file"))
         with pytest.raises(LaneUnavailable, match="cannot start: no such file"):
-            eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+            eng.submit(LLM, "m", LLMRequest(prompt="a"))
         clock.advance(backoff(0))
         eng.check()
         assert llm.starts == 2
         llm.ready()
         assert eng.ready()["llm"]
-        eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"))
+        eng.submit(LLM, "m", LLMRequest(prompt="a"))
 
 
 @run
@@ -261,7 +266,7 @@ async def test_a_deadline_stops_a_running_task(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]
         llm.ready()
-        handle = eng.submit(Lane.LLM, "m", LLMRequest(prompt="a"), timeout_s=3)
+        handle = eng.submit(LLM, "m", LLMRequest(prompt="a"), timeout_s=3)
         clock.advance(3.5)
         llm.deliver(m.Heartbeat(progress_events=1))
         eng.check()
@@ -276,16 +281,16 @@ async def test_image_results_are_written_by_the_server_and_tasks_survive_a_resta
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
         img = workers[Lane.IMAGE]
         img.ready()
-        done = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="a"))
+        done = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
         img.deliver(m.TaskProgress(done.task_id, 1, 2))
         assert eng.lookup(done.task_id).progress_done == 1  # type: ignore[union-attr]
         img.deliver(m.TaskDone(done.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7))))
         result = (await done.done).result
         assert isinstance(result, ImageResult) and Path(result.path).read_bytes() == PNG
         assert eng.files.servable("images", result.path) == Path(result.path).resolve()
-        interrupted = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="b"))
+        interrupted = eng.submit(IMAGE, "i", ImageRequest(prompt="b"))
         clock.advance(1.0)
-        waiting = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="c", seed=3))
+        waiting = eng.submit(IMAGE, "i", ImageRequest(prompt="c", seed=3))
 
     # A new engine on the same data folder: the finished one is known, the others resume.
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, workers2, _):
@@ -302,7 +307,7 @@ async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(t
     async with started_engine(tmp_path) as (eng, workers, clock):
         tts = workers[Lane.TTS]
         tts.ready()
-        said = eng.submit(Lane.TTS, "e", TTSRequest(text="hello"))
+        said = eng.submit(TTS, "e", TTSRequest(text="hello"))
         tts.deliver(m.TaskOutput(said.task_id, AudioChunk(b"\x01\x00" * 100)))
         tts.deliver(m.TaskDone(said.task_id, TTSOutcome(sample_rate=16000, samples=100, voice="en")))
         result = (await said.done).result
@@ -329,7 +334,7 @@ async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(t
 async def test_a_result_that_cannot_be_written_fails_the_task_clearly(tmp_path: Path) -> None:
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
         workers[Lane.IMAGE].ready()
-        handle = eng.submit(Lane.IMAGE, "i", ImageRequest(prompt="a"))
+        handle = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
         (tmp_path / "data" / "images").write_text("a file where the folder should be")
         workers[Lane.IMAGE].deliver(
             m.TaskDone(handle.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7)))
@@ -344,11 +349,11 @@ async def test_a_result_the_lane_cannot_build_fails_its_task_and_frees_the_slot(
     async with started_engine(tmp_path) as (eng, workers, clock):
         tts = workers[Lane.TTS]
         tts.ready()
-        bad = eng.submit(Lane.TTS, "e", TTSRequest(text="a"))
+        bad = eng.submit(TTS, "e", TTSRequest(text="a"))
         tts.deliver(m.TaskDone(bad.task_id, TTSOutcome(sample_rate=0, samples=0, voice="x")))
         view = await bad.done
         assert (view.state, view.error_code) == ("failed", "result_not_stored")
-        nxt = eng.submit(Lane.TTS, "e", TTSRequest(text="b"))
+        nxt = eng.submit(TTS, "e", TTSRequest(text="b"))
         assert tts.runs[-1].task_id == nxt.task_id  # the lane goes on
 
 
@@ -368,8 +373,8 @@ async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_
     async with started_engine(tmp_path, tts={"replicas": 2}) as (eng, workers, clock):
         a, b = workers.replicas(Lane.TTS)
         a.ready()
-        first = eng.submit(Lane.TTS, "e", TTSRequest(text="one"))
-        second = eng.submit(Lane.TTS, "e", TTSRequest(text="two"))
+        first = eng.submit(TTS, "e", TTSRequest(text="one"))
+        second = eng.submit(TTS, "e", TTSRequest(text="two"))
         assert [r.task_id for r in a.runs] == [first.task_id] and b.runs == []  # b still loading
         b.ready()
         assert [r.task_id for r in b.runs] == [second.task_id]  # the free slot on the other one

@@ -11,8 +11,9 @@ from typing import Any
 
 from ris import messages as m
 from ris.lanes import Lane
-from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
-from ris.lanes.tts import AudioChunk, TTSOutcome
+from ris.lanes.llm import LANE as LLM
+from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
+from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
 from ris.services.speaking import SpeakingPipeline
@@ -20,6 +21,12 @@ from ris.services.speaking import SpeakingPipeline
 from .fakes import FakeWorker, run, settle, started_engine
 
 Events = list[tuple[str, Any]]
+
+
+def sent(run: m.RunTask) -> TTSRequest:
+    """The sentence request a TTS task was sent (the wire carries any lane's request)."""
+    assert isinstance(run.request, TTSRequest)
+    return run.request
 
 
 async def collect(events: AsyncIterator[tuple[str, dict[str, Any]]], into: Events) -> None:
@@ -37,10 +44,10 @@ async def started(tmp: Path, **lanes: dict[str, Any]) -> AsyncIterator[tuple[Eng
 
 def speak(
     eng: Engine, voice: str | None = None, **options: float
-) -> tuple[TaskHandle, Events, asyncio.Task[None]]:
+) -> tuple[TaskHandle[LLMResult], Events, asyncio.Task[None]]:
     """An answer asked of the LLM and the pipeline speaking it in the background: the answer,
     the events as they come, and the listener that ends with the pipeline."""
-    answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+    answer = eng.submit(LLM, "m", LLMRequest(prompt="talk"))
     events: Events = []
     pipeline = SpeakingPipeline(eng, answer, "e", voice, 1.0, **options)
     return answer, events, asyncio.create_task(collect(pipeline.run(), events))
@@ -55,7 +62,7 @@ async def test_sentences_are_spoken_in_order_and_the_first_before_the_answer_end
             llm.deliver(m.TaskOutput(answer.task_id, TextDelta(piece)))
         await settle()
         first = tts.runs[0]
-        assert first.request.text == "Hello there." and first.request.voice == "en-US"
+        assert sent(first).text == "Hello there." and sent(first).voice == "en-US"
         tts.deliver(m.TaskOutput(first.task_id, AudioChunk(b"\x01\x00" * 10, 16000)))
         tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 10, "en-US")))
         await settle()
@@ -64,7 +71,7 @@ async def test_sentences_are_spoken_in_order_and_the_first_before_the_answer_end
         await settle()
         for i in (1, 2):  # one TTS slot: each sentence starts when the one before it is spoken
             run_ = tts.runs[i]
-            tts.deliver(m.TaskOutput(run_.task_id, AudioChunk(run_.request.text.encode(), 16000)))
+            tts.deliver(m.TaskOutput(run_.task_id, AudioChunk(sent(run_).text.encode(), 16000)))
             tts.deliver(m.TaskDone(run_.task_id, TTSOutcome(16000, 1, "en-US")))
             await settle()
         await asyncio.wait_for(listener, 5)
@@ -92,7 +99,7 @@ async def test_a_full_tts_queue_is_waited_on_for_a_bounded_time_then_everything_
 async def test_a_listener_who_leaves_cancels_the_answer_and_its_sentences(tmp_path: Path) -> None:
     async with started(tmp_path) as (eng, llm, tts):
         tts.ready()
-        answer = eng.submit(Lane.LLM, "m", LLMRequest(prompt="talk"))
+        answer = eng.submit(LLM, "m", LLMRequest(prompt="talk"))
         events = SpeakingPipeline(eng, answer, "e", None, 1.0).run()
         llm.deliver(m.TaskOutput(answer.task_id, TextDelta("First one. Second one. ")))
         assert (await anext(events))[0] == "text"
@@ -124,7 +131,7 @@ async def test_sentences_with_nothing_to_speak_never_reach_the_tts_lane(tmp_path
         llm.deliver(m.TaskOutput(answer.task_id, TextDelta("Hello there. …")))  # "…" ends a sentence
         llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 3, 4)))
         await settle()
-        assert [r.request.text for r in tts.runs] == ["Hello there."]  # the TTS lane would refuse "…"
+        assert [sent(r).text for r in tts.runs] == ["Hello there."]  # the TTS lane would refuse "…"
         tts.deliver(m.TaskOutput(tts.runs[0].task_id, AudioChunk(b"\x01\x00", 16000)))
         tts.deliver(m.TaskDone(tts.runs[0].task_id, TTSOutcome(16000, 1, "en-US")))
         await asyncio.wait_for(listener, 5)

@@ -81,7 +81,7 @@ class CountRunner(LaneRunner[Counter, CountRequest, CountOutcome]):
         return CountOutcome(backend.count(request, say, cancelled))
 
 
-class CountLane(LaneKind[CountRequest, CountOutcome]):
+class CountLane(LaneKind[CountRequest, CountOutcome, LaneResult]):
     name = "count"
     request_type, outcome_type, backend_type, runner_type = CountRequest, CountOutcome, Counter, CountRunner
     builtin_backends = {"counter": f"{__name__}:Counter"}

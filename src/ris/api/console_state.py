@@ -130,7 +130,7 @@ def _yield_windows(engine: Engine, snap: Snapshot, tasks: TaskLists) -> list[dic
     return out
 
 
-def _brief(view: TaskView) -> dict[str, Any]:
+def _brief(view: TaskView[Any]) -> dict[str, Any]:
     """A task row: task_info without the result, plus the image worker's measured pauses and
     the length of a speech (for the TTS lane's real-time factor)."""
     row = task_info(view, with_result=False)

@@ -1,12 +1,15 @@
-"""Request plumbing every route shares: the engine, task lookup, submission and waiting."""
+"""Request plumbing every route shares: bodies, the engine, model names, task lookup,
+submission, waiting, and cancelling what a client that left no longer waits for. What only
+some routes need lives beside them: llm_support.py (text), tts_support.py (speech)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, overload
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -14,11 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from ris import catalogue
 from ris.api.errors import APIError, failure, lane_unavailable, queue_full
-from ris.api.streams import next_audio
-from ris.lanes import Lane
-from ris.lanes.llm import LANE as LLM_LANE
-from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
-from ris.languages import language_warning, script_language
+from ris.lanes.base import LaneKind, LaneResult
+from ris.messages import LaneRequest
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import QueueFull
@@ -26,6 +26,8 @@ from ris.scheduler import QueueFull
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+Req = TypeVar("Req", bound=LaneRequest)
+Res = TypeVar("Res", bound=LaneResult)
 # Bodies parsed by `json_body`; the app adds their schemas to the OpenAPI document.
 DOCUMENTED_BODIES: list[type[BaseModel]] = []
 
@@ -72,14 +74,24 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def view_or_404(engine: Engine, task_id: str, lane: str | None = None) -> TaskView:
-    """A task from the scheduler or the durable store; ids are checked before any lookup."""
+@overload
+def view_or_404(engine: Engine, task_id: str) -> TaskView[LaneResult]: ...
+
+
+@overload
+def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Res]) -> TaskView[Res]: ...
+
+
+def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Any] | None = None) -> TaskView[Any]:
+    """A task from the scheduler or the durable store; ids are checked before any lookup.
+    With `kind`, only a task of that kind's lane is found (its view then holds its result type)."""
     if not _TASK_ID.match(task_id):
         raise APIError(404, "not_found", "task ids are 32 lowercase hex characters")
     view = engine.lookup(task_id)
     if view is None:
         raise APIError(404, "not_found", f"no task {task_id}")
-    if lane is not None and view.lane != lane:
+    if kind is not None and view.lane != kind.name:
+        lane = kind.name
         raise APIError(
             404, "not_found", f"task {task_id} is not a{'n' if lane[0] in 'aeiou' else ''} {lane} task"
         )
@@ -87,20 +99,27 @@ def view_or_404(engine: Engine, task_id: str, lane: str | None = None) -> TaskVi
 
 
 def submit(
-    engine: Engine, lane: str, model: str, request: Any, priority: int = 0, timeout_s: float | None = None
-) -> TaskHandle:
+    engine: Engine,
+    kind: LaneKind[Req, Any, Res],
+    model: str,
+    request: Req,
+    priority: int = 0,
+    timeout_s: float | None = None,
+) -> TaskHandle[Res]:
     try:
-        return engine.submit(lane, model, request, priority=priority, timeout_s=timeout_s)
+        return engine.submit(kind, model, request, priority=priority, timeout_s=timeout_s)
     except QueueFull as e:
         raise queue_full(e) from None
     except LaneUnavailable as e:
         raise lane_unavailable(e) from None
 
 
-def submit_many(engine: Engine, lane: str, model: str, requests: list[Any]) -> list[TaskHandle]:
+def submit_many(
+    engine: Engine, kind: LaneKind[Req, Any, Res], model: str, requests: list[Req]
+) -> list[TaskHandle[Res]]:
     """Queue every request or none (a 429 leaves nothing queued)."""
     try:
-        return engine.submit_many(lane, model, requests)
+        return engine.submit_many(kind, model, requests)
     except QueueFull as e:
         raise queue_full(e) from None
     except LaneUnavailable as e:
@@ -129,44 +148,6 @@ def unknown_model_message(message: str, name: str | None, lane: str) -> str:
     command that gets it (never a silent substitute)."""
     hint = None if name is None else catalogue.pull_hint(name, lane)
     return message if hint is None else f"{hint}. {message}"
-
-
-def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> list[str]:
-    """Notes for an answer the client may not expect: a prompt in a language the model does
-    not write (it is answered all the same)."""
-    languages = engine.config.lane(Lane.LLM).models[model].languages
-    if not languages:  # unknown: nothing is flagged, and the prompt need not be read
-        return []
-    text = "\n".join(t for t in texts if t)
-    note = language_warning(model, languages, text, _suggestion(text))
-    return [] if note is None else [note]
-
-
-def _suggestion(text: str) -> str | None:
-    language = script_language(text)
-    return None if language is None else catalogue.writer_of(language, Lane.LLM)
-
-
-def llm_context(engine: Engine, model: str) -> int | None:
-    """The context window of an LLM its worker has reported (the default model, loaded at
-    start); None for one that loads on first use, whose worker checks it instead."""
-    info = engine.model_infos(Lane.LLM).get(model)
-    return None if info is None else info.details.context_tokens
-
-
-def require_constraining_backend(engine: Engine, model: str, param: str) -> None:
-    """Refuse structured output or tools for a model whose backend cannot decode under a
-    grammar (transformers): they would be ignored, which is worse than a refusal."""
-    backend = engine.config.lane(Lane.LLM).models[model].backend
-    if not LLM_LANE.backend(backend).constrains:
-        allowed = [name for name, entry in LLM_LANE.backends.items() if entry.constrains]
-        raise APIError(
-            422,
-            "unsupported_for_model",
-            f"{param} needs a backend that constrains decoding ({', '.join(sorted(allowed))}); the model "
-            f"'{model}' runs on {backend} (GET /api/models shows each model's structured_output and tools)",
-            param=param,
-        )
 
 
 class ClientGone(APIError):
@@ -206,13 +187,13 @@ def _retrieve(f: asyncio.Future[Any]) -> None:
         f.exception()
 
 
-async def wait_task(engine: Engine, handle: TaskHandle, request: Request) -> TaskView:
+async def wait_task(engine: Engine, handle: TaskHandle[Res], request: Request) -> TaskView[Res]:
     """Wait for the task's end; cancel it if the client goes away first (streaming routes
-    do the same as they write)."""
+    do the same as they write: `cancel_unless_ended`)."""
     return (await wait_tasks(engine, [handle], request))[0]
 
 
-async def wait_tasks(engine: Engine, handles: list[TaskHandle], request: Request) -> list[TaskView]:
+async def wait_tasks(engine: Engine, handles: list[TaskHandle[Res]], request: Request) -> list[TaskView[Res]]:
     """`wait_task` for several tasks of one request: all are cancelled if the client leaves."""
     try:
         return list(await unless_gone(request, asyncio.gather(*(h.done for h in handles))))
@@ -223,71 +204,20 @@ async def wait_tasks(engine: Engine, handles: list[TaskHandle], request: Request
         raise
 
 
-def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
-    """The TTS model a request names, else the first configured one that speaks its voice.
-    A named model must speak the voice asked for: refused here, before queueing, as its worker
-    would refuse it (the worker is the judge while it has not reported its voices yet)."""
-    cfg = engine.config.lane(Lane.TTS)
-    infos = engine.model_infos(Lane.TTS)
-    if model is not None:
-        name = resolve_model(engine, Lane.TTS, model)
-        info = infos.get(name)
-        if voice is not None and info is not None and not speaks(info.details.voices, voice):
-            raise APIError(
-                422,
-                "unknown_voice",
-                f"TTS model {name!r} does not speak voice {voice!r}; "
-                f"its voices: {voice_listing(info.details.voices)}",
-                param="voice",
-            )
-        return name
-    if voice is None:
-        return resolve_model(engine, Lane.TTS, None)
-    order = [cfg.default_model] + [n for n in cfg.models if n != cfg.default_model]
-    for candidate in order:
-        info = infos.get(candidate or "")
-        if info and speaks(info.details.voices, voice):
-            return info.name
-    if not infos:
-        raise APIError(
-            503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
-        )
-    known = sorted({v for i in infos.values() for v in i.details.voices[:1]} | {"en-US", "zh-CN"})
-    raise APIError(
-        422,
-        "unknown_voice",
-        f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
-        param="voice",
-    )
+def result_or_failure(view: TaskView[Res]) -> Res:
+    """A finished task's result; the error its failure answers with if it did not succeed."""
+    if view.succeeded and view.result is not None:
+        return view.result
+    raise failure(view)
 
 
-def tts_rate(engine: Engine, model: str) -> int:
-    """The sample rate of a loaded TTS model (streams need it before the first chunk)."""
-    info = engine.model_infos(Lane.TTS).get(model)
-    if info is None or not info.details.sample_rate:
-        raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
-    return info.details.sample_rate
-
-
-def require_speakable(text: str, status: int = 422, param: str | None = None) -> None:
-    """Refuse, before anything is queued, text in which no engine has anything to say."""
-    if not speakable(text):
-        raise APIError(status, "nothing_to_speak", NOTHING_TO_SPEAK, param=param)
-
-
-async def first_audio(engine: Engine, handle: TaskHandle, request: Request) -> bytes:
-    """A TTS task's first PCM chunk. A task that ends without one answers with its error
-    here, while the response's status line is still unsent: a stream must not begin with
-    200 and a WAV header for audio that never comes. A client that leaves meanwhile takes
-    its task with it."""
+@contextmanager
+def cancel_unless_ended(engine: Engine, handle: TaskHandle[Any]) -> Iterator[None]:
+    """Around a streamed response's body: if the body stops before the task has ended (the
+    client went away mid-stream, or writing failed), cancel the task, so that nobody's lane
+    is spent on an answer no one reads."""
     try:
-        pcm = await unless_gone(request, next_audio(handle))
-    except BaseException:
-        engine.cancel(handle.task_id)
-        raise
-    if pcm is None:
-        view = await handle.done
-        if not view.succeeded:
-            raise failure(view)
-        raise APIError(500, "synthesis_empty", "the speech engine produced no audio")
-    return pcm
+        yield
+    finally:
+        if not handle.done.done():
+            engine.cancel(handle.task_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -95,7 +96,7 @@ def task_error(code: str, message: str) -> APIError:
     return APIError(FAILURE_STATUS.get(code, 500), code, message)
 
 
-def failure(view: TaskView) -> APIError:
+def failure(view: TaskView[Any]) -> APIError:
     """The error a task that did not succeed answers with."""
     return task_error(view.error_code or "failed", view.error_message or "the task failed")
 

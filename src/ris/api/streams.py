@@ -48,14 +48,14 @@ def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
     )
 
 
-async def texts(handle: TaskHandle) -> AsyncIterator[str]:
+async def texts(handle: TaskHandle[Any]) -> AsyncIterator[str]:
     """The text pieces of an LLM task as they come."""
     while (item := await handle.events.get()) is not None:
         if isinstance(item, TextDelta):
             yield item.text
 
 
-async def next_audio(handle: TaskHandle) -> bytes | None:
+async def next_audio(handle: TaskHandle[Any]) -> bytes | None:
     """A TTS task's next PCM chunk as it comes; None once the task has ended (then its
     `done` is resolved: the engine ends the events just before it settles the task)."""
     while (item := await handle.events.get()) is not None:

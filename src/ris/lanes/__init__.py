@@ -13,11 +13,11 @@ from typing import Any
 from ris.lanes.base import LaneKind
 from ris.lanes.names import Lane
 
-_KINDS: dict[str, LaneKind[Any, Any]] = {}
+_KINDS: dict[str, LaneKind[Any, Any, Any]] = {}
 _TARGETS: dict[str, str] = {}
 
 
-def register(kind: LaneKind[Any, Any], target: str) -> None:
+def register(kind: LaneKind[Any, Any, Any], target: str) -> None:
     """Make a lane kind known; `target` ("module:ATTR") is where a worker imports it from."""
     if not kind.name.isidentifier() or not kind.name.islower():
         raise ValueError(f"lane name {kind.name!r}: use a lowercase identifier such as 'ocr'")
@@ -31,12 +31,12 @@ def unregister(name: str) -> None:
     _TARGETS.pop(name, None)
 
 
-def kinds() -> dict[str, LaneKind[Any, Any]]:
+def kinds() -> dict[str, LaneKind[Any, Any, Any]]:
     """Every known kind, built-in ones first."""
     return dict(_KINDS)
 
 
-def kind(name: str) -> LaneKind[Any, Any]:
+def kind(name: str) -> LaneKind[Any, Any, Any]:
     try:
         return _KINDS[name]
     except KeyError:
@@ -47,7 +47,7 @@ def target(name: str) -> str:
     return _TARGETS[name]
 
 
-def import_kind(target: str) -> LaneKind[Any, Any]:
+def import_kind(target: str) -> LaneKind[Any, Any, Any]:
     """The kind at "module:ATTR" (inside a worker process), registered there too."""
     module_name, _, attr = target.partition(":")
     obj = getattr(importlib.import_module(module_name), attr)

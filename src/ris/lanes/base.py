@@ -30,7 +30,7 @@ from ris.config.schema import ModelSpec
 
 # ModelDetails lives with the wire message that carries it to the server (ModelInfo); backends
 # know it from here.
-from ris.messages import ModelDetails, TaskOutput, TaskProgress
+from ris.messages import LaneRequest, ModelDetails, TaskOutput, TaskProgress
 from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 
 
@@ -105,8 +105,9 @@ class LaneResult:
         """Everything, for the durable store."""
         return dataclasses.asdict(self)
 
-    def public_json(self, task_id: str) -> dict[str, Any]:
-        """What clients see (GET /api/tasks/{id}): server paths become URLs."""
+    def public_json(self) -> dict[str, Any]:
+        """What clients see of it (GET /api/tasks/{id}): no server paths. The routes that
+        serve a result's file add its URL (lanes know no URLs)."""
         return self.to_json()
 
     @property
@@ -160,7 +161,7 @@ class WorkerEnv:
 
 
 BackendT = TypeVar("BackendT", bound=Backend)
-RequestT = TypeVar("RequestT")
+RequestT = TypeVar("RequestT", bound=LaneRequest)
 OutcomeT = TypeVar("OutcomeT")
 
 
@@ -239,8 +240,15 @@ class BackendEntry:
     constrains: bool = False
 
 
-class LaneKind(ABC, Generic[RequestT, OutcomeT]):
-    """One kind of work: its types, backends, defaults, runner and result builder."""
+ResultT = TypeVar("ResultT", bound=LaneResult)
+
+
+class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
+    """One kind of work: its types, backends, defaults, runner and result builder.
+
+    Typed by its request, its worker's outcome and its result: the engine's `submit(kind, ...)`
+    takes the kind's request and hands back a handle to the kind's result, so routes read
+    results without narrowing them."""
 
     name: ClassVar[str]
     request_type: ClassVar[type]
@@ -332,10 +340,10 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
     # ----- server side -----------------------------------------------------------------------
 
     @abstractmethod
-    def build_result(self, seen: Seen, outcome: OutcomeT, files: ResultFiles) -> LaneResult: ...
+    def build_result(self, seen: Seen, outcome: OutcomeT, files: ResultFiles) -> ResultT: ...
 
     @abstractmethod
-    def result_from_json(self, data: Mapping[str, Any]) -> LaneResult: ...
+    def result_from_json(self, data: Mapping[str, Any]) -> ResultT: ...
 
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
         """What GET /api/models says of one of this lane's models beyond name, backend and
@@ -344,7 +352,7 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT]):
         return {}
 
     def request_to_json(self, request: RequestT) -> dict[str, Any]:
-        return dataclasses.asdict(request)  # type: ignore[call-overload, no-any-return]
+        return dataclasses.asdict(request)
 
     def request_from_json(self, data: Mapping[str, Any]) -> RequestT:
         req: RequestT = self.request_type(**data)

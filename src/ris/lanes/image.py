@@ -99,7 +99,7 @@ class ImageBackend(Backend):
 
 @dataclass(frozen=True)
 class ImageResult(LaneResult):
-    # The PNG on the server's disk (served at /api/image/result/{task_id}).
+    # The PNG on the server's disk (its route serves it by task id).
     path: str
     width: int
     height: int
@@ -115,10 +115,10 @@ class ImageResult(LaneResult):
     def files(self) -> tuple[str, ...]:
         return (self.path,)
 
-    def public_json(self, task_id: str) -> dict[str, Any]:
+    def public_json(self) -> dict[str, Any]:
         data = self.to_json()
         del data["path"]
-        return {**data, "result_url": f"/api/image/result/{task_id}"}
+        return data
 
 
 class _WorkerRun(ImageRun):
@@ -153,7 +153,7 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
         return ImageOutcome(image, paused_s=after[0] - before[0], pauses=after[1] - before[1])
 
 
-class ImageLane(LaneKind[ImageRequest, ImageOutcome]):
+class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
     name = "image"
     generic_api = False
     request_type, outcome_type, backend_type, runner_type = (

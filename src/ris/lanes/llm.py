@@ -382,7 +382,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             self.env.publish(phase)
 
 
-class LLMLane(LaneKind[LLMRequest, LLMOutcome]):
+class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
     name = "llm"
     generic_api = False
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner

@@ -91,16 +91,16 @@ class TTSResult(LaneResult):
     voice: str
     sample_rate: int
     duration_s: float
-    # The WAV on the server's disk (served at /api/tts/audio/{task_id}).
+    # The WAV on the server's disk (its route serves it by task id).
     audio_path: str
 
     def files(self) -> tuple[str, ...]:
         return (self.audio_path,)
 
-    def public_json(self, task_id: str) -> dict[str, Any]:
+    def public_json(self) -> dict[str, Any]:
         data = self.to_json()
         del data["audio_path"]
-        return {**data, "audio_url": f"/api/tts/audio/{task_id}"}
+        return data
 
 
 NOTHING_TO_SPEAK = (
@@ -207,7 +207,7 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
             self.env.publish(Activity.IDLE)
 
 
-class TTSLane(LaneKind[TTSRequest, TTSOutcome]):
+class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
     name = "tts"
     generic_api = False
     request_type, outcome_type, backend_type, runner_type = TTSRequest, TTSOutcome, TTSBackend, TTSRunner

@@ -21,7 +21,7 @@ class DurableTasks:
     def __init__(
         self,
         path: Path,
-        kinds: Mapping[str, LaneKind[Any, Any]],
+        kinds: Mapping[str, LaneKind[Any, Any, Any]],
         wall: Callable[[], float],
         to_wall: Callable[[float], float],
     ) -> None:

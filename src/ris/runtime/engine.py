@@ -23,12 +23,12 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ris import lanes
 from ris import messages as m
 from ris.config import Config
-from ris.lanes.base import LaneKind, Seen, Timings
+from ris.lanes.base import LaneKind, LaneResult, Seen, Timings
 from ris.machine import MachineInfo
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
@@ -45,6 +45,9 @@ from ris.scheduler import CancelOutcome, QueueFull, Scheduler, TaskSpec, TaskSta
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
+
+Req = TypeVar("Req", bound=m.LaneRequest)
+Res = TypeVar("Res", bound=LaneResult)
 
 
 class LaneUnavailable(Exception):
@@ -72,7 +75,7 @@ class Engine:
         self.config = config
         self.clock = clock
         self.wall_clock = wall
-        self.kinds: dict[str, LaneKind[Any, Any]] = {lane: lanes.kind(lane) for lane in config.lanes}
+        self.kinds: dict[str, LaneKind[Any, Any, Any]] = {lane: lanes.kind(lane) for lane in config.lanes}
         self._policies = {lane: cfg.policy() for lane, cfg in config.lanes.items()}
         self._scheduler = Scheduler(self._policies, clock, ordering=config.scheduling)
         self._supervisor = Supervisor(clock)
@@ -81,7 +84,7 @@ class Engine:
         self.retention: Retention | None = None
         self._sweep: asyncio.Future[SweepReport] | None = None
         self._next_sweep = 0.0  # due at once: a first sweep at start
-        self._handles: dict[str, TaskHandle] = {}
+        self._handles: dict[str, TaskHandle[Any]] = {}
         self._replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._rates = OutputRates(config.lanes)
@@ -177,7 +180,7 @@ class Engine:
                 priority_class=self._policies[st.lane].priority_class,
             )
             self._scheduler.submit(spec, task_id=st.id, force=True)
-            self._handles[st.id] = TaskHandle(st.id, st.lane, st.model)
+            self._handles[st.id] = TaskHandle(st.id, self.kinds[st.lane], st.model)
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
 
     # ----- requests ------------------------------------------------------------------------
@@ -186,12 +189,22 @@ class Engine:
         return lane in self._replicas
 
     def submit(
-        self, lane: str, model: str, request: Any, *, priority: int = 0, timeout_s: float | None = None
-    ) -> TaskHandle:
-        """Queue a task; raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        self,
+        kind: LaneKind[Req, Any, Res],
+        model: str,
+        request: Req,
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> TaskHandle[Res]:
+        """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
+        the kind's result type. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        lane = kind.name
         if lane not in self._replicas:
             raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
-        kind = self.kinds[lane]
+        if self.kinds[lane] is not kind:
+            raise TypeError(f"{kind!r} is not the {lane} lane kind this engine was configured with")
+        # A request from the generic API (or an untyped caller) is checked here, once.
         if not isinstance(request, kind.request_type):
             raise TypeError(
                 f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
@@ -214,22 +227,28 @@ class Engine:
         except Exception:
             self._scheduler.cancel(task.id)  # not durable, so not accepted
             raise
-        handle = TaskHandle(task.id, lane, model)
+        handle = TaskHandle(task.id, kind, model)
         self._handles[task.id] = handle
         self._dispatch()
         return handle
 
     def submit_many(
-        self, lane: str, model: str, requests: list[Any], *, priority: int = 0, timeout_s: float | None = None
-    ) -> list[TaskHandle]:
+        self,
+        kind: LaneKind[Req, Any, Res],
+        model: str,
+        requests: list[Req],
+        *,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> list[TaskHandle[Res]]:
         """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
         if one still fails to be admitted, those admitted before it are cancelled."""
-        if lane in self._replicas:  # otherwise submit() says why the lane takes nothing
-            self._scheduler.require_room(lane, len(requests))
-        handles: list[TaskHandle] = []
+        if kind.name in self._replicas:  # otherwise submit() says why the lane takes nothing
+            self._scheduler.require_room(kind.name, len(requests))
+        handles: list[TaskHandle[Res]] = []
         try:
             for request in requests:
-                handles.append(self.submit(lane, model, request, priority=priority, timeout_s=timeout_s))
+                handles.append(self.submit(kind, model, request, priority=priority, timeout_s=timeout_s))
         except BaseException:
             for handle in handles:
                 self.cancel(handle.task_id)
@@ -325,7 +344,7 @@ class Engine:
             self._crashed(replica, msg.code, f"the {replica.lane} worker ran out of memory")
         self._dispatch()
 
-    def _result(self, handle: TaskHandle, outcome: Any) -> Any:
+    def _result(self, handle: TaskHandle[Res], outcome: Any) -> Res:
         task = self._scheduler.get(handle.task_id)
         timings = Timings()
         if task is not None and task.started_at is not None:
@@ -336,7 +355,7 @@ class Engine:
                 total_ms=1000 * (self.clock() - task.submitted_at),
             )
         seen = Seen(handle.task_id, handle.model, handle.outputs, timings)
-        return self.kinds[handle.lane].build_result(seen, outcome, self.files)
+        return handle.kind.build_result(seen, outcome, self.files)
 
     def _settle(self, task_id: str) -> None:
         """Resolve a finished task's handle and forget it."""
@@ -425,7 +444,7 @@ class Engine:
     def ready(self) -> dict[str, bool]:
         return {lane: all(r.ready for r in rs) for lane, rs in self._replicas.items()}
 
-    def lookup(self, task_id: str) -> TaskView | None:
+    def lookup(self, task_id: str) -> TaskView[Any] | None:
         """A task from the scheduler (live and recent) or the durable store (older, or from
         before a restart)."""
         task = self._scheduler.get(task_id)
@@ -434,13 +453,15 @@ class Engine:
         st = self.durable.store.get(task_id) if self.durable is not None else None
         return None if st is None else stored_view(st, self.kinds.get(st.lane))
 
-    def tasks(self, lane: str | None = None, state: str | None = None, limit: int = 100) -> list[TaskView]:
+    def tasks(
+        self, lane: str | None = None, state: str | None = None, limit: int = 100
+    ) -> list[TaskView[Any]]:
         """Live and recent tasks, newest first."""
         found = [t for t in self._scheduler.tasks(lane) if state is None or t.state.value == state]
         found.sort(key=lambda t: t.submitted_at, reverse=True)
         return [task_view(t, self._scheduler, self._wall) for t in found[:limit]]
 
-    def durable_tasks(self, lane: str, state: str | None = None, limit: int = 100) -> list[TaskView]:
+    def durable_tasks(self, lane: str, state: str | None = None, limit: int = 100) -> list[TaskView[Any]]:
         """A durable lane's tasks from the store, newest first, with their live state."""
         assert self.durable is not None
         views = (self.lookup(st.id) for st in self.durable.store.recent(lane, state, limit))

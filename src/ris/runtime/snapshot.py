@@ -95,9 +95,9 @@ class TaskWindow:
 class TaskLists:
     """Live and recent tasks, lane by lane in the config's order."""
 
-    queued: tuple[TaskView, ...]  # each lane's in queue order
-    running: tuple[TaskView, ...]
-    recent: tuple[TaskView, ...]  # finished, the latest end first (all lanes together)
+    queued: tuple[TaskView[Any], ...]  # each lane's in queue order
+    running: tuple[TaskView[Any], ...]
+    recent: tuple[TaskView[Any], ...]  # finished, the latest end first (all lanes together)
     runs: tuple[TaskRun, ...]  # every task that ran within the window's history_s
 
 
@@ -185,17 +185,17 @@ def lane_status(
 def task_lists(
     scheduler: Scheduler,
     lanes: Iterable[str],
-    handles: Mapping[str, TaskHandle],
+    handles: Mapping[str, TaskHandle[Any]],
     window: TaskWindow,
     *,
     now: float,
-    view: Callable[[Task], TaskView],
+    view: Callable[[Task], TaskView[Any]],
     wall: Callable[[float], float],
 ) -> TaskLists:
     """`now` on the scheduler's clock; `view` makes a task's view, `wall` a Unix time."""
-    queued: list[TaskView] = []
-    running: list[TaskView] = []
-    recent: list[TaskView] = []
+    queued: list[TaskView[Any]] = []
+    running: list[TaskView[Any]] = []
+    recent: list[TaskView[Any]] = []
     runs: list[TaskRun] = []
     horizon = now - window.history_s
     for lane in lanes:
@@ -223,7 +223,7 @@ def task_lists(
     return TaskLists(tuple(queued), tuple(running), tuple(recent), tuple(runs))
 
 
-def _first_output_at(task: Task, handle: TaskHandle | None) -> float | None:
+def _first_output_at(task: Task, handle: TaskHandle[Any] | None) -> float | None:
     """When the task's first output came (scheduler clock): from its result's timings once it
     has one, else from its live handle."""
     r = task.result

@@ -8,7 +8,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ris.lanes.base import LaneKind, LaneResult
 from ris.runtime.store import StoredTask
@@ -44,26 +44,39 @@ class EventStream:
         return self._items.popleft()
 
 
+# The result type of a task's lane kind (ris.lanes.llm.LLMResult, ...).
+R = TypeVar("R", bound=LaneResult)
+
+
 @dataclass
-class TaskHandle:
-    """The live side of a submitted task: its stream of events and a future for its end."""
+class TaskHandle(Generic[R]):
+    """The live side of a submitted task: its stream of events and a future for its end.
+    Typed by its lane kind's result, so whoever awaits `done` reads an `R`, unnarrowed."""
 
     task_id: str
-    lane: str
+    # The task's lane kind: it builds the task's result from what the worker sent.
+    kind: LaneKind[Any, Any, R]
     model: str
     # What the worker streams (ris.lanes.llm.TextDelta, ris.lanes.tts.AudioChunk,
     # ris.messages.TaskProgress), in order; None marks the end.
     events: EventStream = field(default_factory=EventStream)
     # The task as it ended.
-    done: asyncio.Future[TaskView] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[TaskView[R]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     # Outputs kept for the result builder, and when the first one came (scheduler clock).
     outputs: list[Any] = field(default_factory=list)
     first_output_at: float | None = None
 
+    @property
+    def lane(self) -> str:
+        return self.kind.name
+
 
 @dataclass(frozen=True)
-class TaskView:
-    """A task as clients see it; times are Unix seconds."""
+class TaskView(Generic[R]):
+    """A task as clients see it; times are Unix seconds. `R` is its lane kind's result type
+    (`LaneResult` where the lane is not known statically, as in a lookup by id)."""
 
     id: str
     lane: str
@@ -79,14 +92,16 @@ class TaskView:
     eta_s: float | None
     error_code: str | None
     error_message: str | None
-    result: LaneResult | None
+    result: R | None
 
     @property
     def succeeded(self) -> bool:
         return self.state == "succeeded"
 
 
-def task_view(task: Task, scheduler: Scheduler, wall: Callable[[float | None], float | None]) -> TaskView:
+def task_view(
+    task: Task, scheduler: Scheduler, wall: Callable[[float | None], float | None]
+) -> TaskView[Any]:
     """A live (or recently finished) task as clients see it; `wall` turns scheduler times into
     Unix seconds."""
     model = task.spec.payload[0] if task.spec.payload else ""
@@ -116,7 +131,7 @@ _STORED_AS_VIEWED = (
 )  # fmt: skip
 
 
-def stored_view(st: StoredTask, kind: LaneKind[Any, Any] | None) -> TaskView:
+def stored_view(st: StoredTask, kind: LaneKind[Any, Any, Any] | None) -> TaskView[Any]:
     """A task from the durable store (finished, or accepted before a restart)."""
     result = kind.result_from_json(st.result) if kind is not None and st.result else None
     steps = result.steps_done if result is not None else None

@@ -16,9 +16,9 @@ import asyncio
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
-from ris.lanes import Lane
 from ris.lanes.llm import LLMResult, TextDelta
-from ris.lanes.tts import AudioChunk, TTSRequest, speakable
+from ris.lanes.tts import LANE as TTS
+from ris.lanes.tts import AudioChunk, TTSRequest, TTSResult, speakable
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import QueueFull
@@ -32,7 +32,7 @@ class SpeakingPipeline:
     def __init__(
         self,
         engine: Engine,
-        llm: TaskHandle,
+        llm: TaskHandle[LLMResult],
         tts_model: str,
         voice: str | None,
         speed: float,
@@ -48,8 +48,8 @@ class SpeakingPipeline:
         self.speed = speed
         self.queue_wait_s = queue_wait_s
         self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._sentences: asyncio.Queue[TaskHandle | None] = asyncio.Queue()
-        self.tts: list[TaskHandle] = []
+        self._sentences: asyncio.Queue[TaskHandle[TTSResult] | None] = asyncio.Queue()
+        self.tts: list[TaskHandle[TTSResult]] = []
 
     async def run(self) -> AsyncGenerator[tuple[str, dict[str, Any]]]:
         parts = [
@@ -81,14 +81,14 @@ class SpeakingPipeline:
         except Exception as e:  # noqa: BLE001 - reported to the listener, then everything stops
             await self._out.put(("error", {"code": "speaking_failed", "message": f"{type(e).__name__}: {e}"}))
 
-    async def _submit_sentence(self, text: str) -> TaskHandle | None:
+    async def _submit_sentence(self, text: str) -> TaskHandle[TTSResult] | None:
         """Queue one sentence; wait a bounded time for room if the TTS queue is full."""
         req = TTSRequest(text=text, voice=self.voice, speed=self.speed)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.queue_wait_s
         while True:
             try:
-                return self.engine.submit(Lane.TTS, self.tts_model, req, priority=SENTENCE_PRIORITY)
+                return self.engine.submit(TTS, self.tts_model, req, priority=SENTENCE_PRIORITY)
             except LaneUnavailable as e:  # the TTS worker went down during the answer
                 await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))
                 return None
@@ -123,15 +123,14 @@ class SpeakingPipeline:
                     if not await speak(sentence):
                         return
         view = await self.llm.done
-        if not view.succeeded:
+        r = view.result if view.succeeded else None
+        if r is None:
             await self._out.put(("error", _error(view)))
             await self._sentences.put(None)
             return
         rest = splitter.flush()
         if rest and not await speak(rest):
             return
-        r = view.result
-        assert isinstance(r, LLMResult)
         done = {"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": r.completion_tokens}
         await self._out.put(("llm_done", done))
         await self._sentences.put(None)
@@ -154,5 +153,5 @@ class SpeakingPipeline:
         await self._out.put(("done", {"sentences": index}))
 
 
-def _error(view: TaskView) -> dict[str, Any]:
+def _error(view: TaskView[Any]) -> dict[str, Any]:
     return {"code": view.error_code or "failed", "message": view.error_message or "the task failed"}

@@ -12,13 +12,19 @@ from ris.api.deps import engine_of, require_lane, resolve_model, submit, view_or
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
-from ris.lanes.image import IMAGE_FOLDER, ImageRequest, ImageResult
+from ris.lanes.image import IMAGE_FOLDER, ImageRequest
+from ris.lanes.image import LANE as IMAGE
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
 
 router = APIRouter(tags=["image"])
 # The body's fields that are the image request's (the rest are about queueing).
 REQUEST_FIELDS = {f.name for f in dataclasses.fields(ImageRequest)}
+
+
+def result_url(task_id: str) -> str:
+    """Where a finished image's PNG is served (`image_result`)."""
+    return f"/api/image/result/{task_id}"
 
 
 # What `use_turbo` means for a model that is not a turbo one: a turbo model's own settings.
@@ -75,7 +81,7 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)
     model, req, warnings = _pick_model(engine, body)
-    handle = submit(engine, Lane.IMAGE, model, req, body.priority, body.timeout_s)
+    handle = submit(engine, IMAGE, model, req, body.priority, body.timeout_s)
     view = engine.lookup(handle.task_id)
     return {
         "task_id": handle.task_id,
@@ -83,12 +89,12 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
         "queue_position": view.queue_position if view else None,
         "model": model,
         "progress_url": f"/api/image/progress/{handle.task_id}",
-        "result_url": f"/api/image/result/{handle.task_id}",
+        "result_url": result_url(handle.task_id),
         "warnings": warnings,
     }
 
 
-def progress_body(view: TaskView) -> dict[str, Any]:
+def progress_body(view: TaskView[Any]) -> dict[str, Any]:
     total = view.progress_total
     done = view.progress_done
     fraction = 1.0 if view.succeeded else (min(1.0, done / total) if total else 0.0)
@@ -113,7 +119,7 @@ def progress_body(view: TaskView) -> dict[str, Any]:
     summary="Status, step, fraction done, queue position, ETA",
 )
 async def image_progress(task_id: str, request: Request) -> Any:
-    return progress_body(view_or_404(engine_of(request), task_id, Lane.IMAGE))
+    return progress_body(view_or_404(engine_of(request), task_id, IMAGE))
 
 
 @router.get(
@@ -124,8 +130,8 @@ async def image_progress(task_id: str, request: Request) -> Any:
 )
 async def image_result(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = view_or_404(engine, task_id, Lane.IMAGE)
-    if not view.succeeded or not isinstance(view.result, ImageResult):
+    view = view_or_404(engine, task_id, IMAGE)
+    if not view.succeeded or view.result is None:
         return JSONResponse(
             {
                 "error": {"code": "not_ready", "message": f"task {task_id} is {view.state}; no image"},
@@ -146,7 +152,7 @@ async def image_result(task_id: str, request: Request) -> Any:
 )
 async def image_cancel(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = view_or_404(engine, task_id, Lane.IMAGE)
+    view = view_or_404(engine, task_id, IMAGE)
     outcome = engine.cancel(view.id)
     after = engine.lookup(view.id) or view
     return {"task_id": view.id, "outcome": outcome.value, "status": after.state}

@@ -10,24 +10,25 @@ from fastapi.responses import StreamingResponse
 
 from ris.api.deps import (
     body_doc,
+    cancel_unless_ended,
     engine_of,
     json_body,
-    llm_context,
-    llm_warnings,
-    require_constraining_backend,
     resolve_model,
+    result_or_failure,
     submit,
     wait_task,
 )
 from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
+from ris.api.llm_support import llm_context, llm_warnings, require_constraining_backend
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
 from ris.api.streams import json_response, sse_event, texts
 from ris.lanes import Lane
 from ris.lanes.base import timings_json
+from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMResult
 from ris.runtime.engine import Engine
-from ris.runtime.views import TaskHandle, TaskView
+from ris.runtime.views import TaskHandle
 
 router = APIRouter(tags=["llm"])
 
@@ -50,28 +51,24 @@ async def llm_generate(request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, model), body.json_schema)
     texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
     warnings = llm_warnings(engine, model, texts_in)
-    handle = submit(engine, Lane.LLM, model, req, body.priority, body.timeout_s)
+    handle = submit(engine, LLM, model, req, body.priority, body.timeout_s)
     if body.stream:
         return StreamingResponse(
             _sse(engine, handle, warnings),
             media_type="text/event-stream",
             headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
         )
-    view = await wait_task(engine, handle, request)
-    if not view.succeeded:
-        raise failure(view)
+    r = result_or_failure(await wait_task(engine, handle, request))
     # A plain response: the body is built from a typed result, so FastAPI's response-model
     # validation would only check it a second time, on the hot path.
-    return json_response(generation_body(view, warnings))
+    return json_response(generation_body(handle.task_id, r, warnings))
 
 
-def generation_body(view: TaskView, warnings: list[str]) -> dict[str, Any]:
+def generation_body(task_id: str, r: LLMResult, warnings: list[str]) -> dict[str, Any]:
     """The answer; `warnings`: what the client may not expect of it (a prompt in a language
     the model does not write), always present, empty when there is nothing to say."""
-    r = view.result
-    assert isinstance(r, LLMResult)
     return {
-        "task_id": view.id,
+        "task_id": task_id,
         "model": r.model,
         "text": r.text,
         "finish_reason": r.finish_reason,
@@ -85,19 +82,14 @@ def generation_body(view: TaskView, warnings: list[str]) -> dict[str, Any]:
     }
 
 
-async def _sse(engine: Engine, handle: TaskHandle, warnings: list[str]) -> AsyncIterator[bytes]:
-    finished = False
-    try:
+async def _sse(engine: Engine, handle: TaskHandle[LLMResult], warnings: list[str]) -> AsyncIterator[bytes]:
+    with cancel_unless_ended(engine, handle):
         yield sse_event("start", {"task_id": handle.task_id, "model": handle.model, "warnings": warnings})
         async for text in texts(handle):
             yield sse_event("token", {"text": text})
         view = await handle.done
-        finished = True
-        if view.succeeded:
-            yield sse_event("done", generation_body(view, warnings))
+        if view.succeeded and view.result is not None:
+            yield sse_event("done", generation_body(view.id, view.result, warnings))
         else:
             err = failure(view)
             yield sse_event("error", {"code": err.code, "message": err.message})
-    finally:
-        if not finished:  # the client went away mid-stream: stop spending the lane on it
-            engine.cancel(handle.task_id)

@@ -12,23 +12,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ris.api.deps import (
+    cancel_unless_ended,
     engine_of,
-    first_audio,
-    pick_tts_model,
     require_lane,
-    require_speakable,
     resolve_model,
+    result_or_failure,
     submit,
     submit_many,
-    tts_rate,
     wait_tasks,
 )
-from ris.api.errors import APIError, failure
+from ris.api.errors import APIError
 from ris.api.limits import wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
+from ris.api.routes.image import result_url
 from ris.api.streams import StreamBroken, next_audio, wav_header
+from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, tts_rate
 from ris.lanes import Lane
-from ris.lanes.image import ImageRequest, ImageResult
+from ris.lanes.image import LANE as IMAGE
+from ris.lanes.image import ImageRequest
+from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import TTSRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -69,12 +71,11 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     tts = engine.config.lane(Lane.TTS).models
     model = pick_tts_model(engine, body.model if body.model in tts else None, voice)
     rate = tts_rate(engine, model)
-    handle = submit(engine, Lane.TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
+    handle = submit(engine, TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
     first = await first_audio(engine, handle, request)  # a task that fails before any sound is an error
 
     async def stream() -> AsyncIterator[bytes]:
-        finished = False
-        try:
+        with cancel_unless_ended(engine, handle):
             if body.response_format == "wav":
                 yield wav_header(rate)
             pcm: bytes | None = first
@@ -84,10 +85,6 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
             view = await handle.done
             if not view.succeeded:  # after some audio: break the body, do not end it cleanly
                 raise StreamBroken(view.error_code or "failed", view.error_message or "the task failed")
-            finished = True
-        finally:
-            if not finished:
-                engine.cancel(handle.task_id)
 
     media = "audio/wav" if body.response_format == "wav" else "audio/pcm"
     return StreamingResponse(
@@ -122,15 +119,14 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
-    handles = submit_many(engine, Lane.IMAGE, model, reqs)
+    handles = submit_many(engine, IMAGE, model, reqs)
     views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:
-        if not view.succeeded or not isinstance(view.result, ImageResult):
-            raise failure(view)
+        image = result_or_failure(view)
         if body.response_format == "b64_json":
-            png = Path(view.result.path).read_bytes()
+            png = Path(image.path).read_bytes()
             data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None})
         else:
-            data.append({"url": f"{str(request.base_url).rstrip('/')}/api/image/result/{view.id}"})
+            data.append({"url": f"{str(request.base_url).rstrip('/')}{result_url(view.id)}"})
     return {"created": int(time.time()), "data": data}

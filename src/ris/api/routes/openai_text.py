@@ -14,16 +14,17 @@ from fastapi.responses import StreamingResponse
 
 from ris.api.deps import (
     body_doc,
+    cancel_unless_ended,
     engine_of,
     json_body,
-    llm_context,
-    require_constraining_backend,
+    result_or_failure,
     submit,
     unknown_model_message,
     wait_task,
 )
 from ris.api.errors import APIError, failure
 from ris.api.llm_request import OPENAI, llm_request
+from ris.api.llm_support import llm_context, require_constraining_backend
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
 from ris.api.openai_tools import (
     ToolCallStream,
@@ -36,9 +37,10 @@ from ris.api.openai_tools import (
 )
 from ris.api.streams import SSE_DONE, sse_data, texts
 from ris.lanes import Lane
+from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool
 from ris.runtime.engine import Engine
-from ris.runtime.views import TaskHandle, TaskView
+from ris.runtime.views import TaskHandle
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
@@ -119,12 +121,6 @@ def _param(constraint: Constraint | None) -> str:
     return "tool_choice" if constraint is not None and constraint.form == "tool_calls" else "response_format"
 
 
-def _result(view: TaskView) -> LLMResult:
-    r = view.result
-    assert isinstance(r, LLMResult)
-    return r
-
-
 def _usage(r: LLMResult) -> dict[str, int]:
     return {
         "prompt_tokens": r.prompt_tokens,
@@ -150,7 +146,7 @@ async def chat_completions(request: Request) -> Any:
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     plan = tool_plan(body)
     req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
-    handle = submit(engine, Lane.LLM, model, req)
+    handle = submit(engine, LLM, model, req)
     base = {
         "id": f"chatcmpl-{handle.task_id}",
         "object": "chat.completion",
@@ -188,7 +184,7 @@ async def chat_completions(request: Request) -> Any:
             ),
             handle,
         )
-    r = _result(await _finished(engine, handle, request))
+    r = result_or_failure(await wait_task(engine, handle, request))
     message, finish = chat_answer(r.text, _finish_reason(r), plan, call_ids)
     return {
         **base,
@@ -207,7 +203,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if len(prompts) != 1:
         raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
     req = _request(engine, body, model, prompts[0], None, body.max_tokens or 16)
-    handle = submit(engine, Lane.LLM, model, req)
+    handle = submit(engine, LLM, model, req)
     base = {
         "id": f"cmpl-{handle.task_id}",
         "object": "text_completion",
@@ -231,24 +227,17 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             ),
             handle,
         )
-    r = _result(await _finished(engine, handle, request))
+    r = result_or_failure(await wait_task(engine, handle, request))
     return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
 
 
-async def _finished(engine: Engine, handle: TaskHandle, request: Request) -> TaskView:
-    view = await wait_task(engine, handle, request)
-    if not view.succeeded:
-        raise failure(view)
-    return view
-
-
-def _streaming(chunks: AsyncIterator[bytes], handle: TaskHandle) -> StreamingResponse:
+def _streaming(chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult]) -> StreamingResponse:
     return StreamingResponse(chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id})
 
 
 async def _stream(
     engine: Engine,
-    handle: TaskHandle,
+    handle: TaskHandle[LLMResult],
     base: dict[str, Any],
     *,
     first: dict[str, Any] | None,
@@ -257,25 +246,20 @@ async def _stream(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """OpenAI's stream of chunks: `piece(text)`'s per text, `end(finish_reason)`'s, usage, [DONE]."""
-    finished = False
-    try:
+    with cancel_unless_ended(engine, handle):
         if first is not None:
             yield sse_data(first)
         async for text in texts(handle):
             for chunk in piece(text):
                 yield sse_data(chunk)
         view = await handle.done
-        finished = True
-        if not view.succeeded:
+        r = view.result if view.succeeded else None
+        if r is None:
             err = failure(view)
             yield sse_data({"error": {"message": err.message, "type": "server_error", "code": err.code}})
         else:
-            r = _result(view)
             for chunk in end(_finish_reason(r)):
                 yield sse_data(chunk)
             if include_usage:
                 yield sse_data({**base, "choices": [], "usage": _usage(r)})
         yield SSE_DONE
-    finally:
-        if not finished:  # the client went away mid-stream
-            engine.cancel(handle.task_id)

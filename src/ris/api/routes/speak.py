@@ -15,12 +15,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import engine_of, llm_context, pick_tts_model, resolve_model, submit, tts_rate, unless_gone
+from ris.api.deps import engine_of, resolve_model, submit, unless_gone
 from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
+from ris.api.llm_support import llm_context
 from ris.api.schemas import SpeakRequest
 from ris.api.streams import StreamBroken, sse_event, wav_header
+from ris.api.tts_support import pick_tts_model, tts_rate
 from ris.lanes import Lane
+from ris.lanes.llm import LANE as LLM
 from ris.services.speaking import SpeakingPipeline
 
 router = APIRouter(tags=["speak"])
@@ -38,7 +41,7 @@ async def chat_speak(body: SpeakRequest, request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
     tts_model = pick_tts_model(engine, body.tts_model, body.voice)
     rate = tts_rate(engine, tts_model)
-    llm = submit(engine, Lane.LLM, llm_model, req)
+    llm = submit(engine, LLM, llm_model, req)
     pipeline = SpeakingPipeline(engine, llm, tts_model, body.voice, body.speed)
     if body.stream_format == "events":
         return StreamingResponse(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -11,16 +12,35 @@ from pydantic import TypeAdapter, ValidationError
 
 from ris.api.deps import engine_of, require_lane, resolve_model, submit, view_or_404
 from ris.api.errors import APIError
+from ris.api.routes.image import result_url
+from ris.api.routes.tts import audio_url
 from ris.api.schemas import ERRORS, TASK_VIEW_SPECIAL, TaskInfo, TaskSubmit
+from ris.lanes.image import LANE as IMAGE
+from ris.lanes.tts import LANE as TTS
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
 from ris.scheduler import CancelOutcome
 
 router = APIRouter(tags=["tasks"])
 STATES = "^(queued|running|succeeded|failed|cancelled)$"
+# Lanes whose results name a file: the key of its URL in the result's JSON, and the URL
+# of the route that serves it.
+FILE_LINKS: dict[str, tuple[str, Callable[[str], str]]] = {
+    TTS.name: ("audio_url", audio_url),
+    IMAGE.name: ("result_url", result_url),
+}
 
 
-def task_info(view: TaskView, with_result: bool = True) -> dict[str, Any]:
+def public_result(view: TaskView[Any]) -> dict[str, Any] | None:
+    """A task's result as clients see it: the lane's public fields, and its file's URL."""
+    if view.result is None:
+        return None
+    data = view.result.public_json()
+    link = FILE_LINKS.get(view.lane)
+    return data if link is None else {**data, link[0]: link[1](view.id)}
+
+
+def task_info(view: TaskView[Any], with_result: bool = True) -> dict[str, Any]:
     """A task as JSON (the shape of schemas.TaskInfo); lists leave results out (they can be
     long, and a listing is not the place to read another caller's answer)."""
     fields = {
@@ -33,7 +53,7 @@ def task_info(view: TaskView, with_result: bool = True) -> dict[str, Any]:
         "error": {"code": view.error_code or "failed", "message": view.error_message or ""}
         if failed
         else None,
-        "result": view.result.public_json(view.id) if with_result and view.result is not None else None,
+        "result": public_result(view) if with_result else None,
     }
 
 
@@ -73,7 +93,7 @@ async def submit_task(body: TaskSubmit, request: Request) -> Any:
         problems = "; ".join(f"request.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         raise APIError(422, "invalid_request", problems) from None
     model = resolve_model(engine, body.lane, body.model)
-    handle = submit(engine, body.lane, model, req, body.priority, body.timeout_s)
+    handle = submit(engine, kind, model, req, body.priority, body.timeout_s)
     view = engine.lookup(handle.task_id)
     assert view is not None
     return JSONResponse(task_info(view), status_code=202)

@@ -7,15 +7,21 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from ris.api.deps import engine_of, pick_tts_model, require_speakable, submit, view_or_404, wait_task
-from ris.api.errors import APIError, failure
+from ris.api.deps import engine_of, result_or_failure, submit, view_or_404, wait_task
+from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
-from ris.lanes import Lane
+from ris.api.tts_support import pick_tts_model, require_speakable
 from ris.lanes.base import timings_json
-from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, TTSResult
+from ris.lanes.tts import AUDIO_FOLDER, TTSRequest
+from ris.lanes.tts import LANE as TTS
 
 router = APIRouter(tags=["tts"])
+
+
+def audio_url(task_id: str) -> str:
+    """Where a synthesis's WAV is served (`tts_audio`)."""
+    return f"/api/tts/audio/{task_id}"
 
 
 @router.post(
@@ -38,12 +44,9 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     require_speakable(body.text)
     model = pick_tts_model(engine, body.model, body.voice)
     req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
-    handle = submit(engine, Lane.TTS, model, req, body.priority, body.timeout_s)
+    handle = submit(engine, TTS, model, req, body.priority, body.timeout_s)
     view = await wait_task(engine, handle, request)
-    if not view.succeeded:
-        raise failure(view)
-    r = view.result
-    assert isinstance(r, TTSResult)
+    r = result_or_failure(view)
     accept = request.headers.get("accept", "")
     if "audio/wav" in accept and "application/json" not in accept:
         return FileResponse(
@@ -62,7 +65,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
             "voice": r.voice,
             "sample_rate": r.sample_rate,
             "duration_s": r.duration_s,
-            "audio_url": f"/api/tts/audio/{view.id}",
+            "audio_url": audio_url(view.id),
             "timings": timings_json(r.timings),
         }
     )
@@ -76,8 +79,8 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
 )
 async def tts_audio(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = view_or_404(engine, task_id, Lane.TTS)
-    if not view.succeeded or not isinstance(view.result, TTSResult):
+    view = view_or_404(engine, task_id, TTS)
+    if not view.succeeded or view.result is None:
         raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
     path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
     if path is None:

@@ -1,0 +1,52 @@
+"""What the text routes (/api/llm, /v1/chat, /v1/completions, /api/chat/speak) check of an LLM
+request before it is queued: the prompt's language, the model's context window, and whether
+the model's backend can decode under a grammar (structured output, tools)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ris import catalogue
+from ris.api.errors import APIError
+from ris.lanes import Lane
+from ris.lanes.llm import LANE as LLM_LANE
+from ris.languages import language_warning, script_language
+from ris.runtime.engine import Engine
+
+
+def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> list[str]:
+    """Notes for an answer the client may not expect: a prompt in a language the model does
+    not write (it is answered all the same)."""
+    languages = engine.config.lane(Lane.LLM).models[model].languages
+    if not languages:  # unknown: nothing is flagged, and the prompt need not be read
+        return []
+    text = "\n".join(t for t in texts if t)
+    note = language_warning(model, languages, text, _suggestion(text))
+    return [] if note is None else [note]
+
+
+def _suggestion(text: str) -> str | None:
+    language = script_language(text)
+    return None if language is None else catalogue.writer_of(language, Lane.LLM)
+
+
+def llm_context(engine: Engine, model: str) -> int | None:
+    """The context window of an LLM its worker has reported (the default model, loaded at
+    start); None for one that loads on first use, whose worker checks it instead."""
+    info = engine.model_infos(Lane.LLM).get(model)
+    return None if info is None else info.details.context_tokens
+
+
+def require_constraining_backend(engine: Engine, model: str, param: str) -> None:
+    """Refuse structured output or tools for a model whose backend cannot decode under a
+    grammar (transformers): they would be ignored, which is worse than a refusal."""
+    backend = engine.config.lane(Lane.LLM).models[model].backend
+    if not LLM_LANE.backend(backend).constrains:
+        allowed = [name for name, entry in LLM_LANE.backends.items() if entry.constrains]
+        raise APIError(
+            422,
+            "unsupported_for_model",
+            f"{param} needs a backend that constrains decoding ({', '.join(sorted(allowed))}); the model "
+            f"'{model}' runs on {backend} (GET /api/models shows each model's structured_output and tools)",
+            param=param,
+        )
