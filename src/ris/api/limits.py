@@ -33,10 +33,20 @@ MAX_TOOLS = 128
 MAX_TOOL_DESCRIPTION_CHARS = 4_000
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_IMAGE_PROMPT_CHARS = 4_000
+# An image's width and height, in pixels: diffusion models work in blocks of 8 pixels. The
+# pixel count (width x height) is bounded by config (server.max_image_pixels).
+MIN_IMAGE_SIDE = 64
+MAX_IMAGE_SIDE = 2048
+IMAGE_SIDE_MULTIPLE = 8
 
 
 def wrap_seed(seed: int) -> int:
     return seed % (SEED_MAX + 1)
+
+
+def image_side_ok(pixels: int) -> bool:
+    """A width or height the image lane takes (the body schemas' `Field`s say the same)."""
+    return MIN_IMAGE_SIDE <= pixels <= MAX_IMAGE_SIDE and pixels % IMAGE_SIDE_MULTIPLE == 0
 
 
 class RequestBody(BaseModel):

@@ -9,11 +9,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ris.api.limits import (
+    IMAGE_SIDE_MULTIPLE,
     MAX_IMAGE_PROMPT_CHARS,
+    MAX_IMAGE_SIDE,
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
     MAX_STOPS,
     MAX_TEMPERATURE,
+    MIN_IMAGE_SIDE,
     SEED_MAX,
     RequestBody,
 )
@@ -112,11 +115,18 @@ class TTSSynthesizeResponse(BaseModel):
     timings: Timings
 
 
+_SIDE = f"pixels, multiple of {IMAGE_SIDE_MULTIPLE}"
+
+
 class ImageGenerateRequest(_Body):
     prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_IMAGE_PROMPT_CHARS)
-    width: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="pixels, multiple of 8")
-    height: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="pixels, multiple of 8")
+    width: int = Field(
+        default=512, ge=MIN_IMAGE_SIDE, le=MAX_IMAGE_SIDE, multiple_of=IMAGE_SIDE_MULTIPLE, description=_SIDE
+    )
+    height: int = Field(
+        default=512, ge=MIN_IMAGE_SIDE, le=MAX_IMAGE_SIDE, multiple_of=IMAGE_SIDE_MULTIPLE, description=_SIDE
+    )
     use_turbo: bool = Field(default=False, description="use the configured turbo model (few steps)")
     steps: int | None = Field(default=None, ge=1, le=1000, description="default: the model's")
     guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")

@@ -22,7 +22,7 @@ from ris.api.deps import (
     wait_tasks,
 )
 from ris.api.errors import APIError
-from ris.api.limits import wrap_seed
+from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, image_side_ok, wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.routes.image import result_url
 from ris.api.streams import StreamBroken, next_audio, wav_header
@@ -99,10 +99,9 @@ def _size(text: str, max_pixels: int) -> tuple[int, int]:
         raise APIError(
             400, "invalid_value", f"size {text!r} must look like '512x512'", param="size"
         ) from None
-    if not (64 <= width <= 2048 and 64 <= height <= 2048 and width % 8 == 0 and height % 8 == 0):
-        raise APIError(
-            400, "invalid_value", f"size {text!r}: each side 64 to 2048 and a multiple of 8", param="size"
-        )
+    if not (image_side_ok(width) and image_side_ok(height)):
+        sides = f"each side {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} and a multiple of {IMAGE_SIDE_MULTIPLE}"
+        raise APIError(400, "invalid_value", f"size {text!r}: {sides}", param="size")
     if width * height > max_pixels:
         raise APIError(400, "invalid_value", f"size {text!r} is over {max_pixels} pixels", param="size")
     return width, height
