@@ -1,6 +1,7 @@
 """The repository's own checks, run as tests so that a red check is a red suite: mypy (strict,
-configured in pyproject.toml) over src/ and tests/, ruff's lint and format over both, and no
-`type: ignore` in the runtime (its types are meant to hold without exceptions)."""
+configured in pyproject.toml) over src/ and tests/, ruff's lint and format over both, no
+`type: ignore` in the runtime (its types are meant to hold without exceptions), and no route or
+service narrowing a task's result (the engine's handles and views are typed by lane kind)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,23 @@ def type_ignores(folder: Path) -> list[str]:
 
 def test_the_runtime_has_no_type_ignore() -> None:
     assert type_ignores(RUNTIME) == []
+
+
+def result_narrowings(folder: Path) -> list[str]:
+    """Each `isinstance(..., SomethingResult)` under `folder`, as file:line."""
+    return [
+        f"{path.name}:{number}"
+        for path in sorted(folder.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"isinstance\([^)]*Result\b", line)
+    ]
+
+
+def test_no_route_or_service_narrows_a_result() -> None:
+    src = ROOT / "src" / "ris"
+    assert result_narrowings(src / "api" / "routes") + result_narrowings(src / "services") == []
+
+
+def test_the_narrowing_check_sees_a_narrowing(tmp_path: Path) -> None:
+    (tmp_path / "route.py").write_text("assert isinstance(r, LLMResult)\nok = isinstance(x, str)\n")
+    assert len(result_narrowings(tmp_path)) == 1
