@@ -51,7 +51,7 @@ def llm_request(
     constraint_param: str = "response_format",
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
-    deps.llm_context); a model not loaded yet is checked by its worker instead."""
+    llm_support.llm_context); a model not loaded yet is checked by its worker instead."""
 
     def invalid(message: str, param: str) -> APIError:
         return APIError(dialect.invalid[0], dialect.invalid[1], message, param=param)
