@@ -1,5 +1,5 @@
 """Request plumbing every route shares: bodies, the engine, model names, task lookup,
-submission, waiting, and cancelling what a client that left no longer waits for. What only
+waiting, and cancelling what a client that left no longer waits for. What only
 some routes need lives beside them: llm_support.py (text), tts_support.py (speech)."""
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ris import catalogue
-from ris.api.errors import APIError, failure, lane_unavailable, queue_full
+from ris.api.errors import APIError, failure
 from ris.lanes.base import LaneKind, LaneResult
 from ris.messages import LaneRequest
-from ris.runtime.engine import Engine, LaneUnavailable
+from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle, TaskView
-from ris.scheduler import QueueFull
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 M = TypeVar("M", bound=BaseModel)
@@ -96,34 +95,6 @@ def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Any] | No
             404, "not_found", f"task {task_id} is not a{'n' if lane[0] in 'aeiou' else ''} {lane} task"
         )
     return view
-
-
-def submit(
-    engine: Engine,
-    kind: LaneKind[Req, Any, Res],
-    model: str,
-    request: Req,
-    priority: int = 0,
-    timeout_s: float | None = None,
-) -> TaskHandle[Res]:
-    try:
-        return engine.submit(kind, model, request, priority=priority, timeout_s=timeout_s)
-    except QueueFull as e:
-        raise queue_full(e) from None
-    except LaneUnavailable as e:
-        raise lane_unavailable(e) from None
-
-
-def submit_many(
-    engine: Engine, kind: LaneKind[Req, Any, Res], model: str, requests: list[Req]
-) -> list[TaskHandle[Res]]:
-    """Queue every request or none (a 429 leaves nothing queued)."""
-    try:
-        return engine.submit_many(kind, model, requests)
-    except QueueFull as e:
-        raise queue_full(e) from None
-    except LaneUnavailable as e:
-        raise lane_unavailable(e) from None
 
 
 def require_lane(engine: Engine, lane: str) -> None:

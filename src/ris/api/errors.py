@@ -133,8 +133,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    return await _api_error(request, queue_full(exc))
+
+
+async def _lane_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LaneUnavailable)
+    return await _api_error(request, lane_unavailable(exc))
+
+
+# The engine's refusals answer from here, so a route submits with `engine.submit` itself.
 HANDLERS = {
     APIError: _api_error,
+    QueueFull: _queue_full,
+    LaneUnavailable: _lane_unavailable,
     RequestValidationError: _validation_error,
     StarletteHTTPException: _http_error,
 }

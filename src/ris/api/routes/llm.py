@@ -15,7 +15,6 @@ from ris.api.deps import (
     json_body,
     resolve_model,
     result_or_failure,
-    submit,
     wait_task,
 )
 from ris.api.errors import failure
@@ -51,7 +50,7 @@ async def llm_generate(request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, model), body.json_schema)
     texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
     warnings = llm_warnings(engine, model, texts_in)
-    handle = submit(engine, LLM, model, req, body.priority, body.timeout_s)
+    handle = engine.submit(LLM, model, req, priority=body.priority, timeout_s=body.timeout_s)
     if body.stream:
         return StreamingResponse(
             _sse(engine, handle, warnings),

@@ -17,8 +17,6 @@ from ris.api.deps import (
     require_lane,
     resolve_model,
     result_or_failure,
-    submit,
-    submit_many,
     wait_tasks,
 )
 from ris.api.errors import APIError
@@ -71,7 +69,7 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     tts = engine.config.lane(Lane.TTS).models
     model = pick_tts_model(engine, body.model if body.model in tts else None, voice)
     rate = tts_rate(engine, model)
-    handle = submit(engine, TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
+    handle = engine.submit(TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
     first = await first_audio(engine, handle, request)  # a task that fails before any sound is an error
 
     async def stream() -> AsyncIterator[bytes]:
@@ -118,7 +116,7 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
-    handles = submit_many(engine, IMAGE, model, reqs)
+    handles = engine.submit_many(IMAGE, model, reqs)
     views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:

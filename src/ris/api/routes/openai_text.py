@@ -18,7 +18,6 @@ from ris.api.deps import (
     engine_of,
     json_body,
     result_or_failure,
-    submit,
     unknown_model_message,
     wait_task,
 )
@@ -129,6 +128,11 @@ def _usage(r: LLMResult) -> dict[str, int]:
     }
 
 
+def _envelope(id_prefix: str, kind: str, task_id: str, model: str) -> dict[str, Any]:
+    """The fields every completion object and chunk starts with."""
+    return {"id": f"{id_prefix}-{task_id}", "object": kind, "created": int(time.time()), "model": model}
+
+
 def _finish_reason(r: LLMResult) -> str:
     return r.finish_reason if r.finish_reason in ("stop", "length") else "stop"
 
@@ -146,13 +150,8 @@ async def chat_completions(request: Request) -> Any:
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     plan = tool_plan(body)
     req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
-    handle = submit(engine, LLM, model, req)
-    base = {
-        "id": f"chatcmpl-{handle.task_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-    }
+    handle = engine.submit(LLM, model, req)
+    base = _envelope("chatcmpl", "chat.completion", handle.task_id, model)
     call_ids = f"call_{handle.task_id}_"
     if body.stream:
         base["object"] = "chat.completion.chunk"
@@ -203,13 +202,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if len(prompts) != 1:
         raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
     req = _request(engine, body, model, prompts[0], None, body.max_tokens or 16)
-    handle = submit(engine, LLM, model, req)
-    base = {
-        "id": f"cmpl-{handle.task_id}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-    }
+    handle = engine.submit(LLM, model, req)
+    base = _envelope("cmpl", "text_completion", handle.task_id, model)
 
     def choice(text: str, finish: str | None = None) -> dict[str, Any]:
         return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
