@@ -13,6 +13,7 @@ from typing import Any
 from ris.config import Config, ConfigError
 from ris.config.defaults import default_config
 from ris.config.load import load_config, parse_config
+from ris.runtime import data_lock
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -45,6 +46,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ris.runtime.workers.ray_cluster import check_cluster
 
         check_cluster(cfg)  # a lane no node can host: refused here, not left pending for ever
+    try:
+        # First of all: a second server on a folder in use starts no worker, reads no task.
+        data_lock.acquire(cfg.data_dir, cfg.server.port)
+    except data_lock.DataFolderInUse as e:
+        print(f"ris serve: {e}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # noqa: F401
@@ -61,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )
+    data_lock.release(cfg.data_dir)
     return 0
 
 

@@ -30,6 +30,7 @@ from ris import messages as m
 from ris.config import Config
 from ris.lanes.base import LaneKind, LaneResult, Seen, Timings
 from ris.machine import MachineInfo
+from ris.runtime import data_lock
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
 from ris.runtime.replica import Replica
@@ -92,6 +93,7 @@ class Engine:
         self._machine = machine
         self._monitor_interval_s = monitor_interval_s
         self._monitor: asyncio.Task[None] | None = None
+        self._holds_data = False  # the data folder's lock (ris.runtime.data_lock), from start to stop
         # Scheduler times are monotonic; clients see Unix times.
         self._wall_offset = wall() - clock()
 
@@ -106,6 +108,9 @@ class Engine:
 
     async def start(self) -> None:
         data = Path(self.config.data_dir)
+        # Before anything reads the store: a second server on this folder must touch nothing.
+        data_lock.acquire(data, self.config.server.port)
+        self._holds_data = True
         self.durable = DurableTasks(data / "tasks.db", self.kinds, self.wall_clock, self._to_wall)
         folders = [k.result_folder for k in self.kinds.values() if k.result_folder]
         self.retention = Retention(self.durable.store, data, folders, self.config.retention, self.wall_clock)
@@ -167,6 +172,9 @@ class Engine:
                 self._settle(task.id)
         if self.durable is not None:
             self.durable.close()
+        if self._holds_data:
+            data_lock.release(Path(self.config.data_dir))
+            self._holds_data = False
 
     def _recover(self) -> None:
         """Resume the durable tasks a previous server accepted but did not finish."""

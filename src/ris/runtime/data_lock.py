@@ -1,0 +1,96 @@
+"""One server per data folder: an exclusive lock on <data_dir>/server.lock while a server lives.
+
+Two servers on one folder would both resume the durable tasks in its store and both write and
+sweep its result files. The lock is the operating system's (flock on POSIX, a byte-range lock
+on Windows), so it ends with the process however the process ends: a SIGKILL leaves no stale
+lock behind. The file holds the holder's pid and port, for the refusal a second server prints.
+
+Within one process the lock is counted, not taken twice: `ris serve` takes it before it starts
+anything (a clean message, nothing touched), and the engine, which owns the folder, takes it
+again at start for embedders that skip the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import IO
+
+LOCK_FILE = "server.lock"
+
+_held: dict[Path, tuple[IO[str], int]] = {}  # folder -> (open lock file, holders in this process)
+_guard = threading.Lock()
+
+
+class DataFolderInUse(Exception):
+    """Another server holds the data folder; the message names it (pid, port) and what to do."""
+
+
+def _try_lock(f: IO[str]) -> bool:
+    if sys.platform == "win32":
+        import msvcrt
+
+        f.seek(0)  # the lock covers the file's first byte
+        try:
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def holder(folder: Path) -> dict[str, object]:
+    """What the lock file says about the server holding `folder` ({} when unreadable)."""
+    try:
+        data = json.loads((folder / LOCK_FILE).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def acquire(folder: Path, port: int) -> None:
+    """Hold `folder` for this process, or raise DataFolderInUse at once (never waits)."""
+    key = folder.resolve()
+    with _guard:
+        if key in _held:
+            f, count = _held[key]
+            _held[key] = (f, count + 1)
+            return
+        key.mkdir(parents=True, exist_ok=True)
+        # "a": opening must not truncate what the holder wrote before we know we hold it.
+        f = (key / LOCK_FILE).open("a+", encoding="utf-8")
+        if not _try_lock(f):
+            f.close()
+            who = holder(key)
+            pid, at = who.get("pid", "?"), who.get("port", "?")
+            raise DataFolderInUse(
+                f"data_dir {key} is in use by another RIS server (pid {pid}, port {at}); "
+                "stop that server, or give this one another data_dir (--data-dir)"
+            )
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "port": port}))
+        f.flush()
+        _held[key] = (f, 1)
+
+
+def release(folder: Path) -> None:
+    """Give back one hold; the last one unlocks (closing the file drops the OS lock)."""
+    key = folder.resolve()
+    with _guard:
+        if key not in _held:
+            return
+        f, count = _held.pop(key)
+        if count > 1:
+            _held[key] = (f, count - 1)
+            return
+        f.close()

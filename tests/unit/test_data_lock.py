@@ -1,0 +1,67 @@
+"""One server per data folder (ris.runtime.data_lock): the OS lock, across real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ris.runtime import data_lock
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from ris.runtime import data_lock
+data_lock.acquire(Path(sys.argv[1]), 8123)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def holding_process(folder: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process that holds `folder`'s lock until the block ends, killed (SIGKILL)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "held"
+            yield proc
+        finally:
+            proc.kill()
+
+
+def test_a_second_process_is_refused_with_the_holders_pid_and_port(tmp_path: Path) -> None:
+    with holding_process(tmp_path) as proc:
+        with pytest.raises(data_lock.DataFolderInUse, match=rf"pid {proc.pid}, port 8123"):
+            data_lock.acquire(tmp_path, 9000)
+        # The refusal changed nothing the holder wrote.
+        assert data_lock.holder(tmp_path) == {"pid": proc.pid, "port": 8123}
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    with holding_process(tmp_path):
+        pass  # SIGKILLed on leaving: no clean-up of its own ran
+    data_lock.acquire(tmp_path, 9000)
+    try:
+        assert data_lock.holder(tmp_path)["port"] == 9000
+    finally:
+        data_lock.release(tmp_path)
+
+
+def test_one_process_may_hold_its_folder_twice(tmp_path: Path) -> None:
+    """`ris serve` takes the lock, then its engine does: counted, released by the last."""
+    data_lock.acquire(tmp_path, 1)
+    data_lock.acquire(tmp_path / ".", 1)  # the same folder, spelled otherwise
+    data_lock.release(tmp_path)
+    once = HOLD.replace("time.sleep(600)", "")
+    proc = subprocess.run([sys.executable, "-c", once, str(tmp_path)], capture_output=True, text=True)
+    assert "DataFolderInUse" in proc.stderr  # still held by us after one release
+    data_lock.release(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", once, str(tmp_path)], capture_output=True, text=True)
+    assert proc.stdout.strip() == "held"  # free now: another process takes it
