@@ -3,8 +3,8 @@
 #
 # The source is the llama-cpp-python sdist from PyPI at the version installed in .venv: it vendors
 # llama.cpp under vendor/llama.cpp, so the server is built from exactly the llama.cpp that RIS's
-# LLM lane runs, and only a package registry is needed. CPU build, native instructions (like the
-# installed bindings, compiled on this machine), static, no web UI (it would be fetched online).
+# LLM lane runs, and only a package registry is needed. CPU build, native instructions less AMX (like
+# the installed bindings, compiled on this machine), static, no web UI (it would be fetched online).
 #
 #     bench/build_llama_server.sh          # prints the path of the binary on its last line
 #     FORCE=1 bench/build_llama_server.sh  # rebuild from a fresh sdist
@@ -20,7 +20,14 @@ JOBS="${JOBS:-2}"
 
 VERSION="$("$PY" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
 SRC="$OUT/llama_cpp_python-$VERSION/vendor/llama.cpp"
-BUILD="$OUT/build-$VERSION"
+BUILD="$OUT/build-$VERSION-noamx"
+
+# As the Makefile builds the bindings: -march=native without AMX, whose kernels fault on this
+# machine's CPU (see the Makefile); the peer runs the same instructions RIS's lane runs.
+if [[ "$(uname -m)" == "x86_64" ]]; then
+    export CFLAGS="${CFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    export CXXFLAGS="${CXXFLAGS:-} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 BIN="$BUILD/bin/llama-server"
 
 if [[ -x "$BIN" && -z "${FORCE:-}" ]]; then
