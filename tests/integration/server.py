@@ -31,12 +31,15 @@ class Server(ServiceProcess):
         super().__init__(tmp, config, api_key=api_key)
 
 
-def with_plugins(tmp: Path, plugins: list[str], lanes: dict[str, Any]) -> Server:
+def with_plugins(
+    tmp: Path, plugins: list[str], lanes: dict[str, Any], settings: dict[str, Any] | None = None
+) -> Server:
     """The service started with the test plugins named (modules in tests/plugins) and only the
-    lanes given: a lane the config does not mention stays off."""
-    config = {"data_dir": str(tmp / "data"), "plugins": plugins, "lanes": lanes}
+    lanes given: a lane the config does not mention stays off. `settings`: its "server" section."""
+    config = {"data_dir": str(tmp / "data"), "plugins": plugins, "lanes": lanes, "server": settings or {}}
     path = os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])
-    server = Server(tmp, config)
+    key = (settings or {}).get("api_keys", [None])[0]
+    server = Server(tmp, config, api_key=key)
     server.start(timeout=120, env={"PYTHONPATH": path})
     return server
 

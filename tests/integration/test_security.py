@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from ris import Client, RISError
 
-from .server import ROOT, Server, make_config
+from .server import ROOT, Server, make_config, with_plugins
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-123"
@@ -204,3 +205,25 @@ def test_wrong_content_type_is_a_clear_error(server: Server) -> None:
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+def test_guessing_keys_is_throttled_per_address_on_the_api_and_the_login(tmp_path: Path) -> None:
+    """1,000 wrong keys from one address: ten are checked, the rest answered 429 unchecked
+    (ris.api.keys); the console's login spends the same budget; the log never shows a key."""
+    echo = {"cores": [0], "default_model": "up", "models": {"up": {"backend": "upper"}}}
+    srv = with_plugins(tmp_path, ["ris_echo"], {"echo": echo}, {"api_keys": [KEY]})
+    try:
+        statuses: Counter[int] = Counter()
+        with httpx.Client(base_url=srv.url) as http:  # one connection, as fast as it goes
+            for i in range(1000):
+                r = http.get("/api/stats", headers={"Authorization": f"Bearer guess-{i:04d}"})
+                statuses[r.status_code] += 1
+                if r.status_code == 429:
+                    assert r.json()["error"]["code"] == "too_many_wrong_keys"
+                    assert int(r.headers["retry-after"]) >= 1
+            assert set(statuses) == {401, 429} and statuses[401] <= 20, statuses
+            login = http.post("/ui/login", data={"key": "guess-login"})
+            assert login.status_code == 429 and "Too many wrong keys" in login.text
+        assert "guess-" not in srv.log_path.read_text()
+    finally:
+        srv.stop()

@@ -17,7 +17,7 @@ async def ok(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def through(
-    guard: Guard, method: str, path: str, headers: list[tuple[str, str]]
+    guard: Guard, method: str, path: str, headers: list[tuple[str, str]], client: str = "127.0.0.1"
 ) -> tuple[int, dict[str, str]]:
     """The status and headers the client gets for one request with these headers."""
     sent: list[Message] = []
@@ -33,6 +33,7 @@ def through(
         "method": method,
         "path": path,
         "headers": [(k.encode(), v.encode()) for k, v in headers],
+        "client": (client, 50000),
     }
     asyncio.run(guard(scope, receive, send))
     start = sent[0]

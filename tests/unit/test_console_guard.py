@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from ris.api.keys import KeyChecker
 from ris.api.routes.console import redact
 from ris.api.security import KEY_COOKIE, Guard
 
+from .fakes import FakeClock
 from .guarded import ok, through
 
 KEY = "k3y;with=odd chars"
@@ -17,7 +19,7 @@ KEY = "k3y;with=odd chars"
 def answer(
     path: str, *headers: tuple[str, str], method: str = "GET", origins: tuple[str, ...] = ()
 ) -> tuple[int, dict[str, str]]:
-    guard = Guard(ok, api_keys=[KEY], allowed_origins=origins)
+    guard = Guard(ok, keys=KeyChecker([KEY], FakeClock()), allowed_origins=origins)
     return through(guard, method, path, [("host", "127.0.0.1:8080"), *headers])
 
 

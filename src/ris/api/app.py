@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ris import __version__
 from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, error_response, is_openai
+from ris.api.keys import KeyChecker
 from ris.api.routes import console, docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
 from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
@@ -140,7 +142,9 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server
+    # One checker for the API and the console's login: one budget of wrong keys per address.
+    app.state.keys = KeyChecker(srv.api_keys, time.monotonic)
     app.add_middleware(
-        Guard, api_keys=srv.api_keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
+        Guard, keys=app.state.keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
     )
     return app

@@ -12,17 +12,18 @@ getting a JSON 401.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
+import math
 import time
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import unquote
 
-from starlette.responses import RedirectResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.api.errors import error_response, is_openai
+from ris.api.keys import KeyChecker, Verdict
 from ris.config import Config, ConfigError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -94,12 +95,13 @@ class Guard:
         self,
         app: ASGIApp,
         *,
-        api_keys: Iterable[str] = (),
+        keys: KeyChecker | None = None,
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
     ) -> None:
+        """`keys`: the server's API keys and their guessing throttle (none: no key needed)."""
         self.app = app
-        self.keys = [k.encode() for k in api_keys]
+        self.keys = keys if keys is not None and keys.keys else None
         hosts = {h.lower() for h in allowed_hosts}
         self.any_host = "*" in hosts
         self.hosts = LOOPBACK_NAMES | hosts
@@ -150,7 +152,11 @@ class Guard:
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 await _preflight(cors, scope, receive, send)
                 return
-        if self.keys and not _open(path) and not self._authorized(headers, cookie=same):
+        verdict = None if self.keys is None or _open(path) else self._authorized(scope, headers, cookie=same)
+        if verdict is not None and verdict.retry_after_s is not None:
+            await throttled(verdict.retry_after_s, openai=openai)(scope, receive, send)
+            return
+        if verdict is not None and not verdict.ok:
             if _console_page(path, scope["method"], headers):
                 # A person in a browser: to the login form, not a JSON error.
                 await RedirectResponse("/ui/login", status_code=303)(scope, receive, send)
@@ -177,7 +183,7 @@ class Guard:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _authorized(self, headers: dict[str, str], *, cookie: bool) -> bool:
+    def _authorized(self, scope: Scope, headers: dict[str, str], *, cookie: bool) -> Verdict:
         """A bearer key, or (`cookie`: on a same-origin request) the console's key cookie. An
         origin allowed by server.allowed_origins may call the API with a key of its own; the
         browser would send it the console's cookie too (SameSite counts a site, not a port),
@@ -188,9 +194,27 @@ class Guard:
         else:
             given = _cookie_key(headers.get("cookie", "")) if cookie else ""
         if not given:
-            return False
-        # Constant-time comparison against every key: timing does not reveal a prefix.
-        return any(hmac.compare_digest(given.encode(), key) for key in self.keys)
+            return Verdict(False)  # no key at all: not a guess, nothing spent
+        assert self.keys is not None
+        return self.keys.check(client_address(scope), given)
+
+
+def client_address(scope: Scope) -> str:
+    """The peer's address (a reverse proxy's, behind one)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def throttled(retry_after_s: float, *, openai: bool) -> Response:
+    """429 for an address that spent its budget of wrong keys (ris.api.keys)."""
+    retry = str(max(1, math.ceil(retry_after_s)))
+    return error_response(
+        429,
+        "too_many_wrong_keys",
+        f"too many wrong API keys from this address; keys are not checked for {retry} s",
+        {"Retry-After": retry},
+        openai=openai,
+    )
 
 
 def _open(path: str) -> bool:

@@ -11,8 +11,8 @@ SameSite=Strict cookie (never in the URL, never readable by the page's script).
 
 from __future__ import annotations
 
-import hmac
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from ris import __version__
 from ris.api.console_state import console_state
 from ris.api.deps import engine_of
 from ris.api.errors import APIError
-from ris.api.security import KEY_COOKIE
+from ris.api.keys import KeyChecker, Verdict
+from ris.api.security import KEY_COOKIE, client_address
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 # The version in the path: a browser never mixes files of two releases from its cache.
@@ -138,7 +139,16 @@ async def login(request: Request) -> Response:
     # no multipart library for one field.
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given = (form.get("key") or [""])[0].strip()
-    if not given or not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+    checker: KeyChecker = request.app.state.keys
+    verdict = checker.check(client_address(request.scope), given) if given else Verdict(False)
+    if verdict.retry_after_s is not None:
+        retry = max(1, math.ceil(verdict.retry_after_s))
+        error = f"Too many wrong keys from your address: try again in {retry} s."
+        refused = _page(request, "login", error=error)
+        refused.status_code = 429
+        refused.headers["Retry-After"] = str(retry)
+        return refused
+    if not verdict.ok:
         refused = _page(request, "login", error="That key is not one of this server's API keys.")
         refused.status_code = 401
         return refused

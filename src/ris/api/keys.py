@@ -1,0 +1,97 @@
+"""API keys and the throttle on guessing them: pure, with an injected clock.
+
+Each client address has a budget of wrong keys, a token bucket: `free` wrong keys at full
+speed, then one more every `refill_s` seconds. With the budget spent, the address's keys are
+not checked at all (a check would tell a guesser whether the key was right, at full speed):
+it is answered 429 with the seconds until its next try, until the bucket refills. A right key
+costs nothing and is never delayed while the budget lasts; a request with no key is not a
+guess and costs nothing either. Behind a reverse proxy every client has the proxy's address:
+the budget is then the proxy's, and the proxy should limit its own clients.
+
+The table of addresses is bounded: an address whose bucket is full again is forgotten, and
+past `max_clients` the longest-quiet address goes first, so no stream of addresses grows it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger("ris.security")
+
+FREE_WRONG_KEYS = 10
+REFILL_S = 6.0  # one more wrong key every 6 s: ten a minute
+MAX_CLIENTS = 10_000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    retry_after_s: float | None = None  # set when the address may not try now: answer 429
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float  # when `tokens` was last brought up to date
+
+
+class KeyChecker:
+    def __init__(
+        self,
+        keys: Iterable[str],
+        clock: Callable[[], float],
+        *,
+        free: int = FREE_WRONG_KEYS,
+        refill_s: float = REFILL_S,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
+        self.keys = [k.encode() for k in keys]
+        self._clock = clock
+        self._free = free
+        self._refill_s = refill_s
+        self._max_clients = max_clients
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def check(self, client: str, given: str) -> Verdict:
+        """Whether `given` (non-empty) is a key, for a request from address `client`."""
+        bucket = self._bucket(client)
+        if bucket is not None and bucket.tokens < 1:
+            return Verdict(False, (1 - bucket.tokens) * self._refill_s)
+        # Constant-time comparison against every key: timing does not reveal a prefix.
+        if any(hmac.compare_digest(given.encode(), key) for key in self.keys):
+            return Verdict(True)
+        if bucket is None:
+            bucket = self._buckets[client] = _Bucket(float(self._free), self._clock())
+            self._bound()
+        bucket.tokens -= 1
+        if bucket.tokens < 1:
+            # Logged once per lockout, with the address and never the key.
+            log.warning(
+                "%s sent %d wrong API keys; its keys go unchecked (429) for a while", client, self._free
+            )
+        return Verdict(False)
+
+    def _bucket(self, client: str) -> _Bucket | None:
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            return None
+        now = self._clock()
+        bucket.tokens = min(float(self._free), bucket.tokens + (now - bucket.at) / self._refill_s)
+        bucket.at = now
+        if bucket.tokens >= self._free:
+            del self._buckets[client]  # all forgiven: nothing to remember
+            return None
+        self._buckets.move_to_end(client)
+        return bucket
+
+    def _bound(self) -> None:
+        while len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+
+    def clients(self) -> int:
+        """How many addresses have spent some of their budget (bounded by max_clients)."""
+        return len(self._buckets)

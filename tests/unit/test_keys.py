@@ -1,0 +1,92 @@
+"""The throttle on guessing API keys (ris.api.keys), alone with a fake clock and through the
+guard in memory: a budget of wrong keys per address, then 429s with the key unchecked."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ris.api.keys import FREE_WRONG_KEYS, REFILL_S, KeyChecker
+from ris.api.security import Guard
+
+from .fakes import FakeClock
+from .guarded import ok, through
+
+KEY = "the-right-key"
+
+
+def test_a_thousand_wrong_keys_from_one_address_get_ten_checks() -> None:
+    clock = FakeClock()
+    guard = Guard(ok, keys=KeyChecker([KEY], clock))
+    statuses: Counter[int] = Counter()
+    retry_after = set()
+    for i in range(1000):
+        status, headers = through(
+            guard,
+            "GET",
+            "/api/stats",
+            [("host", "localhost"), ("authorization", f"Bearer guess{i}")],
+            client="10.0.0.7",
+        )
+        statuses[status] += 1
+        if status == 429:
+            retry_after.add(headers["retry-after"])
+    assert statuses == {401: FREE_WRONG_KEYS, 429: 1000 - FREE_WRONG_KEYS}
+    assert retry_after == {str(int(REFILL_S))}
+    # Another address is not held back, and its right key passes at once.
+    assert (
+        through(
+            guard,
+            "GET",
+            "/api/stats",
+            [("host", "localhost"), ("authorization", f"Bearer {KEY}")],
+            client="10.0.0.8",
+        )[0]
+        == 200
+    )
+
+
+def test_a_spent_address_is_not_checked_even_with_the_right_key() -> None:
+    """A check would tell the guesser which key was right, at full speed."""
+    clock = FakeClock()
+    keys = KeyChecker([KEY], clock)
+    for _ in range(FREE_WRONG_KEYS):
+        assert not keys.check("a", "wrong").ok
+    verdict = keys.check("a", KEY)
+    assert not verdict.ok and verdict.retry_after_s == REFILL_S
+    clock.advance(REFILL_S)  # one more try earned
+    assert keys.check("a", KEY).ok
+
+
+def test_the_budget_refills_and_a_full_bucket_is_forgotten() -> None:
+    clock = FakeClock()
+    keys = KeyChecker([KEY], clock, free=3, refill_s=10.0)
+    for _ in range(3):
+        keys.check("a", "wrong")
+    assert keys.check("a", "wrong").retry_after_s == 10.0
+    clock.advance(4.0)
+    assert keys.check("a", "wrong").retry_after_s == 6.0
+    clock.advance(6.0)
+    assert keys.check("a", "wrong").ok is False  # the earned try, spent on a wrong key
+    assert keys.check("a", "wrong").retry_after_s == 10.0
+    clock.advance(30.0)
+    assert keys.check("a", KEY).ok
+    assert keys.clients() == 0  # refilled: nothing kept about "a"
+
+
+def test_right_keys_and_missing_keys_spend_nothing() -> None:
+    clock = FakeClock()
+    keys = KeyChecker([KEY], clock, free=2)
+    for _ in range(100):
+        assert keys.check("a", KEY).ok
+    assert keys.clients() == 0
+    guard = Guard(ok, keys=keys)
+    for _ in range(100):  # no key at all: 401, not a guess
+        assert through(guard, "GET", "/api/stats", [("host", "localhost")], client="b")[0] == 401
+    assert keys.clients() == 0
+
+
+def test_the_table_of_addresses_is_bounded() -> None:
+    keys = KeyChecker([KEY], FakeClock(), max_clients=100)
+    for i in range(10_000):
+        keys.check(f"10.{i // 256}.{i % 256}.1", "wrong")
+    assert keys.clients() == 100
