@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib
 import json
 import os
 import stat
@@ -110,6 +111,18 @@ def _data_dir(config: dict[str, Any], config_path: Path) -> Path:
     return data_dir if data_dir.is_absolute() else (config_path.parent / data_dir).resolve()
 
 
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What a failed connection raises: OSError, and the transport errors of the HTTP library
+    huggingface_hub uses (httpx before its 2.x, httpx2 since), which are not OSErrors."""
+    errors: list[type[Exception]] = [OSError]
+    for name in ("httpx", "httpx2"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def _remote_files(
     entry: CatalogueEntry, endpoint: str | None, token: str | None
 ) -> tuple[str, list[_RemoteFile]]:
@@ -126,7 +139,7 @@ def _remote_files(
         raise PullError("not_found", f"{entry.repo}@{entry.revision} is not on the hub ({e})") from None
     except HfHubHTTPError as e:
         raise PullError("hub_error", f"the hub refused {entry.repo}: {e}") from None
-    except OSError as e:  # no network, DNS, offline mode
+    except _network_errors() as e:  # no network, DNS, offline mode
         raise PullError("hub_unreachable", f"cannot reach the hub for {entry.repo}: {e}") from None
     if info.sha is None:
         raise PullError("hub_error", f"the hub gave no commit for {entry.repo}@{entry.revision}")
@@ -153,7 +166,7 @@ def _download(
         hf_hub_download(entry.repo, f.path, revision=commit, local_dir=folder, endpoint=endpoint, token=token)
     except HfHubHTTPError as e:
         raise PullError("hub_error", f"downloading {entry.repo}/{f.path}: {e}") from None
-    except OSError as e:  # the connection failed past huggingface_hub's retries; disk full
+    except _network_errors() as e:  # the connection failed past huggingface_hub's retries; disk full
         raise PullError(
             "download_failed", f"downloading {entry.repo}/{f.path}: {e}; run the same command to retry"
         ) from None

@@ -80,6 +80,36 @@ def test_a_required_tool_call_has_the_form_and_arguments_validate(llm: LlamaCppL
     jsonschema.validate(json.loads(arguments), params)
 
 
+def test_tool_parameters_with_defs_as_pydantic_writes_them_hold_the_call(llm: LlamaCppLLM) -> None:
+    """A nested model is a $defs entry and a local $ref: the call schema hoists it (call_schema),
+    and the arguments the grammar lets through validate against the tool's own schema."""
+    city = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 20}},
+        "required": ["name"],
+    }
+    params = {
+        "type": "object",
+        "properties": {"city": {"$ref": "#/$defs/City"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+        "$defs": {"City": city},
+    }
+    tools = (Tool("forecast", "Weather forecast", json.dumps(params)), Tool("get_time", "Time now"))
+    req = ask(
+        "Forecast for Oslo, 3 days.",
+        tools=tools,
+        max_tokens=120,
+        temperature=0,
+        constraint=Constraint(call_schema(tools, "forecast"), "tool_calls"),
+    )
+    outcome, text = run_batch(llm, {"call": req})["call"]
+    parsed = parse_calls(text, ["forecast", "get_time"])
+    assert outcome.finish_reason == "stop" and parsed is not None, text
+    [(name, arguments)] = parsed.calls
+    assert name == "forecast"
+    jsonschema.validate(json.loads(arguments), params)
+
+
 def test_a_schema_that_cannot_become_a_grammar_is_refused_and_the_batch_serves_on(llm: LlamaCppLLM) -> None:
     with pytest.raises(BackendError) as e:
         llm.batch().add(

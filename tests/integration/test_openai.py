@@ -130,6 +130,21 @@ def test_image_url_points_at_the_result(oa: OpenAI) -> None:
     assert httpx.get(url, timeout=10).content[:4] == b"\x89PNG"
 
 
+def test_media_models_are_openais_names_or_ours_never_a_quiet_substitute(oa: OpenAI) -> None:
+    """tts-1 or dall-e-3 (what OpenAI's clients send) mean the lane's default; a name that is
+    neither OpenAI's nor configured is a 404 listing the lane's models."""
+    wav = oa.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hi.", response_format="wav")
+    assert wav.content[:4] == b"RIFF"
+    with pytest.raises(openai.NotFoundError) as exc:
+        oa.audio.speech.create(model="smollm2", voice="alloy", input="Hi.", response_format="wav")
+    assert "tts models: piper, espeak" in str(exc.value)
+    r = oa.images.generate(model="dall-e-3", prompt="a boat", size="64x64", response_format="b64_json")
+    assert base64.b64decode(r.data[0].b64_json or "")[:4] == b"\x89PNG"
+    with pytest.raises(openai.NotFoundError) as exc:
+        oa.images.generate(model="sd-9000", prompt="a boat", size="64x64")
+    assert "image models: tiny-sd" in str(exc.value) and "'param': 'model'" in str(exc.value)
+
+
 def test_unknown_model_is_an_openai_error(oa: OpenAI, server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         oa.chat.completions.create(model="gpt-4o", messages=SKY)

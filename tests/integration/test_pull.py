@@ -184,6 +184,13 @@ def test_unknown_names_are_refused_with_the_catalogue(config: Path) -> None:
     assert done.returncode == 1 and "no public weights" in done.stderr
 
 
+def test_no_network_is_one_line_not_a_traceback(config: Path) -> None:
+    """Nothing listens at the endpoint: huggingface_hub's transport error (not an OSError)."""
+    done = ris("pull", "qwen2.5", "--config", str(config), env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert done.returncode == 1
+    assert "cannot reach the hub" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_repository_missing_from_the_hub_is_named(hub: Hub, config: Path) -> None:
     with pytest.raises(PullError) as e:
         pull("llama3.2", config, endpoint=hub.url, log=lambda _: None)

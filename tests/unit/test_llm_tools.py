@@ -229,3 +229,53 @@ def test_the_schema_limit_holds_for_tools_under_auto_too() -> None:
     assert e.value.status == 400 and "the limit is" in e.value.message
     small = Constraint(call_schema((WEATHER,)), "tool_calls", lazy=True)
     assert request(small, ["\n\n"]).stop == ("\n\n",)
+
+
+def constrained(schema: dict[str, Any] | str) -> LLMRequest:
+    from ris.api.llm_request import OPENAI, llm_request
+    from ris.config import ServerConfig
+
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    return llm_request(
+        ServerConfig(),
+        OPENAI,
+        prompt=None,
+        messages=[("user", "hi")],
+        max_tokens=8,
+        temperature=0.0,
+        top_p=1.0,
+        stop=[],
+        constraint=Constraint(text),
+    )
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["#/$defs/A", "#", "#/definitions/B", "https://example.com/s.json", "#/properties/nope", 5],
+)
+def test_a_ref_to_nothing_is_a_400_naming_it_before_any_worker_sees_it(ref: object) -> None:
+    with pytest.raises(APIError) as e:
+        constrained({"$ref": ref, "$defs": {"Other": {"type": "string"}}})
+    assert e.value.status == 400 and f"$ref {str(ref)!r} points at nothing" in e.value.message
+
+
+def test_local_refs_pass() -> None:
+    person = {"type": "object", "properties": {"name": {"type": "string"}}}
+    assert constrained({"$ref": "#/$defs/Person", "$defs": {"Person": person}}).constraint is not None
+    assert constrained({"properties": {"a": {"$ref": "#/properties/b"}, "b": {"type": "integer"}}}).constraint
+
+
+def test_tool_parameters_with_their_own_defs_become_one_grammar_schema() -> None:
+    """Pydantic (and so LangChain) writes nested models as $defs with local $refs: in the call
+    schema they are hoisted to its root, named per tool, their refs rewritten."""
+    city = {"type": "object", "properties": {"name": {"type": "string"}}}
+    params = {"type": "object", "properties": {"city": {"$ref": "#/$defs/City"}}, "$defs": {"City": city}}
+    book = Tool("book", "", json.dumps(params))
+    schema = json.loads(call_schema((book, WEATHER)))
+    assert schema["$defs"] == {"book__City": city}
+    assert schema["anyOf"][0]["properties"]["arguments"]["properties"]["city"] == {
+        "$ref": "#/$defs/book__City"
+    }
+    assert constrained(json.dumps(schema)).constraint is not None  # every ref resolves
+    single = json.loads(call_schema((book,)))
+    assert single["properties"]["arguments"]["properties"]["city"] == {"$ref": "#/$defs/book__City"}

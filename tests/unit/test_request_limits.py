@@ -90,6 +90,8 @@ def test_every_request_body_checks_its_text() -> None:
             "content[0].text",
         ),
         (ChatCompletionRequest, openai(stop="\ud800"), "stop has"),
+        (ChatCompletionRequest, openai(user="a\ud800"), "user has"),  # accepted and ignored, still text
+        (ChatCompletionRequest, openai(metadata={"k": "\udc00"}), "metadata.k has"),
         (CompletionRequest, {"model": "m", "prompt": "\ud800"}, "prompt has"),
         (SpeechRequest, {"model": "tts-1", "voice": "alloy", "input": "\ud800"}, "input has"),
     ],

@@ -49,3 +49,19 @@ def test_guard_serves_requests_addressed_to_the_listen_address() -> None:
     assert status("::2", "[0:0:0:0:0:0:0:2]:8080") == 200
     assert status("0.0.0.0", "192.168.1.5:8080") == 403
     assert status("0.0.0.0", "evil.example") == 403
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:8301@evil.example", "localhost:80x", "[::1]:80@evil.example", "[::1]x", "127.0.0.1:"],
+)
+def test_a_host_with_more_than_a_port_after_the_name_is_refused(host: str) -> None:
+    assert status("127.0.0.1", host) == 403
+
+
+def test_an_origin_of_another_scheme_is_another_origin() -> None:
+    guard = Guard(ok)
+    host = ("host", "127.0.0.1:8080")
+    assert through(guard, "GET", "/api/stats", [host, ("origin", "http://127.0.0.1:8080")])[0] == 200
+    for origin in ("ftp://127.0.0.1:8080", "chrome-extension://127.0.0.1:8080", "127.0.0.1:8080"):
+        assert through(guard, "GET", "/api/stats", [host, ("origin", origin)])[0] == 403, origin

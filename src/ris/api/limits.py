@@ -61,11 +61,11 @@ class RequestBody(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _text_is_unicode(cls, value: Any, info: ValidationInfo) -> Any:
-        _refuse_surrogates(value, info.field_name or "")
+        refuse_surrogates(value, info.field_name or "")
         return value
 
 
-def _refuse_surrogates(value: Any, path: str) -> None:
+def refuse_surrogates(value: Any, path: str) -> None:
     if isinstance(value, str):
         if value.isascii():  # the usual case, and a fast one
             return
@@ -80,8 +80,8 @@ def _refuse_surrogates(value: Any, path: str) -> None:
             ) from None
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _refuse_surrogates(item, f"{path}[{i}]")
+            refuse_surrogates(item, f"{path}[{i}]")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _refuse_surrogates(key, f"{path} (a key)")
-            _refuse_surrogates(item, f"{path}.{key}")
+            refuse_surrogates(key, f"{path} (a key)")
+            refuse_surrogates(item, f"{path}.{key}")

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from ris.api.errors import APIError
 from ris.api.limits import MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
@@ -114,6 +115,13 @@ def _check_constraint(
         raise invalid(
             f"the JSON schema is {len(constraint.schema)} characters; the limit is {MAX_SCHEMA_CHARS}", param
         )
+    broken = broken_refs(json.loads(constraint.schema))
+    if broken:
+        raise invalid(
+            f"the JSON schema's $ref {broken[0]!r} points at nothing in the schema; a $ref must be "
+            "local, a JSON pointer into the schema itself, e.g. '#/$defs/Name'",
+            param,
+        )
     if constraint.lazy:  # a lazy grammar may never start: stop strings apply, as without one
         return
     # The grammar makes the answer whole; a stop string would cut it, and past the grammar's
@@ -124,6 +132,41 @@ def _check_constraint(
         raise invalid(
             f"ignore_eos cannot be combined with {param}: the answer ends where the JSON does", "ignore_eos"
         )
+
+
+def broken_refs(schema: Any) -> list[str]:
+    """Each `$ref` in `schema` that is not a local JSON pointer to a part of it. The grammar
+    converter resolves only those, and fails on the rest with its own words (a KeyError's text)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None and not (isinstance(ref, str) and _resolves(schema, ref)):
+                found.append(str(ref))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return found
+
+
+def _resolves(root: Any, ref: str) -> bool:
+    if not ref.startswith("#/"):
+        return False  # remote, relative and whole-document ("#") refs: the converter has none
+    node = root
+    for token in ref[2:].split("/"):
+        key = unquote(token).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return isinstance(node, dict)
 
 
 # Fields the seed API's bodies and LLMRequest name alike (getattr: model_dump costs more).

@@ -6,9 +6,9 @@ ask for something not implemented (logprobs, logit_bias, penalties, n > 1) are r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from ris.api.limits import (
     MAX_IMAGE_PROMPT_CHARS,
@@ -20,11 +20,20 @@ from ris.api.limits import (
     SEED_MAX,
     TOOL_NAME_PATTERN,
     RequestBody,
+    refuse_surrogates,
 )
 
 
 class _OpenAIBody(RequestBody):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _extra_text_is_unicode(self) -> Self:
+        """Fields accepted and ignored (`user`, ...) are text like the rest: the field
+        validator of RequestBody sees only declared fields."""
+        for name, value in (self.model_extra or {}).items():
+            refuse_surrogates(value, name)
+        return self
 
 
 class ContentPart(RequestBody):

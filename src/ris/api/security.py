@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import time
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
@@ -31,6 +32,7 @@ OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
 # The console's scripts and styles: the login page needs them, and they hold no secrets.
 OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
+_PORT = re.compile(r":[0-9]{1,5}")
 
 
 def is_loopback(host: str) -> bool:
@@ -82,12 +84,19 @@ def _host_name(host: str) -> str:
     IPv6 address, the one served_hosts uses)."""
     host = host.strip().lower()
     if host.startswith("["):
-        name = host[: host.index("]") + 1] if "]" in host else host
+        end = host.find("]") + 1
+        name, port = (host[:end], host[end:]) if end else (host, "")
+        if port and not _PORT.fullmatch(port):
+            return host  # '[::1]:80@evil.example': not a Host of ours, whatever it starts with
         try:
             return f"[{ipaddress.IPv6Address(name[1:-1]).compressed}]"
         except ValueError:
             return name
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        # '127.0.0.1:8301@evil.example' is not 127.0.0.1: only digits may follow the colon.
+        return name if _PORT.fullmatch(":" + port) else host
+    return host
 
 
 class Guard:
@@ -131,7 +140,9 @@ class Guard:
         same = True  # no Origin: not a cross-origin request from a browser
         if origin is not None:
             o = origin.rstrip("/").lower()
-            same = o.split("://", 1)[-1] == headers.get("host", "").lower()
+            scheme, _, rest = o.partition("://")
+            # Same origin: this server's pages, over http(s); another scheme is another origin.
+            same = scheme in ("http", "https") and rest == headers.get("host", "").lower()
             if not (same or self.any_origin or o in self.origins):
                 resp = error_response(
                     403,

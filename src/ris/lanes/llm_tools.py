@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ris.lanes.llm import Message, Tool, ToolCall
 
@@ -124,15 +125,53 @@ def call_schema(tools: Sequence[Tool], name: str | None = None) -> str:
     """JSON Schema of one call: {"name": <one of the tools>, "arguments": <its parameters>}.
     `name` restricts it to that function (tool_choice naming one)."""
     chosen = [t for t in tools if name is None or t.name == name]
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": json.loads(t.parameters)},
-            "required": ["name", "arguments"],
-        }
-        for t in chosen
-    ]
-    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
+    one = len(chosen) == 1
+    defs: dict[str, Any] = {}
+    options = []
+    for i, t in enumerate(chosen):
+        at = "#/properties/arguments" if one else f"#/anyOf/{i}/properties/arguments"
+        arguments = _rebased(json.loads(t.parameters), at, f"{t.name}__", defs)
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+            }
+        )
+    schema: dict[str, Any] = options[0] if one else {"anyOf": options}
+    if defs:
+        schema["$defs"] = defs
+    return json.dumps(schema)
+
+
+def _rebased(parameters: Any, at: str, prefix: str, defs: dict[str, Any]) -> Any:
+    """A tool's parameters moved into the call schema at `at`: their `$defs` (Pydantic's and
+    LangChain's schemas have them) hoisted to the root's, named with `prefix`, and every local
+    `$ref` rewritten to where its target now is; the grammar resolves refs from the root."""
+    if not isinstance(parameters, dict):
+        return parameters
+    parameters = dict(parameters)
+    own = {**(parameters.pop("definitions", None) or {}), **(parameters.pop("$defs", None) or {})}
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: rewrite(v) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str):
+            for section in ("#/$defs/", "#/definitions/"):
+                if ref.startswith(section):
+                    out["$ref"] = "#/$defs/" + prefix + ref[len(section) :]
+                    break
+            else:
+                if ref.startswith("#/"):
+                    out["$ref"] = at + ref[1:]
+        return out
+
+    defs.update({prefix + key: rewrite(sub) for key, sub in own.items()})
+    return rewrite(parameters)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ris.api.deps import (
     require_lane,
     resolve_model,
     result_or_failure,
+    unknown_model_message,
     wait_tasks,
 )
 from ris.api.errors import APIError
@@ -30,8 +31,13 @@ from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import TTSRequest
+from ris.runtime.engine import Engine
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+
+# OpenAI's own model names, which its clients send by default: they mean the lane's default model.
+OPENAI_SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+OPENAI_IMAGE_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1")
 
 # OpenAI's voice names, mapped to voices our TTS models speak (override in config: openai_voices).
 DEFAULT_VOICES = dict.fromkeys(
@@ -66,8 +72,7 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     require_speakable(body.input, 400, param="input")  # /v1 answers bad parameters with 400
     voices = {**DEFAULT_VOICES, **engine.config.server.openai_voices}
     voice = voices.get(body.voice.lower(), body.voice)
-    tts = engine.config.lane(Lane.TTS).models
-    model = pick_tts_model(engine, body.model if body.model in tts else None, voice)
+    model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
     rate = tts_rate(engine, model)
     handle = engine.submit(TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
     first = await first_audio(engine, handle, request)  # a task that fails before any sound is an error
@@ -90,6 +95,21 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     )
 
 
+def _media_model(engine: Engine, lane: str, name: str | None, openai_names: tuple[str, ...]) -> str | None:
+    """A configured model by name; None (the lane's default) for no name or one of OpenAI's;
+    any other name is refused, never quietly replaced by the default."""
+    models = engine.config.lane(lane).models
+    if name is None or name in openai_names:
+        return None
+    if name in models:
+        return name
+    message = (
+        f"The model '{name}' does not exist; {lane} models: {', '.join(models) or 'none'} "
+        f"(OpenAI's {', '.join(openai_names)} mean the default)"
+    )
+    raise APIError(404, "model_not_found", unknown_model_message(message, name, lane), param="model")
+
+
 def _size(text: str, max_pixels: int) -> tuple[int, int]:
     try:
         width, height = (int(x) for x in text.lower().split("x"))
@@ -110,8 +130,9 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     engine = engine_of(request)
     require_lane(engine, Lane.IMAGE)
     width, height = _size(body.size, engine.config.server.max_image_pixels)
-    cfg = engine.config.lane(Lane.IMAGE)
-    model = body.model if body.model in cfg.models else resolve_model(engine, Lane.IMAGE, None)
+    model = resolve_model(
+        engine, Lane.IMAGE, _media_model(engine, Lane.IMAGE, body.model, OPENAI_IMAGE_MODELS)
+    )
     seeds = [None if body.seed is None else wrap_seed(body.seed + i) for i in range(body.n)]
     reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
