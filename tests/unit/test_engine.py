@@ -291,12 +291,15 @@ async def test_image_results_are_written_by_the_server_and_tasks_survive_a_resta
         interrupted = eng.submit(IMAGE, "i", ImageRequest(prompt="b"))
         clock.advance(1.0)
         waiting = eng.submit(IMAGE, "i", ImageRequest(prompt="c", seed=3))
+        submitted = [eng.lookup(t.task_id).submitted_at for t in (interrupted, waiting)]  # type: ignore[union-attr]
 
     # A new engine on the same data folder: the finished one is known, the others resume.
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, workers2, _):
         assert eng2.lookup(done.task_id).result == result  # type: ignore[union-attr]
         states = [eng2.lookup(t.task_id).state for t in (interrupted, waiting)]  # type: ignore[union-attr]
         assert states == ["queued", "queued"]
+        # Resumed, they keep the time the client submitted them.
+        assert [eng2.lookup(t.task_id).submitted_at for t in (interrupted, waiting)] == submitted  # type: ignore[union-attr]
         workers2[Lane.IMAGE].ready()
         run_ = workers2[Lane.IMAGE].runs[0]
         assert run_.task_id == interrupted.task_id and run_.request == ImageRequest(prompt="b")

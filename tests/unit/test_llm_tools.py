@@ -14,6 +14,7 @@ from ris.api.openai_tools import (
     ToolCallStream,
     ToolPlan,
     chat_answer,
+    chat_turns,
     refuse_unsupported,
     response_constraint,
     tool_plan,
@@ -279,3 +280,37 @@ def test_tool_parameters_with_their_own_defs_become_one_grammar_schema() -> None
     assert constrained(json.dumps(schema)).constraint is not None  # every ref resolves
     single = json.loads(call_schema((book,)))
     assert single["properties"]["arguments"]["properties"]["city"] == {"$ref": "#/$defs/book__City"}
+
+
+def chat(*messages: dict[str, Any]) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": list(messages)})
+
+
+CALLED = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+}
+
+
+def test_a_tool_result_must_answer_an_earlier_call() -> None:
+    ok = chat(
+        {"role": "user", "content": "hi"}, CALLED, {"role": "tool", "tool_call_id": "call_1", "content": "3"}
+    )
+    assert len(chat_turns(ok.messages)) == 3
+    for stray in (
+        chat({"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_1", "content": "3"}),
+        chat(CALLED, {"role": "tool", "tool_call_id": "call_9", "content": "3"}),
+        chat(CALLED, {"role": "tool", "content": "3"}),
+    ):
+        with pytest.raises(APIError) as e:
+            chat_turns(stray.messages)
+        assert e.value.status == 400 and e.value.param == "messages[1].tool_call_id", e.value.message
+
+
+@pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '"text"', ""])
+def test_call_arguments_must_be_a_json_object(arguments: str) -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    with pytest.raises(APIError) as e:
+        chat_turns(chat({"role": "assistant", "tool_calls": [call]}).messages)
+    assert e.value.status == 400 and e.value.param == "messages[0].tool_calls[0].function.arguments"

@@ -171,15 +171,44 @@ def tool_plan(body: ChatCompletionRequest) -> ToolPlan | None:
 
 
 def chat_turns(messages: list[OAMessage]) -> list[tuple[str, str] | Message]:
+    """The lane's turns of a chat; a tool result must answer a call an earlier assistant turn
+    made, and a call's arguments must be a JSON object (400 otherwise, as OpenAI answers)."""
     turns: list[tuple[str, str] | Message] = []
-    for x in messages:
+    called: set[str] = set()
+    for i, x in enumerate(messages):
         role = ROLES.get(x.role, x.role)
+        for j, c in enumerate(x.tool_calls or ()):
+            called.add(c.id)
+            if not _json_object(c.function.arguments):
+                raise APIError(
+                    400,
+                    "invalid_value",
+                    f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object as text, "
+                    f'e.g. \'{{"city": "Oslo"}}\'',
+                    param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                )
+        if x.role == "tool" and x.tool_call_id not in called:
+            raise APIError(
+                400,
+                "invalid_value",
+                f"messages[{i}] (role tool) must answer a call an earlier assistant message made: "
+                f"its tool_call_id {x.tool_call_id!r} is not one of "
+                f"{sorted(called) if called else 'theirs (there are none)'}",
+                param=f"messages[{i}].tool_call_id",
+            )
         if x.tool_calls or x.role == "tool":
             calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in x.tool_calls or ())
             turns.append(Message(role, x.text(), calls, x.tool_call_id))
         else:
             turns.append((role, x.text()))
     return turns
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _call_json(call_id: str, name: str, arguments: str) -> dict[str, Any]:

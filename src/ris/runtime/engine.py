@@ -187,7 +187,11 @@ class Engine:
                 deadline=self.clock() + self.config.lane(st.lane).request_timeout_s,
                 priority_class=self._policies[st.lane].priority_class,
             )
-            self._scheduler.submit(spec, task_id=st.id, force=True)
+            # Its first submission's time, on the scheduler's clock: clients see the time they
+            # submitted it, and the queue keeps the order of first submission.
+            self._scheduler.submit(
+                spec, task_id=st.id, force=True, submitted_at=st.submitted_at - self._wall_offset
+            )
             self._handles[st.id] = TaskHandle(st.id, self.kinds[st.lane], st.model)
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
 

@@ -166,14 +166,22 @@ class Scheduler:
 
     # ----- admission -----------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec, task_id: str | None = None, *, force: bool = False) -> Task:
-        """Admit a task, or raise QueueFull. `force` skips the bound: for tasks that were
-        already accepted once (resumed after a restart), which must not be lost."""
+    def submit(
+        self,
+        spec: TaskSpec,
+        task_id: str | None = None,
+        *,
+        force: bool = False,
+        submitted_at: float | None = None,
+    ) -> Task:
+        """Admit a task, or raise QueueFull. `force` skips the bound and `submitted_at` (this
+        clock's time) keeps the first submission's time: for tasks that were already accepted
+        once (resumed after a restart), which must not be lost nor look newer than they are."""
         book = self._book(spec.lane)
         if book.queue.full and not force:
             book.rejected += 1
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
-        now = self._clock()
+        now = self._clock() if submitted_at is None else submitted_at
         task = Task(
             id=task_id or self._new_id(),
             spec=spec,
