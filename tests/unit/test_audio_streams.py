@@ -72,6 +72,7 @@ async def test_speech_that_fails_after_its_first_sound_breaks_the_body_off(tmp_p
         tts = workers[Lane.TTS]
         task_id = tts.runs[0].task_id
         tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+        await settle()  # the first sound is read: the response has begun
         tts.deliver(m.TaskError(task_id, "synthesis_failed", "espeak-ng returned error 2"))
         with pytest.raises(StreamBroken, match="synthesis_failed"):
             await asyncio.wait_for(request, 5)

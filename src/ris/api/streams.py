@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import Response
 
 from ris.lanes.llm import TextDelta
-from ris.lanes.tts import AudioChunk
 from ris.runtime.views import TaskHandle
 
 # One encoder for every body: Starlette's JSONResponse builds a new one per response, which
@@ -35,33 +33,11 @@ def sse_data(obj: Any) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
-    """A 16-bit mono WAV header; the default sizes mark a stream of unknown length."""
-    riff = min(0xFFFFFFFF, data_bytes + 36)
-    return (
-        b"RIFF"
-        + struct.pack("<I", riff)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", data_bytes)
-    )
-
-
 async def texts(handle: TaskHandle[Any]) -> AsyncIterator[str]:
     """The text pieces of an LLM task as they come."""
     while (item := await handle.events.get()) is not None:
         if isinstance(item, TextDelta):
             yield item.text
-
-
-async def next_audio(handle: TaskHandle[Any]) -> bytes | None:
-    """A TTS task's next PCM chunk as it comes; None once the task has ended (then its
-    `done` is resolved: the engine ends the events just before it settles the task)."""
-    while (item := await handle.events.get()) is not None:
-        if isinstance(item, AudioChunk):
-            return item.pcm
-    return None
 
 
 class StreamBroken(Exception):

@@ -8,11 +8,10 @@ from fastapi import Request
 
 from ris.api.deps import resolve_model, unless_gone
 from ris.api.errors import APIError, failure
-from ris.api.streams import next_audio
 from ris.lanes import Lane
-from ris.lanes.tts import NOTHING_TO_SPEAK, TTSResult, speakable, speaks, voice_listing
+from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
 from ris.runtime.engine import Engine
-from ris.runtime.views import TaskHandle
+from ris.services.audio import AudioStream
 
 
 def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
@@ -67,13 +66,14 @@ def require_speakable(text: str, status: int = 422, param: str | None = None) ->
         raise APIError(status, "nothing_to_speak", NOTHING_TO_SPEAK, param=param)
 
 
-async def first_audio(engine: Engine, handle: TaskHandle[TTSResult], request: Request) -> bytes:
-    """A TTS task's first PCM chunk. A task that ends without one answers with its error
+async def first_audio(engine: Engine, audio: AudioStream, request: Request) -> bytes:
+    """A TTS task's first piece of PCM. A task that ends without one answers with its error
     here, while the response's status line is still unsent: a stream must not begin with
     200 and a WAV header for audio that never comes. A client that leaves meanwhile takes
     its task with it."""
+    handle = audio.handle
     try:
-        pcm = await unless_gone(request, next_audio(handle))
+        pcm = await unless_gone(request, audio.next())
     except BaseException:
         engine.cancel(handle.task_id)
         raise

@@ -211,12 +211,14 @@ class ConcurrentRunner(LaneRunner[BackendT, RequestT, OutcomeT]):
 
 @dataclass
 class Seen:
-    """What the server collected of one task while it ran: the outputs, in order, and timings."""
+    """What the server collected of one task while it ran: the outputs kept in memory, in
+    order; the file its collector wrote them to, if it did; and timings."""
 
     task_id: str
     model: str
     outputs: list[Any]
     timings: Timings
+    file: Path | None = None
 
 
 class ResultFiles(Protocol):
@@ -225,6 +227,44 @@ class ResultFiles(Protocol):
     def write(self, folder: str, name: str, data: bytes) -> Path: ...
 
     def write_wav(self, folder: str, name: str, pcm: bytes, sample_rate: int) -> Path: ...
+
+    def place(self, folder: str, name: str) -> Path:
+        """Where the result file `name` of `folder` goes (the folder made)."""
+        ...
+
+
+class Collector(Protocol):
+    """Where the server keeps one task's outputs while it runs, for the lane's result builder
+    (LaneKind.collector). Runs on the event loop: cheap calls, no waiting."""
+
+    outputs: list[Any]  # kept in memory, in order (empty for outputs written to a file)
+
+    def add(self, output: Any) -> Any:
+        """Keep an output as it arrives; returns what the task's event stream carries for it:
+        the output itself, or a small stand-in for one kept on disk."""
+
+    def finish(self) -> Path | None:
+        """The task succeeded: the file the outputs went to, complete (None: in memory)."""
+
+    def discard(self) -> None:
+        """The task ended without a result: drop what was kept."""
+
+
+class KeptOutputs:
+    """The default collector: every output in memory (text, progress: small by their limits)."""
+
+    def __init__(self) -> None:
+        self.outputs: list[Any] = []
+
+    def add(self, output: Any) -> Any:
+        self.outputs.append(output)
+        return output
+
+    def finish(self) -> Path | None:
+        return None
+
+    def discard(self) -> None:
+        self.outputs.clear()
 
 
 @dataclass(frozen=True)
@@ -339,6 +379,11 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
 
     # ----- server side -----------------------------------------------------------------------
 
+    def collector(self, task_id: str, files: ResultFiles) -> Collector:
+        """Where the server keeps a task's outputs until build_result: in memory by default; a
+        lane whose outputs are large (speech) writes them to the task's result file instead."""
+        return KeptOutputs()
+
     @abstractmethod
     def build_result(self, seen: Seen, outcome: OutcomeT, files: ResultFiles) -> ResultT: ...
 
@@ -381,6 +426,8 @@ __all__ = [
     "BackendEntry",
     "BackendError",
     "Cancelled",
+    "Collector",
+    "KeptOutputs",
     "LaneKind",
     "LaneResult",
     "LaneRunner",

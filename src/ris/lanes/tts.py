@@ -2,22 +2,28 @@
 
 Speech models are small and the server routes requests by the voices they speak, so the worker
 loads every configured model at start. Audio streams back as 16-bit mono PCM chunks; the
-server keeps them and writes the WAV it serves when the task ends.
+server writes each to the task's WAV file as it arrives (AudioFile), and streams read it back
+from there at their own pace: a client that reads slowly, or not at all, holds no audio in
+the server's memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import struct
+import time
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
     BackendError,
+    Collector,
     LaneKind,
     LaneResult,
     LaneRunner,
@@ -58,6 +64,78 @@ class AudioChunk:
 
     pcm: bytes = field(repr=False)
     sample_rate: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AudioWritten:
+    """What a TTS task's event stream carries for an AudioChunk: where the server wrote it."""
+
+    path: Path
+    offset: int
+    length: int
+
+    def read(self, start: int = 0, size: int | None = None) -> bytes:
+        """The chunk's PCM (`size` bytes of it from `start`); b"" once the file is gone (its
+        task failed and took it along)."""
+        size = self.length - start if size is None else min(size, self.length - start)
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset + start)
+                return f.read(size)
+        except FileNotFoundError:
+            return b""
+
+
+WAV_HEADER_BYTES = 44
+
+
+def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
+    """A 16-bit mono WAV header; the default sizes mark a stream of unknown length."""
+    riff = min(0xFFFFFFFF, data_bytes + 36)
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+
+
+class AudioFile:
+    """A TTS task's collector (a Collector): its WAV file, written chunk by chunk as the worker
+    sends them, under a header of unknown length that build_result makes exact."""
+
+    def __init__(self, path: Path) -> None:
+        self.outputs: list[Any] = []
+        self.path = path
+        self._file: IO[bytes] | None = None
+        self._written = 0
+
+    def add(self, output: Any) -> Any:
+        chunk: AudioChunk = output
+        if self._file is None:
+            self._file = self.path.open("wb")
+            self._file.write(wav_header(chunk.sample_rate))
+        self._file.write(chunk.pcm)
+        self._file.flush()  # readers open the file by path: the bytes must be in it now
+        written = AudioWritten(self.path, WAV_HEADER_BYTES + self._written, len(chunk.pcm))
+        self._written += len(chunk.pcm)
+        return written
+
+    def finish(self) -> Path | None:
+        if self._file is None:
+            return None
+        self._file.close()
+        return self.path
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # Windows, while a stream reads it: the retention sweep takes it later
+            pass
 
 
 class AudioOutput(ABC):
@@ -134,6 +212,14 @@ def voice_listing(voices: Sequence[str], most: int = 12) -> str:
     return f"{', '.join(voices[:most])} and {len(voices) - most} more (GET /api/models lists them)"
 
 
+# Engines hand over audio in pieces of any size: espeak-ng's are a few hundred bytes, 78,000 of
+# them for 5,000 characters. Each became a message, a write and an event on the server; they
+# are sent in chunks of this much instead, or of what came in COALESCE_S, whichever is first
+# (the first piece of a task at once: the time to first sound does not wait for it).
+COALESCE_BYTES = 32 * 1024
+COALESCE_S = 0.1
+
+
 class _WorkerOutput(AudioOutput):
     def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
         self._env = env
@@ -144,12 +230,27 @@ class _WorkerOutput(AudioOutput):
         # Whether any sample so far was not silence: some engines answer text they cannot say
         # with a few all-zero samples instead of none.
         self.audible = False
+        self._pending = bytearray()
+        self._since = 0.0  # when the oldest pending byte came
+        self._sent_any = False
 
     def emit(self, pcm: bytes) -> None:
         self.samples += len(pcm) // 2
         if not self.audible and pcm.count(0) != len(pcm):
             self.audible = True
-        self._env.output(self._task_id, AudioChunk(bytes(pcm), self._rate))
+        now = time.monotonic()
+        if not self._pending:
+            self._since = now
+        self._pending += pcm
+        if not self._sent_any or len(self._pending) >= COALESCE_BYTES or now - self._since >= COALESCE_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is pending (the end of each piece of text, and of the task)."""
+        if self._pending:
+            self._env.output(self._task_id, AudioChunk(bytes(self._pending), self._rate))
+            self._pending.clear()
+            self._sent_any = True
 
     def cancelled(self) -> bool:
         return self._cancelled()
@@ -193,6 +294,7 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
                 if cancelled():
                     break
                 outcome = backend.synthesize(dataclasses.replace(request, text=chunk), out)
+                out.flush()
                 samples, voice = samples + outcome.samples, voice or outcome.voice
             if not out.audible and not cancelled():
                 # Success with no sound would reach the client as an empty WAV and a 200.
@@ -233,9 +335,16 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
         ),
     }
 
+    def collector(self, task_id: str, files: ResultFiles) -> Collector:
+        return AudioFile(files.place(AUDIO_FOLDER, f"{task_id}.wav"))
+
     def build_result(self, seen: Seen, outcome: TTSOutcome, files: ResultFiles) -> TTSResult:
-        pcm = b"".join(chunk.pcm for chunk in seen.outputs)
-        path = files.write_wav(AUDIO_FOLDER, f"{seen.task_id}.wav", pcm, outcome.sample_rate)
+        if seen.file is None:  # no chunk came (the lane refuses a synthesis without sound)
+            path = files.write_wav(AUDIO_FOLDER, f"{seen.task_id}.wav", b"", outcome.sample_rate)
+        else:
+            path = seen.file
+            with path.open("r+b") as f:  # the header's sizes and rate made exact
+                f.write(wav_header(outcome.sample_rate, path.stat().st_size - WAV_HEADER_BYTES))
         o = outcome
         return TTSResult(seen.model, seen.timings, o.voice, o.sample_rate, o.duration_s, str(path))
 

@@ -192,7 +192,7 @@ class Engine:
             self._scheduler.submit(
                 spec, task_id=st.id, force=True, submitted_at=st.submitted_at - self._wall_offset
             )
-            self._handles[st.id] = TaskHandle(st.id, self.kinds[st.lane], st.model)
+            self._handles[st.id] = self._handle(st.id, self.kinds[st.lane], st.model)
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
 
     # ----- requests ------------------------------------------------------------------------
@@ -239,10 +239,13 @@ class Engine:
         except Exception:
             self._scheduler.cancel(task.id)  # not durable, so not accepted
             raise
-        handle = TaskHandle(task.id, kind, model)
+        handle = self._handle(task.id, kind, model)
         self._handles[task.id] = handle
         self._dispatch()
         return handle
+
+    def _handle(self, task_id: str, kind: LaneKind[Any, Any, Res], model: str) -> TaskHandle[Res]:
+        return TaskHandle(task_id, kind, model, collector=kind.collector(task_id, self.files))
 
     def submit_many(
         self,
@@ -321,11 +324,11 @@ class Engine:
         self._rates.output(handle.lane, now)
         if handle.first_output_at is None:
             handle.first_output_at = now
-        handle.outputs.append(msg.data)
+        event = handle.collector.add(msg.data)
         task = self._scheduler.get(msg.task_id)
         if task is not None:
             self._scheduler.progress(msg.task_id, task.progress_done + 1)
-        handle.events.put_nowait(msg.data)
+        handle.events.put_nowait(event)
 
     def _on_end(self, replica: Replica, msg: m.TaskDone | m.TaskError | m.TaskCancelled) -> None:
         if msg.task_id in replica.running:
@@ -366,7 +369,8 @@ class Engine:
                 first_output_ms=None if first is None else 1000 * (first - task.submitted_at),
                 total_ms=1000 * (self.clock() - task.submitted_at),
             )
-        seen = Seen(handle.task_id, handle.model, handle.outputs, timings)
+        collector = handle.collector
+        seen = Seen(handle.task_id, handle.model, collector.outputs, timings, file=collector.finish())
         return handle.kind.build_result(seen, outcome, self.files)
 
     def _settle(self, task_id: str) -> None:
@@ -382,6 +386,8 @@ class Engine:
             self.durable.finished(task)
         if handle is None:
             return
+        if task.state is not TaskState.SUCCEEDED:
+            handle.collector.discard()  # a failed task's partial result goes with it
         handle.events.put_nowait(None)
         if not handle.done.done():
             handle.done.set_result(task_view(task, self._scheduler, self._wall))

@@ -45,6 +45,11 @@ class ResultFiles:
             return None
         return p
 
+    def place(self, folder: str, name: str) -> Path:
+        """Where the result file `name` of `folder` goes (the folder made): for a result written
+        while its task runs (a TTS task's WAV), served only once the task succeeded."""
+        return self._target(folder, name)
+
     def _target(self, folder: str, name: str) -> Path:
         if "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"result file name {name!r} must be a plain name")

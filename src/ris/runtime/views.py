@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ris.lanes.base import LaneKind, LaneResult
+from ris.lanes.base import Collector, KeptOutputs, LaneKind, LaneResult
 from ris.runtime.store import StoredTask
 from ris.scheduler import Scheduler, Task
 
@@ -64,8 +64,9 @@ class TaskHandle(Generic[R]):
     done: asyncio.Future[TaskView[R]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    # Outputs kept for the result builder, and when the first one came (scheduler clock).
-    outputs: list[Any] = field(default_factory=list)
+    # Where its outputs are kept for the result builder (its lane kind's collector), and when
+    # the first one came (scheduler clock).
+    collector: Collector = field(default_factory=KeptOutputs)
     first_output_at: float | None = None
 
     @property

@@ -18,14 +18,18 @@ from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import AudioChunk, TTSRequest, TTSResult, speakable
+from ris.lanes.tts import TTSRequest, TTSResult, speakable
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import QueueFull
 from ris.sentences import SentenceSplitter
+from ris.services.audio import AudioStream
 
 # Sentences go ahead of other speech in the TTS queue: someone is listening to this answer.
 SENTENCE_PRIORITY = 1
+
+
+OUT_PENDING = 8  # events (an audio piece is at most 64 KiB) ready for a listener, at most
 
 
 class SpeakingPipeline:
@@ -47,7 +51,9 @@ class SpeakingPipeline:
         self.voice = voice
         self.speed = speed
         self.queue_wait_s = queue_wait_s
-        self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        # Bounded: for a listener that stops reading, the parts wait here and the audio stays
+        # on disk (ris.services.audio) instead of piling up in memory.
+        self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=OUT_PENDING)
         self._sentences: asyncio.Queue[TaskHandle[TTSResult] | None] = asyncio.Queue()
         self.tts: list[TaskHandle[TTSResult]] = []
 
@@ -138,9 +144,9 @@ class SpeakingPipeline:
     async def _consume(self) -> None:
         index = 0
         while (handle := await self._sentences.get()) is not None:
-            while (item := await handle.events.get()) is not None:
-                if isinstance(item, AudioChunk):
-                    await self._out.put(("audio", {"index": index, "pcm": item.pcm}))
+            audio = AudioStream(handle)
+            while (pcm := await audio.next()) is not None:
+                await self._out.put(("audio", {"index": index, "pcm": pcm}))
             view = await handle.done
             if not view.succeeded:
                 await self._out.put(("error", _error(view)))

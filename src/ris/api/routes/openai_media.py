@@ -24,14 +24,15 @@ from ris.api.errors import APIError
 from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, image_side_ok, wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.routes.image import result_url
-from ris.api.streams import StreamBroken, next_audio, wav_header
+from ris.api.streams import StreamBroken
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, tts_rate
 from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest
+from ris.lanes.tts import TTSRequest, wav_header
 from ris.runtime.engine import Engine
+from ris.services.audio import AudioStream
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -75,7 +76,8 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
     rate = tts_rate(engine, model)
     handle = engine.submit(TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
-    first = await first_audio(engine, handle, request)  # a task that fails before any sound is an error
+    audio = AudioStream(handle)
+    first = await first_audio(engine, audio, request)  # a task that fails before any sound is an error
 
     async def stream() -> AsyncIterator[bytes]:
         with cancel_unless_ended(engine, handle):
@@ -84,7 +86,7 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
             pcm: bytes | None = first
             while pcm is not None:
                 yield pcm
-                pcm = await next_audio(handle)
+                pcm = await audio.next()
             view = await handle.done
             if not view.succeeded:  # after some audio: break the body, do not end it cleanly
                 raise StreamBroken(view.error_code or "failed", view.error_message or "the task failed")

@@ -20,10 +20,11 @@ from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context
 from ris.api.schemas import SpeakRequest
-from ris.api.streams import StreamBroken, sse_event, wav_header
+from ris.api.streams import StreamBroken, sse_event
 from ris.api.tts_support import pick_tts_model, tts_rate
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
+from ris.lanes.tts import wav_header
 from ris.services.speaking import SpeakingPipeline
 
 router = APIRouter(tags=["speak"])
