@@ -64,20 +64,28 @@ def test_a_required_tool_call_has_the_form_and_arguments_validate(llm: LlamaCppL
         "properties": {"city": {"type": "string", "maxLength": 30}},
         "required": ["city"],
     }
-    tools = (Tool("get_weather", "Weather of a city", json.dumps(params)), Tool("get_time", "Time now"))
+    arguments = required_call(
+        llm, "What is the weather in Madrid?", Tool("get_weather", "Weather", json.dumps(params))
+    )
+    jsonschema.validate(json.loads(arguments), params)
+
+
+def required_call(llm: LlamaCppLLM, prompt: str, tool: Tool) -> str:
+    """The arguments of the call the model must make to `tool` (another tool offered too)."""
+    tools = (tool, Tool("get_time", "Time now"))
     req = ask(
-        "What is the weather in Madrid?",
+        prompt,
         tools=tools,
         max_tokens=120,
         temperature=0,
-        constraint=Constraint(call_schema(tools, "get_weather"), "tool_calls"),
+        constraint=Constraint(call_schema(tools, tool.name), "tool_calls"),
     )
     outcome, text = run_batch(llm, {"call": req})["call"]
-    parsed = parse_calls(text, ["get_weather", "get_time"])
+    parsed = parse_calls(text, [tool.name, "get_time"])
     assert outcome.finish_reason == "stop" and parsed is not None, text
     [(name, arguments)] = parsed.calls
-    assert name == "get_weather"
-    jsonschema.validate(json.loads(arguments), params)
+    assert name == tool.name
+    return arguments
 
 
 def test_tool_parameters_with_defs_as_pydantic_writes_them_hold_the_call(llm: LlamaCppLLM) -> None:
@@ -94,19 +102,9 @@ def test_tool_parameters_with_defs_as_pydantic_writes_them_hold_the_call(llm: Ll
         "required": ["city", "days"],
         "$defs": {"City": city},
     }
-    tools = (Tool("forecast", "Weather forecast", json.dumps(params)), Tool("get_time", "Time now"))
-    req = ask(
-        "Forecast for Oslo, 3 days.",
-        tools=tools,
-        max_tokens=120,
-        temperature=0,
-        constraint=Constraint(call_schema(tools, "forecast"), "tool_calls"),
+    arguments = required_call(
+        llm, "Forecast for Oslo, 3 days.", Tool("forecast", "Forecast", json.dumps(params))
     )
-    outcome, text = run_batch(llm, {"call": req})["call"]
-    parsed = parse_calls(text, ["forecast", "get_time"])
-    assert outcome.finish_reason == "stop" and parsed is not None, text
-    [(name, arguments)] = parsed.calls
-    assert name == "forecast"
     jsonschema.validate(json.loads(arguments), params)
 
 

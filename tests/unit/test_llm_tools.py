@@ -4,6 +4,7 @@ answer, the streamed deltas, the refusal of unimplemented fields, the lane's JSO
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -199,8 +200,6 @@ def test_the_schema_limit_holds_for_tools_under_auto_too() -> None:
     # tool_choice "auto" compiles every tool's parameters in the worker, as "required" does: the
     # size limit that bounds that work applies to both; stop strings only to "required".
     from ris.api.limits import MAX_SCHEMA_CHARS
-    from ris.api.llm_request import OPENAI, llm_request
-    from ris.config import ServerConfig
 
     big = {
         "type": "object",
@@ -210,33 +209,20 @@ def test_the_schema_limit_holds_for_tools_under_auto_too() -> None:
     lazy = Constraint(call_schema(tools), "tool_calls", lazy=True)
     assert len(lazy.schema) > MAX_SCHEMA_CHARS
 
-    def request(constraint: Constraint, stop: list[str]) -> LLMRequest:
-        return llm_request(
-            ServerConfig(),
-            OPENAI,
-            prompt=None,
-            messages=[("user", "hi")],
-            max_tokens=8,
-            temperature=0.0,
-            top_p=1.0,
-            stop=stop,
-            constraint=constraint,
-            tools=tools,
-            constraint_param="tool_choice",
-        )
-
     with pytest.raises(APIError) as e:
-        request(lazy, [])
+        openai_request(lazy, tools=tools)
     assert e.value.status == 400 and "the limit is" in e.value.message
     small = Constraint(call_schema((WEATHER,)), "tool_calls", lazy=True)
-    assert request(small, ["\n\n"]).stop == ("\n\n",)
+    assert openai_request(small, ["\n\n"], tools=tools).stop == ("\n\n",)
 
 
-def constrained(schema: dict[str, Any] | str) -> LLMRequest:
+def openai_request(
+    constraint: Constraint, stop: Sequence[str] = (), tools: tuple[Tool, ...] = ()
+) -> LLMRequest:
+    """The lane request of a /v1 chat turn "hi" under `constraint` (checked as the API does)."""
     from ris.api.llm_request import OPENAI, llm_request
     from ris.config import ServerConfig
 
-    text = schema if isinstance(schema, str) else json.dumps(schema)
     return llm_request(
         ServerConfig(),
         OPENAI,
@@ -245,9 +231,15 @@ def constrained(schema: dict[str, Any] | str) -> LLMRequest:
         max_tokens=8,
         temperature=0.0,
         top_p=1.0,
-        stop=[],
-        constraint=Constraint(text),
+        stop=list(stop),
+        constraint=constraint,
+        tools=tools,
+        constraint_param="tool_choice" if tools else "response_format",
     )
+
+
+def constrained(schema: dict[str, Any] | str) -> LLMRequest:
+    return openai_request(Constraint(schema if isinstance(schema, str) else json.dumps(schema)))
 
 
 @pytest.mark.parametrize(
