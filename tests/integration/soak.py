@@ -289,8 +289,10 @@ class Soak:
         return {lane: s["worker"]["pid"] for lane, s in stats.items() if s["worker"].get("pid")}
 
     def _worker_memory(self) -> dict[str, int]:
+        """Each worker's resident memory by lane, and the API process's ("api")."""
         out = {}
-        for lane, pid in self._worker_pids().items():
+        assert self.srv.proc is not None
+        for lane, pid in {**self._worker_pids(), "api": self.srv.proc.pid}.items():
             try:
                 out[lane] = int(psutil.Process(pid).memory_info().rss)
             except psutil.Error:

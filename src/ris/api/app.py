@@ -15,6 +15,7 @@ from ris import __version__
 from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, error_response, is_openai
 from ris.api.keys import KeyChecker
+from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
 from ris.api.routes import console, docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
 from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
@@ -139,6 +140,8 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     _document_bodies(app)
+    reading = MemoryReading(own_rss, time.monotonic)
+    app.add_middleware(MemoryCeiling, limit_mb=config.server.memory_limit_mb, reading=reading)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server

@@ -187,6 +187,12 @@ class ServerConfig(_Strict):
         default=(), description="web origins allowed to call the API from a browser (CORS)"
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body limit")
+    memory_limit_mb: int = Field(
+        default=2048,
+        ge=0,
+        description="the API process's memory ceiling: over it, new work (POST) gets 503 "
+        "server_memory_full until it is back under; 0: none (workers have their own, per lane)",
+    )
     max_prompt_chars: int = Field(default=32_000, ge=1)
     max_tts_chars: int = Field(default=5_000, ge=1)
     max_new_tokens: int = Field(default=4096, ge=1)

@@ -1,0 +1,73 @@
+"""The API process's memory ceiling (`server.memory_limit_mb`): over it, new work is refused.
+
+Nothing the server does holds memory by a request's size any more (bodies are bounded, audio
+streams from disk), so the ceiling is a safety net, not a budget: if the API process's
+resident memory is over it, requests that would start work (POST) answer 503
+`server_memory_full` with Retry-After until it is back under. Probes, reads (/health, /ready,
+/metrics, stats, task lookups, results) and cancels still answer: they are how an operator
+sees why, and how memory is given back.
+The resident size is read at most every READ_INTERVAL_S (a psutil call), on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ris.api.errors import error_response, is_openai
+
+READ_INTERVAL_S = 0.25
+RETRY_AFTER_S = 5
+MIB = 2**20
+
+
+def own_rss() -> int:
+    import psutil
+
+    rss: int = psutil.Process(os.getpid()).memory_info().rss
+    return rss
+
+
+class MemoryReading:
+    """The process's resident size, read again once READ_INTERVAL_S has passed (pure but for
+    the injected reader and clock)."""
+
+    def __init__(self, read: Callable[[], int], clock: Callable[[], float]) -> None:
+        self._read = read
+        self._clock = clock
+        self._at = float("-inf")
+        self._bytes = 0
+
+    def now(self) -> int:
+        t = self._clock()
+        if t - self._at >= READ_INTERVAL_S:
+            self._bytes, self._at = self._read(), t
+        return self._bytes
+
+
+class MemoryCeiling:
+    def __init__(self, app: ASGIApp, limit_mb: int, reading: MemoryReading) -> None:
+        self.app = app
+        self.limit = limit_mb * MIB
+        self.reading = reading
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.limit:
+            await self.app(scope, receive, send)  # reads, probes and cancels always answer
+            return
+        rss = self.reading.now()
+        if rss <= self.limit:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        resp = error_response(
+            503,
+            "server_memory_full",
+            f"the server's API process holds {rss // MIB} MiB, over its ceiling of {self.limit // MIB} MiB "
+            "(server.memory_limit_mb); new work is refused until it is back under",
+            {"Retry-After": str(RETRY_AFTER_S)},
+            openai=is_openai(path),
+        )
+        await resp(scope, receive, send)
