@@ -18,8 +18,9 @@ from ris.api.app import create_app
 from ris.api.streams import StreamBroken
 from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, TextDelta
-from ris.lanes.tts import AudioChunk, TTSOutcome
+from ris.lanes.tts import AudioChunk, AudioWritten, TTSOutcome
 from ris.runtime.engine import Engine
+from ris.runtime.views import EventStream
 
 from .fakes import FakeWorker, FakeWorkers, run, settle, started_engine
 
@@ -108,3 +109,18 @@ async def test_spoken_answer_whose_later_sentence_fails_breaks_the_body_off(tmp_
         with pytest.raises(StreamBroken, match="synthesis_empty"):
             await asyncio.wait_for(request, 5)
         assert not tts.cancels  # both sentences had ended: nothing left to cancel
+
+
+def test_unread_contiguous_audio_is_one_event_however_long() -> None:
+    """A client that stops reading holds one event for all its audio, not one per chunk."""
+    events = EventStream()
+    wav = Path("a.wav")
+    for i in range(1000):
+        events.put_nowait(AudioWritten(wav, 44 + 100 * i, 100))
+    events.put_nowait(AudioWritten(Path("b.wav"), 44, 10))  # another file: its own event
+    events.put_nowait(None)
+    assert [events.get_nowait() for _ in range(3)] == [
+        AudioWritten(wav, 44, 100_000),
+        AudioWritten(Path("b.wav"), 44, 10),
+        None,
+    ]

@@ -74,6 +74,17 @@ class AudioWritten:
     offset: int
     length: int
 
+    def followed_by(self, newer: object) -> AudioWritten | None:
+        """One event for this chunk and the next, when it lies right after it in the file (an
+        event stream's consumer that does not read holds one event however long the audio)."""
+        if (
+            isinstance(newer, AudioWritten)
+            and newer.path == self.path
+            and newer.offset == self.offset + self.length
+        ):
+            return AudioWritten(self.path, self.offset, self.length + newer.length)
+        return None
+
     def read(self, start: int = 0, size: int | None = None) -> bytes:
         """The chunk's PCM (`size` bytes of it from `start`); b"" once the file is gone (its
         task failed and took it along)."""

@@ -8,11 +8,20 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from ris.lanes.base import Collector, KeptOutputs, LaneKind, LaneResult
 from ris.runtime.store import StoredTask
 from ris.scheduler import Scheduler, Task
+
+
+@runtime_checkable
+class Coalesces(Protocol):
+    """An event that an unread newer one may join (ris.lanes.tts.AudioWritten: contiguous
+    audio), so a consumer that does not read holds one event, not one per output."""
+
+    def followed_by(self, newer: object) -> object | None:
+        """This event and `newer` as one; None when they cannot be one."""
 
 
 class EventStream:
@@ -24,7 +33,12 @@ class EventStream:
         self._waiter: asyncio.Future[None] | None = None
 
     def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
+        last = self._items[-1] if self._items else None
+        joined = last.followed_by(item) if isinstance(last, Coalesces) else None
+        if joined is not None:
+            self._items[-1] = joined
+        else:
+            self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
