@@ -183,3 +183,35 @@ def test_a_lazy_grammar_leaves_prose_alone_and_holds_a_call_it_sees_start(llm: L
     assert outcome.finish_reason == "stop" and parsed is not None, text
     [(name, arguments)] = parsed.calls
     jsonschema.validate(json.loads(arguments), params)
+
+
+def test_a_grammar_over_its_work_bound_fails_its_sequence_alone(
+    llm: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grammar work per answer is bounded (MAX_GRAMMAR_S): past it the sequence fails with
+    schema_too_costly and the others decode on. The bound is made tiny here, so the test
+    needs no costly schema and no timing."""
+    from ris.backends import _grammar
+
+    monkeypatch.setattr(_grammar, "MAX_GRAMMAR_S", 0.0)
+    batch = llm.batch()
+    outs = {"plain": TextCollector(), "json": TextCollector()}
+    batch.add("plain", ask("Tell me a story about a fox.", max_tokens=10, temperature=0), outs["plain"])
+    batch.add(
+        "json", ask("A film as JSON.", max_tokens=50, constraint=Constraint(json.dumps(SHAPE))), outs["json"]
+    )
+    ended: dict[str, object] = {}
+    while len(ended) < 2:
+        ended.update(batch.step())
+    failed = ended["json"]
+    assert isinstance(failed, BackendError) and failed.code == "schema_too_costly", failed
+    assert "0 s of work for one answer" in failed.message
+    assert isinstance(ended["plain"], LLMOutcome) and ended["plain"].completion_tokens == 10
+
+
+def test_the_same_schema_is_converted_once() -> None:
+    from ris.backends._grammar import gbnf
+
+    schema = Constraint(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    first = gbnf(schema)
+    assert gbnf(Constraint(schema.schema)) is first  # an equal constraint: the cached grammar

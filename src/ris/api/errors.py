@@ -83,6 +83,7 @@ FAILURE_STATUS = {
     "context_length_exceeded": 422,
     "invalid_request": 422,  # a request only the worker can judge (a model loaded on first use)
     "unsupported_for_model": 422,  # structured output or tools on a backend without grammars
+    "schema_too_costly": 422,  # its grammar's work for one answer passed the worker's bound
     # The engine had no sound for the text's characters in that voice: symbols, digits of other
     # scripts ("\u0663"), spacing accents ("\u00b4"); over half of all symbol characters give
     # no audio in both engines. The text's doing, not the server's (the fuzzer found it as a

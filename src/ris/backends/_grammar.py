@@ -11,8 +11,11 @@ the grammar refuses makes the grammar filter the whole vocabulary before samplin
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp
@@ -34,8 +37,18 @@ _CHAR_LINE = re.compile(r"^char ::= .*$", re.MULTILINE)
 _OPEN = CALL_OPEN.encode()
 
 
+# Grammar work one answer may cost, in seconds of the worker's time, before it fails with
+# schema_too_costly. Its cost grows with the alternatives the grammar holds open: a 2,000-value
+# enum took 60 ms a token and a second per resample (here, 2 cores), 8.8 s of one request's
+# answer during which every other sequence of the batch waited. Typical schemas spend
+# milliseconds.
+MAX_GRAMMAR_S = 2.0
+
+
+@functools.lru_cache(maxsize=64)
 def gbnf(constraint: Constraint) -> tuple[str, str]:
-    """The grammar's text and its start rule; BackendError for a schema it cannot express."""
+    """The grammar's text and its start rule; BackendError for a schema it cannot express.
+    Cached by constraint: the same schema (a client's tools, every turn) is converted once."""
     try:
         rules = json_schema_to_gbnf(constraint.schema)
     except Exception as e:  # noqa: BLE001 - the converter fails on odd schemas with any exception
@@ -76,6 +89,7 @@ class Grammar:
             raise BackendError("invalid_request", "llama.cpp could not parse the grammar of the JSON schema")
         self._sampler = sampler
         self._vocab = vocab
+        self.spent_s = 0.0  # grammar work so far (sample), bounded by MAX_GRAMMAR_S
         self.waiting = constraint.lazy  # a lazy grammar not yet triggered
         self._tail = b""  # the last bytes of the answer, while waiting
         self._given_up = False
@@ -95,6 +109,23 @@ class Grammar:
             selected=-1,
             sorted=False,
         )
+
+    def sample(self, token: int, chain: Any, ctx: Any, index: int, piece: Callable[[int], bytes]) -> int:
+        """The token the sequence keeps: `token` (sampled without the grammar) if the grammar
+        allows it, else one resampled under it; then the grammar advances. Fails the sequence
+        with schema_too_costly once its grammar work passes MAX_GRAMMAR_S."""
+        started = time.perf_counter()
+        if not self.allows(token):
+            token = self.resample(chain, ctx, index)
+        self.accept(token, piece(token) if self.waiting else b"")
+        self.spent_s += time.perf_counter() - started
+        if self.spent_s > MAX_GRAMMAR_S:
+            raise BackendError(
+                "schema_too_costly",
+                f"the JSON schema's grammar took over {MAX_GRAMMAR_S:g} s of work for one answer, the "
+                "limit; one with fewer alternatives (enum values, anyOf branches) costs less",
+            )
+        return token
 
     def allows(self, token: int) -> bool:
         if self.waiting:

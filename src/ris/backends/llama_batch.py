@@ -338,11 +338,8 @@ class LlamaBatch(LLMBatch):
 
     def _sample(self, seq: _Sequence) -> int:
         token: int = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.index)
-        grammar = seq.grammar
-        if grammar is not None:
-            if not grammar.allows(token):
-                token = grammar.resample(seq.sampler, self._ctx, seq.index)
-            grammar.accept(token, self._piece(token) if grammar.waiting else b"")
+        if seq.grammar is not None:
+            token = seq.grammar.sample(token, seq.sampler, self._ctx, seq.index, self._piece)
         return token
 
     def _sampler(self, req: LLMRequest) -> Any:
