@@ -330,3 +330,53 @@ def test_lanes_ordering_does_not_block_across_lanes() -> None:
     chat = sched.submit(TaskSpec(Lane.LLM))
     assert [t.id for t in sched.dispatch()] == [chat.id]
     assert img1.state is TaskState.RUNNING
+
+
+def fair(share: float, slots: int) -> Scheduler:
+    ids = (f"t{i}" for i in itertools.count())
+    policy = LanePolicy(client_share=share)
+    sched = Scheduler({Lane.LLM: policy}, FakeClock(), new_id=lambda: next(ids))
+    sched.set_slots(Lane.LLM, slots)
+    return sched
+
+
+def running_by_client(sched: Scheduler) -> dict[str | None, int]:
+    counts: dict[str | None, int] = {}
+    for t in sched.tasks():
+        if t.state is TaskState.RUNNING:
+            counts[t.spec.client] = counts.get(t.spec.client, 0) + 1
+    return counts
+
+
+def test_one_client_holds_at_most_its_share_of_slots_while_another_waits() -> None:
+    sched = fair(0.5, 4)
+    heavy = [sched.submit(TaskSpec(lane=Lane.LLM, client="heavy")) for _ in range(20)]
+    sched.dispatch()
+    assert running_by_client(sched) == {"heavy": 4}  # alone, it takes every free slot
+    light = [sched.submit(TaskSpec(lane=Lane.LLM, client="light")) for _ in range(4)]
+    sched.finish(heavy[0].id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [light[0].id]  # past the heavy client's queue
+    for t in heavy[1:4]:  # as slots free, the heavy client refills only to its share (2 of 4)
+        sched.finish(t.id, TaskState.SUCCEEDED)
+        sched.dispatch()
+    assert running_by_client(sched) == {"heavy": 2, "light": 2}
+    # Each client's tasks start in its own order.
+    started = [t.id for t in heavy if t.started_at is not None]
+    assert started == [t.id for t in heavy[: len(started)]]
+    assert [t.started_at is not None for t in light] == [True, True, False, False]
+
+
+def test_a_single_slot_alternates_between_clients_and_share_one_is_plain_priority_order() -> None:
+    sched = fair(0.5, 1)
+    a = [sched.submit(TaskSpec(lane=Lane.LLM, client="a")) for _ in range(3)]
+    b = [sched.submit(TaskSpec(lane=Lane.LLM, client="b")) for _ in range(2)]
+    order = []
+    while started := sched.dispatch():
+        order += [t.id for t in started]
+        sched.finish(started[0].id, TaskState.SUCCEEDED)
+    # "a" holds the slot when "b" is next: a (b waits) -> b -> a -> b -> a: never two in a row
+    # for one client while the other waits.
+    assert order == [a[0].id, b[0].id, a[1].id, b[1].id, a[2].id]
+    plain = fair(1.0, 1)  # a share of the whole lane: priority order alone
+    ids = [plain.submit(TaskSpec(lane=Lane.LLM, client=c)).id for c in "aab"]
+    assert drain(plain) == ids

@@ -43,13 +43,13 @@ async def started(tmp: Path, **lanes: dict[str, Any]) -> AsyncIterator[tuple[Eng
 
 
 def speak(
-    eng: Engine, voice: str | None = None, **options: float
+    eng: Engine, voice: str | None = None, queue_wait_s: float = 30.0
 ) -> tuple[TaskHandle[LLMResult], Events, asyncio.Task[None]]:
     """An answer asked of the LLM and the pipeline speaking it in the background: the answer,
     the events as they come, and the listener that ends with the pipeline."""
     answer = eng.submit(LLM, "m", LLMRequest(prompt="talk"))
     events: Events = []
-    pipeline = SpeakingPipeline(eng, answer, "e", voice, 1.0, **options)
+    pipeline = SpeakingPipeline(eng, answer, "e", voice, 1.0, queue_wait_s=queue_wait_s)
     return answer, events, asyncio.create_task(collect(pipeline.run(), events))
 
 

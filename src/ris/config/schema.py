@@ -86,6 +86,13 @@ class LaneConfig(_Strict):
     )
     max_queue: int = Field(default=64, ge=0, le=1_000_000, description="queued tasks at most")
     aging_s: float = Field(default=10.0, gt=0, description="waiting worth one priority step")
+    client_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="the share of the lane's slots one client (API key, else address) may hold "
+        "while another client's task waits (at least one slot; 1: priority order alone)",
+    )
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="default deadline of a request, from its submission"
     )
@@ -161,7 +168,12 @@ class LaneConfig(_Strict):
 
     def policy(self) -> LanePolicy:
         pclass = PriorityClass.REALTIME if self.priority_class == "realtime" else PriorityClass.BATCH
-        return LanePolicy(max_queue=self.max_queue, aging_s=self.aging_s, priority_class=pclass)
+        return LanePolicy(
+            max_queue=self.max_queue,
+            aging_s=self.aging_s,
+            priority_class=pclass,
+            client_share=self.client_share,
+        )
 
     def resolve_model(self, name: str | None) -> str:
         """The configured model name a request's `model` field picks (default when absent)."""

@@ -208,9 +208,11 @@ class Engine:
         *,
         priority: int = 0,
         timeout_s: float | None = None,
+        client: str | None = None,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
-        the kind's result type. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        the kind's result type. `client`: who asks, for fairness across clients (the lane's
+        client_share). Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
         lane = kind.name
         if lane not in self._replicas:
             raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
@@ -231,6 +233,7 @@ class Engine:
             deadline=self.clock() + (timeout_s or cfg.request_timeout_s),
             payload=(model, request),
             priority_class=self._policies[lane].priority_class,
+            client=client,
         )
         task = self._scheduler.submit(spec)
         assert self.durable is not None
@@ -255,6 +258,7 @@ class Engine:
         *,
         priority: int = 0,
         timeout_s: float | None = None,
+        client: str | None = None,
     ) -> list[TaskHandle[Res]]:
         """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
         if one still fails to be admitted, those admitted before it are cancelled."""
@@ -263,7 +267,9 @@ class Engine:
         handles: list[TaskHandle[Res]] = []
         try:
             for request in requests:
-                handles.append(self.submit(kind, model, request, priority=priority, timeout_s=timeout_s))
+                handles.append(
+                    self.submit(kind, model, request, priority=priority, timeout_s=timeout_s, client=client)
+                )
         except BaseException:
             for handle in handles:
                 self.cancel(handle.task_id)

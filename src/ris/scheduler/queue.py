@@ -63,6 +63,11 @@ class LaneQueue:
         self._drop_dead_head()
         return task
 
+    def take(self, task: Task) -> None:
+        """Take a queued task out of the order (it is about to run); the rest keep theirs."""
+        task.state = TaskState.RUNNING  # dropped lazily from the heap, as a cancel is
+        self.discard(task)
+
     def peek(self) -> Task | None:
         self._drop_dead_head()
         return self._heap[0][2] if self._heap else None

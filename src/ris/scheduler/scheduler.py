@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,9 @@ class LanePolicy:
     keep_finished: int = 1000
     # Run time assumed before any task of the lane has finished (for Retry-After).
     initial_run_estimate_s: float = 1.0
+    # The share of the lane's slots one client (TaskSpec.client) may hold while another
+    # client's task waits; at least one slot. Alone, a client takes every free slot.
+    client_share: float = 1.0
 
 
 class Ordering(enum.StrEnum):
@@ -141,6 +145,7 @@ class _LaneBook:
         self.latencies: deque[float] = deque(maxlen=1000)
         self.waits: deque[float] = deque(maxlen=1000)
         self.rejected = 0  # submissions refused with QueueFull
+        self.last_client: str | None = None  # the client of the task started last (fairness)
         # Exponentially weighted mean run time, for Retry-After and ETA estimates.
         self.run_estimate = policy.initial_run_estimate_s
 
@@ -240,12 +245,39 @@ class Scheduler:
         started: list[Task] = []
         for book in self._lanes.values():
             while len(book.running) < book.slots:
-                task = book.queue.pop()
+                task = self._next_fair(book)
                 if task is None:
                     break
                 self._start(book, task, now)
                 started.append(task)
         return started
+
+    @staticmethod
+    def _next_fair(book: _LaneBook) -> Task | None:
+        """The queue's first task, unless its client already holds its share of the lane's
+        slots while another client's task waits: then the first task of a client under its
+        share (taken out of the queue's order, which stays as it was for everyone else).
+
+        The client that started a task last counts as holding one slot more: on a lane of one
+        slot (a share of one slot at least) two clients then take turns, rather than the one
+        that queued first running all its tasks while the other waits."""
+        head = book.queue.peek()
+        if head is None or head.spec.client is None or book.policy.client_share >= 1.0:
+            return book.queue.pop()
+        cap = max(1, math.ceil(book.policy.client_share * book.slots))
+        held = Counter(t.spec.client for t in book.running.values())
+        held[book.last_client] += 1
+
+        def under_share(task: Task) -> bool:
+            return task.spec.client is None or held[task.spec.client] < cap
+
+        if under_share(head):
+            return book.queue.pop()
+        for task in book.queue.ordered():
+            if under_share(task):
+                book.queue.take(task)
+                return task
+        return book.queue.pop()  # no one else waits: a free slot is not left idle
 
     def _dispatch_fifo(self, now: float) -> list[Task]:
         # Each lane's queue is in arrival order here (key = submission time), so the global
@@ -268,6 +300,7 @@ class Scheduler:
         task.state = TaskState.RUNNING
         task.started_at = now
         book.running[task.id] = task
+        book.last_client = task.spec.client
         book.waits.append(now - task.submitted_at)
 
     # ----- progress and outcomes -----------------------------------------------------------

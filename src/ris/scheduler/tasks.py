@@ -40,6 +40,9 @@ class TaskSpec:
     payload: Any = field(default=None, repr=False)
     # Real-time lanes run REALTIME; the image lane runs BATCH. Set by the caller's lane policy.
     priority_class: PriorityClass = PriorityClass.REALTIME
+    # Who asked (an API key's fingerprint, else the peer's address); None: no one in
+    # particular. A client holds at most its lane's `client_share` of slots while others wait.
+    client: str | None = None
 
 
 @dataclass

@@ -42,9 +42,12 @@ class SpeakingPipeline:
         speed: float,
         *,
         queue_wait_s: float = 30.0,
+        client: str | None = None,
     ) -> None:
         """`llm` is the submitted LLM task; a full TTS queue is waited on for at most
-        `queue_wait_s` seconds per sentence, then the pipeline ends with `queue_full`."""
+        `queue_wait_s` seconds per sentence, then the pipeline ends with `queue_full`.
+        `client`: who asked (the sentences count as its tasks, for fairness)."""
+        self.client = client
         self.engine = engine
         self.llm = llm
         self.tts_model = tts_model
@@ -94,7 +97,9 @@ class SpeakingPipeline:
         give_up = loop.time() + self.queue_wait_s
         while True:
             try:
-                return self.engine.submit(TTS, self.tts_model, req, priority=SENTENCE_PRIORITY)
+                return self.engine.submit(
+                    TTS, self.tts_model, req, priority=SENTENCE_PRIORITY, client=self.client
+                )
             except LaneUnavailable as e:  # the TTS worker went down during the answer
                 await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))
                 return None

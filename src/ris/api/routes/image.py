@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from ris.api.deps import engine_of, require_lane, resolve_model, view_or_404
+from ris.api.deps import client_of, engine_of, require_lane, resolve_model, view_or_404
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
@@ -81,7 +81,9 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)
     model, req, warnings = _pick_model(engine, body)
-    handle = engine.submit(IMAGE, model, req, priority=body.priority, timeout_s=body.timeout_s)
+    handle = engine.submit(
+        IMAGE, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+    )
     view = engine.lookup(handle.task_id)
     return {
         "task_id": handle.task_id,

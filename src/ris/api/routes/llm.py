@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from ris.api.deps import (
     body_doc,
     cancel_unless_ended,
+    client_of,
     engine_of,
     json_body,
     resolve_model,
@@ -50,7 +51,9 @@ async def llm_generate(request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, model), body.json_schema)
     texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
     warnings = llm_warnings(engine, model, texts_in)
-    handle = engine.submit(LLM, model, req, priority=body.priority, timeout_s=body.timeout_s)
+    handle = engine.submit(
+        LLM, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+    )
     if body.stream:
         return StreamingResponse(
             _sse(engine, handle, warnings),

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from ris.api.deps import (
     cancel_unless_ended,
+    client_of,
     engine_of,
     require_lane,
     resolve_model,
@@ -75,7 +76,9 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     voice = voices.get(body.voice.lower(), body.voice)
     model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
     rate = tts_rate(engine, model)
-    handle = engine.submit(TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed))
+    handle = engine.submit(
+        TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed), client=client_of(request)
+    )
     audio = AudioStream(handle)
     first = await first_audio(engine, audio, request)  # a task that fails before any sound is an error
 
@@ -139,7 +142,7 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
-    handles = engine.submit_many(IMAGE, model, reqs)
+    handles = engine.submit_many(IMAGE, model, reqs, client=client_of(request))
     views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
-from ris.api.deps import engine_of, require_lane, resolve_model, view_or_404
+from ris.api.deps import client_of, engine_of, require_lane, resolve_model, view_or_404
 from ris.api.errors import APIError
 from ris.api.routes.image import result_url
 from ris.api.routes.tts import audio_url
@@ -93,7 +93,9 @@ async def submit_task(body: TaskSubmit, request: Request) -> Any:
         problems = "; ".join(f"request.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         raise APIError(422, "invalid_request", problems) from None
     model = resolve_model(engine, body.lane, body.model)
-    handle = engine.submit(kind, model, req, priority=body.priority, timeout_s=body.timeout_s)
+    handle = engine.submit(
+        kind, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+    )
     view = engine.lookup(handle.task_id)
     assert view is not None
     return JSONResponse(task_info(view), status_code=202)

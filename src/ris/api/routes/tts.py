@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from ris.api.deps import engine_of, result_or_failure, view_or_404, wait_task
+from ris.api.deps import client_of, engine_of, result_or_failure, view_or_404, wait_task
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
@@ -44,7 +44,9 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     require_speakable(body.text)
     model = pick_tts_model(engine, body.model, body.voice)
     req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
-    handle = engine.submit(TTS, model, req, priority=body.priority, timeout_s=body.timeout_s)
+    handle = engine.submit(
+        TTS, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+    )
     view = await wait_task(engine, handle, request)
     r = result_or_failure(view)
     accept = request.headers.get("accept", "")
