@@ -25,7 +25,11 @@ from typing import Any
 import httpx
 import psutil
 
+from ris.api.limits import MAX_ENUM_VALUES
+
+from .heavy_schemas import heavy_body
 from .server import Server, make_config
+from .slow_readers import stalled_speech
 
 FINAL = ("succeeded", "failed", "cancelled")
 LANES = ("llm", "tts", "image")
@@ -49,6 +53,8 @@ class SoakReport:
     memory_end: dict[str, int] = field(default_factory=dict)
     memory_over_bound: list[str] = field(default_factory=list)
     ready_at_end: bool = False
+    # A plain short generation's latency through the run, n / p50 / p99 / max (reported).
+    plain_latency_s: dict[str, float] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
         out = []
@@ -84,6 +90,7 @@ class Soak:
         self.rng = random.Random(seed)
         self.report = SoakReport()
         self.ids: set[str] = set()  # every task id a client was told about
+        self.plain_latencies: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -102,6 +109,14 @@ class Soak:
         for t in threads:
             t.join(120)
         self.report.duration_s = round(time.monotonic() - start, 1)
+        lat = sorted(self.plain_latencies)
+        if lat:
+            self.report.plain_latency_s = {
+                "n": len(lat),
+                "p50": round(lat[len(lat) // 2], 3),
+                "p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3),
+                "max": round(lat[-1], 3),
+            }
         self._settle()
         return self.report
 
@@ -126,6 +141,8 @@ class Soak:
             self._speech_stream,
             self._speak_events,
             self._image,
+            self._speech_stalled,
+            self._heavy_schema,
         ]
         with httpx.Client(base_url=self.srv.url, timeout=60) as http:
             while not self._stop.is_set():
@@ -145,9 +162,12 @@ class Soak:
                 self.ids.add(task_id)
 
     def _llm_plain(self, http: httpx.Client, rng: random.Random) -> str:
+        started = time.monotonic()
         r = http.post(
             "/api/llm/generate", json={"prompt": "Name a colour.", "max_tokens": rng.randint(4, 24)}
         )
+        with self._lock:
+            self.plain_latencies.append(time.monotonic() - started)
         self._seen(r.json().get("task_id") if r.status_code == 200 else r.headers.get("x-task-id"))
         return str(r.status_code)
 
@@ -203,6 +223,23 @@ class Soak:
                 if drop:
                     return "dropped"
             return str(r.status_code)
+
+    def _speech_stalled(self, http: httpx.Client, rng: random.Random) -> str:
+        """A client that reads the head of its speech and then nothing for a while, then
+        hangs up (issue 23: the server must not hold its audio meanwhile)."""
+        sock, task_id = stalled_speech(self.srv.port, " ".join(rng.sample(SENTENCES, 3)))
+        self._seen(task_id)
+        self._stop.wait(rng.uniform(1.0, 4.0))
+        sock.close()
+        return "stalled"
+
+    def _heavy_schema(self, http: httpx.Client, rng: random.Random) -> str:
+        """A costly schema (an enum as large as the server takes): answered, or stopped as
+        schema_too_costly."""
+        body = {**heavy_body(MAX_ENUM_VALUES), "max_tokens": 40}
+        r = http.post("/v1/chat/completions", json=body)
+        self._seen(r.json()["id"].removeprefix("chatcmpl-") if r.status_code == 200 else None)
+        return str(r.status_code) if r.status_code == 200 else f"{r.status_code} {r.json()['error']['code']}"
 
     def _speak_events(self, http: httpx.Client, rng: random.Random) -> str:
         body = {"prompt": "Say hello in one sentence.", "max_tokens": 24, "stream_format": "events"}

@@ -306,3 +306,15 @@ def test_call_arguments_must_be_a_json_object(arguments: str) -> None:
     with pytest.raises(APIError) as e:
         chat_turns(chat({"role": "assistant", "tool_calls": [call]}).messages)
     assert e.value.status == 400 and e.value.param == "messages[0].tool_calls[0].function.arguments"
+
+
+def test_a_schema_with_too_many_enum_values_is_refused_naming_the_limit() -> None:
+    from ris.api.limits import MAX_ENUM_VALUES
+
+    def picks(n: int) -> dict[str, Any]:
+        return {"type": "object", "properties": {"enum": {"enum": [f"v{i}" for i in range(n)]}}}
+
+    assert constrained(picks(MAX_ENUM_VALUES)).constraint is not None
+    with pytest.raises(APIError) as e:
+        constrained({"anyOf": [picks(MAX_ENUM_VALUES), picks(1)]})  # all enums together
+    assert e.value.status == 400 and f"{MAX_ENUM_VALUES + 1} enum values; the limit is" in e.value.message

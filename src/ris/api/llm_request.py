@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ris.api.errors import APIError
-from ris.api.limits import MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
+from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
 from ris.lanes.llm import Constraint, LLMRequest, Message, Tool, max_tokens_over_context
@@ -115,7 +115,15 @@ def _check_constraint(
         raise invalid(
             f"the JSON schema is {len(constraint.schema)} characters; the limit is {MAX_SCHEMA_CHARS}", param
         )
-    broken = broken_refs(json.loads(constraint.schema))
+    schema = json.loads(constraint.schema)
+    values = enum_values(schema)
+    if values > MAX_ENUM_VALUES:
+        raise invalid(
+            f"the JSON schema has {values} enum values; the limit is {MAX_ENUM_VALUES} in one schema "
+            "(each is a branch its grammar checks at every token)",
+            param,
+        )
+    broken = broken_refs(schema)
     if broken:
         raise invalid(
             f"the JSON schema's $ref {broken[0]!r} points at nothing in the schema; a $ref must be "
@@ -132,6 +140,16 @@ def _check_constraint(
         raise invalid(
             f"ignore_eos cannot be combined with {param}: the answer ends where the JSON does", "ignore_eos"
         )
+
+
+def enum_values(schema: Any) -> int:
+    """How many `enum` values the schema holds, all its enums together."""
+    if isinstance(schema, list):
+        return sum(enum_values(x) for x in schema)
+    if not isinstance(schema, dict):
+        return 0
+    # The values of an enum are data, not schemas; a property may well be named "enum".
+    return sum(len(v) if k == "enum" and isinstance(v, list) else enum_values(v) for k, v in schema.items())
 
 
 def broken_refs(schema: Any) -> list[str]:
