@@ -18,7 +18,7 @@ from ris.api.app import create_app
 from ris.api.streams import StreamBroken
 from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, TextDelta
-from ris.lanes.tts import AudioChunk, AudioWritten, TTSOutcome
+from ris.lanes.tts import AudioChunk, AudioFile, AudioWritten, TTSOutcome
 from ris.runtime.engine import Engine
 from ris.runtime.views import EventStream
 
@@ -124,3 +124,11 @@ def test_unread_contiguous_audio_is_one_event_however_long() -> None:
         AudioWritten(Path("b.wav"), 44, 10),
         None,
     ]
+
+
+def test_audio_that_cannot_be_written_fails_its_task_rather_than_leave_a_gap(tmp_path: Path) -> None:
+    audio = AudioFile(tmp_path / "gone" / "t.wav")  # the folder is not there: every write fails
+    written = audio.add(AudioChunk(SOUND, 16000))
+    assert isinstance(written, AudioWritten) and written.length == 0  # nothing for a stream to read
+    with pytest.raises(FileNotFoundError):
+        audio.finish()  # the engine stores no result: result_not_stored

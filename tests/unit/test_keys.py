@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ris.api.keys import FREE_WRONG_KEYS, REFILL_S, KeyChecker
-from ris.api.security import Guard
+from starlette.types import Receive, Scope, Send
+
+from ris.api.keys import FREE_WRONG_KEYS, REFILL_S, KeyChecker, key_fingerprint
+from ris.api.security import CLIENT_STATE, Guard
 
 from .fakes import FakeClock
 from .guarded import ok, through
@@ -90,3 +92,37 @@ def test_the_table_of_addresses_is_bounded() -> None:
     for i in range(10_000):
         keys.check(f"10.{i // 256}.{i % 256}.1", "wrong")
     assert keys.clients() == 100
+
+
+def test_a_key_the_address_showed_right_still_passes_when_its_budget_is_spent() -> None:
+    """Behind one NAT, a client with a stale key must not lock the others out."""
+    keys = KeyChecker([KEY], FakeClock())
+    assert keys.check("nat", KEY).ok
+    for _ in range(FREE_WRONG_KEYS):
+        keys.check("nat", "stale")
+    assert keys.check("nat", KEY).ok  # known here: passes, and tells a guesser nothing
+    assert keys.check("nat", "another-guess").retry_after_s is not None
+
+
+def test_an_ipv6_host_spends_the_budget_of_its_64() -> None:
+    keys = KeyChecker([KEY], FakeClock())
+    for i in range(FREE_WRONG_KEYS):
+        keys.check(f"2001:db8:1:2::{i + 1:x}", "guess")  # a new address for every guess
+    assert keys.check("2001:db8:1:2::ffff", "guess").retry_after_s is not None
+    assert keys.check("2001:db8:1:3::1", KEY).ok  # another /64
+
+
+def test_the_guard_leaves_the_keys_fingerprint_for_fairness_never_the_key() -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+        await ok(scope, receive, send)
+
+    guard = Guard(app, keys=KeyChecker([KEY], FakeClock()))
+    assert (
+        through(guard, "GET", "/api/stats", [("host", "localhost"), ("authorization", f"Bearer {KEY}")])[0]
+        == 200
+    )
+    client = seen[0]["state"][CLIENT_STATE]
+    assert client == "key:" + key_fingerprint(KEY)[:16] and KEY not in client

@@ -36,8 +36,16 @@ def test_over_the_ceiling_new_work_is_refused_and_the_rest_answers() -> None:
     ceiling = MemoryCeiling(ok, 200, MemoryReading(lambda: rss[0], FakeClock()))
     status, headers = answer(ceiling, "POST", "/v1/chat/completions")
     assert status == 503 and headers["retry-after"] == "5"
-    for method, path in (("GET", "/health"), ("GET", "/metrics"), ("DELETE", "/api/tasks/" + "0" * 32)):
+    task = "0" * 32
+    for method, path in (
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("POST", f"/api/tasks/{task}/cancel"),
+        ("POST", f"/api/image/cancel/{task}"),
+        ("POST", "/ui/login"),
+    ):
         assert answer(ceiling, method, path)[0] == 200, path
+    assert answer(ceiling, "POST", "/api/image/generate")[0] == 503
     assert answer(MemoryCeiling(ok, 0, MemoryReading(lambda: rss[0], FakeClock())), "POST", "/x")[0] == 200
 
 

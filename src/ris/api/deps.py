@@ -5,13 +5,11 @@ some routes need lives beside them: llm_support.py (text), tts_support.py (speec
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
-from urllib.parse import unquote
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from ris import catalogue
 from ris.api.errors import APIError, failure
-from ris.api.security import KEY_COOKIE
+from ris.api.security import CLIENT_STATE
 from ris.lanes.base import LaneKind, LaneResult
 from ris.messages import LaneRequest
 from ris.runtime.engine import Engine
@@ -101,15 +99,11 @@ def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Any] | No
 
 
 def client_of(request: Request) -> str:
-    """Who a request is from, for fairness across clients: with keys configured, the key it
-    was let in with (a fingerprint, never the key), else the peer's address (a reverse
-    proxy's, behind one)."""
-    if engine_of(request).config.server.api_keys:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else unquote(request.cookies.get(KEY_COOKIE, ""))
-        if key:
-            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    return "address:" + (request.client.host if request.client else "unknown")
+    """Who a request is from, for fairness across clients: the key it was let in with (a
+    fingerprint the guard left, never the key), else the peer's address (a reverse proxy's,
+    behind one)."""
+    client: str | None = request.scope.get("state", {}).get(CLIENT_STATE)
+    return client or "address:" + (request.client.host if request.client else "unknown")
 
 
 def require_lane(engine: Engine, lane: str) -> None:

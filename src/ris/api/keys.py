@@ -4,8 +4,10 @@ Each client address has a budget of wrong keys, a token bucket: `free` wrong key
 speed, then one more every `refill_s` seconds. With the budget spent, the address's keys are
 not checked at all (a check would tell a guesser whether the key was right, at full speed):
 it is answered 429 with the seconds until its next try, until the bucket refills. A right key
-costs nothing and is never delayed while the budget lasts; a request with no key is not a
-guess and costs nothing either. Behind a reverse proxy every client has the proxy's address:
+costs nothing and is never delayed while the budget lasts, and one the address has already
+shown to be right still passes when it is spent (a stale client behind the same NAT locks no
+one else out); a request with no key is not a guess and costs nothing either. IPv6 addresses
+spend the budget of their /64. Behind a reverse proxy every client has the proxy's address:
 the budget is then the proxy's, and the proxy should limit its own clients.
 
 The table of addresses is bounded: an address whose bucket is full again is forgotten, and
@@ -14,7 +16,9 @@ past `max_clients` the longest-quiet address goes first, so no stream of address
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -25,6 +29,26 @@ log = logging.getLogger("ris.security")
 FREE_WRONG_KEYS = 10
 REFILL_S = 6.0  # one more wrong key every 6 s: ten a minute
 MAX_CLIENTS = 10_000
+
+
+KNOWN_KEYS_PER_CLIENT = 4
+
+
+def key_fingerprint(key: str) -> str:
+    """A key as it may be kept and logged: its SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _group(client: str) -> str:
+    """The budget an address spends: its own for IPv4, its /64 for IPv6 (one host's share of
+    a network, which it may fill with addresses)."""
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return client
 
 
 @dataclass(frozen=True)
@@ -55,14 +79,22 @@ class KeyChecker:
         self._refill_s = refill_s
         self._max_clients = max_clients
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        # Fingerprints of keys each address has shown to be right (a few per address).
+        self._known: OrderedDict[str, set[str]] = OrderedDict()
 
     def check(self, client: str, given: str) -> Verdict:
         """Whether `given` (non-empty) is a key, for a request from address `client`."""
+        client = _group(client)
         bucket = self._bucket(client)
         if bucket is not None and bucket.tokens < 1:
+            # Unchecked, but for a key this address already showed to be right: that tells a
+            # guesser nothing, and a stale client behind the same NAT locks no one else out.
+            if key_fingerprint(given) in self._known.get(client, ()):
+                return Verdict(True)
             return Verdict(False, (1 - bucket.tokens) * self._refill_s)
         # Constant-time comparison against every key: timing does not reveal a prefix.
         if any(hmac.compare_digest(given.encode(), key) for key in self.keys):
+            self._remember(client, given)
             return Verdict(True)
         if bucket is None:
             bucket = self._buckets[client] = _Bucket(float(self._free), self._clock())
@@ -91,6 +123,14 @@ class KeyChecker:
     def _bound(self) -> None:
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
+
+    def _remember(self, client: str, key: str) -> None:
+        known = self._known.setdefault(client, set())
+        if len(known) < KNOWN_KEYS_PER_CLIENT:
+            known.add(key_fingerprint(key))
+        self._known.move_to_end(client)
+        while len(self._known) > self._max_clients:
+            self._known.popitem(last=False)
 
     def clients(self) -> int:
         """How many addresses have spent some of their budget (bounded by max_clients)."""

@@ -4,8 +4,9 @@ Nothing the server does holds memory by a request's size any more (bodies are bo
 streams from disk), so the ceiling is a safety net, not a budget: if the API process's
 resident memory is over it, requests that would start work (POST) answer 503
 `server_memory_full` with Retry-After until it is back under. Probes, reads (/health, /ready,
-/metrics, stats, task lookups, results) and cancels still answer: they are how an operator
-sees why, and how memory is given back.
+/metrics, stats, task lookups, results), cancels and the console's login still answer: they
+are how an operator sees why, and how memory is given back. (The C allocator may keep memory
+a spike freed: if the process stays over the ceiling with nothing running, restart it.)
 The resident size is read at most every READ_INTERVAL_S (a psutil call), on the event loop.
 """
 
@@ -28,6 +29,14 @@ def own_rss() -> int:
 
     rss: int = psutil.Process(os.getpid()).memory_info().rss
     return rss
+
+
+def starts_work(method: str, path: str) -> bool:
+    """A request that would take memory to serve: a POST, but a cancel or the console's
+    login and logout (how an operator sees why, and gives memory back)."""
+    if method != "POST" or path in ("/ui/login", "/ui/logout"):
+        return False
+    return not (path.endswith("/cancel") or path.startswith("/api/image/cancel/"))
 
 
 class MemoryReading:
@@ -54,8 +63,12 @@ class MemoryCeiling:
         self.reading = reading
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not self.limit:
-            await self.app(scope, receive, send)  # reads, probes and cancels always answer
+        if (
+            scope["type"] != "http"
+            or not self.limit
+            or not starts_work(scope["method"], scope.get("path", ""))
+        ):
+            await self.app(scope, receive, send)  # reads, probes, cancels and the login always answer
             return
         rss = self.reading.now()
         if rss <= self.limit:

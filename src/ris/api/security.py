@@ -24,7 +24,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.api.errors import error_response, is_openai
-from ris.api.keys import KeyChecker, Verdict
+from ris.api.keys import KeyChecker, Verdict, key_fingerprint
 from ris.config import Config, ConfigError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -32,6 +32,7 @@ OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
 # The console's scripts and styles: the login page needs them, and they hold no secrets.
 OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
+CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
 _PORT = re.compile(r":[0-9]{1,5}")
 
 
@@ -207,7 +208,12 @@ class Guard:
         if not given:
             return Verdict(False)  # no key at all: not a guess, nothing spent
         assert self.keys is not None
-        return self.keys.check(client_address(scope), given)
+        verdict = self.keys.check(client_address(scope), given)
+        if verdict.ok:
+            # Who this request is from, for fairness across clients (deps.client_of): the
+            # key it came in with, as a fingerprint.
+            scope.setdefault("state", {})[CLIENT_STATE] = "key:" + key_fingerprint(given)[:16]
+        return verdict
 
 
 def client_address(scope: Scope) -> str:

@@ -250,6 +250,18 @@ class Collector(Protocol):
         """The task ended without a result: drop what was kept."""
 
 
+class Coalesces(ABC):
+    """An event that an unread newer one may join (ris.lanes.tts.AudioWritten: contiguous
+    audio), so a consumer that does not read holds one event, not one per output. A base
+    class, not a protocol: the check runs for every event a lagging reader has not taken."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def followed_by(self, newer: object) -> object | None:
+        """This event and `newer` as one; None when they cannot be one."""
+
+
 class KeptOutputs:
     """The default collector: every output in memory (text, progress: small by their limits)."""
 
@@ -426,6 +438,7 @@ __all__ = [
     "BackendEntry",
     "BackendError",
     "Cancelled",
+    "Coalesces",
     "Collector",
     "KeptOutputs",
     "LaneKind",

@@ -23,6 +23,7 @@ from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
     BackendError,
+    Coalesces,
     Collector,
     LaneKind,
     LaneResult,
@@ -67,7 +68,7 @@ class AudioChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioWritten:
+class AudioWritten(Coalesces):
     """What a TTS task's event stream carries for an AudioChunk: where the server wrote it."""
 
     path: Path
@@ -122,23 +123,31 @@ class AudioFile:
         self.path = path
         self._file: IO[bytes] | None = None
         self._written = 0
+        self._failed: OSError | None = None  # a write failed (disk full): no result
 
     def add(self, output: Any) -> Any:
         chunk: AudioChunk = output
-        if self._file is None:
-            self._file = self.path.open("wb")
-            self._file.write(wav_header(chunk.sample_rate))
-        self._file.write(chunk.pcm)
-        self._file.flush()  # readers open the file by path: the bytes must be in it now
-        written = AudioWritten(self.path, WAV_HEADER_BYTES + self._written, len(chunk.pcm))
+        offset = WAV_HEADER_BYTES + self._written
+        if self._failed is None:
+            try:
+                if self._file is None:
+                    self._file = self.path.open("wb")
+                    self._file.write(wav_header(chunk.sample_rate))
+                self._file.write(chunk.pcm)
+                self._file.flush()  # readers open the file by path: the bytes must be in it now
+            except OSError as e:
+                self._failed = e
+        if self._failed is not None:
+            return AudioWritten(self.path, offset, 0)  # nothing to read; finish() fails the task
         self._written += len(chunk.pcm)
-        return written
+        return AudioWritten(self.path, offset, len(chunk.pcm))
 
     def finish(self) -> Path | None:
-        if self._file is None:
-            return None
-        self._file.close()
-        return self.path
+        if self._file is not None:
+            self._file.close()
+        if self._failed is not None:
+            raise self._failed  # the task fails: result_not_stored, with the OS's words
+        return None if self._file is None else self.path
 
     def discard(self) -> None:
         if self._file is not None:
@@ -225,8 +234,9 @@ def voice_listing(voices: Sequence[str], most: int = 12) -> str:
 
 # Engines hand over audio in pieces of any size: espeak-ng's are a few hundred bytes, 78,000 of
 # them for 5,000 characters. Each became a message, a write and an event on the server; they
-# are sent in chunks of this much instead, or of what came in COALESCE_S, whichever is first
-# (the first piece of a task at once: the time to first sound does not wait for it).
+# are sent in chunks of COALESCE_BYTES instead, or of what came since COALESCE_S ago, checked
+# as pieces arrive; the end of each piece of text sends what is left, and the first piece of a
+# task goes at once (the time to first sound does not wait for it).
 COALESCE_BYTES = 32 * 1024
 COALESCE_S = 0.1
 

@@ -8,20 +8,11 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, TypeVar
 
-from ris.lanes.base import Collector, KeptOutputs, LaneKind, LaneResult
+from ris.lanes.base import Coalesces, Collector, KeptOutputs, LaneKind, LaneResult
 from ris.runtime.store import StoredTask
 from ris.scheduler import Scheduler, Task
-
-
-@runtime_checkable
-class Coalesces(Protocol):
-    """An event that an unread newer one may join (ris.lanes.tts.AudioWritten: contiguous
-    audio), so a consumer that does not read holds one event, not one per output."""
-
-    def followed_by(self, newer: object) -> object | None:
-        """This event and `newer` as one; None when they cannot be one."""
 
 
 class EventStream:
