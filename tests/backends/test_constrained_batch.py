@@ -215,3 +215,15 @@ def test_the_same_schema_is_converted_once() -> None:
     schema = Constraint(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
     first = gbnf(schema)
     assert gbnf(Constraint(schema.schema)) is first  # an equal constraint: the cached grammar
+
+
+def test_tool_schemas_with_refs_become_grammars() -> None:
+    from ris.backends._grammar import gbnf
+
+    inner = {"type": "object", "properties": {"a": {"$ref": "#/properties/b"}, "b": {"type": "integer"}}}
+    city = {"type": "object", "properties": {"name": {"type": "string"}}}
+    nested = {"type": "object", "properties": {"c": {"$ref": "#/$defs/City"}}, "$defs": {"City": city}}
+    tools = (Tool("f", "", json.dumps(inner)), Tool("g", "", json.dumps(nested)))
+    for one in (tools[:1], tools):
+        text, root = gbnf(Constraint(call_schema(one), "tool_calls"))
+        assert root == "tool-calls" and "f-args ::=" in text  # the converter names f__args so

@@ -318,3 +318,15 @@ def test_a_schema_with_too_many_enum_values_is_refused_naming_the_limit() -> Non
     with pytest.raises(APIError) as e:
         constrained({"anyOf": [picks(MAX_ENUM_VALUES), picks(1)]})  # all enums together
     assert e.value.status == 400 and f"{MAX_ENUM_VALUES + 1} enum values; the limit is" in e.value.message
+
+
+def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:
+    """The converter walks dictionary keys only: a tool whose parameters refer into
+    themselves becomes a $defs entry of its own, not a path through the anyOf list."""
+    params = {"type": "object", "properties": {"a": {"$ref": "#/properties/b"}, "b": {"type": "integer"}}}
+    schema = json.loads(call_schema((Tool("f", "", json.dumps(params)), WEATHER)))
+    assert schema["anyOf"][0]["properties"]["arguments"] == {"$ref": "#/$defs/f__args"}
+    assert schema["$defs"]["f__args"]["properties"]["a"] == {"$ref": "#/$defs/f__args/properties/b"}
+    assert constrained(json.dumps(schema)).constraint is not None
+    with pytest.raises(APIError):  # a path through a list: the converter cannot follow it
+        constrained({"anyOf": [{"type": "string"}], "properties": {"x": {"$ref": "#/anyOf/0"}}})

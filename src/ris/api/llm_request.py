@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from ris.api.errors import APIError
 from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
@@ -173,17 +172,14 @@ def broken_refs(schema: Any) -> list[str]:
 
 
 def _resolves(root: Any, ref: str) -> bool:
+    """As the grammar converter resolves a ref: "#/" and dictionary keys, read as written."""
     if not ref.startswith("#/"):
         return False  # remote, relative and whole-document ("#") refs: the converter has none
     node = root
-    for token in ref[2:].split("/"):
-        key = unquote(token).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-        else:
+    for key in ref[2:].split("/"):
+        if not (isinstance(node, dict) and key in node):
             return False
+        node = node[key]
     return isinstance(node, dict)
 
 

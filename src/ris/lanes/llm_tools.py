@@ -128,9 +128,8 @@ def call_schema(tools: Sequence[Tool], name: str | None = None) -> str:
     one = len(chosen) == 1
     defs: dict[str, Any] = {}
     options = []
-    for i, t in enumerate(chosen):
-        at = "#/properties/arguments" if one else f"#/anyOf/{i}/properties/arguments"
-        arguments = _rebased(json.loads(t.parameters), at, f"{t.name}__", defs)
+    for t in chosen:
+        arguments = _rebased(json.loads(t.parameters), f"{t.name}__", defs)
         options.append(
             {
                 "type": "object",
@@ -144,14 +143,18 @@ def call_schema(tools: Sequence[Tool], name: str | None = None) -> str:
     return json.dumps(schema)
 
 
-def _rebased(parameters: Any, at: str, prefix: str, defs: dict[str, Any]) -> Any:
-    """A tool's parameters moved into the call schema at `at`: their `$defs` (Pydantic's and
-    LangChain's schemas have them) hoisted to the root's, named with `prefix`, and every local
-    `$ref` rewritten to where its target now is; the grammar resolves refs from the root."""
+def _rebased(parameters: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """A tool's parameters as they go into the call schema, whose root the grammar resolves
+    every `$ref` from: their `$defs` (Pydantic's and LangChain's schemas have them) hoisted to
+    the root's, named with `prefix`, their refs rewritten to match. A ref to another part of
+    the parameters ("#/properties/a") makes them a `$defs` entry of their own too, reached by
+    dictionary keys alone as the converter walks them (it does not index lists)."""
     if not isinstance(parameters, dict):
         return parameters
     parameters = dict(parameters)
     own = {**(parameters.pop("definitions", None) or {}), **(parameters.pop("$defs", None) or {})}
+    home = f"#/$defs/{prefix}args"
+    inner: list[str] = []  # refs into the parameters themselves
 
     def rewrite(node: Any) -> Any:
         if isinstance(node, list):
@@ -167,11 +170,16 @@ def _rebased(parameters: Any, at: str, prefix: str, defs: dict[str, Any]) -> Any
                     break
             else:
                 if ref.startswith("#/"):
-                    out["$ref"] = at + ref[1:]
+                    inner.append(ref)
+                    out["$ref"] = home + ref[1:]
         return out
 
     defs.update({prefix + key: rewrite(sub) for key, sub in own.items()})
-    return rewrite(parameters)
+    rewritten = rewrite(parameters)
+    if not inner:
+        return rewritten
+    defs[f"{prefix}args"] = rewritten
+    return {"$ref": home}
 
 
 @dataclass(frozen=True)
