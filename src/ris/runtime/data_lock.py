@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 LOCK_FILE = "server.lock"
+_WINDOWS_LOCK_BYTE = 1 << 20
 
 _held: dict[Path, tuple[IO[str], int]] = {}  # folder -> (open lock file, holders in this process)
 _guard = threading.Lock()
@@ -33,7 +34,9 @@ def _try_lock(f: IO[str]) -> bool:
     if sys.platform == "win32":
         import msvcrt
 
-        f.seek(0)  # the lock covers the file's first byte
+        # A byte far past the pid and port: Windows enforces the lock against reads, and the
+        # second server must still read who holds the folder.
+        f.seek(_WINDOWS_LOCK_BYTE)
         try:
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
         except OSError:

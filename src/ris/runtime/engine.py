@@ -111,6 +111,14 @@ class Engine:
         # Before anything reads the store: a second server on this folder must touch nothing.
         data_lock.acquire(data, self.config.server.port)
         self._holds_data = True
+        try:
+            await self._start(data)
+        except BaseException:
+            data_lock.release(data)  # a start that failed holds nothing
+            self._holds_data = False
+            raise
+
+    async def _start(self, data: Path) -> None:
         self.durable = DurableTasks(data / "tasks.db", self.kinds, self.wall_clock, self._to_wall)
         folders = [k.result_folder for k in self.kinds.values() if k.result_folder]
         self.retention = Retention(self.durable.store, data, folders, self.config.retention, self.wall_clock)
