@@ -58,27 +58,42 @@ def machine() -> str:
     return f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total // 2**30} GiB"
 
 
+class SpeechRefused(Exception):
+    """The server answered the speech request with an error status (e.g. 503 while the TTS
+    worker restarts): `status` is its code."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"speech refused: {status}")
+        self.status = status
+
+
 def stalled_speech(port: int, text: str) -> tuple[socket.socket, str]:
-    """A connection that asked for speech and read only the head of the answer: its task id."""
+    """A connection that asked for speech and read only the head of the answer: its task id.
+    SpeechRefused (the socket closed) if the answer is an error."""
     body = json.dumps({"model": "tts-1", "voice": "zh-CN", "input": text, "response_format": "pcm"}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for it
-    head = (
-        f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    sock.sendall(head + body)
-    received = b""
-    while b"\r\n\r\n" not in received:
-        piece = sock.recv(1024)
-        if not piece:
-            raise ConnectionError(f"closed before the headers: {received!r}")
-        received += piece
-    lines = received.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
-    if " 200 " not in lines[0] + " ":
-        raise RuntimeError(f"speech refused: {lines[0]}")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return sock, headers.get("x-task-id") or headers["X-Task-Id"]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for it
+        head = (
+            f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + body)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            piece = sock.recv(1024)
+            if not piece:
+                raise ConnectionError(f"closed before the headers: {received!r}")
+            received += piece
+        lines = received.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        status = lines[0].split(" ")[1] if " " in lines[0] else lines[0]
+        if status != "200":
+            raise SpeechRefused(status)
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        return sock, headers["x-task-id"]
+    except BaseException:
+        sock.close()
+        raise
 
 
 def wait_ended(url: str, task_ids: list[str], timeout: float) -> dict[str, str]:
