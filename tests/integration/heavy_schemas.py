@@ -12,7 +12,6 @@ goal: under 2 s with 20 heavy requests in flight.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 
 from .server import Server, make_config
-from .slow_readers import machine
+from .slow_readers import emit, machine
 
 HEAVY_KEY, PLAIN_KEY = "heavy-client-key", "plain-client-key"
 PLAIN = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
@@ -115,10 +114,7 @@ def main() -> None:
 
             args.values = MAX_ENUM_VALUES
         report = run(Path(tmp), args.heavy, args.repeats, args.values)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

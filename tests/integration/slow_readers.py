@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -154,11 +155,17 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = run(Path(tmp), args.clients)
-    data = {**asdict(report), "growth_mib": report.growth_mib, "left_after_mib": report.left_after_mib}
-    text = json.dumps(data, indent=2)
+    emit(
+        {**asdict(report), "growth_mib": report.growth_mib, "left_after_mib": report.left_after_mib}, args.out
+    )
+
+
+def emit(report: dict[str, Any], out: Path | None) -> None:
+    """A measurement's report, printed and (`out`) written as JSON."""
+    text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
