@@ -35,23 +35,31 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    try:
+        # First of all, before the web stack is even imported: a second server on a folder in
+        # use starts no worker, reads no task, and says so at once.
+        data_lock.acquire(cfg.data_dir, cfg.server.port)
+    except data_lock.DataFolderInUse as e:
+        print(f"ris serve: {e}", file=sys.stderr)
+        return 1
+    try:
+        return _serve(args, cfg)
+    finally:
+        data_lock.release(cfg.data_dir)
+
+
+def _serve(args: argparse.Namespace, cfg: Config) -> int:
     import uvicorn
 
     from ris.api.app import create_app
     from ris.api.security import check_exposure
 
-    cfg = _load(args)
     check_exposure(cfg)
     if cfg.cluster.engine == "ray":
         from ris.runtime.workers.ray_cluster import check_cluster
 
         check_cluster(cfg)  # a lane no node can host: refused here, not left pending for ever
-    try:
-        # First of all: a second server on a folder in use starts no worker, reads no task.
-        data_lock.acquire(cfg.data_dir, cfg.server.port)
-    except data_lock.DataFolderInUse as e:
-        print(f"ris serve: {e}", file=sys.stderr)
-        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop  # noqa: F401
@@ -68,7 +76,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )
-    data_lock.release(cfg.data_dir)
     return 0
 
 
