@@ -135,9 +135,9 @@ def test_media_models_are_openais_names_or_ours_never_a_quiet_substitute(oa: Ope
     neither OpenAI's nor configured is a 404 listing the lane's models."""
     wav = oa.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="Hi.", response_format="wav")
     assert wav.content[:4] == b"RIFF"
-    with pytest.raises(openai.NotFoundError) as exc:
+    with pytest.raises(openai.BadRequestError) as exc:  # ours, on another lane: named as such
         oa.audio.speech.create(model="smollm2", voice="alloy", input="Hi.", response_format="wav")
-    assert "tts models: piper, espeak" in str(exc.value)
+    assert "smollm2 is a llm model" in str(exc.value) and "tts models: piper, espeak" in str(exc.value)
     r = oa.images.generate(model="dall-e-3", prompt="a boat", size="64x64", response_format="b64_json")
     assert base64.b64decode(r.data[0].b64_json or "")[:4] == b"\x89PNG"
     with pytest.raises(openai.NotFoundError) as exc:
@@ -153,6 +153,37 @@ def test_unknown_model_is_an_openai_error(oa: OpenAI, server: Server) -> None:
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
     assert "smollm2" in body["error"]["message"]
+
+
+def test_models_retrieve_and_a_model_of_another_lane_named_as_such(oa: OpenAI) -> None:
+    assert oa.models.retrieve("smollm2").owned_by == "ris:llm"
+    assert oa.models.retrieve("piper").owned_by == "ris:tts"
+    with pytest.raises(openai.NotFoundError) as nf:
+        oa.models.retrieve("gpt-4o")
+    assert "smollm2" in str(nf.value)
+    with pytest.raises(openai.BadRequestError) as exc:  # a speech model picked in a chat UI
+        oa.chat.completions.create(model="piper", messages=SKY)
+    assert exc.value.code == "model_wrong_lane" and exc.value.param == "model"
+    assert "piper is a tts model" in str(exc.value) and "llm models: smollm2" in str(exc.value)
+
+
+def test_nothing_is_silently_ignored(oa: OpenAI) -> None:
+    """A typo, a feature we lack and a part the model cannot read are each a 400 naming them;
+    bookkeeping fields pass."""
+    with pytest.raises(openai.BadRequestError) as exc:
+        oa.chat.completions.create(model="smollm2", messages=SKY, extra_body={"max_token": 5})
+    assert exc.value.code == "unknown_parameter" and exc.value.param == "max_token"
+    with pytest.raises(openai.BadRequestError) as exc:
+        oa.chat.completions.create(model="smollm2", messages=SKY, reasoning_effort="low")
+    assert exc.value.code == "unsupported_parameter" and exc.value.param == "reasoning_effort"
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError) as exc:
+        oa.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": [picture]}])
+    assert exc.value.code == "unsupported_content" and "smollm2 reads text only" in str(exc.value)
+    r = oa.chat.completions.create(
+        model="smollm2", messages=SKY, max_tokens=2, user="u1", metadata={"a": "b"}
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
 
 
 def test_invalid_parameter_is_400_in_openai_shape(server: Server) -> None:

@@ -1,11 +1,10 @@
-"""Request bodies of the OpenAI-compatible API. Fields that change nothing about the answer
-(user, metadata, store, ...) are accepted and ignored, as OpenAI's own SDKs expect; fields that
-ask for something not implemented (logprobs, logit_bias, penalties, n > 1) are refused by
-`refuse_unsupported`, never silently ignored. The limits are the seed API's (ris.api.limits)."""
+"""Request bodies of the OpenAI-compatible API. A top-level body or a message keeps the fields
+it does not declare (`model_extra`) for `openai_strict`, the one list of what is ignored and
+what is refused; nested objects (tools, formats, options) refuse undeclared fields outright.
+The limits are the seed API's (ris.api.limits)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -36,12 +35,20 @@ class _OpenAIBody(RequestBody):
         return self
 
 
-class ContentPart(RequestBody):
+class _Part(RequestBody):
+    """A nested object: a field it does not declare is a 400 naming it (no silent drops)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ContentPart(_OpenAIBody):
+    """A part of a message; parts other than text are refused by openai_strict, naming them."""
+
     type: str
     text: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
 
 
-class CalledFunction(RequestBody):
+class CalledFunction(_Part):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     arguments: str = Field(default="{}", max_length=MAX_MESSAGE_CHARS, description="a JSON object")
 
@@ -66,12 +73,12 @@ class OAMessage(_OpenAIBody):
         return self.content or ""
 
 
-class StreamOptions(RequestBody):
+class StreamOptions(_Part):
     include_usage: bool = False
 
 
-class JSONSchemaFormat(RequestBody):
-    model_config = ConfigDict(populate_by_name=True)
+class JSONSchemaFormat(_Part):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     name: str = Field(default="response", pattern=TOOL_NAME_PATTERN)
     description: str | None = Field(default=None, max_length=MAX_TOOL_DESCRIPTION_CHARS)
@@ -82,28 +89,28 @@ class JSONSchemaFormat(RequestBody):
     strict: bool | None = None
 
 
-class ResponseFormat(RequestBody):
+class ResponseFormat(_Part):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
 
-class FunctionDef(RequestBody):
+class FunctionDef(_Part):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str = Field(default="", max_length=MAX_TOOL_DESCRIPTION_CHARS)
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None  # arguments are held to `parameters` by a grammar when required
 
 
-class ToolDef(RequestBody):
+class ToolDef(_Part):
     type: Literal["function"]
     function: FunctionDef
 
 
-class ChosenFunction(RequestBody):
+class ChosenFunction(_Part):
     name: str
 
 
-class NamedToolChoice(RequestBody):
+class NamedToolChoice(_Part):
     type: Literal["function"]
     function: ChosenFunction
 
@@ -129,31 +136,6 @@ class ChatCompletionRequest(SamplingBody):
     tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-
-
-def _given(value: Any) -> bool:
-    return value not in (None, False, 0, 0.0, "", [], {})
-
-
-# Fields of OpenAI's text APIs that would change the answer and are not implemented: a request
-# that sets them (to anything but their neutral value) is refused with 400 naming the field.
-# Each maps to when it counts as set.
-UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "logprobs": _given,
-    "top_logprobs": _given,
-    "logit_bias": _given,
-    "frequency_penalty": _given,
-    "presence_penalty": _given,
-    "best_of": lambda v: v not in (None, 1),
-    "echo": _given,
-    "suffix": _given,
-    "functions": _given,  # OpenAI's deprecated form of tools
-    "function_call": lambda v: v not in (None, "none", "auto"),
-    "audio": _given,
-    "modalities": lambda v: v not in (None, ["text"]),
-    "prediction": _given,
-    "web_search_options": _given,
-}
 
 
 class CompletionRequest(SamplingBody):

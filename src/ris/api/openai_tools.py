@@ -10,13 +10,13 @@ from typing import Any
 
 from ris.api.errors import APIError
 from ris.api.openai_schemas import (
-    UNSUPPORTED,
     ChatCompletionRequest,
     NamedToolChoice,
     OAMessage,
     ResponseFormat,
     SamplingBody,
 )
+from ris.api.openai_strict import CHAT, COMPLETIONS, refuse_unknown, refuse_unreadable_messages
 from ris.lanes.llm import Constraint, Message, Tool, ToolCall
 from ris.lanes.llm_tools import call_schema, may_become_call, parse_calls
 
@@ -25,18 +25,15 @@ ROLES = {"developer": "system"}
 
 
 def refuse_unsupported(body: SamplingBody) -> None:
-    """400 naming the first field that asks for something not implemented."""
+    """400 naming the first field that asks for something not implemented, or that no route
+    of ours knows (openai_strict)."""
+    if isinstance(body, ChatCompletionRequest):
+        refuse_unknown(body, CHAT)
+        refuse_unreadable_messages(body)
+    else:
+        refuse_unknown(body, COMPLETIONS)
     if body.n != 1:
         raise APIError(400, "unsupported_parameter", f"n is {body.n}; only n=1 is supported", param="n")
-    for name, value in (body.model_extra or {}).items():
-        wanted = UNSUPPORTED.get(name)
-        if wanted is not None and wanted(value):
-            raise APIError(
-                400,
-                "unsupported_parameter",
-                f"{name} is not supported by this server (leave it out); see docs/OPENAI_COMPATIBILITY.md",
-                param=name,
-            )
 
 
 # JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):

@@ -24,6 +24,7 @@ from ris.api.deps import (
 from ris.api.errors import APIError
 from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, image_side_ok, wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
+from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
 from ris.api.routes.image import result_url
 from ris.api.streams import StreamBroken
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, tts_rate
@@ -55,6 +56,7 @@ DEFAULT_VOICES = dict.fromkeys(
     summary="Speech, streamed as it is synthesized (wav or pcm)",
 )
 async def speech(body: SpeechRequest, request: Request) -> Any:
+    refuse_unknown(body, SPEECH)
     engine = engine_of(request)
     if body.response_format not in ("wav", "pcm"):
         raise APIError(
@@ -108,6 +110,9 @@ def _media_model(engine: Engine, lane: str, name: str | None, openai_names: tupl
         return None
     if name in models:
         return name
+    refuse_other_lane(
+        engine, name, lane, f"/v1/{'audio/speech' if lane == Lane.TTS else 'images/generations'}"
+    )
     message = (
         f"The model '{name}' does not exist; {lane} models: {', '.join(models) or 'none'} "
         f"(OpenAI's {', '.join(openai_names)} mean the default)"
@@ -132,6 +137,7 @@ def _size(text: str, max_pixels: int) -> tuple[int, int]:
 
 @router.post("/images/generations", summary="Text to image; waits for the images")
 async def images_generations(body: ImageGenerationRequest, request: Request) -> Any:
+    refuse_unknown(body, IMAGES)
     engine = engine_of(request)
     require_lane(engine, Lane.IMAGE)
     width, height = _size(body.size, engine.config.server.max_image_pixels)

@@ -26,6 +26,7 @@ from ris.api.errors import APIError, failure
 from ris.api.llm_request import OPENAI, llm_request
 from ris.api.llm_support import llm_context, require_constraining_backend
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
+from ris.api.openai_strict import refuse_other_lane
 from ris.api.openai_tools import (
     ToolCallStream,
     ToolPlan,
@@ -48,21 +49,38 @@ JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/models", summary="Configured models of every lane")
-async def list_models(request: Request) -> dict[str, Any]:
-    engine = engine_of(request)
-    data = [
+def _models(engine: Engine) -> list[dict[str, Any]]:
+    return [
         {"id": name, "object": "model", "created": 0, "owned_by": f"ris:{lane}"}
         for lane, cfg in engine.config.lanes.items()
         if cfg.enabled
         for name in cfg.models
     ]
-    return {"object": "list", "data": data}
 
 
-def _llm_model(engine: Engine, name: str) -> str:
+@router.get("/models", summary="Configured models of every lane")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": _models(engine_of(request))}
+
+
+@router.get("/models/{model_id}", summary="One configured model (client.models.retrieve)")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    models = _models(engine_of(request))
+    for m in models:
+        if m["id"] == model_id:
+            return m
+    raise APIError(
+        404,
+        "model_not_found",
+        f"The model '{model_id}' does not exist; available: {', '.join(m['id'] for m in models) or 'none'}",
+        param="model",
+    )
+
+
+def _llm_model(engine: Engine, name: str, route: str) -> str:
     models = engine.config.lane(Lane.LLM).models
     if name not in models:
+        refuse_other_lane(engine, name, Lane.LLM, route)
         raise APIError(
             404,
             "model_not_found",
@@ -147,7 +165,7 @@ def _finish_reason(r: LLMResult) -> str:
 async def chat_completions(request: Request) -> Any:
     body = await json_body(request, ChatCompletionRequest)
     engine = engine_of(request)
-    model = _llm_model(engine, body.model)
+    model = _llm_model(engine, body.model, "/v1/chat/completions")
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     plan = tool_plan(body)
     req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
@@ -198,7 +216,7 @@ async def chat_completions(request: Request) -> Any:
 )
 async def completions(body: CompletionRequest, request: Request) -> Any:
     engine = engine_of(request)
-    model = _llm_model(engine, body.model)
+    model = _llm_model(engine, body.model, "/v1/completions")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
