@@ -16,7 +16,19 @@ from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, error_response, is_openai
 from ris.api.keys import KeyChecker
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
-from ris.api.routes import console, docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
+from ris.api.routes import (
+    console,
+    docs,
+    image,
+    llm,
+    openai_media,
+    openai_other,
+    openai_text,
+    ops,
+    speak,
+    tasks,
+    tts,
+)
 from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
 from ris.config import Config
@@ -25,7 +37,8 @@ from ris.runtime.engine import Engine
 # Every route module's router; this order is that of the paths in the OpenAPI schema (and so in
 # docs/API_REFERENCE.md).
 ROUTERS: tuple[APIRouter, ...] = tuple(
-    m.router for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, docs, console)
+    m.router
+    for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, openai_other, docs, console)
 )
 
 

@@ -8,6 +8,7 @@ tasks.py         /api/tasks, /api/tasks/{id}, /api/tasks/{id}/cancel
 ops.py           /health, /ready, /api/stats, /metrics, /api/models
 openai_text.py   /v1/models, /v1/chat/completions, /v1/completions
 openai_media.py  /v1/audio/speech, /v1/images/generations
+openai_other.py  the rest of the openai client's calls: a 400 naming the call not served
 docs.py          /docs, /redoc and their files, served here (no CDN)
 console.py       /, /ui (the web console's pages, login, files), /api/console/state
 
