@@ -18,20 +18,24 @@ from ris.runtime import data_lock
 
 def _load(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("RIS_CONFIG")
-    cfg = load_config(path) if path else default_config()
+    ray = getattr(args, "ray", None)
+    cluster = {"engine": "ray", "address": ray} if ray else None
+    if path:
+        # --ray is laid over the file before its one validation: the same rule as a "cluster"
+        # written in the file (cores and GPUs are the nodes', never checked against this host).
+        cfg = load_config(path, cluster=cluster)
+    else:
+        cfg = default_config()
+        if cluster:
+            data = cfg.model_dump(mode="json")
+            cfg = parse_config({**data, "cluster": {**data["cluster"], **cluster}})
     server = cfg.server.model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     )
     update: dict[str, Any] = {"server": server}
     if args.data_dir:
         update["data_dir"] = Path(args.data_dir).resolve()
-    cfg = cfg.model_copy(update=update)
-    if getattr(args, "ray", None):
-        # Validated again: on a cluster the cores and GPUs named are the nodes', not ours.
-        data = cfg.model_dump(mode="json")
-        data["cluster"] = {**data["cluster"], "engine": "ray", "address": args.ray}
-        cfg = parse_config(data)
-    return cfg
+    return cfg.model_copy(update=update)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -219,3 +219,18 @@ def test_parallel_is_bounded_and_only_for_lanes_that_batch() -> None:
     data = base()
     data["lanes"]["tts"]["parallel"] = 2
     assert "lanes.tts.parallel: 2; the tts lane runs one task at a time" in error_of(data)
+
+
+def test_a_cluster_given_on_the_command_line_is_the_files_rule(tmp_path: Path) -> None:
+    """`ris serve --ray` lays the cluster over the file before its one validation: a GPU lane
+    and cores this host lacks are the nodes' business, as with "cluster" in the file."""
+    data = base()
+    data["lanes"]["llm"].update(device="cuda:0", cores=[0, 1, 2, 3, 4, 5])
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="cuda:0"):
+        load_config(p, TWO_CORES)
+    on_ray = load_config(p, TWO_CORES, cluster={"engine": "ray", "address": "head:6379"})
+    p.write_text(json.dumps({**data, "cluster": {"engine": "ray", "address": "head:6379"}}))
+    assert load_config(p, TWO_CORES) == on_ray
+    assert on_ray.cluster.address == "head:6379" and on_ray.lane(Lane.LLM).device == "cuda:0"

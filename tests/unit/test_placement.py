@@ -200,3 +200,37 @@ def test_takes_answer_in_the_order_they_were_sent() -> None:
     out.send("done")
     out.end()
     assert out.take(4, 0.01) == (["done"], True)  # takes 2 and 3 had their turn
+
+
+def test_lanes_that_each_fit_but_not_together_are_refused_before_one_waits_for_ever() -> None:
+    """The documented head on a 2-CPU machine advertising both lanes: the LLM (1 CPU) and the
+    image lane (2 CPUs, its cores) each fit; together they ask for 3."""
+    c = cfg(
+        cluster(
+            tts={"enabled": False},
+            image={
+                "enabled": True,
+                "cores": [0, 1],
+                "default_model": "t",
+                "models": {"t": {"backend": "diffusers", "source": "tiny"}},
+            },
+        )
+    )
+    head = {"CPU": 2.0, "ris_lane_llm": 1.0, "ris_lane_image": 1.0}
+    (problem,) = refusals(c, [head])
+    assert problem.startswith("lanes.llm, lanes.image: each fits on a node alone, but not all at once")
+    assert "(Ray would keep 1 worker pending for ever)" in problem
+    assert "together they ask for {CPU: 3, ris_lane_image: 1, ris_lane_llm: 1}" in problem
+    assert "node 1: {CPU: 2, ris_lane_image: 1, ris_lane_llm: 1}" in problem
+    assert refusals(c, [{**head, "CPU": 3.0}]) == []
+    # A placement a first fit would miss is still found: the 2-CPU image worker takes the
+    # 2-CPU node, the LLM the 1-CPU one.
+    assert refusals(c, [{**head, "CPU": 1.0}, {**head, "CPU": 2.0}]) == []
+
+
+def test_replicas_count_each_in_the_packing() -> None:
+    c = cfg(cluster(tts={"replicas": 2}))
+    both = {"CPU": 2.0, "ris_lane_llm": 1.0, "ris_lane_tts": 2.0}
+    assert refusals(c, [both, SPEECH_NODE]) == []
+    (problem,) = refusals(c, [both])  # 3 workers, 1 CPU each, 2 CPUs
+    assert "lanes.tts (replica 2)" in problem and "not all at once" in problem

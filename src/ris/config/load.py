@@ -29,7 +29,12 @@ def parse_config(data: Any, machine: MachineInfo | None = None) -> Config:
     return check_config(cfg, machine or machine_info())
 
 
-def load_config(path: str | Path, machine: MachineInfo | None = None) -> Config:
+def load_config(
+    path: str | Path, machine: MachineInfo | None = None, cluster: dict[str, Any] | None = None
+) -> Config:
+    """Read and validate a config file. `cluster`: fields laid over its "cluster" before the
+    one validation (`ris serve --ray`), so cores and GPUs are checked against the machines that
+    will run the lanes, exactly as when the file itself names the cluster."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -39,6 +44,9 @@ def load_config(path: str | Path, machine: MachineInfo | None = None) -> Config:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if cluster and isinstance(data, dict):
+        given = data.get("cluster")
+        data = {**data, "cluster": {**(given if isinstance(given, dict) else {}), **cluster}}
     cfg = parse_config(data, machine)
     if not cfg.data_dir.is_absolute():
         # A relative data folder is relative to the config file, not to wherever ris was started.

@@ -84,10 +84,20 @@ def _fits(node: Mapping[str, float], need: Mapping[str, float]) -> int:
 
 
 def refusals(config: Config, nodes: Iterable[Mapping[str, float]]) -> list[str]:
-    """Why the cluster cannot host the config, one line per lane or group (empty: it can).
-    `nodes`: each alive node's total resources. Capacity is checked lane by lane (and for each
-    group as a whole), not every lane at once: Ray still queues what does not fit together."""
+    """Why the cluster cannot host the config (empty: it can). `nodes`: each alive node's total
+    resources. First lane by lane (and each group as a whole), one line each, naming what is
+    missing; then every worker at once, as Ray must place them: lanes that each fit but not
+    together (LLM and image wanting 3 CPUs of a 2-CPU head) would leave one pending for ever."""
     nodes = list(nodes)
+    problems = _lane_refusals(config, nodes)
+    if not problems:
+        unplaced = _pack(_workers(config), nodes)
+        if unplaced:
+            problems.append(_not_together(config, unplaced, nodes))
+    return problems
+
+
+def _lane_refusals(config: Config, nodes: list[Mapping[str, float]]) -> list[str]:
     problems: list[str] = []
     grouped = {lane for g in colocated_groups(config) for lane in g}
     for lane in config.enabled_lanes:
@@ -130,6 +140,94 @@ def _missing(where: str, need: Mapping[str, float], replicas: int, nodes: list[M
             f"asking for {dict(need)} each; advertise the lane's resource on more nodes or lower replicas"
         )
     return ""
+
+
+def _workers(config: Config) -> list[tuple[str, dict[str, float]]]:
+    """Every worker the config starts on the cluster, as (what, its bundle): one per replica of
+    a lane, one per group of lanes placed together (a STRICT_PACK group is one node's worth)."""
+    grouped = {lane for g in colocated_groups(config) for lane in g}
+    workers: list[tuple[str, dict[str, float]]] = []
+    for lane in config.enabled_lanes:
+        if lane not in grouped:
+            n = config.lane(lane).replicas
+            need = demand(config, lane).as_bundle()
+            workers += [(f"lanes.{lane}" + (f" (replica {i + 1})" if n > 1 else ""), need) for i in range(n)]
+    for group in colocated_groups(config):
+        need: dict[str, float] = {}
+        for lane in group:
+            for k, v in demand(config, lane).as_bundle().items():
+                need[k] = need.get(k, 0.0) + v
+        workers.append((f"lanes {' and '.join(group)}", need))
+    return workers
+
+
+# Past this many placements tried, the search stops and reports what first-fit left over: a
+# config has a handful of workers, so only a huge cluster gets there.
+_MAX_TRIES = 100_000
+
+
+def _pack(workers: list[tuple[str, dict[str, float]]], nodes: list[Mapping[str, float]]) -> list[str]:
+    """The workers that cannot be placed at once on the nodes (empty: all can). An exact
+    search: lanes are few, and a first fit can miss a placement that exists."""
+    order = sorted(workers, key=lambda w: -sum(w[1].values()))
+    free = [dict(n) for n in nodes]
+    tries = 0
+
+    def fits(need: Mapping[str, float], node: Mapping[str, float]) -> bool:
+        return all(node.get(k, 0.0) >= v - 1e-9 for k, v in need.items() if v > 0)
+
+    def place(i: int) -> bool:
+        nonlocal tries
+        if i == len(order):
+            return True
+        need = order[i][1]
+        seen: list[dict[str, float]] = []
+        for node in free:
+            tries += 1
+            if tries > _MAX_TRIES or node in seen or not fits(need, node):
+                continue
+            seen.append(dict(node))  # nodes left alike are one choice
+            for k, v in need.items():
+                node[k] = node.get(k, 0.0) - v
+            if place(i + 1):
+                return True
+            for k, v in need.items():
+                node[k] += v
+        return False
+
+    if place(0):
+        return []
+    # None found: what a first fit leaves over names the workers in the way.
+    free = [dict(n) for n in nodes]
+    left: list[str] = []
+    for what, need in order:
+        node = next((n for n in free if fits(need, n)), None)
+        if node is None:
+            left.append(what)
+            continue
+        for k, v in need.items():
+            node[k] = node.get(k, 0.0) - v
+    return left
+
+
+def _not_together(config: Config, unplaced: list[str], nodes: list[Mapping[str, float]]) -> str:
+    workers = _workers(config)
+    total: dict[str, float] = {}
+    for _, need in workers:
+        for k, v in need.items():
+            total[k] = total.get(k, 0.0) + v
+    has = "; ".join(f"node {i + 1}: {_fmt(n)}" for i, n in enumerate(nodes)) or "no nodes"
+    n = len(unplaced)
+    return (
+        f"{', '.join(w for w, _ in workers)}: each fits on a node alone, but not all at once "
+        f"(Ray would keep {n} worker{'s' if n > 1 else ''} pending for ever): together they ask for "
+        f"{_fmt(total)}; the cluster has {has}. Give the lanes fewer cores or threads, or add a node"
+    )
+
+
+def _fmt(resources: Mapping[str, float]) -> str:
+    shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU") or k.startswith(LANE_RESOURCE_PREFIX)}
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
 __all__ = [
