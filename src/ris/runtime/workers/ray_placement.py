@@ -108,13 +108,9 @@ def _lane_refusals(config: Config, nodes: list[Mapping[str, float]]) -> list[str
         if problem:
             problems.append(problem)
     for group in colocated_groups(config):
-        need = {}
-        for lane in group:
-            for k, v in demand(config, lane).as_bundle().items():
-                need[k] = need.get(k, 0.0) + v
         together = f"placed together: {group[-1]} yields to {', '.join(group[:-1])}"
         where = f"lanes {' and '.join(group)} ({together})"
-        problem = _missing(where, need, 1, nodes)
+        problem = _missing(where, _group_bundle(config, group), 1, nodes)
         if problem:
             problems.append(problem)
     return problems
@@ -152,13 +148,17 @@ def _workers(config: Config) -> list[tuple[str, dict[str, float]]]:
             n = config.lane(lane).replicas
             need = demand(config, lane).as_bundle()
             workers += [(f"lanes.{lane}" + (f" (replica {i + 1})" if n > 1 else ""), need) for i in range(n)]
-    for group in colocated_groups(config):
-        need: dict[str, float] = {}
-        for lane in group:
-            for k, v in demand(config, lane).as_bundle().items():
-                need[k] = need.get(k, 0.0) + v
-        workers.append((f"lanes {' and '.join(group)}", need))
+    workers += [(f"lanes {' and '.join(g)}", _group_bundle(config, g)) for g in colocated_groups(config)]
     return workers
+
+
+def _group_bundle(config: Config, group: tuple[str, ...]) -> dict[str, float]:
+    """What lanes placed together ask of their one node."""
+    need: dict[str, float] = {}
+    for lane in group:
+        for k, v in demand(config, lane).as_bundle().items():
+            need[k] = need.get(k, 0.0) + v
+    return need
 
 
 # Past this many placements tried, the search stops and reports what first-fit left over: a
