@@ -131,6 +131,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 node = f"node {r['node'][:12]} at {r['node_ip']}" if r.get("node") else "local"
                 pid = r["pid"] or "-"
                 print(f"       replica {i}: {r['state']} pid {pid} on {node}, running {r['running']}")
+                if r.get("error") and r["error"] != w.get("error"):
+                    print(f"         error: {r['error']}")
     return 0
 
 

@@ -60,6 +60,18 @@ class ServiceProcess:
 
     def start(self, timeout: float = 300.0, env: dict[str, str] | None = None) -> Self:
         """Start it and wait until every lane is ready; `env` adds environment variables."""
+        self.launch(env)
+        assert self.proc is not None
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.proc.kill()  # never leave a half-started server behind
+            self.proc.wait()
+            raise
+        return self
+
+    def launch(self, env: dict[str, str] | None = None) -> None:
+        """Start the process and return at once (the caller waits for what it expects)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -76,13 +88,6 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 env=None if env is None else {**os.environ, **env},
             )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.proc.kill()  # never leave a half-started server behind
-            self.proc.wait()
-            raise
-        return self
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

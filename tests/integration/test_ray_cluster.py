@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ris import Client
@@ -182,6 +183,41 @@ def test_a_lane_no_node_can_host_is_refused_at_start(tmp_path: Path, ray_cluster
     assert "lanes.image: no node of the Ray cluster has resource 'GPU'" in done.stderr
     assert "lanes.tts.replicas: 3, but the Ray cluster's nodes can host 2" in done.stderr
     assert time.monotonic() - start < 60  # refused, not left pending
+
+
+def test_a_lane_ray_cannot_place_is_reported_pending_and_refuses_requests(
+    tmp_path: Path, ray_cluster: dict[str, Any], ray_server: Server
+) -> None:
+    """The start check counts the nodes' totals; ray_server's two replicas hold both speech
+    nodes' ris_lane_tts, so this server's TTS actor waits for ever. Within seconds that is an
+    error everywhere, with what it asks for, and its requests are refused, not queued."""
+    cfg = cluster_config(tmp_path, ray_cluster["address"], tts={"replicas": 1}, image={"enabled": False})
+    srv = Server(tmp_path, cfg)
+    srv.launch()
+    try:
+        start = time.monotonic()
+        pending: dict[str, Any] = {}
+
+        def reported() -> bool:
+            try:
+                pending.update(httpx.get(f"{srv.url}/ready", timeout=5).json().get("pending", {}))
+            except httpx.HTTPError:
+                return False  # not listening yet
+            return "tts" in pending
+
+        wait_for(reported, 60)
+        assert time.monotonic() - start < 30  # the goal: serving or reported within 30 s
+        assert "asks for {CPU: 1, ris_lane_tts: 1}" in pending["tts"], pending
+        assert "ris_lane_tts" not in pending["tts"].split("free in the cluster now:")[1], pending
+        wait_for(lambda: workers(srv, "llm")[0]["state"] == "ready", 240)  # the others serve
+        r = httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": "Hello."}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "lane_pending", r.text
+        (tts,) = workers(srv, "tts")
+        assert tts["state"] == "pending" and "Ray has not placed the tts worker" in tts["error"]
+        assert "pending" in ris_status(srv.url)
+        assert "Ray has not placed the tts worker" in srv.log()  # and the log says it
+    finally:
+        srv.stop()
 
 
 def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(

@@ -46,6 +46,7 @@ class FakeWorker:
         self.starts = 0
         self.kills = 0
         self.rss: int | None = None  # what the watchdog reads; a test sets it
+        self.waiting: str | None = None  # what it waits for before it runs; a test sets it
         self._alive = False
 
     # LaneWorker
@@ -74,6 +75,9 @@ class FakeWorker:
 
     def memory_bytes(self) -> int | None:
         return self.rss if self._alive else None
+
+    def waiting_for(self) -> str | None:
+        return self.waiting if self._alive else None
 
     # what a test makes the worker say
     def ready(self, slots: int = 1, models: tuple[m.ModelInfo, ...] = ()) -> None:

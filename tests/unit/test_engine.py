@@ -235,6 +235,26 @@ async def test_a_busy_worker_without_progress_is_replaced_and_progress_keeps_it(
 
 
 @run
+async def test_a_worker_its_cluster_has_not_placed_is_pending_and_refuses_work(tmp_path: Path) -> None:
+    """A Ray actor no node has room for: said in the snapshot and /ready, and a request is
+    refused (lane_pending) rather than queued behind a placement that may never come."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.waiting = "it asks for {CPU: 2}, free in the cluster now: {CPU: 1}"
+        with pytest.raises(LaneUnavailable, match=r"llm lane cannot serve yet: it asks for \{CPU: 2\}") as e:
+            eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        assert e.value.code == "lane_pending"
+        (status,) = next(s for s in eng.snapshot().lanes if s.lane == Lane.LLM).workers
+        assert status.state == "pending" and status.error == llm.waiting
+        assert eng.pending() == {"llm": llm.waiting} and not eng.ready()["llm"]
+        llm.waiting = None  # placed
+        llm.ready()
+        assert eng.pending() == {}
+        assert next(s for s in eng.snapshot().lanes if s.lane == Lane.LLM).workers[0].state == "ready"
+        eng.submit(LLM, "m", LLMRequest(prompt="a"))
+
+
+@run
 async def test_a_model_that_cannot_load_makes_the_lane_unavailable_until_it_can(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]

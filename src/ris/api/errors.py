@@ -64,7 +64,7 @@ def queue_full(e: QueueFull) -> APIError:
 
 
 def lane_unavailable(e: LaneUnavailable) -> APIError:
-    return APIError(503, "lane_unavailable", str(e), headers={"Retry-After": "5"})
+    return APIError(503, e.code, str(e), headers={"Retry-After": "5"})
 
 
 # HTTP status of a task (or a speaking pipeline) that ended without success, by its error code

@@ -52,11 +52,13 @@ Res = TypeVar("Res", bound=LaneResult)
 
 
 class LaneUnavailable(Exception):
-    """The lane is disabled, or its worker cannot start; the message says which."""
+    """The lane is disabled, its worker cannot start, or it waits for a cluster to place it
+    (`code` "lane_pending"); the message says which."""
 
-    def __init__(self, lane: str, message: str) -> None:
+    def __init__(self, lane: str, message: str, code: str = "lane_unavailable") -> None:
         super().__init__(message)
         self.lane = lane
+        self.code = code
 
 
 class Engine:
@@ -234,6 +236,10 @@ class Engine:
         failures = [r.failure for r in self._replicas[lane] if r.watch.state is WorkerState.FAILED]
         if failures and len(failures) == len(self._replicas[lane]) and failures[0] is not None:
             raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failures[0].message}")
+        waiting = [r.worker.waiting_for() for r in self._replicas[lane]]
+        if all(waiting):
+            # Accepted, it would wait behind a false ETA for a placement that may never come.
+            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting[0]}", "lane_pending")
         cfg = self.config.lane(lane)
         spec = TaskSpec(
             lane=lane,
@@ -475,6 +481,15 @@ class Engine:
 
     def ready(self) -> dict[str, bool]:
         return {lane: all(r.ready for r in rs) for lane, rs in self._replicas.items()}
+
+    def pending(self) -> dict[str, str]:
+        """Lanes with a worker that waits for its cluster to place it, and what it waits for."""
+        out: dict[str, str] = {}
+        for lane, rs in self._replicas.items():
+            waiting = next((w for w in (r.worker.waiting_for() for r in rs) if w), None)
+            if waiting:
+                out[lane] = waiting
+        return out
 
     def lookup(self, task_id: str) -> TaskView[Any] | None:
         """A task from the scheduler (live and recent) or the durable store (older, or from

@@ -137,8 +137,9 @@ class OutputRates:
 def worker_status(r: Replica) -> WorkerStatus:
     usage = r.worker.usage()
     info = r.ready_info
+    waiting = r.worker.waiting_for()
     return WorkerStatus(
-        state=r.watch.state.value,
+        state="pending" if waiting else r.watch.state.value,
         slots=info.slots if info else 0,
         running=len(r.running),
         restarts=r.watch.restarts,
@@ -150,7 +151,7 @@ def worker_status(r: Replica) -> WorkerStatus:
         rss_bytes=usage.rss_bytes,
         memory_limit_bytes=r.watch.limits.memory_bytes,
         gpu_memory_bytes=usage.gpu_memory_bytes,
-        error=r.failure.message if r.failure else None,
+        error=waiting or (r.failure.message if r.failure else None),
         node=usage.node,
         node_ip=usage.node_ip,
     )

@@ -22,9 +22,14 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", summary="Every enabled lane's worker is up (503 otherwise)")
 async def ready(request: Request) -> JSONResponse:
-    lanes = engine_of(request).ready()
+    engine = engine_of(request)
+    lanes = engine.ready()
     ok = bool(lanes) and all(lanes.values())
-    return JSONResponse({"ready": ok, "lanes": lanes}, status_code=200 if ok else 503)
+    body: dict[str, object] = {"ready": ok, "lanes": lanes}
+    pending = engine.pending()
+    if pending:  # a worker a cluster has not placed: not "starting", and said why
+        body["pending"] = pending
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/api/stats", summary="Per-lane queues, outcomes, latency, resources")

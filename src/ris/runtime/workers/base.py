@@ -83,6 +83,11 @@ class LaneWorker(Protocol):
         """Resident memory now (None when unknown); read by the watchdog several times a second,
         so cheap and without side effects on usage()'s CPU reading."""
 
+    def waiting_for(self) -> str | None:
+        """What keeps a started worker from even running, said for people (a Ray actor no node
+        has room for: the resources it asks for and what is free); None otherwise, always for
+        a local process. Cheap: read on every submit."""
+
 
 class WorkerPool(Protocol):
     """The workers of one kind for every lane, and what they share (an activity board, a

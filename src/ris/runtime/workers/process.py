@@ -177,6 +177,9 @@ class ProcessWorker:
             await asyncio.to_thread(proc.join, timeout)
         self.kill()
 
+    def waiting_for(self) -> str | None:
+        return None  # a local process runs as soon as it is spawned
+
     def memory_bytes(self) -> int | None:
         pid = self._proc.pid if self._proc is not None else None
         if pid is None or not self.alive():

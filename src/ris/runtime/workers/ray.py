@@ -46,12 +46,15 @@ from ris.preemption.policy import Activity
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec
 from ris.runtime.workers.ray_cluster import Placements, check_cluster
-from ris.runtime.workers.ray_placement import demand, threads_in_cluster
+from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
 
 # How long one take() waits for a message; heartbeats (every 0.5 s) end most waits sooner.
 POLL_S = 2.0
+# An actor whose node has room answers its first take within a few seconds (its process starts,
+# it has not loaded a model yet); one silent this long waits for Ray to find it room.
+PENDING_AFTER_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,9 @@ class RayWorker:
         self._seq = 0
         self._generation = 0
         self._pump: asyncio.Task[None] | None = None
+        self._placement: asyncio.Task[None] | None = None
         self._last: _Batch | None = None
+        self._waiting: str | None = None  # what Ray has not found for the actor yet
 
     # ----- LaneWorker ----------------------------------------------------------------------
 
@@ -285,7 +290,9 @@ class RayWorker:
         self._dead = self._ended = False
         self._seq = 0
         self._last = None
+        self._waiting = None
         self._pump = self._loop.create_task(self._pump_loop(self._actor, self._generation))
+        self._placement = self._loop.create_task(self._watch_placement(self._generation))
 
     def send(self, msg: object) -> bool:
         if self._actor is None or self._dead:
@@ -300,9 +307,11 @@ class RayWorker:
     def kill(self) -> None:
         self._generation += 1  # whatever the old actor still sends is dropped
         actor, self._actor = self._actor, None
-        if self._pump is not None:
-            self._pump.cancel()
-            self._pump = None
+        for task in (self._pump, self._placement):
+            if task is not None:
+                task.cancel()
+        self._pump = self._placement = None
+        self._waiting = None
         if actor is not None:
             try:
                 ray.kill(actor, no_restart=True)
@@ -316,6 +325,9 @@ class RayWorker:
             self.send(m.Shutdown())
             await asyncio.wait([pump], timeout=timeout)
         self.kill()
+
+    def waiting_for(self) -> str | None:
+        return self._waiting
 
     def memory_bytes(self) -> int | None:
         return self._last.rss_bytes if self._last is not None and self.alive() else None
@@ -333,6 +345,30 @@ class RayWorker:
             node=b.node_id,
             node_ip=b.node_ip,
         )
+
+    # ----- placement -----------------------------------------------------------------------
+
+    async def _watch_placement(self, generation: int) -> None:
+        """Say so, with what it asks for and what is free, when Ray keeps the actor pending: the
+        start check counted the nodes' totals, and a node lost since or another Ray job holding
+        the resources leaves it waiting with no error of Ray's own."""
+        await asyncio.sleep(PENDING_AFTER_S)
+        if generation != self._generation or self._last is not None:
+            return
+        o = self._options
+        need = {"CPU": o["num_cpus"], "GPU": o["num_gpus"], **o["resources"]}
+        try:
+            free: dict[str, float] = await self._loop.run_in_executor(None, ray.available_resources)
+        except Exception:  # noqa: BLE001 - the head is gone too: say what is asked for
+            free = {}
+        if generation != self._generation or self._last is not None:
+            return
+        self._waiting = (
+            f"Ray has not placed the {self.spec.lane} worker after {PENDING_AFTER_S:g} s: it asks "
+            f"for {format_resources({k: v for k, v in need.items() if v})}, free in the cluster now: "
+            f"{format_resources(free)} (a node lost since the start, or other Ray jobs holding them)"
+        )
+        log.error("%s", self._waiting)
 
     # ----- the long poll -------------------------------------------------------------------
 
@@ -354,6 +390,9 @@ class RayWorker:
                 return
             if generation != self._generation:
                 return
+            if self._waiting is not None:
+                log.warning("the %s worker is placed (it waited for the Ray cluster)", self.spec.lane)
+                self._waiting = None
             self._last = batch
             self._pool.reported(self.spec.lane, batch.activity)
             for msg in batch.messages:

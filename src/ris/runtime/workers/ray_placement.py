@@ -216,21 +216,24 @@ def _not_together(config: Config, unplaced: list[str], nodes: list[Mapping[str, 
     for _, need in workers:
         for k, v in need.items():
             total[k] = total.get(k, 0.0) + v
-    has = "; ".join(f"node {i + 1}: {_fmt(n)}" for i, n in enumerate(nodes)) or "no nodes"
+    has = "; ".join(f"node {i + 1}: {format_resources(n)}" for i, n in enumerate(nodes)) or "no nodes"
     n = len(unplaced)
     return (
         f"{', '.join(w for w, _ in workers)}: each fits on a node alone, but not all at once "
         f"(Ray would keep {n} worker{'s' if n > 1 else ''} pending for ever): together they ask for "
-        f"{_fmt(total)}; the cluster has {has}. Give the lanes fewer cores or threads, or add a node"
+        f"{format_resources(total)}; the cluster has {has}. "
+        "Give the lanes fewer cores or threads, or add a node"
     )
 
 
-def _fmt(resources: Mapping[str, float]) -> str:
+def format_resources(resources: Mapping[str, float]) -> str:
+    """CPUs, GPUs and lane resources, for people (Ray's other entries are noise here)."""
     shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU") or k.startswith(LANE_RESOURCE_PREFIX)}
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
 __all__ = [
+    "format_resources",
     "LANE_RESOURCE_PREFIX",
     "Demand",
     "colocated_groups",
