@@ -169,7 +169,9 @@ def test_a_running_image_task_reports_progress_and_is_cancelled_across_the_wire(
 
 def test_a_lane_no_node_can_host_is_refused_at_start(tmp_path: Path, ray_cluster: dict[str, Any]) -> None:
     # No node has a GPU, and only two advertise the speech lane.
-    cfg = cluster_config(tmp_path, ray_cluster["address"], image={"device": "cuda:0"}, tts={"replicas": 3})
+    cfg = cluster_config(
+        tmp_path, ray_cluster["address"], image={"device": "cuda:0"}, tts={"replicas": 3, "min_replicas": 3}
+    )
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     start = time.monotonic()
@@ -181,7 +183,7 @@ def test_a_lane_no_node_can_host_is_refused_at_start(tmp_path: Path, ray_cluster
     )
     assert done.returncode == 2, done.stderr
     assert "lanes.image: no node of the Ray cluster has resource 'GPU'" in done.stderr
-    assert "lanes.tts.replicas: 3, but the Ray cluster's nodes can host 2" in done.stderr
+    assert "lanes.tts.min_replicas: 3, but the Ray cluster's nodes can host 2" in done.stderr
     assert time.monotonic() - start < 60  # refused, not left pending
 
 

@@ -14,7 +14,13 @@ from ris.config.load import parse_config
 from ris.machine import MachineInfo
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
-from ris.runtime.workers.ray_placement import colocated_groups, demand, refusals, threads_in_cluster
+from ris.runtime.workers.ray_placement import (
+    colocated_groups,
+    demand,
+    refusals,
+    shortfalls,
+    threads_in_cluster,
+)
 
 HEAD = MachineInfo(cores=(0, 1), gpus=0)  # the server's own machine: no GPU, two cores
 
@@ -115,9 +121,17 @@ def test_a_gpu_lane_on_cpu_nodes_is_refused_naming_the_gpu() -> None:
     )
 
 
-def test_more_replicas_than_nodes_can_host_are_refused() -> None:
-    (problem,) = refusals(cfg(cluster(tts={"replicas": 3})), [LLM_NODE, SPEECH_NODE, SPEECH_NODE])
-    assert problem.startswith("lanes.tts.replicas: 3, but the Ray cluster's nodes can host 2 worker(s)")
+def test_more_replicas_than_nodes_can_host_start_short_unless_min_replicas_says_otherwise() -> None:
+    """A node lost: the server starts with the replicas it can place (the rest wait for a node),
+    unless min_replicas asks for more than the nodes hold."""
+    nodes = [LLM_NODE, SPEECH_NODE, SPEECH_NODE]
+    assert refusals(cfg(cluster(tts={"replicas": 3})), nodes) == []
+    assert shortfalls(cfg(cluster(tts={"replicas": 3})), nodes) == [
+        "lanes.tts (replica 3) waits for a node: the Ray cluster cannot host it now"
+    ]
+    (problem,) = refusals(cfg(cluster(tts={"replicas": 3, "min_replicas": 3})), nodes)
+    assert problem.startswith("lanes.tts.min_replicas: 3, but the Ray cluster's nodes can host 2 worker(s)")
+    assert shortfalls(cfg(cluster(tts={"replicas": 2})), nodes) == []
 
 
 def test_resources_spread_over_nodes_that_none_has_together_are_refused() -> None:
@@ -232,5 +246,9 @@ def test_replicas_count_each_in_the_packing() -> None:
     c = cfg(cluster(tts={"replicas": 2}))
     both = {"CPU": 2.0, "ris_lane_llm": 1.0, "ris_lane_tts": 2.0}
     assert refusals(c, [both, SPEECH_NODE]) == []
-    (problem,) = refusals(c, [both])  # 3 workers, 1 CPU each, 2 CPUs
+    assert refusals(c, [both]) == []  # the LLM and one TTS replica: the least it starts with
+    assert shortfalls(c, [both]) == [
+        "lanes.tts (replica 2) waits for a node: the Ray cluster cannot host it now"
+    ]
+    (problem,) = refusals(cfg(cluster(tts={"replicas": 2, "min_replicas": 2})), [both])  # 3 CPUs, 2
     assert "lanes.tts (replica 2)" in problem and "not all at once" in problem

@@ -72,6 +72,11 @@ def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> l
     spec = kind(lane)
     where = f"lanes.{lane}"
     problems = []
+    if cfg.min_replicas > cfg.replicas:
+        problems.append(
+            f"{where}.min_replicas: {cfg.min_replicas} is more than replicas ({cfg.replicas}); "
+            "it is the part of replicas the server cannot start without"
+        )
     for core in cfg.cores or ():
         if machine is not None and core not in machine.cores:
             problems.append(

@@ -131,6 +131,13 @@ class LaneConfig(_Strict):
         description="workers serving the lane; the scheduler dispatches to free slots across them "
         "(meant for cluster mode, where each is placed on a node advertising the lane's resource)",
     )
+    min_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="cluster mode: the workers the nodes must be able to host for the server to "
+        "start; the others wait (pending) for nodes that can host them and serve once they join",
+    )
 
     @field_validator("device")
     @classmethod

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ris.config.schema import Config, ConfigError
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
-from ris.runtime.workers.ray_placement import colocated_groups, demand, refusals
+from ris.runtime.workers.ray_placement import colocated_groups, demand, refusals, shortfalls
 
 log = logging.getLogger("ris.worker")
 
@@ -63,12 +63,15 @@ def check_cluster(config: Config) -> None:
     """Refuse, naming the missing resource, a config whose lanes no node of the cluster can host
     (Ray would keep such an actor pending for ever)."""
     connect(config)
-    problems = refusals(config, alive_nodes())
+    nodes = alive_nodes()
+    problems = refusals(config, nodes)
     if problems:
         raise ConfigError(
             f"the Ray cluster at {config.cluster.address} cannot host this configuration:\n  - "
             + "\n  - ".join(problems)
         )
+    for line in shortfalls(config, nodes):  # started short: they join when a node does
+        log.warning("%s (it is pending until then; min_replicas says what a start needs)", line)
 
 
 @dataclass(frozen=True)

@@ -86,15 +86,25 @@ def _fits(node: Mapping[str, float], need: Mapping[str, float]) -> int:
 def refusals(config: Config, nodes: Iterable[Mapping[str, float]]) -> list[str]:
     """Why the cluster cannot host the config (empty: it can). `nodes`: each alive node's total
     resources. First lane by lane (and each group as a whole), one line each, naming what is
-    missing; then every worker at once, as Ray must place them: lanes that each fit but not
-    together (LLM and image wanting 3 CPUs of a 2-CPU head) would leave one pending for ever."""
+    missing; then every worker the server cannot start without (each lane's `min_replicas`)
+    at once, as Ray must place them: lanes that each fit but not together (LLM and image
+    wanting 3 CPUs of a 2-CPU head) would leave one pending for ever."""
     nodes = list(nodes)
     problems = _lane_refusals(config, nodes)
     if not problems:
-        unplaced = _pack(_workers(config), nodes)
+        unplaced = _pack(_workers(config, minimum=True), nodes)
         if unplaced:
             problems.append(_not_together(config, unplaced, nodes))
     return problems
+
+
+def shortfalls(config: Config, nodes: Iterable[Mapping[str, float]]) -> list[str]:
+    """Replicas above `min_replicas` the nodes cannot host now, one line each: the server starts
+    without them, they wait (pending) and serve when a node that can host them joins. Call it
+    on a config `refusals` passed."""
+    nodes = list(nodes)
+    unplaced = _pack(_workers(config), nodes)
+    return [f"{what} waits for a node: the Ray cluster cannot host it now" for what in unplaced]
 
 
 def _lane_refusals(config: Config, nodes: list[Mapping[str, float]]) -> list[str]:
@@ -104,7 +114,8 @@ def _lane_refusals(config: Config, nodes: list[Mapping[str, float]]) -> list[str
         if lane in grouped:
             continue
         need = demand(config, lane).as_bundle()
-        problem = _missing(f"lanes.{lane}", need, config.lane(lane).replicas, nodes)
+        cfg = config.lane(lane)
+        problem = _missing(f"lanes.{lane}", need, cfg.min_replicas, nodes, advertise=cfg.replicas)
         if problem:
             problems.append(problem)
     for group in colocated_groups(config):
@@ -116,13 +127,17 @@ def _lane_refusals(config: Config, nodes: list[Mapping[str, float]]) -> list[str
     return problems
 
 
-def _missing(where: str, need: Mapping[str, float], replicas: int, nodes: list[Mapping[str, float]]) -> str:
+def _missing(
+    where: str, need: Mapping[str, float], replicas: int, nodes: list[Mapping[str, float]], advertise: int = 1
+) -> str:
+    """Why the nodes cannot host `replicas` workers asking for `need` each ("" when they can);
+    `advertise`: how many of the lane's resource the hint tells a new node to advertise."""
     for name, amount in need.items():
         if not any(n.get(name, 0.0) >= amount - 1e-9 for n in nodes):
             have = max((n.get(name, 0.0) for n in nodes), default=0.0)
             hint = ""
             if name.startswith(LANE_RESOURCE_PREFIX):
-                hint = f"; start a node with `ray start --resources='{json.dumps({name: replicas})}'`"
+                hint = f"; start a node with `ray start --resources='{json.dumps({name: advertise})}'`"
             return (
                 f"{where}: no node of the Ray cluster has resource {name!r} >= {amount:g} "
                 f"(the most any node has: {have:g}){hint}"
@@ -132,20 +147,21 @@ def _missing(where: str, need: Mapping[str, float], replicas: int, nodes: list[M
         return f"{where}: no single node of the Ray cluster has all of {dict(need)} at once"
     if hosts < replicas:
         return (
-            f"{where}.replicas: {replicas}, but the Ray cluster's nodes can host {hosts} worker(s) "
-            f"asking for {dict(need)} each; advertise the lane's resource on more nodes or lower replicas"
+            f"{where}.min_replicas: {replicas}, but the Ray cluster's nodes can host {hosts} worker(s) "
+            f"asking for {dict(need)} each; advertise the lane's resource on more nodes or lower min_replicas"
         )
     return ""
 
 
-def _workers(config: Config) -> list[tuple[str, dict[str, float]]]:
+def _workers(config: Config, minimum: bool = False) -> list[tuple[str, dict[str, float]]]:
     """Every worker the config starts on the cluster, as (what, its bundle): one per replica of
-    a lane, one per group of lanes placed together (a STRICT_PACK group is one node's worth)."""
+    a lane (`minimum`: its min_replicas only), one per group of lanes placed together (a
+    STRICT_PACK group is one node's worth)."""
     grouped = {lane for g in colocated_groups(config) for lane in g}
     workers: list[tuple[str, dict[str, float]]] = []
     for lane in config.enabled_lanes:
         if lane not in grouped:
-            n = config.lane(lane).replicas
+            n = config.lane(lane).min_replicas if minimum else config.lane(lane).replicas
             need = demand(config, lane).as_bundle()
             workers += [(f"lanes.{lane}" + (f" (replica {i + 1})" if n > 1 else ""), need) for i in range(n)]
     workers += [(f"lanes {' and '.join(g)}", _group_bundle(config, g)) for g in colocated_groups(config)]
@@ -240,5 +256,6 @@ __all__ = [
     "demand",
     "lane_resource",
     "refusals",
+    "shortfalls",
     "threads_in_cluster",
 ]
