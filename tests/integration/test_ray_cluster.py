@@ -217,7 +217,7 @@ def test_a_lane_ray_cannot_place_is_reported_pending_and_refuses_requests(
         (tts,) = workers(srv, "tts")
         assert tts["state"] == "pending" and "Ray has not placed the tts worker" in tts["error"]
         assert "pending" in ris_status(srv.url)
-        assert "Ray has not placed the tts worker" in srv.log()  # and the log says it
+        assert "Ray has not placed the tts worker" in srv.log_path.read_text()  # and the log says it
     finally:
         srv.stop()
 
@@ -264,7 +264,23 @@ def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
     assert result[0].json()["error"]["code"] in ("worker_crashed", "worker_timeout"), result[0].text
     with Client(ray_server.url, timeout=60, max_retries=0) as c:
         assert c.synthesize("The other node serves on.").duration_s > 0.3
-        # Its replacement waits for a node with the lane's resource, then serves.
+    # A restart while the node is missing starts short: one replica serves, the other waits
+    # for a node (pending, said), and nobody edits the config.
+    ray_server.stop()
+    ray_server.launch()
+
+    def started_short() -> bool:
+        try:
+            states = sorted(w["state"] for w in workers(ray_server, "tts"))
+            return states == ["pending", "ready"] and workers(ray_server, "llm")[0]["state"] == "ready"
+        except httpx.HTTPError:
+            return False  # not listening yet
+
+    wait_for(started_short, 240)
+    assert "lanes.tts (replica 2) waits for a node" in ray_server.log_path.read_text()
+    with Client(ray_server.url, timeout=60, max_retries=0) as c:
+        assert c.synthesize("One replica serves while the other waits.").duration_s > 0.3
+        # The waiting replica is placed when a node with the lane's resource joins, and serves.
         cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
         wait_for(lambda: [w["state"] for w in workers(ray_server, "tts")] == ["ready", "ready"], 120)
         nodes = {w["node"] for w in workers(ray_server, "tts")}
