@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ris.api.deps import engine_of
 from ris.api.prometheus import CONTENT_TYPE, prometheus_text
@@ -36,13 +36,13 @@ async def stats(request: Request) -> dict[str, Any]:
     return {"lanes": lane_stats(engine.snapshot(), engine.config), "gpus": gpus_json(gpus)}
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def metrics(request: Request) -> PlainTextResponse:
     snapshot = engine_of(request).snapshot()
     # NVML and the text's encoding are blocking work: done off the event loop, on the frozen
     # snapshot taken here.
     body = await asyncio.to_thread(lambda: prometheus_text(snapshot, gpu_devices()))
-    return Response(body, media_type=CONTENT_TYPE)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
 
 @router.get("/api/models", summary="Configured models per lane")
