@@ -109,22 +109,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     head = (
-        f"{'lane':6} {'worker':9} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} "
-        f"{'done':>6} {'failed':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
+        f"{'lane':6} {'state':10} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} "
+        f"{'done':>6} {'failed':>6} {'cancel':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
     )
     print(head)
     for name, s in stats.items():
         w = s["worker"]
         cores = ",".join(map(str, w["cpu_affinity"] or s["cores"] or [])) or "all"
         lat = s["latency_s"]
+        # The lane's state: its worker's, or while ready what it does (prefill, decode, busy,
+        # yielding: an image paused for a real-time lane sharing its hardware).
+        state = s.get("state") or w["state"]
         print(
-            f"{name:6} {w['state']:9} {w['pid'] or '-':>7} {s['device']:7} {cores:9} "
+            f"{name:6} {state:10} {w['pid'] or '-':>7} {s['device']:7} {cores:9} "
             f"{s['queue_depth']:>4}/{s['max_queue']:<4} {s['running']:>3} {s['done']:>6} "
-            f"{s['failed']:>6} {_num(lat['p50']):>7} {_num(lat['p99']):>7} "
+            f"{s['failed']:>6} {s['cancelled']:>6} {_num(lat['p50']):>7} {_num(lat['p99']):>7} "
             f"{_num(w['cpu_percent'], 0):>5} {_fmt_bytes(w['rss_bytes']):>9}"
         )
         if w.get("error"):
             print(f"       error: {w['error']}")
+        rates = s.get("throughput_per_s") or {}
+        if rates:
+            shown = ", ".join(f"{_num(v, 3)} {_per_s(k)}" for k, v in sorted(rates.items()))
+            print(f"       throughput over the last {s['throughput_window_s']:.0f} s: {shown}")
         workers = s.get("workers", [])
         if len(workers) > 1 or any(r.get("node") for r in workers):
             for i, r in enumerate(workers):  # every replica, with the Ray node it runs on
@@ -134,6 +141,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if r.get("error") and r["error"] != w.get("error"):
                     print(f"         error: {r['error']}")
     return 0
+
+
+def _per_s(name: str) -> str:
+    """A counted name as a rate's unit: "generated_tokens" -> "generated tokens/s"."""
+    return f"{name.replace('_', ' ')}/s"
 
 
 def _num(v: float | None, digits: int = 2) -> str:
@@ -249,7 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        # What is still buffered goes now, where a reader that left (`ris status | head -1`)
+        # is caught below, not at the interpreter's exit with a traceback.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python's recipe (the signal module's docs, "Note on SIGPIPE"): point stdout at
+        # devnull so the exit's own flush finds no pipe either. SIGPIPE is not set to SIG_DFL:
+        # the server needs it ignored (a client's closed socket is an error, not a kill).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except ConfigError as e:
         print(f"ris: {e}", file=sys.stderr)
         return 2

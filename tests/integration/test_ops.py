@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -12,6 +14,8 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from ris import Client, RISError
 
@@ -39,13 +43,77 @@ def test_stats_report_every_lane(client: Client) -> None:
     assert lanes["image"]["worker"]["state"] == "ready" and lanes["image"]["worker"]["cpu_affinity"] == [0, 1]
 
 
-def test_prometheus_metrics(server: Server) -> None:
+def test_prometheus_metrics(server: Server, client: Client) -> None:
+    """After real LLM, TTS and image work, /metrics parses as Prometheus reads it: base units,
+    counters ending in _total, histograms whose buckets only grow, no family without samples."""
+    generation = client.generate("Count to five.", max_tokens=8, ignore_eos=True)
+    speech = client.synthesize("Metrics, please.")
+    client.image("a red square", steps=2, width=64, height=64)
     r = httpx.get(f"{server.url}/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    assert 'ris_worker_up{lane="llm"} 1' in text
-    assert "# TYPE ris_tasks_total counter" in text
-    assert 'ris_queue_depth{lane="tts"} 0' in text
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    found = {f.name: f for f in text_string_to_metric_families(r.text)}
+    for name, family in found.items():
+        assert family.samples, f"{name}: a family with no sample"
+        assert not re.search(r"percent|_ms$|milli", name), name
+        if family.type == "counter":
+            assert all(s.name == f"{name}_total" for s in family.samples), name
+        if family.type == "histogram":
+            assert name.endswith("_seconds"), name
+            check_histogram(family)
+    kinds = {name: f.type for name, f in found.items()}
+    for name in ("ris_task_latency_seconds", "ris_time_to_first_output_seconds", "ris_inter_output_seconds"):
+        assert kinds[name] == "histogram", name
+    for name in (
+        "ris_tasks",
+        "ris_generated_tokens",
+        "ris_prompt_tokens",
+        "ris_audio_seconds",
+        "ris_image_steps",
+    ):
+        assert kinds[name] == "counter", name
+    assert kinds["ris_worker_cpu_seconds"] == "counter" and kinds["ris_build_info"] == "gauge"
+
+    def value(family: str, name: str, **labels: str) -> float:
+        hits = [
+            s.value for s in found[family].samples if s.name == name and labels.items() <= s.labels.items()
+        ]
+        assert hits, (family, name, labels)
+        return sum(hits)
+
+    assert value("ris_worker_up", "ris_worker_up", lane="llm") == 1
+    assert value("ris_tasks_queued", "ris_tasks_queued", lane="tts") == 0
+    assert value("ris_worker_cpu_seconds", "ris_worker_cpu_seconds_total", lane="llm") > 0
+    assert (
+        value("ris_generated_tokens", "ris_generated_tokens_total", lane="llm")
+        >= generation.usage["completion_tokens"]
+    )
+    assert value("ris_audio_seconds", "ris_audio_seconds_total", lane="tts") >= speech.duration_s > 0
+    assert value("ris_image_steps", "ris_image_steps_total", lane="image") >= 2
+    assert value("ris_tasks", "ris_tasks_total", lane="image", outcome="succeeded") >= 1
+    # The first token came from the default model; so did its next ones (8 tokens: 7 gaps).
+    ttft = value("ris_time_to_first_output_seconds", "ris_time_to_first_output_seconds_count", lane="llm")
+    assert ttft >= 1
+    assert value("ris_inter_output_seconds", "ris_inter_output_seconds_count", lane="llm") >= 7
+    # No GPU on this machine: no GPU family at all (with one, each has a sample).
+    assert all(f.samples for n, f in found.items() if n.startswith("ris_gpu_"))
+
+
+def check_histogram(family: Metric) -> None:
+    """Per series: buckets cumulative (never falling as le grows), +Inf equal to _count."""
+    series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    counts: dict[tuple[tuple[str, str], ...], float] = {}
+    for s in family.samples:
+        key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+        if s.name.endswith("_bucket"):
+            series.setdefault(key, []).append((float(s.labels["le"]), s.value))
+        elif s.name.endswith("_count"):
+            counts[key] = s.value
+    assert series and set(series) == set(counts), family.name
+    for key, buckets in series.items():
+        buckets.sort()
+        values = [v for _, v in buckets]
+        assert values == sorted(values), (family.name, key, buckets)
+        assert buckets[-1] == (float("inf"), counts[key]), (family.name, key)
 
 
 def test_openapi_schema_lists_the_seed_api(server: Server) -> None:
@@ -209,11 +277,34 @@ def test_oversize_chunked_body_is_the_same_413(server: Server) -> None:
     assert small.status_code == 200 and small.json()["usage"]["completion_tokens"] == 2
 
 
-def test_ris_status_cli(server: Server) -> None:
+def test_ris_status_cli(server: Server, client: Client) -> None:
+    client.generate("Hi", max_tokens=4, ignore_eos=True)  # finished within the throughput window
     lines = ris_status(server.url).splitlines()
-    assert lines[0].split()[:3] == ["lane", "worker", "pid"]
-    assert any(line.startswith("llm") and "ready" in line for line in lines)
-    assert any(line.startswith("image") and "ready" in line for line in lines)
+    assert lines[0].split()[:3] == ["lane", "state", "pid"] and "cancel" in lines[0].split()
+    states = ("idle", "busy", "prefill", "decode", "yielding")
+    assert any(line.startswith("llm") and line.split()[1] in states for line in lines)
+    assert any(line.startswith("image") and line.split()[1] in states for line in lines)
+    throughput = [line for line in lines if "throughput over the last 60 s" in line]
+    assert any("generated tokens/s" in line and "tasks/s" in line for line in throughput), lines
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"]], ids=["table", "json"])
+def test_ris_status_into_a_pipe_its_reader_closed_prints_no_traceback(
+    server: Server, flags: list[str]
+) -> None:
+    command = [sys.executable, "-m", "ris", "status", "--url", server.url, *flags]
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first byte: every write meets EPIPE
+    try:
+        done = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
+    # As a user types it: `head -1` takes the first line and leaves.
+    piped = subprocess.run(
+        f"{shlex.join(command)} | head -1", shell=True, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert piped.stderr == "" and piped.stdout.startswith("{" if flags else "lane")
 
 
 def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: object) -> None:

@@ -1,8 +1,9 @@
 """`ris test isolation` finds the description's resource isolation test in this checkout;
-`ris pull --list` prints the catalogue."""
+`ris pull --list` prints the catalogue; a reader that leaves early gets no traceback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -24,3 +25,22 @@ def test_ris_pull_list() -> None:
     assert done.returncode == 0
     for name in ("qwen2.5", "llama3.2:1b", "sdxl-turbo", "piper:zh_CN-huayan-medium", "mobilediffusion"):
         assert name in done.stdout
+
+
+def test_output_into_a_pipe_whose_reader_left_ends_quietly() -> None:
+    """`ris pull --list | head -1` without the server `ris status` needs (its own test with a
+    live server is in tests/integration/test_ops.py): no BrokenPipeError traceback."""
+    read, write = os.pipe()
+    os.close(read)  # gone before the first byte: every write meets EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "pull", "--list"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd="/",
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")

@@ -1,11 +1,12 @@
-"""GPU statistics from NVML, rendered for /metrics; nothing at all where there is no GPU."""
+"""GPU statistics from NVML (rendered for /metrics in test_metrics.py); nothing at all where there
+is no GPU."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from ris.api.stats import gpus_json, prometheus_text
+from ris.api.stats import gpus_json
 from ris.gpus import GPUDevice, _device, gpu_devices
 
 
@@ -29,13 +30,6 @@ def test_a_device_as_nvml_describes_it() -> None:
     gpu = _device(FakeNVML(), 0)
     assert gpu == GPUDevice(0, "NVIDIA H100 80GB HBM3", 3 * 2**30, 80 * 2**30, 37)
     assert gpus_json([gpu])[0]["utilization_percent"] == 37
-
-
-def test_metrics_show_gpu_utilisation_and_memory() -> None:
-    text = prometheus_text({}, [GPUDevice(1, "H100", 2048, 4096, 55)])
-    assert 'ris_gpu_utilization_percent{gpu="1"} 55' in text
-    assert 'ris_gpu_memory_used_bytes{gpu="1"} 2048' in text
-    assert 'ris_gpu_memory_total_bytes{gpu="1"} 4096' in text
 
 
 def test_whatever_this_machine_has_is_consistent() -> None:

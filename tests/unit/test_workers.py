@@ -145,7 +145,9 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, (None, ()), pool)
         worker.start()
         await asyncio.sleep(0)
-        takes[0].set_result(ray_kind._Batch([], False, 7, 0, 0.0, "node", "10.0.0.2", int(Activity.PREFILL)))
+        takes[0].set_result(
+            ray_kind._Batch([], False, 7, 0, 0.0, 0.0, "node", "10.0.0.2", int(Activity.PREFILL))
+        )
         for _ in range(3):
             await asyncio.sleep(0)
         assert (pool.activity(Lane.LLM), pool.activity(Lane.TTS)) == (Activity.PREFILL, Activity.IDLE)

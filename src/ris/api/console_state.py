@@ -17,10 +17,8 @@ from ris.api.stats import lane_stats
 from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes.image import ImageResult
 from ris.lanes.tts import TTSResult
-from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
 from ris.runtime.snapshot import LaneStatus, Snapshot, TaskLists, TaskWindow
-from ris.runtime.supervisor import WorkerState
 from ris.runtime.views import TaskView
 
 # How far back the LLM timeline's yield windows reach.
@@ -36,12 +34,10 @@ WINDOW = TaskWindow(
 def console_state(engine: Engine) -> dict[str, Any]:
     snap = engine.snapshot(WINDOW)
     assert snap.tasks is not None
-    stats = lane_stats(snap)
-    activity = {lane.lane: lane.activity for lane in snap.lanes}
+    stats = lane_stats(snap, engine.config)
     lanes: dict[str, Any] = {}
     for lane in snap.lanes:
-        s = stats[lane.lane]
-        lanes[lane.lane] = {**s, **_lane_extras(engine, lane, s, activity)}
+        lanes[lane.lane] = {**stats[lane.lane], **_lane_extras(engine, lane)}
     return {
         "time": snap.time,
         # Machine-wide, per core: the lanes' cores are listed on their cards.
@@ -56,52 +52,16 @@ def console_state(engine: Engine) -> dict[str, Any]:
     }
 
 
-def _lane_extras(
-    engine: Engine, lane: LaneStatus, s: dict[str, Any], activity: dict[str, Activity | None]
-) -> dict[str, Any]:
+def _lane_extras(engine: Engine, lane: LaneStatus) -> dict[str, Any]:
     cfg = engine.config.lane(lane.lane)
     policy = resolve_policy(engine.config, lane.lane) if cfg.enabled else None
     return {
-        "state": _state(engine, lane.lane, s, activity),
         "uptime_s": lane.uptime_s,
         "threads_configured": cfg.threads,
         "nice": cfg.nice,
         "gpu": cfg.gpu_index,
         "yield_policy": policy.mode if policy is not None and yields_to(engine.config, lane.lane) else None,
     }
-
-
-def _state(engine: Engine, lane: str, s: dict[str, Any], activity: dict[str, Activity | None]) -> str:
-    """idle, prefill, decode, busy, yielding (an image paused for a real-time lane), starting,
-    restarting, failed, dead or disabled. A lane with replicas serves while any of them is
-    ready; the others' states show on its workers."""
-    workers = s["workers"] or [s["worker"]]
-    ready = [w for w in workers if w["state"] == WorkerState.READY]
-    worker = ready[0] if ready else workers[0]
-    state = worker["state"]
-    if state != WorkerState.READY:
-        # The supervisor starts a dead worker again at once (and a failed one after a back-off).
-        if state == WorkerState.DEAD or (state == WorkerState.STARTING and worker["restarts"] > 0):
-            return "restarting"
-        return str(state)
-    now = activity[lane]
-    if s["running"] and _yielding(engine, lane, activity):
-        return "yielding"
-    if now is not None and now is not Activity.IDLE:
-        return now.name.lower()
-    return "busy" if s["running"] else "idle"
-
-
-def _yielding(engine: Engine, lane: str, activity: dict[str, Activity | None]) -> bool:
-    """The lane's worker is pausing at its preemption points now: its policy protects what a
-    lane it shares hardware with is doing (the worker reads the same board, within a poll)."""
-    others = yields_to(engine.config, lane)
-    if not others:
-        return False
-    policy = resolve_policy(engine.config, lane)
-    if policy.mode == "none":
-        return False
-    return any((a := activity.get(o)) is not None and policy.protects(a) for o in others)
 
 
 def _yield_windows(engine: Engine, snap: Snapshot, tasks: TaskLists) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Per-lane statistics for /api/stats, `ris status` and the Prometheus /metrics text, from the
-engine's snapshot (ris.runtime.snapshot)."""
+"""Per-lane statistics for /api/stats and `ris status`, from the engine's snapshot
+(ris.runtime.snapshot); /metrics renders the same snapshot (ris.api.prometheus)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from ris.config import Config
+from ris.config.sharing import resolve_policy, yields_to
 from ris.gpus import GPUDevice
+from ris.preemption.policy import Activity
 from ris.runtime.snapshot import Snapshot, WorkerStatus
+from ris.runtime.supervisor import WorkerState
 
 # What a disabled lane shows as its (first) worker.
 NO_WORKER = WorkerStatus(state="disabled")
 
 
-def lane_stats(snapshot: Snapshot) -> dict[str, Any]:
-    """Every lane's JSON for /api/stats (and, rendered, /metrics)."""
+def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
+    """Every lane's JSON for /api/stats, `ris status` and the console."""
     out: dict[str, Any] = {}
+    rates = snapshot.metrics.rates
+    activity = {lane.lane: lane.activity for lane in snapshot.lanes}
     for lane in snapshot.lanes:
         s = lane.stats
         out[lane.lane] = {
@@ -43,111 +49,50 @@ def lane_stats(snapshot: Snapshot) -> dict[str, Any]:
             "rejected": s.rejected,
             "latency_s": {"p50": s.latency_p50, "p95": s.latency_p95, "p99": s.latency_p99},
             "queue_wait_p50_s": s.queue_wait_p50,
+            # What its worker publishes on the activity board (idle, prefill, decode, busy);
+            # None where the worker kind keeps no board.
+            "activity": None if lane.activity is None else lane.activity.name.lower(),
+            # Work per second over the last throughput_window_s, from the tasks that finished
+            # in it: "tasks" and the lane's own units (generated_tokens, audio_seconds, ...).
+            "throughput_per_s": dict(rates.get(lane.lane, {})),
+            "throughput_window_s": snapshot.metrics.window_s,
         }
+        out[lane.lane]["state"] = lane_state(config, lane.lane, out[lane.lane], activity)
     return out
+
+
+def lane_state(config: Config, lane: str, s: dict[str, Any], activity: dict[str, Activity | None]) -> str:
+    """idle, prefill, decode, busy, yielding (an image paused for a real-time lane), starting,
+    restarting, failed, dead or disabled. A lane with replicas serves while any of them is
+    ready; the others' states show on its workers."""
+    workers = s["workers"] or [s["worker"]]
+    ready = [w for w in workers if w["state"] == WorkerState.READY]
+    worker = ready[0] if ready else workers[0]
+    state = worker["state"]
+    if state != WorkerState.READY:
+        # The supervisor starts a dead worker again at once (and a failed one after a back-off).
+        if state == WorkerState.DEAD or (state == WorkerState.STARTING and worker["restarts"] > 0):
+            return "restarting"
+        return str(state)
+    now = activity[lane]
+    if s["running"] and _yielding(config, lane, activity):
+        return "yielding"
+    if now is not None and now is not Activity.IDLE:
+        return now.name.lower()
+    return "busy" if s["running"] else "idle"
+
+
+def _yielding(config: Config, lane: str, activity: dict[str, Activity | None]) -> bool:
+    """The lane's worker is pausing at its preemption points now: its policy protects what a
+    lane it shares hardware with is doing (the worker reads the same board, within a poll)."""
+    others = yields_to(config, lane)
+    if not others:
+        return False
+    policy = resolve_policy(config, lane)
+    if policy.mode == "none":
+        return False
+    return any((a := activity.get(o)) is not None and policy.protects(a) for o in others)
 
 
 def gpus_json(gpus: Sequence[GPUDevice]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(g) for g in gpus]
-
-
-def prometheus_text(stats: dict[str, Any], gpus: Sequence[GPUDevice] = ()) -> str:
-    """Render lane stats (and the machine's GPUs) in the Prometheus text exposition format
-    (version 0.0.4)."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, Any]]) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            if value is not None:
-                lines.append(f"{name}{{{labels}}} {float(value):.6g}")
-
-    lanes = list(stats.items())
-    metric(
-        "ris_worker_up",
-        "gauge",
-        "1 when the lane's worker is ready",
-        [(f'lane="{n}"', 1 if s["worker"]["state"] == "ready" else 0) for n, s in lanes],
-    )
-    metric(
-        "ris_worker_restarts_total",
-        "counter",
-        "worker restarts since the server started",
-        [(f'lane="{n}"', s["worker"]["restarts"]) for n, s in lanes],
-    )
-    metric(
-        "ris_queue_depth",
-        "gauge",
-        "tasks waiting in the lane's queue",
-        [(f'lane="{n}"', s["queue_depth"]) for n, s in lanes],
-    )
-    metric(
-        "ris_running",
-        "gauge",
-        "tasks running on the lane's worker",
-        [(f'lane="{n}"', s["running"]) for n, s in lanes],
-    )
-    metric(
-        "ris_tasks_total",
-        "counter",
-        "finished tasks by final state",
-        [
-            (f'lane="{n}",state="{st}"', s[st])
-            for n, s in lanes
-            for st in ("succeeded", "failed", "cancelled")
-        ],
-    )
-    metric(
-        "ris_rejected_total",
-        "counter",
-        "submissions refused with 429 because the lane's queue was full",
-        [(f'lane="{n}"', s["rejected"]) for n, s in lanes],
-    )
-    metric(
-        "ris_task_latency_seconds",
-        "summary",
-        "submission to finish, recent tasks",
-        [
-            (f'lane="{n}",quantile="{q}"', s["latency_s"][k])
-            for n, s in lanes
-            for q, k in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
-        ],
-    )
-    metric(
-        "ris_worker_cpu_percent",
-        "gauge",
-        "worker process CPU use",
-        [(f'lane="{n}"', s["worker"]["cpu_percent"]) for n, s in lanes],
-    )
-    metric(
-        "ris_worker_rss_bytes",
-        "gauge",
-        "worker process resident memory",
-        [(f'lane="{n}"', s["worker"]["rss_bytes"]) for n, s in lanes],
-    )
-    metric(
-        "ris_worker_gpu_memory_bytes",
-        "gauge",
-        "worker process GPU memory (NVML)",
-        [(f'lane="{n}"', s["worker"]["gpu_memory_bytes"]) for n, s in lanes],
-    )
-    metric(
-        "ris_gpu_utilization_percent",
-        "gauge",
-        "GPU busy share of the last sample period (NVML)",
-        [(f'gpu="{g.index}"', g.utilization_percent) for g in gpus],
-    )
-    metric(
-        "ris_gpu_memory_used_bytes",
-        "gauge",
-        "GPU memory in use, every process (NVML)",
-        [(f'gpu="{g.index}"', g.memory_used_bytes) for g in gpus],
-    )
-    metric(
-        "ris_gpu_memory_total_bytes",
-        "gauge",
-        "GPU memory (NVML)",
-        [(f'gpu="{g.index}"', g.memory_total_bytes) for g in gpus],
-    )
-    return "\n".join(lines) + "\n"

@@ -89,6 +89,17 @@ class Timings:
     total_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class Counted:
+    """An amount of work a finished task did, for a `ris_<name>_total` counter per lane and
+    model (/metrics) and a rate over a recent window (`ris status`). `name` ends in its unit,
+    in base units (`generated_tokens`, `audio_seconds`, `image_steps`)."""
+
+    name: str
+    help: str
+    value: float
+
+
 def timings_json(t: Timings) -> dict[str, float | None]:
     # By hand: dataclasses.asdict's deep copy showed on the request path.
     return {"queue_ms": t.queue_ms, "first_output_ms": t.first_output_ms, "total_ms": t.total_ms}
@@ -114,6 +125,10 @@ class LaneResult:
     def steps_done(self) -> int | None:
         """Progress units a finished task completed, where the lane counts them (image steps)."""
         return None
+
+    def counted(self) -> tuple[Counted, ...]:
+        """The work this task did, as its lane counts it (tokens, audio seconds, steps)."""
+        return ()
 
     def files(self) -> tuple[str, ...]:
         """The server's files this result names: kept, and deleted, with its task record."""
@@ -440,6 +455,7 @@ __all__ = [
     "Cancelled",
     "Coalesces",
     "Collector",
+    "Counted",
     "KeptOutputs",
     "LaneKind",
     "LaneResult",

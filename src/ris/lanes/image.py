@@ -19,6 +19,7 @@ from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
     Cancelled,
+    Counted,
     LaneKind,
     LaneResult,
     LaneRunner,
@@ -111,6 +112,9 @@ class ImageResult(LaneResult):
     @property
     def steps_done(self) -> int | None:
         return self.steps
+
+    def counted(self) -> tuple[Counted, ...]:
+        return (Counted("image_steps", "denoising steps run by finished tasks", self.steps),)
 
     def files(self) -> tuple[str, ...]:
         return (self.path,)

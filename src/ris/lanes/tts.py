@@ -25,6 +25,7 @@ from ris.lanes.base import (
     BackendError,
     Coalesces,
     Collector,
+    Counted,
     LaneKind,
     LaneResult,
     LaneRunner,
@@ -191,6 +192,9 @@ class TTSResult(LaneResult):
     duration_s: float
     # The WAV on the server's disk (its route serves it by task id).
     audio_path: str
+
+    def counted(self) -> tuple[Counted, ...]:
+        return (Counted("audio_seconds", "seconds of speech synthesized by finished tasks", self.duration_s),)
 
     def files(self) -> tuple[str, ...]:
         return (self.audio_path,)

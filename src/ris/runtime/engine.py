@@ -33,6 +33,7 @@ from ris.machine import MachineInfo
 from ris.runtime import data_lock
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
+from ris.runtime.metrics import WorkMeter
 from ris.runtime.replica import Replica
 from ris.runtime.retention import Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
@@ -91,6 +92,7 @@ class Engine:
         self._replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._rates = OutputRates(config.lanes)
+        self._meter = WorkMeter(clock)  # counters and histograms for /metrics and `ris status`
         self._pool = workers
         self._machine = machine
         self._monitor_interval_s = monitor_interval_s
@@ -342,10 +344,15 @@ class Engine:
             return
         now = self.clock()
         self._rates.output(handle.lane, now)
+        task = self._scheduler.get(msg.task_id)
         if handle.first_output_at is None:
             handle.first_output_at = now
+            if task is not None:
+                self._meter.first_output(handle.lane, handle.model, now - task.submitted_at)
+        elif handle.last_output_at is not None:
+            self._meter.output_gap(handle.lane, handle.model, now - handle.last_output_at)
+        handle.last_output_at = now
         event = handle.collector.add(msg.data)
-        task = self._scheduler.get(msg.task_id)
         if task is not None:
             self._scheduler.progress(msg.task_id, task.progress_done + 1)
         handle.events.put_nowait(event)
@@ -406,6 +413,15 @@ class Engine:
             self.durable.finished(task)
         if handle is None:
             return
+        result = task.result
+        self._meter.finished(
+            handle.lane,
+            handle.model,
+            task.state.value,
+            latency_s=None if task.finished_at is None else task.finished_at - task.submitted_at,
+            queue_wait_s=task.queue_wait,
+            counted=result.counted() if isinstance(result, LaneResult) else (),
+        )
         if task.state is not TaskState.SUCCEEDED:
             handle.collector.discard()  # a failed task's partial result goes with it
         handle.events.put_nowait(None)
@@ -548,7 +564,13 @@ class Engine:
                 view=lambda t: task_view(t, self._scheduler, self._wall),
                 wall=self._to_wall,
             )
-        return Snapshot(time=self.wall_clock(), now=self._to_wall(now), lanes=lanes_now, tasks=listed)
+        return Snapshot(
+            time=self.wall_clock(),
+            now=self._to_wall(now),
+            lanes=lanes_now,
+            tasks=listed,
+            metrics=self._meter.view(),
+        )
 
 
 __all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "TaskView"]

@@ -16,6 +16,7 @@ from typing import Any
 from ris.config import LaneConfig
 from ris.lanes.base import LaneResult
 from ris.preemption.policy import Activity
+from ris.runtime.metrics import MetricsView
 from ris.runtime.replica import Replica
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import LaneStats, Scheduler, Task, TaskState
@@ -37,6 +38,8 @@ class WorkerStatus:
     threads: int | None = None
     cuda_visible_devices: str | None = None
     cpu_percent: float | None = None
+    # CPU time (user and system) the worker process has used since it started.
+    cpu_seconds: float | None = None
     rss_bytes: int | None = None
     memory_limit_bytes: int | None = None
     gpu_memory_bytes: int | None = None
@@ -109,6 +112,8 @@ class Snapshot:
     now: float  # the scheduler's clock, as Unix seconds (what task times are measured on)
     lanes: tuple[LaneStatus, ...]  # every configured lane, enabled or not
     tasks: TaskLists | None = None  # when asked for
+    # Counters and histograms since the server started, and the recent rates (ris.runtime.metrics).
+    metrics: MetricsView = dataclasses.field(default_factory=MetricsView)
 
     def lane(self, name: str) -> LaneStatus:
         return next(s for s in self.lanes if s.lane == name)
@@ -148,6 +153,7 @@ def worker_status(r: Replica) -> WorkerStatus:
         threads=info.threads if info else None,
         cuda_visible_devices=info.cuda_visible_devices if info else None,
         cpu_percent=usage.cpu_percent,
+        cpu_seconds=usage.cpu_seconds,
         rss_bytes=usage.rss_bytes,
         memory_limit_bytes=r.watch.limits.memory_bytes,
         gpu_memory_bytes=usage.gpu_memory_bytes,

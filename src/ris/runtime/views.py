@@ -70,9 +70,10 @@ class TaskHandle(Generic[R]):
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     # Where its outputs are kept for the result builder (its lane kind's collector), and when
-    # the first one came (scheduler clock).
+    # the first and the latest came (scheduler clock).
     collector: Collector = field(default_factory=KeptOutputs)
     first_output_at: float | None = None
+    last_output_at: float | None = None
 
     @property
     def lane(self) -> str:

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ris.api.deps import engine_of
-from ris.api.stats import gpus_json, lane_stats, prometheus_text
+from ris.api.prometheus import CONTENT_TYPE, prometheus_text
+from ris.api.stats import gpus_json, lane_stats
 from ris.gpus import gpu_devices
 
 router = APIRouter(tags=["ops"])
@@ -36,14 +37,17 @@ async def ready(request: Request) -> JSONResponse:
 async def stats(request: Request) -> dict[str, Any]:
     # NVML is a blocking C library: asked off the event loop that streams the real-time lanes.
     gpus = await asyncio.to_thread(gpu_devices)
-    return {"lanes": lane_stats(engine_of(request).snapshot()), "gpus": gpus_json(gpus)}
+    engine = engine_of(request)
+    return {"lanes": lane_stats(engine.snapshot(), engine.config), "gpus": gpus_json(gpus)}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request) -> PlainTextResponse:
-    gpus = await asyncio.to_thread(gpu_devices)
-    stats = lane_stats(engine_of(request).snapshot())
-    return PlainTextResponse(prometheus_text(stats, gpus), media_type="text/plain; version=0.0.4")
+    snapshot = engine_of(request).snapshot()
+    # NVML and the text's encoding are blocking work: done off the event loop, on the frozen
+    # snapshot taken here.
+    body = await asyncio.to_thread(lambda: prometheus_text(snapshot, gpu_devices()))
+    return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
 
 @router.get("/api/models", summary="Configured models per lane")

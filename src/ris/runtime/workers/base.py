@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ris.messages import CancelTask, RunTask
 from ris.preemption.policy import Activity, PreemptionPolicy
@@ -54,11 +54,18 @@ class WorkerSpec:
 class ResourceUsage:
     pid: int | None = None
     cpu_percent: float | None = None  # since the previous reading
+    cpu_seconds: float | None = None  # user and system CPU time since the process started
     rss_bytes: int | None = None
     gpu_memory_bytes: int | None = None
     # The Ray node running the worker (its id and address); None for a local process.
     node: str | None = None
     node_ip: str | None = None
+
+
+def cpu_seconds(times: Any) -> float:
+    """A process's CPU time from psutil's `cpu_times()`: user and system, as Prometheus's
+    `process_cpu_seconds_total` counts it."""
+    return float(times.user + times.system)
 
 
 class LaneWorker(Protocol):

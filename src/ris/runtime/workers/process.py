@@ -30,7 +30,7 @@ from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
 from ris.runtime.binding import spawn_environment
 from ris.runtime.worker_main import worker_main
-from ris.runtime.workers.base import ResourceUsage, WorkerSpec
+from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
 
 if TYPE_CHECKING:
     from ris.config import Config
@@ -203,6 +203,7 @@ class ProcessWorker:
                 return ResourceUsage(
                     pid=pid,
                     cpu_percent=self._ps.cpu_percent(None),
+                    cpu_seconds=cpu_seconds(self._ps.cpu_times()),
                     rss_bytes=int(self._ps.memory_info().rss),
                     gpu_memory_bytes=gpu_memory(pid),
                 )

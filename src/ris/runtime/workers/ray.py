@@ -44,7 +44,7 @@ from ris.config.schema import Config
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
 from ris.runtime.worker_main import worker_main
-from ris.runtime.workers.base import ResourceUsage, WorkerSpec
+from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
 from ris.runtime.workers.ray_cluster import Placements, check_cluster
 from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
@@ -67,6 +67,7 @@ class _Batch:
     pid: int
     rss_bytes: int
     cpu_percent: float
+    cpu_seconds: float
     node_id: str
     node_ip: str
     # The lane's activity on the worker's board when the take answered (Activity's value).
@@ -181,6 +182,7 @@ class LaneActor:
             os.getpid(),
             int(self._proc.memory_info().rss),
             float(self._proc.cpu_percent(None)),
+            cpu_seconds(self._proc.cpu_times()),
             self._node_id,
             self._node_ip,
             int(self._board.get(self._lane)),
@@ -341,6 +343,7 @@ class RayWorker:
         return ResourceUsage(
             pid=b.pid,
             cpu_percent=b.cpu_percent,
+            cpu_seconds=b.cpu_seconds,
             rss_bytes=b.rss_bytes,
             node=b.node_id,
             node_ip=b.node_ip,

@@ -1,0 +1,192 @@
+"""/metrics: the engine's snapshot (and the machine's GPUs) in the Prometheus text format,
+written by prometheus_client's exposition code.
+
+Names follow Prometheus's conventions (https://prometheus.io/docs/practices/naming/): base units
+in the name (`_seconds`, `_bytes`, `_ratio` for 0-1), counters end in `_total`, durations are
+histograms (`_bucket{le=...}`, `_sum`, `_count`) that can be summed over lanes and models, and
+build facts are an `_info` gauge of 1. A family with no sample (no GPU, no streamed output yet)
+is left out rather than printed as a bare HELP/TYPE. docs/DEPLOYMENT_GUIDE.md lists them all.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator, Mapping, Sequence
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ris import __version__
+from ris.gpus import GPUDevice
+from ris.runtime.metrics import HistogramView
+from ris.runtime.snapshot import Snapshot
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LANE_MODEL = ["lane", "model"]
+WORKER = ["lane", "replica"]
+
+# name, help, the MetricsView field: each a histogram per lane and model.
+HISTOGRAMS = (
+    ("ris_task_latency_seconds", "submission to end of succeeded tasks", "latency"),
+    ("ris_task_queue_wait_seconds", "submission to start of tasks that started", "queue_wait"),
+    (
+        "ris_time_to_first_output_seconds",
+        "submission to a task's first streamed output: its first token (llm), its first audio chunk (tts)",
+        "first_output",
+    ),
+    (
+        "ris_inter_output_seconds",
+        "time between two streamed outputs of a task: inter-token latency (llm), between audio chunks (tts)",
+        "output_gap",
+    ),
+)
+
+
+def prometheus_text(snapshot: Snapshot, gpus: Sequence[GPUDevice] = ()) -> bytes:
+    """The exposition (text format 0.0.4). Runs off the event loop: the snapshot is frozen."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(snapshot, gpus))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, snapshot: Snapshot, gpus: Sequence[GPUDevice]) -> None:
+        self._snapshot = snapshot
+        self._gpus = gpus
+
+    def collect(self) -> Iterator[Metric]:
+        families = [*_build(), *_lanes(self._snapshot), *_work(self._snapshot)]
+        families += [*_workers(self._snapshot), *_gpus(self._gpus)]
+        return (f for f in families if f.samples)
+
+
+def _build() -> list[Metric]:
+    info = InfoMetricFamily("ris_build", "the running RIS version and Python")
+    info.add_metric([], {"version": __version__, "python": platform.python_version()})
+    return [info]
+
+
+def _lanes(snap: Snapshot) -> list[Metric]:
+    enabled = GaugeMetricFamily("ris_lane_enabled", "1 for a lane the config enables", labels=["lane"])
+    queued = GaugeMetricFamily("ris_tasks_queued", "tasks waiting in the lane's queue", labels=["lane"])
+    running = GaugeMetricFamily("ris_tasks_running", "tasks the lane's workers run now", labels=["lane"])
+    slots = GaugeMetricFamily("ris_lane_slots", "tasks the lane's ready workers run at once", labels=["lane"])
+    limit = GaugeMetricFamily(
+        "ris_lane_queue_limit", "tasks the lane's queue holds before refusing with 429", labels=["lane"]
+    )
+    rejected = CounterMetricFamily(
+        "ris_tasks_rejected",
+        "submissions refused with 429 because the lane's queue was full",
+        labels=["lane"],
+    )
+    for lane in snap.lanes:
+        s = lane.stats
+        enabled.add_metric([lane.lane], 1 if lane.enabled else 0)
+        if not lane.enabled:
+            continue
+        queued.add_metric([lane.lane], s.queued)
+        running.add_metric([lane.lane], s.running)
+        slots.add_metric([lane.lane], s.slots)
+        limit.add_metric([lane.lane], lane.max_queue)
+        rejected.add_metric([lane.lane], s.rejected)
+    return [enabled, queued, running, slots, limit, rejected]
+
+
+def _work(snap: Snapshot) -> list[Metric]:
+    view = snap.metrics
+    tasks = CounterMetricFamily(
+        "ris_tasks",
+        "finished tasks by outcome: succeeded, failed or cancelled",
+        labels=["lane", "model", "outcome"],
+    )
+    for (lane, model, outcome), n in sorted(view.tasks.items()):
+        tasks.add_metric([lane, model, outcome], n)
+    out: list[Metric] = [tasks]
+    for name, help_, field in HISTOGRAMS:
+        histogram = HistogramMetricFamily(name, help_, labels=LANE_MODEL)
+        histograms: Mapping[tuple[str, str], HistogramView] = getattr(view, field)
+        for (lane, model), h in sorted(histograms.items()):
+            histogram.add_metric([lane, model], _buckets(h), h.sum)
+        out.append(histogram)
+    for counted in sorted(view.counted.values(), key=lambda c: c.name):
+        family = CounterMetricFamily(f"ris_{counted.name}", counted.help, labels=LANE_MODEL)
+        for (lane, model), value in sorted(counted.values.items()):
+            family.add_metric([lane, model], value)
+        out.append(family)
+    return out
+
+
+def _buckets(h: HistogramView) -> list[tuple[str, float]]:
+    bounds = [_le(b) for b in h.bounds] + ["+Inf"]
+    return list(zip(bounds, h.counts, strict=True))
+
+
+def _le(bound: float) -> str:
+    """A bucket's bound as Prometheus's own clients write it (Go's float formatting: 1.0, 0.25)."""
+    return repr(float(bound))
+
+
+def _workers(snap: Snapshot) -> list[Metric]:
+    up = GaugeMetricFamily("ris_worker_up", "1 when the worker is ready to take tasks", labels=WORKER)
+    restarts = CounterMetricFamily(
+        "ris_worker_restarts", "times the worker was started again since the server started", labels=WORKER
+    )
+    cpu = CounterMetricFamily(
+        "ris_worker_cpu_seconds",
+        "user and system CPU time of the worker process (restarts from 0 with the process)",
+        labels=WORKER,
+    )
+    rss = GaugeMetricFamily(
+        "ris_worker_resident_memory_bytes", "resident memory of the worker process", labels=WORKER
+    )
+    limit = GaugeMetricFamily(
+        "ris_worker_memory_limit_bytes", "the resident memory the worker is killed past", labels=WORKER
+    )
+    gpu = GaugeMetricFamily(
+        "ris_worker_gpu_memory_bytes", "GPU memory of the worker process (NVML)", labels=WORKER
+    )
+    for lane in snap.lanes:
+        for i, w in enumerate(lane.workers):
+            labels = [lane.lane, str(i)]
+            up.add_metric(labels, 1 if w.state == "ready" else 0)
+            restarts.add_metric(labels, w.restarts)
+            measured = (
+                (cpu, w.cpu_seconds),
+                (rss, w.rss_bytes),
+                (limit, w.memory_limit_bytes),
+                (gpu, w.gpu_memory_bytes),
+            )
+            for family, value in measured:
+                if value is not None:  # unknown (a dead worker, no NVML): no sample
+                    family.add_metric(labels, value)
+    return [up, restarts, cpu, rss, limit, gpu]
+
+
+def _gpus(gpus: Sequence[GPUDevice]) -> list[Metric]:
+    labels = ["gpu", "name"]
+    busy = GaugeMetricFamily(
+        "ris_gpu_utilization_ratio",
+        "share of the last sample period the GPU was busy, 0-1 (NVML)",
+        labels=labels,
+    )
+    used = GaugeMetricFamily(
+        "ris_gpu_memory_used_bytes", "GPU memory in use by every process (NVML)", labels=labels
+    )
+    total = GaugeMetricFamily("ris_gpu_memory_total_bytes", "the GPU's memory (NVML)", labels=labels)
+    for g in gpus:
+        key = [str(g.index), g.name]
+        busy.add_metric(key, g.utilization_percent / 100)
+        used.add_metric(key, g.memory_used_bytes)
+        total.add_metric(key, g.memory_total_bytes)
+    return [busy, used, total]
+
+
+__all__ = ["CONTENT_TYPE", "prometheus_text"]
