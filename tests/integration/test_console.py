@@ -181,6 +181,34 @@ def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Serv
         wait_for(lambda: httpx.get(f"{server.url}/api/tasks/{running}").json()["state"] != "running", 60)
 
 
+def test_the_overview_charts_start_with_the_servers_last_minutes(page: Page, server: Server) -> None:
+    def history() -> dict[str, Any]:
+        r = httpx.get(server.url + "/api/console/history", timeout=10)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    # The server samples every few seconds from its start, whether a page is open or not.
+    wait_for(lambda: len(history()["series"].get("cpu", [])) >= 2, 60)
+    before = history()
+    assert before["span_s"] == 900 and set(before["series"]) >= {"cpu", "llm.latency", "tts.throughput"}
+    for points in before["series"].values():
+        assert len(points) <= before["span_s"] / before["every_s"] + 1
+    page.goto(server.url + "/ui")
+    # Every chart holds points from before the page was opened: the server's, drawn at load
+    # (a point of the page's own ticks is later than `before`).
+    charts = {
+        "cpu": page.locator("#cpu-chart"),
+        "llm.latency": page.locator('#lane-llm [data-chart="latency"]'),
+        "image.throughput": page.locator('#lane-image [data-chart="throughput"]'),
+    }
+    for name, canvas in charts.items():
+        expect(canvas).to_have_attribute("data-since", re.compile(r"^\d"))
+        assert float(canvas.get_attribute("data-since") or "inf") <= before["time"], name
+        assert int(canvas.get_attribute("data-points") or 0) >= 2, name
+    shot(page, "overview-history")
+
+
 def test_a_killed_tts_worker_shows_restarting_and_back(page: Page, server: Server) -> None:
     page.goto(server.url + "/ui")
     badge = lane_state(page, "tts")
