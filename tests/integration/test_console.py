@@ -209,6 +209,27 @@ def test_the_overview_charts_start_with_the_servers_last_minutes(page: Page, ser
     shot(page, "overview-history")
 
 
+@pytest.mark.parametrize("path", ["/redoc", "/docs"])
+def test_the_api_docs_load_nothing_from_outside_the_server(page: Page, server: Server, path: str) -> None:
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(server.url + path, wait_until="networkidle")
+    if path == "/redoc":
+        # ReDoc's sidebar link with its logo, which it used to fetch from Redocly's server.
+        logo = page.get_by_role("img", name="redocly logo")
+        expect(logo).to_be_visible(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('img[alt=\"redocly logo\"]').complete")
+        assert logo.evaluate("i => i.naturalWidth") > 0
+    else:
+        expect(page.locator(".swagger-ui .info .title")).to_be_visible(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    assert requested and requested[0] == server.url + path
+    outside = [
+        u for u in requested if not u.startswith(server.url + "/") and not u.startswith(("data:", "blob:"))
+    ]
+    assert not outside, outside
+
+
 def test_a_killed_tts_worker_shows_restarting_and_back(page: Page, server: Server) -> None:
     page.goto(server.url + "/ui")
     badge = lane_state(page, "tts")
