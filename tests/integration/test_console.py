@@ -209,6 +209,32 @@ def test_the_overview_charts_start_with_the_servers_last_minutes(page: Page, ser
     shot(page, "overview-history")
 
 
+def test_an_unknown_console_page_is_a_404_page_in_the_console_look(browser: Browser, server: Server) -> None:
+    # Its own context, not the `page` fixture's: the browser reports the page's 404 on its
+    # console, expected here and nothing else.
+    context = browser.new_context()
+    page = context.new_page()
+    statuses: list[int] = []
+    errors: list[str] = []
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/ui/no-such-page") else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "404" not in m.text else None)
+    resp = page.goto(server.url + "/ui/no-such-page")
+    assert resp is not None and resp.status == 404
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in resp.headers.get("content-security-policy", "")
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("/ui/no-such-page")
+    expect(page.get_by_role("navigation", name="Console pages")).to_be_visible()  # the console's header
+    page.locator("main").get_by_role("link", name="Work").click()
+    page.wait_for_url(server.url + "/ui/work")
+    context.close()
+    assert statuses == [404] and not errors, (statuses, errors)
+    # An API client asking for a console path that is not there gets the same page's status.
+    assert httpx.get(server.url + "/ui/static/none/x.js").status_code == 404
+    assert httpx.get(server.url + "/api/no-such-thing").json()["error"]["code"] == "not_found"
+
+
 @pytest.mark.parametrize("path", ["/redoc", "/docs"])
 def test_the_api_docs_load_nothing_from_outside_the_server(page: Page, server: Server, path: str) -> None:
     requested: list[str] = []

@@ -200,6 +200,15 @@ async def history(request: Request) -> dict[str, Any]:
     return charts.view()
 
 
+# Registered last, so every /ui page above answers first: any other path under /ui is a page
+# that does not exist, shown as one in the console's look (an API client's paths are JSON).
+@router.api_route("/ui/{path:path}", methods=["GET", "HEAD"])
+async def not_found(request: Request, path: str) -> HTMLResponse:
+    resp = _page(request, "not_found", path=request.url.path)
+    resp.status_code = 404
+    return resp
+
+
 def redact(value: Any, name: str = "") -> Any:
     """The config with secret values replaced: a list of keys becomes '<n keys hidden>'."""
     if SECRET_NAME.search(name) and value:
