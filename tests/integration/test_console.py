@@ -150,6 +150,20 @@ def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Serve
     shot(page, "playground-image")
 
 
+def test_an_image_cancelled_in_the_playground_says_so_once(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    page.get_by_label("Steps").fill("100")
+    page.get_by_label("Width").select_option("512")
+    page.get_by_label("Height").select_option("512")
+    page.get_by_role("button", name="Generate").click()
+    cancel = page.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_enabled(timeout=30_000)
+    cancel.click()
+    status = page.locator("#image-status")
+    expect(status).to_have_attribute("data-state", "cancelled", timeout=60_000)
+    expect(status).to_have_text("cancelled by the client")
+
+
 def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Server) -> None:
     def submit(steps: int) -> str:
         body = {"prompt": "slow", "width": 512, "height": 512, "steps": steps}
@@ -175,6 +189,17 @@ def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Serv
         )
         assert httpx.get(f"{server.url}/api/tasks/{queued}").json()["state"] == "cancelled"
         expect(page.locator(f'#running tr[data-task-id="{running}"]')).to_be_visible()
+        # The recent row says it once: the state in its column, the message in the next.
+        row = page.locator(f'#recent tr[data-task-id="{queued}"]')
+        expect(row.locator("td").nth(4)).to_have_text("cancelled by the client")
+
+        # A running task asked to stop: the status line follows it until its worker stops it.
+        status = page.locator("#work-status")
+        page.get_by_role("button", name=f"Cancel image task {running}").click()
+        expect(status).to_have_attribute("data-task-id", running)
+        expect(status).to_have_attribute("data-state", "cancelled", timeout=60_000)
+        expect(status).to_have_text(f"image task {running}: cancelled by the client")
+        assert status.get_attribute("data-code") == "cancelled"
     finally:
         httpx.post(f"{server.url}/api/tasks/{running}/cancel")
         httpx.post(f"{server.url}/api/tasks/{queued}/cancel")

@@ -1,6 +1,6 @@
 // Playground: chat (streamed tokens), speech (text, or the LLM's answer spoken as it is
 // written) and images (live progress, then the picture), all through the public API.
-import { api, el, errorOf, sse } from "./common.js";
+import { api, el, errorOf, outcomeText, sse } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -176,6 +176,7 @@ $("image-form").addEventListener("submit", async (ev) => {
   const status = $("image-status");
   const img = $("image-result");
   img.hidden = true;
+  delete status.dataset.state;
   bar.value = 0;
   bar.dataset.seen = "0";
   $("image-send").disabled = true;
@@ -192,6 +193,7 @@ $("image-form").addEventListener("submit", async (ev) => {
       status.textContent = p.status === "queued" ? `queued, position ${p.queue_position}`
         : `${p.status}: step ${p.step}/${p.total_steps ?? "?"}` + (p.eta_s ? `, about ${p.eta_s.toFixed(1)} s left` : "");
       if (p.status === "succeeded") {
+        status.dataset.state = p.status;
         img.src = task.result_url;
         img.alt = `generated image: ${$("image-prompt").value}`;
         await img.decode().catch(() => {});
@@ -199,7 +201,8 @@ $("image-form").addEventListener("submit", async (ev) => {
         break;
       }
       if (p.status === "failed" || p.status === "cancelled") {
-        status.textContent = `${p.status}: ${p.error ? p.error.code + ": " + p.error.message : ""}`;
+        status.textContent = outcomeText(p.status, p.error);
+        status.dataset.state = p.status;
         break;
       }
       await new Promise((r) => setTimeout(r, 250));
