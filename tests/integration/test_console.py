@@ -132,6 +132,47 @@ def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> N
     assert out.get_attribute("data-played-early") == "true"
 
 
+def download(pg: Page, clip: Any) -> tuple[str, bytes]:
+    """What a clip's download link saves, clicked as a user would: its file name and bytes."""
+    with pg.expect_download() as saving:
+        clip.get_by_role("link").click()
+    saved = saving.value
+    return saved.suggested_filename, Path(saved.path()).read_bytes()
+
+
+def test_each_spoken_clip_gets_its_own_player_and_download(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#speak-model option")).not_to_have_count(0)
+    page.get_by_label("Words").fill("The first clip, read as written.")
+    page.get_by_role("button", name="Speak").click()
+    clips = page.locator("#speak-clips li")
+    expect(clips).to_have_count(1, timeout=60_000)
+    page.get_by_label("the LLM's answer to it, spoken as it is written").check()
+    page.get_by_label("Words").fill("Say one short sentence about rain.")
+    page.get_by_role("button", name="Speak").click()
+    expect(page.locator("#speak-status")).to_contain_text("all spoken audio received", timeout=120_000)
+    expect(clips).to_have_count(2)
+    answer, text = clips.nth(0), clips.nth(1)  # the newest first; the earlier clip kept
+    assert answer.get_attribute("data-kind") == "answer" and text.get_attribute("data-kind") == "text"
+    expect(text.get_by_role("link")).to_have_text("Download clip 1 (WAV)")
+    (name1, first), (name2, second) = download(page, text), download(page, answer)
+    assert (name1, name2) == ("ris-speech-1.wav", "ris-speech-2.wav")
+    for wav in (first, second):
+        assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) > 44 + 4000
+        # The header's data size is what follows it: a file any player reads.
+        assert int.from_bytes(wav[40:44], "little") == len(wav) - 44
+    assert first != second
+    # Each player holds its own clip, and plays it again.
+    srcs = [c.locator("audio").get_attribute("src") for c in (answer, text)]
+    assert srcs[0] != srcs[1]
+    duration = answer.locator("audio").evaluate(
+        "a => new Promise((ok) => a.readyState >= 1 ? ok(a.duration)"
+        " : a.addEventListener('loadedmetadata', () => ok(a.duration)))"
+    )
+    assert duration > 0.3
+    shot(page, "playground-clips")
+
+
 def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Server) -> None:
     page.goto(server.url + "/ui/playground")
     page.get_by_label("Prompt").fill("a lighthouse at dusk")
