@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 from _common import fail, headers, parser
 
-PROMPT = "a lighthouse on a rocky coast at sunset, oil painting"
+# The description's prompt, as it wrote it ("a cute kitten").
+PROMPT = "一只可爱的小猫"
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     for warning in accepted.get("warnings") or []:
         print(f"warning: {warning}")
     task_id = accepted["task_id"]
-    print(f"queued {task_id}")
+    print(f"queued {task_id}: {PROMPT}")
     while True:
         progress = httpx.get(f"{args.url}/api/image/progress/{task_id}", headers=headers(), timeout=30)
         if progress.status_code != 200:

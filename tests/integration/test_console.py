@@ -132,6 +132,47 @@ def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> N
     assert out.get_attribute("data-played-early") == "true"
 
 
+def download(pg: Page, clip: Any) -> tuple[str, bytes]:
+    """What a clip's download link saves, clicked as a user would: its file name and bytes."""
+    with pg.expect_download() as saving:
+        clip.get_by_role("link").click()
+    saved = saving.value
+    return saved.suggested_filename, Path(saved.path()).read_bytes()
+
+
+def test_each_spoken_clip_gets_its_own_player_and_download(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#speak-model option")).not_to_have_count(0)
+    page.get_by_label("Words").fill("The first clip, read as written.")
+    page.get_by_role("button", name="Speak").click()
+    clips = page.locator("#speak-clips li")
+    expect(clips).to_have_count(1, timeout=60_000)
+    page.get_by_label("the LLM's answer to it, spoken as it is written").check()
+    page.get_by_label("Words").fill("Say one short sentence about rain.")
+    page.get_by_role("button", name="Speak").click()
+    expect(page.locator("#speak-status")).to_contain_text("all spoken audio received", timeout=120_000)
+    expect(clips).to_have_count(2)
+    answer, text = clips.nth(0), clips.nth(1)  # the newest first; the earlier clip kept
+    assert answer.get_attribute("data-kind") == "answer" and text.get_attribute("data-kind") == "text"
+    expect(text.get_by_role("link")).to_have_text("Download clip 1 (WAV)")
+    (name1, first), (name2, second) = download(page, text), download(page, answer)
+    assert (name1, name2) == ("ris-speech-1.wav", "ris-speech-2.wav")
+    for wav in (first, second):
+        assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) > 44 + 4000
+        # The header's data size is what follows it: a file any player reads.
+        assert int.from_bytes(wav[40:44], "little") == len(wav) - 44
+    assert first != second
+    # Each player holds its own clip, and plays it again.
+    srcs = [c.locator("audio").get_attribute("src") for c in (answer, text)]
+    assert srcs[0] != srcs[1]
+    duration = answer.locator("audio").evaluate(
+        "a => new Promise((ok) => a.readyState >= 1 ? ok(a.duration)"
+        " : a.addEventListener('loadedmetadata', () => ok(a.duration)))"
+    )
+    assert duration > 0.3
+    shot(page, "playground-clips")
+
+
 def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Server) -> None:
     page.goto(server.url + "/ui/playground")
     page.get_by_label("Prompt").fill("a lighthouse at dusk")
@@ -148,6 +189,20 @@ def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Serve
     assert seen[-1] == 1.0
     assert page.locator("#image-progress").evaluate("p => p.value") == 1
     shot(page, "playground-image")
+
+
+def test_an_image_cancelled_in_the_playground_says_so_once(page: Page, server: Server) -> None:
+    page.goto(server.url + "/ui/playground")
+    page.get_by_label("Steps").fill("100")
+    page.get_by_label("Width").select_option("512")
+    page.get_by_label("Height").select_option("512")
+    page.get_by_role("button", name="Generate").click()
+    cancel = page.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_enabled(timeout=30_000)
+    cancel.click()
+    status = page.locator("#image-status")
+    expect(status).to_have_attribute("data-state", "cancelled", timeout=60_000)
+    expect(status).to_have_text("cancelled by the client")
 
 
 def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Server) -> None:
@@ -175,10 +230,96 @@ def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Serv
         )
         assert httpx.get(f"{server.url}/api/tasks/{queued}").json()["state"] == "cancelled"
         expect(page.locator(f'#running tr[data-task-id="{running}"]')).to_be_visible()
+        # The recent row says it once: the state in its column, the message in the next.
+        row = page.locator(f'#recent tr[data-task-id="{queued}"]')
+        expect(row.locator("td").nth(4)).to_have_text("cancelled by the client")
+
+        # A running task asked to stop: the status line follows it until its worker stops it.
+        status = page.locator("#work-status")
+        page.get_by_role("button", name=f"Cancel image task {running}").click()
+        expect(status).to_have_attribute("data-task-id", running)
+        expect(status).to_have_attribute("data-state", "cancelled", timeout=60_000)
+        expect(status).to_have_text(f"image task {running}: cancelled by the client")
+        assert status.get_attribute("data-code") == "cancelled"
     finally:
         httpx.post(f"{server.url}/api/tasks/{running}/cancel")
         httpx.post(f"{server.url}/api/tasks/{queued}/cancel")
         wait_for(lambda: httpx.get(f"{server.url}/api/tasks/{running}").json()["state"] != "running", 60)
+
+
+def test_the_overview_charts_start_with_the_servers_last_minutes(page: Page, server: Server) -> None:
+    def history() -> dict[str, Any]:
+        r = httpx.get(server.url + "/api/console/history", timeout=10)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    # The server samples every few seconds from its start, whether a page is open or not.
+    wait_for(lambda: len(history()["series"].get("cpu", [])) >= 2, 60)
+    before = history()
+    assert before["span_s"] == 900 and set(before["series"]) >= {"cpu", "llm.latency", "tts.throughput"}
+    for points in before["series"].values():
+        assert len(points) <= before["span_s"] / before["every_s"] + 1
+    page.goto(server.url + "/ui")
+    # Every chart holds points from before the page was opened: the server's, drawn at load
+    # (a point of the page's own ticks is later than `before`).
+    charts = {
+        "cpu": page.locator("#cpu-chart"),
+        "llm.latency": page.locator('#lane-llm [data-chart="latency"]'),
+        "image.throughput": page.locator('#lane-image [data-chart="throughput"]'),
+    }
+    for name, canvas in charts.items():
+        expect(canvas).to_have_attribute("data-since", re.compile(r"^\d"))
+        assert float(canvas.get_attribute("data-since") or "inf") <= before["time"], name
+        assert int(canvas.get_attribute("data-points") or 0) >= 2, name
+    shot(page, "overview-history")
+
+
+def test_an_unknown_console_page_is_a_404_page_in_the_console_look(browser: Browser, server: Server) -> None:
+    # Its own context, not the `page` fixture's: the browser reports the page's 404 on its
+    # console, expected here and nothing else.
+    context = browser.new_context()
+    page = context.new_page()
+    statuses: list[int] = []
+    errors: list[str] = []
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/ui/no-such-page") else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "404" not in m.text else None)
+    resp = page.goto(server.url + "/ui/no-such-page")
+    assert resp is not None and resp.status == 404
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in resp.headers.get("content-security-policy", "")
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("/ui/no-such-page")
+    expect(page.get_by_role("navigation", name="Console pages")).to_be_visible()  # the console's header
+    page.locator("main").get_by_role("link", name="Work").click()
+    page.wait_for_url(server.url + "/ui/work")
+    context.close()
+    assert statuses == [404] and not errors, (statuses, errors)
+    # An API client asking for a console path that is not there gets the same page's status.
+    assert httpx.get(server.url + "/ui/static/none/x.js").status_code == 404
+    assert httpx.get(server.url + "/api/no-such-thing").json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/redoc", "/docs"])
+def test_the_api_docs_load_nothing_from_outside_the_server(page: Page, server: Server, path: str) -> None:
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(server.url + path, wait_until="networkidle")
+    if path == "/redoc":
+        # ReDoc's sidebar link with its logo, which it used to fetch from Redocly's server.
+        logo = page.get_by_role("img", name="redocly logo")
+        expect(logo).to_be_visible(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('img[alt=\"redocly logo\"]').complete")
+        assert logo.evaluate("i => i.naturalWidth") > 0
+    else:
+        expect(page.locator(".swagger-ui .info .title")).to_be_visible(timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    assert requested and requested[0] == server.url + path
+    outside = [
+        u for u in requested if not u.startswith(server.url + "/") and not u.startswith(("data:", "blob:"))
+    ]
+    assert not outside, outside
 
 
 def test_a_killed_tts_worker_shows_restarting_and_back(page: Page, server: Server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -97,6 +98,7 @@ def test_spec_image_verbatim_runs_with_a_turbo_warning(server: Server, tmp_path:
     out = ok(run(server, "spec_image.py", "--out", "image.png", cwd=tmp_path))
     warnings = [line for line in out.splitlines() if line.startswith("warning:")]
     assert warnings and "turbo" in warnings[0].lower(), out
+    assert re.search(r"^queued \S+: 一只可爱的小猫$", out, re.MULTILINE), out  # the description's prompt
     assert "succeeded: step 4/4 (100%)" in out
     assert png_size((tmp_path / "image.png").read_bytes()) == (512, 512)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ris import messages as m
-from ris.api.console_state import console_state
+from ris.api.chart_history import StepRate
+from ris.api.console_state import SAMPLE_WINDOW, chart_values, console_state
 from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
@@ -156,3 +157,24 @@ async def test_the_lane_states_show_what_the_pool_reads_on_the_activity_board(tm
         assert (lanes["llm"]["state"], lanes["image"]["state"]) == ("idle", "busy")
     finally:
         await eng.stop()
+
+
+@run
+async def test_a_chart_sample_has_every_lanes_series_and_the_image_step_rate(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        workers[Lane.LLM].ready()
+        workers[Lane.IMAGE].ready()
+        steps = StepRate()
+        first = chart_values(eng.snapshot(SAMPLE_WINDOW), steps, [12.5, None])
+        assert set(first) == {
+            f"{lane}.{chart}" for lane in ("llm", "tts", "image") for chart in ("latency", "throughput")
+        } | {"cpu"}
+        assert first["image.throughput"] == [None]  # no earlier sample to compare with
+        assert first["cpu"] == [12.5, None] and first["llm.latency"] == [None, None]
+        task = eng.submit(IMAGE, "i", ImageRequest(prompt="p"))
+        workers[Lane.IMAGE].deliver(m.TaskProgress(task.task_id, 3, 10))
+        clock.advance(5.0)
+        assert chart_values(eng.snapshot(SAMPLE_WINDOW), steps, [])["image.throughput"] == [3 / 5]
+        workers[Lane.IMAGE].deliver(m.TaskProgress(task.task_id, 8, 10))
+        clock.advance(2.0)
+        assert chart_values(eng.snapshot(SAMPLE_WINDOW), steps, [])["image.throughput"] == [5 / 2]

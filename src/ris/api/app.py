@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +14,8 @@ from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris import __version__
+from ris.api.chart_history import ChartHistory
+from ris.api.console_state import keep_chart_history
 from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, error_response, is_openai
 from ris.api.keys import KeyChecker
@@ -130,9 +134,13 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await eng.start()
+        charts = asyncio.create_task(keep_chart_history(eng, app.state.charts))
         try:
             yield
         finally:
+            charts.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await charts
             await eng.stop()
 
     app = FastAPI(
@@ -148,6 +156,8 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)},
     )
     app.state.engine = eng
+    # The console's charts over the last 15 minutes, sampled while the server runs.
+    app.state.charts = ChartHistory(time.time)
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)
     for router in ROUTERS:

@@ -3,15 +3,19 @@ in one compact JSON body (one request per tick, so an open console costs the ser
 
 Built from the engine's snapshot (what /api/stats and /api/tasks also show, and the activity
 board) and the config's static settings; nothing here is kept between calls except psutil's
-per-core CPU baseline.
+per-core CPU baseline. The charts' last 15 minutes are sampled from the same snapshot into a
+ChartHistory (keep_chart_history), which a page reads once when it loads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import psutil
 
+from ris.api.chart_history import ChartHistory, CoreLoad, StepRate
 from ris.api.routes.tasks import task_info
 from ris.api.stats import lane_stats
 from ris.config.sharing import resolve_policy, yields_to
@@ -21,6 +25,8 @@ from ris.runtime.engine import Engine
 from ris.runtime.snapshot import LaneStatus, Snapshot, TaskLists, TaskWindow
 from ris.runtime.views import TaskView
 
+log = logging.getLogger(__name__)
+
 # How far back the LLM timeline's yield windows reach.
 HISTORY_S = 300.0
 RECENT_TASKS_PER_LANE = 10
@@ -28,6 +34,11 @@ RECENT_TASKS_PER_LANE = 10
 LIVE_TASKS_PER_LANE = 50
 WINDOW = TaskWindow(
     live_per_lane=LIVE_TASKS_PER_LANE, recent_per_lane=RECENT_TASKS_PER_LANE, history_s=HISTORY_S
+)
+# A chart sample needs the running and recent tasks (image progress), not the runs of the
+# last minutes that the yield bands are drawn from.
+SAMPLE_WINDOW = TaskWindow(
+    live_per_lane=LIVE_TASKS_PER_LANE, recent_per_lane=RECENT_TASKS_PER_LANE, history_s=0.0
 )
 
 
@@ -100,3 +111,48 @@ def _brief(view: TaskView[Any]) -> dict[str, Any]:
     elif isinstance(r, TTSResult):
         row["audio_s"] = r.duration_s
     return row
+
+
+def chart_values(snap: Snapshot, steps: StepRate, cores: list[float | None]) -> dict[str, list[float | None]]:
+    """One sample of every chart the overview draws, named "<lane>.latency" (p50, p99),
+    "<lane>.throughput" (the lane's unit: LLM tokens/s, TTS audio chunks/s, image steps/s)
+    and "cpu" (per core): the same figures the page computes from each tick."""
+    assert snap.tasks is not None
+    stats = lane_stats(snap)
+    out: dict[str, list[float | None]] = {}
+    image = [v for v in (*snap.tasks.running, *snap.tasks.recent) if v.lane == "image"]
+    for lane in snap.lanes:
+        s = stats[lane.lane]
+        out[f"{lane.lane}.latency"] = [s["latency_s"]["p50"], s["latency_s"]["p99"]]
+        if lane.lane == "image":
+            done = {v.id: v.progress_done for v in image}
+            running = {v.id for v in image if v.state == "running"}
+            out["image.throughput"] = [steps.update(snap.time, done, running)]
+        else:
+            out[f"{lane.lane}.throughput"] = [s["outputs_per_s"]]
+    out["cpu"] = cores
+    return out
+
+
+def _core_times() -> list[tuple[float, float]]:
+    """(busy, total) CPU seconds per core since boot."""
+    out = []
+    for t in psutil.cpu_times(percpu=True):
+        total = sum(t)
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        out.append((total - idle, total))
+    return out
+
+
+async def keep_chart_history(engine: Engine, history: ChartHistory) -> None:
+    """Samples the charts into `history` every `history.every_s`, for as long as the server
+    runs (cancelled at shutdown): an open console is not needed for the history to exist."""
+    steps, cores = StepRate(), CoreLoad()
+    while True:
+        if history.due():
+            try:
+                snap = engine.snapshot(SAMPLE_WINDOW)
+                history.record(chart_values(snap, steps, cores.update(_core_times())))
+            except Exception:  # noqa: BLE001 - a bad sample must not end the history
+                log.exception("console chart sample failed")
+        await asyncio.sleep(history.every_s)

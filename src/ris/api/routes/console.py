@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.templating import Jinja2Templates
 
 from ris import __version__
+from ris.api.chart_history import ChartHistory
 from ris.api.console_state import console_state
 from ris.api.deps import engine_of
 from ris.api.errors import APIError
@@ -189,6 +190,23 @@ async def state(request: Request) -> dict[str, Any]:
     """Every lane's live state and the tasks queued, running and recently finished, in one
     body: what the console polls about once a second."""
     return console_state(engine_of(request))
+
+
+@router.get("/api/console/history")
+async def history(request: Request) -> dict[str, Any]:
+    """The overview's charts over the last 15 minutes, sampled every few seconds since the
+    server started: what a page draws when it loads, before its first tick."""
+    charts: ChartHistory = request.app.state.charts
+    return charts.view()
+
+
+# Registered last, so every /ui page above answers first: any other path under /ui is a page
+# that does not exist, shown as one in the console's look (an API client's paths are JSON).
+@router.api_route("/ui/{path:path}", methods=["GET", "HEAD"])
+async def not_found(request: Request, path: str) -> HTMLResponse:
+    resp = _page(request, "not_found", path=request.url.path)
+    resp.status_code = 404
+    return resp
 
 
 def redact(value: Any, name: str = "") -> Any:

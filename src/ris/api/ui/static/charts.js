@@ -1,4 +1,5 @@
-// Small time-series line charts on <canvas>: the last few minutes, drawn client-side.
+// Small time-series line charts on <canvas>: the last minutes, drawn client-side (the page
+// starts them with the server's history, /api/console/history, then adds each tick).
 // (A few dozen lines instead of a charting library: nothing to vendor, nothing to load.)
 
 export const COLORS = ["#1f6feb", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
@@ -15,6 +16,7 @@ export class TimeChart {
   }
 
   push(t, values) {
+    if (this.points.length && t <= this.points[this.points.length - 1][0]) return; // time only moves on
     this.points.push([t, values]);
     while (this.points.length && this.points[0][0] < t - this.span) this.points.shift();
   }
@@ -26,6 +28,9 @@ export class TimeChart {
       c.width = c.clientWidth;
       c.height = c.clientHeight;
     }
+    // What is drawn, for tests and the curious: how many points, from when.
+    c.dataset.points = String(this.points.length);
+    if (this.points.length) c.dataset.since = String(this.points[0][0]);
     const ctx = c.getContext("2d");
     const w = c.width, h = c.height, pad = 4, top = 12;
     ctx.clearRect(0, 0, w, h);

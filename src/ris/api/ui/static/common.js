@@ -100,6 +100,15 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// How a task ended, said once: the state, then the server's message unless the message already
+// says it ("cancelled by the client", not "cancelled: cancelled: cancelled by the client"). The
+// machine-readable code stays on the element that shows it (data-code), not in the sentence.
+export function outcomeText(state, error) {
+  const message = error && (error.message || error.code);
+  if (!message) return state;
+  return message.toLowerCase().startsWith(state) ? message : `${state}: ${message}`;
+}
+
 export const fmt = {
   num(x, digits = 1) { return x === null || x === undefined ? "–" : Number(x).toFixed(digits); },
   secs(x) {

@@ -2,7 +2,7 @@
 import { api, el, fmt, poll } from "./common.js";
 import { COLORS, TimeChart } from "./charts.js";
 
-const SPAN_S = 300;
+const SPAN_S = 900; // the 15 minutes the server keeps
 const charts = {}; // lane -> {latency, throughput}
 const lastState = {}; // lane -> last state shown (for the events list)
 const lastSteps = {}; // image task id -> steps done at the previous tick
@@ -125,4 +125,17 @@ async function refresh() {
     el("span", { class: "key", dataset: { color: String(i % COLORS.length) } }, `core ${i}: ${fmt.num(v, 0)} %`)));
 }
 
-poll(refresh, 1000);
+// The charts' last 15 minutes, kept by the server: drawn before the first tick, so a page
+// opened now shows what happened before it (a failure leaves them to start empty).
+async function loadHistory() {
+  const h = await api("/api/console/history");
+  for (const [name, points] of Object.entries(h.series)) {
+    const [lane, kind] = name.split(".");
+    const chart = name === "cpu" ? cpuChart : charts[lane] && charts[lane][kind];
+    if (!chart) continue;
+    for (const [t, values] of points) chart.push(t, values);
+    chart.draw(h.time);
+  }
+}
+
+loadHistory().catch(() => {}).finally(() => poll(refresh, 1000));

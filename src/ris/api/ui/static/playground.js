@@ -1,6 +1,6 @@
 // Playground: chat (streamed tokens), speech (text, or the LLM's answer spoken as it is
 // written) and images (live progress, then the picture), all through the public API.
-import { api, el, errorOf, sse } from "./common.js";
+import { api, el, errorOf, outcomeText, sse } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -90,11 +90,36 @@ async function speakText(status) {
     body: JSON.stringify({ text: $("speak-text").value, model: b.model, voice: b.voice }),
   });
   if (!resp.ok) throw await errorOf(resp);
-  const audio = $("speak-audio");
-  audio.src = URL.createObjectURL(await resp.blob());
-  audio.hidden = false;
+  const audio = addClip(await resp.blob(), "text", $("speak-text").value);
   status.textContent = `${resp.headers.get("X-Duration-S")} s of speech`;
   await audio.play().catch(() => {}); // a browser may refuse to play without a gesture
+}
+
+// Every clip spoken on this page gets its own player and a link that saves it as a WAV, the
+// newest first: a new one never replaces one still wanted.
+let clipCount = 0;
+function addClip(blob, kind, words) {
+  const n = ++clipCount;
+  const url = URL.createObjectURL(blob);
+  const audio = el("audio", { controls: true, src: url, "aria-label": `clip ${n}` });
+  const label = words.length > 60 ? words.slice(0, 57) + "…" : words;
+  $("speak-clips").prepend(el("li", { dataset: { clip: String(n), kind } },
+    el("span", { class: "clip-title" }, `${n}. ${kind === "answer" ? "answer to" : "text"}: ${label}`),
+    audio,
+    el("a", { href: url, download: `ris-speech-${n}.wav` }, `Download clip ${n} (WAV)`)));
+  return audio;
+}
+
+// 16-bit mono PCM chunks as one WAV file (the 44-byte RIFF header, then the samples).
+function wavBlob(chunks, rate) {
+  const bytes = chunks.reduce((a, c) => a + c.byteLength, 0);
+  const head = new DataView(new ArrayBuffer(44));
+  const text = (at, s) => [...s].forEach((ch, i) => head.setUint8(at + i, ch.charCodeAt(0)));
+  text(0, "RIFF"); head.setUint32(4, 36 + bytes, true); text(8, "WAVE");
+  text(12, "fmt "); head.setUint32(16, 16, true); head.setUint16(20, 1, true); head.setUint16(22, 1, true);
+  head.setUint32(24, rate, true); head.setUint32(28, rate * 2, true); head.setUint16(32, 2, true);
+  head.setUint16(34, 16, true); text(36, "data"); head.setUint32(40, bytes, true);
+  return new Blob([head, ...chunks], { type: "audio/wav" });
 }
 
 // The speaking pipeline: sentences go to TTS as the LLM writes them; each PCM chunk is
@@ -116,12 +141,14 @@ async function speakAnswer(status) {
   let answerDone = null;
   let chunks = 0;
   let lastSound = null;
+  const kept = []; // every chunk, for the answer's own clip once it has all arrived
   for await (const { event, data } of sse(resp)) {
     if (event === "start") rate = data.sample_rate;
     else if (event === "text") out.append(data.text + " ");
     else if (event === "audio") {
       const bytes = Uint8Array.from(atob(data.pcm), (c) => c.charCodeAt(0));
       const pcm = new Int16Array(bytes.buffer, 0, bytes.length >> 1);
+      kept.push(pcm);
       const buf = ctx.createBuffer(1, pcm.length, rate);
       const ch = buf.getChannelData(0);
       for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
@@ -142,6 +169,7 @@ async function speakAnswer(status) {
     }
   }
   const total = (performance.now() - t0) / 1000;
+  if (kept.length) addClip(wavBlob(kept, rate), "answer", $("speak-text").value);
   // Sound began before the last of it arrived: it was played as it came, not at the end.
   out.dataset.playedEarly = String(chunks >= 2 && firstSound < lastSound);
   status.textContent = `first sound after ${firstSound?.toFixed(2)} s; answer written after ` +
@@ -176,6 +204,7 @@ $("image-form").addEventListener("submit", async (ev) => {
   const status = $("image-status");
   const img = $("image-result");
   img.hidden = true;
+  delete status.dataset.state;
   bar.value = 0;
   bar.dataset.seen = "0";
   $("image-send").disabled = true;
@@ -192,6 +221,7 @@ $("image-form").addEventListener("submit", async (ev) => {
       status.textContent = p.status === "queued" ? `queued, position ${p.queue_position}`
         : `${p.status}: step ${p.step}/${p.total_steps ?? "?"}` + (p.eta_s ? `, about ${p.eta_s.toFixed(1)} s left` : "");
       if (p.status === "succeeded") {
+        status.dataset.state = p.status;
         img.src = task.result_url;
         img.alt = `generated image: ${$("image-prompt").value}`;
         await img.decode().catch(() => {});
@@ -199,7 +229,8 @@ $("image-form").addEventListener("submit", async (ev) => {
         break;
       }
       if (p.status === "failed" || p.status === "cancelled") {
-        status.textContent = `${p.status}: ${p.error ? p.error.code + ": " + p.error.message : ""}`;
+        status.textContent = outcomeText(p.status, p.error);
+        status.dataset.state = p.status;
         break;
       }
       await new Promise((r) => setTimeout(r, 250));

@@ -1,16 +1,40 @@
 // Work: the queues in order, running tasks with progress, recent outcomes; cancel buttons.
-import { api, el, fmt, poll } from "./common.js";
+import { api, el, fmt, outcomeText, poll } from "./common.js";
 
 const status = document.getElementById("work-status");
+// The task the status line is about, followed on every tick until it ends: a running task
+// asked to stop is "cancel requested" until its worker stops it, then "cancelled".
+let followed = null;
+
+function say(task, text, state) {
+  status.textContent = `${task.lane} task ${task.task_id}: ${text}`;
+  status.dataset.taskId = task.task_id;
+  status.dataset.state = state;
+}
 
 async function cancel(task) {
   try {
     const r = await api(`/api/tasks/${encodeURIComponent(task.task_id)}/cancel`, { method: "POST" });
-    status.textContent = `${task.lane} task ${task.task_id}: ${r.outcome} (${r.state})`;
+    followed = r.outcome === "requested" ? task : null;
+    say(task, r.outcome === "requested" ? `cancel requested (still ${r.state})` : r.state, r.state);
   } catch (e) {
+    followed = null;
     status.textContent = `could not cancel ${task.task_id}: ${e.message}`;
   }
   await refresh();
+}
+
+// The followed task's line, from this tick's lists (or from the task itself once it has
+// left them: a busy lane pushes it out of the recent ones).
+async function follow(state) {
+  const task = followed;
+  const { queued, running, recent } = state.tasks;
+  let view = [...queued, ...running, ...recent].find((t) => t.task_id === task.task_id);
+  if (!view) view = await api(`/api/tasks/${encodeURIComponent(task.task_id)}`);
+  if (view.state === "queued" || view.state === "running") return;
+  followed = null;
+  say(task, outcomeText(view.state, view.error), view.state);
+  if (view.error) status.dataset.code = view.error.code;
 }
 
 function cancelButton(task) {
@@ -43,8 +67,10 @@ async function refresh() {
   fill("recent", recent.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane, state: t.state } },
     el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id)), el("td", { class: "st-" + t.state }, t.state),
     el("td", {}, t.started_at && t.finished_at ? fmt.secs(t.finished_at - t.submitted_at) : "–"),
-    el("td", {}, t.error ? el("span", { title: t.error.message }, el("code", {}, t.error.code), " ", t.error.message) : ""),
+    // The message alone (the state has its own column), its code for machines and a hover.
+    el("td", {}, t.error ? el("span", { title: t.error.code, dataset: { code: t.error.code } }, t.error.message) : ""),
     el("td", {}, t.pauses !== undefined ? `${t.pauses} (${fmt.secs(t.paused_s)})` : ""))));
+  if (followed) await follow(state);
 }
 
 poll(refresh, 1000);

@@ -1,0 +1,79 @@
+"""The console's server-side chart history: bounded, pruned by age, sampled at its pace; the
+image step rate and per-core load between samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from ris.api.chart_history import ChartHistory, CoreLoad, StepRate
+
+from .fakes import FakeClock
+
+
+def test_a_sample_is_due_at_first_then_every_interval() -> None:
+    clock = FakeClock()
+    h = ChartHistory(clock, span_s=60, every_s=5)
+    assert h.due()
+    h.record({"llm.latency": [0.1, 0.2]})
+    assert not h.due()
+    clock.advance(4.9)
+    assert not h.due()
+    clock.advance(0.1)
+    assert h.due()
+
+
+def test_points_older_than_the_span_are_dropped_and_the_count_is_bounded() -> None:
+    clock = FakeClock()
+    h = ChartHistory(clock, span_s=60, every_s=5)
+    start = clock.now
+    for i in range(1000):  # far more samples than the span holds, some closer than every_s
+        h.record({"cpu": [float(i)], "llm.throughput": [1.0]})
+        clock.advance(2.5)
+    series = h.view()["series"]
+    for points in series.values():
+        assert len(points) <= 60 / 5 + 1
+        assert all(t >= clock.now - 60 for t, _ in points)
+    cpu = series["cpu"]
+    assert cpu[-1] == [start + 999 * 2.5, [999.0]]  # the newest kept, oldest first
+    assert [t for t, _ in cpu] == sorted(t for t, _ in cpu)
+
+
+def test_the_view_prunes_by_the_clock_even_without_new_samples() -> None:
+    clock = FakeClock()
+    h = ChartHistory(clock, span_s=60, every_s=5)
+    h.record({"tts.latency": [None, None]})
+    clock.advance(30)
+    h.record({"tts.latency": [0.5, 0.9], "image.throughput": [2.0]})
+    view = h.view()
+    assert view["time"] == clock.now and view["span_s"] == 60 and view["every_s"] == 5
+    assert view["series"]["tts.latency"] == [[clock.now - 30, [None, None]], [clock.now, [0.5, 0.9]]]
+    assert view["series"]["image.throughput"] == [[clock.now, [2.0]]]  # a series starts late
+    clock.advance(45)
+    assert h.view()["series"]["tts.latency"] == [[clock.now - 45, [0.5, 0.9]]]
+    clock.advance(16)
+    assert h.view()["series"] == {"tts.latency": [], "image.throughput": []}
+
+
+def test_a_span_or_interval_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        ChartHistory(FakeClock(), span_s=0)
+    with pytest.raises(ValueError, match="positive"):
+        ChartHistory(FakeClock(), every_s=-1)
+
+
+def test_step_rate_counts_what_each_image_task_advanced_since_the_last_sample() -> None:
+    rate = StepRate()
+    assert rate.update(100.0, {"a": 3}, {"a"}) is None  # nothing to compare with yet
+    # a advanced 7, b started since and did 2, c finished unseen before: not counted (it
+    # was not running at the sample and was never seen).
+    assert rate.update(105.0, {"a": 10, "b": 2, "c": 8}, {"a", "b"}) == pytest.approx(9 / 5)
+    # a finished (its progress kept in the recent list); b went on 4 steps.
+    assert rate.update(110.0, {"a": 10, "b": 6}, {"b"}) == pytest.approx(4 / 5)
+    assert rate.update(110.0, {"b": 6}, {"b"}) is None  # no time passed: no rate
+
+
+def test_core_load_is_the_busy_share_between_two_readings() -> None:
+    load = CoreLoad()
+    assert load.update([(10.0, 100.0), (50.0, 100.0)]) == [None, None]
+    assert load.update([(15.0, 110.0), (50.0, 110.0)]) == [50.0, 0.0]
+    assert load.update([(15.0, 110.0)]) == [None]  # cores changed: a new baseline
