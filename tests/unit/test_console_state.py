@@ -165,7 +165,7 @@ async def test_a_chart_sample_has_every_lanes_series_and_the_image_step_rate(tmp
         workers[Lane.LLM].ready()
         workers[Lane.IMAGE].ready()
         steps = StepRate()
-        first = chart_values(eng.snapshot(SAMPLE_WINDOW), steps, [12.5, None])
+        first = chart_values(eng.snapshot(SAMPLE_WINDOW), eng.config, steps, [12.5, None])
         assert set(first) == {
             f"{lane}.{chart}" for lane in ("llm", "tts", "image") for chart in ("latency", "throughput")
         } | {"cpu"}
@@ -174,7 +174,7 @@ async def test_a_chart_sample_has_every_lanes_series_and_the_image_step_rate(tmp
         task = eng.submit(IMAGE, "i", ImageRequest(prompt="p"))
         workers[Lane.IMAGE].deliver(m.TaskProgress(task.task_id, 3, 10))
         clock.advance(5.0)
-        assert chart_values(eng.snapshot(SAMPLE_WINDOW), steps, [])["image.throughput"] == [3 / 5]
+        assert chart_values(eng.snapshot(SAMPLE_WINDOW), eng.config, steps, [])["image.throughput"] == [3 / 5]
         workers[Lane.IMAGE].deliver(m.TaskProgress(task.task_id, 8, 10))
         clock.advance(2.0)
-        assert chart_values(eng.snapshot(SAMPLE_WINDOW), steps, [])["image.throughput"] == [5 / 2]
+        assert chart_values(eng.snapshot(SAMPLE_WINDOW), eng.config, steps, [])["image.throughput"] == [5 / 2]

@@ -18,6 +18,7 @@ import psutil
 from ris.api.chart_history import ChartHistory, CoreLoad, StepRate
 from ris.api.routes.tasks import task_info
 from ris.api.stats import lane_stats
+from ris.config import Config
 from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes.image import ImageResult
 from ris.lanes.tts import TTSResult
@@ -113,12 +114,14 @@ def _brief(view: TaskView[Any]) -> dict[str, Any]:
     return row
 
 
-def chart_values(snap: Snapshot, steps: StepRate, cores: list[float | None]) -> dict[str, list[float | None]]:
+def chart_values(
+    snap: Snapshot, config: Config, steps: StepRate, cores: list[float | None]
+) -> dict[str, list[float | None]]:
     """One sample of every chart the overview draws, named "<lane>.latency" (p50, p99),
     "<lane>.throughput" (the lane's unit: LLM tokens/s, TTS audio chunks/s, image steps/s)
     and "cpu" (per core): the same figures the page computes from each tick."""
     assert snap.tasks is not None
-    stats = lane_stats(snap)
+    stats = lane_stats(snap, config)
     out: dict[str, list[float | None]] = {}
     image = [v for v in (*snap.tasks.running, *snap.tasks.recent) if v.lane == "image"]
     for lane in snap.lanes:
@@ -152,7 +155,7 @@ async def keep_chart_history(engine: Engine, history: ChartHistory) -> None:
         if history.due():
             try:
                 snap = engine.snapshot(SAMPLE_WINDOW)
-                history.record(chart_values(snap, steps, cores.update(_core_times())))
+                history.record(chart_values(snap, engine.config, steps, cores.update(_core_times())))
             except Exception:  # noqa: BLE001 - a bad sample must not end the history
                 log.exception("console chart sample failed")
         await asyncio.sleep(history.every_s)
