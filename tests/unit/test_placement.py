@@ -252,3 +252,24 @@ def test_replicas_count_each_in_the_packing() -> None:
     ]
     (problem,) = refusals(cfg(cluster(tts={"replicas": 2, "min_replicas": 2})), [both])  # 3 CPUs, 2
     assert "lanes.tts (replica 2)" in problem and "not all at once" in problem
+
+
+def test_on_a_cluster_lanes_share_a_node_by_intent_not_by_core_numbers() -> None:
+    """`cores: [1]` on the image box and on the speech box are different cores: an image lane
+    that pauses for real-time work is placed with a lane only when it shares its GPU or names it."""
+    image = {
+        "enabled": True,
+        "cores": [1],
+        "nice": 0,
+        "preemption": {"policy": "step"},
+        "default_model": "t",
+        "models": {"t": {"backend": "diffusers", "source": "tiny"}},
+    }
+    assert colocated_groups(cfg(cluster(image=image))) == []
+    named = {**image, "preemption": {"policy": "step", "yield_to": ["tts"]}}
+    assert colocated_groups(cfg(cluster(image=named))) == [("tts", "image")]
+    local = cluster(image=image)
+    del local["cluster"]
+    assert colocated_groups(parse_config(local, HEAD)) == [("tts", "image")]  # here: the same core 1
+    with pytest.raises(ConfigError, match=r"yield_to: 'gpu' is not another lane; lanes: llm, tts"):
+        cfg(cluster(image={**image, "preemption": {"yield_to": ["gpu"]}}))

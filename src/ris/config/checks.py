@@ -30,6 +30,7 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                         f"{other} lane; real-time lanes need disjoint cores "
                         "(or set exclusive_cores: false)"
                     )
+    problems += _yield_to_problems(cfg)
     problems += _board_problems(cfg, local=here)
     if not cfg.enabled_lanes:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
@@ -64,6 +65,19 @@ def _board_problems(cfg: Config, *, local: bool) -> list[str]:
                     f"{head} {', '.join(partners)} on {cfg.lane(lane).device} and they are placed "
                     "together on one node, one worker each (use replicas: 1, or give the lanes "
                     "different devices)"
+                )
+    return problems
+
+
+def _yield_to_problems(cfg: Config) -> list[str]:
+    problems = []
+    for lane, lane_cfg in cfg.lanes.items():
+        others = [n for n in cfg.lanes if n != lane]
+        for other in lane_cfg.preemption.yield_to or ():
+            if other not in others:
+                problems.append(
+                    f"lanes.{lane}.preemption.yield_to: {other!r} is not another lane; "
+                    f"lanes: {', '.join(others)}"
                 )
     return problems
 

@@ -66,6 +66,12 @@ class PreemptionConfig(_Strict):
         default=0.1, ge=0.0, lt=1.0, description="wall-time share images keep under constant load"
     )
     window_s: float = Field(default=10.0, gt=0, description="memory of the starvation guard")
+    yield_to: tuple[str, ...] | None = Field(
+        default=None,
+        description="the real-time lanes to yield to; None: those sharing the lane's hardware (here: "
+        "its GPU or overlapping cores; on a cluster: its GPU only, since core numbers of different "
+        "machines say nothing about sharing). On a cluster, lanes yielded to are placed on its node",
+    )
 
 
 class LaneConfig(_Strict):

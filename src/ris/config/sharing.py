@@ -20,10 +20,21 @@ from ris.preemption.policy import PreemptionPolicy
 
 
 def yields_to(config: Config, lane: str) -> tuple[str, ...]:
-    """The real-time lanes `lane` shares hardware with (empty unless it is preemptible)."""
+    """The real-time lanes `lane` yields to (empty unless it is preemptible): those its config
+    names (`preemption.yield_to`), else those it shares hardware with. On a cluster, that is
+    its GPU only: `cores: [1]` on the image box and on the speech box are different cores, and
+    reading them as shared would place the two lanes on one node."""
     mine = config.lane(lane)
     if not kind(lane).preemptible or not mine.enabled:
         return ()
+    named = mine.preemption.yield_to
+    if named is not None:
+        return tuple(
+            o
+            for o in named
+            if o in config.lanes and config.lane(o).enabled and config.lane(o).priority_class == "realtime"
+        )
+    on_cluster = config.cluster.engine != "local"
     shared: list[str] = []
     for other, cfg in config.lanes.items():
         if other == lane or not cfg.enabled or cfg.priority_class != "realtime":
@@ -31,7 +42,7 @@ def yields_to(config: Config, lane: str) -> tuple[str, ...]:
         if mine.device.startswith("cuda"):
             if cfg.device == mine.device:
                 shared.append(other)
-        elif cfg.device == "cpu":
+        elif cfg.device == "cpu" and not on_cluster:
             a, b = mine.cores, cfg.cores
             if a is None or b is None or set(a) & set(b):
                 shared.append(other)
