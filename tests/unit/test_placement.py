@@ -189,6 +189,29 @@ def test_an_address_where_no_head_answers_is_refused_at_once() -> None:
         check_cluster(cfg(data))
 
 
+def test_an_address_where_another_service_listens_is_refused_within_seconds() -> None:
+    """An HTTP server where the head should be: Ray itself would hang past two minutes."""
+    import http.server
+    import threading
+    import time
+
+    pytest.importorskip("ray")
+    from ris.runtime.workers.ray_cluster import check_cluster
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        data = cluster()
+        data["cluster"]["address"] = f"127.0.0.1:{web.server_address[1]}"
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match="something listens there but it is not a Ray head"):
+            check_cluster(cfg(data))
+        assert time.monotonic() - start < 10
+    finally:
+        web.shutdown()
+        web.server_close()
+
+
 def test_serve_with_ray_turns_a_local_config_into_a_cluster_one(tmp_path: Path) -> None:
     from ris.cli import _load, build_parser
 

@@ -33,25 +33,54 @@ CONNECT_TIMEOUT_S = 5.0
 PLACEMENT_TIMEOUT_S = 30.0
 
 
+# What a gRPC server (Ray's GCS is one) answers an HTTP/2 client's first bytes with: a SETTINGS
+# frame on stream 0. Anything else (an HTTP/1 server, a database, silence) is not a Ray head.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS_FRAME = 4
+
+
 def connect(config: Config) -> None:
     """Join the configured Ray cluster (once per process)."""
     address = config.cluster.address
     if address and ":" in address and "://" not in address:
-        # Ray retries an address where nothing listens for minutes: say so at once instead.
+        # Ray retries an address where nothing listens, or where another service does, for
+        # minutes: say so within seconds instead.
         host, _, port = address.rpartition(":")
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            speaks_grpc = _speaks_http2(host.strip("[]"), int(port))
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
                 f"`ray start --head --port={port}` or fix the address"
             ) from None
+        if not speaks_grpc:
+            raise ConfigError(
+                f"cluster.address {address!r}: something listens there but it is not a Ray head "
+                "(it does not speak gRPC, as Ray's GCS does); check the port (`ray start --head` "
+                "prints the address to use)"
+            )
     if ray.is_initialized():
         return
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"cluster.address {address!r}: cannot join a Ray cluster there: {e}") from None
+
+
+def _speaks_http2(host: str, port: int) -> bool:
+    """Whether the service at host:port answers HTTP/2's opening as a gRPC server does."""
+    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as s:
+        s.sendall(_HTTP2_PREFACE)
+        head = b""
+        try:
+            while len(head) < 9:
+                piece = s.recv(9 - len(head))
+                if not piece:
+                    return False
+                head += piece
+        except TimeoutError:
+            return False
+    return head[3] == _SETTINGS_FRAME and head[5:9] == b"\0\0\0\0"
 
 
 def alive_nodes() -> list[dict[str, float]]:
