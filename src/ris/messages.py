@@ -80,6 +80,9 @@ class WorkerReady:
     threads: int
     # Tasks the worker runs at once.
     slots: int = 1
+    # The resident-memory ceiling it runs under, as its own machine set it (a Ray node's memory
+    # for a defaulted ceiling); the server's watchdog holds it to this one. None: none.
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,16 @@ async def test_a_worker_its_cluster_has_not_placed_is_pending_and_refuses_work(t
 
 
 @run
+async def test_the_watchdog_holds_a_worker_to_the_ceiling_its_machine_set(tmp_path: Path) -> None:
+    """A Ray node sets a defaulted ceiling from its own memory and says it when ready."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.deliver(m.WorkerReady(4242, (), (0,), "", 1, 1, memory_limit_bytes=3 * 2**30))
+        status = next(s for s in eng.snapshot().lanes if s.lane == Lane.LLM).workers[0]
+        assert status.memory_limit_bytes == 3 * 2**30
+
+
+@run
 async def test_a_model_that_cannot_load_makes_the_lane_unavailable_until_it_can(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]

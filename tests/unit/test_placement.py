@@ -296,3 +296,18 @@ def test_on_a_cluster_lanes_share_a_node_by_intent_not_by_core_numbers() -> None
     assert colocated_groups(parse_config(local, HEAD)) == [("tts", "image")]  # here: the same core 1
     with pytest.raises(ConfigError, match=r"yield_to: 'gpu' is not another lane; lanes: llm, tts"):
         cfg(cluster(image={**image, "preemption": {"yield_to": ["gpu"]}}))
+
+
+def test_a_defaulted_memory_ceiling_on_a_cluster_is_the_nodes_share_set_there() -> None:
+    """The RIS machine's memory says nothing of a node's: the worker sets its own ceiling."""
+    from ris.runtime.specs import memory_limit, worker_spec
+
+    spec = worker_spec(cfg(cluster()), "llm", HEAD)
+    assert spec.binding.memory_limit_bytes is None and spec.memory_share is not None
+    assert memory_limit(cfg(cluster()), "llm", HEAD) is None  # the watchdog learns it at ready
+    given = worker_spec(cfg(cluster(llm={"memory_limit_mb": 512})), "llm", HEAD)
+    assert (given.binding.memory_limit_bytes, given.memory_share) == (512 * 2**20, None)
+    local = cluster()
+    del local["cluster"]
+    here = worker_spec(parse_config(local, HEAD), "llm", HEAD)
+    assert here.binding.memory_limit_bytes and here.memory_share is None

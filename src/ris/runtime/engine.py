@@ -19,6 +19,7 @@ workers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -322,6 +323,12 @@ class Engine:
             self._on_end(replica, msg)
         elif isinstance(msg, m.WorkerReady):
             replica.ready_info, replica.failure = msg, None
+            if msg.memory_limit_bytes is not None:
+                # The ceiling its machine set (a Ray node's share of its own memory) is the one
+                # the watchdog holds it to; locally it is the one the engine gave.
+                replica.watch.limits = dataclasses.replace(
+                    replica.watch.limits, memory_bytes=msg.memory_limit_bytes
+                )
             self._supervisor.ready(replica.watch)
             log.info("%s worker ready (pid %s)", replica.lane, msg.pid)
             self._update_slots(replica.lane)

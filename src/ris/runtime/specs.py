@@ -12,8 +12,19 @@ from ris.runtime.workers.base import WorkerSpec
 
 
 def memory_limit(config: Config, lane: str, machine: MachineInfo | None = None) -> int | None:
-    """The lane's worker memory ceiling in bytes (None: none); `machine` defaults to this one."""
+    """The lane's worker memory ceiling in bytes (None: none, or not known here); `machine`
+    defaults to this one. On a cluster a defaulted ceiling is a share of the memory of the node
+    that runs the worker: unknown here, set on the node (`node_memory_share`)."""
+    if node_memory_share(config, lane) is not None:
+        return None
     return config.lane(lane).memory_limit_bytes(machine or machine_info(), lanes.kind(lane).memory_share)
+
+
+def node_memory_share(config: Config, lane: str) -> float | None:
+    """The share of its node's memory a cluster worker's defaulted ceiling is (None: not one)."""
+    if config.cluster.engine == "local" or config.lane(lane).memory_limit_mb is not None:
+        return None
+    return lanes.kind(lane).memory_share
 
 
 def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -> WorkerSpec:
@@ -36,4 +47,5 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
         data_dir=str(config.data_dir),
         preemption=resolve_policy(config, lane) if kind.preemptible else None,
         yield_to=yields_to(config, lane),
+        memory_share=node_memory_share(config, lane),
     )

@@ -184,6 +184,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             threads=spec.binding.threads,
             slots=cfg.parallel,
+            memory_limit_bytes=spec.binding.memory_limit_bytes,
         )
     )
     publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)

@@ -48,6 +48,9 @@ class WorkerSpec:
     # Preemptible lanes: how to yield, and to which real-time lanes (those sharing its hardware).
     preemption: PreemptionPolicy | None = None
     yield_to: tuple[str, ...] = ()
+    # A defaulted memory ceiling on a cluster: this share of the memory of the node that runs
+    # the worker, set there (binding.memory_limit_bytes is None until then).
+    memory_share: float | None = None
 
 
 @dataclass(frozen=True)

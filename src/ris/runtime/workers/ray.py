@@ -141,6 +141,12 @@ class LaneActor:
 
     def __init__(self, spec: WorkerSpec, board_name: str | None, board_lanes: tuple[str, ...]) -> None:
         gpus = ray.get_gpu_ids()
+        if spec.memory_share is not None:
+            # A defaulted ceiling is a share of this node's memory, not of the RIS machine's.
+            limit = int(psutil.virtual_memory().total * spec.memory_share)
+            spec = dataclasses.replace(
+                spec, binding=dataclasses.replace(spec.binding, memory_limit_bytes=limit)
+            )
         if spec.binding.gpu is not None and gpus:
             # The GPU Ray gave us, whatever index the config named (it names the device kind).
             spec = dataclasses.replace(spec, binding=dataclasses.replace(spec.binding, gpu=int(gpus[0])))
