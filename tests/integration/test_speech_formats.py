@@ -5,11 +5,14 @@ duration and rate, the native route's `format` and Accept, and unknown formats r
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import av
 import httpx
 import pytest
+
+from ris import Client
 
 from .server import Server
 
@@ -113,6 +116,12 @@ def test_the_native_route_answers_in_the_type_accept_names(server: Server) -> No
         f"{server.url}/api/tts/synthesize", json={"text": "Hi.", "format": "flac"}, timeout=120
     ).json()
     assert as_json["audio_url"].endswith("?format=flac")
+
+
+def test_the_sdk_saves_speech_in_the_format_asked(client: Client, tmp_path: Path) -> None:
+    speech = client.synthesize(TEXT, voice="en-US", format="opus", path=tmp_path / "speech.ogg")
+    seconds, rate, container = decoded((tmp_path / "speech.ogg").read_bytes())
+    assert (rate, container) == (48000, "ogg") and abs(seconds - speech.duration_s) < SLACK_S
 
 
 def test_unknown_formats_are_refused_with_the_ones_there_are(server: Server) -> None:
