@@ -40,6 +40,7 @@ class SlowReadersReport:
     audio_bytes_each: int  # what one client was sent, as the result file holds it
     tasks_succeeded: int
     machine: str = ""
+    response_format: str = "pcm"
 
     @property
     def growth_mib(self) -> float:
@@ -68,10 +69,11 @@ class SpeechRefused(Exception):
         self.status = status
 
 
-def stalled_speech(port: int, text: str) -> tuple[socket.socket, str]:
+def stalled_speech(port: int, text: str, response_format: str = "pcm") -> tuple[socket.socket, str]:
     """A connection that asked for speech and read only the head of the answer: its task id.
     SpeechRefused (the socket closed) if the answer is an error."""
-    body = json.dumps({"model": "tts-1", "voice": "zh-CN", "input": text, "response_format": "pcm"}).encode()
+    request = {"model": "tts-1", "voice": "zh-CN", "input": text, "response_format": response_format}
+    body = json.dumps(request).encode()
     sock = socket.create_connection(("127.0.0.1", port))
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for it
@@ -109,7 +111,11 @@ def wait_ended(url: str, task_ids: list[str], timeout: float) -> dict[str, str]:
     raise TimeoutError(f"tasks still running after {timeout} s: {states}")
 
 
-def run(folder: Path, clients: int, text: str = CHINESE, timeout: float = 900.0) -> SlowReadersReport:
+def run(
+    folder: Path, clients: int, text: str = CHINESE, timeout: float = 900.0, response_format: str = "pcm"
+) -> SlowReadersReport:
+    """`response_format` other than pcm: the encoder in the way must not run ahead of the reader
+    either."""
     cfg = make_config(folder, llm={"enabled": False}, image={"enabled": False})
     srv = Server(folder, cfg).start()
     try:
@@ -119,11 +125,11 @@ def run(folder: Path, clients: int, text: str = CHINESE, timeout: float = 900.0)
             "model": "tts-1",
             "voice": "zh-CN",
             "input": "你好",
-            "response_format": "pcm",
-        }  # the route and the voice
+            "response_format": response_format,
+        }  # the route, the voice and the encoder
         httpx.post(f"{srv.url}/v1/audio/speech", json=warm, timeout=60).raise_for_status()
         start = rss_mib(pid)
-        stalled = [stalled_speech(srv.port, text) for _ in range(clients)]
+        stalled = [stalled_speech(srv.port, text, response_format) for _ in range(clients)]
         states = wait_ended(srv.url, [t for _, t in stalled], timeout)
         time.sleep(1.0)  # the last outputs reach the route
         ended = rss_mib(pid)
@@ -141,6 +147,7 @@ def run(folder: Path, clients: int, text: str = CHINESE, timeout: float = 900.0)
             audio_bytes_each=wav.stat().st_size if wav.exists() else 0,
             tasks_succeeded=sum(s == "succeeded" for s in states.values()),
             machine=machine(),
+            response_format=response_format,
         )
     finally:
         srv.stop()
@@ -151,10 +158,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--format", default="pcm", help="response_format: pcm, mp3, opus, aac, flac, wav")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(Path(tmp), args.clients)
+        report = run(Path(tmp), args.clients, response_format=args.format)
     emit(
         {**asdict(report), "growth_mib": report.growth_mib, "left_after_mib": report.left_after_mib}, args.out
     )

@@ -5,22 +5,28 @@ the audio were complete (raw audio has nowhere to put an error event)."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
+import numpy as np
 import pytest
 
 from ris import messages as m
 from ris.api.app import create_app
+from ris.api.errors import APIError
 from ris.api.streams import StreamBroken
+from ris.api.tts_support import accepted_format
 from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, TextDelta
 from ris.lanes.tts import AudioChunk, AudioFile, AudioWritten, TTSOutcome
 from ris.runtime.engine import Engine
 from ris.runtime.views import EventStream
+from ris.services.speech_encoding import SpeechFormat
 
 from .fakes import FakeWorker, FakeWorkers, run, settle, started_engine
 
@@ -132,3 +138,111 @@ def test_audio_that_cannot_be_written_fails_its_task_rather_than_leave_a_gap(tmp
     assert isinstance(written, AudioWritten) and written.length == 0  # nothing for a stream to read
     with pytest.raises(FileNotFoundError):
         audio.finish()  # the engine stores no result: result_not_stored
+
+
+def tone(seconds: float, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 300 * t) * 5000).astype("<i2").tobytes()
+
+
+def decoded_seconds(data: bytes) -> tuple[float, str]:
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return samples / stream.codec_context.sample_rate, container.format.name
+
+
+@run
+async def test_speech_without_a_format_is_mp3_encoded_as_it_comes(tmp_path: Path) -> None:
+    """OpenAI's clients send no response_format for mp3, their default."""
+    body = {k: v for k, v in SPEECH.items() if k != "response_format"}
+    async with posted(tmp_path, "/v1/audio/speech", body) as (request, workers):
+        tts = workers[Lane.TTS]
+        task_id = tts.runs[0].task_id
+        for _ in range(3):
+            tts.deliver(m.TaskOutput(task_id, AudioChunk(tone(0.5), 16000)))
+        tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 24000, "en-US")))
+        r = await asyncio.wait_for(request, 10)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg"
+    seconds, container = decoded_seconds(r.content)
+    assert container == "mp3" and abs(seconds - 1.5) < 0.25
+
+
+@run
+async def test_mp3_speech_that_fails_after_its_first_sound_breaks_the_body_off(tmp_path: Path) -> None:
+    async with posted(tmp_path, "/v1/audio/speech", {**SPEECH, "response_format": "mp3"}) as (
+        request,
+        workers,
+    ):
+        tts = workers[Lane.TTS]
+        task_id = tts.runs[0].task_id
+        tts.deliver(m.TaskOutput(task_id, AudioChunk(tone(0.5), 16000)))
+        await settle()
+        tts.deliver(m.TaskError(task_id, "synthesis_failed", "espeak-ng returned error 2"))
+        with pytest.raises(StreamBroken, match="synthesis_failed"):
+            await asyncio.wait_for(request, 10)
+
+
+@run
+async def test_an_unknown_speech_format_is_a_400_listing_the_formats(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.TTS].ready(models=(VOICE,))
+        r = await post(eng, "/v1/audio/speech", {**SPEECH, "response_format": "ogg"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == "response_format" and err["type"] == "invalid_request_error"
+    assert "'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'" in err["message"]
+
+
+@run
+async def test_a_finished_synthesis_is_served_in_the_format_asked(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.TTS].ready(models=(VOICE,))
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            synth = asyncio.create_task(
+                client.post("/api/tts/synthesize", json={"text": "Hello there.", "format": "opus"})
+            )
+            await settle()
+            tts = workers[Lane.TTS]
+            task_id = tts.runs[0].task_id
+            tts.deliver(m.TaskOutput(task_id, AudioChunk(tone(1.0), 16000)))
+            tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 16000, "en-US")))
+            r = await asyncio.wait_for(synth, 10)
+            url = r.json()["audio_url"]
+            assert url == f"/api/tts/audio/{task_id}?format=opus"
+            opus = await client.get(url)
+            flac = await client.get(url.split("?")[0], headers={"Accept": "audio/flac"})
+            wav = await client.get(url.split("?")[0])
+            bad = await client.get(url.split("?")[0], params={"format": "wma"})
+            refused = await client.get(url.split("?")[0], headers={"Accept": "audio/webm"})
+    assert opus.headers["content-type"] == "audio/ogg" and decoded_seconds(opus.content)[1] == "ogg"
+    assert flac.headers["content-type"] == "audio/flac"
+    assert decoded_seconds(flac.content) == (1.0, "flac")  # lossless: every sample, no padding
+    assert wav.headers["content-type"] == "audio/wav" and wav.content[44:] == tone(1.0)
+    assert bad.status_code == 422 and "'mp3', 'opus', 'aac', 'flac', 'wav' or 'pcm'" in bad.text
+    assert refused.status_code == 406 and "audio/mpeg (mp3)" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "fmt", "chosen"),
+    [
+        ("", None, None),  # no Accept: JSON
+        ("*/*", "mp3", None),  # what httpx and curl send: JSON, its audio_url in mp3
+        ("audio/wav", None, "wav"),
+        ("audio/mpeg, audio/wav;q=0.5", None, "mp3"),
+        ("audio/opus", None, "opus"),
+        ("audio/*", None, "wav"),
+        ("audio/*", "aac", "aac"),
+        ("audio/flac, audio/aac", "aac", "aac"),
+        ("audio/wav, application/json", None, None),  # either: JSON, as before
+    ],
+)
+def test_accept_and_format_pick_the_answer(accept: str, fmt: SpeechFormat | None, chosen: str | None) -> None:
+    assert accepted_format(accept, fmt) == chosen
+
+
+def test_accept_that_excludes_the_format_asked_is_a_406() -> None:
+    with pytest.raises(APIError) as exc:
+        accepted_format("audio/wav", "mp3")
+    assert exc.value.status == 406 and "audio/mpeg" in exc.value.message

@@ -114,6 +114,14 @@ def test_both_clients_have_the_same_calls_with_the_same_signatures() -> None:
         assert kind(getattr(asyn, name)), name
 
 
+def test_synthesize_asks_for_a_format_and_fetches_the_audio_url_it_gets() -> None:
+    log: list[tuple[str, str, Any]] = []
+    with Client("http://ris.test", transport=handler(log)) as c:
+        c.synthesize("hello", format="mp3")
+    assert log[0][2] == {"text": "hello", "speed": 1.0, "format": "mp3"}
+    assert log[1][:2] == ("GET", f"http://ris.test/api/tts/audio/{TASK}")  # as the server names it
+
+
 def test_both_clients_send_the_same_requests_and_return_the_same_results() -> None:
     sync_log: list[tuple[str, str, Any]] = []
     with Client("http://ris.test", transport=handler(sync_log)) as c:

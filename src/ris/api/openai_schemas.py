@@ -21,6 +21,7 @@ from ris.api.limits import (
     RequestBody,
     refuse_surrogates,
 )
+from ris.services.speech_encoding import SpeechFormat
 
 
 class _OpenAIBody(RequestBody):
@@ -147,7 +148,9 @@ class SpeechRequest(_OpenAIBody):
     input: str = Field(min_length=1)
     voice: str
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    response_format: Literal["wav", "pcm", "mp3", "opus", "aac", "flac"] = "mp3"
+    response_format: SpeechFormat = Field(
+        default="mp3", description="the audio's format; OpenAI's default, mp3, when absent"
+    )
 
 
 class ImageGenerationRequest(_OpenAIBody):

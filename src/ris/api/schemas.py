@@ -21,6 +21,7 @@ from ris.api.limits import (
     RequestBody,
 )
 from ris.runtime.views import TaskView
+from ris.services.speech_encoding import SpeechFormat
 
 
 class _Body(RequestBody):
@@ -103,6 +104,11 @@ class TTSSynthesizeRequest(_Body):
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
     priority: int = Field(default=0, ge=-10, le=10)
     timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
+    format: SpeechFormat | None = Field(
+        default=None,
+        description="the audio's format: the bytes' when Accept asks for audio, and audio_url's; "
+        "else the type Accept names, else wav",
+    )
 
 
 class TTSSynthesizeResponse(BaseModel):

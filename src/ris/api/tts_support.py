@@ -1,17 +1,21 @@
 """What the speech routes (/api/tts, /v1/audio/speech, /api/chat/speak) share: which TTS model
-speaks a voice, its sample rate, refusing text with nothing to speak, and a task's first
-audio before a stream's status line is sent."""
+speaks a voice, its sample rate, refusing text with nothing to speak, a task's first
+audio before a stream's status line is sent, and its audio after that."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 
 from ris.api.deps import resolve_model, unless_gone
 from ris.api.errors import APIError, failure
+from ris.api.streams import StreamBroken
 from ris.lanes import Lane
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
+from ris.services.speech_encoding import MEDIA_TYPES, SPEECH_FORMATS, SpeechFormat
 
 
 def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
@@ -83,3 +87,55 @@ async def first_audio(engine: Engine, audio: AudioStream, request: Request) -> b
             raise failure(view)
         raise APIError(500, "synthesis_empty", "the speech engine produced no audio")
     return pcm
+
+
+async def task_pcm(audio: AudioStream, first: bytes) -> AsyncIterator[bytes]:
+    """A TTS task's PCM from its `first` piece (`first_audio`) on, as it is made. A task that
+    fails after some audio raises StreamBroken at the point of failure: the body is broken
+    off, and no encoder writes a clean end to it first."""
+    pcm: bytes | None = first
+    while pcm is not None:
+        yield pcm
+        pcm = await audio.next()
+    view = await audio.handle.done
+    if not view.succeeded:
+        raise StreamBroken(view.error_code or "failed", view.error_message or "the task failed")
+
+
+# The audio types an Accept header may name, each the format it is written in: OpenAI's
+# content types (MEDIA_TYPES) and the other names players and browsers send for them.
+ACCEPTED_AUDIO: dict[str, SpeechFormat] = {
+    **{media: fmt for fmt, media in MEDIA_TYPES.items()},
+    "audio/mp3": "mp3",
+    "audio/opus": "opus",
+    "audio/x-flac": "flac",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+}
+
+
+def accepted_format(accept: str, fmt: SpeechFormat | None) -> SpeechFormat | None:
+    """The format of an audio answer, from the Accept header and the request's `format`; None
+    when Accept asks for no audio (or for JSON too): the answer is JSON. `format` wins where
+    Accept allows it (its type, or audio/*); a type Accept names first otherwise; audio/*
+    alone means `format`, else wav. 406 when Accept names only audio no format is written in,
+    or not the one `format` asks for."""
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    audio = [t for t in types if t.startswith("audio/")]
+    if not audio or "application/json" in types:
+        return None
+    named = [ACCEPTED_AUDIO[t] for t in audio if t in ACCEPTED_AUDIO]
+    if fmt is not None:
+        if fmt in named or "audio/*" in audio:
+            return fmt
+        raise APIError(
+            406,
+            "not_acceptable",
+            f"format {fmt!r} is served as {MEDIA_TYPES[fmt]}, which Accept ({accept}) does not list",
+        )
+    if named:
+        return named[0]
+    if "audio/*" in audio:
+        return "wav"
+    listing = ", ".join(f"{MEDIA_TYPES[f]} ({f})" for f in SPEECH_FORMATS)
+    raise APIError(406, "not_acceptable", f"Accept ({accept}) names no audio type served here: {listing}")

@@ -226,11 +226,13 @@ class Operations:
         voice: str | None = None,
         speed: float = 1.0,
         model: str | None = None,
+        format: str | None = None,
         path: str | Path | None = None,
         **options: Any,
     ) -> Op[Speech]:
-        """Synthesize speech; returns the WAV bytes (and writes them to `path` if given)."""
-        body = {"text": text, "voice": voice, "speed": speed, "model": model, **options}
+        """Synthesize speech; returns the audio's bytes (and writes them to `path` if given):
+        WAV, or `format` ("mp3", "opus", "aac", "flac", "wav", "pcm")."""
+        body = {"text": text, "voice": voice, "speed": speed, "model": model, "format": format, **options}
         resp = yield Call(
             "POST", "/api/tts/synthesize", json={k: v for k, v in body.items() if v is not None}
         )

@@ -26,15 +26,15 @@ from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, 
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
 from ris.api.routes.image import result_url
-from ris.api.streams import StreamBroken
-from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, tts_rate
+from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, task_pcm, tts_rate
 from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest, wav_header
+from ris.lanes.tts import TTSRequest
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
+from ris.services.speech_encoding import MEDIA_TYPES, encode_stream
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -51,20 +51,13 @@ DEFAULT_VOICES = dict.fromkeys(
 
 @router.post(
     "/audio/speech",
-    responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}}}},
+    responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
     response_class=StreamingResponse,
-    summary="Speech, streamed as it is synthesized (wav or pcm)",
+    summary="Speech, encoded and streamed as it is synthesized (mp3, opus, aac, flac, wav, pcm)",
 )
 async def speech(body: SpeechRequest, request: Request) -> Any:
     refuse_unknown(body, SPEECH)
     engine = engine_of(request)
-    if body.response_format not in ("wav", "pcm"):
-        raise APIError(
-            400,
-            "unsupported_format",
-            f"response_format {body.response_format!r} is not supported; use 'wav' or 'pcm' (16-bit mono)",
-            param="response_format",
-        )
     limit = engine.config.server.max_tts_chars
     if len(body.input) > limit:
         raise APIError(
@@ -86,19 +79,13 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
 
     async def stream() -> AsyncIterator[bytes]:
         with cancel_unless_ended(engine, handle):
-            if body.response_format == "wav":
-                yield wav_header(rate)
-            pcm: bytes | None = first
-            while pcm is not None:
-                yield pcm
-                pcm = await audio.next()
-            view = await handle.done
-            if not view.succeeded:  # after some audio: break the body, do not end it cleanly
-                raise StreamBroken(view.error_code or "failed", view.error_message or "the task failed")
+            async for data in encode_stream(task_pcm(audio, first), body.response_format, rate):
+                yield data
 
-    media = "audio/wav" if body.response_format == "wav" else "audio/pcm"
     return StreamingResponse(
-        stream(), media_type=media, headers={"X-Task-Id": handle.task_id, "X-Sample-Rate": str(rate)}
+        stream(),
+        media_type=MEDIA_TYPES[body.response_format],
+        headers={"X-Task-Id": handle.task_id, "X-Sample-Rate": str(rate)},
     )
 
 

@@ -1,27 +1,43 @@
-"""POST /api/tts/synthesize and GET /api/tts/audio/{task_id}: speech, as JSON or WAV bytes."""
+"""POST /api/tts/synthesize and GET /api/tts/audio/{task_id}: speech, as JSON or audio bytes in
+any of the OpenAI formats (mp3, opus, aac, flac, wav, pcm)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ris.api.deps import client_of, engine_of, result_or_failure, view_or_404, wait_task
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
-from ris.api.tts_support import pick_tts_model, require_speakable
+from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable
 from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest
 from ris.lanes.tts import LANE as TTS
+from ris.services.audio import AUDIO_PIECE_BYTES
+from ris.services.speech_encoding import MEDIA_TYPES, SpeechFormat, encode_stream, wav_file_pcm
 
 router = APIRouter(tags=["tts"])
 
+_AUDIO_TYPES: dict[str | int, dict[str, Any]] = {200: {"content": {m: {} for m in MEDIA_TYPES.values()}}}
 
-def audio_url(task_id: str) -> str:
-    """Where a synthesis's WAV is served (`tts_audio`)."""
-    return f"/api/tts/audio/{task_id}"
+
+def audio_url(task_id: str, fmt: SpeechFormat | None = None) -> str:
+    """Where a synthesis's audio is served (`tts_audio`); WAV unless `fmt` says otherwise."""
+    url = f"/api/tts/audio/{task_id}"
+    return url if fmt in (None, "wav") else f"{url}?format={fmt}"
+
+
+def audio_response(path: Path, fmt: SpeechFormat, sample_rate: int, headers: dict[str, str]) -> Response:
+    """A finished synthesis's WAV file in `fmt`: the file itself for wav, else encoded as it
+    is read, a piece at a time in a worker thread (a long answer is never all in memory)."""
+    if fmt == "wav":
+        return FileResponse(path, media_type=MEDIA_TYPES[fmt], headers=headers)
+    body = encode_stream(wav_file_pcm(path, AUDIO_PIECE_BYTES), fmt, sample_rate)
+    return StreamingResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
 
 @router.post(
@@ -30,11 +46,13 @@ def audio_url(task_id: str) -> str:
         **ERRORS,
         200: {
             "model": TTSSynthesizeResponse,
-            "content": {"audio/wav": {}},
-            "description": "JSON, or the WAV bytes when the request sends Accept: audio/wav",
+            "content": {m: {} for m in MEDIA_TYPES.values()},
+            "description": "JSON, or the audio's bytes when Accept asks for audio (audio/mpeg, "
+            "audio/ogg, audio/aac, audio/flac, audio/wav, audio/pcm or audio/*) and not JSON",
         },
+        406: {"description": "Accept names no audio type served, or not the one `format` asks for"},
     },
-    summary="Synthesize speech; the WAV is fetchable by task id",
+    summary="Synthesize speech; the audio is fetchable by task id",
 )
 async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     engine = engine_of(request)
@@ -42,6 +60,8 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     if len(body.text) > limit:
         raise APIError(413, "text_too_long", f"the text is {len(body.text)} characters; the limit is {limit}")
     require_speakable(body.text)
+    # Before queueing: a request whose answer cannot be written is refused without work.
+    fmt = accepted_format(request.headers.get("accept", ""), body.format)
     model = pick_tts_model(engine, body.model, body.voice)
     req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
     handle = engine.submit(
@@ -49,17 +69,13 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     )
     view = await wait_task(engine, handle, request)
     r = result_or_failure(view)
-    accept = request.headers.get("accept", "")
-    if "audio/wav" in accept and "application/json" not in accept:
-        return FileResponse(
-            r.audio_path,
-            media_type="audio/wav",
-            headers={
-                "X-Task-Id": view.id,
-                "X-Duration-S": f"{r.duration_s:.3f}",
-                "X-Sample-Rate": str(r.sample_rate),
-            },
-        )
+    if fmt is not None:
+        headers = {
+            "X-Task-Id": view.id,
+            "X-Duration-S": f"{r.duration_s:.3f}",
+            "X-Sample-Rate": str(r.sample_rate),
+        }
+        return audio_response(Path(r.audio_path), fmt, r.sample_rate, headers)
     return json_response(
         {
             "task_id": view.id,
@@ -67,7 +83,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
             "voice": r.voice,
             "sample_rate": r.sample_rate,
             "duration_s": r.duration_s,
-            "audio_url": audio_url(view.id),
+            "audio_url": audio_url(view.id, body.format),
             "timings": timings_json(r.timings),
         }
     )
@@ -75,16 +91,24 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
 
 @router.get(
     "/api/tts/audio/{task_id}",
-    responses={**ERRORS, 200: {"content": {"audio/wav": {}}}},
-    summary="The WAV of a finished synthesis",
+    responses={**ERRORS, **_AUDIO_TYPES, 406: {"description": "Accept names no audio type served"}},
+    summary="The audio of a finished synthesis (WAV unless `format` or Accept asks otherwise)",
     response_class=Response,
 )
-async def tts_audio(task_id: str, request: Request) -> Any:
+async def tts_audio(
+    task_id: str,
+    request: Request,
+    format: Annotated[
+        SpeechFormat | None,
+        Query(description="mp3, opus, aac, flac, wav or pcm; else the type Accept names, else wav"),
+    ] = None,
+) -> Any:
     engine = engine_of(request)
+    fmt = accepted_format(request.headers.get("accept", ""), format) or format or "wav"
     view = view_or_404(engine, task_id, TTS)
     if not view.succeeded or view.result is None:
         raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
     path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
     if path is None:
         raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
-    return FileResponse(path, media_type="audio/wav")
+    return audio_response(path, fmt, view.result.sample_rate, {"X-Task-Id": view.id})

@@ -1,0 +1,151 @@
+"""The speech encoder on synthetic PCM: every format decodes back (with FFmpeg, through PyAV) to
+about the duration and the rate it was given, bytes come out while the input is still arriving,
+and the streamed form holds one piece at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ris.lanes.tts import wav_header
+from ris.services.speech_encoding import (
+    MEDIA_TYPES,
+    SPEECH_FORMATS,
+    SpeechEncoder,
+    SpeechFormat,
+    encode_stream,
+    wav_file_pcm,
+)
+
+RATE = 22050  # the default voices' rate (Piper, espeak-ng)
+COMPRESSED: tuple[SpeechFormat, ...] = ("mp3", "opus", "aac", "flac")
+# Encoders pad to whole frames and lead in (LAME's delay, Opus's pre-skip): decoded audio is
+# longer by up to about three MP3 frames.
+SLACK_SAMPLES = 3 * 1152
+
+
+def slack(rate: int = RATE) -> float:
+    return SLACK_SAMPLES / rate
+
+
+def tone(seconds: float, rate: int = RATE) -> bytes:
+    """A 440 Hz tone with a rising amplitude, as 16-bit mono PCM."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 440 * t) * 6000 * (0.5 + t / seconds / 2)).astype("<i2").tobytes()
+
+
+def decoded(data: bytes) -> tuple[float, int, np.ndarray]:
+    """Seconds, sample rate and samples of an encoded file, decoded by FFmpeg."""
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(stream)]
+    samples = np.concatenate(chunks)
+    return len(samples) / rate, rate, samples
+
+
+def encode_all(fmt: SpeechFormat, pcm: bytes, piece: int = 4096, rate: int = RATE) -> list[bytes]:
+    encoder = SpeechEncoder(fmt, rate)
+    out = [encoder.start()]
+    out += [encoder.encode(pcm[i : i + piece]) for i in range(0, len(pcm), piece)]
+    out.append(encoder.finish())
+    return out
+
+
+@pytest.mark.parametrize("fmt", COMPRESSED)
+def test_each_format_decodes_to_the_duration_it_was_given(fmt: SpeechFormat) -> None:
+    seconds, rate, samples = decoded(b"".join(encode_all(fmt, tone(2.0))))
+    assert abs(seconds - 2.0) < slack(), seconds
+    assert rate == (48000 if fmt == "opus" else RATE)  # Opus decoders always give 48 kHz
+    assert float(np.abs(samples.astype(np.float64)).max()) > 0.05 * (
+        32768 if samples.dtype.kind == "i" else 1
+    )
+
+
+def test_flac_is_lossless() -> None:
+    pcm = tone(1.0)
+    _, _, samples = decoded(b"".join(encode_all("flac", pcm)))
+    assert samples.astype("<i2").tobytes() == pcm
+
+
+@pytest.mark.parametrize("fmt", COMPRESSED)
+def test_bytes_come_out_before_the_input_ends(fmt: SpeechFormat) -> None:
+    """The stream's first sound goes out with the first pieces, not at finish()."""
+    parts = encode_all(fmt, tone(3.0))
+    header, body = parts[0], parts[1:-1]
+    assert bool(header) == (fmt != "aac")  # a container's header before any audio (ADTS has none)
+    assert sum(map(len, body[: len(body) // 2])) > 0
+    assert sum(map(len, body)) > len(parts[-1])  # most of it before the end, not held for finish()
+
+
+def test_wav_and_pcm_pass_the_samples_through() -> None:
+    pcm = tone(0.5)
+    assert b"".join(encode_all("pcm", pcm)) == pcm
+    wav = b"".join(encode_all("wav", pcm))
+    assert wav[:44] == wav_header(RATE) and wav[44:] == pcm  # a header of unknown length
+
+
+def test_every_format_has_openais_content_type() -> None:
+    assert MEDIA_TYPES == {
+        "mp3": "audio/mpeg",
+        "opus": "audio/ogg",
+        "aac": "audio/aac",
+        "flac": "audio/flac",
+        "wav": "audio/wav",
+        "pcm": "audio/pcm",
+    }
+    assert SPEECH_FORMATS[0] == "mp3"  # OpenAI's default, first in every listing
+
+
+def test_an_unknown_format_names_the_ones_there_are() -> None:
+    with pytest.raises(ValueError, match="mp3, opus, aac, flac, wav, pcm"):
+        SpeechEncoder("ogg", RATE)  # type: ignore[arg-type]  # what a caller might send
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100])
+def test_other_voice_rates(rate: int) -> None:
+    for fmt in COMPRESSED:
+        seconds, _, _ = decoded(b"".join(encode_all(fmt, tone(1.0, rate), rate=rate)))
+        assert abs(seconds - 1.0) < slack(rate), (fmt, rate, seconds)
+
+
+def test_a_closed_encoder_stays_closed() -> None:
+    encoder = SpeechEncoder("mp3", RATE)
+    encoder.start()
+    encoder.encode(tone(0.2))
+    encoder.close()  # a client left
+    encoder.close()
+    assert encoder.finish() == b""
+
+
+def test_the_stream_takes_one_piece_at_a_time(tmp_path: Path) -> None:
+    """encode_stream asks for the next piece only once the bytes of the last one are taken: a
+    reader that stops stops the reading of the file behind it."""
+    pcm = tone(2.0)
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav_header(RATE, len(pcm)) + pcm)
+    asked: list[int] = []
+
+    async def pieces() -> AsyncIterator[bytes]:
+        async for piece in wav_file_pcm(path, 8192):
+            asked.append(len(piece))
+            yield piece
+
+    async def main() -> bytes:
+        stream = encode_stream(pieces(), "mp3", RATE)
+        out = [await anext(stream)]  # the header, before any PCM is read
+        assert asked == []
+        while len(asked) < 2:
+            out.append(await anext(stream))
+        assert len(asked) == 2  # not the whole file ahead of the reader
+        out += [b async for b in stream]
+        return b"".join(out)
+
+    seconds, _, _ = decoded(asyncio.run(main()))
+    assert sum(asked) == len(pcm) and abs(seconds - 2.0) < slack()
