@@ -67,7 +67,8 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         loop = "uvloop"
     except ImportError:  # Windows: asyncio's own loop
         loop = "asyncio"
-    app = create_app(cfg)
+    path = args.config or os.environ.get("RIS_CONFIG")  # as _load read it
+    app = create_app(cfg, config_path=Path(path).resolve() if path else None)
     uvicorn.run(
         app,
         host=cfg.server.host,

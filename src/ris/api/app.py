@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -13,10 +15,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris import __version__
 from ris.api.deps import DOCUMENTED_BODIES
-from ris.api.errors import HANDLERS, error_response, is_openai
+from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
 from ris.api.keys import KeyChecker
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
-from ris.api.routes import console, docs, image, llm, openai_media, openai_text, ops, speak, tasks, tts
+from ris.api.routes import (
+    console,
+    docs,
+    image,
+    llm,
+    ollama,
+    ollama_models,
+    openai_media,
+    openai_text,
+    ops,
+    speak,
+    tasks,
+    tts,
+)
 from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
 from ris.config import Config
@@ -25,8 +40,24 @@ from ris.runtime.engine import Engine
 # Every route module's router; this order is that of the paths in the OpenAPI schema (and so in
 # docs/API_REFERENCE.md).
 ROUTERS: tuple[APIRouter, ...] = tuple(
-    m.router for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, docs, console)
+    m.router
+    for m in (
+        llm,
+        tts,
+        image,
+        speak,
+        tasks,
+        ops,
+        openai_text,
+        openai_media,
+        ollama,
+        ollama_models,
+        docs,
+        console,
+    )
 )
+# What the Ollama listener (server.ollama_port) serves: the Ollama API alone.
+OLLAMA_ROUTERS: tuple[APIRouter, ...] = (ollama.router, ollama_models.router)
 
 
 class BodyLimit:
@@ -74,7 +105,7 @@ class BodyLimit:
             413,
             "body_too_large",
             f"request bodies are limited to {self.max_bytes} bytes",
-            openai=is_openai(scope.get("path", "")),
+            dialect=dialect_of(scope),
         )
         await resp(scope, receive, send)
 
@@ -111,14 +142,16 @@ def _document_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
+def create_app(config: Config, engine: Engine | None = None, config_path: Path | None = None) -> FastAPI:
+    """`config_path`: the file the config was read from, where /api/pull adds what it pulls."""
     eng = engine or Engine(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await eng.start()
         try:
-            yield
+            async with _ollama_listener(app):
+                yield
         finally:
             await eng.stop()
 
@@ -135,19 +168,69 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)},
     )
     app.state.engine = eng
+    app.state.config_path = config_path
+    # One checker for the API, the console's login and the Ollama listener: one budget of
+    # wrong keys per address.
+    app.state.keys = KeyChecker(config.server.api_keys, time.monotonic)
+    _serve(app, config, ROUTERS)
+    _document_bodies(app)
+    return app
+
+
+def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None:
+    """The routers, error handlers and guards of an app (the main one, or the Ollama listener's)."""
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)
-    for router in ROUTERS:
+    for router in routers:
         app.include_router(router)
-    _document_bodies(app)
     reading = MemoryReading(own_rss, time.monotonic)
     app.add_middleware(MemoryCeiling, limit_mb=config.server.memory_limit_mb, reading=reading)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server
-    # One checker for the API and the console's login: one budget of wrong keys per address.
-    app.state.keys = KeyChecker(srv.api_keys, time.monotonic)
     app.add_middleware(
         Guard, keys=app.state.keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
     )
+
+
+def create_ollama_app(main: FastAPI) -> FastAPI:
+    """The Ollama listener's app: the Ollama routes at the root, as Ollama's clients expect
+    them on port 11434, over the main app's engine, keys and config, behind the same guards.
+    Every answer here, errors included, is in Ollama's shape (errors.OLLAMA_ONLY)."""
+    engine: Engine = main.state.engine
+    app = FastAPI(
+        title="RIS: Ollama API", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.engine = engine
+    app.state.config_path = main.state.config_path
+    app.state.keys = main.state.keys
+    setattr(app.state, OLLAMA_ONLY, True)
+    _serve(app, engine.config, OLLAMA_ROUTERS)
     return app
+
+
+@asynccontextmanager
+async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
+    """server.ollama_port's listener, in this process and event loop, for the main server's
+    life. It is uvicorn's Server without its signal handling: the main server's handles
+    SIGTERM and, leaving its lifespan, stops this one."""
+    import uvicorn
+
+    srv = main.state.engine.config.server
+    if srv.ollama_port is None:
+        yield
+        return
+    config = uvicorn.Config(
+        create_ollama_app(main), host=srv.host, port=srv.ollama_port, lifespan="off", log_level="warning"
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)  # "off": what Server._serve would set
+    await server.startup()  # binds the port (a port in use ends the process, as the main one's)
+    ticking = asyncio.ensure_future(server.main_loop())  # uvicorn's Date header, once a second
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await ticking
+        await server.shutdown()
