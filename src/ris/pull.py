@@ -18,6 +18,7 @@ restart it to serve the new model.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib
 import json
@@ -75,8 +76,9 @@ def pull(
 ) -> Pulled:
     """Fetch `name`'s files, check them and add the model to the config file.
     `endpoint` and `token` default to huggingface_hub's (HF_ENDPOINT, HF_TOKEN). `progress` is
-    told of each file with its bytes on disk: 0 before its download, its size once checked
-    (the Ollama API's /api/pull streams it)."""
+    told of each file with its bytes on disk: 0 before its download, then as each chunk is
+    written (in huggingface_hub's thread; its progress bars then stay silent), and its size
+    once checked (the Ollama API's /api/pull streams it)."""
     entry = catalogue.lookup(name)
     if entry is None:
         unavailable = catalogue.UNAVAILABLE.get(name.strip().lower())
@@ -89,9 +91,10 @@ def pull(
     commit, remote = _remote_files(entry, endpoint, token)
     log(f"pulling {entry.name} from {entry.repo} at {commit[:12]} into {folder}")
     for f in remote:
-        if progress is not None:
-            progress(f, 0)
-        _download(entry, f, commit, folder, endpoint, token)
+        report = None if progress is None else functools.partial(progress, f)
+        if report is not None:
+            report(0)
+        _download(entry, f, commit, folder, endpoint, token, report)
         _verify(folder / f.path, f)
         if progress is not None:
             progress(f, (folder / f.path).stat().st_size)
@@ -166,19 +169,53 @@ def _remote_files(
 
 
 def _download(
-    entry: CatalogueEntry, f: RemoteFile, commit: str, folder: Path, endpoint: str | None, token: str | None
+    entry: CatalogueEntry,
+    f: RemoteFile,
+    commit: str,
+    folder: Path,
+    endpoint: str | None,
+    token: str | None,
+    report: Callable[[int], None] | None,
 ) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    bar = None if report is None else _reporting_bar(report)
     try:
-        hf_hub_download(entry.repo, f.path, revision=commit, local_dir=folder, endpoint=endpoint, token=token)
+        hf_hub_download(
+            entry.repo,
+            f.path,
+            revision=commit,
+            local_dir=folder,
+            endpoint=endpoint,
+            token=token,
+            tqdm_class=bar,
+        )
     except HfHubHTTPError as e:
         raise PullError("hub_error", f"downloading {entry.repo}/{f.path}: {e}") from None
     except _network_errors() as e:  # the connection failed past huggingface_hub's retries; disk full
         raise PullError(
             "download_failed", f"downloading {entry.repo}/{f.path}: {e}; run the same command to retry"
         ) from None
+
+
+def _reporting_bar(report: Callable[[int], None]) -> Any:
+    """A tqdm class for huggingface_hub's download of one file: silent, it tells `report` the
+    file's bytes on disk at each chunk written (a resumed download starts at `initial`)."""
+    from tqdm import tqdm  # huggingface_hub's own dependency
+
+    class ReportingBar(tqdm):  # type: ignore[misc]  # tqdm has no annotations
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.on_disk = int(kwargs.get("initial") or 0)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.on_disk += int(n or 0)
+            report(self.on_disk)
+            result: bool | None = super().update(n)
+            return result
+
+    return ReportingBar
 
 
 def _verify(path: Path, f: RemoteFile) -> None:

@@ -132,13 +132,17 @@ def test_list_show_ps_version(client: Any, base: str) -> None:
 
 
 def test_pull_streams_progress_into_config(client: Any, hub: Hub, server: Server) -> None:
-    gguf = b"GGUF" + bytes(200_000)  # never loaded: the server serves it after a restart
+    # Over one of huggingface_hub's 10 MiB chunks: progress shows within the file. Never
+    # loaded: the server would serve it after a restart.
+    gguf = b"GGUF" + bytes(12 * 1024 * 1024)
     hub.repos[QWEN_REPO] = {QWEN_FILE: gguf}
     lines = list(client.pull("qwen2.5", stream=True))
     statuses = [p.status for p in lines]
     assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    done = [p.completed for p in lines if p.status == f"pulling {QWEN_FILE}"]
+    assert done[0] == 0 and 0 < done[1] < len(gguf) and done[-1] == len(gguf) and done == sorted(set(done))
+    assert {p.total for p in lines if p.status == f"pulling {QWEN_FILE}"} == {len(gguf)}
     files = [p for p in lines if p.status == f"pulling {QWEN_FILE}"]
-    assert [p.completed for p in files] == [0, len(gguf)] and {p.total for p in files} == {len(gguf)}
     assert files[0].digest.startswith("sha256:")
     assert any("restart the server" in (s or "") for s in statuses)
     entry = json.loads(Path(server.config_path).read_text())["lanes"]["llm"]["models"]["qwen2.5"]

@@ -196,7 +196,13 @@ async def _pull_lines(name: str, config_path: Path) -> AsyncIterator[dict[str, A
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
+    last: tuple[str, int] | None = None
+
     def progress(f: RemoteFile, done: int) -> None:
+        nonlocal last
+        if last == (f.path, done):
+            return  # the last chunk's count, then the same once checked: one line
+        last = (f.path, done)
         line: dict[str, Any] = {"status": f"pulling {f.path}", "total": f.size or done, "completed": done}
         if f.sha256 is not None:
             line["digest"] = f"sha256:{f.sha256}"
