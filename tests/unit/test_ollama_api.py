@@ -17,8 +17,8 @@ import pytest
 
 from ris import messages as m
 from ris.api.app import create_app, create_ollama_app
-from ris.api.ollama_schemas import OllamaChatMessage
-from ris.api.routes.ollama import chat_turns
+from ris.api.ollama_schemas import OllamaChatMessage, OllamaOptions
+from ris.api.routes.ollama import chat_turns, ignored_options
 from ris.config import ConfigError
 from ris.config.load import parse_config
 from ris.lanes import Lane
@@ -144,3 +144,9 @@ def test_a_histories_calls_get_ids_and_tool_results_answer_them_by_name() -> Non
 def test_the_ollama_listener_needs_a_port_of_its_own() -> None:
     with pytest.raises(ConfigError, match="ollama_port 8080 is server.port too"):
         parse_config({"server": {"port": 8080, "ollama_port": 8080}})
+
+
+def test_ignored_options_are_named_in_a_header_that_stays_a_header() -> None:
+    opts = OllamaOptions.model_validate({"temperature": 0.1, "top_k": 5, "mirostat": 1, "b\u00e9\u4e2d": 1})
+    assert ignored_options(opts) == {"X-Ignored-Options": "mirostat, top_k, 1 more"}
+    assert ignored_options(OllamaOptions(temperature=0.5)) == {} == ignored_options(None)

@@ -10,6 +10,7 @@ The models, ps, version and pull routes are in routes/ollama_models.py.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,8 @@ NDJSON = "application/x-ndjson"
 JSON_OR_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, NDJSON: {}}}}
 # Ollama answers every invalid request with 400 (and a prompt over the limit too).
 OLLAMA = Dialect(too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"))
+_OPTION_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
+_MAX_NAMED = 20
 # Without num_predict, for a model loaded on first use (its context not known yet): as /v1.
 DEFAULT_MAX_TOKENS = 256
 
@@ -72,9 +75,14 @@ def llm_model(engine: Engine, name: str) -> str:
 
 def ignored_options(options: OllamaOptions | None) -> dict[str, str]:
     """The header that names the options given and ignored (Ollama's it does not apply here:
-    top_k, repeat_penalty, num_ctx, ...), so a client can see it was not served them."""
-    names = sorted((options.model_extra or {}) if options is not None else {})
-    return {"X-Ignored-Options": ", ".join(names)} if names else {}
+    top_k, repeat_penalty, num_ctx, ...), so a client can see it was not served them. Only
+    names an option could have go in a header (latin-1, bounded); others are counted."""
+    given = sorted((options.model_extra or {}) if options is not None else {})
+    if not given:
+        return {}
+    named = [n for n in given if _OPTION_NAME.fullmatch(n)][:_MAX_NAMED]
+    rest = len(given) - len(named)
+    return {"X-Ignored-Options": ", ".join(named + ([f"{rest} more"] if rest else []))}
 
 
 def _constraint(fmt: Format) -> Constraint | None:
