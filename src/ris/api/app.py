@@ -221,7 +221,14 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
         yield
         return
     config = uvicorn.Config(
-        create_ollama_app(main), host=srv.host, port=srv.ollama_port, lifespan="off", log_level="warning"
+        create_ollama_app(main),
+        host=srv.host,
+        port=srv.ollama_port,
+        lifespan="off",
+        # uvicorn's loggers are the main server's, configured by it: left as they are.
+        log_config=None,
+        log_level=None,
+        timeout_graceful_shutdown=5,  # as the main server's (cli.py)
     )
     config.load()
     server = uvicorn.Server(config)

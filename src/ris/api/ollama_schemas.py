@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ris.api.limits import (
     MAX_MESSAGE_CHARS,
@@ -125,3 +125,15 @@ class OllamaPullRequest(_OllamaBody):
     name: str = ""
     stream: bool = True
     insecure: bool = False  # Ollama's registry option; the hub is reached as huggingface_hub does
+
+
+class OllamaError(BaseModel):
+    """Ollama's error body: the message alone (its clients read it and the status)."""
+
+    error: str
+
+
+# The error answers of every Ollama route, in Ollama's shape (the app's default is RIS's).
+OLLAMA_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OllamaError} for code in (400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504)
+}

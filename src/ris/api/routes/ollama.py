@@ -32,11 +32,13 @@ from ris.api.errors import APIError, failure
 from ris.api.llm_request import Dialect, llm_request
 from ris.api.llm_support import llm_context, require_constraining_backend
 from ris.api.ollama_schemas import (
+    OLLAMA_ERRORS,
     Format,
     OllamaChatMessage,
     OllamaChatRequest,
     OllamaGenerateRequest,
     OllamaOptions,
+    OllamaToolDef,
 )
 from ris.api.streams import json_response, texts
 from ris.lanes import Lane
@@ -46,7 +48,7 @@ from ris.lanes.llm_tools import call_schema, may_become_call, parse_calls
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
 
-router = APIRouter(tags=["ollama"])
+router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
 NDJSON = "application/x-ndjson"
 JSON_OR_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, NDJSON: {}}}}
 # Ollama answers every invalid request with 400 (and a prompt over the limit too).
@@ -93,7 +95,7 @@ def _constraint(fmt: Format) -> Constraint | None:
     return Constraint(json.dumps(fmt))
 
 
-def _tools(tools: list[Any] | None) -> tuple[tuple[Tool, ...], Constraint | None]:
+def _tools(tools: list[OllamaToolDef] | None) -> tuple[tuple[Tool, ...], Constraint | None]:
     """Ollama has no tool_choice: the model may call or answer (OpenAI's "auto"), a call it
     starts held to the form and schemas by a lazy grammar."""
     if not tools:
@@ -112,7 +114,7 @@ def build_request(
     model: str,
     options: OllamaOptions | None,
     fmt: Format,
-    tools: list[Any] | None = None,
+    tools: list[OllamaToolDef] | None = None,
     **text: Any,
 ) -> LLMRequest:
     """The LLMRequest of an Ollama body: `text` is llm_request's prompt or messages (and system)."""

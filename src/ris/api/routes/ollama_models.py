@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from ris import __version__, catalogue
 from ris.api.deps import body_doc, engine_of, json_body
 from ris.api.errors import APIError
-from ris.api.ollama_schemas import APPLIED_OPTIONS, OllamaModelRequest, OllamaPullRequest
+from ris.api.ollama_schemas import APPLIED_OPTIONS, OLLAMA_ERRORS, OllamaModelRequest, OllamaPullRequest
 from ris.api.routes.ollama import NDJSON, llm_model
 from ris.api.streams import json_response
 from ris.backends import resolve_source
@@ -35,7 +35,7 @@ from ris.lanes.base import BackendError
 from ris.lanes.llm import LANE as LLM
 from ris.pull import Pulled, PullError, RemoteFile, pull
 
-router = APIRouter(tags=["ollama"])
+router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
 # The Ollama API version reported: the one whose features this API has (tools 0.3, JSON-schema
 # `format` 0.5); some clients turn features off for older servers. RIS's own is `ris_version`.
 OLLAMA_API_VERSION = "0.5.0"
