@@ -8,6 +8,9 @@ errors."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,7 +113,11 @@ def test_format_with_a_json_schema_gives_valid_json(client: Any) -> None:
     r = client.chat(model="smollm2", messages=ask, format=CITY, options={"temperature": 0.5, "seed": 2})
     assert r.done_reason == "stop"
     jsonschema.validate(json.loads(r.message.content), CITY)
-    g = client.generate(model="smollm2", prompt="A cat, as JSON.", format="json", stream=False)
+    # "json" bounds nothing: seeded and greedy, so the answer is the same each run (a 135M model
+    # left to sample may ramble on in an open object until its context is full).
+    opts = {"seed": 1, "temperature": 0, "num_predict": 300}
+    g = client.generate(model="smollm2", prompt="A cat, as JSON.", format="json", stream=False, options=opts)
+    assert g.done_reason == "stop", g.response
     assert isinstance(json.loads(g.response), dict)
 
 
@@ -209,3 +216,23 @@ def test_langchain_chat_ollama(base: str) -> None:
     finally:
         llm._client.close()  # ChatOllama leaves its ollama client's connection open
     assert answer.content and answer.response_metadata["done"]
+
+
+def test_a_listener_port_in_use_is_one_line_before_any_worker(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = make_config(tmp_path)
+        cfg["server"] = {"port": free_port(), "ollama_port": port}
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(cfg))
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"ris serve: server.ollama_port {port}: Address already in use")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -142,8 +144,15 @@ def _document_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(config: Config, engine: Engine | None = None, config_path: Path | None = None) -> FastAPI:
-    """`config_path`: the file the config was read from, where /api/pull adds what it pulls."""
+def create_app(
+    config: Config,
+    engine: Engine | None = None,
+    config_path: Path | None = None,
+    ollama_socket: socket.socket | None = None,
+) -> FastAPI:
+    """`config_path`: the file the config was read from, where /api/pull adds what it pulls.
+    `ollama_socket`: server.ollama_port bound already (`bind_ollama_port`; else it is bound
+    once the engine has started)."""
     eng = engine or Engine(config)
 
     @asynccontextmanager
@@ -169,6 +178,7 @@ def create_app(config: Config, engine: Engine | None = None, config_path: Path |
     )
     app.state.engine = eng
     app.state.config_path = config_path
+    app.state.ollama_socket = ollama_socket
     # One checker for the API, the console's login and the Ollama listener: one budget of
     # wrong keys per address.
     app.state.keys = KeyChecker(config.server.api_keys, time.monotonic)
@@ -209,6 +219,20 @@ def create_ollama_app(main: FastAPI) -> FastAPI:
     return app
 
 
+def bind_ollama_port(config: Config) -> socket.socket | None:
+    """server.ollama_port's socket, bound and listening (None when it is off). `ris serve` binds
+    it first of all, so a port in use is one line before any worker starts (OSError)."""
+    srv = config.server
+    return None if srv.ollama_port is None else _bind(srv.host, srv.ollama_port)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # SO_REUSEADDR, as uvicorn binds: a port left in TIME_WAIT by a restart is not "in use".
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
 @asynccontextmanager
 async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     """server.ollama_port's listener, in this process and event loop, for the main server's
@@ -220,6 +244,8 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     if srv.ollama_port is None:
         yield
         return
+    given: socket.socket | None = main.state.ollama_socket
+    sock = given or _bind(srv.host, srv.ollama_port)
     config = uvicorn.Config(
         create_ollama_app(main),
         host=srv.host,
@@ -233,11 +259,16 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)  # "off": what Server._serve would set
-    await server.startup()  # binds the port (a port in use ends the process, as the main one's)
-    ticking = asyncio.ensure_future(server.main_loop())  # uvicorn's Date header, once a second
     try:
-        yield
+        await server.startup(sockets=[sock])
+        ticking = asyncio.ensure_future(server.main_loop())  # uvicorn's Date header, once a second
+        host, port = sock.getsockname()[:2]
+        logging.getLogger("ris.api").info("Ollama API listening on %s port %d", host, port)
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            await ticking
+            await server.shutdown(sockets=[sock])
     finally:
-        server.should_exit = True
-        await ticking
-        await server.shutdown()
+        sock.close()
