@@ -22,7 +22,7 @@ from ris.api.routes.ollama import chat_turns, ignored_options
 from ris.config import ConfigError
 from ris.config.load import parse_config
 from ris.lanes import Lane
-from ris.lanes.llm import LLMOutcome, Message, TextDelta
+from ris.lanes.llm import LLMOutcome, LLMRequest, Message, TextDelta
 from ris.runtime.engine import Engine
 
 from .fakes import FakeWorkers, run, settle, started_engine
@@ -150,3 +150,28 @@ def test_ignored_options_are_named_in_a_header_that_stays_a_header() -> None:
     opts = OllamaOptions.model_validate({"temperature": 0.1, "top_k": 5, "mirostat": 1, "b\u00e9\u4e2d": 1})
     assert ignored_options(opts) == {"X-Ignored-Options": "mirostat, top_k, 1 more"}
     assert ignored_options(OllamaOptions(temperature=0.5)) == {} == ignored_options(None)
+
+
+LLAMA = {"models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}}}
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@run
+async def test_a_streamed_tool_call_is_held_and_sent_whole_in_the_last_line(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, llm=LLAMA) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        body = {**ASK, "tools": [WEATHER]}
+        request = asyncio.create_task(call(eng, "POST", "/api/chat", body, ollama_port=True))
+        await settle()
+        task_id = llm.runs[0].task_id
+        sent_request = llm.runs[0].request
+        assert isinstance(sent_request, LLMRequest) and [t.name for t in sent_request.tools] == ["weather"]
+        for piece in ("<tool_", 'call>{"name": "weather", ', '"arguments": {"city": "Oslo"}}</tool_call>'):
+            llm.deliver(m.TaskOutput(task_id, TextDelta(piece)))
+        llm.deliver(m.TaskDone(task_id, LLMOutcome("stop", 9, 20)))
+        r = await asyncio.wait_for(request, 5)
+    (last,) = lines(r)  # nothing was sent while the answer could still be a call
+    assert last["done"] and last["message"]["tool_calls"] == [
+        {"function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    ]
