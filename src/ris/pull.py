@@ -21,6 +21,7 @@ import fnmatch
 import functools
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import stat
@@ -180,16 +181,14 @@ def _download(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    bar = None if report is None else _reporting_bar(report)
+    extra: dict[str, Any] = {}
+    # hf_hub_download takes a tqdm class in huggingface_hub 2.x; pyproject allows older ones,
+    # with which `report` hears of the file before and after, not of each chunk.
+    if report is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+        extra["tqdm_class"] = _reporting_bar(report)
     try:
         hf_hub_download(
-            entry.repo,
-            f.path,
-            revision=commit,
-            local_dir=folder,
-            endpoint=endpoint,
-            token=token,
-            tqdm_class=bar,
+            entry.repo, f.path, revision=commit, local_dir=folder, endpoint=endpoint, token=token, **extra
         )
     except HfHubHTTPError as e:
         raise PullError("hub_error", f"downloading {entry.repo}/{f.path}: {e}") from None
