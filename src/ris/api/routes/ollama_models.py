@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,10 +84,16 @@ def _facts(name: str, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def _all_facts(models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
+    """`_facts` of each model: in a thread, as it reads the disk (the event loop moves bytes)."""
+    return {name: _facts(name, spec) for name, spec in models.items()}
+
+
 @router.get("/api/tags", summary="Ollama: the LLM lane's models")
 async def ollama_tags(request: Request) -> Any:
     models = engine_of(request).config.lane(Lane.LLM).models
-    listed = [{"name": name, "model": name, **_facts(name, spec)} for name, spec in models.items()]
+    facts = await asyncio.to_thread(_all_facts, models)
+    listed = [{"name": name, "model": name, **facts[name]} for name in models]
     return json_response({"models": listed})
 
 
@@ -97,7 +103,7 @@ async def ollama_show(request: Request) -> Any:
     engine = engine_of(request)
     name = llm_model(engine, body.model or body.name)
     spec = engine.config.lane(Lane.LLM).models[name]
-    facts = _facts(name, spec)
+    facts = await asyncio.to_thread(_facts, name, spec)
     loaded = engine.model_infos(Lane.LLM).get(name)
     context = None if loaded is None else loaded.details.context_tokens
     features = LLM.model_features(spec.backend, None if loaded is None else loaded.details)
@@ -126,9 +132,11 @@ async def ollama_ps(request: Request) -> Any:
     engine = engine_of(request)
     lane = engine.config.lane(Lane.LLM)
     gpu = lane.device != "cpu"
+    loaded = engine.model_infos(Lane.LLM)
+    all_facts = await asyncio.to_thread(_all_facts, {name: lane.models[name] for name in loaded})
     running = []
-    for name, info in engine.model_infos(Lane.LLM).items():
-        facts = _facts(name, lane.models[name])
+    for name, info in loaded.items():
+        facts = all_facts[name]
         running.append(
             {
                 "name": name,
