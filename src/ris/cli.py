@@ -56,10 +56,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
     import uvicorn
 
-    from ris.api.app import create_app
+    from ris.api.app import bind_ollama_port, create_app
     from ris.api.security import check_exposure
 
     check_exposure(cfg)
+    try:
+        ollama_socket = bind_ollama_port(cfg)
+    except OSError as e:
+        print(f"ris serve: server.ollama_port {cfg.server.ollama_port}: {e.strerror or e}", file=sys.stderr)
+        return 1
     if cfg.cluster.engine == "ray":
         from ris.runtime.workers.ray_cluster import check_cluster
 
@@ -71,7 +76,8 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         loop = "uvloop"
     except ImportError:  # Windows: asyncio's own loop
         loop = "asyncio"
-    app = create_app(cfg)
+    path = args.config or os.environ.get("RIS_CONFIG")  # as _load read it
+    app = create_app(cfg, config_path=Path(path).resolve() if path else None, ollama_socket=ollama_socket)
     uvicorn.run(
         app,
         host=cfg.server.host,

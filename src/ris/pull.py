@@ -18,8 +18,10 @@ restart it to serve the new model.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import stat
@@ -55,7 +57,9 @@ class Pulled:
 
 
 @dataclass(frozen=True)
-class _RemoteFile:
+class RemoteFile:
+    """A file of the repository the entry wants, with the checksums the hub records."""
+
     path: str
     size: int | None
     sha256: str | None  # LFS files
@@ -69,9 +73,13 @@ def pull(
     endpoint: str | None = None,
     token: str | None = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[RemoteFile, int], None] | None = None,
 ) -> Pulled:
     """Fetch `name`'s files, check them and add the model to the config file.
-    `endpoint` and `token` default to huggingface_hub's (HF_ENDPOINT, HF_TOKEN)."""
+    `endpoint` and `token` default to huggingface_hub's (HF_ENDPOINT, HF_TOKEN). `progress` is
+    told of each file with its bytes on disk: 0 before its download, then as each chunk is
+    written (in huggingface_hub's thread; its progress bars then stay silent), and its size
+    once checked (the Ollama API's /api/pull streams it)."""
     entry = catalogue.lookup(name)
     if entry is None:
         unavailable = catalogue.UNAVAILABLE.get(name.strip().lower())
@@ -84,8 +92,13 @@ def pull(
     commit, remote = _remote_files(entry, endpoint, token)
     log(f"pulling {entry.name} from {entry.repo} at {commit[:12]} into {folder}")
     for f in remote:
-        _download(entry, f, commit, folder, endpoint, token)
+        report = None if progress is None else functools.partial(progress, f)
+        if report is not None:
+            report(0)
+        _download(entry, f, commit, folder, endpoint, token, report)
         _verify(folder / f.path, f)
+        if progress is not None:
+            progress(f, (folder / f.path).stat().st_size)
     spec = _config_entry(entry, folder)
     key = name.strip()
     _add_to_config(config_path, config, entry.lane, key, spec)
@@ -125,7 +138,7 @@ def _network_errors() -> tuple[type[Exception], ...]:
 
 def _remote_files(
     entry: CatalogueEntry, endpoint: str | None, token: str | None
-) -> tuple[str, list[_RemoteFile]]:
+) -> tuple[str, list[RemoteFile]]:
     """The commit the entry's revision points to, and its files the entry wants, with the
     checksums the hub records for them."""
     from huggingface_hub import HfApi
@@ -144,7 +157,7 @@ def _remote_files(
     if info.sha is None:
         raise PullError("hub_error", f"the hub gave no commit for {entry.repo}@{entry.revision}")
     found = [
-        _RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
+        RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None, s.blob_id)
         for s in info.siblings or []
         if any(fnmatch.fnmatchcase(s.rfilename, pattern) for pattern in entry.files)
     ]
@@ -157,13 +170,26 @@ def _remote_files(
 
 
 def _download(
-    entry: CatalogueEntry, f: _RemoteFile, commit: str, folder: Path, endpoint: str | None, token: str | None
+    entry: CatalogueEntry,
+    f: RemoteFile,
+    commit: str,
+    folder: Path,
+    endpoint: str | None,
+    token: str | None,
+    report: Callable[[int], None] | None,
 ) -> None:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    extra: dict[str, Any] = {}
+    # hf_hub_download takes a tqdm class in huggingface_hub 2.x; pyproject allows older ones,
+    # with which `report` hears of the file before and after, not of each chunk.
+    if report is not None and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+        extra["tqdm_class"] = _reporting_bar(report)
     try:
-        hf_hub_download(entry.repo, f.path, revision=commit, local_dir=folder, endpoint=endpoint, token=token)
+        hf_hub_download(
+            entry.repo, f.path, revision=commit, local_dir=folder, endpoint=endpoint, token=token, **extra
+        )
     except HfHubHTTPError as e:
         raise PullError("hub_error", f"downloading {entry.repo}/{f.path}: {e}") from None
     except _network_errors() as e:  # the connection failed past huggingface_hub's retries; disk full
@@ -172,7 +198,26 @@ def _download(
         ) from None
 
 
-def _verify(path: Path, f: _RemoteFile) -> None:
+def _reporting_bar(report: Callable[[int], None]) -> Any:
+    """A tqdm class for huggingface_hub's download of one file: silent, it tells `report` the
+    file's bytes on disk at each chunk written (a resumed download starts at `initial`)."""
+    from tqdm import tqdm  # huggingface_hub's own dependency
+
+    class ReportingBar(tqdm):  # type: ignore[misc]  # tqdm has no annotations
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.on_disk = int(kwargs.get("initial") or 0)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.on_disk += int(n or 0)
+            report(self.on_disk)
+            result: bool | None = super().update(n)
+            return result
+
+    return ReportingBar
+
+
+def _verify(path: Path, f: RemoteFile) -> None:
     """The file on disk is the one the hub records, or it is deleted and the pull fails."""
     if f.sha256 is not None:
         kind, want, got = "sha256", f.sha256, file_sha256(path)
@@ -246,4 +291,4 @@ def _add_to_config(path: Path, config: dict[str, Any], lane: str, name: str, spe
     os.replace(tmp, path)
 
 
-__all__ = ["PullError", "Pulled", "file_sha256", "git_blob_id", "pull"]
+__all__ = ["PullError", "Pulled", "RemoteFile", "file_sha256", "git_blob_id", "pull"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from ris.api import openai_schemas, schemas
+from ris.api import ollama_schemas, openai_schemas, schemas
 from ris.api.app import create_app
 from ris.api.errors import APIError
 from ris.api.limits import MAX_MESSAGES, SEED_MAX, RequestBody
@@ -70,7 +70,11 @@ def test_every_request_body_checks_its_text() -> None:
     }
     assert len(names) >= 9
     for name in names:
-        model = getattr(schemas, name, None) or getattr(openai_schemas, name)
+        model = (
+            getattr(schemas, name, None)
+            or getattr(openai_schemas, name, None)
+            or getattr(ollama_schemas, name)
+        )
         assert issubclass(model, RequestBody), name
 
 

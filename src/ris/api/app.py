@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -17,7 +20,7 @@ from ris import __version__
 from ris.api.chart_history import ChartHistory
 from ris.api.console_state import keep_chart_history
 from ris.api.deps import DOCUMENTED_BODIES
-from ris.api.errors import HANDLERS, error_response, is_openai
+from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
 from ris.api.keys import KeyChecker
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
 from ris.api.routes import (
@@ -25,6 +28,8 @@ from ris.api.routes import (
     docs,
     image,
     llm,
+    ollama,
+    ollama_models,
     openai_media,
     openai_other,
     openai_text,
@@ -42,8 +47,24 @@ from ris.runtime.engine import Engine
 # docs/API_REFERENCE.md).
 ROUTERS: tuple[APIRouter, ...] = tuple(
     m.router
-    for m in (llm, tts, image, speak, tasks, ops, openai_text, openai_media, openai_other, docs, console)
+    for m in (
+        llm,
+        tts,
+        image,
+        speak,
+        tasks,
+        ops,
+        openai_text,
+        openai_media,
+        openai_other,
+        ollama,
+        ollama_models,
+        docs,
+        console,
+    )
 )
+# What the Ollama listener (server.ollama_port) serves: the Ollama API alone.
+OLLAMA_ROUTERS: tuple[APIRouter, ...] = (ollama.router, ollama_models.router)
 
 
 class BodyLimit:
@@ -91,7 +112,7 @@ class BodyLimit:
             413,
             "body_too_large",
             f"request bodies are limited to {self.max_bytes} bytes",
-            openai=is_openai(scope.get("path", "")),
+            dialect=dialect_of(scope),
         )
         await resp(scope, receive, send)
 
@@ -128,7 +149,15 @@ def _document_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
+def create_app(
+    config: Config,
+    engine: Engine | None = None,
+    config_path: Path | None = None,
+    ollama_socket: socket.socket | None = None,
+) -> FastAPI:
+    """`config_path`: the file the config was read from, where /api/pull adds what it pulls.
+    `ollama_socket`: server.ollama_port bound already (`bind_ollama_port`; else it is bound
+    once the engine has started)."""
     eng = engine or Engine(config)
 
     @asynccontextmanager
@@ -136,7 +165,8 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
         await eng.start()
         charts = asyncio.create_task(keep_chart_history(eng, app.state.charts))
         try:
-            yield
+            async with _ollama_listener(app):
+                yield
         finally:
             charts.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,19 +188,98 @@ def create_app(config: Config, engine: Engine | None = None) -> FastAPI:
     app.state.engine = eng
     # The console's charts over the last 15 minutes, sampled while the server runs.
     app.state.charts = ChartHistory(time.time)
+    app.state.config_path = config_path
+    app.state.ollama_socket = ollama_socket
+    # One checker for the API, the console's login and the Ollama listener: one budget of
+    # wrong keys per address.
+    app.state.keys = KeyChecker(config.server.api_keys, time.monotonic)
+    _serve(app, config, ROUTERS)
+    _document_bodies(app)
+    return app
+
+
+def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None:
+    """The routers, error handlers and guards of an app (the main one, or the Ollama listener's)."""
     for exc, handler in HANDLERS.items():
         app.add_exception_handler(exc, handler)
-    for router in ROUTERS:
+    for router in routers:
         app.include_router(router)
-    _document_bodies(app)
     reading = MemoryReading(own_rss, time.monotonic)
     app.add_middleware(MemoryCeiling, limit_mb=config.server.memory_limit_mb, reading=reading)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server
-    # One checker for the API and the console's login: one budget of wrong keys per address.
-    app.state.keys = KeyChecker(srv.api_keys, time.monotonic)
     app.add_middleware(
         Guard, keys=app.state.keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
     )
+
+
+def create_ollama_app(main: FastAPI) -> FastAPI:
+    """The Ollama listener's app: the Ollama routes at the root, as Ollama's clients expect
+    them on port 11434, over the main app's engine, keys and config, behind the same guards.
+    Every answer here, errors included, is in Ollama's shape (errors.OLLAMA_ONLY)."""
+    engine: Engine = main.state.engine
+    app = FastAPI(
+        title="RIS: Ollama API", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.engine = engine
+    app.state.config_path = main.state.config_path
+    app.state.keys = main.state.keys
+    setattr(app.state, OLLAMA_ONLY, True)
+    _serve(app, engine.config, OLLAMA_ROUTERS)
     return app
+
+
+def bind_ollama_port(config: Config) -> socket.socket | None:
+    """server.ollama_port's socket, bound and listening (None when it is off). `ris serve` binds
+    it first of all, so a port in use is one line before any worker starts (OSError)."""
+    srv = config.server
+    return None if srv.ollama_port is None else _bind(srv.host, srv.ollama_port)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # SO_REUSEADDR, as uvicorn binds: a port left in TIME_WAIT by a restart is not "in use".
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+@asynccontextmanager
+async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
+    """server.ollama_port's listener, in this process and event loop, for the main server's
+    life. It is uvicorn's Server without its signal handling: the main server's handles
+    SIGTERM and, leaving its lifespan, stops this one."""
+    import uvicorn
+
+    srv = main.state.engine.config.server
+    if srv.ollama_port is None:
+        yield
+        return
+    given: socket.socket | None = main.state.ollama_socket
+    sock = given or _bind(srv.host, srv.ollama_port)
+    config = uvicorn.Config(
+        create_ollama_app(main),
+        host=srv.host,
+        port=srv.ollama_port,
+        lifespan="off",
+        # uvicorn's loggers are the main server's, configured by it: left as they are.
+        log_config=None,
+        log_level=None,
+        timeout_graceful_shutdown=5,  # as the main server's (cli.py)
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)  # "off": what Server._serve would set
+    try:
+        await server.startup(sockets=[sock])
+        ticking = asyncio.ensure_future(server.main_loop())  # uvicorn's Date header, once a second
+        host, port = sock.getsockname()[:2]
+        logging.getLogger("ris.api").info("Ollama API listening on %s port %d", host, port)
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            await ticking
+            await server.shutdown(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,4 +1,6 @@
-"""Errors the API answers with: always JSON `{"error": {"code", "message"}}`."""
+"""Errors the API answers with, in the dialect of the API asked: RIS's own
+`{"error": {"code", "message"}}`, OpenAI's on /v1, Ollama's `{"error": "..."}` on its paths
+and on the Ollama listener (server.ollama_port)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from ris.runtime.engine import LaneUnavailable
 from ris.runtime.views import TaskView
@@ -41,6 +44,25 @@ def is_openai(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+# Ollama's paths on the main port (none clashes with RIS's own /api routes; docs/OLLAMA_COMPATIBILITY.md).
+OLLAMA_PATHS = frozenset(
+    {"/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version", "/api/pull"}
+)
+# `app.state` flag of the listener that serves only the Ollama API: every answer there is Ollama's.
+OLLAMA_ONLY = "ollama_only"
+
+
+def dialect_of(scope: Scope) -> str:
+    """Which API's error shape a request gets: "openai", "ollama" or "ris"."""
+    path: str = scope.get("path", "")
+    if is_openai(path):
+        return "openai"
+    app = scope.get("app")  # set by Starlette before its middleware runs
+    if path in OLLAMA_PATHS or getattr(getattr(app, "state", None), OLLAMA_ONLY, False):
+        return "ollama"
+    return "ris"
+
+
 def error_response(
     status: int,
     code: str,
@@ -48,10 +70,15 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     *,
     openai: bool = False,
+    dialect: str | None = None,
     param: str | None = None,
 ) -> JSONResponse:
-    """The seed API's `{"error": {"code", "message"}}`, or OpenAI's shape on /v1 routes."""
-    if openai:
+    """The seed API's `{"error": {"code", "message"}}`, OpenAI's shape on /v1 routes (`openai`,
+    or `dialect` "openai"), or Ollama's `{"error": message}` (`dialect` "ollama"), which has no
+    place for a code: Ollama's clients read the message and the status."""
+    if dialect == "ollama":
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    if openai or dialect == "openai":
         kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
@@ -104,11 +131,11 @@ def failure(view: TaskView[Any]) -> APIError:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    openai = is_openai(request.url.path)
-    # OpenAI answers every invalid request with 400; the seed API's 422s (a task the worker
-    # refused, an unknown voice) are that on /v1.
-    status = 400 if openai and exc.status == 422 else exc.status
-    return error_response(status, exc.code, exc.message, exc.headers, openai=openai, param=exc.param)
+    dialect = dialect_of(request.scope)
+    # OpenAI and Ollama answer every invalid request with 400; the seed API's 422s (a task the
+    # worker refused, an unknown voice) are that on /v1 and on Ollama's paths.
+    status = 400 if dialect != "ris" and exc.status == 422 else exc.status
+    return error_response(status, exc.code, exc.message, exc.headers, dialect=dialect, param=exc.param)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -120,8 +147,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         first = first or loc or None
         parts.append(f"{loc or 'body'}: {err['msg']}")
     message = "; ".join(parts) or "invalid request"
-    if is_openai(request.url.path):  # OpenAI answers invalid parameters with 400
-        return error_response(400, "invalid_request", message, openai=True, param=first)
+    dialect = dialect_of(request.scope)
+    if dialect != "ris":  # OpenAI and Ollama answer invalid parameters with 400
+        return error_response(400, "invalid_request", message, dialect=dialect, param=first)
     return error_response(422, "invalid_request", message)
 
 
@@ -130,7 +158,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     code = codes.get(exc.status_code, "http_error")
     return error_response(
-        exc.status_code, code, str(exc.detail), exc.headers, openai=is_openai(request.url.path)
+        exc.status_code, code, str(exc.detail), exc.headers, dialect=dialect_of(request.scope)
     )
 
 

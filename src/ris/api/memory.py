@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ris.api.errors import error_response, is_openai
+from ris.api.errors import dialect_of, error_response
 
 READ_INTERVAL_S = 0.25
 RETRY_AFTER_S = 5
@@ -74,13 +74,12 @@ class MemoryCeiling:
         if rss <= self.limit:
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
         resp = error_response(
             503,
             "server_memory_full",
             f"the server's API process holds {rss // MIB} MiB, over its ceiling of {self.limit // MIB} MiB "
             "(server.memory_limit_mb); new work is refused until it is back under",
             {"Retry-After": str(RETRY_AFTER_S)},
-            openai=is_openai(path),
+            dialect=dialect_of(scope),
         )
         await resp(scope, receive, send)

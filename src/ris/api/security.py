@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ris.api.errors import error_response, is_openai
+from ris.api.errors import dialect_of, error_response
 from ris.api.keys import KeyChecker, Verdict, key_fingerprint
 from ris.config import Config, ConfigError
 
@@ -124,7 +124,7 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
         path: str = scope.get("path", "")
-        openai = is_openai(path)
+        dialect = dialect_of(scope)
         host = _host_name(headers.get("host", ""))
         if not self.any_host and host not in self.hosts:
             resp = error_response(
@@ -132,7 +132,7 @@ class Guard:
                 "host_not_allowed",
                 f"Host {host!r} is not served here; allowed: "
                 f"{', '.join(sorted(self.hosts))} (server.allowed_hosts)",
-                openai=openai,
+                dialect=dialect,
             )
             await resp(scope, receive, send)
             return
@@ -150,7 +150,7 @@ class Guard:
                     "origin_not_allowed",
                     f"cross-origin requests from {origin!r} "
                     "are refused; configure server.allowed_origins to allow one",
-                    openai=openai,
+                    dialect=dialect,
                 )
                 await resp(scope, receive, send)
                 return
@@ -159,14 +159,14 @@ class Guard:
                 "Vary": "Origin",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-                "Access-Control-Expose-Headers": "X-Task-Id, Retry-After, X-Sample-Rate",
+                "Access-Control-Expose-Headers": "X-Task-Id, Retry-After, X-Sample-Rate, X-Ignored-Options",
             }
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 await _preflight(cors, scope, receive, send)
                 return
         verdict = None if self.keys is None or _open(path) else self._authorized(scope, headers, cookie=same)
         if verdict is not None and verdict.retry_after_s is not None:
-            await throttled(verdict.retry_after_s, openai=openai)(scope, receive, send)
+            await throttled(verdict.retry_after_s, dialect=dialect)(scope, receive, send)
             return
         if verdict is not None and not verdict.ok:
             if _console_page(path, scope["method"], headers):
@@ -178,7 +178,7 @@ class Guard:
                 "unauthorized",
                 "this server needs an API key: send 'Authorization: Bearer <key>'",
                 {"WWW-Authenticate": "Bearer"},
-                openai=openai,
+                dialect=dialect,
             )
             await resp(scope, receive, send)
             return
@@ -222,7 +222,7 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def throttled(retry_after_s: float, *, openai: bool) -> Response:
+def throttled(retry_after_s: float, *, dialect: str) -> Response:
     """429 for an address that spent its budget of wrong keys (ris.api.keys)."""
     retry = str(max(1, math.ceil(retry_after_s)))
     return error_response(
@@ -230,7 +230,7 @@ def throttled(retry_after_s: float, *, openai: bool) -> Response:
         "too_many_wrong_keys",
         f"too many wrong API keys from this address; keys are not checked for {retry} s",
         {"Retry-After": retry},
-        openai=openai,
+        dialect=dialect,
     )
 
 

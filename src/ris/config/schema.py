@@ -202,6 +202,13 @@ class LaneConfig(_Strict):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    ollama_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="a second listener serving only the Ollama API at its root paths, on the same "
+        "host, keys and engine (Ollama's own port is 11434); null: off (docs/OLLAMA_COMPATIBILITY.md)",
+    )
     api_keys: tuple[str, ...] = Field(
         default=(), description="bearer keys; when set, every endpoint but /health needs one"
     )
@@ -227,6 +234,15 @@ class ServerConfig(_Strict):
         default_factory=dict,
         description="OpenAI voice names (alloy, nova, ...) -> our voices; unlisted ones speak en-US",
     )
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> ServerConfig:
+        if self.ollama_port is not None and self.ollama_port != 0 and self.ollama_port == self.port:
+            raise ValueError(
+                f"server.ollama_port {self.ollama_port} is server.port too; give the Ollama listener "
+                "a port of its own (Ollama's is 11434), or null to serve it on the main port only"
+            )
+        return self
 
 
 class RetentionConfig(_Strict):

@@ -1,0 +1,139 @@
+"""Request bodies of the Ollama-compatible API (routes/ollama.py; docs/OLLAMA_COMPATIBILITY.md).
+
+Ollama's clients send more than RIS uses: fields that change nothing here (`think` on a model
+that does not think, `keep_alive`, `truncate`, ...) are accepted and ignored, as Ollama itself
+ignores what a model does not support. The limits are the seed API's (ris.api.limits).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ris.api.limits import (
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_TEMPERATURE,
+    MAX_TOOL_DESCRIPTION_CHARS,
+    MAX_TOOLS,
+    SEED_MAX,
+    TOOL_NAME_PATTERN,
+    RequestBody,
+)
+
+
+class _OllamaBody(RequestBody):
+    # Ollama's clients add fields as Ollama grows (`think`, `logprobs`, ...): unknown ones are
+    # ignored, as Ollama ignores them.
+    model_config = ConfigDict(extra="ignore")
+
+
+class OllamaOptions(_OllamaBody):
+    """Ollama's `options`. Those listed here shape the answer; Ollama's others (top_k, min_p,
+    repeat_penalty, num_ctx, mirostat, ...) are accepted and ignored, as Ollama ignores an
+    option its runner does not know: `GET /api/show` lists what applies."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=-1, le=SEED_MAX, description="-1: a random seed")
+    num_predict: int | None = Field(
+        default=None, ge=-2, description="tokens to generate at most; -1 or -2 (or absent): up to the context"
+    )
+    stop: list[str] | None = None
+
+
+# The options that change the answer here (the rest are ignored; GET /api/show's `parameters`).
+APPLIED_OPTIONS = ("temperature", "top_p", "seed", "num_predict", "stop")
+
+
+class OllamaCalledFunction(RequestBody):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaMessageToolCall(_OllamaBody):
+    function: OllamaCalledFunction
+
+
+class OllamaChatMessage(_OllamaBody):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = ""
+    images: list[str] | None = Field(default=None, description="refused: no model here reads images")
+    tool_calls: list[OllamaMessageToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_name: str | None = Field(default=None, max_length=64, description="on role tool: the function")
+
+
+class OllamaFunctionDef(RequestBody):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: str = Field(default="", max_length=MAX_TOOL_DESCRIPTION_CHARS)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class OllamaToolDef(RequestBody):
+    type: Literal["function"] = "function"
+    function: OllamaFunctionDef
+
+
+# `format`: "json" (any JSON value, as Ollama's "json"), a JSON schema, or ""/absent (text).
+Format = Literal["", "json"] | dict[str, Any] | None
+# Ollama's keep_alive: a duration ("5m", "1h", "-1") or seconds.
+KeepAlive = str | float | None
+
+
+class _GenerationBody(_OllamaBody):
+    model: str = Field(min_length=1)
+    stream: bool = Field(default=True, description="NDJSON lines as the answer grows (Ollama's default)")
+    format: Format = None
+    options: OllamaOptions | None = None
+    keep_alive: KeepAlive = Field(default=None, description="accepted; models stay loaded (see the docs)")
+
+
+class OllamaChatRequest(_GenerationBody):
+    """POST /api/chat."""
+
+    messages: list[OllamaChatMessage] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    tools: list[OllamaToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+
+
+class OllamaGenerateRequest(_GenerationBody):
+    """POST /api/generate."""
+
+    prompt: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = ""
+    suffix: str | None = Field(default=None, description="refused when set: no fill-in-the-middle")
+    system: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] | None = None
+    raw: bool = Field(default=False, description="true: the prompt as it is, no chat template")
+    images: list[str] | None = Field(default=None, description="refused: no model here reads images")
+    template: str | None = Field(default=None, description="refused when set: the model's own applies")
+    context: list[int] | None = Field(default=None, description="refused when set: send the text again")
+
+
+class OllamaModelRequest(_OllamaBody):
+    """POST /api/show."""
+
+    model: str = Field(default="", description="`name` is Ollama's older spelling")
+    name: str = ""
+    verbose: bool = False
+
+
+class OllamaPullRequest(_OllamaBody):
+    """POST /api/pull: `ris pull` (a model of the catalogue, from the Hugging Face hub)."""
+
+    model: str = Field(default="", description="a catalogue name, e.g. qwen2.5; `name` is the older spelling")
+    name: str = ""
+    stream: bool = True
+    insecure: bool = False  # Ollama's registry option; the hub is reached as huggingface_hub does
+
+
+class OllamaError(BaseModel):
+    """Ollama's error body: the message alone (its clients read it and the status)."""
+
+    error: str
+
+
+# The error answers of every Ollama route, in Ollama's shape (the app's default is RIS's).
+OLLAMA_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OllamaError} for code in (400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504)
+}

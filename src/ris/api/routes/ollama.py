@@ -1,0 +1,375 @@
+"""Ollama's generation API over the LLM lane: POST /api/chat and /api/generate.
+
+Ollama's shapes: NDJSON lines as the answer grows (its default; `"stream": false` for one
+object), durations in nanoseconds, errors as `{"error": "..."}` (ris.api.errors). Structured
+output (`format`) and tools go through the same grammar path as /v1
+(ris.api.openai_tools, ris.lanes.llm_tools). docs/OLLAMA_COMPATIBILITY.md says what maps where.
+The models, ps, version and pull routes are in routes/ollama_models.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ris.api.deps import (
+    body_doc,
+    cancel_unless_ended,
+    client_of,
+    engine_of,
+    json_body,
+    result_or_failure,
+    unknown_model_message,
+    wait_task,
+)
+from ris.api.errors import APIError, failure
+from ris.api.llm_request import Dialect, llm_request
+from ris.api.llm_support import llm_context, require_constraining_backend
+from ris.api.ollama_schemas import (
+    OLLAMA_ERRORS,
+    Format,
+    OllamaChatMessage,
+    OllamaChatRequest,
+    OllamaGenerateRequest,
+    OllamaOptions,
+    OllamaToolDef,
+)
+from ris.api.streams import json_response, texts
+from ris.lanes import Lane
+from ris.lanes.llm import LANE as LLM
+from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool, ToolCall
+from ris.lanes.llm_tools import call_schema, may_become_call, parse_calls
+from ris.runtime.engine import Engine
+from ris.runtime.views import TaskHandle
+
+router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
+NDJSON = "application/x-ndjson"
+JSON_OR_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, NDJSON: {}}}}
+# Ollama answers every invalid request with 400 (and a prompt over the limit too).
+OLLAMA = Dialect(too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"))
+_OPTION_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
+_MAX_NAMED = 20
+# Without num_predict, for a model loaded on first use (its context not known yet): as /v1.
+DEFAULT_MAX_TOKENS = 256
+
+
+def created_at() -> str:
+    """Ollama's timestamp: RFC 3339 in UTC."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def llm_model(engine: Engine, name: str) -> str:
+    """The configured LLM `name` names (Ollama's clients may add the tag `:latest`); 404 in
+    Ollama's words, naming the models there are, otherwise."""
+    models = engine.config.lane(Lane.LLM).models
+    for candidate in (name, name.removesuffix(":latest")):
+        if candidate in models:
+            return candidate
+    message = f"model '{name}' not found; available: {', '.join(models) or 'none'}"
+    raise APIError(404, "model_not_found", unknown_model_message(message, name, Lane.LLM), param="model")
+
+
+def ignored_options(options: OllamaOptions | None) -> dict[str, str]:
+    """The header that names the options given and ignored (Ollama's it does not apply here:
+    top_k, repeat_penalty, num_ctx, ...), so a client can see it was not served them. Only
+    names an option could have go in a header (latin-1, bounded); others are counted."""
+    given = sorted((options.model_extra or {}) if options is not None else {})
+    if not given:
+        return {}
+    named = [n for n in given if _OPTION_NAME.fullmatch(n)][:_MAX_NAMED]
+    rest = len(given) - len(named)
+    return {"X-Ignored-Options": ", ".join(named + ([f"{rest} more"] if rest else []))}
+
+
+def _constraint(fmt: Format) -> Constraint | None:
+    if fmt is None or fmt == "":
+        return None
+    if fmt == "json":  # Ollama's "json": any JSON value; an object is what clients parse
+        return Constraint(json.dumps({"type": "object"}))
+    return Constraint(json.dumps(fmt))
+
+
+def _tools(tools: list[OllamaToolDef] | None) -> tuple[tuple[Tool, ...], Constraint | None]:
+    """Ollama has no tool_choice: the model may call or answer (OpenAI's "auto"), a call it
+    starts held to the form and schemas by a lazy grammar."""
+    if not tools:
+        return (), None
+    found = tuple(
+        Tool(t.function.name, t.function.description, json.dumps(t.function.parameters)) for t in tools
+    )
+    names = [t.name for t in found]
+    if len(set(names)) != len(names):
+        raise APIError(400, "invalid_value", "tools: each function needs its own name", param="tools")
+    return found, Constraint(call_schema(found), "tool_calls", parallel=True, lazy=True)
+
+
+def build_request(
+    engine: Engine,
+    model: str,
+    options: OllamaOptions | None,
+    fmt: Format,
+    tools: list[OllamaToolDef] | None = None,
+    **text: Any,
+) -> LLMRequest:
+    """The LLMRequest of an Ollama body: `text` is llm_request's prompt or messages (and system)."""
+    opts = options or OllamaOptions()
+    constraint = _constraint(fmt)
+    tool_defs, tool_constraint = _tools(tools)
+    if constraint is not None and tool_constraint is not None:
+        raise APIError(
+            400, "invalid_value", "format cannot be combined with tools: the answer is JSON or a call"
+        )
+    if constraint is not None or tool_defs:
+        require_constraining_backend(engine, model, "format" if constraint is not None else "tools")
+    context = llm_context(engine, model)
+    limit = engine.config.server.max_new_tokens
+    if opts.num_predict is None or opts.num_predict < 0:
+        # Ollama's default: until the model stops or the context is full (llama.cpp cuts at
+        # the context left after the prompt).
+        max_tokens = min(limit, context) if context is not None else DEFAULT_MAX_TOKENS
+    else:
+        max_tokens = max(1, opts.num_predict)
+    return llm_request(
+        engine.config.server,
+        OLLAMA,
+        max_tokens=max_tokens,
+        temperature=0.8 if opts.temperature is None else opts.temperature,  # Ollama's defaults
+        top_p=0.9 if opts.top_p is None else opts.top_p,
+        stop=[s for s in opts.stop or [] if s],
+        seed=None if opts.seed is None or opts.seed < 0 else opts.seed,
+        context_tokens=context,
+        constraint=constraint or tool_constraint,
+        tools=tool_defs,
+        constraint_param="format" if constraint is not None else "tools",
+        **text,
+    )
+
+
+def chat_turns(messages: list[OllamaChatMessage]) -> list[tuple[str, str] | Message]:
+    """The lane's turns of an Ollama chat. Ollama's calls carry no ids: each gets one here, and
+    a tool message answers the earliest unanswered call of its tool_name (or any, unnamed)."""
+    turns: list[tuple[str, str] | Message] = []
+    open_calls: list[ToolCall] = []
+    for i, m in enumerate(messages):
+        if m.images:
+            raise APIError(
+                400, "invalid_value", f"messages[{i}].images: no model here reads images", param="images"
+            )
+        if m.tool_calls:
+            calls = tuple(
+                ToolCall(f"call_{i}_{j}", c.function.name, json.dumps(c.function.arguments))
+                for j, c in enumerate(m.tool_calls)
+            )
+            open_calls += calls
+            turns.append(Message(m.role, m.content, calls))
+        elif m.role == "tool":
+            answered = next((c for c in open_calls if m.tool_name in (None, c.name)), None)
+            if answered is not None:
+                open_calls.remove(answered)
+            turns.append(Message("tool", m.content, (), None if answered is None else answered.id))
+        else:
+            turns.append((m.role, m.content))
+    return turns
+
+
+def _timings(r: LLMResult) -> dict[str, Any]:
+    """Ollama's counts and durations (ns), from the task's timings (ms from submission):
+    load_duration is the wait for the lane (queue, a model loading on first use), prompt eval
+    up to the first token, eval from there to the end."""
+    t = r.timings
+    total = t.total_ms or 0.0
+    queued = t.queue_ms or 0.0
+    first = t.first_output_ms if t.first_output_ms is not None else total
+
+    def ns(ms: float) -> int:
+        return max(0, round(ms * 1_000_000))
+
+    return {
+        "total_duration": ns(total),
+        "load_duration": ns(queued),
+        "prompt_eval_count": r.prompt_tokens,
+        "prompt_eval_duration": ns(first - queued),
+        "eval_count": r.completion_tokens,
+        "eval_duration": ns(total - first),
+    }
+
+
+def _done_reason(r: LLMResult) -> str:
+    return "length" if r.finish_reason == "length" else "stop"
+
+
+def _answer(text: str, r: LLMResult, tool_names: list[str]) -> dict[str, Any]:
+    """The assistant message of a finished chat: its tool calls parsed out, or its text."""
+    parsed = parse_calls(text, tool_names) if tool_names and r.finish_reason == "stop" else None
+    if parsed is None:
+        return {"role": "assistant", "content": text}
+    calls = [{"function": {"name": n, "arguments": json.loads(a)}} for n, a in parsed.calls]
+    return {"role": "assistant", "content": parsed.content, "tool_calls": calls}
+
+
+def _loaded(model: str, field: str, empty: Any, keep_alive: Any) -> dict[str, Any]:
+    """Ollama's answer to a request with nothing to generate: its way to load (or unload, with
+    keep_alive 0) a model. Models here stay loaded as their workers do, so this only answers."""
+    reason = "unload" if keep_alive in (0, "0", "0s", "0m") else "load"
+    return {"model": model, "created_at": created_at(), field: empty, "done": True, "done_reason": reason}
+
+
+@router.post(
+    "/api/chat",
+    responses=JSON_OR_NDJSON,
+    summary="Ollama: chat (NDJSON stream by default)",
+    openapi_extra=body_doc(OllamaChatRequest),
+)
+async def ollama_chat(request: Request) -> Any:
+    body = await json_body(request, OllamaChatRequest)
+    engine = engine_of(request)
+    model = llm_model(engine, body.model)
+    if not body.messages:
+        return json_response(_loaded(model, "message", {"role": "assistant", "content": ""}, body.keep_alive))
+    req = build_request(
+        engine, model, body.options, body.format, body.tools, prompt=None, messages=chat_turns(body.messages)
+    )
+    names = [t.name for t in req.tools]
+    handle = engine.submit(LLM, model, req, client=client_of(request))
+    head = {"model": model, "created_at": created_at()}
+    if body.stream:
+        holder = _CallHolder(bool(names))
+
+        def piece(text: str) -> dict[str, Any] | None:
+            shown = holder.feed(text)
+            return None if shown is None else {"message": {"role": "assistant", "content": shown}}
+
+        def end(r: LLMResult) -> dict[str, Any]:
+            held = holder.held()
+            message = _answer(held, r, names) if held else {"role": "assistant", "content": ""}
+            return {"message": message}
+
+        return _ndjson(engine, handle, head, piece, end, ignored_options(body.options))
+    r = result_or_failure(await wait_task(engine, handle, request))
+    return json_response(
+        {
+            **head,
+            "message": _answer(r.text, r, names),
+            "done": True,
+            "done_reason": _done_reason(r),
+            **_timings(r),
+        },
+        headers={"X-Task-Id": handle.task_id, **ignored_options(body.options)},
+    )
+
+
+@router.post(
+    "/api/generate",
+    responses=JSON_OR_NDJSON,
+    summary="Ollama: completion of a prompt (NDJSON stream by default)",
+    openapi_extra=body_doc(OllamaGenerateRequest),
+)
+async def ollama_generate(request: Request) -> Any:
+    body = await json_body(request, OllamaGenerateRequest)
+    engine = engine_of(request)
+    model = llm_model(engine, body.model)
+    for name, why in (
+        ("suffix", "fill-in-the-middle is not supported"),
+        ("template", "the model's own chat template applies (or raw: true and a prompt of your own)"),
+        ("context", "send the conversation as text again, or use /api/chat"),
+        ("images", "no model here reads images"),
+    ):
+        if getattr(body, name):
+            raise APIError(400, "unsupported_parameter", f"{name}: {why}", param=name)
+    if not body.prompt and body.system is None:
+        return json_response(_loaded(model, "response", "", body.keep_alive))
+    req = build_request(
+        engine,
+        model,
+        body.options,
+        body.format,
+        prompt=body.prompt,
+        messages=None,
+        system=body.system,
+        prompt_is_message=not body.raw,
+    )
+    handle = engine.submit(LLM, model, req, client=client_of(request))
+    head = {"model": model, "created_at": created_at()}
+    if body.stream:
+        return _ndjson(
+            engine,
+            handle,
+            head,
+            lambda text: {"response": text},
+            lambda r: {"response": ""},
+            ignored_options(body.options),
+        )
+    r = result_or_failure(await wait_task(engine, handle, request))
+    return json_response(
+        {**head, "response": r.text, "done": True, "done_reason": _done_reason(r), **_timings(r)},
+        headers={"X-Task-Id": handle.task_id, **ignored_options(body.options)},
+    )
+
+
+class _CallHolder:
+    """Streamed text under tools: sent as it comes, except while the answer may still become a
+    tool call (then held, and parsed at the end: Ollama sends calls whole, in the last line)."""
+
+    def __init__(self, tools: bool) -> None:
+        self._holding = tools
+        self._held: list[str] = []
+
+    def feed(self, text: str) -> str | None:
+        if not self._holding:
+            return text
+        self._held.append(text)
+        so_far = "".join(self._held)
+        if may_become_call(so_far):
+            return None
+        self._holding, self._held = False, []
+        return so_far
+
+    def held(self) -> str:
+        return "".join(self._held)
+
+
+def _ndjson(
+    engine: Engine,
+    handle: TaskHandle[LLMResult],
+    head: dict[str, Any],
+    piece: Callable[[str], dict[str, Any] | None],
+    end: Callable[[LLMResult], dict[str, Any]],
+    headers: dict[str, str],
+) -> StreamingResponse:
+    return StreamingResponse(
+        _lines(engine, handle, head, piece, end),
+        media_type=NDJSON,
+        headers={"X-Task-Id": handle.task_id, **headers},
+    )
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+
+
+async def _lines(
+    engine: Engine,
+    handle: TaskHandle[LLMResult],
+    head: dict[str, Any],
+    piece: Callable[[str], dict[str, Any] | None],
+    end: Callable[[LLMResult], dict[str, Any]],
+) -> AsyncIterator[bytes]:
+    """One line per piece of text (`done: false`), then the last one with the counts; a failure
+    after the stream began is a line `{"error": ...}`, which Ollama's clients raise."""
+    with cancel_unless_ended(engine, handle):
+        async for text in texts(handle):
+            fields = piece(text)
+            if fields is not None:
+                yield _line({**head, **fields, "done": False})
+        view = await handle.done
+        r = view.result if view.succeeded else None
+        if r is None:
+            yield _line({"error": failure(view).message})
+            return
+        yield _line({**head, **end(r), "done": True, "done_reason": _done_reason(r), **_timings(r)})

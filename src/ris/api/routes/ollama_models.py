@@ -1,0 +1,244 @@
+"""Ollama's model routes over the LLM lane: GET /api/tags, POST /api/show, GET /api/ps,
+GET /api/version, and POST /api/pull (`ris pull`, its progress in Ollama's NDJSON lines).
+
+Ollama's models are LLMs: the LLM lane's models are listed, by their names in config.json.
+Digests and sizes are the model file's where it is one file on disk; a digest here names the
+file by its path, size and time (hashing gigabytes per listing would cost seconds), not its
+content. docs/OLLAMA_COMPATIBILITY.md says what maps where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ris import __version__, catalogue
+from ris.api.deps import body_doc, engine_of, json_body
+from ris.api.errors import APIError
+from ris.api.ollama_schemas import APPLIED_OPTIONS, OLLAMA_ERRORS, OllamaModelRequest, OllamaPullRequest
+from ris.api.routes.ollama import NDJSON, llm_model
+from ris.api.streams import json_response
+from ris.backends import resolve_source
+from ris.config import ModelSpec
+from ris.lanes import Lane
+from ris.lanes.base import BackendError
+from ris.lanes.llm import LANE as LLM
+from ris.pull import Pulled, PullError, RemoteFile, pull
+
+router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
+# The Ollama API version reported: the one whose features this API has (tools 0.3, JSON-schema
+# `format` 0.5); some clients turn features off for older servers. RIS's own is `ris_version`.
+OLLAMA_API_VERSION = "0.5.0"
+# Ollama's expires_at of a model kept loaded for ever (keep_alive -1): models here stay loaded
+# for their worker's life.
+NEVER = "2318-01-01T00:00:00Z"
+_QUANT = re.compile(r"(?i)\b(IQ\d\w*|Q\d(?:_[A-Z0-9]+)*|F16|BF16|F32)\b")
+# The lane's backends and the file format of their models.
+_FORMATS = {"llama_cpp": "gguf", "transformers": "safetensors"}
+# Pull errors the client can fix (a name not in the catalogue, or gone from the hub): 404.
+_NOT_FOUND = {"unknown_model", "unavailable", "not_found"}
+# One pull at a time: each rewrites config.json. Held by the pulling thread, so a client that
+# leaves mid-pull (its pull runs on to the end) still keeps the next one waiting.
+_PULLING = threading.Lock()
+
+
+def _file(spec: ModelSpec) -> Path | None:
+    """The model's file or folder on disk; None where it has none (built-in or missing)."""
+    try:
+        return resolve_source(spec.source)
+    except BackendError:
+        return None
+
+
+def _facts(name: str, spec: ModelSpec) -> dict[str, Any]:
+    """What /api/tags, /api/show and /api/ps say of a model besides their own fields."""
+    path = _file(spec)
+    stat = path.stat() if path is not None and path.is_file() else None
+    size = stat.st_size if stat is not None else 0
+    mtime = stat.st_mtime if stat is not None else 0.0
+    tag = f"{name}\0{spec.source}\0{size}\0{mtime}".encode()
+    quant = _QUANT.search(path.name if path is not None else "")
+    details = {
+        "parent_model": "",
+        "format": _FORMATS.get(spec.backend, spec.backend),
+        "family": spec.backend,
+        "families": [spec.backend],
+        "parameter_size": "",
+        "quantization_level": quant.group(1).upper() if quant else "",
+    }
+    return {
+        "size": size,
+        "digest": hashlib.sha256(tag).hexdigest(),
+        "modified_at": datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z"),
+        "details": details,
+    }
+
+
+def _all_facts(models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
+    """`_facts` of each model: in a thread, as it reads the disk (the event loop moves bytes)."""
+    return {name: _facts(name, spec) for name, spec in models.items()}
+
+
+@router.get("/api/tags", summary="Ollama: the LLM lane's models")
+async def ollama_tags(request: Request) -> Any:
+    models = engine_of(request).config.lane(Lane.LLM).models
+    facts = await asyncio.to_thread(_all_facts, models)
+    listed = [{"name": name, "model": name, **facts[name]} for name in models]
+    return json_response({"models": listed})
+
+
+@router.post("/api/show", summary="Ollama: one model's details", openapi_extra=body_doc(OllamaModelRequest))
+async def ollama_show(request: Request) -> Any:
+    body = await json_body(request, OllamaModelRequest)
+    engine = engine_of(request)
+    name = llm_model(engine, body.model or body.name)
+    spec = engine.config.lane(Lane.LLM).models[name]
+    facts = await asyncio.to_thread(_facts, name, spec)
+    loaded = engine.model_infos(Lane.LLM).get(name)
+    context = None if loaded is None else loaded.details.context_tokens
+    features = LLM.model_features(spec.backend, None if loaded is None else loaded.details)
+    capabilities = ["completion"] + (["tools"] if features["tools"] != "unsupported" else [])
+    return json_response(
+        {
+            "modelfile": f"# RIS model {name!r} (config.json)\nFROM {spec.source or spec.backend}\n",
+            # The options that apply here; Ollama's others are accepted and ignored.
+            "parameters": "\n".join(f"{o:<16}(applied)" for o in APPLIED_OPTIONS),
+            "template": "",  # the model's own chat template applies, read by its worker
+            "details": facts["details"],
+            "model_info": {
+                "general.architecture": spec.backend,
+                "general.basename": name,
+                "general.description": spec.description or "",
+                f"{spec.backend}.context_length": context,
+            },
+            "capabilities": capabilities,
+            "modified_at": facts["modified_at"],
+        }
+    )
+
+
+@router.get("/api/ps", summary="Ollama: the models loaded now")
+async def ollama_ps(request: Request) -> Any:
+    engine = engine_of(request)
+    lane = engine.config.lane(Lane.LLM)
+    gpu = lane.device != "cpu"
+    loaded = engine.model_infos(Lane.LLM)
+    all_facts = await asyncio.to_thread(_all_facts, {name: lane.models[name] for name in loaded})
+    running = []
+    for name, info in loaded.items():
+        facts = all_facts[name]
+        running.append(
+            {
+                "name": name,
+                "model": name,
+                "size": facts["size"],
+                "digest": facts["digest"],
+                "details": facts["details"],
+                "expires_at": NEVER,
+                "size_vram": facts["size"] if gpu else 0,
+                "context_length": info.details.context_tokens,
+            }
+        )
+    return json_response({"models": running})
+
+
+@router.get("/api/version", summary="Ollama: the API version")
+async def ollama_version() -> Any:
+    return json_response({"version": OLLAMA_API_VERSION, "ris_version": __version__})
+
+
+@router.post(
+    "/api/pull",
+    responses={200: {"content": {"application/json": {}, NDJSON: {}}}},
+    summary="Ollama: `ris pull` a catalogued model into config.json (NDJSON progress)",
+    openapi_extra=body_doc(OllamaPullRequest),
+)
+async def ollama_pull(request: Request) -> Any:
+    body = await json_body(request, OllamaPullRequest)
+    name = (body.model or body.name).strip().removesuffix(":latest")
+    if catalogue.lookup(name) is None:
+        why = catalogue.UNAVAILABLE.get(name.lower())
+        raise APIError(
+            404,
+            "unknown_model",
+            why or f"pull model manifest: {name!r} is not in the catalogue; known: {catalogue.listing()}",
+        )
+    config_path: Path | None = getattr(request.app.state, "config_path", None)
+    if config_path is None:
+        raise APIError(
+            400,
+            "no_config_file",
+            "this server was started without a config file (ris serve --config, or RIS_CONFIG): "
+            "a pulled model has nowhere to be added; run `ris pull` instead",
+        )
+    lines = _pull_lines(name, config_path)
+    if body.stream:
+        return StreamingResponse(_ndjson(lines), media_type=NDJSON)
+    last: dict[str, Any] = {}
+    async for line in lines:
+        last = line
+    if "error" in last:
+        raise APIError(last["status_code"], "pull_failed", last["error"])
+    return json_response(last)
+
+
+async def _ndjson(lines: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for line in lines:
+        line.pop("status_code", None)  # said by the status of a whole answer; a stream's is 200
+        yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
+
+
+async def _pull_lines(name: str, config_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """`ris pull` in a thread (it blocks on the network and the disk); Ollama's progress
+    objects as it goes, and an `error` object (with the status it answers) if it fails."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    last: tuple[str, int] | None = None
+
+    def progress(f: RemoteFile, done: int) -> None:
+        nonlocal last
+        if last == (f.path, done):
+            return  # the last chunk's count, then the same once checked: one line
+        last = (f.path, done)
+        line: dict[str, Any] = {"status": f"pulling {f.path}", "total": f.size or done, "completed": done}
+        if f.sha256 is not None:
+            line["digest"] = f"sha256:{f.sha256}"
+        loop.call_soon_threadsafe(queue.put_nowait, line)
+
+    def run() -> Pulled:
+        with _PULLING:
+            return pull(name, config_path, log=lambda _: None, progress=progress)
+
+    yield {"status": "pulling manifest"}
+    work = asyncio.ensure_future(asyncio.to_thread(run))
+    while not (work.done() and queue.empty()):
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait([getter, work], return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    try:
+        pulled = work.result()
+    except PullError as e:
+        yield {"error": e.message, "status_code": 404 if e.code in _NOT_FOUND else 502}
+        return
+    except OSError as e:  # config.json not writable, disk full
+        yield {"error": f"pull {name}: {e}", "status_code": 500}
+        return
+    yield {
+        "status": f"added {pulled.name!r} to the {pulled.lane} lane of {config_path}; "
+        "restart the server to use it"
+    }
+    yield {"status": "success"}

@@ -1,0 +1,238 @@
+"""The Ollama-compatible API with the real default model (SmolLM2-135M) on a live server,
+through the unmodified `ollama` client and LangChain's ChatOllama, on the Ollama listener
+(server.ollama_port, paths at the root as on Ollama's port 11434) behind an API key, and on
+the main port: chat (streamed and not), generate, a JSON schema as `format`, list, show, ps,
+version, pull (from the local stand-in hub, tests/integration/hub.py), and Ollama-shaped
+errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ris.launch import free_port
+
+from .hub import Hub
+from .server import Server, make_config
+
+ollama = pytest.importorskip("ollama", reason="the ollama package is a test dependency")
+jsonschema = pytest.importorskip("jsonschema", reason="a test dependency")
+pytestmark = pytest.mark.slow
+
+KEY = "ollama-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CITY = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "country": {"type": "string", "maxLength": 30},
+        "population": {"type": "integer"},
+    },
+    "required": ["city", "country", "population"],
+}
+QWEN_REPO = "Qwen/Qwen2.5-1.5B-Instruct-GGUF"
+QWEN_FILE = "qwen2.5-1.5b-instruct-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Hub]:
+    h = Hub().start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, hub: Hub) -> Iterator[Server]:
+    """The LLM lane alone (speech and images are not what this is about), with a key, the
+    Ollama listener on a port of its own, and the stand-in hub as the hub /api/pull reaches."""
+    tmp = tmp_path_factory.mktemp("ris-ollama")
+    cfg = make_config(tmp)
+    for lane in ("tts", "image"):
+        cfg["lanes"][lane]["enabled"] = False
+    cfg["server"] = {"api_keys": [KEY], "ollama_port": free_port()}
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_OFFLINE": "0"}
+    srv = Server(tmp, cfg, api_key=KEY).start(env=env)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def base(server: Server) -> str:
+    return f"http://127.0.0.1:{server.config['server']['ollama_port']}"
+
+
+@pytest.fixture(scope="module")
+def client(base: str) -> Iterator[Any]:
+    with ollama.Client(host=base, headers=AUTH) as c:
+        yield c
+
+
+def test_chat_streamed_and_not_and_generate(client: Any) -> None:
+    ask = [{"role": "user", "content": "Name one colour of the sky."}]
+    r = client.chat(model="smollm2", messages=ask, options={"num_predict": 12, "seed": 1, "top_k": 5})
+    assert r.done and r.done_reason in ("stop", "length") and r.message.role == "assistant"
+    assert r.message.content and r.model == "smollm2" and r.created_at.endswith("Z")
+    assert 0 < r.eval_count <= 12 and r.prompt_eval_count > 0
+    assert r.total_duration >= r.prompt_eval_duration + r.eval_duration > 0
+
+    parts = list(client.chat(model="smollm2:latest", messages=ask, stream=True, options={"num_predict": 12}))
+    assert len(parts) >= 3 and all(not p.done for p in parts[:-1]) and parts[-1].done
+    streamed = "".join(p.message.content or "" for p in parts)
+    assert streamed and parts[-1].eval_count > 0 and parts[-1].total_duration > 0
+
+    g = client.generate(
+        model="smollm2", prompt="The capital of France is", options={"num_predict": 4}, raw=True
+    )
+    assert g.done_reason == "length" and g.eval_count == 4 and g.response
+    # A tool call and its result sent back: Ollama's calls carry no ids; the server pairs them.
+    history = [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}],
+        },
+        {"role": "tool", "content": "-3 C, snow", "tool_name": "weather"},
+    ]
+    t = client.chat(model="smollm2", messages=history, options={"num_predict": 8})
+    assert t.done and t.message.content is not None
+    # Nothing to generate: Ollama's way to load a model answers at once.
+    assert client.generate(model="smollm2", prompt="").done_reason == "load"
+
+
+def test_format_with_a_json_schema_gives_valid_json(client: Any) -> None:
+    ask = [{"role": "user", "content": "Describe a big city as JSON."}]
+    r = client.chat(model="smollm2", messages=ask, format=CITY, options={"temperature": 0.5, "seed": 2})
+    assert r.done_reason == "stop"
+    jsonschema.validate(json.loads(r.message.content), CITY)
+    # "json" bounds nothing: seeded and greedy, so the answer is the same each run (a 135M model
+    # left to sample may ramble on in an open object until its context is full).
+    opts = {"seed": 1, "temperature": 0, "num_predict": 300}
+    g = client.generate(model="smollm2", prompt="A cat, as JSON.", format="json", stream=False, options=opts)
+    assert g.done_reason == "stop", g.response
+    assert isinstance(json.loads(g.response), dict)
+
+
+def test_list_show_ps_version(client: Any, base: str) -> None:
+    listed = client.list()
+    (model,) = [m for m in listed.models if m.model == "smollm2"]
+    assert (
+        model.size > 1_000_000
+        and model.details.format == "gguf"
+        and model.details.quantization_level == "Q4_1"
+    )
+    shown = client.show("smollm2")
+    assert "completion" in shown.capabilities and "tools" in shown.capabilities
+    assert shown.modelinfo["llama_cpp.context_length"] == 2048
+    (running,) = client.ps().models
+    assert running.model == "smollm2" and running.context_length == 2048 and running.size == model.size
+    version = httpx.get(f"{base}/api/version", headers=AUTH).json()
+    assert version["version"] and version["ris_version"]
+
+
+def test_pull_streams_progress_into_config(client: Any, hub: Hub, server: Server) -> None:
+    # Over one of huggingface_hub's 10 MiB chunks: progress shows within the file. Never
+    # loaded: the server would serve it after a restart.
+    gguf = b"GGUF" + bytes(12 * 1024 * 1024)
+    hub.repos[QWEN_REPO] = {QWEN_FILE: gguf}
+    lines = list(client.pull("qwen2.5", stream=True))
+    statuses = [p.status for p in lines]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    done = [p.completed for p in lines if p.status == f"pulling {QWEN_FILE}"]
+    assert done[0] == 0 and 0 < done[1] < len(gguf) and done[-1] == len(gguf) and done == sorted(set(done))
+    assert {p.total for p in lines if p.status == f"pulling {QWEN_FILE}"} == {len(gguf)}
+    files = [p for p in lines if p.status == f"pulling {QWEN_FILE}"]
+    assert files[0].digest.startswith("sha256:")
+    assert any("restart the server" in (s or "") for s in statuses)
+    entry = json.loads(Path(server.config_path).read_text())["lanes"]["llm"]["models"]["qwen2.5"]
+    assert Path(entry["source"]).read_bytes() == gguf
+
+    with pytest.raises(ollama.ResponseError) as e:
+        client.pull("gpt-9")
+    assert e.value.status_code == 404 and "qwen2.5" in e.value.error  # the catalogue's names
+
+
+def test_errors_are_ollama_shaped_on_both_ports(client: Any, base: str, server: Server) -> None:
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="llama9", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 404 and "smollm2" in e.value.error
+
+    # Options Ollama has and this server does not apply are named in a header, not refused.
+    ignored = httpx.post(
+        f"{base}/api/generate",
+        json={
+            "model": "smollm2",
+            "prompt": "Hi",
+            "stream": False,
+            "options": {"num_predict": 1, "top_k": 5, "mirostat": 1},
+        },
+        headers=AUTH,
+        timeout=120,
+    )
+    assert ignored.status_code == 200 and ignored.headers["X-Ignored-Options"] == "mirostat, top_k"
+    bad = httpx.post(
+        f"{base}/api/generate",
+        json={"model": "smollm2", "prompt": "x", "options": {"temperature": 9}},
+        headers=AUTH,
+    )
+    assert bad.status_code == 400 and "temperature" in bad.json()["error"]
+    schema = {"model": "smollm2", "prompt": "x", "format": "yaml"}
+    assert httpx.post(f"{base}/api/generate", json=schema, headers=AUTH).status_code == 400
+
+    # The Ollama listener's guards are the main port's, in Ollama's words.
+    nokey = httpx.get(f"{base}/api/tags")
+    assert nokey.status_code == 401 and isinstance(nokey.json()["error"], str)
+    host = httpx.get(f"{base}/api/tags", headers={**AUTH, "Host": "evil.example"})
+    assert host.status_code == 403 and "evil.example" in host.json()["error"]
+    # It serves the Ollama API alone.
+    assert httpx.get(f"{base}/api/stats", headers=AUTH).json() == {"error": "Not Found"}
+
+    # The main port serves the same paths (none clashes with RIS's own /api routes).
+    main = httpx.post(
+        f"{server.url}/api/generate",
+        json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert main.status_code == 200 and main.json()["done"] and main.json()["eval_count"] == 2
+    lost = httpx.post(f"{server.url}/api/show", json={"model": "nope"}, headers=AUTH)
+    assert lost.status_code == 404 and "smollm2" in lost.json()["error"]
+    assert httpx.get(f"{server.url}/api/stats", headers=AUTH).status_code == 200  # RIS's own, as before
+
+
+def test_langchain_chat_ollama(base: str) -> None:
+    chat_ollama = pytest.importorskip("langchain_ollama", reason="a test dependency").ChatOllama
+    llm = chat_ollama(model="smollm2", base_url=base, num_predict=8, client_kwargs={"headers": AUTH})
+    try:
+        answer = llm.invoke("Say hello.")
+    finally:
+        llm._client.close()  # ChatOllama leaves its ollama client's connection open
+    assert answer.content and answer.response_metadata["done"]
+
+
+def test_a_listener_port_in_use_is_one_line_before_any_worker(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = make_config(tmp_path)
+        cfg["server"] = {"port": free_port(), "ollama_port": port}
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(cfg))
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"ris serve: server.ollama_port {port}: Address already in use")

@@ -1,0 +1,177 @@
+"""The Ollama API through the real apps (the main one, and the Ollama listener's) over fake
+workers: the NDJSON stream and its last line, a failure mid-stream, Ollama's error shape where
+it applies and RIS's where it does not, a chat history's tool calls paired with their results,
+and the listener's port checked against the main one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ris import messages as m
+from ris.api.app import create_app, create_ollama_app
+from ris.api.ollama_schemas import OllamaChatMessage, OllamaOptions
+from ris.api.routes.ollama import chat_turns, ignored_options
+from ris.config import ConfigError
+from ris.config.load import parse_config
+from ris.lanes import Lane
+from ris.lanes.llm import LLMOutcome, LLMRequest, Message, TextDelta
+from ris.runtime.engine import Engine
+
+from .fakes import FakeWorkers, run, settle, started_engine
+
+ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def call(eng: Engine, method: str, path: str, body: Any = None, *, ollama_port: bool) -> httpx.Response:
+    main = create_app(eng.config, eng)
+    app = create_ollama_app(main) if ollama_port else main
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        return await client.request(method, path, json=body)
+
+
+@asynccontextmanager
+async def sent(
+    tmp: Path, path: str, body: dict[str, Any]
+) -> AsyncIterator[tuple[asyncio.Task[httpx.Response], FakeWorkers]]:
+    """`body` POSTed to the Ollama listener's `path`, its task handed to the fake LLM worker."""
+    async with started_engine(tmp) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        request = asyncio.create_task(call(eng, "POST", path, body, ollama_port=True))
+        await settle()
+        yield request, workers
+
+
+def lines(r: httpx.Response) -> list[dict[str, Any]]:
+    assert r.headers["content-type"] == "application/x-ndjson"
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+@run
+async def test_a_streamed_chat_is_ndjson_its_last_line_with_the_counts(tmp_path: Path) -> None:
+    async with sent(tmp_path, "/api/chat", ASK) as (request, workers):
+        llm = workers[Lane.LLM]
+        task_id = llm.runs[0].task_id
+        for piece in ("Hel", "lo"):
+            llm.deliver(m.TaskOutput(task_id, TextDelta(piece)))
+        llm.deliver(m.TaskDone(task_id, LLMOutcome("length", 3, 2)))
+        r = await asyncio.wait_for(request, 5)
+    first, second, last = lines(r)
+    assert first["message"] == {"role": "assistant", "content": "Hel"} and first["done"] is False
+    assert second["message"]["content"] == "lo" and first["model"] == "m"
+    assert last["done"] is True and last["done_reason"] == "length"
+    assert (last["prompt_eval_count"], last["eval_count"]) == (3, 2)
+    for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(last[key], int) and last[key] >= 0
+    assert r.headers["X-Task-Id"] == task_id
+
+
+@run
+async def test_a_failure_mid_stream_is_a_last_error_line(tmp_path: Path) -> None:
+    body = {"model": "m", "prompt": "Once"}
+    async with sent(tmp_path, "/api/generate", body) as (request, workers):
+        llm = workers[Lane.LLM]
+        task_id = llm.runs[0].task_id
+        llm.deliver(m.TaskOutput(task_id, TextDelta(" upon")))
+        llm.deliver(m.TaskError(task_id, "backend_error", "llama.cpp decode failed"))
+        r = await asyncio.wait_for(request, 5)
+    assert lines(r) == [
+        {"model": "m", "created_at": lines(r)[0]["created_at"], "response": " upon", "done": False},
+        {"error": "llama.cpp decode failed"},
+    ]
+
+
+@run
+async def test_errors_are_ollamas_on_its_paths_and_listener_and_riss_elsewhere(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        for on_listener in (True, False):
+            lost = await call(eng, "POST", "/api/chat", {**ASK, "model": "llama9"}, ollama_port=on_listener)
+            assert (
+                lost.status_code == 404 and "llama9" in lost.json()["error"] and "m" in lost.json()["error"]
+            )
+            # The noop backend cannot constrain decoding: a JSON schema is refused, not ignored.
+            fmt = await call(
+                eng, "POST", "/api/chat", {**ASK, "format": {"type": "object"}}, ollama_port=on_listener
+            )
+            assert fmt.status_code == 400 and "format" in fmt.json()["error"]
+            bad = await call(
+                eng, "POST", "/api/generate", {"model": "m", "prompt": 3}, ollama_port=on_listener
+            )
+            assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+        # The listener serves the Ollama API alone; the main port keeps RIS's own routes and shape.
+        assert (await call(eng, "GET", "/api/stats", ollama_port=True)).json() == {"error": "Not Found"}
+        seed = await call(eng, "POST", "/api/llm/generate", {"prompt": 3}, ollama_port=False)
+        assert seed.status_code == 422 and seed.json()["error"]["code"] == "invalid_request"
+        # Nothing to generate: Ollama's way to load a model answers without a task.
+        loaded = await call(eng, "POST", "/api/generate", {"model": "m:latest"}, ollama_port=True)
+        assert loaded.json()["done_reason"] == "load" and not workers[Lane.LLM].runs
+
+
+def test_a_histories_calls_get_ids_and_tool_results_answer_them_by_name() -> None:
+    history = [
+        {"role": "user", "content": "Weather and time in Oslo?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+                {"function": {"name": "time", "arguments": {"zone": "CET"}}},
+            ],
+        },
+        {"role": "tool", "content": "12:00", "tool_name": "time"},
+        {"role": "tool", "content": "-3 C"},
+    ]
+    turns = chat_turns([OllamaChatMessage.model_validate(x) for x in history])
+    assert turns[0] == ("user", "Weather and time in Oslo?")
+    call = turns[1]
+    assert isinstance(call, Message) and [(c.id, c.name) for c in call.tool_calls] == [
+        ("call_1_0", "weather"),
+        ("call_1_1", "time"),
+    ]
+    assert json.loads(call.tool_calls[0].arguments) == {"city": "Oslo"}
+    assert turns[2] == Message("tool", "12:00", (), "call_1_1")
+    assert turns[3] == Message("tool", "-3 C", (), "call_1_0")  # unnamed: the earliest unanswered
+
+
+def test_the_ollama_listener_needs_a_port_of_its_own() -> None:
+    with pytest.raises(ConfigError, match="ollama_port 8080 is server.port too"):
+        parse_config({"server": {"port": 8080, "ollama_port": 8080}})
+
+
+def test_ignored_options_are_named_in_a_header_that_stays_a_header() -> None:
+    opts = OllamaOptions.model_validate({"temperature": 0.1, "top_k": 5, "mirostat": 1, "b\u00e9\u4e2d": 1})
+    assert ignored_options(opts) == {"X-Ignored-Options": "mirostat, top_k, 1 more"}
+    assert ignored_options(OllamaOptions(temperature=0.5)) == {} == ignored_options(None)
+
+
+LLAMA = {"models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}}}
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+@run
+async def test_a_streamed_tool_call_is_held_and_sent_whole_in_the_last_line(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, llm=LLAMA) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        body = {**ASK, "tools": [WEATHER]}
+        request = asyncio.create_task(call(eng, "POST", "/api/chat", body, ollama_port=True))
+        await settle()
+        task_id = llm.runs[0].task_id
+        sent_request = llm.runs[0].request
+        assert isinstance(sent_request, LLMRequest) and [t.name for t in sent_request.tools] == ["weather"]
+        for piece in ("<tool_", 'call>{"name": "weather", ', '"arguments": {"city": "Oslo"}}</tool_call>'):
+            llm.deliver(m.TaskOutput(task_id, TextDelta(piece)))
+        llm.deliver(m.TaskDone(task_id, LLMOutcome("stop", 9, 20)))
+        r = await asyncio.wait_for(request, 5)
+    (last,) = lines(r)  # nothing was sent while the answer could still be a call
+    assert last["done"] and last["message"]["tool_calls"] == [
+        {"function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    ]
