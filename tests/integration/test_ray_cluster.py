@@ -277,6 +277,9 @@ def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
             return False  # not listening yet
 
     wait_for(started_short, 240)
+    # Serving short is ready for a load balancer; the waiting replica is listed, not hidden.
+    ready = httpx.get(f"{ray_server.url}/ready", timeout=10)
+    assert ready.status_code == 200 and "tts" in ready.json()["pending"], ready.text
     assert "lanes.tts (replica 2) waits for a node" in ray_server.log_path.read_text()
     with Client(ray_server.url, timeout=60, max_retries=0) as c:
         assert c.synthesize("One replica serves while the other waits.").duration_s > 0.3

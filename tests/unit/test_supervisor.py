@@ -114,3 +114,19 @@ def test_no_ceiling_means_no_memory_decision() -> None:
     clock, sup, w = started()
     sup.ready(w)
     assert sup.decide(w, alive=True, memory_bytes=2**50) is None
+
+
+def test_load_time_counts_from_placement_not_from_a_wait_for_room() -> None:
+    """A cluster worker waiting for a node is not failed for loading slowly once it is placed."""
+    clock = FakeClock()
+    sup = Supervisor(clock)
+    w = sup.watch("llm", Limits(heartbeat_timeout_s=5, busy_timeout_s=20, load_timeout_s=60))
+    sup.started(w)
+    for _ in range(10):  # ten minutes waiting for room
+        clock.advance(60)
+        sup.waiting(w)
+        assert sup.decide(w, alive=True) is None
+    clock.advance(59)  # placed, loading
+    assert sup.decide(w, alive=True) is None
+    clock.advance(2)
+    assert isinstance(sup.decide(w, alive=True), Fail)

@@ -133,7 +133,13 @@ class Engine:
             self._pool = await asyncio.to_thread(opener, self.config, asyncio.get_running_loop())
         for lane in self.config.enabled_lanes:
             self._replicas[lane] = [self._replica(lane) for _ in range(self.config.lane(lane).replicas)]
-        for replica in self._all_replicas():
+        # Each lane's min_replicas first: on a cluster that Ray cannot host whole, a lane's
+        # extras should not take the room another lane's only worker needs (Ray mostly places
+        # in the order asked; the start check proved the minimum fits).
+        minimum = {lane: self.config.lane(lane).min_replicas for lane in self._replicas}
+        needed = [r for lane, rs in self._replicas.items() for r in rs[: minimum[lane]]]
+        extras = [r for lane, rs in self._replicas.items() for r in rs[minimum[lane] :]]
+        for replica in (*needed, *extras):
             replica.worker.start()
             self._supervisor.started(replica.watch)
         self._recover()
@@ -452,6 +458,8 @@ class Engine:
     def check(self) -> None:
         """One supervision pass: dead or hung workers, restarts, deadlines."""
         for replica in self._all_replicas():
+            if replica.worker.waiting_for():
+                self._supervisor.waiting(replica.watch)
             action = self._supervisor.decide(
                 replica.watch, replica.worker.alive(), replica.worker.memory_bytes()
             )
@@ -503,7 +511,14 @@ class Engine:
     # ----- queries -------------------------------------------------------------------------
 
     def ready(self) -> dict[str, bool]:
-        return {lane: all(r.ready for r in rs) for lane, rs in self._replicas.items()}
+        """Per lane: its min_replicas workers are ready and none is still starting. Replicas a
+        cluster has no room for yet (pending, listed by `pending()`) do not hold a lane that
+        serves out of rotation."""
+        return {
+            lane: sum(r.ready for r in rs) >= self.config.lane(lane).min_replicas
+            and all(r.ready or r.worker.waiting_for() for r in rs)
+            for lane, rs in self._replicas.items()
+        }
 
     def pending(self) -> dict[str, str]:
         """Lanes with a worker that waits for its cluster to place it, and what it waits for."""

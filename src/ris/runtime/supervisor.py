@@ -86,6 +86,12 @@ class Supervisor:
         w.restarts += 1
         self.started(w)
 
+    def waiting(self, w: Watch) -> None:
+        """The worker waits for room on a cluster (not loading yet): its load time counts from
+        when it is placed, so a worker that waited long is not failed the moment it starts."""
+        if w.state is WorkerState.STARTING:
+            w.started_at = w.last_heard = self._clock()
+
     def ready(self, w: Watch) -> None:
         w.state = WorkerState.READY
         w.last_heard = self._clock()

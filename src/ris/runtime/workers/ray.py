@@ -54,7 +54,7 @@ log = logging.getLogger("ris.worker")
 POLL_S = 2.0
 # An actor whose node has room answers its first take within a few seconds (its process starts,
 # it has not loaded a model yet); one silent this long waits for Ray to find it room.
-PENDING_AFTER_S = 10.0
+PENDING_AFTER_S = 20.0
 
 
 @dataclass(frozen=True)
