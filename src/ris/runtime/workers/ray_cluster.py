@@ -53,7 +53,8 @@ def connect(config: Config) -> None:
                 f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
                 f"`ray start --head --port={port}` or fix the address"
             ) from None
-        if not speaks_grpc:
+        if not speaks_grpc and os.environ.get("RAY_USE_TLS", "").lower() not in ("1", "true"):
+            # (A head serving TLS answers a plain HTTP/2 opening with nothing useful: trusted.)
             raise ConfigError(
                 f"cluster.address {address!r}: something listens there but it is not a Ray head "
                 "(it does not speak gRPC, as Ray's GCS does); check the port (`ray start --head` "

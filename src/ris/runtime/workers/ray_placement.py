@@ -92,9 +92,10 @@ def refusals(config: Config, nodes: Iterable[Mapping[str, float]]) -> list[str]:
     nodes = list(nodes)
     problems = _lane_refusals(config, nodes)
     if not problems:
-        unplaced = _pack(_workers(config, minimum=True), nodes)
+        needed = _workers(config, minimum=True)
+        unplaced = _pack(needed, nodes)
         if unplaced:
-            problems.append(_not_together(config, unplaced, nodes))
+            problems.append(_not_together(needed, unplaced, nodes))
     return problems
 
 
@@ -226,8 +227,9 @@ def _pack(workers: list[tuple[str, dict[str, float]]], nodes: list[Mapping[str, 
     return left
 
 
-def _not_together(config: Config, unplaced: list[str], nodes: list[Mapping[str, float]]) -> str:
-    workers = _workers(config)
+def _not_together(
+    workers: list[tuple[str, dict[str, float]]], unplaced: list[str], nodes: list[Mapping[str, float]]
+) -> str:
     total: dict[str, float] = {}
     for _, need in workers:
         for k, v in need.items():
