@@ -236,6 +236,15 @@ async def test_a_finished_synthesis_is_served_in_the_format_asked(tmp_path: Path
         ("audio/*", "aac", "aac"),
         ("audio/flac, audio/aac", "aac", "aac"),
         ("audio/wav, application/json", None, None),  # either: JSON, as before
+        ("audio/mpeg;q=0, audio/wav", None, "wav"),  # q=0: not acceptable
+        ("audio/wav;q=0.4, audio/flac;q=0.8", None, "flac"),  # the higher q
+        # Firefox's media Accept: ogg and wav alike; wav is served as it is stored
+        (
+            "audio/webm,audio/ogg,audio/wav,audio/*;q=0.9,application/ogg;q=0.7,video/*;q=0.6,*/*;q=0.5",
+            None,
+            "wav",
+        ),
+        ("audio/wav, application/json;q=0", None, "wav"),
     ],
 )
 def test_accept_and_format_pick_the_answer(accept: str, fmt: SpeechFormat | None, chosen: str | None) -> None:

@@ -114,13 +114,29 @@ ACCEPTED_AUDIO: dict[str, SpeechFormat] = {
 }
 
 
+def _media_range(part: str) -> tuple[str, float]:
+    """One Accept entry as (type, q): `audio/mpeg;q=0.5` -> ("audio/mpeg", 0.5)."""
+    media, *params = (p.strip() for p in part.split(";"))
+    q = 1.0
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                q = 0.0  # a q that is not a number accepts nothing (RFC 9110: it is invalid)
+    return media.lower(), q
+
+
 def accepted_format(accept: str, fmt: SpeechFormat | None) -> SpeechFormat | None:
     """The format of an audio answer, from the Accept header and the request's `format`; None
     when Accept asks for no audio (or for JSON too): the answer is JSON. `format` wins where
-    Accept allows it (its type, or audio/*); a type Accept names first otherwise; audio/*
-    alone means `format`, else wav. 406 when Accept names only audio no format is written in,
-    or not the one `format` asks for."""
-    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    Accept allows it (its type, or audio/*); else the type Accept prefers (its q; among equals,
+    wav, served as it is stored, then the first named); audio/* alone means wav. A type with
+    q=0 is refused. 406 when Accept names only audio no format is written in, or not the one
+    `format` asks for."""
+    weighted = [_media_range(part) for part in accept.split(",") if part.strip()]
+    types = [t for t, q in sorted(weighted, key=lambda w: -w[1]) if q > 0]  # stable: ties keep order
     audio = [t for t in types if t.startswith("audio/")]
     if not audio or "application/json" in types:
         return None
@@ -134,7 +150,9 @@ def accepted_format(accept: str, fmt: SpeechFormat | None) -> SpeechFormat | Non
             f"format {fmt!r} is served as {MEDIA_TYPES[fmt]}, which Accept ({accept}) does not list",
         )
     if named:
-        return named[0]
+        best = max(q for t, q in weighted if t in ACCEPTED_AUDIO and q > 0)
+        top = [ACCEPTED_AUDIO[t] for t, q in weighted if t in ACCEPTED_AUDIO and q == best]
+        return "wav" if "wav" in top else top[0]
     if "audio/*" in audio:
         return "wav"
     listing = ", ".join(f"{MEDIA_TYPES[f]} ({f})" for f in SPEECH_FORMATS)

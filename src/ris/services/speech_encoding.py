@@ -76,6 +76,12 @@ def _encoder_rate(codec: str, rate: int) -> int:
     return min(above) if above else max(rates)
 
 
+def stream_rate(fmt: SpeechFormat, rate: int) -> int:
+    """The sample rate of `fmt`'s stream made from `rate` PCM (opus resamples 22.05 kHz to 24)."""
+    codec = _CODECS.get(fmt)
+    return rate if codec is None else _encoder_rate(codec.codec, rate)
+
+
 class SpeechEncoder:
     """16-bit mono PCM in, a format's bytes out, incrementally. Not thread-safe: one caller at
     a time (the stream calls it from a worker thread, one piece after the other).

@@ -34,7 +34,7 @@ from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import TTSRequest
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
-from ris.services.speech_encoding import MEDIA_TYPES, encode_stream
+from ris.services.speech_encoding import MEDIA_TYPES, encode_stream, stream_rate
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -85,7 +85,7 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     return StreamingResponse(
         stream(),
         media_type=MEDIA_TYPES[body.response_format],
-        headers={"X-Task-Id": handle.task_id, "X-Sample-Rate": str(rate)},
+        headers={"X-Task-Id": handle.task_id, "X-Sample-Rate": str(stream_rate(body.response_format, rate))},
     )
 
 

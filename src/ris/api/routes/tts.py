@@ -18,7 +18,7 @@ from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest
 from ris.lanes.tts import LANE as TTS
 from ris.services.audio import AUDIO_PIECE_BYTES
-from ris.services.speech_encoding import MEDIA_TYPES, SpeechFormat, encode_stream, wav_file_pcm
+from ris.services.speech_encoding import MEDIA_TYPES, SpeechFormat, encode_stream, stream_rate, wav_file_pcm
 
 router = APIRouter(tags=["tts"])
 
@@ -73,7 +73,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
         headers = {
             "X-Task-Id": view.id,
             "X-Duration-S": f"{r.duration_s:.3f}",
-            "X-Sample-Rate": str(r.sample_rate),
+            "X-Sample-Rate": str(stream_rate(fmt, r.sample_rate)),
         }
         return audio_response(Path(r.audio_path), fmt, r.sample_rate, headers)
     return json_response(
