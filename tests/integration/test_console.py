@@ -299,6 +299,10 @@ def test_an_unknown_console_page_is_a_404_page_in_the_console_look(browser: Brow
     # An API client asking for a console path that is not there gets the same page's status.
     assert httpx.get(server.url + "/ui/static/none/x.js").status_code == 404
     assert httpx.get(server.url + "/api/no-such-thing").json()["error"]["code"] == "not_found"
+    # A page's address with a trailing slash is that page, as before the catch-all.
+    for slashed, page_path in (("/ui/", "/ui"), ("/ui/work/", "/ui/work")):
+        r = httpx.get(server.url + slashed + "?x=1")
+        assert r.status_code == 307 and r.headers["location"] == page_path + "?x=1", r
 
 
 @pytest.mark.parametrize("path", ["/redoc", "/docs"])

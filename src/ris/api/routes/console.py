@@ -200,10 +200,17 @@ async def history(request: Request) -> dict[str, Any]:
     return charts.view()
 
 
+PAGE_PATHS = frozenset({"/ui", "/ui/work", "/ui/playground", "/ui/models", "/ui/login"})
+
+
 # Registered last, so every /ui page above answers first: any other path under /ui is a page
 # that does not exist, shown as one in the console's look (an API client's paths are JSON).
 @router.api_route("/ui/{path:path}", methods=["GET", "HEAD"])
-async def not_found(request: Request, path: str) -> HTMLResponse:
+async def not_found(request: Request, path: str) -> Response:
+    page = f"/ui/{path}".rstrip("/")
+    if (path == "" or path.endswith("/")) and page in PAGE_PATHS:  # `/ui/`, `/ui/work/`: the page
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(page + query, status_code=307)
     resp = _page(request, "not_found", path=request.url.path)
     resp.status_code = 404
     return resp
