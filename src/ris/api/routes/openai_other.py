@@ -32,7 +32,7 @@ NOT_SERVED: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/images/variations", "images.create_variation", "the image lane generates from text only"),
     ("POST", "/audio/transcriptions", "audio.transcriptions.create", "no speech recognition lane"),
     ("POST", "/audio/translations", "audio.translations.create", "no speech recognition lane"),
-    ("DELETE", "/models/{id}", "models.delete", "models are configured in config.json"),
+    ("DELETE", "/models/{id:path}", "models.delete", "models are configured in config.json"),
 )
 
 

@@ -63,7 +63,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": _models(engine_of(request))}
 
 
-@router.get("/models/{model_id}", summary="One configured model (client.models.retrieve)")
+@router.get("/models/{model_id:path}", summary="One configured model (client.models.retrieve)")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     models = _models(engine_of(request))
     for m in models:
