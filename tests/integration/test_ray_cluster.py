@@ -230,7 +230,9 @@ def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
     cfg = cluster_config(
         tmp_path,
         ray_cluster["address"],
-        image={"preemption": {"policy": "block", "scope": "request"}},
+        # On a cluster, core numbers of different machines say nothing of sharing: the config
+        # names the lane it yields to, and that places the two on one node.
+        image={"preemption": {"policy": "block", "scope": "request", "yield_to": ["llm"]}},
         tts={"enabled": False, "replicas": 1},
     )
     srv = Server(tmp_path, cfg).start(timeout=300)
@@ -280,7 +282,10 @@ def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
     # Serving short is ready for a load balancer; the waiting replica is listed, not hidden.
     ready = httpx.get(f"{ray_server.url}/ready", timeout=10)
     assert ready.status_code == 200 and "tts" in ready.json()["pending"], ready.text
-    assert "lanes.tts (replica 2) waits for a node" in ray_server.log_path.read_text()
+    # Said at start when Ray already counts the node lost, else once it has waited (a node
+    # killed seconds before the start is still listed alive for a while).
+    log = ray_server.log_path.read_text()
+    assert "lanes.tts (replica 2) waits for a node" in log or "Ray has not placed the tts worker" in log
     with Client(ray_server.url, timeout=60, max_retries=0) as c:
         assert c.synthesize("One replica serves while the other waits.").duration_s > 0.3
         # The waiting replica is placed when a node with the lane's resource joins, and serves.
