@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -141,8 +142,13 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     for view in views:
         image = result_or_failure(view)
         if body.response_format == "b64_json":
-            png = Path(image.path).read_bytes()
-            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None})
+            # A file read and a base64 of megabytes: off the loop that streams others' tokens.
+            b64 = await asyncio.to_thread(_b64_file, Path(image.path))
+            data.append({"b64_json": b64, "revised_prompt": None})
         else:
             data.append({"url": f"{str(request.base_url).rstrip('/')}{result_url(view.id)}"})
     return {"created": int(time.time()), "data": data}
+
+
+def _b64_file(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
