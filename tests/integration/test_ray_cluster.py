@@ -274,7 +274,8 @@ def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
     def started_short() -> bool:
         try:
             states = sorted(w["state"] for w in workers(ray_server, "tts"))
-            return states == ["pending", "ready"] and workers(ray_server, "llm")[0]["state"] == "ready"
+            others = [w["state"] for lane in ("llm", "image") for w in workers(ray_server, lane)]
+            return states == ["pending", "ready"] and set(others) == {"ready"}
         except httpx.HTTPError:
             return False  # not listening yet
 
