@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import Any
 
@@ -235,10 +236,17 @@ def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
         image={"preemption": {"policy": "block", "scope": "request", "yield_to": ["llm"]}},
         tts={"enabled": False, "replicas": 1},
     )
+    # A board a SIGKILLed server left in /dev/shm (every fake node shares this machine's):
+    # its placement group is gone, so the next server on the node sweeps it.
+    stale = shared_memory.SharedMemory(f"ris-board-{'0' * 36}", create=True, size=2)
+    stale.close()
+    resource_tracker.unregister(stale._name, "shared_memory")  # type: ignore[attr-defined]
     srv = Server(tmp_path, cfg).start(timeout=300)
     try:
         (llm,), (image,) = workers(srv, "llm"), workers(srv, "image")
         assert llm["node"] == image["node"] in ray_cluster["hosts"]["ris_lane_image"]
+        assert not Path(f"/dev/shm/{stale.name}").exists()
+        assert [p for p in Path("/dev/shm").glob("ris-board-*")], "the server's own board"
         with Client(srv.url, timeout=120, max_retries=0) as c:
             task_id = c.generate_image("a slow blue square", width=128, height=128, steps=40)["task_id"]
             wait_for(lambda: c.progress(task_id)["status"] == "running", 60)

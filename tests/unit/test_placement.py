@@ -19,6 +19,7 @@ from ris.runtime.workers.ray_placement import (
     demand,
     refusals,
     shortfalls,
+    stale_boards,
     threads_in_cluster,
 )
 
@@ -311,3 +312,15 @@ def test_a_defaulted_memory_ceiling_on_a_cluster_is_the_nodes_share_set_there() 
     del local["cluster"]
     here = worker_spec(parse_config(local, HEAD), "llm", HEAD)
     assert here.binding.memory_limit_bytes and here.memory_share is None
+
+
+def test_boards_of_groups_ray_no_longer_keeps_are_stale_and_others_are_left() -> None:
+    live, gone = "a" * 36, "b" * 36
+    names = [
+        f"ris-board-{live}",  # this or another server's group: kept
+        f"ris-board-{gone}",  # a SIGKILLed server's: swept
+        "ris-board-ns-123-llm-image",  # another naming: not ours to judge
+        "psm_1234",  # not a board
+    ]
+    assert stale_boards(names, {live}) == [f"ris-board-{gone}"]
+    assert stale_boards(names, set()) == [f"ris-board-{live}", f"ris-board-{gone}"]

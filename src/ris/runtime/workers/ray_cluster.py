@@ -23,7 +23,14 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ris.config.schema import Config, ConfigError
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
-from ris.runtime.workers.ray_placement import colocated_groups, demand, refusals, shortfalls
+from ris.runtime.workers.ray_placement import (
+    BOARD_PREFIX,
+    colocated_groups,
+    demand,
+    refusals,
+    shortfalls,
+    stale_boards,
+)
 
 log = logging.getLogger("ris.worker")
 
@@ -141,8 +148,10 @@ class Placements:
                     f"took them together within {PLACEMENT_TIMEOUT_S:g} s: "
                     f"{[demand(config, lane).as_bundle() for lane in group]}"
                 )
-            # Named per server (pid) and group: a block in the node's /dev/shm.
-            board = f"ris-board-{config.cluster.namespace}-{os.getpid()}-{'-'.join(group)}"
+            # Named by the group's placement group: a block in the node's /dev/shm that lives
+            # exactly as long as the group does (boards of groups Ray removed are swept).
+            board = board_name(pg)
+            _sweep_stale_boards(pg)
             for i, lane in enumerate(group):
                 self._placed[lane] = Placed(pg, i, board, group)
             self._made.append(self._placed[group[0]])
@@ -177,6 +186,36 @@ class Placements:
                 log.warning("activity board %s not removed from its node", placed.board)
             remove_placement_group(placed.group)
         self._made.clear()
+
+
+def board_name(pg: PlacementGroup) -> str:
+    return f"{BOARD_PREFIX}{pg.id.hex()}"
+
+
+def _sweep_stale_boards(pg: PlacementGroup) -> None:
+    """Remove, on the node that holds `pg`, the boards of placement groups Ray no longer
+    keeps (Ray removes a job's groups when its driver dies; their /dev/shm blocks stay)."""
+    try:
+        sweep: Any = ray.remote(num_cpus=0)(_unlink_stale_boards)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=0)
+        removed = ray.get(sweep.options(scheduling_strategy=strategy).remote(), timeout=10)
+    except Exception as e:  # noqa: BLE001 - a few bytes left in /dev/shm: not worth a refusal
+        log.warning("stale activity boards not swept: %s", e)
+        return
+    if removed:
+        log.info("removed %d activity board(s) of servers gone without closing: %s", len(removed), removed)
+
+
+def _unlink_stale_boards() -> list[str]:
+    # The node's boards first, the live groups after: a board made in between is not listed,
+    # and every board listed has its group in the table read after (another server's is kept).
+    names = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    table = ray.util.placement_group_table()
+    live = {gid for gid, info in table.items() if info.get("state") != "REMOVED"}
+    stale = stale_boards(names, live)
+    for name in stale:
+        _unlink_board(name)
+    return stale
 
 
 def _set_idle(name: str, lanes: tuple[str, ...], lane: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -250,7 +251,25 @@ def format_resources(resources: Mapping[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
+# A node's activity board: this prefix and its placement group's id (18 bytes in hex), so a
+# board lives as long as its group (ray_cluster.board_name).
+BOARD_PREFIX = "ris-board-"
+_BOARD_NAME = re.compile(rf"^{BOARD_PREFIX}([0-9a-f]{{36}})$")
+
+
+def stale_boards(names: list[str], live_groups: set[str]) -> list[str]:
+    """The boards among `names` (a node's /dev/shm) whose placement group is gone: a server
+    that was SIGKILLed, or whose node lost power, never ran its close()."""
+    stale = []
+    for name in names:
+        m = _BOARD_NAME.match(name)
+        if m and m.group(1) not in live_groups:
+            stale.append(name)
+    return stale
+
+
 __all__ = [
+    "BOARD_PREFIX",
     "format_resources",
     "LANE_RESOURCE_PREFIX",
     "Demand",
@@ -259,5 +278,6 @@ __all__ = [
     "lane_resource",
     "refusals",
     "shortfalls",
+    "stale_boards",
     "threads_in_cluster",
 ]
