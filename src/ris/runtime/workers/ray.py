@@ -26,13 +26,16 @@ Imported only when the Ray kind is chosen: it imports ray at module level.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +48,7 @@ from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
-from ris.runtime.workers.ray_cluster import Placements, check_cluster
+from ris.runtime.workers.ray_cluster import Placements, check_cluster, connect, head_address, head_answers
 from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
@@ -55,6 +58,9 @@ POLL_S = 2.0
 # An actor whose node has room answers its first take within a few seconds (its process starts,
 # it has not loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
+# The head is probed this often; this many failed probes in a row and it is lost.
+HEAD_PROBE_S = 2.0
+HEAD_LOST_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,19 @@ class RayWorkers:
         # Every actor has its own lane on its board (shared or its own), so every lane a slot.
         lanes = list(config.lanes)
         self.board = ActivityBoard(lanes, array=bytearray(max(1, len(lanes))))
+        self._workers: list[RayWorker] = []
+        # Set while the head does not answer: what the lanes wait for, said in /ready and 503s.
+        self.head_lost: str | None = None
+        # Its own thread: Ray calls made while the head is away wait for it, and must not hold
+        # the threads the engine's other work runs on.
+        self._head_thread = ThreadPoolExecutor(1, thread_name_prefix="ris-ray-head")
+        # Ray calls that go through the head (kill an actor, reset a board, read what is free)
+        # wait for it while it is away: never on the event loop, never on the head's thread.
+        self._calls = ThreadPoolExecutor(2, thread_name_prefix="ris-ray-call")
+        head = head_address(config)
+        self._watch: concurrent.futures.Future[None] | None = None
+        if head is not None:  # "auto" or ray://: Ray's own retries are all there is
+            self._watch = asyncio.run_coroutine_threadsafe(self._watch_head(*head), loop)
 
     def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> RayWorker:
         lane = spec.lane
@@ -237,14 +256,58 @@ class RayWorkers:
             # From the process's first instruction: Ray would set OMP_NUM_THREADS=1 otherwise.
             "runtime_env": {"env_vars": env},
         }
-        board_name: str | None = None
-        board_lanes: tuple[str, ...] = ()
+        worker = RayWorker(spec, deliver, self.loop, options, self)
+        self._workers.append(worker)
+        return worker
+
+    # ----- the head ------------------------------------------------------------------------
+
+    async def _watch_head(self, host: str, port: int) -> None:
+        """Losing the head must not stop the HTTP server: its lanes are lost and wait, requests
+        are refused with what they wait for, and the pool joins the head again when it answers
+        (a new session: placement groups and actors are made anew)."""
+        failures = 0
+        while True:
+            await asyncio.sleep(HEAD_PROBE_S)
+            answers = await self.loop.run_in_executor(self._head_thread, head_answers, host, port)
+            failures = 0 if answers else failures + 1
+            if self.head_lost is None and failures >= HEAD_LOST_AFTER:
+                self._lose_head(host, port)
+            elif self.head_lost is not None and answers:
+                try:
+                    await self.loop.run_in_executor(self._head_thread, self._rejoin)
+                except Exception as e:  # noqa: BLE001 - not all back yet: the next probe retries
+                    log.warning("the Ray head answers again but joining it failed (%s); retrying", e)
+                    continue
+                log.warning("joined the Ray head at %s:%d again; the lanes start anew", host, port)
+                self.head_lost = None
+                for worker in self._workers:
+                    worker.head_back()
+
+    def _lose_head(self, host: str, port: int) -> None:
+        since = time.strftime("%H:%M:%S")
+        self.head_lost = (
+            f"the Ray head at {host}:{port} stopped answering at {since}; the lane serves again "
+            "when it answers and its nodes have joined it"
+        )
+        log.error("%s", self.head_lost)
+        for worker in self._workers:
+            worker.head_lost()
+
+    def _rejoin(self) -> None:
+        """On the head thread: a new driver session, and the placement groups made anew (the
+        old ones went with the head's state)."""
+        ray.shutdown()
+        connect(self.config)
+        self._placements = Placements(self.config)
+
+    def placed(self, lane: str) -> tuple[str | None, tuple[str, ...], Any]:
+        """The board name and lanes a lane's actor shares on its node, and its scheduling
+        strategy (None: Ray's default), from the current placement groups."""
         placed = self._placements.get(lane)
-        if placed is not None:
-            board_name, board_lanes = placed.board, placed.board_lanes
-            # The bundle already holds the resources: the actor asks for them inside it.
-            options["scheduling_strategy"] = placed.strategy()
-        return RayWorker(spec, deliver, self.loop, options, (board_name, board_lanes), self)
+        if placed is None:
+            return None, (), None
+        return placed.board, placed.board_lanes, placed.strategy()
 
     def activity(self, lane: str) -> Activity | None:
         return self.board.get(lane) if lane in self.board.lanes else None
@@ -253,13 +316,37 @@ class RayWorkers:
         """A take() brought the lane's activity on its node."""
         self.board.set(lane, Activity(activity))
 
-    def killed(self, lane: str) -> None:
-        """The kill rule (base.py): the lane reads idle here and on its node's board."""
+    def killed(self, lane: str, actor: Any) -> None:
+        """The kill rule (base.py): the lane reads idle here and on its node's board; the actor
+        (if any) is killed by Ray, off the loop."""
         self.board.set(lane, Activity.IDLE)
-        self._placements.set_idle(lane)
+        if self.head_lost is None:  # else the actors and the node's board went with the head
+            self._calls.submit(_kill, lane, actor, self._placements)
+
+    async def available(self) -> dict[str, float]:
+        """What is free in the cluster now ({} when the head does not say)."""
+        try:
+            free: dict[str, float] = await self.loop.run_in_executor(self._calls, ray.available_resources)
+        except Exception:  # noqa: BLE001 - the head is gone too: nothing to say
+            return {}
+        return free
 
     def close(self) -> None:
-        self._placements.close()
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.head_lost is None:  # else the groups and boards went with the head
+            self._placements.close()
+        self._head_thread.shutdown(wait=False, cancel_futures=True)
+        self._calls.shutdown(wait=False, cancel_futures=True)
+
+
+def _kill(lane: str, actor: Any, placements: Placements) -> None:
+    if actor is not None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone with its node: nothing to kill
+            log.debug("%s actor already gone", lane)
+    placements.set_idle(lane)
 
 
 class RayWorker:
@@ -271,15 +358,14 @@ class RayWorker:
         deliver: Callable[[object], None],
         loop: asyncio.AbstractEventLoop,
         options: dict[str, Any],
-        board: tuple[str | None, tuple[str, ...]],
         pool: RayWorkers,
     ) -> None:
         self.spec = spec
         self._deliver = deliver
         self._loop = loop
         self._options = options
-        self._board = board  # the name and lanes of the board shared on its node, if any
         self._pool = pool
+        self._parked = False  # started while the head is lost: the actor is made when it returns
         self._actor: Any = None
         self._dead = False
         self._ended = False
@@ -294,13 +380,38 @@ class RayWorker:
 
     def start(self) -> None:
         self._generation += 1
-        self._actor = _actor_class().options(**self._options).remote(self.spec, *self._board)
         self._dead = self._ended = False
         self._seq = 0
         self._last = None
-        self._waiting = None
+        if self._pool.head_lost is not None:
+            self._parked, self._waiting = True, self._pool.head_lost
+            return
+        self._parked, self._waiting = False, None
+        board_name, board_lanes, strategy = self._pool.placed(self.spec.lane)
+        options = dict(self._options)
+        if strategy is not None:
+            # The bundle already holds the resources: the actor asks for them inside it.
+            options["scheduling_strategy"] = strategy
+        self._actor = _actor_class().options(**options).remote(self.spec, board_name, board_lanes)
         self._pump = self._loop.create_task(self._pump_loop(self._actor, self._generation))
         self._placement = self._loop.create_task(self._watch_placement(self._generation))
+
+    def head_lost(self) -> None:
+        """The head stopped answering: a running actor is lost (the supervisor fails its tasks
+        and restarts it, which parks it until the head is back)."""
+        if self._parked:
+            self._waiting = self._pool.head_lost
+        elif self._actor is not None:
+            self._generation += 1
+            for task in (self._pump, self._placement):
+                if task is not None:
+                    task.cancel()
+            self._pump = self._placement = None
+            self._actor, self._dead = None, True
+
+    def head_back(self) -> None:
+        if self._parked:
+            self.start()
 
     def send(self, msg: object) -> bool:
         if self._actor is None or self._dead:
@@ -310,22 +421,18 @@ class RayWorker:
         return True
 
     def alive(self) -> bool:
-        return self._actor is not None and not self._dead and not self._ended
+        return self._parked or (self._actor is not None and not self._dead and not self._ended)
 
     def kill(self) -> None:
         self._generation += 1  # whatever the old actor still sends is dropped
+        self._parked = False
         actor, self._actor = self._actor, None
         for task in (self._pump, self._placement):
             if task is not None:
                 task.cancel()
         self._pump = self._placement = None
         self._waiting = None
-        if actor is not None:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone with its node: nothing to kill
-                log.debug("%s actor already gone", self.spec.lane)
-        self._pool.killed(self.spec.lane)
+        self._pool.killed(self.spec.lane, actor)
 
     async def stop(self, timeout: float) -> None:
         pump = self._pump
@@ -366,10 +473,7 @@ class RayWorker:
             return
         o = self._options
         need = {"CPU": o["num_cpus"], "GPU": o["num_gpus"], **o["resources"]}
-        try:
-            free: dict[str, float] = await self._loop.run_in_executor(None, ray.available_resources)
-        except Exception:  # noqa: BLE001 - the head is gone too: say what is asked for
-            free = {}
+        free = await self._pool.available()
         if generation != self._generation or self._last is not None:
             return
         self._waiting = (

@@ -46,21 +46,61 @@ _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 
 _SETTINGS_FRAME = 4
 
 
+_TOKEN_FILE = os.path.expanduser("~/.ray/auth_token")
+
+
+def _driver_environment() -> None:
+    """Ray settings of this process's driver, read by Ray when it joins (an operator's own
+    values win)."""
+    # A driver whose head stops answering exits the whole process after this many seconds
+    # (Ray's default: 60), taking the HTTP server with it. RIS watches the head itself
+    # (RayWorkers) and joins it again when it returns, so its driver waits as long as it runs.
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(10 * 365 * 86400))
+
+
+def head_address(config: Config) -> tuple[str, int] | None:
+    """The head's GCS as host and port, when the address names one (not "auto" or ray://)."""
+    address = config.cluster.address
+    if address and ":" in address and "://" not in address:
+        host, _, port = address.rpartition(":")
+        try:
+            return host.strip("[]"), int(port)
+        except ValueError:
+            return None
+    return None
+
+
+def head_answers(host: str, port: int) -> bool:
+    """Whether the head's GCS answers now (a probe of a few bytes, no Ray call: those wait for
+    the head as long as the driver's reconnect timeout)."""
+    try:
+        return _speaks_http2(host, port) or _tls()
+    except OSError:
+        return False
+
+
+def _tls() -> bool:
+    return os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true")
+
+
 def connect(config: Config) -> None:
     """Join the configured Ray cluster (once per process)."""
     address = config.cluster.address
-    if address and ":" in address and "://" not in address:
+    head = head_address(config)
+    if address and head is None and ":" in address and "://" not in address:
+        raise ConfigError(f"cluster.address {address!r}: the port is not a number")
+    if head is not None:
         # Ray retries an address where nothing listens, or where another service does, for
         # minutes: say so within seconds instead.
-        host, _, port = address.rpartition(":")
+        host, port = head
         try:
-            speaks_grpc = _speaks_http2(host.strip("[]"), int(port))
+            speaks_grpc = _speaks_http2(host, port)
         except (OSError, ValueError) as e:
             raise ConfigError(
                 f"cluster.address {address!r}: no Ray head answers there ({e}); start one with "
                 f"`ray start --head --port={port}` or fix the address"
             ) from None
-        if not speaks_grpc and os.environ.get("RAY_USE_TLS", "").lower() not in ("1", "true"):
+        if not speaks_grpc and not _tls():
             # (A head serving TLS answers a plain HTTP/2 opening with nothing useful: trusted.)
             raise ConfigError(
                 f"cluster.address {address!r}: something listens there but it is not a Ray head "
@@ -69,10 +109,15 @@ def connect(config: Config) -> None:
             )
     if ray.is_initialized():
         return
+    _driver_environment()
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"cluster.address {address!r}: cannot join a Ray cluster there: {e}") from None
+        raise ConfigError(
+            f"cluster.address {address!r}: cannot join a Ray cluster there: {e} (a head started "
+            "with token authentication, `ray start`'s default since Ray 2.5x, needs "
+            f"RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN or {_TOKEN_FILE})"
+        ) from None
 
 
 def _speaks_http2(host: str, port: int) -> bool:
@@ -237,4 +282,12 @@ def _unlink_board(name: str) -> None:
     shm.unlink()
 
 
-__all__ = ["Placed", "Placements", "alive_nodes", "check_cluster", "connect"]
+__all__ = [
+    "Placed",
+    "Placements",
+    "alive_nodes",
+    "check_cluster",
+    "connect",
+    "head_address",
+    "head_answers",
+]

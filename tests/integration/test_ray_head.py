@@ -1,0 +1,153 @@
+"""Cluster mode: losing the Ray head does not stop the server, and it joins the head again.
+
+A real head, started as an operator starts one (`ray start --head`, Ray's own defaults, token
+authentication included), in a process group of its own so the test can take it away whole
+(SIGKILL: the GCS, the raylet and the actors on it) and start it again on the same port. Ray
+would end the server's driver ~60 s after the head went (its GCS reconnect timeout); the test
+watches the server for longer than that.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ris import Client
+
+from .server import Server, make_config
+from .waiting import wait_for
+
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Head:
+    """`ray start --head --block` on fixed ports (a second cluster may run on this machine:
+    nothing may fall back to Ray's default ports)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.ports = [
+            f"--{name}={free_port()}"
+            for name in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "node-manager-port",
+                "object-manager-port",
+            )
+        ]
+        self.log = tmp / "head.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [
+            RAY,
+            "start",
+            "--head",
+            f"--port={self.port}",
+            *self.ports,
+            "--num-cpus=3",
+            '--resources={"ris_lane_llm": 1, "ris_lane_tts": 1}',
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--block",
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._answers, 90)
+
+    def _answers(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def head(tmp_path: Path) -> Iterator[Head]:
+    h = Head(tmp_path)
+    h.start()
+    try:
+        yield h
+    finally:
+        h.kill()
+
+
+def serving(srv: Server) -> bool:
+    try:
+        return httpx.get(f"{srv.url}/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_server_outlives_the_head_and_serves_again_when_it_returns(tmp_path: Path, head: Head) -> None:
+    cfg = make_config(tmp_path, image={"enabled": False}, tts={"heartbeat_timeout_s": 3.0})
+    cfg["cluster"] = {"engine": "ray", "address": head.address}
+    # As docs/CLUSTER.md says: `ray start --head` asks for its token, which the head wrote
+    # where Ray's driver looks for it on this machine.
+    srv = Server(tmp_path, cfg).start(timeout=300, env={"RAY_AUTH_MODE": "token"})
+    try:
+        with Client(srv.url, timeout=60, max_retries=0) as c:
+            assert c.synthesize("Before the head goes.").duration_s > 0.3
+        head.kill()
+        lost_at = time.monotonic()
+        # Past Ray's 60 s: the server answers throughout, and says what its lanes wait for.
+        said: dict[str, Any] = {}
+        while time.monotonic() - lost_at < 75:
+            assert httpx.get(f"{srv.url}/health", timeout=5).status_code == 200
+            ready = httpx.get(f"{srv.url}/ready", timeout=5)
+            if ready.status_code == 503 and "stopped answering" in str(ready.json().get("pending")):
+                said = ready.json()
+            time.sleep(3)
+        assert set(said.get("pending", {})) == {"llm", "tts"}, said
+        refused = httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": "Anyone there?"}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "lane_pending", refused.text
+        assert "Ray head" in refused.json()["error"]["message"]
+
+        head.start()
+        back_at = time.monotonic()
+        wait_for(lambda: serving(srv), 180)
+        print(f"lanes serving {time.monotonic() - back_at:.1f} s after the head returned")
+        with Client(srv.url, timeout=60, max_retries=0) as c:
+            assert c.synthesize("After the head came back.").duration_s > 0.3
+            assert c.generate("Say hi.", max_tokens=4).text
+        log = srv.log_path.read_text()
+        assert "stopped answering" in log and "joined the Ray head" in log
+    finally:
+        srv.stop()
