@@ -5,9 +5,13 @@ its owner across a restart."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from ris import Client, RISError
 
 from .hostile_tenancy import KEYS, LONG, SMALL, alices_tasks, http, probe, states, tenancy_config, wait_state
 from .server import Server
@@ -47,6 +51,21 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             assert r.post(f"/api/image/cancel/{tasks['queued']}").json()["status"] == "cancelled"
             assert r.post(f"/api/tasks/{tasks['running']}/cancel").json()["cancelled"] is True
         assert states(srv.url, [tasks["queued"]]) == {tasks["queued"]: "cancelled"}  # as alice sees it
+        # The SDK and `ris status` with a user key: its own work, and nothing of alice's.
+        with Client(srv.url, api_key=KEYS["bob"], max_retries=0) as sdk:
+            assert sdk.wait(bobs, timeout=300)["status"] == "succeeded"
+            assert sdk.result(bobs)[:8] == b"\x89PNG\r\n\x1a\n"
+            assert [t["task_id"] for t in sdk.tasks()] == [bobs]
+            with pytest.raises(RISError) as e:
+                sdk.cancel(tasks["done"])
+            assert (e.value.status, e.value.code) == (404, "not_found")
+        status = subprocess.run(
+            [sys.executable, "-m", "ris", "status", "--url", srv.url, "--api-key", KEYS["bob"]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0 and "image" in status.stdout, status.stderr
     finally:
         srv.stop()
 
