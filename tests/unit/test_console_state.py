@@ -18,6 +18,7 @@ from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
+from ris.runtime.tenancy import ANONYMOUS
 from ris.scheduler import QueueFull
 
 from .fakes import IMAGE_ON, FakeClock, FakeWorkers, config, engine, run, started_engine
@@ -30,22 +31,22 @@ IMAGE_YIELDING = {**IMAGE_ON, "preemption": {"policy": "block"}}
 async def test_lane_states_follow_the_worker_through_a_crash(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]
-        assert console_state(eng)["lanes"]["llm"]["state"] == "starting"
+        assert console_state(eng, ANONYMOUS)["lanes"]["llm"]["state"] == "starting"
         llm.ready()
-        lane = console_state(eng)["lanes"]["llm"]
+        lane = console_state(eng, ANONYMOUS)["lanes"]["llm"]
         assert (lane["state"], lane["cores"], lane["uptime_s"]) == ("idle", [0], 0.0)
         eng.submit(LLM, "m", LLMRequest(prompt="a"))
-        assert console_state(eng)["lanes"]["llm"]["state"] == "busy"  # no activity board here
+        assert console_state(eng, ANONYMOUS)["lanes"]["llm"]["state"] == "busy"  # no activity board here
         llm.die()
         eng.check()
-        assert console_state(eng)["lanes"]["llm"]["state"] == "restarting"  # dead, restarting
+        assert console_state(eng, ANONYMOUS)["lanes"]["llm"]["state"] == "restarting"  # dead, restarting
         clock.advance(1.0)
         eng.check()
-        lane = console_state(eng)["lanes"]["llm"]
+        lane = console_state(eng, ANONYMOUS)["lanes"]["llm"]
         assert (lane["state"], lane["worker"]["restarts"]) == ("restarting", 1)  # loading again
         llm.ready()
-        assert console_state(eng)["lanes"]["llm"]["state"] == "idle"
-        assert console_state(eng)["lanes"]["image"]["state"] == "disabled"
+        assert console_state(eng, ANONYMOUS)["lanes"]["llm"]["state"] == "idle"
+        assert console_state(eng, ANONYMOUS)["lanes"]["image"]["state"] == "disabled"
 
 
 @run
@@ -58,7 +59,7 @@ async def test_tasks_are_listed_in_queue_order_with_outcomes_and_429s_counted(tm
         second = eng.submit(LLM, "m", LLMRequest(prompt="c"))
         with pytest.raises(QueueFull):
             eng.submit(LLM, "m", LLMRequest(prompt="d"))
-        state = console_state(eng)
+        state = console_state(eng, ANONYMOUS)
         assert state["lanes"]["llm"]["rejected"] == 1
         tasks = state["tasks"]
         assert [(t["task_id"], t["queue_position"]) for t in tasks["queued"]] == [
@@ -67,7 +68,7 @@ async def test_tasks_are_listed_in_queue_order_with_outcomes_and_429s_counted(tm
         ]
         assert [t["task_id"] for t in tasks["running"]] == [running.task_id]
         llm.deliver(m.TaskError(running.task_id, "model_error", "it broke"))
-        recent = console_state(eng)["tasks"]["recent"]
+        recent = console_state(eng, ANONYMOUS)["tasks"]["recent"]
         assert [(t["task_id"], t["state"], t["error"]["code"]) for t in recent] == [
             (running.task_id, "failed", "model_error")
         ]
@@ -76,7 +77,8 @@ async def test_tasks_are_listed_in_queue_order_with_outcomes_and_429s_counted(tm
 def windows(eng: Engine, t0: float) -> list[tuple[str, float, float]]:
     """The yield windows, in seconds after t0, to the millisecond."""
     return [
-        (w["lane"], round(w["start"] - t0, 3), round(w["end"] - t0, 3)) for w in console_state(eng)["yields"]
+        (w["lane"], round(w["start"] - t0, 3), round(w["end"] - t0, 3))
+        for w in console_state(eng, ANONYMOUS)["yields"]
     ]
 
 
@@ -86,7 +88,7 @@ async def test_the_image_lane_yields_during_llm_prefill_while_an_image_runs(tmp_
         llm, img = workers[Lane.LLM], workers[Lane.IMAGE]
         llm.ready()
         img.ready()
-        assert console_state(eng)["lanes"]["image"]["yield_policy"] == "block"
+        assert console_state(eng, ANONYMOUS)["lanes"]["image"]["yield_policy"] == "block"
         t0 = eng.wall_clock()
         alone = eng.submit(LLM, "m", LLMRequest(prompt="before any image"))
         clock.advance(0.2)
@@ -104,10 +106,12 @@ async def test_the_image_lane_yields_during_llm_prefill_while_an_image_runs(tmp_
 
 
 def test_the_yield_policy_shown_is_the_one_in_force(tmp_path: Path) -> None:
-    state = console_state(engine(config(tmp_path, image=IMAGE_YIELDING), FakeClock(), FakeWorkers()))
+    state = console_state(
+        engine(config(tmp_path, image=IMAGE_YIELDING), FakeClock(), FakeWorkers()), ANONYMOUS
+    )
     assert state["lanes"]["llm"]["yield_policy"] is None  # a real-time lane yields to nothing
     assert state["lanes"]["image"]["yield_policy"] == "block"
-    state = console_state(engine(config(tmp_path, image=IMAGE_ON), FakeClock(), FakeWorkers()))
+    state = console_state(engine(config(tmp_path, image=IMAGE_ON), FakeClock(), FakeWorkers()), ANONYMOUS)
     assert state["lanes"]["image"]["yield_policy"] == "none"  # auto: CPU at nice 19
     assert state["yields"] == []
 
@@ -117,14 +121,14 @@ async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: 
     async with started_engine(tmp_path, tts={"replicas": 2}) as (eng, workers, clock):
         a, b = workers.replicas(Lane.TTS)
         b.ready()  # the second replica loads first
-        lane = console_state(eng)["lanes"]["tts"]
+        lane = console_state(eng, ANONYMOUS)["lanes"]["tts"]
         assert (lane["state"], lane["uptime_s"]) == ("idle", 0.0)
         assert [w["state"] for w in lane["workers"]] == ["starting", "ready"]
         clock.advance(2.0)
         a.ready()
         a.die()
         eng.check()
-        lane = console_state(eng)["lanes"]["tts"]
+        lane = console_state(eng, ANONYMOUS)["lanes"]["tts"]
         # One replica restarting, the other serving: the lane serves, up since b started.
         assert (lane["state"], lane["uptime_s"]) == ("idle", 2.0)
 
@@ -150,10 +154,10 @@ async def test_the_lane_states_show_what_the_pool_reads_on_the_activity_board(tm
         workers[Lane.IMAGE].ready()
         eng.submit(IMAGE, "i", ImageRequest(prompt="p"))
         workers.board[Lane.LLM] = Activity.PREFILL
-        lanes = console_state(eng)["lanes"]
+        lanes = console_state(eng, ANONYMOUS)["lanes"]
         assert (lanes["llm"]["state"], lanes["image"]["state"]) == ("prefill", "yielding")
         workers.board[Lane.LLM] = Activity.IDLE
-        lanes = console_state(eng)["lanes"]
+        lanes = console_state(eng, ANONYMOUS)["lanes"]
         assert (lanes["llm"]["state"], lanes["image"]["state"]) == ("idle", "busy")
     finally:
         await eng.stop()

@@ -24,6 +24,7 @@ from ris.lanes.image import ImageResult
 from ris.lanes.tts import TTSResult
 from ris.runtime.engine import Engine
 from ris.runtime.snapshot import LaneStatus, Snapshot, TaskLists, TaskWindow
+from ris.runtime.tenancy import Principal
 from ris.runtime.views import TaskView
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,10 @@ SAMPLE_WINDOW = TaskWindow(
 )
 
 
-def console_state(engine: Engine) -> dict[str, Any]:
-    snap = engine.snapshot(WINDOW)
+def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
+    """The body; its work lists hold the tasks `viewer` may see (a user's own), while the lanes'
+    figures and the yield bands are everyone's, with no task's id or text."""
+    snap = engine.snapshot(WINDOW, viewer)
     assert snap.tasks is not None
     stats = lane_stats(snap, engine.config)
     lanes: dict[str, Any] = {}

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ValidationError
 
 from ris import catalogue
 from ris.api.errors import APIError, failure
-from ris.api.security import CLIENT_STATE
+from ris.api.security import CLIENT_STATE, PRINCIPAL_STATE
 from ris.lanes.base import LaneKind, LaneResult
 from ris.messages import LaneRequest
 from ris.runtime.engine import Engine
+from ris.runtime.tenancy import ANONYMOUS, NOBODY, Principal
 from ris.runtime.views import TaskHandle, TaskView
 
 _TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -75,19 +76,21 @@ def engine_of(request: Request) -> Engine:
 
 
 @overload
-def view_or_404(engine: Engine, task_id: str) -> TaskView[LaneResult]: ...
+def view_or_404(request: Request, task_id: str) -> TaskView[LaneResult]: ...
 
 
 @overload
-def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Res]) -> TaskView[Res]: ...
+def view_or_404(request: Request, task_id: str, kind: LaneKind[Any, Any, Res]) -> TaskView[Res]: ...
 
 
-def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Any] | None = None) -> TaskView[Any]:
-    """A task from the scheduler or the durable store; ids are checked before any lookup.
-    With `kind`, only a task of that kind's lane is found (its view then holds its result type)."""
+def view_or_404(request: Request, task_id: str, kind: LaneKind[Any, Any, Any] | None = None) -> TaskView[Any]:
+    """A task from the scheduler or the durable store, if the request's key may see it (its
+    own, or any for an admin); ids are checked before any lookup. Another user's task is
+    answered exactly as an id that does not exist, so ids cannot be probed. With `kind`, only
+    a task of that kind's lane is found (its view then holds its result type)."""
     if not _TASK_ID.match(task_id):
         raise APIError(404, "not_found", "task ids are 32 lowercase hex characters")
-    view = engine.lookup(task_id)
+    view = engine_of(request).lookup(task_id, viewer_of(request))
     if view is None:
         raise APIError(404, "not_found", f"no task {task_id}")
     if kind is not None and view.lane != kind.name:
@@ -96,6 +99,20 @@ def view_or_404(engine: Engine, task_id: str, kind: LaneKind[Any, Any, Any] | No
             404, "not_found", f"task {task_id} is not a{'n' if lane[0] in 'aeiou' else ''} {lane} task"
         )
     return view
+
+
+def viewer_of(request: Request) -> Principal:
+    """Who a request is, for ownership (ris.runtime.tenancy): the principal of the key the
+    guard let it in with; with no key configured, the anonymous admin."""
+    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if principal is not None:
+        return principal
+    return NOBODY if engine_of(request).config.server.api_keys else ANONYMOUS
+
+
+def owner_of(request: Request) -> str | None:
+    """The owner of the tasks a request makes."""
+    return viewer_of(request).owner
 
 
 def client_of(request: Request) -> str:

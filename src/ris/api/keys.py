@@ -10,6 +10,10 @@ one else out); a request with no key is not a guess and costs nothing either. IP
 spend the budget of their /64. Behind a reverse proxy every client has the proxy's address:
 the budget is then the proxy's, and the proxy should limit its own clients.
 
+A key is also who the request is (`Verdict.principal`, ris.runtime.tenancy): a named key
+(`{"name", "key", "role"}`) is its name, with its role; a plain string key is an admin, owner
+"key:" and the start of its fingerprint (so existing single-key setups see what they saw).
+
 The table of addresses is bounded: an address whose bucket is full again is forgotten, and
 past `max_clients` the longest-quiet address goes first, so no stream of addresses grows it.
 """
@@ -24,6 +28,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ris.config import NamedKey
+from ris.runtime.tenancy import Principal
+
 log = logging.getLogger("ris.security")
 
 FREE_WRONG_KEYS = 10
@@ -37,6 +44,19 @@ KNOWN_KEYS_PER_CLIENT = 4
 def key_fingerprint(key: str) -> str:
     """A key as it may be kept and logged: its SHA-256, hex."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_principals(entries: Iterable[str | NamedKey]) -> dict[str, Principal]:
+    """Each configured key (server.api_keys) and who it is."""
+    out: dict[str, Principal] = {}
+    for entry in entries:
+        if isinstance(entry, NamedKey):
+            out[entry.key] = Principal(entry.name, admin=entry.role == "admin")
+        else:
+            # Plain strings are admins: a setup with keys from before named keys keeps seeing
+            # every task (docs/DEPLOYMENT_GUIDE.md, Security).
+            out[entry] = Principal("key:" + key_fingerprint(entry)[:16], admin=True)
+    return out
 
 
 def _group(client: str) -> str:
@@ -55,6 +75,7 @@ def _group(client: str) -> str:
 class Verdict:
     ok: bool
     retry_after_s: float | None = None  # set when the address may not try now: answer 429
+    principal: Principal | None = None  # who the key is, when ok
 
 
 @dataclass
@@ -66,14 +87,17 @@ class _Bucket:
 class KeyChecker:
     def __init__(
         self,
-        keys: Iterable[str],
+        keys: Iterable[str | NamedKey],
         clock: Callable[[], float],
         *,
         free: int = FREE_WRONG_KEYS,
         refill_s: float = REFILL_S,
         max_clients: int = MAX_CLIENTS,
     ) -> None:
-        self.keys = [k.encode() for k in keys]
+        principals = key_principals(keys)
+        self.keys = [(k.encode(), p) for k, p in principals.items()]
+        # Who a key the address already showed to be right is, by its fingerprint.
+        self._by_fingerprint = {key_fingerprint(k): p for k, p in principals.items()}
         self._clock = clock
         self._free = free
         self._refill_s = refill_s
@@ -89,13 +113,19 @@ class KeyChecker:
         if bucket is not None and bucket.tokens < 1:
             # Unchecked, but for a key this address already showed to be right: that tells a
             # guesser nothing, and a stale client behind the same NAT locks no one else out.
-            if key_fingerprint(given) in self._known.get(client, ()):
-                return Verdict(True)
+            fingerprint = key_fingerprint(given)
+            if fingerprint in self._known.get(client, ()):
+                return Verdict(True, principal=self._by_fingerprint[fingerprint])
             return Verdict(False, (1 - bucket.tokens) * self._refill_s)
-        # Constant-time comparison against every key: timing does not reveal a prefix.
-        if any(hmac.compare_digest(given.encode(), key) for key in self.keys):
+        # Constant-time comparison against every key, all of them whichever matches: timing
+        # reveals neither a prefix nor which key it was.
+        found: Principal | None = None
+        for key, principal in self.keys:
+            if hmac.compare_digest(given.encode(), key):
+                found = principal
+        if found is not None:
             self._remember(client, given)
-            return Verdict(True)
+            return Verdict(True, principal=found)
         if bucket is None:
             bucket = self._buckets[client] = _Bucket(float(self._free), self._clock())
             self._bound()

@@ -35,6 +35,10 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   OpenAI's error shape (`message`, `type`, `param`, `code`).
 - With `server.api_keys` set, every route but `/health` wants `Authorization: Bearer <key>`
   (the SDK takes `api_key=`; the `ris` CLI and the scripts in `examples/` read `RIS_API_KEY`).
+  A task belongs to the key that created it (`owner`): a named key of role `user` sees only
+  its own, and another user's task id gets the 404 `not_found` an unknown id gets, on every
+  route; an admin key (or a plain string key) sees and cancels all. `/metrics` wants an admin
+  key (403 `admin_only`). See docs/DEPLOYMENT_GUIDE.md, "Keys and users".
 - 429 and 503 answers carry `Retry-After`.
 - `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
   model with a chat template it goes through that template as the user's message (with an

@@ -33,6 +33,9 @@ OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
 OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
 CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
+# scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
+# request makes, and which tasks it sees. Absent with no key configured: the anonymous admin.
+PRINCIPAL_STATE = "ris_principal"
 _PORT = re.compile(r":[0-9]{1,5}")
 
 
@@ -211,8 +214,10 @@ class Guard:
         verdict = self.keys.check(client_address(scope), given)
         if verdict.ok:
             # Who this request is from, for fairness across clients (deps.client_of): the
-            # key it came in with, as a fingerprint.
-            scope.setdefault("state", {})[CLIENT_STATE] = "key:" + key_fingerprint(given)[:16]
+            # key it came in with, as a fingerprint; and whose tasks it sees (deps.viewer_of).
+            state = scope.setdefault("state", {})
+            state[CLIENT_STATE] = "key:" + key_fingerprint(given)[:16]
+            state[PRINCIPAL_STATE] = verdict.principal
         return verdict
 
 

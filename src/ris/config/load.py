@@ -101,6 +101,11 @@ def _explain(err: ValidationError) -> str:
             model = _model_at(parent)
             allowed = ", ".join(model.model_fields) if model else "see the README"
             lines.append(f"{loc}: unknown key {key!r}; allowed here: {allowed}")
+        elif "api_keys" in e["loc"]:
+            # Never quote a key: the message reaches the terminal and the logs.
+            if e["type"] == "string_type" and e["loc"][-1] == "str" and isinstance(e.get("input"), dict):
+                continue  # an object: the named-key branch's errors say what is wrong
+            lines.append(f"{loc.replace('.NamedKey', '')}: {e['msg']}")
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
     return "invalid configuration:\n  - " + "\n  - ".join(lines)

@@ -199,6 +199,26 @@ class LaneConfig(_Strict):
         return name
 
 
+# A named key's name: it is the owner of the key's tasks, shown to admins and in logs, so it is
+# kept short and plain (no ':', which marks the fingerprint owners of plain keys).
+KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+class NamedKey(_Strict):
+    """An API key that is a user: its tasks are its own (docs/DEPLOYMENT_GUIDE.md, Security)."""
+
+    name: str = Field(pattern=KEY_NAME, description="who holds the key; owner of its tasks")
+    key: str = Field(min_length=1, description="the bearer secret")
+    role: Literal["user", "admin"] = Field(
+        default="user", description="'user': sees only its own tasks; 'admin': sees and cancels all"
+    )
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"NamedKey(name={self.name!r}, role={self.role!r})"
+
+    __str__ = __repr__
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -209,8 +229,11 @@ class ServerConfig(_Strict):
         description="a second listener serving only the Ollama API at its root paths, on the same "
         "host, keys and engine (Ollama's own port is 11434); null: off (docs/OLLAMA_COMPATIBILITY.md)",
     )
-    api_keys: tuple[str, ...] = Field(
-        default=(), description="bearer keys; when set, every endpoint but /health needs one"
+    api_keys: tuple[str | NamedKey, ...] = Field(
+        default=(),
+        description="bearer keys; when set, every endpoint but /health needs one. A plain string "
+        "is an admin key; {name, key, role} a named one (role 'user' by default: it sees only "
+        "its own tasks)",
     )
     allowed_hosts: tuple[str, ...] = Field(
         default=(), description="Host names served besides loopback ones ('*': any; DNS rebinding guard)"
@@ -234,6 +257,31 @@ class ServerConfig(_Strict):
         default_factory=dict,
         description="OpenAI voice names (alloy, nova, ...) -> our voices; unlisted ones speak en-US",
     )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _distinct_keys(cls, keys: tuple[str | NamedKey, ...]) -> tuple[str | NamedKey, ...]:
+        secrets: set[str] = set()
+        names: set[str] = set()
+        for i, entry in enumerate(keys):
+            secret = entry if isinstance(entry, str) else entry.key
+            if not secret:
+                raise ValueError(f"entry {i} is empty; a key is a non-empty secret")
+            if secret in secrets:
+                # Quoted by position, never by value: the message may reach a log.
+                raise ValueError(
+                    f"entry {i} repeats an earlier key; each key must be different "
+                    "(one secret cannot be two users)"
+                )
+            secrets.add(secret)
+            if isinstance(entry, NamedKey):
+                if entry.name in names:
+                    raise ValueError(
+                        f"entry {i}: the name {entry.name!r} is given twice; "
+                        "each named key needs a name of its own (it owns that key's tasks)"
+                    )
+                names.add(entry.name)
+        return keys
 
     @model_validator(mode="after")
     def _two_ports(self) -> ServerConfig:

@@ -41,7 +41,7 @@ class DurableTasks:
         """Record a newly admitted task (before the client hears it was accepted)."""
         if self.durable(task.lane):
             req = self._kinds[task.lane].request_to_json(request)
-            self.store.add(task.id, task.lane, model, task.spec.priority, req, self._wall())
+            self.store.add(task.id, task.lane, model, task.spec.priority, req, self._wall(), task.spec.owner)
 
     def started(self, task: Task) -> None:
         if self.durable(task.lane):
@@ -71,6 +71,7 @@ class DurableTasks:
                     error_code=None,
                     error_message=None,
                     result=result,
+                    owner=task.spec.owner,
                 )
             )
 

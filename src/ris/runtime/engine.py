@@ -9,7 +9,8 @@ The jobs it keeps:
     (built by the lane kind) and settled handles, kept in the task store for durable lanes;
   - supervision: carrying out the pure Supervisor's decisions, deadlines, retention sweeps;
   - the door for reads: task lookups and `snapshot()`, the read model of lanes, workers and
-    tasks (built in ris.runtime.snapshot).
+    tasks (built in ris.runtime.snapshot); every read of tasks is made for a viewer, and shows
+    only the tasks it may see (ris.runtime.tenancy).
 Elsewhere: worker specs (specs.py), supervision rules (supervisor.py), worker kinds behind the
 WorkerPool and LaneWorker protocols (workers/), lane knowledge (ris.lanes). Everything runs on
 the event loop thread; time comes from the injected clocks, so unit tests drive it with fake
@@ -40,6 +41,7 @@ from ris.runtime.retention import Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
 from ris.runtime.specs import memory_limit, worker_spec
 from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, WorkerState
+from ris.runtime.tenancy import ANONYMOUS, Principal
 from ris.runtime.views import TaskHandle, TaskView, stored_view, task_view
 from ris.runtime.workers import pool_class
 from ris.runtime.workers.base import WorkerPool, WorkerSpec
@@ -205,6 +207,7 @@ class Engine:
                 payload=(st.model, request),
                 deadline=self.clock() + self.config.lane(st.lane).request_timeout_s,
                 priority_class=self._policies[st.lane].priority_class,
+                owner=st.owner,
             )
             # Its first submission's time, on the scheduler's clock: clients see the time they
             # submitted it, and the queue keeps the order of first submission.
@@ -228,10 +231,12 @@ class Engine:
         priority: int = 0,
         timeout_s: float | None = None,
         client: str | None = None,
+        owner: str | None = None,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
         the kind's result type. `client`: who asks, for fairness across clients (the lane's
-        client_share). Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        client_share); `owner`: the key it belongs to (ris.runtime.tenancy), kept with it and,
+        for a durable lane, in the store. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
         lane = kind.name
         if lane not in self._replicas:
             raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
@@ -257,6 +262,7 @@ class Engine:
             payload=(model, request),
             priority_class=self._policies[lane].priority_class,
             client=client,
+            owner=owner,
         )
         task = self._scheduler.submit(spec)
         assert self.durable is not None
@@ -282,6 +288,7 @@ class Engine:
         priority: int = 0,
         timeout_s: float | None = None,
         client: str | None = None,
+        owner: str | None = None,
     ) -> list[TaskHandle[Res]]:
         """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
         if one still fails to be admitted, those admitted before it are cancelled."""
@@ -291,7 +298,15 @@ class Engine:
         try:
             for request in requests:
                 handles.append(
-                    self.submit(kind, model, request, priority=priority, timeout_s=timeout_s, client=client)
+                    self.submit(
+                        kind,
+                        model,
+                        request,
+                        priority=priority,
+                        timeout_s=timeout_s,
+                        client=client,
+                        owner=owner,
+                    )
                 )
         except BaseException:
             for handle in handles:
@@ -529,27 +544,40 @@ class Engine:
                 out[lane] = waiting
         return out
 
-    def lookup(self, task_id: str) -> TaskView[Any] | None:
+    def lookup(self, task_id: str, viewer: Principal = ANONYMOUS) -> TaskView[Any] | None:
         """A task from the scheduler (live and recent) or the durable store (older, or from
-        before a restart)."""
+        before a restart); None when there is none, or when `viewer` may not see it (another
+        user's task does not exist for a user)."""
         task = self._scheduler.get(task_id)
-        if task is not None:
+        if task is not None and viewer.sees(task.spec.owner):
             return task_view(task, self._scheduler, self._wall)
+        # Not live (or not the viewer's): the store. Another user's live task is looked for
+        # there too, so that its answer costs what an unknown id's does.
         st = self.durable.store.get(task_id) if self.durable is not None else None
-        return None if st is None else stored_view(st, self.kinds.get(st.lane))
+        if task is not None or st is None or not viewer.sees(st.owner):
+            return None
+        return stored_view(st, self.kinds.get(st.lane))
 
     def tasks(
-        self, lane: str | None = None, state: str | None = None, limit: int = 100
+        self, lane: str | None = None, state: str | None = None, limit: int = 100, *, viewer: Principal
     ) -> list[TaskView[Any]]:
-        """Live and recent tasks, newest first."""
-        found = [t for t in self._scheduler.tasks(lane) if state is None or t.state.value == state]
+        """Live and recent tasks `viewer` may see, newest first."""
+        found = [
+            t
+            for t in self._scheduler.tasks(lane)
+            if (state is None or t.state.value == state) and viewer.sees(t.spec.owner)
+        ]
         found.sort(key=lambda t: t.submitted_at, reverse=True)
         return [task_view(t, self._scheduler, self._wall) for t in found[:limit]]
 
-    def durable_tasks(self, lane: str, state: str | None = None, limit: int = 100) -> list[TaskView[Any]]:
-        """A durable lane's tasks from the store, newest first, with their live state."""
+    def durable_tasks(
+        self, lane: str, state: str | None = None, limit: int = 100, *, viewer: Principal
+    ) -> list[TaskView[Any]]:
+        """A durable lane's tasks from the store that `viewer` may see, newest first, with their
+        live state."""
         assert self.durable is not None
-        views = (self.lookup(st.id) for st in self.durable.store.recent(lane, state, limit))
+        stored = self.durable.store.recent(lane, state, limit, owner=viewer.owner, all_owners=viewer.admin)
+        views = (self.lookup(st.id, viewer) for st in stored)
         return [v for v in views if v is not None]
 
     def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
@@ -559,9 +587,10 @@ class Engine:
                 return {info.name: info for info in replica.ready_info.models}
         return {}
 
-    def snapshot(self, tasks: TaskWindow | None = None) -> Snapshot:
+    def snapshot(self, tasks: TaskWindow | None = None, viewer: Principal = ANONYMOUS) -> Snapshot:
         """The read model of every lane and its workers now, and of the tasks in `tasks`'s
-        window when given (the console's; stats and metrics need none)."""
+        window when given (the console's; stats and metrics need none): those `viewer` may see,
+        while the lanes' figures count everyone's work."""
         now = self.clock()
         lanes_now = tuple(
             lane_status(
@@ -585,6 +614,7 @@ class Engine:
                 now=now,
                 view=lambda t: task_view(t, self._scheduler, self._wall),
                 wall=self._to_wall,
+                visible=lambda t: viewer.sees(t.spec.owner),
             )
         return Snapshot(
             time=self.wall_clock(),

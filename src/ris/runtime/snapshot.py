@@ -198,15 +198,19 @@ def task_lists(
     now: float,
     view: Callable[[Task], TaskView[Any]],
     wall: Callable[[float], float],
+    visible: Callable[[Task], bool] = lambda t: True,
 ) -> TaskLists:
-    """`now` on the scheduler's clock; `view` makes a task's view, `wall` a Unix time."""
+    """`now` on the scheduler's clock; `view` makes a task's view, `wall` a Unix time; the
+    queued, running and recent lists hold only the `visible` tasks (a user's own), while the
+    runs, whose times alone are shown (the LLM's yield bands), are everyone's."""
     queued: list[TaskView[Any]] = []
     running: list[TaskView[Any]] = []
     recent: list[TaskView[Any]] = []
     runs: list[TaskRun] = []
     horizon = now - window.history_s
     for lane in lanes:
-        live = scheduler.tasks(lane)
+        every = scheduler.tasks(lane)
+        live = [t for t in every if visible(t)]
         q = [t for t in live if t.state is TaskState.QUEUED]
         q.sort(key=lambda t: scheduler.position(t.id) or 0)
         queued += [view(t) for t in q[: window.live_per_lane]]
@@ -214,7 +218,7 @@ def task_lists(
         ended = [t for t in live if t.state.finished]
         ended.sort(key=lambda t: t.finished_at or 0, reverse=True)
         recent += [view(t) for t in ended[: window.recent_per_lane]]
-        for t in live:  # those that ran in the window (the scheduler keeps 1000)
+        for t in every:  # those that ran in the window (the scheduler keeps 1000)
             if t.started_at is not None and (t.finished_at is None or t.finished_at > horizon):
                 first = _first_output_at(t, handles.get(t.id))
                 runs.append(

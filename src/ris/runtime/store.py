@@ -31,11 +31,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts      INTEGER NOT NULL DEFAULT 0,
     error_code    TEXT,
     error_message TEXT,
-    result        TEXT
+    result        TEXT,
+    owner         TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, submitted_at);
 CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
 """
+# Columns added since the first schema, with the default older rows get: a data folder from an
+# older version is brought up to date when opened (`_migrate`). A task from before owners has
+# owner NULL: the anonymous owner, seen by admins only once keys are configured.
+_ADDED_COLUMNS = (("owner", "TEXT DEFAULT NULL"),)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class StoredTask:
     error_code: str | None
     error_message: str | None
     result: dict[str, Any] | None
+    owner: str | None = None  # the key that created it (ris.runtime.tenancy)
 
 
 class TaskStore:
@@ -67,6 +73,14 @@ class TaskStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns an older store lacks (under the lock, before any other use)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for name, decl in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         with self._lock:
@@ -77,12 +91,19 @@ class TaskStore:
             self._db.execute(sql, args)
 
     def add(
-        self, task_id: str, lane: str, model: str, priority: int, request: dict[str, Any], submitted_at: float
+        self,
+        task_id: str,
+        lane: str,
+        model: str,
+        priority: int,
+        request: dict[str, Any],
+        submitted_at: float,
+        owner: str | None = None,
     ) -> None:
         self._write(
-            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at) "
-            "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-            (task_id, lane, model, priority, json.dumps(request), submitted_at),
+            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner) "
+            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (task_id, lane, model, priority, json.dumps(request), submitted_at, owner),
         )
 
     def mark_running(self, task_id: str, started_at: float) -> None:
@@ -120,8 +141,8 @@ class TaskStore:
         """Record a finished task in full (a lane that is not durable, at its end)."""
         self._write(
             "INSERT OR REPLACE INTO tasks (id, lane, model, state, priority, request, submitted_at, "
-            "started_at, finished_at, attempts, error_code, error_message, result) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "started_at, finished_at, attempts, error_code, error_message, result, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 st.id,
                 st.lane,
@@ -136,6 +157,7 @@ class TaskStore:
                 st.error_code,
                 st.error_message,
                 None if st.result is None else json.dumps(st.result),
+                st.owner,
             ),
         )
 
@@ -177,8 +199,22 @@ class TaskStore:
         """Queued and running tasks, oldest first (the order they are resumed in)."""
         return self._select("WHERE state IN ('queued', 'running') ORDER BY submitted_at", ())
 
-    def recent(self, lane: str | None = None, state: str | None = None, limit: int = 100) -> list[StoredTask]:
-        where, args = [], []
+    def recent(
+        self,
+        lane: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        *,
+        owner: str | None = None,
+        all_owners: bool = True,
+    ) -> list[StoredTask]:
+        """Newest first; unless `all_owners`, only `owner`'s tasks (filtered before the limit,
+        so a user's page is full of its own)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if not all_owners:
+            where.append("owner IS ?")  # IS: NULL (the anonymous owner) matches NULL
+            args.append(owner)
         if lane is not None:
             where.append("lane=?")
             args.append(lane)
@@ -192,7 +228,7 @@ class TaskStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, lane, model, state, priority, request, submitted_at, started_at, "
-                f"finished_at, attempts, error_code, error_message, result FROM tasks {clause}",
+                f"finished_at, attempts, error_code, error_message, result, owner FROM tasks {clause}",
                 args,
             ).fetchall()
         return [
@@ -210,6 +246,7 @@ class TaskStore:
                 r[10],
                 r[11],
                 None if r[12] is None else json.loads(r[12]),
+                r[13],
             )
             for r in rows
         ]

@@ -100,6 +100,9 @@ class TaskView(Generic[R]):
     error_code: str | None
     error_message: str | None
     result: R | None
+    # The key that created it (ris.runtime.tenancy): a named key's name, "key:<fingerprint>"
+    # for a plain key, None with no key configured.
+    owner: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -128,13 +131,14 @@ def task_view(
         error_code=task.error_code,
         error_message=task.error_message,
         result=task.result,
+        owner=task.spec.owner,
     )
 
 
 # The fields a stored task shows as they are.
 _STORED_AS_VIEWED = (
     "id", "lane", "model", "state", "priority", "submitted_at", "started_at", "finished_at", "error_code",
-    "error_message",
+    "error_message", "owner",
 )  # fmt: skip
 
 

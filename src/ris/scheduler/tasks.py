@@ -43,6 +43,9 @@ class TaskSpec:
     # Who asked (an API key's fingerprint, else the peer's address); None: no one in
     # particular. A client holds at most its lane's `client_share` of slots while others wait.
     client: str | None = None
+    # Whose task it is (ris.runtime.tenancy: a named key's name, a plain key's fingerprint;
+    # None: no key). The scheduler never reads it: who may see a task is the engine's rule.
+    owner: str | None = None
 
 
 @dataclass

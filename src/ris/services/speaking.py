@@ -43,11 +43,14 @@ class SpeakingPipeline:
         *,
         queue_wait_s: float = 30.0,
         client: str | None = None,
+        owner: str | None = None,
     ) -> None:
         """`llm` is the submitted LLM task; a full TTS queue is waited on for at most
         `queue_wait_s` seconds per sentence, then the pipeline ends with `queue_full`.
-        `client`: who asked (the sentences count as its tasks, for fairness)."""
+        `client`: who asked (the sentences count as its tasks, for fairness); `owner`: the key
+        the sentences belong to, as the answer does (ris.runtime.tenancy)."""
         self.client = client
+        self.owner = owner
         self.engine = engine
         self.llm = llm
         self.tts_model = tts_model
@@ -98,7 +101,7 @@ class SpeakingPipeline:
         while True:
             try:
                 return self.engine.submit(
-                    TTS, self.tts_model, req, priority=SENTENCE_PRIORITY, client=self.client
+                    TTS, self.tts_model, req, priority=SENTENCE_PRIORITY, client=self.client, owner=self.owner
                 )
             except LaneUnavailable as e:  # the TTS worker went down during the answer
                 await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))

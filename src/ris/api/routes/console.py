@@ -25,7 +25,7 @@ from starlette.templating import Jinja2Templates
 from ris import __version__
 from ris.api.chart_history import ChartHistory
 from ris.api.console_state import console_state
-from ris.api.deps import engine_of
+from ris.api.deps import engine_of, viewer_of
 from ris.api.errors import APIError
 from ris.api.keys import KeyChecker, Verdict
 from ris.api.security import KEY_COOKIE, client_address
@@ -189,7 +189,7 @@ async def static(name: str) -> FileResponse:
 async def state(request: Request) -> dict[str, Any]:
     """Every lane's live state and the tasks queued, running and recently finished, in one
     body: what the console polls about once a second."""
-    return console_state(engine_of(request))
+    return console_state(engine_of(request), viewer_of(request))
 
 
 @router.get("/api/console/history")

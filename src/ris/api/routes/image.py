@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from ris.api.deps import client_of, engine_of, require_lane, resolve_model, view_or_404
+from ris.api.deps import client_of, engine_of, owner_of, require_lane, resolve_model, view_or_404, viewer_of
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
@@ -82,7 +82,13 @@ async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
     check_size(engine, body.width, body.height, body.steps)
     model, req, warnings = _pick_model(engine, body)
     handle = engine.submit(
-        IMAGE, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+        IMAGE,
+        model,
+        req,
+        priority=body.priority,
+        timeout_s=body.timeout_s,
+        client=client_of(request),
+        owner=owner_of(request),
     )
     view = engine.lookup(handle.task_id)
     return {
@@ -121,7 +127,7 @@ def progress_body(view: TaskView[Any]) -> dict[str, Any]:
     summary="Status, step, fraction done, queue position, ETA",
 )
 async def image_progress(task_id: str, request: Request) -> Any:
-    return progress_body(view_or_404(engine_of(request), task_id, IMAGE))
+    return progress_body(view_or_404(request, task_id, IMAGE))
 
 
 @router.get(
@@ -132,7 +138,7 @@ async def image_progress(task_id: str, request: Request) -> Any:
 )
 async def image_result(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = view_or_404(engine, task_id, IMAGE)
+    view = view_or_404(request, task_id, IMAGE)
     if not view.succeeded or view.result is None:
         return JSONResponse(
             {
@@ -154,7 +160,7 @@ async def image_result(task_id: str, request: Request) -> Any:
 )
 async def image_cancel(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
-    view = view_or_404(engine, task_id, IMAGE)
+    view = view_or_404(request, task_id, IMAGE)
     outcome = engine.cancel(view.id)
     after = engine.lookup(view.id) or view
     return {"task_id": view.id, "outcome": outcome.value, "status": after.state}
@@ -166,5 +172,5 @@ async def image_tasks(
     status: str | None = Query(default=None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> Any:
-    views = engine_of(request).durable_tasks(Lane.IMAGE, status, limit)
+    views = engine_of(request).durable_tasks(Lane.IMAGE, status, limit, viewer=viewer_of(request))
     return {"tasks": [progress_body(v) | {"model": v.model, "submitted_at": v.submitted_at} for v in views]}

@@ -14,6 +14,7 @@ from ris.api.deps import (
     client_of,
     engine_of,
     json_body,
+    owner_of,
     resolve_model,
     result_or_failure,
     wait_task,
@@ -52,7 +53,13 @@ async def llm_generate(request: Request) -> Any:
     texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
     warnings = llm_warnings(engine, model, texts_in)
     handle = engine.submit(
-        LLM, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+        LLM,
+        model,
+        req,
+        priority=body.priority,
+        timeout_s=body.timeout_s,
+        client=client_of(request),
+        owner=owner_of(request),
     )
     if body.stream:
         return StreamingResponse(

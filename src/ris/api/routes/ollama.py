@@ -24,6 +24,7 @@ from ris.api.deps import (
     client_of,
     engine_of,
     json_body,
+    owner_of,
     result_or_failure,
     unknown_model_message,
     wait_task,
@@ -236,7 +237,7 @@ async def ollama_chat(request: Request) -> Any:
         engine, model, body.options, body.format, body.tools, prompt=None, messages=chat_turns(body.messages)
     )
     names = [t.name for t in req.tools]
-    handle = engine.submit(LLM, model, req, client=client_of(request))
+    handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     head = {"model": model, "created_at": created_at()}
     if body.stream:
         holder = _CallHolder(bool(names))
@@ -294,7 +295,7 @@ async def ollama_generate(request: Request) -> Any:
         system=body.system,
         prompt_is_message=not body.raw,
     )
-    handle = engine.submit(LLM, model, req, client=client_of(request))
+    handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     head = {"model": model, "created_at": created_at()}
     if body.stream:
         return _ndjson(

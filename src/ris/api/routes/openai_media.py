@@ -16,6 +16,7 @@ from ris.api.deps import (
     cancel_unless_ended,
     client_of,
     engine_of,
+    owner_of,
     require_lane,
     resolve_model,
     result_or_failure,
@@ -73,7 +74,11 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
     rate = tts_rate(engine, model)
     handle = engine.submit(
-        TTS, model, TTSRequest(text=body.input, voice=voice, speed=body.speed), client=client_of(request)
+        TTS,
+        model,
+        TTSRequest(text=body.input, voice=voice, speed=body.speed),
+        client=client_of(request),
+        owner=owner_of(request),
     )
     audio = AudioStream(handle)
     first = await first_audio(engine, audio, request)  # a task that fails before any sound is an error
@@ -136,7 +141,7 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
-    handles = engine.submit_many(IMAGE, model, reqs, client=client_of(request))
+    handles = engine.submit_many(IMAGE, model, reqs, client=client_of(request), owner=owner_of(request))
     views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:

@@ -18,6 +18,7 @@ from ris.api.deps import (
     client_of,
     engine_of,
     json_body,
+    owner_of,
     result_or_failure,
     unknown_model_message,
     wait_task,
@@ -169,7 +170,7 @@ async def chat_completions(request: Request) -> Any:
     max_tokens = body.max_completion_tokens or body.max_tokens or 256
     plan = tool_plan(body)
     req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
-    handle = engine.submit(LLM, model, req, client=client_of(request))
+    handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     base = _envelope("chatcmpl", "chat.completion", handle.task_id, model)
     call_ids = f"call_{handle.task_id}_"
     if body.stream:
@@ -221,7 +222,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if len(prompts) != 1:
         raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
     req = _request(engine, body, model, prompts[0], None, body.max_tokens or 16)
-    handle = engine.submit(LLM, model, req, client=client_of(request))
+    handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     base = _envelope("cmpl", "text_completion", handle.task_id, model)
 
     def choice(text: str, finish: str | None = None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from ris.api.deps import engine_of
+from ris.api.deps import engine_of, viewer_of
+from ris.api.errors import APIError
 from ris.api.prometheus import CONTENT_TYPE, prometheus_text
 from ris.api.stats import gpus_json, lane_stats
 from ris.gpus import gpu_devices
@@ -41,8 +42,17 @@ async def stats(request: Request) -> dict[str, Any]:
     return {"lanes": lane_stats(engine.snapshot(), engine.config), "gpus": gpus_json(gpus)}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (admin keys)")
 async def metrics(request: Request) -> PlainTextResponse:
+    # The operator's scrape: workers' processes, memory and GPUs, per model. A user key reads
+    # its lanes' state at /api/stats; no figure in either names a task or holds its text.
+    if not viewer_of(request).admin:
+        raise APIError(
+            403,
+            "admin_only",
+            "/metrics is for admin keys (server.api_keys: a plain key, or role 'admin'); "
+            "a user key reads the lanes' state at /api/stats",
+        )
     snapshot = engine_of(request).snapshot()
     # NVML and the text's encoding are blocking work: done off the event loop, on the frozen
     # snapshot taken here.

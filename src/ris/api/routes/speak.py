@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import client_of, engine_of, resolve_model, unless_gone
+from ris.api.deps import client_of, engine_of, owner_of, resolve_model, unless_gone
 from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context
@@ -42,9 +42,9 @@ async def chat_speak(body: SpeakRequest, request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
     tts_model = pick_tts_model(engine, body.tts_model, body.voice)
     rate = tts_rate(engine, tts_model)
-    client = client_of(request)
-    llm = engine.submit(LLM, llm_model, req, client=client)
-    pipeline = SpeakingPipeline(engine, llm, tts_model, body.voice, body.speed, client=client)
+    client, owner = client_of(request), owner_of(request)
+    llm = engine.submit(LLM, llm_model, req, client=client, owner=owner)
+    pipeline = SpeakingPipeline(engine, llm, tts_model, body.voice, body.speed, client=client, owner=owner)
     if body.stream_format == "events":
         return StreamingResponse(
             _events(pipeline, rate), media_type="text/event-stream", headers={"X-Task-Id": llm.task_id}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
-from ris.api.deps import client_of, engine_of, require_lane, resolve_model, view_or_404
+from ris.api.deps import client_of, engine_of, owner_of, require_lane, resolve_model, view_or_404, viewer_of
 from ris.api.errors import APIError
 from ris.api.routes.image import result_url
 from ris.api.routes.tts import audio_url
@@ -94,7 +94,13 @@ async def submit_task(body: TaskSubmit, request: Request) -> Any:
         raise APIError(422, "invalid_request", problems) from None
     model = resolve_model(engine, body.lane, body.model)
     handle = engine.submit(
-        kind, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+        kind,
+        model,
+        req,
+        priority=body.priority,
+        timeout_s=body.timeout_s,
+        client=client_of(request),
+        owner=owner_of(request),
     )
     view = engine.lookup(handle.task_id)
     assert view is not None
@@ -111,18 +117,19 @@ async def list_tasks(
     engine = engine_of(request)
     if lane is not None:
         _known_lane(engine, lane)
-    return {"tasks": [task_info(v, with_result=False) for v in engine.tasks(lane, state, limit)]}
+    views = engine.tasks(lane, state, limit, viewer=viewer_of(request))
+    return {"tasks": [task_info(v, with_result=False) for v in views]}
 
 
 @router.get("/api/tasks/{task_id}", responses=ERRORS, response_model=TaskInfo)
 async def get_task(task_id: str, request: Request) -> dict[str, Any]:
-    return task_info(view_or_404(engine_of(request), task_id))
+    return task_info(view_or_404(request, task_id))
 
 
 @router.post("/api/tasks/{task_id}/cancel", responses=ERRORS, summary="Cancel a queued or running task")
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     engine = engine_of(request)
-    view = view_or_404(engine, task_id)
+    view = view_or_404(request, task_id)
     outcome = engine.cancel(view.id)
     after = engine.lookup(view.id) or view
     return {

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from ris.api.deps import client_of, engine_of, result_or_failure, view_or_404, wait_task
+from ris.api.deps import client_of, engine_of, owner_of, result_or_failure, view_or_404, wait_task
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
@@ -65,7 +65,13 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
     model = pick_tts_model(engine, body.model, body.voice)
     req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
     handle = engine.submit(
-        TTS, model, req, priority=body.priority, timeout_s=body.timeout_s, client=client_of(request)
+        TTS,
+        model,
+        req,
+        priority=body.priority,
+        timeout_s=body.timeout_s,
+        client=client_of(request),
+        owner=owner_of(request),
     )
     view = await wait_task(engine, handle, request)
     r = result_or_failure(view)
@@ -105,7 +111,7 @@ async def tts_audio(
 ) -> Any:
     engine = engine_of(request)
     fmt = accepted_format(request.headers.get("accept", ""), format) or format or "wav"
-    view = view_or_404(engine, task_id, TTS)
+    view = view_or_404(request, task_id, TTS)
     if not view.succeeded or view.result is None:
         raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
     path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
