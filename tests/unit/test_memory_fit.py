@@ -249,3 +249,49 @@ def test_keep_alive_expires_idle_models_lane_default_and_per_request() -> None:
     res.finished("c", keep_alive_s=None)  # forever
     clock.advance(10**6)
     assert res.expired() == [] and res.next_expiry() is None
+
+
+# ----- a layout checked at start -------------------------------------------------------------
+
+
+def _layout(llm: dict[str, object], image: dict[str, object] | None = None) -> dict[str, object]:
+    return {
+        "lanes": {
+            "llm": {"cores": [0], "default_model": "a", **llm},
+            "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": image or {"enabled": False, "priority_class": "batch"},
+        }
+    }
+
+
+def test_a_configured_model_over_the_ram_budget_refuses_the_start() -> None:
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE, "options": {"n_ctx": 2048}}
+    data = _layout({"memory_budget_mb": 200, "parallel": 2, "models": {"a": smol}})
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
+    # 92 MiB of weights, 2 x 45 MiB of KV cache at n_ctx 2048, 32 MiB of margin
+    assert (
+        "lanes.llm.models.a needs 214 MiB (weights 92 MiB, KV cache 90 MiB, working margin 32 MiB) "
+        "but the lane's RAM budget is 200 MiB" in str(exc.value)
+    )
+    data = _layout({"memory_budget_mb": 200, "parallel": 1, "models": {"a": smol}})
+    assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 200
+
+
+def test_gpu_budgets_over_the_card_refuse_the_start() -> None:
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    image = {"device": "cuda:0", "priority_class": "batch", "gpu_memory_gb": 6, "default_model": "t"}
+    data = _layout({"device": "cuda:0", "gpu_memory_gb": 4, "models": {"a": smol}}, image)
+    with pytest.raises(
+        ConfigError, match=r"GPU 0 \(Fake 8GB\) has 8,192 MiB; its lanes' budgets add up to 10,240 MiB"
+    ):
+        parse_config(data, card)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ris.backends import BackendError, resolve_source
+from ris.config import ModelSpec
 from ris.memory.files import GGUFInfo, ModelFileError, folder_weights, read_gguf, safetensors_bytes
 
 MIB = 2**20
@@ -133,6 +135,18 @@ def file_footprint(path: Path, options: dict[str, Any], parallel: int) -> Footpr
     return None
 
 
+def model_footprint(spec: ModelSpec, parallel: int) -> Footprint | None:
+    """A configured model's footprint (None: no file to read it from: a missing file, which its
+    load reports, a `builtin:` recipe or a speech engine without one). Raises ModelFileError."""
+    if spec.source is None or spec.source.startswith("builtin:"):
+        return None
+    try:
+        path = resolve_source(spec.source)
+    except BackendError:
+        return None
+    return file_footprint(path, spec.options, parallel)
+
+
 __all__ = [
     "GGUF_MARGIN_BYTES",
     "Footprint",
@@ -140,5 +154,6 @@ __all__ = [
     "file_footprint",
     "gguf_footprint",
     "kv_cache_bytes",
+    "model_footprint",
     "torch_footprint",
 ]

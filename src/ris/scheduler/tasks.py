@@ -43,6 +43,9 @@ class TaskSpec:
     # Who asked (an API key's fingerprint, else the peer's address); None: no one in
     # particular. A client holds at most its lane's `client_share` of slots while others wait.
     client: str | None = None
+    # Seconds its model takes to load, when it was not loaded at submission (0: loaded): the
+    # task waits that long once it starts, so its ETA includes it.
+    load_s: float = 0.0
 
 
 @dataclass
