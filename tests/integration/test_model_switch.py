@@ -7,6 +7,7 @@ idle, and a configured model that can never fit its budget keeps the server from
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.slow
 MIB = 2**20
 N_CTX = 512
 PARALLEL = 2
-# One model: 92 MiB of weights, 2 x 11 MiB of KV cache (n_ctx 512, parallel 2), 32 MiB margin:
-# 147 MiB. Two would need 293 MiB.
+# One model: 92 MiB of weights, 2 x 11 MiB of KV cache (n_ctx 512, parallel 2), 48 MiB margin:
+# 163 MiB. Two would need 325 MiB.
 BUDGET_MB = 200
 
 
@@ -181,6 +182,30 @@ def test_a_model_that_can_never_fit_refuses_the_start(tmp_path: Path) -> None:
     )
     assert done.returncode == 2  # a configuration error
     assert (
-        "lanes.llm.models.smol-long needs 484 MiB (weights 92 MiB, KV cache 360 MiB, working margin 32 MiB) "
+        "lanes.llm.models.smol-long needs 500 MiB (weights 92 MiB, KV cache 360 MiB, working margin 48 MiB) "
         "but the lane's RAM budget is 200 MiB" in done.stderr
     )
+
+
+def test_the_console_shows_footprints_and_model_events(srv: Server) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.url + "/ui")
+            generate(srv, "smol-b")  # a switch while the overview polls
+            expect(page.locator("#events")).to_contain_text("llm: model smol-b loaded in", timeout=30_000)
+            expect(page.locator("#events")).to_contain_text("llm: model smol-a evicted")
+            page.goto(srv.url + "/ui/models")
+            b_memory = page.locator('tr[data-model="smol-b"] td.memory')
+            expect(b_memory).to_contain_text(
+                re.compile(r"^cpu, 16\d\.\d MiB \(weights 92\.1 MiB, KV 22\.5 MiB\)$")
+            )
+            expect(page.locator('tr[data-model="smol-a"] td.memory')).to_contain_text("not loaded, 16")
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -273,9 +273,9 @@ def test_a_configured_model_over_the_ram_budget_refuses_the_start() -> None:
     data = _layout({"memory_budget_mb": 200, "parallel": 2, "models": {"a": smol}})
     with pytest.raises(ConfigError) as exc:
         parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
-    # 92 MiB of weights, 2 x 45 MiB of KV cache at n_ctx 2048, 32 MiB of margin
+    # 92 MiB of weights, 2 x 45 MiB of KV cache at n_ctx 2048, 48 MiB of margin
     assert (
-        "lanes.llm.models.a needs 214 MiB (weights 92 MiB, KV cache 90 MiB, working margin 32 MiB) "
+        "lanes.llm.models.a needs 230 MiB (weights 92 MiB, KV cache 90 MiB, working margin 48 MiB) "
         "but the lane's RAM budget is 200 MiB" in str(exc.value)
     )
     data = _layout({"memory_budget_mb": 200, "parallel": 1, "models": {"a": smol}})

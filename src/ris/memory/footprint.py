@@ -4,9 +4,11 @@ Weights come from the file headers (files.py). A llama.cpp model's KV cache hold
 layer and KV head, a key and a value vector per token of context: 2 x n_layer x n_ctx x
 parallel x n_head_kv x head_dim x bytes(type) (the LLM lane runs `parallel` sequences of
 `n_ctx` tokens each in one context). The margin is what loading needs beyond both (compute
-buffers, the library's own state), measured on this machine with the embedded SmolLM2 GGUF:
-resident memory after loading minus before it, less weights and KV, was 28-29 MiB at parallel 1
-and 4 (bench/results/model_switch.json records the run), so 32 MiB is kept per GGUF model.
+buffers, the library's own state, the worker's reading of the header), measured on this machine
+with the embedded SmolLM2 GGUF as resident memory after the load less before it, less weights
+and KV: 28-29 MiB for the backend alone at parallel 1 and 4, 48.5 MiB for a first load through
+the worker's model cache at parallel 4 (bench/model_switch.py, "first_load_memory" in
+bench/results/model_switch.json); the larger is kept.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ris.memory.files import GGUFInfo, ModelFileError, folder_weights, read_gguf
 
 MIB = 2**20
 # Working memory beyond weights and KV cache, by model format (see the module's docstring).
-GGUF_MARGIN_BYTES = 32 * MIB
+GGUF_MARGIN_BYTES = 48 * MIB
 # Torch models (diffusers, transformers): activations and allocator slack; a tenth of the
 # weights, at least 64 MiB (not yet measured on a GPU: a GPU session refines it).
 TORCH_MARGIN_SHARE = 0.10
