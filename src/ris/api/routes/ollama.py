@@ -10,6 +10,7 @@ The models, ps, version and pull routes are in routes/ollama_models.py.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -222,14 +223,19 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
     """Ollama's keep_alive as seconds: None (absent: the lane's keep_alive_s), a negative
     number (kept until evicted), 0 (unloaded once idle) or how long to keep it idle. Takes
     seconds as a number or a numeric string, or a Go duration ("5m", "1h30m", "-1")."""
-    if value is None or isinstance(value, int | float):
-        return None if value is None else float(value)
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    m = _DURATION.match(text)
+    if value is None:
+        return None
+    number: float | None = None
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is not None and math.isfinite(number):
+        return number
+    m = None if number is not None else _DURATION.match(str(value).strip())
     if m is None:
         raise APIError(
             400,
