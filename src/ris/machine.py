@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from ris.gpus import gpu_devices
+
 
 @dataclass(frozen=True)
 class MachineInfo:
@@ -19,6 +21,9 @@ class MachineInfo:
     gpus: int
     # Physical memory; lanes' default memory ceilings are shares of it.
     memory_bytes: int = 16 * 2**30
+    # Each GPU's name and total memory by NVML index (empty without NVML): lanes' GPU budgets
+    # are checked against it.
+    gpu_memory: tuple[tuple[str, int], ...] = ()
 
     def describe_cores(self) -> str:
         return ", ".join(str(c) for c in self.cores) or "none"
@@ -64,4 +69,5 @@ def machine_info() -> MachineInfo:
         cores=cores or (0,),
         gpus=_visible_limit(_count_gpus()),
         memory_bytes=int(psutil.virtual_memory().total),
+        gpu_memory=tuple((d.name, d.memory_total_bytes) for d in gpu_devices()),
     )

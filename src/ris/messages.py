@@ -30,6 +30,9 @@ class RunTask:
     task_id: str
     model: str
     request: LaneRequest = field(repr=False)
+    # How long the model stays loaded once idle after this task (Ollama's keep_alive):
+    # None: the lane's keep_alive_s; negative: until evicted; 0: unloaded once idle.
+    keep_alive_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ class ModelInfo:
     name: str
     backend: str
     details: ModelDetails = field(default_factory=ModelDetails)
+    # Its footprint as the worker counts it against the lane's budget (None: no file said).
+    footprint_bytes: int | None = None
+    # Where it lives: "gpu", "partial" (some layers on the GPU) or "cpu".
+    placement: str = "cpu"
+    load_s: float | None = None  # how long its load took
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """A model loaded after the worker's start (on first use)."""
+
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class ModelUnloaded:
+    """A model the worker let go: "evicted" (another needed its memory) or "expired" (idle
+    past its keep_alive)."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)

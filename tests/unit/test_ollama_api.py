@@ -175,3 +175,22 @@ async def test_a_streamed_tool_call_is_held_and_sent_whole_in_the_last_line(tmp_
     assert last["done"] and last["message"]["tool_calls"] == [
         {"function": {"name": "weather", "arguments": {"city": "Oslo"}}}
     ]
+
+
+def test_keep_alive_is_read_as_ollama_writes_it() -> None:
+    from ris.api.errors import APIError
+    from ris.api.routes.ollama import keep_alive_seconds
+
+    assert keep_alive_seconds(None) is None  # the lane's keep_alive_s
+    assert [keep_alive_seconds(v) for v in (300, "300", 0, "0", -1, "-1")] == [300, 300, 0, 0, -1, -1]
+    assert [keep_alive_seconds(v) for v in ("5m", "1h30m", "1.5s", "-1m", "250ms")] == [
+        300,
+        5400,
+        1.5,
+        -60,
+        0.25,
+    ]
+    for bad in ("soon", "5 minutes", "inf", "nan", "m5"):
+        with pytest.raises(APIError) as exc:
+            keep_alive_seconds(bad)
+        assert exc.value.code == "invalid_value" and "'5m'" in exc.value.message

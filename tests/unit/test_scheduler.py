@@ -266,6 +266,21 @@ def test_progress_and_eta() -> None:
     assert sched.eta("t0") == pytest.approx(8.0)
 
 
+def test_eta_includes_the_load_of_a_model_not_loaded_until_its_first_output() -> None:
+    sched, clock = make(slots=1)
+    sched.submit(spec())  # t0 runs, 1 s estimated
+    sched.submit(TaskSpec(lane=Lane.LLM, load_s=3.0))  # t1: its model loads first
+    sched.dispatch()
+    assert sched.eta("t1") == pytest.approx(1.0 * 2 + 3.0)  # behind t0, then the load and its run
+    clock.advance(1.0)  # t0 takes the 1 s estimated: the estimate stays
+    sched.finish("t0", TaskState.SUCCEEDED)
+    sched.dispatch()
+    clock.advance(0.5)
+    assert sched.eta("t1") == pytest.approx(1.0 + 3.0 - 0.5)  # loading: the load is still ahead
+    sched.progress("t1", 1)
+    assert sched.eta("t1") == pytest.approx(1.0 - 0.5)  # a first output: loaded, the run remains
+
+
 def test_finished_tasks_are_forgotten_beyond_the_limit() -> None:
     clock = FakeClock()
     sched = Scheduler({Lane.LLM: LanePolicy(keep_finished=2)}, clock)

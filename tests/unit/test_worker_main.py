@@ -4,6 +4,7 @@ here (a backend that counts), so no process, pipe or model is involved."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -165,7 +166,11 @@ def channel(tmp_path: Path) -> Iterator[MemoryChannel]:
 def test_ready_reports_the_default_model_with_its_details(channel: MemoryChannel) -> None:
     ready = channel.take()
     assert isinstance(ready, m.WorkerReady) and ready.slots == 1 and ready.threads == 1
-    assert ready.models == (m.ModelInfo("one", "counter", ModelDetails(context_tokens=99)),)
+    (info,) = ready.models
+    assert info.load_s is not None and info.load_s >= 0  # how long it took, for GET /api/models
+    assert dataclasses.replace(info, load_s=None) == m.ModelInfo(
+        "one", "counter", ModelDetails(context_tokens=99)
+    )
     channel.put(m.Shutdown())
 
 
@@ -217,3 +222,83 @@ def test_a_model_that_fails_to_load_fails_the_start(tmp_path: Path) -> None:
     failed = chan.take()
     assert isinstance(failed, m.WorkerFailed) and failed.code == "backend_unavailable"
     assert "NoSuchBackend" in failed.message
+
+
+def _three_models(tmp_path: Path, **lane: Any) -> WorkerSpec:
+    """A count-lane worker with three models, each "weighing" a 600 KiB file, and a budget
+    of 1 MiB: one model resident at a time."""
+    models = {}
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.bin").write_bytes(b"\0" * 600 * 1024)
+        models[name] = ModelSpec(backend="counter", source=str(tmp_path / f"{name}.bin"))
+    config = LaneConfig(default_model="a", models=models, **{"memory_budget_mb": 1, **lane})
+    return dataclasses.replace(
+        count_worker(tmp_path, "a", LANE.backend_target("counter")),
+        lane_config_json=config.model_dump_json(),
+        backends=dict.fromkeys(models, LANE.backend_target("counter")),
+    )
+
+
+def _serving(spec: WorkerSpec) -> tuple[MemoryChannel, threading.Thread]:
+    chan = MemoryChannel()
+    board = ActivityBoard(("count",), array=bytearray(1))
+    worker = threading.Thread(target=serve, args=(spec, chan, chan, board), daemon=True)
+    worker.start()
+    return chan, worker
+
+
+def test_models_load_on_use_and_the_least_recently_used_is_evicted(tmp_path: Path) -> None:
+    chan, worker = _serving(_three_models(tmp_path))
+    try:
+        ready = chan.take()
+        assert isinstance(ready, m.WorkerReady) and [i.name for i in ready.models] == ["a"]
+        assert ready.models[0].footprint_bytes == 600 * 1024
+        chan.put(m.RunTask("t1", "b", CountRequest(upto=0)))
+        assert chan.take() == m.ModelUnloaded("a", "evicted")
+        loaded = chan.take()
+        assert isinstance(loaded, m.ModelLoaded) and loaded.info.name == "b"
+        assert chan.take() == m.TaskDone("t1", CountOutcome(0))
+        chan.put(m.RunTask("t2", "b", CountRequest(upto=0)))  # resident: no load
+        assert chan.take() == m.TaskDone("t2", CountOutcome(0))
+        chan.put(m.RunTask("t3", "c", CountRequest(upto=0)))
+        assert chan.take() == m.ModelUnloaded("b", "evicted")
+        assert isinstance(chan.take(), m.ModelLoaded)
+        assert chan.take() == m.TaskDone("t3", CountOutcome(0))
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
+def test_a_request_keep_alive_of_zero_unloads_once_idle(tmp_path: Path) -> None:
+    chan, worker = _serving(_three_models(tmp_path, memory_budget_mb=None))
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "a", CountRequest(upto=0), keep_alive_s=0))
+        assert chan.take() == m.TaskDone("t1", CountOutcome(0))
+        assert chan.take() == m.ModelUnloaded("a", "expired")
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
+def test_a_model_over_the_budget_is_refused_with_numbers(tmp_path: Path) -> None:
+    spec = _three_models(tmp_path)
+    (tmp_path / "c.bin").write_bytes(b"\0" * 3 * 2**20)
+    chan, worker = _serving(spec)
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "c", CountRequest(upto=0)))
+        assert chan.take() == m.TaskError(
+            "t1",
+            "model_too_large",
+            "model 'c' needs 3 MiB but the lane's memory budget is 1 MiB; it can never be loaded here",
+        )
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")

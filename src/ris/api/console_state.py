@@ -59,6 +59,8 @@ def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
         "cpu_cores": psutil.cpu_percent(percpu=True),
         "lanes": lanes,
         "yields": _yield_windows(engine, snap, snap.tasks),
+        # Model loads and unloads, oldest first: the overview lists each once among its events.
+        "model_events": [e.as_json() for e in snap.models.recent],
         "tasks": {
             "queued": [_brief(v) for v in snap.tasks.queued],
             "running": [_brief(v) for v in snap.tasks.running],

@@ -1,7 +1,7 @@
 """Request bodies of the Ollama-compatible API (routes/ollama.py; docs/OLLAMA_COMPATIBILITY.md).
 
 Ollama's clients send more than RIS uses: fields that change nothing here (`think` on a model
-that does not think, `keep_alive`, `truncate`, ...) are accepted and ignored, as Ollama itself
+that does not think, `truncate`, ...) are accepted and ignored, as Ollama itself
 ignores what a model does not support. The limits are the seed API's (ris.api.limits).
 """
 
@@ -88,7 +88,12 @@ class _GenerationBody(_OllamaBody):
     stream: bool = Field(default=True, description="NDJSON lines as the answer grows (Ollama's default)")
     format: Format = None
     options: OllamaOptions | None = None
-    keep_alive: KeepAlive = Field(default=None, description="accepted; models stay loaded (see the docs)")
+    keep_alive: KeepAlive = Field(
+        default=None,
+        description="how long the model stays loaded once idle after this request: seconds or a "
+        "duration ('5m', '1h'); negative: until evicted; 0: unloaded once idle; absent: the "
+        "lane's keep_alive_s",
+    )
 
 
 class OllamaChatRequest(_GenerationBody):

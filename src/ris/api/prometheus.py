@@ -121,7 +121,19 @@ def _work(snap: Snapshot) -> list[Metric]:
         for (lane, model), value in sorted(counted.values.items()):
             family.add_metric([lane, model], value)
         out.append(family)
-    return out
+    loads = CounterMetricFamily(
+        "ris_model_loads", "models loaded after their worker's start (on first use)", labels=LANE_MODEL
+    )
+    for (lane, model), n in sorted(snap.models.loads.items()):
+        loads.add_metric([lane, model], n)
+    unloads = CounterMetricFamily(
+        "ris_model_unloads",
+        "models unloaded: evicted (another needed the memory) or expired (idle past keep_alive)",
+        labels=["lane", "model", "reason"],
+    )
+    for (lane, model, reason), n in sorted(snap.models.unloads.items()):
+        unloads.add_metric([lane, model, reason], n)
+    return [*out, loads, unloads]
 
 
 def _buckets(h: HistogramView) -> list[tuple[str, float]]:

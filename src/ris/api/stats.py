@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ris.config import Config
+from ris.config.fit_checks import ram_budget
 from ris.config.sharing import resolve_policy, yields_to
 from ris.gpus import GPUDevice
 from ris.preemption.policy import Activity
 from ris.runtime.snapshot import Snapshot, WorkerStatus
+from ris.runtime.specs import memory_limit
 from ris.runtime.supervisor import WorkerState
 
 # What a disabled lane shows as its (first) worker.
@@ -56,9 +58,22 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             # in it: "tasks" and the lane's own units (generated_tokens, audio_seconds, ...).
             "throughput_per_s": dict(rates.get(lane.lane, {})),
             "throughput_window_s": snapshot.metrics.window_s,
+            # Model loads on first use, evictions (another needed the memory) and expiries (idle
+            # past keep_alive) since the server started; the RAM the loaded models may use.
+            "models": {
+                **snapshot.models.lane_counts(lane.lane),
+                "resident": list(lane.workers[0].models) if lane.workers else [],
+                "memory_budget_bytes": memory_budget(config, lane.lane),
+            },
         }
         out[lane.lane]["state"] = lane_state(config, lane.lane, out[lane.lane], activity)
     return out
+
+
+def memory_budget(config: Config, lane: str) -> int | None:
+    """The lane's RAM budget for its models (None: no bound), as its worker applies it."""
+    cfg = config.lane(lane)
+    return ram_budget(cfg, memory_limit(config, lane)) if cfg.enabled else None
 
 
 def lane_state(config: Config, lane: str, s: dict[str, Any], activity: dict[str, Activity | None]) -> str:

@@ -6,6 +6,7 @@ says what is allowed, and all problems are reported at once.
 
 from __future__ import annotations
 
+from ris.config.fit_checks import memory_problems
 from ris.config.schema import Config, ConfigError, LaneConfig
 from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes import kind
@@ -32,6 +33,8 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                     )
     problems += _yield_to_problems(cfg)
     problems += _board_problems(cfg, local=here)
+    if here:  # on a cluster the model files and the cards are the nodes'
+        problems += memory_problems(cfg, machine)
     if not cfg.enabled_lanes:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:

@@ -49,6 +49,11 @@ class ModelSpec(_Strict):
         description="languages the model writes or speaks (tags like 'en', 'zh'); a prompt in "
         "another is answered with a warning; None: unknown, nothing is flagged",
     )
+    preload: bool | None = Field(
+        default=None,
+        description="load at the worker's start rather than on first use; None: the lane's default "
+        "model preloads (every model of a speech lane), the others load on first use",
+    )
 
 
 class PreemptionConfig(_Strict):
@@ -123,6 +128,28 @@ class LaneConfig(_Strict):
         description="the worker's memory ceiling (resident MiB): a worker over it is restarted and "
         "its tasks fail `worker_out_of_memory`; None: the lane kind's share of the machine's "
         "memory (TTS 25%, others 60%); 0: no ceiling",
+    )
+    memory_budget_mb: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**30,
+        description="RAM the lane's loaded models may use together (their footprints: weights, KV "
+        "cache, working margin): a model that must load when the rest leave too little evicts the "
+        "least recently used idle one; None: the worker's memory ceiling (memory_limit_mb)",
+    )
+    gpu_memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPU lanes: the lane's budget on its card, in GiB; lanes sharing a card must fit "
+        "it together; None: gpu_memory_fraction, else an equal part of what other lanes leave",
+    )
+    gpu_memory_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="GPU lanes: the lane's budget as a share of its card"
+    )
+    keep_alive_s: float | None = Field(
+        default=None,
+        description="seconds an idle model stays loaded after its last request (a request may say "
+        "its own, as Ollama's keep_alive); None or negative: until evicted; 0: unloaded once idle",
     )
     default_model: str | None = None
     models: dict[str, ModelSpec] = Field(default_factory=dict)

@@ -36,6 +36,7 @@ from ris.runtime import data_lock
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
 from ris.runtime.metrics import WorkMeter
+from ris.runtime.model_log import ModelLog, ModelLogView
 from ris.runtime.replica import Replica
 from ris.runtime.retention import Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
@@ -96,6 +97,8 @@ class Engine:
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._rates = OutputRates(config.lanes)
         self._meter = WorkMeter(clock)  # counters and histograms for /metrics and `ris status`
+        # Loads and evictions the workers report, timed as tasks are (their finished_at).
+        self._model_log = ModelLog(lambda: self._to_wall(self.clock()))
         self._pool = workers
         self._machine = machine
         self._monitor_interval_s = monitor_interval_s
@@ -232,11 +235,14 @@ class Engine:
         timeout_s: float | None = None,
         client: str | None = None,
         owner: str | None = None,
+        keep_alive_s: float | None = None,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
         the kind's result type. `client`: who asks, for fairness across clients (the lane's
         client_share); `owner`: the key it belongs to (ris.runtime.tenancy), kept with it and,
-        for a durable lane, in the store. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        for a durable lane, in the store; `keep_alive_s`: how long its model stays loaded once
+        idle after it (None: the lane's keep_alive_s). Raises QueueFull (-> 429) or
+        LaneUnavailable (-> 503)."""
         lane = kind.name
         if lane not in self._replicas:
             raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
@@ -263,6 +269,7 @@ class Engine:
             priority_class=self._policies[lane].priority_class,
             client=client,
             owner=owner,
+            load_s=self._load_ahead(lane, model),
         )
         task = self._scheduler.submit(spec)
         assert self.durable is not None
@@ -272,9 +279,17 @@ class Engine:
             self._scheduler.cancel(task.id)  # not durable, so not accepted
             raise
         handle = self._handle(task.id, kind, model)
+        handle.keep_alive_s = keep_alive_s
         self._handles[task.id] = handle
         self._dispatch()
         return handle
+
+    def _load_ahead(self, lane: str, model: str) -> float:
+        """The load a task for `model` will wait for: none while it is loaded (ModelLog says
+        how long one takes otherwise)."""
+        if model in self.model_infos(lane):
+            return 0.0
+        return self._model_log.expected_load_s(lane, model)
 
     def _handle(self, task_id: str, kind: LaneKind[Any, Any, Res], model: str) -> TaskHandle[Res]:
         return TaskHandle(task_id, kind, model, collector=kind.collector(task_id, self.files))
@@ -333,7 +348,9 @@ class Engine:
             self._supervisor.task_started(replica.watch)
             if self.durable is not None:
                 self.durable.started(task)
-            if not replica.worker.send(m.RunTask(task.id, model, request)):
+            handle = self._handles.get(task.id)
+            keep_alive = handle.keep_alive_s if handle is not None else None
+            if not replica.worker.send(m.RunTask(task.id, model, request, keep_alive)):
                 self._crashed(replica, "worker_crashed", "the worker died before the task started")
 
     def _on_message(self, replica: Replica, msg: object) -> None:
@@ -342,8 +359,19 @@ class Engine:
             self._on_progress(replica, msg)
         elif isinstance(msg, (m.TaskDone, m.TaskError, m.TaskCancelled)):
             self._on_end(replica, msg)
+        elif isinstance(msg, m.ModelLoaded):
+            replica.models[msg.info.name] = msg.info
+            self._model_log.loaded(replica.lane, msg.info.name, msg.info.load_s)
+            log.info("%s: model %s loaded in %.2f s", replica.lane, msg.info.name, msg.info.load_s or 0.0)
+        elif isinstance(msg, m.ModelUnloaded):
+            replica.models.pop(msg.name, None)
+            self._model_log.unloaded(replica.lane, msg.name, msg.reason)
+            log.info("%s: model %s unloaded (%s)", replica.lane, msg.name, msg.reason)
         elif isinstance(msg, m.WorkerReady):
             replica.ready_info, replica.failure = msg, None
+            replica.models = {info.name: info for info in msg.models}
+            for info in msg.models:
+                self._model_log.loaded(replica.lane, info.name, info.load_s, at_start=True)
             if msg.memory_limit_bytes is not None:
                 # The ceiling its machine set (a Ray node's share of its own memory) is the one
                 # the watchdog holds it to; locally it is the one the engine gave.
@@ -581,11 +609,16 @@ class Engine:
         return [v for v in views if v is not None]
 
     def model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
-        """What the lane's ready workers report of their loaded models (empty while none is)."""
+        """What the lane's first ready worker reports of the models it holds now (empty while
+        none is ready): those loaded at its start and since, less those it unloaded."""
         for replica in self._replicas.get(lane, ()):
             if replica.ready and replica.ready_info is not None:
-                return {info.name: info for info in replica.ready_info.models}
+                return dict(replica.models)
         return {}
+
+    def model_log(self) -> ModelLogView:
+        """Loads and unloads since the server started, and each model's last load time."""
+        return self._model_log.view()
 
     def snapshot(self, tasks: TaskWindow | None = None, viewer: Principal = ANONYMOUS) -> Snapshot:
         """The read model of every lane and its workers now, and of the tasks in `tasks`'s
@@ -622,6 +655,7 @@ class Engine:
             lanes=lanes_now,
             tasks=listed,
             metrics=self._meter.view(),
+            models=self._model_log.view(),
         )
 
 

@@ -20,6 +20,8 @@ class Replica:
     running: set[str] = field(default_factory=set)
     ready_info: m.WorkerReady | None = None
     failure: m.WorkerFailed | None = None
+    # The models it holds now, by name: those of WorkerReady, then ModelLoaded / ModelUnloaded.
+    models: dict[str, m.ModelInfo] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

@@ -17,6 +17,7 @@ from ris.config import LaneConfig
 from ris.lanes.base import LaneResult
 from ris.preemption.policy import Activity
 from ris.runtime.metrics import MetricsView
+from ris.runtime.model_log import ModelLogView
 from ris.runtime.replica import Replica
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import LaneStats, Scheduler, Task, TaskState
@@ -47,10 +48,13 @@ class WorkerStatus:
     # The Ray node running it (id and address); None for a local process.
     node: str | None = None
     node_ip: str | None = None
+    # The models it holds now (loaded at start or on first use, not yet unloaded).
+    models: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["cpu_affinity"] = list(self.cpu_affinity) if self.cpu_affinity else None
+        out["models"] = list(self.models)
         return out
 
 
@@ -114,6 +118,8 @@ class Snapshot:
     tasks: TaskLists | None = None  # when asked for
     # Counters and histograms since the server started, and the recent rates (ris.runtime.metrics).
     metrics: MetricsView = dataclasses.field(default_factory=MetricsView)
+    # Model loads and unloads the workers reported (ris.runtime.model_log).
+    models: ModelLogView = dataclasses.field(default_factory=ModelLogView)
 
     def lane(self, name: str) -> LaneStatus:
         return next(s for s in self.lanes if s.lane == name)
@@ -160,6 +166,7 @@ def worker_status(r: Replica) -> WorkerStatus:
         error=waiting or (r.failure.message if r.failure else None),
         node=usage.node,
         node_ip=usage.node_ip,
+        models=tuple(r.models) if info else (),
     )
 
 

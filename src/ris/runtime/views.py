@@ -74,6 +74,8 @@ class TaskHandle(Generic[R]):
     collector: Collector = field(default_factory=KeptOutputs)
     first_output_at: float | None = None
     last_output_at: float | None = None
+    # How long its model stays loaded once idle after it (None: the lane's keep_alive_s).
+    keep_alive_s: float | None = None
 
     @property
     def lane(self) -> str:

@@ -17,12 +17,12 @@ Threads inside the worker, each with one job:
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -35,6 +35,7 @@ from ris.runtime.binding import apply_binding, observed_affinity
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
+    from ris.runtime.model_cache import ModelCache
     from ris.runtime.workers.base import WorkerSpec
 
 HEARTBEAT_INTERVAL_S = 0.5
@@ -96,6 +97,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     `inbound` until Shutdown, reporting on `outbound`. Returns after Shutdown or a failed start."""
     # Imports below may pull numpy and friends: only once the binding's thread variables are set.
     from ris.config import LaneConfig
+    from ris.config.fit_checks import preloaded
     from ris.lanes import import_kind
     from ris.lanes.base import (
         BackendContext,
@@ -105,9 +107,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         WorkerEnv,
         load_backend,
     )
+    from ris.runtime.model_cache import ModelCache
 
     out = _SerialSender(outbound)
-    models: dict[str, Any] = {}
     infos: list[m.ModelInfo] = []
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
         kind = import_kind(spec.kind)
@@ -126,16 +128,16 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             parallel=cfg.parallel,
         )
 
-        def load(name: str) -> Any:
-            if name not in models:
-                backend = load_backend(spec.backends[name], cfg.models[name].backend)
-                models[name] = backend(cfg.models[name], ctx)
-            return models[name]
+        def construct(name: str) -> Any:
+            backend = load_backend(spec.backends[name], cfg.models[name].backend)
+            return backend(cfg.models[name], ctx)
 
-        # Large models load on first use, except the default; small ones (speech) all at once.
-        eager = list(cfg.models) if kind.load_all_models else [cfg.default_model] if cfg.default_model else []
-        for name in eager:
-            infos.append(m.ModelInfo(name, cfg.models[name].backend, load(name).describe()))
+        cache = ModelCache(cfg, spec.device, spec.binding.memory_limit_bytes, construct, out.send)
+        # Large models load on first use, except the default (and those marked preload); small
+        # ones (speech) all at once.
+        for name in preloaded(cfg, kind.load_all_models):
+            cache.get(name, announce=False)  # nothing runs yet: never held
+            infos.append(cache.info(name))
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return
@@ -190,13 +192,16 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
     runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel))
     if isinstance(runner, ConcurrentRunner):
-        _serve_concurrently(runner, inbox, load, models, state, out)
+        _serve_concurrently(runner, inbox, cache, state, out)
         return
     while True:
-        msg = inbox.get()
+        try:  # idle, it wakes when a model's keep_alive ends
+            msg = inbox.get(timeout=cache.seconds_to_expiry())
+        except queue.Empty:
+            cache.expire()
+            continue
         if isinstance(msg, m.Shutdown):
-            for backend in models.values():
-                backend.close()
+            cache.close()
             return
         if not isinstance(msg, m.RunTask):
             continue
@@ -206,7 +211,12 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             return task_id in state.cancelled
 
         try:
-            outcome = runner.run(load(msg.model), task_id, msg.request, cancelled)
+            backend = cache.get(msg.model)  # one task at a time: nothing runs, so never held
+            cache.started(msg.model)
+            try:
+                outcome = runner.run(backend, task_id, msg.request, cancelled)
+            finally:
+                cache.finished(msg.model, msg.keep_alive_s)
             out.send(m.TaskCancelled(task_id) if cancelled() else m.TaskDone(task_id, outcome))
         except BackendError as e:  # Cancelled included
             if cancelled() or isinstance(e, Cancelled):
@@ -223,20 +233,25 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
             state.ended(task_id)
+        cache.expire()  # a keep_alive of 0 unloads now
 
 
 def _serve_concurrently(
     runner: ConcurrentRunner[Any, Any, Any],
     inbox: queue.Queue[Any],
-    load: Callable[[str], Any],
-    models: dict[str, Any],
+    cache: ModelCache,
     state: _Shared,
     out: _SerialSender,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
-    arrived (waiting only when nothing runs), admit new tasks, advance all by one step, report
-    those that ended."""
+    arrived (waiting only when nothing runs or waits), admit new tasks in their order of
+    arrival, advance all by one step, report those that ended. A task for a model that must
+    evict one with running work waits, and those behind it too, until that work drains: a
+    switch never cuts a running batch, and the old model's later tasks do not overtake it."""
     from ris.lanes.base import BackendError, Cancelled
+
+    pending: collections.deque[m.RunTask] = collections.deque()
+    running: dict[str, m.RunTask] = {}
 
     def fail_all(code: str, message: str, exit_code: int) -> NoReturn:
         """The runner's state cannot be trusted: its tasks fail, a fresh worker serves on."""
@@ -245,22 +260,24 @@ def _serve_concurrently(
         os._exit(exit_code)  # the messages are in the pipe already
 
     while True:
+        idle = not runner.busy() and not pending
         try:
-            msg = inbox.get(block=not runner.busy())
+            msg = inbox.get(timeout=cache.seconds_to_expiry()) if idle else inbox.get_nowait()
         except queue.Empty:
             msg = None
         try:
             while msg is not None:
                 if isinstance(msg, m.Shutdown):
-                    for backend in models.values():
-                        backend.close()
+                    cache.close()
                     return
                 if isinstance(msg, m.RunTask):
-                    _admit(runner, msg, load, state, out)
+                    state.running.add(msg.task_id)  # failed with the others if the runner breaks
+                    pending.append(msg)
                 try:
                     msg = inbox.get_nowait()
                 except queue.Empty:
                     msg = None
+            _admit_pending(runner, pending, running, cache, state, out)
             ended = runner.step()
         except MemoryError:
             fail_all("worker_out_of_memory", _OUT_OF_MEMORY, EXIT_OUT_OF_MEMORY)
@@ -268,6 +285,9 @@ def _serve_concurrently(
             traceback.print_exc()
             fail_all("backend_error", f"{type(e).__name__}: {e}", 1)
         for task_id, result in ended:
+            task = running.pop(task_id, None)
+            if task is not None:
+                cache.finished(task.model, task.keep_alive_s)
             was_cancelled = task_id in state.cancelled
             state.ended(task_id)
             if was_cancelled or isinstance(result, Cancelled):
@@ -276,34 +296,50 @@ def _serve_concurrently(
                 out.send(m.TaskError(task_id, result.code, result.message))
             else:
                 out.send(m.TaskDone(task_id, result))
+        cache.expire()
 
 
-def _admit(
+def _admit_pending(
     runner: ConcurrentRunner[Any, Any, Any],
-    msg: m.RunTask,
-    load: Callable[[str], Any],
+    pending: collections.deque[m.RunTask],
+    running: dict[str, m.RunTask],
+    cache: ModelCache,
     state: _Shared,
     out: _SerialSender,
 ) -> None:
+    """Admit waiting tasks in order until one's model must wait for running work to drain."""
     from ris.lanes.base import BackendError
+    from ris.runtime.model_cache import Hold
 
-    task_id = msg.task_id
-    state.running.add(task_id)
-    try:
-        backend = load(msg.model)  # a model loaded on first use: the others wait this once
-    except MemoryError:
-        raise  # with the task counted as running: it fails with the others
-    except BackendError as e:
-        state.ended(task_id)
-        out.send(m.TaskError(task_id, e.code, e.message))
-        return
-    except Exception as e:  # noqa: BLE001 - a model that fails to load fails its task
-        traceback.print_exc()
-        state.ended(task_id)
-        out.send(m.TaskError(task_id, "model_load_failed", f"{type(e).__name__}: {e}"))
-        return
+    for msg in [p for p in pending if p.task_id in state.cancelled]:  # cancelled while waiting
+        pending.remove(msg)
+        state.ended(msg.task_id)
+        out.send(m.TaskCancelled(msg.task_id))
+    while pending:
+        msg = pending[0]
+        task_id = msg.task_id
+        try:
+            backend = cache.get(msg.model)  # a load here: the others wait this once
+        except MemoryError:
+            raise  # with the task counted as running: it fails with the others
+        except BackendError as e:
+            pending.popleft()
+            state.ended(task_id)
+            out.send(m.TaskError(task_id, e.code, e.message))
+            continue
+        except Exception as e:  # noqa: BLE001 - a model that fails to load fails its task
+            traceback.print_exc()
+            pending.popleft()
+            state.ended(task_id)
+            out.send(m.TaskError(task_id, "model_load_failed", f"{type(e).__name__}: {e}"))
+            continue
+        if isinstance(backend, Hold):
+            return
+        pending.popleft()
+        cache.started(msg.model)
+        running[task_id] = msg
 
-    def cancelled(task_id: str = task_id) -> bool:
-        return task_id in state.cancelled
+        def cancelled(task_id: str = task_id) -> bool:
+            return task_id in state.cancelled
 
-    runner.admit(backend, task_id, msg.request, cancelled)
+        runner.admit(backend, task_id, msg.request, cancelled)

@@ -398,7 +398,8 @@ class Scheduler:
         return self._book(task.lane).queue.ordered().index(task)
 
     def eta(self, task_id: str) -> float | None:
-        """Estimated seconds until the task finishes, from the lane's mean run time."""
+        """Estimated seconds until the task finishes, from the lane's mean run time, plus its
+        model's load time while that is still ahead of it (no progress yet)."""
         task = self._tasks.get(task_id)
         if task is None or task.state.finished:
             return None
@@ -408,9 +409,10 @@ class Scheduler:
             if task.progress_total and task.started_at is not None and task.progress_done:
                 elapsed = self._clock() - task.started_at
                 return elapsed / task.progress_done * (task.progress_total - task.progress_done)
-            return max(0.0, est - (self._clock() - (task.started_at or self._clock())))
+            load = task.spec.load_s if not task.progress_done else 0.0
+            return max(0.0, est + load - (self._clock() - (task.started_at or self._clock())))
         ahead = (self.position(task_id) or 0) + len(book.running)
-        return est * (ahead / max(1, book.slots) + 1)
+        return est * (ahead / max(1, book.slots) + 1) + task.spec.load_s
 
     def stats(self, lane: str) -> LaneStats:
         book = self._book(lane)

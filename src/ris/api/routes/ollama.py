@@ -10,6 +10,7 @@ The models, ps, version and pull routes are in routes/ollama_models.py.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -214,6 +215,40 @@ def _answer(text: str, r: LLMResult, tool_names: list[str]) -> dict[str, Any]:
     return {"role": "assistant", "content": parsed.content, "tool_calls": calls}
 
 
+_DURATION = re.compile(r"^(-?)((?:\d+(?:\.\d*)?(?:ns|us|µs|ms|s|m|h))+)$")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
+
+
+def keep_alive_seconds(value: str | float | None) -> float | None:
+    """Ollama's keep_alive as seconds: None (absent: the lane's keep_alive_s), a negative
+    number (kept until evicted), 0 (unloaded once idle) or how long to keep it idle. Takes
+    seconds as a number or a numeric string, or a Go duration ("5m", "1h30m", "-1")."""
+    if value is None:
+        return None
+    number: float | None = None
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is not None and math.isfinite(number):
+        return number
+    m = None if number is not None else _DURATION.match(str(value).strip())
+    if m is None:
+        raise APIError(
+            400,
+            "invalid_value",
+            f"keep_alive {value!r} is not a duration; use seconds (300, -1) or a duration like "
+            "'5m', '1h30m', '-1m' (negative: keep loaded; 0: unload once idle)",
+            param="keep_alive",
+        )
+    seconds = sum(float(n) * _UNIT_S[unit] for n, unit in _PART.findall(m.group(2)))
+    return -seconds if m.group(1) else seconds
+
+
 def _loaded(model: str, field: str, empty: Any, keep_alive: Any) -> dict[str, Any]:
     """Ollama's answer to a request with nothing to generate: its way to load (or unload, with
     keep_alive 0) a model. Models here stay loaded as their workers do, so this only answers."""
@@ -237,7 +272,10 @@ async def ollama_chat(request: Request) -> Any:
         engine, model, body.options, body.format, body.tools, prompt=None, messages=chat_turns(body.messages)
     )
     names = [t.name for t in req.tools]
-    handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
+    keep_alive = keep_alive_seconds(body.keep_alive)
+    handle = engine.submit(
+        LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
+    )
     head = {"model": model, "created_at": created_at()}
     if body.stream:
         holder = _CallHolder(bool(names))
@@ -295,7 +333,10 @@ async def ollama_generate(request: Request) -> Any:
         system=body.system,
         prompt_is_message=not body.raw,
     )
-    handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
+    keep_alive = keep_alive_seconds(body.keep_alive)
+    handle = engine.submit(
+        LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
+    )
     head = {"model": model, "created_at": created_at()}
     if body.stream:
         return _ndjson(

@@ -12,6 +12,7 @@ from ris.api.deps import engine_of, viewer_of
 from ris.api.errors import APIError
 from ris.api.prometheus import CONTENT_TYPE, prometheus_text
 from ris.api.stats import gpus_json, lane_stats
+from ris.config.fit_checks import lane_footprints, preloaded
 from ris.gpus import gpu_devices
 
 router = APIRouter(tags=["ops"])
@@ -63,6 +64,12 @@ async def metrics(request: Request) -> PlainTextResponse:
 @router.get("/api/models", summary="Configured models per lane")
 async def models(request: Request) -> dict[str, Any]:
     engine = engine_of(request)
+    # Footprints come from the model files' headers: file I/O, off the event loop (cached
+    # per file version after the first read).
+    footprints = await asyncio.to_thread(
+        lambda: {lane: lane_footprints(cfg)[0] for lane, cfg in engine.config.lanes.items()}
+    )
+    last_load = engine.model_log().last_load_s
     out: dict[str, Any] = {}
     for lane, cfg in engine.config.lanes.items():
         loaded = engine.model_infos(lane)
@@ -74,6 +81,13 @@ async def models(request: Request) -> dict[str, Any]:
                 "description": spec.description,
                 "languages": None if spec.languages is None else list(spec.languages),
                 "loaded": name in loaded,
+                # Bytes it needs while loaded (weights, KV cache for the lane's parallel x n_ctx,
+                # working margin), from its files; None where no file says (espeak, builtin:).
+                "footprint": fp.to_json() if (fp := footprints[lane].get(name)) else None,
+                # "gpu", "partial" (some layers on the GPU), "cpu", or "not_loaded".
+                "placement": loaded[name].placement if name in loaded else "not_loaded",
+                "last_load_s": last_load.get((lane, name)),
+                "preload": name in preloaded(cfg, engine.kinds[lane].load_all_models),
                 "voices": list(loaded[name].details.voices) if name in loaded else None,
                 # Requests this model serves at once: the lane's `parallel` for a backend that
                 # batches (llama.cpp), 1 for a single-stream one (transformers).

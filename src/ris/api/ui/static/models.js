@@ -1,5 +1,5 @@
 // Models: what each lane is configured with, loaded or not, and its voices.
-import { api, el, poll } from "./common.js";
+import { api, el, fmt, poll } from "./common.js";
 
 // A long voice list (espeak-ng has over a hundred) folds away behind its count.
 function voices(m) {
@@ -8,19 +8,29 @@ function voices(m) {
   return el("details", {}, el("summary", {}, `${m.voices.length} voices`), m.voices.join(", "));
 }
 
+// Where a model lives and what it needs: "cpu, 169.0 MiB (weights 92.1 MiB, KV 45.0 MiB)".
+function memory(m) {
+  const where = m.placement === "not_loaded" ? "not loaded" : m.placement;
+  if (!m.footprint) return where;
+  const f = m.footprint;
+  return `${where}, ${fmt.bytes(f.total_bytes)} (weights ${fmt.bytes(f.weights_bytes)}, KV ${fmt.bytes(f.kv_bytes)})`;
+}
+
 async function refresh() {
   const [models, ready] = await Promise.all([api("/api/models"), fetch("/ready").then((r) => r.json())]);
   const box = document.getElementById("models");
   box.replaceChildren(...Object.entries(models.lanes).map(([lane, list]) => el("section", { class: "card", "aria-labelledby": `m-${lane}` },
     el("h2", { id: `m-${lane}` }, lane, " ", el("span", { class: "state", dataset: { state: ready.lanes[lane] ? "idle" : "starting" } }, ready.lanes[lane] ? "worker ready" : "worker not ready")),
     el("table", { class: "tasks" },
-      el("thead", {}, el("tr", {}, ...["Model", "Backend", "Loaded", "Serves at once", "Voices", "About"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ...["Model", "Backend", "Loaded", "Memory", "Last load", "Serves at once", "Voices", "About"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...list.map((m) => el("tr", { dataset: { model: m.name } },
         el("td", {}, el("code", {}, m.name), m.default ? " (default)" : ""), el("td", {}, m.backend),
-        el("td", {}, m.loaded ? "yes" : "no"), el("td", {}, m.parallel),
+        el("td", {}, m.loaded ? "yes" : "no"), el("td", { class: "memory" }, memory(m)),
+        el("td", {}, fmt.secs(m.last_load_s)), el("td", {}, m.parallel),
         el("td", { class: "voices" }, voices(m)), el("td", {}, m.description || "")))))),
   ));
 }
 
-// Loaded models change only when a worker restarts: every five seconds is enough.
+// Models load on first use and unload when evicted or idle past keep_alive: every five
+// seconds is enough to follow it.
 poll(refresh, 5000);

@@ -89,10 +89,22 @@ function facts(s, tp, rtf) {
   return rows.flatMap(([k, v, f]) => [el("dt", {}, k), el("dd", { dataset: { field: f } }, String(v))]);
 }
 
-function logEvent(text) {
+function logEvent(text, when = new Date()) {
   const list = document.getElementById("events");
-  list.prepend(el("li", {}, `${new Date().toLocaleTimeString()} ${text}`));
+  list.prepend(el("li", {}, `${when.toLocaleTimeString()} ${text}`));
   while (list.children.length > 50) list.lastChild.remove();
+}
+
+let lastModelEvent = null; // time of the newest model event shown (null: none yet)
+
+function logModelEvents(events) {
+  // The server keeps the recent loads and unloads; each is shown once, in order.
+  for (const e of events) {
+    if (lastModelEvent !== null && e.time <= lastModelEvent) continue;
+    const what = e.event === "loaded" ? `loaded in ${fmt.num(e.load_s, 2)} s` : e.event === "evicted" ? "evicted (memory needed)" : "unloaded (keep_alive ended)";
+    logEvent(`${e.lane}: model ${e.model} ${what}`, new Date(e.time * 1000));
+  }
+  if (events.length) lastModelEvent = Math.max(lastModelEvent ?? 0, ...events.map((e) => e.time));
 }
 
 async function refresh() {
@@ -118,6 +130,7 @@ async function refresh() {
     c.latency.draw(now);
     c.throughput.draw(now);
   }
+  logModelEvents(state.model_events);
   cpuChart.push(now, state.cpu_cores);
   cpuChart.draw(now);
   const legend = document.getElementById("cpu-legend");

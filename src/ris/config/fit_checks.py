@@ -1,0 +1,88 @@
+"""Memory checks of a layout at start: the GPU budgets of the lanes sharing a card against its
+memory, and each model's footprint (read from its files) against its lane's budget. A layout
+that cannot fit is refused with the numbers, before any worker starts."""
+
+from __future__ import annotations
+
+from ris.config.schema import Config, LaneConfig
+from ris.lanes import kind
+from ris.machine import MachineInfo
+from ris.memory.files import ModelFileError
+from ris.memory.fit import Card, LaneAsk, gpu_budgets, image_plan, mib, model_problems
+from ris.memory.footprint import Footprint, model_footprint
+
+
+def ram_budget(cfg: LaneConfig, ceiling_bytes: int | None) -> int | None:
+    """The RAM the lane's loaded models may use together: its memory_budget_mb, else the
+    worker's ceiling (None: no bound)."""
+    return cfg.memory_budget_mb * 2**20 if cfg.memory_budget_mb is not None else ceiling_bytes
+
+
+def preloaded(cfg: LaneConfig, load_all: bool) -> list[str]:
+    """Models loaded at the worker's start: those marked preload, else (preload unset) the
+    lane's default model, or every model of a lane kind that loads all (speech)."""
+    return [
+        name
+        for name, spec in cfg.models.items()
+        if spec.preload or (spec.preload is None and (load_all or name == cfg.default_model))
+    ]
+
+
+def lane_footprints(cfg: LaneConfig) -> tuple[dict[str, Footprint], list[str]]:
+    """The footprints of the lane's models that have files to read, and the files that could
+    not be read (damaged headers) as problems."""
+    found: dict[str, Footprint] = {}
+    problems: list[str] = []
+    for name, spec in cfg.models.items():
+        try:
+            fp = model_footprint(spec, cfg.parallel)
+        except (ModelFileError, OSError) as e:
+            problems.append(f"model {name!r}: its file could not be read: {e}")
+            continue
+        if fp is not None:
+            found[name] = fp
+    return found, problems
+
+
+def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
+    problems: list[str] = []
+    on_card: dict[int, list[str]] = {}
+    for lane in config.enabled_lanes:
+        cfg = config.lane(lane)
+        footprints, unreadable = lane_footprints(cfg)
+        problems += [f"lanes.{lane}.models: {p}" for p in unreadable]
+        gpu = cfg.gpu_index
+        if gpu is None:
+            ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
+            budget = ram_budget(cfg, ceiling)
+            problems += model_problems(lane, "RAM", budget, footprints)
+            eager = {
+                n: footprints[n].total for n in preloaded(cfg, kind(lane).load_all_models) if n in footprints
+            }
+            if budget is not None and len(eager) > 1 and sum(eager.values()) > budget:
+                each = ", ".join(f"{n} {mib(b)}" for n, b in eager.items())
+                problems.append(
+                    f"lanes.{lane}: the models loaded at start need {mib(sum(eager.values()))} together "
+                    f"({each}) but the lane's RAM budget is {mib(budget)}; preload fewer (preload: false)"
+                )
+        else:
+            on_card.setdefault(gpu, []).append(lane)
+    for gpu, lanes in sorted(on_card.items()):
+        if gpu >= len(machine.gpu_memory):
+            continue  # no NVML here: the card's memory is unknown (checks.py names a missing GPU)
+        name, total = machine.gpu_memory[gpu]
+        asks = [
+            LaneAsk(lane, config.lane(lane).gpu_memory_gb, config.lane(lane).gpu_memory_fraction)
+            for lane in lanes
+        ]
+        budgets, card_problems = gpu_budgets(Card(gpu, name, total), asks)
+        problems += card_problems
+        for lane in lanes:
+            if not kind(lane).preemptible:
+                continue  # a llama.cpp model places what fits and runs the rest on the CPU
+            footprints, _ = lane_footprints(config.lane(lane))
+            for model, fp in footprints.items():
+                plan = image_plan(fp, budgets[lane])
+                if plan.plan is None:
+                    problems.append(f"lanes.{lane}.models.{model}: cannot run on GPU {gpu}: {plan.reason}")
+    return problems

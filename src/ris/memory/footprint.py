@@ -1,0 +1,161 @@
+"""A model's memory footprint, from its files: weights + KV cache + a measured working margin.
+
+Weights come from the file headers (files.py). A llama.cpp model's KV cache holds, for every
+layer and KV head, a key and a value vector per token of context: 2 x n_layer x n_ctx x
+parallel x n_head_kv x head_dim x bytes(type) (the LLM lane runs `parallel` sequences of
+`n_ctx` tokens each in one context). The margin is what loading needs beyond both (compute
+buffers, the library's own state, the worker's reading of the header), measured on this machine
+with the embedded SmolLM2 GGUF as resident memory after the load less before it, less weights
+and KV: 28-29 MiB for the backend alone at parallel 1 and 4, 48.5 MiB for a first load through
+the worker's model cache at parallel 4 (bench/model_switch.py, "first_load_memory" in
+bench/results/model_switch.json); the larger is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ris.backends import BackendError, resolve_source
+from ris.config import ModelSpec
+from ris.memory.files import GGUFInfo, ModelFileError, folder_weights, read_gguf, safetensors_bytes
+
+MIB = 2**20
+# Working memory beyond weights and KV cache, by model format (see the module's docstring).
+GGUF_MARGIN_BYTES = 48 * MIB
+# Torch models (diffusers, transformers): activations and allocator slack; a tenth of the
+# weights, at least 64 MiB (not yet measured on a GPU: a GPU session refines it).
+TORCH_MARGIN_SHARE = 0.10
+TORCH_MARGIN_MIN_BYTES = 64 * MIB
+# Bytes per KV element by llama.cpp cache type (type_k / type_v options; f16 is its default).
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
+# llama.cpp's GGML type numbers as llama-cpp-python passes them (type_k=8 is q8_0).
+_GGML_TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 8: "q8_0", 30: "bf16"}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a model needs while loaded: its weights, its KV cache (text models) and a margin.
+    `layers` splits the weights of a layered model (GGUF) so a budget can place some layers
+    only; `components` those of a pipeline (diffusers) for an offload plan."""
+
+    weights: int
+    kv: int = 0
+    margin: int = 0
+    layers: tuple[int, ...] = ()
+    components: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.margin
+
+    def kv_per_layer(self) -> int:
+        return self.kv // len(self.layers) if self.layers else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weights_bytes": self.weights,
+            "kv_bytes": self.kv,
+            "margin_bytes": self.margin,
+            "total_bytes": self.total,
+        }
+
+
+def kv_cache_bytes(
+    info: GGUFInfo, n_ctx: int, parallel: int, type_k: str = "f16", type_v: str = "f16"
+) -> int:
+    """The KV cache of `parallel` sequences of `n_ctx` tokens on the model `info` describes."""
+    per_token = (
+        info.n_layer
+        * info.n_head_kv
+        * (info.head_dim_k * KV_TYPE_BYTES[type_k] + info.head_dim_v * KV_TYPE_BYTES[type_v])
+    )
+    return int(per_token * n_ctx * parallel)
+
+
+def gguf_footprint(
+    info: GGUFInfo, n_ctx: int, parallel: int, type_k: str = "f16", type_v: str = "f16"
+) -> Footprint:
+    return Footprint(
+        weights=info.tensor_bytes,
+        kv=kv_cache_bytes(info, n_ctx, parallel, type_k, type_v),
+        margin=GGUF_MARGIN_BYTES,
+        layers=info.layer_bytes,
+    )
+
+
+def torch_footprint(components: dict[str, int]) -> Footprint:
+    weights = sum(components.values())
+    return Footprint(
+        weights=weights,
+        margin=max(TORCH_MARGIN_MIN_BYTES, int(weights * TORCH_MARGIN_SHARE)),
+        components=tuple(sorted(components.items())),
+    )
+
+
+def _kv_type(value: Any) -> str:
+    if isinstance(value, int):
+        return _GGML_TYPE_NAMES.get(value, "f16")
+    return str(value) if str(value) in KV_TYPE_BYTES else "f16"
+
+
+_CACHE: dict[tuple[str, int, float], Any] = {}
+
+
+def _cached(path: Path, read: Any) -> Any:
+    """File facts, read once per file version (a header read takes a quarter second)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime)
+    if key not in _CACHE:
+        _CACHE[key] = read(path)
+    return _CACHE[key]
+
+
+def file_footprint(path: Path, options: dict[str, Any], parallel: int) -> Footprint | None:
+    """The footprint of the model at `path` as its backend `options` load it (n_ctx and the KV
+    cache types for GGUF), serving `parallel` sequences; None when the files say nothing of
+    it (a speech engine with no model file). Raises ModelFileError for a damaged file."""
+    if path.is_file() and path.suffix == ".gguf":
+        info: GGUFInfo = _cached(path, read_gguf)
+        n_ctx = int(options.get("n_ctx", 2048))
+        return gguf_footprint(
+            info,
+            n_ctx,
+            parallel,
+            _kv_type(options.get("type_k", "f16")),
+            _kv_type(options.get("type_v", "f16")),
+        )
+    if path.is_file() and path.suffix == ".safetensors":
+        return torch_footprint({"": _cached(path, safetensors_bytes)})
+    if path.is_dir():
+        parts: dict[str, int] = _cached(path, folder_weights)
+        return torch_footprint(parts) if parts else None
+    if path.is_file():
+        return Footprint(weights=os.path.getsize(path))  # onnx (Piper) and the like: read whole
+    return None
+
+
+def model_footprint(spec: ModelSpec, parallel: int) -> Footprint | None:
+    """A configured model's footprint (None: no file to read it from: a missing file, which its
+    load reports, a `builtin:` recipe or a speech engine without one). Raises ModelFileError."""
+    if spec.source is None or spec.source.startswith("builtin:"):
+        return None
+    try:
+        path = resolve_source(spec.source)
+    except BackendError:
+        return None
+    return file_footprint(path, spec.options, parallel)
+
+
+__all__ = [
+    "GGUF_MARGIN_BYTES",
+    "Footprint",
+    "ModelFileError",
+    "file_footprint",
+    "gguf_footprint",
+    "kv_cache_bytes",
+    "model_footprint",
+    "torch_footprint",
+]

@@ -1,0 +1,138 @@
+"""Which models a lane's worker keeps loaded, pure (clock injected): least-recently-used
+eviction under a memory budget, and keep_alive expiry.
+
+The worker asks `plan(name, need)` before a model loads. The answer is one of: `Ready` (loaded
+already), `Load(evict=...)` (unload these, least recently used first, then load), `Wait`
+(only models with running work stand in the way: a switch never cuts a running batch, so the
+request waits for them to drain) or `Refuse` (the model needs more than the whole budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ris.memory.fit import mib
+
+FOREVER = None  # keep_alive: never expire (Ollama's negative keep_alive)
+
+
+@dataclass
+class _Resident:
+    bytes: int
+    last_used: float
+    expires_at: float | None  # None: never while idle
+    running: int = 0
+
+
+@dataclass(frozen=True)
+class Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class Load:
+    evict: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Wait:
+    blocked_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Refuse:
+    message: str
+
+
+Decision = Ready | Load | Wait | Refuse
+
+
+class Residency:
+    """The loaded models of one worker and the rules that load and unload them."""
+
+    def __init__(self, budget: int | None, keep_alive_s: float | None, clock: Callable[[], float]) -> None:
+        self.budget = budget  # None: no bound (every model stays until its keep_alive ends)
+        self.keep_alive_s = keep_alive_s  # the lane's default; None: forever
+        self._clock = clock
+        self._models: dict[str, _Resident] = {}
+
+    @property
+    def resident(self) -> dict[str, int]:
+        return {name: r.bytes for name, r in self._models.items()}
+
+    def used(self) -> int:
+        return sum(r.bytes for r in self._models.values())
+
+    def plan(self, name: str, need: int) -> Decision:
+        if name in self._models:
+            return Ready()
+        if self.budget is None:
+            return Load()
+        if need > self.budget:
+            return Refuse(
+                f"model {name!r} needs {mib(need)} but the lane's memory budget is {mib(self.budget)}; "
+                "it can never be loaded here"
+            )
+        free = self.budget - self.used()
+        if need <= free:
+            return Load()
+        idle = sorted((r.last_used, n) for n, r in self._models.items() if r.running == 0)
+        evict: list[str] = []
+        for _, other in idle:
+            evict.append(other)
+            free += self._models[other].bytes
+            if need <= free:
+                return Load(tuple(evict))
+        return Wait(tuple(n for n, r in self._models.items() if r.running))
+
+    def loaded(self, name: str, nbytes: int) -> None:
+        now = self._clock()
+        self._models[name] = _Resident(nbytes, now, self._expiry(now, self.keep_alive_s))
+
+    def unloaded(self, name: str) -> None:
+        self._models.pop(name, None)
+
+    def started(self, name: str) -> None:
+        r = self._models[name]
+        r.running += 1
+        r.last_used = self._clock()
+        r.expires_at = None  # never expires while it runs
+
+    def finished(self, name: str, keep_alive_s: float | None | Literal["lane"] = "lane") -> None:
+        """A task on `name` ended; `keep_alive_s` is the request's own ("lane": the lane's)."""
+        r = self._models.get(name)
+        if r is None:
+            return
+        r.running = max(r.running - 1, 0)
+        now = self._clock()
+        r.last_used = now
+        if r.running == 0:
+            ttl = self.keep_alive_s if keep_alive_s == "lane" else keep_alive_s
+            r.expires_at = self._expiry(now, ttl)
+
+    def running(self, name: str) -> int:
+        r = self._models.get(name)
+        return r.running if r else 0
+
+    def expired(self) -> list[str]:
+        """Idle models past their keep_alive, oldest first."""
+        now = self._clock()
+        due = [
+            (r.last_used, n)
+            for n, r in self._models.items()
+            if r.running == 0 and r.expires_at is not None and r.expires_at <= now
+        ]
+        return [n for _, n in sorted(due)]
+
+    def next_expiry(self) -> float | None:
+        times = [r.expires_at for r in self._models.values() if r.running == 0 and r.expires_at is not None]
+        return min(times) if times else None
+
+    @staticmethod
+    def _expiry(now: float, ttl: float | None) -> float | None:
+        return None if ttl is None or ttl < 0 else now + ttl
+
+
+__all__ = ["FOREVER", "Decision", "Load", "Ready", "Refuse", "Residency", "Wait"]

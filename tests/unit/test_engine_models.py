@@ -1,0 +1,59 @@
+"""The engine's view of models that load and unload while a worker serves: what /api/models
+and /api/stats read, the counters /metrics exposes, the keep_alive a task carries to its
+worker, and the load time its ETA includes. Fake workers and a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ris import messages as m
+from ris.lanes import Lane
+from ris.lanes.llm import LANE as LLM
+from ris.lanes.llm import LLMOutcome, LLMRequest
+
+from .fakes import run, started_engine
+
+
+def _info(name: str, load_s: float) -> m.ModelInfo:
+    return m.ModelInfo(name, "llama_cpp", footprint_bytes=100, load_s=load_s)
+
+
+@run
+async def test_loads_and_unloads_are_tracked_counted_and_listed(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(models=(_info("m", 1.5),))
+        assert set(eng.model_infos("llm")) == {"m"}
+        llm.deliver(m.ModelUnloaded("m", "evicted"))
+        llm.deliver(m.ModelLoaded(_info("other", 2.5)))
+        assert set(eng.model_infos("llm")) == {"other"}
+        log = eng.model_log()
+        assert log.last_load_s == {("llm", "m"): 1.5, ("llm", "other"): 2.5}
+        # the preload at start is no event of its own; the load on use and the eviction are
+        assert [(e.model, e.event) for e in log.recent] == [("m", "evicted"), ("other", "loaded")]
+        assert log.lane_counts("llm") == {"loads": 1, "evictions": 1, "expiries": 0}
+        snap = eng.snapshot()
+        assert snap.models.unloads == {("llm", "m", "evicted"): 1}
+        assert snap.lane("llm").workers[0].models == ("other",)
+
+
+@run
+async def test_a_task_whose_model_is_not_loaded_has_its_load_in_its_eta(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(models=(_info("m", 4.0),))
+        warm = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        llm.deliver(m.TaskDone(warm.task_id, LLMOutcome("stop", 1, 0)))
+        loaded_eta = eng.lookup(eng.submit(LLM, "m", LLMRequest(prompt="b")).task_id).eta_s  # type: ignore[union-attr]
+        llm.deliver(m.ModelUnloaded("m", "expired"))
+        cold = eng.submit(LLM, "m", LLMRequest(prompt="c"), keep_alive_s=0)
+        cold_eta = eng.lookup(cold.task_id).eta_s  # type: ignore[union-attr]
+        assert loaded_eta is not None and cold_eta is not None
+        # queued behind b, and the 4 s its model's last load took (the scheduler's arithmetic is
+        # test_scheduler's)
+        assert cold_eta >= 4.0 > loaded_eta
+        runs = [r for r in llm.inbox if isinstance(r, m.RunTask)]
+        assert runs[0].keep_alive_s is None  # the lane's keep_alive
+        llm.deliver(m.TaskDone(runs[-1].task_id, LLMOutcome("stop", 1, 0)))
+        last = [r for r in llm.inbox if isinstance(r, m.RunTask)][-1]
+        assert last.task_id == cold.task_id and last.keep_alive_s == 0

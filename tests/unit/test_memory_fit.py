@@ -1,0 +1,297 @@
+"""Footprints from model files, the fit arithmetic and the residency rules, with fake cards,
+fake footprints and a fake clock: no model loads, no device is asked."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from tests.unit.fakes import FakeClock
+
+from ris.lanes.llm import SMOLLM2_SOURCE
+from ris.memory.files import ModelFileError, folder_weights, read_gguf, safetensors_bytes
+from ris.memory.fit import Card, LaneAsk, gpu_budgets, image_plan, layer_split, model_problems
+from ris.memory.footprint import GGUF_MARGIN_BYTES, Footprint, file_footprint, kv_cache_bytes
+from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
+
+MIB = 2**20
+GIB = 2**30
+
+
+def _string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _gguf(path: Path, layers: int, layer_bytes: int, other_bytes: int) -> Path:
+    """A GGUF file with a real header and zeroed tensors: layers of two tensors each, and one
+    output tensor; a vocabulary array to skip."""
+    kv = [
+        (_string("general.architecture"), 8, _string("llama")),
+        (_string("llama.block_count"), 4, struct.pack("<I", layers)),
+        (_string("llama.embedding_length"), 4, struct.pack("<I", 256)),
+        (_string("llama.attention.head_count"), 4, struct.pack("<I", 4)),
+        (_string("llama.attention.head_count_kv"), 4, struct.pack("<I", 2)),
+        (_string("tokenizer.ggml.tokens"), 9, struct.pack("<IQ", 8, 2) + _string("a") + _string("b")),
+        (_string("tokenizer.ggml.scores"), 9, struct.pack("<IQ", 6, 2) + struct.pack("<ff", 0.0, 1.0)),
+    ]
+    tensors: list[tuple[str, int]] = []
+    for i in range(layers):
+        tensors += [
+            (f"blk.{i}.attn_q.weight", layer_bytes // 2),
+            (f"blk.{i}.ffn_up.weight", layer_bytes // 2),
+        ]
+    tensors.append(("output.weight", other_bytes))
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
+    head += b"".join(k + struct.pack("<I", t) + v for k, t, v in kv)
+    offset = 0
+    for name, size in tensors:
+        head += _string(name) + struct.pack("<I", 1) + struct.pack("<Q", size) + struct.pack("<I", 0)
+        head += struct.pack("<Q", offset)
+        offset += size
+    head += b"\0" * (-len(head) % 32)
+    path.write_bytes(head + b"\0" * offset)
+    return path
+
+
+def _safetensors(path: Path, sizes: dict[str, int]) -> Path:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, size in sizes.items():
+        header[name] = {"dtype": "F16", "shape": [size // 2], "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * offset)
+    return path
+
+
+# ----- files and footprints ------------------------------------------------------------------
+
+
+def test_gguf_header_gives_layer_sizes_and_shape(tmp_path: Path) -> None:
+    info = read_gguf(_gguf(tmp_path / "m.gguf", layers=3, layer_bytes=1024, other_bytes=4096))
+    assert (info.n_layer, info.n_head, info.n_head_kv, info.head_dim_k) == (3, 4, 2, 64)
+    assert info.layer_bytes == (1024, 1024, 1024)
+    assert info.tensor_bytes == 3 * 1024 + 4096
+    assert info.other_bytes == 4096
+
+
+def test_kv_cache_is_two_by_layers_ctx_parallel_heads_dim_type(tmp_path: Path) -> None:
+    info = read_gguf(_gguf(tmp_path / "m.gguf", layers=3, layer_bytes=1024, other_bytes=64))
+    assert kv_cache_bytes(info, n_ctx=512, parallel=4) == 2 * 3 * 512 * 4 * 2 * 64 * 2
+    assert (
+        kv_cache_bytes(info, n_ctx=512, parallel=4, type_k="f32", type_v="f32")
+        == 2 * 3 * 512 * 4 * 2 * 64 * 4
+    )
+
+
+def test_file_footprint_reads_options_of_the_model(tmp_path: Path) -> None:
+    path = _gguf(tmp_path / "m.gguf", layers=2, layer_bytes=2048, other_bytes=512)
+    fp = file_footprint(path, {"n_ctx": 256, "type_k": 8}, parallel=2)  # 8: ggml q8_0
+    assert fp is not None
+    assert fp.weights == 2 * 2048 + 512
+    assert fp.kv == int(2 * 256 * 2 * 2 * 64 * (34 / 32 + 2))
+    assert fp.margin == GGUF_MARGIN_BYTES
+    assert fp.total == fp.weights + fp.kv + fp.margin
+
+
+def test_embedded_smollm2_footprint_from_its_header() -> None:
+    from ris.backends import resolve_source
+
+    info = read_gguf(resolve_source(SMOLLM2_SOURCE))
+    assert (info.architecture, info.n_layer, info.n_head_kv, info.head_dim_k) == ("llama", 30, 3, 64)
+    assert 80 * MIB < info.tensor_bytes < 100 * MIB  # a Q4_1 file of 94 MiB
+    # 30 layers x 3 KV heads x 64 x (K + V) x f16 = 23,040 bytes a token
+    assert kv_cache_bytes(info, n_ctx=2048, parallel=1) == 23_040 * 2048
+
+
+def test_not_a_gguf_is_refused_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "x.gguf").write_bytes(b"PK\3\4 not gguf")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        read_gguf(tmp_path / "x.gguf")
+    (tmp_path / "y.gguf").write_bytes(b"GGUF" + struct.pack("<I", 3))
+    with pytest.raises(ModelFileError, match="ends early"):
+        read_gguf(tmp_path / "y.gguf")
+
+
+def test_safetensors_sizes_from_the_header_and_pipeline_components(tmp_path: Path) -> None:
+    assert safetensors_bytes(_safetensors(tmp_path / "a.safetensors", {"w": 1000, "b": 24})) == 1024
+    pipe = tmp_path / "pipe"
+    for comp, size in (("unet", 4000), ("vae", 1000), ("text_encoder", 2000)):
+        (pipe / comp).mkdir(parents=True)
+        _safetensors(pipe / comp / "diffusion_pytorch_model.safetensors", {"w": size})
+    # a variant copy beside the full one is an alternative, not more weights
+    _safetensors(pipe / "unet" / "diffusion_pytorch_model.fp16.safetensors", {"w": 2000})
+    (pipe / "model_index.json").write_text("{}")
+    assert folder_weights(pipe) == {"unet": 4000, "vae": 1000, "text_encoder": 2000}
+    fp = file_footprint(pipe, {}, parallel=1)
+    assert fp is not None and fp.weights == 7000 and dict(fp.components)["unet"] == 4000
+
+
+# ----- budgets on a card ---------------------------------------------------------------------
+
+
+def test_budgets_that_exceed_the_card_are_refused_with_the_numbers() -> None:
+    card = Card(0, "Fake 24GB", 24 * GIB)
+    budgets, problems = gpu_budgets(card, [LaneAsk("llm", gb=16), LaneAsk("image", gb=12)])
+    assert budgets == {"llm": 16 * GIB, "image": 12 * GIB}
+    assert problems == [
+        "GPU 0 (Fake 24GB) has 24,576 MiB; its lanes' budgets add up to 28,672 MiB "
+        "(llm 16,384 MiB, image 12,288 MiB); lower gpu_memory_gb or gpu_memory_fraction"
+    ]
+
+
+def test_unbudgeted_lanes_share_what_the_others_leave() -> None:
+    card = Card(1, "Fake", 20 * GIB)
+    budgets, problems = gpu_budgets(card, [LaneAsk("llm", fraction=0.5), LaneAsk("tts"), LaneAsk("image")])
+    assert problems == []
+    assert budgets == {"llm": 10 * GIB, "tts": 5 * GIB, "image": 5 * GIB}
+
+
+def test_a_model_over_its_lane_budget_is_named_with_its_parts() -> None:
+    big = Footprint(weights=900 * MIB, kv=200 * MIB, margin=32 * MIB)
+    small = Footprint(weights=100 * MIB)
+    problems = model_problems("llm", "RAM", 1024 * MIB, {"big": big, "small": small})
+    assert problems == [
+        "lanes.llm.models.big needs 1,132 MiB (weights 900 MiB, KV cache 200 MiB, working margin "
+        "32 MiB) but the lane's RAM budget is 1,024 MiB; raise the budget, lower n_ctx or parallel, "
+        "or choose a smaller model"
+    ]
+    assert model_problems("llm", "RAM", None, {"big": big}) == []
+
+
+# ----- layer split and image plans ----------------------------------------------------------
+
+
+def _layered(n: int, layer: int, other: int, kv_per_layer: int, margin: int) -> Footprint:
+    return Footprint(weights=n * layer + other, kv=n * kv_per_layer, margin=margin, layers=(layer,) * n)
+
+
+def test_layer_split_places_what_fits_after_kv_and_margin() -> None:
+    fp = _layered(10, layer=100 * MIB, other=50 * MIB, kv_per_layer=20 * MIB, margin=40 * MIB)
+    whole = layer_split(fp, 10 * 120 * MIB + 50 * MIB + 40 * MIB)
+    assert (whole.n_gpu_layers, whole.placement, whole.gpu_bytes) == (11, "gpu", fp.total)
+    part = layer_split(fp, 40 * MIB + 4 * 120 * MIB + 119 * MIB)  # 4 layers and not quite a fifth
+    assert (part.n_gpu_layers, part.placement, part.gpu_bytes) == (4, "partial", 40 * MIB + 4 * 120 * MIB)
+    # every layer fits but not the output head: all layers, head on the CPU
+    nearly = layer_split(fp, 10 * 120 * MIB + 40 * MIB + 49 * MIB)
+    assert (nearly.n_gpu_layers, nearly.placement) == (10, "partial")
+    none = layer_split(fp, 100 * MIB)
+    assert (none.n_gpu_layers, none.placement, none.gpu_bytes) == (0, "cpu", 0)
+
+
+def test_image_plan_choice_by_footprint() -> None:
+    fp = Footprint(
+        weights=3000 * MIB,
+        margin=300 * MIB,
+        components=(("text_encoder", 500 * MIB), ("unet", 2000 * MIB), ("vae", 500 * MIB)),
+    )
+    assert image_plan(fp, 4000 * MIB).plan == "gpu"
+    offload = image_plan(fp, 2500 * MIB)
+    assert (offload.plan, offload.gpu_bytes) == ("model_offload", 2300 * MIB)
+    assert "unet (2,000 MiB)" in offload.reason
+    assert image_plan(fp, 1000 * MIB).plan == "sequential_offload"
+    refused = image_plan(fp, 200 * MIB)
+    assert refused.plan is None and "200 MiB" in refused.reason and "300 MiB" in refused.reason
+
+
+# ----- residency: LRU and keep_alive ---------------------------------------------------------
+
+
+def test_lru_evicts_the_least_recently_used_idle_model() -> None:
+    clock = FakeClock()
+    res = Residency(budget=300, keep_alive_s=None, clock=clock)
+    for name in ("a", "b", "c"):
+        assert res.plan(name, 100) == Load()
+        res.loaded(name, 100)
+        clock.advance(1)
+    res.started("a")
+    res.finished("a")  # a is now the most recently used
+    assert res.plan("d", 150) == Load(("b", "c"))
+    assert res.plan("a", 100) == Ready()
+
+
+def test_a_running_model_is_never_evicted_the_request_waits() -> None:
+    clock = FakeClock()
+    res = Residency(budget=200, keep_alive_s=None, clock=clock)
+    res.loaded("a", 150)
+    res.started("a")
+    assert res.plan("b", 150) == Wait(("a",))
+    res.finished("a")
+    assert res.plan("b", 150) == Load(("a",))
+
+
+def test_a_model_over_the_whole_budget_is_refused_with_numbers() -> None:
+    res = Residency(budget=100 * MIB, keep_alive_s=None, clock=FakeClock())
+    decision = res.plan("huge", 300 * MIB)
+    assert isinstance(decision, Refuse)
+    assert "300 MiB" in decision.message and "100 MiB" in decision.message
+
+
+def test_keep_alive_expires_idle_models_lane_default_and_per_request() -> None:
+    clock = FakeClock()
+    res = Residency(budget=None, keep_alive_s=300, clock=clock)
+    res.loaded("a", 10)
+    res.loaded("b", 10)
+    res.started("b")
+    clock.advance(299)
+    assert res.expired() == []
+    clock.advance(1)
+    assert res.expired() == ["a"]  # b runs: never expires while it does
+    res.finished("b", keep_alive_s=0)  # Ollama's keep_alive 0: unload once idle
+    assert res.expired() == ["a", "b"]
+    res.unloaded("a")
+    res.unloaded("b")
+    res.loaded("c", 10)
+    res.started("c")
+    res.finished("c", keep_alive_s=None)  # forever
+    clock.advance(10**6)
+    assert res.expired() == [] and res.next_expiry() is None
+
+
+# ----- a layout checked at start -------------------------------------------------------------
+
+
+def _layout(llm: dict[str, object], image: dict[str, object] | None = None) -> dict[str, object]:
+    return {
+        "lanes": {
+            "llm": {"cores": [0], "default_model": "a", **llm},
+            "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": image or {"enabled": False, "priority_class": "batch"},
+        }
+    }
+
+
+def test_a_configured_model_over_the_ram_budget_refuses_the_start() -> None:
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE, "options": {"n_ctx": 2048}}
+    data = _layout({"memory_budget_mb": 200, "parallel": 2, "models": {"a": smol}})
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
+    # 92 MiB of weights, 2 x 45 MiB of KV cache at n_ctx 2048, 48 MiB of margin
+    assert (
+        "lanes.llm.models.a needs 230 MiB (weights 92 MiB, KV cache 90 MiB, working margin 48 MiB) "
+        "but the lane's RAM budget is 200 MiB" in str(exc.value)
+    )
+    data = _layout({"memory_budget_mb": 200, "parallel": 1, "models": {"a": smol}})
+    assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 200
+
+
+def test_gpu_budgets_over_the_card_refuse_the_start() -> None:
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    image = {"device": "cuda:0", "priority_class": "batch", "gpu_memory_gb": 6, "default_model": "t"}
+    data = _layout({"device": "cuda:0", "gpu_memory_gb": 4, "models": {"a": smol}}, image)
+    with pytest.raises(
+        ConfigError, match=r"GPU 0 \(Fake 8GB\) has 8,192 MiB; its lanes' budgets add up to 10,240 MiB"
+    ):
+        parse_config(data, card)
