@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,9 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         def set_idle(self, lane: str) -> None:
             self.lanes.append(lane)
 
+        def get(self, lane: str) -> None:
+            return None  # placed alone: no shared board, Ray's default scheduling
+
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         takes: list[asyncio.Future[object]] = []
@@ -142,7 +146,9 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         pool = object.__new__(ray_kind.RayWorkers)  # its cluster part is not needed here
         pool.board = ActivityBoard([Lane.LLM, Lane.TTS], array=bytearray(2))
         pool._placements = idled = Idled()
-        worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, (None, ()), pool)
+        pool.head_lost = None
+        pool._calls = ThreadPoolExecutor(1)  # where Ray calls that may wait for the head run
+        worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, pool)
         worker.start()
         await asyncio.sleep(0)
         takes[0].set_result(
@@ -152,6 +158,7 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
             await asyncio.sleep(0)
         assert (pool.activity(Lane.LLM), pool.activity(Lane.TTS)) == (Activity.PREFILL, Activity.IDLE)
         worker.kill()
+        pool._calls.shutdown(wait=True)  # the kill and the node's reset, off the loop
         assert pool.activity(Lane.LLM) is Activity.IDLE and idled.lanes == [Lane.LLM]
 
     asyncio.run(scenario())
