@@ -74,6 +74,9 @@ class TaskHandle(Generic[R]):
     collector: Collector = field(default_factory=KeptOutputs)
     first_output_at: float | None = None
     last_output_at: float | None = None
+    # False: its result's files are read only through `events` (a stream), so they go as the
+    # task ends and no record is kept of them (Engine.submit's keep_files).
+    keep_files: bool = True
 
     @property
     def lane(self) -> str:
