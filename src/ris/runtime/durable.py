@@ -52,8 +52,9 @@ class DurableTasks:
     def finished(self, task: Task) -> Future[None] | None:
         """Record a task's end, on the store's writer thread; the future says when it is on
         disk (None: nothing to record, a lane that keeps neither tasks nor files)."""
-        result = task.result.to_json() if task.result is not None else None
+        # Only what is recorded is turned into JSON (an LLM answer never is).
         if self.durable(task.lane):
+            result = task.result.to_json() if task.result is not None else None
             return self.store.finish(
                 task.id, task.state.value, self._wall(), task.error_code, task.error_message, result
             )
@@ -74,7 +75,7 @@ class DurableTasks:
                     attempts=1,
                     error_code=None,
                     error_message=None,
-                    result=result,
+                    result=task.result.to_json(),
                 )
             )
         return None
