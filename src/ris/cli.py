@@ -56,10 +56,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
     import uvicorn
 
-    from ris.api.app import bind_ollama_port, create_app
+    from ris.api.app import bind_ollama_port, create_app, http_parser
     from ris.api.security import check_exposure
 
     check_exposure(cfg)
+    try:
+        http = http_parser(cfg)
+    except RuntimeError as e:
+        print(f"ris serve: {e}", file=sys.stderr)
+        return 1
     try:
         ollama_socket = bind_ollama_port(cfg)
     except OSError as e:
@@ -83,6 +88,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         host=cfg.server.host,
         port=cfg.server.port,
         loop=loop,
+        http=http,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )

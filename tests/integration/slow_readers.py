@@ -37,7 +37,8 @@ class SlowReadersReport:
     rss_start_mib: float
     rss_all_ended_mib: float  # every task ended, every client connected and not reading
     rss_after_mib: float  # the clients gone
-    audio_bytes_each: int  # what one client was sent, as the result file holds it
+    # What one client was sent, from its task's duration (streamed speech keeps no file).
+    audio_bytes_each: int
     tasks_succeeded: int
     machine: str = ""
     response_format: str = "pcm"
@@ -137,14 +138,16 @@ def run(
             sock.close()
         time.sleep(3.0)  # the server notices and lets go
         after = rss_mib(pid)
-        wav = folder / "data" / "audio" / f"{stalled[0][1]}.wav"
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            result = http.get(f"/api/tasks/{stalled[0][1]}").json()["result"] or {}
+        pcm_bytes = 2 * round(result.get("duration_s", 0) * result.get("sample_rate", 0))
         return SlowReadersReport(
             clients=clients,
             text_chars=len(text),
             rss_start_mib=round(start, 1),
             rss_all_ended_mib=round(ended, 1),
             rss_after_mib=round(after, 1),
-            audio_bytes_each=wav.stat().st_size if wav.exists() else 0,
+            audio_bytes_each=pcm_bytes,
             tasks_succeeded=sum(s == "succeeded" for s in states.values()),
             machine=machine(),
             response_format=response_format,

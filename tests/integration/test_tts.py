@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 import wave
+from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
@@ -151,3 +154,36 @@ def test_text_the_engine_has_no_sound_for_is_an_error_not_silence(server: Server
     assert error["code"] == "synthesis_empty" and "has no sound for its characters" in error["message"]
     task = httpx.get(f"{server.url}/api/tasks?lane=tts&limit=1", timeout=10).json()["tasks"][0]
     assert task["state"] == "failed" and task["error"]["code"] == "synthesis_empty"
+
+
+def _stored(server: Server, task_id: str) -> bool:
+    """Whether the server's task store has a row for the task (read beside the server: WAL)."""
+    db = Path(server.config["data_dir"]) / "tasks.db"
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return conn.execute("SELECT 1 FROM tasks WHERE id=?", (task_id,)).fetchone() is not None
+
+
+def test_streamed_speech_leaves_no_file_or_record_while_a_synthesis_keeps_its_file(server: Server) -> None:
+    audio = Path(server.config["data_dir"]) / "audio"
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/audio/speech",
+        json={"model": "tts-1", "input": "Streamed and gone.", "voice": "alloy", "response_format": "pcm"},
+        timeout=60,
+    ) as r:
+        assert r.status_code == 200
+        streamed = r.headers["X-Task-Id"]
+        pcm = r.read()
+    assert len(pcm) > 1000  # the whole speech came, read back from a file deleted as it ended
+    assert not (audio / f"{streamed}.wav").exists()
+    assert not _stored(server, streamed)
+    gone = httpx.get(f"{server.url}/api/tts/audio/{streamed}", timeout=10)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+
+    # The native API asks for a file: it is there, recorded, and fetchable by its URL.
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "Kept as a file."}, timeout=60)
+    assert r.status_code == 200, r.text
+    kept = r.json()["task_id"]
+    assert (audio / f"{kept}.wav").is_file() and _stored(server, kept)
+    wav = httpx.get(f"{server.url}{r.json()['audio_url']}", timeout=30)
+    assert wav.status_code == 200 and wav_info(wav.content)[2] > 0.3

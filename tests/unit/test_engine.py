@@ -16,7 +16,7 @@ from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageRes
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest, TTSResult
+from ris.lanes.tts import AudioChunk, AudioWritten, TTSOutcome, TTSRequest, TTSResult
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.retention import Retention
 from ris.runtime.supervisor import backoff
@@ -362,6 +362,34 @@ async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(t
         )
         assert later.sweep().expired == 1 and eng2.lookup(said.task_id) is None
         assert not Path(result.audio_path).exists()
+
+
+@run
+async def test_streamed_speech_not_kept_leaves_no_file_and_no_record_but_reads_to_its_end(
+    tmp_path: Path,
+) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready()
+        streamed = eng.submit(TTS, "e", TTSRequest(text="hello"), keep_files=False)
+        kept = eng.submit(TTS, "e", TTSRequest(text="hello"))
+        for handle, pcm in ((streamed, b"\x01\x00" * 100), (kept, b"\x02\x00" * 100)):
+            tts.deliver(m.TaskOutput(handle.task_id, AudioChunk(pcm)))
+            tts.deliver(m.TaskDone(handle.task_id, TTSOutcome(sample_rate=16000, samples=100, voice="en")))
+        streamed_result = (await streamed.done).result
+        kept_result = (await kept.done).result
+        assert isinstance(streamed_result, TTSResult) and isinstance(kept_result, TTSResult)
+        # The stream that had not read yet still reads every byte: it holds the file open.
+        assert not Path(streamed_result.audio_path).exists()
+        written = await streamed.events.get()
+        assert isinstance(written, AudioWritten) and written.read() == b"\x01\x00" * 100
+        assert Path(kept_result.audio_path).exists()
+        assert eng.durable is not None
+        eng.durable.store.flush()
+        assert eng.durable.store.get(streamed.task_id) is None
+        assert eng.durable.store.get(kept.task_id) is not None
+        with pytest.raises(ValueError, match="durable"):
+            eng.submit(IMAGE, "i", ImageRequest(prompt="a"), keep_files=False)
 
 
 @run

@@ -19,7 +19,7 @@ def record(store: TaskStore, task_id: str, finished_h_ago: float | None, state: 
     finished = None if finished_h_ago is None else NOW - finished_h_ago * HOUR
     store.keep(
         StoredTask(task_id, "tts", "e", state, 0, {}, NOW - 1000 * HOUR, None, finished, 1, None, None, None)
-    )
+    ).result()  # on disk before the sweep reads it (writes run on the store's thread)
 
 
 def result_file(root: Path, task_id: str, size: int, age_s: float, folder: str = "audio") -> Path:

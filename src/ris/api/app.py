@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
 import time
@@ -237,6 +238,22 @@ def bind_ollama_port(config: Config) -> socket.socket | None:
     return None if srv.ollama_port is None else _bind(srv.host, srv.ollama_port)
 
 
+def http_parser(config: Config) -> str:
+    """uvicorn's `http` for server.http_parser: "auto" is httptools when it is installed (its C
+    parser costs the event loop less per request than h11's Python; bench/api_overhead.py
+    measures both), else h11. Raises RuntimeError for "httptools" where it is missing."""
+    wanted = config.server.http_parser
+    if wanted == "h11":
+        return "h11"
+    if importlib.util.find_spec("httptools") is not None:
+        return "httptools"
+    if wanted == "httptools":
+        raise RuntimeError(
+            "server.http_parser is 'httptools' but httptools is not installed: pip install httptools"
+        )
+    return "h11"
+
+
 def _bind(host: str, port: int) -> socket.socket:
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -262,6 +279,7 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
         host=srv.host,
         port=srv.ollama_port,
         lifespan="off",
+        http=http_parser(main.state.engine.config),
         # uvicorn's loggers are the main server's, configured by it: left as they are.
         log_config=None,
         log_level=None,

@@ -24,11 +24,21 @@ RETRY_AFTER_S = 5
 MIB = 2**20
 
 
-def own_rss() -> int:
-    import psutil
+_STATM = "/proc/self/statm"
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-    rss: int = psutil.Process(os.getpid()).memory_info().rss
-    return rss
+
+def own_rss() -> int:
+    """This process's resident size: on Linux one small read of /proc/self/statm (a fresh
+    psutil.Process per reading cost the no-op POST path 5% of its samples), else psutil."""
+    try:
+        with open(_STATM, "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        import psutil
+
+        rss: int = psutil.Process(os.getpid()).memory_info().rss
+        return rss
 
 
 def starts_work(method: str, path: str) -> bool:

@@ -269,6 +269,11 @@ class ServerConfig(_Strict):
         default=(), description="web origins allowed to call the API from a browser (CORS)"
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body limit")
+    http_parser: Literal["auto", "httptools", "h11"] = Field(
+        default="auto",
+        description="how HTTP/1.1 requests are parsed: 'httptools' (C, llhttp), 'h11' (pure "
+        "Python); 'auto': httptools when installed, else h11",
+    )
     memory_limit_mb: int = Field(
         default=2048,
         ge=0,

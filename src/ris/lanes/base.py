@@ -264,6 +264,10 @@ class Collector(Protocol):
     def discard(self) -> None:
         """The task ended without a result: drop what was kept."""
 
+    def release(self) -> None:
+        """The task's result was only streamed and is not kept (Engine.submit's keep_files):
+        its file goes now, while the streams that are reading it read on to its end."""
+
 
 class Coalesces(ABC):
     """An event that an unread newer one may join (ris.lanes.tts.AudioWritten: contiguous
@@ -292,6 +296,9 @@ class KeptOutputs:
 
     def discard(self) -> None:
         self.outputs.clear()
+
+    def release(self) -> None:
+        pass  # in memory: it goes with the handle
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,11 @@ the server's memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import struct
+import threading
 import time
 import unicodedata
 from abc import ABC, abstractmethod
@@ -68,6 +71,29 @@ class AudioChunk:
     sample_rate: int = 0
 
 
+class AudioReadBack:
+    """A TTS task's WAV opened for its readers, once: what they read stays readable after the
+    file is deleted (a streamed result that is not kept goes as its task ends, while a slow
+    reader is still behind), until the last reader lets go of it. A raw descriptor, closed
+    when the last event and collector holding it are gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self.gone = False  # its task failed: what it wrote is not audio to hand out
+        self._lock = threading.Lock()  # seek and read as one (readers may be threads)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self.gone:
+            return b""
+        with self._lock:
+            os.lseek(self.fd, offset, os.SEEK_SET)
+            return os.read(self.fd, size)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
+
+
 @dataclass(frozen=True, slots=True)
 class AudioWritten(Coalesces):
     """What a TTS task's event stream carries for an AudioChunk: where the server wrote it."""
@@ -75,6 +101,7 @@ class AudioWritten(Coalesces):
     path: Path
     offset: int
     length: int
+    source: AudioReadBack | None = field(default=None, compare=False, repr=False)
 
     def followed_by(self, newer: object) -> AudioWritten | None:
         """One event for this chunk and the next, when it lies right after it in the file (an
@@ -84,13 +111,15 @@ class AudioWritten(Coalesces):
             and newer.path == self.path
             and newer.offset == self.offset + self.length
         ):
-            return AudioWritten(self.path, self.offset, self.length + newer.length)
+            return AudioWritten(self.path, self.offset, self.length + newer.length, self.source)
         return None
 
     def read(self, start: int = 0, size: int | None = None) -> bytes:
-        """The chunk's PCM (`size` bytes of it from `start`); b"" once the file is gone (its
-        task failed and took it along)."""
+        """The chunk's PCM (`size` bytes of it from `start`); b"" once its task failed and
+        took the file along."""
         size = self.length - start if size is None else min(size, self.length - start)
+        if self.source is not None:
+            return self.source.read(self.offset + start, size)
         try:
             with self.path.open("rb") as f:
                 f.seek(self.offset + start)
@@ -125,6 +154,7 @@ class AudioFile:
         self._file: IO[bytes] | None = None
         self._written = 0
         self._failed: OSError | None = None  # a write failed (disk full): no result
+        self._readback: AudioReadBack | None = None
 
     def add(self, output: Any) -> Any:
         chunk: AudioChunk = output
@@ -134,6 +164,7 @@ class AudioFile:
                 if self._file is None:
                     self._file = self.path.open("wb")
                     self._file.write(wav_header(chunk.sample_rate))
+                    self._readback = AudioReadBack(self.path)
                 self._file.write(chunk.pcm)
                 self._file.flush()  # readers open the file by path: the bytes must be in it now
             except OSError as e:
@@ -141,7 +172,7 @@ class AudioFile:
         if self._failed is not None:
             return AudioWritten(self.path, offset, 0)  # nothing to read; finish() fails the task
         self._written += len(chunk.pcm)
-        return AudioWritten(self.path, offset, len(chunk.pcm))
+        return AudioWritten(self.path, offset, len(chunk.pcm), self._readback)
 
     def finish(self) -> Path | None:
         if self._file is not None:
@@ -151,6 +182,11 @@ class AudioFile:
         return None if self._file is None else self.path
 
     def discard(self) -> None:
+        if self._readback is not None:
+            self._readback.gone = True
+        self.release()
+
+    def release(self) -> None:
         if self._file is not None:
             self._file.close()
         try:

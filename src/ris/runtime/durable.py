@@ -6,6 +6,7 @@ for as long as the retention policy keeps it (ris.runtime.retention)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +39,30 @@ class DurableTasks:
         return self._kinds[lane].durable
 
     def accepted(self, task: Task, model: str, request: Any) -> None:
-        """Record a newly admitted task (before the client hears it was accepted)."""
+        """Record a newly admitted task, and wait until it is on disk: the client hears it
+        was accepted only then (the one write the event loop still waits for)."""
         if self.durable(task.lane):
             req = self._kinds[task.lane].request_to_json(request)
-            self.store.add(task.id, task.lane, model, task.spec.priority, req, self._wall(), task.spec.owner)
+            owner = task.spec.owner
+            self.store.add(task.id, task.lane, model, task.spec.priority, req, self._wall(), owner).result()
 
     def started(self, task: Task) -> None:
         if self.durable(task.lane):
             self.store.mark_running(task.id, self._wall())
 
-    def finished(self, task: Task) -> None:
-        result = task.result.to_json() if task.result is not None else None
+    def finished(self, task: Task) -> Future[None] | None:
+        """Record a task's end, on the store's writer thread; the future says when it is on
+        disk (None: nothing to record, a lane that keeps neither tasks nor files)."""
+        # Only what is recorded is turned into JSON (an LLM answer never is).
         if self.durable(task.lane):
-            self.store.finish(
+            result = task.result.to_json() if task.result is not None else None
+            return self.store.finish(
                 task.id, task.state.value, self._wall(), task.error_code, task.error_message, result
             )
-        elif task.state is TaskState.SUCCEEDED and task.result is not None and task.result.files():
+        if task.state is TaskState.SUCCEEDED and task.result is not None and task.result.files():
             model, request = task.spec.payload
             started = task.started_at
-            self.store.keep(
+            return self.store.keep(
                 StoredTask(
                     id=task.id,
                     lane=task.lane,
@@ -70,10 +76,11 @@ class DurableTasks:
                     attempts=1,
                     error_code=None,
                     error_message=None,
-                    result=result,
+                    result=task.result.to_json(),
                     owner=task.spec.owner,
                 )
             )
+        return None
 
     def resumable(self, enabled: set[str]) -> Iterator[tuple[StoredTask, Any]]:
         """The tasks a previous server accepted but did not finish, oldest first, with their

@@ -195,7 +195,7 @@ class Engine:
             if task.id in self._handles and not self.kinds[task.lane].durable and task.state.finished:
                 self._settle(task.id)
         if self.durable is not None:
-            self.durable.close()
+            await asyncio.to_thread(self.durable.close)  # the queued writes reach the disk first
         if self._holds_data:
             data_lock.release(Path(self.config.data_dir))
             self._holds_data = False
@@ -236,14 +236,20 @@ class Engine:
         client: str | None = None,
         owner: str | None = None,
         keep_alive_s: float | None = None,
+        keep_files: bool = True,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
         the kind's result type. `client`: who asks, for fairness across clients (the lane's
         client_share); `owner`: the key it belongs to (ris.runtime.tenancy), kept with it and,
         for a durable lane, in the store; `keep_alive_s`: how long its model stays loaded once
-        idle after it (None: the lane's keep_alive_s). Raises QueueFull (-> 429) or
-        LaneUnavailable (-> 503)."""
+        idle after it (None: the lane's keep_alive_s). `keep_files=False`: the caller streams
+        the result from the handle's events and nobody asked for a file, so the task's files go
+        as it ends (readers already streaming read on) and it leaves no record in the store: no
+        fsync'd row, no file to sweep, for speech that was only streamed. A durable lane always
+        keeps its own. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
         lane = kind.name
+        if not keep_files and kind.durable:
+            raise ValueError(f"the {lane} lane is durable: its tasks keep their files")
         if lane not in self._replicas:
             raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
         if self.kinds[lane] is not kind:
@@ -280,6 +286,7 @@ class Engine:
             raise
         handle = self._handle(task.id, kind, model)
         handle.keep_alive_s = keep_alive_s
+        handle.keep_files = keep_files
         self._handles[task.id] = handle
         self._dispatch()
         return handle
@@ -465,8 +472,9 @@ class Engine:
         if not task.state.finished:
             return
         handle = self._handles.pop(task_id, None)
-        if self.durable is not None:
-            self.durable.finished(task)
+        recorded = None
+        if self.durable is not None and (handle is None or handle.keep_files):
+            recorded = self.durable.finished(task)  # on the store's thread: the loop goes on
         if handle is None:
             return
         result = task.result
@@ -480,9 +488,17 @@ class Engine:
         )
         if task.state is not TaskState.SUCCEEDED:
             handle.collector.discard()  # a failed task's partial result goes with it
+        elif not handle.keep_files:
+            handle.collector.release()  # streamed, not kept: its streams read on from the open file
         handle.events.put_nowait(None)
-        if not handle.done.done():
-            handle.done.set_result(task_view(task, self._scheduler, self._wall))
+        view = task_view(task, self._scheduler, self._wall)
+        if recorded is None or recorded.done():
+            _resolve(handle, view)
+        else:
+            # A recorded task is answered once its record is on disk (a result the client
+            # was given survives a SIGKILL), without the loop waiting for the fsync.
+            loop = asyncio.get_running_loop()
+            recorded.add_done_callback(lambda _: loop.call_soon_threadsafe(_resolve, handle, view))
 
     def _update_slots(self, lane: str) -> None:
         ready = [r for r in self._replicas[lane] if r.ready and r.ready_info]
@@ -660,3 +676,8 @@ class Engine:
 
 
 __all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "TaskView"]
+
+
+def _resolve(handle: TaskHandle[Any], view: TaskView[Any]) -> None:
+    if not handle.done.done():
+        handle.done.set_result(view)

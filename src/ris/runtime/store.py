@@ -6,6 +6,10 @@ WAL journal with synchronous=FULL: a task acknowledged to a client (HTTP 202) ha
 disk, and so has every state change after it, so a server killed with SIGKILL comes back
 knowing every task it accepted. Progress within a running task is not stored: after a restart
 a task that was running is run again from its start (or failed, past `max_attempts`).
+
+Writes run on one thread of their own (ris.runtime.store_writer), in order, each returning a
+future that says when it is on disk; reads use a second connection (WAL: a reader never waits
+for a writer's fsync), so the event loop never waits for the disk to read either.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ris.runtime.store_writer import StoreWriter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -66,29 +73,40 @@ class TaskStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # One connection used from the event loop thread (and tests); the lock guards stray use.
+        # The writer's connection, used only on the writer's thread.
+        self._wdb = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._wdb.execute("PRAGMA journal_mode=WAL")
+        self._wdb.execute("PRAGMA synchronous=FULL")
+        self._wdb.executescript(_SCHEMA)
+        self._migrate()
+        self._writer = StoreWriter()
+        # Readers' connection: the event loop's, and a retention sweep's thread (the lock).
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._migrate()
 
     def _migrate(self) -> None:
-        """Add the columns an older store lacks (under the lock, before any other use)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        """Add the columns an older store lacks (on the writer's connection, before any use)."""
+        have = {row[1] for row in self._wdb.execute("PRAGMA table_info(tasks)")}
         for name, decl in _ADDED_COLUMNS:
             if name not in have:
-                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
+                self._wdb.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
+        """Write what is queued, then close."""
+        self._writer.close()
         with self._lock:
             self._db.close()
+        self._wdb.close()
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._db.execute(sql, args)
+    def flush(self) -> None:
+        """Return once every write asked for so far is on disk."""
+        self._writer.flush()
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> Future[None]:
+        def write() -> None:
+            self._wdb.execute(sql, args)
+
+        return self._writer.submit(write, sql.split(" (", 1)[0].split(" WHERE", 1)[0])
 
     def add(
         self,
@@ -99,21 +117,21 @@ class TaskStore:
         request: dict[str, Any],
         submitted_at: float,
         owner: str | None = None,
-    ) -> None:
-        self._write(
+    ) -> Future[None]:
+        return self._write(
             "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner) "
             "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
             (task_id, lane, model, priority, json.dumps(request), submitted_at, owner),
         )
 
-    def mark_running(self, task_id: str, started_at: float) -> None:
-        self._write(
+    def mark_running(self, task_id: str, started_at: float) -> Future[None]:
+        return self._write(
             "UPDATE tasks SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
             (started_at, task_id),
         )
 
-    def requeue(self, task_id: str) -> None:
-        self._write("UPDATE tasks SET state='queued', started_at=NULL WHERE id=?", (task_id,))
+    def requeue(self, task_id: str) -> Future[None]:
+        return self._write("UPDATE tasks SET state='queued', started_at=NULL WHERE id=?", (task_id,))
 
     def finish(
         self,
@@ -123,8 +141,8 @@ class TaskStore:
         error_code: str | None = None,
         error_message: str | None = None,
         result: dict[str, Any] | None = None,
-    ) -> None:
-        self._write(
+    ) -> Future[None]:
+        return self._write(
             "UPDATE tasks SET state=?, finished_at=?, error_code=?, error_message=?, result=? "
             "WHERE id=? AND state IN ('queued', 'running')",
             (
@@ -137,9 +155,9 @@ class TaskStore:
             ),
         )
 
-    def keep(self, st: StoredTask) -> None:
+    def keep(self, st: StoredTask) -> Future[None]:
         """Record a finished task in full (a lane that is not durable, at its end)."""
-        self._write(
+        return self._write(
             "INSERT OR REPLACE INTO tasks (id, lane, model, state, priority, request, submitted_at, "
             "started_at, finished_at, attempts, error_code, error_message, result, owner) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -182,14 +200,20 @@ class TaskStore:
         return found
 
     def delete(self, ids: list[str]) -> None:
-        """Forget finished tasks (never a queued or running one)."""
+        """Forget finished tasks (never a queued or running one); returns once it is done (a
+        retention sweep, on a thread of its own, deletes their files next)."""
+        written = []
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            self._write(
-                f"DELETE FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')",
-                tuple(chunk),
+            written.append(
+                self._write(
+                    f"DELETE FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')",
+                    tuple(chunk),
+                )
             )
+        for w in written:
+            w.result()
 
     def get(self, task_id: str) -> StoredTask | None:
         rows = self._select("WHERE id=?", (task_id,))

@@ -76,6 +76,9 @@ class TaskHandle(Generic[R]):
     last_output_at: float | None = None
     # How long its model stays loaded once idle after it (None: the lane's keep_alive_s).
     keep_alive_s: float | None = None
+    # False: its result's files are read only through `events` (a stream), so they go as the
+    # task ends and no record is kept of them (Engine.submit's keep_files).
+    keep_files: bool = True
 
     @property
     def lane(self) -> str:

@@ -100,8 +100,15 @@ class SpeakingPipeline:
         give_up = loop.time() + self.queue_wait_s
         while True:
             try:
+                # Each sentence's audio is streamed and never fetched by id: no file is kept.
                 return self.engine.submit(
-                    TTS, self.tts_model, req, priority=SENTENCE_PRIORITY, client=self.client, owner=self.owner
+                    TTS,
+                    self.tts_model,
+                    req,
+                    priority=SENTENCE_PRIORITY,
+                    client=self.client,
+                    owner=self.owner,
+                    keep_files=False,
                 )
             except LaneUnavailable as e:  # the TTS worker went down during the answer
                 await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))

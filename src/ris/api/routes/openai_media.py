@@ -73,12 +73,11 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
     voice = voices.get(body.voice.lower(), body.voice)
     model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
     rate = tts_rate(engine, model)
+    # Streamed, not kept: no WAV and no stored record outlive the answer (the native
+    # /api/tts/synthesize is where a fetchable file is asked for).
+    req = TTSRequest(text=body.input, voice=voice, speed=body.speed)
     handle = engine.submit(
-        TTS,
-        model,
-        TTSRequest(text=body.input, voice=voice, speed=body.speed),
-        client=client_of(request),
-        owner=owner_of(request),
+        TTS, model, req, client=client_of(request), owner=owner_of(request), keep_files=False
     )
     audio = AudioStream(handle)
     first = await first_audio(engine, audio, request)  # a task that fails before any sound is an error

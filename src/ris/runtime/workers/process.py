@@ -110,6 +110,7 @@ class ProcessWorker:
         self._threaded = False  # the fallback: a reader thread and blocking sends
         self._watching = False  # our pipe ends are registered with the loop
         self._out = bytearray()  # frames not yet written to the worker
+        self._flush_due = False  # a write of _out is scheduled for this loop iteration
         self._frames = Deframer()
         self._send_lock = threading.Lock()  # the thread-mode fallback's sends
         self._generation = 0
@@ -148,7 +149,18 @@ class ProcessWorker:
                 return False
         # Plain pickle: what Connection.recv unpickles, faster than ForkingPickler's copy-reducers.
         self._out += frame(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
-        return self._flush()
+        # Written once per loop iteration, not per message: the tasks dispatched by one batch of
+        # results (or by requests arriving together) reach the worker in one write and wake it
+        # once. Each write to a pipe was the API process's costliest line under load: a
+        # system call that wakes the worker, which on a busy machine takes the core from us.
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_soon)
+        return True
+
+    def _flush_soon(self) -> None:
+        self._flush_due = False
+        self._flush()
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
