@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ import llama_cpp
 from ris.backends import BackendError
 from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
+from ris.backends.thread_choice import ThreadChoice
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
@@ -126,6 +128,9 @@ class LlamaBatch(LLMBatch):
             )
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
+        # Each step on the lane's threads or on one, whichever decodes faster now (thread_choice).
+        self.threads = ThreadChoice(int(params.n_threads))
+        self._on_threads = int(params.n_threads)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._buf = ctypes.create_string_buffer(256)
@@ -187,7 +192,13 @@ class LlamaBatch(LLMBatch):
         work = self._fill_batch()
         self.last_step_tokens = self._batch.n_tokens
         if work:
+            threads = self.threads.next()
+            if threads != self._on_threads:
+                llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+                self._on_threads = threads
+            started = time.perf_counter()
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
+            self.threads.record(threads, self._batch.n_tokens, time.perf_counter() - started)
             if rc != 0:
                 raise BackendError("backend_error", f"llama_decode failed ({rc}) with {len(work)} sequences")
             for slot in work:
