@@ -21,7 +21,7 @@ from collections import deque
 # Steps on the other count per probe, and the first probe: soon, so that a lane started on a
 # busy machine does not decode long on the slow count.
 PROBE_STEPS = 2
-FIRST_PROBE = 8
+FIRST_PROBE = 2
 MIN_INTERVAL = 64
 MAX_INTERVAL = 4096
 # Steps of one size remembered per count; the other count must be this much faster to win
