@@ -271,6 +271,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_summary(),
         "note": "the machine was shared with other work while this ran",
+        "load_average_at_start": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="ris-threads-") as tmp:
         folder = Path(tmp)
@@ -280,6 +281,7 @@ def main() -> None:
         if "b" in args.parts:
             with ExitStack() as stack:
                 result["shipped_defaults"] = part_b(folder, args.repeats, stack)
+    result["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for part in ("thread_scaling", "shipped_defaults"):
