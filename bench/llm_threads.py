@@ -13,6 +13,9 @@ LLM lane's `parallel` and flash attention as before (4, off) and as shipped now 
 'auto'), and `parallel` 4 with 'auto', otherwise unchanged: 1 user (TTFT, decode tokens/s) and
 8 users at once (aggregate tokens/s, TTFT p50), 64 tokens each.
 
+Part C, the same question for one user without the server: the llama.cpp backend in this
+process on core 0, `parallel` 4 vs 8, flash attention off vs auto (less noise than part B).
+
 Every server is started once and stays up; within a repeat each is measured in turn, the order
 rotating between repeats; ratios are taken within a repeat, then median and range.
 
@@ -261,10 +264,67 @@ def part_b(folder: Path, repeats: int, stack: ExitStack) -> dict[str, Any]:
     return out
 
 
+def part_c(rounds: int) -> dict[str, Any]:
+    """One user on one thread (core 0), the backend called in this process (no server, less
+    noise): `parallel` 4 vs 8, flash attention off vs auto, alternating, 128 tokens each."""
+    from ris.backends import BackendContext
+    from ris.backends.llm_llama_cpp import LlamaCppLLM
+    from ris.config import ModelSpec
+    from ris.lanes.llm import LLMRequest, TextCollector
+
+    class Timed(TextCollector):
+        def __init__(self) -> None:
+            super().__init__()
+            self.start = time.perf_counter()
+            self.times: list[float] = []
+
+        def emit(self, text: str) -> None:
+            self.times.append(time.perf_counter())
+            super().emit(text)
+
+    os.sched_setaffinity(0, {0})
+    variants = {
+        "parallel 4, fa off": (4, False),
+        "parallel 8, fa off": (8, False),
+        "parallel 8, fa auto": (8, None),
+    }
+    backends = {}
+    for name, (parallel, fa) in variants.items():
+        opts: dict[str, Any] = {"n_ctx": 2048} | ({} if fa is None else {"flash_attn": fa})
+        spec = ModelSpec(backend="llama_cpp", source=MODEL, options=opts)
+        backends[name] = LlamaCppLLM(
+            spec, BackendContext("cpu", 1, Path(tempfile.gettempdir()), parallel=parallel)
+        )
+    log(f"part C: 1 user, 1 thread, in process, {DECODE_TOKENS} tokens, {rounds} rounds")
+    reps: list[dict[str, float]] = []
+    names = list(variants)
+    for k in range(rounds):
+        rep = {}
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            out = Timed()
+            prompt = f"[c{k}] Write a short story about a lighthouse keeper."
+            req = LLMRequest(prompt=prompt, max_tokens=DECODE_TOKENS, temperature=0, ignore_eos=True,
+                             prompt_is_message=True)  # fmt: skip
+            backends[name].generate(req, out)
+            rep[f"{name}|ttft"] = out.times[0] - out.start
+            rep[f"{name}|decode tok/s"] = (len(out.times) - 1) / (out.times[-1] - out.times[0])
+        reps.append(rep)
+    result: dict[str, Any] = {"figures": {}, "ratios": {}}
+    for key in reps[0]:
+        result["figures"][key] = spread(r[key] for r in reps).to_json()  # type: ignore[union-attr]
+    for name in names[1:]:
+        for metric in ("ttft", "decode tok/s"):
+            s = spread(ratio(r[f"{name}|{metric}"], r[f"{names[0]}|{metric}"]) for r in reps)
+            result["ratios"][f"{metric}: {name} / {names[0]}"] = None if s is None else s.to_json()
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--parts", default="ab", help="'a' thread scaling, 'b' shipped defaults")
+    ap.add_argument(
+        "--parts", default="abc", help="'a' thread scaling, 'b' shipped defaults, 'c' 1 user in process"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "llm_threads.json")
     args = ap.parse_args()
     result: dict[str, Any] = {
@@ -281,10 +341,12 @@ def main() -> None:
         if "b" in args.parts:
             with ExitStack() as stack:
                 result["shipped_defaults"] = part_b(folder, args.repeats, stack)
+    if "c" in args.parts:
+        result["one_user_slots"] = part_c(args.repeats)
     result["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for part in ("thread_scaling", "shipped_defaults"):
+    for part in ("thread_scaling", "shipped_defaults", "one_user_slots"):
         for label, s in result.get(part, {}).get("ratios", {}).items():
             if s:
                 log(f"{label}: {s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}, n={s['n']})")
