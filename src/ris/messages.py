@@ -62,6 +62,9 @@ class ModelDetails:
     # A text model whose chat template renders `tools` itself (else a fallback prompt does;
     # None: not a text model, or unknown).
     native_tools: bool | None = None
+    # The memory a text model's KV cache holds for all its slots (`parallel` x n_ctx tokens),
+    # allocated at load (None: not a text model, or unknown).
+    kv_cache_bytes: int | None = None
 
 
 @dataclass(frozen=True)

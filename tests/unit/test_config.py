@@ -211,7 +211,7 @@ def test_a_config_with_no_enabled_lane_is_refused() -> None:
 
 
 def test_parallel_is_bounded_and_only_for_lanes_that_batch() -> None:
-    assert parse_config(base(), TWO_CORES).lane(Lane.LLM).parallel == 4  # the LLM kind's default
+    assert parse_config(base(), TWO_CORES).lane(Lane.LLM).parallel == 8  # the LLM kind's default
     for absurd, allowed in ((0, "greater than or equal to 1"), (100_000, "less than or equal to 256")):
         data = base()
         data["lanes"]["llm"]["parallel"] = absurd

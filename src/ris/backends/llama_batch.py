@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ import llama_cpp
 from ris.backends import BackendError
 from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
+from ris.backends.thread_choice import ThreadChoice
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
@@ -87,8 +89,11 @@ class LlamaBatch(LLMBatch):
         n_ctx: int,
         tokenize: Callable[[LLMRequest], tuple[list[int], tuple[str, ...]]],
         prefill_chunk: int = PREFILL_CHUNK_CPU,
+        flash_attn: bool | None = None,
     ) -> None:
-        """`tokenize(req)`: the request's prompt tokens and its chat template's stop strings."""
+        """`tokenize(req)`: the request's prompt tokens and its chat template's stop strings;
+        `flash_attn`: None lets llama.cpp decide (on where the backend supports it), as
+        llama-server's default `-fa auto` does."""
         self._llm = llm
         self._model = llm._model  # noqa: SLF001 - the loaded model, shared with `llm`
         self._vocab = self._model.vocab
@@ -103,6 +108,15 @@ class LlamaBatch(LLMBatch):
         # not depend on the others in the batch (a seed gives the same text under load; one
         # shared buffer did not), and one long chat cannot take another's context.
         params.kv_unified = False
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if flash_attn is None
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        # What the slots' KV cache takes, every slot's n_ctx cells allocated at start.
+        self.kv_cache_bytes = kv_cache_bytes(llm, n_ctx * parallel, params.type_k, params.type_v)
         # Room for every slot's decode token and a prompt chunk in one step, and for whole
         # prompts when nobody is decoding (IDLE_PREFILL).
         self.n_batch = max(IDLE_PREFILL, parallel + prefill_chunk)
@@ -114,6 +128,9 @@ class LlamaBatch(LLMBatch):
             )
         self._ctx = ctx
         self._mem = llama_cpp.llama_get_memory(ctx)
+        # Each step on the lane's threads or on one, whichever decodes faster now (thread_choice).
+        self.threads = ThreadChoice(int(params.n_threads))
+        self._on_threads = int(params.n_threads)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(parallel)]
         self._buf = ctypes.create_string_buffer(256)
@@ -175,7 +192,13 @@ class LlamaBatch(LLMBatch):
         work = self._fill_batch()
         self.last_step_tokens = self._batch.n_tokens
         if work:
+            threads = self.threads.next()
+            if threads != self._on_threads:
+                llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+                self._on_threads = threads
+            started = time.perf_counter()
             rc = llama_cpp.llama_decode(self._ctx, self._batch)
+            self.threads.record(threads, self._batch.n_tokens, time.perf_counter() - started)
             if rc != 0:
                 raise BackendError("backend_error", f"llama_decode failed ({rc}) with {len(work)} sequences")
             for slot in work:
@@ -366,3 +389,26 @@ def _free(seq: _Sequence) -> None:
     llama_cpp.llama_sampler_free(seq.sampler)
     if seq.grammar is not None:
         seq.grammar.free()
+
+
+# Bytes per element of the KV cache types llama.cpp offers (ggml_type: block bytes / block
+# elements): f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1.
+_KV_TYPE_BYTES = {0: 4.0, 1: 2.0, 30: 2.0, 8: 34 / 32, 2: 18 / 32, 3: 20 / 32, 6: 22 / 32, 7: 24 / 32}
+
+
+def kv_cache_bytes(llm: Any, cells: int, type_k: int, type_v: int) -> int | None:
+    """The KV cache of `cells` tokens: per layer, a key and a value vector per KV head, of the
+    model's key and value lengths (GGUF `<arch>.attention.key_length`, else n_embd / n_head).
+    None for a cache type not listed above."""
+    model = llm._model.model  # noqa: SLF001 - the loaded llama_model
+    if type_k not in _KV_TYPE_BYTES or type_v not in _KV_TYPE_BYTES:
+        return None
+    n_head = llama_cpp.llama_model_n_head(model)
+    head_dim = llama_cpp.llama_model_n_embd(model) // max(n_head, 1)
+    arch = llm.metadata.get("general.architecture", "")
+    k_len = int(llm.metadata.get(f"{arch}.attention.key_length", head_dim))
+    v_len = int(llm.metadata.get(f"{arch}.attention.value_length", head_dim))
+    per_layer = llama_cpp.llama_model_n_head_kv(model) * (
+        k_len * _KV_TYPE_BYTES[type_k] + v_len * _KV_TYPE_BYTES[type_v]
+    )
+    return int(cells * llama_cpp.llama_model_n_layer(model) * per_layer)

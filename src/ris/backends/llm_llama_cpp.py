@@ -35,6 +35,9 @@ class LlamaCppLLM(LLMBackend):
         gpu = ctx.device.startswith("cuda")
         prefill_chunk = int(opts.pop("prefill_chunk", PREFILL_CHUNK_GPU if gpu else PREFILL_CHUNK_CPU))
         opts.setdefault("n_gpu_layers", -1 if gpu else 0)
+        # Unset: llama.cpp decides (flash attention on where the backend supports it, CPU and
+        # CUDA included), as llama-server does; llama-cpp-python's own default is off.
+        flash_attn = opts.pop("flash_attn", None)
         # The Llama object's own context is never used for generation: keep it tiny.
         self._llm = Llama(
             model_path=str(path),
@@ -50,7 +53,14 @@ class LlamaCppLLM(LLMBackend):
         # for any other the tools go in a system message (llm_tools.fallback_turns).
         template = self._llm.metadata.get("tokenizer.chat_template") or ""
         self.native_tools = self._formatter is not None and "tools" in template
-        self._batch = LlamaBatch(self._llm, ctx.parallel, n_ctx, self._tokens, prefill_chunk)
+        self._batch = LlamaBatch(
+            self._llm,
+            ctx.parallel,
+            n_ctx,
+            self._tokens,
+            prefill_chunk,
+            None if flash_attn is None else bool(flash_attn),
+        )
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:
         template = self._llm.metadata.get("tokenizer.chat_template")
@@ -99,7 +109,11 @@ class LlamaCppLLM(LLMBackend):
         return tokens, template_stops
 
     def describe(self) -> ModelDetails:
-        return ModelDetails(context_tokens=self.context_tokens, native_tools=self.native_tools)
+        return ModelDetails(
+            context_tokens=self.context_tokens,
+            native_tools=self.native_tools,
+            kv_cache_bytes=self._batch.kv_cache_bytes,
+        )
 
     def batch(self) -> LlamaBatch:
         return self._batch

@@ -92,6 +92,14 @@ class LaneConfig(_Strict):
     )
     nice: int = Field(default=0, ge=0, le=19, description="OS priority; 19 is the lowest")
     priority_class: Literal["realtime", "batch"] = "realtime"
+    wait_policy: Literal["auto", "spin", "passive"] = Field(
+        default="auto",
+        description="how the worker's OpenMP threads (llama.cpp, torch) wait for each other: "
+        "'spin' a moment before sleeping (the library's default: multi-threaded decode at "
+        "llama.cpp's speed), 'passive' sleep at once (cycles left to a lane sharing the cores); "
+        "'auto': passive where an enabled lane of the same or a higher OS priority shares a core "
+        "(or, for a lane that yields, its hardware), else spin",
+    )
     exclusive_cores: bool = Field(
         default=True, description="a real-time lane's cores may not be given to another one"
     )

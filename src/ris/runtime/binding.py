@@ -44,6 +44,14 @@ class Binding:
     # ris.runtime.supervisor) and, on Linux, an OS limit a little above it stops an allocation
     # spike between two samples (MemoryError in the worker: its task fails, it restarts).
     memory_limit_bytes: int | None = None
+    # OpenMP threads sleep at once when they wait (OMP_WAIT_POLICY=PASSIVE) rather than spin a
+    # moment first (libgomp's default): see ris.config.sharing.waits_passively for the rule.
+    passive_wait: bool = True
+
+    def removed(self) -> tuple[str, ...]:
+        """Variables the worker must not inherit from the server: a spinning lane drops an
+        OMP_WAIT_POLICY of the server's environment, so libgomp's default applies."""
+        return () if self.passive_wait else ("OMP_WAIT_POLICY",)
 
     def environment(self) -> dict[str, str]:
         env = {var: str(self.threads) for var in THREAD_ENV_VARS}
@@ -56,8 +64,10 @@ class Binding:
         env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         env["TRANSFORMERS_VERBOSITY"] = "error"
         env["DIFFUSERS_VERBOSITY"] = "error"
-        # Spinning OpenMP waits steal cycles from the lane sharing a core with us.
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        # A spinning OpenMP waiter steals cycles from a lane that shares its core; one that
+        # sleeps at once pays a futex wake per barrier (hundreds per llama.cpp token).
+        if self.passive_wait:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         return env
 
 
@@ -69,9 +79,12 @@ def spawn_environment(binding: Binding) -> Iterator[None]:
     """Give a process spawned inside this block the binding's environment from its first
     instruction (and visible to the OS in /proc/<pid>/environ), then restore ours."""
     env = binding.environment()
+    removed = binding.removed()
     with _ENV_LOCK:
-        saved = {k: os.environ.get(k) for k in env}
+        saved = {k: os.environ.get(k) for k in (*env, *removed)}
         os.environ.update(env)
+        for k in removed:
+            os.environ.pop(k, None)
         try:
             yield
         finally:
@@ -91,6 +104,8 @@ OS_LIMIT_MARGIN = 1.5
 def apply_binding(binding: Binding) -> None:
     """Bind the calling process; call before importing torch, onnxruntime or llama.cpp."""
     os.environ.update(binding.environment())
+    for var in binding.removed():
+        os.environ.pop(var, None)
     _limit_data_memory(binding)
     proc = psutil.Process()
     if binding.cores is not None and hasattr(proc, "cpu_affinity"):

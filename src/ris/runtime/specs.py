@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ris import lanes
 from ris.config import Config
-from ris.config.sharing import resolve_policy, yields_to
+from ris.config.sharing import resolve_policy, waits_passively, yields_to
 from ris.machine import MachineInfo, machine_info
 from ris.runtime.binding import Binding
 from ris.runtime.workers.base import WorkerSpec
@@ -40,6 +40,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
             nice=cfg.nice,
             gpu=cfg.gpu_index,
             memory_limit_bytes=memory_limit(config, lane, machine),
+            passive_wait=waits_passively(config, lane),
         ),
         device=cfg.device,
         lane_config_json=cfg.model_dump_json(),
