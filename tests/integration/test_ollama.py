@@ -120,7 +120,13 @@ def test_format_with_a_json_schema_gives_valid_json(client: Any) -> None:
     # "json" bounds nothing: seeded and greedy, so the answer is the same each run (a 135M model
     # left to sample may ramble on in an open object until its context is full).
     opts = {"seed": 1, "temperature": 0, "num_predict": 300}
-    g = client.generate(model="smollm2", prompt="A cat, as JSON.", format="json", stream=False, options=opts)
+    g = client.generate(
+        model="smollm2",
+        prompt="Reply with one JSON object with the keys name and age of a cat.",
+        format="json",
+        stream=False,
+        options=opts,
+    )
     assert g.done_reason == "stop", g.response
     assert isinstance(json.loads(g.response), dict)
 
