@@ -202,6 +202,10 @@ class LlamaBatch(LLMBatch):
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
         return keys
 
+    def set_threads(self, threads: int) -> None:
+        # llama.cpp reads these before each decode: the next step computes on `threads`.
+        llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+
     def close(self) -> None:
         self.abort()
         llama_cpp.llama_batch_free(self._batch)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ris.config.schema import Config
 from ris.lanes import kind
+from ris.preemption.lending import Lender
 from ris.preemption.policy import PreemptionPolicy
 
 
@@ -59,3 +60,28 @@ def resolve_policy(config: Config, lane: str) -> PreemptionPolicy:
     elif mode == "auto":
         mode = "none" if cfg.device == "cpu" and cfg.nice >= 10 else "block"
     return PreemptionPolicy(mode=mode, scope=pc.scope, min_share=pc.min_share, window_s=pc.window_s)
+
+
+def lenders(config: Config, lane: str) -> tuple[Lender, ...]:
+    """The lanes whose idle cores `lane` borrows (`borrow_idle_cores`): every other enabled
+    real-time lane on this machine's CPU with cores of its own. Batch lanes lend nothing: their
+    cores are shared already, and their share is the kernel's to give (min_cpu_share)."""
+    mine = config.lane(lane)
+    if not mine.borrow_idle_cores or mine.cores is None or config.cluster.engine != "local":
+        return ()
+    return tuple(
+        Lender(other, tuple(c for c in cfg.cores if c not in mine.cores))
+        for other, cfg in config.lanes.items()
+        if other != lane
+        and cfg.enabled
+        and cfg.priority_class == "realtime"
+        and cfg.device == "cpu"
+        and cfg.cores is not None
+        and set(cfg.cores) - set(mine.cores)
+    )
+
+
+def lends(config: Config, lane: str) -> bool:
+    """Another lane borrows this one's cores while it is idle: its worker marks itself busy on
+    the board as a task arrives, so they are given back before the task starts."""
+    return any(lane in (x.lane for x in lenders(config, other)) for other in config.lanes if other != lane)

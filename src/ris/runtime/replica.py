@@ -19,6 +19,8 @@ class Replica:
     watch: Watch
     running: set[str] = field(default_factory=set)
     ready_info: m.WorkerReady | None = None
+    # The last heartbeat's word on borrowed cores (a lane with borrow_idle_cores).
+    lending: m.Heartbeat | None = None
     failure: m.WorkerFailed | None = None
 
     @property
