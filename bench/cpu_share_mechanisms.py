@@ -97,7 +97,8 @@ def main() -> None:
             order = MECHANISMS[r % len(MECHANISMS) :] + MECHANISMS[: r % len(MECHANISMS)]
             for mech in order:
                 rows[mech].append(run(mech, args.seconds, group))
-            print(f"round {r}: " + ", ".join(f"{m} {rows[m][-1]['batch_vs_realtime']:.3f}" for m in MECHANISMS))
+            shares = ", ".join(f"{m} {rows[m][-1]['batch_vs_realtime']:.3f}" for m in MECHANISMS)
+            print(f"round {r}: {shares}", flush=True)
     finally:
         time.sleep(0.2)
         group.rmdir()
@@ -118,9 +119,9 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             {
-                "benchmark": "the batch lane's CPU under real-time saturation, per mechanism (issue 26 item 4)",
-                "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, cgroup v1, "
-                "shared with other engineers' test runs",
+                "benchmark": "the batch lane's CPU under real-time saturation, per mechanism (issue 26)",
+                "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                "cgroup v1, shared with other engineers' test runs",
                 "load_average_at_end": os.getloadavg(),
                 "seconds_per_run": args.seconds,
                 "rounds": args.rounds,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from ris import Client
 from ris.runtime.lending import thread_affinities
@@ -44,6 +45,20 @@ def _long_generation(
     done.append(time.monotonic())
 
 
+def _console_shows_the_lending(server: Server) -> None:
+    """The console's lane cards, in Debian's chromium, while core 1 is lent."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/ui")
+            expect(page.locator('#lane-tts dd[data-field="lent"]')).to_have_text("1 to llm", timeout=15_000)
+            expect(page.locator('#lane-llm dd[data-field="borrowed"]')).to_have_text("1 (2 threads now)")
+            expect(page.locator('#lane-image dd[data-field="cpu-share"]')).to_contain_text("at least 10.0 %")
+        finally:
+            browser.close()
+
+
 def test_llm_borrows_the_idle_tts_core_and_gives_it_back_when_speech_arrives(server: Server) -> None:
     llm = server.worker_pid("llm")
     # Idle: the LLM holds its own core only, every thread of it.
@@ -63,6 +78,7 @@ def test_llm_borrows_the_idle_tts_core_and_gives_it_back_when_speech_arrives(ser
         )
         assert stats["tts"]["lent_cores"] == {"1": "llm"}
         assert stats["llm"]["borrowed_cores"] == [1]
+        _console_shows_the_lending(server)
 
         # A speech request arrives: core 1 is given back while it runs, and it is served.
         narrowed = threading.Event()
