@@ -98,6 +98,19 @@ class ModelUnloaded:
 
 
 @dataclass(frozen=True)
+class CpuShareInfo:
+    """How a batch worker keeps its minimum CPU share: the mechanism the OS allowed
+    ("cgroup_v1": the group's cpu.shares; "nice": the nice level's CFS weight), the weight set,
+    the share of a saturated core that weight gives against one nice-0 task, and the cgroup."""
+
+    mechanism: str
+    weight: int
+    share: float
+    nice: int
+    cgroup: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     pid: int
     models: tuple[ModelInfo, ...]
@@ -110,6 +123,8 @@ class WorkerReady:
     # The resident-memory ceiling it runs under, as its own machine set it (a Ray node's memory
     # for a defaulted ceiling); the server's watchdog holds it to this one. None: none.
     memory_limit_bytes: int | None = None
+    # A batch lane's minimum CPU share as the worker set it (ris.runtime.cpu_share); None: none.
+    cpu_share: CpuShareInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,10 @@ class WorkerFailed:
 class Heartbeat:
     # Monotonic count of progress events so far: the supervisor tells "busy" from "stuck".
     progress_events: int
+    # A lane that borrows idle cores (LaneConfig.borrow_idle_cores): the other lanes' cores it
+    # runs on now, and its library's thread count now; None where the lane borrows nothing.
+    borrowed_cores: tuple[int, ...] | None = None
+    threads_now: int | None = None
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,24 @@ def test_a_request_keep_alive_of_zero_unloads_once_idle(tmp_path: Path) -> None:
         lanes.unregister("count")
 
 
+def test_a_keep_alive_of_centuries_leaves_the_idle_worker_waiting_and_serving(tmp_path: Path) -> None:
+    # Ollama's "3000000h" or 1e10 s: a queue wait that long overflows; the worker waits an hour
+    # at most at a time and serves on.
+    chan, worker = _serving(_three_models(tmp_path, memory_budget_mb=None))
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "a", CountRequest(upto=0), keep_alive_s=1e10))
+        assert chan.take() == m.TaskDone("t1", CountOutcome(0))
+        chan.put(m.RunTask("t2", "a", CountRequest(upto=0)))
+        assert chan.take() == m.TaskDone("t2", CountOutcome(0))
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+        assert not worker.is_alive()
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
 def test_a_model_over_the_budget_is_refused_with_numbers(tmp_path: Path) -> None:
     spec = _three_models(tmp_path)
     (tmp_path / "c.bin").write_bytes(b"\0" * 3 * 2**20)

@@ -225,6 +225,13 @@ class LlamaBatch(LLMBatch):
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
         return keys
 
+    def set_threads(self, threads: int) -> None:
+        """The lane's thread count from now on (cores lent to it, or given back). The next step
+        runs on it, or on one thread while that proves faster (thread_choice, measured anew for
+        the new count); llama.cpp reads the count before each decode."""
+        if threads != self.threads.threads:
+            self.threads = ThreadChoice(threads)
+
     def close(self) -> None:
         self.abort()
         llama_cpp.llama_batch_free(self._batch)

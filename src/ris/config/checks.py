@@ -126,4 +126,28 @@ def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> l
         )
     if cfg.enabled and not cfg.models:
         problems.append(f"{where}: enabled but no models configured")
+    return problems + _sharing_problems(lane, cfg)
+
+
+def _sharing_problems(lane: str, cfg: LaneConfig) -> list[str]:
+    """Borrowing idle cores and a minimum CPU share: each is for one kind of lane on CPU."""
+    where = f"lanes.{lane}"
+    problems = []
+    if cfg.borrow_idle_cores:
+        if not kind(lane).borrows_cores:
+            problems.append(
+                f"{where}.borrow_idle_cores: the {lane} lane cannot change its threads between "
+                "steps; only the llm lane borrows cores"
+            )
+        elif cfg.device != "cpu" or cfg.cores is None or cfg.priority_class != "realtime":
+            problems.append(
+                f"{where}.borrow_idle_cores: true needs a real-time lane on CPU with its own cores "
+                f"(device 'cpu', cores listed); this one has device {cfg.device!r}, cores "
+                f"{None if cfg.cores is None else list(cfg.cores)}, priority_class {cfg.priority_class!r}"
+            )
+    if cfg.min_cpu_share is not None and (cfg.device != "cpu" or cfg.priority_class != "batch"):
+        problems.append(
+            f"{where}.min_cpu_share: {cfg.min_cpu_share} is for batch lanes on CPU (priority_class "
+            f"'batch', device 'cpu'); this one has {cfg.priority_class!r} on {cfg.device!r}"
+        )
     return problems

@@ -103,6 +103,20 @@ class LaneConfig(_Strict):
     exclusive_cores: bool = Field(
         default=True, description="a real-time lane's cores may not be given to another one"
     )
+    borrow_idle_cores: bool = Field(
+        default=False,
+        description="work-conserving isolation (LLM lane on CPU): while it has work, the lane also "
+        "runs on the cores of real-time lanes that are idle, and gives them back before its next "
+        "step once their owner gets work (docs/PERFORMANCE_OPTIMIZATION.md)",
+    )
+    min_cpu_share: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="batch lanes on CPU: the share of a core the lane keeps while real-time lanes "
+        "saturate it, set by a cgroup's cpu.shares where the OS lets the server make one, else "
+        "by the nice level whose CPU weight gives it; None: the lane's nice alone",
+    )
     max_queue: int = Field(default=64, ge=0, le=1_000_000, description="queued tasks at most")
     aging_s: float = Field(default=10.0, gt=0, description="waiting worth one priority step")
     client_share: float = Field(

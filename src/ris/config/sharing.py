@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from ris.config.schema import Config
 from ris.lanes import kind
+from ris.preemption.lending import Lender
 from ris.preemption.policy import PreemptionPolicy
 
 
@@ -89,3 +90,28 @@ def waits_passively(config: Config, lane: str) -> bool:
         if a is None or b is None or set(a) & set(b):
             return True
     return False
+
+
+def lenders(config: Config, lane: str) -> tuple[Lender, ...]:
+    """The lanes whose idle cores `lane` borrows (`borrow_idle_cores`): every other enabled
+    real-time lane on this machine's CPU with cores of its own. Batch lanes lend nothing: their
+    cores are shared already, and their share is the kernel's to give (min_cpu_share)."""
+    mine = config.lane(lane)
+    if not mine.borrow_idle_cores or mine.cores is None or config.cluster.engine != "local":
+        return ()
+    return tuple(
+        Lender(other, tuple(c for c in cfg.cores if c not in mine.cores))
+        for other, cfg in config.lanes.items()
+        if other != lane
+        and cfg.enabled
+        and cfg.priority_class == "realtime"
+        and cfg.device == "cpu"
+        and cfg.cores is not None
+        and set(cfg.cores) - set(mine.cores)
+    )
+
+
+def lends(config: Config, lane: str) -> bool:
+    """Another lane borrows this one's cores while it is idle: its worker marks itself busy on
+    the board as a task arrives, so they are given back before the task starts."""
+    return any(lane in (x.lane for x in lenders(config, other)) for other in config.lanes if other != lane)

@@ -146,6 +146,14 @@ def result_from_json(cls: type[R], data: Mapping[str, Any]) -> R:
     return cls(**values)
 
 
+class CoreFit(Protocol):
+    """A borrowing worker's cores (ris.runtime.lending.CoreLending): `fit(working)` before each
+    step of work, and with False once idle, moves the process onto the cores it may use now
+    and returns the thread count its backend should use if it changed, else None."""
+
+    def fit(self, working: bool) -> int | None: ...
+
+
 @dataclass
 class WorkerEnv:
     """What the worker process gives a lane's runner: `output` and `progress` report on a
@@ -162,6 +170,8 @@ class WorkerEnv:
     yielder: Yielder | None = None
     # Tasks the worker runs at once (LaneConfig.parallel).
     parallel: int = 1
+    # Lanes that borrow idle cores (LaneConfig.borrow_idle_cores): where the runner asks.
+    cores: CoreFit | None = None
 
     def output(self, task_id: str, data: object) -> None:
         """Stream a piece of a task's output to the server (the lane's own type: a TextDelta,
@@ -334,6 +344,8 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
     durable: ClassVar[bool] = False
     # Yields to real-time lanes that share its GPU or cores (see ris.preemption).
     preemptible: ClassVar[bool] = False
+    # Its runner can widen to idle real-time lanes' cores between steps (borrow_idle_cores).
+    borrows_cores: ClassVar[bool] = False
     # Never given a GPU (speech runs on its own CPU cores).
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).

@@ -213,6 +213,10 @@ class LLMBatch(ABC):
     def abort(self) -> list[str]:
         """Drop every sequence (after a step failed); their keys."""
 
+    def set_threads(self, threads: int) -> None:  # noqa: B027 - optional: most keep their pool
+        """Compute the coming steps on `threads` threads (the lane borrowed or gave back idle
+        cores between two steps). A batch whose library cannot change its pool keeps its own."""
+
 
 class LLMBackend(Backend):
     """Text generation: stream text to `out` and say when prefill ends."""
@@ -301,6 +305,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         self._waiting: deque[Waiting] = deque()
         self._batches: dict[int, LLMBatch | None] = {}  # by id() of the backend
         self._phase = Activity.IDLE  # the board starts idle
+        self._threads: int | None = None  # set once the lane borrowed or gave back cores
 
     def admit(
         self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]
@@ -315,6 +320,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         self._place(ended)
         running = self._running()
         self._publish(running)
+        self._fit_cores(working=bool(running))
         for batch in running:
             try:
                 ended.extend(batch.step())
@@ -322,8 +328,23 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
                 raise
             except Exception as e:  # noqa: BLE001 - the batch's tasks fail; the worker serves on
                 ended.extend((key, _as_backend_error(e)) for key in batch.abort())
-        self._publish(self._running())
+        running = self._running()
+        self._publish(running)
+        if not running:
+            self._fit_cores(working=False)
         return ended
+
+    def _fit_cores(self, working: bool) -> None:
+        """Work-conserving isolation: before a step, widen to idle lanes' cores or give back
+        those whose owner got work (within one step); once idle, back to the lane's own."""
+        if self.env.cores is None:
+            return
+        threads = self.env.cores.fit(working)
+        if threads is not None:
+            self._threads = threads
+            for batch in self._batches.values():
+                if batch is not None:
+                    batch.set_threads(threads)
 
     def _place(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
         while self._waiting:
@@ -370,7 +391,9 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
 
     def _batch(self, backend: LLMBackend) -> LLMBatch | None:
         if id(backend) not in self._batches:
-            self._batches[id(backend)] = backend.batch()
+            batch = self._batches[id(backend)] = backend.batch()
+            if batch is not None and self._threads is not None:
+                batch.set_threads(self._threads)
         return self._batches[id(backend)]
 
     def _running(self) -> list[LLMBatch]:
@@ -392,6 +415,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
 class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
     name = "llm"
     generic_api = False
+    borrows_cores = True  # its runner sets the batch's threads between steps
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
     # Sequences decoded together (continuous batching); measured in docs/PERFORMANCE_OPTIMIZATION.md.
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}

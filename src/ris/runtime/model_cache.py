@@ -22,6 +22,10 @@ from ris.memory.footprint import model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
 
 
+# The longest single wait of an idle worker for a keep_alive's end; it looks again after.
+MAX_IDLE_WAIT_S = 3600.0
+
+
 @dataclass(frozen=True)
 class Hold:
     """The model cannot load until the running work on `blocked_by` drains."""
@@ -122,8 +126,10 @@ class ModelCache:
             self.unload(name, "expired")
 
     def seconds_to_expiry(self) -> float | None:
+        """How long the idle worker may wait before a model's keep_alive ends (at most an
+        hour: a queue's wait overflows past ~292 years, and a keep_alive may say 3000000h)."""
         due = self.residency.next_expiry()
-        return None if due is None else max(due - self.clock(), 0.0)
+        return None if due is None else min(max(due - self.clock(), 0.0), MAX_IDLE_WAIT_S)
 
     def close(self) -> None:
         for backend in self.models.values():

@@ -19,6 +19,8 @@ class Replica:
     watch: Watch
     running: set[str] = field(default_factory=set)
     ready_info: m.WorkerReady | None = None
+    # The last heartbeat's word on borrowed cores (a lane with borrow_idle_cores).
+    lending: m.Heartbeat | None = None
     failure: m.WorkerFailed | None = None
     # The models it holds now, by name: those of WorkerReady, then ModelLoaded / ModelUnloaded.
     models: dict[str, m.ModelInfo] = field(default_factory=dict)

@@ -37,6 +37,13 @@ class WorkerStatus:
     running: int = 0
     cpu_affinity: tuple[int, ...] | None = None
     threads: int | None = None
+    # Work-conserving isolation: the idle lanes' cores this worker runs on now and its thread
+    # count now (None: the lane borrows nothing). The lender's side, `lent_cores`, is read
+    # from these in /api/stats (ris.api.stats).
+    borrowed_cores: tuple[int, ...] | None = None
+    threads_now: int | None = None
+    # A batch lane's minimum CPU share and how the OS keeps it (messages.CpuShareInfo as JSON).
+    cpu_share: dict[str, Any] | None = None
     cuda_visible_devices: str | None = None
     cpu_percent: float | None = None
     # CPU time (user and system) the worker process has used since it started.
@@ -157,6 +164,9 @@ def worker_status(r: Replica) -> WorkerStatus:
         pid=usage.pid,
         cpu_affinity=info.cpu_affinity if info and info.cpu_affinity else None,
         threads=info.threads if info else None,
+        borrowed_cores=r.lending.borrowed_cores if r.lending and info else None,
+        threads_now=r.lending.threads_now if r.lending and info else None,
+        cpu_share=dataclasses.asdict(info.cpu_share) if info and info.cpu_share else None,
         cuda_visible_devices=info.cuda_visible_devices if info else None,
         cpu_percent=usage.cpu_percent,
         cpu_seconds=usage.cpu_seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ris import lanes
 from ris.config import Config
-from ris.config.sharing import resolve_policy, waits_passively, yields_to
+from ris.config.sharing import lenders, lends, resolve_policy, waits_passively, yields_to
 from ris.machine import MachineInfo, machine_info
 from ris.runtime.binding import Binding
 from ris.runtime.workers.base import WorkerSpec
@@ -49,4 +49,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
         preemption=resolve_policy(config, lane) if kind.preemptible else None,
         yield_to=yields_to(config, lane),
         memory_share=node_memory_share(config, lane),
+        borrow_from=lenders(config, lane),
+        lends=lends(config, lane),
+        min_cpu_share=cfg.min_cpu_share if cfg.device == "cpu" else None,
     )

@@ -30,8 +30,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 # The standard library and stdlib-only ris modules: safe before the binding is applied.
 from ris import messages as m
 from ris.preemption.board import ActivityBoard
-from ris.preemption.policy import PreemptionPolicy, Yielder
+from ris.preemption.lending import Borrower, LendingPolicy
+from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 from ris.runtime.binding import apply_binding, observed_affinity
+from ris.runtime.cpu_share import apply_min_cpu_share
+from ris.runtime.lending import CoreLending
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
@@ -111,6 +114,17 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
 
     out = _SerialSender(outbound)
     infos: list[m.ModelInfo] = []
+    cpu_share = None
+    if spec.min_cpu_share is not None:
+        cpu_share = apply_min_cpu_share(spec.min_cpu_share, spec.lane, spec.binding.nice, os.getppid())
+    lending = None
+    if spec.borrow_from and spec.binding.cores is not None:
+        borrower = Borrower(
+            LendingPolicy(spec.binding.cores, spec.borrow_from),
+            board.reader([x.lane for x in spec.borrow_from]),
+            time.monotonic,
+        )
+        lending = CoreLending(borrower, spec.binding.threads)
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
         kind = import_kind(spec.kind)
         cfg = LaneConfig.model_validate_json(spec.lane_config_json)
@@ -149,6 +163,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     inbox: queue.Queue[Any] = queue.Queue()
     state = _Shared()
 
+    publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
+
     def receive() -> None:
         while True:
             try:
@@ -161,6 +177,10 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             else:
                 if isinstance(msg, m.RunTask):
                     state.known.add(msg.task_id)
+                    if spec.lends:
+                        # Before the task is queued: the lane borrowing our idle cores gives them
+                        # back before its next step, so they are free when synthesis starts.
+                        publish(Activity.BUSY)
                 inbox.put(msg)
                 if isinstance(msg, m.Shutdown):
                     return
@@ -169,7 +189,10 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         stop = threading.Event()
         while not stop.wait(HEARTBEAT_INTERVAL_S):
             try:
-                out.send(m.Heartbeat(progress_events=state.progress_events))
+                if lending is None:
+                    out.send(m.Heartbeat(progress_events=state.progress_events))
+                else:
+                    out.send(m.Heartbeat(state.progress_events, lending.borrowed, lending.threads))
             except (OSError, ValueError):
                 return
 
@@ -187,10 +210,10 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             threads=spec.binding.threads,
             slots=cfg.parallel,
             memory_limit_bytes=spec.binding.memory_limit_bytes,
+            cpu_share=cpu_share,
         )
     )
-    publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
-    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel))
+    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, lending))
     if isinstance(runner, ConcurrentRunner):
         _serve_concurrently(runner, inbox, cache, state, out)
         return
@@ -233,6 +256,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
             state.ended(task_id)
+            if spec.lends and inbox.empty():
+                publish(Activity.IDLE)  # marked busy on arrival: idle again once none waits
         cache.expire()  # a keep_alive of 0 unloads now
 
 

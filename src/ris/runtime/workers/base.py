@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ris.messages import CancelTask, RunTask
+from ris.preemption.lending import Lender
 from ris.preemption.policy import Activity, PreemptionPolicy
 from ris.runtime.binding import Binding
 
@@ -51,6 +52,12 @@ class WorkerSpec:
     # A defaulted memory ceiling on a cluster: this share of the memory of the node that runs
     # the worker, set there (binding.memory_limit_bytes is None until then).
     memory_share: float | None = None
+    # Work-conserving isolation: the lanes whose idle cores this worker borrows; whether another
+    # lane borrows this one's (it then says "busy" on the board as a task arrives).
+    borrow_from: tuple[Lender, ...] = ()
+    lends: bool = False
+    # A batch lane's minimum CPU share under saturation (ris.runtime.cpu_share); None: none.
+    min_cpu_share: float | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import psutil
 from ris import messages as m
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
+from ris.runtime import cpu_share
 from ris.runtime.binding import spawn_environment
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
@@ -47,6 +48,7 @@ class ProcessWorkers:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.board = ActivityBoard(list(config.lanes), _CTX)
         self.loop = loop
+        cpu_share.remove_stale()
 
     def __call__(self, spec: WorkerSpec, deliver: Callable[[object], None]) -> ProcessWorker:
         return ProcessWorker(spec, deliver, self.board, self.loop)
@@ -55,7 +57,9 @@ class ProcessWorkers:
         return self.board.get(lane) if lane in self.board.lanes else None
 
     def close(self) -> None:
-        """Nothing beyond the workers: the board is freed with this process."""
+        """The board is freed with this process; the batch lanes' cpu cgroups (min_cpu_share)
+        are removed now that their workers are gone."""
+        cpu_share.remove_groups(os.getpid())
 
 
 def frame(data: bytes) -> bytes:

@@ -84,6 +84,14 @@ function facts(s, tp, rtf) {
     ["CPU", w.cpu_percent === null ? "–" : `${fmt.num(w.cpu_percent)} %`, "cpu"],
     ["Memory", mem, "memory"],
   ];
+  // Work-conserving isolation: idle cores lent to a lane that has work, and taken back.
+  const lent = Object.entries(s.lent_cores || {});
+  if (lent.length) rows.push(["Lent cores", lent.map(([c, to]) => `${c} to ${to}`).join(", "), "lent"]);
+  if (w.borrowed_cores !== null && w.borrowed_cores !== undefined) {
+    rows.push(["Borrowed cores", w.borrowed_cores.length ? `${w.borrowed_cores.join(", ")} (${w.threads_now} threads now)` : "none now", "borrowed"]);
+  }
+  const share = s.min_cpu_share;
+  if (share) rows.push(["CPU share", `at least ${fmt.num(share.share * 100)} % of a busy core (${share.mechanism === "nice" ? `nice ${share.nice}` : `cgroup cpu.shares ${share.weight}`})`, "cpu-share"]);
   if (s.yield_policy) rows.push(["Yields", s.yield_policy === "none" ? "never (policy none)" : `to real-time lanes (${s.yield_policy})`, "yields"]);
   if (w.error) rows.push(["Error", w.error, "error"]);
   return rows.flatMap(([k, v, f]) => [el("dt", {}, k), el("dd", { dataset: { field: f } }, String(v))]);

@@ -1,0 +1,154 @@
+"""A batch lane's minimum CPU share under real-time saturation (LaneConfig.min_cpu_share).
+
+The kernel's fair scheduler (CFS) splits a busy core between runnable entities by weight. A
+nice-0 task weighs 1024; at nice 19 the image worker weighs 15, so against one saturating
+real-time task it gets 15/1039 = 1.4% of the core (measured here: about 2%), and a picture
+takes minutes. A share s needs a weight w with w / (1024 + w) = s, that is
+w = 1024 * s / (1 - s): 114 for 10%.
+
+Two mechanisms give that weight, tried in this order by the worker itself at start:
+
+* cgroup v1 (this machine's kind): a child group of the server's cpu cgroup, named after the
+  server's pid and the lane, with `cpu.shares` = w, and the worker moved into it. The group is
+  one entity whatever the worker's threads: a torch pool of four threads still gets s, where
+  per-task weights (nice) would give each thread s. Needs a writable cgroup tree (root, or a
+  delegated tree); the server removes its groups when it stops (`remove_groups`).
+* nice: the highest nice level whose CFS weight is at least w (nice 9 = 137: 11.8%; nice 10 =
+  110 would give 9.7% < 10%). Works everywhere, per thread.
+
+cgroup v2 (`cpu.weight`) is not tried: a v2 host needs a delegated subtree for the server,
+which this repository has not been able to test; such hosts get the nice level. SCHED_IDLE
+(weight 3) is never used: it gives less than nice 19 and no minimum share can hold under it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from ris.messages import CpuShareInfo
+
+# The kernel's sched_prio_to_weight, nice 0..19 (kernel/sched/core.c).
+NICE_WEIGHTS = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
+NICE_0_WEIGHT = NICE_WEIGHTS[0]
+CGROUP_V1_CPU = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct"))
+GROUP_PREFIX = "ris-"
+
+
+def weight_for(share: float) -> int:
+    """The CFS weight that gets `share` of a core against one nice-0 task."""
+    return max(2, math.ceil(NICE_0_WEIGHT * share / (1.0 - share)))
+
+
+def share_of(weight: int) -> float:
+    """The share of a core `weight` gets against one nice-0 task."""
+    return weight / (NICE_0_WEIGHT + weight)
+
+
+def nice_for(share: float, at_most: int = 19) -> int:
+    """The highest nice level (up to `at_most`) whose weight gives at least `share`."""
+    need = weight_for(share)
+    return max(n for n in range(at_most + 1) if NICE_WEIGHTS[n] >= need or n == 0)
+
+
+def group_name(server_pid: int, lane: str) -> str:
+    return f"{GROUP_PREFIX}{server_pid}-{lane}"
+
+
+def apply_min_cpu_share(share: float, lane: str, nice: int, server_pid: int) -> CpuShareInfo:
+    """Give the calling process (a batch worker, already bound at `nice`) at least `share` of a
+    saturated core: a cgroup where one can be made, else a nice level."""
+    weight = weight_for(share)
+    group = _cgroup_v1(group_name(server_pid, lane), weight)
+    if group is not None:
+        return CpuShareInfo(
+            "cgroup_v1", weight, share_of(weight), os.getpriority(os.PRIO_PROCESS, 0), str(group)
+        )
+    level = min(nice, nice_for(share))
+    # Raising priority (a lower nice) needs CAP_SYS_NICE; without it the lane keeps its nice.
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, level)
+    except PermissionError:
+        level = os.getpriority(os.PRIO_PROCESS, 0)
+    for tid in _threads():  # threads started before this (none yet in a fresh worker)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, level)
+        except (PermissionError, ProcessLookupError):
+            pass
+    return CpuShareInfo("nice", NICE_WEIGHTS[level], share_of(NICE_WEIGHTS[level]), level)
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except FileNotFoundError:
+        return []
+
+
+def _own_cpu_cgroup() -> tuple[Path, str] | None:
+    """The cgroup v1 cpu controller's mount and this process's path in it."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            for mount in CGROUP_V1_CPU:
+                if (mount / "cpu.shares").exists():
+                    return mount, path
+    return None
+
+
+def _cgroup_v1(name: str, weight: int) -> Path | None:
+    """Make (or reuse: a restarted worker) the group, set its weight, move this process in."""
+    found = _own_cpu_cgroup()
+    if found is None:
+        return None
+    mount, own = found
+    group = mount / own.lstrip("/") / name
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "cpu.shares").write_text(str(weight))
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        return None
+    return group
+
+
+def remove_groups(server_pid: int, wait_s: float = 2.0) -> None:
+    """The server's groups, once its workers are gone: a worker told to stop may still be
+    exiting, so an occupied group is retried for up to `wait_s` (then left, for `remove_stale`)."""
+    deadline = time.monotonic() + wait_s
+    for group in _groups(f"{GROUP_PREFIX}{server_pid}-*"):
+        while True:
+            try:
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:  # EBUSY: a process is still in it
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+
+
+def remove_stale() -> None:
+    """Empty groups of servers no longer running (one killed before it could remove its own)."""
+    for group in _groups(f"{GROUP_PREFIX}*-*"):
+        pid = group.name[len(GROUP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            try:
+                group.rmdir()
+            except OSError:
+                pass  # still occupied, or not ours to remove
+
+
+def _groups(pattern: str) -> list[Path]:
+    found = _own_cpu_cgroup()
+    if found is None:
+        return []
+    mount, own = found
+    return sorted((mount / own.lstrip("/")).glob(pattern))

@@ -1,0 +1,174 @@
+"""Which idle lanes' cores the LLM may borrow, with a fake clock and a fake board."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from typing import Any
+
+import pytest
+
+from ris.config import ConfigError
+from ris.config.load import parse_config
+from ris.config.sharing import lenders, lends
+from ris.machine import MachineInfo
+from ris.preemption.lending import Borrower, Lender, LendingPolicy
+from ris.preemption.policy import Activity
+from ris.runtime.specs import worker_spec
+
+
+class Board:
+    def __init__(self, n: int) -> None:
+        self.now = 0.0
+        self.states = [Activity.IDLE] * n
+
+    def clock(self) -> float:
+        return self.now
+
+    def read(self) -> list[int]:
+        return [int(s) for s in self.states]
+
+
+def borrower(board: Board, grace: float = 0.25) -> Borrower:
+    policy = LendingPolicy(own=(0,), lenders=(Lender("tts", (1,)), Lender("asr", (2, 3))), idle_grace_s=grace)
+    return Borrower(policy, board.read, board.clock)
+
+
+def test_idle_owners_lend_their_cores_from_the_start() -> None:
+    b = borrower(Board(2))
+    assert b.cores() == (0, 1, 2, 3)
+    assert b.borrowed(b.cores()) == (1, 2, 3)
+
+
+def test_a_busy_owner_takes_its_cores_back_at_once_and_lends_again_after_the_grace() -> None:
+    board = Board(2)
+    b = borrower(board)
+    assert b.cores() == (0, 1, 2, 3)
+    board.states[0] = Activity.BUSY  # a TTS task arrived
+    assert b.cores() == (0, 2, 3)
+    board.now = 5.0
+    assert b.cores() == (0, 2, 3)  # still busy: still its own
+    board.states[0] = Activity.IDLE
+    board.now = 5.1
+    assert b.cores() == (0, 2, 3)  # idle, but within the grace (the next sentence may follow)
+    board.now = 5.25
+    assert b.cores() == (0, 1, 2, 3)
+
+
+def test_a_busy_spell_seen_only_between_two_asks_still_counts_from_when_it_was_seen() -> None:
+    board = Board(2)
+    b = borrower(board, grace=1.0)
+    board.states[1] = Activity.PREFILL
+    board.now = 2.0
+    assert b.cores() == (0, 1)
+    board.states[1] = Activity.IDLE
+    board.now = 2.5
+    assert b.cores() == (0, 1)
+    board.now = 3.0
+    assert b.cores() == (0, 1, 2, 3)
+
+
+def test_no_grace_lends_as_soon_as_the_owner_is_idle() -> None:
+    board = Board(2)
+    b = borrower(board, grace=0.0)
+    board.states[0] = Activity.BUSY
+    assert b.cores() == (0, 2, 3)
+    board.states[0] = Activity.IDLE
+    assert b.cores() == (0, 1, 2, 3)
+
+
+# ----- what the config declares ---------------------------------------------------------------
+
+
+def _config(**llm: Any) -> dict[str, Any]:
+    return {
+        "lanes": {
+            "llm": {
+                "cores": [0],
+                "default_model": "m",
+                "models": {"m": {"backend": "llama_cpp", "source": "/x.gguf"}},
+                **llm,
+            },
+            "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": {"enabled": False, "priority_class": "batch"},
+        }
+    }
+
+
+TWO_CORES = MachineInfo(cores=(0, 1), gpus=0)
+
+
+def test_the_llm_lane_borrows_the_tts_core_and_the_tts_worker_knows_it_lends() -> None:
+    cfg = parse_config(_config(borrow_idle_cores=True), TWO_CORES)
+    assert lenders(cfg, "llm") == (Lender("tts", (1,)),)
+    assert lends(cfg, "tts") and not lends(cfg, "llm")
+    spec = worker_spec(cfg, "llm", TWO_CORES)
+    assert spec.borrow_from == (Lender("tts", (1,)),) and not spec.lends
+    assert worker_spec(cfg, "tts", TWO_CORES).lends
+    off = parse_config(_config(), TWO_CORES)
+    assert lenders(off, "llm") == () and not lends(off, "tts")
+
+
+def test_borrowing_and_a_cpu_share_are_refused_where_they_mean_nothing() -> None:
+    data = _config()
+    data["lanes"]["tts"]["borrow_idle_cores"] = True
+    data["lanes"]["llm"]["min_cpu_share"] = 0.1
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, TWO_CORES)
+    msg = str(exc.value)
+    assert "lanes.tts.borrow_idle_cores" in msg and "only the llm lane borrows cores" in msg
+    assert "lanes.llm.min_cpu_share: 0.1 is for batch lanes on CPU" in msg
+    with pytest.raises(ConfigError, match="needs a real-time lane on CPU with its own cores"):
+        parse_config(_config(borrow_idle_cores=True, cores=None), TWO_CORES)
+    with pytest.raises(ConfigError, match="min_cpu_share"):
+        parse_config(
+            {
+                **_config(),
+                "lanes": {**_config()["lanes"], "image": {"priority_class": "batch", "min_cpu_share": 1.5}},
+            },
+            TWO_CORES,
+        )
+
+
+class FakeBorrower:
+    def __init__(self, own: tuple[int, ...], answer: tuple[int, ...]) -> None:
+        self.policy = LendingPolicy(own, (Lender("tts", (1,)),))
+        self.answer = answer
+
+    def cores(self) -> tuple[int, ...]:
+        return self.answer
+
+    def borrowed(self, cores: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(c for c in cores if c not in self.policy.own)
+
+
+def test_core_lending_moves_every_thread_of_the_process_and_says_the_thread_count() -> None:
+    """On this process, in a child so the test runner's own affinity is left alone."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        seen = pool.apply(_lend_in_child)
+    widened, narrowed, idle = seen
+    assert widened == (2, {(0, 1)}, (1,))
+    assert narrowed == (1, {(0,)}, ())
+    assert idle is None  # already on its own cores: nothing to change
+
+
+def _lend_in_child() -> tuple[Any, Any, Any]:
+    import threading
+
+    from ris.runtime.lending import CoreLending, thread_affinities
+
+    os.sched_setaffinity(0, {0})
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)  # a pool thread the library started
+    helper.start()
+    borrower = FakeBorrower((0,), (0, 1))
+    lending = CoreLending(borrower, 1)  # type: ignore[arg-type]
+    threads = lending.fit(working=True)
+    widened = (threads, set(thread_affinities(os.getpid()).values()), lending.borrowed)
+    threads = lending.fit(working=False)
+    narrowed = (threads, set(thread_affinities(os.getpid()).values()), lending.borrowed)
+    idle = lending.fit(working=False)
+    stop.set()
+    helper.join()
+    return widened, narrowed, idle
