@@ -21,7 +21,6 @@ from ris.config.fit_checks import ram_budget
 from ris.memory.footprint import model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
 
-
 # The longest single wait of an idle worker for a keep_alive's end; it looks again after.
 MAX_IDLE_WAIT_S = 3600.0
 

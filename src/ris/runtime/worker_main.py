@@ -151,7 +151,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         # ones (speech) all at once.
         for name in preloaded(cfg, kind.load_all_models):
             cache.get(name, announce=False)  # nothing runs yet: never held
-            infos.append(cache.info(name))
+        # Those still loaded: a later preload may have evicted an earlier one (a budget that
+        # holds fewer than the preloaded models on a node or card the start check cannot see).
+        infos.extend(cache.info(name) for name in cache.models)
     except BackendError as e:
         out.send(m.WorkerFailed(code=e.code, message=e.message))
         return

@@ -35,9 +35,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import ray
@@ -52,6 +51,7 @@ from ris.runtime.workers.ray_cluster import Placements, check_cluster, connect, 
 from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
+T = TypeVar("T")
 
 # How long one take() waits for a message; heartbeats (every 0.5 s) end most waits sooner.
 POLL_S = 2.0
@@ -61,6 +61,8 @@ PENDING_AFTER_S = 20.0
 # The head is probed this often; this many failed probes in a row and it is lost.
 HEAD_PROBE_S = 2.0
 HEAD_LOST_AFTER = 3
+# How long shutting down waits for the placement groups to be freed.
+CLOSE_WAIT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -229,12 +231,6 @@ class RayWorkers:
         self._workers: list[RayWorker] = []
         # Set while the head does not answer: what the lanes wait for, said in /ready and 503s.
         self.head_lost: str | None = None
-        # Its own thread: Ray calls made while the head is away wait for it, and must not hold
-        # the threads the engine's other work runs on.
-        self._head_thread = ThreadPoolExecutor(1, thread_name_prefix="ris-ray-head")
-        # Ray calls that go through the head (kill an actor, reset a board, read what is free)
-        # wait for it while it is away: never on the event loop, never on the head's thread.
-        self._calls = ThreadPoolExecutor(2, thread_name_prefix="ris-ray-call")
         head = head_address(config)
         self._watch: concurrent.futures.Future[None] | None = None
         if head is not None:  # "auto" or ray://: Ray's own retries are all there is
@@ -269,13 +265,13 @@ class RayWorkers:
         failures = 0
         while True:
             await asyncio.sleep(HEAD_PROBE_S)
-            answers = await self.loop.run_in_executor(self._head_thread, head_answers, host, port)
+            answers = await asyncio.wrap_future(off_loop(head_answers, host, port))
             failures = 0 if answers else failures + 1
             if self.head_lost is None and failures >= HEAD_LOST_AFTER:
                 self._lose_head(host, port)
             elif self.head_lost is not None and answers:
                 try:
-                    await self.loop.run_in_executor(self._head_thread, self._rejoin)
+                    await asyncio.wrap_future(off_loop(self._rejoin))
                 except Exception as e:  # noqa: BLE001 - not all back yet: the next probe retries
                     log.warning("the Ray head answers again but joining it failed (%s); retrying", e)
                     continue
@@ -321,12 +317,12 @@ class RayWorkers:
         (if any) is killed by Ray, off the loop."""
         self.board.set(lane, Activity.IDLE)
         if self.head_lost is None:  # else the actors and the node's board went with the head
-            self._calls.submit(_kill, lane, actor, self._placements)
+            off_loop(_kill, lane, actor, self._placements)
 
     async def available(self) -> dict[str, float]:
         """What is free in the cluster now ({} when the head does not say)."""
         try:
-            free: dict[str, float] = await self.loop.run_in_executor(self._calls, ray.available_resources)
+            free: dict[str, float] = await asyncio.wrap_future(off_loop(ray.available_resources))
         except Exception:  # noqa: BLE001 - the head is gone too: nothing to say
             return {}
         return free
@@ -335,9 +331,29 @@ class RayWorkers:
         if self._watch is not None:
             self._watch.cancel()
         if self.head_lost is None:  # else the groups and boards went with the head
-            self._placements.close()
-        self._head_thread.shutdown(wait=False, cancel_futures=True)
-        self._calls.shutdown(wait=False, cancel_futures=True)
+            # Bounded: a head lost in the seconds before its loss is seen must not hold the
+            # server's exit (the groups go with the driver anyway, the boards at the next start).
+            done = off_loop(self._placements.close)
+            try:
+                done.result(timeout=CLOSE_WAIT_S)
+            except Exception as e:  # noqa: BLE001 - timed out or failed: said, not waited for
+                log.warning("Ray placement groups not freed at shutdown: %s", e or "timed out")
+
+
+def off_loop(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+    """Run a call that may wait for the Ray head on a daemon thread of its own: never on the
+    event loop, and never one the interpreter joins at exit (a pool's threads are joined, and
+    while the head is away such a call waits as long as the driver's reconnect timeout)."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+            future.set_exception(e)
+
+    threading.Thread(target=run, name=f"ris-ray-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return future
 
 
 def _kill(lane: str, actor: Any, placements: Placements) -> None:
