@@ -35,9 +35,12 @@ class LlamaCppLLM(LLMBackend):
         gpu = ctx.device.startswith("cuda")
         prefill_chunk = int(opts.pop("prefill_chunk", PREFILL_CHUNK_GPU if gpu else PREFILL_CHUNK_CPU))
         opts.setdefault("n_gpu_layers", -1 if gpu else 0)
-        # Unset: llama.cpp decides (flash attention on where the backend supports it, CPU and
-        # CUDA included), as llama-server does; llama-cpp-python's own default is off.
-        flash_attn = opts.pop("flash_attn", None)
+        # Unset: on a GPU llama.cpp decides (on where the backend supports it), as llama-server
+        # does. On the CPU off: there a sequence's text then depends on how its prompt was
+        # batched (a seeded answer differs when its prefix was copied from a busy slot; measured
+        # with SmolLM2), which breaks "a seed gives the same text under load", and it bought no
+        # speed on one thread (decode 0.96x, docs/PERFORMANCE_OPTIMIZATION.md).
+        flash_attn = opts.pop("flash_attn", None if gpu else False)
         # The Llama object's own context is never used for generation: keep it tiny.
         self._llm = Llama(
             model_path=str(path),
