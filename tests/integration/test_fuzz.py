@@ -41,6 +41,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(tight: Server) -
     out = subprocess.run(
         [
             exe,
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
             "run",
             f"{tight.url}/openapi.json",
             "--max-examples",

@@ -117,7 +117,7 @@ def test_borrowing_and_a_cpu_share_are_refused_where_they_mean_nothing() -> None
         parse_config(data, TWO_CORES)
     msg = str(exc.value)
     assert "lanes.tts.borrow_idle_cores" in msg and "only the llm lane borrows cores" in msg
-    assert "lanes.llm.min_cpu_share: 0.1 is for batch lanes on CPU" in msg
+    assert "lanes.llm.min_cpu_share: 0.1 is for batch lanes" in msg
     with pytest.raises(ConfigError, match="needs a real-time lane on CPU with its own cores"):
         parse_config(_config(borrow_idle_cores=True, cores=None), TWO_CORES)
     with pytest.raises(ConfigError, match="min_cpu_share"):
@@ -172,3 +172,18 @@ def _lend_in_child() -> tuple[Any, Any, Any]:
     stop.set()
     helper.join()
     return widened, narrowed, idle
+
+
+def test_a_cpu_share_on_an_image_lane_moved_to_a_gpu_is_kept_and_not_applied() -> None:
+    # The shipped config sets it on the image lane: moving that lane to cuda:0 must just work.
+    data = _config()
+    data["lanes"]["image"] = {
+        "device": "cuda:0",
+        "priority_class": "batch",
+        "min_cpu_share": 0.1,
+        "models": {"tiny-sd": {"backend": "diffusers", "source": "builtin:tiny-sd"}},
+        "default_model": "tiny-sd",
+    }
+    cfg = parse_config(data, MachineInfo(cores=(0, 1), gpus=1))
+    assert cfg.lane("image").min_cpu_share == 0.1
+    assert worker_spec(cfg, "image", MachineInfo(cores=(0, 1), gpus=1)).min_cpu_share is None

@@ -145,9 +145,11 @@ def _sharing_problems(lane: str, cfg: LaneConfig) -> list[str]:
                 f"(device 'cpu', cores listed); this one has device {cfg.device!r}, cores "
                 f"{None if cfg.cores is None else list(cfg.cores)}, priority_class {cfg.priority_class!r}"
             )
-    if cfg.min_cpu_share is not None and (cfg.device != "cpu" or cfg.priority_class != "batch"):
+    # On a GPU it is kept and not applied (the lane's share is its card's): a user who moves the
+    # shipped image lane to cuda:0 must not have to find and delete it first.
+    if cfg.min_cpu_share is not None and cfg.priority_class != "batch":
         problems.append(
-            f"{where}.min_cpu_share: {cfg.min_cpu_share} is for batch lanes on CPU (priority_class "
-            f"'batch', device 'cpu'); this one has {cfg.priority_class!r} on {cfg.device!r}"
+            f"{where}.min_cpu_share: {cfg.min_cpu_share} is for batch lanes (priority_class "
+            f"'batch'); this one is {cfg.priority_class!r}"
         )
     return problems

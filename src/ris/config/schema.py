@@ -113,8 +113,9 @@ class LaneConfig(_Strict):
         default=None,
         gt=0,
         lt=1,
-        description="batch lanes on CPU: the share of a core the lane keeps while real-time lanes "
-        "saturate it, set by a cgroup's cpu.shares where the OS lets the server make one, else "
+        description="batch lanes (applied on CPU; kept, unused, on a GPU): the share of a core the "
+        "lane keeps while real-time lanes saturate it, set by a cgroup's cpu.shares where the OS "
+        "lets the server make one, else "
         "by the nice level whose CPU weight gives it; None: the lane's nice alone",
     )
     max_queue: int = Field(default=64, ge=0, le=1_000_000, description="queued tasks at most")
