@@ -33,6 +33,7 @@ from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
 from ris.backends.thread_choice import ThreadChoice
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
+from ris.memory.footprint import GGML_TYPE_NAMES, kv_bytes_per_token
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
 # streams wait that long for their next token. On one CPU core SmolLM2-135M prefills ~145
@@ -398,24 +399,25 @@ def _free(seq: _Sequence) -> None:
         seq.grammar.free()
 
 
-# Bytes per element of the KV cache types llama.cpp offers (ggml_type: block bytes / block
-# elements): f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1.
-_KV_TYPE_BYTES = {0: 4.0, 1: 2.0, 30: 2.0, 8: 34 / 32, 2: 18 / 32, 3: 20 / 32, 6: 22 / 32, 7: 24 / 32}
-
-
 def kv_cache_bytes(llm: Any, cells: int, type_k: int, type_v: int) -> int | None:
-    """The KV cache of `cells` tokens: per layer, a key and a value vector per KV head, of the
-    model's key and value lengths (GGUF `<arch>.attention.key_length`, else n_embd / n_head).
-    None for a cache type not listed above."""
-    model = llm._model.model  # noqa: SLF001 - the loaded llama_model
-    if type_k not in _KV_TYPE_BYTES or type_v not in _KV_TYPE_BYTES:
+    """The KV cache of `cells` tokens on the loaded model, by the footprint's arithmetic (key
+    and value lengths: GGUF `<arch>.attention.key_length`, else n_embd / n_head). None for a
+    cache type it does not know."""
+    k_type, v_type = GGML_TYPE_NAMES.get(type_k), GGML_TYPE_NAMES.get(type_v)
+    if k_type is None or v_type is None:
         return None
+    model = llm._model.model  # noqa: SLF001 - the loaded llama_model
     n_head = llama_cpp.llama_model_n_head(model)
     head_dim = llama_cpp.llama_model_n_embd(model) // max(n_head, 1)
     arch = llm.metadata.get("general.architecture", "")
     k_len = int(llm.metadata.get(f"{arch}.attention.key_length", head_dim))
     v_len = int(llm.metadata.get(f"{arch}.attention.value_length", head_dim))
-    per_layer = llama_cpp.llama_model_n_head_kv(model) * (
-        k_len * _KV_TYPE_BYTES[type_k] + v_len * _KV_TYPE_BYTES[type_v]
+    per_token = kv_bytes_per_token(
+        llama_cpp.llama_model_n_layer(model),
+        llama_cpp.llama_model_n_head_kv(model),
+        k_len,
+        v_len,
+        k_type,
+        v_type,
     )
-    return int(cells * llama_cpp.llama_model_n_layer(model) * per_layer)
+    return int(cells * per_token)

@@ -30,9 +30,18 @@ GGUF_MARGIN_BYTES = 48 * MIB
 TORCH_MARGIN_SHARE = 0.10
 TORCH_MARGIN_MIN_BYTES = 64 * MIB
 # Bytes per KV element by llama.cpp cache type (type_k / type_v options; f16 is its default).
-KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32}
+KV_TYPE_BYTES = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+}
 # llama.cpp's GGML type numbers as llama-cpp-python passes them (type_k=8 is q8_0).
-_GGML_TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 8: "q8_0", 30: "bf16"}
+GGML_TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 30: "bf16"}
 
 
 @dataclass(frozen=True)
@@ -67,12 +76,18 @@ def kv_cache_bytes(
     info: GGUFInfo, n_ctx: int, parallel: int, type_k: str = "f16", type_v: str = "f16"
 ) -> int:
     """The KV cache of `parallel` sequences of `n_ctx` tokens on the model `info` describes."""
-    per_token = (
-        info.n_layer
-        * info.n_head_kv
-        * (info.head_dim_k * KV_TYPE_BYTES[type_k] + info.head_dim_v * KV_TYPE_BYTES[type_v])
+    per_token = kv_bytes_per_token(
+        info.n_layer, info.n_head_kv, info.head_dim_k, info.head_dim_v, type_k, type_v
     )
     return int(per_token * n_ctx * parallel)
+
+
+def kv_bytes_per_token(
+    n_layer: int, n_head_kv: int, k_len: int, v_len: int, type_k: str = "f16", type_v: str = "f16"
+) -> float:
+    """One token's KV cache: per layer, a key and a value vector per KV head (read from a file's
+    header here, from a loaded model by the llama.cpp batch)."""
+    return n_layer * n_head_kv * (k_len * KV_TYPE_BYTES[type_k] + v_len * KV_TYPE_BYTES[type_v])
 
 
 def gguf_footprint(
@@ -97,7 +112,7 @@ def torch_footprint(components: dict[str, int]) -> Footprint:
 
 def _kv_type(value: Any) -> str:
     if isinstance(value, int):
-        return _GGML_TYPE_NAMES.get(value, "f16")
+        return GGML_TYPE_NAMES.get(value, "f16")
     return str(value) if str(value) in KV_TYPE_BYTES else "f16"
 
 
@@ -150,6 +165,7 @@ def model_footprint(spec: ModelSpec, parallel: int) -> Footprint | None:
 
 
 __all__ = [
+    "GGML_TYPE_NAMES",
     "GGUF_MARGIN_BYTES",
     "Footprint",
     "ModelFileError",
@@ -158,4 +174,5 @@ __all__ = [
     "kv_cache_bytes",
     "model_footprint",
     "torch_footprint",
+    "kv_bytes_per_token",
 ]
