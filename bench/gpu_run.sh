@@ -4,17 +4,20 @@
 #
 #   bash bench/gpu_run.sh                      # a package index is reachable: pip installs the rest
 #   WHEELS=.whl bash bench/gpu_run.sh          # offline: wheels of only what is missing, from a folder
-#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, sharing, bench (default: all)
+#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, hf, sharing, bench (default: all)
 #
 # Writes into $OUT (default bench/results): gpu_machine.txt, gpu_tests.txt (pytest tests/gpu),
-# gpu_image_sharing.json (LLM latency vs image throughput per preemption policy) and
+# gpu_hf_serve.{json,md} (RIS's LLM lane beside `transformers serve` on the same card, 1/8/32
+# users, bench/hf_serve_compare.py), gpu_image_sharing_rN.json (LLM latency vs image throughput
+# per preemption policy, REPS_SHARING repetitions) and
 # ris_bench_gpu.{json,md,png} (traditional vs shared vs isolated under the mixed workload:
 # Qwen2.5-7B-shape LLM and SD 1.5-shape images with random weights, espeak TTS on CPU cores).
-# Each part has its own time limit (T_TESTS, T_SHARING, T_BENCH seconds), so one that hangs
-# cannot take the time of the others.
+# Each part has its own time limit (T_TESTS, T_HF, T_SHARING, T_BENCH seconds; 9 minutes in
+# all by default, the device's 10-minute call less its start), so one that hangs cannot take
+# the time of the others; each writes what it has even when it fails or runs out of time.
 set -uo pipefail
 OUT=${OUT:-bench/results}
-PARTS=${PARTS:-tests,sharing,bench}
+PARTS=${PARTS:-tests,hf,sharing,bench}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -35,17 +38,27 @@ $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.
 case ",$PARTS," in *,tests,*)
     # Warnings stay visible but do not fail the run: this machine's library versions differ
     # from the ones CI pins, and a deprecation notice is not a GPU defect.
-    timeout "${T_TESTS:-180}" $PY -m pytest tests/gpu -v -p no:cacheprovider \
+    timeout "${T_TESTS:-100}" $PY -m pytest tests/gpu -v -p no:cacheprovider \
         -W default::DeprecationWarning -W default::FutureWarning -W default::UserWarning \
         2>&1 | tee "$OUT/gpu_tests.txt"
 esac
+case ",$PARTS," in *,hf,*)
+    # Same random-weight 0.5B-shape folder for both; 3 repeats, order alternating.
+    timeout "${T_HF:-150}" $PY bench/hf_serve_compare.py --repeats "${REPS_HF:-3}" \
+        --max-tokens "${HF_TOKENS:-64}" ${HF_PARALLEL:+--ris-parallel "$HF_PARALLEL"} \
+        --out "$OUT/gpu_hf_serve.json" 2>&1 | tee "$OUT/gpu_hf_serve.log" | tail -20
+esac
 case ",$PARTS," in *,sharing,*)
-    timeout "${T_SHARING:-300}" $PY bench/gpu_image_sharing.py --window-s "${WINDOW_S:-12}" \
-        --extra-policies "${EXTRA_POLICIES:-}" --out "$OUT/gpu_image_sharing.json" 2>&1 \
-        | tee "$OUT/gpu_image_sharing.log" | tail -25
+    # Repetitions as separate runs, each bounded: a slow one costs its own share only.
+    REPS=${REPS_SHARING:-3}
+    for r in $(seq 1 "$REPS"); do
+        timeout "$(( ${T_SHARING:-210} / REPS ))" $PY bench/gpu_image_sharing.py --window-s "${WINDOW_S:-6}" \
+            --extra-policies "${EXTRA_POLICIES:-}" --out "$OUT/gpu_image_sharing_r$r.json" 2>&1 \
+            | tee "$OUT/gpu_image_sharing_r$r.log" | tail -12
+    done
 esac
 case ",$PARTS," in *,bench,*)
-    timeout "${T_BENCH:-300}" $PY -m ris bench --gpu --tts-model espeak \
+    timeout "${T_BENCH:-120}" $PY -m ris bench --gpu --tts-model espeak \
         --repetitions "${REPETITIONS:-1}" --duration "${DURATION:-10}" ${BENCH_CONFIGS:+--configs "$BENCH_CONFIGS"} \
         --out "$OUT" 2>&1 | tail -40
 esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,18 @@ pytest.importorskip("transformers", reason="the transformers backend needs trans
 from ris.backends import BackendContext, BackendError, backend_class  # noqa: E402
 from ris.config import ModelSpec  # noqa: E402
 from ris.lanes import Lane  # noqa: E402
-from ris.lanes.llm import LLMRequest, TextCollector  # noqa: E402
+from ris.lanes.base import WorkerEnv  # noqa: E402
+from ris.lanes.llm import LLMOutcome, LLMRequest, LLMRunner, TextCollector  # noqa: E402
+from ris.preemption.policy import Activity  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> object:
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     spec = ModelSpec(backend="transformers", load_format="dummy", source="tiny")
-    ctx = BackendContext(device="cpu", threads=1, data_dir=tmp_path_factory.mktemp("tf"))
-    return backend_class(Lane.LLM, "transformers")(spec, ctx)
+    ctx = BackendContext(device="cpu", threads=1, data_dir=tmp_path_factory.mktemp("tf"), parallel=4)
+    llm = backend_class(Lane.LLM, "transformers")(spec, ctx)
+    yield llm
+    llm.close()  # stops the engine's thread
 
 
 def test_dummy_model_streams_exactly_max_tokens(tiny: object) -> None:
@@ -71,3 +76,130 @@ def test_without_a_grammar_it_refuses_structured_output_rather_than_ignore_it(ti
     )
     outcome = tiny.generate(LLMRequest(messages=history, max_tokens=3, ignore_eos=True), TextCollector())  # type: ignore[attr-defined]
     assert outcome.completion_tokens == 3
+
+
+# ----- continuous batching on transformers' engine ------------------------------------------
+
+
+def _run(
+    llm: object, reqs: dict[str, LLMRequest], cancel_after: dict[str, int] | None = None
+) -> dict[str, tuple[LLMOutcome, str]]:
+    """Each request added to the model's batch, stepped until all ended; records the order in
+    which sequences produced their first text and ended."""
+    batch = llm.batch()  # type: ignore[attr-defined]
+    outs = {k: TextCollector(cancel_after=(cancel_after or {}).get(k)) for k in reqs}
+    for key, req in reqs.items():
+        batch.add(key, req, outs[key])
+    ended: dict[str, LLMOutcome] = {}
+    first_text_before_first_end: set[str] = set()
+    while len(ended) < len(reqs):
+        for key, end in batch.step():
+            assert not isinstance(end, BackendError), end
+            if not ended:
+                first_text_before_first_end = {k for k, o in outs.items() if o.pieces}
+            ended[key] = end
+    _run.started_before_first_end = first_text_before_first_end  # type: ignore[attr-defined]
+    return {k: (ended[k], outs[k].text) for k in reqs}
+
+
+def test_four_streams_all_start_before_the_first_finishes(tiny: object) -> None:
+    reqs = {
+        f"s{i}": LLMRequest(
+            prompt=f"story {i}", max_tokens=24 + 8 * i, ignore_eos=True, temperature=0.8, seed=i
+        )
+        for i in range(4)
+    }
+    got = _run(tiny, reqs)
+    assert _run.started_before_first_end == set(reqs)  # type: ignore[attr-defined]
+    for i in range(4):
+        outcome, text = got[f"s{i}"]
+        assert outcome.finish_reason == "length" and outcome.completion_tokens == 24 + 8 * i
+        assert len(text) == 24 + 8 * i
+
+
+def test_a_seed_gives_the_same_text_whoever_else_is_decoding(tiny: object) -> None:
+    req = LLMRequest(prompt="the same request", max_tokens=32, ignore_eos=True, temperature=0.9, seed=42)
+    alone = _run(tiny, {"a": req})["a"][1]
+    others = {
+        f"o{i}": LLMRequest(
+            prompt=f"noise {i} " * (i + 1), max_tokens=40, ignore_eos=True, temperature=1.0, seed=100 + i
+        )
+        for i in range(3)
+    }
+    crowded = _run(tiny, {**others, "a": req})["a"][1]
+    assert crowded == alone
+    other_seed = _run(
+        tiny,
+        {
+            "a": LLMRequest(
+                prompt="the same request", max_tokens=32, ignore_eos=True, temperature=0.9, seed=43
+            )
+        },
+    )["a"][1]
+    assert other_seed != alone  # the seed decides the draws (32 draws alike by chance: ~never)
+
+
+def test_cancelling_one_sequence_leaves_the_others_intact(tiny: object) -> None:
+    reqs = {
+        k: LLMRequest(prompt=f"p{k}", max_tokens=30, ignore_eos=True, temperature=0.7, seed=7) for k in "abc"
+    }
+    alone = {k: _run(tiny, {k: r})[k][1] for k, r in reqs.items()}
+    got = _run(tiny, reqs, cancel_after={"b": 3})
+    assert got["b"][0].finish_reason == "cancelled" and got["b"][0].completion_tokens < 30
+    for k in "ac":
+        assert got[k][0].finish_reason == "length" and got[k][1] == alone[k]
+
+
+def test_stop_strings_and_max_tokens_hold_per_sequence(tiny: object) -> None:
+    greedy = LLMRequest(prompt="xyz", max_tokens=20, ignore_eos=True, temperature=0)
+    text = _run(tiny, {"g": greedy})["g"][1]
+    stop = text[5:7]  # a stop string the greedy answer is known to reach
+    cut = text[: text.index(stop)]
+    got = _run(
+        tiny,
+        {
+            "stopped": LLMRequest(prompt="xyz", max_tokens=20, ignore_eos=True, temperature=0, stop=(stop,)),
+            "short": LLMRequest(prompt="xyz", max_tokens=3, ignore_eos=True, temperature=0),
+            "long": greedy,
+        },
+    )
+    assert got["stopped"] == (
+        LLMOutcome("stop", got["stopped"][0].prompt_tokens, got["stopped"][0].completion_tokens),
+        cut,
+    )
+    assert got["short"][0].completion_tokens == 3 and got["short"][1] == text[:3]
+    assert got["long"][1] == text
+
+
+def test_the_batch_reports_its_size_and_memory(tiny: object) -> None:
+    batch = tiny.batch()  # type: ignore[attr-defined]
+    assert batch.free() == 4 and batch.active == 0
+    details = tiny.describe()  # type: ignore[attr-defined]
+    # tiny: 2 layers x 2 KV heads x 16 dims x (K and V) x 4 bytes = 512 B a token, 4 x 4096 tokens
+    assert details.kv_cache_bytes == 4 * 4096 * 512
+
+
+def test_the_board_shows_prefill_until_every_sequence_has_its_first_token(tiny: object) -> None:
+    """The lane's runner over this batch: PREFILL (images sharing the GPU pause) while a
+    sequence waits for its first token, DECODE once all stream, IDLE at the end."""
+    board: list[Activity] = []
+    runner = LLMRunner(WorkerEnv("llm", lambda _m: None, board.append, lambda: None, parallel=4))
+    for i in range(4):
+        req = LLMRequest(prompt="a long prompt " * (40 * (i + 1)), max_tokens=16, ignore_eos=True)
+        runner.admit(tiny, f"t{i}", req, lambda: False)  # type: ignore[arg-type]
+    done: set[str] = set()
+    while len(done) < 4:
+        done.update(key for key, _ in runner.step())
+    assert board[0] is Activity.PREFILL and board[-1] is Activity.IDLE
+    assert Activity.DECODE in board
+
+
+def test_a_stopped_engine_fails_its_sequences_and_a_new_one_serves_the_next(tiny: object) -> None:
+    batch = tiny.batch()  # type: ignore[attr-defined]
+    batch.add("held", LLMRequest(prompt="abc", max_tokens=400, ignore_eos=True), TextCollector())
+    batch._engine.stop(block=True, hard_stop=True)  # as if its thread had died
+    with pytest.raises(BackendError, match="transformers engine stopped"):
+        batch.step()
+    batch.abort()  # what the lane's runner does when a step fails
+    outcome = tiny.generate(LLMRequest(prompt="abc", max_tokens=5, ignore_eos=True), TextCollector())  # type: ignore[attr-defined]
+    assert outcome.completion_tokens == 5

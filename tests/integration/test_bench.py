@@ -54,3 +54,36 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert "Goals:" in table
 
     assert (tmp_path / "ris_bench_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(600)
+def test_hf_serve_compare_quick_runs_both_servers_on_one_folder(tmp_path: Path) -> None:
+    """bench/hf_serve_compare.py's CPU form: RIS's transformers lane and `transformers serve`
+    on the same random-weight folder, both streaming every burst (no timing checks)."""
+    pytest.importorskip("transformers", reason="needs transformers")
+    out = tmp_path / "hf.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/hf_serve_compare.py",
+            "--quick",
+            "--levels",
+            "1,2",
+            "--max-tokens",
+            "8",
+            "--out",
+            str(out),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    report = json.loads(out.read_text())
+    figures = report["repeat_figures"][0]["figures"]
+    for system in ("ris", "transformers-serve"):
+        for n in (1, 2):
+            assert figures[system][f"c{n}.tok_s"] > 0 and figures[system][f"c{n}.tokens"] > 0
+    assert report["direct_tok_s"]["median"] > 0
+    assert "| c2.tok_s (tok/s) |" in out.with_suffix(".md").read_text()

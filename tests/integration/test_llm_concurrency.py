@@ -93,4 +93,4 @@ def test_cancelling_one_stream_mid_batch_leaves_the_others_intact(server: Server
 def test_models_say_how_many_requests_each_serves_at_once(server: Server) -> None:
     models = {m["name"]: m for m in httpx.get(f"{server.url}/api/models").json()["lanes"]["llm"]}
     assert models["smollm2"]["parallel"] == 8  # llama.cpp batches: the lane's default
-    assert models["tiny-dummy"]["parallel"] == 1  # transformers: single-stream
+    assert models["tiny-dummy"]["parallel"] == 8  # transformers' continuous batching: the same

@@ -7,17 +7,19 @@ a byte-level stand-in: the text it produces is noise, the timings are real.
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any
 
 import torch
 
 from ris.backends import BackendContext, BackendError, resolve_source
-from ris.backends._textgen import StopScanner
+from ris.backends.hf_batch import TransformersBatch
 from ris.config import ModelSpec
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message
 from ris.lanes.llm_tools import fallback_turns
+from ris.messages import ModelDetails
+
+_DIRECT = "direct"  # the key of a request generated alone (a direct call)
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
@@ -107,7 +109,7 @@ class TransformersLLM(LLMBackend):
         opts: dict[str, Any] = dict(spec.options)
         dtype = _dtype(opts.pop("dtype", None), self._device)
         self._max_ctx = int(opts.pop("max_context", 32768))
-        self.context_tokens = self._max_ctx
+        kv_tokens = opts.pop("kv_cache_tokens", None)
         if spec.load_format == "dummy":
             shape = spec.source or "qwen2.5-7b"
             if shape not in DUMMY_SHAPES:
@@ -131,90 +133,44 @@ class TransformersLLM(LLMBackend):
             ).to(self._device)  # type: ignore[arg-type]
             self._tok = HFTokenizer(path)
         self._model.eval()  # type: ignore[no-untyped-call]
-        # transformers 5.x renamed the KV-cache argument and output field `past_key_values` -> `cache`.
-        params = inspect.signature(self._model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._batch = TransformersBatch(
+            self._model,
+            self._tokens,
+            self._tok.decode,
+            self._tok.eos_token_id,
+            parallel=ctx.parallel,
+            n_ctx=self._max_ctx,
+            kv_cache_tokens=kv_tokens,
+        )
+        self.context_tokens = self._max_ctx = self._batch.n_ctx
 
-    def _sync(self) -> None:
-        if self._device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    @torch.inference_mode()
-    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
-        if req.constraint is not None or req.tools:
-            # No grammar here: a JSON schema or tool call would be hoped for, not enforced.
-            # The API refuses these for this backend first (its registration: no `constrains`).
-            raise BackendError(
-                "unsupported_for_model",
-                "the transformers backend cannot constrain decoding: structured output and tools "
-                "need a llama_cpp model",
-            )
+    def _tokens(self, req: LLMRequest) -> list[int]:
         turns = req.chat_turns()
         if turns is not None and (req.messages is not None or self._tok.has_template):
             # Past tool calls and tool answers as plain turns (the fallback's text form).
             prompt = self._tok.chat_prompt(fallback_turns([as_message(t) for t in turns], ()))
         else:
             prompt = req.plain_prompt()
-        ids = self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
-        if len(ids) >= self._max_ctx:
-            raise BackendError(
-                "context_length_exceeded",
-                f"the prompt is {len(ids)} tokens; this model's context is {self._max_ctx}",
-            )
-        gen = torch.Generator(device=self._device)
-        gen.manual_seed(req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little"))
-        scanner = StopScanner(req.stop, out.emit)
-        eos = self._tok.eos_token_id
-        max_tokens = min(req.max_tokens, self._max_ctx - len(ids))
-        input_ids = torch.tensor([ids], device=self._device)
-        cache = None
-        produced, finish = 0, "length"
-        generated: list[int] = []
-        emitted = 0
-        while produced < max_tokens:
-            if out.cancelled():
-                finish = "cancelled"
-                break
-            step = self._model(
-                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
-            )
-            cache = getattr(step, self._cache_arg)
-            tok = self._sample(step.logits[0, -1].float(), req, gen)
-            self._sync()
-            if produced == 0:
-                out.prefill_done()
-            if tok == eos and not req.ignore_eos:
-                finish = "stop"
-                break
-            produced += 1
-            generated.append(tok)
-            # Decode the whole answer each step: exact for every tokenizer (BPE merges, partial
-            # UTF-8); a trailing U+FFFD means a character is still incomplete, so wait.
-            text = self._tok.decode(generated)
-            if not text.endswith("\ufffd"):
-                scanner.feed(text[emitted:])
-                emitted = len(text)
-            if scanner.stopped:
-                finish = "stop"
-                break
-            input_ids = torch.tensor([[tok]], device=self._device)
-        scanner.flush()
-        return LLMOutcome(finish_reason=finish, prompt_tokens=len(ids), completion_tokens=produced)
+        return self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, req: LLMRequest, gen: torch.Generator) -> int:
-        if req.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits / req.temperature, dim=-1)
-        if req.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(0) - sorted_p < req.top_p
-            sorted_p = sorted_p * keep
-            choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
-            return int(order[choice])
-        return int(torch.multinomial(probs, 1, generator=gen))
+    def describe(self) -> ModelDetails:
+        return ModelDetails(context_tokens=self.context_tokens, kv_cache_bytes=self._batch.kv_cache_bytes)
+
+    def batch(self) -> TransformersBatch:
+        return self._batch
+
+    def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+        """One request alone, on the batch (direct calls; the lane's runner uses `batch()`)."""
+        self._batch.add(_DIRECT, req, out)
+        while True:
+            for key, outcome in self._batch.step():
+                if key == _DIRECT:
+                    if isinstance(outcome, BackendError):
+                        raise outcome
+                    return outcome
 
     def close(self) -> None:
+        self._batch.close()
         del self._model
         if self._device.startswith("cuda"):
             torch.cuda.empty_cache()

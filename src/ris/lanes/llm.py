@@ -419,11 +419,11 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
     request_type, outcome_type, backend_type, runner_type = LLMRequest, LLMOutcome, LLMBackend, LLMRunner
     # Sequences decoded together (continuous batching); measured in docs/PERFORMANCE_OPTIMIZATION.md.
     config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": DEFAULT_PARALLEL}
-    # transformers generates one request at a time (its worker runs them in turn) and refuses
-    # grammars, as the API does first for its models.
+    # Both batch (llama.cpp's batch API; transformers' continuous-batching engine). transformers
+    # refuses grammars, as the API does first for its models.
     builtin_backends = {
         "llama_cpp": BackendEntry("ris.backends.llm_llama_cpp:LlamaCppLLM", batches=True, constrains=True),
-        "transformers": "ris.backends.llm_transformers:TransformersLLM",
+        "transformers": BackendEntry("ris.backends.llm_transformers:TransformersLLM", batches=True),
         "noop": "ris.backends.llm_noop:NoopLLM",  # benchmark-only: measures the service's own cost
     }
     embedded_models = {
