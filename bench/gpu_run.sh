@@ -12,8 +12,9 @@
 # per preemption policy, REPS_SHARING repetitions) and
 # ris_bench_gpu.{json,md,png} (traditional vs shared vs isolated under the mixed workload:
 # Qwen2.5-7B-shape LLM and SD 1.5-shape images with random weights, espeak TTS on CPU cores).
-# Each part has its own time limit (T_TESTS, T_HF, T_SHARING, T_BENCH seconds; 9 minutes in
-# all by default, the device's 10-minute call less its start), so one that hangs cannot take
+# Each part has its own time limit (T_TESTS, T_HF, T_SHARING, T_BENCH seconds: 100 + 150 + 210
+# + 120 = 580 s by default; with WHEELS, give the device call 600 s and set a part lower if the
+# install takes more than a few seconds), so one that hangs cannot take
 # the time of the others; each writes what it has even when it fails or runs out of time.
 set -uo pipefail
 OUT=${OUT:-bench/results}

@@ -9,9 +9,11 @@ serving around it (RIS: a worker process per lane, per-request sampling, its sch
   (its defaults otherwise: device auto, dtype auto), plus `--cb-num-blocks N` giving it the
   same KV cache as RIS's (its default takes 90% of a GPU's free memory, which would leave
   nothing for RIS's server while both are up; on a CPU, 60% of RAM);
-- RIS: only its LLM lane, the model with `source: FOLDER`, the lane's `parallel` (the shipped
-  default unless --ris-parallel), on the GPU or on every core;
-- the engine called directly (`generate_batch`, one request): the single-user ceiling.
+- RIS: only its LLM lane, the model with `source: FOLDER`, `parallel` = the largest level
+  (--ris-parallel overrides; the shipped 8 would queue 24 of 32 users, which the peer, batching
+  up to 1,024, does not: that would compare settings, not serving), on the GPU or every core;
+- the engine called directly (its manager started once, one request at a time, its own
+  sampling at temperature 0.7 / top_p 0.95): the single-user ceiling.
 
 Workload: a burst of N streamed chat completions (a different question each; temperature 0.7,
 top_p 0.95, `max_tokens` M) for N in --levels; figures: aggregate tokens/s, TTFT p50/p99 and
@@ -243,7 +245,7 @@ async def burst(target: Target, n: int, tag: str, max_tokens: int) -> dict[str, 
 
 def direct_engine(folder: Path, device: str, num_blocks: int, max_tokens: int, rounds: int) -> list[float]:
     """tokens/s of one request at a time through transformers' engine in this process (its
-    manager started once, as a server keeps it), the same sampling as the served requests."""
+    manager started once, as a server keeps it; its own sampling, temperature 0.7, top_p 0.95)."""
     import torch
     from transformers import AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig
 
@@ -285,7 +287,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=None, help="default 128 (--quick: 24)")
     p.add_argument(
-        "--ris-parallel", type=int, default=None, help="the LLM lane's parallel (default: shipped)"
+        "--ris-parallel", type=int, default=None, help="the LLM lane's parallel (default: the top level)"
     )
     p.add_argument("--kv-tokens", type=int, default=None, help="KV cache of both, tokens (default 32 x 2048)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: 1 repeat, levels 1,4, 24 tokens")
@@ -318,7 +320,7 @@ def main() -> int:
         "repeats": repeats,
         "max_tokens": max_tokens,
         "kv_cache_tokens": num_blocks * PAGE,
-        "ris_parallel": args.ris_parallel or "shipped default",
+        "ris_parallel": args.ris_parallel or max(levels),
         "repeat_figures": [],
     }
     import transformers
@@ -335,7 +337,7 @@ def main() -> int:
         log(f"engine called directly, 1 request: {statistics.median(direct):.1f} tok/s")
         with (
             peer_server(folder, device, num_blocks, cores, work) as peer,
-            ris_server(folder, device, args.ris_parallel, num_blocks * PAGE, work) as ris,
+            ris_server(folder, device, args.ris_parallel or max(levels), num_blocks * PAGE, work) as ris,
         ):
             targets = {RIS: ris, PEER: peer}
             for t in targets.values():

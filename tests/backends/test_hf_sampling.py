@@ -50,3 +50,8 @@ def test_top_p_keeps_the_nucleus() -> None:
     assert kept(1.0) == [True] * 4
     assert kept(0.7) == [True, True, False, False]
     assert kept(0.1) == [True, False, False, False]  # the most likely always stays
+
+
+def test_the_noise_is_finite_over_a_real_vocabulary() -> None:
+    keys = torch.tensor([draw_key(seed, pos) for seed in range(40) for pos in range(10)], dtype=torch.int64)
+    assert torch.isfinite(gumbel_noise(keys, 151936)).all()

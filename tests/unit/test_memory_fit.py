@@ -130,6 +130,28 @@ def test_safetensors_sizes_from_the_header_and_pipeline_components(tmp_path: Pat
     assert fp is not None and fp.weights == 7000 and dict(fp.components)["unet"] == 4000
 
 
+def test_a_hugging_face_llm_counts_the_kv_cache_its_batch_allocates(tmp_path: Path) -> None:
+    """transformers' paged cache: parallel x 4,096 tokens by default (whole pages), each token
+    a key and a value per layer and KV head in the model's dtype (or the dtype option)."""
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    _safetensors(llm / "model.safetensors", {"w": 5000})
+    config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "hidden_size": 896,
+        "torch_dtype": "bfloat16",
+    }
+    (llm / "config.json").write_text(json.dumps(config))
+    per_token = 24 * 2 * 64 * 2 * 2  # layers x KV heads x head_dim x (K, V) x bf16
+    fp = file_footprint(llm, {}, parallel=8)
+    assert fp is not None and fp.weights == 5000 and fp.kv == 8 * 4096 * per_token
+    assert file_footprint(llm, {"dtype": "float32", "kv_cache_tokens": 1000}, 8).kv == 1024 * per_token * 2  # type: ignore[union-attr]
+    assert file_footprint(llm, {"max_context": 1000}, 2).kv == 2048 * per_token  # type: ignore[union-attr]
+
+
 # ----- budgets on a card ---------------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ tokens in all (default: `parallel` sequences of up to 4,096 tokens), in pages of
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import queue
 import sys
@@ -25,11 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ris.backends import BackendError
 from ris.backends._textgen import StopScanner
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
+from ris.memory.footprint import HF_PAGE_TOKENS, hf_kv_bytes_per_token, hf_kv_cache_tokens
 
 # How long a step waits for the engine's next tokens before handing control back to the
 # worker (which reads its messages, cancellations included, between steps).
@@ -39,8 +37,8 @@ STEP_WAIT_S = 0.05
 # (as the llama.cpp batch's 32-token chunks), larger on a GPU, which computes them at once.
 STEP_TOKENS_CPU = 128
 STEP_TOKENS_GPU = 2048
-DEFAULT_TOKENS_PER_SEQUENCE = 4096
-PAGE_TOKENS = 256  # the engine's default page (block) size
+PAGE_TOKENS = HF_PAGE_TOKENS  # the engine's default page (block) size
+ENGINE_START_S = 120.0  # for the engine's thread to allocate its cache
 
 
 @dataclass
@@ -75,10 +73,14 @@ class TransformersBatch(LLMBatch):
         self._eos = eos_token_id
         self.parallel = parallel
         on_gpu = model.device.type == "cuda"
-        tokens = kv_cache_tokens or parallel * min(n_ctx, DEFAULT_TOKENS_PER_SEQUENCE)
-        self.kv_cache_tokens = math.ceil(tokens / PAGE_TOKENS) * PAGE_TOKENS
-        # One sequence can never hold more than the whole cache: the context is what fits.
-        self.n_ctx = min(n_ctx, self.kv_cache_tokens)
+        self.kv_cache_tokens = hf_kv_cache_tokens(parallel, n_ctx, kv_cache_tokens)
+        # Each sequence's context is its share of the cache (whole pages), as llama.cpp's slots
+        # are: `parallel` sequences at their longest always fit, so the engine never has to
+        # evict one to make room (an evicted request restarts from scratch, and the engine then
+        # holds new ones back until some request ends by itself, which a cancelled or stopped
+        # one does not).
+        share = max(PAGE_TOKENS, self.kv_cache_tokens // parallel // PAGE_TOKENS * PAGE_TOKENS)
+        self.n_ctx = min(n_ctx, share)
         step_tokens = STEP_TOKENS_GPU if on_gpu else STEP_TOKENS_CPU
         self._cb_config = ContinuousBatchingConfig(
             num_blocks=self.kv_cache_tokens // PAGE_TOKENS,
@@ -95,6 +97,7 @@ class TransformersBatch(LLMBatch):
         self.kv_cache_bytes = self.kv_cache_tokens * _kv_bytes_per_token(model)
         self._engine = self._start_engine()
         self._seqs: dict[str, _Sequence] = {}  # by the engine's request id
+        self._early: dict[str, LLMOutcome] = {}  # added already cancelled: reported next step
         self._ids = itertools.count()
 
     def _start_engine(self) -> Any:
@@ -105,16 +108,29 @@ class TransformersBatch(LLMBatch):
         )
         engine.logit_processor = per_request_sampling()
         engine.start()
+        # The engine allocates its KV cache on its own thread: wait for it, so a cache that does
+        # not fit fails the model's load rather than every request after it.
+        deadline = time.monotonic() + ENGINE_START_S
+        while engine.batch_processor is None and time.monotonic() < deadline:
+            error = engine.background_thread_status.fatal_error
+            if error is not None or not engine.is_running():
+                engine.destroy()
+                raise BackendError(
+                    "model_load_failed",
+                    f"transformers' engine could not start with a KV cache of {self.kv_cache_tokens} "
+                    f"tokens: {error or 'its thread ended'} (lower the model's kv_cache_tokens or parallel)",
+                )
+            time.sleep(0.01)
         return engine
 
     # ----- LLMBatch ------------------------------------------------------------------------
 
     def free(self) -> int:
-        return self.parallel - len(self._seqs)
+        return self.parallel - len(self._seqs) - len(self._early)
 
     @property
     def active(self) -> int:
-        return len(self._seqs)
+        return len(self._seqs) + len(self._early)
 
     @property
     def prefilling(self) -> bool:
@@ -129,6 +145,11 @@ class TransformersBatch(LLMBatch):
                 "the transformers backend cannot constrain decoding: structured output and tools "
                 "need a llama_cpp model",
             )
+        if out.cancelled():
+            # Ended before it started: never handed to the engine, whose queues could take a
+            # cancel before the request it cancels and forget it.
+            self._early[key] = LLMOutcome("cancelled", 0, 0)
+            return
         error = self._engine_error()
         if error is not None and not self._seqs:
             # The engine's thread died (the sequences it held failed with its error): a new one.
@@ -160,7 +181,8 @@ class TransformersBatch(LLMBatch):
         self._seqs[rid] = _Sequence(key, req, out, StopScanner(req.stop, out.emit), len(ids))
 
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
-        ended: list[tuple[str, LLMOutcome | BackendError]] = []
+        ended: list[tuple[str, LLMOutcome | BackendError]] = list(self._early.items())
+        self._early.clear()
         for rid, seq in list(self._seqs.items()):
             if seq.out.cancelled():
                 seq.finish = "cancelled"
@@ -171,7 +193,9 @@ class TransformersBatch(LLMBatch):
             rid = output.request_id
             found = self._seqs.get(rid)
             if found is None:
-                continue  # a sequence already ended here (cancelled, stopped)
+                if not output.is_finished():
+                    self._engine.cancel_request(rid)  # ended here: again, should the first be lost
+                continue
             seq = found
             if output.error is not None:
                 self._seqs.pop(rid)
@@ -182,11 +206,18 @@ class TransformersBatch(LLMBatch):
                 seq.finish = "length"
             if seq.finish is not None:
                 ended.append(self._end(rid))
-        self._check_engine()
+        error = self._engine_error()
+        if error is not None:
+            # The engine's thread died: every sequence it held fails (reported, never dropped);
+            # the next request starts a new engine.
+            failure = BackendError("backend_error", f"the transformers engine stopped ({error})")
+            ended.extend((seq.key, failure) for seq in self._seqs.values())
+            self._seqs.clear()
         return ended
 
     def abort(self) -> list[str]:
-        keys = []
+        keys = list(self._early)
+        self._early.clear()
         for rid, seq in list(self._seqs.items()):
             self._engine.cancel_request(rid)
             keys.append(seq.key)
@@ -195,7 +226,7 @@ class TransformersBatch(LLMBatch):
 
     def close(self) -> None:
         self.abort()
-        self._engine.stop(block=True, timeout=10)
+        self._engine.stop(block=True, timeout=10, hard_stop=True)
         self._engine.destroy()
 
     # ----- helpers ---------------------------------------------------------------------------
@@ -253,17 +284,12 @@ class TransformersBatch(LLMBatch):
             return f"{type(error).__name__}: {error}"
         return None if self._engine.is_running() else "its thread ended"
 
-    def _check_engine(self) -> None:
-        error = self._engine_error()
-        if error is not None:
-            raise BackendError("backend_error", f"the transformers engine stopped ({error})")
-
 
 def _kv_bytes_per_token(model: Any) -> int:
-    """One token's KV cache on `model`: per layer, a key and a value per KV head."""
-    cfg = model.config.get_text_config()
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    element = torch.tensor([], dtype=model.dtype).element_size()
-    return int(cfg.num_hidden_layers * kv_heads * head_dim * 2 * element)
+    """One token's KV cache on the loaded `model`, by the footprint's arithmetic (the fit
+    checks count the same before the load)."""
+    dtype = str(model.dtype).removeprefix("torch.")
+    per_token = hf_kv_bytes_per_token(model.config.to_dict(), dtype)
+    if per_token is None:
+        raise BackendError("bad_model", "the model's config gives no layer and head counts for its KV cache")
+    return per_token

@@ -57,7 +57,9 @@ def gumbel_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
     x = x ^ (x >> 12)
     x = (x * _M3) & _MASK32
     x = x ^ (x >> 15)
-    u = ((x >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # (0, 1), never 0 or 1
+    # 23 bits: (n + 0.5) / 2**23 is exact in float32, so u is never 0 or 1 (with 24 bits the
+    # top value rounds to 1.0, and its noise to +inf).
+    u = ((x >> 9).to(torch.float32) + 0.5) / float(1 << 23)
     return -torch.log(-torch.log(u))
 
 
@@ -121,7 +123,10 @@ class SeededDraw(ContinuousBatchingLogitsProcessor):
             if float(kw.get("temperature", 0.0)) <= 0:  # type: ignore[arg-type]
                 keys.append(0)
             else:
-                position = request.state.generated_len()
+                state = request.state
+                # Tokens generated before this one, counted from the engine's position so it
+                # stays right when the engine prepares a step ahead of the last one's tokens.
+                position = state.position_offset - (state._true_initial_tokens or len(state.initial_tokens))  # noqa: SLF001
                 keys.append(_as_int32(draw_key(int(kw.get("seed", 0)), position)))  # type: ignore[call-overload]
         return torch.tensor(keys, dtype=torch.int32)
 

@@ -9,12 +9,18 @@ with the embedded SmolLM2 GGUF as resident memory after the load less before it,
 and KV: 28-29 MiB for the backend alone at parallel 1 and 4, 48.5 MiB for a first load through
 the worker's model cache at parallel 4 (bench/model_switch.py, "first_load_memory" in
 bench/results/model_switch.json); the larger is kept.
+
+A Hugging Face causal LM (transformers) batches in transformers' paged KV cache, allocated at
+load: `kv_cache_tokens` tokens (default `parallel` sequences of up to 4,096), each a key and a
+value per layer and KV head, in the model's dtype (config.json), the same arithmetic the
+backend reports once loaded (ris.backends.hf_batch).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,11 @@ KV_TYPE_BYTES = {
     "q5_0": 22 / 32,
     "q5_1": 24 / 32,
 }
+# transformers' continuous-batching cache as the transformers backend sizes it (hf_batch.py).
+HF_PAGE_TOKENS = 256  # the engine's page (block) size
+HF_TOKENS_PER_SEQUENCE = 4096  # default context of each of the `parallel` sequences
+HF_MAX_CONTEXT = 32768  # the backend's `max_context` default
+TORCH_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # llama.cpp's GGML type numbers as llama-cpp-python passes them (type_k=8 is q8_0).
 GGML_TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 30: "bf16"}
 
@@ -88,6 +99,46 @@ def kv_bytes_per_token(
     """One token's KV cache: per layer, a key and a value vector per KV head (read from a file's
     header here, from a loaded model by the llama.cpp batch)."""
     return n_layer * n_head_kv * (k_len * KV_TYPE_BYTES[type_k] + v_len * KV_TYPE_BYTES[type_v])
+
+
+def hf_kv_cache_tokens(parallel: int, max_context: int, kv_cache_tokens: int | None) -> int:
+    """The tokens transformers' paged cache holds for the transformers backend: the model's
+    `kv_cache_tokens`, else `parallel` sequences of up to 4,096 tokens; whole pages."""
+    tokens = kv_cache_tokens or parallel * min(max_context, HF_TOKENS_PER_SEQUENCE)
+    return -(-tokens // HF_PAGE_TOKENS) * HF_PAGE_TOKENS
+
+
+def hf_kv_bytes_per_token(config: dict[str, Any], dtype: str | None = None) -> int | None:
+    """One token's KV cache for a Hugging Face model's config.json (None: not a text model
+    whose config says its layers and heads); `dtype` as the model is loaded, else its own."""
+    text = config.get("text_config") or config
+    layers, heads, hidden = (text.get(k) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
+    if not (layers and heads and hidden):
+        return None
+    kv_heads = text.get("num_key_value_heads") or heads
+    head_dim = text.get("head_dim") or hidden // heads
+    name = dtype or text.get("torch_dtype") or text.get("dtype") or config.get("torch_dtype") or "float32"
+    return int(layers * kv_heads * head_dim * 2 * TORCH_DTYPE_BYTES.get(str(name), 4))
+
+
+def _hf_kv_bytes(folder: Path, options: dict[str, Any], parallel: int) -> int:
+    """The KV cache the transformers backend allocates for the causal LM in `folder` (0: the
+    folder holds no causal LM's config.json: a diffusers pipeline, a speech model)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return 0
+    try:
+        config = _cached(path, lambda p: json.loads(p.read_text()))
+    except (OSError, ValueError):
+        return 0
+    if not any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or ()):
+        return 0
+    per_token = hf_kv_bytes_per_token(config, options.get("dtype"))
+    if per_token is None:
+        return 0
+    max_context = int(options.get("max_context", HF_MAX_CONTEXT))
+    tokens = hf_kv_cache_tokens(parallel, max_context, options.get("kv_cache_tokens"))
+    return tokens * per_token
 
 
 def gguf_footprint(
@@ -146,7 +197,9 @@ def file_footprint(path: Path, options: dict[str, Any], parallel: int) -> Footpr
         return torch_footprint({"": _cached(path, safetensors_bytes)})
     if path.is_dir():
         parts: dict[str, int] = _cached(path, folder_weights)
-        return torch_footprint(parts) if parts else None
+        if not parts:
+            return None
+        return replace(torch_footprint(parts), kv=_hf_kv_bytes(path, options, parallel))
     if path.is_file():
         return Footprint(weights=os.path.getsize(path))  # onnx (Piper) and the like: read whole
     return None
@@ -171,6 +224,8 @@ __all__ = [
     "ModelFileError",
     "file_footprint",
     "gguf_footprint",
+    "hf_kv_bytes_per_token",
+    "hf_kv_cache_tokens",
     "kv_cache_bytes",
     "model_footprint",
     "torch_footprint",
