@@ -126,14 +126,14 @@ def test_a_grammar_with_no_way_on_fails_its_sequence_alone(
     # vocabulary); the dead end is made where it would be raised, for the "json" sequence only.
     from ris.backends import llama_batch
 
-    real = llama_batch.LlamaBatch._sample
+    real = llama_batch.LlamaBatch._keep
 
-    def sample(self: llama_batch.LlamaBatch, seq: llama_batch._Sequence) -> int:
-        if seq.key == "json" and seq.produced == 2:
+    def keep(self: llama_batch.LlamaBatch, slot: llama_batch._Slot, token: int) -> None:
+        if slot.seq is not None and slot.seq.key == "json" and slot.seq.produced == 2:
             raise BackendError("backend_error", "the grammar allows no token of this model's vocabulary here")
-        return real(self, seq)
+        real(self, slot, token)
 
-    monkeypatch.setattr(llama_batch.LlamaBatch, "_sample", sample)
+    monkeypatch.setattr(llama_batch.LlamaBatch, "_keep", keep)
     plain = ask("Tell me a story about a fox.", max_tokens=20, temperature=0)
     batch = llm.batch()
     outs = {"plain": TextCollector(), "json": TextCollector()}
@@ -146,6 +146,46 @@ def test_a_grammar_with_no_way_on_fails_its_sequence_alone(
         ended.update(batch.step())
     assert isinstance(ended["json"], BackendError) and "no token" in ended["json"].message
     assert isinstance(ended["plain"], LLMOutcome) and ended["plain"].completion_tokens == 20
+    assert batch.active == 0
+
+
+def test_a_slow_grammar_slows_its_own_answer_not_the_batch(
+    llm: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every token of the "json" sequence is resampled under its grammar, each resample made
+    to take 0.3 s (a big enum's cost): the plain sequence's 20 tokens finish while the json one
+    has kept only a few, where a step waiting for the resample would give both the same pace."""
+    import time
+
+    from ris.backends import _grammar
+
+    real = _grammar.Grammar.resample
+
+    def slow(self: _grammar.Grammar, chain: object, logits: object) -> int:
+        time.sleep(0.3)
+        return real(self, chain, logits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_grammar.Grammar, "check", lambda self, token: False)
+    monkeypatch.setattr(_grammar.Grammar, "resample", slow)
+    batch = llm.batch()
+    batch.add(
+        "json",
+        ask("A film as JSON.", max_tokens=12, constraint=Constraint(json.dumps(SHAPE))),
+        TextCollector(),
+    )
+    batch.add("plain", ask("Tell me a story about a fox.", max_tokens=20, temperature=0), TextCollector())
+    ended: dict[str, object] = {}
+    json_kept_when_plain_ended = None
+    while len(ended) < 2:
+        ended.update(batch.step())
+        if "plain" in ended and json_kept_when_plain_ended is None:
+            slot = next((s for s in batch._slots if s.seq is not None and s.seq.key == "json"), None)
+            json_kept_when_plain_ended = (
+                slot.seq.produced if slot is not None and slot.seq is not None else 99
+            )
+    assert isinstance(ended["plain"], LLMOutcome) and ended["plain"].completion_tokens == 20
+    assert isinstance(ended["json"], LLMOutcome)
+    assert json_kept_when_plain_ended is not None and json_kept_when_plain_ended <= 6
     assert batch.active == 0
 
 

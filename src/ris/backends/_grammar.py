@@ -110,22 +110,29 @@ class Grammar:
             sorted=False,
         )
 
-    def sample(self, token: int, chain: Any, ctx: Any, index: int, piece: Callable[[int], bytes]) -> int:
-        """The token the sequence keeps: `token` (sampled without the grammar) if the grammar
-        allows it, else one resampled under it; then the grammar advances. Fails the sequence
-        with schema_too_costly once its grammar work passes MAX_GRAMMAR_S."""
+    def check(self, token: int) -> bool:
+        """Whether the grammar allows `token` (sampled without it): one candidate, cheap."""
         started = time.perf_counter()
-        if not self.allows(token):
-            token = self.resample(chain, ctx, index)
+        try:
+            return self.allows(token)
+        finally:
+            self.spent_s += time.perf_counter() - started
+
+    def keep(self, token: int, piece: Callable[[int], bytes]) -> None:
+        """The sequence keeps `token`: the grammar advances. Fails the sequence with
+        schema_too_costly once its grammar work passes MAX_GRAMMAR_S."""
+        started = time.perf_counter()
         self.accept(token, piece(token) if self.waiting else b"")
         self.spent_s += time.perf_counter() - started
+        self._check_cost()
+
+    def _check_cost(self) -> None:
         if self.spent_s > MAX_GRAMMAR_S:
             raise BackendError(
                 "schema_too_costly",
                 f"the JSON schema's grammar took over {MAX_GRAMMAR_S:g} s of work for one answer, the "
                 "limit; one with fewer alternatives (enum values, anyOf branches) costs less",
             )
-        return token
 
     def allows(self, token: int) -> bool:
         if self.waiting:
@@ -135,24 +142,32 @@ class Grammar:
         llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._one_array))
         return bool(np.isfinite(self._one[0].logit))
 
-    def resample(self, chain: Any, ctx: Any, index: int) -> int:
-        """Sample again from the logits at `index` with every refused token masked first, then
-        the sequence's own chain (its temperature, top-p, seed)."""
-        logits = llama_cpp.llama_get_logits_ith(ctx, index)
-        self._all["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
-        self._all["p"] = 0.0
-        self._all["id"] = np.arange(self._n_vocab, dtype=np.intc)
-        self._all_array.size, self._all_array.selected, self._all_array.sorted = self._n_vocab, -1, False
-        llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._all_array))
-        if not np.isfinite(self._all["logit"][: self._all_array.size]).any():
-            # Accepting a token the grammar refuses aborts the process inside llama.cpp; fail
-            # the step instead (the batch's tasks fail, the worker serves on).
-            raise BackendError("backend_error", "the grammar allows no token of this model's vocabulary here")
-        llama_cpp.llama_sampler_apply(chain, ctypes.byref(self._all_array))
-        selected = self._all_array.selected
-        if selected < 0:  # a greedy or dist sampler always selects; guard anyway
-            selected = int(np.argmax(self._all["logit"][: self._all_array.size]))
-        return int(self._all["id"][selected])
+    def resample(self, chain: Any, logits: np.ndarray) -> int:
+        """Sample again from `logits` (a copy of the step's row: this may run on another thread
+        while the next step decodes) with every refused token masked first, then the sequence's
+        own chain (its temperature, top-p, seed). The costly part of a grammar: it filters the
+        whole vocabulary."""
+        started = time.perf_counter()
+        try:
+            self._all["logit"] = logits
+            self._all["p"] = 0.0
+            self._all["id"] = np.arange(self._n_vocab, dtype=np.intc)
+            self._all_array.size, self._all_array.selected, self._all_array.sorted = self._n_vocab, -1, False
+            llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(self._all_array))
+            if not np.isfinite(self._all["logit"][: self._all_array.size]).any():
+                # Accepting a token the grammar refuses aborts the process inside llama.cpp; fail
+                # the sequence instead (the others decode on).
+                raise BackendError(
+                    "backend_error", "the grammar allows no token of this model's vocabulary here"
+                )
+            llama_cpp.llama_sampler_apply(chain, ctypes.byref(self._all_array))
+            selected = self._all_array.selected
+            if selected < 0:  # a greedy or dist sampler always selects; guard anyway
+                selected = int(np.argmax(self._all["logit"][: self._all_array.size]))
+            return int(self._all["id"][selected])
+        finally:
+            self.spent_s += time.perf_counter() - started
+            self._check_cost()
 
     def accept(self, token: int, piece: bytes) -> None:
         """The sequence keeps `token` (its text `piece`, read only while the grammar waits)."""

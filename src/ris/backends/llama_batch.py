@@ -8,7 +8,11 @@ prompt tokens of sequences still in prefill, at most `prefill_chunk` per sequenc
 a long prompt is processed in chunks between the running streams' tokens rather than
 stalling them. A sequence joins between steps and leaves (finished, stopped or cancelled)
 without disturbing the others. A constrained sequence (a JSON schema, a tool call) carries
-its own grammar (_grammar.py) beside its sampler chain and batches like any other.
+its own grammar (_grammar.py) beside its sampler chain and batches like any other; when its
+grammar refuses the freely sampled token, the resample (the grammar filtering the whole
+vocabulary: up to a second for a big enum) runs on the batch's grammar thread over a copy of
+the logits while the sequence sits out the coming steps, so a costly schema slows its own
+answer, not everyone's.
 
 Prefix cache: a slot remembers the tokens its KV holds. A new request takes the free slot
 whose cache it continues (the next turn of that slot's conversation), else the least recently
@@ -23,10 +27,12 @@ import ctypes
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from ris.backends import BackendError
 from ris.backends._grammar import Grammar
@@ -47,6 +53,9 @@ PREFILL_CHUNK_GPU = 512
 IDLE_PREFILL = 512
 # A shared prefix shorter than this is recomputed rather than copied from another slot.
 MIN_BORROW = 16
+# With nothing to decode but a grammar resample running, how long a step waits for it before
+# handing control back to the worker (which reads its messages between steps).
+RESAMPLE_WAIT_S = 0.05
 
 
 @dataclass
@@ -64,6 +73,7 @@ class _Sequence:
     next_token: int | None = None  # sampled, not yet in the KV cache
     index: int = -1  # its logits' row in this step's batch, -1: none
     finish: str | None = None
+    resampling: Future[int] | None = None  # its grammar's resample, on the grammar thread
 
 
 @dataclass
@@ -133,6 +143,7 @@ class LlamaBatch(LLMBatch):
         self.threads = ThreadChoice(int(params.n_threads))
         self._on_threads = int(params.n_threads)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._grammar_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar")
         self._slots = [_Slot(i) for i in range(parallel)]
         self._buf = ctypes.create_string_buffer(256)
         self._uses = 0
@@ -190,6 +201,7 @@ class LlamaBatch(LLMBatch):
         that failed alone (a grammar with no way on) with their error."""
         ended: list[tuple[str, LLMOutcome | BackendError]] = []
         ended.extend(self._drop_cancelled())
+        self._take_resampled(ended)
         work = self._fill_batch()
         self.last_step_tokens = self._batch.n_tokens
         if work:
@@ -208,6 +220,10 @@ class LlamaBatch(LLMBatch):
                 except BackendError as e:
                     # One sequence's own sampling failed: it ends, the others decode on.
                     ended.append(self._fail(slot, e))
+        else:
+            resampling = [s.seq.resampling for s in self._slots if s.seq is not None and s.seq.resampling]
+            if resampling:  # nothing to decode until a resample is done: wait for it, not spin
+                wait(resampling, timeout=RESAMPLE_WAIT_S, return_when=FIRST_COMPLETED)
         for slot in self._slots:
             seq = slot.seq
             if seq is not None and seq.finish is not None:
@@ -235,6 +251,7 @@ class LlamaBatch(LLMBatch):
 
     def close(self) -> None:
         self.abort()
+        self._grammar_thread.shutdown(wait=True)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
 
@@ -332,8 +349,36 @@ class LlamaBatch(LLMBatch):
             return  # a prompt chunk with more to come: nothing to sample yet
         if seq.produced == 0:
             seq.out.prefill_done()
-        token = self._sample(seq)
+        token: int = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.index)
+        if seq.grammar is not None and not seq.grammar.check(token):
+            # The grammar refused the free sample: resample on the grammar thread, over a copy of
+            # this row (the next decode overwrites the logits); the sequence rejoins once done.
+            row = llama_cpp.llama_get_logits_ith(self._ctx, seq.index)
+            logits = np.ctypeslib.as_array(row, shape=(self._n_vocab,)).copy()
+            seq.index = -1
+            seq.resampling = self._grammar_thread.submit(seq.grammar.resample, seq.sampler, logits)
+            return
         seq.index = -1
+        self._keep(slot, token)
+
+    def _take_resampled(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
+        """Sequences whose resample is done keep its token (or fail with its error)."""
+        for slot in self._slots:
+            seq = slot.seq
+            if seq is None or seq.resampling is None or not seq.resampling.done():
+                continue
+            future, seq.resampling = seq.resampling, None
+            try:
+                self._keep(slot, future.result())
+            except BackendError as e:
+                ended.append(self._fail(slot, e))
+
+    def _keep(self, slot: _Slot, token: int) -> None:
+        """The sequence keeps `token`: its grammar advances, its text grows, it ends or goes on."""
+        seq = slot.seq
+        assert seq is not None
+        if seq.grammar is not None:
+            seq.grammar.keep(token, self._piece)
         is_eog = llama_cpp.llama_vocab_is_eog(self._vocab, token)
         # A grammar's end is the answer's end, ignore_eos or not: past it no token is allowed.
         if is_eog and (not seq.req.ignore_eos or seq.grammar is not None):
@@ -367,12 +412,6 @@ class LlamaBatch(LLMBatch):
 
     # ----- helpers ---------------------------------------------------------------------------
 
-    def _sample(self, seq: _Sequence) -> int:
-        token: int = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.index)
-        if seq.grammar is not None:
-            token = seq.grammar.sample(token, seq.sampler, self._ctx, seq.index, self._piece)
-        return token
-
     def _sampler(self, req: LLMRequest) -> Any:
         params = llama_cpp.llama_sampler_chain_default_params()
         chain = llama_cpp.llama_sampler_chain_init(params)
@@ -394,6 +433,8 @@ class LlamaBatch(LLMBatch):
 
 
 def _free(seq: _Sequence) -> None:
+    if seq.resampling is not None:
+        wait([seq.resampling])  # it uses the sampler and grammar freed here (one resample at most)
     llama_cpp.llama_sampler_free(seq.sampler)
     if seq.grammar is not None:
         seq.grammar.free()
