@@ -330,3 +330,17 @@ def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:
     assert constrained(json.dumps(schema)).constraint is not None
     with pytest.raises(APIError):  # a path through a list: the converter cannot follow it
         constrained({"anyOf": [{"type": "string"}], "properties": {"x": {"$ref": "#/anyOf/0"}}})
+
+
+def test_costly_schemas_are_many_enum_values_or_deep_nesting() -> None:
+    from ris.lanes.llm import COSTLY_ENUM_VALUES, LANE, LLMRequest, costly_schema
+
+    many = {"enum": [f"v{i}" for i in range(COSTLY_ENUM_VALUES)]}
+    assert costly_schema(json.dumps(many)) and not costly_schema(json.dumps({"enum": ["a", "b"]}))
+    deep: dict[str, object] = {"type": "string"}
+    for _ in range(8):
+        deep = {"type": "object", "properties": {"x": deep}}
+    assert costly_schema(json.dumps(deep))
+    assert not costly_schema(json.dumps({"type": "object", "properties": {"name": {"type": "string"}}}))
+    assert LANE.costly(LLMRequest(prompt="x", constraint=Constraint(json.dumps(many))))
+    assert not LANE.costly(LLMRequest(prompt="x"))

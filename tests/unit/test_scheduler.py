@@ -381,6 +381,20 @@ def test_one_client_holds_at_most_its_share_of_slots_while_another_waits() -> No
     assert [t.started_at is not None for t in light] == [True, True, False, False]
 
 
+def test_costly_tasks_of_one_client_leave_slots_free_for_the_next_client() -> None:
+    sched = fair(0.5, 8)
+    costly = [sched.submit(TaskSpec(lane=Lane.LLM, client="heavy", costly=True)) for _ in range(20)]
+    sched.dispatch()
+    assert running_by_client(sched) == {"heavy": 4}  # alone, yet only its share: 4 slots stay free
+    plain_same = sched.submit(TaskSpec(lane=Lane.LLM, client="heavy"))
+    assert [t.id for t in sched.dispatch()] == [plain_same.id]  # its plain tasks take a free slot
+    other = sched.submit(TaskSpec(lane=Lane.LLM, client="light"))
+    assert [t.id for t in sched.dispatch()] == [other.id]  # at once, not behind a costly task
+    sched.finish(costly[0].id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [costly[4].id]  # refilled to its share, in order
+    assert running_by_client(sched) == {"heavy": 5, "light": 1}
+
+
 def test_a_single_slot_alternates_between_clients_and_share_one_is_plain_priority_order() -> None:
     sched = fair(0.5, 1)
     a = [sched.submit(TaskSpec(lane=Lane.LLM, client="a")) for _ in range(3)]

@@ -16,7 +16,7 @@ from ris.api.errors import APIError
 from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
-from ris.lanes.llm import Constraint, LLMRequest, Message, Tool, max_tokens_over_context
+from ris.lanes.llm import Constraint, LLMRequest, Message, Tool, enum_values, max_tokens_over_context
 
 
 @dataclass(frozen=True)
@@ -139,16 +139,6 @@ def _check_constraint(
         raise invalid(
             f"ignore_eos cannot be combined with {param}: the answer ends where the JSON does", "ignore_eos"
         )
-
-
-def enum_values(schema: Any) -> int:
-    """How many `enum` values the schema holds, all its enums together."""
-    if isinstance(schema, list):
-        return sum(enum_values(x) for x in schema)
-    if not isinstance(schema, dict):
-        return 0
-    # The values of an enum are data, not schemas; a property may well be named "enum".
-    return sum(len(v) if k == "enum" and isinstance(v, list) else enum_values(v) for k, v in schema.items())
 
 
 def broken_refs(schema: Any) -> list[str]:

