@@ -70,7 +70,9 @@ class SpeechRefused(Exception):
         self.status = status
 
 
-def stalled_speech(port: int, text: str, response_format: str = "pcm") -> tuple[socket.socket, str]:
+def stalled_speech(
+    port: int, text: str, response_format: str = "pcm", api_key: str | None = None
+) -> tuple[socket.socket, str]:
     """A connection that asked for speech and read only the head of the answer: its task id.
     SpeechRefused (the socket closed) if the answer is an error."""
     request = {"model": "tts-1", "voice": "zh-CN", "input": text, "response_format": response_format}
@@ -80,7 +82,9 @@ def stalled_speech(port: int, text: str, response_format: str = "pcm") -> tuple[
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for it
         head = (
             f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            + (f"Authorization: Bearer {api_key}\r\n" if api_key else "")
+            + "\r\n"
         ).encode()
         sock.sendall(head + body)
         received = b""

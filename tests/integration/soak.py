@@ -1,6 +1,8 @@
 """A soak run with faults against the real service: mixed traffic on every lane from several
-clients, some of which hang up mid-answer, while workers are SIGKILLed and SIGSTOPped at
-random. Afterwards every task a client was told about must be in a final state (none lost),
+clients with a key, some of which hang up mid-answer, stop reading, or send costly schemas,
+while workers are SIGKILLed and SIGSTOPped at random and a guesser from the same address
+tries wrong keys without pause (it must be throttled, the clients with the key never).
+Afterwards every task a client was told about must be in a final state (none lost),
 every result file must belong to a task, workers' memory must be back near where it started
 and /ready must be true again. Used by test_soak.py (short) and runnable alone (long):
 
@@ -33,6 +35,10 @@ from .slow_readers import SpeechRefused, stalled_speech
 
 FINAL = ("succeeded", "failed", "cancelled")
 LANES = ("llm", "tts", "image")
+SOAK_KEY = "soak-client-key"
+# Wrong keys checked at full speed before the throttle answers 429 (issue 23's goal: 20 of
+# 1,000 at most; the throttle's own count is smaller).
+MAX_FULL_SPEED_GUESSES = 20
 # Worker memory at the end may exceed its start by this much (allocator caches, a model
 # loaded on first use) and no more.
 MEMORY_SLACK = 1.5
@@ -55,6 +61,10 @@ class SoakReport:
     ready_at_end: bool = False
     # A plain short generation's latency through the run, n / p50 / p99 / max (reported).
     plain_latency_s: dict[str, float] = field(default_factory=dict)
+    # The guesser's answers by status ("401" checked, "429" throttled) and how many wrong keys
+    # were checked before the first 429.
+    guesses: Counter[str] = field(default_factory=Counter)
+    guesses_before_throttle: int | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -66,19 +76,33 @@ class SoakReport:
             out.append(f"memory not back within bound: {self.memory_over_bound}")
         if not self.ready_at_end:
             out.append("/ready is not true at the end")
+        checked = self.guesses_before_throttle
+        if sum(self.guesses.values()) > MAX_FULL_SPEED_GUESSES and (
+            checked is None or checked > MAX_FULL_SPEED_GUESSES
+        ):
+            out.append(
+                f"wrong keys were not throttled: {checked} checked before a 429 ({dict(self.guesses)})"
+            )
+        if self.guesses.get("200"):
+            out.append("a wrong key was accepted")
         return out
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("requests", "faults", "tasks_final"):
+        for key in ("requests", "faults", "tasks_final", "guesses"):
             data[key] = dict(sorted(getattr(self, key).items()))
         return data
 
 
 def soak_config(tmp: Path) -> dict[str, Any]:
-    """The repository's config, with hang detection fast enough for a short run."""
+    """The repository's config with an API key, hang detection fast enough for a short run."""
     fast = {"heartbeat_timeout_s": 3.0, "max_queue": 16}
-    return make_config(tmp, llm=dict(fast), tts=dict(fast), image={**fast, "busy_timeout_s": 60.0})
+    cfg = make_config(tmp, llm=dict(fast), tts=dict(fast), image={**fast, "busy_timeout_s": 60.0})
+    cfg["server"] = {**cfg.get("server", {}), "api_keys": [SOAK_KEY]}
+    return cfg
+
+
+AUTH = {"Authorization": f"Bearer {SOAK_KEY}"}
 
 
 class Soak:
@@ -102,6 +126,7 @@ class Soak:
         start = time.monotonic()
         threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(self.clients)]
         threads.append(threading.Thread(target=self._faults, daemon=True))
+        threads.append(threading.Thread(target=self._guesser, daemon=True))
         for t in threads:
             t.start()
         time.sleep(self.duration_s)
@@ -122,7 +147,7 @@ class Soak:
 
     def _warm_up(self) -> None:
         """One request per lane, so memory is measured with models loaded."""
-        with httpx.Client(base_url=self.srv.url, timeout=120) as http:
+        with httpx.Client(base_url=self.srv.url, timeout=120, headers=AUTH) as http:
             http.post("/api/llm/generate", json={"prompt": "Hi", "max_tokens": 4}).raise_for_status()
             http.post("/api/tts/synthesize", json={"text": "Warm up."}).raise_for_status()
             task = http.post("/api/image/generate", json=_image()).json()["task_id"]
@@ -144,7 +169,7 @@ class Soak:
             self._speech_stalled,
             self._heavy_schema,
         ]
-        with httpx.Client(base_url=self.srv.url, timeout=60) as http:
+        with httpx.Client(base_url=self.srv.url, timeout=60, headers=AUTH) as http:
             while not self._stop.is_set():
                 action = rng.choice(actions)
                 try:
@@ -187,7 +212,9 @@ class Soak:
         """A non-streaming request whose client gives up: its task must be cancelled."""
         body = {"prompt": "Tell a story.", "max_tokens": 400, "ignore_eos": True}
         try:
-            r = httpx.post(f"{self.srv.url}/api/llm/generate", json=body, timeout=rng.uniform(0.2, 1.0))
+            r = httpx.post(
+                f"{self.srv.url}/api/llm/generate", json=body, timeout=rng.uniform(0.2, 1.0), headers=AUTH
+            )
         except httpx.ReadTimeout:
             return "abandoned"
         self._seen(r.json().get("task_id") if r.status_code == 200 else None)
@@ -228,7 +255,9 @@ class Soak:
         """A client that reads the head of its speech and then nothing for a while, then
         hangs up (issue 23: the server must not hold its audio meanwhile)."""
         try:
-            sock, task_id = stalled_speech(self.srv.port, " ".join(rng.sample(SENTENCES, 3)))
+            sock, task_id = stalled_speech(
+                self.srv.port, " ".join(rng.sample(SENTENCES, 3)), api_key=SOAK_KEY
+            )
         except SpeechRefused as e:  # 503 while the TTS worker restarts after a fault
             return e.status
         self._seen(task_id)
@@ -256,6 +285,26 @@ class Soak:
                 http.post(f"/api/image/cancel/{r.json()['task_id']}")
         time.sleep(0.5)  # images are the slow lane: do not flood its queue
         return str(r.status_code)
+
+    def _guesser(self) -> None:
+        """Wrong keys from the clients' own address, one after another without pause, as a
+        script guessing would: counted by answer, and how many were checked before a 429."""
+        rng = random.Random(self.rng.random())
+        checked = 0
+        with httpx.Client(base_url=self.srv.url, timeout=30) as http:
+            while not self._stop.is_set():
+                key = f"guess-{rng.getrandbits(64):016x}"
+                try:
+                    r = http.get("/api/stats", headers={"Authorization": f"Bearer {key}"})
+                except httpx.HTTPError:
+                    continue
+                with self._lock:
+                    self.report.guesses[str(r.status_code)] += 1
+                    if r.status_code == 429 and self.report.guesses_before_throttle is None:
+                        self.report.guesses_before_throttle = checked
+                if r.status_code != 429:
+                    checked += 1
+                self._stop.wait(0.02)
 
     # ----- faults --------------------------------------------------------------------------
 
@@ -287,7 +336,7 @@ class Soak:
     # ----- the checks ----------------------------------------------------------------------
 
     def _settle(self) -> None:
-        with httpx.Client(base_url=self.srv.url, timeout=30) as http:
+        with httpx.Client(base_url=self.srv.url, timeout=30, headers=AUTH) as http:
             ready_deadline = time.monotonic() + 120
             while time.monotonic() < ready_deadline:
                 if http.get("/ready").status_code == 200:
@@ -325,7 +374,7 @@ class Soak:
         return states
 
     def _worker_pids(self) -> dict[str, int]:
-        stats = httpx.get(f"{self.srv.url}/api/stats", timeout=10).json()["lanes"]
+        stats = httpx.get(f"{self.srv.url}/api/stats", timeout=10, headers=AUTH).json()["lanes"]
         return {lane: s["worker"]["pid"] for lane, s in stats.items() if s["worker"].get("pid")}
 
     def _worker_memory(self) -> dict[str, int]:
@@ -355,7 +404,7 @@ def _image(seed: int = 0) -> dict[str, Any]:
 
 def soak(duration_s: float, clients: int = 4, seed: int = 1) -> SoakReport:
     with tempfile.TemporaryDirectory(prefix="ris-soak-") as tmp:
-        srv = Server(Path(tmp), soak_config(Path(tmp))).start()
+        srv = Server(Path(tmp), soak_config(Path(tmp)), api_key=SOAK_KEY).start()
         try:
             return Soak(srv, Path(tmp) / "data", duration_s, clients, seed).run()
         finally:

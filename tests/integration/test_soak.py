@@ -20,3 +20,4 @@ def test_mixed_traffic_with_killed_and_stopped_workers_loses_nothing() -> None:
     assert report.problems() == []
     assert sum(report.faults.values()) >= 3, report.faults  # faults were injected, and survived
     assert report.tasks_final["succeeded"] > 20 and report.tasks_final["cancelled"] > 0
+    assert report.guesses["429"] > 0, report.guesses  # the guesser ran, and was throttled
