@@ -65,6 +65,9 @@ class SoakReport:
     # were checked before the first 429.
     guesses: Counter[str] = field(default_factory=Counter)
     guesses_before_throttle: int | None = None
+    # Answers to the clients with the right key that were the wrong-key throttle's 429 (must
+    # be none: a known key's requests are never throttled).
+    keyed_throttled: int = 0
 
     def problems(self) -> list[str]:
         out = []
@@ -85,6 +88,8 @@ class SoakReport:
             )
         if self.guesses.get("200"):
             out.append("a wrong key was accepted")
+        if self.keyed_throttled:
+            out.append(f"{self.keyed_throttled} requests with the right key got too_many_wrong_keys")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -169,7 +174,8 @@ class Soak:
             self._speech_stalled,
             self._heavy_schema,
         ]
-        with httpx.Client(base_url=self.srv.url, timeout=60, headers=AUTH) as http:
+        hooks = {"response": [self._watch_throttle]}
+        with httpx.Client(base_url=self.srv.url, timeout=60, headers=AUTH, event_hooks=hooks) as http:
             while not self._stop.is_set():
                 action = rng.choice(actions)
                 try:
@@ -180,6 +186,13 @@ class Soak:
                     outcome = f"transport_{type(e).__name__}"
                 with self._lock:
                     self.report.requests[f"{action.__name__.lstrip('_')} {outcome}"] += 1
+
+    def _watch_throttle(self, r: httpx.Response) -> None:
+        if r.status_code == 429:
+            r.read()  # small: an error body
+            if "too_many_wrong_keys" in r.text:
+                with self._lock:
+                    self.report.keyed_throttled += 1
 
     def _seen(self, task_id: str | None) -> None:
         if task_id:
@@ -297,6 +310,7 @@ class Soak:
                 try:
                     r = http.get("/api/stats", headers={"Authorization": f"Bearer {key}"})
                 except httpx.HTTPError:
+                    self._stop.wait(0.5)  # the server restarting a worker, or gone: not a spin
                     continue
                 with self._lock:
                     self.report.guesses[str(r.status_code)] += 1

@@ -338,9 +338,10 @@ def test_costly_schemas_are_many_enum_values_or_deep_nesting() -> None:
     many = {"enum": [f"v{i}" for i in range(COSTLY_ENUM_VALUES)]}
     assert costly_schema(json.dumps(many)) and not costly_schema(json.dumps({"enum": ["a", "b"]}))
     deep: dict[str, object] = {"type": "string"}
-    for _ in range(8):
+    for _ in range(9):
         deep = {"type": "object", "properties": {"x": deep}}
-    assert costly_schema(json.dumps(deep))
+    assert costly_schema(json.dumps(deep))  # 10 levels
+    assert not costly_schema(json.dumps(deep["properties"]["x"]))  # type: ignore[index] # 9
     assert not costly_schema(json.dumps({"type": "object", "properties": {"name": {"type": "string"}}}))
     assert LANE.costly(LLMRequest(prompt="x", constraint=Constraint(json.dumps(many))))
     assert not LANE.costly(LLMRequest(prompt="x"))

