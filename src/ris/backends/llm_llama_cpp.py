@@ -17,11 +17,10 @@ from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.llama_batch import PREFILL_CHUNK_CPU, PREFILL_CHUNK_GPU, LlamaBatch
 from ris.config import ModelSpec
 from ris.lanes.base import ModelDetails
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
 from ris.lanes.llm_tools import fallback_turns, openai_tool, template_turns
 
 _UNUSED_CTX = 64
-_DIRECT = "direct"
 
 
 class LlamaCppLLM(LLMBackend):
@@ -123,13 +122,7 @@ class LlamaCppLLM(LLMBackend):
 
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
         """One request alone, on the batch (direct calls; the lane's runner uses `batch()`)."""
-        self._batch.add(_DIRECT, req, out)
-        while True:
-            for key, outcome in self._batch.step():
-                if key == _DIRECT:
-                    if isinstance(outcome, BackendError):
-                        raise outcome
-                    return outcome
+        return generate_alone(self._batch, req, out)
 
     def close(self) -> None:
         self._batch.close()

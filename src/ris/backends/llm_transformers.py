@@ -15,11 +15,9 @@ import torch
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.hf_batch import TransformersBatch
 from ris.config import ModelSpec
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message
+from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
 from ris.lanes.llm_tools import fallback_turns
 from ris.messages import ModelDetails
-
-_DIRECT = "direct"  # the key of a request generated alone (a direct call)
 
 # Architecture shapes for the dummy load format (Qwen2 family).
 DUMMY_SHAPES: dict[str, dict[str, int]] = {
@@ -161,13 +159,7 @@ class TransformersLLM(LLMBackend):
 
     def generate(self, req: LLMRequest, out: TextOutput) -> LLMOutcome:
         """One request alone, on the batch (direct calls; the lane's runner uses `batch()`)."""
-        self._batch.add(_DIRECT, req, out)
-        while True:
-            for key, outcome in self._batch.step():
-                if key == _DIRECT:
-                    if isinstance(outcome, BackendError):
-                        raise outcome
-                    return outcome
+        return generate_alone(self._batch, req, out)
 
     def close(self) -> None:
         self._batch.close()

@@ -266,6 +266,19 @@ class LLMBatch(ABC):
         cores between two steps). A batch whose library cannot change its pool keeps its own."""
 
 
+def generate_alone(batch: LLMBatch, req: LLMRequest, out: TextOutput) -> LLMOutcome:
+    """One request alone on a backend's batch, start to end: a batching backend's `generate`
+    (direct calls; the lane's runner drives the batch itself)."""
+    key = "direct"
+    batch.add(key, req, out)
+    while True:
+        for ended, outcome in batch.step():
+            if ended == key:
+                if isinstance(outcome, BackendError):
+                    raise outcome
+                return outcome
+
+
 class LLMBackend(Backend):
     """Text generation: stream text to `out` and say when prefill ends."""
 
