@@ -417,10 +417,10 @@ class LlamaBatch(LLMBatch):
     def _free(self, seq: _Sequence) -> None:
         """Free the sequence's sampler and grammar; while its resample still runs (a client
         cancelled meanwhile), after it, on the grammar thread: nobody waits for it here."""
-        if seq.resampling is not None and not seq.resampling.done():
+        if seq.resampling is not None and not seq.resampling.cancel() and not seq.resampling.done():
             self._grammar_thread.submit(_release, seq)  # one thread, in order: after the resample
         else:
-            _release(seq)
+            _release(seq)  # no resample, or one that had not started (cancelled: never runs)
 
     def _sampler(self, req: LLMRequest) -> Any:
         params = llama_cpp.llama_sampler_chain_default_params()

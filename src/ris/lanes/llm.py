@@ -153,7 +153,7 @@ def schema_depth(schema: Any) -> int:
     for key in ("properties", "patternProperties", "$defs", "definitions"):
         if isinstance(schema.get(key), dict):
             children += schema[key].values()
-    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems", "items"):  # items: a list (tuple form)
         if isinstance(schema.get(key), list):
             children += schema[key]
     for key in ("items", "additionalProperties", "not"):

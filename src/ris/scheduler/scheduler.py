@@ -186,7 +186,8 @@ class Scheduler:
         # A full queue used to mean every slot busy; with costly tasks held to their client's
         # share, slots can be free beside a full queue: a task that would start at once on one
         # (not costly) is admitted past the bound, not refused.
-        starts_now = not spec.costly and len(book.running) < book.slots
+        # (Per-lane ordering only: under FIFO the oldest task of any lane blocks the rest.)
+        starts_now = self.ordering is Ordering.LANES and not spec.costly and len(book.running) < book.slots
         if book.queue.full and not force and not starts_now:
             book.rejected += 1
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
