@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_concurrency import Stream, Target, cell, new_client, pct, wait_http_ok  # noqa: E402
+from llm_concurrency import Stream, Target, cell, new_client, pct, stop_process, wait_http_ok  # noqa: E402
 
 from ris.benchmark.run import machine_summary  # noqa: E402
 from ris.benchmark.summary import ratio, spread  # noqa: E402
@@ -147,12 +147,7 @@ def peer_server(
         wait_http_ok(f"http://127.0.0.1:{port}/health", proc, log_path, timeout=600)
         yield Target(PEER, f"http://127.0.0.1:{port}", str(folder))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @contextmanager

@@ -127,12 +127,17 @@ def llama_server(binary: Path, slots: int, folder: Path) -> Iterator[Target]:
         # llama-server answers to any model name; RIS's is the configured one.
         yield Target(LLAMA, f"http://127.0.0.1:{port}", "smollm2")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """A peer server stopped: asked, then killed if it has not gone in 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def ris_config(folder: Path, parallel: int | None) -> dict[str, Any]:
