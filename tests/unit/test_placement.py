@@ -167,18 +167,6 @@ def test_a_board_attached_by_name_is_one_board() -> None:
         shared_memory.SharedMemory(name).unlink()
 
 
-def test_messages_to_an_actor_are_served_in_the_order_sent() -> None:
-    # A threaded actor may run two put() calls out of order: a cancel must not overtake its task.
-    pytest.importorskip("ray")
-    from ris.runtime.workers.ray import _Inbox
-
-    inbox = _Inbox()
-    inbox.put(2, "cancel")
-    inbox.put(3, "shutdown")
-    inbox.put(1, "run")
-    assert [inbox.recv() for _ in range(3)] == ["run", "cancel", "shutdown"]
-
-
 def test_an_address_where_no_head_answers_is_refused_at_once() -> None:
     pytest.importorskip("ray")
     from ris.launch import free_port
@@ -225,19 +213,19 @@ def test_serve_with_ray_turns_a_local_config_into_a_cluster_one(tmp_path: Path) 
     assert (loaded.cluster.engine, loaded.cluster.address) == ("ray", "10.0.0.9:6379")
 
 
-def test_takes_answer_in_the_order_they_were_sent() -> None:
-    # Two takes wait in the actor at once; whichever thread runs first, messages leave in order.
+def test_the_outbox_gives_what_was_written_since_the_last_drain_in_order() -> None:
     pytest.importorskip("ray")
     from ris.runtime.workers.ray import _Outbox
 
     out = _Outbox()
-    assert out.take(2, 0.01) == ([], False)  # ran before take 1: answers empty, out of turn
+    assert out.drain(0.01) == ([], False)  # nothing yet: a quiet yield, after the timeout
+    out.send("start")
     out.send("token")
-    assert out.take(3, 0.01) == ([], False)  # take 1 has not answered: the token waits for it
-    assert out.take(1, 0.01) == (["token"], False)
+    assert out.drain(0.01) == (["start", "token"], False)
     out.send("done")
     out.end()
-    assert out.take(4, 0.01) == (["done"], True)  # takes 2 and 3 had their turn
+    assert out.drain(5) == (["done"], True)  # at once: it has something
+    assert out.drain(5) == ([], True)  # ended: no wait
 
 
 def test_lanes_that_each_fit_but_not_together_are_refused_before_one_waits_for_ever() -> None:
@@ -324,3 +312,29 @@ def test_boards_of_groups_ray_no_longer_keeps_are_stale_and_others_are_left() ->
     ]
     assert stale_boards(names, {live}) == [f"ris-board-{gone}"]
     assert stale_boards(names, set()) == [f"ris-board-{live}", f"ris-board-{gone}"]
+
+
+def test_replicas_ask_ray_to_spread_them_over_the_nodes() -> None:
+    """Two replicas on one node are lost together with it: Ray's SPREAD strategy puts them on
+    different nodes where several can host them (a lone worker keeps Ray's default)."""
+    import asyncio
+
+    ray_kind = pytest.importorskip("ris.runtime.workers.ray")
+    from ris.runtime.binding import Binding
+    from ris.runtime.workers.base import WorkerSpec
+
+    pool = object.__new__(ray_kind.RayWorkers)  # its cluster part is not needed here
+    pool.config = cfg(cluster(tts={"replicas": 2}))
+    pool.loop = asyncio.new_event_loop()
+    pool._workers = []
+    try:
+        binding = Binding(cores=None, threads=1, nice=0, gpu=None, memory_limit_bytes=None)
+        options = {
+            lane: pool(WorkerSpec(lane, "", binding, "cpu", "{}", {}, ""), lambda msg: None)._options
+            for lane in ("llm", "tts")
+        }
+    finally:
+        pool.loop.close()
+    assert options["tts"]["scheduling_strategy"] == "SPREAD"
+    assert "scheduling_strategy" not in options["llm"]
+    assert options["tts"]["resources"] == {"ris_lane_tts": 1.0}  # still only where advertised

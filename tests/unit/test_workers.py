@@ -101,8 +101,8 @@ def _spec(lane: str) -> WorkerSpec:
 def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Ray's boards live on the nodes: the pool keeps what each take() reported (no cluster
-    here: a fake actor answers the takes)."""
+    """Ray's boards live on the nodes: the pool keeps what each yield of a worker's stream
+    reported (no cluster here: a fake actor's stream yields)."""
     ray_kind = pytest.importorskip("ris.runtime.workers.ray")
     from ris.preemption.board import ActivityBoard
 
@@ -120,11 +120,15 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        takes: list[asyncio.Future[object]] = []
+        yields: asyncio.Queue[object] = asyncio.Queue()
 
-        def take(number: int, timeout: float) -> asyncio.Future[object]:
-            takes.append(loop.create_future())
-            return takes[-1]
+        class Stream:
+            """Ray's ObjectRefGenerator as the pump reads it: each next is a ref to await."""
+
+            async def __anext__(self) -> asyncio.Future[object]:
+                ref: asyncio.Future[object] = loop.create_future()
+                ref.set_result(await yields.get())
+                return ref
 
         class Method:
             def __init__(self, fn: Callable[..., object]) -> None:
@@ -132,7 +136,7 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
 
         class Actor:
             def __init__(self) -> None:
-                self.take, self.put = Method(take), Method(lambda seq, msg: None)
+                self.stream, self.put = Method(Stream), Method(lambda msg: None)
 
         class ActorClass:
             def options(self, **options: object) -> ActorClass:
@@ -152,7 +156,7 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, pool)
         worker.start()
         await asyncio.sleep(0)
-        takes[0].set_result(
+        yields.put_nowait(
             ray_kind._Batch([], False, 7, 0, 0.0, 0.0, "node", "10.0.0.2", int(Activity.PREFILL))
         )
         for _ in range(3):

@@ -2,13 +2,14 @@
 
 The actor runs the same serving loop as a local worker process (worker_main) in a thread, with
 two in-memory queues where the local worker has its two pipes. The server speaks to it with
-two actor methods:
-  put(seq, msg)     a RunTask, CancelTask or Shutdown; numbered, because a threaded actor may
-                    run calls out of order and a cancel must not overtake its task
-  take(n, timeout)  a long poll: every message the worker has written since the last take
-                    (tokens, audio, progress, results, heartbeats), waiting until there is one
-Two takes are always outstanding per worker, answered in order and awaited on the engine's
-event loop: a message reaches the engine half a round trip after the worker wrote it.
+two actor methods, each in a concurrency group of one thread of its own:
+  put(msg)    a RunTask, CancelTask or Shutdown. One thread and one submitter: Ray runs the
+              calls in the order they were sent, so a cancel never overtakes its task.
+  stream()    one streaming call (a Ray generator) for the actor's life: it yields every
+              message the worker has written since the last yield (tokens, audio, progress,
+              results, heartbeats), as soon as there is one, in order.
+A message reaches the engine one report of Ray's after the worker wrote it. Ray holds at most
+BACKLOG unread yields; beyond that the worker's messages wait in the actor and leave together.
 Results are values inside the messages (image bytes, audio samples), never paths: the nodes
 share no disk. The engine's pure supervisor sees this worker as it sees a process:
 heartbeats, `alive()` false once Ray says the actor died (killed, or its node lost), and a
@@ -16,7 +17,7 @@ restart that creates a new actor. Joining the cluster and placing lanes together
 ray_cluster.py.
 
 Activity: lanes placed together share a board in their node's memory, out of the server's
-reach, so every take() also reports the lane's activity there; the pool keeps the latest
+reach, so every yield also reports the lane's activity there; the pool keeps the latest
 report of each lane on a board of its own (`RayWorkers.activity`), half a round trip behind
 the node's (heartbeats bound it to about half a second).
 
@@ -33,8 +34,7 @@ import os
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,10 +53,14 @@ from ris.runtime.workers.ray_placement import demand, format_resources, threads_
 log = logging.getLogger("ris.worker")
 T = TypeVar("T")
 
-# How long one take() waits for a message; heartbeats (every 0.5 s) end most waits sooner.
-POLL_S = 2.0
-# An actor whose node has room answers its first take within a few seconds (its process starts,
-# it has not loaded a model yet); one silent this long waits for Ray to find it room.
+# A stream with nothing to say yields this often anyway, with the worker's usage (heartbeats,
+# every 0.5 s, make most yields sooner).
+QUIET_YIELD_S = 2.0
+# Yields Ray holds for the server before the actor's next yield waits: beyond them a slow reader
+# gets the messages written meanwhile together, in one yield.
+BACKLOG = 8
+# An actor whose node has room yields within a few seconds (its process starts, it has not
+# loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
 # The head is probed this often; this many failed probes in a row and it is lost.
 HEAD_PROBE_S = 2.0
@@ -67,7 +71,7 @@ CLOSE_WAIT_S = 15.0
 
 @dataclass(frozen=True)
 class _Batch:
-    """What one take() returns."""
+    """What one yield of stream() brings."""
 
     messages: list[object]
     # The worker's serving loop returned (Shutdown, or a failed start): nothing more will come.
@@ -78,43 +82,33 @@ class _Batch:
     cpu_seconds: float
     node_id: str
     node_ip: str
-    # The lane's activity on the worker's board when the take answered (Activity's value).
+    # The lane's activity on the worker's board when the batch left (Activity's value).
     activity: int = 0
 
 
 class _Inbox:
-    """The worker's inbox: what `put` delivers, in the order the server sent it."""
+    """The worker's inbox (worker_main.ChannelIn): what put() delivers, in the order Ray runs
+    the calls, which is the order they were sent."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[object] = queue.Queue()
-        self._lock = threading.Lock()
-        self._next = 1
-        self._early: dict[int, object] = {}
 
-    def put(self, seq: int, msg: object) -> None:
-        with self._lock:
-            self._early[seq] = msg
-            while self._next in self._early:
-                self._queue.put(self._early.pop(self._next))
-                self._next += 1
+    def put(self, msg: object) -> None:
+        self._queue.put(msg)
 
-    def recv(self) -> object:  # worker_main.ChannelIn
+    def recv(self) -> object:
         return self._queue.get()
 
 
 class _Outbox:
-    """What the worker sends, held until the next take(). Takes are numbered and served in
-    order: the server keeps the next one waiting here while the last one's answer travels, so
-    a message never waits for a take to be sent."""
+    """What the worker sends (worker_main.ChannelOut), held until the stream's next yield."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._pending: list[object] = []
-        self._served = 0  # every take up to this number has answered
-        self._skipped: set[int] = set()  # later takes that answered empty, out of turn
         self.ended = False
 
-    def send(self, msg: object) -> None:  # worker_main.ChannelOut
+    def send(self, msg: object) -> None:
         with self._cond:
             self._pending.append(msg)
             self._cond.notify_all()
@@ -124,23 +118,12 @@ class _Outbox:
             self.ended = True
             self._cond.notify_all()
 
-    def take(self, number: int, timeout: float) -> tuple[list[object], bool]:
+    def drain(self, timeout: float) -> tuple[list[object], bool]:
+        """Everything written since the last drain, once there is something (or the worker
+        ended, or `timeout` passed), and whether the worker ended."""
         with self._cond:
-
-            def turn() -> bool:
-                return self._served == number - 1
-
-            self._cond.wait_for(lambda: turn() and (bool(self._pending) or self.ended), timeout)
-            out: list[object] = []
-            if turn():
-                out, self._pending = self._pending, []
-                self._served = number
-            else:  # timed out before the take ahead of it answered: it answers empty
-                self._skipped.add(number)
-            while self._served + 1 in self._skipped:
-                self._skipped.discard(self._served + 1)
-                self._served += 1
-            self._cond.notify_all()
+            self._cond.wait_for(lambda: bool(self._pending) or self.ended, timeout)
+            out, self._pending = self._pending, []
             return out, self.ended
 
 
@@ -185,22 +168,27 @@ class LaneActor:
         finally:
             self._outbox.end()
 
-    def put(self, seq: int, msg: object) -> None:
-        self._inbox.put(seq, msg)
+    @ray.method(concurrency_group="inbox")
+    def put(self, msg: object) -> None:
+        self._inbox.put(msg)
 
-    def take(self, number: int, timeout: float) -> _Batch:
-        messages, ended = self._outbox.take(number, timeout)
-        return _Batch(
-            messages,
-            ended,
-            os.getpid(),
-            int(self._proc.memory_info().rss),
-            float(self._proc.cpu_percent(None)),
-            cpu_seconds(self._proc.cpu_times()),
-            self._node_id,
-            self._node_ip,
-            int(self._board.get(self._lane)),
-        )
+    @ray.method(concurrency_group="outbox", _generator_backpressure_num_objects=BACKLOG)
+    def stream(self) -> Iterator[_Batch]:
+        while True:
+            messages, ended = self._outbox.drain(QUIET_YIELD_S)
+            yield _Batch(
+                messages,
+                ended,
+                os.getpid(),
+                int(self._proc.memory_info().rss),
+                float(self._proc.cpu_percent(None)),
+                cpu_seconds(self._proc.cpu_times()),
+                self._node_id,
+                self._node_ip,
+                int(self._board.get(self._lane)),
+            )
+            if ended:
+                return
 
 
 _remote_actor: Any = None
@@ -209,9 +197,10 @@ _remote_actor: Any = None
 def _actor_class() -> Any:
     global _remote_actor
     if _remote_actor is None:
-        # Threads: put and take (and a spare) run at once, the serving loop in its own thread.
+        # A thread for put and one for stream (the serving loop has its own): one thread per
+        # group keeps each group's calls in the order they were sent.
         remote: Any = ray.remote  # its overloads do not list the actor options
-        _remote_actor = remote(max_concurrency=4, max_restarts=0)(LaneActor)
+        _remote_actor = remote(max_restarts=0, concurrency_groups={"inbox": 1, "outbox": 1})(LaneActor)
     return _remote_actor
 
 
@@ -252,6 +241,11 @@ class RayWorkers:
             # From the process's first instruction: Ray would set OMP_NUM_THREADS=1 otherwise.
             "runtime_env": {"env_vars": env},
         }
+        if self.config.lane(lane).replicas > 1:
+            # Replicas on different nodes where there are several (a node lost takes one);
+            # SPREAD still honours the demand (no node without the lane's resource). A lane
+            # placed with partners runs in their placement group instead (start()).
+            options["scheduling_strategy"] = "SPREAD"
         worker = RayWorker(spec, deliver, self.loop, options, self)
         self._workers.append(worker)
         return worker
@@ -309,7 +303,7 @@ class RayWorkers:
         return self.board.get(lane) if lane in self.board.lanes else None
 
     def reported(self, lane: str, activity: int) -> None:
-        """A take() brought the lane's activity on its node."""
+        """A yield of the stream brought the lane's activity on its node."""
         self.board.set(lane, Activity(activity))
 
     def killed(self, lane: str, actor: Any) -> None:
@@ -385,7 +379,6 @@ class RayWorker:
         self._actor: Any = None
         self._dead = False
         self._ended = False
-        self._seq = 0
         self._generation = 0
         self._pump: asyncio.Task[None] | None = None
         self._placement: asyncio.Task[None] | None = None
@@ -397,7 +390,6 @@ class RayWorker:
     def start(self) -> None:
         self._generation += 1
         self._dead = self._ended = False
-        self._seq = 0
         self._last = None
         if self._pool.head_lost is not None:
             self._parked, self._waiting = True, self._pool.head_lost
@@ -432,8 +424,7 @@ class RayWorker:
     def send(self, msg: object) -> bool:
         if self._actor is None or self._dead:
             return False
-        self._seq += 1
-        self._actor.put.remote(self._seq, msg)
+        self._actor.put.remote(msg)
         return True
 
     def alive(self) -> bool:
@@ -499,20 +490,17 @@ class RayWorker:
         )
         log.error("%s", self._waiting)
 
-    # ----- the long poll -------------------------------------------------------------------
+    # ----- the stream ----------------------------------------------------------------------
 
     async def _pump_loop(self, actor: Any, generation: int) -> None:
-        # Two takes outstanding: while one answer travels, the next take already waits.
-        polls = deque(actor.take.remote(n, POLL_S) for n in (1, 2))
-        number = 2
+        stream = actor.stream.remote()  # an ObjectRefGenerator: one ref per yield, in order
         while generation == self._generation:
             try:
-                batch: _Batch = await polls.popleft()
-                number += 1
-                polls.append(actor.take.remote(number, POLL_S))
+                batch: _Batch = await (await stream.__anext__())
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any Ray error: the actor or its node is gone
+                # (StopAsyncIteration too: the stream ends only after a batch saying so)
                 if generation == self._generation:
                     log.error("%s worker (Ray actor) is gone: %s", self.spec.lane, type(e).__name__)
                     self._dead = True
