@@ -9,10 +9,10 @@ hide the server's. Goals: API overhead p50 <= 1 ms; no-op generations >= 0.6x of
 requests/s in the same run.
 
 Builds side by side: `--before REV` also runs the server of git revision REV (its src/), and
-`--parsers` each build with each HTTP parser (this tree's by server.http_parser; REV's h11 by
-hiding httptools from it, its httptools as its default picks it where it can); each build is
-started afresh `--repeats` times, the builds alternated in a rotating order, and each figure
-is given as the median and range of its runs.
+`--parsers` each build with each HTTP parser (server.http_parser; a REV older than that
+setting gets h11 by hiding httptools from it, httptools as uvicorn's default picks it); each
+build is started afresh `--repeats` times, the builds alternated in a rotating order, and
+each figure is given as the median and range of its runs.
 
     python bench/api_overhead.py [--before REV] [--parsers h11,httptools] [--repeats 3]
                                  [--seconds 3] [--rounds 3] [--concurrency 32]
@@ -235,12 +235,14 @@ def main() -> int:
         builds: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
         if args.before:
             old = _export(args.before, Path(tmp) / "before")
+            knows = any("http_parser" in f.read_text() for f in (old / "src").rglob("*.py"))
             for parser in args.parsers.split(","):
-                # As that revision serves by default (its config may not know http_parser):
-                # h11 with httptools hidden from it, else httptools where it picks it.
-                hide = (str(old / "hide"),) if parser == "h11" else ()
+                # Its server.http_parser where it has one; before that, h11 with httptools
+                # hidden from it, else httptools where uvicorn's "auto" picks it.
+                hide = (str(old / "hide"),) if parser == "h11" and not knows else ()
                 path = os.pathsep.join(x for x in (*hide, str(old / "src"), inherited) if x)
-                builds[f"before ({args.before}, {parser})"] = ({}, {"PYTHONPATH": path})
+                server = {"http_parser": parser} if knows else {}
+                builds[f"before ({args.before}, {parser})"] = (server, {"PYTHONPATH": path})
         for parser in args.parsers.split(","):
             path = os.pathsep.join(x for x in (str(ROOT / "src"), inherited) if x)
             builds[f"after, {parser}"] = ({"http_parser": parser}, {"PYTHONPATH": path})
