@@ -8,10 +8,11 @@ from a lean keep-alive HTTP/1.1 client (what wrk would do), so the client's own 
 hide the server's. Goals: API overhead p50 <= 1 ms; no-op generations >= 0.6x of /health's
 requests/s in the same run.
 
-Builds side by side: `--before REV` also runs the server of git revision REV (its src/, with
-h11 as it had), and `--parsers` this tree's server with each HTTP parser
-(server.http_parser); each build is started afresh `--repeats` times, the builds alternated
-in a rotating order, and each figure is given as the median and range of its runs.
+Builds side by side: `--before REV` also runs the server of git revision REV (its src/), and
+`--parsers` each build with each HTTP parser (server.http_parser; a REV older than that
+setting gets h11 by hiding httptools from it, httptools as uvicorn's default picks it); each
+build is started afresh `--repeats` times, the builds alternated in a rotating order, and
+each figure is given as the median and range of its runs.
 
     python bench/api_overhead.py [--before REV] [--parsers h11,httptools] [--repeats 3]
                                  [--seconds 3] [--rounds 3] [--concurrency 32]
@@ -208,12 +209,12 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
     p.add_argument("--rounds", type=int, default=3, help="alternated noop / health measurements")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--before", metavar="REV", help="also run the server of this git revision (h11)")
+    p.add_argument("--before", metavar="REV", help="also run the server of this git revision")
     has_httptools = importlib.util.find_spec("httptools") is not None
     p.add_argument(
         "--parsers",
         default="h11,httptools" if has_httptools else "h11",
-        help="this tree's server with each of these server.http_parser values",
+        help="each build's server with each of these HTTP parsers (this tree's: server.http_parser)",
     )
     p.add_argument("--repeats", type=int, default=3, help="fresh servers per build, alternated")
     p.add_argument("--out", default=str(ROOT / "bench/results/api_overhead.json"))
@@ -234,8 +235,14 @@ def main() -> int:
         builds: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
         if args.before:
             old = _export(args.before, Path(tmp) / "before")
-            path = os.pathsep.join(x for x in (str(old / "hide"), str(old / "src"), inherited) if x)
-            builds[f"before ({args.before}, h11)"] = ({}, {"PYTHONPATH": path})
+            knows = any("http_parser" in f.read_text() for f in (old / "src").rglob("*.py"))
+            for parser in args.parsers.split(","):
+                # Its server.http_parser where it has one; before that, h11 with httptools
+                # hidden from it, else httptools where uvicorn's "auto" picks it.
+                hide = (str(old / "hide"),) if parser == "h11" and not knows else ()
+                path = os.pathsep.join(x for x in (*hide, str(old / "src"), inherited) if x)
+                server = {"http_parser": parser} if knows else {}
+                builds[f"before ({args.before}, {parser})"] = (server, {"PYTHONPATH": path})
         for parser in args.parsers.split(","):
             path = os.pathsep.join(x for x in (str(ROOT / "src"), inherited) if x)
             builds[f"after, {parser}"] = ({"http_parser": parser}, {"PYTHONPATH": path})

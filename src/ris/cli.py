@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -83,6 +84,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         loop = "asyncio"
     path = args.config or os.environ.get("RIS_CONFIG")  # as _load read it
     app = create_app(cfg, config_path=Path(path).resolve() if path else None, ollama_socket=ollama_socket)
+    _tune_gc()
     uvicorn.run(
         app,
         host=cfg.server.host,
@@ -93,6 +95,25 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+# Objects made (less those freed) between two collections of the youngest generation.
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """The collector for a long-running server, set once its app is built (measured with
+    bench/api_overhead.py's no-op generations, 32 connections):
+      - what start-up built (modules, the app, its schemas: ~100k objects) lives as long as the
+        process: frozen out of the collector's sight, a full collection walks only what came
+        after (81 ms each, then 6.6 ms);
+      - a young collection ran each time 700 more objects were made than freed, and the objects
+        of requests in flight count until they end: 32 no-op generations crossed 700 every ~9
+        requests, each collection ~0.4 ms. At 10,000, cyclic garbage waits for a few MB at most.
+    The collector's time per no-op generation: 132 us, then ~1 us."""
+    gc.freeze()
+    young, older, oldest = gc.get_threshold()
+    gc.set_threshold(max(YOUNG_GC_THRESHOLD, young), older, oldest)
 
 
 def _fmt_bytes(n: float | None) -> str:

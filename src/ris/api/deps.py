@@ -167,8 +167,21 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
     gone: asyncio.Future[None] = asyncio.ensure_future(_disconnected(request))
     done: asyncio.Future[T] = asyncio.ensure_future(work)
     try:
-        either: list[asyncio.Future[Any]] = [gone, done]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        # asyncio.wait(FIRST_COMPLETED) does this with a set, a counter and a timeout handle
+        # around it: one future woken by either (on every generation request, measured).
+        either: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            if not either.done():
+                either.set_result(None)
+
+        gone.add_done_callback(wake)
+        done.add_done_callback(wake)
+        try:
+            await either
+        finally:
+            gone.remove_done_callback(wake)
+            done.remove_done_callback(wake)
         if not done.done():
             raise ClientGone
         return done.result()
@@ -193,6 +206,8 @@ async def wait_task(engine: Engine, handle: TaskHandle[Res], request: Request) -
 async def wait_tasks(engine: Engine, handles: list[TaskHandle[Res]], request: Request) -> list[TaskView[Res]]:
     """`wait_task` for several tasks of one request: all are cancelled if the client leaves."""
     try:
+        if len(handles) == 1:  # the task's own future: no gathering future around it
+            return [await unless_gone(request, handles[0].done)]
         return list(await unless_gone(request, asyncio.gather(*(h.done for h in handles))))
     except BaseException:
         for h in handles:  # a future cancelled with the wait is a task still running

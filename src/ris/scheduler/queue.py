@@ -12,6 +12,7 @@ nothing starves, and the bound is a number the config states.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 from ris.scheduler.tasks import PriorityClass, Task, TaskState
 
@@ -75,6 +76,16 @@ class LaneQueue:
     def ordered(self) -> list[Task]:
         """Live tasks in the order they would run (O(n log n); for listings and positions)."""
         return [t for _, _, t in sorted(self._heap) if t.state is TaskState.QUEUED]
+
+    def first(self, wanted: Callable[[Task], bool]) -> Task | None:
+        """The live task that would run first among those `wanted` says yes to: ordered()'s
+        first match, in one pass over the heap without sorting it (O(n))."""
+        best: tuple[float, int, Task] | None = None
+        for entry in self._heap:
+            task = entry[2]
+            if task.state is TaskState.QUEUED and wanted(task) and (best is None or entry < best):
+                best = entry
+        return None if best is None else best[2]
 
     def _drop_dead_head(self) -> None:
         while self._heap and self._heap[0][2].state is not TaskState.QUEUED:

@@ -287,16 +287,16 @@ class Scheduler:
 
         if under_share(head) and may_start(head):
             return book.queue.pop()
-        for task in book.queue.ordered():
-            if under_share(task) and may_start(task):
-                book.queue.take(task)
-                return task
-        # No one under their share waits: a free slot is not left idle, but for a costly task.
-        for task in book.queue.ordered():
-            if may_start(task):
-                book.queue.take(task)
-                return task
-        return None
+        # One pass each, no sorting (a full queue of one client's tasks was sorted twice at
+        # every dispatch).
+        full = {client for client, n in held.items() if n >= cap and client is not None}
+        task = book.queue.first(lambda t: t.spec.client not in full and may_start(t))
+        if task is None:
+            # No one under their share waits: a free slot is not left idle, but for a costly task.
+            task = head if may_start(head) else book.queue.first(may_start)
+        if task is not None:
+            book.queue.take(task)
+        return task
 
     def _dispatch_fifo(self, now: float) -> list[Task]:
         # Each lane's queue is in arrival order here (key = submission time), so the global
