@@ -47,7 +47,14 @@ from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
-from ris.runtime.workers.ray_cluster import Placements, check_cluster, connect, head_address, head_answers
+from ris.runtime.workers.ray_cluster import (
+    INLINE_OBJECTS,
+    Placements,
+    check_cluster,
+    connect,
+    head_address,
+    head_answers,
+)
 from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
@@ -62,9 +69,11 @@ BACKLOG = 8
 # An actor whose node has room yields within a few seconds (its process starts, it has not
 # loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
-# The head is probed this often; this many failed probes in a row and it is lost.
+# The head is probed this often; this many failed probes in a row and it is lost. A lost head
+# is probed more often: every second of its return counts toward the lanes' (goal: 30 s).
 HEAD_PROBE_S = 2.0
 HEAD_LOST_AFTER = 3
+LOST_HEAD_PROBE_S = 0.5
 # How long shutting down waits for the placement groups to be freed.
 CLOSE_WAIT_S = 15.0
 
@@ -220,6 +229,9 @@ class RayWorkers:
         self._workers: list[RayWorker] = []
         # Set while the head does not answer: what the lanes wait for, said in /ready and 503s.
         self.head_lost: str | None = None
+        # Joined the head again since the start: a worker left pending waits for its node to
+        # join the new head (nodes restart when theirs is lost), not for a lost node.
+        self.rejoined = False
         head = head_address(config)
         self._watch: concurrent.futures.Future[None] | None = None
         if head is not None:  # "auto" or ray://: Ray's own retries are all there is
@@ -231,7 +243,9 @@ class RayWorkers:
         spec = dataclasses.replace(
             spec, binding=dataclasses.replace(spec.binding, threads=threads_in_cluster(self.config, lane))
         )
-        env = spec.binding.environment()
+        # What the worker yields travels inside Ray's calls, never through its node's object
+        # store (ray_cluster.INLINE_OBJECTS says why).
+        env = {**INLINE_OBJECTS, **spec.binding.environment()}
         if spec.binding.gpu is not None:
             del env["CUDA_VISIBLE_DEVICES"]  # Ray sets it to the GPU it assigns
         options: dict[str, Any] = {
@@ -258,7 +272,7 @@ class RayWorkers:
         (a new session: placement groups and actors are made anew)."""
         failures = 0
         while True:
-            await asyncio.sleep(HEAD_PROBE_S)
+            await asyncio.sleep(HEAD_PROBE_S if self.head_lost is None else LOST_HEAD_PROBE_S)
             answers = await asyncio.wrap_future(off_loop(head_answers, host, port))
             failures = 0 if answers else failures + 1
             if self.head_lost is None and failures >= HEAD_LOST_AFTER:
@@ -271,6 +285,7 @@ class RayWorkers:
                     continue
                 log.warning("joined the Ray head at %s:%d again; the lanes start anew", host, port)
                 self.head_lost = None
+                self.rejoined = True
                 for worker in self._workers:
                     worker.head_back()
 
@@ -486,9 +501,17 @@ class RayWorker:
         self._waiting = (
             f"Ray has not placed the {self.spec.lane} worker after {PENDING_AFTER_S:g} s: it asks "
             f"for {format_resources({k: v for k, v in need.items() if v})}, free in the cluster now: "
-            f"{format_resources(free)} (a node lost since the start, or other Ray jobs holding them)"
+            f"{format_resources(free)} ({self._why_pending()})"
         )
         log.error("%s", self._waiting)
+
+    def _why_pending(self) -> str:
+        if self._pool.rejoined:
+            return (
+                "after the head's return its nodes join it anew: a node that has not restarted "
+                "and joined yet, a node lost, or other Ray jobs holding them"
+            )
+        return "a node lost since the start, or other Ray jobs holding them"
 
     # ----- the stream ----------------------------------------------------------------------
 

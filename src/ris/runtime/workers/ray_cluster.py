@@ -56,6 +56,22 @@ def _driver_environment() -> None:
     # (Ray's default: 60), taking the HTTP server with it. RIS watches the head itself
     # (RayWorkers) and joins it again when it returns, so its driver waits as long as it runs.
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(10 * 365 * 86400))
+    for name, value in INLINE_OBJECTS.items():
+        os.environ.setdefault(name, value)
+
+
+# Objects up to this size travel inside Ray's calls instead of through the node's object store
+# (Ray's default: 100 KiB, and 10 MiB of a call's arguments). A driver that reads an object from
+# its node's store is ended by Ray, HTTP server and all, when that store dies: the head's, where
+# the documented layout runs RIS, dies with the head (measured: a stream of 600 KB yields, head
+# SIGKILLed: the driver exited with the store on 2 runs of 2, and lived on 2 of 2 inlined). So
+# the task going in and every batch coming back (PNG bytes, audio) stay out of the store: the
+# workers are given the same limit (RayWorkers) for what they yield. Below gRPC's cap (512 MiB).
+INLINE_BYTES = 128 << 20
+INLINE_OBJECTS = {
+    "RAY_max_direct_call_object_size": str(INLINE_BYTES),
+    "RAY_task_rpc_inlined_bytes_limit": str(INLINE_BYTES),
+}
 
 
 def head_address(config: Config) -> tuple[str, int] | None:
