@@ -375,7 +375,8 @@ def main() -> int:
         scale, unit = (1.0, "tok/s") if key.endswith("tok_s") else (1000.0, "ms")
         s = summary[key]
         lines.append(
-            f"| {key} ({unit}) | {cell(s[RIS], scale)} | {cell(s[PEER], scale)} | {cell(s['ratio'], suffix='x')} |"
+            f"| {key} ({unit}) | {cell(s[RIS], scale)} | {cell(s[PEER], scale)} "
+            f"| {cell(s['ratio'], suffix='x')} |"
         )
     if "single_user_vs_direct" in result:
         lines.append(f"single user, RIS / engine called directly: {result['single_user_vs_direct']:.2f}x")
