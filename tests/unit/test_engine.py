@@ -256,6 +256,28 @@ async def test_a_worker_its_cluster_has_not_placed_is_pending_and_refuses_work(t
 
 
 @run
+async def test_tasks_queued_before_a_lane_waits_for_its_cluster_fail_at_once(tmp_path: Path) -> None:
+    """A Ray head lost with speech queued: the queued tasks fail lane_pending at the next check
+    (a client would otherwise wait out its deadline behind an unbounded wait); a durable image
+    task stays queued and runs when the lane returns."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        tts, image = workers[Lane.TTS], workers[Lane.IMAGE]
+        tts.ready()
+        running = eng.submit(TTS, "e", TTSRequest(text="first"))
+        queued = eng.submit(TTS, "e", TTSRequest(text="second"))
+        picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        eng.check()
+        assert eng.lookup(queued.task_id).state == "queued"  # type: ignore[union-attr]
+        tts.waiting = image.waiting = "the Ray head at 10.0.0.1:6379 stopped answering at 12:00:00"
+        eng.check()
+        failed = await queued.done
+        assert (failed.state, failed.error_code) == ("failed", "lane_pending")
+        assert failed.error_message is not None and "stopped answering" in failed.error_message
+        assert eng.lookup(running.task_id).state == "running"  # type: ignore[union-attr]
+        assert eng.lookup(picture.task_id).state == "queued"  # type: ignore[union-attr]
+
+
+@run
 async def test_the_watchdog_holds_a_worker_to_the_ceiling_its_machine_set(tmp_path: Path) -> None:
     """A Ray node sets a defaulted ceiling from its own memory and says it when ready."""
     async with started_engine(tmp_path) as (eng, workers, clock):

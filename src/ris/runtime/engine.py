@@ -534,9 +534,30 @@ class Engine:
         for task in self._scheduler.expire():
             if task.id in self._where:
                 self._where[task.id].worker.send(m.CancelTask(task.id))
+        self._fail_queued_while_pending()
         for task_id in list(self._handles):
             self._settle(task_id)
         self._sweep_when_due()
+
+    def _fail_queued_while_pending(self) -> None:
+        """A lane whose every worker waits for its cluster (a head lost, no node with room)
+        refuses new tasks (submit); those it queued before fail the same way, at once, rather
+        than wait for their deadline behind a wait nobody can bound. Durable tasks wait: they
+        run when the lane returns, as after a restart."""
+        for lane, replicas in self._replicas.items():
+            if self.kinds[lane].durable or not replicas:
+                continue
+            waiting = [r.worker.waiting_for() for r in replicas]
+            if not all(waiting):
+                continue
+            for task in self._scheduler.tasks(lane):
+                if task.state is TaskState.QUEUED:
+                    self._scheduler.finish(
+                        task.id,
+                        TaskState.FAILED,
+                        code="lane_pending",
+                        message=f"the {lane} lane cannot serve now: {waiting[0]}",
+                    )
 
     def _sweep_when_due(self) -> None:
         """Apply the retention policy every `sweep_interval_s`, on a thread (it reads the disk)."""
