@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ris.runtime.supervisor import (
     RESTART_BACKOFF_MAX_S,
+    STABLE_AFTER_S,
     Fail,
     Limits,
     Restart,
@@ -82,6 +83,31 @@ def test_restarts_back_off_and_the_backoff_is_capped() -> None:
     assert w.state is WorkerState.STARTING and w.restarts == 1
     delays = [backoff(n) for n in range(10)]
     assert delays == sorted(delays) and delays[0] == 0.5 and delays[-1] == RESTART_BACKOFF_MAX_S
+
+
+def test_the_backoff_counts_failures_in_a_row_not_over_the_servers_life() -> None:
+    """Crashes in a row back off; a worker that then served STABLE_AFTER_S is restarted
+    quickly at its next failure (the restarts shown stay a life-long count)."""
+    clock, sup, w = started()
+    for n in range(4):  # four crashes in a row, each restarted after its back-off
+        sup.killed(w)
+        clock.advance(backoff(n))
+        assert sup.decide(w, alive=False) == Restart()
+        sup.restarting(w)
+    sup.ready(w)
+    sup.killed(w)  # a fifth, at once: still in a row
+    clock.advance(backoff(3))
+    assert sup.decide(w, alive=False) is None  # it waits backoff(4)
+    clock.advance(backoff(4) - backoff(3))
+    assert sup.decide(w, alive=False) == Restart()
+    sup.restarting(w)
+    sup.ready(w)
+    clock.advance(STABLE_AFTER_S)
+    sup.heard(w)  # a heartbeat after a minute of serving: recovered
+    sup.killed(w)
+    clock.advance(backoff(0))
+    assert sup.decide(w, alive=False) == Restart()
+    assert w.restarts == 5
 
 
 def test_a_failed_load_is_retried_after_the_backoff() -> None:

@@ -17,6 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 RESTART_BACKOFF_MAX_S = 30.0
+# A worker that has served this long since it last started has recovered: its next failure is
+# restarted quickly again. The back-off counts failures in a row, not over the server's life (a
+# cluster's third head loss in a day must not wait 30 s per worker for the first two).
+STABLE_AFTER_S = 60.0
 
 
 class WorkerState(enum.StrEnum):
@@ -56,7 +60,9 @@ class Watch:
     state: WorkerState = WorkerState.DEAD
     started_at: float = 0.0
     last_heard: float = 0.0
-    restarts: int = 0
+    restarts: int = 0  # over the server's life (shown in stats and metrics)
+    in_a_row: int = 0  # restarts since it last served STABLE_AFTER_S: what the back-off counts
+    ready_at: float = 0.0
     restart_at: float = 0.0
     busy: int = 0  # tasks running on it
     last_progress: float = 0.0
@@ -84,6 +90,7 @@ class Supervisor:
 
     def restarting(self, w: Watch) -> None:
         w.restarts += 1
+        w.in_a_row += 1
         self.started(w)
 
     def waiting(self, w: Watch) -> None:
@@ -94,20 +101,22 @@ class Supervisor:
 
     def ready(self, w: Watch) -> None:
         w.state = WorkerState.READY
-        w.last_heard = self._clock()
+        w.last_heard = w.ready_at = self._clock()
 
     def load_failed(self, w: Watch) -> None:
         w.state = WorkerState.FAILED
-        w.restart_at = self._clock() + backoff(w.restarts)
+        w.restart_at = self._clock() + backoff(w.in_a_row)
 
     def killed(self, w: Watch) -> None:
         w.state, w.busy = WorkerState.DEAD, 0
-        w.restart_at = self._clock() + backoff(w.restarts)
+        w.restart_at = self._clock() + backoff(w.in_a_row)
 
     def heard(self, w: Watch, progress_events: int | None = None) -> None:
         """Any message from the worker; heartbeats carry its count of progress events."""
         now = self._clock()
         w.last_heard = now
+        if w.in_a_row and w.state is WorkerState.READY and now - w.ready_at >= STABLE_AFTER_S:
+            w.in_a_row = 0
         if progress_events is not None and progress_events != w.progress_events:
             w.progress_events = progress_events
             w.last_progress = now
