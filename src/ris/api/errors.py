@@ -104,6 +104,7 @@ FAILURE_STATUS = {
     "cancelled": 409,
     "server_shutdown": 503,
     "lane_unavailable": 503,
+    "lane_pending": 503,  # queued, then every worker of its lane began waiting for the cluster
     "queue_full": 429,
     "unknown_voice": 422,
     "nothing_to_speak": 422,
