@@ -258,6 +258,32 @@ def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
         srv.stop()
 
 
+def test_messages_reach_a_lane_actor_in_the_order_they_were_sent(ray_cluster: dict[str, Any]) -> None:
+    """What the Ray worker relies on instead of sequence numbers: put() runs on a concurrency
+    group of one thread, and Ray runs one submitter's calls to it in the order sent (its docs
+    promise that only for single-threaded actors; this actor has three threads). Arguments of
+    mixed sizes, so some wait for their bytes longer than the ones after them."""
+    import random
+
+    from ris.runtime.workers.ray import ACTOR_OPTIONS, LaneActor
+
+    class Probe(LaneActor):
+        def __init__(self) -> None:  # the inbox only: no worker, no board
+            from ris.runtime.workers.ray import _Inbox
+
+            self._inbox = _Inbox()
+
+        def received(self, n: int) -> list[int]:
+            return [int(str(self._inbox.recv()).split(":")[0]) for _ in range(n)]
+
+    probe = ray.remote(**ACTOR_OPTIONS)(Probe).options(num_cpus=0).remote()
+    rng = random.Random(7)
+    for i in range(600):
+        probe.put.remote(f"{i}:" + "x" * rng.choice([10, 50_000, 300_000, 2_000_000]))
+    assert ray.get(probe.received.remote(600), timeout=120) == list(range(600))
+    ray.kill(probe)
+
+
 def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
     ray_server: Server, ray_cluster: dict[str, Any]
 ) -> None:

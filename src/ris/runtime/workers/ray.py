@@ -200,16 +200,17 @@ class LaneActor:
                 return
 
 
+# A thread for put and one for stream (the serving loop has its own): one thread per group
+# keeps each group's calls in the order they were sent (tested on a real cluster).
+ACTOR_OPTIONS: dict[str, Any] = {"max_restarts": 0, "concurrency_groups": {"inbox": 1, "outbox": 1}}
 _remote_actor: Any = None
 
 
 def _actor_class() -> Any:
     global _remote_actor
     if _remote_actor is None:
-        # A thread for put and one for stream (the serving loop has its own): one thread per
-        # group keeps each group's calls in the order they were sent.
         remote: Any = ray.remote  # its overloads do not list the actor options
-        _remote_actor = remote(max_restarts=0, concurrency_groups={"inbox": 1, "outbox": 1})(LaneActor)
+        _remote_actor = remote(**ACTOR_OPTIONS)(LaneActor)
     return _remote_actor
 
 
