@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import psutil
 
 from ris.launch import free_port
 
-from .server import ROOT, Server, make_config
+from .server import ROOT, Server, kill_group, make_config
 from .soak import FINAL, SENTENCES, _image
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -94,11 +93,7 @@ class RayNode:
         with self._lock:
             self.down = hold
             if self.proc is not None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
+                kill_group(self.proc)
 
     def _supervise(self) -> None:
         while not self._stop.wait(0.5):

@@ -9,8 +9,6 @@ watches the server for longer than that.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +22,7 @@ import pytest
 
 from ris import Client
 
-from .server import Server, make_config
+from .server import Server, kill_group, make_config
 from .waiting import wait_for
 
 pytest.importorskip("ray")
@@ -91,11 +89,7 @@ class Head:
 
     def kill(self) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+            kill_group(self.proc)
             self.proc = None
 
 
