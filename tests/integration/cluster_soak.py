@@ -81,6 +81,8 @@ class RayNode:
 
     def start(self) -> None:
         with self._lock, self.log.open("ab") as log:
+            if self._stop.is_set():  # the supervisor decided to restart just as stop() ran
+                return
             self.down = False
             self.starts += 1
             self.proc = subprocess.Popen(

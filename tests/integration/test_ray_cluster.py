@@ -277,11 +277,13 @@ def test_messages_reach_a_lane_actor_in_the_order_they_were_sent(ray_cluster: di
             return [int(str(self._inbox.recv()).split(":")[0]) for _ in range(n)]
 
     probe = ray.remote(**ACTOR_OPTIONS)(Probe).options(num_cpus=0).remote()
-    rng = random.Random(7)
-    for i in range(600):
-        probe.put.remote(f"{i}:" + "x" * rng.choice([10, 50_000, 300_000, 2_000_000]))
-    assert ray.get(probe.received.remote(600), timeout=120) == list(range(600))
-    ray.kill(probe)
+    try:
+        rng = random.Random(7)
+        for i in range(600):
+            probe.put.remote(f"{i}:" + "x" * rng.choice([10, 50_000, 300_000, 2_000_000]))
+        assert ray.get(probe.received.remote(600), timeout=120) == list(range(600))
+    finally:
+        ray.kill(probe)
 
 
 def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(

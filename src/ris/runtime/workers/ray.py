@@ -201,7 +201,8 @@ class LaneActor:
 
 
 # A thread for put and one for stream (the serving loop has its own): one thread per group
-# keeps each group's calls in the order they were sent (tested on a real cluster).
+# keeps each group's calls in the order they were sent (tested on a real cluster). No
+# max_concurrency: above 1, Ray runs an actor's calls out of order, these groups' included.
 ACTOR_OPTIONS: dict[str, Any] = {"max_restarts": 0, "concurrency_groups": {"inbox": 1, "outbox": 1}}
 _remote_actor: Any = None
 
@@ -245,8 +246,10 @@ class RayWorkers:
             spec, binding=dataclasses.replace(spec.binding, threads=threads_in_cluster(self.config, lane))
         )
         # What the worker yields travels inside Ray's calls, never through its node's object
-        # store (ray_cluster.INLINE_OBJECTS says why).
-        env = {**INLINE_OBJECTS, **spec.binding.environment()}
+        # store (ray_cluster.INLINE_OBJECTS says why), within the limits this driver runs with
+        # (an operator's own values included).
+        inline = {name: os.environ.get(name, value) for name, value in INLINE_OBJECTS.items()}
+        env = {**inline, **spec.binding.environment()}
         if spec.binding.gpu is not None:
             del env["CUDA_VISIBLE_DEVICES"]  # Ray sets it to the GPU it assigns
         options: dict[str, Any] = {
