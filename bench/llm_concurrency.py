@@ -289,8 +289,11 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, messages: list[
 
 
 def new_client() -> httpx.AsyncClient:
-    # One connection per concurrent stream; long timeouts: a serial server queues the burst.
-    return httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=httpx.Limits(max_connections=64))
+    # One connection per stream, never reused: llama-server at its defaults at times dropped the
+    # next request on a kept-alive connection unanswered (its cpp-httplib; the conversations'
+    # turns). Long timeouts: a serial server queues the burst.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    return httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
 
 
 # ---------------------------------------------------------------------------------------------
