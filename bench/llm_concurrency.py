@@ -19,8 +19,15 @@ median over its first turn: what keeping a conversation's prefix in cache saves.
 Every figure is measured for both systems within a repeat, the order alternating between repeats;
 ratios are RIS / llama-server within a repeat, then the median and range over repeats.
 
+`--as-shipped` (bench/llm_as_shipped.py): instead, each server as its users run it, nothing
+pinned: llama-server at its defaults (`-m MODEL --host 127.0.0.1 --port P` only; the threads,
+slots, context and flash attention it picks are read back and recorded) and RIS from the
+repository's config.json (every lane enabled; only data_dir and the port changed). Results go to
+bench/results/llm_as_shipped.json and .md, with issue 26's goals for this comparison.
+
     bench/build_llama_server.sh   # once; prints the binary's path
     python bench/llm_concurrency.py --llama-server PATH [--ris-parallel N] [--quick]
+    python bench/llm_concurrency.py --llama-server PATH --as-shipped
     python bench/llm_concurrency.py --llama-server PATH --ris-commit HEAD --out \\
         bench/results/llm_concurrency_before.json   # RIS as committed, not the working tree
 """
@@ -282,8 +289,11 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, messages: list[
 
 
 def new_client() -> httpx.AsyncClient:
-    # One connection per concurrent stream; long timeouts: a serial server queues the burst.
-    return httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=httpx.Limits(max_connections=64))
+    # One connection per stream, never reused: llama-server at its defaults at times dropped the
+    # next request on a kept-alive connection unanswered (its cpp-httplib; the conversations'
+    # turns). Long timeouts: a serial server queues the burst.
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    return httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,6 +516,18 @@ def table(summary: dict[str, dict[str, Any]], figures: list[Figure]) -> list[str
 def markdown(result: dict[str, Any], figures: list[Figure]) -> str:
     m = result["meta"]
     load = m["load_avg_1m"]
+    if m.get("as_shipped"):
+        from llm_as_shipped import markdown_parts
+
+        setup, goals = markdown_parts(result)
+    else:
+        setup = [
+            f"- Model: {MODEL_FILE}; both servers compute on core {CORE} with 1 thread, flash attention "
+            "off; the client runs on the other cores (so does RIS's API process, which is not pinned).",
+            f"- RIS: {m['ris_source']}; LLM lane `parallel`: {m['ris_parallel'] or 'not set'}.",
+            f"- llama-server: {m['llama_server_version']}, {m['llama_slots']} slots of {SLOT_CTX} tokens.",
+        ]
+        goals = []
     return "\n".join(
         [
             f"# RIS's LLM lane vs llama-server under concurrency ({m['date']})",
@@ -513,10 +535,7 @@ def markdown(result: dict[str, Any], figures: list[Figure]) -> str:
             f"- Machine: {m['machine']['summary']}. Before the start core {CORE} was "
             f"{m['core_busy_before_start_pct']:.0f}% busy; load average {load['start']:.1f} at the start, "
             f"{load['end']:.1f} at the end.",
-            f"- Model: {MODEL_FILE}; both servers compute on core {CORE} with 1 thread, flash attention "
-            "off; the client runs on the other cores (so does RIS's API process, which is not pinned).",
-            f"- RIS: {m['ris_source']}; LLM lane `parallel`: {m['ris_parallel'] or 'not set'}.",
-            f"- llama-server: {m['llama_server_version']}, {m['llama_slots']} slots of {SLOT_CTX} tokens.",
+            *setup,
             f"- Workload A: a burst of c concurrent chat requests (a different question each), answers of "
             f"exactly {MAX_TOKENS} tokens (ignore_eos), greedy, streamed. Inter-token: gaps between "
             "content chunks, all streams pooled. TTFT p99 is a nearest-rank percentile: with 50 requests "
@@ -527,6 +546,7 @@ def markdown(result: dict[str, Any], figures: list[Figure]) -> str:
             "repeats); ratios RIS / llama-server taken within each repeat.",
             "",
             *table(result["summary"], figures),
+            *goals,
             "",
         ]
     )
@@ -546,16 +566,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--llama-server", type=Path, required=True, help="bench/build_llama_server.sh prints it")
     p.add_argument("--ris-parallel", type=int, help='"parallel" on RIS\'s LLM lane (continuous batching)')
     p.add_argument("--ris-commit", help="run RIS as of this commit (default: the working tree)")
+    p.add_argument(
+        "--as-shipped",
+        action="store_true",
+        help="llama-server at its defaults, RIS from config.json, neither pinned (bench/llm_as_shipped.py)",
+    )
     p.add_argument("--slots", type=int, help="llama-server's -np (default: the highest concurrency, >= 4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--with-16", action="store_true", help="also a burst of 16")
     p.add_argument("--quick", action="store_true", help="smoke mode: concurrency 1 and 2, one repeat")
-    p.add_argument("--out", type=Path, default=ROOT / "bench/results/llm_concurrency.json")
+    p.add_argument("--out", type=Path, help="default: bench/results/llm_concurrency.json (or llm_as_shipped)")
     return p.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    name = "llm_as_shipped" if args.as_shipped else "llm_concurrency"
+    args.out = args.out or ROOT / f"bench/results/{name}.json"
     levels = [1, 2] if args.quick else [1, 2, 4, 8] + ([16] if args.with_16 else [])
     repeats = 1 if args.quick else args.repeats
     # Enough slots for the largest burst, and one per conversation so each can keep its prefix.
@@ -569,16 +596,28 @@ def main() -> int:
     if busy > 20:
         log(f"warning: core {CORE} is {busy:.0f}% busy with other work; the figures will show it")
 
+    shipped: dict[str, Any] = {}  # --as-shipped: the servers' command lines and what they chose
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ris-llm-conc-")))
         env, source = stack.enter_context(ris_source(args.ris_commit))
-        log(f"starting llama-server ({slots} slots) and RIS ({source}) on core {CORE}")
-        targets = {
-            LLAMA: stack.enter_context(llama_server(binary, slots, tmp)),
-            RIS: stack.enter_context(ris_server(tmp / "ris", args.ris_parallel, env)),
-        }
-        keep_client_off_core()
+        if args.as_shipped:
+            from llm_as_shipped import lending_probe, llama_server_at_defaults, ris_as_shipped
+
+            log(f"starting llama-server at its defaults and RIS ({source}) from config.json, unpinned")
+            targets = {
+                LLAMA: stack.enter_context(llama_server_at_defaults(binary, tmp, shipped)),
+                RIS: stack.enter_context(ris_as_shipped(tmp / "ris", env, args.ris_commit, shipped)),
+            }
+        else:
+            log(f"starting llama-server ({slots} slots) and RIS ({source}) on core {CORE}")
+            targets = {
+                LLAMA: stack.enter_context(llama_server(binary, slots, tmp)),
+                RIS: stack.enter_context(ris_server(tmp / "ris", args.ris_parallel, env)),
+            }
+            keep_client_off_core()
         warm_up(targets)
+        if args.as_shipped:
+            shipped["ris"]["lending_during_burst"] = lending_probe(targets[RIS])
         load_before = os.getloadavg()[0]
         reps = []
         for i in range(repeats):
@@ -590,11 +629,12 @@ def main() -> int:
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine,
             "ris_source": source,
-            "ris_parallel": args.ris_parallel,
             "llama_server_version": llama_server_version(binary),
-            "llama_slots": slots,
-            "core": CORE,
-            "threads": 1,
+            **(
+                {"as_shipped": True, **shipped, "client_pinned": False}
+                if args.as_shipped
+                else {"ris_parallel": args.ris_parallel, "llama_slots": slots, "core": CORE, "threads": 1}
+            ),
             "max_tokens": MAX_TOKENS,
             "levels": levels,
             "repeats": repeats,
