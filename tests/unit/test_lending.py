@@ -105,8 +105,10 @@ def test_the_llm_lane_borrows_the_tts_core_and_the_tts_worker_knows_it_lends() -
     spec = worker_spec(cfg, "llm", TWO_CORES)
     assert spec.borrow_from == (Lender("tts", (1,)),) and not spec.lends
     assert worker_spec(cfg, "tts", TWO_CORES).lends
+    assert spec.binding.may_borrow == (1,) and worker_spec(cfg, "tts", TWO_CORES).binding.may_borrow == ()
     off = parse_config(_config(), TWO_CORES)
     assert lenders(off, "llm") == () and not lends(off, "tts")
+    assert worker_spec(off, "llm", TWO_CORES).binding.may_borrow == ()
 
 
 def test_borrowing_and_a_cpu_share_are_refused_where_they_mean_nothing() -> None:
@@ -172,6 +174,32 @@ def _lend_in_child() -> tuple[Any, Any, Any]:
     stop.set()
     helper.join()
     return widened, narrowed, idle
+
+
+def test_a_borrowing_worker_loads_openmp_over_the_cores_it_may_borrow_then_narrows() -> None:
+    """libgomp counts its cores once, at load: loaded on the worker's own core alone, its
+    waiters barely spin once a lent core brings a second thread (each barrier a futex sleep).
+    Read back in a spawned child: libgomp is mapped, was loaded over both cores, and the
+    process is on its own core afterwards."""
+    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("needs cores 0 and 1")
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1, maxtasksperchild=1) as pool:  # a fresh child each
+        loaded_over, affinity, mapped = pool.apply(_bind_in_child, ((0,), (1,)))
+        plain = pool.apply(_bind_in_child, ((0,), ()))
+    if not mapped:
+        pytest.skip("no libgomp on this machine (llama.cpp on its own thread pool)")
+    assert (loaded_over, affinity) == ((0, 1), (0,))
+    assert plain == (None, (0,), False)  # a lane that borrows nothing: left to load it itself
+
+
+def _bind_in_child(cores: tuple[int, ...], may_borrow: tuple[int, ...]) -> tuple[Any, Any, bool]:
+    from ris.runtime import binding as b
+
+    b.apply_binding(b.Binding(cores=cores, threads=1, nice=0, gpu=None, may_borrow=may_borrow))
+    with open("/proc/self/maps") as maps:
+        mapped = "libgomp" in maps.read()
+    return b.openmp_loaded_over, tuple(sorted(os.sched_getaffinity(0))), mapped
 
 
 def test_a_cpu_share_on_an_image_lane_moved_to_a_gpu_is_kept_and_not_applied() -> None:

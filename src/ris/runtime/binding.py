@@ -8,6 +8,8 @@ freshly spawned worker, and backends are imported only afterwards.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import sys
 import threading
@@ -47,6 +49,9 @@ class Binding:
     # OpenMP threads sleep at once when they wait (OMP_WAIT_POLICY=PASSIVE) rather than spin a
     # moment first (libgomp's default): see ris.config.sharing.waits_passively for the rule.
     passive_wait: bool = True
+    # Cores other lanes may lend this one while they idle (work-conserving isolation); OpenMP
+    # must see them when it loads, see `load_openmp_seeing`.
+    may_borrow: tuple[int, ...] = ()
 
     def removed(self) -> tuple[str, ...]:
         """Variables the worker must not inherit from the server: a spinning lane drops an
@@ -107,6 +112,8 @@ def apply_binding(binding: Binding) -> None:
     for var in binding.removed():
         os.environ.pop(var, None)
     _limit_data_memory(binding)
+    if binding.cores is not None and binding.may_borrow:
+        load_openmp_seeing((*binding.cores, *binding.may_borrow))
     proc = psutil.Process()
     if binding.cores is not None and hasattr(proc, "cpu_affinity"):
         proc.cpu_affinity(list(binding.cores))
@@ -117,6 +124,46 @@ def apply_binding(binding: Binding) -> None:
             )
         else:
             proc.nice(binding.nice)
+
+
+# The GNU OpenMP runtime llama.cpp's CPU backend is built with (Linux wheels and builds).
+LIBGOMP = "libgomp.so.1"
+# Where load_openmp_seeing loaded it, and over which cores (None: not loaded by it).
+openmp_loaded_over: tuple[int, ...] | None = None
+
+
+def load_openmp_seeing(cores: tuple[int, ...]) -> None:
+    """Load libgomp while this process may run on `cores`, before the binding narrows it.
+
+    libgomp counts the cores it may use once, when it loads, and when a parallel region has
+    more threads than that count its waiters spin 100 rounds instead of ~300,000 before they
+    sleep: each of llama.cpp's hundreds of barriers per token becomes a futex sleep and wake.
+    A borrowing LLM worker loads llama.cpp pinned to its own core and later decodes on two
+    threads over a lent one; measured on this project's 2-core machine, a SmolLM2 token took
+    16 ms that way against 12 ms with libgomp loaded over both cores (bench/llm_lending_openmp.py).
+    Loaded here, the library's own later load of the same soname reuses this copy. Nothing
+    happens where there is no libgomp (macOS, a build on llama.cpp's own thread pool)."""
+    global openmp_loaded_over
+    if not sys.platform.startswith("linux") or openmp_loaded_over is not None:
+        return
+    mine = os.sched_getaffinity(0)
+    wanted = set(cores)
+    try:
+        os.sched_setaffinity(0, wanted)
+    except OSError:
+        return  # a core this process may not use (a container's cpuset): load it later, as is
+    try:
+        for name in (LIBGOMP, ctypes.util.find_library("gomp")):
+            if not name:
+                continue
+            try:
+                ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            openmp_loaded_over = tuple(sorted(wanted))
+            return
+    finally:
+        os.sched_setaffinity(0, mine)
 
 
 def observed_affinity() -> tuple[int, ...] | None:

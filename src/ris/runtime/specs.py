@@ -41,6 +41,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
             gpu=cfg.gpu_index,
             memory_limit_bytes=memory_limit(config, lane, machine),
             passive_wait=waits_passively(config, lane),
+            may_borrow=tuple(sorted({c for lender in lenders(config, lane) for c in lender.cores})),
         ),
         device=cfg.device,
         lane_config_json=cfg.model_dump_json(),
