@@ -47,7 +47,9 @@ def child(variant: str) -> None:
     from ris.runtime import binding as b
 
     cores, lent = VARIANTS[variant]
-    b.apply_binding(b.Binding(cores=cores, threads=len(cores), nice=0, gpu=None, passive_wait=False, may_borrow=lent))
+    b.apply_binding(
+        b.Binding(cores=cores, threads=len(cores), nice=0, gpu=None, passive_wait=False, may_borrow=lent)
+    )
     import tempfile
 
     from ris.backends import BackendContext
@@ -76,7 +78,7 @@ def child(variant: str) -> None:
         req = LLMRequest(prompt=f"[{k}] Write a short story about a lighthouse keeper.", max_tokens=TOKENS,
                          temperature=0, ignore_eos=True, prompt_is_message=True)  # fmt: skip
         backend.generate(req, out)
-        gaps = [y - x for x, y in zip(out.times, out.times[1:])]
+        gaps = [y - x for x, y in zip(out.times, out.times[1:], strict=False)]
     print(json.dumps({
         "gap_p50_ms": 1000 * statistics.median(gaps),
         "tok_s": (len(gaps)) / sum(gaps),
@@ -116,10 +118,14 @@ def main() -> int:
             print(f"repeat {i + 1} {name}: {rep[name]['gap_p50_ms']:.2f} ms/token", flush=True)
         reps.append(rep)
     figures = {n: spread([r[n]["gap_p50_ms"] for r in reps]) for n in names}
+
+    def gap_ratio(a: str, b: str) -> dict[str, float]:
+        return spread([r[a]["gap_p50_ms"] / r[b]["gap_p50_ms"] for r in reps])
+
     ratios = {
-        "narrow / loaded over lent (gap)": spread([r["narrow"]["gap_p50_ms"] / r["loaded over lent"]["gap_p50_ms"] for r in reps]),
-        "loaded over lent / owns both (gap)": spread([r["loaded over lent"]["gap_p50_ms"] / r["owns both"]["gap_p50_ms"] for r in reps]),
-    }  # fmt: skip
+        "narrow / loaded over lent (gap)": gap_ratio("narrow", "loaded over lent"),
+        "loaded over lent / owns both (gap)": gap_ratio("loaded over lent", "owns both"),
+    }
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_summary(),
