@@ -15,9 +15,6 @@ from ris.config.schema import Config, ModelSpec
 from ris.lanes import Lane, kind, kinds
 from ris.machine import MachineInfo, machine_info
 
-# The image lane's minimum CPU share when real-time lanes saturate its cores (config.json's).
-MIN_CPU_SHARE = 0.1
-
 
 def default_models() -> dict[str, dict[str, ModelSpec]]:
     """Every lane kind's embedded default models, by lane."""
@@ -64,13 +61,6 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
             "default_model": k.default_model(),
             "models": k.default_models(),
         }
-    # Work-conserving, as the repository's config.json: an LLM on CPU cores of its own borrows
-    # the TTS core while speech is idle, and the image lane keeps a minimum share under a
-    # saturating real-time load (docs/PERFORMANCE_OPTIMIZATION.md measures both).
-    if exclusive and lanes[Lane.LLM]["device"] == "cpu" and lanes[Lane.TTS]["enabled"]:
-        lanes[Lane.LLM]["borrow_idle_cores"] = True
-    if lanes[Lane.IMAGE]["device"] == "cpu":
-        lanes[Lane.IMAGE]["min_cpu_share"] = MIN_CPU_SHARE
     # Registered kinds beyond the built-ins are there too, disabled, as in a loaded config.
     data = with_lane_defaults({"data_dir": data_dir or Path("ris-data").resolve(), "lanes": lanes})
     return check_config(Config.model_validate(data), m)
