@@ -19,9 +19,14 @@ from dataclasses import dataclass
 
 from ris.preemption.policy import Activity
 
-# An owner idle this long lends its cores. Long enough to bridge the gap between two sentences
-# the speaking pipeline sends one after the other, short against a prefill of seconds.
-DEFAULT_IDLE_GRACE_S = 0.25
+# An owner idle this long lends its cores. Each hand-over costs both lanes: the step under way
+# when speech arrives still runs a thread on the owner's core, and the borrower's next steps
+# run narrower while its thread choice measures anew. Under `ris bench`'s mixed load (a
+# sentence a second, bursts of three) 0.25 s lent and took back several times a second: the
+# LLM's gap p99 was 154 ms against 108 ms without lending, TTS latency p50 0.92 s against
+# 0.80 s; with 2 s, 123 ms and 0.93 s (docs/PERFORMANCE_OPTIMIZATION.md). 2 s also outlasts the
+# gap between two sentences of a spoken answer, and is nothing against a quiet minute.
+DEFAULT_IDLE_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
