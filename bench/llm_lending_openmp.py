@@ -111,9 +111,10 @@ def main() -> int:
     for i in range(args.repeats):
         rep = {}
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", name], capture_output=True, text=True, check=True
-            )
+            done = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"repeat {i + 1} {name}: exit {done.returncode} (repeats done: {reps})")
             rep[name] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"repeat {i + 1} {name}: {rep[name]['gap_p50_ms']:.2f} ms/token", flush=True)
         reps.append(rep)

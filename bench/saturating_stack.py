@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -230,25 +231,39 @@ async def image_driver(c: httpx.AsyncClient, s: System, w: Window, out: dict[str
     while w.open:
         while len(active) < IMAGES_OUTSTANDING:
             seed += 1
-            r = await c.post(f"{s.image_url}/api/image/generate",
-                             json={"prompt": "a lighthouse at dawn", "seed": seed, **IMAGE})  # fmt: skip
-            if r.status_code != 202:
-                out["errors"].append(f"image http {r.status_code}")
+            try:
+                r = await c.post(f"{s.image_url}/api/image/generate",
+                                 json={"prompt": "a lighthouse at dawn", "seed": seed, **IMAGE})  # fmt: skip
+                task_id = r.json()["task_id"] if r.status_code == 202 else None
+            except (httpx.HTTPError, ValueError, KeyError) as e:
+                out["errors"].append(f"image submit {type(e).__name__}")
+                task_id = None
+            if task_id is None:
+                out["errors"].append("image not accepted")
                 await asyncio.sleep(POLL_S)
                 break
-            active[r.json()["task_id"]] = 0
+            active[task_id] = 0
         await asyncio.sleep(POLL_S)
         for task_id in list(active):
-            v = (await c.get(f"{s.image_url}/api/tasks/{task_id}")).json()
-            if v["state"] == "running":
-                active[task_id] = v["progress_done"] or 0
-            elif v["state"] in ("succeeded", "failed", "cancelled"):
-                done = IMAGE["steps"] if v["state"] == "succeeded" else active[task_id]
-                out["images"].append({"steps": done, "ok": v["state"] == "succeeded", "done": w.now()})
+            try:
+                v = (await c.get(f"{s.image_url}/api/tasks/{task_id}")).json()
+                state = v["state"]
+            except (httpx.HTTPError, ValueError, KeyError) as e:
+                out["errors"].append(f"image poll {type(e).__name__}")
+                continue
+            if state == "running":
+                active[task_id] = v.get("progress_done") or 0
+            elif state in ("succeeded", "failed", "cancelled"):
+                # Seen done up to a poll after the window: its last steps may fall just outside.
+                done = IMAGE["steps"] if state == "succeeded" else active[task_id]
+                out["images"].append({"steps": done, "ok": state == "succeeded", "done": w.now()})
                 del active[task_id]
     for task_id, steps in active.items():  # the window closed: count what they did, stop them
         out["images"].append({"steps": steps, "ok": False, "done": None})
-        await c.post(f"{s.image_url}/api/tasks/{task_id}/cancel")
+        try:
+            await c.post(f"{s.image_url}/api/tasks/{task_id}/cancel")
+        except httpx.HTTPError:
+            pass
 
 
 async def drive(s: System, seconds: float) -> dict[str, Any]:
@@ -268,7 +283,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     xs = sorted(values)
-    return xs[min(len(xs) - 1, max(0, round(q * len(xs) + 0.5) - 1))]  # nearest rank
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]  # nearest rank
 
 
 def figures(out: dict[str, list[Any]], seconds: float) -> dict[str, Any]:
@@ -332,11 +347,13 @@ def main() -> int:
     rounds: list[dict[str, Any]] = []
     with ExitStack() as es:
         tmp = Path(es.enter_context(tempfile.TemporaryDirectory(prefix="ris-stack-")))
-        makers = {
-            "stack": lambda: stack(args.llama_server.resolve(), tmp, meta),
-            "ris": lambda: ris(tmp, meta),
-        }
         for i in range(args.rounds):
+            here = tmp / f"round-{i + 1}"  # fresh data folders: image tasks are durable
+            here.mkdir()
+            makers = {
+                "stack": lambda here=here: stack(args.llama_server.resolve(), here, meta),
+                "ris": lambda here=here: ris(here, meta),
+            }
             order = ["stack", "ris"] if i % 2 == 0 else ["ris", "stack"]
             rnd: dict[str, Any] = {"order": order}
             for name in order:
@@ -348,6 +365,8 @@ def main() -> int:
                     log(f"  {json.dumps({k: v for k, v in rnd[name].items() if k != 'errors'})}")
             rnd["ratios"] = {key: ratio(rnd["ris"][key], rnd["stack"][key]) for key in FIGURES}
             rounds.append(rnd)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"meta": meta, "rounds": rounds, "partial": True}, indent=1))
     meta["load_avg_1m_end"] = os.getloadavg()[0]
     keys = list(rounds[0]["ratios"])
     summary = {

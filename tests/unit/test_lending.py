@@ -179,27 +179,53 @@ def _lend_in_child() -> tuple[Any, Any, Any]:
 def test_a_borrowing_worker_loads_openmp_over_the_cores_it_may_borrow_then_narrows() -> None:
     """libgomp counts its cores once, at load: loaded on the worker's own core alone, its
     waiters barely spin once a lent core brings a second thread (each barrier a futex sleep).
-    Read back in a spawned child: libgomp is mapped, was loaded over both cores, and the
-    process is on its own core afterwards."""
-    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+    Read back from libgomp in spawned children: with OMP_NUM_THREADS unset its default team is
+    the cores it counted, 2 when loaded over the lent core, 1 when loaded narrow; the process
+    is on its own core afterwards and maps one libgomp."""
+    if not {0, 1} <= os.sched_getaffinity(0):
         pytest.skip("needs cores 0 and 1")
     ctx = mp.get_context("spawn")
     with ctx.Pool(1, maxtasksperchild=1) as pool:  # a fresh child each
-        loaded_over, affinity, mapped = pool.apply(_bind_in_child, ((0,), (1,)))
+        widened = pool.apply(_openmp_in_child, (True,))
+        narrow = pool.apply(_openmp_in_child, (False,))
+        bound = pool.apply(_bind_in_child, ((0,), (1,)))
         plain = pool.apply(_bind_in_child, ((0,), ()))
-    if not mapped:
+    if widened is None:
         pytest.skip("no libgomp on this machine (llama.cpp on its own thread pool)")
-    assert (loaded_over, affinity) == ((0, 1), (0,))
-    assert plain == (None, (0,), False)  # a lane that borrows nothing: left to load it itself
+    assert widened == (2, (0, 1), (0,), 1)
+    assert narrow == (1, None, (0,), 1)
+    assert bound == ((0, 1), (0,))  # apply_binding does it for a binding that may borrow
+    assert plain == (None, (0,))  # and not for one that borrows nothing
 
 
-def _bind_in_child(cores: tuple[int, ...], may_borrow: tuple[int, ...]) -> tuple[Any, Any, bool]:
+def _openmp_in_child(widen: bool) -> tuple[int, Any, tuple[int, ...], int] | None:
+    import ctypes
+
+    from ris.runtime import binding as b
+
+    os.environ.pop("OMP_NUM_THREADS", None)  # libgomp's default team: the cores it counted
+    os.sched_setaffinity(0, {0})
+    if widen:
+        b.load_openmp_seeing((0, 1))
+    try:
+        gomp = ctypes.CDLL(b.LIBGOMP, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return None
+    with open("/proc/self/maps") as maps:
+        copies = {line.split()[-1] for line in maps if "libgomp" in line}
+    return (
+        gomp.omp_get_max_threads(),
+        b.openmp_loaded_over,
+        tuple(sorted(os.sched_getaffinity(0))),
+        len(copies),
+    )
+
+
+def _bind_in_child(cores: tuple[int, ...], may_borrow: tuple[int, ...]) -> tuple[Any, Any]:
     from ris.runtime import binding as b
 
     b.apply_binding(b.Binding(cores=cores, threads=1, nice=0, gpu=None, may_borrow=may_borrow))
-    with open("/proc/self/maps") as maps:
-        mapped = "libgomp" in maps.read()
-    return b.openmp_loaded_over, tuple(sorted(os.sched_getaffinity(0))), mapped
+    return b.openmp_loaded_over, tuple(sorted(os.sched_getaffinity(0)))
 
 
 def test_a_cpu_share_on_an_image_lane_moved_to_a_gpu_is_kept_and_not_applied() -> None:

@@ -22,10 +22,11 @@ from ris.preemption.policy import Activity
 # An owner idle this long lends its cores. Each hand-over costs both lanes: the step under way
 # when speech arrives still runs a thread on the owner's core, and the borrower's next steps
 # run narrower while its thread choice measures anew. Under `ris bench`'s mixed load (a
-# sentence a second, bursts of three) 0.25 s lent and took back several times a second: the
-# LLM's gap p99 was 154 ms against 108 ms without lending, TTS latency p50 0.92 s against
-# 0.80 s; with 2 s, 123 ms and 0.93 s (docs/PERFORMANCE_OPTIMIZATION.md). 2 s also outlasts the
-# gap between two sentences of a spoken answer, and is nothing against a quiet minute.
+# sentence a second, bursts of three), with the image lane's share on, 0.25 s gave the LLM a
+# gap p99 of 146 ms and TTS a latency p50 of 1.21 s; 2 s gave 123 ms and 0.93 s (without
+# lending: 108 ms and 0.80 s; docs/PERFORMANCE_OPTIMIZATION.md, within that run-to-run noise).
+# 2 s also outlasts the gap between two sentences of a spoken answer, and is nothing against a
+# quiet minute.
 DEFAULT_IDLE_GRACE_S = 2.0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import sys
 import threading
@@ -126,10 +127,13 @@ def apply_binding(binding: Binding) -> None:
             proc.nice(binding.nice)
 
 
-# The GNU OpenMP runtime llama.cpp's CPU backend is built with (Linux wheels and builds).
+# The GNU OpenMP runtime llama.cpp's CPU backend links (llama-cpp-python's Linux builds link the
+# system's libgomp.so.1; a wheel bundling a renamed copy would not share this one).
 LIBGOMP = "libgomp.so.1"
-# Where load_openmp_seeing loaded it, and over which cores (None: not loaded by it).
+# The cores libgomp was loaded over by load_openmp_seeing (None: it did not load it).
 openmp_loaded_over: tuple[int, ...] | None = None
+
+_log = logging.getLogger("ris.worker")
 
 
 def load_openmp_seeing(cores: tuple[int, ...]) -> None:
@@ -140,27 +144,39 @@ def load_openmp_seeing(cores: tuple[int, ...]) -> None:
     sleep: each of llama.cpp's hundreds of barriers per token becomes a futex sleep and wake.
     A borrowing LLM worker loads llama.cpp pinned to its own core and later decodes on two
     threads over a lent one; measured on this project's 2-core machine, a SmolLM2 token took
-    16 ms that way against 12 ms with libgomp loaded over both cores (bench/llm_lending_openmp.py).
-    Loaded here, the library's own later load of the same soname reuses this copy. Nothing
-    happens where there is no libgomp (macOS, a build on llama.cpp's own thread pool)."""
+    17.5 ms that way against 12.6 ms with libgomp loaded over both cores
+    (bench/llm_lending_openmp.py). Loaded here, the library's own later load of the same soname
+    reuses this copy. Nothing happens where there is no libgomp (macOS, a build on llama.cpp's
+    own thread pool); a libgomp already loaded keeps the count it made (said in the log).
+    OMP_PLACES / OMP_PROC_BIND in the server's environment would place threads over `cores`
+    too: the binding does not set them."""
     global openmp_loaded_over
     if not sys.platform.startswith("linux") or openmp_loaded_over is not None:
         return
-    mine = os.sched_getaffinity(0)
-    wanted = set(cores)
     try:
-        os.sched_setaffinity(0, wanted)
+        ctypes.CDLL(LIBGOMP, mode=os.RTLD_NOLOAD | ctypes.RTLD_GLOBAL)
+        _log.warning("libgomp was loaded before the binding: it counted the cores it had then")
+        return
     except OSError:
-        return  # a core this process may not use (a container's cpuset): load it later, as is
+        pass  # not loaded yet: the usual case
+    mine = os.sched_getaffinity(0)
     try:
-        for name in (LIBGOMP, ctypes.util.find_library("gomp")):
-            if not name:
+        # Linux narrows a partly allowed set to the allowed cores (a container's cpuset).
+        os.sched_setaffinity(0, set(cores))
+    except OSError:
+        _log.warning("could not widen to cores %s before loading libgomp", sorted(cores))
+        return
+    try:
+        for name in (LIBGOMP, None):
+            # By soname first; else where ldconfig finds one (a subprocess: only when needed).
+            path = name or ctypes.util.find_library("gomp")
+            if not path:
                 continue
             try:
-                ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
             except OSError:
                 continue
-            openmp_loaded_over = tuple(sorted(wanted))
+            openmp_loaded_over = tuple(sorted(os.sched_getaffinity(0)))
             return
     finally:
         os.sched_setaffinity(0, mine)
