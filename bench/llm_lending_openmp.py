@@ -87,8 +87,12 @@ def child(variant: str) -> None:
     }))  # fmt: skip
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+def spread(values: list[float]) -> dict[str, Any]:
+    from ris.benchmark.summary import spread as summary_spread
+
+    s = summary_spread(values)
+    assert s is not None, "no repeats"
+    return s.to_json()
 
 
 def main() -> int:
@@ -120,7 +124,7 @@ def main() -> int:
         reps.append(rep)
     figures = {n: spread([r[n]["gap_p50_ms"] for r in reps]) for n in names}
 
-    def gap_ratio(a: str, b: str) -> dict[str, float]:
+    def gap_ratio(a: str, b: str) -> dict[str, Any]:
         return spread([r[a]["gap_p50_ms"] / r[b]["gap_p50_ms"] for r in reps])
 
     ratios = {

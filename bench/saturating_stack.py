@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_concurrency import model_path, stop_process, wait_http_ok  # type: ignore[import-not-found]  # noqa: E402
 
 from ris.benchmark.run import machine_summary  # noqa: E402
+from ris.benchmark.summary import ratio  # noqa: E402
+from ris.benchmark.summary import spread as summary_spread  # noqa: E402
 from ris.benchmark.workload import LONG_SENTENCES, SHORT_SENTENCES  # noqa: E402
 from ris.launch import ServiceProcess, free_port  # noqa: E402
 
@@ -313,15 +315,9 @@ FIGURES = ("llm_ttft_p50_ms", "llm_gap_p99_ms", "llm_tok_s", "speech_latency_p50
            "requests_per_min")  # fmt: skip
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
-def spread(values: list[float]) -> dict[str, float] | None:
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return None
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+def spread(values: list[float | None]) -> dict[str, float | int] | None:
+    s = summary_spread(values)
+    return None if s is None else s.to_json()
 
 
 def main() -> int:

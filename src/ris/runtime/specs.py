@@ -31,6 +31,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
     """The spec every worker of `lane` is built from; `machine` defaults to this one."""
     cfg = config.lane(lane)
     kind = lanes.kind(lane)
+    borrow_from = lenders(config, lane)
     return WorkerSpec(
         lane=lane,
         kind=lanes.target(lane),
@@ -41,7 +42,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
             gpu=cfg.gpu_index,
             memory_limit_bytes=memory_limit(config, lane, machine),
             passive_wait=waits_passively(config, lane),
-            may_borrow=tuple(sorted({c for lender in lenders(config, lane) for c in lender.cores})),
+            may_borrow=tuple(sorted({c for lender in borrow_from for c in lender.cores})),
         ),
         device=cfg.device,
         lane_config_json=cfg.model_dump_json(),
@@ -50,7 +51,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
         preemption=resolve_policy(config, lane) if kind.preemptible else None,
         yield_to=yields_to(config, lane),
         memory_share=node_memory_share(config, lane),
-        borrow_from=lenders(config, lane),
+        borrow_from=borrow_from,
         lends=lends(config, lane),
         min_cpu_share=cfg.min_cpu_share if cfg.device == "cpu" else None,
     )
