@@ -4,21 +4,23 @@
 #
 #   bash bench/gpu_run.sh                      # a package index is reachable: pip installs the rest
 #   WHEELS=.whl bash bench/gpu_run.sh          # offline: wheels of only what is missing, from a folder
-#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, hf, sharing, bench (default: all)
+#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, hf, small, sharing, bench (default: all)
 #
 # Writes into $OUT (default bench/results): gpu_machine.txt, gpu_tests.txt (pytest tests/gpu),
 # gpu_hf_serve.{json,md} (RIS's LLM lane beside `transformers serve` on the same card, 1/8/32
 # users, bench/hf_serve_compare.py), gpu_image_sharing_rN.json (LLM latency vs image throughput
-# per preemption policy, REPS_SHARING repetitions) and
+# per preemption policy, REPS_SHARING repetitions), gpu_small_card.json (an 8 GB card emulated
+# by lane budgets: 1.5B-shape LLM and SD 1.5-shape images side by side, and a model switch;
+# bench/gpu_small_card.py), gpu_test_figures.jsonl (what tests/gpu measured) and
 # ris_bench_gpu.{json,md,png} (traditional vs shared vs isolated under the mixed workload:
 # Qwen2.5-7B-shape LLM and SD 1.5-shape images with random weights, espeak TTS on CPU cores).
-# Each part has its own time limit (T_TESTS, T_HF, T_SHARING, T_BENCH seconds: 100 + 150 + 210
-# + 120 = 580 s by default; with WHEELS, give the device call 600 s and set a part lower if the
-# install takes more than a few seconds), so one that hangs cannot take
+# Each part has its own time limit (T_TESTS, T_HF, T_SMALL, T_SHARING, T_BENCH seconds: 120 +
+# 150 + 150 + 210 + 120 = 750 s by default, more than one 600 s device call: choose PARTS or
+# lower the limits to fit the call), so one that hangs cannot take
 # the time of the others; each writes what it has even when it fails or runs out of time.
 set -uo pipefail
 OUT=${OUT:-bench/results}
-PARTS=${PARTS:-tests,hf,sharing,bench}
+PARTS=${PARTS:-tests,hf,small,sharing,bench}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -39,7 +41,7 @@ $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.
 case ",$PARTS," in *,tests,*)
     # Warnings stay visible but do not fail the run: this machine's library versions differ
     # from the ones CI pins, and a deprecation notice is not a GPU defect.
-    timeout "${T_TESTS:-100}" $PY -m pytest tests/gpu -v -p no:cacheprovider \
+    RIS_GPU_FIGURES="$OUT/gpu_test_figures.jsonl" timeout "${T_TESTS:-120}" $PY -m pytest tests/gpu -v -p no:cacheprovider \
         -W default::DeprecationWarning -W default::FutureWarning -W default::UserWarning \
         2>&1 | tee "$OUT/gpu_tests.txt"
 esac
@@ -48,6 +50,10 @@ case ",$PARTS," in *,hf,*)
     timeout "${T_HF:-150}" $PY bench/hf_serve_compare.py --repeats "${REPS_HF:-3}" \
         --max-tokens "${HF_TOKENS:-64}" ${HF_PARALLEL:+--ris-parallel "$HF_PARALLEL"} \
         --out "$OUT/gpu_hf_serve.json" 2>&1 | tee "$OUT/gpu_hf_serve.log" | tail -20
+esac
+case ",$PARTS," in *,small,*)
+    timeout "${T_SMALL:-150}" $PY bench/gpu_small_card.py --window-s "${WINDOW_S:-6}" \
+        --out "$OUT/gpu_small_card.json" 2>&1 | tee "$OUT/gpu_small_card.log" | tail -14
 esac
 case ",$PARTS," in *,sharing,*)
     # Repetitions as separate runs, each bounded: a slow one costs its own share only.

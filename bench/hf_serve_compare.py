@@ -67,7 +67,7 @@ def log(line: str) -> None:
 # The model folder both serve
 
 
-def make_folder(shape: str, dtype: str, folder: Path) -> None:
+def make_folder(shape: str, dtype: str, folder: Path, device: str = "cpu") -> None:
     """A random-weight Qwen2 of `shape` and a byte-level tokenizer as large as its vocabulary
     (the extra entries: three-letter tokens, so any id the random model picks decodes)."""
     import torch
@@ -110,7 +110,8 @@ def make_folder(shape: str, dtype: str, folder: Path) -> None:
     prev = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, dtype))
     try:
-        model = Qwen2ForCausalLM(cfg)
+        with torch.device(device):
+            model = Qwen2ForCausalLM(cfg)
     finally:
         torch.set_default_dtype(prev)
     model.generation_config.eos_token_id = vocab["<|im_end|>"]

@@ -65,6 +65,11 @@ class ModelDetails:
     # The memory a text model's KV cache holds for all its slots (`parallel` x n_ctx tokens),
     # allocated at load (None: not a text model, or unknown).
     kv_cache_bytes: int | None = None
+    # Where a GPU lane's model was placed within its budget, when the backend chose: "gpu",
+    # "partial" (some llama.cpp layers), "model_offload" or "sequential_offload" (diffusers),
+    # with the reason in numbers. None: the lane's device as configured.
+    placement: str | None = None
+    placement_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ class ModelInfo:
     details: ModelDetails = field(default_factory=ModelDetails)
     # Its footprint as the worker counts it against the lane's budget (None: no file said).
     footprint_bytes: int | None = None
-    # Where it lives: "gpu", "partial" (some layers on the GPU) or "cpu".
+    # Where it lives: "gpu", "partial" (some layers on the GPU), "model_offload",
+    # "sequential_offload" (a pipeline's parts moved to the GPU as they run) or "cpu".
     placement: str = "cpu"
     load_s: float | None = None  # how long its load took
 

@@ -317,3 +317,29 @@ def test_gpu_budgets_over_the_card_refuse_the_start() -> None:
         ConfigError, match=r"GPU 0 \(Fake 8GB\) has 8,192 MiB; its lanes' budgets add up to 10,240 MiB"
     ):
         parse_config(data, card)
+
+
+def test_each_gpu_lane_is_given_its_part_of_its_card_and_a_cluster_only_what_it_states() -> None:
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+    from ris.runtime.specs import worker_spec
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    tiny = {"backend": "diffusers", "load_format": "dummy", "source": "tiny"}
+    image: dict[str, object] = {
+        "device": "cuda:0",
+        "priority_class": "batch",
+        "default_model": "t",
+        "models": {"t": tiny},
+    }
+    data = _layout({"device": "cuda:0", "gpu_memory_gb": 3, "models": {"a": smol}}, image)
+    config = parse_config(data, card)
+    # The LLM's stated 3 GiB; the image lane what it leaves of the card; TTS is never on one.
+    assert worker_spec(config, "llm", card).gpu_budget_bytes == 3 * GIB
+    assert worker_spec(config, "image", card).gpu_budget_bytes == 5 * GIB
+    assert worker_spec(config, "tts", card).gpu_budget_bytes is None
+    # A cluster's workers run on nodes whose cards this server's NVML does not see.
+    ray = parse_config({**data, "cluster": {"engine": "ray", "address": "auto"}}, card)
+    assert worker_spec(ray, "llm", card).gpu_budget_bytes == 3 * GIB
+    assert worker_spec(ray, "image", card).gpu_budget_bytes is None

@@ -42,6 +42,8 @@ class CountRequest:
     upto: int
     # Count once, then hold until cancelled (the cancel test's task).
     hold: bool = False
+    # Raise torch's out-of-memory error, as an allocation past a GPU lane's cap does.
+    gpu_oom: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Counter(Backend):
     def count(self, req: CountRequest, say: Callable[[int], None], cancelled: Callable[[], bool]) -> int:
         if req.upto < 0:
             raise BackendError("invalid_request", "a count cannot be negative")
+        if req.gpu_oom:
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         for n in range(1, req.upto + 1):
             say(n)
         deadline = time.monotonic() + WAIT_S
@@ -317,6 +323,28 @@ def test_a_model_over_the_budget_is_refused_with_numbers(tmp_path: Path) -> None
         )
         chan.put(m.Shutdown())
         worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
+def test_a_gpu_out_of_memory_fails_its_task_alone_naming_the_budget_and_the_worker_serves_on(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("torch")
+    spec = count_worker(tmp_path, "one", LANE.backend_target("counter"))
+    chan, worker = _serving(dataclasses.replace(spec, gpu_budget_bytes=3 * 2**30))
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "one", CountRequest(upto=1, gpu_oom=True)))
+        error = chan.take()
+        assert isinstance(error, m.TaskError) and error.code == "gpu_out_of_memory"
+        assert "the lane's GPU budget (3,072 MiB)" in error.message, error.message
+        chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))  # the same worker, the same model
+        assert [chan.take(), chan.take()] == [m.TaskOutput("t2", 1), m.TaskDone("t2", CountOutcome(1))]
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+        assert not worker.is_alive()
     finally:
         chan.close()
         lanes.unregister("count")

@@ -101,6 +101,9 @@ FAILURE_STATUS = {
     "worker_timeout": 504,
     "worker_crashed": 503,
     "worker_out_of_memory": 503,  # the worker was replaced; the lane serves on
+    # The task asked more of the lane's GPU budget than it holds; the worker serves on (an
+    # LLM batch's worker is replaced: its sequences shared the step that failed).
+    "gpu_out_of_memory": 507,
     "cancelled": 409,
     "server_shutdown": 503,
     "lane_unavailable": 503,

@@ -5,6 +5,10 @@ naming a local diffusers folder of the same architecture for its configs and tok
 `builtin:tiny-sd` (the embedded untrained pipeline, created once in the data folder), or
 `load_format: "dummy"` with `source` sd15 / sdxl / tiny (random weights, real shapes).
 
+GPU memory: the lane's budget caps torch's allocator (torch_memory.py), and a pipeline larger
+than the budget runs with diffusers' model or sequential CPU offload, chosen from the sizes of
+its components (ris.memory.fit.image_plan) and reported as the model's placement.
+
 Preemption: `run.checkpoint()` is called between denoising steps and, under the `block`
 policy, before every UNet resnet and attention block, so a step can pause half-way when a
 real-time lane sharing the GPU needs it (and a cancelled task stops there).
@@ -24,8 +28,12 @@ import torch
 
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.sd_arch import ARCHS, TINY_VERSION, build_pipeline, ensure_tiny_pipeline
+from ris.backends.torch_memory import cap_allocator, pipeline_components
 from ris.config import ModelSpec
 from ris.lanes.image import GeneratedImage, ImageBackend, ImageRequest, ImageRun
+from ris.memory.fit import ImagePlan, image_plan
+from ris.memory.footprint import torch_footprint
+from ris.messages import ModelDetails
 
 BUILTIN_TINY = "builtin:tiny-sd"
 
@@ -82,17 +90,29 @@ class DiffusersImage(ImageBackend):
         self.default_steps = int(opts.pop("default_steps", 4 if self.turbo else 25))
         self.default_guidance = float(opts.pop("default_guidance", 0.0 if self.turbo else 7.5))
         lookahead = int(opts.pop("block_lookahead", 2))
+        # The lane's GPU budget caps the allocator; a pipeline larger than it runs offloaded.
+        budget = cap_allocator(ctx)
+        plan: ImagePlan | None = None
         if spec.load_format == "dummy":
             arch = spec.source or "sd15"
             if arch not in ARCHS:
                 raise BackendError("bad_model", f"dummy architecture {arch!r}; known: {', '.join(ARCHS)}")
-            pipe = build_pipeline(arch, ctx.data_dir / "tokenizers" / "byte-clip", device, dtype)
+            tokenizers = ctx.data_dir / "tokenizers" / "byte-clip"
+            if budget is not None:  # sizes from a build on the meta device: no memory, no time
+                shapes = build_pipeline(arch, tokenizers, "meta", dtype)
+                plan = image_plan(torch_footprint(pipeline_components(shapes)), budget)
+            whole = plan is None or plan.plan == "gpu"
+            pipe = build_pipeline(arch, tokenizers, device if whole else "cpu", dtype)
         elif spec.source == BUILTIN_TINY:
             folder = ensure_tiny_pipeline(ctx.data_dir / "models" / f"tiny-sd-v{TINY_VERSION}")
             pipe = AutoPipelineForText2Image.from_pretrained(str(folder), local_files_only=True)
         else:
             pipe = self._load_path(resolve_source(spec.source), opts, dtype)
-        self._pipe = pipe.to(device)
+        if budget is not None and plan is None:  # loaded on the host: measured there
+            plan = image_plan(torch_footprint(pipeline_components(pipe)), budget)
+        self._pipe = self._place(pipe, plan, device)
+        self.placement: str | None = None if plan is None else plan.plan
+        self.placement_reason: str | None = None if plan is None else plan.reason
         self._pipe.set_progress_bar_config(disable=True)
         self._device = device
         # The task being generated: the UNet hooks (installed once) pause through its run.
@@ -100,6 +120,29 @@ class DiffusersImage(ImageBackend):
         self.hooks = 0
         if ctx.preemption is not None and ctx.preemption.mode == "block":
             self.hooks = install_block_hooks(self._pipe.unet, self._block_checkpoint, self._cuda, lookahead)
+
+    @staticmethod
+    def _place(pipe: Any, plan: ImagePlan | None, device: str) -> Any:
+        """The pipeline where its plan puts it: whole on the device, or kept on the host with
+        diffusers moving each component (model offload) or each layer (sequential offload) to
+        the GPU as it runs; offloaded, the VAE decodes in tiles and slices, so a large image
+        does not need the whole decode's activations at once."""
+        if plan is None or plan.plan == "gpu":
+            return pipe.to(device)
+        if plan.plan is None:
+            raise BackendError("model_too_large", f"the pipeline cannot run on the lane's GPU: {plan.reason}")
+        if plan.plan == "model_offload":
+            pipe.enable_model_cpu_offload(gpu_id=0)  # the worker sees only its own GPU, as cuda:0
+        else:
+            pipe.enable_sequential_cpu_offload(gpu_id=0)
+        vae = getattr(pipe, "vae", None)
+        for switch in ("enable_tiling", "enable_slicing"):
+            if hasattr(vae, switch):
+                getattr(vae, switch)()
+        return pipe
+
+    def describe(self) -> ModelDetails:
+        return ModelDetails(placement=self.placement, placement_reason=self.placement_reason)
 
     def _block_checkpoint(self) -> None:
         if self._run is not None:

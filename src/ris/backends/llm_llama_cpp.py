@@ -3,11 +3,13 @@
 Generation runs on a continuous batch (llama_batch.py) of BackendContext.parallel sequences,
 each with `n_ctx` tokens of context; the `Llama` object holds the model, its tokenizer and
 chat template. Options besides llama-cpp-python's own: `prefill_chunk` (prompt tokens per
-sequence per step).
+sequence per step). On a GPU lane with a budget, `n_gpu_layers` unset places as many layers
+as the budget holds with their KV cache (ris.memory.fit.layer_split), the rest on the CPU.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llama_cpp import Llama
@@ -19,6 +21,8 @@ from ris.config import ModelSpec
 from ris.lanes.base import ModelDetails
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
 from ris.lanes.llm_tools import fallback_turns, openai_tool, template_turns
+from ris.memory.fit import layer_split, mib
+from ris.memory.footprint import file_footprint
 
 _UNUSED_CTX = 64
 
@@ -33,6 +37,10 @@ class LlamaCppLLM(LLMBackend):
         n_ctx = int(opts.pop("n_ctx"))
         gpu = ctx.device.startswith("cuda")
         prefill_chunk = int(opts.pop("prefill_chunk", PREFILL_CHUNK_GPU if gpu else PREFILL_CHUNK_CPU))
+        self.placement: str | None = None
+        self.placement_reason: str | None = None
+        if gpu and "n_gpu_layers" not in opts and ctx.gpu_budget_bytes is not None:
+            opts["n_gpu_layers"] = self._layers_for(path, spec, n_ctx, ctx)
         opts.setdefault("n_gpu_layers", -1 if gpu else 0)
         # Unset: on a GPU llama.cpp decides (on where the backend supports it), as llama-server
         # does. On the CPU off: there a sequence's text then depends on how its prompt was
@@ -63,6 +71,24 @@ class LlamaCppLLM(LLMBackend):
             prefill_chunk,
             None if flash_attn is None else bool(flash_attn),
         )
+
+    def _layers_for(self, path: Path, spec: ModelSpec, n_ctx: int, ctx: BackendContext) -> int:
+        """As many layers on the GPU as its budget holds with their KV cache, the rest on the
+        CPU (Ollama's partial offload), from the file's tensor sizes; said as the placement."""
+        assert ctx.gpu_budget_bytes is not None
+        options = {**spec.options, "n_ctx": n_ctx}
+        fp = file_footprint(path, options, ctx.parallel)
+        if fp is None or not fp.layers:
+            return -1  # no layer table to split by: llama.cpp places all
+        split = layer_split(fp, ctx.gpu_budget_bytes)
+        self.placement = split.placement
+        self.placement_reason = (
+            f"{min(split.n_gpu_layers, split.n_layer)} of {split.n_layer} layers"
+            f"{' and the output head' if split.placement == 'gpu' else ''} on the GPU "
+            f"({mib(split.gpu_bytes)} with their KV cache) within the lane's budget "
+            f"({mib(ctx.gpu_budget_bytes)}); the model needs {mib(fp.total)}"
+        )
+        return split.n_gpu_layers
 
     def _chat_formatter(self) -> Jinja2ChatFormatter | None:
         template = self._llm.metadata.get("tokenizer.chat_template")
@@ -115,6 +141,8 @@ class LlamaCppLLM(LLMBackend):
             context_tokens=self.context_tokens,
             native_tools=self.native_tools,
             kv_cache_bytes=self._batch.kv_cache_bytes,
+            placement=self.placement,
+            placement_reason=self.placement_reason,
         )
 
     def batch(self) -> LlamaBatch:

@@ -14,6 +14,7 @@ import torch
 
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.hf_batch import TransformersBatch
+from ris.backends.torch_memory import cap_allocator
 from ris.config import ModelSpec
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
 from ris.lanes.llm_tools import fallback_turns
@@ -104,6 +105,9 @@ class TransformersLLM(LLMBackend):
         torch.set_num_threads(ctx.threads)
         # The worker sees only its own GPU (CUDA_VISIBLE_DEVICES), always as cuda:0.
         self._device = "cuda:0" if ctx.device.startswith("cuda") else "cpu"
+        # The lane's GPU budget caps the allocator: weights, KV cache and every step's
+        # temporaries stay inside it, or the step fails `gpu_out_of_memory` (worker_main).
+        cap_allocator(ctx)
         opts: dict[str, Any] = dict(spec.options)
         dtype = _dtype(opts.pop("dtype", None), self._device)
         self._max_ctx = int(opts.pop("max_context", 32768))

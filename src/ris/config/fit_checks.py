@@ -44,6 +44,28 @@ def lane_footprints(cfg: LaneConfig) -> tuple[dict[str, Footprint], list[str]]:
     return found, problems
 
 
+def gpu_budget(config: Config, lane: str, machine: MachineInfo) -> int | None:
+    """The lane's GPU budget in bytes, which its worker's allocator is capped to: its part of
+    its card among the lanes sharing it (gpu_budgets), the card's memory read by NVML here.
+    Without NVML (a cluster node, another driver) only an explicit gpu_memory_gb is known; a
+    fraction is then applied by the worker against the card it sees. None: not a GPU lane, or
+    nothing to cap to."""
+    cfg = config.lane(lane)
+    gpu = cfg.gpu_index
+    if gpu is None:
+        return None
+    if gpu >= len(machine.gpu_memory):
+        return int(cfg.gpu_memory_gb * 2**30) if cfg.gpu_memory_gb is not None else None
+    name, total = machine.gpu_memory[gpu]
+    sharing = [other for other in config.enabled_lanes if config.lane(other).gpu_index == gpu]
+    asks = [
+        LaneAsk(other, config.lane(other).gpu_memory_gb, config.lane(other).gpu_memory_fraction)
+        for other in sharing
+    ]
+    budgets, _ = gpu_budgets(Card(gpu, name, total), asks)  # a misfit is refused at start
+    return budgets[lane]
+
+
 def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
     problems: list[str] = []
     on_card: dict[int, list[str]] = {}

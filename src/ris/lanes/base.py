@@ -65,6 +65,11 @@ class BackendContext:
     # Tasks the worker runs at once (LaneConfig.parallel); a backend that batches sizes its
     # batch by it, one that does not runs its tasks one after another.
     parallel: int = 1
+    # A GPU lane's memory budget (WorkerSpec.gpu_budget_bytes) and, when the server could not
+    # size it (no NVML there), the configured share of the card: torch backends cap their
+    # allocator to it (ris.backends.torch_memory), llama.cpp places the layers that fit.
+    gpu_budget_bytes: int | None = None
+    gpu_memory_fraction: float | None = None
 
 
 class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract method

@@ -40,6 +40,7 @@ class ModelCache:
         ceiling_bytes: int | None,
         construct: Callable[[str], Any],
         send: Callable[[object], None],
+        gpu_budget_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = cfg
@@ -47,7 +48,11 @@ class ModelCache:
         self._construct = construct
         self._send = send
         self.models: dict[str, Any] = {}
-        self.residency = Residency(ram_budget(cfg, ceiling_bytes), cfg.keep_alive_s, clock)
+        # A GPU lane's models live on its card: they are counted against its GPU budget there
+        # (the RAM they also take while loading is the worker's ceiling's business).
+        on_gpu = device.startswith("cuda") and gpu_budget_bytes is not None
+        budget = gpu_budget_bytes if on_gpu else ram_budget(cfg, ceiling_bytes)
+        self.residency = Residency(budget, cfg.keep_alive_s, clock)
         self._footprints: dict[str, int | None] = {}
         self._load_s: dict[str, float] = {}
         self.clock = clock
@@ -90,12 +95,13 @@ class ModelCache:
         return backend
 
     def info(self, name: str) -> m.ModelInfo:
+        details: m.ModelDetails = self.models[name].describe()
         return m.ModelInfo(
             name,
             self._cfg.models[name].backend,
-            self.models[name].describe(),
+            details,
             footprint_bytes=self.footprint(name),
-            placement="gpu" if self._device.startswith("cuda") else "cpu",
+            placement=details.placement or ("gpu" if self._device.startswith("cuda") else "cpu"),
             load_s=self._load_s.get(name),
         )
 

@@ -3,8 +3,11 @@ into a `WorkerSpec` (binding, memory ceiling, backends, preemption)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ris import lanes
 from ris.config import Config
+from ris.config.fit_checks import gpu_budget
 from ris.config.sharing import lenders, lends, resolve_policy, waits_passively, yields_to
 from ris.machine import MachineInfo, machine_info
 from ris.runtime.binding import Binding
@@ -25,6 +28,12 @@ def node_memory_share(config: Config, lane: str) -> float | None:
     if config.cluster.engine == "local" or config.lane(lane).memory_limit_mb is not None:
         return None
     return lanes.kind(lane).memory_share
+
+
+def local_cards(config: Config, machine: MachineInfo) -> MachineInfo:
+    """`machine` as far as its cards describe the workers' own: on a cluster a worker's card is
+    its node's, which this server's NVML does not see."""
+    return machine if config.cluster.engine == "local" else replace(machine, gpu_memory=())
 
 
 def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -> WorkerSpec:
@@ -54,4 +63,5 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
         borrow_from=borrow_from,
         lends=lends(config, lane),
         min_cpu_share=cfg.min_cpu_share if cfg.device == "cpu" else None,
+        gpu_budget_bytes=gpu_budget(config, lane, local_cards(config, machine or machine_info())),
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -46,6 +47,33 @@ EXIT_OUT_OF_MEMORY = 3
 _OUT_OF_MEMORY = (
     "the task needed more memory than the lane's ceiling (memory_limit_mb) allows; the worker was restarted"
 )
+
+
+def _gpu_out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory error (the allocator's cap or the card): worker_main imports no
+    torch, and a worker whose backends never loaded it cannot raise one."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(oom, type) and isinstance(e, oom)
+
+
+def _release_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _gpu_budget_message(budget_bytes: int | None, fraction: float | None) -> str:
+    if budget_bytes is not None:
+        held = f"the lane's GPU budget ({budget_bytes / 2**20:,.0f} MiB)"
+    elif fraction is not None:
+        held = f"the lane's GPU budget ({fraction:.0%} of its card)"
+    else:
+        held = "its GPU's free memory"
+    return (
+        f"the task needed more GPU memory than {held} holds; the lane serves on: ask for less "
+        "(a smaller image, fewer images or tokens), or raise the lane's gpu_memory_gb"
+    )
 
 
 class ChannelIn(Protocol):
@@ -140,13 +168,17 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             data_dir=Path(spec.data_dir),
             preemption=spec.preemption,
             parallel=cfg.parallel,
+            gpu_budget_bytes=spec.gpu_budget_bytes,
+            gpu_memory_fraction=cfg.gpu_memory_fraction,
         )
 
         def construct(name: str) -> Any:
             backend = load_backend(spec.backends[name], cfg.models[name].backend)
             return backend(cfg.models[name], ctx)
 
-        cache = ModelCache(cfg, spec.device, spec.binding.memory_limit_bytes, construct, out.send)
+        cache = ModelCache(
+            cfg, spec.device, spec.binding.memory_limit_bytes, construct, out.send, spec.gpu_budget_bytes
+        )
         # Large models load on first use, except the default (and those marked preload); small
         # ones (speech) all at once.
         for name in preloaded(cfg, kind.load_all_models):
@@ -216,8 +248,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         )
     )
     runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, lending))
+    gpu_oom = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
-        _serve_concurrently(runner, inbox, cache, state, out)
+        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom)
         return
     while True:
         try:  # idle, it wakes when a model's keep_alive ends
@@ -254,8 +287,14 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
             os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
-            traceback.print_exc()
-            out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
+            if _gpu_out_of_memory(e):
+                # torch raised before allocating: the models and the allocator are intact. The
+                # task's freed blocks go back to the card, and the worker serves on.
+                out.send(m.TaskError(task_id, "gpu_out_of_memory", gpu_oom))
+                _release_gpu_cache()
+            else:
+                traceback.print_exc()
+                out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
             state.ended(task_id)
             if spec.lends and inbox.empty():
@@ -269,6 +308,7 @@ def _serve_concurrently(
     cache: ModelCache,
     state: _Shared,
     out: _SerialSender,
+    gpu_oom: str,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs or waits), admit new tasks in their order of
@@ -309,6 +349,10 @@ def _serve_concurrently(
         except MemoryError:
             fail_all("worker_out_of_memory", _OUT_OF_MEMORY, EXIT_OUT_OF_MEMORY)
         except Exception as e:  # noqa: BLE001 - a bug in the runner: never a silent hang
+            if _gpu_out_of_memory(e):
+                # A batch step's sequences share its tensors: none can be failed alone, and
+                # the runner's state after a failed step is not known. A fresh worker serves on.
+                fail_all("gpu_out_of_memory", gpu_oom, 1)
             traceback.print_exc()
             fail_all("backend_error", f"{type(e).__name__}: {e}", 1)
         for task_id, result in ended:

@@ -7,13 +7,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import anyio.to_thread
-import av
 import numpy as np
 
 from ris.lanes.tts import WAV_HEADER_BYTES, wav_header
+
+if TYPE_CHECKING:
+    import av
+
+# PyAV (FFmpeg, a 34 MB wheel) is imported by the first call that encodes or asks a codec its
+# rates, not with the API: wav and pcm never need it, and a server starts without loading it.
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 SPEECH_FORMATS: tuple[SpeechFormat, ...] = get_args(SpeechFormat)
@@ -69,6 +74,8 @@ class _Sink:
 def _encoder_rate(codec: str, rate: int) -> int:
     """The source rate when the encoder takes it, else the nearest rate above it that it
     takes (opus: 8, 12, 16, 24 or 48 kHz), else its highest."""
+    import av
+
     rates = av.codec.Codec(codec, "w").audio_rates
     if not rates or rate in rates:
         return rate
@@ -112,6 +119,8 @@ class SpeechEncoder:
             return wav_header(self.sample_rate)
         if self.format == "pcm":
             return b""
+        import av
+
         spec = _CODECS[self.format]
         # flush_packets: the muxer hands each packet to the sink at once, not when its
         # 32 KiB I/O buffer fills (seconds of compressed speech).
@@ -134,6 +143,8 @@ class SpeechEncoder:
         samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").reshape(1, -1)
         if samples.shape[1] == 0:
             return b""
+        import av
+
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
         self._push(frame)

@@ -84,8 +84,11 @@ async def models(request: Request) -> dict[str, Any]:
                 # Bytes it needs while loaded (weights, KV cache for the lane's parallel x n_ctx,
                 # working margin), from its files; None where no file says (espeak, builtin:).
                 "footprint": fp.to_json() if (fp := footprints[lane].get(name)) else None,
-                # "gpu", "partial" (some layers on the GPU), "cpu", or "not_loaded".
+                # "gpu", "partial" (some layers on the GPU), "model_offload" or
+                # "sequential_offload" (a pipeline larger than its GPU budget), "cpu", or
+                # "not_loaded"; why, in numbers, where the backend chose within a budget.
                 "placement": loaded[name].placement if name in loaded else "not_loaded",
+                "placement_reason": loaded[name].details.placement_reason if name in loaded else None,
                 "last_load_s": last_load.get((lane, name)),
                 "preload": name in preloaded(cfg, engine.kinds[lane].load_all_models),
                 "voices": list(loaded[name].details.voices) if name in loaded else None,

@@ -58,6 +58,9 @@ class WorkerSpec:
     lends: bool = False
     # A batch lane's minimum CPU share under saturation (ris.runtime.cpu_share); None: none.
     min_cpu_share: float | None = None
+    # A GPU lane's memory budget on its card (config.fit_checks.gpu_budget), in bytes: torch
+    # backends cap their allocator to it. None: unknown here (see LaneConfig.gpu_memory_fraction).
+    gpu_budget_bytes: int | None = None
 
 
 @dataclass(frozen=True)
