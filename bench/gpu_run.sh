@@ -41,7 +41,7 @@ $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.
 case ",$PARTS," in *,tests,*)
     # Warnings stay visible but do not fail the run: this machine's library versions differ
     # from the ones CI pins, and a deprecation notice is not a GPU defect.
-    RIS_GPU_FIGURES="$OUT/gpu_test_figures.jsonl" timeout "${T_TESTS:-120}" $PY -m pytest tests/gpu -v -p no:cacheprovider \
+    RIS_GPU_FIGURES="$OUT/gpu_test_figures.jsonl" timeout "${T_TESTS:-120}" $PY -m pytest ${GPU_TESTS:-tests/gpu} -v -p no:cacheprovider \
         -W default::DeprecationWarning -W default::FutureWarning -W default::UserWarning \
         2>&1 | tee "$OUT/gpu_tests.txt"
 esac

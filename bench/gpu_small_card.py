@@ -203,8 +203,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
     p.add_argument("--llm-shape", default="qwen2.5-1.5b")
-    p.add_argument("--llm-gb", type=float, default=4.0, help="the LLM lane's GPU budget (GiB)")
-    p.add_argument("--image-gb", type=float, default=3.5, help="the image lane's GPU budget (GiB)")
+    # 7.5 GiB in all, the rest of an 8 GiB card for the two workers' CUDA contexts.
+    p.add_argument("--llm-gb", type=float, default=4.5, help="the LLM lane's GPU budget (GiB)")
+    p.add_argument("--image-gb", type=float, default=3.0, help="the image lane's GPU budget (GiB)")
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--window-s", type=float, default=8.0, help="measured seconds per phase")
     p.add_argument("--prompt-tokens", type=int, default=1024)

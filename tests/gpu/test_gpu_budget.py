@@ -52,8 +52,7 @@ def test_a_pipeline_over_its_budget_runs_with_model_offload_within_it(tmp_path: 
     from ris.lanes.image import DirectRun, ImageRequest
 
     fp = sd15_footprint(tmp_path)
-    largest = max(size for _, size in fp.components)
-    budget = (largest + fp.margin + fp.total) // 2  # holds the UNet, not the whole pipeline
+    budget = fp.total - 64 * MIB  # not the whole pipeline with its margin: one part at a time
     assert image_plan(fp, budget).plan == "model_offload"
     torch.cuda.empty_cache()  # earlier tests' cached blocks would count against the cap
     ctx = BackendContext("cuda:0", 4, tmp_path, gpu_budget_bytes=budget)
@@ -101,7 +100,7 @@ def test_an_allocation_past_the_lane_budget_fails_its_task_alone_and_the_lane_se
     tmp_path: Path,
 ) -> None:
     fp = sd15_footprint(tmp_path)
-    budget_gb = (fp.total + 256 * MIB) / 2**30  # the pipeline fits whole, with little to spare
+    budget_gb = (fp.total + 32 * MIB) / 2**30  # the pipeline fits whole, with little to spare
     config = {
         "data_dir": str(tmp_path / "data"),
         "lanes": {
@@ -121,7 +120,7 @@ def test_an_allocation_past_the_lane_budget_fails_its_task_alone_and_the_lane_se
     svc = ServiceProcess(tmp_path / "svc", config).start(timeout=600)
     try:
         pid = svc.worker_pid("image")
-        big = _image(svc.url, 2048)  # its VAE decode alone needs gigabytes of activations
+        big = _image(svc.url, 1024)  # the largest the API takes: its decode needs gigabytes
         assert big["state"] == "failed", big
         assert big["error"]["code"] == "gpu_out_of_memory", big
         assert "GPU budget" in big["error"]["message"]

@@ -211,9 +211,11 @@ def test_image_plan_choice_by_footprint() -> None:
         components=(("text_encoder", 500 * MIB), ("unet", 2000 * MIB), ("vae", 500 * MIB)),
     )
     assert image_plan(fp, 4000 * MIB).plan == "gpu"
-    offload = image_plan(fp, 2500 * MIB)
-    assert (offload.plan, offload.gpu_bytes) == ("model_offload", 2300 * MIB)
+    # One part at a time: the two largest (the next moves in before the last moves out).
+    offload = image_plan(fp, 2900 * MIB)
+    assert (offload.plan, offload.gpu_bytes) == ("model_offload", 2800 * MIB)
     assert "unet (2,000 MiB)" in offload.reason
+    assert image_plan(fp, 2700 * MIB).plan == "sequential_offload"
     assert image_plan(fp, 1000 * MIB).plan == "sequential_offload"
     refused = image_plan(fp, 200 * MIB)
     assert refused.plan is None and "200 MiB" in refused.reason and "300 MiB" in refused.reason

@@ -118,17 +118,22 @@ class ImagePlan:
 
 def image_plan(fp: Footprint, budget: int) -> ImagePlan:
     """Whole pipeline on the GPU when it fits; else one component at a time (diffusers'
-    model CPU offload: the largest component is the peak); else one layer at a time
+    model CPU offload: the two largest components are the peak); else one layer at a time
     (sequential offload: only the working margin is needed); else a refusal with numbers."""
     if fp.total <= budget:
         return ImagePlan("gpu", fp.total, f"the pipeline ({mib(fp.total)}) fits the budget ({mib(budget)})")
     largest_name, largest = max(fp.components, key=lambda c: c[1], default=("", fp.weights))
-    if largest + fp.margin <= budget:
+    # accelerate moves the next component in before the previous one's offload is done with
+    # (measured on an H200: the UNet's move failed at 1.92 GiB allocated, the UNet being
+    # 1.60 GiB): the peak is the two largest parts, not the largest alone.
+    second = sorted((size for _, size in fp.components), reverse=True)[1:2]
+    if largest + sum(second) + fp.margin <= budget:
         return ImagePlan(
             "model_offload",
-            largest + fp.margin,
+            largest + sum(second) + fp.margin,
             f"the pipeline ({mib(fp.total)}) exceeds the budget ({mib(budget)}); its largest "
-            f"component {largest_name or 'model'} ({mib(largest)}) fits with the margin",
+            f"component {largest_name or 'model'} ({mib(largest)}) fits with the next largest "
+            "and the margin",
         )
     if fp.margin <= budget:
         return ImagePlan(

@@ -268,6 +268,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         def cancelled(task_id: str = task_id) -> bool:
             return task_id in state.cancelled
 
+        release_gpu = False
         try:
             backend = cache.get(msg.model)  # one task at a time: nothing runs, so never held
             cache.started(msg.model)
@@ -288,15 +289,19 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             if _gpu_out_of_memory(e):
-                # torch raised before allocating: the models and the allocator are intact. The
-                # task's freed blocks go back to the card, and the worker serves on.
+                # torch raised before allocating: the models and the allocator are intact, and
+                # the worker serves on. The task's tensors are freed with the traceback, after
+                # this block: the cache is emptied then (finally), not on every task.
                 out.send(m.TaskError(task_id, "gpu_out_of_memory", gpu_oom))
-                _release_gpu_cache()
+                release_gpu = True
             else:
                 traceback.print_exc()
                 out.send(m.TaskError(task_id, "backend_error", f"{type(e).__name__}: {e}"))
         finally:
             state.ended(task_id)
+            if release_gpu:
+                _release_gpu_cache()
+                release_gpu = False
             if spec.lends and inbox.empty():
                 publish(Activity.IDLE)  # marked busy on arrival: idle again once none waits
         cache.expire()  # a keep_alive of 0 unloads now
