@@ -23,6 +23,7 @@ working margins by the loader's own arithmetic, ris.memory.footprint, n_ctx 4096
 
   card      reserve  LLM budget: model, sequences (needs)   image budget: SD-Turbo / SDXL-Turbo
   < 6 GB    1.0      card - 1.0: 1.5B, 4 (1.53 GiB)          on the CPU (no room beside the LLM)
+                     (some layers only under 2.75 GB; under 1.5 GB every lane stays on the CPU)
   6 GB      1.5      1.5: 1.5B, 2 (1.31 GiB)                  2.75: resident / layer by layer
   8 GB      1.5      2.0: 1.5B, 4 (1.53 GiB)                  4.25: resident / layer by layer
   12 GB     1.5      5.5: 7B, 4 (5.28 GiB)                    4.75: resident / layer by layer
@@ -42,7 +43,7 @@ sizes (10, 11, 20, 32, 40 GB) get the smaller profile: raise a budget by hand to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ris.catalogue import QWEN_LANGUAGES, lookup
@@ -175,7 +176,6 @@ class GpuProfile:
     llm_model: GGUFReference
     llm_parallel: int
     image_gib: float | None
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def processes_on_card(self) -> int:
@@ -258,6 +258,8 @@ def pick_profile(card_bytes: int) -> GpuProfile:
     gib = card_bytes / GIB
     counted = gib + CARD_SLACK_GIB
     if counted >= LARGE_CARD_GIB:
+        # The image lane's needs stop growing (SDXL-Turbo resident with room for batches): what
+        # the card has beyond them goes to the LLM, longer contexts or more sequences.
         reserve = 2 * CONTEXT_GIB + DESKTOP_GIB
         return GpuProfile(
             name=f"{LARGE_CARD_GIB} GB and larger",
@@ -266,7 +268,6 @@ def pick_profile(card_bytes: int) -> GpuProfile:
             llm_model=QWEN_32B,
             llm_parallel=8,
             image_gib=IMAGE_LARGE_GIB,
-            notes=("the LLM budget grows with the card; the image lane keeps 12 GiB",),
         )
     fitting = [row for row in FIXED_PROFILES if row[0] <= counted]
     if fitting:
@@ -275,25 +276,8 @@ def pick_profile(card_bytes: int) -> GpuProfile:
     # Under 6 GB: the LLM alone, since an image pipeline beside it would leave each too little;
     # images run on the CPU at the lowest priority, as on a machine without a GPU.
     llm_budget = _quarters_below(gib - CONTEXT_GIB - DESKTOP_GIB)
-    if llm_budget < MIN_LLM_GIB:
-        return GpuProfile(
-            "under 6 GB",
-            card_bytes,
-            None,
-            QWEN_1_5B,
-            4,
-            None,
-            notes=("too small to help: every lane stays on the CPU",),
-        )
-    return GpuProfile(
-        "under 6 GB",
-        card_bytes,
-        llm_budget,
-        QWEN_1_5B,
-        4,
-        None,
-        notes=("the LLM alone on the card; images on the CPU",),
-    )
+    on_card = llm_budget if llm_budget >= MIN_LLM_GIB else None  # else too small to help
+    return GpuProfile("under 6 GB", card_bytes, on_card, QWEN_1_5B, 4, None)
 
 
 def card_of(gb: float) -> int:
