@@ -30,6 +30,11 @@ def _load(args: argparse.Namespace) -> Config:
         if cluster:
             data = cfg.model_dump(mode="json")
             cfg = parse_config({**data, "cluster": {**data["cluster"], **cluster}})
+    return _with_overrides(cfg, args)
+
+
+def _with_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    """--host, --port and --data-dir laid over a config."""
     server = cfg.server.model_copy(
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     )
@@ -186,9 +191,38 @@ def _num(v: float | None, digits: int = 2) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    card_gb = getattr(args, "gpu_profile", None)
+    if card_gb is None:
+        cfg = _load(args)
+    elif args.config or args.ray:
+        print("ris config: --gpu-profile builds a layout; it takes no --config or --ray", file=sys.stderr)
+        return 2
+    else:
+        # A card that is not here: the layout is checked against this machine's cores with it.
+        cfg = _for_card(card_gb, args)
     print(cfg.model_dump_json(indent=2, exclude_defaults=False))
     return 0
+
+
+def _for_card(card_gb: float, args: argparse.Namespace) -> Config:
+    from ris.config.defaults import profile_config
+    from ris.config.profiles import card_of, pick_profile, summary
+
+    card = card_of(card_gb)
+    cfg = profile_config(card)
+    # On stderr: stdout stays the config alone, for `ris config --gpu-profile 8 > config.json`.
+    print(f"ris config: {summary(pick_profile(card))}", file=sys.stderr)
+    return _with_overrides(cfg, args)
+
+
+def _card_gb(text: str) -> float:
+    try:
+        gb = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GB (e.g. 8)") from None
+    if not 0 < gb <= 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: a card's memory is more than 0 and at most 4096 GB")
+    return gb
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -263,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="ADDRESS",
             help="run each lane's worker as an actor on this Ray cluster (cluster.engine 'ray')",
         )
+        if name == "config":
+            sp.add_argument(
+                "--gpu-profile",
+                metavar="GB",
+                type=_card_gb,
+                help="lay out the lanes for one NVIDIA card of this many GB (6, 8, 12, 16, 24, 48...), "
+                "here or not: the card's profile sets the lanes' GPU budgets and suggests models "
+                "(docs/DEPLOYMENT_GUIDE.md, Small GPU profiles)",
+            )
         sp.set_defaults(fn=fn)
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")
     st.add_argument("--url", default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))

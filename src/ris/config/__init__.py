@@ -6,6 +6,7 @@ load.py      reading a file: each lane kind's defaults filled in, then validated
 checks.py    cross-field and machine checks
 sharing.py   which lanes share hardware: who yields to whom, with which policy
 defaults.py  the layout built from the machine when no file is given
+profiles.py  one NVIDIA card split by its size: each lane's GPU budget and the models that fit
 
 Only the settings model is exported here: lane kinds (ris.lanes) describe their models with
 ModelSpec, while load, checks, sharing and defaults read the lane kinds, so importing those from

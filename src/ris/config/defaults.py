@@ -1,16 +1,19 @@
 """The configuration built from the machine when none is given: how lanes share it.
 
 Each lane kind brings its own models and defaults (ris.lanes); this module decides only the
-placement, the one thing that depends on the machine.
+placement, the one thing that depends on the machine, and a card's budgets by its size
+(profiles.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ris.config.checks import check_config
 from ris.config.load import with_lane_defaults
+from ris.config.profiles import GIB, GpuProfile, pick_profile
 from ris.config.schema import Config, ModelSpec
 from ris.lanes import Lane, kind, kinds
 from ris.machine import MachineInfo, machine_info
@@ -22,13 +25,56 @@ def default_models() -> dict[str, dict[str, ModelSpec]]:
 
 
 def default_config(machine: MachineInfo | None = None, data_dir: Path | None = None) -> Config:
-    """A layout for this machine: GPU lanes on GPUs when present; else disjoint cores.
+    """A layout for this machine: GPU lanes on GPUs when present; else disjoint cores. One card
+    the LLM and image lanes share is split by its size's profile (profiles.py)."""
+    m = machine or machine_info()
+    return _checked(default_lanes(m), m, data_dir)
+
+
+def profile_config(
+    card_bytes: int, machine: MachineInfo | None = None, data_dir: Path | None = None
+) -> Config:
+    """The layout of this machine's cores with one NVIDIA card of `card_bytes`, there or not
+    (`ris config --gpu-profile`): the card's profile sets the budgets, and its suggested models,
+    files the user points to, are the lanes' defaults (the embedded ones kept beside them).
+    Checked against that machine, so what is printed loads where such a card is."""
+    here = machine or machine_info()
+    m = replace(here, gpus=1, gpu_memory=((f"a {card_bytes / GIB:g} GiB card", card_bytes),))
+    profile = pick_profile(card_bytes)
+    lanes = default_lanes(m)
+    for lane, settings in profile.model_settings().items():
+        models = {**settings["models"], **lanes[lane]["models"]}
+        lanes[lane] = {**lanes[lane], **settings, "models": models}
+    # The layout is for a machine with the card: the image lane is laid out whether or not this
+    # one has the image extra installed.
+    lanes[Lane.IMAGE]["enabled"] = True
+    return _checked(lanes, m, data_dir)
+
+
+def card_profile(m: MachineInfo) -> GpuProfile | None:
+    """The profile of the one card the LLM and image lanes share; None without NVML's figures
+    for it, or with two GPUs or more, where each of those lanes has a card to itself, whole."""
+    return pick_profile(m.gpu_memory[0][1]) if m.gpus == 1 and m.gpu_memory else None
+
+
+def _checked(lanes: dict[str, Any], m: MachineInfo, data_dir: Path | None) -> Config:
+    # Registered kinds beyond the built-ins are there too, disabled, as in a loaded config.
+    data = with_lane_defaults({"data_dir": data_dir or Path("ris-data").resolve(), "lanes": lanes})
+    return check_config(Config.model_validate(data), m)
+
+
+def default_lanes(machine: MachineInfo) -> dict[str, dict[str, Any]]:
+    """Each built-in lane's settings on `machine`: placement, device, GPU budget, models.
 
     CPU-only: the LLM gets most cores, TTS the last one (or a quarter), both real-time and
     exclusive; the image lane may use every core but runs at the lowest OS priority, so the
-    kernel hands it only what the real-time lanes leave idle.
+    kernel hands it only what the real-time lanes leave idle. With GPUs the LLM keeps two cores
+    to feed its card; one card shared by the LLM and image lanes gets its profile's budgets.
     """
-    m = machine or machine_info()
+    profile = card_profile(machine)
+    on_card = profile.lane_settings() if profile is not None else {}
+    # A card too small to help leaves every lane on the CPU, laid out as without a GPU.
+    m = replace(machine, gpus=0) if profile and profile.llm_gib is None else machine
     cores = list(m.cores)
     n = len(cores)
     if n >= 2:
@@ -50,7 +96,7 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
     # Lanes that may use a GPU take one each in this order while there are GPUs (the LLM cuda:0,
     # the image lane cuda:1), then share the last; a CPU-only kind (TTS) stays on the CPU.
     on_gpu = [name for name in placement if not kind(name).cpu_only]
-    lanes: dict[str, Any] = {}
+    lanes: dict[str, dict[str, Any]] = {}
     for name, where in placement.items():
         k = kind(name)
         device = f"cuda:{min(on_gpu.index(name), m.gpus - 1)}" if m.gpus and name in on_gpu else "cpu"
@@ -61,6 +107,5 @@ def default_config(machine: MachineInfo | None = None, data_dir: Path | None = N
             "default_model": k.default_model(),
             "models": k.default_models(),
         }
-    # Registered kinds beyond the built-ins are there too, disabled, as in a loaded config.
-    data = with_lane_defaults({"data_dir": data_dir or Path("ris-data").resolve(), "lanes": lanes})
-    return check_config(Config.model_validate(data), m)
+        lanes[name].update(on_card.get(name, {}))
+    return lanes
