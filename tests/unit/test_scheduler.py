@@ -111,6 +111,20 @@ def test_full_queue_refuses_with_retry_after_and_keeps_what_it_accepted() -> Non
     assert drain(sched) == ["t0", "t1"]
 
 
+def test_retry_after_counts_the_load_a_running_task_still_waits_for() -> None:
+    sched, _ = make(max_queue=1, slots=1)
+    sched.submit(TaskSpec(lane=Lane.LLM, load_s=30.0))  # a model switch ahead of it
+    assert [t.id for t in sched.dispatch()] == ["t0"]
+    sched.submit(spec())
+    with pytest.raises(QueueFull) as exc:
+        sched.submit(spec())
+    assert exc.value.retry_after_s >= 30.0
+    sched.progress("t0", 1)  # loaded and producing: the load is behind it
+    with pytest.raises(QueueFull) as exc:
+        sched.submit(spec())
+    assert exc.value.retry_after_s < 30.0
+
+
 def test_refusals_are_counted_per_lane() -> None:
     sched, _ = make(max_queue=1)
     sched.submit(spec())

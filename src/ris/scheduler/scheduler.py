@@ -231,10 +231,13 @@ class Scheduler:
             raise QueueFull(lane, len(book.queue), self.retry_after(lane), wanted=count, room=room)
 
     def retry_after(self, lane: str) -> float:
-        """Seconds until a queue slot is likely to free up: an estimate, at least one second."""
+        """Seconds until a queue slot is likely to free up: an estimate, at least one second.
+        A running task that waits for its model to load (a switch: no progress yet) frees its
+        slot that much later."""
         book = self._book(lane)
         per_task = book.run_estimate / max(1, book.slots)
-        return max(1.0, per_task * max(1, len(book.running)))
+        loading = max((t.spec.load_s for t in book.running.values() if not t.progress_done), default=0.0)
+        return max(1.0, per_task * max(1, len(book.running)) + loading)
 
     # ----- dispatch ------------------------------------------------------------------------
 
