@@ -34,7 +34,7 @@ GGUF_MARGIN_BYTES = 48 * MIB
 # Torch models (diffusers, transformers): activations and allocator slack; a tenth of the
 # weights, at least 64 MiB. Measured once on an H200: SD 1.5 fp16 at 512x512 under model
 # offload peaked at 1,816 MiB allocated with its UNet 1,639 MiB, 177 MiB beyond it, inside this
-# margin (224 MiB). The CUDA context is not in it (498-582 MiB per torch worker there).
+# margin (203 MiB). The CUDA context is not in it (498-582 MiB per torch worker there).
 TORCH_MARGIN_SHARE = 0.10
 TORCH_MARGIN_MIN_BYTES = 64 * MIB
 # Bytes per KV element by llama.cpp cache type (type_k / type_v options; f16 is its default).
