@@ -1,5 +1,9 @@
 """Hugging Face causal LMs (Qwen2.5, Llama) on GPU or CPU, with a `dummy` load format.
 
+Options besides `from_pretrained`'s own: `dtype`, `max_context`, `kv_cache_tokens`, and for the
+continuous-batching engine `cuda_graphs` (true/false; unset: the engine decides) and
+`compile_level` (0-3: torch.compile of its steps; 0: none).
+
 `load_format: "dummy"` builds a named architecture with random weights (as vLLM does), so the
 scheduling of a 7B-shape model can be measured without downloading weights. Its tokenizer is
 a byte-level stand-in: the text it produces is noise, the timings are real.
@@ -112,6 +116,8 @@ class TransformersLLM(LLMBackend):
         dtype = _dtype(opts.pop("dtype", None), self._device)
         self._max_ctx = int(opts.pop("max_context", 32768))
         kv_tokens = opts.pop("kv_cache_tokens", None)
+        cuda_graphs = opts.pop("cuda_graphs", None)
+        compile_level = int(opts.pop("compile_level", 0))
         if spec.load_format == "dummy":
             shape = spec.source or "qwen2.5-7b"
             if shape not in DUMMY_SHAPES:
@@ -143,6 +149,8 @@ class TransformersLLM(LLMBackend):
             parallel=ctx.parallel,
             n_ctx=self._max_ctx,
             kv_cache_tokens=kv_tokens,
+            cuda_graphs=None if cuda_graphs is None else bool(cuda_graphs),
+            compile_level=compile_level,
         )
         self.context_tokens = self._max_ctx = self._batch.n_ctx
 
