@@ -25,9 +25,13 @@ def _string(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def _gguf(path: Path, layers: int, layer_bytes: int, other_bytes: int) -> Path:
+def _gguf(
+    path: Path, layers: int, layer_bytes: int, other_bytes: int, here: range | None = None, split: int = 0
+) -> Path:
     """A GGUF file with a real header and zeroed tensors: layers of two tensors each, and one
-    output tensor; a vocabulary array to skip."""
+    output tensor; a vocabulary array to skip. `here`: only those layers' tensors (and the
+    output tensor with the last layer), a shard of a model split in `split` files."""
+    here = range(layers) if here is None else here
     kv = [
         (_string("general.architecture"), 8, _string("llama")),
         (_string("llama.block_count"), 4, struct.pack("<I", layers)),
@@ -37,13 +41,16 @@ def _gguf(path: Path, layers: int, layer_bytes: int, other_bytes: int) -> Path:
         (_string("tokenizer.ggml.tokens"), 9, struct.pack("<IQ", 8, 2) + _string("a") + _string("b")),
         (_string("tokenizer.ggml.scores"), 9, struct.pack("<IQ", 6, 2) + struct.pack("<ff", 0.0, 1.0)),
     ]
+    if split:
+        kv.append((_string("split.count"), 4, struct.pack("<I", split)))
     tensors: list[tuple[str, int]] = []
-    for i in range(layers):
+    for i in here:
         tensors += [
             (f"blk.{i}.attn_q.weight", layer_bytes // 2),
             (f"blk.{i}.ffn_up.weight", layer_bytes // 2),
         ]
-    tensors.append(("output.weight", other_bytes))
+    if layers - 1 in here:
+        tensors.append(("output.weight", other_bytes))
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
     head += b"".join(k + struct.pack("<I", t) + v for k, t, v in kv)
     offset = 0
@@ -76,6 +83,16 @@ def test_gguf_header_gives_layer_sizes_and_shape(tmp_path: Path) -> None:
     assert info.layer_bytes == (1024, 1024, 1024)
     assert info.tensor_bytes == 3 * 1024 + 4096
     assert info.other_bytes == 4096
+
+
+def test_a_model_split_in_shards_is_read_from_all_of_them(tmp_path: Path) -> None:
+    first = _gguf(tmp_path / "m-00001-of-00002.gguf", 3, 1024, 4096, here=range(0, 2), split=2)
+    with pytest.raises(ModelFileError, match="shard 2 of 2, m-00002-of-00002.gguf, is missing"):
+        read_gguf(first)
+    _gguf(tmp_path / "m-00002-of-00002.gguf", 3, 1024, 4096, here=range(2, 3), split=2)
+    info = read_gguf(first)
+    assert info.layer_bytes == (1024, 1024, 1024)
+    assert info.tensor_bytes == 3 * 1024 + 4096
 
 
 def test_kv_cache_is_two_by_layers_ctx_parallel_heads_dim_type(tmp_path: Path) -> None:
@@ -169,7 +186,8 @@ def test_unbudgeted_lanes_share_what_the_others_leave() -> None:
     card = Card(1, "Fake", 20 * GIB)
     budgets, problems = gpu_budgets(card, [LaneAsk("llm", fraction=0.5), LaneAsk("tts"), LaneAsk("image")])
     assert problems == []
-    assert budgets == {"llm": 10 * GIB, "tts": 5 * GIB, "image": 5 * GIB}
+    # 20 GiB less the stated 10 and three workers' CUDA contexts (0.5 GiB each), in two
+    assert budgets == {"llm": 10 * GIB, "tts": 4.25 * GIB, "image": 4.25 * GIB}
 
 
 def test_a_model_over_its_lane_budget_is_named_with_its_parts() -> None:
@@ -211,11 +229,10 @@ def test_image_plan_choice_by_footprint() -> None:
         components=(("text_encoder", 500 * MIB), ("unet", 2000 * MIB), ("vae", 500 * MIB)),
     )
     assert image_plan(fp, 4000 * MIB).plan == "gpu"
-    # One part at a time: the two largest (the next moves in before the last moves out).
-    offload = image_plan(fp, 2900 * MIB)
-    assert (offload.plan, offload.gpu_bytes) == ("model_offload", 2800 * MIB)
+    offload = image_plan(fp, 2500 * MIB)
+    assert (offload.plan, offload.gpu_bytes) == ("model_offload", 2300 * MIB)
     assert "unet (2,000 MiB)" in offload.reason
-    assert image_plan(fp, 2700 * MIB).plan == "sequential_offload"
+    assert image_plan(fp, 2200 * MIB).plan == "sequential_offload"
     assert image_plan(fp, 1000 * MIB).plan == "sequential_offload"
     refused = image_plan(fp, 200 * MIB)
     assert refused.plan is None and "200 MiB" in refused.reason and "300 MiB" in refused.reason
@@ -337,11 +354,40 @@ def test_each_gpu_lane_is_given_its_part_of_its_card_and_a_cluster_only_what_it_
     }
     data = _layout({"device": "cuda:0", "gpu_memory_gb": 3, "models": {"a": smol}}, image)
     config = parse_config(data, card)
-    # The LLM's stated 3 GiB; the image lane what it leaves of the card; TTS is never on one.
+    # The LLM's stated 3 GiB; the image lane what it and the two CUDA contexts leave of the
+    # card; TTS is never on one.
     assert worker_spec(config, "llm", card).gpu_budget_bytes == 3 * GIB
-    assert worker_spec(config, "image", card).gpu_budget_bytes == 5 * GIB
+    assert worker_spec(config, "image", card).gpu_budget_bytes == 4 * GIB
     assert worker_spec(config, "tts", card).gpu_budget_bytes is None
     # A cluster's workers run on nodes whose cards this server's NVML does not see.
     ray = parse_config({**data, "cluster": {"engine": "ray", "address": "auto"}}, card)
     assert worker_spec(ray, "llm", card).gpu_budget_bytes == 3 * GIB
     assert worker_spec(ray, "image", card).gpu_budget_bytes is None
+
+
+def test_a_gpu_lane_counts_only_what_its_backend_places_on_the_card() -> None:
+    from ris.config.schema import LaneConfig, ModelSpec
+    from ris.lanes.base import BackendError
+    from ris.memory.fit import gpu_bytes_needed
+    from ris.memory.footprint import model_footprint
+    from ris.runtime.model_cache import ModelCache
+
+    smol = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048})
+    whole = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048, "n_gpu_layers": -1})
+    cfg = LaneConfig(default_model="a", models={"a": smol, "b": whole})
+    budget = 50 * MIB  # a fraction of the model: llama.cpp places the layers that fit
+    cache = ModelCache(cfg, "cuda:0", None, lambda name: object(), lambda msg: None, gpu_budget_bytes=budget)
+    fp = model_footprint(smol, cfg.parallel)
+    assert fp is not None and fp.total > budget
+    assert cache.get("a", announce=False) is not None  # loaded, partly on the card: not refused
+    assert cache.footprint("a") == layer_split(fp, budget).gpu_bytes <= budget
+    with pytest.raises(BackendError) as exc:  # every layer asked for: the whole model, refused
+        cache.get("b", announce=False)
+    assert exc.value.code == "model_too_large"
+    # A pipeline counts its plan's part (here one component at a time), an LLM folder all of it.
+    pipe = Footprint(
+        weights=3000 * MIB, margin=300 * MIB, components=(("unet", 2000 * MIB), ("vae", 1000 * MIB))
+    )
+    assert gpu_bytes_needed(pipe, 2500 * MIB) == 2300 * MIB
+    llm = Footprint(weights=3000 * MIB, kv=500 * MIB, margin=300 * MIB, components=(("", 3000 * MIB),))
+    assert gpu_bytes_needed(llm, 2500 * MIB) == llm.total

@@ -46,7 +46,9 @@ def test_binding_environment() -> None:
     env = Binding(cores=(1,), threads=1, nice=0, gpu=None).environment()
     assert env["CUDA_VISIBLE_DEVICES"] == ""
     assert all(env[v] == "1" for v in THREAD_ENV_VARS)
-    assert Binding(cores=None, threads=4, nice=0, gpu=2).environment()["CUDA_VISIBLE_DEVICES"] == "2"
+    gpu = Binding(cores=None, threads=4, nice=0, gpu=2).environment()
+    # NVML's index (the one the budget was sized by), in NVML's order
+    assert (gpu["CUDA_VISIBLE_DEVICES"], gpu["CUDA_DEVICE_ORDER"]) == ("2", "PCI_BUS_ID")
 
 
 def test_stop_scanner_holds_back_partial_stop_strings() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from ris.api.schemas import ErrorBody
 from ris.api.security import Guard, served_hosts
 from ris.config import Config
 from ris.runtime.engine import Engine
+from ris.services import speech_encoding
 
 # Every route module's router; this order is that of the paths in the OpenAPI schema (and so in
 # docs/API_REFERENCE.md).
@@ -163,6 +165,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=speech_encoding.preload, name="ris-preload-av", daemon=True).start()
         await eng.start()
         charts = asyncio.create_task(keep_chart_history(eng, app.state.charts))
         try:

@@ -205,6 +205,13 @@ class DiffusersImage(ImageBackend):
                     generator=generator,
                     callback_on_step_end=step_end,
                 ).images[0]
+        except BaseException:
+            if self.placement == "model_offload":
+                # diffusers puts offloaded parts back only when a call ends well: after an
+                # out-of-memory error or a cancel one may be left on the card, even half moved
+                # (accelerate then skips moving it again), and every later image would fail.
+                self._pipe.maybe_free_model_hooks()
+            raise
         finally:
             self._run = None
         buf = io.BytesIO()

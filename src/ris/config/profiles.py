@@ -18,8 +18,8 @@ working margins by the loader's own arithmetic, ris.memory.footprint, n_ctx 4096
   Qwen2.5-7B-Instruct Q4_K_M     4.68 GB    56 KiB per token (4 sequences: 0.88 GiB)
   Qwen2.5-14B-Instruct Q4_K_M    8.99 GB   192 KiB per token (4 sequences: 3 GiB)
   Qwen2.5-32B-Instruct Q4_K_M   19.85 GB   256 KiB per token (8 sequences: 8 GiB)
-  SD-Turbo fp16                  2.58 GB    UNet 1.73 GB; needs 2.64 GiB resident, 2.48 one part at a time
-  SDXL-Turbo fp16                6.95 GB    UNet 5.14 GB; needs 7.12 GiB resident, 6.73 one part at a time
+  SD-Turbo fp16                  2.58 GB    UNet 1.73 GB; needs 2.64 GiB resident, 1.85 one part at a time
+  SDXL-Turbo fp16                6.95 GB    UNet 5.14 GB; needs 7.12 GiB resident, 5.43 one part at a time
 
   card      reserve  LLM budget: model, sequences (needs)   image budget: SD-Turbo / SDXL-Turbo
   < 6 GB    1.0      card - 1.0: 1.5B, 4 (1.53 GiB)          on the CPU (no room beside the LLM)
@@ -35,8 +35,7 @@ Why these splits: the LLM is the real-time lane, so each card first gives it the
 whose weights and a few sequences' KV cache fit whole (every layer on the GPU); the image lane
 takes the rest, enough for SD-Turbo resident from 6 GB and SDXL-Turbo resident from 16 GB.
 SDXL-Turbo with one component on the card at a time (diffusers' model offload) needs its UNet
-and its next largest part (accelerate moves one in before the other out) plus a working margin,
-6.73 GiB: below 16 GB that is more than the image lane is left beside an
+plus a working margin, 5.43 GiB: below 16 GB that is more than the image lane is left beside an
 LLM, so the arithmetic gives it layer by layer (sequential offload, slow). Cards between two
 sizes (10, 11, 20, 32, 40 GB) get the smaller profile: raise a budget by hand to use the rest.
 """
@@ -60,7 +59,9 @@ GB = 10**9  # published file sizes are decimal
 # budgets leave it unused so that they fit the smallest card counted.
 CARD_SLACK_GIB = 0.25
 # The CUDA context each process on the card holds outside its models (kernels, cuBLAS
-# workspace): not measured here; 0.5 GiB is at the top of what is commonly reported.
+# workspace): measured once on an H200 (torch 2.11, CUDA 13) at 498 and 582 MiB per torch
+# worker; consumer cards with CUDA's lazy module loading hold less (not measured). 0.5 GiB is
+# kept; a headless card's unused desktop reserve covers the H200's excess.
 CONTEXT_GIB = 0.5
 # A desktop (compositor, browser) on the same card: not measured here; kept aside on every card.
 DESKTOP_GIB = 0.5
@@ -207,8 +208,9 @@ class GpuProfile:
         return {ref.name: image_plan(ref.footprint(), budget).plan for ref in IMAGE_REFERENCES}
 
     def image_models(self) -> tuple[PipelineReference, ...]:
-        """The pipelines to configure: those the budget holds whole (the diffusers backend moves a
-        whole pipeline to its device), the largest first as the default; SD-Turbo on the CPU."""
+        """The pipelines to configure: those the budget holds whole (one that does not runs
+        offloaded, much slower, so a profile never picks it), the largest first as the default;
+        SD-Turbo on the CPU."""
         if self.image_gib is None:
             return (SD_TURBO,)
         plans = self.image_plans()

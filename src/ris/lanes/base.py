@@ -67,7 +67,8 @@ class BackendContext:
     parallel: int = 1
     # A GPU lane's memory budget (WorkerSpec.gpu_budget_bytes) and, when the server could not
     # size it (no NVML there), the configured share of the card: torch backends cap their
-    # allocator to it (ris.backends.torch_memory), llama.cpp places the layers that fit.
+    # allocator to it (ris.backends.torch_memory), llama.cpp places the layers that fit a budget
+    # in bytes (a fraction alone, on a cluster node, leaves llama.cpp placing every layer).
     gpu_budget_bytes: int | None = None
     gpu_memory_fraction: float | None = None
 

@@ -102,8 +102,11 @@ class _Reader:
         return self._f.tell()
 
 
-def read_gguf(path: Path) -> GGUFInfo:
-    """The header of a GGUF file (versions 2 and 3)."""
+_SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, Any], int, dict[int, int]]:
+    """One GGUF file's metadata, tensor data bytes and bytes by repeated layer."""
     size = path.stat().st_size
     with path.open("rb") as f:
         r = _Reader(f, path)
@@ -134,6 +137,27 @@ def read_gguf(path: Path) -> GGUFInfo:
         m = _LAYER_RE.match(name)
         if m:
             by_layer[int(m.group(1))] = by_layer.get(int(m.group(1)), 0) + end - start
+    return meta, size - data_start, by_layer
+
+
+def read_gguf(path: Path) -> GGUFInfo:
+    """The header of a GGUF file (versions 2 and 3). A model split in shards
+    (`name-00001-of-00003.gguf`, as llama.cpp's gguf-split writes) is read from all of them:
+    llama.cpp loads the rest beside the first, and each shard's header lists its own tensors."""
+    meta, tensor_bytes, by_layer = _read_tensors(path)
+    shard = _SHARD_RE.match(path.name)
+    count = int(meta.get("split.count", 1))
+    if shard is not None and count > 1:
+        for i in range(1, count + 1):
+            other = path.with_name(f"{shard['stem']}-{i:05d}-of-{count:05d}.gguf")
+            if other == path:
+                continue
+            if not other.is_file():
+                raise ModelFileError(f"{path}: shard {i} of {count}, {other.name}, is missing beside it")
+            _, more_bytes, more_layers = _read_tensors(other)
+            tensor_bytes += more_bytes
+            for layer, n in more_layers.items():
+                by_layer[layer] = by_layer.get(layer, 0) + n
     arch = str(meta.get("general.architecture", "llama"))
 
     def num(key: str, default: int | None = None) -> int:
@@ -152,7 +176,7 @@ def read_gguf(path: Path) -> GGUFInfo:
         n_head_kv=num("attention.head_count_kv", n_head),
         head_dim_k=num("attention.key_length", head_dim),
         head_dim_v=num("attention.value_length", head_dim),
-        tensor_bytes=size - data_start,
+        tensor_bytes=tensor_bytes,
         layer_bytes=tuple(by_layer.get(i, 0) for i in range(n_layer)),
         metadata=meta,
     )

@@ -62,6 +62,9 @@ class Binding:
     def environment(self) -> dict[str, str]:
         env = {var: str(self.threads) for var in THREAD_ENV_VARS}
         env["CUDA_VISIBLE_DEVICES"] = "" if self.gpu is None else str(self.gpu)
+        # The lane's GPU index is NVML's (the fit checks size its budget from NVML's card):
+        # CUDA numbers cards fastest first unless told to follow the bus, as NVML does.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         # Models come from packages or configured paths, never from a hub at run time.
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"

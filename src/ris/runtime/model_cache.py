@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ris import messages as m
 from ris.config import LaneConfig
 from ris.config.fit_checks import ram_budget
+from ris.memory.fit import gpu_bytes_needed
 from ris.memory.footprint import model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
 
@@ -50,8 +51,8 @@ class ModelCache:
         self.models: dict[str, Any] = {}
         # A GPU lane's models live on its card: they are counted against its GPU budget there
         # (the RAM they also take while loading is the worker's ceiling's business).
-        on_gpu = device.startswith("cuda") and gpu_budget_bytes is not None
-        budget = gpu_budget_bytes if on_gpu else ram_budget(cfg, ceiling_bytes)
+        self._gpu_budget = gpu_budget_bytes if device.startswith("cuda") else None
+        budget = self._gpu_budget if self._gpu_budget is not None else ram_budget(cfg, ceiling_bytes)
         self.residency = Residency(budget, cfg.keep_alive_s, clock)
         self._footprints: dict[str, int | None] = {}
         self._load_s: dict[str, float] = {}
@@ -64,7 +65,12 @@ class ModelCache:
             except Exception:  # noqa: BLE001 - an unreadable header: the load itself will say why
                 traceback.print_exc()
                 fp = None
-            self._footprints[name] = None if fp is None else fp.total
+            if fp is None or self._gpu_budget is None:
+                self._footprints[name] = None if fp is None else fp.total
+            else:  # on the card only what the backend places there (layers, an offload plan)
+                layers = self._cfg.models[name].options.get("n_gpu_layers")
+                need = gpu_bytes_needed(fp, self._gpu_budget, None if layers is None else int(layers))
+                self._footprints[name] = need
         return self._footprints[name]
 
     def get(self, name: str, *, announce: bool = True) -> Any | Hold:

@@ -248,9 +248,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         )
     )
     runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, lending))
-    gpu_oom = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
+    gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
-        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom)
+        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message)
         return
     while True:
         try:  # idle, it wakes when a model's keep_alive ends
@@ -270,7 +270,14 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
 
         release_gpu = False
         try:
-            backend = cache.get(msg.model)  # one task at a time: nothing runs, so never held
+            try:
+                backend = cache.get(msg.model)  # one task at a time: nothing runs, so never held
+            except (BackendError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a model that cannot load fails its task (as in a batch)
+                traceback.print_exc()
+                release_gpu = _gpu_out_of_memory(e)  # a model too big for the card's free memory
+                raise BackendError("model_load_failed", f"{type(e).__name__}: {e}") from e
             cache.started(msg.model)
             try:
                 outcome = runner.run(backend, task_id, msg.request, cancelled)
@@ -289,10 +296,11 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             if _gpu_out_of_memory(e):
-                # torch raised before allocating: the models and the allocator are intact, and
-                # the worker serves on. The task's tensors are freed with the traceback, after
-                # this block: the cache is emptied then (finally), not on every task.
-                out.send(m.TaskError(task_id, "gpu_out_of_memory", gpu_oom))
+                # torch raised before allocating, and the backend put its model back as it was
+                # (an offloaded pipeline re-offloads its parts): the worker serves on. The
+                # task's tensors are freed with the traceback, after this block: the cache is
+                # emptied then (finally), not on every task.
+                out.send(m.TaskError(task_id, "gpu_out_of_memory", gpu_oom_message))
                 release_gpu = True
             else:
                 traceback.print_exc()
@@ -313,7 +321,7 @@ def _serve_concurrently(
     cache: ModelCache,
     state: _Shared,
     out: _SerialSender,
-    gpu_oom: str,
+    gpu_oom_message: str,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs or waits), admit new tasks in their order of
@@ -357,7 +365,7 @@ def _serve_concurrently(
             if _gpu_out_of_memory(e):
                 # A batch step's sequences share its tensors: none can be failed alone, and
                 # the runner's state after a failed step is not known. A fresh worker serves on.
-                fail_all("gpu_out_of_memory", gpu_oom, 1)
+                fail_all("gpu_out_of_memory", gpu_oom_message, 1)
             traceback.print_exc()
             fail_all("backend_error", f"{type(e).__name__}: {e}", 1)
         for task_id, result in ended:
