@@ -58,7 +58,7 @@ case ",$PARTS," in *,hf,*)
         --out "$OUT/gpu_hf_serve.json" 2>&1 | tee "$OUT/gpu_hf_serve.log" | tail -20
 esac
 case ",$PARTS," in *,small,*)
-    timeout "${T_SMALL:-150}" $PY bench/gpu_small_card.py --window-s "${WINDOW_S:-6}" \
+    timeout "${T_SMALL:-150}" $PY bench/gpu_small_card.py --window-s "${WINDOW_SMALL:-10}" \
         --out "$OUT/gpu_small_card.json" 2>&1 | tee "$OUT/gpu_small_card.log" | tail -14
 esac
 case ",$PARTS," in *,sharing,*)
