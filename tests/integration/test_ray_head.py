@@ -1,14 +1,18 @@
 """Cluster mode: losing the Ray head does not stop the server, and it joins the head again.
 
-A real head, started as an operator starts one (`ray start --head`, Ray's own defaults, token
-authentication included), in a process group of its own so the test can take it away whole
-(SIGKILL: the GCS, the raylet and the actors on it) and start it again on the same port. Ray
-would end the server's driver ~60 s after the head went (its GCS reconnect timeout); the test
-watches the server for longer than that.
+A real head, started as an operator starts one (`ray start --head`, Ray's own defaults) with
+token authentication on and its token in the environment (RAY_AUTH_TOKEN, as docs/CLUSTER.md
+says: Ray 2.60's `ray start --head` turns authentication on only where a token already exists,
+so a fresh machine's head would run without one), in a process group of its own so the test can
+take it away whole (SIGKILL: the GCS, the raylet and the actors on it) and start it again on the
+same port. Ray would end the server's driver ~60 s after the head went (its GCS reconnect
+timeout); the test watches the server for longer than that.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -57,6 +61,8 @@ class Head:
         ]
         self.log = tmp / "head.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # The cluster's token, for the head and every driver that joins it.
+        self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
     @property
     def address(self) -> str:
@@ -75,8 +81,11 @@ class Head:
             "--disable-usage-stats",
             "--block",
         ]
+        env = {**os.environ, **self.auth_env}
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         wait_for(self._answers, 90)
 
     def _answers(self) -> bool:
@@ -113,9 +122,8 @@ def serving(srv: Server) -> bool:
 def test_the_server_outlives_the_head_and_serves_again_when_it_returns(tmp_path: Path, head: Head) -> None:
     cfg = make_config(tmp_path, image={"enabled": False}, tts={"heartbeat_timeout_s": 3.0})
     cfg["cluster"] = {"engine": "ray", "address": head.address}
-    # As docs/CLUSTER.md says: `ray start --head` asks for its token, which the head wrote
-    # where Ray's driver looks for it on this machine.
-    srv = Server(tmp_path, cfg).start(timeout=300, env={"RAY_AUTH_MODE": "token"})
+    # As docs/CLUSTER.md says: the server's driver needs RAY_AUTH_MODE=token and the token.
+    srv = Server(tmp_path, cfg).start(timeout=300, env=head.auth_env)
     try:
         with Client(srv.url, timeout=60, max_retries=0) as c:
             assert c.synthesize("Before the head goes.").duration_s > 0.3
