@@ -41,14 +41,13 @@ import httpx
 from ris.benchmark.loadgen import run_phase
 from ris.benchmark.run import warm_up
 from ris.benchmark.summary import phase_figures
-from ris.benchmark.workload import Workload
 from ris.launch import ServiceProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_image_sharing import workload  # noqa: E402
 from hf_serve_compare import make_folder  # noqa: E402
 
 GIB = 2**30
-BYTES_PER_WORD = 7  # the folder's tokenizer: one token per byte; "please " is 7
 
 
 def lanes(
@@ -102,19 +101,7 @@ def phase(
     cfg = {"data_dir": str(work / "data"), "lanes": lanes(args, folder, llm, image, ("llm",))}
     svc = ServiceProcess(work / name.replace(" ", "_"), cfg).start(timeout=600)
     on = tuple(lane for lane, yes in (("llm", llm), ("image", image)) if yes)
-    w = Workload(
-        duration_s=args.window_s,
-        drain_s=60.0,
-        llm_clients=1,
-        llm_max_tokens=args.new_tokens,
-        llm_prompt_words=args.prompt_tokens // BYTES_PER_WORD,
-        llm_think_s=args.gap_s,
-        llm_plain_every=0,
-        tts_burst_size=0,
-        image_outstanding=2,
-        image_size=args.image_size,
-        image_steps=args.image_steps,
-    )
+    w = workload(args)  # gpu_image_sharing.py's: one chat client with think time, images two deep
     try:
         warm_up(svc.url, w, on)
         raw = asyncio.run(run_phase(svc.url, frozenset(on), w))
