@@ -56,14 +56,21 @@ def gpu_budget(config: Config, lane: str, machine: MachineInfo) -> int | None:
         return None
     if gpu >= len(machine.gpu_memory):
         return int(cfg.gpu_memory_gb * 2**30) if cfg.gpu_memory_gb is not None else None
-    name, total = machine.gpu_memory[gpu]
     sharing = [other for other in config.enabled_lanes if config.lane(other).gpu_index == gpu]
-    asks = [
-        LaneAsk(other, config.lane(other).gpu_memory_gb, config.lane(other).gpu_memory_fraction)
-        for other in sharing
-    ]
-    budgets, _ = gpu_budgets(Card(gpu, name, total), asks)  # a misfit is refused at start
+    budgets, _ = card_budgets(config, gpu, sharing, machine)  # a misfit is refused at start
     return budgets[lane]
+
+
+def card_budgets(
+    config: Config, gpu: int, lanes: list[str], machine: MachineInfo
+) -> tuple[dict[str, int], list[str]]:
+    """The budgets of `lanes` on NVML's card `gpu`, and the problems when they exceed it."""
+    name, total = machine.gpu_memory[gpu]
+    asks = [
+        LaneAsk(lane, config.lane(lane).gpu_memory_gb, config.lane(lane).gpu_memory_fraction)
+        for lane in lanes
+    ]
+    return gpu_budgets(Card(gpu, name, total), asks)
 
 
 def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
@@ -92,12 +99,7 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
     for gpu, lanes in sorted(on_card.items()):
         if gpu >= len(machine.gpu_memory):
             continue  # no NVML here: the card's memory is unknown (checks.py names a missing GPU)
-        name, total = machine.gpu_memory[gpu]
-        asks = [
-            LaneAsk(lane, config.lane(lane).gpu_memory_gb, config.lane(lane).gpu_memory_fraction)
-            for lane in lanes
-        ]
-        budgets, card_problems = gpu_budgets(Card(gpu, name, total), asks)
+        budgets, card_problems = card_budgets(config, gpu, lanes, machine)
         problems += card_problems
         for lane in lanes:
             if not kind(lane).preemptible:

@@ -49,7 +49,7 @@ from typing import Any, Literal
 from ris.catalogue import QWEN_LANGUAGES, lookup
 from ris.config.schema import ModelSpec
 from ris.lanes import Lane
-from ris.memory.fit import Plan, image_plan
+from ris.memory.fit import CUDA_CONTEXT_BYTES, Plan, image_plan
 from ris.memory.footprint import GGUF_MARGIN_BYTES, Footprint, kv_bytes_per_token, torch_footprint
 
 GIB = 2**30
@@ -62,7 +62,7 @@ CARD_SLACK_GIB = 0.25
 # workspace): measured once on an H200 (torch 2.11, CUDA 13) at 498 and 582 MiB per torch
 # worker; consumer cards with CUDA's lazy module loading hold less (not measured). 0.5 GiB is
 # kept; a headless card's unused desktop reserve covers the H200's excess.
-CONTEXT_GIB = 0.5
+CONTEXT_GIB = CUDA_CONTEXT_BYTES / GIB  # the fit checks' own figure (0.5 GiB)
 # A desktop (compositor, browser) on the same card: not measured here; kept aside on every card.
 DESKTOP_GIB = 0.5
 # Context of each LLM sequence in the suggested models' options (the catalogue's too).
