@@ -131,35 +131,53 @@ def chat(url: str, model: str, tokens: int) -> float:
     started = time.perf_counter()
     body = {"model": model, "messages": [{"role": "user", "content": "hello " * 16}], "max_tokens": tokens}
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
-    r.raise_for_status()
+    if r.status_code != 200:
+        raise RuntimeError(f"model {model}: HTTP {r.status_code} {r.text[:600]}")
     return time.perf_counter() - started
 
 
 def switch(args: argparse.Namespace, folder: Path, work: Path) -> dict[str, Any]:
-    """The folder under two names in a lane whose budget holds one: each request alternates."""
+    """The folder under two names in a lane whose budget holds one: each request alternates.
+    A failed request ends the part with its error, the lane's GPU memory after each request and
+    the server log's tail, rather than the whole benchmark."""
     cfg = {"data_dir": str(work / "data"), "lanes": lanes(args, folder, True, False, ("a", "b"))}
     svc = ServiceProcess(work / "switch", cfg).start(timeout=600)
+    loaded: list[float] = []
+    switches: list[float] = []
+    memory: list[float | None] = []
+    error = None
     try:
         cold_models = httpx.get(f"{svc.url}/api/models", timeout=30).json()["lanes"]["llm"]
-        chat(svc.url, "a", 4)  # warm
-        loaded = [chat(svc.url, "a", 4) for _ in range(3)]
-        switches = [chat(svc.url, name, 4) for name in ("b", "a", "b", "a")]
+        try:
+            chat(svc.url, "a", 4)  # warm
+            loaded = [chat(svc.url, "a", 4) for _ in range(3)]
+            memory.append(gpu_mib(svc, "llm"))
+            for name in ("b", "a", "b", "a"):
+                switches.append(chat(svc.url, name, 4))
+                memory.append(gpu_mib(svc, "llm"))
+        except Exception as exc:  # noqa: BLE001 - reported with the server's side of it
+            error = str(exc)
         models = httpx.get(f"{svc.url}/api/models", timeout=30).json()["lanes"]["llm"]
         log = svc.log()
     finally:
         svc.stop()
     cold = next(m["last_load_s"] for m in cold_models if m["name"] == "a")  # at start
-    loaded_s = sorted(loaded)[len(loaded) // 2]
-    return {
+    loaded_s = sorted(loaded)[len(loaded) // 2] if loaded else None
+    result: dict[str, Any] = {
         "cold_load_s": cold,
         "loaded_request_s": loaded_s,
         "switch_request_s": switches,
-        "switch_s_median": sorted(switches)[len(switches) // 2] - loaded_s,
+        "switch_s_median": (sorted(switches)[len(switches) // 2] - loaded_s) if switches and loaded_s else None,
+        "gpu_mib_after_each": memory,
         "reload_s": {m["name"]: m["last_load_s"] for m in models},
         "resident": [m["name"] for m in models if m["loaded"]],
         "footprint_mib": {m["name"]: (m["footprint"] or {}).get("total_bytes", 0) / 2**20 for m in models},
         "evictions_in_log": log.count("evicted"),
     }
+    if error is not None:
+        result["error"] = error
+        result["log_tail"] = log[-6000:]
+    return result
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -217,17 +235,6 @@ def main() -> int:
         device = "cpu" if args.smoke else "cuda"  # random weights drawn on the GPU: seconds, not minutes
         make_folder(args.llm_shape, "float32" if args.smoke else "bfloat16", folder, device)
         print(f"model folder written in {time.perf_counter() - started:.1f} s", flush=True)
-        if "switch" in args.parts:
-            result["switch"] = switch(args, folder, work)
-            s = result["switch"]
-            print(json.dumps(s), flush=True)
-            if s["cold_load_s"]:
-                print(
-                    f"switch {s['switch_s_median']:.2f} s vs cold load {s['cold_load_s']:.2f} s: "
-                    f"{s['switch_s_median'] / s['cold_load_s']:.2f}x",
-                    flush=True,
-                )
-            out.write_text(json.dumps(result, indent=1))
         if "phases" in args.parts:
             for name, llm, image in (
                 ("LLM alone", True, False),
@@ -240,6 +247,18 @@ def main() -> int:
                 out.write_text(json.dumps(result, indent=1))
             result["table"] = table(result["rows"])
             print("\n" + result["table"], flush=True)
+        if "switch" in args.parts:
+            result["switch"] = switch(args, folder, work)
+            s = result["switch"]
+            print(json.dumps({k: v for k, v in s.items() if k != "log_tail"}), flush=True)
+            print(s.get("log_tail", ""), flush=True)
+            if s["cold_load_s"] and s["switch_s_median"] is not None:
+                print(
+                    f"switch {s['switch_s_median']:.2f} s vs cold load {s['cold_load_s']:.2f} s: "
+                    f"{s['switch_s_median'] / s['cold_load_s']:.2f}x",
+                    flush=True,
+                )
+            out.write_text(json.dumps(result, indent=1))
     out.write_text(json.dumps(result, indent=1))
     return 0
 

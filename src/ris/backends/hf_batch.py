@@ -232,9 +232,14 @@ class TransformersBatch(LLMBatch):
         return keys
 
     def close(self) -> None:
+        if not hasattr(self, "_engine"):
+            return  # closed already
         self.abort()
         self._engine.stop(block=True, timeout=10, hard_stop=True)
         self._engine.destroy()
+        # The engine holds the KV cache (and on a GPU its CUDA graphs' memory pools); the
+        # model holds the weights: neither may outlive the backend's unload.
+        del self._engine, self._model
 
     # ----- helpers ---------------------------------------------------------------------------
 

@@ -221,6 +221,4 @@ class DiffusersImage(ImageBackend):
         )
 
     def close(self) -> None:
-        del self._pipe
-        if self._cuda:
-            torch.cuda.empty_cache()
+        del self._pipe  # the model cache collects it and returns the card's memory

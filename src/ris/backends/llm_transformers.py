@@ -174,7 +174,7 @@ class TransformersLLM(LLMBackend):
         return generate_alone(self._batch, req, out)
 
     def close(self) -> None:
+        # Every reference to the weights and the KV cache goes (the batch holds the model too):
+        # the model cache collects them next and hands the card's memory back to the budget.
         self._batch.close()
-        del self._model
-        if self._device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        del self._batch, self._model

@@ -9,6 +9,7 @@ Only the worker's main thread calls it: models are not re-entrant, and neither i
 from __future__ import annotations
 
 import gc
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +32,15 @@ class Hold:
     """The model cannot load until the running work on `blocked_by` drains."""
 
     blocked_by: tuple[str, ...]
+
+
+def _return_gpu_memory() -> None:
+    """torch keeps a freed model's blocks cached in the worker: give them back to the card, so
+    the next model's load (and nvidia-smi, and the lane's reported memory) sees them free. Only
+    where torch is already loaded and has touched a GPU: a CPU worker never imports it here."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class ModelCache:
@@ -119,6 +129,7 @@ class ModelCache:
         backend.close()
         del backend
         gc.collect()  # the library's buffers go with the last reference, now rather than later
+        _return_gpu_memory()
         self._send(m.ModelUnloaded(name, reason))
 
     def started(self, name: str) -> None:
