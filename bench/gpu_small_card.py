@@ -167,7 +167,7 @@ def switch(args: argparse.Namespace, folder: Path, work: Path) -> dict[str, Any]
         "cold_load_s": cold,
         "loaded_request_s": loaded_s,
         "switch_request_s": switches,
-        "switch_s_median": (sorted(switches)[len(switches) // 2] - loaded_s) if switches and loaded_s else None,
+        "switch_s_median": sorted(switches)[len(switches) // 2] - loaded_s if switches and loaded_s else None,
         "gpu_mib_after_each": memory,
         "reload_s": {m["name"]: m["last_load_s"] for m in models},
         "resident": [m["name"] for m in models if m["loaded"]],

@@ -348,3 +348,51 @@ def test_a_gpu_out_of_memory_fails_its_task_alone_naming_the_budget_and_the_work
     finally:
         chan.close()
         lanes.unregister("count")
+
+
+class LoadsPastTheCard(Counter):
+    """A model whose load runs out of GPU memory, as one does that the budget held on paper
+    but the card (or memory an evicted model still held) did not."""
+
+    def __init__(self, *args: Any) -> None:
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+
+def test_a_load_out_of_gpu_memory_fails_its_task_with_the_numbers_and_the_worker_serves_on(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("torch")
+    models = {"one": ModelSpec(backend="counter"), "big": ModelSpec(backend="counter")}
+    config = LaneConfig(default_model="one", models=models)
+    spec = dataclasses.replace(
+        count_worker(tmp_path, "one", LANE.backend_target("counter")),
+        lane_config_json=config.model_dump_json(),
+        backends={"one": LANE.backend_target("counter"), "big": f"{__name__}:LoadsPastTheCard"},
+        device="cuda:0",  # only the model cache reads it: its models are counted on the card
+        gpu_budget_bytes=3 * 2**30,
+    )
+    chan, worker = _serving(spec)
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "big", CountRequest(upto=1)))
+        error = chan.take()
+        assert isinstance(error, m.TaskError) and error.code == "model_load_failed", error
+        # What to act on: that it was GPU memory, during the load, what stayed loaded, the fix.
+        for part in (
+            "model 'big' ran out of GPU memory while loading",
+            "the lane's GPU budget (3,072 MiB)",
+            "still loaded: one",
+            "gpu_memory_gb",
+        ):
+            assert part in error.message, error.message
+        assert "OutOfMemoryError: CUDA out of memory" in error.message
+        chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))
+        assert [chan.take(), chan.take()] == [m.TaskOutput("t2", 1), m.TaskDone("t2", CountOutcome(1))]
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+        assert not worker.is_alive()
+    finally:
+        chan.close()
+        lanes.unregister("count")

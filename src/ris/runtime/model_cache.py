@@ -34,13 +34,37 @@ class Hold:
     blocked_by: tuple[str, ...]
 
 
-def _return_gpu_memory() -> None:
-    """torch keeps a freed model's blocks cached in the worker: give them back to the card, so
-    the next model's load (and nvidia-smi, and the lane's reported memory) sees them free. Only
-    where torch is already loaded and has touched a GPU: a CPU worker never imports it here."""
+def _cuda_torch() -> Any:
+    """torch where this worker has loaded it and touched a GPU, else None: a CPU worker never
+    imports it here."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
+    return torch if torch is not None and torch.cuda.is_initialized() else None
+
+
+def return_gpu_memory() -> None:
+    """torch keeps freed blocks cached in the worker (an evicted model's, a failed task's):
+    give them back to the card, so the next load (and nvidia-smi, and the lane's reported
+    memory) sees them free."""
+    torch = _cuda_torch()
+    if torch is not None:
         torch.cuda.empty_cache()
+
+
+def gpu_out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory error (the allocator's cap or the card's own end)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(oom, type) and isinstance(e, oom)
+
+
+def _held_on_gpu() -> str:
+    torch = _cuda_torch()
+    if torch is None:
+        return "torch has not touched the GPU"
+    return (
+        f"this worker's torch holds {torch.cuda.memory_allocated() / 2**20:,.0f} MiB allocated, "
+        f"{torch.cuda.memory_reserved() / 2**20:,.0f} MiB reserved"
+    )
 
 
 class ModelCache:
@@ -101,7 +125,13 @@ class ModelCache:
         for other in decision.evict:
             self.unload(other, "evicted")
         started = time.perf_counter()
-        backend = self._construct(name)
+        try:
+            backend = self._construct(name)
+        except (BackendError, MemoryError):
+            raise  # the backend's own refusal (a bad model), or the worker's ceiling
+        except Exception as e:  # noqa: BLE001 - a model that cannot load fails its task alone
+            traceback.print_exc()
+            raise BackendError("model_load_failed", self._load_failure(name, need, e)) from e
         load_s = time.perf_counter() - started
         self.models[name] = backend
         self._load_s[name] = load_s
@@ -109,6 +139,24 @@ class ModelCache:
         if announce:
             self._send(m.ModelLoaded(self.info(name)))
         return backend
+
+    def _load_failure(self, name: str, need: int, e: Exception) -> str:
+        """Why `name` did not load; out of GPU memory, with the numbers to act on (what the
+        model was counted at, the budget, what torch still held, what stayed loaded), after
+        handing the failed load's blocks back to the card."""
+        text = f"{type(e).__name__}: {e}"
+        if not gpu_out_of_memory(e):
+            return text
+        gc.collect()  # the half-built model goes with the traceback's frames
+        return_gpu_memory()
+        budget = "none" if self._gpu_budget is None else f"{self._gpu_budget / 2**20:,.0f} MiB"
+        loaded = ", ".join(self.models) or "none"
+        return (
+            f"model {name!r} ran out of GPU memory while loading: counted at {need / 2**20:,.0f} MiB "
+            f"against the lane's GPU budget ({budget}); {_held_on_gpu()}; still loaded: {loaded}. "
+            f"Lower the lane's parallel or the model's kv_cache_tokens, or raise gpu_memory_gb. "
+            f"{text[:400]}"
+        )
 
     def info(self, name: str) -> m.ModelInfo:
         details: m.ModelDetails = self.models[name].describe()
@@ -129,7 +177,7 @@ class ModelCache:
         backend.close()
         del backend
         gc.collect()  # the library's buffers go with the last reference, now rather than later
-        _return_gpu_memory()
+        return_gpu_memory()
         self._send(m.ModelUnloaded(name, reason))
 
     def started(self, name: str) -> None:

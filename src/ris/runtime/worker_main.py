@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
@@ -36,6 +35,7 @@ from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 from ris.runtime.binding import apply_binding, observed_affinity
 from ris.runtime.cpu_share import apply_min_cpu_share
 from ris.runtime.lending import CoreLending
+from ris.runtime.model_cache import gpu_out_of_memory, return_gpu_memory
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
@@ -47,20 +47,6 @@ EXIT_OUT_OF_MEMORY = 3
 _OUT_OF_MEMORY = (
     "the task needed more memory than the lane's ceiling (memory_limit_mb) allows; the worker was restarted"
 )
-
-
-def _gpu_out_of_memory(e: BaseException) -> bool:
-    """torch's out-of-memory error (the allocator's cap or the card): worker_main imports no
-    torch, and a worker whose backends never loaded it cannot raise one."""
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    return isinstance(oom, type) and isinstance(e, oom)
-
-
-def _release_gpu_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 def _gpu_budget_message(budget_bytes: int | None, fraction: float | None) -> str:
@@ -270,14 +256,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
 
         release_gpu = False
         try:
-            try:
-                backend = cache.get(msg.model)  # one task at a time: nothing runs, so never held
-            except (BackendError, MemoryError):
-                raise
-            except Exception as e:  # noqa: BLE001 - a model that cannot load fails its task (as in a batch)
-                traceback.print_exc()
-                release_gpu = _gpu_out_of_memory(e)  # a model too big for the card's free memory
-                raise BackendError("model_load_failed", f"{type(e).__name__}: {e}") from e
+            # One task at a time: nothing runs, so never held. A load that fails raises
+            # BackendError model_load_failed (the cache's message says why, in numbers).
+            backend = cache.get(msg.model)
             cache.started(msg.model)
             try:
                 outcome = runner.run(backend, task_id, msg.request, cancelled)
@@ -295,7 +276,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
             os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
-            if _gpu_out_of_memory(e):
+            if gpu_out_of_memory(e):
                 # torch raised before allocating, and the backend put its model back as it was
                 # (an offloaded pipeline re-offloads its parts): the worker serves on. The
                 # task's tensors are freed with the traceback, after this block: the cache is
@@ -308,7 +289,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         finally:
             state.ended(task_id)
             if release_gpu:
-                _release_gpu_cache()
+                return_gpu_memory()
                 release_gpu = False
             if spec.lends and inbox.empty():
                 publish(Activity.IDLE)  # marked busy on arrival: idle again once none waits
@@ -362,7 +343,7 @@ def _serve_concurrently(
         except MemoryError:
             fail_all("worker_out_of_memory", _OUT_OF_MEMORY, EXIT_OUT_OF_MEMORY)
         except Exception as e:  # noqa: BLE001 - a bug in the runner: never a silent hang
-            if _gpu_out_of_memory(e):
+            if gpu_out_of_memory(e):
                 # A batch step's sequences share its tensors: none can be failed alone, and
                 # the runner's state after a failed step is not known. A fresh worker serves on.
                 fail_all("gpu_out_of_memory", gpu_oom_message, 1)
