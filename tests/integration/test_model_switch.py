@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = with_plugins(tmp_path_factory.mktemp("switch"), [], {"llm": _llm_lane()})
     yield server
     server.stop()
+
+
+def running_tasks(srv: Server) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = httpx.get(f"{srv.url}/api/tasks", params={"state": "running"}).json()[
+        "tasks"
+    ]
+    return tasks
 
 
 def models(srv: Server) -> dict[str, dict[str, Any]]:
@@ -138,10 +146,30 @@ def test_a_switch_waits_for_the_running_batch_to_drain(srv: Server) -> None:
     t = threading.Thread(target=stream_long)
     t.start()
     assert first_token.wait(60)  # the batch runs model a
-    switch = generate(srv, "smol-b")  # dispatched to the second slot, held until a drains
+    switched: dict[str, Any] = {}
+    s = threading.Thread(target=lambda: switched.update(generate(srv, "smol-b")))
+    s.start()  # dispatched to the second slot, held until a drains
+
+    def held() -> dict[str, Any] | None:
+        running = http.get("/api/tasks", params={"lane": "llm", "state": "running"}).json()["tasks"]
+        return next((task for task in running if task["model"] == "smol-b"), None)
+
+    # While a's batch runs, the switch's task is running as the scheduler counts it and says
+    # what it waits for, its ETA counting the load.
+    seen = []
+    while not long_done and t.is_alive():
+        view = held()
+        if view is not None:
+            seen.append(view)
+        time.sleep(0.02)
+    waiting = [v for v in seen if v["waiting_for"] == "model_load"]
+    assert waiting, seen
+    assert all(v["eta_s"] is not None and v["eta_s"] > 0 for v in waiting), waiting
     t.join(120)
+    s.join(120)
     assert long_done["finish_reason"] == "length" and long_done["usage"]["completion_tokens"] == 120
-    assert switch["usage"]["completion_tokens"] > 0
+    assert switched["usage"]["completion_tokens"] > 0
+    assert http.get(f"/api/tasks/{switched['task_id']}").json()["waiting_for"] is None
     long_task = http.get(f"/api/tasks/{long_done['task_id']}").json()
     events = httpx.get(f"{srv.url}/api/console/state").json()["model_events"]
     evicted = [e for e in events if e["event"] == "evicted" and e["model"] == "smol-a"][-1]
@@ -206,6 +234,20 @@ def test_the_console_shows_footprints_and_model_events(srv: Server) -> None:
                 re.compile(r"^cpu, 16\d\.\d MiB \(weights 92\.1 MiB, KV 22\.5 MiB\)$")
             )
             expect(page.locator('tr[data-model="smol-a"] td.memory')).to_contain_text("not loaded, 16")
+            # A request held for a switch: the work page's running table says it waits for
+            # its model's load (smol-b's long batch runs; smol-a loads once that drains).
+            page.goto(srv.url + "/ui/work")
+            body = {"prompt": "Tell me a long story.", "model": "smol-b", "max_tokens": 400, "temperature": 0}
+            long = threading.Thread(
+                target=lambda: httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120)
+            )
+            long.start()
+            wait_for(lambda: any(t["model"] == "smol-b" for t in running_tasks(srv)), timeout=30)
+            switch = threading.Thread(target=lambda: generate(srv, "smol-a"))
+            switch.start()
+            expect(page.locator("#running")).to_contain_text("loading smol-a", timeout=15_000)
+            long.join(120)
+            switch.join(120)
             assert not errors, errors
         finally:
             browser.close()

@@ -295,6 +295,20 @@ def test_eta_includes_the_load_of_a_model_not_loaded_until_its_first_output() ->
     assert sched.eta("t1") == pytest.approx(1.0 - 0.5)  # a first output: loaded, the run remains
 
 
+def test_eta_of_a_task_held_for_a_model_switch_counts_the_drain_then_the_load() -> None:
+    # Two slots: t0 runs model a; t1 (model b, 3 s to load) is dispatched beside it, but the
+    # worker holds it until a's batch drains. Without `behind` its ETA would fall to 0 as
+    # t0 runs on; with it: t0's remaining time, then the load, then its own run.
+    sched, clock = make(slots=2)
+    sched.submit(spec())
+    sched.submit(TaskSpec(lane=Lane.LLM, load_s=3.0))
+    sched.dispatch()
+    clock.advance(5.0)  # t0 runs long past the 1 s estimate, t1 still held
+    sched.progress("t0", 5, 10)  # half done in 5 s: 5 s more
+    assert sched.eta("t1") == pytest.approx(0.0)  # what a held task said before
+    assert sched.eta("t1", behind=("t0", "t1")) == pytest.approx(5.0 + 3.0 + 1.0)
+
+
 def test_finished_tasks_are_forgotten_beyond_the_limit() -> None:
     clock = FakeClock()
     sched = Scheduler({Lane.LLM: LanePolicy(keep_finished=2)}, clock)

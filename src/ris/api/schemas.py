@@ -162,6 +162,9 @@ class ImageProgress(BaseModel):
     progress: float
     queue_position: int | None
     eta_s: float | None
+    waiting_for: str | None = Field(
+        default=None, description='"model_load" while its worker loads the model (counted in eta_s)'
+    )
     error: dict[str, str] | None
 
 

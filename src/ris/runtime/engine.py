@@ -46,7 +46,7 @@ from ris.runtime.tenancy import ANONYMOUS, Principal
 from ris.runtime.views import TaskHandle, TaskView, stored_view, task_view
 from ris.runtime.workers import pool_class
 from ris.runtime.workers.base import WorkerPool, WorkerSpec
-from ris.scheduler import CancelOutcome, QueueFull, Scheduler, TaskSpec, TaskState
+from ris.scheduler import CancelOutcome, QueueFull, Scheduler, Task, TaskSpec, TaskState
 
 log = logging.getLogger("ris.engine")
 
@@ -494,7 +494,7 @@ class Engine:
         elif not handle.keep_files:
             handle.collector.release()  # streamed, not kept: its streams read on from the open file
         handle.events.put_nowait(None)
-        view = task_view(task, self._scheduler, self._wall)
+        view = self._view(task)
         if recorded is None or recorded.done():
             _resolve(handle, view)
         else:
@@ -612,13 +612,29 @@ class Engine:
                 out[lane] = waiting
         return out
 
+    def _view(self, task: Task) -> TaskView[Any]:
+        """A task as clients see it. One the scheduler counts as running whose worker does
+        not hold its model yet waits for a load ("model_load": the worker says ModelLoaded
+        before the task's first output), after the running tasks of other models there (a
+        switch waits for their batch to drain): its ETA counts both."""
+        replica = self._where.get(task.id)
+        model = task.spec.payload[0] if task.spec.payload else None
+        if task.state is not TaskState.RUNNING or replica is None or model is None or model in replica.models:
+            return task_view(task, self._scheduler, self._wall)
+        behind = tuple(t for t in replica.running if self._model_of(t) not in (model, None))
+        return task_view(task, self._scheduler, self._wall, "model_load", behind)
+
+    def _model_of(self, task_id: str) -> str | None:
+        task = self._scheduler.get(task_id)
+        return task.spec.payload[0] if task is not None and task.spec.payload else None
+
     def lookup(self, task_id: str, viewer: Principal = ANONYMOUS) -> TaskView[Any] | None:
         """A task from the scheduler (live and recent) or the durable store (older, or from
         before a restart); None when there is none, or when `viewer` may not see it (another
         user's task does not exist for a user)."""
         task = self._scheduler.get(task_id)
         if task is not None and viewer.sees(task.spec.owner):
-            return task_view(task, self._scheduler, self._wall)
+            return self._view(task)
         # Not live (or not the viewer's): the store. Another user's live task is looked for
         # there too, so that its answer costs what an unknown id's does.
         st = self.durable.store.get(task_id) if self.durable is not None else None
@@ -636,7 +652,7 @@ class Engine:
             if (state is None or t.state.value == state) and viewer.sees(t.spec.owner)
         ]
         found.sort(key=lambda t: t.submitted_at, reverse=True)
-        return [task_view(t, self._scheduler, self._wall) for t in found[:limit]]
+        return [self._view(t) for t in found[:limit]]
 
     def durable_tasks(
         self, lane: str, state: str | None = None, limit: int = 100, *, viewer: Principal
@@ -685,7 +701,7 @@ class Engine:
                 self._handles,
                 tasks,
                 now=now,
-                view=lambda t: task_view(t, self._scheduler, self._wall),
+                view=self._view,
                 wall=self._to_wall,
                 visible=lambda t: viewer.sees(t.spec.owner),
             )

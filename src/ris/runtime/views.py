@@ -108,6 +108,9 @@ class TaskView(Generic[R]):
     # The key that created it (ris.runtime.tenancy): a named key's name, "key:<fingerprint>"
     # for a plain key, None with no key configured.
     owner: str | None = None
+    # What a running task waits for before its work starts: "model_load" while its worker
+    # loads its model (a switch: evicting another, or a first use); its ETA counts the load.
+    waiting_for: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -115,10 +118,15 @@ class TaskView(Generic[R]):
 
 
 def task_view(
-    task: Task, scheduler: Scheduler, wall: Callable[[float | None], float | None]
+    task: Task,
+    scheduler: Scheduler,
+    wall: Callable[[float | None], float | None],
+    waiting_for: str | None = None,
+    behind: tuple[str, ...] = (),
 ) -> TaskView[Any]:
     """A live (or recently finished) task as clients see it; `wall` turns scheduler times into
-    Unix seconds."""
+    Unix seconds; `waiting_for` is the engine's word on a running task (TaskView), `behind`
+    the running tasks it waits for (Scheduler.eta)."""
     model = task.spec.payload[0] if task.spec.payload else ""
     return TaskView(
         id=task.id,
@@ -132,11 +140,12 @@ def task_view(
         queue_position=scheduler.position(task.id),
         progress_done=task.progress_done,
         progress_total=task.progress_total,
-        eta_s=scheduler.eta(task.id),
+        eta_s=scheduler.eta(task.id, behind),
         error_code=task.error_code,
         error_message=task.error_message,
         result=task.result,
         owner=task.spec.owner,
+        waiting_for=waiting_for,
     )
 
 

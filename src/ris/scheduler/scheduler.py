@@ -419,14 +419,20 @@ class Scheduler:
             return None
         return self._book(task.lane).queue.ordered().index(task)
 
-    def eta(self, task_id: str) -> float | None:
+    def eta(self, task_id: str, behind: Iterable[str] = ()) -> float | None:
         """Estimated seconds until the task finishes, from the lane's mean run time, plus its
-        model's load time while that is still ahead of it (no progress yet)."""
+        model's load time while that is still ahead of it (no progress yet). `behind`: running
+        tasks the worker holds it behind (a model switch waits for their batch to drain):
+        their end, then the load, then its own run."""
         task = self._tasks.get(task_id)
         if task is None or task.state.finished:
             return None
         book = self._book(task.lane)
         est = book.run_estimate
+        holding = [t for t in behind if t != task_id]
+        if task.state is TaskState.RUNNING and holding:
+            drain = max((self.eta(t) or 0.0 for t in holding), default=0.0)
+            return drain + task.spec.load_s + est
         if task.state is TaskState.RUNNING:
             if task.progress_total and task.started_at is not None and task.progress_done:
                 elapsed = self._clock() - task.started_at

@@ -114,6 +114,7 @@ def progress_body(view: TaskView[Any]) -> dict[str, Any]:
         progress=fraction,
         queue_position=view.queue_position,
         eta_s=view.eta_s,
+        waiting_for=view.waiting_for,
         error={"code": view.error_code or "failed", "message": view.error_message or ""}
         if view.state in ("failed", "cancelled")
         else None,
