@@ -57,6 +57,7 @@ def test_llm_worker_killed_mid_generation(crash_server: Server) -> None:
         assert result, "the in-flight request did not end within 15 s"
         r = result[0]
         assert r.status_code == 503 and r.json()["error"]["code"] == "worker_crashed"
+        assert r.headers["Retry-After"] == "5"  # the lane is back within seconds
         wait_for(lambda: not ready(srv)["llm"], 5)
         # Speech is untouched while the LLM lane recovers.
         assert c.synthesize("Still speaking.").duration_s > 0.3

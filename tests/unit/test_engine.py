@@ -274,7 +274,8 @@ async def test_tasks_queued_before_a_lane_waits_for_its_cluster_fail_at_once(tmp
         failed = await queued.done
         assert (failed.state, failed.error_code) == ("failed", "lane_pending")
         assert failed.error_message is not None and "stopped answering" in failed.error_message
-        assert task_error("lane_pending", failed.error_message).status == 503  # as when refused
+        refused = task_error("lane_pending", failed.error_message)
+        assert (refused.status, refused.headers) == (503, {"Retry-After": "5"})  # as when refused
         assert eng.lookup(running.task_id).state == "running"  # type: ignore[union-attr]
         assert eng.lookup(picture.task_id).state == "queued"  # type: ignore[union-attr]
 

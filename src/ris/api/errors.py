@@ -90,8 +90,13 @@ def queue_full(e: QueueFull) -> APIError:
     return APIError(429, "queue_full", f"{e}; retry after {retry} s", headers={"Retry-After": retry})
 
 
+# A 503 failure is the lane's passing state (a worker replaced, a lane waiting for its cluster,
+# a server restarting): a client may try again, after as long as a refused request is told.
+RETRY_AFTER_503 = "5"
+
+
 def lane_unavailable(e: LaneUnavailable) -> APIError:
-    return APIError(503, e.code, str(e), headers={"Retry-After": "5"})
+    return APIError(503, e.code, str(e), headers={"Retry-After": RETRY_AFTER_503})
 
 
 # HTTP status of a task (or a speaking pipeline) that ended without success, by its error code
@@ -125,7 +130,9 @@ FAILURE_STATUS = {
 
 def task_error(code: str, message: str) -> APIError:
     """The error response for a failure reported by code (a task's, or the speaking pipeline's)."""
-    return APIError(FAILURE_STATUS.get(code, 500), code, message)
+    status = FAILURE_STATUS.get(code, 500)
+    retry = {"Retry-After": RETRY_AFTER_503} if status == 503 else None
+    return APIError(status, code, message, headers=retry)
 
 
 def failure(view: TaskView[Any]) -> APIError:
