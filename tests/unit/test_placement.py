@@ -4,6 +4,8 @@ of nodes can host (and the words that say so), and the config rules for Ray."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +228,32 @@ def test_the_outbox_gives_what_was_written_since_the_last_drain_in_order() -> No
     out.end()
     assert out.drain(5) == (["done"], True)  # at once: it has something
     assert out.drain(5) == ([], True)  # ended: no wait
+
+
+def test_a_full_outbox_holds_the_worker_until_the_stream_reads() -> None:
+    # A server that stops reading must not let a worker's messages pile up in the actor.
+    pytest.importorskip("ray")
+    from ris.runtime.workers.ray import _Outbox
+
+    out = _Outbox(limit=3)
+    sent: list[int] = []
+
+    def worker() -> None:
+        for n in range(5):
+            out.send(n)
+            sent.append(n)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while len(sent) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.1)  # room for a fourth send, were it not held
+    assert sent == [0, 1, 2]
+    assert out.drain(1) == ([0, 1, 2], False)  # the read frees the room: the worker goes on
+    t.join(5)
+    assert not t.is_alive() and sent == [0, 1, 2, 3, 4]
+    assert out.drain(1) == ([3, 4], False)
 
 
 def test_lanes_that_each_fit_but_not_together_are_refused_before_one_waits_for_ever() -> None:

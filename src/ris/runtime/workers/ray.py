@@ -9,7 +9,8 @@ two actor methods, each in a concurrency group of one thread of its own:
               message the worker has written since the last yield (tokens, audio, progress,
               results, heartbeats), as soon as there is one, in order.
 A message reaches the engine one report of Ray's after the worker wrote it. Ray holds at most
-BACKLOG unread yields; beyond that the worker's messages wait in the actor and leave together.
+BACKLOG unread yields; beyond that the worker's messages wait in the actor and leave together,
+and past OUTBOX_LIMIT of them the worker waits too, as a local worker does on a full pipe.
 Results are values inside the messages (image bytes, audio samples), never paths: the nodes
 share no disk. The engine's pure supervisor sees this worker as it sees a process:
 heartbeats, `alive()` false once Ray says the actor died (killed, or its node lost), and a
@@ -66,6 +67,9 @@ QUIET_YIELD_S = 2.0
 # Yields Ray holds for the server before the actor's next yield waits: beyond them a slow reader
 # gets the messages written meanwhile together, in one yield.
 BACKLOG = 8
+# Messages the worker may write ahead of the stream's next yield (one yield takes them all):
+# a second of tokens at 256 tokens/s; audio and image results are one message each.
+OUTBOX_LIMIT = 256
 # An actor whose node has room yields within a few seconds (its process starts, it has not
 # loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
@@ -110,15 +114,20 @@ class _Inbox:
 
 
 class _Outbox:
-    """What the worker sends (worker_main.ChannelOut), held until the stream's next yield."""
+    """What the worker sends (worker_main.ChannelOut), held until the stream's next yield.
+    Bounded as a local worker's pipe is: past `limit` unread messages (a server that stopped
+    reading, Ray holding BACKLOG yields already) the worker's next send waits, and so does its
+    work, rather than its tokens, audio and images piling up in the actor's memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
         self._cond = threading.Condition()
         self._pending: list[object] = []
+        self._limit = limit
         self.ended = False
 
     def send(self, msg: object) -> None:
         with self._cond:
+            self._cond.wait_for(lambda: len(self._pending) < self._limit)
             self._pending.append(msg)
             self._cond.notify_all()
 
@@ -133,6 +142,7 @@ class _Outbox:
         with self._cond:
             self._cond.wait_for(lambda: bool(self._pending) or self.ended, timeout)
             out, self._pending = self._pending, []
+            self._cond.notify_all()  # a send waiting for room
             return out, self.ended
 
 
