@@ -237,7 +237,7 @@ def test_the_console_shows_footprints_and_model_events(srv: Server) -> None:
             # A request held for a switch: the work page's running table says it waits for
             # its model's load (smol-b's long batch runs; smol-a loads once that drains).
             page.goto(srv.url + "/ui/work")
-            body = {"prompt": "Tell me a long story.", "model": "smol-b", "max_tokens": 400, "temperature": 0}
+            body = {"prompt": "Tell a long story.", "model": "smol-b", "max_tokens": 400, "ignore_eos": True}
             long = threading.Thread(
                 target=lambda: httpx.post(f"{srv.url}/api/llm/generate", json=body, timeout=120)
             )

@@ -10,6 +10,7 @@ from ris.lanes import Lane
 from ris.scheduler import (
     CancelOutcome,
     LanePolicy,
+    ModelWait,
     Ordering,
     PriorityClass,
     QueueFull,
@@ -297,7 +298,7 @@ def test_eta_includes_the_load_of_a_model_not_loaded_until_its_first_output() ->
 
 def test_eta_of_a_task_held_for_a_model_switch_counts_the_drain_then_the_load() -> None:
     # Two slots: t0 runs model a; t1 (model b, 3 s to load) is dispatched beside it, but the
-    # worker holds it until a's batch drains. Without `behind` its ETA would fall to 0 as
+    # worker holds it until a's batch drains. Without the engine's word its ETA falls to 0 as
     # t0 runs on; with it: t0's remaining time, then the load, then its own run.
     sched, clock = make(slots=2)
     sched.submit(spec())
@@ -306,7 +307,17 @@ def test_eta_of_a_task_held_for_a_model_switch_counts_the_drain_then_the_load() 
     clock.advance(5.0)  # t0 runs long past the 1 s estimate, t1 still held
     sched.progress("t0", 5, 10)  # half done in 5 s: 5 s more
     assert sched.eta("t1") == pytest.approx(0.0)  # what a held task said before
-    assert sched.eta("t1", behind=("t0", "t1")) == pytest.approx(5.0 + 3.0 + 1.0)
+    assert sched.eta("t1", ModelWait(behind=("t0", "t1"), load_s=3.0)) == pytest.approx(5.0 + 3.0 + 1.0)
+    clock.advance(5.0)
+    sched.finish("t0", TaskState.SUCCEEDED)  # drained: the load begins
+    drained = clock()
+    clock.advance(1.0)
+    run = sched.eta("t1", ModelWait(loading_since=drained))  # no load: its run (t0's 10 s moved it)
+    assert run is not None and run > 0
+    loading = ModelWait(load_s=3.0, loading_since=drained)
+    assert sched.eta("t1", loading) == pytest.approx(2.0 + run)  # 2 s of the load left, then the run
+    clock.advance(10.0)  # a load slower than the last one: its run at least, never 0
+    assert sched.eta("t1", loading) == pytest.approx(run)
 
 
 def test_finished_tasks_are_forgotten_beyond_the_limit() -> None:

@@ -65,8 +65,8 @@ context; 404 for unknown models (the message lists the configured ones) and task
 `queue_full` with `Retry-After`; 500 `synthesis_failed` / `backend_error` for an engine that
 fails; 503 `lane_unavailable` / `worker_crashed` / `lane_pending` (a cluster has not placed the
 lane's worker; the message says what it asks for and what is free); 504 `deadline_exceeded` /
-`worker_timeout`; 507 `gpu_out_of_memory` (the task needed more than its lane's GPU budget: the
-message names the budget, and the lane serves on);
+`worker_timeout`; 507 `gpu_out_of_memory` (the task, or its model's load, needed more than its
+lane's GPU budget or the card had: the message names the budget, and the lane serves on);
 409 for a cancelled task. Speech is never a 200 without audio: the audio streams
 (`/v1/audio/speech`, `/api/chat/speak`) send their status with the first sound, so a failure
 before it is one of these errors; a failure after it breaks the body off (a truncated

@@ -46,7 +46,7 @@ from ris.runtime.tenancy import ANONYMOUS, Principal
 from ris.runtime.views import TaskHandle, TaskView, stored_view, task_view
 from ris.runtime.workers import pool_class
 from ris.runtime.workers.base import WorkerPool, WorkerSpec
-from ris.scheduler import CancelOutcome, QueueFull, Scheduler, Task, TaskSpec, TaskState
+from ris.scheduler import CancelOutcome, ModelWait, QueueFull, Scheduler, Task, TaskSpec, TaskState
 
 log = logging.getLogger("ris.engine")
 
@@ -426,6 +426,7 @@ class Engine:
     def _on_end(self, replica: Replica, msg: m.TaskDone | m.TaskError | m.TaskCancelled) -> None:
         if msg.task_id in replica.running:
             replica.running.discard(msg.task_id)
+            replica.last_end = self.clock()
             self._where.pop(msg.task_id, None)
             self._supervisor.task_ended(replica.watch)
         handle = self._handles.get(msg.task_id)
@@ -614,15 +615,31 @@ class Engine:
 
     def _view(self, task: Task) -> TaskView[Any]:
         """A task as clients see it. One the scheduler counts as running whose worker does
-        not hold its model yet waits for a load ("model_load": the worker says ModelLoaded
-        before the task's first output), after the running tasks of other models there (a
-        switch waits for their batch to drain): its ETA counts both."""
+        not hold its model yet waits for its load (the worker says ModelLoaded before the
+        task's first output): behind the running tasks of another model dispatched before it
+        there (a switch waits for their batch to drain), then for the load itself, taken to
+        begin when the worker's last task ended."""
         replica = self._where.get(task.id)
         model = task.spec.payload[0] if task.spec.payload else None
         if task.state is not TaskState.RUNNING or replica is None or model is None or model in replica.models:
             return task_view(task, self._scheduler, self._wall)
-        behind = tuple(t for t in replica.running if self._model_of(t) not in (model, None))
-        return task_view(task, self._scheduler, self._wall, "model_load", behind)
+        started = task.started_at if task.started_at is not None else self.clock()
+        behind = tuple(
+            t
+            for t in replica.running
+            if self._model_of(t) not in (model, None) and (self._started_at(t) or started) <= started
+        )
+        ended = replica.last_end
+        wait = ModelWait(
+            behind=behind,
+            load_s=max(task.spec.load_s, self._model_log.expected_load_s(task.lane, model)),
+            loading_since=ended if ended is not None and ended > started else started,
+        )
+        return task_view(task, self._scheduler, self._wall, wait)
+
+    def _started_at(self, task_id: str) -> float | None:
+        task = self._scheduler.get(task_id)
+        return task.started_at if task is not None else None
 
     def _model_of(self, task_id: str) -> str | None:
         task = self._scheduler.get(task_id)

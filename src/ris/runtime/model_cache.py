@@ -127,11 +127,22 @@ class ModelCache:
         started = time.perf_counter()
         try:
             backend = self._construct(name)
-        except (BackendError, MemoryError):
-            raise  # the backend's own refusal (a bad model), or the worker's ceiling
+        except MemoryError:
+            raise  # the worker's ceiling: the worker is replaced
         except Exception as e:  # noqa: BLE001 - a model that cannot load fails its task alone
             traceback.print_exc()
-            raise BackendError("model_load_failed", self._load_failure(name, need, e)) from e
+            failure = self._failure(e)  # no frame of the half-built model survives the block
+        else:
+            failure = None
+        if failure is not None:
+            # Only now, with the exception and its frames gone, are the half-built model's
+            # tensors free: collected, and torch's cached blocks handed back to the card.
+            gc.collect()
+            return_gpu_memory()
+            if failure.code == "gpu_out_of_memory":
+                failure = BackendError(failure.code, self._load_oom_message(name, need, failure.message))
+            raise failure
+        load_s = time.perf_counter() - started
         load_s = time.perf_counter() - started
         self.models[name] = backend
         self._load_s[name] = load_s
@@ -140,22 +151,29 @@ class ModelCache:
             self._send(m.ModelLoaded(self.info(name)))
         return backend
 
-    def _load_failure(self, name: str, need: int, e: Exception) -> str:
-        """Why `name` did not load; out of GPU memory, with the numbers to act on (what the
-        model was counted at, the budget, what torch still held, what stayed loaded), after
-        handing the failed load's blocks back to the card."""
-        text = f"{type(e).__name__}: {e}"
-        if not gpu_out_of_memory(e):
-            return text
-        gc.collect()  # the half-built model goes with the traceback's frames
-        return_gpu_memory()
+    @staticmethod
+    def _failure(e: Exception) -> Any:
+        """What a failed load raises, holding no traceback: a backend's own BackendError (a bad
+        model, a KV cache that does not fit), torch's out-of-memory error as
+        `gpu_out_of_memory` (its message is finished once the memory is back), anything else
+        as `model_load_failed`."""
+        from ris.lanes.base import BackendError
+
+        if isinstance(e, BackendError):
+            return BackendError(e.code, e.message)
+        code = "gpu_out_of_memory" if gpu_out_of_memory(e) else "model_load_failed"
+        return BackendError(code, f"{type(e).__name__}: {e}")
+
+    def _load_oom_message(self, name: str, need: int, error: str) -> str:
+        """Why `name` did not load for want of GPU memory, with the numbers to act on: what
+        the model was counted at, the budget, what torch still holds, what stayed loaded."""
+        counted = f"counted at {need / 2**20:,.0f} MiB" if need else "its footprint unknown"
         budget = "none" if self._gpu_budget is None else f"{self._gpu_budget / 2**20:,.0f} MiB"
-        loaded = ", ".join(self.models) or "none"
         return (
-            f"model {name!r} ran out of GPU memory while loading: counted at {need / 2**20:,.0f} MiB "
-            f"against the lane's GPU budget ({budget}); {_held_on_gpu()}; still loaded: {loaded}. "
-            f"Lower the lane's parallel or the model's kv_cache_tokens, or raise gpu_memory_gb. "
-            f"{text[:400]}"
+            f"model {name!r} ran out of GPU memory while loading ({counted}, the lane's GPU budget "
+            f"{budget}); after the failed load {_held_on_gpu()}; still loaded: "
+            f"{', '.join(self.models) or 'none'}. Raise the lane's gpu_memory_gb, or keep fewer "
+            f"models on this card. {error[:400]}"
         )
 
     def info(self, name: str) -> m.ModelInfo:

@@ -24,6 +24,8 @@ class Replica:
     failure: m.WorkerFailed | None = None
     # The models it holds now, by name: those of WorkerReady, then ModelLoaded / ModelUnloaded.
     models: dict[str, m.ModelInfo] = field(default_factory=dict)
+    # When its last task ended (the engine's clock): a model load held for a switch begins then.
+    last_end: float | None = None
 
     @property
     def ready(self) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ris.lanes.base import Coalesces, Collector, KeptOutputs, LaneKind, LaneResult
 from ris.runtime.store import StoredTask
-from ris.scheduler import Scheduler, Task
+from ris.scheduler import ModelWait, Scheduler, Task
 
 
 class EventStream:
@@ -121,12 +121,10 @@ def task_view(
     task: Task,
     scheduler: Scheduler,
     wall: Callable[[float | None], float | None],
-    waiting_for: str | None = None,
-    behind: tuple[str, ...] = (),
+    wait: ModelWait | None = None,
 ) -> TaskView[Any]:
     """A live (or recently finished) task as clients see it; `wall` turns scheduler times into
-    Unix seconds; `waiting_for` is the engine's word on a running task (TaskView), `behind`
-    the running tasks it waits for (Scheduler.eta)."""
+    Unix seconds; `wait`: the engine's word that a running task waits for its model's load."""
     model = task.spec.payload[0] if task.spec.payload else ""
     return TaskView(
         id=task.id,
@@ -140,12 +138,12 @@ def task_view(
         queue_position=scheduler.position(task.id),
         progress_done=task.progress_done,
         progress_total=task.progress_total,
-        eta_s=scheduler.eta(task.id, behind),
+        eta_s=scheduler.eta(task.id, wait),
         error_code=task.error_code,
         error_message=task.error_message,
         result=task.result,
         owner=task.spec.owner,
-        waiting_for=waiting_for,
+        waiting_for=None if wait is None else "model_load",
     )
 
 

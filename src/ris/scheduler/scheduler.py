@@ -35,6 +35,17 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
+class ModelWait:
+    """A running task whose worker has yet to load its model (the engine's word, Scheduler.eta):
+    the running tasks of another model the worker holds it behind (a switch waits for their
+    batch to drain), the load's expected seconds, and when the load began (None: at dispatch)."""
+
+    behind: tuple[str, ...] = ()
+    load_s: float = 0.0
+    loading_since: float | None = None
+
+
+@dataclass(frozen=True)
 class LanePolicy:
     """How one lane queues and admits work."""
 
@@ -419,20 +430,22 @@ class Scheduler:
             return None
         return self._book(task.lane).queue.ordered().index(task)
 
-    def eta(self, task_id: str, behind: Iterable[str] = ()) -> float | None:
+    def eta(self, task_id: str, wait: ModelWait | None = None) -> float | None:
         """Estimated seconds until the task finishes, from the lane's mean run time, plus its
-        model's load time while that is still ahead of it (no progress yet). `behind`: running
-        tasks the worker holds it behind (a model switch waits for their batch to drain):
-        their end, then the load, then its own run."""
+        model's load time while that is still ahead of it (no progress yet). A running task
+        that waits for its model (`wait`): the end of the tasks it is held behind, then the
+        load, then its own run; once loading, what is left of the load, then its run."""
         task = self._tasks.get(task_id)
         if task is None or task.state.finished:
             return None
         book = self._book(task.lane)
         est = book.run_estimate
-        holding = [t for t in behind if t != task_id]
-        if task.state is TaskState.RUNNING and holding:
-            drain = max((self.eta(t) or 0.0 for t in holding), default=0.0)
-            return drain + task.spec.load_s + est
+        if task.state is TaskState.RUNNING and wait is not None:
+            holding = [t for t in wait.behind if t != task_id]
+            if holding:
+                return max((self.eta(t) or 0.0 for t in holding), default=0.0) + wait.load_s + est
+            since = wait.loading_since if wait.loading_since is not None else task.started_at
+            return max(0.0, wait.load_s - (self._clock() - (since or self._clock()))) + est
         if task.state is TaskState.RUNNING:
             if task.progress_total and task.started_at is not None and task.progress_done:
                 elapsed = self._clock() - task.started_at

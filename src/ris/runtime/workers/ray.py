@@ -68,7 +68,8 @@ QUIET_YIELD_S = 2.0
 # gets the messages written meanwhile together, in one yield.
 BACKLOG = 8
 # Messages the worker may write ahead of the stream's next yield (one yield takes them all):
-# a second of tokens at 256 tokens/s; audio and image results are one message each.
+# each sequence's token is one, so a second of one stream at 256 tokens/s, a tenth of one for
+# 32 sequences; audio chunks and image results are one message each.
 OUTBOX_LIMIT = 256
 # An actor whose node has room yields within a few seconds (its process starts, it has not
 # loaded a model yet); one silent this long waits for Ray to find it room.
