@@ -71,6 +71,9 @@ BACKLOG = 8
 # each sequence's token is one, so a second of one stream at 256 tokens/s, a tenth of one for
 # 32 sequences; audio chunks and image results are one message each.
 OUTBOX_LIMIT = 256
+# A yield reports the worker's memory and CPU read at most this long before: as often as the
+# engine's memory watchdog looks at a local worker.
+USAGE_EVERY_S = 0.25
 # An actor whose node has room yields within a few seconds (its process starts, it has not
 # loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
@@ -176,6 +179,8 @@ class LaneActor:
         self._inbox = _Inbox()
         self._outbox = _Outbox()
         self._proc = psutil.Process()
+        self._usage_at: float | None = None
+        self._last_usage = (0, 0.0, 0.0)
         ctx = ray.get_runtime_context()
         self._node_id = ctx.get_node_id()
         node_ip: Any = ray.util.get_node_ip_address  # unannotated in Ray
@@ -187,6 +192,18 @@ class LaneActor:
             worker_main(spec, self._inbox, self._outbox, board)
         finally:
             self._outbox.end()
+
+    def _usage(self) -> tuple[int, float, float]:
+        """The process's resident memory, CPU percent and CPU seconds, read at most every
+        USAGE_EVERY_S: a read costs about a third of a millisecond of the yield carrying it,
+        a token's yield included (bench/ray_transport.py)."""
+        now = time.monotonic()
+        if self._usage_at is None or now - self._usage_at >= USAGE_EVERY_S:
+            p = self._proc
+            rss, percent = int(p.memory_info().rss), float(p.cpu_percent(None))
+            self._last_usage = (rss, percent, cpu_seconds(p.cpu_times()))
+            self._usage_at = now
+        return self._last_usage
 
     @ray.method(concurrency_group="inbox")
     def put(self, msg: object) -> None:
@@ -200,9 +217,7 @@ class LaneActor:
                 messages,
                 ended,
                 os.getpid(),
-                int(self._proc.memory_info().rss),
-                float(self._proc.cpu_percent(None)),
-                cpu_seconds(self._proc.cpu_times()),
+                *self._usage(),
                 self._node_id,
                 self._node_ip,
                 int(self._board.get(self._lane)),
