@@ -4,25 +4,26 @@
 #
 #   bash bench/gpu_run.sh                      # a package index is reachable: pip installs the rest
 #   WHEELS=.whl bash bench/gpu_run.sh          # offline: wheels of only what is missing, from a folder
-#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, small, step, hf, sharing, bench (default: all)
+#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, small, plans, step, hf, sharing, bench (default: all)
 #
 # Writes into $OUT (default bench/results): gpu_machine.txt, gpu_tests.txt (pytest tests/gpu),
 # gpu_hf_serve.{json,md} (RIS's LLM lane beside `transformers serve` on the same card, 1/8/32
 # users, bench/hf_serve_compare.py), gpu_image_sharing_rN.json (LLM latency vs image throughput
 # per preemption policy, REPS_SHARING repetitions), gpu_small_card.json (an 8 GB card emulated
 # by lane budgets: 1.5B-shape LLM and SD 1.5-shape images side by side, and a model switch;
-# bench/gpu_small_card.py), hf_step_cost.json (a transformers LLM's decode under engine settings:
-# defaults, CUDA graphs, compile; bench/hf_step_cost.py), gpu_test_figures.jsonl (what tests/gpu
-# measured) and
+# bench/gpu_small_card.py), gpu_fit_plans.json (SD 1.5 resident, with model offload and with
+# sequential offload: load and seconds per image; bench/gpu_fit_plans.py), hf_step_cost.json
+# (a transformers LLM's decode under engine settings: defaults, CUDA graphs, compile;
+# bench/hf_step_cost.py), gpu_test_figures.jsonl (what tests/gpu measured) and
 # ris_bench_gpu.{json,md,png} (traditional vs shared vs isolated under the mixed workload:
 # Qwen2.5-7B-shape LLM and SD 1.5-shape images with random weights, espeak TTS on CPU cores).
-# Each part has its own time limit (T_TESTS, T_SMALL, T_STEP, T_HF, T_SHARING, T_BENCH seconds:
-# 120 + 150 + 200 + 150 + 210 + 120 = 950 s by default, more than one 600 s device call: choose
-# PARTS or lower the limits to fit the call), so one that hangs cannot take
+# Each part has its own time limit (T_TESTS, T_SMALL, T_PLANS, T_STEP, T_HF, T_SHARING, T_BENCH
+# seconds: 120 + 150 + 150 + 200 + 150 + 210 + 120 = 1,100 s by default, more than one 600 s
+# device call: choose PARTS or lower the limits to fit the call), so one that hangs cannot take
 # the time of the others; each writes what it has even when it fails or runs out of time.
 set -uo pipefail
 OUT=${OUT:-bench/results}
-PARTS=${PARTS:-tests,small,step,hf,sharing,bench}
+PARTS=${PARTS:-tests,small,plans,step,hf,sharing,bench}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -46,6 +47,11 @@ case ",$PARTS," in *,tests,*)
     RIS_GPU_FIGURES="$OUT/gpu_test_figures.jsonl" timeout "${T_TESTS:-120}" $PY -m pytest ${GPU_TESTS:-tests/gpu} -v -p no:cacheprovider \
         -W default::DeprecationWarning -W default::FutureWarning -W default::UserWarning \
         2>&1 | tee "$OUT/gpu_tests.txt"
+esac
+case ",$PARTS," in *,plans,*)
+    # Each image fit plan's cost: SD 1.5 resident, with model offload, with sequential offload.
+    timeout "${T_PLANS:-150}" $PY bench/gpu_fit_plans.py --limit-s "$(( ${T_PLANS:-150} / 3 ))" \
+        --out "$OUT/gpu_fit_plans.json" 2>&1 | tee "$OUT/gpu_fit_plans.log" | tail -8
 esac
 case ",$PARTS," in *,step,*)
     timeout "${T_STEP:-200}" $PY bench/hf_step_cost.py --limit-s "$(( ${T_STEP:-200} / 3 ))" \
