@@ -160,6 +160,19 @@ async def test_a_durable_tasks_owner_survives_a_restart_and_filters_the_stored_l
         assert len(eng2.durable_tasks(Lane.IMAGE, viewer=ROOT)) == 4
 
 
+@run
+async def test_a_resumed_durable_task_keeps_its_client_and_its_share_of_the_slots(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, _, _):
+        sent = eng.submit(IMAGE, "i", ImageRequest(prompt="a"), client="10.0.0.7", owner="alice")
+
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, _, _):
+        assert eng2.durable is not None
+        stored = eng2.durable.store.get(sent.task_id)
+        assert stored is not None and stored.client == "10.0.0.7"
+        resumed = eng2._scheduler.get(sent.task_id)  # noqa: SLF001 - the spec the share is read from
+        assert resumed is not None and (resumed.spec.client, resumed.spec.costly) == ("10.0.0.7", False)
+
+
 OLD_SCHEMA = """
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY, lane TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL,
@@ -187,6 +200,7 @@ def test_a_store_from_before_owners_is_migrated_and_its_tasks_are_the_anonymous_
         old = store.get("a")
         assert old is not None and old.owner is None
         assert ROOT.sees(old.owner) and not ALICE.sees(old.owner)  # an admin's to see
+        assert old.client is None  # from before clients were kept: no client's share
         store.add("b", "image", "i", 0, {}, 2.0, owner="alice").result()  # written off the loop
         assert [t.id for t in store.recent(owner="alice", all_owners=False)] == ["b"]
         assert [t.id for t in store.recent(owner=None, all_owners=False)] == ["a"]

@@ -43,8 +43,10 @@ class DurableTasks:
         was accepted only then (the one write the event loop still waits for)."""
         if self.durable(task.lane):
             req = self._kinds[task.lane].request_to_json(request)
-            owner = task.spec.owner
-            self.store.add(task.id, task.lane, model, task.spec.priority, req, self._wall(), owner).result()
+            spec = task.spec
+            self.store.add(
+                task.id, task.lane, model, spec.priority, req, self._wall(), spec.owner, spec.client
+            ).result()
 
     def started(self, task: Task) -> None:
         if self.durable(task.lane):

@@ -211,6 +211,10 @@ class Engine:
                 deadline=self.clock() + self.config.lane(st.lane).request_timeout_s,
                 priority_class=self._policies[st.lane].priority_class,
                 owner=st.owner,
+                # Its share of the lane's slots as when first accepted: the same client, and
+                # costly as its request is (a fact of the request, judged again).
+                client=st.client,
+                costly=self.kinds[st.lane].costly(request),
             )
             # Its first submission's time, on the scheduler's clock: clients see the time they
             # submitted it, and the queue keeps the order of first submission.

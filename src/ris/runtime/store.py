@@ -46,8 +46,9 @@ CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
 """
 # Columns added since the first schema, with the default older rows get: a data folder from an
 # older version is brought up to date when opened (`_migrate`). A task from before owners has
-# owner NULL: the anonymous owner, seen by admins only once keys are configured.
-_ADDED_COLUMNS = (("owner", "TEXT DEFAULT NULL"),)
+# owner NULL: the anonymous owner, seen by admins only once keys are configured; one from
+# before clients were kept, client NULL: resumed, it counts toward no client's share.
+_ADDED_COLUMNS = (("owner", "TEXT DEFAULT NULL"), ("client", "TEXT DEFAULT NULL"))
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class StoredTask:
     error_message: str | None
     result: dict[str, Any] | None
     owner: str | None = None  # the key that created it (ris.runtime.tenancy)
+    # Who sent it (TaskSpec.client: its share of the lane's slots), kept for its resumption.
+    client: str | None = None
 
 
 class TaskStore:
@@ -117,11 +120,12 @@ class TaskStore:
         request: dict[str, Any],
         submitted_at: float,
         owner: str | None = None,
+        client: str | None = None,
     ) -> Future[None]:
         return self._write(
-            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner) "
-            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (task_id, lane, model, priority, json.dumps(request), submitted_at, owner),
+            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner, client) "
+            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+            (task_id, lane, model, priority, json.dumps(request), submitted_at, owner, client),
         )
 
     def mark_running(self, task_id: str, started_at: float) -> Future[None]:
@@ -159,8 +163,8 @@ class TaskStore:
         """Record a finished task in full (a lane that is not durable, at its end)."""
         return self._write(
             "INSERT OR REPLACE INTO tasks (id, lane, model, state, priority, request, submitted_at, "
-            "started_at, finished_at, attempts, error_code, error_message, result, owner) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "started_at, finished_at, attempts, error_code, error_message, result, owner, client) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 st.id,
                 st.lane,
@@ -176,6 +180,7 @@ class TaskStore:
                 st.error_message,
                 None if st.result is None else json.dumps(st.result),
                 st.owner,
+                st.client,
             ),
         )
 
@@ -251,8 +256,8 @@ class TaskStore:
     def _select(self, clause: str, args: tuple[Any, ...]) -> list[StoredTask]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, lane, model, state, priority, request, submitted_at, started_at, "
-                f"finished_at, attempts, error_code, error_message, result, owner FROM tasks {clause}",
+                "SELECT id, lane, model, state, priority, request, submitted_at, started_at, finished_at, "
+                f"attempts, error_code, error_message, result, owner, client FROM tasks {clause}",
                 args,
             ).fetchall()
         return [
@@ -271,6 +276,7 @@ class TaskStore:
                 r[11],
                 None if r[12] is None else json.loads(r[12]),
                 r[13],
+                r[14],
             )
             for r in rows
         ]
