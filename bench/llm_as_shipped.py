@@ -22,6 +22,7 @@ import asyncio
 import json
 import re
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,21 @@ STARTUP_LINES = re.compile(
     r"system_info: n_threads|threadpool init|n_parallel is set|n_slots|llama_context: n_ctx +=|"
     r"flash_attn +=|Flash Attention|n_u?batch +=|KV buffer size|compute buffer size"
 )
+
+
+def _portable(arg: str) -> str:
+    """A command-line argument without this machine's paths: one inside the repository
+    relative to it, one inside the Python environment relative to its site-packages."""
+    if "/" not in arg:
+        return arg
+    path = Path(arg)
+    for base, label in ((Path(sys.prefix), "<venv>"), (Path(__file__).resolve().parents[1], "")):
+        try:
+            rel = path.resolve().relative_to(base.resolve())
+        except ValueError:
+            continue
+        return f"{label}/{rel}" if label else str(rel)
+    return arg
 
 
 def llama_server_defaults_command(binary: Path, port: int) -> list[str]:
@@ -88,7 +104,8 @@ def llama_server_at_defaults(binary: Path, folder: Path, meta: dict[str, Any]) -
         gen = props.get("default_generation_settings") or {}
         lines = startup_lines(log_path)
         meta["llama_server"] = {
-            "command": cmd,
+            # Paths as the repository and the environment name them, not this machine's.
+            "command": [_portable(a) for a in cmd],
             "pinned": False,
             "props": {
                 "total_slots": props.get("total_slots"),

@@ -38,7 +38,6 @@ from typing import Any
 import psutil
 import ray
 
-ROOT = Path(__file__).resolve().parents[1]
 WARM = 20
 
 
@@ -215,7 +214,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n", type=int, default=300, help="round trips per transport per round")
     p.add_argument("--num-cpus", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "bench/results/ray_transport.json"))
+    p.add_argument("--out", default="bench/results/ray_transport.json")
     args = p.parse_args()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
