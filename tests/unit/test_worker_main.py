@@ -329,6 +329,16 @@ def test_a_model_over_the_budget_is_refused_with_numbers(tmp_path: Path) -> None
         lanes.unregister("count")
 
 
+def _serves_on_then_stops(chan: MemoryChannel, worker: threading.Thread) -> None:
+    """After a failed task: the same worker answers the next request for model "one", then
+    stops when told."""
+    chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))
+    assert [chan.take(), chan.take()] == [m.TaskOutput("t2", 1), m.TaskDone("t2", CountOutcome(1))]
+    chan.put(m.Shutdown())
+    worker.join(WAIT_S)
+    assert not worker.is_alive()
+
+
 def test_a_gpu_out_of_memory_fails_its_task_alone_naming_the_budget_and_the_worker_serves_on(
     tmp_path: Path,
 ) -> None:
@@ -341,11 +351,7 @@ def test_a_gpu_out_of_memory_fails_its_task_alone_naming_the_budget_and_the_work
         error = chan.take()
         assert isinstance(error, m.TaskError) and error.code == "gpu_out_of_memory"
         assert "the lane's GPU budget (3,072 MiB)" in error.message, error.message
-        chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))  # the same worker, the same model
-        assert [chan.take(), chan.take()] == [m.TaskOutput("t2", 1), m.TaskDone("t2", CountOutcome(1))]
-        chan.put(m.Shutdown())
-        worker.join(WAIT_S)
-        assert not worker.is_alive()
+        _serves_on_then_stops(chan, worker)
     finally:
         chan.close()
         lanes.unregister("count")
@@ -396,11 +402,7 @@ def test_a_load_out_of_gpu_memory_fails_its_task_gpu_out_of_memory_with_the_numb
         # Collected before the failure was told (and torch's cache emptied after): the
         # half-built model's memory is back before the next load tries.
         assert [ref() for ref in LoadsPastTheCard.half_built] == [None]
-        chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))
-        assert [chan.take(), chan.take()] == [m.TaskOutput("t2", 1), m.TaskDone("t2", CountOutcome(1))]
-        chan.put(m.Shutdown())
-        worker.join(WAIT_S)
-        assert not worker.is_alive()
+        _serves_on_then_stops(chan, worker)
     finally:
         chan.close()
         lanes.unregister("count")
