@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ris import messages as m
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
@@ -57,3 +59,41 @@ async def test_a_task_whose_model_is_not_loaded_has_its_load_in_its_eta(tmp_path
         llm.deliver(m.TaskDone(runs[-1].task_id, LLMOutcome("stop", 1, 0)))
         last = [r for r in llm.inbox if isinstance(r, m.RunTask)][-1]
         assert last.task_id == cold.task_id and last.keep_alive_s == 0
+
+
+@run
+async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_load(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=3, models=(_info("a", 1.0),))
+        llm.deliver(m.ModelUnloaded("a", "evicted"))
+        llm.deliver(m.ModelLoaded(_info("b", 6.0)))  # b's load is known to take 6 s
+        llm.deliver(m.ModelUnloaded("b", "evicted"))
+        llm.deliver(m.ModelLoaded(_info("a", 1.0)))
+        first = eng.submit(LLM, "a", LLMRequest(prompt="long"))
+        switch = eng.submit(LLM, "b", LLMRequest(prompt="x"))  # held by the worker until a drains
+        later = eng.submit(LLM, "a", LLMRequest(prompt="y"))  # after it: not what it waits for
+        assert [r.task_id for r in llm.runs] == [first.task_id, switch.task_id, later.task_id]
+
+        def view(handle: object) -> object:
+            found = eng.lookup(handle.task_id)  # type: ignore[attr-defined]
+            assert found is not None
+            return found
+
+        held = view(switch)
+        assert (held.state, held.waiting_for) == ("running", "model_load")  # type: ignore[attr-defined]
+        assert view(first).waiting_for is None and view(later).waiting_for is None  # type: ignore[attr-defined]
+        clock.advance(3.0)
+        first_left = view(first).eta_s  # type: ignore[attr-defined]
+        # first's remaining time, then b's 6 s load, then its run; `later` is not counted
+        assert view(switch).eta_s >= first_left + 6.0  # type: ignore[attr-defined]
+        llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))  # drained: b loads now
+        clock.advance(2.0)
+        est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - the lane's run estimate
+        # 4 s of the load left, then its run; `later` (model a, dispatched after it, running
+        # on) is not what it waits for: counted, it would add its own time and b's whole load.
+        assert view(switch).eta_s == pytest.approx(4.0 + est)  # type: ignore[attr-defined]
+        clock.advance(30.0)  # a slow load: its run still ahead, never 0
+        assert view(switch).eta_s > 0  # type: ignore[attr-defined]
+        llm.deliver(m.ModelLoaded(_info("b", 36.0)))
+        assert view(switch).waiting_for is None  # type: ignore[attr-defined]

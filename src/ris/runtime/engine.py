@@ -627,23 +627,20 @@ class Engine:
         model = task.spec.payload[0] if task.spec.payload else None
         if task.state is not TaskState.RUNNING or replica is None or model is None or model in replica.models:
             return task_view(task, self._scheduler, self._wall)
+        behind = []
+        for t, where in self._where.items():  # in dispatch order, as the worker got them
+            if t == task.id:
+                break
+            if where is replica and self._model_of(t) not in (model, None):
+                behind.append(t)
         started = task.started_at if task.started_at is not None else self.clock()
-        behind = tuple(
-            t
-            for t in replica.running
-            if self._model_of(t) not in (model, None) and (self._started_at(t) or started) <= started
-        )
         ended = replica.last_end
         wait = ModelWait(
-            behind=behind,
+            behind=tuple(behind),
             load_s=max(task.spec.load_s, self._model_log.expected_load_s(task.lane, model)),
             loading_since=ended if ended is not None and ended > started else started,
         )
         return task_view(task, self._scheduler, self._wall, wait)
-
-    def _started_at(self, task_id: str) -> float | None:
-        task = self._scheduler.get(task_id)
-        return task.started_at if task is not None else None
 
     def _model_of(self, task_id: str) -> str | None:
         task = self._scheduler.get(task_id)
