@@ -171,6 +171,10 @@ async def test_a_resumed_durable_task_keeps_its_client_and_its_share_of_the_slot
         assert stored is not None and stored.client == "10.0.0.7"
         resumed = eng2._scheduler.get(sent.task_id)  # noqa: SLF001 - the spec the share is read from
         assert resumed is not None and (resumed.spec.client, resumed.spec.costly) == ("10.0.0.7", False)
+        eng2.cancel(sent.task_id)
+        eng2.durable.store.flush()
+        ended = eng2.durable.store.get(sent.task_id)
+        assert ended is not None and ended.state == "cancelled" and ended.client is None  # not kept
 
 
 OLD_SCHEMA = """

@@ -130,7 +130,8 @@ class ModelCache:
         except MemoryError:
             raise  # the worker's ceiling: the worker is replaced
         except Exception as e:  # noqa: BLE001 - a model that cannot load fails its task alone
-            traceback.print_exc()
+            if not isinstance(e, BackendError):  # a backend's own refusal says enough
+                traceback.print_exc()
             failure = self._failure(e)  # no frame of the half-built model survives the block
         else:
             failure = None
@@ -142,7 +143,6 @@ class ModelCache:
             if failure.code == "gpu_out_of_memory":
                 failure = BackendError(failure.code, self._load_oom_message(name, need, failure.message))
             raise failure
-        load_s = time.perf_counter() - started
         load_s = time.perf_counter() - started
         self.models[name] = backend
         self._load_s[name] = load_s
@@ -160,7 +160,9 @@ class ModelCache:
         from ris.lanes.base import BackendError
 
         if isinstance(e, BackendError):
-            return BackendError(e.code, e.message)
+            # Itself (its class kept), without what holds the load's frames.
+            e.__traceback__ = e.__context__ = e.__cause__ = None
+            return e
         code = "gpu_out_of_memory" if gpu_out_of_memory(e) else "model_load_failed"
         return BackendError(code, f"{type(e).__name__}: {e}")
 

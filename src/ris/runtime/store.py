@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error_code    TEXT,
     error_message TEXT,
     result        TEXT,
-    owner         TEXT
+    owner         TEXT,
+    client        TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, submitted_at);
 CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
@@ -68,7 +69,8 @@ class StoredTask:
     error_message: str | None
     result: dict[str, Any] | None
     owner: str | None = None  # the key that created it (ris.runtime.tenancy)
-    # Who sent it (TaskSpec.client: its share of the lane's slots), kept for its resumption.
+    # Who sent it (TaskSpec.client: its share of the lane's slots), kept until it finishes,
+    # for a resumption's fairness only.
     client: str | None = None
 
 
@@ -147,7 +149,8 @@ class TaskStore:
         result: dict[str, Any] | None = None,
     ) -> Future[None]:
         return self._write(
-            "UPDATE tasks SET state=?, finished_at=?, error_code=?, error_message=?, result=? "
+            # The client (an address, often) was kept for a resumption's fairness only.
+            "UPDATE tasks SET state=?, finished_at=?, error_code=?, error_message=?, result=?, client=NULL "
             "WHERE id=? AND state IN ('queued', 'running')",
             (
                 state,

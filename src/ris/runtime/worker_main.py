@@ -257,7 +257,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         release_gpu = False
         try:
             # One task at a time: nothing runs, so never held. A load that fails raises
-            # BackendError model_load_failed (the cache's message says why, in numbers).
+            # BackendError: model_load_failed, or gpu_out_of_memory with the numbers.
             backend = cache.get(msg.model)
             cache.started(msg.model)
             try:

@@ -68,8 +68,8 @@ QUIET_YIELD_S = 2.0
 # gets the messages written meanwhile together, in one yield.
 BACKLOG = 8
 # Messages the worker may write ahead of the stream's next yield (one yield takes them all):
-# each sequence's token is one, so a second of one stream at 256 tokens/s, a tenth of one for
-# 32 sequences; audio chunks and image results are one message each.
+# each sequence's token is one, so a second of one stream at 256 tokens/s, or 8 tokens each
+# of 32 sequences; audio chunks and image results are one message each.
 OUTBOX_LIMIT = 256
 # A yield reports the worker's memory and CPU read at most this long before: as often as the
 # engine's memory watchdog looks at a local worker.
