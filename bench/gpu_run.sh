@@ -50,7 +50,8 @@ case ",$PARTS," in *,tests,*)
 esac
 case ",$PARTS," in *,plans,*)
     # Each image fit plan's cost: SD 1.5 resident, with model offload, with sequential offload.
-    timeout "${T_PLANS:-150}" $PY bench/gpu_fit_plans.py --limit-s "$(( ${T_PLANS:-150} / 3 ))" \
+    # A third each of what the script's own start (imports, the meta build) leaves.
+    timeout "${T_PLANS:-150}" $PY bench/gpu_fit_plans.py --limit-s "$(( (${T_PLANS:-150} - 20) / 3 ))" \
         --out "$OUT/gpu_fit_plans.json" 2>&1 | tee "$OUT/gpu_fit_plans.log" | tail -8
 esac
 case ",$PARTS," in *,step,*)

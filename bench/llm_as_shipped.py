@@ -53,11 +53,12 @@ STARTUP_LINES = re.compile(
 
 def _portable(arg: str) -> str:
     """A command-line argument without this machine's paths: one inside the repository
-    relative to it, one inside the Python environment relative to its site-packages."""
+    relative to it, one inside the Python environment relative to its prefix (<venv> or <prefix>)."""
     if "/" not in arg:
         return arg
     path = Path(arg)
-    for base, label in ((Path(sys.prefix), "<venv>"), (Path(__file__).resolve().parents[1], "")):
+    env = "<venv>" if sys.prefix != sys.base_prefix else "<prefix>"
+    for base, label in ((Path(sys.prefix), env), (Path(__file__).resolve().parents[1], "")):
         try:
             rel = path.resolve().relative_to(base.resolve())
         except ValueError:
