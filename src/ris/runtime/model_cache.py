@@ -9,7 +9,6 @@ Only the worker's main thread calls it: models are not re-entrant, and neither i
 from __future__ import annotations
 
 import gc
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from ris.config.fit_checks import ram_budget
 from ris.memory.fit import gpu_bytes_needed
 from ris.memory.footprint import model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
+from ris.runtime.gpu_memory import gpu_out_of_memory, held_on_gpu, return_gpu_memory
 
 # The longest single wait of an idle worker for a keep_alive's end; it looks again after.
 MAX_IDLE_WAIT_S = 3600.0
@@ -32,39 +32,6 @@ class Hold:
     """The model cannot load until the running work on `blocked_by` drains."""
 
     blocked_by: tuple[str, ...]
-
-
-def _cuda_torch() -> Any:
-    """torch where this worker has loaded it and touched a GPU, else None: a CPU worker never
-    imports it here."""
-    torch = sys.modules.get("torch")
-    return torch if torch is not None and torch.cuda.is_initialized() else None
-
-
-def return_gpu_memory() -> None:
-    """torch keeps freed blocks cached in the worker (an evicted model's, a failed task's):
-    give them back to the card, so the next load (and nvidia-smi, and the lane's reported
-    memory) sees them free."""
-    torch = _cuda_torch()
-    if torch is not None:
-        torch.cuda.empty_cache()
-
-
-def gpu_out_of_memory(e: BaseException) -> bool:
-    """torch's out-of-memory error (the allocator's cap or the card's own end)."""
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    return isinstance(oom, type) and isinstance(e, oom)
-
-
-def _held_on_gpu() -> str:
-    torch = _cuda_torch()
-    if torch is None:
-        return "torch has not touched the GPU"
-    return (
-        f"this worker's torch holds {torch.cuda.memory_allocated() / 2**20:,.0f} MiB allocated, "
-        f"{torch.cuda.memory_reserved() / 2**20:,.0f} MiB reserved"
-    )
 
 
 class ModelCache:
@@ -173,7 +140,7 @@ class ModelCache:
         budget = "none" if self._gpu_budget is None else f"{self._gpu_budget / 2**20:,.0f} MiB"
         return (
             f"model {name!r} ran out of GPU memory while loading ({counted}, the lane's GPU budget "
-            f"{budget}); after the failed load {_held_on_gpu()}; still loaded: "
+            f"{budget}); after the failed load {held_on_gpu()}; still loaded: "
             f"{', '.join(self.models) or 'none'}. Raise the lane's gpu_memory_gb, or keep fewer "
             f"models on this card. {error[:400]}"
         )

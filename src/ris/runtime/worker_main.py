@@ -34,8 +34,8 @@ from ris.preemption.lending import Borrower, LendingPolicy
 from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 from ris.runtime.binding import apply_binding, observed_affinity
 from ris.runtime.cpu_share import apply_min_cpu_share
+from ris.runtime.gpu_memory import gpu_out_of_memory, return_gpu_memory
 from ris.runtime.lending import CoreLending
-from ris.runtime.model_cache import gpu_out_of_memory, return_gpu_memory
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
