@@ -18,10 +18,21 @@ import psutil
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports. All sockets stay bound until every port is chosen: bound
+    and closed one at a time, the kernel may hand one port out twice (a clean-clone run gave
+    Ray's object manager and runtime-env agent the same port, and `ray start` refused it)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def client_host(listen: str) -> str:

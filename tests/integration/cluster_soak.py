@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import psutil
 
-from ris.launch import free_port
+from ris.launch import free_port, free_ports
 
 from .server import ROOT, Server, kill_group, make_config
 from .soak import FINAL, SENTENCES, _image
@@ -68,7 +68,7 @@ class RayNode:
             "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port",
         ]
-        ports = [f"--{n}={free_port()}" for n in names]
+        ports = [f"--{n}={p}" for n, p in zip(names, free_ports(len(names)), strict=True)]
         self.cmd = [RAY, "start", *args, *ports, "--disable-usage-stats", "--block"]
         self.log = folder / f"{name}.log"
         self.env = env

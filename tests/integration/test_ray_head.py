@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from ris import Client
+from ris.launch import free_ports
 
 from .server import Server, kill_group, make_config
 from .waiting import wait_for
@@ -36,29 +37,21 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Head:
     """`ray start --head --block` on fixed ports (a second cluster may run on this machine:
     nothing may fall back to Ray's default ports)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.ports = [
-            f"--{name}={free_port()}"
-            for name in (
-                "dashboard-agent-listen-port",
-                "dashboard-agent-grpc-port",
-                "metrics-export-port",
-                "runtime-env-agent-port",
-                "node-manager-port",
-                "object-manager-port",
-            )
-        ]
+        names = (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+        self.port, *ports = free_ports(1 + len(names))
+        self.ports = [f"--{name}={port}" for name, port in zip(names, ports, strict=True)]
         self.log = tmp / "head.log"
         self.proc: subprocess.Popen[bytes] | None = None
         # The cluster's token, for the head and every driver that joins it.
