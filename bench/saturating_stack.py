@@ -21,7 +21,11 @@ per minute. The rounds alternate which system goes first; ratios RIS / stack wit
 Goals (issue 26): images >= 0.2x of the stack's steps/s, while the LLM gap p99 stays <= 0.1x of
 the stack's and speech latency p50 <= the stack's.
 
-    python bench/saturating_stack.py --llama-server PATH [--rounds 2] [--window 60]
+`--unspared` adds a third system in the same rounds: config.json with the image lane's
+`spare_busy_lenders` off (before that setting: the image worker stays on the TTS core while
+speech runs), its ratios to the stack under "ratios_unspared".
+
+    python bench/saturating_stack.py --llama-server PATH [--rounds 2] [--window 60] [--unspared]
 """
 
 from __future__ import annotations
@@ -150,6 +154,15 @@ def ris(folder: Path, meta: dict[str, Any]) -> Iterator[System]:
     meta["ris"] = "config.json but for data_dir and server.port"
     with ris_server(folder / "ris", shipped()) as url:
         yield System("ris", url, (url, "ris"), url, "smollm2")
+
+
+@contextmanager
+def ris_unspared(folder: Path, meta: dict[str, Any]) -> Iterator[System]:
+    meta["ris_unspared"] = "as ris, with lanes.image.spare_busy_lenders false"
+    cfg = shipped()
+    cfg["lanes"]["image"] = {**cfg["lanes"]["image"], "spare_busy_lenders": False}
+    with ris_server(folder / "ris-unspared", cfg) as url:
+        yield System("ris_unspared", url, (url, "ris"), url, "smollm2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,6 +339,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--window", type=float, default=60.0, help="seconds of load per system and round")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturating_stack.json")
+    p.add_argument("--unspared", action="store_true", help="also RIS with spare_busy_lenders off")
     args = p.parse_args()
     try:
         import flask  # noqa: F401  - Piper's HTTP server needs it; piper-tts does not install it
@@ -349,8 +363,11 @@ def main() -> int:
             makers = {
                 "stack": lambda here=here: stack(args.llama_server.resolve(), here, meta),
                 "ris": lambda here=here: ris(here, meta),
+                "ris_unspared": lambda here=here: ris_unspared(here, meta),
             }
-            order = ["stack", "ris"] if i % 2 == 0 else ["ris", "stack"]
+            names = ["stack", "ris", "ris_unspared"] if args.unspared else ["stack", "ris"]
+            # Each round its own order: two systems alternate, three rotate.
+            order = names[i % len(names) :] + names[: i % len(names)]
             rnd: dict[str, Any] = {"order": order}
             for name in order:
                 # One system up at a time: the idle one would not cost much, but nothing of it
@@ -360,6 +377,10 @@ def main() -> int:
                     rnd[name] = asyncio.run(drive(system, args.window))
                     log(f"  {json.dumps({k: v for k, v in rnd[name].items() if k != 'errors'})}")
             rnd["ratios"] = {key: ratio(rnd["ris"][key], rnd["stack"][key]) for key in FIGURES}
+            if args.unspared:
+                rnd["ratios_unspared"] = {
+                    key: ratio(rnd["ris_unspared"][key], rnd["stack"][key]) for key in FIGURES
+                }
             rounds.append(rnd)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"meta": meta, "rounds": rounds, "partial": True}, indent=1))
@@ -370,6 +391,9 @@ def main() -> int:
         "stack": {k: spread([r["stack"][k] for r in rounds]) for k in keys},
         "ratios": {k: spread([r["ratios"][k] for r in rounds]) for k in keys},
     }
+    if args.unspared:
+        summary["ris_unspared"] = {k: spread([r["ris_unspared"][k] for r in rounds]) for k in keys}
+        summary["ratios_unspared"] = {k: spread([r["ratios_unspared"][k] for r in rounds]) for k in keys}
     goals = []
     for key, goal, higher in GOALS:
         s = summary["ratios"][key]
@@ -382,6 +406,10 @@ def main() -> int:
         ranged = "-" if q is None else f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})"
         mine, theirs = r and round(r["median"], 3), st and round(st["median"], 3)
         log(f"  {key}: RIS {mine}, stack {theirs}, ratio {ranged}")
+        if args.unspared:
+            u, qu = summary["ris_unspared"][key], summary["ratios_unspared"][key]
+            ranged = "-" if qu is None else f"{qu['median']:.3f} ({qu['min']:.3f}-{qu['max']:.3f})"
+            log(f"    unspared: RIS {u and round(u['median'], 3)}, ratio {ranged}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"meta": meta, "summary": summary, "goals": goals, "rounds": rounds}, indent=1)
