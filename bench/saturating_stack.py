@@ -21,11 +21,12 @@ per minute. The rounds alternate which system goes first; ratios RIS / stack wit
 Goals (issue 26): images >= 0.2x of the stack's steps/s, while the LLM gap p99 stays <= 0.1x of
 the stack's and speech latency p50 <= the stack's.
 
-`--unspared` adds a third system in the same rounds: config.json with the image lane's
-`spare_busy_lenders` off (before that setting: the image worker stays on the TTS core while
-speech runs), its ratios to the stack under "ratios_unspared".
+`--variant NAME='{"tts": {"nice": 0}}'` (repeatable) adds a system in the same rounds: RIS with
+config.json's lanes patched as given (each lane's fields merged), its figures under NAME and its
+ratios to the stack under "ratios_NAME"; the rounds rotate the order of all systems.
 
-    python bench/saturating_stack.py --llama-server PATH [--rounds 2] [--window 60] [--unspared]
+    python bench/saturating_stack.py --llama-server PATH [--rounds 2] [--window 60]
+                                     [--variant NAME=JSON ...]
 """
 
 from __future__ import annotations
@@ -157,12 +158,22 @@ def ris(folder: Path, meta: dict[str, Any]) -> Iterator[System]:
 
 
 @contextmanager
-def ris_unspared(folder: Path, meta: dict[str, Any]) -> Iterator[System]:
-    meta["ris_unspared"] = "as ris, with lanes.image.spare_busy_lenders false"
+def ris_variant(folder: Path, meta: dict[str, Any], name: str, lanes: dict[str, Any]) -> Iterator[System]:
+    """RIS with config.json's lanes patched (`--variant`)."""
+    meta.setdefault("variants", {})[name] = f"config.json with lanes patched: {json.dumps(lanes)}"
     cfg = shipped()
-    cfg["lanes"]["image"] = {**cfg["lanes"]["image"], "spare_busy_lenders": False}
-    with ris_server(folder / "ris-unspared", cfg) as url:
-        yield System("ris_unspared", url, (url, "ris"), url, "smollm2")
+    for lane, fields in lanes.items():
+        cfg["lanes"][lane] = {**cfg["lanes"][lane], **fields}
+    with ris_server(folder / name, cfg) as url:
+        yield System(name, url, (url, "ris"), url, "smollm2")
+
+
+def variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, patch = text.partition("=")
+    lanes = json.loads(patch)
+    if not name.isidentifier() or name in ("ris", "stack") or not isinstance(lanes, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME={{lane: {{field: value}}}}")
+    return name, lanes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +350,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--window", type=float, default=60.0, help="seconds of load per system and round")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturating_stack.json")
-    p.add_argument("--unspared", action="store_true", help="also RIS with spare_busy_lenders off")
+    p.add_argument("--variant", type=variant, action="append", default=[], help="NAME=JSON lane patch")
     args = p.parse_args()
     try:
         import flask  # noqa: F401  - Piper's HTTP server needs it; piper-tts does not install it
@@ -363,9 +374,10 @@ def main() -> int:
             makers = {
                 "stack": lambda here=here: stack(args.llama_server.resolve(), here, meta),
                 "ris": lambda here=here: ris(here, meta),
-                "ris_unspared": lambda here=here: ris_unspared(here, meta),
             }
-            names = ["stack", "ris", "ris_unspared"] if args.unspared else ["stack", "ris"]
+            for name, lanes in args.variant:
+                makers[name] = lambda here=here, name=name, lanes=lanes: ris_variant(here, meta, name, lanes)
+            names = ["stack", "ris", *(name for name, _ in args.variant)]
             # Each round its own order: two systems alternate, three rotate.
             order = names[i % len(names) :] + names[: i % len(names)]
             rnd: dict[str, Any] = {"order": order}
@@ -377,10 +389,8 @@ def main() -> int:
                     rnd[name] = asyncio.run(drive(system, args.window))
                     log(f"  {json.dumps({k: v for k, v in rnd[name].items() if k != 'errors'})}")
             rnd["ratios"] = {key: ratio(rnd["ris"][key], rnd["stack"][key]) for key in FIGURES}
-            if args.unspared:
-                rnd["ratios_unspared"] = {
-                    key: ratio(rnd["ris_unspared"][key], rnd["stack"][key]) for key in FIGURES
-                }
+            for name, _ in args.variant:
+                rnd[f"ratios_{name}"] = {key: ratio(rnd[name][key], rnd["stack"][key]) for key in FIGURES}
             rounds.append(rnd)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"meta": meta, "rounds": rounds, "partial": True}, indent=1))
@@ -391,9 +401,9 @@ def main() -> int:
         "stack": {k: spread([r["stack"][k] for r in rounds]) for k in keys},
         "ratios": {k: spread([r["ratios"][k] for r in rounds]) for k in keys},
     }
-    if args.unspared:
-        summary["ris_unspared"] = {k: spread([r["ris_unspared"][k] for r in rounds]) for k in keys}
-        summary["ratios_unspared"] = {k: spread([r["ratios_unspared"][k] for r in rounds]) for k in keys}
+    for name, _ in args.variant:
+        summary[name] = {k: spread([r[name][k] for r in rounds]) for k in keys}
+        summary[f"ratios_{name}"] = {k: spread([r[f"ratios_{name}"][k] for r in rounds]) for k in keys}
     goals = []
     for key, goal, higher in GOALS:
         s = summary["ratios"][key]
@@ -406,10 +416,10 @@ def main() -> int:
         ranged = "-" if q is None else f"{q['median']:.3f} ({q['min']:.3f}-{q['max']:.3f})"
         mine, theirs = r and round(r["median"], 3), st and round(st["median"], 3)
         log(f"  {key}: RIS {mine}, stack {theirs}, ratio {ranged}")
-        if args.unspared:
-            u, qu = summary["ris_unspared"][key], summary["ratios_unspared"][key]
+        for name, _ in args.variant:
+            u, qu = summary[name][key], summary[f"ratios_{name}"][key]
             ranged = "-" if qu is None else f"{qu['median']:.3f} ({qu['min']:.3f}-{qu['max']:.3f})"
-            log(f"    unspared: RIS {u and round(u['median'], 3)}, ratio {ranged}")
+            log(f"    {name}: {u and round(u['median'], 3)}, ratio {ranged}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"meta": meta, "summary": summary, "goals": goals, "rounds": rounds}, indent=1)

@@ -149,9 +149,6 @@ class Heartbeat:
     # runs on now, and its library's thread count now; None where the lane borrows nothing.
     borrowed_cores: tuple[int, ...] | None = None
     threads_now: int | None = None
-    # A batch lane that steps off busy lenders' cores (LaneConfig.spare_busy_lenders): its own
-    # cores it keeps off now; None where the lane spares none.
-    spared_cores: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import pytest
 
 from ris.config import ConfigError
 from ris.config.load import parse_config
-from ris.config.sharing import lenders, lends, spared_lenders
+from ris.config.sharing import lenders, lends
 from ris.machine import MachineInfo
-from ris.preemption.lending import Borrower, Lender, LendingPolicy, Sparer
+from ris.preemption.lending import Borrower, Lender, LendingPolicy
 from ris.preemption.policy import Activity
 from ris.runtime.specs import worker_spec
 
@@ -77,25 +77,6 @@ def test_no_grace_lends_as_soon_as_the_owner_is_idle() -> None:
     assert b.cores() == (0, 1, 2, 3)
 
 
-def test_a_batch_lane_steps_off_a_busy_lenders_cores_and_back_once_it_is_idle() -> None:
-    board = Board(2)
-    sparer = Sparer((0, 1, 2, 3), (Lender("tts", (1,)), Lender("asr", (2, 3))), board.read)
-    assert sparer.cores() == (0, 1, 2, 3) and sparer.spared(sparer.cores()) == ()
-    board.states[0] = Activity.BUSY
-    assert sparer.cores() == (0, 2, 3) and sparer.spared((0, 2, 3)) == (1,)
-    board.states[1] = Activity.PREFILL
-    assert sparer.cores() == (0,)
-    board.states[0] = Activity.IDLE  # no grace: back at once
-    assert sparer.cores() == (0, 1)
-
-
-def test_a_batch_lane_keeps_its_cores_when_every_one_belongs_to_a_lender_at_work() -> None:
-    board = Board(1)
-    sparer = Sparer((1,), (Lender("tts", (1,)),), board.read)
-    board.states[0] = Activity.BUSY
-    assert sparer.cores() == (1,)  # its minimum share has to run somewhere
-
-
 # ----- what the config declares ---------------------------------------------------------------
 
 
@@ -128,25 +109,6 @@ def test_the_llm_lane_borrows_the_tts_core_and_the_tts_worker_knows_it_lends() -
     off = parse_config(_config(), TWO_CORES)
     assert lenders(off, "llm") == () and not lends(off, "tts")
     assert worker_spec(off, "llm", TWO_CORES).binding.may_borrow == ()
-
-
-def test_the_image_lane_spares_the_lending_tts_core_only_where_it_shares_it() -> None:
-    data = _config(borrow_idle_cores=True)
-    models = {"default_model": "t", "models": {"t": {"backend": "diffusers", "source": "builtin:tiny-sd"}}}
-    data["lanes"]["image"] = {"cores": [0, 1], "priority_class": "batch", "nice": 19, **models}
-    cfg = parse_config(data, TWO_CORES)
-    assert spared_lenders(cfg, "image") == (Lender("tts", (1,)),)
-    assert worker_spec(cfg, "image", TWO_CORES).spare == (Lender("tts", (1,)),)
-    assert spared_lenders(cfg, "llm") == () and worker_spec(cfg, "tts", TWO_CORES).spare == ()
-    # The LLM borrows nothing: TTS lends nothing, and nothing is spared.
-    data_off = _config()
-    data_off["lanes"]["image"] = data["lanes"]["image"]
-    assert spared_lenders(parse_config(data_off, TWO_CORES), "image") == ()
-    # Turned off on the batch lane; or the batch lane on other cores than the lender's.
-    data["lanes"]["image"]["spare_busy_lenders"] = False
-    assert spared_lenders(parse_config(data, TWO_CORES), "image") == ()
-    data["lanes"]["image"] = {"cores": [0], "priority_class": "batch", "nice": 19, **models}
-    assert spared_lenders(parse_config(data, TWO_CORES), "image") == ()
 
 
 def test_borrowing_and_a_cpu_share_are_refused_where_they_mean_nothing() -> None:

@@ -41,8 +41,6 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
                 str(c): borrowers[c] for c in lane.cores or () if borrowers.get(c, lane.lane) != lane.lane
             },
             "borrowed_cores": sorted({c for w in lane.workers for c in w.borrowed_cores or ()}),
-            # A batch lane's own cores it keeps off now, their lender being at work.
-            "spared_cores": sorted({c for w in lane.workers for c in w.spared_cores or ()}),
             # A batch lane's minimum CPU share under saturation and how the OS keeps it.
             "min_cpu_share": lane.workers[0].cpu_share if lane.workers else None,
             # The lane's (first) worker; every replica under "workers".

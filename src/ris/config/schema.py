@@ -109,12 +109,6 @@ class LaneConfig(_Strict):
         "runs on the cores of real-time lanes that are idle, and gives them back before its next "
         "step once their owner gets work (docs/PERFORMANCE_OPTIMIZATION.md)",
     )
-    spare_busy_lenders: bool = Field(
-        default=True,
-        description="batch lanes on CPU: while a real-time lane that lends its idle cores (to a "
-        "lane with borrow_idle_cores) is at work, the lane steps off that lane's cores at its next "
-        "step, keeping at least one core of its own (docs/PERFORMANCE_OPTIMIZATION.md)",
-    )
     min_cpu_share: float | None = Field(
         default=None,
         gt=0,

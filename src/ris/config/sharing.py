@@ -111,30 +111,6 @@ def lenders(config: Config, lane: str) -> tuple[Lender, ...]:
     )
 
 
-def spared_lenders(config: Config, lane: str) -> tuple[Lender, ...]:
-    """The lenders whose cores batch lane `lane` steps off while they work
-    (`spare_busy_lenders`): each with the cores it shares with `lane`. A lender's cores are its
-    own whenever it has work: the borrower narrows, and the batch lane leaves them too."""
-    mine = config.lane(lane)
-    if (
-        not kind(lane).preemptible
-        or not mine.enabled
-        or not mine.spare_busy_lenders
-        or mine.device != "cpu"
-        or mine.cores is None
-        or config.cluster.engine != "local"
-    ):
-        return ()
-    lending = {x.lane for other in config.lanes if other != lane for x in lenders(config, other)}
-    out = []
-    for other, cfg in config.lanes.items():
-        if other in lending and cfg.cores is not None:
-            shared = tuple(c for c in cfg.cores if c in mine.cores)
-            if shared:
-                out.append(Lender(other, shared))
-    return tuple(out)
-
-
 def lends(config: Config, lane: str) -> bool:
     """Another lane borrows this one's cores while it is idle: its worker marks itself busy on
     the board as a task arrives, so they are given back before the task starts."""

@@ -153,10 +153,9 @@ def result_from_json(cls: type[R], data: Mapping[str, Any]) -> R:
 
 
 class CoreFit(Protocol):
-    """A borrowing worker's cores (ris.runtime.lending.CoreLending; a batch worker's:
-    CoreSparing): `fit(working)` before each step of work, and with False once idle, moves the
-    process onto the cores it may use now and returns the thread count its backend should use
-    if it changed, else None."""
+    """A borrowing worker's cores (ris.runtime.lending.CoreLending): `fit(working)` before each
+    step of work, and with False once idle, moves the process onto the cores it may use now
+    and returns the thread count its backend should use if it changed, else None."""
 
     def fit(self, working: bool) -> int | None: ...
 
@@ -177,8 +176,7 @@ class WorkerEnv:
     yielder: Yielder | None = None
     # Tasks the worker runs at once (LaneConfig.parallel).
     parallel: int = 1
-    # Lanes that borrow idle cores (LaneConfig.borrow_idle_cores), or a batch lane that steps
-    # off busy lenders' cores (spare_busy_lenders): where the runner asks.
+    # Lanes that borrow idle cores (LaneConfig.borrow_idle_cores): where the runner asks.
     cores: CoreFit | None = None
 
     def output(self, task_id: str, data: object) -> None:

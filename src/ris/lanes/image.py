@@ -135,8 +135,6 @@ class _WorkerRun(ImageRun):
         self._env.progress(self._task_id, done, total)
 
     def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
-        if self._env.cores is not None:
-            self._env.cores.fit(True)  # off the cores of a lender at work (spare_busy_lenders)
         yielder = self._env.yielder
         if yielder is None:
             if self._cancelled():

@@ -76,35 +76,3 @@ class Borrower:
     def borrowed(self, cores: Sequence[int]) -> tuple[int, ...]:
         """Which of `cores` are not the borrower's own."""
         return tuple(c for c in cores if c not in self.policy.own)
-
-
-class Sparer:
-    """Answers which of a batch lane's cores it may run on now: a lender's cores are its own
-    whenever it works, so a batch lane sharing them steps off while the owner is busy (the
-    borrower narrows for the same reason), as long as a core of its own is left. No grace: a
-    batch step is short, and stepping back onto an idle owner's core costs one migration.
-
-    Why lenders only: a lender (TTS) runs on its own cores and nowhere else, so every cycle a
-    batch lane takes there is the owner's latency; the borrower (the LLM) keeps its core and the
-    batch lane's minimum share comes from it while both work (its gap between tokens has the
-    room: docs/PERFORMANCE_OPTIMIZATION.md)."""
-
-    def __init__(
-        self, own: tuple[int, ...], lenders: tuple[Lender, ...], read_states: Callable[[], Sequence[int]]
-    ) -> None:
-        """`read_states()` returns the lenders' board states, in `lenders` order."""
-        self.own = own
-        self.lenders = lenders
-        self._read = read_states
-
-    def cores(self) -> tuple[int, ...]:
-        busy: set[int] = set()
-        for lender, state in zip(self.lenders, self._read(), strict=True):
-            if state != Activity.IDLE:
-                busy.update(lender.cores)
-        left = tuple(c for c in self.own if c not in busy)
-        return left or self.own
-
-    def spared(self, cores: Sequence[int]) -> tuple[int, ...]:
-        """Which of the lane's own cores `cores` leaves."""
-        return tuple(c for c in self.own if c not in cores)

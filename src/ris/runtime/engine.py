@@ -367,7 +367,7 @@ class Engine:
 
     def _on_message(self, replica: Replica, msg: object) -> None:
         self._supervisor.heard(replica.watch, msg.progress_events if isinstance(msg, m.Heartbeat) else None)
-        if isinstance(msg, m.Heartbeat) and (msg.borrowed_cores is not None or msg.spared_cores is not None):
+        if isinstance(msg, m.Heartbeat) and msg.borrowed_cores is not None:
             replica.lending = msg
         if isinstance(msg, (m.TaskOutput, m.TaskProgress)):
             self._on_progress(replica, msg)

@@ -1,5 +1,4 @@
-"""Applying work-conserving isolation inside a borrowing worker (the LLM lane's), and a batch
-worker's stepping off its lenders' cores (`CoreSparing`).
+"""Applying work-conserving isolation inside a borrowing worker (the LLM lane's).
 
 The pure decision (which idle lanes' cores may be borrowed now) is ris.preemption.lending's
 `Borrower`; this module moves the process onto the answer between two steps of work:
@@ -19,7 +18,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from ris.preemption.lending import Borrower, Sparer
+from ris.preemption.lending import Borrower
 
 
 def pin_all_threads(cores: Iterable[int]) -> None:
@@ -72,22 +71,3 @@ class CoreLending:
             return None
         self.threads = threads
         return threads
-
-
-class CoreSparing:
-    """A batch worker's cores now (LaneConfig.spare_busy_lenders): `fit(True)` at each of its
-    preemption points moves the process off the cores of lenders at work (ris.preemption's
-    `Sparer`); its thread count stays (one step may run its threads on fewer cores)."""
-
-    def __init__(self, sparer: Sparer) -> None:
-        self._sparer = sparer
-        self.cores = sparer.own
-        self.spared: tuple[int, ...] = ()
-
-    def fit(self, working: bool) -> int | None:
-        cores = self._sparer.cores() if working else self._sparer.own
-        if cores != self.cores:
-            pin_all_threads(cores)
-            self.cores = cores
-            self.spared = self._sparer.spared(cores)
-        return None

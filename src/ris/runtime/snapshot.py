@@ -42,9 +42,6 @@ class WorkerStatus:
     # from these in /api/stats (ris.api.stats).
     borrowed_cores: tuple[int, ...] | None = None
     threads_now: int | None = None
-    # A batch lane that steps off busy lenders' cores: its own cores it keeps off now (None:
-    # the lane spares none).
-    spared_cores: tuple[int, ...] | None = None
     # A batch lane's minimum CPU share and how the OS keeps it (messages.CpuShareInfo as JSON).
     cpu_share: dict[str, Any] | None = None
     cuda_visible_devices: str | None = None
@@ -169,7 +166,6 @@ def worker_status(r: Replica) -> WorkerStatus:
         threads=info.threads if info else None,
         borrowed_cores=r.lending.borrowed_cores if r.lending and info else None,
         threads_now=r.lending.threads_now if r.lending and info else None,
-        spared_cores=r.lending.spared_cores if r.lending and info else None,
         cpu_share=dataclasses.asdict(info.cpu_share) if info and info.cpu_share else None,
         cuda_visible_devices=info.cuda_visible_devices if info else None,
         cpu_percent=usage.cpu_percent,

@@ -8,7 +8,7 @@ from dataclasses import replace
 from ris import lanes
 from ris.config import Config
 from ris.config.fit_checks import gpu_budget
-from ris.config.sharing import lenders, lends, resolve_policy, spared_lenders, waits_passively, yields_to
+from ris.config.sharing import lenders, lends, resolve_policy, waits_passively, yields_to
 from ris.machine import MachineInfo, machine_info
 from ris.runtime.binding import Binding
 from ris.runtime.workers.base import WorkerSpec
@@ -62,7 +62,6 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
         memory_share=node_memory_share(config, lane),
         borrow_from=borrow_from,
         lends=lends(config, lane),
-        spare=spared_lenders(config, lane),
         min_cpu_share=cfg.min_cpu_share if cfg.device == "cpu" else None,
         gpu_budget_bytes=gpu_budget(config, lane, local_cards(config, machine or machine_info())),
     )

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 # The standard library and stdlib-only ris modules: safe before the binding is applied.
 from ris import messages as m
 from ris.preemption.board import ActivityBoard
-from ris.preemption.lending import Borrower, LendingPolicy, Sparer
+from ris.preemption.lending import Borrower, LendingPolicy
 from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 from ris.runtime.binding import apply_binding, observed_affinity
 from ris.runtime.cpu_share import apply_min_cpu_share
 from ris.runtime.gpu_memory import gpu_out_of_memory, return_gpu_memory
-from ris.runtime.lending import CoreLending, CoreSparing
+from ris.runtime.lending import CoreLending
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
@@ -139,11 +139,6 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             time.monotonic,
         )
         lending = CoreLending(borrower, spec.binding.threads)
-    sparing = None
-    if spec.spare and spec.binding.cores is not None:
-        sparing = CoreSparing(
-            Sparer(spec.binding.cores, spec.spare, board.reader([x.lane for x in spec.spare]))
-        )
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
         kind = import_kind(spec.kind)
         cfg = LaneConfig.model_validate_json(spec.lane_config_json)
@@ -214,12 +209,10 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         stop = threading.Event()
         while not stop.wait(HEARTBEAT_INTERVAL_S):
             try:
-                if lending is not None:
-                    out.send(m.Heartbeat(state.progress_events, lending.borrowed, lending.threads))
-                elif sparing is not None:
-                    out.send(m.Heartbeat(state.progress_events, spared_cores=sparing.spared))
-                else:
+                if lending is None:
                     out.send(m.Heartbeat(progress_events=state.progress_events))
+                else:
+                    out.send(m.Heartbeat(state.progress_events, lending.borrowed, lending.threads))
             except (OSError, ValueError):
                 return
 
@@ -240,8 +233,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             cpu_share=cpu_share,
         )
     )
-    cores = lending or sparing
-    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, cores))
+    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, lending))
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
         _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message)

@@ -56,8 +56,6 @@ class WorkerSpec:
     # lane borrows this one's (it then says "busy" on the board as a task arrives).
     borrow_from: tuple[Lender, ...] = ()
     lends: bool = False
-    # A batch lane: the lenders whose cores it steps off while they work (spare_busy_lenders).
-    spare: tuple[Lender, ...] = ()
     # A batch lane's minimum CPU share under saturation (ris.runtime.cpu_share); None: none.
     min_cpu_share: float | None = None
     # A GPU lane's memory budget on its card (config.fit_checks.gpu_budget), in bytes: torch

@@ -90,9 +90,6 @@ function facts(s, tp, rtf) {
   if (w.borrowed_cores !== null && w.borrowed_cores !== undefined) {
     rows.push(["Borrowed cores", w.borrowed_cores.length ? `${w.borrowed_cores.join(", ")} (${w.threads_now} threads now)` : "none now", "borrowed"]);
   }
-  if (w.spared_cores !== null && w.spared_cores !== undefined) {
-    rows.push(["Spared cores", w.spared_cores.length ? `${w.spared_cores.join(", ")} (their lender is at work)` : "none now", "spared"]);
-  }
   const share = s.min_cpu_share;
   if (share) rows.push(["CPU share", `at least ${fmt.num(share.share * 100)} % of a busy core (${share.mechanism === "nice" ? `nice ${share.nice}` : `cgroup cpu.shares ${share.weight}`})`, "cpu-share"]);
   if (s.yield_policy) rows.push(["Yields", s.yield_policy === "none" ? "never (policy none)" : `to real-time lanes (${s.yield_policy})`, "yields"]);
