@@ -7,7 +7,9 @@ never carry user content.
     server -> worker    RunTask, CancelTask, Shutdown
     worker -> server    WorkerReady | WorkerFailed (once), Heartbeat (every half second),
                         TaskOutput / TaskProgress (while a task runs), then one of
-                        TaskDone, TaskError, TaskCancelled
+                        TaskDone, TaskError, TaskCancelled;
+                        ModelLoading, ModelLoaded, ModelUnloaded, ModelsHeld (models
+                        loaded on use, and the tasks a switch keeps waiting)
 """
 
 from __future__ import annotations
@@ -92,6 +94,26 @@ class ModelLoaded:
     """A model loaded after the worker's start (on first use)."""
 
     info: ModelInfo
+
+
+@dataclass(frozen=True)
+class ModelLoading:
+    """The worker begins loading `name` for a task (followed by ModelLoaded, or by the task's
+    TaskError when the load fails)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ModelsHeld:
+    """The tasks the worker holds, in its order, until `model` can load: the load waits for the
+    running work of the models `blocked_by` to drain (a switch never cuts a running batch), and
+    the tasks that came after it wait behind it. Sent when the set changes; empty `task_ids`:
+    none is held any more."""
+
+    model: str
+    task_ids: tuple[str, ...]
+    blocked_by: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,8 @@ async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_lo
         llm.deliver(m.ModelUnloaded("b", "evicted"))
         llm.deliver(m.ModelLoaded(_info("a", 1.0)))
         first = eng.submit(LLM, "a", LLMRequest(prompt="long"))
-        switch = eng.submit(LLM, "b", LLMRequest(prompt="x"))  # held by the worker until a drains
-        later = eng.submit(LLM, "a", LLMRequest(prompt="y"))  # after it: not what it waits for
+        switch = eng.submit(LLM, "b", LLMRequest(prompt="x"))
+        later = eng.submit(LLM, "a", LLMRequest(prompt="y"))
         assert [r.task_id for r in llm.runs] == [first.task_id, switch.task_id, later.task_id]
 
         def view(handle: object) -> object:
@@ -80,20 +80,46 @@ async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_lo
             assert found is not None
             return found
 
+        # Until the worker says otherwise, all three simply run.
+        assert [view(h).waiting_for for h in (first, switch, later)] == [None, None, None]  # type: ignore[attr-defined]
+        # The worker holds the switch until a drains, and `later` (model a) behind it, in order.
+        llm.deliver(m.ModelsHeld("b", (switch.task_id, later.task_id), blocked_by=("a",)))
         held = view(switch)
         assert (held.state, held.waiting_for) == ("running", "model_load")  # type: ignore[attr-defined]
-        assert view(first).waiting_for is None and view(later).waiting_for is None  # type: ignore[attr-defined]
+        assert view(later).waiting_for == "model_load"  # type: ignore[attr-defined]
+        assert view(first).waiting_for is None  # type: ignore[attr-defined]
         clock.advance(3.0)
         first_left = view(first).eta_s  # type: ignore[attr-defined]
-        # first's remaining time, then b's 6 s load, then its run; `later` is not counted
-        assert view(switch).eta_s >= first_left + 6.0  # type: ignore[attr-defined]
-        llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))  # drained: b loads now
-        clock.advance(2.0)
+        # first's remaining time, then b's 6 s load, then its run; `later`, held itself, is not
+        # what it waits for: counted, it would add its own time
         est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - the lane's run estimate
-        # 4 s of the load left, then its run; `later` (model a, dispatched after it, running
-        # on) is not what it waits for: counted, it would add its own time and b's whole load.
+        assert view(switch).eta_s == pytest.approx(first_left + 6.0 + est)  # type: ignore[attr-defined]
+        llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))  # drained
+        est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - first's 3 s moved it
+        assert view(switch).eta_s == pytest.approx(6.0 + est)  # type: ignore[attr-defined]
+        llm.deliver(m.ModelLoading("b"))  # the worker begins the load
+        clock.advance(2.0)
+        assert view(switch).waiting_for == "model_load"  # type: ignore[attr-defined]
         assert view(switch).eta_s == pytest.approx(4.0 + est)  # type: ignore[attr-defined]
         clock.advance(30.0)  # a slow load: its run still ahead, never 0
-        assert view(switch).eta_s > 0  # type: ignore[attr-defined]
+        assert view(switch).eta_s == pytest.approx(est) and est > 0  # type: ignore[attr-defined]
         llm.deliver(m.ModelLoaded(_info("b", 36.0)))
-        assert view(switch).waiting_for is None  # type: ignore[attr-defined]
+        llm.deliver(m.ModelsHeld("", (), ()))  # the switch admitted; `later` too (b and a fit)
+        assert view(switch).waiting_for is None and view(later).waiting_for is None  # type: ignore[attr-defined]
+
+
+@run
+async def test_a_failed_load_or_a_restarted_worker_leaves_no_task_waiting(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=2, models=(_info("a", 1.0),))
+        one = eng.submit(LLM, "b", LLMRequest(prompt="x"))
+        two = eng.submit(LLM, "b", LLMRequest(prompt="y"))
+        llm.deliver(m.ModelLoading("b"))
+        assert eng.lookup(one.task_id).waiting_for == "model_load"  # type: ignore[union-attr]
+        llm.deliver(m.TaskError(one.task_id, "model_load_failed", "no such file"))
+        assert eng.lookup(two.task_id).waiting_for is None  # type: ignore[union-attr]
+        llm.deliver(m.ModelsHeld("b", (two.task_id,), blocked_by=("a",)))
+        assert eng.lookup(two.task_id).waiting_for == "model_load"  # type: ignore[union-attr]
+        llm.ready(slots=2, models=(_info("a", 1.0),))  # a fresh worker: it holds nothing
+        assert eng.lookup(two.task_id).waiting_for is None  # type: ignore[union-attr]

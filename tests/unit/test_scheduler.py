@@ -314,6 +314,8 @@ def test_eta_of_a_task_held_for_a_model_switch_counts_the_drain_then_the_load() 
     clock.advance(1.0)
     run = sched.eta("t1", ModelWait(loading_since=drained))  # no load: its run (t0's 10 s moved it)
     assert run is not None and run > 0
+    # Still held, nothing left to drain, the load not begun yet (the worker has not said so).
+    assert sched.eta("t1", ModelWait(load_s=3.0)) == pytest.approx(3.0 + run)
     loading = ModelWait(load_s=3.0, loading_since=drained)
     assert sched.eta("t1", loading) == pytest.approx(2.0 + run)  # 2 s of the load left, then the run
     clock.advance(10.0)  # a load slower than the last one: its run at least, never 0

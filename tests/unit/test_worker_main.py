@@ -262,6 +262,7 @@ def test_models_load_on_use_and_the_least_recently_used_is_evicted(tmp_path: Pat
         assert ready.models[0].footprint_bytes == 600 * 1024
         chan.put(m.RunTask("t1", "b", CountRequest(upto=0)))
         assert chan.take() == m.ModelUnloaded("a", "evicted")
+        assert chan.take() == m.ModelLoading("b")  # the server counts the load from now
         loaded = chan.take()
         assert isinstance(loaded, m.ModelLoaded) and loaded.info.name == "b"
         assert chan.take() == m.TaskDone("t1", CountOutcome(0))
@@ -269,6 +270,7 @@ def test_models_load_on_use_and_the_least_recently_used_is_evicted(tmp_path: Pat
         assert chan.take() == m.TaskDone("t2", CountOutcome(0))
         chan.put(m.RunTask("t3", "c", CountRequest(upto=0)))
         assert chan.take() == m.ModelUnloaded("b", "evicted")
+        assert chan.take() == m.ModelLoading("c")
         assert isinstance(chan.take(), m.ModelLoaded)
         assert chan.take() == m.TaskDone("t3", CountOutcome(0))
         chan.put(m.Shutdown())
@@ -388,6 +390,7 @@ def test_a_load_out_of_gpu_memory_fails_its_task_gpu_out_of_memory_with_the_numb
     try:
         assert isinstance(chan.take(), m.WorkerReady)
         chan.put(m.RunTask("t1", "big", CountRequest(upto=1)))
+        assert chan.take() == m.ModelLoading("big")
         error = chan.take()
         assert isinstance(error, m.TaskError) and error.code == "gpu_out_of_memory", error
         # What to act on: that it was GPU memory, during the load, what stayed loaded, the fix.
@@ -406,3 +409,27 @@ def test_a_load_out_of_gpu_memory_fails_its_task_gpu_out_of_memory_with_the_numb
     finally:
         chan.close()
         lanes.unregister("count")
+
+
+def test_the_tasks_held_for_a_switch_are_said_once_per_change() -> None:
+    from collections import deque
+
+    from ris.runtime.model_cache import Hold
+    from ris.runtime.worker_main import _HeldTasks
+
+    said: list[object] = []
+    held = _HeldTasks(said.append)
+    pending = deque([m.RunTask("t2", "b", CountRequest(0)), m.RunTask("t3", "a", CountRequest(0))])
+    held.report(None, deque())  # nothing held, nothing said
+    held.report(("b", Hold(("a",))), pending)
+    held.report(("b", Hold(("a",))), pending)  # the same: not said again
+    pending.append(m.RunTask("t4", "a", CountRequest(0)))
+    held.report(("b", Hold(("a",))), pending)
+    pending.clear()
+    held.report(None, pending)  # admitted: none held any more
+    held.report(None, pending)
+    assert said == [
+        m.ModelsHeld("b", ("t2", "t3"), ("a",)),
+        m.ModelsHeld("b", ("t2", "t3", "t4"), ("a",)),
+        m.ModelsHeld("", (), ()),
+    ]

@@ -163,7 +163,9 @@ class ImageProgress(BaseModel):
     queue_position: int | None
     eta_s: float | None
     waiting_for: str | None = Field(
-        default=None, description='"model_load" while its worker loads the model (counted in eta_s)'
+        default=None,
+        description='"model_load" while its worker loads a model for it, or holds it until a switch can '
+        "load (counted in eta_s)",
     )
     error: dict[str, str] | None
 

@@ -373,7 +373,13 @@ class Engine:
             self._on_progress(replica, msg)
         elif isinstance(msg, (m.TaskDone, m.TaskError, m.TaskCancelled)):
             self._on_end(replica, msg)
+        elif isinstance(msg, m.ModelsHeld):
+            replica.held = msg
+        elif isinstance(msg, m.ModelLoading):
+            replica.loading = (msg.name, self.clock())
         elif isinstance(msg, m.ModelLoaded):
+            if replica.loading is not None and replica.loading[0] == msg.info.name:
+                replica.loading = None
             replica.models[msg.info.name] = msg.info
             self._model_log.loaded(replica.lane, msg.info.name, msg.info.load_s)
             log.info("%s: model %s loaded in %.2f s", replica.lane, msg.info.name, msg.info.load_s or 0.0)
@@ -383,6 +389,7 @@ class Engine:
             log.info("%s: model %s unloaded (%s)", replica.lane, msg.name, msg.reason)
         elif isinstance(msg, m.WorkerReady):
             replica.ready_info, replica.failure = msg, None
+            replica.forget_waits()
             replica.models = {info.name: info for info in msg.models}
             for info in msg.models:
                 self._model_log.loaded(replica.lane, info.name, info.load_s, at_start=True)
@@ -430,7 +437,9 @@ class Engine:
     def _on_end(self, replica: Replica, msg: m.TaskDone | m.TaskError | m.TaskCancelled) -> None:
         if msg.task_id in replica.running:
             replica.running.discard(msg.task_id)
-            replica.last_end = self.clock()
+            if replica.loading is not None and isinstance(msg, m.TaskError):
+                if self._model_of(msg.task_id) == replica.loading[0]:
+                    replica.loading = None  # the load failed (or the task did, which ends it)
             self._where.pop(msg.task_id, None)
             self._supervisor.task_ended(replica.watch)
         handle = self._handles.get(msg.task_id)
@@ -578,6 +587,7 @@ class Engine:
         log.error("%s: %s", replica.lane, message)
         replica.worker.kill()
         replica.ready_info = None  # its models and voices went with it
+        replica.forget_waits()
         self._supervisor.killed(replica.watch)
         self._update_slots(replica.lane)
         self._fail_tasks(replica, code, message)
@@ -618,29 +628,31 @@ class Engine:
         return out
 
     def _view(self, task: Task) -> TaskView[Any]:
-        """A task as clients see it. One the scheduler counts as running whose worker does
-        not hold its model yet waits for its load (the worker says ModelLoaded before the
-        task's first output): behind the running tasks of another model dispatched before it
-        there (a switch waits for their batch to drain), then for the load itself, taken to
-        begin when the worker's last task ended."""
+        """A task as clients see it. One the scheduler counts as running may still wait in its
+        worker for a model, as the worker says: while it loads the task's model (ModelLoading,
+        until ModelLoaded), what is left of the load; while it holds the task for a switch
+        (ModelsHeld), the running tasks of the models the switch waits for, then the load."""
         replica = self._where.get(task.id)
-        model = task.spec.payload[0] if task.spec.payload else None
-        if task.state is not TaskState.RUNNING or replica is None or model is None or model in replica.models:
+        if task.state is not TaskState.RUNNING or replica is None:
             return task_view(task, self._scheduler, self._wall)
-        behind = []
-        for t, where in self._where.items():  # in dispatch order, as the worker got them
-            if t == task.id:
-                break
-            if where is replica and self._model_of(t) not in (model, None):
-                behind.append(t)
-        started = task.started_at if task.started_at is not None else self.clock()
-        ended = replica.last_end
-        wait = ModelWait(
-            behind=tuple(behind),
-            load_s=max(task.spec.load_s, self._model_log.expected_load_s(task.lane, model)),
-            loading_since=ended if ended is not None and ended > started else started,
-        )
+        model = self._model_of(task.id)
+        if replica.loading is not None and replica.loading[0] == model:
+            wait = ModelWait(load_s=self._load_s(task, model), loading_since=replica.loading[1])
+        elif task.id in replica.held.task_ids:
+            held = replica.held
+            behind = tuple(
+                t for t in replica.running if t not in held.task_ids and self._model_of(t) in held.blocked_by
+            )
+            wait = ModelWait(behind=behind, load_s=self._load_s(task, held.model))
+        else:
+            return task_view(task, self._scheduler, self._wall)
         return task_view(task, self._scheduler, self._wall, wait)
+
+    def _load_s(self, task: Task, model: str) -> float:
+        """The seconds a load of `model` is expected to take: the model log's figure, or the
+        task's own estimate for its model."""
+        own = task.spec.load_s if model == self._model_of(task.id) else 0.0
+        return max(own, self._model_log.expected_load_s(task.lane, model))
 
     def _model_of(self, task_id: str) -> str | None:
         task = self._scheduler.get(task_id)

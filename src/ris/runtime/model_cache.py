@@ -91,6 +91,8 @@ class ModelCache:
         assert isinstance(decision, Load)
         for other in decision.evict:
             self.unload(other, "evicted")
+        if announce:
+            self._send(m.ModelLoading(name))
         started = time.perf_counter()
         try:
             backend = self._construct(name)

@@ -24,8 +24,15 @@ class Replica:
     failure: m.WorkerFailed | None = None
     # The models it holds now, by name: those of WorkerReady, then ModelLoaded / ModelUnloaded.
     models: dict[str, m.ModelInfo] = field(default_factory=dict)
-    # When its last task ended (the engine's clock): a model load held for a switch begins then.
-    last_end: float | None = None
+    # What the worker said it waits for: the tasks it holds for a switch (ModelsHeld; empty:
+    # none), and the model it is loading with when it began (ModelLoading, the engine's clock).
+    held: m.ModelsHeld = m.ModelsHeld("", (), ())
+    loading: tuple[str, float] | None = None
+
+    def forget_waits(self) -> None:
+        """A worker gone (or started afresh) holds and loads nothing."""
+        self.held = m.ModelsHeld("", (), ())
+        self.loading = None
 
     @property
     def ready(self) -> bool:

@@ -108,8 +108,9 @@ class TaskView(Generic[R]):
     # The key that created it (ris.runtime.tenancy): a named key's name, "key:<fingerprint>"
     # for a plain key, None with no key configured.
     owner: str | None = None
-    # What a running task waits for before its work starts: "model_load" while its worker
-    # loads its model (a switch: evicting another, or a first use); its ETA counts the load.
+    # What a running task waits for before its work starts, as its worker says: "model_load"
+    # while it loads the task's model (a first use, a switch) or holds the task until a switch
+    # can load (behind another model's running batch); its ETA counts the drain and the load.
     waiting_for: str | None = None
 
     @property

@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -39,7 +40,7 @@ from ris.runtime.lending import CoreLending
 
 if TYPE_CHECKING:
     from ris.lanes.base import ConcurrentRunner
-    from ris.runtime.model_cache import ModelCache
+    from ris.runtime.model_cache import Hold, ModelCache
     from ris.runtime.workers.base import WorkerSpec
 
 HEARTBEAT_INTERVAL_S = 0.5
@@ -313,6 +314,7 @@ def _serve_concurrently(
 
     pending: collections.deque[m.RunTask] = collections.deque()
     running: dict[str, m.RunTask] = {}
+    held = _HeldTasks(out.send)
 
     def fail_all(code: str, message: str, exit_code: int) -> NoReturn:
         """The runner's state cannot be trusted: its tasks fail, a fresh worker serves on."""
@@ -338,7 +340,7 @@ def _serve_concurrently(
                     msg = inbox.get_nowait()
                 except queue.Empty:
                     msg = None
-            _admit_pending(runner, pending, running, cache, state, out)
+            held.report(_admit_pending(runner, pending, running, cache, state, out), pending)
             ended = runner.step()
         except MemoryError:
             fail_all("worker_out_of_memory", _OUT_OF_MEMORY, EXIT_OUT_OF_MEMORY)
@@ -364,6 +366,29 @@ def _serve_concurrently(
         cache.expire()
 
 
+class _HeldTasks:
+    """Tells the server which tasks wait for a switch (ModelsHeld), when that changes: checked
+    after every admission, on the batch loop's path, so the common case (nothing held, nothing
+    said) costs one comparison."""
+
+    NONE = m.ModelsHeld("", (), ())
+
+    def __init__(self, send: Callable[[object], None]) -> None:
+        self._send = send
+        self._said = self.NONE
+
+    def report(self, hold: tuple[str, Hold] | None, pending: collections.deque[m.RunTask]) -> None:
+        if hold is None or not pending:
+            if self._said is not self.NONE:
+                self._send(self.NONE)
+                self._said = self.NONE
+            return
+        now = m.ModelsHeld(hold[0], tuple(p.task_id for p in pending), hold[1].blocked_by)
+        if now != self._said:
+            self._send(now)
+            self._said = now
+
+
 def _admit_pending(
     runner: ConcurrentRunner[Any, Any, Any],
     pending: collections.deque[m.RunTask],
@@ -371,10 +396,11 @@ def _admit_pending(
     cache: ModelCache,
     state: _Shared,
     out: _SerialSender,
-) -> None:
-    """Admit waiting tasks in order until one's model must wait for running work to drain."""
+) -> tuple[str, Hold] | None:
+    """Admit waiting tasks in order until one's model must wait for running work to drain;
+    that model and its hold (None: nothing held)."""
     from ris.lanes.base import BackendError
-    from ris.runtime.model_cache import Hold
+    from ris.runtime.model_cache import Hold  # noqa: F811 - at run time, not only for mypy
 
     for msg in [p for p in pending if p.task_id in state.cancelled]:  # cancelled while waiting
         pending.remove(msg)
@@ -399,7 +425,7 @@ def _admit_pending(
             out.send(m.TaskError(task_id, "model_load_failed", f"{type(e).__name__}: {e}"))
             continue
         if isinstance(backend, Hold):
-            return
+            return msg.model, backend
         pending.popleft()
         cache.started(msg.model)
         running[task_id] = msg
@@ -408,3 +434,4 @@ def _admit_pending(
             return task_id in state.cancelled
 
         runner.admit(backend, task_id, msg.request, cancelled)
+    return None

@@ -36,9 +36,10 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class ModelWait:
-    """A running task whose worker has yet to load its model (the engine's word, Scheduler.eta):
-    the running tasks of another model the worker holds it behind (a switch waits for their
-    batch to drain), the load's expected seconds, and when the load began (None: at dispatch)."""
+    """A running task whose worker has yet to load a model (the worker's word, through the
+    engine, for Scheduler.eta): the running tasks of other models the worker holds it behind
+    (a switch waits for their batch to drain), the load's expected seconds, and when the load
+    began (None: not yet)."""
 
     behind: tuple[str, ...] = ()
     load_s: float = 0.0
@@ -444,8 +445,9 @@ class Scheduler:
             holding = [t for t in wait.behind if t != task_id]
             if holding:
                 return max((self.eta(t) or 0.0 for t in holding), default=0.0) + wait.load_s + est
-            since = wait.loading_since if wait.loading_since is not None else task.started_at
-            return max(0.0, wait.load_s - (self._clock() - (since or self._clock()))) + est
+            if wait.loading_since is None:  # held, with nothing left to drain: about to load
+                return wait.load_s + est
+            return max(0.0, wait.load_s - (self._clock() - wait.loading_since)) + est
         if task.state is TaskState.RUNNING:
             if task.progress_total and task.started_at is not None and task.progress_done:
                 elapsed = self._clock() - task.started_at
