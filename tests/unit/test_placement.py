@@ -256,6 +256,37 @@ def test_a_full_outbox_holds_the_worker_until_the_stream_reads() -> None:
     assert out.drain(1) == ([3, 4], False)
 
 
+def test_a_worker_about_to_exit_waits_until_the_stream_has_yielded_its_last_messages() -> None:
+    # os._exit in an actor would drop what the stream had not yielded yet: the task failures a
+    # worker sends just before it exits (out of memory) must reach the server first.
+    pytest.importorskip("ray")
+    from ris.runtime.workers import ray as ray_workers
+
+    out = ray_workers._Outbox()
+    assert out.flush(0.05) is False  # the stream has not come back for more: not flushed
+    yielded: list[list[object]] = []
+    flushed: list[float] = []
+
+    def stream() -> None:  # the actor's stream(): drain, yield, drain again
+        for _ in range(3):
+            messages, _ended = out.drain(0.2)
+            if messages:
+                yielded.append(messages)
+
+    out.send("error t1")
+    out.send("error t2")
+    t = threading.Thread(target=stream, daemon=True)
+    start = time.monotonic()
+    t.start()
+    assert out.flush(5.0) is True
+    flushed.append(time.monotonic() - start)
+    # Both taken by one drain, and the stream back in drain() for more: the batch was yielded,
+    # and the grace for Ray's report passed too.
+    assert yielded == [["error t1", "error t2"]]
+    assert flushed[0] >= ray_workers.FLUSH_GRACE_S
+    t.join(5)
+
+
 def test_lanes_that_each_fit_but_not_together_are_refused_before_one_waits_for_ever() -> None:
     """The documented head on a 2-CPU machine advertising both lanes: the LLM (1 CPU) and the
     image lane (2 CPUs, its cores) each fit; together they ask for 3."""

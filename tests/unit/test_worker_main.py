@@ -433,3 +433,41 @@ def test_the_tasks_held_for_a_switch_are_said_once_per_change() -> None:
         m.ModelsHeld("b", ("t2", "t3", "t4"), ("a",)),
         m.ModelsHeld("", (), ()),
     ]
+
+
+def test_a_worker_exiting_on_purpose_first_lets_a_queueing_channel_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ris.runtime import worker_main
+
+    events: list[object] = []
+
+    class Queueing:  # a Ray actor's outbox: sends only queue
+        def send(self, msg: object) -> None:
+            events.append(("sent", msg))
+
+        def flush(self, timeout: float) -> bool:
+            events.append(("flush", timeout))
+            return True
+
+    class Piped:  # a pipe: a send is a write, nothing to flush
+        def send(self, msg: object) -> None:
+            events.append(("sent", msg))
+
+    def fake_exit(code: int) -> None:
+        events.append(("exit", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr("ris.runtime.worker_main.os._exit", fake_exit)
+    for channel in (Queueing(), Piped()):
+        out = worker_main._SerialSender(channel)
+        out.send("failed")
+        with pytest.raises(SystemExit):
+            out.exit(worker_main.EXIT_OUT_OF_MEMORY)
+    assert events == [
+        ("sent", "failed"),
+        ("flush", worker_main.EXIT_FLUSH_S),
+        ("exit", 3),
+        ("sent", "failed"),
+        ("exit", 3),
+    ]

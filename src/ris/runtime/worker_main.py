@@ -72,9 +72,15 @@ class ChannelIn(Protocol):
 
 class ChannelOut(Protocol):
     """The worker's messages to the server. Called from one thread at a time (the worker
-    serialises its threads' sends), so an implementation need not lock."""
+    serialises its threads' sends), so an implementation need not lock. One whose sends only
+    queue (a Ray actor's outbox) also has `flush(timeout)`: the worker calls it before it exits
+    on purpose, so that the failures it just sent reach the server."""
 
     def send(self, msg: object, /) -> None: ...
+
+
+# The longest a worker that must exit waits for its last messages to leave (ChannelOut.flush).
+EXIT_FLUSH_S = 5.0
 
 
 class _SerialSender:
@@ -87,6 +93,14 @@ class _SerialSender:
     def send(self, msg: object) -> None:
         with self._lock:
             self._channel.send(msg)
+
+    def exit(self, code: int) -> NoReturn:
+        """End the process once what was sent has left: at once over a pipe (a send is a
+        write), after the channel's flush where sends only queue (a Ray actor's outbox)."""
+        flush = getattr(self._channel, "flush", None)
+        if flush is not None:
+            flush(EXIT_FLUSH_S)
+        os._exit(code)
 
 
 @dataclass
@@ -275,7 +289,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             # Over the OS memory limit (ris.runtime.binding): the heap may be left fragmented
             # or a library half-way through an allocation, so a fresh worker serves on.
             out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
-            os._exit(EXIT_OUT_OF_MEMORY)  # the message is in the pipe already
+            out.exit(EXIT_OUT_OF_MEMORY)
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             if gpu_out_of_memory(e):
                 # torch raised before allocating, and the backend put its model back as it was
@@ -320,7 +334,7 @@ def _serve_concurrently(
         """The runner's state cannot be trusted: its tasks fail, a fresh worker serves on."""
         for task_id in list(state.running):
             out.send(m.TaskError(task_id, code, message))
-        os._exit(exit_code)  # the messages are in the pipe already
+        out.exit(exit_code)
 
     while True:
         idle = not runner.busy() and not pending
@@ -369,7 +383,7 @@ def _serve_concurrently(
 class _HeldTasks:
     """Tells the server which tasks wait for a switch (ModelsHeld), when that changes: checked
     after every admission, on the batch loop's path, so the common case (nothing held, nothing
-    said) costs one comparison."""
+    said) costs two comparisons."""
 
     NONE = m.ModelsHeld("", (), ())
 

@@ -71,6 +71,10 @@ BACKLOG = 8
 # each sequence's token is one, so a second of one stream at 256 tokens/s, or 8 tokens each
 # of 32 sequences; audio chunks and image results are one message each.
 OUTBOX_LIMIT = 256
+# After the stream has yielded a worker's last messages, how long the worker still waits before
+# it exits on purpose: the yield hands the batch to Ray, whose report to the server is sent
+# asynchronously.
+FLUSH_GRACE_S = 0.25
 # A yield reports the worker's memory and CPU read at most this long before: as often as the
 # engine's memory watchdog looks at a local worker.
 USAGE_EVERY_S = 0.25
@@ -128,12 +132,29 @@ class _Outbox:
         self._pending: list[object] = []
         self._limit = limit
         self.ended = False
+        self._sent = 0  # messages sent, ever
+        self._taken = 0  # of those, taken by the stream
+        self._asking = False  # the stream waits in drain() for its next batch
 
     def send(self, msg: object) -> None:
         with self._cond:
             self._cond.wait_for(lambda: len(self._pending) < self._limit)
             self._pending.append(msg)
+            self._sent += 1
             self._cond.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) until the stream has taken every message sent so far and
+        come back for more, so the batch that carried them was yielded to Ray; then a moment
+        more for Ray to report it to the server. The worker calls this before it exits on
+        purpose (os._exit would otherwise drop the failures it just sent). False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            sent = self._sent
+            left = self._cond.wait_for(lambda: self._taken >= sent and self._asking, timeout)
+        if left:
+            time.sleep(max(0.0, min(FLUSH_GRACE_S, deadline - time.monotonic())))
+        return left
 
     def end(self) -> None:
         with self._cond:
@@ -144,8 +165,12 @@ class _Outbox:
         """Everything written since the last drain, once there is something (or the worker
         ended, or `timeout` passed), and whether the worker ended."""
         with self._cond:
+            self._asking = True
+            self._cond.notify_all()  # a flush waiting for the stream to come back
             self._cond.wait_for(lambda: bool(self._pending) or self.ended, timeout)
+            self._asking = False
             out, self._pending = self._pending, []
+            self._taken += len(out)
             self._cond.notify_all()  # a send waiting for room
             return out, self.ended
 
