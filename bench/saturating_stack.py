@@ -57,7 +57,7 @@ from ris.benchmark.run import machine_summary  # noqa: E402
 from ris.benchmark.summary import ratio  # noqa: E402
 from ris.benchmark.summary import spread as summary_spread  # noqa: E402
 from ris.benchmark.workload import LONG_SENTENCES, SHORT_SENTENCES  # noqa: E402
-from ris.launch import ServiceProcess, free_port  # noqa: E402
+from ris.launch import ServiceProcess, free_port, free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_CLIENTS = 2
@@ -133,7 +133,7 @@ def image_only() -> dict[str, Any]:
 
 @contextmanager
 def stack(binary: Path, folder: Path, meta: dict[str, Any]) -> Iterator[System]:
-    llm_port, tts_port = free_port(), free_port()
+    llm_port, tts_port = free_ports(2)
     llama = [str(binary), "-m", str(model_path()), "--host", "127.0.0.1", "--port", str(llm_port)]
     piper = [sys.executable, "-m", "piper.http_server", "-m", str(piper_voice())]
     piper += ["--host", "127.0.0.1", "--port", str(tts_port)]
@@ -169,10 +169,24 @@ def ris_variant(folder: Path, meta: dict[str, Any], name: str, lanes: dict[str, 
 
 
 def variant(text: str) -> tuple[str, dict[str, Any]]:
+    """NAME=JSON, checked before any load runs: a name no figure of the results uses, lanes
+    config.json has, each patched with an object of fields."""
     name, _, patch = text.partition("=")
-    lanes = json.loads(patch)
-    if not name.isidentifier() or name in ("ris", "stack") or not isinstance(lanes, dict):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME={{lane: {{field: value}}}}")
+    try:
+        lanes = json.loads(patch)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: the patch is not JSON ({e})") from None
+    known = shipped()["lanes"]
+    if (
+        not name.isidentifier()
+        or name in ("ris", "stack", "order", "ratios") or name.startswith("ratios_")
+        or not isinstance(lanes, dict)
+        or any(lane not in known or not isinstance(fields, dict) for lane, fields in lanes.items())
+    ):  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME={{lane: {{field: value}}}}, NAME not ris, stack, order or "
+            f"ratios*, lanes among {', '.join(known)}"
+        )
     return name, lanes
 
 

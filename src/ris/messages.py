@@ -98,8 +98,8 @@ class ModelLoaded:
 
 @dataclass(frozen=True)
 class ModelLoading:
-    """The worker begins loading `name` for a task (followed by ModelLoaded, or by the task's
-    TaskError when the load fails)."""
+    """The worker begins loading `name` for a task (followed by ModelLoaded, or, when the load
+    fails, by the task's TaskError, or TaskCancelled if it was cancelled meanwhile)."""
 
     name: str
 

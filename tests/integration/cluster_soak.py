@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import psutil
 
-from ris.launch import free_port, free_ports
+from ris.launch import free_ports
 
 from .server import ROOT, Server, kill_group, make_config
 from .soak import FINAL, SENTENCES, _image
@@ -58,17 +58,22 @@ FAULTS = ("node", "head", "server")
 class RayNode:
     """`ray start ... --block` in its own process group, restarted when it exits."""
 
-    def __init__(self, name: str, args: list[str], folder: Path, env: dict[str, str]) -> None:
+    # The ports each node is given (none may fall back to Ray's defaults: other clusters run
+    # on this machine).
+    PORTS = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+    )
+
+    def __init__(
+        self, name: str, args: list[str], folder: Path, env: dict[str, str], port_numbers: list[int]
+    ) -> None:
         self.name = name
-        names = [
-            "node-manager-port",
-            "object-manager-port",
-            "metrics-export-port",
-            "runtime-env-agent-port",
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-        ]
-        ports = [f"--{n}={p}" for n, p in zip(names, free_ports(len(names)), strict=True)]
+        ports = [f"--{n}={p}" for n, p in zip(self.PORTS, port_numbers, strict=True)]
         self.cmd = [RAY, "start", *args, *ports, "--disable-usage-stats", "--block"]
         self.log = folder / f"{name}.log"
         self.env = env
@@ -132,7 +137,10 @@ class ClusterSoak:
             "RAY_AUTH_TOKEN": secrets.token_hex(32),
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
         }
-        self.head_port = free_port()
+        # Every port of the three nodes chosen together: one at a time, two could be the same.
+        ports = free_ports(1 + 3 * len(RayNode.PORTS))
+        self.head_port = ports[0]
+        per_node = [ports[1 + i * len(RayNode.PORTS) : 1 + (i + 1) * len(RayNode.PORTS)] for i in range(3)]
         # Ray's session files apart from other clusters' (/tmp/ray); a short path, since it
         # holds Unix sockets.
         self.ray_tmp = folder / "r"
@@ -142,6 +150,7 @@ class ClusterSoak:
             ["--head", f"--port={self.head_port}", "--num-cpus=0", temp, "--include-dashboard=false"],
             folder,
             self.env,
+            per_node[0],
         )
         join = f"--address=127.0.0.1:{self.head_port}"
         self.nodes = {
@@ -155,9 +164,14 @@ class ClusterSoak:
                 ],
                 folder,
                 self.env,
+                per_node[1],
             ),
             "node-b": RayNode(
-                "node-b", [join, "--num-cpus=1", temp, '--resources={"ris_lane_tts": 1}'], folder, self.env
+                "node-b",
+                [join, "--num-cpus=1", temp, '--resources={"ris_lane_tts": 1}'],
+                folder,
+                self.env,
+                per_node[2],
             ),
         }
         fast = {"heartbeat_timeout_s": 3.0, "max_queue": 16}

@@ -97,10 +97,13 @@ async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_lo
         llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))  # drained
         est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - first's 3 s moved it
         assert view(switch).eta_s == pytest.approx(6.0 + est)  # type: ignore[attr-defined]
+        assert view(later).waiting_for_model == "b"  # type: ignore[attr-defined]  # a's own is loaded
         llm.deliver(m.ModelLoading("b"))  # the worker begins the load
         clock.advance(2.0)
         assert view(switch).waiting_for == "model_load"  # type: ignore[attr-defined]
         assert view(switch).eta_s == pytest.approx(4.0 + est)  # type: ignore[attr-defined]
+        # `later`, still held behind it, counts down the same load
+        assert (view(later).waiting_for_model, view(later).eta_s) == ("b", pytest.approx(4.0 + est))  # type: ignore[attr-defined]
         clock.advance(30.0)  # a slow load: its run still ahead, never 0
         assert view(switch).eta_s == pytest.approx(est) and est > 0  # type: ignore[attr-defined]
         llm.deliver(m.ModelLoaded(_info("b", 36.0)))
@@ -118,6 +121,12 @@ async def test_a_failed_load_or_a_restarted_worker_leaves_no_task_waiting(tmp_pa
         llm.deliver(m.ModelLoading("b"))
         assert eng.lookup(one.task_id).waiting_for == "model_load"  # type: ignore[union-attr]
         llm.deliver(m.TaskError(one.task_id, "model_load_failed", "no such file"))
+        assert eng.lookup(two.task_id).waiting_for is None  # type: ignore[union-attr]
+        three = eng.submit(LLM, "b", LLMRequest(prompt="z"))
+        # The worker loads b again, for `three`, which is cancelled meanwhile: the failed load
+        # ends it as cancelled, and nothing is loading any more.
+        llm.deliver(m.ModelLoading("b"))
+        llm.deliver(m.TaskCancelled(three.task_id))
         assert eng.lookup(two.task_id).waiting_for is None  # type: ignore[union-attr]
         llm.deliver(m.ModelsHeld("b", (two.task_id,), blocked_by=("a",)))
         assert eng.lookup(two.task_id).waiting_for == "model_load"  # type: ignore[union-attr]

@@ -167,6 +167,9 @@ class ImageProgress(BaseModel):
         description='"model_load" while its worker loads a model for it, or holds it until a switch can '
         "load (counted in eta_s)",
     )
+    waiting_for_model: str | None = Field(
+        default=None, description="the model whose load it waits for (with waiting_for)"
+    )
     error: dict[str, str] | None
 
 

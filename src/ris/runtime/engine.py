@@ -437,9 +437,11 @@ class Engine:
     def _on_end(self, replica: Replica, msg: m.TaskDone | m.TaskError | m.TaskCancelled) -> None:
         if msg.task_id in replica.running:
             replica.running.discard(msg.task_id)
-            if replica.loading is not None and isinstance(msg, m.TaskError):
-                if self._model_of(msg.task_id) == replica.loading[0]:
-                    replica.loading = None  # the load failed (or the task did, which ends it)
+            if replica.loading is not None and self._model_of(msg.task_id) == replica.loading[0]:
+                # While a load runs the worker ends no task: an end for a task of the loading
+                # model is the load failing (a TaskError, or a TaskCancelled when the task was
+                # cancelled meanwhile); after ModelLoaded nothing is loading anyway.
+                replica.loading = None
             self._where.pop(msg.task_id, None)
             self._supervisor.task_ended(replica.watch)
         handle = self._handles.get(msg.task_id)
@@ -636,14 +638,23 @@ class Engine:
         if task.state is not TaskState.RUNNING or replica is None:
             return task_view(task, self._scheduler, self._wall)
         model = self._model_of(task.id)
-        if replica.loading is not None and replica.loading[0] == model:
-            wait = ModelWait(load_s=self._load_s(task, model), loading_since=replica.loading[1])
+        loading = replica.loading
+        if loading is not None and loading[0] == model:
+            wait = ModelWait(load_s=self._load_s(task, model), loading_since=loading[1], model=model)
         elif task.id in replica.held.task_ids:
             held = replica.held
-            behind = tuple(
-                t for t in replica.running if t not in held.task_ids and self._model_of(t) in held.blocked_by
-            )
-            wait = ModelWait(behind=behind, load_s=self._load_s(task, held.model))
+            if loading is not None and loading[0] == held.model:
+                # The switch it is held behind loads now (the worker has not said it admitted
+                # it yet): what is left of that load.
+                load_s = self._load_s(task, held.model)
+                wait = ModelWait(load_s=load_s, loading_since=loading[1], model=held.model)
+            else:
+                behind = tuple(
+                    t
+                    for t in replica.running
+                    if t not in held.task_ids and self._model_of(t) in held.blocked_by
+                )
+                wait = ModelWait(behind=behind, load_s=self._load_s(task, held.model), model=held.model)
         else:
             return task_view(task, self._scheduler, self._wall)
         return task_view(task, self._scheduler, self._wall, wait)

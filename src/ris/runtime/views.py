@@ -112,6 +112,8 @@ class TaskView(Generic[R]):
     # while it loads the task's model (a first use, a switch) or holds the task until a switch
     # can load (behind another model's running batch); its ETA counts the drain and the load.
     waiting_for: str | None = None
+    # The model whose load it waits for: its own, or the one a switch it is held behind loads.
+    waiting_for_model: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -145,6 +147,7 @@ def task_view(
         result=task.result,
         owner=task.spec.owner,
         waiting_for=None if wait is None else "model_load",
+        waiting_for_model=None if wait is None else wait.model,
     )
 
 

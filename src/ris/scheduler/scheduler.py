@@ -44,6 +44,8 @@ class ModelWait:
     behind: tuple[str, ...] = ()
     load_s: float = 0.0
     loading_since: float | None = None
+    # The model whose load it waits for (its own, or the switch's it is held behind).
+    model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,7 @@ def progress_body(view: TaskView[Any]) -> dict[str, Any]:
         queue_position=view.queue_position,
         eta_s=view.eta_s,
         waiting_for=view.waiting_for,
+        waiting_for_model=view.waiting_for_model,
         error={"code": view.error_code or "failed", "message": view.error_message or ""}
         if view.state in ("failed", "cancelled")
         else None,
