@@ -286,6 +286,61 @@ def test_messages_reach_a_lane_actor_in_the_order_they_were_sent(ray_cluster: di
         ray.kill(probe)
 
 
+def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(
+    ray_cluster: dict[str, Any],
+) -> None:
+    """A worker past its memory ceiling sends its tasks' worker_out_of_memory, then exits
+    (os._exit): in an actor the messages only queue for the stream's next yield, and they must
+    reach the caller before the process goes. The real exit path (worker_main's sender) in a
+    real actor, read through the real stream."""
+    from ris.runtime.workers.ray import ACTOR_OPTIONS, LaneActor
+
+    class Dying(LaneActor):
+        def __init__(self) -> None:  # the outbox and what a yield reads: no worker, no model
+            import psutil
+
+            from ris.preemption.board import ActivityBoard
+            from ris.runtime.workers.ray import _Outbox
+
+            self._lane = "probe"
+            self._board = ActivityBoard(("probe",), array=bytearray(1))
+            self._outbox = _Outbox()
+            self._proc = psutil.Process()
+            self._usage_at = None
+            self._last_usage = (0, 0.0, 0.0)
+            self._node_id, self._node_ip = "node", "127.0.0.1"
+
+        def fail_and_exit(self, n: int) -> None:
+            import threading
+
+            from ris import messages as m
+            from ris.runtime.worker_main import EXIT_OUT_OF_MEMORY, _SerialSender
+
+            def worker() -> None:
+                out = _SerialSender(self._outbox)
+                for i in range(n):
+                    out.send(m.TaskError(f"t{i}", "worker_out_of_memory", "over the ceiling"))
+                out.exit(EXIT_OUT_OF_MEMORY)
+
+            threading.Thread(target=worker, daemon=True).start()
+
+    actor = ray.remote(**ACTOR_OPTIONS)(Dying).options(num_cpus=0).remote()
+    try:
+        stream = actor.stream.remote()
+        actor.fail_and_exit.remote(3)
+        received: list[Any] = []
+        deadline = time.monotonic() + 60
+        with pytest.raises(Exception):  # noqa: B017, PT011 - Ray's error for a dead actor, whichever
+            while time.monotonic() < deadline:
+                batch = ray.get(next(stream), timeout=30)
+                received.extend(batch.messages)
+        assert [(msg.task_id, msg.code) for msg in received] == [
+            (f"t{i}", "worker_out_of_memory") for i in range(3)
+        ]
+    finally:
+        ray.kill(actor)
+
+
 def test_a_node_lost_mid_task_fails_it_and_the_lane_returns_with_a_new_node(
     ray_server: Server, ray_cluster: dict[str, Any]
 ) -> None:
