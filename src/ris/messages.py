@@ -116,6 +116,10 @@ class ModelsHeld:
     blocked_by: tuple[str, ...]
 
 
+# Nothing held: what a worker says once its switch is admitted, and what a fresh one holds.
+NONE_HELD = ModelsHeld("", (), ())
+
+
 @dataclass(frozen=True)
 class ModelUnloaded:
     """A model the worker let go: "evicted" (another needed its memory) or "expired" (idle

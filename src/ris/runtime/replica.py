@@ -26,12 +26,12 @@ class Replica:
     models: dict[str, m.ModelInfo] = field(default_factory=dict)
     # What the worker said it waits for: the tasks it holds for a switch (ModelsHeld; empty:
     # none), and the model it is loading with when it began (ModelLoading, the engine's clock).
-    held: m.ModelsHeld = m.ModelsHeld("", (), ())
+    held: m.ModelsHeld = m.NONE_HELD
     loading: tuple[str, float] | None = None
 
     def forget_waits(self) -> None:
         """A worker gone (or started afresh) holds and loads nothing."""
-        self.held = m.ModelsHeld("", (), ())
+        self.held = m.NONE_HELD
         self.loading = None
 
     @property

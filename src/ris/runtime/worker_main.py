@@ -385,17 +385,15 @@ class _HeldTasks:
     after every admission, on the batch loop's path, so the common case (nothing held, nothing
     said) costs two comparisons."""
 
-    NONE = m.ModelsHeld("", (), ())
-
     def __init__(self, send: Callable[[object], None]) -> None:
         self._send = send
-        self._said = self.NONE
+        self._said = m.NONE_HELD
 
     def report(self, hold: tuple[str, Hold] | None, pending: collections.deque[m.RunTask]) -> None:
         if hold is None or not pending:
-            if self._said is not self.NONE:
-                self._send(self.NONE)
-                self._said = self.NONE
+            if self._said is not m.NONE_HELD:
+                self._send(m.NONE_HELD)
+                self._said = m.NONE_HELD
             return
         now = m.ModelsHeld(hold[0], tuple(p.task_id for p in pending), hold[1].blocked_by)
         if now != self._said:
