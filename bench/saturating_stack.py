@@ -366,6 +366,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "saturating_stack.json")
     p.add_argument("--variant", type=variant, action="append", default=[], help="NAME=JSON lane patch")
     args = p.parse_args()
+    named = [name for name, _ in args.variant]
+    if len(set(named)) != len(named):
+        p.error(f"--variant names must differ: {', '.join(named)}")
     try:
         import flask  # noqa: F401  - Piper's HTTP server needs it; piper-tts does not install it
     except ImportError:

@@ -7,7 +7,8 @@ never carry user content.
     server -> worker    RunTask, CancelTask, Shutdown
     worker -> server    WorkerReady | WorkerFailed (once), Heartbeat (every half second),
                         TaskOutput / TaskProgress (while a task runs), then one of
-                        TaskDone, TaskError, TaskCancelled;
+                        TaskDone, TaskError, TaskCancelled; WorkerExiting (before the
+                        failures of a worker that must exit);
                         ModelLoading, ModelLoaded, ModelUnloaded, ModelsHeld (models
                         loaded on use, and the tasks a switch keeps waiting)
 """
@@ -94,6 +95,15 @@ class ModelLoaded:
     """A model loaded after the worker's start (on first use)."""
 
     info: ModelInfo
+
+
+@dataclass(frozen=True)
+class WorkerExiting:
+    """The worker exits right after the messages that follow it (its tasks' failures): the
+    server sends it no more work. Without it, the failures would free slots that the next
+    queued tasks fill, on a worker about to go."""
+
+    reason: str
 
 
 @dataclass(frozen=True)

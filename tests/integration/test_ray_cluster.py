@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from ris import Client
+from ris import messages as m
 
 from .server import Server, kill, make_config, ris_status
 from .waiting import post_in_background, wait_for, wait_state
@@ -317,10 +318,8 @@ def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(
             from ris.runtime.worker_main import EXIT_OUT_OF_MEMORY, _SerialSender
 
             def worker() -> None:
-                out = _SerialSender(self._outbox)
-                for i in range(n):
-                    out.send(m.TaskError(f"t{i}", "worker_out_of_memory", "over the ceiling"))
-                out.exit(EXIT_OUT_OF_MEMORY)
+                failures = [m.TaskError(f"t{i}", "worker_out_of_memory", "over") for i in range(n)]
+                _SerialSender(self._outbox).fail_and_exit(EXIT_OUT_OF_MEMORY, "out of memory", failures)
 
             threading.Thread(target=worker, daemon=True).start()
 
@@ -334,7 +333,8 @@ def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(
             while time.monotonic() < deadline:
                 batch = ray.get(next(stream), timeout=30)
                 received.extend(batch.messages)
-        assert [(msg.task_id, msg.code) for msg in received] == [
+        assert received[0] == m.WorkerExiting("out of memory")
+        assert [(msg.task_id, msg.code) for msg in received[1:]] == [
             (f"t{i}", "worker_out_of_memory") for i in range(3)
         ]
     finally:

@@ -132,3 +132,21 @@ async def test_a_failed_load_or_a_restarted_worker_leaves_no_task_waiting(tmp_pa
         assert eng.lookup(two.task_id).waiting_for == "model_load"  # type: ignore[union-attr]
         llm.ready(slots=2, models=(_info("a", 1.0),))  # a fresh worker: it holds nothing
         assert eng.lookup(two.task_id).waiting_for is None  # type: ignore[union-attr]
+
+
+@run
+async def test_a_worker_that_says_it_exits_gets_no_more_work_until_a_fresh_one(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=1, models=(_info("a", 1.0),))
+        first = eng.submit(LLM, "a", LLMRequest(prompt="x"))
+        second = eng.submit(LLM, "a", LLMRequest(prompt="y"))  # queued behind it
+        assert [r.task_id for r in llm.runs] == [first.task_id]
+        # A broken batch: the worker says it goes, then fails its task, then exits.
+        llm.deliver(m.WorkerExiting("backend_error"))
+        llm.deliver(m.TaskError(first.task_id, "backend_error", "RuntimeError: broken"))
+        # The freed slot is not filled on a worker about to go: the next task waits.
+        assert [r.task_id for r in llm.runs] == [first.task_id]
+        assert eng.lookup(second.task_id).state == "queued"  # type: ignore[union-attr]
+        llm.ready(slots=1, models=(_info("a", 1.0),))  # its successor
+        assert [r.task_id for r in llm.runs] == [first.task_id, second.task_id]

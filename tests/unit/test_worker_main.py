@@ -435,7 +435,7 @@ def test_the_tasks_held_for_a_switch_are_said_once_per_change() -> None:
     ]
 
 
-def test_a_worker_exiting_on_purpose_first_lets_a_queueing_channel_flush(
+def test_a_worker_exiting_on_purpose_says_so_then_fails_its_tasks_then_flushes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ris.runtime import worker_main
@@ -458,16 +458,11 @@ def test_a_worker_exiting_on_purpose_first_lets_a_queueing_channel_flush(
         events.append(("exit", code))
         raise SystemExit(code)
 
-    monkeypatch.setattr("ris.runtime.worker_main.os._exit", fake_exit)
+    monkeypatch.setattr(worker_main, "_exit_process", fake_exit)
+    failure = m.TaskError("t1", "worker_out_of_memory", "over")
     for channel in (Queueing(), Piped()):
         out = worker_main._SerialSender(channel)
-        out.send("failed")
         with pytest.raises(SystemExit):
-            out.exit(worker_main.EXIT_OUT_OF_MEMORY)
-    assert events == [
-        ("sent", "failed"),
-        ("flush", worker_main.EXIT_FLUSH_S),
-        ("exit", 3),
-        ("sent", "failed"),
-        ("exit", 3),
-    ]
+            out.fail_and_exit(worker_main.EXIT_OUT_OF_MEMORY, "out of memory", [failure])
+    said = [("sent", m.WorkerExiting("out of memory")), ("sent", failure)]
+    assert events == [*said, ("flush", worker_main.EXIT_FLUSH_S), ("exit", 3), *said, ("exit", 3)]

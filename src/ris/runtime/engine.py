@@ -373,6 +373,10 @@ class Engine:
             self._on_progress(replica, msg)
         elif isinstance(msg, (m.TaskDone, m.TaskError, m.TaskCancelled)):
             self._on_end(replica, msg)
+        elif isinstance(msg, m.WorkerExiting):
+            log.warning("%s worker exits (%s): no more work for it", replica.lane, msg.reason)
+            replica.exiting = True
+            self._update_slots(replica.lane)
         elif isinstance(msg, m.ModelsHeld):
             replica.held = msg
         elif isinstance(msg, m.ModelLoading):
@@ -390,6 +394,7 @@ class Engine:
         elif isinstance(msg, m.WorkerReady):
             replica.ready_info, replica.failure = msg, None
             replica.forget_waits()
+            replica.exiting = False
             replica.models = {info.name: info for info in msg.models}
             for info in msg.models:
                 self._model_log.loaded(replica.lane, info.name, info.load_s, at_start=True)
@@ -520,7 +525,7 @@ class Engine:
             recorded.add_done_callback(lambda _: loop.call_soon_threadsafe(_resolve, handle, view))
 
     def _update_slots(self, lane: str) -> None:
-        ready = [r for r in self._replicas[lane] if r.ready and r.ready_info]
+        ready = [r for r in self._replicas[lane] if r.ready and r.ready_info and not r.exiting]
         self._scheduler.set_slots(lane, sum(r.ready_info.slots for r in ready if r.ready_info))
 
     # ----- supervision ---------------------------------------------------------------------

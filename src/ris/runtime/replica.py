@@ -27,6 +27,8 @@ class Replica:
     # What the worker said it waits for: the tasks it holds for a switch (ModelsHeld; empty:
     # none), and the model it is loading with when it began (ModelLoading, the engine's clock).
     held: m.ModelsHeld = m.NONE_HELD
+    # It said it exits (WorkerExiting): no more work goes to it until a fresh one is ready.
+    exiting: bool = False
     loading: tuple[str, float] | None = None
 
     def forget_waits(self) -> None:
@@ -40,6 +42,6 @@ class Replica:
 
     @property
     def free_slots(self) -> int:
-        if not self.ready or self.ready_info is None:
+        if not self.ready or self.ready_info is None or self.exiting:
             return 0
         return self.ready_info.slots - len(self.running)

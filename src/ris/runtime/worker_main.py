@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -94,13 +95,24 @@ class _SerialSender:
         with self._lock:
             self._channel.send(msg)
 
-    def exit(self, code: int) -> NoReturn:
-        """End the process once what was sent has left: at once over a pipe (a send is a
-        write), after the channel's flush where sends only queue (a Ray actor's outbox)."""
-        flush = getattr(self._channel, "flush", None)
-        if flush is not None:
-            flush(EXIT_FLUSH_S)
-        os._exit(code)
+    def fail_and_exit(self, code: int, reason: str, failures: list[m.TaskError]) -> NoReturn:
+        """Say the worker is going (so no more work comes), send its tasks' failures, and end
+        the process once they have left: at once over a pipe (a send is a write), after the
+        channel's flush where sends only queue (a Ray actor's outbox)."""
+        try:
+            self.send(m.WorkerExiting(reason))
+            for failure in failures:
+                self.send(failure)
+            flush = getattr(self._channel, "flush", None)
+            if flush is not None and not flush(EXIT_FLUSH_S):
+                print(f"ris worker: exiting ({reason}) before its last messages left", file=sys.stderr)
+        finally:
+            _exit_process(code)
+
+
+def _exit_process(code: int) -> NoReturn:
+    """os._exit: no cleanup a broken worker could hang in (tests replace this function)."""
+    os._exit(code)
 
 
 @dataclass
@@ -288,8 +300,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         except MemoryError:
             # Over the OS memory limit (ris.runtime.binding): the heap may be left fragmented
             # or a library half-way through an allocation, so a fresh worker serves on.
-            out.send(m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY))
-            out.exit(EXIT_OUT_OF_MEMORY)
+            failure = m.TaskError(task_id, "worker_out_of_memory", _OUT_OF_MEMORY)
+            out.fail_and_exit(EXIT_OUT_OF_MEMORY, "out of memory", [failure])
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             if gpu_out_of_memory(e):
                 # torch raised before allocating, and the backend put its model back as it was
@@ -332,9 +344,8 @@ def _serve_concurrently(
 
     def fail_all(code: str, message: str, exit_code: int) -> NoReturn:
         """The runner's state cannot be trusted: its tasks fail, a fresh worker serves on."""
-        for task_id in list(state.running):
-            out.send(m.TaskError(task_id, code, message))
-        out.exit(exit_code)
+        failures = [m.TaskError(task_id, code, message) for task_id in list(state.running)]
+        out.fail_and_exit(exit_code, code, failures)
 
     while True:
         idle = not runner.busy() and not pending
