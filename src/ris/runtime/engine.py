@@ -394,7 +394,6 @@ class Engine:
         elif isinstance(msg, m.WorkerReady):
             replica.ready_info, replica.failure = msg, None
             replica.forget_waits()
-            replica.exiting = False
             replica.models = {info.name: info for info in msg.models}
             for info in msg.models:
                 self._model_log.loaded(replica.lane, info.name, info.load_s, at_start=True)

@@ -27,14 +27,15 @@ class Replica:
     # What the worker said it waits for: the tasks it holds for a switch (ModelsHeld; empty:
     # none), and the model it is loading with when it began (ModelLoading, the engine's clock).
     held: m.ModelsHeld = m.NONE_HELD
+    loading: tuple[str, float] | None = None
     # It said it exits (WorkerExiting): no more work goes to it until a fresh one is ready.
     exiting: bool = False
-    loading: tuple[str, float] | None = None
 
     def forget_waits(self) -> None:
-        """A worker gone (or started afresh) holds and loads nothing."""
+        """A worker gone (or started afresh) holds, loads and leaves nothing."""
         self.held = m.NONE_HELD
         self.loading = None
+        self.exiting = False
 
     @property
     def ready(self) -> bool:
