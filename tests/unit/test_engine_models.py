@@ -109,6 +109,10 @@ async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_lo
         llm.deliver(m.ModelLoaded(_info("b", 36.0)))
         llm.deliver(m.ModelsHeld("", (), ()))  # the switch admitted; `later` too (b and a fit)
         assert view(switch).waiting_for is None and view(later).waiting_for is None  # type: ignore[attr-defined]
+        # Their own runs begin now: 41 s of waiting are not run time (the ETA would be 0).
+        assert view(switch).eta_s == pytest.approx(est) and view(later).eta_s == pytest.approx(est)  # type: ignore[attr-defined]
+        clock.advance(0.25 * est)
+        assert view(switch).eta_s == pytest.approx(0.75 * est)  # type: ignore[attr-defined]
 
 
 @run

@@ -322,6 +322,29 @@ def test_eta_of_a_task_held_for_a_model_switch_counts_the_drain_then_the_load() 
     assert sched.eta("t1", loading) == pytest.approx(run)
 
 
+def test_a_task_whose_model_arrived_runs_from_then_for_its_eta_and_the_lane_estimate() -> None:
+    # t0 (1 s estimated, 3 s load ahead) is held 10 s by its worker for a switch; once its
+    # model is there, the wait is neither elapsed run time nor a load still ahead.
+    sched, clock = make(slots=1)
+    sched.submit(TaskSpec(lane=Lane.LLM, load_s=3.0))
+    sched.dispatch()
+    clock.advance(10.0)
+    assert sched.eta("t0") == pytest.approx(0.0)  # the wait read as run time: "any moment now"
+    arrived = clock()
+    sched.model_ready("t0")
+    assert sched.eta("t0") == pytest.approx(1.0)  # its whole run is ahead, the load behind
+    clock.advance(0.5)
+    assert sched.eta("t0") == pytest.approx(0.5)
+    sched.progress("t0", 1, 4)  # a quarter in 0.5 s of its own run (not 10.5 s)
+    assert sched.eta("t0") == pytest.approx(1.5)
+    clock.advance(1.5)
+    sched.finish("t0", TaskState.SUCCEEDED)
+    assert sched.stats(Lane.LLM).run_time_mean == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)  # 2 s, not 12
+    sched.model_ready("t0")  # finished: nothing changes
+    task = sched.get("t0")
+    assert task is not None and task.run_since == arrived
+
+
 def test_finished_tasks_are_forgotten_beyond_the_limit() -> None:
     clock = FakeClock()
     sched = Scheduler({Lane.LLM: LanePolicy(keep_finished=2)}, clock)

@@ -377,16 +377,8 @@ class Engine:
             log.warning("%s worker exits (%s): no more work for it", replica.lane, msg.reason)
             replica.exiting = True
             self._update_slots(replica.lane)
-        elif isinstance(msg, m.ModelsHeld):
-            replica.held = msg
-        elif isinstance(msg, m.ModelLoading):
-            replica.loading = (msg.name, self.clock())
-        elif isinstance(msg, m.ModelLoaded):
-            if replica.loading is not None and replica.loading[0] == msg.info.name:
-                replica.loading = None
-            replica.models[msg.info.name] = msg.info
-            self._model_log.loaded(replica.lane, msg.info.name, msg.info.load_s)
-            log.info("%s: model %s loaded in %.2f s", replica.lane, msg.info.name, msg.info.load_s or 0.0)
+        elif isinstance(msg, (m.ModelsHeld, m.ModelLoading, m.ModelLoaded)):
+            self._on_model_wait(replica, msg)
         elif isinstance(msg, m.ModelUnloaded):
             replica.models.pop(msg.name, None)
             self._model_log.unloaded(replica.lane, msg.name, msg.reason)
@@ -413,6 +405,29 @@ class Engine:
             replica.worker.kill()
             self._supervisor.load_failed(replica.watch)
             self._update_slots(replica.lane)
+
+    def _on_model_wait(self, replica: Replica, msg: m.ModelsHeld | m.ModelLoading | m.ModelLoaded) -> None:
+        """What the worker says of the models its tasks wait for; a task that waited and no
+        longer does has its model: its own run begins (Scheduler.model_ready)."""
+        waited = self._waiting_for_model(replica)
+        if isinstance(msg, m.ModelsHeld):
+            replica.held = msg
+        elif isinstance(msg, m.ModelLoading):
+            replica.loading = (msg.name, self.clock())
+        else:
+            if replica.loading is not None and replica.loading[0] == msg.info.name:
+                replica.loading = None
+            replica.models[msg.info.name] = msg.info
+            self._model_log.loaded(replica.lane, msg.info.name, msg.info.load_s)
+            log.info("%s: model %s loaded in %.2f s", replica.lane, msg.info.name, msg.info.load_s or 0.0)
+        for task_id in waited - self._waiting_for_model(replica):
+            self._scheduler.model_ready(task_id)
+
+    def _waiting_for_model(self, replica: Replica) -> set[str]:
+        """The running tasks `replica` holds for a switch or whose model it is loading."""
+        loading = replica.loading[0] if replica.loading is not None else None
+        own = {t for t in replica.running if loading is not None and self._model_of(t) == loading}
+        return own | (set(replica.held.task_ids) & replica.running)
 
     def _on_progress(self, replica: Replica, msg: m.TaskOutput | m.TaskProgress) -> None:
         handle = self._handles.get(msg.task_id)

@@ -349,6 +349,13 @@ class Scheduler:
         if total is not None:
             task.progress_total = total
 
+    def model_ready(self, task_id: str) -> None:
+        """A running task's model has arrived (its worker held it for a switch or a load):
+        its own run begins now, for its ETA and the lane's run estimate."""
+        task = self._tasks.get(task_id)
+        if task is not None and task.state is TaskState.RUNNING:
+            task.run_since = self._clock()
+
     def finish(
         self,
         task_id: str,
@@ -437,7 +444,8 @@ class Scheduler:
         """Estimated seconds until the task finishes, from the lane's mean run time, plus its
         model's load time while that is still ahead of it (no progress yet). A running task
         that waits for its model (`wait`): the end of the tasks it is held behind, then the
-        load, then its own run; once loading, what is left of the load, then its run."""
+        load, then its own run; once loading, what is left of the load, then its run; once
+        its model has arrived (model_ready), its run counted from then."""
         task = self._tasks.get(task_id)
         if task is None or task.state.finished:
             return None
@@ -451,11 +459,14 @@ class Scheduler:
                 return wait.load_s + est
             return max(0.0, wait.load_s - (self._clock() - wait.loading_since)) + est
         if task.state is TaskState.RUNNING:
-            if task.progress_total and task.started_at is not None and task.progress_done:
-                elapsed = self._clock() - task.started_at
+            since = task.run_since if task.run_since is not None else task.started_at
+            since = self._clock() if since is None else since
+            if task.progress_total and task.progress_done:
+                elapsed = self._clock() - since
                 return elapsed / task.progress_done * (task.progress_total - task.progress_done)
-            load = task.spec.load_s if not task.progress_done else 0.0
-            return max(0.0, est + load - (self._clock() - (task.started_at or self._clock())))
+            # Its model's load is ahead of it until it reports progress or the model arrives.
+            load = task.spec.load_s if not task.progress_done and task.run_since is None else 0.0
+            return max(0.0, est + load - (self._clock() - since))
         ahead = (self.position(task_id) or 0) + len(book.running)
         return est * (ahead / max(1, book.slots) + 1) + task.spec.load_s
 

@@ -66,6 +66,9 @@ class Task:
     seq: int
     state: TaskState = TaskState.QUEUED
     started_at: float | None = None
+    # When its own run began, where that was after it started: a task its worker held for a
+    # model (a switch, a load) runs from the model's arrival, not from its dispatch.
+    run_since: float | None = None
     finished_at: float | None = None
     # Progress reported by the worker: steps (tokens, audio chunks, denoising steps) done/total.
     progress_done: int = 0
@@ -89,6 +92,8 @@ class Task:
 
     @property
     def run_time(self) -> float | None:
+        """Its own run: from its start or, where it waited for a model, the model's arrival
+        (the lane's run estimate counts the load apart)."""
         if self.started_at is None or self.finished_at is None:
             return None
-        return self.finished_at - self.started_at
+        return self.finished_at - (self.started_at if self.run_since is None else self.run_since)
