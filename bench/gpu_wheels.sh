@@ -5,7 +5,7 @@
 # The machine lent so far (bench/results/gpu_pip_list.txt: Python 3.12, CUDA torch 2.11,
 # transformers 5.17, accelerate, numpy, pillow, psutil, uvloop, jinja2, prometheus_client, rich,
 # anyio, httpx, click, typer) lacks RIS's web stack, diffusers, espeak and what
-# `transformers serve` imports (openai, which now needs httpx2). Only those are fetched, for
+# `transformers serve` imports (openai, which now needs httpx2), and orjson. Only those are fetched, for
 # CPython 3.12 on manylinux x86_64, without their dependencies (the machine has the rest):
 # about 29 MiB of the 64 MiB a device call carries. PyAV is left out (34 MB): the server
 # imports it only to encode mp3/opus/aac/flac, which no GPU part asks for.
@@ -19,5 +19,5 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
     fastapi starlette uvicorn httptools httpx httpcore h11 pydantic pydantic-core \
     typing-inspection annotated-types annotated-doc "fastapi-offline==1.7.7" opentelemetry-api \
     importlib-metadata zipp markupsafe nvidia-ml-py diffusers espeakng-loader openai jiter distro \
-    httpx2 httpcore2 typer shellingham markdown-it-py mdurl sniffio idna certifi
+    httpx2 httpcore2 typer shellingham markdown-it-py mdurl sniffio idna certifi orjson
 du -sh "$DEST"
