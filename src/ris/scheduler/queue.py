@@ -27,8 +27,10 @@ class LaneQueue:
         self.aging_s = aging_s
         self.class_boost_s = class_boost_s
         self._heap: list[tuple[float, int, Task]] = []
-        # Entries are removed lazily (cancel, deadline): `_live` counts those still queued.
+        # Entries are removed lazily (cancel, deadline): `_live` counts those still queued,
+        # `_clients` how many of them each client has.
         self._live = 0
+        self._clients: dict[str | None, int] = {}
 
     def key_for(self, submitted_at: float, priority: int, pclass: PriorityClass) -> float:
         boost = self.aging_s * priority
@@ -49,18 +51,24 @@ class LaneQueue:
             raise OverflowError("lane queue is full")
         heapq.heappush(self._heap, (task.sort_key, task.seq, task))
         self._live += 1
+        client = task.spec.client
+        self._clients[client] = self._clients.get(client, 0) + 1
 
     def discard(self, task: Task) -> None:
         """Forget a task that left the QUEUED state without being popped (cancel, deadline)."""
-        self._live -= 1
+        self._gone(task)
         self._drop_dead_head()
+
+    def clients(self) -> set[str | None]:
+        """The clients with tasks in the queue (None: tasks of no client)."""
+        return set(self._clients)
 
     def pop(self) -> Task | None:
         self._drop_dead_head()
         if not self._heap:
             return None
         _, _, task = heapq.heappop(self._heap)
-        self._live -= 1
+        self._gone(task)
         self._drop_dead_head()
         return task
 
@@ -86,6 +94,15 @@ class LaneQueue:
             if task.state is TaskState.QUEUED and wanted(task) and (best is None or entry < best):
                 best = entry
         return None if best is None else best[2]
+
+    def _gone(self, task: Task) -> None:
+        self._live -= 1
+        client = task.spec.client
+        left = self._clients[client] - 1
+        if left:
+            self._clients[client] = left
+        else:
+            del self._clients[client]
 
     def _drop_dead_head(self) -> None:
         while self._heap and self._heap[0][2].state is not TaskState.QUEUED:
