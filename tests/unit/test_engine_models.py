@@ -116,6 +116,24 @@ async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_lo
 
 
 @run
+async def test_a_task_whose_own_model_loaded_runs_from_the_load_on(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=1, models=(_info("a", 1.0),))
+        llm.deliver(m.ModelUnloaded("a", "evicted"))  # a's last load took 1 s
+        task = eng.submit(LLM, "a", LLMRequest(prompt="x"))
+        est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - the lane's run estimate
+        llm.deliver(m.ModelLoading("a"))
+        clock.advance(20.0)  # a load far slower than the last
+        llm.deliver(m.ModelLoaded(_info("a", 20.0)))
+        view = eng.lookup(task.task_id)
+        assert view is not None and view.waiting_for is None
+        assert view.eta_s == pytest.approx(est)  # its whole run ahead, the 20 s behind it
+        clock.advance(0.5 * est)
+        assert eng.lookup(task.task_id).eta_s == pytest.approx(0.5 * est)  # type: ignore[union-attr]
+
+
+@run
 async def test_a_failed_load_or_a_restarted_worker_leaves_no_task_waiting(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm = workers[Lane.LLM]

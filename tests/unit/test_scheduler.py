@@ -330,9 +330,11 @@ def test_a_task_whose_model_arrived_runs_from_then_for_its_eta_and_the_lane_esti
     sched.dispatch()
     clock.advance(10.0)
     assert sched.eta("t0") == pytest.approx(0.0)  # the wait read as run time: "any moment now"
+    assert sched.retry_after(Lane.LLM) == pytest.approx(1.0 + 3.0)  # its slot frees after the load
     arrived = clock()
     sched.model_ready("t0")
     assert sched.eta("t0") == pytest.approx(1.0)  # its whole run is ahead, the load behind
+    assert sched.retry_after(Lane.LLM) == pytest.approx(1.0)
     clock.advance(0.5)
     assert sched.eta("t0") == pytest.approx(0.5)
     sched.progress("t0", 1, 4)  # a quarter in 0.5 s of its own run (not 10.5 s)
@@ -443,6 +445,28 @@ def test_one_client_holds_at_most_its_share_of_slots_while_another_waits() -> No
     started = [t.id for t in heavy if t.started_at is not None]
     assert started == [t.id for t in heavy[: len(started)]]
     assert [t.started_at is not None for t in light] == [True, True, False, False]
+
+
+def test_the_queue_knows_which_clients_wait_through_every_way_out() -> None:
+    # What lets the fair pick skip its pass over the queue when only full clients wait.
+    clock = FakeClock()
+    ids = (f"t{i}" for i in itertools.count())
+    sched = Scheduler({Lane.LLM: LanePolicy(client_share=0.5)}, clock, new_id=lambda: next(ids))
+    sched.set_slots(Lane.LLM, 2)
+    a = [sched.submit(TaskSpec(lane=Lane.LLM, client="a", deadline=5.0)) for _ in range(4)]
+    b = sched.submit(TaskSpec(lane=Lane.LLM, client="b"))
+    none = sched.submit(TaskSpec(lane=Lane.LLM))
+    queue = sched._book(Lane.LLM).queue  # noqa: SLF001 - the queue's own bookkeeping
+    assert queue.clients() == {"a", "b", None}
+    sched.dispatch()  # a0 pops; a1 is past a's share (a0 + last starter): b is taken out of order
+    assert [t.state for t in (a[0], b)] == [TaskState.RUNNING, TaskState.RUNNING]
+    assert queue.clients() == {"a", None}
+    sched.cancel(none.id)
+    assert queue.clients() == {"a"}
+    clock.advance(10.0)
+    sched.expire()  # a's queued tasks are past their deadline
+    assert all(t.state.finished for t in a[1:])
+    assert queue.clients() == set() and len(queue) == 0
 
 
 def test_costly_tasks_of_one_client_leave_slots_free_for_the_next_client() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ris.api import deps
 from ris.api.deps import WATCH_AFTER_S, ClientGone, unless_gone
 
 from .fakes import run
@@ -41,12 +42,17 @@ async def _work(seconds: float, started: list[asyncio.Task[Any]]) -> str:
     return "answer"
 
 
-@run
-async def test_work_that_ends_before_the_watch_is_answered_without_watching() -> None:
-    request = FakeRequest()
-    assert await unless_gone(request, _work(0.001, [])) == "answer"  # type: ignore[arg-type]
-    await asyncio.sleep(WATCH_AFTER_S * 2)
-    assert request.receives == 0  # no watcher was started, and none is left behind
+def test_work_that_ends_before_the_watch_is_answered_unwatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watch put far off: a loop stalled past 50 ms on a busy machine would start it.
+    monkeypatch.setattr(deps, "WATCH_AFTER_S", 0.5)
+
+    async def body() -> None:
+        request = FakeRequest()
+        assert await unless_gone(request, _work(0.001, [])) == "answer"  # type: ignore[arg-type]
+        await asyncio.sleep(0.6)
+        assert request.receives == 0  # no watcher was started, and none is left behind
+
+    asyncio.run(body())
 
 
 @run
@@ -86,3 +92,16 @@ async def test_the_waiter_cancelled_cancels_the_work_and_stops_watching() -> Non
     await asyncio.sleep(0)
     assert started[0].cancelled()
     assert request.receives == 1 and request.waiting == 0  # the watcher it started is gone too
+
+
+@run
+async def test_the_waiter_cancelled_as_its_client_leaves_stays_cancelled() -> None:
+    # The server stopping (or a timeout around the wait) while the client goes: a
+    # cancellation, not the client's 499.
+    request, started = FakeRequest(), []  # type: ignore[var-annotated]
+    waiter = asyncio.ensure_future(unless_gone(request, _work(30, started)))  # type: ignore[arg-type]
+    await asyncio.sleep(WATCH_AFTER_S * 2)
+    request.left.set()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

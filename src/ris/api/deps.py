@@ -172,18 +172,27 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
     ClientGone raised, so a client that gave up does not hold a lane."""
     done: asyncio.Future[T] = asyncio.ensure_future(work)
     gone: asyncio.Future[None] | None = None
+    left = False
+
+    def client_left(watcher: asyncio.Future[None]) -> None:
+        nonlocal left
+        if not watcher.cancelled():  # ended by the client, not by the finally below
+            left = True
+            done.cancel()  # which wakes this task
 
     def watch() -> None:
         nonlocal gone
         gone = asyncio.ensure_future(_disconnected(request))
-        # The client leaving cancels the work, which wakes this task.
-        gone.add_done_callback(lambda _: done.cancel())
+        gone.add_done_callback(client_left)
 
     timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
     try:
         return await done
     except asyncio.CancelledError:
-        if gone is not None and gone.done() and not gone.cancelled():
+        me = asyncio.current_task()
+        # ClientGone only for the client's leaving: a cancellation of this task itself (the
+        # server stopping, a timeout around it) stays a cancellation.
+        if left and (me is None or me.cancelling() == 0):
             raise ClientGone from None
         raise
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,9 +16,14 @@ from ris.runtime.views import TaskHandle
 def to_json(content: Any) -> bytes:
     """Compact UTF-8 JSON, as the hot paths write it: orjson, a tenth of the standard
     library's cost per body (6.4 -> 0.5 us for a generation's answer, measured), paid once per
-    answer and once per streamed token. Where the two differ, orjson is the stricter JSON: a
-    NaN or infinity becomes null (json.dumps writes `NaN`, which no JSON parser takes)."""
-    return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    answer and once per streamed token. A NaN or infinity becomes null (json.dumps writes
+    `NaN`, which no JSON parser takes). What orjson refuses and JSON allows (an integer past 64
+    bits, nesting past 254 levels: a model's tool arguments may hold either) is written by the
+    standard library, rather than failing an answer that was generated."""
+    try:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

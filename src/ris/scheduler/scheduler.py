@@ -250,7 +250,8 @@ class Scheduler:
         slot that much later."""
         book = self._book(lane)
         per_task = book.run_estimate / max(1, book.slots)
-        loading = max((t.spec.load_s for t in book.running.values() if not t.progress_done), default=0.0)
+        waiting = (t for t in book.running.values() if not t.progress_done and t.run_since is None)
+        loading = max((t.spec.load_s for t in waiting), default=0.0)
         return max(1.0, per_task * max(1, len(book.running)) + loading)
 
     # ----- dispatch ------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from ris.api.ollama_schemas import (
     OllamaOptions,
     OllamaToolDef,
 )
-from ris.api.streams import json_response, texts
+from ris.api.streams import json_response, texts, to_json
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool, ToolCall
@@ -392,7 +392,7 @@ def _ndjson(
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+    return to_json(obj) + b"\n"
 
 
 async def _lines(
