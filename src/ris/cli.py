@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
 
     from ris.api.app import bind_ollama_port, create_app, http_parser
     from ris.api.security import check_exposure
+    from ris.log_writer import LogWriter
 
     check_exposure(cfg)
     try:
@@ -90,7 +91,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     path = args.config or os.environ.get("RIS_CONFIG")  # as _load read it
     app = create_app(cfg, config_path=Path(path).resolve() if path else None, ollama_socket=ollama_socket)
     _tune_gc()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=cfg.server.host,
         port=cfg.server.port,
@@ -99,8 +100,21 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )
-    return 0
+    # Once uvicorn has set up its loggers (in Config): theirs and ours written off the event
+    # loop, which a stalled log reader would otherwise stop (ris.log_writer).
+    writer = LogWriter(("", "uvicorn", "uvicorn.access"))
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.stop()
+    return 0 if server.started else STARTUP_FAILURE
 
+
+# The exit status of a server that did not start (its port taken, say): uvicorn.run's.
+STARTUP_FAILURE = 3
 
 # Objects made (less those freed) between two collections of the youngest generation.
 YOUNG_GC_THRESHOLD = 10_000
