@@ -425,9 +425,11 @@ class Engine:
 
     def _waiting_for_model(self, replica: Replica) -> set[str]:
         """The running tasks `replica` holds for a switch or whose model it is loading."""
-        loading = replica.loading[0] if replica.loading is not None else None
-        own = {t for t in replica.running if loading is not None and self._model_of(t) == loading}
-        return own | (set(replica.held.task_ids) & replica.running)
+        held = set(replica.held.task_ids) & replica.running
+        if replica.loading is None:
+            return held
+        model = replica.loading[0]
+        return held | {t for t in replica.running if self._model_of(t) == model}
 
     def _on_progress(self, replica: Replica, msg: m.TaskOutput | m.TaskProgress) -> None:
         handle = self._handles.get(msg.task_id)

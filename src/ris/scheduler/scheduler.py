@@ -469,8 +469,8 @@ class Scheduler:
                 return wait.load_s + est
             return max(0.0, wait.load_s - (self._clock() - wait.loading_since)) + est
         if task.state is TaskState.RUNNING:
-            since = task.run_since if task.run_since is not None else task.started_at
-            since = self._clock() if since is None else since
+            start = task.own_run_start
+            since = self._clock() if start is None else start
             if task.progress_total and task.progress_done:
                 elapsed = self._clock() - since
                 return elapsed / task.progress_done * (task.progress_total - task.progress_done)

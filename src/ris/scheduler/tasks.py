@@ -91,9 +91,14 @@ class Task:
         return self.started_at - self.submitted_at
 
     @property
+    def own_run_start(self) -> float | None:
+        """When its own run began: its start or, where it waited for a model, the model's
+        arrival (the lane's run estimate counts the load apart)."""
+        return self.started_at if self.run_since is None else self.run_since
+
+    @property
     def run_time(self) -> float | None:
-        """Its own run: from its start or, where it waited for a model, the model's arrival
-        (the lane's run estimate counts the load apart)."""
-        if self.started_at is None or self.finished_at is None:
+        start = self.own_run_start
+        if start is None or self.finished_at is None:
             return None
-        return self.finished_at - (self.started_at if self.run_since is None else self.run_since)
+        return self.finished_at - start
