@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import os
 import sys
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ris.config import Config, ConfigError
 from ris.config.defaults import default_config
 from ris.config.load import load_config, parse_config
 from ris.runtime import data_lock
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from ris.log_writer import LogWriter
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -103,7 +110,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     # Once uvicorn has set up its loggers (in Config): theirs and ours written off the event
     # loop, which a stalled log reader would otherwise stop (ris.log_writer).
     writer = LogWriter(("", "uvicorn", "uvicorn.access"))
-    server = uvicorn.Server(config)
+    server = _server(config, writer)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -115,6 +122,25 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
 
 # The exit status of a server that did not start (its port taken, say): uvicorn.run's.
 STARTUP_FAILURE = 3
+
+
+def _server(config: uvicorn.Config, writer: LogWriter) -> uvicorn.Server:
+    """uvicorn's server, which drains the log writer before it raises a captured signal again:
+    a SIGTERM ends the process there, past the `finally` around run(), and the last lines
+    would go with the queue."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    writer.stop()
+
+    return Server(config)
+
 
 # Objects made (less those freed) between two collections of the youngest generation.
 YOUNG_GC_THRESHOLD = 10_000

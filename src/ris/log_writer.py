@@ -8,6 +8,10 @@ requests with stderr a pipe nobody read). Here each logger's handlers move behin
 queue: the caller only makes the record and queues it (no formatting, no system call), a
 writer thread hands it to the original handlers. A full queue drops records and counts them;
 the writer says how many once it writes again.
+
+uvicorn ends a process stopped by SIGTERM by raising the signal again once it has shut down,
+past any `finally` of its caller: `ris serve` stops the writer before that (cli._Server), or the
+last lines ("Finished server process") would be lost with the queue.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import queue
 import threading
 from collections.abc import Iterable
 
-# Records waiting for a stalled reader at most (a few MB), then dropped.
+# Records waiting for a stalled reader at most (a few MB: a traceback waits as text), then
+# dropped.
 MAX_QUEUED = 10_000
 _STOP = None
-log = logging.getLogger(__name__)
 
 Queued = tuple[logging.LogRecord, tuple[logging.Handler, ...]]
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 class _Drops:
@@ -50,7 +57,11 @@ class _Queueing(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # The record as it is: formatting waits for the writer (its arguments are the caller's
-        # values at the time of the call, as for any handler that formats late).
+        # values at the time of the call, as for any handler that formats late). A traceback
+        # is made text now: its frames (and all they hold) must not wait in the queue.
+        if record.exc_info:
+            record.exc_text = record.exc_text or _TRACEBACKS.formatException(record.exc_info)
+            record.exc_info = None
         try:
             self._queue.put_nowait((record, self._targets))
         except queue.Full:
@@ -58,13 +69,15 @@ class _Queueing(logging.Handler):
 
 
 class LogWriter:
-    """Moves the handlers of `loggers` (names; "" is the root) behind one queue and a thread."""
+    """Moves the handlers of `loggers` (names; "" is the root) behind one queue and a thread.
+    The note of dropped records goes to the handlers of `notes_to` (one of `loggers`)."""
 
-    def __init__(self, loggers: Iterable[str], max_queued: int = MAX_QUEUED) -> None:
+    def __init__(self, loggers: Iterable[str], max_queued: int = MAX_QUEUED, notes_to: str = "") -> None:
         self._queue: queue.Queue[Queued | None] = queue.Queue(max_queued)
         self._drops = _Drops()
         self._reported = 0
         self._moved: list[tuple[logging.Logger, list[logging.Handler]]] = []
+        self._notes_to: tuple[logging.Handler, ...] = ()
         for name in loggers:
             logger = logging.getLogger(name)
             if not logger.handlers:
@@ -72,6 +85,9 @@ class LogWriter:
             handlers = list(logger.handlers)
             self._moved.append((logger, handlers))
             logger.handlers = [_Queueing(self._queue, tuple(handlers), self._drops)]
+            if name == notes_to:
+                self._notes_to = tuple(handlers)
+        self._stopped = False
         self._thread = threading.Thread(target=self._write, name="ris-log-writer", daemon=True)
         self._thread.start()
 
@@ -80,8 +96,12 @@ class LogWriter:
         return self._drops.count
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Write what is queued (for `timeout` at most: a stalled reader must not hold the
-        exit), then give the loggers their handlers back."""
+        """Write what is queued, waiting `timeout` at most for a stalled reader (the process's
+        exit may still wait for it: logging's own shutdown flushes every handler, as it did
+        when the event loop wrote), then give the loggers their handlers back. Once."""
+        if self._stopped:
+            return
+        self._stopped = True
         try:
             self._queue.put(_STOP, timeout=timeout)
         except queue.Full:
@@ -94,11 +114,25 @@ class LogWriter:
         while (item := self._queue.get()) is not _STOP:
             record, targets = item
             for handler in targets:
-                if record.levelno >= handler.level:
-                    handler.handle(record)
+                _handle(handler, record)
             dropped = self._drops.count
-            if dropped != self._reported:  # said through the logging system: queued in turn
-                log.warning(
-                    "%d log records dropped: the log's reader did not keep up", dropped - self._reported
-                )
+            if dropped != self._reported:
+                note = logging.LogRecord(
+                    __name__, logging.WARNING, __file__, 0,
+                    "%d log records dropped: the log's reader did not keep up",
+                    (dropped - self._reported,), None,
+                )  # fmt: skip
                 self._reported = dropped
+                for handler in self._notes_to:  # straight to them: a full queue would drop it
+                    _handle(handler, note)
+
+
+def _handle(handler: logging.Handler, record: logging.LogRecord) -> None:
+    """One record to one handler at its level; whatever goes wrong there is the handler's to
+    report (handleError), and the writer lives on."""
+    if record.levelno < handler.level:
+        return
+    try:
+        handler.handle(record)
+    except Exception:  # noqa: BLE001 - a filter or an emit that raised: the next record still goes
+        handler.handleError(record)

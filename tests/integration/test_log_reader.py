@@ -1,13 +1,16 @@
 """A stalled log reader does not stop the server: `ris serve` as users run it (access log on),
 its stdout and stderr pipes that nobody reads. Written on the event loop, the access log filled
-the pipe after ~1,100 requests and the loop blocked in the write: every lane stopped."""
+the pipe after ~1,100 requests and the loop blocked in the write: every lane stopped. The lines
+are written by a thread since, and a server stopped by SIGTERM still writes its last ones."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +23,8 @@ pytestmark = pytest.mark.slow
 REQUESTS = 3000  # ~80 bytes of access log each: several times what a pipe holds (64 KiB)
 
 
-def test_a_log_reader_that_stalls_does_not_stop_the_server(tmp_path: Path) -> None:
+def _config(tmp_path: Path) -> tuple[list[str], str]:
+    """`ris serve` on a no-op LLM lane alone, as users run it (log level info), and its URL."""
     port = free_port()
     config = {
         "data_dir": str(tmp_path / "data"),
@@ -32,18 +36,31 @@ def test_a_log_reader_that_stalls_does_not_stop_the_server(tmp_path: Path) -> No
         },
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    command = [sys.executable, "-m", "ris", "serve", "--config", str(tmp_path / "config.json")]
+    return [
+        sys.executable,
+        "-m",
+        "ris",
+        "serve",
+        "--config",
+        str(tmp_path / "config.json"),
+    ], f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(url: str) -> None:
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, 120)
+
+
+def test_a_log_reader_that_stalls_does_not_stop_the_server(tmp_path: Path) -> None:
+    command, url = _config(tmp_path)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 120)
+        _wait_ready(url)
         with httpx.Client(base_url=url, timeout=10) as http:
             for i in range(REQUESTS):
                 assert http.get("/health").status_code == 200, i
@@ -55,3 +72,24 @@ def test_a_log_reader_that_stalls_does_not_stop_the_server(tmp_path: Path) -> No
     # The lines were written all the same, as far as the pipe took them, by the writer thread.
     assert b'"GET /health HTTP/1.1" 200' in out
     assert b"Application startup complete" in err
+
+
+def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path) -> None:
+    # uvicorn raises the signal again once shut down, which ends the process where it stands:
+    # the queue is written out before that.
+    command, url = _config(tmp_path)
+    logs: dict[str, Any] = {name: (tmp_path / f"{name}.log").open("wb") for name in ("out", "err")}
+    proc = subprocess.Popen(command, stdout=logs["out"], stderr=logs["err"], cwd=tmp_path)
+    try:
+        _wait_ready(url)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM  # as before: ended by the signal it was sent
+    finally:
+        proc.kill()
+        proc.wait()
+        for f in logs.values():
+            f.close()
+    err = (tmp_path / "err.log").read_text()
+    assert "Application shutdown complete" in err and "Finished server process" in err
+    assert '"GET /health HTTP/1.1" 200' in (tmp_path / "out.log").read_text()
