@@ -15,7 +15,7 @@ build is started afresh `--repeats` times, the builds alternated in a rotating o
 each figure is given as the median and range of its runs.
 
     python bench/api_overhead.py [--before REV] [--parsers h11,httptools] [--repeats 3]
-                                 [--seconds 3] [--rounds 3] [--concurrency 32]
+                                 [--seconds 5] [--rounds 3] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -206,7 +206,9 @@ def _export(rev: str, into: Path) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
+    # 5 s: with 3 s windows the same build read 490-790 us per request on a 2-core machine; 5 s kept
+    # each build within ~10% (bench/results/api_overhead_epyc_2.json).
+    p.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
     p.add_argument("--rounds", type=int, default=3, help="alternated noop / health measurements")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--before", metavar="REV", help="also run the server of this git revision")
