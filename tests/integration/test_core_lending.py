@@ -15,7 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 from ris import Client
 from ris.runtime.lending import thread_affinities
 
-from .server import Server
+from .server import Server, make_config
 from .waiting import wait_for, wait_seen
 
 # A server start and a long generation on a shared 2-core machine: minutes, not seconds.
@@ -168,3 +168,60 @@ def test_images_progress_while_llm_and_speech_saturate_both_cores(server: Server
         stop.set()
         tts.join(120)
         gen.join(120)
+
+
+def test_images_borrow_the_idle_llm_core_and_give_it_back_within_a_step(tmp_path: Path) -> None:
+    """The machine-built layout on CPU: images on the TTS core, lent the LLM's core 0 while the
+    LLM is idle; an LLM task takes it back before the image's next denoising step."""
+    cfg = make_config(
+        tmp_path,
+        llm={"borrow_idle_cores": False},
+        image={"cores": [1], "threads": 1, "borrow_idle_cores": True, "min_cpu_share": None},
+    )
+    cfg["lanes"]["tts"]["enabled"] = False  # not a lender here (its core is the image lane's own)
+    srv = Server(tmp_path, cfg).start()
+    try:
+        image = srv.worker_pid("image")
+        wait_for(lambda: _all_threads_on(image, (1,)), 30)  # idle: its own core only
+        with Client(srv.url, timeout=60, max_retries=0) as c:
+            # Long enough to watch: 100 steps of the tiny pipeline at 512 px (~30 s here).
+            task = c.generate_image("a lighthouse at dusk", width=512, height=512, steps=100)["task_id"]
+            wait_seen(lambda: c.progress(task), lambda p: p["step"] > 0, 120, "the image made no step")
+            # The LLM idle: every thread of the image worker may run on core 0 too, two threads.
+            wait_for(lambda: _all_threads_on(image, (0, 1)), 30)  # core 0 lent
+            stats = wait_seen(
+                srv.stats,
+                lambda s: (
+                    s["image"]["worker"]["borrowed_cores"] == [0] and s["image"]["worker"]["threads_now"] == 2
+                ),
+                10,
+                "the image worker never reported core 0 borrowed",
+            )
+            assert stats["llm"]["lent_cores"] == {"0": "image"} and stats["image"]["borrowed_cores"] == [0]
+
+            # A chat arrives: core 0 is given back while the LLM works, and the chat is served.
+            narrowed = threading.Event()
+            answer: list[str] = []
+
+            def chat() -> None:
+                with Client(srv.url, timeout=300, max_retries=0) as llm:
+                    answer.append(llm.generate("Tell me a long story.", max_tokens=200, ignore_eos=True).text)
+
+            gen = threading.Thread(target=chat)
+            gen.start()
+            while gen.is_alive():
+                if _all_threads_on(image, (1,)):
+                    narrowed.set()
+                time.sleep(0.005)
+            gen.join()
+            assert answer and answer[0], "the chat was not served"
+            assert narrowed.is_set(), "the image worker kept core 0 while the LLM had work"
+            assert c.progress(task)["status"] == "running", "the image ended before the chat: nothing shown"
+            # The LLM idle again (past the lending grace): core 0 is lent again.
+            wait_for(lambda: _all_threads_on(image, (0, 1)), 30)
+            c.cancel(task)
+            wait_seen(lambda: c.progress(task), lambda p: p["status"] == "cancelled", 60, "no cancel")
+        # Idle: back on its own core.
+        wait_for(lambda: _all_threads_on(image, (1,)), 30)
+    finally:
+        srv.stop()

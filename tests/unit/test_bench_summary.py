@@ -150,6 +150,7 @@ def test_benchmark_configurations_are_valid_and_differ_as_documented(kind: str, 
     assert set(iso.lane(Lane.LLM).cores or ()).isdisjoint(iso.lane(Lane.TTS).cores or ())
     for lane in Lane:
         assert trad.lane(lane).cores is None and trad.lane(lane).threads is None and trad.lane(lane).nice == 0
+        assert not trad.lane(lane).borrow_idle_cores
         assert trad.lane(lane).models == iso.lane(lane).models  # the same models, only isolation differs
     if kind == "gpu":
         assert iso.lane(Lane.LLM).device == iso.lane(Lane.IMAGE).device == "cuda:0"

@@ -111,6 +111,27 @@ def test_the_llm_lane_borrows_the_tts_core_and_the_tts_worker_knows_it_lends() -
     assert worker_spec(off, "llm", TWO_CORES).binding.may_borrow == ()
 
 
+def test_the_image_lane_borrows_the_idle_llm_core_and_the_llm_worker_knows_it_lends() -> None:
+    """The machine-built layout on CPU: images on the TTS core (nice 19 there), lent the LLM's
+    core while the LLM is idle; the TTS core is its own already, so TTS lends it nothing."""
+    data = _config()
+    data["lanes"]["image"] = {
+        "enabled": True,
+        "priority_class": "batch",
+        "nice": 19,
+        "cores": [1],
+        "borrow_idle_cores": True,
+        "default_model": "t",
+        "models": {"t": {"backend": "diffusers", "source": "builtin:tiny-sd"}},
+    }
+    cfg = parse_config(data, TWO_CORES)
+    assert lenders(cfg, "image") == (Lender("llm", (0,)),)
+    assert lends(cfg, "llm") and not lends(cfg, "tts") and not lends(cfg, "image")
+    spec = worker_spec(cfg, "image", TWO_CORES)
+    assert spec.borrow_from == (Lender("llm", (0,)),) and spec.binding.may_borrow == (0,)
+    assert worker_spec(cfg, "llm", TWO_CORES).lends
+
+
 def test_borrowing_and_a_cpu_share_are_refused_where_they_mean_nothing() -> None:
     data = _config()
     data["lanes"]["tts"]["borrow_idle_cores"] = True
@@ -118,9 +139,9 @@ def test_borrowing_and_a_cpu_share_are_refused_where_they_mean_nothing() -> None
     with pytest.raises(ConfigError) as exc:
         parse_config(data, TWO_CORES)
     msg = str(exc.value)
-    assert "lanes.tts.borrow_idle_cores" in msg and "only the llm lane borrows cores" in msg
+    assert "lanes.tts.borrow_idle_cores" in msg and "lanes that borrow cores: image, llm" in msg
     assert "lanes.llm.min_cpu_share: 0.1 is for batch lanes" in msg
-    with pytest.raises(ConfigError, match="needs a real-time lane on CPU with its own cores"):
+    with pytest.raises(ConfigError, match="needs a lane on CPU with its cores listed"):
         parse_config(_config(borrow_idle_cores=True, cores=None), TWO_CORES)
     with pytest.raises(ConfigError, match="min_cpu_share"):
         parse_config(
@@ -174,6 +195,50 @@ def _lend_in_child() -> tuple[Any, Any, Any]:
     stop.set()
     helper.join()
     return widened, narrowed, idle
+
+
+def test_a_lent_core_is_given_back_under_a_running_step_as_soon_as_its_owner_is_busy() -> None:
+    """The watcher's move: affinity at once (a step under way would keep a thread on the
+    owner's core until it ends), the thread count at the next fit; in a spawned child."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        seen = pool.apply(_give_back_in_child)
+    assert seen["widened"] == (2, {(0, 1)})
+    assert seen["nothing_taken"] is False
+    assert seen["taken"] == (True, {(0,)}, (), 2)  # moved off core 1, still 2 threads in the step
+    assert seen["next_step"] == 1
+    assert seen["watched"] == {(0,)}
+
+
+def _give_back_in_child() -> dict[str, Any]:
+    import threading
+    import time
+
+    from ris.runtime.lending import WATCH_INTERVAL_S, CoreLending, thread_affinities
+
+    os.sched_setaffinity(0, {0})
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)  # a pool thread the library started
+    helper.start()
+    borrower = FakeBorrower((0,), (0, 1))
+    lending = CoreLending(borrower, 1)  # type: ignore[arg-type]
+    seen: dict[str, Any] = {}
+    seen["widened"] = (lending.fit(working=True), set(thread_affinities(os.getpid()).values()))
+    seen["nothing_taken"] = lending.give_back_taken()
+    borrower.answer = (0,)  # TTS got work
+    moved = lending.give_back_taken()
+    seen["taken"] = (moved, set(thread_affinities(os.getpid()).values()), lending.borrowed, lending.threads)
+    seen["next_step"] = lending.fit(working=True)
+    # The watcher thread does the same on its own.
+    borrower.answer = (0, 1)
+    lending.fit(working=True)
+    lending.watch()
+    borrower.answer = (0,)
+    time.sleep(50 * WATCH_INTERVAL_S)
+    seen["watched"] = set(thread_affinities(os.getpid()).values())
+    stop.set()
+    helper.join()
+    return seen
 
 
 def test_a_borrowing_worker_loads_openmp_over_the_cores_it_may_borrow_then_narrows() -> None:

@@ -220,5 +220,11 @@ class DiffusersImage(ImageBackend):
             png=buf.getvalue(), width=image.width, height=image.height, steps=steps, seed=seed
         )
 
+    def set_threads(self, threads: int) -> None:
+        # torch's intra-op pool: the next operator runs on the new count; threads it adds are
+        # made by this thread, inheriting the affinity the lending set just before.
+        if not self._cuda:
+            torch.set_num_threads(threads)
+
     def close(self) -> None:
         del self._pipe  # the model cache collects it and returns the card's memory

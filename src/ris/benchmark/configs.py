@@ -81,6 +81,7 @@ def build(name: str, kind: str, machine: MachineInfo | None = None, tts_model: s
                 "threads": None,
                 "nice": 0,
                 "exclusive_cores": False,
+                "borrow_idle_cores": False,  # nothing is isolated, so nothing is lent
                 "preemption": cfg.preemption.model_copy(update={"policy": "none"}),
             }
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ris.config.fit_checks import memory_problems
 from ris.config.schema import Config, ConfigError, LaneConfig
 from ris.config.sharing import resolve_policy, yields_to
-from ris.lanes import kind
+from ris.lanes import kind, kinds
 from ris.machine import MachineInfo
 
 
@@ -135,15 +135,16 @@ def _sharing_problems(lane: str, cfg: LaneConfig) -> list[str]:
     problems = []
     if cfg.borrow_idle_cores:
         if not kind(lane).borrows_cores:
+            able = ", ".join(sorted(name for name, k in kinds().items() if k.borrows_cores))
             problems.append(
                 f"{where}.borrow_idle_cores: the {lane} lane cannot change its threads between "
-                "steps; only the llm lane borrows cores"
+                f"steps; lanes that borrow cores: {able}"
             )
-        elif cfg.device != "cpu" or cfg.cores is None or cfg.priority_class != "realtime":
+        elif cfg.device != "cpu" or cfg.cores is None:
             problems.append(
-                f"{where}.borrow_idle_cores: true needs a real-time lane on CPU with its own cores "
-                f"(device 'cpu', cores listed); this one has device {cfg.device!r}, cores "
-                f"{None if cfg.cores is None else list(cfg.cores)}, priority_class {cfg.priority_class!r}"
+                f"{where}.borrow_idle_cores: true needs a lane on CPU with its cores listed "
+                f"(device 'cpu', cores [...]); this one has device {cfg.device!r}, cores "
+                f"{None if cfg.cores is None else list(cfg.cores)}"
             )
     # On a GPU it is kept and not applied (the lane's share is its card's): a user who moves the
     # shipped image lane to cuda:0 must not have to find and delete it first.

@@ -97,6 +97,10 @@ class ImageBackend(Backend):
     @abstractmethod
     def generate(self, req: ImageRequest, run: ImageRun) -> GeneratedImage: ...
 
+    def set_threads(self, threads: int) -> None:  # noqa: B027 - optional hook
+        """The thread count for the steps from now on (cores lent to the lane, or given back);
+        called between steps. A backend that cannot change it keeps its own."""
+
 
 @dataclass(frozen=True)
 class ImageResult(LaneResult):
@@ -126,15 +130,30 @@ class ImageResult(LaneResult):
 
 
 class _WorkerRun(ImageRun):
-    def __init__(self, env: WorkerEnv, task_id: str, cancelled: Callable[[], bool]) -> None:
+    def __init__(
+        self, env: WorkerEnv, backend: ImageBackend, task_id: str, cancelled: Callable[[], bool]
+    ) -> None:
         self._env = env
+        self._backend = backend
         self._task_id = task_id
         self._cancelled = cancelled
 
     def step(self, done: int, total: int) -> None:
         self._env.progress(self._task_id, done, total)
 
+    def fit_cores(self, working: bool) -> None:
+        """Work-conserving isolation (borrow_idle_cores): before each step, widen onto the idle
+        real-time lanes' cores or give back those whose owner got work; a lender waits at most
+        one step, and meanwhile runs ahead of this nice-19 worker on its own core."""
+        if self._env.cores is None:
+            return
+        threads = self._env.cores.fit(working)
+        if threads is not None:
+            self._backend.set_threads(threads)
+
     def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
+        if where == "step":
+            self.fit_cores(True)
         yielder = self._env.yielder
         if yielder is None:
             if self._cancelled():
@@ -152,7 +171,11 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
     ) -> ImageOutcome:
         yielder = self.env.yielder
         before = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
-        image = backend.generate(request, _WorkerRun(self.env, task_id, cancelled))
+        run = _WorkerRun(self.env, backend, task_id, cancelled)
+        try:
+            image = backend.generate(request, run)
+        finally:
+            run.fit_cores(False)  # idle: only its own cores, so a lender's next task finds them free
         after = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
         return ImageOutcome(image, paused_s=after[0] - before[0], pauses=after[1] - before[1])
 
@@ -168,6 +191,7 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
     )
     durable = True
     preemptible = True
+    borrows_cores = True  # its runner sets the backend's threads between denoising steps
     result_folder = IMAGE_FOLDER
     config_defaults: ClassVar[Mapping[str, Any]] = {
         "priority_class": "batch",

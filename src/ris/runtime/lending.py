@@ -1,7 +1,9 @@
-"""Applying work-conserving isolation inside a borrowing worker (the LLM lane's).
+"""Applying work-conserving isolation inside a borrowing worker (the LLM lane's, the image
+lane's where configured).
 
 The pure decision (which idle lanes' cores may be borrowed now) is ris.preemption.lending's
-`Borrower`; this module moves the process onto the answer between two steps of work:
+`Borrower`; this module moves the process onto the answer between two steps of work, and off a
+lent core as soon as its owner is busy (`CoreLending.watch`):
 
 * affinity of every thread of the process (/proc/self/task), not only the calling one:
   llama.cpp computes on OpenMP threads, created once by the thread that decodes and kept in a
@@ -9,16 +11,24 @@ The pure decision (which idle lanes' cores may be borrowed now) is ris.preemptio
   a pool thread left on the lender's core would keep running (or spinning) there after the
   cores are given back. New pool threads inherit the affinity of the thread creating them,
   which is set first, so widening before raising the thread count places them right;
-* the thread count the runner hands to its backend (`llama_set_n_threads`), returned by `fit`.
+* the thread count the runner hands to its backend (`llama_set_n_threads`,
+  `torch.set_num_threads`), returned by `fit`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterable
 
 from ris.preemption.lending import Borrower
+
+# How often a borrowing worker looks whether an owner took its cores back. Reading the board is
+# a shared-memory read; a core is returned this long after its owner published its work (a
+# TTS task's synthesis starts later than that: the worker marks itself busy on arrival).
+WATCH_INTERVAL_S = 0.005
 
 
 def pin_all_threads(cores: Iterable[int]) -> None:
@@ -46,11 +56,20 @@ def thread_affinities(pid: int) -> dict[int, tuple[int, ...]]:
 
 class CoreLending:
     """The borrowing worker's cores now. `fit(working)` before each step of work (and once the
-    runner is idle, with False) moves the process and says the thread count to use."""
+    runner is idle, with False) moves the process and says the thread count to use.
+
+    A step already under way when an owner gets work would keep a thread on the owner's core
+    until it ends, and a step whose threads meet at barriers runs no faster than its slowest
+    thread: one left behind a nice-0 owner on the lent core (the image worker at nice 19 gets
+    about 1.5% of it) holds the whole step back, and the owner shares its core meanwhile. So
+    `watch()` runs a thread that gives lent cores back the moment their owner is busy, within
+    `WATCH_INTERVAL_S`: affinity can change under a running step; the thread count waits for
+    the next `fit`."""
 
     def __init__(self, borrower: Borrower, own_threads: int) -> None:
         self._borrower = borrower
         self._own_threads = own_threads
+        self._lock = threading.Lock()
         self.cores = borrower.policy.own
         self.borrowed: tuple[int, ...] = ()
         self.threads = own_threads
@@ -59,15 +78,41 @@ class CoreLending:
         """The thread count to use from now on if it changed, else None. While working: own
         cores plus the idle lenders'; idle: own cores only, so an idle lane holds nothing of
         another's and a lender's first task finds its cores free."""
-        cores = self._borrower.cores() if working else self._borrower.policy.own
+        with self._lock:
+            self._move(self._borrower.cores() if working else self._borrower.policy.own)
+            # One more thread per borrowed core: the lane's own cores keep the threads they had.
+            threads = self._own_threads + len(self.borrowed)
+            if threads == self.threads:
+                return None
+            self.threads = threads
+            return threads
+
+    def give_back_taken(self) -> bool:
+        """Off the cores whose owner is busy now, at once (affinity only); True if it moved."""
+        with self._lock:
+            if not self.borrowed:
+                return False
+            now = set(self._borrower.cores())
+            if set(self.cores) <= now:
+                return False
+            self._move(tuple(c for c in self.cores if c in now))
+            return True
+
+    def watch(self) -> threading.Thread:
+        """Start the thread that gives taken cores back between steps (see the class)."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(WATCH_INTERVAL_S)
+                self.give_back_taken()
+
+        thread = threading.Thread(target=loop, name="ris-lending-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _move(self, cores: tuple[int, ...]) -> None:
         if cores == self.cores:
-            return None
+            return
         pin_all_threads(cores)
         self.cores = cores
         self.borrowed = self._borrower.borrowed(cores)
-        # One more thread per borrowed core: the lane's own cores keep the threads they had.
-        threads = self._own_threads + len(self.borrowed)
-        if threads == self.threads:
-            return None
-        self.threads = threads
-        return threads

@@ -166,6 +166,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             time.monotonic,
         )
         lending = CoreLending(borrower, spec.binding.threads)
+        lending.watch()
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
         kind = import_kind(spec.kind)
         cfg = LaneConfig.model_validate_json(spec.lane_config_json)
@@ -263,7 +264,10 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, lending))
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
-        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message)
+        # A lender marked busy on a task's arrival is idle again once nothing runs or waits,
+        # even where the task ended before the runner published anything (a refused request).
+        idle_again = (lambda: publish(Activity.IDLE)) if spec.lends else None
+        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message, idle_again)
         return
     while True:
         try:  # idle, it wakes when a model's keep_alive ends
@@ -330,6 +334,7 @@ def _serve_concurrently(
     state: _Shared,
     out: _SerialSender,
     gpu_oom_message: str,
+    idle_again: Callable[[], None] | None = None,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs or waits), admit new tasks in their order of
@@ -349,6 +354,8 @@ def _serve_concurrently(
 
     while True:
         idle = not runner.busy() and not pending
+        if idle and idle_again is not None and inbox.empty():
+            idle_again()
         try:
             msg = inbox.get(timeout=cache.seconds_to_expiry()) if idle else inbox.get_nowait()
         except queue.Empty:
