@@ -1,0 +1,112 @@
+"""`ris bench`'s isolated layout beside variants of it, under the same mixed workload.
+
+`ris bench` compares isolation with no isolation; this compares layouts of the isolated
+configuration with each other, for a change of the machine-built layout (ris.config.defaults)
+to be measured before it is made. Each repetition starts the layout as shipped ("isolated":
+each lane alone, then all three at once) and every variant (all three at once), in an order
+that alternates between repetitions; a variant's ratios are taken to the same repetition's
+lanes alone, as `ris bench`'s goals are.
+
+`--variant NAME='{"image": {"cores": [1], "borrow_idle_cores": true}}'` (repeatable): the
+machine-built layout with those lanes' fields replaced (tuples for cores are fine as lists).
+
+Prints, per layout, the median and range over repetitions of the figures `ris bench`'s goals
+read: the LLM's gap between tokens p99 and TTS's real-time factor p99 as multiples of alone,
+and image denoising steps/s; writes them with every repetition's figures to `--out`.
+
+    python bench/ris_bench_layouts.py --variant NAME=JSON [--variant ...] [--repetitions 3]
+                                      [--duration 30] [--out bench/results/ris_bench_layouts.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ris.benchmark import configs
+from ris.benchmark import run as bench_run
+from ris.config import Config
+from ris.lanes import Lane
+
+SHIPPED = "isolated"
+
+
+def patched(base: Config, lanes: dict[str, dict[str, Any]]) -> Config:
+    new = dict(base.lanes)
+    for lane, fields in lanes.items():
+        if lane not in new:
+            raise SystemExit(f"unknown lane {lane!r}; known: {', '.join(new)}")
+        new[Lane(lane)] = new[Lane(lane)].model_copy(
+            update={k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        )
+    return base.model_copy(update={"lanes": new})
+
+
+def variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    name, sep, spec = text.partition("=")
+    if not sep or not name or name in configs.CONFIGS:
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON with a new name, got {text!r}")
+    return name, json.loads(spec)
+
+
+def figures(rep: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
+    alone, mixed = rep["alone"], rep[name]
+    return {
+        "llm_gap_p99_x_alone": mixed["llm_itl_p99"] / alone["llm_itl_p99"],
+        "tts_rtf_p99_x_alone": mixed["tts_rtf_p99"] / alone["tts_rtf_p99"],
+        "image_steps_s": mixed["image_steps_s"],
+        "stalls": mixed["stalls"],
+        "errors": mixed["errors"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", type=variant, action="append", default=[], required=True)
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    p.add_argument("--out", type=Path, default=Path("bench/results/ris_bench_layouts.json"))
+    args = p.parse_args()
+    variants = dict(args.variant)
+    shipped_build = configs.build
+
+    def build(name: str, kind: str, machine: Any = None, tts_model: str | None = None) -> Config:
+        base = shipped_build(SHIPPED, kind, machine, tts_model)
+        return base if name == SHIPPED else patched(base, variants[name])
+
+    configs.build = build  # ris bench builds each named configuration through this
+    names = [SHIPPED, *variants]
+    ns = argparse.Namespace(
+        gpu=False, quick=False, duration=args.duration, configs=",".join(names), tts_model=None,
+        repetitions=args.repetitions,
+    )  # fmt: skip
+    result = bench_run.run(ns)
+    per_rep = [{name: figures(rep, name) for name in names} for rep in result["per_repetition"]]
+    summary: dict[str, dict[str, Any]] = {}
+    for name in names:
+        summary[name] = {}
+        for key in per_rep[0][name]:
+            values = [rep[name][key] for rep in per_rep]
+            summary[name][key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        line = ", ".join(
+            f"{k} {v['median']:.3g} ({v['min']:.3g}-{v['max']:.3g})" for k, v in summary[name].items()
+        )
+        print(f"{name}: {line}")
+    out = {
+        "benchmark": "ris_bench_layouts",
+        "meta": result["meta"],
+        "variants": {SHIPPED: "the machine-built layout as shipped", **{k: v for k, v in variants.items()}},
+        "summary": summary,
+        "per_repetition": per_rep,
+        "ris_bench_figures": result["per_repetition"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
