@@ -176,16 +176,25 @@ def test_images_borrow_the_idle_llm_core_and_give_it_back_within_a_step(tmp_path
     cfg = make_config(
         tmp_path,
         llm={"borrow_idle_cores": False},
-        image={"cores": [1], "threads": 1, "borrow_idle_cores": True, "min_cpu_share": None},
+        # Passive waits, as beside TTS on its core (off here): the worker then runs the watcher
+        # that gives a lent core back under a running step.
+        image={
+            "cores": [1],
+            "threads": 1,
+            "borrow_idle_cores": True,
+            "min_cpu_share": None,
+            "wait_policy": "passive",
+        },
     )
     cfg["lanes"]["tts"]["enabled"] = False  # not a lender here (its core is the image lane's own)
+    cfg["server"]["max_image_steps"] = 1000  # an image that outlasts the chat and the grace after it
     srv = Server(tmp_path, cfg).start()
     try:
         image = srv.worker_pid("image")
         wait_for(lambda: _all_threads_on(image, (1,)), 30)  # idle: its own core only
         with Client(srv.url, timeout=60, max_retries=0) as c:
-            # Long enough to watch: 100 steps of the tiny pipeline at 512 px (~30 s here).
-            task = c.generate_image("a lighthouse at dusk", width=512, height=512, steps=100)["task_id"]
+            # Long enough to watch (cancelled below): 1000 steps of the tiny pipeline, a minute here.
+            task = c.generate_image("a lighthouse at dusk", width=256, height=256, steps=1000)["task_id"]
             wait_seen(lambda: c.progress(task), lambda p: p["step"] > 0, 120, "the image made no step")
             # The LLM idle: every thread of the image worker may run on core 0 too, two threads.
             wait_for(lambda: _all_threads_on(image, (0, 1)), 30)  # core 0 lent

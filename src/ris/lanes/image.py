@@ -10,6 +10,7 @@ also where a cancelled task stops.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -152,17 +153,17 @@ class _WorkerRun(ImageRun):
             self._backend.set_threads(threads)
 
     def checkpoint(self, where: Literal["step", "block"] = "step") -> None:
-        if where == "step":
-            self.fit_cores(True)
         yielder = self._env.yielder
         if yielder is None:
             if self._cancelled():
                 raise Cancelled()
-            return
-        try:
-            yielder.checkpoint(where, self._cancelled)
-        except PreemptedCancel:
-            raise Cancelled() from None
+        else:
+            try:
+                yielder.checkpoint(where, self._cancelled)
+            except PreemptedCancel:
+                raise Cancelled() from None
+        if where == "step":
+            self.fit_cores(True)  # after any pause: the cores idle now, not before it
 
 
 class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
@@ -175,7 +176,10 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
         try:
             image = backend.generate(request, run)
         finally:
-            run.fit_cores(False)  # idle: only its own cores, so a lender's next task finds them free
+            try:
+                run.fit_cores(False)  # idle: only its own cores, so a lender's next task finds them free
+            except OSError:  # the task's own error, if any, is what the client must hear
+                logging.getLogger("ris.worker").exception("giving lent cores back failed")
         after = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
         return ImageOutcome(image, paused_s=after[0] - before[0], pauses=after[1] - before[1])
 

@@ -17,6 +17,7 @@ lent core as soon as its owner is busy (`CoreLending.watch`):
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -30,6 +31,8 @@ from ris.preemption.lending import Borrower
 # TTS task's synthesis starts later than that: the worker marks itself busy on arrival).
 WATCH_INTERVAL_S = 0.005
 
+_log = logging.getLogger("ris.worker")
+
 
 def pin_all_threads(cores: Iterable[int]) -> None:
     """Every thread of this process to `cores` (the whole process where threads cannot be
@@ -40,18 +43,31 @@ def pin_all_threads(cores: Iterable[int]) -> None:
 
         psutil.Process().cpu_affinity(sorted(cpus))
         return
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except (ProcessLookupError, FileNotFoundError):
-            pass  # a thread that ended since the listing
+    # Listed again until no new thread shows: one a pool creates while the first pass runs (the
+    # watcher moves the process under a running step) inherits its creator's old cores.
+    done: set[str] = set()
+    while True:
+        new = [tid for tid in os.listdir("/proc/self/task") if tid not in done]
+        if not new:
+            return
+        for tid in new:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except (ProcessLookupError, FileNotFoundError):
+                pass  # a thread that ended since the listing
+        done.update(new)
 
 
 def thread_affinities(pid: int) -> dict[int, tuple[int, ...]]:
-    """Each thread of `pid` and the cores it may run on, as the OS says (Linux)."""
-    return {
-        int(tid): tuple(sorted(os.sched_getaffinity(int(tid)))) for tid in os.listdir(f"/proc/{pid}/task")
-    }
+    """Each thread of `pid` and the cores it may run on, as the OS says (Linux); a thread that
+    ends during the reading is left out."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = tuple(sorted(os.sched_getaffinity(int(tid))))
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    return out
 
 
 class CoreLending:
@@ -64,12 +80,15 @@ class CoreLending:
     about 1.5% of it) holds the whole step back, and the owner shares its core meanwhile. So
     `watch()` runs a thread that gives lent cores back the moment their owner is busy, within
     `WATCH_INTERVAL_S`: affinity can change under a running step; the thread count waits for
-    the next `fit`."""
+    the next `fit`. Only where the pool's threads sleep while they wait (the worker's binding
+    says so): spinning waiters moved onto one core mid-step would each spin out a time slice at
+    every barrier left in the step."""
 
     def __init__(self, borrower: Borrower, own_threads: int) -> None:
         self._borrower = borrower
         self._own_threads = own_threads
         self._lock = threading.Lock()
+        self._lent = threading.Event()  # set while some core is borrowed: the watcher's cue
         self.cores = borrower.policy.own
         self.borrowed: tuple[int, ...] = ()
         self.threads = own_threads
@@ -99,12 +118,17 @@ class CoreLending:
             return True
 
     def watch(self) -> threading.Thread:
-        """Start the thread that gives taken cores back between steps (see the class)."""
+        """Start the thread that gives taken cores back under a running step (see the class);
+        for a worker whose pool threads sleep at barriers (passive waits) only."""
 
         def loop() -> None:
             while True:
+                self._lent.wait()  # asleep while nothing is borrowed (most of a lane's life)
                 time.sleep(WATCH_INTERVAL_S)
-                self.give_back_taken()
+                try:
+                    self.give_back_taken()
+                except Exception:  # noqa: BLE001 - the watch must outlive one bad reading
+                    _log.exception("giving lent cores back failed")
 
         thread = threading.Thread(target=loop, name="ris-lending-watch", daemon=True)
         thread.start()
@@ -116,3 +140,7 @@ class CoreLending:
         pin_all_threads(cores)
         self.cores = cores
         self.borrowed = self._borrower.borrowed(cores)
+        if self.borrowed:
+            self._lent.set()
+        else:
+            self._lent.clear()

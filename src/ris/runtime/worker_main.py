@@ -166,7 +166,11 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             time.monotonic,
         )
         lending = CoreLending(borrower, spec.binding.threads)
-        lending.watch()
+        if spec.binding.passive_wait:
+            # Threads that sleep at a barrier may be moved under a running step; spinning ones
+            # (OpenMP's active wait) piled onto one core would each spin out a time slice at
+            # every barrier of the step's rest: those narrow at the next step.
+            lending.watch()
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
         kind = import_kind(spec.kind)
         cfg = LaneConfig.model_validate_json(spec.lane_config_json)
@@ -223,15 +227,26 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
                 if msg.task_id in state.known:  # a late cancel of an ended task is no flag to keep
                     state.cancelled.add(msg.task_id)
             else:
+                lent = spec.lends and isinstance(msg, m.RunTask)
                 if isinstance(msg, m.RunTask):
                     state.known.add(msg.task_id)
-                    if spec.lends:
-                        # Before the task is queued: the lane borrowing our idle cores gives them
-                        # back before its next step, so they are free when synthesis starts.
-                        publish(Activity.BUSY)
+                if lent:
+                    # Before the task is queued: the lane borrowing our idle cores gives them
+                    # back at once (its watcher), so they are free when synthesis starts.
+                    publish(Activity.BUSY)
                 inbox.put(msg)
+                if lent:
+                    publish(Activity.BUSY)  # and after: see mark_idle
                 if isinstance(msg, m.Shutdown):
                     return
+
+    def mark_idle() -> None:
+        """A lender with nothing left to do is idle again. The receiver marks it busy before and
+        after queueing a task, and this looks at the queue again after saying idle: whichever
+        order the two threads run in, a queued task leaves the board busy."""
+        publish(Activity.IDLE)
+        if not inbox.empty():
+            publish(Activity.BUSY)
 
     def heartbeat() -> None:
         stop = threading.Event()
@@ -266,7 +281,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     if isinstance(runner, ConcurrentRunner):
         # A lender marked busy on a task's arrival is idle again once nothing runs or waits,
         # even where the task ended before the runner published anything (a refused request).
-        idle_again = (lambda: publish(Activity.IDLE)) if spec.lends else None
+        idle_again = mark_idle if spec.lends else None
         _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message, idle_again)
         return
     while True:
@@ -323,7 +338,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
                 return_gpu_memory()
                 release_gpu = False
             if spec.lends and inbox.empty():
-                publish(Activity.IDLE)  # marked busy on arrival: idle again once none waits
+                mark_idle()  # marked busy on arrival: idle again once none waits
         cache.expire()  # a keep_alive of 0 unloads now
 
 
