@@ -457,16 +457,30 @@ def test_the_queue_knows_which_clients_wait_through_every_way_out() -> None:
     b = sched.submit(TaskSpec(lane=Lane.LLM, client="b"))
     none = sched.submit(TaskSpec(lane=Lane.LLM))
     queue = sched._book(Lane.LLM).queue  # noqa: SLF001 - the queue's own bookkeeping
-    assert queue.clients() == {"a", "b", None}
+    assert queue.clients() == {"a", "b", None} and queue.client_count() == 3
     sched.dispatch()  # a0 pops; a1 is past a's share (a0 + last starter): b is taken out of order
     assert [t.state for t in (a[0], b)] == [TaskState.RUNNING, TaskState.RUNNING]
-    assert queue.clients() == {"a", None}
+    assert queue.clients() == {"a", None} and queue.client_count() == 2
     sched.cancel(none.id)
-    assert queue.clients() == {"a"}
+    assert queue.clients() == {"a"} and queue.client_count() == 1
     clock.advance(10.0)
     sched.expire()  # a's queued tasks are past their deadline
     assert all(t.state.finished for t in a[1:])
-    assert queue.clients() == set() and len(queue) == 0
+    assert queue.clients() == set() and len(queue) == 0 and queue.client_count() == 0
+
+
+def test_one_client_alone_fills_every_slot_with_plain_tasks_then_yields_to_a_newcomer() -> None:
+    # The fair pick's fast path (only the head's client waits, a plain head) and its way back
+    # to the full pass once another client queues.
+    sched = fair(0.5, 4)
+    heavy = [sched.submit(TaskSpec(lane=Lane.LLM, client="heavy")) for _ in range(6)]
+    sched.dispatch()
+    assert running_by_client(sched) == {"heavy": 4}  # nobody else waits: no slot left idle
+    light = sched.submit(TaskSpec(lane=Lane.LLM, client="light"))
+    sched.finish(heavy[0].id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [light.id]  # past heavy's queued tasks
+    sched.finish(heavy[1].id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [heavy[4].id]  # heavy's next, in its order
 
 
 def test_costly_tasks_of_one_client_leave_slots_free_for_the_next_client() -> None:

@@ -263,13 +263,15 @@ class Engine:
             raise TypeError(
                 f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
             )
-        failures = [r.failure for r in self._replicas[lane] if r.watch.state is WorkerState.FAILED]
-        if failures and len(failures) == len(self._replicas[lane]) and failures[0] is not None:
-            raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failures[0].message}")
-        waiting = [r.worker.waiting_for() for r in self._replicas[lane]]
-        if all(waiting):
+        replicas = self._replicas[lane]
+        if replicas and all(r.watch.state is WorkerState.FAILED for r in replicas):
+            failure = replicas[0].failure
+            if failure is not None:
+                raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failure.message}")
+        if replicas and all(r.worker.waiting_for() for r in replicas):
             # Accepted, it would wait behind a false ETA for a placement that may never come.
-            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting[0]}", "lane_pending")
+            waiting = replicas[0].worker.waiting_for()
+            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting}", "lane_pending")
         cfg = self.config.lane(lane)
         spec = TaskSpec(
             lane=lane,
@@ -299,8 +301,11 @@ class Engine:
     def _load_ahead(self, lane: str, model: str) -> float:
         """The load a task for `model` will wait for: none while it is loaded (ModelLog says
         how long one takes otherwise)."""
-        if model in self.model_infos(lane):
-            return 0.0
+        for replica in self._replicas.get(lane, ()):
+            if replica.ready and replica.ready_info is not None:  # as model_infos, without a copy
+                if model in replica.models:
+                    return 0.0
+                break
         return self._model_log.expected_load_s(lane, model)
 
     def _handle(self, task_id: str, kind: LaneKind[Any, Any, Res], model: str) -> TaskHandle[Res]:
@@ -354,7 +359,8 @@ class Engine:
     def _dispatch(self) -> None:
         for task in self._scheduler.dispatch():
             model, request = task.spec.payload
-            replica = max(self._replicas[task.lane], key=lambda r: r.free_slots)
+            replicas = self._replicas[task.lane]
+            replica = replicas[0] if len(replicas) == 1 else max(replicas, key=lambda r: r.free_slots)
             replica.running.add(task.id)
             self._where[task.id] = replica
             self._supervisor.task_started(replica.watch)

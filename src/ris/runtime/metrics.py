@@ -143,9 +143,9 @@ class WorkMeter:
         key = (*series, outcome)
         self._tasks[key] = self._tasks.get(key, 0) + 1
         if latency_s is not None and outcome == "succeeded":
-            self._histogram(self._latency, TASK_BUCKETS_S, *series).observe(latency_s)
+            self._series_histogram(self._latency, TASK_BUCKETS_S, series).observe(latency_s)
         if queue_wait_s is not None:
-            self._histogram(self._queue_wait, TASK_BUCKETS_S, *series).observe(queue_wait_s)
+            self._series_histogram(self._queue_wait, TASK_BUCKETS_S, series).observe(queue_wait_s)
         window = self._bin()
         window[(lane, "tasks")] = window.get((lane, "tasks"), 0.0) + 1
         for c in counted:
@@ -192,7 +192,12 @@ class WorkMeter:
     def _histogram(
         self, family: dict[Series, Histogram], bounds: tuple[float, ...], lane: str, model: str
     ) -> Histogram:
-        series = self._key(lane, model)
+        return self._series_histogram(family, bounds, self._key(lane, model))
+
+    @staticmethod
+    def _series_histogram(
+        family: dict[Series, Histogram], bounds: tuple[float, ...], series: Series
+    ) -> Histogram:
         h = family.get(series)
         if h is None:
             h = family[series] = Histogram(bounds)

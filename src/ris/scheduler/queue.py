@@ -63,6 +63,10 @@ class LaneQueue:
         """The clients with tasks in the queue (None: tasks of no client)."""
         return set(self._clients)
 
+    def client_count(self) -> int:
+        """How many clients have tasks in the queue."""
+        return len(self._clients)
+
     def pop(self) -> Task | None:
         self._drop_dead_head()
         if not self._heap:

@@ -292,6 +292,10 @@ class Scheduler:
         head = book.queue.peek()
         if head is None or head.spec.client is None or book.policy.client_share >= 1.0:
             return book.queue.pop()
+        if not head.spec.costly and book.queue.client_count() == 1:
+            # Only the head's client waits, and a plain task takes any free slot: the pass below
+            # would pick the head too (the common case of one app or one user, at every dispatch).
+            return book.queue.pop()
         cap = max(1, math.ceil(book.policy.client_share * book.slots))
         held: dict[str | None, int] = {book.last_client: 1}
         held_costly: dict[str | None, int] = {}
