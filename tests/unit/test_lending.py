@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -176,24 +178,35 @@ def test_core_lending_moves_every_thread_of_the_process_and_says_the_thread_coun
     assert idle is None  # already on its own cores: nothing to change
 
 
-def _lend_in_child() -> tuple[Any, Any, Any]:
+@contextmanager
+def _child_lending() -> Iterator[tuple[FakeBorrower, Any]]:
+    """In a spawned child: on core 0, with a second thread (one a library's pool started), a
+    CoreLending of one own thread whose borrower answers cores 0 and 1 until told otherwise."""
     import threading
 
-    from ris.runtime.lending import CoreLending, thread_affinities
+    from ris.runtime.lending import CoreLending
 
     os.sched_setaffinity(0, {0})
     stop = threading.Event()
-    helper = threading.Thread(target=stop.wait)  # a pool thread the library started
+    helper = threading.Thread(target=stop.wait)
     helper.start()
     borrower = FakeBorrower((0,), (0, 1))
-    lending = CoreLending(borrower, 1)  # type: ignore[arg-type]
-    threads = lending.fit(working=True)
-    widened = (threads, set(thread_affinities(os.getpid()).values()), lending.borrowed)
-    threads = lending.fit(working=False)
-    narrowed = (threads, set(thread_affinities(os.getpid()).values()), lending.borrowed)
-    idle = lending.fit(working=False)
-    stop.set()
-    helper.join()
+    try:
+        yield borrower, CoreLending(borrower, 1)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        helper.join()
+
+
+def _lend_in_child() -> tuple[Any, Any, Any]:
+    from ris.runtime.lending import thread_affinities
+
+    with _child_lending() as (_borrower, lending):
+        threads = lending.fit(working=True)
+        widened = (threads, set(thread_affinities(os.getpid()).values()), lending.borrowed)
+        threads = lending.fit(working=False)
+        narrowed = (threads, set(thread_affinities(os.getpid()).values()), lending.borrowed)
+        idle = lending.fit(working=False)
     return widened, narrowed, idle
 
 
@@ -211,35 +224,28 @@ def test_a_lent_core_is_given_back_under_a_running_step_as_soon_as_its_owner_is_
 
 
 def _give_back_in_child() -> dict[str, Any]:
-    import threading
     import time
 
-    from ris.runtime.lending import WATCH_INTERVAL_S, CoreLending, thread_affinities
+    from ris.runtime.lending import WATCH_INTERVAL_S, thread_affinities
 
-    os.sched_setaffinity(0, {0})
-    stop = threading.Event()
-    helper = threading.Thread(target=stop.wait)  # a pool thread the library started
-    helper.start()
-    borrower = FakeBorrower((0,), (0, 1))
-    lending = CoreLending(borrower, 1)  # type: ignore[arg-type]
     seen: dict[str, Any] = {}
-    seen["widened"] = (lending.fit(working=True), set(thread_affinities(os.getpid()).values()))
-    seen["nothing_taken"] = lending.give_back_taken()
-    borrower.answer = (0,)  # TTS got work
-    moved = lending.give_back_taken()
-    seen["taken"] = (moved, set(thread_affinities(os.getpid()).values()), lending.borrowed, lending.threads)
-    seen["next_step"] = lending.fit(working=True)
-    # The watcher thread does the same on its own.
-    borrower.answer = (0, 1)
-    lending.fit(working=True)
-    lending.watch()
-    borrower.answer = (0,)
-    deadline = time.monotonic() + 30.0  # a loaded machine may keep the watcher waiting
-    while set(thread_affinities(os.getpid()).values()) != {(0,)} and time.monotonic() < deadline:
-        time.sleep(WATCH_INTERVAL_S)
-    seen["watched"] = set(thread_affinities(os.getpid()).values())
-    stop.set()
-    helper.join()
+    with _child_lending() as (borrower, lending):
+        seen["widened"] = (lending.fit(working=True), set(thread_affinities(os.getpid()).values()))
+        seen["nothing_taken"] = lending.give_back_taken()
+        borrower.answer = (0,)  # TTS got work
+        moved = lending.give_back_taken()
+        on = set(thread_affinities(os.getpid()).values())
+        seen["taken"] = (moved, on, lending.borrowed, lending.threads)
+        seen["next_step"] = lending.fit(working=True)
+        # The watcher thread does the same on its own.
+        borrower.answer = (0, 1)
+        lending.fit(working=True)
+        lending.watch()
+        borrower.answer = (0,)
+        deadline = time.monotonic() + 30.0  # a loaded machine may keep the watcher waiting
+        while set(thread_affinities(os.getpid()).values()) != {(0,)} and time.monotonic() < deadline:
+            time.sleep(WATCH_INTERVAL_S)
+        seen["watched"] = set(thread_affinities(os.getpid()).values())
     return seen
 
 
@@ -308,3 +314,41 @@ def test_a_cpu_share_on_an_image_lane_moved_to_a_gpu_is_kept_and_not_applied() -
     cfg = parse_config(data, MachineInfo(cores=(0, 1), gpus=1))
     assert cfg.lane("image").min_cpu_share == 0.1
     assert worker_spec(cfg, "image", MachineInfo(cores=(0, 1), gpus=1)).min_cpu_share is None
+
+
+def test_a_lenders_busy_and_idle_marks_leave_the_board_right_in_either_order() -> None:
+    """The worker's receiver marks a task busy as it queues it; the worker's loop marks the
+    lane idle once a task ended or nothing waits, only with nothing queued."""
+    import queue
+
+    from ris.runtime.worker_main import LenderMarks
+
+    board: list[Activity] = []
+    inbox: queue.Queue[object] = queue.Queue()
+    marks = LenderMarks(board.append, inbox)
+
+    def last() -> Activity:
+        return board[-1]
+
+    marks.idle()
+    assert board == [Activity.IDLE]
+    marks.arrived("task 1")
+    assert last() is Activity.BUSY and inbox.qsize() == 1
+    marks.idle()  # a task ended while the next one waits: still busy
+    assert last() is Activity.BUSY
+    inbox.get_nowait()
+    marks.idle()  # the last one ended: idle
+    assert last() is Activity.IDLE
+    # The receiver and the loop at once, many times over: the board ends idle with an empty
+    # queue, never busy over nothing and never idle over a queued task.
+    import threading
+
+    for _ in range(200):
+        t = threading.Thread(target=marks.arrived, args=("task",))
+        t.start()
+        marks.idle()
+        t.join()
+        assert last() is Activity.BUSY and inbox.qsize() == 1
+        inbox.get_nowait()
+        marks.idle()
+        assert last() is Activity.IDLE

@@ -178,7 +178,7 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
         finally:
             try:
                 run.fit_cores(False)  # idle: only its own cores, so a lender's next task finds them free
-            except OSError:  # the task's own error, if any, is what the client must hear
+            except Exception:  # noqa: BLE001 - the task's own error, if any, is what the client hears
                 logging.getLogger("ris.worker").exception("giving lent cores back failed")
         after = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
         return ImageOutcome(image, paused_s=after[0] - before[0], pauses=after[1] - before[1])

@@ -122,13 +122,16 @@ class CoreLending:
         for a worker whose pool threads sleep at barriers (passive waits) only."""
 
         def loop() -> None:
+            said = False
             while True:
                 self._lent.wait()  # asleep while nothing is borrowed (most of a lane's life)
                 time.sleep(WATCH_INTERVAL_S)
                 try:
                     self.give_back_taken()
                 except Exception:  # noqa: BLE001 - the watch must outlive one bad reading
-                    _log.exception("giving lent cores back failed")
+                    if not said:  # once: a lasting failure would say it 200 times a second
+                        _log.exception("giving lent cores back failed (said once)")
+                        said = True
 
         thread = threading.Thread(target=loop, name="ris-lending-watch", daemon=True)
         thread.start()

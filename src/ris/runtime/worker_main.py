@@ -216,6 +216,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     state = _Shared()
 
     publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
+    marks = LenderMarks(publish, inbox)
+    mark_idle = marks.idle
 
     def receive() -> None:
         while True:
@@ -227,26 +229,16 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
                 if msg.task_id in state.known:  # a late cancel of an ended task is no flag to keep
                     state.cancelled.add(msg.task_id)
             else:
-                lent = spec.lends and isinstance(msg, m.RunTask)
                 if isinstance(msg, m.RunTask):
                     state.known.add(msg.task_id)
-                if lent:
-                    # Before the task is queued: the lane borrowing our idle cores gives them
-                    # back at once (its watcher), so they are free when synthesis starts.
-                    publish(Activity.BUSY)
+                    if spec.lends:
+                        # Marked busy as it is queued: the lane borrowing our idle cores gives
+                        # them back before its next step, so they are free when our task starts.
+                        marks.arrived(msg)
+                        continue
                 inbox.put(msg)
-                if lent:
-                    publish(Activity.BUSY)  # and after: see mark_idle
                 if isinstance(msg, m.Shutdown):
                     return
-
-    def mark_idle() -> None:
-        """A lender with nothing left to do is idle again. The receiver marks it busy before and
-        after queueing a task, and this looks at the queue again after saying idle: whichever
-        order the two threads run in, a queued task leaves the board busy."""
-        publish(Activity.IDLE)
-        if not inbox.empty():
-            publish(Activity.BUSY)
 
     def heartbeat() -> None:
         stop = threading.Event()
@@ -337,7 +329,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             if release_gpu:
                 return_gpu_memory()
                 release_gpu = False
-            if spec.lends and inbox.empty():
+            if spec.lends:
                 mark_idle()  # marked busy on arrival: idle again once none waits
         cache.expire()  # a keep_alive of 0 unloads now
 
@@ -411,6 +403,29 @@ def _serve_concurrently(
             else:
                 out.send(m.TaskDone(task_id, result))
         cache.expire()
+
+
+class LenderMarks:
+    """A lending lane's busy and idle marks on the board, around its worker's queue: a task is
+    marked busy as it is queued, and the lane idle only while nothing is queued, both under one
+    lock, so that neither thread's mark overwrites the other's wrongly (a busy mark landing after
+    the idle one of a worker that already ran the task; an idle one over a queued task)."""
+
+    def __init__(self, publish: Callable[[Activity], None], inbox: queue.Queue[Any]) -> None:
+        self._publish = publish
+        self._inbox = inbox
+        self._lock = threading.Lock()
+
+    def arrived(self, task: object) -> None:
+        with self._lock:
+            self._publish(Activity.BUSY)
+            self._inbox.put(task)
+
+    def idle(self) -> None:
+        """Once a task has ended, or the worker waits with nothing to run."""
+        with self._lock:
+            if self._inbox.empty():
+                self._publish(Activity.IDLE)
 
 
 class _HeldTasks:
