@@ -144,8 +144,9 @@ class _WorkerRun(ImageRun):
 
     def fit_cores(self, working: bool) -> None:
         """Work-conserving isolation (borrow_idle_cores): before each step, widen onto the idle
-        real-time lanes' cores or give back those whose owner got work; a lender waits at most
-        one step, and meanwhile runs ahead of this nice-19 worker on its own core."""
+        real-time lanes' cores or give back those whose owner got work. A lender waits at most
+        one step (~5 ms where the worker's lending watcher runs: passive waits), and meanwhile
+        runs ahead of this nice-19 worker on its own core."""
         if self._env.cores is None:
             return
         threads = self._env.cores.fit(working)
