@@ -9,10 +9,13 @@ lanes alone, as `ris bench`'s goals are.
 
 `--variant NAME='{"image": {"cores": [1], "borrow_idle_cores": true}}'` (repeatable): the
 machine-built layout with those lanes' fields replaced (tuples for cores are fine as lists).
+The key `server_cores` (not a lane) pins every thread of the API process to those cores once it
+is up (its workers keep their own bindings): where the API process runs, measured.
 
 Prints, per layout, the median and range over repetitions of the figures `ris bench`'s goals
 read: the LLM's gap between tokens p99 and TTS's real-time factor p99 as multiples of alone,
-and image denoising steps/s; writes them with every repetition's figures to `--out`.
+and image denoising steps/s; writes them with every repetition's figures, and the samples
+counted as stalls (which lane, how long), to `--out`.
 
     python bench/ris_bench_layouts.py --variant NAME=JSON [--variant ...] [--repetitions 3]
                                       [--duration 30] [--out bench/results/ris_bench_layouts.json]
@@ -22,21 +25,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from ris.benchmark import configs
 from ris.benchmark import run as bench_run
+from ris.benchmark.workload import STALL_S
 from ris.config import Config
 from ris.lanes import Lane
 
 SHIPPED = "isolated"
+SERVER_CORES = "server_cores"
 
 
 def patched(base: Config, lanes: dict[str, dict[str, Any]]) -> Config:
     new = dict(base.lanes)
     for lane, fields in lanes.items():
+        if lane == SERVER_CORES:
+            continue
         if lane not in new:
             raise SystemExit(f"unknown lane {lane!r}; known: {', '.join(new)}")
         new[Lane(lane)] = new[Lane(lane)].model_copy(
@@ -50,6 +58,25 @@ def variant(text: str) -> tuple[str, dict[str, dict[str, Any]]]:
     if not sep or not name or name in configs.CONFIGS:
         raise argparse.ArgumentTypeError(f"expected NAME=JSON with a new name, got {text!r}")
     return name, json.loads(spec)
+
+
+def pin_threads(pid: int, cores: list[int]) -> None:
+    """Every thread of `pid` onto `cores` (threads it starts later inherit the creator's set)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), set(cores))
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def stalled(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The samples `ris bench` counts as stalls (no progress for longer than STALL_S), by lane."""
+    return [
+        {"lane": lane, **{k: v for k, v in s.items() if k not in ("itl_s",)}}
+        for lane, samples in raw["samples"].items()
+        for s in samples
+        if s.get("max_gap_s", 0.0) > STALL_S
+    ]
 
 
 def figures(rep: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
@@ -78,6 +105,17 @@ def main() -> None:
         return base if name == SHIPPED else patched(base, variants[name])
 
     configs.build = build  # ris bench builds each named configuration through this
+
+    class PinnedService(bench_run.ServiceProcess):
+        def start(self, *a: Any, **kw: Any) -> Any:
+            started = super().start(*a, **kw)
+            name = self.config_path.parent.name.rsplit("-", 1)[0]  # "<config>-<repetition>"
+            cores = variants.get(name, {}).get(SERVER_CORES)
+            if cores is not None and self.proc is not None:
+                pin_threads(self.proc.pid, cores)
+            return started
+
+    bench_run.ServiceProcess = PinnedService  # type: ignore[misc]
     names = [SHIPPED, *variants]
     ns = argparse.Namespace(
         gpu=False, quick=False, duration=args.duration, configs=",".join(names), tts_model=None,
@@ -102,6 +140,10 @@ def main() -> None:
         "summary": summary,
         "per_repetition": per_rep,
         "ris_bench_figures": result["per_repetition"],
+        "stalled_samples": [
+            {name: stalled(phases["mixed"]) for name, phases in rep.items() if "mixed" in phases}
+            for rep in result["raw"]
+        ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1, default=str))
