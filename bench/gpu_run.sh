@@ -4,7 +4,8 @@
 #
 #   bash bench/gpu_run.sh                      # a package index is reachable: pip installs the rest
 #   WHEELS=.whl bash bench/gpu_run.sh          # offline: wheels of only what is missing, from a folder
-#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, small, plans, step, hf, sharing, bench (default: all)
+#   PARTS=tests,sharing bash bench/gpu_run.sh  # a subset of: tests, small, plans, step, hf, sharing, bench (default: all), ray
+#   WHEELS=.whl-ray PARTS=ray bash bench/gpu_run.sh  # cluster mode on the machine's cores (RAY=1 bash bench/gpu_wheels.sh)
 #
 # Writes into $OUT (default bench/results): gpu_machine.txt, gpu_tests.txt (pytest tests/gpu),
 # gpu_hf_serve.{json,md} (RIS's LLM lane beside `transformers serve` on the same card, 1/8/32
@@ -16,7 +17,9 @@
 # (a transformers LLM's decode under engine settings: defaults, CUDA graphs, compile;
 # bench/hf_step_cost.py), gpu_test_figures.jsonl (what tests/gpu measured) and
 # ris_bench_gpu.{json,md,png} (traditional vs shared vs isolated under the mixed workload:
-# Qwen2.5-7B-shape LLM and SD 1.5-shape images with random weights, espeak TTS on CPU cores).
+# Qwen2.5-7B-shape LLM and SD 1.5-shape images with random weights, espeak TTS on CPU cores);
+# the `ray` part, not in the default set (its own call: Ray is carried apart), writes
+# ray_replicas_gpu_machine.{json,log} (bench/ray_replicas.py with espeak).
 # Each part has its own time limit (T_TESTS, T_SMALL, T_PLANS, T_STEP, T_HF, T_SHARING, T_BENCH
 # seconds: 120 + 150 + 150 + 200 + 150 + 210 + 120 = 1,100 s by default, more than one 600 s
 # device call: choose PARTS or lower the limits to fit the call), so one that hangs cannot take
@@ -76,6 +79,21 @@ case ",$PARTS," in *,sharing,*)
             --extra-policies "${EXTRA_POLICIES:-}" --out "$OUT/gpu_image_sharing_r$r.json" 2>&1 \
             | tee "$OUT/gpu_image_sharing_r$r.log" | tail -12
     done
+esac
+case ",$PARTS," in *,ray,*)
+    # Cluster mode on this machine's cores (issue 25): 2 TTS replicas vs 1 on nodes whose
+    # workers each find a core of their own, and the latency the Ray path adds. Ray from the
+    # stripped bundle bench/gpu_wheels.sh makes with RAY=1 when this Python has none.
+    if ! $PY -c "import ray" 2>/dev/null; then
+        bundle=$(ls "${WHEELS:-.whl-ray}"/ray-*-stripped.tar.xz 2>/dev/null | head -1)
+        if [ -n "$bundle" ]; then
+            mkdir -p /tmp/ris-ray && tar -xJf "$bundle" -C /tmp/ris-ray
+            export PYTHONPATH="/tmp/ris-ray:$PYTHONPATH"
+        fi
+    fi
+    timeout "${T_RAY:-300}" $PY bench/ray_replicas.py --tts-model espeak --rounds "${REPS_RAY:-3}" \
+        --requests "${RAY_REQUESTS:-32}" --clients "${RAY_CLIENTS:-4}" \
+        --out "$OUT/ray_replicas_gpu_machine.json" 2>&1 | tee "$OUT/ray_replicas_gpu_machine.log" | tail -12
 esac
 case ",$PARTS," in *,bench,*)
     timeout "${T_BENCH:-120}" $PY -m ris bench --gpu --tts-model espeak \

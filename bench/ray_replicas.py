@@ -13,6 +13,10 @@ a local server (worker processes on pipes, no Ray) runs beside them all along.
 Rounds alternate which replica count goes first; median and range over rounds.
 
     python bench/ray_replicas.py [--rounds 3] [--requests 16] [--clients 4] [--latency-n 40]
+                                 [--tts-model espeak]
+
+`--tts-model espeak` serves the throughput part with espeak-ng instead of Piper, for a machine
+without the Piper voice's package (the GPU machine: bench/gpu_run.sh's `ray` part).
 """
 
 from __future__ import annotations
@@ -38,12 +42,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "Two speech nodes share this work, one sentence at a time, as fast as they can."
 
 
+TTS_MODEL = "piper"
+
+
 def tts_config(tmp: Path, address: str | None, replicas: int) -> dict[str, Any]:
     cfg: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
     cfg["data_dir"] = str(tmp / "data")
     cfg["server"] = {**cfg.get("server", {}), "port": 0}  # a free one
     tts = cfg["lanes"]["tts"]
     tts.update({"cores": None, "threads": 1, "replicas": replicas, "max_queue": 1024})
+    if TTS_MODEL != tts["default_model"]:  # only that model: another may not be installed here
+        tts.update({"default_model": TTS_MODEL, "models": {TTS_MODEL: tts["models"][TTS_MODEL]}})
     cfg["lanes"] = {"tts": tts, "llm": {"enabled": False}, "image": {"enabled": False}}
     if address:
         cfg["cluster"] = {"engine": "ray", "address": address}
@@ -59,7 +68,7 @@ def throughput(srv: ServiceProcess, requests: int, clients: int) -> float:
         r = httpx.post(f"{srv.url}/api/tts/synthesize", json={"text": SENTENCE}, timeout=300)
         r.raise_for_status()
 
-    one(0)  # warm: the first synthesis loads what Piper loads lazily
+    one(0)  # warm: the first synthesis loads what the model loads lazily
     t = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(requests)))
@@ -91,8 +100,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--latency-n", type=int, default=40)
+    p.add_argument("--tts-model", choices=("piper", "espeak"), default="piper")
     p.add_argument("--out", default=str(ROOT / "bench/results/ray_replicas.json"))
     args = p.parse_args()
+    global TTS_MODEL
+    TTS_MODEL = args.tts_model
 
     t0 = time.monotonic()
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 0})
@@ -134,7 +146,9 @@ def main() -> int:
     row = {
         "benchmark": "ray_replicas",
         "machine": f"{len(os.sched_getaffinity(0))} cores, {platform.processor() or platform.machine()}",
-        "note": "short form on a 2-core machine shared with other engineers' work: indicative only",
+        "note": "the two nodes are processes of this one machine, sharing its cores"
+        + (": a 2-core machine, indicative only" if len(os.sched_getaffinity(0)) <= 2 else ""),
+        "tts_model": TTS_MODEL,
         # How busy the machine was (1-minute load average) when the run ended.
         "load_average": round(os.getloadavg()[0], 2),
         "rounds": args.rounds,
