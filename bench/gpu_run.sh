@@ -88,7 +88,7 @@ case ",$PARTS," in *,ray,*)
         bundle=$(ls "${WHEELS:-.whl-ray}"/ray-*-stripped.tar.xz 2>/dev/null | head -1)
         if [ -n "$bundle" ]; then
             mkdir -p /tmp/ris-ray && tar -xJf "$bundle" -C /tmp/ris-ray
-            export PYTHONPATH="/tmp/ris-ray:$PYTHONPATH"
+            export PYTHONPATH="/tmp/ris-ray${PYTHONPATH:+:$PYTHONPATH}"
         fi
     fi
     timeout "${T_RAY:-300}" $PY bench/ray_replicas.py --tts-model espeak --rounds "${REPS_RAY:-3}" \
