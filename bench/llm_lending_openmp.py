@@ -28,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +51,12 @@ def child(variant: str) -> None:
     )
     import tempfile
 
+    from decode_timing import decode_gaps  # this folder's (run as a script)
+
     from ris.backends import BackendContext
     from ris.backends.llm_llama_cpp import LlamaCppLLM
     from ris.config import ModelSpec
-    from ris.lanes.llm import LLMRequest, TextCollector
     from ris.runtime.lending import pin_all_threads
-
-    class Timed(TextCollector):
-        def __init__(self) -> None:
-            super().__init__()
-            self.times: list[float] = []
-
-        def emit(self, text: str) -> None:
-            self.times.append(time.perf_counter())
-            super().emit(text)
 
     spec = ModelSpec(backend="llama_cpp", source=MODEL, options={"n_ctx": 2048})
     backend = LlamaCppLLM(spec, BackendContext("cpu", len(cores), Path(tempfile.gettempdir()), parallel=8))
@@ -73,12 +64,8 @@ def child(variant: str) -> None:
     pin_all_threads((0, 1))  # what CoreLending.fit does when the lender is idle
     batch.set_threads(2)
     gaps: list[float] = []
-    for k in range(2):
-        out = Timed()
-        req = LLMRequest(prompt=f"[{k}] Write a short story about a lighthouse keeper.", max_tokens=TOKENS,
-                         temperature=0, ignore_eos=True, prompt_is_message=True)  # fmt: skip
-        backend.generate(req, out)
-        gaps = [y - x for x, y in zip(out.times, out.times[1:], strict=False)]
+    for k in range(2):  # the second stream counts: the first warms caches
+        gaps = decode_gaps(backend, k, TOKENS)
     print(json.dumps({
         "gap_p50_ms": 1000 * statistics.median(gaps),
         "tok_s": (len(gaps)) / sum(gaps),
