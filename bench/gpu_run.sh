@@ -41,7 +41,7 @@ else
 fi
 $PY -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)" || exit 1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c "import sys, importlib.metadata as m; print('python', sys.version.split()[0], *(f'{p} {m.version(p)}' if __import__('importlib.util').util.find_spec(p) else f'{p} absent' for p in ('torch', 'transformers', 'diffusers', 'ray')))"
+  $PY -c "import sys, importlib.util as u, importlib.metadata as m; print('python', sys.version.split()[0], *(f'{p} {m.version(p)}' if u.find_spec(p) else f'{p} absent' for p in ('torch', 'transformers', 'diffusers', 'ray')))"
   nproc; free -g | head -2; } 2>&1 | tee "$OUT/gpu_machine.txt"
 
 case ",$PARTS," in *,tests,*)
