@@ -7,6 +7,12 @@ it, beside a local worker's pipe and a plain TCP connection to the same actor.
                   yield per batch), awaited from an asyncio loop as the engine does
   ray stream+usage  the same, each yield also reading the process's memory and CPU with psutil
                   (what RIS's LaneActor.stream reports with every batch)
+  ray stream, get the same, each yield's value taken with a non-blocking ray.get once
+                  __anext__ has it in this process, instead of a second await
+  ray stream, thread  the same stream read by a thread of its own (blocking next() and
+                  ray.get), each batch handed to the loop by call_soon_threadsafe
+  ray call        one plain actor call per message, its return value the answer: Ray's
+                  cheapest round trip, for reference (it cannot stream a task's outputs)
   tcp to actor    the same actor, the message in and back over a TCP connection it listens on
   local pipe      a child process echoing over a multiprocessing pipe (a local worker's channel)
 
@@ -82,6 +88,10 @@ class _Echo:
             yield batch, usage
 
     @ray.method(concurrency_group="inbox")
+    def echo(self, msg: Any) -> Any:
+        return msg
+
+    @ray.method(concurrency_group="inbox")
     def listen(self) -> tuple[str, int]:
         """A TCP side channel: messages in and answers out, length-prefixed pickles."""
         server = socket.create_server(("0.0.0.0", 0))
@@ -132,6 +142,47 @@ def ray_stream(actor: Any) -> Callable[[int], Awaitable[None]]:
     return one
 
 
+def ray_stream_get(actor: Any) -> Callable[[int], Awaitable[None]]:
+    stream = actor.stream.remote()
+
+    async def one(i: int) -> None:
+        actor.put.remote(i)
+        got = 0
+        while got < 2:
+            # Ready: __anext__ returns once the yield's value is in this process.
+            batch, _ = ray.get(await stream.__anext__(), timeout=0)
+            got += sum(1 for _, n in batch if n == i)
+
+    return one
+
+
+def ray_stream_thread(actor: Any, loop: asyncio.AbstractEventLoop) -> Callable[[int], Awaitable[None]]:
+    stream = actor.stream.remote()
+    arrived: asyncio.Queue[Any] = asyncio.Queue()
+
+    def reader() -> None:
+        for ref in stream:
+            batch, _ = ray.get(ref)
+            loop.call_soon_threadsafe(arrived.put_nowait, batch)
+
+    threading.Thread(target=reader, daemon=True).start()
+
+    async def one(i: int) -> None:
+        actor.put.remote(i)
+        got = 0
+        while got < 2:
+            got += sum(1 for _, n in await arrived.get() if n == i)
+
+    return one
+
+
+def ray_call(actor: Any) -> Callable[[int], Awaitable[None]]:
+    async def one(i: int) -> None:
+        await actor.echo.remote(i)
+
+    return one
+
+
 async def tcp(actor: Any) -> Callable[[int], Awaitable[None]]:
     host, port = await actor.listen.remote()
     reader, writer = await asyncio.open_connection(host, port)
@@ -178,11 +229,14 @@ def local_pipe(loop: asyncio.AbstractEventLoop) -> Callable[[int], Awaitable[Non
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     # Held for the whole run: an actor whose last handle goes is ended by Ray.
-    actors = [Echo.remote(False), Echo.remote(True), Echo.remote(False)]
+    actors = [Echo.remote(usage) for usage in (False, True, False, False, False, False)]
     transports = {
         "ray stream": ray_stream(actors[0]),
         "ray stream+usage": ray_stream(actors[1]),
-        "tcp to actor": await tcp(actors[2]),
+        "ray stream, get": ray_stream_get(actors[2]),
+        "ray stream, thread": ray_stream_thread(actors[3], loop),
+        "ray call": ray_call(actors[4]),
+        "tcp to actor": await tcp(actors[5]),
         "local pipe": local_pipe(loop),
     }
     names = list(transports)

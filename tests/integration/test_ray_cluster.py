@@ -287,6 +287,26 @@ def test_messages_reach_a_lane_actor_in_the_order_they_were_sent(ray_cluster: di
         ray.kill(probe)
 
 
+def test_a_yields_value_is_taken_when_here_and_awaited_when_not(ray_cluster: dict[str, Any]) -> None:
+    """The stream's reader takes a yield's value without another trip through the loop when it
+    is in this process already (always, in practice), and still waits for one that is not."""
+    import asyncio
+
+    from ris.runtime.workers.ray import _value
+
+    def later(value: str, delay: float) -> str:
+        time.sleep(delay)
+        return value
+
+    remote = ray.remote(num_cpus=0)(later)
+    here = remote.remote("here", 0.0)
+    ray.get(here)
+    assert asyncio.run(_value(here)) == "here"
+    started = time.monotonic()
+    assert asyncio.run(_value(remote.remote("later", 1.0))) == "later"
+    assert time.monotonic() - started >= 0.9
+
+
 def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(
     ray_cluster: dict[str, Any],
 ) -> None:
