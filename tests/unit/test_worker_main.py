@@ -31,6 +31,7 @@ from ris.lanes.base import (
     result_from_json,
 )
 from ris.preemption.board import ActivityBoard
+from ris.preemption.policy import Activity
 from ris.runtime.binding import Binding
 from ris.runtime.worker_main import serve
 from ris.runtime.workers.base import WorkerSpec
@@ -45,6 +46,11 @@ class CountRequest:
     hold: bool = False
     # Raise torch's out-of-memory error, as an allocation past a GPU lane's cap does.
     gpu_oom: bool = False
+    # Count once, then hold until the test sets RELEASE (tasks queue behind it meanwhile).
+    wait_for_release: bool = False
+
+
+RELEASE = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Counter(Backend):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         for n in range(1, req.upto + 1):
             say(n)
+        assert not req.wait_for_release or RELEASE.wait(WAIT_S), "never released"
         deadline = time.monotonic() + WAIT_S
         while req.hold and not cancelled():
             assert time.monotonic() < deadline, "the cancel never reached the task"
@@ -86,7 +93,12 @@ class CountRunner(LaneRunner[Counter, CountRequest, CountOutcome]):
         def say(n: int) -> None:
             self.env.output(task_id, n)
 
-        return CountOutcome(backend.count(request, say, cancelled))
+        # Marks its lane busy while it runs and idle when done, as the TTS runner does.
+        self.env.publish(Activity.BUSY)
+        try:
+            return CountOutcome(backend.count(request, say, cancelled))
+        finally:
+            self.env.publish(Activity.IDLE)
 
 
 class CountLane(LaneKind[CountRequest, CountOutcome, LaneResult]):
@@ -127,6 +139,10 @@ class MemoryChannel:
 
     def put(self, msg: object) -> None:
         self._to_worker.put(msg)
+
+    def all_taken(self) -> bool:
+        """The worker has read everything the test put."""
+        return self._to_worker.empty()
 
     def take(self) -> object:
         """The worker's next message other than a heartbeat."""
@@ -195,6 +211,55 @@ def test_a_task_streams_its_outputs_then_ends_done(channel: MemoryChannel) -> No
     channel.put(m.RunTask("t3", "one", CountRequest(upto=0)))
     assert channel.take() == m.TaskDone("t3", CountOutcome(0))
     channel.put(m.Shutdown())
+
+
+class RecordingBoard(ActivityBoard):
+    """A board that also keeps every mark its lanes' writers made, in order."""
+
+    def __init__(self, lanes: tuple[str, ...]) -> None:
+        super().__init__(lanes, array=bytearray(len(lanes)))
+        self.marks: list[Activity] = []
+
+    def writer(self, lane: str) -> Callable[[Activity], None]:
+        publish = super().writer(lane)
+
+        def record(activity: Activity) -> None:
+            self.marks.append(activity)
+            publish(activity)
+
+        return record
+
+
+def test_a_lane_stays_busy_between_queued_tasks_and_goes_idle_after_the_last(tmp_path: Path) -> None:
+    """The runner marks its lane idle as each task ends; with the next task queued the mark
+    is not made, so a lane borrowing its cores or yielding to it never sees it idle between
+    two of its tasks."""
+    spec = count_worker(tmp_path, "one", LANE.backend_target("counter"))
+    chan, board = MemoryChannel(), RecordingBoard(("count",))
+    worker = threading.Thread(target=serve, args=(spec, chan, chan, board), daemon=True)
+    worker.start()
+    RELEASE.clear()
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "one", CountRequest(upto=1, wait_for_release=True)))
+        assert chan.take() == m.TaskOutput("t1", 1)  # running, and held
+        chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))
+        chan.put(m.RunTask("t3", "one", CountRequest(upto=1)))
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not chan.all_taken():
+            time.sleep(0.001)
+        time.sleep(0.05)  # the worker's receiver took both: a moment to queue them
+        RELEASE.set()
+        ends = [msg for msg in (chan.take() for _ in range(5)) if isinstance(msg, m.TaskDone)]
+        assert [d.task_id for d in ends] == ["t1", "t2", "t3"]
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+        assert board.marks == [Activity.BUSY, Activity.BUSY, Activity.BUSY, Activity.IDLE]
+        assert board.get("count") is Activity.IDLE
+    finally:
+        RELEASE.set()
+        chan.close()
+        lanes.unregister("count")
 
 
 def test_a_cancelled_task_ends_cancelled_and_the_next_one_runs(channel: MemoryChannel) -> None:

@@ -268,7 +268,12 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             cpu_share=cpu_share,
         )
     )
-    runner = kind.runner(WorkerEnv(spec.lane, out.send, publish, tick, yielder, cfg.parallel, lending))
+    # A runner marks its lane idle when its task ends: only with nothing queued, through the
+    # same gate as a lender's marks. Between two queued tasks the lane stays busy: a lane
+    # yielding to it (it looks every 0.5 ms) does not resume for a step in the moment before
+    # the next task starts, nor a borrower without an idle grace take its cores for one.
+    runner_publish = _idle_only_when_nothing_waits(publish, marks.idle)
+    runner = kind.runner(WorkerEnv(spec.lane, out.send, runner_publish, tick, yielder, cfg.parallel, lending))
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
         # A lender marked busy on a task's arrival is idle again once nothing runs or waits,
@@ -403,6 +408,18 @@ def _serve_concurrently(
             else:
                 out.send(m.TaskDone(task_id, result))
         cache.expire()
+
+
+def _idle_only_when_nothing_waits(
+    publish: Callable[[Activity], None], idle: Callable[[], None]
+) -> Callable[[Activity], None]:
+    def runner_publish(activity: Activity) -> None:
+        if activity is Activity.IDLE:
+            idle()
+        else:
+            publish(activity)
+
+    return runner_publish
 
 
 class LenderMarks:
