@@ -124,10 +124,12 @@ class MemoryChannel:
         self._to_worker: queue.Queue[object] = queue.Queue()
         self._from_worker: queue.Queue[object] = queue.Queue()
         self._closed = False
+        self.reads = 0
 
     # ----- the worker's side (ChannelIn, ChannelOut) -------------------------------------
 
     def recv(self) -> object:
+        self.reads += 1  # the worker's receiver handled every message it read before this one
         return self._to_worker.get()
 
     def send(self, msg: object, /) -> None:
@@ -139,10 +141,6 @@ class MemoryChannel:
 
     def put(self, msg: object) -> None:
         self._to_worker.put(msg)
-
-    def all_taken(self) -> bool:
-        """The worker has read everything the test put."""
-        return self._to_worker.empty()
 
     def take(self) -> object:
         """The worker's next message other than a heartbeat."""
@@ -246,9 +244,8 @@ def test_a_lane_stays_busy_between_queued_tasks_and_goes_idle_after_the_last(tmp
         chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))
         chan.put(m.RunTask("t3", "one", CountRequest(upto=1)))
         deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and not chan.all_taken():
+        while time.monotonic() < deadline and chan.reads < 4:  # t1, t2, t3 queued, reading on
             time.sleep(0.001)
-        time.sleep(0.05)  # the worker's receiver took both: a moment to queue them
         RELEASE.set()
         ends = [msg for msg in (chan.take() for _ in range(5)) if isinstance(msg, m.TaskDone)]
         assert [d.task_id for d in ends] == ["t1", "t2", "t3"]
