@@ -423,10 +423,11 @@ def _idle_only_when_nothing_waits(
 
 
 class LenderMarks:
-    """A lending lane's busy and idle marks on the board, around its worker's queue: a task is
-    marked busy as it is queued, and the lane idle only while nothing is queued, both under one
-    lock, so that neither thread's mark overwrites the other's wrongly (a busy mark landing after
-    the idle one of a worker that already ran the task; an idle one over a queued task)."""
+    """A lane's marks on the board around its worker's queue: a lending lane's task is marked
+    busy as it is queued (`arrived`), and any lane idle only while nothing is queued (`idle`,
+    the runners' idle marks included), both under one lock, so that neither thread's mark
+    overwrites the other's wrongly (a busy mark landing after the idle one of a worker that
+    already ran the task; an idle one over a queued task)."""
 
     def __init__(self, publish: Callable[[Activity], None], inbox: queue.Queue[Any]) -> None:
         self._publish = publish
