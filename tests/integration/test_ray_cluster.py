@@ -289,7 +289,8 @@ def test_messages_reach_a_lane_actor_in_the_order_they_were_sent(ray_cluster: di
 
 def test_a_yields_value_is_taken_when_here_and_awaited_when_not(ray_cluster: dict[str, Any]) -> None:
     """The stream's reader takes a yield's value without another trip through the loop when it
-    is in this process already (always, in practice), and still waits for one that is not."""
+    is in this process already (always, in practice), still waits for one that is not, and a
+    failed task raises what awaiting its ref raises."""
     import asyncio
 
     from ris.runtime.workers.ray import _value
@@ -298,13 +299,29 @@ def test_a_yields_value_is_taken_when_here_and_awaited_when_not(ray_cluster: dic
         time.sleep(delay)
         return value
 
+    def fails() -> None:
+        raise ValueError("no")
+
+    class Counts:
+        def stream(self, n: int) -> Iterator[int]:
+            for i in range(n):
+                yield 10 * i
+
     remote = ray.remote(num_cpus=0)(later)
-    here = remote.remote("here", 0.0)
-    ray.get(here)
-    assert asyncio.run(_value(here)) == "here"
     started = time.monotonic()
     assert asyncio.run(_value(remote.remote("later", 1.0))) == "later"
     assert time.monotonic() - started >= 0.9
+
+    async def read(n: int) -> list[int]:
+        stream = ray.remote(num_cpus=0)(Counts).remote().stream.options(num_returns="streaming").remote(n)
+        return [await _value(await stream.__anext__()) for _ in range(n)]
+
+    assert asyncio.run(read(5)) == [0, 10, 20, 30, 40]
+
+    failed = ray.remote(num_cpus=0, max_retries=0)(fails).remote()
+    ray.wait([failed], timeout=30)
+    with pytest.raises(ValueError, match="no"):
+        asyncio.run(_value(failed))
 
 
 def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(

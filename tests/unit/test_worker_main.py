@@ -48,6 +48,8 @@ class CountRequest:
     gpu_oom: bool = False
     # Count once, then hold until the test sets RELEASE (tasks queue behind it meanwhile).
     wait_for_release: bool = False
+    # Refused by the runner before it marks the lane busy (as TTS refuses an unknown voice).
+    refuse: bool = False
 
 
 RELEASE = threading.Event()
@@ -93,6 +95,8 @@ class CountRunner(LaneRunner[Counter, CountRequest, CountOutcome]):
         def say(n: int) -> None:
             self.env.output(task_id, n)
 
+        if request.refuse:
+            raise BackendError("invalid_request", "refused before it started")
         # Marks its lane busy while it runs and idle when done, as the TTS runner does.
         self.env.publish(Activity.BUSY)
         try:
@@ -228,10 +232,8 @@ class RecordingBoard(ActivityBoard):
         return record
 
 
-def test_a_lane_stays_busy_between_queued_tasks_and_goes_idle_after_the_last(tmp_path: Path) -> None:
-    """The runner marks its lane idle as each task ends; with the next task queued the mark
-    is not made, so a lane borrowing its cores or yielding to it never sees it idle between
-    two of its tasks."""
+def _marks_behind_a_held_task(tmp_path: Path, queued: list[CountRequest]) -> list[Activity]:
+    """The board's marks while t1 runs held, `queued` wait behind it, and all of them end."""
     spec = count_worker(tmp_path, "one", LANE.backend_target("counter"))
     chan, board = MemoryChannel(), RecordingBoard(("count",))
     worker = threading.Thread(target=serve, args=(spec, chan, chan, board), daemon=True)
@@ -241,22 +243,40 @@ def test_a_lane_stays_busy_between_queued_tasks_and_goes_idle_after_the_last(tmp
         assert isinstance(chan.take(), m.WorkerReady)
         chan.put(m.RunTask("t1", "one", CountRequest(upto=1, wait_for_release=True)))
         assert chan.take() == m.TaskOutput("t1", 1)  # running, and held
-        chan.put(m.RunTask("t2", "one", CountRequest(upto=1)))
-        chan.put(m.RunTask("t3", "one", CountRequest(upto=1)))
+        for i, request in enumerate(queued, start=2):
+            chan.put(m.RunTask(f"t{i}", "one", request))
         deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline and chan.reads < 4:  # t1, t2, t3 queued, reading on
+        while time.monotonic() < deadline and chan.reads < 2 + len(queued):  # queued, reading on
             time.sleep(0.001)
         RELEASE.set()
-        ends = [msg for msg in (chan.take() for _ in range(5)) if isinstance(msg, m.TaskDone)]
-        assert [d.task_id for d in ends] == ["t1", "t2", "t3"]
+        ended = {f"t{i}" for i in range(1, len(queued) + 2)}
+        while ended:
+            msg = chan.take()
+            if isinstance(msg, m.TaskDone | m.TaskError):
+                ended.discard(msg.task_id)
         chan.put(m.Shutdown())
         worker.join(WAIT_S)
-        assert board.marks == [Activity.BUSY, Activity.BUSY, Activity.BUSY, Activity.IDLE]
         assert board.get("count") is Activity.IDLE
+        return board.marks
     finally:
         RELEASE.set()
         chan.close()
         lanes.unregister("count")
+
+
+def test_a_lane_stays_busy_between_queued_tasks_and_goes_idle_after_the_last(tmp_path: Path) -> None:
+    """The runner marks its lane idle as each task ends; with the next task queued the mark
+    is not made, so a lane borrowing its cores or yielding to it never sees it idle between
+    two of its tasks."""
+    marks = _marks_behind_a_held_task(tmp_path, [CountRequest(upto=1), CountRequest(upto=1)])
+    assert marks[:3] == [Activity.BUSY] * 3 and set(marks[3:]) == {Activity.IDLE}
+
+
+def test_a_lane_goes_idle_when_the_task_queued_last_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """The idle mark held back for the queued task is made when that task ends, even when its
+    runner never marked anything (refused before it started)."""
+    marks = _marks_behind_a_held_task(tmp_path, [CountRequest(upto=1, refuse=True)])
+    assert marks[0] is Activity.BUSY and marks[-1] is Activity.IDLE
 
 
 def test_a_cancelled_task_ends_cancelled_and_the_next_one_runs(channel: MemoryChannel) -> None:

@@ -149,6 +149,8 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         killed: list[object] = []
         # Ray's own kill would start a local Ray instance for a fake actor: record it instead.
         monkeypatch.setattr(ray_kind.ray, "kill", lambda actor, no_restart: killed.append(actor))
+        # Ray's get of a yield __anext__ returned, its value here already: the fake ref's.
+        monkeypatch.setattr(ray_kind.ray, "get", lambda ref, timeout: ref.result())
         pool = object.__new__(ray_kind.RayWorkers)  # its cluster part is not needed here
         pool.board = ActivityBoard([Lane.LLM, Lane.TTS], array=bytearray(2))
         pool._placements = idled = Idled()

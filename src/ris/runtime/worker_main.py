@@ -276,10 +276,10 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     runner = kind.runner(WorkerEnv(spec.lane, out.send, runner_publish, tick, yielder, cfg.parallel, lending))
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
-        # A lender marked busy on a task's arrival is idle again once nothing runs or waits,
-        # even where the task ended before the runner published anything (a refused request).
-        idle_again = mark_idle if spec.lends else None
-        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message, idle_again)
+        # The lane is idle again once nothing runs or waits, even where its last task ended
+        # before the runner published anything (a refused request, a failed load) after the
+        # runner's own idle mark was held back for it: a lender's busy mark on arrival too.
+        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message, mark_idle)
         return
     while True:
         try:  # idle, it wakes when a model's keep_alive ends
@@ -334,8 +334,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             if release_gpu:
                 return_gpu_memory()
                 release_gpu = False
-            if spec.lends:
-                mark_idle()  # marked busy on arrival: idle again once none waits
+            # Idle again once none waits: a lender's busy mark on arrival, or a runner's busy
+            # mark whose idle mark was held back for a task that ended before it published.
+            mark_idle()
         cache.expire()  # a keep_alive of 0 unloads now
 
 
@@ -346,7 +347,7 @@ def _serve_concurrently(
     state: _Shared,
     out: _SerialSender,
     gpu_oom_message: str,
-    idle_again: Callable[[], None] | None = None,
+    idle_again: Callable[[], None],
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs or waits), admit new tasks in their order of
@@ -366,7 +367,7 @@ def _serve_concurrently(
 
     while True:
         idle = not runner.busy() and not pending
-        if idle and idle_again is not None and inbox.empty():
+        if idle and inbox.empty():
             idle_again()
         try:
             msg = inbox.get(timeout=cache.seconds_to_expiry()) if idle else inbox.get_nowait()

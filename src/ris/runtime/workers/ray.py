@@ -405,10 +405,11 @@ class RayWorkers:
 
 
 async def _value(ref: Any) -> Any:
-    """A yield's value. __anext__ returns once it is in this process (values travel inside
-    Ray's calls: INLINE_OBJECTS), so a non-blocking get takes it at once, where awaiting the
-    ref costs another hand-over from Ray's thread to the loop: 1.60 against 1.88 ms per round
-    trip (bench/ray_transport.py). Awaited only if it is not there after all."""
+    """A yield's value. __anext__ returns once an inlined yield (INLINE_OBJECTS: all of them
+    up to 128 MiB, unless the operator set a lower limit) is in this process, so a
+    non-blocking get takes it at once, where awaiting the ref costs another hand-over from
+    Ray's thread to the loop: 1.60 against 1.88 ms per round trip (bench/ray_transport.py).
+    Awaited if it is not there after all; a failed task raises here as `await` would."""
     try:
         return ray.get(ref, timeout=0)
     except ray.exceptions.GetTimeoutError:
