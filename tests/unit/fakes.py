@@ -125,7 +125,8 @@ class FakeWorkers:
 
 class Env:
     """What a lane's runner reports to, in memory: the messages it sends, the activities it
-    shows on the board, and how often it ticked (no worker process, no pipe)."""
+    shows on the board, in the order the board changed (writing what it shows already changes
+    nothing), and how often it ticked (no worker process, no pipe)."""
 
     def __init__(self) -> None:
         self.sent: list[object] = []
@@ -133,7 +134,12 @@ class Env:
         self.ticks = 0
 
     def worker_env(self) -> WorkerEnv:
-        return WorkerEnv("test", self.sent.append, self.board.append, self.tick)
+        return WorkerEnv("test", self.sent.append, self.show, self.tick)
+
+    def show(self, activity: Activity) -> None:
+        """A write to the board, the runner's or (in a test) another thread's."""
+        if not self.board or self.board[-1] is not activity:
+            self.board.append(activity)
 
     def tick(self) -> None:
         self.ticks += 1

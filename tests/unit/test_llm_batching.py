@@ -119,6 +119,21 @@ def test_the_board_shows_prefill_while_any_sequence_prefills() -> None:
     assert env.board[-2:] == [Activity.DECODE, Activity.IDLE]
 
 
+def test_a_busy_mark_written_over_the_decode_phase_gives_way_to_it_at_the_next_step() -> None:
+    """A lending LLM's worker marks a task busy as it arrives (LenderMarks.arrived), over the
+    phase the runner wrote; the runner writes its phase again at its next step, so a lane
+    yielding to it does not pause through the decode as if the LLM were prefilling."""
+    batch, env = ScriptedBatch(slots=1), Env()
+    runner, backend = LLMRunner(env.worker_env()), Batched(batch)
+    runner.admit(backend, "a", LLMRequest(prompt="a", max_tokens=4), never)
+    runner.step()
+    assert env.board[-1] is Activity.DECODE
+    env.show(Activity.BUSY)  # b arrives; the batch has no room for it
+    runner.admit(backend, "b", LLMRequest(prompt="b", max_tokens=1), never)
+    runner.step()
+    assert env.board[-1] is Activity.DECODE and set(batch.seqs) == {"a"}
+
+
 def test_a_cancel_ends_one_sequence_and_a_refused_request_fails_alone() -> None:
     batch, env = ScriptedBatch(slots=3), Env()
     runner = LLMRunner(env.worker_env())
@@ -186,3 +201,6 @@ def test_single_stream_tasks_are_reported_one_by_one() -> None:
         runner.admit(single, key, LLMRequest(prompt=key), never)
     assert [k for k, _ in runner.step()] == ["s1"]  # not held back until s2 and s3 are done
     assert [k for k, _ in runner.step()] == ["s2"]
+    assert [k for k, _ in runner.step()] == ["s3"]
+    # The lane is busy from the first to the last: no idle moment between them.
+    assert env.board[-1] is Activity.IDLE and Activity.IDLE not in env.board[:-1]

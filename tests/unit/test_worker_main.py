@@ -129,11 +129,13 @@ class MemoryChannel:
         self._from_worker: queue.Queue[object] = queue.Queue()
         self._closed = False
         self.reads = 0
+        self.reader: threading.Thread | None = None
 
     # ----- the worker's side (ChannelIn, ChannelOut) -------------------------------------
 
     def recv(self) -> object:
         self.reads += 1  # the worker's receiver handled every message it read before this one
+        self.reader = threading.current_thread()
         return self._to_worker.get()
 
     def send(self, msg: object, /) -> None:
@@ -232,8 +234,11 @@ class RecordingBoard(ActivityBoard):
         return record
 
 
-def _marks_behind_a_held_task(tmp_path: Path, queued: list[CountRequest]) -> list[Activity]:
-    """The board's marks while t1 runs held, `queued` wait behind it, and all of them end."""
+def _marks_behind_a_held_task(
+    tmp_path: Path, queued: list[CountRequest], stop_queued: bool = False
+) -> list[Activity]:
+    """The board's marks while t1 runs held, `queued` wait behind it (and a Shutdown after
+    them, with `stop_queued`), and all of them end."""
     spec = count_worker(tmp_path, "one", LANE.backend_target("counter"))
     chan, board = MemoryChannel(), RecordingBoard(("count",))
     worker = threading.Thread(target=serve, args=(spec, chan, chan, board), daemon=True)
@@ -245,18 +250,27 @@ def _marks_behind_a_held_task(tmp_path: Path, queued: list[CountRequest]) -> lis
         assert chan.take() == m.TaskOutput("t1", 1)  # running, and held
         for i, request in enumerate(queued, start=2):
             chan.put(m.RunTask(f"t{i}", "one", request))
+        if stop_queued:
+            chan.put(m.Shutdown())
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and chan.reads < 2 + len(queued):  # queued, reading on
             time.sleep(0.001)
+        assert chan.reads >= 2 + len(queued), "the worker did not read the queued tasks"
+        if stop_queued:  # the receiver ends once it has queued the Shutdown
+            assert chan.reader is not None
+            chan.reader.join(WAIT_S)
+            assert not chan.reader.is_alive()
         RELEASE.set()
         ended = {f"t{i}" for i in range(1, len(queued) + 2)}
         while ended:
             msg = chan.take()
             if isinstance(msg, m.TaskDone | m.TaskError):
                 ended.discard(msg.task_id)
-        chan.put(m.Shutdown())
+        if not stop_queued:
+            chan.put(m.Shutdown())  # it may arrive before the worker's mark after the last task
         worker.join(WAIT_S)
-        assert board.get("count") is Activity.IDLE
+        assert not worker.is_alive(), "the worker kept serving"
+        assert board.get("count") is Activity.IDLE  # after the last task, or as it stopped
         return board.marks
     finally:
         RELEASE.set()
@@ -277,6 +291,13 @@ def test_a_lane_goes_idle_when_the_task_queued_last_is_refused_before_it_starts(
     runner never marked anything (refused before it started)."""
     marks = _marks_behind_a_held_task(tmp_path, [CountRequest(upto=1, refuse=True)])
     assert marks[0] is Activity.BUSY and marks[-1] is Activity.IDLE
+
+
+def test_a_lane_stopped_with_its_shutdown_queued_behind_a_task_is_left_idle(tmp_path: Path) -> None:
+    """The task's idle mark is held back for the queued Shutdown; the worker marks the lane
+    idle as it stops, so a lane yielding to it is not left paused until the server reaps it."""
+    marks = _marks_behind_a_held_task(tmp_path, [], stop_queued=True)
+    assert marks == [Activity.BUSY, Activity.IDLE]
 
 
 def test_a_cancelled_task_ends_cancelled_and_the_next_one_runs(channel: MemoryChannel) -> None:

@@ -447,7 +447,8 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         except Exception as e:  # noqa: BLE001 - a failed task must not take the worker down
             return _as_backend_error(e)
         finally:
-            self.env.publish(Activity.IDLE)
+            if not self._waiting:  # with the next task waiting the lane stays busy meanwhile
+                self.env.publish(Activity.IDLE)
             self._phase = Activity.IDLE
 
     def _batch(self, backend: LLMBackend) -> LLMBatch | None:
@@ -468,7 +469,10 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             if running
             else Activity.IDLE
         )
-        if phase is not self._phase:
+        # A working phase is written every step (a byte in shared memory): a lender's busy mark
+        # for a task that arrived mid-decode (LenderMarks.arrived) is replaced by the phase, or
+        # a yielding lane would pause through the decode as if it were a prefill.
+        if phase is not self._phase or phase is not Activity.IDLE:
             self._phase = phase
             self.env.publish(phase)
 

@@ -217,7 +217,6 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
 
     publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
     marks = LenderMarks(publish, inbox)
-    mark_idle = marks.idle
 
     def receive() -> None:
         while True:
@@ -271,7 +270,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     # A runner marks its lane idle when its task ends: only with nothing queued, through the
     # same gate as a lender's marks. Between two queued tasks the lane stays busy: a lane
     # yielding to it (it looks every 0.5 ms) does not resume for a step in the moment before
-    # the next task starts, nor a borrower without an idle grace take its cores for one.
+    # the next task starts, nor a borrower without an idle grace take its cores for one. (A
+    # runner with a queue of its own, the LLM's, holds its idle mark back for that queue.)
     runner_publish = _idle_only_when_nothing_waits(publish, marks.idle)
     runner = kind.runner(WorkerEnv(spec.lane, out.send, runner_publish, tick, yielder, cfg.parallel, lending))
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
@@ -279,7 +279,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         # The lane is idle again once nothing runs or waits, even where its last task ended
         # before the runner published anything (a refused request, a failed load) after the
         # runner's own idle mark was held back for it: a lender's busy mark on arrival too.
-        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message, mark_idle)
+        _serve_concurrently(runner, inbox, cache, state, out, gpu_oom_message, marks)
         return
     while True:
         try:  # idle, it wakes when a model's keep_alive ends
@@ -288,6 +288,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             cache.expire()
             continue
         if isinstance(msg, m.Shutdown):
+            marks.stopped()
             cache.close()
             return
         if not isinstance(msg, m.RunTask):
@@ -336,7 +337,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
                 release_gpu = False
             # Idle again once none waits: a lender's busy mark on arrival, or a runner's busy
             # mark whose idle mark was held back for a task that ended before it published.
-            mark_idle()
+            marks.idle()
         cache.expire()  # a keep_alive of 0 unloads now
 
 
@@ -347,7 +348,7 @@ def _serve_concurrently(
     state: _Shared,
     out: _SerialSender,
     gpu_oom_message: str,
-    idle_again: Callable[[], None],
+    marks: LenderMarks,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs or waits), admit new tasks in their order of
@@ -368,7 +369,7 @@ def _serve_concurrently(
     while True:
         idle = not runner.busy() and not pending
         if idle and inbox.empty():
-            idle_again()
+            marks.idle()
         try:
             msg = inbox.get(timeout=cache.seconds_to_expiry()) if idle else inbox.get_nowait()
         except queue.Empty:
@@ -376,6 +377,7 @@ def _serve_concurrently(
         try:
             while msg is not None:
                 if isinstance(msg, m.Shutdown):
+                    marks.stopped()
                     cache.close()
                     return
                 if isinstance(msg, m.RunTask):
@@ -445,6 +447,11 @@ class LenderMarks:
         with self._lock:
             if self._inbox.empty():
                 self._publish(Activity.IDLE)
+
+    def stopped(self) -> None:
+        """The worker stops (Shutdown): nothing it holds will run, whatever is queued."""
+        with self._lock:
+            self._publish(Activity.IDLE)
 
 
 class _HeldTasks:
