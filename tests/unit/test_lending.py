@@ -321,11 +321,11 @@ def test_a_lenders_busy_and_idle_marks_leave_the_board_right_in_either_order() -
     lane idle once a task ended or nothing waits, only with nothing queued."""
     import queue
 
-    from ris.runtime.worker_main import LenderMarks
+    from ris.runtime.worker_main import BoardMarks
 
     board: list[Activity] = []
     inbox: queue.Queue[object] = queue.Queue()
-    marks = LenderMarks(board.append, inbox)
+    marks = BoardMarks(board.append, inbox)
 
     def last() -> Activity:
         return board[-1]

@@ -120,7 +120,7 @@ def test_the_board_shows_prefill_while_any_sequence_prefills() -> None:
 
 
 def test_a_busy_mark_written_over_the_decode_phase_gives_way_to_it_at_the_next_step() -> None:
-    """A lending LLM's worker marks a task busy as it arrives (LenderMarks.arrived), over the
+    """A lending LLM's worker marks a task busy as it arrives (BoardMarks.arrived), over the
     phase the runner wrote; the runner writes its phase again at its next step, so a lane
     yielding to it does not pause through the decode as if the LLM were prefilling."""
     batch, env = ScriptedBatch(slots=1), Env()

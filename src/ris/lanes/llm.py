@@ -470,7 +470,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             else Activity.IDLE
         )
         # A working phase is written every step (a byte in shared memory): a lender's busy mark
-        # for a task that arrived mid-decode (LenderMarks.arrived) is replaced by the phase, or
+        # for a task that arrived mid-decode (BoardMarks.arrived) is replaced by the phase, or
         # a yielding lane would pause through the decode as if it were a prefill.
         if phase is not self._phase or phase is not Activity.IDLE:
             self._phase = phase

@@ -216,7 +216,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     state = _Shared()
 
     publish = board.writer(spec.lane) if spec.lane in board.lanes else (lambda _activity: None)
-    marks = LenderMarks(publish, inbox)
+    marks = BoardMarks(publish, inbox)
 
     def receive() -> None:
         while True:
@@ -272,8 +272,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     # yielding to it (it looks every 0.5 ms) does not resume for a step in the moment before
     # the next task starts, nor a borrower without an idle grace take its cores for one. (A
     # runner with a queue of its own, the LLM's, holds its idle mark back for that queue.)
-    runner_publish = _idle_only_when_nothing_waits(publish, marks.idle)
-    runner = kind.runner(WorkerEnv(spec.lane, out.send, runner_publish, tick, yielder, cfg.parallel, lending))
+    env = WorkerEnv(spec.lane, out.send, marks.runner_mark, tick, yielder, cfg.parallel, lending)
+    runner = kind.runner(env)
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
         # The lane is idle again once nothing runs or waits, even where its last task ended
@@ -348,7 +348,7 @@ def _serve_concurrently(
     state: _Shared,
     out: _SerialSender,
     gpu_oom_message: str,
-    marks: LenderMarks,
+    marks: BoardMarks,
 ) -> None:
     """The loop of a worker whose runner holds several tasks: take every message that has
     arrived (waiting only when nothing runs or waits), admit new tasks in their order of
@@ -413,19 +413,7 @@ def _serve_concurrently(
         cache.expire()
 
 
-def _idle_only_when_nothing_waits(
-    publish: Callable[[Activity], None], idle: Callable[[], None]
-) -> Callable[[Activity], None]:
-    def runner_publish(activity: Activity) -> None:
-        if activity is Activity.IDLE:
-            idle()
-        else:
-            publish(activity)
-
-    return runner_publish
-
-
-class LenderMarks:
+class BoardMarks:
     """A lane's marks on the board around its worker's queue: a lending lane's task is marked
     busy as it is queued (`arrived`), and any lane idle only while nothing is queued (`idle`,
     the runners' idle marks included), both under one lock, so that neither thread's mark
@@ -447,6 +435,13 @@ class LenderMarks:
         with self._lock:
             if self._inbox.empty():
                 self._publish(Activity.IDLE)
+
+    def runner_mark(self, activity: Activity) -> None:
+        """What a runner publishes: its phases as they are, its idle mark through `idle`."""
+        if activity is Activity.IDLE:
+            self.idle()
+        else:
+            self._publish(activity)
 
     def stopped(self) -> None:
         """The worker stops (Shutdown): nothing it holds will run, whatever is queued."""
