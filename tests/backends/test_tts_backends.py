@@ -51,6 +51,27 @@ def test_every_voice_it_lists_can_be_selected(engine: TTSBackend) -> None:
             assert e.code == "synthesis_empty", (voice, e.message)
 
 
+def test_the_engine_speaks_the_same_on_lent_cores_as_on_its_own(engine: TTSBackend) -> None:
+    """borrow_idle_cores: the runner sets the thread count between sentences; Piper switches to
+    a session of that many threads (made once), espeak-ng keeps its one. Same voice, about the
+    same length of speech either way (Piper draws its durations: a few % apart)."""
+    text = TTSRequest(text="The keeper lit the lamp at dusk.")
+    own = speak(engine, text)
+    engine.set_threads(2)
+    try:
+        lent = speak(engine, text)
+        engine.set_threads(2)  # again: the same session, not another one
+    finally:
+        engine.set_threads(1)
+    assert (lent.voice, lent.sample_rate) == (own.voice, own.sample_rate)
+    assert abs(lent.samples - own.samples) <= own.samples // 20
+    sessions = getattr(engine, "_voices", None)
+    if sessions is not None:  # Piper: one session per thread count it ran with
+        assert sorted(sessions) == [1, 2]
+        again = speak(engine, text)  # back on its own session
+        assert abs(again.samples - own.samples) <= own.samples // 20
+
+
 def test_text_the_engine_has_no_sound_for_is_an_error(engine: TTSBackend) -> None:
     # An Arabic-Indic digit: Piper gives no samples, espeak-ng 154 silent ones.
     with pytest.raises(BackendError) as exc:

@@ -234,3 +234,59 @@ def test_images_borrow_the_idle_llm_core_and_give_it_back_within_a_step(tmp_path
         wait_for(lambda: _all_threads_on(image, (1,)), 30)
     finally:
         srv.stop()
+
+
+def test_speech_borrows_the_idle_llm_core_and_gives_it_back_under_a_sentence(tmp_path: Path) -> None:
+    """Opt-in (`borrow_idle_cores` on the TTS lane): a long reading runs its sentences on both
+    cores while the LLM is idle (Piper on two threads), and a chat takes core 0 back within the
+    watcher's few milliseconds, under a running sentence, while the reading goes on."""
+    cfg = make_config(tmp_path, llm={"borrow_idle_cores": False}, tts={"borrow_idle_cores": True})
+    cfg["lanes"]["image"]["enabled"] = False
+    srv = Server(tmp_path, cfg).start()
+    try:
+        tts = srv.worker_pid("tts")
+        wait_for(lambda: _all_threads_on(tts, (1,)), 30)  # idle: its own core only
+        speech: list[float] = []
+
+        def speak() -> None:
+            with Client(srv.url, timeout=300, max_retries=0) as c:
+                speech.append(c.synthesize(" ".join([SPEECH] * 3)).duration_s)
+
+        reading = threading.Thread(target=speak)
+        reading.start()
+        try:
+            # The LLM idle: every thread of the TTS worker may run on core 0 too, two threads.
+            wait_for(lambda: _all_threads_on(tts, (0, 1)), 30)
+            stats = wait_seen(
+                srv.stats,
+                lambda s: (
+                    s["tts"]["worker"]["borrowed_cores"] == [0] and s["tts"]["worker"]["threads_now"] == 2
+                ),
+                10,
+                "the TTS worker never reported core 0 borrowed",
+            )
+            assert stats["llm"]["lent_cores"] == {"0": "tts"} and stats["tts"]["borrowed_cores"] == [0]
+
+            # A chat arrives: core 0 is given back while the LLM works, and the chat is served.
+            narrowed = threading.Event()
+            answer: list[str] = []
+
+            def chat() -> None:
+                with Client(srv.url, timeout=300, max_retries=0) as c:
+                    answer.append(c.generate("Tell me a long story.", max_tokens=100, ignore_eos=True).text)
+
+            gen = threading.Thread(target=chat)
+            gen.start()
+            while gen.is_alive():
+                if _all_threads_on(tts, (1,)) and reading.is_alive():
+                    narrowed.set()
+                time.sleep(0.005)
+            gen.join()
+            assert answer and answer[0], "the chat was not served"
+            assert narrowed.is_set(), "the TTS worker kept core 0 while the LLM had work"
+        finally:
+            reading.join(300)
+        assert speech and speech[0] > 30.0, "the reading was not served"
+        wait_for(lambda: _all_threads_on(tts, (1,)), 30)  # idle: back on its own core
+    finally:
+        srv.stop()

@@ -26,18 +26,28 @@ def _find_voice(path: Path) -> tuple[Path, Path]:
     return path, config
 
 
+def _session(model_path: Path, threads: int, spin: bool) -> onnxruntime.InferenceSession:
+    opts = onnxruntime.SessionOptions()
+    # Bound to the lane's cores: onnxruntime would otherwise size its pool to every core.
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(
+        str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
 class PiperTTS(TTSBackend):
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         model_path, config_path = _find_voice(resolve_source(spec.source))
-        opts = onnxruntime.SessionOptions()
-        # Bound to the lane's cores: onnxruntime would otherwise size its pool to every core.
-        opts.intra_op_num_threads = ctx.threads
-        opts.inter_op_num_threads = 1
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        session = onnxruntime.InferenceSession(
-            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        self._model_path, self._config, self._data_dir = model_path, config, ctx.data_dir
+        self._voice = PiperVoice(
+            config=config, session=_session(model_path, ctx.threads, True), download_dir=ctx.data_dir
         )
-        self._voice = PiperVoice(config=config, session=session, download_dir=ctx.data_dir)
+        # By thread count: the lane's own, and one per count it has run with on lent cores.
+        self._voices = {ctx.threads: self._voice}
         self.sample_rate = int(config.sample_rate)
         lang = str(config.espeak_voice)  # e.g. "en-us"
         name = model_path.name.removesuffix(".onnx")  # e.g. "en_US-joe-medium"
@@ -45,6 +55,21 @@ class PiperTTS(TTSBackend):
         if lang.lower() == "en-us":
             tags |= {"en-US", "en"}
         self.voices = (name, *sorted(tags - {name}))
+
+    def set_threads(self, threads: int) -> None:
+        """onnxruntime sizes a session's pool once: a session per thread count, made the first
+        time the lane runs with that many (another copy of the voice's weights in memory, ~60 MB
+        for a medium voice). Those on lent cores sleep when they wait instead of spinning: the
+        lending watcher may move them onto the lane's own core under a running sentence, where
+        two spinning threads take 1.37x the time of one and two sleeping ones 1.15x; on two
+        cores 0.57x and 0.61x (bench/piper_threads.py, 2 cores AMD EPYC)."""
+        voice = self._voices.get(threads)
+        if voice is None:
+            session = _session(self._model_path, threads, False)
+            voice = self._voices[threads] = PiperVoice(
+                config=self._config, session=session, download_dir=self._data_dir
+            )
+        self._voice = voice
 
     def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
         syn = SynthesisConfig(length_scale=1.0 / req.speed)

@@ -105,9 +105,10 @@ class LaneConfig(_Strict):
     )
     borrow_idle_cores: bool = Field(
         default=False,
-        description="work-conserving isolation (LLM and image lanes on CPU): while it has work, the "
-        "lane also runs on the cores of real-time lanes that are idle, and gives them back before "
-        "its next step (a decode step, a denoising step) once their owner gets work "
+        description="work-conserving isolation (LLM, TTS and image lanes on CPU): while it has work, "
+        "the lane also runs on the cores of real-time lanes that are idle, and gives them back "
+        "before its next step (a decode step, a sentence, a denoising step) once their owner gets "
+        "work "
         "(docs/PERFORMANCE_OPTIMIZATION.md)",
     )
     min_cpu_share: float | None = Field(

@@ -352,6 +352,9 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
     preemptible: ClassVar[bool] = False
     # Its runner can widen to idle real-time lanes' cores between steps (borrow_idle_cores).
     borrows_cores: ClassVar[bool] = False
+    # Its threads on lent cores sleep when they wait, whatever the lane's wait policy (which is
+    # OpenMP's): the lending watcher may move them off a lent core under a running step.
+    borrowed_threads_sleep: ClassVar[bool] = False
     # Never given a GPU (speech runs on its own CPU cores).
     cpu_only: ClassVar[bool] = False
     # Load every configured model at start (small models whose details the server routes by).

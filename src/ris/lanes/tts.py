@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import struct
 import threading
@@ -220,6 +221,10 @@ class TTSBackend(Backend):
     def describe(self) -> ModelDetails:
         return ModelDetails(voices=tuple(self.voices), sample_rate=int(self.sample_rate))
 
+    def set_threads(self, threads: int) -> None:  # noqa: B027 - optional hook
+        """The thread count for the sentences from now on (cores lent to the lane, or given
+        back); called between sentences. An engine that cannot change it keeps its own."""
+
 
 @dataclass(frozen=True)
 class TTSResult(LaneResult):
@@ -354,6 +359,7 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
             for chunk in chunks:
                 if cancelled():
                     break
+                self._fit_cores(backend, working=True)
                 outcome = backend.synthesize(dataclasses.replace(request, text=chunk), out)
                 out.flush()
                 samples, voice = samples + outcome.samples, voice or outcome.voice
@@ -367,7 +373,22 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
                 )
             return TTSOutcome(sample_rate=int(backend.sample_rate), samples=samples, voice=voice)
         finally:
+            try:
+                # Idle: only its own cores, so a lender's next task finds them free.
+                self._fit_cores(backend, working=False)
+            except Exception:  # noqa: BLE001 - the task's own error, if any, is what the client hears
+                logging.getLogger("ris.worker").exception("giving lent cores back failed")
             self.env.publish(Activity.IDLE)
+
+    def _fit_cores(self, backend: TTSBackend, working: bool) -> None:
+        """Work-conserving isolation (borrow_idle_cores): before each sentence, widen onto the
+        idle real-time lanes' cores or give back those whose owner got work. Under a running
+        sentence the worker's lending watcher gives them back within ~5 ms."""
+        if self.env.cores is None:
+            return
+        threads = self.env.cores.fit(working)
+        if threads is not None:
+            backend.set_threads(threads)
 
 
 class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
@@ -376,6 +397,10 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
     request_type, outcome_type, backend_type, runner_type = TTSRequest, TTSOutcome, TTSBackend, TTSRunner
     cpu_only = True
     load_all_models = True
+    # Its runner sets the engine's threads between sentences (Piper: onnxruntime sessions,
+    # those for lent cores without spinning; espeak-ng: one thread, nothing to set).
+    borrows_cores = True
+    borrowed_threads_sleep = True
     # Voices are tens of MB; a quarter of the machine leaves room for the LLM and images.
     memory_share = 0.25
     result_folder = AUDIO_FOLDER

@@ -166,13 +166,13 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             time.monotonic,
         )
         lending = CoreLending(borrower, spec.binding.threads)
-        if spec.binding.passive_wait:
+    try:  # anything that goes wrong before WorkerReady is a failed start, said as such
+        kind = import_kind(spec.kind)
+        if lending is not None and (spec.binding.passive_wait or kind.borrowed_threads_sleep):
             # Threads that sleep at a barrier may be moved under a running step; spinning ones
             # (OpenMP's active wait) piled onto one core would each spin out a time slice at
             # every barrier of the step's rest: those narrow at the next step.
             lending.watch()
-    try:  # anything that goes wrong before WorkerReady is a failed start, said as such
-        kind = import_kind(spec.kind)
         cfg = LaneConfig.model_validate_json(spec.lane_config_json)
         # A preemptible worker always has a Yielder: even with nothing to yield to (policy
         # "none"), its preemption points are where a cancelled task stops.
