@@ -1,8 +1,10 @@
 """Piper (onnxruntime) on 1 or 2 intra-op threads, spinning or sleeping when they wait, on both
 cores and with every thread confined to one core: what ris.backends.tts_piper's sessions for
 lent cores are built from (the lending watcher may confine a borrowing worker's threads to its
-own core under a running sentence). One process, the voice of config.json's TTS lane, a
-two-sentence text, `--n` syntheses per case in rotation; medians and ranges.
+own core under a running sentence), and the memory each session adds (resident set, built and
+after its first synthesis: onnxruntime's allocator arena grows). One process, the voice of
+config.json's TTS lane, a two-sentence text, `--n` syntheses per case in rotation; medians and
+ranges.
 
     python bench/piper_threads.py [--n 5] [--out bench/results/piper_threads.json]
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime
+import psutil
 from piper import PiperConfig, PiperVoice
 
 from ris.backends import resolve_source
@@ -66,9 +69,17 @@ def main() -> int:
     lane = json.loads((ROOT / "config.json").read_text())["lanes"]["tts"]
     model, config_path = _find_voice(resolve_source(lane["models"][lane["default_model"]]["source"]))
     config = PiperConfig.from_dict(json.loads(config_path.read_text()))
-    voices = {k: voice(model, config, *case) for k, case in CASES.items()}
-    for v in voices.values():
-        timed(v)  # warm-up
+    proc = psutil.Process()
+    voices, rss_mib = {}, {}
+    for k, case in CASES.items():  # what each session adds to the process, built and warm
+        before = proc.memory_info().rss
+        voices[k] = voice(model, config, *case)
+        built = proc.memory_info().rss
+        timed(voices[k])  # warm-up
+        rss_mib[k] = {
+            "built": (built - before) >> 20,
+            "after a synthesis": (proc.memory_info().rss - before) >> 20,
+        }
     cores = sorted(os.sched_getaffinity(0))
     both = measure(voices, args.n)
     for tid in os.listdir("/proc/self/task"):  # every thread, onnxruntime's pools included
@@ -79,6 +90,7 @@ def main() -> int:
         "machine": f"{len(cores)} cores",
         "load_average": round(os.getloadavg()[0], 2),
         "text_chars": len(TEXT),
+        "rss_added_mib": rss_mib,
         f"on cores {cores}": both,
         f"confined to core {cores[-1]}": one,
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,38 @@ def test_images_progress_while_llm_and_speech_saturate_both_cores(server: Server
         gen.join(120)
 
 
+def _borrows_core_0_and_a_chat_takes_it_back(
+    srv: Server, lane: str, pid: int, still_working: Callable[[], bool], max_tokens: int
+) -> None:
+    """`lane`'s worker (pid), at work with the LLM idle: it runs on core 0 too, with two
+    threads, as the OS and /api/stats say; then a chat arrives and it leaves core 0 while the
+    LLM works (seen while `still_working()`), and the chat is served."""
+    wait_for(lambda: _all_threads_on(pid, (0, 1)), 30)  # core 0 lent
+    stats = wait_seen(
+        srv.stats,
+        lambda s: s[lane]["worker"]["borrowed_cores"] == [0] and s[lane]["worker"]["threads_now"] == 2,
+        10,
+        f"the {lane} worker never reported core 0 borrowed",
+    )
+    assert stats["llm"]["lent_cores"] == {"0": lane} and stats[lane]["borrowed_cores"] == [0]
+    narrowed = threading.Event()
+    answer: list[str] = []
+
+    def chat() -> None:
+        with Client(srv.url, timeout=300, max_retries=0) as llm:
+            answer.append(llm.generate("Tell me a long story.", max_tokens=max_tokens, ignore_eos=True).text)
+
+    gen = threading.Thread(target=chat)
+    gen.start()
+    while gen.is_alive():
+        if _all_threads_on(pid, (1,)) and still_working():
+            narrowed.set()
+        time.sleep(0.005)
+    gen.join()
+    assert answer and answer[0], "the chat was not served"
+    assert narrowed.is_set(), f"the {lane} worker kept core 0 while the LLM had work"
+
+
 def test_images_borrow_the_idle_llm_core_and_give_it_back_within_a_step(tmp_path: Path) -> None:
     """The machine-built layout on CPU: images on the TTS core, lent the LLM's core 0 while the
     LLM is idle; an LLM task takes it back before the image's next denoising step."""
@@ -196,35 +229,9 @@ def test_images_borrow_the_idle_llm_core_and_give_it_back_within_a_step(tmp_path
             # Long enough to watch (cancelled below): 1000 steps of the tiny pipeline, a minute here.
             task = c.generate_image("a lighthouse at dusk", width=256, height=256, steps=1000)["task_id"]
             wait_seen(lambda: c.progress(task), lambda p: p["step"] > 0, 120, "the image made no step")
-            # The LLM idle: every thread of the image worker may run on core 0 too, two threads.
-            wait_for(lambda: _all_threads_on(image, (0, 1)), 30)  # core 0 lent
-            stats = wait_seen(
-                srv.stats,
-                lambda s: (
-                    s["image"]["worker"]["borrowed_cores"] == [0] and s["image"]["worker"]["threads_now"] == 2
-                ),
-                10,
-                "the image worker never reported core 0 borrowed",
-            )
-            assert stats["llm"]["lent_cores"] == {"0": "image"} and stats["image"]["borrowed_cores"] == [0]
-
-            # A chat arrives: core 0 is given back while the LLM works, and the chat is served.
-            narrowed = threading.Event()
-            answer: list[str] = []
-
-            def chat() -> None:
-                with Client(srv.url, timeout=300, max_retries=0) as llm:
-                    answer.append(llm.generate("Tell me a long story.", max_tokens=200, ignore_eos=True).text)
-
-            gen = threading.Thread(target=chat)
-            gen.start()
-            while gen.is_alive():
-                if _all_threads_on(image, (1,)):
-                    narrowed.set()
-                time.sleep(0.005)
-            gen.join()
-            assert answer and answer[0], "the chat was not served"
-            assert narrowed.is_set(), "the image worker kept core 0 while the LLM had work"
+            # The LLM idle: the image worker runs on core 0 too; a chat takes it back (the image
+            # still running after it, checked below).
+            _borrows_core_0_and_a_chat_takes_it_back(srv, "image", image, lambda: True, max_tokens=200)
             assert c.progress(task)["status"] == "running", "the image ended before the chat: nothing shown"
             # The LLM idle again (past the lending grace): core 0 is lent again.
             wait_for(lambda: _all_threads_on(image, (0, 1)), 30)
@@ -255,35 +262,8 @@ def test_speech_borrows_the_idle_llm_core_and_gives_it_back_under_a_sentence(tmp
         reading = threading.Thread(target=speak)
         reading.start()
         try:
-            # The LLM idle: every thread of the TTS worker may run on core 0 too, two threads.
-            wait_for(lambda: _all_threads_on(tts, (0, 1)), 30)
-            stats = wait_seen(
-                srv.stats,
-                lambda s: (
-                    s["tts"]["worker"]["borrowed_cores"] == [0] and s["tts"]["worker"]["threads_now"] == 2
-                ),
-                10,
-                "the TTS worker never reported core 0 borrowed",
-            )
-            assert stats["llm"]["lent_cores"] == {"0": "tts"} and stats["tts"]["borrowed_cores"] == [0]
-
-            # A chat arrives: core 0 is given back while the LLM works, and the chat is served.
-            narrowed = threading.Event()
-            answer: list[str] = []
-
-            def chat() -> None:
-                with Client(srv.url, timeout=300, max_retries=0) as c:
-                    answer.append(c.generate("Tell me a long story.", max_tokens=100, ignore_eos=True).text)
-
-            gen = threading.Thread(target=chat)
-            gen.start()
-            while gen.is_alive():
-                if _all_threads_on(tts, (1,)) and reading.is_alive():
-                    narrowed.set()
-                time.sleep(0.005)
-            gen.join()
-            assert answer and answer[0], "the chat was not served"
-            assert narrowed.is_set(), "the TTS worker kept core 0 while the LLM had work"
+            # The LLM idle: the TTS worker runs its sentences on core 0 too; a chat takes it back.
+            _borrows_core_0_and_a_chat_takes_it_back(srv, "tts", tts, reading.is_alive, max_tokens=100)
         finally:
             reading.join(300)
         assert speech and speech[0] > 30.0, "the reading was not served"

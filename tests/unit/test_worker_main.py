@@ -300,6 +300,40 @@ def test_a_lane_stopped_with_its_shutdown_queued_behind_a_task_is_left_idle(tmp_
     assert marks == [Activity.BUSY, Activity.IDLE]
 
 
+@pytest.mark.parametrize("sleeps", [True, False])
+def test_a_borrowing_worker_watches_its_lent_cores_where_its_threads_sleep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sleeps: bool
+) -> None:
+    """The watcher that takes a lent core back under a running step starts for a lane whose
+    threads sleep when they wait (the TTS lane's, whatever its OpenMP policy), not for one
+    whose threads spin (a spinning LLM narrows at its next step)."""
+    from ris.preemption.lending import Lender
+
+    monkeypatch.setattr(CountLane, "borrowed_threads_sleep", sleeps)
+    binding = Binding(cores=(1,), threads=1, nice=0, gpu=None, passive_wait=False)
+    spec = dataclasses.replace(
+        count_worker(tmp_path, "one", LANE.backend_target("counter")),
+        binding=binding,
+        borrow_from=(Lender("llm", (0,)),),
+    )
+    before = {t.ident for t in threading.enumerate() if t.name == "ris-lending-watch"}
+    chan = MemoryChannel()
+    board = ActivityBoard(("count", "llm"), array=bytearray(2))
+    worker = threading.Thread(target=serve, args=(spec, chan, chan, board), daemon=True)
+    worker.start()
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        watching = [
+            t for t in threading.enumerate() if t.name == "ris-lending-watch" and t.ident not in before
+        ]
+        assert bool(watching) == sleeps
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
 def test_a_cancelled_task_ends_cancelled_and_the_next_one_runs(channel: MemoryChannel) -> None:
     assert isinstance(channel.take(), m.WorkerReady)
     channel.put(m.RunTask("held", "one", CountRequest(upto=1, hold=True)))

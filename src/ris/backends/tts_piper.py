@@ -39,6 +39,8 @@ def _session(model_path: Path, threads: int, spin: bool) -> onnxruntime.Inferenc
 
 
 class PiperTTS(TTSBackend):
+    uses_threads = True
+
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         model_path, config_path = _find_voice(resolve_source(spec.source))
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
@@ -58,11 +60,13 @@ class PiperTTS(TTSBackend):
 
     def set_threads(self, threads: int) -> None:
         """onnxruntime sizes a session's pool once: a session per thread count, made the first
-        time the lane runs with that many (another copy of the voice's weights in memory, ~60 MB
-        for a medium voice). Those on lent cores sleep when they wait instead of spinning: the
-        lending watcher may move them onto the lane's own core under a running sentence, where
-        two spinning threads take 1.37x the time of one and two sleeping ones 1.15x; on two
-        cores 0.57x and 0.61x (bench/piper_threads.py, 2 cores AMD EPYC)."""
+        time the lane runs with that many (that sentence waits for it). Memory: another copy of
+        the voice with an allocator arena of its own, about 200-230 MB more once it has spoken
+        (the medium voice; without the arena less, but 1.3x slower: kept). Those on lent cores
+        sleep when they wait instead of spinning: the lending watcher may move them onto the
+        lane's own core under a running sentence, where two spinning threads take 1.33-1.37x the
+        time of one and two sleeping ones 1.15x; on two cores 0.57-0.70x either way
+        (bench/piper_threads.py, 2 cores AMD EPYC, two runs)."""
         voice = self._voices.get(threads)
         if voice is None:
             session = _session(self._model_path, threads, False)

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
@@ -221,9 +221,13 @@ class TTSBackend(Backend):
     def describe(self) -> ModelDetails:
         return ModelDetails(voices=tuple(self.voices), sample_rate=int(self.sample_rate))
 
+    # Whether set_threads changes anything: an engine of one thread (espeak-ng) never borrows,
+    # so it is not moved onto a lent core for nothing.
+    uses_threads: ClassVar[bool] = False
+
     def set_threads(self, threads: int) -> None:  # noqa: B027 - optional hook
         """The thread count for the sentences from now on (cores lent to the lane, or given
-        back); called between sentences. An engine that cannot change it keeps its own."""
+        back); called between sentences, only where `uses_threads`."""
 
 
 @dataclass(frozen=True)
@@ -384,7 +388,7 @@ class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
         """Work-conserving isolation (borrow_idle_cores): before each sentence, widen onto the
         idle real-time lanes' cores or give back those whose owner got work. Under a running
         sentence the worker's lending watcher gives them back within ~5 ms."""
-        if self.env.cores is None:
+        if self.env.cores is None or not backend.uses_threads:
             return
         threads = self.env.cores.fit(working)
         if threads is not None:
