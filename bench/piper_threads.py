@@ -25,6 +25,7 @@ from piper import PiperConfig, PiperVoice
 
 from ris.backends import resolve_source
 from ris.backends.tts_piper import _find_voice
+from ris.benchmark.run import machine_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (
@@ -81,13 +82,14 @@ def main() -> int:
             "after a synthesis": (proc.memory_info().rss - before) >> 20,
         }
     cores = sorted(os.sched_getaffinity(0))
+    machine = machine_summary()["summary"]  # before this process is confined to one core
     both = measure(voices, args.n)
     for tid in os.listdir("/proc/self/task"):  # every thread, onnxruntime's pools included
         os.sched_setaffinity(int(tid), {cores[-1]})
     one = measure(voices, args.n)
     result = {
         "benchmark": "piper_threads",
-        "machine": f"{len(cores)} cores",
+        "machine": machine,
         "load_average": round(os.getloadavg()[0], 2),
         "text_chars": len(TEXT),
         "rss_added_mib": rss_mib,

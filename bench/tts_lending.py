@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ris import Client  # noqa: E402
+from ris.benchmark.run import machine_summary  # noqa: E402
 from ris.launch import ServiceProcess  # noqa: E402
 
 PARAGRAPH = (
@@ -137,7 +138,7 @@ def main() -> int:
 
     result = {
         "benchmark": "tts_lending",
-        "machine": f"{os.cpu_count()} cores",
+        "machine": machine_summary()["summary"],
         "load_average": round(os.getloadavg()[0], 2),
         "args": vars(args),
         "rounds": per_round,
