@@ -109,3 +109,45 @@ def test_max_tokens_within_the_context_and_edge_seeds_are_served(server: Server)
     body = {"prompt": "Once upon a time", "max_tokens": CONTEXT, "stream": True}
     with httpx.stream("POST", f"{server.url}/api/llm/generate", json=body, timeout=60) as r:
         assert r.status_code == 200  # accepted; the stream is dropped unread, which cancels it
+
+
+def _nested(body: str, depth: int) -> str:
+    """`body` with its `@` replaced by arrays nested `depth` deep."""
+    return body.replace("@", "[" * depth + "]" * depth)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # Past pydantic-core's parser (it stops at 200 levels), and past Python's recursion limit
+        # for the parser that reads a body with a lone surrogate: both were a plain-text 500.
+        ("/api/llm/generate", _nested('{"prompt": "x", "max_tokens": 1, "format": @}', 3000)),
+        ("/v1/chat/completions", _nested('{"model": "smollm2", "messages": [], "response_format": @}', 300)),
+        (
+            "/v1/chat/completions",
+            _nested(
+                '{"model": "smollm2", "messages": [{"role": "user", "content": "\\ud800"}], "tools": @}', 300
+            ),
+        ),
+    ],
+)
+def test_json_nested_too_deep_is_a_clear_client_error(server: Server, path: str, body: str) -> None:
+    assert_refused(post_raw(server, path, body), path, "nested deeper than 200 levels")
+
+
+def test_ollama_refuses_deep_json_in_its_shape(server: Server) -> None:
+    r = post_raw(server, "/api/chat", _nested('{"model": "smollm2", "messages": [], "format": @}', 3000))
+    assert r.status_code == 400, r.text
+    assert "nested deeper than 200 levels" in r.json()["error"], r.text
+
+
+def test_a_schema_at_the_depth_limit_is_answered_not_a_500(server: Server) -> None:
+    """The deepest schema the parser lets through meets every walk of it (tools, grammar)."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(98):  # two JSON levels a step, inside the body's own three
+        schema = {"type": "object", "properties": {"a": schema}}
+    body = _openai(response_format={"type": "json_schema", "json_schema": {"name": "deep", "schema": schema}})
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code in (200, 400), r.text  # answered, or refused with a reason
+    if r.status_code == 400:
+        assert r.json()["error"]["code"] != "internal_error", r.text

@@ -53,17 +53,47 @@ async def json_body(request: Request, model: type[M]) -> M:
         return model.model_validate_json(body)
     except ValidationError as e:
         errors = e.errors(include_url=False)
-    if any(err["type"] == "json_invalid" for err in errors):
+    invalid = [err for err in errors if err["type"] == "json_invalid"]
+    if any("recursion limit" in err["msg"] for err in invalid):
+        # pydantic-core stops at a fixed depth; Python's parser would go on (and everything
+        # that walks a schema after it would meet Python's recursion limit: a 500).
+        too_deep = {"loc": ("body",), "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}
+        raise RequestValidationError([{**too_deep, "type": "json_too_deep"}])
+    if invalid:
         # pydantic-core's parser refuses a lone surrogate ("\ud800") in words about hex
         # escapes; Python's parser keeps it, and the schema's own check (limits.RequestBody)
         # then names the field. Only on this error path: the hot path stays one pass.
         try:
-            return model.model_validate(json.loads(body, parse_constant=_no_constants))
+            parsed = json.loads(body, parse_constant=_no_constants)
+            if _deeper_than(parsed, MAX_JSON_DEPTH):
+                too_deep = {"loc": ("body",), "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}
+                raise RequestValidationError([{**too_deep, "type": "json_too_deep"}])
+            return model.model_validate(parsed)
         except ValidationError as e:
             errors = e.errors(include_url=False)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass  # not JSON for Python either: pydantic's words stand
     raise RequestValidationError(errors)
+
+
+# As deep as pydantic-core's own parser goes (it refuses more in words about a recursion limit),
+# so a body refused there is refused here too, by the same rule.
+MAX_JSON_DEPTH = 200
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests containers more than `limit` deep below the top one, as
+    pydantic-core counts (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in item if isinstance(x, (dict, list)))
+    return False
 
 
 def _no_constants(name: str) -> Any:

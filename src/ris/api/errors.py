@@ -183,8 +183,21 @@ async def _lane_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, lane_unavailable(exc))
 
 
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A defect's answer: still an error body with a code, in the request's dialect (Starlette's
+    own is a plain-text "Internal Server Error"). Starlette logs the traceback after it."""
+    return error_response(
+        500,
+        "internal_error",
+        "the server failed on this request; the log has the details",
+        dialect=dialect_of(request.scope),
+    )
+
+
 # The engine's refusals answer from here, so a route submits with `engine.submit` itself.
+# `Exception` goes to Starlette's outermost middleware: only for a response not yet begun.
 HANDLERS = {
+    Exception: _internal_error,
     APIError: _api_error,
     QueueFull: _queue_full,
     LaneUnavailable: _lane_unavailable,

@@ -67,7 +67,8 @@ fails; 503 `lane_unavailable` / `worker_crashed` / `lane_pending` (a cluster has
 lane's worker; the message says what it asks for and what is free); 504 `deadline_exceeded` /
 `worker_timeout`; 507 `gpu_out_of_memory` (the task, or its model's load, needed more than its
 lane's GPU budget or the card had: the message names the budget, and the lane serves on);
-409 for a cancelled task. Speech is never a 200 without audio: the audio streams
+409 for a cancelled task; 500 `internal_error` for a defect of the server's (the log has the
+traceback). Speech is never a 200 without audio: the audio streams
 (`/v1/audio/speech`, `/api/chat/speak`) send their status with the first sound, so a failure
 before it is one of these errors; a failure after it breaks the body off (a truncated
 response, not a clean end).
@@ -82,7 +83,8 @@ The same limits hold on `/api` and `/v1` (`src/ris/api/limits.py`, and the `serv
 config.json):
 at most 1,000 chat messages of at most 200,000 characters each, at most 4 stop strings of 1 to
 64 characters, `seed` 0 to 2^32-1, `temperature` 0 to 2, and text that is valid Unicode (a lone
-surrogate such as JSON's `"\\ud800"` is refused naming the field). `max_tokens` is at most
+surrogate such as JSON's `"\\ud800"` is refused naming the field), nested at most 200 levels
+deep (deeper: `invalid_request`, saying so). `max_tokens` is at most
 `server.max_new_tokens` and at most the model's context window (llama.cpp's `n_ctx`,
 transformers' `max_context`): a larger one is refused naming the context size, by the API for
 models loaded at start (the default one), by the worker for a model loaded on first use (on a
