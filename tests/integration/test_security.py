@@ -106,6 +106,17 @@ def test_cross_origin_requests_are_refused_unless_configured(locked: Server) -> 
         headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
     )
     assert pre.status_code == 204 and "Authorization" in pre.headers["access-control-allow-headers"]
+    # The OpenAI SDK for JavaScript in a browser: its own headers on every request.
+    sdk = httpx.options(
+        f"{locked.url}/v1/chat/completions",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,x-stainless-os,x-stainless-lang",
+        },
+    )
+    allowed = {h.strip().lower() for h in sdk.headers["access-control-allow-headers"].split(",")}
+    assert sdk.status_code == 204 and {"authorization", "x-stainless-os", "x-stainless-lang"} <= allowed
     same = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Origin": locked.url})
     assert same.status_code == 200  # the server's own pages (/docs) are same-origin
 

@@ -65,3 +65,15 @@ def test_an_origin_of_another_scheme_is_another_origin() -> None:
     assert through(guard, "GET", "/api/stats", [host, ("origin", "http://127.0.0.1:8080")])[0] == 200
     for origin in ("ftp://127.0.0.1:8080", "chrome-extension://127.0.0.1:8080", "127.0.0.1:8080"):
         assert through(guard, "GET", "/api/stats", [host, ("origin", origin)])[0] == 403, origin
+
+
+def test_a_preflight_is_allowed_the_header_names_it_asks_for_and_no_more() -> None:
+    from ris.api.security import allowed_headers
+
+    assert allowed_headers("") == "Authorization, Content-Type"
+    assert allowed_headers("authorization, X-Stainless-OS ,x-stainless-lang") == (
+        "Authorization, Content-Type, X-Stainless-OS, x-stainless-lang"
+    )
+    # Not header names (a value smuggled in, a space, a line break) are left out.
+    assert allowed_headers("x-ok, bad name, a\r\nSet-Cookie: x, x:y") == "Authorization, Content-Type, x-ok"
+    assert allowed_headers(",".join(f"x-{i}" for i in range(100))).count(",") == 1 + 32

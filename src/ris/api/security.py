@@ -165,6 +165,8 @@ class Guard:
                 "Access-Control-Expose-Headers": "X-Task-Id, Retry-After, X-Sample-Rate, X-Ignored-Options",
             }
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                asked = headers.get("access-control-request-headers", "")
+                cors["Access-Control-Allow-Headers"] = allowed_headers(asked)
                 await _preflight(cors, scope, receive, send)
                 return
         verdict = None if self.keys is None or _open(path) else self._authorized(scope, headers, cookie=same)
@@ -260,6 +262,23 @@ def _cookie_key(header: str) -> str:
         return ""
     morsel = jar.get(KEY_COOKIE)
     return unquote(morsel.value) if morsel is not None else ""
+
+
+# A header name (RFC 9110's token), and how many an allowed origin's preflight may name.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+_MAX_ASKED_HEADERS = 32
+
+
+def allowed_headers(asked: str) -> str:
+    """What a preflight from an allowed origin may send: the key and the body's type, and the
+    headers it asks for. The OpenAI SDK for JavaScript sends its X-Stainless-* headers with every
+    request; a fixed list failed its preflight in the browser (Ollama's own bug, ollama#4388).
+    An allowed origin is trusted with any request header: the key still decides what it may do."""
+    names = ["Authorization", "Content-Type"]
+    for name in (x.strip() for x in asked.split(",")[:_MAX_ASKED_HEADERS]):
+        if _HEADER_NAME.match(name) and name.lower() not in ("authorization", "content-type"):
+            names.append(name)
+    return ", ".join(names)
 
 
 async def _preflight(cors: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:

@@ -291,7 +291,9 @@ class ServerConfig(_Strict):
         default=(), description="Host names served besides loopback ones ('*': any; DNS rebinding guard)"
     )
     allowed_origins: tuple[str, ...] = Field(
-        default=(), description="web origins allowed to call the API from a browser (CORS)"
+        default=(),
+        description="web origins allowed to call the API from a browser (CORS; with any request "
+        "header, the OpenAI JS SDK's included)",
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request body limit")
     http_parser: Literal["auto", "httptools", "h11"] = Field(
