@@ -31,6 +31,9 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             work = b.get("/api/console/state").json()["tasks"]
             assert {t["task_id"] for t in (*work["queued"], *work["running"], *work["recent"])} == {bobs}
             assert b.get("/metrics").json()["error"]["code"] == "admin_only"
+            # Pulling downloads a model and rewrites config.json: the operator's (Ollama's shape).
+            pulled = b.post("/api/pull", json={"model": "qwen2.5", "stream": False})
+            assert pulled.status_code == 403 and "admin keys" in pulled.json()["error"], pulled.text
             assert b.get("/api/stats").status_code == 200  # the lanes' state, no task in it
         with http(srv.url, "alice") as a:
             assert a.get(f"/api/tasks/{bobs}").status_code == 404

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ris import __version__, catalogue
-from ris.api.deps import body_doc, engine_of, json_body
+from ris.api.deps import body_doc, engine_of, json_body, viewer_of
 from ris.api.errors import APIError
 from ris.api.ollama_schemas import APPLIED_OPTIONS, OLLAMA_ERRORS, OllamaModelRequest, OllamaPullRequest
 from ris.api.routes.ollama import NDJSON, llm_model
@@ -165,6 +165,15 @@ async def ollama_version() -> Any:
 )
 async def ollama_pull(request: Request) -> Any:
     body = await json_body(request, OllamaPullRequest)
+    # A pull downloads gigabytes and rewrites the server's config.json: the operator's act, as
+    # `ris pull` on the host is, not a user key's.
+    if not viewer_of(request).admin:
+        raise APIError(
+            403,
+            "admin_only",
+            "/api/pull is for admin keys (server.api_keys: a plain key, or role 'admin'): it "
+            "downloads a model and rewrites the server's config file",
+        )
     name = (body.model or body.name).strip().removesuffix(":latest")
     if catalogue.lookup(name) is None:
         why = catalogue.UNAVAILABLE.get(name.lower())
