@@ -112,6 +112,25 @@ def test_chat_streamed_and_not_and_generate(client: Any) -> None:
     assert client.generate(model="smollm2", prompt="").done_reason == "load"
 
 
+def test_empty_strings_of_ollamas_go_client_are_absent(base: str) -> None:
+    """Ollama's Go client (api.GenerateRequest: no omitempty) sends "system", "suffix" and
+    "template" as "" on every request; Ollama reads "" as not given, and so must this."""
+    empty = {"system": "", "suffix": "", "template": "", "stream": False}
+    body = {"model": "smollm2", "prompt": "The sky is", "raw": True, "options": {"num_predict": 2}, **empty}
+    r = httpx.post(f"{base}/api/generate", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 200 and r.json()["done_reason"] in ("stop", "length"), r.text
+    load = httpx.post(f"{base}/api/generate", json={"model": "smollm2", "prompt": "", **empty}, headers=AUTH)
+    assert load.status_code == 200 and load.json()["done_reason"] == "load", load.text
+
+
+def test_num_predict_past_the_context_stops_at_the_context(client: Any) -> None:
+    """Ollama stops at the context where num_predict asks for more (2048 here); the first
+    full stop ends this answer long before."""
+    opts = {"num_predict": 3000, "temperature": 0, "stop": ["."]}
+    r = client.generate(model="smollm2", prompt="The capital of France is", options=opts)
+    assert r.done and r.done_reason == "stop" and 0 < r.eval_count < 2048
+
+
 def test_format_with_a_json_schema_gives_valid_json(client: Any) -> None:
     ask = [{"role": "user", "content": "Describe a big city as JSON."}]
     r = client.chat(model="smollm2", messages=ask, format=CITY, options={"temperature": 0.5, "seed": 2})

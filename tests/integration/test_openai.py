@@ -64,6 +64,19 @@ def test_streamed_chat_joins_into_the_same_text(oa: OpenAI) -> None:
     )
 
 
+def test_a_chat_without_max_tokens_runs_to_the_context_as_on_openai(oa: OpenAI) -> None:
+    """No max_tokens: until the model stops or its context (config.json: 2048) is full, not a
+    cap of the server's own (it was 256). A long prompt leaves ~300 tokens; ignore_eos spends them."""
+    long = [{"role": "user", "content": "The sea is wide. " * 340 + "Say more."}]
+    r = oa.chat.completions.create(
+        model="smollm2", messages=long, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert r.usage is not None and r.choices[0].finish_reason == "length", r.usage
+    assert r.usage.completion_tokens > 256 and r.usage.prompt_tokens + r.usage.completion_tokens == 2048, (
+        r.usage
+    )
+
+
 def test_text_completion(oa: OpenAI) -> None:
     r = oa.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=5, temperature=0)
     assert r.object == "text_completion" and r.choices[0].text

@@ -136,7 +136,8 @@ def build_request(
         # the context left after the prompt).
         max_tokens = min(limit, context) if context is not None else DEFAULT_MAX_TOKENS
     else:
-        max_tokens = max(1, opts.num_predict)
+        # More than the context stops at the context, as on Ollama (not refused, as /v1 does).
+        max_tokens = max(1, opts.num_predict if context is None else min(opts.num_predict, context))
     return llm_request(
         engine.config.server,
         OLLAMA,
@@ -321,7 +322,10 @@ async def ollama_generate(request: Request) -> Any:
     ):
         if getattr(body, name):
             raise APIError(400, "unsupported_parameter", f"{name}: {why}", param=name)
-    if not body.prompt and body.system is None:
+    # Ollama's own Go client sends `"system": ""` with every request: empty is absent, as in
+    # Ollama (the model's default system prompt stays; raw text stays allowed).
+    system = body.system or None
+    if not body.prompt and system is None:
         return json_response(_loaded(model, "response", "", body.keep_alive))
     req = build_request(
         engine,
@@ -330,7 +334,7 @@ async def ollama_generate(request: Request) -> Any:
         body.format,
         prompt=body.prompt,
         messages=None,
-        system=body.system,
+        system=system,
         prompt_is_message=not body.raw,
     )
     keep_alive = keep_alive_seconds(body.keep_alive)

@@ -153,6 +153,15 @@ def _envelope(id_prefix: str, kind: str, task_id: str, model: str) -> dict[str, 
     return {"id": f"{id_prefix}-{task_id}", "object": kind, "created": int(time.time()), "model": model}
 
 
+def _until_done(engine: Engine, model: str) -> int:
+    """A chat without max_tokens runs, as on OpenAI, until the model stops or its context is
+    full (llama.cpp cuts at what the prompt leaves), within server.max_new_tokens; a model
+    loaded on first use, whose context is not known yet, gets 256."""
+    context = llm_context(engine, model)
+    limit = engine.config.server.max_new_tokens
+    return min(limit, context) if context is not None else 256
+
+
 def _finish_reason(r: LLMResult) -> str:
     return r.finish_reason if r.finish_reason in ("stop", "length") else "stop"
 
@@ -167,7 +176,7 @@ async def chat_completions(request: Request) -> Any:
     body = await json_body(request, ChatCompletionRequest)
     engine = engine_of(request)
     model = _llm_model(engine, body.model, "/v1/chat/completions")
-    max_tokens = body.max_completion_tokens or body.max_tokens or 256
+    max_tokens = body.max_completion_tokens or body.max_tokens or _until_done(engine, model)
     plan = tool_plan(body)
     req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
     handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
