@@ -172,3 +172,33 @@ async def test_a_worker_that_says_it_exits_gets_no_more_work_until_a_fresh_one(t
         assert eng.lookup(second.task_id).state == "queued"  # type: ignore[union-attr]
         llm.ready(slots=1, models=(_info("a", 1.0),))  # its successor
         assert [r.task_id for r in llm.runs] == [first.task_id, second.task_id]
+
+
+@run
+async def test_a_load_on_first_use_has_the_load_timeout_not_the_busy_one(tmp_path: Path) -> None:
+    """The fake config: busy_timeout_s 20, load_timeout_s 60. A load after the start sends
+    heartbeats and no progress; at 30 s it was killed as hung, and the next request's load too."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(models=(_info("m", 1.0),))
+        llm.deliver(m.ModelUnloaded("m", "expired"))
+        task = eng.submit(LLM, "m", LLMRequest(prompt="x"))
+        llm.deliver(m.ModelLoading("m"))
+        for _ in range(10):  # 40 s of a slow load
+            clock.advance(4.0)
+            llm.deliver(m.Heartbeat(progress_events=0))
+            eng.check()
+        assert llm.kills == 0 and eng.lookup(task.task_id).state == "running"  # type: ignore[union-attr]
+        llm.deliver(m.ModelLoaded(_info("m", 40.0)))
+        llm.deliver(m.TaskDone(task.task_id, LLMOutcome("stop", 1, 0)))
+        assert (await task.done).state == "succeeded"
+        slow = eng.submit(LLM, "m", LLMRequest(prompt="y"))
+        llm.deliver(m.ModelUnloaded("m", "expired"))
+        llm.deliver(m.ModelLoading("m"))
+        for _ in range(16):  # past the 60 s a load may take
+            clock.advance(4.0)
+            llm.deliver(m.Heartbeat(progress_events=0))
+            eng.check()
+        failed = await slow.done
+        assert (failed.state, failed.error_code) == ("failed", "worker_timeout") and llm.kills == 1
+        assert failed.error_message is not None and "load_timeout_s" in failed.error_message

@@ -156,3 +156,41 @@ def test_load_time_counts_from_placement_not_from_a_wait_for_room() -> None:
     assert sup.decide(w, alive=True) is None
     clock.advance(2)
     assert isinstance(sup.decide(w, alive=True), Fail)
+
+
+def test_a_model_loading_after_the_start_has_the_load_timeout_not_the_busy_one() -> None:
+    """A model loaded on first use (or after a switch, or keep_alive) makes no progress while it
+    loads: its limit is load_timeout_s (60 here), not busy_timeout_s (30), which killed such
+    loads and the next request's retry of them alike."""
+    clock, sup, w = started()
+    sup.ready(w)
+    sup.task_started(w)
+    sup.loading(w)
+    for _ in range(5):  # heartbeats go on, no progress
+        clock.advance(11)
+        sup.heard(w, 0)
+    assert sup.decide(w, alive=True) is None  # 55 s: over the busy limit, within the load's
+    sup.loaded(w)
+    clock.advance(29)
+    sup.heard(w, 0)
+    assert sup.decide(w, alive=True) is None  # the busy limit counts from the load's end
+    clock.advance(2)
+    sup.heard(w, 0)
+    verdict = sup.decide(w, alive=True)
+    assert isinstance(verdict, Fail) and "no progress for 30 s" in verdict.message
+
+
+def test_a_model_load_past_the_load_timeout_replaces_the_worker() -> None:
+    clock, sup, w = started()
+    sup.ready(w)
+    sup.task_started(w)
+    sup.loading(w)
+    for _ in range(6):
+        clock.advance(10.5)
+        sup.heard(w, 0)
+    verdict = sup.decide(w, alive=True)
+    assert (
+        isinstance(verdict, Fail) and verdict.code == "worker_timeout" and "load_timeout_s" in verdict.message
+    )
+    sup.killed(w)
+    assert w.loading_since is None

@@ -138,7 +138,11 @@ class LaneConfig(_Strict):
     busy_timeout_s: float = Field(
         default=300.0, gt=0, description="a task with no progress this long is declared hung"
     )
-    load_timeout_s: float = Field(default=600.0, gt=0, description="model loading at most")
+    load_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="model loading at most, at start or on first use (busy_timeout_s waits while one loads)",
+    )
     parallel: int = Field(
         default=1,
         ge=1,

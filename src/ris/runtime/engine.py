@@ -420,9 +420,11 @@ class Engine:
             replica.held = msg
         elif isinstance(msg, m.ModelLoading):
             replica.loading = (msg.name, self.clock())
+            self._supervisor.loading(replica.watch)
         else:
             if replica.loading is not None and replica.loading[0] == msg.info.name:
                 replica.loading = None
+                self._supervisor.loaded(replica.watch)
             replica.models[msg.info.name] = msg.info
             self._model_log.loaded(replica.lane, msg.info.name, msg.info.load_s)
             log.info("%s: model %s loaded in %.2f s", replica.lane, msg.info.name, msg.info.load_s or 0.0)
@@ -469,6 +471,7 @@ class Engine:
                 # model is the load failing (a TaskError, or a TaskCancelled when the task was
                 # cancelled meanwhile); after ModelLoaded nothing is loading anyway.
                 replica.loading = None
+                self._supervisor.loaded(replica.watch)
             self._where.pop(msg.task_id, None)
             self._supervisor.task_ended(replica.watch)
         handle = self._handles.get(msg.task_id)

@@ -67,6 +67,9 @@ class Watch:
     busy: int = 0  # tasks running on it
     last_progress: float = 0.0
     progress_events: int = 0
+    # A model loading after the start (first use, a switch, after keep_alive): while it loads
+    # nothing progresses, and the load's own limit holds, not the busy one (load_timeout_s).
+    loading_since: float | None = None
 
 
 def backoff(restarts: int) -> float:
@@ -86,7 +89,7 @@ class Supervisor:
     def started(self, w: Watch) -> None:
         now = self._clock()
         w.state, w.started_at, w.last_heard = WorkerState.STARTING, now, now
-        w.busy, w.progress_events = 0, 0
+        w.busy, w.progress_events, w.loading_since = 0, 0, None
 
     def restarting(self, w: Watch) -> None:
         w.restarts += 1
@@ -108,7 +111,7 @@ class Supervisor:
         w.restart_at = self._clock() + backoff(w.in_a_row)
 
     def killed(self, w: Watch) -> None:
-        w.state, w.busy = WorkerState.DEAD, 0
+        w.state, w.busy, w.loading_since = WorkerState.DEAD, 0, None
         w.restart_at = self._clock() + backoff(w.in_a_row)
 
     def heard(self, w: Watch, progress_events: int | None = None) -> None:
@@ -123,6 +126,15 @@ class Supervisor:
 
     def task_started(self, w: Watch) -> None:
         w.busy += 1
+        w.last_progress = self._clock()
+
+    def loading(self, w: Watch) -> None:
+        """A ready worker began loading a model for a task."""
+        w.loading_since = self._clock()
+
+    def loaded(self, w: Watch) -> None:
+        """That load ended (the model is in, or the load failed): its tasks progress again."""
+        w.loading_since = None
         w.last_progress = self._clock()
 
     def progressed(self, w: Watch) -> None:
@@ -153,7 +165,14 @@ class Supervisor:
             )
         if w.state is WorkerState.STARTING and now - w.started_at > lim.load_timeout_s:
             return Fail("worker_timeout", f"the {w.name} worker did not load in time")
-        if w.state is WorkerState.READY and w.busy and now - w.last_progress > lim.busy_timeout_s:
+        if w.state is WorkerState.READY and w.loading_since is not None:
+            if now - w.loading_since > lim.load_timeout_s:
+                return Fail(
+                    "worker_timeout",
+                    f"a model load took over {lim.load_timeout_s:g} s (load_timeout_s); "
+                    "the worker was replaced",
+                )
+        elif w.state is WorkerState.READY and w.busy and now - w.last_progress > lim.busy_timeout_s:
             return Fail(
                 "worker_timeout", f"no progress for {lim.busy_timeout_s:g} s; the worker was replaced"
             )
