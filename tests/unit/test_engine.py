@@ -472,3 +472,84 @@ async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_
         crashed, running = eng.lookup(first.task_id), eng.lookup(second.task_id)
         assert crashed is not None and (crashed.state, crashed.error_code) == ("failed", "worker_crashed")
         assert running is not None and running.state == "running"
+
+
+@run
+async def test_a_send_that_fails_mid_batch_does_not_send_the_tasks_it_failed(tmp_path: Path) -> None:
+    """A batch of two dispatched at once; the first send finds the worker dead, and the crash
+    fails the batch's other task too (running on the lane, held by no replica yet): that task
+    is answered and sent nowhere (it went to the dead worker, a second crash of it, and a
+    durable row would have been marked running again after its failure)."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        p = eng.submit(TTS, "e", TTSRequest(text="p"))
+        q = eng.submit(TTS, "e", TTSRequest(text="q"))
+        tts.die()  # not noticed yet: its ready message still arrives, with two slots
+        tts.ready(slots=2)
+        for handle in (p, q):
+            view = await handle.done
+            assert (view.state, view.error_code) == ("failed", "worker_crashed")
+        assert tts.kills == 1
+        assert eng.snapshot().lane(Lane.TTS).workers[0].restarts == 0
+
+
+@run
+async def test_stopping_sends_no_queued_task_to_a_worker_told_to_stop(tmp_path: Path) -> None:
+    """A task ending while the workers stop must not start the next durable one: its attempt
+    would count, and the task would fail `interrupted` after one more restart."""
+    clock, workers = FakeClock(), FakeWorkers()
+    eng = engine(config(tmp_path, image=IMAGE_ON), clock, workers)
+    await eng.start()
+    img = workers[Lane.IMAGE]
+    img.ready()
+    first = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+    eng.submit(IMAGE, "i", ImageRequest(prompt="b"))
+
+    async def stop_as_the_first_ends(timeout: float) -> None:
+        img.deliver(m.TaskDone(first.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7))))
+        img.die()
+
+    img.stop = stop_as_the_first_ends  # type: ignore[method-assign]
+    await eng.stop()
+    assert [r.task_id for r in img.runs] == [first.task_id]
+
+
+@run
+async def test_a_worker_that_cannot_be_started_backs_off_and_the_pass_goes_on(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm, tts = workers[Lane.LLM], workers[Lane.TTS]
+        llm.ready()
+        tts.ready()
+        llm.die()
+        eng.check()  # found dead: killed, a restart due after the back-off
+
+        def no_fork() -> None:
+            raise OSError(11, "Resource temporarily unavailable")
+
+        llm.start = no_fork  # type: ignore[method-assign]
+        clock.advance(backoff(0))
+        tts.die()
+        eng.check()  # the LLM's start fails; the TTS worker's death is still seen in this pass
+        assert tts.kills == 1
+        starts = tts.starts
+        clock.advance(backoff(1) - 0.01)
+        eng.check()
+        assert tts.starts == starts + 1  # its own first restart, after backoff(0)
+        view = eng.snapshot().lane(Lane.LLM).workers[0]
+        assert view.restarts == 1  # the failed start counted: the next waits backoff(1)
+
+
+@run
+async def test_a_result_that_cannot_be_counted_still_answers_its_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm, handle = one_task(eng, workers)
+
+        def broken(self: LLMResult) -> tuple[Any, ...]:
+            raise ValueError("a lane plugin's bug")
+
+        monkeypatch.setattr(LLMResult, "counted", broken)
+        llm.deliver(m.TaskDone(handle.task_id, LLMOutcome("stop", 1, 0)))
+        view = await handle.done
+        assert view.state == "succeeded"

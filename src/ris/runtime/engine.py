@@ -103,6 +103,9 @@ class Engine:
         self._machine = machine
         self._monitor_interval_s = monitor_interval_s
         self._monitor: asyncio.Task[None] | None = None
+        # Set once stop() begins: no task is sent to a worker that is being told to stop (a
+        # durable task would count an attempt it never made, and be lost at the second).
+        self._stopping = False
         self._holds_data = False  # the data folder's lock (ris.runtime.data_lock), from start to stop
         # Scheduler times are monotonic; clients see Unix times.
         self._wall_offset = wall() - clock()
@@ -177,6 +180,7 @@ class Engine:
         return worker_spec(self.config, lane, self._machine)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
         if self._sweep is not None:
@@ -357,7 +361,13 @@ class Engine:
     # ----- dispatch and worker messages -----------------------------------------------------
 
     def _dispatch(self) -> None:
+        if self._stopping:
+            return
         for task in self._scheduler.dispatch():
+            if task.state.finished:
+                # A send to a dead worker earlier in this batch failed the lane's running tasks
+                # that no replica held yet, this one among them: answered, not sent anywhere.
+                continue
             model, request = task.spec.payload
             replicas = self._replicas[task.lane]
             replica = replicas[0] if len(replicas) == 1 else max(replicas, key=lambda r: r.free_slots)
@@ -522,23 +532,16 @@ class Engine:
             return
         handle = self._handles.pop(task_id, None)
         recorded = None
-        if self.durable is not None and (handle is None or handle.keep_files):
-            recorded = self.durable.finished(task)  # on the store's thread: the loop goes on
+        try:
+            if self.durable is not None and (handle is None or handle.keep_files):
+                recorded = self.durable.finished(task)  # on the store's thread: the loop goes on
+            if handle is not None:
+                self._account(handle, task)
+        except Exception:  # noqa: BLE001 - a lane's result that does not serialise or count
+            # Said, and the client still answered: its handle is already out of the table.
+            log.exception("%s task %s: not recorded", task.lane, task_id)
         if handle is None:
             return
-        result = task.result
-        self._meter.finished(
-            handle.lane,
-            handle.model,
-            task.state.value,
-            latency_s=None if task.finished_at is None else task.finished_at - task.submitted_at,
-            queue_wait_s=task.queue_wait,
-            counted=result.counted() if isinstance(result, LaneResult) else (),
-        )
-        if task.state is not TaskState.SUCCEEDED:
-            handle.collector.discard()  # a failed task's partial result goes with it
-        elif not handle.keep_files:
-            handle.collector.release()  # streamed, not kept: its streams read on from the open file
         handle.events.put_nowait(None)
         view = self._view(task)
         if recorded is None or recorded.done():
@@ -548,6 +551,22 @@ class Engine:
             # was given survives a SIGKILL), without the loop waiting for the fsync.
             loop = asyncio.get_running_loop()
             recorded.add_done_callback(lambda _: loop.call_soon_threadsafe(_resolve, handle, view))
+
+    def _account(self, handle: TaskHandle[Any], task: Task) -> None:
+        """A finished task's collector's files kept or let go, then its figures."""
+        if task.state is not TaskState.SUCCEEDED:
+            handle.collector.discard()  # a failed task's partial result goes with it
+        elif not handle.keep_files:
+            handle.collector.release()  # streamed, not kept: its streams read on from the open file
+        result = task.result
+        self._meter.finished(
+            handle.lane,
+            handle.model,
+            task.state.value,
+            latency_s=None if task.finished_at is None else task.finished_at - task.submitted_at,
+            queue_wait_s=task.queue_wait,
+            counted=result.counted() if isinstance(result, LaneResult) else (),
+        )
 
     def _update_slots(self, lane: str) -> None:
         ready = [r for r in self._replicas[lane] if r.ready and r.ready_info and not r.exiting]
@@ -575,7 +594,15 @@ class Engine:
                 self._crashed(replica, action.code, action.message)
             elif isinstance(action, Restart):
                 log.warning("restarting the %s worker", replica.lane)
-                replica.worker.start()
+                try:
+                    replica.worker.start()
+                except Exception:  # noqa: BLE001 - no pipe, no fork, a cluster refusing the actor
+                    # Counted as a restart that died: the back-off grows, the other replicas
+                    # and the rest of this pass go on.
+                    log.exception("the %s worker could not be started; trying again later", replica.lane)
+                    self._supervisor.restarting(replica.watch)
+                    self._supervisor.killed(replica.watch)
+                    continue
                 self._supervisor.restarting(replica.watch)
         for task in self._scheduler.expire():
             if task.id in self._where:
