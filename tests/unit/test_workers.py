@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ris import messages as m
 from ris.config import Config
 from ris.lanes import Lane
 from ris.preemption.policy import Activity
@@ -91,6 +93,46 @@ def test_a_killed_process_worker_leaves_its_lane_idle_on_the_board(tmp_path: Pat
         pool.close()
 
     asyncio.run(kill_one())
+
+
+class _Gone:
+    """A worker process that has exited."""
+
+    def is_alive(self) -> bool:
+        return False
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_dead_workers_last_messages_are_read_before_it_is_called_dead(tmp_path: Path) -> None:
+    """A worker over its memory ceiling writes WorkerExiting and its tasks' TaskErrors, then
+    exits at once; the supervisor may look before the loop reads them. alive() takes them
+    first, so the tasks fail with the worker's own code, not worker_crashed."""
+
+    async def look() -> list[object]:
+        pool = ProcessWorkers(config(tmp_path), asyncio.get_running_loop())
+        said: list[object] = []
+        worker = pool(_spec(Lane.LLM), said.append)
+        up_r, up_w = multiprocessing.Pipe(duplex=False)
+        down_r, down_w = multiprocessing.Pipe(duplex=False)
+        worker._proc, worker._up, worker._down = _Gone(), up_r, down_w  # noqa: SLF001 - as start() sets them
+        worker._generation += 1  # noqa: SLF001
+        worker._watch(worker._generation)  # noqa: SLF001
+        last = [m.WorkerExiting("over its memory"), m.TaskError("t", "worker_out_of_memory", "too big")]
+        for msg in last:
+            up_w.send(msg)
+        up_w.close()
+        assert worker.alive() is False  # before the loop ever ran its reader
+        worker.kill()
+        down_r.close()
+        pool.close()
+        return said
+
+    assert asyncio.run(look()) == [
+        m.WorkerExiting("over its memory"),
+        m.TaskError("t", "worker_out_of_memory", "too big"),
+    ]
 
 
 def _spec(lane: str) -> WorkerSpec:

@@ -167,7 +167,20 @@ class ProcessWorker:
         self._flush()
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        """The supervisor's question (Engine.check), which may deliver a dead worker's last
+        messages; the worker's own figures ask the process directly."""
+        if self._proc is None:
+            return False
+        if self._proc.is_alive():
+            return True
+        # Gone. What it wrote on its way out (WorkerExiting and its tasks' TaskErrors before an
+        # exit over its memory ceiling, a WorkerFailed) may still wait in the pipe when the
+        # supervisor looks before the loop reads: taken now, so its tasks fail with the worker's
+        # own codes and a worker that cannot load is marked failed, not restarted as a crash.
+        generation = self._generation
+        while self._watching and generation == self._generation and self._readable(generation):
+            pass
+        return False
 
     def kill(self) -> None:
         proc = self._proc
@@ -198,7 +211,7 @@ class ProcessWorker:
 
     def memory_bytes(self) -> int | None:
         pid = self._proc.pid if self._proc is not None else None
-        if pid is None or not self.alive():
+        if pid is None or not self._proc.is_alive():  # not alive(): no messages read here
             return None
         try:
             if self._ps is None or self._ps.pid != pid:
@@ -210,7 +223,7 @@ class ProcessWorker:
     def usage(self) -> ResourceUsage:
         """CPU percent since the last call, resident memory and GPU memory, read from the OS."""
         pid = self._proc.pid if self._proc is not None else None
-        if pid is None or not self.alive():
+        if pid is None or not self._proc.is_alive():  # not alive(): a snapshot delivers nothing
             return ResourceUsage(pid=pid)
         try:
             if self._ps is None or self._ps.pid != pid:
@@ -251,19 +264,20 @@ class ProcessWorker:
                 self._loop.remove_writer(self._down.fileno())
         self._watching = False
 
-    def _readable(self, generation: int) -> None:
-        """The worker wrote: take what is there, hand over every complete message."""
+    def _readable(self, generation: int) -> bool:
+        """The worker wrote: take what is there, hand over every complete message. Whether it
+        read anything (more may follow)."""
         if generation != self._generation:
-            return
+            return False
         try:
             data = os.read(self._up.fileno(), _READ_CHUNK)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # the process is gone; the supervisor notices and restarts it
             self._unwatch()
-            return
+            return False
         for payload in self._frames.feed(data):
             try:
                 # From our own worker over a private pipe: what Connection.recv would unpickle.
@@ -272,11 +286,12 @@ class ProcessWorker:
                 log.exception("%s worker: unreadable message dropped", self.spec.lane)
                 continue
             if generation != self._generation:
-                return  # delivering a message got this worker replaced
+                return False  # delivering a message got this worker replaced
             try:
                 self._deliver(msg)
             except Exception:  # noqa: BLE001 - the messages after it must still be delivered
                 log.exception("%s worker: handling %s failed", self.spec.lane, type(msg).__name__)
+        return True
 
     def _flush(self) -> bool:
         """Write what the pipe takes now; the loop writes the rest when the worker reads."""
