@@ -22,7 +22,7 @@ from ris.api.openai_tools import (
     unenforced,
 )
 from ris.lanes.llm import LANE, Constraint, LLMRequest, Message, Tool, ToolCall
-from ris.lanes.llm_tools import FALLBACK_INTRO, call_schema, fallback_turns, parse_calls
+from ris.lanes.llm_tools import FALLBACK_INTRO, CallHolder, call_schema, fallback_turns, parse_calls
 
 WEATHER = Tool(
     "get_weather", "Weather of a city", '{"type": "object", "properties": {"city": {"type": "string"}}}'
@@ -178,6 +178,35 @@ def test_a_strict_schema_with_keywords_the_grammar_cannot_hold_is_refused() -> N
     loose = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     constraint = response_constraint(ResponseFormat.model_validate(loose))
     assert constraint is not None and json.loads(constraint.schema) == schema
+
+
+def test_a_call_after_a_sentence_streams_as_it_answers_whole() -> None:
+    """parse_calls finds a call anywhere in an answer; the stream must agree with the answer
+    given whole: the sentence as content, the call as tool_calls (not its markup as text)."""
+    text = "Let me check.\n" + CALL
+    whole, whole_reason = chat_answer(text, "stop", AUTO, "c_")
+    for size in (1, 3, 7, 50):
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        deltas, reason = deltas_of(ToolCallStream(AUTO, "c_"), pieces, "stop")
+        content = "".join(d.get("content", "") for d in deltas)
+        calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+        assert reason == whole_reason == "tool_calls", size
+        assert content.strip() == whole["content"] == "Let me check.", size
+        assert calls[0]["function"]["name"] == "get_weather" and "<tool_call>" not in content, size
+    # A tag begun and then not a tag after all is text, and comes out (held only meanwhile).
+    deltas, reason = deltas_of(ToolCallStream(AUTO, "c_"), ["See <to", "oltip> here"], "stop")
+    assert "".join(d["content"] for d in deltas) == "See <tooltip> here" and reason == "stop"
+    assert ToolCallStream(AUTO, "c_").feed("See <to") == [{"content": "See "}]
+
+
+def test_a_call_holder_holds_a_blank_start_and_everything_from_a_tag_on() -> None:
+    holder = CallHolder()
+    assert [holder.feed(x) for x in ("\n", " ", "<tool_", "call>", "{}", "</tool_call>")] == [""] * 6
+    assert holder.held() == "\n <tool_call>{}</tool_call>"
+    holder = CallHolder()
+    shown = [holder.feed(x) for x in ("\n", "Hi", " <", "b> and <tool_call>", "x")]
+    assert shown == ["", "\nHi", " ", "<b> and ", ""]  # "<" held until it is not a tag
+    assert holder.held() == "<tool_call>x"
 
 
 def test_auto_holds_only_the_calls_the_model_starts() -> None:

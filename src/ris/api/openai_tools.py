@@ -18,7 +18,7 @@ from ris.api.openai_schemas import (
 )
 from ris.api.openai_strict import CHAT, COMPLETIONS, refuse_unknown, refuse_unreadable_messages
 from ris.lanes.llm import Constraint, Message, Tool, ToolCall
-from ris.lanes.llm_tools import call_schema, may_become_call, parse_calls
+from ris.lanes.llm_tools import CallHolder, call_schema, parse_calls
 
 # Roles our chat templates know, for the ones OpenAI added.
 ROLES = {"developer": "system"}
@@ -233,26 +233,23 @@ class ToolCallStream:
     def __init__(self, plan: ToolPlan, call_ids: str) -> None:
         self._plan = plan
         self._call_ids = call_ids
-        self._held: list[str] = []
-        # A required call holds everything; under auto, only while the text may be a call.
-        self._holding = True
+        # A required call holds everything; under auto, only what may be a call.
         self._constrained = plan.constraint is not None and not plan.constraint.lazy
+        self._all: list[str] = []
+        self._holder = CallHolder()
 
     def feed(self, text: str) -> list[dict[str, Any]]:
-        if not self._holding:
-            return [{"content": text}]
-        self._held.append(text)
-        so_far = "".join(self._held)
-        if self._constrained or may_become_call(so_far):
+        if self._constrained:
+            self._all.append(text)
             return []
-        self._holding, self._held = False, []
-        return [{"content": so_far}]
+        shown = self._holder.feed(text)
+        return [{"content": shown}] if shown else []
 
     def finish(self, finish_reason: str) -> tuple[list[dict[str, Any]], str]:
         """The deltas still owed, and the answer's finish_reason."""
-        if not self._holding:
+        text = "".join(self._all) if self._constrained else self._holder.held()
+        if not text:
             return [], finish_reason
-        text = "".join(self._held)
         message, finish = chat_answer(text, finish_reason, self._plan, self._call_ids)
         if "tool_calls" not in message:
             return ([{"content": text}] if text else []), finish

@@ -213,8 +213,42 @@ def parse_calls(text: str, tool_names: Sequence[str]) -> ParsedAnswer | None:
     return ParsedAnswer(content, tuple(calls))
 
 
-def may_become_call(text: str) -> bool:
-    """While streaming under `auto`: the answer so far may still turn out to be a call (it is
-    blank, or starts with the opening tag or a prefix of it), so its text is held back."""
-    head = text.lstrip()
-    return CALL_OPEN.startswith(head) or head.startswith(CALL_OPEN)
+class CallHolder:
+    """Streamed text under tools (`auto`): shown as it comes, except what may be a tool call: a
+    blank start, and the text from an opening tag on (held to the answer's end, where
+    parse_calls reads it) or a part of one at the end so far. parse_calls finds calls anywhere
+    in an answer, so the stream must hold them anywhere too: a model that writes a sentence,
+    then its call, would otherwise stream the call's markup as text."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._shown = False  # some text went out: a blank start no longer needs holding
+        self._opened = False  # an opening tag is held: everything after it is held too
+
+    def feed(self, text: str) -> str:
+        """What may be shown now of the answer so far ("" while it is all held)."""
+        self._held += text
+        if self._opened:
+            return ""
+        at = self._held.find(CALL_OPEN)
+        if at >= 0:
+            self._opened = True
+        else:
+            at = len(self._held) - _tag_begun(self._held)
+        show = self._held[:at]
+        if not show or (not self._shown and not show.strip()):
+            return ""
+        self._held, self._shown = self._held[at:], True
+        return show
+
+    def held(self) -> str:
+        """What was held back, to be parsed for calls when the answer ends."""
+        return self._held
+
+
+def _tag_begun(text: str) -> int:
+    """How many characters at the end of `text` are the start of an opening tag."""
+    for k in range(min(len(CALL_OPEN) - 1, len(text)), 0, -1):
+        if text.endswith(CALL_OPEN[:k]):
+            return k
+    return 0

@@ -46,7 +46,7 @@ from ris.api.streams import json_response, texts, to_json
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool, ToolCall
-from ris.lanes.llm_tools import call_schema, may_become_call, parse_calls
+from ris.lanes.llm_tools import CallHolder, call_schema, parse_calls
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
 
@@ -279,14 +279,14 @@ async def ollama_chat(request: Request) -> Any:
     )
     head = {"model": model, "created_at": created_at()}
     if body.stream:
-        holder = _CallHolder(bool(names))
+        holder = CallHolder() if names else None
 
         def piece(text: str) -> dict[str, Any] | None:
-            shown = holder.feed(text)
-            return None if shown is None else {"message": {"role": "assistant", "content": shown}}
+            shown = text if holder is None else holder.feed(text)
+            return {"message": {"role": "assistant", "content": shown}} if shown else None
 
         def end(r: LLMResult) -> dict[str, Any]:
-            held = holder.held()
+            held = "" if holder is None else holder.held()
             message = _answer(held, r, names) if held else {"role": "assistant", "content": ""}
             return {"message": message}
 
@@ -356,28 +356,6 @@ async def ollama_generate(request: Request) -> Any:
         {**head, "response": r.text, "done": True, "done_reason": _done_reason(r), **_timings(r)},
         headers={"X-Task-Id": handle.task_id, **ignored_options(body.options)},
     )
-
-
-class _CallHolder:
-    """Streamed text under tools: sent as it comes, except while the answer may still become a
-    tool call (then held, and parsed at the end: Ollama sends calls whole, in the last line)."""
-
-    def __init__(self, tools: bool) -> None:
-        self._holding = tools
-        self._held: list[str] = []
-
-    def feed(self, text: str) -> str | None:
-        if not self._holding:
-            return text
-        self._held.append(text)
-        so_far = "".join(self._held)
-        if may_become_call(so_far):
-            return None
-        self._holding, self._held = False, []
-        return so_far
-
-    def held(self) -> str:
-        return "".join(self._held)
 
 
 def _ndjson(
