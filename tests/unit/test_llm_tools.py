@@ -149,6 +149,24 @@ def test_unimplemented_fields_are_refused_by_name_and_neutral_values_pass() -> N
         assert e.value.status == 400 and e.value.param == field
 
 
+def test_what_openai_refuses_is_refused_not_dropped() -> None:
+    turn = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(APIError) as e:
+        refuse_unsupported(
+            ChatCompletionRequest.model_validate({**turn, "stream_options": {"include_usage": True}})
+        )
+    assert e.value.param == "stream_options" and "only allowed when stream is true" in e.value.message
+    refuse_unsupported(
+        ChatCompletionRequest.model_validate(
+            {**turn, "stream": True, "stream_options": {"include_usage": True}}
+        )
+    )
+    schema = {"name": "city", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    with pytest.raises(APIError) as e:
+        response_constraint(ResponseFormat.model_validate({"type": "json_object", "json_schema": schema}))
+    assert e.value.param == "response_format" and '"type": "json_schema"' in e.value.message
+
+
 def test_the_lane_request_round_trips_through_json() -> None:
     req = LLMRequest(
         messages=(

@@ -34,6 +34,14 @@ def refuse_unsupported(body: SamplingBody) -> None:
         refuse_unknown(body, COMPLETIONS)
     if body.n != 1:
         raise APIError(400, "unsupported_parameter", f"n is {body.n}; only n=1 is supported", param="n")
+    if body.stream_options is not None and not body.stream:
+        # As OpenAI answers: an answer that is not streamed has its usage anyway.
+        raise APIError(
+            400,
+            "invalid_value",
+            "stream_options is only allowed when stream is true",
+            param="stream_options",
+        )
 
 
 # JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
@@ -103,6 +111,14 @@ def _strict_schema(schema: dict[str, Any], param: str) -> None:
 
 def response_constraint(fmt: ResponseFormat | None) -> Constraint | None:
     """The grammar response_format asks for: none for text, any JSON object for json_object."""
+    if fmt is not None and fmt.type != "json_schema" and fmt.json_schema is not None:
+        # Its schema would be dropped without a word: a json_object answer is any object.
+        raise APIError(
+            400,
+            "invalid_value",
+            f'response_format of type {fmt.type} takes no json_schema; use "type": "json_schema"',
+            param="response_format",
+        )
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
