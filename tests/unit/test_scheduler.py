@@ -360,6 +360,40 @@ def test_finished_tasks_are_forgotten_beyond_the_limit() -> None:
     assert sched.get(ids[0]) is None and sched.get(ids[2]) is not None
 
 
+def test_finished_tasks_not_yet_reported_are_kept_over_the_limit() -> None:
+    """A deadline over a long queue ends more tasks in one pass than keep_finished: none may go
+    before the caller has read it (its client would never be answered)."""
+    clock = FakeClock()
+    read: set[str] = set()
+    sched = Scheduler(
+        {Lane.LLM: LanePolicy(keep_finished=2, max_queue=10)}, clock, unreported=lambda t: t not in read
+    )
+    ids = [sched.submit(spec(deadline=clock.now + 1)).id for _ in range(5)]
+    clock.advance(2)
+    sched.expire()
+    assert all(sched.get(t) is not None for t in ids)  # all five, over the limit of two
+    read.update(ids)
+    sched.submit(spec())
+    sched.cancel(sched.submit(spec()).id)  # the next close trims to the limit: the last two
+    assert [sched.get(t) is None for t in ids] == [True] * 4 + [False]
+
+
+def test_positions_follow_every_change_of_the_queue() -> None:
+    """Places are kept between changes (a listing asks each task's), and every way in or out of
+    the queue moves them."""
+    sched, clock = make()
+    for priority in (0, 0, 0, 5):
+        sched.submit(spec(priority=priority))
+    assert [sched.position(f"t{i}") for i in range(4)] == [1, 2, 3, 0]
+    sched.cancel("t1")
+    assert [sched.position(f"t{i}") for i in range(4)] == [1, None, 2, 0]
+    sched.set_slots(Lane.LLM, 1)
+    sched.dispatch()  # t3 starts
+    assert [sched.position(f"t{i}") for i in range(4)] == [0, None, 1, None]
+    sched.submit(spec(priority=9))  # t4 goes first
+    assert [sched.position(f"t{i}") for i in (0, 2, 4)] == [1, 2, 0]
+
+
 def test_percentile() -> None:
     assert percentile([], 50) is None
     assert percentile([3, 1, 2], 50) == 2

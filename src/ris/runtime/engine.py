@@ -85,7 +85,9 @@ class Engine:
         self.wall_clock = wall
         self.kinds: dict[str, LaneKind[Any, Any, Any]] = {lane: lanes.kind(lane) for lane in config.lanes}
         self._policies = {lane: cfg.policy() for lane, cfg in config.lanes.items()}
-        self._scheduler = Scheduler(self._policies, clock, ordering=config.scheduling)
+        self._scheduler = Scheduler(
+            self._policies, clock, ordering=config.scheduling, unreported=lambda t: t in self._handles
+        )
         self._supervisor = Supervisor(clock)
         self.files = ResultFiles(Path(config.data_dir))
         self.durable: DurableTasks | None = None

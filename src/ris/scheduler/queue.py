@@ -31,6 +31,9 @@ class LaneQueue:
         # `_clients` how many of them each client has.
         self._live = 0
         self._clients: dict[str | None, int] = {}
+        # ordered()'s places by task id, kept until the queue changes: a listing of n queued
+        # tasks asks each one's place (and its ETA asks again), n sorts of n without it.
+        self._places: dict[str, int] | None = None
 
     def key_for(self, submitted_at: float, priority: int, pclass: PriorityClass) -> float:
         boost = self.aging_s * priority
@@ -50,6 +53,7 @@ class LaneQueue:
         if self.full and not force:
             raise OverflowError("lane queue is full")
         heapq.heappush(self._heap, (task.sort_key, task.seq, task))
+        self._places = None
         self._live += 1
         client = task.spec.client
         self._clients[client] = self._clients.get(client, 0) + 1
@@ -85,6 +89,12 @@ class LaneQueue:
         self._drop_dead_head()
         return self._heap[0][2] if self._heap else None
 
+    def place(self, task_id: str) -> int | None:
+        """A queued task's 0-based place in ordered() (None: not queued here)."""
+        if self._places is None:
+            self._places = {t.id: i for i, t in enumerate(self.ordered())}
+        return self._places.get(task_id)
+
     def ordered(self) -> list[Task]:
         """Live tasks in the order they would run (O(n log n); for listings and positions)."""
         return [t for _, _, t in sorted(self._heap) if t.state is TaskState.QUEUED]
@@ -100,6 +110,7 @@ class LaneQueue:
         return None if best is None else best[2]
 
     def _gone(self, task: Task) -> None:
+        self._places = None
         self._live -= 1
         client = task.spec.client
         left = self._clients[client] - 1

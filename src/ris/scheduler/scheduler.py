@@ -173,9 +173,13 @@ class Scheduler:
         clock: Clock,
         new_id: Callable[[], str] | None = None,
         ordering: Ordering = Ordering.LANES,
+        unreported: Callable[[str], bool] = lambda _task_id: False,
     ) -> None:
+        """`unreported(task_id)`: a finished task the caller has not yet read (its client not
+        answered, its record not written); kept past `keep_finished` until it has been."""
         self._clock = clock
         self.ordering = ordering
+        self._unreported = unreported
         self._new_id = new_id or RandomIds()
         self._lanes = {lane: _LaneBook(lane, p) for lane, p in policies.items()}
         self._tasks: dict[str, Task] = {}
@@ -452,7 +456,7 @@ class Scheduler:
         task = self._tasks.get(task_id)
         if task is None or task.state is not TaskState.QUEUED:
             return None
-        return self._book(task.lane).queue.ordered().index(task)
+        return self._book(task.lane).queue.place(task_id)
 
     def eta(self, task_id: str, wait: ModelWait | None = None) -> float | None:
         """Estimated seconds until the task finishes, from the lane's mean run time, plus its
@@ -526,5 +530,8 @@ class Scheduler:
         if state is TaskState.SUCCEEDED:
             book.latencies.append(now - task.submitted_at)
         book.finished.append(task.id)
-        while len(book.finished) > book.policy.keep_finished:
+        # The oldest go first, but never one not yet reported: a pass that ends more tasks than
+        # keep_finished (a deadline over a long queue) would drop some before the caller reads
+        # them (a client never answered). Those stay, over the bound, until a later close.
+        while len(book.finished) > book.policy.keep_finished and not self._unreported(book.finished[0]):
             self._tasks.pop(book.finished.popleft(), None)
