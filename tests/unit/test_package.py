@@ -60,6 +60,20 @@ def test_stop_scanner_holds_back_partial_stop_strings() -> None:
     assert "".join(out) == "Hello world" and s.stopped
 
 
+def test_stop_scanner_stops_at_the_earliest_stop_whichever_is_listed_first() -> None:
+    for stops, pieces, answer in [
+        (("END", "\n"), ["a\nbEND"], "a"),
+        (("\n", "."), ["Done", ".\n more"], "Done"),
+        (("bc", "abcd"), ["xab", "cd"], "x"),  # "abcd" begins first, across pieces
+    ]:
+        out: list[str] = []
+        s = StopScanner(stops, out.append)
+        for piece in pieces:
+            s.feed(piece)
+        s.flush()
+        assert "".join(out) == answer and s.stopped, (stops, out)
+
+
 def test_stop_scanner_decodes_split_utf8() -> None:
     out: list[str] = []
     s = StopScanner((), out.append)

@@ -23,14 +23,16 @@ class StopScanner:
         if self.stopped or not text:
             return
         buf = self._held + text
-        for stop in self._stops:
-            at = buf.find(stop)
-            if at >= 0:
-                self._held = ""
-                self.stopped = True
-                if at:
-                    self._emit(buf[:at])
-                return
+        # The earliest stop in the text, whichever of the stops it is (OpenAI's rule): with
+        # ["END", "\n"] and "a\nbEND", the answer ends at the newline.
+        found = [at for at in (buf.find(stop) for stop in self._stops) if at >= 0]
+        if found:
+            at = min(found)
+            self._held = ""
+            self.stopped = True
+            if at:
+                self._emit(buf[:at])
+            return
         keep = 0
         for stop in self._stops:
             for n in range(min(len(stop) - 1, len(buf)), 0, -1):

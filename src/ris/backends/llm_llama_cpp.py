@@ -96,7 +96,9 @@ class LlamaCppLLM(LLMBackend):
             return None
 
         def special(tok: int) -> str:
-            return self._llm.detokenize([tok], special=True).decode("utf-8", "replace")
+            # -1: the GGUF has no such token (llama.cpp would throw across ctypes and end the
+            # worker on detokenize([-1]), as llama-cpp-python's own guard knows).
+            return "" if tok < 0 else self._llm.detokenize([tok], special=True).decode("utf-8", "replace")
 
         return Jinja2ChatFormatter(
             template=template,
@@ -132,8 +134,16 @@ class LlamaCppLLM(LLMBackend):
     def _tokens(self, req: LLMRequest) -> tuple[list[int], tuple[str, ...]]:
         prompt, template_stops = self._prompt(req)
         tokens: list[int] = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        bos = self._llm.token_bos()
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == bos:
+            # A chat template that writes {{ bos_token }} itself (Llama 3, Mistral, Gemma) on a
+            # vocab that adds one too: two BOS, a prompt the model never saw in training (and
+            # llama.cpp's own warning). One, as llama-cpp-python and llama-server give.
+            tokens = tokens[1:]
         if not tokens:  # an empty prompt, on a model that adds no BOS: start from BOS
-            tokens = [self._llm.token_bos()]
+            if bos < 0:
+                raise BackendError("invalid_request", "the prompt is empty and this model has no BOS token")
+            tokens = [bos]
         return tokens, template_stops
 
     def describe(self) -> ModelDetails:
