@@ -132,3 +132,23 @@ def test_new_prompts_share_one_chunk_per_step_while_a_stream_decodes(llm: LlamaC
 def test_the_largest_seed_is_a_seed_not_a_request_for_randomness(llm: LlamaCppLLM) -> None:
     top = story(5, temperature=1.0, seed=2**32 - 1)
     assert run_batch(llm, {"a": top})["a"][1] == run_batch(llm, {"b": top})["b"][1]
+
+
+def test_a_failed_decode_reports_the_sequences_that_ended_before_it(
+    llm: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sequence cancelled in the step whose decode then fails has already left its slot:
+    abort() no longer knows it, so the step's failure carries it (its task must still end)."""
+    import llama_cpp
+
+    from ris.lanes.llm import StepFailed
+
+    batch = llm.batch()
+    batch.add("gone", story(1), TextCollector(cancel_after=0))  # cancelled at the next step
+    batch.add("stays", story(2), TextCollector())
+    monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, b: 1)
+    with pytest.raises(StepFailed) as failed:
+        batch.step()
+    assert [key for key, _ in failed.value.ended] == ["gone"]
+    assert "llama_decode failed" in str(failed.value.cause)
+    assert batch.abort() == ["stays"]

@@ -6,7 +6,7 @@ any sequence prefills. The batch itself, on the real model: tests/backends/."""
 from __future__ import annotations
 
 from ris.lanes.base import BackendError
-from ris.lanes.llm import LLMBackend, LLMBatch, LLMOutcome, LLMRequest, LLMRunner, TextOutput
+from ris.lanes.llm import LLMBackend, LLMBatch, LLMOutcome, LLMRequest, LLMRunner, StepFailed, TextOutput
 from ris.preemption.policy import Activity
 
 from .fakes import Env
@@ -163,6 +163,57 @@ def test_a_failing_step_fails_its_batch_and_the_worker_serves_on() -> None:
     batch.fail_next = False
     runner.admit(backend, "c", LLMRequest(prompt="c", max_tokens=1), never)
     assert [k for _ in range(3) for k, _ in runner.step()] == ["c"]
+
+
+def test_a_step_that_fails_after_a_sequence_ended_reports_that_one_too() -> None:
+    """The batch dropped a cancelled sequence, then its decode failed: abort() knows only the
+    others, so the failure carries the cancelled one (StepFailed), and every task ends."""
+
+    class CancelThenFail(ScriptedBatch):
+        def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
+            del self.seqs["gone"]
+            raise StepFailed([("gone", LLMOutcome("cancelled", 1, 0))], RuntimeError("decode failed"))
+
+    batch, env = CancelThenFail(slots=2), Env()
+    runner, backend = LLMRunner(env.worker_env()), Batched(batch)
+    for key in ("gone", "stays"):
+        runner.admit(backend, key, LLMRequest(prompt=key, max_tokens=5), never)
+    ended = dict(runner.step())
+    assert isinstance(ended["gone"], LLMOutcome) and ended["gone"].finish_reason == "cancelled"
+    assert isinstance(ended["stays"], BackendError) and "decode failed" in ended["stays"].message
+
+
+def test_an_unloaded_backends_batch_is_let_go_and_a_new_one_gets_its_own() -> None:
+    """The model cache tells the runner of each unload (ModelCache.unloading): the batch, which
+    holds its backend, goes with it, and a reload of the model gets a batch of its own."""
+    from ris.config.schema import LaneConfig, ModelSpec
+    from ris.runtime.model_cache import ModelCache
+
+    env = Env()
+    runner = LLMRunner(env.worker_env())
+    built: list[Batched] = []
+
+    def construct(name: str) -> Batched:
+        built.append(Batched(ScriptedBatch(slots=1)))
+        return built[-1]
+
+    cache = ModelCache(
+        LaneConfig(default_model="m", models={"m": ModelSpec(backend="noop")}),
+        "cpu",
+        None,
+        construct,
+        lambda _: None,
+    )
+    cache.unloading.append(runner.forget)
+    first = cache.get("m", announce=False)
+    assert isinstance(first, Batched)
+    assert runner.run(first, "a", LLMRequest(prompt="a", max_tokens=1), never).finish_reason == "length"
+    cache.unload("m", "expired")
+    assert runner._batches == {}  # noqa: SLF001 - what would keep the backend
+    second = cache.get("m", announce=False)
+    assert isinstance(second, Batched)
+    assert runner.run(second, "b", LLMRequest(prompt="b", max_tokens=1), never).finish_reason == "length"
+    assert [id(b) for b in runner._batches.values()] == [id(built[1].batch())]  # noqa: SLF001
 
 
 def test_a_single_stream_backend_runs_alone_after_the_batch() -> None:

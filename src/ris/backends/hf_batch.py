@@ -26,7 +26,7 @@ from typing import Any
 
 from ris.backends import BackendError
 from ris.backends._textgen import StopScanner
-from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, StepFailed, TextOutput
 from ris.memory.footprint import HF_PAGE_TOKENS, hf_kv_bytes_per_token, hf_kv_cache_tokens
 
 # How long a step waits for the engine's next tokens before handing control back to the
@@ -188,14 +188,26 @@ class TransformersBatch(LLMBatch):
         self._seqs[rid] = _Sequence(key, req, out, StopScanner(req.stop, out.emit), len(ids))
 
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
-        ended: list[tuple[str, LLMOutcome | BackendError]] = list(self._early.items())
+        ended: list[tuple[str, LLMOutcome | BackendError]] = []
+        try:
+            self._step(ended)
+        except MemoryError:
+            raise
+        except Exception as e:
+            if ended:  # those already ended in this step are reported with the failure
+                raise StepFailed(ended, e) from e
+            raise
+        return ended
+
+    def _step(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
+        ended.extend(self._early.items())
         self._early.clear()
         for rid, seq in list(self._seqs.items()):
             if seq.out.cancelled():
                 seq.finish = "cancelled"
                 ended.append(self._end(rid))
         if not self._seqs:
-            return ended
+            return
         for output in self._outputs():
             rid = output.request_id
             found = self._seqs.get(rid)
@@ -220,7 +232,6 @@ class TransformersBatch(LLMBatch):
             failure = BackendError("backend_error", f"the transformers engine stopped ({error})")
             ended.extend((seq.key, failure) for seq in self._seqs.values())
             self._seqs.clear()
-        return ended
 
     def abort(self) -> list[str]:
         keys = list(self._early)

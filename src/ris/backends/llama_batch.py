@@ -38,7 +38,7 @@ from ris.backends import BackendError
 from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
 from ris.backends.thread_choice import ThreadChoice
-from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, StepFailed, TextOutput
 from ris.memory.footprint import GGML_TYPE_NAMES, kv_bytes_per_token
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
@@ -200,6 +200,17 @@ class LlamaBatch(LLMBatch):
         """One decode of every running sequence; returns the sequences that ended, and those
         that failed alone (a grammar with no way on) with their error."""
         ended: list[tuple[str, LLMOutcome | BackendError]] = []
+        try:
+            self._step(ended)
+        except MemoryError:
+            raise
+        except Exception as e:
+            if ended:
+                raise StepFailed(ended, e) from e
+            raise
+        return ended
+
+    def _step(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
         ended.extend(self._drop_cancelled())
         self._take_resampled(ended)
         work = self._fill_batch()
@@ -228,7 +239,6 @@ class LlamaBatch(LLMBatch):
             seq = slot.seq
             if seq is not None and seq.finish is not None:
                 ended.append(self._end(slot))
-        return ended
 
     def abort(self) -> list[str]:
         """Forget every sequence (after a failed step); their KV is dropped."""

@@ -227,6 +227,9 @@ class ConcurrentRunner(LaneRunner[BackendT, RequestT, OutcomeT]):
     def busy(self) -> bool:
         """Holds a task (the worker then steps instead of waiting for messages)."""
 
+    def forget(self, backend: BackendT) -> None:  # noqa: B027 - optional: most keep nothing
+        """`backend` is being unloaded (it holds no task): drop what was kept of it."""
+
     def run(
         self, backend: BackendT, task_id: str, request: RequestT, cancelled: Callable[[], bool]
     ) -> OutcomeT:

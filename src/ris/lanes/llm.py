@@ -230,6 +230,17 @@ class TextCollector(TextOutput):
         return self._cancel_after is not None and len(self.pieces) >= self._cancel_after
 
 
+class StepFailed(Exception):
+    """A batch's whole step failed (a decode, a library error) after some of its sequences had
+    already ended in it (cancelled, failed alone): those are reported with the failure, not
+    lost (their tasks would never end, their model never be idle)."""
+
+    def __init__(self, ended: list[tuple[str, LLMOutcome | BackendError]], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.ended = ended
+        self.cause = cause
+
+
 class LLMBatch(ABC):
     """Several generations advanced together, one decode step at a time (continuous batching).
     Each sequence streams to its own output and keeps its own sampling, stops and limits."""
@@ -255,7 +266,8 @@ class LLMBatch(ABC):
     @abstractmethod
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
         """One decode of every sequence; those that ended (done, stopped or cancelled), and
-        those that failed on their own (the others run on); raises when the whole step failed."""
+        those that failed on their own (the others run on); raises when the whole step failed
+        (StepFailed with what had ended before, or any exception when nothing had)."""
 
     @abstractmethod
     def abort(self) -> list[str]:
@@ -385,6 +397,9 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         for batch in running:
             try:
                 ended.extend(batch.step())
+            except StepFailed as failed:
+                ended.extend(failed.ended)
+                ended.extend((key, _as_backend_error(failed.cause)) for key in batch.abort())
             except MemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - the batch's tasks fail; the worker serves on
@@ -450,6 +465,12 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             if not self._waiting:  # with the next task waiting the lane stays busy meanwhile
                 self.env.publish(Activity.IDLE)
             self._phase = Activity.IDLE
+
+    def forget(self, backend: LLMBackend) -> None:
+        # Its batch held the backend (a bound method of it): kept, every reload of a model
+        # (keep_alive 0, an eviction) left one more backend behind, and a later backend could
+        # not take its id.
+        self._batches.pop(id(backend), None)
 
     def _batch(self, backend: LLMBackend) -> LLMBatch | None:
         if id(backend) not in self._batches:

@@ -50,6 +50,9 @@ class ModelCache:
         self._construct = construct
         self._send = send
         self.models: dict[str, Any] = {}
+        # Told of each backend as it is unloaded, before it closes: whoever kept something of
+        # it (the LLM runner its batch) lets go, so the backend goes with its last reference.
+        self.unloading: list[Callable[[Any], None]] = []
         # A GPU lane's models live on its card: they are counted against its GPU budget there
         # (the RAM they also take while loading is the worker's ceiling's business).
         self._gpu_budget = gpu_budget_bytes if device.startswith("cuda") else None
@@ -163,6 +166,8 @@ class ModelCache:
         self.residency.unloaded(name)
         if backend is None:
             return
+        for forget in self.unloading:
+            forget(backend)
         backend.close()
         del backend
         gc.collect()  # the library's buffers go with the last reference, now rather than later

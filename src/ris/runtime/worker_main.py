@@ -276,6 +276,7 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     runner = kind.runner(env)
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
+        cache.unloading.append(runner.forget)
         # The lane is idle again once nothing runs or waits, even where its last task ended
         # before the runner published anything (a refused request, a failed load) after the
         # runner's own idle mark was held back for it: a lender's busy mark on arrival too.
