@@ -20,7 +20,7 @@ import os
 import queue
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +58,9 @@ class TransformersBatch(LLMBatch):
     def __init__(
         self,
         model: Any,  # a transformers causal LM (ContinuousMixin)
-        tokenize: Callable[[LLMRequest], list[int]],
+        tokenize: Callable[[LLMRequest], tuple[list[int], tuple[str, ...]]],
         decode: Callable[[list[int]], str],
-        eos_token_id: int | None,
+        eos_token_ids: Sequence[int],
         parallel: int,
         n_ctx: int,
         kv_cache_tokens: int | None = None,
@@ -72,7 +72,9 @@ class TransformersBatch(LLMBatch):
         self._model = model
         self._tokenize = tokenize
         self._decode = decode
-        self._eos = eos_token_id
+        # Every id that ends an answer: a model's generation config often lists several
+        # (Qwen2.5-Instruct <|im_end|> and <|endoftext|>, Llama 3.1 three), its tokenizer one.
+        self._eos = frozenset(eos_token_ids)
         self.parallel = parallel
         on_gpu = model.device.type == "cuda"
         self.kv_cache_tokens = hf_kv_cache_tokens(parallel, n_ctx, kv_cache_tokens)
@@ -99,7 +101,7 @@ class TransformersBatch(LLMBatch):
         self._gen_config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=False,
             max_new_tokens=self.n_ctx,
-            eos_token_id=-1 if eos_token_id is None else eos_token_id,
+            eos_token_id=sorted(self._eos) or -1,
         )
         self.kv_cache_bytes = self.kv_cache_tokens * _kv_bytes_per_token(model)
         self._engine = self._start_engine()
@@ -163,7 +165,7 @@ class TransformersBatch(LLMBatch):
             print(f"transformers engine stopped ({error}); starting a new one", file=sys.stderr)
             self._engine.destroy()
             self._engine = self._start_engine()
-        ids = self._tokenize(req)
+        ids, template_stops = self._tokenize(req)
         if len(ids) >= self.n_ctx:
             raise BackendError(
                 "context_length_exceeded",
@@ -178,14 +180,14 @@ class TransformersBatch(LLMBatch):
             request_id=rid,
             max_new_tokens=max(1, min(req.max_tokens, self.n_ctx - len(ids))),
             streaming=True,
-            eos_token_id=-1 if req.ignore_eos or self._eos is None else self._eos,
+            eos_token_id=-1 if req.ignore_eos or not self._eos else sorted(self._eos),
             temperature=float(req.temperature),
             top_p=float(req.top_p),
             seed=int(seed) & 0xFFFFFFFF,
         )
         if added is None:
             raise BackendError("backend_error", "the transformers engine is not accepting requests")
-        self._seqs[rid] = _Sequence(key, req, out, StopScanner(req.stop, out.emit), len(ids))
+        self._seqs[rid] = _Sequence(key, req, out, StopScanner(req.stop + template_stops, out.emit), len(ids))
 
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
         ended: list[tuple[str, LLMOutcome | BackendError]] = []
@@ -278,7 +280,7 @@ class TransformersBatch(LLMBatch):
         if fresh:
             seq.out.prefill_done()
         for tok in fresh:
-            if tok == self._eos and not seq.req.ignore_eos:
+            if tok in self._eos and not seq.req.ignore_eos:
                 seq.finish = "stop"
                 return
             seq.generated.append(tok)

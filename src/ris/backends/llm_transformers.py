@@ -67,7 +67,7 @@ class ByteTokenizer:
     eos_token_id = 0
     has_template = True
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, special: bool = False) -> list[int]:
         return [b + 1 for b in text.encode("utf-8")]
 
     def decode(self, ids: list[int]) -> str:
@@ -85,14 +85,23 @@ class HFTokenizer:
         self.eos_token_id = self._tok.eos_token_id
         self.has_template = bool(getattr(self._tok, "chat_template", None))
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False))
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        """`special`: the tokenizer's own BOS (and such) around it, as for a raw completion; a
+        chat template writes its own."""
+        return list(self._tok.encode(text, add_special_tokens=special))
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def end_ids(model_eos: int | list[int] | None, tokenizer_eos: int | None) -> tuple[int, ...]:
+    """Every token that ends an answer: the model's generation config (one id or a list) and
+    its tokenizer's end token, as transformers' own generate stops on any of them."""
+    ids = model_eos if isinstance(model_eos, (list, tuple)) else [model_eos]
+    return tuple(sorted({int(i) for i in (*ids, tokenizer_eos) if i is not None and int(i) >= 0}))
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
@@ -145,7 +154,7 @@ class TransformersLLM(LLMBackend):
             self._model,
             self._tokens,
             self._tok.decode,
-            self._tok.eos_token_id,
+            end_ids(getattr(self._model.generation_config, "eos_token_id", None), self._tok.eos_token_id),
             parallel=ctx.parallel,
             n_ctx=self._max_ctx,
             kv_cache_tokens=kv_tokens,
@@ -154,14 +163,20 @@ class TransformersLLM(LLMBackend):
         )
         self.context_tokens = self._max_ctx = self._batch.n_ctx
 
-    def _tokens(self, req: LLMRequest) -> list[int]:
+    def _tokens(self, req: LLMRequest) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt's tokens, and the stops its form adds (a fallback chat's next turn)."""
         turns = req.chat_turns()
         if turns is not None and (req.messages is not None or self._tok.has_template):
             # Past tool calls and tool answers as plain turns (the fallback's text form).
-            prompt = self._tok.chat_prompt(fallback_turns([as_message(t) for t in turns], ()))
-        else:
-            prompt = req.plain_prompt()
-        return self._tok.encode(prompt) or [self._tok.eos_token_id or 0]
+            plain = fallback_turns([as_message(t) for t in turns], ())
+            if self._tok.has_template:
+                ids = self._tok.encode(self._tok.chat_prompt(plain))
+                return ids or [self._tok.eos_token_id or 0], ()
+            # No chat template (a base model): the turns as text, as the llama.cpp lane does.
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant:"
+            return self._tok.encode(text, special=True) or [self._tok.eos_token_id or 0], ("\nuser:",)
+        # A raw completion: with the tokenizer's BOS, as the model was trained (Gemma, Llama).
+        return self._tok.encode(req.plain_prompt(), special=True) or [self._tok.eos_token_id or 0], ()
 
     def describe(self) -> ModelDetails:
         return ModelDetails(context_tokens=self.context_tokens, kv_cache_bytes=self._batch.kv_cache_bytes)
