@@ -40,6 +40,18 @@ def _load(args: argparse.Namespace) -> Config:
     return _with_overrides(cfg, args)
 
 
+def _port(text: str) -> int:
+    """--port as a TCP port: model_copy would take 70000 unchecked (uvloop then listens on
+    70000 mod 65536 without a word; asyncio fails with a traceback)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0 to 65535; 0: any free one)")
+    return port
+
+
 def _with_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     """--host, --port and --data-dir laid over a config."""
     server = cfg.server.model_copy(
@@ -59,6 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_lock.acquire(cfg.data_dir, cfg.server.port)
     except data_lock.DataFolderInUse as e:
         print(f"ris serve: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a folder that cannot be made or written (a path under /proc, no rights)
+        print(
+            f"ris serve: cannot use the data folder {str(cfg.data_dir)!r}: {e.strerror or e}", file=sys.stderr
+        )
         return 1
     try:
         return _serve(args, cfg)
@@ -327,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--config", help="config.json (default: $RIS_CONFIG, else built from this machine)")
         sp.add_argument("--host", help="override server.host")
-        sp.add_argument("--port", type=int, help="override server.port")
+        sp.add_argument("--port", type=_port, help="override server.port (0: any free port)")
         sp.add_argument("--data-dir", help="override data_dir")
         sp.add_argument(
             "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

@@ -111,6 +111,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise PullError("config_error", f"cannot read config file {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PullError("config_error", f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise PullError("config_error", f"{path}: not valid JSON at line {e.lineno}: {e.msg}") from None
     if not isinstance(data, dict):

@@ -105,3 +105,16 @@ def test_pyttsx3_starts_where_the_data_folder_does_not_exist_yet(tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert folder.is_dir()
+
+
+def test_a_pulled_piper_voice_answers_to_its_locale_and_language() -> None:
+    """Piper names voices by locale (zh_CN-huayan-medium); its espeak voice is often no locale
+    ("cmn"), so a request for zh-CN never reached a pulled Chinese voice."""
+    from ris.backends.tts_piper import voice_tags
+    from ris.lanes.tts import speaks
+
+    zh = voice_tags("cmn", "zh_CN-huayan-medium")
+    assert zh[0] == "zh_CN-huayan-medium" and all(speaks(zh, v) for v in ("zh-CN", "zh", "huayan", "cmn"))
+    de = voice_tags("de", "de_DE-thorsten-medium")
+    assert speaks(de, "de-DE") and speaks(de, "de") and not speaks(de, "en")
+    assert voice_tags("en-us", "en_US-joe-medium") == ("en_US-joe-medium", "en", "en-US", "en-us", "joe")

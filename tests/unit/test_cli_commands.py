@@ -44,3 +44,23 @@ def test_output_into_a_pipe_whose_reader_left_ends_quietly() -> None:
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (1, "")
+
+
+def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_path: object) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    utf16 = folder / "config.json"
+    utf16.write_text('{"server": {"port": 8080}}', encoding="utf-16")  # PowerShell 5.1's `>`
+    not_a_dir = folder / "a-file"
+    not_a_dir.write_text("x")
+    for args, code, said in [
+        (("serve", "--port", "70000"), 2, "70000 is not a TCP port"),
+        (("config", "--port", "-1"), 2, "-1 is not a TCP port"),
+        (("config", "--config", str(utf16)), 2, "not UTF-8 text"),  # a config error: 2
+        (("pull", "qwen2.5", "--config", str(utf16)), 1, "not UTF-8 text"),
+        (("serve", "--data-dir", str(not_a_dir / "data")), 1, "cannot use the data folder"),
+    ]:
+        done = ris(*args)
+        assert done.returncode == code and said in done.stderr, (args, done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr, args

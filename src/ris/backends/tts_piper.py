@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import onnxruntime
@@ -38,6 +39,22 @@ def _session(model_path: Path, threads: int, spin: bool) -> onnxruntime.Inferenc
     )
 
 
+def voice_tags(espeak_voice: str, name: str) -> tuple[str, ...]:
+    """A Piper voice's name first (e.g. "zh_CN-huayan-medium"), then what else it answers to:
+    its speaker ("huayan"), its locale from the file name as Piper names voices ("zh-CN") and
+    that locale's language ("zh"), and its espeak voice ("cmn", "en-us"). The espeak voice
+    alone is no locale for many ("cmn" for Mandarin, "de" for de_DE): a request for "zh-CN"
+    never reached a pulled Chinese voice."""
+    tags = {espeak_voice, espeak_voice.split("-")[0]}
+    locale, _, rest = name.partition("-")
+    if rest:
+        tags.add(rest.split("-")[0])  # the speaker
+    if re.fullmatch(r"[a-z]{2,3}_[A-Z]{2}", locale):
+        language, region = locale.split("_")
+        tags |= {f"{language}-{region}", language}
+    return (name, *sorted(tags - {name}))
+
+
 class PiperTTS(TTSBackend):
     uses_threads = True
 
@@ -51,12 +68,7 @@ class PiperTTS(TTSBackend):
         # By thread count: the lane's own, and one per count it has run with on lent cores.
         self._voices = {ctx.threads: self._voice}
         self.sample_rate = int(config.sample_rate)
-        lang = str(config.espeak_voice)  # e.g. "en-us"
-        name = model_path.name.removesuffix(".onnx")  # e.g. "en_US-joe-medium"
-        tags = {lang, lang.split("-")[0], name, name.split("-")[1] if "-" in name else name}
-        if lang.lower() == "en-us":
-            tags |= {"en-US", "en"}
-        self.voices = (name, *sorted(tags - {name}))
+        self.voices = voice_tags(str(config.espeak_voice), model_path.name.removesuffix(".onnx"))
 
     def set_threads(self, threads: int) -> None:
         """onnxruntime sizes a session's pool once: a session per thread count, made the first

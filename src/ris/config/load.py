@@ -40,6 +40,8 @@ def load_config(
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # e.g. UTF-16, as Windows PowerShell 5.1's `>` writes
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
