@@ -23,13 +23,17 @@ class SentenceSplitter:
         # Latin sentences shorter than this are joined to the next ("Mr. Smith", "1. First").
         self.min_chars = min_chars
         self._buf = ""
+        # Where the next feed resumes in _buf: everything before it was decided already (a scan
+        # from the start each time was quadratic in a long sentence, on the event loop).
+        self._scan = 0
 
     def feed(self, text: str) -> list[str]:
         """Add text; return the sentences it completed, in order."""
         self._buf += text
         out: list[str] = []
         start = 0
-        i = 0
+        i = self._scan
+        redo: int | None = None
         buf = self._buf
         while i < len(buf):
             ch = buf[i]
@@ -52,15 +56,20 @@ class SentenceSplitter:
                 if piece and (len(piece) >= self.min_chars or ch in _CJK_ENDERS):
                     out.append(piece)
                     start = end
+                elif end == len(buf):
+                    redo = i  # kept, and closers may still follow it: decided again next time
                 i = end
                 continue
             i += 1
         self._buf = buf[start:]
+        # A Latin ender at the end is looked at again, with what follows; so is a kept one
+        # whose closing quotes ran to the end.
+        self._scan = (i if redo is None else redo) - start
         return out
 
     def flush(self) -> str | None:
         """The unfinished rest, once the text has ended."""
-        rest, self._buf = self._buf.strip(), ""
+        rest, self._buf, self._scan = self._buf.strip(), "", 0
         return rest or None
 
 

@@ -74,3 +74,28 @@ def test_speech_chunks_keep_sentences_and_prefer_clauses() -> None:
     assert speech_chunks("Hi. How are you? Fine", 200) == ["Hi.", "How are you?", "Fine"]
     long = "alpha beta gamma, " * 20
     assert all(c.endswith(",") for c in speech_chunks(long, 60)[:-1])
+
+
+class Rescanning(SentenceSplitter):
+    """The splitter as it was: every feed scans its whole buffer from the start again."""
+
+    def feed(self, text: str) -> list[str]:
+        self._scan = 0
+        return super().feed(text)
+
+
+def test_resuming_where_it_stopped_cuts_as_a_scan_from_the_start_does() -> None:
+    """A rescan from the start on every token was quadratic in a long sentence (16,200
+    characters fed 4 at a time: 3.9 s of the event loop's CPU); resuming must change no cut."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = ["a", "b", " ", ".", "!", "?", ";", "\n", "。", "”", ")", "Mr", "e.g", "3.14", "你"]
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(1, 12))))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        got, want = SentenceSplitter(min_chars=4), Rescanning(min_chars=4)
+        for piece in pieces:
+            assert got.feed(piece) == want.feed(piece), (text, pieces)
+        assert got.flush() == want.flush(), (text, pieces)
