@@ -140,6 +140,25 @@ def test_bad_image_requests(server: Server, body: dict[str, Any], status: int, n
     assert needle in r.json()["error"]["message"]
 
 
+def test_what_a_request_asks_and_will_not_get_is_said_in_its_warnings(server: Server) -> None:
+    """A negative prompt at guidance <= 1 does nothing (diffusers' classifier-free guidance runs
+    above 1 only), and use_turbo with a named model is not applied: both said, not dropped."""
+    small = {"prompt": "x", "width": 64, "height": 64, "steps": 1}
+    cases = [
+        ({**small, "negative_prompt": "blur", "guidance": 1.0}, ["negative_prompt: unused at guidance 1"]),
+        ({**small, "negative_prompt": "blur"}, []),  # tiny-sd's default guidance, 5: used
+        ({**small, "model": "tiny-sd", "use_turbo": True}, ["use_turbo: ignored"]),
+    ]
+    for body, said in cases:
+        r = httpx.post(f"{server.url}/api/image/generate", json=body, timeout=10)
+        assert r.status_code == 202, r.text
+        warnings = r.json()["warnings"]
+        assert len(warnings) == len(said) and all(
+            w.startswith(s) for w, s in zip(warnings, said, strict=True)
+        ), r.text
+        httpx.post(f"{server.url}/api/image/cancel/{r.json()['task_id']}", timeout=10)
+
+
 def test_unknown_image_task(server: Server) -> None:
     for path in ("progress", "result"):
         r = httpx.get(f"{server.url}/api/image/{path}/{'a' * 32}", timeout=10)

@@ -119,6 +119,11 @@ def test_the_native_route_answers_in_the_type_accept_names(server: Server) -> No
         f"{server.url}/api/tts/synthesize", json={"text": "Hi.", "format": "flac"}, timeout=120
     ).json()
     assert as_json["audio_url"].endswith("?format=flac")
+    # The rate said is the rate of the audio audio_url serves: opus is 24 kHz (it was the voice's).
+    opus = httpx.post(
+        f"{server.url}/api/tts/synthesize", json={"text": "Hi.", "format": "opus"}, timeout=120
+    ).json()
+    assert opus["sample_rate"] == 24000 and as_json["sample_rate"] == RATE
 
 
 def test_the_sdk_saves_speech_in_the_format_asked(client: Client, tmp_path: Path) -> None:

@@ -186,8 +186,11 @@ class DiffusersImage(ImageBackend):
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         generator = torch.Generator(device=self._device).manual_seed(seed)
 
-        def step_end(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            run.step(i + 1, steps)
+        def step_end(pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            # Some schedulers run more timesteps than steps asked (SD 1.5's PNDM: 26 for 25):
+            # counted on the asked steps, reaching them only at the last timestep.
+            timesteps = max(int(getattr(pipe, "num_timesteps", 0) or 0), steps)
+            run.step((i + 1) * steps // timesteps, steps)
             run.checkpoint("step")  # also the last stop before the VAE decode
             return kwargs
 

@@ -39,12 +39,15 @@ def _pick_model(engine: Engine, body: ImageGenerateRequest) -> tuple[str, ImageR
     req = ImageRequest(**body.model_dump(include=REQUEST_FIELDS))
     cfg = engine.config.lane(Lane.IMAGE)
     if body.model is not None:
-        return resolve_model(engine, Lane.IMAGE, body.model), req, []
+        model = resolve_model(engine, Lane.IMAGE, body.model)
+        notes = [f"use_turbo: ignored, the request names its model ({model!r})"] if body.use_turbo else []
+        return model, req, notes + _unused_negative(engine, model, req)
     if not body.use_turbo:
-        return resolve_model(engine, Lane.IMAGE, None), req, []
+        model = resolve_model(engine, Lane.IMAGE, None)
+        return model, req, _unused_negative(engine, model, req)
     turbo = [name for name, spec in cfg.models.items() if spec.options.get("turbo")]
     if turbo:
-        return turbo[0], req, []
+        return turbo[0], req, _unused_negative(engine, turbo[0], req)
     model = resolve_model(engine, Lane.IMAGE, None)
     steps = req.steps or TURBO_STEPS
     guidance = TURBO_GUIDANCE if req.guidance is None else req.guidance
@@ -53,7 +56,24 @@ def _pick_model(engine: Engine, body: ImageGenerateRequest) -> tuple[str, ImageR
         f"({steps} steps, guidance {guidance}); for a real turbo model run `ris pull sd-turbo` "
         "(or sdxl-turbo) and restart the server"
     )
-    return model, dataclasses.replace(req, steps=steps, guidance=guidance), [note]
+    req = dataclasses.replace(req, steps=steps, guidance=guidance)
+    return model, req, [note, *_unused_negative(engine, model, req)]
+
+
+def _unused_negative(engine: Engine, model: str, req: ImageRequest) -> list[str]:
+    """A negative prompt works through classifier-free guidance, which diffusers runs only with
+    guidance above 1: a turbo model's 0 (its default) or any guidance <= 1 leaves it unused."""
+    if not req.negative_prompt:
+        return []
+    spec = engine.config.lane(Lane.IMAGE).models[model]
+    default = spec.options.get("default_guidance", 0.0 if spec.options.get("turbo") else 7.5)
+    guidance = float(default if req.guidance is None else req.guidance)
+    if guidance > 1.0:
+        return []
+    return [
+        f"negative_prompt: unused at guidance {guidance:g} ({model!r}); it takes guidance above 1 "
+        "(classifier-free guidance), which a turbo model is not made for"
+    ]
 
 
 def check_size(engine: Engine, width: int, height: int, steps: int | None) -> None:

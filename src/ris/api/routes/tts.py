@@ -87,7 +87,8 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
             "task_id": view.id,
             "model": r.model,
             "voice": r.voice,
-            "sample_rate": r.sample_rate,
+            # The rate of the audio audio_url serves: opus is 24 kHz whatever the voice's.
+            "sample_rate": stream_rate(body.format or "wav", r.sample_rate),
             "duration_s": r.duration_s,
             "audio_url": audio_url(view.id, body.format),
             "timings": timings_json(r.timings),
