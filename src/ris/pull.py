@@ -96,7 +96,8 @@ def pull(
         if report is not None:
             report(0)
         _download(entry, f, commit, folder, endpoint, token, report)
-        _verify(folder / f.path, f)
+        if not _verify(folder / f.path, f):
+            log(f"{f.path}: not verified, the hub gave no checksum for it (a mirror without file metadata)")
         if progress is not None:
             progress(f, (folder / f.path).stat().st_size)
     spec = _config_entry(entry, folder)
@@ -219,14 +220,15 @@ def _reporting_bar(report: Callable[[int], None]) -> Any:
     return ReportingBar
 
 
-def _verify(path: Path, f: RemoteFile) -> None:
-    """The file on disk is the one the hub records, or it is deleted and the pull fails."""
+def _verify(path: Path, f: RemoteFile) -> bool:
+    """The file on disk is the one the hub records, or it is deleted and the pull fails. False:
+    nothing to compare it with (said by the caller, never passed over in silence)."""
     if f.sha256 is not None:
         kind, want, got = "sha256", f.sha256, file_sha256(path)
     elif f.blob_id is not None:
         kind, want, got = "git blob id", f.blob_id, git_blob_id(path)
     else:
-        return  # the hub gave no checksum (a mirror without file metadata): nothing to compare
+        return False  # the hub gave no checksum (a mirror without file metadata)
     if got != want:
         _forget(path)
         raise PullError(
@@ -234,6 +236,7 @@ def _verify(path: Path, f: RemoteFile) -> None:
             f"{f.path}: {kind} {got} does not match the hub's {want}; the file was deleted "
             "(a corrupted download or a mirror serving other content): run the same command to retry",
         )
+    return True
 
 
 def _forget(path: Path) -> None:

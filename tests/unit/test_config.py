@@ -173,6 +173,15 @@ def test_relative_data_dir_is_relative_to_the_file(tmp_path: Path) -> None:
     assert load_config(p, TWO_CORES).data_dir == tmp_path / "data"
 
 
+def test_a_data_dir_under_home_is_under_home_as_ris_pull_reads_it(tmp_path: Path) -> None:
+    from ris.pull import _data_dir
+
+    p = tmp_path / "config.json"
+    data = {**base(), "data_dir": "~/ris-data-x"}
+    p.write_text(json.dumps(data))
+    assert load_config(p, TWO_CORES).data_dir == Path.home() / "ris-data-x" == _data_dir(data, p)
+
+
 def test_default_on_two_cpu_cores_gives_disjoint_realtime_cores() -> None:
     cfg = default_config(TWO_CORES)
     llm, tts, image = (cfg.lane(x) for x in Lane)

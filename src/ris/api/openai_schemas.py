@@ -21,6 +21,7 @@ from ris.api.limits import (
     RequestBody,
     refuse_surrogates,
 )
+from ris.api.schemas import SPEED_NOTE
 from ris.services.speech_encoding import SpeechFormat
 
 
@@ -147,7 +148,7 @@ class SpeechRequest(_OpenAIBody):
     model: str
     input: str = Field(min_length=1)
     voice: str
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     response_format: SpeechFormat = Field(
         default="mp3", description="the audio's format; OpenAI's default, mp3, when absent"
     )

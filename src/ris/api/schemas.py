@@ -23,6 +23,10 @@ from ris.api.limits import (
 from ris.runtime.views import TaskView
 from ris.services.speech_encoding import SpeechFormat
 
+# espeak-ng speaks 80 to 450 words a minute (175 at speed 1): past 0.46 and 2.57 its own limits
+# hold; Piper takes the whole range.
+SPEED_NOTE = "speech rate, 1 = the voice's own; espeak-ng: 0.46 to 2.57 (its limits), Piper: all"
+
 
 class _Body(RequestBody):
     model_config = ConfigDict(extra="forbid")
@@ -100,7 +104,7 @@ class LLMGenerateResponse(BaseModel):
 class TTSSynthesizeRequest(_Body):
     text: str = Field(min_length=1, description="text to speak")
     voice: str | None = Field(default=None, description="e.g. en-US, zh-CN, or a model's voice")
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
     priority: int = Field(default=0, ge=-10, le=10)
     timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
@@ -200,7 +204,7 @@ TASK_VIEW_SPECIAL = frozenset({"id", "error_code", "error_message", "result"})
 
 class SpeakRequest(LLMFields):
     voice: str | None = Field(default=None, description="e.g. en-US, zh-CN")
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     tts_model: str | None = None
     audio_format: Literal["wav", "pcm"] = "wav"
     stream_format: Literal["audio", "events"] = "audio"

@@ -50,9 +50,14 @@ def load_config(
         given = data.get("cluster")
         data = {**data, "cluster": {**(given if isinstance(given, dict) else {}), **cluster}}
     cfg = parse_config(data, machine)
-    if not cfg.data_dir.is_absolute():
-        # A relative data folder is relative to the config file, not to wherever ris was started.
-        cfg = cfg.model_copy(update={"data_dir": (p.parent / cfg.data_dir).resolve()})
+    # "~" is the user's home, as `ris pull` reads it too (it put the models there while the
+    # server used a folder named "~"); a relative data folder is relative to the config file,
+    # not to wherever ris was started.
+    data_dir = cfg.data_dir.expanduser()
+    if not data_dir.is_absolute():
+        data_dir = (p.parent / data_dir).resolve()
+    if data_dir != cfg.data_dir:
+        cfg = cfg.model_copy(update={"data_dir": data_dir})
     return cfg
 
 
