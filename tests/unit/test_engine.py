@@ -553,3 +553,20 @@ async def test_a_result_that_cannot_be_counted_still_answers_its_client(
         llm.deliver(m.TaskDone(handle.task_id, LLMOutcome("stop", 1, 0)))
         view = await handle.done
         assert view.state == "succeeded"
+
+
+@run
+async def test_an_image_running_through_graceful_restarts_is_not_failed_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    """Attempts count runs a crash may have cut (MAX_ATTEMPTS 2); a graceful stop is none: an
+    image running through three restarts still runs after them."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        long = eng.submit(IMAGE, "i", ImageRequest(prompt="a long one"))
+        assert eng.lookup(long.task_id).state == "running"  # type: ignore[union-attr]
+    for _ in range(3):
+        async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
+            assert again.lookup(long.task_id).state == "queued"  # type: ignore[union-attr]
+            workers[Lane.IMAGE].ready()
+            assert [r.task_id for r in workers[Lane.IMAGE].runs] == [long.task_id]

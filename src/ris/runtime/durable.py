@@ -52,6 +52,13 @@ class DurableTasks:
         if self.durable(task.lane):
             self.store.mark_running(task.id, self._wall())
 
+    def set_aside(self, task: Task) -> None:
+        """A task still running when the server stops on purpose: it runs again at the next
+        start, its attempt not counted (two restarts during one long image failed it
+        'interrupted', as if it had crashed the server twice)."""
+        if self.durable(task.lane):
+            self.store.set_aside(task.id)
+
     def finished(self, task: Task) -> Future[None] | None:
         """Record a task's end, on the store's writer thread; the future says when it is on
         disk (None: nothing to record, a lane that keeps neither tasks nor files)."""

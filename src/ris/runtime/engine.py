@@ -126,6 +126,7 @@ class Engine:
         # Before anything reads the store: a second server on this folder must touch nothing.
         data_lock.acquire(data, self.config.server.port)
         self._holds_data = True
+        self._stopping = False
         try:
             await self._start(data)
         except BaseException:
@@ -201,6 +202,9 @@ class Engine:
             if task.id in self._handles and not self.kinds[task.lane].durable and task.state.finished:
                 self._settle(task.id)
         if self.durable is not None:
+            for task in self._scheduler.tasks():
+                if task.state is TaskState.RUNNING:
+                    self.durable.set_aside(task)  # cut by this stop, not by a crash
             await asyncio.to_thread(self.durable.close)  # the queued writes reach the disk first
         if self._holds_data:
             data_lock.release(Path(self.config.data_dir))

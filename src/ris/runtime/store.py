@@ -139,6 +139,15 @@ class TaskStore:
     def requeue(self, task_id: str) -> Future[None]:
         return self._write("UPDATE tasks SET state='queued', started_at=NULL WHERE id=?", (task_id,))
 
+    def set_aside(self, task_id: str) -> Future[None]:
+        """A running task the server stopped on purpose: queued again, its attempt not counted
+        (attempts count the runs a crash may have cut, which a shutdown is not)."""
+        return self._write(
+            "UPDATE tasks SET state='queued', started_at=NULL, attempts=MAX(attempts-1, 0) "
+            "WHERE id=? AND state='running'",
+            (task_id,),
+        )
+
     def finish(
         self,
         task_id: str,
