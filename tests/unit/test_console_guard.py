@@ -34,6 +34,16 @@ def test_the_login_cookie_is_a_key() -> None:
     assert answer("/api/stats", ("cookie", "ris_key"))[0] == 401  # unreadable: no key
 
 
+def test_another_apps_unparsable_cookie_does_not_hide_the_key() -> None:
+    """A browser sends every cookie of the host (any app on localhost): one that Python's
+    http.cookies cannot parse made it drop the whole header, and the console looped to its
+    login form."""
+    key = f"{KEY_COOKIE}={quote(KEY, safe='')}"
+    for header in (f'foo={{"a": 1}}; {key}', f"a=b c; {key}", f"{key}; a=b c", f'q="unterminated; {key}'):
+        assert answer("/api/stats", ("cookie", header))[0] == 200, header
+    assert answer("/api/stats", ("cookie", f'{KEY_COOKIE}="{quote(KEY, safe="")}"'))[0] == 200  # quoted
+
+
 def test_a_browser_without_the_key_goes_to_the_login_form_and_a_client_gets_401() -> None:
     status, headers = answer("/ui/work", ("accept", "text/html,application/xhtml+xml"))
     assert (status, headers["location"]) == (303, "/ui/login")

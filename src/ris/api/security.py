@@ -17,7 +17,6 @@ import math
 import re
 import time
 from collections.abc import Iterable
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import unquote
 
 from starlette.responses import RedirectResponse, Response
@@ -255,13 +254,18 @@ def _cookie_key(header: str) -> str:
     """The console's key from the Cookie header ('' when absent or unreadable)."""
     if KEY_COOKIE not in header:
         return ""
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return ""
-    morsel = jar.get(KEY_COOKIE)
-    return unquote(morsel.value) if morsel is not None else ""
+    # Read by hand, pair by pair, as Starlette's cookie_parser does: http.cookies gives up on
+    # the whole header at one cookie it cannot parse (a space or JSON in its value), and a
+    # browser sends this server every cookie of its host, any other app's on localhost too: the
+    # console then lost its key and looped between its pages and the login form.
+    for pair in header.split(";"):
+        name, _, value = pair.partition("=")
+        if name.strip() == KEY_COOKIE:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return unquote(value)
+    return ""
 
 
 # A header name (RFC 9110's token), and how many an allowed origin's preflight may name.
