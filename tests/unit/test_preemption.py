@@ -98,6 +98,25 @@ def test_starvation_guard_keeps_a_minimum_share_under_constant_load() -> None:
     assert y.stats.guard_overrides > 0
 
 
+def test_idle_time_before_a_task_is_not_counted_as_running() -> None:
+    """Ten minutes idle, then a task under constant contention: with begin() at its start it
+    gets its share from the first window, not after ~23 s of being held (the idle time
+    counted as running)."""
+    for begun, first_run_by in ((True, 6.0), (False, None)):
+        w = World()
+        y = yielder(w, mode="step", min_share=0.1, window_s=30.0)
+        w.now = 600.0  # the worker idled (or loaded its model)
+        if begun:
+            y.begin()
+        w.states[0] = Activity.PREFILL  # never drops
+        y.checkpoint("step")
+        held = w.now - 600.0
+        if first_run_by is not None:
+            assert held < first_run_by, held
+        else:
+            assert held > 20.0, held  # what the guard did without it
+
+
 def test_without_contention_the_guard_costs_nothing() -> None:
     w = World()
     y = yielder(w, mode="block", min_share=0.5)

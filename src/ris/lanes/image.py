@@ -173,6 +173,8 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
     ) -> ImageOutcome:
         yielder = self.env.yielder
         before = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
+        if yielder is not None:
+            yielder.begin()
         run = _WorkerRun(self.env, backend, task_id, cancelled)
         try:
             image = backend.generate(request, run)

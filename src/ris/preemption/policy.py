@@ -85,6 +85,12 @@ class Yielder:
         self._paused = 0.0  # decayed seconds of pausing
         self._mark = clock()
 
+    def begin(self) -> None:
+        """A task starts: the time since the last checkpoint was no running (the worker idled
+        or loaded a model). Counted as running, it let the guard hold a new task's first ~23 s
+        under steady contention (600 s idle before), where min_share promises its share."""
+        self._mark = self._clock()
+
     def active(self, kind: Literal["step", "block"]) -> bool:
         mode = self.policy.mode
         return mode == "block" or (mode == "step" and kind == "step")
