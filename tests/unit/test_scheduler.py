@@ -394,6 +394,17 @@ def test_positions_follow_every_change_of_the_queue() -> None:
     assert [sched.position(f"t{i}") for i in (0, 2, 4)] == [1, 2, 0]
 
 
+def test_a_callers_own_retries_of_a_refusal_are_not_counted_again() -> None:
+    """The speaking pipeline waits for room a second at a time: one sentence waiting 30 s was
+    30 refusals in ris_tasks_rejected_total, though no client had a 429."""
+    sched, _ = make(max_queue=1)
+    sched.submit(spec())
+    for retry in (False, True, True, True):
+        with pytest.raises(QueueFull):
+            sched.submit(spec(), retry=retry)
+    assert sched.stats(Lane.LLM).rejected == 1
+
+
 def test_percentile() -> None:
     assert percentile([], 50) is None
     assert percentile([3, 1, 2], 50) == 2

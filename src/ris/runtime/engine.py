@@ -251,6 +251,7 @@ class Engine:
         owner: str | None = None,
         keep_alive_s: float | None = None,
         keep_files: bool = True,
+        retry: bool = False,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
         the kind's result type. `client`: who asks, for fairness across clients (the lane's
@@ -260,7 +261,9 @@ class Engine:
         the result from the handle's events and nobody asked for a file, so the task's files go
         as it ends (readers already streaming read on) and it leaves no record in the store: no
         fsync'd row, no file to sweep, for speech that was only streamed. A durable lane always
-        keeps its own. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        keeps its own. `retry`: the caller's own retry of a refused submission (the speaking
+        pipeline waiting for room), not counted as another refusal. Raises QueueFull (-> 429)
+        or LaneUnavailable (-> 503)."""
         lane = kind.name
         if not keep_files and kind.durable:
             raise ValueError(f"the {lane} lane is durable: its tasks keep their files")
@@ -294,7 +297,7 @@ class Engine:
             costly=kind.costly(request),
             load_s=self._load_ahead(lane, model),
         )
-        task = self._scheduler.submit(spec)
+        task = self._scheduler.submit(spec, retry=retry)
         assert self.durable is not None
         try:
             self.durable.accepted(task, model, request)

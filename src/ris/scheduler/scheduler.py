@@ -196,10 +196,12 @@ class Scheduler:
         *,
         force: bool = False,
         submitted_at: float | None = None,
+        retry: bool = False,
     ) -> Task:
         """Admit a task, or raise QueueFull. `force` skips the bound and `submitted_at` (this
         clock's time) keeps the first submission's time: for tasks that were already accepted
-        once (resumed after a restart), which must not be lost nor look newer than they are."""
+        once (resumed after a restart), which must not be lost nor look newer than they are.
+        `retry`: the caller's own retry of a refused submission, not counted as another refusal."""
         book = self._book(spec.lane)
         # A full queue used to mean every slot busy; with costly tasks held to their client's
         # share, slots can be free beside a full queue: a task that would start at once on one
@@ -207,7 +209,8 @@ class Scheduler:
         # (Per-lane ordering only: under FIFO the oldest task of any lane blocks the rest.)
         starts_now = self.ordering is Ordering.LANES and not spec.costly and len(book.running) < book.slots
         if book.queue.full and not force and not starts_now:
-            book.rejected += 1
+            if not retry:
+                book.rejected += 1
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
         now = self._clock() if submitted_at is None else submitted_at
         task = Task(

@@ -98,6 +98,7 @@ class SpeakingPipeline:
         req = TTSRequest(text=text, voice=self.voice, speed=self.speed)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.queue_wait_s
+        retry = False  # a sentence waiting for room counts one refusal, not one a second
         while True:
             try:
                 # Each sentence's audio is streamed and never fetched by id: no file is kept.
@@ -109,6 +110,7 @@ class SpeakingPipeline:
                     client=self.client,
                     owner=self.owner,
                     keep_files=False,
+                    retry=retry,
                 )
             except LaneUnavailable as e:  # the TTS worker went down during the answer
                 await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))
@@ -120,6 +122,7 @@ class SpeakingPipeline:
                     await self._out.put(("error", {"code": "queue_full", "message": message}))
                     return None
                 await asyncio.sleep(min(1.0, e.retry_after_s, left))
+                retry = True
 
     async def _produce(self) -> None:
         splitter = SentenceSplitter()

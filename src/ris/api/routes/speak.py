@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import client_of, engine_of, owner_of, resolve_model, unless_gone
+from ris.api.deps import cancel_unless_ended, client_of, engine_of, owner_of, resolve_model, unless_gone
 from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context
@@ -91,10 +91,13 @@ async def _audio(
 
 
 async def _events(pipeline: SpeakingPipeline, rate: int) -> AsyncIterator[bytes]:
-    yield sse_event(
-        "start", {"task_id": pipeline.llm.task_id, "sample_rate": rate, "tts_model": pipeline.tts_model}
-    )
-    async for kind, data in pipeline.run():
-        if kind == "audio":
-            data = {"index": data["index"], "pcm": base64.b64encode(data["pcm"]).decode()}
-        yield sse_event(kind, data)
+    # The run's own cleanup cancels the answer, but only once the run has begun: a client gone
+    # while `start` was sent left the LLM writing for nobody until its end.
+    with cancel_unless_ended(pipeline.engine, pipeline.llm):
+        yield sse_event(
+            "start", {"task_id": pipeline.llm.task_id, "sample_rate": rate, "tts_model": pipeline.tts_model}
+        )
+        async for kind, data in pipeline.run():
+            if kind == "audio":
+                data = {"index": data["index"], "pcm": base64.b64encode(data["pcm"]).decode()}
+            yield sse_event(kind, data)
