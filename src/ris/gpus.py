@@ -13,7 +13,9 @@ class GPUDevice:
     name: str
     memory_used_bytes: int
     memory_total_bytes: int
-    utilization_percent: int  # of the last sample period, as nvidia-smi shows it
+    # Of the last sample period, as nvidia-smi shows it; None where NVML does not say (MIG
+    # instances: "not supported"), which leaves the card's memory still reported.
+    utilization_percent: int | None
 
 
 # Set once NVML has failed to start: no driver does not appear between two requests, and a
@@ -33,9 +35,18 @@ def gpu_devices() -> list[GPUDevice]:
         _unavailable = True
         return []
     try:
-        return [_device(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())]
-    except Exception:  # noqa: BLE001 - a GPU fallen off the bus: report none rather than fail
+        count = pynvml.nvmlDeviceGetCount()
+    except Exception:  # noqa: BLE001 - the driver answers nothing: nothing to report
+        pynvml.nvmlShutdown()
         return []
+    devices = []
+    try:
+        for i in range(count):
+            try:
+                devices.append(_device(pynvml, i))
+            except Exception:  # noqa: BLE001 - one card fallen off the bus: the others still count
+                continue
+        return devices
     finally:
         pynvml.nvmlShutdown()
 
@@ -49,8 +60,15 @@ def _device(nvml: Any, index: int) -> GPUDevice:
         name=name.decode() if isinstance(name, bytes) else str(name),
         memory_used_bytes=int(memory.used),
         memory_total_bytes=int(memory.total),
-        utilization_percent=int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+        utilization_percent=_utilization(nvml, handle),
     )
+
+
+def _utilization(nvml: Any, handle: Any) -> int | None:
+    try:
+        return int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    except Exception:  # noqa: BLE001 - NVML_ERROR_NOT_SUPPORTED on a MIG instance, and the like
+        return None
 
 
 __all__ = ["GPUDevice", "gpu_devices"]

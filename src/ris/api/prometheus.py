@@ -195,7 +195,8 @@ def _gpus(gpus: Sequence[GPUDevice]) -> list[Metric]:
     total = GaugeMetricFamily("ris_gpu_memory_total_bytes", "the GPU's memory (NVML)", labels=labels)
     for g in gpus:
         key = [str(g.index), g.name]
-        busy.add_metric(key, g.utilization_percent / 100)
+        if g.utilization_percent is not None:  # not said by NVML (MIG): no sample
+            busy.add_metric(key, g.utilization_percent / 100)
         used.add_metric(key, g.memory_used_bytes)
         total.add_metric(key, g.memory_total_bytes)
     return [busy, used, total]
