@@ -63,13 +63,14 @@ def test_a_span_or_interval_that_is_not_positive_is_refused() -> None:
 
 def test_step_rate_counts_what_each_image_task_advanced_since_the_last_sample() -> None:
     rate = StepRate()
-    assert rate.update(100.0, {"a": 3}, {"a"}) is None  # nothing to compare with yet
-    # a advanced 7, b started since and did 2, c finished unseen before: not counted (it
-    # was not running at the sample and was never seen).
-    assert rate.update(105.0, {"a": 10, "b": 2, "c": 8}, {"a", "b"}) == pytest.approx(9 / 5)
+    assert rate.update(100.0, {"a": 3}, {"a": None}) is None  # nothing to compare with yet
+    # a advanced 7, b started since and did 2; c ended before the last sample, unseen: not
+    # counted; d started and ended between the two samples: its 4 steps count.
+    ended = {"a": None, "b": None, "c": 99.0, "d": 103.0}
+    assert rate.update(105.0, {"a": 10, "b": 2, "c": 8, "d": 4}, ended) == pytest.approx(13 / 5)
     # a finished (its progress kept in the recent list); b went on 4 steps.
-    assert rate.update(110.0, {"a": 10, "b": 6}, {"b"}) == pytest.approx(4 / 5)
-    assert rate.update(110.0, {"b": 6}, {"b"}) is None  # no time passed: no rate
+    assert rate.update(110.0, {"a": 10, "b": 6}, {"a": 107.0, "b": None}) == pytest.approx(4 / 5)
+    assert rate.update(110.0, {"b": 6}, {"b": None}) is None  # no time passed: no rate
 
 
 def test_core_load_is_the_busy_share_between_two_readings() -> None:
@@ -77,3 +78,12 @@ def test_core_load_is_the_busy_share_between_two_readings() -> None:
     assert load.update([(10.0, 100.0), (50.0, 100.0)]) == [None, None]
     assert load.update([(15.0, 110.0), (50.0, 110.0)]) == [50.0, 0.0]
     assert load.update([(15.0, 110.0)]) == [None]  # cores changed: a new baseline
+
+
+def test_a_wall_clock_set_back_does_not_stop_the_sampling() -> None:
+    wall, tick = FakeClock(), FakeClock()
+    history = ChartHistory(wall, every_s=5.0, ticker=tick)
+    history.record({"cpu": [1.0]})
+    wall.advance(-3600.0)  # NTP, or a person, sets the clock back an hour
+    tick.advance(5.0)
+    assert history.due()

@@ -191,7 +191,7 @@ def create_app(
     )
     app.state.engine = eng
     # The console's charts over the last 15 minutes, sampled while the server runs.
-    app.state.charts = ChartHistory(time.time)
+    app.state.charts = ChartHistory(time.time, ticker=time.monotonic)
     app.state.config_path = config_path
     app.state.ollama_socket = ollama_socket
     # One checker for the API, the console's login and the Ollama listener: one budget of

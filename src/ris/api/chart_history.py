@@ -24,26 +24,36 @@ class ChartHistory:
     """Named series of (time, values) points over the last `span_s`, one point per `every_s`
     at most: 180 points a series with the defaults, whatever the uptime."""
 
-    def __init__(self, clock: Callable[[], float], span_s: float = SPAN_S, every_s: float = EVERY_S) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        span_s: float = SPAN_S,
+        every_s: float = EVERY_S,
+        ticker: Callable[[], float] | None = None,
+    ) -> None:
+        """`clock` stamps the points (wall time, as the page's); `ticker` says when a sample is
+        due (a monotonic clock: a wall clock set back by NTP or by hand stopped the sampling
+        for as long); the clock itself when not given."""
         if span_s <= 0 or every_s <= 0:
             raise ValueError("span_s and every_s must be positive")
         self.span_s = span_s
         self.every_s = every_s
         self._clock = clock
+        self._ticker = ticker or clock
+        self._last_tick: float | None = None
         # One more than the span holds, so the oldest point still reaches the chart's left edge.
         self._cap = math.ceil(span_s / every_s) + 1
         self._series: dict[str, deque[tuple[float, tuple[float | None, ...]]]] = {}
-        self._last: float | None = None
 
     def due(self) -> bool:
         """Whether a sample is owed: none yet, or the last is `every_s` old."""
-        return self._last is None or self._clock() - self._last >= self.every_s
+        return self._last_tick is None or self._ticker() - self._last_tick >= self.every_s
 
     def record(self, values: Mapping[str, Values]) -> None:
         """One sample of every series, at the clock's time. A series not in `values` gets no
         point this time (a lane that appeared later starts where it appeared)."""
         now = self._clock()
-        self._last = now
+        self._last_tick = self._ticker()
         for name, vs in values.items():
             points = self._series.get(name)
             if points is None:
@@ -71,20 +81,26 @@ class ChartHistory:
 
 class StepRate:
     """Image steps per second between two samples: how far each image task advanced since the
-    previous one (a task first seen counts the steps it has done, if it started since then).
-    Fed each task's steps done and whether it is still running."""
+    previous one. A task first seen counts the steps it has done if it worked since then: still
+    running, or ended after the previous sample (a short image started and finished between
+    two samples, which a GPU's turbo model makes every few seconds). Fed each task's steps done
+    and when it ended (None: running), on the same clock as `now`."""
 
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
         self._at: float | None = None
 
-    def update(self, now: float, done: Mapping[str, int], running: set[str]) -> float | None:
+    def update(
+        self, now: float, done: Mapping[str, int], ended_at: Mapping[str, float | None]
+    ) -> float | None:
         steps = 0
         for task, n in done.items():
             if task in self._seen:
                 steps += max(0, n - self._seen[task])
-            elif task in running:
-                steps += n
+            elif self._at is not None:
+                end = ended_at.get(task)
+                if end is None or end > self._at:
+                    steps += n
         first, previous = self._at is None, self._at
         self._seen, self._at = dict(done), now
         if first or previous is None or now <= previous:

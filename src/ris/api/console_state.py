@@ -134,8 +134,8 @@ def chart_values(
         out[f"{lane.lane}.latency"] = [s["latency_s"]["p50"], s["latency_s"]["p99"]]
         if lane.lane == "image":
             done = {v.id: v.progress_done for v in image}
-            running = {v.id for v in image if v.state == "running"}
-            out["image.throughput"] = [steps.update(snap.time, done, running)]
+            ended = {v.id: v.finished_at for v in image}
+            out["image.throughput"] = [steps.update(snap.time, done, ended)]
         else:
             out[f"{lane.lane}.throughput"] = [s["outputs_per_s"]]
     out["cpu"] = cores

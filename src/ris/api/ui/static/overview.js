@@ -17,16 +17,19 @@ for (const card of document.querySelectorAll(".card[data-lane]")) {
 }
 
 // Image steps per second over the last few ticks: how far image tasks (running, or finished
-// since the last tick) advanced. A per-tick figure would jump between 0 and a burst.
+// since the last tick) advanced. A per-tick figure would jump between 0 and a burst. A task
+// first seen counts if it worked since the last tick: running, or ended after it (a short image
+// started and finished between two ticks).
 const stepWindow = [];
 function imageSteps(state, now) {
   let steps = 0;
   const seen = {};
+  const previous = stepWindow.length ? stepWindow[stepWindow.length - 1][0] : null;
   for (const t of [...state.tasks.running, ...state.tasks.recent]) {
     if (t.lane !== "image") continue;
     seen[t.task_id] = t.progress_done;
     if (t.task_id in lastSteps) steps += Math.max(0, t.progress_done - lastSteps[t.task_id]);
-    else if (t.state === "running") steps += t.progress_done; // started since the last tick
+    else if (t.state === "running" || (previous !== null && t.finished_at > previous)) steps += t.progress_done;
   }
   for (const k of Object.keys(lastSteps)) delete lastSteps[k];
   Object.assign(lastSteps, seen);
