@@ -23,8 +23,18 @@ def test_weights_and_nice_levels_give_at_least_the_share() -> None:
     assert cpu_share.nice_for(0.6) == 0  # more than nice 0 gives: the best a nice can do
 
 
-def _child(server_pid: int, out: mp.Queue[CpuShareInfo], read: Any) -> None:
-    os.nice(19)
+def _child(server_pid: int, out: mp.Queue[CpuShareInfo], read: Any, unprivileged: bool = False) -> None:
+    # As a worker: bound, its nice left to the share (worker_main), at its parent's nice.
+    if unprivileged:  # as a server that is not root: no cgroup to write, no lowering of a nice
+        setpriority = os.setpriority
+
+        def only_up(which: int, who: int, level: int) -> None:
+            if level < os.getpriority(which, who):
+                raise PermissionError(13, "Permission denied")
+            setpriority(which, who, level)
+
+        os.setpriority = only_up  # type: ignore[assignment]
+        cpu_share._cgroup_v1 = lambda name, weight: None
     out.put(cpu_share.apply_min_cpu_share(0.1, "unit-test", 19, server_pid))
     read.wait(60)  # alive while the parent reads it from the OS
 
@@ -44,6 +54,7 @@ def test_the_share_is_set_on_a_real_process_and_read_back_from_the_os() -> None:
             assert (group / "cpu.shares").read_text().strip() == "114"
             assert str(proc.pid) in (group / "cgroup.procs").read_text().split()
             assert info.share == pytest.approx(114 / 1138)
+            assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == info.nice == 19  # weightless inside
         else:
             assert info.mechanism == "nice"
             assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == info.nice <= 9
@@ -52,3 +63,21 @@ def test_the_share_is_set_on_a_real_process_and_read_back_from_the_os() -> None:
         proc.join(30)
         cpu_share.remove_groups(os.getpid())
     assert not list(Path(info.cgroup).parent.glob(f"ris-{os.getpid()}-*")) if info.cgroup else True
+
+
+def test_an_unprivileged_worker_gets_the_share_by_nice() -> None:
+    """No cgroup to write, no right to lower a nice: the worker starts at its parent's nice and
+    only raises it, to the level that gives the share (9). Niced to 19 first, as it was, it
+    could not come back down and kept 1.4%."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue[CpuShareInfo] = ctx.Queue()
+    read = ctx.Event()
+    proc = ctx.Process(target=_child, args=(os.getpid(), out, read, True))
+    proc.start()
+    try:
+        info = out.get(timeout=60)
+        assert info.mechanism == "nice" and info.nice == 9 and info.share >= 0.1
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == 9
+    finally:
+        read.set()
+        proc.join(30)

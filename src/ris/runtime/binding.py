@@ -110,24 +110,64 @@ def spawn_environment(binding: Binding) -> Iterator[None]:
 OS_LIMIT_MARGIN = 1.5
 
 
-def apply_binding(binding: Binding) -> None:
-    """Bind the calling process; call before importing torch, onnxruntime or llama.cpp."""
+def apply_binding(binding: Binding, with_nice: bool = True) -> None:
+    """Bind the calling process, every thread of it; call before importing torch, onnxruntime
+    or llama.cpp. `with_nice` False: the nice level is left to the caller (a batch lane's
+    minimum share sets it: cpu_share.apply_min_cpu_share).
+
+    Every thread, not the process's main one only: on Linux affinity and nice are per thread,
+    and psutil's process calls change the thread whose id is the pid. A local worker binds
+    before it has other threads; a Ray actor binds from its serving thread, beside Ray's own,
+    and its pools (OpenMP, torch, onnxruntime) are that thread's children: bound through the
+    main thread only, they ran on every core at nice 0 while the stats said pinned."""
     os.environ.update(binding.environment())
     for var in binding.removed():
         os.environ.pop(var, None)
     _limit_data_memory(binding)
     if binding.cores is not None and binding.may_borrow:
         load_openmp_seeing((*binding.cores, *binding.may_borrow))
-    proc = psutil.Process()
-    if binding.cores is not None and hasattr(proc, "cpu_affinity"):
-        proc.cpu_affinity(list(binding.cores))
-    if binding.nice:
-        if sys.platform == "win32":
-            proc.nice(
-                psutil.IDLE_PRIORITY_CLASS if binding.nice >= 15 else psutil.BELOW_NORMAL_PRIORITY_CLASS
-            )
-        else:
-            proc.nice(binding.nice)
+    if binding.cores is not None:
+        pin_process(binding.cores)
+    if binding.nice and with_nice:
+        renice_process(binding.nice)
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except FileNotFoundError:
+        return []
+
+
+def pin_process(cores: tuple[int, ...]) -> None:
+    """Every thread of this process onto `cores` (the process, where threads cannot be listed)."""
+    if not sys.platform.startswith("linux"):
+        proc = psutil.Process()
+        if hasattr(proc, "cpu_affinity"):
+            proc.cpu_affinity(list(cores))
+        return
+    for tid in _thread_ids():
+        try:
+            os.sched_setaffinity(tid, set(cores))
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # a thread that ended since the listing
+
+
+def renice_process(level: int) -> None:
+    """Every thread of this process to nice `level` (Windows: a priority class). Raising a
+    nice level needs no privilege; lowering one does (PermissionError, to the caller)."""
+    if sys.platform == "win32":
+        psutil.Process().nice(
+            psutil.IDLE_PRIORITY_CLASS if level >= 15 else psutil.BELOW_NORMAL_PRIORITY_CLASS
+        )
+        return
+    threads = _thread_ids() if sys.platform.startswith("linux") else []
+    os.setpriority(os.PRIO_PROCESS, 0, level)  # the calling thread (the process, off Linux)
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, level)
+        except ProcessLookupError:
+            pass
 
 
 # The GNU OpenMP runtime llama.cpp's CPU backend links (llama-cpp-python's Linux builds link the
@@ -186,6 +226,9 @@ def load_openmp_seeing(cores: tuple[int, ...]) -> None:
 
 
 def observed_affinity() -> tuple[int, ...] | None:
+    """The calling thread's cores (the ones its pools inherit), as the OS says."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
     proc = psutil.Process()
     if not hasattr(proc, "cpu_affinity"):
         return None

@@ -58,33 +58,25 @@ def group_name(server_pid: int, lane: str) -> str:
 
 
 def apply_min_cpu_share(share: float, lane: str, nice: int, server_pid: int) -> CpuShareInfo:
-    """Give the calling process (a batch worker, already bound at `nice`) at least `share` of a
-    saturated core: a cgroup where one can be made, else a nice level."""
+    """Give the calling process (a batch worker, bound but not yet reniced: it runs at its
+    parent's nice) at least `share` of a saturated core: a cgroup where one can be made (and
+    the lane's `nice` inside it, which weighs nothing against the group's other members: it
+    has none), else the nice level that gives the share (never above `nice`). Either only
+    raises the nice from where it is, which needs no privilege."""
+    from ris.runtime.binding import renice_process
+
     weight = weight_for(share)
     group = _cgroup_v1(group_name(server_pid, lane), weight)
+    level = nice if group is not None else min(nice, nice_for(share))
+    try:
+        renice_process(level)
+    except PermissionError:  # a nice below the parent's: kept where it is
+        pass
+    level = os.getpriority(os.PRIO_PROCESS, 0)
     if group is not None:
-        return CpuShareInfo(
-            "cgroup_v1", weight, share_of(weight), os.getpriority(os.PRIO_PROCESS, 0), str(group)
-        )
-    level = min(nice, nice_for(share))
-    # Raising priority (a lower nice) needs CAP_SYS_NICE; without it the lane keeps its nice.
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, level)
-    except PermissionError:
-        level = os.getpriority(os.PRIO_PROCESS, 0)
-    for tid in _threads():  # threads started before this (none yet in a fresh worker)
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, level)
-        except (PermissionError, ProcessLookupError):
-            pass
-    return CpuShareInfo("nice", NICE_WEIGHTS[level], share_of(NICE_WEIGHTS[level]), level)
-
-
-def _threads() -> list[int]:
-    try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
-    except FileNotFoundError:
-        return []
+        return CpuShareInfo("cgroup_v1", weight, share_of(weight), level, str(group))
+    weight_now = NICE_WEIGHTS[min(max(level, 0), 19)]  # a parent below nice 0: counted as 0
+    return CpuShareInfo("nice", weight_now, share_of(weight_now), level)
 
 
 def _own_cpu_cgroup() -> tuple[Path, str] | None:

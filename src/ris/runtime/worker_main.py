@@ -132,7 +132,10 @@ class _Shared:
 
 def worker_main(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: ActivityBoard) -> None:
     """The worker process (or Ray actor): bind it to its resources, then serve."""
-    apply_binding(spec.binding)  # before any model library is imported
+    # Before any model library is imported. A batch lane with a minimum share gets its nice
+    # level from that (cpu_share): set here first, the share's lower level would need a
+    # privilege an unprivileged server lacks, and the lane would stay at nice 19 (~1.4%).
+    apply_binding(spec.binding, with_nice=spec.min_cpu_share is None)
     serve(spec, inbound, outbound, board)
 
 
