@@ -21,9 +21,19 @@ class MachineInfo:
     gpus: int
     # Physical memory; lanes' default memory ceilings are shares of it.
     memory_bytes: int = 16 * 2**30
-    # Each GPU's name and total memory by NVML index (empty without NVML): lanes' GPU budgets
-    # are checked against it.
+    # Each visible GPU's name and total memory, in the order the service sees them (cuda:0
+    # first; empty without NVML): lanes' GPU budgets are checked against it.
     gpu_memory: tuple[tuple[str, int], ...] = ()
+    # The physical (NVML, bus order) index of each GPU the service sees, cuda:0 first: the cards
+    # CUDA_VISIBLE_DEVICES around the service names, or all of them (empty: not known, cuda:N is
+    # card N).
+    gpu_ids: tuple[int, ...] = ()
+
+    def physical_gpu(self, index: int | None) -> int | None:
+        """The card a lane's cuda:`index` is: the index-th the service may use."""
+        if index is None or index >= len(self.gpu_ids):
+            return index
+        return self.gpu_ids[index]
 
     def describe_cores(self) -> str:
         return ", ".join(str(c) for c in self.cores) or "none"
@@ -50,13 +60,20 @@ def _count_gpus() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
-def _visible_limit(count: int) -> int:
-    """Honour CUDA_VISIBLE_DEVICES set around the service itself."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+def visible_gpus(count: int, visible: str | None) -> tuple[int, ...]:
+    """The physical indices of the `count` cards the service may use, in its order, as
+    CUDA_VISIBLE_DEVICES around it says: "2,3" is cards 2 and 3 (seen as cuda:0 and cuda:1);
+    as CUDA reads it, the list stops at its first entry that is no card ("-1", a UUID this
+    reading does not resolve); unset, every card."""
     if visible is None:
-        return count
-    ids = [v for v in visible.split(",") if v.strip()]
-    return min(count, len(ids))
+        return tuple(range(count))
+    ids: list[int] = []
+    for entry in visible.split(","):
+        entry = entry.strip()
+        if not entry.isdigit() or int(entry) >= count or int(entry) in ids:
+            break
+        ids.append(int(entry))
+    return tuple(ids)
 
 
 @functools.cache
@@ -65,9 +82,12 @@ def machine_info() -> MachineInfo:
         cores = tuple(sorted(psutil.Process().cpu_affinity() or []))
     except (AttributeError, NotImplementedError):  # macOS has no affinity API
         cores = tuple(range(psutil.cpu_count() or 1))
+    ids = visible_gpus(_count_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    cards = {d.index: (d.name, d.memory_total_bytes) for d in gpu_devices()}
     return MachineInfo(
         cores=cores or (0,),
-        gpus=_visible_limit(_count_gpus()),
+        gpus=len(ids),
         memory_bytes=int(psutil.virtual_memory().total),
-        gpu_memory=tuple((d.name, d.memory_total_bytes) for d in gpu_devices()),
+        gpu_memory=tuple(cards[i] for i in ids if i in cards) if len(cards) >= len(ids) else (),
+        gpu_ids=ids,
     )

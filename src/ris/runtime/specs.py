@@ -48,7 +48,11 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
             cores=cfg.cores,
             threads=cfg.effective_threads(machine or machine_info()),
             nice=cfg.nice,
-            gpu=cfg.gpu_index,
+            # cuda:N is the N-th card the server may use (CUDA_VISIBLE_DEVICES around it);
+            # a cluster's node gives its worker its card itself.
+            gpu=(machine or machine_info()).physical_gpu(cfg.gpu_index)
+            if config.cluster.engine == "local"
+            else cfg.gpu_index,
             memory_limit_bytes=memory_limit(config, lane, machine),
             passive_wait=waits_passively(config, lane),
             may_borrow=tuple(sorted({c for lender in borrow_from for c in lender.cores})),
