@@ -70,6 +70,37 @@ def test_a_busy_spell_seen_only_between_two_asks_still_counts_from_when_it_was_s
     assert b.cores() == (0, 1, 2, 3)
 
 
+def test_the_grace_counts_from_when_the_owner_became_idle_as_the_board_keeps_it() -> None:
+    """The borrower (the LLM) idle itself looks at nothing: a sentence the TTS spoke from 10 to
+    11 s went unseen, and a chat at 11.1 s took the TTS core at once, 0.1 s into its grace
+    (the next sentence then took it back). The board keeps when each lane became idle."""
+    board = Board(2)
+    since = [0.0, 0.0]
+    policy = LendingPolicy(own=(0,), lenders=(Lender("tts", (1,)), Lender("asr", (2, 3))), idle_grace_s=2.0)
+    b = Borrower(policy, board.read, board.clock, lambda: since)
+    board.now = 5.0
+    assert b.cores() == (0, 1, 2, 3)  # idle since boot: lent at once
+    since[0] = 11.0  # busy 10-11 s, never seen by the borrower
+    board.now = 11.1
+    assert b.cores() == (0, 2, 3)
+    board.now = 13.0
+    assert b.cores() == (0, 1, 2, 3)
+
+
+def test_the_board_keeps_when_a_lane_became_idle_not_when_it_said_so_again() -> None:
+    from ris.preemption.board import ActivityBoard
+
+    board = ActivityBoard(["llm", "tts"], array=bytearray(2), idle_since=memoryview(bytearray(16)).cast("d"))
+    publish, read = board.writer("tts"), board.idle_since(["tts"])
+    publish(Activity.BUSY)
+    publish(Activity.IDLE)
+    went_idle = read()[0]
+    assert went_idle > 0
+    publish(Activity.IDLE)  # said again (after every task, when the loop idles): not moved
+    assert read() == [went_idle]
+    assert ActivityBoard(["tts"], array=bytearray(1)).idle_since(["tts"])() == [float("-inf")]
+
+
 def test_no_grace_lends_as_soon_as_the_owner_is_idle() -> None:
     board = Board(2)
     b = borrower(board, grace=0.0)

@@ -163,6 +163,7 @@ def test_a_board_attached_by_name_is_one_board() -> None:
         assert image_side.reader(["llm"])() == [int(Activity.PREFILL)]
         llm_side.set("llm", Activity.IDLE)
         assert image_side.get("llm") is Activity.IDLE
+        assert image_side.idle_since(["llm"])() == llm_side.idle_since(["llm"])() != [0.0]  # when it went
     finally:
         from multiprocessing import shared_memory
 

@@ -3,9 +3,10 @@
 A real-time lane owns its cores (the LLM core 0, TTS core 1); while the owner has no work
 those cores sit idle. A borrowing lane (the LLM) asks `Borrower.cores()` before each step of
 its work and runs on its own cores plus every lender's cores whose owner has been idle for
-`idle_grace_s`; the moment an owner publishes any activity on the board (the TTS worker marks
-itself busy as a task arrives, before synthesis), its cores are out of the answer, and the
-borrower narrows before its next step. The grace keeps a burst of sentences (the speaking
+`idle_grace_s` (from when it became idle, as the board keeps it); the moment an owner
+publishes any activity on the board (the TTS worker marks itself busy as a task arrives,
+before synthesis), its cores are out of the answer, and the borrower narrows before its next
+step. The grace keeps a burst of sentences (the speaking
 pipeline sends them one after the other) from widening and narrowing the LLM between each.
 
 Pure policy: the board reader and the clock are injected. Applying the answer (affinity of
@@ -53,22 +54,29 @@ class Borrower:
         policy: LendingPolicy,
         read_states: Callable[[], Sequence[int]],
         clock: Callable[[], float],
+        read_idle_since: Callable[[], Sequence[float]] | None = None,
     ) -> None:
-        """`read_states()` returns the lenders' board states, in `policy.lenders` order."""
+        """`read_states()` returns the lenders' board states, in `policy.lenders` order;
+        `read_idle_since()` when each became idle, on `clock` (the board keeps it: the grace
+        counts from then, also across a time the borrower did not look)."""
         self.policy = policy
         self._read = read_states
+        self._since = read_idle_since
         self._clock = clock
-        # When each lender was last seen busy; -inf: never, so an idle owner lends at once.
+        # When each lender was last busy; -inf: never, so an idle owner lends at once.
         self._busy_at = [float("-inf")] * len(policy.lenders)
 
     def cores(self) -> tuple[int, ...]:
         """Own cores plus the cores of every lender idle for the grace period, sorted."""
         now = self._clock()
         cores = set(self.policy.own)
-        for i, (lender, state) in enumerate(zip(self.policy.lenders, self._read(), strict=True)):
+        states = self._read()
+        since = self._since() if self._since is not None else [float("-inf")] * len(states)
+        for i, (lender, state) in enumerate(zip(self.policy.lenders, states, strict=True)):
             if state != Activity.IDLE:
                 self._busy_at[i] = now
                 continue
+            self._busy_at[i] = max(self._busy_at[i], since[i])
             if now - self._busy_at[i] >= self.policy.idle_grace_s:
                 cores.update(lender.cores)
         return tuple(sorted(cores))

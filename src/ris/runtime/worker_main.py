@@ -163,10 +163,12 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
         cpu_share = apply_min_cpu_share(spec.min_cpu_share, spec.lane, spec.binding.nice, os.getppid())
     lending = None
     if spec.borrow_from and spec.binding.cores is not None:
+        lenders = [x.lane for x in spec.borrow_from]
         borrower = Borrower(
             LendingPolicy(spec.binding.cores, spec.borrow_from),
-            board.reader([x.lane for x in spec.borrow_from]),
+            board.reader(lenders),
             time.monotonic,
+            board.idle_since(lenders),
         )
         lending = CoreLending(borrower, spec.binding.threads)
     try:  # anything that goes wrong before WorkerReady is a failed start, said as such
