@@ -570,3 +570,23 @@ async def test_an_image_running_through_graceful_restarts_is_not_failed_as_inter
             assert again.lookup(long.task_id).state == "queued"  # type: ignore[union-attr]
             workers[Lane.IMAGE].ready()
             assert [r.task_id for r in workers[Lane.IMAGE].runs] == [long.task_id]
+
+
+@run
+async def test_speech_that_needs_a_voice_on_a_pending_lane_is_refused_as_pending(tmp_path: Path) -> None:
+    """A voice is matched against the worker's models before anything is queued: with the TTS
+    lane waiting for its cluster, that said 'still starting' (lane_unavailable), where the docs
+    and submit say lane_pending and what it waits for."""
+    from ris.api.errors import APIError
+    from ris.api.tts_support import pick_tts_model, tts_rate
+
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        workers[Lane.TTS].waiting = "no node has ris_lane_tts: 1"
+        for ask in (lambda: pick_tts_model(eng, None, "en-US"), lambda: tts_rate(eng, "e")):
+            with pytest.raises(LaneUnavailable) as refused:
+                ask()
+            assert refused.value.code == "lane_pending" and "ris_lane_tts" in str(refused.value)
+        workers[Lane.TTS].waiting = None  # placed, still loading: the old answer stands
+        with pytest.raises(APIError) as starting:
+            pick_tts_model(eng, None, "en-US")
+        assert starting.value.code == "lane_unavailable"

@@ -44,6 +44,7 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
         if info and speaks(info.details.voices, voice):
             return info.name
     if not infos:
+        engine.require_serving(Lane.TTS)  # failed or pending: said as such (lane_pending, the reason)
         raise APIError(
             503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
         )
@@ -60,6 +61,7 @@ def tts_rate(engine: Engine, model: str) -> int:
     """The sample rate of a loaded TTS model (streams need it before the first chunk)."""
     info = engine.model_infos(Lane.TTS).get(model)
     if info is None or not info.details.sample_rate:
+        engine.require_serving(Lane.TTS)
         raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
     return info.details.sample_rate
 

@@ -194,7 +194,8 @@ class Engine:
                 self._scheduler.cancel(task_id)
         await asyncio.gather(*(r.worker.stop(5.0) for r in self._all_replicas()))
         if self._pool is not None:
-            self._pool.close()
+            # Off the loop: it waits (a cluster's groups freed, up to 15 s; cgroups emptied).
+            await asyncio.to_thread(self._pool.close)
         for replica in self._all_replicas():
             if not self.kinds[replica.lane].durable:
                 self._fail_tasks(replica, "server_shutdown", "the server is shutting down")
@@ -276,15 +277,7 @@ class Engine:
             raise TypeError(
                 f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
             )
-        replicas = self._replicas[lane]
-        if replicas and all(r.watch.state is WorkerState.FAILED for r in replicas):
-            failure = replicas[0].failure
-            if failure is not None:
-                raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failure.message}")
-        if replicas and all(r.worker.waiting_for() for r in replicas):
-            # Accepted, it would wait behind a false ETA for a placement that may never come.
-            waiting = replicas[0].worker.waiting_for()
-            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting}", "lane_pending")
+        self.require_serving(lane)
         cfg = self.config.lane(lane)
         spec = TaskSpec(
             lane=lane,
@@ -323,6 +316,22 @@ class Engine:
 
     def _handle(self, task_id: str, kind: LaneKind[Any, Any, Res], model: str) -> TaskHandle[Res]:
         return TaskHandle(task_id, kind, model, collector=kind.collector(task_id, self.files))
+
+    def require_serving(self, lane: str) -> None:
+        """Raise LaneUnavailable where the lane cannot take work: its every worker failed to
+        start, or waits for its cluster (`lane_pending`). Routes that need a worker's word before
+        they submit (a voice's model, its sample rate) ask this first, to refuse as submit would."""
+        if lane not in self._replicas:
+            raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
+        replicas = self._replicas[lane]
+        if replicas and all(r.watch.state is WorkerState.FAILED for r in replicas):
+            failure = replicas[0].failure
+            if failure is not None:
+                raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failure.message}")
+        if replicas and all(r.worker.waiting_for() for r in replicas):
+            # Accepted, it would wait behind a false ETA for a placement that may never come.
+            waiting = replicas[0].worker.waiting_for()
+            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting}", "lane_pending")
 
     def submit_many(
         self,

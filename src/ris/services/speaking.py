@@ -112,8 +112,8 @@ class SpeakingPipeline:
                     keep_files=False,
                     retry=retry,
                 )
-            except LaneUnavailable as e:  # the TTS worker went down during the answer
-                await self._out.put(("error", {"code": "lane_unavailable", "message": str(e)}))
+            except LaneUnavailable as e:  # the TTS worker went down (or its node) during the answer
+                await self._out.put(("error", {"code": e.code, "message": str(e)}))
                 return None
             except QueueFull as e:
                 left = give_up - loop.time()

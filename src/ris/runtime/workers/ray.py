@@ -342,7 +342,12 @@ class RayWorkers:
                 self.head_lost = None
                 self.rejoined = True
                 for worker in self._workers:
-                    worker.head_back()
+                    try:
+                        worker.head_back()
+                    except Exception:  # noqa: BLE001 - that lane's supervisor restarts it; the rest go on
+                        log.exception(
+                            "%s: its actor did not start after the head came back", worker.spec.lane
+                        )
 
     def _lose_head(self, host: str, port: int) -> None:
         since = time.strftime("%H:%M:%S")
@@ -359,7 +364,7 @@ class RayWorkers:
         old ones went with the head's state)."""
         ray.shutdown()
         connect(self.config)
-        self._placements = Placements(self.config)
+        self._placements = Placements(self.config, wait=False)
 
     def placed(self, lane: str) -> tuple[str | None, tuple[str, ...], Any]:
         """The board name and lanes a lane's actor shares on its node, and its scheduling
@@ -501,7 +506,12 @@ class RayWorker:
 
     def head_back(self) -> None:
         if self._parked:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                # Dead, not parked: the supervisor fails it and restarts it, with its back-off.
+                self._parked, self._waiting, self._actor, self._dead = False, None, None, True
+                raise
 
     def send(self, msg: object) -> bool:
         if self._actor is None or self._dead:

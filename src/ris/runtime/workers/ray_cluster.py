@@ -192,7 +192,11 @@ class Placed:
 class Placements:
     """The placement groups of the lanes placed together, reserved at once (or refused)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, wait: bool = True) -> None:
+        """`wait` False (joining a head that came back): the groups are asked for and not
+        waited for; their actors stay pending until a node takes the group, reported as any
+        actor Ray has not placed (PENDING_AFTER_S), while lanes outside them serve at once.
+        Waited for, a group whose node rejoined late (or not at all) held every lane down."""
         self._placed: dict[str, Placed] = {}
         self._made: list[Placed] = []  # one per group (its first lane's)
         for group in colocated_groups(config):
@@ -201,18 +205,21 @@ class Placements:
                 strategy="STRICT_PACK",
                 name=f"ris-{'-'.join(group)}",
             )
-            ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
-            if not ready:
-                remove_placement_group(pg)
-                raise ConfigError(
-                    f"lanes {' and '.join(group)} must share a node and no node of the Ray cluster "
-                    f"took them together within {PLACEMENT_TIMEOUT_S:g} s: "
-                    f"{[demand(config, lane).as_bundle() for lane in group]}"
-                )
+            if wait:
+                ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+                if not ready:
+                    remove_placement_group(pg)
+                    raise ConfigError(
+                        f"lanes {' and '.join(group)} must share a node and no node of the Ray "
+                        f"cluster took them together within {PLACEMENT_TIMEOUT_S:g} s: "
+                        f"{[demand(config, lane).as_bundle() for lane in group]}"
+                    )
             # Named by the group's placement group: a block in the node's /dev/shm that lives
-            # exactly as long as the group does (boards of groups Ray removed are swept).
+            # exactly as long as the group does (boards of groups Ray removed are swept; not
+            # placed yet, at a rejoin, the sweep waits for the next start).
             board = board_name(pg)
-            _sweep_stale_boards(pg)
+            if wait:
+                _sweep_stale_boards(pg)
             for i, lane in enumerate(group):
                 self._placed[lane] = Placed(pg, i, board, group)
             self._made.append(self._placed[group[0]])
