@@ -215,3 +215,57 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         assert idled.lanes == [Lane.LLM] and len(killed) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An actor whose constructor failed (RIS missing on its node, a runtime_env that failed):
+    Ray ends its stream with ActorDiedError(actor_init_failed). Taken as a crash, the lane was
+    restarted forever with no reason given; it is WorkerFailed now, with Ray's words."""
+    ray_kind = pytest.importorskip("ris.runtime.workers.ray")
+
+    class InitFailed(Exception):
+        actor_init_failed = True
+
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+
+        class Stream:
+            async def __anext__(self) -> object:
+                raise InitFailed("ModuleNotFoundError: No module named 'ris'")
+
+        class Method:
+            def __init__(self, fn: Callable[..., object]) -> None:
+                self.remote = fn
+
+        class Actor:
+            def __init__(self) -> None:
+                self.stream, self.put = Method(Stream), Method(lambda msg: None)
+
+        class ActorClass:
+            def options(self, **options: object) -> ActorClass:
+                return self
+
+            def remote(self, *args: object) -> Actor:
+                return Actor()
+
+        monkeypatch.setattr(ray_kind, "_actor_class", ActorClass)
+        pool = object.__new__(ray_kind.RayWorkers)
+        pool.head_lost = None
+
+        class Unplaced:
+            def get(self, lane: str) -> None:
+                return None
+
+        pool._placements = Unplaced()
+        said: list[object] = []
+        worker = ray_kind.RayWorker(_spec(Lane.TTS), said.append, loop, {}, pool)
+        worker.start()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not worker.alive()
+        return said
+
+    [failed] = asyncio.run(scenario())
+    assert isinstance(failed, m.WorkerFailed) and "No module named 'ris'" in failed.message

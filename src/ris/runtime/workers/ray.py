@@ -602,7 +602,14 @@ class RayWorker:
             except Exception as e:  # noqa: BLE001 - any Ray error: the actor or its node is gone
                 # (StopAsyncIteration too: the stream ends only after a batch saying so)
                 if generation == self._generation:
-                    log.error("%s worker (Ray actor) is gone: %s", self.spec.lane, type(e).__name__)
+                    log.error("%s worker (Ray actor) is gone: %s: %s", self.spec.lane, type(e).__name__, e)
+                    if self._last is None and getattr(e, "actor_init_failed", False):
+                        # It never started (RIS missing on its node, a runtime_env that failed,
+                        # an error in its constructor): a failed start, with Ray's reason, as a
+                        # local worker's; restarted as a crash, it would loop without a word.
+                        self._deliver(
+                            m.WorkerFailed("worker_start_failed", f"the Ray actor did not start: {e}")
+                        )
                     self._dead = True
                 return
             if generation != self._generation:
