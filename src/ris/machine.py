@@ -27,9 +27,9 @@ class MachineInfo:
     # The physical (NVML, bus order) index of each GPU the service sees, cuda:0 first: the cards
     # CUDA_VISIBLE_DEVICES around the service names, or all of them (empty: not known, cuda:N is
     # card N).
-    gpu_ids: tuple[int, ...] = ()
+    gpu_ids: tuple[int | str, ...] = ()
 
-    def physical_gpu(self, index: int | None) -> int | None:
+    def physical_gpu(self, index: int | None) -> int | str | None:
         """The card a lane's cuda:`index` is: the index-th the service may use."""
         if index is None or index >= len(self.gpu_ids):
             return index
@@ -60,20 +60,24 @@ def _count_gpus() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
-def visible_gpus(count: int, visible: str | None) -> tuple[int, ...]:
-    """The physical indices of the `count` cards the service may use, in its order, as
-    CUDA_VISIBLE_DEVICES around it says: "2,3" is cards 2 and 3 (seen as cuda:0 and cuda:1);
-    as CUDA reads it, the list stops at its first entry that is no card ("-1", a UUID this
-    reading does not resolve); unset, every card."""
+def visible_gpus(count: int, visible: str | None) -> tuple[int | str, ...]:
+    """The cards of the `count` there are that the service may use, in its order, as
+    CUDA_VISIBLE_DEVICES around it says: "2,3" is cards 2 and 3 (seen as cuda:0 and cuda:1); a
+    UUID ("GPU-...", "MIG-..." for a MIG instance) is kept as written, for the worker's own
+    variable (CUDA reads it there too); as CUDA reads the list, it stops at its first entry
+    that is no card ("-1", an index past the last card). Unset: every card."""
     if visible is None:
         return tuple(range(count))
-    ids: list[int] = []
+    ids: list[int | str] = []
     for entry in visible.split(","):
         entry = entry.strip()
-        if not entry.isdigit() or int(entry) >= count or int(entry) in ids:
+        if entry.startswith(("GPU-", "MIG-")) and entry not in ids:
+            ids.append(entry)
+        elif entry.isdigit() and int(entry) < count and int(entry) not in ids:
+            ids.append(int(entry))
+        else:
             break
-        ids.append(int(entry))
-    return tuple(ids)
+    return tuple(ids[:count])
 
 
 @functools.cache
@@ -88,6 +92,10 @@ def machine_info() -> MachineInfo:
         cores=cores or (0,),
         gpus=len(ids),
         memory_bytes=int(psutil.virtual_memory().total),
-        gpu_memory=tuple(cards[i] for i in ids if i in cards) if len(cards) >= len(ids) else (),
+        # By the cards' order as the service sees them; not known (a card NVML does not
+        # answer for, a UUID not resolved here): no budget is checked against NVML.
+        gpu_memory=tuple(cards[i] for i in ids if isinstance(i, int))
+        if all(isinstance(i, int) and i in cards for i in ids)
+        else (),
         gpu_ids=ids,
     )

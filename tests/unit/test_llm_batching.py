@@ -216,6 +216,30 @@ def test_an_unloaded_backends_batch_is_let_go_and_a_new_one_gets_its_own() -> No
     assert [id(b) for b in runner._batches.values()] == [id(built[1].batch())]  # noqa: SLF001
 
 
+def test_a_bound_over_the_context_of_a_model_loaded_on_first_use_becomes_the_context() -> None:
+    """The API checks max_tokens against the context of a model its worker reported; a model
+    loaded on first use is checked here. A bound (Ollama's num_predict, no limit asked) is cut
+    to the context; a demand (OpenAI's max_tokens) is refused, as the API would."""
+
+    class Recording(ScriptedBatch):
+        def add(self, key: str, req: LLMRequest, out: TextOutput) -> None:
+            asked[key] = req.max_tokens
+            super().add(key, req, out)
+
+    asked: dict[str, int] = {}
+    batch, env = Recording(slots=2, prefill_steps=0), Env()
+    runner, backend = LLMRunner(env.worker_env()), Batched(batch)
+    backend.context_tokens = 3
+    runner.admit(backend, "bound", LLMRequest(prompt="a", max_tokens=50, max_tokens_at_most=True), never)
+    runner.admit(backend, "demand", LLMRequest(prompt="b", max_tokens=50), never)
+    ended = dict(runner.step())
+    assert isinstance(ended["demand"], BackendError) and "context of 3 tokens" in ended["demand"].message
+    assert asked == {"bound": 3}
+    while runner.busy():
+        ended.update(runner.step())
+    assert isinstance(ended["bound"], LLMOutcome) and ended["bound"].finish_reason == "length"
+
+
 def test_a_single_stream_backend_runs_alone_after_the_batch() -> None:
     batch, env = ScriptedBatch(slots=2), Env()
     runner = LLMRunner(env.worker_env())

@@ -99,18 +99,25 @@ def test_starvation_guard_keeps_a_minimum_share_under_constant_load() -> None:
 
 
 def test_idle_time_before_a_task_is_not_counted_as_running() -> None:
-    """Ten minutes idle, then a task under constant contention: with begin() at its start it
-    gets its share from the first window, not after ~23 s of being held (the idle time
-    counted as running)."""
+    """An earlier task, ten minutes idle, then a task under constant contention: with begin()
+    at its start it gets its share from the first window, not after ~23 s of being held (the
+    idle time counted as running, or the earlier task's history kept undecayed over it)."""
     for begun, first_run_by in ((True, 6.0), (False, None)):
         w = World()
         y = yielder(w, mode="step", min_share=0.1, window_s=30.0)
-        w.now = 600.0  # the worker idled (or loaded its model)
+        # An earlier task: 60 s mostly uncontended (a history of running), then a short pause.
+        w.states[0] = Activity.PREFILL
+        y.checkpoint("step")
+        w.now += 60.0
+        y.checkpoint("step")
+        w.states[0] = Activity.IDLE
+        w.now += 600.0  # the worker idled (or loaded its model)
+        start = w.now
         if begun:
             y.begin()
         w.states[0] = Activity.PREFILL  # never drops
         y.checkpoint("step")
-        held = w.now - 600.0
+        held = w.now - start
         if first_run_by is not None:
             assert held < first_run_by, held
         else:

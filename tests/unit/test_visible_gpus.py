@@ -17,7 +17,9 @@ def test_the_variable_names_cards_as_cuda_reads_it() -> None:
     assert visible_gpus(4, " 3 , 1") == (3, 1)
     assert visible_gpus(4, "-1") == () and visible_gpus(4, "") == ()
     assert visible_gpus(4, "1,9,2") == (1,)  # CUDA stops at the first entry that is no card
-    assert visible_gpus(2, "GPU-8f3e") == ()  # a UUID: not read here, no card assumed
+    # A UUID (a MIG instance's too) stays as written: the worker's own variable names it.
+    assert visible_gpus(2, "MIG-8f3e,1") == ("MIG-8f3e", 1)
+    assert visible_gpus(1, "GPU-a,GPU-b") == ("GPU-a",)  # no more than there are cards
 
 
 def test_a_lane_on_cuda_1_runs_on_the_second_card_the_server_may_use(tmp_path: Path) -> None:
@@ -41,3 +43,24 @@ def test_a_lane_on_cuda_1_runs_on_the_second_card_the_server_may_use(tmp_path: P
     binding = worker_spec(cfg, "llm", machine).binding
     assert binding.gpu == 3 and binding.environment()["CUDA_VISIBLE_DEVICES"] == "3"
     assert machine.physical_gpu(0) == 2 and machine.physical_gpu(None) is None
+
+
+def test_a_lane_on_a_card_named_by_uuid_is_given_that_uuid(tmp_path: Path) -> None:
+    machine = MachineInfo(cores=(0, 1), gpus=1, gpu_ids=("MIG-8f3e",))
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path),
+            "lanes": {
+                "llm": {
+                    "device": "cuda:0",
+                    "cores": [0],
+                    "default_model": "m",
+                    "models": {"m": {"backend": "noop"}},
+                },
+                "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+                "image": {"enabled": False},
+            },
+        },
+        machine,
+    )
+    assert worker_spec(cfg, "llm", machine).binding.environment()["CUDA_VISIBLE_DEVICES"] == "MIG-8f3e"

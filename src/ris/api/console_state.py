@@ -55,6 +55,8 @@ def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
         lanes[lane.lane] = {**stats[lane.lane], **_lane_extras(engine, lane)}
     return {
         "time": snap.time,
+        # The clock task times are on (the scheduler's, as Unix seconds): what they compare with.
+        "now": snap.now,
         # Machine-wide, per core: the lanes' cores are listed on their cards.
         "cpu_cores": psutil.cpu_percent(percpu=True),
         "lanes": lanes,
@@ -135,7 +137,7 @@ def chart_values(
         if lane.lane == "image":
             done = {v.id: v.progress_done for v in image}
             ended = {v.id: v.finished_at for v in image}
-            out["image.throughput"] = [steps.update(snap.time, done, ended)]
+            out["image.throughput"] = [steps.update(snap.now, done, ended)]  # the tasks' clock
         else:
             out[f"{lane.lane}.throughput"] = [s["outputs_per_s"]]
     out["cpu"] = cores

@@ -14,7 +14,7 @@ import traceback
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from ris.config.schema import ModelSpec
@@ -107,6 +107,10 @@ class LLMRequest:
     seed: int | None = None
     # Keep generating past end-of-sequence until max_tokens (benchmarks, long-run tests).
     ignore_eos: bool = False
+    # max_tokens is a bound, not a demand: over the model's context (known only to the worker
+    # of a model loaded on first use) it becomes the context, rather than a refusal. Ollama's
+    # num_predict and an answer with no limit asked ("until the model stops") are such bounds.
+    max_tokens_at_most: bool = False
     # `prompt` is a user's message: a model with a chat template wraps it (after `system`), as
     # a person writing to a chat model means; False: raw completion of `prompt` as it is.
     prompt_is_message: bool = False
@@ -426,6 +430,9 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         while self._waiting:
             backend, task_id, request, cancelled = self._waiting[0]
             context = backend.context_tokens
+            if context is not None and request.max_tokens > context and request.max_tokens_at_most:
+                request = replace(request, max_tokens=context)
+                self._waiting[0] = (backend, task_id, request, cancelled)
             if context is not None and request.max_tokens > context:
                 # The API refuses this already for models its worker reported at start; a model
                 # loaded on first use is only known here. Refused, not quietly shortened.

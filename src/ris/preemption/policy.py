@@ -88,8 +88,15 @@ class Yielder:
     def begin(self) -> None:
         """A task starts: the time since the last checkpoint was no running (the worker idled
         or loaded a model). Counted as running, it let the guard hold a new task's first ~23 s
-        under steady contention (600 s idle before), where min_share promises its share."""
-        self._mark = self._clock()
+        under steady contention (600 s idle before), where min_share promises its share. The
+        history decays over that time as over any other, and the gap is counted as neither."""
+        now = self._clock()
+        gap = now - self._mark
+        if gap > 0:
+            decay = math.exp(-gap / self.policy.window_s)
+            self._ran *= decay
+            self._paused *= decay
+        self._mark = now
 
     def active(self, kind: Literal["step", "block"]) -> bool:
         mode = self.policy.mode

@@ -41,8 +41,9 @@ class Binding:
     threads: int
     # OS priority, 0 (normal) to 19 (lowest); the image lane runs at 19 on shared cores.
     nice: int
-    # Physical GPU index the worker sees (as cuda:0); None hides every GPU.
-    gpu: int | None
+    # Physical GPU the worker sees (as cuda:0): its index, or the UUID the server's own
+    # CUDA_VISIBLE_DEVICES named it by; None hides every GPU.
+    gpu: int | str | None
     # The lane's memory ceiling; the server's watchdog enforces it on resident memory (see
     # ris.runtime.supervisor) and, on Linux, an OS limit a little above it stops an allocation
     # spike between two samples (MemoryError in the worker: its task fails, it restarts).

@@ -57,8 +57,6 @@ JSON_OR_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"applicatio
 OLLAMA = Dialect(too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"))
 _OPTION_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 _MAX_NAMED = 20
-# Without num_predict, for a model loaded on first use (its context not known yet): as /v1.
-DEFAULT_MAX_TOKENS = 256
 
 
 def created_at() -> str:
@@ -131,17 +129,19 @@ def build_request(
         require_constraining_backend(engine, model, "format" if constraint is not None else "tools")
     context = llm_context(engine, model)
     limit = engine.config.server.max_new_tokens
+    # Bounds, as on Ollama: more than the context stops at the context (here, or in the worker
+    # of a model loaded on first use, whose context is not known yet: max_tokens_at_most).
     if opts.num_predict is None or opts.num_predict < 0:
         # Ollama's default: until the model stops or the context is full (llama.cpp cuts at
         # the context left after the prompt).
-        max_tokens = min(limit, context) if context is not None else DEFAULT_MAX_TOKENS
+        max_tokens = min(limit, context) if context is not None else limit
     else:
-        # More than the context stops at the context, as on Ollama (not refused, as /v1 does).
         max_tokens = max(1, opts.num_predict if context is None else min(opts.num_predict, context))
     return llm_request(
         engine.config.server,
         OLLAMA,
         max_tokens=max_tokens,
+        max_tokens_at_most=True,
         temperature=0.8 if opts.temperature is None else opts.temperature,  # Ollama's defaults
         top_p=0.9 if opts.top_p is None else opts.top_p,
         stop=[s for s in opts.stop or [] if s],

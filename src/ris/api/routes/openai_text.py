@@ -101,6 +101,7 @@ def _request(
     messages: list[tuple[str, str] | Message] | None,
     max_tokens: int,
     plan: ToolPlan | None = None,
+    max_tokens_at_most: bool = False,
 ) -> LLMRequest:
     refuse_unsupported(body)
     constraint = response_constraint(body.response_format)
@@ -123,6 +124,7 @@ def _request(
         prompt=prompt,
         messages=messages,
         max_tokens=max_tokens,
+        max_tokens_at_most=max_tokens_at_most,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         # OpenAI's clients may send empty stop strings; they stop nothing.
@@ -155,11 +157,11 @@ def _envelope(id_prefix: str, kind: str, task_id: str, model: str) -> dict[str, 
 
 def _until_done(engine: Engine, model: str) -> int:
     """A chat without max_tokens runs, as on OpenAI, until the model stops or its context is
-    full (llama.cpp cuts at what the prompt leaves), within server.max_new_tokens; a model
-    loaded on first use, whose context is not known yet, gets 256."""
+    full (llama.cpp cuts at what the prompt leaves), within server.max_new_tokens (for a model
+    loaded on first use, whose context is not known yet, its worker bounds it: at most)."""
     context = llm_context(engine, model)
     limit = engine.config.server.max_new_tokens
-    return min(limit, context) if context is not None else 256
+    return min(limit, context) if context is not None else limit
 
 
 def _finish_reason(r: LLMResult) -> str:
@@ -176,9 +178,10 @@ async def chat_completions(request: Request) -> Any:
     body = await json_body(request, ChatCompletionRequest)
     engine = engine_of(request)
     model = _llm_model(engine, body.model, "/v1/chat/completions")
-    max_tokens = body.max_completion_tokens or body.max_tokens or _until_done(engine, model)
+    asked = body.max_completion_tokens or body.max_tokens
+    max_tokens = asked or _until_done(engine, model)
     plan = tool_plan(body)
-    req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan)
+    req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan, asked is None)
     handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     base = _envelope("chatcmpl", "chat.completion", handle.task_id, model)
     call_ids = f"call_{handle.task_id}_"

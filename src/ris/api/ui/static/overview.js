@@ -21,10 +21,12 @@ for (const card of document.querySelectorAll(".card[data-lane]")) {
 // first seen counts if it worked since the last tick: running, or ended after it (a short image
 // started and finished between two ticks).
 const stepWindow = [];
+let lastTaskClock = null; // the previous tick on the clock task times are on (state.now)
 function imageSteps(state, now) {
   let steps = 0;
   const seen = {};
-  const previous = stepWindow.length ? stepWindow[stepWindow.length - 1][0] : null;
+  const previous = lastTaskClock;
+  lastTaskClock = state.now;
   for (const t of [...state.tasks.running, ...state.tasks.recent]) {
     if (t.lane !== "image") continue;
     seen[t.task_id] = t.progress_done;
