@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ris.config import Config
 from ris.config.load import parse_config
 from ris.machine import MachineInfo, visible_gpus
 from ris.runtime.specs import worker_spec
@@ -22,45 +23,24 @@ def test_the_variable_names_cards_as_cuda_reads_it() -> None:
     assert visible_gpus(1, "GPU-a,GPU-b") == ("GPU-a",)  # no more than there are cards
 
 
+def llm_on(device: str, machine: MachineInfo, tmp: Path) -> Config:
+    model = {"m": {"backend": "noop"}}
+    lanes = {
+        "llm": {"device": device, "cores": [0], "default_model": "m", "models": model},
+        "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+        "image": {"enabled": False},
+    }
+    return parse_config({"data_dir": str(tmp), "lanes": lanes}, machine)
+
+
 def test_a_lane_on_cuda_1_runs_on_the_second_card_the_server_may_use(tmp_path: Path) -> None:
     machine = MachineInfo(cores=(0, 1, 2, 3), gpus=2, gpu_ids=(2, 3))
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path),
-            "lanes": {
-                "llm": {
-                    "device": "cuda:1",
-                    "cores": [0],
-                    "default_model": "m",
-                    "models": {"m": {"backend": "noop"}},
-                },
-                "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
-                "image": {"enabled": False},
-            },
-        },
-        machine,
-    )
-    binding = worker_spec(cfg, "llm", machine).binding
+    binding = worker_spec(llm_on("cuda:1", machine, tmp_path), "llm", machine).binding
     assert binding.gpu == 3 and binding.environment()["CUDA_VISIBLE_DEVICES"] == "3"
     assert machine.physical_gpu(0) == 2 and machine.physical_gpu(None) is None
 
 
 def test_a_lane_on_a_card_named_by_uuid_is_given_that_uuid(tmp_path: Path) -> None:
     machine = MachineInfo(cores=(0, 1), gpus=1, gpu_ids=("MIG-8f3e",))
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path),
-            "lanes": {
-                "llm": {
-                    "device": "cuda:0",
-                    "cores": [0],
-                    "default_model": "m",
-                    "models": {"m": {"backend": "noop"}},
-                },
-                "tts": {"cores": [1], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
-                "image": {"enabled": False},
-            },
-        },
-        machine,
-    )
-    assert worker_spec(cfg, "llm", machine).binding.environment()["CUDA_VISIBLE_DEVICES"] == "MIG-8f3e"
+    binding = worker_spec(llm_on("cuda:0", machine, tmp_path), "llm", machine).binding
+    assert binding.environment()["CUDA_VISIBLE_DEVICES"] == "MIG-8f3e"

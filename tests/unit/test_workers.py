@@ -135,6 +135,27 @@ def test_a_dead_workers_last_messages_are_read_before_it_is_called_dead(tmp_path
     ]
 
 
+def _actor_class_streaming(stream: Callable[[], object]) -> Callable[[], object]:
+    """A fake of ris.runtime.workers.ray's actor class whose actors' stream is `stream()`."""
+
+    class Method:
+        def __init__(self, fn: Callable[..., object]) -> None:
+            self.remote = fn
+
+    class Actor:
+        def __init__(self) -> None:
+            self.stream, self.put = Method(stream), Method(lambda msg: None)
+
+    class ActorClass:
+        def options(self, **options: object) -> ActorClass:
+            return self
+
+        def remote(self, *args: object) -> Actor:
+            return Actor()
+
+    return ActorClass
+
+
 def _spec(lane: str) -> WorkerSpec:
     binding = Binding(cores=None, threads=1, nice=0, gpu=None, memory_limit_bytes=None)
     return WorkerSpec(lane, "", binding, "cpu", "{}", {}, "")
@@ -172,22 +193,7 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
                 ref.set_result(await yields.get())
                 return ref
 
-        class Method:
-            def __init__(self, fn: Callable[..., object]) -> None:
-                self.remote = fn
-
-        class Actor:
-            def __init__(self) -> None:
-                self.stream, self.put = Method(Stream), Method(lambda msg: None)
-
-        class ActorClass:
-            def options(self, **options: object) -> ActorClass:
-                return self
-
-            def remote(self, *args: object) -> Actor:
-                return Actor()
-
-        monkeypatch.setattr(ray_kind, "_actor_class", ActorClass)
+        monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream))
         killed: list[object] = []
         # Ray's own kill would start a local Ray instance for a fake actor: record it instead.
         monkeypatch.setattr(ray_kind.ray, "kill", lambda actor, no_restart: killed.append(actor))
@@ -235,22 +241,7 @@ def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
             async def __anext__(self) -> object:
                 raise InitFailed("ModuleNotFoundError: No module named 'ris'")
 
-        class Method:
-            def __init__(self, fn: Callable[..., object]) -> None:
-                self.remote = fn
-
-        class Actor:
-            def __init__(self) -> None:
-                self.stream, self.put = Method(Stream), Method(lambda msg: None)
-
-        class ActorClass:
-            def options(self, **options: object) -> ActorClass:
-                return self
-
-            def remote(self, *args: object) -> Actor:
-                return Actor()
-
-        monkeypatch.setattr(ray_kind, "_actor_class", ActorClass)
+        monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream))
         pool = object.__new__(ray_kind.RayWorkers)
         pool.head_lost = None
 

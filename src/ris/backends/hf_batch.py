@@ -26,7 +26,7 @@ from typing import Any
 
 from ris.backends import BackendError
 from ris.backends._textgen import StopScanner
-from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, StepFailed, TextOutput
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, stepped
 from ris.memory.footprint import HF_PAGE_TOKENS, hf_kv_bytes_per_token, hf_kv_cache_tokens
 
 # How long a step waits for the engine's next tokens before handing control back to the
@@ -190,16 +190,7 @@ class TransformersBatch(LLMBatch):
         self._seqs[rid] = _Sequence(key, req, out, StopScanner(req.stop + template_stops, out.emit), len(ids))
 
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
-        ended: list[tuple[str, LLMOutcome | BackendError]] = []
-        try:
-            self._step(ended)
-        except MemoryError:
-            raise
-        except Exception as e:
-            if ended:  # those already ended in this step are reported with the failure
-                raise StepFailed(ended, e) from e
-            raise
-        return ended
+        return stepped(self._step)
 
     def _step(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
         ended.extend(self._early.items())

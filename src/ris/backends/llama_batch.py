@@ -38,7 +38,7 @@ from ris.backends import BackendError
 from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
 from ris.backends.thread_choice import ThreadChoice
-from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, StepFailed, TextOutput
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, stepped
 from ris.memory.footprint import GGML_TYPE_NAMES, kv_bytes_per_token
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
@@ -199,16 +199,7 @@ class LlamaBatch(LLMBatch):
     def step(self) -> list[tuple[str, LLMOutcome | BackendError]]:
         """One decode of every running sequence; returns the sequences that ended, and those
         that failed alone (a grammar with no way on) with their error."""
-        ended: list[tuple[str, LLMOutcome | BackendError]] = []
-        try:
-            self._step(ended)
-        except MemoryError:
-            raise
-        except Exception as e:
-            if ended:
-                raise StepFailed(ended, e) from e
-            raise
-        return ended
+        return stepped(self._step)
 
     def _step(self, ended: list[tuple[str, LLMOutcome | BackendError]]) -> None:
         ended.extend(self._drop_cancelled())

@@ -245,6 +245,23 @@ class StepFailed(Exception):
         self.cause = cause
 
 
+def stepped(
+    step: Callable[[list[tuple[str, LLMOutcome | BackendError]]], None],
+) -> list[tuple[str, LLMOutcome | BackendError]]:
+    """A batch's step, run by `step` into a list of what ended: what it returns, or, when the
+    step fails after some ended, StepFailed carrying them."""
+    ended: list[tuple[str, LLMOutcome | BackendError]] = []
+    try:
+        step(ended)
+    except MemoryError:
+        raise
+    except Exception as e:
+        if ended:
+            raise StepFailed(ended, e) from e
+        raise
+    return ended
+
+
 class LLMBatch(ABC):
     """Several generations advanced together, one decode step at a time (continuous batching).
     Each sequence streams to its own output and keeps its own sampling, stops and limits."""
