@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from ris.messages import CpuShareInfo
+from ris.runtime.binding import renice_process
 
 # The kernel's sched_prio_to_weight, nice 0..19 (kernel/sched/core.c).
 NICE_WEIGHTS = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
@@ -63,8 +64,6 @@ def apply_min_cpu_share(share: float, lane: str, nice: int, server_pid: int) -> 
     the lane's `nice` inside it, which weighs nothing against the group's other members: it
     has none), else the nice level that gives the share (never above `nice`). Either only
     raises the nice from where it is, which needs no privilege."""
-    from ris.runtime.binding import renice_process
-
     weight = weight_for(share)
     group = _cgroup_v1(group_name(server_pid, lane), weight)
     level = nice if group is not None else min(nice, nice_for(share))

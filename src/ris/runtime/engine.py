@@ -268,8 +268,7 @@ class Engine:
         lane = kind.name
         if not keep_files and kind.durable:
             raise ValueError(f"the {lane} lane is durable: its tasks keep their files")
-        if lane not in self._replicas:
-            raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
+        self.require_serving(lane)
         if self.kinds[lane] is not kind:
             raise TypeError(f"{kind!r} is not the {lane} lane kind this engine was configured with")
         # A request from the generic API (or an untyped caller) is checked here, once.
@@ -277,7 +276,6 @@ class Engine:
             raise TypeError(
                 f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
             )
-        self.require_serving(lane)
         cfg = self.config.lane(lane)
         spec = TaskSpec(
             lane=lane,
