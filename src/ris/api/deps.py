@@ -57,8 +57,7 @@ async def json_body(request: Request, model: type[M]) -> M:
     if any("recursion limit" in err["msg"] for err in invalid):
         # pydantic-core stops at a fixed depth; Python's parser would go on (and everything
         # that walks a schema after it would meet Python's recursion limit: a 500).
-        too_deep = {"loc": ("body",), "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}
-        raise RequestValidationError([{**too_deep, "type": "json_too_deep"}])
+        raise _too_deep()
     if invalid:
         # pydantic-core's parser refuses a lone surrogate ("\ud800") in words about hex
         # escapes; Python's parser keeps it, and the schema's own check (limits.RequestBody)
@@ -66,8 +65,7 @@ async def json_body(request: Request, model: type[M]) -> M:
         try:
             parsed = json.loads(body, parse_constant=_no_constants)
             if _deeper_than(parsed, MAX_JSON_DEPTH):
-                too_deep = {"loc": ("body",), "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels"}
-                raise RequestValidationError([{**too_deep, "type": "json_too_deep"}])
+                raise _too_deep()
             return model.model_validate(parsed)
         except ValidationError as e:
             errors = e.errors(include_url=False)
@@ -79,6 +77,15 @@ async def json_body(request: Request, model: type[M]) -> M:
 # As deep as pydantic-core's own parser goes (it refuses more in words about a recursion limit),
 # so a body refused there is refused here too, by the same rule.
 MAX_JSON_DEPTH = 200
+
+
+def _too_deep() -> RequestValidationError:
+    error = {
+        "loc": ("body",),
+        "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+        "type": "json_too_deep",
+    }
+    return RequestValidationError([error])
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
