@@ -7,6 +7,7 @@ import asyncio
 import base64
 import inspect
 import json
+import time
 from typing import Any
 
 import httpx
@@ -170,3 +171,93 @@ def test_errors_and_retries_are_the_same_on_both() -> None:
 
     with pytest.raises(RISError, match="404 not_found"):
         asyncio.run(async_404())
+
+
+def _both(transport: Any, call: Any) -> list[Any]:
+    """`call(client)` on a sync and an async client over `transport`: what each returned or raised."""
+    out: list[Any] = []
+    with Client("http://ris.test", transport=transport, max_retry_wait=0.01) as c:
+        try:
+            result = call(c)
+            out.append(list(result) if inspect.isgenerator(result) else result)
+        except Exception as e:  # noqa: BLE001 - compared below
+            out.append(e)
+
+    async def run_async() -> Any:
+        async with AsyncClient("http://ris.test", transport=transport, max_retry_wait=0.01) as c:
+            result = call(c)
+            return [x async for x in result] if hasattr(result, "__aiter__") else await result
+
+    try:
+        out.append(asyncio.run(run_async()))
+    except Exception as e:  # noqa: BLE001
+        out.append(e)
+    return out
+
+
+def test_a_crashed_worker_is_not_asked_again_a_full_queue_is() -> None:
+    """The request that ran when its worker died may be what killed it: sent again, it would
+    take the replaced worker (and the requests batched on it) down again."""
+    for code, status, posts in (
+        ("worker_crashed", 503, 1),
+        ("worker_out_of_memory", 503, 1),
+        ("queue_full", 429, 4),
+    ):
+        log: list[int] = []
+
+        def answer(
+            request: httpx.Request, code: str = code, status: int = status, log: list[int] = log
+        ) -> httpx.Response:
+            log.append(1)
+            return httpx.Response(
+                status, headers={"Retry-After": "0"}, json={"error": {"code": code, "message": "x"}}
+            )
+
+        results = _both(httpx.MockTransport(answer), lambda c: c.generate("hi"))
+        assert all(isinstance(r, RISError) and r.code == code for r in results), results
+        assert len(log) == 2 * posts, (code, len(log))
+
+
+def test_a_failure_inside_a_stream_or_a_progress_has_the_status_of_its_response() -> None:
+    """generate() and generate_stream() raise the same RISError for the same failure: the
+    stream's own response was a 200, but the status told is the failure's (deadline: 504)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/image/progress/t":
+            error = {"code": "worker_crashed", "message": "gone"}
+            return httpx.Response(200, json={"task_id": "t", "status": "failed", "error": error})
+        failure = {"code": "deadline_exceeded", "message": "late"}
+        return httpx.Response(200, content=sse(("token", {"text": "h"}), ("error", failure)))
+
+    streamed = _both(httpx.MockTransport(answer), lambda c: c.generate_stream("hi"))
+    assert [(e.status, e.code) for e in streamed] == [(504, "deadline_exceeded")] * 2
+    waited = _both(httpx.MockTransport(answer), lambda c: c.wait("t", poll_s=0))
+    assert [(e.status, e.code) for e in waited] == [(503, "worker_crashed")] * 2
+
+
+def test_a_prompt_and_messages_together_are_refused_not_the_prompt_dropped() -> None:
+    log: list[tuple[str, str, Any]] = []
+    messages = [{"role": "system", "content": "be brief"}]
+    results = _both(handler(log), lambda c: c.generate("Translate to French", messages=messages))
+    assert all(isinstance(r, ValueError) and "exactly one" in str(r) for r in results), results
+    assert log == []  # nothing sent
+
+
+def test_wait_gives_up_at_its_timeout_not_a_poll_later() -> None:
+    def running(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"task_id": "t", "status": "running"})
+
+    for client in (Client("http://ris.test", transport=httpx.MockTransport(running)),):
+        t = time.monotonic()
+        with client, pytest.raises(TimeoutError):
+            client.wait("t", timeout=0.2, poll_s=3)
+        assert time.monotonic() - t < 1.5
+
+
+def test_tasks_takes_the_filters_the_server_knows_only() -> None:
+    log: list[tuple[str, str, Any]] = []
+    with Client("http://ris.test", transport=handler(log)) as c:
+        c.tasks(state="failed", lane="image", limit=5)
+        with pytest.raises(TypeError):
+            c.tasks(status="failed")  # type: ignore[call-arg]  # image_tasks' word, ignored by /api/tasks
+    assert log == [("GET", "http://ris.test/api/tasks?lane=image&state=failed&limit=5", None)]

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from ris.failures import failure_status
 from ris.runtime.engine import LaneUnavailable
 from ris.runtime.views import TaskView
 from ris.scheduler import QueueFull
@@ -99,38 +100,9 @@ def lane_unavailable(e: LaneUnavailable) -> APIError:
     return APIError(503, e.code, str(e), headers={"Retry-After": RETRY_AFTER_503})
 
 
-# HTTP status of a task (or a speaking pipeline) that ended without success, by its error code
-# (500 otherwise).
-FAILURE_STATUS = {
-    "deadline_exceeded": 504,
-    "worker_timeout": 504,
-    "worker_crashed": 503,
-    "worker_out_of_memory": 503,  # the worker was replaced; the lane serves on
-    # The task asked more of the lane's GPU budget than it holds; the worker serves on (an
-    # LLM batch's worker is replaced: its sequences shared the step that failed).
-    "gpu_out_of_memory": 507,
-    "cancelled": 409,
-    "server_shutdown": 503,
-    "lane_unavailable": 503,
-    "lane_pending": 503,  # queued, then every worker of its lane began waiting for the cluster
-    "queue_full": 429,
-    "unknown_voice": 422,
-    "nothing_to_speak": 422,
-    "context_length_exceeded": 422,
-    "invalid_request": 422,  # a request only the worker can judge (a model loaded on first use)
-    "unsupported_for_model": 422,  # structured output or tools on a backend without grammars
-    "schema_too_costly": 422,  # its grammar's work for one answer passed the worker's bound
-    # The engine had no sound for the text's characters in that voice: symbols, digits of other
-    # scripts ("\u0663"), spacing accents ("\u00b4"); over half of all symbol characters give
-    # no audio in both engines. The text's doing, not the server's (the fuzzer found it as a
-    # 500); an engine that fails is synthesis_failed or backend_error, 500.
-    "synthesis_empty": 422,
-}
-
-
 def task_error(code: str, message: str) -> APIError:
     """The error response for a failure reported by code (a task's, or the speaking pipeline's)."""
-    status = FAILURE_STATUS.get(code, 500)
+    status = failure_status(code)
     retry = {"Retry-After": RETRY_AFTER_503} if status == 503 else None
     return APIError(status, code, message, headers=retry)
 

@@ -10,9 +10,14 @@ from typing import Any
 
 import httpx
 
+from ris.failures import failure_status
+
 
 class RISError(Exception):
-    """The server answered with an error object; `code` is machine-readable."""
+    """The server answered with an error object; `code` is machine-readable. `status` is the
+    HTTP status the failure answers with, also where it came inside a stream or a task's
+    progress (whose own response was a 200): a failed generation is the same RISError either
+    way."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
@@ -74,6 +79,10 @@ def backoff_delay(attempt: int, retry_after: float | None, cap: float) -> float:
 
 
 RETRY_STATUSES = (429, 503)
+# 503s that are not retried: the request ran and its worker died under it (the request may
+# be what killed it). Sent again, it would take the replaced worker, and the requests batched
+# on it, down again. The other 503s and 429s came before anything ran, or from a stop.
+NOT_RETRIED = frozenset({"worker_crashed", "worker_out_of_memory"})
 
 
 class SSEDecoder:
@@ -115,6 +124,9 @@ def generation_from(body: dict[str, Any]) -> Generation:
 
 
 def llm_body(prompt: str | None, messages: list[dict[str, str]] | None, **kw: Any) -> dict[str, Any]:
+    if (prompt is None) == (messages is None):
+        # Both given: the prompt was dropped and the model answered without it.
+        raise ValueError("give exactly one of `prompt` or `messages` (put the prompt in a user message)")
     body: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
     if messages is not None:
         body["messages"] = messages
@@ -131,4 +143,11 @@ def check_final(progress: dict[str, Any]) -> dict[str, Any]:
     if progress["status"] == "succeeded":
         return progress
     err = progress.get("error") or {}
-    raise RISError(200, str(err.get("code") or progress["status"]), str(err.get("message") or ""))
+    code = str(err.get("code") or progress["status"])
+    raise RISError(failure_status(code), code, str(err.get("message") or ""))
+
+
+def stream_failure(data: dict[str, Any]) -> RISError:
+    """An `error` event of a stream that had begun: the failure its response would have been."""
+    code = str(data["code"])
+    return RISError(failure_status(code), code, str(data["message"]))

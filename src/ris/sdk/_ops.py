@@ -23,12 +23,12 @@ import httpx
 from ris.sdk._common import (
     FINAL_STATES,
     Generation,
-    RISError,
     Speech,
     SSEDecoder,
     check_final,
     generation_from,
     llm_body,
+    stream_failure,
 )
 
 T = TypeVar("T")
@@ -158,7 +158,7 @@ class _Tokens(LineDecoder[str]):
             return []
         name, data = event
         if name == "error":
-            raise RISError(200, data["code"], data["message"])
+            raise stream_failure(data)
         return [data["text"]] if name == "token" else []
 
 
@@ -174,7 +174,7 @@ class _SpeakEvents(LineDecoder[tuple[str, dict[str, Any]]]):
         if name == "audio":
             data["pcm"] = base64.b64decode(data["pcm"])
         elif name == "error":
-            raise RISError(200, data["code"], data["message"])
+            raise stream_failure(data)
         return [(name, data)]
 
 
@@ -321,8 +321,12 @@ class Operations:
         return _json((yield Call("GET", f"/api/tasks/{task_id}")))
 
     @op
-    def tasks(self, /, **filters: Any) -> Op[list[dict[str, Any]]]:
-        params = {k: v for k, v in filters.items() if v is not None}
+    def tasks(
+        self, /, *, lane: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> Op[list[dict[str, Any]]]:
+        """Recent tasks, newest first, of one lane and state if given (GET /api/tasks: a filter
+        the server does not know would be ignored there, so none is taken here)."""
+        params = {k: v for k, v in {"lane": lane, "state": state, "limit": limit}.items() if v is not None}
         return list((yield Call("GET", "/api/tasks", params=params)).json()["tasks"])
 
     @op
@@ -360,6 +364,8 @@ def _wait(
             on_progress(prog)
         if prog["status"] in FINAL_STATES:
             return check_final(prog)
-        if deadline is not None and time.monotonic() > deadline:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             raise TimeoutError(f"task {task_id} still {prog['status']} after {timeout} s")
-        yield Pause(poll_s)
+        # Never past the deadline: one last look when it comes, then the answer.
+        yield Pause(poll_s if left is None else min(poll_s, left))

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ris.sdk._common import RETRY_STATUSES, backoff_delay, error_from
+from ris.sdk._common import NOT_RETRIED, RETRY_STATUSES, backoff_delay, error_from
 from ris.sdk._ops import AsyncRunner, Call, Op, Operations, Pause, StreamSpec, SyncRunner, T
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -45,7 +45,8 @@ class _Base(Operations):
         if resp.status_code < 400 or not call.check:
             return None
         err = error_from(resp)
-        if not call.retry or resp.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+        retried = call.retry and resp.status_code in RETRY_STATUSES and err.code not in NOT_RETRIED
+        if not retried or attempt >= self.max_retries:
             raise err
         return backoff_delay(attempt, err.retry_after, self.max_retry_wait)
 

@@ -1,0 +1,36 @@
+"""The HTTP status a task that ended without success answers with, by its error code (500
+otherwise): one table for the server's answers and the SDK's exceptions, which must agree
+whether a failure came as a response or inside a stream. No imports: the SDK loads it without
+the server's packages."""
+
+from __future__ import annotations
+
+FAILURE_STATUS = {
+    "deadline_exceeded": 504,
+    "worker_timeout": 504,
+    "worker_crashed": 503,
+    "worker_out_of_memory": 503,  # the worker was replaced; the lane serves on
+    # The task asked more of the lane's GPU budget than it holds; the worker serves on (an
+    # LLM batch's worker is replaced: its sequences shared the step that failed).
+    "gpu_out_of_memory": 507,
+    "cancelled": 409,
+    "server_shutdown": 503,
+    "lane_unavailable": 503,
+    "lane_pending": 503,  # queued, then every worker of its lane began waiting for the cluster
+    "queue_full": 429,
+    "unknown_voice": 422,
+    "nothing_to_speak": 422,
+    "context_length_exceeded": 422,
+    "invalid_request": 422,  # a request only the worker can judge (a model loaded on first use)
+    "unsupported_for_model": 422,  # structured output or tools on a backend without grammars
+    "schema_too_costly": 422,  # its grammar's work for one answer passed the worker's bound
+    # The engine had no sound for the text's characters in that voice: symbols, digits of other
+    # scripts ("\u0663"), spacing accents ("\u00b4"); over half of all symbol characters give
+    # no audio in both engines. The text's doing, not the server's (the fuzzer found it as a
+    # 500); an engine that fails is synthesis_failed or backend_error, 500.
+    "synthesis_empty": 422,
+}
+
+
+def failure_status(code: str) -> int:
+    return FAILURE_STATUS.get(code, 500)
