@@ -194,7 +194,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         with Client(args.url, api_key=args.api_key, timeout=10, max_retries=0) as client:
             stats = client.stats()["lanes"]
-    except (RISError, OSError) as e:
+    except RISError as e:  # reached: it said no
+        hint = " (give a key with --api-key or RIS_API_KEY)" if e.status in (401, 403) else ""
+        print(f"ris status: {args.url} answered {e}{hint}", file=sys.stderr)
+        return 1
+    except OSError as e:
         print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - httpx transport errors

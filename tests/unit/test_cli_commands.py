@@ -64,3 +64,42 @@ def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_p
         done = ris(*args)
         assert done.returncode == code and said in done.stderr, (args, done.returncode, done.stderr)
         assert "Traceback" not in done.stderr, args
+
+
+def test_status_told_no_by_the_server_says_so_not_cannot_reach() -> None:
+    """A server that needs a key answered: 'cannot reach' would send the user looking at the network."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NeedsKey(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = json.dumps({"error": {"code": "unauthorized", "message": "this server needs an API key"}})
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NeedsKey)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        env = {k: v for k, v in os.environ.items() if k != "RIS_API_KEY"}
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "status", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+            env=env,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 1, done.stderr
+    assert "cannot reach" not in done.stderr and "401 unauthorized" in done.stderr, done.stderr
+    assert "--api-key" in done.stderr and "Traceback" not in done.stderr
