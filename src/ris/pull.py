@@ -25,7 +25,8 @@ import inspect
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,16 @@ def pull(
             progress(f, (folder / f.path).stat().st_size)
     spec = _config_entry(entry, folder)
     key = name.strip()
-    _add_to_config(config_path, config, entry.lane, key, spec)
+    try:
+        _add_to_config(config_path, entry.lane, key, spec)
+    except (OSError, PullError) as e:  # not writable, disk full, or no longer JSON
+        reason = e.message if isinstance(e, PullError) else str(e)
+        entry_json = json.dumps({key: spec}, ensure_ascii=False)
+        raise PullError(
+            "config_not_written",
+            f"{entry.name} is downloaded in {folder}, but {config_path} could not be updated ({reason}); "
+            f"add it to lanes.{entry.lane}.models by hand: {entry_json}",
+        ) from None
     log(f"added model {key!r} to the {entry.lane} lane of {config_path}; restart the server to use it")
     return Pulled(key, entry.lane, folder, tuple(f.path for f in remote), commit, spec)
 
@@ -277,23 +287,50 @@ def _config_entry(entry: CatalogueEntry, folder: Path) -> dict[str, Any]:
     return spec
 
 
-def _add_to_config(path: Path, config: dict[str, Any], lane: str, name: str, spec: dict[str, Any]) -> None:
-    lanes = config.setdefault("lanes", {})
-    lane_cfg = lanes.setdefault(lane, {})
-    lane_cfg.setdefault("models", {})[name] = spec
-    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+def _add_to_config(path: Path, lane: str, name: str, spec: dict[str, Any]) -> None:
+    """The model's entry added to the config as it is now, not as it was when the download
+    began: a pull of another model, or an edit, made meanwhile is kept. Pulls into one file
+    take turns (a lock file beside it, where the OS has flock)."""
     # The file a link points to is the one rewritten (replacing the link would fork the config).
     path = path.resolve()
+    with _config_lock(path):
+        config = _read_config(path)
+        lanes = config.setdefault("lanes", {})
+        lane_cfg = lanes.setdefault(lane, {})
+        lane_cfg.setdefault("models", {})[name] = spec
+        _write_whole(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _config_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; pulls into one file are rare enough there
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_whole(path: Path, text: str) -> None:
     # Written whole, then renamed: a pull stopped here leaves the old file, not half of one.
     # The new file keeps the old one's permissions: a config holding server.api_keys is
     # often readable by its owner only, and a fresh file would be readable by all (umask).
     mode = stat.S_IMODE(path.stat().st_mode)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, mode)  # os.open's mode is cut by the umask
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)  # os.open's mode is cut by the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a disk that filled up keeps no half-written copy
+        raise
 
 
 __all__ = ["PullError", "Pulled", "RemoteFile", "file_sha256", "git_blob_id", "pull"]

@@ -7,7 +7,10 @@ import os
 import stat
 from pathlib import Path
 
-from ris.pull import _add_to_config
+import pytest
+
+from ris import pull as pull_module
+from ris.pull import PullError, RemoteFile, _add_to_config, pull
 
 SPEC = {"backend": "llama_cpp", "source": "/models/q.gguf"}
 
@@ -20,7 +23,7 @@ def test_the_rewritten_config_keeps_its_permissions(tmp_path: Path) -> None:
     path.chmod(0o600)
     old_umask = os.umask(0o022)
     try:
-        _add_to_config(path, config, "llm", "qwen2.5", SPEC)
+        _add_to_config(path, "llm", "qwen2.5", SPEC)
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -33,6 +36,59 @@ def test_a_linked_config_is_rewritten_where_it_lives(tmp_path: Path) -> None:
     target.write_text("{}", encoding="utf-8")
     link = tmp_path / "config.json"
     link.symlink_to(target)
-    _add_to_config(link, {}, "llm", "qwen2.5", SPEC)
+    _add_to_config(link, "llm", "qwen2.5", SPEC)
     assert link.is_symlink()
     assert "qwen2.5" in json.loads(target.read_text(encoding="utf-8"))["lanes"]["llm"]["models"]
+
+
+def _download_meanwhile(monkeypatch: pytest.MonkeyPatch, meanwhile: object) -> None:
+    """pull() without a hub: one file, whose download runs `meanwhile` (what happens to the
+    config while a pull of several GB goes on)."""
+    remote = [RemoteFile("model.gguf", 4, None, None)]
+    monkeypatch.setattr(pull_module, "_remote_files", lambda entry, endpoint, token: ("c" * 40, remote))
+
+    def download(entry: object, f: RemoteFile, commit: str, folder: Path, *args: object) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f.path).write_bytes(b"GGUF")
+        meanwhile()  # type: ignore[operator]
+
+    monkeypatch.setattr(pull_module, "_download", download)
+    monkeypatch.setattr(pull_module, "_verify", lambda path, f: True)
+
+
+def test_what_changed_in_the_config_during_the_download_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pulls at once, or an edit made while one downloads: the entry is added to the file
+    as it is at the end, not written over it from what was read at the start."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"data_dir": str(tmp_path / "data")}), encoding="utf-8")
+
+    def edit() -> None:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["server"] = {"api_keys": ["added-meanwhile"]}
+        config["lanes"] = {"tts": {"models": {"other": {"backend": "espeak"}}}}
+        path.write_text(json.dumps(config), encoding="utf-8")
+
+    _download_meanwhile(monkeypatch, edit)
+    pull("qwen2.5", path, log=lambda line: None)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    assert config["server"]["api_keys"] == ["added-meanwhile"]
+    assert "other" in config["lanes"]["tts"]["models"] and "qwen2.5" in config["lanes"]["llm"]["models"]
+
+
+def test_a_config_that_cannot_be_written_says_where_the_download_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"data_dir": str(tmp_path / "data")}), encoding="utf-8")
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    _download_meanwhile(monkeypatch, lambda: None)
+    monkeypatch.setattr(pull_module, "_write_whole", refuse)
+    with pytest.raises(PullError) as e:
+        pull("qwen2.5", path, log=lambda line: None)
+    assert e.value.code == "config_not_written"
+    assert str(tmp_path / "data" / "models") in e.value.message and '"qwen2.5"' in e.value.message

@@ -47,6 +47,7 @@ _QUANT = re.compile(r"(?i)\b(IQ\d\w*|Q\d(?:_[A-Z0-9]+)*|F16|BF16|F32)\b")
 _FORMATS = {"llama_cpp": "gguf", "transformers": "safetensors"}
 # Pull errors the client can fix (a name not in the catalogue, or gone from the hub): 404.
 _NOT_FOUND = {"unknown_model", "unavailable", "not_found"}
+_OWN_FAULT = {"config_error", "config_not_written"}
 # One pull at a time: each rewrites config.json. Held by the pulling thread, so a client that
 # leaves mid-pull (its pull runs on to the end) still keeps the next one waiting.
 _PULLING = threading.Lock()
@@ -241,7 +242,9 @@ async def _pull_lines(name: str, config_path: Path) -> AsyncIterator[dict[str, A
     try:
         pulled = work.result()
     except PullError as e:
-        yield {"error": e.message, "status_code": 404 if e.code in _NOT_FOUND else 502}
+        # The hub's failures are a bad gateway; this server's own config file is its own error.
+        status = 404 if e.code in _NOT_FOUND else 500 if e.code in _OWN_FAULT else 502
+        yield {"error": e.message, "status_code": status}
         return
     except OSError as e:  # config.json not writable, disk full
         yield {"error": f"pull {name}: {e}", "status_code": 500}
