@@ -573,6 +573,66 @@ async def test_an_image_running_through_graceful_restarts_is_not_failed_as_inter
 
 
 @run
+async def test_an_image_cancelled_while_it_ran_does_not_run_again_after_a_restart(tmp_path: Path) -> None:
+    """The cancel was asked for, then the server stopped before the worker said it stopped
+    (a long step, a SIGKILL): set aside as a task the stop cut, it ran again to its end."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        handle = eng.submit(IMAGE, "i", ImageRequest(prompt="not wanted any more"))
+        assert eng.cancel(handle.task_id) is CancelOutcome.REQUESTED
+    async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
+        view = again.lookup(handle.task_id)
+        assert view is not None and (view.state, view.error_code) == ("cancelled", "cancelled")
+        workers[Lane.IMAGE].ready()
+        assert workers[Lane.IMAGE].runs == []
+
+
+@run
+async def test_a_resumed_image_keeps_its_clients_timeout(tmp_path: Path) -> None:
+    """timeout_s is the client's: kept on disk, it still ends the task after a restart (and one
+    whose timeout passed while the server was down fails at the start), where every restart
+    gave it the lane's full request_timeout_s anew."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        short = eng.submit(IMAGE, "i", ImageRequest(prompt="a"), timeout_s=60)
+        long = eng.submit(IMAGE, "i", ImageRequest(prompt="b"), timeout_s=600)
+    clock, workers = FakeClock(), FakeWorkers()
+    clock.advance(100)  # the server was down 100 s
+    again = engine(config(tmp_path, image=IMAGE_ON), clock, workers)
+    await again.start()
+    try:
+        gone = again.lookup(short.task_id)
+        assert gone is not None and (gone.state, gone.error_code) == ("failed", "deadline_exceeded")
+        assert again.lookup(long.task_id).state == "queued"  # type: ignore[union-attr]
+        clock.advance(501)  # 601 s after it was accepted
+        again.check()
+        late = again.lookup(long.task_id)
+        assert late is not None and (late.state, late.error_code) == ("failed", "deadline_exceeded")
+    finally:
+        await again.stop()
+
+
+@run
+async def test_a_stored_request_this_version_cannot_read_fails_alone(tmp_path: Path) -> None:
+    """A queued row kept by another version (a field since removed) fails that task; the
+    server starts and the other tasks resume, where every start raised TypeError."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        odd = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        fine = eng.submit(IMAGE, "i", ImageRequest(prompt="b"))
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "data" / "tasks.db"))
+    db.execute("UPDATE tasks SET request=? WHERE id=?", ('{"prompt": "a", "a_field_since_removed": 1}', odd.task_id))
+    db.commit()
+    db.close()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
+        view = again.lookup(odd.task_id)
+        assert view is not None and (view.state, view.error_code) == ("failed", "unreadable_request")
+        assert "a_field_since_removed" in (view.error_message or "")
+        workers[Lane.IMAGE].ready()
+        assert [r.task_id for r in workers[Lane.IMAGE].runs] == [fine.task_id]
+
+
+@run
 async def test_speech_that_needs_a_voice_on_a_pending_lane_is_refused_as_pending(tmp_path: Path) -> None:
     """A voice is matched against the worker's models before anything is queued: with the TTS
     lane waiting for its cluster, that said 'still starting' (lane_unavailable), where the docs

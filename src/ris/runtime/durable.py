@@ -44,13 +44,20 @@ class DurableTasks:
         if self.durable(task.lane):
             req = self._kinds[task.lane].request_to_json(request)
             spec = task.spec
+            deadline = None if spec.deadline is None else self._to_wall(spec.deadline)
             self.store.add(
-                task.id, task.lane, model, spec.priority, req, self._wall(), spec.owner, spec.client
+                task.id, task.lane, model, spec.priority, req, self._wall(), spec.owner, spec.client, deadline
             ).result()
 
     def started(self, task: Task) -> None:
         if self.durable(task.lane):
             self.store.mark_running(task.id, self._wall())
+
+    def cancel_asked(self, task: Task) -> None:
+        """A cancel asked for while the task runs: kept, so that a server stopped before its
+        worker stopped the task does not run it again at the next start."""
+        if self.durable(task.lane):
+            self.store.ask_cancel(task.id)
 
     def set_aside(self, task: Task) -> None:
         """A task still running when the server stops on purpose: it runs again at the next
@@ -95,13 +102,29 @@ class DurableTasks:
         """The tasks a previous server accepted but did not finish, oldest first, with their
         requests; those run too often already, or whose lane is now off, fail here instead."""
         for st in self.store.unfinished():
-            if st.state == "running" and st.attempts >= MAX_ATTEMPTS:
+            now = self._wall()
+            if st.cancel_asked:
+                self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
+            elif st.deadline is not None and st.deadline <= now:
+                message = "its timeout passed while the server was stopped"
+                self.store.finish(st.id, "failed", now, "deadline_exceeded", message)
+            elif st.state == "running" and st.attempts >= MAX_ATTEMPTS:
                 message = f"the server stopped while this task ran ({st.attempts} attempts)"
-                self.store.finish(st.id, "failed", self._wall(), "interrupted", message)
+                self.store.finish(st.id, "failed", now, "interrupted", message)
             elif st.lane not in enabled:
                 message = f"the {st.lane} lane is disabled since the task was accepted"
-                self.store.finish(st.id, "failed", self._wall(), "lane_unavailable", message)
+                self.store.finish(st.id, "failed", now, "lane_unavailable", message)
             else:
+                try:
+                    request = self._kinds[st.lane].request_from_json(st.request)
+                except (TypeError, ValueError) as e:
+                    # Kept by another version (a field since removed): that task fails, the
+                    # others resume and the server starts; it would refuse every start.
+                    message = f"its stored request is not one this version reads: {e}"
+                    self.store.finish(st.id, "failed", now, "unreadable_request", message)
+                    continue
                 if st.state == "running":
                     self.store.requeue(st.id)
-                yield st, self._kinds[st.lane].request_from_json(st.request)
+                yield st, request
+        # The tasks failed here are read back as failed from the start on (lookups read the disk).
+        self.store.flush()

@@ -219,7 +219,10 @@ class Engine:
                 lane=st.lane,
                 priority=st.priority,
                 payload=(st.model, request),
-                deadline=self.clock() + self.config.lane(st.lane).request_timeout_s,
+                # The client's own timeout, kept on disk; a row from before that, the lane's.
+                deadline=self.clock() + self.config.lane(st.lane).request_timeout_s
+                if st.deadline is None
+                else st.deadline - self._wall_offset,
                 priority_class=self._policies[st.lane].priority_class,
                 owner=st.owner,
                 # Its share of the lane's slots as when first accepted: the same client, and
@@ -372,6 +375,9 @@ class Engine:
             self._settle(task_id)
         elif outcome is CancelOutcome.REQUESTED and task_id in self._where:
             self._where[task_id].worker.send(m.CancelTask(task_id))
+            task = self._scheduler.get(task_id)
+            if self.durable is not None and task is not None:
+                self.durable.cancel_asked(task)
         return outcome
 
     # ----- dispatch and worker messages -----------------------------------------------------

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     error_message TEXT,
     result        TEXT,
     owner         TEXT,
-    client        TEXT
+    client        TEXT,
+    deadline      REAL,
+    cancel_asked  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, submitted_at);
 CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
@@ -49,7 +51,13 @@ CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
 # older version is brought up to date when opened (`_migrate`). A task from before owners has
 # owner NULL: the anonymous owner, seen by admins only once keys are configured; one from
 # before clients were kept, client NULL: resumed, it counts toward no client's share.
-_ADDED_COLUMNS = (("owner", "TEXT DEFAULT NULL"), ("client", "TEXT DEFAULT NULL"))
+# A task from before deadlines were kept gets the lane's timeout anew when resumed.
+_ADDED_COLUMNS = (
+    ("owner", "TEXT DEFAULT NULL"),
+    ("client", "TEXT DEFAULT NULL"),
+    ("deadline", "REAL DEFAULT NULL"),
+    ("cancel_asked", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ class StoredTask:
     # Who sent it (TaskSpec.client: its share of the lane's slots), kept until it finishes,
     # for a resumption's fairness only.
     client: str | None = None
+    # Wall-clock time its client's timeout ends (None: a row from before deadlines were kept).
+    deadline: float | None = None
+    # A cancel was asked for while it ran: the server stopped before the worker said it
+    # stopped, and the task must not run again at the next start.
+    cancel_asked: bool = False
 
 
 class TaskStore:
@@ -123,11 +136,17 @@ class TaskStore:
         submitted_at: float,
         owner: str | None = None,
         client: str | None = None,
+        deadline: float | None = None,
     ) -> Future[None]:
         return self._write(
-            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner, client) "
-            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-            (task_id, lane, model, priority, json.dumps(request), submitted_at, owner, client),
+            "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner, client, "
+            "deadline) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            (task_id, lane, model, priority, json.dumps(request), submitted_at, owner, client, deadline),
+        )
+
+    def ask_cancel(self, task_id: str) -> Future[None]:
+        return self._write(
+            "UPDATE tasks SET cancel_asked=1 WHERE id=? AND state IN ('queued', 'running')", (task_id,)
         )
 
     def mark_running(self, task_id: str, started_at: float) -> Future[None]:
@@ -269,7 +288,8 @@ class TaskStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, lane, model, state, priority, request, submitted_at, started_at, finished_at, "
-                f"attempts, error_code, error_message, result, owner, client FROM tasks {clause}",
+                "attempts, error_code, error_message, result, owner, client, deadline, cancel_asked "
+                f"FROM tasks {clause}",
                 args,
             ).fetchall()
         return [
@@ -289,6 +309,8 @@ class TaskStore:
                 None if r[12] is None else json.loads(r[12]),
                 r[13],
                 r[14],
+                r[15],
+                bool(r[16]),
             )
             for r in rows
         ]
