@@ -149,3 +149,20 @@ def test_the_stream_takes_one_piece_at_a_time(tmp_path: Path) -> None:
 
     seconds, _, _ = decoded(asyncio.run(main()))
     assert sum(asked) == len(pcm) and abs(seconds - 2.0) < slack()
+
+
+def test_a_file_deleted_while_it_is_sent_is_sent_whole(tmp_path: Path) -> None:
+    """A retention sweep deletes the oldest files first, those an old link fetches: the
+    download that began goes on to its end (on POSIX an open file outlives its name)."""
+    pcm = tone(1.0)
+    path = tmp_path / "speech.wav"
+    path.write_bytes(wav_header(RATE, len(pcm)) + pcm)
+
+    async def main() -> bytes:
+        got = []
+        async for piece in wav_file_pcm(path, 8192):
+            got.append(piece)
+            path.unlink(missing_ok=True)  # swept after the first piece
+        return b"".join(got)
+
+    assert asyncio.run(main()) == pcm

@@ -212,14 +212,13 @@ async def encode_stream(
 
 async def wav_file_pcm(path: Path, piece_bytes: int) -> AsyncIterator[bytes]:
     """A finished task's WAV file (ris.lanes.tts.AudioFile: a 44-byte header, then 16-bit mono
-    PCM) as PCM pieces, each read in a worker thread."""
-
-    def read(offset: int) -> bytes:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read(piece_bytes)
-
-    offset = WAV_HEADER_BYTES
-    while pcm := await anyio.to_thread.run_sync(read, offset):
-        offset += len(pcm)
-        yield pcm
+    PCM) as PCM pieces, each read in a worker thread. Opened once: a retention sweep that
+    deletes the file meanwhile (its oldest files first: those old links fetch) does not cut
+    the download short."""
+    f = await anyio.to_thread.run_sync(path.open, "rb")
+    try:
+        await anyio.to_thread.run_sync(f.seek, WAV_HEADER_BYTES)
+        while pcm := await anyio.to_thread.run_sync(f.read, piece_bytes):
+            yield pcm
+    finally:
+        f.close()
