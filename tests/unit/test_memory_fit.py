@@ -178,8 +178,38 @@ def test_budgets_that_exceed_the_card_are_refused_with_the_numbers() -> None:
     assert budgets == {"llm": 16 * GIB, "image": 12 * GIB}
     assert problems == [
         "GPU 0 (Fake 24GB) has 24,576 MiB; its lanes' budgets add up to 28,672 MiB "
-        "(llm 16,384 MiB, image 12,288 MiB); lower gpu_memory_gb or gpu_memory_fraction"
+        "(llm 16,384 MiB, image 12,288 MiB), and its workers' CUDA contexts take 1,024 MiB beside them; "
+        "lower gpu_memory_gb or gpu_memory_fraction"
     ]
+
+
+def test_budgets_that_fill_the_card_leave_no_room_for_the_contexts_and_are_refused() -> None:
+    """Two lanes at half a card each: their two CUDA contexts (0.5 GiB each) are beyond it."""
+    _, problems = gpu_budgets(
+        Card(0, "Fake", 8 * GIB), [LaneAsk("llm", fraction=0.5), LaneAsk("image", fraction=0.5)]
+    )
+    assert len(problems) == 1 and "CUDA contexts take 1,024 MiB" in problems[0]
+    _, fits = gpu_budgets(Card(0, "Fake", 8 * GIB), [LaneAsk("llm", gb=3.5), LaneAsk("image", gb=3.5)])
+    assert fits == []
+
+
+def test_each_replica_holds_the_lanes_budget_and_a_context() -> None:
+    """Three local workers of a lane at 2 GiB each are 6 GiB and three contexts, not 2 GiB."""
+    card = Card(0, "Fake 8GB", 8 * GIB)
+    budgets, problems = gpu_budgets(card, [LaneAsk("llm", gb=2, workers=3)])
+    assert budgets == {"llm": 2 * GIB} and problems == []  # 6 + 1.5 of 8
+    _, over = gpu_budgets(card, [LaneAsk("llm", gb=2, workers=3), LaneAsk("image", gb=1)])
+    assert len(over) == 1 and "llm 2,048 MiB x 3 replicas" in over[0] and "7,168 MiB" in over[0]
+    # Those with no budget share what is left, a part for each of their workers.
+    budgets, _ = gpu_budgets(card, [LaneAsk("llm", gb=2), LaneAsk("image", workers=2)])
+    assert budgets["image"] == (8 * GIB - 2 * GIB - 3 * 512 * MIB) // 2
+
+
+def test_a_lane_left_with_nothing_on_its_card_is_refused_not_capped_at_zero() -> None:
+    """An LLM budgeted the whole card left the image lane a budget of 0 bytes: every image ran
+    out of memory (its allocator capped to nothing), with no word at the start."""
+    _, problems = gpu_budgets(Card(0, "Fake 8GB", 8 * GIB), [LaneAsk("llm", gb=6.8), LaneAsk("image")])
+    assert len(problems) == 1 and "for image, under the 256 MiB a lane needs" in problems[0]
 
 
 def test_unbudgeted_lanes_share_what_the_others_leave() -> None:
@@ -391,3 +421,30 @@ def test_a_gpu_lane_counts_only_what_its_backend_places_on_the_card() -> None:
     assert gpu_bytes_needed(pipe, 2500 * MIB) == 2300 * MIB
     llm = Footprint(weights=3000 * MIB, kv=500 * MIB, margin=300 * MIB, components=(("", 3000 * MIB),))
     assert gpu_bytes_needed(llm, 2500 * MIB) == llm.total
+
+
+def test_a_ram_budget_above_the_workers_ceiling_refuses_the_start() -> None:
+    """Residency would let the models fill more than the worker may hold: killed at the load
+    instead of evicting, and again after every restart."""
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    data = _layout({"memory_limit_mb": 120, "memory_budget_mb": 1000, "models": {"a": smol}})
+    with pytest.raises(
+        ConfigError, match=r"memory_budget_mb 1000 is above the worker's memory ceiling \(120 MiB"
+    ):
+        parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
+
+
+def test_replicas_on_one_card_are_counted_each() -> None:
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    data = _layout({"device": "cuda:0", "gpu_memory_gb": 3, "replicas": 3, "models": {"a": smol}})
+    with pytest.raises(ConfigError, match=r"llm 3,072 MiB x 3 replicas"):
+        parse_config(data, card)

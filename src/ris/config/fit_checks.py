@@ -67,7 +67,13 @@ def card_budgets(
     """The budgets of `lanes` on NVML's card `gpu`, and the problems when they exceed it."""
     name, total = machine.gpu_memory[gpu]
     asks = [
-        LaneAsk(lane, config.lane(lane).gpu_memory_gb, config.lane(lane).gpu_memory_fraction)
+        LaneAsk(
+            lane,
+            config.lane(lane).gpu_memory_gb,
+            config.lane(lane).gpu_memory_fraction,
+            # A local worker per replica on this card; a cluster's replicas are Ray's to place.
+            config.lane(lane).replicas if config.cluster.engine != "ray" else 1,
+        )
         for lane in lanes
     ]
     return gpu_budgets(Card(gpu, name, total), asks)
@@ -81,8 +87,19 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         footprints, unreadable = lane_footprints(cfg)
         problems += [f"lanes.{lane}.models: {p}" for p in unreadable]
         gpu = cfg.gpu_index
+        ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
+        if (
+            cfg.memory_budget_mb is not None
+            and ceiling is not None
+            and cfg.memory_budget_mb * 2**20 > ceiling
+        ):
+            # Residency would let models fill more than the worker may hold: the watchdog kills
+            # the worker where an idle model should have been evicted, and again after each restart.
+            problems.append(
+                f"lanes.{lane}: memory_budget_mb {cfg.memory_budget_mb} is above the worker's memory "
+                f"ceiling ({mib(ceiling)}, memory_limit_mb); lower the budget or raise the ceiling"
+            )
         if gpu is None:
-            ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
             budget = ram_budget(cfg, ceiling)
             problems += model_problems(lane, "RAM", budget, footprints)
             eager = {

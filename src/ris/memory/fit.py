@@ -40,30 +40,53 @@ class LaneAsk:
     lane: str
     gb: float | None = None
     fraction: float | None = None
+    # Its workers on the card (replicas): each is capped to the budget and holds a context.
+    workers: int = 1
+
+
+# Below this, a lane left to share what the others' budgets leave holds no model of any kind
+# (the smallest default, SmolLM2's weights and KV cache, is 185 MiB): refused, not started
+# with an allocator capped at nothing.
+MIN_SHARE_BYTES = 256 * MIB
 
 
 def gpu_budgets(card: Card, asks: list[LaneAsk]) -> tuple[dict[str, int], list[str]]:
-    """Each lane's GPU budget on `card`, and the problems when the asks exceed the card. A lane
-    with no budget of its own gets an equal part of what the others' budgets and every
-    worker's CUDA context leave."""
+    """Each lane's GPU budget on `card` (each of its workers'), and the problems when the asks
+    exceed the card. A lane with no budget of its own gets an equal part of what the others'
+    budgets and every worker's CUDA context leave. Every worker of a lane (its replicas) is
+    capped to the lane's budget and holds a context of its own: both count once per worker."""
+    by_lane = {a.lane: a for a in asks}
     fixed = {
         a.lane: int(a.gb * 2**30) if a.gb is not None else int(card.total_bytes * (a.fraction or 0.0))
         for a in asks
         if a.gb is not None or a.fraction is not None
     }
-    claimed = sum(fixed.values())
+    claimed = sum(b * by_lane[lane].workers for lane, b in fixed.items())
+    contexts = CUDA_CONTEXT_BYTES * sum(a.workers for a in asks)
     problems: list[str] = []
-    if claimed > card.total_bytes:
-        each = ", ".join(f"{lane} {mib(b)}" for lane, b in fixed.items())
+    if claimed + contexts > card.total_bytes:
+        each = ", ".join(
+            f"{lane} {mib(b)}" + (f" x {by_lane[lane].workers} replicas" if by_lane[lane].workers > 1 else "")
+            for lane, b in fixed.items()
+        )
         problems.append(
             f"GPU {card.index} ({card.name}) has {mib(card.total_bytes)}; its lanes' budgets "
-            f"add up to {mib(claimed)} ({each}); lower gpu_memory_gb or gpu_memory_fraction"
+            f"add up to {mib(claimed)} ({each}), and its workers' CUDA contexts take {mib(contexts)} "
+            "beside them; lower gpu_memory_gb or gpu_memory_fraction"
         )
     rest = [a.lane for a in asks if a.lane not in fixed]
     # What the lanes with no budget of their own share: the card less the stated budgets and
     # every worker's CUDA context, which their allocators' caps do not see.
-    free = card.total_bytes - claimed - CUDA_CONTEXT_BYTES * len(asks)
-    share = max(free, 0) // len(rest) if rest else 0
+    free = card.total_bytes - claimed - contexts
+    rest_workers = sum(by_lane[lane].workers for lane in rest)
+    share = max(free, 0) // rest_workers if rest else 0
+    if rest and share < MIN_SHARE_BYTES and not problems:
+        problems.append(
+            f"GPU {card.index} ({card.name}) has {mib(card.total_bytes)}; the budgets stated "
+            f"({mib(claimed)}) and its workers' CUDA contexts ({mib(contexts)}) leave {mib(max(free, 0))} "
+            f"for {', '.join(rest)}, under the {mib(MIN_SHARE_BYTES)} a lane needs; give "
+            "each lane on the card a gpu_memory_gb, or move one to another device"
+        )
     return {**fixed, **dict.fromkeys(rest, share)}, problems
 
 
