@@ -43,6 +43,7 @@ def test_over_the_ceiling_new_work_is_refused_and_the_rest_answers() -> None:
         ("POST", f"/api/tasks/{task}/cancel"),
         ("POST", f"/api/image/cancel/{task}"),
         ("POST", "/ui/login"),
+        ("POST", "/api/show"),  # Ollama's read of a model's facts
     ):
         assert answer(ceiling, method, path)[0] == 200, path
     assert answer(ceiling, "POST", "/api/image/generate")[0] == 503

@@ -42,9 +42,10 @@ def own_rss() -> int:
 
 
 def starts_work(method: str, path: str) -> bool:
-    """A request that would take memory to serve: a POST, but a cancel or the console's
-    login and logout (how an operator sees why, and gives memory back)."""
-    if method != "POST" or path in ("/ui/login", "/ui/logout"):
+    """A request that would take memory to serve: a POST, but a cancel, the console's login
+    and logout (how an operator sees why, and gives memory back), or Ollama's POST /api/show
+    (a model's facts: a read sent as a POST)."""
+    if method != "POST" or path in ("/ui/login", "/ui/logout", "/api/show"):
         return False
     return not (path.endswith("/cancel") or path.startswith("/api/image/cancel/"))
 
