@@ -173,6 +173,27 @@ def test_relative_data_dir_is_relative_to_the_file(tmp_path: Path) -> None:
     assert load_config(p, TWO_CORES).data_dir == tmp_path / "data"
 
 
+def test_a_relative_model_source_beside_the_config_is_read_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service started from another folder (systemd's WorkingDirectory, --config /etc/...)
+    found no model where the config's own folder has it: the lane failed after start."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "voice.onnx").write_bytes(b"x")
+    data = base()
+    data["lanes"]["tts"]["models"]["v"] = {"backend": "espeak", "source": "voice.onnx"}
+    data["lanes"]["tts"]["models"]["w"] = {"backend": "espeak", "source": "elsewhere.onnx"}
+    data["lanes"]["tts"]["models"]["p"] = {"backend": "espeak", "source": "package:somewhere/x"}
+    p = folder / "config.json"
+    p.write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path)
+    models = load_config(p, TWO_CORES).lane(Lane.TTS).models
+    assert models["v"].source == str(folder / "voice.onnx")
+    assert models["w"].source == "elsewhere.onnx"  # not beside it: the working directory's, as before
+    assert models["p"].source == "package:somewhere/x"
+
+
 def test_a_data_dir_under_home_is_under_home_as_ris_pull_reads_it(tmp_path: Path) -> None:
     from ris.pull import _data_dir
 

@@ -621,7 +621,9 @@ async def test_a_stored_request_this_version_cannot_read_fails_alone(tmp_path: P
     import sqlite3
 
     db = sqlite3.connect(str(tmp_path / "data" / "tasks.db"))
-    db.execute("UPDATE tasks SET request=? WHERE id=?", ('{"prompt": "a", "a_field_since_removed": 1}', odd.task_id))
+    db.execute(
+        "UPDATE tasks SET request=? WHERE id=?", ('{"prompt": "a", "a_field_since_removed": 1}', odd.task_id)
+    )
     db.commit()
     db.close()
     async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):

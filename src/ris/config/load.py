@@ -49,7 +49,7 @@ def load_config(
     if cluster and isinstance(data, dict):
         given = data.get("cluster")
         data = {**data, "cluster": {**(given if isinstance(given, dict) else {}), **cluster}}
-    cfg = parse_config(data, machine)
+    cfg = parse_config(_sources_beside(data, p.parent), machine)
     # "~" is the user's home, as `ris pull` reads it too (it put the models there while the
     # server used a folder named "~"); a relative data folder is relative to the config file,
     # not to wherever ris was started.
@@ -59,6 +59,29 @@ def load_config(
     if data_dir != cfg.data_dir:
         cfg = cfg.model_copy(update={"data_dir": data_dir})
     return cfg
+
+
+def _sources_beside(data: Any, folder: Path) -> Any:
+    """`data` with each model's relative `source` that names a file or folder beside the
+    config made absolute: a server started elsewhere (a service manager's working directory)
+    found no model where the config's own folder has it. A relative source found nowhere there
+    stays as written (read from the working directory, as before; or a name a backend knows)."""
+    if not isinstance(data, dict) or not isinstance(data.get("lanes"), dict):
+        return data
+    lanes = dict(data["lanes"])
+    for lane, cfg in lanes.items():
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("models"), dict):
+            continue
+        models = dict(cfg["models"])
+        for name, spec in models.items():
+            source = spec.get("source") if isinstance(spec, dict) else None
+            if not isinstance(source, str) or ":" in source.split("/", 1)[0]:
+                continue  # none, or package:, builtin:, a drive letter
+            path = Path(source).expanduser()
+            if not path.is_absolute() and (folder / path).exists():
+                models[name] = {**spec, "source": str((folder / path).resolve())}
+        lanes[lane] = {**cfg, "models": models}
+    return {**data, "lanes": lanes}
 
 
 def load_plugins(names: Any) -> None:
