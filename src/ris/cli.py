@@ -53,10 +53,17 @@ def _port(text: str) -> int:
 
 
 def _with_overrides(cfg: Config, args: argparse.Namespace) -> Config:
-    """--host, --port and --data-dir laid over a config."""
-    server = cfg.server.model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    )
+    """--host, --port and --data-dir laid over a config; the server's part checked again (a
+    --port that is the Ollama listener's port too is refused here, not by a failed bind)."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        server = type(cfg.server).model_validate({**cfg.server.model_dump(), **given})
+    except ValidationError as e:
+        raise ConfigError(
+            "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        ) from None
     update: dict[str, Any] = {"server": server}
     if args.data_dir:
         update["data_dir"] = Path(args.data_dir).resolve()

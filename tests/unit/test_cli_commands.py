@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,12 +55,20 @@ def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_p
     utf16.write_text('{"server": {"port": 8080}}', encoding="utf-16")  # PowerShell 5.1's `>`
     not_a_dir = folder / "a-file"
     not_a_dir.write_text("x")
+    from ris.config.defaults import default_config
+
+    ollama = default_config().model_dump(mode="json")
+    ollama["server"].update(port=8080, ollama_port=11434)
+    with_ollama = folder / "ollama.json"
+    with_ollama.write_text(json.dumps(ollama))
     for args, code, said in [
         (("serve", "--port", "70000"), 2, "70000 is not a TCP port"),
         (("config", "--port", "-1"), 2, "-1 is not a TCP port"),
         (("config", "--config", str(utf16)), 2, "not UTF-8 text"),  # a config error: 2
         (("pull", "qwen2.5", "--config", str(utf16)), 1, "not UTF-8 text"),
         (("serve", "--data-dir", str(not_a_dir / "data")), 1, "cannot use the data folder"),
+        # --port checked with the rest of the server's settings, not by a failed bind later
+        (("config", "--config", str(with_ollama), "--port", "11434"), 2, "11434 is server.port too"),
     ]:
         done = ris(*args)
         assert done.returncode == code and said in done.stderr, (args, done.returncode, done.stderr)
@@ -68,7 +77,6 @@ def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_p
 
 def test_status_told_no_by_the_server_says_so_not_cannot_reach() -> None:
     """A server that needs a key answered: 'cannot reach' would send the user looking at the network."""
-    import json
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 

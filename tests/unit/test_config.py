@@ -264,3 +264,19 @@ def test_a_cluster_given_on_the_command_line_is_the_files_rule(tmp_path: Path) -
     p.write_text(json.dumps({**data, "cluster": {"engine": "ray", "address": "head:6379"}}))
     assert load_config(p, TWO_CORES) == on_ray
     assert on_ray.cluster.address == "head:6379" and on_ray.lane(Lane.LLM).device == "cuda:0"
+
+
+def test_numbers_that_are_not_numbers_are_refused_not_a_traceback() -> None:
+    """JSON readers take 1e309 as Infinity, and NaN: a GPU budget of infinity failed later
+    with OverflowError, outside the config's errors."""
+    for field, value in (("gpu_memory_gb", float("inf")), ("keep_alive_s", float("nan"))):
+        data = base()
+        data["lanes"]["llm"][field] = value
+        assert "finite number" in error_of(data), field
+
+
+def test_a_heartbeat_timeout_under_a_few_heartbeats_is_refused() -> None:
+    """Workers report every 0.5 s: at 0.2 s every healthy idle worker was declared hung."""
+    data = base()
+    data["lanes"]["tts"]["heartbeat_timeout_s"] = 0.2
+    assert "heartbeat_timeout_s" in error_of(data) and "2" in error_of(data)

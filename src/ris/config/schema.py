@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No Infinity or NaN (JSON readers take 1e309 and NaN): a budget or a timeout that is not a
+    # number is refused here, where it failed later as an OverflowError's traceback.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -133,7 +135,11 @@ class LaneConfig(_Strict):
         default=300.0, gt=0, description="default deadline of a request, from its submission"
     )
     heartbeat_timeout_s: float = Field(
-        default=10.0, gt=0, description="a worker silent this long is declared hung"
+        default=10.0,
+        # A worker says it is alive every 0.5 s (HEARTBEAT_INTERVAL_S); below a few of those
+        # every healthy idle worker would be declared hung and restarted, over and over.
+        ge=2.0,
+        description="a worker silent this long is declared hung (at least 2 s: workers report every 0.5 s)",
     )
     busy_timeout_s: float = Field(
         default=300.0, gt=0, description="a task with no progress this long is declared hung"
