@@ -322,6 +322,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     except PullError as e:
         print(f"ris pull: {e.message}", file=sys.stderr)
         return 1
+    if not (args.config or os.environ.get("RIS_CONFIG")):
+        # `ris serve` with neither builds its layout from the machine and never reads this file.
+        print(f"ris pull: serve it with `ris serve --config {path}` (or RIS_CONFIG={path})", file=sys.stderr)
     return 0
 
 
