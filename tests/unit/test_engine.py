@@ -652,3 +652,20 @@ async def test_speech_that_needs_a_voice_on_a_pending_lane_is_refused_as_pending
         with pytest.raises(APIError) as starting:
             pick_tts_model(eng, None, "en-US")
         assert starting.value.code == "lane_unavailable"
+
+
+@run
+async def test_a_second_engine_on_the_folder_in_one_process_is_refused(tmp_path: Path) -> None:
+    """Counted holds let `ris serve` and its engine share the folder; a second engine started
+    before the first stopped resumed the same durable tasks (each ran them) and swept the same
+    files."""
+    from ris.runtime.data_lock import DataFolderInUse
+
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        eng.submit(IMAGE, "i", ImageRequest(prompt="once"))
+        second = engine(config(tmp_path, image=IMAGE_ON), FakeClock(), FakeWorkers())
+        with pytest.raises(DataFolderInUse, match="another engine of this process"):
+            await second.start()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
+        workers[Lane.IMAGE].ready()  # the first one stopped: the folder is free again
+        assert len(workers[Lane.IMAGE].runs) == 1

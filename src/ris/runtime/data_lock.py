@@ -7,7 +7,9 @@ lock behind. The file holds the holder's pid and port, for the refusal a second 
 
 Within one process the lock is counted, not taken twice: `ris serve` takes it before it starts
 anything (a clean message, nothing touched), and the engine, which owns the folder, takes it
-again at start for embedders that skip the CLI.
+again at start for embedders that skip the CLI. One engine at a time per folder all the same:
+a second engine in the same process (an embedder starting a new one before the old one has
+stopped) is refused as a second server is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ LOCK_FILE = "server.lock"
 _WINDOWS_LOCK_BYTE = 1 << 20
 
 _held: dict[Path, tuple[IO[str], int]] = {}  # folder -> (open lock file, holders in this process)
+_engines: set[Path] = set()  # folders an engine of this process holds
 _guard = threading.Lock()
 
 
@@ -60,10 +63,18 @@ def holder(folder: Path) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
-def acquire(folder: Path, port: int) -> None:
-    """Hold `folder` for this process, or raise DataFolderInUse at once (never waits)."""
+def acquire(folder: Path, port: int, *, engine: bool = False) -> None:
+    """Hold `folder` for this process, or raise DataFolderInUse at once (never waits).
+    `engine`: the hold of the engine that serves from it, one at a time."""
     key = folder.resolve()
     with _guard:
+        if engine and key in _engines:
+            raise DataFolderInUse(
+                f"data_dir {key} is in use by another engine of this process; stop it first, "
+                "or give this one another data_dir"
+            )
+        if engine:
+            _engines.add(key)
         if key in _held:
             f, count = _held[key]
             _held[key] = (f, count + 1)
@@ -73,6 +84,7 @@ def acquire(folder: Path, port: int) -> None:
         f = (key / LOCK_FILE).open("a+", encoding="utf-8")
         if not _try_lock(f):
             f.close()
+            _engines.discard(key)
             who = holder(key)
             pid, at = who.get("pid", "?"), who.get("port", "?")
             raise DataFolderInUse(
@@ -86,10 +98,12 @@ def acquire(folder: Path, port: int) -> None:
         _held[key] = (f, 1)
 
 
-def release(folder: Path) -> None:
+def release(folder: Path, *, engine: bool = False) -> None:
     """Give back one hold; the last one unlocks (closing the file drops the OS lock)."""
     key = folder.resolve()
     with _guard:
+        if engine:
+            _engines.discard(key)
         if key not in _held:
             return
         f, count = _held.pop(key)

@@ -124,13 +124,13 @@ class Engine:
     async def start(self) -> None:
         data = Path(self.config.data_dir)
         # Before anything reads the store: a second server on this folder must touch nothing.
-        data_lock.acquire(data, self.config.server.port)
+        data_lock.acquire(data, self.config.server.port, engine=True)
         self._holds_data = True
         self._stopping = False
         try:
             await self._start(data)
         except BaseException:
-            data_lock.release(data)  # a start that failed holds nothing
+            data_lock.release(data, engine=True)  # a start that failed holds nothing
             self._holds_data = False
             raise
 
@@ -208,7 +208,7 @@ class Engine:
                     self.durable.set_aside(task)  # cut by this stop, not by a crash
             await asyncio.to_thread(self.durable.close)  # the queued writes reach the disk first
         if self._holds_data:
-            data_lock.release(Path(self.config.data_dir))
+            data_lock.release(Path(self.config.data_dir), engine=True)
             self._holds_data = False
 
     def _recover(self) -> None:
