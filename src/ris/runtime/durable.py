@@ -72,8 +72,9 @@ class DurableTasks:
         # Only what is recorded is turned into JSON (an LLM answer never is).
         if self.durable(task.lane):
             result = task.result.to_json() if task.result is not None else None
+            files = task.result.files() if task.result is not None else ()
             return self.store.finish(
-                task.id, task.state.value, self._wall(), task.error_code, task.error_message, result
+                task.id, task.state.value, self._wall(), task.error_code, task.error_message, result, files
             )
         if task.state is TaskState.SUCCEEDED and task.result is not None and task.result.files():
             model, request = task.spec.payload
@@ -94,7 +95,8 @@ class DurableTasks:
                     error_message=None,
                     result=task.result.to_json(),
                     owner=task.spec.owner,
-                )
+                ),
+                task.result.files(),
             )
         return None
 

@@ -15,6 +15,7 @@ for a writer's fsync), so the event loop never waits for the disk to read either
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from concurrent.futures import Future
@@ -87,6 +88,31 @@ class StoredTask:
     cancel_asked: bool = False
 
 
+def sync_files(paths: tuple[str, ...]) -> None:
+    """Each file's bytes, then its folder's entry for it, on disk (fsync): what a rename of a
+    freshly written file needs before anything may say the file exists. A file already gone
+    (cancelled, swept) is skipped: the row says what became of it."""
+    folders = set()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(os.path.dirname(os.path.abspath(path)))
+    if os.name == "nt":
+        return  # Windows opens no folder to fsync; its rename is written through
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class TaskStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +146,13 @@ class TaskStore:
         """Return once every write asked for so far is on disk."""
         self._writer.flush()
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> Future[None]:
+    def _write(self, sql: str, args: tuple[Any, ...], files: tuple[str, ...] = ()) -> Future[None]:
+        """`files`: the result files the row names, made durable before it (on this thread:
+        the loop that wrote them does not wait), so a power loss never leaves a row saying
+        'succeeded' beside a missing or empty file."""
+
         def write() -> None:
+            sync_files(files)
             self._wdb.execute(sql, args)
 
         return self._writer.submit(write, sql.split(" (", 1)[0].split(" WHERE", 1)[0])
@@ -175,6 +206,7 @@ class TaskStore:
         error_code: str | None = None,
         error_message: str | None = None,
         result: dict[str, Any] | None = None,
+        files: tuple[str, ...] = (),
     ) -> Future[None]:
         return self._write(
             # The client (an address, often) was kept for a resumption's fairness only.
@@ -188,9 +220,10 @@ class TaskStore:
                 None if result is None else json.dumps(result),
                 task_id,
             ),
+            files,
         )
 
-    def keep(self, st: StoredTask) -> Future[None]:
+    def keep(self, st: StoredTask, files: tuple[str, ...] = ()) -> Future[None]:
         """Record a finished task in full (a lane that is not durable, at its end)."""
         return self._write(
             "INSERT OR REPLACE INTO tasks (id, lane, model, state, priority, request, submitted_at, "
@@ -213,6 +246,7 @@ class TaskStore:
                 st.owner,
                 st.client,
             ),
+            files,
         )
 
     def finished_before(self, t: float) -> list[str]:

@@ -1,0 +1,42 @@
+"""The task store's durability order: a result file reaches the disk before the row that says
+the task succeeded (a power loss left 'succeeded' rows beside missing or empty files)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ris.runtime import store as store_module
+from ris.runtime.store import TaskStore
+
+
+def test_a_result_file_is_on_disk_before_its_row_says_succeeded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "tasks.db"
+    png = tmp_path / "images" / "t.png"
+    png.parent.mkdir()
+    png.write_bytes(b"\x89PNG")
+    synced: list[tuple[str, str | None]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        # What the row said when the file (or its folder) was made durable.
+        with sqlite3.connect(db) as look:
+            row = look.execute("SELECT state FROM tasks WHERE id='t'").fetchone()
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), row[0] if row else None))
+        real_fsync(fd)
+
+    store = TaskStore(db)
+    try:
+        store.add("t", "image", "i", 0, {}, 1.0).result()
+        monkeypatch.setattr(store_module.os, "fsync", fsync)
+        store.finish("t", "succeeded", 2.0, result={"path": str(png)}, files=(str(png),)).result()
+        gone = str(tmp_path / "images" / "swept.png")
+        store.finish("t", "succeeded", 2.0, files=(gone,)).result()  # a file already gone: no error
+    finally:
+        store.close()
+    assert synced == [(str(png), "queued"), (str(png.parent), "queued")]
