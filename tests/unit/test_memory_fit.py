@@ -448,3 +448,19 @@ def test_replicas_on_one_card_are_counted_each() -> None:
     data = _layout({"device": "cuda:0", "gpu_memory_gb": 3, "replicas": 3, "models": {"a": smol}})
     with pytest.raises(ConfigError, match=r"llm 3,072 MiB x 3 replicas"):
         parse_config(data, card)
+
+
+def test_an_llm_model_all_on_the_card_over_its_budget_refuses_the_start() -> None:
+    """n_gpu_layers -1 puts the whole model on the card: over the lane's GPU budget the start
+    went on and the model was refused at its load, after the start."""
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    all_layers = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE, "options": {"n_gpu_layers": -1}}
+    data = _layout({"device": "cuda:0", "gpu_memory_gb": 0.05, "models": {"a": all_layers}})
+    with pytest.raises(ConfigError, match=r"lanes.llm.models.a puts .* MiB on GPU 0 \(n_gpu_layers -1\)"):
+        parse_config(data, card)
+    fitting = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}  # the layers that fit: never over
+    parse_config(_layout({"device": "cuda:0", "gpu_memory_gb": 0.05, "models": {"a": fitting}}), card)

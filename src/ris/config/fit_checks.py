@@ -8,7 +8,7 @@ from ris.config.schema import Config, LaneConfig
 from ris.lanes import kind
 from ris.machine import MachineInfo
 from ris.memory.files import ModelFileError
-from ris.memory.fit import Card, LaneAsk, gpu_budgets, image_plan, mib, model_problems
+from ris.memory.fit import Card, LaneAsk, gpu_budgets, gpu_bytes_needed, image_plan, mib, model_problems
 from ris.memory.footprint import Footprint, model_footprint
 
 
@@ -119,11 +119,32 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         budgets, card_problems = card_budgets(config, gpu, lanes, machine)
         problems += card_problems
         for lane in lanes:
-            if not kind(lane).preemptible:
-                continue  # a llama.cpp model places what fits and runs the rest on the CPU
             footprints, _ = lane_footprints(config.lane(lane))
+            if not kind(lane).preemptible:
+                problems += _on_card_problems(config.lane(lane), lane, gpu, budgets[lane], footprints)
+                continue
             for model, fp in footprints.items():
                 plan = image_plan(fp, budgets[lane])
                 if plan.plan is None:
                     problems.append(f"lanes.{lane}.models.{model}: cannot run on GPU {gpu}: {plan.reason}")
+    return problems
+
+
+def _on_card_problems(
+    cfg: LaneConfig, lane: str, gpu: int, budget: int, footprints: dict[str, Footprint]
+) -> list[str]:
+    """Models of an LLM lane that put more on the card than its budget, as its worker counts
+    them (gpu_bytes_needed): a GGUF with n_gpu_layers unset places the layers that fit and
+    never is; one with n_gpu_layers -1, or a transformers model, is all on the card. Refused
+    here, they were refused at their load (model_too_large), after the start."""
+    problems = []
+    for model, fp in footprints.items():
+        layers = cfg.models[model].options.get("n_gpu_layers")
+        need = gpu_bytes_needed(fp, budget, None if layers is None else int(layers))
+        if need > budget:
+            problems.append(
+                f"lanes.{lane}.models.{model} puts {mib(need)} on GPU {gpu} (n_gpu_layers {layers}) but "
+                f"the lane's GPU budget is {mib(budget)}; raise gpu_memory_gb, or leave n_gpu_layers "
+                "unset (the layers that fit go on the card, the rest runs on the CPU)"
+            )
     return problems
