@@ -464,3 +464,17 @@ def test_an_llm_model_all_on_the_card_over_its_budget_refuses_the_start() -> Non
         parse_config(data, card)
     fitting = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}  # the layers that fit: never over
     parse_config(_layout({"device": "cuda:0", "gpu_memory_gb": 0.05, "models": {"a": fitting}}), card)
+
+
+def test_stats_show_what_a_lanes_models_are_counted_against() -> None:
+    """A GPU lane's models are counted against its GPU budget; /api/stats showed its RAM
+    ceiling (14 GiB) as their budget where the worker held them to 3 GiB."""
+    from ris.api.stats import lane_gpu_budget, memory_budget
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    cfg = parse_config(_layout({"device": "cuda:0", "gpu_memory_gb": 3, "models": {"a": smol}}), card)
+    assert (memory_budget(cfg, "llm"), lane_gpu_budget(cfg, "llm")) == (None, 3 * GIB)
+    assert memory_budget(cfg, "tts") is not None and lane_gpu_budget(cfg, "tts") is None

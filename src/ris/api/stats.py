@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ris.config import Config
-from ris.config.fit_checks import ram_budget
+from ris.config.fit_checks import gpu_budget, ram_budget
 from ris.config.sharing import resolve_policy, yields_to
 from ris.gpus import GPUDevice
+from ris.machine import machine_info
 from ris.preemption.policy import Activity
 from ris.runtime.snapshot import Snapshot, WorkerStatus
-from ris.runtime.specs import memory_limit
+from ris.runtime.specs import local_cards, memory_limit
 from ris.runtime.supervisor import WorkerState
 
 # What a disabled lane shows as its (first) worker.
@@ -71,11 +72,13 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             "throughput_per_s": dict(rates.get(lane.lane, {})),
             "throughput_window_s": snapshot.metrics.window_s,
             # Model loads on first use, evictions (another needed the memory) and expiries (idle
-            # past keep_alive) since the server started; the RAM the loaded models may use.
+            # past keep_alive) since the server started; what the loaded models are counted
+            # against: the RAM they may use on a CPU lane, the lane's GPU budget on a GPU lane.
             "models": {
                 **snapshot.models.lane_counts(lane.lane),
                 "resident": list(lane.workers[0].models) if lane.workers else [],
                 "memory_budget_bytes": memory_budget(config, lane.lane),
+                "gpu_budget_bytes": lane_gpu_budget(config, lane.lane),
             },
         }
         out[lane.lane]["state"] = lane_state(config, lane.lane, out[lane.lane], activity)
@@ -83,9 +86,21 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
 
 
 def memory_budget(config: Config, lane: str) -> int | None:
-    """The lane's RAM budget for its models (None: no bound), as its worker applies it."""
+    """The lane's RAM budget for its models (None: no bound, or a GPU lane, whose models are
+    counted against its GPU budget instead), as its worker applies it."""
     cfg = config.lane(lane)
-    return ram_budget(cfg, memory_limit(config, lane)) if cfg.enabled else None
+    if not cfg.enabled or cfg.gpu_index is not None:
+        return None
+    return ram_budget(cfg, memory_limit(config, lane))
+
+
+def lane_gpu_budget(config: Config, lane: str) -> int | None:
+    """A GPU lane's budget on its card, which its models are counted against (None: a CPU
+    lane, or a card whose memory this server cannot read and no gpu_memory_gb)."""
+    cfg = config.lane(lane)
+    if not cfg.enabled or cfg.gpu_index is None:
+        return None
+    return gpu_budget(config, lane, local_cards(config, machine_info()))
 
 
 def lane_state(config: Config, lane: str, s: dict[str, Any], activity: dict[str, Activity | None]) -> str:
