@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from ris.runtime import store as store_module
 from ris.runtime.store import TaskStore
 
 
@@ -33,7 +32,7 @@ def test_a_result_file_is_on_disk_before_its_row_says_succeeded(
     store = TaskStore(db)
     try:
         store.add("t", "image", "i", 0, {}, 1.0).result()
-        monkeypatch.setattr(store_module.os, "fsync", fsync)
+        monkeypatch.setattr(os, "fsync", fsync)
         store.finish("t", "succeeded", 2.0, result={"path": str(png)}, files=(str(png),)).result()
         gone = str(tmp_path / "images" / "swept.png")
         store.finish("t", "succeeded", 2.0, files=(gone,)).result()  # a file already gone: no error
