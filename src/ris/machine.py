@@ -1,12 +1,21 @@
-"""What this machine offers: CPU cores this process may use and NVIDIA GPUs, read once."""
+"""What this machine offers: CPU cores this process may use and NVIDIA GPUs, read once.
+
+Within a container's limits: `docker run --cpus=2` (a cgroup CPU quota) on a 64-core host
+leaves the affinity at 64 cores, and `--memory=8g` leaves /proc/meminfo at the host's memory.
+Laid out for the host, the lanes ran 48 + 16 threads on 2 CPUs of time and set memory
+ceilings no worker could reach before the container's OOM killer. The quota's CPUs (rounded
+up) are taken as the cores there are, and the cgroup's memory limit as the memory.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -28,6 +37,9 @@ class MachineInfo:
     # CUDA_VISIBLE_DEVICES around the service names, or all of them (empty: not known, cuda:N is
     # card N).
     gpu_ids: tuple[int | str, ...] = ()
+    # The cgroup CPU quota in CPUs, where it is below the affinity's cores: `cores` is then
+    # that many of them (rounded up), said in messages about cores.
+    cpu_quota: float | None = None
 
     def physical_gpu(self, index: int | None) -> int | str | None:
         """The card a lane's cuda:`index` is: the index-th the service may use."""
@@ -36,7 +48,79 @@ class MachineInfo:
         return self.gpu_ids[index]
 
     def describe_cores(self) -> str:
-        return ", ".join(str(c) for c in self.cores) or "none"
+        cores = ", ".join(str(c) for c in self.cores) or "none"
+        if self.cpu_quota is None:
+            return cores
+        return f"{cores} (a CPU quota of {self.cpu_quota:g} CPUs: the container's or cgroup's cpu limit)"
+
+
+def within_quota(cores: tuple[int, ...], quota: float | None) -> tuple[tuple[int, ...], float | None]:
+    """The cores a CPU quota of `quota` CPUs leaves (as many as it holds, rounded up, the
+    first of the affinity), and the quota where it is what limits them (else None)."""
+    if quota is None or math.ceil(quota) >= len(cores):
+        return cores, None
+    return cores[: max(1, math.ceil(quota))], quota
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_files(name_v2: str, name_v1: str, controller: str, root: Path, own: str) -> list[Path]:
+    """Where a limit may be written, the process's own cgroup first, then the root (a
+    container's namespace shows its own group as the root): v2's unified file, v1's."""
+    paths: dict[str, str] = {}
+    for line in own.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for c in parts[1].split(",") if parts[1] else [""]:
+                paths[c] = parts[2].lstrip("/")
+    out = []
+    if "" in paths:
+        out += [root / paths[""] / name_v2, root / name_v2]
+    if controller in paths:
+        for folder in (controller, f"{controller},cpuacct", f"cpu,{controller}acct"):
+            out += [root / folder / paths[controller] / name_v1, root / folder / name_v1]
+    return out
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cpu_quota(root: Path = CGROUP_ROOT, own: str | None = None) -> float | None:
+    """The cgroup CPU quota in CPUs (None: none). v2 `cpu.max` ("200000 100000"), v1
+    `cpu.cfs_quota_us` over `cpu.cfs_period_us` (-1: none)."""
+    own = _read(Path("/proc/self/cgroup")) or "" if own is None else own
+    for path in _cgroup_files("cpu.max", "cpu.cfs_quota_us", "cpu", root, own):
+        text = _read(path)
+        if text is None:
+            continue
+        try:
+            if path.name == "cpu.max":
+                quota, _, period = text.partition(" ")
+                return None if quota == "max" else int(quota) / int(period or 100000)
+            period_text = _read(path.with_name("cpu.cfs_period_us"))
+            return None if int(text) <= 0 or not period_text else int(text) / int(period_text)
+        except (ValueError, ZeroDivisionError):  # not what the kernel writes: no limit known
+            return None
+    return None
+
+
+def memory_limit(root: Path = CGROUP_ROOT, own: str | None = None) -> int | None:
+    """The cgroup memory limit in bytes (None: none). v2 `memory.max` ("max": none), v1
+    `memory.limit_in_bytes` (a page-rounded 2^63: none)."""
+    own = _read(Path("/proc/self/cgroup")) or "" if own is None else own
+    for path in _cgroup_files("memory.max", "memory.limit_in_bytes", "memory", root, own):
+        text = _read(path)
+        if text is None:
+            continue
+        if text == "max" or not text.isdigit() or int(text) >= 2**62:
+            return None
+        return int(text)
+    return None
 
 
 def _count_gpus() -> int:
@@ -86,12 +170,16 @@ def machine_info() -> MachineInfo:
         cores = tuple(sorted(psutil.Process().cpu_affinity() or []))
     except (AttributeError, NotImplementedError):  # macOS has no affinity API
         cores = tuple(range(psutil.cpu_count() or 1))
+    cores, quota = within_quota(cores or (0,), cpu_quota() if os.name == "posix" else None)
+    memory = int(psutil.virtual_memory().total)
+    limit = memory_limit() if os.name == "posix" else None
     ids = visible_gpus(_count_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     cards = {d.index: (d.name, d.memory_total_bytes) for d in gpu_devices()}
     return MachineInfo(
-        cores=cores or (0,),
+        cores=cores,
+        cpu_quota=quota,
         gpus=len(ids),
-        memory_bytes=int(psutil.virtual_memory().total),
+        memory_bytes=memory if limit is None else min(memory, limit),
         # By the cards' order as the service sees them; not known (a card NVML does not
         # answer for, a UUID not resolved here): no budget is checked against NVML.
         gpu_memory=tuple(cards[i] for i in ids if isinstance(i, int))
