@@ -194,3 +194,14 @@ def test_keep_alive_is_read_as_ollama_writes_it() -> None:
         with pytest.raises(APIError) as exc:
             keep_alive_seconds(bad)
         assert exc.value.code == "invalid_value" and "'5m'" in exc.value.message
+
+
+def test_ps_tells_what_of_a_model_is_on_the_card() -> None:
+    """size_vram was the whole model on any GPU lane, partly offloaded or not."""
+    from ris.api.routes.ollama_models import _on_card
+    from ris.messages import ModelInfo
+
+    size = 1000
+    assert _on_card(ModelInfo("m", "llama_cpp", placement="gpu", footprint_bytes=900), size) == size
+    assert _on_card(ModelInfo("m", "llama_cpp", placement="partial", footprint_bytes=400), size) == 400
+    assert _on_card(ModelInfo("m", "llama_cpp", placement="cpu", footprint_bytes=400), size) == 0

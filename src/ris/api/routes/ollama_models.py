@@ -33,6 +33,7 @@ from ris.config import ModelSpec
 from ris.lanes import Lane
 from ris.lanes.base import BackendError
 from ris.lanes.llm import LANE as LLM
+from ris.messages import ModelInfo
 from ris.pull import Pulled, PullError, RemoteFile, pull
 
 router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
@@ -146,11 +147,22 @@ async def ollama_ps(request: Request) -> Any:
                 "digest": facts["digest"],
                 "details": facts["details"],
                 "expires_at": NEVER,
-                "size_vram": facts["size"] if gpu else 0,
+                "size_vram": _on_card(info, facts["size"]) if gpu else 0,
                 "context_length": info.details.context_tokens,
             }
         )
     return json_response({"models": running})
+
+
+def _on_card(info: ModelInfo, size: int) -> int:
+    """What of a loaded model is on the card, as Ollama's size_vram says: all of it placed
+    "gpu"; the part its worker counted there (the layers that fit, an offload plan's) placed
+    partly; none on the CPU."""
+    if info.placement == "cpu":
+        return 0
+    if info.placement == "gpu" or info.footprint_bytes is None:
+        return size
+    return min(size, info.footprint_bytes)
 
 
 @router.get("/api/version", summary="Ollama: the API version")
