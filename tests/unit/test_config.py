@@ -280,3 +280,11 @@ def test_a_heartbeat_timeout_under_a_few_heartbeats_is_refused() -> None:
     data = base()
     data["lanes"]["tts"]["heartbeat_timeout_s"] = 0.2
     assert "heartbeat_timeout_s" in error_of(data) and "2" in error_of(data)
+
+
+def test_an_unknown_key_in_a_named_api_key_lists_what_is_allowed() -> None:
+    data = base()
+    data["server"] = {"api_keys": [{"name": "a", "key": "k" * 32, "rol": "user"}]}
+    said = error_of(data)
+    assert "server.api_keys.0.rol: unknown key 'rol'; allowed here: name, key, role" in said, said
+    assert "NamedKey" not in said and "k" * 32 not in said

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ris.config.checks import check_config
-from ris.config.schema import Config, ConfigError
+from ris.config.schema import Config, ConfigError, NamedKey
 from ris.lanes import kinds
 from ris.machine import MachineInfo, machine_info
 
@@ -128,9 +128,10 @@ def _explain(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             parent, key = e["loc"][:-1], e["loc"][-1]
-            model = _model_at(parent)
+            # A named API key is one branch of a union: pydantic names the branch in the path.
+            model = NamedKey if "NamedKey" in parent else _model_at(parent)
             allowed = ", ".join(model.model_fields) if model else "see the README"
-            lines.append(f"{loc}: unknown key {key!r}; allowed here: {allowed}")
+            lines.append(f"{loc.replace('.NamedKey', '')}: unknown key {key!r}; allowed here: {allowed}")
         elif "api_keys" in e["loc"]:
             # Never quote a key: the message reaches the terminal and the logs.
             if e["type"] == "string_type" and e["loc"][-1] == "str" and isinstance(e.get("input"), dict):
