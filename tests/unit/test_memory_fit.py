@@ -141,10 +141,27 @@ def test_safetensors_sizes_from_the_header_and_pipeline_components(tmp_path: Pat
         _safetensors(pipe / comp / "diffusion_pytorch_model.safetensors", {"w": size})
     # a variant copy beside the full one is an alternative, not more weights
     _safetensors(pipe / "unet" / "diffusion_pytorch_model.fp16.safetensors", {"w": 2000})
-    (pipe / "model_index.json").write_text("{}")
+    index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "PNDMScheduler"]}
+    index |= {c: ["diffusers", "X"] for c in ("unet", "vae", "text_encoder")}
+    (pipe / "model_index.json").write_text(json.dumps(index))
     assert folder_weights(pipe) == {"unet": 4000, "vae": 1000, "text_encoder": 2000}
     fp = file_footprint(pipe, {}, parallel=1)
     assert fp is not None and fp.weights == 7000 and dict(fp.components)["unet"] == 4000
+    # What the load never reads does not count: a single-file copy of the whole pipeline beside
+    # its components (the sd-turbo repositories ship one), a folder the index does not list.
+    _safetensors(pipe / "sd_turbo.safetensors", {"w": 9000})
+    (pipe / "safety_checker").mkdir()
+    _safetensors(pipe / "safety_checker" / "model.safetensors", {"w": 3000})
+    assert folder_weights(pipe) == {"unet": 4000, "vae": 1000, "text_encoder": 2000}
+
+
+def test_a_models_copies_in_subfolders_do_not_count(tmp_path: Path) -> None:
+    """A Llama folder's original/consolidated.00.pth is the same weights in another format."""
+    llm = tmp_path / "llm"
+    (llm / "original").mkdir(parents=True)
+    _safetensors(llm / "model.safetensors", {"w": 5000})
+    (llm / "original" / "consolidated.00.pth").write_bytes(b"x" * 6000)
+    assert folder_weights(llm) == {"": 5000}
 
 
 def test_a_hugging_face_llm_counts_the_kv_cache_its_batch_allocates(tmp_path: Path) -> None:

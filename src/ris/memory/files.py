@@ -207,9 +207,12 @@ def folder_weights(folder: Path) -> dict[str, int]:
     """Weight bytes of a model folder by component: a diffusers pipeline's subfolders (unet,
     vae, text_encoder...) or "" for a Hugging Face model's top level. Safetensors are read from
     their headers; where a component has none, its .bin/.pt/.onnx files count by size. When a
-    component has both a full and a variant (fp16) copy, the larger is counted, the safe side."""
+    component has both a full and a variant (fp16) copy, the larger is counted, the safe side.
+    Only what loads counts: a pipeline's components as its model_index.json lists them (not a
+    single-file copy beside them, as the sd-turbo repositories ship), a model's top level (not
+    an original/ or onnx/ copy in a subfolder)."""
     parts: dict[str, int] = {}
-    for comp_dir in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+    for comp_dir in _loaded_folders(folder):
         comp = "" if comp_dir == folder else comp_dir.name
         st = sorted(comp_dir.glob("*.safetensors"))
         if st:
@@ -219,6 +222,26 @@ def folder_weights(folder: Path) -> dict[str, int]:
         if other:
             parts[comp] = _largest_variant(other, lambda p: p.stat().st_size)
     return parts
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".ckpt")
+
+
+def _loaded_folders(folder: Path) -> list[Path]:
+    """The folders whose weights a load of `folder` reads."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            listed = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"{index}: not readable JSON: {e}") from e
+        names = [k for k, v in listed.items() if not k.startswith("_") and isinstance(v, list)]
+        listed_dirs = [folder / n for n in sorted(names) if (folder / n).is_dir()]
+        # An index that lists nothing (written by hand): its subfolders, still not a top-level copy.
+        return listed_dirs or sorted(p for p in folder.iterdir() if p.is_dir())
+    if any(p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir() if p.is_file()):
+        return [folder]
+    return [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
 
 
 def _largest_variant(files: Iterable[Path], size_of: Any) -> int:
