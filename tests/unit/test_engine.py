@@ -669,3 +669,30 @@ async def test_a_second_engine_on_the_folder_in_one_process_is_refused(tmp_path:
     async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
         workers[Lane.IMAGE].ready()  # the first one stopped: the folder is free again
         assert len(workers[Lane.IMAGE].runs) == 1
+
+
+@run
+async def test_an_image_reads_as_ended_only_once_its_end_is_on_disk(tmp_path: Path) -> None:
+    """Polled progress said 'succeeded' (and the PNG was served) while the row still said
+    running: a crash then ran it again, drawing a new picture under the same id."""
+    import asyncio
+    from concurrent.futures import Future
+
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        handle = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        assert eng.durable is not None
+        held: Future[None] = Future()
+        eng.durable.store.finish = lambda *args, **kwargs: held  # type: ignore[method-assign]
+        workers[Lane.IMAGE].deliver(
+            m.TaskDone(handle.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7)))
+        )
+        view = eng.lookup(handle.task_id)
+        assert view is not None and (view.state, view.result) == ("running", None)
+        assert not handle.done.done()
+        held.set_result(None)  # on disk
+        for _ in range(5):
+            await asyncio.sleep(0)
+        view = eng.lookup(handle.task_id)
+        assert view is not None and view.state == "succeeded" and view.result is not None
+        assert handle.done.done()

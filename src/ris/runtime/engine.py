@@ -95,6 +95,10 @@ class Engine:
         self._sweep: asyncio.Future[SweepReport] | None = None
         self._next_sweep = 0.0  # due at once: a first sweep at start
         self._handles: dict[str, TaskHandle[Any]] = {}
+        # Succeeded durable tasks whose end is not on disk yet: they read as running until it is
+        # (a crash before the write runs them again, and a picture already fetched would be
+        # drawn anew under the same id).
+        self._recording: set[str] = set()
         self._replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._rates = OutputRates(config.lanes)
@@ -562,17 +566,25 @@ class Engine:
         except Exception:  # noqa: BLE001 - a lane's result that does not serialise or count
             # Said, and the client still answered: its handle is already out of the table.
             log.exception("%s task %s: not recorded", task.lane, task_id)
-        if handle is None:
-            return
-        handle.events.put_nowait(None)
         view = self._view(task)
+        if handle is not None:
+            handle.events.put_nowait(None)
         if recorded is None or recorded.done():
+            if handle is not None:
+                _resolve(handle, view)
+            return
+        # A recorded task is answered once its record is on disk (a result the client was
+        # given survives a SIGKILL), without the loop waiting for the fsync; a success reads
+        # as ended, its result served, only then too.
+        if task.state is TaskState.SUCCEEDED:
+            self._recording.add(task_id)
+        loop = asyncio.get_running_loop()
+        recorded.add_done_callback(lambda _: loop.call_soon_threadsafe(self._recorded, task_id, handle, view))
+
+    def _recorded(self, task_id: str, handle: TaskHandle[Any] | None, view: TaskView[Any]) -> None:
+        self._recording.discard(task_id)
+        if handle is not None:
             _resolve(handle, view)
-        else:
-            # A recorded task is answered once its record is on disk (a result the client
-            # was given survives a SIGKILL), without the loop waiting for the fsync.
-            loop = asyncio.get_running_loop()
-            recorded.add_done_callback(lambda _: loop.call_soon_threadsafe(_resolve, handle, view))
 
     def _account(self, handle: TaskHandle[Any], task: Task) -> None:
         """A finished task's collector's files kept or let go, then its figures."""
@@ -715,7 +727,10 @@ class Engine:
         (ModelsHeld), the running tasks of the models the switch waits for, then the load."""
         replica = self._where.get(task.id)
         if task.state is not TaskState.RUNNING or replica is None:
-            return task_view(task, self._scheduler, self._wall)
+            view = task_view(task, self._scheduler, self._wall)
+            if task.id in self._recording:  # ended, not on disk yet: running to a reader
+                view = dataclasses.replace(view, state="running", finished_at=None, result=None)
+            return view
         model = self._model_of(task.id)
         loading = replica.loading
         if loading is not None and loading[0] == model:
