@@ -87,3 +87,18 @@ def test_a_wall_clock_set_back_does_not_stop_the_sampling() -> None:
     wall.advance(-3600.0)  # NTP, or a person, sets the clock back an hour
     tick.advance(5.0)
     assert history.due()
+
+
+def test_the_live_core_load_is_one_reading_for_every_tab() -> None:
+    """psutil.cpu_percent(percpu=True) measured since its previous call in the process: a
+    second console tab ticking 2 ms after the first read [0, 0] of two busy cores."""
+    from ris.api.console_state import LiveCores
+
+    now = [0.0]
+    cores = LiveCores(window_s=0.5, clock=lambda: now[0])
+    samples = iter([[(0.0, 0.0), (0.0, 0.0)], [(1.0, 1.0), (0.5, 1.0)]])
+    assert cores.read(lambda: next(samples)) == [None, None]  # a first reading
+    now[0] = 1.0
+    first = cores.read(lambda: next(samples))
+    now[0] = 1.002
+    assert first == [100.0, 50.0] and cores.read(lambda: next(samples)) == first  # no new reading

@@ -260,3 +260,17 @@ def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
 
     [failed] = asyncio.run(scenario())
     assert isinstance(failed, m.WorkerFailed) and "No module named 'ris'" in failed.message
+
+
+def test_a_workers_cpu_percent_is_the_same_whoever_asked_last() -> None:
+    """psutil's cpu_percent(None) measured since its previous call: a /metrics scrape 3 ms
+    after a console tick read 0 or 300% of a worker using one core."""
+    from ris.runtime.workers.base import CpuMeter
+
+    meter = CpuMeter(window_s=0.5)
+    assert meter.read(10.0, now=100.0) == 0.0  # a first reading: nothing to compare yet
+    assert meter.read(11.0, now=101.0) == 100.0  # one CPU second in one second
+    assert meter.read(11.003, now=101.003) == 100.0  # asked again 3 ms later: the same figure
+    assert meter.read(11.25, now=101.5) == 50.0  # over the half second since the last sample
+    assert meter.read(0.1, now=102.0) == 50.0  # fewer CPU seconds: a new process, measured anew
+    assert meter.read(0.6, now=103.0) == 50.0

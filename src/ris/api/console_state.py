@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -44,6 +46,28 @@ SAMPLE_WINDOW = TaskWindow(
 )
 
 
+class LiveCores:
+    """Each core's busy percent for the console's tick, over at least `window_s`, one reading
+    for every tab: psutil.cpu_percent(percpu=True) measures since its previous call in this
+    process, so a second tab ticking 2 ms after the first read [0, 0] of two busy cores."""
+
+    def __init__(self, window_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._load = CoreLoad()
+        self._at: float | None = None
+        self._last: list[float | None] = []
+
+    def read(self, times: Callable[[], list[tuple[float, float]]]) -> list[float | None]:
+        now = self.clock()
+        if self._at is None or now - self._at >= self.window_s:
+            self._last, self._at = self._load.update(times()), now
+        return self._last
+
+
+LIVE_CORES = LiveCores()
+
+
 def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
     """The body; its work lists hold the tasks `viewer` may see (a user's own), while the lanes'
     figures and the yield bands are everyone's, with no task's id or text."""
@@ -58,7 +82,7 @@ def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
         # The clock task times are on (the scheduler's, as Unix seconds): what they compare with.
         "now": snap.now,
         # Machine-wide, per core: the lanes' cores are listed on their cards.
-        "cpu_cores": psutil.cpu_percent(percpu=True),
+        "cpu_cores": LIVE_CORES.read(_core_times),
         "lanes": lanes,
         "yields": _yield_windows(engine, snap, snap.tasks),
         # Model loads and unloads, oldest first: the overview lists each once among its events.

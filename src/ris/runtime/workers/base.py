@@ -81,6 +81,27 @@ def cpu_seconds(times: Any) -> float:
     return float(times.user + times.system)
 
 
+class CpuMeter:
+    """CPU percent over at least `window_s`, whoever asks: psutil's cpu_percent(None) measures
+    since its previous call, so each reader (console tabs, the chart sampler, /api/stats, a
+    /metrics scrape) reset it for the next, and one read a few milliseconds after another read
+    0 or 300%. Readers sooner than the window get the last figure."""
+
+    def __init__(self, window_s: float = 0.5) -> None:
+        self.window_s = window_s
+        self._at: float | None = None
+        self._seconds = 0.0
+        self.percent = 0.0
+
+    def read(self, cpu_seconds: float, now: float) -> float:
+        if self._at is None or cpu_seconds < self._seconds:  # first read, or another process
+            self._at, self._seconds = now, cpu_seconds
+        elif now - self._at >= self.window_s:
+            self.percent = 100.0 * (cpu_seconds - self._seconds) / (now - self._at)
+            self._at, self._seconds = now, cpu_seconds
+        return self.percent
+
+
 class LaneWorker(Protocol):
     def start(self) -> None:
         """Begin starting (spawn, load models); returns at once. WorkerReady or WorkerFailed follows."""

@@ -19,6 +19,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from ris.preemption.policy import Activity
 from ris.runtime import cpu_share
 from ris.runtime.binding import spawn_environment
 from ris.runtime.worker_main import worker_main
-from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
+from ris.runtime.workers.base import CpuMeter, ResourceUsage, WorkerSpec, cpu_seconds
 
 if TYPE_CHECKING:
     from ris.config import Config
@@ -119,6 +120,7 @@ class ProcessWorker:
         self._send_lock = threading.Lock()  # the thread-mode fallback's sends
         self._generation = 0
         self._ps: psutil.Process | None = None
+        self._cpu = CpuMeter()  # the current process's CPU percent, whoever reads it
 
     # ----- LaneWorker ----------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class ProcessWorker:
         up_w.close()
         self._generation += 1
         self._proc, self._down, self._up, self._ps = proc, down_w, up_r, None
+        self._cpu = CpuMeter()
         self._out.clear()
         self._frames = Deframer()
         self._watch(self._generation)
@@ -216,12 +219,13 @@ class ProcessWorker:
         try:
             if self._ps is None or self._ps.pid != pid:
                 self._ps = psutil.Process(pid)
-            return int(self._ps.memory_info().rss)  # leaves cpu_percent's reference alone
+            return int(self._ps.memory_info().rss)
         except psutil.Error:
             return None
 
     def usage(self) -> ResourceUsage:
-        """CPU percent since the last call, resident memory and GPU memory, read from the OS."""
+        """CPU percent (over the last half second or more, CpuMeter), resident memory and GPU
+        memory, read from the OS."""
         pid = self._proc.pid if self._proc is not None else None
         if pid is None or not self._proc.is_alive():  # not alive(): a snapshot delivers nothing
             return ResourceUsage(pid=pid)
@@ -229,10 +233,11 @@ class ProcessWorker:
             if self._ps is None or self._ps.pid != pid:
                 self._ps = psutil.Process(pid)
             with self._ps.oneshot():
+                used = cpu_seconds(self._ps.cpu_times())
                 return ResourceUsage(
                     pid=pid,
-                    cpu_percent=self._ps.cpu_percent(None),
-                    cpu_seconds=cpu_seconds(self._ps.cpu_times()),
+                    cpu_percent=self._cpu.read(used, time.monotonic()),
+                    cpu_seconds=used,
                     rss_bytes=int(self._ps.memory_info().rss),
                     gpu_memory_bytes=gpu_memory(pid),
                 )
