@@ -124,6 +124,8 @@ async def test_a_lane_with_replicas_serves_while_any_of_them_is_ready(tmp_path: 
         lane = console_state(eng, ANONYMOUS)["lanes"]["tts"]
         assert (lane["state"], lane["uptime_s"]) == ("idle", 0.0)
         assert [w["state"] for w in lane["workers"]] == ["starting", "ready"]
+        # The card's worker is the one serving (its CPU, memory, errors), not replica 0.
+        assert lane["worker"] == lane["workers"][1]
         clock.advance(2.0)
         a.ready()
         a.die()

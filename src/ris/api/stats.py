@@ -44,8 +44,10 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             "borrowed_cores": sorted({c for w in lane.workers for c in w.borrowed_cores or ()}),
             # A batch lane's minimum CPU share under saturation and how the OS keeps it.
             "min_cpu_share": lane.workers[0].cpu_share if lane.workers else None,
-            # The lane's (first) worker; every replica under "workers".
-            "worker": (lane.workers[0] if lane.workers else NO_WORKER).as_json(),
+            # The replica the lane's state describes (a serving one, where any serves: the
+            # card's CPU, memory and errors are of the replica that answers); every replica
+            # under "workers".
+            "worker": _serving(lane.workers).as_json(),
             "workers": [w.as_json() for w in lane.workers],
             "queue_depth": s.queued,
             "max_queue": lane.max_queue,
@@ -83,6 +85,11 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
         }
         out[lane.lane]["state"] = lane_state(config, lane.lane, out[lane.lane], activity)
     return out
+
+
+def _serving(workers: Sequence[WorkerStatus]) -> WorkerStatus:
+    ready = [w for w in workers if w.state == WorkerState.READY]
+    return ready[0] if ready else workers[0] if workers else NO_WORKER
 
 
 def memory_budget(config: Config, lane: str) -> int | None:
