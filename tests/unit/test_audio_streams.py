@@ -109,12 +109,37 @@ async def test_spoken_answer_whose_later_sentence_fails_breaks_the_body_off(tmp_
         tts.deliver(m.TaskOutput(first, AudioChunk(SOUND, 16000)))
         tts.deliver(m.TaskDone(first, TTSOutcome(16000, 8, "en-US")))
         await settle()
-        tts.deliver(
-            m.TaskError(tts.runs[1].task_id, "synthesis_empty", "the speech engine produced no audio")
-        )
-        with pytest.raises(StreamBroken, match="synthesis_empty"):
+        tts.deliver(m.TaskError(tts.runs[1].task_id, "synthesis_failed", "the speech engine failed"))
+        with pytest.raises(StreamBroken, match="synthesis_failed"):
             await asyncio.wait_for(request, 5)
         assert not tts.cancels  # both sentences had ended: nothing left to cancel
+
+
+@run
+async def test_a_sentence_the_voice_has_no_sound_for_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """An answer ending in an emoji (LLMs do): espeak answered the lone emoji with silence,
+    synthesis_empty, and the whole spoken answer was broken off after its first sentence."""
+    body = {"prompt": "talk", "stream_format": "events"}
+    async with posted(tmp_path, "/api/chat/speak", body) as (request, workers):
+        answer(workers[Lane.LLM], "The first sentence. \U0001f60a\nThe last sentence.")
+        tts = workers[Lane.TTS]
+        for i, outcome in enumerate(("sound", "silent", "sound")):
+            for _ in range(50):
+                await settle()
+                if len(tts.runs) > i:
+                    break
+            task_id = tts.runs[i].task_id
+            if outcome == "silent":
+                tts.deliver(m.TaskError(task_id, "synthesis_empty", "no audio for that text"))
+            else:
+                tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+                tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+            await settle()
+        r = await asyncio.wait_for(request, 5)
+    events = [line.removeprefix("event: ") for line in r.text.splitlines() if line.startswith("event: ")]
+    assert events.count("audio") == 2 and "error" not in events, events
+    done = [line for line in r.text.splitlines() if line.startswith("data: ")][-1]
+    assert '"sentences": 2' in done or '"sentences":2' in done, done
 
 
 def test_unread_contiguous_audio_is_one_event_however_long() -> None:

@@ -32,6 +32,9 @@ SENTENCE_PRIORITY = 1
 OUT_PENDING = 8  # events (an audio piece is at most 64 KiB) ready for a listener, at most
 
 
+# What the speech lane answers for a text it has no sound for (ris.lanes.tts).
+SILENT = "synthesis_empty"
+
 class SpeakingPipeline:
     def __init__(
         self,
@@ -166,6 +169,10 @@ class SpeakingPipeline:
             while (pcm := await audio.next()) is not None:
                 await self._out.put(("audio", {"index": index, "pcm": pcm}))
             view = await handle.done
+            if view.error_code == SILENT:
+                # A piece the voice has no sound for (an emoji, a symbol, digits of another
+                # script: LLMs end answers with them): skipped, the rest of the answer spoken.
+                continue
             if not view.succeeded:
                 await self._out.put(("error", _error(view)))
                 return
