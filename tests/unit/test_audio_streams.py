@@ -280,3 +280,16 @@ def test_accept_that_excludes_the_format_asked_is_a_406() -> None:
     with pytest.raises(APIError) as exc:
         accepted_format("audio/wav", "mp3")
     assert exc.value.status == 406 and "audio/mpeg" in exc.value.message
+
+
+def test_openai_voice_names_speak_the_inputs_language() -> None:
+    """alloy said a Chinese input as 'Chinese letter, Chinese letter' in English; marin and
+    cedar (OpenAI voices too) were refused; a configured 'Nova' never matched 'nova'."""
+    from ris.api.routes.openai_media import openai_voice
+
+    assert openai_voice("alloy", "你好，今天天气很好。", {}) == "zh-CN"
+    assert openai_voice("alloy", "Hello there.", {}) == "en-US"
+    assert openai_voice("marin", "こんにちは。", {}) == "ja"
+    assert openai_voice("cedar", "Hello.", {}) == "en-US"
+    assert openai_voice("nova", "Hello.", {"Nova": "zh-CN"}) == "zh-CN"  # configured, any case
+    assert openai_voice("en-GB", "Hello.", {}) == "en-GB"  # one of ours, as given

@@ -324,7 +324,8 @@ class ServerConfig(_Strict):
     max_image_steps: int = Field(default=100, ge=1, le=1000)
     openai_voices: dict[str, str] = Field(
         default_factory=dict,
-        description="OpenAI voice names (alloy, nova, ...) -> our voices; unlisted ones speak en-US",
+        description="OpenAI voice names (alloy, nova, ...) -> our voices (names without case); unlisted "
+        "ones speak the input's language (Chinese, Japanese, Korean or Thai by its script, else en-US)",
     )
 
     @field_validator("api_keys")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import TTSRequest
+from ris.languages import script_language
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
 from ris.services.speech_encoding import MEDIA_TYPES, encode_stream, stream_rate
@@ -44,11 +45,26 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 OPENAI_SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 OPENAI_IMAGE_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1")
 
-# OpenAI's voice names, mapped to voices our TTS models speak (override in config: openai_voices).
-DEFAULT_VOICES = dict.fromkeys(
-    ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse"),
-    "en-US",
+# OpenAI's voice names. Its voices speak the input's language: one of them here is a voice of
+# the language the input is written in (Chinese, Japanese, Korean, Thai by their scripts; else
+# English), unless config's openai_voices names one for it.
+OPENAI_VOICES = frozenset(
+    ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage")
+    + ("shimmer", "verse")
 )
+SCRIPT_VOICES = {"zh": "zh-CN", "ja": "ja", "ko": "ko", "th": "th"}
+
+
+def openai_voice(voice: str, text: str, configured: Mapping[str, str]) -> str:
+    """The voice an OpenAI voice name stands for: the configured one (names compared without
+    case), else one of the input's language; any other name is a voice of ours, as given."""
+    name = voice.lower()
+    chosen = {k.lower(): v for k, v in configured.items()}.get(name)
+    if chosen is not None:
+        return chosen
+    if name not in OPENAI_VOICES:
+        return voice
+    return SCRIPT_VOICES.get(script_language(text) or "", "en-US")
 
 
 @router.post(
@@ -69,8 +85,7 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
             param="input",
         )
     require_speakable(body.input, 400, param="input")  # /v1 answers bad parameters with 400
-    voices = {**DEFAULT_VOICES, **engine.config.server.openai_voices}
-    voice = voices.get(body.voice.lower(), body.voice)
+    voice = openai_voice(body.voice, body.input, engine.config.server.openai_voices)
     model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
     rate = tts_rate(engine, model)
     # Streamed, not kept: no WAV and no stored record outlive the answer (the native
