@@ -118,3 +118,18 @@ def test_a_pulled_piper_voice_answers_to_its_locale_and_language() -> None:
     de = voice_tags("de", "de_DE-thorsten-medium")
     assert speaks(de, "de-DE") and speaks(de, "de") and not speaks(de, "en")
     assert voice_tags("en-us", "en_US-joe-medium") == ("en_US-joe-medium", "en", "en-US", "en-us", "joe")
+
+
+def test_piper_speed_scales_the_voices_own_pace(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A voice tuned to length_scale 2 spoke at 1 (its pace replaced by 1 / speed): speed 1 is
+    the voice's own pace, and speed 2 of it is half as long."""
+    spec = LANE.embedded_models["piper"]
+    ctx = BackendContext(device="cpu", threads=1, data_dir=tmp_path_factory.mktemp("piper"))
+    piper = backend_class(Lane.TTS, spec.backend)(spec, ctx)
+    assert isinstance(piper, TTSBackend)
+    text = "A sentence long enough to time its pace."
+    own = speak(piper, TTSRequest(text=text)).samples
+    piper._config.length_scale = 2.0  # type: ignore[attr-defined]  # a slower voice
+    slow = speak(piper, TTSRequest(text=text)).samples
+    assert 1.5 < slow / own < 2.3, (own, slow)  # pauses and edges do not scale exactly
+    assert 0.9 < speak(piper, TTSRequest(text=text, speed=2.0)).samples / own < 1.1

@@ -88,7 +88,10 @@ class PiperTTS(TTSBackend):
         self._voice = voice
 
     def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
-        syn = SynthesisConfig(length_scale=1.0 / req.speed)
+        # Speed scales the voice's own pace (its config's length_scale), as speed 1 promises:
+        # a length_scale given here replaces the voice's, and 1 / speed spoke a voice tuned to
+        # 1.2 a fifth too fast.
+        syn = SynthesisConfig(length_scale=voice_length_scale(self._config.length_scale) / req.speed)
         samples = 0
         for chunk in self._voice.synthesize(req.text, syn_config=syn):
             pcm = chunk.audio_int16_bytes
@@ -97,3 +100,8 @@ class PiperTTS(TTSBackend):
             if out.cancelled():
                 break
         return TTSOutcome(sample_rate=self.sample_rate, samples=samples, voice=self.voices[0])
+
+
+def voice_length_scale(configured: float | None) -> float:
+    """A voice's own pace (its .onnx.json's inference.length_scale; 1 where it says none)."""
+    return 1.0 if configured is None or configured <= 0 else float(configured)
