@@ -130,3 +130,28 @@ def test_without_contention_the_guard_costs_nothing() -> None:
     for _ in range(1000):
         y.checkpoint("block")
     assert w.now == 0.0 and y.stats.pauses == 0
+
+
+def test_a_long_pause_is_progress_to_the_supervisor_not_a_hang() -> None:
+    """An image paused 700 s behind a busy lane (min_share 0) was failed as worker_timeout at
+    busy_timeout_s (600 s) and its worker replaced: waiting for another lane is going as planned."""
+    from ris.runtime.supervisor import Fail, Limits, Supervisor
+
+    w = World()
+    y = yielder(w, mode="step", min_share=0.0)
+    sup = Supervisor(clock=w.clock)
+    watch = sup.watch("image", Limits(heartbeat_timeout_s=10, busy_timeout_s=600, load_timeout_s=60))
+    sup.ready(watch)
+    sup.task_started(watch)
+    events = [0]
+
+    def tick() -> None:  # the worker's: counted, and heartbeats carry the count
+        events[0] += 1
+        sup.heard(watch, progress_events=events[0])
+
+    y.waiting = tick
+    w.states[0] = Activity.BUSY
+    w.events = [(700.0, Activity.IDLE)]
+    y.checkpoint("step")
+    assert w.now >= 700.0
+    assert not isinstance(sup.decide(watch, alive=True), Fail)

@@ -66,6 +66,10 @@ class YieldStats:
     guard_overrides: int = 0
 
 
+def _nothing() -> None:
+    pass
+
+
 class Yielder:
     """Called at preemption points; returns when the image worker may continue."""
 
@@ -84,6 +88,9 @@ class Yielder:
         self._ran = 0.0  # decayed seconds of running
         self._paused = 0.0  # decayed seconds of pausing
         self._mark = clock()
+        # Told at each look while paused: waiting for another lane is work going as planned,
+        # not a hang (the supervisor replaced a worker paused past busy_timeout_s).
+        self.waiting: Callable[[], None] = _nothing
 
     def begin(self) -> None:
         """A task starts: the time since the last checkpoint was no running (the worker idled
@@ -128,6 +135,7 @@ class Yielder:
                 self.stats.pauses += 1
                 paused_here = True
             self._sleep(self.policy.poll_s)
+            self.waiting()
             now = self._clock()
             self._account(now - self._mark, paused=True)
             self.stats.paused_s += now - self._mark

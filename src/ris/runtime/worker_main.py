@@ -258,6 +258,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     def tick() -> None:
         state.progress_events += 1
 
+    if yielder is not None:
+        yielder.waiting = tick  # paused for another lane: going as planned, not hung
+
     threading.Thread(target=receive, name="ris-receiver", daemon=True).start()
     threading.Thread(target=heartbeat, name="ris-heartbeat", daemon=True).start()
     out.send(
