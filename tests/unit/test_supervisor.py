@@ -194,3 +194,29 @@ def test_a_model_load_past_the_load_timeout_replaces_the_worker() -> None:
     )
     sup.killed(w)
     assert w.loading_since is None
+
+
+def test_new_tasks_on_a_hung_worker_do_not_hide_the_hang() -> None:
+    """An LLM worker with free slots hangs: each task dispatched to it restarted the
+    no-progress clock, so it went unnoticed for slots x busy_timeout_s."""
+    clock, sup, w = started()
+    sup.ready(w)
+    sup.task_started(w)
+    clock.advance(25)
+    sup.heard(w, progress_events=0)
+    sup.task_started(w)  # another request, to the same hung worker
+    clock.advance(10)
+    sup.heard(w, progress_events=0)
+    verdict = sup.decide(w, alive=True)
+    assert isinstance(verdict, Fail) and verdict.code == "worker_timeout"
+    # A task that ends is progress: the clock runs from there for the ones still running.
+    clock, sup, w = started()
+    sup.ready(w)
+    sup.task_started(w)
+    sup.task_started(w)
+    clock.advance(25)
+    sup.heard(w, progress_events=0)
+    sup.task_ended(w)
+    clock.advance(10)
+    sup.heard(w, progress_events=0)
+    assert sup.decide(w, alive=True) is None

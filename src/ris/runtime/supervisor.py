@@ -125,8 +125,11 @@ class Supervisor:
             w.last_progress = now
 
     def task_started(self, w: Watch) -> None:
+        # The no-progress clock starts when the worker gets work, not at each task: a hung
+        # worker with free slots (an LLM batch) kept getting new tasks, each restarting it.
+        if w.busy == 0:
+            w.last_progress = self._clock()
         w.busy += 1
-        w.last_progress = self._clock()
 
     def loading(self, w: Watch) -> None:
         """A ready worker began loading a model for a task."""
@@ -142,6 +145,7 @@ class Supervisor:
 
     def task_ended(self, w: Watch) -> None:
         w.busy = max(0, w.busy - 1)
+        w.last_progress = self._clock()  # a task that ends is progress
 
     # ----- decisions -----------------------------------------------------------------------
 
