@@ -306,6 +306,18 @@ async def test_a_model_that_cannot_load_makes_the_lane_unavailable_until_it_can(
 
 
 @run
+async def test_tasks_queued_while_the_worker_starts_fail_when_it_cannot(tmp_path: Path) -> None:
+    """Accepted while the worker loaded, then the load failed (and would at every restart):
+    they waited for their deadline, 300 s, for a worker that never came."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        waiting = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        workers[Lane.LLM].deliver(m.WorkerFailed("model_not_found", "no such file"))
+        view = await waiting.done
+        assert (view.state, view.error_code) == ("failed", "lane_unavailable")
+        assert "cannot start: no such file" in (view.error_message or "")
+
+
+@run
 async def test_cancel_a_queued_task_at_once_and_a_running_one_through_its_worker(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm, running, queued = two_tasks(eng, workers)

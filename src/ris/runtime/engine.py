@@ -447,6 +447,13 @@ class Engine:
             replica.worker.kill()
             self._supervisor.load_failed(replica.watch)
             self._update_slots(replica.lane)
+            replicas = self._replicas[replica.lane]
+            if all(r.watch.state is WorkerState.FAILED for r in replicas):
+                # Refused from now on (require_serving): those queued before fail the same way
+                # at once, not at their deadline behind starts that may fail every time.
+                why = f"the {replica.lane} worker cannot start: {msg.message}"
+                for task_id in self._fail_queued(replica.lane, "lane_unavailable", why):
+                    self._settle(task_id)
 
     def _on_model_wait(self, replica: Replica, msg: m.ModelsHeld | m.ModelLoading | m.ModelLoaded) -> None:
         """What the worker says of the models its tasks wait for; a task that waited and no
@@ -655,16 +662,17 @@ class Engine:
             if self.kinds[lane].durable or not replicas:
                 continue
             waiting = [r.worker.waiting_for() for r in replicas]
-            if not all(waiting):
-                continue
-            for task in self._scheduler.tasks(lane):
-                if task.state is TaskState.QUEUED:
-                    self._scheduler.finish(
-                        task.id,
-                        TaskState.FAILED,
-                        code="lane_pending",
-                        message=f"the {lane} lane cannot serve now: {waiting[0]}",
-                    )
+            if all(waiting):
+                self._fail_queued(lane, "lane_pending", f"the {lane} lane cannot serve now: {waiting[0]}")
+
+    def _fail_queued(self, lane: str, code: str, message: str) -> list[str]:
+        """Fail the lane's queued tasks (not a durable lane's: they run when it returns)."""
+        if self.kinds[lane].durable:
+            return []
+        failed = [t.id for t in self._scheduler.tasks(lane) if t.state is TaskState.QUEUED]
+        for task_id in failed:
+            self._scheduler.finish(task_id, TaskState.FAILED, code=code, message=message)
+        return failed
 
     def _sweep_when_due(self) -> None:
         """Apply the retention policy every `sweep_interval_s`, on a thread (it reads the disk)."""
