@@ -492,6 +492,20 @@ def test_one_client_holds_at_most_its_share_of_slots_while_another_waits() -> No
     assert [t.started_at is not None for t in light] == [True, True, False, False]
 
 
+def test_the_last_starter_holding_nothing_goes_before_a_client_at_its_share() -> None:
+    """2 slots, a share of 1 each: B's task ended, A's runs; A queued, then B. The turn-taking
+    extra slot counted B as full, and A took both slots while B held none."""
+    sched = fair(0.5, 2)
+    a1 = sched.submit(TaskSpec(lane=Lane.LLM, client="a"))
+    b1 = sched.submit(TaskSpec(lane=Lane.LLM, client="b"))
+    assert {t.id for t in sched.dispatch()} == {a1.id, b1.id}
+    sched.finish(b1.id, TaskState.SUCCEEDED)  # b started last
+    a2 = sched.submit(TaskSpec(lane=Lane.LLM, client="a"))
+    b2 = sched.submit(TaskSpec(lane=Lane.LLM, client="b"))
+    assert [t.id for t in sched.dispatch()] == [b2.id]
+    assert running_by_client(sched) == {"a": 1, "b": 1} and a2.state is TaskState.QUEUED
+
+
 def test_the_queue_knows_which_clients_wait_through_every_way_out() -> None:
     # What lets the fair pick skip its pass over the queue when only full clients wait.
     clock = FakeClock()
@@ -571,3 +585,11 @@ def test_a_single_slot_alternates_between_clients_and_share_one_is_plain_priorit
     plain = fair(1.0, 1)  # a share of the whole lane: priority order alone
     ids = [plain.submit(TaskSpec(lane=Lane.LLM, client=c)).id for c in "aab"]
     assert drain(plain) == ids
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    from ris.scheduler import percentile
+
+    assert [percentile(range(1, n + 1), 50) for n in (2, 4, 6, 8)] == [1, 2, 3, 4]  # the lower middle
+    assert percentile(range(1, 1001), 50) == 500 and percentile(range(1, 1001), 99) == 990
+    assert percentile([5.0], 0) == 5.0 and percentile([1, 2, 3], 100) == 3 and percentile([], 50) is None

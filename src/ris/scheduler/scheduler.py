@@ -121,12 +121,13 @@ class LaneStats:
 
 
 def percentile(values: Iterable[float], p: float) -> float | None:
-    """Nearest-rank percentile, p in [0, 100]; None for no values."""
+    """Nearest-rank percentile, p in [0, 100]: the smallest value with at least p% of them at
+    or below it; None for no values. (A rounded index flipped the median between the lower
+    and the upper middle value as the count changed: round() rounds halves to even.)"""
     xs = sorted(values)
     if not xs:
         return None
-    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
-    return xs[k]
+    return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
 
 
 class RandomIds:
@@ -329,6 +330,12 @@ class Scheduler:
         task = None
         if book.queue.clients() - full:
             task = book.queue.first(lambda t: t.spec.client not in full and may_start(t))
+        if task is None and book.last_client in full:
+            # Full only by the turn-taking extra slot, the last starter may hold nothing now:
+            # it goes before a client holding its whole share (who took every slot otherwise).
+            real = held[book.last_client] - 1
+            if real < cap:
+                task = book.queue.first(lambda t: t.spec.client == book.last_client and may_start(t))
         if task is None:
             # No one under their share waits: a free slot is not left idle, but for a costly task.
             task = head if may_start(head) else book.queue.first(may_start)
