@@ -253,16 +253,28 @@ async def wait_task(engine: Engine, handle: TaskHandle[Res], request: Request) -
 
 
 async def wait_tasks(engine: Engine, handles: list[TaskHandle[Res]], request: Request) -> list[TaskView[Res]]:
-    """`wait_task` for several tasks of one request: all are cancelled if the client leaves."""
+    """`wait_task` for several tasks of one request: all are cancelled if the client leaves,
+    and the others when one fails (its error is raised then: the request's answer is that
+    error, and its siblings' images would be unreachable)."""
     try:
         if len(handles) == 1:  # the task's own future: no gathering future around it
             return [await unless_gone(request, handles[0].done)]
-        return list(await unless_gone(request, asyncio.gather(*(h.done for h in handles))))
+        return await unless_gone(request, _all_or_a_failure(handles))
     except BaseException:
         for h in handles:  # a future cancelled with the wait is a task still running
             if h.done.cancelled() or not h.done.done():
                 engine.cancel(h.task_id)
         raise
+
+
+async def _all_or_a_failure(handles: list[TaskHandle[Res]]) -> list[TaskView[Res]]:
+    pending: set[asyncio.Future[TaskView[Res]]] = {h.done for h in handles}
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for ended in done:
+            if not ended.result().succeeded:
+                raise failure(ended.result())
+    return [h.done.result() for h in handles]
 
 
 def result_or_failure(view: TaskView[Res]) -> Res:

@@ -158,6 +158,8 @@ class ImageGenerationRequest(_OpenAIBody):
     prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
     model: str | None = None
     n: int = Field(default=1, ge=1, le=4)
+    # "auto" (gpt-image-1's default): the default size.
     size: str = "512x512"
-    response_format: Literal["url", "b64_json"] = "url"
+    # Absent: OpenAI's default for the model named, base64 for gpt-image-1 (which has no url), else url.
+    response_format: Literal["url", "b64_json"] | None = None
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)

@@ -147,7 +147,9 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     refuse_unknown(body, IMAGES)
     engine = engine_of(request)
     require_lane(engine, Lane.IMAGE)
-    width, height = _size(body.size, engine.config.server.max_image_pixels)
+    size = "512x512" if body.size == "auto" else body.size
+    width, height = _size(size, engine.config.server.max_image_pixels)
+    fmt = body.response_format or ("b64_json" if body.model == "gpt-image-1" else "url")
     model = resolve_model(
         engine, Lane.IMAGE, _media_model(engine, Lane.IMAGE, body.model, OPENAI_IMAGE_MODELS)
     )
@@ -160,7 +162,7 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     data = []
     for view in views:
         image = result_or_failure(view)
-        if body.response_format == "b64_json":
+        if fmt == "b64_json":
             # A file read and a base64 of megabytes: off the loop that streams others' tokens.
             b64 = await asyncio.to_thread(_b64_file, Path(image.path))
             data.append({"b64_json": b64, "revised_prompt": None})
