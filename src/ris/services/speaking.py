@@ -35,6 +35,7 @@ OUT_PENDING = 8  # events (an audio piece is at most 64 KiB) ready for a listene
 # What the speech lane answers for a text it has no sound for (ris.lanes.tts).
 SILENT = "synthesis_empty"
 
+
 class SpeakingPipeline:
     def __init__(
         self,
