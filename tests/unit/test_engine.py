@@ -708,3 +708,21 @@ async def test_an_image_reads_as_ended_only_once_its_end_is_on_disk(tmp_path: Pa
         view = eng.lookup(handle.task_id)
         assert view is not None and view.state == "succeeded" and view.result is not None
         assert handle.done.done()
+
+
+@run
+async def test_an_image_its_client_waited_for_on_its_connection_is_not_run_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """/v1/images/generations answers on the connection a stop closes: its tasks, resumed,
+    ran ahead of new work for a client that never got their ids."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        waited = eng.submit_many(IMAGE, "i", [ImageRequest(prompt="a")] * 2, resumable=False)
+        kept = eng.submit(IMAGE, "i", ImageRequest(prompt="b"))
+    async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
+        for handle in waited:
+            view = again.lookup(handle.task_id)
+            assert view is not None and (view.state, view.error_code) == ("cancelled", "server_shutdown")
+        workers[Lane.IMAGE].ready()
+        assert [r.task_id for r in workers[Lane.IMAGE].runs] == [kept.task_id]

@@ -205,7 +205,7 @@ def test_a_store_from_before_owners_is_migrated_and_its_tasks_are_the_anonymous_
         assert old is not None and old.owner is None
         assert ROOT.sees(old.owner) and not ALICE.sees(old.owner)  # an admin's to see
         assert old.client is None  # from before clients were kept: no client's share
-        assert old.deadline is None and not old.cancel_asked  # resumed with the lane's timeout
+        assert old.deadline is None and old.on_restart is None  # resumed with the lane's timeout
         store.add("b", "image", "i", 0, {}, 2.0, owner="alice").result()  # written off the loop
         assert [t.id for t in store.recent(owner="alice", all_owners=False)] == ["b"]
         assert [t.id for t in store.recent(owner=None, all_owners=False)] == ["a"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ris.lanes.base import LaneKind
-from ris.runtime.store import StoredTask, TaskStore
+from ris.runtime.store import ABANDONED, CANCELLED, StoredTask, TaskStore
 from ris.scheduler import Task, TaskState
 
 # A task found running after a restart is run again at most this many times in all.
@@ -38,15 +38,26 @@ class DurableTasks:
     def durable(self, lane: str) -> bool:
         return self._kinds[lane].durable
 
-    def accepted(self, task: Task, model: str, request: Any) -> None:
+    def accepted(self, task: Task, model: str, request: Any, *, resumable: bool = True) -> None:
         """Record a newly admitted task, and wait until it is on disk: the client hears it
-        was accepted only then (the one write the event loop still waits for)."""
+        was accepted only then (the one write the event loop still waits for). Not
+        `resumable`: its client waits for it on its connection, which a stop closes; a
+        restart finds it ABANDONED instead of running it for nobody."""
         if self.durable(task.lane):
             req = self._kinds[task.lane].request_to_json(request)
             spec = task.spec
             deadline = None if spec.deadline is None else self._to_wall(spec.deadline)
             self.store.add(
-                task.id, task.lane, model, spec.priority, req, self._wall(), spec.owner, spec.client, deadline
+                task.id,
+                task.lane,
+                model,
+                spec.priority,
+                req,
+                self._wall(),
+                spec.owner,
+                spec.client,
+                deadline,
+                None if resumable else ABANDONED,
             ).result()
 
     def started(self, task: Task) -> None:
@@ -57,7 +68,7 @@ class DurableTasks:
         """A cancel asked for while the task runs: kept, so that a server stopped before its
         worker stopped the task does not run it again at the next start."""
         if self.durable(task.lane):
-            self.store.ask_cancel(task.id)
+            self.store.not_resumed(task.id, CANCELLED)
 
     def set_aside(self, task: Task) -> None:
         """A task still running when the server stops on purpose: it runs again at the next
@@ -105,8 +116,11 @@ class DurableTasks:
         requests; those run too often already, or whose lane is now off, fail here instead."""
         for st in self.store.unfinished():
             now = self._wall()
-            if st.cancel_asked:
+            if st.on_restart == CANCELLED:
                 self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
+            elif st.on_restart == ABANDONED:
+                message = "its client waited for it on a connection the server's stop closed"
+                self.store.finish(st.id, "cancelled", now, "server_shutdown", message)
             elif st.deadline is not None and st.deadline <= now:
                 message = "its timeout passed while the server was stopped"
                 self.store.finish(st.id, "failed", now, "deadline_exceeded", message)

@@ -260,6 +260,7 @@ class Engine:
         keep_alive_s: float | None = None,
         keep_files: bool = True,
         retry: bool = False,
+        resumable: bool = True,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
         the kind's result type. `client`: who asks, for fairness across clients (the lane's
@@ -270,8 +271,9 @@ class Engine:
         as it ends (readers already streaming read on) and it leaves no record in the store: no
         fsync'd row, no file to sweep, for speech that was only streamed. A durable lane always
         keeps its own. `retry`: the caller's own retry of a refused submission (the speaking
-        pipeline waiting for room), not counted as another refusal. Raises QueueFull (-> 429)
-        or LaneUnavailable (-> 503)."""
+        pipeline waiting for room), not counted as another refusal. `resumable=False`: a durable
+        lane's task whose caller waits for it on its connection (a synchronous route), not run
+        again after a restart, for nobody. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
         lane = kind.name
         if not keep_files and kind.durable:
             raise ValueError(f"the {lane} lane is durable: its tasks keep their files")
@@ -298,7 +300,7 @@ class Engine:
         task = self._scheduler.submit(spec, retry=retry)
         assert self.durable is not None
         try:
-            self.durable.accepted(task, model, request)
+            self.durable.accepted(task, model, request, resumable=resumable)
         except Exception:
             self._scheduler.cancel(task.id)  # not durable, so not accepted
             raise
@@ -348,6 +350,7 @@ class Engine:
         timeout_s: float | None = None,
         client: str | None = None,
         owner: str | None = None,
+        resumable: bool = True,
     ) -> list[TaskHandle[Res]]:
         """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
         if one still fails to be admitted, those admitted before it are cancelled."""
@@ -365,6 +368,7 @@ class Engine:
                         timeout_s=timeout_s,
                         client=client,
                         owner=owner,
+                        resumable=resumable,
                     )
                 )
         except BaseException:

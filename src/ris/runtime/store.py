@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner         TEXT,
     client        TEXT,
     deadline      REAL,
-    cancel_asked  INTEGER NOT NULL DEFAULT 0
+    on_restart    TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, submitted_at);
 CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
@@ -57,8 +57,13 @@ _ADDED_COLUMNS = (
     ("owner", "TEXT DEFAULT NULL"),
     ("client", "TEXT DEFAULT NULL"),
     ("deadline", "REAL DEFAULT NULL"),
-    ("cancel_asked", "INTEGER NOT NULL DEFAULT 0"),
+    ("on_restart", "TEXT DEFAULT NULL"),
 )
+
+
+# StoredTask.on_restart's values.
+CANCELLED = "cancelled"
+ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,10 @@ class StoredTask:
     client: str | None = None
     # Wall-clock time its client's timeout ends (None: a row from before deadlines were kept).
     deadline: float | None = None
-    # A cancel was asked for while it ran: the server stopped before the worker said it
-    # stopped, and the task must not run again at the next start.
-    cancel_asked: bool = False
+    # What becomes of it if the server stops before it ends (None: it runs again): CANCELLED,
+    # a cancel was asked while it ran and the worker had not said it stopped; ABANDONED, its
+    # client waited for it on the connection the stop closed, and nobody could fetch it.
+    on_restart: str | None = None
 
 
 def sync_files(paths: tuple[str, ...]) -> None:
@@ -168,16 +174,29 @@ class TaskStore:
         owner: str | None = None,
         client: str | None = None,
         deadline: float | None = None,
+        on_restart: str | None = None,
     ) -> Future[None]:
         return self._write(
             "INSERT INTO tasks (id, lane, model, state, priority, request, submitted_at, owner, client, "
-            "deadline) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-            (task_id, lane, model, priority, json.dumps(request), submitted_at, owner, client, deadline),
+            "deadline, on_restart) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task_id,
+                lane,
+                model,
+                priority,
+                json.dumps(request),
+                submitted_at,
+                owner,
+                client,
+                deadline,
+                on_restart,
+            ),
         )
 
-    def ask_cancel(self, task_id: str) -> Future[None]:
+    def not_resumed(self, task_id: str, why: str) -> Future[None]:
+        """The task is not run again after a restart; `why`: CANCELLED or ABANDONED."""
         return self._write(
-            "UPDATE tasks SET cancel_asked=1 WHERE id=? AND state IN ('queued', 'running')", (task_id,)
+            "UPDATE tasks SET on_restart=? WHERE id=? AND state IN ('queued', 'running')", (why, task_id)
         )
 
     def mark_running(self, task_id: str, started_at: float) -> Future[None]:
@@ -322,7 +341,7 @@ class TaskStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, lane, model, state, priority, request, submitted_at, started_at, finished_at, "
-                "attempts, error_code, error_message, result, owner, client, deadline, cancel_asked "
+                "attempts, error_code, error_message, result, owner, client, deadline, on_restart "
                 f"FROM tasks {clause}",
                 args,
             ).fetchall()
@@ -344,7 +363,7 @@ class TaskStore:
                 r[13],
                 r[14],
                 r[15],
-                bool(r[16]),
+                r[16],
             )
             for r in rows
         ]

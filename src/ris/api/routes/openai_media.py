@@ -157,7 +157,10 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
-    handles = engine.submit_many(IMAGE, model, reqs, client=client_of(request), owner=owner_of(request))
+    # Not resumed after a restart: the client waits on this connection, which a stop closes.
+    handles = engine.submit_many(
+        IMAGE, model, reqs, client=client_of(request), owner=owner_of(request), resumable=False
+    )
     views = await wait_tasks(engine, handles, request)
     data = []
     for view in views:
