@@ -39,7 +39,14 @@ class SentenceSplitter:
             ch = buf[i]
             end = None
             if ch in _CJK_ENDERS:
-                end = i + 1
+                j = i + 1
+                while j < len(buf) and buf[j] in _CLOSERS:
+                    j += 1
+                if j >= len(buf):
+                    # Its closing quotes may come in the next piece (“你好。 then ”): decided
+                    # with what follows, as a Latin ender is, whatever the pieces' sizes.
+                    break
+                end = j
             elif ch in _LATIN_ENDERS:
                 j = i + 1
                 while j < len(buf) and buf[j] in _CLOSERS:

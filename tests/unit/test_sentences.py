@@ -33,7 +33,10 @@ def test_a_sentence_is_released_as_soon_as_it_ends() -> None:
     s = SentenceSplitter()
     assert s.feed("The first sentence is here.") == []  # a decimal point might follow
     assert s.feed(" The") == ["The first sentence is here."]
-    assert s.feed("第二句。") == ["The第二句。"]
+    # A CJK ender's closing quotes may come in the next piece: decided with it, as a Latin
+    # ender is (one token later), the same whatever the pieces' sizes.
+    assert s.feed("第二句。") == []
+    assert s.feed("第") == ["The第二句。"]
 
 
 def test_short_fragments_join_the_next_sentence() -> None:
@@ -48,6 +51,15 @@ def test_closing_quotes_stay_with_their_sentence() -> None:
         'He said "stop right there."',
         "Then he left quietly.",
     ]
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_cjk_closing_quotes_stay_with_their_sentence_however_the_text_comes(step: int) -> None:
+    text = "他说：“你好。”然后走了。「こんにちは。」それから。"
+    s = SentenceSplitter()
+    out = [x for i in range(0, len(text), step) for x in s.feed(text[i : i + step])]
+    rest = s.flush()
+    assert [*out, *([rest] if rest else [])] == ["他说：“你好。”", "然后走了。", "「こんにちは。」", "それから。"]
 
 
 def test_newline_ends_a_sentence() -> None:
