@@ -184,3 +184,29 @@ async def test_a_chart_sample_has_every_lanes_series_and_the_image_step_rate(tmp
         workers[Lane.IMAGE].deliver(m.TaskProgress(task.task_id, 8, 10))
         clock.advance(2.0)
         assert chart_values(eng.snapshot(SAMPLE_WINDOW), eng.config, steps, [])["image.throughput"] == [5 / 2]
+
+
+@run
+async def test_a_users_console_shows_everyones_image_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page computed steps/s from the task lists, which hold a user's own tasks only: a
+    lane busy with an admin's images read 0 steps/s to every user."""
+    from ris.api import console_state as module
+    from ris.runtime.tenancy import Principal
+
+    now = [0.0]
+    monkeypatch.setattr(module, "LIVE_STEPS", module.LiveSteps(window_s=1.0, clock=lambda: now[0]))
+    bob = Principal(owner="bob", admin=False)
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        img = workers[Lane.IMAGE]
+        img.ready()
+        task = eng.submit(IMAGE, "i", ImageRequest(prompt="the admin's"), owner="admin")
+        img.deliver(m.TaskProgress(task.task_id, 1, 10))
+        console_state(eng, bob)  # the first look: nothing to compare with yet
+        clock.advance(2.0)
+        now[0] = 2.0
+        img.deliver(m.TaskProgress(task.task_id, 5, 10))
+        state = console_state(eng, bob)
+        assert state["tasks"]["running"] == []  # bob's lists: his own, none
+        assert state["lanes"]["image"]["steps_per_s"] == pytest.approx(2.0)  # 4 steps in 2 s

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -68,15 +68,62 @@ class LiveCores:
 LIVE_CORES = LiveCores()
 
 
+class LiveSteps:
+    """The image lane's steps per second for the console's tick, one figure for every tab and
+    user, over at least `window_s` (tabs ticking milliseconds apart would each see a sliver)."""
+
+    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._rate = StepRate()
+        self._at: float | None = None
+        self._last: float | None = None
+
+    def read(self, snap: Snapshot) -> float | None:
+        now = self.clock()
+        if self._at is None or now - self._at >= self.window_s:
+            assert snap.tasks is not None
+            image = [v for v in (*snap.tasks.running, *snap.tasks.recent) if v.lane == "image"]
+            done = {v.id: v.progress_done for v in image}
+            ended = {v.id: v.finished_at for v in image}
+            rate = self._rate.update(snap.now, done, ended)
+            self._at, self._last = now, rate if rate is not None else self._last
+        return self._last
+
+
+LIVE_STEPS = LiveSteps()
+
+
+def _real_time_factor(recent: Sequence[TaskView[Any]], lane: str) -> float | None:
+    """Seconds of synthesis per second of speech over the lane's recent tasks (median)."""
+    rtf = sorted(
+        (v.finished_at - v.started_at) / v.result.duration_s
+        for v in recent
+        if v.lane == lane
+        and isinstance(v.result, TTSResult)
+        and v.result.duration_s
+        and v.started_at is not None
+        and v.finished_at is not None
+    )
+    return rtf[len(rtf) // 2] if rtf else None
+
+
 def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
     """The body; its work lists hold the tasks `viewer` may see (a user's own), while the lanes'
     figures and the yield bands are everyone's, with no task's id or text."""
     snap = engine.snapshot(WINDOW, viewer)
     assert snap.tasks is not None
     stats = lane_stats(snap, engine.config)
+    # The lanes' figures count everyone's tasks, whoever looks: a user's own lists would read a
+    # lane busy with others' images as 0 steps/s.
+    everyone = snap if viewer.admin else engine.snapshot(WINDOW)
+    assert everyone.tasks is not None
     lanes: dict[str, Any] = {}
     for lane in snap.lanes:
         lanes[lane.lane] = {**stats[lane.lane], **_lane_extras(engine, lane)}
+        lanes[lane.lane]["real_time_factor"] = _real_time_factor(everyone.tasks.recent, lane.lane)
+    if "image" in lanes:
+        lanes["image"]["steps_per_s"] = LIVE_STEPS.read(everyone)
     return {
         "time": snap.time,
         # The clock task times are on (the scheduler's, as Unix seconds): what they compare with.

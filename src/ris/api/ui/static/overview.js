@@ -5,7 +5,6 @@ import { COLORS, TimeChart } from "./charts.js";
 const SPAN_S = 900; // the 15 minutes the server keeps
 const charts = {}; // lane -> {latency, throughput}
 const lastState = {}; // lane -> last state shown (for the events list)
-const lastSteps = {}; // image task id -> steps done at the previous tick
 const cpuChart = new TimeChart(document.getElementById("cpu-chart"), { span: SPAN_S, max: 100 });
 
 for (const card of document.querySelectorAll(".card[data-lane]")) {
@@ -16,44 +15,10 @@ for (const card of document.querySelectorAll(".card[data-lane]")) {
   };
 }
 
-// Image steps per second over the last few ticks: how far image tasks (running, or finished
-// since the last tick) advanced. A per-tick figure would jump between 0 and a burst. A task
-// first seen counts if it worked since the last tick: running, or ended after it (a short image
-// started and finished between two ticks).
-const stepWindow = [];
-let lastTaskClock = null; // the previous tick on the clock task times are on (state.now)
-function imageSteps(state, now) {
-  let steps = 0;
-  const seen = {};
-  const previous = lastTaskClock;
-  lastTaskClock = state.now;
-  for (const t of [...state.tasks.running, ...state.tasks.recent]) {
-    if (t.lane !== "image") continue;
-    seen[t.task_id] = t.progress_done;
-    if (t.task_id in lastSteps) steps += Math.max(0, t.progress_done - lastSteps[t.task_id]);
-    else if (t.state === "running" || (previous !== null && t.finished_at > previous)) steps += t.progress_done;
-  }
-  for (const k of Object.keys(lastSteps)) delete lastSteps[k];
-  Object.assign(lastSteps, seen);
-  if (!stepWindow.length) steps = 0; // the first tick has no previous one to compare with
-  stepWindow.push([now, steps]);
-  while (stepWindow.length > 1 && stepWindow[0][0] < now - 5) stepWindow.shift();
-  const span = now - stepWindow[0][0];
-  const total = stepWindow.slice(1).reduce((a, [, n]) => a + n, 0);
-  return span > 0 ? total / span : 0;
-}
-
-// Seconds of synthesis per second of speech, over the lane's recent tasks (median).
-function realTimeFactor(state, lane) {
-  const rtf = state.tasks.recent
-    .filter((t) => t.lane === lane && t.audio_s && t.started_at && t.finished_at)
-    .map((t) => (t.finished_at - t.started_at) / t.audio_s)
-    .sort((a, b) => a - b);
-  return rtf.length ? rtf[rtf.length >> 1] : null;
-}
-
-function throughput(lane, s, state, now) {
-  if (lane === "image") return { value: imageSteps(state, now), unit: "steps/s" };
+// The lane's figures are the server's, over everyone's tasks (a user's own task lists would
+// read a lane busy with others' images as idle): image steps/s, the TTS real-time factor.
+function throughput(lane, s) {
+  if (lane === "image") return { value: s.steps_per_s, unit: "steps/s" };
   if (lane === "llm") return { value: s.outputs_per_s, unit: "tokens/s" };
   return { value: s.outputs_per_s, unit: lane === "tts" ? "audio chunks/s" : "outputs/s" };
 }
@@ -133,8 +98,8 @@ async function refresh() {
     card.dataset.state = shown;
     if (lastState[lane] !== undefined && lastState[lane] !== shown) logEvent(`${lane}: ${lastState[lane]} → ${shown}`);
     lastState[lane] = shown;
-    const tp = throughput(lane, s, state, now);
-    card.querySelector(".facts").replaceChildren(...facts(s, tp, realTimeFactor(state, lane)));
+    const tp = throughput(lane, s);
+    card.querySelector(".facts").replaceChildren(...facts(s, tp, s.real_time_factor));
     card.querySelector('[data-field="throughput-label"]').textContent = tp.unit + (lane === "llm" ? " (shaded: image lane yielding)" : "");
     const c = charts[lane];
     c.latency.push(now, [s.latency_s.p50, s.latency_s.p99]);
