@@ -59,7 +59,12 @@ def test_cjk_closing_quotes_stay_with_their_sentence_however_the_text_comes(step
     s = SentenceSplitter()
     out = [x for i in range(0, len(text), step) for x in s.feed(text[i : i + step])]
     rest = s.flush()
-    assert [*out, *([rest] if rest else [])] == ["他说：“你好。”", "然后走了。", "「こんにちは。」", "それから。"]
+    assert [*out, *([rest] if rest else [])] == [
+        "他说：“你好。”",
+        "然后走了。",
+        "「こんにちは。」",
+        "それから。",
+    ]
 
 
 def test_newline_ends_a_sentence() -> None:
