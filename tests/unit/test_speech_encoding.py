@@ -166,3 +166,15 @@ def test_a_file_deleted_while_it_is_sent_is_sent_whole(tmp_path: Path) -> None:
         return b"".join(got)
 
     assert asyncio.run(main()) == pcm
+
+
+def test_pcm_resampled_to_the_rate_asked_keeps_its_length() -> None:
+    """OpenAI's pcm is 24 kHz: the voice's 22.05 kHz, passed through, played 9% fast."""
+    from ris.services.speech_encoding import SpeechEncoder, stream_rate
+
+    pcm = tone(1.0)  # at RATE
+    encoder = SpeechEncoder("pcm", RATE, 24000)
+    assert not encoder.passthrough and encoder.start() == b""
+    out = encoder.encode(pcm[: len(pcm) // 2]) + encoder.encode(pcm[len(pcm) // 2 :]) + encoder.finish()
+    assert abs(len(out) / 2 - 24000) < 50 and stream_rate("pcm", RATE, 24000) == 24000
+    assert SpeechEncoder("pcm", 24000, 24000).passthrough and stream_rate("pcm", RATE) == RATE

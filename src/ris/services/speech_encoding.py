@@ -94,8 +94,11 @@ def _encoder_rate(codec: str, rate: int) -> int:
     return min(above) if above else max(rates)
 
 
-def stream_rate(fmt: SpeechFormat, rate: int) -> int:
-    """The sample rate of `fmt`'s stream made from `rate` PCM (opus resamples 22.05 kHz to 24)."""
+def stream_rate(fmt: SpeechFormat, rate: int, pcm_rate: int | None = None) -> int:
+    """The sample rate of `fmt`'s stream made from `rate` PCM (opus resamples 22.05 kHz to 24;
+    pcm is resampled to `pcm_rate` where one is asked for)."""
+    if fmt == "pcm" and pcm_rate is not None:
+        return pcm_rate
     codec = _CODECS.get(fmt)
     return rate if codec is None else _encoder_rate(codec.codec, rate)
 
@@ -106,9 +109,11 @@ class SpeechEncoder:
 
     `start()` returns the container's header, `encode(pcm)` what the muxer wrote for that PCM
     (possibly b"": encoders hold a frame or two), `finish()` the rest and the trailer.
-    wav and pcm pass the PCM through (wav behind a header of unknown length)."""
+    wav and pcm pass the PCM through (wav behind a header of unknown length); pcm is resampled
+    to `pcm_rate` where it is given and differs (OpenAI's pcm is 24 kHz, and its clients play
+    it at that rate: 22.05 kHz speech played 9% fast and high)."""
 
-    def __init__(self, fmt: SpeechFormat, sample_rate: int) -> None:
+    def __init__(self, fmt: SpeechFormat, sample_rate: int, pcm_rate: int | None = None) -> None:
         if fmt not in SPEECH_FORMATS:
             raise ValueError(f"format {fmt!r}: one of {', '.join(SPEECH_FORMATS)}")
         self.format = fmt
@@ -119,16 +124,21 @@ class SpeechEncoder:
         self._stream: av.audio.stream.AudioStream | None = None
         self._resampler: av.AudioResampler | None = None
         self._closed = False
+        self._pcm_rate = pcm_rate if fmt == "pcm" and pcm_rate not in (None, sample_rate) else None
 
     @property
     def passthrough(self) -> bool:
-        """wav and pcm: no encoding work, nothing worth a thread."""
-        return self.format in ("wav", "pcm")
+        """wav and pcm at its own rate: no encoding work, nothing worth a thread."""
+        return self.format == "wav" or (self.format == "pcm" and self._pcm_rate is None)
 
     def start(self) -> bytes:
         if self.format == "wav":
             return wav_header(self.sample_rate)
         if self.format == "pcm":
+            if self._pcm_rate is not None:
+                import av
+
+                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self._pcm_rate)
             return b""
         import av
 
@@ -158,13 +168,22 @@ class SpeechEncoder:
 
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.sample_rate = self.sample_rate
+        if self._pcm_rate is not None:
+            return self._resampled(frame)
         self._push(frame)
         return self._sink.take()
+
+    def _resampled(self, frame: av.AudioFrame | None) -> bytes:
+        assert self._resampler is not None
+        return b"".join(f.to_ndarray().astype("<i2").tobytes() for f in self._resampler.resample(frame))
 
     def finish(self) -> bytes:
         """The samples the encoder still holds, then the container's end; the encoder closes."""
         if self.passthrough or self._closed:
             return b""
+        if self._pcm_rate is not None:
+            self._closed = True
+            return self._resampled(None)
         self._push(None)
         self.close()
         return self._sink.take()
@@ -185,12 +204,12 @@ class SpeechEncoder:
 
 
 async def encode_stream(
-    pieces: AsyncIterator[bytes], fmt: SpeechFormat, sample_rate: int
+    pieces: AsyncIterator[bytes], fmt: SpeechFormat, sample_rate: int, pcm_rate: int | None = None
 ) -> AsyncIterator[bytes]:
     """`pieces` of PCM, re-encoded as they come. Encoding runs in a worker thread, a slice at a
     time (the event loop only moves bytes); one piece is in hand at once, so a slow reader
     holds a piece and what the encoder made of it, not the answer."""
-    encoder = SpeechEncoder(fmt, sample_rate)
+    encoder = SpeechEncoder(fmt, sample_rate, pcm_rate)
     try:
         header = encoder.start() if encoder.passthrough else await anyio.to_thread.run_sync(encoder.start)
         if header:

@@ -53,6 +53,8 @@ OPENAI_VOICES = frozenset(
     + ("shimmer", "verse")
 )
 SCRIPT_VOICES = {"zh": "zh-CN", "ja": "ja", "ko": "ko", "th": "th"}
+# OpenAI's pcm: 24 kHz, which its clients play it at (the SDK's LocalAudioPlayer among them).
+OPENAI_PCM_RATE = 24_000
 
 
 def openai_voice(voice: str, text: str, configured: Mapping[str, str]) -> str:
@@ -99,13 +101,18 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
 
     async def stream() -> AsyncIterator[bytes]:
         with cancel_unless_ended(engine, handle):
-            async for data in encode_stream(task_pcm(audio, first), body.response_format, rate):
+            async for data in encode_stream(
+                task_pcm(audio, first), body.response_format, rate, OPENAI_PCM_RATE
+            ):
                 yield data
 
     return StreamingResponse(
         stream(),
         media_type=MEDIA_TYPES[body.response_format],
-        headers={"X-Task-Id": handle.task_id, "X-Sample-Rate": str(stream_rate(body.response_format, rate))},
+        headers={
+            "X-Task-Id": handle.task_id,
+            "X-Sample-Rate": str(stream_rate(body.response_format, rate, OPENAI_PCM_RATE)),
+        },
     )
 
 
