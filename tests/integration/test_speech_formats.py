@@ -80,8 +80,8 @@ def test_streamed_speech_in_each_format_decodes_to_the_wavs_duration(
         assert r.headers.get("transfer-encoding") == "chunked"  # streamed, no length known ahead
         data = r.read()
     # The same text as PCM, for the duration to compare (16-bit mono).
-    pcm = oa.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="pcm").content
-    pcm_seconds = len(pcm) / 2 / RATE
+    pcm = oa.audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format="pcm")
+    pcm_seconds = len(pcm.content) / 2 / int(pcm.response.headers["x-sample-rate"])  # OpenAI's 24 kHz
     seconds, rate, container = decoded(data)
     assert (rate, container) == (DECODED_RATES[fmt], CONTAINERS[fmt])
     # The voice is synthesized twice: Piper's timing may differ by a few percent between runs.
