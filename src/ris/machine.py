@@ -3,8 +3,10 @@
 Within a container's limits: `docker run --cpus=2` (a cgroup CPU quota) on a 64-core host
 leaves the affinity at 64 cores, and `--memory=8g` leaves /proc/meminfo at the host's memory.
 Laid out for the host, the lanes ran 48 + 16 threads on 2 CPUs of time and set memory
-ceilings no worker could reach before the container's OOM killer. The quota's CPUs (rounded
-up) are taken as the cores there are, and the cgroup's memory limit as the memory.
+ceilings no worker could reach before the container's OOM killer. A quota limits time, not
+which cores run: every core of the affinity may still be named, but the default layout uses
+as many as the quota holds (rounded up), and no lane runs more threads than that; the
+cgroup's memory limit is the memory.
 """
 
 from __future__ import annotations
@@ -37,9 +39,19 @@ class MachineInfo:
     # CUDA_VISIBLE_DEVICES around the service names, or all of them (empty: not known, cuda:N is
     # card N).
     gpu_ids: tuple[int | str, ...] = ()
-    # The cgroup CPU quota in CPUs, where it is below the affinity's cores: `cores` is then
-    # that many of them (rounded up), said in messages about cores.
+    # The cgroup CPU quota in CPUs, where it is below the affinity's cores (None otherwise).
     cpu_quota: float | None = None
+
+    @property
+    def cpus(self) -> int:
+        """The CPUs' worth of time there is: the quota's, rounded up, else every core."""
+        n = len(self.cores)
+        return n if self.cpu_quota is None else max(1, min(n, math.ceil(self.cpu_quota)))
+
+    @property
+    def layout_cores(self) -> tuple[int, ...]:
+        """The cores a layout built from the machine uses: as many as `cpus`, the first ones."""
+        return self.cores[: self.cpus]
 
     def physical_gpu(self, index: int | None) -> int | str | None:
         """The card a lane's cuda:`index` is: the index-th the service may use."""
@@ -48,18 +60,12 @@ class MachineInfo:
         return self.gpu_ids[index]
 
     def describe_cores(self) -> str:
-        cores = ", ".join(str(c) for c in self.cores) or "none"
-        if self.cpu_quota is None:
-            return cores
-        return f"{cores} (a CPU quota of {self.cpu_quota:g} CPUs: the container's or cgroup's cpu limit)"
+        return ", ".join(str(c) for c in self.cores) or "none"
 
 
-def within_quota(cores: tuple[int, ...], quota: float | None) -> tuple[tuple[int, ...], float | None]:
-    """The cores a CPU quota of `quota` CPUs leaves (as many as it holds, rounded up, the
-    first of the affinity), and the quota where it is what limits them (else None)."""
-    if quota is None or math.ceil(quota) >= len(cores):
-        return cores, None
-    return cores[: max(1, math.ceil(quota))], quota
+def limiting_quota(cores: tuple[int, ...], quota: float | None) -> float | None:
+    """The CPU quota where it holds fewer CPUs than the affinity has cores (else None)."""
+    return None if quota is None or math.ceil(quota) >= len(cores) else quota
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -170,7 +176,8 @@ def machine_info() -> MachineInfo:
         cores = tuple(sorted(psutil.Process().cpu_affinity() or []))
     except (AttributeError, NotImplementedError):  # macOS has no affinity API
         cores = tuple(range(psutil.cpu_count() or 1))
-    cores, quota = within_quota(cores or (0,), cpu_quota() if os.name == "posix" else None)
+    cores = cores or (0,)
+    quota = limiting_quota(cores, cpu_quota() if os.name == "posix" else None)
     memory = int(psutil.virtual_memory().total)
     limit = memory_limit() if os.name == "posix" else None
     ids = visible_gpus(_count_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ris.config.defaults import default_config
-from ris.machine import MachineInfo, cpu_quota, memory_limit, within_quota
+from ris.machine import MachineInfo, cpu_quota, limiting_quota, memory_limit
 
 
 def _files(root: Path, files: dict[str, str]) -> Path:
@@ -53,14 +53,25 @@ def test_cgroup_v1_quota_and_memory(tmp_path: Path) -> None:
     assert cpu_quota(tmp_path / "missing", "0::/") is None  # no cgroup files: no limit
 
 
-def test_a_quota_of_two_cpus_lays_out_two_cores_not_sixty_four() -> None:
-    """64 cores of affinity under --cpus=2: the layout is a 2-core machine's (1 LLM thread, 1
-    TTS thread), where it was 48 + 16 threads on 2 CPUs of time."""
-    cores, quota = within_quota(tuple(range(64)), 2.0)
-    assert (cores, quota) == ((0, 1), 2.0)
-    assert within_quota(tuple(range(64)), 2.5)[0] == (0, 1, 2)  # a part of a CPU is a core's worth
-    assert within_quota(tuple(range(8)), 16.0) == (tuple(range(8)), None)  # the affinity limits
-    machine = MachineInfo(cores=cores, gpus=0, cpu_quota=quota)
+def test_a_quota_of_two_cpus_lays_out_two_cores_and_any_core_may_still_be_named() -> None:
+    """64 cores of affinity under --cpus=2: the default layout is a 2-core machine's (1 LLM
+    thread, 1 TTS thread), where it was 48 + 16 threads on 2 CPUs of time; a quota limits time,
+    not which cores run, so a config naming cores 8-11 still starts, its lanes at 2 threads."""
+    from ris.config.load import parse_config
+
+    cores = tuple(range(64))
+    assert limiting_quota(cores, 2.0) == 2.0 and limiting_quota(tuple(range(8)), 16.0) is None
+    machine = MachineInfo(cores=cores, gpus=0, cpu_quota=2.5)
+    assert machine.cpus == 3 and machine.layout_cores == (0, 1, 2)  # a part of a CPU: a core's worth
+    machine = MachineInfo(cores=cores, gpus=0, cpu_quota=2.0)
     cfg = default_config(machine)
     assert cfg.lane("llm").cores == (0,) and cfg.lane("tts").cores == (1,)
-    assert "a CPU quota of 2 CPUs" in machine.describe_cores()
+    named = {
+        "lanes": {
+            "llm": {"cores": [8, 9, 10, 11], "default_model": "n", "models": {"n": {"backend": "noop"}}},
+            "tts": {"cores": [12], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+            "image": {"enabled": False, "priority_class": "batch"},
+        }
+    }
+    llm = parse_config(named, machine).lane("llm")
+    assert llm.cores == (8, 9, 10, 11) and llm.effective_threads(machine) == 2

@@ -75,7 +75,7 @@ def default_lanes(machine: MachineInfo) -> dict[str, dict[str, Any]]:
     on_card = profile.lane_settings() if profile is not None else {}
     # A card too small to help leaves every lane on the CPU, laid out as without a GPU.
     m = replace(machine, gpus=0) if profile and profile.llm_gib is None else machine
-    cores = list(m.cores)
+    cores = list(m.layout_cores)  # as many as a container's CPU quota holds
     n = len(cores)
     if n >= 2:
         tts_n = max(1, n // 4)

@@ -232,9 +232,11 @@ class LaneConfig(_Strict):
         return int(m.group(2)) if m and m.group(2) is not None else None
 
     def effective_threads(self, machine: MachineInfo) -> int:
+        """Its threads: as set, else one per core it runs on, never more than the CPUs' worth
+        of time a container's quota holds (machine.cpus)."""
         if self.threads is not None:
             return self.threads
-        return len(self.cores) if self.cores is not None else len(machine.cores)
+        return min(machine.cpus, len(self.cores) if self.cores is not None else len(machine.cores))
 
     def memory_limit_bytes(self, machine: MachineInfo, default_share: float) -> int | None:
         if self.memory_limit_mb is None:
