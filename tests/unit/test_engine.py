@@ -318,6 +318,28 @@ async def test_tasks_queued_while_the_worker_starts_fail_when_it_cannot(tmp_path
 
 
 @run
+async def test_one_failed_restart_after_a_crash_keeps_the_queue_for_the_next(tmp_path: Path) -> None:
+    """A restart after a crash may fail once (the dead process's GPU memory not freed yet):
+    the queue waits for the next restart; a second failure in a row fails it."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        llm.die()
+        eng.check()  # the crash
+        clock.advance(backoff(0))
+        eng.check()  # restarted
+        assert llm.starts == 2
+        waiting = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        llm.deliver(m.WorkerFailed("gpu_out_of_memory", "the card is still full"))
+        assert not waiting.done.done()
+        clock.advance(60.0)
+        eng.check()  # restarted again after the back-off
+        llm.deliver(m.WorkerFailed("gpu_out_of_memory", "the card is still full"))
+        view = await waiting.done
+        assert (view.state, view.error_code) == ("failed", "lane_unavailable")
+
+
+@run
 async def test_cancel_a_queued_task_at_once_and_a_running_one_through_its_worker(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm, running, queued = two_tasks(eng, workers)

@@ -41,7 +41,7 @@ from ris.runtime.replica import Replica
 from ris.runtime.retention import Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
 from ris.runtime.specs import memory_limit, worker_spec
-from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, WorkerState
+from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
 from ris.runtime.tenancy import ANONYMOUS, Principal
 from ris.runtime.views import TaskHandle, TaskView, stored_view, task_view
 from ris.runtime.workers import pool_class
@@ -187,6 +187,14 @@ class Engine:
         return worker_spec(self.config, lane, self._machine)
 
     async def stop(self) -> None:
+        try:
+            await self._stop()
+        finally:  # a stop that failed or was cancelled still gives the data folder back
+            if self._holds_data:
+                data_lock.release(Path(self.config.data_dir), engine=True)
+                self._holds_data = False
+
+    async def _stop(self) -> None:
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
@@ -211,9 +219,6 @@ class Engine:
                 if task.state is TaskState.RUNNING:
                     self.durable.set_aside(task)  # cut by this stop, not by a crash
             await asyncio.to_thread(self.durable.close)  # the queued writes reach the disk first
-        if self._holds_data:
-            data_lock.release(Path(self.config.data_dir), engine=True)
-            self._holds_data = False
 
     def _recover(self) -> None:
         """Resume the durable tasks a previous server accepted but did not finish."""
@@ -452,7 +457,7 @@ class Engine:
             self._supervisor.load_failed(replica.watch)
             self._update_slots(replica.lane)
             replicas = self._replicas[replica.lane]
-            if all(r.watch.state is WorkerState.FAILED for r in replicas):
+            if all(r.watch.state is WorkerState.FAILED and _start_fails(r.watch) for r in replicas):
                 # Refused from now on (require_serving): those queued before fail the same way
                 # at once, not at their deadline behind starts that may fail every time.
                 why = f"the {replica.lane} worker cannot start: {msg.message}"
@@ -793,13 +798,10 @@ class Engine:
         self, lane: str | None = None, state: str | None = None, limit: int = 100, *, viewer: Principal
     ) -> list[TaskView[Any]]:
         """Live and recent tasks `viewer` may see, newest first."""
-        found = [
-            t
-            for t in self._scheduler.tasks(lane)
-            if (state is None or t.state.value == state) and viewer.sees(t.spec.owner)
-        ]
+        found = [t for t in self._scheduler.tasks(lane) if viewer.sees(t.spec.owner)]
         found.sort(key=lambda t: t.submitted_at, reverse=True)
-        return [self._view(t) for t in found[:limit]]
+        views = (self._view(t) for t in found)  # by the state a reader sees (_recording)
+        return [v for v in views if state is None or v.state == state][:limit]
 
     def durable_tasks(
         self, lane: str, state: str | None = None, limit: int = 100, *, viewer: Principal
@@ -863,6 +865,13 @@ class Engine:
 
 
 __all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "TaskView"]
+
+
+def _start_fails(w: Watch) -> bool:
+    """A worker whose start fails as a rule: its first start, or a second restart in a row.
+    A restart after a crash may fail once (the dead process's GPU memory not yet freed): the
+    queue then waits for the next one."""
+    return w.restarts == 0 or w.in_a_row >= 2
 
 
 def _resolve(handle: TaskHandle[Any], view: TaskView[Any]) -> None:
