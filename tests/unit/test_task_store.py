@@ -39,3 +39,27 @@ def test_a_result_file_is_on_disk_before_its_row_says_succeeded(
     finally:
         store.close()
     assert synced == [(str(png), "queued"), (str(png.parent), "queued")]
+
+
+def test_a_file_system_that_cannot_fsync_still_gets_the_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some FUSE and network file systems refuse fsync on a folder (EINVAL): the row saying
+    the task succeeded is written all the same (it stayed 'running', the task run again)."""
+    db = tmp_path / "tasks.db"
+    png = tmp_path / "t.png"
+    png.write_bytes(b"\x89PNG")
+
+    def refuse(fd: int) -> None:
+        raise OSError(22, "Invalid argument")
+
+    store = TaskStore(db)
+    try:
+        store.add("t", "image", "i", 0, {}, 1.0).result()
+        monkeypatch.setattr(os, "fsync", refuse)
+        store.finish("t", "succeeded", 2.0, files=(str(png),)).result()
+        monkeypatch.undo()
+        row = store.get("t")
+        assert row is not None and row.state == "succeeded"
+    finally:
+        store.close()

@@ -15,15 +15,18 @@ for a writer's fsync), so the event loop never waits for the disk to read either
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ris.runtime.store_writer import StoreWriter
+
+log = logging.getLogger("ris.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -119,6 +122,14 @@ def sync_files(paths: tuple[str, ...]) -> None:
             os.close(fd)
 
 
+def _pass_on(source: Future[None], target: Future[None]) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(None)
+
+
 class TaskStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +141,8 @@ class TaskStore:
         self._wdb.executescript(_SCHEMA)
         self._migrate()
         self._writer = StoreWriter()
+        # Result files made durable before their rows are queued (_write).
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="ris-store-files")
         # Readers' connection: the event loop's, and a retention sweep's thread (the lock).
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -143,6 +156,7 @@ class TaskStore:
 
     def close(self) -> None:
         """Write what is queued, then close."""
+        self._syncer.shutdown(wait=True)  # its rows queued to the writer first
         self._writer.close()
         with self._lock:
             self._db.close()
@@ -150,18 +164,32 @@ class TaskStore:
 
     def flush(self) -> None:
         """Return once every write asked for so far is on disk."""
+        self._syncer.submit(lambda: None).result()  # rows waiting for their files: queued
         self._writer.flush()
 
     def _write(self, sql: str, args: tuple[Any, ...], files: tuple[str, ...] = ()) -> Future[None]:
-        """`files`: the result files the row names, made durable before it (on this thread:
-        the loop that wrote them does not wait), so a power loss never leaves a row saying
-        'succeeded' beside a missing or empty file."""
+        """`files`: the result files the row names, made durable before it, so a power loss
+        never leaves a row saying 'succeeded' beside a missing or empty file. On a thread of
+        their own, the row queued once they are: the writer's queue (an accepted image's
+        insert, which the loop waits for) never waits behind a file's fsync."""
+        label = sql.split(" (", 1)[0].split(" WHERE", 1)[0]
 
         def write() -> None:
-            sync_files(files)
             self._wdb.execute(sql, args)
 
-        return self._writer.submit(write, sql.split(" (", 1)[0].split(" WHERE", 1)[0])
+        if not files:
+            return self._writer.submit(write, label)
+        done: Future[None] = Future()
+
+        def synced() -> None:
+            try:
+                sync_files(files)
+            except OSError as e:  # a file system without fsync for folders (some FUSE, NFS)
+                log.warning("result files not made durable before their record (%s): %s", files, e)
+            self._writer.submit(write, label).add_done_callback(lambda f: _pass_on(f, done))
+
+        self._syncer.submit(synced)
+        return done
 
     def add(
         self,
