@@ -65,3 +65,22 @@ def test_one_process_may_hold_its_folder_twice(tmp_path: Path) -> None:
     data_lock.release(tmp_path)
     proc = subprocess.run([sys.executable, "-c", once, str(tmp_path)], capture_output=True, text=True)
     assert proc.stdout.strip() == "held"  # free now: another process takes it
+
+
+def test_a_failed_engine_hold_leaves_no_engine_behind(tmp_path: Path) -> None:
+    """A data folder that cannot be made (a file in its path) refused one engine's start;
+    every later engine of the process was then refused as 'another engine'."""
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    with pytest.raises(OSError):
+        data_lock.acquire(not_a_dir / "data", 8123, engine=True)
+    not_a_dir.unlink()  # the operator mends the path, and starts again
+    folder = not_a_dir / "data"
+    data_lock.acquire(folder, 8123, engine=True)
+    try:
+        with pytest.raises(data_lock.DataFolderInUse, match="another engine of this process"):
+            data_lock.acquire(folder, 8123, engine=True)
+    finally:
+        data_lock.release(folder, engine=True)
+    data_lock.acquire(folder, 8123, engine=True)  # given back: a new engine may hold it
+    data_lock.release(folder, engine=True)

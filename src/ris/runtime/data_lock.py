@@ -73,18 +73,17 @@ def acquire(folder: Path, port: int, *, engine: bool = False) -> None:
                 f"data_dir {key} is in use by another engine of this process; stop it first, "
                 "or give this one another data_dir"
             )
-        if engine:
-            _engines.add(key)
         if key in _held:
             f, count = _held[key]
             _held[key] = (f, count + 1)
+            if engine:
+                _engines.add(key)
             return
         key.mkdir(parents=True, exist_ok=True)
         # "a": opening must not truncate what the holder wrote before we know we hold it.
         f = (key / LOCK_FILE).open("a+", encoding="utf-8")
         if not _try_lock(f):
             f.close()
-            _engines.discard(key)
             who = holder(key)
             pid, at = who.get("pid", "?"), who.get("port", "?")
             raise DataFolderInUse(
@@ -96,6 +95,8 @@ def acquire(folder: Path, port: int, *, engine: bool = False) -> None:
         f.write(json.dumps({"pid": os.getpid(), "port": port}))
         f.flush()
         _held[key] = (f, 1)
+        if engine:  # held: a failed hold (a folder that cannot be made) leaves no engine behind
+            _engines.add(key)
 
 
 def release(folder: Path, *, engine: bool = False) -> None:
