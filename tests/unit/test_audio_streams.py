@@ -293,3 +293,17 @@ def test_openai_voice_names_speak_the_inputs_language() -> None:
     assert openai_voice("cedar", "Hello.", {}) == "en-US"
     assert openai_voice("nova", "Hello.", {"Nova": "zh-CN"}) == "zh-CN"  # configured, any case
     assert openai_voice("en-GB", "Hello.", {}) == "en-GB"  # one of ours, as given
+
+
+@run
+async def test_an_openai_voice_with_no_voice_of_the_inputs_language_speaks_as_before(tmp_path: Path) -> None:
+    """A lane of English voices only: a Chinese input with alloy is spoken en-US, not refused."""
+    body = {**SPEECH, "voice": "alloy", "input": "你好，今天天气很好。"}
+    async with posted(tmp_path, "/v1/audio/speech", body) as (request, workers):
+        tts = workers[Lane.TTS]
+        assert tts.runs and tts.runs[0].request.voice == "en-US"  # type: ignore[attr-defined]
+        task_id = tts.runs[0].task_id
+        tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+        tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+        r = await asyncio.wait_for(request, 5)
+        assert r.status_code == 200, r.text

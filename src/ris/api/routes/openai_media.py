@@ -87,8 +87,18 @@ async def speech(body: SpeechRequest, request: Request) -> Any:
             param="input",
         )
     require_speakable(body.input, 400, param="input")  # /v1 answers bad parameters with 400
-    voice = openai_voice(body.voice, body.input, engine.config.server.openai_voices)
-    model = pick_tts_model(engine, _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS), voice)
+    configured = engine.config.server.openai_voices
+    voice = openai_voice(body.voice, body.input, configured)
+    wanted = _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS)
+    try:
+        model = pick_tts_model(engine, wanted, voice)
+    except APIError as e:
+        # No voice of the input's language here (a lane of English voices only): spoken as
+        # the name alone would be, not refused.
+        plain = openai_voice(body.voice, "", configured)
+        if e.code != "unknown_voice" or plain == voice:
+            raise
+        voice, model = plain, pick_tts_model(engine, wanted, plain)
     rate = tts_rate(engine, model)
     # Streamed, not kept: no WAV and no stored record outlive the answer (the native
     # /api/tts/synthesize is where a fetchable file is asked for).
