@@ -78,7 +78,7 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             # against: the RAM they may use on a CPU lane, the lane's GPU budget on a GPU lane.
             "models": {
                 **snapshot.models.lane_counts(lane.lane),
-                "resident": list(lane.workers[0].models) if lane.workers else [],
+                "resident": list(_serving(lane.workers).models) if lane.workers else [],
                 "memory_budget_bytes": memory_budget(config, lane.lane),
                 "gpu_budget_bytes": lane_gpu_budget(config, lane.lane),
             },

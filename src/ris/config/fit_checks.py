@@ -88,8 +88,10 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         problems += [f"lanes.{lane}.models: {p}" for p in unreadable]
         gpu = cfg.gpu_index
         ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
+        # On a CPU lane only: a GPU lane's models are counted against its GPU budget instead.
         if (
-            cfg.memory_budget_mb is not None
+            gpu is None
+            and cfg.memory_budget_mb is not None
             and ceiling is not None
             and cfg.memory_budget_mb * 2**20 > ceiling
         ):

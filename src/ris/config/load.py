@@ -68,6 +68,9 @@ def _sources_beside(data: Any, folder: Path) -> Any:
     stays as written (read from the working directory, as before; or a name a backend knows)."""
     if not isinstance(data, dict) or not isinstance(data.get("lanes"), dict):
         return data
+    cluster = data.get("cluster")
+    if isinstance(cluster, dict) and cluster.get("engine") == "ray":
+        return data  # read on the nodes, each from its own working directory
     lanes = dict(data["lanes"])
     for lane, cfg in lanes.items():
         if not isinstance(cfg, dict) or not isinstance(cfg.get("models"), dict):

@@ -175,8 +175,9 @@ class LaneConfig(_Strict):
     gpu_memory_gb: float | None = Field(
         default=None,
         gt=0,
-        description="GPU lanes: the lane's budget on its card, in GiB; lanes sharing a card must fit "
-        "it together; None: gpu_memory_fraction, else an equal part of what other lanes leave",
+        description="GPU lanes: the lane's budget on its card, in GiB, for each of its workers; lanes "
+        "sharing a card must fit it together with every worker's CUDA context (512 MiB); None: "
+        "gpu_memory_fraction, else an equal part of what other lanes leave (at least 256 MiB)",
     )
     gpu_memory_fraction: float | None = Field(
         default=None, gt=0, le=1, description="GPU lanes: the lane's budget as a share of its card"
