@@ -92,10 +92,10 @@ def test_a_wall_clock_set_back_does_not_stop_the_sampling() -> None:
 def test_the_live_core_load_is_one_reading_for_every_tab() -> None:
     """psutil.cpu_percent(percpu=True) measured since its previous call in the process: a
     second console tab ticking 2 ms after the first read [0, 0] of two busy cores."""
-    from ris.api.console_state import LiveCores
+    from ris.api.console_state import live_cores
 
     now = [0.0]
-    cores = LiveCores(window_s=0.5, clock=lambda: now[0])
+    cores = live_cores(window_s=0.5, clock=lambda: now[0])
     samples = iter([[(0.0, 0.0), (0.0, 0.0)], [(1.0, 1.0), (0.5, 1.0)]])
     assert cores.read(lambda: next(samples)) == [None, None]  # a first reading
     now[0] = 1.0

@@ -196,7 +196,7 @@ async def test_a_users_console_shows_everyones_image_steps(
     from ris.runtime.tenancy import Principal
 
     now = [0.0]
-    monkeypatch.setattr(module, "LIVE_STEPS", module.LiveSteps(window_s=1.0, clock=lambda: now[0]))
+    monkeypatch.setattr(module, "LIVE_STEPS", module.live_steps(window_s=1.0, clock=lambda: now[0]))
     bob = Principal(owner="bob", admin=False)
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
         img = workers[Lane.IMAGE]

@@ -10,10 +10,11 @@ ChartHistory (keep_chart_history), which a page reads once when it loads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psutil
 
@@ -30,6 +31,8 @@ from ris.runtime.tenancy import Principal
 from ris.runtime.views import TaskView
 
 log = logging.getLogger(__name__)
+A = TypeVar("A")
+T = TypeVar("T")
 
 # How far back the LLM timeline's yield windows reach.
 HISTORY_S = 300.0
@@ -46,52 +49,52 @@ SAMPLE_WINDOW = TaskWindow(
 )
 
 
-class LiveCores:
-    """Each core's busy percent for the console's tick, over at least `window_s`, one reading
-    for every tab: psutil.cpu_percent(percpu=True) measures since its previous call in this
-    process, so a second tab ticking 2 ms after the first read [0, 0] of two busy cores."""
+class Sampled(Generic[A, T]):
+    """`take(arg)`, taken at most every `window_s`; asked sooner, the last value (None from
+    `take` keeps it too). One reading for every console tab and user: a figure measured since
+    the previous look reads a sliver when two tabs tick milliseconds apart (psutil's per-core
+    load read [0, 0] of two busy cores)."""
 
-    def __init__(self, window_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, take: Callable[[A], T | None], window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._take = take
         self.window_s = window_s
         self.clock = clock
-        self._load = CoreLoad()
         self._at: float | None = None
-        self._last: list[float | None] = []
+        self._last: T | None = None
 
-    def read(self, times: Callable[[], list[tuple[float, float]]]) -> list[float | None]:
+    def read(self, arg: A) -> T | None:
         now = self.clock()
         if self._at is None or now - self._at >= self.window_s:
-            self._last, self._at = self._load.update(times()), now
+            value, self._at = self._take(arg), now
+            if value is not None:
+                self._last = value
         return self._last
 
 
-LIVE_CORES = LiveCores()
+def _image_steps(rate: StepRate, snap: Snapshot) -> float | None:
+    """The image lane's steps per second since the previous sample (StepRate)."""
+    assert snap.tasks is not None
+    image = [v for v in (*snap.tasks.running, *snap.tasks.recent) if v.lane == "image"]
+    done = {v.id: v.progress_done for v in image}
+    return rate.update(snap.now, done, {v.id: v.finished_at for v in image})
 
 
-class LiveSteps:
-    """The image lane's steps per second for the console's tick, one figure for every tab and
-    user, over at least `window_s` (tabs ticking milliseconds apart would each see a sliver)."""
-
-    def __init__(self, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window_s = window_s
-        self.clock = clock
-        self._rate = StepRate()
-        self._at: float | None = None
-        self._last: float | None = None
-
-    def read(self, snap: Snapshot) -> float | None:
-        now = self.clock()
-        if self._at is None or now - self._at >= self.window_s:
-            assert snap.tasks is not None
-            image = [v for v in (*snap.tasks.running, *snap.tasks.recent) if v.lane == "image"]
-            done = {v.id: v.progress_done for v in image}
-            ended = {v.id: v.finished_at for v in image}
-            rate = self._rate.update(snap.now, done, ended)
-            self._at, self._last = now, rate if rate is not None else self._last
-        return self._last
+def live_cores(window_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> Sampled[Any, Any]:
+    """Each core's busy percent for the console's tick, given a reader of the cores' times."""
+    load = CoreLoad()
+    return Sampled(lambda times: load.update(times()), window_s, clock)
 
 
-LIVE_STEPS = LiveSteps()
+def live_steps(
+    window_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+) -> Sampled[Snapshot, float]:
+    return Sampled(functools.partial(_image_steps, StepRate()), window_s, clock)
+
+
+LIVE_CORES = live_cores()
+LIVE_STEPS = live_steps()
 
 
 def _real_time_factor(recent: Sequence[TaskView[Any]], lane: str) -> float | None:
@@ -201,14 +204,11 @@ def chart_values(
     assert snap.tasks is not None
     stats = lane_stats(snap, config)
     out: dict[str, list[float | None]] = {}
-    image = [v for v in (*snap.tasks.running, *snap.tasks.recent) if v.lane == "image"]
     for lane in snap.lanes:
         s = stats[lane.lane]
         out[f"{lane.lane}.latency"] = [s["latency_s"]["p50"], s["latency_s"]["p99"]]
         if lane.lane == "image":
-            done = {v.id: v.progress_done for v in image}
-            ended = {v.id: v.finished_at for v in image}
-            out["image.throughput"] = [steps.update(snap.now, done, ended)]  # the tasks' clock
+            out["image.throughput"] = [_image_steps(steps, snap)]
         else:
             out[f"{lane.lane}.throughput"] = [s["outputs_per_s"]]
     out["cpu"] = cores
