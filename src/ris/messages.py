@@ -36,6 +36,10 @@ class RunTask:
     # How long the model stays loaded once idle after this task (Ollama's keep_alive):
     # None: the lane's keep_alive_s; negative: until evicted; 0: unloaded once idle.
     keep_alive_s: float | None = None
+    # Whether someone reads the task's outputs as they come (a stream). False: only its result
+    # is read, once it ended, so the runner need not hurry a first piece out (speech sends its
+    # first audio at once only when streamed: on Ray that piece's yield delayed the rest).
+    streamed: bool = True
 
 
 @dataclass(frozen=True)

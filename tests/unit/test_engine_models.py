@@ -56,9 +56,20 @@ async def test_a_task_whose_model_is_not_loaded_has_its_load_in_its_eta(tmp_path
         assert cold_eta >= 4.0 > loaded_eta
         runs = [r for r in llm.inbox if isinstance(r, m.RunTask)]
         assert runs[0].keep_alive_s is None  # the lane's keep_alive
+        assert all(r.streamed for r in runs)  # unless the caller says it reads only the result
         llm.deliver(m.TaskDone(runs[-1].task_id, LLMOutcome("stop", 1, 0)))
         last = [r for r in llm.inbox if isinstance(r, m.RunTask)][-1]
         assert last.task_id == cold.task_id and last.keep_alive_s == 0
+
+
+@run
+async def test_a_caller_that_reads_only_the_result_says_so_to_the_worker(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(models=(_info("m", 1.0),))
+        handle = eng.submit(LLM, "m", LLMRequest(prompt="a"), streamed=False)
+        (run_task,) = [r for r in llm.inbox if isinstance(r, m.RunTask)]
+        assert run_task.task_id == handle.task_id and not run_task.streamed
 
 
 @run

@@ -3,11 +3,14 @@ signals the lane publishes. No process: the runner's environment is a list and a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ris.lanes.base import BackendError
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, LLMRunner, TextOutput
 from ris.lanes.tts import MAX_CHUNK_CHARS, AudioOutput, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
+from ris.messages import TaskOutput
 from ris.preemption.policy import Activity
 
 from .fakes import Env
@@ -46,6 +49,28 @@ class MuteTTS(RecordingTTS):
 def run_tts(tts: TTSBackend, req: TTSRequest) -> tuple[TTSOutcome, Env]:
     env = Env()
     return TTSRunner(env.worker_env()).run(tts, "t", req, lambda: False), env
+
+
+class PiecewiseTTS(RecordingTTS):
+    """Hands its audio over a character at a time, as espeak-ng does in small pieces."""
+
+    def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
+        self.texts.append(req.text)
+        for _ in req.text:
+            out.emit(b"\x01\x00")
+        return TTSOutcome(self.sample_rate, len(req.text), "rec")
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_the_first_audio_goes_at_once_only_where_someone_streams_it(streamed: bool) -> None:
+    env = Env()
+    worker_env = dataclasses.replace(env.worker_env(), streamed=lambda task_id: streamed)
+    TTSRunner(worker_env).run(PiecewiseTTS(), "t", TTSRequest(text="Hello."), lambda: False)
+    chunks = [msg.data.pcm for msg in env.sent if isinstance(msg, TaskOutput)]
+    assert b"".join(chunks) == b"\x01\x00" * 6
+    # Streamed: the first piece at once, the rest when the sentence ends. Read only as a
+    # result: all in one message (on Ray, one yield instead of two).
+    assert [len(c) for c in chunks] == ([2, 10] if streamed else [12])
 
 
 def test_long_text_reaches_the_engine_in_bounded_pieces() -> None:

@@ -93,7 +93,10 @@ class CountRunner(LaneRunner[Counter, CountRequest, CountOutcome]):
         self, backend: Counter, task_id: str, request: CountRequest, cancelled: Callable[[], bool]
     ) -> CountOutcome:
         def say(n: int) -> None:
-            self.env.output(task_id, n)
+            # Each number as it counts where someone streams the task, else only the last (a
+            # runner may hold outputs back that only the result reads, as speech does).
+            if self.env.streamed(task_id) or n == request.upto:
+                self.env.output(task_id, n)
 
         if request.refuse:
             raise BackendError("invalid_request", "refused before it started")
@@ -214,6 +217,19 @@ def test_a_task_streams_its_outputs_then_ends_done(channel: MemoryChannel) -> No
     assert channel.take() == m.TaskError("t2", "invalid_request", "a count cannot be negative")
     channel.put(m.RunTask("t3", "one", CountRequest(upto=0)))
     assert channel.take() == m.TaskDone("t3", CountOutcome(0))
+    channel.put(m.Shutdown())
+
+
+def test_the_runner_knows_which_tasks_nobody_streams(channel: MemoryChannel) -> None:
+    assert isinstance(channel.take(), m.WorkerReady)
+    channel.put(m.RunTask("t1", "one", CountRequest(upto=3), streamed=False))
+    assert [channel.take() for _ in range(2)] == [m.TaskOutput("t1", 3), m.TaskDone("t1", CountOutcome(3))]
+    channel.put(m.RunTask("t2", "one", CountRequest(upto=2)))  # the mark was the task's alone
+    assert [channel.take() for _ in range(3)] == [
+        m.TaskOutput("t2", 1),
+        m.TaskOutput("t2", 2),
+        m.TaskDone("t2", CountOutcome(2)),
+    ]
     channel.put(m.Shutdown())
 
 

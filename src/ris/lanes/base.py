@@ -178,6 +178,8 @@ class WorkerEnv:
     parallel: int = 1
     # Lanes that borrow idle cores (LaneConfig.borrow_idle_cores): where the runner asks.
     cores: CoreFit | None = None
+    # Whether someone reads a task's outputs as they come (RunTask.streamed), by task id.
+    streamed: Callable[[str], bool] = lambda _task_id: True
 
     def output(self, task_id: str, data: object) -> None:
         """Stream a piece of a task's output to the server (the lane's own type: a TextDelta,

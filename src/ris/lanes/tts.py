@@ -285,7 +285,10 @@ def voice_listing(voices: Sequence[str], most: int = 12) -> str:
 # them for 5,000 characters. Each became a message, a write and an event on the server; they
 # are sent in chunks of COALESCE_BYTES instead, or of what came since COALESCE_S ago, checked
 # as pieces arrive; the end of each piece of text sends what is left, and the first piece of a
-# task goes at once (the time to first sound does not wait for it).
+# streamed task goes at once (the time to first sound does not wait for it). One whose audio
+# is read only once it ended sends no piece early: on Ray each message sent while the engine
+# works is a yield of its own, and the rest of a short answer waited behind the first piece's
+# (0.35 ms of the added latency, bench/results/ray_task_timeline.md).
 COALESCE_BYTES = 32 * 1024
 COALESCE_S = 0.1
 
@@ -303,6 +306,8 @@ class _WorkerOutput(AudioOutput):
         self._pending = bytearray()
         self._since = 0.0  # when the oldest pending byte came
         self._sent_any = False
+        # The first piece goes at once only where a listener hears it (RunTask.streamed).
+        self._first_at_once = env.streamed(task_id)
 
     def emit(self, pcm: bytes) -> None:
         self.samples += len(pcm) // 2
@@ -312,7 +317,11 @@ class _WorkerOutput(AudioOutput):
         if not self._pending:
             self._since = now
         self._pending += pcm
-        if not self._sent_any or len(self._pending) >= COALESCE_BYTES or now - self._since >= COALESCE_S:
+        if (
+            (self._first_at_once and not self._sent_any)
+            or len(self._pending) >= COALESCE_BYTES
+            or now - self._since >= COALESCE_S
+        ):
             self.flush()
 
     def flush(self) -> None:

@@ -266,6 +266,7 @@ class Engine:
         keep_files: bool = True,
         retry: bool = False,
         resumable: bool = True,
+        streamed: bool = True,
     ) -> TaskHandle[Res]:
         """Queue a task of `kind`'s lane (e.g. `ris.lanes.llm.LANE`); its handle's view holds
         the kind's result type. `client`: who asks, for fairness across clients (the lane's
@@ -278,7 +279,9 @@ class Engine:
         keeps its own. `retry`: the caller's own retry of a refused submission (the speaking
         pipeline waiting for room), not counted as another refusal. `resumable=False`: a durable
         lane's task whose caller waits for it on its connection (a synchronous route), not run
-        again after a restart, for nobody. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
+        again after a restart, for nobody. `streamed=False`: the caller reads only the result
+        once the task ended, never its events as they come, so the worker may send its outputs
+        later and in fewer messages. Raises QueueFull (-> 429) or LaneUnavailable (-> 503)."""
         lane = kind.name
         if not keep_files and kind.durable:
             raise ValueError(f"the {lane} lane is durable: its tasks keep their files")
@@ -312,6 +315,7 @@ class Engine:
         handle = self._handle(task.id, kind, model)
         handle.keep_alive_s = keep_alive_s
         handle.keep_files = keep_files
+        handle.streamed = streamed
         self._handles[task.id] = handle
         self._dispatch()
         return handle
@@ -413,7 +417,8 @@ class Engine:
                 self.durable.started(task)
             handle = self._handles.get(task.id)
             keep_alive = handle.keep_alive_s if handle is not None else None
-            if not replica.worker.send(m.RunTask(task.id, model, request, keep_alive)):
+            streamed = handle.streamed if handle is not None else True
+            if not replica.worker.send(m.RunTask(task.id, model, request, keep_alive, streamed)):
                 self._crashed(replica, "worker_crashed", "the worker died before the task started")
 
     def _on_message(self, replica: Replica, msg: object) -> None:

@@ -79,6 +79,8 @@ class TaskHandle(Generic[R]):
     # False: its result's files are read only through `events` (a stream), so they go as the
     # task ends and no record is kept of them (Engine.submit's keep_files).
     keep_files: bool = True
+    # False: nobody reads its events before it ends, only its result (Engine.submit's streamed).
+    streamed: bool = True
 
     @property
     def lane(self) -> str:

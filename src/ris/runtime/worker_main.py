@@ -123,11 +123,13 @@ class _Shared:
     cancelled: set[str] = field(default_factory=set)  # ids flagged by CancelTask
     running: set[str] = field(default_factory=set)  # ids held by a concurrent runner
     known: set[str] = field(default_factory=set)  # ids received and not yet reported ended
+    unstreamed: set[str] = field(default_factory=set)  # ids whose outputs only the result reads
 
     def ended(self, task_id: str) -> None:
         self.running.discard(task_id)
         self.known.discard(task_id)
         self.cancelled.discard(task_id)
+        self.unstreamed.discard(task_id)
 
 
 def worker_main(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: ActivityBoard) -> None:
@@ -235,6 +237,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             else:
                 if isinstance(msg, m.RunTask):
                     state.known.add(msg.task_id)
+                    if not msg.streamed:
+                        state.unstreamed.add(msg.task_id)
                     if spec.lends:
                         # Marked busy as it is queued: the lane borrowing our idle cores gives
                         # them back before its next step, so they are free when our task starts.
@@ -280,7 +284,16 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     # yielding to it (it looks every 0.5 ms) does not resume for a step in the moment before
     # the next task starts, nor a borrower without an idle grace take its cores for one. (A
     # runner with a queue of its own, the LLM's, holds its idle mark back for that queue.)
-    env = WorkerEnv(spec.lane, out.send, marks.runner_mark, tick, yielder, cfg.parallel, lending)
+    env = WorkerEnv(
+        spec.lane,
+        out.send,
+        marks.runner_mark,
+        tick,
+        yielder,
+        cfg.parallel,
+        lending,
+        streamed=lambda task_id: task_id not in state.unstreamed,
+    )
     runner = kind.runner(env)
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):

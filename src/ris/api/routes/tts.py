@@ -72,6 +72,7 @@ async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
         timeout_s=body.timeout_s,
         client=client_of(request),
         owner=owner_of(request),
+        streamed=False,  # answered once it ended: no piece of audio needs to leave early
     )
     view = await wait_task(engine, handle, request)
     r = result_or_failure(view)
