@@ -205,3 +205,80 @@ def test_ps_tells_what_of_a_model_is_on_the_card() -> None:
     assert _on_card(ModelInfo("m", "llama_cpp", placement="gpu", footprint_bytes=900), size) == size
     assert _on_card(ModelInfo("m", "llama_cpp", placement="partial", footprint_bytes=400), size) == 400
     assert _on_card(ModelInfo("m", "llama_cpp", placement="cpu", footprint_bytes=400), size) == 0
+
+
+async def _raw(eng: Engine, method: str, path: str, content: bytes = b"", **headers: str) -> httpx.Response:
+    app = create_ollama_app(create_app(eng.config, eng))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        return await client.request(method, path, content=content, headers=headers)
+
+
+@run
+async def test_ollamas_curl_examples_are_read_as_json_whatever_their_content_type(tmp_path: Path) -> None:
+    # `curl URL -d '{...}'` says application/x-www-form-urlencoded: Ollama reads JSON anyway.
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        form = "application/x-www-form-urlencoded"
+        r = await _raw(eng, "POST", "/api/generate", b'{"model": "m"}', **{"content-type": form})
+        assert r.status_code == 200 and r.json()["done_reason"] == "load"
+        # A web page may post a form to another site without asking first: from a page (it
+        # says its Origin), only a JSON type is read, even from this server's own pages.
+        page = {"content-type": form, "origin": "http://127.0.0.1"}
+        r = await _raw(eng, "POST", "/api/generate", b'{"model": "m"}', **page)
+        assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]
+
+
+@run
+async def test_the_listener_answers_the_ollama_clis_heartbeat(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        r = await _raw(eng, "GET", "/")
+        assert r.status_code == 200 and r.text == "Ollama is running"
+        for path in ("/", "/api/version", "/api/tags"):
+            assert (await _raw(eng, "HEAD", path)).status_code == 200, path
+        # The main port's "/" stays the console's.
+        assert (await call(eng, "GET", "/", ollama_port=False)).json()["console"] == "/ui"
+
+
+@run
+async def test_nulls_are_absent_fields_and_roles_any_case_as_in_ollama(tmp_path: Path) -> None:
+    body = {
+        "model": "m",
+        "stream": None,
+        "messages": [
+            {"role": "User", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
+            {"role": "tool", "content": "42", "tool_name": "f"},
+        ],
+    }
+    async with sent(tmp_path, "/api/chat", body) as (request, workers):
+        llm = workers[Lane.LLM]
+        (run_task,) = llm.runs
+        assert isinstance(run_task.request, LLMRequest)
+        turns = run_task.request.messages
+        assert turns is not None and turns[0] == ("user", "hi")
+        assert isinstance(turns[1], Message) and turns[1].content == ""
+        llm.deliver(m.TaskDone(run_task.task_id, LLMOutcome("stop", 3, 1)))
+        r = await asyncio.wait_for(request, 5)
+    assert r.headers["content-type"] == "application/x-ndjson"  # null stream: Ollama's default
+
+
+@run
+async def test_what_ollama_refuses_or_only_loads_is_so_here(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        refused = [
+            ({"model": "m", "prompt": "hi", "keep_alive": True}, "keep_alive"),
+            ({"model": "m", "keep_alive": "soon"}, "keep_alive"),  # a load answer parses it too
+            ({"model": "m", "prompt": "hi", "options": {"num_predict": 10**6}}, "options.num_predict"),
+        ]
+        for body, named in refused:
+            r = await call(eng, "POST", "/api/generate", body, ollama_port=True)
+            assert r.status_code == 400 and named in r.json()["error"], (body, r.text)
+        # A system prompt alone is nothing to generate: Ollama's load answer, no task.
+        body = {"model": "m", "system": "Be brief.", "stream": False}
+        r = await call(eng, "POST", "/api/generate", body, ollama_port=True)
+        assert r.status_code == 200 and r.json()["done_reason"] == "load"
+        r = await call(eng, "POST", "/api/generate", {"model": "m", "keep_alive": "0s"}, ollama_port=True)
+        assert r.json()["done_reason"] == "unload"
+        assert workers[Lane.LLM].runs == []

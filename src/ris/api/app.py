@@ -67,7 +67,7 @@ ROUTERS: tuple[APIRouter, ...] = tuple(
     )
 )
 # What the Ollama listener (server.ollama_port) serves: the Ollama API alone.
-OLLAMA_ROUTERS: tuple[APIRouter, ...] = (ollama.router, ollama_models.router)
+OLLAMA_ROUTERS: tuple[APIRouter, ...] = (ollama.router, ollama_models.router, ollama_models.listener_router)
 
 
 class BodyLimit:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ris.api.limits import (
     MAX_MESSAGE_CHARS,
@@ -27,6 +27,16 @@ class _OllamaBody(RequestBody):
     # Ollama's clients add fields as Ollama grows (`think`, `logprobs`, ...): unknown ones are
     # ignored, as Ollama ignores them.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """A null field is an absent one, as Go reads it into Ollama's structs (its zero value,
+        or the default a nil pointer means: `"stream": null` streams): JavaScript clients send
+        `"content": null` on an assistant turn that carries tool calls."""
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 class OllamaOptions(_OllamaBody):
@@ -60,6 +70,12 @@ class OllamaMessageToolCall(_OllamaBody):
 
 class OllamaChatMessage(_OllamaBody):
     role: Literal["system", "user", "assistant", "tool"]
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value  # Ollama lowercases roles
+
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = ""
     images: list[str] | None = Field(default=None, description="refused: no model here reads images")
     tool_calls: list[OllamaMessageToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
@@ -83,6 +99,14 @@ Format = Literal["", "json"] | dict[str, Any] | None
 KeepAlive = str | float | None
 
 
+def _no_bool(value: Any) -> Any:
+    # JSON's true is no duration: Ollama refuses it ("Unsupported type: 'bool'"), where
+    # pydantic would read it as 1 second.
+    if isinstance(value, bool):
+        raise ValueError("keep_alive takes seconds (300, -1) or a duration ('5m'), not true or false")
+    return value
+
+
 class _GenerationBody(_OllamaBody):
     model: str = Field(min_length=1)
     stream: bool = Field(default=True, description="NDJSON lines as the answer grows (Ollama's default)")
@@ -94,6 +118,7 @@ class _GenerationBody(_OllamaBody):
         "duration ('5m', '1h'); negative: until evicted; 0: unloaded once idle; absent: the "
         "lane's keep_alive_s",
     )
+    _keep_alive_no_bool = field_validator("keep_alive", mode="before")(_no_bool)
 
 
 class OllamaChatRequest(_GenerationBody):

@@ -135,6 +135,14 @@ def build_request(
         # Ollama's default: until the model stops or the context is full (llama.cpp cuts at
         # the context left after the prompt).
         max_tokens = min(limit, context) if context is not None else limit
+    elif opts.num_predict > limit:
+        raise APIError(
+            400,
+            "invalid_value",
+            f"options.num_predict {opts.num_predict} is over this server's limit of {limit} "
+            "(server.max_new_tokens); send at most that, or -1: until the model stops",
+            param="num_predict",
+        )
     else:
         max_tokens = max(1, opts.num_predict if context is None else min(opts.num_predict, context))
     return llm_request(
@@ -250,10 +258,11 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
     return -seconds if m.group(1) else seconds
 
 
-def _loaded(model: str, field: str, empty: Any, keep_alive: Any) -> dict[str, Any]:
+def _loaded(model: str, field: str, empty: Any, keep_alive: str | float | None) -> dict[str, Any]:
     """Ollama's answer to a request with nothing to generate: its way to load (or unload, with
-    keep_alive 0) a model. Models here stay loaded as their workers do, so this only answers."""
-    reason = "unload" if keep_alive in (0, "0", "0s", "0m") else "load"
+    keep_alive 0) a model. Models here stay loaded as their workers do, so this only answers
+    (a keep_alive that is no duration is still refused, as Ollama refuses it)."""
+    reason = "unload" if keep_alive_seconds(keep_alive) == 0 else "load"
     return {"model": model, "created_at": created_at(), field: empty, "done": True, "done_reason": reason}
 
 
@@ -325,7 +334,7 @@ async def ollama_generate(request: Request) -> Any:
     # Ollama's own Go client sends `"system": ""` with every request: empty is absent, as in
     # Ollama (the model's default system prompt stays; raw text stays allowed).
     system = body.system or None
-    if not body.prompt and system is None:
+    if not body.prompt:  # as in Ollama, a system prompt alone is nothing to generate
         return json_response(_loaded(model, "response", "", body.keep_alive))
     req = build_request(
         engine,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from ris import __version__, catalogue
 from ris.api.deps import body_doc, engine_of, json_body, viewer_of
@@ -37,6 +37,17 @@ from ris.messages import ModelInfo
 from ris.pull import Pulled, PullError, RemoteFile, pull
 
 router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
+# Only on the Ollama listener (server.ollama_port), where "/" is Ollama's and not the console's:
+# the Ollama CLI checks the server with `HEAD /` before `run`, `show`, `stop` or `pull`, and
+# stops at any status of 400 or more; health checks get "Ollama is running" from `GET /`.
+listener_router = APIRouter(include_in_schema=False)
+
+
+@listener_router.api_route("/", methods=["GET", "HEAD"])
+async def ollama_running() -> PlainTextResponse:
+    return PlainTextResponse("Ollama is running")
+
+
 # The Ollama API version reported: the one whose features this API has (tools 0.3, JSON-schema
 # `format` 0.5); some clients turn features off for older servers. RIS's own is `ris_version`.
 OLLAMA_API_VERSION = "0.5.0"
@@ -168,6 +179,11 @@ def _on_card(info: ModelInfo, size: int) -> int:
 @router.get("/api/version", summary="Ollama: the API version")
 async def ollama_version() -> Any:
     return json_response({"version": OLLAMA_API_VERSION, "ris_version": __version__})
+
+
+# Ollama answers HEAD on these two as well (the server drops the body of a HEAD's answer).
+listener_router.add_api_route("/api/tags", ollama_tags, methods=["HEAD"])
+listener_router.add_api_route("/api/version", ollama_version, methods=["HEAD"])
 
 
 @router.post(
