@@ -112,3 +112,32 @@ def test_speech_and_images_have_their_own_lists() -> None:
     with pytest.raises(APIError) as e:
         refuse_unknown(ImageGenerationRequest.model_validate({"prompt": "x", "sizes": "64x64"}), IMAGES)
     assert (e.value.code, e.value.param) == ("unknown_parameter", "sizes")
+
+
+def test_a_message_the_sdks_parse_and_stream_helpers_return_goes_back_as_it_is() -> None:
+    # What `client.chat.completions.parse()` / `.stream()` give back, dumped by the SDK on the
+    # next turn: `parsed`, a call's `index`, and its `function.parsed_arguments`.
+    back: dict[str, Any] = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "parsed": {"city": "Paris"},
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "index": 0,
+                "function": {"name": "f", "arguments": '{"x": 1}', "parsed_arguments": {"x": 1}},
+            }
+        ],
+    }
+    tool = {"role": "tool", "tool_call_id": "call_1", "content": "2"}
+    refuse_unsupported(chat({"role": "user", "content": "x"}, back, tool))
+
+
+def test_nulls_are_absent_fields_and_openais_ranges_are_taken() -> None:
+    body = chat(n=None, stream=None, seed=-1, top_p=0, stream_options={"include_obfuscation": False})
+    assert (body.n, body.stream, body.seed, body.top_p) == (1, False, -1, 0)
+    assert chat(seed=2**63 - 1).seed == 2**63 - 1
+    with pytest.raises(ValueError, match="seed"):
+        chat(seed=2**63)

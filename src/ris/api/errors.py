@@ -80,10 +80,19 @@ def error_response(
     if dialect == "ollama":
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     if openai or dialect == "openai":
-        kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(_openai_body(status, code, message, param), status_code=status, headers=headers)
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _openai_body(status: int, code: str, message: str, param: str | None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def openai_error_body(e: APIError) -> dict[str, Any]:
+    """`e` as OpenAI's error body, typed by its status as the same error answered before any
+    byte is (a stream's last event, once the 200 is sent)."""
+    return _openai_body(400 if e.status == 422 else e.status, e.code, e.message, e.param)
 
 
 def queue_full(e: QueueFull) -> APIError:

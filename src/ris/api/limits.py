@@ -44,6 +44,13 @@ MAX_IMAGE_SIDE = 2048
 IMAGE_SIDE_MULTIPLE = 8
 
 
+# The smallest top_p passed on: OpenAI takes 0, the backends a nucleus over 0 (transformers
+# refuses 0); this small a nucleus holds the likeliest token alone, as 0 means.
+MIN_TOP_P = 1e-6
+# OpenAI's seed is any 64-bit integer.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def wrap_seed(seed: int) -> int:
     return seed % (SEED_MAX + 1)
 

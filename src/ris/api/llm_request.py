@@ -50,9 +50,11 @@ def llm_request(
     constraint: Constraint | None = None,
     tools: Sequence[Tool] = (),
     constraint_param: str = "response_format",
+    max_tokens_param: str = "max_tokens",
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
-    llm_support.llm_context); a model not loaded yet is checked by its worker instead."""
+    llm_support.llm_context); a model not loaded yet is checked by its worker instead.
+    `max_tokens_param`: the field the client sent the bound in, for its refusals."""
 
     def invalid(message: str, param: str) -> APIError:
         return APIError(dialect.invalid[0], dialect.invalid[1], message, param=param)
@@ -72,9 +74,11 @@ def llm_request(
             status, code, f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}"
         )
     if max_tokens > limits.max_new_tokens:
-        raise invalid(f"max_tokens {max_tokens} is over the limit of {limits.max_new_tokens}", "max_tokens")
+        over = f"{max_tokens_param} {max_tokens} is over the limit of {limits.max_new_tokens}"
+        raise invalid(over, max_tokens_param)
     if context_tokens is not None and max_tokens > context_tokens:
-        raise invalid(max_tokens_over_context(max_tokens, context_tokens), "max_tokens")
+        over = max_tokens_over_context(max_tokens, context_tokens, max_tokens_param)
+        raise invalid(over, max_tokens_param)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
         raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from ris.api.limits import (
+    INT64_MAX,
+    INT64_MIN,
     MAX_IMAGE_PROMPT_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
@@ -27,6 +29,15 @@ from ris.services.speech_encoding import SpeechFormat
 
 class _OpenAIBody(RequestBody):
     model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """A null field is an absent one: OpenAI's API marks its optional fields nullable, and
+        clients forward unset settings as null (`"n": null`, `"stream": null`)."""
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
     @model_validator(mode="after")
     def _extra_text_is_unicode(self) -> Self:
@@ -53,6 +64,9 @@ class ContentPart(_OpenAIBody):
 class CalledFunction(_Part):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     arguments: str = Field(default="{}", max_length=MAX_MESSAGE_CHARS, description="a JSON object")
+    # The openai SDK's parse()/stream() helpers add their own reading of `arguments` to a call
+    # they return; sent back on the next turn, it is ignored (`arguments` says the same).
+    parsed_arguments: Any = Field(default=None, description="ignored: the SDK's parse of arguments")
 
 
 class MessageToolCall(_OpenAIBody):
@@ -77,6 +91,9 @@ class OAMessage(_OpenAIBody):
 
 class StreamOptions(_Part):
     include_usage: bool = False
+    # OpenAI pads streamed chunks against side channels unless this is false; ours carry no
+    # padding either way.
+    include_obfuscation: bool = True
 
 
 class JSONSchemaFormat(_Part):
@@ -120,10 +137,15 @@ class NamedToolChoice(_Part):
 class SamplingBody(_OpenAIBody):
     model: str
     temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    seed: int | None = Field(
+        default=None,
+        ge=INT64_MIN,
+        le=INT64_MAX,
+        description=f"any 64-bit integer, taken modulo {SEED_MAX + 1}",
+    )
     n: int = Field(default=1, ge=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None

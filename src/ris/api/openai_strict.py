@@ -88,9 +88,12 @@ COMPLETIONS = FieldRules(
 )
 # A message as OpenAI's clients send it back: an assistant turn from a response carries these.
 MESSAGE = FieldRules(
-    ignored=frozenset({"name"}),  # the participant's name; our chat templates have no slot for it
+    # `name`: the participant's; our chat templates have no slot for it. `parsed`: what the
+    # openai SDK's parse()/stream() helpers read from the content, on a message sent back.
+    ignored=frozenset({"name", "parsed"}),
     refused={"refusal": _given, "annotations": _given, "audio": _given, "function_call": _given},
 )
+_CALL = FieldRules(ignored=frozenset({"index"}))
 SPEECH = FieldRules(refused={"instructions": _given, "stream_format": _not("audio")})
 IMAGES = FieldRules(
     ignored=frozenset({"user", "moderation"}),
@@ -135,7 +138,8 @@ def refuse_unreadable_messages(body: ChatCompletionRequest) -> None:
     for i, message in enumerate(body.messages):
         refuse_unknown(message, MESSAGE, f"messages[{i}].")
         for j, call in enumerate(message.tool_calls or []):
-            refuse_unknown(call, FieldRules(), f"messages[{i}].tool_calls[{j}].")
+            # `index`: a streamed call's place, kept by the SDK's stream helper on the message.
+            refuse_unknown(call, _CALL, f"messages[{i}].tool_calls[{j}].")
         _refuse_parts(message, i, body.model)
 
 

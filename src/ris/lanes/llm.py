@@ -374,9 +374,9 @@ class _WorkerOutput(TextOutput):
 Waiting = tuple[LLMBackend, str, LLMRequest, Callable[[], bool]]
 
 
-def max_tokens_over_context(max_tokens: int, context: int) -> str:
+def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_tokens") -> str:
     return (
-        f"max_tokens {max_tokens} is over this model's context of {context} tokens "
+        f"{name} {max_tokens} is over this model's context of {context} tokens "
         "(the prompt and the answer share it)"
     )
 

@@ -23,7 +23,8 @@ from ris.api.deps import (
     unknown_model_message,
     wait_task,
 )
-from ris.api.errors import APIError, failure
+from ris.api.errors import APIError, failure, openai_error_body
+from ris.api.limits import MIN_TOP_P, wrap_seed
 from ris.api.llm_request import OPENAI, llm_request
 from ris.api.llm_support import llm_context, require_constraining_backend
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
@@ -102,6 +103,7 @@ def _request(
     max_tokens: int,
     plan: ToolPlan | None = None,
     max_tokens_at_most: bool = False,
+    max_tokens_param: str = "max_tokens",
 ) -> LLMRequest:
     refuse_unsupported(body)
     constraint = response_constraint(body.response_format)
@@ -126,11 +128,15 @@ def _request(
         max_tokens=max_tokens,
         max_tokens_at_most=max_tokens_at_most,
         temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
+        # top_p 0 (OpenAI allows it) keeps only the likeliest token: a nucleus of one.
+        top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
         # OpenAI's clients may send empty stop strings; they stop nothing.
         stop=[s for s in ([body.stop] if isinstance(body.stop, str) else body.stop or []) if s],
-        seed=body.seed,
+        # OpenAI takes any 64-bit seed (clients draw random ones, or send -1): the same seed
+        # still gives the same answer, within the range the backends take.
+        seed=None if body.seed is None else wrap_seed(body.seed),
         ignore_eos=body.ignore_eos,
+        max_tokens_param=max_tokens_param,
         context_tokens=llm_context(engine, model),
         constraint=constraint,
         tools=tools,
@@ -181,7 +187,10 @@ async def chat_completions(request: Request) -> Any:
     asked = body.max_completion_tokens or body.max_tokens
     max_tokens = asked or _until_done(engine, model)
     plan = tool_plan(body)
-    req = _request(engine, body, model, None, chat_turns(body.messages), max_tokens, plan, asked is None)
+    named = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    req = _request(
+        engine, body, model, None, chat_turns(body.messages), max_tokens, plan, asked is None, named
+    )
     handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     base = _envelope("chatcmpl", "chat.completion", handle.task_id, model)
     call_ids = f"call_{handle.task_id}_"
@@ -225,9 +234,14 @@ async def chat_completions(request: Request) -> Any:
 
 
 @router.post(
-    "/completions", responses=JSON_OR_SSE, summary="Text completion (legacy); streams text_completion events"
+    "/completions",
+    responses=JSON_OR_SSE,
+    summary="Text completion (legacy); streams text_completion events",
+    openapi_extra=body_doc(CompletionRequest),
 )
-async def completions(body: CompletionRequest, request: Request) -> Any:
+async def completions(request: Request) -> Any:
+    # Read as chat's body is: the same words for bad JSON, the same depth bound, any type.
+    body = await json_body(request, CompletionRequest)
     engine = engine_of(request)
     model = _llm_model(engine, body.model, "/v1/completions")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -281,8 +295,9 @@ async def _stream(
         view = await handle.done
         r = view.result if view.succeeded else None
         if r is None:
-            err = failure(view)
-            yield sse_data({"error": {"message": err.message, "type": "server_error", "code": err.code}})
+            # Typed as the same failure is without streaming: a refused request (a prompt over the
+            # context) is the client's error, not the server's, whatever the 200 already sent.
+            yield sse_data(openai_error_body(failure(view)))
         else:
             for chunk in end(_finish_reason(r)):
                 yield sse_data(chunk)

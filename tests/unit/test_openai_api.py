@@ -1,0 +1,87 @@
+"""/v1's text routes through the real app over fake workers: how a request reaches the lane
+(seeds and top_p from OpenAI's ranges), the field a refusal names, a stream's failure typed
+as the same failure without streaming, and /v1/completions' body read as chat's is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ris import messages as m
+from ris.api.app import create_app
+from ris.api.limits import MIN_TOP_P, SEED_MAX
+from ris.lanes import Lane
+from ris.lanes.llm import LLMRequest
+from ris.runtime.engine import Engine
+
+from .fakes import run, settle, started_engine
+
+ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def post(eng: Engine, path: str, body: Any = None, content: bytes | None = None) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        if content is not None:
+            return await client.post(path, content=content)
+        return await client.post(path, json=body)
+
+
+@run
+async def test_openais_seed_and_top_p_ranges_reach_the_lane_in_its_own(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=2)
+        asked = [
+            asyncio.create_task(post(eng, "/v1/chat/completions", {**ASK, "seed": seed, "top_p": 0}))
+            for seed in (-1, 2**40)
+        ]
+        await settle()
+        requests = [r.request for r in llm.runs]
+        assert [(r.seed, r.top_p) for r in requests if isinstance(r, LLMRequest)] == [
+            (SEED_MAX, MIN_TOP_P),  # -1 modulo 2**32
+            (2**40 % (SEED_MAX + 1), MIN_TOP_P),
+        ]
+        for task in asked:
+            task.cancel()
+
+
+@run
+async def test_a_refusal_names_the_field_the_client_sent(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        r = await post(eng, "/v1/chat/completions", {**ASK, "max_completion_tokens": 10**6})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "max_completion_tokens"
+        assert error["message"].startswith("max_completion_tokens 1000000 is over")
+
+
+@run
+async def test_a_streamed_requests_failure_is_typed_as_without_streaming(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        request = asyncio.create_task(post(eng, "/v1/chat/completions", {**ASK, "stream": True}))
+        await settle()
+        too_long = "the prompt is 5031 tokens; this model's context is 2048"
+        llm.deliver(m.TaskError(llm.runs[0].task_id, "context_length_exceeded", too_long))
+        r = await asyncio.wait_for(request, 5)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    error = events[-1]["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded"
+    assert "param" in error
+
+
+@run
+async def test_completions_read_their_body_as_chat_does(tmp_path: Path) -> None:
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        bad = b'{"model": "m", "prompt": '
+        chat_r = await post(eng, "/v1/chat/completions", content=bad)
+        completion_r = await post(eng, "/v1/completions", content=bad)
+        assert completion_r.status_code == chat_r.status_code == 400
+        assert completion_r.json()["error"]["message"] == chat_r.json()["error"]["message"]
