@@ -131,6 +131,20 @@ def test_num_predict_past_the_context_stops_at_the_context(client: Any) -> None:
     assert r.done and r.done_reason == "stop" and 0 < r.eval_count < 2048
 
 
+def test_a_chat_over_the_context_loses_its_oldest_turns_as_on_ollama(client: Any, base: str) -> None:
+    """Ollama's default (`truncate`): a conversation longer than the context (2048 tokens
+    here) is answered from its system turn and latest turns; with truncate off, refused."""
+    system = {"role": "system", "content": "You are terse."}
+    turn = "tell me more about the history of the tea trade in the nineteenth century " * 2
+    history = [{"role": r, "content": f"{i}: {turn}"} for i in range(60) for r in ("user", "assistant")]
+    messages = [system, *history, {"role": "user", "content": "Say hi."}]
+    r = client.chat(model="smollm2", messages=messages, options={"num_predict": 4})
+    assert r.done and 1000 < r.prompt_eval_count < 2048
+    body = {"model": "smollm2", "messages": messages, "stream": False, "truncate": False}
+    refused = httpx.post(f"{base}/api/chat", json=body, headers=AUTH, timeout=120)
+    assert refused.status_code == 400 and "context" in refused.json()["error"], refused.text
+
+
 def test_format_with_a_json_schema_gives_valid_json(client: Any) -> None:
     ask = [{"role": "user", "content": "Describe a big city as JSON."}]
     r = client.chat(model="smollm2", messages=ask, format=CITY, options={"temperature": 0.5, "seed": 2})

@@ -72,13 +72,23 @@ def _openai(**fields: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
+    ("seed", "needle"), [(-1, "greater than or equal to 0"), (2**32, "less than or equal")]
+)
+def test_a_seed_is_the_native_apis_range_and_any_64_bit_integer_on_openais(
+    server: Server, seed: int, needle: str
+) -> None:
+    r = httpx.post(f"{server.url}/api/llm/generate", json=_native(seed=seed), timeout=60)
+    assert_refused(r, "/api/llm/generate", needle, "seed")
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=_openai(seed=seed), timeout=60)
+    assert r.status_code == 200, r.text  # taken modulo 2**32, as OpenAI's clients may send any
+
+
+@pytest.mark.parametrize(
     ("fields", "param", "needle"),
     [
         ({"stop": "x" * 5000}, "stop", "1 to 64 characters"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
         ({"messages": [TURN] * 5000}, "messages", "at most 1000 items"),
-        ({"seed": -1}, "seed", "greater than or equal to 0"),
-        ({"seed": 2**32}, "seed", "less than or equal to 4294967295"),
         ({"max_tokens": CONTEXT + 1}, "max_tokens", f"context of {CONTEXT} tokens"),
     ],
 )

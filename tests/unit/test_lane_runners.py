@@ -169,3 +169,36 @@ def test_max_tokens_over_the_context_is_refused_by_the_worker() -> None:
     assert backend.calls == 0 and env.board == []
     LLMRunner(env.worker_env()).run(backend, "t", LLMRequest(prompt="x", max_tokens=64), lambda: False)
     assert backend.calls == 1 and backend.describe().context_tokens == 64
+
+
+def test_a_chat_over_the_context_leaves_out_its_oldest_turns_only_where_asked() -> None:
+    from ris.lanes.llm import Message, fit_context, without_oldest
+
+    turns = (
+        ("system", "s"),
+        ("user", "aaaa"),
+        Message("assistant", "", ()),
+        Message("tool", "bbbb"),
+        ("user", "cccc"),
+        ("assistant", "dddd"),
+        ("user", "last"),
+    )
+
+    def tokenize(req: LLMRequest) -> tuple[list[int], None]:  # a token per character
+        return [0] * sum(len(t.content if isinstance(t, Message) else t[1]) for t in req.messages or ()), None
+
+    # The oldest turns that may go, a tool's answer with the turn before it; system and last stay.
+    assert without_oldest(turns, 2) == (
+        ("system", "s"),
+        ("user", "cccc"),
+        ("assistant", "dddd"),
+        ("user", "last"),
+    )
+    assert without_oldest(turns, 99) == (("system", "s"), ("user", "last"))
+    req = LLMRequest(messages=turns, truncate=True)
+    fitted, prompt, _ = fit_context(req, tokenize, 14)  # 21 characters: the fewest left out
+    assert fitted.messages == without_oldest(turns, 2) and len(prompt) == 13
+    fitted, prompt, _ = fit_context(req, tokenize, 3)  # nothing that may go would do: as it was
+    assert fitted is req and len(prompt) == 21
+    off = LLMRequest(messages=turns)
+    assert fit_context(off, tokenize, 14)[0] is off

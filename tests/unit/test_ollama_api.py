@@ -282,3 +282,22 @@ async def test_what_ollama_refuses_or_only_loads_is_so_here(tmp_path: Path) -> N
         r = await call(eng, "POST", "/api/generate", {"model": "m", "keep_alive": "0s"}, ollama_port=True)
         assert r.json()["done_reason"] == "unload"
         assert workers[Lane.LLM].runs == []
+
+
+@run
+async def test_a_chat_over_the_servers_prompt_limit_loses_its_oldest_turns(tmp_path: Path) -> None:
+    turns = [{"role": "system", "content": "Be brief."}]
+    turns += [{"role": "user", "content": f"{i:02d}" + "x" * 998} for i in range(40)]  # 40,000 chars
+    body = {"model": "m", "messages": turns, "stream": False}
+    async with sent(tmp_path, "/api/chat", body) as (request, workers):
+        (run_task,) = workers[Lane.LLM].runs
+        req = run_task.request
+        assert isinstance(req, LLMRequest) and req.truncate and req.messages is not None
+        kept = [t[1][:2] for t in req.messages if isinstance(t, tuple)]
+        # The system turn and the newest turns, within the server's 32,000 characters.
+        assert kept[0] == "Be" and kept[1:] == [f"{i:02d}" for i in range(9, 40)]
+        request.cancel()
+    async with started_engine(tmp_path / "off") as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        r = await call(eng, "POST", "/api/chat", {**body, "truncate": False}, ollama_port=True)
+        assert r.status_code == 400 and "the limit is 32000" in r.json()["error"]

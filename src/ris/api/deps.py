@@ -51,10 +51,18 @@ async def json_body(request: Request, model: type[M]) -> M:
     only a JSON type: the kinds of body a page may post to another site without asking first
     (forms, text/plain) are refused, as cross-origin requests are (security.Guard)."""
     ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
-    from_page = "origin" in request.headers
-    if from_page and ctype != "application/json" and not ctype.endswith("+json"):
-        error = {"loc": ("body",), "msg": f"send JSON with Content-Type: application/json, not {ctype!r}"}
-        raise RequestValidationError([{**error, "type": "content_type"}])
+    typed_json = ctype == "application/json" or ctype.endswith("+json")
+    wrong_type = RequestValidationError(
+        [
+            {
+                "loc": ("body",),
+                "msg": f"send JSON with Content-Type: application/json, not {ctype!r}",
+                "type": "content_type",
+            }
+        ]
+    )
+    if "origin" in request.headers and not typed_json:
+        raise wrong_type
     body = await request.body()
     try:
         return model.model_validate_json(body)
@@ -77,7 +85,9 @@ async def json_body(request: Request, model: type[M]) -> M:
         except ValidationError as e:
             errors = e.errors(include_url=False)
         except (ValueError, RecursionError):
-            pass  # not JSON for Python either: pydantic's words stand
+            if not typed_json:
+                raise wrong_type from None  # a form or text that is not JSON: say what is wanted
+            # not JSON for Python either: pydantic's words stand
     raise RequestValidationError(errors)
 
 

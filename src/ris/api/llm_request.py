@@ -16,7 +16,16 @@ from ris.api.errors import APIError
 from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
-from ris.lanes.llm import Constraint, LLMRequest, Message, Tool, enum_values, max_tokens_over_context
+from ris.lanes.llm import (
+    Constraint,
+    LLMRequest,
+    Message,
+    Tool,
+    Turn,
+    enum_values,
+    max_tokens_over_context,
+    without_oldest,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ def llm_request(
     tools: Sequence[Tool] = (),
     constraint_param: str = "response_format",
     max_tokens_param: str = "max_tokens",
+    truncate: bool = False,
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
     llm_support.llm_context); a model not loaded yet is checked by its worker instead.
@@ -68,6 +78,9 @@ def llm_request(
             "`system` needs the chat template, which `raw: true` skips: write it into the prompt", "system"
         )
     chars = len(prompt or "") + len(system or "") + sum(_turn_chars(m) for m in messages or ())
+    if chars > limits.max_prompt_chars and truncate and messages:
+        # The oldest turns left out, as the worker does for its context (LLMRequest.truncate).
+        messages, chars = _within_chars(tuple(messages), limits.max_prompt_chars)
     if chars > limits.max_prompt_chars:
         status, code = dialect.too_long
         raise APIError(
@@ -98,7 +111,30 @@ def llm_request(
         system=system,
         tools=tuple(tools),
         constraint=constraint,
+        truncate=truncate,
     )
+
+
+def _within_chars(turns: tuple[Turn, ...], limit: int) -> tuple[tuple[Turn, ...], int]:
+    """`turns` less as few of their oldest as bring them within `limit` characters (never a
+    system turn, nor the last: ris.lanes.llm.without_oldest), and their characters; as they
+    were if that cannot be done. A binary search: a chat of a thousand turns costs the event
+    loop ten sums."""
+
+    def size(ts: tuple[Turn, ...]) -> int:
+        return sum(_turn_chars(t) for t in ts)
+
+    best, best_size = turns, size(turns)
+    low, high = 1, len(turns)
+    while low <= high:
+        mid = (low + high) // 2
+        shorter = without_oldest(turns, mid)
+        n = size(shorter)
+        if n <= limit:
+            best, best_size, high = shorter, n, mid - 1
+        else:
+            low = mid + 1
+    return best, best_size
 
 
 def _turn_chars(turn: tuple[str, str] | Message) -> int:

@@ -1,7 +1,7 @@
 """Request bodies of the Ollama-compatible API (routes/ollama.py; docs/OLLAMA_COMPATIBILITY.md).
 
 Ollama's clients send more than RIS uses: fields that change nothing here (`think` on a model
-that does not think, `truncate`, ...) are accepted and ignored, as Ollama itself
+that does not think, `shift`, ...) are accepted and ignored, as Ollama itself
 ignores what a model does not support. The limits are the seed API's (ris.api.limits).
 """
 
@@ -117,6 +117,12 @@ class _GenerationBody(_OllamaBody):
         description="how long the model stays loaded once idle after this request: seconds or a "
         "duration ('5m', '1h'); negative: until evicted; 0: unloaded once idle; absent: the "
         "lane's keep_alive_s",
+    )
+    truncate: bool = Field(
+        default=True,
+        description="a chat over the model's context (or the server's max_prompt_chars) leaves "
+        "out its oldest turns, never a system turn nor the last, until it fits (Ollama's "
+        "default); false: refused with 400 instead",
     )
     _keep_alive_no_bool = field_validator("keep_alive", mode="before")(_no_bool)
 

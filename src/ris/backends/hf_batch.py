@@ -26,7 +26,7 @@ from typing import Any
 
 from ris.backends import BackendError
 from ris.backends._textgen import StopScanner
-from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, stepped
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, fit_context, stepped
 from ris.memory.footprint import HF_PAGE_TOKENS, hf_kv_bytes_per_token, hf_kv_cache_tokens
 
 # How long a step waits for the engine's next tokens before handing control back to the
@@ -165,7 +165,7 @@ class TransformersBatch(LLMBatch):
             print(f"transformers engine stopped ({error}); starting a new one", file=sys.stderr)
             self._engine.destroy()
             self._engine = self._start_engine()
-        ids, template_stops = self._tokenize(req)
+        req, ids, template_stops = fit_context(req, self._tokenize, self.n_ctx)
         if len(ids) >= self.n_ctx:
             raise BackendError(
                 "context_length_exceeded",

@@ -38,7 +38,7 @@ from ris.backends import BackendError
 from ris.backends._grammar import Grammar
 from ris.backends._textgen import StopScanner
 from ris.backends.thread_choice import ThreadChoice
-from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, stepped
+from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, fit_context, stepped
 from ris.memory.footprint import GGML_TYPE_NAMES, kv_bytes_per_token
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
@@ -165,7 +165,7 @@ class LlamaBatch(LLMBatch):
         return any(s.seq is not None and s.seq.pending for s in self._slots)
 
     def add(self, key: str, req: LLMRequest, out: TextOutput) -> None:
-        prompt, stops = self._tokenize(req)
+        req, prompt, stops = fit_context(req, self._tokenize, self.n_ctx)
         if len(prompt) >= self.n_ctx:
             raise BackendError(
                 "context_length_exceeded",

@@ -121,6 +121,10 @@ class LLMRequest:
     tools: tuple[Tool, ...] = field(default=(), repr=False)
     # Grammar-constrained decoding (response_format, a required or named tool call).
     constraint: Constraint | None = field(default=None, repr=False)
+    # A chat over the model's context leaves out its oldest turns (never a system turn, nor the
+    # last) until it fits, rather than failing: Ollama's default (`truncate`), for clients that
+    # send a whole long conversation every time.
+    truncate: bool = False
 
     def chat_turns(self) -> tuple[tuple[str, str] | Message, ...] | None:
         """The turns a chat template formats: `messages`, or the prompt as the user's message
@@ -372,6 +376,57 @@ class _WorkerOutput(TextOutput):
 
 
 Waiting = tuple[LLMBackend, str, LLMRequest, Callable[[], bool]]
+
+
+Turn = tuple[str, str] | Message
+
+
+def _role(turn: Turn) -> str:
+    return turn.role if isinstance(turn, Message) else turn[0]
+
+
+def without_oldest(turns: tuple[Turn, ...], dropped: int) -> tuple[Turn, ...]:
+    """`turns` less their `dropped` oldest turns that may go: never a system turn, nor the last
+    turn; a tool's answer goes with the turn before it once that went (no answer to a call the
+    model no longer sees). One pass: the API process runs this on its event loop."""
+    kept: list[Turn] = []
+    left, after_dropped = dropped, False
+    for i, turn in enumerate(turns):
+        role = _role(turn)
+        if i < len(turns) - 1 and role != "system":
+            if after_dropped and role == "tool":
+                continue
+            if left > 0:
+                left, after_dropped = left - 1, True
+                continue
+        after_dropped = False
+        kept.append(turn)
+    return tuple(kept)
+
+
+def fit_context(
+    req: LLMRequest, tokenize: Callable[[LLMRequest], tuple[list[int], Any]], n_ctx: int
+) -> tuple[LLMRequest, list[int], Any]:
+    """`req` with as few of its oldest turns left out as lets its prompt fit `n_ctx` (fewer
+    tokens than the context, as a prompt must), and the tokenizer's answer for it; found in
+    about log2(turns) tokenizations, as a prompt only shrinks with every turn left out. The
+    request as it was if `truncate` is off, it is no chat, or nothing that may go would do."""
+    prompt, extra = tokenize(req)
+    turns = req.messages
+    if len(prompt) < n_ctx or not req.truncate or not turns:
+        return req, prompt, extra
+    most = sum(1 for t in turns[:-1] if _role(t) != "system")
+    fits: tuple[LLMRequest, list[int], Any] | None = None
+    low, high = 1, most
+    while low <= high:
+        mid = (low + high) // 2
+        shorter = replace(req, messages=without_oldest(turns, mid))
+        p, e = tokenize(shorter)
+        if len(p) < n_ctx:
+            fits, high = (shorter, p, e), mid - 1
+        else:
+            low = mid + 1
+    return fits if fits is not None else (req, prompt, extra)
 
 
 def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_tokens") -> str:

@@ -115,6 +115,7 @@ def build_request(
     options: OllamaOptions | None,
     fmt: Format,
     tools: list[OllamaToolDef] | None = None,
+    truncate: bool = True,
     **text: Any,
 ) -> LLMRequest:
     """The LLMRequest of an Ollama body: `text` is llm_request's prompt or messages (and system)."""
@@ -158,6 +159,7 @@ def build_request(
         constraint=constraint or tool_constraint,
         tools=tool_defs,
         constraint_param="format" if constraint is not None else "tools",
+        truncate=truncate,
         **text,
     )
 
@@ -279,7 +281,14 @@ async def ollama_chat(request: Request) -> Any:
     if not body.messages:
         return json_response(_loaded(model, "message", {"role": "assistant", "content": ""}, body.keep_alive))
     req = build_request(
-        engine, model, body.options, body.format, body.tools, prompt=None, messages=chat_turns(body.messages)
+        engine,
+        model,
+        body.options,
+        body.format,
+        body.tools,
+        body.truncate,
+        prompt=None,
+        messages=chat_turns(body.messages),
     )
     names = [t.name for t in req.tools]
     keep_alive = keep_alive_seconds(body.keep_alive)
@@ -341,6 +350,7 @@ async def ollama_generate(request: Request) -> Any:
         model,
         body.options,
         body.format,
+        truncate=body.truncate,
         prompt=body.prompt,
         messages=None,
         system=system,
