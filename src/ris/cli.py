@@ -93,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
     import uvicorn
 
+    from ris.api import http_bounds
     from ris.api.app import bind_ollama_port, create_app, http_parser
     from ris.api.security import check_exposure
     from ris.log_writer import LogWriter
@@ -127,7 +128,10 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         host=cfg.server.host,
         port=cfg.server.port,
         loop=loop,
-        http=http,
+        http=http_bounds.protocol(http),
+        # The client is the TCP peer: X-Forwarded-For, trusted by uvicorn from any local
+        # process, would let one set the address the wrong-key throttle counts.
+        proxy_headers=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )

@@ -235,6 +235,11 @@ def test_guessing_keys_is_throttled_per_address_on_the_api_and_the_login(tmp_pat
             assert set(statuses) == {401, 429} and statuses[401] <= 20, statuses
             login = http.post("/ui/login", data={"key": "guess-login"})
             assert login.status_code == 429 and "Too many wrong keys" in login.text
+            # An address of one's choosing in X-Forwarded-For is no way around it: the client
+            # is the connection's peer (no proxy is trusted).
+            for i in range(20):
+                spoofed = {"Authorization": f"Bearer xff-{i}", "X-Forwarded-For": f"10.0.0.{i}"}
+                assert http.get("/api/stats", headers=spoofed).status_code == 429
         assert "guess-" not in srv.log_path.read_text()
     finally:
         srv.stop()

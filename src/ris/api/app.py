@@ -271,6 +271,8 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     SIGTERM and, leaving its lifespan, stops this one."""
     import uvicorn
 
+    from ris.api import http_bounds
+
     srv = main.state.engine.config.server
     if srv.ollama_port is None:
         yield
@@ -282,7 +284,10 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
         host=srv.host,
         port=srv.ollama_port,
         lifespan="off",
-        http=http_parser(main.state.engine.config),
+        http=http_bounds.protocol(http_parser(main.state.engine.config)),
+        # The client is the TCP peer: X-Forwarded-For, trusted by uvicorn from any local
+        # process, would let one set the address the wrong-key throttle counts.
+        proxy_headers=False,
         # uvicorn's loggers are the main server's, configured by it: left as they are.
         log_config=None,
         log_level=None,

@@ -1,0 +1,168 @@
+"""uvicorn's HTTP/1.1 protocols with the bounds a server open to a network needs before any
+request reaches the app (and its guards: keys, body limit, memory ceiling):
+
+  head size     a request's line and headers together at most MAX_HEAD_BYTES (431). h11 has
+                its own bound (16 KiB); the httptools parser has none, and gathers a header
+                that never ends in memory at a cost that grows faster than its size (a 128 MiB
+                header took 26 s of the event loop, while every worker's heartbeat waited).
+  head time     a connection's next request head complete within HEAD_TIMEOUT_S of its
+                opening or of the last answer; one trickled a byte at a time is closed. uvicorn
+                bounds only the wait between requests (timeout_keep_alive).
+  connections   at most `per_address_limit()` open connections from one address: thousands of
+                unfinished heads from one host took every file descriptor, and keyed clients
+                were refused with them.
+
+The bounds hold for both parsers; `protocol(name)` is the class uvicorn is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("ris.api")
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_S = 20.0
+# How long a connection refused for its head's size is still read (and dropped) before it closes.
+REFUSED_LINGER_S = 1.0
+# At most this many connections from one address, and at most a quarter of the process's file
+# descriptors: the rest stay for other clients, the workers' pipes, files and the store.
+MAX_CONNECTIONS_PER_ADDRESS = 1024
+
+# Open connections by client address, over every listener of the process (the main port and
+# the Ollama listener share one budget).
+_open: collections.Counter[str] = collections.Counter()
+
+
+def per_address_limit() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_PER_ADDRESS
+    return max(16, min(MAX_CONNECTIONS_PER_ADDRESS, soft // 4))
+
+
+def _refusal(status: bytes, text: str) -> bytes:
+    body = text.encode()
+    head = f"HTTP/1.1 {status.decode()}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    return head.encode() + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body
+
+
+class _Bounded:
+    """The head timer and the per-address count, for either parser (mixed in before it)."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    _address: str | None = None
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        if address is not None:
+            _open[address] += 1
+            self._address = address
+            if _open[address] > per_address_limit():
+                log.warning("refused a connection from %s: %d open already", address, _open[address] - 1)
+                self.transport.write(
+                    _refusal(b"503 Service Unavailable", "too many open connections from this address\n")
+                )
+                self.transport.close()
+                return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_complete()
+        if self._address is not None:
+            _open[self._address] -= 1
+            if _open[self._address] <= 0:
+                del _open[self._address]
+            self._address = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request's head, if one comes
+
+    def _arm_head_timer(self) -> None:
+        self._head_complete()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_too_slow)
+
+    def _head_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class BoundedH11(_Bounded, H11Protocol):
+    def data_received(self, data: bytes) -> None:
+        before = getattr(self, "scope", None)
+        super().data_received(data)
+        if getattr(self, "scope", None) is not before:  # a request's head was read whole
+            self._head_complete()
+
+
+def _httptools_class() -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttpTools(_Bounded, HttpToolsProtocol):
+        _head_bytes = 0
+        _in_head = True
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._head_bytes, self._in_head = 0, True
+            super().connection_made(transport)
+
+        _refused = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # read and dropped until the close: the answer is on its way
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self._refuse_head()
+
+        def _refuse_head(self) -> None:
+            """431, then the end of what we send; what the client still sends is read and
+            dropped for a moment before the close (a close with unread data would be a reset,
+            which can take the answer with it)."""
+            self._refused = True
+            self.transport.write(
+                _refusal(
+                    b"431 Request Header Fields Too Large",
+                    f"a request's line and headers may take {MAX_HEAD_BYTES} bytes\n",
+                )
+            )
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
+
+        def on_headers_complete(self) -> None:
+            self._head_bytes, self._in_head = 0, False
+            self._head_complete()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._head_bytes, self._in_head = 0, True  # what comes next is the next head
+
+    return BoundedHttpTools
+
+
+def protocol(name: str) -> Any:
+    """The bounded protocol class for uvicorn's `http` parser `name` ("h11" or "httptools")."""
+    return BoundedH11 if name == "h11" else _httptools_class()
