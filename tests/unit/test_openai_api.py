@@ -15,7 +15,7 @@ from ris import messages as m
 from ris.api.app import create_app
 from ris.api.limits import MIN_TOP_P, SEED_MAX
 from ris.lanes import Lane
-from ris.lanes.llm import LLMRequest
+from ris.lanes.llm import LLMRequest, TextDelta
 from ris.runtime.engine import Engine
 
 from .fakes import run, settle, started_engine
@@ -61,18 +61,39 @@ async def test_a_refusal_names_the_field_the_client_sent(tmp_path: Path) -> None
 
 
 @run
-async def test_a_streamed_requests_failure_is_typed_as_without_streaming(tmp_path: Path) -> None:
+async def test_a_stream_refused_before_its_first_token_is_an_error_status_not_a_200(tmp_path: Path) -> None:
+    too_long = "the prompt is 5031 tokens; this model's context is 2048"
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = {**ASK, "stream": True} if "chat" in path else {"model": "m", "prompt": "x", "stream": True}
+        async with started_engine(tmp_path / path.rsplit("/", 1)[1]) as (eng, workers, _):
+            llm = workers[Lane.LLM]
+            llm.ready()
+            request = asyncio.create_task(post(eng, path, body))
+            await settle()
+            llm.deliver(m.TaskError(llm.runs[0].task_id, "context_length_exceeded", too_long))
+            r = await asyncio.wait_for(request, 5)
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded"
+
+
+@run
+async def test_a_streamed_requests_later_failure_is_typed_as_without_streaming(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, _):
         llm = workers[Lane.LLM]
         llm.ready()
         request = asyncio.create_task(post(eng, "/v1/chat/completions", {**ASK, "stream": True}))
         await settle()
-        too_long = "the prompt is 5031 tokens; this model's context is 2048"
-        llm.deliver(m.TaskError(llm.runs[0].task_id, "context_length_exceeded", too_long))
+        task_id = llm.runs[0].task_id
+        llm.deliver(m.TaskOutput(task_id, TextDelta("Hel")))
+        llm.deliver(m.TaskError(task_id, "invalid_request", "a refusal after the first token"))
         r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 200
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert events[1]["choices"][0]["delta"] == {"content": "Hel"}
     error = events[-1]["error"]
-    assert error["type"] == "invalid_request_error" and error["code"] == "context_length_exceeded"
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
     assert "param" in error
 
 

@@ -21,6 +21,7 @@ from ris.api.deps import (
     owner_of,
     result_or_failure,
     unknown_model_message,
+    unless_gone,
     wait_task,
 )
 from ris.api.errors import APIError, failure, openai_error_body
@@ -41,7 +42,7 @@ from ris.api.openai_tools import (
 from ris.api.streams import SSE_DONE, sse_data, texts
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
-from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool
+from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, TextDelta, Tool
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
 
@@ -218,6 +219,7 @@ async def chat_completions(request: Request) -> Any:
                 handle,
                 base,
                 first=choice({"role": "assistant", "content": ""}),
+                first_text=await _first_text(engine, handle, request),
                 piece=piece,
                 end=end,
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -261,6 +263,7 @@ async def completions(request: Request) -> Any:
                 handle,
                 base,
                 first=None,
+                first_text=await _first_text(engine, handle, request),
                 piece=lambda text: [choice(text)],
                 end=lambda reason: [choice("", reason)],
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -275,23 +278,52 @@ def _streaming(chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult]) -> S
     return StreamingResponse(chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id})
 
 
+async def _first_text(engine: Engine, handle: TaskHandle[LLMResult], request: Request) -> str | None:
+    """A streamed answer's first piece of text (None: the task ended without one). A task that
+    fails before it answers with its error here, while the status line is unsent: OpenAI
+    refuses a request it cannot serve (a prompt over the context) with its status, not with a
+    200 and an error event. A client that leaves meanwhile takes its task with it."""
+
+    async def first() -> str | None:
+        while (item := await handle.events.get()) is not None:
+            if isinstance(item, TextDelta):
+                return item.text
+        return None
+
+    try:
+        text = await unless_gone(request, first())
+    except BaseException:
+        engine.cancel(handle.task_id)
+        raise
+    if text is None:
+        view = await handle.done
+        if not view.succeeded:
+            raise failure(view)
+    return text
+
+
 async def _stream(
     engine: Engine,
     handle: TaskHandle[LLMResult],
     base: dict[str, Any],
     *,
     first: dict[str, Any] | None,
+    first_text: str | None,
     piece: Callable[[str], list[dict[str, Any]]],
     end: Callable[[str], list[dict[str, Any]]],
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """OpenAI's stream of chunks: `piece(text)`'s per text, `end(finish_reason)`'s, usage, [DONE]."""
+    """OpenAI's stream of chunks: `first`, then `piece(text)`'s per text from `first_text`
+    (_first_text's; None: the task ended without text), `end(finish_reason)`'s, usage, [DONE]."""
     with cancel_unless_ended(engine, handle):
         if first is not None:
             yield sse_data(first)
-        async for text in texts(handle):
-            for chunk in piece(text):
+        if first_text is not None:
+            for chunk in piece(first_text):
                 yield sse_data(chunk)
+            async for text in texts(handle):
+                for chunk in piece(text):
+                    yield sse_data(chunk)
         view = await handle.done
         r = view.result if view.succeeded else None
         if r is None:
