@@ -48,6 +48,16 @@ class CancelTask:
 
 
 @dataclass(frozen=True)
+class KeepModel:
+    """How long a loaded model stays once idle, from now (or from when its running tasks end),
+    asked for by itself: Ollama's request with nothing to generate. 0: unloaded once idle; None:
+    the lane's keep_alive_s; negative: until evicted. Nothing for a model not loaded."""
+
+    model: str
+    keep_alive_s: float | None
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 

@@ -339,6 +339,27 @@ def test_keep_alive_expires_idle_models_lane_default_and_per_request() -> None:
     assert res.expired() == [] and res.next_expiry() is None
 
 
+def test_a_keep_alive_asked_for_by_itself_applies_now_or_once_the_running_tasks_end() -> None:
+    clock = FakeClock()
+    res = Residency(budget=None, keep_alive_s=300, clock=clock)
+    res.loaded("idle", 10)
+    res.loaded("busy", 10)
+    res.started("busy")
+    res.keep("idle", 0)
+    res.keep("busy", 0)
+    res.keep("absent", 0)  # not loaded: nothing to keep
+    assert res.expired() == ["idle"]  # the busy one stays while it runs
+    res.finished("busy", keep_alive_s="lane")  # its task's own keep_alive gives way to the ask
+    assert sorted(res.expired()) == ["busy", "idle"]
+    res.keep("idle", 60)  # and a longer one, from now
+    res.started("busy")
+    res.finished("busy")
+    clock.advance(59)
+    assert res.expired() == []
+    clock.advance(1)
+    assert res.expired() == ["idle"]
+
+
 # ----- a layout checked at start -------------------------------------------------------------
 
 

@@ -301,3 +301,17 @@ async def test_a_chat_over_the_servers_prompt_limit_loses_its_oldest_turns(tmp_p
         workers[Lane.LLM].ready()
         r = await call(eng, "POST", "/api/chat", {**body, "truncate": False}, ollama_port=True)
         assert r.status_code == 400 and "the limit is 32000" in r.json()["error"]
+
+
+@run
+async def test_an_empty_request_with_a_keep_alive_tells_the_workers(tmp_path: Path) -> None:
+    # `ollama stop m` is a generate with nothing to generate and keep_alive 0.
+    async with started_engine(tmp_path) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        for body in ({"model": "m", "keep_alive": 0}, {"model": "m", "messages": [], "keep_alive": "5m"}):
+            path = "/api/generate" if "messages" not in body else "/api/chat"
+            assert (await call(eng, "POST", path, body, ollama_port=True)).status_code == 200
+        await call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True)  # no keep_alive: none
+        kept = [x for x in llm.inbox if isinstance(x, m.KeepModel)]
+        assert kept == [m.KeepModel("m", 0.0), m.KeepModel("m", 300.0)]

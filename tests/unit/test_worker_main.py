@@ -447,6 +447,25 @@ def test_a_request_keep_alive_of_zero_unloads_once_idle(tmp_path: Path) -> None:
         lanes.unregister("count")
 
 
+def test_a_keep_alive_asked_for_by_itself_unloads_an_idle_model_at_once(tmp_path: Path) -> None:
+    # Ollama's `keep_alive: 0` with nothing to generate (`ollama stop`): m.KeepModel.
+    chan, worker = _serving(_three_models(tmp_path, memory_budget_mb=None))
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.KeepModel("b", 0))  # not loaded: nothing happens
+        chan.put(m.KeepModel("a", 0))
+        assert chan.take() == m.ModelUnloaded("a", "expired")
+        chan.put(m.RunTask("t1", "a", CountRequest(upto=0)))  # loads again on use
+        assert chan.take() == m.ModelLoading("a")
+        assert isinstance(chan.take(), m.ModelLoaded)
+        assert chan.take() == m.TaskDone("t1", CountOutcome(0))
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
 def test_a_keep_alive_of_centuries_leaves_the_idle_worker_waiting_and_serving(tmp_path: Path) -> None:
     # Ollama's "3000000h" or 1e10 s: a queue wait that long overflows; the worker waits an hour
     # at most at a time and serves on.

@@ -24,6 +24,8 @@ class _Resident:
     last_used: float
     expires_at: float | None  # None: never while idle
     running: int = 0
+    # A keep_alive asked for while tasks ran (keep()): applies when they have ended.
+    kept: tuple[float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,21 @@ class Residency:
         r.last_used = now
         if r.running == 0:
             ttl = self.keep_alive_s if keep_alive_s == "lane" else keep_alive_s
+            if r.kept is not None:
+                (ttl,), r.kept = r.kept, None
             r.expires_at = self._expiry(now, ttl)
+
+    def keep(self, name: str, keep_alive_s: float | None | Literal["lane"]) -> None:
+        """A keep_alive for a loaded model asked for by itself (Ollama's request with nothing to
+        generate; 0: unload it): from now if it is idle, else once its running tasks end."""
+        r = self._models.get(name)
+        if r is None:
+            return
+        ttl = self.keep_alive_s if keep_alive_s == "lane" else keep_alive_s
+        if r.running:
+            r.kept = (ttl,)
+        else:
+            r.expires_at = self._expiry(self._clock(), ttl)
 
     def running(self, name: str) -> int:
         r = self._models.get(name)

@@ -397,6 +397,13 @@ class Engine:
                 self.durable.cancel_asked(task)
         return outcome
 
+    def keep_model(self, lane: str, model: str, keep_alive_s: float | None) -> None:
+        """How long `model` stays loaded once idle, from now, on every worker of `lane` that
+        has it (m.KeepModel; 0: unloaded as soon as nothing runs on it). A worker that has not
+        loaded it does nothing."""
+        for replica in self._replicas.get(lane, ()):
+            replica.worker.send(m.KeepModel(model, keep_alive_s))
+
     # ----- dispatch and worker messages -----------------------------------------------------
 
     def _dispatch(self) -> None:

@@ -180,10 +180,13 @@ class ModelCache:
     def finished(self, name: str, keep_alive_s: float | None) -> None:
         """`keep_alive_s` is the request's (RunTask.keep_alive_s): None the lane's, negative
         forever."""
-        own: float | None | Literal["lane"] = "lane" if keep_alive_s is None else keep_alive_s
-        if isinstance(own, float | int) and own < 0:
-            own = None
-        self.residency.finished(name, own)
+        self.residency.finished(name, _ttl(keep_alive_s))
+
+    def keep(self, name: str, keep_alive_s: float | None) -> None:
+        """m.KeepModel: `name`'s keep_alive from now (once idle), as a request's; 0 unloads it
+        now if nothing runs on it."""
+        self.residency.keep(name, _ttl(keep_alive_s))
+        self.expire()
 
     def expire(self) -> None:
         for name in self.residency.expired():
@@ -198,3 +201,10 @@ class ModelCache:
     def close(self) -> None:
         for backend in self.models.values():
             backend.close()
+
+
+def _ttl(keep_alive_s: float | None) -> float | None | Literal["lane"]:
+    """A request's keep_alive as the residency reads it: None the lane's, negative forever."""
+    if keep_alive_s is None:
+        return "lane"
+    return None if keep_alive_s < 0 else keep_alive_s

@@ -313,6 +313,9 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
             marks.stopped()
             cache.close()
             return
+        if isinstance(msg, m.KeepModel):
+            cache.keep(msg.model, msg.keep_alive_s)
+            continue
         if not isinstance(msg, m.RunTask):
             continue
         task_id = msg.task_id
@@ -405,6 +408,8 @@ def _serve_concurrently(
                 if isinstance(msg, m.RunTask):
                     state.running.add(msg.task_id)  # failed with the others if the runner breaks
                     pending.append(msg)
+                elif isinstance(msg, m.KeepModel):
+                    cache.keep(msg.model, msg.keep_alive_s)
                 try:
                     msg = inbox.get_nowait()
                 except queue.Empty:

@@ -260,11 +260,17 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
     return -seconds if m.group(1) else seconds
 
 
-def _loaded(model: str, field: str, empty: Any, keep_alive: str | float | None) -> dict[str, Any]:
-    """Ollama's answer to a request with nothing to generate: its way to load (or unload, with
-    keep_alive 0) a model. Models here stay loaded as their workers do, so this only answers
-    (a keep_alive that is no duration is still refused, as Ollama refuses it)."""
-    reason = "unload" if keep_alive_seconds(keep_alive) == 0 else "load"
+def _loaded(
+    engine: Engine, model: str, field: str, empty: Any, keep_alive: str | float | None
+) -> dict[str, Any]:
+    """Ollama's answer to a request with nothing to generate: its way to load a model, or to
+    unload it (keep_alive 0: `ollama stop`). A keep_alive given applies to the model where it
+    is loaded (0: it goes as soon as nothing runs on it); a model not loaded yet loads with its
+    first real request."""
+    seconds = keep_alive_seconds(keep_alive)
+    if seconds is not None:
+        engine.keep_model(Lane.LLM, model, seconds)
+    reason = "unload" if seconds == 0 else "load"
     return {"model": model, "created_at": created_at(), field: empty, "done": True, "done_reason": reason}
 
 
@@ -279,7 +285,8 @@ async def ollama_chat(request: Request) -> Any:
     engine = engine_of(request)
     model = llm_model(engine, body.model)
     if not body.messages:
-        return json_response(_loaded(model, "message", {"role": "assistant", "content": ""}, body.keep_alive))
+        empty = {"role": "assistant", "content": ""}
+        return json_response(_loaded(engine, model, "message", empty, body.keep_alive))
     req = build_request(
         engine,
         model,
@@ -344,7 +351,7 @@ async def ollama_generate(request: Request) -> Any:
     # Ollama (the model's default system prompt stays; raw text stays allowed).
     system = body.system or None
     if not body.prompt:  # as in Ollama, a system prompt alone is nothing to generate
-        return json_response(_loaded(model, "response", "", body.keep_alive))
+        return json_response(_loaded(engine, model, "response", "", body.keep_alive))
     req = build_request(
         engine,
         model,

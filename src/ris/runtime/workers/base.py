@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ris.messages import CancelTask, RunTask
+from ris.messages import CancelTask, KeepModel, RunTask
 from ris.preemption.lending import Lender
 from ris.preemption.policy import Activity, PreemptionPolicy
 from ris.runtime.binding import Binding
@@ -106,7 +106,7 @@ class LaneWorker(Protocol):
     def start(self) -> None:
         """Begin starting (spawn, load models); returns at once. WorkerReady or WorkerFailed follows."""
 
-    def send(self, msg: RunTask | CancelTask) -> bool:
+    def send(self, msg: RunTask | CancelTask | KeepModel) -> bool:
         """Deliver a message to the worker; False when it is already gone."""
 
     def alive(self) -> bool: ...
