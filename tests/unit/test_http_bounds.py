@@ -129,3 +129,40 @@ async def test_one_address_may_hold_only_so_many_connections(
         await asyncio.sleep(0.1)
         assert (await exchange(port, GET + b"\r\n")).startswith(b"HTTP/1.1 200")
     assert not http_bounds._open  # every connection counted out
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@run
+async def test_a_pipelined_request_read_whole_is_not_cut_by_the_head_bound(
+    parser: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_bounds, "HEAD_TIMEOUT_S", 0.3)
+    slow_first = True
+
+    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal slow_first
+        if scope["type"] != "http":
+            return
+        # The second request's answer takes longer than the head bound.
+        await asyncio.sleep(0 if slow_first else 1.0)
+        slow_first = False
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(slow_app, http=http_bounds.protocol(parser), lifespan="off", log_config=None)
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(GET + b"\r\n" + GET + b"Connection: close\r\n\r\n")  # two requests, one write
+        await writer.drain()
+        answers = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    finally:
+        server.should_exit = True
+        await server.shutdown(sockets=[sock])
+        sock.close()
+    assert answers.count(b"HTTP/1.1 200") == 2, answers

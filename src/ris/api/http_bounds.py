@@ -88,8 +88,11 @@ class _Bounded:
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
-        if not self.transport.is_closing():
-            self._arm_head_timer()  # the next request's head, if one comes
+        # Waiting for the next request (uvicorn armed its keep-alive timer): its head, if one
+        # comes, within the bound. Not when a pipelined request already read whole starts now
+        # (its answer may stream for minutes).
+        if not self.transport.is_closing() and getattr(self, "timeout_keep_alive_task", None) is not None:
+            self._arm_head_timer()
 
     def _arm_head_timer(self) -> None:
         self._head_complete()
