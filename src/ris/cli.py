@@ -130,8 +130,10 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
         loop=loop,
         http=http_bounds.protocol(http),
         # The client is the TCP peer: X-Forwarded-For, trusted by uvicorn from any local
-        # process, would let one set the address the wrong-key throttle counts.
+        # process, would let one set the address the wrong-key throttle counts (the scheme a
+        # local proxy says is still read: security.ForwardedProto). No websocket is served.
         proxy_headers=False,
+        ws="none",
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import uvicorn
+from starlette.types import Receive, Send
 
 from ris.api import http_bounds
 
@@ -166,3 +167,46 @@ async def test_a_pipelined_request_read_whole_is_not_cut_by_the_head_bound(
         await server.shutdown(sockets=[sock])
         sock.close()
     assert answers.count(b"HTTP/1.1 200") == 2, answers
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@run
+async def test_a_websocket_upgrade_gives_its_connection_back_to_the_count(
+    parser: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RIS runs uvicorn with ws="none"; another embedder of these classes may not.
+    monkeypatch.setattr(http_bounds, "per_address_limit", lambda: 3)
+    upgrade = GET + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    upgrade += b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    async with serving(parser) as port:
+        for _ in range(4):
+            await exchange(port, upgrade, wait_s=2)
+        await asyncio.sleep(0.1)
+        assert (await exchange(port, GET + b"Connection: close\r\n\r\n")).startswith(b"HTTP/1.1 200")
+
+
+@run
+async def test_a_local_proxys_scheme_is_read_and_no_one_elses() -> None:
+    from ris.api.security import ForwardedProto
+
+    seen: list[str] = []
+
+    async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        seen.append(scope["scheme"])
+
+    async def nothing() -> MutableMapping[str, Any]:
+        return {}
+
+    async def drop(_message: MutableMapping[str, Any]) -> None:
+        pass
+
+    proto = ForwardedProto(app)
+    for client in ("127.0.0.1", "::1", "192.0.2.7"):
+        scope = {
+            "type": "http",
+            "scheme": "http",
+            "client": (client, 5),
+            "headers": [(b"x-forwarded-proto", b"https")],
+        }
+        await proto(scope, nothing, drop)
+    assert seen == ["https", "https", "http"]

@@ -202,3 +202,12 @@ def test_a_chat_over_the_context_leaves_out_its_oldest_turns_only_where_asked() 
     assert fitted is req and len(prompt) == 21
     off = LLMRequest(messages=turns)
     assert fit_context(off, tokenize, 14)[0] is off
+
+
+def test_a_chat_ending_in_a_tool_answer_keeps_the_call_it_answers() -> None:
+    from ris.lanes.llm import Message, without_oldest
+
+    call = Message("assistant", "", ())
+    turns = (("user", "q"), call, Message("tool", "r1"), Message("tool", "r2"))
+    assert without_oldest(turns, 1) == (call, Message("tool", "r1"), Message("tool", "r2"))
+    assert without_oldest(turns, 5) == (call, Message("tool", "r1"), Message("tool", "r2"))

@@ -358,6 +358,13 @@ def test_a_keep_alive_asked_for_by_itself_applies_now_or_once_the_running_tasks_
     assert res.expired() == []
     clock.advance(1)
     assert res.expired() == ["idle"]
+    # A request that starts after the ask has the last word: its own keep_alive applies.
+    res.started("busy")
+    res.keep("busy", 0)
+    res.started("busy")  # a later request, keep_alive 600
+    res.finished("busy", keep_alive_s=None)
+    res.finished("busy", keep_alive_s=600)
+    assert "busy" not in res.expired()
 
 
 # ----- a layout checked at start -------------------------------------------------------------

@@ -41,7 +41,7 @@ from ris.api.routes import (
     tts,
 )
 from ris.api.schemas import ErrorBody
-from ris.api.security import Guard, served_hosts
+from ris.api.security import ForwardedProto, Guard, served_hosts
 from ris.config import Config
 from ris.runtime.engine import Engine
 from ris.services import speech_encoding
@@ -216,6 +216,7 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
     app.add_middleware(
         Guard, keys=app.state.keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
     )
+    app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it
 
 
 def create_ollama_app(main: FastAPI) -> FastAPI:
@@ -286,8 +287,10 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
         lifespan="off",
         http=http_bounds.protocol(http_parser(main.state.engine.config)),
         # The client is the TCP peer: X-Forwarded-For, trusted by uvicorn from any local
-        # process, would let one set the address the wrong-key throttle counts.
+        # process, would let one set the address the wrong-key throttle counts (the scheme a
+        # local proxy says is still read: security.ForwardedProto). No websocket is served.
         proxy_headers=False,
+        ws="none",
         # uvicorn's loggers are the main server's, configured by it: left as they are.
         log_config=None,
         log_level=None,

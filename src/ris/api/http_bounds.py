@@ -78,13 +78,23 @@ class _Bounded:
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._let_go()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        # The connection leaves this protocol for uvicorn's websocket one (whose end this one
+        # never hears of): its count and timer go now. (RIS serves no websocket: uvicorn is
+        # given ws="none", so only another embedder of these classes gets here.)
+        self._let_go()
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
+
+    def _let_go(self) -> None:
         self._head_complete()
         if self._address is not None:
             _open[self._address] -= 1
             if _open[self._address] <= 0:
                 del _open[self._address]
             self._address = None
-        super().connection_lost(exc)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]

@@ -289,3 +289,27 @@ async def _preflight(cors: dict[str, str], scope: Scope, receive: Receive, send:
     from starlette.responses import Response
 
     await Response(status_code=204, headers={**cors, "Access-Control-Max-Age": "600"})(scope, receive, send)
+
+
+# The peers whose X-Forwarded-Proto is read (uvicorn's own default for proxy headers).
+_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1"})
+
+
+class ForwardedProto:
+    """The scheme a reverse proxy on this machine says the client used (X-Forwarded-Proto from
+    a loopback peer, as uvicorn's proxy headers took it), so that a console behind TLS sets its
+    key cookie Secure and image URLs say https. X-Forwarded-For is not read: the client is the
+    connection's peer (uvicorn runs with proxy_headers=False)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope.get("client") or ("",))[0] in _LOOPBACK_PEERS:
+            for name, value in scope["headers"]:
+                if name == b"x-forwarded-proto":
+                    proto = value.decode("latin-1").split(",")[0].strip().lower()
+                    if proto in ("http", "https"):
+                        scope = {**scope, "scheme": proto}
+                    break
+        await self.app(scope, receive, send)

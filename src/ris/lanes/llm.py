@@ -385,15 +385,29 @@ def _role(turn: Turn) -> str:
     return turn.role if isinstance(turn, Message) else turn[0]
 
 
+def _kept_from(turns: tuple[Turn, ...]) -> int:
+    """Where the turns that always stay begin: the last turn, and where it is a tool's answer,
+    the call it answers and that call's other answers too."""
+    start = len(turns) - 1
+    if start > 0 and _role(turns[start]) == "tool":
+        while start > 0 and _role(turns[start - 1]) == "tool":
+            start -= 1
+        if start > 0 and _role(turns[start - 1]) == "assistant":
+            start -= 1
+    return start
+
+
 def without_oldest(turns: tuple[Turn, ...], dropped: int) -> tuple[Turn, ...]:
     """`turns` less their `dropped` oldest turns that may go: never a system turn, nor the last
-    turn; a tool's answer goes with the turn before it once that went (no answer to a call the
-    model no longer sees). One pass: the API process runs this on its event loop."""
+    turn (with the call it answers, where it is a tool's answer); a tool's answer goes with the
+    turn before it once that went (no answer to a call the model no longer sees). One pass:
+    the API process runs this on its event loop."""
     kept: list[Turn] = []
     left, after_dropped = dropped, False
+    stays = _kept_from(turns)
     for i, turn in enumerate(turns):
         role = _role(turn)
-        if i < len(turns) - 1 and role != "system":
+        if i < stays and role != "system":
             if after_dropped and role == "tool":
                 continue
             if left > 0:
@@ -415,7 +429,7 @@ def fit_context(
     turns = req.messages
     if len(prompt) < n_ctx or not req.truncate or not turns:
         return req, prompt, extra
-    most = sum(1 for t in turns[:-1] if _role(t) != "system")
+    most = sum(1 for t in turns[: _kept_from(turns)] if _role(t) != "system")
     fits: tuple[LLMRequest, list[int], Any] | None = None
     low, high = 1, most
     while low <= high:

@@ -101,6 +101,7 @@ class Residency:
         r.running += 1
         r.last_used = self._clock()
         r.expires_at = None  # never expires while it runs
+        r.kept = None  # a later request's keep_alive wins over one asked for before it
 
     def finished(self, name: str, keep_alive_s: float | None | Literal["lane"] = "lane") -> None:
         """A task on `name` ended; `keep_alive_s` is the request's own ("lane": the lane's)."""
