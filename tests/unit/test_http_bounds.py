@@ -32,10 +32,10 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @asynccontextmanager
-async def serving(parser: str) -> AsyncIterator[int]:
+async def serving(parser: str, app: Any = _app) -> AsyncIterator[int]:
     sock = socket.create_server(("127.0.0.1", 0))
     config = uvicorn.Config(
-        _app, http=http_bounds.protocol(parser), lifespan="off", log_config=None, proxy_headers=False
+        app, http=http_bounds.protocol(parser), lifespan="off", log_config=None, proxy_headers=False
     )
     config.load()
     server = uvicorn.Server(config)
@@ -150,22 +150,12 @@ async def test_a_pipelined_request_read_whole_is_not_cut_by_the_head_bound(
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    sock = socket.create_server(("127.0.0.1", 0))
-    config = uvicorn.Config(slow_app, http=http_bounds.protocol(parser), lifespan="off", log_config=None)
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    async with serving(parser, slow_app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(GET + b"\r\n" + GET + b"Connection: close\r\n\r\n")  # two requests, one write
         await writer.drain()
         answers = await asyncio.wait_for(reader.read(), 5)
         writer.close()
-    finally:
-        server.should_exit = True
-        await server.shutdown(sockets=[sock])
-        sock.close()
     assert answers.count(b"HTTP/1.1 200") == 2, answers
 
 
