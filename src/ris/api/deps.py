@@ -52,17 +52,8 @@ async def json_body(request: Request, model: type[M]) -> M:
     (forms, text/plain) are refused, as cross-origin requests are (security.Guard)."""
     ctype = (request.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
     typed_json = ctype == "application/json" or ctype.endswith("+json")
-    wrong_type = RequestValidationError(
-        [
-            {
-                "loc": ("body",),
-                "msg": f"send JSON with Content-Type: application/json, not {ctype!r}",
-                "type": "content_type",
-            }
-        ]
-    )
     if "origin" in request.headers and not typed_json:
-        raise wrong_type
+        raise _wrong_type(ctype)
     body = await request.body()
     try:
         return model.model_validate_json(body)
@@ -86,9 +77,14 @@ async def json_body(request: Request, model: type[M]) -> M:
             errors = e.errors(include_url=False)
         except (ValueError, RecursionError):
             if not typed_json:
-                raise wrong_type from None  # a form or text that is not JSON: say what is wanted
+                raise _wrong_type(ctype) from None  # a form or text that is not JSON: say what is wanted
             # not JSON for Python either: pydantic's words stand
     raise RequestValidationError(errors)
+
+
+def _wrong_type(ctype: str) -> RequestValidationError:
+    error = {"loc": ("body",), "msg": f"send JSON with Content-Type: application/json, not {ctype!r}"}
+    return RequestValidationError([{**error, "type": "content_type"}])
 
 
 # As deep as pydantic-core's own parser goes (it refuses more in words about a recursion limit),

@@ -51,6 +51,14 @@ MIN_TOP_P = 1e-6
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+def without_nulls(data: Any) -> Any:
+    """A body's fields less those that are null, for a `mode="before"` validator of an API whose
+    clients send null for "not set" (OpenAI's, Ollama's): the defaults then apply."""
+    if isinstance(data, dict) and None in data.values():
+        return {k: v for k, v in data.items() if v is not None}
+    return data
+
+
 def wrap_seed(seed: int) -> int:
     return seed % (SEED_MAX + 1)
 

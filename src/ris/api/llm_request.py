@@ -23,8 +23,8 @@ from ris.lanes.llm import (
     Tool,
     Turn,
     enum_values,
+    fewest_left_out,
     max_tokens_over_context,
-    without_oldest,
 )
 
 
@@ -118,23 +118,16 @@ def llm_request(
 def _within_chars(turns: tuple[Turn, ...], limit: int) -> tuple[tuple[Turn, ...], int]:
     """`turns` less as few of their oldest as bring them within `limit` characters (never a
     system turn, nor the last: ris.lanes.llm.without_oldest), and their characters; as they
-    were if that cannot be done. A binary search: a chat of a thousand turns costs the event
-    loop ten sums."""
+    were if that cannot be done. A chat of a thousand turns costs the event loop ten sums."""
 
     def size(ts: tuple[Turn, ...]) -> int:
         return sum(_turn_chars(t) for t in ts)
 
-    best, best_size = turns, size(turns)
-    low, high = 1, len(turns)
-    while low <= high:
-        mid = (low + high) // 2
-        shorter = without_oldest(turns, mid)
-        n = size(shorter)
-        if n <= limit:
-            best, best_size, high = shorter, n, mid - 1
-        else:
-            low = mid + 1
-    return best, best_size
+    def fits(ts: tuple[Turn, ...]) -> int | None:
+        n = size(ts)
+        return n if n <= limit else None
+
+    return fewest_left_out(turns, fits) or (turns, size(turns))
 
 
 def _turn_chars(turn: tuple[str, str] | Message) -> int:

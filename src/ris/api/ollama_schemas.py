@@ -20,6 +20,7 @@ from ris.api.limits import (
     SEED_MAX,
     TOOL_NAME_PATTERN,
     RequestBody,
+    without_nulls,
 )
 
 
@@ -34,9 +35,7 @@ class _OllamaBody(RequestBody):
         """A null field is an absent one, as Go reads it into Ollama's structs (its zero value,
         or the default a nil pointer means: `"stream": null` streams): JavaScript clients send
         `"content": null` on an assistant turn that carries tool calls."""
-        if isinstance(data, dict) and None in data.values():
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+        return without_nulls(data)
 
 
 class OllamaOptions(_OllamaBody):

@@ -22,6 +22,7 @@ from ris.api.limits import (
     TOOL_NAME_PATTERN,
     RequestBody,
     refuse_surrogates,
+    without_nulls,
 )
 from ris.api.schemas import SPEED_NOTE
 from ris.services.speech_encoding import SpeechFormat
@@ -35,9 +36,7 @@ class _OpenAIBody(RequestBody):
     def _null_is_absent(cls, data: Any) -> Any:
         """A null field is an absent one: OpenAI's API marks its optional fields nullable, and
         clients forward unset settings as null (`"n": null`, `"stream": null`)."""
-        if isinstance(data, dict) and None in data.values():
-            return {k: v for k, v in data.items() if v is not None}
-        return data
+        return without_nulls(data)
 
     @model_validator(mode="after")
     def _extra_text_is_unicode(self) -> Self:

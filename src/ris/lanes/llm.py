@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
@@ -379,6 +379,7 @@ Waiting = tuple[LLMBackend, str, LLMRequest, Callable[[], bool]]
 
 
 Turn = tuple[str, str] | Message
+T = TypeVar("T")
 
 
 def _role(turn: Turn) -> str:
@@ -418,29 +419,42 @@ def without_oldest(turns: tuple[Turn, ...], dropped: int) -> tuple[Turn, ...]:
     return tuple(kept)
 
 
+def fewest_left_out(
+    turns: tuple[Turn, ...], fits: Callable[[tuple[Turn, ...]], T | None]
+) -> tuple[tuple[Turn, ...], T] | None:
+    """`turns` less as few of their oldest (without_oldest) as `fits` takes (it says what it
+    found of them, or None), and what it said; None if no number of them does. A binary search,
+    about log2(turns) calls: fewer turns never fit worse."""
+    found: tuple[tuple[Turn, ...], T] | None = None
+    low, high = 1, sum(1 for t in turns[: _kept_from(turns)] if _role(t) != "system")
+    while low <= high:
+        mid = (low + high) // 2
+        shorter = without_oldest(turns, mid)
+        said = fits(shorter)
+        if said is not None:
+            found, high = (shorter, said), mid - 1
+        else:
+            low = mid + 1
+    return found
+
+
 def fit_context(
     req: LLMRequest, tokenize: Callable[[LLMRequest], tuple[list[int], Any]], n_ctx: int
 ) -> tuple[LLMRequest, list[int], Any]:
     """`req` with as few of its oldest turns left out as lets its prompt fit `n_ctx` (fewer
-    tokens than the context, as a prompt must), and the tokenizer's answer for it; found in
-    about log2(turns) tokenizations, as a prompt only shrinks with every turn left out. The
-    request as it was if `truncate` is off, it is no chat, or nothing that may go would do."""
+    tokens than the context, as a prompt must), and the tokenizer's answer for it. The request
+    as it was if `truncate` is off, it is no chat, or nothing that may go would do."""
     prompt, extra = tokenize(req)
-    turns = req.messages
-    if len(prompt) < n_ctx or not req.truncate or not turns:
+    if len(prompt) < n_ctx or not req.truncate or not req.messages:
         return req, prompt, extra
-    most = sum(1 for t in turns[: _kept_from(turns)] if _role(t) != "system")
-    fits: tuple[LLMRequest, list[int], Any] | None = None
-    low, high = 1, most
-    while low <= high:
-        mid = (low + high) // 2
-        shorter = replace(req, messages=without_oldest(turns, mid))
+
+    def fits(turns: tuple[Turn, ...]) -> tuple[LLMRequest, list[int], Any] | None:
+        shorter = replace(req, messages=turns)
         p, e = tokenize(shorter)
-        if len(p) < n_ctx:
-            fits, high = (shorter, p, e), mid - 1
-        else:
-            low = mid + 1
-    return fits if fits is not None else (req, prompt, extra)
+        return (shorter, p, e) if len(p) < n_ctx else None
+
+    found = fewest_left_out(req.messages, fits)
+    return found[1] if found is not None else (req, prompt, extra)
 
 
 def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_tokens") -> str:
