@@ -11,6 +11,9 @@ it, beside a local worker's pipe and a plain TCP connection to the same actor.
                   __anext__ has it in this process, instead of a second await
   ray stream, thread  the same stream read by a thread of its own (blocking next() and
                   ray.get), each batch handed to the loop by call_soon_threadsafe
+  ray task stream one streaming call per message (issue 25's "one streaming call per task"):
+                  the message in as the call's argument, its output and its end as two yields
+  ray task stream, 1 yield  the same with output and end in one yield
   ray call        one plain actor call per message, its return value the answer: Ray's
                   cheapest round trip, for reference (it cannot stream a task's outputs)
   tcp to actor    the same actor, the message in and back over a TCP connection it listens on
@@ -91,6 +94,16 @@ class _Echo:
     def echo(self, msg: Any) -> Any:
         return msg
 
+    @ray.method(concurrency_group="tasks", num_returns="streaming")
+    def run(self, msg: Any) -> Iterator[list[Any]]:
+        """One streaming call per message: its output, then its end, each a yield."""
+        yield [("output", msg)]
+        yield [("done", msg)]
+
+    @ray.method(concurrency_group="tasks", num_returns="streaming")
+    def run_one(self, msg: Any) -> Iterator[list[Any]]:
+        yield [("output", msg), ("done", msg)]
+
     @ray.method(concurrency_group="inbox")
     def listen(self) -> tuple[str, int]:
         """A TCP side channel: messages in and answers out, length-prefixed pickles."""
@@ -116,7 +129,7 @@ class _Echo:
 
 
 _remote: Any = ray.remote  # its overloads do not name concurrency_groups
-Echo = _remote(max_restarts=0, concurrency_groups={"inbox": 1, "outbox": 1})(_Echo)
+Echo = _remote(max_restarts=0, concurrency_groups={"inbox": 1, "outbox": 1, "tasks": 4})(_Echo)
 
 
 async def _timed(n: int, one: Callable[[int], Awaitable[None]]) -> float:
@@ -161,6 +174,17 @@ def ray_stream_thread(actor: Any, loop: asyncio.AbstractEventLoop) -> Callable[[
         got = 0
         while got < 2:
             got += sum(1 for _, n in await arrived.get() if n == i)
+
+    return one
+
+
+def ray_task_stream(actor: Any, one_yield: bool = False) -> Callable[[int], Awaitable[None]]:
+    async def one(i: int) -> None:
+        gen = (actor.run_one if one_yield else actor.run).remote(i)
+        got = 0
+        async for ref in gen:
+            got += sum(1 for _, n in ray.get(ref, timeout=0) if n == i)
+        assert got == 2
 
     return one
 
@@ -218,13 +242,15 @@ def local_pipe(loop: asyncio.AbstractEventLoop) -> Callable[[int], Awaitable[Non
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     # Held for the whole run: an actor whose last handle goes is ended by Ray.
-    actors = [Echo.remote(usage) for usage in (False, True, False, False, False, False)]
+    actors = [Echo.remote(usage) for usage in (False, True, False, False, False, False, False, False)]
     transports = {
         "ray stream": ray_stream(actors[0]),
         "ray stream+usage": ray_stream(actors[1]),
         "ray stream, get": ray_stream(actors[2], get=True),
         "ray stream, thread": ray_stream_thread(actors[3], loop),
         "ray call": ray_call(actors[4]),
+        "ray task stream": ray_task_stream(actors[6]),
+        "ray task stream, 1 yield": ray_task_stream(actors[7], one_yield=True),
         "tcp to actor": await tcp(actors[5]),
         "local pipe": local_pipe(loop),
     }
