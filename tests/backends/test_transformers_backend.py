@@ -237,3 +237,27 @@ def test_each_sequence_context_is_its_share_of_the_cache(tiny: object) -> None:
     batch = tiny.batch()  # type: ignore[attr-defined]
     assert batch.n_ctx == 4096 == tiny.context_tokens  # type: ignore[attr-defined]
     assert batch._engine.batch_processor.cache.num_blocks * 256 == batch.kv_cache_tokens == 4 * 4096
+
+
+def test_the_footprint_counts_what_a_cpu_load_of_a_bf16_checkpoint_takes(tmp_path: Path) -> None:
+    """A checkpoint saved in bf16 loads as float32 on a CPU lane (the backend's default): the
+    footprint the lane's budget plans with counts the loaded weights, not the files' bytes."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from ris.backends.llm_transformers import _dtype
+    from ris.memory.footprint import hf_kv_bytes_per_token, model_footprint
+
+    cfg = Qwen2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    Qwen2ForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path)  # type: ignore[arg-type]
+    files = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=_dtype(None, "cpu"), local_files_only=True)
+    loaded = sum(p.numel() * p.element_size() for p in model.parameters())
+    spec = ModelSpec(backend="transformers", source=str(tmp_path), options={"kv_cache_tokens": 256})
+    fp = model_footprint(spec, parallel=1, device="cpu")
+    assert model.dtype == torch.float32 and fp is not None
+    assert fp.weights == loaded and loaded > 1.9 * files  # the files hold half of it
+    assert fp.kv == 256 * hf_kv_bytes_per_token(model.config.to_dict(), "float32")  # type: ignore[operator]

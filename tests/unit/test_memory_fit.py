@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from tests.unit.fakes import FakeClock
 
+from ris.config import ModelSpec
 from ris.lanes.llm import SMOLLM2_SOURCE
 from ris.memory.files import ModelFileError, folder_weights, read_gguf, safetensors_bytes
 from ris.memory.fit import Card, LaneAsk, gpu_budgets, image_plan, layer_split, model_problems
-from ris.memory.footprint import GGUF_MARGIN_BYTES, Footprint, file_footprint, kv_cache_bytes
+from ris.memory.footprint import GGUF_MARGIN_BYTES, Footprint, file_footprint, kv_cache_bytes, model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
 
 MIB = 2**20
@@ -184,6 +185,41 @@ def test_a_hugging_face_llm_counts_the_kv_cache_its_batch_allocates(tmp_path: Pa
     assert fp is not None and fp.weights == 5000 and fp.kv == 8 * 4096 * per_token
     assert file_footprint(llm, {"dtype": "float32", "kv_cache_tokens": 1000}, 8).kv == 1024 * per_token * 2  # type: ignore[union-attr]
     assert file_footprint(llm, {"max_context": 1000}, 2).kv == 2048 * per_token  # type: ignore[union-attr]
+
+
+def test_weights_and_kv_count_in_the_dtype_the_backend_loads_on_that_device(tmp_path: Path) -> None:
+    """A bf16 checkpoint loads as float32 on a CPU lane (transformers' and diffusers' default
+    there) and as it is on a GPU; integer tensors keep their size; options.dtype wins."""
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    header = {
+        "w": {"dtype": "BF16", "shape": [10, 100], "data_offsets": [0, 2000]},
+        "ids": {"dtype": "I64", "shape": [8], "data_offsets": [2000, 2064]},
+    }
+    raw = json.dumps(header).encode()
+    (llm / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 2064)
+    config = {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 2}
+    (llm / "config.json").write_text(json.dumps(config | {"hidden_size": 64, "torch_dtype": "bfloat16"}))
+    spec = ModelSpec(backend="transformers", source=str(llm), options={"kv_cache_tokens": 256})
+    per_token_bf16 = 2 * 2 * 32 * 2 * 2  # layers x KV heads x head_dim x (K, V) x 2 bytes
+
+    def fp(spec: ModelSpec, device: str) -> Footprint:
+        found = model_footprint(spec, parallel=1, device=device)
+        assert found is not None
+        return found
+
+    cpu, gpu = fp(spec, "cpu"), fp(spec, "cuda:0")
+    assert (cpu.weights, cpu.kv) == (1000 * 4 + 64, 256 * per_token_bf16 * 2)
+    assert (gpu.weights, gpu.kv) == (2064, 256 * per_token_bf16)
+    asked = spec.model_copy(update={"options": {"kv_cache_tokens": 256, "dtype": "float16"}})
+    assert fp(asked, "cpu").weights == 2064
+    # A diffusers pipeline stored in fp16 loads as float32 on a CPU: twice its files.
+    pipe = tmp_path / "pipe"
+    (pipe / "unet").mkdir(parents=True)
+    _safetensors(pipe / "unet" / "diffusion_pytorch_model.safetensors", {"w": 4000})  # F16
+    (pipe / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+    image = ModelSpec(backend="diffusers", source=str(pipe))
+    assert (fp(image, "cpu").weights, fp(image, "cuda:0").weights) == (8000, 4000)
 
 
 # ----- budgets on a card ---------------------------------------------------------------------

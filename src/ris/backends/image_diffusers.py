@@ -32,7 +32,7 @@ from ris.backends.torch_memory import cap_allocator, pipeline_components
 from ris.config import ModelSpec
 from ris.lanes.image import GeneratedImage, ImageBackend, ImageRequest, ImageRun
 from ris.memory.fit import ImagePlan, image_plan
-from ris.memory.footprint import torch_footprint
+from ris.memory.footprint import DEFAULT_LOAD_DTYPES, torch_footprint
 from ris.messages import ModelDetails
 
 BUILTIN_TINY = "builtin:tiny-sd"
@@ -68,12 +68,12 @@ def install_block_hooks(unet: Any, checkpoint: Callable[[], None], cuda: bool, l
 
 
 def _dtype(name: str | None, cuda: bool) -> torch.dtype:
-    if name:
-        dt = getattr(torch, name, None)
-        if not isinstance(dt, torch.dtype):
-            raise BackendError("bad_model", f"options.dtype {name!r} is not a torch dtype")
-        return dt
-    return torch.float16 if cuda else torch.float32
+    # The default is the footprint's (DEFAULT_LOAD_DTYPES), so the budget counts what loads.
+    name = name or DEFAULT_LOAD_DTYPES["diffusers", cuda]
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise BackendError("bad_model", f"options.dtype {name!r} is not a torch dtype")
+    return dt
 
 
 class DiffusersImage(ImageBackend):

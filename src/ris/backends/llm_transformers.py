@@ -22,6 +22,7 @@ from ris.backends.torch_memory import cap_allocator
 from ris.config import ModelSpec
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
 from ris.lanes.llm_tools import fallback_turns
+from ris.memory.footprint import DEFAULT_LOAD_DTYPES
 from ris.messages import ModelDetails
 
 # Architecture shapes for the dummy load format (Qwen2 family).
@@ -105,9 +106,8 @@ def end_ids(model_eos: int | list[int] | None, tokenizer_eos: int | None) -> tup
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
-    if name:
-        return getattr(torch, name)  # type: ignore[no-any-return]
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # The default is the footprint's (DEFAULT_LOAD_DTYPES), so the budget counts what loads.
+    return getattr(torch, name or DEFAULT_LOAD_DTYPES["transformers", device.startswith("cuda")])  # type: ignore[no-any-return]
 
 
 class TransformersLLM(LLMBackend):

@@ -35,7 +35,7 @@ def lane_footprints(cfg: LaneConfig) -> tuple[dict[str, Footprint], list[str]]:
     problems: list[str] = []
     for name, spec in cfg.models.items():
         try:
-            fp = model_footprint(spec, cfg.parallel)
+            fp = model_footprint(spec, cfg.parallel, cfg.device)
         except (ModelFileError, OSError) as e:
             problems.append(f"model {name!r}: its file could not be read: {e}")
             continue

@@ -10,6 +10,7 @@ range. Both readers are plain file I/O: callers on the event loop run them in a 
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Iterable
@@ -182,8 +183,15 @@ def read_gguf(path: Path) -> GGUFInfo:
     )
 
 
-def safetensors_bytes(path: Path) -> int:
-    """The tensor data of one .safetensors file, from its header."""
+# Safetensors dtypes that a torch load converts to the load dtype (integer tensors, such as
+# position ids or a quantisation's packed weights, keep theirs).
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def safetensors_bytes(path: Path, float_bytes: int | None = None) -> int:
+    """The tensor data of one .safetensors file, from its header; with `float_bytes`, what its
+    floating-point tensors take once loaded at that many bytes an element (a bf16 file loaded
+    as float32 on a CPU takes twice its size)."""
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) != 8:
@@ -197,26 +205,31 @@ def safetensors_bytes(path: Path) -> int:
             raise ModelFileError(f"{path}: the safetensors header is not JSON: {e}") from e
     total = 0
     for name, entry in header.items():
-        if name != "__metadata__":
-            start, end = entry["data_offsets"]
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        if float_bytes is not None and entry.get("dtype") in FLOAT_DTYPES:
+            total += math.prod(int(d) for d in entry.get("shape", ())) * float_bytes
+        else:
             total += int(end) - int(start)
     return total
 
 
-def folder_weights(folder: Path) -> dict[str, int]:
+def folder_weights(folder: Path, float_bytes: int | None = None) -> dict[str, int]:
     """Weight bytes of a model folder by component: a diffusers pipeline's subfolders (unet,
     vae, text_encoder...) or "" for a Hugging Face model's top level. Safetensors are read from
     their headers; where a component has none, its .bin/.pt/.onnx files count by size. When a
     component has both a full and a variant (fp16) copy, the larger is counted, the safe side.
     Only what loads counts: a pipeline's components as its model_index.json lists them (not a
     single-file copy beside them, as the sd-turbo repositories ship), a model's top level (not
-    an original/ or onnx/ copy in a subfolder)."""
+    an original/ or onnx/ copy in a subfolder). `float_bytes`: as safetensors_bytes (files
+    read by size count as they are)."""
     parts: dict[str, int] = {}
     for comp_dir in _loaded_folders(folder):
         comp = "" if comp_dir == folder else comp_dir.name
         st = sorted(comp_dir.glob("*.safetensors"))
         if st:
-            parts[comp] = _largest_variant(st, safetensors_bytes)
+            parts[comp] = _largest_variant(st, lambda p: safetensors_bytes(p, float_bytes))
             continue
         other = [p for p in comp_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".onnx", ".ckpt")]
         if other:

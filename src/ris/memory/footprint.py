@@ -53,6 +53,16 @@ HF_PAGE_TOKENS = 256  # the engine's page (block) size
 HF_TOKENS_PER_SEQUENCE = 4096  # default context of each of the `parallel` sequences
 HF_MAX_CONTEXT = 32768  # the backend's `max_context` default
 TORCH_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+# The dtype a torch backend loads its models in when options.dtype names none, whatever dtype
+# the files hold: half precision on a GPU (bf16 for transformers, as `transformers serve`; fp16
+# for diffusers, as its pipelines are published), float32 on a CPU, where half precision is
+# slow or unsupported. The backends read it here, so a footprint counts what they load.
+DEFAULT_LOAD_DTYPES = {
+    ("transformers", True): "bfloat16",
+    ("transformers", False): "float32",
+    ("diffusers", True): "float16",
+    ("diffusers", False): "float32",
+}
 # llama.cpp's GGML type numbers as llama-cpp-python passes them (type_k=8 is q8_0).
 GGML_TYPE_NAMES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 30: "bf16"}
 
@@ -123,7 +133,14 @@ def hf_kv_bytes_per_token(config: dict[str, Any], dtype: str | None = None) -> i
     return int(layers * kv_heads * head_dim * 2 * TORCH_DTYPE_BYTES.get(str(name), 4))
 
 
-def _hf_kv_bytes(folder: Path, options: dict[str, Any], parallel: int) -> int:
+def load_dtype(backend: str, options: dict[str, Any], device: str) -> str | None:
+    """The torch dtype `backend` loads a model in on `device` (None: not a torch backend, or
+    a dtype option this table does not know: the files' own dtypes are counted then)."""
+    name = options.get("dtype") or DEFAULT_LOAD_DTYPES.get((backend, device.startswith("cuda")))
+    return str(name) if name in TORCH_DTYPE_BYTES else None
+
+
+def _hf_kv_bytes(folder: Path, options: dict[str, Any], parallel: int, dtype: str | None) -> int:
     """The KV cache the transformers backend allocates for the causal LM in `folder` (0: the
     folder holds no causal LM's config.json: a diffusers pipeline, a speech model)."""
     path = folder / "config.json"
@@ -135,7 +152,7 @@ def _hf_kv_bytes(folder: Path, options: dict[str, Any], parallel: int) -> int:
         return 0
     if not any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or ()):
         return 0
-    per_token = hf_kv_bytes_per_token(config, options.get("dtype"))
+    per_token = hf_kv_bytes_per_token(config, dtype or options.get("dtype"))
     if per_token is None:
         return 0
     max_context = int(options.get("max_context", HF_MAX_CONTEXT))
@@ -169,22 +186,28 @@ def _kv_type(value: Any) -> str:
     return str(value) if str(value) in KV_TYPE_BYTES else "f16"
 
 
-_CACHE: dict[tuple[str, int, float], Any] = {}
+_CACHE: dict[tuple[str, int, float, str], Any] = {}
 
 
-def _cached(path: Path, read: Any) -> Any:
-    """File facts, read once per file version (a header read takes a quarter second)."""
+def _cached(path: Path, read: Any, variant: str = "") -> Any:
+    """File facts, read once per file version (a header read takes a quarter second);
+    `variant` tells apart readings of one file that differ (sizes at another dtype)."""
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime)
+    key = (str(path), st.st_size, st.st_mtime, variant)
     if key not in _CACHE:
         _CACHE[key] = read(path)
     return _CACHE[key]
 
 
-def file_footprint(path: Path, options: dict[str, Any], parallel: int) -> Footprint | None:
+def file_footprint(
+    path: Path, options: dict[str, Any], parallel: int, dtype: str | None = None
+) -> Footprint | None:
     """The footprint of the model at `path` as its backend `options` load it (n_ctx and the KV
-    cache types for GGUF), serving `parallel` sequences; None when the files say nothing of
+    cache types for GGUF), serving `parallel` sequences, its floating-point weights and KV
+    cache in torch `dtype` (None: as the files hold them); None when the files say nothing of
     it (a speech engine with no model file). Raises ModelFileError for a damaged file."""
+    float_bytes = TORCH_DTYPE_BYTES.get(dtype) if dtype else None
+    variant = str(float_bytes or "")
     if path.is_file() and path.suffix == ".gguf":
         info: GGUFInfo = _cached(path, read_gguf)
         n_ctx = int(options.get("n_ctx", 2048))
@@ -196,30 +219,32 @@ def file_footprint(path: Path, options: dict[str, Any], parallel: int) -> Footpr
             _kv_type(options.get("type_v", "f16")),
         )
     if path.is_file() and path.suffix == ".safetensors":
-        return torch_footprint({"": _cached(path, safetensors_bytes)})
+        return torch_footprint({"": _cached(path, lambda p: safetensors_bytes(p, float_bytes), variant)})
     if path.is_dir():
-        parts: dict[str, int] = _cached(path, folder_weights)
+        parts: dict[str, int] = _cached(path, lambda p: folder_weights(p, float_bytes), variant)
         if not parts:
             return None
-        return replace(torch_footprint(parts), kv=_hf_kv_bytes(path, options, parallel))
+        return replace(torch_footprint(parts), kv=_hf_kv_bytes(path, options, parallel, dtype))
     if path.is_file():
         return Footprint(weights=os.path.getsize(path))  # onnx (Piper) and the like: read whole
     return None
 
 
-def model_footprint(spec: ModelSpec, parallel: int) -> Footprint | None:
-    """A configured model's footprint (None: no file to read it from: a missing file, which its
-    load reports, a `builtin:` recipe or a speech engine without one). Raises ModelFileError."""
+def model_footprint(spec: ModelSpec, parallel: int, device: str = "cpu") -> Footprint | None:
+    """A configured model's footprint as its backend loads it on `device` (None: no file to
+    read it from: a missing file, which its load reports, a `builtin:` recipe or a speech
+    engine without one). Raises ModelFileError."""
     if spec.source is None or spec.source.startswith("builtin:"):
         return None
     try:
         path = resolve_source(spec.source)
     except BackendError:
         return None
-    return file_footprint(path, spec.options, parallel)
+    return file_footprint(path, spec.options, parallel, load_dtype(spec.backend, spec.options, device))
 
 
 __all__ = [
+    "DEFAULT_LOAD_DTYPES",
     "GGML_TYPE_NAMES",
     "GGUF_MARGIN_BYTES",
     "Footprint",
@@ -229,6 +254,7 @@ __all__ = [
     "hf_kv_bytes_per_token",
     "hf_kv_cache_tokens",
     "kv_cache_bytes",
+    "load_dtype",
     "model_footprint",
     "torch_footprint",
     "kv_bytes_per_token",

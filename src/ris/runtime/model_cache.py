@@ -65,7 +65,7 @@ class ModelCache:
     def footprint(self, name: str) -> int | None:
         if name not in self._footprints:
             try:
-                fp = model_footprint(self._cfg.models[name], self._cfg.parallel)
+                fp = model_footprint(self._cfg.models[name], self._cfg.parallel, self._device)
             except Exception:  # noqa: BLE001 - an unreadable header: the load itself will say why
                 traceback.print_exc()
                 fp = None
