@@ -139,10 +139,30 @@ def _nested(body: str, depth: int) -> str:
                 '{"model": "smollm2", "messages": [{"role": "user", "content": "\\ud800"}], "tools": @}', 300
             ),
         ),
+        # Every route that takes a JSON body reads it the same way (these were FastAPI body
+        # parameters: a generic 400 "error parsing the body").
+        ("/api/tts/synthesize", _nested('{"text": "hi", "voice": @}', 300)),
+        ("/api/image/generate", _nested('{"prompt": "x", "seed": @}', 300)),
+        ("/api/chat/speak", _nested('{"prompt": "x", "stop": @}', 300)),
+        ("/api/tasks", _nested('{"lane": "llm", "request": @}', 300)),
+        ("/v1/audio/speech", _nested('{"model": "tts-1", "input": "hi", "voice": @}', 300)),
+        ("/v1/images/generations", _nested('{"prompt": "x", "size": @}', 300)),
     ],
 )
 def test_json_nested_too_deep_is_a_clear_client_error(server: Server, path: str, body: str) -> None:
     assert_refused(post_raw(server, path, body), path, "nested deeper than 200 levels")
+
+
+def test_a_curl_d_body_is_read_as_json_on_every_json_route(server: Server) -> None:
+    """`curl -d '{...}'` sends application/x-www-form-urlencoded: read as JSON when no web page
+    sent it (no Origin), as the LLM and Ollama routes always did."""
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    body = b'{"text": "Hi.", "voice": "en-US"}'
+    r = httpx.post(f"{server.url}/api/tts/synthesize", content=body, headers=form, timeout=60)
+    assert r.status_code == 200 and r.json()["audio_url"], r.text
+    page = form | {"origin": "http://evil.example"}
+    r = httpx.post(f"{server.url}/api/tts/synthesize", content=body, headers=page, timeout=60)
+    assert r.status_code in (403, 415), r.text  # a page may post a form anywhere: never read
 
 
 def test_ollama_refuses_deep_json_in_its_shape(server: Server) -> None:

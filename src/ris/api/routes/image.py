@@ -8,7 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from ris.api.deps import client_of, engine_of, owner_of, require_lane, resolve_model, view_or_404, viewer_of
+from ris.api.deps import (
+    body_doc,
+    client_of,
+    engine_of,
+    json_body,
+    owner_of,
+    require_lane,
+    resolve_model,
+    view_or_404,
+    viewer_of,
+)
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
@@ -95,8 +105,10 @@ def check_size(engine: Engine, width: int, height: int, steps: int | None) -> No
     response_model=ImageAccepted,
     responses=ERRORS,
     summary="Queue an image; returns at once with the task id",
+    openapi_extra=body_doc(ImageGenerateRequest),
 )
-async def image_generate(body: ImageGenerateRequest, request: Request) -> Any:
+async def image_generate(request: Request) -> Any:
+    body = await json_body(request, ImageGenerateRequest)
     engine = engine_of(request)
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)

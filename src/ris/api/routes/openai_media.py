@@ -13,9 +13,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ris.api.deps import (
+    body_doc,
     cancel_unless_ended,
     client_of,
     engine_of,
+    json_body,
     owner_of,
     require_lane,
     resolve_model,
@@ -74,8 +76,10 @@ def openai_voice(voice: str, text: str, configured: Mapping[str, str]) -> str:
     responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
     response_class=StreamingResponse,
     summary="Speech, encoded and streamed as it is synthesized (mp3, opus, aac, flac, wav, pcm)",
+    openapi_extra=body_doc(SpeechRequest),
 )
-async def speech(body: SpeechRequest, request: Request) -> Any:
+async def speech(request: Request) -> Any:
+    body = await json_body(request, SpeechRequest)
     refuse_unknown(body, SPEECH)
     engine = engine_of(request)
     limit = engine.config.server.max_tts_chars
@@ -159,8 +163,13 @@ def _size(text: str, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
-@router.post("/images/generations", summary="Text to image; waits for the images")
-async def images_generations(body: ImageGenerationRequest, request: Request) -> Any:
+@router.post(
+    "/images/generations",
+    summary="Text to image; waits for the images",
+    openapi_extra=body_doc(ImageGenerationRequest),
+)
+async def images_generations(request: Request) -> Any:
+    body = await json_body(request, ImageGenerationRequest)
     refuse_unknown(body, IMAGES)
     engine = engine_of(request)
     require_lane(engine, Lane.IMAGE)

@@ -15,7 +15,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ris.api.deps import cancel_unless_ended, client_of, engine_of, owner_of, resolve_model, unless_gone
+from ris.api.deps import (
+    body_doc,
+    cancel_unless_ended,
+    client_of,
+    engine_of,
+    json_body,
+    owner_of,
+    resolve_model,
+    unless_gone,
+)
 from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context
@@ -35,8 +44,10 @@ router = APIRouter(tags=["speak"])
     responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}, "text/event-stream": {}}}},
     response_class=StreamingResponse,
     summary="Chat answer spoken as it is generated (audio or events)",
+    openapi_extra=body_doc(SpeakRequest),
 )
-async def chat_speak(body: SpeakRequest, request: Request) -> Any:
+async def chat_speak(request: Request) -> Any:
+    body = await json_body(request, SpeakRequest)
     engine = engine_of(request)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))

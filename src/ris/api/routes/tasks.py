@@ -10,7 +10,17 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
-from ris.api.deps import client_of, engine_of, owner_of, require_lane, resolve_model, view_or_404, viewer_of
+from ris.api.deps import (
+    body_doc,
+    client_of,
+    engine_of,
+    json_body,
+    owner_of,
+    require_lane,
+    resolve_model,
+    view_or_404,
+    viewer_of,
+)
 from ris.api.errors import APIError
 from ris.api.routes.image import result_url
 from ris.api.routes.tts import audio_url
@@ -69,8 +79,10 @@ def _known_lane(engine: Engine, lane: str) -> None:
     response_model=TaskInfo,
     responses=ERRORS,
     summary="Submit a task to a lane that has no route of its own (a registered lane kind)",
+    openapi_extra=body_doc(TaskSubmit),
 )
-async def submit_task(body: TaskSubmit, request: Request) -> Any:
+async def submit_task(request: Request) -> Any:
+    body = await json_body(request, TaskSubmit)
     engine = engine_of(request)
     _known_lane(engine, body.lane)
     kind = engine.kinds[body.lane]

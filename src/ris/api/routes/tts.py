@@ -9,7 +9,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from ris.api.deps import client_of, engine_of, owner_of, result_or_failure, view_or_404, wait_task
+from ris.api.deps import (
+    body_doc,
+    client_of,
+    engine_of,
+    json_body,
+    owner_of,
+    result_or_failure,
+    view_or_404,
+    wait_task,
+)
 from ris.api.errors import APIError
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
@@ -53,8 +62,10 @@ def audio_response(path: Path, fmt: SpeechFormat, sample_rate: int, headers: dic
         406: {"description": "Accept names no audio type served, or not the one `format` asks for"},
     },
     summary="Synthesize speech; the audio is fetchable by task id",
+    openapi_extra=body_doc(TTSSynthesizeRequest),
 )
-async def tts_synthesize(body: TTSSynthesizeRequest, request: Request) -> Any:
+async def tts_synthesize(request: Request) -> Any:
+    body = await json_body(request, TTSSynthesizeRequest)
     engine = engine_of(request)
     limit = engine.config.server.max_tts_chars
     if len(body.text) > limit:
