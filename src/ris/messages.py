@@ -9,8 +9,9 @@ never carry user content.
                         TaskOutput / TaskProgress (while a task runs), then one of
                         TaskDone, TaskError, TaskCancelled; WorkerExiting (before the
                         failures of a worker that must exit);
-                        ModelLoading, ModelLoaded, ModelUnloaded, ModelsHeld (models
-                        loaded on use, and the tasks a switch keeps waiting)
+                        ModelLoading, ModelLoaded, ModelUnloaded, ModelsHeld, ModelExpiry
+                        (models loaded on use, the tasks a switch keeps waiting, and when
+                        an idle model's keep_alive ends)
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ class ModelLoaded:
     """A model loaded after the worker's start (on first use)."""
 
     info: ModelInfo
+
+
+@dataclass(frozen=True)
+class ModelExpiry:
+    """When a loaded model's keep_alive unloads it, in seconds from when the worker wrote this
+    (None: not before it is evicted): sent when that changes (a task on it ended, a
+    keep_alive asked for by itself), never while the keep_alive is "forever" all along."""
+
+    name: str
+    expires_in_s: float | None
 
 
 @dataclass(frozen=True)

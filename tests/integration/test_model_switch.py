@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,30 @@ def test_ollama_keep_alive_zero_unloads_once_idle(srv: Server) -> None:
     assert bad.status_code == 400 and "keep_alive 'soon' is not a duration" in bad.text
     generate(srv, "smol-a")  # loaded again on use
     assert resident(srv) == ["smol-a"]
+
+
+def test_ollama_ps_says_when_keep_alive_unloads_a_model(srv: Server) -> None:
+    """`ollama ps`'s UNTIL: the lane keeps models for ever (its NEVER) until a request asks
+    for a keep_alive, which counts from that request's end; -1 is for ever again."""
+
+    def expires_at(model: str) -> str:
+        running = httpx.get(f"{srv.url}/api/ps", timeout=30).json()["models"]
+        found: str = next(m["expires_at"] for m in running if m["name"] == model)
+        return found
+
+    def ollama_generate(keep_alive: str | int) -> None:
+        body = {"model": "smol-a", "prompt": "Hi", "stream": False, "keep_alive": keep_alive}
+        r = httpx.post(f"{srv.url}/api/generate", json=body | {"options": {"num_predict": 2}}, timeout=120)
+        assert r.status_code == 200, r.text
+
+    generate(srv, "smol-a")
+    assert expires_at("smol-a") == "2318-01-01T00:00:00Z"
+    ollama_generate("5m")
+    ended = time.time()
+    until = datetime.fromisoformat(expires_at("smol-a")).timestamp()
+    assert ended + 300 - 5 < until < ended + 300 + 5, until - ended
+    ollama_generate(-1)
+    assert expires_at("smol-a") == "2318-01-01T00:00:00Z"
 
 
 def test_a_model_that_can_never_fit_refuses_the_start(tmp_path: Path) -> None:

@@ -474,8 +474,14 @@ def test_a_keep_alive_of_centuries_leaves_the_idle_worker_waiting_and_serving(tm
         assert isinstance(chan.take(), m.WorkerReady)
         chan.put(m.RunTask("t1", "a", CountRequest(upto=0), keep_alive_s=1e10))
         assert chan.take() == m.TaskDone("t1", CountOutcome(0))
-        chan.put(m.RunTask("t2", "a", CountRequest(upto=0)))
+        # The server hears when the model leaves (Ollama's /api/ps), in seconds from now.
+        expiry = chan.take()
+        assert isinstance(expiry, m.ModelExpiry) and 1e10 - 60 < (expiry.expires_in_s or 0) <= 1e10
+        chan.put(m.RunTask("t2", "a", CountRequest(upto=0)))  # the lane's keep_alive: for ever
         assert chan.take() == m.TaskDone("t2", CountOutcome(0))
+        assert chan.take() == m.ModelExpiry("a", None)
+        chan.put(m.RunTask("t3", "a", CountRequest(upto=0)))
+        assert chan.take() == m.TaskDone("t3", CountOutcome(0))  # no change, nothing said
         chan.put(m.Shutdown())
         worker.join(WAIT_S)
         assert not worker.is_alive()

@@ -129,6 +129,11 @@ class Residency:
         else:
             r.expires_at = self._expiry(self._clock(), ttl)
 
+    def expires_at(self, name: str) -> float | None:
+        """When `name` expires if it stays idle (None: never, running, or not loaded)."""
+        r = self._models.get(name)
+        return None if r is None or r.running else r.expires_at
+
     def running(self, name: str) -> int:
         r = self._models.get(name)
         return r.running if r else 0

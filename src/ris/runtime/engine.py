@@ -442,14 +442,21 @@ class Engine:
             self._update_slots(replica.lane)
         elif isinstance(msg, (m.ModelsHeld, m.ModelLoading, m.ModelLoaded)):
             self._on_model_wait(replica, msg)
+        elif isinstance(msg, m.ModelExpiry):
+            due = msg.expires_in_s
+            replica.expiries[msg.name] = None if due is None else self.clock() + due
         elif isinstance(msg, m.ModelUnloaded):
             replica.models.pop(msg.name, None)
+            replica.expiries.pop(msg.name, None)
             self._model_log.unloaded(replica.lane, msg.name, msg.reason)
             log.info("%s: model %s unloaded (%s)", replica.lane, msg.name, msg.reason)
         elif isinstance(msg, m.WorkerReady):
             replica.ready_info, replica.failure = msg, None
             replica.forget_waits()
             replica.models = {info.name: info for info in msg.models}
+            ttl = self.config.lane(replica.lane).keep_alive_s
+            kept = None if ttl is None or ttl < 0 else self.clock() + ttl  # residency.loaded's
+            replica.expiries = dict.fromkeys(replica.models, kept)
             for info in msg.models:
                 self._model_log.loaded(replica.lane, info.name, info.load_s, at_start=True)
             if msg.memory_limit_bytes is not None:
@@ -490,6 +497,7 @@ class Engine:
                 replica.loading = None
                 self._supervisor.loaded(replica.watch)
             replica.models[msg.info.name] = msg.info
+            replica.expiries[msg.info.name] = None  # until its ModelExpiry, if it has one
             self._model_log.loaded(replica.lane, msg.info.name, msg.info.load_s)
             log.info("%s: model %s loaded in %.2f s", replica.lane, msg.info.name, msg.info.load_s or 0.0)
         for task_id in waited - self._waiting_for_model(replica):
@@ -831,6 +839,24 @@ class Engine:
         for replica in self._replicas.get(lane, ()):
             if replica.ready and replica.ready_info is not None:
                 return dict(replica.models)
+        return {}
+
+    def model_expiries(self, lane: str) -> dict[str, float | None]:
+        """Seconds from now until each model that model_infos lists is unloaded by its
+        keep_alive (None: not before it is evicted or its worker ends). A model with work
+        running is counted from now, with the lane's keep_alive: its request's own is known
+        once that ends."""
+        for replica in self._replicas.get(lane, ()):
+            if replica.ready and replica.ready_info is not None:
+                now = self.clock()
+                busy = {self._model_of(t) for t in replica.running}
+                ttl = self.config.lane(lane).keep_alive_s
+                lane_ttl = None if ttl is None or ttl < 0 else ttl
+                left: dict[str, float | None] = {}
+                for name in replica.models:
+                    due = replica.expiries.get(name)
+                    left[name] = lane_ttl if name in busy else None if due is None else max(due - now, 0.0)
+                return left
         return {}
 
     def model_log(self) -> ModelLogView:

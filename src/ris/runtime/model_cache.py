@@ -60,6 +60,8 @@ class ModelCache:
         self.residency = Residency(budget, cfg.keep_alive_s, clock)
         self._footprints: dict[str, int | None] = {}
         self._load_s: dict[str, float] = {}
+        self._reported_expiry: dict[str, float | None] = {}  # as last sent (ModelExpiry)
+        self._expiry_changed: set[str] = set()  # to tell at the next expire()
         self.clock = clock
 
     def footprint(self, name: str) -> int | None:
@@ -119,8 +121,9 @@ class ModelCache:
         self.models[name] = backend
         self._load_s[name] = load_s
         self.residency.loaded(name, need)
-        if announce:
+        if announce:  # (the server counts a start's models from WorkerReady, as residency does)
             self._send(m.ModelLoaded(self.info(name)))
+            self._expiry_changed.add(name)
         return backend
 
     @staticmethod
@@ -164,6 +167,7 @@ class ModelCache:
     def unload(self, name: str, reason: Literal["evicted", "expired"]) -> None:
         backend = self.models.pop(name, None)
         self.residency.unloaded(name)
+        self._reported_expiry.pop(name, None)
         if backend is None:
             return
         for forget in self.unloading:
@@ -181,16 +185,34 @@ class ModelCache:
         """`keep_alive_s` is the request's (RunTask.keep_alive_s): None the lane's, negative
         forever."""
         self.residency.finished(name, _ttl(keep_alive_s))
+        self._expiry_changed.add(name)  # told in expire(), after the task's end
 
     def keep(self, name: str, keep_alive_s: float | None) -> None:
         """m.KeepModel: `name`'s keep_alive from now (once idle), as a request's; 0 unloads it
         now if nothing runs on it."""
         self.residency.keep(name, _ttl(keep_alive_s))
+        self._expiry_changed.add(name)
         self.expire()
 
+    def _report_expiry(self, name: str) -> None:
+        """m.ModelExpiry when an idle model's expiry changed (none for a model kept for ever
+        all along: nothing is sent per task then)."""
+        if self.residency.running(name):
+            return
+        due = self.residency.expires_at(name)
+        if due is None and self._reported_expiry.get(name) is None:
+            return
+        self._reported_expiry[name] = due
+        self._send(m.ModelExpiry(name, None if due is None else max(due - self.clock(), 0.0)))
+
     def expire(self) -> None:
+        """Unload the idle models past their keep_alive; tell the server when the others now
+        leave (m.ModelExpiry), once each task's end has been sent."""
         for name in self.residency.expired():
             self.unload(name, "expired")
+        changed, self._expiry_changed = self._expiry_changed, set()
+        for name in changed:
+            self._report_expiry(name)
 
     def seconds_to_expiry(self) -> float | None:
         """How long the idle worker may wait before a model's keep_alive ends (at most an

@@ -24,6 +24,9 @@ class Replica:
     failure: m.WorkerFailed | None = None
     # The models it holds now, by name: those of WorkerReady, then ModelLoaded / ModelUnloaded.
     models: dict[str, m.ModelInfo] = field(default_factory=dict)
+    # When each idle model's keep_alive unloads it, on the engine's clock (None: not before it
+    # is evicted): a start's models from the lane's keep_alive at WorkerReady, then ModelExpiry.
+    expiries: dict[str, float | None] = field(default_factory=dict)
     # What the worker said it waits for: the tasks it holds for a switch (ModelsHeld; empty:
     # none), and the model it is loading with when it began (ModelLoading, the engine's clock).
     held: m.ModelsHeld = m.NONE_HELD

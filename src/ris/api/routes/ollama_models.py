@@ -15,7 +15,7 @@ import json
 import re
 import threading
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ OLLAMA_API_VERSION = "0.5.0"
 # Ollama's expires_at of a model kept loaded for ever (keep_alive -1): models here stay loaded
 # for their worker's life.
 NEVER = "2318-01-01T00:00:00Z"
+# A keep_alive far enough ahead (Ollama accepts "3000000h") is shown as its NEVER's distance.
+_LATEST_S = 290 * 365 * 86400.0
 _QUANT = re.compile(r"(?i)\b(IQ\d\w*|Q\d(?:_[A-Z0-9]+)*|F16|BF16|F32)\b")
 # The lane's backends and the file format of their models.
 _FORMATS = {"llama_cpp": "gguf", "transformers": "safetensors"}
@@ -146,6 +148,7 @@ async def ollama_ps(request: Request) -> Any:
     lane = engine.config.lane(Lane.LLM)
     gpu = lane.device != "cpu"
     loaded = engine.model_infos(Lane.LLM)
+    expiries = engine.model_expiries(Lane.LLM)
     all_facts = await asyncio.to_thread(_all_facts, {name: lane.models[name] for name in loaded})
     running = []
     for name, info in loaded.items():
@@ -157,12 +160,20 @@ async def ollama_ps(request: Request) -> Any:
                 "size": facts["size"],
                 "digest": facts["digest"],
                 "details": facts["details"],
-                "expires_at": NEVER,
+                "expires_at": _expires_at(expiries.get(name)),
                 "size_vram": _on_card(info, facts["size"]) if gpu else 0,
                 "context_length": info.details.context_tokens,
             }
         )
     return json_response({"models": running})
+
+
+def _expires_at(seconds: float | None) -> str:
+    """Ollama's expires_at: when keep_alive unloads the model, as a UTC time (NEVER for none)."""
+    if seconds is None:
+        return NEVER
+    at = datetime.now(UTC) + timedelta(seconds=min(seconds, _LATEST_S))
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _on_card(info: ModelInfo, size: int) -> int:
