@@ -138,6 +138,21 @@ async def test_the_exposition_parses_with_units_totals_and_no_empty_family(tmp_p
     assert "percent" not in text and "ris_running" not in text
 
 
+def test_a_lane_kinds_counted_work_never_breaks_the_exposition() -> None:
+    """A plugin's Counted named like a built-in family ("tasks": ris_tasks_total) or not a
+    metric name is left out of /metrics; the rest is served, each name once."""
+    meter = WorkMeter(FakeClock())
+    counted = [Counted("tasks", "", 1), Counted("task_latency_seconds", "", 1), Counted("9 bad", "", 1)]
+    counted.append(Counted("pages", "pages read", 2))
+    meter.finished("ocr", "m", "succeeded", latency_s=1.0, queue_wait_s=0.0, counted=counted)
+    found = families(prometheus_text(Snapshot(0.0, 0.0, (), metrics=meter.view())).decode())
+    assert [(s.name, s.value) for s in found["ris_tasks"][1]] == [("ris_tasks_total", 1)]
+    assert found["ris_task_latency_seconds"][0] == "histogram"
+    assert [(s.name, s.value) for s in found["ris_pages"][1]] == [("ris_pages_total", 2)]
+    assert not any("bad" in name for name in found)
+    assert meter.view().rates["ocr"]["tasks"] == 1 / 60  # finished tasks, not the plugin's "tasks"
+
+
 def test_gpus_appear_with_memory_in_bytes_and_utilisation_as_a_ratio() -> None:
     text = prometheus_text(Snapshot(0.0, 0.0, ()), [GPUDevice(1, "H100", 2048, 4096, 55)]).decode()
     found = families(text)

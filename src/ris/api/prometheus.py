@@ -10,7 +10,9 @@ is left out rather than printed as a bare HELP/TYPE. docs/DEPLOYMENT_GUIDE.md li
 
 from __future__ import annotations
 
+import logging
 import platform
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client.exposition import generate_latest
@@ -27,6 +29,8 @@ from ris import __version__
 from ris.gpus import GPUDevice
 from ris.runtime.metrics import HistogramView
 from ris.runtime.snapshot import Snapshot
+
+log = logging.getLogger("ris.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -65,6 +69,7 @@ class _Families(Collector):
     def collect(self) -> Iterator[Metric]:
         families = [*_build(), *_lanes(self._snapshot), *_work(self._snapshot)]
         families += [*_workers(self._snapshot), *_gpus(self._gpus)]
+        families += _counted(self._snapshot, {n for f in families for n in _sample_names(f)})
         return (f for f in families if f.samples)
 
 
@@ -116,11 +121,6 @@ def _work(snap: Snapshot) -> list[Metric]:
         for (lane, model), h in sorted(histograms.items()):
             histogram.add_metric([lane, model], _buckets(h), h.sum)
         out.append(histogram)
-    for counted in sorted(view.counted.values(), key=lambda c: c.name):
-        family = CounterMetricFamily(f"ris_{counted.name}", counted.help, labels=LANE_MODEL)
-        for (lane, model), value in sorted(counted.values.items()):
-            family.add_metric([lane, model], value)
-        out.append(family)
     loads = CounterMetricFamily(
         "ris_model_loads", "models loaded after their worker's start (on first use)", labels=LANE_MODEL
     )
@@ -134,6 +134,47 @@ def _work(snap: Snapshot) -> list[Metric]:
     for (lane, model, reason), n in sorted(snap.models.unloads.items()):
         unloads.add_metric([lane, model, reason], n)
     return [*out, loads, unloads]
+
+
+def _counted(snap: Snapshot, taken: set[str]) -> list[Metric]:
+    """A counter per kind of work the lanes count (Counted: tokens, audio seconds, steps...),
+    named by its lane kind. One whose samples would bear a built-in family's names (a plugin's
+    Counted("tasks") beside ris_tasks_total), or a name Prometheus does not allow, is left
+    out, logged once, rather than making the whole exposition invalid."""
+    out: list[Metric] = []
+    for counted in sorted(snap.metrics.counted.values(), key=lambda c: c.name):
+        if not _METRIC_NAME.fullmatch(counted.name):
+            _skip_once(counted.name, "a metric name is letters, digits and underscores")
+            continue
+        family = CounterMetricFamily(f"ris_{counted.name}", counted.help, labels=LANE_MODEL)
+        if taken & _sample_names(family):
+            _skip_once(counted.name, "its name is a built-in metric's")
+            continue
+        for (lane, model), value in sorted(counted.values.items()):
+            family.add_metric([lane, model], value)
+        out.append(family)
+    return out
+
+
+# The series suffixes of each family type, as the text format writes them.
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "info": ("_info",),
+}
+_SKIPPED: set[str] = set()
+# The classic metric name (every scraper reads it; prometheus_client would quote others).
+_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _sample_names(family: Metric) -> set[str]:
+    return {family.name, *(family.name + s for s in _SUFFIXES.get(family.type, ()))}
+
+
+def _skip_once(name: str, why: str) -> None:
+    if name not in _SKIPPED:
+        _SKIPPED.add(name)
+        log.warning("/metrics leaves out the counted work %r: %s", name, why)
 
 
 def _buckets(h: HistogramView) -> list[tuple[str, float]]:

@@ -151,7 +151,8 @@ class WorkMeter:
         for c in counted:
             values = self._counted.setdefault(c.name, (c.help, {}))[1]
             values[series] = values.get(series, 0.0) + c.value
-            window[(lane, c.name)] = window.get((lane, c.name), 0.0) + c.value
+            if c.name != "tasks":  # the rate of finished tasks keeps its name (a plugin's would blur it)
+                window[(lane, c.name)] = window.get((lane, c.name), 0.0) + c.value
 
     # ----- what the snapshot shows ---------------------------------------------------------
 
