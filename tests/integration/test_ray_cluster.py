@@ -72,7 +72,9 @@ def cluster_config(tmp: Path, address: str, **lanes: dict[str, Any]) -> dict[str
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory: pytest.TempPathFactory, ray_cluster: dict[str, Any]) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("ray")
-    srv = Server(tmp, cluster_config(tmp, ray_cluster["address"])).start(timeout=300)
+    srv = Server(tmp, cluster_config(tmp, ray_cluster["address"], image={"min_cpu_share": 0.1})).start(
+        timeout=300
+    )
     yield srv
     srv.stop()
 
@@ -105,6 +107,13 @@ def test_each_lane_lands_on_a_node_that_advertises_it(
             # The local binding, applied inside the actor: cores and threads from the config
             # (Ray would leave OMP_NUM_THREADS=1), no GPU for speech.
             assert w["threads"] == 1
+    # The image lane's minimum share, applied inside its actor: a cgroup (where the node lets
+    # one be made) named after the actor, whose life it lasts, not after the raylet.
+    (image,) = workers(ray_server, "image")
+    share = image["cpu_share"]
+    assert share is not None and share["share"] >= 0.1
+    if share["mechanism"] == "cgroup_v1":
+        assert share["cgroup"].endswith(f"/ris-{image['pid']}-image"), (share, image["pid"])
     tts = workers(ray_server, "tts")
     assert len(tts) == 2
     assert {w["node"] for w in tts} == hosts["ris_lane_tts"]  # one replica on each speech node

@@ -81,3 +81,31 @@ def test_an_unprivileged_worker_gets_the_share_by_nice() -> None:
     finally:
         read.set()
         proc.join(30)
+
+
+def _owned_by_itself(out: mp.Queue[CpuShareInfo]) -> None:
+    # As a Ray actor: its group is named after itself (worker_main's share_owner).
+    out.put(cpu_share.apply_min_cpu_share(0.1, "unit-actor", 19, os.getpid()))
+
+
+def test_a_group_outlives_its_owner_only_until_the_next_worker_starts() -> None:
+    """A Ray actor's group is named after the actor: once it is gone, the group is stale and
+    the next actor's start (remove_stale) removes it; a live owner's group stays."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue[CpuShareInfo] = ctx.Queue()
+    proc = ctx.Process(target=_owned_by_itself, args=(out,))
+    proc.start()
+    info = out.get(timeout=60)
+    proc.join(30)
+    if info.mechanism != "cgroup_v1":
+        pytest.skip("no writable cpu cgroup here: the share is a nice level, with nothing to remove")
+    assert info.cgroup is not None
+    group = Path(info.cgroup)
+    assert group.name == f"ris-{proc.pid}-unit-actor" and group.is_dir()
+    live = group.parent / cpu_share.group_name(os.getpid(), "unit-live")
+    live.mkdir()
+    try:
+        cpu_share.remove_stale()
+        assert not group.exists() and live.is_dir()
+    finally:
+        live.rmdir()

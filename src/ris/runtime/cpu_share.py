@@ -8,11 +8,13 @@ w = 1024 * s / (1 - s): 114 for 10%.
 
 Two mechanisms give that weight, tried in this order by the worker itself at start:
 
-* cgroup v1 (this machine's kind): a child group of the server's cpu cgroup, named after the
-  server's pid and the lane, with `cpu.shares` = w, and the worker moved into it. The group is
-  one entity whatever the worker's threads: a torch pool of four threads still gets s, where
-  per-task weights (nice) would give each thread s. Needs a writable cgroup tree (root, or a
-  delegated tree); the server removes its groups when it stops (`remove_groups`).
+* cgroup v1 (this machine's kind): a child group of the worker's cpu cgroup, named after the
+  process whose life it lasts (its owner: the server for a local worker, which removes its
+  groups when it stops, `remove_groups`; a Ray actor itself, whose group the node's next actor
+  removes once the actor is gone, `remove_stale`) and the lane, with `cpu.shares` = w, and the
+  worker moved into it. The group is one entity whatever the worker's threads: a torch pool of
+  four threads still gets s, where per-task weights (nice) would give each thread s. Needs a
+  writable cgroup tree (root, or a delegated tree).
 * nice: the highest nice level whose CFS weight is at least w (nice 9 = 137: 11.8%; nice 10 =
   110 would give 9.7% < 10%). Works everywhere, per thread.
 
@@ -54,18 +56,19 @@ def nice_for(share: float, at_most: int = 19) -> int:
     return max(n for n in range(at_most + 1) if NICE_WEIGHTS[n] >= need or n == 0)
 
 
-def group_name(server_pid: int, lane: str) -> str:
-    return f"{GROUP_PREFIX}{server_pid}-{lane}"
+def group_name(owner_pid: int, lane: str) -> str:
+    return f"{GROUP_PREFIX}{owner_pid}-{lane}"
 
 
-def apply_min_cpu_share(share: float, lane: str, nice: int, server_pid: int) -> CpuShareInfo:
+def apply_min_cpu_share(share: float, lane: str, nice: int, owner_pid: int) -> CpuShareInfo:
     """Give the calling process (a batch worker, bound but not yet reniced: it runs at its
     parent's nice) at least `share` of a saturated core: a cgroup where one can be made (and
     the lane's `nice` inside it, which weighs nothing against the group's other members: it
     has none), else the nice level that gives the share (never above `nice`). Either only
-    raises the nice from where it is, which needs no privilege."""
+    raises the nice from where it is, which needs no privilege. The group is named after
+    `owner_pid`: gone with it, it is stale (remove_stale)."""
     weight = weight_for(share)
-    group = _cgroup_v1(group_name(server_pid, lane), weight)
+    group = _cgroup_v1(group_name(owner_pid, lane), weight)
     level = nice if group is not None else min(nice, nice_for(share))
     try:
         renice_process(level)
@@ -127,7 +130,8 @@ def remove_groups(server_pid: int, wait_s: float = 2.0) -> None:
 
 
 def remove_stale() -> None:
-    """Empty groups of servers no longer running (one killed before it could remove its own)."""
+    """Empty groups whose owner no longer runs (a server killed before it could remove its own,
+    a Ray actor gone), beside this process (in its own cpu cgroup)."""
     for group in _groups(f"{GROUP_PREFIX}*-*"):
         pid = group.name[len(GROUP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():

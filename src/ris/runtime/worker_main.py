@@ -132,16 +132,30 @@ class _Shared:
         self.unstreamed.discard(task_id)
 
 
-def worker_main(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: ActivityBoard) -> None:
-    """The worker process (or Ray actor): bind it to its resources, then serve."""
+def worker_main(
+    spec: WorkerSpec,
+    inbound: ChannelIn,
+    outbound: ChannelOut,
+    board: ActivityBoard,
+    share_owner: int | None = None,
+) -> None:
+    """The worker process (or Ray actor): bind it to its resources, then serve. `share_owner`:
+    the process whose life a minimum share's cgroup lasts (cpu_share; default the parent: the
+    server of a local worker)."""
     # Before any model library is imported. A batch lane with a minimum share gets its nice
     # level from that (cpu_share): set here first, the share's lower level would need a
     # privilege an unprivileged server lacks, and the lane would stay at nice 19 (~1.4%).
     apply_binding(spec.binding, with_nice=spec.min_cpu_share is None)
-    serve(spec, inbound, outbound, board)
+    serve(spec, inbound, outbound, board, share_owner)
 
 
-def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: ActivityBoard) -> None:
+def serve(
+    spec: WorkerSpec,
+    inbound: ChannelIn,
+    outbound: ChannelOut,
+    board: ActivityBoard,
+    share_owner: int | None = None,
+) -> None:
     """Load the models, say WorkerReady (or WorkerFailed), then run the tasks that arrive on
     `inbound` until Shutdown, reporting on `outbound`. Returns after Shutdown or a failed start."""
     # Imports below may pull numpy and friends: only once the binding's thread variables are set.
@@ -162,7 +176,8 @@ def serve(spec: WorkerSpec, inbound: ChannelIn, outbound: ChannelOut, board: Act
     infos: list[m.ModelInfo] = []
     cpu_share = None
     if spec.min_cpu_share is not None:
-        cpu_share = apply_min_cpu_share(spec.min_cpu_share, spec.lane, spec.binding.nice, os.getppid())
+        owner = os.getppid() if share_owner is None else share_owner
+        cpu_share = apply_min_cpu_share(spec.min_cpu_share, spec.lane, spec.binding.nice, owner)
     lending = None
     if spec.borrow_from and spec.binding.cores is not None:
         lenders = [x.lane for x in spec.borrow_from]

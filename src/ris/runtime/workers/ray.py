@@ -46,6 +46,7 @@ from ris import messages as m
 from ris.config.schema import Config
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
+from ris.runtime.cpu_share import remove_stale
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
 from ris.runtime.workers.ray_cluster import (
@@ -214,7 +215,12 @@ class LaneActor:
 
     def _serve(self, spec: WorkerSpec, board: ActivityBoard) -> None:
         try:
-            worker_main(spec, self._inbox, self._outbox, board)
+            if spec.min_cpu_share is not None:
+                # Its share's cgroup lasts as long as this actor: named after it, not after the
+                # raylet (its parent, which outlives every actor); those of actors gone before
+                # it on this node are removed here, as the server removes a killed server's.
+                remove_stale()
+            worker_main(spec, self._inbox, self._outbox, board, share_owner=os.getpid())
         finally:
             self._outbox.end()
 
