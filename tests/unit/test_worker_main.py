@@ -490,6 +490,22 @@ def test_a_keep_alive_of_centuries_leaves_the_idle_worker_waiting_and_serving(tm
         lanes.unregister("count")
 
 
+def test_a_start_models_expiry_is_reported_once_a_request_changes_it(tmp_path: Path) -> None:
+    """The server counts a preloaded model's keep_alive from WorkerReady (the lane's 300 s): a
+    request that keeps it for ever must say so, though the worker never reported the 300 s."""
+    chan, worker = _serving(_three_models(tmp_path, memory_budget_mb=None, keep_alive_s=300))
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "a", CountRequest(upto=0), keep_alive_s=-1))
+        assert chan.take() == m.TaskDone("t1", CountOutcome(0))
+        assert chan.take() == m.ModelExpiry("a", None)
+        chan.put(m.Shutdown())
+        worker.join(WAIT_S)
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
 def test_a_model_over_the_budget_is_refused_with_numbers(tmp_path: Path) -> None:
     spec = _three_models(tmp_path)
     (tmp_path / "c.bin").write_bytes(b"\0" * 3 * 2**20)

@@ -121,9 +121,11 @@ class ModelCache:
         self.models[name] = backend
         self._load_s[name] = load_s
         self.residency.loaded(name, need)
-        if announce:  # (the server counts a start's models from WorkerReady, as residency does)
+        if announce:
             self._send(m.ModelLoaded(self.info(name)))
             self._expiry_changed.add(name)
+        else:  # a start's model: the server counts its expiry from WorkerReady, as residency does
+            self._reported_expiry[name] = self.residency.expires_at(name)
         return backend
 
     @staticmethod
