@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.fakes import FakeClock
@@ -192,7 +193,7 @@ def test_weights_and_kv_count_in_the_dtype_the_backend_loads_on_that_device(tmp_
     there) and as it is on a GPU; integer tensors keep their size; options.dtype wins."""
     llm = tmp_path / "llm"
     llm.mkdir()
-    header = {
+    header: dict[str, dict[str, Any]] = {
         "w": {"dtype": "BF16", "shape": [10, 100], "data_offsets": [0, 2000]},
         "ids": {"dtype": "I64", "shape": [8], "data_offsets": [2000, 2064]},
     }
@@ -213,6 +214,18 @@ def test_weights_and_kv_count_in_the_dtype_the_backend_loads_on_that_device(tmp_
     assert (gpu.weights, gpu.kv) == (2064, 256 * per_token_bf16)
     asked = spec.model_copy(update={"options": {"kv_cache_tokens": 256, "dtype": "float16"}})
     assert fp(asked, "cpu").weights == 2064
+    # FP8 tensors keep their byte anywhere, and a pre-quantized model (its config says so)
+    # loads its weights as stored.
+    fp8: dict[str, dict[str, Any]] = {"w": {"dtype": "F8_E4M3", "shape": [1000], "data_offsets": [0, 1000]}}
+    for name, tensors, quantized in (("fp8", fp8, False), ("gptq", header, True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        raw = json.dumps(tensors).encode()
+        size = max(int(t["data_offsets"][1]) for t in tensors.values())
+        (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * size)
+        quant = {"quantization_config": {"quant_method": "gptq"}} if quantized else {}
+        (folder / "config.json").write_text(json.dumps(config | {"hidden_size": 64} | quant))
+        assert fp(spec.model_copy(update={"source": str(folder)}), "cpu").weights == size
     # A diffusers pipeline stored in fp16 loads as float32 on a CPU: twice its files.
     pipe = tmp_path / "pipe"
     (pipe / "unet").mkdir(parents=True)

@@ -143,7 +143,7 @@ def test_a_lane_kinds_counted_work_never_breaks_the_exposition() -> None:
     metric name is left out of /metrics; the rest is served, each name once."""
     meter = WorkMeter(FakeClock())
     counted = [Counted("tasks", "", 1), Counted("task_latency_seconds", "", 1), Counted("9 bad", "", 1)]
-    counted.append(Counted("pages", "pages read", 2))
+    counted += [Counted("pages", "pages read", 2), Counted("pages_total", "", 5)]
     meter.finished("ocr", "m", "succeeded", latency_s=1.0, queue_wait_s=0.0, counted=counted)
     found = families(prometheus_text(Snapshot(0.0, 0.0, (), metrics=meter.view())).decode())
     assert [(s.name, s.value) for s in found["ris_tasks"][1]] == [("ris_tasks_total", 1)]

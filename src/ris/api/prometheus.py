@@ -138,9 +138,10 @@ def _work(snap: Snapshot) -> list[Metric]:
 
 def _counted(snap: Snapshot, taken: set[str]) -> list[Metric]:
     """A counter per kind of work the lanes count (Counted: tokens, audio seconds, steps...),
-    named by its lane kind. One whose samples would bear a built-in family's names (a plugin's
-    Counted("tasks") beside ris_tasks_total), or a name Prometheus does not allow, is left
-    out, logged once, rather than making the whole exposition invalid."""
+    named by its lane kind. One whose samples would bear the names of a built-in family (a
+    plugin's Counted("tasks") beside ris_tasks_total) or of a counted family before it in name
+    order, or a name Prometheus does not allow, is left out, logged once, rather than making
+    the whole exposition invalid."""
     out: list[Metric] = []
     for counted in sorted(snap.metrics.counted.values(), key=lambda c: c.name):
         if not _METRIC_NAME.fullmatch(counted.name):
@@ -153,6 +154,7 @@ def _counted(snap: Snapshot, taken: set[str]) -> list[Metric]:
         for (lane, model), value in sorted(counted.values.items()):
             family.add_metric([lane, model], value)
         out.append(family)
+        taken |= _sample_names(family)  # two lane kinds' names may also meet ("x", "x_total")
     return out
 
 

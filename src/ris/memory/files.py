@@ -183,9 +183,10 @@ def read_gguf(path: Path) -> GGUFInfo:
     )
 
 
-# Safetensors dtypes that a torch load converts to the load dtype (integer tensors, such as
-# position ids or a quantisation's packed weights, keep theirs).
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+# Safetensors dtypes that a torch load converts to the load dtype. Integer tensors (position
+# ids, a quantisation's packed weights) and FP8 ones (transformers keeps a pre-quantized
+# model's parameters in their own dtype) keep theirs.
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
 
 def safetensors_bytes(path: Path, float_bytes: int | None = None) -> int:

@@ -140,15 +140,31 @@ def load_dtype(backend: str, options: dict[str, Any], device: str) -> str | None
     return str(name) if name in TORCH_DTYPE_BYTES else None
 
 
-def _hf_kv_bytes(folder: Path, options: dict[str, Any], parallel: int, dtype: str | None) -> int:
-    """The KV cache the transformers backend allocates for the causal LM in `folder` (0: the
-    folder holds no causal LM's config.json: a diffusers pipeline, a speech model)."""
+def _config(folder: Path) -> dict[str, Any] | None:
+    """A model folder's config.json (None: none, or not readable JSON)."""
     path = folder / "config.json"
     if not path.is_file():
-        return 0
+        return None
     try:
         config = _cached(path, lambda p: json.loads(p.read_text()))
     except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _quantized(folder: Path) -> bool:
+    """A pre-quantized Hugging Face model (GPTQ, AWQ, FP8, bitsandbytes...): its config says so."""
+    config = _config(folder)
+    return config is not None and bool(
+        config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    )
+
+
+def _hf_kv_bytes(folder: Path, options: dict[str, Any], parallel: int, dtype: str | None) -> int:
+    """The KV cache the transformers backend allocates for the causal LM in `folder` (0: the
+    folder holds no causal LM's config.json: a diffusers pipeline, a speech model)."""
+    config = _config(folder)
+    if config is None:
         return 0
     if not any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or ()):
         return 0
@@ -221,6 +237,8 @@ def file_footprint(
     if path.is_file() and path.suffix == ".safetensors":
         return torch_footprint({"": _cached(path, lambda p: safetensors_bytes(p, float_bytes), variant)})
     if path.is_dir():
+        if _quantized(path):  # its weights load as stored (and their scales with them)
+            float_bytes, variant = None, ""
         parts: dict[str, int] = _cached(path, lambda p: folder_weights(p, float_bytes), variant)
         if not parts:
             return None

@@ -843,7 +843,8 @@ class Engine:
 
     def model_expiries(self, lane: str) -> dict[str, float | None]:
         """Seconds from now until each model that model_infos lists is unloaded by its
-        keep_alive (None: not before it is evicted or its worker ends). A model with work
+        keep_alive (None: not before it is evicted or its worker ends), on the same worker (the
+        lane's first ready one: another replica's may differ). A model with work
         running is counted from now, with the lane's keep_alive: its request's own is known
         once that ends."""
         for replica in self._replicas.get(lane, ()):
