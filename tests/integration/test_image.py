@@ -61,6 +61,8 @@ def test_cancel_running_and_queued(idle_image_lane: Client) -> None:
     prog = wait_state(c, running, ("running",))
     wait_state(c, running, ("running",))
     assert c.progress(queued)["queue_position"] == 0
+    r = httpx.get(f"{c._http.base_url}/api/image/result/{running}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready", r.text
     assert c.cancel(queued)["outcome"] == "cancelled"
     assert c.progress(queued)["status"] == "cancelled"
     assert c.cancel(running)["outcome"] == "requested"
@@ -70,8 +72,10 @@ def test_cancel_running_and_queued(idle_image_lane: Client) -> None:
     with pytest.raises(RISError) as exc:
         c.wait(running)
     assert exc.value.code == "cancelled"
+    # Ended without an image: not "not_ready", which a client would poll for ever.
     r = httpx.get(f"{c._http.base_url}/api/image/result/{running}")
-    assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready"
+    assert r.status_code == 409 and r.json()["error"]["code"] == "cancelled", r.text
+    assert r.json()["progress"]["status"] == "cancelled"
 
 
 def test_priority_orders_the_queue_and_positions_move(idle_image_lane: Client) -> None:

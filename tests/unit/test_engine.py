@@ -18,7 +18,7 @@ from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
 from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import AudioChunk, AudioWritten, TTSOutcome, TTSRequest, TTSResult
-from ris.runtime.engine import Engine, LaneUnavailable
+from ris.runtime.engine import Engine, LaneUnavailable, NotRecorded
 from ris.runtime.retention import Retention
 from ris.runtime.supervisor import backoff
 from ris.runtime.tenancy import ANONYMOUS
@@ -149,11 +149,15 @@ async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_
             accepted(*args, **kwargs)
 
         eng.durable.accepted = disk_full_on_the_second  # type: ignore[method-assign]
-        with pytest.raises(OSError):
+        with pytest.raises(NotRecorded) as refused:  # 507 storage_full, not a 500
             eng.submit_many(LLM, "m", [LLMRequest(prompt=str(i)) for i in range(2)])
+        assert refused.value.code == "storage_full" and "nothing was queued" in str(refused.value)
         first = workers[Lane.LLM].runs[0].task_id  # it had started at once: it is stopped again
         assert workers[Lane.LLM].cancels == [first]
         assert eng.snapshot().lane(Lane.LLM).stats.queued == 0
+        # The one never recorded left no trace: its client never had its id.
+        assert [t.id for t in eng.tasks(Lane.LLM, viewer=ANONYMOUS)] == [first]
+        assert eng.snapshot().lane(Lane.LLM).stats.cancelled == 0  # the first's cancel is pending
 
 
 @run

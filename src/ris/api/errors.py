@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from ris.failures import failure_status
-from ris.runtime.engine import LaneUnavailable
+from ris.runtime.engine import LaneUnavailable, NotRecorded
 from ris.runtime.views import TaskView
 from ris.scheduler import QueueFull
 
@@ -116,6 +116,18 @@ def task_error(code: str, message: str) -> APIError:
     return APIError(status, code, message, headers=retry)
 
 
+def no_result(view: TaskView[Any], what: str) -> APIError:
+    """Why a task's result (`what`: "image", "audio") cannot be fetched: 409 `not_ready` while
+    it may still come; once the task ended without one, `cancelled` or `task_failed` with the
+    task's own error, so a client that polls on `not_ready` stops."""
+    if view.state == "cancelled":
+        return APIError(409, "cancelled", f"task {view.id} was cancelled; it has no {what}")
+    if view.state == "failed":
+        why = f"{view.error_code or 'failed'}: {view.error_message or 'the task failed'}"
+        return APIError(409, "task_failed", f"task {view.id} failed ({why}); it has no {what}")
+    return APIError(409, "not_ready", f"task {view.id} is {view.state}; no {what} yet")
+
+
 def failure(view: TaskView[Any]) -> APIError:
     """The error a task that did not succeed answers with."""
     return task_error(view.error_code or "failed", view.error_message or "the task failed")
@@ -164,6 +176,15 @@ async def _lane_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return await _api_error(request, lane_unavailable(exc))
 
 
+async def _not_recorded(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotRecorded)
+    if exc.code == "storage_full":
+        return await _api_error(request, APIError(507, exc.code, str(exc)))
+    return await _api_error(
+        request, APIError(503, exc.code, str(exc), headers={"Retry-After": RETRY_AFTER_503})
+    )
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     """A defect's answer: still an error body with a code, in the request's dialect (Starlette's
     own is a plain-text "Internal Server Error"). Starlette logs the traceback after it."""
@@ -182,6 +203,7 @@ HANDLERS = {
     APIError: _api_error,
     QueueFull: _queue_full,
     LaneUnavailable: _lane_unavailable,
+    NotRecorded: _not_recorded,
     RequestValidationError: _validation_error,
     StarletteHTTPException: _http_error,
 }

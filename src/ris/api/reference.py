@@ -51,7 +51,8 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `[DONE]`.
 - Images are asynchronous: `POST /api/image/generate` answers 202 with a `task_id`; poll
   `GET /api/image/progress/{{task_id}}` and fetch `GET /api/image/result/{{task_id}}` (409
-  `not_ready` with the progress while it runs).
+  `not_ready` with the progress while it runs; 409 `cancelled`, or `task_failed` with the
+  task's own error, once it ended without an image).
 
 ## Status codes
 
@@ -65,7 +66,9 @@ context; 404 for unknown models (the message lists the configured ones) and task
 `queue_full` with `Retry-After`; 500 `synthesis_failed` / `backend_error` for an engine that
 fails; 503 `lane_unavailable` / `worker_crashed` / `lane_pending` (a cluster has not placed the
 lane's worker; the message says what it asks for and what is free); 504 `deadline_exceeded` /
-`worker_timeout`; 507 `gpu_out_of_memory` (the task, or its model's load, needed more than its
+`worker_timeout`; 507 `storage_full` (a durable task's record could not be written: nothing was
+queued; 503 `store_unavailable` for another failure of the store); 507 `gpu_out_of_memory`
+(the task, or its model's load, needed more than its
 lane's GPU budget or the card had: the message names the budget, and the lane serves on);
 409 for a cancelled task; 500 `internal_error` for a defect of the server's (the log has the
 traceback). Speech is never a 200 without audio: the audio streams

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +66,21 @@ class LaneUnavailable(Exception):
         super().__init__(message)
         self.lane = lane
         self.code = code
+
+
+class NotRecorded(Exception):
+    """A durable lane's task whose record could not be written (`code` "storage_full" for a
+    full disk, else "store_unavailable"): nothing was queued."""
+
+    def __init__(self, lane: str, error: Exception, where: Path) -> None:
+        full = "full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
+        self.lane = lane
+        self.code = "storage_full" if full else "store_unavailable"
+        what = "the disk is full" if full else f"{type(error).__name__}: {error}"
+        super().__init__(
+            f"the {lane} task could not be recorded ({what}); nothing was queued. "
+            + (f"Free space where the server keeps its data ({where}) and retry." if full else "Retry later.")
+        )
 
 
 class Engine:
@@ -309,8 +326,10 @@ class Engine:
         assert self.durable is not None
         try:
             self.durable.accepted(task, model, request, resumable=resumable)
-        except Exception:
-            self._scheduler.cancel(task.id)  # not durable, so not accepted
+        except Exception as e:
+            self._scheduler.withdraw(task.id)  # not durable, so not accepted: no trace of it
+            if isinstance(e, (OSError, sqlite3.Error)):
+                raise NotRecorded(lane, e, Path(self.config.data_dir)) from e
             raise
         handle = self._handle(task.id, kind, model)
         handle.keep_alive_s = keep_alive_s

@@ -431,6 +431,16 @@ class Scheduler:
         self._cancel_reason.setdefault(task_id, "client")
         return CancelOutcome.REQUESTED
 
+    def withdraw(self, task_id: str) -> None:
+        """Take back a task just submitted that could not be accepted after all (its record
+        could not be written): gone without a trace, never counted as cancelled, since its
+        client never had its id."""
+        task = self._tasks.pop(task_id, None)
+        if task is None or task.state is not TaskState.QUEUED:
+            return
+        task.state = TaskState.CANCELLED  # dropped from the heap lazily, as a cancel is
+        self._book(task.lane).queue.discard(task)
+
     def expire(self) -> list[Task]:
         """Fail queued tasks past their deadline; return running ones the runtime must stop."""
         now = self._clock()

@@ -19,7 +19,7 @@ from ris.api.deps import (
     view_or_404,
     viewer_of,
 )
-from ris.api.errors import APIError
+from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
 from ris.lanes.image import IMAGE_FOLDER, ImageRequest
@@ -174,12 +174,10 @@ async def image_result(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
     view = view_or_404(request, task_id, IMAGE)
     if not view.succeeded or view.result is None:
+        why = no_result(view, "image")
         return JSONResponse(
-            {
-                "error": {"code": "not_ready", "message": f"task {task_id} is {view.state}; no image"},
-                "progress": progress_body(view),
-            },
-            status_code=409,
+            {"error": {"code": why.code, "message": why.message}, "progress": progress_body(view)},
+            status_code=why.status,
         )
     path = engine.files.servable(IMAGE_FOLDER, view.result.path)
     if path is None:  # served only from the data folder

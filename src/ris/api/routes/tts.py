@@ -19,7 +19,7 @@ from ris.api.deps import (
     view_or_404,
     wait_task,
 )
-from ris.api.errors import APIError
+from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
 from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable
@@ -126,7 +126,7 @@ async def tts_audio(
     fmt = accepted_format(request.headers.get("accept", ""), format) or format or "wav"
     view = view_or_404(request, task_id, TTS)
     if not view.succeeded or view.result is None:
-        raise APIError(409, "not_ready", f"task {task_id} is {view.state}, no audio")
+        raise no_result(view, "audio")
     path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
     if path is None:
         raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
