@@ -281,6 +281,20 @@ def test_progress_and_eta() -> None:
     assert sched.eta("t0") == pytest.approx(8.0)
 
 
+def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:
+    """A long image running (10% done in 10 s: 90 s left) puts 90 s ahead of the task queued
+    behind it, not the lane's mean run (1 s)."""
+    sched, clock = make(slots=1)
+    for _ in range(3):
+        sched.submit(spec())
+    sched.dispatch()
+    clock.advance(10)
+    sched.progress("t0", 10, 100)
+    assert sched.eta("t0") == pytest.approx(90.0)
+    assert sched.eta("t1") == pytest.approx(90.0 + 1.0)
+    assert sched.eta("t2") == pytest.approx(90.0 + 1.0 + 1.0)  # one mean run more per task ahead
+
+
 def test_eta_includes_the_load_of_a_model_not_loaded_until_its_first_output() -> None:
     sched, clock = make(slots=1)
     sched.submit(spec())  # t0 runs, 1 s estimated

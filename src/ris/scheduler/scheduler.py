@@ -505,8 +505,12 @@ class Scheduler:
             # Its model's load is ahead of it until it reports progress or the model arrives.
             load = task.spec.load_s if not task.progress_done and task.run_since is None else 0.0
             return max(0.0, est + load - (self._clock() - since))
-        ahead = (self.position(task_id) or 0) + len(book.running)
-        return est * (ahead / max(1, book.slots) + 1) + task.spec.load_s
+        # Queued: the work ahead of it (what its running tasks have left, by their progress,
+        # then a mean run for each task queued before it) shared by the lane's slots. A long
+        # image running for minutes is minutes ahead, not one mean run.
+        left = sum(self.eta(t) or 0.0 for t in book.running)
+        ahead = left + (self.position(task_id) or 0) * est
+        return ahead / max(1, book.slots) + est + task.spec.load_s
 
     def stats(self, lane: str) -> LaneStats:
         book = self._book(lane)
