@@ -3,6 +3,7 @@ hang, restart, deadlines and durable recovery, with no process, pipe or socket."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +398,33 @@ async def test_image_results_are_written_by_the_server_and_tasks_survive_a_resta
         workers2[Lane.IMAGE].ready()
         run_ = workers2[Lane.IMAGE].runs[0]
         assert run_.task_id == interrupted.task_id and run_.request == ImageRequest(prompt="b")
+
+
+@run
+async def test_a_result_the_sweep_deleted_is_gone_from_lookups_at_once(tmp_path: Path) -> None:
+    """The scheduler keeps recent finished tasks in memory; once retention deleted a record
+    and its file, a lookup says not found, not succeeded with a result that 404s."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready()
+        said = eng.submit(TTS, "e", TTSRequest(text="hello"))
+        tts.deliver(m.TaskOutput(said.task_id, AudioChunk(b"\x01\x00" * 100)))
+        tts.deliver(m.TaskDone(said.task_id, TTSOutcome(sample_rate=16000, samples=100, voice="en")))
+        await said.done
+        assert eng.lookup(said.task_id) is not None and eng.durable is not None
+        eng.durable.store.flush()
+        eng.retention = Retention(
+            eng.durable.store,
+            tmp_path / "data",
+            ["audio"],
+            RetentionConfig(max_age_h=1),
+            wall=lambda: time.time() + 7200,
+        )
+        eng._next_sweep = 0.0
+        eng.check()
+        assert eng._sweep is not None
+        assert (await eng._sweep).deleted == (said.task_id,)
+        assert eng.lookup(said.task_id) is None
 
 
 @run

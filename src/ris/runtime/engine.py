@@ -731,6 +731,13 @@ class Engine:
         self._next_sweep = self.clock() + self.config.retention.sweep_interval_s
         self._sweep = asyncio.ensure_future(asyncio.to_thread(self.retention.sweep))
         self._sweep.add_done_callback(log_sweep)
+        self._sweep.add_done_callback(self._forget_swept)
+
+    def _forget_swept(self, done: asyncio.Future[SweepReport]) -> None:
+        """Tasks whose records the sweep deleted leave the scheduler's memory too: looked up,
+        they are gone (404), not succeeded with a result URL that answers 404."""
+        if not done.cancelled() and done.exception() is None:
+            self._scheduler.forget(done.result().deleted)
 
     def _crashed(self, replica: Replica, code: str, message: str) -> None:
         log.error("%s: %s", replica.lane, message)

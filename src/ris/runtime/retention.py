@@ -36,6 +36,7 @@ class SweepReport:
     orphans: int = 0  # files deleted because no task record names them
     bytes_freed: int = 0
     bytes_kept: int = 0
+    deleted: tuple[str, ...] = ()  # the task ids whose records went (expired and evicted)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Retention:
             remove(task_id)
             evicted.append(task_id)
         self.store.delete(evicted)
-        return SweepReport(len(expired), len(evicted), len(orphans), freed, total)
+        return SweepReport(len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted))
 
     def _scan(self) -> dict[str, _Result]:
         """Result files by task id; temporary files of an interrupted write count as their

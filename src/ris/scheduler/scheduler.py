@@ -431,6 +431,15 @@ class Scheduler:
         self._cancel_reason.setdefault(task_id, "client")
         return CancelOutcome.REQUESTED
 
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """Finished tasks whose records and results are gone (retention): a lookup must not
+        show them succeeded with a result that no longer exists. One still awaited by its
+        client (unreported) stays until it is reported."""
+        for task_id in task_ids:
+            task = self._tasks.get(task_id)
+            if task is not None and task.state.finished and not self._unreported(task_id):
+                del self._tasks[task_id]
+
     def withdraw(self, task_id: str) -> None:
         """Take back a task just submitted that could not be accepted after all (its record
         could not be written): gone without a trace, never counted as cancelled, since its
