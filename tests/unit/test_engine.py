@@ -441,6 +441,7 @@ async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(t
     async with started_engine(tmp_path) as (eng2, _, _):
         view = eng2.lookup(said.task_id)
         assert view is not None and view.state == "succeeded" and view.result == result
+        assert eng2.cancel(said.task_id) is CancelOutcome.FINISHED  # known from the store alone
         assert eng2.files.servable("audio", result.audio_path) is not None
         # Past its age the record and the file go together.
         assert eng2.durable is not None

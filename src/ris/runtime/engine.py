@@ -407,6 +407,11 @@ class Engine:
 
     def cancel(self, task_id: str) -> CancelOutcome:
         outcome = self._scheduler.cancel(task_id)
+        if outcome is CancelOutcome.UNKNOWN and self.durable is not None:
+            # Finished before this server's start: only the store knows it, and it has ended.
+            stored = self.durable.store.get(task_id)
+            if stored is not None and stored.state in {s.value for s in TaskState if s.finished}:
+                return CancelOutcome.FINISHED
         if outcome is CancelOutcome.CANCELLED:
             self._settle(task_id)
         elif outcome is CancelOutcome.REQUESTED and task_id in self._where:
