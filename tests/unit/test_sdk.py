@@ -261,3 +261,28 @@ def test_tasks_takes_the_filters_the_server_knows_only() -> None:
         with pytest.raises(TypeError):
             c.tasks(status="failed")  # type: ignore[call-arg]  # image_tasks' word, ignored by /api/tasks
     assert log == [("GET", "http://ris.test/api/tasks?lane=image&state=failed&limit=5", None)]
+
+
+def test_ready_is_the_readiness_answer_or_an_error_never_an_error_body() -> None:
+    """/ready's 503 is an answer (a lane not up yet); a key refused, or a 503 that is not
+    /ready's body (the connection cap's), raises as any other call's error does."""
+
+    def always(status: int, **content: Any) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(status, **content))
+
+    def error(code: str) -> dict[str, Any]:
+        return {"error": {"code": code, "message": "x"}}
+
+    for body in ({"ready": True, "lanes": {"llm": True}}, {"ready": False, "lanes": {"llm": False}}):
+        status = 200 if body["ready"] else 503
+        assert _both(always(status, json=body), lambda c: c.ready()) == [body, body]
+    for transport, want in (
+        (always(401, json=error("unauthorized")), (401, "unauthorized")),
+        (always(403, json=error("host_not_allowed")), (403, "host_not_allowed")),
+        (always(503, text="too many open connections from this address\n"), (503, "http_error")),
+        (always(404, text="Not Found"), (404, "http_error")),
+    ):
+        results = _both(transport, lambda c: c.ready())
+        assert [(type(r), getattr(r, "status", None), getattr(r, "code", None)) for r in results] == [
+            (RISError, *want)
+        ] * 2, results

@@ -26,6 +26,7 @@ from ris.sdk._common import (
     Speech,
     SSEDecoder,
     check_final,
+    error_from,
     generation_from,
     llm_body,
     stream_failure,
@@ -340,7 +341,19 @@ class Operations:
 
     @op
     def ready(self, /) -> Op[dict[str, Any]]:
-        return _json((yield Call("GET", "/ready", retry=False, check=False)))
+        """The server's readiness: `{"ready": bool, "lanes": {...}}` as /ready answers it, 200
+        or 503 (a lane's workers not up yet). Any other answer raises RISError."""
+        resp = yield Call("GET", "/ready", retry=False, check=False)
+        # A 503 is an answer only as /ready's own body: the connection cap's plain-text 503 or
+        # a proxy's is not the server saying it is not ready.
+        if resp.status_code in (200, 503):
+            try:
+                body = resp.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and "ready" in body:
+                return body
+        raise error_from(resp)
 
     @op
     def stats(self, /) -> Op[dict[str, Any]]:
