@@ -286,3 +286,46 @@ def test_ready_is_the_readiness_answer_or_an_error_never_an_error_body() -> None
         assert [(type(r), getattr(r, "status", None), getattr(r, "code", None)) for r in results] == [
             (RISError, *want)
         ] * 2, results
+
+
+def test_a_stream_left_early_closes_its_response_at_once_on_both() -> None:
+    """A stream closed early (close(), aclose()) hangs up there and then: the server sees the
+    client gone and cancels the task. Left to the garbage collector, the connection and the
+    task's compute would last until the collector came."""
+    closed: list[str] = []
+    first = sse(("token", {"text": "h"}))
+
+    class Endless(httpx.SyncByteStream, httpx.AsyncByteStream):
+        def __iter__(self) -> Any:
+            yield first
+            while True:  # the server still generating
+                time.sleep(0.01)
+                yield b""
+
+        async def __aiter__(self) -> Any:
+            yield first
+            await asyncio.Event().wait()  # the server still generating
+            yield b""
+
+        def close(self) -> None:
+            closed.append("sync")
+
+        async def aclose(self) -> None:
+            closed.append("async")
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Endless()))
+    with Client("http://ris.test", transport=transport) as c:
+        tokens = c.generate_stream("hi")
+        assert next(tokens) == "h"
+        tokens.close()
+        assert closed == ["sync"]
+
+    async def run_async() -> None:
+        async with AsyncClient("http://ris.test", transport=transport) as c:
+            tokens = c.generate_stream("hi")
+            assert await anext(tokens) == "h"
+            await tokens.aclose()
+            # At once: not on a later turn of the event loop, when the collector's finalizer runs.
+            assert closed == ["sync", "async"]
+
+    asyncio.run(asyncio.wait_for(run_async(), 10))

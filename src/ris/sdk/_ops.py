@@ -10,10 +10,11 @@ descriptors, which also type them (`T` on Client, `Awaitable[T]` on AsyncClient)
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -77,7 +78,7 @@ class SyncRunner:
     def _run(self, operation: Op[T]) -> T:
         raise NotImplementedError
 
-    def _iterate(self, spec: StreamSpec[T]) -> Iterator[T]:
+    def _iterate(self, spec: StreamSpec[T]) -> Generator[T, None, None]:
         raise NotImplementedError
 
 
@@ -87,7 +88,7 @@ class AsyncRunner:
     async def _run(self, operation: Op[T]) -> T:
         raise NotImplementedError
 
-    def _iterate(self, spec: StreamSpec[T]) -> AsyncIterator[T]:
+    def _iterate(self, spec: StreamSpec[T]) -> AsyncGenerator[T, None]:
         raise NotImplementedError
 
 
@@ -109,8 +110,12 @@ def _bind(obj: Any, fn: Callable[..., Any], runner: str) -> Callable[..., Any]:
     else:
 
         async def bound(*args: Any, **kwargs: Any) -> Any:
-            async for item in run(fn(obj, *args, **kwargs)):
-                yield item
+            # Closed with this one: the caller's aclose() hangs up the HTTP stream then, as
+            # close() does on Client, and the server cancels the task. Left open, the inner
+            # generator held the connection (and the model's work) until the collector came.
+            async with contextlib.aclosing(run(fn(obj, *args, **kwargs))) as items:
+                async for item in items:
+                    yield item
 
     bound = functools.wraps(fn)(bound)
     sig = inspect.signature(fn)  # shown without `self`, as a bound method's
@@ -141,8 +146,11 @@ def op(fn: Callable[Concatenate[Any, P], Op[T]]) -> Method[P, T, Awaitable[T]]:
     return Method(fn, "_run")
 
 
-def stream_op(fn: Callable[Concatenate[Any, P], StreamSpec[T]]) -> Method[P, Iterator[T], AsyncIterator[T]]:
-    """A streaming operation: an iterator on Client, an async iterator on AsyncClient."""
+def stream_op(
+    fn: Callable[Concatenate[Any, P], StreamSpec[T]],
+) -> Method[P, Generator[T, None, None], AsyncGenerator[T, None]]:
+    """A streaming operation: a generator on Client, an async generator on AsyncClient (typed
+    as such: close() and aclose() hang up before the end)."""
     return Method(fn, "_iterate")
 
 
@@ -192,7 +200,8 @@ def _save(data: bytes, path: str | Path | None) -> bytes:
 class Operations:
     """The SDK's calls. On `ris.Client` each returns its result; on `ris.AsyncClient` each is
     awaited (streams: iterated with `async for`). 429 and 503 answers are retried up to
-    `max_retries` times, honouring Retry-After."""
+    `max_retries` times, honouring Retry-After. A stream closed before its end (close(), or
+    aclose() on AsyncClient) hangs up at once, and the server cancels its task."""
 
     # ----- LLM -----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import httpx
@@ -90,7 +90,7 @@ class Client(_Base, SyncRunner):
             time.sleep(delay)
             attempt += 1
 
-    def _iterate(self, spec: StreamSpec[T]) -> Iterator[T]:
+    def _iterate(self, spec: StreamSpec[T]) -> Generator[T, None, None]:
         call, attempt = spec.call, 0
         while True:
             with self._http.stream(call.method, call.url, json=call.json, params=call.params) as resp:
@@ -146,7 +146,7 @@ class AsyncClient(_Base, AsyncRunner):
             await asyncio.sleep(delay)
             attempt += 1
 
-    async def _iterate(self, spec: StreamSpec[T]) -> AsyncIterator[T]:
+    async def _iterate(self, spec: StreamSpec[T]) -> AsyncGenerator[T, None]:
         call, attempt = spec.call, 0
         while True:
             async with self._http.stream(call.method, call.url, json=call.json, params=call.params) as resp:
