@@ -167,3 +167,21 @@ def test_bench_refuses_an_unknown_configuration_before_starting_anything() -> No
 
     with pytest.raises(SystemExit, match="unknown configuration .bogus.; known: traditional, shared"):
         main(["bench", "--configs", "bogus,isolated", "--out", "/nonexistent"])
+
+
+@pytest.mark.parametrize("duration", ["0", "-5", "nan", "inf", "ten"])
+def test_bench_refuses_a_phase_of_no_time_before_starting_anything(
+    duration: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--duration 0 ran the whole benchmark, then failed dividing by it (ZeroDivisionError)."""
+    from ris.benchmark import run
+    from ris.cli import main
+
+    def started(args: object) -> None:
+        raise AssertionError(f"the benchmark started with --duration {duration}")
+
+    monkeypatch.setattr(run, "run", started)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--duration", duration, "--out", "/nonexistent"])
+    assert exit_.value.code == 2  # argparse's usage error, as any other bad argument
+    assert "argument --duration" in capsys.readouterr().err

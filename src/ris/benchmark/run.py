@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -244,6 +245,18 @@ def assemble(
     }
 
 
+def _seconds(text: str) -> float:
+    """--duration as a phase's length: each figure is a count per second of it, so 0 (or less)
+    ran the whole benchmark and then divided by zero; refused here, before anything starts."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < seconds < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r}: a phase lasts more than 0 seconds")
+    return seconds
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short phases, one repetition, two configurations")
     p.add_argument(
@@ -252,7 +265,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the GPU variant: 7B-shape LLM and SD 1.5-shape images (dummy weights)",
     )
     p.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
-    p.add_argument("--duration", type=float, default=None, help="seconds per phase")
+    p.add_argument("--duration", type=_seconds, default=None, help="seconds per phase (more than 0)")
     p.add_argument(
         "--tts-model",
         default=None,
