@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import uvicorn
 
     from ris.log_writer import LogWriter
+    from ris.sdk import RISError
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -206,17 +207,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         with Client(args.url, api_key=args.api_key, timeout=10, max_retries=0) as client:
-            stats = client.stats()["lanes"]
+            answer: Any = client.stats()
     except RISError as e:  # reached: it said no
-        hint = " (give a key with --api-key or RIS_API_KEY)" if e.status in (401, 403) else ""
-        print(f"ris status: {args.url} answered {e}{hint}", file=sys.stderr)
+        print(f"ris status: {args.url} answered {e}{_refusal_hint(e, args.api_key)}", file=sys.stderr)
         return 1
+    except json.JSONDecodeError:  # reached: a 200 that is not JSON (a web page)
+        answer = None
     except OSError as e:
         print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - httpx transport errors
         print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
         return 1
+    if not isinstance(answer, dict) or not isinstance(answer.get("lanes"), dict):
+        # Another service on that port: "cannot reach" would send the user looking at the network.
+        print(
+            f"ris status: {args.url} answered, but not as a RIS server (no lane statistics at "
+            "/api/stats): is --url the right address?",
+            file=sys.stderr,
+        )
+        return 1
+    stats = answer["lanes"]
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -253,6 +264,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if r.get("error") and r["error"] != w.get("error"):
                     print(f"         error: {r['error']}")
     return 0
+
+
+def _refusal_hint(e: RISError, key: str | None) -> str:
+    """What to do about a server's refusal, where the CLI knows."""
+    if e.status == 401:
+        if key:
+            return " (the key given was refused: check --api-key or RIS_API_KEY)"
+        return " (give a key with --api-key or RIS_API_KEY)"
+    if e.code == "host_not_allowed":  # a key would not help: the Host guard comes first
+        return " (add the URL's host to the server's server.allowed_hosts, or use one it allows in --url)"
+    return ""
 
 
 def _per_s(name: str) -> str:

@@ -1,12 +1,20 @@
 """`ris test isolation` finds the description's resource isolation test in this checkout;
-`ris pull --list` prints the catalogue; a reader that leaves early gets no traceback."""
+`ris pull --list` prints the catalogue; a reader that leaves early gets no traceback; `ris
+status` says who answered what, against a stand-in server."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
 
 
 def ris(*args: str) -> subprocess.CompletedProcess[str]:
@@ -75,27 +83,37 @@ def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_p
         assert "Traceback" not in done.stderr, args
 
 
-def test_status_told_no_by_the_server_says_so_not_cannot_reach() -> None:
-    """A server that needs a key answered: 'cannot reach' would send the user looking at the network."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+@contextlib.contextmanager
+def answering(status: int, body: bytes, content_type: str = "application/json") -> Iterator[str]:
+    """A server at the URL given that answers every GET with `status` and `body`."""
 
-    class NeedsKey(BaseHTTPRequestHandler):
+    class Fixed(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            body = json.dumps({"error": {"code": "unauthorized", "message": "this server needs an API key"}})
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), NeedsKey)
+    server = HTTPServer(("127.0.0.1", 0), Fixed)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def refusal(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def test_status_told_no_by_the_server_says_so_not_cannot_reach() -> None:
+    """A server that needs a key answered: 'cannot reach' would send the user looking at the network."""
+    with answering(401, refusal("unauthorized", "this server needs an API key")) as url:
         env = {k: v for k, v in os.environ.items() if k != "RIS_API_KEY"}
         done = subprocess.run(
             [sys.executable, "-m", "ris", "status", "--url", url],
@@ -105,9 +123,44 @@ def test_status_told_no_by_the_server_says_so_not_cannot_reach() -> None:
             cwd="/",
             env=env,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert done.returncode == 1, done.stderr
     assert "cannot reach" not in done.stderr and "401 unauthorized" in done.stderr, done.stderr
     assert "--api-key" in done.stderr and "Traceback" not in done.stderr
+
+
+def status(url: str, *flags: str) -> tuple[int, str, str]:
+    """`ris status --url URL` in this process: its exit status, stdout and stderr."""
+    from ris.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["status", "--url", url, *flags])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_status_says_what_to_do_about_each_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Host the server does not serve is not a missing key: --api-key would not help."""
+    monkeypatch.delenv("RIS_API_KEY", raising=False)
+    foreign = refusal(
+        "host_not_allowed", "Host 'box' is not served here; allowed: localhost (server.allowed_hosts)"
+    )
+    with answering(403, foreign) as url:
+        code, _, err = status(url)
+    assert code == 1 and "403 host_not_allowed" in err, err
+    assert "--api-key" not in err and "add the URL's host to the server's server.allowed_hosts" in err
+    with answering(401, refusal("unauthorized", "this server needs an API key")) as url:
+        code, _, err = status(url, "--api-key", "wrong")
+    assert code == 1 and "the key given was refused" in err, err
+
+
+def test_status_of_another_service_says_it_is_not_a_ris_server() -> None:
+    """A 200 that is not /api/stats' JSON (another service on that port): reached, so not
+    'cannot reach ...: Expecting value'."""
+    for body, content_type in (
+        (b"<html><body>Welcome to nginx!</body></html>", "text/html"),
+        (b'{"status": "ok"}', "application/json"),
+    ):
+        with answering(200, body, content_type) as url:
+            code, out, err = status(url)
+        assert code == 1 and out == "", err
+        assert "answered, but not as a RIS server" in err and "cannot reach" not in err, err
