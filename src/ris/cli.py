@@ -227,10 +227,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    stats = answer["lanes"]
-    if args.json:
-        print(json.dumps(stats, indent=2))
+    if args.json:  # all of it, as the server said it (lanes and GPUs)
+        print(json.dumps(answer, indent=2))
         return 0
+    stats = answer["lanes"]
     head = (
         f"{'lane':6} {'state':10} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} "
         f"{'done':>6} {'failed':>6} {'cancel':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
@@ -263,6 +263,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"       replica {i}: {r['state']} pid {pid} on {node}, running {r['running']}")
                 if r.get("error") and r["error"] != w.get("error"):
                     print(f"         error: {r['error']}")
+    for g in answer.get("gpus") or []:  # the machine's cards, whichever lanes use them
+        busy = "" if g["utilization_percent"] is None else f", {g['utilization_percent']}% busy"
+        used, total = g["memory_used_bytes"] / 2**30, g["memory_total_bytes"] / 2**30
+        print(f"gpu {g['index']} {g['name']}: {used:.1f} of {total:.1f} GiB memory used{busy}")
     return 0
 
 
@@ -409,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")
     st.add_argument("--url", default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))
     st.add_argument("--api-key", default=os.environ.get("RIS_API_KEY"))
-    st.add_argument("--json", action="store_true", help="print the raw statistics")
+    st.add_argument("--json", action="store_true", help="print the statistics as the server gives them")
     st.set_defaults(fn=cmd_status)
     pl = sub.add_parser("pull", help="fetch a catalogued model from the Hugging Face hub into config.json")
     pl.add_argument("name", nargs="?", help="e.g. qwen2.5, qwen2.5:7b, llama3.2, sd-turbo, piper:<voice>")

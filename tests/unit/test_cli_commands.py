@@ -164,3 +164,62 @@ def test_status_of_another_service_says_it_is_not_a_ris_server() -> None:
             code, out, err = status(url)
         assert code == 1 and out == "", err
         assert "answered, but not as a RIS server" in err and "cannot reach" not in err, err
+
+
+WORKER = {"state": "ready", "pid": 4242, "cpu_affinity": [0], "cpu_percent": 12.5, "rss_bytes": 300 << 20}
+STATS = {
+    "lanes": {
+        "llm": {
+            "state": "idle",
+            "device": "cuda:0",
+            "cores": [0],
+            "worker": WORKER,
+            "workers": [WORKER],
+            "queue_depth": 0,
+            "max_queue": 64,
+            "running": 0,
+            "done": 3,
+            "failed": 0,
+            "cancelled": 0,
+            "latency_s": {"p50": 0.5, "p95": 0.9, "p99": 1.0},
+            "throughput_per_s": {},
+            "throughput_window_s": 60,
+        }
+    },
+    "gpus": [
+        {
+            "index": 0,
+            "name": "NVIDIA H100",
+            "memory_used_bytes": 3 << 30,
+            "memory_total_bytes": 80 << 30,
+            "utilization_percent": 7,
+        },
+        {
+            "index": 1,
+            "name": "NVIDIA A100 MIG 1g.10gb",
+            "memory_used_bytes": 0,
+            "memory_total_bytes": 10 << 30,
+            "utilization_percent": None,
+        },
+    ],
+}
+
+
+def test_status_json_is_all_of_the_statistics_and_the_table_shows_the_gpus() -> None:
+    """--json prints /api/stats as is (the deployment guide says so): the GPUs too, not the
+    lanes alone."""
+    with answering(200, json.dumps(STATS).encode()) as url:
+        code, out, err = status(url, "--json")
+        assert code == 0 and json.loads(out) == STATS, err
+        code, out, err = status(url)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["lane", "state"] and lines[1].split()[:2] == ["llm", "idle"]
+    assert lines[-2:] == [
+        "gpu 0 NVIDIA H100: 3.0 of 80.0 GiB memory used, 7% busy",
+        "gpu 1 NVIDIA A100 MIG 1g.10gb: 0.0 of 10.0 GiB memory used",
+    ]
+    without = {"lanes": STATS["lanes"]}  # no NVIDIA card (or a server from before "gpus")
+    with answering(200, json.dumps(without).encode()) as url:
+        code, out, err = status(url)
+    assert code == 0 and "gpu" not in out, err
