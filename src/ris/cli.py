@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -92,12 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
-    import uvicorn
-
-    from ris.api import http_bounds
-    from ris.api.app import bind_ollama_port, create_app, http_parser
+    from ris.api.app import bind_main_port, http_parser
     from ris.api.security import check_exposure
-    from ris.log_writer import LogWriter
 
     check_exposure(cfg)
     try:
@@ -105,6 +103,39 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     except RuntimeError as e:
         print(f"ris serve: {e}", file=sys.stderr)
         return 1
+    try:
+        # Before the app exists: uvicorn would bind only once every worker had started.
+        sockets = bind_main_port(cfg)
+    except OSError as e:
+        print(f"ris serve: {_bind_failure(cfg, e)}", file=sys.stderr)
+        return 2
+    try:
+        return _serve_on(args, cfg, http, sockets)
+    finally:
+        for sock in sockets:  # uvicorn closes those it served on; these are the early returns'
+            sock.close()
+
+
+def _bind_failure(cfg: Config, e: OSError) -> str:
+    """The one line a main port that cannot be bound is: the setting at fault and its flag."""
+    srv = cfg.server
+    reason = e.strerror or str(e)
+    if e.errno in (errno.EADDRINUSE, errno.EACCES):  # the port: taken, or privileged
+        port = f"{srv.port}" if srv.port else "0 (any free port)"
+        return f"server.port {port}: {reason} (choose another with --port)"
+    # No such name, or an address this machine does not have: the host.
+    return f"server.host {srv.host!r}: {reason} (choose another with --host)"
+
+
+def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[socket.socket]) -> int:
+    import uvicorn
+
+    from ris.api import http_bounds
+    from ris.api.app import bind_ollama_port, create_app
+    from ris.log_writer import LogWriter
+
+    port = int(sockets[0].getsockname()[1])  # with --port 0, the one the OS chose
+    data_lock.record_port(cfg.data_dir, port)
     try:
         ollama_socket = bind_ollama_port(cfg)
     except OSError as e:
@@ -127,7 +158,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     config = uvicorn.Config(
         app,
         host=cfg.server.host,
-        port=cfg.server.port,
+        port=port,
         loop=loop,
         http=http_bounds.protocol(http),
         # The client is the TCP peer: X-Forwarded-For, trusted by uvicorn from any local
@@ -143,7 +174,7 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     writer = LogWriter(("", "uvicorn", "uvicorn.access"))
     server = _server(config, writer)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass
     finally:
@@ -151,7 +182,8 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
     return 0 if server.started else STARTUP_FAILURE
 
 
-# The exit status of a server that did not start (its port taken, say): uvicorn.run's.
+# The exit status of a server that did not start (stopped while its workers started, say):
+# uvicorn.run's.
 STARTUP_FAILURE = 3
 
 
@@ -162,6 +194,18 @@ def _server(config: uvicorn.Config, writer: LogWriter) -> uvicorn.Server:
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and sockets:
+                # uvicorn names the address only where it bound the sockets itself; with
+                # --port 0, this line is where the port is told.
+                for sock in sockets:
+                    host, port = sock.getsockname()[:2]
+                    address = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                    logging.getLogger("uvicorn.error").info(
+                        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", address, port
+                    )
+
         @contextlib.contextmanager
         def capture_signals(self) -> Generator[None, None, None]:
             with super().capture_signals():

@@ -5,14 +5,17 @@ status` says who answered what, against a stand-in server."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 import pytest
 
@@ -223,3 +226,61 @@ def test_status_json_is_all_of_the_statistics_and_the_table_shows_the_gpus() -> 
     with answering(200, json.dumps(without).encode()) as url:
         code, out, err = status(url)
     assert code == 0 and "gpu" not in out, err
+
+
+class AppBuilt(Exception):
+    """create_app was called: the workers would start next."""
+
+
+def serve(tmp_path: object, monkeypatch: pytest.MonkeyPatch, built: Any, *flags: str) -> tuple[int, str]:
+    """`ris serve` in this process, with `built(config)` in place of create_app: its exit
+    status and stderr."""
+    from ris.api import app
+    from ris.cli import main
+
+    monkeypatch.delenv("RIS_CONFIG", raising=False)
+    monkeypatch.setattr(app, "create_app", lambda cfg, **kw: built(cfg))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["serve", "--data-dir", str(tmp_path), *flags])
+    return code, err.getvalue()
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_worker(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn binds after the app's startup, which starts every lane's worker (models loaded):
+    the port is bound first, and a taken one is the usage error it is."""
+
+    def built(cfg: object) -> None:
+        raise AssertionError("the app was built (its workers would start) before the port was bound")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = serve(tmp_path, monkeypatch, built, "--port", str(port))
+    assert code == 2, err
+    assert err.splitlines() == [
+        f"ris serve: server.port {port}: Address already in use (choose another with --port)"
+    ]
+
+
+def test_serve_on_any_free_port_names_the_port_it_got(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--port 0: the data folder's lock names the port the OS chose (a second server's refusal
+    quotes it), not 0, and that port is held before the app is built."""
+    from ris.runtime import data_lock
+
+    def built(cfg: Any) -> None:
+        held = data_lock.holder(cfg.data_dir)
+        port = held["port"]
+        assert held["pid"] == os.getpid() and isinstance(port, int) and port != 0, held
+        with socket.socket() as other, pytest.raises(OSError) as e:
+            other.bind(("127.0.0.1", port))
+        assert e.value.errno == errno.EADDRINUSE
+        raise AppBuilt
+
+    with pytest.raises(AppBuilt):
+        serve(tmp_path, monkeypatch, built, "--port", "0")

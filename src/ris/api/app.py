@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import logging
+import os
 import socket
 import threading
 import time
@@ -240,6 +242,47 @@ def bind_ollama_port(config: Config) -> socket.socket | None:
     it first of all, so a port in use is one line before any worker starts (OSError)."""
     srv = config.server
     return None if srv.ollama_port is None else _bind(srv.host, srv.ollama_port)
+
+
+def bind_main_port(config: Config) -> list[socket.socket]:
+    """server.port's sockets, bound, one per address server.host names (a name such as
+    localhost: its IPv4 and IPv6 ones), as uvicorn's own binding would make them. `ris serve`
+    binds them before the app starts: uvicorn runs the app's startup (every lane's worker, its
+    models loaded) before it binds, so a port in use was found only after all that (OSError).
+    With server.port 0, every address gets the one port the OS chose for the first."""
+    srv = config.server
+    host = srv.host.strip("[]")
+    infos = socket.getaddrinfo(host or None, srv.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):  # in order, once each
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this system cannot open: its other addresses serve
+                continue
+            sockets.append(sock)
+            if os.name == "posix":  # as asyncio: a port left in TIME_WAIT by a restart is free
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: IPv4 on its own socket, never mapped
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if srv.port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            try:
+                # Bound, not listening: until uvicorn listens, once the workers have started,
+                # a client is refused at once, as before, not left waiting in the backlog.
+                sock.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL and len(infos) > 1:
+                    sockets.pop().close()  # ::1 where IPv6 is off: the other addresses serve
+                    continue
+                raise
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def http_parser(config: Config) -> str:

@@ -90,13 +90,26 @@ def acquire(folder: Path, port: int, *, engine: bool = False) -> None:
                 f"data_dir {key} is in use by another RIS server (pid {pid}, port {at}); "
                 "stop that server, or give this one another data_dir (--data-dir)"
             )
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "port": port}))
-        f.flush()
+        _write(f, port)
         _held[key] = (f, 1)
         if engine:  # held: a failed hold (a folder that cannot be made) leaves no engine behind
             _engines.add(key)
+
+
+def record_port(folder: Path, port: int) -> None:
+    """The port this process listens on, once bound, for the refusal a second server prints
+    (with --port 0, acquire() was told 0: the OS chooses the port when it binds)."""
+    key = folder.resolve()
+    with _guard:
+        if key in _held:
+            _write(_held[key][0], port)
+
+
+def _write(f: IO[str], port: int) -> None:
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "port": port}))
+    f.flush()
 
 
 def release(folder: Path, *, engine: bool = False) -> None:
