@@ -90,10 +90,12 @@ def test_prometheus_metrics(server: Server, client: Client) -> None:
     assert value("ris_audio_seconds", "ris_audio_seconds_total", lane="tts") >= speech.duration_s > 0
     assert value("ris_image_steps", "ris_image_steps_total", lane="image") >= 2
     assert value("ris_tasks", "ris_tasks_total", lane="image", outcome="succeeded") >= 1
-    # The first token came from the default model; so did its next ones (8 tokens: 7 gaps).
+    # The first token came from the default model; so did its next ones. 8 tokens are 1 to 7
+    # gaps: a piece of text that may begin a stop string ("\n" before "\nuser:") leaves with
+    # the token after it, and the sampled text differs from run to run.
     ttft = value("ris_time_to_first_output_seconds", "ris_time_to_first_output_seconds_count", lane="llm")
     assert ttft >= 1
-    assert value("ris_inter_output_seconds", "ris_inter_output_seconds_count", lane="llm") >= 7
+    assert value("ris_inter_output_seconds", "ris_inter_output_seconds_count", lane="llm") >= 1
     # No GPU on this machine: no GPU family at all (with one, each has a sample).
     assert all(f.samples for n, f in found.items() if n.startswith("ris_gpu_"))
 
