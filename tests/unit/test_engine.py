@@ -3,6 +3,8 @@ hang, restart, deadlines and durable recovery, with no process, pipe or socket."
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -146,7 +148,7 @@ async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_
             nonlocal calls
             calls += 1
             if calls == 2:
-                raise OSError("disk full")
+                raise OSError(errno.ENOSPC, "No space left on device")
             accepted(*args, **kwargs)
 
         eng.durable.accepted = disk_full_on_the_second  # type: ignore[method-assign]
@@ -781,3 +783,25 @@ async def test_an_image_its_client_waited_for_on_its_connection_is_not_run_after
             assert view is not None and (view.state, view.error_code) == ("cancelled", "server_shutdown")
         workers[Lane.IMAGE].ready()
         assert [r.task_id for r in workers[Lane.IMAGE].runs] == [kept.task_id]
+
+
+def test_a_full_disk_is_told_apart_from_other_failures_of_the_store() -> None:
+    """507 storage_full by sqlite's own code or the OS's errno, never by words in a message (a
+    path may say "full")."""
+    db = sqlite3.connect(":memory:")
+    db.execute("create table t (x)")
+    db.execute("pragma max_page_count = 2")  # sqlite's SQLITE_FULL, as a full disk gives it
+    with pytest.raises(sqlite3.OperationalError) as full:
+        for _ in range(100):
+            db.execute("insert into t values (?)", ("x" * 1000,))
+    where = Path("/data")
+    assert NotRecorded("image", full.value, where).code == "storage_full"
+    assert NotRecorded("image", OSError(errno.EDQUOT, "Disk quota exceeded"), where).code == "storage_full"
+    assert (
+        NotRecorded("image", OSError(errno.EIO, "/srv/fullstack: I/O error"), where).code
+        == "store_unavailable"
+    )
+    assert (
+        NotRecorded("image", sqlite3.OperationalError("database is locked"), where).code
+        == "store_unavailable"
+    )

@@ -501,7 +501,7 @@ def test_a_gpu_lane_counts_only_what_its_backend_places_on_the_card() -> None:
     cfg = LaneConfig(default_model="a", models={"a": smol, "b": whole})
     budget = 50 * MIB  # a fraction of the model: llama.cpp places the layers that fit
     cache = ModelCache(cfg, "cuda:0", None, lambda name: object(), lambda msg: None, gpu_budget_bytes=budget)
-    fp = model_footprint(smol, cfg.parallel)
+    fp = model_footprint(smol, cfg.parallel, "cuda:0")
     assert fp is not None and fp.total > budget
     assert cache.get("a", announce=False) is not None  # loaded, partly on the card: not refused
     assert cache.footprint("a") == layer_split(fp, budget).gpu_bytes <= budget

@@ -490,12 +490,14 @@ def test_a_keep_alive_of_centuries_leaves_the_idle_worker_waiting_and_serving(tm
         lanes.unregister("count")
 
 
-def test_a_start_models_expiry_is_reported_once_a_request_changes_it(tmp_path: Path) -> None:
-    """The server counts a preloaded model's keep_alive from WorkerReady (the lane's 300 s): a
-    request that keeps it for ever must say so, though the worker never reported the 300 s."""
+def test_a_start_models_expiry_is_reported_after_ready_and_when_a_request_changes_it(tmp_path: Path) -> None:
+    """A model loaded at the start leaves after the lane's keep_alive (300 s): the server hears
+    it right after WorkerReady, and again when a request keeps the model for ever."""
     chan, worker = _serving(_three_models(tmp_path, memory_budget_mb=None, keep_alive_s=300))
     try:
         assert isinstance(chan.take(), m.WorkerReady)
+        told = chan.take()
+        assert isinstance(told, m.ModelExpiry) and told.name == "a" and 290 < (told.expires_in_s or 0) <= 300
         chan.put(m.RunTask("t1", "a", CountRequest(upto=0), keep_alive_s=-1))
         assert chan.take() == m.TaskDone("t1", CountOutcome(0))
         assert chan.take() == m.ModelExpiry("a", None)

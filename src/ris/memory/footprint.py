@@ -248,7 +248,7 @@ def file_footprint(
     return None
 
 
-def model_footprint(spec: ModelSpec, parallel: int, device: str = "cpu") -> Footprint | None:
+def model_footprint(spec: ModelSpec, parallel: int, device: str) -> Footprint | None:
     """A configured model's footprint as its backend loads it on `device` (None: no file to
     read it from: a missing file, which its load reports, a `builtin:` recipe or a speech
     engine without one). Raises ModelFileError."""

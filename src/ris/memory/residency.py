@@ -51,6 +51,12 @@ class Refuse:
 Decision = Ready | Load | Wait | Refuse
 
 
+def expiry(now: float, ttl: float | None) -> float | None:
+    """When a model idle from `now` is unloaded by a keep_alive of `ttl` seconds (None or
+    negative: never)."""
+    return None if ttl is None or ttl < 0 else now + ttl
+
+
 class Residency:
     """The loaded models of one worker and the rules that load and unload them."""
 
@@ -91,7 +97,7 @@ class Residency:
 
     def loaded(self, name: str, nbytes: int) -> None:
         now = self._clock()
-        self._models[name] = _Resident(nbytes, now, self._expiry(now, self.keep_alive_s))
+        self._models[name] = _Resident(nbytes, now, expiry(now, self.keep_alive_s))
 
     def unloaded(self, name: str) -> None:
         self._models.pop(name, None)
@@ -115,7 +121,7 @@ class Residency:
             ttl = self.keep_alive_s if keep_alive_s == "lane" else keep_alive_s
             if r.kept is not None:
                 (ttl,), r.kept = r.kept, None
-            r.expires_at = self._expiry(now, ttl)
+            r.expires_at = expiry(now, ttl)
 
     def keep(self, name: str, keep_alive_s: float | None | Literal["lane"]) -> None:
         """A keep_alive for a loaded model asked for by itself (Ollama's request with nothing to
@@ -127,7 +133,7 @@ class Residency:
         if r.running:
             r.kept = (ttl,)
         else:
-            r.expires_at = self._expiry(self._clock(), ttl)
+            r.expires_at = expiry(self._clock(), ttl)
 
     def expires_at(self, name: str) -> float | None:
         """When `name` expires if it stays idle (None: never, running, or not loaded)."""
@@ -152,9 +158,5 @@ class Residency:
         times = [r.expires_at for r in self._models.values() if r.running == 0 and r.expires_at is not None]
         return min(times) if times else None
 
-    @staticmethod
-    def _expiry(now: float, ttl: float | None) -> float | None:
-        return None if ttl is None or ttl < 0 else now + ttl
 
-
-__all__ = ["FOREVER", "Decision", "Load", "Ready", "Refuse", "Residency", "Wait"]
+__all__ = ["FOREVER", "Decision", "Load", "Ready", "Refuse", "Residency", "Wait", "expiry"]

@@ -34,6 +34,7 @@ from ris import messages as m
 from ris.config import Config
 from ris.lanes.base import LaneKind, LaneResult, Seen, Timings
 from ris.machine import MachineInfo
+from ris.memory.residency import expiry
 from ris.runtime import data_lock
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
@@ -73,7 +74,9 @@ class NotRecorded(Exception):
     full disk, else "store_unavailable"): nothing was queued."""
 
     def __init__(self, lane: str, error: Exception, where: Path) -> None:
-        full = "full" in str(error) or getattr(error, "errno", None) == errno.ENOSPC
+        full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(
+            error, "errno", None
+        ) in (errno.ENOSPC, errno.EDQUOT)
         self.lane = lane
         self.code = "storage_full" if full else "store_unavailable"
         what = "the disk is full" if full else f"{type(error).__name__}: {error}"
@@ -478,9 +481,7 @@ class Engine:
             replica.ready_info, replica.failure = msg, None
             replica.forget_waits()
             replica.models = {info.name: info for info in msg.models}
-            ttl = self.config.lane(replica.lane).keep_alive_s
-            kept = None if ttl is None or ttl < 0 else self.clock() + ttl  # residency.loaded's
-            replica.expiries = dict.fromkeys(replica.models, kept)
+            replica.expiries = dict.fromkeys(replica.models)  # their ModelExpiry follows, if any
             for info in msg.models:
                 self._model_log.loaded(replica.lane, info.name, info.load_s, at_start=True)
             if msg.memory_limit_bytes is not None:
@@ -882,8 +883,7 @@ class Engine:
             if replica.ready and replica.ready_info is not None:
                 now = self.clock()
                 busy = {self._model_of(t) for t in replica.running}
-                ttl = self.config.lane(lane).keep_alive_s
-                lane_ttl = None if ttl is None or ttl < 0 else ttl
+                lane_ttl = expiry(0.0, self.config.lane(lane).keep_alive_s)
                 left: dict[str, float | None] = {}
                 for name in replica.models:
                     due = replica.expiries.get(name)

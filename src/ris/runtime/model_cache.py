@@ -123,9 +123,7 @@ class ModelCache:
         self.residency.loaded(name, need)
         if announce:
             self._send(m.ModelLoaded(self.info(name)))
-            self._expiry_changed.add(name)
-        else:  # a start's model: the server counts its expiry from WorkerReady, as residency does
-            self._reported_expiry[name] = self.residency.expires_at(name)
+        self._expiry_changed.add(name)  # a start's: told after WorkerReady
         return backend
 
     @staticmethod
@@ -212,9 +210,10 @@ class ModelCache:
         leave (m.ModelExpiry), once each task's end has been sent."""
         for name in self.residency.expired():
             self.unload(name, "expired")
-        changed, self._expiry_changed = self._expiry_changed, set()
-        for name in changed:
-            self._report_expiry(name)
+        if self._expiry_changed:  # (this runs after every batch step)
+            changed, self._expiry_changed = self._expiry_changed, set()
+            for name in changed:
+                self._report_expiry(name)
 
     def seconds_to_expiry(self) -> float | None:
         """How long the idle worker may wait before a model's keep_alive ends (at most an

@@ -294,6 +294,7 @@ def serve(
             cpu_share=cpu_share,
         )
     )
+    cache.expire()  # the start's models: when their keep_alive ends, if it ever does (ModelExpiry)
     # A runner marks its lane idle when its task ends: only with nothing queued, through the
     # same gate as a lender's marks. Between two queued tasks the lane stays busy: a lane
     # yielding to it (it looks every 0.5 ms) does not resume for a step in the moment before

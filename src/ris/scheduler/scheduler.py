@@ -444,9 +444,10 @@ class Scheduler:
         """Take back a task just submitted that could not be accepted after all (its record
         could not be written): gone without a trace, never counted as cancelled, since its
         client never had its id."""
-        task = self._tasks.pop(task_id, None)
+        task = self._tasks.get(task_id)
         if task is None or task.state is not TaskState.QUEUED:
             return
+        del self._tasks[task_id]
         task.state = TaskState.CANCELLED  # dropped from the heap lazily, as a cancel is
         self._book(task.lane).queue.discard(task)
 
