@@ -23,6 +23,7 @@ from ris.lanes.tts import LANE as TTS
 from ris.lanes.tts import AudioChunk, AudioWritten, TTSOutcome, TTSRequest, TTSResult
 from ris.runtime.engine import Engine, LaneUnavailable, NotRecorded
 from ris.runtime.retention import Retention
+from ris.runtime.store import StoredTask
 from ris.runtime.supervisor import backoff
 from ris.runtime.tenancy import ANONYMOUS
 from ris.runtime.views import TaskHandle
@@ -427,6 +428,41 @@ async def test_a_result_the_sweep_deleted_is_gone_from_lookups_at_once(tmp_path:
         assert eng._sweep is not None
         assert (await eng._sweep).deleted == (said.task_id,)
         assert eng.lookup(said.task_id) is None
+
+
+@run
+async def test_a_restarted_server_estimates_runs_from_the_lanes_past_ones(tmp_path: Path) -> None:
+    """Images that took 30 s each before a restart: the queue's ETAs start from about that,
+    not from the 1 s initial guess (a resumed queue said one second a picture)."""
+    now = time.time()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, _, _):
+        assert eng.durable is not None
+        for i in range(5):
+            started = now - 1000 + 60 * i
+            row = StoredTask(
+                f"{i:032x}",
+                Lane.IMAGE,
+                "m",
+                "succeeded",
+                0,
+                {},
+                started,
+                started,
+                started + 30,
+                1,
+                None,
+                None,
+                None,
+            )
+            eng.durable.store.keep(row).result()
+        eng.durable.store.keep(
+            StoredTask("f" * 32, Lane.TTS, "e", "succeeded", 0, {}, now, now, now + 2, 1, None, None, None)
+        ).result()
+
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, _, _):
+        estimate = eng2.snapshot().lane(Lane.IMAGE).stats.run_time_mean
+        assert estimate == pytest.approx(1.0 * 0.8**5 + 30 * (1 - 0.8**5))  # as if they had run here
+        assert eng2.snapshot().lane(Lane.TTS).stats.run_time_mean == pytest.approx(0.8 + 0.2 * 2)
 
 
 @run

@@ -241,8 +241,11 @@ class Engine:
             await asyncio.to_thread(self.durable.close)  # the queued writes reach the disk first
 
     def _recover(self) -> None:
-        """Resume the durable tasks a previous server accepted but did not finish."""
+        """Resume the durable tasks a previous server accepted but did not finish, with the
+        run times their lanes took before (their ETAs)."""
         assert self.durable is not None
+        for lane in self._replicas:  # (lanes whose tasks the store keeps: images, speech)
+            self._scheduler.learned_run_times(lane, self.durable.store.run_times(lane))
         for st, request in self.durable.resumable(set(self._replicas)):
             spec = TaskSpec(
                 lane=st.lane,

@@ -336,6 +336,18 @@ class TaskStore:
         rows = self._select("WHERE id=?", (task_id,))
         return rows[0] if rows else None
 
+    def run_times(self, lane: str, limit: int = 20) -> list[float]:
+        """How long the lane's last `limit` succeeded tasks ran, oldest first (start to end of
+        their last attempt, in seconds)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT finished_at - started_at FROM tasks WHERE lane=? AND state='succeeded' "
+                "AND started_at IS NOT NULL AND finished_at >= started_at "
+                "ORDER BY finished_at DESC LIMIT ?",
+                (lane, limit),
+            ).fetchall()
+        return [float(r[0]) for r in reversed(rows)]
+
     def unfinished(self) -> list[StoredTask]:
         """Queued and running tasks, oldest first (the order they are resumed in)."""
         return self._select("WHERE state IN ('queued', 'running') ORDER BY submitted_at", ())

@@ -264,6 +264,14 @@ class Scheduler:
 
     # ----- dispatch ------------------------------------------------------------------------
 
+    def learned_run_times(self, lane: str, seconds: Iterable[float]) -> None:
+        """Run times the lane's tasks took before this start (the durable store's), oldest
+        first, folded into its estimate as finished tasks are: a restarted server's queue
+        ETAs start from the lane's real pace, not the initial guess."""
+        book = self._book(lane)
+        for t in seconds:
+            book.run_estimate = 0.8 * book.run_estimate + 0.2 * t
+
     def set_slots(self, lane: str, slots: int) -> None:
         """How many tasks the lane's workers can run now (0 while its worker is down)."""
         self._book(lane).slots = slots
@@ -411,7 +419,7 @@ class Scheduler:
         self._close(book, task, state, code, message)
         task.result = result
         if state is TaskState.SUCCEEDED and task.run_time is not None:
-            book.run_estimate = 0.8 * book.run_estimate + 0.2 * task.run_time
+            self.learned_run_times(task.lane, (task.run_time,))
         return task
 
     # ----- cancellation and deadlines ------------------------------------------------------
