@@ -297,6 +297,25 @@ def result_or_failure(view: TaskView[Res]) -> Res:
     raise failure(view)
 
 
+async def first_or_failure(
+    request: Request, engine: Engine, handle: TaskHandle[Any], first: Awaitable[T | None]
+) -> T | None:
+    """A streamed task's first piece (`first`), awaited while the response's status line is
+    still unsent: a task that ends without one answers with its error here, not with a 200
+    and an error inside the body (None: it succeeded without one). A client that leaves
+    meanwhile takes its task with it."""
+    try:
+        piece = await unless_gone(request, first)
+    except BaseException:
+        engine.cancel(handle.task_id)
+        raise
+    if piece is None:
+        view = await handle.done
+        if not view.succeeded:
+            raise failure(view)
+    return piece
+
+
 @contextmanager
 def cancel_unless_ended(engine: Engine, handle: TaskHandle[Any]) -> Iterator[None]:
     """Around a streamed response's body: if the body stops before the task has ended (the

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import Request
 
-from ris.api.deps import resolve_model, unless_gone
-from ris.api.errors import APIError, failure
+from ris.api.deps import first_or_failure, resolve_model
+from ris.api.errors import APIError
 from ris.api.streams import StreamBroken
 from ris.lanes import Lane
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
@@ -77,16 +77,8 @@ async def first_audio(engine: Engine, audio: AudioStream, request: Request) -> b
     here, while the response's status line is still unsent: a stream must not begin with
     200 and a WAV header for audio that never comes. A client that leaves meanwhile takes
     its task with it."""
-    handle = audio.handle
-    try:
-        pcm = await unless_gone(request, audio.next())
-    except BaseException:
-        engine.cancel(handle.task_id)
-        raise
+    pcm = await first_or_failure(request, engine, audio.handle, audio.next())
     if pcm is None:
-        view = await handle.done
-        if not view.succeeded:
-            raise failure(view)
         raise APIError(500, "synthesis_empty", "the speech engine produced no audio")
     return pcm
 

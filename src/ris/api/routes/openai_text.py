@@ -17,11 +17,11 @@ from ris.api.deps import (
     cancel_unless_ended,
     client_of,
     engine_of,
+    first_or_failure,
     json_body,
     owner_of,
     result_or_failure,
     unknown_model_message,
-    unless_gone,
     wait_task,
 )
 from ris.api.errors import APIError, failure, openai_error_body
@@ -290,16 +290,7 @@ async def _first_text(engine: Engine, handle: TaskHandle[LLMResult], request: Re
                 return item.text
         return None
 
-    try:
-        text = await unless_gone(request, first())
-    except BaseException:
-        engine.cancel(handle.task_id)
-        raise
-    if text is None:
-        view = await handle.done
-        if not view.succeeded:
-            raise failure(view)
-    return text
+    return await first_or_failure(request, engine, handle, first())
 
 
 async def _stream(
