@@ -185,3 +185,21 @@ def test_bench_refuses_a_phase_of_no_time_before_starting_anything(
         main(["bench", "--duration", duration, "--out", "/nonexistent"])
     assert exit_.value.code == 2  # argparse's usage error, as any other bad argument
     assert "argument --duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("repetitions", ["0", "-1", "two", "1.5"])
+def test_bench_refuses_no_repetitions_as_a_usage_error(
+    repetitions: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--repetitions 0 exited 1 with a message of its own, not argparse's usage error (2)."""
+    from ris.benchmark import run
+    from ris.cli import main
+
+    def started(args: object) -> None:
+        raise AssertionError(f"the benchmark started with --repetitions {repetitions}")
+
+    monkeypatch.setattr(run, "run", started)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--repetitions", repetitions, "--out", "/nonexistent"])
+    assert exit_.value.code == 2
+    assert "argument --repetitions" in capsys.readouterr().err

@@ -257,6 +257,18 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _repetitions(text: str) -> int:
+    """--repetitions as a count of at least one, refused as a usage error (exit 2) like any
+    other bad argument, not after argparse has accepted it."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 repetition")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short phases, one repetition, two configurations")
     p.add_argument(
@@ -264,7 +276,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the GPU variant: 7B-shape LLM and SD 1.5-shape images (dummy weights)",
     )
-    p.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
+    p.add_argument(
+        "--repetitions", type=_repetitions, default=None, help="at least 1; default 3 (1 with --quick)"
+    )
     p.add_argument("--duration", type=_seconds, default=None, help="seconds per phase (more than 0)")
     p.add_argument(
         "--tts-model",
@@ -280,8 +294,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.repetitions is None:
         args.repetitions = 1 if args.quick else 3
-    if args.repetitions < 1:
-        raise SystemExit("ris bench: --repetitions must be at least 1")
     result = run(args)
     out = Path(args.out or "bench/results")
     out.mkdir(parents=True, exist_ok=True)
