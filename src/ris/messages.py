@@ -168,13 +168,16 @@ class ModelUnloaded:
 class CpuShareInfo:
     """How a batch worker keeps its minimum CPU share: the mechanism the OS allowed
     ("cgroup_v1": the group's cpu.shares; "nice": the nice level's CFS weight), the weight set,
-    the share of a saturated core that weight gives against one nice-0 task, and the cgroup."""
+    the share of a saturated core that weight gives against one nice-0 task, the cgroup, and
+    the threads' scheduling policy ("idle": SCHED_IDLE inside the group; "other": the normal
+    one)."""
 
     mechanism: str
     weight: int
     share: float
     nice: int
     cgroup: str | None = None
+    policy: str = "other"
 
 
 @dataclass(frozen=True)

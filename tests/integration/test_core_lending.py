@@ -135,6 +135,11 @@ def test_images_progress_while_llm_and_speech_saturate_both_cores(server: Server
         assert group.endswith(f"/ris-{server.proc.pid if server.proc else 0}-image"), group
         assert Path(share["cgroup"], "cpu.shares").read_text().strip() == "114"
         assert str(image) in Path(share["cgroup"], "cgroup.procs").read_text().split()
+        # Inside the group every thread runs under SCHED_IDLE, torch's (started after the
+        # policy was set) as well: never cache-hot, moved at once to a core that goes idle.
+        assert share["policy"] == "idle"
+        threads = [int(t) for t in os.listdir(f"/proc/{image}/task")]
+        assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}, threads
     else:
         assert share["mechanism"] == "nice" and _nice(image) == share["nice"] <= 9
     assert sorted(os.sched_getaffinity(image)) == [0, 1]

@@ -15,6 +15,7 @@ default models.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,6 +115,8 @@ def test_each_lane_lands_on_a_node_that_advertises_it(
     assert share is not None and share["share"] >= 0.1
     if share["mechanism"] == "cgroup_v1":
         assert share["cgroup"].endswith(f"/ris-{image['pid']}-image"), (share, image["pid"])
+        # Its threads, Ray's own with the worker's, under SCHED_IDLE inside the group.
+        assert share["policy"] == "idle" and os.sched_getscheduler(image["pid"]) == os.SCHED_IDLE
     tts = workers(ray_server, "tts")
     assert len(tts) == 2
     assert {w["node"] for w in tts} == hosts["ris_lane_tts"]  # one replica on each speech node

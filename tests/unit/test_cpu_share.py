@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ def _child(server_pid: int, out: mp.Queue[CpuShareInfo], read: Any, unprivileged
 
         os.setpriority = only_up  # type: ignore[assignment]
         cpu_share._cgroup_v1 = lambda name, weight: None
+    # A thread started before the share (a worker has its pipe's reader by then) and, after
+    # it, the queue's feeder thread (started by the put): both must end up in the policy.
+    threading.Thread(target=read.wait, args=(60,), daemon=True).start()
     out.put(cpu_share.apply_min_cpu_share(0.1, "unit-test", 19, server_pid))
     read.wait(60)  # alive while the parent reads it from the OS
 
@@ -55,9 +59,17 @@ def test_the_share_is_set_on_a_real_process_and_read_back_from_the_os() -> None:
             assert str(proc.pid) in (group / "cgroup.procs").read_text().split()
             assert info.share == pytest.approx(114 / 1138)
             assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == info.nice == 19  # weightless inside
+            # Inside its group, under SCHED_IDLE (never cache-hot: moved at once to an idle core),
+            # every thread, the ones the child had before the share was set included.
+            assert info.policy == "idle"
+            threads = os.listdir(f"/proc/{proc.pid}/task")
+            assert len(threads) >= 3  # main, the one started before the share, the queue's feeder
+            assert {os.sched_getscheduler(int(t)) for t in threads} == {os.SCHED_IDLE}
         else:
             assert info.mechanism == "nice"
             assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == info.nice <= 9
+            # No group, no SCHED_IDLE: its weight (3) would be all the worker has.
+            assert info.policy == "other" and os.sched_getscheduler(proc.pid or 0) == os.SCHED_OTHER
     finally:
         read.set()
         proc.join(30)
@@ -78,6 +90,7 @@ def test_an_unprivileged_worker_gets_the_share_by_nice() -> None:
         info = out.get(timeout=60)
         assert info.mechanism == "nice" and info.nice == 9 and info.share >= 0.1
         assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == 9
+        assert info.policy == "other" and os.sched_getscheduler(proc.pid or 0) == os.SCHED_OTHER
     finally:
         read.set()
         proc.join(30)

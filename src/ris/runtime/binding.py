@@ -133,7 +133,8 @@ def apply_binding(binding: Binding, with_nice: bool = True) -> None:
         renice_process(binding.nice)
 
 
-def _thread_ids() -> list[int]:
+def thread_ids() -> list[int]:
+    """This process's threads (Linux; empty where they cannot be listed)."""
     try:
         return [int(t) for t in os.listdir("/proc/self/task")]
     except FileNotFoundError:
@@ -147,7 +148,7 @@ def pin_process(cores: tuple[int, ...]) -> None:
         if hasattr(proc, "cpu_affinity"):
             proc.cpu_affinity(list(cores))
         return
-    for tid in _thread_ids():
+    for tid in thread_ids():
         try:
             os.sched_setaffinity(tid, set(cores))
         except (ProcessLookupError, FileNotFoundError):
@@ -162,7 +163,7 @@ def renice_process(level: int) -> None:
             psutil.IDLE_PRIORITY_CLASS if level >= 15 else psutil.BELOW_NORMAL_PRIORITY_CLASS
         )
         return
-    threads = _thread_ids() if sys.platform.startswith("linux") else []
+    threads = thread_ids() if sys.platform.startswith("linux") else []
     os.setpriority(os.PRIO_PROCESS, 0, level)  # the calling thread (the process, off Linux)
     for tid in threads:
         try:

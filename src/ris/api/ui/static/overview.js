@@ -61,7 +61,7 @@ function facts(s, tp, rtf) {
     rows.push(["Borrowed cores", w.borrowed_cores.length ? `${w.borrowed_cores.join(", ")} (${w.threads_now} threads now)` : "none now", "borrowed"]);
   }
   const share = s.min_cpu_share;
-  if (share) rows.push(["CPU share", `at least ${fmt.num(share.share * 100)} % of a busy core (${share.mechanism === "nice" ? `nice ${share.nice}` : `cgroup cpu.shares ${share.weight}`})`, "cpu-share"]);
+  if (share) rows.push(["CPU share", `at least ${fmt.num(share.share * 100)} % of a busy core (${share.mechanism === "nice" ? `nice ${share.nice}` : `cgroup cpu.shares ${share.weight}${share.policy === "idle" ? ", SCHED_IDLE inside" : ""}`})`, "cpu-share"]);
   if (s.yield_policy) rows.push(["Yields", s.yield_policy === "none" ? "never (policy none)" : `to real-time lanes (${s.yield_policy})`, "yields"]);
   if (w.error) rows.push(["Error", w.error, "error"]);
   return rows.flatMap(([k, v, f]) => [el("dt", {}, k), el("dd", { dataset: { field: f } }, String(v))]);
