@@ -82,6 +82,7 @@ def build(name: str, kind: str, machine: MachineInfo | None = None, tts_model: s
                 "nice": 0,
                 "exclusive_cores": False,
                 "borrow_idle_cores": False,  # nothing is isolated, so nothing is lent
+                "min_cpu_share": None,  # every lane at nice 0: no share to keep
                 "preemption": cfg.preemption.model_copy(update={"policy": "none"}),
             }
         )

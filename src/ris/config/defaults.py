@@ -18,6 +18,13 @@ from ris.config.schema import Config, ModelSpec
 from ris.lanes import Lane, kind, kinds
 from ris.machine import MachineInfo, machine_info
 
+# The image lane's minimum CPU share while real-time lanes saturate its cores (config.json's;
+# docs/PERFORMANCE_OPTIMIZATION.md says why 10%). Inside its group the worker's threads run
+# under SCHED_IDLE (ris.runtime.cpu_share): beside ris bench's isolated layout at nice 19
+# without it, images +25% at the median of 10 paired repetitions, the LLM's gap p99 no worse
+# (bench/results/ris_bench_image_share_ab/).
+MIN_CPU_SHARE = 0.1
+
 
 def default_models() -> dict[str, dict[str, ModelSpec]]:
     """Every lane kind's embedded default models, by lane."""
@@ -107,5 +114,7 @@ def default_lanes(machine: MachineInfo) -> dict[str, dict[str, Any]]:
             "default_model": k.default_model(),
             "models": k.default_models(),
         }
+        if name == Lane.IMAGE and device == "cpu":
+            lanes[name]["min_cpu_share"] = MIN_CPU_SHARE
         lanes[name].update(on_card.get(name, {}))
     return lanes
