@@ -10,7 +10,10 @@ lanes alone, as `ris bench`'s goals are.
 `--variant NAME='{"image": {"cores": [1], "borrow_idle_cores": true}}'` (repeatable): the
 machine-built layout with those lanes' fields replaced (tuples for cores are fine as lists).
 The key `server_cores` (not a lane) pins every thread of the API process to those cores once it
-is up (its workers keep their own bindings): where the API process runs, measured.
+is up (its workers keep their own bindings): where the API process runs, measured. The key
+`image_replica_cores` (`[[0], [1]]` with the image lane's `"replicas": 2`) pins each image
+worker to its own cores once it is up: independent pictures, one per core, rather than one
+picture's threads, measured.
 
 Prints, per layout, the median and range over repetitions of the figures `ris bench`'s goals
 read: the LLM's gap between tokens p99 and TTS's real-time factor p99 as multiples of alone,
@@ -38,12 +41,17 @@ from ris.lanes import Lane
 
 SHIPPED = "isolated"
 SERVER_CORES = "server_cores"
+# Not a lane either: the image lane's replicas (worker processes, by start order) pinned one
+# to each listed core set once the service is up, e.g. [[0], [1]] with `"replicas": 2`.
+IMAGE_REPLICA_CORES = "image_replica_cores"
+# And: every thread of the image workers under SCHED_IDLE once the service is up.
+IMAGE_SCHED_IDLE = "image_sched_idle"
 
 
 def patched(base: Config, lanes: dict[str, dict[str, Any]]) -> Config:
     new = dict(base.lanes)
     for lane, fields in lanes.items():
-        if lane == SERVER_CORES:
+        if lane in (SERVER_CORES, IMAGE_REPLICA_CORES, IMAGE_SCHED_IDLE):
             continue
         if lane not in new:
             raise SystemExit(f"unknown lane {lane!r}; known: {', '.join(new)}")
@@ -67,6 +75,21 @@ def pin_threads(pid: int, cores: list[int]) -> None:
             os.sched_setaffinity(int(tid), set(cores))
         except ProcessLookupError:
             pass  # a thread that ended meanwhile
+
+
+def image_workers(server_pid: int) -> list[int]:
+    """The server's image workers, oldest first: its children at nice 19 (the lane's level)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == server_pid and int(fields[16]) == 19:  # ppid; nice (fields 4, 19)
+            pids.append(int(entry))
+    return sorted(pids)
 
 
 def stalled(raw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,6 +136,17 @@ def main() -> None:
             cores = variants.get(name, {}).get(SERVER_CORES)
             if cores is not None and self.proc is not None:
                 pin_threads(self.proc.pid, cores)
+            per_replica = variants.get(name, {}).get(IMAGE_REPLICA_CORES)
+            if per_replica is not None and self.proc is not None:
+                workers = image_workers(self.proc.pid)
+                if len(workers) != len(per_replica):
+                    raise SystemExit(f"{name}: {len(workers)} image workers for {per_replica}")
+                for pid, replica_cores in zip(workers, per_replica, strict=True):
+                    pin_threads(pid, replica_cores)
+            if variants.get(name, {}).get(IMAGE_SCHED_IDLE) and self.proc is not None:
+                for pid in image_workers(self.proc.pid):
+                    for tid in os.listdir(f"/proc/{pid}/task"):
+                        os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
             return started
 
     bench_run.ServiceProcess = PinnedService  # type: ignore[misc]

@@ -21,12 +21,12 @@ Two mechanisms give that weight, tried in this order by the worker itself at sta
 Inside its group the worker's threads run under SCHED_IDLE. There the policy's own weight (3)
 ranks them against nobody (the group holds the worker alone; the group's weight is what the
 real-time lanes meet), and it buys one thing: the load balancer never counts an idle-policy
-task as cache-hot, so a picture's thread waiting behind a decode on one core moves at once to
-a core that just went idle. At nice 19 it stayed where it was for the kernel's migration cost
-(0.5 ms) after it last ran, long enough that the idle core went to sleep first: under
-`ris bench`'s mixed load the image thread waited on a run queue 55% of the time while a
-quarter of the machine sat idle. Outside a group SCHED_IDLE is never used: its weight would
-be the worker's own, below nice 19's, and no minimum share could hold under it.
+task as cache-hot, so a thread put behind a real-time task may move to a core that has just
+gone idle instead of waiting out the kernel's migration cost (0.5 ms) where it is. Against
+two bursty real-time loads the batch thread found 0.688 cores of idle time against 0.650 in
+the group at nice 19, the real-time tasks unslowed (bench/cpu_share_mechanisms.py --load
+bursty). Outside a group SCHED_IDLE is never used: its weight would be the worker's own, below
+nice 19's, and no minimum share could hold under it.
 
 cgroup v2 (`cpu.weight`) is not tried: a v2 host needs a delegated subtree for the server,
 which this repository has not been able to test; such hosts get the nice level.
