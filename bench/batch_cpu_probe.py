@@ -2,13 +2,13 @@
 `bench/ris_bench_layouts.py`, reading their progress output to know the phase.
 
 Every second it reads the machine's idle time per core (/proc/stat, iowait counted as idle)
-and, for every batch worker (a process at nice >= 10 or under SCHED_IDLE: the image lane's
-workers), each thread's time running and waiting on a run queue (/proc/<pid>/task/<tid>/
-schedstat). At the end, per phase: the cores' idle share and the busiest batch thread's
-running / run-queue wait / sleeping shares. Totals over a phase, not moments: a thread that
-waits half the time beside a core idle a quarter of it has not been shown to wait while that
-core idles (issue 26: 55% and 0.25-0.31 cores at nice 19; 52% and 0.26 with the image lane's
-share and SCHED_IDLE).
+and, for every batch worker (a process above nice 0 or under SCHED_IDLE: the image lane's
+workers, at nice 19, or 9 where its share is a nice level), each thread's time running and
+waiting on a run queue (/proc/<pid>/task/<tid>/schedstat). At the end, per phase: the cores'
+idle share and the busiest batch thread's running / run-queue wait / sleeping shares. Totals
+over a phase, not moments: a thread that waits half the time beside a core idle a quarter of
+it has not been shown to wait while that core idles (issue 26: 55% and 0.25-0.31 cores at nice
+19; 52% and 0.26 with the image lane's share and SCHED_IDLE).
 
     ris bench --configs isolated --repetitions 1 > /tmp/bench.log &
     python bench/batch_cpu_probe.py --log /tmp/bench.log --until-exit $!
@@ -56,7 +56,7 @@ def batch_threads() -> dict[str, tuple[int, int]]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[16]) < 10 and os.sched_getscheduler(int(pid)) != os.SCHED_IDLE:
+            if int(fields[16]) <= 0 and os.sched_getscheduler(int(pid)) != os.SCHED_IDLE:
                 continue
             for tid in os.listdir(f"/proc/{pid}/task"):
                 run, wait, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()

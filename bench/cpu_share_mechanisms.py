@@ -73,6 +73,7 @@ def setup_for(mechanism: str, group: Path) -> Any:
         return lambda: nice(19)
     if mechanism == "nice 9":
         return lambda: nice(9)
+
     def idle() -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
@@ -121,7 +122,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--load", choices=("saturated", "bursty"), default="saturated")
     ap.add_argument("--burst-ms", type=float, default=10.0, help="--load bursty: each burst's length")
-    ap.add_argument("--out", type=Path, default=None, help="default bench/results/cpu_share_mechanisms[_bursty].json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default bench/results/cpu_share_mechanisms[_bursty].json"
+    )
     args = ap.parse_args()
     burst_s = args.burst_ms / 1000 if args.load == "bursty" else None
     suffix = "" if args.load == "saturated" else "_bursty"
@@ -157,7 +160,7 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "benchmark": f"the batch lane's CPU under a {args.load} real-time load, per mechanism (issue 26)",
+                "benchmark": f"the batch lane's CPU under a {args.load} real-time load, by mechanism",
                 "machine": f"{os.cpu_count()} cores, {cpu_model()}, cgroup v1",
                 "load_average_at_end": os.getloadavg(),
                 "seconds_per_run": args.seconds,

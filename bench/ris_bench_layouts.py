@@ -15,6 +15,10 @@ is up (its workers keep their own bindings): where the API process runs, measure
 worker to its own cores once it is up: independent pictures, one per core, rather than one
 picture's threads, measured.
 
+"isolated" is the machine-built layout as the code under test builds it: since 2026-12-06 that
+includes the image lane's `min_cpu_share` (0.1), so a variant `{"image": {"min_cpu_share":
+0.1}}` compares it with itself; `{"image": {"min_cpu_share": null}}` is the layout before.
+
 Prints, per layout, the median and range over repetitions of the figures `ris bench`'s goals
 read: the LLM's gap between tokens p99 and TTS's real-time factor p99 as multiples of alone,
 and image denoising steps/s; writes them with every repetition's figures, and the samples
@@ -78,7 +82,8 @@ def pin_threads(pid: int, cores: list[int]) -> None:
 
 
 def image_workers(server_pid: int) -> list[int]:
-    """The server's image workers, oldest first: its children at nice 19 (the lane's level)."""
+    """The server's image workers, oldest first: its children above nice 0 (the batch lane's:
+    19, or 9 where its share is a nice level; the real-time lanes run at 0)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -87,7 +92,7 @@ def image_workers(server_pid: int) -> list[int]:
             fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        if int(fields[1]) == server_pid and int(fields[16]) == 19:  # ppid; nice (fields 4, 19)
+        if int(fields[1]) == server_pid and int(fields[16]) > 0:  # ppid; nice (fields 4, 19)
             pids.append(int(entry))
     return sorted(pids)
 
@@ -116,7 +121,7 @@ def figures(rep: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", type=variant, action="append", default=[], required=True)
-    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--repetitions", type=bench_run._repetitions, default=3)
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
     p.add_argument("--out", type=Path, default=Path("bench/results/ris_bench_layouts.json"))
     args = p.parse_args()
@@ -146,7 +151,10 @@ def main() -> None:
             if variants.get(name, {}).get(IMAGE_SCHED_IDLE) and self.proc is not None:
                 for pid in image_workers(self.proc.pid):
                     for tid in os.listdir(f"/proc/{pid}/task"):
-                        os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+                        try:
+                            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+                        except ProcessLookupError:
+                            pass  # a thread that ended since the listing
             return started
 
     bench_run.ServiceProcess = PinnedService  # type: ignore[misc]

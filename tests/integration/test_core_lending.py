@@ -136,7 +136,7 @@ def test_images_progress_while_llm_and_speech_saturate_both_cores(server: Server
         assert Path(share["cgroup"], "cpu.shares").read_text().strip() == "114"
         assert str(image) in Path(share["cgroup"], "cgroup.procs").read_text().split()
         # Inside the group every thread runs under SCHED_IDLE, torch's (started after the
-        # policy was set) as well: never cache-hot, moved at once to a core that goes idle.
+        # policy was set) as well: never held back as cache-hot by the load balancer.
         assert share["policy"] == "idle"
         threads = [int(t) for t in os.listdir(f"/proc/{image}/task")]
         assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}, threads

@@ -59,7 +59,7 @@ def test_the_share_is_set_on_a_real_process_and_read_back_from_the_os() -> None:
             assert str(proc.pid) in (group / "cgroup.procs").read_text().split()
             assert info.share == pytest.approx(114 / 1138)
             assert os.getpriority(os.PRIO_PROCESS, proc.pid or 0) == info.nice == 19  # weightless inside
-            # Inside its group, under SCHED_IDLE (never cache-hot: moved at once to an idle core),
+            # Inside its group, under SCHED_IDLE (never held back as cache-hot by the balancer),
             # every thread, the ones the child had before the share was set included.
             assert info.policy == "idle"
             threads = os.listdir(f"/proc/{proc.pid}/task")

@@ -7,12 +7,13 @@ card is shared, and `ris config --gpu-profile` prints it for a card that is not 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from ris.cli import main
 from ris.config import ConfigError
-from ris.config.defaults import default_config, profile_config
+from ris.config.defaults import MIN_CPU_SHARE, default_config, profile_config
 from ris.config.load import parse_config
 from ris.config.profiles import (
     CARD_SLACK_GIB,
@@ -148,6 +149,10 @@ def test_the_machine_built_layout_takes_the_cards_profile(gb: int) -> None:
         assert cfg.lane(lane).device == settings["device"]
         assert cfg.lane(lane).gpu_memory_gb == settings.get("gpu_memory_gb")
     assert cfg.lane(Lane.TTS).device == "cpu"
+    # The image lane keeps a minimum CPU share wherever it computes on the CPU, a small card's
+    # profile moving it there included (decided before the profile, it had none on 2-6 GB).
+    image = cfg.lane(Lane.IMAGE)
+    assert image.min_cpu_share == (MIN_CPU_SHARE if image.device == "cpu" else None), (gb, image.device)
     # The embedded models stay the defaults: their files are there; the suggested ones are not.
     assert cfg.lane(Lane.LLM).models[cfg.lane(Lane.LLM).default_model or ""].source == SMOLLM2_SOURCE
 
@@ -156,6 +161,23 @@ def test_a_card_too_small_to_help_lays_out_as_without_a_gpu() -> None:
     cfg = default_config(one_card(1))
     assert cfg.lane(Lane.LLM).device == cfg.lane(Lane.IMAGE).device == "cpu"
     assert cfg.lane(Lane.LLM).cores == tuple(range(6))  # the CPU layout's cores, not two to feed a GPU
+    assert cfg.lane(Lane.IMAGE).min_cpu_share == MIN_CPU_SHARE
+
+
+def test_the_cpu_layout_keeps_config_jsons_image_share_and_ris_bench_drops_it_without_isolation() -> None:
+    """The machine-built layout and the repository's config.json keep the same share; ris
+    bench's traditional and shared configurations run every lane at nice 0, without one."""
+    from ris.benchmark import configs
+
+    cfg = default_config(MachineInfo(cores=(0, 1), gpus=0))
+    assert cfg.lane(Lane.IMAGE).min_cpu_share == MIN_CPU_SHARE
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "config.json").read_text())
+    assert shipped["lanes"]["image"]["min_cpu_share"] == MIN_CPU_SHARE
+    machine = MachineInfo(cores=(0, 1), gpus=0)
+    assert configs.build("isolated", "cpu", machine).lane(Lane.IMAGE).min_cpu_share == MIN_CPU_SHARE
+    for name in ("traditional", "shared"):
+        image = configs.build(name, "cpu", machine).lane(Lane.IMAGE)
+        assert image.min_cpu_share is None and image.nice == 0, name
 
 
 def test_without_the_cards_memory_or_with_two_cards_nothing_changes() -> None:

@@ -1,8 +1,9 @@
 """The configurations `ris bench` compares, all of the same product and the same models.
 
 * isolated    — the default layout RIS builds for the machine: real-time lanes on disjoint
-                cores with matching thread counts, the image lane at the lowest OS priority and
-                yielding to the LLM on a shared GPU, one priority queue per lane.
+                cores with matching thread counts, the image lane at the lowest OS priority
+                with a minimum CPU share and yielding to the LLM on a shared GPU, one priority
+                queue per lane.
 * traditional — isolation off: every lane on every core (and the same GPU), thread counts
                 left at one per core, no preemption, and one FIFO queue for all requests.
 * shared      — the traditional resources with the product's per-lane queues: separates what

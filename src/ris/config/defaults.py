@@ -22,7 +22,8 @@ from ris.machine import MachineInfo, machine_info
 # docs/PERFORMANCE_OPTIMIZATION.md says why 10%). Inside its group the worker's threads run
 # under SCHED_IDLE (ris.runtime.cpu_share): beside ris bench's isolated layout at nice 19
 # without it, images +25% at the median of 10 paired repetitions, the LLM's gap p99 no worse
-# (bench/results/ris_bench_image_share_ab/).
+# at the median (worse in 4 of 10, by up to 0.49x of alone; bench/results/
+# ris_bench_image_share_ab/).
 MIN_CPU_SHARE = 0.1
 
 
@@ -75,7 +76,8 @@ def default_lanes(machine: MachineInfo) -> dict[str, dict[str, Any]]:
 
     CPU-only: the LLM gets most cores, TTS the last one (or a quarter), both real-time and
     exclusive; the image lane may use every core but runs at the lowest OS priority, so the
-    kernel hands it only what the real-time lanes leave idle. With GPUs the LLM keeps two cores
+    kernel hands it what the real-time lanes leave idle, and a minimum share (MIN_CPU_SHARE)
+    while they saturate its cores. With GPUs the LLM keeps two cores
     to feed its card; one card shared by the LLM and image lanes gets its profile's budgets.
     """
     profile = card_profile(machine)
@@ -114,7 +116,8 @@ def default_lanes(machine: MachineInfo) -> dict[str, dict[str, Any]]:
             "default_model": k.default_model(),
             "models": k.default_models(),
         }
-        if name == Lane.IMAGE and device == "cpu":
-            lanes[name]["min_cpu_share"] = MIN_CPU_SHARE
         lanes[name].update(on_card.get(name, {}))
+        # After the card's settings: a small card's profile moves the image lane to the CPU.
+        if name == Lane.IMAGE and lanes[name]["device"] == "cpu":
+            lanes[name]["min_cpu_share"] = MIN_CPU_SHARE
     return lanes

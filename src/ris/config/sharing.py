@@ -66,6 +66,9 @@ def resolve_policy(config: Config, lane: str) -> PreemptionPolicy:
     if not yields_to(config, lane):
         mode = "none"
     elif mode == "auto":
+        # By the configured nice: a lane with a minimum share weighs more in its group (114, about
+        # nice 9) or runs at nice 9 where no group can be made; the measurements of 'none' on CPU
+        # (docs/PERFORMANCE_OPTIMIZATION.md) were taken with and without the share.
         mode = "none" if cfg.device == "cpu" and cfg.nice >= 10 else "block"
     return PreemptionPolicy(mode=mode, scope=pc.scope, min_share=pc.min_share, window_s=pc.window_s)
 

@@ -19,14 +19,18 @@ Two mechanisms give that weight, tried in this order by the worker itself at sta
   110 would give 9.7% < 10%). Works everywhere, per thread.
 
 Inside its group the worker's threads run under SCHED_IDLE. There the policy's own weight (3)
-ranks them against nobody (the group holds the worker alone; the group's weight is what the
-real-time lanes meet), and it buys one thing: the load balancer never counts an idle-policy
-task as cache-hot, so a thread put behind a real-time task may move to a core that has just
-gone idle instead of waiting out the kernel's migration cost (0.5 ms) where it is. Against
-two bursty real-time loads the batch thread found 0.688 cores of idle time against 0.650 in
-the group at nice 19, the real-time tasks unslowed (bench/cpu_share_mechanisms.py --load
-bursty). Outside a group SCHED_IDLE is never used: its weight would be the worker's own, below
-nice 19's, and no minimum share could hold under it.
+ranks them against nobody but the lane's own workers (the group holds only those; the group's
+weight is what the real-time lanes meet). What it buys: the load balancer never counts an
+idle-policy task as cache-hot, so a thread put behind a real-time task may be pulled to a core
+that has just gone idle instead of waiting out the kernel's migration cost (0.5 ms) where it
+is. Against two bursty real-time loads the batch thread found 0.688 cores of idle time against
+0.650 in the group at nice 19, the real-time tasks about 1% slower (0.445 against 0.449 cores;
+bench/cpu_share_mechanisms.py --load bursty). Two side effects, both in the real-time lanes'
+favour: a core running only idle-policy threads counts as idle where the kernel places waking
+tasks (unpinned ones, the API process's, land there), and before Linux 6.12 any waking
+non-idle task preempted such a thread at once whatever its group (since 6.12 the comparison
+stays within the hierarchy). Measured on 6.18 only. Outside a group SCHED_IDLE is never used:
+its weight would be the worker's own, below nice 19's, and no minimum share could hold under it.
 
 cgroup v2 (`cpu.weight`) is not tried: a v2 host needs a delegated subtree for the server,
 which this repository has not been able to test; such hosts get the nice level.
@@ -86,27 +90,34 @@ def apply_min_cpu_share(share: float, lane: str, nice: int, owner_pid: int) -> C
         pass
     level = os.getpriority(os.PRIO_PROCESS, 0)
     if group is not None:
-        policy = "idle" if _idle_policy() else "other"
+        policy = "idle" if _set_idle_policy() else "other"
         return CpuShareInfo("cgroup_v1", weight, share_of(weight), level, str(group), policy)
     weight_now = NICE_WEIGHTS[min(max(level, 0), 19)]  # a parent below nice 0: counted as 0
     return CpuShareInfo("nice", weight_now, share_of(weight_now), level)
 
 
-def _idle_policy() -> bool:
-    """Every thread of this process under SCHED_IDLE (threads started later inherit their
-    creator's policy); False where the OS has no such policy or refused it for a thread."""
+def _set_idle_policy() -> bool:
+    """Put every thread of this process under SCHED_IDLE (threads started later inherit their
+    creator's policy). Listed again until no new thread shows: one that a thread not yet
+    switched starts during a pass (a Ray actor's own threads run meanwhile) would keep the
+    normal policy. False where the OS has no such policy, lists no thread, or refused one."""
     idle = getattr(os, "SCHED_IDLE", None)
     if idle is None:
         return False
-    done = True
-    for tid in thread_ids():
-        try:
-            os.sched_setscheduler(tid, idle, os.sched_param(0))
-        except ProcessLookupError:
-            pass  # a thread that ended since the listing
-        except OSError:
-            done = False
-    return done
+    done: set[int] = set()
+    refused = False
+    while True:
+        new = [tid for tid in thread_ids() if tid not in done]
+        if not new:
+            return bool(done) and not refused
+        for tid in new:
+            try:
+                os.sched_setscheduler(tid, idle, os.sched_param(0))
+            except ProcessLookupError:
+                pass  # a thread that ended since the listing
+            except OSError:
+                refused = True
+        done.update(new)
 
 
 def _own_cpu_cgroup() -> tuple[Path, str] | None:
