@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -139,6 +139,24 @@ def thread_ids() -> list[int]:
         return [int(t) for t in os.listdir("/proc/self/task")]
     except FileNotFoundError:
         return []
+
+
+def each_thread(apply: Callable[[int], None]) -> int:
+    """`apply` to every thread of this process (Linux), listed again until no new one shows:
+    a thread that one not yet reached starts during a pass (a pool growing, a Ray actor's own
+    threads) would be missed. A thread that ends meanwhile is skipped. Returns how many were
+    reached."""
+    done: set[int] = set()
+    while True:
+        new = [tid for tid in thread_ids() if tid not in done]
+        if not new:
+            return len(done)
+        for tid in new:
+            try:
+                apply(tid)
+            except (ProcessLookupError, FileNotFoundError):
+                pass  # a thread that ended since the listing
+        done.update(new)
 
 
 def pin_process(cores: tuple[int, ...]) -> None:

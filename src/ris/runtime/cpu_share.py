@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from ris.messages import CpuShareInfo
-from ris.runtime.binding import renice_process, thread_ids
+from ris.runtime.binding import each_thread, renice_process
 
 # The kernel's sched_prio_to_weight, nice 0..19 (kernel/sched/core.c).
 NICE_WEIGHTS = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
@@ -98,26 +98,22 @@ def apply_min_cpu_share(share: float, lane: str, nice: int, owner_pid: int) -> C
 
 def _set_idle_policy() -> bool:
     """Put every thread of this process under SCHED_IDLE (threads started later inherit their
-    creator's policy). Listed again until no new thread shows: one that a thread not yet
-    switched starts during a pass (a Ray actor's own threads run meanwhile) would keep the
-    normal policy. False where the OS has no such policy, lists no thread, or refused one."""
+    creator's policy; those started during the pass are reached too: a Ray actor's own threads
+    run meanwhile). False where the OS has no such policy, lists no thread, or refused one."""
     idle = getattr(os, "SCHED_IDLE", None)
     if idle is None:
         return False
-    done: set[int] = set()
-    refused = False
-    while True:
-        new = [tid for tid in thread_ids() if tid not in done]
-        if not new:
-            return bool(done) and not refused
-        for tid in new:
-            try:
-                os.sched_setscheduler(tid, idle, os.sched_param(0))
-            except ProcessLookupError:
-                pass  # a thread that ended since the listing
-            except OSError:
-                refused = True
-        done.update(new)
+    refused: list[int] = []
+
+    def switch(tid: int) -> None:
+        try:
+            os.sched_setscheduler(tid, idle, os.sched_param(0))
+        except (ProcessLookupError, FileNotFoundError):
+            raise  # gone: each_thread skips it
+        except OSError:
+            refused.append(tid)
+
+    return each_thread(switch) > 0 and not refused
 
 
 def _own_cpu_cgroup() -> tuple[Path, str] | None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 
 from ris.preemption.lending import Borrower
+from ris.runtime.binding import each_thread
 
 # How often a borrowing worker looks whether an owner took its cores back. Reading the board is
 # a shared-memory read; a core is returned this long after its owner published its work (a
@@ -43,19 +44,9 @@ def pin_all_threads(cores: Iterable[int]) -> None:
 
         psutil.Process().cpu_affinity(sorted(cpus))
         return
-    # Listed again until no new thread shows: one a pool creates while the first pass runs (the
-    # watcher moves the process under a running step) inherits its creator's old cores.
-    done: set[str] = set()
-    while True:
-        new = [tid for tid in os.listdir("/proc/self/task") if tid not in done]
-        if not new:
-            return
-        for tid in new:
-            try:
-                os.sched_setaffinity(int(tid), cpus)
-            except (ProcessLookupError, FileNotFoundError):
-                pass  # a thread that ended since the listing
-        done.update(new)
+    # Every thread, those a pool creates while the pass runs included (the watcher moves the
+    # process under a running step): such a thread would inherit its creator's old cores.
+    each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 def thread_affinities(pid: int) -> dict[int, tuple[int, ...]]:
