@@ -367,6 +367,28 @@ def test_a_model_over_the_whole_budget_is_refused_with_numbers() -> None:
     assert "300 MiB" in decision.message and "100 MiB" in decision.message
 
 
+def test_a_gpu_lanes_models_are_counted_on_the_card_and_in_ram_both() -> None:
+    """What a GPU lane's models keep in RAM beside the card (layers on the CPU, an offload
+    plan's components) was never counted: two of them could fill the worker's RAM while the
+    card still had room, and the worker was killed by its ceiling instead of evicting one."""
+    clock = FakeClock()
+    res = Residency(budget=1000, keep_alive_s=None, clock=clock, ram_budget=500)
+    assert res.plan("a", 300, 400) == Load()
+    res.loaded("a", 300, 400)
+    clock.advance(1)
+    assert res.plan("b", 300, 50) == Load()  # room on the card and in RAM
+    res.loaded("b", 300, 50)
+    clock.advance(1)
+    # The card holds a third (900 of 1000) but RAM does not (400 + 50 + 200 > 500): the least
+    # recently used idle model goes.
+    assert res.plan("c", 300, 200) == Load(("a",))
+    res.started("a")
+    assert res.plan("c", 300, 200) == Wait(("a",))  # never cut while it runs
+    refused = res.plan("huge", 100, 600)
+    assert isinstance(refused, Refuse)
+    assert "stays in RAM" in refused.message and "RAM budget" in refused.message
+
+
 def test_keep_alive_expires_idle_models_lane_default_and_per_request() -> None:
     clock = FakeClock()
     res = Residency(budget=None, keep_alive_s=300, clock=clock)
@@ -517,6 +539,39 @@ def test_a_gpu_lane_counts_only_what_its_backend_places_on_the_card() -> None:
     assert gpu_bytes_needed(llm, 2500 * MIB) == llm.total
 
 
+def test_a_gpu_lane_evicts_for_what_its_models_keep_in_ram() -> None:
+    """The embedded GGUF under two names on a GPU lane, 4 layers of it on the card: the card's
+    budget holds both, the RAM budget one's rest only, so loading the second unloads the first."""
+    from ris import messages as m
+    from ris.config.schema import LaneConfig, ModelSpec
+    from ris.memory.fit import gpu_bytes_needed, ram_bytes_beside
+    from ris.memory.footprint import model_footprint
+    from ris.runtime.model_cache import ModelCache
+
+    class Model:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    smol = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048, "n_gpu_layers": 4})
+    gpu = 300 * MIB
+    fp = model_footprint(smol, 1, "cuda:0")
+    assert fp is not None
+    on_card = gpu_bytes_needed(fp, gpu, 4)
+    in_ram = ram_bytes_beside(fp, on_card)
+    assert 2 * on_card <= gpu and in_ram == fp.total - on_card > 0  # both fit on the card
+    budget_mb = (in_ram + in_ram // 2) // MIB  # RAM for one model's rest, not two
+    cfg = LaneConfig(default_model="a", memory_budget_mb=budget_mb, models={"a": smol, "b": smol})
+    sent: list[object] = []
+    cache = ModelCache(cfg, "cuda:0", None, lambda name: Model(), sent.append, gpu_budget_bytes=gpu)
+    first = cache.get("a", announce=False)
+    assert isinstance(first, Model) and (cache.footprint("a"), cache.in_ram("a")) == (on_card, in_ram)
+    cache.get("b", announce=False)
+    assert list(cache.models) == ["b"] and first.closed
+    assert m.ModelUnloaded("a", "evicted") in sent
+
+
 def test_a_ram_budget_above_the_workers_ceiling_refuses_the_start() -> None:
     """Residency would let the models fill more than the worker may hold: killed at the load
     instead of evicting, and again after every restart."""
@@ -569,6 +624,39 @@ def test_stats_show_what_a_lanes_models_are_counted_against() -> None:
 
     card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
     smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
-    cfg = parse_config(_layout({"device": "cuda:0", "gpu_memory_gb": 3, "models": {"a": smol}}), card)
-    assert (memory_budget(cfg, "llm"), lane_gpu_budget(cfg, "llm")) == (None, 3 * GIB)
+    cfg = parse_config(
+        _layout({"device": "cuda:0", "gpu_memory_gb": 3, "memory_budget_mb": 2048, "models": {"a": smol}}),
+        card,
+    )
+    # And against its RAM budget for what they keep beside the card.
+    assert (memory_budget(cfg, "llm"), lane_gpu_budget(cfg, "llm")) == (2 * GIB, 3 * GIB)
     assert memory_budget(cfg, "tts") is not None and lane_gpu_budget(cfg, "tts") is None
+
+
+def test_a_gpu_lane_model_whose_rest_in_ram_cannot_fit_refuses_the_start() -> None:
+    """A GGUF with a few layers on a small card budget keeps the rest in RAM: over the lane's
+    RAM budget it was started and refused at its load; preloaded models that cannot keep their
+    rests in RAM together were never checked."""
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    card = MachineInfo(cores=tuple(range(4)), gpus=1, gpu_memory=(("Fake 8GB", 8 * GIB),))
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    small = {"device": "cuda:0", "gpu_memory_gb": 0.1}
+    with pytest.raises(
+        ConfigError,
+        match=r"lanes.llm.models.a keeps .* MiB in RAM beside its part on the card \(its GPU budget is "
+        r"102 MiB\) but the lane's RAM budget is 20 MiB",
+    ):
+        parse_config(_layout({**small, "memory_budget_mb": 20, "models": {"a": smol}}), card)
+    parse_config(_layout({**small, "memory_budget_mb": 1000, "models": {"a": smol}}), card)
+    eager = {"a": {**smol, "preload": True}, "b": {**smol, "preload": True}}
+    with pytest.raises(
+        ConfigError, match=r"the models loaded at start need .* MiB in RAM beside the card together"
+    ):
+        parse_config(_layout({**small, "memory_budget_mb": 150, "models": eager}), card)
+    # All on the card (a budget that holds the whole model): nothing kept in RAM to refuse.
+    parse_config(
+        _layout({"device": "cuda:0", "gpu_memory_gb": 1, "memory_budget_mb": 20, "models": eager}), card
+    )

@@ -75,7 +75,8 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             "throughput_window_s": snapshot.metrics.window_s,
             # Model loads on first use, evictions (another needed the memory) and expiries (idle
             # past keep_alive) since the server started; what the loaded models are counted
-            # against: the RAM they may use on a CPU lane, the lane's GPU budget on a GPU lane.
+            # against: the RAM they may use (on a GPU lane, what they keep beside the card), and
+            # the lane's GPU budget on a GPU lane.
             "models": {
                 **snapshot.models.lane_counts(lane.lane),
                 "resident": list(_serving(lane.workers).models) if lane.workers else [],
@@ -93,10 +94,10 @@ def _serving(workers: Sequence[WorkerStatus]) -> WorkerStatus:
 
 
 def memory_budget(config: Config, lane: str) -> int | None:
-    """The lane's RAM budget for its models (None: no bound, or a GPU lane, whose models are
-    counted against its GPU budget instead), as its worker applies it."""
+    """The lane's RAM budget for its models (on a GPU lane for the part they keep in RAM
+    beside the card; None: no bound), as its worker applies it."""
     cfg = config.lane(lane)
-    if not cfg.enabled or cfg.gpu_index is not None:
+    if not cfg.enabled:
         return None
     return ram_budget(cfg, memory_limit(config, lane))
 

@@ -8,7 +8,16 @@ from ris.config.schema import Config, LaneConfig
 from ris.lanes import kind
 from ris.machine import MachineInfo
 from ris.memory.files import ModelFileError
-from ris.memory.fit import Card, LaneAsk, gpu_budgets, gpu_bytes_needed, image_plan, mib, model_problems
+from ris.memory.fit import (
+    Card,
+    LaneAsk,
+    gpu_budgets,
+    gpu_bytes_needed,
+    image_plan,
+    mib,
+    model_problems,
+    ram_bytes_beside,
+)
 from ris.memory.footprint import Footprint, model_footprint
 
 
@@ -88,10 +97,9 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         problems += [f"lanes.{lane}.models: {p}" for p in unreadable]
         gpu = cfg.gpu_index
         ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
-        # On a CPU lane only: a GPU lane's models are counted against its GPU budget instead.
+        # Also on a GPU lane: what its models keep in RAM beside the card is counted against it.
         if (
-            gpu is None
-            and cfg.memory_budget_mb is not None
+            cfg.memory_budget_mb is not None
             and ceiling is not None
             and cfg.memory_budget_mb * 2**20 > ceiling
         ):
@@ -104,15 +112,8 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         if gpu is None:
             budget = ram_budget(cfg, ceiling)
             problems += model_problems(lane, "RAM", budget, footprints)
-            eager = {
-                n: footprints[n].total for n in preloaded(cfg, kind(lane).load_all_models) if n in footprints
-            }
-            if budget is not None and len(eager) > 1 and sum(eager.values()) > budget:
-                each = ", ".join(f"{n} {mib(b)}" for n, b in eager.items())
-                problems.append(
-                    f"lanes.{lane}: the models loaded at start need {mib(sum(eager.values()))} together "
-                    f"({each}) but the lane's RAM budget is {mib(budget)}; preload fewer (preload: false)"
-                )
+            eager = {n: fp.total for n, fp in footprints.items()}
+            problems += _preloaded_problems(cfg, lane, "", budget, eager)
         else:
             on_card.setdefault(gpu, []).append(lane)
     for gpu, lanes in sorted(on_card.items()):
@@ -122,6 +123,7 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         problems += card_problems
         for lane in lanes:
             footprints, _ = lane_footprints(config.lane(lane))
+            problems += _beside_the_card_problems(config, lane, budgets[lane], footprints, machine)
             if not kind(lane).preemptible:
                 problems += _on_card_problems(config.lane(lane), lane, gpu, budgets[lane], footprints)
                 continue
@@ -130,6 +132,47 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
                 if plan.plan is None:
                     problems.append(f"lanes.{lane}.models.{model}: cannot run on GPU {gpu}: {plan.reason}")
     return problems
+
+
+def _preloaded_problems(
+    cfg: LaneConfig, lane: str, where: str, budget: int | None, need: dict[str, int]
+) -> list[str]:
+    """The models loaded at start (need: each one's bytes of the budget) when they cannot fit
+    the lane's RAM budget together."""
+    eager = {n: need[n] for n in preloaded(cfg, kind(lane).load_all_models) if n in need}
+    if budget is None or len(eager) < 2 or sum(eager.values()) <= budget:
+        return []
+    each = ", ".join(f"{n} {mib(b)}" for n, b in eager.items())
+    return [
+        f"lanes.{lane}: the models loaded at start need {mib(sum(eager.values()))}{where} together "
+        f"({each}) but the lane's RAM budget is {mib(budget)}; preload fewer (preload: false)"
+    ]
+
+
+def _beside_the_card_problems(
+    config: Config, lane: str, gpu_budget: int, footprints: dict[str, Footprint], machine: MachineInfo
+) -> list[str]:
+    """A GPU lane's models whose part left in RAM (layers on the CPU, an offload plan's
+    components) cannot fit its RAM budget, alone or preloaded together: refused here, the
+    worker would refuse them at their load (model_too_large), or its start."""
+    cfg = config.lane(lane)
+    budget = ram_budget(cfg, cfg.memory_limit_bytes(machine, kind(lane).memory_share))
+    in_ram = {}
+    for model, fp in footprints.items():
+        layers = cfg.models[model].options.get("n_gpu_layers")
+        in_ram[model] = ram_bytes_beside(
+            fp, gpu_bytes_needed(fp, gpu_budget, None if layers is None else int(layers))
+        )
+    if budget is None:
+        return []
+    problems = [
+        f"lanes.{lane}.models.{model} keeps {mib(n)} in RAM beside its part on the card (its GPU budget "
+        f"is {mib(gpu_budget)}) but the lane's RAM budget is {mib(budget)}; raise gpu_memory_gb, "
+        "memory_budget_mb or memory_limit_mb, or choose a smaller model"
+        for model, n in in_ram.items()
+        if n > budget
+    ]
+    return problems + _preloaded_problems(cfg, lane, " in RAM beside the card", budget, in_ram)
 
 
 def _on_card_problems(

@@ -169,8 +169,9 @@ class LaneConfig(_Strict):
         ge=1,
         le=2**30,
         description="RAM the lane's loaded models may use together (their footprints: weights, KV "
-        "cache, working margin): a model that must load when the rest leave too little evicts the "
-        "least recently used idle one; None: the worker's memory ceiling (memory_limit_mb)",
+        "cache, working margin; on a GPU lane what each keeps in RAM beside the card): a model that "
+        "must load when the rest leave too little evicts the least recently used idle one; None: "
+        "the worker's memory ceiling (memory_limit_mb)",
     )
     gpu_memory_gb: float | None = Field(
         default=None,

@@ -198,6 +198,18 @@ def gpu_bytes_needed(fp: Footprint, budget: int, n_gpu_layers: int | None = None
     return fp.total
 
 
+def ram_bytes_beside(fp: Footprint, gpu_bytes: int) -> int:
+    """What a model on a GPU lane keeps in RAM when `gpu_bytes` of it are on the card: the
+    layers llama.cpp leaves on the CPU with their KV cache (all of it when none is on the
+    card); a pipeline under an offload plan, its weights (each component comes back to RAM
+    after its turn on the card, whichever is there at a moment)."""
+    if gpu_bytes >= fp.total:
+        return 0
+    if fp.components and not fp.kv:  # a pipeline, as gpu_bytes_needed reads it
+        return fp.weights
+    return fp.total - gpu_bytes
+
+
 __all__ = [
     "Card",
     "ImagePlan",
@@ -209,4 +221,5 @@ __all__ = [
     "layer_split",
     "mib",
     "model_problems",
+    "ram_bytes_beside",
 ]

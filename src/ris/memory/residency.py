@@ -5,6 +5,10 @@ The worker asks `plan(name, need)` before a model loads. The answer is one of: `
 already), `Load(evict=...)` (unload these, least recently used first, then load), `Wait`
 (only models with running work stand in the way: a switch never cuts a running batch, so the
 request waits for them to drain) or `Refuse` (the model needs more than the whole budget).
+
+A GPU lane's models are counted twice: what each puts on the card against the lane's GPU
+budget, and what stays in RAM (the layers llama.cpp leaves on the CPU, the components an
+offload plan keeps there) against its RAM budget. A model loads when both fit.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ FOREVER = None  # keep_alive: never expire (Ollama's negative keep_alive)
 @dataclass
 class _Resident:
     bytes: int
+    ram: int  # of a GPU lane's model, what stays in RAM (0 on a CPU lane: `bytes` is RAM)
     last_used: float
     expires_at: float | None  # None: never while idle
     running: int = 0
@@ -60,8 +65,17 @@ def expiry(now: float, ttl: float | None) -> float | None:
 class Residency:
     """The loaded models of one worker and the rules that load and unload them."""
 
-    def __init__(self, budget: int | None, keep_alive_s: float | None, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        budget: int | None,
+        keep_alive_s: float | None,
+        clock: Callable[[], float],
+        ram_budget: int | None = None,
+    ) -> None:
         self.budget = budget  # None: no bound (every model stays until its keep_alive ends)
+        # A GPU lane's RAM budget, for what its models keep in RAM (None: no bound, or a CPU
+        # lane, whose `budget` is its RAM).
+        self.ram_budget = ram_budget
         self.keep_alive_s = keep_alive_s  # the lane's default; None: forever
         self._clock = clock
         self._models: dict[str, _Resident] = {}
@@ -73,31 +87,40 @@ class Residency:
     def used(self) -> int:
         return sum(r.bytes for r in self._models.values())
 
-    def plan(self, name: str, need: int) -> Decision:
+    def plan(self, name: str, need: int, ram_need: int = 0) -> Decision:
+        """`need`: what the model takes of `budget`; `ram_need`: what a GPU lane's model keeps
+        in RAM, of `ram_budget`."""
         if name in self._models:
             return Ready()
-        if self.budget is None:
-            return Load()
-        if need > self.budget:
-            return Refuse(
-                f"model {name!r} needs {mib(need)} but the lane's memory budget is {mib(self.budget)}; "
-                "it can never be loaded here"
-            )
-        free = self.budget - self.used()
-        if need <= free:
+        limits = [(need, self.budget, "memory"), (ram_need, self.ram_budget, "RAM")]
+        for asked, budget, what in limits:
+            if budget is not None and asked > budget:
+                kept = " (the part of it that stays in RAM beside the GPU)" if what == "RAM" else ""
+                return Refuse(
+                    f"model {name!r} needs {mib(asked)}{kept} but the lane's {what} budget is "
+                    f"{mib(budget)}; it can never be loaded here"
+                )
+        free = self._free(self.budget, self.used())
+        free_ram = self._free(self.ram_budget, sum(r.ram for r in self._models.values()))
+        if need <= free and ram_need <= free_ram:
             return Load()
         idle = sorted((r.last_used, n) for n, r in self._models.items() if r.running == 0)
         evict: list[str] = []
         for _, other in idle:
             evict.append(other)
             free += self._models[other].bytes
-            if need <= free:
+            free_ram += self._models[other].ram
+            if need <= free and ram_need <= free_ram:
                 return Load(tuple(evict))
         return Wait(tuple(n for n, r in self._models.items() if r.running))
 
-    def loaded(self, name: str, nbytes: int) -> None:
+    @staticmethod
+    def _free(budget: int | None, used: int) -> float:
+        return float("inf") if budget is None else budget - used
+
+    def loaded(self, name: str, nbytes: int, ram_bytes: int = 0) -> None:
         now = self._clock()
-        self._models[name] = _Resident(nbytes, now, expiry(now, self.keep_alive_s))
+        self._models[name] = _Resident(nbytes, ram_bytes, now, expiry(now, self.keep_alive_s))
 
     def unloaded(self, name: str) -> None:
         self._models.pop(name, None)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from ris import messages as m
 from ris.config import LaneConfig
 from ris.config.fit_checks import ram_budget
-from ris.memory.fit import gpu_bytes_needed
+from ris.memory.fit import gpu_bytes_needed, ram_bytes_beside
 from ris.memory.footprint import model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
 from ris.runtime.gpu_memory import gpu_out_of_memory, held_on_gpu, return_gpu_memory
@@ -53,12 +53,17 @@ class ModelCache:
         # Told of each backend as it is unloaded, before it closes: whoever kept something of
         # it (the LLM runner its batch) lets go, so the backend goes with its last reference.
         self.unloading: list[Callable[[Any], None]] = []
-        # A GPU lane's models live on its card: they are counted against its GPU budget there
-        # (the RAM they also take while loading is the worker's ceiling's business).
+        # A GPU lane's models are counted against its GPU budget for what they put on the card,
+        # and against its RAM budget for what stays in RAM (layers left on the CPU, an offload
+        # plan's components); the RAM a load takes for a moment is the worker's ceiling's.
         self._gpu_budget = gpu_budget_bytes if device.startswith("cuda") else None
-        budget = self._gpu_budget if self._gpu_budget is not None else ram_budget(cfg, ceiling_bytes)
-        self.residency = Residency(budget, cfg.keep_alive_s, clock)
+        ram = ram_budget(cfg, ceiling_bytes)
+        if self._gpu_budget is not None:
+            self.residency = Residency(self._gpu_budget, cfg.keep_alive_s, clock, ram_budget=ram)
+        else:
+            self.residency = Residency(ram, cfg.keep_alive_s, clock)
         self._footprints: dict[str, int | None] = {}
+        self._in_ram: dict[str, int] = {}  # a GPU lane's models: the part that stays in RAM
         self._load_s: dict[str, float] = {}
         self._reported_expiry: dict[str, float | None] = {}  # as last sent (ModelExpiry)
         self._expiry_changed: set[str] = set()  # to tell at the next expire()
@@ -77,7 +82,14 @@ class ModelCache:
                 layers = self._cfg.models[name].options.get("n_gpu_layers")
                 need = gpu_bytes_needed(fp, self._gpu_budget, None if layers is None else int(layers))
                 self._footprints[name] = need
+                self._in_ram[name] = ram_bytes_beside(fp, need)
         return self._footprints[name]
+
+    def in_ram(self, name: str) -> int:
+        """What a GPU lane's model keeps in RAM beside its part on the card (0 on a CPU lane,
+        where the footprint is all RAM, or where no file says)."""
+        self.footprint(name)
+        return self._in_ram.get(name, 0)
 
     def get(self, name: str, *, announce: bool = True) -> Any | Hold:
         """The backend of `name`, loaded if need be (evicting idle models least recently used
@@ -86,7 +98,8 @@ class ModelCache:
         from ris.lanes.base import BackendError
 
         need = self.footprint(name) or 0
-        decision = self.residency.plan(name, need)
+        in_ram = self.in_ram(name)
+        decision = self.residency.plan(name, need, in_ram)
         if isinstance(decision, Ready):
             return self.models[name]
         if isinstance(decision, Refuse):
@@ -120,7 +133,7 @@ class ModelCache:
         load_s = time.perf_counter() - started
         self.models[name] = backend
         self._load_s[name] = load_s
-        self.residency.loaded(name, need)
+        self.residency.loaded(name, need, in_ram)
         if announce:
             self._send(m.ModelLoaded(self.info(name)))
         self._expiry_changed.add(name)  # a start's: told after WorkerReady
