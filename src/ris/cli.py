@@ -137,10 +137,15 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     port = int(sockets[0].getsockname()[1])  # with --port 0, the one the OS chose
     data_lock.record_port(cfg.data_dir, port)
     try:
-        ollama_socket = bind_ollama_port(cfg)
+        ollama_sockets = bind_ollama_port(cfg)
     except OSError as e:
-        print(f"ris serve: server.ollama_port {cfg.server.ollama_port}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        busy = " (Ollama itself, or another RIS?)" if e.errno == errno.EADDRINUSE else ""
+        print(
+            f"ris serve: server.ollama_port {cfg.server.ollama_port}: {e.strerror or e}{busy}; choose "
+            "another in the config, or leave it out",
+            file=sys.stderr,
+        )
+        return 2
     if cfg.cluster.engine == "ray":
         from ris.runtime.workers.ray_cluster import check_cluster
 
@@ -153,7 +158,7 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     except ImportError:  # Windows: asyncio's own loop
         loop = "asyncio"
     path = args.config or os.environ.get("RIS_CONFIG")  # as _load read it
-    app = create_app(cfg, config_path=Path(path).resolve() if path else None, ollama_socket=ollama_socket)
+    app = create_app(cfg, config_path=Path(path).resolve() if path else None, ollama_sockets=ollama_sockets)
     _tune_gc()
     config = uvicorn.Config(
         app,

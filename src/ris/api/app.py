@@ -158,10 +158,10 @@ def create_app(
     config: Config,
     engine: Engine | None = None,
     config_path: Path | None = None,
-    ollama_socket: socket.socket | None = None,
+    ollama_sockets: list[socket.socket] | None = None,
 ) -> FastAPI:
     """`config_path`: the file the config was read from, where /api/pull adds what it pulls.
-    `ollama_socket`: server.ollama_port bound already (`bind_ollama_port`; else it is bound
+    `ollama_sockets`: server.ollama_port bound already (`bind_ollama_port`; else it is bound
     once the engine has started)."""
     eng = engine or Engine(config)
 
@@ -195,7 +195,7 @@ def create_app(
     # The console's charts over the last 15 minutes, sampled while the server runs.
     app.state.charts = ChartHistory(time.time, ticker=time.monotonic)
     app.state.config_path = config_path
-    app.state.ollama_socket = ollama_socket
+    app.state.ollama_sockets = ollama_sockets
     # One checker for the API, the console's login and the Ollama listener: one budget of
     # wrong keys per address.
     app.state.keys = KeyChecker(config.server.api_keys, time.monotonic)
@@ -237,22 +237,27 @@ def create_ollama_app(main: FastAPI) -> FastAPI:
     return app
 
 
-def bind_ollama_port(config: Config) -> socket.socket | None:
-    """server.ollama_port's socket, bound and listening (None when it is off). `ris serve` binds
-    it first of all, so a port in use is one line before any worker starts (OSError)."""
+def bind_ollama_port(config: Config) -> list[socket.socket]:
+    """server.ollama_port's sockets, bound as the main port's are, one per address server.host
+    names (none when it is off). `ris serve` binds them first of all, so a port in use is one
+    line before any worker starts (OSError)."""
     srv = config.server
-    return None if srv.ollama_port is None else _bind(srv.host, srv.ollama_port)
+    return [] if srv.ollama_port is None else bind_port(srv.host, srv.ollama_port)
 
 
 def bind_main_port(config: Config) -> list[socket.socket]:
-    """server.port's sockets, bound, one per address server.host names (a name such as
-    localhost: its IPv4 and IPv6 ones), as uvicorn's own binding would make them. `ris serve`
-    binds them before the app starts: uvicorn runs the app's startup (every lane's worker, its
-    models loaded) before it binds, so a port in use was found only after all that (OSError).
-    With server.port 0, every address gets the one port the OS chose for the first."""
-    srv = config.server
-    host = srv.host.strip("[]")
-    infos = socket.getaddrinfo(host or None, srv.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    """server.port's sockets, bound (bind_port). `ris serve` binds them before the app starts:
+    uvicorn runs the app's startup (every lane's worker, its models loaded) before it binds,
+    so a port in use was found only after all that (OSError)."""
+    return bind_port(config.server.host, config.server.port)
+
+
+def bind_port(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to `port`, one per address `host` names (a name such as localhost: its
+    IPv4 and IPv6 ones), as uvicorn's own binding would make them. With port 0, every address
+    gets the one port the OS chose for the first."""
+    host = host.strip("[]")
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):  # in order, once each
@@ -265,7 +270,7 @@ def bind_main_port(config: Config) -> list[socket.socket]:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # as asyncio: IPv4 on its own socket, never mapped
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if srv.port == 0 and len(sockets) > 1:
+            if port == 0 and len(sockets) > 1:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             try:
                 # Bound, not listening: until uvicorn listens, once the workers have started,
@@ -301,13 +306,6 @@ def http_parser(config: Config) -> str:
     return "h11"
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # SO_REUSEADDR, as uvicorn binds: a port left in TIME_WAIT by a restart is not "in use".
-    return socket.create_server((host, port), family=family, backlog=2048)
-
-
 @asynccontextmanager
 async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     """server.ollama_port's listener, in this process and event loop, for the main server's
@@ -321,8 +319,7 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     if srv.ollama_port is None:
         yield
         return
-    given: socket.socket | None = main.state.ollama_socket
-    sock = given or _bind(srv.host, srv.ollama_port)
+    sockets: list[socket.socket] = main.state.ollama_sockets or bind_port(srv.host, srv.ollama_port)
     config = uvicorn.Config(
         create_ollama_app(main),
         host=srv.host,
@@ -343,15 +340,17 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)  # "off": what Server._serve would set
     try:
-        await server.startup(sockets=[sock])
+        await server.startup(sockets=sockets)
         ticking = asyncio.ensure_future(server.main_loop())  # uvicorn's Date header, once a second
-        host, port = sock.getsockname()[:2]
-        logging.getLogger("ris.api").info("Ollama API listening on %s port %d", host, port)
+        for sock in sockets:
+            host, port = sock.getsockname()[:2]
+            logging.getLogger("ris.api").info("Ollama API listening on %s port %d", host, port)
         try:
             yield
         finally:
             server.should_exit = True
             await ticking
-            await server.shutdown(sockets=[sock])
+            await server.shutdown(sockets=sockets)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
