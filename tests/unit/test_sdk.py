@@ -288,6 +288,23 @@ def test_ready_is_the_readiness_answer_or_an_error_never_an_error_body() -> None
         ] * 2, results
 
 
+def test_health_is_false_when_no_server_answers_other_calls_still_raise() -> None:
+    """health() is a yes/no question: a server not running is a no (it raised httpx's
+    ConnectError), its other answers too; any other call still raises what the transport did."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    def answer(status: int) -> httpx.MockTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(status, json={"status": "ok"}))
+
+    assert _both(httpx.MockTransport(refuse), lambda c: c.health()) == [False, False]
+    assert _both(answer(200), lambda c: c.health()) == [True, True]
+    assert _both(answer(503), lambda c: c.health()) == [False, False]
+    raised = _both(httpx.MockTransport(refuse), lambda c: c.stats())
+    assert [type(r) for r in raised] == [httpx.ConnectError] * 2, raised
+
+
 def test_a_stream_left_early_closes_its_response_at_once_on_both() -> None:
     """A stream closed early (close(), aclose()) hangs up there and then: the server sees the
     client gone and cancels the task. Left to the garbage collector, the connection and the

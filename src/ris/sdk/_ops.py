@@ -345,7 +345,13 @@ class Operations:
 
     @op
     def health(self, /) -> Op[bool]:
-        resp = yield Call("GET", "/health", retry=False, check=False)
+        """Whether the server answers /health: False for any other answer and for no answer (a
+        server not running, not reachable, or timing out), where other calls raise httpx's
+        error."""
+        try:
+            resp = yield Call("GET", "/health", retry=False, check=False)
+        except httpx.TransportError:
+            return False
         return bool(resp.status_code == 200)
 
     @op

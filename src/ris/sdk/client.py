@@ -68,14 +68,19 @@ class Client(_Base, SyncRunner):
 
     def _run(self, operation: Op[T]) -> T:
         reply: Any = None
+        failed: httpx.TransportError | None = None  # thrown into the operation: its to handle
         try:
             while True:
-                step = operation.send(reply)
+                step = operation.send(reply) if failed is None else operation.throw(failed)
+                failed = None
                 if isinstance(step, Pause):
                     time.sleep(step.seconds)
                     reply = None
                 else:
-                    reply = self._call(step)
+                    try:
+                        reply = self._call(step)
+                    except httpx.TransportError as e:
+                        failed = e
         except StopIteration as done:
             result: T = done.value
             return result
@@ -124,14 +129,19 @@ class AsyncClient(_Base, AsyncRunner):
 
     async def _run(self, operation: Op[T]) -> T:
         reply: Any = None
+        failed: httpx.TransportError | None = None  # as Client._run
         try:
             while True:
-                step = operation.send(reply)
+                step = operation.send(reply) if failed is None else operation.throw(failed)
+                failed = None
                 if isinstance(step, Pause):
                     await asyncio.sleep(step.seconds)
                     reply = None
                 else:
-                    reply = await self._call(step)
+                    try:
+                        reply = await self._call(step)
+                    except httpx.TransportError as e:
+                        failed = e
         except StopIteration as done:
             result: T = done.value
             return result
