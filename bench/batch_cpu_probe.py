@@ -12,6 +12,10 @@ it has not been shown to wait while that core idles (issue 26: 55% and 0.25-0.31
 
     ris bench --configs isolated --repetitions 1 > /tmp/bench.log &
     python bench/batch_cpu_probe.py --log /tmp/bench.log --until-exit $!
+
+`--soaker` runs, beside the benchmark, a process that only spins, unpinned, under SCHED_IDLE
+(it runs only where nothing else wants a core) and reports per phase how many cores it got:
+whether the idle time the cores show could be taken at all by a task that is always runnable.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import argparse
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -50,10 +56,22 @@ def core_times() -> list[tuple[int, int]]:
     return out
 
 
-def batch_threads() -> dict[str, tuple[int, int]]:
-    """'pid/tid' -> (ns running, ns waiting on a run queue) of every batch worker's threads."""
+SOAKER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_threads(skip: int | None = None) -> dict[str, tuple[int, int]]:
+    """'pid/tid' -> (ns running, ns waiting on a run queue) of every batch worker's threads
+    (but `skip`'s, the soaker)."""
     found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        if skip is not None and int(pid) == skip:
+            continue
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             if int(fields[16]) <= 0 and os.sched_getscheduler(int(pid)) != os.SCHED_IDLE:
@@ -96,6 +114,9 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "seconds": round(last["t"] - first["t"], 1),
             "idle_per_core": [round(x, 3) for x in idle],
         }
+        if first.get("soaker_s") is not None and last.get("soaker_s") is not None:
+            spun = last["soaker_s"] - first["soaker_s"]
+            entry["soaker_cores"] = round(spun / (last["t"] - first["t"]), 3)
         if seen:
             key, (run, wait, wall) = max(seen.items(), key=lambda kv: kv[1][0] + kv[1][1])
             entry["batch_thread"] = {
@@ -114,8 +135,10 @@ def main() -> None:
     p.add_argument("--log", type=Path, required=True, help="the benchmark's progress output")
     p.add_argument("--until-exit", type=int, default=None, help="stop when this pid exits")
     p.add_argument("--out", type=Path, default=Path("batch_cpu_probe.json"))
+    p.add_argument("--soaker", action="store_true", help="spin a SCHED_IDLE process beside it")
     args = p.parse_args()
     samples: list[dict[str, Any]] = []
+    soaker = subprocess.Popen([sys.executable, "-c", SOAKER]) if args.soaker else None
     try:
         while args.until_exit is None or Path(f"/proc/{args.until_exit}").exists():
             samples.append(
@@ -123,12 +146,16 @@ def main() -> None:
                     "t": time.monotonic(),
                     "phase": phase(args.log),
                     "cores": core_times(),
-                    "threads": batch_threads(),
+                    "threads": batch_threads(skip=soaker.pid if soaker else None),
+                    "soaker_s": cpu_seconds(soaker.pid) if soaker else None,
                 }
             )
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
+    finally:
+        if soaker is not None:
+            soaker.kill()
     summary = summarise(samples)
     for name, entry in summary.items():
         print(name, json.dumps(entry))
