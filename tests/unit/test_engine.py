@@ -693,6 +693,42 @@ async def test_an_image_cancelled_while_it_ran_does_not_run_again_after_a_restar
 
 
 @run
+async def test_a_durable_cancel_is_answered_once_it_is_on_disk(tmp_path: Path) -> None:
+    """The cancel routes answered while the cancel's write still waited for the store's
+    thread: a server killed in those milliseconds ran the task again at its next start, after
+    the client was told it was cancelled."""
+    import asyncio
+    import threading
+
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        running = eng.submit(IMAGE, "i", ImageRequest(prompt="running"))
+        queued = eng.submit(IMAGE, "i", ImageRequest(prompt="queued"))
+        assert eng.durable is not None
+        for task_id, outcome in (
+            (queued.task_id, CancelOutcome.CANCELLED),
+            (running.task_id, CancelOutcome.REQUESTED),
+        ):
+            disk = threading.Event()
+            eng.durable.store._writer.submit(disk.wait, "a slow disk")  # the writes after it wait
+            try:
+                answer = asyncio.ensure_future(eng.cancel_recorded(task_id))
+                await asyncio.sleep(0.05)
+                assert not answer.done()  # not answered while the cancel is not on disk
+            finally:
+                disk.set()  # (else the store's close waits for ever)
+            assert await asyncio.wait_for(answer, 5) is outcome
+        # Both on disk as they were answered: neither runs again after a restart.
+        fresh = type(eng.durable.store)(eng.durable.store.path)
+        try:
+            was_queued, was_running = fresh.get(queued.task_id), fresh.get(running.task_id)
+        finally:
+            fresh.close()
+        assert was_queued is not None and was_queued.state == "cancelled"
+        assert was_running is not None and was_running.on_restart == "cancelled"
+
+
+@run
 async def test_a_resumed_image_keeps_its_clients_timeout(tmp_path: Path) -> None:
     """timeout_s is the client's: kept on disk, it still ends the task after a restart (and one
     whose timeout passed while the server was down fails at the start), where every restart

@@ -427,6 +427,21 @@ class Engine:
                 self.durable.cancel_asked(task)
         return outcome
 
+    async def cancel_recorded(self, task_id: str) -> CancelOutcome:
+        """cancel(), answered once the store has the cancel on disk where the task is durable: a
+        server killed right after the client was told "cancelled" must not run it again at its
+        next start (the write is on the store's thread: the loop goes on meanwhile)."""
+        task = self._scheduler.get(task_id)
+        outcome = self.cancel(task_id)
+        if (
+            self.durable is not None
+            and task is not None
+            and self.durable.durable(task.lane)
+            and outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED)
+        ):
+            await asyncio.wrap_future(self.durable.store.flushed())
+        return outcome
+
     def keep_model(self, lane: str, model: str, keep_alive_s: float | None) -> None:
         """How long `model` stays loaded once idle, from now, on every worker of `lane` that
         has it (m.KeepModel; 0: unloaded as soon as nothing runs on it). A worker that has not

@@ -193,7 +193,7 @@ async def image_result(task_id: str, request: Request) -> Any:
 async def image_cancel(task_id: str, request: Request) -> Any:
     engine = engine_of(request)
     view = view_or_404(request, task_id, IMAGE)
-    outcome = engine.cancel(view.id)
+    outcome = await engine.cancel_recorded(view.id)  # on disk before the answer
     after = engine.lookup(view.id) or view
     return {"task_id": view.id, "outcome": outcome.value, "status": after.state}
 

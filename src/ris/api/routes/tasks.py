@@ -142,7 +142,7 @@ async def get_task(task_id: str, request: Request) -> dict[str, Any]:
 async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
     engine = engine_of(request)
     view = view_or_404(request, task_id)
-    outcome = engine.cancel(view.id)
+    outcome = await engine.cancel_recorded(view.id)  # on disk before the answer
     after = engine.lookup(view.id) or view
     return {
         "task_id": view.id,
