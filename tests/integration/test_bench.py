@@ -28,6 +28,11 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "ris_bench_quick.json").read_text())
     assert report["meta"]["configs"] == ["traditional", "isolated"]
     assert report["meta"]["repetitions"] == 1 and report["meta"]["machine"]["cores"] >= 1
+    # What was measured: the code, and each configuration's lanes as the service applied them.
+    assert report["meta"]["revision"].startswith("ris ")
+    layouts = report["meta"]["layouts"]
+    assert set(layouts) == {"traditional", "isolated"}
+    assert layouts["isolated"]["llm"]["affinity"] == [0] and layouts["isolated"]["image"]["nice"] == 19
     figures = report["combined"]["figures"]
     assert set(figures) == {"alone", "traditional", "isolated"}
     for column in figures.values():
@@ -51,7 +56,7 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert header.split("|")[3:6] == [" alone ", " traditional ", " isolated "]
     rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
     assert len(rows) == len(METRICS)
-    assert "Goals:" in table
+    assert "Goals:" in table and "- code: ris " in table and "\n- isolated: llm on cores [0]" in table
 
     assert (tmp_path / "ris_bench_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -36,6 +36,25 @@ def _cell(s: dict[str, Any] | None, m: Metric | None, suffix: str = "") -> str:
     return text
 
 
+def _layout_lines(meta: dict[str, Any]) -> list[str]:
+    """The code measured and each configuration's lanes as the service applied them."""
+    out = [f"- code: {meta['revision']}"] if meta.get("revision") else []
+    for config, lanes in (meta.get("layouts") or {}).items():
+        parts = []
+        for lane, got in lanes.items():
+            cores = got.get("affinity") or got["cores"]
+            text = f"{lane} on cores {cores}, {got['threads']} thread(s), nice {got['nice']}"
+            share = got.get("min_cpu_share")
+            if share:
+                text += (
+                    f", min share {share['share']:.2g} ({share['mechanism']}, weight {share['weight']}, "
+                    f"policy {share['policy']})"
+                )
+            parts.append(text)
+        out.append(f"- {config}: " + "; ".join(parts))
+    return [*out, ""] if out else []
+
+
 def markdown(report: dict[str, Any]) -> str:
     combined = report["combined"]
     figures, ratios = combined["figures"], combined["ratios"]
@@ -63,6 +82,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{meta['repetitions']} repetition(s), {meta['workload']['duration_s']:g} s per phase; "
         "median (min–max over repetitions). Ratios are taken within each repetition.",
         "",
+        *_layout_lines(meta),
         *lines,
         "",
         "Goals:",

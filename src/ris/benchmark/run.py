@@ -25,8 +25,10 @@ from typing import Any, TextIO
 import httpx
 import psutil
 
+from ris import __version__
 from ris.benchmark import configs, report, summary
 from ris.benchmark.workload import Workload, preset
+from ris.config import Config
 from ris.launch import ServiceProcess
 
 ALONE_PHASES = ("llm", "tts", "image")
@@ -158,6 +160,46 @@ def machine_summary() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}  # fmt: skip
 
 
+def revision() -> str:
+    """What was measured: RIS's version, and the git commit when it runs from a checkout
+    ("+dirty" with uncommitted changes), so a result file names its code."""
+    version = f"ris {__version__}"
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return version
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return version
+    dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"{version}, git {commit}{dirty}"
+
+
+def applied_layout(url: str, cfg: Config) -> dict[str, Any]:
+    """Each lane as the service applied it (its /api/stats: its worker's affinity and threads
+    as the worker read them, the CPU share and how the OS keeps it, cores lent or borrowed at
+    that moment) beside its configured nice: a result file says which layout it measured."""
+    with httpx.Client(base_url=url, timeout=30) as c:
+        stats = c.get("/api/stats").json()["lanes"]
+    return {
+        lane: {
+            "cores": s.get("cores"),
+            "affinity": s["worker"].get("cpu_affinity"),
+            "threads": s["worker"].get("threads"),
+            "nice": cfg.lane(lane).nice,
+            "min_cpu_share": s.get("min_cpu_share"),
+            "lent_cores": s.get("lent_cores"),
+            "borrowed_cores": s.get("borrowed_cores"),
+        }
+        for lane, s in stats.items()
+        if s.get("enabled")
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     kind = "gpu" if args.gpu else "cpu"
     w = preset(kind, args.quick)
@@ -179,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) for s in steps)
     bar = ProgressBar(total)
     raw: list[dict[str, dict[str, Any]]] = [{} for _ in range(args.repetitions)]
+    layouts: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ris-bench-") as tmp_name:
         tmp = Path(tmp_name)
         for step in steps:
@@ -189,6 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             service.start(timeout=900)
             try:
                 warm_up(service.url, w)
+                layouts.setdefault(step.config, applied_layout(service.url, built[step.config]))
                 bar.advance(STARTUP_ESTIMATE_S[kind])
                 for phase in step.phases:
                     lanes = "llm,tts,image" if phase == "mixed" else phase
@@ -206,6 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 service.stop()
     bar.close()
     result = assemble(raw, names, kind, w, args)
+    result["meta"]["layouts"] = layouts
     result["raw"] = raw
     return result
 
@@ -236,6 +281,7 @@ def assemble(
             "workload": w.to_json(),
             "machine": machine_summary(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "revision": revision(),
             "command": "ris bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
         },
         "per_repetition": per_rep,
