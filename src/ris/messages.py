@@ -97,12 +97,16 @@ class ModelInfo:
     name: str
     backend: str
     details: ModelDetails = field(default_factory=ModelDetails)
-    # Its footprint as the worker counts it against the lane's budget (None: no file said).
+    # Its footprint as the worker counts it against the lane's budget (None: no file said): on
+    # a GPU lane what it puts on the card.
     footprint_bytes: int | None = None
     # Where it lives: "gpu", "partial" (some layers on the GPU), "model_offload",
     # "sequential_offload" (a pipeline's parts moved to the GPU as they run) or "cpu".
     placement: str = "cpu"
     load_s: float | None = None  # how long its load took
+    # On a GPU lane, what it keeps in RAM beside the card, counted against the lane's RAM
+    # budget (layers left on the CPU, an offload plan's components); None on a CPU lane.
+    ram_bytes: int | None = None
 
 
 @dataclass(frozen=True)

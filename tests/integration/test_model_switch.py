@@ -103,6 +103,9 @@ def test_models_list_their_footprint_placement_and_load_time(srv: Server) -> Non
     assert fp["total_bytes"] == fp["weights_bytes"] + fp["kv_bytes"] + fp["margin_bytes"]
     assert BUDGET_MB * MIB < 2 * fp["total_bytes"]  # the budget holds one, not two
     assert a["last_load_s"] > 0 and b["last_load_s"] is None
+    # As the worker counts them: all in RAM on a CPU lane, nothing on a card.
+    assert (a["in_ram_bytes"], a["on_gpu_bytes"]) == (fp["total_bytes"], None)
+    assert (b["in_ram_bytes"], b["on_gpu_bytes"]) == (None, None)
     assert lane_stats(srv)["models"]["memory_budget_bytes"] == BUDGET_MB * MIB
 
 

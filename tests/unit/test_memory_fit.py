@@ -554,6 +554,9 @@ def test_a_gpu_lane_evicts_for_what_its_models_keep_in_ram() -> None:
         def close(self) -> None:
             self.closed = True
 
+        def describe(self) -> m.ModelDetails:
+            return m.ModelDetails(placement="partial")
+
     smol = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048, "n_gpu_layers": 4})
     gpu = 300 * MIB
     fp = model_footprint(smol, 1, "cuda:0")
@@ -569,6 +572,8 @@ def test_a_gpu_lane_evicts_for_what_its_models_keep_in_ram() -> None:
     assert isinstance(first, Model) and (cache.footprint("a"), cache.in_ram("a")) == (on_card, in_ram)
     cache.get("b", announce=False)
     assert list(cache.models) == ["b"] and first.closed
+    info = cache.info("b")  # what /api/models shows of it
+    assert (info.footprint_bytes, info.ram_bytes, info.placement) == (on_card, in_ram, "partial")
     assert m.ModelUnloaded("a", "evicted") in sent
 
 

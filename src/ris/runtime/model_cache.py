@@ -173,6 +173,7 @@ class ModelCache:
             self._cfg.models[name].backend,
             details,
             footprint_bytes=self.footprint(name),
+            ram_bytes=self.in_ram(name) if self._gpu_budget is not None else None,
             placement=details.placement or ("gpu" if self._device.startswith("cuda") else "cpu"),
             load_s=self._load_s.get(name),
         )

@@ -13,7 +13,12 @@ function memory(m) {
   const where = m.placement === "not_loaded" ? "not loaded" : m.placement;
   if (!m.footprint) return where;
   const f = m.footprint;
-  return `${where}, ${fmt.bytes(f.total_bytes)} (weights ${fmt.bytes(f.weights_bytes)}, KV ${fmt.bytes(f.kv_bytes)})`;
+  const parts = `${fmt.bytes(f.total_bytes)} (weights ${fmt.bytes(f.weights_bytes)}, KV ${fmt.bytes(f.kv_bytes)})`;
+  // A GPU lane's loaded model: what its worker counts on the card and in RAM beside it.
+  if (m.on_gpu_bytes != null && m.in_ram_bytes != null) {
+    return `${where}, ${parts}: ${fmt.bytes(m.on_gpu_bytes)} on the GPU, ${fmt.bytes(m.in_ram_bytes)} in RAM`;
+  }
+  return `${where}, ${parts}`;
 }
 
 async function refresh() {
