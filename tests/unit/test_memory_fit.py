@@ -387,6 +387,8 @@ def test_a_gpu_lanes_models_are_counted_on_the_card_and_in_ram_both() -> None:
     refused = res.plan("huge", 100, 600)
     assert isinstance(refused, Refuse)
     assert "stays in RAM" in refused.message and "RAM budget" in refused.message
+    on_card = res.plan("wide", 1100, 0)  # the card's budget named as the card's
+    assert isinstance(on_card, Refuse) and "the lane's GPU budget" in on_card.message
 
 
 def test_keep_alive_expires_idle_models_lane_default_and_per_request() -> None:

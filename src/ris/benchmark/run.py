@@ -164,12 +164,20 @@ def revision() -> str:
     """What was measured: RIS's version, and the git commit when it runs from a checkout
     ("+dirty" with uncommitted changes), so a result file names its code."""
     version = f"ris {__version__}"
-    root = Path(__file__).resolve().parents[3]
-    if not (root / ".git").exists():
+    here = Path(__file__).resolve()
+    root = here.parents[3]
+    # RIS's own checkout (src/ris/benchmark/run.py under it), not a folder it was installed in.
+    checkout = here.parents[2].name == "src" and (root / "pyproject.toml").exists()
+    if not checkout or not (root / ".git").exists():
         return version
 
     def git(*argv: str) -> str:
-        done = subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *argv], capture_output=True, text=True, check=False, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):  # no git here: the version says enough
+            return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")
@@ -184,7 +192,9 @@ def applied_layout(url: str, cfg: Config) -> dict[str, Any]:
     as the worker read them, the CPU share and how the OS keeps it, cores lent or borrowed at
     that moment) beside its configured nice: a result file says which layout it measured."""
     with httpx.Client(base_url=url, timeout=30) as c:
-        stats = c.get("/api/stats").json()["lanes"]
+        answer = c.get("/api/stats")
+        answer.raise_for_status()
+        stats = answer.json()["lanes"]
     return {
         lane: {
             "cores": s.get("cores"),
@@ -216,6 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         built = {name: configs.build(name, kind, tts_model=args.tts_model) for name in names}
     except ValueError as e:
         raise SystemExit(f"ris bench: {e}") from None
+    code = revision()  # now: the code that runs, not what the checkout holds at the end
     steps = plan(names, args.repetitions)
     per_phase = w.duration_s + 2.0
     total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) for s in steps)
@@ -232,7 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             service.start(timeout=900)
             try:
                 warm_up(service.url, w)
-                layouts.setdefault(step.config, applied_layout(service.url, built[step.config]))
+                if step.config not in layouts:
+                    layouts[step.config] = applied_layout(service.url, built[step.config])
                 bar.advance(STARTUP_ESTIMATE_S[kind])
                 for phase in step.phases:
                     lanes = "llm,tts,image" if phase == "mixed" else phase
@@ -251,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bar.close()
     result = assemble(raw, names, kind, w, args)
     result["meta"]["layouts"] = layouts
+    result["meta"]["revision"] = code
     result["raw"] = raw
     return result
 
@@ -281,7 +294,6 @@ def assemble(
             "workload": w.to_json(),
             "machine": machine_summary(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "revision": revision(),
             "command": "ris bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
         },
         "per_repetition": per_rep,

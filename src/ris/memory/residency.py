@@ -92,7 +92,9 @@ class Residency:
         in RAM, of `ram_budget`."""
         if name in self._models:
             return Ready()
-        limits = [(need, self.budget, "memory"), (ram_need, self.ram_budget, "RAM")]
+        # A GPU lane's first budget is its card's (its RAM is the second).
+        first = "memory" if self.ram_budget is None else "GPU"
+        limits = [(need, self.budget, first), (ram_need, self.ram_budget, "RAM")]
         for asked, budget, what in limits:
             if budget is not None and asked > budget:
                 kept = " (the part of it that stays in RAM beside the GPU)" if what == "RAM" else ""
