@@ -223,7 +223,7 @@ class TaskStore:
 
     def flushed(self) -> Future[None]:
         """Done once every write asked for before it is on disk (or has failed, and said so)."""
-        return self._writer.submit(lambda: None, "flush")
+        return self._writer.flushed()
 
     def not_resumed(self, task_id: str, why: str) -> Future[None]:
         """The task is not run again after a restart; `why`: CANCELLED or ABANDONED."""

@@ -48,9 +48,14 @@ class StoreWriter:
             self._queue.put((write, done, what))
         return done
 
+    def flushed(self) -> Future[None]:
+        """Done once every write asked for before it has run (each one is on disk or has failed,
+        and said so)."""
+        return self.submit(lambda: None, "flush")
+
     def flush(self) -> None:
         """Return once every write asked for so far has run."""
-        self.submit(lambda: None, "flush").result()
+        self.flushed().result()
 
     def close(self) -> None:
         """Run what is queued, then stop the thread (later writes raise WriterClosed)."""

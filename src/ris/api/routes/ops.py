@@ -14,6 +14,7 @@ from ris.api.prometheus import CONTENT_TYPE, prometheus_text
 from ris.api.stats import gpus_json, lane_stats
 from ris.config.fit_checks import lane_footprints, preloaded
 from ris.gpus import gpu_devices
+from ris.messages import ModelInfo
 
 router = APIRouter(tags=["ops"])
 
@@ -61,6 +62,17 @@ async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
 
+def _counted(info: ModelInfo | None, gpu_lane: bool) -> dict[str, int | None]:
+    """A loaded model as its worker counts it against the lane's budgets: on a GPU lane its part
+    on the card and its part kept in RAM beside it; on a CPU lane all of it in RAM (None: not
+    loaded, or no file says)."""
+    if info is None:
+        return {"on_gpu_bytes": None, "in_ram_bytes": None}
+    if gpu_lane:
+        return {"on_gpu_bytes": info.footprint_bytes, "in_ram_bytes": info.ram_bytes}
+    return {"on_gpu_bytes": None, "in_ram_bytes": info.footprint_bytes}
+
+
 @router.get("/api/models", summary="Configured models per lane")
 async def models(request: Request) -> dict[str, Any]:
     engine = engine_of(request)
@@ -73,7 +85,6 @@ async def models(request: Request) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for lane, cfg in engine.config.lanes.items():
         loaded = engine.model_infos(lane)
-        gpu_lane = cfg.gpu_index is not None
         out[lane] = [
             {
                 "name": name,
@@ -90,17 +101,7 @@ async def models(request: Request) -> dict[str, Any]:
                 # "not_loaded"; why, in numbers, where the backend chose within a budget.
                 "placement": loaded[name].placement if name in loaded else "not_loaded",
                 "placement_reason": loaded[name].details.placement_reason if name in loaded else None,
-                # A loaded model as its worker counts it against the lane's budgets: on a GPU
-                # lane its part on the card and its part kept in RAM beside it; on a CPU lane
-                # all of it in RAM (None: not loaded, or no file says).
-                "on_gpu_bytes": loaded[name].footprint_bytes if name in loaded and gpu_lane else None,
-                "in_ram_bytes": (
-                    None
-                    if name not in loaded
-                    else loaded[name].ram_bytes
-                    if gpu_lane
-                    else loaded[name].footprint_bytes
-                ),
+                **_counted(loaded.get(name), cfg.gpu_index is not None),
                 "last_load_s": last_load.get((lane, name)),
                 "preload": name in preloaded(cfg, engine.kinds[lane].load_all_models),
                 "voices": list(loaded[name].details.voices) if name in loaded else None,
