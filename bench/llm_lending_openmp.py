@@ -56,12 +56,12 @@ def child(variant: str) -> None:
     from ris.backends import BackendContext
     from ris.backends.llm_llama_cpp import LlamaCppLLM
     from ris.config import ModelSpec
-    from ris.runtime.lending import pin_all_threads
+    from ris.runtime.binding import pin_process
 
     spec = ModelSpec(backend="llama_cpp", source=MODEL, options={"n_ctx": 2048})
     backend = LlamaCppLLM(spec, BackendContext("cpu", len(cores), Path(tempfile.gettempdir()), parallel=8))
     batch = backend.batch()
-    pin_all_threads((0, 1))  # what CoreLending.fit does when the lender is idle
+    pin_process((0, 1))  # what CoreLending.fit does when the lender is idle
     batch.set_threads(2)
     gaps: list[float] = []
     for k in range(2):  # the second stream counts: the first warms caches

@@ -160,17 +160,16 @@ def each_thread(apply: Callable[[int], None]) -> int:
 
 
 def pin_process(cores: tuple[int, ...]) -> None:
-    """Every thread of this process onto `cores` (the process, where threads cannot be listed)."""
+    """Every thread of this process onto `cores` (the process, where threads cannot be listed),
+    those a pool creates while the pass runs included: such a thread would inherit its
+    creator's old cores (lending moves a worker under a running step)."""
     if not sys.platform.startswith("linux"):
         proc = psutil.Process()
         if hasattr(proc, "cpu_affinity"):
             proc.cpu_affinity(list(cores))
         return
-    for tid in thread_ids():
-        try:
-            os.sched_setaffinity(tid, set(cores))
-        except (ProcessLookupError, FileNotFoundError):
-            pass  # a thread that ended since the listing
+    cpus = set(cores)
+    each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 def renice_process(level: int) -> None:

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterable
 
 from ris.preemption.lending import Borrower
-from ris.runtime.binding import each_thread
+from ris.runtime.binding import pin_process
 
 # How often a borrowing worker looks whether an owner took its cores back. Reading the board is
 # a shared-memory read; a core is returned this long after its owner published its work (a
@@ -33,20 +31,6 @@ from ris.runtime.binding import each_thread
 WATCH_INTERVAL_S = 0.005
 
 _log = logging.getLogger("ris.worker")
-
-
-def pin_all_threads(cores: Iterable[int]) -> None:
-    """Every thread of this process to `cores` (the whole process where threads cannot be
-    listed: not on Linux)."""
-    cpus = set(cores)
-    if not sys.platform.startswith("linux"):
-        import psutil
-
-        psutil.Process().cpu_affinity(sorted(cpus))
-        return
-    # Every thread, those a pool creates while the pass runs included (the watcher moves the
-    # process under a running step): such a thread would inherit its creator's old cores.
-    each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
 
 
 def thread_affinities(pid: int) -> dict[int, tuple[int, ...]]:
@@ -131,7 +115,7 @@ class CoreLending:
     def _move(self, cores: tuple[int, ...]) -> None:
         if cores == self.cores:
             return
-        pin_all_threads(cores)
+        pin_process(cores)
         self.cores = cores
         self.borrowed = self._borrower.borrowed(cores)
         if self.borrowed:
