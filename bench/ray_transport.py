@@ -9,6 +9,8 @@ it, beside a local worker's pipe and a plain TCP connection to the same actor.
                   (what RIS's LaneActor.stream reports with every batch)
   ray stream, get the same, each yield's value taken with a non-blocking ray.get once
                   __anext__ has it in this process, instead of a second await
+  ray stream, get, no task events  the same, both methods declared with
+                  `enable_task_events=False`
   ray stream, thread  the same stream read by a thread of its own (blocking next() and
                   ray.get), each batch handed to the loop by call_soon_threadsafe
   ray task stream one streaming call per message (issue 25's "one streaming call per task"):
@@ -128,8 +130,23 @@ class _Echo:
         return node_ip(), server.getsockname()[1]
 
 
+class _QuietEcho(_Echo):
+    """The same, its two methods declared without Ray's task events (no record of each call
+    for the dashboard and the state API)."""
+
+    @ray.method(concurrency_group="inbox", enable_task_events=False)
+    def put(self, msg: Any) -> None:
+        self._in.put(msg)
+
+    @ray.method(concurrency_group="outbox", _generator_backpressure_num_objects=8, enable_task_events=False)
+    def stream(self) -> Iterator[tuple[list[Any], Any]]:
+        yield from super().stream()
+
+
 _remote: Any = ray.remote  # its overloads do not name concurrency_groups
-Echo = _remote(max_restarts=0, concurrency_groups={"inbox": 1, "outbox": 1, "tasks": 4})(_Echo)
+_GROUPS = {"inbox": 1, "outbox": 1, "tasks": 4}
+Echo = _remote(max_restarts=0, concurrency_groups=_GROUPS)(_Echo)
+QuietEcho = _remote(max_restarts=0, concurrency_groups=_GROUPS)(_QuietEcho)
 
 
 async def _timed(n: int, one: Callable[[int], Awaitable[None]]) -> float:
@@ -243,10 +260,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     # Held for the whole run: an actor whose last handle goes is ended by Ray.
     actors = [Echo.remote(usage) for usage in (False, True, False, False, False, False, False, False)]
+    actors.append(QuietEcho.remote(False))
     transports = {
         "ray stream": ray_stream(actors[0]),
         "ray stream+usage": ray_stream(actors[1]),
         "ray stream, get": ray_stream(actors[2], get=True),
+        "ray stream, get, no task events": ray_stream(actors[8], get=True),
         "ray stream, thread": ray_stream_thread(actors[3], loop),
         "ray call": ray_call(actors[4]),
         "ray task stream": ray_task_stream(actors[6]),
