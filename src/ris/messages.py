@@ -199,6 +199,8 @@ class WorkerReady:
     memory_limit_bytes: int | None = None
     # A batch lane's minimum CPU share as the worker set it (ris.runtime.cpu_share); None: none.
     cpu_share: CpuShareInfo | None = None
+    # The nice level it runs at, as the OS says once it is bound (its serving thread's).
+    nice: int | None = None
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,17 @@ def workers(srv: Server, lane: str) -> list[dict[str, Any]]:
     return list(srv.stats()[lane]["workers"])
 
 
+def thread_nice(pid: int) -> dict[int, int]:
+    """Each thread of `pid` and its nice level, as the OS says."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
+        except ProcessLookupError:
+            pass  # ended since the listing
+    return out
+
+
 def long_synthesis(srv: Server, text: str) -> tuple[Any, list[Any], dict[str, Any]]:
     """A long synthesis posted in the background, and the TTS worker it is running on."""
     t, result = post_in_background(f"{srv.url}/api/tts/synthesize", {"text": text}, 120)
@@ -108,6 +119,10 @@ def test_each_lane_lands_on_a_node_that_advertises_it(
             # The local binding, applied inside the actor: cores and threads from the config
             # (Ray would leave OMP_NUM_THREADS=1), no GPU for speech.
             assert w["threads"] == 1
+            # At the lane's nice, every thread (Ray's own too), not Ray's 15 for its workers.
+            want = 19 if lane == "image" else 0
+            assert w["nice"] == want, (lane, w)
+            assert set(thread_nice(w["pid"]).values()) == {want}, (lane, thread_nice(w["pid"]))
     # The image lane's minimum share, applied inside its actor: a cgroup (where the node lets
     # one be made) named after the actor, whose life it lasts, not after the raylet.
     (image,) = workers(ray_server, "image")

@@ -189,8 +189,8 @@ def revision() -> str:
 
 def applied_layout(url: str, cfg: Config) -> dict[str, Any]:
     """Each lane as the service applied it (its /api/stats: its worker's affinity and threads
-    as the worker read them, the CPU share and how the OS keeps it, cores lent or borrowed at
-    that moment) beside its configured nice: a result file says which layout it measured."""
+    as the worker read them, its nice level, the CPU share and how the OS keeps it, cores lent
+    or borrowed at that moment): a result file says which layout it measured."""
     with httpx.Client(base_url=url, timeout=30) as c:
         answer = c.get("/api/stats")
         answer.raise_for_status()
@@ -200,7 +200,8 @@ def applied_layout(url: str, cfg: Config) -> dict[str, Any]:
             "cores": s.get("cores"),
             "affinity": s["worker"].get("cpu_affinity"),
             "threads": s["worker"].get("threads"),
-            "nice": cfg.lane(lane).nice,
+            # As the worker read it; the configured one for a worker not up.
+            "nice": cfg.lane(lane).nice if s["worker"].get("nice") is None else s["worker"]["nice"],
             "min_cpu_share": s.get("min_cpu_share"),
             "lent_cores": s.get("lent_cores"),
             "borrowed_cores": s.get("borrowed_cores"),

@@ -180,13 +180,9 @@ def renice_process(level: int) -> None:
             psutil.IDLE_PRIORITY_CLASS if level >= 15 else psutil.BELOW_NORMAL_PRIORITY_CLASS
         )
         return
-    threads = thread_ids() if sys.platform.startswith("linux") else []
     os.setpriority(os.PRIO_PROCESS, 0, level)  # the calling thread (the process, off Linux)
-    for tid in threads:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, level)
-        except ProcessLookupError:
-            pass
+    if sys.platform.startswith("linux"):  # and every other, those started meanwhile included
+        each_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, level))
 
 
 # The GNU OpenMP runtime llama.cpp's CPU backend links (llama-cpp-python's Linux builds link the

@@ -37,6 +37,8 @@ class WorkerStatus:
     running: int = 0
     cpu_affinity: tuple[int, ...] | None = None
     threads: int | None = None
+    # The nice level the worker runs at, as it read it once bound (a Ray actor's included).
+    nice: int | None = None
     # Work-conserving isolation: the idle lanes' cores this worker runs on now and its thread
     # count now (None: the lane borrows nothing). The lender's side, `lent_cores`, is read
     # from these in /api/stats (ris.api.stats).
@@ -164,6 +166,7 @@ def worker_status(r: Replica) -> WorkerStatus:
         pid=usage.pid,
         cpu_affinity=info.cpu_affinity if info and info.cpu_affinity else None,
         threads=info.threads if info else None,
+        nice=info.nice if info else None,
         borrowed_cores=r.lending.borrowed_cores if r.lending and info else None,
         threads_now=r.lending.threads_now if r.lending and info else None,
         cpu_share=dataclasses.asdict(info.cpu_share) if info and info.cpu_share else None,

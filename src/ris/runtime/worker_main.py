@@ -292,6 +292,7 @@ def serve(
             slots=cfg.parallel,
             memory_limit_bytes=spec.binding.memory_limit_bytes,
             cpu_share=cpu_share,
+            nice=os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
         )
     )
     cache.expire()  # the start's models: when their keep_alive ends, if it ever does (ModelExpiry)

@@ -46,6 +46,7 @@ from ris import messages as m
 from ris.config.schema import Config
 from ris.preemption.board import ActivityBoard
 from ris.preemption.policy import Activity
+from ris.runtime.binding import renice_process
 from ris.runtime.cpu_share import remove_stale
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
@@ -215,6 +216,7 @@ class LaneActor:
 
     def _serve(self, spec: WorkerSpec, board: ActivityBoard) -> None:
         try:
+            _nice_as_a_local_worker(spec.lane)
             if spec.min_cpu_share is not None:
                 # Its share's cgroup lasts as long as this actor: named after it, not after the
                 # raylet (its parent, which outlives every actor); those of actors gone before
@@ -255,6 +257,27 @@ class LaneActor:
             )
             if ended:
                 return
+
+
+def _nice_as_a_local_worker(lane: str) -> None:
+    """Every thread of the actor to nice 0, where a local worker starts (its server's level),
+    before the binding sets the lane's own. Ray starts its worker processes at nice 15
+    (`RAY_worker_niceness`): left there, a real-time lane lost its cores to any nice-0 process
+    on the node (15 weighs 36 against 1024), and the image lane's minimum-share group (114)
+    outweighed the lanes it should yield to. Lowering a nice level takes a privilege
+    (root, CAP_SYS_NICE or RLIMIT_NICE); without it the level stays, with a warning naming
+    the node setting that avoids it."""
+    if os.getpriority(os.PRIO_PROCESS, 0) <= 0:
+        return
+    try:
+        renice_process(0)
+    except PermissionError:
+        log.warning(
+            "the %s worker runs at nice %d, Ray's level for its workers: lowering it needs "
+            "CAP_SYS_NICE; start the node with RAY_worker_niceness=0 (docs/CLUSTER.md)",
+            lane,
+            os.getpriority(os.PRIO_PROCESS, 0),
+        )
 
 
 # A thread for put and one for stream (the serving loop has its own): one thread per group
