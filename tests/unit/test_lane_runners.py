@@ -195,13 +195,40 @@ def test_a_chat_over_the_context_leaves_out_its_oldest_turns_only_where_asked() 
         ("user", "last"),
     )
     assert without_oldest(turns, 99) == (("system", "s"), ("user", "last"))
-    req = LLMRequest(messages=turns, truncate=True)
-    fitted, prompt, _ = fit_context(req, tokenize, 14)  # 21 characters: the fewest left out
+    one = LLMRequest(messages=turns, truncate=True, max_tokens=1)
+    fitted, prompt, _ = fit_context(one, tokenize, 14)  # 21 characters: the fewest left out
     assert fitted.messages == without_oldest(turns, 2) and len(prompt) == 13
-    fitted, prompt, _ = fit_context(req, tokenize, 3)  # nothing that may go would do: as it was
-    assert fitted is req and len(prompt) == 21
-    off = LLMRequest(messages=turns)
+    fitted, prompt, _ = fit_context(one, tokenize, 3)  # nothing that may go would do: as it was
+    assert fitted is one and len(prompt) == 21
+    off = LLMRequest(messages=turns, max_tokens=1)
     assert fit_context(off, tokenize, 14)[0] is off
+
+
+def test_a_chat_cut_to_its_context_keeps_room_for_its_answer() -> None:
+    from ris.lanes.llm import Message, answer_room, fit_context, without_oldest
+
+    turns = (("system", "s"), ("user", "aaaa"), ("assistant", "bbbb"), ("user", "cccc"), ("user", "last"))
+
+    def tokenize(req: LLMRequest) -> tuple[list[int], None]:  # a token per character
+        return [0] * sum(len(t.content if isinstance(t, Message) else t[1]) for t in req.messages or ()), None
+
+    # Its max_tokens, at most a quarter of the context: an answer with no limit asked keeps
+    # that quarter, not the whole context.
+    assert answer_room(8, 40) == 8 and answer_room(4096, 40) == 10 and answer_room(0, 2) == 1
+    # 17 tokens in a context of 20: the prompt fits, an answer of 8 does not. Its room is a
+    # quarter of the context, 5: one turn goes. With a larger context, none.
+    req = LLMRequest(messages=turns, truncate=True, max_tokens=8)
+    fitted, prompt, _ = fit_context(req, tokenize, 20)
+    assert fitted.messages == without_oldest(turns, 1) and len(prompt) == 13
+    assert fit_context(req, tokenize, 25)[0] is req  # 17 + 6
+    # No number of turns leaves the room (the last one is long): the fewest that fit the
+    # prompt alone, as before; and as it was where it fits alone already.
+    long = (*turns[:-1], ("user", "x" * 12))
+    req = LLMRequest(messages=long, truncate=True, max_tokens=8)
+    fitted, prompt, _ = fit_context(req, tokenize, 16)  # 25 tokens; room 4; 13 at the least
+    assert fitted.messages == without_oldest(long, 3) and len(prompt) == 13
+    alone = LLMRequest(messages=(long[0], long[-1]), truncate=True, max_tokens=8)
+    assert fit_context(alone, tokenize, 16)[0] is alone  # 13 < 16, room 4 cannot be had
 
 
 def test_a_chat_ending_in_a_tool_answer_keeps_the_call_it_answers() -> None:

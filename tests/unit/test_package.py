@@ -82,3 +82,17 @@ def test_stop_scanner_decodes_split_utf8() -> None:
         s.feed_bytes(data[i : i + 1])
     s.flush()
     assert "".join(out) == "你好"
+
+
+def test_an_answer_cut_inside_a_character_ends_before_it_not_with_a_replacement() -> None:
+    out: list[str] = []
+    s = StopScanner((), out.append)
+    s.feed_bytes("家庭".encode() + "🙂".encode()[:2])  # a token limit stopped in the emoji
+    s.flush()
+    assert "".join(out) == "家庭"
+    # Invalid bytes inside the answer are still shown as what they are.
+    out.clear()
+    s = StopScanner((), out.append)
+    s.feed_bytes(b"a\xffb")
+    s.flush()
+    assert "".join(out) == "a\ufffdb"

@@ -45,8 +45,11 @@ class StopScanner:
             self._emit(out)
 
     def flush(self) -> None:
+        """The end of the answer: what was held back goes out. The bytes of a character the
+        answer stopped in the middle of (a token limit cutting a multi-byte character, as
+        Chinese or emoji take) are dropped, not sent as U+FFFD."""
+        self._decoder.reset()
         if not self.stopped:
-            tail = self._held + self._decoder.decode(b"", final=True)
-            self._held = ""
+            tail, self._held = self._held, ""
             if tail:
                 self._emit(tail)

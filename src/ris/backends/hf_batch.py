@@ -290,6 +290,12 @@ class TransformersBatch(LLMBatch):
         if seq.finish == "cancelled" or seq.scanner.stopped:
             self._engine.cancel_request(rid)  # the engine stops computing it at its next step
         if seq.finish != "cancelled":
+            # What a trailing incomplete character held back: the text before it goes out, the
+            # character's bytes do not (the answer ended in its middle).
+            text = self._decode(seq.generated).rstrip("\ufffd")
+            if len(text) > seq.emitted:
+                seq.scanner.feed(text[seq.emitted :])
+                seq.emitted = len(text)
             seq.scanner.flush()
         return seq.key, LLMOutcome(seq.finish, seq.prompt_tokens, len(seq.generated))
 

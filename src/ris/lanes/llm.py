@@ -438,23 +438,43 @@ def fewest_left_out(
     return found
 
 
+# A chat cut to fit its context keeps room for its answer: its max_tokens, but at most this
+# share of the context (an answer with no limit asked would otherwise leave no turn at all).
+# Without it, a long conversation kept every turn that fit and left the answer a few tokens
+# (Ollama itself shifts its context to go on; llama.cpp here cannot).
+ANSWER_ROOM_SHARE = 0.25
+
+
 def fit_context(
     req: LLMRequest, tokenize: Callable[[LLMRequest], tuple[list[int], Any]], n_ctx: int
 ) -> tuple[LLMRequest, list[int], Any]:
-    """`req` with as few of its oldest turns left out as lets its prompt fit `n_ctx` (fewer
-    tokens than the context, as a prompt must), and the tokenizer's answer for it. The request
-    as it was if `truncate` is off, it is no chat, or nothing that may go would do."""
+    """`req` with as few of its oldest turns left out as lets its prompt fit `n_ctx` with room
+    for its answer (`answer_room`), and the tokenizer's answer for it. Where no number of them
+    leaves that room, as few as fit the prompt alone (fewer tokens than the context, as a
+    prompt must). The request as it was if `truncate` is off, it is no chat, or nothing that
+    may go would do."""
     prompt, extra = tokenize(req)
-    if len(prompt) < n_ctx or not req.truncate or not req.messages:
+    room = answer_room(req.max_tokens, n_ctx)
+    if len(prompt) + room <= n_ctx or not req.truncate or not req.messages:
         return req, prompt, extra
+    for need in (room, 1):
 
-    def fits(turns: tuple[Turn, ...]) -> tuple[LLMRequest, list[int], Any] | None:
-        shorter = replace(req, messages=turns)
-        p, e = tokenize(shorter)
-        return (shorter, p, e) if len(p) < n_ctx else None
+        def fits(turns: tuple[Turn, ...]) -> tuple[LLMRequest, list[int], Any] | None:
+            shorter = replace(req, messages=turns)
+            p, e = tokenize(shorter)
+            return (shorter, p, e) if len(p) + need <= n_ctx else None  # noqa: B023 - called here
 
-    found = fewest_left_out(req.messages, fits)
-    return found[1] if found is not None else (req, prompt, extra)
+        found = fewest_left_out(req.messages, fits)
+        if found is not None:
+            return found[1]
+        if len(prompt) < n_ctx:  # it fits as it is, with less room than asked
+            break
+    return req, prompt, extra
+
+
+def answer_room(max_tokens: int, n_ctx: int) -> int:
+    """The tokens a chat cut to fit its context keeps for its answer (ANSWER_ROOM_SHARE)."""
+    return max(1, min(max_tokens, int(n_ctx * ANSWER_ROOM_SHARE)))
 
 
 def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_tokens") -> str:
