@@ -17,6 +17,7 @@ import pytest
 
 from ris import messages as m
 from ris.api.app import create_app, create_ollama_app
+from ris.api.limits import MIN_TOP_P
 from ris.api.ollama_schemas import OllamaChatMessage, OllamaOptions
 from ris.api.routes.ollama import chat_turns, ignored_options
 from ris.config import ConfigError
@@ -66,6 +67,8 @@ async def test_a_streamed_chat_is_ndjson_its_last_line_with_the_counts(tmp_path:
         r = await asyncio.wait_for(request, 5)
     first, second, last = lines(r)
     assert first["message"] == {"role": "assistant", "content": "Hel"} and first["done"] is False
+    # Each line at its own time, as Ollama's: the last one after the pieces.
+    assert first["created_at"] < last["created_at"]
     assert second["message"]["content"] == "lo" and first["model"] == "m"
     assert last["done"] is True and last["done_reason"] == "length"
     assert (last["prompt_eval_count"], last["eval_count"]) == (3, 2)
@@ -111,6 +114,15 @@ async def test_errors_are_ollamas_on_its_paths_and_listener_and_riss_elsewhere(t
         assert (await call(eng, "GET", "/api/stats", ollama_port=True)).json() == {"error": "Not Found"}
         seed = await call(eng, "POST", "/api/llm/generate", {"prompt": 3}, ollama_port=False)
         assert seed.status_code == 422 and seed.json()["error"]["code"] == "invalid_request"
+        # The listener's /v1 is no OpenAI API: its 404 is Ollama's too.
+        assert (await call(eng, "GET", "/v1/models", ollama_port=True)).json() == {"error": "Not Found"}
+        # Ollama's calls not served here are refused in Ollama's words, saying why, on both ports.
+        for on_listener in (True, False):
+            body = {"model": "m", "input": "x"}
+            embed = await call(eng, "POST", "/api/embed", body, ollama_port=on_listener)
+            assert embed.status_code == 400 and "no embedding lane" in embed.json()["error"], embed.text
+            gone = await call(eng, "DELETE", "/api/delete", {"model": "m"}, ollama_port=on_listener)
+            assert gone.status_code == 400 and "config.json" in gone.json()["error"], gone.text
         # Nothing to generate: Ollama's way to load a model answers without a task.
         loaded = await call(eng, "POST", "/api/generate", {"model": "m:latest"}, ollama_port=True)
         assert loaded.json()["done_reason"] == "load" and not workers[Lane.LLM].runs
@@ -315,3 +327,15 @@ async def test_an_empty_request_with_a_keep_alive_tells_the_workers(tmp_path: Pa
         await call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True)  # no keep_alive: none
         kept = [x for x in llm.inbox if isinstance(x, m.KeepModel)]
         assert kept == [m.KeepModel("m", 0.0), m.KeepModel("m", 300.0)]
+
+
+@run
+async def test_num_predict_zero_and_top_p_zero_read_as_on_ollama(tmp_path: Path) -> None:
+    """Ollama's runner limits an answer only for num_predict above 0 (0 is no limit, as -1),
+    and top_p 0 is the likeliest token alone, as on /v1."""
+    body = {"model": "m", "prompt": "hi", "options": {"num_predict": 0, "top_p": 0}}
+    async with sent(tmp_path, "/api/generate", body) as (_, workers):
+        (task,) = workers[Lane.LLM].runs
+        req = task.request
+        assert isinstance(req, LLMRequest)
+        assert req.top_p == MIN_TOP_P and req.max_tokens > 1 and req.max_tokens_at_most

@@ -106,3 +106,33 @@ async def test_completions_read_their_body_as_chat_does(tmp_path: Path) -> None:
         completion_r = await post(eng, "/v1/completions", content=bad)
         assert completion_r.status_code == chat_r.status_code == 400
         assert completion_r.json()["error"]["message"] == chat_r.json()["error"]["message"]
+
+
+@run
+async def test_a_message_without_content_and_calls_not_served_are_refused_in_the_clients_words(
+    tmp_path: Path,
+) -> None:
+    # Every call bounded: one accepted by mistake waits on the fake worker for ever.
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        # Content is required (an assistant turn may carry tool_calls instead), as on OpenAI:
+        # an empty turn answered as one was a silent drop.
+        for message in ({"role": "user"}, {"role": "user", "content": None}, {"role": "user", "content": []}):
+            r = await asyncio.wait_for(post(eng, "/v1/chat/completions", {**ASK, "messages": [message]}), 5)
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["param"] == "messages[0]", (message, error)
+            assert "content" in error["message"]
+        # A value of the wrong type is named by its field as the client wrote it, not by the
+        # validator's union members ("constrained-str", "list[function-after[...]]").
+        wrong = {**ASK, "messages": [{"role": "user", "content": 123}]}
+        r = await asyncio.wait_for(post(eng, "/v1/chat/completions", wrong), 5)
+        error = r.json()["error"]
+        assert error["param"] == "messages[0].content", error
+        assert "[" not in error["message"].replace("messages[0]", ""), error["message"]
+        assert not workers[Lane.LLM].runs
+        # Calls of the openai client this server does not serve say so, not a bare 404.
+        for path, call in (("/v1/embeddings", "embeddings.create"), ("/v1/responses", "responses.create")):
+            r = await asyncio.wait_for(post(eng, path, {"model": "m", "input": "x"}), 5)
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["code"] == "unsupported_endpoint", error
+            assert call in error["message"] and "chat.completions.create" in error["message"]

@@ -5,7 +5,8 @@ and on the Ollama listener (server.ollama_port)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -48,6 +49,8 @@ def is_openai(path: str) -> bool:
 # Ollama's paths on the main port (none clashes with RIS's own /api routes; docs/OLLAMA_COMPATIBILITY.md).
 OLLAMA_PATHS = frozenset(
     {"/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version", "/api/pull"}
+    # Ollama's calls this server does not serve: refused in Ollama's words (routes/ollama_models)
+    | {"/api/embed", "/api/embeddings", "/api/create", "/api/copy", "/api/delete", "/api/push"}
 )
 # `app.state` flag of the listener that serves only the Ollama API: every answer there is Ollama's.
 OLLAMA_ONLY = "ollama_only"
@@ -56,12 +59,12 @@ OLLAMA_ONLY = "ollama_only"
 def dialect_of(scope: Scope) -> str:
     """Which API's error shape a request gets: "openai", "ollama" or "ris"."""
     path: str = scope.get("path", "")
+    app = scope.get("app")  # set by Starlette before its middleware runs
+    if getattr(getattr(app, "state", None), OLLAMA_ONLY, False):
+        return "ollama"  # the Ollama listener: its /v1/... is no OpenAI API (it serves none)
     if is_openai(path):
         return "openai"
-    app = scope.get("app")  # set by Starlette before its middleware runs
-    if path in OLLAMA_PATHS or getattr(getattr(app, "state", None), OLLAMA_ONLY, False):
-        return "ollama"
-    return "ris"
+    return "ollama" if path in OLLAMA_PATHS else "ris"
 
 
 def error_response(
@@ -142,15 +145,32 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, exc.code, exc.message, exc.headers, dialect=dialect, param=exc.param)
 
 
+# What pydantic puts in an error's location for the member of a union a value failed against
+# ("constrained-str", "function-after[...]", "literal['none','auto']", "list[...]", "str"):
+# the validator's words, not the client's field.
+_UNION_MEMBER = re.compile(r"[\[\]]|^(str|int|float|bool|bytes|none|constrained-[a-z]+)$")
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A validation error's location as the client wrote the field: `messages[0].content`,
+    as OpenAI's errors name parameters and RIS's own checks do."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "body" and not _UNION_MEMBER.search(part):
+            out += f".{part}" if out else part
+    return out
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = []
-    first: str | None = None
+    said: dict[str, list[str]] = {}  # by field, in order: a union's members name one field
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p != "body")
-        first = first or loc or None
-        parts.append(f"{loc or 'body'}: {err['msg']}")
-    message = "; ".join(parts) or "invalid request"
+        said.setdefault(field_path(err["loc"]), []).append(err["msg"])
+    first = next((path for path in said if path), None)
+    message = "; ".join(f"{path or 'body'}: {'; or '.join(msgs)}" for path, msgs in said.items())
+    message = message or "invalid request"
     dialect = dialect_of(request.scope)
     if dialect != "ris":  # OpenAI and Ollama answer invalid parameters with 400
         return error_response(400, "invalid_request", message, dialect=dialect, param=first)

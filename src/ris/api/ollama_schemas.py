@@ -46,10 +46,12 @@ class OllamaOptions(_OllamaBody):
     model_config = ConfigDict(extra="allow")
 
     temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)  # 0: the likeliest token alone, as on /v1
     seed: int | None = Field(default=None, ge=-1, le=SEED_MAX, description="-1: a random seed")
     num_predict: int | None = Field(
-        default=None, ge=-2, description="tokens to generate at most; -1 or -2 (or absent): up to the context"
+        default=None,
+        ge=-2,
+        description="tokens to generate at most; 0, -1 or -2 (or absent): up to the context",
     )
     stop: list[str] | None = None
 
@@ -120,8 +122,9 @@ class _GenerationBody(_OllamaBody):
     truncate: bool = Field(
         default=True,
         description="a chat over the model's context (or the server's max_prompt_chars) leaves "
-        "out its oldest turns, never a system turn nor the last, until it fits (Ollama's "
-        "default); false: refused with 400 instead",
+        "out its oldest turns, never a system turn nor the last, until it fits with room for "
+        "the answer (num_predict, at most a quarter of the context) (Ollama's default); false: "
+        "refused with 400 instead",
     )
     _keep_alive_no_bool = field_validator("keep_alive", mode="before")(_no_bool)
 

@@ -82,6 +82,19 @@ class OAMessage(_OpenAIBody):
     tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_call_id: str | None = Field(default=None, max_length=128, description="on role tool")
 
+    @model_validator(mode="after")
+    def _has_content(self) -> Self:
+        """Content is required, as on OpenAI, but for an assistant turn that made calls: a
+        turn without it would be answered as an empty one, a silent drop."""
+        if isinstance(self.content, list) and not self.content:
+            raise ValueError("content is an empty list: send a string, or at least one part")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            made = " (or tool_calls)" if self.role == "assistant" else ""
+            raise ValueError(
+                f"a message of role {self.role!r} needs content{made}: a string or a list of parts"
+            )
+        return self
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text or "" for p in self.content if p.type == "text")

@@ -31,6 +31,7 @@ from ris.api.deps import (
     wait_task,
 )
 from ris.api.errors import APIError, failure
+from ris.api.limits import MIN_TOP_P
 from ris.api.llm_request import Dialect, llm_request
 from ris.api.llm_support import llm_context, require_constraining_backend
 from ris.api.ollama_schemas import (
@@ -132,9 +133,9 @@ def build_request(
     limit = engine.config.server.max_new_tokens
     # Bounds, as on Ollama: more than the context stops at the context (here, or in the worker
     # of a model loaded on first use, whose context is not known yet: max_tokens_at_most).
-    if opts.num_predict is None or opts.num_predict < 0:
+    if opts.num_predict is None or opts.num_predict <= 0:
         # Ollama's default: until the model stops or the context is full (llama.cpp cuts at
-        # the context left after the prompt).
+        # the context left after the prompt). 0 too: Ollama's runner limits only above 0.
         max_tokens = min(limit, context) if context is not None else limit
     elif opts.num_predict > limit:
         raise APIError(
@@ -145,14 +146,14 @@ def build_request(
             param="num_predict",
         )
     else:
-        max_tokens = max(1, opts.num_predict if context is None else min(opts.num_predict, context))
+        max_tokens = opts.num_predict if context is None else min(opts.num_predict, context)
     return llm_request(
         engine.config.server,
         OLLAMA,
         max_tokens=max_tokens,
         max_tokens_at_most=True,
         temperature=0.8 if opts.temperature is None else opts.temperature,  # Ollama's defaults
-        top_p=0.9 if opts.top_p is None else opts.top_p,
+        top_p=0.9 if opts.top_p is None else max(opts.top_p, MIN_TOP_P),
         stop=[s for s in opts.stop or [] if s],
         seed=None if opts.seed is None or opts.seed < 0 else opts.seed,
         context_tokens=context,
@@ -302,7 +303,7 @@ async def ollama_chat(request: Request) -> Any:
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
     )
-    head = {"model": model, "created_at": created_at()}
+    head = {"model": model}  # each line's created_at is its own time, as Ollama's
     if body.stream:
         holder = CallHolder() if names else None
 
@@ -320,6 +321,7 @@ async def ollama_chat(request: Request) -> Any:
     return json_response(
         {
             **head,
+            "created_at": created_at(),
             "message": _answer(r.text, r, names),
             "done": True,
             "done_reason": _done_reason(r),
@@ -367,7 +369,7 @@ async def ollama_generate(request: Request) -> Any:
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
     )
-    head = {"model": model, "created_at": created_at()}
+    head = {"model": model}  # each line's created_at is its own time, as Ollama's
     if body.stream:
         return _ndjson(
             engine,
@@ -379,7 +381,14 @@ async def ollama_generate(request: Request) -> Any:
         )
     r = result_or_failure(await wait_task(engine, handle, request))
     return json_response(
-        {**head, "response": r.text, "done": True, "done_reason": _done_reason(r), **_timings(r)},
+        {
+            **head,
+            "created_at": created_at(),
+            "response": r.text,
+            "done": True,
+            "done_reason": _done_reason(r),
+            **_timings(r),
+        },
         headers={"X-Task-Id": handle.task_id, **ignored_options(body.options)},
     )
 
@@ -416,10 +425,19 @@ async def _lines(
         async for text in texts(handle):
             fields = piece(text)
             if fields is not None:
-                yield _line({**head, **fields, "done": False})
+                yield _line({**head, "created_at": created_at(), **fields, "done": False})
         view = await handle.done
         r = view.result if view.succeeded else None
         if r is None:
             yield _line({"error": failure(view).message})
             return
-        yield _line({**head, **end(r), "done": True, "done_reason": _done_reason(r), **_timings(r)})
+        yield _line(
+            {
+                **head,
+                "created_at": created_at(),
+                **end(r),
+                "done": True,
+                "done_reason": _done_reason(r),
+                **_timings(r),
+            }
+        )

@@ -293,3 +293,26 @@ async def _pull_lines(name: str, config_path: Path) -> AsyncIterator[dict[str, A
         "restart the server to use it"
     }
     yield {"status": "success"}
+
+
+# Ollama's calls this server does not serve, refused in Ollama's words rather than with a bare
+# 404 that reads like a wrong address: (method, path, why).
+NOT_SERVED: tuple[tuple[str, str, str], ...] = (
+    ("POST", "/api/embed", "embeddings are not supported by this server (no embedding lane)"),
+    ("POST", "/api/embeddings", "embeddings are not supported by this server (no embedding lane)"),
+    ("POST", "/api/create", "models are configured in the server's config.json, not created"),
+    ("POST", "/api/copy", "models are configured in the server's config.json, not copied"),
+    ("DELETE", "/api/delete", "models are configured in the server's config.json, not deleted"),
+    ("POST", "/api/push", "this server does not push models to a registry"),
+)
+
+
+def _refusal(path: str, why: str) -> Any:
+    async def refuse() -> Any:
+        raise APIError(400, "unsupported_endpoint", f"{path}: {why}")
+
+    return refuse
+
+
+for _method, _path, _why in NOT_SERVED:
+    router.add_api_route(_path, _refusal(_path, _why), methods=[_method], include_in_schema=False)

@@ -33,6 +33,9 @@ NOT_SERVED: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/audio/transcriptions", "audio.transcriptions.create", "no speech recognition lane"),
     ("POST", "/audio/translations", "audio.translations.create", "no speech recognition lane"),
     ("DELETE", "/models/{id:path}", "models.delete", "models are configured in config.json"),
+    ("POST", "/embeddings", "embeddings.create", "no embedding lane"),
+    ("POST", "/moderations", "moderations.create", "no moderation lane"),
+    ("POST", "/responses", "responses.create", "the Responses API is not served: use chat.completions"),
 )
 
 
