@@ -92,3 +92,27 @@ def test_speech_stays_reachable_across_a_restart(tmp_path: Path) -> None:
         assert httpx.get(f"{srv.url}/api/tasks/{task_id}").json()["state"] == "succeeded"
     finally:
         srv.stop()
+
+
+def test_a_stop_sent_to_every_process_of_the_service_sets_a_running_image_aside(tmp_path: Path) -> None:
+    """systemd's KillMode=control-group (and Ctrl-C in a terminal) signal the workers with the
+    server. A worker that died of it first had its running image failed as a crash for good;
+    workers leave their signals to the server, which sets the image aside for the next start."""
+    config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
+    srv = Server(tmp_path, config).start()
+    assert srv.proc is not None
+    with Client(srv.url, max_retries=0) as c:
+        long_id = c.generate_image(**LONG)["task_id"]
+        wait_state(c, long_id, ("running",))
+    server = psutil.Process(srv.proc.pid)
+    workers = server.children(recursive=True)
+    for proc in workers:  # the workers a moment first: where the race went wrong
+        proc.send_signal(signal.SIGTERM)
+    psutil.wait_procs(workers, timeout=0.5)
+    srv.stop()  # SIGTERM to the server; every worker gone with it, checked
+    srv = Server(tmp_path, config).start()
+    try:
+        with Client(srv.url, max_retries=0) as c:
+            assert c.progress(long_id)["status"] in ("queued", "running"), c.progress(long_id)
+    finally:
+        srv.stop()
