@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import gc
@@ -187,6 +188,10 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     return 0 if server.started else STARTUP_FAILURE
 
 
+# Of uvicorn's grace for the answers being written at a stop, what is left to write the
+# server_shutdown ones once the engine ended their tasks.
+ANSWER_MARGIN_S = 1.5
+
 # The exit status of a server that did not start (stopped while its workers started, say):
 # uvicorn.run's.
 STARTUP_FAILURE = 3
@@ -199,6 +204,22 @@ def _server(config: uvicorn.Config, writer: LogWriter) -> uvicorn.Server:
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn waits timeout_graceful_shutdown for the answers being written, then
+            # cancels them mid-way: a plain-text 500 or a stream cut without a word. Before
+            # that, the engine ends their tasks with server_shutdown, which every answer then
+            # says in its API's words (durable images are set aside as before).
+            engine = getattr(getattr(self.config.app, "state", None), "engine", None)
+            timer = None
+            if engine is not None and self.config.timeout_graceful_shutdown is not None:
+                grace = max(0.0, self.config.timeout_graceful_shutdown - ANSWER_MARGIN_S)
+                timer = asyncio.get_running_loop().call_later(grace, engine.end_live_tasks)
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started and sockets:

@@ -214,6 +214,23 @@ class Engine:
                 data_lock.release(Path(self.config.data_dir), engine=True)
                 self._holds_data = False
 
+    def end_live_tasks(self) -> None:
+        """The server is stopping and its HTTP server will soon cancel the answers still being
+        written (a plain-text 500, a stream cut without a word): every task that does not
+        outlive the server (all but durable ones) ends now, failed with `server_shutdown`, so
+        each client hears it in its API's words; their workers are told to stop computing them.
+        Nothing is dispatched from here on. `stop()` does the rest."""
+        self._stopping = True
+        message = "the server is shutting down"
+        for task_id, handle in list(self._handles.items()):
+            if self.kinds[handle.lane].durable:
+                continue
+            replica = self._where.get(task_id)
+            if replica is not None:  # its end, when the worker reports it, does the bookkeeping
+                replica.worker.send(m.CancelTask(task_id))
+            if self._scheduler.finish(task_id, TaskState.FAILED, code="server_shutdown", message=message):
+                self._settle(task_id)
+
     async def _stop(self) -> None:
         self._stopping = True
         if self._monitor is not None:
