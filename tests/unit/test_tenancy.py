@@ -75,6 +75,16 @@ def test_bad_keys_are_refused_with_what_is_allowed_and_never_quoted(keys: list[A
         assert secret not in message
 
 
+def test_a_refused_server_section_never_quotes_its_keys() -> None:
+    """A check of the whole section (both ports the same) named the section's value, keys
+    included."""
+    server = {"api_keys": ["TOPSECRETKEY0001", {"name": "alice", "key": "a-secret"}], "port": 19100}
+    with pytest.raises(ConfigError) as e:
+        parse_config({"server": {**server, "ollama_port": 19100}, "lanes": LANES}, TWO_CORES)
+    message = str(e.value)
+    assert "ollama_port" in message and "TOPSECRETKEY0001" not in message and "a-secret" not in message
+
+
 # ----- who a key is ---------------------------------------------------------------------------
 
 

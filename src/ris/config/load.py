@@ -140,6 +140,10 @@ def _explain(err: ValidationError) -> str:
             if e["type"] == "string_type" and e["loc"][-1] == "str" and isinstance(e.get("input"), dict):
                 continue  # an object: the named-key branch's errors say what is wrong
             lines.append(f"{loc.replace('.NamedKey', '')}: {e['msg']}")
+        elif isinstance(e.get("input"), dict | list):
+            # A check of a whole section (the server's two ports, say): quoting the section
+            # would quote its api_keys too, and says nothing the message does not.
+            lines.append(f"{loc}: {e['msg']}")
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
     return "invalid configuration:\n  - " + "\n  - ".join(lines)
