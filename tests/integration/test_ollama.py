@@ -140,6 +140,9 @@ def test_a_chat_over_the_context_loses_its_oldest_turns_as_on_ollama(client: Any
     messages = [system, *history, {"role": "user", "content": "Say hi."}]
     r = client.chat(model="smollm2", messages=messages, options={"num_predict": 4})
     assert r.done and 1000 < r.prompt_eval_count < 2048
+    # Turns go until the answer has room: num_predict, at most a quarter of the context.
+    room = client.chat(model="smollm2", messages=messages, options={"num_predict": 200, "stop": ["\n"]})
+    assert room.done and 1000 < room.prompt_eval_count <= 2048 - 200, room.prompt_eval_count
     body = {"model": "smollm2", "messages": messages, "stream": False, "truncate": False}
     refused = httpx.post(f"{base}/api/chat", json=body, headers=AUTH, timeout=120)
     assert refused.status_code == 400 and "context" in refused.json()["error"], refused.text
