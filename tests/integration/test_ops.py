@@ -31,6 +31,10 @@ def test_health_and_ready(server: Server) -> None:
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/ready").json()
     assert ready == {"ready": True, "lanes": {"llm": True, "tts": True, "image": True}}
+    # HEAD too, as health checkers send it: the status, no body.
+    for path in ("/health", "/ready"):
+        head = httpx.head(f"{server.url}{path}")
+        assert head.status_code == 200 and head.content == b"", (path, head)
 
 
 def test_stats_report_every_lane(client: Client) -> None:

@@ -36,6 +36,12 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+# HEAD as well, for health checkers that send it (HTTP says a server answers it wherever it
+# answers GET); the server drops the body.
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get("/api/stats", summary="Per-lane queues, outcomes, latency, resources")
 async def stats(request: Request) -> dict[str, Any]:
     # NVML is a blocking C library: asked off the event loop that streams the real-time lanes.
