@@ -167,6 +167,12 @@ def _remote_files(
         raise PullError("hub_error", f"the hub refused {entry.repo}: {e}") from None
     except _network_errors() as e:  # no network, DNS, offline mode
         raise PullError("hub_unreachable", f"cannot reach the hub for {entry.repo}: {e}") from None
+    except (ValueError, KeyError, TypeError) as e:  # 200 with a page that is not the hub's JSON
+        raise PullError(
+            "hub_error",
+            f"the answer for {entry.repo} is not the Hugging Face hub's API (a wrong endpoint, or a "
+            f"proxy's or captive portal's page?): {type(e).__name__}: {e}",
+        ) from None
     if info.sha is None:
         raise PullError("hub_error", f"the hub gave no commit for {entry.repo}@{entry.revision}")
     found = [

@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -195,3 +197,30 @@ def test_a_repository_missing_from_the_hub_is_named(hub: Hub, config: Path) -> N
     with pytest.raises(PullError) as e:
         pull("llama3.2", config, endpoint=hub.url, log=lambda _: None)
     assert e.value.code == "not_found" and "bartowski/Llama-3.2-3B-Instruct-GGUF" in e.value.message
+
+
+def test_a_page_that_is_not_the_hubs_api_is_one_line_not_a_traceback(config: Path) -> None:
+    """A captive portal or a wrong mirror answers 200 with HTML: said, not a JSONDecodeError."""
+
+    class Portal(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>Sign in to the hotel Wi-Fi</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    portal = ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=portal.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{portal.server_address[1]}"
+        done = ris("pull", "qwen2.5", "--config", str(config), "--endpoint", url, env={})
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "not the Hugging Face hub's API" in done.stderr, done.stderr
+    finally:
+        portal.shutdown()
+        portal.server_close()
