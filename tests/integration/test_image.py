@@ -175,3 +175,10 @@ def test_image_worker_runs_at_lowest_priority_on_shared_cores(server: Server) ->
     proc = psutil.Process(server.worker_pid("image"))
     assert proc.nice() == 19
     assert sorted(proc.cpu_affinity()) == sorted(server.config["lanes"]["image"]["cores"])
+
+
+def test_the_image_worker_writes_no_progress_bar_into_the_servers_log(server: Server) -> None:
+    """diffusers' loading bar ignores HF_HUB_DISABLE_PROGRESS_BARS; its tqdm lock was also a
+    named semaphore left in /dev/shm by a killed service."""
+    log = server.log_path.read_text(errors="replace")
+    assert "Loading pipeline components" not in log and "it/s]" not in log, log[-2000:]

@@ -79,7 +79,12 @@ def _dtype(name: str | None, cuda: bool) -> torch.dtype:
 class DiffusersImage(ImageBackend):
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         from diffusers import AutoPipelineForText2Image
+        from diffusers.utils import logging as diffusers_logging
 
+        # diffusers' loading bar ignores HF_HUB_DISABLE_PROGRESS_BARS: it wrote into the
+        # server's log, and its tqdm lock is a named semaphore in a spawned worker, left in
+        # /dev/shm when the service is killed (and a "leaked semaphore" warning at each stop).
+        diffusers_logging.disable_progress_bar()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch.set_num_threads(ctx.threads)
         self._cuda = ctx.device.startswith("cuda")
