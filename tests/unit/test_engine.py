@@ -203,6 +203,28 @@ async def test_a_worker_over_its_memory_ceiling_fails_its_task_and_is_replaced(t
         assert llm.runs[-1].task_id == queued.task_id
 
 
+@run
+async def test_a_worker_killed_before_it_was_ready_is_a_failed_start_said_until_one_succeeds(
+    tmp_path: Path,
+) -> None:
+    """Over its ceiling while it loads, restarted in a loop: /api/stats said "dead" with no
+    error and a voice's request "still starting"."""
+    async with started_engine(tmp_path, tts={"memory_limit_mb": 100}) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.rss = 150 * 2**20
+        eng.check()
+        assert tts.kills == 1
+        (status,) = eng.snapshot().lane(Lane.TTS).workers
+        assert status.error is not None and "over its ceiling of 100 MiB" in status.error, status
+        assert eng.start_failure(Lane.TTS) == status.error
+        clock.advance(backoff(0))
+        eng.check()
+        tts.rss = 50 * 2**20
+        tts.ready()
+        assert eng.start_failure(Lane.TTS) is None
+        assert eng.snapshot().lane(Lane.TTS).workers[0].error is None
+
+
 def test_the_default_memory_ceiling_is_the_lane_kinds_share_of_the_machine(tmp_path: Path) -> None:
     eng = engine(
         config(tmp_path, tts={"memory_limit_mb": None}, llm={"memory_limit_mb": 0}),

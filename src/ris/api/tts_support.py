@@ -45,9 +45,7 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
             return info.name
     if not infos:
         engine.require_serving(Lane.TTS)  # failed or pending: said as such (lane_pending, the reason)
-        raise APIError(
-            503, "lane_unavailable", "the TTS worker is still starting", headers={"Retry-After": "5"}
-        )
+        raise APIError(503, "lane_unavailable", still_starting(engine), headers={"Retry-After": "5"})
     known = sorted({v for i in infos.values() for v in i.details.voices[:1]} | {"en-US", "zh-CN"})
     raise APIError(
         422,
@@ -57,12 +55,19 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     )
 
 
+def still_starting(engine: Engine) -> str:
+    """The TTS lane has no worker up yet: so, with why its last start failed, if one did (a
+    worker restarted in a loop reads as a lane about to serve otherwise)."""
+    why = engine.start_failure(Lane.TTS)
+    return "the TTS worker is still starting" + (f"; its last start failed: {why}" if why else "")
+
+
 def tts_rate(engine: Engine, model: str) -> int:
     """The sample rate of a loaded TTS model (streams need it before the first chunk)."""
     info = engine.model_infos(Lane.TTS).get(model)
     if info is None or not info.details.sample_rate:
         engine.require_serving(Lane.TTS)
-        raise APIError(503, "lane_unavailable", "the TTS worker is still starting", {"Retry-After": "5"})
+        raise APIError(503, "lane_unavailable", still_starting(engine), {"Retry-After": "5"})
     return info.details.sample_rate
 
 

@@ -375,6 +375,14 @@ class Engine:
     def _handle(self, task_id: str, kind: LaneKind[Any, Any, Res], model: str) -> TaskHandle[Res]:
         return TaskHandle(task_id, kind, model, collector=kind.collector(task_id, self.files))
 
+    def start_failure(self, lane: str) -> str | None:
+        """Why the lane's last worker start failed, while none of its workers is ready (None:
+        one is, or no start failed)."""
+        replicas = self._replicas.get(lane, [])
+        if any(r.ready for r in replicas):
+            return None
+        return next((r.failure.message for r in replicas if r.failure is not None), None)
+
     def require_serving(self, lane: str) -> None:
         """Raise LaneUnavailable where the lane cannot take work: its every worker failed to
         start, or waits for its cluster (`lane_pending`). Routes that need a worker's word before
@@ -782,6 +790,10 @@ class Engine:
 
     def _crashed(self, replica: Replica, code: str, message: str) -> None:
         log.error("%s: %s", replica.lane, message)
+        if replica.ready_info is None:
+            # Killed before it was ready (over its memory ceiling while loading, say): its start
+            # failed, which /api/stats and the lane's refusals say until a start succeeds.
+            replica.failure = m.WorkerFailed(code, message)
         replica.worker.kill()
         replica.ready_info = None  # its models and voices went with it
         replica.forget_waits()
