@@ -465,8 +465,13 @@ def test_a_configured_model_over_the_ram_budget_refuses_the_start() -> None:
     # 92 MiB of weights, 2 x 45 MiB of KV cache at n_ctx 2048, 48 MiB of margin
     assert (
         "lanes.llm.models.a needs 230 MiB (weights 92 MiB, KV cache 90 MiB, working margin 48 MiB) "
-        "but the lane's RAM budget is 200 MiB" in str(exc.value)
+        "but the lane's RAM budget is 200 MiB; raise lanes.llm.memory_budget_mb" in str(exc.value)
     )
+    # No budget of its own: the worker's ceiling is the budget, and the message says so.
+    data = _layout({"memory_limit_mb": 200, "parallel": 2, "models": {"a": smol}})
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
+    assert "RAM budget is 200 MiB; raise lanes.llm.memory_limit_mb (the worker's memory" in str(exc.value)
     data = _layout({"memory_budget_mb": 200, "parallel": 1, "models": {"a": smol}})
     assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 200
 

@@ -111,7 +111,12 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
             )
         if gpu is None:
             budget = ram_budget(cfg, ceiling)
-            problems += model_problems(lane, "RAM", budget, footprints)
+            setting = (
+                f"lanes.{lane}.memory_budget_mb"
+                if cfg.memory_budget_mb is not None
+                else f"lanes.{lane}.memory_limit_mb (the worker's memory ceiling, which is the budget)"
+            )
+            problems += model_problems(lane, "RAM", budget, footprints, setting)
             eager = {n: fp.total for n, fp in footprints.items()}
             problems += _preloaded_problems(cfg, lane, "", budget, eager)
         else:

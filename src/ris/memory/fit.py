@@ -90,14 +90,17 @@ def gpu_budgets(card: Card, asks: list[LaneAsk]) -> tuple[dict[str, int], list[s
     return {**fixed, **dict.fromkeys(rest, share)}, problems
 
 
-def model_problems(lane: str, where: str, budget: int | None, models: dict[str, Footprint]) -> list[str]:
-    """Models that can never fit the lane's budget on `where` ("RAM" or "GPU 0"), even alone."""
+def model_problems(
+    lane: str, where: str, budget: int | None, models: dict[str, Footprint], setting: str = "the budget"
+) -> list[str]:
+    """Models that can never fit the lane's budget on `where` ("RAM" or "GPU 0"), even alone;
+    `setting` names what sets that budget, for the operator to raise."""
     if budget is None:
         return []
     return [
         f"lanes.{lane}.models.{name} needs {mib(fp.total)} (weights {mib(fp.weights)}, KV cache "
         f"{mib(fp.kv)}, working margin {mib(fp.margin)}) but the lane's {where} budget is "
-        f"{mib(budget)}; raise the budget, lower n_ctx or parallel, or choose a smaller model"
+        f"{mib(budget)}; raise {setting}, lower n_ctx or parallel, or choose a smaller model"
         for name, fp in models.items()
         if fp.total > budget
     ]
