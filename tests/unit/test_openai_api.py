@@ -129,6 +129,11 @@ async def test_a_message_without_content_and_calls_not_served_are_refused_in_the
         error = r.json()["error"]
         assert error["param"] == "messages[0].content", error
         assert "[" not in error["message"].replace("messages[0]", ""), error["message"]
+        # Values of the wrong JSON type are refused, as OpenAI refuses them, not read as the
+        # right one ("yes" as true, "5" or true as 5).
+        for field, value in (("stream", "yes"), ("stream", 1), ("max_tokens", "5"), ("max_tokens", True)):
+            r = await asyncio.wait_for(post(eng, "/v1/chat/completions", {**ASK, field: value}), 5)
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, value, r.text)
         assert not workers[Lane.LLM].runs
         # Calls of the openai client this server does not serve say so, not a bare 404.
         for path, call in (("/v1/embeddings", "embeddings.create"), ("/v1/responses", "responses.create")):

@@ -27,6 +27,13 @@ from ris.api.limits import (
 from ris.api.schemas import SPEED_NOTE
 from ris.services.speech_encoding import SpeechFormat
 
+# The value types OpenAI holds to: a boolean is true or false, a number is no string or boolean
+# (pydantic would read "yes" as true and "5" or true as 5), an integer no decimal; a float may be
+# written as an integer.
+Bool = Annotated[bool, Field(strict=True)]
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+
 
 class _OpenAIBody(RequestBody):
     model_config = ConfigDict(extra="allow")
@@ -102,10 +109,10 @@ class OAMessage(_OpenAIBody):
 
 
 class StreamOptions(_Part):
-    include_usage: bool = False
+    include_usage: Bool = False
     # OpenAI pads streamed chunks against side channels unless this is false; ours carry no
     # padding either way.
-    include_obfuscation: bool = True
+    include_obfuscation: Bool = True
 
 
 class JSONSchemaFormat(_Part):
@@ -117,7 +124,7 @@ class JSONSchemaFormat(_Part):
         default_factory=dict, alias="schema", description="the JSON Schema the answer matches"
     )
     # Enforced by a grammar either way: true and false both get output that validates.
-    strict: bool | None = None
+    strict: Bool | None = None
 
 
 class ResponseFormat(_Part):
@@ -129,7 +136,7 @@ class FunctionDef(_Part):
     name: str = Field(pattern=TOOL_NAME_PATTERN)
     description: str = Field(default="", max_length=MAX_TOOL_DESCRIPTION_CHARS)
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
-    strict: bool | None = None  # arguments are held to `parameters` by a grammar when required
+    strict: Bool | None = None  # arguments are held to `parameters` by a grammar when required
 
 
 class ToolDef(_Part):
@@ -148,30 +155,30 @@ class NamedToolChoice(_Part):
 
 class SamplingBody(_OpenAIBody):
     model: str
-    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
-    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: Float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
+    top_p: Float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: Int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(
+    seed: Int | None = Field(
         default=None,
         ge=INT64_MIN,
         le=INT64_MAX,
         description=f"any 64-bit integer, taken modulo {SEED_MAX + 1}",
     )
-    n: int = Field(default=1, ge=1, description="only n=1 is supported")
-    stream: bool = False
+    n: Int = Field(default=1, ge=1, description="only n=1 is supported")
+    stream: Bool = False
     stream_options: StreamOptions | None = None
     # An extension llama-server and vLLM share: generate exactly max_tokens (benchmarks, tests).
-    ignore_eos: bool = False
+    ignore_eos: Bool = False
     response_format: ResponseFormat | None = None
 
 
 class ChatCompletionRequest(SamplingBody):
     messages: list[OAMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Int | None = Field(default=None, ge=1)
     tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: Bool | None = None
 
 
 class CompletionRequest(SamplingBody):
@@ -182,7 +189,7 @@ class SpeechRequest(_OpenAIBody):
     model: str
     input: str = Field(min_length=1)
     voice: str
-    speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
+    speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     response_format: SpeechFormat = Field(
         default="mp3", description="the audio's format; OpenAI's default, mp3, when absent"
     )
@@ -191,9 +198,9 @@ class SpeechRequest(_OpenAIBody):
 class ImageGenerationRequest(_OpenAIBody):
     prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
     model: str | None = None
-    n: int = Field(default=1, ge=1, le=4)
+    n: Int = Field(default=1, ge=1, le=4)
     # "auto" (gpt-image-1's default): the default size.
     size: str = "512x512"
     # Absent: OpenAI's default for the model named, base64 for gpt-image-1 (which has no url), else url.
     response_format: Literal["url", "b64_json"] | None = None
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    seed: Int | None = Field(default=None, ge=0, le=SEED_MAX)
