@@ -234,6 +234,10 @@ async def test_ollamas_curl_examples_are_read_as_json_whatever_their_content_typ
         form = "application/x-www-form-urlencoded"
         r = await _raw(eng, "POST", "/api/generate", b'{"model": "m"}', **{"content-type": form})
         assert r.status_code == 200 and r.json()["done_reason"] == "load"
+        # A line cut short is said as that, not as a wrong Content-Type (it was read as JSON).
+        r = await _raw(eng, "POST", "/api/generate", b'{"model": "m",', **{"content-type": form})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"], r.text
+        assert "send JSON with" not in r.json()["error"]
         # A web page may post a form to another site without asking first: from a page (it
         # says its Origin), only a JSON type is read, even from this server's own pages.
         page = {"content-type": form, "origin": "http://127.0.0.1"}

@@ -75,15 +75,24 @@ async def json_body(request: Request, model: type[M]) -> M:
             return model.model_validate(parsed)
         except ValidationError as e:
             errors = e.errors(include_url=False)
-        except (ValueError, RecursionError):
-            if not typed_json:
-                raise _wrong_type(ctype) from None  # a form or text that is not JSON: say what is wanted
+        except (ValueError, RecursionError) as e:
+            if not typed_json:  # a form or text that is not JSON: say what is wanted
+                # ... or, for a body meant as JSON (curl -d '{...'), why it is not
+                meant = body.lstrip()[:1] in (b"{", b"[")
+                raise _wrong_type(ctype, e if meant else None) from None
             # not JSON for Python either: pydantic's words stand
     raise RequestValidationError(errors)
 
 
-def _wrong_type(ctype: str) -> RequestValidationError:
-    error = {"loc": ("body",), "msg": f"send JSON with Content-Type: application/json, not {ctype!r}"}
+def _wrong_type(ctype: str, why: Exception | None = None) -> RequestValidationError:
+    """A body that is not JSON sent with another type (or any non-JSON type from a web page).
+    `why`: the parser's reason, for a body read as JSON anyway (curl -d, Ollama's examples):
+    a truncated JSON line must be told as that, not as a wrong Content-Type."""
+    if why is not None:
+        msg = f"the body is not valid JSON ({why}); it is read as JSON whatever its Content-Type ({ctype!r})"
+    else:
+        msg = f"send JSON with Content-Type: application/json, not {ctype!r}"
+    error = {"loc": ("body",), "msg": msg}
     return RequestValidationError([{**error, "type": "content_type"}])
 
 
