@@ -85,7 +85,9 @@ On `/v1`, errors are `{{"error": {{"message", "type", "param", "code"}}}}` with 
 The same limits hold on `/api` and `/v1` (`src/ris/api/limits.py`, and the `server.*` limits in
 config.json):
 at most 1,000 chat messages of at most 200,000 characters each, at most 4 stop strings of 1 to
-64 characters, `seed` 0 to 2^32-1, `temperature` 0 to 2, and text that is valid Unicode (a lone
+64 characters (on `/v1` an empty one is dropped, as OpenAI's clients send it), `seed` 0 to
+2^32-1 (on `/v1` any 64-bit integer, taken modulo 2^32, as OpenAI's seeds are), `temperature`
+0 to 2, and text that is valid Unicode (a lone
 surrogate such as JSON's `"\\ud800"` is refused naming the field), nested at most 200 levels
 deep (deeper: `invalid_request`, saying so). `max_tokens` is at most
 `server.max_new_tokens` and at most the model's context window (llama.cpp's `n_ctx`,
