@@ -97,8 +97,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
     from ris.api.app import bind_main_port, http_parser
     from ris.api.security import check_exposure
+    from ris.config.checks import missing_model_problems
 
     check_exposure(cfg)
+    missing = missing_model_problems(cfg)
+    if missing:
+        raise ConfigError("a lane cannot start:\n  - " + "\n  - ".join(missing))
     try:
         http = http_parser(cfg)
     except RuntimeError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shlex
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ris import Client, RISError
 
-from .server import ROOT, Server, ris_status
+from .server import ROOT, Server, make_config, ris_status
 from .waiting import post_in_background, running_task, wait_for
 
 pytestmark = pytest.mark.slow
@@ -327,3 +329,24 @@ def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: object) -> N
     )
     assert out.returncode == 2
     assert "core 99 does not exist" in out.stderr
+
+
+def test_a_model_loaded_at_start_that_is_not_there_refuses_the_start(tmp_path: Path) -> None:
+    """Its worker would fail the load and be restarted in a loop while the server ran on;
+    one not loaded at start (preload false) is refused when asked for instead."""
+    cfg = make_config(tmp_path)
+    cfg["lanes"]["llm"]["models"]["smollm2"]["source"] = "/nonexistent/x.gguf"
+    cfg["lanes"]["tts"]["models"]["piper"]["source"] = "package:no_such_voice_pkg"
+    path = tmp_path / "missing.json"
+    path.write_text(json.dumps(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "ris", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "lanes.llm.models.smollm2.source: model source '/nonexistent/x.gguf'" in out.stderr
+    assert "the Python package 'no_such_voice_pkg' is not installed" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -288,3 +288,37 @@ def test_an_unknown_key_in_a_named_api_key_lists_what_is_allowed() -> None:
     said = error_of(data)
     assert "server.api_keys.0.rol: unknown key 'rol'; allowed here: name, key, role" in said, said
     assert "NamedKey" not in said and "k" * 32 not in said
+
+
+def test_a_model_loaded_at_start_must_be_there_when_the_server_starts() -> None:
+    from ris.config.checks import missing_model_problems
+
+    smol = {"backend": "llama_cpp", "source": "/nonexistent/a.gguf"}
+    later = {"backend": "llama_cpp", "source": "/nonexistent/b.gguf", "preload": False}
+    data = {
+        "lanes": {
+            "llm": {"cores": [0], "default_model": "a", "models": {"a": smol, "b": later}},
+            "tts": {"enabled": False},
+            "image": {"enabled": False},
+        }
+    }
+    cfg = parse_config(data, TWO_CORES)  # the loader reads it: the files may be another machine's
+    (problem,) = missing_model_problems(cfg)
+    assert problem.startswith("lanes.llm.models.a.source: model source '/nonexistent/a.gguf'")
+    assert "preload: false" in problem and "lanes.llm.enabled: false" in problem
+    # On a cluster the files are the nodes' to have.
+    assert (
+        missing_model_problems(
+            cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"engine": "ray"})})
+        )
+        == []
+    )
+
+
+def test_the_machine_built_layout_leaves_out_embedded_models_not_installed() -> None:
+    from ris.config.defaults import _installed
+    from ris.config.schema import ModelSpec
+
+    there = ModelSpec(backend="espeak")
+    gone = ModelSpec(backend="piper", source="package:no_such_voice_pkg")
+    assert _installed({"piper": gone, "espeak": there}) == {"espeak": there}

@@ -6,7 +6,7 @@ says what is allowed, and all problems are reported at once.
 
 from __future__ import annotations
 
-from ris.config.fit_checks import memory_problems
+from ris.config.fit_checks import memory_problems, preloaded
 from ris.config.schema import Config, ConfigError, LaneConfig
 from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes import kind, kinds
@@ -68,6 +68,33 @@ def _board_problems(cfg: Config, *, local: bool) -> list[str]:
                     f"{head} {', '.join(partners)} on {cfg.lane(lane).device} and they are placed "
                     "together on one node, one worker each (use replicas: 1, or give the lanes "
                     "different devices)"
+                )
+    return problems
+
+
+def missing_model_problems(cfg: Config) -> list[str]:
+    """Models loaded at start whose file or package is not on this machine: their lane could
+    never start (its worker failed the load and was restarted in a loop while the server ran).
+    Asked by `ris serve` before it starts anything, not by the loader: a config may name files
+    of another machine (the GPU profiles in examples/configs), and a cluster's are its nodes'."""
+    if cfg.cluster.engine != "local":
+        return []
+    from ris.backends import resolve_source
+    from ris.lanes.base import BackendError
+
+    problems = []
+    for lane in cfg.enabled_lanes:
+        lane_cfg = cfg.lane(lane)
+        for name in preloaded(lane_cfg, kind(lane).load_all_models):
+            spec = lane_cfg.models[name]
+            if spec.source is None or spec.source.startswith("builtin:") or spec.load_format == "dummy":
+                continue  # no file: built in, a recipe, or an engine with none (espeak)
+            try:
+                resolve_source(spec.source)
+            except BackendError as e:
+                problems.append(
+                    f"lanes.{lane}.models.{name}.source: {e.message}; it is loaded at start (preload: "
+                    f"false loads it on first use), or disable the lane (lanes.{lane}.enabled: false)"
                 )
     return problems
 

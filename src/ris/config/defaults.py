@@ -27,6 +27,24 @@ from ris.machine import MachineInfo, machine_info
 MIN_CPU_SHARE = 0.1
 
 
+def _installed(models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+    """The embedded models whose package or file is on this machine (`ris serve` refuses a
+    lane whose models loaded at start are missing): a voice package left out leaves its model
+    out of the machine-built layout rather than the server unable to start."""
+    from ris.backends import resolve_source
+    from ris.lanes.base import BackendError
+
+    found = {}
+    for name, spec in models.items():
+        if spec.source is not None and spec.source.startswith("package:"):
+            try:
+                resolve_source(spec.source)
+            except BackendError:
+                continue
+        found[name] = spec
+    return found
+
+
 def default_models() -> dict[str, dict[str, ModelSpec]]:
     """Every lane kind's embedded default models, by lane."""
     return {name: k.default_models() for name, k in kinds().items()}
@@ -109,12 +127,15 @@ def default_lanes(machine: MachineInfo) -> dict[str, dict[str, Any]]:
     for name, where in placement.items():
         k = kind(name)
         device = f"cuda:{min(on_gpu.index(name), m.gpus - 1)}" if m.gpus and name in on_gpu else "cpu"
+        models = _installed(k.default_models())
+        default = k.default_model()
         lanes[name] = {
             **where,
             "device": device,
-            "enabled": k.enabled_by_default(),
-            "default_model": k.default_model(),
-            "models": k.default_models(),
+            # Without any of its embedded models installed (an extra left out), the lane stays off.
+            "enabled": k.enabled_by_default() and bool(models),
+            "default_model": default if default in models else next(iter(models), default),
+            "models": models or k.default_models(),
         }
         lanes[name].update(on_card.get(name, {}))
         # After the card's settings: a small card's profile moves the image lane to the CPU.
