@@ -343,3 +343,15 @@ async def test_num_predict_zero_and_top_p_zero_read_as_on_ollama(tmp_path: Path)
         req = task.request
         assert isinstance(req, LLMRequest)
         assert req.top_p == MIN_TOP_P and req.max_tokens > 1 and req.max_tokens_at_most
+
+
+@run
+async def test_a_stream_refused_before_its_first_text_is_an_error_status_not_a_200(tmp_path: Path) -> None:
+    """As an answer not streamed is refused (and /v1's streams): a schema the worker's grammar
+    refuses was a 200 and then an error line."""
+    body = {"model": "m", "prompt": "Once"}
+    async with sent(tmp_path, "/api/generate", body) as (request, workers):
+        llm = workers[Lane.LLM]
+        llm.deliver(m.TaskError(llm.runs[0].task_id, "schema_too_costly", "the schema is refused"))
+        r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 400 and r.json() == {"error": "the schema is refused"}, r.text

@@ -19,6 +19,7 @@ from ris import catalogue
 from ris.api.errors import APIError, failure
 from ris.api.security import CLIENT_STATE, PRINCIPAL_STATE
 from ris.lanes.base import LaneKind, LaneResult
+from ris.lanes.llm import TextDelta
 from ris.messages import LaneRequest
 from ris.runtime.engine import Engine
 from ris.runtime.tenancy import ANONYMOUS, NOBODY, Principal
@@ -323,6 +324,22 @@ async def first_or_failure(
         if not view.succeeded:
             raise failure(view)
     return piece
+
+
+async def first_text(engine: Engine, handle: TaskHandle[Any], request: Request) -> str | None:
+    """A streamed LLM answer's first piece of text (None: the task ended without one), taken
+    before the status line is sent: a task that fails before it answers (a prompt over the
+    context, a schema its grammar refuses) is refused with its status, not with a 200 and an
+    error inside the body, on /v1 as OpenAI does and on Ollama's routes as for an answer not
+    streamed. A client that leaves meanwhile takes its task with it."""
+
+    async def first() -> str | None:
+        while (item := await handle.events.get()) is not None:
+            if isinstance(item, TextDelta):
+                return item.text
+        return None
+
+    return await first_or_failure(request, engine, handle, first())
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from ris.api.deps import (
     cancel_unless_ended,
     client_of,
     engine_of,
+    first_text,
     json_body,
     owner_of,
     result_or_failure,
@@ -316,7 +317,8 @@ async def ollama_chat(request: Request) -> Any:
             message = _answer(held, r, names) if held else {"role": "assistant", "content": ""}
             return {"message": message}
 
-        return _ndjson(engine, handle, head, piece, end, ignored_options(body.options))
+        first = await first_text(engine, handle, request)
+        return _ndjson(engine, handle, head, first, piece, end, ignored_options(body.options))
     r = result_or_failure(await wait_task(engine, handle, request))
     return json_response(
         {
@@ -375,6 +377,7 @@ async def ollama_generate(request: Request) -> Any:
             engine,
             handle,
             head,
+            await first_text(engine, handle, request),
             lambda text: {"response": text},
             lambda r: {"response": ""},
             ignored_options(body.options),
@@ -397,12 +400,14 @@ def _ndjson(
     engine: Engine,
     handle: TaskHandle[LLMResult],
     head: dict[str, Any],
+    first: str | None,
     piece: Callable[[str], dict[str, Any] | None],
     end: Callable[[LLMResult], dict[str, Any]],
     headers: dict[str, str],
 ) -> StreamingResponse:
+    """`first`: the answer's first text, taken before the status line (deps.first_text)."""
     return StreamingResponse(
-        _lines(engine, handle, head, piece, end),
+        _lines(engine, handle, head, first, piece, end),
         media_type=NDJSON,
         headers={"X-Task-Id": handle.task_id, **headers},
     )
@@ -416,13 +421,23 @@ async def _lines(
     engine: Engine,
     handle: TaskHandle[LLMResult],
     head: dict[str, Any],
+    first: str | None,
     piece: Callable[[str], dict[str, Any] | None],
     end: Callable[[LLMResult], dict[str, Any]],
 ) -> AsyncIterator[bytes]:
-    """One line per piece of text (`done: false`), then the last one with the counts; a failure
-    after the stream began is a line `{"error": ...}`, which Ollama's clients raise."""
-    with cancel_unless_ended(engine, handle):
+    """One line per piece of text (`done: false`), from `first` (None: the task ended without
+    text), then the last one with the counts; a failure after the stream began is a line
+    `{"error": ...}`, which Ollama's clients raise."""
+
+    async def pieces() -> AsyncIterator[str]:
+        if first is None:
+            return
+        yield first
         async for text in texts(handle):
+            yield text
+
+    with cancel_unless_ended(engine, handle):
+        async for text in pieces():
             fields = piece(text)
             if fields is not None:
                 yield _line({**head, "created_at": created_at(), **fields, "done": False})

@@ -17,7 +17,7 @@ from ris.api.deps import (
     cancel_unless_ended,
     client_of,
     engine_of,
-    first_or_failure,
+    first_text,
     json_body,
     owner_of,
     result_or_failure,
@@ -42,7 +42,7 @@ from ris.api.openai_tools import (
 from ris.api.streams import SSE_DONE, sse_data, texts
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
-from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, TextDelta, Tool
+from ris.lanes.llm import Constraint, LLMRequest, LLMResult, Message, Tool
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
 
@@ -219,7 +219,7 @@ async def chat_completions(request: Request) -> Any:
                 handle,
                 base,
                 first=choice({"role": "assistant", "content": ""}),
-                first_text=await _first_text(engine, handle, request),
+                first_text=await first_text(engine, handle, request),
                 piece=piece,
                 end=end,
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -263,7 +263,7 @@ async def completions(request: Request) -> Any:
                 handle,
                 base,
                 first=None,
-                first_text=await _first_text(engine, handle, request),
+                first_text=await first_text(engine, handle, request),
                 piece=lambda text: [choice(text)],
                 end=lambda reason: [choice("", reason)],
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -278,21 +278,6 @@ def _streaming(chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult]) -> S
     return StreamingResponse(chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id})
 
 
-async def _first_text(engine: Engine, handle: TaskHandle[LLMResult], request: Request) -> str | None:
-    """A streamed answer's first piece of text (None: the task ended without one). A task that
-    fails before it answers with its error here, while the status line is unsent: OpenAI
-    refuses a request it cannot serve (a prompt over the context) with its status, not with a
-    200 and an error event. A client that leaves meanwhile takes its task with it."""
-
-    async def first() -> str | None:
-        while (item := await handle.events.get()) is not None:
-            if isinstance(item, TextDelta):
-                return item.text
-        return None
-
-    return await first_or_failure(request, engine, handle, first())
-
-
 async def _stream(
     engine: Engine,
     handle: TaskHandle[LLMResult],
@@ -305,7 +290,7 @@ async def _stream(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """OpenAI's stream of chunks: `first`, then `piece(text)`'s per text from `first_text`
-    (_first_text's; None: the task ended without text), `end(finish_reason)`'s, usage, [DONE]."""
+    (deps.first_text's; None: the task ended without text), `end(finish_reason)`'s, usage, [DONE]."""
     with cancel_unless_ended(engine, handle):
         if first is not None:
             yield sse_data(first)
