@@ -94,25 +94,29 @@ def test_speech_stays_reachable_across_a_restart(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_a_stop_sent_to_every_process_of_the_service_sets_a_running_image_aside(tmp_path: Path) -> None:
-    """systemd's KillMode=control-group (and Ctrl-C in a terminal) signal the workers with the
-    server. A worker that died of it first had its running image failed as a crash for good;
-    workers leave their signals to the server, which sets the image aside for the next start."""
+def test_ctrl_c_reaching_every_process_of_the_service_sets_a_running_image_aside(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the workers with the server. A worker that died of it first
+    had its running image failed as a crash, for good; workers leave SIGINT to the server, which
+    sets the image aside for the next start. (A service manager stops the server alone:
+    systemd's KillMode=mixed, in the deployment guide's unit.)"""
     config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
     srv = Server(tmp_path, config).start()
-    assert srv.proc is not None
-    with Client(srv.url, max_retries=0) as c:
-        long_id = c.generate_image(**LONG)["task_id"]
-        wait_state(c, long_id, ("running",))
-    server = psutil.Process(srv.proc.pid)
-    workers = server.children(recursive=True)
-    for proc in workers:  # the workers a moment first: where the race went wrong
-        proc.send_signal(signal.SIGTERM)
-    psutil.wait_procs(workers, timeout=0.5)
-    srv.stop()  # SIGTERM to the server; every worker gone with it, checked
+    try:
+        assert srv.proc is not None
+        with Client(srv.url, max_retries=0) as c:
+            long_id = c.generate_image(**LONG)["task_id"]
+            wait_state(c, long_id, ("running",))
+        workers = psutil.Process(srv.proc.pid).children(recursive=True)
+        for proc in workers:  # the workers first, and the server told a moment later: a
+            proc.send_signal(signal.SIGINT)  # worker that died meanwhile failed its task
+        psutil.wait_procs(workers, timeout=2)  # the engine looks at its workers every 0.25 s
+    finally:
+        srv.stop()  # the server's own stop; every worker gone with it, checked
     srv = Server(tmp_path, config).start()
     try:
         with Client(srv.url, max_retries=0) as c:
-            assert c.progress(long_id)["status"] in ("queued", "running"), c.progress(long_id)
+            # Set aside and run again (or finished during the stop, its worker reading no
+            # Shutdown mid-image): anything but failed.
+            assert c.progress(long_id)["status"] in ("queued", "running", "succeeded"), c.progress(long_id)
     finally:
         srv.stop()

@@ -39,10 +39,12 @@ def test_answers_in_flight_at_a_stop_end_with_server_shutdown(tmp_path: Path) ->
     config = make_config(tmp_path, tts={"enabled": False}, image={"enabled": False}, llm={"parallel": 2})
     srv = Server(tmp_path, config).start()
     url = f"{srv.url}/api/llm/generate"
-    plain, answer = post_in_background(url, LONG, timeout=120)
-    streamed, lines = stream_in_background(url, LONG)
-    wait_for(lambda: any(line.startswith("event: token") for line in lines), 60)
-    srv.stop()  # SIGTERM; the answers still run for a minute or more
+    try:
+        plain, answer = post_in_background(url, LONG, timeout=120)
+        streamed, lines = stream_in_background(url, LONG)
+        wait_for(lambda: any(line.startswith("event: token") for line in lines), 60)
+    finally:
+        srv.stop()  # SIGTERM; the answers still run for a minute or more
     plain.join(60)
     streamed.join(60)
     (r,) = answer

@@ -347,6 +347,20 @@ def test_a_tool_result_must_answer_an_earlier_call() -> None:
         assert e.value.status == 400 and e.value.param == "messages[1].tool_call_id", e.value.message
 
 
+def test_every_call_is_answered_before_the_chat_goes_on() -> None:
+    """As OpenAI: an assistant turn's calls each need a tool message before the next turn, or
+    the model answers as if they had returned."""
+    answered = {"role": "tool", "tool_call_id": "call_1", "content": "3"}
+    for unanswered, before in (
+        (chat(CALLED), "by the chat's end"),
+        (chat(CALLED, {"role": "user", "content": "and?"}, answered), "before messages[1]"),
+    ):
+        with pytest.raises(APIError) as e:
+            chat_turns(unanswered.messages)
+        assert e.value.status == 400 and e.value.param == "messages[0].tool_calls", e.value.message
+        assert before in e.value.message and "call_1" in e.value.message
+
+
 @pytest.mark.parametrize("arguments", ["{not json", "[1, 2]", '"text"', ""])
 def test_call_arguments_must_be_a_json_object(arguments: str) -> None:
     call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}

@@ -148,7 +148,9 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 # What pydantic puts in an error's location for the member of a union a value failed against
 # ("constrained-str", "function-after[...]", "literal['none','auto']", "list[...]", "str"):
 # the validator's words, not the client's field.
-_UNION_MEMBER = re.compile(r"[\[\]]|^(str|int|float|bool|bytes|none|constrained-[a-z]+)$")
+# A union of models names the member by its class ("NamedToolChoice"): the API's fields are
+# never capitalised.
+_UNION_MEMBER = re.compile(r"[\[\]]|^(str|int|float|bool|bytes|none|constrained-[a-z]+)$|^[A-Z][A-Za-z0-9]*$")
 
 
 def field_path(loc: Sequence[int | str]) -> str:

@@ -185,13 +185,18 @@ def tool_plan(body: ChatCompletionRequest) -> ToolPlan | None:
 
 def chat_turns(messages: list[OAMessage]) -> list[tuple[str, str] | Message]:
     """The lane's turns of a chat; a tool result must answer a call an earlier assistant turn
-    made, and a call's arguments must be a JSON object (400 otherwise, as OpenAI answers)."""
+    made, every call must be answered by a tool message before the chat goes on (or ends), and
+    a call's arguments must be a JSON object (400 otherwise, as OpenAI answers)."""
     turns: list[tuple[str, str] | Message] = []
     called: set[str] = set()
+    unanswered: dict[str, int] = {}  # call id -> the message that made it
     for i, x in enumerate(messages):
         role = ROLES.get(x.role, x.role)
+        if x.role != "tool":
+            _all_answered(unanswered, i)
         for j, c in enumerate(x.tool_calls or ()):
             called.add(c.id)
+            unanswered[c.id] = i
             if not _json_object(c.function.arguments):
                 raise APIError(
                     400,
@@ -209,12 +214,32 @@ def chat_turns(messages: list[OAMessage]) -> list[tuple[str, str] | Message]:
                 f"{sorted(called) if called else 'theirs (there are none)'}",
                 param=f"messages[{i}].tool_call_id",
             )
+        if x.role == "tool":
+            unanswered.pop(x.tool_call_id or "", None)
         if x.tool_calls or x.role == "tool":
             calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in x.tool_calls or ())
             turns.append(Message(role, x.text(), calls, x.tool_call_id))
         else:
             turns.append((role, x.text()))
+    _all_answered(unanswered, None)
     return turns
+
+
+def _all_answered(unanswered: dict[str, int], before: int | None) -> None:
+    """400 where calls an assistant message made have no tool message answering them before
+    message `before` (None: the chat's end): the model would answer as if they had returned."""
+    if not unanswered:
+        return
+    made = min(unanswered.values())
+    ids = sorted(k for k, v in unanswered.items() if v == made)
+    where = "by the chat's end" if before is None else f"before messages[{before}]"
+    raise APIError(
+        400,
+        "invalid_value",
+        f"messages[{made}] (role assistant) made tool calls no tool message answers {where}: "
+        f"{', '.join(ids)}; answer each with a message of role tool and its tool_call_id",
+        param=f"messages[{made}].tool_calls",
+    )
 
 
 def _json_object(text: str) -> bool:

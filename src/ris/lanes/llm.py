@@ -457,7 +457,7 @@ def fit_context(
     room = answer_room(req.max_tokens, n_ctx)
     if len(prompt) + room <= n_ctx or not req.truncate or not req.messages:
         return req, prompt, extra
-    for need in (room, 1):
+    for need in dict.fromkeys((room, 1)):  # once where the room is one token anyway
 
         def fits(turns: tuple[Turn, ...]) -> tuple[LLMRequest, list[int], Any] | None:
             shorter = replace(req, messages=turns)

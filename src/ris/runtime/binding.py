@@ -130,7 +130,12 @@ def apply_binding(binding: Binding, with_nice: bool = True) -> None:
     if binding.cores is not None:
         pin_process(binding.cores)
     if binding.nice and with_nice:
-        renice_process(binding.nice)
+        try:
+            renice_process(binding.nice)
+        except PermissionError:
+            # Below where it started (a Ray actor at Ray's 15 on a node without the privilege):
+            # it keeps that level, which its WorkerReady reports, rather than failing to start.
+            pass
 
 
 def thread_ids() -> list[int]:

@@ -389,6 +389,8 @@ class Engine:
         they submit (a voice's model, its sample rate) ask this first, to refuse as submit would."""
         if lane not in self._replicas:
             raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
+        if self._stopping:  # after end_live_tasks: nothing more is dispatched
+            raise LaneUnavailable(lane, "the server is shutting down", "server_shutdown")
         replicas = self._replicas[lane]
         if replicas and all(r.watch.state is WorkerState.FAILED for r in replicas):
             failure = replicas[0].failure

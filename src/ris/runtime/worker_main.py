@@ -143,7 +143,7 @@ def worker_main(
     """The worker process (or Ray actor): bind it to its resources, then serve. `share_owner`:
     the process whose life a minimum share's cgroup lasts (cpu_share; default the parent: the
     server of a local worker)."""
-    _signals_left_to_the_server()
+    _interrupts_left_to_the_server()
     # Before any model library is imported. A batch lane with a minimum share gets its nice
     # level from that (cpu_share): set here first, the share's lower level would need a
     # privilege an unprivileged server lacks, and the lane would stay at nice 19 (~1.4%).
@@ -151,17 +151,17 @@ def worker_main(
     serve(spec, inbound, outbound, board, share_owner)
 
 
-def _signals_left_to_the_server() -> None:
-    """A worker ignores SIGINT and SIGTERM: its server stops it (Shutdown, then a kill), and a
-    server gone closes the worker's pipe, which ends it. A stop sent to every process of the
-    service at once (systemd's KillMode=control-group, Ctrl-C in a terminal) reached the
-    workers too: one that died before the server began its stop had its running image failed
-    as a crash, for good, where the server sets it aside for the next start; and each printed
-    a KeyboardInterrupt traceback into the log."""
+def _interrupts_left_to_the_server() -> None:
+    """A worker ignores SIGINT: its server stops it (Shutdown, then a kill). Ctrl-C in a
+    terminal reaches every process of the service: a worker that died of it before the server
+    began its stop had its running image failed as a crash, for good, where the server sets it
+    aside for the next start, and each printed a KeyboardInterrupt traceback into the log.
+    SIGTERM keeps its default: multiprocessing ends a server's leftover workers with it at exit
+    (a start that failed half way), and an orphan still loading its models ends by it. A
+    service manager stops the server alone (systemd: KillMode=mixed, docs/DEPLOYMENT_GUIDE.md)."""
     if threading.current_thread() is not threading.main_thread():
         return  # a Ray actor's serving thread: the actor's process and its signals are Ray's
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def serve(
