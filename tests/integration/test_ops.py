@@ -315,18 +315,22 @@ def test_ris_status_into_a_pipe_its_reader_closed_prints_no_traceback(
     assert piped.stderr == "" and piped.stdout.startswith("{" if flags else "lane")
 
 
-def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: object) -> None:
-    from pathlib import Path
-
-    p = Path(str(tmp_path)) / "bad.json"
-    p.write_text('{"lanes": {"llm": {"cores": [99]}, "tts": {}, "image": {}}}')
-    out = subprocess.run(
-        [sys.executable, "-m", "ris", "serve", "--config", str(p)],
+def refused_serve(config: Path) -> subprocess.CompletedProcess[str]:
+    """`ris serve` with a config it must refuse before it starts anything (bounded: one that
+    starts after all would run until the timeout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ris", "serve", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=ROOT,
     )
+
+
+def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: Path) -> None:
+    p = tmp_path / "bad.json"
+    p.write_text('{"lanes": {"llm": {"cores": [99]}, "tts": {}, "image": {}}}')
+    out = refused_serve(p)
     assert out.returncode == 2
     assert "core 99 does not exist" in out.stderr
 
@@ -339,13 +343,7 @@ def test_a_model_loaded_at_start_that_is_not_there_refuses_the_start(tmp_path: P
     cfg["lanes"]["tts"]["models"]["piper"]["source"] = "package:no_such_voice_pkg"
     path = tmp_path / "missing.json"
     path.write_text(json.dumps(cfg))
-    out = subprocess.run(
-        [sys.executable, "-m", "ris", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    out = refused_serve(path)
     assert out.returncode == 2, out.stderr
     assert "lanes.llm.models.smollm2.source: model source '/nonexistent/x.gguf'" in out.stderr
     assert "the Python package 'no_such_voice_pkg' is not installed" in out.stderr
