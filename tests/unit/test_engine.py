@@ -3,6 +3,7 @@ hang, restart, deadlines and durable recovery, with no process, pipe or socket."
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import sqlite3
 import time
@@ -394,6 +395,31 @@ async def test_a_deadline_stops_a_running_task(tmp_path: Path) -> None:
         llm.deliver(m.TaskCancelled(handle.task_id))
         view = await handle.done
         assert (view.state, view.error_code) == ("failed", "deadline_exceeded")
+
+
+@run
+async def test_ending_live_tasks_at_a_stop_answers_all_but_the_images_run_again_later(tmp_path: Path) -> None:
+    """What the server does 1.5 s before uvicorn cancels the answers being written: their tasks
+    fail with server_shutdown (the clients hear it), a resumable image stays for the next
+    start, and nothing new is taken."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        llm, image = workers[Lane.LLM], workers[Lane.IMAGE]
+        llm.ready()
+        image.ready()
+        running = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        queued_picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        waited_on = eng.submit(IMAGE, "i", ImageRequest(prompt="b"), resumable=False)
+        eng.end_live_tasks()
+        for handle in (running, waited_on):
+            view = await asyncio.wait_for(handle.done, 5)  # bounded: one left waits for ever
+            assert (view.state, view.error_code) == ("failed", "server_shutdown"), view
+        assert llm.cancels == [running.task_id]  # its worker stops computing it
+        assert not queued_picture.done.done()
+        with pytest.raises(LaneUnavailable) as e:
+            eng.submit(LLM, "m", LLMRequest(prompt="late"))
+        assert e.value.code == "server_shutdown"
+        llm.deliver(m.TaskCancelled(running.task_id))  # its end, reported late, changes nothing
+        assert eng.snapshot().lane(Lane.LLM).stats.failed == 1
 
 
 @run

@@ -217,14 +217,15 @@ class Engine:
     def end_live_tasks(self) -> None:
         """The server is stopping and its HTTP server will soon cancel the answers still being
         written (a plain-text 500, a stream cut without a word): every task that does not
-        outlive the server (all but durable ones) ends now, failed with `server_shutdown`, so
-        each client hears it in its API's words; their workers are told to stop computing them.
-        Nothing is dispatched from here on. `stop()` does the rest."""
+        outlive the server (all but durable ones, and of those the ones whose caller waits on
+        its connection) ends now, failed with `server_shutdown`, so each client hears it in its
+        API's words; their workers are told to stop computing them. Nothing is dispatched from
+        here on. `stop()` does the rest."""
         self._stopping = True
         message = "the server is shutting down"
         for task_id, handle in list(self._handles.items()):
-            if self.kinds[handle.lane].durable:
-                continue
+            if self.kinds[handle.lane].durable and handle.resumable:
+                continue  # set aside by stop(), run again at the next start
             replica = self._where.get(task_id)
             if replica is not None:  # its end, when the worker reports it, does the bookkeeping
                 replica.worker.send(m.CancelTask(task_id))
@@ -358,6 +359,7 @@ class Engine:
         handle.keep_alive_s = keep_alive_s
         handle.keep_files = keep_files
         handle.streamed = streamed
+        handle.resumable = resumable
         self._handles[task.id] = handle
         self._dispatch()
         return handle

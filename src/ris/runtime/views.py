@@ -81,6 +81,8 @@ class TaskHandle(Generic[R]):
     keep_files: bool = True
     # False: nobody reads its events before it ends, only its result (Engine.submit's streamed).
     streamed: bool = True
+    # False: a durable task its caller waits for on its connection (Engine.submit's resumable).
+    resumable: bool = True
 
     @property
     def lane(self) -> str:
