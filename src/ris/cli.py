@@ -283,7 +283,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         with Client(args.url, api_key=args.api_key, timeout=10, max_retries=0) as client:
             answer: Any = client.stats()
     except RISError as e:  # reached: it said no
-        print(f"ris status: {args.url} answered {e}{_refusal_hint(e, args.api_key)}", file=sys.stderr)
+        if e.code == "http_error":  # no error object of RIS's: another service (its page unquoted)
+            print(
+                f"ris status: {args.url} answered HTTP {e.status}, but not as a RIS server: is --url "
+                "the right address?",
+                file=sys.stderr,
+            )
+        else:
+            print(f"ris status: {args.url} answered {e}{_refusal_hint(e, args.api_key)}", file=sys.stderr)
         return 1
     except json.JSONDecodeError:  # reached: a 200 that is not JSON (a web page)
         answer = None

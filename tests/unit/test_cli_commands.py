@@ -167,6 +167,11 @@ def test_status_of_another_service_says_it_is_not_a_ris_server() -> None:
             code, out, err = status(url)
         assert code == 1 and out == "", err
         assert "answered, but not as a RIS server" in err and "cannot reach" not in err, err
+    # Its error page (a wrong path, another server's 404) is named by its status, not printed.
+    page = b"<html><body><h1>404 Not Found</h1>" + b"x" * 400 + b"</body></html>"
+    with answering(404, page, "text/html") as url:
+        code, out, err = status(url)
+    assert code == 1 and "answered HTTP 404, but not as a RIS server" in err and "<html>" not in err, err
 
 
 WORKER = {"state": "ready", "pid": 4242, "cpu_affinity": [0], "cpu_percent": 12.5, "rss_bytes": 300 << 20}
