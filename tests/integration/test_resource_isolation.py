@@ -24,6 +24,8 @@ def test_each_worker_has_exactly_its_configured_affinity(server: Server) -> None
         proc = psutil.Process(pid)
         assert proc.ppid() == server_pid, f"{lane} worker is not a child of the server"
         assert sorted(proc.cpu_affinity()) == sorted(cfg["cores"]), lane
+        # Named for `top` and `ps -o comm`, not `python` three times over.
+        assert proc.name() == f"ris-{lane}"
         # What the worker reports seeing matches what the OS says.
         assert stats[lane]["worker"]["cpu_affinity"] == sorted(cfg["cores"])
         env = proc.environ()

@@ -144,6 +144,7 @@ def worker_main(
     the process whose life a minimum share's cgroup lasts (cpu_share; default the parent: the
     server of a local worker)."""
     _interrupts_left_to_the_server()
+    _named_after_its_lane(spec.lane)
     # Before any model library is imported. A batch lane with a minimum share gets its nice
     # level from that (cpu_share): set here first, the share's lower level would need a
     # privilege an unprivileged server lacks, and the lane would stay at nice 19 (~1.4%).
@@ -162,6 +163,18 @@ def _interrupts_left_to_the_server() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # a Ray actor's serving thread: the actor's process and its signals are Ray's
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _named_after_its_lane(lane: str) -> None:
+    """`top`, `htop`, `pidstat` and `ps -o comm` show a local worker as `ris-llm`, `ris-tts`,
+    `ris-image` rather than three processes called `python` (its command line stays the one
+    multiprocessing spawned). Linux only; a Ray actor's process keeps the name Ray gives it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        Path("/proc/self/comm").write_text(f"ris-{lane}"[:15])  # the kernel keeps 15 bytes
+    except OSError:
+        pass  # not Linux, or /proc not mounted: a name is a convenience
 
 
 def serve(
