@@ -13,6 +13,12 @@ it has not been shown to wait while that core idles (issue 26: 55% and 0.25-0.31
     ris bench --configs isolated --repetitions 1 > /tmp/bench.log &
     python bench/batch_cpu_probe.py --log /tmp/bench.log --until-exit $!
 
+It also reads each process's CPU time, summed by role (the lane workers by the names they give
+themselves, `ris-llm`, `ris-tts`, `ris-image`; the server, their parent; the benchmark's load
+generator; everything else): per phase, how many cores each took. Beside the lanes-alone
+phases this is the accounting behind the image lane's goal: what the real-time lanes use alone,
+and what is left for images under the mixed load without taking from them.
+
 `--soaker` runs, beside the benchmark, a process that only spins, unpinned, under SCHED_IDLE
 (it runs only where nothing else wants a core) and reports per phase how many cores it got:
 whether the idle time the cores show could be taken at all by a task that is always runnable.
@@ -31,18 +37,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-PHASE = re.compile(r"rep (\d+)/\d+\s+(\S+?): ([a-z ]+?)\s+\d+/\d+ s")
+PHASE = re.compile(r"rep (\d+)/\d+\s+(\S+?): ([a-z ]+?)\s+(\d+)/(\d+) s")
 
 
 def phase(log: Path) -> str | None:
-    """The phase the benchmark's last progress line names ("1 isolated all lanes")."""
+    """The phase the benchmark's last progress line names ("1 isolated all lanes"), None
+    between phases and while one drains after its window."""
     try:
         with log.open("rb") as fh:
             fh.seek(max(0, log.stat().st_size - 400))
             found = PHASE.findall(fh.read().decode(errors="replace"))
     except OSError:
         return None
-    return " ".join(found[-1]) if found else None
+    if not found:
+        return None
+    rep, config, name, at, window = found[-1]
+    # The bar stays at "30/30 s" while the phase's requests drain: that is not the load.
+    return f"{rep} {config} {name}" if int(at) < int(window) else None
 
 
 def core_times() -> list[tuple[int, int]]:
@@ -63,6 +74,34 @@ def cpu_seconds(pid: int) -> float:
     """A process's user + system CPU seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def role_cpu_seconds(skip: int | None = None) -> dict[str, tuple[str, float]]:
+    """'pid' -> (role, CPU seconds ever: user + system) of every process."""
+    by_pid: dict[int, tuple[str, int, float]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if skip is not None and int(pid) == skip:
+            continue
+        try:
+            head, tail = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+            fields = tail.split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        name = head.split("(", 1)[1]
+        if name.startswith("ris-"):
+            role = name
+        elif b"ris.benchmark.loadgen" in cmd:
+            role = "load generator"
+        else:
+            role = ""
+        ticks = int(fields[11]) + int(fields[12])
+        by_pid[int(pid)] = (role, int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
+    servers = {ppid for role, ppid, _ in by_pid.values() if role.startswith("ris-")}
+    return {
+        str(pid): (role or ("server" if pid in servers else "other"), seconds)
+        for pid, (role, _, seconds) in by_pid.items()
+    }
 
 
 def batch_threads(skip: int | None = None) -> dict[str, tuple[int, int]]:
@@ -114,6 +153,14 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "seconds": round(last["t"] - first["t"], 1),
             "idle_per_core": [round(x, 3) for x in idle],
         }
+        # Sample to sample, processes seen in both: one that ends takes its total with it.
+        used: dict[str, float] = defaultdict(float)
+        for a, b in zip(rows, rows[1:], strict=False):
+            for pid, (role, seconds) in b["roles"].items():
+                if pid in a["roles"]:
+                    used[role] += seconds - a["roles"][pid][1]
+        wall = last["t"] - first["t"]
+        entry["cores_by_role"] = {role: round(x / wall, 3) for role, x in sorted(used.items())}
         if first.get("soaker_s") is not None and last.get("soaker_s") is not None:
             spun = last["soaker_s"] - first["soaker_s"]
             entry["soaker_cores"] = round(spun / (last["t"] - first["t"]), 3)
@@ -148,6 +195,7 @@ def main() -> None:
                     "cores": core_times(),
                     "threads": batch_threads(skip=soaker.pid if soaker else None),
                     "soaker_s": cpu_seconds(soaker.pid) if soaker else None,
+                    "roles": role_cpu_seconds(skip=soaker.pid if soaker else None),
                 }
             )
             time.sleep(1.0)
