@@ -275,6 +275,24 @@ def test_numbers_that_are_not_numbers_are_refused_not_a_traceback() -> None:
         assert "finite number" in error_of(data), field
 
 
+def test_values_of_the_wrong_json_type_are_refused_not_converted() -> None:
+    """Lax validation took `"port": true` as port 1 and `"threads": "2"` as 2: a typo became a
+    setting nobody wrote. JSON's own types are required (a list still fills a tuple)."""
+    for where, field, value, kind in (
+        ("server", "port", True, "integer"),
+        ("llm", "threads", "2", "integer"),
+        ("llm", "enabled", "false", "boolean"),
+        ("llm", "enabled", 0, "boolean"),
+    ):
+        data = base()
+        (data.setdefault("server", {}) if where == "server" else data["lanes"][where])[field] = value
+        msg = error_of(data)
+        assert f"valid {kind}" in msg and repr(value) in msg, (field, value, msg)
+    data = base()
+    data["lanes"]["llm"]["aging_s"] = 5  # an integer where a number is asked is a number
+    assert parse_config(data, TWO_CORES).lanes[Lane.LLM].aging_s == 5.0
+
+
 def test_a_heartbeat_timeout_under_a_few_heartbeats_is_refused() -> None:
     """Workers report every 0.5 s: at 0.2 s every healthy idle worker was declared hung."""
     data = base()

@@ -23,7 +23,10 @@ def parse_config(data: Any, machine: MachineInfo | None = None) -> Config:
     load_plugins(data.get("plugins") if isinstance(data, dict) else None)
     data = with_lane_defaults(data)
     try:
-        cfg = Config.model_validate(data)
+        # Strict, as JSON reads: `"port": true` or `"threads": "2"` is refused, not taken as 1
+        # and 2 (lax validation turns booleans and numeric strings into numbers); lists still
+        # fill tuples, strings paths and names.
+        cfg = Config.model_validate_json(json.dumps(data, default=str), strict=True)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from None
     return check_config(cfg, machine or machine_info())
