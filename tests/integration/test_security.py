@@ -45,6 +45,9 @@ def test_every_endpoint_but_health_needs_the_key(locked: Server) -> None:
     assert r.status_code == 401
     r = httpx.get(f"{locked.url}/api/stats", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401
+    # A key was sent: it is refused, not asked for.
+    assert "not one this server accepts" in r.json()["error"]["message"]
+    assert "needs an API key" in httpx.get(f"{locked.url}/api/stats").json()["error"]["message"]
     assert httpx.get(f"{locked.url}/api/stats", headers=auth()).status_code == 200
 
 

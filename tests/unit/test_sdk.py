@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import io
 import json
+import struct
 import time
+import wave
 from typing import Any
 
 import httpx
@@ -171,6 +174,46 @@ def test_errors_and_retries_are_the_same_on_both() -> None:
 
     with pytest.raises(RISError, match="404 not_found"):
         asyncio.run(async_404())
+
+
+def test_a_wrong_key_fails_at_once_not_after_the_throttles_retry_after() -> None:
+    """The wrong-key throttle's 429 (Retry-After 6) was retried as a full queue is: every call
+    with a wrong key took 6 s and more, and each retry counted as one more wrong key."""
+    seen: list[str] = []
+
+    def throttled(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        err = {"error": {"code": "too_many_wrong_keys", "message": "x"}}
+        return httpx.Response(429, headers={"Retry-After": "6"}, json=err)
+
+    results = _both(httpx.MockTransport(throttled), lambda c: c.models())
+    assert [(type(r), getattr(r, "code", None)) for r in results] == [(RISError, "too_many_wrong_keys")] * 2
+    assert len(seen) == 2  # one request per client: none retried
+
+
+def test_speak_returns_a_wav_whose_header_gives_its_length() -> None:
+    """The server streams the WAV before its length is known (sizes 0xFFFFFFFF); the SDK has
+    the whole body when it returns, and writes the real sizes into the header."""
+    pcm = b"\x01\x00" * 50
+    header = b"RIFF" + b"\xff" * 4 + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 22050, 44100, 2, 16)
+    streamed = header + b"data" + b"\xff" * 4 + pcm
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        return httpx.Response(200, content=pcm if body.get("audio_format") == "pcm" else streamed)
+
+    for wav in _both(httpx.MockTransport(answer), lambda c: c.speak("hi")):
+        with wave.open(io.BytesIO(wav)) as w:
+            assert w.getnframes() == 50 and w.readframes(50) == pcm
+    assert _both(httpx.MockTransport(answer), lambda c: c.speak("hi", audio_format="pcm")) == [pcm, pcm]
+
+
+def test_an_option_the_call_sets_itself_is_a_clear_type_error() -> None:
+    with Client("http://ris.test", transport=handler([])) as c:
+        with pytest.raises(TypeError, match=r"generate\(\) sets 'stream' itself; generate_stream\(\)"):
+            c.generate("hi", stream=True)
+        with pytest.raises(TypeError, match=r"speak_events\(\) sets 'stream_format' itself"):
+            list(c.speak_events("hi", stream_format="audio"))
 
 
 def _both(transport: Any, call: Any) -> list[Any]:

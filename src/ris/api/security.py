@@ -177,10 +177,14 @@ class Guard:
                 # A person in a browser: to the login form, not a JSON error.
                 await RedirectResponse("/ui/login", status_code=303)(scope, receive, send)
                 return
+            scheme, _, sent = headers.get("authorization", "").partition(" ")
             resp = error_response(
                 401,
                 "unauthorized",
-                "this server needs an API key: send 'Authorization: Bearer <key>'",
+                # A client with a key to hand wants to know it was refused, not that one is needed.
+                "the API key sent is not one this server accepts"
+                if scheme.lower() == "bearer" and sent.strip()
+                else "this server needs an API key: send 'Authorization: Bearer <key>'",
                 {"WWW-Authenticate": "Bearer"},
                 dialect=dialect,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,9 @@ RETRY_STATUSES = (429, 503)
 # 503s that are not retried: the request ran and its worker died under it (the request may
 # be what killed it). Sent again, it would take the replaced worker, and the requests batched
 # on it, down again. The other 503s and 429s came before anything ran, or from a stop.
-NOT_RETRIED = frozenset({"worker_crashed", "worker_out_of_memory"})
+# A 429 for too many wrong API keys: the key is wrong and stays wrong, and each retry counts
+# as one more guess against this address.
+NOT_RETRIED = frozenset({"worker_crashed", "worker_out_of_memory", "too_many_wrong_keys"})
 
 
 class SSEDecoder:
@@ -120,6 +123,29 @@ def generation_from(body: dict[str, Any]) -> Generation:
         usage=body["usage"],
         timings=body["timings"],
         warnings=tuple(body.get("warnings", ())),
+    )
+
+
+def set_by_the_call(
+    name: str, options: dict[str, Any], fixed: dict[str, Any], instead: str
+) -> dict[str, Any]:
+    """`options` with the fields the method `name` sets itself; one of them among the caller's
+    options is a TypeError that says which method does what was asked, not Python's "got
+    multiple values for keyword argument" from inside the SDK."""
+    for key in fixed:
+        if key in options:
+            raise TypeError(f"{name}() sets {key!r} itself; {instead}")
+    return {**options, **fixed}
+
+
+def wav_with_sizes(data: bytes) -> bytes:
+    """A WAV streamed with its sizes left open (0xFFFFFFFF: not known when the header left),
+    given its real RIFF and data sizes once the whole body is in hand, so that `wave` and
+    other strict readers see its true length; any other body as it is."""
+    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE" or data[36:40] != b"data":
+        return data
+    return b"".join(
+        (data[:4], struct.pack("<I", len(data) - 8), data[8:40], struct.pack("<I", len(data) - 44), data[44:])
     )
 
 

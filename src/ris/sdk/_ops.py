@@ -30,7 +30,9 @@ from ris.sdk._common import (
     error_from,
     generation_from,
     llm_body,
+    set_by_the_call,
     stream_failure,
+    wav_with_sizes,
 )
 
 T = TypeVar("T")
@@ -200,7 +202,8 @@ def _save(data: bytes, path: str | Path | None) -> bytes:
 class Operations:
     """The SDK's calls. On `ris.Client` each returns its result; on `ris.AsyncClient` each is
     awaited (streams: iterated with `async for`). 429 and 503 answers are retried up to
-    `max_retries` times, honouring Retry-After. A stream closed before its end (close(), or
+    `max_retries` times, honouring Retry-After (but speak's and speak_events', and a 429 for
+    too many wrong API keys). A stream closed before its end (close(), or
     aclose() on AsyncClient) hangs up at once, and the server cancels its task."""
 
     # ----- LLM -----------------------------------------------------------------------------
@@ -212,9 +215,8 @@ class Operations:
         """Generate text; `prompt` is the user's message (`raw=True`: plain completion). Options:
         model, system, raw, temperature, top_p, max_tokens, stop, seed, priority, json_schema (a
         JSON Schema the answer must match, enforced while decoding)."""
-        resp = yield Call(
-            "POST", "/api/llm/generate", json=llm_body(prompt, messages, **options, stream=False)
-        )
+        options = set_by_the_call("generate", options, {"stream": False}, "generate_stream() streams")
+        resp = yield Call("POST", "/api/llm/generate", json=llm_body(prompt, messages, **options))
         return generation_from(resp.json())
 
     @stream_op
@@ -222,7 +224,10 @@ class Operations:
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> StreamSpec[str]:
         """Text pieces as the model produces them."""
-        body = llm_body(prompt, messages, **options, stream=True)
+        options = set_by_the_call(
+            "generate_stream", options, {"stream": True}, "generate() waits for the whole text"
+        )
+        body = llm_body(prompt, messages, **options)
         return StreamSpec(Call("POST", "/api/llm/generate", json=body), _Tokens)
 
     # ----- TTS -----------------------------------------------------------------------------
@@ -278,7 +283,9 @@ class Operations:
         poll_s: float = 0.25,
         timeout: float | None = None,
     ) -> Op[dict[str, Any]]:
-        """Poll until the task ends; return its last progress, or raise RISError if it failed."""
+        """Poll an image task until it ends; return its last progress, or raise RISError if it
+        failed (404 not_found for an id that is not an image task's), TimeoutError once
+        `timeout` seconds passed with the task still queued or running (it is not cancelled)."""
         return (yield from _wait(task_id, on_progress, poll_s, timeout))
 
     @op
@@ -311,17 +318,24 @@ class Operations:
         path: str | Path | None = None,
         **options: Any,
     ) -> Op[bytes]:
-        """An answer spoken as it is generated: the WAV bytes (written to `path` if given).
-        Options: model, voice, speed, tts_model, max_tokens, temperature, seed."""
+        """An answer spoken as it is generated: the WAV bytes (written to `path` if given), with
+        the header's sizes filled in (the server streamed it before they were known); raw PCM with
+        `audio_format="pcm"`. Options: model, voice, speed, tts_model, max_tokens, temperature,
+        seed. Not retried: an answer refused after it began to be spoken would be spoken twice."""
         body = llm_body(prompt, messages, **options)
-        return _save((yield Call("POST", "/api/chat/speak", json=body, retry=False)).content, path)
+        audio = (yield Call("POST", "/api/chat/speak", json=body, retry=False)).content
+        return _save(wav_with_sizes(audio), path)
 
     @stream_op
     def speak_events(
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> StreamSpec[tuple[str, dict[str, Any]]]:
-        """(event, data) as they happen: text, audio (data["pcm"] as bytes), llm_done, done."""
-        body = llm_body(prompt, messages, **options, stream_format="events")
+        """(event, data) as they happen: start (task_id, sample_rate, tts_model), text, audio
+        (data["pcm"] as bytes), llm_done, done."""
+        options = set_by_the_call(
+            "speak_events", options, {"stream_format": "events"}, "speak() returns the audio"
+        )
+        body = llm_body(prompt, messages, **options)
         return StreamSpec(Call("POST", "/api/chat/speak", json=body, retry=False), _SpeakEvents)
 
     # ----- tasks and status ----------------------------------------------------------------
@@ -334,8 +348,9 @@ class Operations:
     def tasks(
         self, /, *, lane: str | None = None, state: str | None = None, limit: int | None = None
     ) -> Op[list[dict[str, Any]]]:
-        """Recent tasks, newest first, of one lane and state if given (GET /api/tasks: a filter
-        the server does not know would be ignored there, so none is taken here)."""
+        """Recent tasks, newest first, of one lane and state if given (GET /api/tasks; a lane or
+        state the server does not know is refused with 422). The tasks this server run has
+        seen: image tasks from before a restart are in image_tasks()."""
         params = {k: v for k, v in {"lane": lane, "state": state, "limit": limit}.items() if v is not None}
         return list((yield Call("GET", "/api/tasks", params=params)).json()["tasks"])
 
