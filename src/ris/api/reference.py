@@ -47,8 +47,8 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `token` (`{{"text": ...}}`) as the model writes, and `done` (the whole answer's body) or `error`
   (`{{"code", "message"}}`); the `X-Task-Id` header names the task. `/api/chat/speak` streams a WAV
   (or raw PCM with `"audio_format": "pcm"`), or with `"stream_format": "events"` the events `start`
-  (`task_id`, `sample_rate`, `tts_model`), `text`, `audio` (base64 PCM), `llm_done`, `done`. `/v1` streams follow OpenAI's format, ending in
-  `[DONE]`.
+  (`task_id`, `sample_rate`, `tts_model`), `text`, `audio` (base64 PCM), `llm_done`, `done`.
+  `/v1` streams follow OpenAI's format, ending in `[DONE]`.
 - Images are asynchronous: `POST /api/image/generate` answers 202 with a `task_id`; poll
   `GET /api/image/progress/{{task_id}}` and fetch `GET /api/image/result/{{task_id}}` (409
   `not_ready` with the progress while it runs; 409 `cancelled`, or `task_failed` with the

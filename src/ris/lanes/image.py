@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,20 @@ from ris.lanes.base import (
 from ris.preemption.policy import PreemptedCancel
 
 IMAGE_FOLDER = "images"  # under the server's data_dir
+
+# Every image backend here reads a prompt through a CLIP text encoder: 77 tokens, two of them
+# its start and end marks; diffusers cuts the rest off with a line in the worker's log.
+CLIP_CONTENT_TOKENS = 75
+# CLIP's tokenizer splits NFC-normalized, lowercased text into these pieces before its BPE, which makes one
+# token or more of each: contractions, runs of letters, single digits, runs of anything else.
+_CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+
+
+def clip_tokens_at_least(text: str) -> int:
+    """A lower bound of the tokens CLIP's tokenizer makes of `text` (its start and end marks
+    not counted): exact for common words of a real CLIP vocabulary, below the count where BPE
+    splits a piece. Over CLIP_CONTENT_TOKENS, the text is certainly cut."""
+    return len(_CLIP_PIECES.findall(unicodedata.normalize("NFC", text).lower()))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ris.api.deps import (
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
-from ris.lanes.image import IMAGE_FOLDER, ImageRequest
+from ris.lanes.image import CLIP_CONTENT_TOKENS, IMAGE_FOLDER, ImageRequest, clip_tokens_at_least
 from ris.lanes.image import LANE as IMAGE
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
@@ -86,6 +86,20 @@ def _unused_negative(engine: Engine, model: str, req: ImageRequest) -> list[str]
     ]
 
 
+def _cut_prompts(req: ImageRequest) -> list[str]:
+    """A prompt longer than the text encoder reads is cut, silently in diffusers (a line in the
+    worker's log): the answer says so where the count is certain."""
+    notes = []
+    for field, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+        n = clip_tokens_at_least(text or "")
+        if n > CLIP_CONTENT_TOKENS:
+            notes.append(
+                f"{field}: {n} words and marks at least, and the model's text encoder (CLIP) reads "
+                f"the first {CLIP_CONTENT_TOKENS} tokens: the rest is ignored; put what matters first"
+            )
+    return notes
+
+
 def check_size(engine: Engine, width: int, height: int, steps: int | None) -> None:
     limits = engine.config.server
     pixels = width * height
@@ -113,6 +127,7 @@ async def image_generate(request: Request) -> Any:
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)
     model, req, warnings = _pick_model(engine, body)
+    warnings += _cut_prompts(req)
     handle = engine.submit(
         IMAGE,
         model,
