@@ -50,6 +50,17 @@ def test_chinese_sentence_uses_espeak_cmn(client: Client) -> None:
     assert loudness(frames) > 100
 
 
+def test_chinese_text_without_a_voice_is_read_by_a_chinese_voice(server: Server) -> None:
+    """The default voice (Piper's English) read it as "Chinese letter" eight times, with a 200."""
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "这是一段测试文本"}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "espeak" and body["voice"] == "cmn"
+    assert len(body["warnings"]) == 1 and "Chinese" in body["warnings"][0]
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "Hello there."}, timeout=60)
+    assert r.json()["model"] == "piper" and r.json()["warnings"] == []
+
+
 def test_speed_is_honoured(client: Client) -> None:
     text = "Speaking faster makes the audio shorter."
     slow = client.synthesize(text, voice="zh-CN", model="espeak", speed=0.75)

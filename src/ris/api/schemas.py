@@ -103,7 +103,12 @@ class LLMGenerateResponse(BaseModel):
 
 class TTSSynthesizeRequest(_Body):
     text: str = Field(min_length=1, description="text to speak")
-    voice: str | None = Field(default=None, description="e.g. en-US, zh-CN, or a model's voice")
+    voice: str | None = Field(
+        default=None,
+        description="e.g. en-US, zh-CN, or a model's voice; none: the model's own, but text mostly "
+        "in a script that names its language (Chinese, Japanese, Korean, Arabic, Greek, Hebrew, "
+        "Thai) gets a loaded voice of that language, with a warning",
+    )
     speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
     priority: int = Field(default=0, ge=-10, le=10)
@@ -123,6 +128,9 @@ class TTSSynthesizeResponse(BaseModel):
     duration_s: float
     audio_url: str
     timings: Timings
+    warnings: list[str] = Field(
+        default_factory=list, description="where the server served something other than asked"
+    )
 
 
 _SIDE = f"pixels, multiple of {IMAGE_SIDE_MULTIPLE}"

@@ -4,6 +4,7 @@ audio before a stream's status line is sent, and its audio after that."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -12,7 +13,7 @@ from ris.api.deps import first_or_failure, resolve_model
 from ris.api.errors import APIError
 from ris.api.streams import StreamBroken
 from ris.lanes import Lane
-from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_listing
+from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_key, voice_listing
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
 from ris.services.speech_encoding import MEDIA_TYPES, SPEECH_FORMATS, SpeechFormat
@@ -53,6 +54,75 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
         f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
         param="voice",
     )
+
+
+# Scripts that name a language by themselves (Unicode character names' first word -> the
+# language tag voices answer to, and what the warning calls it). Latin, Cyrillic and
+# Devanagari serve many languages each: text in them keeps the voice it would have had.
+_SCRIPT_LANGUAGES = {
+    "CJK": ("zh", "Chinese (Han script)"),
+    "HIRAGANA": ("ja", "Japanese (kana)"),
+    "KATAKANA": ("ja", "Japanese (kana)"),
+    "HANGUL": ("ko", "Korean (Hangul)"),
+    "ARABIC": ("ar", "Arabic"),
+    "GREEK": ("el", "Greek"),
+    "HEBREW": ("he", "Hebrew"),
+    "THAI": ("th", "Thai"),
+}
+
+
+def text_language(text: str) -> tuple[str, str] | None:
+    """(language tag, its name) when most of the text's letters are of a script that names its
+    language; kana anywhere makes Han text Japanese. None otherwise."""
+    counts: dict[str, int] = {}
+    letters = 0
+    for c in text:
+        if not unicodedata.category(c).startswith("L"):
+            continue
+        letters += 1
+        script = unicodedata.name(c, "").split(" ")[0]
+        if script in _SCRIPT_LANGUAGES:
+            counts[script] = counts.get(script, 0) + 1
+    if not letters:
+        return None
+    if counts.get("HIRAGANA", 0) + counts.get("KATAKANA", 0):
+        kana_or_han = counts.get("HIRAGANA", 0) + counts.get("KATAKANA", 0) + counts.get("CJK", 0)
+        return _SCRIPT_LANGUAGES["HIRAGANA"] if 2 * kana_or_han > letters else None
+    script, n = max(counts.items(), key=lambda kv: kv[1], default=("", 0))
+    return _SCRIPT_LANGUAGES[script] if 2 * n > letters else None
+
+
+def voice_for_text(engine: Engine, model: str | None, text: str) -> tuple[str, str | None, list[str]]:
+    """The model and voice for a request that names no voice, and the answer's warnings. Text
+    mostly in a script that names its language (Chinese, Japanese, Arabic...) is read by a
+    voice of that language, the named or default model's else another configured model's,
+    where one speaks it: the default voice read "这是一段测试文本" as "Chinese letter"
+    eight times. Where none does, the default voice reads it and the answer says so."""
+    chosen = pick_tts_model(engine, model, None)
+    found = text_language(text)
+    infos = engine.model_infos(Lane.TTS)
+    info = infos.get(chosen)
+    if found is None or info is None or not info.details.voices:
+        return chosen, None, []
+    tag, language = found
+    default = info.details.voices[0]
+    if voice_key(default).split("-")[0] == tag:
+        return chosen, None, []
+    candidates = [chosen] if model is not None else [chosen, *(n for n in infos if n != chosen)]
+    for name in candidates:
+        if speaks(infos[name].details.voices, tag):
+            note = (
+                f"voice: none given and the text is {language}: {name!r} reads it with its {tag!r} "
+                f"voice, not {default!r}; pass voice to choose"
+            )
+            return name, tag, [note]
+    others = [n for n in infos if n != chosen and speaks(infos[n].details.voices, tag)]
+    where = f"{chosen!r} has no voice for it ({others[0]!r} has)" if others else "no loaded voice reads it"
+    note = (
+        f"voice: none given and the text is {language}; {where}: {default!r} reads it as its own "
+        "language would (pull a voice of that language: docs/MODELS_TTS.md)"
+    )
+    return chosen, None, [note]
 
 
 def still_starting(engine: Engine) -> str:

@@ -22,7 +22,7 @@ from ris.api.deps import (
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
-from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable
+from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable, voice_for_text
 from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest
 from ris.lanes.tts import LANE as TTS
@@ -73,8 +73,11 @@ async def tts_synthesize(request: Request) -> Any:
     require_speakable(body.text)
     # Before queueing: a request whose answer cannot be written is refused without work.
     fmt = accepted_format(request.headers.get("accept", ""), body.format)
-    model = pick_tts_model(engine, body.model, body.voice)
-    req = TTSRequest(text=body.text, voice=body.voice, speed=body.speed)
+    if body.voice is None:
+        model, voice, warnings = voice_for_text(engine, body.model, body.text)
+    else:
+        model, voice, warnings = pick_tts_model(engine, body.model, body.voice), body.voice, []
+    req = TTSRequest(text=body.text, voice=voice, speed=body.speed)
     handle = engine.submit(
         TTS,
         model,
@@ -104,6 +107,7 @@ async def tts_synthesize(request: Request) -> Any:
             "duration_s": r.duration_s,
             "audio_url": audio_url(view.id, body.format),
             "timings": timings_json(r.timings),
+            "warnings": warnings,
         }
     )
 

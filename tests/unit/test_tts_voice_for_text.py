@@ -1,0 +1,48 @@
+"""A speech request that names no voice: text in a script that names its language is read by a
+voice of that language where one is loaded (the default English voice read "这是一段测试文本"
+as "Chinese letter" eight times, answered 200 with no word of it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ris import messages as m
+from ris.api.tts_support import text_language, voice_for_text
+from ris.lanes import Lane
+
+from .fakes import run, settle, started_engine
+
+TWO_VOICES = {
+    "default_model": "p",
+    "models": {"p": {"backend": "espeak"}, "e": {"backend": "espeak"}},
+}
+PIPER = m.ModelInfo("p", "piper", m.ModelDetails(("en_US-joe-medium", "en", "en-US", "joe"), 22050))
+ESPEAK = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US", "zh-CN", "cmn", "ja", "zh"), 22050))
+
+
+def test_the_language_of_a_text_is_named_only_by_a_script_that_names_it() -> None:
+    assert text_language("这是一段测试文本") == ("zh", "Chinese (Han script)")
+    assert text_language("これは日本語の文です") == ("ja", "Japanese (kana)")  # kana with Han
+    assert text_language("안녕하세요") == ("ko", "Korean (Hangul)")
+    assert text_language("مرحبا بالعالم") == ("ar", "Arabic")
+    for text in ("Hello world", "Hello 世界", "Привет мир", "12345 !!", "Grüße, café"):
+        assert text_language(text) is None, text
+
+
+@run
+async def test_chinese_text_without_a_voice_goes_to_a_voice_that_reads_chinese(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, tts=TWO_VOICES) as (eng, workers, _):
+        workers[Lane.TTS].ready(models=(PIPER, ESPEAK))
+        await settle()
+        model, voice, warnings = voice_for_text(eng, None, "这是一段测试文本")
+        assert (model, voice) == ("e", "zh")
+        assert warnings and "Chinese (Han script)" in warnings[0] and "'en_US-joe-medium'" in warnings[0]
+        # English, or text no script names: the default as before, nothing said.
+        assert voice_for_text(eng, None, "This is a test.") == ("p", None, [])
+        assert voice_for_text(eng, None, "Привет мир") == ("p", None, [])
+        # A model named and not speaking it: kept, and the answer says what happened.
+        model, voice, warnings = voice_for_text(eng, "p", "这是一段测试文本")
+        assert (model, voice) == ("p", None)
+        assert warnings and "'p' has no voice for it ('e' has)" in warnings[0]
+        # The named model speaks it: its voice of that language.
+        assert voice_for_text(eng, "e", "これは日本語の文です")[:2] == ("e", "ja")
