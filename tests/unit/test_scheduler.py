@@ -295,6 +295,30 @@ def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:
     assert sched.eta("t2") == pytest.approx(90.0 + 1.0 + 1.0)  # one mean run more per task ahead
 
 
+def test_a_tasks_eta_is_at_its_size_learned_per_unit_of_work() -> None:
+    """A 40-step 512 px image behind 64 px ones was given the lane's mean run (theirs): 1.4 s
+    for a 12 s job. Run times are learned per unit of work (TaskSpec.work) and a task's own run
+    is estimated at its units; Retry-After (when a slot frees) stays the mean task's."""
+    sched, clock = make(slots=1)
+    sched.submit(TaskSpec(lane=Lane.LLM, work=0.5))
+    sched.dispatch()
+    clock.advance(1.0)
+    sched.finish("t0", TaskState.SUCCEEDED)  # 1 s for half a unit: 2 s a unit
+    assert sched.stats(Lane.LLM).run_time_mean == pytest.approx(0.8 * 1.0 + 0.2 * 1.0)
+    unit = 0.8 * 1.0 + 0.2 * 2.0
+    sched.submit(TaskSpec(lane=Lane.LLM, work=1.0))
+    sched.submit(TaskSpec(lane=Lane.LLM, work=10.0))
+    sched.submit(TaskSpec(lane=Lane.LLM, work=0.5))
+    assert sched.eta("t1") == pytest.approx(unit)
+    assert sched.eta("t2") == pytest.approx(unit + 10 * unit)  # t1 ahead, then its own ten units
+    assert sched.eta("t3") == pytest.approx(11 * unit + 0.5 * unit)
+    sched.dispatch()
+    assert sched.eta("t1") == pytest.approx(unit)  # running, no progress yet: its own size
+    assert sched.retry_after(Lane.LLM) == pytest.approx(1.0)  # the mean task's 1.0 s, floored at 1
+    sched.learned_run_times(Lane.LLM, [(20.0, 10.0)])  # as a restart reads the store
+    assert sched.stats(Lane.LLM).run_time_mean == pytest.approx(0.8 * 1.0 + 0.2 * 20.0)
+
+
 def test_eta_includes_the_load_of_a_model_not_loaded_until_its_first_output() -> None:
     sched, clock = make(slots=1)
     sched.submit(spec())  # t0 runs, 1 s estimated

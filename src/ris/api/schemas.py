@@ -173,7 +173,11 @@ class ImageProgress(BaseModel):
     total_steps: int | None
     progress: float
     queue_position: int | None
-    eta_s: float | None
+    eta_s: float | None = Field(
+        description="seconds until it ends, estimated: by its progress once it has some, before "
+        "that from the lane's learned time per 512 x 512 step times its own steps and size, and "
+        "the work queued ahead of it"
+    )
     waiting_for: str | None = Field(
         default=None,
         description='"model_load" while its worker loads a model for it, or holds it until a switch can '

@@ -30,7 +30,7 @@ from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.sd_arch import ARCHS, TINY_VERSION, build_pipeline, ensure_tiny_pipeline
 from ris.backends.torch_memory import cap_allocator, pipeline_components
 from ris.config import ModelSpec
-from ris.lanes.image import GeneratedImage, ImageBackend, ImageRequest, ImageRun
+from ris.lanes.image import GeneratedImage, ImageBackend, ImageRequest, ImageRun, default_steps
 from ris.memory.fit import ImagePlan, image_plan
 from ris.memory.footprint import DEFAULT_LOAD_DTYPES, torch_footprint
 from ris.messages import ModelDetails
@@ -92,7 +92,8 @@ class DiffusersImage(ImageBackend):
         opts: dict[str, Any] = dict(spec.options)
         dtype = _dtype(opts.pop("dtype", None), self._cuda)
         self.turbo = bool(opts.pop("turbo", False))
-        self.default_steps = int(opts.pop("default_steps", 4 if self.turbo else 25))
+        self.default_steps = default_steps(spec.options)
+        opts.pop("default_steps", None)
         self.default_guidance = float(opts.pop("default_guidance", 0.0 if self.turbo else 7.5))
         lookahead = int(opts.pop("block_lookahead", 2))
         # The lane's GPU budget caps the allocator; a pipeline larger than it runs offloaded.

@@ -458,6 +458,13 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
         del request
         return False
 
+    def work(self, request: RequestT, spec: ModelSpec | None) -> float:
+        """How much work the request is in the lane's units (TaskSpec.work; `spec`: the model
+        that runs it, None when no longer configured): its run is estimated at that many times
+        the lane's learned time per unit. 1 for a kind whose tasks are alike."""
+        del request, spec
+        return 1.0
+
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
         """What GET /api/models says of one of this lane's models beyond name, backend and
         voices (`loaded`: what its worker reported, None while it is not loaded)."""

@@ -250,5 +250,17 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
     def result_from_json(self, data: Mapping[str, Any]) -> ImageResult:
         return result_from_json(ImageResult, data)
 
+    def work(self, request: ImageRequest, spec: ModelSpec | None) -> float:
+        """Denoising steps times pixels, in 512 x 512 steps: a step's cost grows with the
+        latent's size, and the run is its steps."""
+        steps = request.steps or (default_steps(spec.options) if spec is not None else 25)
+        return steps * request.width * request.height / (512 * 512)
+
+
+def default_steps(options: Mapping[str, Any]) -> int:
+    """A model's steps when a request names none: its `default_steps`, else few for a turbo
+    model (it is made for them) and 25 for others (the diffusers backend's)."""
+    return int(options.get("default_steps", 4 if options.get("turbo") else 25))
+
 
 LANE = ImageLane()

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from ris import lanes
 from ris import messages as m
-from ris.config import Config
+from ris.config import Config, ModelSpec
 from ris.lanes.base import LaneKind, LaneResult, Seen, Timings
 from ris.machine import MachineInfo
 from ris.memory.residency import expiry
@@ -263,7 +263,10 @@ class Engine:
         run times their lanes took before (their ETAs)."""
         assert self.durable is not None
         for lane in self._replicas:  # (lanes whose tasks the store keeps: images, speech)
-            self._scheduler.learned_run_times(lane, self.durable.store.run_times(lane))
+            kind, models = self.kinds[lane], self.config.lane(lane).models
+            stored = self.durable.store.run_times(lane)
+            runs = [(t, _work(kind, models.get(model), data)) for t, model, data in stored]
+            self._scheduler.learned_run_times(lane, runs)
         for st, request in self.durable.resumable(set(self._replicas)):
             spec = TaskSpec(
                 lane=st.lane,
@@ -279,6 +282,7 @@ class Engine:
                 # costly as its request is (a fact of the request, judged again).
                 client=st.client,
                 costly=self.kinds[st.lane].costly(request),
+                work=self.kinds[st.lane].work(request, self.config.lane(st.lane).models.get(st.model)),
             )
             # Its first submission's time, on the scheduler's clock: clients see the time they
             # submitted it, and the queue keeps the order of first submission.
@@ -345,6 +349,7 @@ class Engine:
             owner=owner,
             costly=kind.costly(request),
             load_s=self._load_ahead(lane, model),
+            work=kind.work(request, cfg.models.get(model)),
         )
         task = self._scheduler.submit(spec, retry=retry)
         assert self.durable is not None
@@ -998,3 +1003,12 @@ def _start_fails(w: Watch) -> bool:
 def _resolve(handle: TaskHandle[Any], view: TaskView[Any]) -> None:
     if not handle.done.done():
         handle.done.set_result(view)
+
+
+def _work(kind: LaneKind[Any, Any, Any], spec: ModelSpec | None, request: dict[str, Any]) -> float:
+    """A stored task's work (TaskSpec.work), from its request as kept; 1 (the lane's unit) for
+    one this version does not read."""
+    try:
+        return kind.work(kind.request_from_json(request), spec)
+    except (TypeError, ValueError):
+        return 1.0

@@ -69,6 +69,15 @@ CANCELLED = "cancelled"
 ABANDONED = "abandoned"
 
 
+def _request(text: str) -> dict[str, Any]:
+    """A stored request's JSON; {} for one that does not read (its run time still counts)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 @dataclass(frozen=True)
 class StoredTask:
     id: str
@@ -340,17 +349,17 @@ class TaskStore:
         rows = self._select("WHERE id=?", (task_id,))
         return rows[0] if rows else None
 
-    def run_times(self, lane: str, limit: int = 20) -> list[float]:
-        """How long the lane's last `limit` succeeded tasks ran, oldest first (start to end of
-        their last attempt, in seconds)."""
+    def run_times(self, lane: str, limit: int = 20) -> list[tuple[float, str, dict[str, Any]]]:
+        """How long the lane's last `limit` succeeded tasks ran (start to end of their last
+        attempt, in seconds), with their model and request, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT finished_at - started_at FROM tasks WHERE lane=? AND state='succeeded' "
-                "AND started_at IS NOT NULL AND finished_at >= started_at "
+                "SELECT finished_at - started_at, model, request FROM tasks WHERE lane=? "
+                "AND state='succeeded' AND started_at IS NOT NULL AND finished_at >= started_at "
                 "ORDER BY finished_at DESC LIMIT ?",
                 (lane, limit),
             ).fetchall()
-        return [float(r[0]) for r in reversed(rows)]
+        return [(float(r[0]), str(r[1]), _request(r[2])) for r in reversed(rows)]
 
     def unfinished(self) -> list[StoredTask]:
         """Queued and running tasks, oldest first (the order they are resumed in)."""

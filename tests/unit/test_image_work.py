@@ -1,0 +1,42 @@
+"""An image's ETA at its size: its work is its steps times its pixels (LaneKind.work)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ris.config import ModelSpec
+from ris.lanes import Lane
+from ris.lanes.image import LANE as IMAGE
+from ris.lanes.image import ImageRequest
+
+from .fakes import IMAGE_ON, run, settle, started_engine
+
+
+def test_an_images_work_is_its_steps_times_its_pixels() -> None:
+    sd = ModelSpec(backend="diffusers", source="/sd")
+    assert IMAGE.work(ImageRequest("a", width=512, height=512, steps=40), sd) == 40
+    assert IMAGE.work(ImageRequest("a", width=64, height=64, steps=2), sd) == pytest.approx(2 / 64)
+    assert IMAGE.work(ImageRequest("a", width=512, height=512), sd) == 25  # the backend's default
+    turbo = ModelSpec(backend="diffusers", source="/t", options={"turbo": True})
+    assert IMAGE.work(ImageRequest("a", width=512, height=512), turbo) == 4
+    eight = ModelSpec(backend="diffusers", source="/e", options={"default_steps": 8})
+    assert IMAGE.work(ImageRequest("a", width=256, height=256), eight) == 2
+    assert IMAGE.work(ImageRequest("a", width=512, height=512), None) == 25  # model gone
+
+
+@run
+async def test_a_large_image_queued_behind_small_ones_is_given_its_own_size(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        await settle()
+        small = eng.submit(IMAGE, "i", ImageRequest("a", width=64, height=64, steps=2))
+        large = eng.submit(IMAGE, "i", ImageRequest("a", width=512, height=512, steps=40))
+        await settle()
+        views = eng.lookup(small.task_id), eng.lookup(large.task_id)
+        assert views[0] is not None and views[1] is not None
+        small_eta, large_eta = views[0].eta_s, views[1].eta_s
+        assert small_eta is not None and large_eta is not None
+        # 40 steps of 512 px are 1,280 times the work of 2 steps of 64 px.
+        assert large_eta - small_eta == pytest.approx(1280 * small_eta, rel=0.01)
