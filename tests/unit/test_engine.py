@@ -39,6 +39,7 @@ from .fakes import (
     config,
     engine,
     run,
+    settle,
     started_engine,
 )
 
@@ -481,6 +482,28 @@ async def test_a_result_the_sweep_deleted_is_gone_from_lookups_at_once(tmp_path:
         assert eng._sweep is not None
         assert (await eng._sweep).deleted == (said.task_id,)
         assert eng.lookup(said.task_id) is None
+
+
+@run
+async def test_the_task_list_keeps_what_the_store_kept_through_a_restart(tmp_path: Path) -> None:
+    """GET /api/tasks listed this run's tasks only: a finished picture or speech from before a
+    restart was found by its id and by /api/image/tasks, not in the list."""
+    now = 1_700_000_000.0  # the fake engines' wall clock: the stored tasks came before the live one
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, _, _):
+        assert eng.durable is not None
+        for i, lane in enumerate((Lane.IMAGE, Lane.TTS)):
+            row = StoredTask(
+                f"{i:032x}", lane, "m", "succeeded", 0, {}, now - 9 + i, now - 9, now - 8, 1, None, None, None
+            )
+            eng.durable.store.keep(row).result()
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, workers, _):
+        workers[Lane.LLM].ready()
+        await settle()
+        live = eng2.submit(LLM, "m", LLMRequest(prompt="a"))
+        assert [v.id for v in eng2.tasks(viewer=ANONYMOUS)] == [live.task_id, f"{1:032x}", f"{0:032x}"]
+        assert [v.id for v in eng2.tasks(Lane.IMAGE, viewer=ANONYMOUS)] == [f"{0:032x}"]
+        assert [v.id for v in eng2.tasks(state="succeeded", viewer=ANONYMOUS)] == [f"{1:032x}", f"{0:032x}"]
+        assert len(eng2.tasks(limit=2, viewer=ANONYMOUS)) == 2
 
 
 @run

@@ -905,11 +905,19 @@ class Engine:
     def tasks(
         self, lane: str | None = None, state: str | None = None, limit: int = 100, *, viewer: Principal
     ) -> list[TaskView[Any]]:
-        """Live and recent tasks `viewer` may see, newest first."""
+        """Live and recent tasks `viewer` may see, newest first: this run's, and those the
+        store keeps from before a restart (images, speech), which GET /api/tasks/{id} finds."""
         found = [t for t in self._scheduler.tasks(lane) if viewer.sees(t.spec.owner)]
-        found.sort(key=lambda t: t.submitted_at, reverse=True)
-        views = (self._view(t) for t in found)  # by the state a reader sees (_recording)
-        return [v for v in views if state is None or v.state == state][:limit]
+        views = [self._view(t) for t in found]  # by the state a reader sees (_recording)
+        views = [v for v in views if state is None or v.state == state]
+        if self.durable is not None:
+            live = {v.id for v in views}
+            store = self.durable.store
+            stored = store.recent(lane, state, limit, owner=viewer.owner, all_owners=viewer.admin)
+            earlier = (self.lookup(st.id, viewer) for st in stored if st.id not in live)
+            views += [v for v in earlier if v is not None and (state is None or v.state == state)]
+        views.sort(key=lambda v: v.submitted_at, reverse=True)
+        return views[:limit]
 
     def durable_tasks(
         self, lane: str, state: str | None = None, limit: int = 100, *, viewer: Principal

@@ -349,8 +349,8 @@ class Operations:
         self, /, *, lane: str | None = None, state: str | None = None, limit: int | None = None
     ) -> Op[list[dict[str, Any]]]:
         """Recent tasks, newest first, of one lane and state if given (GET /api/tasks; a lane or
-        state the server does not know is refused with 422). The tasks this server run has
-        seen: image tasks from before a restart are in image_tasks()."""
+        state the server does not know is refused with 422), those kept from before a restart
+        (images, speech) included."""
         params = {k: v for k, v in {"lane": lane, "state": state, "limit": limit}.items() if v is not None}
         return list((yield Call("GET", "/api/tasks", params=params)).json()["tasks"])
 

@@ -119,7 +119,10 @@ async def submit_task(request: Request) -> Any:
     return JSONResponse(task_info(view), status_code=202)
 
 
-@router.get("/api/tasks", summary="Live and recent tasks of every lane, newest first")
+@router.get(
+    "/api/tasks",
+    summary="Live and recent tasks of every lane, newest first (images, speech: from before restarts too)",
+)
 async def list_tasks(
     request: Request,
     lane: str | None = Query(default=None, description="llm, tts, image, ..."),
