@@ -57,3 +57,29 @@ async def test_a_prompt_cut_by_the_text_encoder_is_served_with_a_warning(tmp_pat
             assert warning.startswith("prompt: 80 words and marks at least") and "first 75 tokens" in warning
             r = await client.post("/api/image/generate", json={**body, "prompt": "a lighthouse"})
             assert r.json()["warnings"] == []
+
+
+@run
+async def test_seed_api_values_of_the_wrong_json_type_are_refused_as_such(tmp_path: Path) -> None:
+    """`"width": "512"` was taken as 512, `"width": true` refused as "a multiple of 8", and
+    `"stream": "false"` read as false: JSON's own types are required, as on /v1."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            for path, field, value, kind in (
+                ("/api/image/generate", "width", "512", "integer"),
+                ("/api/image/generate", "width", True, "integer"),
+                ("/api/image/generate", "use_turbo", "yes", "boolean"),
+                ("/api/llm/generate", "stream", "false", "boolean"),
+                ("/api/tts/synthesize", "speed", "1.5", "number"),
+            ):
+                body = {"text": "a"} if path == "/api/tts/synthesize" else {"prompt": "a"}
+                r = await client.post(path, json={**body, field: value})
+                assert r.status_code == 422, (path, field, r.text)
+                message = r.json()["error"]["message"]
+                assert field in message and f"valid {kind}" in message, message
+            r = await client.post(
+                "/api/image/generate", json={"prompt": "a", "width": 64, "height": 64, "guidance": 2}
+            )
+            assert r.status_code == 202, r.text  # an integer where a number is asked is a number

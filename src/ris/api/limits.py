@@ -9,9 +9,9 @@ bytes) live in config (`ServerConfig`); a model's context window is reported by 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 # A stop string is looked for after every token: a few short ones keep that cheap.
@@ -66,6 +66,14 @@ def wrap_seed(seed: int) -> int:
 def image_side_ok(pixels: int) -> bool:
     """A width or height the image lane takes (the body schemas' `Field`s say the same)."""
     return MIN_IMAGE_SIDE <= pixels <= MAX_IMAGE_SIDE and pixels % IMAGE_SIDE_MULTIPLE == 0
+
+
+# The value types both APIs hold to: a boolean is true or false, a number is no string or
+# boolean (pydantic would read "yes" as true and "5" or true as 5: `"width": true` was refused
+# as "a multiple of 8"), an integer no decimal; a float may be written as an integer.
+Bool = Annotated[bool, Field(strict=True)]
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
 
 
 class RequestBody(BaseModel):

@@ -20,19 +20,15 @@ from ris.api.limits import (
     MAX_TOOLS,
     SEED_MAX,
     TOOL_NAME_PATTERN,
+    Bool,
+    Float,
+    Int,
     RequestBody,
     refuse_surrogates,
     without_nulls,
 )
 from ris.api.schemas import SPEED_NOTE
 from ris.services.speech_encoding import SpeechFormat
-
-# The value types OpenAI holds to: a boolean is true or false, a number is no string or boolean
-# (pydantic would read "yes" as true and "5" or true as 5), an integer no decimal; a float may be
-# written as an integer.
-Bool = Annotated[bool, Field(strict=True)]
-Int = Annotated[int, Field(strict=True)]
-Float = Annotated[float, Field(strict=True)]
 
 
 class _OpenAIBody(RequestBody):

@@ -18,6 +18,9 @@ from ris.api.limits import (
     MAX_TEMPERATURE,
     MIN_IMAGE_SIDE,
     SEED_MAX,
+    Bool,
+    Float,
+    Int,
     RequestBody,
 )
 from ris.runtime.views import TaskView
@@ -48,7 +51,7 @@ class LLMFields(_Body):
     system: str | None = Field(
         default=None, max_length=MAX_MESSAGE_CHARS, description="a system message before `prompt`"
     )
-    raw: bool = Field(default=False, description="complete `prompt` as written, without the chat template")
+    raw: Bool = Field(default=False, description="complete `prompt` as written, without the chat template")
     messages: list[ChatMessage] | None = Field(
         default=None,
         min_length=1,
@@ -56,14 +59,14 @@ class LLMFields(_Body):
         description="chat turns; the chat template applies",
     )
     model: str | None = Field(default=None, description="a configured LLM name; default if absent")
-    temperature: float = Field(default=0.7, ge=0.0, le=MAX_TEMPERATURE)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(
+    temperature: Float = Field(default=0.7, ge=0.0, le=MAX_TEMPERATURE)
+    top_p: Float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: Int = Field(
         default=256, ge=1, description="at most server.max_new_tokens and the model's context"
     )
     stop: str | list[str] | None = Field(default=None, description=f"up to {MAX_STOPS} stop strings")
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
-    ignore_eos: bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
+    seed: Int | None = Field(default=None, ge=0, le=SEED_MAX)
+    ignore_eos: Bool = Field(default=False, description="generate exactly max_tokens (benchmarks)")
 
 
 class LLMGenerateRequest(LLMFields):
@@ -72,9 +75,9 @@ class LLMGenerateRequest(LLMFields):
         description="a JSON Schema the answer must match, enforced while decoding ({} or "
         '{"type": "object"}: any JSON object); not with stop or ignore_eos',
     )
-    stream: bool = Field(default=False, description="stream tokens as server-sent events")
-    priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
-    timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
+    stream: Bool = Field(default=False, description="stream tokens as server-sent events")
+    priority: Int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
+    timeout_s: Float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
 
 
 class Usage(BaseModel):
@@ -109,10 +112,10 @@ class TTSSynthesizeRequest(_Body):
         "in a script that names its language (Chinese, Japanese, Korean, Arabic, Greek, Hebrew, "
         "Thai) gets a loaded voice of that language, with a warning",
     )
-    speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
+    speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
-    priority: int = Field(default=0, ge=-10, le=10)
-    timeout_s: float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
+    priority: Int = Field(default=0, ge=-10, le=10)
+    timeout_s: Float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
     format: SpeechFormat | None = Field(
         default=None,
         description="the audio's format: the bytes' when Accept asks for audio, and audio_url's; "
@@ -139,19 +142,19 @@ _SIDE = f"pixels, multiple of {IMAGE_SIDE_MULTIPLE}"
 class ImageGenerateRequest(_Body):
     prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_IMAGE_PROMPT_CHARS)
-    width: int = Field(
+    width: Int = Field(
         default=512, ge=MIN_IMAGE_SIDE, le=MAX_IMAGE_SIDE, multiple_of=IMAGE_SIDE_MULTIPLE, description=_SIDE
     )
-    height: int = Field(
+    height: Int = Field(
         default=512, ge=MIN_IMAGE_SIDE, le=MAX_IMAGE_SIDE, multiple_of=IMAGE_SIDE_MULTIPLE, description=_SIDE
     )
-    use_turbo: bool = Field(default=False, description="use the configured turbo model (few steps)")
-    steps: int | None = Field(default=None, ge=1, le=1000, description="default: the model's")
-    guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    use_turbo: Bool = Field(default=False, description="use the configured turbo model (few steps)")
+    steps: Int | None = Field(default=None, ge=1, le=1000, description="default: the model's")
+    guidance: Float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")
+    seed: Int | None = Field(default=None, ge=0, le=SEED_MAX)
     model: str | None = None
-    priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
-    timeout_s: float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
+    priority: Int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
+    timeout_s: Float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
 
 
 class ImageAccepted(BaseModel):
@@ -193,8 +196,8 @@ class TaskSubmit(_Body):
     lane: str = Field(description="a lane whose kind takes generic submissions (registered kinds)")
     model: str | None = Field(default=None, description="a configured model of the lane; default if absent")
     request: dict[str, Any] = Field(default_factory=dict, description="the lane's request fields")
-    priority: int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
-    timeout_s: float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
+    priority: Int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
+    timeout_s: Float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
 
 
 def _task_info() -> type[BaseModel]:
@@ -216,7 +219,7 @@ TASK_VIEW_SPECIAL = frozenset({"id", "error_code", "error_message", "result"})
 
 class SpeakRequest(LLMFields):
     voice: str | None = Field(default=None, description="e.g. en-US, zh-CN")
-    speed: float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
+    speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     tts_model: str | None = None
     audio_format: Literal["wav", "pcm"] = "wav"
     stream_format: Literal["audio", "events"] = "audio"
