@@ -59,6 +59,9 @@ def test_chinese_text_without_a_voice_is_read_by_a_chinese_voice(server: Server)
     assert len(body["warnings"]) == 1 and "Chinese" in body["warnings"][0]
     r = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "Hello there."}, timeout=60)
     assert r.json()["model"] == "piper" and r.json()["warnings"] == []
+    slow = {"text": "Hello there.", "model": "espeak", "speed": 0.3}  # espeak's slowest is 0.46
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json=slow, timeout=60)
+    assert r.status_code == 200 and r.json()["warnings"][0].startswith("speed: espeak-ng speaks at 0.46")
 
 
 def test_speed_is_honoured(client: Client) -> None:

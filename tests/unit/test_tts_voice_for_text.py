@@ -9,6 +9,7 @@ from pathlib import Path
 from ris import messages as m
 from ris.api.tts_support import text_language, voice_for_text
 from ris.lanes import Lane
+from ris.lanes.tts import speed_note
 
 from .fakes import run, settle, started_engine
 
@@ -46,3 +47,12 @@ async def test_chinese_text_without_a_voice_goes_to_a_voice_that_reads_chinese(t
         assert warnings and "'p' has no voice for it ('e' has)" in warnings[0]
         # The named model speaks it: its voice of that language.
         assert voice_for_text(eng, "e", "これは日本語の文です")[:2] == ("e", "ja")
+
+
+def test_a_speed_espeak_cannot_honour_is_said() -> None:
+    """espeak-ng speaks 80 to 450 words a minute: speed 0.3 was spoken at 0.46, with a 200."""
+    assert (
+        speed_note("espeak", 0.3) == "speed: espeak-ng speaks at 0.46 to 2.57 times its pace; 0.3 became 0.46"
+    )
+    assert speed_note("espeak", 3.0) is not None and speed_note("pyttsx3", 3.0) is not None
+    assert speed_note("espeak", 1.5) is None and speed_note("piper", 0.3) is None

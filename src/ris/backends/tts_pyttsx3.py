@@ -35,9 +35,16 @@ import espeakng_loader
 from ris.backends import BackendContext, BackendError
 from ris.backends.tts_espeak import LANGUAGE_ALIASES, claim_library
 from ris.config import ModelSpec
-from ris.lanes.tts import AudioOutput, TTSBackend, TTSOutcome, TTSRequest
+from ris.lanes.tts import (
+    ESPEAK_MAX_WPM,
+    ESPEAK_MIN_WPM,
+    ESPEAK_WPM,
+    AudioOutput,
+    TTSBackend,
+    TTSOutcome,
+    TTSRequest,
+)
 
-_DEFAULT_WPM = 175  # espeak-ng's own default rate, as the espeak backend uses
 _DEFAULT_TIMEOUT_S = 30.0  # for one piece of text: the lane cuts text at 200 characters
 _CANCEL_GRACE_S = 2.0  # how long a cancelled synthesis may take to stop
 _PCM_CHUNK_BYTES = 32768  # about 0.7 s of 22,050 Hz audio per chunk sent to the server
@@ -155,7 +162,7 @@ class Pyttsx3TTS(TTSBackend):
         # espeak-ng queues a rate change itself: Synchronize waits until it has applied.
         self._espeak.Synchronize()
         self._driver.setProperty("voice", name)
-        self._driver.setProperty("rate", max(80, min(450, round(_DEFAULT_WPM * speed))))
+        self._driver.setProperty("rate", max(ESPEAK_MIN_WPM, min(ESPEAK_MAX_WPM, round(ESPEAK_WPM * speed))))
         self._espeak.Synchronize()
         engine.save_to_file(text, str(path))
         self._finished.clear()

@@ -263,6 +263,21 @@ def speakable(text: str) -> bool:
     return any(unicodedata.category(c)[0] in "LNS" for c in text)
 
 
+# espeak-ng speaks 80 to 450 words a minute, 175 at its own pace: the speeds it can honour.
+ESPEAK_WPM, ESPEAK_MIN_WPM, ESPEAK_MAX_WPM = 175, 80, 450
+
+
+def speed_note(backend: str, speed: float) -> str | None:
+    """A warning for a speed the backend cannot honour (it speaks at its nearest limit)."""
+    if backend not in ("espeak", "pyttsx3"):
+        return None  # Piper stretches to any speed
+    low, high = ESPEAK_MIN_WPM / ESPEAK_WPM, ESPEAK_MAX_WPM / ESPEAK_WPM
+    if low <= speed <= high:
+        return None
+    at = low if speed < low else high
+    return f"speed: espeak-ng speaks at {low:.2f} to {high:.2f} times its pace; {speed:g} became {at:.2f}"
+
+
 def voice_key(voice: str) -> str:
     """A voice as matched: case, and "_" against "-", do not matter ("zh_CN" is "zh-cn")."""
     return voice.lower().replace("_", "-")

@@ -24,7 +24,7 @@ from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.streams import json_response
 from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable, voice_for_text
 from ris.lanes.base import timings_json
-from ris.lanes.tts import AUDIO_FOLDER, TTSRequest
+from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, speed_note
 from ris.lanes.tts import LANE as TTS
 from ris.services.audio import AUDIO_PIECE_BYTES
 from ris.services.speech_encoding import MEDIA_TYPES, SpeechFormat, encode_stream, stream_rate, wav_file_pcm
@@ -77,6 +77,8 @@ async def tts_synthesize(request: Request) -> Any:
         model, voice, warnings = voice_for_text(engine, body.model, body.text)
     else:
         model, voice, warnings = pick_tts_model(engine, body.model, body.voice), body.voice, []
+    slow_or_fast = speed_note(engine.config.lane(TTS.name).models[model].backend, body.speed)
+    warnings += [slow_or_fast] if slow_or_fast else []
     req = TTSRequest(text=body.text, voice=voice, speed=body.speed)
     handle = engine.submit(
         TTS,
