@@ -109,8 +109,8 @@ class TTSSynthesizeRequest(_Body):
     voice: str | None = Field(
         default=None,
         description="e.g. en-US, zh-CN, or a model's voice; none: the model's own, but text mostly "
-        "in a script that names its language (Chinese, Japanese, Korean, Arabic, Greek, Hebrew, "
-        "Thai) gets a loaded voice of that language, with a warning",
+        "in a script that names its language (Chinese, Japanese, Korean, Thai) gets a loaded voice "
+        "of that language, with a warning",
     )
     speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")

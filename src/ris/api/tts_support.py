@@ -4,7 +4,6 @@ audio before a stream's status line is sent, and its audio after that."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -14,6 +13,7 @@ from ris.api.errors import APIError
 from ris.api.streams import StreamBroken
 from ris.lanes import Lane
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_key, voice_listing
+from ris.languages import script_language
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
 from ris.services.speech_encoding import MEDIA_TYPES, SPEECH_FORMATS, SpeechFormat
@@ -56,55 +56,23 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     )
 
 
-# Scripts that name a language by themselves (Unicode character names' first word -> the
-# language tag voices answer to, and what the warning calls it). Latin, Cyrillic and
-# Devanagari serve many languages each: text in them keeps the voice it would have had.
-_SCRIPT_LANGUAGES = {
-    "CJK": ("zh", "Chinese (Han script)"),
-    "HIRAGANA": ("ja", "Japanese (kana)"),
-    "KATAKANA": ("ja", "Japanese (kana)"),
-    "HANGUL": ("ko", "Korean (Hangul)"),
-    "ARABIC": ("ar", "Arabic"),
-    "GREEK": ("el", "Greek"),
-    "HEBREW": ("he", "Hebrew"),
-    "THAI": ("th", "Thai"),
-}
-
-
-def text_language(text: str) -> tuple[str, str] | None:
-    """(language tag, its name) when most of the text's letters are of a script that names its
-    language; kana anywhere makes Han text Japanese. None otherwise."""
-    counts: dict[str, int] = {}
-    letters = 0
-    for c in text:
-        if not unicodedata.category(c).startswith("L"):
-            continue
-        letters += 1
-        script = unicodedata.name(c, "").split(" ")[0]
-        if script in _SCRIPT_LANGUAGES:
-            counts[script] = counts.get(script, 0) + 1
-    if not letters:
-        return None
-    if counts.get("HIRAGANA", 0) + counts.get("KATAKANA", 0):
-        kana_or_han = counts.get("HIRAGANA", 0) + counts.get("KATAKANA", 0) + counts.get("CJK", 0)
-        return _SCRIPT_LANGUAGES["HIRAGANA"] if 2 * kana_or_han > letters else None
-    script, n = max(counts.items(), key=lambda kv: kv[1], default=("", 0))
-    return _SCRIPT_LANGUAGES[script] if 2 * n > letters else None
+# What a warning calls the languages ris.languages reads from a text's script.
+_LANGUAGE_NAMES = {"zh": "Chinese", "ja": "Japanese", "ko": "Korean", "th": "Thai"}
 
 
 def voice_for_text(engine: Engine, model: str | None, text: str) -> tuple[str, str | None, list[str]]:
     """The model and voice for a request that names no voice, and the answer's warnings. Text
-    mostly in a script that names its language (Chinese, Japanese, Arabic...) is read by a
+    mostly in a script that names its language (Chinese, Japanese, Korean, Thai) is read by a
     voice of that language, the named or default model's else another configured model's,
     where one speaks it: the default voice read "这是一段测试文本" as "Chinese letter"
     eight times. Where none does, the default voice reads it and the answer says so."""
     chosen = pick_tts_model(engine, model, None)
-    found = text_language(text)
+    tag = script_language(text)
     infos = engine.model_infos(Lane.TTS)
     info = infos.get(chosen)
-    if found is None or info is None or not info.details.voices:
+    if tag is None or info is None or not info.details.voices:
         return chosen, None, []
-    tag, language = found
+    language = _LANGUAGE_NAMES.get(tag, tag)
     default = info.details.voices[0]
     if voice_key(default).split("-")[0] == tag:
         return chosen, None, []
