@@ -12,15 +12,7 @@ import espeakng_loader
 
 from ris.backends import BackendContext, BackendError
 from ris.config import ModelSpec
-from ris.lanes.tts import (
-    ESPEAK_MAX_WPM,
-    ESPEAK_MIN_WPM,
-    ESPEAK_WPM,
-    AudioOutput,
-    TTSBackend,
-    TTSOutcome,
-    TTSRequest,
-)
+from ris.lanes.tts import AudioOutput, TTSBackend, TTSOutcome, TTSRequest, espeak_wpm
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
@@ -171,7 +163,7 @@ class EspeakTTS(TTSBackend):
         name = self.espeak_voice(req.voice)
         if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
             raise BackendError("unknown_voice", f"espeak-ng could not select voice {name!r}")
-        wpm = max(ESPEAK_MIN_WPM, min(ESPEAK_MAX_WPM, round(ESPEAK_WPM * req.speed)))
+        wpm = espeak_wpm(req.speed)
         self._lib.espeak_SetParameter(_RATE, wpm, 0)
         text = req.text.encode("utf-8")
         self._out, self._samples = out, 0

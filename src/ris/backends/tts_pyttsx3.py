@@ -35,15 +35,7 @@ import espeakng_loader
 from ris.backends import BackendContext, BackendError
 from ris.backends.tts_espeak import LANGUAGE_ALIASES, claim_library
 from ris.config import ModelSpec
-from ris.lanes.tts import (
-    ESPEAK_MAX_WPM,
-    ESPEAK_MIN_WPM,
-    ESPEAK_WPM,
-    AudioOutput,
-    TTSBackend,
-    TTSOutcome,
-    TTSRequest,
-)
+from ris.lanes.tts import AudioOutput, TTSBackend, TTSOutcome, TTSRequest, espeak_wpm
 
 _DEFAULT_TIMEOUT_S = 30.0  # for one piece of text: the lane cuts text at 200 characters
 _CANCEL_GRACE_S = 2.0  # how long a cancelled synthesis may take to stop
@@ -162,7 +154,7 @@ class Pyttsx3TTS(TTSBackend):
         # espeak-ng queues a rate change itself: Synchronize waits until it has applied.
         self._espeak.Synchronize()
         self._driver.setProperty("voice", name)
-        self._driver.setProperty("rate", max(ESPEAK_MIN_WPM, min(ESPEAK_MAX_WPM, round(ESPEAK_WPM * speed))))
+        self._driver.setProperty("rate", espeak_wpm(speed))
         self._espeak.Synchronize()
         engine.save_to_file(text, str(path))
         self._finished.clear()

@@ -267,6 +267,11 @@ def speakable(text: str) -> bool:
 ESPEAK_WPM, ESPEAK_MIN_WPM, ESPEAK_MAX_WPM = 175, 80, 450
 
 
+def espeak_wpm(speed: float) -> int:
+    """The words a minute espeak-ng is set to for a speed (1: its own pace), within its limits."""
+    return max(ESPEAK_MIN_WPM, min(ESPEAK_MAX_WPM, round(ESPEAK_WPM * speed)))
+
+
 def speed_note(backend: str, speed: float) -> str | None:
     """A warning for a speed the backend cannot honour (it speaks at its nearest limit)."""
     if backend not in ("espeak", "pyttsx3"):
