@@ -496,14 +496,19 @@ async def test_the_task_list_keeps_what_the_store_kept_through_a_restart(tmp_pat
                 f"{i:032x}", lane, "m", "succeeded", 0, {}, now - 9 + i, now - 9, now - 8, 1, None, None, None
             )
             eng.durable.store.keep(row).result()
-    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, workers, _):
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, workers, clock):
         workers[Lane.LLM].ready()
         await settle()
         live = eng2.submit(LLM, "m", LLMRequest(prompt="a"))
-        assert [v.id for v in eng2.tasks(viewer=ANONYMOUS)] == [live.task_id, f"{1:032x}", f"{0:032x}"]
-        assert [v.id for v in eng2.tasks(Lane.IMAGE, viewer=ANONYMOUS)] == [f"{0:032x}"]
-        assert [v.id for v in eng2.tasks(state="succeeded", viewer=ANONYMOUS)] == [f"{1:032x}", f"{0:032x}"]
-        assert len(eng2.tasks(limit=2, viewer=ANONYMOUS)) == 2
+        clock.advance(1.0)
+        image = eng2.submit(IMAGE, "i", ImageRequest("b", width=64, height=64))  # live and stored: once
+        earlier = [f"{1:032x}", f"{0:032x}"]
+        assert [v.id for v in eng2.tasks(viewer=ANONYMOUS)] == [image.task_id, live.task_id, *earlier]
+        assert [v.id for v in eng2.tasks(Lane.IMAGE, viewer=ANONYMOUS)] == [image.task_id, f"{0:032x}"]
+        assert [v.id for v in eng2.tasks(state="succeeded", viewer=ANONYMOUS)] == earlier
+        assert [v.id for v in eng2.tasks(state="queued", viewer=ANONYMOUS)] == [image.task_id]  # the LLM runs
+        newest = [image.task_id, live.task_id, earlier[0]]
+        assert [v.id for v in eng2.tasks(limit=3, viewer=ANONYMOUS)] == newest
 
 
 @run

@@ -103,10 +103,10 @@ async def test_a_task_held_for_a_switch_says_so_and_counts_the_drain_then_the_lo
         first_left = view(first).eta_s  # type: ignore[attr-defined]
         # first's remaining time, then b's 6 s load, then its run; `later`, held itself, is not
         # what it waits for: counted, it would add its own time
-        est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - the lane's run estimate
+        est = eng._scheduler._book("llm").runs.estimate(1.0)  # noqa: SLF001 - the lane's run estimate
         assert view(switch).eta_s == pytest.approx(first_left + 6.0 + est)  # type: ignore[attr-defined]
         llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))  # drained
-        est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - first's 3 s moved it
+        est = eng._scheduler._book("llm").runs.estimate(1.0)  # noqa: SLF001 - first's 3 s moved it
         assert view(switch).eta_s == pytest.approx(6.0 + est)  # type: ignore[attr-defined]
         assert view(later).waiting_for_model == "b"  # type: ignore[attr-defined]  # a's own is loaded
         llm.deliver(m.ModelLoading("b"))  # the worker begins the load
@@ -133,7 +133,7 @@ async def test_a_task_whose_own_model_loaded_runs_from_the_load_on(tmp_path: Pat
         llm.ready(slots=1, models=(_info("a", 1.0),))
         llm.deliver(m.ModelUnloaded("a", "evicted"))  # a's last load took 1 s
         task = eng.submit(LLM, "a", LLMRequest(prompt="x"))
-        est = eng._scheduler._book("llm").run_estimate  # noqa: SLF001 - the lane's run estimate
+        est = eng._scheduler._book("llm").runs.estimate(1.0)  # noqa: SLF001 - the lane's run estimate
         llm.deliver(m.ModelLoading("a"))
         clock.advance(20.0)  # a load far slower than the last
         llm.deliver(m.ModelLoaded(_info("a", 20.0)))

@@ -19,6 +19,7 @@ from ris.scheduler import (
     TaskState,
     percentile,
 )
+from ris.scheduler.run_fit import RunFit
 
 from .fakes import FakeClock
 
@@ -295,28 +296,39 @@ def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:
     assert sched.eta("t2") == pytest.approx(90.0 + 1.0 + 1.0)  # one mean run more per task ahead
 
 
-def test_a_tasks_eta_is_at_its_size_learned_per_unit_of_work() -> None:
-    """A 40-step 512 px image behind 64 px ones was given the lane's mean run (theirs): 1.4 s
-    for a 12 s job. Run times are learned per unit of work (TaskSpec.work) and a task's own run
-    is estimated at its units; Retry-After (when a slot frees) stays the mean task's."""
+def test_run_times_are_learned_as_a_fixed_part_and_a_part_per_unit_of_work() -> None:
+    """Per unit alone, a 2-step 64 px image (1/32 of a unit, nearly all fixed cost) taught 45 s
+    per unit: a 40-step 512 px one behind it was told half an hour for 12 s."""
+    fit = RunFit(1.0)
+    assert fit.estimate(0.03) == fit.estimate(40) == 1.0  # the prior: one size, what it took
+    for _ in range(5):
+        fit.add(1.4, 1 / 32)
+    assert fit.estimate(40) < 2.0  # small ones only: no line to extrapolate along
+    for _ in range(20):  # both sizes, in turn: t = 1.39 s + 0.265 s per unit
+        fit.add(1.39 + 0.265 / 32, 1 / 32)
+        fit.add(1.39 + 0.265 * 40, 40)
+    assert fit.estimate(40) == pytest.approx(12.0, rel=0.05)
+    assert fit.estimate(1 / 32) == pytest.approx(1.4, rel=0.05)
+    same = RunFit(1.0)
+    same.add(2.0, 1.0)  # tasks alike (LLM, speech): the mean run, as it always was
+    assert same.estimate(1.0) == same.mean_s == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)
+
+
+def test_a_tasks_eta_is_at_its_size_and_the_queue_ahead_at_theirs() -> None:
     sched, clock = make(slots=1)
-    sched.submit(TaskSpec(lane=Lane.LLM, work=0.5))
+    sched.learned_run_times(Lane.LLM, [(1.0 + 0.5 * w, w) for w in (1, 9) * 20])  # 1 s + 0.5 s a unit
+    fixed, per_unit = 1.0, 0.5
+    for work in (1.0, 10.0, 2.0):
+        sched.submit(TaskSpec(lane=Lane.LLM, work=work))
+    assert sched.eta("t0") == pytest.approx(fixed + per_unit * 1.0, rel=0.02)
+    assert sched.eta("t1") == pytest.approx(2 * fixed + per_unit * 11.0, rel=0.02)
+    assert sched.eta("t2") == pytest.approx(3 * fixed + per_unit * 13.0, rel=0.02)
     sched.dispatch()
-    clock.advance(1.0)
-    sched.finish("t0", TaskState.SUCCEEDED)  # 1 s for half a unit: 2 s a unit
-    assert sched.stats(Lane.LLM).run_time_mean == pytest.approx(0.8 * 1.0 + 0.2 * 1.0)
-    unit = 0.8 * 1.0 + 0.2 * 2.0
-    sched.submit(TaskSpec(lane=Lane.LLM, work=1.0))
-    sched.submit(TaskSpec(lane=Lane.LLM, work=10.0))
-    sched.submit(TaskSpec(lane=Lane.LLM, work=0.5))
-    assert sched.eta("t1") == pytest.approx(unit)
-    assert sched.eta("t2") == pytest.approx(unit + 10 * unit)  # t1 ahead, then its own ten units
-    assert sched.eta("t3") == pytest.approx(11 * unit + 0.5 * unit)
-    sched.dispatch()
-    assert sched.eta("t1") == pytest.approx(unit)  # running, no progress yet: its own size
-    assert sched.retry_after(Lane.LLM) == pytest.approx(1.0)  # the mean task's 1.0 s, floored at 1
-    sched.learned_run_times(Lane.LLM, [(20.0, 10.0)])  # as a restart reads the store
-    assert sched.stats(Lane.LLM).run_time_mean == pytest.approx(0.8 * 1.0 + 0.2 * 20.0)
+    assert sched.eta("t0") == pytest.approx(1.5, rel=0.02)  # running, no progress yet: its own size
+    mean = sched.stats(Lane.LLM).run_time_mean
+    assert mean is not None and sched.retry_after(Lane.LLM) == pytest.approx(max(1.0, mean))
+    clock.advance(3.0)
+    sched.finish("t0", TaskState.SUCCEEDED)  # learned as it finishes, at its work
 
 
 def test_eta_includes_the_load_of_a_model_not_loaded_until_its_first_output() -> None:

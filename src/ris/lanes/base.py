@@ -460,8 +460,9 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
 
     def work(self, request: RequestT, spec: ModelSpec | None) -> float:
         """How much work the request is in the lane's units (TaskSpec.work; `spec`: the model
-        that runs it, None when no longer configured): its run is estimated at that many times
-        the lane's learned time per unit. 1 for a kind whose tasks are alike."""
+        that runs it, None when no longer configured): its run is estimated as the lane's
+        learned fixed time plus that many times its time per unit (ris.scheduler.run_fit). 1
+        for a kind whose tasks are alike."""
         del request, spec
         return 1.0
 

@@ -911,11 +911,12 @@ class Engine:
         views = [self._view(t) for t in found]  # by the state a reader sees (_recording)
         views = [v for v in views if state is None or v.state == state]
         if self.durable is not None:
-            live = {v.id for v in views}
             store = self.durable.store
             stored = store.recent(lane, state, limit, owner=viewer.owner, all_owners=viewer.admin)
-            earlier = (self.lookup(st.id, viewer) for st in stored if st.id not in live)
-            views += [v for v in earlier if v is not None and (state is None or v.state == state)]
+            # A task the scheduler still holds is its live view above (or not the viewer's);
+            # the rest as the store has them, with no second read of each row.
+            held = self._scheduler.get
+            views += [stored_view(st, self.kinds.get(st.lane)) for st in stored if held(st.id) is None]
         views.sort(key=lambda v: v.submitted_at, reverse=True)
         return views[:limit]
 

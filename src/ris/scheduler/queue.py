@@ -34,6 +34,7 @@ class LaneQueue:
         # ordered()'s places by task id, kept until the queue changes: a listing of n queued
         # tasks asks each one's place (and its ETA asks again), n sorts of n without it.
         self._places: dict[str, int] | None = None
+        self._ahead: dict[str, float] | None = None  # with _places: the work queued before each
 
     def key_for(self, submitted_at: float, priority: int, pclass: PriorityClass) -> float:
         boost = self.aging_s * priority
@@ -91,9 +92,25 @@ class LaneQueue:
 
     def place(self, task_id: str) -> int | None:
         """A queued task's 0-based place in ordered() (None: not queued here)."""
-        if self._places is None:
-            self._places = {t.id: i for i, t in enumerate(self.ordered())}
+        self._index()
+        assert self._places is not None
         return self._places.get(task_id)
+
+    def work_before(self, task_id: str) -> float:
+        """The work (TaskSpec.work) of the tasks queued ahead of a queued one (0: none, or not
+        queued here); kept with the places, so a listing of n tasks sorts the queue once."""
+        self._index()
+        assert self._ahead is not None
+        return self._ahead.get(task_id, 0.0)
+
+    def _index(self) -> None:
+        if self._places is None or self._ahead is None:
+            ordered = self.ordered()
+            self._places = {t.id: i for i, t in enumerate(ordered)}
+            self._ahead, total = {}, 0.0
+            for t in ordered:
+                self._ahead[t.id] = total
+                total += t.spec.work
 
     def ordered(self) -> list[Task]:
         """Live tasks in the order they would run (O(n log n); for listings and positions)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ris.scheduler.queue import LaneQueue
+from ris.scheduler.run_fit import RunFit
 from ris.scheduler.tasks import PriorityClass, Task, TaskSpec, TaskState
 
 Clock = Callable[[], float]
@@ -161,10 +162,9 @@ class _LaneBook:
         self.waits: deque[float] = deque(maxlen=1000)
         self.rejected = 0  # submissions refused with QueueFull
         self.last_client: str | None = None  # the client of the task started last (fairness)
-        # Exponentially weighted mean run time, of a task (for Retry-After: when a slot frees)
-        # and of a unit of work (TaskSpec.work: a task's own ETA, at its size).
-        self.run_mean = policy.initial_run_estimate_s
-        self.run_estimate = policy.initial_run_estimate_s
+        # Run times learned as a fixed part and a part per unit of work (TaskSpec.work), for
+        # ETAs at a task's size; its mean, for Retry-After (when a slot frees).
+        self.runs = RunFit(policy.initial_run_estimate_s)
 
 
 class Scheduler:
@@ -259,7 +259,7 @@ class Scheduler:
         A running task that waits for its model to load (a switch: no progress yet) frees its
         slot that much later."""
         book = self._book(lane)
-        per_task = book.run_mean / max(1, book.slots)
+        per_task = book.runs.mean_s / max(1, book.slots)
         waiting = (t for t in book.running.values() if not t.progress_done and t.run_since is None)
         loading = max((t.spec.load_s for t in waiting), default=0.0)
         return max(1.0, per_task * max(1, len(book.running)) + loading)
@@ -273,8 +273,7 @@ class Scheduler:
         initial guess."""
         book = self._book(lane)
         for seconds, work in runs:
-            book.run_mean = 0.8 * book.run_mean + 0.2 * seconds
-            book.run_estimate = 0.8 * book.run_estimate + 0.2 * seconds / max(work, 1e-9)
+            book.runs.add(seconds, work)
 
     def set_slots(self, lane: str, slots: int) -> None:
         """How many tasks the lane's workers can run now (0 while its worker is down)."""
@@ -510,7 +509,7 @@ class Scheduler:
         if task is None or task.state.finished:
             return None
         book = self._book(task.lane)
-        est = book.run_estimate * task.spec.work  # its own run, at its size
+        est = book.runs.estimate(task.spec.work)  # its own run, at its size
         if task.state is TaskState.RUNNING and wait is not None:
             holding = [t for t in wait.behind if t != task_id]
             if holding:
@@ -531,9 +530,9 @@ class Scheduler:
         # then a mean run for each task queued before it) shared by the lane's slots. A long
         # image running for minutes is minutes ahead, not one mean run.
         left = sum(self.eta(t) or 0.0 for t in book.running)
+        fixed, per_unit = book.runs.line()
         place = self.position(task_id) or 0
-        queued = book.queue.ordered()[:place] if place else []
-        ahead = left + sum(t.spec.work for t in queued) * book.run_estimate
+        ahead = left + place * fixed + per_unit * book.queue.work_before(task_id)
         return ahead / max(1, book.slots) + est + task.spec.load_s
 
     def stats(self, lane: str) -> LaneStats:
@@ -550,7 +549,7 @@ class Scheduler:
             latency_p95=percentile(book.latencies, 95),
             latency_p99=percentile(book.latencies, 99),
             queue_wait_p50=percentile(book.waits, 50),
-            run_time_mean=book.run_mean,
+            run_time_mean=book.runs.mean_s,
             rejected=book.rejected,
         )
 

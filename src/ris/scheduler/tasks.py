@@ -52,9 +52,10 @@ class TaskSpec:
     # Seconds its model takes to load, when it was not loaded at submission (0: loaded): the
     # task waits that long once it starts, so its ETA includes it.
     load_s: float = 0.0
-    # How much work it is against its lane's unit (LaneKind.work: an image's steps x pixels):
-    # run times are learned per unit, and its own run is estimated at its units' worth. A
-    # 40-step 512 px image was given the lane's mean run of 64 px ones: 1.4 s for 12.
+    # How much work it is in its lane's units (LaneKind.work: an image's steps x pixels): run
+    # times are learned as a fixed part plus a part per unit (run_fit), and its own run is
+    # estimated at its size. A 40-step 512 px image was given the lane's mean run of 64 px
+    # ones: 1.4 s for 12.
     work: float = 1.0
 
 
