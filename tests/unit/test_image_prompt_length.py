@@ -83,3 +83,12 @@ async def test_seed_api_values_of_the_wrong_json_type_are_refused_as_such(tmp_pa
                 "/api/image/generate", json={"prompt": "a", "width": 64, "height": 64, "guidance": 2}
             )
             assert r.status_code == 202, r.text  # an integer where a number is asked is a number
+
+
+def test_what_clips_python_tokenizer_cleans_away_is_not_counted() -> None:
+    """transformers 4's CLIP tokenizer drops control and format characters (and with ftfy
+    mends curly apostrophes and HTML entities) before it splits: counted, a soft hyphen made
+    "foo\\u00adbar" three pieces where it is one."""
+    cleaned = {"foo\u00adbar": 1, "it\u2019s": 2, "&amp;": 1, "a\u200bb": 1, "tab\there": 2}
+    for text, pieces in cleaned.items():
+        assert clip_tokens_at_least(text) == pieces, text

@@ -9,6 +9,7 @@ also where a cancelled task stops.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import logging
 import re
@@ -43,10 +44,19 @@ CLIP_CONTENT_TOKENS = 75
 _CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
 
 
+# What CLIP's Python tokenizer (transformers 4) cleans away or mends before it splits: control
+# and format characters (a soft hyphen, a zero-width space), and with ftfy curly apostrophes
+# and HTML entities. Done here too, each can only lower the count: never above either tokenizer.
+_INVISIBLE = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+)
+
+
 def clip_tokens_at_least(text: str) -> int:
     """A lower bound of the tokens CLIP's tokenizer makes of `text` (its start and end marks
     not counted): exact for common words of a real CLIP vocabulary, below the count where BPE
     splits a piece. Over CLIP_CONTENT_TOKENS, the text is certainly cut."""
+    text = _INVISIBLE.sub("", html.unescape(text)).replace("\u2019", "'").replace("\u2018", "'")
     return len(_CLIP_PIECES.findall(unicodedata.normalize("NFC", text).lower()))
 
 
