@@ -27,6 +27,7 @@ TTS = {
     "sample_rate": 22050,
     "duration_s": 0.5,
     "audio_url": f"/api/tts/audio/{TASK}",
+    "warnings": ["voice: none given and the text is Chinese"],
 }
 GEN = {
     "task_id": TASK,
@@ -149,6 +150,7 @@ def test_both_clients_send_the_same_requests_and_return_the_same_results() -> No
     assert sync_results["generate_stream"] == ["h", "i"]
     assert sync_results["speak_events"][0] == ("audio", {"index": 0, "pcm": b"\x00\x01"})
     assert sync_results["synthesize"].audio == f"bytes of /api/tts/audio/{TASK}".encode()
+    assert sync_results["synthesize"].warnings == ("voice: none given and the text is Chinese",)
 
 
 def test_errors_and_retries_are_the_same_on_both() -> None:

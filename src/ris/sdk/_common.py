@@ -48,6 +48,9 @@ class Speech:
     sample_rate: int
     duration_s: float
     audio: bytes = field(repr=False)
+    # Where the server served something other than asked (a voice chosen by the text's
+    # script, a speed the engine cannot honour).
+    warnings: tuple[str, ...] = ()
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)

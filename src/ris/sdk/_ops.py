@@ -254,7 +254,13 @@ class Operations:
         meta = resp.json()
         audio = (yield Call("GET", meta["audio_url"])).content
         speech = Speech(
-            meta["task_id"], meta["model"], meta["voice"], meta["sample_rate"], meta["duration_s"], audio
+            meta["task_id"],
+            meta["model"],
+            meta["voice"],
+            meta["sample_rate"],
+            meta["duration_s"],
+            audio,
+            tuple(meta.get("warnings", ())),
         )
         if path is not None:
             speech.save(path)
