@@ -53,9 +53,10 @@ def image_thread() -> int | None:
     return best[0] if best else None
 
 
-def replay(lines: list[str], tid: int, cores: int) -> dict[str, Any]:
-    """Attribute the trace's time (see the module docstring)."""
-    on_core: list[int | None] = [None] * cores  # the tid each core runs (0: idle)
+def replay(lines: list[str], tid: int, cores: set[int]) -> dict[str, Any]:
+    """Attribute the trace's time (see the module docstring) over `cores`, from the moment
+    each of them has switched once (before that, what it runs is not known)."""
+    on_core: dict[int, int | None] = dict.fromkeys(cores)  # the tid each core runs (0: idle)
     names: dict[int, str] = {0: "idle"}
     state, where = "sleeping", 0
     shares: dict[str, float] = defaultdict(float)
@@ -67,9 +68,9 @@ def replay(lines: list[str], tid: int, cores: int) -> dict[str, Any]:
         if not m:
             continue
         cpu, t, event, rest = int(m.group(2)), float(m.group(3)), m.group(4), m.group(5)
-        if last is not None and None not in on_core:
+        if last is not None and None not in on_core.values():
             dt = t - last
-            idle = [c for c in range(cores) if on_core[c] == 0]
+            idle = [c for c, running in on_core.items() if running == 0]
             idle_cores[len(idle)] += dt
             if state == "waiting":
                 key = "waiting, a core idle" if any(c != where for c in idle) else "waiting"
@@ -137,12 +138,15 @@ def main() -> None:
         ["perf", "script", "-i", str(data)], check=True, capture_output=True, text=True
     ).stdout
     data.unlink()
-    cores = len([c for c in Path("/sys/devices/system/cpu").glob("cpu[0-9]*")])
+    lines = text.splitlines()
+    # The cores the trace saw: an offline one, or one outside this cpuset, never switches, and
+    # counted it would leave every moment unattributed.
+    cores = {int(m.group(2)) for m in map(EVENT.match, lines) if m}
     result = {
         "benchmark": "image_wait_trace",
         "phase": label,
         "image_tid": tid,
-        **replay(text.splitlines(), tid, cores),
+        **replay(lines, tid, cores),
     }
     print(json.dumps(result, indent=1))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
