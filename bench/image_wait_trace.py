@@ -62,6 +62,7 @@ def replay(lines: list[str], tid: int, cores: set[int]) -> dict[str, Any]:
     shares: dict[str, float] = defaultdict(float)
     holders: dict[str, float] = defaultdict(float)
     idle_cores: dict[int, float] = defaultdict(float)
+    while_idle: dict[str, float] = defaultdict(float)  # the image thread's state while a core idles
     last: float | None = None
     for line in lines:
         m = EVENT.match(line)
@@ -72,6 +73,11 @@ def replay(lines: list[str], tid: int, cores: set[int]) -> dict[str, Any]:
             dt = t - last
             idle = [c for c, running in on_core.items() if running == 0]
             idle_cores[len(idle)] += dt
+            if idle and state == "waiting":
+                elsewhere = any(c != where for c in idle)
+                while_idle["waiting, another core idle" if elsewhere else "waking on the idle core"] += dt
+            elif idle:
+                while_idle[state] += dt
             if state == "waiting":
                 key = "waiting, a core idle" if any(c != where for c in idle) else "waiting"
                 shares[key] += dt
@@ -108,6 +114,14 @@ def replay(lines: list[str], tid: int, cores: set[int]) -> dict[str, Any]:
             for k, v in sorted(holders.items(), key=lambda kv: -kv[1])[:8]
             if total and v / total >= 0.001
         },
+        # Of the moments a core ran nothing: was the image thread running elsewhere already
+        # (only a second thread could have used the core), waiting behind another core's task
+        # (the scheduler's loss), being woken onto the idle core, or asleep?
+        "image_thread_while_a_core_idles": {
+            k: round(v / sum(while_idle.values()), 3) for k, v in sorted(while_idle.items())
+        }
+        if while_idle
+        else {},
         "time_with_n_cores_idle": {str(n): round(v / total, 3) for n, v in sorted(idle_cores.items())}
         if total
         else {},

@@ -30,8 +30,9 @@ Every route of the service, from the schema the server itself publishes (`GET /o
 interactive pages at `/docs` and `/redoc` on a running server). Conventions:
 
 - JSON in, JSON out; audio is WAV (`audio/wav`), images are PNG (`image/png`).
-- Values have JSON's own types: `"width": "512"`, `"stream": "false"` or `"width": true` is
-  refused (422 naming the field), not converted; an integer may stand where a number is asked.
+- Values have JSON's own types: `"width": "512"`, `"stream": "false"`, `"width": true` or
+  `"width": 512.0` is refused (422 naming the field), not converted; an integer may stand
+  where a number is asked.
 - Errors on `/api/...` are `{{"error": {{"code": ..., "message": ...}}}}`: `code` is
   machine-readable and stable, `message` says what is allowed. On `/v1/...` the body follows
   OpenAI's error shape (`message`, `type`, `param`, `code`).

@@ -202,8 +202,8 @@ def _save(data: bytes, path: str | Path | None) -> bytes:
 class Operations:
     """The SDK's calls. On `ris.Client` each returns its result; on `ris.AsyncClient` each is
     awaited (streams: iterated with `async for`). 429 and 503 answers are retried up to
-    `max_retries` times, honouring Retry-After (but speak's and speak_events', and a 429 for
-    too many wrong API keys). A stream closed before its end (close(), or
+    `max_retries` times, honouring Retry-After, except speak's and speak_events' and a 429
+    for too many wrong API keys. A stream closed before its end (close(), or
     aclose() on AsyncClient) hangs up at once, and the server cancels its task."""
 
     # ----- LLM -----------------------------------------------------------------------------
