@@ -35,3 +35,8 @@ async def test_a_submitted_image_carries_its_work(tmp_path: Path) -> None:
         large = eng.submit(IMAGE, "i", ImageRequest("a", width=512, height=512, steps=40))
         works = [eng._scheduler.get(h.task_id) for h in (small, large)]
         assert [t.spec.work if t else None for t in works] == [pytest.approx(2 / 64), 40]
+        # Its steps are known before it runs: "step 0 of 40" while it waits, not "0 of ?".
+        waiting = eng.lookup(large.task_id)
+        assert waiting is not None and (waiting.state, waiting.progress_total) == ("queued", 40)
+        default = eng.submit(IMAGE, "i", ImageRequest("a", width=64, height=64))
+        assert (view := eng.lookup(default.task_id)) is not None and view.progress_total == 25

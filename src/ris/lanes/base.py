@@ -466,6 +466,13 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
         del request, spec
         return 1.0
 
+    def planned_progress(self, request: RequestT, spec: ModelSpec | None) -> int | None:
+        """The outputs a task of this request will report as its progress, where the request
+        says before it runs (TaskSpec.progress_total); None for a kind whose count is known
+        only as it runs."""
+        del request, spec
+        return None
+
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
         """What GET /api/models says of one of this lane's models beyond name, backend and
         voices (`loaded`: what its worker reported, None while it is not loaded)."""

@@ -263,8 +263,11 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
     def work(self, request: ImageRequest, spec: ModelSpec | None) -> float:
         """Denoising steps times pixels, in 512 x 512 steps: a step's cost grows with the
         latent's size, and the run is its steps."""
-        steps = request.steps or (default_steps(spec.options) if spec is not None else 25)
-        return steps * request.width * request.height / (512 * 512)
+        return self.planned_progress(request, spec) * request.width * request.height / (512 * 512)
+
+    def planned_progress(self, request: ImageRequest, spec: ModelSpec | None) -> int:
+        """Its denoising steps: the request's, else its model's default."""
+        return request.steps or (default_steps(spec.options) if spec is not None else 25)
 
 
 def default_steps(options: Mapping[str, Any]) -> int:

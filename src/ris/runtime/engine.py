@@ -268,6 +268,7 @@ class Engine:
             runs = [(t, _work(kind, models.get(model), data)) for t, model, data in stored]
             self._scheduler.learned_run_times(lane, runs)
         for st, request in self.durable.resumable(set(self._replicas)):
+            kind, model = self.kinds[st.lane], self.config.lane(st.lane).models.get(st.model)
             spec = TaskSpec(
                 lane=st.lane,
                 priority=st.priority,
@@ -281,15 +282,16 @@ class Engine:
                 # Its share of the lane's slots as when first accepted: the same client, and
                 # costly as its request is (a fact of the request, judged again).
                 client=st.client,
-                costly=self.kinds[st.lane].costly(request),
-                work=self.kinds[st.lane].work(request, self.config.lane(st.lane).models.get(st.model)),
+                costly=kind.costly(request),
+                work=kind.work(request, model),
+                progress_total=kind.planned_progress(request, model),
             )
             # Its first submission's time, on the scheduler's clock: clients see the time they
             # submitted it, and the queue keeps the order of first submission.
             self._scheduler.submit(
                 spec, task_id=st.id, force=True, submitted_at=st.submitted_at - self._wall_offset
             )
-            self._handles[st.id] = self._handle(st.id, self.kinds[st.lane], st.model)
+            self._handles[st.id] = self._handle(st.id, kind, st.model)
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
 
     # ----- requests ------------------------------------------------------------------------
@@ -350,6 +352,7 @@ class Engine:
             costly=kind.costly(request),
             load_s=self._load_ahead(lane, model),
             work=kind.work(request, cfg.models.get(model)),
+            progress_total=kind.planned_progress(request, cfg.models.get(model)),
         )
         task = self._scheduler.submit(spec, retry=retry)
         assert self.durable is not None

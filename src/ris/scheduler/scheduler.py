@@ -226,6 +226,7 @@ class Scheduler:
                 else book.queue.key_for(now, spec.priority, spec.priority_class)
             ),
             seq=next(self._seq),
+            progress_total=spec.progress_total,
         )
         if task.id in self._tasks:
             raise ValueError(f"duplicate task id {task.id!r}")

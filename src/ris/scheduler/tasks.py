@@ -57,6 +57,9 @@ class TaskSpec:
     # estimated at its size. A 40-step 512 px image was given the lane's mean run of 64 px
     # ones: 1.4 s for 12.
     work: float = 1.0
+    # The outputs it will report, where the request says (an image's steps): its progress reads
+    # "step 0 of 8" while it waits, not "step 0 of ?".
+    progress_total: int | None = None
 
 
 @dataclass
