@@ -341,6 +341,7 @@ class Engine:
                 f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
             )
         cfg = self.config.lane(lane)
+        model_spec = cfg.models.get(model)
         spec = TaskSpec(
             lane=lane,
             priority=priority,
@@ -351,8 +352,8 @@ class Engine:
             owner=owner,
             costly=kind.costly(request),
             load_s=self._load_ahead(lane, model),
-            work=kind.work(request, cfg.models.get(model)),
-            progress_total=kind.planned_progress(request, cfg.models.get(model)),
+            work=kind.work(request, model_spec),
+            progress_total=kind.planned_progress(request, model_spec),
         )
         task = self._scheduler.submit(spec, retry=retry)
         assert self.durable is not None
