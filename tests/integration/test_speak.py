@@ -43,6 +43,7 @@ def test_audio_comes_in_order_and_before_the_llm_finishes(server: Server) -> Non
     )
     names = [n for n, _ in evs]
     assert names[0] == "start" and names[-1] == "done", names
+    assert dict(evs)["start"]["warnings"] == []
     first_audio, llm_done = names.index("audio"), names.index("llm_done")
     assert first_audio < llm_done, "no sound before the whole answer was generated"
     texts = [d for n, d in evs if n == "text"]
@@ -69,6 +70,11 @@ def test_audio_stream_is_a_wav(server: Server) -> None:
     )
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
     assert r.content[:4] == b"RIFF" and len(r.content) > 44
+    assert "x-warnings" not in r.headers
+    # What /api/tts/synthesize would warn of, the audio's answer says in a header.
+    fast = {"prompt": "Say hello.", "max_tokens": 24, "tts_model": "espeak", "voice": "en", "speed": 3.0}
+    r = httpx.post(f"{server.url}/api/chat/speak", json=fast, timeout=120)
+    assert r.status_code == 200 and json.loads(r.headers["x-warnings"])[0].startswith("speed: espeak-ng")
 
 
 def test_an_answer_with_nothing_to_speak_is_an_error_not_a_silent_wav(server: Server) -> None:

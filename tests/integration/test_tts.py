@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import wave
 from contextlib import closing
@@ -62,6 +63,16 @@ def test_chinese_text_without_a_voice_is_read_by_a_chinese_voice(server: Server)
     slow = {"text": "Hello there.", "model": "espeak", "speed": 0.3}  # espeak's slowest is 0.46
     r = httpx.post(f"{server.url}/api/tts/synthesize", json=slow, timeout=60)
     assert r.status_code == 200 and r.json()["warnings"][0].startswith("speed: espeak-ng speaks at 0.46")
+    # Audio bytes answered: the same warnings, in a header (a JSON array).
+    r = httpx.post(f"{server.url}/api/tts/synthesize", json=slow, headers={"Accept": "audio/wav"}, timeout=60)
+    assert r.status_code == 200 and json.loads(r.headers["x-warnings"])[0].startswith("speed: espeak-ng")
+    speech = {"model": "tts-1", "voice": "cmn", "input": "Hello there.", "speed": 3.0}
+    r = httpx.post(f"{server.url}/v1/audio/speech", json=speech, timeout=60)
+    assert r.status_code == 200 and json.loads(r.headers["x-warnings"])[0].startswith("speed: espeak-ng")
+    quiet = httpx.post(
+        f"{server.url}/api/tts/synthesize", json={"text": "Hi."}, headers={"Accept": "audio/wav"}, timeout=60
+    )
+    assert quiet.status_code == 200 and "x-warnings" not in quiet.headers
 
 
 def test_speed_is_honoured(client: Client) -> None:

@@ -50,7 +50,9 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `token` (`{{"text": ...}}`) as the model writes, and `done` (the whole answer's body) or `error`
   (`{{"code", "message"}}`); the `X-Task-Id` header names the task. `/api/chat/speak` streams a WAV
   (or raw PCM with `"audio_format": "pcm"`), or with `"stream_format": "events"` the events `start`
-  (`task_id`, `sample_rate`, `tts_model`), `text`, `audio` (base64 PCM), `llm_done`, `done`.
+  (`task_id`, `sample_rate`, `tts_model`, `warnings`), `text`, `audio` (base64 PCM), `llm_done`,
+  `done`. Where an answer is audio bytes (speech, `/api/chat/speak`, `/v1/audio/speech`), the
+  `warnings` a JSON answer would carry are in the `X-Warnings` header, a JSON array of strings.
   `/v1` streams follow OpenAI's format, ending in `[DONE]`.
 - Images are asynchronous: `POST /api/image/generate` answers 202 with a `task_id`; poll
   `GET /api/image/progress/{{task_id}}` and fetch `GET /api/image/result/{{task_id}}` (409

@@ -30,6 +30,12 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     return Response(to_json(content), status_code, headers, media_type="application/json")
 
 
+def warnings_header(warnings: list[str]) -> dict[str, str]:
+    """An answer's warnings where its body is not JSON (audio bytes): the `X-Warnings` header,
+    a JSON array of strings, non-ASCII escaped (header values are Latin-1); none when empty."""
+    return {"X-Warnings": json.dumps(warnings)} if warnings else {}
+
+
 def sse_event(name: str, data: dict[str, Any]) -> bytes:
     """One server-sent event of the seed API's streams (a named event, JSON data)."""
     return b"event: " + name.encode() + b"\ndata: " + to_json(data) + b"\n\n"

@@ -30,12 +30,13 @@ from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, 
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
 from ris.api.routes.image import result_url
+from ris.api.streams import warnings_header
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, task_pcm, tts_rate
 from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest
+from ris.lanes.tts import TTSRequest, speed_note
 from ris.languages import script_language
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
@@ -94,15 +95,22 @@ async def speech(request: Request) -> Any:
     configured = engine.config.server.openai_voices
     voice = openai_voice(body.voice, body.input, configured)
     wanted = _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS)
+    warnings: list[str] = []
     try:
         model = pick_tts_model(engine, wanted, voice)
     except APIError as e:
         # No voice of the input's language here (a lane of English voices only): spoken as
-        # the name alone would be, not refused.
+        # the name alone would be, not refused, and the answer says so.
         plain = openai_voice(body.voice, "", configured)
         if e.code != "unknown_voice" or plain == voice:
             raise
+        warnings.append(
+            f"voice: no loaded voice reads the input's language ({voice!r}); {plain!r} reads it "
+            "as its own language would (pull a voice of that language: docs/MODELS_TTS.md)"
+        )
         voice, model = plain, pick_tts_model(engine, wanted, plain)
+    slow_or_fast = speed_note(engine.config.lane(TTS.name).models[model].backend, body.speed)
+    warnings += [slow_or_fast] if slow_or_fast else []
     rate = tts_rate(engine, model)
     # Streamed, not kept: no WAV and no stored record outlive the answer (the native
     # /api/tts/synthesize is where a fetchable file is asked for).
@@ -126,6 +134,7 @@ async def speech(request: Request) -> Any:
         headers={
             "X-Task-Id": handle.task_id,
             "X-Sample-Rate": str(stream_rate(body.response_format, rate, OPENAI_PCM_RATE)),
+            **warnings_header(warnings),
         },
     )
 

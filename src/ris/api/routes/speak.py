@@ -27,13 +27,13 @@ from ris.api.deps import (
 )
 from ris.api.errors import APIError, task_error
 from ris.api.llm_request import seed_llm_request
-from ris.api.llm_support import llm_context
+from ris.api.llm_support import llm_context, llm_warnings
 from ris.api.schemas import SpeakRequest
-from ris.api.streams import StreamBroken, sse_event
+from ris.api.streams import StreamBroken, sse_event, warnings_header
 from ris.api.tts_support import pick_tts_model, tts_rate
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
-from ris.lanes.tts import wav_header
+from ris.lanes.tts import speed_note, wav_header
 from ris.services.speaking import SpeakingPipeline
 
 router = APIRouter(tags=["speak"])
@@ -53,12 +53,20 @@ async def chat_speak(request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
     tts_model = pick_tts_model(engine, body.tts_model, body.voice)
     rate = tts_rate(engine, tts_model)
+    # What /api/llm/generate and /api/tts/synthesize would warn of: in `start`, or X-Warnings.
+    warnings = llm_warnings(
+        engine, llm_model, [body.system, body.prompt, *(m.content for m in body.messages or ())]
+    )
+    slow_or_fast = speed_note(engine.config.lane(Lane.TTS).models[tts_model].backend, body.speed)
+    warnings += [slow_or_fast] if slow_or_fast else []
     client, owner = client_of(request), owner_of(request)
     llm = engine.submit(LLM, llm_model, req, client=client, owner=owner)
     pipeline = SpeakingPipeline(engine, llm, tts_model, body.voice, body.speed, client=client, owner=owner)
     if body.stream_format == "events":
         return StreamingResponse(
-            _events(pipeline, rate), media_type="text/event-stream", headers={"X-Task-Id": llm.task_id}
+            _events(pipeline, rate, warnings),
+            media_type="text/event-stream",
+            headers={"X-Task-Id": llm.task_id},
         )
     events = pipeline.run()
     first = await unless_gone(request, _first_sound(events))  # the client may leave meanwhile
@@ -66,7 +74,7 @@ async def chat_speak(request: Request) -> Any:
     return StreamingResponse(
         _audio(first, events, rate, body.audio_format == "wav"),
         media_type=media,
-        headers={"X-Task-Id": llm.task_id, "X-Sample-Rate": str(rate)},
+        headers={"X-Task-Id": llm.task_id, "X-Sample-Rate": str(rate), **warnings_header(warnings)},
     )
 
 
@@ -101,12 +109,18 @@ async def _audio(
         await events.aclose()
 
 
-async def _events(pipeline: SpeakingPipeline, rate: int) -> AsyncIterator[bytes]:
+async def _events(pipeline: SpeakingPipeline, rate: int, warnings: list[str]) -> AsyncIterator[bytes]:
     # The run's own cleanup cancels the answer, but only once the run has begun: a client gone
     # while `start` was sent left the LLM writing for nobody until its end.
     with cancel_unless_ended(pipeline.engine, pipeline.llm):
         yield sse_event(
-            "start", {"task_id": pipeline.llm.task_id, "sample_rate": rate, "tts_model": pipeline.tts_model}
+            "start",
+            {
+                "task_id": pipeline.llm.task_id,
+                "sample_rate": rate,
+                "tts_model": pipeline.tts_model,
+                "warnings": warnings,
+            },
         )
         async for kind, data in pipeline.run():
             if kind == "audio":

@@ -21,7 +21,7 @@ from ris.api.deps import (
 )
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
-from ris.api.streams import json_response
+from ris.api.streams import json_response, warnings_header
 from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable, voice_for_text
 from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, speed_note
@@ -97,6 +97,7 @@ async def tts_synthesize(request: Request) -> Any:
             "X-Task-Id": view.id,
             "X-Duration-S": f"{r.duration_s:.3f}",
             "X-Sample-Rate": str(stream_rate(fmt, r.sample_rate)),
+            **warnings_header(warnings),  # the JSON answer's `warnings`, for audio bytes
         }
         return audio_response(Path(r.audio_path), fmt, r.sample_rate, headers)
     return json_response(
