@@ -48,6 +48,9 @@ def test_every_endpoint_but_health_needs_the_key(locked: Server) -> None:
     # A key was sent: it is refused, not asked for.
     assert "not one this server accepts" in r.json()["error"]["message"]
     assert "needs an API key" in httpx.get(f"{locked.url}/api/stats").json()["error"]["message"]
+    # The console's cookie with a key since taken away: to log in again, not "needs a key".
+    r = httpx.get(f"{locked.url}/api/stats", headers={"Cookie": "ris_key=an-old-key"})
+    assert r.status_code == 401 and "log in again at /ui/login" in r.json()["error"]["message"]
     assert httpx.get(f"{locked.url}/api/stats", headers=auth()).status_code == 200
 
 
@@ -104,6 +107,9 @@ def test_cross_origin_requests_are_refused_unless_configured(locked: Server) -> 
     assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
     r = httpx.get(f"{locked.url}/api/stats", headers={**auth(), "Origin": "https://app.example"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    # Its script may read the headers answers carry (speech's warnings among them).
+    exposed = {h.strip() for h in r.headers["access-control-expose-headers"].split(",")}
+    assert {"X-Task-Id", "Retry-After", "X-Sample-Rate", "X-Warnings"} <= exposed
     pre = httpx.options(
         f"{locked.url}/api/llm/generate",
         headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},

@@ -31,6 +31,8 @@ OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
 # The console's scripts and styles: the login page needs them, and they hold no secrets.
 OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
+# The response headers an allowed origin's script may read: what the API answers with.
+EXPOSED_HEADERS = "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings"
 CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
 # scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
 # request makes, and which tasks it sees. Absent with no key configured: the anonymous admin.
@@ -161,7 +163,7 @@ class Guard:
                 "Vary": "Origin",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type",
                 "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-                "Access-Control-Expose-Headers": "X-Task-Id, Retry-After, X-Sample-Rate, X-Ignored-Options",
+                "Access-Control-Expose-Headers": EXPOSED_HEADERS,
             }
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 asked = headers.get("access-control-request-headers", "")
@@ -177,14 +179,10 @@ class Guard:
                 # A person in a browser: to the login form, not a JSON error.
                 await RedirectResponse("/ui/login", status_code=303)(scope, receive, send)
                 return
-            scheme, _, sent = headers.get("authorization", "").partition(" ")
             resp = error_response(
                 401,
                 "unauthorized",
-                # A client with a key to hand wants to know it was refused, not that one is needed.
-                "the API key sent is not one this server accepts"
-                if scheme.lower() == "bearer" and sent.strip()
-                else "this server needs an API key: send 'Authorization: Bearer <key>'",
+                _refusal(headers, cookie=same),
                 {"WWW-Authenticate": "Bearer"},
                 dialect=dialect,
             )
@@ -224,6 +222,19 @@ class Guard:
             state[CLIENT_STATE] = "key:" + key_fingerprint(given)[:16]
             state[PRINCIPAL_STATE] = verdict.principal
         return verdict
+
+
+def _refusal(headers: dict[str, str], *, cookie: bool) -> str:
+    """Why a request was refused. A client with a key to hand wants to know it was refused,
+    not that one is needed; a console whose cookie holds a key since changed, to log in again."""
+    scheme, _, sent = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and sent.strip():
+        return "the API key sent is not one this server accepts"
+    if cookie and _cookie_key(headers.get("cookie", "")):
+        return (
+            "the key the console logged in with is not one this server accepts now: log in again at /ui/login"
+        )
+    return "this server needs an API key: send 'Authorization: Bearer <key>'"
 
 
 def client_address(scope: Scope) -> str:
