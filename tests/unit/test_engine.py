@@ -458,6 +458,23 @@ async def test_image_results_are_written_by_the_server_and_tasks_survive_a_resta
 
 
 @run
+async def test_an_image_that_failed_part_way_reads_how_far_it_got_after_a_restart(tmp_path: Path) -> None:
+    """A picture that failed at step 3 of 8 read "step 0" once the server had restarted: the
+    store kept its end but not its progress."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        img = workers[Lane.IMAGE]
+        img.ready()
+        failed = eng.submit(IMAGE, "i", ImageRequest(prompt="a", steps=8))
+        img.deliver(m.TaskProgress(failed.task_id, 3, 8))
+        img.deliver(m.TaskError(failed.task_id, "backend_error", "out of memory"))
+        await failed.done
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng2, _, _):
+        view = eng2.lookup(failed.task_id)
+        assert view is not None and view.state == "failed"
+        assert (view.progress_done, view.progress_total) == (3, 8)
+
+
+@run
 async def test_a_result_the_sweep_deleted_is_gone_from_lookups_at_once(tmp_path: Path) -> None:
     """The scheduler keeps recent finished tasks in memory; once retention deleted a record
     and its file, a lookup says not found, not succeeded with a result that 404s."""

@@ -85,7 +85,14 @@ class DurableTasks:
             result = task.result.to_json() if task.result is not None else None
             files = task.result.files() if task.result is not None else ()
             return self.store.finish(
-                task.id, task.state.value, self._wall(), task.error_code, task.error_message, result, files
+                task.id,
+                task.state.value,
+                self._wall(),
+                task.error_code,
+                task.error_message,
+                result,
+                files,
+                (task.progress_done, task.progress_total),
             )
         if task.state is TaskState.SUCCEEDED and task.result is not None and task.result.files():
             model, request = task.spec.payload

@@ -61,6 +61,8 @@ _ADDED_COLUMNS = (
     ("client", "TEXT DEFAULT NULL"),
     ("deadline", "REAL DEFAULT NULL"),
     ("on_restart", "TEXT DEFAULT NULL"),
+    ("progress_done", "INTEGER DEFAULT NULL"),
+    ("progress_total", "INTEGER DEFAULT NULL"),
 )
 
 
@@ -104,6 +106,10 @@ class StoredTask:
     # a cancel was asked while it ran and the worker had not said it stopped; ABANDONED, its
     # client waited for it on the connection the stop closed, and nobody could fetch it.
     on_restart: str | None = None
+    # How far it got, kept when it ends (an image that failed at step 12 of 20 reads so after
+    # a restart too); None for a row from before, or one still unfinished.
+    progress_done: int | None = None
+    progress_total: int | None = None
 
 
 def sync_files(paths: tuple[str, ...]) -> None:
@@ -267,17 +273,21 @@ class TaskStore:
         error_message: str | None = None,
         result: dict[str, Any] | None = None,
         files: tuple[str, ...] = (),
+        progress: tuple[int, int | None] | None = None,
     ) -> Future[None]:
+        done, total = progress if progress is not None else (None, None)
         return self._write(
             # The client (an address, often) was kept for a resumption's fairness only.
-            "UPDATE tasks SET state=?, finished_at=?, error_code=?, error_message=?, result=?, client=NULL "
-            "WHERE id=? AND state IN ('queued', 'running')",
+            "UPDATE tasks SET state=?, finished_at=?, error_code=?, error_message=?, result=?, client=NULL, "
+            "progress_done=?, progress_total=? WHERE id=? AND state IN ('queued', 'running')",
             (
                 state,
                 finished_at,
                 error_code,
                 error_message,
                 None if result is None else json.dumps(result),
+                done,
+                total,
                 task_id,
             ),
             files,
@@ -394,7 +404,8 @@ class TaskStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, lane, model, state, priority, request, submitted_at, started_at, finished_at, "
-                "attempts, error_code, error_message, result, owner, client, deadline, on_restart "
+                "attempts, error_code, error_message, result, owner, client, deadline, on_restart, "
+                "progress_done, progress_total "
                 f"FROM tasks {clause}",
                 args,
             ).fetchall()
@@ -417,6 +428,8 @@ class TaskStore:
                 r[14],
                 r[15],
                 r[16],
+                r[17],
+                r[18],
             )
             for r in rows
         ]

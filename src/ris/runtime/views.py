@@ -166,7 +166,9 @@ def stored_view(st: StoredTask, kind: LaneKind[Any, Any, Any] | None) -> TaskVie
     """A task from the durable store (finished, or accepted before a restart)."""
     result = kind.result_from_json(st.result) if kind is not None and st.result else None
     steps = result.steps_done if result is not None else None
+    done = st.progress_done if st.progress_done is not None else steps or 0
+    total = st.progress_total if st.progress_done is not None else steps  # a row from before: its result's
     same = {name: getattr(st, name) for name in _STORED_AS_VIEWED}
     return TaskView(
-        **same, queue_position=None, progress_done=steps or 0, progress_total=steps, eta_s=None, result=result
+        **same, queue_position=None, progress_done=done, progress_total=total, eta_s=None, result=result
     )
