@@ -662,3 +662,43 @@ def test_a_worker_exiting_on_purpose_says_so_then_fails_its_tasks_then_flushes(
             out.fail_and_exit(worker_main.EXIT_OUT_OF_MEMORY, "out of memory", [failure])
     said = [("sent", m.WorkerExiting("out of memory")), ("sent", failure)]
     assert events == [*said, ("flush", worker_main.EXIT_FLUSH_S), ("exit", 3), *said, ("exit", 3)]
+
+
+def test_a_worker_whose_server_died_while_it_loaded_ends_within_a_second() -> None:
+    """A server SIGKILLed while its worker loaded a model: the worker went on loading, then
+    held the model (a GPU's memory) until it first read its channel."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    loading = (
+        "from ris.runtime.worker_main import _ends_with_its_server; import time; "
+        "_ends_with_its_server(); time.sleep(60)"  # a minute-long model load
+    )
+    server = (
+        "import subprocess, sys, time; "
+        f"w = subprocess.Popen([sys.executable, '-c', {loading!r}]); print(w.pid, flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen([sys.executable, "-c", server], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        worker = int(proc.stdout.readline())
+        time.sleep(1.0)  # the worker's watcher is up
+        assert _alive(worker)
+        proc.send_signal(signal.SIGKILL)
+    ended = time.monotonic() + 5.0
+    while _alive(worker) and time.monotonic() < ended:
+        time.sleep(0.05)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the orphaned worker went on loading"
+
+
+def _alive(pid: int) -> bool:
+    """Running, not ended (an ended orphan may wait as a zombie for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

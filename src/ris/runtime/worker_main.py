@@ -13,6 +13,7 @@ Threads inside the worker, each with one job:
   main       runs tasks from the inbox (models are not re-entrant: only this thread uses them)
   receiver   reads the channel: queues RunTask, flags CancelTask, ends on Shutdown or EOF
   heartbeat  tells the supervisor every `interval` seconds that the process is alive
+  orphan-watch  ends a local worker whose server died (from the start, models loading too)
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def worker_main(
     the process whose life a minimum share's cgroup lasts (cpu_share; default the parent: the
     server of a local worker)."""
     _interrupts_left_to_the_server()
+    _ends_with_its_server()
     _named_after_its_lane(spec.lane)
     # Before any model library is imported. A batch lane with a minimum share gets its nice
     # level from that (cpu_share): set here first, the share's lower level would need a
@@ -163,6 +165,29 @@ def _interrupts_left_to_the_server() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # a Ray actor's serving thread: the actor's process and its signals are Ray's
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+ORPHAN_CHECK_S = 0.5
+
+
+def _ends_with_its_server() -> None:
+    """A worker whose server died without stopping it (SIGKILL, the OOM killer) while it
+    loaded its models went on loading for as long as that took, then held them: the channel
+    that tells it is read only once it serves, and a GPU model loading for a minute held the
+    card the restarted server's own worker needed. A watcher ends it within ORPHAN_CHECK_S of
+    being orphaned (its parent then is another process). A polled parent, not the kernel's
+    PR_SET_PDEATHSIG: that fires when the spawning *thread* ends, not the server. Local
+    workers only: a Ray actor's process is Ray's to end."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == server:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def _named_after_its_lane(lane: str) -> None:
