@@ -36,13 +36,19 @@ def _count(text: str, script: str) -> int:
     return len(_SCRIPTS[script].findall(text))
 
 
+_KANA_SHARE_OF_JAPANESE = 20  # at least 1 in 20 of its kana and Han characters
+
+
 def script_language(text: str) -> str | None:
     """'zh', 'ja', 'ko' or 'th' for a text mostly in that language's script; else None."""
     letters = sum(map(str.isalpha, text))
     if letters == 0:
         return None
     kana, han = _count(text, "kana"), _count(text, "han")
-    for language, n in (("ja", kana + han if kana else 0), ("zh", han), ("ko", _count(text, "hangul"))):
+    # Japanese writes its particles and endings in kana: a twentieth of a Han-heavy headline
+    # ("東京都知事選挙の結果"), far more in prose. One stray "の" in Chinese is not Japanese.
+    japanese = kana + han if kana * _KANA_SHARE_OF_JAPANESE >= kana + han else 0
+    for language, n in (("ja", japanese), ("zh", han), ("ko", _count(text, "hangul"))):
         if n and n >= _SHARE * letters:
             return language
     if _count(text, "thai") >= _SHARE * letters:

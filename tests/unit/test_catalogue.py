@@ -88,6 +88,8 @@ def test_what_to_pull_for_a_language() -> None:
     [
         ("你好，请介绍一下自己", "zh"),
         ("こんにちは、自己紹介してください", "ja"),
+        ("東京都知事選挙の結果", "ja"),  # a headline: mostly Han, its particle in kana
+        ("这是我们公司今年最重要的产品发布会，大家都来参加了の", "zh"),  # one stray kana in Chinese
         ("안녕하세요", "ko"),
         ("สวัสดีครับ", "th"),
         ("What colour is the sky?", None),
