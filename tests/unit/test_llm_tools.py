@@ -68,6 +68,17 @@ def test_a_finished_call_becomes_tool_calls_and_a_cut_one_stays_text() -> None:
     assert chat_answer(CALL[:30], "length", AUTO, "c")[1] == "length"
 
 
+@pytest.mark.parametrize("cut_at", [1, 5, 11, 40])
+def test_an_answer_cut_while_repeating_its_call_keeps_the_call_it_finished(cut_at: int) -> None:
+    """SmolLM2 under a required call with parallel calls allowed wrote its call, began it again
+    and ran into max_tokens: the call it had made was lost, its markup sent as the content."""
+    message, finish = chat_answer(f"{CALL}\n{CALL[:cut_at]}", "length", AUTO, "c_")
+    assert finish == "length" and message["content"] is None
+    assert [c["function"]["arguments"] for c in message["tool_calls"]] == ['{"city": "Oslo"}']
+    got = parse_calls(f"Checking.\n{CALL}\nand then some words", ["get_weather"], cut=True)
+    assert got is not None and got.content == "Checking.\n\nand then some words"  # text, not a call begun
+
+
 def deltas_of(stream: ToolCallStream, pieces: list[str], finish: str) -> tuple[list[dict[str, Any]], str]:
     out = [d for p in pieces for d in stream.feed(p)]
     tail, reason = stream.finish(finish)

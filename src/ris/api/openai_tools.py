@@ -257,12 +257,19 @@ def chat_answer(
     text: str, finish_reason: str, plan: ToolPlan | None, call_ids: str
 ) -> tuple[dict[str, Any], str]:
     """The assistant message and finish_reason of a finished answer: its tool calls parsed out
-    (ids `call_ids` + index), or its text. A cut-short answer (length) stays text."""
-    parsed = parse_calls(text, plan.names) if plan is not None and finish_reason == "stop" else None
+    (ids `call_ids` + index), or its text. A cut-short answer (length) keeps the calls it had
+    finished, and says it was cut (finish_reason length)."""
+    cut = finish_reason == "length"
+    parsed = (
+        parse_calls(text, plan.names, cut)
+        if plan is not None and finish_reason in ("stop", "length")
+        else None
+    )
     if parsed is None:
         return {"role": "assistant", "content": text}, finish_reason
     calls = [_call_json(f"{call_ids}{i}", name, args) for i, (name, args) in enumerate(parsed.calls)]
-    return {"role": "assistant", "content": parsed.content or None, "tool_calls": calls}, "tool_calls"
+    message = {"role": "assistant", "content": parsed.content or None, "tool_calls": calls}
+    return message, "length" if cut else "tool_calls"
 
 
 class ToolCallStream:

@@ -191,10 +191,21 @@ class ParsedAnswer:
 _CALL = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
 
 
-def parse_calls(text: str, tool_names: Sequence[str]) -> ParsedAnswer | None:
+def parse_calls(text: str, tool_names: Sequence[str], cut: bool = False) -> ParsedAnswer | None:
     """The calls in an answer, or None when it holds none that is well formed: a block that is
     not a JSON object with a known `name` and an object of `arguments` makes the whole answer
-    plain text (a model under `auto` that writes about a call rather than making it)."""
+    plain text (a model under `auto` that writes about a call rather than making it).
+    `cut`: the answer was cut short (max_tokens); a call it was still writing is dropped and
+    those it finished are kept (a small model that repeats its call under parallel calls ran
+    into max_tokens and lost the call it had made, its markup left in the content)."""
+    if cut:
+        ends = [m.end() for m in _CALL.finditer(text)]
+        tail = text[ends[-1] if ends else 0 :]
+        at = tail.find(CALL_OPEN)
+        if at < 0 and _tag_begun(tail):
+            at = len(tail) - _tag_begun(tail)
+        if at >= 0:
+            text = text[: len(text) - len(tail) + at]
     calls: list[tuple[str, str]] = []
     for match in _CALL.finditer(text):
         try:

@@ -221,7 +221,8 @@ def _done_reason(r: LLMResult) -> str:
 
 def _answer(text: str, r: LLMResult, tool_names: list[str]) -> dict[str, Any]:
     """The assistant message of a finished chat: its tool calls parsed out, or its text."""
-    parsed = parse_calls(text, tool_names) if tool_names and r.finish_reason == "stop" else None
+    ended = r.finish_reason in ("stop", "length")  # cut short: the calls it finished are kept
+    parsed = parse_calls(text, tool_names, r.finish_reason == "length") if tool_names and ended else None
     if parsed is None:
         return {"role": "assistant", "content": text}
     calls = [{"function": {"name": n, "arguments": json.loads(a)}} for n, a in parsed.calls]
