@@ -25,6 +25,7 @@ from .server import Server, make_config
 
 ollama = pytest.importorskip("ollama", reason="the ollama package is a test dependency")
 jsonschema = pytest.importorskip("jsonschema", reason="a test dependency")
+openai = pytest.importorskip("openai", reason="a test dependency")
 pytestmark = pytest.mark.slow
 
 KEY = "ollama-test-key"
@@ -238,8 +239,18 @@ def test_errors_are_ollama_shaped_on_both_ports(client: Any, base: str, server: 
     assert nokey.status_code == 401 and isinstance(nokey.json()["error"], str)
     host = httpx.get(f"{base}/api/tags", headers={**AUTH, "Host": "evil.example"})
     assert host.status_code == 403 and "evil.example" in host.json()["error"]
-    # It serves the Ollama API alone.
+    # It serves the Ollama API, and the OpenAI API under /v1 as Ollama does on its port (tools
+    # set up for Ollama use http://localhost:11434/v1 and the names /api/tags lists).
     assert httpx.get(f"{base}/api/stats", headers=AUTH).json() == {"error": "Not Found"}
+    oa = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0)
+    assert "smollm2" in [m.id for m in oa.models.list()]
+    said = oa.chat.completions.create(
+        model="smollm2:latest", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert said.model == "smollm2" and said.usage is not None and said.usage.completion_tokens == 2
+    with pytest.raises(openai.NotFoundError) as e:  # /v1 errors in OpenAI's shape there too
+        oa.chat.completions.create(model="llama9", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.code == "model_not_found"
 
     # The main port serves the same paths (none clashes with RIS's own /api routes).
     main = httpx.post(

@@ -110,12 +110,14 @@ async def test_errors_are_ollamas_on_its_paths_and_listener_and_riss_elsewhere(t
                 eng, "POST", "/api/generate", {"model": "m", "prompt": 3}, ollama_port=on_listener
             )
             assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
-        # The listener serves the Ollama API alone; the main port keeps RIS's own routes and shape.
+        # The listener serves the Ollama API and /v1; the main port keeps RIS's own routes and shape.
         assert (await call(eng, "GET", "/api/stats", ollama_port=True)).json() == {"error": "Not Found"}
         seed = await call(eng, "POST", "/api/llm/generate", {"prompt": 3}, ollama_port=False)
         assert seed.status_code == 422 and seed.json()["error"]["code"] == "invalid_request"
-        # The listener's /v1 is no OpenAI API: its 404 is Ollama's too.
-        assert (await call(eng, "GET", "/v1/models", ollama_port=True)).json() == {"error": "Not Found"}
+        # The listener's /v1 is the OpenAI API, as Ollama serves it on its port: OpenAI's shape.
+        assert [m["id"] for m in (await call(eng, "GET", "/v1/models", ollama_port=True)).json()["data"]]
+        nowhere = await call(eng, "GET", "/v1/nowhere", ollama_port=True)
+        assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "invalid_request_error"
         # Ollama's calls not served here are refused in Ollama's words, saying why, on both ports.
         for on_listener in (True, False):
             body = {"model": "m", "input": "x"}

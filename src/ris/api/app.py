@@ -68,8 +68,20 @@ ROUTERS: tuple[APIRouter, ...] = tuple(
         console,
     )
 )
-# What the Ollama listener (server.ollama_port) serves: the Ollama API alone.
-OLLAMA_ROUTERS: tuple[APIRouter, ...] = (ollama.router, ollama_models.router, ollama_models.listener_router)
+# The image result route, for the URLs the listener's /v1/images/generations answers with.
+_LISTENER_IMAGES = APIRouter(include_in_schema=False)
+_LISTENER_IMAGES.add_api_route("/api/image/result/{task_id}", image.image_result, methods=["GET"])
+# What the Ollama listener (server.ollama_port) serves: the Ollama API, and the OpenAI API under
+# /v1 as Ollama serves it on its port (tools set up for Ollama use http://localhost:11434/v1).
+OLLAMA_ROUTERS: tuple[APIRouter, ...] = (
+    ollama.router,
+    ollama_models.router,
+    ollama_models.listener_router,
+    openai_text.router,
+    openai_media.router,
+    openai_other.router,
+    _LISTENER_IMAGES,
+)
 
 
 class BodyLimit:
@@ -223,8 +235,9 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
 
 def create_ollama_app(main: FastAPI) -> FastAPI:
     """The Ollama listener's app: the Ollama routes at the root, as Ollama's clients expect
-    them on port 11434, over the main app's engine, keys and config, behind the same guards.
-    Every answer here, errors included, is in Ollama's shape (errors.OLLAMA_ONLY)."""
+    them on port 11434, and the OpenAI routes under /v1, over the main app's engine, keys and
+    config, behind the same guards. Every answer outside /v1, errors included, is in Ollama's
+    shape (errors.OLLAMA_ONLY)."""
     engine: Engine = main.state.engine
     app = FastAPI(
         title="RIS: Ollama API", version=__version__, docs_url=None, redoc_url=None, openapi_url=None

@@ -52,7 +52,7 @@ OLLAMA_PATHS = frozenset(
     # Ollama's calls this server does not serve: refused in Ollama's words (routes/ollama_models)
     | {"/api/embed", "/api/embeddings", "/api/create", "/api/copy", "/api/delete", "/api/push"}
 )
-# `app.state` flag of the listener that serves only the Ollama API: every answer there is Ollama's.
+# `app.state` flag of the Ollama listener: every answer there outside /v1 is in Ollama's shape.
 OLLAMA_ONLY = "ollama_only"
 
 
@@ -60,10 +60,10 @@ def dialect_of(scope: Scope) -> str:
     """Which API's error shape a request gets: "openai", "ollama" or "ris"."""
     path: str = scope.get("path", "")
     app = scope.get("app")  # set by Starlette before its middleware runs
-    if getattr(getattr(app, "state", None), OLLAMA_ONLY, False):
-        return "ollama"  # the Ollama listener: its /v1/... is no OpenAI API (it serves none)
     if is_openai(path):
-        return "openai"
+        return "openai"  # on the Ollama listener too: it serves /v1 as Ollama does
+    if getattr(getattr(app, "state", None), OLLAMA_ONLY, False):
+        return "ollama"  # the Ollama listener: everything else is Ollama's
     return "ollama" if path in OLLAMA_PATHS else "ris"
 
 

@@ -292,8 +292,9 @@ class ServerConfig(_Strict):
         default=None,
         ge=0,
         le=65535,
-        description="a second listener serving only the Ollama API at its root paths, on the same "
-        "host, keys and engine (Ollama's own port is 11434); null: off (docs/OLLAMA_COMPATIBILITY.md)",
+        description="a second listener serving the Ollama API at its root paths (and /v1, as Ollama "
+        "does), on the same host, keys and engine (Ollama's own port is 11434); null: off "
+        "(docs/OLLAMA_COMPATIBILITY.md)",
     )
     api_keys: tuple[str | NamedKey, ...] = Field(
         default=(),

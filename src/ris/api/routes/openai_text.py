@@ -82,6 +82,9 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
 
 def _llm_model(engine: Engine, name: str, route: str) -> str:
     models = engine.config.lane(Lane.LLM).models
+    # A tool set up for Ollama's /v1 names the model as /api/tags lists it, tag and all.
+    if name not in models and name.removesuffix(":latest") in models:
+        return name.removesuffix(":latest")
     if name not in models:
         refuse_other_lane(engine, name, Lane.LLM, route)
         raise APIError(
