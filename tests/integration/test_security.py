@@ -252,3 +252,20 @@ def test_guessing_keys_is_throttled_per_address_on_the_api_and_the_login(tmp_pat
         assert "guess-" not in srv.log_path.read_text()
     finally:
         srv.stop()
+
+
+def test_an_image_url_from_v1_opens_without_the_key_for_that_image_alone(locked: Server) -> None:
+    """Chat UIs put /v1/images/generations' URLs in <img src>, which sends no key: every image
+    answered 401 once keys were set. OpenAI's URLs open for whoever holds them, for an hour."""
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=f"{locked.url}/v1", api_key=KEY, max_retries=0)
+    url = oa.images.generate(prompt="a red square", size="64x64").data[0].url
+    assert url is not None
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+    # For that image alone, as signed: another id, a longer life or no signature needs the key.
+    path, _, query = url.partition("?")
+    assert httpx.get(f"{locked.url}/api/image/result/{'0' * 32}?{query}").status_code == 401
+    assert httpx.get(f"{path}?{query.replace('expires=', 'expires=9')}").status_code == 401
+    assert httpx.get(path).status_code == 401
+    assert httpx.get(path, headers=auth()).status_code == 200

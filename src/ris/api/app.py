@@ -25,7 +25,7 @@ from ris.api.chart_history import ChartHistory
 from ris.api.console_state import keep_chart_history
 from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
-from ris.api.keys import KeyChecker
+from ris.api.keys import KeyChecker, key_principals
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
 from ris.api.routes import (
     console,
@@ -44,6 +44,7 @@ from ris.api.routes import (
 )
 from ris.api.schemas import ErrorBody
 from ris.api.security import ForwardedProto, Guard, served_hosts
+from ris.api.signed_urls import UrlSigner
 from ris.config import Config
 from ris.runtime.engine import Engine
 from ris.services import speech_encoding
@@ -211,6 +212,7 @@ def create_app(
     # One checker for the API, the console's login and the Ollama listener: one budget of
     # wrong keys per address.
     app.state.keys = KeyChecker(config.server.api_keys, time.monotonic)
+    app.state.url_signer = UrlSigner.for_keys(key_principals(config.server.api_keys))
     _serve(app, config, ROUTERS)
     _document_bodies(app)
     return app
@@ -228,7 +230,11 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
     # Added last, so it runs first: nothing is parsed for a request it refuses.
     srv = config.server
     app.add_middleware(
-        Guard, keys=app.state.keys, allowed_hosts=served_hosts(config), allowed_origins=srv.allowed_origins
+        Guard,
+        keys=app.state.keys,
+        allowed_hosts=served_hosts(config),
+        allowed_origins=srv.allowed_origins,
+        signer=app.state.url_signer,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it
 
@@ -245,6 +251,7 @@ def create_ollama_app(main: FastAPI) -> FastAPI:
     app.state.engine = engine
     app.state.config_path = main.state.config_path
     app.state.keys = main.state.keys
+    app.state.url_signer = main.state.url_signer
     setattr(app.state, OLLAMA_ONLY, True)
     _serve(app, engine.config, OLLAMA_ROUTERS)
     return app

@@ -24,7 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.api.errors import dialect_of, error_response
 from ris.api.keys import KeyChecker, Verdict, key_fingerprint
+from ris.api.signed_urls import UrlSigner
 from ris.config import Config, ConfigError
+from ris.runtime.tenancy import Principal
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
@@ -37,6 +39,9 @@ CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a 
 # scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
 # request makes, and which tasks it sees. Absent with no key configured: the anonymous admin.
 PRINCIPAL_STATE = "ris_principal"
+# Who a signed image URL's request is: one who may see the task its signed path names (and,
+# the signature covering that path, nothing else).
+SIGNED_URL = Principal(owner="signed-url", admin=True)
 _PORT = re.compile(r":[0-9]{1,5}")
 
 
@@ -112,10 +117,13 @@ class Guard:
         keys: KeyChecker | None = None,
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
+        signer: UrlSigner | None = None,
     ) -> None:
-        """`keys`: the server's API keys and their guessing throttle (none: no key needed)."""
+        """`keys`: the server's API keys and their guessing throttle (none: no key needed);
+        `signer`: the image URLs that open without a key (signed_urls)."""
         self.app = app
         self.keys = keys if keys is not None and keys.keys else None
+        self.signer = signer
         hosts = {h.lower() for h in allowed_hosts}
         self.any_host = "*" in hosts
         self.hosts = LOOPBACK_NAMES | hosts
@@ -170,7 +178,12 @@ class Guard:
                 cors["Access-Control-Allow-Headers"] = allowed_headers(asked)
                 await _preflight(cors, scope, receive, send)
                 return
-        verdict = None if self.keys is None or _open(path) else self._authorized(scope, headers, cookie=same)
+        if self.keys is None or _open(path):
+            verdict = None
+        elif self._signed(scope, path):
+            verdict = None  # an image URL /v1/images/generations gave out, for that image alone
+        else:
+            verdict = self._authorized(scope, headers, cookie=same)
         if verdict is not None and verdict.retry_after_s is not None:
             await throttled(verdict.retry_after_s, dialect=dialect)(scope, receive, send)
             return
@@ -200,6 +213,21 @@ class Guard:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _signed(self, scope: Scope, path: str) -> bool:
+        """A GET of an image whose URL carries a valid signature: let in as one who sees that
+        task (the signature covers the path, which names it), as a client of its own."""
+        query = scope.get("query_string", b"").decode("latin-1")
+        if (
+            self.signer is None
+            or scope["method"] not in ("GET", "HEAD")
+            or not self.signer.opens(path, query)
+        ):
+            return False
+        state = scope.setdefault("state", {})
+        state[CLIENT_STATE] = "signed-url"
+        state[PRINCIPAL_STATE] = SIGNED_URL
+        return True
 
     def _authorized(self, scope: Scope, headers: dict[str, str], *, cookie: bool) -> Verdict:
         """A bearer key, or (`cookie`: on a same-origin request) the console's key cookie. An
