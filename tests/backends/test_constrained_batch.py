@@ -58,6 +58,39 @@ def test_a_constrained_sequence_among_plain_ones_gives_valid_json(llm: LlamaCppL
     assert got["plain"][1] == alone
 
 
+def test_integer_bounds_and_emails_as_pydantic_writes_them_hold_the_answer(llm: LlamaCppLLM) -> None:
+    """`Field(ge=18, le=65)`, `Field(gt=-3, lt=3)` and `EmailStr`: the converter ignored them, so
+    strict schemas using them were refused; now the grammar holds the answer to them, at a
+    temperature that strays."""
+    shape = {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "minimum": 18, "maximum": 65},
+            "offset": {"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 3},
+            "votes": {"type": "integer", "minimum": 1000},
+            "email": {"type": "string", "format": "email"},
+        },
+        "required": ["age", "offset", "votes", "email"],
+        "additionalProperties": False,
+    }
+    asks = {
+        str(seed): ask(
+            "Invent a person as JSON: age 99, offset 7, votes 5, and an email.",
+            max_tokens=250,
+            seed=seed,
+            temperature=1.2,
+            constraint=Constraint(json.dumps(shape)),
+        )
+        for seed in range(3)  # the fixture's parallel
+    }
+    for outcome, text in run_batch(llm, asks).values():
+        assert outcome.finish_reason == "stop", text
+        got = json.loads(text)
+        assert 18 <= got["age"] <= 65 and -3 < got["offset"] < 3 and got["votes"] >= 1000, got
+        local, _, domain = got["email"].partition("@")
+        assert local and "." in domain, got
+
+
 def test_a_required_tool_call_has_the_form_and_arguments_validate(llm: LlamaCppLLM) -> None:
     params = {
         "type": "object",

@@ -195,8 +195,11 @@ def test_a_strict_schema_with_keywords_the_grammar_cannot_hold_is_refused() -> N
     schema = {
         "type": "object",
         "properties": {
-            "minimum": {"type": "integer", "minimum": 0},  # a property may be named like a keyword
-            "tags": {"type": "array", "items": {"type": "string", "format": "email"}, "uniqueItems": True},
+            "minimum": {"type": "number", "minimum": 0},  # a property may be named like a keyword
+            "tags": {"type": "array", "items": {"type": "string", "format": "uri"}, "uniqueItems": True},
+            # Held by the grammar: an integer's bounds (Pydantic's ge/le/gt/lt), an email.
+            "age": {"type": "integer", "minimum": 0, "maximum": 120, "exclusiveMaximum": 121},
+            "email": {"type": "string", "format": "email"},
         },
     }
     assert unenforced(schema) == ["minimum.minimum", "tags.uniqueItems", "tags.items.format"]
@@ -390,6 +393,27 @@ def test_a_schema_with_too_many_enum_values_is_refused_naming_the_limit() -> Non
     with pytest.raises(APIError) as e:
         constrained({"anyOf": [picks(MAX_ENUM_VALUES), picks(1)]})  # all enums together
     assert e.value.status == 400 and f"{MAX_ENUM_VALUES + 1} enum values; the limit is" in e.value.message
+
+
+def test_a_schema_repeating_more_than_a_grammar_holds_is_refused_naming_the_keyword() -> None:
+    """maxLength 5000 reached the worker, whose answer was "llama.cpp could not parse the
+    grammar", naming nothing the client could change."""
+
+    def text(n: int) -> dict[str, Any]:
+        return {"type": "object", "properties": {"text": {"type": "string", "maxLength": n}}}
+
+    assert constrained(text(2000)).constraint is not None
+    with pytest.raises(APIError) as e:
+        constrained(text(5000))
+    assert (
+        e.value.status == 400
+        and "text.maxLength 5000" in e.value.message
+        and "at most 2000" in e.value.message
+    )
+    named = {"type": "object", "properties": {"maxLength": {"type": "array", "minItems": 2001}}}
+    with pytest.raises(APIError) as e:  # a property named like the keyword is still walked
+        constrained(named)
+    assert "maxLength.minItems 2001" in e.value.message
 
 
 def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:

@@ -17,6 +17,7 @@ from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MA
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
 from ris.lanes.llm import (
+    MAX_GRAMMAR_REPETITIONS,
     Constraint,
     LLMRequest,
     Message,
@@ -24,6 +25,7 @@ from ris.lanes.llm import (
     Turn,
     enum_values,
     fewest_left_out,
+    long_repetitions,
     max_tokens_over_context,
 )
 
@@ -155,6 +157,14 @@ def _check_constraint(
         raise invalid(
             f"the JSON schema has {values} enum values; the limit is {MAX_ENUM_VALUES} in one schema "
             "(each is a branch its grammar checks at every token)",
+            param,
+        )
+    long = long_repetitions(schema)
+    if long:
+        raise invalid(
+            f"the JSON schema asks for {', '.join(long[:3])}: a grammar repeats at most "
+            f"{MAX_GRAMMAR_REPETITIONS} times (llama.cpp's bound); ask for at most that, or drop the "
+            "keyword and bound the answer with max_tokens",
             param,
         )
     broken = broken_refs(schema)

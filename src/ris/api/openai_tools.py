@@ -47,6 +47,7 @@ def refuse_unsupported(body: SamplingBody) -> None:
 # JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
 # a strict schema that uses one is refused, as OpenAI's strict mode refuses what it cannot
 # guarantee; a non-strict one is served with them unenforced (docs/OPENAI_COMPATIBILITY.md).
+# The bounds of an integer are enforced (backends/_json_grammar.py), a number's are not.
 UNENFORCED = frozenset(
     {
         "minimum",
@@ -70,8 +71,9 @@ UNENFORCED = frozenset(
         "unevaluatedItems",
     }
 )
+INTEGER_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
 ENFORCED_FORMATS = frozenset(
-    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5", "email"}
 )
 _NAMED_SCHEMAS = ("properties", "$defs", "definitions")
 _ONE_SCHEMA = ("items", "additionalProperties")
@@ -82,7 +84,8 @@ def unenforced(schema: Any, path: str = "") -> list[str]:
     """Where a schema uses what the grammar cannot hold the answer to, e.g. ["age.minimum"]."""
     if not isinstance(schema, dict):
         return []
-    found = [f"{path}{k}" for k in schema if k in UNENFORCED]
+    integer = schema.get("type") == "integer"
+    found = [f"{path}{k}" for k in schema if k in UNENFORCED and not (integer and k in INTEGER_BOUNDS)]
     if "format" in schema and schema["format"] not in ENFORCED_FORMATS:
         found.append(f"{path}format")
     for key, value in schema.items():

@@ -20,9 +20,9 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from ris.backends import BackendError
+from ris.backends._json_grammar import json_schema_to_gbnf
 from ris.lanes.llm import Constraint
 from ris.lanes.llm_tools import CALL_CLOSE, CALL_OPEN, MAX_PARALLEL_CALLS
 

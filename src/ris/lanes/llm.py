@@ -152,6 +152,30 @@ def enum_values(schema: Any) -> int:
     return sum(len(v) if k == "enum" and isinstance(v, list) else enum_values(v) for k, v in schema.items())
 
 
+# llama.cpp's grammars repeat an element at most this often (its MAX_REPETITION_THRESHOLD): a
+# larger minLength/maxLength/minItems/maxItems makes a grammar it cannot parse.
+MAX_GRAMMAR_REPETITIONS = 2000
+_REPETITION_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def long_repetitions(schema: Any, path: str = "") -> list[str]:
+    """Where a JSON schema asks for more repetitions than a grammar holds, e.g.
+    ["text.maxLength 5000"]."""
+    if isinstance(schema, list):
+        return [found for i, x in enumerate(schema) for found in long_repetitions(x, f"{path}{i}.")]
+    if not isinstance(schema, dict):
+        return []
+    found = [
+        f"{path}{key} {value}"
+        for key, value in schema.items()
+        if key in _REPETITION_KEYWORDS and isinstance(value, int) and value > MAX_GRAMMAR_REPETITIONS
+    ]
+    for key, value in schema.items():
+        if key not in ("enum", "const", "default", "examples"):  # data, not schemas
+            found += long_repetitions(value, f"{path}{key}." if key not in ("properties", "$defs") else path)
+    return found
+
+
 def schema_depth(schema: Any) -> int:
     """How many schema levels nest in a JSON schema: an object's properties, an array's items,
     a combinator's branches each one level below their schema (a `$ref` is not followed)."""

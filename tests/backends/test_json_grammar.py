@@ -1,0 +1,51 @@
+"""Integer ranges in GBNF (backends/_json_grammar.py), checked exactly: the grammar read as a
+regular expression against every integer near each bound and a spread of others."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from ris.backends._json_grammar import integer_bounds, integer_range
+
+
+def as_regex(grammar: str) -> re.Pattern[str]:
+    """The alternatives' GBNF (quoted literals, [a-b] classes, {n}, groups) as a regex."""
+    text = re.sub(r'"([^"]*)"', lambda m: re.escape(m.group(1)), grammar).replace(" ", "")
+    return re.compile(f"(?:{text})")
+
+
+CASES = [
+    (0, 0), (0, 9), (1, 9), (0, 120), (18, 65), (-5, 5), (-120, -3), (None, 0), (0, None), (1, None),
+    (None, -1), (7, 7), (100, 999), (101, 998), (99, 1001), (-1000, None), (None, None), (12345, 67890),
+]  # fmt: skip
+
+
+def test_an_integer_range_matches_exactly_the_integers_in_it() -> None:
+    rng = random.Random(1)
+    cases = list(CASES)
+    for _ in range(200):
+        a = rng.randint(-(10**6), 10**6)
+        cases.append((a, a + rng.choice([1, 10, 1000, 10**6])))
+    for low, high in cases:
+        rx = as_regex(integer_range(low, high))
+        lo, hi = -(10**7) if low is None else low, 10**7 if high is None else high
+        probes = {*range(lo - 30, lo + 30), *range(hi - 30, hi + 30), 0, -1, 1, 10**16 - 1, 10**16}
+        probes |= {rng.randint(-(10**7), 10**7) for _ in range(200)}
+        for v in probes:
+            inside = (low is None or v >= low) and (high is None or v <= high) and abs(v) < 10**16
+            assert bool(rx.fullmatch(str(v))) == inside, (low, high, v)
+        for never in ("-0", "01", "00", "+1", ""):  # not JSON's form of an integer
+            assert not rx.fullmatch(never), (low, high, never)
+
+
+def test_bounds_as_json_schema_and_pydantic_write_them() -> None:
+    assert integer_bounds({"minimum": 0, "maximum": 120}) == (0, 120)
+    assert integer_bounds({"exclusiveMinimum": -3, "exclusiveMaximum": 3}) == (-2, 2)  # gt, lt
+    assert integer_bounds({"minimum": 0.5, "maximum": 9.5}) == (1, 9)
+    assert integer_bounds({"minimum": 2, "exclusiveMinimum": 5}) == (6, None)  # the tighter
+    assert integer_bounds({"minimum": True, "maximum": "9"}) == (None, None)  # not numbers
+    with pytest.raises(ValueError, match="no integer lies between"):
+        integer_range(5, 4)
