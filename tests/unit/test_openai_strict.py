@@ -52,6 +52,7 @@ def test_fields_that_would_change_the_answer_are_refused_when_set(field: str, va
     e = refused(chat(**{field: value}))
     assert (e.code, e.param) == ("unsupported_parameter", field)
     refuse_unsupported(chat(**{field: None}))  # neutral: passes
+    refuse_unsupported(chat(verbosity="medium", frequency_penalty=0, logit_bias={}))  # OpenAI's defaults
 
 
 def test_a_part_the_model_cannot_read_is_named_with_the_model() -> None:

@@ -67,7 +67,7 @@ _TEXT_REFUSED: dict[str, Callable[[Any], bool]] = {
     "frequency_penalty": _given,
     "presence_penalty": _given,
     "reasoning_effort": _given,  # no configured model reasons in a separate channel
-    "verbosity": _given,
+    "verbosity": _not("medium"),  # OpenAI's default: the answer as the model writes it
 }
 
 CHAT = FieldRules(
