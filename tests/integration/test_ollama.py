@@ -176,9 +176,15 @@ def test_list_show_ps_version(client: Any, base: str) -> None:
         and model.details.format == "gguf"
         and model.details.quantization_level == "Q4_1"
     )
+    # Read from the GGUF's header, as Ollama gives them (UIs label models by them).
+    assert model.details.family == "llama" and model.details.parameter_size == "134.52M"
     shown = client.show("smollm2")
     assert "completion" in shown.capabilities and "tools" in shown.capabilities
-    assert shown.modelinfo["llama_cpp.context_length"] == 2048
+    assert shown.modelinfo["llama.context_length"] == 2048
+    assert shown.modelinfo["general.parameter_count"] == 134_515_008
+    # Modelfile lines, "name value": what a request without options gets.
+    params = dict(line.split(None, 1) for line in (shown.parameters or "").splitlines())
+    assert params == {"temperature": "0.8", "top_p": "0.9", "num_ctx": "2048"}
     (running,) = client.ps().models
     assert running.model == "smollm2" and running.context_length == 2048 and running.size == model.size
     version = httpx.get(f"{base}/api/version", headers=AUTH).json()

@@ -56,8 +56,9 @@ class OllamaOptions(_OllamaBody):
     stop: list[str] | None = None
 
 
-# The options that change the answer here (the rest are ignored; GET /api/show's `parameters`).
-APPLIED_OPTIONS = ("temperature", "top_p", "seed", "num_predict", "stop")
+# Ollama's sampling defaults, for a request that sets none (and /api/show's `parameters`).
+OLLAMA_TEMPERATURE = 0.8
+OLLAMA_TOP_P = 0.9
 
 
 class OllamaCalledFunction(RequestBody):

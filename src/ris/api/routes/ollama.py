@@ -37,6 +37,8 @@ from ris.api.llm_request import Dialect, llm_request
 from ris.api.llm_support import llm_context, require_constraining_backend
 from ris.api.ollama_schemas import (
     OLLAMA_ERRORS,
+    OLLAMA_TEMPERATURE,
+    OLLAMA_TOP_P,
     Format,
     OllamaChatMessage,
     OllamaChatRequest,
@@ -153,8 +155,8 @@ def build_request(
         OLLAMA,
         max_tokens=max_tokens,
         max_tokens_at_most=True,
-        temperature=0.8 if opts.temperature is None else opts.temperature,  # Ollama's defaults
-        top_p=0.9 if opts.top_p is None else max(opts.top_p, MIN_TOP_P),
+        temperature=OLLAMA_TEMPERATURE if opts.temperature is None else opts.temperature,
+        top_p=OLLAMA_TOP_P if opts.top_p is None else max(opts.top_p, MIN_TOP_P),
         stop=[s for s in opts.stop or [] if s],
         seed=None if opts.seed is None or opts.seed < 0 else opts.seed,
         context_tokens=context,

@@ -25,11 +25,18 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from ris import __version__, catalogue
 from ris.api.deps import body_doc, engine_of, json_body, viewer_of
 from ris.api.errors import APIError
-from ris.api.ollama_schemas import APPLIED_OPTIONS, OLLAMA_ERRORS, OllamaModelRequest, OllamaPullRequest
+from ris.api.ollama_schemas import (
+    OLLAMA_ERRORS,
+    OLLAMA_TEMPERATURE,
+    OLLAMA_TOP_P,
+    OllamaModelRequest,
+    OllamaPullRequest,
+)
 from ris.api.routes.ollama import NDJSON, llm_model
 from ris.api.streams import json_response
 from ris.backends import resolve_source
 from ris.config import ModelSpec
+from ris.gguf import gguf_facts
 from ris.lanes import Lane
 from ris.lanes.base import BackendError
 from ris.lanes.llm import LANE as LLM
@@ -83,15 +90,23 @@ def _facts(name: str, spec: ModelSpec) -> dict[str, Any]:
     mtime = stat.st_mtime if stat is not None else 0.0
     tag = f"{name}\0{spec.source}\0{size}\0{mtime}".encode()
     quant = _QUANT.search(path.name if path is not None else "")
+    # A GGUF file names its architecture and holds its parameter count (UIs label models by them).
+    gguf = (
+        gguf_facts(path, size, mtime)
+        if stat is not None and path is not None and path.suffix == ".gguf"
+        else None
+    )
+    family = (gguf.architecture if gguf is not None else None) or spec.backend
     details = {
         "parent_model": "",
         "format": _FORMATS.get(spec.backend, spec.backend),
-        "family": spec.backend,
-        "families": [spec.backend],
-        "parameter_size": "",
+        "family": family,
+        "families": [family],
+        "parameter_size": gguf.parameter_size() if gguf is not None else "",
         "quantization_level": quant.group(1).upper() if quant else "",
     }
     return {
+        "parameter_count": gguf.parameters if gguf is not None else None,
         "size": size,
         "digest": hashlib.sha256(tag).hexdigest(),
         "modified_at": datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z"),
@@ -108,7 +123,8 @@ def _all_facts(models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
 async def ollama_tags(request: Request) -> Any:
     models = engine_of(request).config.lane(Lane.LLM).models
     facts = await asyncio.to_thread(_all_facts, models)
-    listed = [{"name": name, "model": name, **facts[name]} for name in models]
+    shown = ("size", "digest", "modified_at", "details")
+    listed = [{"name": name, "model": name, **{k: facts[name][k] for k in shown}} for name in models]
     return json_response({"models": listed})
 
 
@@ -121,25 +137,35 @@ async def ollama_show(request: Request) -> Any:
     facts = await asyncio.to_thread(_facts, name, spec)
     loaded = engine.model_infos(Lane.LLM).get(name)
     context = None if loaded is None else loaded.details.context_tokens
+    family = facts["details"]["family"]
     features = LLM.model_features(spec.backend, None if loaded is None else loaded.details)
     capabilities = ["completion"] + (["tools"] if features["tools"] != "unsupported" else [])
     return json_response(
         {
             "modelfile": f"# RIS model {name!r} (config.json)\nFROM {spec.source or spec.backend}\n",
-            # The options that apply here; Ollama's others are accepted and ignored.
-            "parameters": "\n".join(f"{o:<16}(applied)" for o in APPLIED_OPTIONS),
+            # Ollama's Modelfile form, "name value" a line: the defaults a request without
+            # options gets, and the context a loaded model has.
+            "parameters": _parameters(context),
             "template": "",  # the model's own chat template applies, read by its worker
             "details": facts["details"],
             "model_info": {
-                "general.architecture": spec.backend,
+                "general.architecture": family,
                 "general.basename": name,
                 "general.description": spec.description or "",
-                f"{spec.backend}.context_length": context,
+                "general.parameter_count": facts["parameter_count"],
+                f"{family}.context_length": context,
             },
             "capabilities": capabilities,
             "modified_at": facts["modified_at"],
         }
     )
+
+
+def _parameters(context: int | None) -> str:
+    lines = [("temperature", OLLAMA_TEMPERATURE), ("top_p", OLLAMA_TOP_P)]
+    if context is not None:
+        lines.append(("num_ctx", context))
+    return "\n".join(f"{name:<30} {value}" for name, value in lines)
 
 
 @router.get("/api/ps", summary="Ollama: the models loaded now")
