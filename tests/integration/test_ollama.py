@@ -122,6 +122,10 @@ def test_empty_strings_of_ollamas_go_client_are_absent(base: str) -> None:
     assert r.status_code == 200 and r.json()["done_reason"] in ("stop", "length"), r.text
     load = httpx.post(f"{base}/api/generate", json={"model": "smollm2", "prompt": "", **empty}, headers=AUTH)
     assert load.status_code == 200 and load.json()["done_reason"] == "load", load.text
+    # A system prompt with raw: Ollama applies no template and drops it (it was a 400 here).
+    body = {**body, "system": "You are terse."}
+    r = httpx.post(f"{base}/api/generate", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 200 and r.json()["done_reason"] in ("stop", "length"), r.text
 
 
 def test_num_predict_past_the_context_stops_at_the_context(client: Any) -> None:

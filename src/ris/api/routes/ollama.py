@@ -355,8 +355,9 @@ async def ollama_generate(request: Request) -> Any:
         if getattr(body, name):
             raise APIError(400, "unsupported_parameter", f"{name}: {why}", param=name)
     # Ollama's own Go client sends `"system": ""` with every request: empty is absent, as in
-    # Ollama (the model's default system prompt stays; raw text stays allowed).
-    system = body.system or None
+    # Ollama (the model's default system prompt stays; raw text stays allowed). With raw, no
+    # template applies and Ollama drops the system prompt: so here (it was a 400).
+    system = None if body.raw else body.system or None
     if not body.prompt:  # as in Ollama, a system prompt alone is nothing to generate
         return json_response(_loaded(engine, model, "response", "", body.keep_alive))
     req = build_request(
