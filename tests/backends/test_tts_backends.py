@@ -133,3 +133,54 @@ def test_piper_speed_scales_the_voices_own_pace(tmp_path_factory: pytest.TempPat
     slow = speak(piper, TTSRequest(text=text)).samples
     assert 1.5 < slow / own < 2.3, (own, slow)  # pauses and edges do not scale exactly
     assert 0.9 < speak(piper, TTSRequest(text=text, speed=2.0)).samples / own < 1.1
+
+
+def test_piper_survives_long_runs_of_initials(tmp_path: Path) -> None:
+    """ "Ж." * 100 (and "b." * 100 one time in two) killed the TTS worker with SIGSEGV inside
+    piper-tts's espeak-ng, which spells a run of initials into a buffer it overruns. Run in a
+    process of its own: a crash fails this test, not the test session."""
+    script = f"""
+from pathlib import Path
+from ris.backends import BackendContext, backend_class
+from ris.lanes import Lane
+from ris.lanes.tts import LANE, TTSRequest
+spec = LANE.embedded_models["piper"]
+ctx = BackendContext(device="cpu", threads=1, data_dir=Path({str(tmp_path)!r}))
+piper = backend_class(Lane.TTS, spec.backend)(spec, ctx)
+class Out:
+    def emit(self, pcm): pass
+    def cancelled(self): return False
+for text in ["Ж." * 100, "b." * 100, "U.S." * 50] * 2:
+    assert piper.synthesize(TTSRequest(text=text), Out()).samples > 0
+print("spoke")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "spoke" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
+def test_piper_speaks_a_long_sentence_in_bounded_runs(tmp_path: Path) -> None:
+    """200 characters of "1e308 " are 932 phonemes read out as numbers: one run of the voice
+    took the worker to 1 GiB (its memory grows with the run). Runs are bounded, cut at words."""
+    from ris.backends.tts_piper import MAX_PHONEMES, phoneme_pieces
+
+    assert phoneme_pieces(list("ab cd ef"), 4) == [list("ab "), list("cd "), list("ef")]
+    assert phoneme_pieces(list("abcdefgh"), 4) == [list("abcd"), list("efgh")]  # no word end: cut
+    assert phoneme_pieces([], 4) == []
+    spec = LANE.embedded_models["piper"]
+    piper = backend_class(Lane.TTS, spec.backend)(
+        spec, BackendContext(device="cpu", threads=1, data_dir=tmp_path)
+    )
+    assert isinstance(piper, TTSBackend)
+    voice = piper._voice  # type: ignore[attr-defined]
+    runs: list[int] = []
+    run = voice.phoneme_ids_to_audio
+
+    def counted(ids: list[int], *args: object, **kw: object) -> object:
+        runs.append(len(ids))
+        return run(ids, *args, **kw)
+
+    voice.phoneme_ids_to_audio = counted
+    outcome = speak(piper, TTSRequest(text="1e308 " * 33))
+    assert outcome.samples > 0 and len(runs) >= 4
+    # Each phoneme is an id and a pad, after a start and its pad, before an end.
+    assert max(runs) <= 2 * MAX_PHONEMES + 3, runs
