@@ -410,10 +410,10 @@ def test_a_schema_repeating_more_than_a_grammar_holds_is_refused_naming_the_keyw
         and "text.maxLength 5000" in e.value.message
         and "at most 2000" in e.value.message
     )
-    named = {"type": "object", "properties": {"maxLength": {"type": "array", "minItems": 2001}}}
+    named = {"type": "object", "properties": {"maxLength": {"type": "array", "maxItems": 1001}}}
     with pytest.raises(APIError) as e:  # a property named like the keyword is still walked
         constrained(named)
-    assert "maxLength.minItems 2001" in e.value.message
+    assert "maxLength.maxItems 1001 (at most 1000)" in e.value.message
 
 
 def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:

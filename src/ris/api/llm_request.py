@@ -17,7 +17,6 @@ from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MA
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
 from ris.lanes.llm import (
-    MAX_GRAMMAR_REPETITIONS,
     Constraint,
     LLMRequest,
     Message,
@@ -162,9 +161,9 @@ def _check_constraint(
     long = long_repetitions(schema)
     if long:
         raise invalid(
-            f"the JSON schema asks for {', '.join(long[:3])}: a grammar repeats at most "
-            f"{MAX_GRAMMAR_REPETITIONS} times (llama.cpp's bound); ask for at most that, or drop the "
-            "keyword and bound the answer with max_tokens",
+            f"the JSON schema asks for {', '.join(long[:3])}: more repetitions than a grammar "
+            "holds (llama.cpp's bound); ask for fewer, or drop the keyword and bound the answer "
+            "with max_tokens",
             param,
         )
     broken = broken_refs(schema)

@@ -152,23 +152,24 @@ def enum_values(schema: Any) -> int:
     return sum(len(v) if k == "enum" and isinstance(v, list) else enum_values(v) for k, v in schema.items())
 
 
-# llama.cpp's grammars repeat an element at most this often (its MAX_REPETITION_THRESHOLD): a
-# larger minLength/maxLength/minItems/maxItems makes a grammar it cannot parse.
-MAX_GRAMMAR_REPETITIONS = 2000
-_REPETITION_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems")
+# How often a grammar may repeat what a keyword asks, past which llama.cpp cannot parse the
+# grammar it becomes (measured with the converter here: maxLength 2,000 parses, maxItems 1,001
+# does not, a separator between items), and far past which (20,000) its parser overflowed the
+# worker's stack: a SIGSEGV that failed every request of the batch.
+REPETITION_BOUNDS = {"minLength": 2000, "maxLength": 2000, "minItems": 2000, "maxItems": 1000}
 
 
 def long_repetitions(schema: Any, path: str = "") -> list[str]:
     """Where a JSON schema asks for more repetitions than a grammar holds, e.g.
-    ["text.maxLength 5000"]."""
+    ["text.maxLength 5000 (at most 2000)"]."""
     if isinstance(schema, list):
         return [found for i, x in enumerate(schema) for found in long_repetitions(x, f"{path}{i}.")]
     if not isinstance(schema, dict):
         return []
     found = [
-        f"{path}{key} {value}"
+        f"{path}{key} {value} (at most {REPETITION_BOUNDS[key]})"
         for key, value in schema.items()
-        if key in _REPETITION_KEYWORDS and isinstance(value, int) and value > MAX_GRAMMAR_REPETITIONS
+        if key in REPETITION_BOUNDS and isinstance(value, int) and value > REPETITION_BOUNDS[key]
     ]
     for key, value in schema.items():
         if key not in ("enum", "const", "default", "examples"):  # data, not schemas
