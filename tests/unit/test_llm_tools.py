@@ -416,6 +416,19 @@ def test_a_schema_repeating_more_than_a_grammar_holds_is_refused_naming_the_keyw
     assert "maxLength.maxItems 1001 (at most 1000)" in e.value.message
 
 
+def test_a_schema_no_answer_can_match_is_refused_naming_the_bounds() -> None:
+    """minLength 3 with maxLength 2 was accepted and answered "fab" (the converter wrote a
+    grammar that does not hold the bounds it cannot meet)."""
+    name = {"type": "object", "properties": {"name": {"type": "string", "minLength": 3, "maxLength": 2}}}
+    with pytest.raises(APIError) as e:
+        constrained(name)
+    assert e.value.status == 400 and "name: minLength 3 > maxLength 2" in e.value.message
+    with pytest.raises(APIError) as e:
+        constrained({"type": "integer", "minimum": 10, "maximum": 5})
+    assert "the schema: minimum 10 > maximum 5" in e.value.message
+    assert constrained({"type": "array", "minItems": 2, "maxItems": 2}).constraint is not None
+
+
 def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:
     """The converter walks dictionary keys only: a tool whose parameters refer into
     themselves becomes a $defs entry of its own, not a path through the anyOf list."""

@@ -24,6 +24,7 @@ from ris.lanes.llm import (
     Turn,
     enum_values,
     fewest_left_out,
+    impossible_bounds,
     long_repetitions,
     max_tokens_over_context,
 )
@@ -166,6 +167,9 @@ def _check_constraint(
             "with max_tokens",
             param,
         )
+    impossible = impossible_bounds(schema)
+    if impossible:
+        raise invalid(f"no answer can match the JSON schema: {'; '.join(impossible[:3])}", param)
     broken = broken_refs(schema)
     if broken:
         raise invalid(

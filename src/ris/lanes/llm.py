@@ -177,6 +177,28 @@ def long_repetitions(schema: Any, path: str = "") -> list[str]:
     return found
 
 
+_OPPOSED_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"), ("minimum", "maximum"))
+
+
+def impossible_bounds(schema: Any, path: str = "") -> list[str]:
+    """Where a JSON schema's lower bound exceeds its upper one, e.g. ["name: minLength 3 >
+    maxLength 2"]: no answer matches, and the grammar wrote one that does not."""
+    if isinstance(schema, list):
+        return [found for i, x in enumerate(schema) for found in impossible_bounds(x, f"{path}{i}.")]
+    if not isinstance(schema, dict):
+        return []
+    found = []
+    for low, high in _OPPOSED_BOUNDS:
+        a, b = schema.get(low), schema.get(high)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        if numbers and a > b:
+            found.append(f"{path.rstrip('.') or 'the schema'}: {low} {a} > {high} {b}")
+    for key, value in schema.items():
+        if key not in ("enum", "const", "default", "examples"):
+            found += impossible_bounds(value, f"{path}{key}." if key not in ("properties", "$defs") else path)
+    return found
+
+
 def schema_depth(schema: Any) -> int:
     """How many schema levels nest in a JSON schema: an object's properties, an array's items,
     a combinator's branches each one level below their schema (a `$ref` is not followed)."""

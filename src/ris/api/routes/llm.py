@@ -22,6 +22,7 @@ from ris.api.deps import (
 from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context, llm_warnings, require_constraining_backend
+from ris.api.openai_tools import unenforced
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
 from ris.api.streams import json_response, sse_event, texts
 from ris.lanes import Lane
@@ -52,6 +53,9 @@ async def llm_generate(request: Request) -> Any:
     req = seed_llm_request(engine.config.server, body, llm_context(engine, model), body.json_schema)
     texts_in = [body.system, body.prompt, *(m.content for m in body.messages or ())]
     warnings = llm_warnings(engine, model, texts_in)
+    loose = unenforced(body.json_schema) if body.json_schema is not None else []
+    if loose:  # served, as /v1 serves a schema that is not strict, and said
+        warnings.append(f"json_schema: the grammar does not enforce {', '.join(loose[:5])}")
     handle = engine.submit(
         LLM,
         model,
