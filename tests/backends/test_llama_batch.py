@@ -4,6 +4,7 @@ reused; a seed's text the same alone or among others."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,16 @@ def test_a_failed_decode_reports_the_sequences_that_ended_before_it(
     assert [key for key, _ in failed.value.ended] == ["gone"]
     assert "llama_decode failed" in str(failed.value.cause)
     assert batch.abort() == ["stays"]
+
+
+def test_an_option_llama_cpp_does_not_have_fails_the_load_naming_it(tmp_path: Path) -> None:
+    """Llama() takes **kwargs and ignores what it does not know: "n_ctxx" started silently."""
+    from ris.backends import BackendContext
+    from ris.lanes.llm import LANE
+
+    spec = LANE.embedded_models["smollm2"]
+    typo = spec.model_copy(update={"options": {"n_ctxx": 4096}})
+    with pytest.raises(BackendError) as e:
+        LlamaCppLLM(typo, BackendContext(device="cpu", threads=1, data_dir=tmp_path))
+    assert e.value.code == "bad_model" and "options n_ctxx: not options of llama.cpp" in e.value.message
+    assert "n_ctx," in e.value.message  # the ones it takes are listed

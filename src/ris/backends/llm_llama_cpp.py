@@ -9,6 +9,7 @@ as the budget holds with their KV cache (ris.memory.fit.layer_split), the rest o
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ from ris.memory.fit import layer_split, mib
 from ris.memory.footprint import file_footprint
 
 _UNUSED_CTX = 64
+# The options llama-cpp-python's Llama takes by name (its signature, so its version's), and
+# those this backend reads itself (config.backend_options.LlamaCppOptions).
+_LLAMA_OPTIONS = frozenset(inspect.signature(Llama.__init__).parameters) - {"self", "kwargs", "model_path"}
+_OWN_OPTIONS = frozenset({"n_ctx", "prefill_chunk", "flash_attn"})
 
 
 class LlamaCppLLM(LLMBackend):
@@ -48,6 +53,15 @@ class LlamaCppLLM(LLMBackend):
         # with SmolLM2), which breaks "a seed gives the same text under load", and it bought no
         # speed on one thread (decode 0.96x, docs/PERFORMANCE_OPTIMIZATION.md).
         flash_attn = opts.pop("flash_attn", None if gpu else False)
+        # Llama() takes **kwargs and ignores what it does not know: a typo ("n_ctxx") went unsaid.
+        unknown = sorted(set(opts) - _LLAMA_OPTIONS)
+        if unknown:
+            known = ", ".join(sorted(_LLAMA_OPTIONS | _OWN_OPTIONS))
+            raise BackendError(
+                "bad_model",
+                f"options {', '.join(unknown)}: not options of llama.cpp (llama-cpp-python's Llama) "
+                f"nor of RIS's llama_cpp backend; they are: {known}",
+            )
         # The Llama object's own context is never used for generation: keep it tiny.
         self._llm = Llama(
             model_path=str(path),

@@ -6,6 +6,7 @@ says what is allowed, and all problems are reported at once.
 
 from __future__ import annotations
 
+from ris.config.backend_options import option_problems
 from ris.config.fit_checks import memory_problems, preloaded
 from ris.config.schema import Config, ConfigError, LaneConfig
 from ris.config.sharing import resolve_policy, yields_to
@@ -33,8 +34,10 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                     )
     problems += _yield_to_problems(cfg)
     problems += _board_problems(cfg, local=here)
-    if here:  # on a cluster the model files and the cards are the nodes'
-        problems += memory_problems(cfg, machine)
+    options = _option_problems(cfg)
+    problems += options
+    if here and not options:  # on a cluster the model files and the cards are the nodes'
+        problems += memory_problems(cfg, machine)  # (it reads the options: once they are sound)
     if not cfg.enabled_lanes:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
@@ -99,6 +102,26 @@ def missing_model_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def _option_problems(cfg: Config) -> list[str]:
+    """Each model's `options`, as its backend reads them (ris.config.backend_options)."""
+    problems = []
+    for lane, lane_cfg in cfg.lanes.items():
+        backends = kind(lane).backends
+        for name, model in lane_cfg.models.items():
+            entry = backends.get(model.backend)
+            if entry is None:
+                continue  # an unknown backend is said by _lane_problems
+            where = f"lanes.{lane}.models.{name}.options"
+            problems += option_problems(where, model.backend, entry.options, model.options)
+            steps = model.options.get("default_steps")
+            if isinstance(steps, int) and steps > cfg.server.max_image_steps:
+                problems.append(
+                    f"{where}.default_steps: {steps} is over server.max_image_steps "
+                    f"({cfg.server.max_image_steps}), which a request asking for them is refused"
+                )
+    return problems
+
+
 def _yield_to_problems(cfg: Config) -> list[str]:
     problems = []
     for lane, lane_cfg in cfg.lanes.items():
@@ -134,6 +157,12 @@ def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> l
             else f"GPUs here: {', '.join(f'cuda:{i}' for i in range(machine.gpus))}"
         )
         problems.append(f"{where}.device: {cfg.device!r} is not available; {have}")
+    if cfg.threads is not None and cfg.cores and cfg.threads > len(cfg.cores):
+        problems.append(
+            f"{where}.threads: {cfg.threads} on {len(cfg.cores)} core(s) {list(cfg.cores)}; threads "
+            "beyond the lane's cores only wait for each other (64 on one core generated 3.5x "
+            f"slower here): at most {len(cfg.cores)}, or unset (one per core)"
+        )
     if cfg.parallel > 1 and not spec.concurrent:
         problems.append(
             f"{where}.parallel: {cfg.parallel}; the {lane} lane runs one task at a time (parallel: 1)"

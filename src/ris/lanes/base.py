@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from pydantic import BaseModel
+
 from ris.config.schema import ModelSpec
 
 # ModelDetails lives with the wire message that carries it to the server (ModelInfo); backends
@@ -333,6 +335,9 @@ class BackendEntry:
     # Decodes under a grammar (structured output, tools); the API refuses those requests for
     # models of other backends.
     constrains: bool = False
+    # The `options` a model of this backend may have (ris.config.backend_options), checked
+    # when the config loads; None: not checked (a plugin's backend, unless it says).
+    options: type[BaseModel] | None = None
 
 
 ResultT = TypeVar("ResultT", bound=LaneResult)
@@ -400,13 +405,19 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
         return issubclass(self.runner_type, ConcurrentRunner)
 
     def register_backend(
-        self, name: str, target: str, *, batches: bool = False, constrains: bool = False
+        self,
+        name: str,
+        target: str,
+        *,
+        batches: bool = False,
+        constrains: bool = False,
+        options: type[BaseModel] | None = None,
     ) -> None:
         """Add a backend ("module:Class") and what it can do (see BackendEntry); the worker
         imports it when a model names it."""
         if ":" not in target:
             raise ValueError(f"backend target {target!r} must look like 'package.module:Class'")
-        self.backends[name] = BackendEntry(target, batches=batches, constrains=constrains)
+        self.backends[name] = BackendEntry(target, batches=batches, constrains=constrains, options=options)
 
     def backend(self, name: str) -> BackendEntry:
         try:

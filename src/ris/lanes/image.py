@@ -19,9 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from ris.config.backend_options import DiffusersOptions
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendEntry,
     Cancelled,
     Counted,
     LaneKind,
@@ -234,7 +236,9 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
         "busy_timeout_s": 600.0,
     }
 
-    builtin_backends = {"diffusers": "ris.backends.image_diffusers:DiffusersImage"}
+    builtin_backends = {
+        "diffusers": BackendEntry("ris.backends.image_diffusers:DiffusersImage", options=DiffusersOptions)
+    }
     embedded_models = {
         "tiny-sd": ModelSpec(
             backend="diffusers",

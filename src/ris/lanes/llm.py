@@ -15,8 +15,9 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
 
+from ris.config.backend_options import LlamaCppOptions, TransformersOptions
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
@@ -180,6 +181,10 @@ def long_repetitions(schema: Any, path: str = "") -> list[str]:
 _OPPOSED_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"), ("minimum", "maximum"))
 
 
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def impossible_bounds(schema: Any, path: str = "") -> list[str]:
     """Where a JSON schema's lower bound exceeds its upper one, e.g. ["name: minLength 3 >
     maxLength 2"]: no answer matches, and the grammar wrote one that does not."""
@@ -190,8 +195,7 @@ def impossible_bounds(schema: Any, path: str = "") -> list[str]:
     found = []
     for low, high in _OPPOSED_BOUNDS:
         a, b = schema.get(low), schema.get(high)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-        if numbers and a > b:
+        if _number(a) and _number(b) and a > b:
             found.append(f"{path.rstrip('.') or 'the schema'}: {low} {a} > {high} {b}")
     for key, value in schema.items():
         if key not in ("enum", "const", "default", "examples"):
@@ -682,8 +686,12 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
     # Both batch (llama.cpp's batch API; transformers' continuous-batching engine). transformers
     # refuses grammars, as the API does first for its models.
     builtin_backends = {
-        "llama_cpp": BackendEntry("ris.backends.llm_llama_cpp:LlamaCppLLM", batches=True, constrains=True),
-        "transformers": BackendEntry("ris.backends.llm_transformers:TransformersLLM", batches=True),
+        "llama_cpp": BackendEntry(
+            "ris.backends.llm_llama_cpp:LlamaCppLLM", batches=True, constrains=True, options=LlamaCppOptions
+        ),
+        "transformers": BackendEntry(
+            "ris.backends.llm_transformers:TransformersLLM", batches=True, options=TransformersOptions
+        ),
         "noop": "ris.backends.llm_noop:NoopLLM",  # benchmark-only: measures the service's own cost
     }
     embedded_models = {

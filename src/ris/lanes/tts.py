@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from ris.config.backend_options import NoOptions, Pyttsx3Options
 from ris.config.schema import ModelSpec
 from ris.lanes.base import (
     Backend,
+    BackendEntry,
     BackendError,
     Coalesces,
     Collector,
@@ -438,9 +440,9 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
     memory_share = 0.25
     result_folder = AUDIO_FOLDER
     builtin_backends = {
-        "espeak": "ris.backends.tts_espeak:EspeakTTS",
-        "piper": "ris.backends.tts_piper:PiperTTS",
-        "pyttsx3": "ris.backends.tts_pyttsx3:Pyttsx3TTS",
+        "espeak": BackendEntry("ris.backends.tts_espeak:EspeakTTS", options=NoOptions),
+        "piper": BackendEntry("ris.backends.tts_piper:PiperTTS", options=NoOptions),
+        "pyttsx3": BackendEntry("ris.backends.tts_pyttsx3:Pyttsx3TTS", options=Pyttsx3Options),
     }
     embedded_models = {
         "piper": ModelSpec(

@@ -1,0 +1,87 @@
+"""The `options` of a model in config.json, as each built-in backend reads them.
+
+`options` is free-form in the schema (each backend has its own), so a value of the wrong type or
+out of range passed the loader and failed later: `"n_ctx": "big"` as a traceback of the memory
+estimate, `"n_ctx": -5` as a worker restarted forever, `"default_steps": 0` as every image's
+ZeroDivisionError, `"default_steps": 500` past server.max_image_steps. Each backend registers
+the options it reads itself (ris.lanes.base.BackendEntry); the loader checks them, all
+problems at once, by path. A backend that hands the rest to its library (llama-cpp-python's
+Llama, diffusers' from_pretrained) allows other keys; the llama.cpp worker checks those
+against Llama's own parameters when it loads. Options of a plugin's backend are its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+
+class _Closed(_Options):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class LlamaCppOptions(_Options):
+    """RIS reads these; the others go to llama-cpp-python's Llama (checked there at load)."""
+
+    n_ctx: int | None = Field(default=None, ge=64, le=1 << 20, description="context tokens of each slot")
+    prefill_chunk: int | None = Field(default=None, ge=1, le=1 << 16)
+    flash_attn: bool | None = None
+    n_gpu_layers: int | None = Field(default=None, ge=-1)
+    type_k: str | None = None
+    type_v: str | None = None
+
+
+class TransformersOptions(_Options):
+    """RIS reads these; the others go to from_pretrained."""
+
+    dtype: str | None = None
+    max_context: int | None = Field(default=None, ge=64)
+    kv_cache_tokens: int | None = Field(default=None, ge=1)
+    cuda_graphs: bool | None = None
+    compile_level: int | None = Field(default=None, ge=0, le=3)
+
+
+class DiffusersOptions(_Options):
+    """RIS reads these; the others go to from_pretrained (`variant`, `use_safetensors`, ...).
+    `default_steps` is also held to server.max_image_steps (ris.config.checks)."""
+
+    dtype: str | None = None
+    turbo: bool | None = None
+    default_steps: int | None = Field(default=None, ge=1)
+    default_guidance: float | None = Field(default=None, ge=0.0, le=30.0)
+    block_lookahead: int | None = Field(default=None, ge=0, le=64)
+    arch: str | None = None
+    config: str | None = None
+
+
+class Pyttsx3Options(_Closed):
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class NoOptions(_Closed):
+    """A backend that reads no option (Piper, espeak-ng): any key given is a mistake."""
+
+
+def option_problems(
+    where: str, backend: str, model: type[BaseModel] | None, options: dict[str, Any]
+) -> list[str]:
+    """What is wrong with a model's `options` (`where`: its path, "lanes.llm.models.m.options")."""
+    if model is None:
+        return []
+    try:
+        model.model_validate(options)
+    except ValidationError as e:
+        return [_problem(where, backend, err) for err in e.errors()]
+    return []
+
+
+def _problem(where: str, backend: str, err: Any) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{where}.{key}: the {backend} backend takes no option {key!r}"
+    return f"{where}.{key}: {err['msg']} (got {err.get('input')!r})"
