@@ -314,7 +314,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     stats = answer["lanes"]
     head = (
         f"{'lane':6} {'state':10} {'pid':>7} {'device':7} {'cores':9} {'queue':>9} {'run':>3} "
-        f"{'done':>6} {'failed':>6} {'cancel':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
+        f"{'ok':>6} {'failed':>6} {'cancel':>6} {'p50 s':>7} {'p99 s':>7} {'cpu%':>5} {'rss':>9}"
     )
     print(head)
     for name, s in stats.items():
@@ -326,7 +326,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = s.get("state") or w["state"]
         print(
             f"{name:6} {state:10} {w['pid'] or '-':>7} {s['device']:7} {cores:9} "
-            f"{s['queue_depth']:>4}/{s['max_queue']:<4} {s['running']:>3} {s['done']:>6} "
+            f"{s['queue_depth']:>4}/{s['max_queue']:<4} {s['running']:>3} {_succeeded(s):>6} "
             f"{s['failed']:>6} {s['cancelled']:>6} {_num(lat['p50']):>7} {_num(lat['p99']):>7} "
             f"{_num(w['cpu_percent'], 0):>5} {_fmt_bytes(w['rss_bytes']):>9}"
         )
@@ -516,6 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     bench.set_defaults(fn=cmd_bench)
     return p
+
+
+def _succeeded(lane: dict[str, Any]) -> int:
+    """Tasks that ended well ("done" counts every end, failures and cancels too; a server from
+    before "succeeded" is read from those)."""
+    if "succeeded" in lane:
+        return int(lane["succeeded"])
+    return int(lane["done"]) - int(lane["failed"]) - int(lane["cancelled"])
 
 
 def main(argv: list[str] | None = None) -> int:

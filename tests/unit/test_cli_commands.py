@@ -186,9 +186,10 @@ STATS = {
             "queue_depth": 0,
             "max_queue": 64,
             "running": 0,
-            "done": 3,
-            "failed": 0,
-            "cancelled": 0,
+            "succeeded": 3,
+            "done": 6,
+            "failed": 2,
+            "cancelled": 1,
             "latency_s": {"p50": 0.5, "p95": 0.9, "p99": 1.0},
             "throughput_per_s": {},
             "throughput_window_s": 60,
@@ -223,6 +224,9 @@ def test_status_json_is_all_of_the_statistics_and_the_table_shows_the_gpus() -> 
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["lane", "state"] and lines[1].split()[:2] == ["llm", "idle"]
+    # "ok" is the tasks that succeeded: "done" counted failures and cancels too.
+    head, row = lines[0].split(), lines[1].split()
+    assert [row[head.index(c)] for c in ("ok", "failed", "cancel")] == ["3", "2", "1"], lines[:2]
     assert lines[-2:] == [
         "gpu 0 NVIDIA H100: 3.0 of 80.0 GiB memory used, 7% busy",
         "gpu 1 NVIDIA A100 MIG 1g.10gb: 0.0 of 10.0 GiB memory used",
