@@ -425,7 +425,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(f"{'piper:<voice>':28} tts    any voice of rhasspy/piper-voices by its file name")
         for name, why in catalogue.UNAVAILABLE.items():
             print(f"{name:28} -      {why}")
-        return 0 if args.list else 2
+        if not args.list:
+            print(
+                "ris pull: name a model to pull, one of those above (ris pull --list lists them)",
+                file=sys.stderr,
+            )
+            return 2
+        return 0
     path = Path(args.config or os.environ.get("RIS_CONFIG") or "config.json")
     if not path.is_file():
         print(f"ris pull: no config file {str(path)!r}; make one with `ris config > {path}`", file=sys.stderr)
@@ -492,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sp.set_defaults(fn=fn)
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")
-    st.add_argument("--url", default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))
+    st.add_argument("--url", type=_url, default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))
     st.add_argument("--api-key", default=os.environ.get("RIS_API_KEY"))
     st.add_argument("--json", action="store_true", help="print the statistics as the server gives them")
     st.set_defaults(fn=cmd_status)
@@ -504,7 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--token", help="hub token for gated repositories (default: $HF_TOKEN)")
     pl.set_defaults(fn=cmd_pull)
     te = sub.add_parser("test", help="run a test of the service by name (from a source checkout)")
-    te.add_argument("which", choices=sorted(TESTS), help="isolation: the resource isolation test")
+    te.add_argument(
+        "which",
+        nargs="?",
+        default="isolation",
+        choices=sorted(TESTS),
+        help="isolation (the default): the resource isolation test",
+    )
     te.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
     te.set_defaults(fn=cmd_test)
     from ris.benchmark.run import add_arguments
@@ -516,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     bench.set_defaults(fn=cmd_bench)
     return p
+
+
+def _url(value: str) -> str:
+    """A server's address as `--url` takes it: `localhost:8080` is http://localhost:8080, as for
+    curl (httpx said "unsupported protocol 'localhost://'")."""
+    return value if "://" in value else f"http://{value}"
 
 
 def _succeeded(lane: dict[str, Any]) -> int:

@@ -39,6 +39,15 @@ def test_ris_pull_list() -> None:
         assert name in done.stdout
 
 
+def test_cli_slips_are_said_in_words() -> None:
+    """`ris pull` alone printed the catalogue and exited 2 saying nothing; `--url localhost:1`
+    read as "unsupported protocol 'localhost://'"."""
+    done = ris("pull")
+    assert done.returncode == 2 and "ris pull: name a model to pull" in done.stderr, done.stderr
+    done = ris("status", "--url", "localhost:1")
+    assert done.returncode == 1 and "cannot reach http://localhost:1" in done.stderr, done.stderr
+
+
 def test_output_into_a_pipe_whose_reader_left_ends_quietly() -> None:
     """`ris pull --list | head -1` without the server `ris status` needs (its own test with a
     live server is in tests/integration/test_ops.py): no BrokenPipeError traceback."""
