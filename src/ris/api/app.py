@@ -45,6 +45,7 @@ from ris.api.routes import (
 from ris.api.schemas import ErrorBody
 from ris.api.security import ForwardedProto, Guard, served_hosts
 from ris.api.signed_urls import UrlSigner
+from ris.api.streams import BrokenStreamLog
 from ris.config import Config
 from ris.runtime.engine import Engine
 from ris.services import speech_encoding
@@ -205,6 +206,7 @@ def create_app(
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)},
     )
     app.state.engine = eng
+    _quiet_broken_streams()
     # The console's charts over the last 15 minutes, sampled while the server runs.
     app.state.charts = ChartHistory(time.time, ticker=time.monotonic)
     app.state.config_path = config_path
@@ -216,6 +218,13 @@ def create_app(
     _serve(app, config, ROUTERS)
     _document_bodies(app)
     return app
+
+
+def _quiet_broken_streams() -> None:
+    """One WARNING line, not an ERROR traceback, for an audio body broken off by design."""
+    log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, BrokenStreamLog) for f in log.filters):
+        log.addFilter(BrokenStreamLog())
 
 
 def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,3 +66,30 @@ class StreamBroken(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+
+
+class BrokenStreamLog(logging.Filter):
+    """uvicorn logs the StreamBroken that breaks an audio body off as "Exception in ASGI
+    application" with a 40-line traceback, at ERROR: for a break that is the answer's designed
+    end (its task failed, or the server stops). The record becomes one WARNING line, with the
+    code and message; any other exception is left as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        broken = _broken(record.exc_info[1] if record.exc_info else None)
+        if broken is not None:
+            record.msg, record.args = "an audio stream was broken off mid-body: %s", (broken,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _broken(exc: BaseException | None) -> StreamBroken | None:
+    """The StreamBroken `exc` is, or the one an exception group (anyio's, around a streaming
+    body) holds as its only kind of exception."""
+    if isinstance(exc, StreamBroken):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_broken(e) for e in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return found[0]
+    return None
