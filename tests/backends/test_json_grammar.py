@@ -3,12 +3,14 @@ regular expression against every integer near each bound and a spread of others.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
 import pytest
 
-from ris.backends._json_grammar import integer_bounds, integer_range
+from ris.backends._json_grammar import integer_range
+from ris.lanes.json_schemas import integer_bounds
 
 
 def as_regex(grammar: str) -> re.Pattern[str]:
@@ -49,3 +51,24 @@ def test_bounds_as_json_schema_and_pydantic_write_them() -> None:
     assert integer_bounds({"minimum": True, "maximum": "9"}) == (None, None)  # not numbers
     with pytest.raises(ValueError, match="no integer lies between"):
         integer_range(5, 4)
+
+
+def test_what_decides_a_value_first_keeps_deciding_it() -> None:
+    """The override ran before the converter's own order: an integer enum with bounds became
+    any integer in the bounds, a const any integer at all, an email with a maxLength one of
+    600 characters. Where something else shapes the value, the grammar is the converter's."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf as converters
+
+    from ris.backends._json_grammar import json_schema_to_gbnf as ours
+
+    for schema in (
+        {"type": "integer", "enum": [2, 4], "minimum": 1, "maximum": 5},
+        {"type": "integer", "const": 3, "minimum": 0},
+        {"type": "string", "format": "email", "maxLength": 20},
+        {"type": "integer", "minimum": 5, "exclusiveMinimum": True},
+    ):
+        assert ours(json.dumps(schema)) == converters(json.dumps(schema)), schema
+    assert ours('{"type": "integer", "minimum": 1, "maximum": 3}') != converters(
+        '{"type": "integer", "minimum": 1, "maximum": 3}'
+    )
+    assert '"@"' in ours('{"type": "string", "format": "email"}')

@@ -429,6 +429,43 @@ def test_a_schema_no_answer_can_match_is_refused_naming_the_bounds() -> None:
     assert constrained({"type": "array", "minItems": 2, "maxItems": 2}).constraint is not None
 
 
+def test_bounds_and_emails_count_as_held_only_where_nothing_else_shapes_the_value() -> None:
+    """The converter decides an enum, a const or a combinator first, and a length or a pattern
+    of an email: there the bounds (or the email's form) are not held, and strict says so."""
+    assert unenforced({"type": "integer", "minimum": 1, "exclusiveMaximum": 9}) == []
+    assert unenforced({"type": "integer", "enum": [2, 4], "minimum": 1, "maximum": 5}) == [
+        "minimum",
+        "maximum",
+    ]
+    assert unenforced({"type": "integer", "minimum": 5, "exclusiveMinimum": True}) == [
+        "minimum",
+        "exclusiveMinimum",
+    ]  # draft 4's boolean form
+    assert unenforced({"type": "number", "minimum": 0}) == ["minimum"]
+    assert unenforced({"type": "string", "format": "email"}) == []
+    assert unenforced({"type": "string", "format": "email", "maxLength": 20}) == ["format"]
+
+
+def test_schema_checks_walk_properties_whatever_their_names() -> None:
+    """A property named "default" or "const" was skipped as if it were data: its maxLength of
+    20,000 reached the worker, whose grammar parser that size crashed."""
+    from ris.lanes.json_schemas import impossible_bounds, long_repetitions
+
+    named = {"properties": {"default": {"type": "string", "maxLength": 20000}}}
+    assert long_repetitions(named) == ["default.maxLength 20000 (at most 2000)"]
+    defs = {"$defs": {"const": {"type": "array", "maxItems": 50000}}, "enum": [{"maxItems": 50000}]}
+    assert long_repetitions(defs) == ["const.maxItems 50000 (at most 1000)"]  # an enum's values are data
+    assert impossible_bounds({"properties": {"examples": {"minItems": 3, "maxItems": 1}}}) == [
+        "examples: minItems 3 > maxItems 1"
+    ]
+    assert impossible_bounds({"type": "integer", "exclusiveMinimum": 5, "maximum": 5}) == [
+        "the schema: no integer lies between its bounds (6 to 5)"
+    ]
+    assert impossible_bounds({"type": "integer", "minimum": 1.5, "maximum": 1.7}) == [
+        "the schema: no integer lies between its bounds (2 to 1)"
+    ]
+
+
 def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:
     """The converter walks dictionary keys only: a tool whose parameters refer into
     themselves becomes a $defs entry of its own, not a path through the anyOf list."""

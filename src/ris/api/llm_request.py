@@ -16,6 +16,7 @@ from ris.api.errors import APIError
 from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
+from ris.lanes.json_schemas import impossible_bounds, long_repetitions
 from ris.lanes.llm import (
     Constraint,
     LLMRequest,
@@ -24,8 +25,6 @@ from ris.lanes.llm import (
     Turn,
     enum_values,
     fewest_left_out,
-    impossible_bounds,
-    long_repetitions,
     max_tokens_over_context,
 )
 

@@ -17,6 +17,7 @@ from ris.api.openai_schemas import (
     SamplingBody,
 )
 from ris.api.openai_strict import CHAT, COMPLETIONS, refuse_unknown, refuse_unreadable_messages
+from ris.lanes.json_schemas import email_held, integer_bounds_held
 from ris.lanes.llm import Constraint, Message, Tool, ToolCall
 from ris.lanes.llm_tools import CallHolder, call_schema, parse_calls
 
@@ -47,7 +48,8 @@ def refuse_unsupported(body: SamplingBody) -> None:
 # JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
 # a strict schema that uses one is refused, as OpenAI's strict mode refuses what it cannot
 # guarantee; a non-strict one is served with them unenforced (docs/OPENAI_COMPATIBILITY.md).
-# The bounds of an integer are enforced (backends/_json_grammar.py), a number's are not.
+# The bounds of an integer and an email are enforced where nothing else shapes the value
+# (ris.lanes.json_schemas: integer_bounds_held, email_held); a number's bounds are not.
 UNENFORCED = frozenset(
     {
         "minimum",
@@ -73,7 +75,7 @@ UNENFORCED = frozenset(
 )
 INTEGER_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
 ENFORCED_FORMATS = frozenset(
-    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5", "email"}
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
 )
 _NAMED_SCHEMAS = ("properties", "$defs", "definitions")
 _ONE_SCHEMA = ("items", "additionalProperties")
@@ -84,9 +86,9 @@ def unenforced(schema: Any, path: str = "") -> list[str]:
     """Where a schema uses what the grammar cannot hold the answer to, e.g. ["age.minimum"]."""
     if not isinstance(schema, dict):
         return []
-    integer = schema.get("type") == "integer"
-    found = [f"{path}{k}" for k in schema if k in UNENFORCED and not (integer and k in INTEGER_BOUNDS)]
-    if "format" in schema and schema["format"] not in ENFORCED_FORMATS:
+    held = integer_bounds_held(schema)
+    found = [f"{path}{k}" for k in schema if k in UNENFORCED and not (held and k in INTEGER_BOUNDS)]
+    if "format" in schema and schema["format"] not in ENFORCED_FORMATS and not email_held(schema):
         found.append(f"{path}format")
     for key, value in schema.items():
         if key in _NAMED_SCHEMAS and isinstance(value, dict):

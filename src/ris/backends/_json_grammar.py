@@ -12,10 +12,11 @@ its grammar) stay unenforced, and strict schemas that use them are refused at th
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+
+from ris.lanes.json_schemas import email_held, integer_bounds, integer_bounds_held
 
 # llama-cpp-python's integers have at most 16 digits ("integral-part"): an open end is that.
 _WIDEST = 10**16 - 1
@@ -24,25 +25,6 @@ _WIDEST = 10**16 - 1
 _EMAIL = (
     r'"\"" [A-Za-z0-9._%+-]{1,64} "@" ([A-Za-z0-9] [A-Za-z0-9-]{0,62} "."){1,8} [A-Za-z]{2,24} "\"" space'
 )
-
-
-def integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
-    """The smallest and largest integer a schema's bounds allow (None: that end is open).
-    `exclusiveMinimum`/`exclusiveMaximum` as numbers (JSON Schema 2020-12, Pydantic's gt/lt)."""
-    lows, highs = [], []
-    if _number(schema.get("minimum")):
-        lows.append(math.ceil(schema["minimum"]))
-    if _number(schema.get("exclusiveMinimum")):
-        lows.append(math.floor(schema["exclusiveMinimum"]) + 1)
-    if _number(schema.get("maximum")):
-        highs.append(math.floor(schema["maximum"]))
-    if _number(schema.get("exclusiveMaximum")):
-        highs.append(math.ceil(schema["exclusiveMaximum"]) - 1)
-    return (max(lows) if lows else None), (min(highs) if highs else None)
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def integer_range(low: int | None, high: int | None) -> str:
@@ -109,10 +91,11 @@ class _Converter(_UntypedConverter):  # type: ignore[misc]
     def visit(self, schema: Any, name: str) -> str:
         if isinstance(schema, dict):
             rule_name = name + "-" if name in RESERVED_NAMES else name or "root"  # as the converter's
-            bounds = integer_bounds(schema)
-            if schema.get("type") == "integer" and bounds != (None, None):
-                return str(self._add_rule(rule_name, f"({integer_range(*bounds)}) space"))
-            if schema.get("type") in (None, "string") and schema.get("format") == "email":
+            # Only where nothing else shapes the value: the converter's own order decides an
+            # enum, a const or a combinator first, and a length or pattern of an email.
+            if integer_bounds_held(schema):
+                return str(self._add_rule(rule_name, f"({integer_range(*integer_bounds(schema))}) space"))
+            if email_held(schema):
                 return str(self._add_rule(rule_name, _EMAIL))
         return str(super().visit(schema, name))
 

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, TypeGuard, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from ris.config.backend_options import LlamaCppOptions, TransformersOptions
 from ris.config.schema import ModelSpec
@@ -151,56 +151,6 @@ def enum_values(schema: Any) -> int:
         return 0
     # The values of an enum are data, not schemas; a property may well be named "enum".
     return sum(len(v) if k == "enum" and isinstance(v, list) else enum_values(v) for k, v in schema.items())
-
-
-# How often a grammar may repeat what a keyword asks, past which llama.cpp cannot parse the
-# grammar it becomes (measured with the converter here: maxLength 2,000 parses, maxItems 1,001
-# does not, a separator between items), and far past which (20,000) its parser overflowed the
-# worker's stack: a SIGSEGV that failed every request of the batch.
-REPETITION_BOUNDS = {"minLength": 2000, "maxLength": 2000, "minItems": 2000, "maxItems": 1000}
-
-
-def long_repetitions(schema: Any, path: str = "") -> list[str]:
-    """Where a JSON schema asks for more repetitions than a grammar holds, e.g.
-    ["text.maxLength 5000 (at most 2000)"]."""
-    if isinstance(schema, list):
-        return [found for i, x in enumerate(schema) for found in long_repetitions(x, f"{path}{i}.")]
-    if not isinstance(schema, dict):
-        return []
-    found = [
-        f"{path}{key} {value} (at most {REPETITION_BOUNDS[key]})"
-        for key, value in schema.items()
-        if key in REPETITION_BOUNDS and isinstance(value, int) and value > REPETITION_BOUNDS[key]
-    ]
-    for key, value in schema.items():
-        if key not in ("enum", "const", "default", "examples"):  # data, not schemas
-            found += long_repetitions(value, f"{path}{key}." if key not in ("properties", "$defs") else path)
-    return found
-
-
-_OPPOSED_BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"), ("minimum", "maximum"))
-
-
-def _number(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def impossible_bounds(schema: Any, path: str = "") -> list[str]:
-    """Where a JSON schema's lower bound exceeds its upper one, e.g. ["name: minLength 3 >
-    maxLength 2"]: no answer matches, and the grammar wrote one that does not."""
-    if isinstance(schema, list):
-        return [found for i, x in enumerate(schema) for found in impossible_bounds(x, f"{path}{i}.")]
-    if not isinstance(schema, dict):
-        return []
-    found = []
-    for low, high in _OPPOSED_BOUNDS:
-        a, b = schema.get(low), schema.get(high)
-        if _number(a) and _number(b) and a > b:
-            found.append(f"{path.rstrip('.') or 'the schema'}: {low} {a} > {high} {b}")
-    for key, value in schema.items():
-        if key not in ("enum", "const", "default", "examples"):
-            found += impossible_bounds(value, f"{path}{key}." if key not in ("properties", "$defs") else path)
-    return found
 
 
 def schema_depth(schema: Any) -> int:

@@ -1,0 +1,124 @@
+"""What a JSON schema asks of the grammar it becomes, read before a request is queued: the
+API refuses a schema no answer can match or one llama.cpp cannot parse, and knows which
+keywords the grammar holds (ris.backends._json_grammar) and which it leaves unenforced.
+
+Pure functions of the schema (no llama.cpp here: the API process imports this).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, TypeGuard
+
+# How often a grammar may repeat what a keyword asks, past which llama.cpp cannot parse the
+# grammar it becomes (measured with the converter here: maxLength 2,000 parses, maxItems 1,001
+# does not, a separator between items), and far past which (20,000) its parser overflowed the
+# worker's stack: a SIGSEGV that failed every request of the batch.
+REPETITION_BOUNDS = {"minLength": 2000, "maxLength": 2000, "minItems": 2000, "maxItems": 1000}
+
+# Keywords whose value maps names to schemas (a property may be named "enum" or "default").
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+# Keywords whose value is data, not a schema.
+_DATA = ("enum", "const", "default", "examples")
+# An integer's bounds, and what else may decide its values first (the converter's order).
+_INTEGER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_DECIDED_BEFORE = ("$ref", "anyOf", "oneOf", "allOf", "const", "enum")
+
+
+def subschemas(schema: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema in `schema`, itself first, with its path ("address.city.")."""
+    if isinstance(schema, list):
+        for i, x in enumerate(schema):
+            yield from subschemas(x, f"{path}{i}.")
+        return
+    if not isinstance(schema, dict):
+        return
+    yield path, schema
+    for key, value in schema.items():
+        if key in _NAMED_SCHEMAS and isinstance(value, dict):
+            for name, sub in value.items():
+                yield from subschemas(sub, f"{path}{name}.")
+        elif key not in _DATA:
+            yield from subschemas(value, f"{path}{key}.")
+
+
+def _each(schema: Any, check: Callable[[str, dict[str, Any]], list[str]]) -> list[str]:
+    return [found for path, sub in subschemas(schema) for found in check(path, sub)]
+
+
+def long_repetitions(schema: Any) -> list[str]:
+    """Where a JSON schema asks for more repetitions than a grammar holds, e.g.
+    ["text.maxLength 5000 (at most 2000)"]."""
+
+    def check(path: str, sub: dict[str, Any]) -> list[str]:
+        return [
+            f"{path}{key} {value} (at most {bound})"
+            for key, bound in REPETITION_BOUNDS.items()
+            if isinstance(value := sub.get(key), int) and value > bound
+        ]
+
+    return _each(schema, check)
+
+
+def impossible_bounds(schema: Any) -> list[str]:
+    """Where a JSON schema's lower bound exceeds its upper one, e.g. ["name: minLength 3 >
+    maxLength 2"]: no answer matches, and the grammar wrote one that does not."""
+
+    def check(path: str, sub: dict[str, Any]) -> list[str]:
+        where = path.rstrip(".") or "the schema"
+        found = []
+        for low, high in (("minLength", "maxLength"), ("minItems", "maxItems"), ("minimum", "maximum")):
+            a, b = sub.get(low), sub.get(high)
+            if _number(a) and _number(b) and a > b:
+                found.append(f"{where}: {low} {a} > {high} {b}")
+        if sub.get("type") == "integer" and not found:
+            lowest, highest = integer_bounds(sub)
+            if lowest is not None and highest is not None and lowest > highest:
+                found.append(f"{where}: no integer lies between its bounds ({lowest} to {highest})")
+        return found
+
+    return _each(schema, check)
+
+
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The smallest and largest integer a schema's bounds allow (None: that end is open).
+    `exclusiveMinimum`/`exclusiveMaximum` as numbers (JSON Schema 2020-12, Pydantic's gt/lt)."""
+    lows, highs = [], []
+    if _number(low := schema.get("minimum")):
+        lows.append(math.ceil(low))
+    if _number(low := schema.get("exclusiveMinimum")):
+        lows.append(math.floor(low) + 1)
+    if _number(high := schema.get("maximum")):
+        highs.append(math.floor(high))
+    if _number(high := schema.get("exclusiveMaximum")):
+        highs.append(math.ceil(high) - 1)
+    return (max(lows) if lows else None), (min(highs) if highs else None)
+
+
+def integer_bounds_held(schema: dict[str, Any]) -> bool:
+    """Whether the grammar writes only the integers in a schema's bounds: an integer schema
+    with a bound, all of them numbers (draft 4's boolean exclusiveMinimum is not held), that
+    nothing else decides first (an enum, a const, a combinator, a $ref)."""
+    bounds = [schema[k] for k in _INTEGER_BOUNDS if k in schema]
+    return (
+        schema.get("type") == "integer"
+        and bool(bounds)
+        and all(_number(b) for b in bounds)
+        and not any(k in schema for k in _DECIDED_BEFORE)
+    )
+
+
+def email_held(schema: dict[str, Any]) -> bool:
+    """Whether the grammar holds a string to `format: email`: where nothing else shapes it (a
+    length, a pattern, an enum, a const, a combinator, a $ref), whose rule would be lost."""
+    shaped = ("minLength", "maxLength", "pattern", *_DECIDED_BEFORE)
+    return (
+        schema.get("type") in (None, "string")
+        and schema.get("format") == "email"
+        and not any(k in schema for k in shaped)
+    )
