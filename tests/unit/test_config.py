@@ -353,6 +353,8 @@ def test_model_options_are_checked_as_their_backend_reads_them() -> None:
     assert "lanes.llm.models.m.options.flash_attn:" in said and "chat_format" not in said  # Llama's own
     data["lanes"]["llm"]["models"]["m"]["options"] = {"n_ctx": -5}
     assert "options.n_ctx: Input should be greater than or equal to 64 (got -5)" in error_of(data)
+    data["lanes"]["llm"]["models"]["m"]["options"] = {"type_k": 8, "type_v": 8}  # q8_0, as Llama takes it
+    assert parse_config(data, TWO_CORES).lanes[Lane.LLM].models["m"].options["type_k"] == 8
     data = base()
     data["lanes"]["tts"]["models"]["e"]["options"] = {"voice": "nope"}
     assert "lanes.tts.models.e.options.voice: the espeak backend takes no option 'voice'" in error_of(data)

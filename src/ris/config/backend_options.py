@@ -32,8 +32,10 @@ class LlamaCppOptions(_Options):
     prefill_chunk: int | None = Field(default=None, ge=1, le=1 << 16)
     flash_attn: bool | None = None
     n_gpu_layers: int | None = Field(default=None, ge=-1)
-    type_k: str | None = None
-    type_v: str | None = None
+    # The KV cache's element types, as llama-cpp-python's Llama takes them: GGML type numbers
+    # (8: q8_0; ris.memory.footprint.GGML_TYPE_NAMES).
+    type_k: int | None = Field(default=None, ge=0)
+    type_v: int | None = Field(default=None, ge=0)
 
 
 class TransformersOptions(_Options):
