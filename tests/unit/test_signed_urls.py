@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ris.api.signed_urls import UrlSigner
+import os
+import stat
+from pathlib import Path
+
+from ris.api.signed_urls import KEY_FILE, UrlSigner, data_folder_key
 
 PATH = "/api/image/result/" + "a" * 32
 
@@ -13,8 +17,9 @@ def query(url: str) -> str:
 
 def test_a_signed_url_opens_its_image_alone_until_it_expires() -> None:
     now = [1_700_000_000.0]
-    signer = UrlSigner.for_keys(["k1", "k2"], wall=lambda: now[0])
-    assert signer is not None and UrlSigner.for_keys([]) is None  # no keys: nothing to sign
+    secret = bytes(range(32))
+    signer = UrlSigner.for_keys(["k1", "k2"], lambda: secret, wall=lambda: now[0])
+    assert signer is not None and UrlSigner.for_keys([], lambda: secret) is None  # no keys: unsigned
     url = signer.sign(PATH)
     assert url.startswith(PATH + "?expires=1700003600&signature=")
     assert signer.opens(PATH, query(url))
@@ -23,11 +28,24 @@ def test_a_signed_url_opens_its_image_alone_until_it_expires() -> None:
     assert not signer.opens(PATH, query(url).replace("expires=17", "expires=18"))  # a longer life
     assert not signer.opens(PATH, "") and not signer.opens(PATH, "expires=1&signature=")
     assert not signer.opens(PATH, "expires=" + "9" * 5000 + "&signature=x")  # no huge int parsed
-    # Made with other keys (the keys changed since): refused.
-    other = UrlSigner.for_keys(["k1"], wall=lambda: now[0])
+    # Not ASCII: "²" is a digit to isdigit, not to int(); compare_digest refuses such a str (500s).
+    assert not signer.opens(PATH, "expires=%C2%B2&signature=" + query(url).rpartition("=")[2])
+    assert not signer.opens(PATH, query(url)[:-1] + "%C3%A9")
+    # Made with other keys (the keys changed since), or another data folder's key: refused.
+    other = UrlSigner.for_keys(["k1"], lambda: secret, wall=lambda: now[0])
     assert other is not None and not other.opens(PATH, query(url))
+    elsewhere = UrlSigner.for_keys(["k1", "k2"], lambda: bytes(32), wall=lambda: now[0])
+    assert elsewhere is not None and not elsewhere.opens(PATH, query(url))
     # The same keys in another order, or after a restart: the same secret.
-    again = UrlSigner.for_keys(["k2", "k1"], wall=lambda: now[0])
+    again = UrlSigner.for_keys(["k2", "k1"], lambda: secret, wall=lambda: now[0])
     assert again is not None and again.opens(PATH, query(url))
     now[0] += 3601
     assert not signer.opens(PATH, query(url))
+
+
+def test_the_data_folders_signing_key_is_random_private_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    key = data_folder_key(folder)
+    assert len(key) == 32 and data_folder_key(folder) == key  # kept: URLs outlive a restart
+    assert stat.S_IMODE(os.stat(folder / KEY_FILE).st_mode) == 0o600
+    assert data_folder_key(tmp_path / "other") != key

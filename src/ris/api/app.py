@@ -44,7 +44,7 @@ from ris.api.routes import (
 )
 from ris.api.schemas import ErrorBody
 from ris.api.security import ForwardedProto, Guard, served_hosts
-from ris.api.signed_urls import UrlSigner
+from ris.api.signed_urls import UrlSigner, data_folder_key
 from ris.api.streams import BrokenStreamLog
 from ris.config import Config
 from ris.runtime.engine import Engine
@@ -214,7 +214,9 @@ def create_app(
     # One checker for the API, the console's login and the Ollama listener: one budget of
     # wrong keys per address.
     app.state.keys = KeyChecker(config.server.api_keys, time.monotonic)
-    app.state.url_signer = UrlSigner.for_keys(key_principals(config.server.api_keys))
+    app.state.url_signer = UrlSigner.for_keys(
+        key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
+    )
     _serve(app, config, ROUTERS)
     _document_bodies(app)
     return app

@@ -6,21 +6,48 @@ the URL carries an expiry and an HMAC of its path and expiry (`?expires=...&sign
 it opens for anyone holding it, for URL_TTL_S (OpenAI's are valid for an hour), and for that
 image only: the signature covers the path, whose last part is the task id.
 
-The secret is derived from every configured key: nobody who lacks one of them can make a URL,
-it needs no file of its own, a URL outlives a restart, and changing the keys revokes every URL
-made before.
+The secret is an HMAC, under a random key kept in the data folder (`url_signing.key`, mode
+0600), of every configured key: a URL outlives a restart, changing the keys revokes every URL
+made before, and one who holds a URL learns nothing to test guesses of the API keys against
+(a secret derived from the keys alone would let them, offline, past the wrong-key throttle).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
+import secrets
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from urllib.parse import parse_qs
 
 SIGNED_PREFIX = "/api/image/result/"
 URL_TTL_S = 3600
+KEY_FILE = "url_signing.key"
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
+def data_folder_key(folder: Path) -> bytes:
+    """The data folder's random signing key, made (32 bytes, mode 0600) the first time."""
+    path = folder / KEY_FILE
+    try:
+        key = path.read_bytes()
+        if len(key) == 32:
+            return key
+    except FileNotFoundError:
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
 
 
 class UrlSigner:
@@ -32,12 +59,15 @@ class UrlSigner:
         self.ttl_s = ttl_s
 
     @classmethod
-    def for_keys(cls, keys: Iterable[str], wall: Callable[[], float] = time.time) -> UrlSigner | None:
-        """The signer of a server with these API keys; None with none (URLs need no signature)."""
+    def for_keys(
+        cls, keys: Iterable[str], random_key: Callable[[], bytes], wall: Callable[[], float] = time.time
+    ) -> UrlSigner | None:
+        """The signer of a server with these API keys (`random_key`: the data folder's, asked for
+        only when there are keys); None with none (URLs need no signature then)."""
         material = sorted(k.encode() for k in keys)
         if not material:
             return None
-        return cls(hashlib.sha256(b"ris signed urls\0" + b"\0".join(material)).digest(), wall)
+        return cls(hmac.new(random_key(), b"\0".join(material), hashlib.sha256).digest(), wall)
 
     def sign(self, path: str) -> str:
         """`path` with the query that opens it until URL_TTL_S from now."""
@@ -50,7 +80,11 @@ class UrlSigner:
             return False
         fields = parse_qs(query)
         expires, signature = fields.get("expires", [""])[-1], fields.get("signature", [""])[-1]
-        if not (expires.isdigit() and len(expires) <= 12) or not signature or int(expires) < self._wall():
+        # ASCII digits and hex only: "²" is a digit to str.isdigit and not to int(), and
+        # compare_digest refuses a str that is not ASCII (a 500 for anyone, no key needed).
+        if not (_EXPIRES.fullmatch(expires) and _SIGNATURE.fullmatch(signature)):
+            return False
+        if int(expires) < self._wall():
             return False
         return hmac.compare_digest(signature, self._mac(path, int(expires)))
 
