@@ -22,6 +22,7 @@ _STRING, _ARRAY = 8, 9
 # Past these, a header is not one this reader trusts (a damaged or hostile file).
 _MAX_ITEMS = 10_000_000
 _MAX_DIMS = 8
+_MAX_NESTING = 4
 
 
 @dataclass(frozen=True)
@@ -54,22 +55,30 @@ class _Reader:
             raise ValueError(f"a count of {n}")
         return n
 
+    def skip(self, n: int) -> None:
+        """Past `n` bytes, which must be in the file (a count that runs past its end is damage)."""
+        if self.at + n > len(self.data):
+            raise ValueError("the header runs past the end of the file")
+        self.at += n
+
     def string(self) -> str:
         n = self.count()
-        text = bytes(self.data[self.at : self.at + n]).decode("utf-8", "replace")
-        self.at += n
-        return text
+        start = self.at
+        self.skip(n)
+        return bytes(self.data[start : self.at]).decode("utf-8", "replace")
 
-    def value(self, kind: int) -> object:
+    def value(self, kind: int, depth: int = 0) -> object:
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
+            if depth >= _MAX_NESTING:  # real files nest none; a hostile one, without end
+                raise ValueError("arrays nested too deep")
             item, n = int(self.take("I")), self.count()
             if item in _SCALARS:  # skipped whole: a vocabulary's scores are 100k floats
-                self.at += n * struct.calcsize(_SCALARS[item])
+                self.skip(n * struct.calcsize(_SCALARS[item]))
                 return None
             for _ in range(n):
-                self.value(item)
+                self.value(item, depth + 1)
             return None
         if kind not in _SCALARS:
             raise ValueError(f"value type {kind}")
@@ -84,7 +93,7 @@ def gguf_facts(path: Path, size: int, mtime: float) -> GgufFacts | None:
     try:
         with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             return _read(data)
-    except (OSError, ValueError, struct.error, OverflowError):
+    except (OSError, ValueError, struct.error, OverflowError, MemoryError):
         return None
 
 

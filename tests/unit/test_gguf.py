@@ -47,3 +47,19 @@ def test_a_file_that_is_not_gguf_or_is_cut_short_reads_as_none(tmp_path: Path) -
     huge = tmp_path / "huge.gguf"  # a count no real file has: refused, not looped over
     huge.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 0))
     assert gguf_facts(huge, 4, 0.0) is None
+
+
+def test_a_hostile_header_is_none_not_an_error_of_every_listing(tmp_path: Path) -> None:
+    """Arrays of arrays without end raised RecursionError, which /api/tags and /api/show
+    answered with a 500 for every model; counts past the file's end are damage too."""
+    nested = _string("x") + struct.pack("<I", 9)
+    for _ in range(5000):
+        nested += struct.pack("<IQ", 9, 1)  # an array of one array of one array...
+    deep = tmp_path / "deep.gguf"
+    deep.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + nested)
+    assert gguf_facts(deep, 5, 0.0) is None
+    past = tmp_path / "past.gguf"  # an array of 9 million floats in a file of a few bytes
+    past.write_bytes(
+        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _string("s") + struct.pack("<IIQ", 9, 6, 9_000_000)
+    )
+    assert gguf_facts(past, 6, 0.0) is None
