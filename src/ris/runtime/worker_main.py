@@ -19,6 +19,7 @@ Threads inside the worker, each with one job:
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import os
 import queue
 import signal
@@ -180,7 +181,12 @@ def _ends_with_its_server() -> None:
     workers only: a Ray actor's process is Ray's to end."""
     if threading.current_thread() is not threading.main_thread():
         return
-    server = os.getppid()
+    # The server as it spawned us (multiprocessing records it before our code runs): a server
+    # killed before this line would otherwise read as init, and never be missed.
+    spawner = multiprocessing.parent_process()
+    server = spawner.pid if spawner is not None and spawner.pid is not None else os.getppid()
+    if os.getppid() != server:
+        os._exit(0)  # orphaned already
 
     def watch() -> None:
         while os.getppid() == server:
