@@ -284,7 +284,7 @@ async def test_nulls_are_absent_fields_and_roles_any_case_as_in_ollama(tmp_path:
 @run
 async def test_what_ollama_refuses_or_only_loads_is_so_here(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, _):
-        workers[Lane.LLM].ready()
+        workers[Lane.LLM].ready(models=(m.ModelInfo("m", "noop", m.ModelDetails()),))
         refused = [
             ({"model": "m", "prompt": "hi", "keep_alive": True}, "keep_alive"),
             ({"model": "m", "keep_alive": "soon"}, "keep_alive"),  # a load answer parses it too
@@ -297,8 +297,16 @@ async def test_what_ollama_refuses_or_only_loads_is_so_here(tmp_path: Path) -> N
         body = {"model": "m", "system": "Be brief.", "stream": False}
         r = await call(eng, "POST", "/api/generate", body, ollama_port=True)
         assert r.status_code == 200 and r.json()["done_reason"] == "load"
-        r = await call(eng, "POST", "/api/generate", {"model": "m", "keep_alive": "0s"}, ollama_port=True)
-        assert r.json()["done_reason"] == "unload"
+        # An unload is answered once the worker let the model go (`ollama ps` right after
+        # `ollama stop` listed it).
+        stop = asyncio.ensure_future(
+            call(eng, "POST", "/api/generate", {"model": "m", "keep_alive": "0s"}, ollama_port=True)
+        )
+        await asyncio.sleep(0.2)
+        assert not stop.done() and "m" in eng.model_infos(Lane.LLM)
+        workers[Lane.LLM].deliver(m.ModelUnloaded("m", "expired"))
+        r = await asyncio.wait_for(stop, 2)
+        assert r.json()["done_reason"] == "unload" and "m" not in eng.model_infos(Lane.LLM)
         assert workers[Lane.LLM].runs == []
 
 

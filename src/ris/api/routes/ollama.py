@@ -9,9 +9,11 @@ The models, ps, version and pull routes are in routes/ollama_models.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -265,16 +267,25 @@ def keep_alive_seconds(value: str | float | None) -> float | None:
     return -seconds if m.group(1) else seconds
 
 
-def _loaded(
+# How long an unload answer waits for the worker to let the model go (it goes once nothing
+# runs on it): `ollama stop` then `ollama ps` listed the model for another 70 ms.
+UNLOAD_WAIT_S = 5.0
+
+
+async def _loaded(
     engine: Engine, model: str, field: str, empty: Any, keep_alive: str | float | None
 ) -> dict[str, Any]:
     """Ollama's answer to a request with nothing to generate: its way to load a model, or to
-    unload it (keep_alive 0: `ollama stop`). A keep_alive given applies to the model where it
-    is loaded (0: it goes as soon as nothing runs on it); a model not loaded yet loads with its
-    first real request."""
+    unload it (keep_alive 0: `ollama stop`, answered once the model is gone, or after
+    UNLOAD_WAIT_S while others' answers still run on it). A keep_alive given applies to the
+    model where it is loaded; a model not loaded yet loads with its first real request."""
     seconds = keep_alive_seconds(keep_alive)
     if seconds is not None:
         engine.keep_model(Lane.LLM, model, seconds)
+    if seconds == 0:
+        deadline = time.monotonic() + UNLOAD_WAIT_S
+        while model in engine.model_infos(Lane.LLM) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
     reason = "unload" if seconds == 0 else "load"
     return {"model": model, "created_at": created_at(), field: empty, "done": True, "done_reason": reason}
 
@@ -291,7 +302,7 @@ async def ollama_chat(request: Request) -> Any:
     model = llm_model(engine, body.model)
     if not body.messages:
         empty = {"role": "assistant", "content": ""}
-        return json_response(_loaded(engine, model, "message", empty, body.keep_alive))
+        return json_response(await _loaded(engine, model, "message", empty, body.keep_alive))
     req = build_request(
         engine,
         model,
@@ -359,7 +370,7 @@ async def ollama_generate(request: Request) -> Any:
     # template applies and Ollama drops the system prompt: so here (it was a 400).
     system = None if body.raw else body.system or None
     if not body.prompt:  # as in Ollama, a system prompt alone is nothing to generate
-        return json_response(_loaded(engine, model, "response", "", body.keep_alive))
+        return json_response(await _loaded(engine, model, "response", "", body.keep_alive))
     req = build_request(
         engine,
         model,
