@@ -3,7 +3,7 @@
 `options` is free-form in the schema (each backend has its own), so a value of the wrong type or
 out of range passed the loader and failed later: `"n_ctx": "big"` as a traceback of the memory
 estimate, `"n_ctx": -5` as a worker restarted forever, `"default_steps": 0` as every image's
-ZeroDivisionError, `"default_steps": 500` past server.max_image_steps. Each backend registers
+ZeroDivisionError. Each backend registers
 the options it reads itself (ris.lanes.base.BackendEntry); the loader checks them, all
 problems at once, by path. A backend that hands the rest to its library (llama-cpp-python's
 Llama, diffusers' from_pretrained) allows other keys; the llama.cpp worker checks those
@@ -50,7 +50,7 @@ class TransformersOptions(_Options):
 
 class DiffusersOptions(_Options):
     """RIS reads these; the others go to from_pretrained (`variant`, `use_safetensors`, ...).
-    `default_steps` is also held to server.max_image_steps (ris.config.checks)."""
+    A request that names no steps runs `default_steps` held to server.max_image_steps."""
 
     dtype: str | None = None
     turbo: bool | None = None

@@ -113,12 +113,6 @@ def _option_problems(cfg: Config) -> list[str]:
                 continue  # an unknown backend is said by _lane_problems
             where = f"lanes.{lane}.models.{name}.options"
             problems += option_problems(where, model.backend, entry.options, model.options)
-            steps = model.options.get("default_steps")
-            if isinstance(steps, int) and steps > cfg.server.max_image_steps:
-                problems.append(
-                    f"{where}.default_steps: {steps} is over server.max_image_steps "
-                    f"({cfg.server.max_image_steps}), which a request asking for them is refused"
-                )
     return problems
 
 

@@ -22,7 +22,13 @@ from ris.api.deps import (
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.lanes import Lane
-from ris.lanes.image import CLIP_CONTENT_TOKENS, IMAGE_FOLDER, ImageRequest, clip_tokens_at_least
+from ris.lanes.image import (
+    CLIP_CONTENT_TOKENS,
+    IMAGE_FOLDER,
+    ImageRequest,
+    clip_tokens_at_least,
+    default_steps,
+)
 from ris.lanes.image import LANE as IMAGE
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
@@ -68,6 +74,18 @@ def _pick_model(engine: Engine, body: ImageGenerateRequest) -> tuple[str, ImageR
     )
     req = dataclasses.replace(req, steps=steps, guidance=guidance)
     return model, req, [note, *_unused_negative(engine, model, req)]
+
+
+def capped_steps(engine: Engine, model: str, req: ImageRequest) -> tuple[ImageRequest, list[str]]:
+    """A request that names no steps runs its model's default, or turbo's: held to
+    server.max_image_steps like steps asked for (a model's default of 25 ran past a limit of
+    2, which refused `steps: 3`), and the answer says so."""
+    limit = engine.config.server.max_image_steps
+    planned = req.steps or default_steps(engine.config.lane(Lane.IMAGE).models[model].options)
+    if planned <= limit:
+        return req, []
+    note = f"steps: {model!r} runs {planned} by default, over server.max_image_steps; it ran {limit}"
+    return dataclasses.replace(req, steps=limit), [note]
 
 
 def _unused_negative(engine: Engine, model: str, req: ImageRequest) -> list[str]:
@@ -127,7 +145,8 @@ async def image_generate(request: Request) -> Any:
     require_lane(engine, Lane.IMAGE)
     check_size(engine, body.width, body.height, body.steps)
     model, req, warnings = _pick_model(engine, body)
-    warnings += _cut_prompts(req)
+    req, capped = capped_steps(engine, model, req)
+    warnings += capped + _cut_prompts(req)
     handle = engine.submit(
         IMAGE,
         model,

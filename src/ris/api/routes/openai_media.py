@@ -29,7 +29,7 @@ from ris.api.errors import APIError
 from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, image_side_ok, wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
-from ris.api.routes.image import result_url
+from ris.api.routes.image import capped_steps, result_url
 from ris.api.signed_urls import UrlSigner
 from ris.api.streams import warnings_header
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, task_pcm, tts_rate
@@ -190,7 +190,13 @@ async def images_generations(request: Request) -> Any:
         engine, Lane.IMAGE, _media_model(engine, Lane.IMAGE, body.model, OPENAI_IMAGE_MODELS)
     )
     seeds = [None if body.seed is None else wrap_seed(body.seed + i) for i in range(body.n)]
-    reqs = [ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed) for seed in seeds]
+    # Its model's default steps, held to server.max_image_steps (OpenAI's API names no steps).
+    reqs = [
+        capped_steps(engine, model, ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed))[
+            0
+        ]
+        for seed in seeds
+    ]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
     # Not resumed after a restart: the client waits on this connection, which a stop closes.

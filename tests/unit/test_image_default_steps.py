@@ -1,0 +1,36 @@
+"""A request that names no steps runs its model's default, held to server.max_image_steps as
+steps asked for are: a default of 500 ran past a limit that refused `steps: 101`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from ris.api.app import create_app
+from ris.lanes import Lane
+
+from .fakes import IMAGE_ON, run, started_engine
+
+MANY = {**IMAGE_ON, "models": {"i": {"backend": "diffusers", "options": {"default_steps": 500}}}}
+
+
+@run
+async def test_a_models_default_steps_are_held_to_the_servers_limit_and_said(tmp_path: Path) -> None:
+    async with started_engine(tmp_path, image=MANY) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        limit = eng.config.server.max_image_steps
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            r = await client.post("/api/image/generate", json={"prompt": "a boat", "width": 64, "height": 64})
+            assert r.status_code == 202, r.text
+            assert r.json()["warnings"] == [
+                f"steps: 'i' runs 500 by default, over server.max_image_steps; it ran {limit}"
+            ]
+            r = await client.post(
+                "/api/image/generate", json={"prompt": "a boat", "width": 64, "height": 64, "steps": 3}
+            )
+            assert r.status_code == 202 and r.json()["warnings"] == []
+            over = await client.post("/api/image/generate", json={"prompt": "a boat", "steps": limit + 1})
+            assert over.status_code == 422 and over.json()["error"]["code"] == "too_many_steps"
+        assert workers[Lane.IMAGE].runs[0].request.steps == limit  # the worker is told the steps it runs
