@@ -9,6 +9,7 @@ import httpx
 
 from ris.api.app import create_app
 from ris.lanes import Lane
+from ris.lanes.image import ImageRequest
 
 from .fakes import IMAGE_ON, run, started_engine
 
@@ -33,4 +34,5 @@ async def test_a_models_default_steps_are_held_to_the_servers_limit_and_said(tmp
             assert r.status_code == 202 and r.json()["warnings"] == []
             over = await client.post("/api/image/generate", json={"prompt": "a boat", "steps": limit + 1})
             assert over.status_code == 422 and over.json()["error"]["code"] == "too_many_steps"
-        assert workers[Lane.IMAGE].runs[0].request.steps == limit  # the worker is told the steps it runs
+        first = workers[Lane.IMAGE].runs[0].request
+        assert isinstance(first, ImageRequest) and first.steps == limit  # the worker runs the steps said
