@@ -444,6 +444,7 @@ def test_bounds_and_emails_count_as_held_only_where_nothing_else_shapes_the_valu
     assert unenforced({"type": "number", "minimum": 0}) == ["minimum"]
     assert unenforced({"type": "string", "format": "email"}) == []
     assert unenforced({"type": "string", "format": "email", "maxLength": 20}) == ["format"]
+    assert unenforced({"format": "email", "items": {"type": "string"}}) == ["format"]  # an array first
 
 
 def test_schema_checks_walk_properties_whatever_their_names() -> None:
@@ -464,6 +465,28 @@ def test_schema_checks_walk_properties_whatever_their_names() -> None:
     assert impossible_bounds({"type": "integer", "minimum": 1.5, "maximum": 1.7}) == [
         "the schema: no integer lies between its bounds (2 to 1)"
     ]
+    assert impossible_bounds({"type": "integer", "minimum": 1e17}) == [
+        "the schema: its bounds lie beyond the 16 digits an integer is written in"
+    ]
+
+
+def test_schema_checks_follow_refs_into_data() -> None:
+    """The converter turns what a $ref points at into grammar, inside a `default` too: a
+    maxLength of 20,000 there passed every check and reached the worker's parser."""
+    from ris.lanes.json_schemas import long_repetitions
+
+    hidden = {
+        "type": "object",
+        "properties": {
+            "a": {"$ref": "#/properties/a/default", "default": {"type": "string", "maxLength": 20000}}
+        },
+    }
+    assert long_repetitions(hidden) == ["a.$ref(#/properties/a/default).maxLength 20000 (at most 2000)"]
+    with pytest.raises(APIError) as e:
+        constrained(hidden)
+    assert e.value.status == 400 and "maxLength 20000" in e.value.message
+    loop = {"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}
+    assert long_repetitions(loop) == []  # a recursive schema is walked once
 
 
 def test_a_ref_into_a_tools_own_parameters_is_reached_by_keys_alone() -> None:

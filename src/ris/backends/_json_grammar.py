@@ -16,10 +16,10 @@ from typing import Any
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
-from ris.lanes.json_schemas import email_held, integer_bounds, integer_bounds_held
+from ris.lanes.json_schemas import WIDEST_INTEGER, email_held, integer_bounds, integer_bounds_held
 
 # llama-cpp-python's integers have at most 16 digits ("integral-part"): an open end is that.
-_WIDEST = 10**16 - 1
+_WIDEST = WIDEST_INTEGER
 # A pragmatic address (RFC 5321's in full is not what a model should write): a local part of
 # the usual characters, then labels, then a top-level name of letters.
 _EMAIL = (

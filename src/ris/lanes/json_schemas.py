@@ -17,6 +17,8 @@ from typing import Any, TypeGuard
 # worker's stack: a SIGSEGV that failed every request of the batch.
 REPETITION_BOUNDS = {"minLength": 2000, "maxLength": 2000, "minItems": 2000, "maxItems": 1000}
 
+# The widest integer the grammar writes (llama-cpp-python's converter: 16 digits).
+WIDEST_INTEGER = 10**16 - 1
 # Keywords whose value maps names to schemas (a property may be named "enum" or "default").
 _NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 # Keywords whose value is data, not a schema.
@@ -24,23 +26,62 @@ _DATA = ("enum", "const", "default", "examples")
 # An integer's bounds, and what else may decide its values first (the converter's order).
 _INTEGER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 _DECIDED_BEFORE = ("$ref", "anyOf", "oneOf", "allOf", "const", "enum")
+_SHAPE_A_STRING = (
+    "minLength",
+    "maxLength",
+    "pattern",
+    "properties",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+)
 
 
-def subschemas(schema: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every schema in `schema`, itself first, with its path ("address.city.")."""
-    if isinstance(schema, list):
-        for i, x in enumerate(schema):
-            yield from subschemas(x, f"{path}{i}.")
-        return
-    if not isinstance(schema, dict):
-        return
-    yield path, schema
-    for key, value in schema.items():
-        if key in _NAMED_SCHEMAS and isinstance(value, dict):
-            for name, sub in value.items():
-                yield from subschemas(sub, f"{path}{name}.")
-        elif key not in _DATA:
-            yield from subschemas(value, f"{path}{key}.")
+def subschemas(schema: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema in `schema`, itself first, with its path ("address.city."), and those its
+    local `$ref`s point at, wherever that is: the converter turns a pointer's target into
+    grammar even inside data ("#/properties/a/default"), which a walk of schemas alone missed."""
+    seen: set[int] = set()
+
+    def walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        if isinstance(node, list):
+            for i, x in enumerate(node):
+                yield from walk(x, f"{path}{i}.")
+            return
+        if not isinstance(node, dict) or id(node) in seen:
+            return
+        seen.add(id(node))
+        yield path, node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            yield from walk(_pointed(schema, ref), f"{path}$ref({ref}).")
+        for key, value in node.items():
+            if key in _NAMED_SCHEMAS and isinstance(value, dict):
+                for name, sub in value.items():
+                    yield from walk(sub, f"{path}{name}.")
+            elif key not in _DATA:
+                yield from walk(value, f"{path}{key}.")
+
+    yield from walk(schema, "")
+
+
+def _pointed(root: Any, ref: str) -> Any:
+    """What a local `$ref` ("#/$defs/Name", JSON pointer escapes) points at in `root`; None
+    for a remote or broken one (refused elsewhere, llm_request.broken_refs)."""
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return None
+    node = root
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict):
+            node = node.get(token)
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return None
+    return node
 
 
 def _each(schema: Any, check: Callable[[str, dict[str, Any]], list[str]]) -> list[str]:
@@ -76,6 +117,10 @@ def impossible_bounds(schema: Any) -> list[str]:
             lowest, highest = integer_bounds(sub)
             if lowest is not None and highest is not None and lowest > highest:
                 found.append(f"{where}: no integer lies between its bounds ({lowest} to {highest})")
+            elif (lowest is not None and lowest > WIDEST_INTEGER) or (
+                highest is not None and highest < -WIDEST_INTEGER
+            ):
+                found.append(f"{where}: its bounds lie beyond the 16 digits an integer is written in")
         return found
 
     return _each(schema, check)
@@ -115,10 +160,10 @@ def integer_bounds_held(schema: dict[str, Any]) -> bool:
 
 def email_held(schema: dict[str, Any]) -> bool:
     """Whether the grammar holds a string to `format: email`: where nothing else shapes it (a
-    length, a pattern, an enum, a const, a combinator, a $ref), whose rule would be lost."""
-    shaped = ("minLength", "maxLength", "pattern", *_DECIDED_BEFORE)
+    length, a pattern, an enum, a const, a combinator, a $ref; without a type, properties or
+    items, which the converter reads as an object or an array first)."""
     return (
         schema.get("type") in (None, "string")
         and schema.get("format") == "email"
-        and not any(k in schema for k in shaped)
+        and not any(k in schema for k in (*_SHAPE_A_STRING, *_DECIDED_BEFORE))
     )

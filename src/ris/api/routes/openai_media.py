@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -31,7 +32,7 @@ from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
 from ris.api.routes.image import capped_steps, result_url
 from ris.api.signed_urls import UrlSigner
-from ris.api.streams import warnings_header
+from ris.api.streams import json_response, warnings_header
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, task_pcm, tts_rate
 from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
@@ -190,13 +191,12 @@ async def images_generations(request: Request) -> Any:
         engine, Lane.IMAGE, _media_model(engine, Lane.IMAGE, body.model, OPENAI_IMAGE_MODELS)
     )
     seeds = [None if body.seed is None else wrap_seed(body.seed + i) for i in range(body.n)]
-    # Its model's default steps, held to server.max_image_steps (OpenAI's API names no steps).
-    reqs = [
-        capped_steps(engine, model, ImageRequest(prompt=body.prompt, width=width, height=height, seed=seed))[
-            0
-        ]
-        for seed in seeds
-    ]
+    # Its model's default steps, held to server.max_image_steps (OpenAI's API names no steps):
+    # said in X-Warnings, OpenAI's body having no place for it.
+    first, warnings = capped_steps(
+        engine, model, ImageRequest(prompt=body.prompt, width=width, height=height)
+    )
+    reqs = [dataclasses.replace(first, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
     # Not resumed after a restart: the client waits on this connection, which a stop closes.
@@ -216,7 +216,7 @@ async def images_generations(request: Request) -> Any:
             signer: UrlSigner | None = request.app.state.url_signer
             path = result_url(view.id) if signer is None else signer.sign(result_url(view.id))
             data.append({"url": f"{str(request.base_url).rstrip('/')}{path}"})
-    return {"created": int(time.time()), "data": data}
+    return json_response({"created": int(time.time()), "data": data}, headers=warnings_header(warnings))
 
 
 def _b64_file(path: Path) -> str:
