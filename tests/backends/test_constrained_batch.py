@@ -147,6 +147,12 @@ def test_a_schema_that_cannot_become_a_grammar_is_refused_and_the_batch_serves_o
             "bad", ask("x", constraint=Constraint('{"$ref": "https://example.com/s.json"}')), TextCollector()
         )
     assert e.value.code == "invalid_request"
+    # A repetition past llama.cpp's parser (which overflowed the worker's stack at 20,000) is
+    # refused here too, whatever way the schema came in.
+    huge = Constraint('{"type": "string", "maxLength": 20000}')
+    with pytest.raises(BackendError) as e:
+        llm.batch().add("huge", ask("x", constraint=huge), TextCollector())
+    assert e.value.code == "invalid_request" and "maxLength 20000" in e.value.message
     assert llm.batch().active == 0
     outcome, _ = run_batch(llm, {"ok": ask("Hi", max_tokens=3)})["ok"]
     assert outcome.completion_tokens >= 1

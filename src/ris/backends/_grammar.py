@@ -23,6 +23,7 @@ import numpy as np
 
 from ris.backends import BackendError
 from ris.backends._json_grammar import json_schema_to_gbnf
+from ris.lanes.json_schemas import long_repetitions
 from ris.lanes.llm import Constraint
 from ris.lanes.llm_tools import CALL_CLOSE, CALL_OPEN, MAX_PARALLEL_CALLS
 
@@ -49,6 +50,11 @@ MAX_GRAMMAR_S = 2.0
 def gbnf(constraint: Constraint) -> tuple[str, str]:
     """The grammar's text and its start rule; BackendError for a schema it cannot express.
     Cached by constraint: the same schema (a client's tools, every turn) is converted once."""
+    # Checked by the API before queueing; again here, where a repetition past llama.cpp's parser
+    # would crash the worker and every answer of its batch, whatever way the schema came in.
+    long = long_repetitions(json.loads(constraint.schema))
+    if long:
+        raise BackendError("invalid_request", f"the JSON schema asks for {', '.join(long[:3])}")
     try:
         rules = json_schema_to_gbnf(constraint.schema)
     except Exception as e:  # noqa: BLE001 - the converter fails on odd schemas with any exception
