@@ -18,8 +18,6 @@ from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
 from ris.lanes.json_schemas import WIDEST_INTEGER, email_held, integer_bounds, integer_bounds_held
 
-# llama-cpp-python's integers have at most 16 digits ("integral-part"): an open end is that.
-_WIDEST = WIDEST_INTEGER
 # A pragmatic address (RFC 5321's in full is not what a model should write): a local part of
 # the usual characters, then labels, then a top-level name of letters.
 _EMAIL = (
@@ -29,9 +27,9 @@ _EMAIL = (
 
 def integer_range(low: int | None, high: int | None) -> str:
     """GBNF alternatives for the integers from `low` to `high` in JSON's form (no leading zero,
-    no "-0"); an open end is the widest integer the converter writes."""
-    low = -_WIDEST if low is None else max(low, -_WIDEST)
-    high = _WIDEST if high is None else min(high, _WIDEST)
+    no "-0"); an open end is the widest integer the converter writes (16 digits)."""
+    low = -WIDEST_INTEGER if low is None else max(low, -WIDEST_INTEGER)
+    high = WIDEST_INTEGER if high is None else min(high, WIDEST_INTEGER)
     if low > high:
         raise ValueError(f"no integer lies between minimum {low} and maximum {high}")
     alternatives = []
