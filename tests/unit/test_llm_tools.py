@@ -19,8 +19,8 @@ from ris.api.openai_tools import (
     refuse_unsupported,
     response_constraint,
     tool_plan,
-    unenforced,
 )
+from ris.lanes.json_schemas import unenforced
 from ris.lanes.llm import LANE, Constraint, LLMRequest, Message, Tool, ToolCall
 from ris.lanes.llm_tools import FALLBACK_INTRO, CallHolder, call_schema, fallback_turns, parse_calls
 
@@ -445,6 +445,24 @@ def test_bounds_and_emails_count_as_held_only_where_nothing_else_shapes_the_valu
     assert unenforced({"type": "string", "format": "email"}) == []
     assert unenforced({"type": "string", "format": "email", "maxLength": 20}) == ["format"]
     assert unenforced({"format": "email", "items": {"type": "string"}}) == ["format"]  # an array first
+
+
+def test_unenforced_keywords_are_found_wherever_a_ref_points_and_in_lists() -> None:
+    """Strict mode walks the schema as the grammar's converter reads it: a `$ref` into a
+    `default` (data, which the converter still turns into grammar) hid a `minimum` from it."""
+    hidden = {
+        "type": "object",
+        "properties": {"a": {"type": "number", "default": {"type": "number", "minimum": 3}}},
+        "required": ["b"],
+        "additionalProperties": {"$ref": "#/properties/a/default"},
+    }
+    assert unenforced(hidden) == ["additionalProperties.$ref(#/properties/a/default).minimum"]
+    either = {"anyOf": [{"type": "string"}, {"type": "number", "multipleOf": 2}]}
+    assert unenforced(either) == ["anyOf.1.multipleOf"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": hidden, "strict": True}}
+    with pytest.raises(APIError) as e:
+        response_constraint(ResponseFormat.model_validate(fmt))
+    assert e.value.code == "unsupported_schema" and "minimum" in e.value.message
 
 
 def test_schema_checks_walk_properties_whatever_their_names() -> None:

@@ -17,7 +17,7 @@ from ris.api.openai_schemas import (
     SamplingBody,
 )
 from ris.api.openai_strict import CHAT, COMPLETIONS, refuse_unknown, refuse_unreadable_messages
-from ris.lanes.json_schemas import email_held, integer_bounds_held
+from ris.lanes.json_schemas import unenforced
 from ris.lanes.llm import Constraint, Message, Tool, ToolCall
 from ris.lanes.llm_tools import CallHolder, call_schema, parse_calls
 
@@ -43,63 +43,6 @@ def refuse_unsupported(body: SamplingBody) -> None:
             "stream_options is only allowed when stream is true",
             param="stream_options",
         )
-
-
-# JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
-# a strict schema that uses one is refused, as OpenAI's strict mode refuses what it cannot
-# guarantee; a non-strict one is served with them unenforced (docs/OPENAI_COMPATIBILITY.md).
-# The bounds of an integer and an email are enforced where nothing else shapes the value
-# (ris.lanes.json_schemas: integer_bounds_held, email_held); a number's bounds are not.
-UNENFORCED = frozenset(
-    {
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
-        "multipleOf",
-        "uniqueItems",
-        "not",
-        "if",
-        "then",
-        "else",
-        "patternProperties",
-        "propertyNames",
-        "minProperties",
-        "maxProperties",
-        "dependentRequired",
-        "dependentSchemas",
-        "contains",
-        "unevaluatedProperties",
-        "unevaluatedItems",
-    }
-)
-INTEGER_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
-ENFORCED_FORMATS = frozenset(
-    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
-)
-_NAMED_SCHEMAS = ("properties", "$defs", "definitions")
-_ONE_SCHEMA = ("items", "additionalProperties")
-_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
-
-
-def unenforced(schema: Any, path: str = "") -> list[str]:
-    """Where a schema uses what the grammar cannot hold the answer to, e.g. ["age.minimum"]."""
-    if not isinstance(schema, dict):
-        return []
-    held = integer_bounds_held(schema)
-    found = [f"{path}{k}" for k in schema if k in UNENFORCED and not (held and k in INTEGER_BOUNDS)]
-    if "format" in schema and schema["format"] not in ENFORCED_FORMATS and not email_held(schema):
-        found.append(f"{path}format")
-    for key, value in schema.items():
-        if key in _NAMED_SCHEMAS and isinstance(value, dict):
-            for name, sub in value.items():
-                found += unenforced(sub, f"{path}{name}.")
-        elif key in _ONE_SCHEMA and isinstance(value, dict):
-            found += unenforced(value, f"{path}{key}.")
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
-            for i, sub in enumerate(value):
-                found += unenforced(sub, f"{path}{key}[{i}].")
-    return found
 
 
 def _strict_schema(schema: dict[str, Any], param: str) -> None:

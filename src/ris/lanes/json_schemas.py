@@ -167,3 +167,50 @@ def email_held(schema: dict[str, Any]) -> bool:
         and schema.get("format") == "email"
         and not any(k in schema for k in (*_SHAPE_A_STRING, *_DECIDED_BEFORE))
     )
+
+
+# JSON Schema keywords the grammar does not enforce (llama-cpp-python's converter skips them):
+# a strict schema that uses one is refused, as OpenAI's strict mode refuses what it cannot
+# guarantee; a non-strict one is served with them unenforced (docs/OPENAI_COMPATIBILITY.md).
+# The bounds of an integer and an email are enforced where nothing else shapes the value
+# (integer_bounds_held, email_held); a number's bounds are not.
+UNENFORCED = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "contains",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+    }
+)
+ENFORCED_FORMATS = frozenset(
+    {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+)
+
+
+def unenforced(schema: Any) -> list[str]:
+    """Where a schema uses what the grammar cannot hold the answer to, e.g. ["age.minimum"];
+    through local `$ref`s too, wherever they point (the same walk as the other checks)."""
+
+    def check(path: str, sub: dict[str, Any]) -> list[str]:
+        held = integer_bounds_held(sub)
+        found = [f"{path}{k}" for k in sub if k in UNENFORCED and not (held and k in _INTEGER_BOUNDS)]
+        if "format" in sub and sub["format"] not in ENFORCED_FORMATS and not email_held(sub):
+            found.append(f"{path}format")
+        return found
+
+    return _each(schema, check)

@@ -22,11 +22,11 @@ from ris.api.deps import (
 from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context, llm_warnings, require_constraining_backend
-from ris.api.openai_tools import unenforced
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
 from ris.api.streams import json_response, sse_event, texts
 from ris.lanes import Lane
 from ris.lanes.base import timings_json
+from ris.lanes.json_schemas import unenforced
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMResult
 from ris.runtime.engine import Engine
