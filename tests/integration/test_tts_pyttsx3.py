@@ -102,6 +102,6 @@ def test_beside_espeak_in_one_lane_is_refused(tmp_path: Path) -> None:
     }
     cfg = make_config(tmp_path, llm={"enabled": False}, image={"enabled": False}, tts=tts)
     srv = Server(tmp_path, cfg)
-    # The lane's worker reports why it cannot start, and the server's readiness says so.
+    # Refused when the config loads, before any worker starts (`ris serve` exits 2 saying why).
     with pytest.raises(RuntimeError, match="both drive libespeak-ng.*one of them per TTS lane"):
-        srv.start()  # kills the half-started server before it raises
+        srv.start()

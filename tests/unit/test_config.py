@@ -370,6 +370,21 @@ def test_model_options_are_checked_as_their_backend_reads_them() -> None:
     assert "options.default_guidance: Input should be greater than or equal to 0" in error_of(data)
 
 
+def test_two_backends_driving_libespeak_in_one_lane_are_refused_when_the_config_loads() -> None:
+    """espeak and pyttsx3 in one TTS lane passed `ris config` and `ris serve` started a worker
+    that failed to load and was restarted for ever, the lane never ready."""
+    data = base()
+    data["lanes"]["tts"]["models"]["p"] = {"backend": "pyttsx3"}
+    said = error_of(data)
+    assert (
+        "lanes.tts.models: the 'espeak' and 'pyttsx3' backends both drive libespeak-ng, whose "
+        "state is per process: configure one of them per TTS lane" in said
+    ), said
+    del data["lanes"]["tts"]["models"]["e"]
+    data["lanes"]["tts"]["default_model"] = "p"
+    assert "p" in parse_config(data, TWO_CORES).lanes[Lane.TTS].models  # either one alone is fine
+
+
 def test_more_threads_than_a_lanes_cores_is_refused() -> None:
     """64 threads on one core: 16 tokens took 1.05 s against 0.30 s, and nothing said why."""
     data = base()

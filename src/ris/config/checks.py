@@ -33,6 +33,7 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
                         "(or set exclusive_cores: false)"
                     )
     problems += _yield_to_problems(cfg)
+    problems += _shared_library_problems(cfg)
     problems += _board_problems(cfg, local=here)
     options = _option_problems(cfg)
     problems += options
@@ -113,6 +114,30 @@ def _option_problems(cfg: Config) -> list[str]:
                 continue  # an unknown backend is said by _lane_problems
             where = f"lanes.{lane}.models.{name}.options"
             problems += option_problems(where, model.backend, entry.options, model.options)
+    return problems
+
+
+def _shared_library_problems(cfg: Config) -> list[str]:
+    """Backends of one lane that drive one per-process library each their own way (espeak and
+    pyttsx3: libespeak-ng) cannot share its worker: said here, not by a worker that fails to
+    load and is restarted for ever."""
+    problems = []
+    for lane, lane_cfg in cfg.lanes.items():
+        if not lane_cfg.enabled:
+            continue
+        backends = kind(lane).backends
+        drivers: dict[str, set[str]] = {}
+        for model in lane_cfg.models.values():
+            entry = backends.get(model.backend)
+            if entry is not None and entry.drives is not None:
+                drivers.setdefault(entry.drives, set()).add(model.backend)
+        for library, users in drivers.items():
+            if len(users) > 1:
+                names = " and ".join(repr(u) for u in sorted(users))
+                problems.append(
+                    f"lanes.{lane}.models: the {names} backends both drive {library}, whose state "
+                    f"is per process: configure one of them per {lane.upper()} lane"
+                )
     return problems
 
 

@@ -338,6 +338,10 @@ class BackendEntry:
     # The `options` a model of this backend may have (ris.config.backend_options), checked
     # when the config loads; None: not checked (a plugin's backend, unless it says).
     options: type[BaseModel] | None = None
+    # A library whose state is per process and which this backend drives its own way
+    # (libespeak-ng: espeak runs it synchronously, pyttsx3 asynchronously): two backends that
+    # name the same one cannot share a lane's worker, and the config says so when it loads.
+    drives: str | None = None
 
 
 ResultT = TypeVar("ResultT", bound=LaneResult)

@@ -440,9 +440,11 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
     memory_share = 0.25
     result_folder = AUDIO_FOLDER
     builtin_backends = {
-        "espeak": BackendEntry("ris.backends.tts_espeak:EspeakTTS", options=NoOptions),
+        "espeak": BackendEntry("ris.backends.tts_espeak:EspeakTTS", options=NoOptions, drives="libespeak-ng"),
         "piper": BackendEntry("ris.backends.tts_piper:PiperTTS", options=NoOptions),
-        "pyttsx3": BackendEntry("ris.backends.tts_pyttsx3:Pyttsx3TTS", options=Pyttsx3Options),
+        "pyttsx3": BackendEntry(
+            "ris.backends.tts_pyttsx3:Pyttsx3TTS", options=Pyttsx3Options, drives="libespeak-ng"
+        ),
     }
     embedded_models = {
         "piper": ModelSpec(
