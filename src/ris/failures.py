@@ -18,6 +18,10 @@ FAILURE_STATUS = {
     "lane_unavailable": 503,
     "lane_pending": 503,  # queued, then every worker of its lane began waiting for the cluster
     "queue_full": 429,
+    # A configured model loaded on first use whose file or package is not on the machine (the
+    # worker's finding: on a cluster the files are the nodes'): the model the client named is
+    # not there, as a name not configured is not, and no retry brings it.
+    "model_not_found": 404,
     "unknown_voice": 422,
     "nothing_to_speak": 422,
     "context_length_exceeded": 422,

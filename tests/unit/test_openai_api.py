@@ -78,6 +78,24 @@ async def test_a_stream_refused_before_its_first_token_is_an_error_status_not_a_
 
 
 @run
+async def test_a_configured_model_whose_file_is_gone_is_a_404_as_an_unknown_one(tmp_path: Path) -> None:
+    """The worker finds a model loaded on first use missing from the disk: that answered 500
+    (which the OpenAI SDK retries twice) under the code of a 404."""
+    for path in ("/v1/chat/completions", "/api/llm/generate"):
+        body = ASK if path.startswith("/v1") else {"prompt": "x"}
+        async with started_engine(tmp_path / path.rsplit("/", 1)[1]) as (eng, workers, _):
+            llm = workers[Lane.LLM]
+            llm.ready()
+            request = asyncio.create_task(post(eng, path, body))
+            await settle()
+            gone = "model source '/nope/ghost.gguf': '/nope/ghost.gguf' does not exist"
+            llm.deliver(m.TaskError(llm.runs[0].task_id, "model_not_found", gone))
+            r = await asyncio.wait_for(request, 5)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"]["code"] == "model_not_found"
+
+
+@run
 async def test_a_streamed_requests_later_failure_is_typed_as_without_streaming(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, _):
         llm = workers[Lane.LLM]

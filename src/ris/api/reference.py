@@ -42,7 +42,8 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   its own, and another user's task id gets the 404 `not_found` an unknown id gets, on every
   route; an admin key (or a plain string key) sees and cancels all. `/metrics` wants an admin
   key (403 `admin_only`). See docs/DEPLOYMENT_GUIDE.md, "Keys and users".
-- 429 and 503 answers carry `Retry-After`.
+- 429 and 503 answers carry `Retry-After`, except a 503 for a lane the config disables
+  (`lane_unavailable`: no retry brings it).
 - `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
   model with a chat template it goes through that template as the user's message (with an
   optional `system`); `"raw": true`, or `/v1/completions`, keeps raw text completion.
@@ -67,7 +68,9 @@ fields (the message names the field and the allowed range), unknown voices (`unk
 also for a voice the named model does not speak; the message lists its voices), text with
 nothing to speak (`nothing_to_speak`: no letter, digit or symbol), text a voice has no sound
 for (`synthesis_empty`: many symbols, digits of other scripts) and prompts over the model's
-context; 404 for unknown models (the message lists the configured ones) and tasks; 429
+context; 404 for unknown models (the message lists the configured ones), a configured model
+loaded on first use whose file is not on the machine (`model_not_found`, naming the path) and
+tasks; 429
 `queue_full` with `Retry-After`; 500 `synthesis_failed` / `backend_error` for an engine that
 fails; 503 `lane_unavailable` / `worker_crashed` / `lane_pending` (a cluster has not placed the
 lane's worker; the message says what it asks for and what is free); 504 `deadline_exceeded` /
