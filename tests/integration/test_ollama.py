@@ -247,6 +247,12 @@ def test_errors_are_ollama_shaped_on_both_ports(client: Any, base: str, server: 
     # The Ollama listener's guards are the main port's, in Ollama's words.
     nokey = httpx.get(f"{base}/api/tags")
     assert nokey.status_code == 401 and isinstance(nokey.json()["error"], str)
+    # Its health check is open, as /health is (monitors, the Ollama CLI's heartbeat send no key);
+    # the main port's "/" (the console) is not.
+    alive = httpx.get(f"{base}/")
+    assert alive.status_code == 200 and alive.text == "Ollama is running"
+    assert httpx.head(f"{base}/").status_code == 200
+    assert httpx.get(f"{server.url}/").status_code == 401
     host = httpx.get(f"{base}/api/tags", headers={**AUTH, "Host": "evil.example"})
     assert host.status_code == 403 and "evil.example" in host.json()["error"]
     # It serves the Ollama API, and the OpenAI API under /v1 as Ollama does on its port (tools

@@ -3,7 +3,8 @@
 One pure-ASGI guard in front of every route, so no endpoint can forget a check. Browsers let any
 web page send requests to 127.0.0.1; a rebinding page does so under its own host name. So by
 default only loopback names are accepted as Host, cross-origin requests are refused unless their
-origin is configured, and with keys configured every path but /health needs one.
+origin is configured, and with keys configured every path but /health (and the Ollama
+listener's "/", its health check) needs one.
 
 The web console (/ui) sends its key as an HttpOnly, SameSite=Strict cookie set by its login
 form (routes/console.py); a browser page without it is sent to the login form instead of
@@ -178,7 +179,9 @@ class Guard:
                 cors["Access-Control-Allow-Headers"] = allowed_headers(asked)
                 await _preflight(cors, scope, receive, send)
                 return
-        if self.keys is None or _open(path):
+        # The Ollama listener's "/" is its health check ("Ollama is running"), open as /health
+        # is: monitors and the Ollama CLI's heartbeat send no key.
+        if self.keys is None or _open(path) or (path == "/" and dialect == "ollama"):
             verdict = None
         elif self._signed(scope, path):
             verdict = None  # an image URL /v1/images/generations gave out, for that image alone
