@@ -29,6 +29,7 @@ async def test_chinese_text_without_a_voice_goes_to_a_voice_that_reads_chinese(t
         model, voice, warnings = voice_for_text(eng, None, "这是一段测试文本")
         assert (model, voice) == ("e", "zh")
         assert warnings and "the text is Chinese" in warnings[0] and "'en_US-joe-medium'" in warnings[0]
+        assert "with its Chinese voice" in warnings[0]  # not "'zh'", which the answer names "cmn"
         # English, or text no script names: the default as before, nothing said.
         assert voice_for_text(eng, None, "This is a test.") == ("p", None, [])
         for text in ("Привет мир", "مرحبا بالعالم", "Hello 世界"):  # many languages each, or mostly English

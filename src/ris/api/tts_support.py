@@ -80,8 +80,10 @@ def voice_for_text(engine: Engine, model: str | None, text: str) -> tuple[str, s
     for name in candidates:
         if speaks(infos[name].details.voices, tag):
             note = (
-                f"voice: none given and the text is {language}: {name!r} reads it with its {tag!r} "
-                f"voice, not {default!r}; pass voice to choose"
+                # The language, not the tag asked for: the engine names its voice ("zh" is
+                # espeak's "cmn", which the answer's `voice` says).
+                f"voice: none given and the text is {language}: {name!r} reads it with its "
+                f"{language} voice, not {default!r}; pass voice to choose"
             )
             return name, tag, [note]
     others = [n for n in infos if n != chosen and speaks(infos[n].details.voices, tag)]
