@@ -7,7 +7,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from ris.api.keys import KeyChecker
-from ris.api.routes.console import redact
+from ris.api.routes.console import _after_login, redact
 from ris.api.security import KEY_COOKIE, Guard
 
 from .fakes import FakeClock
@@ -46,7 +46,7 @@ def test_another_apps_unparsable_cookie_does_not_hide_the_key() -> None:
 
 def test_a_browser_without_the_key_goes_to_the_login_form_and_a_client_gets_401() -> None:
     status, headers = answer("/ui/work", ("accept", "text/html,application/xhtml+xml"))
-    assert (status, headers["location"]) == (303, "/ui/login")
+    assert (status, headers["location"]) == (303, "/ui/login?next=%2Fui%2Fwork")  # and back after
     assert answer("/", ("accept", "text/html"))[0] == 303
     assert answer("/ui/work", ("accept", "application/json"))[0] == 401
     assert answer("/api/console/state", ("accept", "text/html"))[0] == 401  # data, not a page
@@ -78,3 +78,20 @@ def test_the_cookie_is_a_key_on_same_origin_requests_only() -> None:
     assert answer("/api/stats", cookie(KEY), other, origins=allowed)[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), other, origins=allowed)[0] == 200
     assert answer("/api/stats", cookie(KEY), ("origin", "http://127.0.0.1:8080"))[0] == 200
+
+
+def test_the_login_sends_a_person_back_only_to_a_console_page() -> None:
+    """`next` is where the login form sends a person once in: a console page they came from,
+    never another site or path (an open redirect a link could abuse)."""
+    assert _after_login("/ui/work") == "/ui/work"
+    assert _after_login("/ui/playground") == "/ui/playground"
+    for asked in (
+        None,
+        "",
+        "https://evil.example/",
+        "//evil.example",
+        "/ui/login",
+        "/api/stats",
+        "/ui/work?x",
+    ):
+        assert _after_login(asked) == "/ui", asked

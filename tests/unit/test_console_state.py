@@ -5,6 +5,7 @@ which the image lane yielded to the LLM."""
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -18,6 +19,7 @@ from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
 from ris.preemption.policy import Activity
 from ris.runtime.engine import Engine
+from ris.runtime.snapshot import TaskWindow
 from ris.runtime.tenancy import ANONYMOUS
 from ris.scheduler import QueueFull
 
@@ -67,6 +69,11 @@ async def test_tasks_are_listed_in_queue_order_with_outcomes_and_429s_counted(tm
             (second.task_id, 1),
         ]
         assert [t["task_id"] for t in tasks["running"]] == [running.task_id]
+        assert tasks["queued_total"] == {"llm": 2, "tts": 0, "image": 0}
+        with mock.patch("ris.api.console_state.WINDOW", TaskWindow(live_per_lane=1)):
+            tasks = console_state(eng, ANONYMOUS)["tasks"]
+        assert [t["task_id"] for t in tasks["queued"]] == [first.task_id]  # one listed ...
+        assert tasks["queued_total"]["llm"] == 2  # ... of two: the page says one more waits
         llm.deliver(m.TaskError(running.task_id, "model_error", "it broke"))
         recent = console_state(eng, ANONYMOUS)["tasks"]["recent"]
         assert [(t["task_id"], t["state"], t["error"]["code"]) for t in recent] == [

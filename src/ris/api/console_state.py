@@ -141,6 +141,9 @@ def console_state(engine: Engine, viewer: Principal) -> dict[str, Any]:
             "queued": [_brief(v) for v in snap.tasks.queued],
             "running": [_brief(v) for v in snap.tasks.running],
             "recent": [_brief(v) for v in snap.tasks.recent],
+            # Per lane, every queued task the viewer may see: more than `queued` lists past
+            # LIVE_TASKS_PER_LANE.
+            "queued_total": dict(snap.tasks.queued_total),
         },
     }
 

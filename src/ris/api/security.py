@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import Iterable
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -192,8 +192,10 @@ class Guard:
             return
         if verdict is not None and not verdict.ok:
             if _console_page(path, scope["method"], headers):
-                # A person in a browser: to the login form, not a JSON error.
-                await RedirectResponse("/ui/login", status_code=303)(scope, receive, send)
+                # A person in a browser: to the login form, not a JSON error, which brings
+                # them back to this page (console.py checks `next` is one of its pages).
+                login = "/ui/login?" + urlencode({"next": path})
+                await RedirectResponse(login, status_code=303)(scope, receive, send)
                 return
             resp = error_response(
                 401,

@@ -115,6 +115,9 @@ class TaskLists:
     running: tuple[TaskView[Any], ...]
     recent: tuple[TaskView[Any], ...]  # finished, the latest end first (all lanes together)
     runs: tuple[TaskRun, ...]  # every task that ran within the window's history_s
+    # Each lane's queued tasks in all, the listed and those past the window's live_per_lane
+    # (a console listing 50 of 70 says 20 more wait).
+    queued_total: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ def task_lists(
     running: list[TaskView[Any]] = []
     recent: list[TaskView[Any]] = []
     runs: list[TaskRun] = []
+    queued_total: dict[str, int] = {}
     horizon = now - window.history_s
     for lane in lanes:
         every = scheduler.tasks(lane)
@@ -234,6 +238,7 @@ def task_lists(
         q = [t for t in live if t.state is TaskState.QUEUED]
         q.sort(key=lambda t: scheduler.position(t.id) or 0)
         queued += [view(t) for t in q[: window.live_per_lane]]
+        queued_total[lane] = len(q)
         running += [view(t) for t in live if t.state is TaskState.RUNNING][: window.live_per_lane]
         ended = [t for t in live if t.state.finished]
         ended.sort(key=lambda t: t.finished_at or 0, reverse=True)
@@ -251,7 +256,7 @@ def task_lists(
                     )
                 )
     recent.sort(key=lambda v: v.finished_at or 0, reverse=True)
-    return TaskLists(tuple(queued), tuple(running), tuple(recent), tuple(runs))
+    return TaskLists(tuple(queued), tuple(running), tuple(recent), tuple(runs), queued_total)
 
 
 def _first_output_at(task: Task, handle: TaskHandle[Any] | None) -> float | None:

@@ -128,7 +128,13 @@ async def models(request: Request) -> HTMLResponse:
 async def login_form(request: Request) -> Response:
     if not engine_of(request).config.server.api_keys:
         return RedirectResponse("/ui", status_code=303)
-    return _page(request, "login", error=None)
+    return _page(request, "login", error=None, next=_after_login(request.query_params.get("next")))
+
+
+def _after_login(asked: str | None) -> str:
+    """Where the login form sends a person: the console page they were sent from (`next`),
+    only ever one of the console's own pages (never another site: an open redirect)."""
+    return asked if asked in PAGE_PATHS and asked != "/ui/login" else "/ui"
 
 
 @router.post("/ui/login")
@@ -140,20 +146,21 @@ async def login(request: Request) -> Response:
     # no multipart library for one field.
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given = (form.get("key") or [""])[0].strip()
+    after = _after_login((form.get("next") or [""])[0])
     checker: KeyChecker = request.app.state.keys
     verdict = checker.check(client_address(request.scope), given) if given else Verdict(False)
     if verdict.retry_after_s is not None:
         retry = max(1, math.ceil(verdict.retry_after_s))
         error = f"Too many wrong keys from your address: try again in {retry} s."
-        refused = _page(request, "login", error=error)
+        refused = _page(request, "login", error=error, next=after)
         refused.status_code = 429
         refused.headers["Retry-After"] = str(retry)
         return refused
     if not verdict.ok:
-        refused = _page(request, "login", error="That key is not one of this server's API keys.")
+        refused = _page(request, "login", error="That key is not one of this server's API keys.", next=after)
         refused.status_code = 401
         return refused
-    resp = RedirectResponse("/ui", status_code=303)
+    resp = RedirectResponse(after, status_code=303)
     resp.set_cookie(
         KEY_COOKIE,
         quote(given, safe=""),

@@ -17,21 +17,42 @@ export async function api(path, { method = "GET", body, headers = {}, signal } =
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  const resp = await fetch(path, init);
-  if (resp.status === 401) {
-    location.assign("/ui/login"); // the key cookie is gone or was never set
-  }
-  if (!resp.ok) throw await errorOf(resp);
-  return resp.json();
+  return (await checked(await fetch(path, init))).json();
 }
 
+// A response that is not a success becomes an APIError; a 401 (the key cookie is gone, or was
+// never set) sends the page to the login form, which brings the person back here.
+export async function checked(resp) {
+  if (resp.status === 401) {
+    location.assign("/ui/login?next=" + encodeURIComponent(location.pathname));
+  }
+  if (!resp.ok) throw await errorOf(resp);
+  return resp;
+}
+
+// The server's message is for the person; its code is for machines (a data-code attribute).
 export async function errorOf(resp) {
   try {
     const e = (await resp.json()).error;
-    return new APIError(resp.status, e.code, `${e.code}: ${e.message}`);
+    return new APIError(resp.status, e.code, e.message);
   } catch {
-    return new APIError(resp.status, "http_" + resp.status, `HTTP ${resp.status}`);
+    return new APIError(resp.status, "http_" + resp.status, `the server answered HTTP ${resp.status}`);
   }
+}
+
+// What an error says to a person: the server's message, or that the server did not answer
+// (fetch's own "Failed to fetch" says neither what nor why).
+export function errorText(e) {
+  if (e instanceof APIError) return e.message;
+  if (e.name === "TypeError") return "the server did not answer (stopped, restarting, or the network is down)";
+  return e.message;
+}
+
+// An error shown in `node`: its words, its state for the style, its code for machines.
+export function showError(node, e) {
+  node.textContent = errorText(e);
+  node.dataset.state = "error";
+  if (e.code) node.dataset.code = e.code;
 }
 
 // Server-sent events from a fetch response (EventSource cannot POST): {event, data} objects.
@@ -58,20 +79,27 @@ export async function* sse(resp) {
 }
 
 // Calls fn about every `ms` while the page is visible (a hidden tab costs the server nothing),
-// never two at once; the connection badge says whether the last call worked.
-export function poll(fn, ms) {
+// never two at once; the connection badge says whether the last call worked (fn may return
+// the badge's words). While calls fail, the page's figures are marked stale (dimmed, with the
+// time of the last answer), unless `figures` is false (a page with no live figures).
+export function poll(fn, ms, { figures = true } = {}) {
   let timer = null;
   let running = false;
+  let lastAnswer = null;
   const conn = document.getElementById("conn");
   async function tick() {
     timer = null;
     if (document.hidden || running) return;
     running = true;
     try {
-      await fn();
-      if (conn) { conn.textContent = "live"; conn.dataset.ok = "1"; }
+      const said = await fn();
+      lastAnswer = new Date();
+      delete document.body.dataset.stale;
+      if (conn) { conn.textContent = said ?? "live"; conn.dataset.ok = "1"; }
     } catch (e) {
-      if (conn) { conn.textContent = "no answer: " + e.message; conn.dataset.ok = "0"; }
+      const since = lastAnswer ? `; figures from ${lastAnswer.toLocaleTimeString()}` : "";
+      if (figures) document.body.dataset.stale = "1";
+      if (conn) { conn.textContent = `no answer: ${errorText(e)}${figures ? since : ""}`; conn.dataset.ok = "0"; }
     } finally {
       running = false;
       if (!document.hidden) timer = setTimeout(tick, ms);
@@ -81,6 +109,18 @@ export function poll(fn, ms) {
     if (!document.hidden && timer === null && !running) tick();
   });
   tick();
+}
+
+// The person's place across a re-render: the focused element and the open <details> are found
+// again by their data-key in the new elements (a poll that rebuilt a table every second took a
+// keyboard user's focus with it, and closed a list they had opened).
+export function keepPlace(container, render) {
+  const active = document.activeElement;
+  const focused = active && container.contains(active) ? active.dataset.key : undefined;
+  const open = [...container.querySelectorAll("details[open][data-key]")].map((d) => d.dataset.key);
+  render();
+  for (const key of open) container.querySelector(`details[data-key="${CSS.escape(key)}"]`)?.setAttribute("open", "");
+  if (focused) container.querySelector(`[data-key="${CSS.escape(focused)}"]`)?.focus();
 }
 
 // An element with attributes and children (strings become text: nothing is parsed as HTML).

@@ -1,11 +1,16 @@
 // Models: what each lane is configured with, loaded or not, and its voices.
-import { api, el, fmt, poll } from "./common.js";
+import { api, el, fmt, keepPlace, poll } from "./common.js";
 
-// A long voice list (espeak-ng has over a hundred) folds away behind its count.
+// A long voice list (espeak-ng has over a hundred) folds away behind its count; names that
+// differ only in case ("en-US", "en-us") are listed once. The <details> keeps its data-key, so
+// the next refresh leaves it open.
 function voices(m) {
   if (!m.voices) return m.loaded ? "–" : "(known once loaded)";
-  if (m.voices.length <= 6) return m.voices.join(", ");
-  return el("details", {}, el("summary", {}, `${m.voices.length} voices`), m.voices.join(", "));
+  const seen = new Set();
+  const names = m.voices.filter((v) => !seen.has(v.toLowerCase()) && seen.add(v.toLowerCase()));
+  if (names.length <= 6) return names.join(", ");
+  return el("details", { dataset: { key: "voices-" + m.name } },
+    el("summary", { dataset: { key: "voices-summary-" + m.name } }, `${names.length} voices`), names.join(", "));
 }
 
 // Where a model lives and what it needs: "cpu, 169.0 MiB (weights 92.1 MiB, KV 45.0 MiB)".
@@ -24,16 +29,16 @@ function memory(m) {
 async function refresh() {
   const [models, ready] = await Promise.all([api("/api/models"), fetch("/ready").then((r) => r.json())]);
   const box = document.getElementById("models");
-  box.replaceChildren(...Object.entries(models.lanes).map(([lane, list]) => el("section", { class: "card", "aria-labelledby": `m-${lane}` },
+  keepPlace(box, () => box.replaceChildren(...Object.entries(models.lanes).map(([lane, list]) => el("section", { class: "card", "aria-labelledby": `m-${lane}` },
     el("h2", { id: `m-${lane}` }, lane, " ", el("span", { class: "state", dataset: { state: ready.lanes[lane] ? "idle" : "starting" } }, ready.lanes[lane] ? "worker ready" : "worker not ready")),
-    el("table", { class: "tasks" },
+    el("div", { class: "scroll" }, el("table", { class: "tasks" },
       el("thead", {}, el("tr", {}, ...["Model", "Backend", "Loaded", "Memory", "Last load", "Serves at once", "Voices", "About"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...list.map((m) => el("tr", { dataset: { model: m.name } },
         el("td", {}, el("code", {}, m.name), m.default ? " (default)" : ""), el("td", {}, m.backend),
         el("td", {}, m.loaded ? "yes" : "no"), el("td", { class: "memory" }, memory(m)),
         el("td", {}, fmt.secs(m.last_load_s)), el("td", {}, m.parallel),
-        el("td", { class: "voices" }, voices(m)), el("td", {}, m.description || "")))))),
-  ));
+        el("td", { class: "voices" }, voices(m)), el("td", {}, m.description || ""))))))),
+  )));
 }
 
 // Models load on first use and unload when evicted or idle past keep_alive: every five

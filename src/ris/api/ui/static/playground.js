@@ -1,6 +1,6 @@
 // Playground: chat (streamed tokens), speech (text, or the LLM's answer spoken as it is
 // written) and images (live progress, then the picture), all through the public API.
-import { api, el, errorOf, outcomeText, sse } from "./common.js";
+import { APIError, api, checked, el, errorText, outcomeText, poll, showError, sse } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -16,10 +16,22 @@ async function loadModels() {
   const voices = () => {
     const m = tts.find((x) => x.name === $("speak-model").value);
     $("speak-voice").replaceChildren(el("option", { value: "" }, "the model's default"),
-      ...((m && m.voices) || []).map((v) => el("option", { value: v }, v)));
+      ...distinct((m && m.voices) || []).map((v) => el("option", { value: v }, v)));
   };
   $("speak-model").addEventListener("change", voices);
   voices();
+}
+
+// A voice's names without repeats that differ only in case ("en-US", "en-us").
+function distinct(names) {
+  const seen = new Set();
+  return names.filter((n) => !seen.has(n.toLowerCase()) && seen.add(n.toLowerCase()));
+}
+
+// A button about to be disabled hands the keyboard's focus to `next` (Stop, Cancel): a
+// disabled button loses it to the page, and Tab would start from the top.
+function handOver(button, next) {
+  if (document.activeElement === button) next.focus();
 }
 
 // ----- chat -----------------------------------------------------------------------------------
@@ -33,21 +45,23 @@ $("chat-form").addEventListener("submit", async (ev) => {
   out.textContent = "";
   out.dataset.state = "streaming";
   stats.textContent = "";
+  delete stats.dataset.state;
+  delete stats.dataset.code;
   chatAbort = new AbortController();
-  $("chat-send").disabled = true;
   $("chat-stop").disabled = false;
+  handOver($("chat-send"), $("chat-stop"));
+  $("chat-send").disabled = true;
   const started = performance.now();
   let tokens = 0;
   let first = null;
   try {
-    const resp = await fetch("/api/llm/generate", {
+    const resp = await checked(await fetch("/api/llm/generate", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ prompt: $("chat-prompt").value, model: $("chat-model").value || undefined,
         max_tokens: Number($("chat-max").value), stream: true }),
       signal: chatAbort.signal,
-    });
-    if (!resp.ok) throw await errorOf(resp);
+    }));
     for await (const { event, data } of sse(resp)) {
       if (event === "token") {
         tokens++;
@@ -60,15 +74,21 @@ $("chat-form").addEventListener("submit", async (ev) => {
           `${(total / 1000).toFixed(2)} s in all (${data.finish_reason})`;
         out.dataset.state = "done";
       } else if (event === "error") {
-        stats.textContent = `${data.code}: ${data.message}`;
+        showError(stats, new APIError(0, data.code, data.message));
         out.dataset.state = "error";
       }
     }
   } catch (e) {
-    out.dataset.state = "error";
-    stats.textContent = e.name === "AbortError" ? "stopped" : e.message;
+    if (e.name === "AbortError") {
+      out.dataset.state = "stopped";
+      stats.textContent = "stopped";
+    } else {
+      out.dataset.state = "error";
+      showError(stats, e);
+    }
   } finally {
     $("chat-send").disabled = false;
+    handOver($("chat-stop"), $("chat-send"));
     $("chat-stop").disabled = true;
   }
 });
@@ -84,12 +104,11 @@ function speakBody() {
 
 async function speakText(status) {
   const b = speakBody();
-  const resp = await fetch("/api/tts/synthesize", {
+  const resp = await checked(await fetch("/api/tts/synthesize", {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "audio/wav" },
     body: JSON.stringify({ text: $("speak-text").value, model: b.model, voice: b.voice }),
-  });
-  if (!resp.ok) throw await errorOf(resp);
+  }));
   const audio = addClip(await resp.blob(), "text", $("speak-text").value);
   status.textContent = `${resp.headers.get("X-Duration-S")} s of speech`;
   await audio.play().catch(() => {}); // a browser may refuse to play without a gesture
@@ -126,14 +145,24 @@ function wavBlob(chunks, rate) {
 // scheduled on a Web Audio clock as it arrives, so sound starts before the answer ends.
 async function speakAnswer(status) {
   const b = speakBody();
-  const resp = await fetch("/api/chat/speak", {
+  const resp = await checked(await fetch("/api/chat/speak", {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
     body: JSON.stringify({ prompt: $("speak-text").value, max_tokens: 96, tts_model: b.model, voice: b.voice, stream_format: "events" }),
-  });
-  if (!resp.ok) throw await errorOf(resp);
+  }));
   const out = $("speak-output");
   const ctx = new AudioContext();
+  let end = 0; // when the last sound scheduled ends, on the context's clock
+  try {
+    end = await playAnswer(resp, ctx, out, status);
+  } finally {
+    // Each answer's audio context is closed once its sound has played: a page keeps few.
+    setTimeout(() => ctx.close().catch(() => {}), 1000 * Math.max(0, end - ctx.currentTime) + 500);
+  }
+}
+
+// The answer's events played as they come; returns when its last sound ends (context clock).
+async function playAnswer(resp, ctx, out, status) {
   const t0 = performance.now();
   let rate = 22050;
   let at = 0;
@@ -165,7 +194,7 @@ async function speakAnswer(status) {
     } else if (event === "llm_done") {
       answerDone = (performance.now() - t0) / 1000;
     } else if (event === "error") {
-      throw new Error(`${data.code}: ${data.message}`);
+      throw new APIError(0, data.code, data.message);
     }
   }
   const total = (performance.now() - t0) / 1000;
@@ -174,6 +203,7 @@ async function speakAnswer(status) {
   out.dataset.playedEarly = String(chunks >= 2 && firstSound < lastSound);
   status.textContent = `first sound after ${firstSound?.toFixed(2)} s; answer written after ` +
     `${answerDone?.toFixed(2) ?? "?"} s; all spoken audio received after ${total.toFixed(2)} s`;
+  return at;
 }
 
 $("speak-form").addEventListener("submit", async (ev) => {
@@ -183,12 +213,14 @@ $("speak-form").addEventListener("submit", async (ev) => {
   delete $("speak-output").dataset.chunks;
   delete $("speak-output").dataset.playedEarly;
   status.textContent = "working…";
+  delete status.dataset.state;
+  delete status.dataset.code;
   $("speak-send").disabled = true;
   try {
     const mode = new FormData($("speak-form")).get("mode");
     await (mode === "answer" ? speakAnswer(status) : speakText(status));
   } catch (e) {
-    status.textContent = e.message;
+    showError(status, e);
   } finally {
     $("speak-send").disabled = false;
   }
@@ -198,6 +230,30 @@ $("speak-form").addEventListener("submit", async (ev) => {
 
 let imageTask = null;
 
+const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// An image task's progress, asked until the server answers: a server restarting (or a network
+// down a while) does not lose the task, which is durable, so the page waits for it too,
+// saying so, rather than leave a picture it will never show.
+async function progressOf(url, status) {
+  for (let wait = 1000; ; wait = Math.min(wait * 2, 5000)) {
+    try {
+      return await api(url);
+    } catch (e) {
+      if (e instanceof APIError && e.status !== 503) throw e;
+      status.textContent = `${errorText(e)}; asking again (the task keeps its place)…`;
+      status.dataset.state = "waiting";
+      await pause(wait);
+    }
+  }
+}
+
+// Where a queued task stands, in words: position 0 runs next.
+function queuedText(position) {
+  if (position === null || position === undefined) return "queued";
+  return position === 0 ? "queued: runs next" : `queued: ${position} ahead of it`;
+}
+
 $("image-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const bar = $("image-progress");
@@ -205,25 +261,29 @@ $("image-form").addEventListener("submit", async (ev) => {
   const img = $("image-result");
   img.hidden = true;
   delete status.dataset.state;
+  delete status.dataset.code;
   bar.value = 0;
   bar.dataset.seen = "0";
+  const prompt = $("image-prompt").value; // the picture's alt text, whatever the box says later
+  handOver($("image-send"), $("image-cancel"));
   $("image-send").disabled = true;
   try {
     const task = await api("/api/image/generate", { method: "POST", body: {
-      prompt: $("image-prompt").value, width: Number($("image-width").value),
+      prompt, width: Number($("image-width").value),
       height: Number($("image-height").value), steps: Number($("image-steps").value) } });
     imageTask = task.task_id;
     $("image-cancel").disabled = false;
     for (;;) {
-      const p = await api(task.progress_url);
+      const p = await progressOf(task.progress_url, status);
+      delete status.dataset.state;
       bar.value = p.progress;
       if (String(p.progress) !== bar.dataset.seen.split(",").at(-1)) bar.dataset.seen += "," + p.progress;
-      status.textContent = p.status === "queued" ? `queued, position ${p.queue_position}`
+      status.textContent = p.status === "queued" ? queuedText(p.queue_position)
         : `${p.status}: step ${p.step}/${p.total_steps ?? "?"}` + (p.eta_s ? `, about ${p.eta_s.toFixed(1)} s left` : "");
       if (p.status === "succeeded") {
         status.dataset.state = p.status;
         img.src = task.result_url;
-        img.alt = `generated image: ${$("image-prompt").value}`;
+        img.alt = `generated image: ${prompt}`;
         await img.decode().catch(() => {});
         img.hidden = false;
         break;
@@ -231,25 +291,39 @@ $("image-form").addEventListener("submit", async (ev) => {
       if (p.status === "failed" || p.status === "cancelled") {
         status.textContent = outcomeText(p.status, p.error);
         status.dataset.state = p.status;
+        if (p.error) status.dataset.code = p.error.code;
         break;
       }
-      await new Promise((r) => setTimeout(r, 250));
+      await pause(250);
     }
   } catch (e) {
-    status.textContent = e.message;
+    showError(status, e);
   } finally {
     imageTask = null;
     $("image-send").disabled = false;
+    handOver($("image-cancel"), $("image-send"));
     $("image-cancel").disabled = true;
   }
 });
 
 $("image-cancel").addEventListener("click", async () => {
-  if (imageTask) await api(`/api/image/cancel/${encodeURIComponent(imageTask)}`, { method: "POST" }).catch(() => {});
+  if (!imageTask) return;
+  try {
+    await api(`/api/image/cancel/${encodeURIComponent(imageTask)}`, { method: "POST" });
+  } catch (e) {
+    showError($("image-status"), e); // the loop's next answer says how the task ended
+  }
 });
 
-const conn = $("conn");
-loadModels().then(
-  () => { conn.textContent = "ready"; conn.dataset.ok = "1"; },
-  (e) => { conn.textContent = "no answer: " + e.message; conn.dataset.ok = "0"; },
-);
+// The badge says whether the server answers and its lanes are ready, every few seconds (it
+// said "ready" once, and went on saying it while the server was down).
+async function readiness() {
+  const r = await fetch("/ready", { headers: { Accept: "application/json" } });
+  if (r.status !== 200 && r.status !== 503) await checked(r); // 503: some lane not ready yet
+  const body = await r.json();
+  const waiting = Object.entries(body.lanes || {}).filter(([, ok]) => !ok).map(([lane]) => lane);
+  return waiting.length ? `not ready: ${waiting.join(", ")}` : "ready";
+}
+
+loadModels().catch((e) => showError($("chat-stats"), e));
+poll(readiness, 5000, { figures: false });

@@ -1,5 +1,5 @@
 // Work: the queues in order, running tasks with progress, recent outcomes; cancel buttons.
-import { api, el, fmt, outcomeText, poll } from "./common.js";
+import { api, el, errorText, fmt, keepPlace, outcomeText, poll } from "./common.js";
 
 const status = document.getElementById("work-status");
 // The task the status line is about, followed on every tick until it ends: a running task
@@ -19,7 +19,8 @@ async function cancel(task) {
     say(task, r.outcome === "requested" ? `cancel requested (still ${r.state})` : r.state, r.state);
   } catch (e) {
     followed = null;
-    status.textContent = `could not cancel ${task.task_id}: ${e.message}`;
+    status.textContent = `could not cancel ${task.task_id}: ${errorText(e)}`;
+    status.dataset.state = "error";
   }
   await refresh();
 }
@@ -38,7 +39,10 @@ async function follow(state) {
 }
 
 function cancelButton(task) {
-  return el("button", { type: "button", class: "cancel", "aria-label": `Cancel ${task.lane} task ${task.task_id}`, onclick: () => cancel(task) }, "Cancel");
+  // Its data-key finds it again after the next tick's re-render (a task moving from the queue
+  // to the running table keeps its button's focus).
+  return el("button", { type: "button", class: "cancel", dataset: { key: "cancel-" + task.task_id },
+    "aria-label": `Cancel ${task.lane} task ${task.task_id}`, onclick: () => cancel(task) }, "Cancel");
 }
 
 function progressCell(t) {
@@ -55,13 +59,34 @@ function fill(id, rows) {
   body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 6 }, "none"))]));
 }
 
+// The queue lists the first tasks of each lane; a row says how many more wait behind them.
+function queuedRows(queued, totals, now) {
+  const rows = [];
+  for (const [i, t] of queued.entries()) {
+    rows.push(el("tr", { dataset: { taskId: t.task_id, lane: t.lane } },
+      el("td", {}, t.lane), el("td", {}, t.queue_position ?? "–"), el("td", {}, el("code", {}, t.task_id)),
+      el("td", {}, t.model), el("td", {}, fmt.secs(now - t.submitted_at)), el("td", {}, cancelButton(t))));
+    const last = i === queued.length - 1 || queued[i + 1].lane !== t.lane;
+    const shown = queued.filter((q) => q.lane === t.lane).length;
+    const more = (totals[t.lane] ?? 0) - shown;
+    if (last && more > 0) {
+      rows.push(el("tr", { class: "more", dataset: { lane: t.lane, more: String(more) } },
+        el("td", { colspan: 6 }, `… and ${more} more queued in the ${t.lane} lane, listed here as those above run`)));
+    }
+  }
+  return rows;
+}
+
 async function refresh() {
   const state = await api("/api/console/state");
+  keepPlace(document.getElementById("work"), () => show(state));
+  if (followed) await follow(state);
+}
+
+function show(state) {
   const now = state.time;
   const { queued, running, recent } = state.tasks;
-  fill("queued", queued.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane } },
-    el("td", {}, t.lane), el("td", {}, t.queue_position ?? "–"), el("td", {}, el("code", {}, t.task_id)),
-    el("td", {}, t.model), el("td", {}, fmt.secs(now - t.submitted_at)), el("td", {}, cancelButton(t)))));
+  fill("queued", queuedRows(queued, state.tasks.queued_total || {}, now));
   fill("running", running.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane } },
     el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id)), el("td", {}, t.model),
     el("td", {}, progressCell(t)), el("td", {}, fmt.secs(t.eta_s)), el("td", {}, cancelButton(t)))));
@@ -71,7 +96,6 @@ async function refresh() {
     // The message alone (the state has its own column), its code for machines and a hover.
     el("td", {}, t.error ? el("span", { title: t.error.code, dataset: { code: t.error.code } }, t.error.message) : ""),
     el("td", {}, t.pauses !== undefined ? `${t.pauses} (${fmt.secs(t.paused_s)})` : ""))));
-  if (followed) await follow(state);
 }
 
 poll(refresh, 1000);
