@@ -123,7 +123,8 @@ def test_chat_in_the_playground_streams_tokens(page: Page, server: Server) -> No
     expect(page.locator("#chat-model option")).not_to_have_count(0)
     page.get_by_label("Message").fill("Name three colours of the sea, one per line.")
     page.get_by_label("Max tokens").fill("48")
-    page.get_by_role("button", name="Send").click()
+    page.get_by_role("button", name="Send").focus()
+    page.keyboard.press("Enter")
     # Seen in the browser while the answer is still arriving: tokens shown, not yet done.
     page.wait_for_function(
         "() => { const o = document.getElementById('chat-output');"
@@ -132,6 +133,9 @@ def test_chat_in_the_playground_streams_tokens(page: Page, server: Server) -> No
     )
     out = page.locator("#chat-output")
     expect(out).to_have_attribute("data-state", "done", timeout=60_000)
+    # Send disabled itself while it ran and handed the keyboard's focus to Stop, which gave it
+    # back: it fell to the page's body, and Tab started again from the top.
+    assert page.evaluate("() => document.activeElement.id") == "chat-send"
     assert int(out.get_attribute("data-tokens") or 0) >= 2
     assert out.inner_text().strip()
     expect(page.locator("#chat-stats")).to_contain_text("tokens, first after")

@@ -215,6 +215,7 @@ $("speak-form").addEventListener("submit", async (ev) => {
   status.textContent = "working…";
   delete status.dataset.state;
   delete status.dataset.code;
+  const focused = document.activeElement === $("speak-send");
   $("speak-send").disabled = true;
   try {
     const mode = new FormData($("speak-form")).get("mode");
@@ -223,6 +224,7 @@ $("speak-form").addEventListener("submit", async (ev) => {
     showError(status, e);
   } finally {
     $("speak-send").disabled = false;
+    if (focused && document.activeElement === document.body) $("speak-send").focus(); // back to it
   }
 });
 
@@ -265,7 +267,7 @@ $("image-form").addEventListener("submit", async (ev) => {
   bar.value = 0;
   bar.dataset.seen = "0";
   const prompt = $("image-prompt").value; // the picture's alt text, whatever the box says later
-  handOver($("image-send"), $("image-cancel"));
+  const focused = document.activeElement === $("image-send");
   $("image-send").disabled = true;
   try {
     const task = await api("/api/image/generate", { method: "POST", body: {
@@ -273,6 +275,7 @@ $("image-form").addEventListener("submit", async (ev) => {
       height: Number($("image-height").value), steps: Number($("image-steps").value) } });
     imageTask = task.task_id;
     $("image-cancel").disabled = false;
+    if (focused && document.activeElement === document.body) $("image-cancel").focus(); // from Generate
     for (;;) {
       const p = await progressOf(task.progress_url, status);
       delete status.dataset.state;
