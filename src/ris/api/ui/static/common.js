@@ -17,7 +17,26 @@ export async function api(path, { method = "GET", body, headers = {}, signal } =
     init.body = JSON.stringify(body);
     init.headers["Content-Type"] = "application/json";
   }
-  return (await checked(await fetch(path, init))).json();
+  return (await request(path, init)).json();
+}
+
+// The server did not answer at all: fetch's own error (a TypeError, "Failed to fetch" in one
+// browser, other words in others), told apart from a fault of the page's own script.
+export class Unreachable extends Error {
+  constructor() {
+    super("the server did not answer (stopped, restarting, or the network is down)");
+  }
+}
+
+// fetch, then `checked`: a response that is not a success throws, as does no answer.
+export async function request(path, init) {
+  let resp;
+  try {
+    resp = await fetch(path, init);
+  } catch (e) {
+    throw e.name === "TypeError" ? new Unreachable() : e; // an abort stays an AbortError
+  }
+  return checked(resp);
 }
 
 // A response that is not a success becomes an APIError; a 401 (the key cookie is gone, or was
@@ -40,17 +59,21 @@ export async function errorOf(resp) {
   }
 }
 
-// What an error says to a person: the server's message, or that the server did not answer
-// (fetch's own "Failed to fetch" says neither what nor why).
-export function errorText(e) {
-  if (e instanceof APIError) return e.message;
-  if (e.name === "TypeError") return "the server did not answer (stopped, restarting, or the network is down)";
-  return e.message;
+// /ready's body, whether every lane is ready (200) or not yet (503): {ready, lanes}.
+export async function readiness() {
+  let resp;
+  try {
+    resp = await fetch("/ready", { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  } catch {
+    throw new Unreachable();
+  }
+  if (resp.status !== 503) await checked(resp); // a 401 goes to the login form
+  return resp.json();
 }
 
 // An error shown in `node`: its words, its state for the style, its code for machines.
 export function showError(node, e) {
-  node.textContent = errorText(e);
+  node.textContent = e.message;
   node.dataset.state = "error";
   if (e.code) node.dataset.code = e.code;
 }
@@ -99,7 +122,7 @@ export function poll(fn, ms, { figures = true } = {}) {
     } catch (e) {
       const since = lastAnswer ? `; figures from ${lastAnswer.toLocaleTimeString()}` : "";
       if (figures) document.body.dataset.stale = "1";
-      if (conn) { conn.textContent = `no answer: ${errorText(e)}${figures ? since : ""}`; conn.dataset.ok = "0"; }
+      if (conn) { conn.textContent = `no answer: ${e.message}${figures ? since : ""}`; conn.dataset.ok = "0"; }
     } finally {
       running = false;
       if (!document.hidden) timer = setTimeout(tick, ms);

@@ -1,5 +1,5 @@
 // Models: what each lane is configured with, loaded or not, and its voices.
-import { api, el, fmt, keepPlace, poll } from "./common.js";
+import { api, el, fmt, keepPlace, poll, readiness } from "./common.js";
 
 // A long voice list (espeak-ng has over a hundred) folds away behind its count; names that
 // differ only in case ("en-US", "en-us") are listed once. The <details> keeps its data-key, so
@@ -27,7 +27,7 @@ function memory(m) {
 }
 
 async function refresh() {
-  const [models, ready] = await Promise.all([api("/api/models"), fetch("/ready").then((r) => r.json())]);
+  const [models, ready] = await Promise.all([api("/api/models"), readiness()]);
   const box = document.getElementById("models");
   keepPlace(box, () => box.replaceChildren(...Object.entries(models.lanes).map(([lane, list]) => el("section", { class: "card", "aria-labelledby": `m-${lane}` },
     el("h2", { id: `m-${lane}` }, lane, " ", el("span", { class: "state", dataset: { state: ready.lanes[lane] ? "idle" : "starting" } }, ready.lanes[lane] ? "worker ready" : "worker not ready")),

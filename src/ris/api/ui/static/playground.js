@@ -1,6 +1,6 @@
 // Playground: chat (streamed tokens), speech (text, or the LLM's answer spoken as it is
 // written) and images (live progress, then the picture), all through the public API.
-import { APIError, api, checked, el, errorText, outcomeText, poll, showError, sse } from "./common.js";
+import { APIError, Unreachable, api, el, outcomeText, poll, readiness, request, showError, sse } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -55,13 +55,13 @@ $("chat-form").addEventListener("submit", async (ev) => {
   let tokens = 0;
   let first = null;
   try {
-    const resp = await checked(await fetch("/api/llm/generate", {
+    const resp = await request("/api/llm/generate", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ prompt: $("chat-prompt").value, model: $("chat-model").value || undefined,
         max_tokens: Number($("chat-max").value), stream: true }),
       signal: chatAbort.signal,
-    }));
+    });
     for await (const { event, data } of sse(resp)) {
       if (event === "token") {
         tokens++;
@@ -104,11 +104,11 @@ function speakBody() {
 
 async function speakText(status) {
   const b = speakBody();
-  const resp = await checked(await fetch("/api/tts/synthesize", {
+  const resp = await request("/api/tts/synthesize", {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "audio/wav" },
     body: JSON.stringify({ text: $("speak-text").value, model: b.model, voice: b.voice }),
-  }));
+  });
   const audio = addClip(await resp.blob(), "text", $("speak-text").value);
   status.textContent = `${resp.headers.get("X-Duration-S")} s of speech`;
   await audio.play().catch(() => {}); // a browser may refuse to play without a gesture
@@ -145,11 +145,11 @@ function wavBlob(chunks, rate) {
 // scheduled on a Web Audio clock as it arrives, so sound starts before the answer ends.
 async function speakAnswer(status) {
   const b = speakBody();
-  const resp = await checked(await fetch("/api/chat/speak", {
+  const resp = await request("/api/chat/speak", {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
     body: JSON.stringify({ prompt: $("speak-text").value, max_tokens: 96, tts_model: b.model, voice: b.voice, stream_format: "events" }),
-  }));
+  });
   const out = $("speak-output");
   const ctx = new AudioContext();
   let end = 0; // when the last sound scheduled ends, on the context's clock
@@ -242,8 +242,8 @@ async function progressOf(url, status) {
     try {
       return await api(url);
     } catch (e) {
-      if (e instanceof APIError && e.status !== 503) throw e;
-      status.textContent = `${errorText(e)}; asking again (the task keeps its place)…`;
+      if (!(e instanceof Unreachable) && !(e instanceof APIError && e.status === 503)) throw e;
+      status.textContent = `${e.message}; asking again (the task keeps its place)…`;
       status.dataset.state = "waiting";
       await pause(wait);
     }
@@ -320,13 +320,11 @@ $("image-cancel").addEventListener("click", async () => {
 
 // The badge says whether the server answers and its lanes are ready, every few seconds (it
 // said "ready" once, and went on saying it while the server was down).
-async function readiness() {
-  const r = await fetch("/ready", { headers: { Accept: "application/json" } });
-  if (r.status !== 200 && r.status !== 503) await checked(r); // 503: some lane not ready yet
-  const body = await r.json();
-  const waiting = Object.entries(body.lanes || {}).filter(([, ok]) => !ok).map(([lane]) => lane);
+async function lanesReady() {
+  const { lanes } = await readiness();
+  const waiting = Object.entries(lanes || {}).filter(([, ok]) => !ok).map(([lane]) => lane);
   return waiting.length ? `not ready: ${waiting.join(", ")}` : "ready";
 }
 
 loadModels().catch((e) => showError($("chat-stats"), e));
-poll(readiness, 5000, { figures: false });
+poll(lanesReady, 5000, { figures: false });

@@ -1,5 +1,5 @@
 // Work: the queues in order, running tasks with progress, recent outcomes; cancel buttons.
-import { api, el, errorText, fmt, keepPlace, outcomeText, poll } from "./common.js";
+import { api, el, fmt, keepPlace, outcomeText, poll } from "./common.js";
 
 const status = document.getElementById("work-status");
 // The task the status line is about, followed on every tick until it ends: a running task
@@ -19,7 +19,7 @@ async function cancel(task) {
     say(task, r.outcome === "requested" ? `cancel requested (still ${r.state})` : r.state, r.state);
   } catch (e) {
     followed = null;
-    status.textContent = `could not cancel ${task.task_id}: ${errorText(e)}`;
+    status.textContent = `could not cancel ${task.task_id}: ${e.message}`;
     status.dataset.state = "error";
   }
   await refresh();
