@@ -7,10 +7,12 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.types import Message
 
+from ris.api import app as app_module
 from ris.api.app import BodyLimit
 from ris.api.errors import HANDLERS
 
@@ -110,3 +112,43 @@ def test_bodies_within_the_limit_reach_the_app_whole() -> None:
     for length_header in (False, True):
         client = request(LIMIT, length_header)
         assert client.status == 200 and client.sent[1]["body"] == str(LIMIT - 12).encode()
+
+
+class Stalling(Client):
+    """Sends part of its body, then nothing (or leaves: `leaves`)."""
+
+    def __init__(self, leaves: bool) -> None:
+        super().__init__(b'{"text": "hal')
+        self.leaves = leaves
+
+    async def receive(self) -> Message:
+        if self.pulled == 0:
+            self.pulled = 1
+            return {"type": "http.request", "body": self.chunks[0], "more_body": True}
+        if self.leaves:
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(3600)
+        raise AssertionError("not reached")
+
+
+def test_a_body_that_stops_arriving_is_a_408_and_one_whose_client_left_is_not_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Half a body and then nothing held its connection for ever (100 s seen), and the route
+    reading it logged a 70-line traceback once the client left."""
+    monkeypatch.setattr(app_module, "BODY_IDLE_TIMEOUT_S", 0.2)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/tts/synthesize",
+        "headers": headers,
+        "query_string": b"",
+    }
+    stalled = Stalling(leaves=False)
+    asyncio.run(asyncio.wait_for(BodyLimit(APP, LIMIT)(scope, stalled.receive, stalled.send), 5))
+    assert stalled.status == 408 and stalled.error["code"] == "body_timeout"
+    assert "0.2 s" in stalled.error["message"]
+    gone = Stalling(leaves=True)
+    asyncio.run(BodyLimit(APP, LIMIT)(scope, gone.receive, gone.send))
+    assert gone.sent == []  # no one to answer, and the route never ran on half a body

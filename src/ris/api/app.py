@@ -86,14 +86,21 @@ OLLAMA_ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
+# How long a request body may pause between two of its pieces: past it the request is answered
+# 408 `body_timeout` (a body that stopped half-way held its connection for ever, and the route
+# reading it logged a traceback when the client finally left).
+BODY_IDLE_TIMEOUT_S = 20.0
+
+
 class BodyLimit:
     """Refuse request bodies over the limit with 413 `body_too_large`, never reading more than
-    the limit (and one chunk) into memory.
+    the limit (and one chunk) into memory, and bodies that stall with 408 `body_timeout`.
 
-    With Content-Length the header decides before anything is read. A chunked body
-    (Transfer-Encoding, no length known) is read here, up to the limit, and handed on whole:
-    refused from inside the app instead, as a route read it, FastAPI's body parsing turned
-    the refusal into a 400 'error parsing the body'.
+    With Content-Length the header decides the size before anything is read. Every body is
+    read here, up to the limit, each piece within BODY_IDLE_TIMEOUT_S of the last, and handed
+    on whole: refused from inside the app instead, as a route read it, FastAPI's body parsing
+    turned the refusal into a 400 'error parsing the body'. A client that leaves before its
+    body ends is not answered, and no route sees half a body.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -109,13 +116,16 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._too_large(scope, receive, send)
             return
-        if b"transfer-encoding" not in headers:
-            # No body, or one the server reads no further than its Content-Length.
-            await self.app(scope, receive, send)
+        if b"transfer-encoding" not in headers and length in (None, b"0"):
+            await self.app(scope, receive, send)  # no body
             return
         body = bytearray()
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_IDLE_TIMEOUT_S)
+            except TimeoutError:
+                await self._stalled(scope, receive, send)
+                return
             if message["type"] != "http.request":
                 return  # the client left before its body ended: no one to answer
             body += message.get("body", b"")
@@ -125,6 +135,17 @@ class BodyLimit:
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _stalled(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(
+            408,
+            "body_timeout",
+            f"the request body stopped arriving: each part must follow the last within "
+            f"{BODY_IDLE_TIMEOUT_S:g} s",
+            {"Connection": "close"},
+            dialect=dialect_of(scope),
+        )
+        await resp(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = error_response(
