@@ -35,6 +35,12 @@ FAILURE_STATUS = {
     "synthesis_empty": 422,
 }
 
+# Failures of a request that ran and whose worker died under it: the request may be what
+# killed it, and sent again it would take the replaced worker, and the requests batched on it,
+# down again. Answered without Retry-After and with `x-should-retry: false`, which OpenAI's
+# SDKs obey (they retry any 5xx otherwise); RIS's SDK does not retry them either.
+NOT_TO_RETRY = frozenset({"worker_crashed", "worker_out_of_memory"})
+
 
 def failure_status(code: str) -> int:
     return FAILURE_STATUS.get(code, 500)

@@ -159,3 +159,34 @@ async def test_a_message_without_content_and_calls_not_served_are_refused_in_the
             error = r.json()["error"]
             assert r.status_code == 400 and error["code"] == "unsupported_endpoint", error
             assert call in error["message"] and "chat.completions.create" in error["message"]
+
+
+@run
+async def test_a_request_whose_worker_died_under_it_is_not_sent_again_by_openais_sdk(tmp_path: Path) -> None:
+    """The 503 said Retry-After: 5, and OpenAI's SDK sent the request again (it may be what
+    killed the worker: RIS's own SDK never retries it)."""
+    import openai
+
+    async with started_engine(tmp_path) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1/v1") as http:
+            client = openai.AsyncOpenAI(
+                base_url="http://127.0.0.1/v1", api_key="x", http_client=http, max_retries=2
+            )
+            call = asyncio.create_task(
+                client.chat.completions.with_raw_response.create(model="m", messages=ASK["messages"])
+            )
+            for _ in range(500):  # the SDK takes a few turns (and threads) before it sends
+                if llm.runs:
+                    break
+                await asyncio.sleep(0.01)
+            llm.deliver(m.TaskError(llm.runs[0].task_id, "worker_crashed", "the llm worker process died"))
+            try:
+                await asyncio.wait_for(call, 10)
+            except openai.InternalServerError as e:
+                answer = e.response
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "worker_crashed"
+        assert answer.headers["x-should-retry"] == "false" and "retry-after" not in answer.headers
+        assert len(llm.runs) == 1  # asked once

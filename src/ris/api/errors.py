@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from ris.failures import failure_status
+from ris.failures import NOT_TO_RETRY, failure_status
 from ris.runtime.engine import LaneUnavailable, NotRecorded
 from ris.runtime.views import TaskView
 from ris.scheduler import QueueFull
@@ -115,6 +115,8 @@ def lane_unavailable(e: LaneUnavailable) -> APIError:
 def task_error(code: str, message: str) -> APIError:
     """The error response for a failure reported by code (a task's, or the speaking pipeline's)."""
     status = failure_status(code)
+    if code in NOT_TO_RETRY:
+        return APIError(status, code, message, headers={"x-should-retry": "false"})
     retry = {"Retry-After": RETRY_AFTER_503} if status == 503 else None
     return APIError(status, code, message, headers=retry)
 

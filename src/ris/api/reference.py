@@ -43,7 +43,10 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   route; an admin key (or a plain string key) sees and cancels all. `/metrics` wants an admin
   key (403 `admin_only`). See docs/DEPLOYMENT_GUIDE.md, "Keys and users".
 - 429 and 503 answers carry `Retry-After`, except a 503 for a lane the config disables
-  (`lane_unavailable`: no retry brings it).
+  (`lane_unavailable`: no retry brings it) and the failures not to send again, which say
+  `x-should-retry: false` instead (OpenAI's SDKs obey it): a request whose worker died under it
+  (`worker_crashed`, `worker_out_of_memory`: it may be what killed it) and the wrong-key
+  throttle's 429 (`too_many_wrong_keys`).
 - `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
   model with a chat template it goes through that template as the user's message (with an
   optional `system`); `"raw": true`, or `/v1/completions`, keeps raw text completion.
@@ -63,7 +66,7 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
 ## Status codes
 
 413 for bodies (`body_too_large`, with or without Content-Length), prompts or texts over the
-configured limits; 422 for invalid
+configured limits; 408 `body_timeout` for a body whose next part did not come within 20 s; 422 for invalid
 fields (the message names the field and the allowed range), unknown voices (`unknown_voice`,
 also for a voice the named model does not speak; the message lists its voices), text with
 nothing to speak (`nothing_to_speak`: no letter, digit or symbol), text a voice has no sound

@@ -283,7 +283,8 @@ def throttled(retry_after_s: float, *, dialect: str) -> Response:
         429,
         "too_many_wrong_keys",
         f"too many wrong API keys from this address; keys are not checked for {retry} s",
-        {"Retry-After": retry},
+        # OpenAI's SDKs retry a 429 unless told not to: each retry one more guess.
+        {"Retry-After": retry, "x-should-retry": "false"},
         dialect=dialect,
     )
 

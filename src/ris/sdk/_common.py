@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from ris.failures import failure_status
+from ris.failures import NOT_TO_RETRY, failure_status
 
 
 class RISError(Exception):
@@ -83,12 +83,10 @@ def backoff_delay(attempt: int, retry_after: float | None, cap: float) -> float:
 
 
 RETRY_STATUSES = (429, 503)
-# 503s that are not retried: the request ran and its worker died under it (the request may
-# be what killed it). Sent again, it would take the replaced worker, and the requests batched
-# on it, down again. The other 503s and 429s came before anything ran, or from a stop.
-# A 429 for too many wrong API keys: the key is wrong and stays wrong, and each retry counts
-# as one more guess against this address.
-NOT_RETRIED = frozenset({"worker_crashed", "worker_out_of_memory", "too_many_wrong_keys"})
+# 503s that are not retried: the request ran and its worker died under it (NOT_TO_RETRY). The
+# other 503s and 429s came before anything ran, or from a stop. A 429 for too many wrong API
+# keys: the key is wrong and stays wrong, and each retry counts as one more guess.
+NOT_RETRIED = NOT_TO_RETRY | {"too_many_wrong_keys"}
 
 
 class SSEDecoder:
