@@ -115,9 +115,10 @@ class LlamaBatch(LLMBatch):
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_seq_max = parallel
         params.n_ctx = n_ctx * parallel
-        # A KV stream per slot: each sequence's attention is computed alone, so its text does
-        # not depend on the others in the batch (a seed gives the same text under load; one
-        # shared buffer did not), and one long chat cannot take another's context.
+        # A KV stream per slot: each sequence's attention is computed alone, so its text
+        # depends far less on the others in the batch (one shared buffer changed a seed's text
+        # under load; a reused prefix still can, rarely: docs/PERFORMANCE_OPTIMIZATION.md), and
+        # one long chat cannot take another's context.
         params.kv_unified = False
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
@@ -333,7 +334,8 @@ class LlamaBatch(LLMBatch):
                 continue
             # The last prompt token goes alone, like every generated token: llama.cpp's logits
             # for a token depend on how many of its sequence's tokens share its decode, so
-            # this keeps a seed's text the same whether the prompt was cached or not.
+            # this keeps a seed's text the same whether the prompt was cached or not (as far
+            # as the cached KV's own bits allow: docs/PERFORMANCE_OPTIMIZATION.md).
             ahead = len(seq.pending) - 1
             take = min(ahead or 1, budget)
             budget -= take

@@ -50,7 +50,7 @@ class LlamaCppLLM(LLMBackend):
         # Unset: on a GPU llama.cpp decides (on where the backend supports it), as llama-server
         # does. On the CPU off: there a sequence's text then depends on how its prompt was
         # batched (a seeded answer differs when its prefix was copied from a busy slot; measured
-        # with SmolLM2), which breaks "a seed gives the same text under load", and it bought no
+        # with SmolLM2; far more often than with it off), and it bought no
         # speed on one thread (decode 0.96x, docs/PERFORMANCE_OPTIMIZATION.md).
         flash_attn = opts.pop("flash_attn", None if gpu else False)
         # Llama() takes **kwargs and ignores what it does not know: a typo ("n_ctxx") went unsaid.
