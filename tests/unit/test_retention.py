@@ -73,3 +73,16 @@ def test_files_no_task_names_go_after_a_grace_period_and_other_folders_are_left_
     assert report.orphans == 2
     assert not orphan.exists() and not half_written.with_name(half_written.name + ".tmp").exists()
     assert being_recorded.exists() and model_cache.exists()
+
+
+def test_a_file_ris_did_not_name_is_never_deleted(tmp_path: Path) -> None:
+    """An operator's holiday.jpg in images/, two hours old, went as an orphan: only files named
+    as RIS names its results (a task id, then extensions) are RIS's to delete."""
+    store = TaskStore(tmp_path / "tasks.db")
+    theirs = [
+        result_file(tmp_path, name, 10, age_s=2 * HOUR, folder="images")
+        for name in ("holiday", "A" * 32, "d" * 31)
+    ]
+    ours = result_file(tmp_path, "d" * 32, 10, age_s=2 * HOUR, folder="images")
+    assert policy(tmp_path, store).sweep().orphans == 1
+    assert not ours.exists() and all(p.exists() for p in theirs)

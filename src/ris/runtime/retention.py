@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ log = logging.getLogger("ris.engine")  # the engine schedules the sweeps
 
 # A file with no record is left alone this long (its task may be being recorded right now).
 ORPHAN_GRACE_S = 60.0
+# What RIS names the files it writes: a task id (32 hex digits), then its extensions
+# (`<id>.wav`, `<id>.png.tmp`). Anything else in the folders is not RIS's, and is never
+# deleted: an operator's `holiday.jpg` in images/ went as an orphan.
+RESULT_NAME = re.compile(r"^[0-9a-f]{32}\.")
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class Retention:
                     st = path.stat()
                 except FileNotFoundError:
                     continue
-                if not path.is_file() or path.name.startswith("."):
+                if not path.is_file() or not RESULT_NAME.match(path.name):
                     continue
                 r = results[path.name.split(".", 1)[0]]
                 r.paths.append(path)
