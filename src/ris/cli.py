@@ -10,9 +10,11 @@ import gc
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,12 +241,35 @@ def _server(config: uvicorn.Config, writer: LogWriter) -> uvicorn.Server:
         @contextlib.contextmanager
         def capture_signals(self) -> Generator[None, None, None]:
             with super().capture_signals():
+                hangup = _stop_on_hangup(self.handle_exit)
                 try:
                     yield
                 finally:
+                    # Given back before uvicorn raises the captured signals again: a hangup
+                    # then ends the process as one does, once the server has stopped.
+                    hangup()
                     writer.stop()
 
     return Server(config)
+
+
+def _stop_on_hangup(handler: Callable[[int, Any], None]) -> Callable[[], None]:
+    """SIGHUP (the terminal or ssh session that started the server closed) stops it as SIGTERM
+    does, gracefully: uvicorn handles only SIGINT and SIGTERM, and a hangup killed the server
+    at once, its answers cut and nothing logged. Left ignored where it is ignored (`nohup`).
+    Returns what puts the previous handler back."""
+    hup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(hup)
+    if previous == signal.SIG_IGN:
+        return lambda: None
+    signal.signal(hup, handler)
+
+    def give_back() -> None:
+        signal.signal(hup, previous)
+
+    return give_back
 
 
 # Objects made (less those freed) between two collections of the youngest generation.

@@ -74,17 +74,19 @@ def test_a_log_reader_that_stalls_does_not_stop_the_server(tmp_path: Path) -> No
     assert b"Application startup complete" in err
 
 
-def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path, sig: signal.Signals) -> None:
     # uvicorn raises the signal again once shut down, which ends the process where it stands:
-    # the queue is written out before that.
+    # the queue is written out before that. A hangup (the terminal that started it closed)
+    # killed it at once, with no shutdown and no last lines: now it stops as SIGTERM does.
     command, url = _config(tmp_path)
     logs: dict[str, Any] = {name: (tmp_path / f"{name}.log").open("wb") for name in ("out", "err")}
     proc = subprocess.Popen(command, stdout=logs["out"], stderr=logs["err"], cwd=tmp_path)
     try:
         _wait_ready(url)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == -signal.SIGTERM  # as before: ended by the signal it was sent
+        proc.send_signal(sig)
+        assert proc.wait(60) == -sig  # as before: ended by the signal it was sent
     finally:
         proc.kill()
         proc.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from ris.runtime import data_lock
+from ris.runtime.engine import DATA_FOLDER_CHECK_S
+
+from .fakes import run, started_engine
 
 HOLD = """
 import sys, time
@@ -84,3 +88,27 @@ def test_a_failed_engine_hold_leaves_no_engine_behind(tmp_path: Path) -> None:
         data_lock.release(folder, engine=True)
     data_lock.acquire(folder, 8123, engine=True)  # given back: a new engine may hold it
     data_lock.release(folder, engine=True)
+
+
+@run
+async def test_a_data_folder_deleted_under_a_running_engine_stops_it_before_any_sweep(tmp_path: Path) -> None:
+    """rm -rf of the data folder while a server ran: nothing was said, /ready stayed true, every
+    record it wrote went with the deleted store, and a second server took the folder and swept
+    the first one's new results away as orphans."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        stops: list[bool] = []
+        eng.on_folder_lost = lambda: stops.append(True)
+        folder = Path(eng.config.data_dir)
+        assert data_lock.still_held(folder)
+        clock.advance(DATA_FOLDER_CHECK_S + 1)
+        eng.check()
+        assert stops == [] and not eng.folder_lost
+        shutil.rmtree(folder)
+        folder.mkdir()  # made again by a write, as the server's result folders were
+        assert not data_lock.still_held(folder)
+        clock.advance(DATA_FOLDER_CHECK_S + 1)
+        eng.check()
+        assert stops == [True] and eng.folder_lost
+        clock.advance(DATA_FOLDER_CHECK_S + 1)
+        eng.check()
+        assert stops == [True]  # said once

@@ -96,6 +96,24 @@ def acquire(folder: Path, port: int, *, engine: bool = False) -> None:
             _engines.add(key)
 
 
+def still_held(folder: Path) -> bool:
+    """Whether the lock this process holds on `folder` is still the folder's: the folder
+    deleted (or moved, or replaced) while the server runs leaves the lock on a file no path
+    names, and a second server could take the folder, and delete this one's new files as
+    orphans of its own store. True where this process holds no lock on it (nothing to lose)."""
+    key = folder.resolve()
+    with _guard:
+        held = _held.get(key)
+        if held is None:
+            return True
+        mine = os.fstat(held[0].fileno())
+    try:
+        there = os.stat(key / LOCK_FILE)
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) and mine.st_nlink > 0
+
+
 def record_port(folder: Path, port: int) -> None:
     """The port this process listens on, once bound, for the refusal a second server prints
     (with --port 0, acquire() was told 0: the OS chooses the port when it binds)."""

@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -54,6 +55,8 @@ from ris.scheduler import CancelOutcome, ModelWait, QueueFull, Scheduler, Task, 
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
+# How often the engine checks its data folder is still the one it locked (two stats).
+DATA_FOLDER_CHECK_S = 5.0
 
 Req = TypeVar("Req", bound=m.LaneRequest)
 Res = TypeVar("Res", bound=LaneResult)
@@ -133,6 +136,11 @@ class Engine:
         # durable task would count an attempt it never made, and be lost at the second).
         self._stopping = False
         self._holds_data = False  # the data folder's lock (ris.runtime.data_lock), from start to stop
+        self._next_folder_check = 0.0
+        self.folder_lost = False
+        # What a server does once its data folder is gone from under it (deleted, moved): it
+        # stops, as a SIGTERM stops it (tests put something else here).
+        self.on_folder_lost: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
         # Scheduler times are monotonic; clients see Unix times.
         self._wall_offset = wall() - clock()
 
@@ -761,7 +769,29 @@ class Engine:
         self._fail_queued_while_pending()
         for task_id in list(self._handles):
             self._settle(task_id)
+        self._watch_data_folder()
         self._sweep_when_due()
+
+    def _watch_data_folder(self) -> None:
+        """Every DATA_FOLDER_CHECK_S: is the folder's lock still the one this server holds?
+        A folder deleted while the server ran left its store and lock open on files no path
+        names: every record it wrote was lost at the next start, and a second server took the
+        folder and swept this one's new results away as orphans. Said once, then the server
+        stops (its work cannot be kept), before its own sweep deletes anything."""
+        if not self._holds_data or self.folder_lost or self.clock() < self._next_folder_check:
+            return
+        self._next_folder_check = self.clock() + DATA_FOLDER_CHECK_S
+        folder = Path(self.config.data_dir)
+        if data_lock.still_held(folder):
+            return
+        self.folder_lost = True
+        log.critical(
+            "the data folder %s was deleted, moved or replaced while the server ran: its task "
+            "store and lock are gone with it, and what the server keeps now would be lost; "
+            "stopping (start it again to begin with a new folder)",
+            folder,
+        )
+        self.on_folder_lost()
 
     def _fail_queued_while_pending(self) -> None:
         """A lane whose every worker waits for its cluster (a head lost, no node with room)
@@ -786,7 +816,7 @@ class Engine:
 
     def _sweep_when_due(self) -> None:
         """Apply the retention policy every `sweep_interval_s`, on a thread (it reads the disk)."""
-        if self.retention is None or self.clock() < self._next_sweep:
+        if self.retention is None or self.folder_lost or self.clock() < self._next_sweep:
             return
         if self._sweep is not None and not self._sweep.done():
             return
