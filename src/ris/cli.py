@@ -91,9 +91,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     try:
+        problem = _data_folder_problem(cfg.data_dir)
+        if problem:
+            print(f"ris serve: {problem}", file=sys.stderr)
+            return 1
         return _serve(args, cfg)
     finally:
         data_lock.release(cfg.data_dir)
+
+
+# What the server writes in its data folder besides the lock (the store is checked whole).
+DATA_SUBFOLDERS = ("audio", "images", "models")
+
+
+def _data_folder_problem(folder: Path) -> str | None:
+    """Why the data folder cannot serve, in one line, before anything starts: its store
+    unreadable or another user's, or a result folder this user cannot write (the server said
+    ready, then failed every request that writes there)."""
+    from ris.runtime.store import store_problem
+
+    problem = store_problem(folder / "tasks.db")
+    if problem:
+        return problem
+    for name in DATA_SUBFOLDERS:
+        sub = folder / name
+        if sub.exists() and (not sub.is_dir() or not os.access(sub, os.W_OK | os.X_OK)):
+            what = "is not a folder" if not sub.is_dir() else "cannot be written by this user"
+            return f"the data folder's {str(sub)!r} {what} (owned by uid {sub.stat().st_uid})"
+    return None
 
 
 def _serve(args: argparse.Namespace, cfg: Config) -> int:

@@ -57,3 +57,42 @@ def test_a_second_server_on_the_folder_refuses_and_touches_nothing(tmp_path: Pat
             assert c.wait(queued)["status"] == "succeeded"
     finally:
         first.stop()
+
+
+def test_a_store_sqlite_cannot_read_is_one_line_naming_it_and_what_to_do(tmp_path: Path) -> None:
+    """A corrupt tasks.db (a disk that filled, a copy cut short) stopped `ris serve` with an
+    80-line traceback that named no file and said nothing to do; a folder in its place, the
+    same."""
+    config = tmp_path / "config.json"
+    data = tmp_path / "data"
+    config.write_text(
+        json.dumps(
+            {
+                "server": {"port": free_port()},
+                "data_dir": str(data),
+                "lanes": {
+                    "tts": {"cores": [0], "default_model": "e", "models": {"e": {"backend": "espeak"}}}
+                },
+            }
+        )
+    )
+    data.mkdir()
+    for broken in (b"not a database at all " * 300, None):
+        store = data / "tasks.db"
+        if broken is None:
+            store.unlink()
+            store.mkdir()
+        else:
+            store.write_bytes(broken)
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 1, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("ris serve: the task store") and str(store) in line, line
+        if broken is not None:
+            assert "move it aside to start with an empty one" in line

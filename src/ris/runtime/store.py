@@ -145,6 +145,41 @@ def _pass_on(source: Future[None], target: Future[None]) -> None:
         target.set_result(None)
 
 
+def store_problem(path: Path) -> str | None:
+    """Why the store at `path` cannot serve, in one line, or None: a file another user owns
+    (a first run with sudo; the server then started, said ready and failed every durable
+    request with "attempt to write a readonly database"), or one SQLite cannot read (a
+    traceback of 80 lines, no path, no advice). Read whole: a store is a few MB at most."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and (not p.is_file() or not os.access(p, os.R_OK | os.W_OK)):
+            what = "is not a file" if not p.is_file() else "cannot be read and written by this user"
+            return f"the task store's {str(p)!r} {what}{_whose(p)}"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(str(path))
+        try:
+            found = db.execute("PRAGMA quick_check").fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        found = (str(e),)
+    if found and found[0] != "ok":
+        return (
+            f"the task store {str(path)!r} cannot be read ({found[0]}): move it aside to start "
+            "with an empty one (the tasks it held, and their results, are then forgotten)"
+        )
+    return None
+
+
+def _whose(path: Path) -> str:
+    """Who owns `path`, where it is not this process's user (the usual cause)."""
+    if os.name == "nt":
+        return ""
+    owner = path.stat().st_uid
+    return f" (owned by uid {owner}; this server runs as uid {os.getuid()})" if owner != os.getuid() else ""
+
+
 class TaskStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
