@@ -750,7 +750,11 @@ class Engine:
                 replica.watch, replica.worker.alive(), replica.worker.memory_bytes()
             )
             if isinstance(action, Fail):
-                self._crashed(replica, action.code, action.message)
+                message = action.message
+                ended = getattr(replica.worker, "how_it_ended", lambda: None)()
+                if action.code == "worker_crashed" and ended:
+                    message = f"{message} ({ended})"  # a kill, a crash in native code, an exit
+                self._crashed(replica, action.code, message)
             elif isinstance(action, Restart):
                 log.warning("restarting the %s worker", replica.lane)
                 try:

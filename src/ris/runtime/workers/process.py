@@ -16,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import signal
 import pickle
 import struct
 import threading
@@ -39,6 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ris.worker")
 _CTX = mp.get_context("spawn")
+# What usually sends the signals a worker dies of, said beside them.
+_SIGNAL_CAUSES = {
+    "SIGKILL": ": a kill -9, or the kernel's OOM killer (see dmesg)",
+    "SIGSEGV": ": a crash in a native library",
+    "SIGABRT": ": a native library aborted",
+    "SIGBUS": ": a crash in a native library",
+}
 _READ_CHUNK = 1 << 16
 
 
@@ -168,6 +176,21 @@ class ProcessWorker:
     def _flush_soon(self) -> None:
         self._flush_due = False
         self._flush()
+
+    def how_it_ended(self) -> str | None:
+        """How the process ended, for the log and the failed tasks' message (None while it
+        runs): "the llm worker process died" told nobody whether it was a kill, the kernel's
+        OOM killer or a crash in a native library."""
+        code = None if self._proc is None else self._proc.exitcode
+        if code is None:
+            return None
+        if code >= 0:
+            return f"exit status {code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}{_SIGNAL_CAUSES.get(name, '')}"
 
     def alive(self) -> bool:
         """The supervisor's question (Engine.check), which may deliver a dead worker's last
