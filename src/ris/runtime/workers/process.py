@@ -16,8 +16,8 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
-import signal
 import pickle
+import signal
 import struct
 import threading
 import time
