@@ -182,7 +182,11 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
         from ris.runtime.workers.ray_cluster import check_cluster
 
         check_cluster(cfg)  # a lane no node can host: refused here, not left pending for ever
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # --log-level is RIS's own loggers' too, not only uvicorn's (`error` still printed every
+    # worker's "ready", and `debug` added nothing of RIS's).
+    level = getattr(logging, args.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ris").setLevel(level)
     try:
         import uvloop  # noqa: F401
 
@@ -529,9 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--host", help="override server.host")
         sp.add_argument("--port", type=_port, help="override server.port (0: any free port)")
         sp.add_argument("--data-dir", help="override data_dir")
-        sp.add_argument(
-            "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-        )
+        if name == "serve":
+            sp.add_argument(
+                "--log-level",
+                default="info",
+                choices=["critical", "error", "warning", "info", "debug"],
+                help="what the server logs, RIS's lines and uvicorn's (default: info)",
+            )
         sp.add_argument(
             "--ray",
             metavar="ADDRESS",
