@@ -365,3 +365,19 @@ async def test_a_stream_refused_before_its_first_text_is_an_error_status_not_a_2
         llm.deliver(m.TaskError(llm.runs[0].task_id, "schema_too_costly", "the schema is refused"))
         r = await asyncio.wait_for(request, 5)
     assert r.status_code == 400 and r.json() == {"error": "the schema is refused"}, r.text
+
+
+@run
+async def test_a_disabled_llm_lanes_models_are_not_offered(tmp_path: Path) -> None:
+    """With only speech enabled, /api/tags listed smollm2 and /api/show described it: an Ollama
+    client offered a model whose every request failed."""
+    async with started_engine(tmp_path, llm={"enabled": False}) as (eng, _, _):
+        tags = await call(eng, "GET", "/api/tags", ollama_port=True)
+        assert tags.status_code == 200 and tags.json() == {"models": []}
+        shown = await call(eng, "POST", "/api/show", {"model": "m"}, ollama_port=True)
+        assert shown.status_code == 404 and "the LLM lane is disabled" in shown.json()["error"]
+        ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        chat = await call(eng, "POST", "/api/chat", ask, ollama_port=True)
+        assert chat.status_code == 503  # lane_unavailable, as before
+        load = await call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True)
+        assert load.status_code == 503  # not "loaded" with a 200

@@ -279,6 +279,8 @@ async def _loaded(
     unload it (keep_alive 0: `ollama stop`, answered once the model is gone, or after
     UNLOAD_WAIT_S while others' answers still run on it). A keep_alive given applies to the
     model where it is loaded; a model not loaded yet loads with its first real request."""
+    if not engine.config.lane(Lane.LLM).enabled:  # "loaded", with a 200, on a lane that is off
+        raise APIError(503, "lane_unavailable", "the llm lane is disabled in the configuration")
     seconds = keep_alive_seconds(keep_alive)
     if seconds is not None:
         engine.keep_model(Lane.LLM, model, seconds)

@@ -121,7 +121,9 @@ def _all_facts(models: Mapping[str, ModelSpec]) -> dict[str, dict[str, Any]]:
 
 @router.get("/api/tags", summary="Ollama: the LLM lane's models")
 async def ollama_tags(request: Request) -> Any:
-    models = engine_of(request).config.lane(Lane.LLM).models
+    # A disabled lane's models are not offered: a client would list a model that only fails.
+    lane = engine_of(request).config.lane(Lane.LLM)
+    models = lane.models if lane.enabled else {}
     facts = await asyncio.to_thread(_all_facts, models)
     shown = ("size", "digest", "modified_at", "details")
     listed = [{"name": name, "model": name, **{k: facts[name][k] for k in shown}} for name in models]
@@ -132,6 +134,9 @@ async def ollama_tags(request: Request) -> Any:
 async def ollama_show(request: Request) -> Any:
     body = await json_body(request, OllamaModelRequest)
     engine = engine_of(request)
+    if not engine.config.lane(Lane.LLM).enabled:  # as /api/tags lists none of its models
+        asked = body.model or body.name
+        raise APIError(404, "model_not_found", f"model '{asked}' not found: the LLM lane is disabled here")
     name = llm_model(engine, body.model or body.name)
     spec = engine.config.lane(Lane.LLM).models[name]
     facts = await asyncio.to_thread(_facts, name, spec)
