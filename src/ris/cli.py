@@ -78,6 +78,10 @@ def _with_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    # What the server writes is private to its user: the store holds every user's prompts and
+    # client addresses, the results their pictures and speech, and at umask 022 any local user
+    # could read them whatever the API keys said (at 000, write them). Its workers inherit it.
+    os.umask(os.umask(0) | PRIVATE_UMASK)
     try:
         # First of all, before the web stack is even imported: a second server on a folder in
         # use starts no worker, reads no task, and says so at once.
@@ -99,6 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         data_lock.release(cfg.data_dir)
 
+
+# Taken away from what the files and folders `ris serve` makes may grant: group and others.
+PRIVATE_UMASK = 0o077
 
 # What the server writes in its data folder besides the lock (the store is checked whole).
 DATA_SUBFOLDERS = ("audio", "images", "models")

@@ -175,6 +175,18 @@ def test_model_names_never_become_paths(server: Server) -> None:
         assert r.status_code == 404
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_what_the_server_writes_is_private_to_its_user(server: Server) -> None:
+    """At umask 022 the store (every user's prompts) and the results were readable by any local
+    user, whatever the API keys said."""
+    with Client(server.url, max_retries=0) as c:
+        task_id = c.generate_image("x", width=64, height=64, steps=1)["task_id"]
+        c.wait(task_id, timeout=60)
+    data = Path(server.config["data_dir"])
+    for path in (data, data / "tasks.db", data / "images", data / "images" / f"{task_id}.png"):
+        assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
+
+
 def test_result_symlinked_out_of_the_data_folder_is_not_served(server: Server) -> None:
     with Client(server.url, max_retries=0) as c:
         task_id = c.generate_image("x", width=64, height=64, steps=1)["task_id"]
