@@ -332,7 +332,8 @@ def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: Path) -> Non
     p.write_text('{"lanes": {"llm": {"cores": [99]}, "tts": {}, "image": {}}}')
     out = refused_serve(p)
     assert out.returncode == 2
-    assert "core 99 does not exist" in out.stderr
+    assert "lanes.llm.cores: core 99 is not one this server may run on (its CPU affinity: " in out.stderr
+    assert "leave out --config for a layout built for this machine" in out.stderr
 
 
 def test_a_model_loaded_at_start_that_is_not_there_refuses_the_start(tmp_path: Path) -> None:

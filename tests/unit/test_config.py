@@ -62,7 +62,7 @@ def test_core_that_does_not_exist() -> None:
     data = base()
     data["lanes"]["tts"]["cores"] = [7]
     msg = error_of(data)
-    assert "core 7 does not exist" in msg and "0, 1" in msg
+    assert "core 7 is not one this server may run on (its CPU affinity: 0, 1)" in msg and "0, 1" in msg
 
 
 def test_gpu_that_is_not_there() -> None:

@@ -165,8 +165,12 @@ def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> l
         )
     for core in cfg.cores or ():
         if machine is not None and core not in machine.cores:
+            # The cores this process may run on (taskset, a container's cpuset), not the
+            # machine's: under `taskset -c 1`, "core 0 does not exist" was untrue.
             problems.append(
-                f"{where}.cores: core {core} does not exist here; available cores: {machine.describe_cores()}"
+                f"{where}.cores: core {core} is not one this server may run on (its CPU affinity: "
+                f"{machine.describe_cores()}); give the lane those, or leave out --config for a "
+                "layout built for this machine"
             )
     gpu = cfg.gpu_index
     if machine is not None and gpu is not None and gpu >= machine.gpus:
