@@ -90,9 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"ris serve: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a folder that cannot be made or written (a path under /proc, no rights)
-        print(
-            f"ris serve: cannot use the data folder {str(cfg.data_dir)!r}: {e.strerror or e}", file=sys.stderr
-        )
+        why = e.strerror or str(e)
+        if cfg.data_dir.exists() and not cfg.data_dir.is_dir():  # "File exists" said nothing
+            why = "it is a file, not a folder"
+        print(f"ris serve: cannot use the data folder {str(cfg.data_dir)!r}: {why}", file=sys.stderr)
         return 1
     try:
         problem = _data_folder_problem(cfg.data_dir)

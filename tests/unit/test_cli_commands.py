@@ -87,6 +87,7 @@ def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_p
         (("config", "--config", str(utf16)), 2, "not UTF-8 text"),  # a config error: 2
         (("pull", "qwen2.5", "--config", str(utf16)), 1, "not UTF-8 text"),
         (("serve", "--data-dir", str(not_a_dir / "data")), 1, "cannot use the data folder"),
+        (("serve", "--data-dir", str(not_a_dir)), 1, "it is a file, not a folder"),  # was "File exists"
         # --port checked with the rest of the server's settings, not by a failed bind later
         (("config", "--config", str(with_ollama), "--port", "11434"), 2, "11434 is server.port too"),
     ]:

@@ -167,6 +167,17 @@ def test_bad_json_names_line_and_column(tmp_path: Path) -> None:
         load_config(p, TWO_CORES)
 
 
+def test_a_byte_order_mark_is_read_past_and_a_file_not_an_object_is_said(tmp_path: Path) -> None:
+    """Notepad's UTF-8 (with a BOM) was refused as "Unexpected UTF-8 BOM"; a top-level [] read
+    "  - : Input should be an object", a path of nothing."""
+    p = tmp_path / "config.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({**base(), "data_dir": "data"}).encode())
+    assert load_config(p, TWO_CORES).data_dir == tmp_path / "data"
+    p.write_text("[]")
+    with pytest.raises(ConfigError, match=r"the configuration is a JSON object \(\{...\}\), not list"):
+        load_config(p, TWO_CORES)
+
+
 def test_relative_data_dir_is_relative_to_the_file(tmp_path: Path) -> None:
     p = tmp_path / "config.json"
     p.write_text(json.dumps({**base(), "data_dir": "data"}))

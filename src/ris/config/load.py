@@ -40,7 +40,8 @@ def load_config(
     will run the lanes, exactly as when the file itself names the cluster."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark, as Windows Notepad saves UTF-8, is read past.
+        text = p.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
     except UnicodeDecodeError as e:  # e.g. UTF-16, as Windows PowerShell 5.1's `>` writes
@@ -49,6 +50,8 @@ def load_config(
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the configuration is a JSON object ({{...}}), not {type(data).__name__}")
     if cluster and isinstance(data, dict):
         given = data.get("cluster")
         data = {**data, "cluster": {**(given if isinstance(given, dict) else {}), **cluster}}
