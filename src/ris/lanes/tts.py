@@ -86,15 +86,25 @@ class AudioReadBack:
         self._lock = threading.Lock()  # seek and read as one (readers may be threads)
 
     def read(self, offset: int, size: int) -> bytes:
-        if self.gone:
-            return b""
-        with self._lock:
+        with self._lock:  # `gone` read under the lock: a closed descriptor's number is reused
+            if self.gone:
+                return b""
             os.lseek(self.fd, offset, os.SEEK_SET)
             return os.read(self.fd, size)
 
+    def drop(self) -> None:
+        """Its task failed: nothing more is read, and the descriptor is closed now. Left to
+        the collector, a failed speech (a full disk) kept its deleted WAV open until a cycle
+        collection ran, over a hundred requests later."""
+        with self._lock:
+            if not self.gone:
+                self.gone = True
+                os.close(self.fd)
+
     def __del__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            os.close(self.fd)
+        if not getattr(self, "gone", True):
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +196,7 @@ class AudioFile:
 
     def discard(self) -> None:
         if self._readback is not None:
-            self._readback.gone = True
+            self._readback.drop()
         self.release()
 
     def release(self) -> None:
