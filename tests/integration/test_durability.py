@@ -94,11 +94,17 @@ def test_speech_stays_reachable_across_a_restart(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_ctrl_c_reaching_every_process_of_the_service_sets_a_running_image_aside(tmp_path: Path) -> None:
-    """Ctrl-C in a terminal signals the workers with the server. A worker that died of it first
-    had its running image failed as a crash, for good; workers leave SIGINT to the server, which
-    sets the image aside for the next start. (A service manager stops the server alone:
-    systemd's KillMode=mixed, in the deployment guide's unit.)"""
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, getattr(signal, "SIGHUP", signal.SIGINT)], ids=["sigint", "sighup"]
+)
+def test_ctrl_c_reaching_every_process_of_the_service_sets_a_running_image_aside(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C in a terminal signals the workers with the server, as a closed terminal's hangup
+    does. A worker that died of it first had its running image failed as a crash, for good;
+    workers leave SIGINT and SIGHUP to the server, which sets the image aside for the next
+    start. (A service manager stops the server alone: systemd's KillMode=mixed, in the
+    deployment guide's unit.)"""
     config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
     srv = Server(tmp_path, config).start()
     try:
@@ -108,7 +114,7 @@ def test_ctrl_c_reaching_every_process_of_the_service_sets_a_running_image_aside
             wait_state(c, long_id, ("running",))
         workers = psutil.Process(srv.proc.pid).children(recursive=True)
         for proc in workers:  # the workers first, and the server told a moment later: a
-            proc.send_signal(signal.SIGINT)  # worker that died meanwhile failed its task
+            proc.send_signal(sig)  # worker that died meanwhile failed its task
         psutil.wait_procs(workers, timeout=2)  # the engine looks at its workers every 0.25 s
     finally:
         srv.stop()  # the server's own stop; every worker gone with it, checked

@@ -160,12 +160,16 @@ def _interrupts_left_to_the_server() -> None:
     terminal reaches every process of the service: a worker that died of it before the server
     began its stop had its running image failed as a crash, for good, where the server sets it
     aside for the next start, and each printed a KeyboardInterrupt traceback into the log.
-    SIGTERM keeps its default: multiprocessing ends a server's leftover workers with it at exit
-    (a start that failed half way), and an orphan still loading its models ends by it. A
-    service manager stops the server alone (systemd: KillMode=mixed, docs/DEPLOYMENT_GUIDE.md)."""
+    SIGHUP likewise (the terminal closed: it reaches every process of the group too, and the
+    server stops gracefully on it). SIGTERM keeps its default: multiprocessing ends a server's
+    leftover workers with it at exit (a start that failed half way), and an orphan still
+    loading its models ends by it. A service manager stops the server alone (systemd:
+    KillMode=mixed, docs/DEPLOYMENT_GUIDE.md)."""
     if threading.current_thread() is not threading.main_thread():
         return  # a Ray actor's serving thread: the actor's process and its signals are Ray's
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 ORPHAN_CHECK_S = 0.5
