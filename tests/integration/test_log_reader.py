@@ -81,7 +81,15 @@ def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path, sig: 
     # killed it at once, with no shutdown and no last lines: now it stops as SIGTERM does.
     command, url = _config(tmp_path)
     logs: dict[str, Any] = {name: (tmp_path / f"{name}.log").open("wb") for name in ("out", "err")}
-    proc = subprocess.Popen(command, stdout=logs["out"], stderr=logs["err"], cwd=tmp_path)
+    # A hangup left ignored by whoever started the tests (nohup: a child inherits it, and the
+    # server then leaves it ignored, as it should) is made the default again for the server.
+    proc = subprocess.Popen(
+        command,
+        stdout=logs["out"],
+        stderr=logs["err"],
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )
     try:
         _wait_ready(url)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200

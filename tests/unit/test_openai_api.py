@@ -190,3 +190,14 @@ async def test_a_request_whose_worker_died_under_it_is_not_sent_again_by_openais
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "worker_crashed"
         assert answer.headers["x-should-retry"] == "false" and "retry-after" not in answer.headers
         assert len(llm.runs) == 1  # asked once
+
+
+@run
+async def test_a_disabled_lane_says_no_retry_on_every_api(tmp_path: Path) -> None:
+    """A lane the config disables answered 503 with Retry-After: 5 on /api and /v1: OpenAI's
+    SDK waited and asked twice more for a lane no retry brings."""
+    async with started_engine(tmp_path, llm={"enabled": False}) as (eng, _, _):
+        for path, body in (("/v1/chat/completions", ASK), ("/api/llm/generate", {"prompt": "x"})):
+            r = await post(eng, path, body)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "lane_unavailable", path
+            assert r.headers["x-should-retry"] == "false" and "retry-after" not in r.headers, path

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ris import catalogue
-from ris.api.errors import APIError, failure
+from ris.api.errors import NO_RETRY, APIError, failure
 from ris.api.security import CLIENT_STATE, PRINCIPAL_STATE
 from ris.lanes.base import LaneKind, LaneResult
 from ris.lanes.llm import TextDelta
@@ -185,7 +185,7 @@ def client_of(request: Request) -> str:
 
 def require_lane(engine: Engine, lane: str) -> None:
     if not engine.lane_enabled(lane):
-        raise APIError(503, "lane_unavailable", f"the {lane} lane is disabled in the configuration")
+        raise APIError(503, "lane_unavailable", f"the {lane} lane is disabled in the configuration", NO_RETRY)
 
 
 def resolve_model(engine: Engine, lane: str, name: str | None) -> str:

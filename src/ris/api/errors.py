@@ -108,7 +108,14 @@ def queue_full(e: QueueFull) -> APIError:
 RETRY_AFTER_503 = "5"
 
 
+# What a refusal no retry can change says instead of Retry-After (OpenAI's SDKs obey it; they
+# retry any 5xx otherwise).
+NO_RETRY = {"x-should-retry": "false"}
+
+
 def lane_unavailable(e: LaneUnavailable) -> APIError:
+    if e.disabled:  # by the config: a retry finds it as disabled
+        return APIError(503, e.code, str(e), headers=NO_RETRY)
     return APIError(503, e.code, str(e), headers={"Retry-After": RETRY_AFTER_503})
 
 
@@ -116,7 +123,7 @@ def task_error(code: str, message: str) -> APIError:
     """The error response for a failure reported by code (a task's, or the speaking pipeline's)."""
     status = failure_status(code)
     if code in NOT_TO_RETRY:
-        return APIError(status, code, message, headers={"x-should-retry": "false"})
+        return APIError(status, code, message, headers=NO_RETRY)
     retry = {"Retry-After": RETRY_AFTER_503} if status == 503 else None
     return APIError(status, code, message, headers=retry)
 

@@ -42,11 +42,11 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   its own, and another user's task id gets the 404 `not_found` an unknown id gets, on every
   route; an admin key (or a plain string key) sees and cancels all. `/metrics` wants an admin
   key (403 `admin_only`). See docs/DEPLOYMENT_GUIDE.md, "Keys and users".
-- 429 and 503 answers carry `Retry-After`, except a 503 for a lane the config disables
-  (`lane_unavailable`: no retry brings it) and the failures not to send again, which say
-  `x-should-retry: false` instead (OpenAI's SDKs obey it): a request whose worker died under it
-  (`worker_crashed`, `worker_out_of_memory`: it may be what killed it) and the wrong-key
-  throttle's 429 (`too_many_wrong_keys`).
+- 429 and 503 answers carry `Retry-After`, except those no retry should follow, which say
+  `x-should-retry: false` instead (OpenAI's SDKs obey it): a lane the config disables (503
+  `lane_unavailable`), a request whose worker died under it (`worker_crashed`,
+  `worker_out_of_memory`: it may be what killed it) and the wrong-key throttle's 429
+  (`too_many_wrong_keys`, which keeps its `Retry-After` too).
 - `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
   model with a chat template it goes through that template as the user's message (with an
   optional `system`); `"raw": true`, or `/v1/completions`, keeps raw text completion.

@@ -35,7 +35,9 @@ OPEN_PATHS = frozenset({"/health", "/ui/login", "/ui/logout"})
 OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
 # The response headers an allowed origin's script may read: what the API answers with.
-EXPOSED_HEADERS = "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings"
+EXPOSED_HEADERS = (
+    "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry"
+)
 CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
 # scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
 # request makes, and which tasks it sees. Absent with no key configured: the anonymous admin.

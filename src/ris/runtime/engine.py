@@ -66,10 +66,13 @@ class LaneUnavailable(Exception):
     """The lane is disabled, its worker cannot start, or it waits for a cluster to place it
     (`code` "lane_pending"); the message says which."""
 
-    def __init__(self, lane: str, message: str, code: str = "lane_unavailable") -> None:
+    def __init__(
+        self, lane: str, message: str, code: str = "lane_unavailable", *, disabled: bool = False
+    ) -> None:
         super().__init__(message)
         self.lane = lane
         self.code = code
+        self.disabled = disabled  # by the config: no retry brings it
 
 
 class NotRecorded(Exception):
@@ -407,7 +410,7 @@ class Engine:
         start, or waits for its cluster (`lane_pending`). Routes that need a worker's word before
         they submit (a voice's model, its sample rate) ask this first, to refuse as submit would."""
         if lane not in self._replicas:
-            raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration")
+            raise LaneUnavailable(lane, f"the {lane} lane is disabled in the configuration", disabled=True)
         if self._stopping:  # after end_live_tasks: nothing more is dispatched
             raise LaneUnavailable(lane, "the server is shutting down", "server_shutdown")
         replicas = self._replicas[lane]

@@ -33,7 +33,7 @@ from ris.api.deps import (
     unknown_model_message,
     wait_task,
 )
-from ris.api.errors import APIError, failure
+from ris.api.errors import NO_RETRY, APIError, failure
 from ris.api.limits import MIN_TOP_P
 from ris.api.llm_request import Dialect, llm_request
 from ris.api.llm_support import llm_context, require_constraining_backend
@@ -280,7 +280,7 @@ async def _loaded(
     UNLOAD_WAIT_S while others' answers still run on it). A keep_alive given applies to the
     model where it is loaded; a model not loaded yet loads with its first real request."""
     if not engine.config.lane(Lane.LLM).enabled:  # "loaded", with a 200, on a lane that is off
-        raise APIError(503, "lane_unavailable", "the llm lane is disabled in the configuration")
+        raise APIError(503, "lane_unavailable", "the llm lane is disabled in the configuration", NO_RETRY)
     seconds = keep_alive_seconds(keep_alive)
     if seconds is not None:
         engine.keep_model(Lane.LLM, model, seconds)
