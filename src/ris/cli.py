@@ -105,11 +105,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_lock.release(cfg.data_dir)
 
 
+def _owner(path: Path) -> str:
+    """Who owns `path`, where it is another user (the usual cause: a first run with sudo)."""
+    if os.name == "nt" or path.stat().st_uid == os.getuid():
+        return ""
+    return f" (owned by uid {path.stat().st_uid}; this server runs as uid {os.getuid()})"
+
+
 # Taken away from what the files and folders `ris serve` makes may grant: group and others.
 PRIVATE_UMASK = 0o077
 
-# What the server writes in its data folder besides the lock (the store is checked whole).
-DATA_SUBFOLDERS = ("audio", "images", "models")
+# Where the server writes every result (the store is checked whole). Not `models`, which
+# serving only reads (a read-only mount of pulled models is fine).
+DATA_SUBFOLDERS = ("audio", "images")
 
 
 def _data_folder_problem(folder: Path) -> str | None:
@@ -123,9 +131,10 @@ def _data_folder_problem(folder: Path) -> str | None:
         return problem
     for name in DATA_SUBFOLDERS:
         sub = folder / name
-        if sub.exists() and (not sub.is_dir() or not os.access(sub, os.W_OK | os.X_OK)):
-            what = "is not a folder" if not sub.is_dir() else "cannot be written by this user"
-            return f"the data folder's {str(sub)!r} {what} (owned by uid {sub.stat().st_uid})"
+        if sub.exists() and not sub.is_dir():
+            return f"the data folder's {str(sub)!r} is not a folder"
+        if sub.exists() and not os.access(sub, os.W_OK | os.X_OK):
+            return f"the data folder's {str(sub)!r} cannot be written by this user{_owner(sub)}"
     return None
 
 

@@ -149,7 +149,9 @@ def store_problem(path: Path) -> str | None:
     """Why the store at `path` cannot serve, in one line, or None: a file another user owns
     (a first run with sudo; the server then started, said ready and failed every durable
     request with "attempt to write a readonly database"), or one SQLite cannot read (a
-    traceback of 80 lines, no path, no advice). Read whole: a store is a few MB at most."""
+    traceback of 80 lines, no path, no advice). Read whole (PRAGMA quick_check: linear in its
+    size, a fraction of a second for the stores retention keeps). Only a damaged file is
+    advised to be moved aside: a store another program holds locked is said as that."""
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if p.exists() and (not p.is_file() or not os.access(p, os.R_OK | os.W_OK)):
             what = "is not a file" if not p.is_file() else "cannot be read and written by this user"
@@ -157,16 +159,18 @@ def store_problem(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        db = sqlite3.connect(str(path))
+        db = sqlite3.connect(str(path), timeout=1.0)
         try:
             found = db.execute("PRAGMA quick_check").fetchone()
         finally:
             db.close()
-    except sqlite3.DatabaseError as e:
+    except sqlite3.OperationalError as e:  # locked, cannot be opened, an I/O error: not damage
+        return f"the task store {str(path)!r} cannot be used now ({e}); is another program holding it?"
+    except sqlite3.DatabaseError as e:  # not a database, malformed
         found = (str(e),)
     if found and found[0] != "ok":
         return (
-            f"the task store {str(path)!r} cannot be read ({found[0]}): move it aside to start "
+            f"the task store {str(path)!r} is damaged ({found[0]}): move it aside to start "
             "with an empty one (the tasks it held, and their results, are then forgotten)"
         )
     return None
