@@ -231,12 +231,19 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     # loop, which a stalled log reader would otherwise stop (ris.log_writer).
     writer = LogWriter(("", "uvicorn", "uvicorn.access"))
     server = _server(config, writer)
+    engine = app.state.engine
+    # The data folder gone from under the engine (ris.runtime.engine._watch_data_folder):
+    # stop as a SIGTERM would, and say so in the exit status (a service manager's
+    # Restart=on-failure then starts the server afresh).
+    engine.on_folder_lost = lambda: setattr(server, "should_exit", True)
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:
         pass
     finally:
         writer.stop()
+    if engine.folder_lost:
+        return 1
     return 0 if server.started else STARTUP_FAILURE
 
 
@@ -308,7 +315,7 @@ def _stop_on_hangup(handler: Callable[[int, Any], None]) -> Callable[[], None]:
     if hup is None or threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = signal.getsignal(hup)
-    if previous == signal.SIG_IGN:
+    if previous == signal.SIG_IGN or previous is None:  # ignored; or set outside Python: left be
         return lambda: None
     signal.signal(hup, handler)
 

@@ -106,11 +106,22 @@ def still_held(folder: Path) -> bool:
         held = _held.get(key)
         if held is None:
             return True
-        mine = os.fstat(held[0].fileno())
+        try:
+            mine = os.fstat(held[0].fileno())
+        except OSError:
+            return True  # cannot tell: never a reason to stop a server
     try:
-        there = os.stat(key / LOCK_FILE)
-    except OSError:
+        # Opened and asked as the held file is (fstat both): on some overlay filesystems a
+        # path's stat and a descriptor's disagree on the inode.
+        fd = os.open(key / LOCK_FILE, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
         return False
+    except OSError:
+        return True  # a network mount's hiccup, no rights: not a folder gone
+    try:
+        there = os.fstat(fd)
+    finally:
+        os.close(fd)
     return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) and mine.st_nlink > 0
 
 

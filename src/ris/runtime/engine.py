@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import errno
 import logging
-import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -140,10 +139,12 @@ class Engine:
         self._stopping = False
         self._holds_data = False  # the data folder's lock (ris.runtime.data_lock), from start to stop
         self._next_folder_check = 0.0
+        self._folder_check: asyncio.Future[bool] | None = None
         self.folder_lost = False
-        # What a server does once its data folder is gone from under it (deleted, moved): it
-        # stops, as a SIGTERM stops it (tests put something else here).
-        self.on_folder_lost: Callable[[], None] = lambda: signal.raise_signal(signal.SIGTERM)
+        # What happens once the data folder is gone from under the engine (deleted, moved):
+        # `ris serve` stops, exit status 1; an embedder decides (the engine says so in the log
+        # and sweeps no more).
+        self.on_folder_lost: Callable[[], None] = lambda: None
         # Scheduler times are monotonic; clients see Unix times.
         self._wall_offset = wall() - clock()
 
@@ -162,6 +163,7 @@ class Engine:
         data_lock.acquire(data, self.config.server.port, engine=True)
         self._holds_data = True
         self._stopping = False
+        self.folder_lost, self._next_folder_check = False, 0.0
         try:
             await self._start(data)
         except BaseException:
@@ -249,6 +251,8 @@ class Engine:
             self._monitor.cancel()
         if self._sweep is not None:
             await asyncio.wait([self._sweep])  # it uses the store closed below
+        if self._folder_check is not None:
+            await asyncio.wait([self._folder_check])
         # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
         for task_id, handle in list(self._handles.items()):
             if not self.kinds[handle.lane].durable:
@@ -787,16 +791,25 @@ class Engine:
         stops (its work cannot be kept), before its own sweep deletes anything."""
         if not self._holds_data or self.folder_lost or self.clock() < self._next_folder_check:
             return
+        if self._folder_check is not None and not self._folder_check.done():
+            return
         self._next_folder_check = self.clock() + DATA_FOLDER_CHECK_S
+        # On a thread: a hung network mount would hold the event loop, and every answer.
         folder = Path(self.config.data_dir)
-        if data_lock.still_held(folder):
+        self._folder_check = asyncio.ensure_future(asyncio.to_thread(data_lock.still_held, folder))
+        self._folder_check.add_done_callback(self._folder_checked)
+
+    def _folder_checked(self, done: asyncio.Future[bool]) -> None:
+        if done.cancelled() or done.exception() is not None or done.result() or self.folder_lost:
             return
         self.folder_lost = True
         log.critical(
-            "the data folder %s was deleted, moved or replaced while the server ran: its task "
-            "store and lock are gone with it, and what the server keeps now would be lost; "
-            "stopping (start it again to begin with a new folder)",
-            folder,
+            "the data folder %s lost its lock file %s while the server ran (the folder, or the "
+            "file, deleted, moved or replaced): another server could take the folder and sweep "
+            "this one's results away, and a folder gone took the task store with it; stopping "
+            "(start it again to begin afresh)",
+            self.config.data_dir,
+            data_lock.LOCK_FILE,
         )
         self.on_folder_lost()
 
