@@ -252,6 +252,7 @@ def test_errors_are_ollama_shaped_on_both_ports(client: Any, base: str, server: 
     alive = httpx.get(f"{base}/")
     assert alive.status_code == 200 and alive.text == "Ollama is running"
     assert httpx.head(f"{base}/").status_code == 200
+    assert httpx.post(f"{base}/", content=b"x" * 1000).status_code == 401  # GET and HEAD alone
     assert httpx.get(f"{server.url}/").status_code == 401
     host = httpx.get(f"{base}/api/tags", headers={**AUTH, "Host": "evil.example"})
     assert host.status_code == 403 and "evil.example" in host.json()["error"]

@@ -183,7 +183,8 @@ class Guard:
                 return
         # The Ollama listener's "/" is its health check ("Ollama is running"), open as /health
         # is: monitors and the Ollama CLI's heartbeat send no key.
-        if self.keys is None or _open(path) or (path == "/" and dialect == "ollama"):
+        health = path == "/" and dialect == "ollama" and scope["method"] in ("GET", "HEAD")
+        if self.keys is None or _open(path) or health:
             verdict = None
         elif self._signed(scope, path):
             verdict = None  # an image URL /v1/images/generations gave out, for that image alone
