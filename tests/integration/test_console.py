@@ -289,6 +289,8 @@ def test_a_queued_image_is_cancelled_from_the_work_page(page: Page, server: Serv
         page.set_viewport_size({"width": 1280, "height": 900})
         page.keyboard.press("Enter")  # the keyboard works the buttons
         expect(row).to_have_count(0, timeout=10_000)
+        # Its button gone with it, the focus is on the line that says what happened.
+        expect(page.locator("#work-status")).to_be_focused()
         expect(page.locator(f'#recent tr[data-task-id="{queued}"]')).to_have_attribute(
             "data-state", "cancelled", timeout=10_000
         )

@@ -152,17 +152,18 @@ async function speakAnswer(status) {
   });
   const out = $("speak-output");
   const ctx = new AudioContext();
-  let end = 0; // when the last sound scheduled ends, on the context's clock
+  const sound = { end: 0 }; // when the last sound scheduled ends, on the context's clock
   try {
-    end = await playAnswer(resp, ctx, out, status);
+    await playAnswer(resp, ctx, out, status, sound);
   } finally {
-    // Each answer's audio context is closed once its sound has played: a page keeps few.
-    setTimeout(() => ctx.close().catch(() => {}), 1000 * Math.max(0, end - ctx.currentTime) + 500);
+    // Each answer's audio context is closed once the sound it has played, even if the answer
+    // then failed: a page keeps few.
+    setTimeout(() => ctx.close().catch(() => {}), 1000 * Math.max(0, sound.end - ctx.currentTime) + 500);
   }
 }
 
-// The answer's events played as they come; returns when its last sound ends (context clock).
-async function playAnswer(resp, ctx, out, status) {
+// The answer's events played as they come; `sound.end` follows when its last sound ends.
+async function playAnswer(resp, ctx, out, status, sound) {
   const t0 = performance.now();
   let rate = 22050;
   let at = 0;
@@ -187,6 +188,7 @@ async function playAnswer(resp, ctx, out, status) {
       at = Math.max(at, ctx.currentTime + 0.05);
       src.start(at);
       at += buf.duration;
+      sound.end = at;
       if (firstSound === null) firstSound = (performance.now() - t0) / 1000;
       lastSound = (performance.now() - t0) / 1000;
       out.dataset.chunks = String(++chunks);
@@ -203,7 +205,6 @@ async function playAnswer(resp, ctx, out, status) {
   out.dataset.playedEarly = String(chunks >= 2 && firstSound < lastSound);
   status.textContent = `first sound after ${firstSound?.toFixed(2)} s; answer written after ` +
     `${answerDone?.toFixed(2) ?? "?"} s; all spoken audio received after ${total.toFixed(2)} s`;
-  return at;
 }
 
 $("speak-form").addEventListener("submit", async (ev) => {
@@ -231,6 +232,7 @@ $("speak-form").addEventListener("submit", async (ev) => {
 // ----- images ---------------------------------------------------------------------------------
 
 let imageTask = null;
+let abandoned = false; // Cancel pressed while the server did not answer: stop waiting here
 
 const pause = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -239,6 +241,9 @@ const pause = (ms) => new Promise((r) => setTimeout(r, ms));
 // saying so, rather than leave a picture it will never show.
 async function progressOf(url, status) {
   for (let wait = 1000; ; wait = Math.min(wait * 2, 5000)) {
+    if (abandoned) {
+      throw new Error("stopped waiting here: the server did not answer; the task may still run (the Work page shows it once the server is back)");
+    }
     try {
       return await api(url);
     } catch (e) {
@@ -274,6 +279,7 @@ $("image-form").addEventListener("submit", async (ev) => {
       prompt, width: Number($("image-width").value),
       height: Number($("image-height").value), steps: Number($("image-steps").value) } });
     imageTask = task.task_id;
+    abandoned = false;
     $("image-cancel").disabled = false;
     if (focused && document.activeElement === document.body) $("image-cancel").focus(); // from Generate
     for (;;) {
@@ -314,7 +320,8 @@ $("image-cancel").addEventListener("click", async () => {
   try {
     await api(`/api/image/cancel/${encodeURIComponent(imageTask)}`, { method: "POST" });
   } catch (e) {
-    showError($("image-status"), e); // the loop's next answer says how the task ended
+    if (e instanceof Unreachable) abandoned = true; // the wait ends with its next turn
+    showError($("image-status"), e); // else the loop's next answer says how the task ended
   }
 });
 
@@ -322,6 +329,7 @@ $("image-cancel").addEventListener("click", async () => {
 // said "ready" once, and went on saying it while the server was down).
 async function lanesReady() {
   const { lanes } = await readiness();
+  if (!$("chat-model").options.length) await loadModels(); // the server was away at first
   const waiting = Object.entries(lanes || {}).filter(([, ok]) => !ok).map(([lane]) => lane);
   return waiting.length ? `not ready: ${waiting.join(", ")}` : "ready";
 }

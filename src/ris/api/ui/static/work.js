@@ -79,7 +79,11 @@ function queuedRows(queued, totals, now) {
 
 async function refresh() {
   const state = await api("/api/console/state");
+  const hadFocus = document.getElementById("work").contains(document.activeElement);
   keepPlace(document.getElementById("work"), () => show(state));
+  // Its button gone with its task (cancelled, finished): the keyboard's focus goes to the
+  // status line that says what happened, not to the page's top.
+  if (hadFocus && document.activeElement === document.body) status.focus();
   if (followed) await follow(state);
 }
 
