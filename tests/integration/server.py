@@ -69,3 +69,16 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait(10)
+
+
+def refused_serve(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`ris serve` with a config it must refuse before it starts anything (bounded: one that
+    starts after all would run until the timeout): its exit status and what it said."""
+    return subprocess.run(
+        [sys.executable, "-m", "ris", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from ris import Client
 from ris.launch import free_port
 
-from .server import PLUGINS, ROOT, with_plugins
+from .server import PLUGINS, refused_serve, with_plugins
 from .waiting import wait_state
 
 pytestmark = pytest.mark.slow
@@ -38,14 +36,7 @@ def test_a_second_server_on_the_folder_refuses_and_touches_nothing(tmp_path: Pat
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
             }
-            done = subprocess.run(
-                [sys.executable, "-m", "ris", "serve", "--config", str(second)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=ROOT,
-                env=env,
-            )
+            done = refused_serve(second, env)
             assert done.returncode == 1
             assert first.proc is not None
             assert f"in use by another RIS server (pid {first.proc.pid}, port {first.port})" in done.stderr
@@ -84,13 +75,7 @@ def test_a_store_sqlite_cannot_read_is_one_line_naming_it_and_what_to_do(tmp_pat
             store.mkdir()
         else:
             store.write_bytes(broken)
-        done = subprocess.run(
-            [sys.executable, "-m", "ris", "serve", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        done = refused_serve(config)
         assert done.returncode == 1, done.stderr
         [line] = done.stderr.strip().splitlines()
         assert line.startswith("ris serve: the task store") and str(store) in line, line

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ris import Client, RISError
 
-from .server import ROOT, Server, make_config, ris_status
+from .server import ROOT, Server, make_config, refused_serve, ris_status
 from .waiting import post_in_background, running_task, wait_for
 
 pytestmark = pytest.mark.slow
@@ -313,18 +313,6 @@ def test_ris_status_into_a_pipe_its_reader_closed_prints_no_traceback(
         f"{shlex.join(command)} | head -1", shell=True, capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert piped.stderr == "" and piped.stdout.startswith("{" if flags else "lane")
-
-
-def refused_serve(config: Path) -> subprocess.CompletedProcess[str]:
-    """`ris serve` with a config it must refuse before it starts anything (bounded: one that
-    starts after all would run until the timeout)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ris", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 def test_bad_config_refuses_to_start_with_a_clear_message(tmp_path: Path) -> None:
