@@ -459,6 +459,10 @@ def test_unenforced_keywords_are_found_wherever_a_ref_points_and_in_lists() -> N
     assert unenforced(hidden) == ["additionalProperties.$ref(#/properties/a/default).minimum"]
     either = {"anyOf": [{"type": "string"}, {"type": "number", "multipleOf": 2}]}
     assert unenforced(either) == ["anyOf.1.multipleOf"]
+    vendor = {"type": "object", "x-ui": {"minimum": 1}}  # a vendor's keyword: not a schema ...
+    assert unenforced(vendor) == []
+    vendor["properties"] = {"a": {"$ref": "#/x-ui"}}  # ... unless a $ref makes it one
+    assert unenforced(vendor) == ["a.$ref(#/x-ui).minimum"]
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": hidden, "strict": True}}
     with pytest.raises(APIError) as e:
         response_constraint(ResponseFormat.model_validate(fmt))

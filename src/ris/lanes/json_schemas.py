@@ -59,7 +59,9 @@ def subschemas(schema: Any) -> Iterator[tuple[str, dict[str, Any]]]:
             if key in _NAMED_SCHEMAS and isinstance(value, dict):
                 for name, sub in value.items():
                     yield from walk(sub, f"{path}{name}.")
-            elif key not in _DATA:
+            elif key not in _DATA and not key.startswith("x-"):
+                # (A vendor's "x-..." keyword is no schema the converter reads, unless a $ref
+                # points into it: followed above.)
                 yield from walk(value, f"{path}{key}.")
 
     yield from walk(schema, "")
