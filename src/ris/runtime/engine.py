@@ -787,8 +787,8 @@ class Engine:
         """Every DATA_FOLDER_CHECK_S: is the folder's lock still the one this server holds?
         A folder deleted while the server ran left its store and lock open on files no path
         names: every record it wrote was lost at the next start, and a second server took the
-        folder and swept this one's new results away as orphans. Said once, then the server
-        stops (its work cannot be kept), before its own sweep deletes anything."""
+        folder and swept this one's new results away as orphans. Said once; the engine then
+        sweeps no more, and `on_folder_lost` acts (`ris serve` stops: its work cannot be kept)."""
         if not self._holds_data or self.folder_lost or self.clock() < self._next_folder_check:
             return
         if self._folder_check is not None and not self._folder_check.done():
