@@ -105,13 +105,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_lock.release(cfg.data_dir)
 
 
-def _owner(path: Path) -> str:
-    """Who owns `path`, where it is another user (the usual cause: a first run with sudo)."""
-    if os.name == "nt" or path.stat().st_uid == os.getuid():
-        return ""
-    return f" (owned by uid {path.stat().st_uid}; this server runs as uid {os.getuid()})"
-
-
 # Taken away from what the files and folders `ris serve` makes may grant: group and others.
 PRIVATE_UMASK = 0o077
 
@@ -124,7 +117,7 @@ def _data_folder_problem(folder: Path) -> str | None:
     """Why the data folder cannot serve, in one line, before anything starts: its store
     unreadable or another user's, or a result folder this user cannot write (the server said
     ready, then failed every request that writes there)."""
-    from ris.runtime.store import store_problem
+    from ris.runtime.store import owner_note, store_problem
 
     problem = store_problem(folder / "tasks.db")
     if problem:
@@ -134,7 +127,7 @@ def _data_folder_problem(folder: Path) -> str | None:
         if sub.exists() and not sub.is_dir():
             return f"the data folder's {str(sub)!r} is not a folder"
         if sub.exists() and not os.access(sub, os.W_OK | os.X_OK):
-            return f"the data folder's {str(sub)!r} cannot be written by this user{_owner(sub)}"
+            return f"the data folder's {str(sub)!r} cannot be written by this user{owner_note(sub)}"
     return None
 
 

@@ -155,7 +155,7 @@ def store_problem(path: Path) -> str | None:
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if p.exists() and (not p.is_file() or not os.access(p, os.R_OK | os.W_OK)):
             what = "is not a file" if not p.is_file() else "cannot be read and written by this user"
-            return f"the task store's {str(p)!r} {what}{_whose(p)}"
+            return f"the task store's {str(p)!r} {what}{owner_note(p)}"
     if not path.exists():
         return None
     try:
@@ -176,8 +176,9 @@ def store_problem(path: Path) -> str | None:
     return None
 
 
-def _whose(path: Path) -> str:
-    """Who owns `path`, where it is not this process's user (the usual cause)."""
+def owner_note(path: Path) -> str:
+    """Who owns `path`, where it is another user than this process's (the usual cause of a
+    file or folder it cannot write: a first run with sudo); "" otherwise, and on Windows."""
     if os.name == "nt":
         return ""
     owner = path.stat().st_uid
