@@ -216,8 +216,6 @@ async def stream_one(client: httpx.AsyncClient, target: Target, payload: dict[st
     s.t_end = time.perf_counter()
     if s.completion_tokens is None:
         s.completion_tokens = len(s.content_times)  # a server that sends no usage: its chunks
-    if not s.content_times:
-        raise RuntimeError(f"{target.name}: a stream ended without text")
     return s
 
 
@@ -228,8 +226,13 @@ async def burst(target: Target, n: int, tag: str, max_tokens: int) -> dict[str, 
             *(stream_one(client, target, body(target, i, tag, max_tokens)) for i in range(n))
         )
         wall = max(s.t_end for s in streams) - t0
-    ttfts = [s.ttft for s in streams]
-    gaps = [g for s in streams for g in s.gaps] or [0.0]
+    # A random-weight model may end a stream at once (its end token sampled first: seen once in
+    # CI, on RIS's side); a burst with no text at all is a broken server.
+    answered = [s for s in streams if s.content_times]
+    if not answered:
+        raise RuntimeError(f"{target.name}: every stream of the burst ended without text")
+    ttfts = [s.ttft for s in answered]
+    gaps = [g for s in answered for g in s.gaps] or [0.0]
     return {
         "tok_s": sum(s.completion_tokens or 0 for s in streams) / wall,
         "ttft_p50": pct(ttfts, 50),
