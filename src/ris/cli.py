@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ris.config import Config, ConfigError
 from ris.config.defaults import default_config
 from ris.config.load import load_config, parse_config
+from ris.config.schema import KEY_PLACEHOLDER
 from ris.runtime import data_lock
 
 if TYPE_CHECKING:
@@ -452,8 +453,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     else:
         # A card that is not here: the layout is checked against this machine's cores with it.
         cfg = _for_card(card_gb, args)
-    print(cfg.model_dump_json(indent=2, exclude_defaults=False))
+    printed = cfg.model_dump(mode="json")
+    keys = printed["server"]["api_keys"]
+    if keys and not args.show_keys:
+        # A terminal, a pasted ticket or a CI log is no place for bearer secrets.
+        printed["server"]["api_keys"] = [_redacted(k) for k in keys]
+        print(
+            f"ris config: {len(keys)} API key(s) shown as {KEY_PLACEHOLDER!r}; --show-keys prints them",
+            file=sys.stderr,
+        )
+    print(json.dumps(printed, indent=2, ensure_ascii=False))
     return 0
+
+
+def _redacted(entry: str | dict[str, Any]) -> str | dict[str, Any]:
+    return KEY_PLACEHOLDER if isinstance(entry, str) else {**entry, "key": KEY_PLACEHOLDER}
 
 
 def _for_card(card_gb: float, args: argparse.Namespace) -> Config:
@@ -570,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="lay out the lanes for one NVIDIA card of this many GB (6, 8, 12, 16, 24, 48...), "
                 "here or not: the card's profile sets the lanes' GPU budgets and suggests models "
                 "(docs/DEPLOYMENT_GUIDE.md, Small GPU profiles)",
+            )
+            sp.add_argument(
+                "--show-keys",
+                action="store_true",
+                help=f"print server.api_keys as they are (default: each key as {KEY_PLACEHOLDER!r})",
             )
         sp.set_defaults(fn=fn)
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")

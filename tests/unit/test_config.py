@@ -403,3 +403,25 @@ def test_more_threads_than_a_lanes_cores_is_refused() -> None:
     assert "lanes.llm.threads: 64 on 1 core(s) [0]" in error_of(data)
     data["lanes"]["llm"]["threads"] = 1
     assert parse_config(data, TWO_CORES).lanes[Lane.LLM].threads == 1
+
+
+def test_ris_config_prints_no_key_and_its_placeholder_is_refused_as_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ris config` printed every bearer key to the terminal (and to any log or ticket it went to)."""
+    from ris.cli import main
+
+    data = json.loads(Path("config.json").read_text())
+    data["server"]["api_keys"] = ["plain-secret-1", {"name": "ann", "key": "ann-secret-2"}]
+    given = tmp_path / "config.json"
+    given.write_text(json.dumps(data))
+    assert main(["config", "--config", str(given)]) == 0
+    out, err = capsys.readouterr()
+    assert "secret" not in out and "2 API key(s) shown as 'REDACTED'; --show-keys" in err
+    printed = json.loads(out)
+    assert printed["server"]["api_keys"] == ["REDACTED", {"name": "ann", "key": "REDACTED", "role": "user"}]
+    # Loading what was printed does not serve with a key everyone has read.
+    said = error_of(printed)
+    assert "entry 0 is 'REDACTED', what `ris config` prints in place of a key" in said, said
+    assert main(["config", "--config", str(given), "--show-keys"]) == 0
+    assert json.loads(capsys.readouterr().out)["server"]["api_keys"][0] == "plain-secret-1"

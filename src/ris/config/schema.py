@@ -269,6 +269,10 @@ class LaneConfig(_Strict):
 # kept short and plain (no ':', which marks the fingerprint owners of plain keys).
 KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 
+# What `ris config` prints in place of a key, so its output can be pasted into a terminal, a
+# ticket or a log; refused as a key, so the printed file cannot serve with a known secret.
+KEY_PLACEHOLDER = "REDACTED"
+
 
 class NamedKey(_Strict):
     """An API key that is a user: its tasks are its own (docs/DEPLOYMENT_GUIDE.md, Security)."""
@@ -342,6 +346,11 @@ class ServerConfig(_Strict):
             secret = entry if isinstance(entry, str) else entry.key
             if not secret:
                 raise ValueError(f"entry {i} is empty; a key is a non-empty secret")
+            if secret == KEY_PLACEHOLDER:
+                raise ValueError(
+                    f"entry {i} is {KEY_PLACEHOLDER!r}, what `ris config` prints in place of a key; "
+                    "put the real key back (`ris config --show-keys` prints them)"
+                )
             if secret in secrets:
                 # Quoted by position, never by value: the message may reach a log.
                 raise ValueError(
