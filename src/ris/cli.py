@@ -626,8 +626,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _url(value: str) -> str:
     """A server's address as `--url` takes it: `localhost:8080` is http://localhost:8080, as for
-    curl (httpx said "unsupported protocol 'localhost://'")."""
-    return value if "://" in value else f"http://{value}"
+    curl (httpx said "unsupported protocol 'localhost://'"). What cannot be a server's address
+    (port 99999, no host, ftp://) is refused as a usage error: it was "cannot reach", as if the
+    server were down."""
+    from urllib.parse import urlsplit
+
+    url = value if "://" in value else f"http://{value}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or outside 0-65535
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: the port must be a number from 1 to 65535") from None
+    if parts.scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError(f"{value!r}: the URL must be http:// or https://")
+    if not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{value!r} names no host (e.g. 127.0.0.1:8080)")
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the port must be a number from 1 to 65535")
+    return url
 
 
 def _succeeded(lane: dict[str, Any]) -> int:

@@ -48,6 +48,24 @@ def test_cli_slips_are_said_in_words() -> None:
     assert done.returncode == 1 and "cannot reach http://localhost:1" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:99999", "the port must be a number from 1 to 65535"),
+        ("localhost:8x", "the port must be a number from 1 to 65535"),
+        (":8080", "names no host"),
+        ("ftp://localhost", "must be http:// or https://"),
+    ],
+)
+def test_a_url_that_cannot_be_a_server_is_a_usage_error_not_cannot_reach(url: str, said: str) -> None:
+    """Port 99999 read "cannot reach ...: Connection refused", as if the server were down."""
+    from ris.cli import main
+
+    with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()) as err:
+        main(["status", "--url", url])
+    assert exit_.value.code == 2 and said in err.getvalue(), err.getvalue()
+
+
 def test_output_into_a_pipe_whose_reader_left_ends_quietly() -> None:
     """`ris pull --list | head -1` without the server `ris status` needs (its own test with a
     live server is in tests/integration/test_ops.py): no BrokenPipeError traceback."""
