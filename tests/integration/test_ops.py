@@ -34,7 +34,7 @@ def test_health_and_ready(server: Server) -> None:
     ready = httpx.get(f"{server.url}/ready").json()
     assert ready == {"ready": True, "lanes": {"llm": True, "tts": True, "image": True}}
     # HEAD too, as health checkers send it: the status, no body.
-    for path in ("/health", "/ready"):
+    for path in ("/health", "/ready", "/metrics"):  # /metrics: an uptime checker on the scrape URL
         head = httpx.head(f"{server.url}{path}")
         assert head.status_code == 200 and head.content == b"", (path, head)
 

@@ -68,6 +68,10 @@ async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
 
+# An uptime checker pointed at the scrape URL sends HEAD; it got 405 as if the path were wrong.
+router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)
+
+
 def _counted(info: ModelInfo | None, gpu_lane: bool) -> dict[str, int | None]:
     """A loaded model as its worker counts it against the lane's budgets: on a GPU lane its part
     on the card and its part kept in RAM beside it; on a CPU lane all of it in RAM (None: not
