@@ -350,6 +350,37 @@ async def test_tasks_queued_while_the_worker_starts_fail_when_it_cannot(tmp_path
 
 
 @run
+async def test_a_worker_that_dies_while_it_loads_makes_the_lane_unavailable_until_one_starts(
+    tmp_path: Path,
+) -> None:
+    """An image model that crashed its builder: the worker died, restarted, died again, never
+    "failed", and the lane answered 202 with an ETA for pictures no start would ever make."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        llm, image = workers[Lane.LLM], workers[Lane.IMAGE]
+        waiting = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        kept = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        llm.die()
+        image.die()
+        eng.check()
+        for lane, kind, request in (
+            (Lane.LLM, LLM, LLMRequest(prompt="b")),
+            (Lane.IMAGE, IMAGE, ImageRequest(prompt="b")),
+        ):
+            with pytest.raises(
+                LaneUnavailable, match=f"the {lane} worker cannot start: the {lane} worker process died"
+            ):
+                eng.submit(kind, "i" if lane == Lane.IMAGE else "m", request)  # type: ignore[arg-type]
+        view = await waiting.done  # what waited for the LLM fails now, not at its deadline
+        assert (view.state, view.error_code) == ("failed", "lane_unavailable")
+        assert eng.lookup(kept.task_id).state == "queued"  # type: ignore[union-attr]  # durable: it waits
+        clock.advance(backoff(0))
+        eng.check()
+        assert llm.starts == 2  # the restarts go on, and the first that loads serves
+        llm.ready()
+        eng.submit(LLM, "m", LLMRequest(prompt="c"))
+
+
+@run
 async def test_one_failed_restart_after_a_crash_keeps_the_queue_for_the_next(tmp_path: Path) -> None:
     """A restart after a crash may fail once (the dead process's GPU memory not freed yet):
     the queue waits for the next restart; a second failure in a row fails it."""

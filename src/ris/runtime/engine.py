@@ -418,8 +418,8 @@ class Engine:
         if self._stopping:  # after end_live_tasks: nothing more is dispatched
             raise LaneUnavailable(lane, "the server is shutting down", "server_shutdown")
         replicas = self._replicas[lane]
-        if replicas and all(r.watch.state is WorkerState.FAILED for r in replicas):
-            failure = replicas[0].failure
+        if replicas and all(_cannot_start(r) for r in replicas):
+            failure = next((r.failure for r in replicas if r.failure is not None), None)
             if failure is not None:
                 raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failure.message}")
         if replicas and all(r.worker.waiting_for() for r in replicas):
@@ -853,7 +853,8 @@ class Engine:
 
     def _crashed(self, replica: Replica, code: str, message: str) -> None:
         log.error("%s: %s", replica.lane, message)
-        if replica.ready_info is None:
+        died_starting = replica.ready_info is None
+        if died_starting:
             # Killed before it was ready (over its memory ceiling while loading, say): its start
             # failed, which /api/stats and the lane's refusals say until a start succeeds.
             replica.failure = m.WorkerFailed(code, message)
@@ -863,6 +864,12 @@ class Engine:
         self._supervisor.killed(replica.watch)
         self._update_slots(replica.lane)
         self._fail_tasks(replica, code, message)
+        if died_starting and all(_cannot_start(r) for r in self._replicas[replica.lane]):
+            # A worker that dies while it loads, start after start (a model that crashes its
+            # builder): the lane refuses, as for a load that fails, and its queue fails at once.
+            why = f"the {replica.lane} worker cannot start: {message}"
+            for task_id in self._fail_queued(replica.lane, "lane_unavailable", why):
+                self._settle(task_id)
 
     def _fail_tasks(self, replica: Replica, code: str, message: str) -> None:
         # The replica's own tasks, and any the scheduler still counts as running on the lane
@@ -1054,6 +1061,16 @@ class Engine:
 
 
 __all__ = ["Engine", "LaneUnavailable", "QueueFull", "TaskHandle", "TaskView"]
+
+
+def _cannot_start(r: Replica) -> bool:
+    """The replica has no worker to give, and will not have one: its start failed (a model that
+    does not load, a worker that dies while loading) and fails as a rule, until one succeeds.
+    A worker killed before it was ready alternates between dead and starting, never "failed":
+    its lane took work (202, an ETA) that no start of it would ever run."""
+    if r.watch.state is WorkerState.FAILED:
+        return True
+    return r.failure is not None and not r.ready and _start_fails(r.watch)
 
 
 def _start_fails(w: Watch) -> bool:
