@@ -285,6 +285,12 @@ def _server(config: uvicorn.Config, writer: LogWriter) -> uvicorn.Server:
                         "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", address, port
                     )
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            engine = getattr(getattr(self.config.app, "state", None), "engine", None)
+            if engine is not None:
+                engine.stop_signalled()  # the workers may have had the signal too
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Generator[None, None, None]:
             with super().capture_signals():

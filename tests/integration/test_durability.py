@@ -4,6 +4,8 @@ queued tasks complete, a task that was running is re-run once and then fails wit
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,46 @@ def test_ctrl_c_reaching_every_process_of_the_service_sets_a_running_image_aside
         with Client(srv.url, max_retries=0) as c:
             # Set aside and run again (or finished during the stop, its worker reading no
             # Shutdown mid-image): anything but failed.
+            assert c.progress(long_id)["status"] in ("queued", "running", "succeeded"), c.progress(long_id)
+    finally:
+        srv.stop()
+
+
+def test_sigterm_to_the_whole_process_group_sets_a_running_image_aside(tmp_path: Path) -> None:
+    """systemd's default KillMode (control-group), `kill -- -PGID`: SIGTERM reaches the server
+    and its workers together, and a worker ends at once by it. Seen as a crash, the running
+    image failed for good and the worker was restarted into the stop; the server, told first,
+    leaves the dead worker to the stop, which sets the image aside for the next start."""
+    config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
+    srv = Server(tmp_path, config).start()
+    try:
+        assert srv.proc is not None
+        with Client(srv.url, max_retries=0) as c:
+            long_id = c.generate_image(**LONG)["task_id"]
+            wait_state(c, long_id, ("running",))
+        # A client waiting on its connection for a picture: the server's stop waits for its
+        # answer (up to uvicorn's grace), and the supervisor's passes go on meanwhile.
+        waiter = threading.Thread(
+            target=lambda: httpx.post(
+                f"{srv.url}/v1/images/generations", json={"prompt": "w", "size": "256x256"}, timeout=60
+            ),
+            daemon=True,
+        )
+        waiter.start()
+        time.sleep(1.0)
+        workers = psutil.Process(srv.proc.pid).children(recursive=True)
+        srv.proc.send_signal(signal.SIGTERM)  # the group's members, in the kernel's order
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        code, srv.proc = srv.proc.wait(30), None
+        assert code == -signal.SIGTERM, srv.log()  # uvicorn raises the signal again once stopped
+        assert not psutil.wait_procs(workers, timeout=10)[1]
+        assert "restarting the image worker" not in srv.log() and "worker process died" not in srv.log()
+    finally:
+        srv.stop()
+    srv = Server(tmp_path, config).start()
+    try:
+        with Client(srv.url, max_retries=0) as c:
             assert c.progress(long_id)["status"] in ("queued", "running", "succeeded"), c.progress(long_id)
     finally:
         srv.stop()

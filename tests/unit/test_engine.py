@@ -381,6 +381,25 @@ async def test_a_worker_that_dies_while_it_loads_makes_the_lane_unavailable_unti
 
 
 @run
+async def test_a_worker_that_dies_once_a_stop_signal_came_is_left_to_the_stop(tmp_path: Path) -> None:
+    """SIGTERM to the process group (systemd's default KillMode): the image worker died of it
+    before the server's stop began, its picture failed worker_crashed for good and the worker
+    was restarted into the stop. After the signal, the stop sets the picture aside."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        image = workers[Lane.IMAGE]
+        image.ready()
+        picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        eng.check()
+        assert eng.lookup(picture.task_id).state == "running"  # type: ignore[union-attr]
+        eng.stop_signalled()
+        image.die()
+        clock.advance(60.0)
+        eng.check()
+        assert eng.lookup(picture.task_id).state == "running"  # type: ignore[union-attr]
+        assert image.starts == 1
+
+
+@run
 async def test_one_failed_restart_after_a_crash_keeps_the_queue_for_the_next(tmp_path: Path) -> None:
     """A restart after a crash may fail once (the dead process's GPU memory not freed yet):
     the queue waits for the next restart; a second failure in a row fails it."""

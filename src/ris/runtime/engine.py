@@ -137,6 +137,9 @@ class Engine:
         # Set once stop() begins: no task is sent to a worker that is being told to stop (a
         # durable task would count an attempt it never made, and be lost at the second).
         self._stopping = False
+        # Set when a stop signal reached the server (stop_signalled): the workers may have had
+        # it too, and a death now is the stop, not a crash to fail tasks for and restart.
+        self._stop_signalled = False
         self._holds_data = False  # the data folder's lock (ris.runtime.data_lock), from start to stop
         self._next_folder_check = 0.0
         self._folder_check: asyncio.Future[bool] | None = None
@@ -162,7 +165,7 @@ class Engine:
         # Before anything reads the store: a second server on this folder must touch nothing.
         data_lock.acquire(data, self.config.server.port, engine=True)
         self._holds_data = True
-        self._stopping = False
+        self._stopping = self._stop_signalled = False
         self.folder_lost, self._next_folder_check = False, 0.0
         try:
             await self._start(data)
@@ -226,6 +229,15 @@ class Engine:
             if self._holds_data:
                 data_lock.release(Path(self.config.data_dir), engine=True)
                 self._holds_data = False
+
+    def stop_signalled(self) -> None:
+        """A stop signal reached the server (SIGTERM, SIGINT, SIGHUP): the stop follows within
+        moments. A signal sent to the whole process group (systemd's default KillMode, `kill --
+        -PGID`) ends the workers at once with SIGTERM's default; seen as crashes, their running
+        images failed for good (set aside at a stop, they run again at the next start) and the
+        workers were restarted into the stop. From here the supervisor's pass leaves dead
+        workers to the stop."""
+        self._stop_signalled = True
 
     def end_live_tasks(self) -> None:
         """The server is stopping and its HTTP server will soon cancel the answers still being
@@ -750,7 +762,7 @@ class Engine:
 
     def check(self) -> None:
         """One supervision pass: dead or hung workers, restarts, deadlines."""
-        for replica in self._all_replicas():
+        for replica in [] if self._stop_signalled else self._all_replicas():
             if replica.worker.waiting_for():
                 self._supervisor.waiting(replica.watch)
             action = self._supervisor.decide(

@@ -164,7 +164,8 @@ def _interrupts_left_to_the_server() -> None:
     server stops gracefully on it). SIGTERM keeps its default: multiprocessing ends a server's
     leftover workers with it at exit (a start that failed half way), and an orphan still
     loading its models ends by it. A service manager stops the server alone (systemd:
-    KillMode=mixed, docs/DEPLOYMENT_GUIDE.md)."""
+    KillMode=mixed, docs/DEPLOYMENT_GUIDE.md); where SIGTERM reaches the whole group, the
+    server, told too, leaves the workers' deaths to its stop (Engine.stop_signalled)."""
     if threading.current_thread() is not threading.main_thread():
         return  # a Ray actor's serving thread: the actor's process and its signals are Ray's
     signal.signal(signal.SIGINT, signal.SIG_IGN)
