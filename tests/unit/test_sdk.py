@@ -247,6 +247,7 @@ def test_a_crashed_worker_is_not_asked_again_a_full_queue_is() -> None:
         ("worker_crashed", 503, 1),
         ("worker_out_of_memory", 503, 1),
         ("queue_full", 429, 4),
+        ("lane_pending", 503, 4),
     ):
         log: list[int] = []
 
@@ -261,6 +262,21 @@ def test_a_crashed_worker_is_not_asked_again_a_full_queue_is() -> None:
         results = _both(httpx.MockTransport(answer), lambda c: c.generate("hi"))
         assert all(isinstance(r, RISError) and r.code == code for r in results), results
         assert len(log) == 2 * posts, (code, len(log))
+
+
+def test_an_answer_the_server_marks_x_should_retry_false_is_not_asked_again() -> None:
+    """A lane the config disables answered 503 with `x-should-retry: false`; OpenAI's client
+    obeyed it, the SDK sent the request max_retries + 1 times (1.7 s, then the error)."""
+    log: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        log.append(1)
+        body = {"error": {"code": "lane_unavailable", "message": "the image lane is disabled"}}
+        return httpx.Response(503, headers={"x-should-retry": "false"}, json=body)
+
+    results = _both(httpx.MockTransport(answer), lambda c: c.generate_image("a cat"))
+    assert all(isinstance(r, RISError) and r.code == "lane_unavailable" for r in results), results
+    assert len(log) == 2
 
 
 def test_a_failure_inside_a_stream_or_a_progress_has_the_status_of_its_response() -> None:

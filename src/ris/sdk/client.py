@@ -45,7 +45,14 @@ class _Base(Operations):
         if resp.status_code < 400 or not call.check:
             return None
         err = error_from(resp)
-        retried = call.retry and resp.status_code in RETRY_STATUSES and err.code not in NOT_RETRIED
+        retried = (
+            call.retry
+            and resp.status_code in RETRY_STATUSES
+            and err.code not in NOT_RETRIED
+            # The server's word on this answer (a lane the config disables, say), as OpenAI's
+            # SDKs read it: a retry finds the same.
+            and resp.headers.get("x-should-retry") != "false"
+        )
         if not retried or attempt >= self.max_retries:
             raise err
         return backoff_delay(attempt, err.retry_after, self.max_retry_wait)
