@@ -35,11 +35,14 @@ FAILURE_STATUS = {
     "synthesis_empty": 422,
 }
 
-# Failures of a request that ran and whose worker died under it: the request may be what
-# killed it, and sent again it would take the replaced worker, and the requests batched on it,
-# down again. Answered without Retry-After and with `x-should-retry: false`, which OpenAI's
-# SDKs obey (they retry any 5xx otherwise); RIS's SDK does not retry them either.
-NOT_TO_RETRY = frozenset({"worker_crashed", "worker_out_of_memory"})
+# Failures a retry of the same request repeats, at the same cost: a worker that died under it
+# (the request may be what killed it, and sent again it would take the replaced worker, and
+# the requests batched on it, down again), a worker that hung on it, a deadline it ran out (the
+# caller's timeout_s or the lane's request_timeout_s: sent again, it holds the lane as long and
+# ends the same way; OpenAI's client sent a 504 three times). Answered without Retry-After and
+# with `x-should-retry: false`, which OpenAI's SDKs obey (they retry any 5xx otherwise); RIS's
+# SDK does not retry them either.
+NOT_TO_RETRY = frozenset({"worker_crashed", "worker_out_of_memory", "worker_timeout", "deadline_exceeded"})
 
 
 def failure_status(code: str) -> int:

@@ -429,6 +429,16 @@ async def test_cancel_a_queued_task_at_once_and_a_running_one_through_its_worker
         assert (await running.done).state == "cancelled"
 
 
+def test_failures_a_retry_repeats_say_so_and_passing_ones_say_when() -> None:
+    """OpenAI's client retries any 5xx unless told not to: a 504 deadline_exceeded was sent
+    three times, each holding the LLM lane until the deadline again."""
+    for code in ("deadline_exceeded", "worker_timeout", "worker_crashed", "worker_out_of_memory"):
+        refused = task_error(code, "x")
+        assert refused.headers == {"x-should-retry": "false"}, code
+    assert task_error("lane_pending", "x").headers == {"Retry-After": "5"}
+    assert task_error("server_shutdown", "x").headers == {"Retry-After": "5"}
+
+
 @run
 async def test_a_deadline_stops_a_running_task(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
