@@ -184,6 +184,10 @@ def test_unknown_model_is_an_openai_error(oa: OpenAI, server: Server) -> None:
 def test_models_retrieve_and_a_model_of_another_lane_named_as_such(oa: OpenAI) -> None:
     assert oa.models.retrieve("smollm2").owned_by == "ris:llm"
     assert oa.models.retrieve("piper").owned_by == "ris:tts"
+    # Named as Ollama's /api/tags lists it, as chat takes it (it was 404 here alone).
+    assert oa.models.retrieve("smollm2:latest").id == "smollm2:latest"
+    with pytest.raises(openai.NotFoundError):
+        oa.models.retrieve("piper:latest")  # Ollama's tag names LLMs only
     with pytest.raises(openai.NotFoundError) as nf:
         oa.models.retrieve("gpt-4o")
     assert "smollm2" in str(nf.value)

@@ -72,6 +72,12 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     for m in models:
         if m["id"] == model_id:
             return m
+    # Named as Ollama's /api/tags lists it, tag and all (chat takes that name: _llm_model);
+    # answered under the name asked, as Ollama's /v1/models/{model} does.
+    untagged = model_id.removesuffix(":latest")
+    for m in models:
+        if untagged != model_id and m["id"] == untagged and m["owned_by"] == f"ris:{Lane.LLM}":
+            return {**m, "id": model_id}
     raise APIError(
         404,
         "model_not_found",
