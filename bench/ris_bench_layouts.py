@@ -160,7 +160,7 @@ def main() -> None:
     bench_run.ServiceProcess = PinnedService  # type: ignore[misc]
     names = [SHIPPED, *variants]
     ns = argparse.Namespace(
-        gpu=False, quick=False, duration=args.duration, configs=",".join(names), tts_model=None,
+        gpu=False, quick=False, duration=args.duration, configs=names, tts_model=None,
         repetitions=args.repetitions,
     )  # fmt: skip
     result = bench_run.run(ns)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import pytest
@@ -165,8 +167,14 @@ def test_gpu_variant_refuses_a_machine_without_gpu() -> None:
 def test_bench_refuses_an_unknown_configuration_before_starting_anything() -> None:
     from ris.cli import main
 
-    with pytest.raises(SystemExit, match="unknown configuration .bogus.; known: traditional, shared"):
-        main(["bench", "--configs", "bogus,isolated", "--out", "/nonexistent"])
+    for given, said in (
+        ("bogus,isolated", "unknown configuration 'bogus'; known: traditional, shared"),
+        ("", "name at least one configuration"),  # it ran the whole default benchmark
+        ("traditional", "must include isolated"),
+    ):
+        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()) as err:
+            main(["bench", "--configs", given, "--out", "/nonexistent"])
+        assert exit_.value.code == 2 and said in err.getvalue(), (given, err.getvalue())
 
 
 @pytest.mark.parametrize(

@@ -217,12 +217,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.duration is not None:
         w = replace(w, duration_s=args.duration)
     names = (
-        args.configs.split(",")
-        if args.configs
+        args.configs
+        if args.configs is not None
         else (["traditional", "isolated"] if args.quick else list(configs.CONFIGS))
     )
-    if "isolated" not in names:
-        raise SystemExit("ris bench: --configs must include isolated (its alone phases are the baseline)")
     try:  # fail before starting anything: an unknown name, no GPU, no image extra
         built = {name: configs.build(name, kind, tts_model=args.tts_model) for name in names}
     except ValueError as e:
@@ -316,6 +314,24 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _configs(text: str) -> list[str]:
+    """--configs as the names it lists, checked before anything starts: an empty value ran the
+    whole default benchmark (about 10 minutes), an unknown name said only "must include
+    isolated"."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = ", ".join(configs.CONFIGS)
+    if not names:
+        raise argparse.ArgumentTypeError(f"name at least one configuration: {known}")
+    unknown = [n for n in names if n not in configs.CONFIGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown configuration {', '.join(map(repr, unknown))}; known: {known}"
+        )
+    if "isolated" not in names:
+        raise argparse.ArgumentTypeError("must include isolated (its alone phases are the baseline)")
+    return list(dict.fromkeys(names))
+
+
 def _repetitions(text: str) -> int:
     """--repetitions as a count of at least one, refused as a usage error (exit 2) like any
     other bad argument, not after argparse has accepted it."""
@@ -344,7 +360,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the TTS model the lane loads (piper, espeak); default: the default config's (piper)",
     )
-    p.add_argument("--configs", default=None, help=f"comma-separated, from {', '.join(configs.CONFIGS)}")
+    p.add_argument(
+        "--configs",
+        type=_configs,
+        default=None,
+        help=f"comma-separated, from {', '.join(configs.CONFIGS)}; isolated among them",
+    )
     p.add_argument(
         "--out", default=None, help="folder for ris_bench[_gpu].json/.md/.png (default bench/results)"
     )
