@@ -598,8 +598,17 @@ def build_parser() -> argparse.ArgumentParser:
             )
         sp.set_defaults(fn=fn)
     st = sub.add_parser("status", help="lanes, queues and resources of a running service")
-    st.add_argument("--url", type=_url, default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"))
-    st.add_argument("--api-key", default=os.environ.get("RIS_API_KEY"))
+    st.add_argument(
+        "--url",
+        type=_url,
+        default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"),
+        help="the server (host:port or http[s]://host:port; default: $RIS_URL, else http://127.0.0.1:8080)",
+    )
+    st.add_argument(
+        "--api-key",
+        default=os.environ.get("RIS_API_KEY"),
+        help="a key of the server's server.api_keys (default: $RIS_API_KEY)",
+    )
     st.add_argument("--json", action="store_true", help="print the statistics as the server gives them")
     st.set_defaults(fn=cmd_status)
     pl = sub.add_parser("pull", help="fetch a catalogued model from the Hugging Face hub into config.json")
@@ -631,25 +640,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _url(value: str) -> str:
-    """A server's address as `--url` takes it: `localhost:8080` is http://localhost:8080, as for
-    curl (httpx said "unsupported protocol 'localhost://'"). What cannot be a server's address
-    (port 99999, no host, ftp://) is refused as a usage error: it was "cannot reach", as if the
-    server were down."""
-    from urllib.parse import urlsplit
+    """A server's address as `--url` takes it (the SDK's rule: `localhost:8080` is
+    http://localhost:8080); what cannot be one is a usage error, exit 2."""
+    from ris.sdk._common import server_url
 
-    url = value if "://" in value else f"http://{value}"
     try:
-        parts = urlsplit(url)
-        port = parts.port  # ValueError: not a number, or outside 0-65535
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: the port must be a number from 1 to 65535") from None
-    if parts.scheme not in ("http", "https"):
-        raise argparse.ArgumentTypeError(f"{value!r}: the URL must be http:// or https://")
-    if not parts.hostname:
-        raise argparse.ArgumentTypeError(f"{value!r} names no host (e.g. 127.0.0.1:8080)")
-    if port == 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: the port must be a number from 1 to 65535")
-    return url
+        return server_url(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _succeeded(lane: dict[str, Any]) -> int:

@@ -55,6 +55,9 @@ def test_cli_slips_are_said_in_words() -> None:
         ("localhost:8x", "the port must be a number from 1 to 65535"),
         (":8080", "names no host"),
         ("ftp://localhost", "must be http:// or https://"),
+        ("http://[::1", "is not a URL"),
+        # httpx sent these as Basic credentials in place of the key; the password was echoed.
+        ("http://user:pw@127.0.0.1:8080", "carries a user name or password"),
     ],
 )
 def test_a_url_that_cannot_be_a_server_is_a_usage_error_not_cannot_reach(url: str, said: str) -> None:
@@ -64,6 +67,7 @@ def test_a_url_that_cannot_be_a_server_is_a_usage_error_not_cannot_reach(url: st
     with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()) as err:
         main(["status", "--url", url])
     assert exit_.value.code == 2 and said in err.getvalue(), err.getvalue()
+    assert "pw" not in err.getvalue()
 
 
 def test_output_into_a_pipe_whose_reader_left_ends_quietly() -> None:

@@ -264,6 +264,27 @@ def test_a_crashed_worker_is_not_asked_again_a_full_queue_is() -> None:
         assert len(log) == 2 * posts, (code, len(log))
 
 
+def test_a_server_address_is_taken_as_the_cli_takes_it() -> None:
+    """`Client("localhost:8080")` answered health() False and raised UnsupportedProtocol on
+    every other call, where `ris status --url localhost:8080` worked; credentials in the URL
+    replaced the API key with Basic ones."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url} {request.headers.get('authorization')}")
+        return httpx.Response(200, json={"status": "ok"})
+
+    with Client("ris.test:8080", api_key="k", transport=httpx.MockTransport(answer)) as c:
+        assert c.health()
+    assert seen == ["http://ris.test:8080/health Bearer k"]
+    for url in ("http://user:secret@ris.test", "http://ris.test:99999", "ftp://ris.test"):
+        with pytest.raises(ValueError) as refused:
+            Client(url)
+        assert "secret" not in str(refused.value)
+        with pytest.raises(ValueError):
+            AsyncClient(url)
+
+
 def test_an_answer_the_server_marks_x_should_retry_false_is_not_asked_again() -> None:
     """A lane the config disables answered 503 with `x-should-retry: false`; OpenAI's client
     obeyed it, the SDK sent the request max_retries + 1 times (1.7 s, then the error)."""

@@ -58,6 +58,35 @@ class Speech:
         return p
 
 
+def server_url(value: str) -> str:
+    """A RIS server's address as the SDK and `ris status --url` take it: `localhost:8080` is
+    http://localhost:8080, as for curl. What cannot be one is a ValueError saying why (port
+    99999 read "connection refused", as if the server were down). A user name or password in
+    it is refused: httpx sends them as Basic credentials in place of the API key, which the
+    server then said was missing."""
+    from urllib.parse import urlsplit
+
+    url = value if "://" in value else f"http://{value}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # an unclosed '[' of an IPv6 address
+        raise ValueError(f"{value!r} is not a URL ({e})") from None
+    if parts.username is not None or parts.password is not None:
+        # Not quoted: the message would show the password.
+        raise ValueError("the URL carries a user name or password; give the API key as a key instead")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: the URL must be http:// or https://")
+    try:
+        port = parts.port  # not a number, or outside 0-65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    if not parts.hostname:
+        raise ValueError(f"{value!r} names no host (e.g. 127.0.0.1:8080)")
+    return url
+
+
 def error_from(resp: httpx.Response) -> RISError:
     try:
         err = resp.json()["error"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ris.sdk._common import NOT_RETRIED, RETRY_STATUSES, backoff_delay, error_from
+from ris.sdk._common import NOT_RETRIED, RETRY_STATUSES, backoff_delay, error_from, server_url
 from ris.sdk._ops import AsyncRunner, Call, Op, Operations, Pause, StreamSpec, SyncRunner, T
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -30,7 +30,9 @@ class _Base(Operations):
         max_retry_wait: float = 30.0,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport`: httpx's (an httpx.MockTransport in tests)."""
+        """`base_url`: `http://host:port`, or `host:port` as curl takes it (ValueError for what
+        cannot be a server's address). `transport`: httpx's (an httpx.MockTransport in tests)."""
+        base_url = server_url(base_url)
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
