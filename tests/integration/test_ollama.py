@@ -128,6 +128,19 @@ def test_empty_strings_of_ollamas_go_client_are_absent(base: str) -> None:
     assert r.status_code == 200 and r.json()["done_reason"] in ("stop", "length"), r.text
 
 
+def test_a_prompt_in_a_language_the_model_does_not_write_is_warned_of(base: str) -> None:
+    chinese = {"model": "smollm2", "options": {"num_predict": 2}}
+    for path, body in (
+        ("/api/chat", {**chinese, "messages": [{"role": "user", "content": "你好，请介绍一下自己"}]}),
+        ("/api/generate", {**chinese, "prompt": "你好，请介绍一下自己"}),
+    ):
+        for stream in (False, True):
+            r = httpx.post(f"{base}{path}", json={**body, "stream": stream}, headers=AUTH, timeout=60)
+            assert r.status_code == 200, r.text
+            (note,) = json.loads(r.headers["x-warnings"])
+            assert "writes en only" in note, (path, stream, note)
+
+
 def test_num_predict_past_the_context_stops_at_the_context(client: Any) -> None:
     """Ollama stops at the context where num_predict asks for more (2048 here); the first
     full stop ends this answer long before."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import wave
 from collections.abc import Iterator
@@ -41,6 +42,22 @@ def test_chat_completion(oa: OpenAI) -> None:
     text = r.choices[0].message.content or ""
     assert "blue" in text.lower() and r.choices[0].finish_reason in ("stop", "length")
     assert r.usage is not None and r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
+
+
+def test_a_prompt_in_a_language_the_model_does_not_write_is_warned_of(oa: OpenAI) -> None:
+    """/api/llm/generate warned; /v1 answered the same prompt saying nothing (README: answers
+    carry warnings where the server served something other than asked)."""
+    chinese = [{"role": "user", "content": "你好，请介绍一下自己"}]
+    plain = oa.chat.completions.with_raw_response.create(model="smollm2", messages=chinese, max_tokens=2)
+    with oa.chat.completions.with_streaming_response.create(
+        model="smollm2", messages=chinese, max_tokens=2, stream=True
+    ) as streamed:
+        streamed.read()
+    for headers in (plain.headers, streamed.headers):
+        (note,) = json.loads(headers["x-warnings"])
+        assert "looks like 'zh'" in note and "writes en only" in note, note
+    english = oa.completions.with_raw_response.create(model="smollm2", prompt="The sky is", max_tokens=2)
+    assert "x-warnings" not in english.headers
 
 
 def test_streamed_chat_joins_into_the_same_text(oa: OpenAI) -> None:

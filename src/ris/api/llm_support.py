@@ -8,8 +8,10 @@ from collections.abc import Iterable
 
 from ris import catalogue
 from ris.api.errors import APIError
+from ris.api.streams import warnings_header
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM_LANE
+from ris.lanes.llm import LLMRequest
 from ris.languages import language_warning, script_language
 from ris.runtime.engine import Engine
 
@@ -23,6 +25,13 @@ def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> lis
     text = "\n".join(t for t in texts if t)
     note = language_warning(model, languages, text, _suggestion(text))
     return [] if note is None else [note]
+
+
+def request_warnings(engine: Engine, model: str, req: LLMRequest) -> dict[str, str]:
+    """`llm_warnings` of a request as built (its system, prompt and every turn) as the
+    `X-Warnings` header: the OpenAI and Ollama answers have no field of their own for them."""
+    turns = (t[1] if isinstance(t, tuple) else t.content for t in req.messages or ())
+    return warnings_header(llm_warnings(engine, model, [req.system, req.prompt, *turns]))
 
 
 def _suggestion(text: str) -> str | None:

@@ -36,7 +36,7 @@ from ris.api.deps import (
 from ris.api.errors import NO_RETRY, APIError, failure
 from ris.api.limits import MIN_TOP_P
 from ris.api.llm_request import Dialect, llm_request
-from ris.api.llm_support import llm_context, require_constraining_backend
+from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend
 from ris.api.ollama_schemas import (
     OLLAMA_ERRORS,
     OLLAMA_TEMPERATURE,
@@ -316,6 +316,8 @@ async def ollama_chat(request: Request) -> Any:
         messages=chat_turns(body.messages),
     )
     names = [t.name for t in req.tools]
+    # Options ignored, a prompt in a language the model does not write: said in headers.
+    said = {**ignored_options(body.options), **request_warnings(engine, model, req)}
     keep_alive = keep_alive_seconds(body.keep_alive)
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
@@ -334,7 +336,7 @@ async def ollama_chat(request: Request) -> Any:
             return {"message": message}
 
         first = await first_text(engine, handle, request)
-        return _ndjson(engine, handle, head, first, piece, end, ignored_options(body.options))
+        return _ndjson(engine, handle, head, first, piece, end, said)
     r = result_or_failure(await wait_task(engine, handle, request))
     return json_response(
         {
@@ -345,7 +347,7 @@ async def ollama_chat(request: Request) -> Any:
             "done_reason": _done_reason(r),
             **_timings(r),
         },
-        headers={"X-Task-Id": handle.task_id, **ignored_options(body.options)},
+        headers={"X-Task-Id": handle.task_id, **said},
     )
 
 
@@ -384,6 +386,7 @@ async def ollama_generate(request: Request) -> Any:
         system=system,
         prompt_is_message=not body.raw,
     )
+    said = {**ignored_options(body.options), **request_warnings(engine, model, req)}
     keep_alive = keep_alive_seconds(body.keep_alive)
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
@@ -397,7 +400,7 @@ async def ollama_generate(request: Request) -> Any:
             await first_text(engine, handle, request),
             lambda text: {"response": text},
             lambda r: {"response": ""},
-            ignored_options(body.options),
+            said,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
     return json_response(
@@ -409,7 +412,7 @@ async def ollama_generate(request: Request) -> Any:
             "done_reason": _done_reason(r),
             **_timings(r),
         },
-        headers={"X-Task-Id": handle.task_id, **ignored_options(body.options)},
+        headers={"X-Task-Id": handle.task_id, **said},
     )
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ris.api.deps import (
@@ -27,7 +27,7 @@ from ris.api.deps import (
 from ris.api.errors import APIError, failure, openai_error_body
 from ris.api.limits import MIN_TOP_P, wrap_seed
 from ris.api.llm_request import OPENAI, llm_request
-from ris.api.llm_support import llm_context, require_constraining_backend
+from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
 from ris.api.openai_strict import refuse_other_lane
 from ris.api.openai_tools import (
@@ -190,7 +190,7 @@ def _finish_reason(r: LLMResult) -> str:
     summary="Chat completion (streams chat.completion.chunk events)",
     openapi_extra=body_doc(ChatCompletionRequest),
 )
-async def chat_completions(request: Request) -> Any:
+async def chat_completions(request: Request, response: Response) -> Any:
     body = await json_body(request, ChatCompletionRequest)
     engine = engine_of(request)
     model = _llm_model(engine, body.model, "/v1/chat/completions")
@@ -201,6 +201,7 @@ async def chat_completions(request: Request) -> Any:
     req = _request(
         engine, body, model, None, chat_turns(body.messages), max_tokens, plan, asked is None, named
     )
+    warned = request_warnings(engine, model, req)  # a prompt in a language the model does not write
     handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     base = _envelope("chatcmpl", "chat.completion", handle.task_id, model)
     call_ids = f"call_{handle.task_id}_"
@@ -234,8 +235,10 @@ async def chat_completions(request: Request) -> Any:
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
             ),
             handle,
+            warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
+    response.headers.update(warned)
     message, finish = chat_answer(r.text, _finish_reason(r), plan, call_ids)
     return {
         **base,
@@ -250,7 +253,7 @@ async def chat_completions(request: Request) -> Any:
     summary="Text completion (legacy); streams text_completion events",
     openapi_extra=body_doc(CompletionRequest),
 )
-async def completions(request: Request) -> Any:
+async def completions(request: Request, response: Response) -> Any:
     # Read as chat's body is: the same words for bad JSON, the same depth bound, any type.
     body = await json_body(request, CompletionRequest)
     engine = engine_of(request)
@@ -259,6 +262,7 @@ async def completions(request: Request) -> Any:
     if len(prompts) != 1:
         raise APIError(400, "invalid_value", "exactly one prompt is supported", param="prompt")
     req = _request(engine, body, model, prompts[0], None, body.max_tokens or 16)
+    warned = request_warnings(engine, model, req)
     handle = engine.submit(LLM, model, req, client=client_of(request), owner=owner_of(request))
     base = _envelope("cmpl", "text_completion", handle.task_id, model)
 
@@ -278,13 +282,19 @@ async def completions(request: Request) -> Any:
                 include_usage=bool(body.stream_options and body.stream_options.include_usage),
             ),
             handle,
+            warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
+    response.headers.update(warned)
     return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
 
 
-def _streaming(chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult]) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id})
+def _streaming(
+    chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult], headers: dict[str, str]
+) -> StreamingResponse:
+    return StreamingResponse(
+        chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id, **headers}
+    )
 
 
 async def _stream(
