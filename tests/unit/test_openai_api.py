@@ -159,6 +159,20 @@ async def test_a_message_without_content_and_calls_not_served_are_refused_in_the
             error = r.json()["error"]
             assert r.status_code == 400 and error["code"] == "unsupported_endpoint", error
             assert call in error["message"] and "chat.completions.create" in error["message"]
+        # Whole families too (files.list, batches.list ... were a bare 404), any method.
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            for method, path in (
+                ("GET", "/v1/files"),
+                ("GET", "/v1/batches"),
+                ("GET", "/v1/fine_tuning/jobs"),
+                ("POST", "/v1/vector_stores/vs_1/files"),
+                ("DELETE", "/v1/files/file-abc"),
+            ):
+                r = await client.request(method, path)
+                error = r.json()["error"]
+                assert r.status_code == 400 and error["code"] == "unsupported_endpoint", (path, error)
+            assert (await client.get("/v1/filesx")).status_code == 404  # not a client's call
 
 
 @run

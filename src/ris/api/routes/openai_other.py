@@ -39,6 +39,24 @@ NOT_SERVED: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# Whole families of the client's calls (every method, every path under them): files.list,
+# batches.create, fine_tuning.jobs.list, vector_stores.list ... were a bare 404.
+NOT_SERVED_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("/files", "files", "no file store: send content in the request"),
+    ("/uploads", "uploads", "no file store: send content in the request"),
+    ("/batches", "batches", "no batch API: send requests; each lane queues them"),
+    ("/fine_tuning", "fine_tuning", "models are configured in config.json, not trained here"),
+    ("/vector_stores", "vector_stores", "no retrieval store"),
+    ("/assistants", "beta.assistants", "the Assistants API is not served: use chat.completions"),
+    ("/threads", "beta.threads", "the Assistants API is not served: use chat.completions"),
+    ("/realtime", "realtime", "no realtime sessions: stream chat.completions and audio.speech"),
+    ("/evals", "evals", "no evaluation store"),
+    ("/containers", "containers", "no code containers"),
+    ("/conversations", "conversations", "the Responses API is not served: use chat.completions"),
+)
+EVERY_METHOD = ["GET", "POST", "DELETE", "PUT", "PATCH"]
+
+
 def _refuse(call: str, why: str) -> NoReturn:
     raise APIError(
         400, "unsupported_endpoint", f"{call} is not supported by this server ({why}); served: {SERVED}"
@@ -52,5 +70,15 @@ def _add(method: str, path: str, call: str, why: str) -> None:
     router.add_api_route(path, refuse, methods=[method], name=call, response_model=None)
 
 
+def _add_family(prefix: str, call: str, why: str) -> None:
+    async def refuse() -> NoReturn:
+        _refuse(f"{call} (any call under {prefix})", why)
+
+    for path in (prefix, f"{prefix}/{{rest:path}}"):
+        router.add_api_route(path, refuse, methods=EVERY_METHOD, name=f"{call} {path}", response_model=None)
+
+
 for _row in NOT_SERVED:
     _add(*_row)
+for _family in NOT_SERVED_FAMILIES:
+    _add_family(*_family)
