@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 import httpx
@@ -48,3 +49,16 @@ def fail(resp: httpx.Response, hint: str = "") -> NoReturn:
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
     sys.exit(1)
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """A script's main, with a server that does not answer said in one line (exit 1), not as
+    httpx's traceback."""
+    try:
+        main()
+    except httpx.TransportError as e:
+        print(
+            f"error: no answer from the server: {e!r} (is it running? give its address with --url)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import api_key, parser
+from _common import api_key, parser, run_script
 
 from ris import AsyncClient, RISError
 
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,7 +12,7 @@ import json
 import sys
 
 import httpx
-from _common import fail, headers, parser
+from _common import fail, headers, parser, run_script
 
 
 def main() -> None:
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

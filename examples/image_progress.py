@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import api_key, parser
+from _common import api_key, parser, run_script
 
 from ris import Client, RISError
 
@@ -53,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

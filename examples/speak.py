@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import fail, headers, parser
+from _common import fail, headers, parser, run_script
 
 
 def fix_wav_sizes(path: Path) -> None:
@@ -67,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

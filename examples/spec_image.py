@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import fail, headers, parser
+from _common import fail, headers, parser, run_script
 
 # The description's prompt, as it wrote it ("a cute kitten").
 PROMPT = "一只可爱的小猫"
@@ -65,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -11,7 +11,7 @@ model instead (it answers in English, or poorly in Chinese; the server says so i
 from __future__ import annotations
 
 import httpx
-from _common import error_of, fail, headers, parser
+from _common import error_of, fail, headers, parser, run_script
 
 
 def main() -> None:
@@ -40,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from _common import fail, headers, parser
+from _common import fail, headers, parser, run_script
 
 
 def main() -> None:
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

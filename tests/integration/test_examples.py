@@ -146,3 +146,20 @@ def test_without_the_key_a_script_says_401_and_fails(server: Server, tmp_path: P
     proc = run(server, "spec_tts.py", cwd=tmp_path, key=None)
     assert proc.returncode == 1 and "HTTP 401" in proc.stderr
     assert not (tmp_path / "spec_tts.wav").exists()
+
+
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+)
+def test_a_server_that_does_not_answer_is_one_line_not_a_traceback(script: str, tmp_path: Path) -> None:
+    """examples/README.md: each prints the error and exits non-zero; with no server there, all
+    but one printed httpx's traceback."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--url", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "error" in done.stderr.lower(), done.stderr
