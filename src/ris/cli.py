@@ -673,6 +673,15 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # `ris config > file` on a full disk: said in a line, not a traceback; the exit's own
+        # flush then finds nothing left to write.
+        print(f"ris: the output could not be written: {e.strerror}", file=sys.stderr)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except ConfigError as e:
         print(f"ris: {e}", file=sys.stderr)
         return 2

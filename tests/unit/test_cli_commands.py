@@ -89,6 +89,20 @@ def test_output_into_a_pipe_whose_reader_left_ends_quietly() -> None:
     assert (done.returncode, done.stderr) == (1, "")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's always-full device")
+def test_output_onto_a_full_disk_is_a_line_not_a_traceback() -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "pull", "--list"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "ris: the output could not be written: No space left on device" in done.stderr
+
+
 def test_ordinary_bad_input_is_a_message_and_exit_1_or_2_never_a_traceback(tmp_path: object) -> None:
     from pathlib import Path
 
