@@ -173,6 +173,17 @@ def test_image_url_points_at_the_result(oa: OpenAI) -> None:
     assert httpx.get(url, timeout=10).content[:4] == b"\x89PNG"
 
 
+def test_a_named_voice_model_without_the_inputs_language_names_the_one_with_it(oa: OpenAI) -> None:
+    """model piper, voice alloy, a Chinese input: spoken by piper as English, and the warning
+    said "no loaded voice reads" zh-CN while espeak, loaded beside it, reads it."""
+    oa.audio.speech.create(model="espeak", voice="zh-CN", input="你好。", response_format="wav")  # loaded
+    r = oa.audio.speech.with_raw_response.create(
+        model="piper", voice="alloy", input="你好，今天天气很好。", response_format="wav"
+    )
+    (note,) = json.loads(r.headers["x-warnings"])
+    assert "'piper' has no voice for the input's language ('zh-CN'; model 'espeak' has)" in note, note
+
+
 def test_media_models_are_openais_names_or_ours_never_a_quiet_substitute(oa: OpenAI) -> None:
     """tts-1 or dall-e-3 (what OpenAI's clients send) mean the lane's default; a name that is
     neither OpenAI's nor configured is a 404 listing the lane's models."""

@@ -38,7 +38,7 @@ from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest, speed_note
+from ris.lanes.tts import TTSRequest, speaks, speed_note
 from ris.languages import script_language
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
@@ -106,9 +106,20 @@ async def speech(request: Request) -> Any:
         plain = openai_voice(body.voice, "", configured)
         if e.code != "unknown_voice" or plain == voice:
             raise
+        # With a model named, another may well read it (espeak beside piper): said, not "none".
+        others = [
+            n
+            for n, info in engine.model_infos(Lane.TTS).items()
+            if n != wanted and speaks(info.details.voices, voice)
+        ]
+        where = (
+            f"{wanted!r} has no voice for the input's language ({voice!r}; model {others[0]!r} has)"
+            if wanted is not None and others
+            else f"no loaded voice reads the input's language ({voice!r})"
+        )
         warnings.append(
-            f"voice: no loaded voice reads the input's language ({voice!r}); {plain!r} reads it "
-            "as its own language would (pull a voice of that language: docs/MODELS_TTS.md)"
+            f"voice: {where}; {plain!r} reads it as its own language would (pull a voice of that "
+            "language: docs/MODELS_TTS.md)"
         )
         voice, model = plain, pick_tts_model(engine, wanted, plain)
     slow_or_fast = speed_note(engine.config.lane(TTS.name).models[model].backend, body.speed)
