@@ -336,6 +336,32 @@ def test_wait_gives_up_at_its_timeout_not_a_poll_later() -> None:
         assert time.monotonic() - t < 1.5
 
 
+def test_wait_rides_out_a_server_restart_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image task outlives its server's restart; wait() raised ConnectError at the first
+    refused connection, and the client never had the picture the restarted server made."""
+    import ris.sdk._ops as ops
+
+    monkeypatch.setattr(ops, "RESTART_POLL_S", 0.01)
+    answers = iter(["down", "down", "running", "down", "succeeded"])
+
+    def restarting(request: httpx.Request) -> httpx.Response:
+        state = next(answers)
+        if state == "down":
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return httpx.Response(200, json={"task_id": "t", "status": state})
+
+    with Client("http://ris.test", transport=httpx.MockTransport(restarting)) as c:
+        assert c.wait("t", poll_s=0.01)["status"] == "succeeded"
+
+    monkeypatch.setattr(ops, "RIDE_OUT_RESTART_S", 0.05)  # a server gone for good: its error
+
+    def gone(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    results = _both(httpx.MockTransport(gone), lambda c: c.wait("t", poll_s=0.01))
+    assert all(isinstance(r, httpx.ConnectError) for r in results), results
+
+
 def test_tasks_takes_the_filters_the_server_knows_only() -> None:
     log: list[tuple[str, str, Any]] = []
     with Client("http://ris.test", transport=handler(log)) as c:

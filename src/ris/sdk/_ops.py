@@ -291,7 +291,9 @@ class Operations:
     ) -> Op[dict[str, Any]]:
         """Poll an image task until it ends; return its last progress, or raise RISError if it
         failed (404 not_found for an id that is not an image task's), TimeoutError once
-        `timeout` seconds passed with the task still queued or running (it is not cancelled)."""
+        `timeout` seconds passed with the task still queued or running (it is not cancelled).
+        A server restart is ridden out (the task is durable): httpx's error only once the
+        server has not answered for RIDE_OUT_RESTART_S (120 s)."""
         return (yield from _wait(task_id, on_progress, poll_s, timeout))
 
     @op
@@ -400,6 +402,12 @@ class Operations:
         return _json((yield Call("GET", "/api/models")))
 
 
+# How long wait() keeps asking a server that does not answer (a restart: its models load
+# before it listens again), and how often.
+RIDE_OUT_RESTART_S = 120.0
+RESTART_POLL_S = 1.0
+
+
 def _wait(
     task_id: str,
     on_progress: Callable[[dict[str, Any]], None] | None,
@@ -407,8 +415,21 @@ def _wait(
     timeout: float | None,
 ) -> Op[dict[str, Any]]:
     deadline = None if timeout is None else time.monotonic() + timeout
+    unanswered_since: float | None = None
     while True:
-        prog = _json((yield Call("GET", f"/api/image/progress/{task_id}")))
+        try:
+            prog = _json((yield Call("GET", f"/api/image/progress/{task_id}")))
+        except httpx.TransportError:
+            # An image task outlives a restart of its server (the durable queue): a wait that
+            # raised ConnectError at the restart's first refused connection left the client
+            # without the picture the server then made. Ridden out for a bounded time.
+            now = time.monotonic()
+            unanswered_since = now if unanswered_since is None else unanswered_since
+            if now - unanswered_since > RIDE_OUT_RESTART_S or (deadline is not None and now >= deadline):
+                raise
+            yield Pause(RESTART_POLL_S if deadline is None else max(0.0, min(RESTART_POLL_S, deadline - now)))
+            continue
+        unanswered_since = None
         if on_progress is not None:
             on_progress(prog)
         if prog["status"] in FINAL_STATES:
