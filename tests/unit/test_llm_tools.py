@@ -416,6 +416,45 @@ def test_a_schema_repeating_more_than_a_grammar_holds_is_refused_naming_the_keyw
     assert "maxLength.maxItems 1001 (at most 1000)" in e.value.message
 
 
+def test_a_pattern_the_grammar_cannot_hold_or_holds_at_great_cost_is_refused() -> None:
+    """One user's `pattern` "^a{0,30000}$" overflowed the LLM worker's stack (SIGSEGV: every
+    user's answers failed, and sent each second it held the lane down for minutes);
+    "^(a{0,200}){0,200}$" held the worker 80 s a request; "(a+)+$" answered with the
+    converter's AssertionError text. The count limits of the bounds below are checked against
+    llama.cpp itself in tests/integration/test_structured_output.py."""
+
+    def text(pattern: str) -> dict[str, Any]:
+        return {"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}}
+
+    for fine in (
+        "^a{0,1000}$",
+        "^(a{0,10}){0,10}$",  # 110 ways
+        "^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$",  # a UUID
+        r"^(\d{1,3}\.){3}\d{1,3}$",  # an IPv4 address
+        r"^\+?[0-9]{1,3}([ -]?[0-9]{2,4}){2,5}$",  # a phone number
+        "^(ab|cd){0,1000}$",  # alternatives of one width read one way
+        "^(a?)*$",  # unbounded: recursion, cheap
+    ):
+        assert constrained(text(fine)).constraint is not None, fine
+    for costly, said in (
+        ("^a{0,30000}$", "code.pattern {0,30000} repeats more than 1000 times"),
+        ("^(a{0,200}){0,200}$", "code.pattern {0,200} repeats a part that itself varies (201 ways)"),
+        ("^(a?){0,60}$", "{0,60} repeats a part that itself varies (2 ways)"),
+        ("^(a|aa|aaa){0,300}$", "(3 ways)"),
+        ("(a+)+$", "code.pattern must be anchored: start with ^ and end with $"),
+        ("^[a-z$", "code.pattern is not a regular expression this server reads"),
+    ):
+        with pytest.raises(APIError) as e:
+            constrained(text(costly))
+        assert e.value.status == 400 and said in e.value.message, (costly, e.value.message)
+        assert "AssertionError" not in e.value.message
+    # Wherever the schema holds it: a tool's parameters, a $ref's target.
+    hidden = {"$defs": {"C": text("^a{0,5000}$")}, "$ref": "#/$defs/C"}
+    with pytest.raises(APIError) as e:
+        constrained(hidden)
+    assert "repeats more than 1000 times" in e.value.message
+
+
 def test_a_schema_no_answer_can_match_is_refused_naming_the_bounds() -> None:
     """minLength 3 with maxLength 2 was accepted and answered "fab" (the converter wrote a
     grammar that does not hold the bounds it cannot meet)."""

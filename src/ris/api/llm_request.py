@@ -16,7 +16,7 @@ from ris.api.errors import APIError
 from ris.api.limits import MAX_ENUM_VALUES, MAX_SCHEMA_CHARS, MAX_STOP_CHARS, MAX_STOPS
 from ris.api.schemas import LLMFields
 from ris.config import ServerConfig
-from ris.lanes.json_schemas import impossible_bounds, long_repetitions
+from ris.lanes.json_schemas import impossible_bounds, long_repetitions, pattern_problems
 from ris.lanes.llm import (
     Constraint,
     LLMRequest,
@@ -164,6 +164,13 @@ def _check_constraint(
             f"the JSON schema asks for {', '.join(long[:3])}: more repetitions than a grammar "
             "holds (llama.cpp's bound); ask for fewer, or drop the keyword and bound the answer "
             "with max_tokens",
+            param,
+        )
+    costly = pattern_problems(schema)
+    if costly:
+        raise invalid(
+            f"the JSON schema's {'; '.join(costly)}; bound the string with maxLength instead, or "
+            "drop the pattern",
             param,
         )
     impossible = impossible_bounds(schema)

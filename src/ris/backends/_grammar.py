@@ -23,7 +23,7 @@ import numpy as np
 
 from ris.backends import BackendError
 from ris.backends._json_grammar import json_schema_to_gbnf
-from ris.lanes.json_schemas import long_repetitions
+from ris.lanes.json_schemas import long_repetitions, pattern_problems
 from ris.lanes.llm import Constraint
 from ris.lanes.llm_tools import CALL_CLOSE, CALL_OPEN, MAX_PARALLEL_CALLS
 
@@ -52,9 +52,13 @@ def gbnf(constraint: Constraint) -> tuple[str, str]:
     Cached by constraint: the same schema (a client's tools, every turn) is converted once."""
     # Checked by the API before queueing; again here, where a repetition past llama.cpp's parser
     # would crash the worker and every answer of its batch, whatever way the schema came in.
-    long = long_repetitions(json.loads(constraint.schema))
+    schema = json.loads(constraint.schema)
+    long = long_repetitions(schema)
     if long:
         raise BackendError("invalid_request", f"the JSON schema asks for {', '.join(long[:3])}")
+    costly = pattern_problems(schema)
+    if costly:
+        raise BackendError("invalid_request", f"the JSON schema's {'; '.join(costly)}")
     try:
         rules = json_schema_to_gbnf(constraint.schema)
     except Exception as e:  # noqa: BLE001 - the converter fails on odd schemas with any exception

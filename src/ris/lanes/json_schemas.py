@@ -8,6 +8,9 @@ Pure functions of the schema (no llama.cpp here: the API process imports this).
 from __future__ import annotations
 
 import math
+import re
+import re._constants as re_constants
+import re._parser as re_parser
 from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
@@ -102,6 +105,93 @@ def long_repetitions(schema: Any) -> list[str]:
         ]
 
     return _each(schema, check)
+
+
+# A `pattern`'s counted repetitions, as the converter writes them (x{0,n}: n nested optional
+# copies). Measured with llama.cpp's grammar parser here: a{0,1000} parses, a{0,2000} does not,
+# and a{0,30000} overflowed the worker's stack (a SIGSEGV that failed every answer of the
+# batch, and repeated, held the lane down for minutes).
+MAX_PATTERN_REPEAT = 1000
+# A counted repetition of something that itself varies ((a?){0,60}, (a{0,50}){0,50}) leaves
+# the grammar many ways to have read the same text, all tracked at every token: one check of
+# the vocabulary took 0.08 s at (a{0,10}){0,10}, 0.5 s at (a?){0,60}, 5 s at (a{0,50}){0,50}
+# (2 cores), one request held the worker for 80 s, and the answer's grammar bound
+# (MAX_GRAMMAR_S) is only checked between those steps. So such a repetition may count to
+# MAX_VARYING_REPEAT at most, and its count times the ways its body varies to
+# MAX_VARYING_WEIGHT. Unbounded ones ((a?)*, (a+)+) are written as recursion and stay cheap.
+MAX_VARYING_REPEAT = 20
+MAX_VARYING_WEIGHT = 200
+
+
+def pattern_problems(schema: Any) -> list[str]:
+    """Where a JSON schema's `pattern` is one the grammar cannot hold, or holds at a cost no
+    answer may take, e.g. ["code.pattern: a{0,30000} repeats more than 1000 times"]."""
+
+    def check(path: str, sub: dict[str, Any]) -> list[str]:
+        pattern = sub.get("pattern")
+        if not isinstance(pattern, str):
+            return []
+        return [f"{path}pattern {problem}" for problem in _pattern_problems(pattern)]
+
+    return _each(schema, check)
+
+
+def _pattern_problems(pattern: str) -> list[str]:
+    if not (pattern.startswith("^") and pattern.endswith("$")):
+        # The converter holds the whole string to the pattern, and asserts this (its
+        # AssertionError's text was the answer).
+        return ["must be anchored: start with ^ and end with $ (the whole string is held to it)"]
+    try:
+        tree = re_parser.parse(pattern)
+    except (re.error, RecursionError, OverflowError) as e:
+        return [f"is not a regular expression this server reads ({e})"]
+    found: list[str] = []
+    _weight(tree, found)
+    return found[:3]
+
+
+def _weight(items: Any, found: list[str]) -> int:
+    """How many ways `items` (a parsed regular expression) may vary in what it reads, capped;
+    each repetition past the bounds above noted in `found`."""
+    total = 1
+    for op, av in items:
+        if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.POSSESSIVE_REPEAT):
+            low, high, body = av
+            bounded = high != re_constants.MAXREPEAT
+            inner = _weight(body, found)
+            written = f"{{{low},{high if bounded else ''}}}"
+            if max(low, high if bounded else 0) > MAX_PATTERN_REPEAT:
+                found.append(f"{written} repeats more than {MAX_PATTERN_REPEAT} times (a grammar's bound)")
+                return _CAP
+            count = high if bounded else max(low, 1)
+            if inner > 1 and (count > MAX_VARYING_REPEAT or count * inner > MAX_VARYING_WEIGHT):
+                found.append(
+                    f"{written} repeats a part that itself varies ({inner} ways): over "
+                    f"{MAX_VARYING_REPEAT} repetitions, or {MAX_VARYING_WEIGHT} ways in all, cost the "
+                    "grammar seconds a token"
+                )
+                return _CAP
+            item = ((high - low + 1) if bounded else 2) * inner
+        elif op is re_constants.SUBPATTERN:
+            item = _weight(av[-1], found)
+        elif op is re_constants.BRANCH:
+            weights = [_weight(branch, found) for branch in av[1]]
+            widths = {branch.getwidth() for branch in av[1]}
+            # Alternatives of one fixed width ("ab|cd") read a text one way; of several widths
+            # ("a|aa|aaa") in as many ways as there are of them.
+            one_way = len(widths) == 1 and len({w for pair in widths for w in pair}) == 1
+            item = max(weights, default=1) if one_way else sum(weights)
+        elif op in (re_constants.ATOMIC_GROUP,):
+            item = _weight(av, found)
+        elif op in (re_constants.ASSERT, re_constants.ASSERT_NOT):
+            item = _weight(av[1], found)
+        else:  # one character, a class, an anchor: read one way
+            item = 1
+        total = min(_CAP, total * item)
+    return total
+
+
+_CAP = 10**6
 
 
 def impossible_bounds(schema: Any) -> list[str]:
