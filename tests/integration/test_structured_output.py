@@ -279,7 +279,7 @@ def test_a_pattern_that_crashed_the_worker_is_refused_on_every_route(server: Ser
     pid = server.worker_pid("llm")
     schema = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^a{0,30000}$"}}}
     tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
-    asks = [
+    asks: list[tuple[str, dict[str, Any]]] = [
         (
             "/v1/chat/completions",
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},

@@ -425,3 +425,14 @@ def test_ris_config_prints_no_key_and_its_placeholder_is_refused_as_a_key(
     assert "entry 0 is 'REDACTED', what `ris config` prints in place of a key" in said, said
     assert main(["config", "--config", str(given), "--show-keys"]) == 0
     assert json.loads(capsys.readouterr().out)["server"]["api_keys"][0] == "plain-secret-1"
+
+
+def test_a_server_of_several_keys_keeps_one_from_filling_a_queue() -> None:
+    """One key filled the image queue and every other key met 429 for a day; one person's box
+    (no key, or one) keeps its whole queue."""
+    data = base()
+    assert parse_config(data, TWO_CORES).lane(Lane.LLM).policy(keys=0).client_queue_share == 1.0
+    assert parse_config(data, TWO_CORES).lane(Lane.LLM).policy(keys=1).client_queue_share == 1.0
+    assert parse_config(data, TWO_CORES).lane(Lane.LLM).policy(keys=2).client_queue_share == 0.5
+    data["lanes"]["llm"]["client_queue_share"] = 0.25
+    assert parse_config(data, TWO_CORES).lane(Lane.LLM).policy(keys=0).client_queue_share == 0.25

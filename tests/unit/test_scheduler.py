@@ -643,3 +643,31 @@ def test_percentiles_are_nearest_rank() -> None:
     assert [percentile(range(1, n + 1), 50) for n in (2, 4, 6, 8)] == [1, 2, 3, 4]  # the lower middle
     assert percentile(range(1, 1001), 50) == 500 and percentile(range(1, 1001), 99) == 990
     assert percentile([5.0], 0) == 5.0 and percentile([1, 2, 3], 100) == 3 and percentile([], 50) is None
+
+
+def test_one_client_holds_at_most_its_share_of_the_queue() -> None:
+    """One key queued 257 hour-long images and every other key met 429 queue_full for a day
+    (the durable image queue outlives restarts too). With a share of 0.5, a client holds half
+    the places; the others' tasks are admitted, and the client's own as its tasks leave."""
+    s = Scheduler({Lane.IMAGE: LanePolicy(max_queue=8, client_queue_share=0.5)}, FakeClock())
+    s.set_slots(Lane.IMAGE, 1)
+
+    def image(client: str | None) -> TaskSpec:
+        return TaskSpec(lane=Lane.IMAGE, client=client)
+
+    first = s.submit(image("alice"))
+    s.dispatch()  # running: no queue place of hers
+    mine = [s.submit(image("alice")) for _ in range(4)]
+    with pytest.raises(QueueFull, match="this client's share of the image queue is full \\(4 of its places"):
+        s.submit(image("alice"))
+    assert s.room(Lane.IMAGE, "alice") == 0 and s.room(Lane.IMAGE, "bob") == 4
+    with pytest.raises(QueueFull):
+        s.require_room(Lane.IMAGE, 2, "alice")  # a batch is held to the share too
+    bobs = [s.submit(image("bob")) for _ in range(4)]  # the rest of the queue is the others'
+    assert len(bobs) == 4
+    with pytest.raises(QueueFull, match="the image queue is full"):
+        s.submit(image("carol"))
+    s.cancel(mine[0].id)
+    s.submit(image("alice"))  # a place of hers freed
+    s.submit(image(None), force=True)  # resumed after a restart: never refused
+    assert s.get(first.id) is not None

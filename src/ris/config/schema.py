@@ -131,6 +131,14 @@ class LaneConfig(_Strict):
         description="the share of the lane's slots one client (API key, else address) may hold "
         "while another client's task waits (at least one slot; 1: priority order alone)",
     )
+    client_queue_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="the share of the lane's queue places one client (API key, else address) may "
+        "hold (at least one; 1: any, up to max_queue), so one key cannot lock the others out; "
+        "null: 0.5 where server.api_keys holds more than one key, else 1",
+    )
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="default deadline of a request, from its submission"
     )
@@ -245,13 +253,20 @@ class LaneConfig(_Strict):
             return int(machine.memory_bytes * default_share)
         return self.memory_limit_mb * 2**20 if self.memory_limit_mb else None
 
-    def policy(self) -> LanePolicy:
+    def policy(self, keys: int = 0) -> LanePolicy:
+        """The scheduler's policy for the lane; `keys`: how many API keys the server has (with
+        several, clients are users to keep from locking each other out of a queue; with one or
+        none, most often one person, whose queue is all theirs)."""
         pclass = PriorityClass.REALTIME if self.priority_class == "realtime" else PriorityClass.BATCH
+        queue_share = self.client_queue_share
+        if queue_share is None:
+            queue_share = DEFAULT_CLIENT_QUEUE_SHARE if keys > 1 else 1.0
         return LanePolicy(
             max_queue=self.max_queue,
             aging_s=self.aging_s,
             priority_class=pclass,
             client_share=self.client_share,
+            client_queue_share=queue_share,
         )
 
     def resolve_model(self, name: str | None) -> str:
@@ -287,6 +302,10 @@ class NamedKey(_Strict):
         return f"NamedKey(name={self.name!r}, role={self.role!r})"
 
     __str__ = __repr__
+
+
+# A lane's queue places one key's tasks may hold on a server with several keys.
+DEFAULT_CLIENT_QUEUE_SHARE = 0.5
 
 
 class ServerConfig(_Strict):

@@ -109,7 +109,8 @@ class Engine:
         self.clock = clock
         self.wall_clock = wall
         self.kinds: dict[str, LaneKind[Any, Any, Any]] = {lane: lanes.kind(lane) for lane in config.lanes}
-        self._policies = {lane: cfg.policy() for lane, cfg in config.lanes.items()}
+        keys = len(config.server.api_keys)
+        self._policies = {lane: cfg.policy(keys) for lane, cfg in config.lanes.items()}
         self._scheduler = Scheduler(
             self._policies, clock, ordering=config.scheduling, unreported=lambda t: t in self._handles
         )
@@ -454,7 +455,7 @@ class Engine:
         """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
         if one still fails to be admitted, those admitted before it are cancelled."""
         if kind.name in self._replicas:  # otherwise submit() says why the lane takes nothing
-            self._scheduler.require_room(kind.name, len(requests))
+            self._scheduler.require_room(kind.name, len(requests), client)
         handles: list[TaskHandle[Res]] = []
         try:
             for request in requests:

@@ -68,6 +68,10 @@ class LaneQueue:
         """The clients with tasks in the queue (None: tasks of no client)."""
         return set(self._clients)
 
+    def queued_of(self, client: str | None) -> int:
+        """How many of the queued tasks are `client`'s."""
+        return self._clients.get(client, 0)
+
     def client_count(self) -> int:
         """How many clients have tasks in the queue."""
         return len(self._clients)

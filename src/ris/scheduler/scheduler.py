@@ -67,6 +67,9 @@ class LanePolicy:
     # The share of the lane's slots one client (TaskSpec.client) may hold while another
     # client's task waits; at least one slot. Alone, a client takes every free slot.
     client_share: float = 1.0
+    # The share of the lane's queue places one client may hold (at least one place): one key
+    # that filled a queue of hour-long images locked every other client out of it for a day.
+    client_queue_share: float = 1.0
 
 
 class Ordering(enum.StrEnum):
@@ -79,9 +82,21 @@ class QueueFull(Exception):
     which `room` would fit); the caller should retry after `retry_after_s`."""
 
     def __init__(
-        self, lane: str, depth: int, retry_after_s: float, *, wanted: int = 1, room: int = 0
+        self,
+        lane: str,
+        depth: int,
+        retry_after_s: float,
+        *,
+        wanted: int = 1,
+        room: int = 0,
+        client_cap: int | None = None,
     ) -> None:
-        if wanted > 1:
+        if client_cap is not None:
+            message = (
+                f"this client's share of the {lane} queue is full ({client_cap} of its places "
+                f"hold its tasks; client_queue_share): wait for them, or cancel some"
+            )
+        elif wanted > 1:
             message = (
                 f"the {lane} queue has room for {room} more task{'s' if room != 1 else ''}, not the "
                 f"{wanted} asked for together ({depth} waiting); a batch is queued whole or not at all"
@@ -215,6 +230,16 @@ class Scheduler:
             if not retry:
                 book.rejected += 1
             raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane))
+        cap = self._client_queue_cap(book)
+        if (
+            cap is not None
+            and spec.client is not None
+            and not (force or starts_now)
+            and book.queue.queued_of(spec.client) >= cap
+        ):
+            if not retry:
+                book.rejected += 1
+            raise QueueFull(spec.lane, len(book.queue), self.retry_after(spec.lane), client_cap=cap)
         now = self._clock() if submitted_at is None else submitted_at
         task = Task(
             id=task_id or self._new_id(),
@@ -234,22 +259,31 @@ class Scheduler:
         self._tasks[task.id] = task
         return task
 
-    def room(self, lane: str) -> int:
+    @staticmethod
+    def _client_queue_cap(book: _LaneBook) -> int | None:
+        """The queue places one client may hold (None: no bound below the queue's own)."""
+        share = book.policy.client_queue_share
+        return None if share >= 1.0 else max(1, math.ceil(share * book.queue.capacity))
+
+    def room(self, lane: str, client: str | None = None) -> int:
         """How many more tasks the lane admits now, submitted one after another with a dispatch
         after each (as the engine does): its free queue places and, with per-lane ordering,
         its free worker slots, since that many new tasks start at once and leave their places
         free. FIFO ordering may hold a task behind another lane's head: places only there."""
         book = self._book(lane)
         places = max(0, book.queue.capacity - len(book.queue))
+        cap = self._client_queue_cap(book)
+        if cap is not None and client is not None:
+            places = min(places, max(0, cap - book.queue.queued_of(client)))
         if places == 0 or self.ordering is Ordering.FIFO:
             return places
         return places + max(0, book.slots - len(book.running))
 
-    def require_room(self, lane: str, count: int) -> None:
+    def require_room(self, lane: str, count: int, client: str | None = None) -> None:
         """Raise QueueFull unless `count` tasks would all be admitted now: a batch (n images
         in one request) is admitted whole or not at all, never partly, with ids the client
         would never see."""
-        room = self.room(lane)
+        room = self.room(lane, client)
         if count > room:
             book = self._book(lane)
             book.rejected += 1
