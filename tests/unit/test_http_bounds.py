@@ -134,6 +134,62 @@ async def test_one_address_may_hold_only_so_many_connections(
 
 @pytest.mark.parametrize("parser", ["httptools", "h11"])
 @run
+async def test_at_the_total_bound_the_longest_idle_connection_makes_room(
+    parser: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 hosts of 1,000 idle connections each took every file descriptor (the per-address
+    bound held for each). Past the total bound, the connection that has waited longest for a
+    request head is closed for the newcomer; one in a request is never."""
+    monkeypatch.setattr(http_bounds, "total_limit", lambda: 3)
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/busy":
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serving(parser, app) as port, _released(release):
+        busy_reader, busy = await asyncio.open_connection("127.0.0.1", port)
+        busy.write(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        await busy.drain()
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        # A fourth: the oldest idle one goes for it; the one in a request stays.
+        assert (await exchange(port, GET + b"Connection: close\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(idle[0][0].read(), 2) == b""  # closed for it
+        idle[1][1].write(GET + b"\r\n")  # the other idle one was left be: it is served
+        assert (await asyncio.wait_for(idle[1][0].read(1024), 2)).startswith(b"HTTP/1.1 200")
+        release.set()
+        assert (await asyncio.wait_for(busy_reader.read(1024), 2)).startswith(b"HTTP/1.1 200")
+        busy.close()
+        for _reader, writer in idle:
+            writer.close()
+        await asyncio.sleep(0.1)
+    assert http_bounds._total == 0 and not http_bounds._waiting  # every connection counted out
+
+
+@asynccontextmanager
+async def _released(event: asyncio.Event) -> AsyncIterator[None]:
+    """`event` set however the block ends: a request waiting on it would hold the server's stop."""
+    try:
+        yield
+    finally:
+        event.set()
+
+
+def test_an_ipv6_host_counts_as_its_64() -> None:
+    """A host given a /64 may open connections from as many addresses as it likes."""
+    from ris.api.keys import address_group
+
+    assert address_group("2001:db8:1:2::5") == address_group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_group("10.0.0.7") == "10.0.0.7"
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@run
 async def test_a_pipelined_request_read_whole_is_not_cut_by_the_head_bound(
     parser: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

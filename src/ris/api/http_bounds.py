@@ -8,9 +8,14 @@ request reaches the app (and its guards: keys, body limit, memory ceiling):
   head time     a connection's next request head complete within HEAD_TIMEOUT_S of its
                 opening or of the last answer; one trickled a byte at a time is closed. uvicorn
                 bounds only the wait between requests (timeout_keep_alive).
-  connections   at most `per_address_limit()` open connections from one address: thousands of
-                unfinished heads from one host took every file descriptor, and keyed clients
-                were refused with them.
+  connections   at most `per_address_limit()` open connections from one address (an IPv6
+                one's /64: a host may fill it with addresses): thousands of unfinished heads
+                from one host took every file descriptor, and keyed clients were refused with
+                them. And at most `total_limit()` from all: 20 hosts of 1,000 idle connections
+                each took every descriptor (the store, the workers' pipes and the monitor
+                failed with EMFILE four times a second); past it, the connection that has
+                waited longest for a request head is closed to make room, so clients that
+                send requests get in while those that send nothing are let go.
 
 The bounds hold for both parsers; `protocol(name)` is the class uvicorn is given.
 """
@@ -25,6 +30,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ris.api.keys import address_group
+
 log = logging.getLogger("ris.api")
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -35,16 +42,37 @@ REFUSED_LINGER_S = 1.0
 # descriptors: the rest stay for other clients, the workers' pipes, files and the store.
 MAX_CONNECTIONS_PER_ADDRESS = 1024
 
-# Open connections by client address, over every listener of the process (the main port and
-# the Ollama listener share one budget).
+# File descriptors kept from connections, for the store, logs, result files, the workers'
+# pipes and a cluster's sockets: at least this many, and a quarter of the process's.
+RESERVED_DESCRIPTORS = 256
+
+# Open connections by client address group (keys.address_group), over every listener of the
+# process (the main port and the Ollama listener share one budget).
 _open: collections.Counter[str] = collections.Counter()
+# Every open connection that waits for a request head (a fresh one, or one between requests),
+# oldest first: who makes room when the process is at total_limit().
+_waiting: dict[_Bounded, None] = {}
+_total = 0
+
+
+def _soft_limit() -> int | None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def per_address_limit() -> int:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    soft = _soft_limit()
+    if soft is None:
         return MAX_CONNECTIONS_PER_ADDRESS
     return max(16, min(MAX_CONNECTIONS_PER_ADDRESS, soft // 4))
+
+
+def total_limit() -> int:
+    """Open connections the process holds at most, all addresses together."""
+    soft = _soft_limit()
+    if soft is None:
+        return 1 << 20
+    return max(32, soft - max(RESERVED_DESCRIPTORS, soft // 4))
 
 
 def _refusal(status: bytes, text: str) -> bytes:
@@ -61,21 +89,32 @@ class _Bounded:
     _address: str | None = None
     _head_timer: asyncio.TimerHandle | None = None
 
+    _counted = False
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        global _total
         super().connection_made(transport)  # type: ignore[misc]
+        _total += 1
+        self._counted = True
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else None
         if address is not None:
-            _open[address] += 1
-            self._address = address
-            if _open[address] > per_address_limit():
-                log.warning("refused a connection from %s: %d open already", address, _open[address] - 1)
-                self.transport.write(
-                    _refusal(b"503 Service Unavailable", "too many open connections from this address\n")
-                )
-                self.transport.close()
+            group = address_group(address)
+            _open[group] += 1
+            self._address = group
+            if _open[group] > per_address_limit():
+                log.warning("refused a connection from %s: %d open already", group, _open[group] - 1)
+                self._refuse("too many open connections from this address\n")
                 return
+        if _total > total_limit() and not _make_room(self):
+            log.warning("refused a connection: %d open, every one busy with a request", _total - 1)
+            self._refuse("too many open connections\n")
+            return
         self._arm_head_timer()
+
+    def _refuse(self, text: str) -> None:
+        self.transport.write(_refusal(b"503 Service Unavailable", text))
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._let_go()
@@ -89,7 +128,11 @@ class _Bounded:
         super().handle_websocket_upgrade(*args)  # type: ignore[misc]
 
     def _let_go(self) -> None:
+        global _total
         self._head_complete()
+        if self._counted:
+            _total -= 1
+            self._counted = False
         if self._address is not None:
             _open[self._address] -= 1
             if _open[self._address] <= 0:
@@ -107,16 +150,30 @@ class _Bounded:
     def _arm_head_timer(self) -> None:
         self._head_complete()
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_too_slow)
+        _waiting[self] = None
 
     def _head_complete(self) -> None:
+        _waiting.pop(self, None)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
+        _waiting.pop(self, None)
         if not self.transport.is_closing():
             self.transport.close()
+
+
+def _make_room(newcomer: _Bounded) -> bool:
+    """Close the connection that has waited longest for a request head (not `newcomer`);
+    False where every other open connection is in a request."""
+    for oldest in _waiting:
+        if oldest is not newcomer:
+            oldest._head_complete()
+            oldest.transport.close()
+            return True
+    return False
 
 
 class BoundedH11(_Bounded, H11Protocol):

@@ -59,7 +59,7 @@ def key_principals(entries: Iterable[str | NamedKey]) -> dict[str, Principal]:
     return out
 
 
-def _group(client: str) -> str:
+def address_group(client: str) -> str:
     """The budget an address spends: its own for IPv4, its /64 for IPv6 (one host's share of
     a network, which it may fill with addresses)."""
     try:
@@ -108,7 +108,7 @@ class KeyChecker:
 
     def check(self, client: str, given: str) -> Verdict:
         """Whether `given` (non-empty) is a key, for a request from address `client`."""
-        client = _group(client)
+        client = address_group(client)
         bucket = self._bucket(client)
         if bucket is not None and bucket.tokens < 1:
             # Unchecked, but for a key this address already showed to be right: that tells a
