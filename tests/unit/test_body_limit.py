@@ -152,3 +152,33 @@ def test_a_body_that_stops_arriving_is_a_408_and_one_whose_client_left_is_not_an
     gone = Stalling(leaves=True)
     asyncio.run(BodyLimit(APP, LIMIT)(scope, gone.receive, gone.send))
     assert gone.sent == []  # no one to answer, and the route never ran on half a body
+
+
+class Trickling(Client):
+    """Sends a byte at a time, each well within the pause allowed, for ever."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+
+    async def receive(self) -> Message:
+        await asyncio.sleep(0.05)
+        self.pulled += 1
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+
+def test_a_body_trickled_within_each_pause_still_ends_at_the_total_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A byte every 12 s (each pause under 20 s) held a keyed connection with no end."""
+    monkeypatch.setattr(app_module, "BODY_TOTAL_TIMEOUT_S", 0.5)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/tts/synthesize",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "query_string": b"",
+    }
+    slow = Trickling()
+    asyncio.run(asyncio.wait_for(BodyLimit(APP, LIMIT)(scope, slow.receive, slow.send), 5))
+    assert slow.status == 408 and slow.error["code"] == "body_timeout"
+    assert "the whole arrive within 0.5 s" in slow.error["message"] and slow.pulled >= 3

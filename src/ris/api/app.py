@@ -90,6 +90,9 @@ OLLAMA_ROUTERS: tuple[APIRouter, ...] = (
 # 408 `body_timeout` (a body that stopped half-way held its connection for ever, and the route
 # reading it logged a traceback when the client finally left).
 BODY_IDLE_TIMEOUT_S = 20.0
+# How long a whole request body may take: a byte every 12 s kept a keyed connection open with
+# no end (each pause within the one above). At the default max_body_bytes (1 MB), 8 KB/s.
+BODY_TOTAL_TIMEOUT_S = 120.0
 
 
 class BodyLimit:
@@ -97,7 +100,8 @@ class BodyLimit:
     the limit (and one chunk) into memory, and bodies that stall with 408 `body_timeout`.
 
     With Content-Length the header decides the size before anything is read. Every body is
-    read here, up to the limit, each piece within BODY_IDLE_TIMEOUT_S of the last, and handed
+    read here, up to the limit, each piece within BODY_IDLE_TIMEOUT_S of the last and the whole
+    within BODY_TOTAL_TIMEOUT_S, and handed
     on whole: refused from inside the app instead, as a route read it, FastAPI's body parsing
     turned the refusal into a 400 'error parsing the body'. A client that leaves before its
     body ends is not answered, and no route sees half a body.
@@ -120,9 +124,12 @@ class BodyLimit:
             await self.app(scope, receive, send)  # no body
             return
         body = bytearray()
+        loop = asyncio.get_running_loop()
+        whole_by = loop.time() + BODY_TOTAL_TIMEOUT_S
         while True:
+            piece_by = min(loop.time() + BODY_IDLE_TIMEOUT_S, whole_by)
             try:
-                async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):  # no task per piece, as wait_for made
+                async with asyncio.timeout_at(piece_by):  # no task per piece, as wait_for made
                     message = await receive()
             except TimeoutError:
                 await self._stalled(scope, receive, send)
@@ -142,7 +149,7 @@ class BodyLimit:
             408,
             "body_timeout",
             f"the request body stopped arriving: each part must follow the last within "
-            f"{BODY_IDLE_TIMEOUT_S:g} s",
+            f"{BODY_IDLE_TIMEOUT_S:g} s, and the whole arrive within {BODY_TOTAL_TIMEOUT_S:g} s",
             {"Connection": "close"},
             dialect=dialect_of(scope),
         )
