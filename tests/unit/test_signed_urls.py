@@ -6,6 +6,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from ris.api.signed_urls import KEY_FILE, UrlSigner, data_folder_key
 
 PATH = "/api/image/result/" + "a" * 32
@@ -49,3 +51,21 @@ def test_the_data_folders_signing_key_is_random_private_and_kept(tmp_path: Path)
     assert len(key) == 32 and data_folder_key(folder) == key  # kept: URLs outlive a restart
     assert stat.S_IMODE(os.stat(folder / KEY_FILE).st_mode) == 0o600
     assert data_folder_key(tmp_path / "other") != key
+
+
+def test_the_access_log_keeps_no_signature(caplog: pytest.LogCaptureFixture) -> None:
+    """The access log held each signed URL whole: whoever read the log could open the image
+    without a key for an hour."""
+    import logging
+
+    from ris.api.signed_urls import hide_signatures_in_access_log
+
+    hide_signatures_in_access_log()
+    hide_signatures_in_access_log()  # once per process, however many apps are made
+    access = logging.getLogger("uvicorn.access")
+    assert len(access.filters) == 1
+    path = "/api/image/result/" + "a" * 32 + "?expires=1700000000&signature=" + "0f" * 32
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", path, "1.1", 200)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "signature=REDACTED" in line and "0f0f" not in line and "expires=1700000000" in line

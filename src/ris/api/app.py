@@ -44,7 +44,7 @@ from ris.api.routes import (
 )
 from ris.api.schemas import ErrorBody
 from ris.api.security import ForwardedProto, Guard, served_hosts
-from ris.api.signed_urls import UrlSigner, data_folder_key
+from ris.api.signed_urls import UrlSigner, data_folder_key, hide_signatures_in_access_log
 from ris.api.streams import BrokenStreamLog
 from ris.config import Config
 from ris.runtime.engine import Engine
@@ -246,6 +246,7 @@ def create_app(
     app.state.url_signer = UrlSigner.for_keys(
         key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
     )
+    hide_signatures_in_access_log()
     _serve(app, config, ROUTERS)
     _document_bodies(app)
     return app
