@@ -101,6 +101,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if problem:
             print(f"ris serve: {problem}", file=sys.stderr)
             return 1
+        shared = _open_to_others(cfg.data_dir)
+        if shared:
+            print(
+                f"ris serve: warning: {', '.join(shared)} in the data folder can be read or written "
+                "by other users of this machine (made before RIS kept its files private, or by "
+                f"hand); `chmod -R go-rwx {str(cfg.data_dir)!r}` makes them private",
+                file=sys.stderr,
+            )
         return _serve(args, cfg)
     finally:
         data_lock.release(cfg.data_dir)
@@ -130,6 +138,24 @@ def _data_folder_problem(folder: Path) -> str | None:
         if sub.exists() and not os.access(sub, os.W_OK | os.X_OK):
             return f"the data folder's {str(sub)!r} cannot be written by this user{owner_note(sub)}"
     return None
+
+
+# What in the data folder holds users' prompts, results or secrets: what another local user
+# must not read (the server makes them private; an older folder kept the modes it had).
+PRIVATE_ENTRIES = (".", "tasks.db", "tasks.db-wal", "url_signing.key", *DATA_SUBFOLDERS)
+
+
+def _open_to_others(folder: Path) -> list[str]:
+    """The private entries of the data folder that group or others may read or write."""
+    found = []
+    for name in PRIVATE_ENTRIES:
+        try:
+            mode = (folder / name).stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            found.append("the folder itself" if name == "." else name)
+    return found
 
 
 def _serve(args: argparse.Namespace, cfg: Config) -> int:

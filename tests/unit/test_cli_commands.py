@@ -339,3 +339,22 @@ def test_serve_on_any_free_port_names_the_port_it_got(
 
     with pytest.raises(AppBuilt):
         serve(tmp_path, monkeypatch, built, "--port", "0")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_a_data_folder_left_readable_by_others_is_named_at_start(tmp_path: object) -> None:
+    """A folder from before RIS kept its files private (tasks.db 644, folders 755) served
+    without a word: every user's prompts readable by any local user."""
+    from pathlib import Path
+
+    from ris.cli import _open_to_others
+
+    folder = Path(str(tmp_path)) / "data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "tasks.db").write_bytes(b"")
+    for path in (folder, folder / "images", folder / "tasks.db"):
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    assert _open_to_others(folder) == []
+    folder.chmod(0o755)
+    (folder / "tasks.db").chmod(0o644)
+    assert _open_to_others(folder) == ["the folder itself", "tasks.db"]
