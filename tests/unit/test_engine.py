@@ -435,6 +435,8 @@ def test_failures_a_retry_repeats_say_so_and_passing_ones_say_when() -> None:
     for code in ("deadline_exceeded", "worker_timeout", "worker_crashed", "worker_out_of_memory"):
         refused = task_error(code, "x")
         assert refused.headers == {"x-should-retry": "false"}, code
+    # A deadline that passed in the queue: a backlog, which a retry may find gone.
+    assert task_error("deadline_exceeded", "x", ran=False).headers == {}
     assert task_error("lane_pending", "x").headers == {"Retry-After": "5"}
     assert task_error("server_shutdown", "x").headers == {"Retry-After": "5"}
 

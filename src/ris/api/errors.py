@@ -119,9 +119,13 @@ def lane_unavailable(e: LaneUnavailable) -> APIError:
     return APIError(503, e.code, str(e), headers={"Retry-After": RETRY_AFTER_503})
 
 
-def task_error(code: str, message: str) -> APIError:
-    """The error response for a failure reported by code (a task's, or the speaking pipeline's)."""
+def task_error(code: str, message: str, *, ran: bool = True) -> APIError:
+    """The error response for a failure reported by code (a task's, or the speaking pipeline's).
+    `ran`: whether the task reached a worker; a deadline that passed in the queue is a backlog
+    a retry may well find gone, not a request that holds the lane as long again."""
     status = failure_status(code)
+    if code == "deadline_exceeded" and not ran:
+        return APIError(status, code, message)
     if code in NOT_TO_RETRY:
         return APIError(status, code, message, headers=NO_RETRY)
     retry = {"Retry-After": RETRY_AFTER_503} if status == 503 else None
@@ -142,7 +146,9 @@ def no_result(view: TaskView[Any], what: str) -> APIError:
 
 def failure(view: TaskView[Any]) -> APIError:
     """The error a task that did not succeed answers with."""
-    return task_error(view.error_code or "failed", view.error_message or "the task failed")
+    return task_error(
+        view.error_code or "failed", view.error_message or "the task failed", ran=view.started_at is not None
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -46,8 +46,8 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `x-should-retry: false` instead (OpenAI's SDKs obey it): a lane the config disables (503
   `lane_unavailable`), a request whose worker died or hung under it (`worker_crashed`,
   `worker_out_of_memory`, `worker_timeout`: it may be the cause), a request that ran out its
-  deadline (504 `deadline_exceeded`: sent again it holds the lane as long, and ends the same
-  way) and the wrong-key throttle's 429 (`too_many_wrong_keys`, which keeps its `Retry-After`
+  deadline while running (504 `deadline_exceeded`: sent again it holds the lane as long, and
+  ends the same way; one whose deadline passed in the queue says nothing either way) and the wrong-key throttle's 429 (`too_many_wrong_keys`, which keeps its `Retry-After`
   too).
 - `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
   model with a chat template it goes through that template as the user's message (with an
