@@ -38,11 +38,11 @@ FAILURE_STATUS = {
 # Failures a retry of the same request repeats, at the same cost: a worker that died under it
 # (the request may be what killed it, and sent again it would take the replaced worker, and
 # the requests batched on it, down again), a worker that hung on it, a deadline it ran out
-# while running (the caller's timeout_s or the lane's request_timeout_s: sent again, it holds the
-# lane as long and ends the same way; OpenAI's client sent a 504 three times; one that passed
-# in the queue is answered plainly: the backlog may be gone, api.errors.task_error). Answered without Retry-After and
-# with `x-should-retry: false`, which OpenAI's SDKs obey (they retry any 5xx otherwise); RIS's
-# SDK does not retry them either.
+# while running (the caller's timeout_s or the lane's request_timeout_s: sent again, it holds
+# the lane as long and ends the same way; OpenAI's client sent a 504 three times; one that
+# passed in the queue is answered plainly: the backlog may be gone, api.errors.task_error).
+# Answered without Retry-After and with `x-should-retry: false`, which OpenAI's SDKs obey
+# (they retry any 5xx otherwise); RIS's SDK does not retry them either.
 NOT_TO_RETRY = frozenset({"worker_crashed", "worker_out_of_memory", "worker_timeout", "deadline_exceeded"})
 
 

@@ -306,3 +306,20 @@ def test_tool_schemas_with_refs_become_grammars() -> None:
     for one in (tools[:1], tools):
         text, root = gbnf(Constraint(call_schema(one), "tool_calls"))
         assert root == "tool-calls" and "f-args ::=" in text  # the converter names f__args so
+
+
+def test_a_grammar_nested_past_what_llama_cpp_parses_is_refused_whatever_let_it_by(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backstop behind the schema checks: "^a{0, 30000}$" (a count with a space) passed a
+    check that read the pattern with Python's `re`, and llama.cpp's parser overflowed the
+    worker's stack on the 30,000 levels the converter wrote."""
+    import ris.backends._grammar as grammar
+
+    monkeypatch.setattr(grammar, "pattern_problems", lambda schema: [])  # as if a check missed it
+    deep = Constraint(json.dumps({"type": "string", "pattern": "^a{0,3000}$"}))
+    with pytest.raises(BackendError) as e:
+        grammar.gbnf(deep)
+    assert e.value.code == "invalid_request" and "nests 3000 levels deep (at most 2000)" in e.value.message
+    held = Constraint(json.dumps({"type": "string", "maxLength": 2000}))  # the deepest the checks let by
+    assert grammar._nesting(grammar.gbnf(held)[0]) == grammar.MAX_GRAMMAR_NESTING

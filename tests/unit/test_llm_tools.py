@@ -442,12 +442,24 @@ def test_a_pattern_the_grammar_cannot_hold_or_holds_at_great_cost_is_refused() -
         ("^(a?){0,60}$", "{0,60} repeats a part that itself varies (2 ways)"),
         ("^(a|aa|aaa){0,300}$", "(3 ways)"),
         ("(a+)+$", "code.pattern must be anchored: start with ^ and end with $"),
-        ("^[a-z$", "code.pattern is not a regular expression this server reads"),
+        ("^[a-z$", "code.pattern is not a pattern this server reads (an unclosed '[')"),
+        # Read as the converter reads a count, not as Python's `re` (to which these are text):
+        # each of them passed a check made with `re`, and the worker crashed all the same.
+        ("^a{0, 30000}$", "{0, 30000} repeats more than 1000 times"),
+        ("^a{0,30000 }$", "repeats more than 1000 times"),
+        ("^(a{0,200}){0, 200}$", "repeats a part that itself varies"),
+        ("^a{0,30_000}$", "a count is written in digits"),
+        ("^a{0,\uff13\uff10\uff10\uff10\uff10}$", "a count is written in digits"),  # full-width
+        ("^(?:a){3}$", "non-capturing groups are not supported"),
     ):
         with pytest.raises(APIError) as e:
             constrained(text(costly))
         assert e.value.status == 400 and said in e.value.message, (costly, e.value.message)
         assert "AssertionError" not in e.value.message
+    # Only where the converter reads it: an integer's pattern, or an enum's, is never grammar.
+    ignored = {"type": "object", "properties": {"n": {"type": "integer", "pattern": "\\d+"}}}
+    assert constrained(ignored).constraint is not None
+    assert constrained({"type": "string", "enum": ["a"], "pattern": "[a]"}).constraint is not None
     # Wherever the schema holds it: a tool's parameters, a $ref's target.
     hidden = {"$defs": {"C": text("^a{0,5000}$")}, "$ref": "#/$defs/C"}
     with pytest.raises(APIError) as e:

@@ -66,6 +66,15 @@ def gbnf(constraint: Constraint) -> tuple[str, str]:
             "invalid_request", f"the JSON schema cannot be turned into a grammar: {type(e).__name__}: {e}"
         ) from e
     rules = _CHAR_LINE.sub(lambda _: _CHAR_RULE, rules)
+    depth = _nesting(rules)
+    if depth > MAX_GRAMMAR_NESTING:
+        # Whatever let it through the schema's checks: llama.cpp's parser recurses once per
+        # level, and 30,000 levels overflowed the worker's stack.
+        raise BackendError(
+            "invalid_request",
+            f"the JSON schema's grammar nests {depth} levels deep (at most {MAX_GRAMMAR_NESTING}): "
+            "ask for fewer repetitions",
+        )
     if constraint.form == "json":
         return rules, "root"
     block = f'"{_escape(CALL_OPEN)}\\n" root "\\n{_escape(CALL_CLOSE)}"'
@@ -76,6 +85,36 @@ def gbnf(constraint: Constraint) -> tuple[str, str]:
         first = f'[ \\n]{{0,2}} root [ \\n]{{0,2}} "{_escape(CALL_CLOSE)}"'
         return f"{rules}\n{_CALLS_ROOT} ::= {first} {more}\n", _CALLS_ROOT
     return f"{rules}\n{_CALLS_ROOT} ::= {block} {more}\n", _CALLS_ROOT
+
+
+# The deepest grammar the schema checks let through (maxLength 2,000: 2,000 nested optional
+# groups, which llama.cpp parses); a backstop for any way past them.
+MAX_GRAMMAR_NESTING = 2000
+
+
+def _nesting(rules: str) -> int:
+    """How deep a GBNF text's parentheses nest (outside its string literals and classes)."""
+    depth = deepest = 0
+    i, n = 0, len(rules)
+    quoted = in_class = False
+    while i < n:
+        c = rules[i]
+        if quoted or in_class:
+            if c == "\\":
+                i += 1
+            elif (quoted and c == '"') or (in_class and c == "]"):
+                quoted = in_class = False
+        elif c == '"':
+            quoted = True
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return deepest
 
 
 def _escape(literal: str) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import re._constants as re_constants
-import re._parser as re_parser
 from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
@@ -125,73 +123,157 @@ MAX_VARYING_WEIGHT = 200
 
 def pattern_problems(schema: Any) -> list[str]:
     """Where a JSON schema's `pattern` is one the grammar cannot hold, or holds at a cost no
-    answer may take, e.g. ["code.pattern: a{0,30000} repeats more than 1000 times"]."""
+    answer may take, e.g. ["code.pattern {0,30000} repeats more than 1000 times"]. Only where
+    the converter reads it: a string's (an integer's or an enum's pattern is never read)."""
 
     def check(path: str, sub: dict[str, Any]) -> list[str]:
         pattern = sub.get("pattern")
-        if not isinstance(pattern, str):
+        if not isinstance(pattern, str) or not _pattern_read(sub):
             return []
         return [f"{path}pattern {problem}" for problem in _pattern_problems(pattern)]
 
     return _each(schema, check)
 
 
+def _pattern_read(sub: dict[str, Any]) -> bool:
+    """Whether the converter may turn `sub`'s pattern into grammar: not where a $ref, a
+    combinator, a const or an enum decides first, nor for a type that is not a string."""
+    if any(key in sub for key in ("$ref", "oneOf", "anyOf", "const", "enum")):
+        return False
+    kind = sub.get("type")
+    return kind is None or kind == "string" or (isinstance(kind, list) and "string" in kind)
+
+
+class _Unreadable(ValueError):
+    """A pattern the converter cannot read (it fails with an AssertionError or a ValueError)."""
+
+
+# Read the way llama-cpp-python's converter reads a pattern (SchemaConverter._visit_pattern),
+# not as Python's `re` does: a count is whatever stands between braces, spaces stripped, so
+# "{0, 30000}" is a count to the converter and literal text to `re` (which let it past a check
+# made with `re`'s parser, and the worker crashed all the same). A count here must be ASCII
+# digits (`int` would take "30_000" and full-width digits too).
+_COUNT = re.compile(r"[0-9]*")
+_CAP = 10**6
+
+
 def _pattern_problems(pattern: str) -> list[str]:
-    if not (pattern.startswith("^") and pattern.endswith("$")):
+    if not (pattern.startswith("^") and pattern.endswith("$")) or len(pattern) < 2:
         # The converter holds the whole string to the pattern, and asserts this (its
         # AssertionError's text was the answer).
         return ["must be anchored: start with ^ and end with $ (the whole string is held to it)"]
-    try:
-        tree = re_parser.parse(pattern)
-    except (re.error, RecursionError, OverflowError) as e:
-        return [f"is not a regular expression this server reads ({e})"]
     found: list[str] = []
-    _weight(tree, found)
+    try:
+        _, _, _, end = _alternatives(pattern, 1, len(pattern) - 1, found)
+        if end != len(pattern) - 1:
+            raise _Unreadable(f"an unmatched ')' at {end}")
+    except _Unreadable as e:
+        return [f"is not a pattern this server reads ({e})"]
     return found[:3]
 
 
-def _weight(items: Any, found: list[str]) -> int:
-    """How many ways `items` (a parsed regular expression) may vary in what it reads, capped;
-    each repetition past the bounds above noted in `found`."""
-    total = 1
-    for op, av in items:
-        if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.POSSESSIVE_REPEAT):
-            low, high, body = av
-            bounded = high != re_constants.MAXREPEAT
-            inner = _weight(body, found)
-            written = f"{{{low},{high if bounded else ''}}}"
-            if max(low, high if bounded else 0) > MAX_PATTERN_REPEAT:
-                found.append(f"{written} repeats more than {MAX_PATTERN_REPEAT} times (a grammar's bound)")
-                return _CAP
-            count = high if bounded else max(low, 1)
-            if inner > 1 and (count > MAX_VARYING_REPEAT or count * inner > MAX_VARYING_WEIGHT):
-                found.append(
-                    f"{written} repeats a part that itself varies ({inner} ways): over "
-                    f"{MAX_VARYING_REPEAT} repetitions, or {MAX_VARYING_WEIGHT} ways in all, cost the "
-                    "grammar seconds a token"
-                )
-                return _CAP
-            item = ((high - low + 1) if bounded else 2) * inner
-        elif op is re_constants.SUBPATTERN:
-            item = _weight(av[-1], found)
-        elif op is re_constants.BRANCH:
-            weights = [_weight(branch, found) for branch in av[1]]
-            widths = {branch.getwidth() for branch in av[1]}
-            # Alternatives of one fixed width ("ab|cd") read a text one way; of several widths
-            # ("a|aa|aaa") in as many ways as there are of them.
-            one_way = len(widths) == 1 and len({w for pair in widths for w in pair}) == 1
-            item = max(weights, default=1) if one_way else sum(weights)
-        elif op in (re_constants.ATOMIC_GROUP,):
-            item = _weight(av, found)
-        elif op in (re_constants.ASSERT, re_constants.ASSERT_NOT):
-            item = _weight(av[1], found)
-        else:  # one character, a class, an anchor: read one way
-            item = 1
-        total = min(_CAP, total * item)
-    return total
+# A parsed part: (shortest width, longest width or None for no bound, ways it may be read).
+_Part = tuple[int, int | None, int]
 
 
-_CAP = 10**6
+def _alternatives(p: str, i: int, stop: int, found: list[str]) -> tuple[int, int | None, int, int]:
+    """The alternatives from `i` to a ')' at this depth or `stop`: their widths and ways, and
+    where they end. Alternatives of one fixed width ("ab|cd") read a text one way; of several
+    widths ("a|aa|aaa") in as many ways as there are of them."""
+    branches: list[_Part] = []
+    while True:
+        part, i = _sequence(p, i, stop, found)
+        branches.append(part)
+        if i < stop and p[i] == "|":
+            i += 1
+            continue
+        break
+    lows = [b[0] for b in branches]
+    highs = [b[1] for b in branches]
+    high = None if None in highs else max(h for h in highs if h is not None)
+    one_width = len(set(lows)) == 1 and len(set(highs)) == 1 and lows[0] == highs[0]
+    ways = max(b[2] for b in branches) if one_width else min(_CAP, sum(b[2] for b in branches))
+    return min(lows), high, ways, i
+
+
+def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
+    low, high, ways = 0, 0, 1
+    last: _Part | None = None
+
+    def close(part: _Part | None) -> None:
+        nonlocal low, high, ways
+        if part is not None:
+            low += part[0]
+            high = None if high is None or part[1] is None else high + part[1]
+            ways = min(_CAP, ways * part[2])
+
+    while i < stop and p[i] not in "|)":
+        c = p[i]
+        if c in "*+?{":
+            if last is None:
+                raise _Unreadable(f"{c!r} at {i} repeats nothing")
+            if c == "{":
+                shut = p.find("}", i)
+                if shut < 0 or shut >= stop:
+                    raise _Unreadable(f"an unclosed '{{' at {i}")
+                lo, hi = _counts(p[i + 1 : shut])
+                written, i = p[i : shut + 1], shut + 1
+            else:
+                lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
+                written, i = c, i + 1
+            last = _repeated(last, lo, hi, written, found)
+            continue
+        close(last)
+        if c == "(":
+            if p[i + 1 : i + 2] == "?":
+                raise _Unreadable(f"'(?' at {i}: lookarounds and non-capturing groups are not supported")
+            g_low, g_high, g_ways, i = _alternatives(p, i + 1, stop, found)
+            if i >= stop or p[i] != ")":
+                raise _Unreadable("an unclosed '('")
+            last, i = (g_low, g_high, g_ways), i + 1
+        elif c == "[":
+            i += 1
+            while i < stop and p[i] != "]":
+                i += 2 if p[i] == "\\" else 1
+            if i >= stop:
+                raise _Unreadable("an unclosed '['")
+            last, i = (1, 1, 1), i + 1
+        else:  # a character, an escape, '.': one character read one way
+            last, i = (1, 1, 1), i + (2 if c == "\\" and i + 1 < stop else 1)
+    close(last)
+    return (low, high, ways), i
+
+
+def _counts(text: str) -> tuple[int, int | None]:
+    """A brace's counts as the converter takes them: "n", "n,", ",m" or "n,m", spaces aside."""
+    nums = [n.strip() for n in text.split(",")]
+    if len(nums) > 2 or not all(_COUNT.fullmatch(n) for n in nums) or not nums[0] and len(nums) == 1:
+        raise _Unreadable(f"{{{text}}}: a count is written in digits, as {{3}}, {{1,5}} or {{2,}}")
+    low = int(nums[0]) if nums[0] else 0
+    if len(nums) == 1:
+        return low, low
+    return low, int(nums[1]) if nums[1] else None
+
+
+def _repeated(part: _Part, lo: int, hi: int | None, written: str, found: list[str]) -> _Part:
+    """`part` repeated lo to hi times (None: no bound), the bounds above checked."""
+    p_low, p_high, inner = part
+    if max(lo, hi or 0) > MAX_PATTERN_REPEAT:
+        found.append(f"{written} repeats more than {MAX_PATTERN_REPEAT} times (a grammar's bound)")
+        return (lo * p_low, None, _CAP)
+    count = hi if hi is not None else max(lo, 1)
+    if inner > 1 and (count > MAX_VARYING_REPEAT or count * inner > MAX_VARYING_WEIGHT):
+        found.append(
+            f"{written} repeats a part that itself varies ({inner} ways): over {MAX_VARYING_REPEAT} "
+            f"repetitions, or {MAX_VARYING_WEIGHT} ways in all, cost the grammar seconds a token"
+        )
+        return (lo * p_low, None, _CAP)
+    if inner == 1:  # a fixed part: its count alone varies
+        ways = (hi - lo + 1) if hi is not None else 2
+    else:  # each repetition may read its part another way
+        ways = min(_CAP, count * inner)
+    high = None if hi is None or p_high is None else hi * p_high
+    return (lo * p_low, high, ways)
 
 
 def impossible_bounds(schema: Any) -> list[str]:
