@@ -142,19 +142,26 @@ def _data_folder_problem(folder: Path) -> str | None:
 
 # What in the data folder holds users' prompts, results or secrets: what another local user
 # must not read (the server makes them private; an older folder kept the modes it had).
-PRIVATE_ENTRIES = (".", "tasks.db", "tasks.db-wal", "url_signing.key", *DATA_SUBFOLDERS)
+PRIVATE_ENTRIES = ("tasks.db", "tasks.db-wal", "url_signing.key", *DATA_SUBFOLDERS)
 
 
 def _open_to_others(folder: Path) -> list[str]:
-    """The private entries of the data folder that group or others may read or write."""
-    found = []
+    """The private entries of the data folder that group or others may read or write. None
+    where others cannot enter the folder at all; the folder itself only where they may change
+    it (`ris pull` makes it 0755 under the usual umask: names alone are no one's data)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return []
+    if not mode & 0o011:  # no one else may enter it: nothing inside is within their reach
+        return []
+    found = ["the folder itself"] if mode & 0o022 else []
     for name in PRIVATE_ENTRIES:
         try:
-            mode = (folder / name).stat().st_mode
+            if (folder / name).stat().st_mode & 0o077:
+                found.append(name)
         except OSError:
             continue
-        if mode & 0o077:
-            found.append("the folder itself" if name == "." else name)
     return found
 
 
@@ -684,8 +691,52 @@ def _succeeded(lane: dict[str, Any]) -> int:
     return int(lane["done"]) - int(lane["failed"]) - int(lane["cancelled"])
 
 
+class _OutputLost(Exception):
+    """Standard output cannot be written: the disk (or quota) it goes to is full."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(cause.strerror)
+        self.strerror = cause.strerror
+
+
+class _GuardedOutput:
+    """Standard output whose full disk is told apart from any other file's (a benchmark's
+    results, the store): only the output's is a line and exit 1; the others keep their
+    traceback and file name."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as e:
+            raise _lost(e) from e
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise _lost(e) from e
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _lost(e: OSError) -> OSError | _OutputLost:
+    return _OutputLost(e) if e.errno in (errno.ENOSPC, errno.EDQUOT) else e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = given
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code = int(args.fn(args))
         # What is still buffered goes now, where a reader that left (`ris status | head -1`)
@@ -699,9 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+    except _OutputLost as e:
         # `ris config > file` on a full disk: said in a line, not a traceback; the exit's own
         # flush then finds nothing left to write.
         print(f"ris: the output could not be written: {e.strerror}", file=sys.stderr)

@@ -355,6 +355,12 @@ def test_a_data_folder_left_readable_by_others_is_named_at_start(tmp_path: objec
     for path in (folder, folder / "images", folder / "tasks.db"):
         path.chmod(0o700 if path.is_dir() else 0o600)
     assert _open_to_others(folder) == []
-    folder.chmod(0o755)
+    folder.chmod(0o755)  # as `ris pull` makes it: names alone are no one's data
+    assert _open_to_others(folder) == []
     (folder / "tasks.db").chmod(0o644)
+    assert _open_to_others(folder) == ["tasks.db"]
+    folder.chmod(0o700)  # no one else may enter: the store's own mode cannot be reached
+    assert _open_to_others(folder) == []
+    folder.chmod(0o777)
     assert _open_to_others(folder) == ["the folder itself", "tasks.db"]
+    folder.chmod(0o700)

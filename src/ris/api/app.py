@@ -91,8 +91,10 @@ OLLAMA_ROUTERS: tuple[APIRouter, ...] = (
 # reading it logged a traceback when the client finally left).
 BODY_IDLE_TIMEOUT_S = 20.0
 # How long a whole request body may take: a byte every 12 s kept a keyed connection open with
-# no end (each pause within the one above). At the default max_body_bytes (1 MB), 8 KB/s.
+# no end (each pause within the one above). At the default max_body_bytes (1 MB), 8 KB/s; a
+# server that takes larger bodies gives them as long as that pace needs (BODY_MIN_RATE).
 BODY_TOTAL_TIMEOUT_S = 120.0
+BODY_MIN_RATE = 8192  # bytes a second
 
 
 class BodyLimit:
@@ -110,6 +112,7 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.total_s = max(BODY_TOTAL_TIMEOUT_S, max_bytes / BODY_MIN_RATE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,7 +128,7 @@ class BodyLimit:
             return
         body = bytearray()
         loop = asyncio.get_running_loop()
-        whole_by = loop.time() + BODY_TOTAL_TIMEOUT_S
+        whole_by = loop.time() + self.total_s
         while True:
             piece_by = min(loop.time() + BODY_IDLE_TIMEOUT_S, whole_by)
             try:
@@ -149,7 +152,7 @@ class BodyLimit:
             408,
             "body_timeout",
             f"the request body stopped arriving: each part must follow the last within "
-            f"{BODY_IDLE_TIMEOUT_S:g} s, and the whole arrive within {BODY_TOTAL_TIMEOUT_S:g} s",
+            f"{BODY_IDLE_TIMEOUT_S:g} s, and the whole arrive within {self.total_s:g} s",
             {"Connection": "close"},
             dialect=dialect_of(scope),
         )

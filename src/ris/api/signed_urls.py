@@ -93,7 +93,8 @@ class UrlSigner:
         return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-_SIGNED_QUERY = re.compile(r"(signature=)[0-9a-fA-F]+")
+# Up to the next field: a signature sent percent-encoded opens the image as well (parse_qs).
+_SIGNED_QUERY = re.compile(r"(signature=)[^&\s]*")
 
 
 class _SignatureHidden(logging.Filter):

@@ -197,7 +197,8 @@ def _alternatives(p: str, i: int, stop: int, found: list[str]) -> tuple[int, int
 
 
 def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
-    low, high, ways = 0, 0, 1
+    low, ways = 0, 1
+    high: int | None = 0
     last: _Part | None = None
 
     def close(part: _Part | None) -> None:

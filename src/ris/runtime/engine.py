@@ -763,7 +763,9 @@ class Engine:
 
     def check(self) -> None:
         """One supervision pass: dead or hung workers, restarts, deadlines."""
-        for replica in [] if self._stop_signalled else self._all_replicas():
+        for replica in self._all_replicas():
+            if self._stop_signalled:  # read at each: the signal may come in the middle of a pass
+                break
             if replica.worker.waiting_for():
                 self._supervisor.waiting(replica.watch)
             action = self._supervisor.decide(
