@@ -107,24 +107,34 @@ def test_ctrl_c_reaching_every_process_of_the_service_sets_a_running_image_aside
     workers leave SIGINT and SIGHUP to the server, which sets the image aside for the next
     start. (A service manager stops the server alone: systemd's KillMode=mixed, in the
     deployment guide's unit.)"""
-    config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
-    srv = Server(tmp_path, config).start()
+    config, srv, long_id = _image_running(tmp_path)
     try:
         assert srv.proc is not None
-        with Client(srv.url, max_retries=0) as c:
-            long_id = c.generate_image(**LONG)["task_id"]
-            wait_state(c, long_id, ("running",))
         workers = psutil.Process(srv.proc.pid).children(recursive=True)
         for proc in workers:  # the workers first, and the server told a moment later: a
             proc.send_signal(sig)  # worker that died meanwhile failed its task
         psutil.wait_procs(workers, timeout=2)  # the engine looks at its workers every 0.25 s
     finally:
         srv.stop()  # the server's own stop; every worker gone with it, checked
+    _set_aside_for_the_next_start(tmp_path, config, long_id)
+
+
+def _image_running(tmp_path: Path) -> tuple[dict[str, Any], Server, str]:
+    """A server of the image lane alone, running a long image: its config, itself, the id."""
+    config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
+    srv = Server(tmp_path, config).start()
+    with Client(srv.url, max_retries=0) as c:
+        long_id = c.generate_image(**LONG)["task_id"]
+        wait_state(c, long_id, ("running",))
+    return config, srv, long_id
+
+
+def _set_aside_for_the_next_start(tmp_path: Path, config: dict[str, Any], long_id: str) -> None:
+    """The image that ran at the stop is run again at the next start (or finished during the
+    stop, its worker reading no Shutdown mid-image): anything but failed."""
     srv = Server(tmp_path, config).start()
     try:
         with Client(srv.url, max_retries=0) as c:
-            # Set aside and run again (or finished during the stop, its worker reading no
-            # Shutdown mid-image): anything but failed.
             assert c.progress(long_id)["status"] in ("queued", "running", "succeeded"), c.progress(long_id)
     finally:
         srv.stop()
@@ -135,13 +145,9 @@ def test_sigterm_to_the_whole_process_group_sets_a_running_image_aside(tmp_path:
     and its workers together, and a worker ends at once by it. Seen as a crash, the running
     image failed for good and the worker was restarted into the stop; the server, told first,
     leaves the dead worker to the stop, which sets the image aside for the next start."""
-    config = make_config(tmp_path, llm={"enabled": False}, tts={"enabled": False})
-    srv = Server(tmp_path, config).start()
+    config, srv, long_id = _image_running(tmp_path)
     try:
         assert srv.proc is not None
-        with Client(srv.url, max_retries=0) as c:
-            long_id = c.generate_image(**LONG)["task_id"]
-            wait_state(c, long_id, ("running",))
         # A client waiting on its connection for a picture: the server's stop waits for its
         # answer (up to uvicorn's grace), and the supervisor's passes go on meanwhile.
         waiter = threading.Thread(
@@ -162,9 +168,4 @@ def test_sigterm_to_the_whole_process_group_sets_a_running_image_aside(tmp_path:
         assert "restarting the image worker" not in srv.log() and "worker process died" not in srv.log()
     finally:
         srv.stop()
-    srv = Server(tmp_path, config).start()
-    try:
-        with Client(srv.url, max_retries=0) as c:
-            assert c.progress(long_id)["status"] in ("queued", "running", "succeeded"), c.progress(long_id)
-    finally:
-        srv.stop()
+    _set_aside_for_the_next_start(tmp_path, config, long_id)
