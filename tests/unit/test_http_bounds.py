@@ -256,3 +256,14 @@ async def test_a_local_proxys_scheme_is_read_and_no_one_elses() -> None:
         }
         await proto(scope, nothing, drop)
     assert seen == ["https", "https", "http"]
+
+
+def test_refused_connections_are_told_in_a_line_now_and_then(caplog: pytest.LogCaptureFixture) -> None:
+    """One line per refused connection: 11,000 lines in 40 s from one client."""
+    said = http_bounds._Refusals()
+    with caplog.at_level("WARNING", logger="ris.api"):
+        for i in range(1000):
+            said.refused("from 10.0.0.9: 128 open already", now=i * 0.02)  # 20 s of refusals
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[1].endswith("(499 more refused since the last line)"), lines

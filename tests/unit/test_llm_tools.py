@@ -434,6 +434,9 @@ def test_a_pattern_the_grammar_cannot_hold_or_holds_at_great_cost_is_refused() -
         r"^\+?[0-9]{1,3}([ -]?[0-9]{2,4}){2,5}$",  # a phone number
         "^(ab|cd){0,1000}$",  # alternatives of one width read one way
         "^(a?)*$",  # unbounded: recursion, cheap
+        "^" + "a?" * 40 + "$",
+        "^\\]\\}$",  # escaped, they are read
+        r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$",  # an email address
     ):
         assert constrained(text(fine)).constraint is not None, fine
     for costly, said in (
@@ -451,6 +454,14 @@ def test_a_pattern_the_grammar_cannot_hold_or_holds_at_great_cost_is_refused() -
         ("^a{0,30_000}$", "a count is written in digits"),
         ("^a{0,\uff13\uff10\uff10\uff10\uff10}$", "a count is written in digits"),  # full-width
         ("^(?:a){3}$", "non-capturing groups are not supported"),
+        # The converter stood still on these: the worker spun until its 300 s progress bound.
+        ("^]$", "a ']' at 1 outside a class: write it escaped"),
+        ("^[]]$", "a ']' at 3 outside a class"),
+        ("^a}$", "a '}' at 2 outside a class"),
+        # 5,000 optional parts in a row: 83 s a vocabulary check, every user's structured
+        # answers waiting behind it on the one grammar thread.
+        ("^" + "a?" * 5000 + "$", "has 5000 parts whose length varies"),
+        ("^" + "a?" * 41 + "$", "has 41 parts whose length varies (?, *, +, {m,n}; at most 40)"),
     ):
         with pytest.raises(APIError) as e:
             constrained(text(costly))

@@ -69,5 +69,10 @@ def test_the_access_log_keeps_no_signature(caplog: pytest.LogCaptureFixture) -> 
         access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", path, "1.1", 200)
         # Percent-encoded, as a client may send it: it opens the image too.
         access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", path.replace("0f", "%30f"), "1.1", 200)
-    for line in [r.getMessage() for r in caplog.records]:
-        assert "signature=REDACTED" in line and "0f" not in line and "expires=1700000000" in line, line
+        encoded_name = path.replace("signature", "%73ignature")
+        access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", encoded_name, "1.1", 200)
+        access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", "/api/tasks?limit=5", "1.1", 200)
+    *results, other = [r.getMessage() for r in caplog.records]
+    for line in results:
+        assert "?REDACTED" in line and "0f" not in line and "%30f" not in line, line
+    assert "/api/tasks?limit=5" in other  # other queries are kept

@@ -93,18 +93,17 @@ class UrlSigner:
         return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-# Up to the next field: a signature sent percent-encoded opens the image as well (parse_qs).
-_SIGNED_QUERY = re.compile(r"(signature=)[^&\s]*")
-
-
 class _SignatureHidden(logging.Filter):
-    """The access log's request line with a URL's signature as "REDACTED": the line is the
-    URL, and anyone who read the log could open the image without a key for an hour."""
+    """The access log's request line with a result URL's query as "REDACTED": the line is the
+    URL, and anyone who read the log could open the image without a key for an hour. The whole
+    query: its names and values may come percent-encoded (parse_qs reads them all the same)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str) and "signature=" in args[2]:
-            record.args = (*args[:2], _SIGNED_QUERY.sub(r"\1REDACTED", args[2]), *args[3:])
+        if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):
+            path, mark, _query = args[2].partition("?")
+            if mark and path.startswith(SIGNED_PREFIX):
+                record.args = (*args[:2], f"{path}?REDACTED", *args[3:])
         return True
 
 

@@ -119,6 +119,10 @@ MAX_PATTERN_REPEAT = 1000
 # MAX_VARYING_WEIGHT. Unbounded ones ((a?)*, (a+)+) are written as recursion and stay cheap.
 MAX_VARYING_REPEAT = 20
 MAX_VARYING_WEIGHT = 200
+# And in all, the parts of a pattern whose length varies: each is one more way to have read the
+# same text. "a?" written 40 times took 0.11 s a vocabulary check, 100 times 1.7 s, 5,000 times
+# 83 s (one request held every other user's structured answers that long).
+MAX_VARYING_PARTS = 40
 
 
 def pattern_problems(schema: Any) -> list[str]:
@@ -164,19 +168,26 @@ def _pattern_problems(pattern: str) -> list[str]:
         return ["must be anchored: start with ^ and end with $ (the whole string is held to it)"]
     found: list[str] = []
     try:
-        _, _, _, end = _alternatives(pattern, 1, len(pattern) - 1, found)
+        whole, end = _alternatives(pattern, 1, len(pattern) - 1, found)
         if end != len(pattern) - 1:
             raise _Unreadable(f"an unmatched ')' at {end}")
     except _Unreadable as e:
         return [f"is not a pattern this server reads ({e})"]
+    if not found and whole[3] > MAX_VARYING_PARTS:
+        found.append(
+            f"has {whole[3] if whole[3] < _CAP else 'too many'} parts whose length varies (?, *, +, "
+            f"{{m,n}}; at most {MAX_VARYING_PARTS}): the grammar tracks every way to have read the "
+            "text, at seconds a token"
+        )
     return found[:3]
 
 
-# A parsed part: (shortest width, longest width or None for no bound, ways it may be read).
-_Part = tuple[int, int | None, int]
+# A parsed part: (shortest width, longest width or None for no bound, ways it may be read,
+# parts within it whose length varies).
+_Part = tuple[int, int | None, int, int]
 
 
-def _alternatives(p: str, i: int, stop: int, found: list[str]) -> tuple[int, int | None, int, int]:
+def _alternatives(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
     """The alternatives from `i` to a ')' at this depth or `stop`: their widths and ways, and
     where they end. Alternatives of one fixed width ("ab|cd") read a text one way; of several
     widths ("a|aa|aaa") in as many ways as there are of them."""
@@ -193,20 +204,22 @@ def _alternatives(p: str, i: int, stop: int, found: list[str]) -> tuple[int, int
     high = None if None in highs else max(h for h in highs if h is not None)
     one_width = len(set(lows)) == 1 and len(set(highs)) == 1 and lows[0] == highs[0]
     ways = max(b[2] for b in branches) if one_width else min(_CAP, sum(b[2] for b in branches))
-    return min(lows), high, ways, i
+    varying = max(b[3] for b in branches) + (1 if len(branches) > 1 and not one_width else 0)
+    return (min(lows), high, ways, varying), i
 
 
 def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
-    low, ways = 0, 1
+    low, ways, varying = 0, 1, 0
     high: int | None = 0
     last: _Part | None = None
 
     def close(part: _Part | None) -> None:
-        nonlocal low, high, ways
+        nonlocal low, high, ways, varying
         if part is not None:
             low += part[0]
             high = None if high is None or part[1] is None else high + part[1]
             ways = min(_CAP, ways * part[2])
+            varying = min(_CAP, varying + part[3])
 
     while i < stop and p[i] not in "|)":
         c = p[i]
@@ -228,21 +241,25 @@ def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
         if c == "(":
             if p[i + 1 : i + 2] == "?":
                 raise _Unreadable(f"'(?' at {i}: lookarounds and non-capturing groups are not supported")
-            g_low, g_high, g_ways, i = _alternatives(p, i + 1, stop, found)
+            group, i = _alternatives(p, i + 1, stop, found)
             if i >= stop or p[i] != ")":
                 raise _Unreadable("an unclosed '('")
-            last, i = (g_low, g_high, g_ways), i + 1
+            last, i = group, i + 1
         elif c == "[":
             i += 1
             while i < stop and p[i] != "]":
                 i += 2 if p[i] == "\\" else 1
             if i >= stop:
                 raise _Unreadable("an unclosed '['")
-            last, i = (1, 1, 1), i + 1
+            last, i = (1, 1, 1, 0), i + 1
+        elif c in "]}":
+            # The converter's literal loop stands still on these (a worker spun on "^]$" until
+            # the 300 s progress bound replaced it): written escaped, they are read.
+            raise _Unreadable(f"a {c!r} at {i} outside a class: write it escaped, as \\{c}")
         else:  # a character, an escape, '.': one character read one way
-            last, i = (1, 1, 1), i + (2 if c == "\\" and i + 1 < stop else 1)
+            last, i = (1, 1, 1, 0), i + (2 if c == "\\" and i + 1 < stop else 1)
     close(last)
-    return (low, high, ways), i
+    return (low, high, ways, varying), i
 
 
 def _counts(text: str) -> tuple[int, int | None]:
@@ -258,23 +275,24 @@ def _counts(text: str) -> tuple[int, int | None]:
 
 def _repeated(part: _Part, lo: int, hi: int | None, written: str, found: list[str]) -> _Part:
     """`part` repeated lo to hi times (None: no bound), the bounds above checked."""
-    p_low, p_high, inner = part
+    p_low, p_high, inner, p_varying = part
     if max(lo, hi or 0) > MAX_PATTERN_REPEAT:
         found.append(f"{written} repeats more than {MAX_PATTERN_REPEAT} times (a grammar's bound)")
-        return (lo * p_low, None, _CAP)
+        return (lo * p_low, None, _CAP, _CAP)
     count = hi if hi is not None else max(lo, 1)
     if inner > 1 and (count > MAX_VARYING_REPEAT or count * inner > MAX_VARYING_WEIGHT):
         found.append(
             f"{written} repeats a part that itself varies ({inner} ways): over {MAX_VARYING_REPEAT} "
             f"repetitions, or {MAX_VARYING_WEIGHT} ways in all, cost the grammar seconds a token"
         )
-        return (lo * p_low, None, _CAP)
+        return (lo * p_low, None, _CAP, _CAP)
+    varying = min(_CAP, count * p_varying + (0 if hi == lo else 1))
     if inner == 1:  # a fixed part: its count alone varies
         ways = (hi - lo + 1) if hi is not None else 2
     else:  # each repetition may read its part another way
         ways = min(_CAP, count * inner)
     high = None if hi is None or p_high is None else hi * p_high
-    return (lo * p_low, high, ways)
+    return (lo * p_low, high, ways, varying)
 
 
 def impossible_bounds(schema: Any) -> list[str]:
