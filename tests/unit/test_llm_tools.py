@@ -460,8 +460,16 @@ def test_a_pattern_the_grammar_cannot_hold_or_holds_at_great_cost_is_refused() -
         ("^a}$", "a '}' at 2 outside a class"),
         # 5,000 optional parts in a row: 83 s a vocabulary check, every user's structured
         # answers waiting behind it on the one grammar thread.
-        ("^" + "a?" * 5000 + "$", "has 5000 parts whose length varies"),
+        ("^" + "a?" * 5000 + "$", "vary by 4999 characters besides the longest (at most 40)"),
         ("^" + "a?" * 41 + "$", "has 41 parts whose length varies (?, *, +, {m,n}; at most 40)"),
+        # Second review: wide ranges in a row ("a{0,1000}" counted once each), a count of zero
+        # or a minimum over the maximum (ways of 0 switched the nested check off), groups
+        # nested past Python's recursion (a 500).
+        ("^" + "a{0,50}" * 40 + "$", "vary by 1950 characters besides the longest"),
+        ("^a{0,1000}a{0,1000}$", "vary by 1000 characters besides the longest"),
+        ("^(a{1,0}a{0,1000}){20}$", "repeats a part that itself varies (1001 ways)"),
+        ("^((a?){0}a{0,1000}){20}$", "repeats a part that itself varies (1001 ways)"),
+        ("^" + "(" * 497 + "a" + ")" * 497 + "$", "nests its groups too deep"),
     ):
         with pytest.raises(APIError) as e:
             constrained(text(costly))
@@ -471,6 +479,17 @@ def test_a_pattern_the_grammar_cannot_hold_or_holds_at_great_cost_is_refused() -
     ignored = {"type": "object", "properties": {"n": {"type": "integer", "pattern": "\\d+"}}}
     assert constrained(ignored).constraint is not None
     assert constrained({"type": "string", "enum": ["a"], "pattern": "[a]"}).constraint is not None
+    # A $ref read as the converter reads it (keys as written: "~0" unescaped here pointed the
+    # checks at another target than the converter's).
+    tilde = {
+        "type": "object",
+        "properties": {"s": {"$ref": "#/x-a~0b"}},
+        "x-a~0b": text("^]$")["properties"]["code"],
+        "x-a~b": {"type": "string"},
+    }
+    with pytest.raises(APIError) as e:
+        constrained(tilde)
+    assert "a ']' at 1 outside a class" in e.value.message
     # Wherever the schema holds it: a tool's parameters, a $ref's target.
     hidden = {"$defs": {"C": text("^a{0,5000}$")}, "$ref": "#/$defs/C"}
     with pytest.raises(APIError) as e:

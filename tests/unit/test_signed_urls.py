@@ -71,6 +71,8 @@ def test_the_access_log_keeps_no_signature(caplog: pytest.LogCaptureFixture) -> 
         access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", path.replace("0f", "%30f"), "1.1", 200)
         encoded_name = path.replace("signature", "%73ignature")
         access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", encoded_name, "1.1", 200)
+        encoded_path = path.replace("/result/", "/%72esult/")  # the raw path is what is logged
+        access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", encoded_path, "1.1", 200)
         access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.2:5000", "GET", "/api/tasks?limit=5", "1.1", 200)
     *results, other = [r.getMessage() for r in caplog.records]
     for line in results:

@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 SIGNED_PREFIX = "/api/image/result/"
 URL_TTL_S = 3600
@@ -101,8 +101,9 @@ class _SignatureHidden(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):
-            path, mark, _query = args[2].partition("?")
-            if mark and path.startswith(SIGNED_PREFIX):
+            path, mark, query = args[2].partition("?")
+            # Decoded: the log line is the raw path ("/api/image/%72esult/..." opens it too).
+            if mark and (unquote(path).startswith(SIGNED_PREFIX) or "signature" in unquote(query)):
                 record.args = (*args[:2], f"{path}?REDACTED", *args[3:])
         return True
 

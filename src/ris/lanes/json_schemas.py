@@ -69,21 +69,19 @@ def subschemas(schema: Any) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _pointed(root: Any, ref: str) -> Any:
-    """What a local `$ref` ("#/$defs/Name", JSON pointer escapes) points at in `root`; None
-    for a remote or broken one (refused elsewhere, llm_request.broken_refs)."""
+    """What a local `$ref` ("#/$defs/Name") points at in `root`, found as the grammar converter
+    finds it: dictionary keys read as written (a JSON pointer's "~0" unescaped here while the
+    converter took the key as written let a schema's checks read one target and the converter
+    another); None for a remote or broken one (refused elsewhere, llm_request.broken_refs)."""
     if ref == "#":
         return root
     if not ref.startswith("#/"):
         return None
     node = root
     for token in ref[2:].split("/"):
-        token = token.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict):
-            node = node.get(token)
-        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-            node = node[int(token)]
-        else:
+        if not isinstance(node, dict):
             return None
+        node = node.get(token)
     return node
 
 
@@ -123,6 +121,9 @@ MAX_VARYING_WEIGHT = 200
 # same text. "a?" written 40 times took 0.11 s a vocabulary check, 100 times 1.7 s, 5,000 times
 # 83 s (one request held every other user's structured answers that long).
 MAX_VARYING_PARTS = 40
+# Of the parts in a row whose length varies, how far all but the longest may vary together (in
+# characters; "a?" 40 times is 39): a{0,50} written 40 times passed the checks above.
+MAX_SEQUENCE_SPREAD = 40
 
 
 def pattern_problems(schema: Any) -> list[str]:
@@ -173,6 +174,8 @@ def _pattern_problems(pattern: str) -> list[str]:
             raise _Unreadable(f"an unmatched ')' at {end}")
     except _Unreadable as e:
         return [f"is not a pattern this server reads ({e})"]
+    except RecursionError:
+        return ["nests its groups too deep for this server to read"]
     if not found and whole[3] > MAX_VARYING_PARTS:
         found.append(
             f"has {whole[3] if whole[3] < _CAP else 'too many'} parts whose length varies (?, *, +, "
@@ -212,6 +215,7 @@ def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
     low, ways, varying = 0, 1, 0
     high: int | None = 0
     last: _Part | None = None
+    spreads: list[int] = []  # how far each part's length varies (no bound: 1, as recursion)
 
     def close(part: _Part | None) -> None:
         nonlocal low, high, ways, varying
@@ -220,6 +224,9 @@ def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
             high = None if high is None or part[1] is None else high + part[1]
             ways = min(_CAP, ways * part[2])
             varying = min(_CAP, varying + part[3])
+            spread = 1 if part[1] is None else min(_CAP, part[1] - part[0])
+            if spread:
+                spreads.append(spread)
 
     while i < stop and p[i] not in "|)":
         c = p[i]
@@ -259,6 +266,16 @@ def _sequence(p: str, i: int, stop: int, found: list[str]) -> tuple[_Part, int]:
         else:  # a character, an escape, '.': one character read one way
             last, i = (1, 1, 1, 0), i + (2 if c == "\\" and i + 1 < stop else 1)
     close(last)
+    # Parts of varying length in a row: after some text, each may be where the reading stands
+    # (a{0,1000}a{0,1000}: a thousand places, as many stacks checked at every token). The
+    # longest alone is read one way (a{0,1000}: one place); the others count.
+    others = sum(spreads) - max(spreads, default=0)
+    if others > MAX_SEQUENCE_SPREAD and not any("in a row" in f for f in found):
+        found.append(
+            f"has parts of varying length in a row that vary by {min(others, _CAP)} characters "
+            f"besides the longest (at most {MAX_SEQUENCE_SPREAD}): the grammar tracks every place "
+            "the reading may stand, at seconds a token"
+        )
     return (low, high, ways, varying), i
 
 
@@ -274,7 +291,12 @@ def _counts(text: str) -> tuple[int, int | None]:
 
 
 def _repeated(part: _Part, lo: int, hi: int | None, written: str, found: list[str]) -> _Part:
-    """`part` repeated lo to hi times (None: no bound), the bounds above checked."""
+    """`part` repeated lo to hi times (None: no bound), the bounds above checked. As the
+    converter writes them: {5,3} is {5} (no optional copies), {0} nothing at all."""
+    if hi is not None and hi < lo:
+        hi = lo
+    if hi == 0:
+        return (0, 0, 1, 0)
     p_low, p_high, inner, p_varying = part
     if max(lo, hi or 0) > MAX_PATTERN_REPEAT:
         found.append(f"{written} repeats more than {MAX_PATTERN_REPEAT} times (a grammar's bound)")
@@ -291,6 +313,7 @@ def _repeated(part: _Part, lo: int, hi: int | None, written: str, found: list[st
         ways = (hi - lo + 1) if hi is not None else 2
     else:  # each repetition may read its part another way
         ways = min(_CAP, count * inner)
+    ways = max(1, ways)
     high = None if hi is None or p_high is None else hi * p_high
     return (lo * p_low, high, ways, varying)
 
