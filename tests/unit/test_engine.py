@@ -377,6 +377,21 @@ async def test_a_worker_that_dies_while_it_loads_makes_the_lane_unavailable_unti
 
 
 @run
+async def test_a_worker_that_dies_while_its_cluster_is_away_leaves_its_lane_pending(tmp_path: Path) -> None:
+    """The Ray head lost: a worker that dies then (its actor went with the head) did not fail
+    to start, and its lane is pending (503 lane_pending, Ray's word), not unavailable."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        lost = "the Ray head at 10.0.0.1:6379 stopped answering at 12:00:00"
+        llm.waiting_for = lambda: lost  # type: ignore[method-assign]  # as a Ray worker's, dead or not
+        llm.die()
+        eng.check()
+        with pytest.raises(LaneUnavailable) as e:
+            eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        assert e.value.code == "lane_pending" and "stopped answering" in str(e.value)
+
+
+@run
 async def test_a_worker_that_dies_once_a_stop_signal_came_is_left_to_the_stop(tmp_path: Path) -> None:
     """SIGTERM to the process group (systemd's default KillMode): the image worker died of it
     before the server's stop began, its picture failed worker_crashed for good and the worker

@@ -431,14 +431,15 @@ class Engine:
         if self._stopping:  # after end_live_tasks: nothing more is dispatched
             raise LaneUnavailable(lane, "the server is shutting down", "server_shutdown")
         replicas = self._replicas[lane]
+        if replicas and all(r.worker.waiting_for() for r in replicas):
+            # Accepted, it would wait behind a false ETA for a placement that may never come.
+            # (Said first: a worker that died while its cluster was away did not fail to start.)
+            waiting = replicas[0].worker.waiting_for()
+            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting}", "lane_pending")
         if replicas and all(_cannot_start(r) for r in replicas):
             failure = next((r.failure for r in replicas if r.failure is not None), None)
             if failure is not None:
                 raise LaneUnavailable(lane, f"the {lane} worker cannot start: {failure.message}")
-        if replicas and all(r.worker.waiting_for() for r in replicas):
-            # Accepted, it would wait behind a false ETA for a placement that may never come.
-            waiting = replicas[0].worker.waiting_for()
-            raise LaneUnavailable(lane, f"the {lane} lane cannot serve yet: {waiting}", "lane_pending")
 
     def submit_many(
         self,
@@ -1085,6 +1086,8 @@ def _cannot_start(r: Replica) -> bool:
     its lane took work (202, an ETA) that no start of it would ever run."""
     if r.watch.state is WorkerState.FAILED:
         return True
+    if r.worker.waiting_for():  # its cluster is away (a head lost): pending, not failing
+        return False
     return r.failure is not None and not r.ready and _start_fails(r.watch)
 
 
