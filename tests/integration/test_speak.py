@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import wave
 from typing import Any
 
 import httpx
 import pytest
+
+from ris import Client, RISError
 
 from .server import Server
 
@@ -75,6 +79,20 @@ def test_audio_stream_is_a_wav(server: Server) -> None:
     fast = {"prompt": "Say hello.", "max_tokens": 24, "tts_model": "espeak", "voice": "en", "speed": 3.0}
     r = httpx.post(f"{server.url}/api/chat/speak", json=fast, timeout=120)
     assert r.status_code == 200 and json.loads(r.headers["x-warnings"])[0].startswith("speed: espeak-ng")
+
+
+def test_the_sdk_speaks_a_whole_wav_and_raises_the_code_of_a_failure(server: Server) -> None:
+    """speak() reads the events stream (a failure after the first sound ends it with its code,
+    where the WAV stream broke off) and hands back a WAV that strict readers take."""
+    with Client(server.url, timeout=120, max_retries=0) as c:
+        audio = c.speak("Say hello.", max_tokens=24, temperature=0, seed=1)
+        with wave.open(io.BytesIO(audio)) as w:
+            assert w.getframerate() == 22050 and w.getnframes() > 0.3 * 22050
+        body = {"prompt": "Say hello.", "max_tokens": 8, "temperature": 0, "seed": 1}
+        text = httpx.post(f"{server.url}/api/llm/generate", json=body, timeout=120).json()["text"]
+        with pytest.raises(RISError) as failed:
+            c.speak("Say hello.", max_tokens=8, temperature=0, seed=1, stop=[text.lstrip()[:1]])
+        assert (failed.value.status, failed.value.code) == (422, "nothing_to_speak")
 
 
 def test_an_answer_with_nothing_to_speak_is_an_error_not_a_silent_wav(server: Server) -> None:

@@ -8,7 +8,6 @@ import base64
 import inspect
 import io
 import json
-import struct
 import time
 import wave
 from typing import Any
@@ -193,21 +192,56 @@ def test_a_wrong_key_fails_at_once_not_after_the_throttles_retry_after() -> None
     assert len(seen) == 2  # one request per client: none retried
 
 
+def _speak_stream(*events: tuple[str, dict[str, Any]]) -> bytes:
+    return b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
+
+
 def test_speak_returns_a_wav_whose_header_gives_its_length() -> None:
-    """The server streams the WAV before its length is known (sizes 0xFFFFFFFF); the SDK has
-    the whole body when it returns, and writes the real sizes into the header."""
+    """speak() reads the answer as its events and writes the WAV with its real sizes (the
+    server's streamed WAV could not know them when its header left)."""
     pcm = b"\x01\x00" * 50
-    header = b"RIFF" + b"\xff" * 4 + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 22050, 44100, 2, 16)
-    streamed = header + b"data" + b"\xff" * 4 + pcm
+    halves = [base64.b64encode(pcm[:40]).decode(), base64.b64encode(pcm[40:]).decode()]
 
     def answer(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        return httpx.Response(200, content=pcm if body.get("audio_format") == "pcm" else streamed)
+        assert json.loads(request.content)["stream_format"] == "events"
+        return httpx.Response(
+            200,
+            content=_speak_stream(
+                ("start", {"task_id": "t1", "sample_rate": 16000, "tts_model": "espeak", "warnings": []}),
+                ("text", {"index": 0, "text": "Hi."}),
+                ("audio", {"index": 0, "pcm": halves[0]}),
+                ("audio", {"index": 0, "pcm": halves[1]}),
+                ("llm_done", {"text": "Hi."}),
+                ("done", {"sentences": 1}),
+            ),
+        )
 
     for wav in _both(httpx.MockTransport(answer), lambda c: c.speak("hi")):
         with wave.open(io.BytesIO(wav)) as w:
-            assert w.getnframes() == 50 and w.readframes(50) == pcm
+            assert w.getnframes() == 50 and w.readframes(50) == pcm and w.getframerate() == 16000
     assert _both(httpx.MockTransport(answer), lambda c: c.speak("hi", audio_format="pcm")) == [pcm, pcm]
+
+
+def test_speak_failing_after_its_first_sound_is_a_ris_error_with_the_code() -> None:
+    """A later sentence failing broke the WAV stream off: speak() raised httpx's
+    RemoteProtocolError with no reason. The events stream ends in the error; and one that ends
+    with neither `done` nor `error` was cut short, never a shorter answer passed off as whole."""
+    start = ("start", {"task_id": "t1", "sample_rate": 16000, "tts_model": "espeak", "warnings": []})
+    sound = ("audio", {"index": 0, "pcm": base64.b64encode(b"\x01\x00" * 8).decode()})
+    failed = ("error", {"code": "synthesis_failed", "message": "the engine failed"})
+
+    for events, status, code in (
+        ((start, sound, failed), 500, "synthesis_failed"),
+        ((start, sound), 502, "stream_incomplete"),
+    ):
+        transport = httpx.MockTransport(lambda _r, ev=events: httpx.Response(200, content=_speak_stream(*ev)))
+        for outcome in _both(transport, lambda c: c.speak("hi")):
+            assert isinstance(outcome, RISError) and (outcome.status, outcome.code) == (status, code), outcome
+    with (
+        Client("http://ris.test", transport=handler([])) as c,
+        pytest.raises(TypeError, match=r"speak\(\) sets"),
+    ):
+        c.speak("hi", stream_format="audio")
 
 
 def test_an_option_the_call_sets_itself_is_a_clear_type_error() -> None:

@@ -168,14 +168,17 @@ def set_by_the_call(
     return {**options, **fixed}
 
 
-def wav_with_sizes(data: bytes) -> bytes:
-    """A WAV streamed with its sizes left open (0xFFFFFFFF: not known when the header left),
-    given its real RIFF and data sizes once the whole body is in hand, so that `wave` and
-    other strict readers see its true length; any other body as it is."""
-    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE" or data[36:40] != b"data":
-        return data
-    return b"".join(
-        (data[:4], struct.pack("<I", len(data) - 8), data[8:40], struct.pack("<I", len(data) - 44), data[44:])
+def wav_bytes(sample_rate: int, pcm: bytes) -> bytes:
+    """16-bit mono PCM as a WAV whose header gives its true sizes (what `wave` and other strict
+    readers need; the server's streamed WAV could not know them when its header left)."""
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(pcm))
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", len(pcm))
+        + pcm
     )
 
 

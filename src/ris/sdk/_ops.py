@@ -24,6 +24,7 @@ import httpx
 from ris.sdk._common import (
     FINAL_STATES,
     Generation,
+    RISError,
     Speech,
     SSEDecoder,
     check_final,
@@ -32,7 +33,7 @@ from ris.sdk._common import (
     llm_body,
     set_by_the_call,
     stream_failure,
-    wav_with_sizes,
+    wav_bytes,
 )
 
 T = TypeVar("T")
@@ -189,6 +190,22 @@ class _SpeakEvents(LineDecoder[tuple[str, dict[str, Any]]]):
         return [(name, data)]
 
 
+def _spoken(text: str) -> tuple[int, bytes]:
+    """The sample rate and PCM of a whole speak events stream; its `error` event is RISError.
+    A stream that ended with neither `done` nor `error` was cut short (the server stopped): a
+    RISError too, not a shorter answer passed off as the whole."""
+    decoder, rate, pieces = _SpeakEvents(), 0, []
+    for line in [*text.splitlines(), ""]:
+        for name, data in decoder.feed(line):
+            if name == "start":
+                rate = int(data["sample_rate"])
+            elif name == "audio":
+                pieces.append(data["pcm"])
+            elif name == "done":
+                return rate, b"".join(pieces)
+    raise RISError(502, "stream_incomplete", "the spoken answer ended before its end (the server stopped?)")
+
+
 def _json(resp: httpx.Response) -> dict[str, Any]:
     return dict(resp.json())
 
@@ -326,13 +343,21 @@ class Operations:
         path: str | Path | None = None,
         **options: Any,
     ) -> Op[bytes]:
-        """An answer spoken as it is generated: the WAV bytes (written to `path` if given), with
-        the header's sizes filled in (the server streamed it before they were known); raw PCM with
-        `audio_format="pcm"`. Options: model, voice, speed, tts_model, max_tokens, temperature,
-        seed. Not retried: an answer refused after it began to be spoken would be spoken twice."""
+        """An answer spoken as it is generated: the WAV bytes (written to `path` if given); raw
+        PCM with `audio_format="pcm"`. Options: model, voice, speed, tts_model, max_tokens,
+        temperature, seed. A failure after the first sound (a later sentence's synthesis, the
+        LLM) is a RISError with its code, as one before it: the audio is read as the events
+        stream, which ends in the error, where a WAV stream could only break off (httpx's
+        RemoteProtocolError, no reason). Not retried: an answer refused after it began to be
+        spoken would be spoken twice."""
+        options = set_by_the_call(
+            "speak", options, {"stream_format": "events"}, "speak_events() gives the events"
+        )
+        pcm_only = options.get("audio_format") == "pcm"
         body = llm_body(prompt, messages, **options)
-        audio = (yield Call("POST", "/api/chat/speak", json=body, retry=False)).content
-        return _save(wav_with_sizes(audio), path)
+        resp = yield Call("POST", "/api/chat/speak", json=body, retry=False)
+        rate, pcm = _spoken(resp.text)
+        return _save(pcm if pcm_only else wav_bytes(rate, pcm), path)
 
     @stream_op
     def speak_events(
