@@ -197,7 +197,12 @@ def test_ollama_keep_alive_zero_unloads_once_idle(srv: Server) -> None:
     assert lane_stats(srv)["models"]["expiries"] == before + 1
     bad = httpx.post(f"{srv.url}/api/generate", json={**body, "keep_alive": "soon"}, timeout=30)
     assert bad.status_code == 400 and "keep_alive 'soon' is not a duration" in bad.text
-    generate(srv, "smol-a")  # loaded again on use
+    # Ollama's load (nothing to generate, as `ollama run` sends first) answers once it is
+    # loaded: it answered at once, loading nothing.
+    load = httpx.post(f"{srv.url}/api/generate", json={"model": "smol-a"}, timeout=120)
+    assert load.status_code == 200 and load.json()["done_reason"] == "load", load.text
+    assert resident(srv) == ["smol-a"]
+    generate(srv, "smol-a")
     assert resident(srv) == ["smol-a"]
 
 

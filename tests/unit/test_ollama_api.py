@@ -125,9 +125,38 @@ async def test_errors_are_ollamas_on_its_paths_and_listener_and_riss_elsewhere(t
             assert embed.status_code == 400 and "no embedding lane" in embed.json()["error"], embed.text
             gone = await call(eng, "DELETE", "/api/delete", {"model": "m"}, ollama_port=on_listener)
             assert gone.status_code == 400 and "config.json" in gone.json()["error"], gone.text
-        # Nothing to generate: Ollama's way to load a model answers without a task.
-        loaded = await call(eng, "POST", "/api/generate", {"model": "m:latest"}, ollama_port=True)
-        assert loaded.json()["done_reason"] == "load" and not workers[Lane.LLM].runs
+
+
+@run
+async def test_a_load_request_loads_the_model_before_it_answers(tmp_path: Path) -> None:
+    """Nothing to generate is Ollama's way to load a model, answered once it is loaded
+    (`ollama run` waits on it): it was answered at once and the first message paid the load.
+    A model no worker holds is loaded by a task of one token; one loaded already needs none."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        body = {"model": "m:latest"}
+        load = asyncio.create_task(call(eng, "POST", "/api/generate", body, ollama_port=True))
+        await settle()
+        assert not load.done()
+        (run_task,) = llm.runs
+        assert isinstance(run_task.request, LLMRequest) and run_task.request.max_tokens == 1
+        llm.deliver(m.TaskDone(run_task.task_id, LLMOutcome("length", 1, 1)))
+        r = await asyncio.wait_for(load, 5)
+        assert r.status_code == 200 and r.json()["done_reason"] == "load" and r.json()["response"] == ""
+        llm.deliver(m.ModelLoaded(m.ModelInfo("m", "noop", m.ModelDetails())))
+        await settle()
+        again = await call(eng, "POST", "/api/chat", {"model": "m"}, ollama_port=True)
+        assert again.json()["done_reason"] == "load" and len(llm.runs) == 1
+        # A model whose load fails is that failure, in Ollama's words, not "loaded".
+        llm.deliver(m.ModelUnloaded("m", "expired"))
+        await settle()
+        load = asyncio.create_task(call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True))
+        await settle()
+        failed = llm.runs[-1]
+        llm.deliver(m.TaskError(failed.task_id, "model_not_found", "no file at /models/m.gguf"))
+        r = await asyncio.wait_for(load, 5)
+        assert r.status_code == 404 and "no file" in r.json()["error"], r.text
 
 
 def test_a_histories_calls_get_ids_and_tool_results_answer_them_by_name() -> None:
@@ -232,7 +261,7 @@ async def _raw(eng: Engine, method: str, path: str, content: bytes = b"", **head
 async def test_ollamas_curl_examples_are_read_as_json_whatever_their_content_type(tmp_path: Path) -> None:
     # `curl URL -d '{...}'` says application/x-www-form-urlencoded: Ollama reads JSON anyway.
     async with started_engine(tmp_path) as (eng, workers, _):
-        workers[Lane.LLM].ready()
+        workers[Lane.LLM].ready(models=(m.ModelInfo("m", "noop", m.ModelDetails()),))  # loaded: no task
         form = "application/x-www-form-urlencoded"
         r = await _raw(eng, "POST", "/api/generate", b'{"model": "m"}', **{"content-type": form})
         assert r.status_code == 200 and r.json()["done_reason"] == "load"
@@ -334,7 +363,7 @@ async def test_an_empty_request_with_a_keep_alive_tells_the_workers(tmp_path: Pa
     # `ollama stop m` is a generate with nothing to generate and keep_alive 0.
     async with started_engine(tmp_path) as (eng, workers, _):
         llm = workers[Lane.LLM]
-        llm.ready()
+        llm.ready(models=(m.ModelInfo("m", "noop", m.ModelDetails()),))  # loaded: a load takes no task
         for body in ({"model": "m", "keep_alive": 0}, {"model": "m", "messages": [], "keep_alive": "5m"}):
             path = "/api/generate" if "messages" not in body else "/api/chat"
             assert (await call(eng, "POST", path, body, ollama_port=True)).status_code == 200

@@ -273,12 +273,14 @@ UNLOAD_WAIT_S = 5.0
 
 
 async def _loaded(
-    engine: Engine, model: str, field: str, empty: Any, keep_alive: str | float | None
+    request: Request, engine: Engine, model: str, field: str, empty: Any, keep_alive: str | float | None
 ) -> dict[str, Any]:
     """Ollama's answer to a request with nothing to generate: its way to load a model, or to
     unload it (keep_alive 0: `ollama stop`, answered once the model is gone, or after
-    UNLOAD_WAIT_S while others' answers still run on it). A keep_alive given applies to the
-    model where it is loaded; a model not loaded yet loads with its first real request."""
+    UNLOAD_WAIT_S while others' answers still run on it). A load is answered once the model is
+    loaded, as Ollama's (`ollama run` shows its spinner meanwhile, and the first message does
+    not pay the load): a model no worker holds is loaded by a task of one token, queued as any
+    (a load waits behind the lane's work, as in Ollama); a keep_alive given applies to it."""
     if not engine.config.lane(Lane.LLM).enabled:  # "loaded", with a 200, on a lane that is off
         raise APIError(503, "lane_unavailable", "the llm lane is disabled in the configuration", NO_RETRY)
     seconds = keep_alive_seconds(keep_alive)
@@ -288,6 +290,12 @@ async def _loaded(
         deadline = time.monotonic() + UNLOAD_WAIT_S
         while model in engine.model_infos(Lane.LLM) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+    elif model not in engine.model_infos(Lane.LLM):
+        load = LLMRequest(prompt="", max_tokens=1, temperature=0.0)
+        handle = engine.submit(
+            LLM, model, load, client=client_of(request), owner=owner_of(request), keep_alive_s=seconds
+        )
+        result_or_failure(await wait_task(engine, handle, request))
     reason = "unload" if seconds == 0 else "load"
     return {"model": model, "created_at": created_at(), field: empty, "done": True, "done_reason": reason}
 
@@ -304,7 +312,7 @@ async def ollama_chat(request: Request) -> Any:
     model = llm_model(engine, body.model)
     if not body.messages:
         empty = {"role": "assistant", "content": ""}
-        return json_response(await _loaded(engine, model, "message", empty, body.keep_alive))
+        return json_response(await _loaded(request, engine, model, "message", empty, body.keep_alive))
     req = build_request(
         engine,
         model,
@@ -374,7 +382,7 @@ async def ollama_generate(request: Request) -> Any:
     # template applies and Ollama drops the system prompt: so here (it was a 400).
     system = None if body.raw else body.system or None
     if not body.prompt:  # as in Ollama, a system prompt alone is nothing to generate
-        return json_response(await _loaded(engine, model, "response", "", body.keep_alive))
+        return json_response(await _loaded(request, engine, model, "response", "", body.keep_alive))
     req = build_request(
         engine,
         model,
