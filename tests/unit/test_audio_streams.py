@@ -327,3 +327,29 @@ async def test_an_openai_voice_with_no_voice_of_the_inputs_language_speaks_as_be
         tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
         r = await asyncio.wait_for(request, 5)
         assert r.status_code == 200, r.text
+
+
+@run
+async def test_speech_asked_while_its_worker_is_replaced_waits_in_the_queue(tmp_path: Path) -> None:
+    """A streamed speech request needs its model's sample rate before the first chunk: while
+    the TTS worker was replaced after a crash, every /v1/audio/speech was a 503 (the LLM's
+    requests meanwhile wait in their queue). The last ready worker's models are the ones its
+    successor loads: the request waits and is served."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready(models=(VOICE,))
+        tts.die()
+        eng.check()
+        assert not eng.ready()["tts"] and eng.model_infos(Lane.TTS) == {}
+        request = asyncio.create_task(post(eng, "/v1/audio/speech", SPEECH))
+        await settle()
+        assert not request.done() and tts.runs == []
+        clock.advance(60)
+        eng.check()
+        tts.ready(models=(VOICE,))
+        await settle()
+        task_id = tts.runs[0].task_id
+        tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+        tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, len(SOUND), "en-US")))
+        r = await asyncio.wait_for(request, 5)
+        assert r.status_code == 200 and r.content.endswith(SOUND), r.text[:200]

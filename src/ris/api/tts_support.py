@@ -24,7 +24,7 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     A named model must speak the voice asked for: refused here, before queueing, as its worker
     would refuse it (the worker is the judge while it has not reported its voices yet)."""
     cfg = engine.config.lane(Lane.TTS)
-    infos = engine.model_infos(Lane.TTS)
+    infos = engine.known_model_infos(Lane.TTS)
     if model is not None:
         name = resolve_model(engine, Lane.TTS, model)
         info = infos.get(name)
@@ -68,7 +68,7 @@ def voice_for_text(engine: Engine, model: str | None, text: str) -> tuple[str, s
     eight times. Where none does, the default voice reads it and the answer says so."""
     chosen = pick_tts_model(engine, model, None)
     tag = script_language(text)
-    infos = engine.model_infos(Lane.TTS)
+    infos = engine.known_model_infos(Lane.TTS)
     info = infos.get(chosen)
     if tag is None or info is None or not info.details.voices:
         return chosen, None, []
@@ -104,7 +104,7 @@ def still_starting(engine: Engine) -> str:
 
 def tts_rate(engine: Engine, model: str) -> int:
     """The sample rate of a loaded TTS model (streams need it before the first chunk)."""
-    info = engine.model_infos(Lane.TTS).get(model)
+    info = engine.known_model_infos(Lane.TTS).get(model)
     if info is None or not info.details.sample_rate:
         engine.require_serving(Lane.TTS)
         raise APIError(503, "lane_unavailable", still_starting(engine), {"Retry-After": "5"})

@@ -1015,6 +1015,21 @@ class Engine:
                 return dict(replica.models)
         return {}
 
+    def known_model_infos(self, lane: str) -> dict[str, m.ModelInfo]:
+        """model_infos, or while no worker is ready, what the last ready one held (a worker
+        being replaced after a crash: its successor loads the same models from the same
+        config). The speech routes choose a voice's model and a stream's sample rate from it,
+        so that a request during the restart waits in the queue as on other lanes: it was a
+        503 for every /v1/audio/speech while the worker came back. Empty before any was ready
+        and where the lane's every start failed (its refusal is said by require_serving)."""
+        live = self.model_infos(lane)
+        if live:
+            return live
+        for replica in self._replicas.get(lane, ()):
+            if replica.models and replica.failure is None:
+                return dict(replica.models)
+        return {}
+
     def model_expiries(self, lane: str) -> dict[str, float | None]:
         """Seconds from now until each model that model_infos lists is unloaded by its
         keep_alive (None: not before it is evicted or its worker ends), on the same worker (the

@@ -109,7 +109,7 @@ async def speech(request: Request) -> Any:
         # With a model named, another may well read it (espeak beside piper): said, not "none".
         others = [
             n
-            for n, info in engine.model_infos(Lane.TTS).items()
+            for n, info in engine.known_model_infos(Lane.TTS).items()
             if n != wanted and speaks(info.details.voices, voice)
         ]
         where = (
