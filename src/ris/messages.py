@@ -136,6 +136,14 @@ class WorkerExiting:
 
 
 @dataclass(frozen=True)
+class WorkerGone:
+    """The worker's channel closed: its process is gone. Said by the worker's handle (the
+    pipe's end of file), never by a worker: the server sends it no more work at once, where the
+    supervision pass that finds it dead (up to Engine's MONITOR_INTERVAL_S later) let tasks be
+    sent into the dead pipe meanwhile and fail as if they had run when it died."""
+
+
+@dataclass(frozen=True)
 class ModelLoading:
     """The worker begins loading `name` for a task (followed by ModelLoaded, or, when the load
     fails, by the task's TaskError, or TaskCancelled if it was cancelled meanwhile)."""

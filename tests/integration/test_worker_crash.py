@@ -140,6 +140,20 @@ def test_tts_worker_killed_mid_synthesis(crash_server: Server) -> None:
         assert c.synthesize("Recovered.").duration_s > 0.3
 
 
+def test_speech_asked_as_the_tts_worker_dies_waits_for_its_successor(crash_server: Server) -> None:
+    """A request that came between the worker's death and the supervision pass that finds it
+    (up to 0.25 s) was sent into the dead pipe and failed with worker_crashed, marked not to be
+    retried, though it never ran; and streamed speech asked while the worker restarted was a 503
+    (its sample rate unknown). Both wait for the new worker now."""
+    srv = crash_server
+    wait_for(lambda: ready(srv)["tts"], 60)
+    body = {"model": "tts-1", "input": "Hello there.", "voice": "alloy", "response_format": "wav"}
+    kill(srv.worker_pid("tts"))
+    answers = [httpx.post(f"{srv.url}/v1/audio/speech", json=body, timeout=60) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text[:200] for r in answers]
+    assert all(r.content[:4] == b"RIFF" and len(r.content) > 1000 for r in answers)
+
+
 def test_long_work_that_makes_progress_is_never_killed(crash_server: Server) -> None:
     # busy_timeout_s is 2 s on this server; this generation runs far longer, token by token.
     with Client(crash_server.url, max_retries=0, timeout=120) as c:

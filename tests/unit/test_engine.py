@@ -350,6 +350,29 @@ async def test_tasks_queued_while_the_worker_starts_fail_when_it_cannot(tmp_path
 
 
 @run
+async def test_no_task_is_sent_to_a_worker_whose_pipe_closed_before_supervision_saw_it_dead(
+    tmp_path: Path,
+) -> None:
+    """The supervision pass finds a dead worker up to 0.25 s after its death: a request in
+    that window was sent into the dead pipe and failed with worker_crashed (not to be retried:
+    "it may have killed it") though it never ran. Its pipe's end of file (WorkerGone, said by
+    the worker's handle) stops the sending at once; the request waits for the restart."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        llm.deliver(m.WorkerGone())
+        waiting = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        assert llm.runs == [] and eng.lookup(waiting.task_id).state == "queued"  # type: ignore[union-attr]
+        llm.die()
+        eng.check()
+        assert eng.lookup(waiting.task_id).state == "queued"  # type: ignore[union-attr]  # not failed
+        clock.advance(backoff(0))
+        eng.check()
+        llm.ready()
+        assert [r.task_id for r in llm.runs] == [waiting.task_id]
+
+
+@run
 async def test_a_worker_that_dies_while_it_loads_makes_the_lane_unavailable_until_one_starts(
     tmp_path: Path,
 ) -> None:

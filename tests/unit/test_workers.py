@@ -132,6 +132,7 @@ def test_a_dead_workers_last_messages_are_read_before_it_is_called_dead(tmp_path
     assert asyncio.run(look()) == [
         m.WorkerExiting("over its memory"),
         m.TaskError("t", "worker_out_of_memory", "too big"),
+        m.WorkerGone(),  # the pipe's end of file: the engine sends it no more work
     ]
 
 
@@ -258,8 +259,9 @@ def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
         assert not worker.alive()
         return said
 
-    [failed] = asyncio.run(scenario())
+    [failed, gone] = asyncio.run(scenario())
     assert isinstance(failed, m.WorkerFailed) and "No module named 'ris'" in failed.message
+    assert gone == m.WorkerGone()  # (an engine has replaced the worker on WorkerFailed: not said then)
 
 
 def test_a_workers_cpu_percent_is_the_same_whoever_asked_last() -> None:

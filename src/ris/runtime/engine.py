@@ -541,6 +541,10 @@ class Engine:
                 self._crashed(replica, "worker_crashed", "the worker died before the task started")
 
     def _on_message(self, replica: Replica, msg: object) -> None:
+        if isinstance(msg, m.WorkerGone):  # not a word from the worker: no heartbeat either
+            replica.exiting = True
+            self._update_slots(replica.lane)
+            return
         self._supervisor.heard(replica.watch, msg.progress_events if isinstance(msg, m.Heartbeat) else None)
         if isinstance(msg, m.Heartbeat) and msg.borrowed_cores is not None:
             replica.lending = msg

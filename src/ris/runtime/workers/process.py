@@ -303,8 +303,9 @@ class ProcessWorker:
             return False
         except OSError:
             data = b""
-        if not data:  # the process is gone; the supervisor notices and restarts it
+        if not data:  # the process is gone: no more work for it; the supervisor restarts it
             self._unwatch()
+            self._deliver(m.WorkerGone())
             return False
         for payload in self._frames.feed(data):
             try:
@@ -343,6 +344,7 @@ class ProcessWorker:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
+                self._loop.call_soon_threadsafe(self._deliver_if_current, generation, m.WorkerGone())
                 return
             except Exception:  # noqa: BLE001
                 continue

@@ -640,6 +640,8 @@ class RayWorker:
                             m.WorkerFailed("worker_start_failed", f"the Ray actor did not start: {e}")
                         )
                     self._dead = True
+                    if generation == self._generation:  # not replaced by the WorkerFailed above
+                        self._deliver(m.WorkerGone())  # no more work for it: the supervisor's pass follows
                 return
             if generation != self._generation:
                 return
@@ -657,6 +659,7 @@ class RayWorker:
                     return  # delivering a message got this worker replaced
             if batch.ended:
                 self._ended = True
+                self._deliver(m.WorkerGone())
                 return
 
 
