@@ -112,10 +112,32 @@ def test_pieces_of_punctuation_alone_are_left_out_of_longer_text() -> None:
 
 
 @pytest.mark.parametrize("silent_samples", [0, 154])
-def test_an_engine_that_produces_no_audio_fails_the_task(silent_samples: int) -> None:
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_engine_that_produces_no_audio_fails_the_task_before_any_audio(
+    silent_samples: int, streamed: bool
+) -> None:
+    """Its all-zero samples went out as the first piece of a streamed answer: a 200 of silence
+    that the task's synthesis_empty then broke off (12 of 20 such requests on /v1/audio/speech)."""
+    env = Env()
+    worker_env = dataclasses.replace(env.worker_env(), streamed=lambda task_id: streamed)
     with pytest.raises(BackendError) as exc:
-        run_tts(MuteTTS(silent_samples), TTSRequest(text="\u0663"))
+        TTSRunner(worker_env).run(MuteTTS(silent_samples), "t", TTSRequest(text="\u0663"), lambda: False)
     assert exc.value.code == "synthesis_empty" and "no audio" in exc.value.message
+    assert [msg for msg in env.sent if isinstance(msg, TaskOutput)] == []
+
+
+def test_silence_before_the_first_sound_goes_out_with_it() -> None:
+    class LateTTS(PiecewiseTTS):
+        def synthesize(self, req: TTSRequest, out: AudioOutput) -> TTSOutcome:
+            out.emit(b"\x00\x00" * 3)
+            out.emit(b"\x01\x00")
+            return TTSOutcome(self.sample_rate, 4, "rec")
+
+    env = Env()
+    worker_env = dataclasses.replace(env.worker_env(), streamed=lambda task_id: True)
+    TTSRunner(worker_env).run(LateTTS(), "t", TTSRequest(text="Hello."), lambda: False)
+    chunks = [msg.data.pcm for msg in env.sent if isinstance(msg, TaskOutput)]
+    assert chunks == [b"\x00\x00" * 3 + b"\x01\x00"]
 
 
 def test_a_voice_the_engine_does_not_have_is_refused_with_its_voices() -> None:

@@ -325,6 +325,11 @@ COALESCE_BYTES = 32 * 1024
 COALESCE_S = 0.1
 
 
+# The most silence held back before a task's first sound (seconds): a text with no sound is
+# then an error before any audio, not a 200 that breaks off; beyond it, it is a pause, sent.
+MAX_LEADING_SILENCE_S = 10
+
+
 class _WorkerOutput(AudioOutput):
     def __init__(self, env: WorkerEnv, task_id: str, rate: int, cancelled: Callable[[], bool]) -> None:
         self._env = env
@@ -357,8 +362,12 @@ class _WorkerOutput(AudioOutput):
             self.flush()
 
     def flush(self) -> None:
-        """Send what is pending (the end of each piece of text, and of the task)."""
-        if self._pending:
+        """Send what is pending (the end of each piece of text, and of the task). Silence
+        before the first sound is held back (up to MAX_LEADING_SILENCE_S): an engine that has
+        no sound for a text answers a few all-zero samples, and sent as the first piece they
+        began a 200 of silence that the task's synthesis_empty then broke off."""
+        held = not self.audible and len(self._pending) < self._rate * 2 * MAX_LEADING_SILENCE_S
+        if self._pending and not held:
             self._env.output(self._task_id, AudioChunk(bytes(self._pending), self._rate))
             self._pending.clear()
             self._sent_any = True
