@@ -44,11 +44,10 @@ def test_every_voice_it_lists_can_be_selected(engine: TTSBackend) -> None:
     # espeak-ng listed language tags it could not select by name ("en-gb", "zh-yue"), and
     # refused the aliases it takes ("zh-TW") at the server, for not listing them.
     assert "zh-tw" in engine.voices or "zh-CN" not in engine.voices
+    # And each speaks: a few espeak-ng voices ship without their dictionary and answered every
+    # text with silence (fo, kaa, xex); they are not listed now.
     for voice in engine.voices:
-        try:
-            speak(engine, TTSRequest(text="One.", voice=voice))
-        except BackendError as e:  # a few espeak-ng voices ship without data: no audio, no voice
-            assert e.code == "synthesis_empty", (voice, e.message)
+        assert speak(engine, TTSRequest(text="One.", voice=voice)).samples > 0, voice
 
 
 def test_the_engine_speaks_the_same_on_lent_cores_as_on_its_own(engine: TTSBackend) -> None:

@@ -7,6 +7,7 @@ and the wheel needs no system package.
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import espeakng_loader
 
@@ -84,6 +85,31 @@ def _languages(ptr: int | None) -> list[str]:
         i += 2 + len(name)
 
 
+def _dictionary_missing(data: Path, voice_file: Path) -> bool:
+    """Whether a voice file names a dictionary the data lacks: its `dictionary`, else its
+    first `language` up to the first '-' (espeak-ng's default)."""
+    dictionary = None
+    for line in voice_file.read_text("utf-8", "replace").splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "dictionary" and value.strip():
+            dictionary = value.strip()
+            break
+        if key == "language" and dictionary is None and value.strip():
+            dictionary = value.split()[0].split("-")[0]
+    return dictionary is not None and not (data / f"{dictionary}_dict").is_file()
+
+
+class _Probe(AudioOutput):
+    def __init__(self) -> None:
+        self.audible = False
+
+    def emit(self, pcm: bytes) -> None:
+        self.audible = self.audible or pcm.count(0) != len(pcm)
+
+    def cancelled(self) -> bool:
+        return False
+
+
 class EspeakTTS(TTSBackend):
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         claim_library("espeak")
@@ -110,17 +136,18 @@ class EspeakTTS(TTSBackend):
         self.sample_rate = int(rate)
         # Every tag and name it answers to -> the voice name that selects it.
         self._select = self._list_voices()
+        self._out: AudioOutput | None = None
+        self._samples = 0
+        # Keep a reference: ctypes would free the trampoline while espeak still holds it.
+        self._callback = _Callback(self._on_audio)
+        lib.espeak_SetSynthCallback(self._callback)
+        self._select = self._without_mute_voices(self._select)
         preferred = ["en-US", "zh-CN"]
         # The tags it answers to through an alias are listed too ("zh-tw"): the server routes
         # by this list, and the TTS lane refuses any voice not on it.
         aliases = {tag for tag, name in LANGUAGE_ALIASES.items() if name in self._select}
         answers_to = set(self._select) | aliases
         self.voices = tuple(preferred + sorted(answers_to - {v.lower() for v in preferred}))
-        self._out: AudioOutput | None = None
-        self._samples = 0
-        # Keep a reference: ctypes would free the trampoline while espeak still holds it.
-        self._callback = _Callback(self._on_audio)
-        lib.espeak_SetSynthCallback(self._callback)
 
     def _list_voices(self) -> dict[str, str]:
         """Voice names (an identifier's last part: "cmn", "en-gb-x-rp") and the languages each
@@ -140,6 +167,23 @@ class EspeakTTS(TTSBackend):
             for lang in languages:
                 select.setdefault(lang, name)  # a voice's own name first, then the first voice listing it
         return select
+
+    def _without_mute_voices(self, select: dict[str, str]) -> dict[str, str]:
+        """`select` less the voices that speak nothing: a voice whose dictionary is not in the
+        data (fo, kaa, xex in espeakng_loader's) is selected and answers every text with
+        silence, so it was listed and every request for it refused as text with no sound. Only
+        those whose dictionary file is missing are tried (a few ms each: lfn speaks without)."""
+        data = Path(espeakng_loader.get_data_path())
+        files = {p.name.lower(): p for p in (data / "lang").rglob("*") if p.is_file()}
+        mute = set()
+        for name in set(select.values()):
+            if name not in files or not _dictionary_missing(data, files[name]):
+                continue
+            probe = _Probe()
+            self.synthesize(TTSRequest(text="a b c, 1 2 3", voice=name), probe)
+            if not probe.audible:
+                mute.add(name)
+        return {tag: name for tag, name in select.items() if name not in mute}
 
     def espeak_voice(self, voice: str | None) -> str:
         """The espeak-ng voice name for a request's `voice`, or an error listing the choices."""
