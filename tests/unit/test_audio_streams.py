@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -140,8 +141,13 @@ async def test_a_sentence_the_voice_has_no_sound_for_is_skipped_not_fatal(tmp_pa
         r = await asyncio.wait_for(request, 5)
     events = [line.removeprefix("event: ") for line in r.text.splitlines() if line.startswith("event: ")]
     assert events.count("audio") == 2 and "error" not in events, events
-    done = [line for line in r.text.splitlines() if line.startswith("data: ")][-1]
-    assert '"sentences": 2' in done or '"sentences":2' in done, done
+    data = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert data[-1]["sentences"] == 2
+    # Each audio is labelled with its sentence's index: the last sentence's was labelled with
+    # the skipped emoji's (1), its own text event saying 2.
+    texts = {d["text"]: d["index"] for d in data if "text" in d and "index" in d}
+    audio = [d["index"] for d in data if "pcm" in d]
+    assert audio == [texts["The first sentence."], texts["The last sentence."]] == [0, 2], (texts, audio)
 
 
 def test_unread_contiguous_audio_is_one_event_however_long() -> None:

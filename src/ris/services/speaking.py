@@ -164,12 +164,15 @@ class SpeakingPipeline:
         await self._sentences.put(None)
 
     async def _consume(self) -> None:
-        index = 0
+        # `index` is the sentence's, as its `text` event said (a silent one keeps its number:
+        # the audio after it was labelled with the skipped sentence's); `spoken` counts those heard.
+        index = spoken = 0
         while (handle := await self._sentences.get()) is not None:
             audio = AudioStream(handle)
             while (pcm := await audio.next()) is not None:
                 await self._out.put(("audio", {"index": index, "pcm": pcm}))
             view = await handle.done
+            index += 1
             if view.error_code == SILENT:
                 # A piece the voice has no sound for (an emoji, a symbol, digits of another
                 # script: LLMs end answers with them): skipped, the rest of the answer spoken.
@@ -177,12 +180,12 @@ class SpeakingPipeline:
             if not view.succeeded:
                 await self._out.put(("error", _error(view)))
                 return
-            index += 1
-        if index == 0:  # an answer of punctuation alone, or none: silence is not a success
+            spoken += 1
+        if spoken == 0:  # an answer of punctuation alone, or none: silence is not a success
             message = "the answer has nothing to speak: no letter, digit or symbol, only punctuation"
             await self._out.put(("error", {"code": "nothing_to_speak", "message": message}))
             return
-        await self._out.put(("done", {"sentences": index}))
+        await self._out.put(("done", {"sentences": spoken}))
 
 
 def _error(view: TaskView[Any]) -> dict[str, Any]:
