@@ -359,3 +359,33 @@ async def test_speech_asked_while_its_worker_is_replaced_waits_in_the_queue(tmp_
         tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, len(SOUND), "en-US")))
         r = await asyncio.wait_for(request, 5)
         assert r.status_code == 200 and r.content.endswith(SOUND), r.text[:200]
+
+
+@run
+async def test_a_spoken_answer_with_no_voice_reads_each_sentence_in_its_scripts_voice(tmp_path: Path) -> None:
+    """/api/chat/speak chose no voice by language: a Chinese question's Chinese answer went to
+    the English voice ("Chinese letter" read out per character). The model is chosen for the
+    prompt's language, and each sentence gets the voice of its script where the model has one."""
+    both = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US", "zh-CN", "zh"), 16000))
+    body = {"prompt": "你好，请介绍一下猫。", "stream_format": "events"}
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        workers[Lane.TTS].ready(models=(both,))
+        request = asyncio.create_task(post(eng, "/api/chat/speak", body))
+        await settle()
+        answer(workers[Lane.LLM], "猫很可爱。 The cat sleeps.")
+        tts = workers[Lane.TTS]
+        for i in range(2):
+            for _ in range(50):
+                await settle()
+                if len(tts.runs) > i:
+                    break
+            task_id = tts.runs[i].task_id
+            tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+            tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+        r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 200
+    voices = [(run.request.text, run.request.voice) for run in tts.runs]  # type: ignore[attr-defined]
+    assert voices == [("猫很可爱。", "zh"), ("The cat sleeps.", None)], voices
+    start = json.loads(next(line for line in r.text.splitlines() if line.startswith("data: "))[6:])
+    assert any("the prompt is Chinese" in w for w in start["warnings"]), start

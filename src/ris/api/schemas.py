@@ -218,7 +218,11 @@ TASK_VIEW_SPECIAL = frozenset({"id", "error_code", "error_message", "result"})
 
 
 class SpeakRequest(LLMFields):
-    voice: str | None = Field(default=None, description="e.g. en-US, zh-CN")
+    voice: str | None = Field(
+        default=None,
+        description="e.g. en-US, zh-CN; absent: a model with a voice for the prompt's language, "
+        "each sentence read by the voice of its script where that model has one",
+    )
     speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     tts_model: str | None = None
     audio_format: Literal["wav", "pcm"] = "wav"

@@ -60,7 +60,9 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
 _LANGUAGE_NAMES = {"zh": "Chinese", "ja": "Japanese", "ko": "Korean", "th": "Thai"}
 
 
-def voice_for_text(engine: Engine, model: str | None, text: str) -> tuple[str, str | None, list[str]]:
+def voice_for_text(
+    engine: Engine, model: str | None, text: str, what: str = "the text"
+) -> tuple[str, str | None, list[str]]:
     """The model and voice for a request that names no voice, and the answer's warnings. Text
     mostly in a script that names its language (Chinese, Japanese, Korean, Thai) is read by a
     voice of that language, the named or default model's else another configured model's,
@@ -82,14 +84,14 @@ def voice_for_text(engine: Engine, model: str | None, text: str) -> tuple[str, s
             note = (
                 # The language, not the tag asked for: the engine names its voice ("zh" is
                 # espeak's "cmn", which the answer's `voice` says).
-                f"voice: none given and the text is {language}: {name!r} reads it with its "
+                f"voice: none given and {what} is {language}: {name!r} reads it with its "
                 f"{language} voice, not {default!r}; pass voice to choose"
             )
             return name, tag, [note]
     others = [n for n in infos if n != chosen and speaks(infos[n].details.voices, tag)]
     where = f"{chosen!r} has no voice for it ({others[0]!r} has)" if others else "no loaded voice reads it"
     note = (
-        f"voice: none given and the text is {language}; {where}: {default!r} reads it as its own "
+        f"voice: none given and {what} is {language}; {where}: {default!r} reads it as its own "
         "language would (pull a voice of that language: docs/MODELS_TTS.md)"
     )
     return chosen, None, [note]

@@ -18,7 +18,8 @@ from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest, TTSResult, speakable
+from ris.lanes.tts import TTSRequest, TTSResult, speakable, speaks
+from ris.languages import script_language
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import QueueFull
@@ -48,17 +49,21 @@ class SpeakingPipeline:
         queue_wait_s: float = 30.0,
         client: str | None = None,
         owner: str | None = None,
+        voices: tuple[str, ...] = (),
     ) -> None:
         """`llm` is the submitted LLM task; a full TTS queue is waited on for at most
         `queue_wait_s` seconds per sentence, then the pipeline ends with `queue_full`.
         `client`: who asked (the sentences count as its tasks, for fairness); `owner`: the key
-        the sentences belong to, as the answer does (ris.runtime.tenancy)."""
+        the sentences belong to, as the answer does (ris.runtime.tenancy). `voices`: with no
+        `voice`, the model's voices, of which each sentence gets the one of its script where
+        there is one (a Chinese sentence the Chinese voice, the rest the model's default)."""
         self.client = client
         self.owner = owner
         self.engine = engine
         self.llm = llm
         self.tts_model = tts_model
         self.voice = voice
+        self.voices = voices
         self.speed = speed
         self.queue_wait_s = queue_wait_s
         # Bounded: for a listener that stops reading, the parts wait here and the audio stays
@@ -97,9 +102,15 @@ class SpeakingPipeline:
         except Exception as e:  # noqa: BLE001 - reported to the listener, then everything stops
             await self._out.put(("error", {"code": "speaking_failed", "message": f"{type(e).__name__}: {e}"}))
 
+    def _voice_for(self, text: str) -> str | None:
+        if self.voice is not None:
+            return self.voice
+        tag = script_language(text)
+        return tag if tag is not None and speaks(self.voices, tag) else None
+
     async def _submit_sentence(self, text: str) -> TaskHandle[TTSResult] | None:
         """Queue one sentence; wait a bounded time for room if the TTS queue is full."""
-        req = TTSRequest(text=text, voice=self.voice, speed=self.speed)
+        req = TTSRequest(text=text, voice=self._voice_for(text), speed=self.speed)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.queue_wait_s
         retry = False  # a sentence waiting for room counts one refusal, not one a second

@@ -30,7 +30,7 @@ from ris.api.llm_request import seed_llm_request
 from ris.api.llm_support import llm_context, llm_warnings
 from ris.api.schemas import SpeakRequest
 from ris.api.streams import StreamBroken, sse_event, warnings_header
-from ris.api.tts_support import pick_tts_model, tts_rate
+from ris.api.tts_support import pick_tts_model, tts_rate, voice_for_text
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.tts import speed_note, wav_header
@@ -51,17 +51,32 @@ async def chat_speak(request: Request) -> Any:
     engine = engine_of(request)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
-    tts_model = pick_tts_model(engine, body.tts_model, body.voice)
+    voices: tuple[str, ...] = ()
+    if body.voice is None:
+        # The answer is not written yet: a model with a voice for the language the user
+        # writes in (a Chinese question was answered in Chinese and read by the English voice
+        # as "Chinese letter" after "Chinese letter"), and each sentence read by the voice of
+        # its script where the model has one (the pipeline's `voices`).
+        users = [m.content for m in body.messages or () if m.role == "user"]
+        asked = body.prompt or (users[-1] if users else "")
+        tts_model, _, said = voice_for_text(engine, body.tts_model, asked, "the prompt")
+        info = engine.known_model_infos(Lane.TTS).get(tts_model)
+        voices = info.details.voices if info is not None else ()
+    else:
+        tts_model, said = pick_tts_model(engine, body.tts_model, body.voice), []
     rate = tts_rate(engine, tts_model)
     # What /api/llm/generate and /api/tts/synthesize would warn of: in `start`, or X-Warnings.
     warnings = llm_warnings(
         engine, llm_model, [body.system, body.prompt, *(m.content for m in body.messages or ())]
     )
+    warnings += said
     slow_or_fast = speed_note(engine.config.lane(Lane.TTS).models[tts_model].backend, body.speed)
     warnings += [slow_or_fast] if slow_or_fast else []
     client, owner = client_of(request), owner_of(request)
     llm = engine.submit(LLM, llm_model, req, client=client, owner=owner)
-    pipeline = SpeakingPipeline(engine, llm, tts_model, body.voice, body.speed, client=client, owner=owner)
+    pipeline = SpeakingPipeline(
+        engine, llm, tts_model, body.voice, body.speed, client=client, owner=owner, voices=voices
+    )
     if body.stream_format == "events":
         return StreamingResponse(
             _events(pipeline, rate, warnings),
