@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -944,6 +945,58 @@ async def test_a_resumed_image_keeps_its_clients_timeout(tmp_path: Path) -> None
         assert late is not None and (late.state, late.error_code) == ("failed", "deadline_exceeded")
     finally:
         await again.stop()
+
+
+@run
+async def test_a_resumed_image_with_no_timeout_of_its_own_outlives_a_long_outage(tmp_path: Path) -> None:
+    """The lane's request_timeout_s was stored as the task's deadline: a server down longer
+    than it (an hour by default: a night's maintenance) failed every queued image at the next
+    start, deadline_exceeded, for clients that had set no timeout. The lane's timeout counts
+    again from the start that resumes it."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        plain = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        lane_timeout = eng.config.lane(Lane.IMAGE).request_timeout_s
+    clock, workers = FakeClock(), FakeWorkers()
+    clock.advance(lane_timeout + 100)
+    again = engine(config(tmp_path, image=IMAGE_ON), clock, workers)
+    await again.start()
+    try:
+        assert again.lookup(plain.task_id).state == "queued"  # type: ignore[union-attr]
+        clock.advance(lane_timeout + 1)  # the lane's timeout, from the resume
+        again.check()
+        late = again.lookup(plain.task_id)
+        assert late is not None and (late.state, late.error_code) == ("failed", "deadline_exceeded")
+    finally:
+        await again.stop()
+
+
+@run
+async def test_images_queued_before_a_start_without_the_image_lane_wait_for_its_return(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start with the image lane off failed every queued image for good, unsaid: an operator
+    pausing pictures for a maintenance window lost the queue. They wait for a start with the
+    lane, said in the log; one whose model was renamed since fails then with a clear code (its
+    worker failed it with a raw KeyError)."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        kept = [eng.submit(IMAGE, "i", ImageRequest(prompt=p)) for p in ("a", "b")]
+    with caplog.at_level(logging.WARNING, logger="ris.engine"):
+        async with started_engine(tmp_path) as (off, workers, _):
+            assert off.lookup(kept[0].task_id).state == "queued"  # type: ignore[union-attr]
+    assert "2 image task(s) accepted before this start wait for the image lane" in caplog.text
+    async with started_engine(tmp_path, image=IMAGE_ON) as (back, workers, _):
+        workers[Lane.IMAGE].ready()
+        assert [r.task_id for r in workers[Lane.IMAGE].runs] == [kept[0].task_id]
+    renamed = {**IMAGE_ON, "default_model": "j", "models": {"j": {"backend": "diffusers"}}}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ris.engine"):
+        async with started_engine(tmp_path, image=renamed) as (later, workers, _):
+            view = later.lookup(kept[1].task_id)
+            assert view is not None and (view.state, view.error_code) == ("failed", "model_not_found")
+            assert "model 'i' is no longer configured (the image lane has: j)" in (view.error_message or "")
+            workers[Lane.IMAGE].ready()
+            assert kept[1].task_id not in [r.task_id for r in workers[Lane.IMAGE].runs]
+    assert f"image task {kept[1].task_id} accepted before this start failed" in caplog.text
 
 
 @run

@@ -5,6 +5,7 @@ for as long as the retention policy keeps it (ris.runtime.retention)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 from ris.lanes.base import LaneKind
 from ris.runtime.store import ABANDONED, CANCELLED, StoredTask, TaskStore
 from ris.scheduler import Task, TaskState
+
+log = logging.getLogger("ris.engine")
 
 # A task found running after a restart is run again at most this many times in all.
 MAX_ATTEMPTS = 2
@@ -38,15 +41,18 @@ class DurableTasks:
     def durable(self, lane: str) -> bool:
         return self._kinds[lane].durable
 
-    def accepted(self, task: Task, model: str, request: Any, *, resumable: bool = True) -> None:
+    def accepted(
+        self, task: Task, model: str, request: Any, *, resumable: bool = True, keep_deadline: bool = True
+    ) -> None:
         """Record a newly admitted task, and wait until it is on disk: the client hears it
         was accepted only then (the one write the event loop still waits for). Not
         `resumable`: its client waits for it on its connection, which a stop closes; a
-        restart finds it ABANDONED instead of running it for nobody."""
+        restart finds it ABANDONED instead of running it for nobody. Not `keep_deadline`: its
+        deadline is the lane's default, which a restart counts again from then."""
         if self.durable(task.lane):
             req = self._kinds[task.lane].request_to_json(request)
             spec = task.spec
-            deadline = None if spec.deadline is None else self._to_wall(spec.deadline)
+            deadline = None if spec.deadline is None or not keep_deadline else self._to_wall(spec.deadline)
             self.store.add(
                 task.id,
                 task.lane,
@@ -120,34 +126,54 @@ class DurableTasks:
 
     def resumable(self, enabled: set[str]) -> Iterator[tuple[StoredTask, Any]]:
         """The tasks a previous server accepted but did not finish, oldest first, with their
-        requests; those run too often already, or whose lane is now off, fail here instead."""
+        requests; those run too often already, or past their client's timeout, fail here
+        instead (each said in the log). A lane now off keeps its tasks for a start that has it
+        again (an operator pausing images for a while): they failed for good, unsaid."""
+        kept: dict[str, int] = {}
         for st in self.store.unfinished():
             now = self._wall()
+            if st.lane not in enabled and st.on_restart not in (CANCELLED, ABANDONED):
+                kept[st.lane] = kept.get(st.lane, 0) + 1
+                continue
             if st.on_restart == CANCELLED:
                 self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
             elif st.on_restart == ABANDONED:
                 message = "its client waited for it on a connection the server's stop closed"
                 self.store.finish(st.id, "cancelled", now, "server_shutdown", message)
             elif st.deadline is not None and st.deadline <= now:
-                message = "its timeout passed while the server was stopped"
-                self.store.finish(st.id, "failed", now, "deadline_exceeded", message)
+                self._fail(st, "deadline_exceeded", "its timeout passed while the server was stopped")
             elif st.state == "running" and st.attempts >= MAX_ATTEMPTS:
-                message = f"the server stopped while this task ran ({st.attempts} attempts)"
-                self.store.finish(st.id, "failed", now, "interrupted", message)
-            elif st.lane not in enabled:
-                message = f"the {st.lane} lane is disabled since the task was accepted"
-                self.store.finish(st.id, "failed", now, "lane_unavailable", message)
+                self._fail(
+                    st, "interrupted", f"the server stopped while this task ran ({st.attempts} attempts)"
+                )
             else:
                 try:
                     request = self._kinds[st.lane].request_from_json(st.request)
                 except (TypeError, ValueError) as e:
                     # Kept by another version (a field since removed): that task fails, the
                     # others resume and the server starts; it would refuse every start.
-                    message = f"its stored request is not one this version reads: {e}"
-                    self.store.finish(st.id, "failed", now, "unreadable_request", message)
+                    self._fail(
+                        st, "unreadable_request", f"its stored request is not one this version reads: {e}"
+                    )
                     continue
                 if st.state == "running":
                     self.store.requeue(st.id)
                 yield st, request
+        for lane, count in kept.items():
+            log.warning(
+                "%d %s task(s) accepted before this start wait for the %s lane, off in this "
+                "configuration: enable it to run them",
+                count,
+                lane,
+                lane,
+            )
         # The tasks failed here are read back as failed from the start on (lookups read the disk).
         self.store.flush()
+
+    def fail_at_start(self, st: StoredTask, code: str, message: str) -> None:
+        """A task accepted before this start that will not run: failed on disk, and said."""
+        self._fail(st, code, message)
+
+    def _fail(self, st: StoredTask, code: str, message: str) -> None:
+        log.warning("%s task %s accepted before this start failed: %s (%s)", st.lane, st.id, message, code)
+        self.store.finish(st.id, "failed", self._wall(), code, message)

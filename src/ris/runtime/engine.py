@@ -297,11 +297,16 @@ class Engine:
             self._scheduler.learned_run_times(lane, runs)
         for st, request in self.durable.resumable(set(self._replicas)):
             kind, model = self.kinds[st.lane], self.config.lane(st.lane).models.get(st.model)
+            if model is None:  # renamed or removed since: its worker failed it with a KeyError
+                configured = ", ".join(self.config.lane(st.lane).models)
+                why = f"model {st.model!r} is no longer configured (the {st.lane} lane has: {configured})"
+                self.durable.fail_at_start(st, "model_not_found", why)
+                continue
             spec = TaskSpec(
                 lane=st.lane,
                 priority=st.priority,
                 payload=(st.model, request),
-                # The client's own timeout, kept on disk; a row from before that, the lane's.
+                # The client's own timeout, kept on disk; else the lane's, from now.
                 deadline=self.clock() + self.config.lane(st.lane).request_timeout_s
                 if st.deadline is None
                 else st.deadline - self._wall_offset,
@@ -386,7 +391,9 @@ class Engine:
         task = self._scheduler.submit(spec, retry=retry)
         assert self.durable is not None
         try:
-            self.durable.accepted(task, model, request, resumable=resumable)
+            # Only a client's own timeout is kept on disk: the lane's default counts again from
+            # a restart (an outage longer than request_timeout_s failed every queued image).
+            self.durable.accepted(task, model, request, resumable=resumable, keep_deadline=bool(timeout_s))
         except Exception as e:
             self._scheduler.withdraw(task.id)  # not durable, so not accepted: no trace of it
             if isinstance(e, (OSError, sqlite3.Error)):
