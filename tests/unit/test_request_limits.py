@@ -14,7 +14,7 @@ from ris.api import ollama_schemas, openai_schemas, schemas
 from ris.api.app import create_app
 from ris.api.errors import APIError
 from ris.api.limits import MAX_MESSAGES, SEED_MAX, RequestBody
-from ris.api.llm_request import OPENAI, SEED, llm_request
+from ris.api.llm_request import OPENAI, SEED, llm_request, seed_llm_request
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SpeechRequest
 from ris.api.schemas import LLMGenerateRequest, SpeakRequest, TaskSubmit, TTSSynthesizeRequest
 from ris.config import ServerConfig
@@ -141,3 +141,19 @@ def test_max_tokens_over_the_models_context_is_refused(dialect: Any, status: int
     assert "context of 2048 tokens" in exc.value.message
     assert generation(dialect, max_tokens=2048, context_tokens=2048).max_tokens == 2048
     assert generation(dialect, max_tokens=3000, context_tokens=None).max_tokens == 3000  # not loaded yet
+
+
+def test_the_seed_apis_default_max_tokens_is_a_bound_under_the_servers_limits() -> None:
+    """A server with max_new_tokens 100 (or a model of 128 tokens of context) refused every
+    /api/llm/generate and /api/chat/speak that sent no max_tokens: "max_tokens 256 is over the
+    limit of 100". The default is a bound; a max_tokens the client sent is still checked."""
+    small = ServerConfig(max_new_tokens=100)
+    unsent = LLMGenerateRequest.model_validate({"prompt": "hi"})
+    req = seed_llm_request(small, unsent, context_tokens=None)
+    assert req.max_tokens == 100 and req.max_tokens_at_most
+    assert seed_llm_request(ServerConfig(), unsent, context_tokens=128).max_tokens == 128
+    assert seed_llm_request(ServerConfig(), unsent, context_tokens=None).max_tokens == 256
+    sent = LLMGenerateRequest.model_validate({"prompt": "hi", "max_tokens": 256})
+    with pytest.raises(APIError, match="max_tokens 256 is over the limit of 100"):
+        seed_llm_request(small, sent, context_tokens=None)
+    assert not seed_llm_request(ServerConfig(), sent, context_tokens=None).max_tokens_at_most

@@ -242,6 +242,13 @@ def seed_llm_request(
     answer must match (/api/llm/generate's field of that name)."""
     messages = None if body.messages is None else [(x.role, x.content) for x in body.messages]
     same = {name: getattr(body, name) for name in _SAME_NAMES}
+    at_most = "max_tokens" not in body.model_fields_set
+    if at_most:
+        # The default (256) is a bound, not the client's demand: a server whose
+        # max_new_tokens, or a model whose context, is smaller refused every request that sent
+        # none ("max_tokens 256 is over the limit of 100"), where /v1 and Ollama answer.
+        bound = min(body.max_tokens, limits.max_new_tokens)
+        same["max_tokens"] = bound if context_tokens is None else min(bound, context_tokens)
     constraint = None if json_schema is None else Constraint(json.dumps(json_schema))
     return llm_request(
         limits,
@@ -251,5 +258,6 @@ def seed_llm_request(
         prompt_is_message=not body.raw,
         constraint=constraint,
         constraint_param="json_schema",
+        max_tokens_at_most=at_most,
         **same,
     )
