@@ -160,6 +160,23 @@ def test_speech_asked_as_the_tts_worker_dies_waits_for_its_successor(crash_serve
     assert all(r.content[:4] == b"RIFF" and len(r.content) > 1000 for r in answers)
 
 
+def test_a_pause_of_the_server_itself_replaces_no_worker(crash_server: Server) -> None:
+    """SIGSTOP of the API process past the workers' heartbeat timeout (2 s here; a paused
+    container, a VM, swapping): its supervision pass ran before the heartbeats waiting in the
+    pipes were read, and every healthy worker was declared hung, replaced, its tasks failed."""
+    srv = crash_server
+    wait_for(lambda: all(ready(srv).values()), 60)
+    pids = {lane: srv.worker_pid(lane) for lane in ("llm", "tts")}
+    assert srv.proc is not None
+    kill(srv.proc.pid, signal.SIGSTOP)
+    time.sleep(3.5)
+    kill(srv.proc.pid, signal.SIGCONT)
+    time.sleep(1.5)  # several supervision passes
+    assert {lane: srv.worker_pid(lane) for lane in pids} == pids
+    with Client(srv.url, max_retries=0) as c:
+        assert c.synthesize("Still here.").duration_s > 0.3
+
+
 def test_long_work_that_makes_progress_is_never_killed(crash_server: Server) -> None:
     # busy_timeout_s is 2 s on this server; this generation runs far longer, token by token.
     with Client(crash_server.url, max_retries=0, timeout=120) as c:

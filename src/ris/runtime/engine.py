@@ -54,6 +54,8 @@ from ris.scheduler import CancelOutcome, ModelWait, QueueFull, Scheduler, Task, 
 log = logging.getLogger("ris.engine")
 
 MONITOR_INTERVAL_S = 0.25
+# A supervision pass this much later than due: the server, not its workers, stood still.
+SERVER_STALL_S = 1.0
 # How often the engine checks its data folder is still the one it locked (two stats).
 DATA_FOLDER_CHECK_S = 5.0
 
@@ -766,8 +768,16 @@ class Engine:
     # ----- supervision ---------------------------------------------------------------------
 
     async def _monitor_loop(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            before = loop.time()
             await asyncio.sleep(interval_s)
+            if loop.time() - before > interval_s + SERVER_STALL_S:
+                # The server itself stood still (a paused container or VM, a swapped-out API
+                # process): the workers' heartbeats wait in their pipes, and uvloop runs timers
+                # before it reads them. Judged now, every worker read as hung and was replaced,
+                # its tasks failed. The next pass judges them after the reading.
+                continue
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - the monitor must outlive any single bad check
