@@ -251,15 +251,21 @@ def test_a_config_with_no_enabled_lane_is_refused() -> None:
     assert "no lane is enabled" in error_of({})
 
 
-def test_parallel_is_bounded_and_only_for_lanes_that_batch() -> None:
+def test_parallel_is_bounded_and_only_for_lanes_that_run_tasks_together() -> None:
     assert parse_config(base(), TWO_CORES).lane(Lane.LLM).parallel == 8  # the LLM kind's default
     for absurd, allowed in ((0, "greater than or equal to 1"), (100_000, "less than or equal to 256")):
         data = base()
         data["lanes"]["llm"]["parallel"] = absurd
         assert f"lanes.llm.parallel: Input should be {allowed} (got {absurd})" in error_of(data)
+    assert parse_config(base(), TWO_CORES).lane(Lane.TTS).parallel == 4  # taking turns a piece each
     data = base()
-    data["lanes"]["tts"]["parallel"] = 2
-    assert "lanes.tts.parallel: 2; the tts lane runs one task at a time" in error_of(data)
+    data["lanes"]["image"] = {
+        "enabled": True,
+        "parallel": 2,
+        "default_model": "i",
+        "models": {"i": {"backend": "diffusers"}},
+    }
+    assert "lanes.image.parallel: 2; the image lane runs one task at a time" in error_of(data)
 
 
 def test_a_cluster_given_on_the_command_line_is_the_files_rule(tmp_path: Path) -> None:

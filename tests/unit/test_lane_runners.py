@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from ris.lanes.base import BackendError
+from ris.lanes.base import BackendError, Cancelled
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, LLMRunner, TextOutput
 from ris.lanes.tts import MAX_CHUNK_CHARS, AudioOutput, TTSBackend, TTSOutcome, TTSRequest, TTSRunner
 from ris.messages import TaskOutput
@@ -86,7 +86,9 @@ def test_long_text_reaches_the_engine_in_bounded_pieces() -> None:
 
 def test_a_cancel_stops_long_text_within_one_piece() -> None:
     tts, env = RecordingTTS(), Env()
-    TTSRunner(env.worker_env()).run(tts, "t", TTSRequest(text="word " * 1000), lambda: len(tts.texts) >= 1)
+    long = TTSRequest(text="word " * 1000)
+    with pytest.raises(Cancelled):
+        TTSRunner(env.worker_env()).run(tts, "t", long, lambda: len(tts.texts) >= 1)
     assert len(tts.texts) == 1
 
 
@@ -260,3 +262,31 @@ def test_a_chat_ending_in_a_tool_answer_keeps_the_call_it_answers() -> None:
     turns = (("user", "q"), call, Message("tool", "r1"), Message("tool", "r2"))
     assert without_oldest(turns, 1) == (call, Message("tool", "r1"), Message("tool", "r2"))
     assert without_oldest(turns, 5) == (call, Message("tool", "r1"), Message("tool", "r2"))
+
+
+def test_a_short_text_asked_during_a_long_one_waits_one_piece_not_the_whole() -> None:
+    """One task at a time, a 5,000-character reading held every other speech request (a short
+    spoken answer included) for its whole synthesis, 23 s. The runner holds several and speaks
+    them a piece each in turn, the newest first; one that fails or is cancelled leaves the
+    others to go on."""
+    tts, env = RecordingTTS(), Env()
+    runner = TTSRunner(env.worker_env())
+    runner.admit(tts, "long", TTSRequest(text="Many words here. " * 100), lambda: False)
+    assert runner.step() == [] and len(tts.texts) == 1
+    runner.admit(tts, "short", TTSRequest(text="OK, done."), lambda: False)
+    ended = runner.step()
+    assert tts.texts[-1] == "OK, done." and [key for key, _ in ended] == ["short"]
+    cancelled = {"gone": False}
+    runner.admit(tts, "gone", TTSRequest(text="Never mind. " * 50), lambda: cancelled["gone"])
+    runner.admit(tts, "bad", TTSRequest(text="Hi.", voice="zh-CN"), lambda: False)  # refused at once
+    (bad,) = runner.step()  # "gone" speaks its first piece; "bad" is answered
+    assert bad[0] == "bad" and isinstance(bad[1], BackendError) and bad[1].code == "unknown_voice"
+    assert tts.texts[-1] == "Never mind."
+    cancelled["gone"] = True
+    outcomes: dict[str, object] = {}
+    while runner.busy():
+        outcomes.update(runner.step())
+    assert isinstance(outcomes["gone"], Cancelled)
+    long = outcomes["long"]
+    assert isinstance(long, TTSOutcome) and long.samples == len("Many words here. " * 100) - 100
+    assert env.board[0] is Activity.BUSY and env.board[-1] is Activity.IDLE

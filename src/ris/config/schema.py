@@ -162,7 +162,8 @@ class LaneConfig(_Strict):
         ge=1,
         le=MAX_PARALLEL,
         description="tasks the worker runs at once (the LLM lane batches them, continuous "
-        "batching); other lanes run one at a time",
+        "batching; the TTS lane speaks them a piece each in turn, 4 by default); the image lane "
+        "runs one at a time",
     )
     memory_limit_mb: int | None = Field(
         default=None,

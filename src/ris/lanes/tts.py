@@ -9,6 +9,7 @@ the server's memory.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -29,12 +30,13 @@ from ris.lanes.base import (
     Backend,
     BackendEntry,
     BackendError,
+    Cancelled,
     Coalesces,
     Collector,
+    ConcurrentRunner,
     Counted,
     LaneKind,
     LaneResult,
-    LaneRunner,
     ModelDetails,
     ResultFiles,
     Seen,
@@ -388,51 +390,120 @@ _CONTROLS = {c: " " for c in (*range(0, 9), 11, 12, *range(14, 32), 127)}
 MAX_CHUNK_CHARS = 200
 
 
-class TTSRunner(LaneRunner[TTSBackend, TTSRequest, TTSOutcome]):
-    def run(
+def _pieces(backend: TTSBackend, request: TTSRequest) -> list[str]:
+    """The pieces a request's text is spoken in, or the BackendError that refuses it."""
+    # Every engine refuses a voice it does not have, as espeak-ng always did: speaking
+    # another voice instead (Piper's English for "zh-CN") is a wrong answer, not a fallback.
+    if request.voice is not None and not speaks(backend.voices, request.voice):
+        raise BackendError(
+            "unknown_voice",
+            f"this model does not speak voice {request.voice!r}; its voices: {voice_listing(backend.voices)}",
+        )
+    # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
+    text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
+    # Pieces of punctuation alone ("..." between sentences) are left out, not read aloud.
+    chunks = [chunk for chunk in speech_chunks(text, MAX_CHUNK_CHARS) if speakable(chunk)]
+    if not chunks:
+        raise BackendError("nothing_to_speak", NOTHING_TO_SPEAK)
+    return chunks
+
+
+@dataclass(eq=False)
+class _Speaking:
+    """One task the runner holds: its text in pieces, and how far it got."""
+
+    task_id: str
+    backend: TTSBackend
+    request: TTSRequest
+    chunks: list[str]
+    out: _WorkerOutput
+    cancelled: Callable[[], bool]
+    done: int = 0
+    samples: int = 0
+    voice: str = ""
+
+
+class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
+    """Speaks the tasks it holds (config `parallel`, 4 by default) a piece at a time, taking
+    turns: a short answer asked while a long text is read waits for one piece (at most
+    MAX_CHUNK_CHARS), not for the whole text (a 5,000-character reading held every other
+    speech request 23 s). A task admitted goes first; the others then take turns in order.
+    Synthesis runs several times faster than the audio plays, so a streamed long text is
+    still ahead of its listener while it waits its turn."""
+
+    def __init__(self, env: WorkerEnv) -> None:
+        super().__init__(env)
+        self._turns: collections.deque[_Speaking] = collections.deque()
+        self._ended: list[tuple[str, TTSOutcome | BackendError]] = []
+        self._last: TTSBackend | None = None
+
+    def admit(
         self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
-    ) -> TTSOutcome:
-        # Every engine refuses a voice it does not have, as espeak-ng always did: speaking
-        # another voice instead (Piper's English for "zh-CN") is a wrong answer, not a fallback.
-        if request.voice is not None and not speaks(backend.voices, request.voice):
-            raise BackendError(
-                "unknown_voice",
-                f"this model does not speak voice {request.voice!r}; "
-                f"its voices: {voice_listing(backend.voices)}",
-            )
-        # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
-        text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
-        # Pieces of punctuation alone ("..." between sentences) are left out, not read aloud.
-        chunks = [chunk for chunk in speech_chunks(text, MAX_CHUNK_CHARS) if speakable(chunk)]
-        if not chunks:
-            raise BackendError("nothing_to_speak", NOTHING_TO_SPEAK)
-        out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
-        self.env.publish(Activity.BUSY)
+    ) -> None:
         try:
-            samples, voice = 0, ""
-            for chunk in chunks:
-                if cancelled():
-                    break
-                self._fit_cores(backend, working=True)
-                outcome = backend.synthesize(dataclasses.replace(request, text=chunk), out)
-                out.flush()
-                samples, voice = samples + outcome.samples, voice or outcome.voice
-            if not out.audible and not cancelled():
-                # Success with no sound would reach the client as an empty WAV and a 200.
-                heard = f"{out.samples} samples, all silent" if out.samples else "no samples"
-                raise BackendError(
-                    "synthesis_empty",
-                    f"the speech engine produced no audio for this text ({heard}): voice "
-                    f"{request.voice or backend.voices[0]!r} has no sound for its characters",
-                )
-            return TTSOutcome(sample_rate=int(backend.sample_rate), samples=samples, voice=voice)
-        finally:
+            chunks = _pieces(backend, request)
+        except BackendError as e:
+            self._ended.append((task_id, e))
+            return
+        if not self._turns:
+            self.env.publish(Activity.BUSY)
+        out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
+        self._turns.appendleft(_Speaking(task_id, backend, request, chunks, out, cancelled))
+
+    def busy(self) -> bool:
+        return bool(self._turns or self._ended)
+
+    def step(self) -> list[tuple[str, TTSOutcome | BackendError]]:
+        ended, self._ended = self._ended, []
+        for task in [t for t in self._turns if t.cancelled()]:
+            self._turns.remove(task)
+            ended.append((task.task_id, Cancelled()))
+        if self._turns:
+            task = self._turns.popleft()
+            self._last = task.backend
+            try:
+                outcome = self._speak_a_piece(task)
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except BackendError as e:
+                ended.append((task.task_id, e))
+            except Exception as e:  # noqa: BLE001 - the task fails; the worker and the others go on
+                logging.getLogger("ris.worker").exception("speech synthesis failed")
+                ended.append((task.task_id, BackendError("backend_error", f"{type(e).__name__}: {e}")))
+            else:
+                if outcome is None:
+                    self._turns.append(task)
+                else:
+                    ended.append((task.task_id, outcome))
+        if ended and not self._turns:
             try:
                 # Idle: only its own cores, so a lender's next task finds them free.
-                self._fit_cores(backend, working=False)
+                if self._last is not None:
+                    self._fit_cores(self._last, working=False)
             except Exception:  # noqa: BLE001 - the task's own error, if any, is what the client hears
                 logging.getLogger("ris.worker").exception("giving lent cores back failed")
             self.env.publish(Activity.IDLE)
+        return ended
+
+    def _speak_a_piece(self, task: _Speaking) -> TTSOutcome | None:
+        """The task's next piece; its outcome once it has none left (None: more to come)."""
+        self._fit_cores(task.backend, working=True)
+        piece = dataclasses.replace(task.request, text=task.chunks[task.done])
+        outcome = task.backend.synthesize(piece, task.out)
+        task.out.flush()
+        task.done += 1
+        task.samples, task.voice = task.samples + outcome.samples, task.voice or outcome.voice
+        if task.done < len(task.chunks):
+            return None
+        if not task.out.audible:
+            # Success with no sound would reach the client as an empty WAV and a 200.
+            heard = f"{task.out.samples} samples, all silent" if task.out.samples else "no samples"
+            raise BackendError(
+                "synthesis_empty",
+                f"the speech engine produced no audio for this text ({heard}): voice "
+                f"{task.request.voice or task.backend.voices[0]!r} has no sound for its characters",
+            )
+        return TTSOutcome(sample_rate=int(task.backend.sample_rate), samples=task.samples, voice=task.voice)
 
     def _fit_cores(self, backend: TTSBackend, working: bool) -> None:
         """Work-conserving isolation (borrow_idle_cores): before each sentence, widen onto the
@@ -451,6 +522,8 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
     request_type, outcome_type, backend_type, runner_type = TTSRequest, TTSOutcome, TTSBackend, TTSRunner
     cpu_only = True
     load_all_models = True
+    # Tasks its worker holds at once, spoken a piece each in turn (TTSRunner).
+    config_defaults: ClassVar[Mapping[str, Any]] = {"parallel": 4}
     # Its runner sets the engine's threads between sentences (Piper: onnxruntime sessions,
     # those for lent cores without spinning; espeak-ng: one thread, nothing to set).
     borrows_cores = True
