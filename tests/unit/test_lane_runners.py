@@ -267,8 +267,9 @@ def test_a_chat_ending_in_a_tool_answer_keeps_the_call_it_answers() -> None:
 def test_a_short_text_asked_during_a_long_one_waits_one_piece_not_the_whole() -> None:
     """One task at a time, a 5,000-character reading held every other speech request (a short
     spoken answer included) for its whole synthesis, 23 s. The runner holds several and speaks
-    them a piece each in turn, the newest first; one that fails or is cancelled leaves the
-    others to go on."""
+    a piece each step of the one that has spoken least, in order among equals (an answer's
+    sentences stay in order); one passed over 3 steps in a row goes next; one that fails or is
+    cancelled leaves the others to go on."""
     tts, env = RecordingTTS(), Env()
     runner = TTSRunner(env.worker_env())
     runner.admit(tts, "long", TTSRequest(text="Many words here. " * 100), lambda: False)
@@ -276,6 +277,16 @@ def test_a_short_text_asked_during_a_long_one_waits_one_piece_not_the_whole() ->
     runner.admit(tts, "short", TTSRequest(text="OK, done."), lambda: False)
     ended = runner.step()
     assert tts.texts[-1] == "OK, done." and [key for key, _ in ended] == ["short"]
+    for n in range(4):  # an answer's sentences, admitted together: spoken in their order
+        runner.admit(tts, f"s{n}", TTSRequest(text=f"Sentence {n}."), lambda: False)
+    spoken = [key for _ in range(5) for key, _ in runner.step()]
+    assert spoken == ["s0", "s1", "s2", "s3"]
+    # The long text, passed over three steps in a row (once for "short"), speaks between them.
+    assert tts.texts[-5:-3] == ["Sentence 0.", "Sentence 1."] and tts.texts[-2:] == [
+        "Sentence 2.",
+        "Sentence 3.",
+    ]
+    assert tts.texts[-3].startswith("Many words")
     cancelled = {"gone": False}
     runner.admit(tts, "gone", TTSRequest(text="Never mind. " * 50), lambda: cancelled["gone"])
     runner.admit(tts, "bad", TTSRequest(text="Hi.", voice="zh-CN"), lambda: False)  # refused at once

@@ -9,7 +9,6 @@ the server's memory.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -421,19 +420,26 @@ class _Speaking:
     done: int = 0
     samples: int = 0
     voice: str = ""
+    passed_over: int = 0  # steps in a row that spoke another task's piece
+
+
+# Steps in a row a held task may be passed over for tasks that have spoken less.
+MAX_PASSED_OVER = 3
 
 
 class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
     """Speaks the tasks it holds (config `parallel`, 4 by default) a piece at a time, taking
-    turns: a short answer asked while a long text is read waits for one piece (at most
+    turns: a short answer asked while a long text is read waits for at most one piece (at most
     MAX_CHUNK_CHARS), not for the whole text (a 5,000-character reading held every other
-    speech request 23 s). A task admitted goes first; the others then take turns in order.
-    Synthesis runs several times faster than the audio plays, so a streamed long text is
-    still ahead of its listener while it waits its turn."""
+    speech request 23 s). Each step speaks the next piece of the task that has spoken the
+    fewest, the earliest admitted among equals (a spoken answer's sentences stay in order);
+    one passed over MAX_PASSED_OVER steps in a row goes next, so a long text is never starved
+    by a stream of short ones. Synthesis runs several times faster than the audio plays, so a
+    streamed long text stays ahead of its listener while it waits its turn."""
 
     def __init__(self, env: WorkerEnv) -> None:
         super().__init__(env)
-        self._turns: collections.deque[_Speaking] = collections.deque()
+        self._turns: list[_Speaking] = []  # in the order admitted
         self._ended: list[tuple[str, TTSOutcome | BackendError]] = []
         self._last: TTSBackend | None = None
 
@@ -448,7 +454,7 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
         if not self._turns:
             self.env.publish(Activity.BUSY)
         out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
-        self._turns.appendleft(_Speaking(task_id, backend, request, chunks, out, cancelled))
+        self._turns.append(_Speaking(task_id, backend, request, chunks, out, cancelled))
 
     def busy(self) -> bool:
         return bool(self._turns or self._ended)
@@ -459,22 +465,21 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
             self._turns.remove(task)
             ended.append((task.task_id, Cancelled()))
         if self._turns:
-            task = self._turns.popleft()
+            task = self._next()
             self._last = task.backend
+            result: TTSOutcome | BackendError | None
             try:
-                outcome = self._speak_a_piece(task)
+                result = self._speak_a_piece(task)
             except (MemoryError, KeyboardInterrupt):
                 raise
             except BackendError as e:
-                ended.append((task.task_id, e))
+                result = e
             except Exception as e:  # noqa: BLE001 - the task fails; the worker and the others go on
                 logging.getLogger("ris.worker").exception("speech synthesis failed")
-                ended.append((task.task_id, BackendError("backend_error", f"{type(e).__name__}: {e}")))
-            else:
-                if outcome is None:
-                    self._turns.append(task)
-                else:
-                    ended.append((task.task_id, outcome))
+                result = BackendError("backend_error", f"{type(e).__name__}: {e}")
+            if result is not None:  # None: it has pieces left
+                self._turns.remove(task)
+                ended.append((task.task_id, result))
         if ended and not self._turns:
             try:
                 # Idle: only its own cores, so a lender's next task finds them free.
@@ -484,6 +489,14 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
                 logging.getLogger("ris.worker").exception("giving lent cores back failed")
             self.env.publish(Activity.IDLE)
         return ended
+
+    def _next(self) -> _Speaking:
+        """The task whose piece is spoken now (the class's rule); the others are passed over."""
+        starved = [t for t in self._turns if t.passed_over >= MAX_PASSED_OVER]
+        chosen = starved[0] if starved else min(self._turns, key=lambda t: t.done)  # min: the first
+        for t in self._turns:
+            t.passed_over = 0 if t is chosen else t.passed_over + 1
+        return chosen
 
     def _speak_a_piece(self, task: _Speaking) -> TTSOutcome | None:
         """The task's next piece; its outcome once it has none left (None: more to come)."""
