@@ -431,6 +431,12 @@ def test_ris_config_prints_no_key_and_its_placeholder_is_refused_as_a_key(
     assert "entry 0 is 'REDACTED', what `ris config` prints in place of a key" in said, said
     assert main(["config", "--config", str(given), "--show-keys"]) == 0
     assert json.loads(capsys.readouterr().out)["server"]["api_keys"][0] == "plain-secret-1"
+    # A key no client can send as written (curl got 401, httpx refused the header): refused here.
+    for unsendable in (" spaced-key ", "clé-secrète", "tab\tkey"):
+        data["server"]["api_keys"] = ["fine-key", unsendable]
+        said = error_of(data)
+        assert "entry 1 has a space or a character outside visible ASCII" in said, said
+        assert unsendable.strip() not in said  # never the secret itself
 
 
 def test_a_server_of_several_keys_keeps_one_from_filling_a_queue() -> None:

@@ -366,6 +366,13 @@ class ServerConfig(_Strict):
             secret = entry if isinstance(entry, str) else entry.key
             if not secret:
                 raise ValueError(f"entry {i} is empty; a key is a non-empty secret")
+            if any(not "!" <= c <= "~" for c in secret):
+                # A space (a key pasted with its margin) or a letter outside ASCII: no client
+                # sends it in an Authorization header as written (curl gets 401, httpx refuses).
+                raise ValueError(
+                    f"entry {i} has a space or a character outside visible ASCII; a key is sent in "
+                    "an HTTP header: letters, digits and ASCII punctuation only"
+                )
             if secret == KEY_PLACEHOLDER:
                 raise ValueError(
                     f"entry {i} is {KEY_PLACEHOLDER!r}, what `ris config` prints in place of a key; "
