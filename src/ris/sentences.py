@@ -6,8 +6,9 @@ generating, so the first sound comes after the first sentence, not after the who
 
 from __future__ import annotations
 
-# Ends a sentence at once (full-width punctuation needs no following space).
-_CJK_ENDERS = "。！？；…\n"
+# Ends a sentence at once (full-width punctuation needs no following space; the Devanagari
+# danda, and Arabic and Urdu marks, are followed by a space anyway).
+_CJK_ENDERS = "。！？；…\n।॥؟۔؛"
 # Ends a sentence only when followed by whitespace: "3.14" and "e.g.x" stay whole.
 _LATIN_ENDERS = ".!?;"
 # Words whose trailing period does not end a sentence.
@@ -18,10 +19,19 @@ _ABBREVIATIONS = frozenset(
 _CLOSERS = "\"')]}»”’」』）"
 
 
+def _abbreviated(word: str, after: str) -> bool:
+    """Whether `word.` is an abbreviation, not a sentence's end; "no." only before a number
+    ("No. 5"): "The answer is no. Let me..." ends there."""
+    return word in _ABBREVIATIONS and (word != "no" or after.isdigit())
+
+
 class SentenceSplitter:
-    def __init__(self, min_chars: int = 12) -> None:
+    def __init__(self, min_chars: int = 12, max_chars: int | None = None) -> None:
         # Latin sentences shorter than this are joined to the next ("Mr. Smith", "1. First").
         self.min_chars = min_chars
+        # A sentence longer than this is cut at a clause, else a space, as it arrives: a list
+        # of 400 characters with no full stop was spoken only after the whole answer.
+        self.max_chars = max_chars
         self._buf = ""
         # Where the next feed resumes in _buf: everything before it was decided already (a scan
         # from the start each time was quadratic in a long sentence, on the event loop).
@@ -54,7 +64,7 @@ class SentenceSplitter:
                 if j >= len(buf):
                     break  # cannot tell yet whether a space follows
                 word = buf[start:i].rsplit(None, 1)[-1].lower() if buf[start:i].strip() else ""
-                if buf[j].isspace() and not (ch == "." and word in _ABBREVIATIONS):
+                if buf[j].isspace() and not (ch == "." and _abbreviated(word, buf[j:].lstrip()[:1])):
                     end = j
             if end is not None:
                 while end < len(buf) and buf[end] in _CLOSERS:
@@ -68,10 +78,17 @@ class SentenceSplitter:
                 i = end
                 continue
             i += 1
+        resume = i if redo is None else redo
+        if self.max_chars is not None:
+            while len(buf) - start > self.max_chars:
+                head = _cut(buf[start:], self.max_chars)[0]
+                out.append(head)
+                start = buf.index(head, start) + len(head)
+                resume = max(resume, start)
         self._buf = buf[start:]
         # A Latin ender at the end is looked at again, with what follows; so is a kept one
         # whose closing quotes ran to the end.
-        self._scan = (i if redo is None else redo) - start
+        self._scan = resume - start
         return out
 
     def flush(self) -> str | None:

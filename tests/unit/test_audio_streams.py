@@ -389,3 +389,30 @@ async def test_a_spoken_answer_with_no_voice_reads_each_sentence_in_its_scripts_
     assert voices == [("猫很可爱。", "zh"), ("The cat sleeps.", None)], voices
     start = json.loads(next(line for line in r.text.splitlines() if line.startswith("data: "))[6:])
     assert any("the prompt is Chinese" in w for w in start["warnings"]), start
+
+
+@run
+async def test_a_spoken_answers_markdown_is_not_read_aloud(tmp_path: Path) -> None:
+    """ "**Ingredients:**" went to TTS as written: "asterisk asterisk Ingredients"; "# Title" as
+    "hash Title". The marks are left out of what is spoken; the text event keeps them."""
+    body = {"prompt": "talk", "stream_format": "events"}
+    async with posted(tmp_path, "/api/chat/speak", body) as (request, workers):
+        answer(workers[Lane.LLM], "**Ingredients:** two eggs.\n# Method\n- Beat *them* well, 5 * 3 times.\n")
+        tts = workers[Lane.TTS]
+        for i in range(3):
+            for _ in range(50):
+                await settle()
+                if len(tts.runs) > i:
+                    break
+            task_id = tts.runs[i].task_id
+            tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+            tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+        r = await asyncio.wait_for(request, 5)
+    spoken = [run.request.text for run in tts.runs]  # type: ignore[attr-defined]
+    assert spoken == ["Ingredients: two eggs.", "Method", "Beat them well, 5 * 3 times."], spoken
+    texts = [
+        json.loads(line[6:])["text"]
+        for line in r.text.splitlines()
+        if line.startswith("data: ") and '"text"' in line
+    ]
+    assert texts[0] == "**Ingredients:** two eggs."

@@ -116,3 +116,32 @@ def test_resuming_where_it_stopped_cuts_as_a_scan_from_the_start_does() -> None:
         for piece in pieces:
             assert got.feed(piece) == want.feed(piece), (text, pieces)
         assert got.flush() == want.flush(), (text, pieces)
+
+
+@pytest.mark.parametrize("step", [1, 5, 1000])
+def test_hindi_arabic_and_urdu_sentence_marks_end_sentences(step: int) -> None:
+    """A Hindi answer was cut only at newlines (its danda was not a sentence end), an Arabic one
+    not at its question mark: spoken only once the whole answer was written."""
+    text = "नमस्ते, आप कैसे हैं। यह एक परीक्षण है। مرحبا بالعالم؟ هذا اختبار۔ "
+    assert split(text, step) == ["नमस्ते, आप कैसे हैं।", "यह एक परीक्षण है।", "مرحبا بالعالم؟", "هذا اختبار۔"]
+
+
+def test_no_with_a_period_ends_a_sentence_unless_a_number_follows() -> None:
+    text = "The answer is no. Let me explain why. See No. 5 for the rest. "
+    assert split(text, 1000) == ["The answer is no.", "Let me explain why.", "See No. 5 for the rest."]
+
+
+@pytest.mark.parametrize("step", [1, 7, 1000])
+def test_a_sentence_too_long_is_cut_at_a_clause_as_it_arrives(step: int) -> None:
+    """A 400-character list with no full stop was one sentence: its first sound came after
+    the whole answer. Cut at a clause (else a space) once longer than max_chars; no word lost."""
+    text = "apple, banana, cherry, date, elderberry, fig, grape, honeydew, kiwi, lemon, mango, " * 3
+    splitter = SentenceSplitter(max_chars=60)
+    out: list[str] = []
+    for i in range(0, len(text), step):
+        out += splitter.feed(text[i : i + step])
+        if i < 70:
+            assert not out or len(out[0]) <= 60
+    assert out and all(len(p) <= 60 for p in out) and out[0].endswith(",")
+    rest = splitter.flush()
+    assert " ".join([*out, *([rest] if rest else [])]).split() == text.split()

@@ -13,6 +13,7 @@ to speak ("...") are not sent to TTS; an answer with none that has ends in `noth
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
@@ -28,6 +29,25 @@ from ris.services.audio import AudioStream
 
 # Sentences go ahead of other speech in the TTS queue: someone is listening to this answer.
 SENTENCE_PRIORITY = 1
+
+# A sentence longer than this goes to TTS cut at a clause or a space as it is written: the
+# first sound of a 400-character list without a full stop came after the whole answer.
+SENTENCE_MAX_CHARS = 150
+
+# Markdown an LLM writes that is not to be read aloud ("asterisk asterisk Ingredients"): bold
+# and italic marks, inline code's backticks, a heading's hashes, a list item's bullet, and a
+# link's target (its text is read).
+# ("5 * 3": an asterisk with spaces on both sides is not a mark, and is read.)
+_MARKUP = re.compile(
+    r"(^\s*[-*+]\s+|(?<=\S)\*{1,3}|\*{1,3}(?=\S)|_{2,3}|`+|^\s*#{1,6}\s+|^\s*>\s*)", re.MULTILINE
+)
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+
+
+def unmarked(text: str) -> str:
+    """A sentence as it is spoken: the LLM's Markdown marks left out (its `text` event keeps
+    them, as written)."""
+    return _MARKUP.sub("", _LINK.sub(r"\1", text)).strip()
 
 
 OUT_PENDING = 8  # events (an audio piece is at most 64 KiB) ready for a listener, at most
@@ -140,14 +160,15 @@ class SpeakingPipeline:
                 retry = True
 
     async def _produce(self) -> None:
-        splitter = SentenceSplitter()
+        splitter = SentenceSplitter(max_chars=SENTENCE_MAX_CHARS)
         index = 0
 
         async def speak(text: str) -> bool:
             nonlocal index
-            if not speakable(text):  # the TTS lane would refuse it; the answer goes on
+            said = unmarked(text)
+            if not speakable(said):  # the TTS lane would refuse it; the answer goes on
                 return True
-            handle = await self._submit_sentence(text)
+            handle = await self._submit_sentence(said)
             if handle is None:
                 return False
             self.tts.append(handle)
