@@ -13,6 +13,9 @@ FAILURE_STATUS = {
     # The task asked more of the lane's GPU budget than it holds; the worker serves on (an
     # LLM batch's worker is replaced: its sequences shared the step that failed).
     "gpu_out_of_memory": 507,
+    # The task's result could not be written: the data folder's disk is full (as a record
+    # that cannot be written is, NotRecorded); another write failure is result_not_stored, 500.
+    "storage_full": 507,
     "cancelled": 409,
     "server_shutdown": 503,
     "lane_unavailable": 503,

@@ -16,6 +16,7 @@ import pytest
 from ris import messages as m
 from ris.api.errors import task_error
 from ris.config import RetentionConfig
+from ris.failures import failure_status
 from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageResult
@@ -728,6 +729,27 @@ async def test_a_result_that_cannot_be_written_fails_the_task_clearly(tmp_path: 
         )
         view = await handle.done
         assert (view.state, view.error_code) == ("failed", "result_not_stored")
+
+
+@run
+async def test_a_result_a_full_disk_cannot_take_is_storage_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk was result_not_stored, a 500, where a record it cannot take is storage_full, 507."""
+
+    def full(*args: object, **kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        workers[Lane.IMAGE].ready()
+        handle = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        monkeypatch.setattr(eng.files, "write", full)
+        workers[Lane.IMAGE].deliver(
+            m.TaskDone(handle.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7)))
+        )
+        view = await handle.done
+        assert (view.state, view.error_code) == ("failed", "storage_full")
+        assert failure_status("storage_full") == 507
 
 
 @run

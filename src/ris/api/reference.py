@@ -80,7 +80,9 @@ tasks; 429
 fails; 503 `lane_unavailable` / `worker_crashed` / `lane_pending` (a cluster has not placed the
 lane's worker; the message says what it asks for and what is free); 504 `deadline_exceeded` /
 `worker_timeout`; 507 `storage_full` (a durable task's record could not be written: nothing was
-queued; 503 `store_unavailable` for another failure of the store); 507 `gpu_out_of_memory`
+queued; 503 `store_unavailable` for another failure of the store; a finished task whose result
+file the full disk could not take fails with it too, another write failure `result_not_stored`,
+500); 507 `gpu_out_of_memory`
 (the task, or its model's load, needed more than its
 lane's GPU budget or the card had: the message names the budget, and the lane serves on);
 409 for a cancelled task; 500 `internal_error` for a defect of the server's (the log has the

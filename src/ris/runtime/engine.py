@@ -676,9 +676,9 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - disk full, a bad outcome, a plugin's bug
                 log.exception("%s task %s: no result", replica.lane, msg.task_id)
                 message = f"the result could not be stored: {type(e).__name__}: {e}"
-                self._scheduler.finish(
-                    msg.task_id, TaskState.FAILED, code="result_not_stored", message=message
-                )
+                full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+                code = "storage_full" if full else "result_not_stored"  # 507, as for a record
+                self._scheduler.finish(msg.task_id, TaskState.FAILED, code=code, message=message)
             else:
                 self._scheduler.finish(msg.task_id, TaskState.SUCCEEDED, result=result)
         elif isinstance(msg, m.TaskError):
