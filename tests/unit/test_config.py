@@ -448,3 +448,14 @@ def test_a_server_of_several_keys_keeps_one_from_filling_a_queue() -> None:
     assert parse_config(data, TWO_CORES).lane(Lane.LLM).policy(keys=2).client_queue_share == 0.5
     data["lanes"]["llm"]["client_queue_share"] = 0.25
     assert parse_config(data, TWO_CORES).lane(Lane.LLM).policy(keys=0).client_queue_share == 0.25
+
+
+def test_a_server_memory_ceiling_below_what_the_api_process_holds_is_refused() -> None:
+    """100 MiB: the API process holds about that idle; /ready said true while every POST got
+    503 server_memory_full."""
+    data = base()
+    data["server"] = {"memory_limit_mb": 100}
+    assert "server.memory_limit_mb: Value error, 100 MiB is less than the API process holds" in error_of(data)
+    for fine in (0, 256):
+        data["server"] = {"memory_limit_mb": fine}
+        assert parse_config(data, TWO_CORES).server.memory_limit_mb == fine

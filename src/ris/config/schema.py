@@ -288,6 +288,8 @@ KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 # What `ris config` prints in place of a key, so its output can be pasted into a terminal, a
 # ticket or a log; refused as a key, so the printed file cannot serve with a known secret.
 KEY_PLACEHOLDER = "REDACTED"
+# The least server.memory_limit_mb that leaves the API process room to serve (0: none).
+MIN_SERVER_MEMORY_MB = 256
 
 
 class NamedKey(_Strict):
@@ -356,6 +358,18 @@ class ServerConfig(_Strict):
         description="OpenAI voice names (alloy, nova, ...) -> our voices (names without case); unlisted "
         "ones speak the input's language (Chinese, Japanese, Korean or Thai by its script, else en-US)",
     )
+
+    @field_validator("memory_limit_mb")
+    @classmethod
+    def _room_to_serve(cls, mb: int) -> int:
+        if 0 < mb < MIN_SERVER_MEMORY_MB:
+            # The API process holds ~100 MiB idle: below that, /ready said true while every
+            # POST got 503 server_memory_full.
+            raise ValueError(
+                f"{mb} MiB is less than the API process holds idle (about 100 MiB); at least "
+                f"{MIN_SERVER_MEMORY_MB}, or 0 for no ceiling"
+            )
+        return mb
 
     @field_validator("api_keys")
     @classmethod
