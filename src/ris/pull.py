@@ -114,6 +114,8 @@ def pull(
             f"add it to lanes.{entry.lane}.models by hand: {entry_json}",
         ) from None
     log(f"added model {key!r} to the {entry.lane} lane of {config_path}; restart the server to use it")
+    if _read_config(config_path).get("lanes", {}).get(entry.lane, {}).get("enabled") is False:
+        log(f"note: the {entry.lane} lane is disabled in {config_path}: set its enabled to true to serve it")
     return Pulled(key, entry.lane, folder, tuple(f.path for f in remote), commit, spec)
 
 
@@ -304,7 +306,31 @@ def _add_to_config(path: Path, lane: str, name: str, spec: dict[str, Any]) -> No
         lanes = config.setdefault("lanes", {})
         lane_cfg = lanes.setdefault(lane, {})
         lane_cfg.setdefault("models", {})[name] = spec
-        _write_whole(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        _refuse_a_config_that_stops_loading(path, text)
+        _write_whole(path, text)
+
+
+def _refuse_a_config_that_stops_loading(path: Path, text: str) -> None:
+    """PullError where the config loads now and would not with the model added: a lane the
+    file did not have was added with its model alone, and `ris serve` then refused the file
+    (its cores clashed with another lane's). A file that does not load already is the
+    operator's to mend: not this pull's to judge."""
+    from ris.config import ConfigError
+    from ris.config.load import load_config
+
+    try:
+        load_config(path)
+    except ConfigError:
+        return
+    trial = path.with_name(f".{path.name}.{os.getpid()}.check.json")
+    try:
+        trial.write_text(text, encoding="utf-8")
+        load_config(trial)
+    except ConfigError as e:
+        raise PullError("config_invalid", f"with the model added the config would not load: {e}") from None
+    finally:
+        trial.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -157,13 +157,20 @@ def test_a_corrupt_file_is_refused_and_deleted(hub: Hub, config: Path) -> None:
     assert (pulled.folder / f"{HUAYAN}.onnx").read_bytes() == onnx
 
 
+def safetensors(n: int) -> bytes:
+    """A well-formed safetensors file of one tensor of `n` random bytes (`ris pull` adds a
+    model only where the config still loads with it, which reads the files' headers)."""
+    header = json.dumps({"w": {"dtype": "F16", "shape": [n // 2], "data_offsets": [0, n]}}).encode()
+    return len(header).to_bytes(8, "little") + header + os.urandom(n)
+
+
 def test_a_diffusers_folder_in_its_fp16_variant_only(hub: Hub, config: Path) -> None:
     repo = {
         "model_index.json": b'{"_class_name": "StableDiffusionPipeline"}',
         "unet/config.json": b'{"sample_size": 64}',
-        "unet/diffusion_pytorch_model.fp16.safetensors": os.urandom(4096),
+        "unet/diffusion_pytorch_model.fp16.safetensors": safetensors(4096),
         "unet/diffusion_pytorch_model.safetensors": os.urandom(8192),  # fp32: not wanted
-        "text_encoder/model.fp16.safetensors": os.urandom(2048),
+        "text_encoder/model.fp16.safetensors": safetensors(2048),
         "tokenizer/merges.txt": b"#version: 0.2\n",
         "tokenizer/vocab.json": b"{}",
         "sd_turbo.safetensors": os.urandom(4096),  # the single-file checkpoint: not wanted

@@ -62,12 +62,13 @@ def test_what_changed_in_the_config_during_the_download_is_kept(
     """Two pulls at once, or an edit made while one downloads: the entry is added to the file
     as it is at the end, not written over it from what was read at the start."""
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"data_dir": str(tmp_path / "data")}), encoding="utf-8")
+    shipped = json.loads(Path("config.json").read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**shipped, "data_dir": str(tmp_path / "data")}), encoding="utf-8")
 
     def edit() -> None:
         config = json.loads(path.read_text(encoding="utf-8"))
         config["server"] = {"api_keys": ["added-meanwhile"]}
-        config["lanes"] = {"tts": {"models": {"other": {"backend": "espeak"}}}}
+        config["lanes"]["tts"]["models"]["other"] = {"backend": "espeak"}
         path.write_text(json.dumps(config), encoding="utf-8")
 
     _download_meanwhile(monkeypatch, edit)
@@ -92,3 +93,23 @@ def test_a_config_that_cannot_be_written_says_where_the_download_is(
         pull("qwen2.5", path, log=lambda line: None)
     assert e.value.code == "config_not_written"
     assert str(tmp_path / "data" / "models") in e.value.message and '"qwen2.5"' in e.value.message
+
+
+def test_a_model_that_would_stop_the_config_loading_is_not_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A voice pulled into a config without a tts lane added the lane with its model alone;
+    `ris serve` then refused the file (its default cores clashed with the LLM's). The config
+    that loads stays as it was, and the message says where the download is."""
+    path = tmp_path / "config.json"
+    config = json.loads(Path("config.json").read_text(encoding="utf-8"))
+    del config["lanes"]["tts"]
+    config["data_dir"] = str(tmp_path / "data")
+    path.write_text(json.dumps(config), encoding="utf-8")
+    before = path.read_text(encoding="utf-8")
+    _download_meanwhile(monkeypatch, lambda: None)
+    with pytest.raises(PullError) as e:
+        pull("piper:en_US-lessac-medium", path, log=lambda line: None)
+    assert e.value.code == "config_not_written" and "would not load" in e.value.message, e.value.message
+    assert path.read_text(encoding="utf-8") == before
+    assert not list(tmp_path.glob(".config.json.*.json"))  # the trial copy is gone
