@@ -80,10 +80,14 @@ class SentenceSplitter:
             i += 1
         resume = i if redo is None else redo
         if self.max_chars is not None:
-            while len(buf) - start > self.max_chars:
-                head = _cut(buf[start:], self.max_chars)[0]
-                out.append(head)
-                start = buf.index(head, start) + len(head)
+            # Counted from the sentence's first letter: blank lines before it are no words.
+            while len(buf[start:].lstrip()) > self.max_chars:
+                heads = _cut(buf[start:], self.max_chars)
+                if not heads:  # only whitespace (cannot be: it was longer than max_chars)
+                    start = len(buf)
+                    break
+                out.append(heads[0])
+                start = buf.index(heads[0], start) + len(heads[0])
                 resume = max(resume, start)
         self._buf = buf[start:]
         # A Latin ender at the end is looked at again, with what follows; so is a kept one

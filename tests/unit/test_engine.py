@@ -1001,14 +1001,20 @@ async def test_images_queued_before_a_start_without_the_image_lane_wait_for_its_
     lane, said in the log; one whose model was renamed since fails then with a clear code (its
     worker failed it with a raw KeyError)."""
     async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
-        kept = [eng.submit(IMAGE, "i", ImageRequest(prompt=p)) for p in ("a", "b")]
+        workers[Lane.IMAGE].ready()  # the first runs: "running" on disk when the server stops
+        kept = [eng.submit(IMAGE, "i", ImageRequest(prompt=p)) for p in ("a", "b", "c")]
     with caplog.at_level(logging.WARNING, logger="ris.engine"):
         async with started_engine(tmp_path) as (off, workers, _):
+            # Waiting, not running: it does not run while its lane is off.
             assert off.lookup(kept[0].task_id).state == "queued"  # type: ignore[union-attr]
-    assert "2 image task(s) accepted before this start wait for the image lane" in caplog.text
+            # A client may still cancel one (it answered "unknown" and ran it later).
+            assert await off.cancel_recorded(kept[2].task_id) is CancelOutcome.CANCELLED
+            assert off.lookup(kept[2].task_id).state == "cancelled"  # type: ignore[union-attr]
+    assert "3 image task(s) accepted before this start wait for the image lane" in caplog.text
     async with started_engine(tmp_path, image=IMAGE_ON) as (back, workers, _):
         workers[Lane.IMAGE].ready()
         assert [r.task_id for r in workers[Lane.IMAGE].runs] == [kept[0].task_id]
+        assert back.lookup(kept[2].task_id).state == "cancelled"  # type: ignore[union-attr]
     renamed = {**IMAGE_ON, "default_model": "j", "models": {"j": {"backend": "diffusers"}}}
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ris.engine"):

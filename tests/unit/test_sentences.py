@@ -145,3 +145,12 @@ def test_a_sentence_too_long_is_cut_at_a_clause_as_it_arrives(step: int) -> None
     assert out and all(len(p) <= 60 for p in out) and out[0].endswith(",")
     rest = splitter.flush()
     assert " ".join([*out, *([rest] if rest else [])]).split() == text.split()
+
+
+@pytest.mark.parametrize("blank", ["\n" * 200, " " * 200, "\n \n" * 70])
+def test_a_run_of_blank_text_longer_than_max_chars_is_no_sentence(blank: str) -> None:
+    """A model stuck printing newlines: the cut raised IndexError, and the spoken answer ended
+    with speaking_failed. Blank text before a sentence does not count toward its length."""
+    splitter = SentenceSplitter(max_chars=150)
+    assert splitter.feed(blank) == []
+    assert splitter.feed("Hello world, this is fine. ") == ["Hello world, this is fine."]

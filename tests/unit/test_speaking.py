@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ris import messages as m
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
@@ -16,7 +18,7 @@ from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
 from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
-from ris.services.speaking import SpeakingPipeline
+from ris.services.speaking import SpeakingPipeline, unmarked
 
 from .fakes import FakeWorker, run, settle, started_engine
 
@@ -151,3 +153,25 @@ async def test_an_answer_with_nothing_to_speak_ends_in_an_error_not_a_silent_don
         kind, data = events[-1]
         assert kind == "error" and data["code"] == "nothing_to_speak"
         assert "letter, digit or symbol" in data["message"]
+
+
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [
+        ("**Ingredients:**", "Ingredients:"),
+        ("*italic* word, ***both***", "italic word, both"),
+        ("# Method", "Method"),
+        ("- two eggs", "two eggs"),
+        ("See [the docs](http://x.y/z).", "See the docs."),
+        ("Use `pip` now.", "Use pip now."),
+        ("> a quote", "a quote"),
+        # Not marks: read as written.
+        ("5*3 is 15.", "5*3 is 15."),
+        ("2**10 = 1024", "2**10 = 1024"),
+        ("5 * 3 = 15", "5 * 3 = 15"),
+        ("snake__case", "snake__case"),
+        ("> 50% of users", "> 50% of users"),
+    ],
+)
+def test_markdown_marks_are_left_out_of_what_is_spoken(written: str, spoken: str) -> None:
+    assert unmarked(written) == spoken

@@ -180,7 +180,10 @@ class EspeakTTS(TTSBackend):
             if name not in files or not _dictionary_missing(data, files[name]):
                 continue
             probe = _Probe()
-            self.synthesize(TTSRequest(text="a b c, 1 2 3", voice=name), probe)
+            try:
+                self.synthesize(TTSRequest(text="a b c, 1 2 3", voice=name), probe)
+            except BackendError:  # it cannot be selected or speak at all: mute as well
+                pass
             if not probe.audible:
                 mute.add(name)
         return {tag: name for tag, name in select.items() if name not in mute}

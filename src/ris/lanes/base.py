@@ -159,6 +159,9 @@ class CoreFit(Protocol):
     step of work, and with False once idle, moves the process onto the cores it may use now
     and returns the thread count its backend should use if it changed, else None."""
 
+    # The thread count in force now (what the last fit() returned, or the lane's own).
+    threads: int
+
     def fit(self, working: bool) -> int | None: ...
 
 

@@ -442,18 +442,23 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
         self._turns: list[_Speaking] = []  # in the order admitted
         self._ended: list[tuple[str, TTSOutcome | BackendError]] = []
         self._last: TTSBackend | None = None
+        self._threads: dict[int, int] = {}  # the thread count each model's engine was last set to
 
     def admit(
         self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
     ) -> None:
         try:
             chunks = _pieces(backend, request)
+            out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
         except BackendError as e:
             self._ended.append((task_id, e))
             return
+        except Exception as e:  # noqa: BLE001 - this task fails; the others held go on
+            logging.getLogger("ris.worker").exception("a speech request could not be taken")
+            self._ended.append((task_id, BackendError("backend_error", f"{type(e).__name__}: {e}")))
+            return
         if not self._turns:
             self.env.publish(Activity.BUSY)
-        out = _WorkerOutput(self.env, task_id, int(backend.sample_rate), cancelled)
         self._turns.append(_Speaking(task_id, backend, request, chunks, out, cancelled))
 
     def busy(self) -> bool:
@@ -482,7 +487,8 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
                 ended.append((task.task_id, result))
         if ended and not self._turns:
             try:
-                # Idle: only its own cores, so a lender's next task finds them free.
+                # Idle: only its own cores, so a lender's next task finds them free (each
+                # model's engine is set to the narrower count when it next speaks).
                 if self._last is not None:
                     self._fit_cores(self._last, working=False)
             except Exception:  # noqa: BLE001 - the task's own error, if any, is what the client hears
@@ -519,14 +525,18 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
         return TTSOutcome(sample_rate=int(task.backend.sample_rate), samples=task.samples, voice=task.voice)
 
     def _fit_cores(self, backend: TTSBackend, working: bool) -> None:
-        """Work-conserving isolation (borrow_idle_cores): before each sentence, widen onto the
+        """Work-conserving isolation (borrow_idle_cores): before each piece, widen onto the
         idle real-time lanes' cores or give back those whose owner got work. Under a running
-        sentence the worker's lending watcher gives them back within ~5 ms."""
+        piece the worker's lending watcher gives them back within ~5 ms. Each model's engine
+        is set to the lane's thread count when it next speaks (two Piper voices take turns:
+        fit() says only what changed, which the other one missed)."""
         if self.env.cores is None or not backend.uses_threads:
             return
-        threads = self.env.cores.fit(working)
-        if threads is not None:
-            backend.set_threads(threads)
+        self.env.cores.fit(working)
+        want = self.env.cores.threads
+        if self._threads.get(id(backend)) != want:
+            backend.set_threads(want)
+            self._threads[id(backend)] = want
 
 
 class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):

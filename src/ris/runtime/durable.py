@@ -134,6 +134,8 @@ class DurableTasks:
             now = self._wall()
             if st.lane not in enabled and st.on_restart not in (CANCELLED, ABANDONED):
                 kept[st.lane] = kept.get(st.lane, 0) + 1
+                if st.state == "running":  # it does not run while it waits: queued, as it reads
+                    self.store.requeue(st.id)
                 continue
             if st.on_restart == CANCELLED:
                 self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
@@ -169,6 +171,10 @@ class DurableTasks:
             )
         # The tasks failed here are read back as failed from the start on (lookups read the disk).
         self.store.flush()
+
+    def cancel_kept(self, st: StoredTask) -> None:
+        """A client cancels a task kept for a start with its lane on."""
+        self.store.finish(st.id, "cancelled", self._wall(), "cancelled", "cancelled by the client")
 
     def fail_at_start(self, st: StoredTask, code: str, message: str) -> None:
         """A task accepted before this start that will not run: failed on disk, and said."""

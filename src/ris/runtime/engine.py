@@ -494,6 +494,10 @@ class Engine:
             stored = self.durable.store.get(task_id)
             if stored is not None and stored.state in {s.value for s in TaskState if s.finished}:
                 return CancelOutcome.FINISHED
+            if stored is not None and stored.lane not in self._replicas:
+                # Kept for a start with its lane on (DurableTasks.resumable): cancelled on disk.
+                self.durable.cancel_kept(stored)
+                return CancelOutcome.CANCELLED
         if outcome is CancelOutcome.CANCELLED:
             self._settle(task_id)
         elif outcome is CancelOutcome.REQUESTED and task_id in self._where:
@@ -511,8 +515,7 @@ class Engine:
         outcome = self.cancel(task_id)
         if (
             self.durable is not None
-            and task is not None
-            and self.durable.durable(task.lane)
+            and (task is None or self.durable.durable(task.lane))  # None: a task kept on disk
             and outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED)
         ):
             await asyncio.wrap_future(self.durable.store.flushed())
@@ -769,15 +772,19 @@ class Engine:
 
     async def _monitor_loop(self, interval_s: float) -> None:
         loop = asyncio.get_running_loop()
+        skipped = False
         while True:
             before = loop.time()
             await asyncio.sleep(interval_s)
-            if loop.time() - before > interval_s + SERVER_STALL_S:
+            if loop.time() - before > interval_s + SERVER_STALL_S and not skipped:
                 # The server itself stood still (a paused container or VM, a swapped-out API
                 # process): the workers' heartbeats wait in their pipes, and uvloop runs timers
                 # before it reads them. Judged now, every worker read as hung and was replaced,
-                # its tasks failed. The next pass judges them after the reading.
+                # its tasks failed. The next pass judges them after the reading (one pass only:
+                # a loop late every time still supervises).
+                skipped = True
                 continue
+            skipped = False
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - the monitor must outlive any single bad check

@@ -37,9 +37,12 @@ SENTENCE_MAX_CHARS = 150
 # Markdown an LLM writes that is not to be read aloud ("asterisk asterisk Ingredients"): bold
 # and italic marks, inline code's backticks, a heading's hashes, a list item's bullet, and a
 # link's target (its text is read).
-# ("5 * 3": an asterisk with spaces on both sides is not a mark, and is read.)
+# Marks only at a word's edge: "5*3", "2**10" and "snake__case" keep theirs, and "> 50%" is no
+# quote ("5 * 3": an asterisk with spaces on both sides is read too).
 _MARKUP = re.compile(
-    r"(^\s*[-*+]\s+|(?<=\S)\*{1,3}|\*{1,3}(?=\S)|_{2,3}|`+|^\s*#{1,6}\s+|^\s*>\s*)", re.MULTILINE
+    r"(^\s*[-*+]\s+|(?<![\w*])\*{1,3}(?=[^\s*])|(?<=[^\s*])\*{1,3}(?![\w*])"
+    r"|(?<![\w_])_{2,3}(?=[^\s_])|(?<=[^\s_])_{2,3}(?![\w_])|`+|^\s*#{1,6}\s+|^\s*>\s+(?=\D))",
+    re.MULTILINE,
 )
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 

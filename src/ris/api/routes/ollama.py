@@ -291,7 +291,8 @@ async def _loaded(
         while model in engine.model_infos(Lane.LLM) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
     elif model not in engine.model_infos(Lane.LLM):
-        load = LLMRequest(prompt="", max_tokens=1, temperature=0.0)
+        # A space: an empty prompt is refused on a model that adds no BOS token.
+        load = LLMRequest(prompt=" ", max_tokens=1, temperature=0.0)
         handle = engine.submit(
             LLM, model, load, client=client_of(request), owner=owner_of(request), keep_alive_s=seconds
         )

@@ -14,6 +14,7 @@ from ris.api.prometheus import CONTENT_TYPE, prometheus_text
 from ris.api.stats import gpus_json, lane_stats
 from ris.config.fit_checks import lane_footprints, preloaded
 from ris.gpus import gpu_devices
+from ris.lanes import Lane
 from ris.messages import ModelInfo
 
 router = APIRouter(tags=["ops"])
@@ -116,8 +117,11 @@ async def models(request: Request) -> dict[str, Any]:
                 "preload": name in preloaded(cfg, engine.kinds[lane].load_all_models),
                 "voices": list(loaded[name].details.voices) if name in loaded else None,
                 # Requests this model serves at once: the lane's `parallel` for a backend that
-                # batches (llama.cpp), 1 for a single-stream one (transformers).
-                "parallel": cfg.parallel if engine.kinds[lane].backend(spec.backend).batches else 1,
+                # batches (llama.cpp) and for speech (its pieces take turns), 1 for a
+                # single-stream one (transformers).
+                "parallel": cfg.parallel
+                if engine.kinds[lane].backend(spec.backend).batches or lane == Lane.TTS
+                else 1,
                 **engine.kinds[lane].model_features(
                     spec.backend, loaded[name].details if name in loaded else None
                 ),
