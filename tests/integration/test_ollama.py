@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from ris.backends import resolve_source
+from ris.lanes.llm import SMOLLM2_SOURCE
 from ris.launch import free_port
 
 from .hub import Hub
@@ -210,8 +212,9 @@ def test_list_show_ps_version(client: Any, base: str) -> None:
 
 def test_pull_streams_progress_into_config(client: Any, hub: Hub, server: Server) -> None:
     # Over one of huggingface_hub's 10 MiB chunks: progress shows within the file. Never
-    # loaded: the server would serve it after a restart.
-    gguf = b"GGUF" + bytes(12 * 1024 * 1024)
+    # loaded: the server would serve it after a restart. A real GGUF (SmolLM2's, under Qwen's
+    # name): the pull adds a model only where the config still loads with it.
+    gguf = resolve_source(SMOLLM2_SOURCE).read_bytes()
     hub.repos[QWEN_REPO] = {QWEN_FILE: gguf}
     lines = list(client.pull("qwen2.5", stream=True))
     statuses = [p.status for p in lines]
