@@ -88,6 +88,19 @@ async def test_speech_that_fails_after_its_first_sound_breaks_the_body_off(tmp_p
             await asyncio.wait_for(request, 5)
 
 
+async def sound_each(tts: FakeWorker, count: int) -> None:
+    """The first `count` sentences of a spoken answer each answered with a piece of sound, as
+    each reaches the TTS lane."""
+    for i in range(count):
+        for _ in range(50):
+            await settle()
+            if len(tts.runs) > i:
+                break
+        task_id = tts.runs[i].task_id
+        tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
+        tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+
+
 def answer(llm: FakeWorker, text: str) -> None:
     task_id = llm.runs[0].task_id
     llm.deliver(m.TaskOutput(task_id, TextDelta(text)))
@@ -375,14 +388,7 @@ async def test_a_spoken_answer_with_no_voice_reads_each_sentence_in_its_scripts_
         await settle()
         answer(workers[Lane.LLM], "猫很可爱。 The cat sleeps.")
         tts = workers[Lane.TTS]
-        for i in range(2):
-            for _ in range(50):
-                await settle()
-                if len(tts.runs) > i:
-                    break
-            task_id = tts.runs[i].task_id
-            tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
-            tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+        await sound_each(tts, 2)
         r = await asyncio.wait_for(request, 5)
     assert r.status_code == 200
     voices = [(run.request.text, run.request.voice) for run in tts.runs]  # type: ignore[attr-defined]
@@ -399,14 +405,7 @@ async def test_a_spoken_answers_markdown_is_not_read_aloud(tmp_path: Path) -> No
     async with posted(tmp_path, "/api/chat/speak", body) as (request, workers):
         answer(workers[Lane.LLM], "**Ingredients:** two eggs.\n# Method\n- Beat *them* well, 5 * 3 times.\n")
         tts = workers[Lane.TTS]
-        for i in range(3):
-            for _ in range(50):
-                await settle()
-                if len(tts.runs) > i:
-                    break
-            task_id = tts.runs[i].task_id
-            tts.deliver(m.TaskOutput(task_id, AudioChunk(SOUND, 16000)))
-            tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
+        await sound_each(tts, 3)
         r = await asyncio.wait_for(request, 5)
     spoken = [run.request.text for run in tts.runs]  # type: ignore[attr-defined]
     assert spoken == ["Ingredients: two eggs.", "Method", "Beat them well, 5 * 3 times."], spoken
