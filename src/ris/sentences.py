@@ -64,7 +64,10 @@ class SentenceSplitter:
                 if j >= len(buf):
                     break  # cannot tell yet whether a space follows
                 word = buf[start:i].rsplit(None, 1)[-1].lower() if buf[start:i].strip() else ""
-                if buf[j].isspace() and not (ch == "." and _abbreviated(word, buf[j:].lstrip()[:1])):
+                after = buf[j:].lstrip()[:1]
+                if ch == "." and word == "no" and not after:
+                    break  # "No. 5" or "no. Then": decided with what follows
+                if buf[j].isspace() and not (ch == "." and _abbreviated(word, after)):
                     end = j
             if end is not None:
                 while end < len(buf) and buf[end] in _CLOSERS:

@@ -1015,6 +1015,17 @@ async def test_images_queued_before_a_start_without_the_image_lane_wait_for_its_
         workers[Lane.IMAGE].ready()
         assert [r.task_id for r in workers[Lane.IMAGE].runs] == [kept[0].task_id]
         assert back.lookup(kept[2].task_id).state == "cancelled"  # type: ignore[union-attr]
+    # One that ran MAX_ATTEMPTS times fails as interrupted even while its lane is off (kept, it
+    # was requeued with its count and ran a third time).
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "data" / "tasks.db"))
+    db.execute("UPDATE tasks SET state='running', attempts=2 WHERE id=?", (kept[0].task_id,))
+    db.commit()
+    db.close()
+    async with started_engine(tmp_path) as (off, workers, _):
+        view = off.lookup(kept[0].task_id)
+        assert view is not None and (view.state, view.error_code) == ("failed", "interrupted")
     renamed = {**IMAGE_ON, "default_model": "j", "models": {"j": {"backend": "diffusers"}}}
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ris.engine"):

@@ -301,3 +301,21 @@ def test_a_short_text_asked_during_a_long_one_waits_one_piece_not_the_whole() ->
     long = outcomes["long"]
     assert isinstance(long, TTSOutcome) and long.samples == len("Many words here. " * 100) - 100
     assert env.board[0] is Activity.BUSY and env.board[-1] is Activity.IDLE
+
+
+def test_taking_a_speech_task_fails_it_alone_but_out_of_memory_replaces_the_worker() -> None:
+    class Broken(RecordingTTS):
+        def __init__(self, error: BaseException) -> None:
+            super().__init__()
+            self.error = error
+
+        @property
+        def voices(self) -> tuple[str, ...]:  # type: ignore[override]
+            raise self.error
+
+    runner = TTSRunner(Env().worker_env())
+    runner.admit(Broken(RuntimeError("odd")), "t", TTSRequest(text="Hi.", voice="en-US"), lambda: False)
+    ((key, failed),) = runner.step()
+    assert key == "t" and isinstance(failed, BackendError) and failed.code == "backend_error"
+    with pytest.raises(MemoryError):  # the worker loop fails its tasks and a fresh worker serves on
+        runner.admit(Broken(MemoryError()), "u", TTSRequest(text="Hi.", voice="en-US"), lambda: False)

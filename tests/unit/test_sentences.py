@@ -126,9 +126,11 @@ def test_hindi_arabic_and_urdu_sentence_marks_end_sentences(step: int) -> None:
     assert split(text, step) == ["नमस्ते, आप कैसे हैं।", "यह एक परीक्षण है।", "مرحبا بالعالم؟", "هذا اختبار۔"]
 
 
-def test_no_with_a_period_ends_a_sentence_unless_a_number_follows() -> None:
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_no_with_a_period_ends_a_sentence_unless_a_number_follows(step: int) -> None:
+    # A character at a time, "No. " ended a sentence before the "5" came.
     text = "The answer is no. Let me explain why. See No. 5 for the rest. "
-    assert split(text, 1000) == ["The answer is no.", "Let me explain why.", "See No. 5 for the rest."]
+    assert split(text, step) == ["The answer is no.", "Let me explain why.", "See No. 5 for the rest."]
 
 
 @pytest.mark.parametrize("step", [1, 7, 1000])

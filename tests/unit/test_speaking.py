@@ -170,6 +170,10 @@ async def test_an_answer_with_nothing_to_speak_ends_in_an_error_not_a_silent_don
         ("2**10 = 1024", "2**10 = 1024"),
         ("5 * 3 = 15", "5 * 3 = 15"),
         ("snake__case", "snake__case"),
+        ("**API**s", "APIs"),
+        ("5*3 and 4*2", "5*3 and 4*2"),
+        ("f(x)**2", "f(x)**2"),
+        ("*.py files", "*.py files"),
         ("> 50% of users", "> 50% of users"),
     ],
 )

@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import unicodedata
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -441,8 +442,8 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
         super().__init__(env)
         self._turns: list[_Speaking] = []  # in the order admitted
         self._ended: list[tuple[str, TTSOutcome | BackendError]] = []
-        self._last: TTSBackend | None = None
-        self._threads: dict[int, int] = {}  # the thread count each model's engine was last set to
+        # The thread count each model's engine was last set to (weak: an unloaded model goes).
+        self._threads: weakref.WeakKeyDictionary[TTSBackend, int] = weakref.WeakKeyDictionary()
 
     def admit(
         self, backend: TTSBackend, task_id: str, request: TTSRequest, cancelled: Callable[[], bool]
@@ -453,6 +454,8 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
         except BackendError as e:
             self._ended.append((task_id, e))
             return
+        except MemoryError:
+            raise  # the worker's state is not to be trusted: it is replaced (worker_main)
         except Exception as e:  # noqa: BLE001 - this task fails; the others held go on
             logging.getLogger("ris.worker").exception("a speech request could not be taken")
             self._ended.append((task_id, BackendError("backend_error", f"{type(e).__name__}: {e}")))
@@ -471,7 +474,6 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
             ended.append((task.task_id, Cancelled()))
         if self._turns:
             task = self._next()
-            self._last = task.backend
             result: TTSOutcome | BackendError | None
             try:
                 result = self._speak_a_piece(task)
@@ -488,9 +490,10 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
         if ended and not self._turns:
             try:
                 # Idle: only its own cores, so a lender's next task finds them free (each
-                # model's engine is set to the narrower count when it next speaks).
-                if self._last is not None:
-                    self._fit_cores(self._last, working=False)
+                # model's engine is set to the narrower count when it next speaks), whichever
+                # model spoke last (espeak's engine has no threads, its cores are moved all the same).
+                if self.env.cores is not None:
+                    self.env.cores.fit(False)
             except Exception:  # noqa: BLE001 - the task's own error, if any, is what the client hears
                 logging.getLogger("ris.worker").exception("giving lent cores back failed")
             self.env.publish(Activity.IDLE)
@@ -534,9 +537,9 @@ class TTSRunner(ConcurrentRunner[TTSBackend, TTSRequest, TTSOutcome]):
             return
         self.env.cores.fit(working)
         want = self.env.cores.threads
-        if self._threads.get(id(backend)) != want:
+        if self._threads.get(backend) != want:
             backend.set_threads(want)
-            self._threads[id(backend)] = want
+            self._threads[backend] = want
 
 
 class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):

@@ -132,11 +132,6 @@ class DurableTasks:
         kept: dict[str, int] = {}
         for st in self.store.unfinished():
             now = self._wall()
-            if st.lane not in enabled and st.on_restart not in (CANCELLED, ABANDONED):
-                kept[st.lane] = kept.get(st.lane, 0) + 1
-                if st.state == "running":  # it does not run while it waits: queued, as it reads
-                    self.store.requeue(st.id)
-                continue
             if st.on_restart == CANCELLED:
                 self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
             elif st.on_restart == ABANDONED:
@@ -148,6 +143,12 @@ class DurableTasks:
                 self._fail(
                     st, "interrupted", f"the server stopped while this task ran ({st.attempts} attempts)"
                 )
+            elif st.lane not in enabled:
+                # Kept for a start with its lane (past the checks above: a task that ran
+                # MAX_ATTEMPTS times fails even so); it does not run while it waits: queued.
+                kept[st.lane] = kept.get(st.lane, 0) + 1
+                if st.state == "running":
+                    self.store.requeue(st.id)
             else:
                 try:
                     request = self._kinds[st.lane].request_from_json(st.request)

@@ -34,23 +34,21 @@ SENTENCE_PRIORITY = 1
 # first sound of a 400-character list without a full stop came after the whole answer.
 SENTENCE_MAX_CHARS = 150
 
-# Markdown an LLM writes that is not to be read aloud ("asterisk asterisk Ingredients"): bold
-# and italic marks, inline code's backticks, a heading's hashes, a list item's bullet, and a
-# link's target (its text is read).
-# Marks only at a word's edge: "5*3", "2**10" and "snake__case" keep theirs, and "> 50%" is no
-# quote ("5 * 3": an asterisk with spaces on both sides is read too).
-_MARKUP = re.compile(
-    r"(^\s*[-*+]\s+|(?<![\w*])\*{1,3}(?=[^\s*])|(?<=[^\s*])\*{1,3}(?![\w*])"
-    r"|(?<![\w_])_{2,3}(?=[^\s_])|(?<=[^\s_])_{2,3}(?![\w_])|`+|^\s*#{1,6}\s+|^\s*>\s+(?=\D))",
-    re.MULTILINE,
-)
+# Markdown an LLM writes that is not to be read aloud ("asterisk asterisk Ingredients"):
+# emphasis marks in pairs opening at a word's edge ("**API**s", "*it*"; never "5*3 and 4*2",
+# "2**10", "snake__case", "a * b"), inline code's backticks, a link's target (its text is
+# read), and at a line's start a heading's hashes, a list item's bullet, a quote's ">"
+# ("> 50%" is no quote).
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_EMPHASIS = re.compile(r"(?<![\w*_])(\*{1,3}|_{2,3})(?=[^\s*_])(.+?)(?<=[^\s*_])\1")
+_LINE_MARKS = re.compile(r"^[ \t]*(?:[-*+][ \t]+|#{1,6}[ \t]+|>[ \t]+(?=\D))", re.MULTILINE)
 
 
 def unmarked(text: str) -> str:
     """A sentence as it is spoken: the LLM's Markdown marks left out (its `text` event keeps
     them, as written)."""
-    return _MARKUP.sub("", _LINK.sub(r"\1", text)).strip()
+    text = _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", text))
+    return _LINE_MARKS.sub("", text).replace("`", "").strip()
 
 
 OUT_PENDING = 8  # events (an audio piece is at most 64 KiB) ready for a listener, at most
