@@ -45,6 +45,9 @@ def test_submit_poll_fetch_png_of_the_requested_size(idle_image_lane: Client) ->
     assert steps == sorted(steps)  # progress only moves forward
     png = c.result(accepted["task_id"])
     assert png_size(png) == (96, 64)
+    # HEAD as GET, without the body (it was 405).
+    head = httpx.head(f"{c._http.base_url}/api/image/result/{accepted['task_id']}")
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(png)) and not head.content
 
 
 def test_same_seed_same_image(idle_image_lane: Client) -> None:

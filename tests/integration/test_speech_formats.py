@@ -124,6 +124,17 @@ def test_the_native_route_answers_in_the_type_accept_names(server: Server) -> No
         f"{server.url}/api/tts/synthesize", json={"text": "Hi.", "format": "opus"}, timeout=120
     ).json()
     assert opus["sample_rate"] == 24000 and as_json["sample_rate"] == RATE
+    # Raw PCM fetched by its URL says its rate (it had no header to say it in).
+    task = as_json["audio_url"].split("?")[0]
+    pcm = httpx.get(f"{server.url}{task}?format=pcm", timeout=60)
+    assert pcm.status_code == 200 and pcm.headers["x-sample-rate"] == str(RATE), pcm.headers
+    wav = httpx.get(f"{server.url}{task}", timeout=60)
+    assert wav.headers["x-sample-rate"] == str(RATE)
+    # HEAD as GET, without the body (it was 405); an encoded format is not encoded for it.
+    for query, kind in (("", "audio/wav"), ("?format=mp3", "audio/mpeg")):
+        head = httpx.head(f"{server.url}{task}{query}", timeout=60)
+        assert head.status_code == 200 and head.headers["content-type"] == kind and not head.content
+    assert httpx.head(f"{server.url}{task}", timeout=60).headers["content-length"] == str(len(wav.content))
 
 
 def test_the_sdk_saves_speech_in_the_format_asked(client: Client, tmp_path: Path) -> None:

@@ -219,6 +219,10 @@ async def image_result(task_id: str, request: Request) -> Any:
     return FileResponse(path, media_type="image/png", headers={"X-Task-Id": task_id})
 
 
+# HEAD as GET (a browser or a proxy asking the type and length first): it was 405.
+router.add_api_route("/api/image/result/{task_id}", image_result, methods=["HEAD"], include_in_schema=False)
+
+
 @router.post(
     "/api/image/cancel/{task_id}",
     responses=ERRORS,

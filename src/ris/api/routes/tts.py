@@ -42,7 +42,10 @@ def audio_url(task_id: str, fmt: SpeechFormat | None = None) -> str:
 
 def audio_response(path: Path, fmt: SpeechFormat, sample_rate: int, headers: dict[str, str]) -> Response:
     """A finished synthesis's WAV file in `fmt`: the file itself for wav, else encoded as it
-    is read, a piece at a time in a worker thread (a long answer is never all in memory)."""
+    is read, a piece at a time in a worker thread (a long answer is never all in memory).
+    X-Sample-Rate says the rate (raw PCM has no header: GET /api/tts/audio/{id}?format=pcm
+    said nothing, and its 22,050 Hz read as /v1's 24,000)."""
+    headers = {**headers, "X-Sample-Rate": str(stream_rate(fmt, sample_rate))}
     if fmt == "wav":
         return FileResponse(path, media_type=MEDIA_TYPES[fmt], headers=headers)
     body = encode_stream(wav_file_pcm(path, AUDIO_PIECE_BYTES), fmt, sample_rate)
@@ -96,7 +99,6 @@ async def tts_synthesize(request: Request) -> Any:
         headers = {
             "X-Task-Id": view.id,
             "X-Duration-S": f"{r.duration_s:.3f}",
-            "X-Sample-Rate": str(stream_rate(fmt, r.sample_rate)),
             **warnings_header(warnings),  # the JSON answer's `warnings`, for audio bytes
         }
         return audio_response(Path(r.audio_path), fmt, r.sample_rate, headers)
@@ -137,4 +139,11 @@ async def tts_audio(
     path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
     if path is None:
         raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
+    if request.method == "HEAD" and fmt != "wav":  # the headers alone: nothing encoded for nobody
+        rate = str(stream_rate(fmt, view.result.sample_rate))
+        return Response(media_type=MEDIA_TYPES[fmt], headers={"X-Task-Id": view.id, "X-Sample-Rate": rate})
     return audio_response(path, fmt, view.result.sample_rate, {"X-Task-Id": view.id})
+
+
+# HEAD as GET (a player or a proxy asking the type and length first): it was 405.
+router.add_api_route("/api/tts/audio/{task_id}", tts_audio, methods=["HEAD"], include_in_schema=False)
