@@ -332,6 +332,12 @@ def test_openai_voice_names_speak_the_inputs_language() -> None:
     assert openai_voice("cedar", "Hello.", {}) == "en-US"
     assert openai_voice("nova", "Hello.", {"Nova": "zh-CN"}) == "zh-CN"  # configured, any case
     assert openai_voice("en-GB", "Hello.", {}) == "en-GB"  # one of ours, as given
+    # Scripts several languages share: the likeliest, else a loaded voice of the script's others.
+    assert openai_voice("alloy", "Привет, как дела?", {}) == "ru"
+    ukrainian = "Привіт, як справи? Її звати Олена"
+    assert openai_voice("alloy", ukrainian, {}, loaded=("en-US", "ru")) == "ru"
+    assert openai_voice("alloy", ukrainian, {}, loaded=("en-US", "RU", "uk")) == "uk"
+    assert openai_voice("alloy", ukrainian, {}, loaded=("en-US",)) == "uk"  # none: refused, then en-US
 
 
 @run

@@ -94,7 +94,27 @@ def test_what_to_pull_for_a_language() -> None:
         ("สวัสดีครับ", "th"),
         ("What colour is the sky?", None),
         ("Translate 你好 into English, please, and explain it", None),  # one word is not the text
-        ("Привет", None),  # Cyrillic names no single language
+        # Scripts several languages share: the most written, unless a letter only one of them
+        # uses says which (Ukrainian "ї", Kazakh "қ" though Kazakh writes "і" too; Urdu "ے"
+        # though it writes Persian's "پ").
+        ("Привет, как дела?", "ru"),
+        ("Привіт, як справи? Її звати Олена", "uk"),
+        ("Сәлеметсіз бе, қалайсыз? Бүгін", "kk"),
+        ("Здраво, како си? Ђорђе", "sr"),
+        ("Здраво, како си? Ѓорѓи", "mk"),
+        ("مرحبا بالعالم", "ar"),
+        ("سلام، حال شما چطور است؟", "fa"),
+        ("آپ کیسے ہیں؟ میں ٹھیک ہوں", "ur"),
+        ("नमस्ते, आप कैसे हैं?", "hi"),
+        ("मी ठीक आहे, वेळ नाही", "mr"),
+        ("Γειά σου κόσμε", "el"),
+        ("שלום עולם", "he"),
+        ("გამარჯობა", "ka"),
+        ("வணக்கம்", "ta"),
+        ("ሰላም", "am"),
+        # An alphabet's letters are sounds: a third of them is a word in a Latin sentence.
+        ("Hello world, Привет", None),
+        ("Привет мир, hello", "ru"),
         ("1234 !?", None),
         # The ends of each range (the counting is done by character classes built from them).
         ("\u4e00\u9fff\u3400\u4dbf\uf900\ufaff", "zh"),
@@ -108,9 +128,20 @@ def test_script_language(text: str, language: str | None) -> None:
     assert script_language(text) == language
 
 
+def test_script_language_reads_a_sample_of_a_long_text() -> None:
+    """Stretches spread over it: a 100,000-character prompt is read on the event loop."""
+    assert script_language("Это русский текст. " * 6000) == "ru"
+    assert script_language("English words here. " * 500 + "Это русский текст. " * 5000) == "ru"
+    assert script_language("Это русский текст. " * 2000 + "English words here. " * 5000) is None
+
+
 def test_language_warning() -> None:
     note = language_warning("smollm2", ("en",), "你好", "qwen2.5")
     assert note is not None and "'zh'" in note and "ris pull qwen2.5" in note
+    # A shared script: flagged when the model writes none of its languages, never for which.
+    note = language_warning("smollm2", ("en",), "Привіт, як справи? Її звати Олена", None)
+    assert note is not None and "Cyrillic script (Ukrainian, it seems)" in note, note
+    assert language_warning("qwen2.5", ("en", "ru"), "Привіт, як справи? Її звати Олена", None) is None
     assert language_warning("qwen2.5", ("zh", "en"), "你好", None) is None
     assert language_warning("piper", ("zh-CN",), "你好", None) is None
     assert language_warning("custom", None, "你好", "qwen2.5") is None  # languages unknown

@@ -32,14 +32,36 @@ async def test_chinese_text_without_a_voice_goes_to_a_voice_that_reads_chinese(t
         assert "with its Chinese voice" in warnings[0]  # not "'zh'", which the answer names "cmn"
         # English, or text no script names: the default as before, nothing said.
         assert voice_for_text(eng, None, "This is a test.") == ("p", None, [])
-        for text in ("Привет мир", "مرحبا بالعالم", "Hello 世界"):  # many languages each, or mostly English
-            assert voice_for_text(eng, None, text) == ("p", None, []), text
+        assert voice_for_text(eng, None, "Hello 世界") == ("p", None, [])  # mostly English
+        # A script no loaded voice reads: the default reads it, and the answer says so.
+        model, voice, warnings = voice_for_text(eng, None, "Привет мир")
+        assert (model, voice) == ("p", None) and "no loaded voice reads it" in warnings[0], warnings
         # A model named and not speaking it: kept, and the answer says what happened.
         model, voice, warnings = voice_for_text(eng, "p", "这是一段测试文本")
         assert (model, voice) == ("p", None)
         assert warnings and "'p' has no voice for it ('e' has)" in warnings[0]
         # The named model speaks it: its voice of that language.
         assert voice_for_text(eng, "e", "これは日本語の文です")[:2] == ("e", "ja")
+
+
+@run
+async def test_text_in_another_script_goes_to_a_voice_of_its_language_or_script(tmp_path: Path) -> None:
+    """Russian, Arabic, Hindi, Greek went to the default English voice, which read them letter by
+    letter with no word said. A voice of the text's likeliest language reads it; where none is
+    loaded, one of another language of its script (Ukrainian by a Russian voice)."""
+    espeak = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US", "zh-CN", "ru", "ar", "hi", "el"), 22050))
+    async with started_engine(tmp_path, tts=TWO_VOICES) as (eng, workers, _):
+        workers[Lane.TTS].ready(models=(PIPER, espeak))
+        await settle()
+        texts = {"Привет, как дела?": "ru", "مرحبا بالعالم": "ar", "नमस्ते": "hi", "Γειά σου": "el"}
+        for text, tag in texts.items():
+            assert voice_for_text(eng, None, text)[:2] == ("e", tag), text
+        model, voice, warnings = voice_for_text(eng, None, "Привіт, як справи? Її звати Олена")
+        assert (model, voice) == ("e", "ru")
+        assert "is in Cyrillic script (Ukrainian, it seems)" in warnings[0], warnings
+        assert "its Russian voice" in warnings[0], warnings
+        # Persian, which no voice speaks here: read by the Arabic voice, not the English one.
+        assert voice_for_text(eng, None, "سلام، حال شما چطور است؟")[:2] == ("e", "ar")
 
 
 def test_a_speed_espeak_cannot_honour_is_said() -> None:

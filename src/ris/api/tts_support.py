@@ -13,7 +13,7 @@ from ris.api.errors import APIError
 from ris.api.streams import StreamBroken
 from ris.lanes import Lane
 from ris.lanes.tts import NOTHING_TO_SPEAK, speakable, speaks, voice_key, voice_listing
-from ris.languages import script_language
+from ris.languages import LANGUAGE_NAMES, text_script
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
 from ris.services.speech_encoding import MEDIA_TYPES, SPEECH_FORMATS, SpeechFormat
@@ -56,43 +56,44 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     )
 
 
-# What a warning calls the languages ris.languages reads from a text's script.
-_LANGUAGE_NAMES = {"zh": "Chinese", "ja": "Japanese", "ko": "Korean", "th": "Thai"}
-
-
 def voice_for_text(
     engine: Engine, model: str | None, text: str, what: str = "the text"
 ) -> tuple[str, str | None, list[str]]:
     """The model and voice for a request that names no voice, and the answer's warnings. Text
-    mostly in a script that names its language (Chinese, Japanese, Korean, Thai) is read by a
-    voice of that language, the named or default model's else another configured model's,
-    where one speaks it: the default voice read "这是一段测试文本" as "Chinese letter"
-    eight times. Where none does, the default voice reads it and the answer says so."""
+    mostly in a script other than Latin (ris.languages) is read by a voice of its likeliest
+    language, the named or default model's else another configured model's, where one speaks
+    it; else by a voice of another language written in that script (Ukrainian read by a
+    Russian voice): the default voice read "这是一段测试文本" as "Chinese letter" eight times,
+    and Russian letter by letter. Where none does, the default voice reads it and the answer
+    says so."""
     chosen = pick_tts_model(engine, model, None)
-    tag = script_language(text)
+    found = text_script(text)
     infos = engine.known_model_infos(Lane.TTS)
     info = infos.get(chosen)
-    if tag is None or info is None or not info.details.voices:
+    if found is None or info is None or not info.details.voices:
         return chosen, None, []
-    language = _LANGUAGE_NAMES.get(tag, tag)
     default = info.details.voices[0]
-    if voice_key(default).split("-")[0] == tag:
-        return chosen, None, []
     candidates = [chosen] if model is not None else [chosen, *(n for n in infos if n != chosen)]
-    for name in candidates:
-        if speaks(infos[name].details.voices, tag):
-            note = (
+    for tag in found.candidates:
+        for name in candidates:
+            if speaks(infos[name].details.voices, tag):
+                if name == chosen and voice_key(default).split("-")[0] == tag:
+                    return chosen, None, []  # its own voice is of that language
                 # The language, not the tag asked for: the engine names its voice ("zh" is
                 # espeak's "cmn", which the answer's `voice` says).
-                f"voice: none given and {what} is {language}: {name!r} reads it with its "
-                f"{language} voice, not {default!r}; pass voice to choose"
-            )
-            return name, tag, [note]
-    others = [n for n in infos if n != chosen and speaks(infos[n].details.voices, tag)]
+                voice = LANGUAGE_NAMES.get(tag, tag)
+                note = (
+                    f"voice: none given and {what} is {found.describe()}: {name!r} reads it with its "
+                    f"{voice} voice, not {default!r}; pass voice to choose"
+                )
+                return name, tag, [note]
+    others = [
+        n for n in infos if n != chosen and any(speaks(infos[n].details.voices, t) for t in found.candidates)
+    ]
     where = f"{chosen!r} has no voice for it ({others[0]!r} has)" if others else "no loaded voice reads it"
     note = (
-        f"voice: none given and {what} is {language}; {where}: {default!r} reads it as its own "
-        "language would (pull a voice of that language: docs/MODELS_TTS.md)"
+        f"voice: none given and {what} is {found.describe()}; {where}: {default!r} reads it as its "
+        "own language would (pull a voice of that language: docs/MODELS_TTS.md)"
     )
     return chosen, None, [note]
 

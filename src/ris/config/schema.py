@@ -356,7 +356,8 @@ class ServerConfig(_Strict):
     openai_voices: dict[str, str] = Field(
         default_factory=dict,
         description="OpenAI voice names (alloy, nova, ...) -> our voices (names without case); unlisted "
-        "ones speak the input's language (Chinese, Japanese, Korean or Thai by its script, else en-US)",
+        "ones speak the input's language as its script says (Chinese, Russian, Arabic, Hindi, ...; "
+        "Latin letters: en-US)",
     )
 
     @field_validator("memory_limit_mb")

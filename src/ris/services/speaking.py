@@ -19,8 +19,8 @@ from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest, TTSResult, speakable, speaks
-from ris.languages import script_language
+from ris.lanes.tts import TTSRequest, TTSResult, speakable, speaks, voice_key
+from ris.languages import text_script
 from ris.runtime.engine import Engine, LaneUnavailable
 from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import QueueFull
@@ -126,8 +126,16 @@ class SpeakingPipeline:
     def _voice_for(self, text: str) -> str | None:
         if self.voice is not None:
             return self.voice
-        tag = script_language(text)
-        return tag if tag is not None and speaks(self.voices, tag) else None
+        found = text_script(text)
+        if found is None or not self.voices:
+            return None
+        own = voice_key(self.voices[0]).split("-")[0]  # the model's default voice's language
+        for tag in found.candidates:
+            if tag == own:
+                return None
+            if speaks(self.voices, tag):
+                return tag
+        return None
 
     async def _submit_sentence(self, text: str) -> TaskHandle[TTSResult] | None:
         """Queue one sentence; wait a bounded time for room if the TTS queue is full."""

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import TTSRequest, speaks, speed_note
-from ris.languages import script_language
+from ris.lanes.tts import TTSRequest, speaks, speed_note, voice_key
+from ris.languages import text_script
 from ris.runtime.engine import Engine
 from ris.services.audio import AudioStream
 from ris.services.speech_encoding import MEDIA_TYPES, encode_stream, stream_rate
@@ -51,27 +51,34 @@ OPENAI_SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 OPENAI_IMAGE_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1")
 
 # OpenAI's voice names. Its voices speak the input's language: one of them here is a voice of
-# the language the input is written in (Chinese, Japanese, Korean, Thai by their scripts; else
-# English), unless config's openai_voices names one for it.
+# the language the input's script stands for (ris.languages: Chinese, Russian, Arabic, Hindi,
+# ...; Latin letters: English), unless config's openai_voices names one for it.
 OPENAI_VOICES = frozenset(
     ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage")
     + ("shimmer", "verse")
 )
-SCRIPT_VOICES = {"zh": "zh-CN", "ja": "ja", "ko": "ko", "th": "th"}
+SCRIPT_VOICES = {"zh": "zh-CN"}
 # OpenAI's pcm: 24 kHz, which its clients play it at (the SDK's LocalAudioPlayer among them).
 OPENAI_PCM_RATE = 24_000
 
 
-def openai_voice(voice: str, text: str, configured: Mapping[str, str]) -> str:
+def openai_voice(voice: str, text: str, configured: Mapping[str, str], loaded: Collection[str] = ()) -> str:
     """The voice an OpenAI voice name stands for: the configured one (names compared without
-    case), else one of the input's language; any other name is a voice of ours, as given."""
+    case), else one of the input's language (a loaded voice of another language written in
+    its script where none of that language is: Ukrainian read by a Russian voice); any other
+    name is a voice of ours, as given. `loaded`: every voice the TTS models speak."""
     name = voice.lower()
     chosen = {k.lower(): v for k, v in configured.items()}.get(name)
     if chosen is not None:
         return chosen
     if name not in OPENAI_VOICES:
         return voice
-    return SCRIPT_VOICES.get(script_language(text) or "", "en-US")
+    found = text_script(text)
+    if found is None:
+        return "en-US"
+    voices = [SCRIPT_VOICES.get(tag, tag) for tag in found.candidates]
+    keys = {voice_key(v) for v in loaded}
+    return next((v for v in voices if voice_key(v) in keys), voices[0])
 
 
 @router.post(
@@ -95,7 +102,8 @@ async def speech(request: Request) -> Any:
         )
     require_speakable(body.input, 400, param="input")  # /v1 answers bad parameters with 400
     configured = engine.config.server.openai_voices
-    voice = openai_voice(body.voice, body.input, configured)
+    loaded = [v for info in engine.known_model_infos(Lane.TTS).values() for v in info.details.voices]
+    voice = openai_voice(body.voice, body.input, configured, loaded)
     wanted = _media_model(engine, Lane.TTS, body.model, OPENAI_SPEECH_MODELS)
     warnings: list[str] = []
     try:
