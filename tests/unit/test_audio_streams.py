@@ -309,6 +309,8 @@ async def test_a_finished_synthesis_is_served_in_the_format_asked(tmp_path: Path
             "wav",
         ),
         ("audio/wav, application/json;q=0", None, "wav"),
+        ("audio/mpeg, application/json;q=0.5", None, "mp3"),  # audio preferred: audio
+        ("audio/mpeg;q=0.5, application/json", None, None),  # JSON preferred: JSON
     ],
 )
 def test_accept_and_format_pick_the_answer(accept: str, fmt: SpeechFormat | None, chosen: str | None) -> None:

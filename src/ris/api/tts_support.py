@@ -172,15 +172,19 @@ def _media_range(part: str) -> tuple[str, float]:
 
 def accepted_format(accept: str, fmt: SpeechFormat | None) -> SpeechFormat | None:
     """The format of an audio answer, from the Accept header and the request's `format`; None
-    when Accept asks for no audio (or for JSON too): the answer is JSON. `format` wins where
-    Accept allows it (its type, or audio/*); else the type Accept prefers (its q; among equals,
-    wav, served as it is stored, then the first named); audio/* alone means wav. A type with
+    when Accept asks for no audio, or for JSON at a q as high as any audio's: the answer is
+    JSON. `format` wins where Accept allows it (its type, or audio/*); else the type Accept
+    prefers (its q; among equals, wav, served as it is stored, then the first named); audio/*
+    alone means wav. A type with
     q=0 is refused. 406 when Accept names only audio no format is written in, or not the one
     `format` asks for."""
     weighted = [_media_range(part) for part in accept.split(",") if part.strip()]
     types = [t for t, q in sorted(weighted, key=lambda w: -w[1]) if q > 0]  # stable: ties keep order
     audio = [t for t in types if t.startswith("audio/")]
-    if not audio or "application/json" in types:
+    # JSON where Accept likes it as well as any audio ("audio/mpeg, application/json;q=0.5"
+    # was answered in JSON: it asks for audio first).
+    json_q = max((q for t, q in weighted if t == "application/json"), default=0.0)
+    if not audio or (json_q > 0 and json_q >= max(q for t, q in weighted if t.startswith("audio/"))):
         return None
     named = [ACCEPTED_AUDIO[t] for t in audio if t in ACCEPTED_AUDIO]
     if fmt is not None:
