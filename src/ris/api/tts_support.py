@@ -175,9 +175,8 @@ def accepted_format(accept: str, fmt: SpeechFormat | None) -> SpeechFormat | Non
     when Accept asks for no audio, or for JSON at a q as high as any audio's: the answer is
     JSON. `format` wins where Accept allows it (its type, or audio/*); else the type Accept
     prefers (its q; among equals, wav, served as it is stored, then the first named); audio/*
-    alone means wav. A type with
-    q=0 is refused. 406 when Accept names only audio no format is written in, or not the one
-    `format` asks for."""
+    alone means wav. A type with q=0 is refused. 406 when Accept names only audio no format is
+    written in, or not the one `format` asks for."""
     weighted = [_media_range(part) for part in accept.split(",") if part.strip()]
     types = [t for t, q in sorted(weighted, key=lambda w: -w[1]) if q > 0]  # stable: ties keep order
     audio = [t for t in types if t.startswith("audio/")]
