@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import errno
 import gc
 import json
@@ -251,6 +252,7 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
         # local proxy says is still read: security.ForwardedProto). No websocket is served.
         proxy_headers=False,
         ws="none",
+        log_config=_timed_log_config(),
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )
@@ -281,6 +283,17 @@ ANSWER_MARGIN_S = 1.5
 # The exit status of a server that did not start (stopped while its workers started, say):
 # uvicorn.run's.
 STARTUP_FAILURE = 3
+
+
+def _timed_log_config() -> dict[str, Any]:
+    """uvicorn's logging set-up with each line's time, as RIS's own lines have it: its access
+    and start-up lines had none, and a log read after an incident could not place them."""
+    import uvicorn.config
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for formatter in config["formatters"].values():
+        formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+    return config
 
 
 def _server(config: uvicorn.Config, writer: LogWriter) -> uvicorn.Server:

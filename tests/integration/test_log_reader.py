@@ -6,6 +6,7 @@ are written by a thread since, and a server stopped by SIGTERM still writes its 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -102,4 +103,8 @@ def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path, sig: 
             f.close()
     err = (tmp_path / "err.log").read_text()
     assert "Application shutdown complete" in err and "Finished server process" in err
-    assert '"GET /health HTTP/1.1" 200' in (tmp_path / "out.log").read_text()
+    access = next(line for line in (tmp_path / "out.log").read_text().splitlines() if "GET /health" in line)
+    assert '"GET /health HTTP/1.1" 200' in access
+    # Each line says when, as RIS's own lines do ("2026-12-07 05:12:00,123 INFO: ...").
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO", access), access
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO", err.splitlines()[-1]), err[-300:]
