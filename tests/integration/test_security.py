@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +282,46 @@ def test_an_image_url_from_v1_opens_without_the_key_for_that_image_alone(locked:
     assert httpx.get(f"{path}?{query.replace('expires=', 'expires=9')}").status_code == 401
     assert httpx.get(path).status_code == 401
     assert httpx.get(path, headers=auth()).status_code == 200
+
+
+def test_the_seed_apis_result_urls_open_without_the_key_for_that_result_alone(locked: Server) -> None:
+    """/api/tts/synthesize's audio_url and /api/image/generate's result_url go into <audio src>
+    and <img src> as they are, which send no key: behind api_keys both answered 401. They come
+    signed, as /v1's image URLs do; GET /api/tasks/{id} gives the same links."""
+    spoken = httpx.post(
+        f"{locked.url}/api/tts/synthesize",
+        json={"text": "Hello there.", "format": "mp3"},
+        headers=auth(),
+        timeout=120,
+    )
+    assert spoken.status_code == 200, spoken.text
+    audio_url = spoken.json()["audio_url"]
+    assert "format=mp3&expires=" in audio_url and "signature=" in audio_url, audio_url
+    r = httpx.get(f"{locked.url}{audio_url}", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/mpeg", r.text[:200]
+    assert httpx.head(f"{locked.url}{audio_url}", timeout=30).status_code == 200
+    path, _, query = audio_url.partition("?")
+    as_wav = f"{locked.url}{path}?format=wav&{query.partition('&')[2]}"  # the same audio
+    assert httpx.get(as_wav).status_code == 200
+    assert httpx.get(f"{locked.url}{path}").status_code == 401
+    assert httpx.post(f"{locked.url}{path}?{query}").status_code in (401, 405)  # GET and HEAD only
+    task = httpx.get(f"{locked.url}/api/tasks/{spoken.json()['task_id']}", headers=auth()).json()
+    assert task["result"]["audio_url"].startswith(path + "?expires="), task["result"]
+    assert httpx.get(f"{locked.url}{task['result']['audio_url']}").status_code == 200
+
+    accepted = httpx.post(
+        f"{locked.url}/api/image/generate",
+        json={"prompt": "a red square", "width": 64, "height": 64, "steps": 2},
+        headers=auth(),
+    )
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{locked.url}{body['progress_url']}", headers=auth()).json()["status"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    image = httpx.get(f"{locked.url}{body['result_url']}", timeout=30)
+    assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
+    # The signature covers the path, which names the task: not another result's.
+    other = f"{locked.url}/api/tts/audio/{spoken.json()['task_id']}?{body['result_url'].partition('?')[2]}"
+    assert httpx.get(other).status_code == 401

@@ -1,4 +1,4 @@
-"""Image URLs that open without the API key (ris.api.signed_urls)."""
+"""Result URLs that open without the API key (ris.api.signed_urls)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def test_a_signed_url_opens_its_image_alone_until_it_expires() -> None:
     assert again is not None and again.opens(PATH, query(url))
     now[0] += 3601
     assert not signer.opens(PATH, query(url))
+
+
+def test_a_url_with_a_query_keeps_it_and_is_signed_for_its_path() -> None:
+    """The seed API's audio_url carries ?format=mp3; the other format of the same audio is the
+    same audio, and only the file routes open."""
+    signer = UrlSigner.for_keys(["k1"], lambda: bytes(range(32)), wall=lambda: 1_700_000_000.0)
+    assert signer is not None
+    audio = "/api/tts/audio/" + "a" * 32
+    url = signer.sign(audio + "?format=mp3")
+    assert url.startswith(audio + "?format=mp3&expires=1700003600&signature="), url
+    assert signer.opens(audio, query(url))
+    assert signer.opens(audio, query(url).replace("format=mp3", "format=wav"))
+    assert not signer.opens("/api/tasks/" + "a" * 32, query(signer.sign("/api/tasks/" + "a" * 32)))
 
 
 def test_the_data_folders_signing_key_is_random_private_and_kept(tmp_path: Path) -> None:

@@ -109,8 +109,8 @@ class TTSSynthesizeRequest(_Body):
     voice: str | None = Field(
         default=None,
         description="e.g. en-US, zh-CN, or a model's voice; none: the model's own, but text mostly "
-        "in a script that names its language (Chinese, Japanese, Korean, Thai) gets a loaded voice "
-        "of that language, with a warning",
+        "in a script other than Latin (Chinese, Russian, Arabic, Hindi, ...) gets a loaded voice of "
+        "its language (else of another language written in that script), with a warning",
     )
     speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
@@ -129,7 +129,10 @@ class TTSSynthesizeResponse(BaseModel):
     voice: str
     sample_rate: int
     duration_s: float
-    audio_url: str
+    audio_url: str = Field(
+        description="GET it for the audio; with server.api_keys set it is signed for an hour and "
+        "opens without the key (an <audio src>)"
+    )
     timings: Timings
     warnings: list[str] = Field(
         default_factory=list, description="where the server served something other than asked"
@@ -163,7 +166,10 @@ class ImageAccepted(BaseModel):
     queue_position: int | None
     model: str
     progress_url: str
-    result_url: str
+    result_url: str = Field(
+        description="GET it for the PNG once done; with server.api_keys set it is signed for an hour "
+        "and opens without the key (an <img src>); GET /api/tasks/{id} gives a fresh one"
+    )
     warnings: list[str] = Field(
         default_factory=list, description="how the request was served other than asked (use_turbo)"
     )

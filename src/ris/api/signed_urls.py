@@ -1,10 +1,12 @@
-"""Image URLs that open without the API key, as OpenAI's do.
+"""Result URLs that open without the API key, as OpenAI's image URLs do.
 
 `/v1/images/generations` answers with URLs that chat UIs put in `<img src>` and download
-without headers: behind `server.api_keys` every such URL answered 401. With keys configured,
-the URL carries an expiry and an HMAC of its path and expiry (`?expires=...&signature=...`), so
-it opens for anyone holding it, for URL_TTL_S (OpenAI's are valid for an hour), and for that
-image only: the signature covers the path, whose last part is the task id.
+without headers, and the seed API's `audio_url` and `result_url` go into `<audio src>` and
+`<img src>` as they are: behind `server.api_keys` every such URL answered 401. With keys
+configured, the URL carries an expiry and an HMAC of its path and expiry
+(`?expires=...&signature=...`), so it opens for anyone holding it, for URL_TTL_S (OpenAI's are
+valid for an hour), and for that result only: the signature covers the path, whose last part
+is the task id (not the rest of the query: `?format=mp3` of the same audio is the same audio).
 
 The secret is an HMAC, under a random key kept in the data folder (`url_signing.key`, mode
 0600), of every configured key: a URL outlives a restart, changing the keys revokes every URL
@@ -25,7 +27,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
-SIGNED_PREFIX = "/api/image/result/"
+# The routes that serve a finished task's file, the only ones a signature opens.
+SIGNED_PREFIXES = ("/api/image/result/", "/api/tts/audio/")
 URL_TTL_S = 3600
 KEY_FILE = "url_signing.key"
 _EXPIRES = re.compile(r"[0-9]{1,12}")
@@ -70,14 +73,16 @@ class UrlSigner:
             return None
         return cls(hmac.new(random_key(), b"\0".join(material), hashlib.sha256).digest(), wall)
 
-    def sign(self, path: str) -> str:
-        """`path` with the query that opens it until URL_TTL_S from now."""
+    def sign(self, url: str) -> str:
+        """`url` (a path, and perhaps a query) with the fields that open it until URL_TTL_S
+        from now."""
+        path, _, query = url.partition("?")
         expires = int(self._wall() + self.ttl_s)
-        return f"{path}?expires={expires}&signature={self._mac(path, expires)}"
+        return f"{path}?{query + '&' if query else ''}expires={expires}&signature={self._mac(path, expires)}"
 
     def opens(self, path: str, query: str) -> bool:
         """Whether a request's query signs its path and has not expired."""
-        if not path.startswith(SIGNED_PREFIX):
+        if not path.startswith(SIGNED_PREFIXES):
             return False
         fields = parse_qs(query)
         expires, signature = fields.get("expires", [""])[-1], fields.get("signature", [""])[-1]
@@ -103,9 +108,15 @@ class _SignatureHidden(logging.Filter):
         if isinstance(args, tuple) and len(args) > 2 and isinstance(args[2], str):
             path, mark, query = args[2].partition("?")
             # Decoded: the log line is the raw path ("/api/image/%72esult/..." opens it too).
-            if mark and (unquote(path).startswith(SIGNED_PREFIX) or "signature" in unquote(query)):
+            if mark and (unquote(path).startswith(SIGNED_PREFIXES) or "signature" in unquote(query)):
                 record.args = (*args[:2], f"{path}?REDACTED", *args[3:])
         return True
+
+
+def opened_by_url(signer: UrlSigner | None, url: str) -> str:
+    """A result URL as a response gives it: signed where keys are configured (`signer`),
+    so that a browser's `<audio src>` or `<img src>` opens it; as it is where none are."""
+    return url if signer is None else signer.sign(url)
 
 
 def hide_signatures_in_access_log() -> None:

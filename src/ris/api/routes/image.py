@@ -21,6 +21,7 @@ from ris.api.deps import (
 )
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
+from ris.api.signed_urls import opened_by_url
 from ris.lanes import Lane
 from ris.lanes.image import (
     CLIP_CONTENT_TOKENS,
@@ -163,7 +164,8 @@ async def image_generate(request: Request) -> Any:
         "queue_position": view.queue_position if view else None,
         "model": model,
         "progress_url": f"/api/image/progress/{handle.task_id}",
-        "result_url": result_url(handle.task_id),
+        # Signed where keys are configured: it goes into <img src> as it is (signed_urls).
+        "result_url": opened_by_url(request.app.state.url_signer, result_url(handle.task_id)),
         "warnings": warnings,
     }
 

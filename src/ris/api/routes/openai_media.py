@@ -31,7 +31,7 @@ from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, 
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
 from ris.api.routes.image import capped_steps, result_url
-from ris.api.signed_urls import UrlSigner
+from ris.api.signed_urls import opened_by_url
 from ris.api.streams import json_response, warnings_header
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, task_pcm, tts_rate
 from ris.lanes import Lane
@@ -232,8 +232,7 @@ async def images_generations(request: Request) -> Any:
             data.append({"b64_json": b64, "revised_prompt": None})
         else:
             # Opens without the API key, as OpenAI's URLs do (<img src>): signed where keys are set.
-            signer: UrlSigner | None = request.app.state.url_signer
-            path = result_url(view.id) if signer is None else signer.sign(result_url(view.id))
+            path = opened_by_url(request.app.state.url_signer, result_url(view.id))
             data.append({"url": f"{str(request.base_url).rstrip('/')}{path}"})
     return json_response({"created": int(time.time()), "data": data}, headers=warnings_header(warnings))
 

@@ -25,6 +25,7 @@ from ris.api.errors import APIError
 from ris.api.routes.image import result_url
 from ris.api.routes.tts import audio_url
 from ris.api.schemas import ERRORS, TASK_VIEW_SPECIAL, TaskInfo, TaskSubmit
+from ris.api.signed_urls import UrlSigner, opened_by_url
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.tts import LANE as TTS
 from ris.runtime.engine import Engine
@@ -41,16 +42,19 @@ FILE_LINKS: dict[str, tuple[str, Callable[[str], str]]] = {
 }
 
 
-def public_result(view: TaskView[Any]) -> dict[str, Any] | None:
-    """A task's result as clients see it: the lane's public fields, and its file's URL."""
+def public_result(view: TaskView[Any], signer: UrlSigner | None) -> dict[str, Any] | None:
+    """A task's result as clients see it: the lane's public fields, and its file's URL (signed
+    where keys are configured: signed_urls)."""
     if view.result is None:
         return None
     data = view.result.public_json()
     link = FILE_LINKS.get(view.lane)
-    return data if link is None else {**data, link[0]: link[1](view.id)}
+    return data if link is None else {**data, link[0]: opened_by_url(signer, link[1](view.id))}
 
 
-def task_info(view: TaskView[Any], with_result: bool = True) -> dict[str, Any]:
+def task_info(
+    view: TaskView[Any], with_result: bool = True, signer: UrlSigner | None = None
+) -> dict[str, Any]:
     """A task as JSON (the shape of schemas.TaskInfo); lists leave results out (they can be
     long, and a listing is not the place to read another caller's answer)."""
     fields = {
@@ -63,7 +67,7 @@ def task_info(view: TaskView[Any], with_result: bool = True) -> dict[str, Any]:
         "error": {"code": view.error_code or "failed", "message": view.error_message or ""}
         if failed
         else None,
-        "result": public_result(view) if with_result else None,
+        "result": public_result(view, signer) if with_result else None,
     }
 
 
@@ -116,7 +120,7 @@ async def submit_task(request: Request) -> Any:
     )
     view = engine.lookup(handle.task_id)
     assert view is not None
-    return JSONResponse(task_info(view), status_code=202)
+    return JSONResponse(task_info(view, signer=request.app.state.url_signer), status_code=202)
 
 
 @router.get(
@@ -138,7 +142,7 @@ async def list_tasks(
 
 @router.get("/api/tasks/{task_id}", responses=ERRORS, response_model=TaskInfo)
 async def get_task(task_id: str, request: Request) -> dict[str, Any]:
-    return task_info(view_or_404(request, task_id))
+    return task_info(view_or_404(request, task_id), signer=request.app.state.url_signer)
 
 
 @router.post("/api/tasks/{task_id}/cancel", responses=ERRORS, summary="Cancel a queued or running task")

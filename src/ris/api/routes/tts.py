@@ -21,6 +21,7 @@ from ris.api.deps import (
 )
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
+from ris.api.signed_urls import opened_by_url
 from ris.api.streams import json_response, warnings_header
 from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable, voice_for_text
 from ris.lanes.base import timings_json
@@ -110,7 +111,8 @@ async def tts_synthesize(request: Request) -> Any:
             # The rate of the audio audio_url serves: opus is 24 kHz whatever the voice's.
             "sample_rate": stream_rate(body.format or "wav", r.sample_rate),
             "duration_s": r.duration_s,
-            "audio_url": audio_url(view.id, body.format),
+            # Signed where keys are configured: it goes into <audio src> as it is (signed_urls).
+            "audio_url": opened_by_url(request.app.state.url_signer, audio_url(view.id, body.format)),
             "timings": timings_json(r.timings),
             "warnings": warnings,
         }
