@@ -209,6 +209,7 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
 
     from ris.api import http_bounds
     from ris.api.app import bind_ollama_port, create_app
+    from ris.api.security import wildcard_host_hint
     from ris.log_writer import LogWriter
 
     port = int(sockets[0].getsockname()[1])  # with --port 0, the one the OS chose
@@ -232,6 +233,9 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ris").setLevel(level)
+    hint = wildcard_host_hint(cfg, _own_addresses())
+    if hint:
+        logging.getLogger("ris.api").warning(hint)
     try:
         import uvloop  # noqa: F401
 
@@ -283,6 +287,17 @@ ANSWER_MARGIN_S = 1.5
 # The exit status of a server that did not start (stopped while its workers started, say):
 # uvicorn.run's.
 STARTUP_FAILURE = 3
+
+
+def _own_addresses() -> list[str]:
+    """This machine's name and IPv4 addresses, as a client on its network would write them."""
+    import psutil
+
+    found = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        for addrs in psutil.net_if_addrs().values():
+            found += [a.address for a in addrs if a.family == socket.AF_INET]
+    return found
 
 
 def _timed_log_config() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ris.api.security import Guard, served_hosts
+from ris.api.security import Guard, served_hosts, wildcard_host_hint
 from ris.config import Config
 
 from .guarded import ok, through
@@ -77,3 +77,19 @@ def test_a_preflight_is_allowed_the_header_names_it_asks_for_and_no_more() -> No
     # Not header names (a value smuggled in, a space, a line break) are left out.
     assert allowed_headers("x-ok, bad name, a\r\nSet-Cookie: x, x:y") == "Authorization, Content-Type, x-ok"
     assert allowed_headers(",".join(f"x-{i}" for i in range(100))).count(",") == 1 + 32
+
+
+def test_a_wildcard_address_without_allowed_hosts_is_said_at_start() -> None:
+    """host 0.0.0.0 and no allowed_hosts: every client on the network that wrote the machine's
+    address got 403 host_not_allowed, and the log said nothing at start to explain it."""
+
+    def hint(listen: str, allowed: tuple[str, ...] = ()) -> str | None:
+        config = Config.model_validate({"server": {"host": listen, "allowed_hosts": list(allowed)}})
+        return wildcard_host_hint(config, ["box", "127.0.0.1", "192.168.1.5"])
+
+    said = hint("0.0.0.0")
+    assert said is not None and "server.allowed_hosts" in said and "403 host_not_allowed" in said
+    assert '["box", "192.168.1.5"]' in said  # this machine's own, not loopback
+    assert hint("::") is not None
+    assert hint("0.0.0.0", ("box",)) is None and hint("0.0.0.0", ("*",)) is None
+    assert hint("127.0.0.1") is None and hint("192.168.1.5") is None  # its own address is served

@@ -14,6 +14,7 @@ getting a JSON 401.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 import time
@@ -78,6 +79,24 @@ def served_hosts(config: Config) -> list[str]:
     if listening is not None:
         hosts.append(listening)
     return hosts
+
+
+def wildcard_host_hint(config: Config, addresses: Iterable[str]) -> str | None:
+    """What to tell the operator of a server listening on every address (0.0.0.0, ::) with
+    no server.allowed_hosts: a client on the network that writes this machine's address or
+    name gets 403 host_not_allowed (the guard against DNS rebinding serves loopback names
+    only), which looked like the server refusing everyone. `addresses`: this machine's own,
+    named in the hint. None where there is nothing to say."""
+    srv = config.server
+    if _listen_name(srv.host) is not None or srv.allowed_hosts:
+        return None
+    own = [a for a in addresses if a.lower() not in LOOPBACK_NAMES][:4]
+    example = json.dumps(own or ["192.168.1.20", "myhost.local"])
+    return (
+        f"server.host {srv.host!r} listens on every address, but only loopback names are served: a "
+        "client that writes this machine's address or name in its URL gets 403 host_not_allowed. "
+        f'List the names and addresses clients use in server.allowed_hosts (e.g. {example}), or "*"'
+    )
 
 
 def _listen_name(host: str) -> str | None:
