@@ -319,3 +319,14 @@ def test_taking_a_speech_task_fails_it_alone_but_out_of_memory_replaces_the_work
     assert key == "t" and isinstance(failed, BackendError) and failed.code == "backend_error"
     with pytest.raises(MemoryError):  # the worker loop fails its tasks and a fresh worker serves on
         runner.admit(Broken(MemoryError()), "u", TTSRequest(text="Hi.", voice="en-US"), lambda: False)
+
+
+def test_requests_a_model_serves_at_once_is_the_lanes_word() -> None:
+    """GET /api/models' `parallel`: the lane kind says it (the route asked `lane == TTS`)."""
+    from ris.lanes.image import LANE as IMAGE_LANE
+    from ris.lanes.llm import LANE as LLM_LANE
+    from ris.lanes.tts import LANE as TTS_LANE
+
+    assert LLM_LANE.serves_at_once("llama_cpp", 8) == 8  # batches
+    assert IMAGE_LANE.serves_at_once("diffusers", 3) == 1  # one image after another
+    assert TTS_LANE.serves_at_once("piper", 4) == 4 and TTS_LANE.serves_at_once("espeak", 4) == 4  # in turns

@@ -491,6 +491,11 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
         del request, spec
         return None
 
+    def serves_at_once(self, backend: str, parallel: int) -> int:
+        """Requests one of this lane's models on `backend` serves at once, with the lane's
+        `parallel`: all of them for a backend that batches (llama.cpp), else one after another."""
+        return parallel if self.backend(backend).batches else 1
+
     def model_features(self, backend: str, loaded: ModelDetails | None) -> dict[str, Any]:
         """What GET /api/models says of one of this lane's models beyond name, backend and
         voices (`loaded`: what its worker reported, None while it is not loaded)."""

@@ -576,6 +576,11 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
         ),
     }
 
+    def serves_at_once(self, backend: str, parallel: int) -> int:
+        """Whatever the engine: the runner holds `parallel` requests, a piece of each in turn."""
+        del backend
+        return parallel
+
     def collector(self, task_id: str, files: ResultFiles) -> Collector:
         return AudioFile(files.place(AUDIO_FOLDER, f"{task_id}.wav"))
 

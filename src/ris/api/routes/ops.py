@@ -14,7 +14,6 @@ from ris.api.prometheus import CONTENT_TYPE, prometheus_text
 from ris.api.stats import gpus_json, lane_stats
 from ris.config.fit_checks import lane_footprints, preloaded
 from ris.gpus import gpu_devices
-from ris.lanes import Lane
 from ris.messages import ModelInfo
 
 router = APIRouter(tags=["ops"])
@@ -116,12 +115,8 @@ async def models(request: Request) -> dict[str, Any]:
                 "last_load_s": last_load.get((lane, name)),
                 "preload": name in preloaded(cfg, engine.kinds[lane].load_all_models),
                 "voices": list(loaded[name].details.voices) if name in loaded else None,
-                # Requests this model serves at once: the lane's `parallel` for a backend that
-                # batches (llama.cpp) and for speech (its pieces take turns), 1 for a
-                # single-stream one (transformers).
-                "parallel": cfg.parallel
-                if engine.kinds[lane].backend(spec.backend).batches or lane == Lane.TTS
-                else 1,
+                # Requests this model serves at once (LaneKind.serves_at_once).
+                "parallel": engine.kinds[lane].serves_at_once(spec.backend, cfg.parallel),
                 **engine.kinds[lane].model_features(
                     spec.backend, loaded[name].details if name in loaded else None
                 ),
