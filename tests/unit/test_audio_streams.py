@@ -26,7 +26,8 @@ from ris.api.streams import StreamBroken
 from ris.api.tts_support import accepted_format
 from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, TextDelta
-from ris.lanes.tts import AudioChunk, AudioFile, AudioWritten, TTSOutcome
+from ris.lanes.tts import TTSOutcome
+from ris.lanes.tts_audio import AudioChunk, AudioFile, AudioWritten
 from ris.runtime.engine import Engine
 from ris.runtime.views import EventStream
 from ris.services.speech_encoding import SpeechFormat

@@ -23,7 +23,8 @@ from ris.lanes.image import GeneratedImage, ImageOutcome, ImageRequest, ImageRes
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
 from ris.lanes.tts import LANE as TTS
-from ris.lanes.tts import AudioChunk, AudioWritten, TTSOutcome, TTSRequest, TTSResult
+from ris.lanes.tts import TTSOutcome, TTSRequest, TTSResult
+from ris.lanes.tts_audio import AudioChunk, AudioWritten
 from ris.runtime.engine import Engine, LaneUnavailable, NotRecorded
 from ris.runtime.retention import Retention
 from ris.runtime.store import StoredTask

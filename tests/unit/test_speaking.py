@@ -15,7 +15,8 @@ from ris import messages as m
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, LLMResult, TextDelta
-from ris.lanes.tts import AudioChunk, TTSOutcome, TTSRequest
+from ris.lanes.tts import TTSOutcome, TTSRequest
+from ris.lanes.tts_audio import AudioChunk
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
 from ris.services.speaking import SpeakingPipeline, unmarked

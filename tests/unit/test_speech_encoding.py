@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from ris.lanes.tts import wav_header
+from ris.lanes.tts_audio import wav_header
 from ris.services.speech_encoding import (
     MEDIA_TYPES,
     SPEECH_FORMATS,

@@ -9,20 +9,15 @@ the server's memory.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
-import struct
-import threading
 import time
 import unicodedata
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 from ris.config.backend_options import NoOptions, Pyttsx3Options
 from ris.config.schema import ModelSpec
@@ -31,7 +26,6 @@ from ris.lanes.base import (
     BackendEntry,
     BackendError,
     Cancelled,
-    Coalesces,
     Collector,
     ConcurrentRunner,
     Counted,
@@ -42,6 +36,12 @@ from ris.lanes.base import (
     Seen,
     WorkerEnv,
     result_from_json,
+)
+from ris.lanes.tts_audio import (
+    WAV_HEADER_BYTES,
+    AudioChunk,
+    AudioFile,
+    wav_header,
 )
 from ris.preemption.policy import Activity
 from ris.sentences import speech_chunks
@@ -66,148 +66,6 @@ class TTSOutcome:
     @property
     def duration_s(self) -> float:
         return self.samples / self.sample_rate if self.sample_rate else 0.0
-
-
-@dataclass(frozen=True)
-class AudioChunk:
-    """16-bit little-endian mono PCM, streamed as it is synthesized."""
-
-    pcm: bytes = field(repr=False)
-    sample_rate: int = 0
-
-
-class AudioReadBack:
-    """A TTS task's WAV opened for its readers, once: what they read stays readable after the
-    file is deleted (a streamed result that is not kept goes as its task ends, while a slow
-    reader is still behind), until the last reader lets go of it. A raw descriptor, closed
-    when the last event and collector holding it are gone."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        self.gone = False  # its task failed: what it wrote is not audio to hand out
-        self._lock = threading.Lock()  # seek and read as one (readers may be threads)
-
-    def read(self, offset: int, size: int) -> bytes:
-        with self._lock:  # `gone` read under the lock: a closed descriptor's number is reused
-            if self.gone:
-                return b""
-            os.lseek(self.fd, offset, os.SEEK_SET)
-            return os.read(self.fd, size)
-
-    def drop(self) -> None:
-        """Its task failed: nothing more is read, and the descriptor is closed now. Left to
-        the collector, a failed speech (a full disk) kept its deleted WAV open until a cycle
-        collection ran, over a hundred requests later."""
-        with self._lock:
-            if not self.gone:
-                self.gone = True
-                os.close(self.fd)
-
-    def __del__(self) -> None:
-        if not getattr(self, "gone", True):
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-
-
-@dataclass(frozen=True, slots=True)
-class AudioWritten(Coalesces):
-    """What a TTS task's event stream carries for an AudioChunk: where the server wrote it."""
-
-    path: Path
-    offset: int
-    length: int
-    source: AudioReadBack | None = field(default=None, compare=False, repr=False)
-
-    def followed_by(self, newer: object) -> AudioWritten | None:
-        """One event for this chunk and the next, when it lies right after it in the file (an
-        event stream's consumer that does not read holds one event however long the audio)."""
-        if (
-            isinstance(newer, AudioWritten)
-            and newer.path == self.path
-            and newer.offset == self.offset + self.length
-        ):
-            return AudioWritten(self.path, self.offset, self.length + newer.length, self.source)
-        return None
-
-    def read(self, start: int = 0, size: int | None = None) -> bytes:
-        """The chunk's PCM (`size` bytes of it from `start`); b"" once its task failed and
-        took the file along."""
-        size = self.length - start if size is None else min(size, self.length - start)
-        if self.source is not None:
-            return self.source.read(self.offset + start, size)
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset + start)
-                return f.read(size)
-        except FileNotFoundError:
-            return b""
-
-
-WAV_HEADER_BYTES = 44
-
-
-def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
-    """A 16-bit mono WAV header; the default sizes mark a stream of unknown length."""
-    riff = min(0xFFFFFFFF, data_bytes + 36)
-    return (
-        b"RIFF"
-        + struct.pack("<I", riff)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", data_bytes)
-    )
-
-
-class AudioFile:
-    """A TTS task's collector (a Collector): its WAV file, written chunk by chunk as the worker
-    sends them, under a header of unknown length that build_result makes exact."""
-
-    def __init__(self, path: Path) -> None:
-        self.outputs: list[Any] = []
-        self.path = path
-        self._file: IO[bytes] | None = None
-        self._written = 0
-        self._failed: OSError | None = None  # a write failed (disk full): no result
-        self._readback: AudioReadBack | None = None
-
-    def add(self, output: Any) -> Any:
-        chunk: AudioChunk = output
-        offset = WAV_HEADER_BYTES + self._written
-        if self._failed is None:
-            try:
-                if self._file is None:
-                    self._file = self.path.open("wb")
-                    self._file.write(wav_header(chunk.sample_rate))
-                    self._readback = AudioReadBack(self.path)
-                self._file.write(chunk.pcm)
-                self._file.flush()  # readers open the file by path: the bytes must be in it now
-            except OSError as e:
-                self._failed = e
-        if self._failed is not None:
-            return AudioWritten(self.path, offset, 0)  # nothing to read; finish() fails the task
-        self._written += len(chunk.pcm)
-        return AudioWritten(self.path, offset, len(chunk.pcm), self._readback)
-
-    def finish(self) -> Path | None:
-        if self._file is not None:
-            self._file.close()
-        if self._failed is not None:
-            raise self._failed  # the task fails: result_not_stored, with the OS's words
-        return None if self._file is None else self.path
-
-    def discard(self) -> None:
-        if self._readback is not None:
-            self._readback.drop()
-        self.release()
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError:  # Windows, while a stream reads it: the retention sweep takes it later
-            pass
 
 
 class AudioOutput(ABC):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ris.lanes.tts import AudioWritten
+from ris.lanes.tts_audio import AudioWritten
 from ris.runtime.views import TaskHandle
 
 # What an audio body writes at once. A client that stops reading leaves about this much (and

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import anyio.to_thread
 import numpy as np
 
-from ris.lanes.tts import WAV_HEADER_BYTES, wav_header
+from ris.lanes.tts_audio import WAV_HEADER_BYTES, wav_header
 
 if TYPE_CHECKING:
     import av

@@ -33,7 +33,8 @@ from ris.api.streams import StreamBroken, sse_event, warnings_header
 from ris.api.tts_support import pick_tts_model, tts_rate, voice_for_text
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
-from ris.lanes.tts import speed_note, wav_header
+from ris.lanes.tts import speed_note
+from ris.lanes.tts_audio import wav_header
 from ris.services.speaking import SpeakingPipeline
 
 router = APIRouter(tags=["speak"])
