@@ -296,7 +296,7 @@ class Collector(Protocol):
 
 
 class Coalesces(ABC):
-    """An event that an unread newer one may join (ris.lanes.tts.AudioWritten: contiguous
+    """An event that an unread newer one may join (ris.lanes.tts_audio.AudioWritten: contiguous
     audio), so a consumer that does not read holds one event, not one per output. A base
     class, not a protocol: the check runs for every event a lagging reader has not taken."""
 

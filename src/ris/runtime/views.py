@@ -62,7 +62,7 @@ class TaskHandle(Generic[R]):
     # The task's lane kind: it builds the task's result from what the worker sent.
     kind: LaneKind[Any, Any, R]
     model: str
-    # What the worker streams (ris.lanes.llm.TextDelta, ris.lanes.tts.AudioChunk,
+    # What the worker streams (ris.lanes.llm.TextDelta, ris.lanes.tts_audio.AudioChunk,
     # ris.messages.TaskProgress), in order; None marks the end.
     events: EventStream = field(default_factory=EventStream)
     # The task as it ended.

@@ -230,7 +230,7 @@ async def encode_stream(
 
 
 async def wav_file_pcm(path: Path, piece_bytes: int) -> AsyncIterator[bytes]:
-    """A finished task's WAV file (ris.lanes.tts.AudioFile: a 44-byte header, then 16-bit mono
+    """A finished task's WAV file (ris.lanes.tts_audio.AudioFile: a 44-byte header, then 16-bit mono
     PCM) as PCM pieces, each read in a worker thread. Opened once: a retention sweep that
     deletes the file meanwhile (its oldest files first: those old links fetch) does not cut
     the download short."""
