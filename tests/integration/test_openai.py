@@ -55,7 +55,7 @@ def test_a_prompt_in_a_language_the_model_does_not_write_is_warned_of(oa: OpenAI
         streamed.read()
     for headers in (plain.headers, streamed.headers):
         (note,) = json.loads(headers["x-warnings"])
-        assert "looks like 'zh'" in note and "writes en only" in note, note
+        assert "the prompt is Chinese ('zh')" in note and "writes en only" in note, note
     english = oa.completions.with_raw_response.create(model="smollm2", prompt="The sky is", max_tokens=2)
     assert "x-warnings" not in english.headers
 
