@@ -279,7 +279,9 @@ def test_an_image_url_from_v1_opens_without_the_key_for_that_image_alone(locked:
     # For that image alone, as signed: another id, a longer life or no signature needs the key.
     path, _, query = url.partition("?")
     assert httpx.get(f"{locked.url}/api/image/result/{'0' * 32}?{query}").status_code == 401
-    assert httpx.get(f"{path}?{query.replace('expires=', 'expires=9')}").status_code == 401
+    longer = httpx.get(f"{path}?{query.replace('expires=', 'expires=9')}")
+    assert longer.status_code == 401 and longer.json()["error"]["code"] == "url_invalid", longer.text
+    assert f"GET /api/tasks/{path.rsplit('/', 1)[1]}" in longer.json()["error"]["message"]
     assert httpx.get(path).status_code == 401
     assert httpx.get(path, headers=auth()).status_code == 200
 

@@ -80,6 +80,44 @@ def test_the_cookie_is_a_key_on_same_origin_requests_only() -> None:
     assert answer("/api/stats", cookie(KEY), ("origin", "http://127.0.0.1:8080"))[0] == 200
 
 
+def test_a_same_site_page_without_an_origin_header_does_not_get_in_by_the_cookie() -> None:
+    """A page on another port of the same host sends no Origin with an <img> or a no-cors
+    fetch, and SameSite=Strict sends it the console's cookie: an admin's result showed in its
+    <img>. Fetch Metadata tells such a request from the console's own."""
+    site = ("sec-fetch-site", "same-site")
+    assert answer("/api/image/result/" + "a" * 32, cookie(KEY), site, ("sec-fetch-mode", "no-cors"))[0] == 401
+    assert answer("/api/tasks", cookie(KEY), ("sec-fetch-site", "cross-site"))[0] == 401
+    assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), site)[0] == 200  # a key of its own
+    # The console's own requests, a person's navigation, and clients without Fetch Metadata.
+    assert answer("/api/stats", cookie(KEY), ("sec-fetch-site", "same-origin"))[0] == 200
+    assert (
+        answer("/ui/work", cookie(KEY), ("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate"))[0] == 200
+    )
+    assert answer("/ui/work", cookie(KEY), site, ("sec-fetch-mode", "navigate"))[0] == 200
+    assert answer("/api/stats", cookie(KEY))[0] == 200
+
+
+def test_a_refusal_an_allowed_origin_gets_carries_its_cors_headers() -> None:
+    """A wrong key from an allowed origin's page: the 401 (and the 429 after ten) came without
+    Access-Control-Allow-Origin, so the browser hid it ("Failed to fetch"; the OpenAI SDK's
+    "Connection error", retried, a guess spent each time)."""
+    origin = ("origin", "http://127.0.0.1:3000")
+    guard = Guard(ok, keys=KeyChecker([KEY], FakeClock()), allowed_origins=("http://127.0.0.1:3000",))
+    headers = [("host", "127.0.0.1:8080"), origin, ("authorization", "Bearer wrong")]
+    statuses = []
+    for _ in range(12):
+        status, got = through(guard, "GET", "/v1/models", headers)
+        statuses.append(status)
+        assert got["access-control-allow-origin"] == "http://127.0.0.1:3000", (status, got)
+        assert "x-should-retry" in got["access-control-expose-headers"]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
+    # A foreign origin still gets no CORS headers with its 403.
+    status, got = through(
+        guard, "GET", "/v1/models", [("host", "127.0.0.1:8080"), ("origin", "http://evil.example")]
+    )
+    assert status == 403 and "access-control-allow-origin" not in got
+
+
 def test_the_login_sends_a_person_back_only_to_a_console_page() -> None:
     """`next` is where the login form sends a person once in: a console page they came from,
     never another site or path (an open redirect a link could abuse)."""

@@ -23,7 +23,10 @@ def test_a_signed_url_opens_its_image_alone_until_it_expires() -> None:
     signer = UrlSigner.for_keys(["k1", "k2"], lambda: secret, wall=lambda: now[0])
     assert signer is not None and UrlSigner.for_keys([], lambda: secret) is None  # no keys: unsigned
     url = signer.sign(PATH)
-    assert url.startswith(PATH + "?expires=1700003600&signature=")
+    # An hour, up to the next ten minutes: polled again meanwhile, the same URL (cached).
+    assert url.startswith(PATH + "?expires=1700004000&signature=")
+    now[0] += 300
+    assert signer.sign(PATH) == url
     assert signer.opens(PATH, query(url))
     assert not signer.opens("/api/image/result/" + "b" * 32, query(url))  # another image
     assert not signer.opens("/api/stats", query(url))  # another route
@@ -41,8 +44,12 @@ def test_a_signed_url_opens_its_image_alone_until_it_expires() -> None:
     # The same keys in another order, or after a restart: the same secret.
     again = UrlSigner.for_keys(["k2", "k1"], lambda: secret, wall=lambda: now[0])
     assert again is not None and again.opens(PATH, query(url))
-    now[0] += 3601
+    now[0] = 1_700_004_001
     assert not signer.opens(PATH, query(url))
+    # Why, where it does not open: the refusal names it (url_expired, url_invalid).
+    assert signer.verdict(PATH, query(url)) == "expired"
+    assert signer.verdict(PATH, query(url).replace("signature=", "signature=0")[:-1]) == "invalid"
+    assert signer.verdict(PATH, "format=mp3") is None and signer.verdict("/api/stats", query(url)) is None
 
 
 def test_a_url_with_a_query_keeps_it_and_is_signed_for_its_path() -> None:
@@ -52,7 +59,7 @@ def test_a_url_with_a_query_keeps_it_and_is_signed_for_its_path() -> None:
     assert signer is not None
     audio = "/api/tts/audio/" + "a" * 32
     url = signer.sign(audio + "?format=mp3")
-    assert url.startswith(audio + "?format=mp3&expires=1700003600&signature="), url
+    assert url.startswith(audio + "?format=mp3&expires=1700004000&signature="), url
     assert signer.opens(audio, query(url))
     assert signer.opens(audio, query(url).replace("format=mp3", "format=wav"))
     assert not signer.opens("/api/tasks/" + "a" * 32, query(signer.sign("/api/tasks/" + "a" * 32)))

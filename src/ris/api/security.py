@@ -37,7 +37,8 @@ OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
 # The response headers an allowed origin's script may read: what the API answers with.
 EXPOSED_HEADERS = (
-    "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry"
+    "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry, "
+    "Content-Range, Accept-Ranges, ETag, Server-Timing"
 )
 CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
 # scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
@@ -203,14 +204,18 @@ class Guard:
         # The Ollama listener's "/" is its health check ("Ollama is running"), open as /health
         # is: monitors and the Ollama CLI's heartbeat send no key.
         health = path == "/" and dialect == "ollama" and scope["method"] in ("GET", "HEAD")
+        signature: str | None = None
         if self.keys is None or _open(path) or health:
             verdict = None
-        elif self._signed(scope, path):
-            verdict = None  # an image URL /v1/images/generations gave out, for that image alone
+        elif (signature := self._signature(scope, path)) == "valid":
+            verdict = None  # a result URL a response gave out, for that result alone
         else:
-            verdict = self._authorized(scope, headers, cookie=same)
+            verdict = self._authorized(scope, headers, cookie=same and _cookie_allowed(headers))
+        # The refusals below carry the CORS headers an allowed origin gets: without them the
+        # browser hides the answer, and the page saw "Failed to fetch", not "wrong key" (the
+        # OpenAI SDK a "Connection error", which it retried, a guess spent each time).
         if verdict is not None and verdict.retry_after_s is not None:
-            await throttled(verdict.retry_after_s, dialect=dialect)(scope, receive, send)
+            await throttled(verdict.retry_after_s, dialect=dialect, headers=cors)(scope, receive, send)
             return
         if verdict is not None and not verdict.ok:
             if _console_page(path, scope["method"], headers):
@@ -219,13 +224,10 @@ class Guard:
                 login = "/ui/login?" + urlencode({"next": path})
                 await RedirectResponse(login, status_code=303)(scope, receive, send)
                 return
-            resp = error_response(
-                401,
-                "unauthorized",
-                _refusal(headers, cookie=same),
-                {"WWW-Authenticate": "Bearer"},
-                dialect=dialect,
-            )
+            code, message = "unauthorized", _refusal(headers, cookie=same)
+            if signature == "expired" or signature == "invalid":
+                code, message = f"url_{signature}", _url_refusal(signature, path)
+            resp = error_response(401, code, message, {"WWW-Authenticate": "Bearer", **cors}, dialect=dialect)
             await resp(scope, receive, send)
             return
         started = time.perf_counter()
@@ -241,20 +243,19 @@ class Guard:
 
         await self.app(scope, receive, send_with_headers)
 
-    def _signed(self, scope: Scope, path: str) -> bool:
-        """A GET of an image whose URL carries a valid signature: let in as one who sees that
-        task (the signature covers the path, which names it), as a client of its own."""
-        query = scope.get("query_string", b"").decode("latin-1")
-        if (
-            self.signer is None
-            or scope["method"] not in ("GET", "HEAD")
-            or not self.signer.opens(path, query)
-        ):
-            return False
-        state = scope.setdefault("state", {})
-        state[CLIENT_STATE] = "signed-url"
-        state[PRINCIPAL_STATE] = SIGNED_URL
-        return True
+    def _signature(self, scope: Scope, path: str) -> str | None:
+        """What a GET of a result URL's signature says (UrlSigner.verdict): "valid" lets it in
+        as one who sees that task (the signature covers the path, which names it), as a client
+        of its own; "expired" and "invalid" name the refusal if no key lets it in instead;
+        None: no signature to read."""
+        if self.signer is None or scope["method"] not in ("GET", "HEAD"):
+            return None
+        verdict = self.signer.verdict(path, scope.get("query_string", b"").decode("latin-1"))
+        if verdict == "valid":
+            state = scope.setdefault("state", {})
+            state[CLIENT_STATE] = "signed-url"
+            state[PRINCIPAL_STATE] = SIGNED_URL
+        return verdict
 
     def _authorized(self, scope: Scope, headers: dict[str, str], *, cookie: bool) -> Verdict:
         """A bearer key, or (`cookie`: on a same-origin request) the console's key cookie. An
@@ -292,21 +293,41 @@ def _refusal(headers: dict[str, str], *, cookie: bool) -> str:
     return "this server needs an API key: send 'Authorization: Bearer <key>'"
 
 
+def _url_refusal(signature: str, path: str) -> str:
+    """Why a signed result URL did not open, and where a fresh one comes from."""
+    task_id = path.rstrip("/").rsplit("/", 1)[-1]
+    why = "has expired" if signature == "expired" else "has a signature this server did not make"
+    return (
+        f"this result URL {why} (signed URLs open for an hour, and not after the API keys change); "
+        f"GET /api/tasks/{task_id} with a key gives a fresh one, or send 'Authorization: Bearer <key>'"
+    )
+
+
+def _cookie_allowed(headers: dict[str, str]) -> bool:
+    """Whether the console's cookie may stand in for a key: on this server's own pages, a
+    navigation, or a client that sends no Fetch Metadata. A page on another port of the same
+    host is the same site, to which SameSite=Strict sends the cookie: its <img> of an admin's
+    result, or a no-cors fetch, went through as the logged-in operator."""
+    site = headers.get("sec-fetch-site")
+    return site in (None, "same-origin", "none") or headers.get("sec-fetch-mode") == "navigate"
+
+
 def client_address(scope: Scope) -> str:
     """The peer's address (a reverse proxy's, behind one)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 
 
-def throttled(retry_after_s: float, *, dialect: str) -> Response:
-    """429 for an address that spent its budget of wrong keys (ris.api.keys)."""
+def throttled(retry_after_s: float, *, dialect: str, headers: dict[str, str] | None = None) -> Response:
+    """429 for an address that spent its budget of wrong keys (ris.api.keys); `headers`: the
+    request's CORS headers."""
     retry = str(max(1, math.ceil(retry_after_s)))
     return error_response(
         429,
         "too_many_wrong_keys",
         f"too many wrong API keys from this address; keys are not checked for {retry} s",
         # OpenAI's SDKs retry a 429 unless told not to: each retry one more guess.
-        {"Retry-After": retry, "x-should-retry": "false"},
+        {"Retry-After": retry, "x-should-retry": "false", **(headers or {})},
         dialect=dialect,
     )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -30,6 +31,7 @@ from urllib.parse import parse_qs, unquote
 # The routes that serve a finished task's file, the only ones a signature opens.
 SIGNED_PREFIXES = ("/api/image/result/", "/api/tts/audio/")
 URL_TTL_S = 3600
+EXPIRY_STEP_S = 600
 KEY_FILE = "url_signing.key"
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
@@ -77,22 +79,31 @@ class UrlSigner:
         """`url` (a path, and perhaps a query) with the fields that open it until URL_TTL_S
         from now."""
         path, _, query = url.partition("?")
-        expires = int(self._wall() + self.ttl_s)
+        # Up to the next whole EXPIRY_STEP_S: the same result asked for again within it (a
+        # page polling GET /api/tasks/{id}) gets the same URL, which the browser has cached.
+        expires = math.ceil((self._wall() + self.ttl_s) / EXPIRY_STEP_S) * EXPIRY_STEP_S
         return f"{path}?{query + '&' if query else ''}expires={expires}&signature={self._mac(path, expires)}"
 
     def opens(self, path: str, query: str) -> bool:
         """Whether a request's query signs its path and has not expired."""
+        return self.verdict(path, query) == "valid"
+
+    def verdict(self, path: str, query: str) -> str | None:
+        """ "valid"; "expired" (signed here, past its time); "invalid" (a signature this
+        server did not make for this path); None: not a result route, or no signature."""
         if not path.startswith(SIGNED_PREFIXES):
-            return False
+            return None
         fields = parse_qs(query)
+        if "signature" not in fields and "expires" not in fields:
+            return None
         expires, signature = fields.get("expires", [""])[-1], fields.get("signature", [""])[-1]
         # ASCII digits and hex only: "²" is a digit to str.isdigit and not to int(), and
         # compare_digest refuses a str that is not ASCII (a 500 for anyone, no key needed).
         if not (_EXPIRES.fullmatch(expires) and _SIGNATURE.fullmatch(signature)):
-            return False
-        if int(expires) < self._wall():
-            return False
-        return hmac.compare_digest(signature, self._mac(path, int(expires)))
+            return "invalid"
+        if not hmac.compare_digest(signature, self._mac(path, int(expires))):
+            return "invalid"
+        return "expired" if int(expires) < self._wall() else "valid"
 
     def _mac(self, path: str, expires: int) -> str:
         return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
