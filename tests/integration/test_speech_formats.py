@@ -135,6 +135,12 @@ def test_the_native_route_answers_in_the_type_accept_names(server: Server) -> No
         head = httpx.head(f"{server.url}{task}{query}", timeout=60)
         assert head.status_code == 200 and head.headers["content-type"] == kind and not head.content
     assert httpx.head(f"{server.url}{task}", timeout=60).headers["content-length"] == str(len(wav.content))
+    # An encoded format's length is not known before it is made: HEAD says none, as GET does
+    # (it said 0), and neither is to be buffered by a proxy.
+    mp3 = httpx.get(f"{server.url}{task}?format=mp3", timeout=60)
+    head = httpx.head(f"{server.url}{task}?format=mp3", timeout=60)
+    assert "content-length" not in mp3.headers and head.headers.get("content-length") != "0", head.headers
+    assert mp3.headers["x-accel-buffering"] == "no"
 
 
 def test_the_sdk_saves_speech_in_the_format_asked(client: Client, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from ris.api.routes import (
 from ris.api.schemas import ErrorBody
 from ris.api.security import ForwardedProto, Guard, served_hosts
 from ris.api.signed_urls import UrlSigner, data_folder_key, hide_signatures_in_access_log
-from ris.api.streams import BrokenStreamLog
+from ris.api.streams import BrokenStreamLog, UnbufferedStreams
 from ris.config import Config
 from ris.runtime.engine import Engine
 from ris.services import speech_encoding
@@ -269,6 +269,7 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
     for router in routers:
         app.include_router(router)
     reading = MemoryReading(own_rss, time.monotonic)
+    app.add_middleware(UnbufferedStreams)
     app.add_middleware(BodyLimit, max_bytes=config.server.max_body_bytes)
     # Outside the body's read-ahead: a server over its memory ceiling refuses a POST before
     # it buffers the body.

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.lanes.llm import TextDelta
 from ris.runtime.views import TaskHandle
@@ -93,3 +94,40 @@ def _broken(exc: BaseException | None) -> StreamBroken | None:
         if found and all(f is not None for f in found):
             return found[0]
     return None
+
+
+# Streamed answers whose parts must reach the client as they are made.
+_STREAMED_TYPES = (b"text/event-stream", b"application/x-ndjson")
+
+
+class UnbufferedStreams:
+    """Every streamed answer (SSE, NDJSON, audio of no set length) says not to buffer or
+    cache it: nginx buffers a
+    proxied answer whole unless told `X-Accel-Buffering: no`, and a cache may keep an event
+    stream, so tokens came all at the end behind a proxy. Said here once for every route
+    (/v1's streams said neither, /api/llm/generate one of them), where a route left it unsaid."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_unbuffered(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                kind = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                kind = kind.split(b";")[0].strip().lower()
+                audio = kind.startswith(b"audio/") and b"content-length" not in names
+                if kind in _STREAMED_TYPES or audio:
+                    if b"cache-control" not in names:
+                        headers.append((b"cache-control", b"no-cache"))
+                    if b"x-accel-buffering" not in names:
+                        headers.append((b"x-accel-buffering", b"no"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_unbuffered)

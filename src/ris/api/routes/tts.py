@@ -143,7 +143,10 @@ async def tts_audio(
         raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
     if request.method == "HEAD" and fmt != "wav":  # the headers alone: nothing encoded for nobody
         rate = str(stream_rate(fmt, view.result.sample_rate))
-        return Response(media_type=MEDIA_TYPES[fmt], headers={"X-Task-Id": view.id, "X-Sample-Rate": rate})
+        head = Response(media_type=MEDIA_TYPES[fmt], headers={"X-Task-Id": view.id, "X-Sample-Rate": rate})
+        # As GET's: encoded as it is read, of no length known before (it said 0).
+        del head.headers["content-length"]
+        return head
     return audio_response(path, fmt, view.result.sample_rate, {"X-Task-Id": view.id})
 
 
