@@ -168,6 +168,18 @@ def test_a_chat_over_the_context_loses_its_oldest_turns_as_on_ollama(client: Any
     assert refused.status_code == 400 and "context" in refused.json()["error"], refused.text
 
 
+def test_a_document_longer_than_the_context_is_read_from_its_end_as_on_ollama(client: Any) -> None:
+    """One message past the context (2048 tokens): a 400 (the prompt is 11,920 tokens), where
+    Ollama's runner keeps the first 4 tokens and the end. Kept: as much of the end as leaves
+    the answer its room."""
+    document = "The tea trade grew in the nineteenth century. " * 400 + "What grew? Answer in one word."
+    r = client.generate(model="smollm2", prompt=document, options={"num_predict": 4, "temperature": 0})
+    assert r.done and 2048 - 4 - 8 <= r.prompt_eval_count <= 2048 - 4, r.prompt_eval_count
+    asked = [{"role": "user", "content": document}]
+    chat = client.chat(model="smollm2", messages=asked, options={"num_predict": 4})
+    assert chat.done and chat.prompt_eval_count <= 2048 - 4
+
+
 def test_format_with_a_json_schema_gives_valid_json(client: Any) -> None:
     ask = [{"role": "user", "content": "Describe a big city as JSON."}]
     r = client.chat(model="smollm2", messages=ask, format=CITY, options={"temperature": 0.5, "seed": 2})

@@ -222,8 +222,9 @@ def test_a_chat_over_the_context_leaves_out_its_oldest_turns_only_where_asked() 
     one = LLMRequest(messages=turns, truncate=True, max_tokens=1)
     fitted, prompt, _ = fit_context(one, tokenize, 14)  # 21 characters: the fewest left out
     assert fitted.messages == without_oldest(turns, 2) and len(prompt) == 13
-    fitted, prompt, _ = fit_context(one, tokenize, 3)  # nothing that may go would do: as it was
-    assert fitted is one and len(prompt) == 21
+    # Nothing that may go would do: every turn that may go left out, the rest cut to fit.
+    fitted, prompt, _ = fit_context(one, tokenize, 3)
+    assert fitted.messages == (("system", "s"), ("user", "last")) and len(prompt) == 2
     off = LLMRequest(messages=turns, max_tokens=1)
     assert fit_context(off, tokenize, 14)[0] is off
 
@@ -253,6 +254,28 @@ def test_a_chat_cut_to_its_context_keeps_room_for_its_answer() -> None:
     assert fitted.messages == without_oldest(long, 3) and len(prompt) == 13
     alone = LLMRequest(messages=(long[0], long[-1]), truncate=True, max_tokens=8)
     assert fit_context(alone, tokenize, 16)[0] is alone  # 13 < 16, room 4 cannot be had
+
+
+def test_a_prompt_too_long_for_its_context_keeps_its_first_tokens_and_its_end() -> None:
+    """Ollama's clients send a document longer than the context with `truncate` on (its
+    default): it was refused (400, the prompt is 11,920 tokens), where Ollama's runner keeps
+    the first 4 tokens and the end. So here, leaving room for the answer."""
+    from ris.lanes.llm import KEEP_TOKENS, fit_context
+
+    def tokenize(req: LLMRequest) -> tuple[list[int], None]:  # a token per character, numbered
+        text = req.prompt or "".join(t[1] for t in req.messages or () if isinstance(t, tuple))
+        return list(range(len(text))), None
+
+    raw = LLMRequest(prompt="x" * 100, truncate=True, max_tokens=10)
+    fitted, prompt, _ = fit_context(raw, tokenize, 40)  # room: 10
+    assert fitted is raw and prompt == [*range(KEEP_TOKENS), *range(100 - 26, 100)] and len(prompt) == 30
+    chat = LLMRequest(messages=(("system", "s"), ("user", "a" * 10), ("user", "q" * 100)), truncate=True)
+    fitted, prompt, _ = fit_context(chat, tokenize, 40)  # room: a quarter of 40
+    assert fitted.messages == (("system", "s"), ("user", "q" * 100)) and len(prompt) == 30
+    assert prompt[:KEEP_TOKENS] == [0, 1, 2, 3] and prompt[-1] == 100  # its start and its end
+    # Refused as before where truncate is off (the API's default but Ollama's).
+    off = LLMRequest(prompt="x" * 100, max_tokens=10)
+    assert fit_context(off, tokenize, 40)[1] == list(range(100))
 
 
 def test_a_chat_ending_in_a_tool_answer_keeps_the_call_it_answers() -> None:

@@ -355,7 +355,25 @@ async def test_a_chat_over_the_servers_prompt_limit_loses_its_oldest_turns(tmp_p
     async with started_engine(tmp_path / "off") as (eng, workers, _):
         workers[Lane.LLM].ready()
         r = await call(eng, "POST", "/api/chat", {**body, "truncate": False}, ollama_port=True)
-        assert r.status_code == 400 and "the limit is 32000" in r.json()["error"]
+        assert r.status_code == 400 and "the limit is 32000 (server.max_prompt_chars)" in r.json()["error"]
+
+
+@run
+async def test_one_document_over_the_servers_prompt_limit_keeps_its_end(tmp_path: Path) -> None:
+    """A 52,900-character prompt was a 400 with truncate on (Ollama's default), where Ollama
+    keeps the end of what it cannot hold; the question after a long document is at its end."""
+    document = "d" * 40_000 + "THE QUESTION"
+    for path, body in (
+        ("/api/generate", {"model": "m", "prompt": document, "stream": False}),
+        ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": document}], "stream": False}),
+    ):
+        async with sent(tmp_path / path.rsplit("/", 1)[1], path, body) as (request, workers):
+            (run_task,) = workers[Lane.LLM].runs
+            req = run_task.request
+            assert isinstance(req, LLMRequest)
+            text = req.prompt if req.prompt is not None else req.messages[-1][1]  # type: ignore[index]
+            assert len(text) == 32_000 and text.endswith("THE QUESTION"), (path, len(text))
+            request.cancel()
 
 
 @run

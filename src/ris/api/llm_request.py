@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ris.api.errors import APIError
@@ -82,10 +82,18 @@ def llm_request(
     if chars > limits.max_prompt_chars and truncate and messages:
         # The oldest turns left out, as the worker does for its context (LLMRequest.truncate).
         messages, chars = _within_chars(tuple(messages), limits.max_prompt_chars)
+    if chars > limits.max_prompt_chars and truncate:
+        # Still over (one long document): the start of the prompt or last turn goes, as the
+        # worker cuts tokens past its context (lanes.llm.fit_context keeps the end).
+        prompt, messages, chars = _without_head(prompt, messages, chars - limits.max_prompt_chars)
+        chars += len(system or "")
     if chars > limits.max_prompt_chars:
         status, code = dialect.too_long
         raise APIError(
-            status, code, f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars}"
+            status,
+            code,
+            f"the prompt is {chars} characters; the limit is {limits.max_prompt_chars} "
+            "(server.max_prompt_chars)",
         )
     if max_tokens > limits.max_new_tokens:
         over = f"{max_tokens_param} {max_tokens} is over the limit of {limits.max_new_tokens}"
@@ -114,6 +122,23 @@ def llm_request(
         constraint=constraint,
         truncate=truncate,
     )
+
+
+def _without_head(
+    prompt: str | None, messages: Sequence[Turn] | None, excess: int
+) -> tuple[str | None, Sequence[Turn] | None, int]:
+    """The prompt, or the last turn's text, less its first `excess` characters where it has
+    more than that (else as they were), and the characters they come to."""
+    if prompt is not None and len(prompt) > excess:
+        prompt = prompt[excess:]
+    elif prompt is None and messages:
+        last = messages[-1]
+        text = last.content if isinstance(last, Message) else last[1]
+        if len(text) > excess:
+            rest = text[excess:]
+            cut: Turn = replace(last, content=rest) if isinstance(last, Message) else (last[0], rest)
+            messages = (*messages[:-1], cut)
+    return prompt, messages, len(prompt or "") + sum(_turn_chars(m) for m in messages or ())
 
 
 def _within_chars(turns: tuple[Turn, ...], limit: int) -> tuple[tuple[Turn, ...], int]:

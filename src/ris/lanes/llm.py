@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
@@ -122,9 +123,10 @@ class LLMRequest:
     tools: tuple[Tool, ...] = field(default=(), repr=False)
     # Grammar-constrained decoding (response_format, a required or named tool call).
     constraint: Constraint | None = field(default=None, repr=False)
-    # A chat over the model's context leaves out its oldest turns (never a system turn, nor the
-    # last) until it fits, rather than failing: Ollama's default (`truncate`), for clients that
-    # send a whole long conversation every time.
+    # A prompt over the model's context is cut to fit rather than refused: Ollama's default
+    # (`truncate`), for clients that send a whole long conversation every time, or a document
+    # longer than the context. A chat leaves out its oldest turns (never a system turn, nor the
+    # last); what is still too long keeps its first tokens and its end (fit_context).
     truncate: bool = False
 
     def chat_turns(self) -> tuple[tuple[str, str] | Message, ...] | None:
@@ -446,18 +448,27 @@ def fewest_left_out(
 ANSWER_ROOM_SHARE = 0.25
 
 
+# Of a prompt cut to its context, the first tokens kept before its end (Ollama's runner keeps
+# 4: "truncating input prompt ... keep=4"): the template's start, as a chat began.
+KEEP_TOKENS = 4
+
+
 def fit_context(
     req: LLMRequest, tokenize: Callable[[LLMRequest], tuple[list[int], Any]], n_ctx: int
 ) -> tuple[LLMRequest, list[int], Any]:
     """`req` with as few of its oldest turns left out as lets its prompt fit `n_ctx` with room
     for its answer (`answer_room`), and the tokenizer's answer for it. Where no number of them
     leaves that room, as few as fit the prompt alone (fewer tokens than the context, as a
-    prompt must). The request as it was if `truncate` is off, it is no chat, or nothing that
-    may go would do."""
+    prompt must). Where none do (its last turn alone is too long, or it is no chat), the
+    prompt with every turn that may go left out, cut to its first KEEP_TOKENS and as much of
+    its end as leaves the room, as Ollama's runner cuts it: a long document's end and the
+    question after it are read. The request as it was if `truncate` is off."""
     prompt, extra = tokenize(req)
     room = answer_room(req.max_tokens, n_ctx)
-    if len(prompt) + room <= n_ctx or not req.truncate or not req.messages:
+    if len(prompt) + room <= n_ctx or not req.truncate:
         return req, prompt, extra
+    if not req.messages:
+        return req, _cut(prompt, n_ctx, room), extra
     for need in dict.fromkeys((room, 1)):  # once where the room is one token anyway
 
         def fits(turns: tuple[Turn, ...]) -> tuple[LLMRequest, list[int], Any] | None:
@@ -469,8 +480,28 @@ def fit_context(
         if found is not None:
             return found[1]
         if len(prompt) < n_ctx:  # it fits as it is, with less room than asked
-            break
-    return req, prompt, extra
+            return req, prompt, extra
+    shortest = replace(req, messages=without_oldest(req.messages, len(req.messages)))
+    prompt, extra = tokenize(shortest)
+    return shortest, _cut(prompt, n_ctx, room), extra
+
+
+def _cut(prompt: list[int], n_ctx: int, room: int) -> list[int]:
+    """`prompt`'s first KEEP_TOKENS and as much of its end as leaves `room` in `n_ctx`."""
+    limit = max(1, n_ctx - room)
+    if len(prompt) <= limit:
+        return prompt
+    keep = min(KEEP_TOKENS, limit - 1)
+    logging.getLogger("ris.worker").warning(
+        "truncating input prompt: %d tokens, context %d, room for the answer %d; kept the first %d "
+        "and the last %d",
+        len(prompt),
+        n_ctx,
+        room,
+        keep,
+        limit - keep,
+    )
+    return prompt[:keep] + prompt[len(prompt) - (limit - keep) :]
 
 
 def answer_room(max_tokens: int, n_ctx: int) -> int:
