@@ -428,3 +428,18 @@ async def test_a_disabled_llm_lanes_models_are_not_offered(tmp_path: Path) -> No
         assert chat.status_code == 503  # lane_unavailable, as before
         load = await call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True)
         assert load.status_code == 503  # not "loaded" with a 200
+
+
+@run
+async def test_a_pull_of_a_model_served_already_is_up_to_date(tmp_path: Path) -> None:
+    """Scripts pull before they use a model: `ollama.pull("smollm2")` of a model RIS serves
+    was a 404 (not in the catalogue), where Ollama answers `success` and downloads nothing."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        for name in ("m", "m:latest"):
+            r = await call(eng, "POST", "/api/pull", {"model": name, "stream": False}, ollama_port=True)
+            assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+        r = await call(eng, "POST", "/api/pull", {"model": "m"}, ollama_port=True)  # streamed by default
+        assert lines(r) == [{"status": "success"}]
+        unknown = {"model": "no-such-model", "stream": False}
+        assert (await call(eng, "POST", "/api/pull", unknown, ollama_port=True)).status_code == 404

@@ -236,6 +236,16 @@ listener_router.add_api_route("/api/version", ollama_version, methods=["HEAD"])
 )
 async def ollama_pull(request: Request) -> Any:
     body = await json_body(request, OllamaPullRequest)
+    served = engine_of(request).config.lane(Lane.LLM).models
+    given = (body.model or body.name).strip()
+    if given in served or given.removesuffix(":latest") in served:
+        # Served already: up to date, as Ollama answers a pull of a model it has. Scripts pull
+        # before they use a model; one RIS serves was a 404 (not in the catalogue), or a 403
+        # for a user key, for a pull that downloads nothing.
+        done = {"status": "success"}
+        if body.stream:
+            return StreamingResponse(_ndjson(_lines(done)), media_type=NDJSON)
+        return json_response(done)
     # A pull downloads gigabytes and rewrites the server's config.json: the operator's act, as
     # `ris pull` on the host is, not a user key's.
     if not viewer_of(request).admin:
@@ -270,6 +280,11 @@ async def ollama_pull(request: Request) -> Any:
     if "error" in last:
         raise APIError(last["status_code"], "pull_failed", last["error"])
     return json_response(last)
+
+
+async def _lines(*lines: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    for line in lines:
+        yield line
 
 
 async def _ndjson(lines: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
