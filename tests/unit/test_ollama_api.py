@@ -317,7 +317,6 @@ async def test_what_ollama_refuses_or_only_loads_is_so_here(tmp_path: Path) -> N
         refused = [
             ({"model": "m", "prompt": "hi", "keep_alive": True}, "keep_alive"),
             ({"model": "m", "keep_alive": "soon"}, "keep_alive"),  # a load answer parses it too
-            ({"model": "m", "prompt": "hi", "options": {"num_predict": 10**6}}, "options.num_predict"),
         ]
         for body, named in refused:
             r = await call(eng, "POST", "/api/generate", body, ollama_port=True)
@@ -443,3 +442,22 @@ async def test_a_pull_of_a_model_served_already_is_up_to_date(tmp_path: Path) ->
         assert lines(r) == [{"status": "success"}]
         unknown = {"model": "no-such-model", "stream": False}
         assert (await call(eng, "POST", "/api/pull", unknown, ollama_port=True)).status_code == 404
+
+
+@run
+async def test_num_predict_and_stop_lists_ollamas_clients_send_are_served(tmp_path: Path) -> None:
+    """ChatOllama(num_predict=8192) was a 400 (over server.max_new_tokens), where Ollama takes
+    any; five stop strings were a 400 (OpenAI's bound of 4). (Stop beside a format:
+    tests/integration/test_ollama.py, on a model that constrains.)"""
+    stops = [f"stop{i}" for i in range(10)] + ["x" * 200]
+    body = {"model": "m", "prompt": "hi", "stream": False, "options": {"num_predict": 10**6, "stop": stops}}
+    async with sent(tmp_path / "a", "/api/generate", body) as (request, workers):
+        (run_task,) = workers[Lane.LLM].runs
+        req = run_task.request
+        assert isinstance(req, LLMRequest) and req.max_tokens == 4096 and list(req.stop) == stops
+        request.cancel()
+    too_many = {**body, "options": {"stop": [f"s{i}" for i in range(33)]}}
+    async with started_engine(tmp_path / "c") as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        r = await call(eng, "POST", "/api/generate", too_many, ollama_port=True)
+        assert r.status_code == 400 and "at most 32 strings" in r.json()["error"]

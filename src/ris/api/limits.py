@@ -17,6 +17,10 @@ from pydantic_core import PydanticCustomError
 # A stop string is looked for after every token: a few short ones keep that cheap.
 MAX_STOPS = 4
 MAX_STOP_CHARS = 64
+# Ollama's API bounds none: its clients send longer lists (an editor's completion stops, an
+# agent's "Observation:" markers). Scanned at every token all the same: bounded, generously.
+OLLAMA_MAX_STOPS = 32
+OLLAMA_MAX_STOP_CHARS = 256
 # Chat turns in one request. Their characters are bounded by server.max_prompt_chars already;
 # this bounds the per-turn cost (an object, a pass of the chat template) that even empty
 # turns have. A thousand turns is far more than any chat history that fits a context window.

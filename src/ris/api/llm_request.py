@@ -33,6 +33,10 @@ from ris.lanes.llm import (
 class Dialect:
     too_long: tuple[int, str]  # status and code for a prompt over the limit
     invalid: tuple[int, str]  # status and code for any other field out of range
+    # Stop strings: how many, how long (each is scanned at every token: a few dozen short
+    # ones cost nothing). OpenAI's API takes 4; Ollama's any number, which its clients use.
+    max_stops: int = MAX_STOPS
+    max_stop_chars: int = MAX_STOP_CHARS
 
 
 # The same limits on both APIs (a stop string is scanned at every token); only the phrasing
@@ -102,8 +106,9 @@ def llm_request(
         over = max_tokens_over_context(max_tokens, context_tokens, max_tokens_param)
         raise invalid(over, max_tokens_param)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-        raise invalid(f"stop: at most {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters", "stop")
+    most, longest = dialect.max_stops, dialect.max_stop_chars
+    if len(stops) > most or any(not s or len(s) > longest for s in stops):
+        raise invalid(f"stop: at most {most} strings of 1 to {longest} characters", "stop")
     if constraint is not None:
         _check_constraint(constraint, stops, ignore_eos, invalid, constraint_param)
     return LLMRequest(

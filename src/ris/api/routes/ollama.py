@@ -34,7 +34,7 @@ from ris.api.deps import (
     wait_task,
 )
 from ris.api.errors import NO_RETRY, APIError, failure
-from ris.api.limits import MIN_TOP_P
+from ris.api.limits import MIN_TOP_P, OLLAMA_MAX_STOP_CHARS, OLLAMA_MAX_STOPS
 from ris.api.llm_request import Dialect, llm_request
 from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend
 from ris.api.ollama_schemas import (
@@ -60,7 +60,13 @@ router = APIRouter(tags=["ollama"], responses=OLLAMA_ERRORS)
 NDJSON = "application/x-ndjson"
 JSON_OR_NDJSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, NDJSON: {}}}}
 # Ollama answers every invalid request with 400 (and a prompt over the limit too).
-OLLAMA = Dialect(too_long=(400, "context_length_exceeded"), invalid=(400, "invalid_value"))
+# Ollama takes any number of stop strings (Continue's and agents' lists run past OpenAI's 4).
+OLLAMA = Dialect(
+    too_long=(400, "context_length_exceeded"),
+    invalid=(400, "invalid_value"),
+    max_stops=OLLAMA_MAX_STOPS,
+    max_stop_chars=OLLAMA_MAX_STOP_CHARS,
+)
 _OPTION_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 _MAX_NAMED = 20
 
@@ -81,11 +87,14 @@ def llm_model(engine: Engine, name: str) -> str:
     raise APIError(404, "model_not_found", unknown_model_message(message, name, Lane.LLM), param="model")
 
 
-def ignored_options(options: OllamaOptions | None) -> dict[str, str]:
+def ignored_options(options: OllamaOptions | None, req: LLMRequest | None = None) -> dict[str, str]:
     """The header that names the options given and ignored (Ollama's it does not apply here:
-    top_k, repeat_penalty, num_ctx, ...), so a client can see it was not served them. Only
-    names an option could have go in a header (latin-1, bounded); others are counted."""
+    top_k, repeat_penalty, num_ctx, ...; `stop` beside a format, `req` as built says), so a
+    client can see it was not served them. Only names an option could have go in a header
+    (latin-1, bounded); others are counted."""
     given = sorted((options.model_extra or {}) if options is not None else {})
+    if options is not None and any(options.stop or ()) and req is not None and not req.stop:
+        given = sorted([*given, "stop"])
     if not given:
         return {}
     named = [n for n in given if _OPTION_NAME.fullmatch(n)][:_MAX_NAMED]
@@ -142,16 +151,17 @@ def build_request(
         # Ollama's default: until the model stops or the context is full (llama.cpp cuts at
         # the context left after the prompt). 0 too: Ollama's runner limits only above 0.
         max_tokens = min(limit, context) if context is not None else limit
-    elif opts.num_predict > limit:
-        raise APIError(
-            400,
-            "invalid_value",
-            f"options.num_predict {opts.num_predict} is over this server's limit of {limit} "
-            "(server.max_new_tokens); send at most that, or -1: until the model stops",
-            param="num_predict",
-        )
     else:
-        max_tokens = opts.num_predict if context is None else min(opts.num_predict, context)
+        # Past server.max_new_tokens it stops there, as past the context at the context: Ollama
+        # takes any num_predict (ChatOllama(num_predict=8192) was a 400); done_reason "length".
+        asked = min(opts.num_predict, limit)
+        max_tokens = asked if context is None else min(asked, context)
+    stops = [s for s in opts.stop or [] if s]
+    if constraint is not None and stops:
+        # A stop string would cut the JSON short: left out, and said (X-Ignored-Options), where
+        # Ollama applies it and answers broken JSON. LangChain's ChatOllama(stop=...) with
+        # with_structured_output was a 400.
+        stops = []
     return llm_request(
         engine.config.server,
         OLLAMA,
@@ -159,7 +169,7 @@ def build_request(
         max_tokens_at_most=True,
         temperature=OLLAMA_TEMPERATURE if opts.temperature is None else opts.temperature,
         top_p=OLLAMA_TOP_P if opts.top_p is None else max(opts.top_p, MIN_TOP_P),
-        stop=[s for s in opts.stop or [] if s],
+        stop=stops,
         seed=None if opts.seed is None or opts.seed < 0 else opts.seed,
         context_tokens=context,
         constraint=constraint or tool_constraint,
@@ -326,7 +336,7 @@ async def ollama_chat(request: Request) -> Any:
     )
     names = [t.name for t in req.tools]
     # Options ignored, a prompt in a language the model does not write: said in headers.
-    said = {**ignored_options(body.options), **request_warnings(engine, model, req)}
+    said = {**ignored_options(body.options, req), **request_warnings(engine, model, req)}
     keep_alive = keep_alive_seconds(body.keep_alive)
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
@@ -395,7 +405,7 @@ async def ollama_generate(request: Request) -> Any:
         system=system,
         prompt_is_message=not body.raw,
     )
-    said = {**ignored_options(body.options), **request_warnings(engine, model, req)}
+    said = {**ignored_options(body.options, req), **request_warnings(engine, model, req)}
     keep_alive = keep_alive_seconds(body.keep_alive)
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
