@@ -214,7 +214,7 @@ def test_format_with_a_json_schema_gives_valid_json(client: Any, base: str) -> N
 
 def test_list_show_ps_version(client: Any, base: str) -> None:
     listed = client.list()
-    (model,) = [m for m in listed.models if m.model == "smollm2"]
+    (model,) = [m for m in listed.models if m.model == "smollm2:latest"]  # tagged, as Ollama lists
     assert (
         model.size > 1_000_000
         and model.details.format == "gguf"
@@ -230,7 +230,12 @@ def test_list_show_ps_version(client: Any, base: str) -> None:
     params = dict(line.split(None, 1) for line in (shown.parameters or "").splitlines())
     assert params == {"temperature": "0.8", "top_p": "0.9", "num_ctx": "2048"}
     (running,) = client.ps().models
-    assert running.model == "smollm2" and running.context_length == 2048 and running.size == model.size
+    assert running.model == "smollm2:latest" and running.context_length == 2048 and running.size == model.size
+    # The name as given, back in the answer (Ollama's clients compare them).
+    assert (
+        client.generate(model="smollm2:latest", prompt="Hi", options={"num_predict": 1}).model
+        == "smollm2:latest"
+    )
     version = httpx.get(f"{base}/api/version", headers=AUTH).json()
     assert version["version"] and version["ris_version"]
 

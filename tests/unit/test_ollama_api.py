@@ -461,3 +461,27 @@ async def test_num_predict_and_stop_lists_ollamas_clients_send_are_served(tmp_pa
         workers[Lane.LLM].ready()
         r = await call(eng, "POST", "/api/generate", too_many, ollama_port=True)
         assert r.status_code == 400 and "at most 32 strings" in r.json()["error"]
+
+
+@run
+async def test_models_are_listed_with_their_tag_and_a_context_before_they_load(tmp_path: Path) -> None:
+    """/api/tags listed "m" where Ollama lists "m:latest" (LangChain's ChatOllama("m:latest",
+    validate_model_on_init=True) failed); /api/show's context_length was null for a model not
+    loaded (after keep_alive 0), which clients size their prompts by."""
+    llm = {
+        "models": {
+            "m": {"backend": "noop"},
+            "g": {
+                "backend": "llama_cpp",
+                "source": "package:smollm2_135m_gguf/x.gguf",
+                "options": {"n_ctx": 4096},
+            },
+        }
+    }
+    async with started_engine(tmp_path, llm=llm) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        tags = (await call(eng, "GET", "/api/tags", ollama_port=True)).json()["models"]
+        assert [t["name"] for t in tags] == ["m:latest", "g:latest"] and tags[0]["model"] == "m:latest"
+        shown = (await call(eng, "POST", "/api/show", {"model": "g:latest"}, ollama_port=True)).json()
+        assert [v for k, v in shown["model_info"].items() if k.endswith(".context_length")] == [4096]
+        assert "num_ctx" in shown["parameters"]

@@ -19,6 +19,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.llama_batch import PREFILL_CHUNK_CPU, PREFILL_CHUNK_GPU, LlamaBatch
 from ris.config import ModelSpec
+from ris.config.backend_options import LLAMA_CPP_DEFAULT_N_CTX
 from ris.lanes.base import ModelDetails
 from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
 from ris.lanes.llm_tools import fallback_turns, openai_tool, template_turns
@@ -37,7 +38,7 @@ class LlamaCppLLM(LLMBackend):
         if spec.load_format == "dummy":
             raise BackendError("bad_model", "llama_cpp has no dummy load format; use transformers")
         path = resolve_source(spec.source)
-        opts: dict[str, Any] = {"n_ctx": 2048, "verbose": False}
+        opts: dict[str, Any] = {"n_ctx": LLAMA_CPP_DEFAULT_N_CTX, "verbose": False}
         opts.update(spec.options)
         n_ctx = int(opts.pop("n_ctx"))
         gpu = ctx.device.startswith("cuda")

@@ -25,6 +25,10 @@ class _Closed(_Options):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+# The context of each slot where a llama_cpp model's options name no n_ctx.
+LLAMA_CPP_DEFAULT_N_CTX = 2048
+
+
 class LlamaCppOptions(_Options):
     """RIS reads these; the others go to llama-cpp-python's Llama (checked there at load)."""
 

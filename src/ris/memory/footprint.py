@@ -26,6 +26,7 @@ from typing import Any
 
 from ris.backends import BackendError, resolve_source
 from ris.config import ModelSpec
+from ris.config.backend_options import LLAMA_CPP_DEFAULT_N_CTX
 from ris.memory.files import GGUFInfo, ModelFileError, folder_weights, read_gguf, safetensors_bytes
 
 MIB = 2**20
@@ -226,7 +227,7 @@ def file_footprint(
     variant = str(float_bytes or "")
     if path.is_file() and path.suffix == ".gguf":
         info: GGUFInfo = _cached(path, read_gguf)
-        n_ctx = int(options.get("n_ctx", 2048))
+        n_ctx = int(options.get("n_ctx", LLAMA_CPP_DEFAULT_N_CTX))
         return gguf_footprint(
             info,
             n_ctx,

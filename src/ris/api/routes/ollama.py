@@ -87,6 +87,13 @@ def llm_model(engine: Engine, name: str) -> str:
     raise APIError(404, "model_not_found", unknown_model_message(message, name, Lane.LLM), param="model")
 
 
+def tagged(name: str) -> str:
+    """A model's name as Ollama lists it: with its tag, ":latest" where it has none. Clients
+    match a name they were given against the list (LangChain's validate_model takes "m" for
+    "m:latest", not "m:latest" for "m")."""
+    return name if ":" in name else f"{name}:latest"
+
+
 def ignored_options(options: OllamaOptions | None, req: LLMRequest | None = None) -> dict[str, str]:
     """The header that names the options given and ignored (Ollama's it does not apply here:
     top_k, repeat_penalty, num_ctx, ...; `stop` beside a format, `req` as built says), so a
@@ -323,7 +330,8 @@ async def ollama_chat(request: Request) -> Any:
     model = llm_model(engine, body.model)
     if not body.messages:
         empty = {"role": "assistant", "content": ""}
-        return json_response(await _loaded(request, engine, model, "message", empty, body.keep_alive))
+        loaded = await _loaded(request, engine, model, "message", empty, body.keep_alive)
+        return json_response({**loaded, "model": body.model})
     req = build_request(
         engine,
         model,
@@ -341,7 +349,9 @@ async def ollama_chat(request: Request) -> Any:
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
     )
-    head = {"model": model}  # each line's created_at is its own time, as Ollama's
+    # The name as the client gave it ("smollm2:latest"), as Ollama answers; each line's
+    # created_at is its own time, as Ollama's.
+    head = {"model": body.model}
     if body.stream:
         holder = CallHolder() if names else None
 
@@ -393,7 +403,8 @@ async def ollama_generate(request: Request) -> Any:
     # template applies and Ollama drops the system prompt: so here (it was a 400).
     system = None if body.raw else body.system or None
     if not body.prompt:  # as in Ollama, a system prompt alone is nothing to generate
-        return json_response(await _loaded(request, engine, model, "response", "", body.keep_alive))
+        loaded = await _loaded(request, engine, model, "response", "", body.keep_alive)
+        return json_response({**loaded, "model": body.model})
     req = build_request(
         engine,
         model,
@@ -410,7 +421,9 @@ async def ollama_generate(request: Request) -> Any:
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
     )
-    head = {"model": model}  # each line's created_at is its own time, as Ollama's
+    # The name as the client gave it ("smollm2:latest"), as Ollama answers; each line's
+    # created_at is its own time, as Ollama's.
+    head = {"model": body.model}
     if body.stream:
         return _ndjson(
             engine,

@@ -32,10 +32,11 @@ from ris.api.ollama_schemas import (
     OllamaModelRequest,
     OllamaPullRequest,
 )
-from ris.api.routes.ollama import NDJSON, llm_model
+from ris.api.routes.ollama import NDJSON, llm_model, tagged
 from ris.api.streams import json_response
 from ris.backends import resolve_source
 from ris.config import ModelSpec
+from ris.config.backend_options import LLAMA_CPP_DEFAULT_N_CTX
 from ris.gguf import gguf_facts
 from ris.lanes import Lane
 from ris.lanes.base import BackendError
@@ -126,7 +127,9 @@ async def ollama_tags(request: Request) -> Any:
     models = lane.models if lane.enabled else {}
     facts = await asyncio.to_thread(_all_facts, models)
     shown = ("size", "digest", "modified_at", "details")
-    listed = [{"name": name, "model": name, **{k: facts[name][k] for k in shown}} for name in models]
+    listed = [
+        {"name": tagged(name), "model": tagged(name), **{k: facts[name][k] for k in shown}} for name in models
+    ]
     return json_response({"models": listed})
 
 
@@ -141,7 +144,9 @@ async def ollama_show(request: Request) -> Any:
     spec = engine.config.lane(Lane.LLM).models[name]
     facts = await asyncio.to_thread(_facts, name, spec)
     loaded = engine.model_infos(Lane.LLM).get(name)
-    context = None if loaded is None else loaded.details.context_tokens
+    # A model not loaded now says the context its config gives it (clients size their prompts
+    # by context_length: it was null after keep_alive 0).
+    context = configured_context(spec) if loaded is None else loaded.details.context_tokens
     family = facts["details"]["family"]
     features = LLM.model_features(spec.backend, None if loaded is None else loaded.details)
     capabilities = ["completion"] + (["tools"] if features["tools"] != "unsupported" else [])
@@ -166,6 +171,16 @@ async def ollama_show(request: Request) -> Any:
     )
 
 
+def configured_context(spec: ModelSpec) -> int | None:
+    """The context a model's config gives it, before its worker reports the one it has (None
+    where the model's own files say: a transformers model without max_context)."""
+    if spec.backend == "llama_cpp":
+        return int(spec.options.get("n_ctx", LLAMA_CPP_DEFAULT_N_CTX))
+    if spec.backend == "transformers" and "max_context" in spec.options:
+        return int(spec.options["max_context"])
+    return None
+
+
 def _parameters(context: int | None) -> str:
     lines = [("temperature", OLLAMA_TEMPERATURE), ("top_p", OLLAMA_TOP_P)]
     if context is not None:
@@ -186,8 +201,8 @@ async def ollama_ps(request: Request) -> Any:
         facts = all_facts[name]
         running.append(
             {
-                "name": name,
-                "model": name,
+                "name": tagged(name),
+                "model": tagged(name),
                 "size": facts["size"],
                 "digest": facts["digest"],
                 "details": facts["details"],
