@@ -133,3 +133,16 @@ def test_the_login_sends_a_person_back_only_to_a_console_page() -> None:
         "/ui/work?x",
     ):
         assert _after_login(asked) == "/ui", asked
+
+
+def test_an_allowed_origin_may_be_a_pattern() -> None:
+    """A web UI's port, or a webview's id, cannot always be listed: "http://localhost:*"."""
+    pattern = ("http://localhost:*", "https://*.example.com")
+    for origin, status in (
+        ("http://localhost:5173", 200),
+        ("https://app.example.com", 200),
+        ("http://localhost.evil.example:80", 403),
+        ("https://example.com.evil.example", 403),
+    ):
+        got = answer("/api/stats", ("authorization", f"Bearer {KEY}"), ("origin", origin), origins=pattern)
+        assert got[0] == status, origin

@@ -485,3 +485,29 @@ async def test_models_are_listed_with_their_tag_and_a_context_before_they_load(t
         shown = (await call(eng, "POST", "/api/show", {"model": "g:latest"}, ollama_port=True)).json()
         assert [v for k, v in shown["model_info"].items() if k.endswith(".context_length")] == [4096]
         assert "num_ctx" in shown["parameters"]
+
+
+@run
+async def test_the_ollama_listener_lets_in_the_origins_ollama_does(tmp_path: Path) -> None:
+    """A web UI on localhost:3000, an editor's webview, a desktop app: Ollama lets them in by
+    default; every one was a 403 here, preflight included (a webview's origin is random, so it
+    could not be listed either: patterns now can)."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        main = create_app(eng.config, eng)
+        for app, origin, allowed in (
+            (create_ollama_app(main), "http://localhost:3000", True),
+            (create_ollama_app(main), "vscode-webview://1a2b3c", True),
+            (create_ollama_app(main), "app://obsidian.md", True),
+            (create_ollama_app(main), "http://localhost.evil.example:3000", False),
+            (create_ollama_app(main), "https://evil.example", False),
+            (main, "http://localhost:3000", False),  # the main port: server.allowed_origins only
+        ):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+                pre = await client.options(
+                    "/api/tags", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+                )
+                got = await client.get("/api/tags", headers={"Origin": origin})
+            assert (pre.status_code in (200, 204)) is allowed and (got.status_code == 200) is allowed, origin
+            assert (got.headers.get("access-control-allow-origin") == origin) is allowed, origin

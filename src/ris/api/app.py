@@ -43,7 +43,7 @@ from ris.api.routes import (
     tts,
 )
 from ris.api.schemas import ErrorBody
-from ris.api.security import ForwardedProto, Guard, served_hosts
+from ris.api.security import OLLAMA_ORIGINS, ForwardedProto, Guard, served_hosts
 from ris.api.signed_urls import UrlSigner, data_folder_key, hide_signatures_in_access_log
 from ris.api.streams import BrokenStreamLog, UnbufferedStreams
 from ris.config import Config
@@ -280,7 +280,13 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
         Guard,
         keys=app.state.keys,
         allowed_hosts=served_hosts(config),
-        allowed_origins=srv.allowed_origins,
+        # The Ollama listener lets in the origins Ollama does by default (a local web UI, an
+        # editor's webview, a desktop app): its clients expect it, as they expect port 11434.
+        allowed_origins=(
+            (*srv.allowed_origins, *OLLAMA_ORIGINS)
+            if getattr(app.state, OLLAMA_ONLY, False)
+            else srv.allowed_origins
+        ),
         signer=app.state.url_signer,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it

@@ -13,6 +13,7 @@ getting a JSON 401.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import json
 import math
@@ -39,6 +40,18 @@ KEY_COOKIE = "ris_key"
 EXPOSED_HEADERS = (
     "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry, "
     "Content-Range, Accept-Ranges, ETag, Server-Timing"
+)
+# The origins Ollama lets in by default (its envconfig.AllowedOrigins): pages on this machine
+# on any port, desktop apps (Electron's app://, Tauri's), editors' webviews. Its clients (Open
+# WebUI in a browser, Obsidian, VS Code extensions) expect them on its port.
+OLLAMA_ORIGINS = (
+    *(
+        f"{scheme}://{host}{port}"
+        for host in ("localhost", "127.0.0.1", "0.0.0.0")
+        for scheme in ("http", "https")
+        for port in ("", ":*")
+    ),
+    *("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"),
 )
 CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
 # scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
@@ -150,8 +163,12 @@ class Guard:
         hosts = {h.lower() for h in allowed_hosts}
         self.any_host = "*" in hosts
         self.hosts = LOOPBACK_NAMES | hosts
-        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
-        self.any_origin = "*" in self.origins
+        origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self.any_origin = "*" in origins
+        # "http://localhost:*", "vscode-webview://*": a pattern, for origins that cannot be
+        # listed one by one (a port chosen at random, a webview's id).
+        self.origins = {o for o in origins if "*" not in o}
+        self.origin_patterns = tuple(o for o in origins if "*" in o and o != "*")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,7 +196,8 @@ class Guard:
             scheme, _, rest = o.partition("://")
             # Same origin: this server's pages, over http(s); another scheme is another origin.
             same = scheme in ("http", "https") and rest == headers.get("host", "").lower()
-            if not (same or self.any_origin or o in self.origins):
+            allowed = o in self.origins or any(fnmatch.fnmatchcase(o, p) for p in self.origin_patterns)
+            if not (same or self.any_origin or allowed):
                 resp = error_response(
                     403,
                     "origin_not_allowed",
