@@ -81,7 +81,8 @@ def test_foreign_host_header_is_refused(locked: Server) -> None:
 
 def test_the_address_the_server_listens_on_is_served(tmp_path: Path) -> None:
     """`ris serve --host 127.0.0.2` (Linux routes all of 127/8 to loopback): requests
-    addressed to it (Host: 127.0.0.2:PORT) are served, other Hosts still are not."""
+    addressed to it (Host: 127.0.0.2:PORT) are served, and to other addresses; names other
+    than its own are not."""
     cfg = make_config(tmp_path, tts={"enabled": False}, image={"enabled": False})
     cfg["server"] = {"host": "127.0.0.2"}
     srv = Server(tmp_path, cfg)
@@ -97,7 +98,10 @@ def test_the_address_the_server_listens_on_is_served(tmp_path: Path) -> None:
         short = {"prompt": "Hi", "max_tokens": 2, "ignore_eos": True}
         r = httpx.post(f"{srv.url}/api/llm/generate", json=short)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        # An address written as one is served (no DNS rebinding sends it); a name is not.
         r = httpx.get(f"{srv.url}/api/stats", headers={"Host": f"127.0.0.3:{srv.port}"})
+        assert r.status_code == 200, r.text
+        r = httpx.get(f"{srv.url}/api/stats", headers={"Host": f"box.example:{srv.port}"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
     finally:
         srv.stop()

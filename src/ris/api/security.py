@@ -104,13 +104,27 @@ def wildcard_host_hint(config: Config, addresses: Iterable[str]) -> str | None:
     srv = config.server
     if _listen_name(srv.host) is not None or srv.allowed_hosts:
         return None
-    own = [a for a in addresses if a.lower() not in LOOPBACK_NAMES][:4]
-    example = json.dumps(own or ["192.168.1.20", "myhost.local"])
+    own = [a for a in addresses if a.lower() not in LOOPBACK_NAMES and not _no_rebinding_name(a.lower())][:4]
+    example = json.dumps(own or ["myhost", "myhost.lan"])
     return (
-        f"server.host {srv.host!r} listens on every address, but only loopback names are served: a "
-        "client that writes this machine's address or name in its URL gets 403 host_not_allowed. "
-        f'List the names and addresses clients use in server.allowed_hosts (e.g. {example}), or "*"'
+        f"server.host {srv.host!r} listens on every address; its addresses are served, but no name "
+        "of this machine: a client that writes one in its URL gets 403 host_not_allowed. List the "
+        f'names clients use in server.allowed_hosts (e.g. {example}), or "*"'
     )
+
+
+def _no_rebinding_name(host: str) -> bool:
+    """A Host no DNS rebinding can put in a browser's request: an address written as one (a
+    page that rebinds a name sends the name), or a name no public DNS answers (`.localhost`,
+    and `.internal`, Docker's `host.docker.internal`). A client on the network that wrote the
+    machine's address got 403 host_not_allowed, where Ollama serves it."""
+    if host.endswith((".localhost", ".internal")):
+        return True
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False
+    return True
 
 
 def _listen_name(host: str) -> str | None:
@@ -178,7 +192,7 @@ class Guard:
         path: str = scope.get("path", "")
         dialect = dialect_of(scope)
         host = _host_name(headers.get("host", ""))
-        if not self.any_host and host not in self.hosts:
+        if not self.any_host and host not in self.hosts and not _no_rebinding_name(host):
             resp = error_response(
                 403,
                 "host_not_allowed",
