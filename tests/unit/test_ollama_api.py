@@ -511,3 +511,24 @@ async def test_the_ollama_listener_lets_in_the_origins_ollama_does(tmp_path: Pat
                 got = await client.get("/api/tags", headers={"Origin": origin})
             assert (pre.status_code in (200, 204)) is allowed and (got.status_code == 200) is allowed, origin
             assert (got.headers.get("access-control-allow-origin") == origin) is allowed, origin
+
+
+@run
+async def test_what_ollamas_clients_send_on_its_port_is_taken_as_ollama_takes_it(tmp_path: Path) -> None:
+    """/v1/models on Ollama's port listed the voices and image models (Open WebUI offered them
+    as chat models); ChatOllama(seed=2**40) was a 400 (the same seed was taken on /v1); HEAD /
+    on the main port was a 405 (the Ollama CLI's health check)."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        listed = (await call(eng, "GET", "/v1/models", ollama_port=True)).json()["data"]
+        assert [m["id"] for m in listed] == ["m:latest"]
+        assert (await call(eng, "GET", "/v1/models/m", ollama_port=True)).json()["id"] == "m"
+        every = (await call(eng, "GET", "/v1/models", ollama_port=False)).json()["data"]
+        assert "e" in [m["id"] for m in every]  # the main port's /v1 lists every lane's
+        assert (await call(eng, "HEAD", "/", ollama_port=False)).status_code == 200
+        body = {"model": "m", "prompt": "hi", "stream": False, "options": {"seed": 2**40 + 5}}
+        request = asyncio.create_task(call(eng, "POST", "/api/generate", body, ollama_port=True))
+        await settle()
+        (run_task,) = workers[Lane.LLM].runs
+        assert isinstance(run_task.request, LLMRequest) and run_task.request.seed == 5
+        request.cancel()

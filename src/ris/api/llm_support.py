@@ -16,6 +16,13 @@ from ris.languages import language_warning, script_language
 from ris.runtime.engine import Engine
 
 
+def tagged(name: str) -> str:
+    """A model's name as Ollama lists it: with its tag, ":latest" where it has none. Clients
+    match a name they were given against the list (LangChain's validate_model takes "m" for
+    "m:latest", not "m:latest" for "m")."""
+    return name if ":" in name else f"{name}:latest"
+
+
 def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> list[str]:
     """Notes for an answer the client may not expect: a prompt in a language the model does
     not write (it is answered all the same)."""

@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ris.api.limits import (
+    INT64_MAX,
+    INT64_MIN,
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
     MAX_TEMPERATURE,
     MAX_TOOL_DESCRIPTION_CHARS,
     MAX_TOOLS,
-    SEED_MAX,
     TOOL_NAME_PATTERN,
     RequestBody,
     without_nulls,
@@ -47,7 +48,9 @@ class OllamaOptions(_OllamaBody):
 
     temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)  # 0: the likeliest token alone, as on /v1
-    seed: int | None = Field(default=None, ge=-1, le=SEED_MAX, description="-1: a random seed")
+    # Any 64-bit integer, as Ollama takes it (ChatOllama(seed=2**40) was a 400, and the same
+    # seed was taken on /v1): wrapped to the backends' 32 bits; below 0, a random seed.
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX, description="below 0: a random seed")
     num_predict: int | None = Field(
         default=None,
         ge=-2,

@@ -86,7 +86,8 @@ def _page(request: Request, page: str, **context: Any) -> HTMLResponse:
     )
 
 
-@router.get("/")
+# HEAD too: Ollama's CLI checks a server is up with HEAD / (it was 405 on the main port).
+@router.api_route("/", methods=["GET", "HEAD"])
 async def root(request: Request) -> Response:
     """A browser goes to the console; an API client is told where things are."""
     if "text/html" in request.headers.get("accept", ""):

@@ -34,7 +34,7 @@ from ris.api.deps import (
     wait_task,
 )
 from ris.api.errors import NO_RETRY, APIError, failure
-from ris.api.limits import MIN_TOP_P, OLLAMA_MAX_STOP_CHARS, OLLAMA_MAX_STOPS
+from ris.api.limits import MIN_TOP_P, OLLAMA_MAX_STOP_CHARS, OLLAMA_MAX_STOPS, wrap_seed
 from ris.api.llm_request import Dialect, llm_request
 from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend
 from ris.api.ollama_schemas import (
@@ -85,13 +85,6 @@ def llm_model(engine: Engine, name: str) -> str:
             return candidate
     message = f"model '{name}' not found; available: {', '.join(models) or 'none'}"
     raise APIError(404, "model_not_found", unknown_model_message(message, name, Lane.LLM), param="model")
-
-
-def tagged(name: str) -> str:
-    """A model's name as Ollama lists it: with its tag, ":latest" where it has none. Clients
-    match a name they were given against the list (LangChain's validate_model takes "m" for
-    "m:latest", not "m:latest" for "m")."""
-    return name if ":" in name else f"{name}:latest"
 
 
 def ignored_options(options: OllamaOptions | None, req: LLMRequest | None = None) -> dict[str, str]:
@@ -177,7 +170,7 @@ def build_request(
         temperature=OLLAMA_TEMPERATURE if opts.temperature is None else opts.temperature,
         top_p=OLLAMA_TOP_P if opts.top_p is None else max(opts.top_p, MIN_TOP_P),
         stop=stops,
-        seed=None if opts.seed is None or opts.seed < 0 else opts.seed,
+        seed=None if opts.seed is None or opts.seed < 0 else wrap_seed(opts.seed),
         context_tokens=context,
         constraint=constraint or tool_constraint,
         tools=tool_defs,

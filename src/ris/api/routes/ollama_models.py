@@ -25,6 +25,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from ris import __version__, catalogue
 from ris.api.deps import body_doc, engine_of, json_body, viewer_of
 from ris.api.errors import APIError
+from ris.api.llm_support import tagged
 from ris.api.ollama_schemas import (
     OLLAMA_ERRORS,
     OLLAMA_TEMPERATURE,
@@ -32,7 +33,7 @@ from ris.api.ollama_schemas import (
     OllamaModelRequest,
     OllamaPullRequest,
 )
-from ris.api.routes.ollama import NDJSON, llm_model, tagged
+from ris.api.routes.ollama import NDJSON, llm_model
 from ris.api.streams import json_response
 from ris.backends import resolve_source
 from ris.config import ModelSpec

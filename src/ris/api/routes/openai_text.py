@@ -24,10 +24,10 @@ from ris.api.deps import (
     unknown_model_message,
     wait_task,
 )
-from ris.api.errors import APIError, failure, openai_error_body
+from ris.api.errors import OLLAMA_ONLY, APIError, failure, openai_error_body
 from ris.api.limits import MIN_TOP_P, wrap_seed
 from ris.api.llm_request import OPENAI, llm_request
-from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend
+from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend, tagged
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
 from ris.api.openai_strict import refuse_other_lane
 from ris.api.openai_tools import (
@@ -52,7 +52,14 @@ JSON_OR_SSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _models(engine: Engine) -> list[dict[str, Any]]:
+def _models(request: Request) -> list[dict[str, Any]]:
+    """Every lane's models; on the Ollama listener, as Ollama's /v1/models lists them: its text
+    models, tagged (Open WebUI offered the voices and image models there as chat models)."""
+    engine = engine_of(request)
+    if getattr(request.app.state, OLLAMA_ONLY, False):
+        cfg = engine.config.lane(Lane.LLM)
+        names = [tagged(name) for name in cfg.models] if cfg.enabled else []
+        return [{"id": name, "object": "model", "created": 0, "owned_by": "library"} for name in names]
     return [
         {"id": name, "object": "model", "created": 0, "owned_by": f"ris:{lane}"}
         for lane, cfg in engine.config.lanes.items()
@@ -63,15 +70,17 @@ def _models(engine: Engine) -> list[dict[str, Any]]:
 
 @router.get("/models", summary="Configured models of every lane")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": _models(engine_of(request))}
+    return {"object": "list", "data": _models(request)}
 
 
 @router.get("/models/{model_id:path}", summary="One configured model (client.models.retrieve)")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    models = _models(engine_of(request))
+    models = _models(request)
     for m in models:
         if m["id"] == model_id:
             return m
+        if m["id"] == tagged(model_id) and getattr(request.app.state, OLLAMA_ONLY, False):
+            return {**m, "id": model_id}  # "smollm2" on Ollama's port, listed "smollm2:latest"
     # Named as Ollama's /api/tags lists it, tag and all (chat takes that name: _llm_model);
     # answered under the name asked, as Ollama's /v1/models/{model} does.
     untagged = model_id.removesuffix(":latest")
