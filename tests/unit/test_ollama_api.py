@@ -532,3 +532,8 @@ async def test_what_ollamas_clients_send_on_its_port_is_taken_as_ollama_takes_it
         (run_task,) = workers[Lane.LLM].runs
         assert isinstance(run_task.request, LLMRequest) and run_task.request.seed == 5
         request.cancel()
+
+
+def test_a_developer_turn_is_a_system_turn_as_on_v1() -> None:
+    """OpenAI's "developer" role, which clients written for both APIs send: a 400 here."""
+    assert OllamaChatMessage.model_validate({"role": "Developer", "content": "Be brief."}).role == "system"

@@ -79,7 +79,12 @@ class OllamaChatMessage(_OllamaBody):
     @field_validator("role", mode="before")
     @classmethod
     def _any_case(cls, value: Any) -> Any:
-        return value.lower() if isinstance(value, str) else value  # Ollama lowercases roles
+        if not isinstance(value, str):
+            return value
+        # Ollama lowercases roles; "developer" is OpenAI's newer name for system, which
+        # clients written for both send (it is so on /v1 too).
+        role = value.lower()
+        return "system" if role == "developer" else role
 
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = ""
     images: list[str] | None = Field(default=None, description="refused: no model here reads images")
