@@ -141,6 +141,16 @@ def test_the_native_route_answers_in_the_type_accept_names(server: Server) -> No
     head = httpx.head(f"{server.url}{task}?format=mp3", timeout=60)
     assert "content-length" not in mp3.headers and head.headers.get("content-length") != "0", head.headers
     assert mp3.headers["x-accel-buffering"] == "no"
+    # A player that seeks asks for ranges (a browser's <audio> does, "bytes=0-" first): the
+    # encoded file, its length known, each range served (it was the whole stream, 200).
+    whole = httpx.get(f"{server.url}{task}?format=mp3", headers={"Range": "bytes=0-"}, timeout=60)
+    assert whole.status_code == 206 and int(whole.headers["content-length"]) == len(whole.content) > 1000
+    assert whole.headers["content-range"] == f"bytes 0-{len(whole.content) - 1}/{len(whole.content)}"
+    assert whole.content == mp3.content  # the same encoding as the stream's
+    part = httpx.get(f"{server.url}{task}?format=mp3", headers={"Range": "bytes=100-199"}, timeout=60)
+    assert part.status_code == 206 and part.content == whole.content[100:200]
+    head = httpx.head(f"{server.url}{task}?format=mp3", headers={"Range": "bytes=0-"}, timeout=60)
+    assert head.headers["content-length"] == str(len(whole.content)) and not head.content
 
 
 def test_the_sdk_saves_speech_in_the_format_asked(client: Client, tmp_path: Path) -> None:

@@ -178,3 +178,26 @@ def test_pcm_resampled_to_the_rate_asked_keeps_its_length() -> None:
     out = encoder.encode(pcm[: len(pcm) // 2]) + encoder.encode(pcm[len(pcm) // 2 :]) + encoder.finish()
     assert abs(len(out) / 2 - 24000) < 50 and stream_rate("pcm", RATE, 24000) == 24000
     assert SpeechEncoder("pcm", 24000, 24000).passthrough and stream_rate("pcm", RATE) == RATE
+
+
+def test_an_encoded_file_is_made_once_beside_its_wav_and_goes_with_its_task(tmp_path: Path) -> None:
+    """A browser's <audio> asks for ranges of audio_url?format=mp3: the encoding is kept as a
+    file beside the WAV, named for its task (the retention sweep counts and deletes it with
+    the task's WAV), made again only if the WAV is newer."""
+    import os
+
+    from ris.runtime.retention import RESULT_NAME
+    from ris.services.speech_encoding import encoded_file
+
+    pcm = tone(1.0)
+    wav = tmp_path / ("a" * 32 + ".wav")
+    wav.write_bytes(wav_header(RATE, len(pcm)) + pcm)
+    made = asyncio.run(encoded_file(wav, "mp3", RATE, 8192))
+    assert made.name == "a" * 32 + ".mp3" and RESULT_NAME.match(made.name)
+    assert abs(decoded(made.read_bytes())[0] - 1.0) < slack() + 0.05
+    assert sorted(p.name for p in tmp_path.iterdir()) == [made.name, wav.name]  # no temporary left
+    os.utime(made, (1, 1))  # older than its WAV: made again
+    again = asyncio.run(encoded_file(wav, "mp3", RATE, 8192))
+    assert again.stat().st_mtime > 1
+    stamp = again.stat().st_mtime_ns
+    assert asyncio.run(encoded_file(wav, "mp3", RATE, 8192)).stat().st_mtime_ns == stamp  # kept

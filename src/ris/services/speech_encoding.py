@@ -4,6 +4,9 @@ answer, and each piece's bytes are handed on as soon as the muxer writes them.""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,3 +244,27 @@ async def wav_file_pcm(path: Path, piece_bytes: int) -> AsyncIterator[bytes]:
             yield pcm
     finally:
         f.close()
+
+
+async def encoded_file(wav: Path, fmt: SpeechFormat, sample_rate: int, piece_bytes: int) -> Path:
+    """A finished task's WAV encoded in `fmt` once, as a file beside it (`<id>.mp3`: the
+    retention sweep keeps and deletes it with its task, as the WAV), for a player that seeks
+    (a browser's <audio> asks for byte ranges, which a stream encoded as it is read cannot
+    answer: its length unknown, no seeking, Safari plays none). Written under a temporary name
+    and moved into place: two players asking at once each write theirs, and either is whole."""
+    target = wav.with_name(f"{wav.name.split('.', 1)[0]}.{fmt}")
+    with contextlib.suppress(FileNotFoundError):
+        if target.stat().st_mtime >= wav.stat().st_mtime:
+            return target
+    part = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        f = await anyio.to_thread.run_sync(part.open, "wb")
+        try:
+            async for data in encode_stream(wav_file_pcm(wav, piece_bytes), fmt, sample_rate):
+                await anyio.to_thread.run_sync(f.write, data)
+        finally:
+            await anyio.to_thread.run_sync(f.close)
+        await anyio.to_thread.run_sync(os.replace, part, target)
+    finally:
+        part.unlink(missing_ok=True)
+    return target

@@ -28,7 +28,14 @@ from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, speed_note
 from ris.lanes.tts import LANE as TTS
 from ris.services.audio import AUDIO_PIECE_BYTES
-from ris.services.speech_encoding import MEDIA_TYPES, SpeechFormat, encode_stream, stream_rate, wav_file_pcm
+from ris.services.speech_encoding import (
+    MEDIA_TYPES,
+    SpeechFormat,
+    encode_stream,
+    encoded_file,
+    stream_rate,
+    wav_file_pcm,
+)
 
 router = APIRouter(tags=["tts"])
 
@@ -141,13 +148,23 @@ async def tts_audio(
     path = engine.files.servable(AUDIO_FOLDER, view.result.audio_path)
     if path is None:
         raise APIError(404, "not_found", f"the audio of task {task_id} is no longer on disk")
+    rate = view.result.sample_rate
+    if fmt != "wav" and "range" in request.headers:
+        # A player that seeks (a browser's <audio>): the encoded file, whose ranges it can ask.
+        try:
+            encoded = await encoded_file(path, fmt, rate, AUDIO_PIECE_BYTES)
+        except OSError:  # no room to keep it (a full disk): streamed as before
+            pass
+        else:
+            headers = {"X-Task-Id": view.id, "X-Sample-Rate": str(stream_rate(fmt, rate))}
+            return FileResponse(encoded, media_type=MEDIA_TYPES[fmt], headers=headers)
     if request.method == "HEAD" and fmt != "wav":  # the headers alone: nothing encoded for nobody
-        rate = str(stream_rate(fmt, view.result.sample_rate))
-        head = Response(media_type=MEDIA_TYPES[fmt], headers={"X-Task-Id": view.id, "X-Sample-Rate": rate})
+        said = str(stream_rate(fmt, rate))
+        head = Response(media_type=MEDIA_TYPES[fmt], headers={"X-Task-Id": view.id, "X-Sample-Rate": said})
         # As GET's: encoded as it is read, of no length known before (it said 0).
         del head.headers["content-length"]
         return head
-    return audio_response(path, fmt, view.result.sample_rate, {"X-Task-Id": view.id})
+    return audio_response(path, fmt, rate, {"X-Task-Id": view.id})
 
 
 # HEAD as GET (a player or a proxy asking the type and length first): it was 405.
