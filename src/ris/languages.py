@@ -43,19 +43,21 @@ SCRIPTS = (
     Script("Han", ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF)), ("zh",), share=0.3),
     Script("kana", ((0x3040, 0x309F), (0x30A0, 0x30FF)), ("ja",), share=0.3),
     Script("Hangul", ((0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F)), ("ko",), share=0.3),
-    Script("Thai", ((0x0E00, 0x0E7F),), ("th",)),
+    # Thai writes no space between words: a third of its letters is a sentence of it.
+    Script("Thai", ((0x0E00, 0x0E7F),), ("th",), share=0.3),
     Script(
         "Cyrillic",
         ((0x0400, 0x052F),),
         ("ru", "uk", "bg", "sr", "be", "kk", "ky", "mk", "tg", "mn"),
-        # Tajik before Kazakh: both write "ғ қ"; Kazakh before Ukrainian: both write "і";
-        # Macedonian before Serbian: both write "љ њ џ ј".
-        (("tg", "ҳҷӣӯ"), ("kk", "әғқұһ"), ("ky", "ң"), ("uk", "іїєґ"), ("be", "ў"), ("mk", "ѓќѕ"))
+        # Tajik before Kazakh: both write "ғ қ"; Kazakh and Belarusian before Ukrainian: all
+        # three write "і"; Macedonian before Serbian: both write "љ њ џ ј".
+        (("tg", "ҳҷӣӯ"), ("kk", "әғқұһ"), ("ky", "ң"), ("be", "ў"), ("uk", "іїєґ"), ("mk", "ѓќѕ"))
         + (("sr", "ђћџљњј"),),
     ),
     Script(
         "Arabic",
-        ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
+        # To U+FEFC: U+FEFF, the end of that block, is the byte-order mark.
+        ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFC)),
         # Sorani Kurdish as "ckb": "ku" is Kurmanji, which is written in Latin letters.
         ("ar", "fa", "ur", "ps", "ug", "sd", "ckb"),
         # Pashto before Uyghur (both write "ې"); Urdu and Kurdish (Sorani) before Persian: they
@@ -155,7 +157,10 @@ def text_script(text: str) -> TextScript | None:
         return None
     per_script: Counter[str] = Counter()
     for char, n in chars.items():
-        per_script[_script_of(char)] += n
+        if char.isalpha():  # letters, as `letters` counts them: not digits ("١٢٣"), not marks
+            per_script[_script_of(char)] += n
+    if not per_script:
+        return None
     kana, han = per_script["kana"], per_script["Han"]
     # Japanese writes its particles and endings in kana: a twentieth of a Han-heavy headline
     # ("東京都知事選挙の結果"), far more in prose. One stray "の" in Chinese is not Japanese.

@@ -1,6 +1,6 @@
 """Clients that stop reading never grow the server by the audio they did not read: speech is
 written to its result file as it is made and streamed back from there at the client's pace
-(ris.lanes.tts.AudioFile). A few clients here; `python -m tests.integration.slow_readers` for
+(ris.lanes.tts_audio.AudioFile). A few clients here; `python -m tests.integration.slow_readers` for
 the issue's fifty."""
 
 from __future__ import annotations

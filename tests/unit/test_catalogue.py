@@ -100,6 +100,7 @@ def test_what_to_pull_for_a_language() -> None:
         ("Привет, как дела?", "ru"),
         ("Привіт, як справи? Її звати Олена", "uk"),
         ("Сәлеметсіз бе, қалайсыз? Бүгін", "kk"),
+        ("Беларусь — краіна ў Усходняй Еўропе", "be"),  # "і" as Ukrainian, and "ў"
         ("Здраво, како си? Ђорђе", "sr"),
         ("Здраво, како си? Ѓорѓи", "mk"),
         ("مرحبا بالعالم", "ar"),
@@ -116,6 +117,9 @@ def test_what_to_pull_for_a_language() -> None:
         ("Hello world, Привет", None),
         ("Привет мир, hello", "ru"),
         ("1234 !?", None),
+        ("\ufeffOK", None),  # a byte-order mark is no Arabic letter
+        ("١٢٣ OK", None),  # nor are Arabic-Indic digits
+        ("สวัสดีครับ hello there", "th"),  # Thai writes no spaces: a third of the letters
         # The ends of each range (the counting is done by character classes built from them).
         ("\u4e00\u9fff\u3400\u4dbf\uf900\ufaff", "zh"),
         ("\u3041\u30ff", "ja"),

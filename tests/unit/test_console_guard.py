@@ -137,9 +137,11 @@ def test_the_login_sends_a_person_back_only_to_a_console_page() -> None:
 
 def test_an_allowed_origin_may_be_a_pattern() -> None:
     """A web UI's port, or a webview's id, cannot always be listed: "http://localhost:*"."""
-    pattern = ("http://localhost:*", "https://*.example.com")
+    pattern = ("http://localhost:*", "https://*.example.com", "http://[::1]:*")
     for origin, status in (
         ("http://localhost:5173", 200),
+        ("http://[::1]:3000", 200),  # brackets as written (fnmatch read them as a class)
+        ("http://1:3000", 403),
         ("https://app.example.com", 200),
         ("http://localhost.evil.example:80", 403),
         ("https://example.com.evil.example", 403),

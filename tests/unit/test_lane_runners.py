@@ -273,6 +273,10 @@ def test_a_prompt_too_long_for_its_context_keeps_its_first_tokens_and_its_end() 
     fitted, prompt, _ = fit_context(chat, tokenize, 40)  # room: a quarter of 40
     assert fitted.messages == (("system", "s"), ("user", "q" * 100)) and len(prompt) == 30
     assert prompt[:KEEP_TOKENS] == [0, 1, 2, 3] and prompt[-1] == 100  # its start and its end
+    # A prompt that fits the context is served whole, with less room for its answer: only one
+    # longer than the context is cut (Ollama's runner cuts only then).
+    fits = LLMRequest(prompt="x" * 35, truncate=True, max_tokens=10)
+    assert fit_context(fits, tokenize, 40)[1] == list(range(35))
     # Refused as before where truncate is off (the API's default but Ollama's).
     off = LLMRequest(prompt="x" * 100, max_tokens=10)
     assert fit_context(off, tokenize, 40)[1] == list(range(100))

@@ -358,6 +358,29 @@ async def test_a_chat_over_the_servers_prompt_limit_loses_its_oldest_turns(tmp_p
 
 
 @run
+async def test_a_chat_whose_last_turn_is_over_the_limit_loses_its_old_turns_before_any_of_it(
+    tmp_path: Path,
+) -> None:
+    """Older turns stayed while the current message was cut (10,000 and 1,000 characters kept,
+    the last turn cut to 16,000 of its 30,000): they go first, as in the worker."""
+    turns = [
+        {"role": "system", "content": "s" * 5_000},
+        {"role": "user", "content": "u" * 10_000},
+        {"role": "assistant", "content": "a" * 1_000},
+        {"role": "user", "content": "q" * 29_990 + "THE ASKING"},
+    ]
+    body = {"model": "m", "messages": turns, "stream": False}
+    async with sent(tmp_path, "/api/chat", body) as (request, workers):
+        (run_task,) = workers[Lane.LLM].runs
+        req = run_task.request
+        assert isinstance(req, LLMRequest) and req.messages is not None
+        kept = [(t[0], len(t[1])) for t in req.messages if isinstance(t, tuple)]
+        assert kept == [("system", 5_000), ("user", 27_000)], kept
+        assert req.messages[-1][1].endswith("THE ASKING")  # type: ignore[index]
+        request.cancel()
+
+
+@run
 async def test_one_document_over_the_servers_prompt_limit_keeps_its_end(tmp_path: Path) -> None:
     """A 52,900-character prompt was a 400 with truncate on (Ollama's default), where Ollama
     keeps the end of what it cannot hold; the question after a long document is at its end."""
@@ -511,6 +534,14 @@ async def test_the_ollama_listener_lets_in_the_origins_ollama_does(tmp_path: Pat
                 got = await client.get("/api/tags", headers={"Origin": origin})
             assert (pre.status_code in (200, 204)) is allowed and (got.status_code == 200) is allowed, origin
             assert (got.headers.get("access-control-allow-origin") == origin) is allowed, origin
+        # Not a pull: it downloads gigabytes and rewrites config.json (with no key, the
+        # anonymous caller is an admin): an origin the operator named may.
+        transport = httpx.ASGITransport(app=create_ollama_app(main))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            pull = await client.post(
+                "/api/pull", json={"model": "qwen2.5"}, headers={"Origin": "http://localhost:3000"}
+            )
+        assert pull.status_code == 403 and "to pull a model" in pull.json()["error"], pull.text
 
 
 @run

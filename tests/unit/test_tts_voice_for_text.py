@@ -71,3 +71,14 @@ def test_a_speed_espeak_cannot_honour_is_said() -> None:
     )
     assert speed_note("espeak", 3.0) is not None and speed_note("pyttsx3", 3.0) is not None
     assert speed_note("espeak", 1.5) is None and speed_note("piper", 0.3) is None
+
+
+@run
+async def test_a_default_voice_of_the_texts_language_keeps_it(tmp_path: Path) -> None:
+    """A default model whose voice is Chinese, listed without the bare tag "zh": Chinese text
+    went to espeak (or, without it, was said to have no voice that reads it)."""
+    huayan = m.ModelInfo("p", "piper", m.ModelDetails(("zh_CN-huayan-medium", "zh-CN", "zh_CN"), 22050))
+    async with started_engine(tmp_path, tts=TWO_VOICES) as (eng, workers, _):
+        workers[Lane.TTS].ready(models=(huayan, ESPEAK))
+        await settle()
+        assert voice_for_text(eng, None, "这是一段测试文本") == ("p", None, [])

@@ -280,13 +280,10 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
         Guard,
         keys=app.state.keys,
         allowed_hosts=served_hosts(config),
+        allowed_origins=srv.allowed_origins,
         # The Ollama listener lets in the origins Ollama does by default (a local web UI, an
         # editor's webview, a desktop app): its clients expect it, as they expect port 11434.
-        allowed_origins=(
-            (*srv.allowed_origins, *OLLAMA_ORIGINS)
-            if getattr(app.state, OLLAMA_ONLY, False)
-            else srv.allowed_origins
-        ),
+        default_origins=OLLAMA_ORIGINS if getattr(app.state, OLLAMA_ONLY, False) else (),
         signer=app.state.url_signer,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it

@@ -26,6 +26,7 @@ from ris.lanes.llm import (
     enum_values,
     fewest_left_out,
     max_tokens_over_context,
+    without_oldest,
 )
 
 
@@ -87,8 +88,12 @@ def llm_request(
         # The oldest turns left out, as the worker does for its context (LLMRequest.truncate).
         messages, chars = _within_chars(tuple(messages), limits.max_prompt_chars)
     if chars > limits.max_prompt_chars and truncate:
-        # Still over (one long document): the start of the prompt or last turn goes, as the
-        # worker cuts tokens past its context (lanes.llm.fit_context keeps the end).
+        # Still over (one long document): every turn that may go goes (as the worker's
+        # fit_context does), then the start of the prompt or last turn, as the worker cuts
+        # tokens past its context (it keeps the end).
+        if messages:
+            messages = without_oldest(tuple(messages), len(messages))
+            chars = len(system or "") + sum(_turn_chars(m) for m in messages)
         prompt, messages, chars = _without_head(prompt, messages, chars - limits.max_prompt_chars)
         chars += len(system or "")
     if chars > limits.max_prompt_chars:

@@ -13,7 +13,6 @@ getting a JSON 401.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import json
 import math
@@ -51,13 +50,15 @@ OLLAMA_ORIGINS = (
         for scheme in ("http", "https")
         for port in ("", ":*")
     ),
-    *("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"),
+    *("app://*", "tauri://*", "vscode-webview://*", "vscode-file://*"),
 )
+# What a page let in by default_origins may not do (Guard).
+OPERATOR_PATHS = frozenset({"/api/pull"})
 CLIENT_STATE = "ris_client"  # scope["state"] key: the fingerprint of the key a request used
 # scope["state"] key: who the key is (ris.runtime.tenancy.Principal): the owner of the tasks the
 # request makes, and which tasks it sees. Absent with no key configured: the anonymous admin.
 PRINCIPAL_STATE = "ris_principal"
-# Who a signed image URL's request is: one who may see the task its signed path names (and,
+# Who a signed result URL's request is: one who may see the task its signed path names (and,
 # the signature covering that path, nothing else).
 SIGNED_URL = Principal(owner="signed-url", admin=True)
 _PORT = re.compile(r":[0-9]{1,5}")
@@ -111,6 +112,12 @@ def wildcard_host_hint(config: Config, addresses: Iterable[str]) -> str | None:
         "of this machine: a client that writes one in its URL gets 403 host_not_allowed. List the "
         f'names clients use in server.allowed_hosts (e.g. {example}), or "*"'
     )
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """An origin pattern, its "*" any run of characters, everything else as written (fnmatch
+    read the brackets of "http://[::1]:*" as a character class, and "?" as any character)."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
 
 
 def _no_rebinding_name(host: str) -> bool:
@@ -168,9 +175,12 @@ class Guard:
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
         signer: UrlSigner | None = None,
+        default_origins: Iterable[str] = (),
     ) -> None:
         """`keys`: the server's API keys and their guessing throttle (none: no key needed);
-        `signer`: the image URLs that open without a key (signed_urls)."""
+        `signer`: the result URLs that open without a key (signed_urls); `default_origins`:
+        origins let in without the operator naming them (the Ollama listener's, Ollama's
+        defaults), for all but OPERATOR_PATHS."""
         self.app = app
         self.keys = keys if keys is not None and keys.keys else None
         self.signer = signer
@@ -182,7 +192,8 @@ class Guard:
         # "http://localhost:*", "vscode-webview://*": a pattern, for origins that cannot be
         # listed one by one (a port chosen at random, a webview's id).
         self.origins = {o for o in origins if "*" not in o}
-        self.origin_patterns = tuple(o for o in origins if "*" in o and o != "*")
+        self.origin_patterns = tuple(_glob(o) for o in origins if "*" in o and o != "*")
+        self.default_origins = tuple(_glob(o.lower()) for o in default_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,12 +221,18 @@ class Guard:
             scheme, _, rest = o.partition("://")
             # Same origin: this server's pages, over http(s); another scheme is another origin.
             same = scheme in ("http", "https") and rest == headers.get("host", "").lower()
-            allowed = o in self.origins or any(fnmatch.fnmatchcase(o, p) for p in self.origin_patterns)
-            if not (same or self.any_origin or allowed):
+            allowed = same or self.any_origin or o in self.origins
+            allowed = allowed or any(p.fullmatch(o) for p in self.origin_patterns)
+            # Ollama's default origins (any page on this machine, an editor's webview) may use
+            # its API, as on Ollama, but not pull a model: that downloads gigabytes and rewrites
+            # config.json, an act for an origin the operator named.
+            by_default = not allowed and any(p.fullmatch(o) for p in self.default_origins)
+            if not (allowed or (by_default and path not in OPERATOR_PATHS)):
+                why = " to pull a model" if by_default else ""
                 resp = error_response(
                     403,
                     "origin_not_allowed",
-                    f"cross-origin requests from {origin!r} "
+                    f"cross-origin requests from {origin!r}{why} "
                     "are refused; configure server.allowed_origins to allow one",
                     dialect=dialect,
                 )

@@ -74,11 +74,12 @@ def voice_for_text(
         return chosen, None, []
     default = info.details.voices[0]
     candidates = [chosen] if model is not None else [chosen, *(n for n in infos if n != chosen)]
+    own = voice_key(default).split("-")[0]  # its own voice's language ("zh_CN-huayan-medium": zh)
     for tag in found.candidates:
+        if tag == own:
+            return chosen, None, []  # its own voice reads it (no voice of a likelier one is loaded)
         for name in candidates:
             if speaks(infos[name].details.voices, tag):
-                if name == chosen and voice_key(default).split("-")[0] == tag:
-                    return chosen, None, []  # its own voice is of that language
                 # The language, not the tag asked for: the engine names its voice ("zh" is
                 # espeak's "cmn", which the answer's `voice` says).
                 voice = LANGUAGE_NAMES.get(tag, tag)

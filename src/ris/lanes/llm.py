@@ -467,8 +467,8 @@ def fit_context(
     room = answer_room(req.max_tokens, n_ctx)
     if len(prompt) + room <= n_ctx or not req.truncate:
         return req, prompt, extra
-    if not req.messages:
-        return req, _cut(prompt, n_ctx, room), extra
+    if not req.messages:  # a prompt that fits is served whole, with less room, as a chat is
+        return req, prompt if len(prompt) < n_ctx else _cut(prompt, n_ctx, room), extra
     for need in dict.fromkeys((room, 1)):  # once where the room is one token anyway
 
         def fits(turns: tuple[Turn, ...]) -> tuple[LLMRequest, list[int], Any] | None:
@@ -483,7 +483,7 @@ def fit_context(
             return req, prompt, extra
     shortest = replace(req, messages=without_oldest(req.messages, len(req.messages)))
     prompt, extra = tokenize(shortest)
-    return shortest, _cut(prompt, n_ctx, room), extra
+    return shortest, prompt if len(prompt) < n_ctx else _cut(prompt, n_ctx, room), extra
 
 
 def _cut(prompt: list[int], n_ctx: int, room: int) -> list[int]:

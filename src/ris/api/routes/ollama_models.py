@@ -173,12 +173,11 @@ async def ollama_show(request: Request) -> Any:
 
 
 def configured_context(spec: ModelSpec) -> int | None:
-    """The context a model's config gives it, before its worker reports the one it has (None
-    where the model's own files say: a transformers model without max_context)."""
+    """The context a model's config gives it, before its worker reports the one it has: a
+    llama_cpp model's n_ctx. None for others (a transformers model's is its max_context or
+    less, as its KV cache's share allows: only its worker knows)."""
     if spec.backend == "llama_cpp":
         return int(spec.options.get("n_ctx", LLAMA_CPP_DEFAULT_N_CTX))
-    if spec.backend == "transformers" and "max_context" in spec.options:
-        return int(spec.options["max_context"])
     return None
 
 
