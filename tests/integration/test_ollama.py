@@ -180,6 +180,33 @@ def test_a_document_longer_than_the_context_is_read_from_its_end_as_on_ollama(cl
     assert chat.done and chat.prompt_eval_count <= 2048 - 4
 
 
+def test_repetition_penalties_are_applied_as_on_ollama(client: Any, base: str) -> None:
+    """repeat_penalty, frequency_penalty and presence_penalty were accepted and ignored (named
+    in X-Ignored-Options): a greedy answer that repeats itself changes when they are asked,
+    on Ollama's routes and on /v1."""
+    ask = "Write the word cat ten times: cat cat cat cat"
+    greedy = {"temperature": 0, "num_predict": 24}
+    plain = client.generate(model="smollm2", prompt=ask, options=greedy, raw=True)
+    strong = {**greedy, "repeat_penalty": 1.8}
+    penalized = client.generate(model="smollm2", prompt=ask, options=strong, raw=True)
+    assert plain.response.count("cat") > penalized.response.count("cat"), (plain.response, penalized.response)
+    body = {"model": "smollm2", "prompt": ask, "max_tokens": 24, "temperature": 0}
+    v1 = [
+        httpx.post(f"{base}/v1/completions", json={**body, **extra}, headers=AUTH, timeout=120)
+        for extra in ({}, {"frequency_penalty": 2.0})
+    ]
+    assert all(r.status_code == 200 for r in v1), v1[1].text
+    texts = [r.json()["choices"][0]["text"] for r in v1]
+    assert texts[0].count("cat") > texts[1].count("cat"), texts
+    said = httpx.post(
+        f"{base}/api/generate",
+        json={"model": "smollm2", "prompt": ask, "stream": False, "options": strong},
+        headers=AUTH,
+        timeout=120,
+    )
+    assert "repeat_penalty" not in said.headers.get("x-ignored-options", ""), said.headers
+
+
 def test_format_with_a_json_schema_gives_valid_json(client: Any, base: str) -> None:
     ask = [{"role": "user", "content": "Describe a big city as JSON."}]
     r = client.chat(model="smollm2", messages=ask, format=CITY, options={"temperature": 0.5, "seed": 2})

@@ -243,7 +243,6 @@ def test_required_calls_name_known_tools_and_the_answer_goes_back(oa: Any) -> No
         ("logprobs", True),
         ("top_logprobs", 2),
         ("logit_bias", {"42": 5}),
-        ("frequency_penalty", 0.5),
         ("n", 2),
     ],
 )

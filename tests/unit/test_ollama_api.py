@@ -568,3 +568,23 @@ async def test_what_ollamas_clients_send_on_its_port_is_taken_as_ollama_takes_it
 def test_a_developer_turn_is_a_system_turn_as_on_v1() -> None:
     """OpenAI's "developer" role, which clients written for both APIs send: a 400 here."""
     assert OllamaChatMessage.model_validate({"role": "Developer", "content": "Be brief."}).role == "system"
+
+
+@run
+async def test_penalties_a_backend_cannot_apply_are_said_not_dropped(tmp_path: Path) -> None:
+    """A model whose backend applies no repetition penalty: Ollama's options name them in
+    X-Ignored-Options (Ollama ignores what its runner does not apply); /v1 refuses them, as it
+    refuses a response_format that backend cannot honour."""
+    body = {"model": "m", "prompt": "hi", "stream": False, "options": {"repeat_penalty": 1.1, "top_k": 5}}
+    async with sent(tmp_path / "a", "/api/generate", body) as (request, workers):
+        (run_task,) = workers[Lane.LLM].runs
+        assert isinstance(run_task.request, LLMRequest) and not run_task.request.penalized
+        workers[Lane.LLM].deliver(m.TaskDone(run_task.task_id, LLMOutcome("stop", 1, 1)))
+        r = await asyncio.wait_for(request, 5)
+    assert r.headers["x-ignored-options"] == "repeat_penalty, top_k", r.headers
+    async with started_engine(tmp_path / "b") as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        chat = {**ASK, "frequency_penalty": 0.5}
+        refused = await call(eng, "POST", "/v1/chat/completions", chat, ollama_port=False)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_for_model"
+        assert refused.json()["error"]["param"] == "frequency_penalty"

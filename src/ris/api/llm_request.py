@@ -31,6 +31,19 @@ from ris.lanes.llm import (
 
 
 @dataclass(frozen=True)
+class Penalties:
+    """Repetition penalties as a request asks them (LLMRequest's fields; neutral by default)."""
+
+    repeat: float = 1.0
+    frequency: float = 0.0
+    presence: float = 0.0
+    last_n: int = 64
+
+
+NO_PENALTIES = Penalties()
+
+
+@dataclass(frozen=True)
 class Dialect:
     too_long: tuple[int, str]  # status and code for a prompt over the limit
     invalid: tuple[int, str]  # status and code for any other field out of range
@@ -67,6 +80,7 @@ def llm_request(
     constraint_param: str = "response_format",
     max_tokens_param: str = "max_tokens",
     truncate: bool = False,
+    penalties: Penalties = NO_PENALTIES,
 ) -> LLMRequest:
     """`context_tokens`: the model's context window, where its worker has reported it (see
     llm_support.llm_context); a model not loaded yet is checked by its worker instead.
@@ -131,6 +145,10 @@ def llm_request(
         tools=tuple(tools),
         constraint=constraint,
         truncate=truncate,
+        repeat_penalty=penalties.repeat,
+        frequency_penalty=penalties.frequency,
+        presence_penalty=penalties.presence,
+        repeat_last_n=penalties.last_n,
     )
 
 

@@ -53,6 +53,21 @@ def llm_context(engine: Engine, model: str) -> int | None:
     return None if info is None else info.details.context_tokens
 
 
+def require_penalizing_backend(engine: Engine, model: str, param: str) -> None:
+    """Refuse repetition penalties for a model whose backend does not apply them
+    (transformers): ignored, the answer would repeat itself as if none were asked."""
+    backend = engine.config.lane(Lane.LLM).models[model].backend
+    if not LLM_LANE.backend(backend).penalizes:
+        allowed = [name for name, entry in LLM_LANE.backends.items() if entry.penalizes]
+        raise APIError(
+            400,
+            "unsupported_for_model",
+            f"{param} needs a backend that applies repetition penalties ({', '.join(sorted(allowed))}); "
+            f"the model '{model}' runs on {backend}",
+            param=param,
+        )
+
+
 def require_constraining_backend(engine: Engine, model: str, param: str) -> None:
     """Refuse structured output or tools for a model whose backend cannot decode under a
     grammar (transformers): they would be ignored, which is worse than a refusal."""

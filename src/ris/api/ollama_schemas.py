@@ -57,6 +57,17 @@ class OllamaOptions(_OllamaBody):
         description="tokens to generate at most; 0, -1 or -2 (or absent): up to the context",
     )
     stop: list[str] | None = None
+    # Applied by llama.cpp models (by others named in X-Ignored-Options); unset, none applies
+    # (Ollama's own default repeat_penalty is 1.1: send it to have it).
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    frequency_penalty: float | None = Field(default=None, ge=-10.0, le=10.0)
+    presence_penalty: float | None = Field(default=None, ge=-10.0, le=10.0)
+    repeat_last_n: int | None = Field(default=None, ge=-1, le=1 << 20, description="-1: the whole context")
+
+    def penalty_names(self) -> list[str]:
+        """The penalties this asks for, by name (those not neutral)."""
+        neutral = {"repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+        return [n for n, v in neutral.items() if getattr(self, n) not in (None, v)]
 
 
 # Ollama's sampling defaults, for a request that sets none (and /api/show's `parameters`).

@@ -64,8 +64,6 @@ _TEXT_REFUSED: dict[str, Callable[[Any], bool]] = {
     "logprobs": _given,
     "top_logprobs": _given,
     "logit_bias": _given,
-    "frequency_penalty": _given,
-    "presence_penalty": _given,
     "reasoning_effort": _given,  # no configured model reasons in a separate channel
     "verbosity": _not("medium"),  # OpenAI's default: the answer as the model writes it
 }

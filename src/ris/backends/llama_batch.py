@@ -428,6 +428,12 @@ class LlamaBatch(LLMBatch):
     def _sampler(self, req: LLMRequest) -> Any:
         params = llama_cpp.llama_sampler_chain_default_params()
         chain = llama_cpp.llama_sampler_chain_init(params)
+        if req.penalized:  # first, as llama.cpp's own chain has them: greedy answers too
+            r = req
+            penalties = llama_cpp.llama_sampler_init_penalties(
+                self._n_vocab, r.repeat_last_n, r.repeat_penalty, r.frequency_penalty, r.presence_penalty
+            )
+            llama_cpp.llama_sampler_chain_add(chain, penalties)
         if req.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
             return chain

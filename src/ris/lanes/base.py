@@ -338,6 +338,9 @@ class BackendEntry:
     # Decodes under a grammar (structured output, tools); the API refuses those requests for
     # models of other backends.
     constrains: bool = False
+    # Applies repetition penalties (repeat, frequency, presence); the API refuses them for
+    # models of other backends.
+    penalizes: bool = False
     # The `options` a model of this backend may have (ris.config.backend_options), checked
     # when the config loads; None: not checked (a plugin's backend, unless it says).
     options: type[BaseModel] | None = None
@@ -418,13 +421,16 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
         *,
         batches: bool = False,
         constrains: bool = False,
+        penalizes: bool = False,
         options: type[BaseModel] | None = None,
     ) -> None:
         """Add a backend ("module:Class") and what it can do (see BackendEntry); the worker
         imports it when a model names it."""
         if ":" not in target:
             raise ValueError(f"backend target {target!r} must look like 'package.module:Class'")
-        self.backends[name] = BackendEntry(target, batches=batches, constrains=constrains, options=options)
+        self.backends[name] = BackendEntry(
+            target, batches=batches, constrains=constrains, penalizes=penalizes, options=options
+        )
 
     def backend(self, name: str) -> BackendEntry:
         try:

@@ -107,6 +107,13 @@ class LLMRequest:
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Repetition penalties on the answer's last `repeat_last_n` tokens, as llama.cpp applies
+    # them: a token's logit divided by repeat_penalty (multiplied, if negative) once it occurs,
+    # less frequency_penalty for each time it occurs and presence_penalty once. Neutral: 1, 0, 0.
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_last_n: int = 64
     # Keep generating past end-of-sequence until max_tokens (benchmarks, long-run tests).
     ignore_eos: bool = False
     # max_tokens is a bound, not a demand: over the model's context (known only to the worker
@@ -128,6 +135,11 @@ class LLMRequest:
     # longer than the context. A chat leaves out its oldest turns (never a system turn, nor the
     # last); what is still too long keeps its first tokens and its end (fit_context).
     truncate: bool = False
+
+    @property
+    def penalized(self) -> bool:
+        """Whether any repetition penalty applies."""
+        return (self.repeat_penalty, self.frequency_penalty, self.presence_penalty) != (1.0, 0.0, 0.0)
 
     def chat_turns(self) -> tuple[tuple[str, str] | Message, ...] | None:
         """The turns a chat template formats: `messages`, or the prompt as the user's message
@@ -668,7 +680,11 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
     # refuses grammars, as the API does first for its models.
     builtin_backends = {
         "llama_cpp": BackendEntry(
-            "ris.backends.llm_llama_cpp:LlamaCppLLM", batches=True, constrains=True, options=LlamaCppOptions
+            "ris.backends.llm_llama_cpp:LlamaCppLLM",
+            batches=True,
+            constrains=True,
+            penalizes=True,
+            options=LlamaCppOptions,
         ),
         "transformers": BackendEntry(
             "ris.backends.llm_transformers:TransformersLLM", batches=True, options=TransformersOptions

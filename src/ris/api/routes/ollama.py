@@ -35,7 +35,7 @@ from ris.api.deps import (
 )
 from ris.api.errors import NO_RETRY, APIError, failure
 from ris.api.limits import MIN_TOP_P, OLLAMA_MAX_STOP_CHARS, OLLAMA_MAX_STOPS, wrap_seed
-from ris.api.llm_request import Dialect, llm_request
+from ris.api.llm_request import NO_PENALTIES, Dialect, Penalties, llm_request
 from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend
 from ris.api.ollama_schemas import (
     OLLAMA_ERRORS,
@@ -95,6 +95,8 @@ def ignored_options(options: OllamaOptions | None, req: LLMRequest | None = None
     given = sorted((options.model_extra or {}) if options is not None else {})
     if options is not None and any(options.stop or ()) and req is not None and not req.stop:
         given = sorted([*given, "stop"])
+    if options is not None and req is not None and not req.penalized:  # a backend that applies none
+        given = sorted([*given, *options.penalty_names()])
     if not given:
         return {}
     named = [n for n in given if _OPTION_NAME.fullmatch(n)][:_MAX_NAMED]
@@ -156,6 +158,16 @@ def build_request(
         # takes any num_predict (ChatOllama(num_predict=8192) was a 400); done_reason "length".
         asked = min(opts.num_predict, limit)
         max_tokens = asked if context is None else min(asked, context)
+    penalties = NO_PENALTIES
+    if opts.penalty_names() and LLM.backend(engine.config.lane(Lane.LLM).models[model].backend).penalizes:
+        last_n = opts.repeat_last_n if opts.repeat_last_n is not None else NO_PENALTIES.last_n
+        penalties = Penalties(
+            repeat=opts.repeat_penalty if opts.repeat_penalty is not None else 1.0,
+            frequency=opts.frequency_penalty or 0.0,
+            presence=opts.presence_penalty or 0.0,
+            # -1: the whole context, as on Ollama (llama.cpp reads 0 as none).
+            last_n=(context or limit) if last_n < 0 else last_n,
+        )
     stops = [s for s in opts.stop or [] if s]
     if constraint is not None and stops:
         # A stop string would cut the JSON short: left out, and said (X-Ignored-Options), where
@@ -176,6 +188,7 @@ def build_request(
         tools=tool_defs,
         constraint_param="format" if constraint is not None else "tools",
         truncate=truncate,
+        penalties=penalties,
         **text,
     )
 

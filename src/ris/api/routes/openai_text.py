@@ -26,8 +26,14 @@ from ris.api.deps import (
 )
 from ris.api.errors import OLLAMA_ONLY, APIError, failure, openai_error_body
 from ris.api.limits import MIN_TOP_P, wrap_seed
-from ris.api.llm_request import OPENAI, llm_request
-from ris.api.llm_support import llm_context, request_warnings, require_constraining_backend, tagged
+from ris.api.llm_request import NO_PENALTIES, OPENAI, Penalties, llm_request
+from ris.api.llm_support import (
+    llm_context,
+    request_warnings,
+    require_constraining_backend,
+    require_penalizing_backend,
+    tagged,
+)
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
 from ris.api.openai_strict import refuse_other_lane
 from ris.api.openai_tools import (
@@ -139,6 +145,10 @@ def _request(
         constraint, tools = plan.constraint, plan.tools
     if constraint is not None or tools:
         require_constraining_backend(engine, model, "response_format" if plan is None else "tools")
+    penalties = Penalties(frequency=body.frequency_penalty or 0.0, presence=body.presence_penalty or 0.0)
+    if penalties != NO_PENALTIES:
+        named = "frequency_penalty" if body.frequency_penalty else "presence_penalty"
+        require_penalizing_backend(engine, model, named)
     return llm_request(
         engine.config.server,
         OPENAI,
@@ -160,6 +170,7 @@ def _request(
         constraint=constraint,
         tools=tools,
         constraint_param=_param(constraint),
+        penalties=penalties,
     )
 
 
