@@ -121,6 +121,18 @@ def test_json_schema_validates_for_ten_prompts(oa: Any) -> None:
         choice = r.choices[0]
         assert choice.finish_reason == "stop", (prompt, choice.message.content)
         jsonschema.validate(json.loads(choice.message.content), PERSON)
+    # With repetition penalties (their sampler heads the chain the grammar resamples with).
+    r = oa.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        response_format=fmt,
+        max_tokens=300,
+        seed=1,
+        frequency_penalty=1.0,
+        presence_penalty=0.5,
+    )
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+    jsonschema.validate(json.loads(r.choices[0].message.content or ""), PERSON)
 
 
 def test_a_truncated_answer_says_length(oa: Any) -> None:

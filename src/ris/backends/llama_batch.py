@@ -374,7 +374,12 @@ class LlamaBatch(LLMBatch):
                 continue
             future, seq.resampling = seq.resampling, None
             try:
-                self._keep(slot, future.result())
+                token = future.result()
+                if seq.req.penalized:
+                    # The penalties count what the sequence keeps: the chain took in the refused
+                    # draw (llama_sampler_sample accepts what it draws), and now this one too.
+                    llama_cpp.llama_sampler_accept(seq.sampler, token)
+                self._keep(slot, token)
             except BackendError as e:
                 ended.append(self._fail(slot, e))
 
