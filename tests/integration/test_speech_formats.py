@@ -130,6 +130,8 @@ def test_the_native_route_answers_in_the_type_accept_names(server: Server) -> No
     assert pcm.status_code == 200 and pcm.headers["x-sample-rate"] == str(RATE), pcm.headers
     wav = httpx.get(f"{server.url}{task}", timeout=60)
     assert wav.headers["x-sample-rate"] == str(RATE)
+    # A task's file never changes: a browser keeps it (private: it may be one key's).
+    assert wav.headers["cache-control"] == "private, max-age=86400, immutable"
     # HEAD as GET, without the body (it was 405); an encoded format is not encoded for it.
     for query, kind in (("", "audio/wav"), ("?format=mp3", "audio/mpeg")):
         head = httpx.head(f"{server.url}{task}{query}", timeout=60)

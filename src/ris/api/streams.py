@@ -96,6 +96,11 @@ def _broken(exc: BaseException | None) -> StreamBroken | None:
     return None
 
 
+# A finished task's file (an image, a synthesis's audio) never changes: its id is its own. A
+# browser keeps it (a page polling a task re-rendered its <img> with a fresh download each
+# time); private: it may be one key's.
+RESULT_CACHING = {"Cache-Control": "private, max-age=86400, immutable"}
+
 # Streamed answers whose parts must reach the client as they are made.
 _STREAMED_TYPES = (b"text/event-stream", b"application/x-ndjson")
 
