@@ -588,3 +588,34 @@ async def test_penalties_a_backend_cannot_apply_are_said_not_dropped(tmp_path: P
         refused = await call(eng, "POST", "/v1/chat/completions", chat, ollama_port=False)
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_for_model"
         assert refused.json()["error"]["param"] == "frequency_penalty"
+
+
+@run
+async def test_penalties_reach_a_llama_cpp_models_request(tmp_path: Path) -> None:
+    """Ollama's options and /v1's fields as the llama.cpp model's request carries them:
+    repeat_last_n -1 is the whole context (the server's limit while the model's is unknown)."""
+    gguf = {"backend": "llama_cpp", "source": "package:smollm2_135m_gguf/x.gguf"}
+    llm = {"default_model": "g", "models": {"g": gguf}}
+    opts = {"repeat_penalty": 1.3, "frequency_penalty": 0.2, "presence_penalty": 0.1, "repeat_last_n": -1}
+    body = {"model": "g", "prompt": "hi", "stream": False, "options": opts}
+    async with started_engine(tmp_path / "a", llm=llm) as (eng, workers, _):
+        workers[Lane.LLM].ready(slots=2)
+        request = asyncio.create_task(call(eng, "POST", "/api/generate", body, ollama_port=True))
+        chat = {"model": "g", "messages": [{"role": "user", "content": "hi"}], "frequency_penalty": -0.5}
+        v1 = asyncio.create_task(call(eng, "POST", "/v1/chat/completions", chat, ollama_port=False))
+        await settle()
+        ollama_req, v1_req = (r.request for r in workers[Lane.LLM].runs)
+        assert isinstance(ollama_req, LLMRequest) and isinstance(v1_req, LLMRequest)
+        assert (ollama_req.repeat_penalty, ollama_req.frequency_penalty, ollama_req.presence_penalty) == (
+            1.3,
+            0.2,
+            0.1,
+        )
+        assert ollama_req.repeat_last_n == 4096 and ollama_req.penalized
+        assert (v1_req.frequency_penalty, v1_req.presence_penalty, v1_req.repeat_last_n) == (-0.5, 0.0, 64)
+        request.cancel()
+        v1.cancel()
+    # A backend that applies none: repeat_last_n is named too (it was dropped unsaid).
+    assert ignored_options(OllamaOptions(repeat_last_n=32), LLMRequest(prompt="x")) == {
+        "X-Ignored-Options": "repeat_last_n"
+    }

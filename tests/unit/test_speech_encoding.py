@@ -8,6 +8,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -201,3 +202,30 @@ def test_an_encoded_file_is_made_once_beside_its_wav_and_goes_with_its_task(tmp_
     assert again.stat().st_mtime > 1
     stamp = again.stat().st_mtime_ns
     assert asyncio.run(encoded_file(wav, "mp3", RATE, 8192)).stat().st_mtime_ns == stamp  # kept
+
+
+def test_players_asking_at_once_get_one_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tabs opened audio_url?format=opus together: each encoded the WAV and replaced the
+    file, and two Ogg encodings differ (their serials), so a player's later ranges came from
+    the other. One encoding per file at a time; the second asker reads the first's."""
+    from ris.services import speech_encoding
+    from ris.services.speech_encoding import encoded_file
+
+    pcm = tone(0.5)
+    wav = tmp_path / ("b" * 32 + ".wav")
+    wav.write_bytes(wav_header(RATE, len(pcm)) + pcm)
+    calls = []
+    real = speech_encoding.encode_stream
+
+    def counted(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(speech_encoding, "encode_stream", counted)
+
+    async def both() -> list[Path]:
+        return list(await asyncio.gather(*(encoded_file(wav, "opus", RATE, 4096) for _ in range(3))))
+
+    made = asyncio.run(both())
+    assert len(set(made)) == 1 and calls == ["opus"], calls
+    assert not speech_encoding._ENCODING  # noqa: SLF001 - no lock left behind

@@ -40,9 +40,10 @@ class _OllamaBody(RequestBody):
 
 
 class OllamaOptions(_OllamaBody):
-    """Ollama's `options`. Those listed here shape the answer; Ollama's others (top_k, min_p,
-    repeat_penalty, num_ctx, mirostat, ...) are accepted and ignored, as Ollama ignores an
-    option its runner does not know: `GET /api/show` lists what applies."""
+    """Ollama's `options`. Those listed here shape the answer (the penalties on a backend that
+    applies them); Ollama's others (top_k, min_p, num_ctx, mirostat, ...) are accepted and
+    ignored, as Ollama ignores an option its runner does not know: `GET /api/show` lists what
+    applies."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -68,6 +69,11 @@ class OllamaOptions(_OllamaBody):
         """The penalties this asks for, by name (those not neutral)."""
         neutral = {"repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
         return [n for n, v in neutral.items() if getattr(self, n) not in (None, v)]
+
+    def penalty_options(self) -> list[str]:
+        """Every penalty option given, repeat_last_n too: what a request that applies no
+        penalty ignores."""
+        return sorted([*self.penalty_names(), *(["repeat_last_n"] if self.repeat_last_n is not None else [])])
 
 
 # Ollama's sampling defaults, for a request that sets none (and /api/show's `parameters`).

@@ -164,7 +164,7 @@ class SamplingBody(_OpenAIBody):
     n: Int = Field(default=1, ge=1, description="only n=1 is supported")
     stream: Bool = False
     stream_options: StreamOptions | None = None
-    # OpenAI's range; applied over the answer's last 64 tokens, as llama-server does.
+    # OpenAI's range; applied over the last 64 tokens of prompt and answer, as llama-server does.
     frequency_penalty: Float | None = Field(default=None, ge=-2.0, le=2.0)
     presence_penalty: Float | None = Field(default=None, ge=-2.0, le=2.0)
     # An extension llama-server and vLLM share: generate exactly max_tokens (benchmarks, tests).

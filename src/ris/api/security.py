@@ -2,9 +2,10 @@
 
 One pure-ASGI guard in front of every route, so no endpoint can forget a check. Browsers let any
 web page send requests to 127.0.0.1; a rebinding page does so under its own host name. So by
-default only loopback names are accepted as Host, cross-origin requests are refused unless their
-origin is configured, and with keys configured every path but /health (and the Ollama
-listener's "/", its health check) needs one.
+default only loopback names, addresses written as such and names no public DNS answers
+(*.localhost, *.internal) are accepted as Host, cross-origin requests are refused unless their
+origin is configured (or, on the Ollama listener, is one Ollama lets in), and with keys
+configured every path but /health (and the Ollama listener's "/", its health check) needs one.
 
 The web console (/ui) sends its key as an HttpOnly, SameSite=Strict cookie set by its login
 form (routes/console.py); a browser page without it is sent to the login form instead of
@@ -87,7 +88,8 @@ def served_hosts(config: Config) -> list[str]:
     """Host names accepted besides loopback names: the configured ones and the address the
     server listens on, whatever it is (127.0.0.2 is loopback, yet only 127.0.0.1 is among
     the loopback names). A wildcard address (0.0.0.0, ::) names no host of its own: behind
-    it, only loopback names and server.allowed_hosts are served."""
+    it, only these and what the guard serves of any server (loopback names, addresses,
+    *.localhost, *.internal) are."""
     srv = config.server
     hosts = list(srv.allowed_hosts)
     listening = _listen_name(srv.host)

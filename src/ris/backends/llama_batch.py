@@ -190,7 +190,7 @@ class LlamaBatch(LLMBatch):
             req=req,
             out=out,
             scanner=StopScanner(req.stop + stops, out.emit),
-            sampler=self._sampler(req),
+            sampler=self._sampler(req, prompt),
             prompt=prompt,
             max_tokens=min(req.max_tokens, self.n_ctx - len(prompt)),
             pending=prompt[keep:],
@@ -430,7 +430,7 @@ class LlamaBatch(LLMBatch):
         else:
             _release(seq)  # no resample, or one that had not started (cancelled: never runs)
 
-    def _sampler(self, req: LLMRequest) -> Any:
+    def _sampler(self, req: LLMRequest, prompt: list[int]) -> Any:
         params = llama_cpp.llama_sampler_chain_default_params()
         chain = llama_cpp.llama_sampler_chain_init(params)
         if req.penalized:  # first, as llama.cpp's own chain has them: greedy answers too
@@ -438,6 +438,11 @@ class LlamaBatch(LLMBatch):
             penalties = llama_cpp.llama_sampler_init_penalties(
                 self._n_vocab, r.repeat_last_n, r.repeat_penalty, r.frequency_penalty, r.presence_penalty
             )
+            # The prompt's last tokens count, as llama-server feeds them: an answer that
+            # repeats the question is penalized as one that repeats itself. (With a grammar, a
+            # draw it refused counts too: llama_sampler_sample takes in what it draws.)
+            for token in prompt[-r.repeat_last_n :] if r.repeat_last_n > 0 else ():
+                llama_cpp.llama_sampler_accept(penalties, token)
             llama_cpp.llama_sampler_chain_add(chain, penalties)
         if req.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

@@ -107,9 +107,10 @@ class LLMRequest:
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # Repetition penalties on the answer's last `repeat_last_n` tokens, as llama.cpp applies
-    # them: a token's logit divided by repeat_penalty (multiplied, if negative) once it occurs,
-    # less frequency_penalty for each time it occurs and presence_penalty once. Neutral: 1, 0, 0.
+    # Repetition penalties on the last `repeat_last_n` tokens of the prompt and the answer, as
+    # llama.cpp applies them: a token's logit divided by repeat_penalty (multiplied, if
+    # negative) once it occurs, less frequency_penalty for each time it occurs and
+    # presence_penalty once. Neutral: 1, 0, 0.
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0

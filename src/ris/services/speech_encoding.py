@@ -4,6 +4,7 @@ answer, and each piece's bytes are handed on as soon as the muxer writes them.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -251,8 +252,26 @@ async def encoded_file(wav: Path, fmt: SpeechFormat, sample_rate: int, piece_byt
     retention sweep keeps and deletes it with its task, as the WAV), for a player that seeks
     (a browser's <audio> asks for byte ranges, which a stream encoded as it is read cannot
     answer: its length unknown, no seeking, Safari plays none). Written under a temporary name
-    and moved into place: two players asking at once each write theirs, and either is whole."""
+    and moved into place, one encoding at a time per file: two players asking at once read the
+    same one (an Ogg stream's serial differs between two encodings of the same audio, and a
+    player's later ranges came from the other)."""
     target = wav.with_name(f"{wav.name.split('.', 1)[0]}.{fmt}")
+    lock = _ENCODING.setdefault(target, asyncio.Lock())
+    try:
+        async with lock:
+            return await _encode_once(wav, target, fmt, sample_rate, piece_bytes)
+    finally:
+        if not lock.locked() and _ENCODING.get(target) is lock:
+            del _ENCODING[target]
+
+
+# The encodings being written, by target: one at a time each (encoded_file).
+_ENCODING: dict[Path, asyncio.Lock] = {}
+
+
+async def _encode_once(
+    wav: Path, target: Path, fmt: SpeechFormat, sample_rate: int, piece_bytes: int
+) -> Path:
     with contextlib.suppress(FileNotFoundError):
         if target.stat().st_mtime >= wav.stat().st_mtime:
             return target

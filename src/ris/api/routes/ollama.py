@@ -89,14 +89,15 @@ def llm_model(engine: Engine, name: str) -> str:
 
 def ignored_options(options: OllamaOptions | None, req: LLMRequest | None = None) -> dict[str, str]:
     """The header that names the options given and ignored (Ollama's it does not apply here:
-    top_k, repeat_penalty, num_ctx, ...; `stop` beside a format, `req` as built says), so a
+    top_k, num_ctx, ...; `stop` beside a format, penalties a backend does not apply: `req` as
+    built says), so a
     client can see it was not served them. Only names an option could have go in a header
     (latin-1, bounded); others are counted."""
     given = sorted((options.model_extra or {}) if options is not None else {})
     if options is not None and any(options.stop or ()) and req is not None and not req.stop:
         given = sorted([*given, "stop"])
     if options is not None and req is not None and not req.penalized:  # a backend that applies none
-        given = sorted([*given, *options.penalty_names()])
+        given = sorted([*given, *options.penalty_options()])
     if not given:
         return {}
     named = [n for n in given if _OPTION_NAME.fullmatch(n)][:_MAX_NAMED]

@@ -154,7 +154,9 @@ async def tts_audio(
         try:
             encoded = await encoded_file(path, fmt, rate, AUDIO_PIECE_BYTES)
         except OSError:  # no room to keep it (a full disk): streamed as before
-            pass
+            if not path.exists():  # or its task's files went (a retention sweep) meanwhile
+                gone = f"the audio of task {task_id} is no longer on disk"
+                raise APIError(404, "not_found", gone) from None
         else:
             headers = {"X-Task-Id": view.id, "X-Sample-Rate": str(stream_rate(fmt, rate))}
             return FileResponse(encoded, media_type=MEDIA_TYPES[fmt], headers={**headers, **RESULT_CACHING})
