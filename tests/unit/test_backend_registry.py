@@ -14,16 +14,23 @@ from ris.lanes.llm import LLMLane
 def test_abilities_are_what_the_registration_declares() -> None:
     lane = LLMLane()  # a fresh registry: the global one stays as it was
     lane.register_backend("plain", "nowhere.plain:Plain")
-    lane.register_backend("grammar", "nowhere.grammar:Grammar", batches=True, constrains=True)
+    lane.register_backend("grammar", "nowhere.grammar:Grammar", batches=True, constrains=True, penalizes=True)
     assert lane.backend("plain") == BackendEntry("nowhere.plain:Plain")
-    assert lane.backend("grammar") == BackendEntry("nowhere.grammar:Grammar", batches=True, constrains=True)
+    grammar = BackendEntry("nowhere.grammar:Grammar", batches=True, constrains=True, penalizes=True)
+    assert lane.backend("grammar") == grammar
     unloaded = {"kv_cache_bytes": None}  # known once the model is loaded
     assert lane.model_features("plain", None) == {
         "structured_output": False,
         "tools": "unsupported",
+        "repetition_penalties": False,
         **unloaded,
     }
-    assert lane.model_features("grammar", None) == {"structured_output": True, "tools": None, **unloaded}
+    assert lane.model_features("grammar", None) == {
+        "structured_output": True,
+        "tools": None,
+        "repetition_penalties": True,
+        **unloaded,
+    }
     assert "nowhere.grammar" not in sys.modules
 
 
@@ -32,6 +39,7 @@ def test_the_builtin_llm_backends_declare_theirs() -> None:
     assert lane.backend("llama_cpp").batches and lane.backend("llama_cpp").constrains
     transformers = lane.backend("transformers")
     assert transformers.batches and not transformers.constrains  # its engine batches; no grammar
+    assert lane.backend("llama_cpp").penalizes and not transformers.penalizes
     assert transformers.target == lane.backend_target("transformers")
 
 

@@ -56,28 +56,24 @@ def llm_context(engine: Engine, model: str) -> int | None:
 def require_penalizing_backend(engine: Engine, model: str, param: str) -> None:
     """Refuse repetition penalties for a model whose backend does not apply them
     (transformers): ignored, the answer would repeat itself as if none were asked."""
-    backend = engine.config.lane(Lane.LLM).models[model].backend
-    if not LLM_LANE.backend(backend).penalizes:
-        allowed = [name for name, entry in LLM_LANE.backends.items() if entry.penalizes]
-        raise APIError(
-            400,
-            "unsupported_for_model",
-            f"{param} needs a backend that applies repetition penalties ({', '.join(sorted(allowed))}); "
-            f"the model '{model}' runs on {backend}",
-            param=param,
-        )
+    _require_ability(engine, model, param, "penalizes", "applies repetition penalties")
 
 
 def require_constraining_backend(engine: Engine, model: str, param: str) -> None:
     """Refuse structured output or tools for a model whose backend cannot decode under a
     grammar (transformers): they would be ignored, which is worse than a refusal."""
+    _require_ability(engine, model, param, "constrains", "constrains decoding")
+
+
+def _require_ability(engine: Engine, model: str, param: str, ability: str, does: str) -> None:
+    """Refuse `param` for a model whose backend lacks `ability` (a BackendEntry flag)."""
     backend = engine.config.lane(Lane.LLM).models[model].backend
-    if not LLM_LANE.backend(backend).constrains:
-        allowed = [name for name, entry in LLM_LANE.backends.items() if entry.constrains]
+    if not getattr(LLM_LANE.backend(backend), ability):
+        allowed = [name for name, entry in LLM_LANE.backends.items() if getattr(entry, ability)]
         raise APIError(
-            422,
+            422,  # /v1 answers it as OpenAI does a bad parameter: 400
             "unsupported_for_model",
-            f"{param} needs a backend that constrains decoding ({', '.join(sorted(allowed))}); the model "
-            f"'{model}' runs on {backend} (GET /api/models shows each model's structured_output and tools)",
+            f"{param} needs a backend that {does} ({', '.join(sorted(allowed))}); the model "
+            f"'{model}' runs on {backend} (GET /api/models shows each model's abilities)",
             param=param,
         )

@@ -717,7 +717,14 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
         # kv_cache_bytes: what the KV cache of all `parallel` slots of n_ctx tokens takes,
         # allocated at load (null until then, or for a backend that does not say).
         kv = None if loaded is None else loaded.kv_cache_bytes
-        return {"structured_output": constrains, "tools": tools, "kv_cache_bytes": kv}
+        # repetition_penalties: frequency/presence (/v1), repeat_penalty (Ollama) applied.
+        penalizes = self.backend(backend).penalizes
+        return {
+            "structured_output": constrains,
+            "tools": tools,
+            "repetition_penalties": penalizes,
+            "kv_cache_bytes": kv,
+        }
 
     def build_result(self, seen: Seen, outcome: LLMOutcome, files: ResultFiles) -> LLMResult:
         return LLMResult(
