@@ -619,3 +619,24 @@ async def test_penalties_reach_a_llama_cpp_models_request(tmp_path: Path) -> Non
     assert ignored_options(OllamaOptions(repeat_last_n=32), LLMRequest(prompt="x")) == {
         "X-Ignored-Options": "repeat_last_n"
     }
+
+
+@run
+async def test_a_model_loaded_for_the_request_is_its_load_duration(tmp_path: Path) -> None:
+    """After keep_alive 0 the next request loads the model: load_duration said 0.04 ms and the
+    load's 0.86 s went into prompt_eval_duration."""
+    body = {"model": "m", "prompt": "hi", "stream": False}
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()  # "m" not loaded
+        request = asyncio.create_task(call(eng, "POST", "/api/generate", body, ollama_port=True))
+        await settle()
+        (run_task,) = llm.runs
+        clock.advance(0.75)
+        llm.deliver(m.ModelLoaded(m.ModelInfo("m", "noop", m.ModelDetails(), load_s=0.75)))
+        clock.advance(0.25)
+        llm.deliver(m.TaskOutput(run_task.task_id, TextDelta("Hi")))
+        llm.deliver(m.TaskDone(run_task.task_id, LLMOutcome("stop", 1, 1)))
+        r = await asyncio.wait_for(request, 5)
+    said = r.json()
+    assert said["load_duration"] == 750_000_000 and said["prompt_eval_duration"] == 250_000_000, said

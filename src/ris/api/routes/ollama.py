@@ -221,14 +221,23 @@ def chat_turns(messages: list[OllamaChatMessage]) -> list[tuple[str, str] | Mess
     return turns
 
 
-def _timings(r: LLMResult) -> dict[str, Any]:
+def load_waited(engine: Engine, model: str) -> Callable[[], float]:
+    """Called as a task is submitted: later, the seconds it waited for its model to load (0
+    where the model was loaded already). A model loaded on first use loads once the task is
+    dispatched: that time was counted as prompt evaluation (load_duration said 0.04 ms after
+    `keep_alive: 0`, prompt evaluation 5 s, the log "loaded in 0.86 s")."""
+    cold = model not in engine.model_infos(Lane.LLM)
+    return lambda: engine.model_log().last_load_s.get((Lane.LLM, model), 0.0) if cold else 0.0
+
+
+def _timings(r: LLMResult, load_s: float = 0.0) -> dict[str, Any]:
     """Ollama's counts and durations (ns), from the task's timings (ms from submission):
-    load_duration is the wait for the lane (queue, a model loading on first use), prompt eval
-    up to the first token, eval from there to the end."""
+    load_duration is the wait for the lane (queue, a model loading on first use: `load_s`),
+    prompt eval up to the first token, eval from there to the end."""
     t = r.timings
     total = t.total_ms or 0.0
-    queued = t.queue_ms or 0.0
     first = t.first_output_ms if t.first_output_ms is not None else total
+    queued = min(first, (t.queue_ms or 0.0) + 1000 * load_s)
 
     def ns(ms: float) -> int:
         return max(0, round(ms * 1_000_000))
@@ -353,6 +362,7 @@ async def ollama_chat(request: Request) -> Any:
     # Options ignored, a prompt in a language the model does not write: said in headers.
     said = {**ignored_options(body.options, req), **request_warnings(engine, model, req)}
     keep_alive = keep_alive_seconds(body.keep_alive)
+    waited = load_waited(engine, model)
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
     )
@@ -372,7 +382,7 @@ async def ollama_chat(request: Request) -> Any:
             return {"message": message}
 
         first = await first_text(engine, handle, request)
-        return _ndjson(engine, handle, head, first, piece, end, said)
+        return _ndjson(engine, handle, head, first, piece, end, said, waited)
     r = result_or_failure(await wait_task(engine, handle, request))
     return json_response(
         {
@@ -381,7 +391,7 @@ async def ollama_chat(request: Request) -> Any:
             "message": _answer(r.text, r, names),
             "done": True,
             "done_reason": _done_reason(r),
-            **_timings(r),
+            **_timings(r, waited()),
         },
         headers={"X-Task-Id": handle.task_id, **said},
     )
@@ -425,6 +435,7 @@ async def ollama_generate(request: Request) -> Any:
     )
     said = {**ignored_options(body.options, req), **request_warnings(engine, model, req)}
     keep_alive = keep_alive_seconds(body.keep_alive)
+    waited = load_waited(engine, model)
     handle = engine.submit(
         LLM, model, req, client=client_of(request), owner=owner_of(request), keep_alive_s=keep_alive
     )
@@ -440,6 +451,7 @@ async def ollama_generate(request: Request) -> Any:
             lambda text: {"response": text},
             lambda r: {"response": ""},
             said,
+            waited,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
     return json_response(
@@ -449,7 +461,7 @@ async def ollama_generate(request: Request) -> Any:
             "response": r.text,
             "done": True,
             "done_reason": _done_reason(r),
-            **_timings(r),
+            **_timings(r, waited()),
         },
         headers={"X-Task-Id": handle.task_id, **said},
     )
@@ -463,10 +475,11 @@ def _ndjson(
     piece: Callable[[str], dict[str, Any] | None],
     end: Callable[[LLMResult], dict[str, Any]],
     headers: dict[str, str],
+    waited: Callable[[], float],
 ) -> StreamingResponse:
     """`first`: the answer's first text, taken before the status line (deps.first_text)."""
     return StreamingResponse(
-        _lines(engine, handle, head, first, piece, end),
+        _lines(engine, handle, head, first, piece, end, waited),
         media_type=NDJSON,
         headers={"X-Task-Id": handle.task_id, **headers},
     )
@@ -483,6 +496,7 @@ async def _lines(
     first: str | None,
     piece: Callable[[str], dict[str, Any] | None],
     end: Callable[[LLMResult], dict[str, Any]],
+    waited: Callable[[], float],
 ) -> AsyncIterator[bytes]:
     """One line per piece of text (`done: false`), from `first` (None: the task ended without
     text), then the last one with the counts; a failure after the stream began is a line
@@ -512,6 +526,6 @@ async def _lines(
                 **end(r),
                 "done": True,
                 "done_reason": _done_reason(r),
-                **_timings(r),
+                **_timings(r, waited()),
             }
         )
