@@ -72,3 +72,35 @@ def test_what_decides_a_value_first_keeps_deciding_it() -> None:
         '{"type": "integer", "minimum": 1, "maximum": 3}'
     )
     assert '"@"' in ours('{"type": "string", "format": "email"}')
+
+
+def test_what_the_converter_misread_is_written_as_it_reads_it() -> None:
+    """An agent developer's schemas: each failed or was not enforced (emoji enums came out as
+    six U+FFFD; `\\d` was "unknown escape"; `items: {}` a KeyError; a type list dropped its
+    maxLength; `not` an AssertionError; a root $ref a KeyError)."""
+    from llama_cpp import LlamaGrammar
+
+    from ris.backends._json_grammar import gbnf_pattern, json_schema_to_gbnf, readable
+
+    def parses(schema: dict[str, object]) -> str:
+        grammar = json_schema_to_gbnf(json.dumps(schema))
+        LlamaGrammar.from_string(grammar, verbose=False)  # llama.cpp's own parser takes it
+        return grammar
+
+    emoji = parses({"type": "object", "properties": {"e": {"enum": ["👍", "🔥"]}, "🎉": {"const": "😀"}}})
+    assert "\\U0001F44D" in emoji and "\\U0001F600" in emoji and "\\ud83d" not in emoji.lower()
+    assert gbnf_pattern(r"^\d{3}-\w\.[\d.]\s$") == r"^[0-9]{3}-[A-Za-z0-9_][\x2E][0-9.][ \t\n\r]$"
+    for pattern in (r"^\d{3}-\d{2}$", r"^[\d]{3}$", r"^[a-z]{2}\.[a-z]{2}$", r"^\w+@\w+\.com$"):
+        parses({"type": "object", "properties": {"p": {"type": "string", "pattern": pattern}}})
+    anything = {"x": {"type": "array", "items": {}}, "y": {"type": "array", "items": True}}
+    parses({"type": "object", "properties": anything})
+    counted = readable({"type": "array", "maxItems": 2})
+    assert counted["items"]["anyOf"] and counted["maxItems"] == 2
+    typed = readable({"type": ["string", "null"], "maxLength": 3})
+    assert typed == {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "null", "maxLength": 3}]}
+    assert readable({"type": "string", "not": {"type": "string"}}) == {"type": "string"}
+    # Names under properties are names, and enum values data: neither read as keywords.
+    kept = readable({"properties": {"not": {"type": "string"}}, "enum": [{"type": ["a", "b"]}]})
+    assert kept == {"properties": {"not": {"type": "string"}}, "enum": [{"type": ["a", "b"]}]}
+    node = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/N"}}}}
+    parses({"$defs": {"N": node}, "$ref": "#/$defs/N"})

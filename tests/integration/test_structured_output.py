@@ -5,6 +5,7 @@ LangChain's ChatOpenAI: JSON that parses and validates because a grammar allowed
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -133,6 +134,34 @@ def test_json_schema_validates_for_ten_prompts(oa: Any) -> None:
     )
     assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
     jsonschema.validate(json.loads(r.choices[0].message.content or ""), PERSON)
+
+
+def test_emoji_escaped_patterns_and_open_arrays_are_held_to(oa: Any) -> None:
+    """An emoji enum came back as six U+FFFD; a pattern with \\d was a 400 ("could not parse
+    the grammar"); `items: {}` a 400 (KeyError 'prefixItems'); maxItems on an array without
+    items was not enforced."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "mood": {"type": "string", "enum": ["👍", "🔥"]},
+            "code": {"type": "string", "pattern": r"^\d{3}-\d{2}$"},
+            "tags": {"type": "array", "items": {}, "maxItems": 2},
+        },
+        "required": ["mood", "code", "tags"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+    for seed in (1, 2):
+        r = oa.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "A mood, a code and up to two tags, as JSON."}],
+            response_format=fmt,
+            max_tokens=200,
+            seed=seed,
+        )
+        answer = json.loads(r.choices[0].message.content or "")
+        assert answer["mood"] in ("👍", "🔥") and re.fullmatch(r"\d{3}-\d{2}", answer["code"]), answer
+        assert len(answer["tags"]) <= 2, answer
 
 
 def test_a_truncated_answer_says_length(oa: Any) -> None:

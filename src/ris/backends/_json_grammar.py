@@ -12,6 +12,7 @@ its grammar) stay unenforced, and strict schemas that use them are refused at th
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
@@ -99,8 +100,112 @@ class _Converter(_UntypedConverter):  # type: ignore[misc]
 
 
 def json_schema_to_gbnf(schema: str) -> str:
-    """llama-cpp-python's json_schema_to_gbnf, with integer bounds and emails enforced."""
+    """llama-cpp-python's json_schema_to_gbnf, with integer bounds and emails enforced, on the
+    schema as it reads it (`readable`), and characters past U+FFFF written as GBNF reads them."""
     converter = _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    resolved = converter.resolve_refs(json.loads(schema), "stdin")
+    resolved = converter.resolve_refs(readable(json.loads(schema)), "stdin")
     converter.visit(resolved, "")
-    return str(converter.format_grammar())
+    return _SURROGATES.sub(_one_code_point, str(converter.format_grammar()))
+
+
+# The converter writes literals with json.dumps, which escapes "👍" as a UTF-16 pair: GBNF reads
+# "\ud83d\ude4d" as two code points, neither a character, and the answer came out as six
+# U+FFFD. One \U escape each.
+_SURROGATES = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
+def _one_code_point(m: re.Match[str]) -> str:
+    high, low = int(m.group(1), 16), int(m.group(2), 16)
+    return f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08X}"
+
+
+# A value of any JSON type, for `items: {}` (the converter reads an empty schema as none given,
+# and failed: KeyError 'prefixItems').
+ANY_VALUE: dict[str, Any] = {
+    "anyOf": [{"type": t} for t in ("string", "number", "boolean", "null", "object", "array")]
+}
+# Regular-expression escapes GBNF has no word for, as character classes it reads.
+_CLASSES = {"d": "0-9", "w": "A-Za-z0-9_", "s": " \\t\\n\\r"}
+
+
+def readable(schema: Any, top: bool = True) -> Any:
+    """`schema` as llama-cpp-python's converter reads it, meaning the same:
+    - `items: {}` or `true` (any value), and an array with counts but no items: items of any
+      value (the converter failed, or dropped maxItems);
+    - `"type": ["string", "null"]` beside its keywords: each type alone with them (the
+      converter kept the types and dropped maxLength);
+    - `not` left out (served unenforced, as the docs say; it failed with an AssertionError);
+    - a root that is a `$ref` into its `$defs`: that definition (a recursive Pydantic model's
+      schema; the converter failed: KeyError);
+    - patterns with `\\d`, `\\w`, `\\s` and escaped punctuation as classes GBNF reads (`\\d`
+      was "unknown escape" in llama.cpp's grammar parser)."""
+    if isinstance(schema, list):
+        return [readable(item, False) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "not":
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):  # names to schemas: names are no keywords
+            out[key] = {name: readable(v, False) for name, v in value.items()}
+        elif key in _VALUES:  # JSON values, not schemas
+            out[key] = value
+        else:
+            out[key] = readable(value, False)
+    ref = out.get("$ref")
+    if top and isinstance(ref, str) and ref.startswith("#/$defs/") and isinstance(out.get("$defs"), dict):
+        target = out["$defs"].get(ref.removeprefix("#/$defs/"))
+        if isinstance(target, dict):
+            out = {**{k: v for k, v in out.items() if k != "$ref"}, **target}
+    if "items" in out and out["items"] in ({}, True):
+        out["items"] = ANY_VALUE
+    elif _is(out, "array") and "items" not in out and "prefixItems" not in out:
+        if "minItems" in out or "maxItems" in out:
+            out["items"] = ANY_VALUE
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = gbnf_pattern(out["pattern"])
+    types = out.get("type")
+    if isinstance(types, list) and types:
+        rest = {k: v for k, v in out.items() if k != "type"}
+        one = len(types) == 1
+        out = {**rest, "type": types[0]} if one else {"anyOf": [{**rest, "type": t} for t in types]}
+    return out
+
+
+# Keywords whose value maps names to schemas, and those whose value is JSON data.
+_SCHEMA_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties", "dependentSchemas"})
+_VALUES = frozenset({"enum", "const", "default", "examples", "required"})
+
+
+def _is(schema: dict[str, Any], kind: str) -> bool:
+    types = schema.get("type")
+    return types == kind or (isinstance(types, list) and kind in types)
+
+
+def gbnf_pattern(pattern: str) -> str:
+    """A regular expression's escapes as the converter and GBNF read them: `\\d` as `[0-9]`
+    (in a class, `0-9`), `\\w` and `\\s` likewise, an escaped punctuation mark as its code
+    (`\\.` as `[\\x2E]`). Others (`\\t`, `\\n`, `\\uXXXX`, `\\\\`) as they are."""
+    out, in_class, i = [], False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            e = pattern[i + 1]
+            i += 2
+            if e.lower() in _CLASSES and (e.islower() or not in_class):
+                body = _CLASSES[e.lower()]
+                out.append(body if in_class else f"[{'' if e.islower() else '^'}{body}]")
+            elif not e.isalnum() and e not in '\\"[]':
+                code = f"\\x{ord(e):02X}"
+                out.append(code if in_class else f"[{code}]")
+            else:
+                out.append(c + e)
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
