@@ -488,3 +488,41 @@ def test_a_stream_left_early_closes_its_response_at_once_on_both() -> None:
             assert closed == ["sync", "async"]
 
     asyncio.run(asyncio.wait_for(run_async(), 10))
+
+
+def test_a_retry_that_finds_no_server_says_what_the_server_said_before() -> None:
+    """SIGTERM during a call: the server answered 503 server_shutdown, the SDK retried after
+    Retry-After, found the port closed and raised a bare httpx.ConnectError."""
+    answers = iter(["shutdown", "down"] * 2)
+
+    def stopping(request: httpx.Request) -> httpx.Response:
+        if next(answers) == "down":
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        body = {"error": {"code": "server_shutdown", "message": "the server is shutting down"}}
+        return httpx.Response(503, json=body, headers={"Retry-After": "1"})
+
+    results = _both(httpx.MockTransport(stopping), lambda c: c.generate("hi"))
+    for r in results:
+        assert isinstance(r, RISError) and (r.status, r.code) == (503, "server_shutdown"), r
+        assert "the server could not be reached" in r.message and "ConnectError" in r.message
+
+
+def test_speech_made_before_a_restart_is_fetched_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """synthesize() made the speech, then its audio's download met the restarting server: a
+    bare ConnectError, and the app had not even the task id of the kept audio."""
+    import ris.sdk._ops as ops
+
+    monkeypatch.setattr(ops, "RESTART_POLL_S", 0.01)
+    made = {"task_id": "t", "model": "piper", "voice": "en", "sample_rate": 22050, "duration_s": 1.0}
+    made["audio_url"] = "/api/tts/audio/t"
+    downs = iter([True, True, False] * 2)
+
+    def restarting(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json=made)
+        if next(downs):
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return httpx.Response(200, content=b"RIFF....WAVE")
+
+    results = _both(httpx.MockTransport(restarting), lambda c: c.synthesize("Hello."))
+    assert all(getattr(r, "audio", None) == b"RIFF....WAVE" for r in results), results

@@ -262,14 +262,16 @@ class Operations:
         path: str | Path | None = None,
         **options: Any,
     ) -> Op[Speech]:
-        """Synthesize speech; returns the audio's bytes (and writes them to `path` if given):
-        WAV, or `format` ("mp3", "opus", "aac", "flac", "wav", "pcm")."""
+        """Synthesize speech; returns a Speech (its task id, model, voice, rate, duration and
+        the audio's bytes; written to `path` if given): WAV, or `format` ("mp3", "opus", "aac",
+        "flac", "wav", "pcm"). A server that restarts between the synthesis and the audio's
+        download is waited for, as wait() waits (the audio outlives a restart)."""
         body = {"text": text, "voice": voice, "speed": speed, "model": model, "format": format, **options}
         resp = yield Call(
             "POST", "/api/tts/synthesize", json={k: v for k, v in body.items() if v is not None}
         )
         meta = resp.json()
-        audio = (yield Call("GET", meta["audio_url"])).content
+        audio = (yield from _fetch_riding_out(meta["audio_url"])).content
         speech = Speech(
             meta["task_id"],
             meta["model"],
@@ -310,7 +312,8 @@ class Operations:
         failed (404 not_found for an id that is not an image task's), TimeoutError once
         `timeout` seconds passed with the task still queued or running (it is not cancelled).
         A server restart is ridden out (the task is durable): httpx's error only once the
-        server has not answered for RIDE_OUT_RESTART_S (120 s)."""
+        server has not answered for RIDE_OUT_RESTART_S (120 s), or by `timeout`, whichever
+        comes first (a request under way is not cut short: its own HTTP timeout bounds it)."""
         return (yield from _wait(task_id, on_progress, poll_s, timeout))
 
     @op
@@ -431,6 +434,23 @@ class Operations:
 # before it listens again), and how often.
 RIDE_OUT_RESTART_S = 120.0
 RESTART_POLL_S = 1.0
+
+
+def _fetch_riding_out(url: str) -> Generator[Call | Pause, Any, httpx.Response]:
+    """GET `url`, asking again for RIDE_OUT_RESTART_S while the server does not answer (a
+    synthesis made, then its server restarted: the audio was lost to the caller with a bare
+    ConnectError, though it was kept and served after the restart)."""
+    unanswered_since: float | None = None
+    while True:
+        try:
+            resp: httpx.Response = yield Call("GET", url)
+            return resp
+        except httpx.TransportError:
+            now = time.monotonic()
+            unanswered_since = now if unanswered_since is None else unanswered_since
+            if now - unanswered_since > RIDE_OUT_RESTART_S:
+                raise
+            yield Pause(RESTART_POLL_S)
 
 
 def _wait(

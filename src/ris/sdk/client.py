@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ris.sdk._common import NOT_RETRIED, RETRY_STATUSES, backoff_delay, error_from, server_url
+from ris.sdk._common import NOT_RETRIED, RETRY_STATUSES, RISError, backoff_delay, error_from, server_url
 from ris.sdk._ops import AsyncRunner, Call, Op, Operations, Pause, StreamSpec, SyncRunner, T
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -44,6 +44,11 @@ class _Base(Operations):
     def _retry_delay(self, call: Call, resp: httpx.Response, attempt: int) -> float | None:
         """None: hand `resp` back. Else the seconds to wait before asking again; raises RISError
         when the answer is an error that is not retried (or retries are used up)."""
+        retry = self._retry(call, resp, attempt)
+        return None if retry is None else retry[0]
+
+    def _retry(self, call: Call, resp: httpx.Response, attempt: int) -> tuple[float, RISError] | None:
+        """`_retry_delay`, with the error the retry answers."""
         if resp.status_code < 400 or not call.check:
             return None
         err = error_from(resp)
@@ -57,7 +62,19 @@ class _Base(Operations):
         )
         if not retried or attempt >= self.max_retries:
             raise err
-        return backoff_delay(attempt, err.retry_after, self.max_retry_wait)
+        return backoff_delay(attempt, err.retry_after, self.max_retry_wait), err
+
+
+def unreachable_on_retry(answered: RISError, e: httpx.TransportError) -> RISError:
+    """What a retry that could not reach the server raises: the error the server answered
+    before (its stop's server_shutdown, a full queue), saying the retry found no server. The
+    app saw a bare ConnectError for a server that had said it was stopping."""
+    return RISError(
+        answered.status,
+        answered.code,
+        f"{answered.message}; retried, and the server could not be reached ({type(e).__name__}: {e})",
+        answered.retry_after,
+    )
 
 
 class Client(_Base, SyncRunner):
@@ -95,14 +112,19 @@ class Client(_Base, SyncRunner):
             return result
 
     def _call(self, call: Call) -> httpx.Response:
-        attempt = 0
+        attempt, answered = 0, None
         while True:
-            resp = self._http.request(call.method, call.url, json=call.json, params=call.params)
-            delay = self._retry_delay(call, resp, attempt)
-            if delay is None:
+            try:
+                resp = self._http.request(call.method, call.url, json=call.json, params=call.params)
+            except httpx.TransportError as e:
+                if answered is None:
+                    raise
+                raise unreachable_on_retry(answered, e) from e
+            retry = self._retry(call, resp, attempt)
+            if retry is None:
                 return resp
-            time.sleep(delay)
-            attempt += 1
+            time.sleep(retry[0])
+            attempt, answered = attempt + 1, retry[1]
 
     def _iterate(self, spec: StreamSpec[T]) -> Generator[T, None, None]:
         call, attempt = spec.call, 0
@@ -156,14 +178,19 @@ class AsyncClient(_Base, AsyncRunner):
             return result
 
     async def _call(self, call: Call) -> httpx.Response:
-        attempt = 0
+        attempt, answered = 0, None
         while True:
-            resp = await self._http.request(call.method, call.url, json=call.json, params=call.params)
-            delay = self._retry_delay(call, resp, attempt)
-            if delay is None:
+            try:
+                resp = await self._http.request(call.method, call.url, json=call.json, params=call.params)
+            except httpx.TransportError as e:
+                if answered is None:
+                    raise
+                raise unreachable_on_retry(answered, e) from e
+            retry = self._retry(call, resp, attempt)
+            if retry is None:
                 return resp
-            await asyncio.sleep(delay)
-            attempt += 1
+            await asyncio.sleep(retry[0])
+            attempt, answered = attempt + 1, retry[1]
 
     async def _iterate(self, spec: StreamSpec[T]) -> AsyncGenerator[T, None]:
         call, attempt = spec.call, 0
