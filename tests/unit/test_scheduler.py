@@ -280,6 +280,10 @@ def test_progress_and_eta() -> None:
     clock.advance(2)
     sched.progress("t0", 2, 10)
     assert sched.eta("t0") == pytest.approx(8.0)
+    # Past its last step it still runs (an image's decode): a step's time left, not 0.
+    clock.advance(8)
+    sched.progress("t0", 10, 10)
+    assert sched.eta("t0") == pytest.approx(1.0)
 
 
 def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:

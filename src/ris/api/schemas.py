@@ -180,7 +180,10 @@ class ImageProgress(BaseModel):
     status: str
     step: int
     total_steps: int | None
-    progress: float
+    progress: float = Field(
+        description="0 to 1: steps done of total_steps, short of 1 until the image is done (its "
+        "decode after the last step is work too)"
+    )
     queue_position: int | None
     eta_s: float | None = Field(
         description="seconds until it ends, estimated: by its progress once it has some, before "

@@ -556,8 +556,12 @@ class Scheduler:
             start = task.own_run_start
             since = self._clock() if start is None else start
             if task.progress_total and task.progress_done:
+                # A task running past its last step has work left all the same (an image's
+                # decode and file): a step's time, not 0 (a large image said "ETA 0 s" for
+                # half of its time).
                 elapsed = self._clock() - since
-                return elapsed / task.progress_done * (task.progress_total - task.progress_done)
+                steps_left = max(task.progress_total - task.progress_done, 1)
+                return elapsed / task.progress_done * steps_left
             # Its model's load is ahead of it until it reports progress or the model arrives.
             load = task.spec.load_s if not task.progress_done and task.run_since is None else 0.0
             return max(0.0, est + load - (self._clock() - since))
