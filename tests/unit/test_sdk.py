@@ -526,3 +526,25 @@ def test_speech_made_before_a_restart_is_fetched_after_it(monkeypatch: pytest.Mo
 
     results = _both(httpx.MockTransport(restarting), lambda c: c.synthesize("Hello."))
     assert all(getattr(r, "audio", None) == b"RIFF....WAVE" for r in results), results
+
+
+def test_image_takes_a_progress_callback_and_a_timeout_as_wait_does() -> None:
+    """image(on_progress=print) sent the callback in the request ("not JSON serializable")."""
+    bodies: list[Any] = []
+    polls = iter(["running", "succeeded"])
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            bodies.append(json.loads(request.content))
+            return httpx.Response(202, json={"task_id": "t", "status": "queued"})
+        if "/progress/" in request.url.path:
+            return httpx.Response(200, json={"task_id": "t", "status": next(polls), "progress": 0.5})
+        return httpx.Response(200, content=b"\x89PNG")
+
+    seen: list[dict[str, Any]] = []
+    with Client("http://ris.test", transport=httpx.MockTransport(server)) as c:
+        assert c.image("a cat", on_progress=seen.append, timeout=30, steps=2) == b"\x89PNG"
+    assert bodies == [{"prompt": "a cat", "steps": 2}] and [p["status"] for p in seen] == [
+        "running",
+        "succeeded",
+    ]

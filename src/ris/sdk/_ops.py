@@ -322,11 +322,23 @@ class Operations:
         return _save((yield Call("GET", f"/api/image/result/{task_id}")).content, path)
 
     @op
-    def image(self, /, prompt: str, *, path: str | Path | None = None, **options: Any) -> Op[bytes]:
-        """Generate, wait and fetch: the PNG bytes."""
+    def image(
+        self,
+        /,
+        prompt: str,
+        *,
+        path: str | Path | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Op[bytes]:
+        """Generate, wait and fetch: the PNG bytes (written to `path` if given). `on_progress`
+        and `timeout` as wait() takes them (a progress bar; TimeoutError past `timeout`, the
+        task left running); other options go to the request (width, height, steps, seed, ...).
+        They were sent as fields of the request: a callback was "not JSON serializable"."""
         body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
         task_id = (yield Call("POST", "/api/image/generate", json=body)).json()["task_id"]
-        yield from _wait(task_id, None, 0.25, None)
+        yield from _wait(task_id, on_progress, 0.25, timeout)
         return _save((yield Call("GET", f"/api/image/result/{task_id}")).content, path)
 
     @op
