@@ -212,7 +212,7 @@ def test_ollama_ps_says_when_keep_alive_unloads_a_model(srv: Server) -> None:
 
     def expires_at(model: str) -> str:
         running = httpx.get(f"{srv.url}/api/ps", timeout=30).json()["models"]
-        found: str = next(m["expires_at"] for m in running if m["name"] == model)
+        found: str = next(m["expires_at"] for m in running if m["name"] == f"{model}:latest")  # tagged
         return found
 
     def ollama_generate(keep_alive: str | int) -> None:
