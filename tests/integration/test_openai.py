@@ -58,6 +58,10 @@ def test_a_prompt_in_a_language_the_model_does_not_write_is_warned_of(oa: OpenAI
         assert "the prompt is Chinese ('zh')" in note and "writes en only" in note, note
     english = oa.completions.with_raw_response.create(model="smollm2", prompt="The sky is", max_tokens=2)
     assert "x-warnings" not in english.headers
+    # Each answer names its task, streamed or not; OpenAI's SDK reads x-request-id as its id.
+    for raw in (plain, streamed, english):
+        assert raw.headers["x-task-id"] and raw.headers["x-request-id"] == raw.headers["x-task-id"]
+    assert english.parse()._request_id == english.headers["x-task-id"]
 
 
 def test_streamed_chat_joins_into_the_same_text(oa: OpenAI) -> None:

@@ -557,6 +557,11 @@ async def test_what_ollamas_clients_send_on_its_port_is_taken_as_ollama_takes_it
         every = (await call(eng, "GET", "/v1/models", ollama_port=False)).json()["data"]
         assert "e" in [m["id"] for m in every]  # the main port's /v1 lists every lane's
         assert (await call(eng, "HEAD", "/", ollama_port=False)).status_code == 200
+        for port in (True, False):  # a monitor's HEAD of the model list was a 405 on /v1
+            head = await call(eng, "HEAD", "/v1/models", ollama_port=port)
+            assert head.status_code == 200 and head.content == b""
+            assert (await call(eng, "HEAD", "/v1/models/m", ollama_port=port)).status_code == 200
+            assert (await call(eng, "HEAD", "/v1/models/nope", ollama_port=port)).status_code == 404
         body = {"model": "m", "prompt": "hi", "stream": False, "options": {"seed": 2**40 + 5}}
         request = asyncio.create_task(call(eng, "POST", "/api/generate", body, ollama_port=True))
         await settle()

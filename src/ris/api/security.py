@@ -38,7 +38,7 @@ OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
 # The response headers an allowed origin's script may read: what the API answers with.
 EXPOSED_HEADERS = (
-    "X-Task-Id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry, "
+    "X-Task-Id, x-request-id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry, "
     "Content-Range, Accept-Ranges, ETag, Server-Timing"
 )
 # The origins Ollama lets in by default (its envconfig.AllowedOrigins): pages on this machine

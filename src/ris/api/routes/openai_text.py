@@ -101,6 +101,11 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     )
 
 
+# A HEAD of the list or of a model (monitors, `curl -I`) as of a GET: headers, status, no body.
+router.add_api_route("/models", list_models, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/models/{model_id:path}", retrieve_model, methods=["HEAD"], include_in_schema=False)
+
+
 def _llm_model(engine: Engine, name: str, route: str) -> str:
     models = engine.config.lane(Lane.LLM).models
     # A tool set up for Ollama's /v1 names the model as /api/tags lists it, tag and all.
@@ -258,7 +263,7 @@ async def chat_completions(request: Request, response: Response) -> Any:
             warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
-    response.headers.update(warned)
+    response.headers.update({**warned, **_task_headers(handle)})
     message, finish = chat_answer(r.text, _finish_reason(r), plan, call_ids)
     return {
         **base,
@@ -305,16 +310,20 @@ async def completions(request: Request, response: Response) -> Any:
             warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
-    response.headers.update(warned)
+    response.headers.update({**warned, **_task_headers(handle)})
     return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
 
 
 def _streaming(
     chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult], headers: dict[str, str]
 ) -> StreamingResponse:
-    return StreamingResponse(
-        chunks, media_type="text/event-stream", headers={"X-Task-Id": handle.task_id, **headers}
-    )
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={**_task_headers(handle), **headers})
+
+
+def _task_headers(handle: TaskHandle[LLMResult]) -> dict[str, str]:
+    """The task's id, streamed or not: X-Task-Id as on every RIS answer, and x-request-id,
+    which OpenAI's SDKs read into a response's `_request_id` (what users quote in a report)."""
+    return {"X-Task-Id": handle.task_id, "x-request-id": handle.task_id}
 
 
 async def _stream(
