@@ -40,20 +40,31 @@ class ChartHistory:
         self.every_s = every_s
         self._clock = clock
         self._ticker = ticker or clock
-        self._last_tick: float | None = None
+        self._next_tick: float | None = None  # when the next sample is owed, on the ticker
         # One more than the span holds, so the oldest point still reaches the chart's left edge.
         self._cap = math.ceil(span_s / every_s) + 1
         self._series: dict[str, deque[tuple[float, tuple[float | None, ...]]]] = {}
 
     def due(self) -> bool:
-        """Whether a sample is owed: none yet, or the last is `every_s` old."""
-        return self._last_tick is None or self._ticker() - self._last_tick >= self.every_s
+        """Whether a sample is owed: none yet, or its time has come. A hundredth of the interval
+        early counts: an event loop wakes a timer up to its clock's resolution before the time
+        asked, and a sample found "not due" by microseconds was skipped for a whole interval
+        (a quarter of the points were missing)."""
+        return self._next_tick is None or self._ticker() >= self._next_tick - self.every_s / 100
+
+    def until_due(self) -> float:
+        """Seconds until the next sample is owed (0: now): what the sampling loop sleeps."""
+        return 0.0 if self._next_tick is None else max(0.0, self._next_tick - self._ticker())
 
     def record(self, values: Mapping[str, Values]) -> None:
         """One sample of every series, at the clock's time. A series not in `values` gets no
         point this time (a lane that appeared later starts where it appeared)."""
-        now = self._clock()
-        self._last_tick = self._ticker()
+        now, tick = self._clock(), self._ticker()
+        # On a fixed schedule (a late sample does not push the next ones later), restarted
+        # from now after a stall of more than an interval rather than catching up in a burst.
+        owed = self._next_tick
+        restart = owed is None or tick - owed >= self.every_s
+        self._next_tick = (tick if restart or owed is None else owed) + self.every_s
         for name, vs in values.items():
             points = self._series.get(name)
             if points is None:

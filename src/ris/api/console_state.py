@@ -239,4 +239,4 @@ async def keep_chart_history(engine: Engine, history: ChartHistory) -> None:
                 history.record(chart_values(snap, engine.config, steps, cores.update(_core_times())))
             except Exception:  # noqa: BLE001 - a bad sample must not end the history
                 log.exception("console chart sample failed")
-        await asyncio.sleep(history.every_s)
+        await asyncio.sleep(history.until_due())
