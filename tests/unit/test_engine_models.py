@@ -12,6 +12,7 @@ from ris import messages as m
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest
+from ris.memory.residency import expiry
 
 from .fakes import run, started_engine
 
@@ -213,3 +214,29 @@ async def test_a_load_on_first_use_has_the_load_timeout_not_the_busy_one(tmp_pat
         failed = await slow.done
         assert (failed.state, failed.error_code) == ("failed", "worker_timeout") and llm.kills == 1
         assert failed.error_message is not None and "load_timeout_s" in failed.error_message
+
+
+@run
+async def test_a_finished_tasks_keep_alive_is_the_models_expiry_before_the_worker_says_it(tmp_path: Path) -> None:
+    """/api/ps asked the moment a `keep_alive: 0` answer came said "kept for ever": the
+    worker tells the expiry (m.ModelExpiry) only after the task's end."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(models=(_info("m", 1.0),))
+        first = eng.submit(LLM, "m", LLMRequest(prompt="a"), keep_alive_s=0)
+        second = eng.submit(LLM, "m", LLMRequest(prompt="b"), keep_alive_s=30)
+        llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))
+        # b still runs on it: the lane's keep_alive, from now
+        assert eng.model_expiries("llm")["m"] == expiry(0.0, eng.config.lane("llm").keep_alive_s)
+        llm.deliver(m.TaskDone(second.task_id, LLMOutcome("stop", 1, 0)))
+        assert eng.model_expiries("llm") == {"m": pytest.approx(30.0)}  # the last task's own
+        clock.advance(10.0)
+        assert eng.model_expiries("llm") == {"m": pytest.approx(20.0)}
+        llm.deliver(m.ModelExpiry("m", 25.0))  # the worker's word wins
+        assert eng.model_expiries("llm") == {"m": pytest.approx(25.0)}
+        forever = eng.submit(LLM, "m", LLMRequest(prompt="c"), keep_alive_s=-1)
+        llm.deliver(m.TaskDone(forever.task_id, LLMOutcome("stop", 1, 0)))
+        assert eng.model_expiries("llm") == {"m": None}
+        gone = eng.submit(LLM, "m", LLMRequest(prompt="d"), keep_alive_s=0)
+        llm.deliver(m.TaskDone(gone.task_id, LLMOutcome("stop", 1, 0)))
+        assert eng.model_expiries("llm") == {"m": 0.0}

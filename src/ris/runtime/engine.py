@@ -609,6 +609,18 @@ class Engine:
                 for task_id in self._fail_queued(replica.lane, "lane_unavailable", why):
                     self._settle(task_id)
 
+    def _expect_expiry(self, replica: Replica, task_id: str) -> None:
+        """The expiry a task's end sets for its model, now idle, as its worker will tell it
+        (m.ModelExpiry, sent after the end): until then /api/ps, asked by a client the moment
+        its `keep_alive: 0` answer came, said the model was kept for ever."""
+        model = self._model_of(task_id)
+        if model is None or model not in replica.models or any(self._model_of(t) == model for t in replica.running):
+            return
+        handle = self._handles.get(task_id)
+        asked = handle.keep_alive_s if handle is not None else None
+        ttl = self.config.lane(replica.lane).keep_alive_s if asked is None else asked
+        replica.expiries[model] = expiry(self.clock(), ttl)
+
     def _on_model_wait(self, replica: Replica, msg: m.ModelsHeld | m.ModelLoading | m.ModelLoaded) -> None:
         """What the worker says of the models its tasks wait for; a task that waited and no
         longer does has its model: its own run begins (Scheduler.model_ready)."""
@@ -672,6 +684,7 @@ class Engine:
                 self._supervisor.loaded(replica.watch)
             self._where.pop(msg.task_id, None)
             self._supervisor.task_ended(replica.watch)
+            self._expect_expiry(replica, msg.task_id)
         handle = self._handles.get(msg.task_id)
         if isinstance(msg, m.TaskDone):
             try:
