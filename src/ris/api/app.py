@@ -194,10 +194,26 @@ def _document_bodies(app: FastAPI) -> None:
                 [(m, "validation") for m in DOCUMENTED_BODIES], ref_template="#/components/schemas/{model}"
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            _document_body_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_body_errors(schema: dict[str, Any]) -> None:
+    """What any operation that takes a body may answer besides its own list: 408
+    `body_timeout` (BodyLimit: the body stopped coming) and 507 (the work it queues found the
+    disk full, `storage_full`, or its model's GPU budget short, `gpu_out_of_memory`), in the
+    shape of the operation's other errors (Ollama's on its routes)."""
+    for operation in (op for ops in schema.get("paths", {}).values() for op in ops.values()):
+        if not isinstance(operation, dict) or "requestBody" not in operation:
+            continue
+        answers = operation.setdefault("responses", {})
+        shape = answers.get("422") or answers.get("400")
+        if shape is not None:
+            for code in ("408", "507"):
+                answers.setdefault(code, shape)
 
 
 def create_app(
