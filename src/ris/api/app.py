@@ -206,7 +206,7 @@ def _document_body_errors(schema: dict[str, Any]) -> None:
     `body_timeout` (BodyLimit: the body stopped coming) and 507 (the work it queues found the
     disk full, `storage_full`, or its model's GPU budget short, `gpu_out_of_memory`), in the
     shape of the operation's other errors (Ollama's on its routes)."""
-    for operation in (op for ops in schema.get("paths", {}).values() for op in ops.values()):
+    for operation in (op for item in schema.get("paths", {}).values() for op in item.values()):
         if not isinstance(operation, dict) or "requestBody" not in operation:
             continue
         answers = operation.setdefault("responses", {})

@@ -38,8 +38,8 @@ OPEN_PREFIXES = ("/ui/static/",)
 KEY_COOKIE = "ris_key"
 # The response headers an allowed origin's script may read: what the API answers with.
 EXPOSED_HEADERS = (
-    "X-Task-Id, x-request-id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, x-should-retry, "
-    "Content-Range, Accept-Ranges, ETag, Server-Timing"
+    "X-Task-Id, x-request-id, Retry-After, X-Sample-Rate, X-Duration-S, X-Ignored-Options, X-Warnings, "
+    "x-should-retry, Content-Range, Accept-Ranges, ETag, Server-Timing"
 )
 # The origins Ollama lets in by default (its envconfig.AllowedOrigins): pages on this machine
 # on any port, desktop apps (Electron's app://, Tauri's), editors' webviews. Its clients (Open
