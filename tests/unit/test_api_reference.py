@@ -39,9 +39,7 @@ def test_every_route_and_request_field_is_documented() -> None:
 def test_an_operation_that_takes_a_body_lists_the_body_timeout_and_a_full_disk() -> None:
     """The reference's per-route error lists left out 408 body_timeout and 507 (storage_full,
     gpu_out_of_memory), which its own status-code section says any of them may answer."""
-    bodies = [
-        op for ops in openapi_schema()["paths"].values() for op in ops.values() if "requestBody" in op
-    ]
+    bodies = [op for ops in openapi_schema()["paths"].values() for op in ops.values() if "requestBody" in op]
     assert len(bodies) > 10
     for op in bodies:
         assert {"408", "507"} <= set(op["responses"]), op.get("summary")

@@ -217,7 +217,9 @@ async def test_a_load_on_first_use_has_the_load_timeout_not_the_busy_one(tmp_pat
 
 
 @run
-async def test_a_finished_tasks_keep_alive_is_the_models_expiry_before_the_worker_says_it(tmp_path: Path) -> None:
+async def test_a_finished_tasks_keep_alive_is_the_models_expiry_before_the_worker_says_it(
+    tmp_path: Path,
+) -> None:
     """/api/ps asked the moment a `keep_alive: 0` answer came said "kept for ever": the
     worker tells the expiry (m.ModelExpiry) only after the task's end."""
     async with started_engine(tmp_path) as (eng, workers, clock):

@@ -675,3 +675,55 @@ def test_one_client_holds_at_most_its_share_of_the_queue() -> None:
     s.submit(image("alice"))  # a place of hers freed
     s.submit(image(None), force=True)  # resumed after a restart: never refused
     assert s.get(first.id) is not None
+
+
+def test_a_queued_tasks_place_and_eta_follow_the_turns_clients_take() -> None:
+    """One slot, a's picture running, a's two queued, then b's: b runs next (the clients take
+    turns), but the places read the priority order: b was told "third", and a's next, told
+    "next", was pushed back a turn when the slot freed."""
+    sched = fair(0.5, 1)
+    a1 = sched.submit(TaskSpec(lane=Lane.LLM, client="a", work=2.0))
+    sched.dispatch()
+    a2, a3 = (sched.submit(TaskSpec(lane=Lane.LLM, client="a")) for _ in range(2))
+    b1 = sched.submit(TaskSpec(lane=Lane.LLM, client="b"))
+    assert [sched.position(t.id) for t in (b1, a2, a3)] == [0, 1, 2]
+    etas = [sched.eta(t.id) or 0.0 for t in (b1, a2, a3)]
+    assert etas == sorted(etas) and etas[0] > 0
+    sched.finish(a1.id, TaskState.SUCCEEDED)
+    assert [t.id for t in sched.dispatch()] == [b1.id]
+    assert [sched.position(t.id) for t in (a2, a3)] == [0, 1]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_places_told_are_the_order_tasks_start_in(seed: int) -> None:
+    """Random clients, costly tasks, priorities and slots: every queued task's place is where
+    it starts, when running tasks end oldest first."""
+    import random
+
+    rng = random.Random(seed)
+    slots = rng.randint(1, 4)
+    sched = fair(rng.choice([0.25, 0.5, 0.75]), slots)
+    clock = sched._clock  # noqa: SLF001 - the FakeClock fair() made
+    running: list[str] = []
+    for _ in range(rng.randint(0, slots)):
+        running += [t.id for t in sched.dispatch()]
+        sched.submit(TaskSpec(lane=Lane.LLM, client=rng.choice("abc"), costly=rng.random() < 0.3))
+        running += [t.id for t in sched.dispatch()]
+    for _ in range(rng.randint(2, 12)):
+        clock.advance(rng.random())  # type: ignore[attr-defined]
+        client = rng.choice(["a", "b", "c", None])
+        spec = TaskSpec(
+            lane=Lane.LLM, client=client, costly=rng.random() < 0.3, priority=rng.choice([0, 0, 1])
+        )
+        sched.submit(spec)
+    running += [t.id for t in sched.dispatch()]
+    waiting = [t for t in sched.tasks() if t.state is TaskState.QUEUED]
+    told = sorted(waiting, key=lambda t: sched.position(t.id))  # type: ignore[arg-type,return-value]
+    assert sorted(sched.position(t.id) for t in waiting) == list(range(len(waiting)))  # type: ignore[type-var]
+    started: list[str] = []
+    while len(started) < len(waiting):
+        sched.finish(running.pop(0), TaskState.SUCCEEDED)
+        now = [t.id for t in sched.dispatch()]
+        running += now
+        started += now
+    assert started == [t.id for t in told]

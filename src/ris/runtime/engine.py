@@ -614,7 +614,11 @@ class Engine:
         (m.ModelExpiry, sent after the end): until then /api/ps, asked by a client the moment
         its `keep_alive: 0` answer came, said the model was kept for ever."""
         model = self._model_of(task_id)
-        if model is None or model not in replica.models or any(self._model_of(t) == model for t in replica.running):
+        if (
+            model is None
+            or model not in replica.models
+            or any(self._model_of(t) == model for t in replica.running)
+        ):
             return
         handle = self._handles.get(task_id)
         asked = handle.keep_alive_s if handle is not None else None

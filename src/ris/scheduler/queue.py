@@ -35,6 +35,7 @@ class LaneQueue:
         # tasks asks each one's place (and its ETA asks again), n sorts of n without it.
         self._places: dict[str, int] | None = None
         self._ahead: dict[str, float] | None = None  # with _places: the work queued before each
+        self.version = 0  # changes whenever a task joins or leaves: a key for what is cached on it
 
     def key_for(self, submitted_at: float, priority: int, pclass: PriorityClass) -> float:
         boost = self.aging_s * priority
@@ -55,6 +56,7 @@ class LaneQueue:
             raise OverflowError("lane queue is full")
         heapq.heappush(self._heap, (task.sort_key, task.seq, task))
         self._places = None
+        self.version += 1
         self._live += 1
         client = task.spec.client
         self._clients[client] = self._clients.get(client, 0) + 1
@@ -132,6 +134,7 @@ class LaneQueue:
 
     def _gone(self, task: Task) -> None:
         self._places = None
+        self.version += 1
         self._live -= 1
         client = task.spec.client
         left = self._clients[client] - 1

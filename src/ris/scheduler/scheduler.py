@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ris.scheduler.fairness import fair_order, fair_pick
 from ris.scheduler.queue import LaneQueue
 from ris.scheduler.run_fit import RunFit
 from ris.scheduler.tasks import PriorityClass, Task, TaskSpec, TaskState
@@ -177,6 +178,8 @@ class _LaneBook:
         self.waits: deque[float] = deque(maxlen=1000)
         self.rejected = 0  # submissions refused with QueueFull
         self.last_client: str | None = None  # the client of the task started last (fairness)
+        # Scheduler._placing's last answer and what it was computed from.
+        self.placing: tuple[tuple[Any, ...], dict[str, int], dict[str, float]] | None = None
         # Run times learned as a fixed part and a part per unit of work (TaskSpec.work), for
         # ETAs at a task's size; its mean, for Retry-After (when a slot frees).
         self.runs = RunFit(policy.initial_run_estimate_s)
@@ -331,63 +334,39 @@ class Scheduler:
 
     @staticmethod
     def _next_fair(book: _LaneBook) -> Task | None:
-        """The queue's first task, unless its client already holds its share of the lane's
-        slots while another client's task waits: then the first task of a client under its
-        share (taken out of the queue's order, which stays as it was for everyone else).
-
-        The client that started a task last counts as holding one slot more: on a lane of one
-        slot (a share of one slot at least) two clients then take turns, rather than the one
-        that queued first running all its tasks while the other waits.
-
-        Costly tasks (TaskSpec.costly) of a client past its share wait even when nobody else
-        does: the slots they would take stay free for the next client's request, which would
-        otherwise wait for a costly task to end (seconds, where a plain chat takes a fraction
-        of one). A client's plain tasks still take any free slot."""
-        head = book.queue.peek()
-        if head is None or head.spec.client is None or book.policy.client_share >= 1.0:
-            return book.queue.pop()
-        if not head.spec.costly and book.queue.client_count() == 1:
-            # Only the head's client waits, and a plain task takes any free slot: the pass below
-            # would pick the head too (the common case of one app or one user, at every dispatch).
-            return book.queue.pop()
-        cap = max(1, math.ceil(book.policy.client_share * book.slots))
-        held: dict[str | None, int] = {book.last_client: 1}
-        held_costly: dict[str | None, int] = {}
-        for t in book.running.values():  # one pass, plain dicts: this runs at every dispatch
-            c = t.spec.client
-            held[c] = held.get(c, 0) + 1
-            if t.spec.costly:
-                held_costly[c] = held_costly.get(c, 0) + 1
-
-        def under_share(task: Task) -> bool:
-            return task.spec.client is None or held.get(task.spec.client, 0) < cap
-
-        def may_start(task: Task) -> bool:
-            client = task.spec.client
-            return not task.spec.costly or client is None or held_costly.get(client, 0) < cap
-
-        if under_share(head) and may_start(head):
-            return book.queue.pop()
-        # One pass each, no sorting (a full queue of one client's tasks was sorted twice at
-        # every dispatch).
-        full = {client for client, n in held.items() if n >= cap and client is not None}
-        # The pass only where a client under its share waits at all: one client with a queue
-        # of its own tasks (an app sending many at once) costs one set difference, not a scan.
-        task = None
-        if book.queue.clients() - full:
-            task = book.queue.first(lambda t: t.spec.client not in full and may_start(t))
-        if task is None and book.last_client in full:
-            # Full only by the turn-taking extra slot, the last starter may hold nothing now:
-            # it goes before a client holding its whole share (who took every slot otherwise).
-            real = held[book.last_client] - 1
-            if real < cap:
-                task = book.queue.first(lambda t: t.spec.client == book.last_client and may_start(t))
-        if task is None:
-            # No one under their share waits: a free slot is not left idle, but for a costly task.
-            task = head if may_start(head) else book.queue.first(may_start)
+        """The task to start in a free slot (fairness.fair_pick), out of the queue."""
+        task = fair_pick(
+            book.queue, book.running.values(), book.last_client, book.policy.client_share, book.slots
+        )
         if task is not None:
-            book.queue.take(task)
+            if task is book.queue.peek():
+                book.queue.pop()
+            else:
+                book.queue.take(task)
         return task
+
+    def _placing(self, book: _LaneBook) -> tuple[dict[str, int], dict[str, float]] | None:
+        """Each queued task's place and the work queued before it in the order dispatch will
+        start them when clients share the lane (fairness.fair_order), cached until the queue,
+        the running tasks or the slots change; None where that is the priority order."""
+        policy = book.policy
+        if self.ordering is Ordering.FIFO or policy.client_share >= 1.0 or not len(book.queue):
+            return None
+        slots = max(1, book.slots)  # a worker starting: placed as it will run once up
+        key = (book.queue.version, tuple(book.running), book.last_client, slots)
+        if book.placing is not None and book.placing[0] == key:
+            return book.placing[1], book.placing[2]
+        order = fair_order(
+            book.queue.ordered(), list(book.running.values()), book.last_client, policy.client_share, slots
+        )
+        places: dict[str, int] = {}
+        ahead: dict[str, float] = {}
+        total = 0.0
+        for i, t in enumerate(order):
+            places[t.id], ahead[t.id] = i, total
+            total += t.spec.work
+        book.placing = (key, places, ahead)
+        return places, ahead
 
     def _dispatch_fifo(self, now: float) -> list[Task]:
         # Each lane's queue is in arrival order here (key = submission time), so the global
@@ -532,7 +511,9 @@ class Scheduler:
         task = self._tasks.get(task_id)
         if task is None or task.state is not TaskState.QUEUED:
             return None
-        return self._book(task.lane).queue.place(task_id)
+        book = self._book(task.lane)
+        placing = self._placing(book)
+        return book.queue.place(task_id) if placing is None else placing[0].get(task_id)
 
     def eta(self, task_id: str, wait: ModelWait | None = None) -> float | None:
         """Estimated seconds until the task finishes, from the lane's mean run time, plus its
@@ -571,7 +552,9 @@ class Scheduler:
         left = sum(self.eta(t) or 0.0 for t in book.running)
         fixed, per_unit = book.runs.line()
         place = self.position(task_id) or 0
-        ahead = left + place * fixed + per_unit * book.queue.work_before(task_id)
+        placing = self._placing(book)
+        before = book.queue.work_before(task_id) if placing is None else placing[1].get(task_id, 0.0)
+        ahead = left + place * fixed + per_unit * before
         return ahead / max(1, book.slots) + est + task.spec.load_s
 
     def stats(self, lane: str) -> LaneStats:

@@ -317,7 +317,9 @@ async def completions(request: Request, response: Response) -> Any:
 def _streaming(
     chunks: AsyncIterator[bytes], handle: TaskHandle[LLMResult], headers: dict[str, str]
 ) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers={**_task_headers(handle), **headers})
+    return StreamingResponse(
+        chunks, media_type="text/event-stream", headers={**_task_headers(handle), **headers}
+    )
 
 
 def _task_headers(handle: TaskHandle[LLMResult]) -> dict[str, str]:
