@@ -190,6 +190,35 @@ async def test_a_crash_fails_the_running_task_and_the_worker_restarts_after_a_ba
 
 
 @run
+async def test_a_task_queued_while_its_worker_restarts_says_so_and_counts_the_start(tmp_path: Path) -> None:
+    """Queued behind a restarting worker, a task's ETA stood still for the whole start and
+    waiting_for said nothing (the image lane's worker starts in 20-45 s)."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        first = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        assert eng.lookup(first.task_id).waiting_for == "worker_start"  # type: ignore[union-attr]
+        clock.advance(8.0)  # the first start takes 8 s
+        llm.ready()
+        assert eng.lookup(first.task_id).waiting_for is None  # type: ignore[union-attr]  # running
+        queued = eng.submit(LLM, "m", LLMRequest(prompt="b"))
+        settled = eng.lookup(queued.task_id)
+        assert settled is not None and settled.waiting_for is None and settled.eta_s is not None
+        llm.die()
+        eng.check()  # the crash: a back-off, then a start expected to take 8 s
+        view = eng.lookup(queued.task_id)
+        assert view is not None and view.state == "queued" and view.waiting_for == "worker_start"
+        assert view.eta_s is not None and view.eta_s >= 8.0 + backoff(0)
+        clock.advance(backoff(0))
+        eng.check()  # restarted
+        clock.advance(5.0)
+        later = eng.lookup(queued.task_id)
+        assert later is not None and later.eta_s is not None
+        assert later.eta_s == pytest.approx(view.eta_s - backoff(0) - 5.0, abs=0.01)  # counts down
+        llm.ready()
+        assert eng.lookup(queued.task_id).waiting_for is None  # type: ignore[union-attr]
+
+
+@run
 async def test_a_worker_over_its_memory_ceiling_fails_its_task_and_is_replaced(tmp_path: Path) -> None:
     async with started_engine(tmp_path, llm={"memory_limit_mb": 100}) as (eng, workers, clock):
         llm, running, queued = two_tasks(eng, workers)

@@ -193,7 +193,8 @@ class ImageProgress(BaseModel):
     waiting_for: str | None = Field(
         default=None,
         description='"model_load" while its worker loads a model for it, or holds it until a switch can '
-        "load (counted in eta_s)",
+        'load; "worker_start" while queued on a lane whose worker is starting or restarting (both '
+        "counted in eta_s)",
     )
     waiting_for_model: str | None = Field(
         default=None, description="the model whose load it waits for (with waiting_for)"

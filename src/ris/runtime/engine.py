@@ -592,6 +592,7 @@ class Engine:
                     replica.watch.limits, memory_bytes=msg.memory_limit_bytes
                 )
             self._supervisor.ready(replica.watch)
+            replica.start_s = replica.watch.ready_at - replica.watch.started_at
             log.info("%s worker ready (pid %s)", replica.lane, msg.pid)
             self._update_slots(replica.lane)
             self._dispatch()
@@ -608,6 +609,18 @@ class Engine:
                 why = f"the {replica.lane} worker cannot start: {msg.message}"
                 for task_id in self._fail_queued(replica.lane, "lane_unavailable", why):
                     self._settle(task_id)
+
+    def _waiting_for_start(self, lane: str, view: TaskView[Any]) -> TaskView[Any]:
+        """A queued task of a lane with no worker ready (starting, restarting after a crash or
+        a server restart): it says so (waiting_for "worker_start"), and its ETA counts what is
+        left of the start, as long as the last one took (none known before a first start). Its
+        ETA stood still for the whole start before, saying nothing of why."""
+        replicas = self._replicas.get(lane, ())
+        if not replicas or any(r.ready for r in replicas):
+            return view
+        left = min(r.start_left(self.clock()) for r in replicas)
+        eta = None if view.eta_s is None else view.eta_s + left
+        return dataclasses.replace(view, waiting_for="worker_start", eta_s=eta)
 
     def _expect_expiry(self, replica: Replica, task_id: str) -> None:
         """The expiry a task's end sets for its model, now idle, as its worker will tell it
@@ -977,6 +990,8 @@ class Engine:
             view = task_view(task, self._scheduler, self._wall)
             if task.id in self._recording:  # ended, not on disk yet: running to a reader
                 view = dataclasses.replace(view, state="running", finished_at=None, result=None)
+            elif task.state is TaskState.QUEUED:
+                view = self._waiting_for_start(task.lane, view)
             return view
         model = self._model_of(task.id)
         loading = replica.loading

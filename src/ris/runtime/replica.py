@@ -33,6 +33,9 @@ class Replica:
     loading: tuple[str, float] | None = None
     # It said it exits (WorkerExiting): no more work goes to it until a fresh one is ready.
     exiting: bool = False
+    # How long its last start took, spawn to WorkerReady (None: it has not started yet): what
+    # a restart is expected to take, in a queued task's ETA.
+    start_s: float | None = None
 
     def forget_waits(self) -> None:
         """A worker gone (or started afresh) holds, loads and leaves nothing."""
@@ -43,6 +46,16 @@ class Replica:
     @property
     def ready(self) -> bool:
         return self.watch.state is WorkerState.READY
+
+    def start_left(self, now: float) -> float:
+        """Seconds until it is expected ready (0: ready, or not known): what is left of its
+        last start's time, after the back-off of a restart still ahead."""
+        watch = self.watch
+        if watch.state is WorkerState.READY or self.start_s is None:
+            return 0.0
+        if watch.state is WorkerState.STARTING:
+            return max(0.0, self.start_s - (now - watch.started_at))
+        return max(0.0, watch.restart_at - now) + self.start_s
 
     @property
     def free_slots(self) -> int:
