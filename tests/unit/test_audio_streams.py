@@ -281,6 +281,17 @@ async def test_a_finished_synthesis_is_served_in_the_format_asked(tmp_path: Path
             wav = await client.get(url.split("?")[0])
             bad = await client.get(url.split("?")[0], params={"format": "wma"})
             refused = await client.get(url.split("?")[0], headers={"Accept": "audio/webm"})
+            # A copy kept is revalidated, not downloaded again: 304, no body (was 200 each time).
+            plain = url.split("?")[0]
+            same = await client.get(plain, headers={"If-None-Match": wav.headers["etag"]})
+            weak = await client.get(plain, headers={"If-None-Match": f'"x", W/{wav.headers["etag"]}'})
+            dated = await client.get(plain, headers={"If-Modified-Since": wav.headers["last-modified"]})
+            other = await client.get(plain, headers={"If-None-Match": '"another"'})
+            stale = await client.get(plain, headers={"If-Modified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    for kept in (same, weak, dated):
+        assert kept.status_code == 304 and kept.content == b"", kept
+        assert kept.headers["etag"] == wav.headers["etag"] and "immutable" in kept.headers["cache-control"]
+    assert other.status_code == stale.status_code == 200 and other.content == wav.content
     assert opus.headers["content-type"] == "audio/ogg" and decoded_seconds(opus.content)[1] == "ogg"
     assert flac.headers["content-type"] == "audio/flac"
     assert decoded_seconds(flac.content) == (1.0, "flac")  # lossless: every sample, no padding

@@ -64,6 +64,10 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `GET /api/image/progress/{{task_id}}` and fetch `GET /api/image/result/{{task_id}}` (409
   `not_ready` with the progress while it runs; 409 `cancelled`, or `task_failed` with the
   task's own error, once it ended without an image).
+- A finished task's file (`/api/image/result/...`, `/api/tts/audio/...`) never changes: it is
+  sent with `ETag`, `Last-Modified` and `Cache-Control: private, max-age=86400, immutable`,
+  answers `Range` requests (206), and a revalidation (`If-None-Match`, `If-Modified-Since`)
+  of a copy that is current with 304 and no body.
 
 ## Status codes
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.lanes.llm import TextDelta
@@ -100,6 +104,42 @@ def _broken(exc: BaseException | None) -> StreamBroken | None:
 # browser keeps it (a page polling a task re-rendered its <img> with a fresh download each
 # time); private: it may be one key's.
 RESULT_CACHING = {"Cache-Control": "private, max-age=86400, immutable"}
+
+
+class ResultFile(FileResponse):
+    """A finished task's file (RESULT_CACHING's), answered 304 Not Modified, without the
+    body, when the client's copy is this one: its `If-None-Match` names the file's ETag (or
+    `*`), or, without one, its `If-Modified-Since` is not before the file's time. A page or a
+    proxy revalidating an image got all of its bytes again each time."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.stat_result is None:
+            try:
+                self.stat_result = await asyncio.to_thread(os.stat, self.path)
+            except OSError:  # gone meanwhile: FileResponse's own answer for that
+                return await super().__call__(scope, receive, send)
+            self.set_stat_headers(self.stat_result)
+        if not _current(Headers(scope=scope), self.headers, self.stat_result.st_mtime):
+            return await super().__call__(scope, receive, send)
+        kept = {k: v for k, v in self.headers.items() if k not in ("content-length", "content-type")}
+        await Response(status_code=304, headers=kept)(scope, receive, send)
+
+
+def _current(asked: Headers, said: MutableHeaders, mtime: float) -> bool:
+    """Whether the client's copy is the file (RFC 9110 13.1.2 and 13.1.3: If-None-Match, a weak
+    comparison, decides when present; If-Modified-Since only without it)."""
+    tags = asked.get("if-none-match")
+    if tags is not None:
+        etag = said.get("etag", "").removeprefix("W/")
+        return any(t.strip() == "*" or t.strip().removeprefix("W/") == etag for t in tags.split(","))
+    since = asked.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        return int(mtime) <= parsedate_to_datetime(since).timestamp()
+    except (TypeError, ValueError):  # not a date: ignored, as the RFC says
+        return False
+
 
 # Streamed answers whose parts must reach the client as they are made.
 _STREAMED_TYPES = (b"text/event-stream", b"application/x-ndjson")

@@ -22,7 +22,7 @@ from ris.api.deps import (
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, ImageAccepted, ImageGenerateRequest, ImageProgress
 from ris.api.signed_urls import opened_by_url
-from ris.api.streams import RESULT_CACHING
+from ris.api.streams import RESULT_CACHING, ResultFile
 from ris.lanes import Lane
 from ris.lanes.image import (
     CLIP_CONTENT_TOKENS,
@@ -221,7 +221,7 @@ async def image_result(task_id: str, request: Request) -> Any:
     path = engine.files.servable(IMAGE_FOLDER, view.result.path)
     if path is None:  # served only from the data folder
         raise APIError(404, "not_found", f"the image of task {task_id} is no longer on disk")
-    return FileResponse(path, media_type="image/png", headers={"X-Task-Id": task_id, **RESULT_CACHING})
+    return ResultFile(path, media_type="image/png", headers={"X-Task-Id": task_id, **RESULT_CACHING})
 
 
 # HEAD as GET (a browser or a proxy asking the type and length first): it was 405.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ris.api.deps import (
     body_doc,
@@ -22,7 +22,7 @@ from ris.api.deps import (
 from ris.api.errors import APIError, no_result
 from ris.api.schemas import ERRORS, TTSSynthesizeRequest, TTSSynthesizeResponse
 from ris.api.signed_urls import opened_by_url
-from ris.api.streams import RESULT_CACHING, json_response, warnings_header
+from ris.api.streams import RESULT_CACHING, ResultFile, json_response, warnings_header
 from ris.api.tts_support import accepted_format, pick_tts_model, require_speakable, voice_for_text
 from ris.lanes.base import timings_json
 from ris.lanes.tts import AUDIO_FOLDER, TTSRequest, speed_note
@@ -55,7 +55,7 @@ def audio_response(path: Path, fmt: SpeechFormat, sample_rate: int, headers: dic
     said nothing, and its 22,050 Hz read as /v1's 24,000)."""
     headers = {**headers, "X-Sample-Rate": str(stream_rate(fmt, sample_rate))}
     if fmt == "wav":
-        return FileResponse(path, media_type=MEDIA_TYPES[fmt], headers={**headers, **RESULT_CACHING})
+        return ResultFile(path, media_type=MEDIA_TYPES[fmt], headers={**headers, **RESULT_CACHING})
     body = encode_stream(wav_file_pcm(path, AUDIO_PIECE_BYTES), fmt, sample_rate)
     return StreamingResponse(body, media_type=MEDIA_TYPES[fmt], headers=headers)
 
@@ -159,7 +159,7 @@ async def tts_audio(
                 raise APIError(404, "not_found", gone) from None
         else:
             headers = {"X-Task-Id": view.id, "X-Sample-Rate": str(stream_rate(fmt, rate))}
-            return FileResponse(encoded, media_type=MEDIA_TYPES[fmt], headers={**headers, **RESULT_CACHING})
+            return ResultFile(encoded, media_type=MEDIA_TYPES[fmt], headers={**headers, **RESULT_CACHING})
     if request.method == "HEAD" and fmt != "wav":  # the headers alone: nothing encoded for nobody
         said = str(stream_rate(fmt, rate))
         head = Response(media_type=MEDIA_TYPES[fmt], headers={"X-Task-Id": view.id, "X-Sample-Rate": said})
