@@ -55,6 +55,16 @@ def test_fields_that_would_change_the_answer_are_refused_when_set(field: str, va
     refuse_unsupported(chat(verbosity="medium", frequency_penalty=0, logit_bias={}))  # OpenAI's defaults
 
 
+def test_a_refusal_says_which_values_pass() -> None:
+    """`quality: "hd"` was refused "(leave it out)" while "standard" and "auto" pass."""
+    e = refused(chat(verbosity="high"))
+    assert 'verbosity "high" is not supported by this server (leave it out, or send "medium")' in e.message
+    e = refused(chat(logprobs=True))
+    assert "logprobs true is not supported by this server (leave it out)" in e.message
+    e = refused(chat(audio={"voice": "a" * 100}))
+    assert len(e.message) < 200 and 'audio {"voice": "' + "a" * 26 + "... is not" in e.message
+
+
 def test_a_part_the_model_cannot_read_is_named_with_the_model() -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     e = refused(chat({"role": "user", "content": [image]}))

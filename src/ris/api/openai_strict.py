@@ -14,6 +14,7 @@ Anything else is a 400 `unknown_parameter` naming the field, as OpenAI answers
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,8 +34,17 @@ def _given(value: Any) -> bool:
     return value not in (None, False, 0, 0.0, "", [], {})
 
 
-def _not(*neutral: Any) -> Callable[[Any], bool]:
-    return lambda value: value not in (None, *neutral)
+class _Not:
+    """Refused unless absent or one of `neutral` (the values that change nothing here)."""
+
+    def __init__(self, *neutral: Any) -> None:
+        self.neutral = neutral
+
+    def __call__(self, value: Any) -> bool:
+        return value not in (None, *self.neutral)
+
+
+_not = _Not
 
 
 @dataclass(frozen=True)
@@ -122,12 +132,23 @@ def refuse_unknown(body: BaseModel, rules: FieldRules, where: str = "") -> None:
                 param=path,
             )
         if wanted(value):
+            allowed = (
+                f"leave it out, or send {' or '.join(json.dumps(v) for v in wanted.neutral)}"
+                if isinstance(wanted, _Not)
+                else "leave it out"
+            )
             raise APIError(
                 400,
                 "unsupported_parameter",
-                f"{path} is not supported by this server (leave it out); {DOCS}",
+                f"{path} {_shown(value)} is not supported by this server ({allowed}); {DOCS}",
                 param=path,
             )
+
+
+def _shown(value: Any) -> str:
+    """A refused value in a message, cut short (it is the client's own, of any size)."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def refuse_unreadable_messages(body: ChatCompletionRequest) -> None:
