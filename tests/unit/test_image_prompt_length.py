@@ -57,6 +57,10 @@ async def test_a_prompt_cut_by_the_text_encoder_is_served_with_a_warning(tmp_pat
             assert warning.startswith("prompt: 80 words and marks at least") and "first 75 tokens" in warning
             r = await client.post("/api/image/generate", json={**body, "prompt": "a lighthouse"})
             assert r.json()["warnings"] == []
+            # A model of another lane (the LLM's "m") is named as such, not "unknown" (404).
+            r = await client.post("/api/image/generate", json={**body, "model": "m"})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "model_wrong_lane", r.text
+            assert r.json()["error"]["message"].startswith("m is a llm model; the image lane's models: ")
 
 
 @run

@@ -192,6 +192,14 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
     try:
         return engine.config.lane(lane).resolve_model(name)
     except KeyError as e:
+        for other, cfg in engine.config.lanes.items():
+            if name is not None and other != lane and cfg.enabled and name in cfg.models:
+                # A model this server has, on another lane (as /v1 says it: model_wrong_lane);
+                # "unknown model" was wrong about it.
+                mine = ", ".join(engine.config.lane(lane).models) or "none"
+                raise APIError(
+                    422, "model_wrong_lane", f"{name} is a {other} model; the {lane} lane's models: {mine}"
+                ) from None
         # An unknown name is the client's mistake (404); no default model is the server's (503).
         raise APIError(
             404 if name is not None else 503,
