@@ -114,6 +114,26 @@ def test_lone_surrogates_are_refused_naming_the_field(
     assert "lone surrogate" in message and where in message
 
 
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (schemas.ImageGenerateRequest, '{"prompt": "x", "guidance": NaN}'),
+        (LLMGenerateRequest, '{"prompt": "x", "temperature": Infinity}'),
+        (
+            ChatCompletionRequest,
+            '{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": -Infinity}',
+        ),
+        (ollama_schemas.OllamaGenerateRequest, '{"model": "m", "options": {"temperature": NaN}}'),
+    ],
+)
+def test_nan_and_infinity_are_not_numbers(model: type[BaseModel], body: str) -> None:
+    """pydantic's JSON parser reads NaN and Infinity (JSON has neither): "guidance": NaN was
+    refused as "less than or equal to 30"."""
+    with pytest.raises(ValidationError) as e:
+        model.model_validate_json(body)
+    assert [err["msg"] for err in e.value.errors()] == ["Input should be a finite number"]
+
+
 def test_a_surrogate_pair_in_json_is_text() -> None:
     body = '{"prompt": "\\ud83d\\ude00"}'  # JSON's escape of U+1F600, as a pair
     assert LLMGenerateRequest.model_validate_json(body).prompt == "\U0001f600"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 # A stop string is looked for after every token: a few short ones keep that cheap.
@@ -87,7 +87,12 @@ class RequestBody(BaseModel):
     surrogate, which no model, tokenizer or UTF-8 encoder accepts: left alone it became a 500
     deep in a worker. Every string of every field, nested ones included, is checked here, once,
     before pydantic's own checks (whose words for it, "unable to parse raw data", say less).
+
+    NaN and Infinity, which pydantic's JSON parser reads (JSON has neither), are not numbers
+    for any field: `"guidance": NaN` was refused as "less than or equal to 30".
     """
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
