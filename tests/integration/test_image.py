@@ -70,6 +70,15 @@ def test_cancel_running_and_queued(idle_image_lane: Client) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_ready", r.text
     assert c.cancel(queued)["outcome"] == "cancelled"
     assert c.progress(queued)["status"] == "cancelled"
+    # The image route's answer has the fields the tasks route's (the SDK's cancel) has.
+    again = httpx.post(f"{c._http.base_url}/api/image/cancel/{queued}").json()
+    assert again == {
+        "task_id": queued,
+        "outcome": "finished",
+        "status": "cancelled",
+        "state": "cancelled",
+        "cancelled": False,
+    }
     assert c.cancel(running)["outcome"] == "requested"
     final = wait_state(c, running, ("cancelled", "failed", "succeeded"), timeout=30)
     assert final["status"] == "cancelled" and final["step"] < LONG["steps"]

@@ -34,6 +34,7 @@ from ris.lanes.image import (
 from ris.lanes.image import LANE as IMAGE
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskView
+from ris.scheduler import CancelOutcome
 
 router = APIRouter(tags=["image"])
 # The body's fields that are the image request's (the rest are about queueing).
@@ -238,7 +239,16 @@ async def image_cancel(task_id: str, request: Request) -> Any:
     view = view_or_404(request, task_id, IMAGE)
     outcome = await engine.cancel_recorded(view.id)  # on disk before the answer
     after = engine.lookup(view.id) or view
-    return {"task_id": view.id, "outcome": outcome.value, "status": after.state}
+    # `status` as the image progress says it; `state` and `cancelled` as /api/tasks/{id}/cancel
+    # (the SDK's cancel) answers: one shape a client parses either way.
+    cancelled = outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED)
+    return {
+        "task_id": view.id,
+        "outcome": outcome.value,
+        "status": after.state,
+        "state": after.state,
+        "cancelled": cancelled,
+    }
 
 
 @router.get("/api/image/tasks", summary="Image tasks, newest first (durable: survives restarts)")
