@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import psutil
@@ -47,6 +47,24 @@ def client_host(listen: str) -> str:
     return f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
 
 
+class RunningProcess(Protocol):
+    """What ServiceProcess uses of its process: a Popen, or a test's handle on a process it
+    did not start as its child."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | Any: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 class ServiceProcess:
     """`ris serve` with a given config, on a free port unless the config names one; `url`
     reaches it at the address it listens on."""
@@ -67,7 +85,7 @@ class ServiceProcess:
         self.url = f"http://{client_host(str(server.get('host', '127.0.0.1')))}:{self.port}"
         self.log_level = log_level
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: RunningProcess | None = None
 
     def start(self, timeout: float = 300.0, env: dict[str, str] | None = None) -> Self:
         """Start it and wait until every lane is ready; `env` adds environment variables."""
@@ -81,20 +99,24 @@ class ServiceProcess:
             raise
         return self
 
+    def command(self) -> list[str]:
+        """The command line that starts it."""
+        return [
+            sys.executable,
+            "-m",
+            "ris",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--log-level",
+            self.log_level,
+        ]
+
     def launch(self, env: dict[str, str] | None = None) -> None:
         """Start the process and return at once (the caller waits for what it expects)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ris",
-                    "serve",
-                    "--config",
-                    str(self.config_path),
-                    "--log-level",
-                    self.log_level,
-                ],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=None if env is None else {**os.environ, **env},

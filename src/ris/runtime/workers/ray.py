@@ -40,6 +40,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psutil
+
+from ris.runtime.workers import ray_driver  # noqa: F401 - before ray (its docstring says why)
+
+# isort: split
 import ray
 
 from ris import messages as m
@@ -57,6 +61,8 @@ from ris.runtime.workers.ray_cluster import (
     connect,
     head_address,
     head_answers,
+    restore_signal_handlers,
+    signal_handlers,
 )
 from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
@@ -362,11 +368,15 @@ class RayWorkers:
             if self.head_lost is None and failures >= HEAD_LOST_AFTER:
                 self._lose_head(host, port)
             elif self.head_lost is not None and answers:
+                handlers = signal_handlers()
                 try:
                     await asyncio.wrap_future(off_loop(self._rejoin))
                 except Exception as e:  # noqa: BLE001 - not all back yet: the next probe retries
                     log.warning("the Ray head answers again but joining it failed (%s); retrying", e)
                     continue
+                finally:
+                    # Here, on the main thread (the loop's): what Ray's new driver replaced.
+                    restore_signal_handlers(handlers)
                 log.warning("joined the Ray head at %s:%d again; the lanes start anew", host, port)
                 self.head_lost = None
                 self.rejoined = True

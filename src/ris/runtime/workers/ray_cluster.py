@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ris.runtime.workers import ray_driver  # noqa: F401 - before ray (its docstring says why)
+
+# isort: split
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -126,14 +131,42 @@ def connect(config: Config) -> None:
     if ray.is_initialized():
         return
     _driver_environment()
+    handlers = signal_handlers()
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
+        restore_signal_handlers(handlers)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(
             f"cluster.address {address!r}: cannot join a Ray cluster there: {e} (a head started "
             "with token authentication, `ray start`'s default since Ray 2.5x, needs "
             f"RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN or {_TOKEN_FILE})"
         ) from None
+
+
+# The signals the server stops on (uvicorn's, and Python's own before it runs).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def signal_handlers() -> dict[signal.Signals, Any]:
+    """The Python handlers of the stop signals now (for restore_signal_handlers)."""
+    return {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+
+def restore_signal_handlers(handlers: dict[signal.Signals, Any]) -> bool:
+    """Put back the stop signals' handlers that joining Ray replaced (False off the main thread,
+    where Python sets none: the caller's main thread must). On the main thread `ray.init` sets
+    its own SIGTERM handler (sys.exit(15)), which uvicorn re-raises after its graceful stop: the
+    server exited with status 15, a failure to systemd, where a local one ends as SIGTERM says.
+    On another thread (a rejoin after the head's loss) Ray's core worker installs its own C
+    handler: SIGTERM then printed a stack dump and ended the process at once, with no graceful
+    stop, its activity boards and cgroup left behind. Setting a Python handler again puts
+    Python's own C handler back under it."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig, handler in handlers.items():
+        if handler is not None:  # None: one set outside Python, not ours to put back
+            signal.signal(sig, handler)
+    return True
 
 
 def _speaks_http2(host: str, port: int) -> bool:
