@@ -827,6 +827,30 @@ async def test_a_lane_with_two_replicas_runs_on_both_and_a_crash_fails_only_its_
 
 
 @run
+async def test_a_replica_restarting_while_the_others_serve_keeps_the_lane_ready(tmp_path: Path) -> None:
+    """/ready said 503 for the 20 s of one replica's restart while the other served every
+    request: a load balancer took a serving server out of rotation. At the start it still
+    waits for every replica."""
+    async with started_engine(tmp_path, tts={"replicas": 2}) as (eng, workers, clock):
+        a, b = workers.replicas(Lane.TTS)
+        workers[Lane.LLM].ready()
+        a.ready()
+        assert not eng.ready()["tts"]  # b still starting: not said ready at half its size
+        b.ready()
+        assert eng.ready() == {"llm": True, "tts": True}
+        a.die()
+        eng.check()
+        assert eng.ready()["tts"]  # b serves: min_replicas (1) are ready
+        b.die()
+        eng.check()
+        assert not eng.ready()["tts"]  # none serves
+        clock.advance(backoff(0))
+        eng.check()
+        a.ready()
+        assert eng.ready()["tts"]
+
+
+@run
 async def test_a_send_that_fails_mid_batch_does_not_send_the_tasks_it_failed(tmp_path: Path) -> None:
     """A batch of two dispatched at once; the first send finds the worker dead, and the crash
     fails the batch's other task too (running on the lane, held by no replica yet): that task

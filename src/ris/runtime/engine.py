@@ -127,6 +127,9 @@ class Engine:
         # (a crash before the write runs them again, and a picture already fetched would be
         # drawn anew under the same id).
         self._recording: set[str] = set()
+        # Lanes whose every worker has been up (ready, or pending on its cluster) at once: from
+        # then on /ready holds them while min_replicas serve (Engine.ready).
+        self._filled: set[str] = set()
         self._replicas: dict[str, list[Replica]] = {}
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._rates = OutputRates(config.lanes)
@@ -593,6 +596,7 @@ class Engine:
                 )
             self._supervisor.ready(replica.watch)
             replica.start_s = replica.watch.ready_at - replica.watch.started_at
+            self._note_filled(replica.lane)
             log.info("%s worker ready (pid %s)", replica.lane, msg.pid)
             self._update_slots(replica.lane)
             self._dispatch()
@@ -962,14 +966,23 @@ class Engine:
     # ----- queries -------------------------------------------------------------------------
 
     def ready(self) -> dict[str, bool]:
-        """Per lane: its min_replicas workers are ready and none is still starting. Replicas a
-        cluster has no room for yet (pending, listed by `pending()`) do not hold a lane that
-        serves out of rotation."""
-        return {
-            lane: sum(r.ready for r in rs) >= self.config.lane(lane).min_replicas
-            and all(r.ready or r.worker.waiting_for() for r in rs)
-            for lane, rs in self._replicas.items()
-        }
+        """Per lane: its min_replicas workers are ready, and, until the lane has once had
+        every worker up, none is still starting (a server said ready serves at its size).
+        Replicas a cluster has no room for yet (pending, listed by `pending()`) do not hold a
+        lane that serves out of rotation; nor, later, does a replica restarting while the others
+        serve (a replica's loss took the server out of rotation for the 20 s of its restart)."""
+        out: dict[str, bool] = {}
+        for lane, rs in self._replicas.items():
+            enough = sum(r.ready for r in rs) >= self.config.lane(lane).min_replicas
+            out[lane] = enough and (lane in self._filled or self._note_filled(lane))
+        return out
+
+    def _note_filled(self, lane: str) -> bool:
+        """Whether every worker of the lane is up (ready, or pending on its cluster) now; once
+        it is, the lane is filled for good."""
+        if all(r.ready or r.worker.waiting_for() for r in self._replicas.get(lane, ())):
+            self._filled.add(lane)
+        return lane in self._filled
 
     def pending(self) -> dict[str, str]:
         """Lanes with a worker that waits for its cluster to place it, and what it waits for."""
