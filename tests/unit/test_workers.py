@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -262,6 +263,62 @@ def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
     [failed, gone] = asyncio.run(scenario())
     assert isinstance(failed, m.WorkerFailed) and "No module named 'ris'" in failed.message
     assert gone == m.WorkerGone()  # (an engine has replaced the worker on WorkerFailed: not said then)
+
+
+@pytest.mark.parametrize("case", ["no live host", "unplaced", "unplaced after a rejoin"])
+def test_a_ray_worker_left_unplaced_is_said_pending_with_why(
+    monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A lane whose only node was lost took its requests for the 20 s of the placement wait,
+    then refused them: with no live node able to host it, it is pending within seconds. And a
+    node lost long after a rejoin was blamed on the rejoin."""
+    ray_kind = pytest.importorskip("ris.runtime.workers.ray")
+    monkeypatch.setattr(ray_kind, "NO_HOST_AFTER_S", 0.0)
+    monkeypatch.setattr(ray_kind, "PENDING_AFTER_S", 0.01)
+
+    async def scenario() -> str | None:
+        loop = asyncio.get_running_loop()
+
+        class Silent:
+            async def __anext__(self) -> object:
+                await asyncio.Event().wait()  # Ray finds the actor no room: nothing comes
+                return None
+
+        monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Silent))
+        pool = object.__new__(ray_kind.RayWorkers)
+        pool.head_lost = None
+        pool.rejoined_at = time.monotonic() if case == "unplaced after a rejoin" else None
+
+        class Unplaced:
+            def get(self, lane: str) -> None:
+                return None
+
+        async def hostable(need: dict[str, float]) -> bool:
+            assert need == {"CPU": 1, "ris_lane_tts": 1}
+            return case != "no live host"
+
+        async def available() -> dict[str, float]:
+            return {"CPU": 1.0}
+
+        pool._placements = Unplaced()
+        pool.hostable = hostable
+        pool.available = available
+        pool.killed = lambda lane, actor: None  # Ray's own kill would start a local Ray
+        options = {"num_cpus": 1, "num_gpus": 0, "resources": {"ris_lane_tts": 1}}
+        worker = ray_kind.RayWorker(_spec(Lane.TTS), lambda msg: None, loop, options, pool)
+        worker.start()
+        await asyncio.sleep(0.1)
+        said: str | None = worker.waiting_for()
+        worker.kill()
+        return said
+
+    said = asyncio.run(scenario()) or ""
+    if case == "no live host":
+        assert said.startswith("no live node of the Ray cluster can host the tts worker"), said
+    else:
+        assert said.startswith("Ray has not placed the tts worker"), said
+        rejoin = "after the head's return" in said
+        assert rejoin == (case == "unplaced after a rejoin"), said
 
 
 def test_a_workers_cpu_percent_is_the_same_whoever_asked_last() -> None:

@@ -57,6 +57,7 @@ from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
 from ris.runtime.workers.ray_cluster import (
     INLINE_OBJECTS,
     Placements,
+    alive_nodes,
     check_cluster,
     connect,
     head_address,
@@ -64,7 +65,7 @@ from ris.runtime.workers.ray_cluster import (
     restore_signal_handlers,
     signal_handlers,
 )
-from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
+from ris.runtime.workers.ray_placement import demand, fits, format_resources, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
 T = TypeVar("T")
@@ -89,6 +90,11 @@ USAGE_EVERY_S = 0.25
 # An actor whose node has room yields within a few seconds (its process starts, it has not
 # loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
+# How soon a worker no live node can host at all is said pending (Ray has had time to create
+# the actor; the nodes it lists alive are those its health checks have not yet declared dead).
+NO_HOST_AFTER_S = 2.0
+# For how long after a rejoin a pending worker is said to wait for its node to join again.
+REJOIN_GRACE_S = 120.0
 # The head is probed this often; this many failed probes in a row and it is lost. A lost head
 # is probed more often: every second of its return counts toward the lanes' (goal: 30 s).
 HEAD_PROBE_S = 2.0
@@ -317,9 +323,9 @@ class RayWorkers:
         self._workers: list[RayWorker] = []
         # Set while the head does not answer: what the lanes wait for, said in /ready and 503s.
         self.head_lost: str | None = None
-        # Joined the head again since the start: a worker left pending waits for its node to
-        # join the new head (nodes restart when theirs is lost), not for a lost node.
-        self.rejoined = False
+        # When it last joined the head again (monotonic): a worker pending soon after waits for
+        # its node to join the new head (nodes restart when theirs is lost), not for a lost node.
+        self.rejoined_at: float | None = None
         head = head_address(config)
         self._watch: concurrent.futures.Future[None] | None = None
         if head is not None:  # "auto" or ray://: Ray's own retries are all there is
@@ -379,7 +385,7 @@ class RayWorkers:
                     restore_signal_handlers(handlers)
                 log.warning("joined the Ray head at %s:%d again; the lanes start anew", host, port)
                 self.head_lost = None
-                self.rejoined = True
+                self.rejoined_at = time.monotonic()
                 for worker in self._workers:
                     try:
                         worker.head_back()
@@ -426,6 +432,15 @@ class RayWorkers:
         self.board.set(lane, Activity.IDLE)
         if self.head_lost is None:  # else the actors and the node's board went with the head
             off_loop(_kill, lane, actor, self._placements)
+
+    async def hostable(self, need: dict[str, float]) -> bool:
+        """Whether a live node's total resources could host `need` (True when the head does not
+        say: the placement wait decides then)."""
+        try:
+            nodes = await asyncio.wrap_future(off_loop(alive_nodes))
+        except Exception:  # noqa: BLE001 - the head is gone: its watch says so
+            return True
+        return any(fits(node, need) for node in nodes)
 
     async def available(self) -> dict[str, float]:
         """What is free in the cluster now ({} when the head does not say)."""
@@ -605,24 +620,39 @@ class RayWorker:
     async def _watch_placement(self, generation: int) -> None:
         """Say so, with what it asks for and what is free, when Ray keeps the actor pending: the
         start check counted the nodes' totals, and a node lost since or another Ray job holding
-        the resources leaves it waiting with no error of Ray's own."""
-        await asyncio.sleep(PENDING_AFTER_S)
+        the resources leaves it waiting with no error of Ray's own. Where no live node could
+        host it at all (its only node lost), that is said within seconds: its requests were
+        accepted for the 20 s of the wait, then refused."""
+        await asyncio.sleep(NO_HOST_AFTER_S)
         if generation != self._generation or self._last is not None:
             return
         o = self._options
         need = {"CPU": o["num_cpus"], "GPU": o["num_gpus"], **o["resources"]}
+        wanted = {k: v for k, v in need.items() if v}
+        if not await self._pool.hostable(wanted):
+            if generation != self._generation or self._last is not None:
+                return
+            self._waiting = (
+                f"no live node of the Ray cluster can host the {self.spec.lane} worker: it asks for "
+                f"{format_resources(wanted)} (a node lost; the lane serves when one that can joins)"
+            )
+            log.error("%s", self._waiting)
+            return
+        await asyncio.sleep(PENDING_AFTER_S - NO_HOST_AFTER_S)
+        if generation != self._generation or self._last is not None:
+            return
         free = await self._pool.available()
         if generation != self._generation or self._last is not None:
             return
         self._waiting = (
             f"Ray has not placed the {self.spec.lane} worker after {PENDING_AFTER_S:g} s: it asks "
-            f"for {format_resources({k: v for k, v in need.items() if v})}, free in the cluster now: "
+            f"for {format_resources(wanted)}, free in the cluster now: "
             f"{format_resources(free)} ({self._why_pending()})"
         )
         log.error("%s", self._waiting)
 
     def _why_pending(self) -> str:
-        if self._pool.rejoined:
+        if self._pool.rejoined_at is not None and time.monotonic() - self._pool.rejoined_at < REJOIN_GRACE_S:
             return (
                 "after the head's return its nodes join it anew: a node that has not restarted "
                 "and joined yet, a node lost, or other Ray jobs holding them"
