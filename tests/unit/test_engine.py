@@ -341,7 +341,10 @@ async def test_tasks_queued_before_a_lane_waits_for_its_cluster_fail_at_once(tmp
         refused = task_error("lane_pending", failed.error_message)
         assert (refused.status, refused.headers) == (503, {"Retry-After": "5"})  # as when refused
         assert eng.lookup(running.task_id).state == "running"  # type: ignore[union-attr]
-        assert eng.lookup(picture.task_id).state == "queued"  # type: ignore[union-attr]
+        waiting = eng.lookup(picture.task_id)
+        assert waiting is not None and waiting.state == "queued"
+        # It says what it waits for, and no estimate (it said "eta 2 s" for as long as it waited).
+        assert (waiting.waiting_for, waiting.eta_s) == ("lane_pending", None)
 
 
 @run

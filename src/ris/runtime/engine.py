@@ -622,7 +622,11 @@ class Engine:
         replicas = self._replicas.get(lane, ())
         if not replicas or any(r.ready for r in replicas):
             return view
-        left = min(r.start_left(self.clock()) for r in replicas)
+        if all(r.worker.waiting_for() for r in replicas):
+            # Its cluster has not placed a worker (a head or a node lost): when it will is not
+            # known, and an estimate would be a guess (a durable image waits; others are refused).
+            return dataclasses.replace(view, waiting_for="lane_pending", eta_s=None)
+        left = min(r.start_left(self.clock()) for r in replicas if not r.worker.waiting_for())
         eta = None if view.eta_s is None else view.eta_s + left
         return dataclasses.replace(view, waiting_for="worker_start", eta_s=eta)
 
