@@ -477,10 +477,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       throughput over the last {s['throughput_window_s']:.0f} s: {shown}")
         workers = s.get("workers", [])
         if len(workers) > 1 or any(r.get("node") for r in workers):
-            for i, r in enumerate(workers):  # every replica, with the Ray node it runs on
-                node = f"node {r['node'][:12]} at {r['node_ip']}" if r.get("node") else "local"
+            # Every replica, numbered from 1 as the start's warnings number them, with the Ray
+            # node it runs on (a pending one has none yet: it said "on local").
+            for i, r in enumerate(workers, start=1):
+                if r.get("node"):
+                    node = f"on node {r['node'][:12]} at {r['node_ip']}"
+                else:
+                    node = "on no node yet" if r["state"] == "pending" else "on local"
                 pid = r["pid"] or "-"
-                print(f"       replica {i}: {r['state']} pid {pid} on {node}, running {r['running']}")
+                print(f"       replica {i}: {r['state']} pid {pid} {node}, running {r['running']}")
                 if r.get("error") and r["error"] != w.get("error"):
                     print(f"         error: {r['error']}")
     for g in answer.get("gpus") or []:  # the machine's cards, whichever lanes use them

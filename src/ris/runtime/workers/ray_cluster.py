@@ -137,9 +137,10 @@ def connect(config: Config) -> None:
         restore_signal_handlers(handlers)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(
-            f"cluster.address {address!r}: cannot join a Ray cluster there: {e} (a head started "
-            "with token authentication, `ray start`'s default since Ray 2.5x, needs "
-            f"RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN or {_TOKEN_FILE})"
+            f"cluster.address {address!r}: cannot join a Ray cluster there: {e} (a head that runs "
+            "with token authentication, as `ray start --head` does where a token exists, needs "
+            f"RAY_AUTH_MODE=token here and the same token in RAY_AUTH_TOKEN or {_TOKEN_FILE}: "
+            "a missing or a different one is refused alike)"
         ) from None
 
 
