@@ -252,7 +252,8 @@ def test_a_lane_ray_cannot_place_is_reported_pending_and_refuses_requests(
         srv.stop()
     # Ended as SIGTERM ends a local server: Ray's own handler made it exit with status 15 after
     # uvicorn's graceful stop (a failure to systemd's Restart=on-failure and to its stop).
-    assert proc is not None and proc.returncode == -signal.SIGTERM, proc.returncode
+    assert proc is not None
+    assert proc.returncode == -signal.SIGTERM, proc.returncode
 
 
 def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
