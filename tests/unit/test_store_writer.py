@@ -84,3 +84,54 @@ def test_the_store_writes_on_its_thread_and_a_closed_store_has_every_row(tmp_pat
     store.close()  # no wait in between: close writes what is queued
     with closing(sqlite3.connect(str(tmp_path / "tasks.db"))) as db:
         assert db.execute("SELECT COUNT(*) FROM tasks").fetchone() == (50,)
+
+
+def test_a_write_the_disk_had_no_room_for_is_held_and_written_in_order_once_it_has(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task's end the full disk refused was dropped: its row said "running", and the next
+    start ran the task again after its client had been told it failed."""
+    import ris.runtime.store_writer as store_writer
+
+    monkeypatch.setattr(store_writer, "RETRY_HELD_S", 0.02)
+    writer = StoreWriter()
+    room = threading.Event()
+    written: list[str] = []
+
+    def row(name: str) -> None:
+        if not room.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        written.append(name)
+
+    ended = writer.submit(partial(row, "end of a"), "finish a", hold=True)
+    with pytest.raises(sqlite3.OperationalError):
+        ended.result(5)  # the caller hears at once, and goes on
+    started = writer.submit(partial(row, "start of b"), "mark b", hold=True)
+    with pytest.raises(OSError, match="held until the disk has room"):
+        started.result(5)  # behind the first, not tried before it
+    accepted = writer.submit(partial(row, "accept c"), "add c")  # not held: refused, said
+    with pytest.raises(sqlite3.OperationalError):
+        accepted.result(5)
+    assert writer.held == 2 and written == []
+    room.set()
+    for _ in range(500):
+        if not writer.held:
+            break
+        threading.Event().wait(0.01)
+    assert written == ["end of a", "start of b"]  # in the order asked, the refused one never
+    writer.close()
+    assert "held, and tried again" in caplog.text and "held finish a written" in caplog.text
+
+
+def test_writes_still_held_at_the_close_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    writer = StoreWriter()
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        writer.submit(full, "finish a", hold=True).result(5)
+    writer.close()
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1 and "1 write(s) never found room" in critical[0].getMessage()
+    assert "finish a" in critical[0].getMessage()

@@ -222,18 +222,21 @@ class TaskStore:
         self._syncer.submit(lambda: None).result()  # rows waiting for their files: queued
         self._writer.flush()
 
-    def _write(self, sql: str, args: tuple[Any, ...], files: tuple[str, ...] = ()) -> Future[None]:
+    def _write(
+        self, sql: str, args: tuple[Any, ...], files: tuple[str, ...] = (), hold: bool = True
+    ) -> Future[None]:
         """`files`: the result files the row names, made durable before it, so a power loss
         never leaves a row saying 'succeeded' beside a missing or empty file. On a thread of
         their own, the row queued once they are: the writer's queue (an accepted image's
-        insert, which the loop waits for) never waits behind a file's fsync."""
+        insert, which the loop waits for) never waits behind a file's fsync. `hold`: a write
+        the disk has no room for is tried again until it is (StoreWriter)."""
         label = sql.split(" (", 1)[0].split(" WHERE", 1)[0]
 
         def write() -> None:
             self._wdb.execute(sql, args)
 
         if not files:
-            return self._writer.submit(write, label)
+            return self._writer.submit(write, label, hold)
         done: Future[None] = Future()
 
         def synced() -> None:
@@ -241,7 +244,7 @@ class TaskStore:
                 sync_files(files)
             except OSError as e:  # a file system without fsync for folders (some FUSE, NFS)
                 log.warning("result files not made durable before their record (%s): %s", files, e)
-            self._writer.submit(write, label).add_done_callback(lambda f: _pass_on(f, done))
+            self._writer.submit(write, label, hold).add_done_callback(lambda f: _pass_on(f, done))
 
         self._syncer.submit(synced)
         return done
@@ -274,6 +277,8 @@ class TaskStore:
                 deadline,
                 on_restart,
             ),
+            # Its caller waits for it and refuses the request when it fails (507): never held.
+            hold=False,
         )
 
     def flushed(self) -> Future[None]:
@@ -288,12 +293,16 @@ class TaskStore:
 
     def mark_running(self, task_id: str, started_at: float) -> Future[None]:
         return self._write(
-            "UPDATE tasks SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
+            "UPDATE tasks SET state='running', started_at=?, attempts=attempts+1 WHERE id=? "
+            "AND state IN ('queued', 'running')",
             (started_at, task_id),
         )
 
     def requeue(self, task_id: str) -> Future[None]:
-        return self._write("UPDATE tasks SET state='queued', started_at=NULL WHERE id=?", (task_id,))
+        return self._write(
+            "UPDATE tasks SET state='queued', started_at=NULL WHERE id=? AND state IN ('queued', 'running')",
+            (task_id,),
+        )
 
     def set_aside(self, task_id: str) -> Future[None]:
         """A running task the server stopped on purpose: queued again, its attempt not counted
