@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from ris import messages as m
-from ris.api.prometheus import prometheus_text
+from ris.api.prometheus import ServerFacts, prometheus_text
 from ris.gpus import GPUDevice
 from ris.lanes import Lane
 from ris.lanes.base import Counted
@@ -136,6 +136,35 @@ async def test_the_exposition_parses_with_units_totals_and_no_empty_family(tmp_p
         if kind == "counter":
             assert all(s.name == f"{name}_total" for s in samples), name
     assert "percent" not in text and "ris_running" not in text
+
+
+def test_the_server_its_disk_and_every_configured_outcome_are_there_to_alert_on() -> None:
+    """A full disk, the API process's memory and records waiting for room had no metric, and a
+    task counter was born at its first count (an alert on its increase missed that one)."""
+    facts = ServerFacts(
+        resident_memory_bytes=150 << 20,
+        memory_limit_bytes=2 << 30,
+        data_free_bytes=0,
+        held_writes=2,
+        models={"llm": ("m",), "tts": ("e", "p")},
+    )
+    found = families(prometheus_text(Snapshot(0.0, 0.0, ()), (), facts).decode())
+    gauges = {
+        name: found[name][1][0].value
+        for name in found
+        if name.startswith(("ris_server", "ris_data", "ris_store"))
+    }
+    assert gauges == {
+        "ris_server_resident_memory_bytes": 150 << 20,
+        "ris_server_memory_limit_bytes": 2 << 30,
+        "ris_data_dir_free_bytes": 0,
+        "ris_store_writes_held": 2,
+    }
+    series = {
+        (s.labels["lane"], s.labels["model"], s.labels["outcome"]): s.value for s in found["ris_tasks"][1]
+    }
+    assert len(series) == 9 and set(series.values()) == {0}  # 3 models x 3 outcomes, from 0
+    assert ("tts", "p", "failed") in series
 
 
 def test_a_lane_kinds_counted_work_never_breaks_the_exposition() -> None:

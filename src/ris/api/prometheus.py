@@ -14,6 +14,7 @@ import logging
 import platform
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import (
@@ -54,20 +55,42 @@ HISTOGRAMS = (
 )
 
 
-def prometheus_text(snapshot: Snapshot, gpus: Sequence[GPUDevice] = ()) -> bytes:
+OUTCOMES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """The API process and its data folder, read when scraped: what an operator alerts on
+    beside the lanes (a disk filling, the server's own memory near its ceiling, task records
+    waiting for room on the disk). None: not known here."""
+
+    resident_memory_bytes: int | None = None
+    memory_limit_bytes: int | None = None  # server.memory_limit_mb (None: no ceiling)
+    data_free_bytes: int | None = None
+    held_writes: int = 0
+    # Each enabled lane's configured models: their task counters start at 0, so an alert on
+    # their increase sees the first failure after a start (a series born at 2 has none).
+    models: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+def prometheus_text(
+    snapshot: Snapshot, gpus: Sequence[GPUDevice] = (), server: ServerFacts | None = None
+) -> bytes:
     """The exposition (text format 0.0.4). Runs off the event loop: the snapshot is frozen."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(snapshot, gpus))
+    registry.register(_Families(snapshot, gpus, server or ServerFacts()))
     return generate_latest(registry)
 
 
 class _Families(Collector):
-    def __init__(self, snapshot: Snapshot, gpus: Sequence[GPUDevice]) -> None:
+    def __init__(self, snapshot: Snapshot, gpus: Sequence[GPUDevice], server: ServerFacts) -> None:
         self._snapshot = snapshot
         self._gpus = gpus
+        self._server = server
 
     def collect(self) -> Iterator[Metric]:
-        families = [*_build(), *_lanes(self._snapshot), *_work(self._snapshot)]
+        families = [*_build(), *_server(self._server), *_lanes(self._snapshot)]
+        families += _work(self._snapshot, self._server.models)
         families += [*_workers(self._snapshot), *_gpus(self._gpus)]
         families += _counted(self._snapshot, {n for f in families for n in _sample_names(f)})
         return (f for f in families if f.samples)
@@ -77,6 +100,30 @@ def _build() -> list[Metric]:
     info = InfoMetricFamily("ris_build", "the running RIS version and Python")
     info.add_metric([], {"version": __version__, "python": platform.python_version()})
     return [info]
+
+
+def _server(facts: ServerFacts) -> list[Metric]:
+    rss = GaugeMetricFamily("ris_server_resident_memory_bytes", "resident memory of the API process")
+    limit = GaugeMetricFamily(
+        "ris_server_memory_limit_bytes",
+        "the API process's memory ceiling (server.memory_limit_mb): past it new work gets 503",
+    )
+    free = GaugeMetricFamily(
+        "ris_data_dir_free_bytes", "free space of the file system holding data_dir (507 storage_full at 0)"
+    )
+    held = GaugeMetricFamily(
+        "ris_store_writes_held",
+        "task records (a start, an end) the full disk refused, waiting to be written",
+    )
+    for family, value in (
+        (rss, facts.resident_memory_bytes),
+        (limit, facts.memory_limit_bytes),
+        (free, facts.data_free_bytes),
+        (held, facts.held_writes),
+    ):
+        if value is not None:
+            family.add_metric([], value)
+    return [rss, limit, free, held]
 
 
 def _lanes(snap: Snapshot) -> list[Metric]:
@@ -105,19 +152,23 @@ def _lanes(snap: Snapshot) -> list[Metric]:
     return [enabled, queued, running, slots, limit, rejected]
 
 
-def _work(snap: Snapshot) -> list[Metric]:
+def _work(snap: Snapshot, models: Mapping[str, Sequence[str]]) -> list[Metric]:
     view = snap.metrics
     tasks = CounterMetricFamily(
         "ris_tasks",
         "finished tasks by outcome: succeeded, failed or cancelled",
         labels=["lane", "model", "outcome"],
     )
-    for (lane, model, outcome), n in sorted(view.tasks.items()):
+    counts = {
+        (lane, model, outcome): 0 for lane, names in models.items() for model in names for outcome in OUTCOMES
+    }
+    counts.update(view.tasks)
+    for (lane, model, outcome), n in sorted(counts.items()):
         tasks.add_metric([lane, model, outcome], n)
     out: list[Metric] = [tasks]
-    for name, help_, field in HISTOGRAMS:
+    for name, help_, kept_in in HISTOGRAMS:
         histogram = HistogramMetricFamily(name, help_, labels=LANE_MODEL)
-        histograms: Mapping[tuple[str, str], HistogramView] = getattr(view, field)
+        histograms: Mapping[tuple[str, str], HistogramView] = getattr(view, kept_in)
         for (lane, model), h in sorted(histograms.items()):
             histogram.add_metric([lane, model], _buckets(h), h.sum)
         out.append(histogram)
@@ -245,4 +296,4 @@ def _gpus(gpus: Sequence[GPUDevice]) -> list[Metric]:
     return [busy, used, total]
 
 
-__all__ = ["CONTENT_TYPE", "prometheus_text"]
+__all__ = ["CONTENT_TYPE", "ServerFacts", "prometheus_text"]

@@ -988,6 +988,10 @@ class Engine:
             self._filled.add(lane)
         return lane in self._filled
 
+    def held_writes(self) -> int:
+        """Task records the full disk refused, waiting in memory to be written (store_writer)."""
+        return 0 if self.durable is None else self.durable.store.held_writes
+
     def pending(self) -> dict[str, str]:
         """Lanes with a worker that waits for its cluster to place it, and what it waits for."""
         out: dict[str, str] = {}

@@ -20,7 +20,10 @@ from ris.lanes.base import Counted
 # Upper bounds in seconds, chosen for what each measures on CPU and GPU alike: a task's whole
 # life runs from milliseconds (a short speech) to minutes (a CPU image); a first output from
 # tens of milliseconds to the queue's worst; the gap between two outputs from a millisecond.
-TASK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# (Up to an hour: an image on a CPU may take that long, its lane's timeout is 3600 s.)
+TASK_BUCKETS_S = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
+)  # fmt: skip
 FIRST_OUTPUT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OUTPUT_GAP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

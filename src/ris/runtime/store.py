@@ -217,6 +217,11 @@ class TaskStore:
             self._db.close()
         self._wdb.close()
 
+    @property
+    def held_writes(self) -> int:
+        """Writes the full disk refused, waiting to be written (StoreWriter.held)."""
+        return self._writer.held
+
     def flush(self) -> None:
         """Return once every write asked for so far is on disk."""
         self._syncer.submit(lambda: None).result()  # rows waiting for their files: queued

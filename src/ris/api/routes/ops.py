@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,7 +12,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ris.api.deps import engine_of, viewer_of
 from ris.api.errors import APIError
-from ris.api.prometheus import CONTENT_TYPE, prometheus_text
+from ris.api.memory import own_rss
+from ris.api.prometheus import CONTENT_TYPE, ServerFacts, prometheus_text
 from ris.api.stats import gpus_json, lane_stats
 from ris.config.fit_checks import lane_footprints, preloaded
 from ris.gpus import gpu_devices
@@ -61,11 +64,27 @@ async def metrics(request: Request) -> PlainTextResponse:
             "/metrics is for admin keys (server.api_keys: a plain key, or role 'admin'); "
             "a user key reads the lanes' state at /api/stats",
         )
-    snapshot = engine_of(request).snapshot()
-    # NVML and the text's encoding are blocking work: done off the event loop, on the frozen
-    # snapshot taken here.
-    body = await asyncio.to_thread(lambda: prometheus_text(snapshot, gpu_devices()))
-    return PlainTextResponse(body, media_type=CONTENT_TYPE)
+    engine = engine_of(request)
+    snapshot = engine.snapshot()
+    cfg = engine.config
+    models = {lane: tuple(cfg.lane(lane).models) for lane in cfg.lanes if cfg.lane(lane).enabled}
+    limit = cfg.server.memory_limit_mb * 2**20 or None
+    held = engine.held_writes()
+
+    def text() -> bytes:
+        # NVML, the data folder's statvfs and the text's encoding are blocking work: done off
+        # the event loop, on the frozen snapshot taken here.
+        facts = ServerFacts(own_rss(), limit, _free_bytes(cfg.data_dir), held, models)
+        return prometheus_text(snapshot, gpu_devices(), facts)
+
+    return PlainTextResponse(await asyncio.to_thread(text), media_type=CONTENT_TYPE)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:  # gone or unreadable: said by the data folder's own watch
+        return None
 
 
 # An uptime checker pointed at the scrape URL sends HEAD; it got 405 as if the path were wrong.
