@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ris.config import Config, ConfigError
 from ris.config.defaults import default_config
 from ris.config.load import load_config, parse_config
-from ris.config.schema import KEY_PLACEHOLDER
+from ris.config.schema import ANSWER_MARGIN_S, KEY_PLACEHOLDER
 from ris.runtime import data_lock
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
         ws="none",
         log_config=_timed_log_config(),
         log_level=args.log_level,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=cfg.server.shutdown_grace_s,
     )
     # Once uvicorn has set up its loggers (in Config): theirs and ours written off the event
     # loop, which a stalled log reader would otherwise stop (ris.log_writer).
@@ -279,10 +279,6 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
         return 1
     return 0 if server.started else STARTUP_FAILURE
 
-
-# Of uvicorn's grace for the answers being written at a stop, what is left to write the
-# server_shutdown ones once the engine ended their tasks.
-ANSWER_MARGIN_S = 1.5
 
 # The exit status of a server that did not start (stopped while its workers started, say):
 # uvicorn.run's.

@@ -52,3 +52,20 @@ def test_answers_in_flight_at_a_stop_end_with_server_shutdown(tmp_path: Path) ->
     assert r.json()["error"]["code"] == "server_shutdown"
     assert "event: error" in lines and not any(line.startswith("cut:") for line in lines), lines[-5:]
     assert any("server_shutdown" in line for line in lines[lines.index("event: error") :])
+
+
+def test_a_longer_grace_lets_an_answer_finish_across_a_stop(tmp_path: Path) -> None:
+    """The grace was 5 s, fixed: every chat running at a restart was cut. server.shutdown_grace_s
+    lets it finish (the stop waits for it, not for the grace's end)."""
+    config = make_config(tmp_path, tts={"enabled": False}, image={"enabled": False})
+    config["server"] = {"shutdown_grace_s": 60}
+    srv = Server(tmp_path, config).start()
+    url = f"{srv.url}/api/llm/generate"
+    body = {**LONG, "max_tokens": 600}  # past the old 5 s of decoding, well inside this grace
+    try:
+        streamed, lines = stream_in_background(url, body)
+        wait_for(lambda: any(line.startswith("event: token") for line in lines), 60)
+    finally:
+        srv.stop()  # SIGTERM: returns once the server has exited
+    streamed.join(60)
+    assert "event: done" in lines and "event: error" not in lines, lines[-5:]

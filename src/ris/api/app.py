@@ -420,7 +420,7 @@ async def _ollama_listener(main: FastAPI) -> AsyncIterator[None]:
         # uvicorn's loggers are the main server's, configured by it: left as they are.
         log_config=None,
         log_level=None,
-        timeout_graceful_shutdown=5,  # as the main server's (cli.py)
+        timeout_graceful_shutdown=srv.shutdown_grace_s,  # as the main server's
     )
     config.load()
     server = uvicorn.Server(config)

@@ -288,6 +288,9 @@ KEY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 # What `ris config` prints in place of a key, so its output can be pasted into a terminal, a
 # ticket or a log; refused as a key, so the printed file cannot serve with a known secret.
 KEY_PLACEHOLDER = "REDACTED"
+# Of a stop's grace, the seconds kept to write the server_shutdown answers once the engine has
+# ended their tasks (cli.py): the least shutdown_grace_s.
+ANSWER_MARGIN_S = 1.5
 # The least server.memory_limit_mb that leaves the API process room to serve (0: none).
 MIN_SERVER_MEMORY_MB = 256
 
@@ -347,6 +350,13 @@ class ServerConfig(_Strict):
         ge=0,
         description="the API process's memory ceiling: over it, new work (POST) gets 503 "
         "server_memory_full until it is back under; 0: none (workers have their own, per lane)",
+    )
+    shutdown_grace_s: int = Field(
+        default=5,
+        ge=2,  # ANSWER_MARGIN_S, and a moment for the answers before it
+        le=3600,
+        description="at a stop (SIGTERM), how long answers being written (a streamed chat, speech) "
+        "may go on before their tasks end with server_shutdown; keep systemd's TimeoutStopSec above it",
     )
     max_prompt_chars: int = Field(default=32_000, ge=1)
     max_tts_chars: int = Field(default=5_000, ge=1)
