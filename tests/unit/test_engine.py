@@ -766,9 +766,10 @@ async def test_a_result_that_cannot_be_written_fails_the_task_clearly(tmp_path: 
 
 @run
 async def test_a_result_a_full_disk_cannot_take_is_storage_full(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A full disk was result_not_stored, a 500, where a record it cannot take is storage_full, 507."""
+    """A full disk was result_not_stored, a 500, where a record it cannot take is storage_full,
+    507; logged in one line (a traceback for each task set off alerts on "Traceback")."""
 
     def full(*args: object, **kwargs: object) -> Path:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -783,6 +784,8 @@ async def test_a_result_a_full_disk_cannot_take_is_storage_full(
         view = await handle.done
         assert (view.state, view.error_code) == ("failed", "storage_full")
         assert failure_status("storage_full") == 507
+    (said,) = [r for r in caplog.records if "no result" in r.getMessage()]
+    assert said.exc_info is None and "No space left on device" in said.getMessage()
 
 
 @run

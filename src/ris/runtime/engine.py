@@ -715,9 +715,12 @@ class Engine:
             try:
                 result = self._result(handle, msg.outcome) if handle else None
             except Exception as e:  # noqa: BLE001 - disk full, a bad outcome, a plugin's bug
-                log.exception("%s task %s: no result", replica.lane, msg.task_id)
                 message = f"the result could not be stored: {type(e).__name__}: {e}"
                 full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+                if full:  # the disk, not a defect: one line per task, no traceback to alert on
+                    log.error("%s task %s: no result: %s", replica.lane, msg.task_id, message)
+                else:
+                    log.exception("%s task %s: no result", replica.lane, msg.task_id)
                 code = "storage_full" if full else "result_not_stored"  # 507, as for a record
                 self._scheduler.finish(msg.task_id, TaskState.FAILED, code=code, message=message)
             else:
