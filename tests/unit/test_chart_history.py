@@ -122,3 +122,31 @@ def test_the_live_core_load_is_one_reading_for_every_tab() -> None:
     first = cores.read(lambda: next(samples))
     now[0] = 1.002
     assert first == [100.0, 50.0] and cores.read(lambda: next(samples)) == first  # no new reading
+
+
+def test_a_sample_that_fails_is_tried_again_an_interval_later_not_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sampling loop slept until the next sample was due, which only a recorded sample
+    moves on: a snapshot that raised was tried again (and logged) 86,000 times in 0.5 s."""
+    import asyncio
+    import time
+
+    from ris.api.console_state import keep_chart_history
+
+    tried: list[float] = []
+
+    class Broken:
+        def snapshot(self, *args: object) -> object:
+            tried.append(time.monotonic())
+            raise RuntimeError("a bad sample")
+
+    async def scenario() -> None:
+        history = ChartHistory(time.time, every_s=0.1, ticker=time.monotonic)
+        loop = asyncio.create_task(keep_chart_history(Broken(), history))  # type: ignore[arg-type]
+        await asyncio.sleep(0.35)
+        loop.cancel()
+
+    asyncio.run(scenario())
+    assert 2 <= len(tried) <= 5, len(tried)
+    assert caplog.text.count("console chart sample failed") == len(tried)

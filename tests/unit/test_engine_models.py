@@ -242,3 +242,18 @@ async def test_a_finished_tasks_keep_alive_is_the_models_expiry_before_the_worke
         gone = eng.submit(LLM, "m", LLMRequest(prompt="d"), keep_alive_s=0)
         llm.deliver(m.TaskDone(gone.task_id, LLMOutcome("stop", 1, 0)))
         assert eng.model_expiries("llm") == {"m": 0.0}
+        # A keep_alive asked for while a task runs (an Ollama client pinning the model) is the
+        # one its end takes, as the worker's; a task started after it takes it away.
+        chat = eng.submit(LLM, "m", LLMRequest(prompt="e"), keep_alive_s=60)
+        eng.keep_model("llm", "m", -1)
+        llm.deliver(m.TaskDone(chat.task_id, LLMOutcome("stop", 1, 0)))
+        assert eng.model_expiries("llm") == {"m": None}
+        first = eng.submit(LLM, "m", LLMRequest(prompt="f"), keep_alive_s=60)
+        eng.keep_model("llm", "m", -1)
+        llm.deliver(m.TaskDone(first.task_id, LLMOutcome("stop", 1, 0)))
+        later = eng.submit(LLM, "m", LLMRequest(prompt="g"), keep_alive_s=60)
+        eng.keep_model("llm", "m", -1)
+        after = eng.submit(LLM, "m", LLMRequest(prompt="h"), keep_alive_s=45)  # queued: slot 1
+        llm.deliver(m.TaskDone(later.task_id, LLMOutcome("stop", 1, 0)))
+        llm.deliver(m.TaskDone(after.task_id, LLMOutcome("stop", 1, 0)))
+        assert eng.model_expiries("llm") == {"m": pytest.approx(45.0)}

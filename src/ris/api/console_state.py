@@ -233,10 +233,16 @@ async def keep_chart_history(engine: Engine, history: ChartHistory) -> None:
     runs (cancelled at shutdown): an open console is not needed for the history to exist."""
     steps, cores = StepRate(), CoreLoad()
     while True:
+        wait = history.until_due()
         if history.due():
             try:
                 snap = engine.snapshot(SAMPLE_WINDOW)
                 history.record(chart_values(snap, engine.config, steps, cores.update(_core_times())))
             except Exception:  # noqa: BLE001 - a bad sample must not end the history
                 log.exception("console chart sample failed")
-        await asyncio.sleep(history.until_due())
+                # Tried again an interval later: the schedule moves only with a sample, and
+                # a sample that fails at once would be tried (and logged) without a pause.
+                wait = history.every_s
+            else:
+                wait = history.until_due()
+        await asyncio.sleep(wait)

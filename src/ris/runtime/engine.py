@@ -530,6 +530,8 @@ class Engine:
         loaded it does nothing."""
         for replica in self._replicas.get(lane, ()):
             replica.worker.send(m.KeepModel(model, keep_alive_s))
+            if any(self._model_of(t) == model for t in replica.running):
+                replica.kept[model] = keep_alive_s  # for the end of its tasks (_expect_expiry)
 
     # ----- dispatch and worker messages -----------------------------------------------------
 
@@ -545,6 +547,7 @@ class Engine:
             replicas = self._replicas[task.lane]
             replica = replicas[0] if len(replicas) == 1 else max(replicas, key=lambda r: r.free_slots)
             replica.running.add(task.id)
+            replica.kept.pop(model, None)  # this request's keep_alive wins over one asked before
             self._where[task.id] = replica
             self._supervisor.task_started(replica.watch)
             if self.durable is not None:
@@ -641,8 +644,11 @@ class Engine:
             or any(self._model_of(t) == model for t in replica.running)
         ):
             return
-        handle = self._handles.get(task_id)
-        asked = handle.keep_alive_s if handle is not None else None
+        if model in replica.kept:  # asked for while it ran: the worker takes that one too
+            asked = replica.kept.pop(model)
+        else:
+            handle = self._handles.get(task_id)
+            asked = handle.keep_alive_s if handle is not None else None
         ttl = self.config.lane(replica.lane).keep_alive_s if asked is None else asked
         replica.expiries[model] = expiry(self.clock(), ttl)
 

@@ -33,6 +33,10 @@ class Replica:
     loading: tuple[str, float] | None = None
     # It said it exits (WorkerExiting): no more work goes to it until a fresh one is ready.
     exiting: bool = False
+    # A keep_alive asked for a model while tasks ran on it here (m.KeepModel; None: the
+    # lane's): the end of its last task takes it, as the worker's Residency does; a task of
+    # that model started since takes it away (the later request's wins).
+    kept: dict[str, float | None] = field(default_factory=dict)
     # How long its last start took, spawn to WorkerReady (None: it has not started yet): what
     # a restart is expected to take, in a queued task's ETA.
     start_s: float | None = None

@@ -223,7 +223,8 @@ class TaskStore:
         return self._writer.held
 
     def flush(self) -> None:
-        """Return once every write asked for so far is on disk."""
+        """Return once every write asked for so far has run: on disk, failed and said, or held
+        for want of room (held_writes; written once there is some)."""
         self._syncer.submit(lambda: None).result()  # rows waiting for their files: queued
         self._writer.flush()
 
@@ -287,7 +288,8 @@ class TaskStore:
         )
 
     def flushed(self) -> Future[None]:
-        """Done once every write asked for before it is on disk (or has failed, and said so)."""
+        """Done once every write asked for before it has run: on disk, failed and said, or held
+        for want of room (written once there is some, before any later held write)."""
         return self._writer.flushed()
 
     def not_resumed(self, task_id: str, why: str) -> Future[None]:
@@ -404,6 +406,9 @@ class TaskStore:
                 self._write(
                     f"DELETE FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')",
                     tuple(chunk),
+                    # Its sweep forgets the tasks once this returns: held, they would stay
+                    # listed with their files gone; refused, the next sweep finds them again.
+                    hold=False,
                 )
             )
         for w in written:

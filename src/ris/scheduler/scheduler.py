@@ -352,7 +352,7 @@ class Scheduler:
         policy = book.policy
         if self.ordering is Ordering.FIFO or policy.client_share >= 1.0 or not len(book.queue):
             return None
-        slots = max(1, book.slots)  # a worker starting: placed as it will run once up
+        slots = max(1, book.slots)  # no worker up: placed as on one slot (its count comes with it)
         key = (book.queue.version, tuple(book.running), book.last_client, slots)
         if book.placing is not None and book.placing[0] == key:
             return book.placing[1], book.placing[2]

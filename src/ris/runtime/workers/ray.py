@@ -433,6 +433,10 @@ class RayWorkers:
         if self.head_lost is None:  # else the actors and the node's board went with the head
             off_loop(_kill, lane, actor, self._placements)
 
+    def just_rejoined(self) -> bool:
+        """Whether the head came back within REJOIN_GRACE_S (its nodes may not have joined it)."""
+        return self.rejoined_at is not None and time.monotonic() - self.rejoined_at < REJOIN_GRACE_S
+
     async def hostable(self, need: dict[str, float]) -> bool:
         """Whether a live node's total resources could host `need` (True when the head does not
         say: the placement wait decides then)."""
@@ -629,7 +633,9 @@ class RayWorker:
         o = self._options
         need = {"CPU": o["num_cpus"], "GPU": o["num_gpus"], **o["resources"]}
         wanted = {k: v for k, v in need.items() if v}
-        if not await self._pool.hostable(wanted):
+        if not self._pool.just_rejoined() and not await self._pool.hostable(wanted):
+            # (Not in the minutes after a rejoin: the nodes join the new head one by one, some
+            # seconds after it, and their lanes' work waits for them, as at any placement.)
             if generation != self._generation or self._last is not None:
                 return
             self._waiting = (
@@ -652,7 +658,7 @@ class RayWorker:
         log.error("%s", self._waiting)
 
     def _why_pending(self) -> str:
-        if self._pool.rejoined_at is not None and time.monotonic() - self._pool.rejoined_at < REJOIN_GRACE_S:
+        if self._pool.just_rejoined():
             return (
                 "after the head's return its nodes join it anew: a node that has not restarted "
                 "and joined yet, a node lost, or other Ray jobs holding them"

@@ -134,7 +134,6 @@ def connect(config: Config) -> None:
     handlers = signal_handlers()
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
-        restore_signal_handlers(handlers)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(
             f"cluster.address {address!r}: cannot join a Ray cluster there: {e} (a head that runs "
@@ -142,6 +141,9 @@ def connect(config: Config) -> None:
             f"RAY_AUTH_MODE=token here and the same token in RAY_AUTH_TOKEN or {_TOKEN_FILE}: "
             "a missing or a different one is refused alike)"
         ) from None
+    finally:
+        # On the main thread (the start's join); a rejoin's thread leaves it to its caller.
+        restore_signal_handlers(handlers)
 
 
 # The signals the server stops on (uvicorn's, and Python's own before it runs).
