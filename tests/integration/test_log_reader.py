@@ -24,12 +24,13 @@ pytestmark = pytest.mark.slow
 REQUESTS = 3000  # ~80 bytes of access log each: several times what a pipe holds (64 KiB)
 
 
-def _config(tmp_path: Path) -> tuple[list[str], str]:
+def _config(tmp_path: Path, log_probes: bool = True) -> tuple[list[str], str]:
     """`ris serve` on a no-op LLM lane alone, as users run it (log level info), and its URL."""
     port = free_port()
     config = {
         "data_dir": str(tmp_path / "data"),
-        "server": {"port": port},
+        # Every probe written, as these tests read /health's lines (by default they are not).
+        "server": {"port": port, "log_probes": log_probes},
         "lanes": {
             "llm": {"cores": [0], "default_model": "noop", "models": {"noop": {"backend": "noop"}}},
             "tts": {"enabled": False},
@@ -108,3 +109,25 @@ def test_a_server_stopped_by_sigterm_writes_its_last_lines(tmp_path: Path, sig: 
     # Each line says when, as RIS's own lines do ("2026-12-07 05:12:00,123 INFO: ...").
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO", access), access
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO", err.splitlines()[-1]), err[-300:]
+
+
+def test_probes_that_found_the_server_well_are_not_in_the_access_log(tmp_path: Path) -> None:
+    """A monitor's poll of /health, /ready and /metrics wrote a line each time (121 lines in
+    14 s); quieting them took --log-level warning, which dropped the lifecycle lines too."""
+    command, url = _config(tmp_path, log_probes=False)
+    out = (tmp_path / "out.log").open("wb")
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        _wait_ready(url)
+        for path in ("/health", "/ready", "/metrics", "/api/models"):
+            httpx.get(f"{url}{path}", timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.kill()
+        proc.wait()
+        out.close()
+    log = (tmp_path / "out.log").read_text()
+    assert '"GET /api/models HTTP/1.1" 200' in log and "Application startup complete" in log
+    assert "GET /health" not in log and '"GET /ready HTTP/1.1" 200' not in log
+    assert '"GET /metrics HTTP/1.1" 200' not in log

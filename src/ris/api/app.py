@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris import __version__
+from ris.api.access_log import quiet_probes_in_access_log
 from ris.api.chart_history import ChartHistory
 from ris.api.console_state import keep_chart_history
 from ris.api.deps import DOCUMENTED_BODIES
@@ -266,6 +267,8 @@ def create_app(
         key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
     )
     hide_signatures_in_access_log()
+    if not config.server.log_probes:
+        quiet_probes_in_access_log()
     _serve(app, config, ROUTERS)
     _document_bodies(app)
     return app

@@ -351,6 +351,11 @@ class ServerConfig(_Strict):
         description="the API process's memory ceiling: over it, new work (POST) gets 503 "
         "server_memory_full until it is back under; 0: none (workers have their own, per lane)",
     )
+    log_probes: bool = Field(
+        default=False,
+        description="write probes that found the server well (GET/HEAD /health, /ready, /metrics "
+        "answered 2xx) in the access log; false: only probes that failed",
+    )
     shutdown_grace_s: int = Field(
         default=5,
         ge=2,  # ANSWER_MARGIN_S, and a moment for the answers before it
