@@ -57,7 +57,6 @@ from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
 from ris.runtime.workers.ray_cluster import (
     INLINE_OBJECTS,
     Placements,
-    alive_nodes,
     check_cluster,
     connect,
     head_address,
@@ -65,7 +64,7 @@ from ris.runtime.workers.ray_cluster import (
     restore_signal_handlers,
     signal_handlers,
 )
-from ris.runtime.workers.ray_placement import demand, fits, format_resources, threads_in_cluster
+from ris.runtime.workers.ray_placement import demand, format_resources, threads_in_cluster
 
 log = logging.getLogger("ris.worker")
 T = TypeVar("T")
@@ -90,9 +89,6 @@ USAGE_EVERY_S = 0.25
 # An actor whose node has room yields within a few seconds (its process starts, it has not
 # loaded a model yet); one silent this long waits for Ray to find it room.
 PENDING_AFTER_S = 20.0
-# How soon a worker no live node can host at all is said pending (Ray has had time to create
-# the actor; the nodes it lists alive are those its health checks have not yet declared dead).
-NO_HOST_AFTER_S = 2.0
 # For how long after a rejoin a pending worker is said to wait for its node to join again.
 REJOIN_GRACE_S = 120.0
 # The head is probed this often; this many failed probes in a row and it is lost. A lost head
@@ -437,15 +433,6 @@ class RayWorkers:
         """Whether the head came back within REJOIN_GRACE_S (its nodes may not have joined it)."""
         return self.rejoined_at is not None and time.monotonic() - self.rejoined_at < REJOIN_GRACE_S
 
-    async def hostable(self, need: dict[str, float]) -> bool:
-        """Whether a live node's total resources could host `need` (True when the head does not
-        say: the placement wait decides then)."""
-        try:
-            nodes = await asyncio.wrap_future(off_loop(alive_nodes))
-        except Exception:  # noqa: BLE001 - the head is gone: its watch says so
-            return True
-        return any(fits(node, need) for node in nodes)
-
     async def available(self) -> dict[str, float]:
         """What is free in the cluster now ({} when the head does not say)."""
         try:
@@ -624,35 +611,21 @@ class RayWorker:
     async def _watch_placement(self, generation: int) -> None:
         """Say so, with what it asks for and what is free, when Ray keeps the actor pending: the
         start check counted the nodes' totals, and a node lost since or another Ray job holding
-        the resources leaves it waiting with no error of Ray's own. Where no live node could
-        host it at all (its only node lost), that is said within seconds: its requests were
-        accepted for the 20 s of the wait, then refused."""
-        await asyncio.sleep(NO_HOST_AFTER_S)
+        the resources leaves it waiting with no error of Ray's own. (Not sooner where no live
+        node could host it: asking Ray which nodes live is a call to the head, and a call made
+        in the seconds before a head's loss is seen waits for the head; after 60 s of waiting
+        Ray ends the whole process, HTTP server and all.)"""
+        await asyncio.sleep(PENDING_AFTER_S)
         if generation != self._generation or self._last is not None:
             return
         o = self._options
         need = {"CPU": o["num_cpus"], "GPU": o["num_gpus"], **o["resources"]}
-        wanted = {k: v for k, v in need.items() if v}
-        if not self._pool.just_rejoined() and not await self._pool.hostable(wanted):
-            # (Not in the minutes after a rejoin: the nodes join the new head one by one, some
-            # seconds after it, and their lanes' work waits for them, as at any placement.)
-            if generation != self._generation or self._last is not None:
-                return
-            self._waiting = (
-                f"no live node of the Ray cluster can host the {self.spec.lane} worker: it asks for "
-                f"{format_resources(wanted)} (a node lost; the lane serves when one that can joins)"
-            )
-            log.error("%s", self._waiting)
-            return
-        await asyncio.sleep(PENDING_AFTER_S - NO_HOST_AFTER_S)
-        if generation != self._generation or self._last is not None:
-            return
         free = await self._pool.available()
         if generation != self._generation or self._last is not None:
             return
         self._waiting = (
             f"Ray has not placed the {self.spec.lane} worker after {PENDING_AFTER_S:g} s: it asks "
-            f"for {format_resources(wanted)}, free in the cluster now: "
+            f"for {format_resources({k: v for k, v in need.items() if v})}, free in the cluster now: "
             f"{format_resources(free)} ({self._why_pending()})"
         )
         log.error("%s", self._waiting)

@@ -78,7 +78,7 @@ def threads_in_cluster(config: Config, lane: str) -> int:
     return cfg.threads or max(1, int(demand(config, lane).num_cpus))
 
 
-def fits(node: Mapping[str, float], need: Mapping[str, float]) -> int:
+def _fits(node: Mapping[str, float], need: Mapping[str, float]) -> int:
     """How many times `need` fits in the node's total resources."""
     counts = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
     return min(counts) if counts else 0
@@ -144,7 +144,7 @@ def _missing(
                 f"{where}: no node of the Ray cluster has resource {name!r} >= {amount:g} "
                 f"(the most any node has: {have:g}){hint}"
             )
-    hosts = sum(fits(n, need) for n in nodes)
+    hosts = sum(_fits(n, need) for n in nodes)
     if hosts == 0:
         return f"{where}: no single node of the Ray cluster has all of {dict(need)} at once"
     if hosts < replicas:
