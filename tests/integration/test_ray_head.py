@@ -11,6 +11,7 @@ timeout); the test watches the server for longer than that.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -222,3 +223,36 @@ def test_the_server_outlives_the_head_and_serves_again_when_it_returns(tmp_path:
     # SIGTERM after the rejoin stopped it gracefully, not through the handler Ray's new driver
     # installs (a stack dump and an exit on the spot).
     assert "SIGTERM received" not in srv.log_path.read_text()
+
+
+def test_a_server_whose_token_the_head_refuses_is_told_why_within_seconds(tmp_path: Path, head: Head) -> None:
+    """ray.init asks a refusing head 20 times, a second apart, and then says "Failed to connect"
+    (the reason only in Ray's log lines): `ris serve` said that after 21 s."""
+    cfg = make_config(tmp_path, image={"enabled": False})
+    cfg["cluster"] = {"engine": "ray", "address": head.address}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    # The test machine's own Ray settings (a token file in ~/.ray) must not count.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
+    cases = {
+        "a different token": (
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+            "refused this server's token",
+        ),
+        "no token": ({}, "refused this server's token"),
+        "token mode without a token": ({"RAY_AUTH_MODE": "token"}, "no authentication token was found"),
+    }
+    for case, (env, reason) in cases.items():
+        start = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "ris", "serve", "--config", str(path)],
+            env=base | env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        took = time.monotonic() - start
+        print(f"{case}: exit {done.returncode} after {took:.1f} s")
+        assert done.returncode == 2, (case, done.stderr[-3000:])
+        assert reason in done.stderr and "RAY_AUTH_TOKEN" in done.stderr, (case, done.stderr[-3000:])
+        assert took < 15, case  # the import and the config's checks; ray.init's retries took 21 s

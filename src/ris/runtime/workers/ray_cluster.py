@@ -22,6 +22,7 @@ from ris.runtime.workers import ray_driver  # noqa: F401 - before ray (its docst
 
 # isort: split
 import ray
+import ray.exceptions
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -52,6 +53,45 @@ _SETTINGS_FRAME = 4
 
 
 _TOKEN_FILE = os.path.expanduser("~/.ray/auth_token")
+# A head's refusal of a driver's token (Ray 2.5x's token authentication; an older Ray has none).
+AuthenticationError: type[Exception] = getattr(ray.exceptions, "AuthenticationError", RuntimeError)
+_TOKEN_HINT = (
+    " (a head that runs with token authentication, as `ray start --head` does where a token "
+    f"exists, needs RAY_AUTH_MODE=token here and the same token in RAY_AUTH_TOKEN or {_TOKEN_FILE}: "
+    "a missing or a different one is refused alike)"
+)
+
+
+def _token_refusal(address: str) -> str | None:
+    """Why the head at `address` refuses this process's token (or its having none), else None.
+    ray.init asks the head 20 times, a second apart, and then says only "Failed to connect" (21 s,
+    the reason in a log line per try); one ask, as ray.init's first, says why in milliseconds. A
+    head that does not answer within the connect timeout is left to ray.init."""
+    try:
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray's layout: ray.init's own answer, slower
+        return None
+    try:
+        # RAY_AUTH_MODE=token without a token: said here, as ray.init says it (a GcsClient made
+        # so aborts the whole process in Ray's C++ check).
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    except AuthenticationError as e:
+        return f"this server cannot join with its Ray settings: {e}"
+    said: list[str] = []
+
+    def ask() -> None:
+        try:
+            GcsClient(address=address)  # the head's cluster id: a call that carries the token
+        except AuthenticationError as e:
+            said.append(f"the Ray head refused this server's token: {e}")
+        except Exception:  # any other failure: ray.init meets it and says it
+            pass
+
+    asking = threading.Thread(target=ask, name="ris-ray-token-check", daemon=True)
+    asking.start()
+    asking.join(CONNECT_TIMEOUT_S)
+    return said[0] if said else None
 
 
 def _driver_environment() -> None:
@@ -131,15 +171,16 @@ def connect(config: Config) -> None:
     if ray.is_initialized():
         return
     _driver_environment()
+    if head is not None:
+        refused = _token_refusal(address)
+        if refused is not None:
+            raise ConfigError(f"cluster.address {address!r}: {refused}{_TOKEN_HINT}")
     handlers = signal_handlers()
     try:
         ray.init(address=address, namespace=config.cluster.namespace, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
         raise ConfigError(
-            f"cluster.address {address!r}: cannot join a Ray cluster there: {e} (a head that runs "
-            "with token authentication, as `ray start --head` does where a token exists, needs "
-            f"RAY_AUTH_MODE=token here and the same token in RAY_AUTH_TOKEN or {_TOKEN_FILE}: "
-            "a missing or a different one is refused alike)"
+            f"cluster.address {address!r}: cannot join a Ray cluster there: {e}{_TOKEN_HINT}"
         ) from None
     finally:
         # On the main thread (the start's join); a rejoin's thread leaves it to its caller.
