@@ -69,8 +69,10 @@ def _token_refusal(address: str) -> str | None:
     head that does not answer within the connect timeout is left to ray.init."""
     try:
         from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-        from ray._raylet import GcsClient
     except ImportError:  # another Ray's layout: ray.init's own answer, slower
+        return None
+    gcs_client: Any = getattr(ray._raylet, "GcsClient", None)  # unannotated in Ray
+    if gcs_client is None:
         return None
     try:
         # RAY_AUTH_MODE=token without a token: said here, as ray.init says it (a GcsClient made
@@ -82,7 +84,7 @@ def _token_refusal(address: str) -> str | None:
 
     def ask() -> None:
         try:
-            GcsClient(address=address)  # the head's cluster id: a call that carries the token
+            gcs_client(address=address)  # the head's cluster id: a call that carries the token
         except AuthenticationError as e:
             said.append(f"the Ray head refused this server's token: {e}")
         except Exception:  # any other failure: ray.init meets it and says it
@@ -171,7 +173,7 @@ def connect(config: Config) -> None:
     if ray.is_initialized():
         return
     _driver_environment()
-    if head is not None:
+    if head is not None and address:
         refused = _token_refusal(address)
         if refused is not None:
             raise ConfigError(f"cluster.address {address!r}: {refused}{_TOKEN_HINT}")
