@@ -222,3 +222,16 @@ def test_a_store_from_before_owners_is_migrated_and_its_tasks_are_the_anonymous_
     finally:
         store.close()
     TaskStore(path).close()  # opened again: nothing left to migrate
+
+
+@run
+async def test_an_llm_task_reaches_its_worker_scoped_to_its_owner(tmp_path: Path) -> None:
+    """The LLM worker reuses cached prompt state only within one scope (llama_batch): the
+    owner's, which the engine sets whatever the request said; None without keys, as before."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=3)
+        eng.submit(LLM, "m", LLMRequest(prompt="alice's"), owner="alice")
+        eng.submit(LLM, "m", LLMRequest(prompt="posing", cache_scope="alice"), owner="bob")
+        eng.submit(LLM, "m", LLMRequest(prompt="no keys"))
+        assert [r.request.cache_scope for r in llm.runs] == ["alice", "bob", None]  # type: ignore[attr-defined]

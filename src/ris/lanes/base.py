@@ -474,6 +474,14 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
     @abstractmethod
     def result_from_json(self, data: Mapping[str, Any]) -> ResultT: ...
 
+    def owned(self, request: RequestT, owner: str | None) -> RequestT:
+        """`request` as the task of `owner` (ris.runtime.tenancy; None: no key names anyone). A
+        lane whose worker keeps what one task computed for the next (the LLM's prompt cache)
+        marks whose it is: what one owner's prompts left must not serve another's, whose
+        answer would come measurably sooner for guessing them right."""
+        del owner
+        return request
+
     def costly(self, request: RequestT) -> bool:
         """A request whose work per step is far above its kind's usual (a grammar with hundreds
         of alternatives): one client's costly tasks hold at most the lane's client_share of its

@@ -136,6 +136,9 @@ class LLMRequest:
     # longer than the context. A chat leaves out its oldest turns (never a system turn, nor the
     # last); what is still too long keeps its first tokens and its end (fit_context).
     truncate: bool = False
+    # Whose cached prompt state this request may reuse, and leaves for whom (LaneKind.owned):
+    # its owner's key name where keys name users; None: anyone's. Set by the engine, not a client.
+    cache_scope: str | None = field(default=None, repr=False)
 
     @property
     def penalized(self) -> bool:
@@ -700,6 +703,9 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
             languages=("en",),  # its model card: English only
         )
     }
+
+    def owned(self, request: LLMRequest, owner: str | None) -> LLMRequest:
+        return request if request.cache_scope == owner else replace(request, cache_scope=owner)
 
     def costly(self, request: LLMRequest) -> bool:
         return request.constraint is not None and costly_schema(request.constraint.schema)

@@ -378,6 +378,7 @@ class Engine:
             raise TypeError(
                 f"the {lane} lane takes {kind.request_type.__name__}, not {type(request).__name__}"
             )
+        request = kind.owned(request, owner)
         cfg = self.config.lane(lane)
         model_spec = cfg.models.get(model)
         spec = TaskSpec(
