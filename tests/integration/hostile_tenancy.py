@@ -80,10 +80,10 @@ def _answer(r: httpx.Response, task_id: str) -> tuple[int, str]:
 def probe(url: str, victim_ids: list[str], intruder: str = "bob") -> list[str]:
     """One round of every probe by `intruder` against `victim_ids`; the leaks found."""
     leaks: list[str] = []
-    cookie = httpx.Client(
-        base_url=url, cookies={"ris_key": KEYS[intruder]}, timeout=60
-    )  # the console's way in
+    cookie = httpx.Client(base_url=url, timeout=60)  # the console's way in: its login's session
     with http(url, intruder) as c, cookie:
+        assert cookie.post("/ui/login", data={"key": KEYS[intruder]}).status_code == 303
+        assert "ris_key" in cookie.cookies
         for task_id in victim_ids:
             unknown = secrets.token_hex(16)
             for (method, path), (_, unknown_path) in zip(id_routes(task_id), id_routes(unknown), strict=True):

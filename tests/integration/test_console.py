@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,8 @@ def test_with_api_keys_the_console_refuses_without_the_key_and_works_with_it(
     assert KEY not in page.url
     [cookie] = page.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    # A session, not the key: the browser sends it to every port of this host (other apps).
+    assert KEY not in cookie["value"] and cookie["expires"] > time.time() + 86400
     assert KEY not in page.evaluate("() => document.cookie")  # the page's script cannot read it
 
     page.goto(url + "/ui/models")
@@ -468,3 +471,6 @@ def test_with_api_keys_the_console_refuses_without_the_key_and_works_with_it(
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(url + "/ui/login")
     assert httpx.get(url + "/api/console/state").status_code == 401
+    # The session logged out is over on the server too, not only gone from this browser.
+    kept = httpx.get(url + "/api/console/state", headers={"Cookie": f"ris_key={cookie['value']}"})
+    assert kept.status_code == 401

@@ -331,3 +331,25 @@ def test_the_seed_apis_result_urls_open_without_the_key_for_that_result_alone(lo
     # The signature covers the path, which names the task: not another result's.
     other = f"{locked.url}/api/tts/audio/{spoken.json()['task_id']}?{body['result_url'].partition('?')[2]}"
     assert httpx.get(other).status_code == 401
+
+
+def test_the_console_login_takes_posts_from_its_own_page_only(locked: Server) -> None:
+    """Login CSRF: a page of an allowed origin (or another port of the host: same site) that
+    posts its own key to the login form logged the browser's console in as that key, and what
+    the person asked next became that key owner's tasks to read."""
+    form = {"key": KEY, "next": "/ui/playground"}
+    for headers in (
+        {"Origin": "https://app.example"},  # allowed to call the API with a key of its own
+        {"Sec-Fetch-Site": "same-site"},  # another port of this host, its Origin left out
+        {"Origin": "null"},
+    ):
+        r = httpx.post(f"{locked.url}/ui/login", data=form, headers=headers)
+        assert r.status_code == 403 and "set-cookie" not in r.headers, (headers, r.text)
+    own = locked.url.removeprefix("http://")
+    r = httpx.post(
+        f"{locked.url}/ui/login",
+        data=form,
+        headers={"Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert r.status_code == 303 and KEY not in r.headers["set-cookie"]
+    assert httpx.post(f"{locked.url}/ui/login", data=form).status_code == 303  # no browser: no CSRF

@@ -1,12 +1,14 @@
-"""The console's side of the guard (ris.api.security) and of the models page: the key cookie
-the login sets is a key like a bearer one, a browser without it is sent to the login form
-while API clients get a JSON 401, and the config shown hides secret values."""
+"""The console's side of the guard (ris.api.security) and of the models page: the session
+cookie the login sets (never the key itself) lets in as its key would, a browser without it is
+sent to the login form while API clients get a JSON 401, and the config shown hides secret
+values."""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
-from ris.api.keys import KeyChecker
+from ris.api.console_sessions import ConsoleSessions
+from ris.api.keys import KeyChecker, key_principals
 from ris.api.routes.console import _after_login, redact
 from ris.api.security import KEY_COOKIE, Guard
 
@@ -14,12 +16,15 @@ from .fakes import FakeClock
 from .guarded import ok, through
 
 KEY = "k3y;with=odd chars"
+SESSIONS = ConsoleSessions.for_keys(key_principals([KEY]), lambda: bytes(range(32)))
+assert SESSIONS is not None
+SESSION = SESSIONS.issue(KEY)
 
 
 def answer(
     path: str, *headers: tuple[str, str], method: str = "GET", origins: tuple[str, ...] = ()
 ) -> tuple[int, dict[str, str]]:
-    guard = Guard(ok, keys=KeyChecker([KEY], FakeClock()), allowed_origins=origins)
+    guard = Guard(ok, keys=KeyChecker([KEY], FakeClock()), allowed_origins=origins, sessions=SESSIONS)
     return through(guard, method, path, [("host", "127.0.0.1:8080"), *headers])
 
 
@@ -27,21 +32,44 @@ def cookie(value: str) -> tuple[str, str]:
     return ("cookie", f"other=1; {KEY_COOKIE}={quote(value, safe='')}")
 
 
-def test_the_login_cookie_is_a_key() -> None:
-    assert answer("/api/stats", cookie(KEY))[0] == 200
+def test_the_login_cookie_is_a_session_not_the_key() -> None:
+    """A browser sends a host's cookies to every port of it: a cookie holding the key gave it,
+    in clear, to any other web app on the machine."""
+    assert answer("/api/stats", cookie(SESSION))[0] == 200
+    assert KEY not in SESSION and quote(KEY, safe="") not in SESSION
+    assert answer("/api/stats", cookie(KEY))[0] == 401  # an old console's cookie: log in again
     assert answer("/api/stats", cookie("wrong"))[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"))[0] == 200
+    assert answer("/api/stats", ("authorization", f"Bearer {SESSION}"))[0] == 401  # not a key
     assert answer("/api/stats", ("cookie", "ris_key"))[0] == 401  # unreadable: no key
+    forged = SESSION.rsplit(".", 1)[0] + "." + "0" * 64
+    assert answer("/api/stats", cookie(forged))[0] == 401
+
+
+def test_a_session_ends_at_its_expiry_at_logout_and_when_the_keys_change() -> None:
+    clock = FakeClock()
+    sessions = ConsoleSessions.for_keys(key_principals([KEY, "other"]), lambda: bytes(32))
+    assert sessions is not None
+    sessions._wall = clock  # noqa: SLF001 - the wall clock, faked
+    a, b = sessions.issue(KEY), sessions.issue(KEY)
+    assert sessions.principal(a) is not None and sessions.principal(a) == sessions.principal(b)
+    sessions.revoke(a)
+    assert sessions.principal(a) is None and sessions.principal(b) is not None  # that one alone
+    clock.advance(sessions.ttl_s + 1)
+    assert sessions.principal(b) is None
+    changed = ConsoleSessions.for_keys(key_principals([KEY]), lambda: bytes(32))  # "other" removed
+    assert changed is not None and changed.principal(changed.issue(KEY)) is not None
+    assert changed.principal(sessions.issue(KEY)) is None
 
 
 def test_another_apps_unparsable_cookie_does_not_hide_the_key() -> None:
     """A browser sends every cookie of the host (any app on localhost): one that Python's
     http.cookies cannot parse made it drop the whole header, and the console looped to its
     login form."""
-    key = f"{KEY_COOKIE}={quote(KEY, safe='')}"
+    key = f"{KEY_COOKIE}={SESSION}"
     for header in (f'foo={{"a": 1}}; {key}', f"a=b c; {key}", f"{key}; a=b c", f'q="unterminated; {key}'):
         assert answer("/api/stats", ("cookie", header))[0] == 200, header
-    assert answer("/api/stats", ("cookie", f'{KEY_COOKIE}="{quote(KEY, safe="")}"'))[0] == 200  # quoted
+    assert answer("/api/stats", ("cookie", f'{KEY_COOKIE}="{SESSION}"'))[0] == 200  # quoted
 
 
 def test_a_browser_without_the_key_goes_to_the_login_form_and_a_client_gets_401() -> None:
@@ -75,9 +103,9 @@ def test_the_cookie_is_a_key_on_same_origin_requests_only() -> None:
     # from the browser: it must bring a key of its own.
     other = ("origin", "http://127.0.0.1:3000")
     allowed = ("http://127.0.0.1:3000",)
-    assert answer("/api/stats", cookie(KEY), other, origins=allowed)[0] == 401
+    assert answer("/api/stats", cookie(SESSION), other, origins=allowed)[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), other, origins=allowed)[0] == 200
-    assert answer("/api/stats", cookie(KEY), ("origin", "http://127.0.0.1:8080"))[0] == 200
+    assert answer("/api/stats", cookie(SESSION), ("origin", "http://127.0.0.1:8080"))[0] == 200
 
 
 def test_a_same_site_page_without_an_origin_header_does_not_get_in_by_the_cookie() -> None:
@@ -85,16 +113,20 @@ def test_a_same_site_page_without_an_origin_header_does_not_get_in_by_the_cookie
     fetch, and SameSite=Strict sends it the console's cookie: an admin's result showed in its
     <img>. Fetch Metadata tells such a request from the console's own."""
     site = ("sec-fetch-site", "same-site")
-    assert answer("/api/image/result/" + "a" * 32, cookie(KEY), site, ("sec-fetch-mode", "no-cors"))[0] == 401
-    assert answer("/api/tasks", cookie(KEY), ("sec-fetch-site", "cross-site"))[0] == 401
+    assert (
+        answer("/api/image/result/" + "a" * 32, cookie(SESSION), site, ("sec-fetch-mode", "no-cors"))[0]
+        == 401
+    )
+    assert answer("/api/tasks", cookie(SESSION), ("sec-fetch-site", "cross-site"))[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), site)[0] == 200  # a key of its own
     # The console's own requests, a person's navigation, and clients without Fetch Metadata.
-    assert answer("/api/stats", cookie(KEY), ("sec-fetch-site", "same-origin"))[0] == 200
+    assert answer("/api/stats", cookie(SESSION), ("sec-fetch-site", "same-origin"))[0] == 200
     assert (
-        answer("/ui/work", cookie(KEY), ("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate"))[0] == 200
+        answer("/ui/work", cookie(SESSION), ("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate"))[0]
+        == 200
     )
-    assert answer("/ui/work", cookie(KEY), site, ("sec-fetch-mode", "navigate"))[0] == 200
-    assert answer("/api/stats", cookie(KEY))[0] == 200
+    assert answer("/ui/work", cookie(SESSION), site, ("sec-fetch-mode", "navigate"))[0] == 200
+    assert answer("/api/stats", cookie(SESSION))[0] == 200
 
 
 def test_a_refusal_an_allowed_origin_gets_carries_its_cors_headers() -> None:

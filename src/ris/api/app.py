@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ris import __version__
 from ris.api.access_log import quiet_probes_in_access_log
 from ris.api.chart_history import ChartHistory
+from ris.api.console_sessions import ConsoleSessions
 from ris.api.console_state import keep_chart_history
 from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
@@ -266,6 +267,9 @@ def create_app(
     app.state.url_signer = UrlSigner.for_keys(
         key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
     )
+    app.state.sessions = ConsoleSessions.for_keys(
+        key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
+    )
     hide_signatures_in_access_log()
     if not config.server.log_probes:
         quiet_probes_in_access_log()
@@ -304,6 +308,7 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
         # editor's webview, a desktop app): its clients expect it, as they expect port 11434.
         default_origins=OLLAMA_ORIGINS if getattr(app.state, OLLAMA_ONLY, False) else (),
         signer=app.state.url_signer,
+        sessions=app.state.sessions,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it
 
@@ -321,6 +326,7 @@ def create_ollama_app(main: FastAPI) -> FastAPI:
     app.state.config_path = main.state.config_path
     app.state.keys = main.state.keys
     app.state.url_signer = main.state.url_signer
+    app.state.sessions = main.state.sessions
     setattr(app.state, OLLAMA_ONLY, True)
     _serve(app, engine.config, OLLAMA_ROUTERS)
     return app

@@ -7,9 +7,9 @@ default only loopback names, addresses written as such and names no public DNS a
 origin is configured (or, on the Ollama listener, is one Ollama lets in), and with keys
 configured every path but /health (and the Ollama listener's "/", its health check) needs one.
 
-The web console (/ui) sends its key as an HttpOnly, SameSite=Strict cookie set by its login
-form (routes/console.py); a browser page without it is sent to the login form instead of
-getting a JSON 401.
+The web console (/ui) is let in by an HttpOnly, SameSite=Strict session cookie its login form
+sets (routes/console.py, console_sessions.py: not the key); a browser page without it is sent to
+the login form instead of getting a JSON 401.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlencode
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ris.api.console_sessions import ConsoleSessions
 from ris.api.errors import dialect_of, error_response
 from ris.api.keys import KeyChecker, Verdict, key_fingerprint
 from ris.api.signed_urls import UrlSigner
@@ -177,6 +178,7 @@ class Guard:
         allowed_hosts: Iterable[str] = (),
         allowed_origins: Iterable[str] = (),
         signer: UrlSigner | None = None,
+        sessions: ConsoleSessions | None = None,
         default_origins: Iterable[str] = (),
     ) -> None:
         """`keys`: the server's API keys and their guessing throttle (none: no key needed);
@@ -186,6 +188,7 @@ class Guard:
         self.app = app
         self.keys = keys if keys is not None and keys.keys else None
         self.signer = signer
+        self.sessions = sessions
         hosts = {h.lower() for h in allowed_hosts}
         self.any_host = "*" in hosts
         self.hosts = LOOPBACK_NAMES | hosts
@@ -314,10 +317,17 @@ class Guard:
         browser would send it the console's cookie too (SameSite counts a site, not a port),
         which must not stand in for one."""
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token:
-            given = token.strip()
-        else:
-            given = _cookie_key(headers.get("cookie", "")) if cookie else ""
+        given = token.strip() if scheme.lower() == "bearer" and token else ""
+        if not given and cookie:
+            # The console's session (console_sessions): no key in it, nothing to guess with.
+            session = _cookie_key(headers.get("cookie", ""))
+            principal = self.sessions.principal(session) if self.sessions and session else None
+            if principal is None:
+                return Verdict(False)
+            state = scope.setdefault("state", {})
+            state[CLIENT_STATE] = "session:" + (principal.owner or "")
+            state[PRINCIPAL_STATE] = principal
+            return Verdict(True, principal=principal)
         if not given:
             return Verdict(False)  # no key at all: not a guess, nothing spent
         assert self.keys is not None
@@ -333,13 +343,14 @@ class Guard:
 
 def _refusal(headers: dict[str, str], *, cookie: bool) -> str:
     """Why a request was refused. A client with a key to hand wants to know it was refused,
-    not that one is needed; a console whose cookie holds a key since changed, to log in again."""
+    not that one is needed; a console whose session ended, to log in again."""
     scheme, _, sent = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and sent.strip():
         return "the API key sent is not one this server accepts"
     if cookie and _cookie_key(headers.get("cookie", "")):
         return (
-            "the key the console logged in with is not one this server accepts now: log in again at /ui/login"
+            "the console's session has ended (logged out, expired, or the server's keys changed): "
+            "log in again at /ui/login"
         )
     return "this server needs an API key: send 'Authorization: Bearer <key>'"
 

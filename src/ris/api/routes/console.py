@@ -16,7 +16,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -24,6 +24,7 @@ from starlette.templating import Jinja2Templates
 
 from ris import __version__
 from ris.api.chart_history import ChartHistory
+from ris.api.console_sessions import ConsoleSessions
 from ris.api.console_state import console_state
 from ris.api.deps import engine_of, viewer_of
 from ris.api.errors import APIError
@@ -143,6 +144,15 @@ async def login(request: Request) -> Response:
     keys = engine_of(request).config.server.api_keys
     if not keys:
         return RedirectResponse("/ui", status_code=303)
+    if not _from_own_page(request):
+        # Login CSRF: a page elsewhere (an allowed origin included) that posts its own key here
+        # logs the browser's console in as that key, and what the person then asks becomes its
+        # owner's tasks to read.
+        raise APIError(
+            403,
+            "origin_not_allowed",
+            "the console's login form takes posts from its own page only (/ui/login on this server)",
+        )
     # A plain form post (application/x-www-form-urlencoded): parsed here, so the server needs
     # no multipart library for one field.
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
@@ -161,10 +171,12 @@ async def login(request: Request) -> Response:
         refused = _page(request, "login", error="That key is not one of this server's API keys.", next=after)
         refused.status_code = 401
         return refused
+    sessions: ConsoleSessions = request.app.state.sessions
     resp = RedirectResponse(after, status_code=303)
     resp.set_cookie(
         KEY_COOKIE,
-        quote(given, safe=""),
+        sessions.issue(given),  # a session, not the key: every port of the host gets it
+        max_age=int(sessions.ttl_s),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -173,8 +185,23 @@ async def login(request: Request) -> Response:
     return resp
 
 
+def _from_own_page(request: Request) -> bool:
+    """Whether a form post came from this server's own page: its Origin, where the browser
+    sends one (every current browser does on a POST), is this host and port, and its Fetch
+    Metadata, where sent, says same-origin (another port of the host is "same-site")."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        scheme, _, rest = origin.rstrip("/").lower().partition("://")
+        if scheme not in ("http", "https") or rest != request.headers.get("host", "").lower():
+            return False
+    return request.headers.get("sec-fetch-site") in (None, "same-origin", "none")
+
+
 @router.post("/ui/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    sessions: ConsoleSessions | None = request.app.state.sessions
+    if sessions is not None:
+        sessions.revoke(request.cookies.get(KEY_COOKIE, ""))
     resp = RedirectResponse("/ui/login", status_code=303)
     resp.delete_cookie(KEY_COOKIE, path="/", httponly=True, samesite="strict")
     return resp
