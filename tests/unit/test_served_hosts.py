@@ -67,6 +67,15 @@ def test_a_host_with_more_than_a_port_after_the_name_is_refused(host: str) -> No
     assert status("127.0.0.1", host) == 403
 
 
+def test_a_request_with_two_host_headers_is_refused() -> None:
+    """The allow-list read the last Host while the app built its URLs from the first: a signed
+    image URL came back on evil.example (an outside security test). RFC 9112: 400."""
+    guard = Guard(ok)
+    two = [("host", "evil.example:80"), ("host", "127.0.0.1:8080")]
+    assert through(guard, "GET", "/api/stats", two)[0] == 400
+    assert through(guard, "GET", "/api/stats", two[1:])[0] == 200
+
+
 def test_an_origin_of_another_scheme_is_another_origin() -> None:
     guard = Guard(ok)
     host = ("host", "127.0.0.1:8080")

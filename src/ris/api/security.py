@@ -204,9 +204,19 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        raw = scope.get("headers") or []
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
         path: str = scope.get("path", "")
         dialect = dialect_of(scope)
+        if sum(1 for k, _ in raw if k.lower() == b"host") > 1:
+            # RFC 9112: a request with more than one Host is answered 400. Here the last one
+            # passed the allow-list while the app built its URLs from the first (a signed image
+            # URL on a host of the sender's choosing).
+            resp = error_response(
+                400, "bad_request", "a request has one Host header; this one had several", dialect=dialect
+            )
+            await resp(scope, receive, send)
+            return
         host = _host_name(headers.get("host", ""))
         if not self.any_host and host not in self.hosts and not _no_rebinding_name(host):
             resp = error_response(
