@@ -104,3 +104,24 @@ def test_what_the_converter_misread_is_written_as_it_reads_it() -> None:
     assert kept == {"properties": {"not": {"type": "string"}}, "enum": [{"type": ["a", "b"]}]}
     node = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/N"}}}}
     parses({"$defs": {"N": node}, "$ref": "#/$defs/N"})
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [
+        ({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "leads nowhere or back to itself"),
+        ({"properties": 5}, "a keyword holds a value JSON Schema does not allow there"),
+        ({"type": 5}, "this part is not a JSON Schema: {'type': 5}"),
+    ],
+)
+def test_a_schema_the_converter_cannot_read_is_refused_in_the_schemas_words(schema: object, said: str) -> None:
+    """Python's words, as an outside test found them: `KeyError: '#/$defs/a'` for a $ref that
+    exists (it refers to itself), `AttributeError: 'int' object has no attribute 'items'`."""
+    from ris.backends import BackendError
+    from ris.backends._grammar import gbnf
+    from ris.lanes.llm import Constraint
+
+    with pytest.raises(BackendError) as exc:
+        gbnf(Constraint(json.dumps(schema)))
+    assert exc.value.code == "invalid_request" and said in exc.value.message
+    assert "Error" not in exc.value.message

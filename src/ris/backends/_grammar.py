@@ -46,6 +46,20 @@ _OPEN = CALL_OPEN.encode()
 MAX_GRAMMAR_S = 2.0
 
 
+def _why(e: Exception) -> str:
+    """The converter's failure in the schema's words, not Python's (a KeyError named a $ref
+    that exists, because it referred to itself; an AttributeError said `'int' object has no
+    attribute 'items'` for `"properties": 5`)."""
+    text = str(e.args[0]) if e.args else ""
+    if isinstance(e, KeyError):
+        return f"its $ref {text!r} leads nowhere or back to itself (a grammar needs one that ends)"
+    if isinstance(e, RecursionError):
+        return "its $refs lead back to themselves without end"
+    if text.startswith("Unrecognized schema: "):
+        return f"this part is not a JSON Schema: {text.removeprefix('Unrecognized schema: ')[:200]}"
+    return f"a keyword holds a value JSON Schema does not allow there ({text[:200]})"
+
+
 @functools.lru_cache(maxsize=64)
 def gbnf(constraint: Constraint) -> tuple[str, str]:
     """The grammar's text and its start rule; BackendError for a schema it cannot express.
@@ -63,7 +77,7 @@ def gbnf(constraint: Constraint) -> tuple[str, str]:
         rules = json_schema_to_gbnf(constraint.schema)
     except Exception as e:  # noqa: BLE001 - the converter fails on odd schemas with any exception
         raise BackendError(
-            "invalid_request", f"the JSON schema cannot be turned into a grammar: {type(e).__name__}: {e}"
+            "invalid_request", f"the JSON schema cannot be turned into a grammar: {_why(e)}"
         ) from e
     rules = _CHAR_LINE.sub(lambda _: _CHAR_RULE, rules)
     depth = _nesting(rules)
