@@ -114,7 +114,7 @@ def test_what_the_converter_misread_is_written_as_it_reads_it() -> None:
         ({"type": 5}, "this part is not a JSON Schema: {'type': 5}"),
     ],
 )
-def test_a_schema_the_converter_cannot_read_is_refused_in_the_schemas_words(schema: object, said: str) -> None:
+def test_a_schema_the_converter_cannot_read_is_refused_in_its_words(schema: object, said: str) -> None:
     """Python's words, as an outside test found them: `KeyError: '#/$defs/a'` for a $ref that
     exists (it refers to itself), `AttributeError: 'int' object has no attribute 'items'`."""
     from ris.backends import BackendError
