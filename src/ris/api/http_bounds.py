@@ -225,6 +225,14 @@ def _httptools_class() -> type[asyncio.Protocol]:
             if self._refused:
                 return  # read and dropped until the close: the answer is on its way
             if self._in_head:
+                # Measured before the parser reads it: a head that ends within this read was
+                # whole by then, its request dispatched, and a head of up to one read (120 KB,
+                # measured) passed the bound.
+                end = data.find(b"\r\n\r\n")
+                head = self._head_bytes + (len(data) if end < 0 else end + 4)
+                if head > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self._refuse_head()
+                    return
                 self._head_bytes += len(data)
             super().data_received(data)
             if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
