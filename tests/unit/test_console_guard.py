@@ -177,6 +177,12 @@ def test_an_allowed_origin_may_be_a_pattern() -> None:
         ("https://app.example.com", 200),
         ("http://localhost.evil.example:80", 403),
         ("https://example.com.evil.example", 403),
+        # A port is digits; "*" spans no "/", ":" or "@" (an outside security test's origins).
+        ("http://localhost:3000.evil.com", 403),
+        ("http://localhost:@evil.com", 403),
+        ("http://localhost:x/evil", 403),
+        ("https://evil.com/.example.com", 403),
+        ("https://a.b.example.com", 200),
     ):
         got = answer("/api/stats", ("authorization", f"Bearer {KEY}"), ("origin", origin), origins=pattern)
         assert got[0] == status, origin
