@@ -25,10 +25,22 @@ _MAX_DIMS = 8
 _MAX_NESTING = 4
 
 
+# general.file_type (llama.cpp's llama_ftype, llama.h) -> the name Ollama shows as a model's
+# quantization_level.
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M",
+    30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class GgufFacts:
     architecture: str | None  # general.architecture: "llama", "qwen2", ...
     parameters: int | None  # the tensors' elements, summed
+    quantization: str | None = None  # general.file_type's name: "Q4_K_M", "F16", ...
 
     def parameter_size(self) -> str:
         """As Ollama writes it: "134.52M", "1.5B" ("" when unknown)."""
@@ -106,11 +118,14 @@ def _read(data: mmap.mmap) -> GgufFacts | None:
         return None
     tensors, pairs = r.count(), r.count()
     architecture: str | None = None
+    quantization: str | None = None
     for _ in range(pairs):
         key = r.string()
         value = r.value(int(r.take("I")))
         if key == "general.architecture" and isinstance(value, str):
             architecture = value
+        elif key == "general.file_type" and isinstance(value, int):
+            quantization = FILE_TYPES.get(value)
     parameters = 0
     for _ in range(tensors):
         r.string()
@@ -123,4 +138,4 @@ def _read(data: mmap.mmap) -> GgufFacts | None:
         r.take("I")  # the tensor's type
         r.take("Q")  # its offset in the data
         parameters += elements
-    return GgufFacts(architecture, parameters or None)
+    return GgufFacts(architecture, parameters or None, quantization)

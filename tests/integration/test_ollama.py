@@ -257,7 +257,9 @@ def test_list_show_ps_version(client: Any, base: str) -> None:
     params = dict(line.split(None, 1) for line in (shown.parameters or "").splitlines())
     assert params == {"temperature": "0.8", "top_p": "0.9", "num_ctx": "2048"}
     (running,) = client.ps().models
-    assert running.model == "smollm2:latest" and running.context_length == 2048 and running.size == model.size
+    assert running.model == "smollm2:latest" and running.context_length == 2048
+    # The memory it takes (Ollama's ps), its file's size and more (the KV cache): not the file.
+    assert running.size > model.size
     # The name as given, back in the answer (Ollama's clients compare them).
     assert (
         client.generate(model="smollm2:latest", prompt="Hi", options={"num_predict": 1}).model

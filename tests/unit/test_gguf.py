@@ -29,11 +29,12 @@ def test_architecture_and_parameter_count_come_from_the_header(tmp_path: Path) -
         + _string("tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, 2) + struct.pack("<ff", 0.5, 1.5)
         + _string("general.architecture") + struct.pack("<I", 8) + _string("qwen2")
         + _string("qwen2.context_length") + struct.pack("<II", 4, 32768)
+        + _string("general.file_type") + struct.pack("<II", 4, 15)
     )  # fmt: skip
-    path = tmp_path / "m.gguf"
-    path.write_bytes(gguf([("a", (1000, 1500)), ("b", (1000,))], pairs, 5))
+    path = tmp_path / "m.gguf"  # a name that says nothing of the quantization: the header does
+    path.write_bytes(gguf([("a", (1000, 1500)), ("b", (1000,))], pairs, 6))
     facts = gguf_facts(path, 1, 1.0)
-    assert facts == GgufFacts("qwen2", 1_501_000) and facts.parameter_size() == "1.50M"
+    assert facts == GgufFacts("qwen2", 1_501_000, "Q4_K_M") and facts.parameter_size() == "1.50M"
     assert GgufFacts("llama", 1_543_714_304).parameter_size() == "1.5B"
 
 

@@ -407,9 +407,10 @@ async def test_an_empty_request_with_a_keep_alive_tells_the_workers(tmp_path: Pa
         for body in ({"model": "m", "keep_alive": 0}, {"model": "m", "messages": [], "keep_alive": "5m"}):
             path = "/api/generate" if "messages" not in body else "/api/chat"
             assert (await call(eng, "POST", path, body, ollama_port=True)).status_code == 200
-        await call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True)  # no keep_alive: none
+        # No keep_alive: the lane's, from now (a "4s" asked before stayed, and unloaded it).
+        await call(eng, "POST", "/api/generate", {"model": "m"}, ollama_port=True)
         kept = [x for x in llm.inbox if isinstance(x, m.KeepModel)]
-        assert kept == [m.KeepModel("m", 0.0), m.KeepModel("m", 300.0)]
+        assert kept == [m.KeepModel("m", 0.0), m.KeepModel("m", 300.0), m.KeepModel("m", None)]
 
 
 @run

@@ -313,12 +313,14 @@ async def _loaded(
     UNLOAD_WAIT_S while others' answers still run on it). A load is answered once the model is
     loaded, as Ollama's (`ollama run` shows its spinner meanwhile, and the first message does
     not pay the load): a model no worker holds is loaded by a task of one token, queued as any
-    (a load waits behind the lane's work, as in Ollama); a keep_alive given applies to it."""
+    (a load waits behind the lane's work, as in Ollama); its keep_alive (the lane's when none is
+    given) applies to it from now."""
     if not engine.config.lane(Lane.LLM).enabled:  # "loaded", with a 200, on a lane that is off
         raise APIError(503, "lane_unavailable", "the llm lane is disabled in the configuration", NO_RETRY)
     seconds = keep_alive_seconds(keep_alive)
-    if seconds is not None:
-        engine.keep_model(Lane.LLM, model, seconds)
+    # Absent, the lane's keep_alive_s applies from now, as to any request: a load without one
+    # left a "4s" asked before in force, and the model went 4 s later.
+    engine.keep_model(Lane.LLM, model, seconds)
     if seconds == 0:
         deadline = time.monotonic() + UNLOAD_WAIT_S
         while model in engine.model_infos(Lane.LLM) and time.monotonic() < deadline:

@@ -105,7 +105,9 @@ def _facts(name: str, spec: ModelSpec) -> dict[str, Any]:
         "family": family,
         "families": [family],
         "parameter_size": gguf.parameter_size() if gguf is not None else "",
-        "quantization_level": quant.group(1).upper() if quant else "",
+        # The header's own word first: a file renamed says nothing (an outside user's copy).
+        "quantization_level": (gguf.quantization if gguf is not None else None)
+        or (quant.group(1).upper() if quant else ""),
     }
     return {
         "parameter_count": gguf.parameters if gguf is not None else None,
@@ -199,15 +201,18 @@ async def ollama_ps(request: Request) -> Any:
     running = []
     for name, info in loaded.items():
         facts = all_facts[name]
+        # Ollama's size here is the memory the loaded model takes (its file size in /api/tags):
+        # the worker's count of it (weights, KV cache, margin; on a card and in RAM), else the file.
+        size = facts["size"] if info.footprint_bytes is None else info.footprint_bytes + (info.ram_bytes or 0)
         running.append(
             {
                 "name": tagged(name),
                 "model": tagged(name),
-                "size": facts["size"],
+                "size": size,
                 "digest": facts["digest"],
                 "details": facts["details"],
                 "expires_at": _expires_at(expiries.get(name)),
-                "size_vram": _on_card(info, facts["size"]) if gpu else 0,
+                "size_vram": _on_card(info, size) if gpu else 0,
                 "context_length": info.details.context_tokens,
             }
         )
