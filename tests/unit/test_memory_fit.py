@@ -672,3 +672,54 @@ def test_a_gpu_lane_model_whose_rest_in_ram_cannot_fit_refuses_the_start() -> No
     parse_config(
         _layout({"device": "cuda:0", "gpu_memory_gb": 1, "memory_budget_mb": 20, "models": eager}), card
     )
+
+
+def test_a_model_sure_to_fail_evicts_nothing_and_a_file_that_comes_later_is_counted(tmp_path: Path) -> None:
+    """An outside user's run: a model whose file was missing, or whose options llama.cpp does
+    not take, first unloaded the lane's model, then failed (every request for it emptied the
+    lane); and once its file came, it counted 0 MiB for the worker's life, loaded beside the
+    others past the budget."""
+    import shutil
+
+    from ris import messages as m
+    from ris.backends import resolve_source
+    from ris.backends.llm_llama_cpp import LlamaCppLLM
+    from ris.config.schema import LaneConfig, ModelSpec
+    from ris.lanes.base import BackendError
+    from ris.memory.footprint import model_footprint
+    from ris.runtime.model_cache import ModelCache
+
+    class Model:
+        def close(self) -> None:
+            pass
+
+        def describe(self) -> m.ModelDetails:
+            return m.ModelDetails()
+
+    late = tmp_path / "late.gguf"
+    smol = ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctx": 2048})
+    fp = model_footprint(smol, 1, "cpu")
+    assert fp is not None
+    models = {
+        "a": smol,
+        "late": ModelSpec(backend="llama_cpp", source=str(late), options={"n_ctx": 2048}),
+        "typo": ModelSpec(backend="llama_cpp", source=SMOLLM2_SOURCE, options={"n_ctxx": 2048}),
+    }
+    cfg = LaneConfig(default_model="a", memory_budget_mb=(fp.total + fp.total // 2) // MIB, models=models)
+    cache = ModelCache(
+        cfg,
+        "cpu",
+        None,
+        lambda name: Model(),
+        lambda msg: None,
+        check=lambda name: LlamaCppLLM.check(models[name]),
+    )
+    cache.get("a", announce=False)
+    for sure_to_fail, code in (("late", "model_not_found"), ("typo", "bad_model")):
+        with pytest.raises(BackendError) as exc:
+            cache.get(sure_to_fail, announce=False)
+        assert exc.value.code == code and list(cache.models) == ["a"], sure_to_fail
+    shutil.copy(resolve_source(SMOLLM2_SOURCE), late)  # the file comes
+    cache.get("late", announce=False)
+    assert list(cache.models) == ["late"]  # counted: it took the room "a" held
+    assert cache.footprint("late") == fp.total

@@ -77,6 +77,11 @@ def _dtype(name: str | None, cuda: bool) -> torch.dtype:
 
 
 class DiffusersImage(ImageBackend):
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        if spec.load_format != "dummy" and spec.source != BUILTIN_TINY:
+            resolve_source(spec.source)  # model_not_found
+
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         from diffusers import AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging

@@ -33,7 +33,27 @@ _LLAMA_OPTIONS = frozenset(inspect.signature(Llama.__init__).parameters) - {"sel
 _OWN_OPTIONS = frozenset({"n_ctx", "prefill_chunk", "flash_attn"})
 
 
+def _check_options(spec: ModelSpec) -> None:
+    """Llama() takes **kwargs and ignores what it does not know: a typo ("n_ctxx") went unsaid."""
+    unknown = sorted(set(spec.options) - _LLAMA_OPTIONS - _OWN_OPTIONS)
+    if unknown:
+        known = ", ".join(sorted(_LLAMA_OPTIONS | _OWN_OPTIONS))
+        raise BackendError(
+            "bad_model",
+            f"options {', '.join(unknown)}: not options of llama.cpp (llama-cpp-python's Llama) "
+            f"nor of RIS's llama_cpp backend; they are: {known}",
+        )
+
+
 class LlamaCppLLM(LLMBackend):
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        if spec.load_format != "dummy" and resolve_source(spec.source).is_dir():
+            raise BackendError(
+                "bad_model", f"model source {spec.source!r} is a folder; llama_cpp loads one .gguf file"
+            )
+        _check_options(spec)
+
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         if spec.load_format == "dummy":
             raise BackendError("bad_model", "llama_cpp has no dummy load format; use transformers")
@@ -54,15 +74,7 @@ class LlamaCppLLM(LLMBackend):
         # with SmolLM2; far more often than with it off), and it bought no
         # speed on one thread (decode 0.96x, docs/PERFORMANCE_OPTIMIZATION.md).
         flash_attn = opts.pop("flash_attn", None if gpu else False)
-        # Llama() takes **kwargs and ignores what it does not know: a typo ("n_ctxx") went unsaid.
-        unknown = sorted(set(opts) - _LLAMA_OPTIONS)
-        if unknown:
-            known = ", ".join(sorted(_LLAMA_OPTIONS | _OWN_OPTIONS))
-            raise BackendError(
-                "bad_model",
-                f"options {', '.join(unknown)}: not options of llama.cpp (llama-cpp-python's Llama) "
-                f"nor of RIS's llama_cpp backend; they are: {known}",
-            )
+        _check_options(spec)
         # The Llama object's own context is never used for generation: keep it tiny.
         self._llm = Llama(
             model_path=str(path),

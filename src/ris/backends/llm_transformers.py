@@ -111,6 +111,11 @@ def _dtype(name: str | None, device: str) -> torch.dtype:
 
 
 class TransformersLLM(LLMBackend):
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        if spec.load_format != "dummy":
+            resolve_source(spec.source)  # model_not_found
+
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 

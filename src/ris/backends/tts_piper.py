@@ -59,6 +59,10 @@ def voice_tags(espeak_voice: str, name: str) -> tuple[str, ...]:
 class PiperTTS(TTSBackend):
     uses_threads = True
 
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        resolve_source(spec.source)  # model_not_found
+
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         model_path, config_path = _find_voice(resolve_source(spec.source))
         config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))

@@ -81,6 +81,14 @@ class Backend(ABC):  # noqa: B024 - each lane's interface adds its abstract meth
     def __init__(self, spec: ModelSpec, ctx: BackendContext) -> None:
         del spec, ctx
 
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """What can be known wrong before loading, without loading: raises BackendError. Run
+        before a load evicts other models for its room (a model whose file is missing, or whose
+        options the library does not take, emptied the lane and then failed). Nothing by
+        default (a backend's source need not be a file); those that load files check them."""
+        del spec
+
     def describe(self) -> ModelDetails:
         return ModelDetails()
 

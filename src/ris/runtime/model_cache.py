@@ -44,10 +44,14 @@ class ModelCache:
         send: Callable[[object], None],
         gpu_budget_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        check: Callable[[str], None] = lambda name: None,
     ) -> None:
+        """`construct(name)`: the backend of model `name`, loaded; `check(name)`: raises what
+        can be known wrong of it without loading (Backend.check), before others are evicted."""
         self._cfg = cfg
         self._device = device
         self._construct = construct
+        self._check = check
         self._send = send
         self.models: dict[str, Any] = {}
         # Told of each backend as it is unloaded, before it closes: whoever kept something of
@@ -63,6 +67,7 @@ class ModelCache:
         else:
             self.residency = Residency(ram, cfg.keep_alive_s, clock)
         self._footprints: dict[str, int | None] = {}
+        self._unreadable: set[str] = set()  # headers that failed to read (said once)
         self._in_ram: dict[str, int] = {}  # a GPU lane's models: the part that stays in RAM
         self._load_s: dict[str, float] = {}
         self._reported_expiry: dict[str, float | None] = {}  # as last sent (ModelExpiry)
@@ -70,14 +75,21 @@ class ModelCache:
         self.clock = clock
 
     def footprint(self, name: str) -> int | None:
+        """What `name` takes of the budget, from its files; None while no file says (kept only
+        once known: a model whose file was missing when first asked for counted 0 for the
+        worker's life after the file came, and loaded beside others past the budget)."""
         if name not in self._footprints:
             try:
                 fp = model_footprint(self._cfg.models[name], self._cfg.parallel, self._device)
             except Exception:  # noqa: BLE001 - an unreadable header: the load itself will say why
-                traceback.print_exc()
+                if name not in self._unreadable:
+                    traceback.print_exc()
+                    self._unreadable.add(name)
                 fp = None
-            if fp is None or self._gpu_budget is None:
-                self._footprints[name] = None if fp is None else fp.total
+            if fp is None:
+                return None
+            if self._gpu_budget is None:
+                self._footprints[name] = fp.total
             else:  # on the card only what the backend places there (layers, an offload plan)
                 layers = self._cfg.models[name].options.get("n_gpu_layers")
                 need = gpu_bytes_needed(fp, self._gpu_budget, None if layers is None else int(layers))
@@ -107,6 +119,7 @@ class ModelCache:
         if isinstance(decision, Wait):
             return Hold(decision.blocked_by)
         assert isinstance(decision, Load)
+        self._check(name)  # a load sure to fail evicts nothing (BackendError: the task's)
         for other in decision.evict:
             self.unload(other, "evicted")
         if announce:

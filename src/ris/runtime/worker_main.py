@@ -280,8 +280,17 @@ def serve(
             backend = load_backend(spec.backends[name], cfg.models[name].backend)
             return backend(cfg.models[name], ctx)
 
+        def check(name: str) -> None:
+            load_backend(spec.backends[name], cfg.models[name].backend).check(cfg.models[name])
+
         cache = ModelCache(
-            cfg, spec.device, spec.binding.memory_limit_bytes, construct, out.send, spec.gpu_budget_bytes
+            cfg,
+            spec.device,
+            spec.binding.memory_limit_bytes,
+            construct,
+            out.send,
+            spec.gpu_budget_bytes,
+            check=check,
         )
         # Large models load on first use, except the default (and those marked preload); small
         # ones (speech) all at once.
