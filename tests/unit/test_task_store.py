@@ -63,3 +63,33 @@ def test_a_file_system_that_cannot_fsync_still_gets_the_row(
         assert row is not None and row.state == "succeeded"
     finally:
         store.close()
+
+
+def test_a_record_that_cannot_be_read_is_left_out_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One byte changed in a row's JSON (SQLite's quick_check reads no JSON): every task list
+    answered 500, and a queued one failed the server's start, a crash loop under systemd (an
+    outside durability test)."""
+    db = tmp_path / "tasks.db"
+    store = TaskStore(db)
+    try:
+        for task_id in ("good", "bad-done", "bad-queued"):
+            store.add(task_id, "image", "i", 0, {"prompt": task_id}, 1.0).result()
+        store.finish("good", "succeeded", 2.0, result={"path": "p"}).result()
+        store.finish("bad-done", "succeeded", 2.0, result={"path": "p"}).result()
+    finally:
+        store.close()
+    with sqlite3.connect(db) as damage:
+        damage.execute("UPDATE tasks SET result='X\"path\": \"p\"}' WHERE id='bad-done'")
+        damage.execute("UPDATE tasks SET request='X\"prompt\"}' WHERE id='bad-queued'")
+    store = TaskStore(db)
+    try:
+        assert [t.id for t in store.recent()] == ["good"]
+        assert store.unfinished() == []  # the start goes on without it
+        assert store.get("bad-done") is None and store.get("good") is not None
+        store.recent()
+    finally:
+        store.close()
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(said) == 2 and any("bad-queued (queued)" in s and "not run again" in s for s in said), said

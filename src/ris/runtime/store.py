@@ -201,6 +201,7 @@ class TaskStore:
         # Readers' connection: the event loop's, and a retention sweep's thread (the lock).
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._said_unreadable: set[str] = set()  # records that failed to read, said once
 
     def _migrate(self) -> None:
         """Add the columns an older store lacks (on the writer's connection, before any use)."""
@@ -468,27 +469,33 @@ class TaskStore:
                 f"FROM tasks {clause}",
                 args,
             ).fetchall()
-        return [
-            StoredTask(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                json.loads(r[5]),
-                r[6],
-                r[7],
-                r[8],
-                r[9],
-                r[10],
-                r[11],
-                None if r[12] is None else json.loads(r[12]),
-                r[13],
-                r[14],
-                r[15],
-                r[16],
-                r[17],
-                r[18],
-            )
-            for r in rows
-        ]
+        found = []
+        for r in rows:
+            try:
+                request = json.loads(r[5])
+                result = None if r[12] is None else json.loads(r[12])
+            except (json.JSONDecodeError, TypeError) as e:
+                # One damaged record (a byte changed on disk, which SQLite's own check does not
+                # read) made every list answer 500, and one queued or running failed the start:
+                # left out, and said once.
+                self._unreadable(r[0], r[3], e)
+                continue
+            found.append(StoredTask(
+                r[0], r[1], r[2], r[3], r[4], request, r[6], r[7], r[8], r[9], r[10], r[11], result,
+                r[13], r[14], r[15], r[16], r[17], r[18],
+            ))  # fmt: skip
+        return found
+
+    def _unreadable(self, task_id: str, state: str, error: Exception) -> None:
+        if task_id in self._said_unreadable:
+            return
+        self._said_unreadable.add(task_id)
+        log.error(
+            "task store %s: the record of task %s (%s) cannot be read (%s); it is left out of every "
+            "list and lookup%s",
+            self.path,
+            task_id,
+            state,
+            error,
+            ", and not run again" if state in ("queued", "running") else "",
+        )
