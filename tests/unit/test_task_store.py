@@ -93,3 +93,15 @@ def test_a_record_that_cannot_be_read_is_left_out_and_said_once(
         store.close()
     said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert len(said) == 2 and any("bad-queued (queued)" in s and "not run again" in s for s in said), said
+
+
+def test_a_held_write_is_named_by_its_task() -> None:
+    """A write held for want of room said 'INSERT OR REPLACE INTO tasks', and the CRITICAL line
+    at a stop named no task an operator could look for (an outside durability test)."""
+    from ris.runtime.store import _of_task
+
+    assert _of_task("INSERT OR REPLACE INTO tasks (id, lane) VALUES (?, ?)", ("t1", "tts")) == " of task t1"
+    assert _of_task("UPDATE tasks SET on_restart=? WHERE id=? AND state IN ('queued')", ("x", "t2")) == (
+        " of task t2"
+    )
+    assert _of_task("DELETE FROM tasks WHERE id IN (?, ?)", ("a", "b")) == ""

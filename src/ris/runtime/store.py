@@ -80,6 +80,16 @@ def _request(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _of_task(sql: str, args: tuple[Any, ...]) -> str:
+    """ " of task <id>" for a write of one task's row (its label in the store writer's lines:
+    a write held for want of room named no task, and the CRITICAL line at a stop none)."""
+    if sql.startswith(("INSERT INTO tasks (id,", "INSERT OR REPLACE INTO tasks (id,")):
+        return f" of task {args[0]}"
+    if " WHERE id=?" in sql:
+        return f" of task {args[sql.split(' WHERE id=?', 1)[0].count('?')]}"
+    return ""
+
+
 @dataclass(frozen=True)
 class StoredTask:
     id: str
@@ -237,7 +247,7 @@ class TaskStore:
         their own, the row queued once they are: the writer's queue (an accepted image's
         insert, which the loop waits for) never waits behind a file's fsync. `hold`: a write
         the disk has no room for is tried again until it is (StoreWriter)."""
-        label = sql.split(" (", 1)[0].split(" WHERE", 1)[0]
+        label = sql.split(" (", 1)[0].split(" WHERE", 1)[0] + _of_task(sql, args)
 
         def write() -> None:
             self._wdb.execute(sql, args)

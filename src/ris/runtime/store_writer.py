@@ -126,7 +126,7 @@ class StoreWriter:
                 if hold and no_room(e):
                     log.error(
                         "task store: %s failed: %s: %s; held, and tried again every %g s until "
-                        "the disk has room",
+                        "it passes (a full disk, or one refusing writes)",
                         what,
                         type(e).__name__,
                         e,
@@ -138,10 +138,11 @@ class StoreWriter:
                 done.set_exception(e)
         if self._held and not self._retry_held():
             log.critical(
-                "task store: %d write(s) never found room on the disk (the first: %s): the "
-                "tasks they record run again at the next start",
+                "task store: %d write(s) never found room on the disk, lost: %s. A queued or "
+                "running task whose end they recorded runs again at the next start; a speech "
+                "result whose record they were is gone (its file goes with the next sweep)",
                 len(self._held),
-                self._held[0][1],
+                "; ".join(what for _, what in self._held),
             )
 
     def _retry_held(self) -> bool:
