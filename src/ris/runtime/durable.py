@@ -34,6 +34,10 @@ class DurableTasks:
         self._kinds = kinds
         self._wall = wall
         self._to_wall = to_wall
+        # Tasks a previous server accepted that this start ended without running them: (lane,
+        # model, outcome), for the counters (`ris_tasks_total`: a failure there was unseen by
+        # an alert on it). Taken by the engine after `resumable`.
+        self.ended_at_start: list[tuple[str, str, str]] = []
 
     def close(self) -> None:
         self.store.close()
@@ -134,9 +138,11 @@ class DurableTasks:
             now = self._wall()
             if st.on_restart == CANCELLED:
                 self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
+                self.ended_at_start.append((st.lane, st.model, "cancelled"))
             elif st.on_restart == ABANDONED:
                 message = "its client waited for it on a connection the server's stop closed"
                 self.store.finish(st.id, "cancelled", now, "server_shutdown", message)
+                self.ended_at_start.append((st.lane, st.model, "cancelled"))
             elif st.deadline is not None and st.deadline <= now:
                 self._fail(st, "deadline_exceeded", "its timeout passed while the server was stopped")
             elif st.state == "running" and st.attempts >= MAX_ATTEMPTS:
@@ -184,3 +190,4 @@ class DurableTasks:
     def _fail(self, st: StoredTask, code: str, message: str) -> None:
         log.warning("%s task %s accepted before this start failed: %s (%s)", st.lane, st.id, message, code)
         self.store.finish(st.id, "failed", self._wall(), code, message)
+        self.ended_at_start.append((st.lane, st.model, "failed"))

@@ -331,6 +331,11 @@ class Engine:
             )
             self._handles[st.id] = self._handle(st.id, kind, st.model)
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
+        # Those ended here count as any task's end: an alert on ris_tasks_total{outcome="failed"}
+        # never saw a task interrupted twice.
+        for lane, model, outcome in self.durable.ended_at_start:
+            self._meter.finished(lane, model, outcome, latency_s=None, queue_wait_s=None)
+        self.durable.ended_at_start.clear()
 
     # ----- requests ------------------------------------------------------------------------
 
