@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ris import __version__
 from ris.config import Config, ConfigError
 from ris.config.defaults import default_config
 from ris.config.load import load_config, parse_config
@@ -46,6 +47,18 @@ def _load(args: argparse.Namespace) -> Config:
             data = cfg.model_dump(mode="json")
             cfg = parse_config({**data, "cluster": {**data["cluster"], **cluster}})
     return _with_overrides(cfg, args)
+
+
+def _config_source(args: argparse.Namespace) -> str:
+    """Where the configuration in force came from, as the start's log says it: a server
+    started without --config beside a config.json ran a layout built from the machine, and
+    nothing said so (`ris pull` writes ./config.json by default; `ris serve` does not read it)."""
+    if args.config:
+        return f"configuration: {Path(args.config).resolve()} (--config)"
+    if os.environ.get("RIS_CONFIG"):
+        return f"configuration: {Path(os.environ['RIS_CONFIG']).resolve()} ($RIS_CONFIG)"
+    here = " (./config.json is not read: pass --config config.json)" if Path("config.json").is_file() else ""
+    return f"configuration: built from this machine, no --config or $RIS_CONFIG{here}"
 
 
 def _port(text: str) -> int:
@@ -233,6 +246,7 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ris").setLevel(level)
+    logging.getLogger("ris.api").info("%s; data in %s", _config_source(args), cfg.data_dir)
     hint = wildcard_host_hint(cfg, _own_addresses())
     if hint:
         logging.getLogger("ris.api").warning(hint)
@@ -622,6 +636,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ris", description="Resource Isolation Scheduler")
+    p.add_argument("-V", "--version", action="version", version=f"ris {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn, help_ in (
         ("serve", cmd_serve, "start the service"),

@@ -377,3 +377,26 @@ def test_a_data_folder_left_readable_by_others_is_named_at_start(tmp_path: objec
     folder.chmod(0o777)
     assert _open_to_others(folder) == ["the folder itself", "tasks.db"]
     folder.chmod(0o700)
+
+
+def test_the_version_and_where_the_configuration_came_from(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug report could not quote the build (`ris --version` was a usage error); a server
+    started without --config beside a config.json ran a layout built from the machine, unsaid."""
+    import argparse
+
+    from ris import __version__
+    from ris.cli import _config_source
+
+    done = ris("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"ris {__version__}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RIS_CONFIG", raising=False)
+    no_flag = argparse.Namespace(config=None)
+    assert "built from this machine" in _config_source(no_flag) and "not read" not in _config_source(no_flag)
+    (tmp_path / "config.json").write_text("{}")
+    assert "./config.json is not read: pass --config config.json" in _config_source(no_flag)
+    assert _config_source(argparse.Namespace(config="config.json")).endswith("config.json (--config)")
+    monkeypatch.setenv("RIS_CONFIG", "other.json")
+    assert _config_source(no_flag).endswith("other.json ($RIS_CONFIG)")

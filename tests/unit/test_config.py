@@ -99,6 +99,12 @@ def test_sharing_allowed_when_asked_for() -> None:
     data = base()
     data["lanes"]["tts"]["cores"] = [0]
     data["lanes"]["tts"]["exclusive_cores"] = False
+    # The LLM lane keeps its cores to itself (true by default): the TTS lane's false took its
+    # core all the same, unsaid (an outside CLI user's run).
+    said = error_of(data)
+    assert "core 0 is also given to the real-time llm lane, and lanes.llm keeps its cores" in said, said
+    assert "set exclusive_cores: false on llm" in said
+    data["lanes"]["llm"]["exclusive_cores"] = False
     parse_config(data, TWO_CORES)
 
 
@@ -330,7 +336,7 @@ def test_a_model_loaded_at_start_must_be_there_when_the_server_starts() -> None:
 
     smol = {"backend": "llama_cpp", "source": "/nonexistent/a.gguf"}
     later = {"backend": "llama_cpp", "source": "/nonexistent/b.gguf", "preload": False}
-    data = {
+    data: dict[str, Any] = {
         "lanes": {
             "llm": {"cores": [0], "default_model": "a", "models": {"a": smol, "b": later}},
             "tts": {"enabled": False},
@@ -348,6 +354,15 @@ def test_a_model_loaded_at_start_must_be_there_when_the_server_starts() -> None:
         )
         == []
     )
+    # A folder where one .gguf is loaded, and "" (read as the config's folder, which exists):
+    # both passed, and the worker failed to load and was restarted for ever.
+    data["lanes"]["llm"]["models"]["a"] = {"backend": "llama_cpp", "source": "/tmp"}
+    (problem,) = missing_model_problems(parse_config(data, TWO_CORES))
+    assert problem == (
+        "lanes.llm.models.a.source: '/tmp' is a folder; the llama_cpp backend loads one .gguf file"
+    )
+    data["lanes"]["llm"]["models"]["a"] = {"backend": "llama_cpp", "source": ""}
+    assert "lanes.llm.models.a.source: String should have at least 1 character" in error_of(data)
 
 
 def test_the_machine_built_layout_leaves_out_embedded_models_not_installed() -> None:
@@ -372,6 +387,12 @@ def test_model_options_are_checked_as_their_backend_reads_them() -> None:
     assert "options.n_ctx: Input should be greater than or equal to 64 (got -5)" in error_of(data)
     data["lanes"]["llm"]["models"]["m"]["options"] = {"type_k": 8, "type_v": 8}  # q8_0, as Llama takes it
     assert parse_config(data, TWO_CORES).lanes[Lane.LLM].models["m"].options["type_k"] == 8
+    # A name Llama does not take (read from its source, not imported): said here with the
+    # nearest, not only by a worker that failed to load and was restarted for ever.
+    data["lanes"]["llm"]["models"]["m"]["options"] = {"n_ctxx": 4096, "n_threads": 1}
+    said = error_of(data)
+    assert "options.n_ctxx: not an option of llama.cpp" in said and "did you mean 'n_ctx'?" in said, said
+    assert "n_threads" not in said
     data = base()
     data["lanes"]["tts"]["models"]["e"]["options"] = {"voice": "nope"}
     assert "lanes.tts.models.e.options.voice: the espeak backend takes no option 'voice'" in error_of(data)

@@ -12,6 +12,11 @@ against Llama's own parameters when it loads. Options of a plugin's backend are 
 
 from __future__ import annotations
 
+import ast
+import difflib
+import functools
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,7 +35,8 @@ LLAMA_CPP_DEFAULT_N_CTX = 2048
 
 
 class LlamaCppOptions(_Options):
-    """RIS reads these; the others go to llama-cpp-python's Llama (checked there at load)."""
+    """RIS reads these; the others go to llama-cpp-python's Llama (its parameters: checked here
+    where its source can be read, and at load)."""
 
     n_ctx: int | None = Field(default=None, ge=64, le=1 << 20, description="context tokens of each slot")
     prefill_chunk: int | None = Field(default=None, ge=1, le=1 << 16)
@@ -73,6 +79,34 @@ class NoOptions(_Closed):
     """A backend that reads no option (Piper, espeak-ng): any key given is a mistake."""
 
 
+@functools.cache
+def llama_parameters() -> frozenset[str] | None:
+    """The parameters llama-cpp-python's installed Llama takes by name, read from its source
+    (importing it would load llama.cpp's library into the server); None where it cannot be
+    read. A typo ("n_ctxx") passed `ris config` and `ris serve`'s checks, and failed only in the
+    worker, restarted for ever."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        source = Path(next(iter(spec.submodule_search_locations))) / "llama.py"
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError, ImportError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Llama":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
+                    return frozenset(names - {"self", "model_path"})
+    return None
+
+
+# Backends whose options besides RIS's own go to a library, and the names that library takes.
+_LIBRARY_PARAMETERS = {"llama_cpp": (llama_parameters, "llama.cpp (llama-cpp-python's Llama)")}
+
+
 def option_problems(
     where: str, backend: str, model: type[BaseModel] | None, options: dict[str, Any]
 ) -> list[str]:
@@ -83,7 +117,23 @@ def option_problems(
         model.model_validate(options)
     except ValidationError as e:
         return [_problem(where, backend, err) for err in e.errors()]
+    if backend in _LIBRARY_PARAMETERS:
+        parameters, library = _LIBRARY_PARAMETERS[backend]
+        known = parameters()
+        if known is not None:
+            known = known | set(model.model_fields)
+            return [
+                f"{where}.{key}: not an option of {library} nor of RIS's {backend} backend"
+                + _near(key, known)
+                for key in options
+                if key not in known
+            ]
     return []
+
+
+def _near(key: str, known: frozenset[str] | set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def _problem(where: str, backend: str, err: Any) -> str:

@@ -17,21 +17,13 @@ from ris.machine import MachineInfo
 def check_config(cfg: Config, machine: MachineInfo) -> Config:
     """Cross-field and machine checks; raises ConfigError listing every problem."""
     problems: list[str] = []
-    exclusive: dict[int, str] = {}
     # On a cluster, cores and GPUs are those of the node a lane lands on, not this machine's:
     # the node's worker checks them when it binds (a failed start names the core).
     here = cfg.cluster.engine == "local"
     for lane, lane_cfg in cfg.lanes.items():
         problems += _lane_problems(lane, lane_cfg, machine if here else None)
-        if here and lane_cfg.enabled and lane_cfg.priority_class == "realtime" and lane_cfg.exclusive_cores:
-            for core in lane_cfg.cores or machine.cores:
-                other = exclusive.setdefault(core, lane)
-                if other != lane:
-                    problems.append(
-                        f"lanes.{lane}.cores: core {core} is also given to the real-time "
-                        f"{other} lane; real-time lanes need disjoint cores "
-                        "(or set exclusive_cores: false)"
-                    )
+    if here:
+        problems += _shared_core_problems(cfg, machine)
     problems += _yield_to_problems(cfg)
     problems += _shared_library_problems(cfg)
     problems += _board_problems(cfg, local=here)
@@ -44,6 +36,30 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg
+
+
+def _shared_core_problems(cfg: Config, machine: MachineInfo) -> list[str]:
+    """Real-time lanes given the same core where either keeps its cores to itself
+    (exclusive_cores, true by default): a lane that set false took the core of one that had
+    not, unsaid."""
+    problems = []
+    claimed: dict[int, str] = {}  # core -> the first real-time lane given it
+    for lane, lane_cfg in cfg.lanes.items():
+        if not (lane_cfg.enabled and lane_cfg.priority_class == "realtime"):
+            continue
+        for core in lane_cfg.cores or machine.cores:
+            other = claimed.setdefault(core, lane)
+            if other == lane:
+                continue
+            strict = [name for name in (other, lane) if cfg.lane(name).exclusive_cores]
+            if strict:
+                problems.append(
+                    f"lanes.{lane}.cores: core {core} is also given to the real-time {other} lane, "
+                    f"and {' and '.join(f'lanes.{n}' for n in strict)} keep{'s' if len(strict) == 1 else ''} "
+                    "its cores to itself (exclusive_cores, true by default): give them disjoint cores, "
+                    f"or set exclusive_cores: false on {' and '.join(strict)}"
+                )
+    return problems
 
 
 def _board_problems(cfg: Config, *, local: bool) -> list[str]:
@@ -94,13 +110,24 @@ def missing_model_problems(cfg: Config) -> list[str]:
             if spec.source is None or spec.source.startswith("builtin:") or spec.load_format == "dummy":
                 continue  # no file: built in, a recipe, or an engine with none (espeak)
             try:
-                resolve_source(spec.source)
+                path = resolve_source(spec.source)
             except BackendError as e:
                 problems.append(
                     f"lanes.{lane}.models.{name}.source: {e.message}; it is loaded at start (preload: "
                     f"false loads it on first use), or disable the lane (lanes.{lane}.enabled: false)"
                 )
+                continue
+            if spec.backend in ONE_FILE_BACKENDS and path.is_dir():
+                problems.append(
+                    f"lanes.{lane}.models.{name}.source: {spec.source!r} is a folder; the "
+                    f"{spec.backend} backend loads one {ONE_FILE_BACKENDS[spec.backend]} file"
+                )
     return problems
+
+
+# Backends whose model is one file, and its kind: a folder given is said at start (it failed
+# each load, the worker restarted for ever).
+ONE_FILE_BACKENDS = {"llama_cpp": ".gguf"}
 
 
 def _option_problems(cfg: Config) -> list[str]:

@@ -333,8 +333,8 @@ class Engine:
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
         # Those ended here count as any task's end: an alert on ris_tasks_total{outcome="failed"}
         # never saw a task interrupted twice.
-        for lane, model, outcome in self.durable.ended_at_start:
-            self._meter.finished(lane, model, outcome, latency_s=None, queue_wait_s=None)
+        for lane, named, outcome in self.durable.ended_at_start:
+            self._meter.finished(lane, named, outcome, latency_s=None, queue_wait_s=None)
         self.durable.ended_at_start.clear()
 
     # ----- requests ------------------------------------------------------------------------
