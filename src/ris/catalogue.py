@@ -169,6 +169,11 @@ def writer_of(language: str, lane: str) -> str | None:
     return found[0] if found else None
 
 
+# Catalogue entries this process pulled into config.json (POST /api/pull): they serve after a
+# restart, which is what a request for one is told (it was told to pull it again).
+PULLED: set[str] = set()
+
+
 def pull_hint(name: str, lane: str) -> str | None:
     """What to tell a request for a model that is not configured: the command that gets it."""
     key = name.strip().lower()
@@ -177,10 +182,15 @@ def pull_hint(name: str, lane: str) -> str | None:
     entry = lookup(name)
     if entry is None or entry.lane != lane:
         return None
+    if entry.name in PULLED:
+        return (
+            f"{name!r} was pulled into config.json after this server started: restart the server "
+            "to serve it (it reads its configuration once, at start)"
+        )
     return (
         f"{name!r} is in the model catalogue but not installed: run `ris pull {name}` "
         "(it downloads the model and adds it to config.json), then restart the server"
     )
 
 
-__all__ = ["CATALOGUE", "CatalogueEntry", "listing", "lookup", "names", "pull_hint", "writer_of"]
+__all__ = ["CATALOGUE", "PULLED", "CatalogueEntry", "listing", "lookup", "names", "pull_hint", "writer_of"]

@@ -105,6 +105,7 @@ def pull(
     key = name.strip()
     try:
         _add_to_config(config_path, entry.lane, key, spec)
+        catalogue.PULLED.add(entry.name)  # a request for it before a restart is told so
     except (OSError, PullError) as e:  # not writable, disk full, or no longer JSON
         reason = e.message if isinstance(e, PullError) else str(e)
         entry_json = json.dumps({key: spec}, ensure_ascii=False)

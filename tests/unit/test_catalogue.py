@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,17 @@ def test_pull_hint_only_for_the_lane_that_runs_it() -> None:
     assert "`ris pull qwen2.5`" in (catalogue.pull_hint("qwen2.5", "llm") or "")
     assert catalogue.pull_hint("qwen2.5", "image") is None
     assert catalogue.pull_hint("gpt-9", "llm") is None
+
+
+def test_a_model_pulled_since_the_start_is_told_to_wait_for_a_restart(monkeypatch: Any) -> None:
+    """After POST /api/pull wrote it into config.json, a request for it was told to pull it
+    again (an outside models user)."""
+    entry = catalogue.lookup("qwen2.5:0.5b")
+    assert entry is not None
+    monkeypatch.setattr(catalogue, "PULLED", {entry.name})
+    hint = catalogue.pull_hint("qwen2.5:0.5b", "llm") or ""
+    assert "pulled into config.json after this server started: restart the server" in hint
+    assert "ris pull" not in hint
 
 
 def test_what_to_pull_for_a_language() -> None:
