@@ -257,3 +257,19 @@ async def test_a_finished_tasks_keep_alive_is_the_models_expiry_before_the_worke
         llm.deliver(m.TaskDone(later.task_id, LLMOutcome("stop", 1, 0)))
         llm.deliver(m.TaskDone(after.task_id, LLMOutcome("stop", 1, 0)))
         assert eng.model_expiries("llm") == {"m": pytest.approx(45.0)}
+
+
+@run
+async def test_the_latest_requests_keep_alive_is_the_models_expiry_whichever_ends_last(
+    tmp_path: Path,
+) -> None:
+    """As the worker's (residency.started) and Ollama's: a "-1" request and a "3s" one that
+    came after it and ended first: the model goes 3 s after the long one's end."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready(slots=2, models=(_info("m", 1.0),))
+        long = eng.submit(LLM, "m", LLMRequest(prompt="a"), keep_alive_s=-1)
+        short = eng.submit(LLM, "m", LLMRequest(prompt="b"), keep_alive_s=3)
+        llm.deliver(m.TaskDone(short.task_id, LLMOutcome("stop", 1, 0)))
+        llm.deliver(m.TaskDone(long.task_id, LLMOutcome("stop", 1, 0)))
+        assert eng.model_expiries("llm") == {"m": pytest.approx(3.0)}

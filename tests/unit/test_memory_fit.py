@@ -723,3 +723,26 @@ def test_a_model_sure_to_fail_evicts_nothing_and_a_file_that_comes_later_is_coun
     cache.get("late", announce=False)
     assert list(cache.models) == ["late"]  # counted: it took the room "a" held
     assert cache.footprint("late") == fp.total
+
+
+def test_the_latest_requests_keep_alive_applies_whichever_ends_last() -> None:
+    """As Ollama's: a request sets its model's keep_alive when it is scheduled. A long "-1"
+    request and a short "3s" one that came after it and ended first kept the model for ever
+    (the last to end decided; an outside models user)."""
+    clock = FakeClock()
+    res = Residency(budget=None, keep_alive_s=300, clock=clock)
+    res.loaded("m", 10)
+    res.started("m", None)  # the long one: kept for ever
+    res.started("m", 3.0)  # a short one, later: 3 s once idle
+    res.finished("m", 3.0)  # the short one ends first
+    res.finished("m", None)  # the long one ends: its own "for ever" gives way to the later 3 s
+    clock.advance(3)
+    assert res.expired() == ["m"]
+    res.unloaded("m")
+    res.loaded("m", 10)
+    res.started("m", 3.0)
+    res.started("m", None)  # the later one says for ever
+    res.finished("m", None)
+    res.finished("m", 3.0)
+    clock.advance(10**6)
+    assert res.expired() == []

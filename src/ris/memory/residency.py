@@ -127,15 +127,26 @@ class Residency:
     def unloaded(self, name: str) -> None:
         self._models.pop(name, None)
 
-    def started(self, name: str) -> None:
+    def started(self, name: str, keep_alive_s: float | None | Literal["lane", "unsaid"] = "unsaid") -> None:
+        """A task on `name` started; `keep_alive_s` is its request's ("lane": the lane's;
+        "unsaid": the one its end will give applies, unless one is asked meanwhile)."""
         r = self._models[name]
         r.running += 1
         r.last_used = self._clock()
         r.expires_at = None  # never expires while it runs
-        r.kept = None  # a later request's keep_alive wins over one asked for before it
+        # The latest request's keep_alive is the one the model keeps once idle, whichever of
+        # them ends last, as Ollama's (a request sets its model's keep_alive when it is
+        # scheduled): the last to end decided, and a short request ending after a "-1" one
+        # that came later unloaded the model.
+        r.kept = (
+            None
+            if keep_alive_s == "unsaid"
+            else (self.keep_alive_s if keep_alive_s == "lane" else keep_alive_s,)
+        )
 
     def finished(self, name: str, keep_alive_s: float | None | Literal["lane"] = "lane") -> None:
-        """A task on `name` ended; `keep_alive_s` is the request's own ("lane": the lane's)."""
+        """A task on `name` ended; `keep_alive_s` is the request's own ("lane": the lane's),
+        which applies once idle unless a later request's (started, keep) was asked since."""
         r = self._models.get(name)
         if r is None:
             return

@@ -553,12 +553,14 @@ class Engine:
             replicas = self._replicas[task.lane]
             replica = replicas[0] if len(replicas) == 1 else max(replicas, key=lambda r: r.free_slots)
             replica.running.add(task.id)
-            replica.kept.pop(model, None)  # this request's keep_alive wins over one asked before
+            handle = self._handles.get(task.id)
+            # The latest request's keep_alive wins over one asked before it, whichever ends
+            # last (residency.started): the expiry its end will set (_expect_expiry).
+            replica.kept[model] = handle.keep_alive_s if handle is not None else None
             self._where[task.id] = replica
             self._supervisor.task_started(replica.watch)
             if self.durable is not None:
                 self.durable.started(task)
-            handle = self._handles.get(task.id)
             keep_alive = handle.keep_alive_s if handle is not None else None
             streamed = handle.streamed if handle is not None else True
             if not replica.worker.send(m.RunTask(task.id, model, request, keep_alive, streamed)):
@@ -650,7 +652,7 @@ class Engine:
             or any(self._model_of(t) == model for t in replica.running)
         ):
             return
-        if model in replica.kept:  # asked for while it ran: the worker takes that one too
+        if model in replica.kept:  # the latest request's, or one asked since: as the worker's
             asked = replica.kept.pop(model)
         else:
             handle = self._handles.get(task_id)

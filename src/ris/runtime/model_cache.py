@@ -205,8 +205,10 @@ class ModelCache:
         return_gpu_memory()
         self._send(m.ModelUnloaded(name, reason))
 
-    def started(self, name: str) -> None:
-        self.residency.started(name)
+    def started(self, name: str, keep_alive_s: float | None = None) -> None:
+        """`keep_alive_s` is the request's (RunTask.keep_alive_s): None the lane's, negative
+        forever; the latest started request's applies once the model is idle."""
+        self.residency.started(name, _ttl(keep_alive_s))
 
     def finished(self, name: str, keep_alive_s: float | None) -> None:
         """`keep_alive_s` is the request's (RunTask.keep_alive_s): None the lane's, negative

@@ -418,7 +418,7 @@ def serve(
             # One task at a time: nothing runs, so never held. A load that fails raises
             # BackendError: model_load_failed, or gpu_out_of_memory with the numbers.
             backend = cache.get(msg.model)
-            cache.started(msg.model)
+            cache.started(msg.model, msg.keep_alive_s)
             try:
                 outcome = runner.run(backend, task_id, msg.request, cancelled)
             finally:
@@ -625,7 +625,7 @@ def _admit_pending(
         if isinstance(backend, Hold):
             return msg.model, backend
         pending.popleft()
-        cache.started(msg.model)
+        cache.started(msg.model, msg.keep_alive_s)
         running[task_id] = msg
 
         def cancelled(task_id: str = task_id) -> bool:
