@@ -310,7 +310,8 @@ def test_values_of_the_wrong_json_type_are_refused_not_converted() -> None:
         data = base()
         (data.setdefault("server", {}) if where == "server" else data["lanes"][where])[field] = value
         msg = error_of(data)
-        assert f"valid {kind}" in msg and repr(value) in msg, (field, value, msg)
+        # The value as the file writes it (true, "2"), not as Python would (True, '2').
+        assert f"valid {kind}" in msg and f"(got {json.dumps(value)})" in msg, (field, value, msg)
     data = base()
     data["lanes"]["llm"]["aging_s"] = 5  # an integer where a number is asked is a number
     assert parse_config(data, TWO_CORES).lanes[Lane.LLM].aging_s == 5.0
@@ -327,7 +328,7 @@ def test_an_unknown_key_in_a_named_api_key_lists_what_is_allowed() -> None:
     data = base()
     data["server"] = {"api_keys": [{"name": "a", "key": "k" * 32, "rol": "user"}]}
     said = error_of(data)
-    assert "server.api_keys.0.rol: unknown key 'rol'; allowed here: name, key, role" in said, said
+    assert "api_keys.0.rol: unknown key 'rol'; did you mean 'role'? allowed here: name, key, role" in said
     assert "NamedKey" not in said and "k" * 32 not in said
 
 
@@ -476,7 +477,29 @@ def test_a_server_memory_ceiling_below_what_the_api_process_holds_is_refused() -
     503 server_memory_full."""
     data = base()
     data["server"] = {"memory_limit_mb": 100}
-    assert "server.memory_limit_mb: Value error, 100 MiB is less than the API process holds" in error_of(data)
+    assert "server.memory_limit_mb: 100 MiB is less than the API process holds" in error_of(data)
     for fine in (0, 256):
         data["server"] = {"memory_limit_mb": fine}
         assert parse_config(data, TWO_CORES).server.memory_limit_mb == fine
+
+
+def test_a_hand_edited_file_is_told_what_json_does_not_allow(tmp_path: Path) -> None:
+    """A key given twice (the last won, unsaid), a comment, a trailing comma, an empty file:
+    each said in the file's own terms (an outside CLI user's run)."""
+    from ris.config.load import load_config
+
+    cases = {
+        '{"server": {"port": 8080, "port": 8081}}': "the key 'port' is given twice in one object",
+        '{\n  // the port\n  "server": {}\n}': "(JSON has no comments: remove it)",
+        '{"server": {"port": 8080,}}': "(JSON allows no comma after the last item)",
+        "  \n": "the file is empty; `ris config > config.json` writes one",
+    }
+    path = tmp_path / "config.json"
+    for text, said in cases.items():
+        path.write_text(text)
+        with pytest.raises(ConfigError) as exc:
+            load_config(path, TWO_CORES)
+        assert said in str(exc.value), (text, str(exc.value))
+    path.write_text('{"lanes": {"llm": {"thread": 1}}}')
+    with pytest.raises(ConfigError, match="unknown key 'thread'; did you mean 'threads'"):
+        load_config(path, TWO_CORES)

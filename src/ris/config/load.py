@@ -4,6 +4,7 @@ then the machine checks."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import typing
@@ -46,10 +47,16 @@ def load_config(
         raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror}") from None
     except UnicodeDecodeError as e:  # e.g. UTF-16, as Windows PowerShell 5.1's `>` writes
         raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    if not text.strip():
+        raise ConfigError(f"{p}: the file is empty; `ris config > {p.name}` writes one to start from")
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise ConfigError(
+            f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}{_json_hint(e)}"
+        ) from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{p}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the configuration is a JSON object ({{...}}), not {type(data).__name__}")
     if cluster and isinstance(data, dict):
@@ -65,6 +72,33 @@ def load_config(
     if data_dir != cfg.data_dir:
         cfg = cfg.model_copy(update={"data_dir": data_dir})
     return cfg
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object read, a key given twice refused: the last one won, unsaid
+    (`"port": 8080, ..., "port": 8081`)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"the key {key!r} is given twice in one object; keep one")
+        out[key] = value
+    return out
+
+
+def _json_hint(e: json.JSONDecodeError) -> str:
+    """What a JSON error most often means in a hand-edited config: a comment or a trailing
+    comma, which JSON allows neither of."""
+    before = e.doc[: e.pos].rstrip()
+    at = e.doc[e.pos : e.pos + 2]
+    if at.startswith(("//", "/*", "#")):
+        return " (JSON has no comments: remove it)"
+    if before.endswith(",") and at[:1] in ("}", "]"):
+        return " (JSON allows no comma after the last item)"
+    return ""
 
 
 def _sources_beside(data: Any, folder: Path) -> Any:
@@ -140,7 +174,9 @@ def _explain(err: ValidationError) -> str:
             # A named API key is one branch of a union: pydantic names the branch in the path.
             model = NamedKey if "NamedKey" in parent else _model_at(parent)
             allowed = ", ".join(model.model_fields) if model else "see the README"
-            lines.append(f"{loc.replace('.NamedKey', '')}: unknown key {key!r}; allowed here: {allowed}")
+            near = difflib.get_close_matches(str(key), list(model.model_fields), n=1) if model else []
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            lines.append(f"{loc.replace('.NamedKey', '')}: unknown key {key!r}{hint} allowed here: {allowed}")
         elif "api_keys" in e["loc"]:
             # Never quote a key: the message reaches the terminal and the logs.
             if e["type"] == "string_type" and e["loc"][-1] == "str" and isinstance(e.get("input"), dict):
@@ -151,8 +187,19 @@ def _explain(err: ValidationError) -> str:
             # would quote its api_keys too, and says nothing the message does not.
             lines.append(f"{loc}: {e['msg']}")
         else:
-            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid configuration:\n  - " + "\n  - ".join(lines)
+            lines.append(f"{loc}: {e['msg']} (got {_as_json(e.get('input'))})")
+    # pydantic's prefix of a validator's own message says nothing to a user.
+    return "invalid configuration:\n  - " + "\n  - ".join(
+        line.replace(": Value error, ", ": ") for line in lines
+    )
+
+
+def _as_json(value: Any) -> str:
+    """A value as the config file writes it (null, true), not as Python does (None, True)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
