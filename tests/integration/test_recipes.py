@@ -29,15 +29,10 @@ BATCH = 4
 def plugged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     lanes = {  # image is not mentioned: it stays off
         "tts": {"cores": [1], "default_model": "beep", "models": {"beep": {"backend": "tone"}}},
-        "echo": {
-            "cores": [0],
-            "exclusive_cores": False,  # shares its core with the LLM lane: this machine may have two
-            "default_model": "up",
-            "models": {"up": {"backend": "upper"}},
-        },
+        "echo": {"cores": [0], "default_model": "up", "models": {"up": {"backend": "upper"}}},
         "llm": {
             "cores": [0],
-            "exclusive_cores": False,  # shares the echo lane's core
+            "exclusive_cores": False,  # shares the echo lane's core: this machine may have two
             "parallel": BATCH,
             "default_model": "lock",
             "models": {"lock": {"backend": "lockstep"}},

@@ -167,6 +167,20 @@ def test_the_login_sends_a_person_back_only_to_a_console_page() -> None:
         assert _after_login(asked) == "/ui", asked
 
 
+def test_wide_patterns_keep_their_meaning() -> None:
+    """ "http://*" and a "*" in the host's place match a host and port, as before the port's own
+    rule (a review of the change)."""
+    pattern = ("http://*", "https://*:8443", "http://localhost*")
+    for origin, status in (
+        ("http://localhost:3000", 200),
+        ("https://[::1]:8443", 200),
+        ("http://localhost:5173", 200),
+        ("http://x@evil.example", 403),
+    ):
+        got = answer("/api/stats", ("authorization", f"Bearer {KEY}"), ("origin", origin), origins=pattern)
+        assert got[0] == status, origin
+
+
 def test_an_allowed_origin_may_be_a_pattern() -> None:
     """A web UI's port, or a webview's id, cannot always be listed: "http://localhost:*"."""
     pattern = ("http://localhost:*", "https://*.example.com", "http://[::1]:*")

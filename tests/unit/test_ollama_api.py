@@ -244,8 +244,9 @@ def test_ps_tells_what_of_a_model_is_on_the_card() -> None:
     from ris.api.routes.ollama_models import _on_card
     from ris.messages import ModelInfo
 
-    size = 1000
-    assert _on_card(ModelInfo("m", "llama_cpp", placement="gpu", footprint_bytes=900), size) == size
+    size = 1000  # what the model takes in all (/api/ps's size): on the card and in RAM
+    assert _on_card(ModelInfo("m", "llama_cpp", placement="gpu", footprint_bytes=900), size) == 900
+    assert _on_card(ModelInfo("m", "llama_cpp", placement="gpu"), size) == size  # nothing counted
     assert _on_card(ModelInfo("m", "llama_cpp", placement="partial", footprint_bytes=400), size) == 400
     assert _on_card(ModelInfo("m", "llama_cpp", placement="cpu", footprint_bytes=400), size) == 0
 

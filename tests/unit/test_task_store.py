@@ -82,12 +82,17 @@ def test_a_record_that_cannot_be_read_is_left_out_and_said_once(
         store.close()
     with sqlite3.connect(db) as damage:
         damage.execute("UPDATE tasks SET result='X\"path\": \"p\"}' WHERE id='bad-done'")
-        damage.execute("UPDATE tasks SET request='X\"prompt\"}' WHERE id='bad-queued'")
+        damage.execute("UPDATE tasks SET started_at=1.5 WHERE id IN ('good', 'bad-done')")
+        damage.execute("UPDATE tasks SET request=CAST(X'7bfb7d' AS TEXT) WHERE id='bad-done'")
+        # A byte >= 0x80: not UTF-8 (the whole fetch raised before any row was looked at).
+        damage.execute("UPDATE tasks SET request=CAST(X'7bfb7d' AS TEXT) WHERE id='bad-queued'")
     store = TaskStore(db)
     try:
         assert [t.id for t in store.recent()] == ["good"]
         assert store.unfinished() == []  # the start goes on without it
         assert store.get("bad-done") is None and store.get("good") is not None
+        # Read at every start (run times learned): the damaged one's request as {}, no raise.
+        assert sorted(str(r[2]) for r in store.run_times("image")) == ["{'prompt': 'good'}", "{}"]
         store.recent()
     finally:
         store.close()

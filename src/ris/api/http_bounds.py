@@ -214,9 +214,10 @@ def _httptools_class() -> type[asyncio.Protocol]:
     class BoundedHttpTools(_Bounded, HttpToolsProtocol):
         _head_bytes = 0
         _in_head = True
+        _head_tail = b""  # the head's last 3 bytes read so far (where its end may begin)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self._head_bytes, self._in_head = 0, True
+            self._head_bytes, self._in_head, self._head_tail = 0, True, b""
             super().connection_made(transport)
 
         _refused = False
@@ -227,13 +228,16 @@ def _httptools_class() -> type[asyncio.Protocol]:
             if self._in_head:
                 # Measured before the parser reads it: a head that ends within this read was
                 # whole by then, its request dispatched, and a head of up to one read (120 KB,
-                # measured) passed the bound.
-                end = data.find(b"\r\n\r\n")
-                head = self._head_bytes + (len(data) if end < 0 else end + 4)
+                # measured) passed the bound. The end is looked for across the last read's
+                # last bytes too: a "\r\n\r" | "\n" split counted the body as head.
+                tail = self._head_tail
+                end = (tail + data).find(b"\r\n\r\n")
+                head = self._head_bytes + (len(data) if end < 0 else end + 4 - len(tail))
                 if head > MAX_HEAD_BYTES and not self.transport.is_closing():
                     self._refuse_head()
                     return
                 self._head_bytes += len(data)
+                self._head_tail = (tail + data)[-3:]
             super().data_received(data)
             if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self._refuse_head()
@@ -254,13 +258,13 @@ def _httptools_class() -> type[asyncio.Protocol]:
             self.loop.call_later(REFUSED_LINGER_S, self.transport.close)
 
         def on_headers_complete(self) -> None:
-            self._head_bytes, self._in_head = 0, False
+            self._head_bytes, self._in_head, self._head_tail = 0, False, b""
             self._head_complete()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
-            self._head_bytes, self._in_head = 0, True  # what comes next is the next head
+            self._head_bytes, self._in_head, self._head_tail = 0, True, b""  # the next head
 
     return BoundedHttpTools
 

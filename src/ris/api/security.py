@@ -120,15 +120,15 @@ def wildcard_host_hint(config: Config, addresses: Iterable[str]) -> str | None:
 def _glob(pattern: str) -> re.Pattern[str]:
     """An origin pattern, everything but "*" as written (fnmatch read the brackets of
     "http://[::1]:*" as a character class, and "?" as any character). A "*" in the port's place
-    (after the last ":", at the end) is a port, digits; elsewhere any run of characters but
-    "/", ":" and "@": "http://localhost:*" let in "http://localhost:3000.evil.com",
-    "http://localhost:@evil.com" and "http://localhost:x/evil" (no browser sends those, but a
-    pattern should not mean them)."""
+    (after a ":", ending the pattern) is a port, digits; elsewhere any run of characters but
+    "/" and "@": "http://localhost:*" let in "http://localhost:3000.evil.com" and
+    "http://localhost:@evil.com" (no browser sends those, but a pattern should not mean them),
+    while "http://*" and "https://*:8443" still match "http://localhost:3000" and "[::1]"."""
     parts = pattern.split("*")
     out = re.escape(parts[0])
     for i, part in enumerate(parts[1:], 1):
         port = parts[i - 1].endswith(":") and i == len(parts) - 1 and part == ""
-        out += ("[0-9]{1,5}" if port else "[^/:@]*") + re.escape(part)
+        out += ("[0-9]{1,5}" if port else "[^/@]*") + re.escape(part)
     return re.compile(out)
 
 

@@ -23,7 +23,9 @@ def backend_class(lane: str, name: str) -> type[Backend]:
 
 def resolve_source(source: str | None) -> Path:
     """A model source as a path: 'package:<module>[/<file>]' points into an installed package."""
-    if source is None:
+    if not source:
+        # "" was read as the working folder, which exists: every check passed, and the worker
+        # failed each load, restarted for ever.
         raise BackendError("model_source_missing", "this model needs a 'source' file or folder")
     if source.startswith("package:"):
         module, _, rel = source[len("package:") :].partition("/")

@@ -51,13 +51,15 @@ def _why(e: Exception) -> str:
     that exists, because it referred to itself; an AttributeError said `'int' object has no
     attribute 'items'` for `"properties": 5`)."""
     text = str(e.args[0]) if e.args else ""
-    if isinstance(e, KeyError):
+    if isinstance(e, KeyError) and text.startswith("#"):
         return f"its $ref {text!r} leads nowhere or back to itself (a grammar needs one that ends)"
     if isinstance(e, RecursionError):
         return "its $refs lead back to themselves without end"
     if text.startswith("Unrecognized schema: "):
         return f"this part is not a JSON Schema: {text.removeprefix('Unrecognized schema: ')[:200]}"
-    return f"a keyword holds a value JSON Schema does not allow there ({text[:200]})"
+    if isinstance(e, (AttributeError, TypeError)):
+        return f"a keyword holds a value JSON Schema does not allow there ({text[:200]})"
+    return f"the converter cannot express it ({text[:200] or type(e).__name__})"
 
 
 @functools.lru_cache(maxsize=64)

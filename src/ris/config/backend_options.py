@@ -108,16 +108,17 @@ _LIBRARY_PARAMETERS = {"llama_cpp": (llama_parameters, "llama.cpp (llama-cpp-pyt
 
 
 def option_problems(
-    where: str, backend: str, model: type[BaseModel] | None, options: dict[str, Any]
+    where: str, backend: str, model: type[BaseModel] | None, options: dict[str, Any], *, library: bool = True
 ) -> list[str]:
-    """What is wrong with a model's `options` (`where`: its path, "lanes.llm.models.m.options")."""
+    """What is wrong with a model's `options` (`where`: its path, "lanes.llm.models.m.options");
+    `library`: also the names a backend's library takes (this host's version of it)."""
     if model is None:
         return []
     try:
         model.model_validate(options)
     except ValidationError as e:
         return [_problem(where, backend, err) for err in e.errors()]
-    if backend in _LIBRARY_PARAMETERS:
+    if library and backend in _LIBRARY_PARAMETERS:
         parameters, library = _LIBRARY_PARAMETERS[backend]
         known = parameters()
         if known is not None:

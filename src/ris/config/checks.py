@@ -6,12 +6,16 @@ says what is allowed, and all problems are reported at once.
 
 from __future__ import annotations
 
+import logging
+
 from ris.config.backend_options import option_problems
 from ris.config.fit_checks import memory_problems, preloaded
 from ris.config.schema import Config, ConfigError, LaneConfig
 from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes import kind, kinds
 from ris.machine import MachineInfo
+
+log = logging.getLogger("ris.config")
 
 
 def check_config(cfg: Config, machine: MachineInfo) -> Config:
@@ -39,9 +43,9 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
 
 
 def _shared_core_problems(cfg: Config, machine: MachineInfo) -> list[str]:
-    """Real-time lanes given the same core where either keeps its cores to itself
-    (exclusive_cores, true by default): a lane that set false took the core of one that had
-    not, unsaid."""
+    """Real-time lanes given the same core: refused where both keep their cores to themselves
+    (exclusive_cores, true by default). Where one says false, allowed (the refusal's own advice
+    for years) but said: it takes the core of a lane that did not ask to share."""
     problems = []
     claimed: dict[int, str] = {}  # core -> the first real-time lane given it
     for lane, lane_cfg in cfg.lanes.items():
@@ -52,12 +56,20 @@ def _shared_core_problems(cfg: Config, machine: MachineInfo) -> list[str]:
             if other == lane:
                 continue
             strict = [name for name in (other, lane) if cfg.lane(name).exclusive_cores]
-            if strict:
+            if len(strict) == 2:
                 problems.append(
-                    f"lanes.{lane}.cores: core {core} is also given to the real-time {other} lane, "
-                    f"and {' and '.join(f'lanes.{n}' for n in strict)} keep{'s' if len(strict) == 1 else ''} "
-                    "its cores to itself (exclusive_cores, true by default): give them disjoint cores, "
-                    f"or set exclusive_cores: false on {' and '.join(strict)}"
+                    f"lanes.{lane}.cores: core {core} is also given to the real-time {other} lane; "
+                    "real-time lanes need disjoint cores (or set exclusive_cores: false on both)"
+                )
+            elif strict:
+                sharing = lane if strict[0] == other else other
+                log.warning(
+                    "lanes.%s shares core %d with the real-time %s lane, whose exclusive_cores is "
+                    "true: allowed because lanes.%s says false (say false on both to share knowingly)",
+                    sharing,
+                    core,
+                    strict[0],
+                    sharing,
                 )
     return problems
 
@@ -131,8 +143,10 @@ ONE_FILE_BACKENDS = {"llama_cpp": ".gguf"}
 
 
 def _option_problems(cfg: Config) -> list[str]:
-    """Each model's `options`, as its backend reads them (ris.config.backend_options)."""
+    """Each model's `options`, as its backend reads them (ris.config.backend_options); on a
+    cluster the library's own option names are the nodes' version's, not this host's."""
     problems = []
+    local = cfg.cluster.engine == "local"
     for lane, lane_cfg in cfg.lanes.items():
         backends = kind(lane).backends
         for name, model in lane_cfg.models.items():
@@ -140,7 +154,7 @@ def _option_problems(cfg: Config) -> list[str]:
             if entry is None:
                 continue  # an unknown backend is said by _lane_problems
             where = f"lanes.{lane}.models.{name}.options"
-            problems += option_problems(where, model.backend, entry.options, model.options)
+            problems += option_problems(where, model.backend, entry.options, model.options, library=local)
     return problems
 
 

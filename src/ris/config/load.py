@@ -118,8 +118,8 @@ def _sources_beside(data: Any, folder: Path) -> Any:
         models = dict(cfg["models"])
         for name, spec in models.items():
             source = spec.get("source") if isinstance(spec, dict) else None
-            if not isinstance(source, str) or ":" in source.split("/", 1)[0]:
-                continue  # none, or package:, builtin:, a drive letter
+            if not isinstance(source, str) or not source or ":" in source.split("/", 1)[0]:
+                continue  # none ("" is none too, not this folder), or package:, builtin:, a drive letter
             path = Path(source).expanduser()
             if not path.is_absolute() and (folder / path).exists():
                 models[name] = {**spec, "source": str((folder / path).resolve())}

@@ -38,9 +38,6 @@ class ModelSpec(_Strict):
     backend: str = Field(description="backend name, e.g. llama_cpp, transformers, espeak, piper")
     source: str | None = Field(
         default=None,
-        # "" read as the config's own folder, which exists: every check passed, and the worker
-        # failed to load and was restarted for ever.
-        min_length=1,
         description="a file or folder path, 'package:<module>/<file>' for a file shipped in "
         "a Python package, or None when the backend needs no file (espeak)",
     )

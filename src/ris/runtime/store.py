@@ -71,11 +71,11 @@ CANCELLED = "cancelled"
 ABANDONED = "abandoned"
 
 
-def _request(text: str) -> dict[str, Any]:
+def _request(raw: bytes) -> dict[str, Any]:
     """A stored request's JSON; {} for one that does not read (its run time still counts)."""
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, AttributeError):  # JSON, UTF-8 (a byte >= 0x80 changed on disk)
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -434,7 +434,7 @@ class TaskStore:
         attempt, in seconds), with their model and request, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT finished_at - started_at, model, request FROM tasks WHERE lane=? "
+                "SELECT finished_at - started_at, model, CAST(request AS BLOB) FROM tasks WHERE lane=? "
                 "AND state='succeeded' AND started_at IS NOT NULL AND finished_at >= started_at "
                 "ORDER BY finished_at DESC LIMIT ?",
                 (lane, limit),
@@ -473,18 +473,20 @@ class TaskStore:
     def _select(self, clause: str, args: tuple[Any, ...]) -> list[StoredTask]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, lane, model, state, priority, request, submitted_at, started_at, finished_at, "
-                "attempts, error_code, error_message, result, owner, client, deadline, on_restart, "
-                "progress_done, progress_total "
+                # The JSON columns as bytes, decoded per row below: a changed byte >= 0x80 made
+                # the whole fetch raise (not UTF-8) before any row could be left out.
+                "SELECT id, lane, model, state, priority, CAST(request AS BLOB), submitted_at, "
+                "started_at, finished_at, attempts, error_code, error_message, CAST(result AS BLOB), "
+                "owner, client, deadline, on_restart, progress_done, progress_total "
                 f"FROM tasks {clause}",
                 args,
             ).fetchall()
         found = []
         for r in rows:
             try:
-                request = json.loads(r[5])
-                result = None if r[12] is None else json.loads(r[12])
-            except (json.JSONDecodeError, TypeError) as e:
+                request = json.loads(r[5].decode("utf-8"))
+                result = None if r[12] is None else json.loads(r[12].decode("utf-8"))
+            except (ValueError, TypeError, AttributeError) as e:  # JSON, UTF-8
                 # One damaged record (a byte changed on disk, which SQLite's own check does not
                 # read) made every list answer 500, and one queued or running failed the start:
                 # left out, and said once.

@@ -228,12 +228,12 @@ def _expires_at(seconds: float | None) -> str:
 
 
 def _on_card(info: ModelInfo, size: int) -> int:
-    """What of a loaded model is on the card, as Ollama's size_vram says: all of it placed
-    "gpu"; the part its worker counted there (the layers that fit, an offload plan's) placed
-    partly; none on the CPU."""
+    """What of a loaded model is on the card, as Ollama's size_vram says: what its worker
+    counted there (all of it placed "gpu"; the layers that fit, an offload plan's part, placed
+    partly), not what stays in RAM beside; none on the CPU."""
     if info.placement == "cpu":
         return 0
-    if info.placement == "gpu" or info.footprint_bytes is None:
+    if info.footprint_bytes is None:
         return size
     return min(size, info.footprint_bytes)
 

@@ -80,6 +80,8 @@ def _token_refusal(address: str) -> str | None:
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)
     except AuthenticationError as e:
         return f"this server cannot join with its Ray settings: {e}"
+    except Exception:  # noqa: BLE001 - Ray's private API changed: ray.init says what it says
+        return None
     said: list[str] = []
 
     def ask() -> None:
