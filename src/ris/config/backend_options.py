@@ -119,12 +119,12 @@ def option_problems(
     except ValidationError as e:
         return [_problem(where, backend, err) for err in e.errors()]
     if library and backend in _LIBRARY_PARAMETERS:
-        parameters, library = _LIBRARY_PARAMETERS[backend]
+        parameters, named = _LIBRARY_PARAMETERS[backend]
         known = parameters()
         if known is not None:
             known = known | set(model.model_fields)
             return [
-                f"{where}.{key}: not an option of {library} nor of RIS's {backend} backend"
+                f"{where}.{key}: not an option of {named} nor of RIS's {backend} backend"
                 + _near(key, known)
                 for key in options
                 if key not in known
