@@ -51,15 +51,39 @@ def test_a_session_ends_at_its_expiry_at_logout_and_when_the_keys_change() -> No
     sessions = ConsoleSessions.for_keys(key_principals([KEY, "other"]), lambda: bytes(32))
     assert sessions is not None
     sessions._wall = clock  # noqa: SLF001 - the wall clock, faked
-    a, b = sessions.issue(KEY), sessions.issue(KEY)
-    assert sessions.principal(a) is not None and sessions.principal(a) == sessions.principal(b)
-    sessions.revoke(a)
-    assert sessions.principal(a) is None and sessions.principal(b) is not None  # that one alone
+    a, b, theirs = sessions.issue(KEY), sessions.issue(KEY), sessions.issue("other")
+    found = sessions.principal(a)
+    assert found is not None and found == sessions.principal(b)
+    assert found[1].startswith("key:")  # the client a session counts as: its key's, as a bearer's
+    clock.advance(1)
+    sessions.log_out(a)  # every session of that key made until now, none of another key's
+    assert sessions.principal(a) is None and sessions.principal(b) is None
+    assert sessions.principal(theirs) is not None
+    clock.advance(1)
+    again = sessions.issue(KEY)  # a login after the logout
+    assert sessions.principal(again) is not None
     clock.advance(sessions.ttl_s + 1)
-    assert sessions.principal(b) is None
+    assert sessions.principal(again) is None
     changed = ConsoleSessions.for_keys(key_principals([KEY]), lambda: bytes(32))  # "other" removed
     assert changed is not None and changed.principal(changed.issue(KEY)) is not None
     assert changed.principal(sessions.issue(KEY)) is None
+
+
+def test_a_session_lets_in_on_the_consoles_routes_only() -> None:
+    """Any other web app on the host receives the cookie: with it, no further than the
+    console goes (a review: a replayed session pulled models and rewrote config.json)."""
+    for path in (
+        "/ui/work",
+        "/api/console/state",
+        "/api/tasks",
+        "/api/llm/generate",
+        "/api/models",
+        "/ready",
+    ):
+        assert answer(path, cookie(SESSION))[0] == 200, path
+    for path in ("/api/pull", "/metrics", "/v1/models", "/v1/chat/completions", "/api/generate", "/api/chat"):
+        assert answer(path, cookie(SESSION))[0] == 401, path
+        assert answer(path, ("authorization", f"Bearer {KEY}"))[0] == 200, path
 
 
 def test_another_apps_unparsable_cookie_does_not_hide_the_key() -> None:

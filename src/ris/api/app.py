@@ -308,7 +308,9 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
         # editor's webview, a desktop app): its clients expect it, as they expect port 11434.
         default_origins=OLLAMA_ORIGINS if getattr(app.state, OLLAMA_ONLY, False) else (),
         signer=app.state.url_signer,
-        sessions=app.state.sessions,
+        # The console's sessions let in on the main port only: the Ollama listener has no
+        # console, and its routes are none a session opens.
+        sessions=None if getattr(app.state, OLLAMA_ONLY, False) else app.state.sessions,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it
 

@@ -7,10 +7,14 @@ route until the configuration changed, and logging out revoked nothing. An outsi
 test showed it (2026-12-07).
 
 The cookie is now a session: which key logged in (an id made with a secret, so it is no hash to
-test guesses of the key against offline), until when, and an HMAC of both. It holds for
-SESSION_TTL_S; changing `server.api_keys` ends every session (the secret covers the keys, as
-result URLs' does), logging out ends that one (remembered in memory until its expiry: a restart
-forgets the logout, not the expiry). Stateless otherwise: a restart keeps people logged in.
+test guesses of the key against offline), when, and an HMAC of both. What such an app receives
+still lets it in as that key for as long as the session lasts, so a session is bounded: it lets
+in on the console's own routes only (SESSION_PATHS, Guard), never on /v1, the Ollama routes,
+/api/pull or /metrics; it lasts SESSION_TTL_S at most, and the browser forgets it when it
+closes (no Max-Age); logging out ends every session of that key made until then (kept per key:
+bounded, never evicted; a restart forgets it, not the expiry); changing `server.api_keys` ends
+them all (the secret covers the keys, as result URLs' does). Stateless otherwise: a restart keeps
+people logged in.
 """
 
 from __future__ import annotations
@@ -21,12 +25,11 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 
+from ris.api.keys import key_fingerprint
 from ris.runtime.tenancy import Principal
 
 SESSION_TTL_S = 7 * 86400
 PREFIX = "s1"
-# Sessions logged out and not yet expired that are remembered (past it, the oldest first go).
-MAX_REVOKED = 10_000
 
 
 class ConsoleSessions:
@@ -44,7 +47,9 @@ class ConsoleSessions:
         self.ttl_s = ttl_s
         self._ids = {key: self._key_id(key) for key in principals}
         self._by_id = {self._ids[key]: p for key, p in principals.items()}
-        self._revoked: dict[str, int] = {}  # a logged-out session's MAC -> its expiry
+        # The client a session counts as for fairness: its key's, as a bearer request's.
+        self._clients = {self._ids[key]: "key:" + key_fingerprint(key)[:16] for key in principals}
+        self._logged_out: dict[str, int] = {}  # key id -> sessions made until then (ms) ended
 
     @classmethod
     def for_keys(
@@ -60,46 +65,46 @@ class ConsoleSessions:
     def issue(self, key: str) -> str:
         """The cookie value of a session for `key` (one of the configured keys)."""
         kid = self._ids[key]
-        expires = int(self._wall() + self.ttl_s)
+        made = self._now_ms()
         nonce = secrets.token_hex(8)
-        return f"{PREFIX}.{kid}.{expires}.{nonce}.{self._mac(kid, expires, nonce)}"
+        return f"{PREFIX}.{kid}.{made}.{nonce}.{self._mac(kid, made, nonce)}"
 
-    def principal(self, value: str) -> Principal | None:
-        """Who a cookie's session is; None for anything else (expired, logged out, made by
-        another secret, a key's own text as an old console's cookie held)."""
+    def principal(self, value: str) -> tuple[Principal, str] | None:
+        """Who a cookie's session is, and the client it counts as; None for anything else
+        (expired, logged out, made by another secret, a key's own text as an old console's
+        cookie held)."""
         opened = self._open(value)
         if opened is None:
             return None
-        kid, expires, mac = opened
-        if expires < self._wall() or mac in self._revoked:
+        kid, made = opened
+        if made + self.ttl_s * 1000 < self._now_ms() or made <= self._logged_out.get(kid, -1):
             return None
-        return self._by_id.get(kid)
+        principal = self._by_id.get(kid)
+        return None if principal is None else (principal, self._clients[kid])
 
-    def revoke(self, value: str) -> None:
-        """Log a session out (a value that is no session: nothing)."""
+    def log_out(self, value: str) -> None:
+        """End the sessions of the key this one belongs to, made until now (a value that is no
+        session: nothing)."""
         opened = self._open(value)
-        if opened is None:
-            return
-        _, expires, mac = opened
-        now = self._wall()
-        self._revoked = {m: e for m, e in self._revoked.items() if e >= now}
-        while len(self._revoked) >= MAX_REVOKED:
-            self._revoked.pop(next(iter(self._revoked)))
-        self._revoked[mac] = expires
+        if opened is not None and opened[0] in self._by_id:
+            self._logged_out[opened[0]] = self._now_ms()
 
-    def _open(self, value: str) -> tuple[str, int, str] | None:
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
+
+    def _open(self, value: str) -> tuple[str, int] | None:
         parts = value.split(".")
         if len(parts) != 5 or parts[0] != PREFIX:
             return None
-        _, kid, expires, nonce, mac = parts
-        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12 and mac.isascii()):
+        _, kid, made, nonce, mac = parts
+        if not (made.isascii() and made.isdigit() and len(made) <= 15 and mac.isascii()):
             return None
-        if not hmac.compare_digest(mac, self._mac(kid, int(expires), nonce)):
+        if not hmac.compare_digest(mac, self._mac(kid, int(made), nonce)):
             return None
-        return kid, int(expires), mac
+        return kid, int(made)
 
     def _key_id(self, key: str) -> str:
         return hmac.new(self._secret, b"key\0" + key.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def _mac(self, kid: str, expires: int, nonce: str) -> str:
-        return hmac.new(self._secret, f"{kid}\n{expires}\n{nonce}".encode(), hashlib.sha256).hexdigest()
+    def _mac(self, kid: str, made: int, nonce: str) -> str:
+        return hmac.new(self._secret, f"{kid}\n{made}\n{nonce}".encode(), hashlib.sha256).hexdigest()

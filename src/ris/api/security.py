@@ -337,16 +337,15 @@ class Guard:
         which must not stand in for one."""
         scheme, _, token = headers.get("authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" and token else ""
-        if not given and cookie:
+        if not given and cookie and _session_path(scope.get("path", "")):
             # The console's session (console_sessions): no key in it, nothing to guess with.
-            session = _cookie_key(headers.get("cookie", ""))
-            principal = self.sessions.principal(session) if self.sessions and session else None
-            if principal is None:
+            session = cookie_key(headers.get("cookie", ""))
+            found = self.sessions.principal(session) if self.sessions and session else None
+            if found is None:
                 return Verdict(False)
             state = scope.setdefault("state", {})
-            state[CLIENT_STATE] = "session:" + (principal.owner or "")
-            state[PRINCIPAL_STATE] = principal
-            return Verdict(True, principal=principal)
+            state[PRINCIPAL_STATE], state[CLIENT_STATE] = found
+            return Verdict(True, principal=found[0])
         if not given:
             return Verdict(False)  # no key at all: not a guess, nothing spent
         assert self.keys is not None
@@ -360,13 +359,32 @@ class Guard:
         return verdict
 
 
+# What the console's session lets in (console_sessions): its pages and the calls they make.
+# Any other web app on the host receives the cookie too; it gets no further than the console
+# does: not /v1, the Ollama routes, /api/pull or /metrics.
+SESSION_PATHS = ("/ui", "/api/console/", "/api/models", "/api/tasks", "/api/stats", "/ready")
+SESSION_PREFIXES = (
+    "/ui/",
+    "/api/console/",
+    "/api/tasks/",
+    "/api/llm/",
+    "/api/tts/",
+    "/api/image/",
+    "/api/chat/",
+)
+
+
+def _session_path(path: str) -> bool:
+    return path == "/" or path in SESSION_PATHS or path.startswith(SESSION_PREFIXES)
+
+
 def _refusal(headers: dict[str, str], *, cookie: bool) -> str:
     """Why a request was refused. A client with a key to hand wants to know it was refused,
     not that one is needed; a console whose session ended, to log in again."""
     scheme, _, sent = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and sent.strip():
         return "the API key sent is not one this server accepts"
-    if cookie and _cookie_key(headers.get("cookie", "")):
+    if cookie and cookie_key(headers.get("cookie", "")):
         return (
             "the console's session has ended (logged out, expired, or the server's keys changed): "
             "log in again at /ui/login"
@@ -423,7 +441,7 @@ def _console_page(path: str, method: str, headers: dict[str, str]) -> bool:
     return page and method == "GET" and "text/html" in headers.get("accept", "")
 
 
-def _cookie_key(header: str) -> str:
+def cookie_key(header: str) -> str:
     """The console's key from the Cookie header ('' when absent or unreadable)."""
     if KEY_COOKIE not in header:
         return ""

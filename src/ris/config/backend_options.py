@@ -124,8 +124,7 @@ def option_problems(
         if known is not None:
             known = known | set(model.model_fields)
             return [
-                f"{where}.{key}: not an option of {named} nor of RIS's {backend} backend"
-                + _near(key, known)
+                f"{where}.{key}: not an option of {named} nor of RIS's {backend} backend" + _near(key, known)
                 for key in options
                 if key not in known
             ]

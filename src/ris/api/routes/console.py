@@ -29,7 +29,7 @@ from ris.api.console_state import console_state
 from ris.api.deps import engine_of, viewer_of
 from ris.api.errors import APIError
 from ris.api.keys import KeyChecker, Verdict
-from ris.api.security import KEY_COOKIE, client_address
+from ris.api.security import KEY_COOKIE, client_address, cookie_key
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
 # The version in the path: a browser never mixes files of two releases from its cache.
@@ -176,7 +176,7 @@ async def login(request: Request) -> Response:
     resp.set_cookie(
         KEY_COOKIE,
         sessions.issue(given),  # a session, not the key: every port of the host gets it
-        max_age=int(sessions.ttl_s),
+        # No Max-Age: the browser forgets it when it closes (the server's own bound is the TTL).
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -201,7 +201,7 @@ def _from_own_page(request: Request) -> bool:
 async def logout(request: Request) -> Response:
     sessions: ConsoleSessions | None = request.app.state.sessions
     if sessions is not None:
-        sessions.revoke(request.cookies.get(KEY_COOKIE, ""))
+        sessions.log_out(cookie_key(request.headers.get("cookie", "")))  # as the guard read it
     resp = RedirectResponse("/ui/login", status_code=303)
     resp.delete_cookie(KEY_COOKIE, path="/", httponly=True, samesite="strict")
     return resp
