@@ -7,8 +7,11 @@ it is answered 429 with the seconds until its next try, until the bucket refills
 costs nothing and is never delayed while the budget lasts, and one the address has already
 shown to be right still passes when it is spent (a stale client behind the same NAT locks no
 one else out); a request with no key is not a guess and costs nothing either. IPv6 addresses
-spend the budget of their /64. Behind a reverse proxy every client has the proxy's address:
-the budget is then the proxy's, and the proxy should limit its own clients.
+spend the budget of their /64, and loopback addresses one budget. The addresses of one IPv4 /24
+also spend a wider budget together (NETWORK_SHARE addresses' worth, refilled as fast): a host
+given many addresses guesses no faster than that many hosts. Behind a reverse proxy every
+client has the proxy's address: the budget is then the proxy's, and the proxy should limit its
+own clients.
 
 A key is also who the request is (`Verdict.principal`, ris.runtime.tenancy): a named key
 (`{"name", "key", "role"}`) is its name, with its role; a plain string key is an admin, owner
@@ -60,20 +63,38 @@ def key_principals(entries: Iterable[str | NamedKey]) -> dict[str, Principal]:
 
 
 def address_group(client: str) -> str:
-    """The budget an address spends: one host's share of a network, which it may fill with
-    addresses. An IPv6 address's /64; an IPv4 address's /24; every loopback address one group
-    (any local process may send from all of 127/8: an outside test sent 10 wrong keys from each
-    of 50 of them, 350 guesses a second, without one 429)."""
+    """The budget an address spends (and its open connections count against): its own for
+    IPv4, its /64 for IPv6 (one host's share of a network, which it may fill with addresses),
+    and every loopback address one (any local process may send from all of 127/8: an outside
+    test sent 10 wrong keys from each of 50 of them, 350 guesses a second, without one 429)."""
+    ip = _ip(client)
+    if ip is None:
+        return client
+    if ip.is_loopback:
+        return "loopback"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def network_group(client: str) -> str:
+    """The wider budget many addresses of one network spend together (NETWORK_SHARE times an
+    address's): an IPv4 address's /24, else as address_group. One host with many IPv4 addresses
+    then guesses no faster than a few, and a neighbour on the /24 still has its own budget."""
+    ip = _ip(client)
+    if ip is None or ip.is_loopback or ip.version == 6:
+        return address_group(client)
+    return str(ipaddress.ip_network(f"{ip}/24", strict=False))
+
+
+def _ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(client)
     except ValueError:
-        return client
+        return None
     if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return "loopback"
-    prefix = 64 if ip.version == 6 else 24
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+        return ip.ipv4_mapped
+    return ip
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,10 @@ class Verdict:
     ok: bool
     retry_after_s: float | None = None  # set when the address may not try now: answer 429
     principal: Principal | None = None  # who the key is, when ok
+
+
+# How many addresses' budget of wrong keys the addresses of one IPv4 /24 share.
+NETWORK_SHARE = 10
 
 
 @dataclass
@@ -113,15 +138,22 @@ class KeyChecker:
 
     def check(self, client: str, given: str) -> Verdict:
         """Whether `given` (non-empty) is a key, for a request from address `client`."""
+        network = network_group(client)
         client = address_group(client)
         bucket = self._bucket(client)
-        if bucket is not None and bucket.tokens < 1:
+        wide = self._bucket(network, NETWORK_SHARE) if network != client else None
+        spent = [
+            (1 - b.tokens) * self._refill_s / share
+            for b, share in ((bucket, 1), (wide, NETWORK_SHARE))
+            if b is not None and b.tokens < 1
+        ]
+        if spent:
             # Unchecked, but for a key this address already showed to be right: that tells a
             # guesser nothing, and a stale client behind the same NAT locks no one else out.
             fingerprint = key_fingerprint(given)
             if fingerprint in self._known.get(client, ()):
                 return Verdict(True, principal=self._by_fingerprint[fingerprint])
-            return Verdict(False, (1 - bucket.tokens) * self._refill_s)
+            return Verdict(False, max(spent))
         # Constant-time comparison against every key, all of them whichever matches: timing
         # reveals neither a prefix nor which key it was.
         found: Principal | None = None
@@ -133,8 +165,12 @@ class KeyChecker:
             return Verdict(True, principal=found)
         if bucket is None:
             bucket = self._buckets[client] = _Bucket(float(self._free), self._clock())
-            self._bound()
+        if wide is None and network != client:
+            wide = self._buckets[network] = _Bucket(float(self._free * NETWORK_SHARE), self._clock())
+        self._bound()
         bucket.tokens -= 1
+        if wide is not None:
+            wide.tokens -= 1
         if bucket.tokens < 1:
             # Logged once per lockout, with the address and never the key.
             log.warning(
@@ -142,14 +178,17 @@ class KeyChecker:
             )
         return Verdict(False)
 
-    def _bucket(self, client: str) -> _Bucket | None:
+    def _bucket(self, client: str, share: int = 1) -> _Bucket | None:
+        """`client`'s bucket brought up to date (`share`: a network's, that many addresses'
+        budget, refilled as fast as theirs together); None while full."""
         bucket = self._buckets.get(client)
         if bucket is None:
             return None
         now = self._clock()
-        bucket.tokens = min(float(self._free), bucket.tokens + (now - bucket.at) / self._refill_s)
+        full = float(self._free * share)
+        bucket.tokens = min(full, bucket.tokens + (now - bucket.at) * share / self._refill_s)
         bucket.at = now
-        if bucket.tokens >= self._free:
+        if bucket.tokens >= full:
             del self._buckets[client]  # all forgiven: nothing to remember
             return None
         self._buckets.move_to_end(client)
