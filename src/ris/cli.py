@@ -804,3 +804,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"ris: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C in `ris pull` (or any command but serve, which stops on it itself) printed a
+        # traceback from deep in a download: a line, and the shell's status for SIGINT.
+        print("\nris: interrupted", file=sys.stderr)
+        return 130

@@ -400,3 +400,20 @@ def test_the_version_and_where_the_configuration_came_from(
     assert _config_source(argparse.Namespace(config="config.json")).endswith("config.json (--config)")
     monkeypatch.setenv("RIS_CONFIG", "other.json")
     assert _config_source(no_flag).endswith("other.json ($RIS_CONFIG)")
+
+
+def test_ctrl_c_is_a_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C in `ris pull` printed a traceback from deep in huggingface_hub (an outside user)."""
+    import ris.cli as cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_pull", interrupted)
+    parser = cli.build_parser()
+    args = parser.parse_args(["pull", "qwen2.5"])
+    args.fn = interrupted
+    assert cli._run(args) == 130
+    assert capsys.readouterr().err.strip() == "ris: interrupted"
