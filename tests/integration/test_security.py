@@ -50,7 +50,7 @@ def test_every_endpoint_but_health_needs_the_key(locked: Server) -> None:
     assert "not one this server accepts" in r.json()["error"]["message"]
     assert "needs an API key" in httpx.get(f"{locked.url}/api/stats").json()["error"]["message"]
     # The console's cookie with a key since taken away: to log in again, not "needs a key".
-    r = httpx.get(f"{locked.url}/api/stats", headers={"Cookie": "ris_key=an-old-key"})
+    r = httpx.get(f"{locked.url}/api/console/state", headers={"Cookie": "ris_key=an-old-key"})
     assert r.status_code == 401 and "log in again at /ui/login" in r.json()["error"]["message"]
     assert httpx.get(f"{locked.url}/api/stats", headers=auth()).status_code == 200
 

@@ -20,6 +20,14 @@ def through(
     guard: Guard, method: str, path: str, headers: list[tuple[str, str]], client: str = "127.0.0.1"
 ) -> tuple[int, dict[str, str]]:
     """The status and headers the client gets for one request with these headers."""
+    status, got, _ = through_body(guard, method, path, headers, client)
+    return status, got
+
+
+def through_body(
+    guard: Guard, method: str, path: str, headers: list[tuple[str, str]], client: str = "127.0.0.1"
+) -> tuple[int, dict[str, str], str]:
+    """The status, headers and body the client gets for one request with these headers."""
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -37,4 +45,5 @@ def through(
     }
     asyncio.run(guard(scope, receive, send))
     start = sent[0]
-    return int(start["status"]), {k.decode(): v.decode() for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return int(start["status"]), {k.decode(): v.decode() for k, v in start["headers"]}, body.decode()

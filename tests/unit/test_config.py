@@ -92,7 +92,7 @@ def test_two_realtime_lanes_on_the_same_core() -> None:
     data = base()
     data["lanes"]["tts"]["cores"] = [0]
     msg = error_of(data)
-    assert "core 0 is also given to the real-time llm lane" in msg
+    assert "lanes.tts.cores: core(s) 0 also given to the real-time llm lane" in msg
 
 
 def test_sharing_allowed_when_asked_for(caplog: pytest.LogCaptureFixture) -> None:
@@ -103,12 +103,27 @@ def test_sharing_allowed_when_asked_for(caplog: pytest.LogCaptureFixture) -> Non
     # was taken unsaid; an outside CLI user's run).
     with caplog.at_level("WARNING", logger="ris.config"):
         parse_config(data, TWO_CORES)
-    assert "lanes.tts shares core 0 with the real-time llm lane, whose exclusive_cores is true" in caplog.text
+    assert (
+        "lanes.tts shares core(s) 0 with the real-time llm lane, whose exclusive_cores is true" in caplog.text
+    )
     caplog.clear()
     data["lanes"]["llm"]["exclusive_cores"] = False
     with caplog.at_level("WARNING", logger="ris.config"):
         parse_config(data, TWO_CORES)
     assert caplog.text == ""
+    # Every pair is compared, not each lane with the first on the core: two strict lanes
+    # beside a sharing one were let through (a review).
+    data["lanes"]["tts"]["exclusive_cores"] = True
+    data["lanes"]["image"] = {
+        "enabled": True,
+        "priority_class": "realtime",
+        "cores": [0],
+        "default_model": "i",
+    }
+    data["lanes"]["image"]["models"] = {
+        "i": {"backend": "diffusers", "load_format": "dummy", "source": "tiny"}
+    }
+    assert "lanes.image.cores: core(s) 0 also given to the real-time tts lane" in error_of(data)
 
 
 def test_batch_lane_may_share_cores() -> None:
@@ -368,6 +383,8 @@ def test_a_model_loaded_at_start_must_be_there_when_the_server_starts() -> None:
     data["lanes"]["llm"]["models"]["a"] = {"backend": "llama_cpp", "source": ""}
     (problem,) = missing_model_problems(parse_config(data, TWO_CORES))
     assert problem.startswith("lanes.llm.models.a.source: this model needs a 'source' file or folder")
+    data["lanes"]["llm"]["models"]["a"] = {"backend": "noop", "source": ""}  # reads none: as none
+    assert missing_model_problems(parse_config(data, TWO_CORES)) == []
 
 
 def test_the_machine_built_layout_leaves_out_embedded_models_not_installed() -> None:

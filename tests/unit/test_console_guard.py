@@ -5,6 +5,7 @@ values."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 from ris.api.console_sessions import ConsoleSessions
@@ -13,7 +14,7 @@ from ris.api.routes.console import _after_login, redact
 from ris.api.security import KEY_COOKIE, Guard
 
 from .fakes import FakeClock
-from .guarded import ok, through
+from .guarded import ok, through, through_body
 
 KEY = "k3y;with=odd chars"
 SESSIONS = ConsoleSessions.for_keys(key_principals([KEY]), lambda: bytes(range(32)))
@@ -35,15 +36,34 @@ def cookie(value: str) -> tuple[str, str]:
 def test_the_login_cookie_is_a_session_not_the_key() -> None:
     """A browser sends a host's cookies to every port of it: a cookie holding the key gave it,
     in clear, to any other web app on the machine."""
-    assert answer("/api/stats", cookie(SESSION))[0] == 200
+    assert answer("/api/console/state", cookie(SESSION))[0] == 200
     assert KEY not in SESSION and quote(KEY, safe="") not in SESSION
-    assert answer("/api/stats", cookie(KEY))[0] == 401  # an old console's cookie: log in again
-    assert answer("/api/stats", cookie("wrong"))[0] == 401
+    assert answer("/api/console/state", cookie(KEY))[0] == 401  # an old console's cookie: log in again
+    assert answer("/api/console/state", cookie("wrong"))[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"))[0] == 200
     assert answer("/api/stats", ("authorization", f"Bearer {SESSION}"))[0] == 401  # not a key
-    assert answer("/api/stats", ("cookie", "ris_key"))[0] == 401  # unreadable: no key
+    assert answer("/api/console/state", ("cookie", "ris_key"))[0] == 401  # unreadable: no key
     forged = SESSION.rsplit(".", 1)[0] + "." + "0" * 64
-    assert answer("/api/stats", cookie(forged))[0] == 401
+    assert answer("/api/console/state", cookie(forged))[0] == 401
+
+
+def test_a_logout_outlives_a_restart_and_a_clock_stepping_back(tmp_path: Path) -> None:
+    """A restart forgot the logouts (a session another app kept worked again); a session made
+    before the clock stepped back outlived a logout after it (a review)."""
+    clock = FakeClock()
+    principals = key_principals([KEY])
+    sessions = ConsoleSessions.for_keys(principals, lambda: bytes(32), tmp_path)
+    assert sessions is not None
+    sessions._wall = clock  # noqa: SLF001 - the wall clock, faked
+    kept_elsewhere = sessions.issue(KEY)
+    clock.advance(-60)  # the clock steps back, then the person logs out
+    sessions.log_out(kept_elsewhere)
+    assert sessions.principal(kept_elsewhere) is None
+    assert sessions.principal(sessions.issue(KEY)) is not None  # a login after it still works
+    restarted = ConsoleSessions.for_keys(principals, lambda: bytes(32), tmp_path)
+    assert restarted is not None
+    restarted._wall = clock  # noqa: SLF001
+    assert restarted.principal(kept_elsewhere) is None
 
 
 def test_a_session_ends_at_its_expiry_at_logout_and_when_the_keys_change() -> None:
@@ -75,15 +95,31 @@ def test_a_session_lets_in_on_the_consoles_routes_only() -> None:
     for path in (
         "/ui/work",
         "/api/console/state",
-        "/api/tasks",
+        "/api/tasks/a1/cancel",
         "/api/llm/generate",
-        "/api/models",
         "/ready",
+        "/docs",
     ):
         assert answer(path, cookie(SESSION))[0] == 200, path
-    for path in ("/api/pull", "/metrics", "/v1/models", "/v1/chat/completions", "/api/generate", "/api/chat"):
+    refused = (
+        "/api/pull",
+        "/metrics",
+        "/v1/models",
+        "/api/generate",
+        "/api/chat",
+        "/api/tasks",
+        "/api/stats",
+    )
+    for path in refused:
         assert answer(path, cookie(SESSION))[0] == 401, path
         assert answer(path, ("authorization", f"Bearer {KEY}"))[0] == 200, path
+
+
+def test_a_session_on_a_route_it_does_not_open_is_told_a_key_is_needed_there() -> None:
+    """Not "log in again", which would not help (a review)."""
+    guard = Guard(ok, keys=KeyChecker([KEY], FakeClock()), sessions=SESSIONS)
+    status, _, body = through_body(guard, "GET", "/v1/models", [("host", "127.0.0.1:8080"), cookie(SESSION)])
+    assert status == 401 and "opens the console's own routes only" in body
 
 
 def test_another_apps_unparsable_cookie_does_not_hide_the_key() -> None:
@@ -92,8 +128,8 @@ def test_another_apps_unparsable_cookie_does_not_hide_the_key() -> None:
     login form."""
     key = f"{KEY_COOKIE}={SESSION}"
     for header in (f'foo={{"a": 1}}; {key}', f"a=b c; {key}", f"{key}; a=b c", f'q="unterminated; {key}'):
-        assert answer("/api/stats", ("cookie", header))[0] == 200, header
-    assert answer("/api/stats", ("cookie", f'{KEY_COOKIE}="{SESSION}"'))[0] == 200  # quoted
+        assert answer("/api/console/state", ("cookie", header))[0] == 200, header
+    assert answer("/api/console/state", ("cookie", f'{KEY_COOKIE}="{SESSION}"'))[0] == 200  # quoted
 
 
 def test_a_browser_without_the_key_goes_to_the_login_form_and_a_client_gets_401() -> None:
@@ -127,9 +163,9 @@ def test_the_cookie_is_a_key_on_same_origin_requests_only() -> None:
     # from the browser: it must bring a key of its own.
     other = ("origin", "http://127.0.0.1:3000")
     allowed = ("http://127.0.0.1:3000",)
-    assert answer("/api/stats", cookie(SESSION), other, origins=allowed)[0] == 401
+    assert answer("/api/console/state", cookie(SESSION), other, origins=allowed)[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), other, origins=allowed)[0] == 200
-    assert answer("/api/stats", cookie(SESSION), ("origin", "http://127.0.0.1:8080"))[0] == 200
+    assert answer("/api/console/state", cookie(SESSION), ("origin", "http://127.0.0.1:8080"))[0] == 200
 
 
 def test_a_same_site_page_without_an_origin_header_does_not_get_in_by_the_cookie() -> None:
@@ -144,13 +180,13 @@ def test_a_same_site_page_without_an_origin_header_does_not_get_in_by_the_cookie
     assert answer("/api/tasks", cookie(SESSION), ("sec-fetch-site", "cross-site"))[0] == 401
     assert answer("/api/stats", ("authorization", f"Bearer {KEY}"), site)[0] == 200  # a key of its own
     # The console's own requests, a person's navigation, and clients without Fetch Metadata.
-    assert answer("/api/stats", cookie(SESSION), ("sec-fetch-site", "same-origin"))[0] == 200
+    assert answer("/api/console/state", cookie(SESSION), ("sec-fetch-site", "same-origin"))[0] == 200
     assert (
         answer("/ui/work", cookie(SESSION), ("sec-fetch-site", "none"), ("sec-fetch-mode", "navigate"))[0]
         == 200
     )
     assert answer("/ui/work", cookie(SESSION), site, ("sec-fetch-mode", "navigate"))[0] == 200
-    assert answer("/api/stats", cookie(SESSION))[0] == 200
+    assert answer("/api/console/state", cookie(SESSION))[0] == 200
 
 
 def test_a_refusal_an_allowed_origin_gets_carries_its_cors_headers() -> None:

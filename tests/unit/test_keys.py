@@ -106,6 +106,14 @@ def test_a_key_the_address_showed_right_still_passes_when_its_budget_is_spent() 
     assert keys.check("nat", "another-guess").retry_after_s is not None
 
 
+def test_an_ipv6_site_spends_a_wider_budget_of_its_48() -> None:
+    keys = KeyChecker([KEY], FakeClock())
+    for i in range(FREE_WRONG_KEYS * NETWORK_SHARE):
+        assert keys.check(f"2001:db8:1:{i + 1:x}::1", "guess").retry_after_s is None  # a /64 each
+    assert keys.check("2001:db8:1:ffff::1", "guess").retry_after_s is not None  # the /48's spent
+    assert keys.check("2001:db8:2::1", KEY).ok  # another /48
+
+
 def test_an_ipv6_host_spends_the_budget_of_its_64() -> None:
     keys = KeyChecker([KEY], FakeClock())
     for i in range(FREE_WRONG_KEYS):

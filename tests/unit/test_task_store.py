@@ -74,7 +74,7 @@ def test_a_record_that_cannot_be_read_is_left_out_and_said_once(
     db = tmp_path / "tasks.db"
     store = TaskStore(db)
     try:
-        for task_id in ("good", "bad-done", "bad-queued"):
+        for task_id in ("good", "bad-done", "bad-queued", "bad-message"):
             store.add(task_id, "image", "i", 0, {"prompt": task_id}, 1.0).result()
         store.finish("good", "succeeded", 2.0, result={"path": "p"}).result()
         store.finish("bad-done", "succeeded", 2.0, result={"path": "p"}).result()
@@ -84,6 +84,8 @@ def test_a_record_that_cannot_be_read_is_left_out_and_said_once(
         damage.execute("UPDATE tasks SET result='X\"path\": \"p\"}' WHERE id='bad-done'")
         damage.execute("UPDATE tasks SET started_at=1.5 WHERE id IN ('good', 'bad-done')")
         damage.execute("UPDATE tasks SET request=CAST(X'7bfb7d' AS TEXT) WHERE id='bad-done'")
+        # Any text column (a free-text error message), not only the JSON ones.
+        damage.execute("UPDATE tasks SET error_message=CAST(X'6ffb6b' AS TEXT) WHERE id='bad-message'")
         # A byte >= 0x80: not UTF-8 (the whole fetch raised before any row was looked at).
         damage.execute("UPDATE tasks SET request=CAST(X'7bfb7d' AS TEXT) WHERE id='bad-queued'")
     store = TaskStore(db)
@@ -97,7 +99,7 @@ def test_a_record_that_cannot_be_read_is_left_out_and_said_once(
     finally:
         store.close()
     said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
-    assert len(said) == 2 and any("bad-queued (queued)" in s and "not run again" in s for s in said), said
+    assert len(said) == 3 and any("bad-queued (queued)" in s and "not run again" in s for s in said), said
 
 
 def test_a_held_write_is_named_by_its_task() -> None:

@@ -268,7 +268,9 @@ def create_app(
         key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
     )
     app.state.sessions = ConsoleSessions.for_keys(
-        key_principals(config.server.api_keys), lambda: data_folder_key(Path(config.data_dir))
+        key_principals(config.server.api_keys),
+        lambda: data_folder_key(Path(config.data_dir)),
+        Path(config.data_dir),
     )
     hide_signatures_in_access_log()
     if not config.server.log_probes:

@@ -215,6 +215,7 @@ def _httptools_class() -> type[asyncio.Protocol]:
         _head_bytes = 0
         _in_head = True
         _head_tail = b""  # the head's last 3 bytes read so far (where its end may begin)
+        _ended_here = False  # a message ended within the read being parsed
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._head_bytes, self._in_head, self._head_tail = 0, True, b""
@@ -238,7 +239,12 @@ def _httptools_class() -> type[asyncio.Protocol]:
                     return
                 self._head_bytes += len(data)
                 self._head_tail = (tail + data)[-3:]
+            self._ended_here = False
             super().data_received(data)
+            if self._ended_here and self._in_head:
+                # A pipelined next head began in this read: its end may start in its last bytes
+                # (a stray match in the last message's body only makes the check lenient).
+                self._head_tail = data[-3:]
             if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self._refuse_head()
 
@@ -265,6 +271,7 @@ def _httptools_class() -> type[asyncio.Protocol]:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._head_bytes, self._in_head, self._head_tail = 0, True, b""  # the next head
+            self._ended_here = True
 
     return BoundedHttpTools
 

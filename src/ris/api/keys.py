@@ -8,8 +8,10 @@ costs nothing and is never delayed while the budget lasts, and one the address h
 shown to be right still passes when it is spent (a stale client behind the same NAT locks no
 one else out); a request with no key is not a guess and costs nothing either. IPv6 addresses
 spend the budget of their /64, and loopback addresses one budget. The addresses of one IPv4 /24
-also spend a wider budget together (NETWORK_SHARE addresses' worth, refilled as fast): a host
-given many addresses guesses no faster than that many hosts. Behind a reverse proxy every
+(an IPv6 /48) also spend a wider budget together (NETWORK_SHARE addresses' worth, refilled as
+fast): a host given many addresses guesses no faster than that many hosts. The price: a host
+with a few addresses there can keep that wider budget spent, and a neighbour's key not used
+rightly from its address before then waits too. Behind a reverse proxy every
 client has the proxy's address: the budget is then the proxy's, and the proxy should limit its
 own clients.
 
@@ -79,12 +81,13 @@ def address_group(client: str) -> str:
 
 def network_group(client: str) -> str:
     """The wider budget many addresses of one network spend together (NETWORK_SHARE times an
-    address's): an IPv4 address's /24, else as address_group. One host with many IPv4 addresses
-    then guesses no faster than a few, and a neighbour on the /24 still has its own budget."""
+    address's): an IPv4 address's /24, an IPv6 one's /48 (a site's: 65,536 /64s), else as
+    address_group. One host with many addresses then guesses no faster than a few, and a
+    neighbour on the network keeps its own budget until the network's is spent."""
     ip = _ip(client)
-    if ip is None or ip.is_loopback or ip.version == 6:
+    if ip is None or ip.is_loopback:
         return address_group(client)
-    return str(ipaddress.ip_network(f"{ip}/24", strict=False))
+    return str(ipaddress.ip_network(f"{ip}/{48 if ip.version == 6 else 24}", strict=False))
 
 
 def _ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -171,6 +174,13 @@ class KeyChecker:
         bucket.tokens -= 1
         if wide is not None:
             wide.tokens -= 1
+            if wide.tokens < 1:
+                log.warning(
+                    "the addresses of %s sent %d wrong API keys; keys from there that were not "
+                    "used rightly before go unchecked (429) for a while",
+                    network,
+                    self._free * NETWORK_SHARE,
+                )
         if bucket.tokens < 1:
             # Logged once per lockout, with the address and never the key.
             log.warning(
@@ -207,5 +217,6 @@ class KeyChecker:
             self._known.popitem(last=False)
 
     def clients(self) -> int:
-        """How many addresses have spent some of their budget (bounded by max_clients)."""
+        """How many addresses and networks have spent some of their budget (bounded by
+        max_clients)."""
         return len(self._buckets)

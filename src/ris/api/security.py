@@ -297,7 +297,7 @@ class Guard:
                 login = "/ui/login?" + urlencode({"next": path})
                 await RedirectResponse(login, status_code=303)(scope, receive, send)
                 return
-            code, message = "unauthorized", _refusal(headers, cookie=same)
+            code, message = "unauthorized", _refusal(headers, cookie=same, session_path=_session_path(path))
             if signature == "expired" or signature == "invalid":
                 code, message = f"url_{signature}", _url_refusal(signature, path)
             resp = error_response(401, code, message, {"WWW-Authenticate": "Bearer", **cors}, dialect=dialect)
@@ -362,15 +362,9 @@ class Guard:
 # What the console's session lets in (console_sessions): its pages and the calls they make.
 # Any other web app on the host receives the cookie too; it gets no further than the console
 # does: not /v1, the Ollama routes, /api/pull or /metrics.
-SESSION_PATHS = ("/ui", "/api/console/", "/api/models", "/api/tasks", "/api/stats", "/ready")
-SESSION_PREFIXES = (
-    "/ui/",
-    "/api/console/",
-    "/api/tasks/",
-    "/api/llm/",
-    "/api/tts/",
-    "/api/image/",
-    "/api/chat/",
+SESSION_PATHS = ("/ui", "/api/models", "/ready", "/docs", "/redoc", "/openapi.json")
+SESSION_PREFIXES = ("/ui/", "/api/console/", "/api/tasks/", "/docs/") + (
+    ("/api/llm/", "/api/tts/", "/api/image/", "/api/chat/")  # the playground's
 )
 
 
@@ -378,12 +372,18 @@ def _session_path(path: str) -> bool:
     return path == "/" or path in SESSION_PATHS or path.startswith(SESSION_PREFIXES)
 
 
-def _refusal(headers: dict[str, str], *, cookie: bool) -> str:
+def _refusal(headers: dict[str, str], *, cookie: bool, session_path: bool = True) -> str:
     """Why a request was refused. A client with a key to hand wants to know it was refused,
-    not that one is needed; a console whose session ended, to log in again."""
+    not that one is needed; a console whose session ended, to log in again; a session on a
+    route it does not open, that the route wants a key (logging in again would not help)."""
     scheme, _, sent = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and sent.strip():
         return "the API key sent is not one this server accepts"
+    if cookie and not session_path and cookie_key(headers.get("cookie", "")):
+        return (
+            "the console's login opens the console's own routes only; this one needs "
+            "'Authorization: Bearer <key>'"
+        )
     if cookie and cookie_key(headers.get("cookie", "")):
         return (
             "the console's session has ended (logged out, expired, or the server's keys changed): "

@@ -43,31 +43,35 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
 
 
 def _shared_core_problems(cfg: Config, machine: MachineInfo) -> list[str]:
-    """Real-time lanes given the same core: refused where both keep their cores to themselves
+    """Real-time lanes given the same cores: refused where both keep their cores to themselves
     (exclusive_cores, true by default). Where one says false, allowed (the refusal's own advice
-    for years) but said: it takes the core of a lane that did not ask to share."""
+    for years) but said: it takes the cores of a lane that did not ask to share."""
+    realtime = [
+        (lane, set(c.cores or machine.cores))
+        for lane, c in cfg.lanes.items()
+        if c.enabled and c.priority_class == "realtime"
+    ]
     problems = []
-    claimed: dict[int, str] = {}  # core -> the first real-time lane given it
-    for lane, lane_cfg in cfg.lanes.items():
-        if not (lane_cfg.enabled and lane_cfg.priority_class == "realtime"):
-            continue
-        for core in lane_cfg.cores or machine.cores:
-            other = claimed.setdefault(core, lane)
-            if other == lane:
+    for i, (a, a_cores) in enumerate(realtime):
+        for b, b_cores in realtime[i + 1 :]:
+            shared = sorted(a_cores & b_cores)
+            if not shared:
                 continue
-            strict = [name for name in (other, lane) if cfg.lane(name).exclusive_cores]
+            cores = ", ".join(str(c) for c in shared)
+            strict = [name for name in (a, b) if cfg.lane(name).exclusive_cores]
             if len(strict) == 2:
                 problems.append(
-                    f"lanes.{lane}.cores: core {core} is also given to the real-time {other} lane; "
+                    f"lanes.{b}.cores: core(s) {cores} also given to the real-time {a} lane; "
                     "real-time lanes need disjoint cores (or set exclusive_cores: false on both)"
                 )
             elif strict:
-                sharing = lane if strict[0] == other else other
+                sharing = b if strict[0] == a else a
                 log.warning(
-                    "lanes.%s shares core %d with the real-time %s lane, whose exclusive_cores is "
-                    "true: allowed because lanes.%s says false (say false on both to share knowingly)",
+                    "lanes.%s shares core(s) %s with the real-time %s lane, whose exclusive_cores "
+                    "is true: allowed because lanes.%s says false (say false on both to share "
+                    "knowingly)",
                     sharing,
-                    core,
+                    cores,
                     strict[0],
                     sharing,
                 )
@@ -121,6 +125,8 @@ def missing_model_problems(cfg: Config) -> list[str]:
             spec = lane_cfg.models[name]
             if spec.source is None or spec.source.startswith("builtin:") or spec.load_format == "dummy":
                 continue  # no file: built in, a recipe, or an engine with none (espeak)
+            if spec.source == "" and spec.backend not in FILE_BACKENDS:
+                continue  # "" where none is read: as none
             try:
                 path = resolve_source(spec.source)
             except BackendError as e:
@@ -140,6 +146,8 @@ def missing_model_problems(cfg: Config) -> list[str]:
 # Backends whose model is one file, and its kind: a folder given is said at start (it failed
 # each load, the worker restarted for ever).
 ONE_FILE_BACKENDS = {"llama_cpp": ".gguf"}
+# The built-in backends that load their model from `source` (an empty one is a missing one).
+FILE_BACKENDS = frozenset({"llama_cpp", "transformers", "diffusers", "piper"})
 
 
 def _option_problems(cfg: Config) -> list[str]:

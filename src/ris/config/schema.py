@@ -103,7 +103,9 @@ class LaneConfig(_Strict):
         "(or, for a lane that yields, its hardware), else spin",
     )
     exclusive_cores: bool = Field(
-        default=True, description="a real-time lane's cores may not be given to another one"
+        default=True,
+        description="a real-time lane's cores may not be given to another one; false lets this "
+        "lane share another's (said at start where that one says true)",
     )
     borrow_idle_cores: bool = Field(
         default=False,

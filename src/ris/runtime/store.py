@@ -71,6 +71,21 @@ CANCELLED = "cancelled"
 ABANDONED = "abandoned"
 
 
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _damaged(text: object) -> bool:
+    """Text read from a byte that is not UTF-8 (_lenient_text's surrogates)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _request(raw: bytes) -> dict[str, Any]:
     """A stored request's JSON; {} for one that does not read (its run time still counts)."""
     try:
@@ -210,6 +225,10 @@ class TaskStore:
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="ris-store-files")
         # Readers' connection: the event loop's, and a retention sweep's thread (the lock).
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # A changed byte >= 0x80 in any text column made a fetch raise (not UTF-8) before any
+        # row could be looked at: every list failed, and the start with a queued one. Read
+        # leniently; a row holding such text is a damaged record (_select leaves it out).
+        self._db.text_factory = _lenient_text
         self._lock = threading.Lock()
         self._said_unreadable: set[str] = set()  # records that failed to read, said once
 
@@ -392,7 +411,7 @@ class TaskStore:
             rows = self._db.execute(
                 "SELECT id FROM tasks WHERE state NOT IN ('queued', 'running') AND finished_at < ?", (t,)
             ).fetchall()
-        return [r[0] for r in rows]
+        return [r[0] for r in rows if not _damaged(r[0])]  # one not UTF-8 cannot be named back
 
     def known(self, ids: list[str]) -> set[str]:
         """Those of `ids` the store has a record of."""
@@ -439,7 +458,7 @@ class TaskStore:
                 "ORDER BY finished_at DESC LIMIT ?",
                 (lane, limit),
             ).fetchall()
-        return [(float(r[0]), str(r[1]), _request(r[2])) for r in reversed(rows)]
+        return [(float(r[0]), str(r[1]), _request(r[2])) for r in reversed(rows) if not _damaged(r[1])]
 
     def unfinished(self) -> list[StoredTask]:
         """Queued and running tasks, oldest first (the order they are resumed in)."""
@@ -484,6 +503,8 @@ class TaskStore:
         found = []
         for r in rows:
             try:
+                if any(_damaged(v) for v in r):
+                    raise ValueError("a text column is not UTF-8")
                 request = json.loads(r[5].decode("utf-8"))
                 result = None if r[12] is None else json.loads(r[12].decode("utf-8"))
             except (ValueError, TypeError, AttributeError) as e:  # JSON, UTF-8
@@ -506,8 +527,8 @@ class TaskStore:
             "task store %s: the record of task %s (%s) cannot be read (%s); it is left out of every "
             "list and lookup%s",
             self.path,
-            task_id,
-            state,
+            task_id.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+            state.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
             error,
             ", and not run again" if state in ("queued", "running") else "",
         )

@@ -11,6 +11,7 @@ SameSite=Strict cookie (never in the URL, never readable by the page's script).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -200,8 +201,11 @@ def _from_own_page(request: Request) -> bool:
 @router.post("/ui/logout")
 async def logout(request: Request) -> Response:
     sessions: ConsoleSessions | None = request.app.state.sessions
-    if sessions is not None:
-        sessions.log_out(cookie_key(request.headers.get("cookie", "")))  # as the guard read it
+    # Another page of the site (an allowed origin on another port gets the cookie) may not end
+    # the key's sessions everywhere; the browser's own cookie is cleared whoever asks.
+    if sessions is not None and _from_own_page(request):
+        # As the guard read it; the logout written to the data folder, off the event loop.
+        await asyncio.to_thread(sessions.log_out, cookie_key(request.headers.get("cookie", "")))
     resp = RedirectResponse("/ui/login", status_code=303)
     resp.delete_cookie(KEY_COOKIE, path="/", httponly=True, samesite="strict")
     return resp
