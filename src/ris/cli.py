@@ -222,7 +222,7 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
 
     from ris.api import http_bounds
     from ris.api.app import bind_ollama_port, create_app
-    from ris.api.security import wildcard_host_hint
+    from ris.api.security import short_key_hint, wildcard_host_hint
     from ris.log_writer import LogWriter
 
     port = int(sockets[0].getsockname()[1])  # with --port 0, the one the OS chose
@@ -247,9 +247,9 @@ def _serve_on(args: argparse.Namespace, cfg: Config, http: str, sockets: list[so
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ris").setLevel(level)
     logging.getLogger("ris.api").info("%s; data in %s", _config_source(args), cfg.data_dir)
-    hint = wildcard_host_hint(cfg, _own_addresses())
-    if hint:
-        logging.getLogger("ris.api").warning(hint)
+    for hint in (wildcard_host_hint(cfg, _own_addresses()), short_key_hint(cfg)):
+        if hint:
+            logging.getLogger("ris.api").warning(hint)
     try:
         import uvloop  # noqa: F401
 
@@ -428,6 +428,12 @@ def _fmt_bytes(n: float | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from ris.sdk import Client, RISError
 
+    if args.url is None:
+        try:
+            args.url = _url(os.environ.get("RIS_URL") or "http://127.0.0.1:8080")
+        except argparse.ArgumentTypeError as e:
+            print(f"ris status: $RIS_URL: {e}", file=sys.stderr)
+            return 2
     try:
         with Client(args.url, api_key=args.api_key, timeout=10, max_retries=0) as client:
             answer: Any = client.stats()
@@ -678,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--url",
         type=_url,
-        default=os.environ.get("RIS_URL", "http://127.0.0.1:8080"),
+        default=None,  # $RIS_URL read in cmd_status: a bad one is named as itself, not as --url
         help="the server (host:port or http[s]://host:port; default: $RIS_URL, else http://127.0.0.1:8080)",
     )
     st.add_argument(

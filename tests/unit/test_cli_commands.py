@@ -417,3 +417,16 @@ def test_ctrl_c_is_a_line_not_a_traceback(
     args.fn = interrupted
     assert cli._run(args) == 130
     assert capsys.readouterr().err.strip() == "ris: interrupted"
+
+
+def test_a_bad_ris_url_is_named_as_itself() -> None:
+    """`RIS_URL='::garbage' ris status` said "argument --url", a flag nobody gave."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ris", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RIS_URL": "::garbage"},
+    )
+    assert done.returncode == 2 and done.stderr.startswith("ris status: $RIS_URL:"), done.stderr
+    assert "--url" not in done.stderr.split(":", 2)[1]

@@ -526,3 +526,39 @@ def test_a_hand_edited_file_is_told_what_json_does_not_allow(tmp_path: Path) -> 
     path.write_text('{"lanes": {"llm": {"thread": 1}}}')
     with pytest.raises(ConfigError, match="unknown key 'thread'; did you mean 'threads'"):
         load_config(path, TWO_CORES)
+
+
+def test_a_host_with_a_scheme_or_a_port_is_refused_as_such() -> None:
+    """ "http://127.0.0.1" was refused as exposing the service without keys, "localhost:8080"
+    as an unknown name (an outside CLI user's run)."""
+    for host, said in (
+        ("http://127.0.0.1", "is a URL"),
+        ("localhost:8080", "has a port"),
+        ("1.2.3.4:80", "has a port"),
+    ):
+        data = base()
+        data["server"] = {"host": host}
+        assert said in error_of(data), host
+    for host in ("::", "::1", "[::1]", "0.0.0.0", "box.example", "fe80::1%eth0"):
+        data = base()
+        data["server"] = {"host": host, "api_keys": ["k" * 32]}
+        parse_config(data, TWO_CORES)
+
+
+def test_a_lane_given_without_models_says_where_to_start() -> None:
+    data = base()
+    data["lanes"]["tts"] = {"cores": [1]}
+    assert "`ris config` prints this machine's layout" in error_of(data)
+
+
+def test_keys_short_enough_to_guess_are_said_at_start() -> None:
+    from ris.api.security import short_key_hint
+
+    data = base()
+    data["server"] = {"api_keys": ["k" * 32, "short", {"name": "bob", "key": "tiny"}]}
+    hint = short_key_hint(parse_config(data, TWO_CORES)) or ""
+    assert (
+        "entry 1, 'bob' are shorter than 16 characters" in hint and "short" not in hint.split("are")[0][:40]
+    )
+    data["server"] = {"api_keys": ["k" * 32]}
+    assert short_key_hint(parse_config(data, TWO_CORES)) is None

@@ -99,6 +99,27 @@ def served_hosts(config: Config) -> list[str]:
     return hosts
 
 
+# Shorter keys are said at start: 10 wrong keys a minute still guess a short one in time.
+MIN_KEY_CHARS = 16
+
+
+def short_key_hint(config: Config) -> str | None:
+    """What to tell the operator of keys short enough to guess (named by their name or their
+    place in the list, never quoted); None where there are none."""
+    short = [
+        (f"{entry.name!r}" if not isinstance(entry, str) else f"entry {i}")
+        for i, entry in enumerate(config.server.api_keys)
+        if len(entry if isinstance(entry, str) else entry.key) < MIN_KEY_CHARS
+    ]
+    if not short:
+        return None
+    return (
+        f"server.api_keys: {', '.join(short)} {'is' if len(short) == 1 else 'are'} shorter than "
+        f"{MIN_KEY_CHARS} characters, short enough to guess; use long random keys "
+        "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+    )
+
+
 def wildcard_host_hint(config: Config, addresses: Iterable[str]) -> str | None:
     """What to tell the operator of a server listening on every address (0.0.0.0, ::) with
     no server.allowed_hosts: a client on the network that writes this machine's address or

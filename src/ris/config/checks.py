@@ -253,7 +253,11 @@ def _lane_problems(lane: str, cfg: LaneConfig, machine: MachineInfo | None) -> l
             f"({', '.join(sorted(cfg.models)) or 'none configured'})"
         )
     if cfg.enabled and not cfg.models:
-        problems.append(f"{where}: enabled but no models configured")
+        problems.append(
+            f"{where}: enabled but no models configured (a lane given in config.json is whole: "
+            "`ris config` prints this machine's layout, embedded models included, to start from; "
+            f"or set {where}.enabled: false)"
+        )
     return problems + _sharing_problems(lane, cfg)
 
 

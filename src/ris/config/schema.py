@@ -8,6 +8,7 @@ Checks against the machine live in checks.py.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -388,6 +389,26 @@ class ServerConfig(_Strict):
                 f"{MIN_SERVER_MEMORY_MB}, or 0 for no ceiling"
             )
         return mb
+
+    @field_validator("host")
+    @classmethod
+    def _host_form(cls, v: str) -> str:
+        """A name or an address, not a URL or one with a port: "http://127.0.0.1" was refused
+        as a host beyond this machine without keys, "localhost:8080" as an unknown name."""
+        if "://" in v or "/" in v:
+            raise ValueError(
+                f"{v!r} is a URL; server.host is a name or address ('127.0.0.1', '0.0.0.0', '::'), "
+                "the port goes in server.port"
+            )
+        bare = v[1:-1] if v.startswith("[") and v.endswith("]") else v
+        if ":" in bare:
+            try:
+                ipaddress.IPv6Address(bare)
+            except ValueError:
+                raise ValueError(
+                    f"{v!r} has a port; server.host is a name or address, the port goes in server.port"
+                ) from None
+        return v
 
     @field_validator("api_keys")
     @classmethod
