@@ -3,10 +3,18 @@ the first, and touches none of its tasks (ris.runtime.data_lock)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+import subprocess
+import time
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ris import Client
@@ -81,3 +89,76 @@ def test_a_store_sqlite_cannot_read_is_one_line_naming_it_and_what_to_do(tmp_pat
         assert line.startswith("ris serve: the task store") and str(store) in line, line
         if broken is not None:
             assert "move it aside to start with an empty one" in line
+
+
+@contextmanager
+def small_disk(folder: Path, mib: int) -> Iterator[Path]:
+    """A file system of `mib` MiB at `folder` (a tmpfs: root only), for a disk that fills."""
+    folder.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small file system needs root to mount")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"no tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(path: Path, leave: int) -> None:
+    """`path` grown until its file system has about `leave` bytes free."""
+    with path.open("ab") as f:
+        while (free := shutil.disk_usage(path.parent).free) > leave:
+            try:
+                f.write(b"\0" * min(free - leave, 1 << 20))
+                f.flush()
+            except OSError:
+                return
+
+
+def test_a_full_data_disk_holds_images_queued_and_still_speaks_what_is_only_streamed(tmp_path: Path) -> None:
+    """A full data disk: every streamed sentence failed 507 (its WAV in the data folder was only
+    a buffer) and queued images ran all their steps, then failed storage_full one after another."""
+    lanes = {
+        "image": HELD,
+        "tts": {"cores": [0], "default_model": "e", "models": {"e": {"backend": "espeak"}}},
+    }
+    with small_disk(tmp_path / "data", 80) as data:
+        server = with_plugins(tmp_path, ["ris_hold"], lanes)
+        try:
+            filler = data / "filler"
+            fill(filler, 8 << 20)  # under the 64 MiB a durable lane wants: images wait
+            with Client(server.url, timeout=60, max_retries=0) as c:
+                deadline = time.monotonic() + 30
+                while c.stats()["lanes"]["image"]["held"] != "disk_space":
+                    assert time.monotonic() < deadline, "the full disk was not noticed"
+                    time.sleep(0.5)
+                picture = c.generate_image("a grey one", width=64, height=64)["task_id"]
+                view = c.progress(picture)
+                assert (view["status"], view["waiting_for"], view["eta_s"]) == ("queued", "disk_space", None)
+                fill(filler, 0)  # nothing left at all
+                said = httpx.post(
+                    f"{server.url}/v1/audio/speech",
+                    json={
+                        "model": "tts-1",
+                        "input": "Still here.",
+                        "voice": "alloy",
+                        "response_format": "wav",
+                    },
+                    timeout=60,
+                )
+                assert said.status_code == 200, said.text
+                with wave.open(io.BytesIO(said.content)) as w:
+                    assert w.getnframes() > 1000
+                kept = httpx.post(f"{server.url}/api/tts/synthesize", json={"text": "Keep me."}, timeout=60)
+                assert (kept.status_code, kept.json()["error"]["code"]) == (507, "storage_full"), kept.text
+                assert c.progress(picture)["status"] == "queued"  # still waiting, not failed
+                filler.unlink()  # room again: it runs
+                assert c.wait(picture, timeout=60)["status"] == "succeeded"
+                assert c.stats()["lanes"]["image"]["held"] is None
+        finally:
+            server.stop()
+        assert "wait, queued, until it has room" in server.log_path.read_text()

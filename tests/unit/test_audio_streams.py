@@ -180,11 +180,57 @@ def test_unread_contiguous_audio_is_one_event_however_long() -> None:
 
 
 def test_audio_that_cannot_be_written_fails_its_task_rather_than_leave_a_gap(tmp_path: Path) -> None:
-    audio = AudioFile(tmp_path / "gone" / "t.wav")  # the folder is not there: every write fails
+    # The folder is not there: every write fails. Past the memory bound, at once:
+    audio = AudioFile(tmp_path / "gone" / "t.wav", spill_bytes=0)
     written = audio.add(AudioChunk(SOUND, 16000))
     assert isinstance(written, AudioWritten) and written.length == 0  # nothing for a stream to read
     with pytest.raises(FileNotFoundError):
         audio.finish()  # the engine stores no result: result_not_stored
+    # Within it, a file asked for fails as it is written at the end.
+    audio = AudioFile(tmp_path / "gone" / "t.wav")
+    assert audio.add(AudioChunk(SOUND, 16000)).read() == SOUND
+    with pytest.raises(FileNotFoundError):
+        audio.finish()
+
+
+def test_streamed_speech_within_the_memory_bound_writes_no_file_and_needs_no_disk(tmp_path: Path) -> None:
+    """A full data disk failed every streamed sentence (507), whose WAV was only a buffer."""
+    audio = AudioFile(tmp_path / "gone" / "t.wav", keep=False)  # any write would fail
+    events = [audio.add(AudioChunk(SOUND, 16000)) for _ in range(3)]
+    assert [e.read() for e in events] == [SOUND] * 3
+    assert audio.finish() is None
+    audio.release()  # its readers read on
+    assert events[-1].read() == SOUND
+    assert not (tmp_path / "gone").exists()
+
+
+def test_speech_past_the_memory_bound_goes_to_its_file_and_reads_on_across_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.wav"
+    audio = AudioFile(path, keep=False, spill_bytes=44 + 2 * len(SOUND))
+    first = [audio.add(AudioChunk(SOUND, 16000)) for _ in range(2)]
+    assert not path.exists()  # in memory so far
+    pcm = bytes(range(16))
+    later = audio.add(AudioChunk(pcm, 16000))
+    assert path.stat().st_size == 44 + 3 * len(SOUND)  # all of it, the header first
+    # An event made while in memory reads on from the file; one joining it reads across.
+    joined = first[1].followed_by(later)
+    assert first[0].read() == SOUND and joined is not None and joined.read() == SOUND + pcm
+    assert audio.finish() == path
+    audio.release()
+    assert not path.exists() and joined.read() == SOUND + pcm  # gone, read on from the open file
+
+
+def test_short_speech_kept_as_a_file_is_written_once_at_its_end(tmp_path: Path) -> None:
+    path = tmp_path / "t.wav"
+    audio = AudioFile(path)
+    for _ in range(3):
+        audio.add(AudioChunk(SOUND, 16000))
+    assert not path.exists()
+    assert audio.finish() == path
+    data = path.read_bytes()
+    assert data[:4] == b"RIFF" and data[44:] == SOUND * 3
+    audio.discard()  # had the task failed after all: its file goes with it
+    assert not path.exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc")
@@ -194,12 +240,13 @@ def test_a_failed_speech_lets_go_of_its_file_at_once(tmp_path: Path) -> None:
     gc.disable()  # what the collector would close is not what the test is about
     try:
         before = len(os.listdir("/proc/self/fd"))
-        audio = AudioFile(tmp_path / "t.wav")
+        audio = AudioFile(tmp_path / "t.wav", spill_bytes=0)  # in its file at once
         written = audio.add(AudioChunk(SOUND, 16000))
         held = [written, audio]  # the events and the handle that hold it, still alive
         audio.discard()  # the task failed
         assert len(os.listdir("/proc/self/fd")) == before, "its descriptors are still open"
         assert written.read() == b""  # and nothing is read from a descriptor number reused since
+        assert not (tmp_path / "t.wav").exists()
         del held
     finally:
         gc.enable()

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from ris import messages as m
+from ris.lanes import Lane
+from ris.lanes.image import LANE as IMAGE
+from ris.lanes.image import ImageRequest
 from ris.runtime import data_lock
-from ris.runtime.engine import DATA_FOLDER_CHECK_S
+from ris.runtime.engine import DATA_FOLDER_CHECK_S, DISK_ROOM_BYTES
 
-from .fakes import run, started_engine
+from .fakes import IMAGE_ON, run, started_engine
 
 HOLD = """
 import sys, time
@@ -119,3 +123,40 @@ async def test_a_data_folder_deleted_under_a_running_engine_stops_it_before_any_
         assert stops == [True] and eng.folder_lost
         await look()
         assert stops == [True]  # said once
+
+
+@run
+async def test_queued_images_wait_while_the_data_disk_has_no_room_and_start_when_it_has(
+    tmp_path: Path,
+) -> None:
+    """A full data disk: every queued image ran all its steps, then failed storage_full, one
+    after another, while the speech and chat lanes (which need no room) served on."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        image = workers[Lane.IMAGE]
+        image.ready()
+        free: list[int | None] = [DISK_ROOM_BYTES - 1]
+        eng.disk_free = lambda _folder: free[0]
+
+        async def look() -> None:  # a supervision pass after the check's interval, and its thread
+            clock.advance(DATA_FOLDER_CHECK_S + 1)
+            image.deliver(m.Heartbeat(0))  # the idle worker is alive meanwhile
+            eng.check()
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+
+        await look()
+        assert eng.disk_short
+        picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))  # accepted: it waits
+        eng.check()
+        view = eng.lookup(picture.task_id)
+        assert view is not None and (view.state, view.waiting_for, view.eta_s) == (
+            "queued",
+            "disk_space",
+            None,
+        )
+        assert image.runs == []
+        lanes = {lane.lane: lane for lane in eng.snapshot().lanes}
+        assert lanes[Lane.IMAGE].stats.held == "disk_space"  # in /api/stats
+        free[0] = None  # cannot tell: not a reason to hold anything
+        await look()
+        assert not eng.disk_short and [t.task_id for t in image.runs] == [picture.task_id]

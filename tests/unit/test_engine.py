@@ -738,8 +738,10 @@ async def test_streamed_speech_not_kept_leaves_no_file_and_no_record_but_reads_t
         streamed_result = (await streamed.done).result
         kept_result = (await kept.done).result
         assert isinstance(streamed_result, TTSResult) and isinstance(kept_result, TTSResult)
-        # The stream that had not read yet still reads every byte: it holds the file open.
-        assert not Path(streamed_result.audio_path).exists()
+        # Nothing written (a short speech stays in memory); the stream that had not read yet
+        # still reads every byte.
+        assert streamed_result.audio_path == "" and streamed_result.files() == ()
+        assert not (tmp_path / "data" / "audio" / f"{streamed.task_id}.wav").exists()
         written = await streamed.events.get()
         assert isinstance(written, AudioWritten) and written.read() == b"\x01\x00" * 100
         assert Path(kept_result.audio_path).exists()

@@ -727,3 +727,28 @@ def test_the_places_told_are_the_order_tasks_start_in(seed: int) -> None:
         running += now
         started += now
     assert started == [t.id for t in told]
+
+
+@pytest.mark.parametrize("ordering", [Ordering.LANES, Ordering.FIFO])
+def test_a_held_lane_starts_nothing_and_keeps_its_queue_until_let_go(ordering: Ordering) -> None:
+    """Scheduler.hold: a durable lane whose results have no room on disk waits, queued."""
+    ids = (f"t{i}" for i in itertools.count())
+    sched = Scheduler(
+        {lane: LanePolicy() for lane in Lane}, FakeClock(), new_id=lambda: next(ids), ordering=ordering
+    )
+    for lane in Lane:
+        sched.set_slots(lane, 1)
+    sched.hold(Lane.IMAGE, "disk_space")
+    sched.submit(spec(lane=Lane.IMAGE))
+    assert sched.dispatch() == []
+    assert (sched.held(Lane.IMAGE), sched.stats(Lane.IMAGE).held, sched.stats(Lane.IMAGE).queued) == (
+        "disk_space",
+        "disk_space",
+        1,
+    )
+    if ordering is Ordering.LANES:  # other lanes go on (FIFO's one queue waits behind its head)
+        sched.submit(spec(lane=Lane.LLM))
+        assert [t.id for t in sched.dispatch()] == ["t1"]
+    sched.hold(Lane.IMAGE, None)
+    assert [t.id for t in sched.dispatch()] == ["t0"]
+    assert sched.stats(Lane.IMAGE).held is None

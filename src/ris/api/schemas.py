@@ -195,7 +195,8 @@ class ImageProgress(BaseModel):
         description='"model_load" while its worker loads a model for it, or holds it until a switch can '
         'load; "worker_start" while queued on a lane whose worker is starting or restarting (both '
         'counted in eta_s); "lane_pending" while its cluster has placed none of the lane\'s workers '
-        "(a Ray head or node lost: eta_s null)",
+        '(a Ray head or node lost: eta_s null); "disk_space" while queued with the data folder\'s disk '
+        "under 64 MiB free: it starts once there is room for its picture (eta_s null)",
     )
     waiting_for_model: str | None = Field(
         default=None, description="the model whose load it waits for (with waiting_for)"

@@ -64,6 +64,9 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             "done": s.succeeded + s.failed + s.cancelled,
             # Submissions refused with 429 (queue full) since the server started.
             "rejected": s.rejected,
+            # Why its queue starts nothing now ("disk_space": a durable lane whose results have
+            # no room on the data folder's disk); null while it runs.
+            "held": s.held,
             "latency_s": {"p50": s.latency_p50, "p95": s.latency_p95, "p99": s.latency_p99},
             "queue_wait_p50_s": s.queue_wait_p50,
             # What its worker publishes on the activity board (idle, prefill, decode, busy);

@@ -268,6 +268,9 @@ class Seen:
     outputs: list[Any]
     timings: Timings
     file: Path | None = None
+    # Its result file is kept (Engine.submit's keep_files): False, the task was only streamed,
+    # and its file (if the collector made one) goes as it ends.
+    kept: bool = True
 
 
 class ResultFiles(Protocol):
@@ -471,9 +474,11 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
 
     # ----- server side -----------------------------------------------------------------------
 
-    def collector(self, task_id: str, files: ResultFiles) -> Collector:
+    def collector(self, task_id: str, files: ResultFiles, *, keep: bool = True) -> Collector:
         """Where the server keeps a task's outputs until build_result: in memory by default; a
-        lane whose outputs are large (speech) writes them to the task's result file instead."""
+        lane whose outputs are large (speech) writes them to the task's result file instead.
+        `keep=False`: only streamed, no result file is kept (Engine.submit's keep_files)."""
+        del task_id, files, keep
         return KeptOutputs()
 
     @abstractmethod

@@ -107,14 +107,15 @@ class TTSResult(LaneResult):
     voice: str
     sample_rate: int
     duration_s: float
-    # The WAV on the server's disk (its route serves it by task id).
+    # The WAV on the server's disk (its route serves it by task id); "" for speech that was
+    # only streamed (Engine.submit's keep_files), which leaves no file.
     audio_path: str
 
     def counted(self) -> tuple[Counted, ...]:
         return (Counted("audio_seconds", "seconds of speech synthesized by finished tasks", self.duration_s),)
 
     def files(self) -> tuple[str, ...]:
-        return (self.audio_path,)
+        return (self.audio_path,) if self.audio_path else ()
 
     def public_json(self) -> dict[str, Any]:
         data = self.to_json()
@@ -439,17 +440,19 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
         del backend
         return parallel
 
-    def collector(self, task_id: str, files: ResultFiles) -> Collector:
-        return AudioFile(files.place(AUDIO_FOLDER, f"{task_id}.wav"))
+    def collector(self, task_id: str, files: ResultFiles, *, keep: bool = True) -> Collector:
+        return AudioFile(files.place(AUDIO_FOLDER, f"{task_id}.wav"), keep=keep)
 
     def build_result(self, seen: Seen, outcome: TTSOutcome, files: ResultFiles) -> TTSResult:
+        o = outcome
+        if not seen.kept:  # only streamed: its file, if it spilled to one, goes now
+            return TTSResult(seen.model, seen.timings, o.voice, o.sample_rate, o.duration_s, "")
         if seen.file is None:  # no chunk came (the lane refuses a synthesis without sound)
             path = files.write_wav(AUDIO_FOLDER, f"{seen.task_id}.wav", b"", outcome.sample_rate)
         else:
             path = seen.file
             with path.open("r+b") as f:  # the header's sizes and rate made exact
                 f.write(wav_header(outcome.sample_rate, path.stat().st_size - WAV_HEADER_BYTES))
-        o = outcome
         return TTSResult(seen.model, seen.timings, o.voice, o.sample_rate, o.duration_s, str(path))
 
     def result_from_json(self, data: Mapping[str, Any]) -> TTSResult:

@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -56,8 +57,22 @@ log = logging.getLogger("ris.engine")
 MONITOR_INTERVAL_S = 0.25
 # A supervision pass this much later than due: the server, not its workers, stood still.
 SERVER_STALL_S = 1.0
-# How often the engine checks its data folder is still the one it locked (two stats).
+# How often the engine checks its data folder is still the one it locked (two stats), and
+# the room left on its disk.
 DATA_FOLDER_CHECK_S = 5.0
+# Free space below which a durable lane's queued tasks wait rather than start: an image whose
+# picture could not be written ran all its steps first, then failed storage_full, one after
+# another down the queue. Room for a few of the largest pictures and the store's journal.
+DISK_ROOM_BYTES = 64 * 2**20
+
+
+def disk_free(folder: Path) -> int | None:
+    """Free bytes for this user on the file system holding `folder` (None: cannot tell)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
 
 Req = TypeVar("Req", bound=m.LaneRequest)
 Res = TypeVar("Res", bound=LaneResult)
@@ -150,6 +165,10 @@ class Engine:
         self._next_folder_check = 0.0
         self._folder_check: asyncio.Future[bool] | None = None
         self.folder_lost = False
+        # The data folder's free bytes, read with its lock check (a test sets its own).
+        self.disk_free: Callable[[Path], int | None] = disk_free
+        self._disk_check: asyncio.Future[int | None] | None = None
+        self.disk_short = False  # under DISK_ROOM_BYTES free: durable lanes start nothing
         # What happens once the data folder is gone from under the engine (deleted, moved):
         # `ris serve` stops, exit status 1; an embedder decides (the engine says so in the log
         # and sweeps no more).
@@ -269,8 +288,9 @@ class Engine:
             self._monitor.cancel()
         if self._sweep is not None:
             await asyncio.wait([self._sweep])  # it uses the store closed below
-        if self._folder_check is not None:
-            await asyncio.wait([self._folder_check])
+        for check in (self._folder_check, self._disk_check):
+            if check is not None:
+                await asyncio.wait([check])
         # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
         for task_id, handle in list(self._handles.items()):
             if not self.kinds[handle.lane].durable:
@@ -410,9 +430,8 @@ class Engine:
             if isinstance(e, (OSError, sqlite3.Error)):
                 raise NotRecorded(lane, e, Path(self.config.data_dir)) from e
             raise
-        handle = self._handle(task.id, kind, model)
+        handle = self._handle(task.id, kind, model, keep_files=keep_files)
         handle.keep_alive_s = keep_alive_s
-        handle.keep_files = keep_files
         handle.streamed = streamed
         handle.resumable = resumable
         self._handles[task.id] = handle
@@ -429,8 +448,13 @@ class Engine:
                 break
         return self._model_log.expected_load_s(lane, model)
 
-    def _handle(self, task_id: str, kind: LaneKind[Any, Any, Res], model: str) -> TaskHandle[Res]:
-        return TaskHandle(task_id, kind, model, collector=kind.collector(task_id, self.files))
+    def _handle(
+        self, task_id: str, kind: LaneKind[Any, Any, Res], model: str, *, keep_files: bool = True
+    ) -> TaskHandle[Res]:
+        collector = kind.collector(task_id, self.files, keep=keep_files)
+        handle = TaskHandle(task_id, kind, model, collector=collector)
+        handle.keep_files = keep_files
+        return handle
 
     def start_failure(self, lane: str) -> str | None:
         """Why the lane's last worker start failed, while none of its workers is ready (None:
@@ -762,7 +786,9 @@ class Engine:
                 total_ms=1000 * (self.clock() - task.submitted_at),
             )
         collector = handle.collector
-        seen = Seen(handle.task_id, handle.model, collector.outputs, timings, file=collector.finish())
+        seen = Seen(
+            handle.task_id, handle.model, collector.outputs, timings, collector.finish(), handle.keep_files
+        )
         return handle.kind.build_result(seen, outcome, self.files)
 
     def _settle(self, task_id: str) -> None:
@@ -897,6 +923,35 @@ class Engine:
         folder = Path(self.config.data_dir)
         self._folder_check = asyncio.ensure_future(asyncio.to_thread(data_lock.still_held, folder))
         self._folder_check.add_done_callback(self._folder_checked)
+        if any(self.kinds[lane].durable for lane in self._replicas):
+            self._disk_check = asyncio.ensure_future(asyncio.to_thread(self.disk_free, folder))
+            self._disk_check.add_done_callback(self._disk_checked)
+
+    def _disk_checked(self, done: asyncio.Future[int | None]) -> None:
+        """A durable lane's queue waits while its results have no room (waiting_for
+        "disk_space" in its tasks, `held` in the lane's stats), and goes on when there is."""
+        if done.cancelled() or done.exception() is not None or self._stopping:
+            return
+        free = done.result()
+        short = free is not None and free < DISK_ROOM_BYTES
+        if short == self.disk_short:
+            return
+        self.disk_short = short
+        durable = [lane for lane in self._replicas if self.kinds[lane].durable]
+        for lane in durable:
+            self._scheduler.hold(lane, "disk_space" if short else None)
+        if short:
+            log.error(
+                "the data folder's disk has %.1f MiB free (under %d): %s tasks wait, queued, until "
+                "it has room for their results (free some space in %s)",
+                (free or 0) / 2**20,
+                DISK_ROOM_BYTES // 2**20,
+                " and ".join(durable),
+                self.config.data_dir,
+            )
+        else:
+            log.warning("the data folder's disk has room again: %s tasks start", " and ".join(durable))
+            self._dispatch()
 
     def _folder_checked(self, done: asyncio.Future[bool]) -> None:
         if done.cancelled() or done.exception() is not None or done.result() or self.folder_lost:
@@ -1030,6 +1085,8 @@ class Engine:
                 view = dataclasses.replace(view, state="running", finished_at=None, result=None)
             elif task.state is TaskState.QUEUED:
                 view = self._waiting_for_start(task.lane, view)
+                if view.waiting_for is None and self._scheduler.held(task.lane):
+                    view = dataclasses.replace(view, waiting_for=self._scheduler.held(task.lane), eta_s=None)
             return view
         model = self._model_of(task.id)
         loading = replica.loading

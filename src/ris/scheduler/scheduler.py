@@ -135,6 +135,8 @@ class LaneStats:
     run_time_mean: float | None
     # Submissions refused with QueueFull (HTTP 429) since the server started.
     rejected: int = 0
+    # Why its queue starts nothing now (Scheduler.hold), e.g. "disk_space"; None: it runs.
+    held: str | None = None
 
 
 def percentile(values: Iterable[float], p: float) -> float | None:
@@ -177,6 +179,7 @@ class _LaneBook:
         self.latencies: deque[float] = deque(maxlen=1000)
         self.waits: deque[float] = deque(maxlen=1000)
         self.rejected = 0  # submissions refused with QueueFull
+        self.held: str | None = None  # Scheduler.hold's reason: nothing starts meanwhile
         self.last_client: str | None = None  # the client of the task started last (fairness)
         # Scheduler._placing's last answer and what it was computed from.
         self.placing: tuple[tuple[Any, ...], dict[str, int], dict[str, float]] | None = None
@@ -317,6 +320,14 @@ class Scheduler:
         """How many tasks the lane's workers can run now (0 while its worker is down)."""
         self._book(lane).slots = slots
 
+    def hold(self, lane: str, reason: str | None) -> None:
+        """Start none of the lane's queued tasks while `reason` holds (None: start them again);
+        they stay queued, and accepted (a durable lane's on a disk with no room for results)."""
+        self._book(lane).held = reason
+
+    def held(self, lane: str) -> str | None:
+        return self._book(lane).held
+
     def dispatch(self) -> list[Task]:
         """Move tasks from queues to free worker slots; the caller starts them."""
         now = self._clock()
@@ -324,7 +335,7 @@ class Scheduler:
             return self._dispatch_fifo(now)
         started: list[Task] = []
         for book in self._lanes.values():
-            while len(book.running) < book.slots:
+            while book.held is None and len(book.running) < book.slots:
                 task = self._next_fair(book)
                 if task is None:
                     break
@@ -378,7 +389,7 @@ class Scheduler:
             if not heads:
                 return started
             _, book, task = min(heads, key=lambda h: h[0])
-            if len(book.running) >= book.slots:
+            if book.held is not None or len(book.running) >= book.slots:
                 return started
             book.queue.pop()
             self._start(book, task, now)
@@ -573,6 +584,7 @@ class Scheduler:
             queue_wait_p50=percentile(book.waits, 50),
             run_time_mean=book.runs.mean_s,
             rejected=book.rejected,
+            held=book.held,
         )
 
     @property
