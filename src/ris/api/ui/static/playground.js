@@ -256,7 +256,12 @@ async function progressOf(url, status) {
 }
 
 // Where a queued task stands, in words: position 0 runs next.
-function queuedText(position) {
+// What a queued picture waits for, said as the API's waiting_for says it.
+const WAITING = { disk_space: "waiting for room on the server's disk", lane_pending: "waiting for the cluster",
+  worker_start: "waiting for its worker to start" };
+
+function queuedText(position, waiting) {
+  if (WAITING[waiting]) return `queued: ${WAITING[waiting]}`;
   if (position === null || position === undefined) return "queued";
   return position === 0 ? "queued: runs next" : `queued: ${position} ahead of it`;
 }
@@ -287,7 +292,7 @@ $("image-form").addEventListener("submit", async (ev) => {
       delete status.dataset.state;
       bar.value = p.progress;
       if (String(p.progress) !== bar.dataset.seen.split(",").at(-1)) bar.dataset.seen += "," + p.progress;
-      status.textContent = p.status === "queued" ? queuedText(p.queue_position)
+      status.textContent = p.status === "queued" ? queuedText(p.queue_position, p.waiting_for)
         : `${p.status}: step ${p.step}/${p.total_steps ?? "?"}` + (p.eta_s ? `, about ${p.eta_s.toFixed(1)} s left` : "");
       if (p.status === "succeeded") {
         status.dataset.state = p.status;
