@@ -562,3 +562,31 @@ def test_keys_short_enough_to_guess_are_said_at_start() -> None:
     )
     data["server"] = {"api_keys": ["k" * 32]}
     assert short_key_hint(parse_config(data, TWO_CORES)) is None
+
+
+def test_settings_that_do_nothing_where_they_are_are_said(caplog: pytest.LogCaptureFixture) -> None:
+    """Each was taken in silence, and its writer believed it in force (a CLI user's run)."""
+    data = base()
+    data["lanes"]["llm"]["gpu_memory_gb"] = 4
+    data["lanes"]["llm"]["preemption"] = {"policy": "step"}
+    data["lanes"]["image"] = {
+        "cores": [0, 1],
+        "priority_class": "batch",
+        "models": {"i": {"backend": "diffusers", "source": "/sd"}},
+        "preemption": {"yield_to": ["tts"]},
+    }
+    data["lanes"]["tts"]["enabled"] = False
+    with caplog.at_level("WARNING", logger="ris.config"):
+        parse_config(data, TWO_CORES)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "lanes.llm.gpu_memory_gb has no effect: the lane runs on the CPU (device 'cpu')",
+        "lanes.llm.preemption has no effect: only the image lane yields to others",
+        "lanes.image.preemption.yield_to: the tts lane is disabled; nothing to yield to",
+        "lanes.image.default_model is not set: a request that names no model is refused (models: i)",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ris.config"):
+        parse_config(base(), TWO_CORES)  # nothing idle: nothing said
+        default_config(TWO_CORES)
+    assert caplog.text == ""

@@ -39,7 +39,39 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    for note in idle_settings(cfg):
+        log.warning("%s", note)
     return cfg
+
+
+def idle_settings(cfg: Config) -> list[str]:
+    """Settings given that do nothing where they are (a GPU budget on a CPU lane, preemption on a
+    lane that never yields, yielding to a lane that is off): each was taken in silence, and its
+    writer believed it in force."""
+    notes = []
+    for lane, c in cfg.lanes.items():
+        if not c.enabled:
+            continue
+        given = c.model_fields_set
+        if c.device == "cpu":
+            for name in ("gpu_memory_gb", "gpu_memory_fraction"):
+                if name in given and getattr(c, name) is not None:
+                    notes.append(
+                        f"lanes.{lane}.{name} has no effect: the lane runs on the CPU (device 'cpu')"
+                    )
+        if "preemption" in given and not kind(lane).preemptible:
+            notes.append(f"lanes.{lane}.preemption has no effect: only the image lane yields to others")
+        for other in c.preemption.yield_to or ():
+            if other in cfg.lanes and not cfg.lane(other).enabled:
+                notes.append(
+                    f"lanes.{lane}.preemption.yield_to: the {other} lane is disabled; nothing to yield to"
+                )
+        if c.models and c.default_model is None:
+            notes.append(
+                f"lanes.{lane}.default_model is not set: a request that names no model is refused "
+                f"(models: {', '.join(c.models)})"
+            )
+    return notes
 
 
 def _shared_core_problems(cfg: Config, machine: MachineInfo) -> list[str]:
