@@ -541,6 +541,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     else:
         # A card that is not here: the layout is checked against this machine's cores with it.
         cfg = _for_card(card_gb, args)
+    if getattr(args, "check", False):
+        return _check_serves(cfg)
     printed = cfg.model_dump(mode="json")
     keys = printed["server"]["api_keys"]
     if keys and not args.show_keys:
@@ -551,6 +553,28 @@ def cmd_config(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(json.dumps(printed, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _check_serves(cfg: Config) -> int:
+    """`ris config --check`: what `ris serve` refuses before it starts a worker (a host open
+    to the network without keys, a model file that is not there, a data folder it cannot
+    use), said without starting it; status 2 for a refusal, as a config error."""
+    from ris.api.security import check_exposure
+    from ris.config.checks import missing_model_problems
+
+    problems = []
+    try:
+        check_exposure(cfg)
+    except ConfigError as e:
+        problems.append(str(e))
+    problems += missing_model_problems(cfg)
+    if cfg.data_dir.exists():
+        problems += [p for p in (_data_folder_problem(cfg.data_dir),) if p]
+    if problems:
+        raise ConfigError("`ris serve` would refuse this configuration:\n  - " + "\n  - ".join(problems))
+    lanes = ", ".join(cfg.enabled_lanes)
+    print(f"ris config: the configuration can serve (lanes: {lanes}; {cfg.server.host}:{cfg.server.port})")
     return 0
 
 
@@ -673,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="lay out the lanes for one NVIDIA card of this many GB (6, 8, 12, 16, 24, 48...), "
                 "here or not: the card's profile sets the lanes' GPU budgets and suggests models "
                 "(docs/DEPLOYMENT_GUIDE.md, Small GPU profiles)",
+            )
+            sp.add_argument(
+                "--check",
+                action="store_true",
+                help="check what `ris serve` checks before it starts (model files there, keys for a "
+                "host beyond loopback, the data folder usable) and print one line, not the config; "
+                "status 2 when it would refuse",
             )
             sp.add_argument(
                 "--show-keys",

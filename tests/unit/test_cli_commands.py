@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -430,3 +431,24 @@ def test_a_bad_ris_url_is_named_as_itself() -> None:
     )
     assert done.returncode == 2 and done.stderr.startswith("ris status: $RIS_URL:"), done.stderr
     assert "--url" not in done.stderr.split(":", 2)[1]
+
+
+def test_config_check_says_what_serve_would_refuse_without_starting_it(tmp_path: Path) -> None:
+    """`ris config` validated less than `ris serve` (a model file not there, an open host with
+    no keys): a layout it printed was refused at start (a CLI user's run)."""
+    config = tmp_path / "config.json"
+    tts = {"default_model": "p", "models": {"p": {"backend": "piper", "source": str(tmp_path / "no.onnx")}}}
+    lanes = {"llm": {"enabled": False}, "image": {"enabled": False}, "tts": tts}
+    config.write_text(
+        json.dumps({"server": {"host": "0.0.0.0"}, "data_dir": str(tmp_path / "d"), "lanes": lanes})
+    )
+    done = ris("config", "--check", "--config", str(config))
+    assert done.returncode == 2 and done.stdout == ""
+    assert "`ris serve` would refuse this configuration" in done.stderr
+    assert "server.host '0.0.0.0' exposes the service" in done.stderr
+    assert "lanes.tts.models.p.source" in done.stderr and "does not exist" in done.stderr
+    tts["models"] = {"p": {"backend": "espeak"}}
+    config.write_text(json.dumps({"data_dir": str(tmp_path / "d"), "lanes": lanes}))
+    done = ris("config", "--check", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ris config: the configuration can serve (lanes: tts;")
