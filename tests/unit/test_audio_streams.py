@@ -135,10 +135,11 @@ async def test_spoken_answer_whose_later_sentence_fails_breaks_the_body_off(tmp_
 @run
 async def test_a_sentence_the_voice_has_no_sound_for_is_skipped_not_fatal(tmp_path: Path) -> None:
     """An answer ending in an emoji (LLMs do): espeak answered the lone emoji with silence,
-    synthesis_empty, and the whole spoken answer was broken off after its first sentence."""
+    synthesis_empty, and the whole spoken answer was broken off after its first sentence.
+    (Emoji are left out now; a symbol the voice has no sound for stands in.)"""
     body = {"prompt": "talk", "stream_format": "events"}
     async with posted(tmp_path, "/api/chat/speak", body) as (request, workers):
-        answer(workers[Lane.LLM], "The first sentence. \U0001f60a\nThe last sentence.")
+        answer(workers[Lane.LLM], "The first sentence. \u2122\nThe last sentence.")
         tts = workers[Lane.TTS]
         for i, outcome in enumerate(("sound", "silent", "sound")):
             for _ in range(50):
@@ -462,6 +463,41 @@ async def test_a_spoken_answer_with_no_voice_reads_each_sentence_in_its_scripts_
     assert voices == [("猫很可爱。", "zh"), ("The cat sleeps.", None)], voices
     start = json.loads(next(line for line in r.text.splitlines() if line.startswith("data: "))[6:])
     assert any("the prompt is Chinese" in w for w in start["warnings"]), start
+
+
+TWO_VOICES = {
+    "default_model": "p",
+    "models": {"p": {"backend": "piper", "source": "/voice.onnx"}, "e": {"backend": "espeak"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "started_with"), [("Say hello in Chinese.", "p"), ("你好，请介绍一下猫。", "e")]
+)
+@run
+async def test_each_sentence_of_a_spoken_answer_goes_to_a_model_with_a_voice_of_its_script(
+    tmp_path: Path, prompt: str, started_with: str
+) -> None:
+    """An English answer's Chinese sentence was read by Piper ("Chinese letter"), though espeak
+    beside it speaks Chinese; a Chinese question's English answer was read by espeak's robotic
+    voice, not Piper's: the whole answer went to the one model picked for the prompt."""
+    piper = m.ModelInfo("p", "piper", m.ModelDetails(("en_US-joe-medium",), 16000))
+    espeak = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US", "zh-CN", "zh"), 16000))
+    body = {"prompt": prompt, "stream_format": "events"}
+    async with started_engine(tmp_path, tts=TWO_VOICES) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        workers[Lane.TTS].ready(models=(piper, espeak))
+        request = asyncio.create_task(post(eng, "/api/chat/speak", body))
+        await settle()
+        answer(workers[Lane.LLM], "The cat sleeps. 猫很可爱。 It purrs.")
+        tts = workers[Lane.TTS]
+        await sound_each(tts, 3)
+        r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 200
+    read = [(run.request.text, run.model, run.request.voice) for run in tts.runs]  # type: ignore[attr-defined]
+    assert read == [("The cat sleeps.", "p", None), ("猫很可爱。", "e", "zh"), ("It purrs.", "p", None)], read
+    start = json.loads(next(line for line in r.text.splitlines() if line.startswith("data: "))[6:])
+    assert start["tts_model"] == started_with
 
 
 @run

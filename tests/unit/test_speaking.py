@@ -180,3 +180,19 @@ async def test_an_answer_with_nothing_to_speak_ends_in_an_error_not_a_silent_don
 )
 def test_markdown_marks_are_left_out_of_what_is_spoken(written: str, spoken: str) -> None:
     assert unmarked(written) == spoken
+
+
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [
+        ("Great job 🎉🎉 you did it!", "Great job you did it!"),  # was "party popper party popper"
+        ("👍🏽 Fine.", "Fine."),  # a skin tone goes with its emoji
+        ("1️⃣ First.", "1 First."),  # the keycap's digit stays
+        ('<speak>Hello <break time="1s"/> <emphasis>world</emphasis>.</speak>', "Hello world."),
+        ("One<br>two.", "One two."),
+        ("If a < b and c > d.", "If a < b and c > d."),  # comparisons are no tags
+        ("20°C, ©2024.", "20°C, ©2024."),  # symbols a voice reads well stay
+    ],
+)
+def test_emoji_and_tags_an_llm_writes_are_not_read_aloud(written: str, spoken: str) -> None:
+    assert unmarked(written) == spoken

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from typing import Any
 
 from ris.lanes.llm import LLMResult, TextDelta
@@ -44,10 +44,20 @@ _EMPHASIS = re.compile(r"(?<![\w*_])(\*{1,3}|_{2,3})(?=[^\s*_])(.+?)(?<=[^\s*_])
 _LINE_MARKS = re.compile(r"^[ \t]*(?:[-*+][ \t]+|#{1,6}[ \t]+|>[ \t]+(?=\D))", re.MULTILINE)
 
 
+# Also not read: emoji (a voice names them, "party popper" six times for "🎉" six times;
+# their joiners, variation selectors and skin tones with them) and HTML or SSML tags an LLM
+# writes ("<br>", "<speak>": "speak hello break time equals one s"), which no engine here reads.
+_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0e\ufe0f\u200d\u20e3]+")
+_TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+
+
 def unmarked(text: str) -> str:
-    """A sentence as it is spoken: the LLM's Markdown marks left out (its `text` event keeps
-    them, as written)."""
+    """A sentence as it is spoken: the LLM's Markdown marks, emoji and tags left out (its
+    `text` event keeps them, as written)."""
     text = _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", text))
+    bare = _TAG.sub(" ", _EMOJI.sub(" ", text))
+    if bare != text:  # the spaces they leave: one between words, none before a stop
+        text = re.sub(r" +(?=[.,!?;:])", "", re.sub(r"[ \t]{2,}", " ", bare))
     return _LINE_MARKS.sub("", text).replace("`", "").strip()
 
 
@@ -70,21 +80,27 @@ class SpeakingPipeline:
         queue_wait_s: float = 30.0,
         client: str | None = None,
         owner: str | None = None,
-        voices: tuple[str, ...] = (),
+        models: Mapping[str, tuple[str, ...]] | None = None,
+        home: str | None = None,
     ) -> None:
         """`llm` is the submitted LLM task; a full TTS queue is waited on for at most
         `queue_wait_s` seconds per sentence, then the pipeline ends with `queue_full`.
         `client`: who asked (the sentences count as its tasks, for fairness); `owner`: the key
-        the sentences belong to, as the answer does (ris.runtime.tenancy). `voices`: with no
-        `voice`, the model's voices, of which each sentence gets the one of its script where
-        there is one (a Chinese sentence the Chinese voice, the rest the model's default)."""
+        the sentences belong to, as the answer does (ris.runtime.tenancy). `models`: with no
+        `voice`, the TTS models a sentence may go to and their voices, in order of preference
+        (`tts_model` first), of which each sentence gets the first with a voice of its script
+        (a Chinese sentence in an English answer the Chinese voice, of whichever model has
+        one); a sentence in Latin letters goes to `home` (the lane's default, or the model
+        named), not to a model picked for the prompt's language (an English answer to a
+        Chinese question was read by espeak's robotic voice, not the neural default)."""
         self.client = client
         self.owner = owner
         self.engine = engine
         self.llm = llm
         self.tts_model = tts_model
         self.voice = voice
-        self.voices = voices
+        self.models = dict(models or {})
+        self.home = home if home in self.models else tts_model
         self.speed = speed
         self.queue_wait_s = queue_wait_s
         # Bounded: for a listener that stops reading, the parts wait here and the audio stays
@@ -123,23 +139,25 @@ class SpeakingPipeline:
         except Exception as e:  # noqa: BLE001 - reported to the listener, then everything stops
             await self._out.put(("error", {"code": "speaking_failed", "message": f"{type(e).__name__}: {e}"}))
 
-    def _voice_for(self, text: str) -> str | None:
-        if self.voice is not None:
-            return self.voice
+    def _voice_for(self, text: str) -> tuple[str, str | None]:
+        """The model and voice (None: the model's default) a sentence is read with."""
+        if self.voice is not None or not self.models:
+            return self.tts_model, self.voice
         found = text_script(text)
-        if found is None or not self.voices:
-            return None
-        own = voice_key(self.voices[0]).split("-")[0]  # the model's default voice's language
+        if found is None:
+            return self.home, None
         for tag in found.candidates:
-            if tag == own:
-                return None
-            if speaks(self.voices, tag):
-                return tag
-        return None
+            for name, voices in self.models.items():
+                if voices and voice_key(voices[0]).split("-")[0] == tag:
+                    return name, None  # the model's own voice's language
+                if speaks(voices, tag):
+                    return name, tag
+        return self.tts_model, None
 
     async def _submit_sentence(self, text: str) -> TaskHandle[TTSResult] | None:
         """Queue one sentence; wait a bounded time for room if the TTS queue is full."""
-        req = TTSRequest(text=text, voice=self._voice_for(text), speed=self.speed)
+        model, voice = self._voice_for(text)
+        req = TTSRequest(text=text, voice=voice, speed=self.speed)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.queue_wait_s
         retry = False  # a sentence waiting for room counts one refusal, not one a second
@@ -148,7 +166,7 @@ class SpeakingPipeline:
                 # Each sentence's audio is streamed and never fetched by id: no file is kept.
                 return self.engine.submit(
                     TTS,
-                    self.tts_model,
+                    model,
                     req,
                     priority=SENTENCE_PRIORITY,
                     client=self.client,

@@ -52,20 +52,29 @@ async def chat_speak(request: Request) -> Any:
     engine = engine_of(request)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
-    voices: tuple[str, ...] = ()
+    models: dict[str, tuple[str, ...]] = {}
+    home = None
     if body.voice is None:
         # The answer is not written yet: a model with a voice for the language the user
         # writes in (a Chinese question was answered in Chinese and read by the English voice
-        # as "Chinese letter" after "Chinese letter"), and each sentence read by the voice of
-        # its script where the model has one (the pipeline's `voices`).
+        # as "Chinese letter" after "Chinese letter"), and each sentence read by a voice of
+        # its script, of that model or (none named) another of the stream's sample rate; a
+        # sentence in Latin letters by the named or default model (the pipeline's `models`).
         users = [m.content for m in body.messages or () if m.role == "user"]
         asked = body.prompt or (users[-1] if users else "")
         tts_model, _, said = voice_for_text(engine, body.tts_model, asked, "the prompt")
-        info = engine.known_model_infos(Lane.TTS).get(tts_model)
-        voices = info.details.voices if info is not None else ()
+        rate = tts_rate(engine, tts_model)
+        home = pick_tts_model(engine, body.tts_model, None)
+        infos = engine.known_model_infos(Lane.TTS)
+        names = [tts_model] if body.tts_model is not None else [tts_model, home, *infos]
+        models = {
+            n: infos[n].details.voices
+            for n in dict.fromkeys(names)
+            if n in infos and infos[n].details.sample_rate == rate
+        }
     else:
         tts_model, said = pick_tts_model(engine, body.tts_model, body.voice), []
-    rate = tts_rate(engine, tts_model)
+        rate = tts_rate(engine, tts_model)
     # What /api/llm/generate and /api/tts/synthesize would warn of: in `start`, or X-Warnings.
     warnings = llm_warnings(
         engine, llm_model, [body.system, body.prompt, *(m.content for m in body.messages or ())]
@@ -76,7 +85,7 @@ async def chat_speak(request: Request) -> Any:
     client, owner = client_of(request), owner_of(request)
     llm = engine.submit(LLM, llm_model, req, client=client, owner=owner)
     pipeline = SpeakingPipeline(
-        engine, llm, tts_model, body.voice, body.speed, client=client, owner=owner, voices=voices
+        engine, llm, tts_model, body.voice, body.speed, client=client, owner=owner, models=models, home=home
     )
     if body.stream_format == "events":
         return StreamingResponse(
