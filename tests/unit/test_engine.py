@@ -1227,3 +1227,23 @@ def test_a_full_disk_is_told_apart_from_other_failures_of_the_store() -> None:
         NotRecorded("image", sqlite3.OperationalError("database is locked"), where).code
         == "store_unavailable"
     )
+
+
+@run
+async def test_a_full_queue_of_a_lane_whose_worker_is_starting_says_retry_after_the_start(
+    tmp_path: Path,
+) -> None:
+    """Retry-After said 1 s while the image worker was still starting (a minute under load)."""
+    async with started_engine(tmp_path, image={**IMAGE_ON, "max_queue": 1}) as (eng, workers, clock):
+        image = workers[Lane.IMAGE]
+        clock.advance(40.0)
+        image.ready()  # its start took 40 s
+        image.die()
+        eng.check()  # a crash: restarted after the back-off, as long again
+        eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        with pytest.raises(QueueFull) as exc:
+            eng.submit(IMAGE, "i", ImageRequest(prompt="b"))
+        assert exc.value.retry_after_s >= 40.0
+        with pytest.raises(QueueFull) as exc:
+            eng.submit_many(IMAGE, "i", [ImageRequest(prompt="c")])
+        assert exc.value.retry_after_s >= 40.0

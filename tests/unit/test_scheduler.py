@@ -329,8 +329,7 @@ def test_a_tasks_eta_is_at_its_size_and_the_queue_ahead_at_theirs() -> None:
     assert sched.eta("t2") == pytest.approx(3 * fixed + per_unit * 13.0, rel=0.02)
     sched.dispatch()
     assert sched.eta("t0") == pytest.approx(1.5, rel=0.02)  # running, no progress yet: its own size
-    mean = sched.stats(Lane.LLM).run_time_mean
-    assert mean is not None and sched.retry_after(Lane.LLM) == pytest.approx(max(1.0, mean))
+    assert sched.retry_after(Lane.LLM) == pytest.approx(1.5, rel=0.02)  # when t0 ends, by its size
     clock.advance(3.0)
     sched.finish("t0", TaskState.SUCCEEDED)  # learned as it finishes, at its work
 
@@ -752,3 +751,17 @@ def test_a_held_lane_starts_nothing_and_keeps_its_queue_until_let_go(ordering: O
     sched.hold(Lane.IMAGE, None)
     assert [t.id for t in sched.dispatch()] == ["t0"]
     assert sched.stats(Lane.IMAGE).held is None
+
+
+def test_retry_after_is_when_the_soonest_running_task_ends_by_its_progress() -> None:
+    """A 60-step picture 2 steps in said "retry after 1 s" (the lane's mean run, the first
+    guess on a new data folder) with about 28 s left: clients retried into 429s every second."""
+    sched, clock = make(max_queue=1, slots=1)
+    sched.submit(spec(lane=Lane.IMAGE))
+    sched.dispatch()
+    sched.submit(spec(lane=Lane.IMAGE))
+    clock.advance(2.0)
+    sched.progress("t0", 2, 60)  # a second a step: 58 s left
+    with pytest.raises(QueueFull) as exc:
+        sched.submit(spec(lane=Lane.IMAGE))
+    assert exc.value.retry_after_s == pytest.approx(58.0)

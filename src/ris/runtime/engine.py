@@ -419,7 +419,11 @@ class Engine:
             work=kind.work(request, model_spec),
             progress_total=kind.planned_progress(request, model_spec),
         )
-        task = self._scheduler.submit(spec, retry=retry)
+        try:
+            task = self._scheduler.submit(spec, retry=retry)
+        except QueueFull as e:
+            e.retry_after_s += self._start_left(lane)
+            raise
         assert self.durable is not None
         try:
             # Only a client's own timeout is kept on disk: the lane's default counts again from
@@ -498,7 +502,11 @@ class Engine:
         """Queue all of `requests` or none: QueueFull when the lane has no room for them all;
         if one still fails to be admitted, those admitted before it are cancelled."""
         if kind.name in self._replicas:  # otherwise submit() says why the lane takes nothing
-            self._scheduler.require_room(kind.name, len(requests), client)
+            try:
+                self._scheduler.require_room(kind.name, len(requests), client)
+            except QueueFull as e:
+                e.retry_after_s += self._start_left(kind.name)
+                raise
         handles: list[TaskHandle[Res]] = []
         try:
             for request in requests:
@@ -648,6 +656,15 @@ class Engine:
                 why = f"the {replica.lane} worker cannot start: {msg.message}"
                 for task_id in self._fail_queued(replica.lane, "lane_unavailable", why):
                     self._settle(task_id)
+
+    def _start_left(self, lane: str) -> float:
+        """Seconds until the lane's first worker is expected up (0: one serves, or none of its
+        starts is under way here): a full queue of a starting lane frees nothing before then."""
+        replicas = self._replicas.get(lane, ())
+        starting = [r.start_left(self.clock()) for r in replicas if not r.worker.waiting_for()]
+        if not starting or any(r.ready for r in replicas):
+            return 0.0
+        return min(starting)
 
     def _waiting_for_start(self, lane: str, view: TaskView[Any]) -> TaskView[Any]:
         """A queued task of a lane with no worker ready (starting, restarting after a crash or

@@ -296,14 +296,21 @@ class Scheduler:
             raise QueueFull(lane, len(book.queue), self.retry_after(lane), wanted=count, room=room)
 
     def retry_after(self, lane: str) -> float:
-        """Seconds until a queue slot is likely to free up: an estimate, at least one second.
-        A running task that waits for its model to load (a switch: no progress yet) frees its
-        slot that much later."""
+        """Seconds until a queue place is likely to free up, at least one: the soonest end of
+        a running task by its own ETA (its progress counted: a 60-step picture 2 steps in was
+        "retry after 1 s", from the lane's mean run, with 28 s left); one still waiting for its
+        model (a switch: no progress yet) has the whole load and its run ahead. Nothing
+        running (no worker up yet): a mean run per slot."""
         book = self._book(lane)
-        per_task = book.runs.mean_s / max(1, book.slots)
-        waiting = (t for t in book.running.values() if not t.progress_done and t.run_since is None)
-        loading = max((t.spec.load_s for t in waiting), default=0.0)
-        return max(1.0, per_task * max(1, len(book.running)) + loading)
+        ends = []
+        for t in book.running.values():
+            left = self.eta(t.id) or 0.0
+            if not t.progress_done and t.run_since is None:
+                left = max(left, book.runs.estimate(t.spec.work) + t.spec.load_s)
+            ends.append(left)
+        if ends:
+            return max(1.0, min(ends))
+        return max(1.0, book.runs.mean_s / max(1, book.slots))
 
     # ----- dispatch ------------------------------------------------------------------------
 
