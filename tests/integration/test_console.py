@@ -140,6 +140,14 @@ def test_chat_in_the_playground_streams_tokens(page: Page, server: Server) -> No
     assert out.inner_text().strip()
     expect(page.locator("#chat-stats")).to_contain_text("tokens, first after")
     shot(page, "playground-chat")
+    # Enter in the message box sends, as chat boxes do; Shift+Enter writes a new line.
+    box = page.get_by_label("Message")
+    box.fill("Say hi.")
+    box.press("Shift+Enter")
+    assert box.input_value() == "Say hi.\n"
+    box.press("Enter")
+    expect(out).to_have_attribute("data-state", "streaming", timeout=10_000)
+    expect(out).to_have_attribute("data-state", "done", timeout=60_000)
 
 
 def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> None:
@@ -155,6 +163,23 @@ def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> N
     # last of it arrived.
     assert int(out.get_attribute("data-chunks") or 0) >= 2
     assert out.get_attribute("data-played-early") == "true"
+
+
+def test_a_spoken_answer_stops_when_asked(page: Page, server: Server) -> None:
+    """Its sound played on with no way to stop it short of leaving the page."""
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#speak-model option")).not_to_have_count(0)
+    page.get_by_label("the LLM's answer to it, spoken as it is written").check()
+    page.get_by_label("Words").fill("Tell me a long story about the sea.")
+    stop = page.get_by_role("button", name="Stop the speech")
+    assert stop.is_disabled()
+    page.get_by_role("button", name="Speak").click()
+    expect(stop).to_be_enabled()
+    expect(page.locator("#speak-status")).to_contain_text("playing", timeout=120_000)
+    stop.click()
+    expect(page.locator("#speak-status")).to_have_text("stopped")
+    expect(stop).to_be_disabled()
+    expect(page.get_by_role("button", name="Speak")).to_be_enabled()
 
 
 def download(pg: Page, clip: Any) -> tuple[str, bytes]:
@@ -214,6 +239,30 @@ def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Serve
     assert seen[-1] == 1.0
     assert page.locator("#image-progress").evaluate("p => p.value") == 1
     shot(page, "playground-image")
+
+
+def test_a_picture_asked_for_before_leaving_the_playground_is_there_on_return(
+    page: Page, server: Server
+) -> None:
+    """Leaving the playground while a picture was queued (the Work page, a reload) lost it: the
+    console never showed it again, nor linked to it anywhere."""
+    page.goto(server.url + "/ui/playground")
+    page.get_by_label("Width").select_option("64")
+    page.get_by_label("Height").select_option("64")
+    page.get_by_label("Steps").fill("2")
+    page.get_by_label("Prompt").fill("a blue door")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_role("button", name="Cancel")).to_be_enabled(timeout=30_000)
+    task_id = page.evaluate("() => JSON.parse(sessionStorage.getItem('ris-playground-image')).task_id")
+    page.goto(server.url + "/ui/work")  # away while it is made
+    link = page.get_by_role("link", name=f"picture of image task {task_id}")
+    expect(link).to_be_visible(timeout=120_000)
+    assert link.get_attribute("href") == f"/api/image/result/{task_id}"
+    page.go_back()
+    picture = page.locator("#image-result")
+    expect(picture).to_be_visible(timeout=60_000)
+    assert picture.get_attribute("alt") == "generated image: a blue door"
+    assert picture.get_attribute("src") == f"/api/image/result/{task_id}"  # the same picture
 
 
 def test_an_image_waits_out_a_server_that_does_not_answer_then_shows(page: Page, server: Server) -> None:

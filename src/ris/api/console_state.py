@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import psutil
 
 from ris.api.chart_history import ChartHistory, CoreLoad, StepRate
-from ris.api.routes.tasks import task_info
+from ris.api.routes.tasks import FILE_LINKS, task_info
 from ris.api.stats import lane_stats
 from ris.config import Config
 from ris.config.sharing import resolve_policy, yields_to
@@ -187,10 +187,15 @@ def _yield_windows(engine: Engine, snap: Snapshot, tasks: TaskLists) -> list[dic
 
 
 def _brief(view: TaskView[Any]) -> dict[str, Any]:
-    """A task row: task_info without the result, plus the image worker's measured pauses and
-    the length of a speech (for the TTS lane's real-time factor)."""
+    """A task row: task_info without the result, plus its file's URL, the image worker's
+    measured pauses and the length of a speech (for the TTS lane's real-time factor)."""
     row = task_info(view, with_result=False)
     r = view.result
+    link = FILE_LINKS.get(view.lane)
+    if link is not None and r is not None and r.files():
+        # Its picture or speech, for the Work page to link to (the console's session opens
+        # it: no signature needed). A picture made while the page was away was out of reach.
+        row["file_url"] = link[1](view.id)
     if isinstance(r, ImageResult):
         row["paused_s"], row["pauses"] = r.paused_s, r.pauses
     elif isinstance(r, TTSResult):

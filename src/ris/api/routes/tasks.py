@@ -49,7 +49,10 @@ def public_result(view: TaskView[Any], signer: UrlSigner | None) -> dict[str, An
         return None
     data = view.result.public_json()
     link = FILE_LINKS.get(view.lane)
-    return data if link is None else {**data, link[0]: opened_by_url(signer, link[1](view.id))}
+    if link is None:
+        return data
+    # Speech that was only streamed keeps no file: no link to a 404.
+    return {**data, link[0]: opened_by_url(signer, link[1](view.id)) if view.result.files() else None}
 
 
 def task_info(

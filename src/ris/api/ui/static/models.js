@@ -26,11 +26,19 @@ function memory(m) {
   return `${where}, ${parts}`;
 }
 
+// /ready lists the enabled lanes only: one it leaves out is off in the configuration (it read
+// as "worker not ready", for good).
+function laneState(lane, lanes) {
+  const [state, words] = !(lane in lanes) ? ["disabled", "lane disabled"]
+    : lanes[lane] ? ["idle", "worker ready"] : ["starting", "worker not ready"];
+  return el("span", { class: "state", dataset: { state } }, words);
+}
+
 async function refresh() {
   const [models, ready] = await Promise.all([api("/api/models"), readiness()]);
   const box = document.getElementById("models");
   keepPlace(box, () => box.replaceChildren(...Object.entries(models.lanes).map(([lane, list]) => el("section", { class: "card", "aria-labelledby": `m-${lane}` },
-    el("h2", { id: `m-${lane}` }, lane, " ", el("span", { class: "state", dataset: { state: ready.lanes[lane] ? "idle" : "starting" } }, ready.lanes[lane] ? "worker ready" : "worker not ready")),
+    el("h2", { id: `m-${lane}` }, lane, " ", laneState(lane, ready.lanes || {})),
     el("div", { class: "scroll" }, el("table", { class: "tasks" },
       el("thead", {}, el("tr", {}, ...["Model", "Backend", "Loaded", "Memory", "Last load", "Serves at once", "Voices", "About"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, ...list.map((m) => el("tr", { dataset: { model: m.name } },

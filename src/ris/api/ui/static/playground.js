@@ -7,11 +7,19 @@ const $ = (id) => document.getElementById(id);
 // ----- models and voices --------------------------------------------------------------------
 
 async function loadModels() {
-  const { lanes } = await api("/api/models");
+  const [{ lanes }, ready] = await Promise.all([api("/api/models"), readiness()]);
+  // /ready lists the enabled lanes: a disabled one's form says so and sends nothing (its
+  // models were offered, and every request refused).
+  const on = (lane) => lane in (ready.lanes || {});
+  for (const [lane, form, button] of [["llm", "chat-form", "chat-send"], ["tts", "speak-form", "speak-send"], ["image", "image-form", "image-send"]]) {
+    $(form).dataset.disabledLane = on(lane) ? "" : lane;
+    $(button).disabled = !on(lane);
+    $(button).title = on(lane) ? "" : `the ${lane} lane is disabled in the server's configuration`;
+  }
   const fillSelect = (select, list, label) => select.replaceChildren(...list.map((m) =>
     el("option", { value: m.name, selected: m.default }, label(m))));
-  fillSelect($("chat-model"), lanes.llm || [], (m) => m.name + (m.default ? " (default)" : ""));
-  const tts = lanes.tts || [];
+  fillSelect($("chat-model"), on("llm") ? lanes.llm || [] : [], (m) => m.name + (m.default ? " (default)" : ""));
+  const tts = on("tts") ? lanes.tts || [] : [];
   fillSelect($("speak-model"), tts, (m) => m.name + (m.default ? " (default)" : ""));
   const voices = () => {
     const m = tts.find((x) => x.name === $("speak-model").value);
@@ -20,7 +28,9 @@ async function loadModels() {
   };
   $("speak-model").addEventListener("change", voices);
   voices();
+  modelsLoaded = true;
 }
+let modelsLoaded = false;
 
 // A voice's names without repeats that differ only in case ("en-US", "en-us").
 function distinct(names) {
@@ -87,12 +97,19 @@ $("chat-form").addEventListener("submit", async (ev) => {
       showError(stats, e);
     }
   } finally {
-    $("chat-send").disabled = false;
+    $("chat-send").disabled = Boolean($("chat-form").dataset.disabledLane); // a disabled lane stays off
     handOver($("chat-stop"), $("chat-send"));
     $("chat-stop").disabled = true;
   }
 });
 $("chat-stop").addEventListener("click", () => chatAbort && chatAbort.abort());
+// Enter sends, as chat boxes do; Shift+Enter (or an input method composing) writes on.
+$("chat-prompt").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && !$("chat-send").disabled) {
+    ev.preventDefault();
+    $("chat-form").requestSubmit();
+  }
+});
 
 // ----- speech ---------------------------------------------------------------------------------
 
@@ -102,12 +119,18 @@ function speakBody() {
   return body;
 }
 
+// What Stop ends: the request under way, and a spoken answer's sound (played on its own
+// audio context, out of reach of any player's controls).
+let speakAbort = null;
+let speakSound = null;
+
 async function speakText(status) {
   const b = speakBody();
   const resp = await request("/api/tts/synthesize", {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "audio/wav" },
     body: JSON.stringify({ text: $("speak-text").value, model: b.model, voice: b.voice }),
+    signal: speakAbort.signal,
   });
   const audio = addClip(await resp.blob(), "text", $("speak-text").value);
   status.textContent = `${resp.headers.get("X-Duration-S")} s of speech`;
@@ -149,9 +172,11 @@ async function speakAnswer(status) {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
     body: JSON.stringify({ prompt: $("speak-text").value, max_tokens: 96, tts_model: b.model, voice: b.voice, stream_format: "events" }),
+    signal: speakAbort.signal,
   });
   const out = $("speak-output");
   const ctx = new AudioContext();
+  speakSound = ctx;
   const sound = { end: 0 }; // when the last sound scheduled ends, on the context's clock
   try {
     await playAnswer(resp, ctx, out, status, sound);
@@ -189,6 +214,7 @@ async function playAnswer(resp, ctx, out, status, sound) {
       src.start(at);
       at += buf.duration;
       sound.end = at;
+      ctx.endAt = at;
       if (firstSound === null) firstSound = (performance.now() - t0) / 1000;
       lastSound = (performance.now() - t0) / 1000;
       out.dataset.chunks = String(++chunks);
@@ -217,16 +243,37 @@ $("speak-form").addEventListener("submit", async (ev) => {
   delete status.dataset.state;
   delete status.dataset.code;
   const focused = document.activeElement === $("speak-send");
+  speakAbort = new AbortController();
+  $("speak-stop").disabled = false;
+  handOver($("speak-send"), $("speak-stop"));
   $("speak-send").disabled = true;
   try {
     const mode = new FormData($("speak-form")).get("mode");
     await (mode === "answer" ? speakAnswer(status) : speakText(status));
   } catch (e) {
-    showError(status, e);
+    if (e.name === "AbortError") status.textContent = "stopped";
+    else showError(status, e);
   } finally {
-    $("speak-send").disabled = false;
+    // A spoken answer plays on after its last event: Stop stays until its sound has ended.
+    const ctx = speakSound;
+    const left = ctx && ctx.state !== "closed" ? Math.max(0, (ctx.endAt ?? 0) - ctx.currentTime) : 0;
+    setTimeout(() => { if (speakSound === ctx) stopDone(); }, 1000 * left);
+    $("speak-send").disabled = Boolean($("speak-form").dataset.disabledLane); // a disabled lane stays off
     if (focused && document.activeElement === document.body) $("speak-send").focus(); // back to it
   }
+});
+
+function stopDone() {
+  speakSound = null;
+  handOver($("speak-stop"), $("speak-send"));
+  $("speak-stop").disabled = true;
+}
+
+$("speak-stop").addEventListener("click", () => {
+  speakAbort?.abort(); // the server cancels the answer and its sentences as the request ends
+  speakSound?.close().catch(() => {});
+  $("speak-status").textContent = "stopped";
+  stopDone();
 });
 
 // ----- images ---------------------------------------------------------------------------------
@@ -255,10 +302,11 @@ async function progressOf(url, status) {
   }
 }
 
-// Where a queued task stands, in words: position 0 runs next.
 // What a queued picture waits for, said as the API's waiting_for says it.
 const WAITING = { disk_space: "waiting for room on the server's disk", lane_pending: "waiting for the cluster",
   worker_start: "waiting for its worker to start" };
+
+// Where a queued task stands, in words: position 0 runs next.
 
 function queuedText(position, waiting) {
   if (WAITING[waiting]) return `queued: ${WAITING[waiting]}`;
@@ -266,8 +314,22 @@ function queuedText(position, waiting) {
   return position === 0 ? "queued: runs next" : `queued: ${position} ahead of it`;
 }
 
+// The page's last picture, kept for this tab: leaving the page (the Work page, a reload) while
+// it was queued lost it, with no way back to it from the console; the task is durable, so
+// the page follows it again on return, and shows it once made.
+const LAST_IMAGE = "ris-playground-image";
+
 $("image-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
+  const prompt = $("image-prompt").value; // the picture's alt text, whatever the box says later
+  const focused = document.activeElement === $("image-send");
+  await followImage(prompt, focused, () => api("/api/image/generate", { method: "POST", body: {
+    prompt, width: Number($("image-width").value),
+    height: Number($("image-height").value), steps: Number($("image-steps").value) } }));
+});
+
+// A picture's task made by `made()` (a new one, or the last one again), followed until it ends.
+async function followImage(prompt, focused, made) {
   const bar = $("image-progress");
   const status = $("image-status");
   const img = $("image-result");
@@ -276,13 +338,10 @@ $("image-form").addEventListener("submit", async (ev) => {
   delete status.dataset.code;
   bar.value = 0;
   bar.dataset.seen = "0";
-  const prompt = $("image-prompt").value; // the picture's alt text, whatever the box says later
-  const focused = document.activeElement === $("image-send");
   $("image-send").disabled = true;
   try {
-    const task = await api("/api/image/generate", { method: "POST", body: {
-      prompt, width: Number($("image-width").value),
-      height: Number($("image-height").value), steps: Number($("image-steps").value) } });
+    const task = await made();
+    sessionStorage.setItem(LAST_IMAGE, JSON.stringify({ ...task, prompt }));
     imageTask = task.task_id;
     abandoned = false;
     $("image-cancel").disabled = false;
@@ -311,14 +370,29 @@ $("image-form").addEventListener("submit", async (ev) => {
       await pause(250);
     }
   } catch (e) {
-    showError(status, e);
+    if (e instanceof APIError && e.status === 404) {
+      sessionStorage.removeItem(LAST_IMAGE); // gone (swept, another data folder): nothing to show
+      status.textContent = "";
+    } else {
+      showError(status, e);
+    }
   } finally {
     imageTask = null;
-    $("image-send").disabled = false;
+    $("image-send").disabled = Boolean($("image-form").dataset.disabledLane); // a disabled lane stays off
     handOver($("image-cancel"), $("image-send"));
     $("image-cancel").disabled = true;
   }
-});
+}
+
+function resumeImage() {
+  let last = null;
+  try {
+    last = JSON.parse(sessionStorage.getItem(LAST_IMAGE) || "null");
+  } catch {
+    sessionStorage.removeItem(LAST_IMAGE);
+  }
+  if (last && last.task_id && last.progress_url) followImage(last.prompt || "", false, async () => last);
+}
 
 $("image-cancel").addEventListener("click", async () => {
   if (!imageTask) return;
@@ -334,10 +408,11 @@ $("image-cancel").addEventListener("click", async () => {
 // said "ready" once, and went on saying it while the server was down).
 async function lanesReady() {
   const { lanes } = await readiness();
-  if (!$("chat-model").options.length) await loadModels(); // the server was away at first
+  if (!modelsLoaded) await loadModels(); // the server was away at first
   const waiting = Object.entries(lanes || {}).filter(([, ok]) => !ok).map(([lane]) => lane);
   return waiting.length ? `not ready: ${waiting.join(", ")}` : "ready";
 }
 
 loadModels().catch((e) => showError($("chat-stats"), e));
+resumeImage();
 poll(lanesReady, 5000, { figures: false });

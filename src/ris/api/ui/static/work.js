@@ -55,6 +55,15 @@ function progressCell(t) {
     ` step ${t.progress_done}/${t.progress_total}`);
 }
 
+// A finished task's picture or speech, opened in a new tab: one made while the page that
+// asked for it was away is reached from here.
+function fileLink(t) {
+  if (!t.file_url) return null;
+  const what = t.lane === "image" ? "picture" : "audio";
+  return [" ", el("a", { href: t.file_url, target: "_blank", rel: "noopener",
+    "aria-label": `${what} of ${t.lane} task ${t.task_id}` }, what)];
+}
+
 function fill(id, rows) {
   const body = document.querySelector(`#${id} tbody`);
   body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 6 }, "none"))]));
@@ -96,7 +105,7 @@ function show(state) {
     el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id)), el("td", {}, t.model),
     el("td", {}, progressCell(t)), el("td", {}, fmt.secs(t.eta_s)), el("td", {}, cancelButton(t)))));
   fill("recent", recent.map((t) => el("tr", { dataset: { taskId: t.task_id, lane: t.lane, state: t.state } },
-    el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id)), el("td", { class: "st-" + t.state }, t.state),
+    el("td", {}, t.lane), el("td", {}, el("code", {}, t.task_id), fileLink(t)), el("td", { class: "st-" + t.state }, t.state),
     el("td", {}, t.started_at && t.finished_at ? fmt.secs(t.finished_at - t.submitted_at) : "–"),
     // The message alone (the state has its own column), its code for machines and a hover.
     el("td", {}, t.error ? el("span", { title: t.error.code, dataset: { code: t.error.code } }, t.error.message) : ""),
