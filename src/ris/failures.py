@@ -45,8 +45,12 @@ FAILURE_STATUS = {
 # the lane as long and ends the same way; OpenAI's client sent a 504 three times; one that
 # passed in the queue is answered plainly: the backlog may be gone, api.errors.task_error).
 # Answered without Retry-After and with `x-should-retry: false`, which OpenAI's SDKs obey
-# (they retry any 5xx otherwise); RIS's SDK does not retry them either.
-NOT_TO_RETRY = frozenset({"worker_crashed", "worker_out_of_memory", "worker_timeout", "deadline_exceeded"})
+# (they retry any 5xx otherwise); RIS's SDK does not retry them either. A cancelled task too:
+# OpenAI's SDKs retry a 409, which ran an answer an operator (or the console) cancelled again,
+# twice, before its caller heard of the cancel.
+NOT_TO_RETRY = frozenset(
+    {"worker_crashed", "worker_out_of_memory", "worker_timeout", "deadline_exceeded", "cancelled"}
+)
 
 
 def failure_status(code: str) -> int:

@@ -505,7 +505,14 @@ async def test_cancel_a_queued_task_at_once_and_a_running_one_through_its_worker
 def test_failures_a_retry_repeats_say_so_and_passing_ones_say_when() -> None:
     """OpenAI's client retries any 5xx unless told not to: a 504 deadline_exceeded was sent
     three times, each holding the LLM lane until the deadline again."""
-    for code in ("deadline_exceeded", "worker_timeout", "worker_crashed", "worker_out_of_memory"):
+    # A cancel too: OpenAI's SDK retried the 409 and ran a cancelled answer twice more.
+    for code in (
+        "deadline_exceeded",
+        "worker_timeout",
+        "worker_crashed",
+        "worker_out_of_memory",
+        "cancelled",
+    ):
         refused = task_error(code, "x")
         assert refused.headers == {"x-should-retry": "false"}, code
     # A deadline that passed in the queue: a backlog, which a retry may find gone.

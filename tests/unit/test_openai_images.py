@@ -63,3 +63,14 @@ async def test_one_of_n_images_failing_answers_at_once_and_stops_the_others(tmp_
         r = await asyncio.wait_for(request, 5)
         assert r.status_code == 507 and r.json()["error"]["code"] == "gpu_out_of_memory", r.text
         assert sorted(img.cancels) == sorted(run.task_id for run in img.runs[1:])
+
+
+@run
+async def test_more_images_than_the_lane_ever_admits_is_a_400_not_a_429(tmp_path: Path) -> None:
+    """OpenAI's SDK waited out Retry-After and retried n=3 on a lane of 1 place and 1 slot."""
+    async with started_engine(tmp_path, image={**IMAGE_ON, "max_queue": 1}) as (eng, workers, _):
+        workers[Lane.IMAGE].ready()
+        r = await post(eng, {"prompt": "a cat", "n": 3, "size": "64x64"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "batch_too_large" and "at most 2" in r.json()["error"]["message"]
+        assert r.headers["x-should-retry"] == "false" and "retry-after" not in r.headers

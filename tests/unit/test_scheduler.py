@@ -765,3 +765,22 @@ def test_retry_after_is_when_the_soonest_running_task_ends_by_its_progress() -> 
     with pytest.raises(QueueFull) as exc:
         sched.submit(spec(lane=Lane.IMAGE))
     assert exc.value.retry_after_s == pytest.approx(58.0)
+
+
+def test_a_batch_larger_than_the_lane_ever_admits_says_so_not_to_retry() -> None:
+    """n=3 images on a lane of 1 queue place and 1 slot was a 429 with Retry-After: the SDK
+    waited and retried a request no wait could admit."""
+    sched, _ = make(max_queue=1, slots=1)
+    sched.require_room(Lane.IMAGE, 2)  # idle: a place and a slot
+    with pytest.raises(QueueFull) as exc:
+        sched.require_room(Lane.IMAGE, 3)
+    assert exc.value.most == 2
+    sched.submit(spec(lane=Lane.IMAGE))
+    sched.dispatch()
+    with pytest.raises(QueueFull) as exc:
+        sched.require_room(Lane.IMAGE, 2)  # busy now: a wait makes room
+    assert exc.value.most is None
+    sched.set_slots(Lane.IMAGE, 0)  # no worker up: its slots are not known, so no verdict
+    with pytest.raises(QueueFull) as exc:
+        sched.require_room(Lane.IMAGE, 3)
+    assert exc.value.most is None

@@ -99,6 +99,14 @@ def openai_error_body(e: APIError) -> dict[str, Any]:
 
 
 def queue_full(e: QueueFull) -> APIError:
+    if e.most is not None:
+        return APIError(
+            400,
+            "batch_too_large",
+            f"{e.wanted} tasks asked for together; the {e.lane} lane admits at most {e.most} at once "
+            "(its queue places and worker slots): ask for fewer",
+            headers=NO_RETRY,
+        )
     retry = str(max(1, math.ceil(e.retry_after_s)))
     return APIError(429, "queue_full", f"{e}; retry after {retry} s", headers={"Retry-After": retry})
 

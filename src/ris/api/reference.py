@@ -82,7 +82,8 @@ for (`synthesis_empty`: many symbols, digits of other scripts) and prompts over 
 context; 404 for unknown models (the message lists the configured ones), a configured model
 loaded on first use whose file is not on the machine (`model_not_found`, naming the path) and
 tasks; 429
-`queue_full` with `Retry-After`; 500 `synthesis_failed` / `backend_error` for an engine that
+`queue_full` with `Retry-After` (400 `batch_too_large` for n images at once that the lane never
+holds together, with `x-should-retry: false`); 500 `synthesis_failed` / `backend_error` for an engine that
 fails; 503 `lane_unavailable` / `worker_crashed` / `lane_pending` (a cluster has not placed the
 lane's worker; the message says what it asks for and what is free); 504 `deadline_exceeded` /
 `worker_timeout`; 507 `storage_full` (a durable task's record could not be written: nothing was
@@ -91,7 +92,8 @@ file the full disk could not take fails with it too, another write failure `resu
 500); 507 `gpu_out_of_memory`
 (the task, or its model's load, needed more than its
 lane's GPU budget or the card had: the message names the budget, and the lane serves on);
-409 for a cancelled task; 500 `internal_error` for a defect of the server's (the log has the
+409 for a cancelled task (with `x-should-retry: false`: OpenAI's SDKs retry a 409);
+500 `internal_error` for a defect of the server's (the log has the
 traceback). Speech is never a 200 without audio: the audio streams
 (`/v1/audio/speech`, `/api/chat/speak`) send their status with the first sound, so a failure
 before it is one of these errors; a failure after it breaks the body off (a truncated

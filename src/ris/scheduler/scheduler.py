@@ -109,6 +109,8 @@ class QueueFull(Exception):
         self.depth = depth
         self.retry_after_s = retry_after_s
         self.wanted = wanted
+        # Set where the batch is more than the lane ever admits at once: no retry helps.
+        self.most: int | None = None
 
 
 class CancelOutcome(enum.StrEnum):
@@ -293,7 +295,16 @@ class Scheduler:
         if count > room:
             book = self._book(lane)
             book.rejected += 1
-            raise QueueFull(lane, len(book.queue), self.retry_after(lane), wanted=count, room=room)
+            full = QueueFull(lane, len(book.queue), self.retry_after(lane), wanted=count, room=room)
+            # More than the lane holds even when idle (its whole queue and, its workers up,
+            # their slots): no wait makes room, and a retry after Retry-After met it again.
+            most = book.queue.capacity + (book.slots if self.ordering is Ordering.LANES else 0)
+            cap = self._client_queue_cap(book)
+            if cap is not None and client is not None:
+                most = min(most, cap + (book.slots if self.ordering is Ordering.LANES else 0))
+            if book.slots and count > most:
+                full.most = most
+            raise full
 
     def retry_after(self, lane: str) -> float:
         """Seconds until a queue place is likely to free up, at least one: the soonest end of
