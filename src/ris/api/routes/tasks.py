@@ -47,7 +47,7 @@ def public_result(view: TaskView[Any], signer: UrlSigner | None) -> dict[str, An
     where keys are configured: signed_urls)."""
     if view.result is None:
         return None
-    data = view.result.public_json()
+    data: dict[str, Any] = view.result.public_json()
     link = FILE_LINKS.get(view.lane)
     if link is None:
         return data
