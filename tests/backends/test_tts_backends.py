@@ -132,6 +132,13 @@ def test_piper_speed_scales_the_voices_own_pace(tmp_path_factory: pytest.TempPat
     slow = speak(piper, TTSRequest(text=text)).samples
     assert 1.5 < slow / own < 2.3, (own, slow)  # pauses and edges do not scale exactly
     assert 0.9 < speak(piper, TTSRequest(text=text, speed=2.0)).samples / own < 1.1
+    # Each speed as asked: the voice's length_scale / speed spoke 2 at 1.57x, 4 at 1.97x and
+    # 0.5 at 0.57x; the noise in Piper's durations (a few percent) aside.
+    piper._config.length_scale = 1.0  # type: ignore[attr-defined]
+    own = speak(piper, TTSRequest(text=text)).samples
+    for speed in (0.5, 1.25, 2.0, 4.0):
+        pace = own / speak(piper, TTSRequest(text=text, speed=speed)).samples
+        assert 0.93 * speed < pace < 1.07 * speed, (speed, pace)
 
 
 def test_piper_survives_long_runs_of_initials(tmp_path: Path) -> None:
