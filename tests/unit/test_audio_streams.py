@@ -518,3 +518,16 @@ async def test_a_spoken_answers_markdown_is_not_read_aloud(tmp_path: Path) -> No
         if line.startswith("data: ") and '"text"' in line
     ]
     assert texts[0] == "**Ingredients:** two eggs."
+
+
+@run
+async def test_a_spoken_answer_to_nothing_is_refused(tmp_path: Path) -> None:
+    """{"prompt": ""} was 200 and seconds of the model talking about nothing."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        workers[Lane.TTS].ready(models=(VOICE,))
+        for body in ({"prompt": ""}, {"prompt": "  \n"}, {}):
+            r = await post(eng, "/api/chat/speak", body)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", r.text
+            assert "prompt is empty" in r.json()["error"]["message"]
+        assert workers[Lane.LLM].runs == []

@@ -49,6 +49,15 @@ router = APIRouter(tags=["speak"])
 )
 async def chat_speak(request: Request) -> Any:
     body = await json_body(request, SpeakRequest)
+    if body.messages is None and not (body.prompt or "").strip():
+        # Spoken as it was: the model talking about nothing for seconds (/api/tts/synthesize
+        # and /v1/audio/speech refuse an empty text too).
+        raise APIError(
+            422,
+            "invalid_request",
+            "prompt is empty: give what to answer (prompt, or messages)",
+            param="prompt",
+        )
     engine = engine_of(request)
     llm_model = resolve_model(engine, Lane.LLM, body.model)
     req = seed_llm_request(engine.config.server, body, llm_context(engine, llm_model))
