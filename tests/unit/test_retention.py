@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ris.config import RetentionConfig
-from ris.runtime.retention import ORPHAN_GRACE_S, Retention
+from ris.runtime.retention import ORPHAN_GRACE_S, ORPHANS_FOLDER, Retention
 from ris.runtime.store import StoredTask, TaskStore
 
 NOW = time.time()
@@ -60,7 +60,7 @@ def test_over_the_size_limit_the_oldest_results_go_first(tmp_path: Path) -> None
     assert store.get("1" * 32) is None and store.get("3" * 32) is not None
 
 
-def test_files_no_task_names_go_after_a_grace_period_and_other_folders_are_left_alone(
+def test_files_no_task_names_are_set_aside_after_a_grace_period_and_other_folders_left_alone(
     tmp_path: Path,
 ) -> None:
     store = TaskStore(tmp_path / "tasks.db")
@@ -73,6 +73,25 @@ def test_files_no_task_names_go_after_a_grace_period_and_other_folders_are_left_
     assert report.orphans == 2
     assert not orphan.exists() and not half_written.with_name(half_written.name + ".tmp").exists()
     assert being_recorded.exists() and model_cache.exists()
+    aside = tmp_path / ORPHANS_FOLDER
+    assert sorted(p.name for p in aside.iterdir()) == [f"audio-{'e' * 32}.wav.tmp", f"images-{'d' * 32}.wav"]
+
+
+def test_a_store_restored_from_an_older_copy_loses_no_result_at_once(tmp_path: Path) -> None:
+    """tasks.db copied while the server ran (its newest records in the WAL), restored: every
+    picture and speech it did not list was deleted within a second of the start. They are set
+    aside, kept max_age_h from then, and only then deleted."""
+    store = TaskStore(tmp_path / "tasks.db")
+    newer = result_file(tmp_path, "a" * 32, 10, age_s=30 * HOUR, folder="images")  # older than max_age_h
+    sweeper = policy(tmp_path, store, max_age_h=24)
+    assert sweeper.sweep().orphans == 1 and not newer.exists()
+    aside = tmp_path / ORPHANS_FOLDER / f"images-{newer.name}"
+    assert aside.exists()  # not deleted for the age it had before
+    assert sweeper.sweep().orphans_deleted == 0 and aside.exists()
+    later = Retention(
+        store, tmp_path, ["audio", "images"], RetentionConfig(max_age_h=24), wall=lambda: NOW + 25 * HOUR
+    )
+    assert later.sweep().orphans_deleted == 1 and not aside.exists()
 
 
 def test_a_file_ris_did_not_name_is_never_deleted(tmp_path: Path) -> None:
@@ -85,4 +104,4 @@ def test_a_file_ris_did_not_name_is_never_deleted(tmp_path: Path) -> None:
     ]
     ours = result_file(tmp_path, "d" * 32, 10, age_s=2 * HOUR, folder="images")
     assert policy(tmp_path, store).sweep().orphans == 1
-    assert not ours.exists() and all(p.exists() for p in theirs)
+    assert not ours.exists() and all(p.exists() for p in theirs)  # ours set aside

@@ -3,8 +3,11 @@
 Policy (config.json `retention`): a task record older than `max_age_h` is deleted with its
 files; when the result folders hold more than `max_total_mb`, the oldest results go first
 until they fit; a file no task record names (a crash between writing it and recording its
-task, or a store deleted by hand) is deleted once it is `ORPHAN_GRACE_S` old. Only the lanes'
-result folders are swept, never the rest of data_dir.
+task, a store deleted by hand, or one restored from an older copy) is moved, once it is
+`ORPHAN_GRACE_S` old, to `data_dir/orphans/`, where it stays `max_age_h` before it is deleted:
+a store restored from a backup made while the server ran (its newest records still in the
+WAL file) had every newer picture and speech deleted within a second of the start. Only the
+lanes' result folders and `orphans/` are swept, never the rest of data_dir.
 
 Result files are named `<task id>.<ext>` (ris.runtime.files), which is how a file is matched
 to its record. A sweep reads the disk and the store and may run on a worker thread: the grace
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -28,6 +32,8 @@ log = logging.getLogger("ris.engine")  # the engine schedules the sweeps
 
 # A file with no record is left alone this long (its task may be being recorded right now).
 ORPHAN_GRACE_S = 60.0
+# Where such files are set aside (under data_dir), and kept retention.max_age_h from then.
+ORPHANS_FOLDER = "orphans"
 # What RIS names the files it writes: a task id (32 hex digits), then its extensions
 # (`<id>.wav`, `<id>.png.tmp`). Anything else in the folders is not RIS's, and is never
 # deleted: an operator's `holiday.jpg` in images/ went as an orphan.
@@ -38,10 +44,11 @@ RESULT_NAME = re.compile(r"^[0-9a-f]{32}\.")
 class SweepReport:
     expired: int = 0  # task records deleted for their age (with their files)
     evicted: int = 0  # results deleted to bring the folders under the size limit
-    orphans: int = 0  # files deleted because no task record names them
+    orphans: int = 0  # results set aside in orphans/ because no task record names them
     bytes_freed: int = 0
     bytes_kept: int = 0
     deleted: tuple[str, ...] = ()  # the task ids whose records went (expired and evicted)
+    orphans_deleted: int = 0  # set-aside files deleted, max_age_h after they were set aside
 
 
 @dataclass
@@ -64,6 +71,7 @@ class Retention:
     ) -> None:
         self.store = store
         self.folders = [Path(root) / f for f in folders]
+        self.orphans = Path(root) / ORPHANS_FOLDER
         self.policy = policy
         self._wall = wall
 
@@ -87,7 +95,8 @@ class Retention:
         known = self.store.known(list(results))
         orphans = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
         for task_id in orphans:
-            remove(task_id)
+            self._set_aside(results.pop(task_id), now)
+        old_orphans = self._sweep_orphans(now - self.policy.max_age_h * 3600)
 
         limit = self.policy.max_total_mb * 2**20
         total = sum(r.size for r in results.values())
@@ -99,7 +108,37 @@ class Retention:
             remove(task_id)
             evicted.append(task_id)
         self.store.delete(evicted)
-        return SweepReport(len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted))
+        return SweepReport(
+            len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted), old_orphans
+        )
+
+    def _set_aside(self, found: _Result, now: float) -> None:
+        """A result no record names, moved to orphans/ (its folder's name kept in front:
+        `images/<id>.png` as `orphans/images-<id>.png`), its time set to now: kept from then."""
+        self.orphans.mkdir(exist_ok=True)
+        for path in found.paths:
+            target = self.orphans / f"{path.parent.name}-{path.name}"
+            try:
+                path.replace(target)
+                os.utime(target, (now, now))
+            except FileNotFoundError:
+                continue
+
+    def _sweep_orphans(self, before: float) -> int:
+        """Delete the set-aside files older than `before`; how many."""
+        deleted = 0
+        try:
+            entries = list(self.orphans.iterdir())
+        except FileNotFoundError:
+            return 0
+        for path in entries:
+            try:
+                if path.is_file() and path.stat().st_mtime < before:
+                    path.unlink()
+                    deleted += 1
+            except FileNotFoundError:
+                continue
+        return deleted
 
     def _scan(self) -> dict[str, _Result]:
         """Result files by task id; temporary files of an interrupted write count as their
@@ -132,12 +171,21 @@ def log_sweep(done: asyncio.Future[SweepReport]) -> None:
         log.error("retention sweep failed: %r", done.exception())
         return
     r = done.result()
-    if r.expired or r.evicted or r.orphans:
+    if r.expired or r.evicted or r.orphans_deleted:
         log.info(
-            "retention: %d expired, %d over the size limit, %d orphan files; %.1f MiB freed, %.1f MiB kept",
+            "retention: %d expired, %d over the size limit, %d set-aside files past max_age_h; "
+            "%.1f MiB freed, %.1f MiB kept",
             r.expired,
             r.evicted,
-            r.orphans,
+            r.orphans_deleted,
             r.bytes_freed / 2**20,
             r.bytes_kept / 2**20,
+        )
+    if r.orphans:
+        log.warning(
+            "retention: %d results that no task record names set aside in %s/ (kept retention."
+            "max_age_h, then deleted): a crash between a result and its record, or a task store "
+            "restored from an older copy (docs/DEPLOYMENT_GUIDE.md, Backup)",
+            r.orphans,
+            ORPHANS_FOLDER,
         )
