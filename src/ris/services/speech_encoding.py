@@ -186,17 +186,22 @@ class SpeechEncoder:
         if self.passthrough or self._closed:
             return b""
         if self._pcm_rate is not None:
-            self._closed = True
-            return self._resampled(None)
+            rest = self._resampled(None)
+            self.close()
+            return rest
         self._push(None)
         self.close()
         return self._sink.take()
 
     def close(self) -> None:
-        """Release FFmpeg's state (the stream ended early: a client left). Idempotent."""
+        """Release FFmpeg's state (the stream ended early: a client left) now, its threads with
+        it: the resampler's filter graph holds 2-4, and a stream cut off by its client kept its
+        encoder, so those threads, until a garbage collection (81 threads in the API process in
+        a soak with disconnects). Idempotent."""
         if self._container is not None and not self._closed:
-            self._closed = True
             self._container.close()
+        self._closed = True
+        self._container = self._stream = self._resampler = None
 
     def _push(self, frame: av.AudioFrame | None) -> None:
         assert self._container is not None and self._stream is not None and self._resampler is not None
