@@ -189,3 +189,27 @@ def test_gpus_appear_with_memory_in_bytes_and_utilisation_as_a_ratio() -> None:
     assert busy.labels == {"gpu": "1", "name": "H100"} and busy.value == 0.55
     assert found["ris_gpu_memory_used_bytes"][1][0].value == 2048
     assert found["ris_gpu_memory_total_bytes"][1][0].value == 4096
+
+
+@run
+async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_path: Path) -> None:
+    """A 404 or 422 was in the access log only: an alert on bad requests had nothing to read."""
+    import httpx
+
+    from ris.api.app import create_app
+
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            assert (await client.get("/no/such/route")).status_code == 404
+            assert (await client.post("/api/llm/generate", json={"max_tokens": -1})).status_code == 422
+            assert (await client.get("/health")).status_code == 200
+            text = (await client.get("/metrics")).text
+    counted = {
+        (s.labels["listener"], s.labels["code"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ris_http_responses"
+        for s in family.samples
+    }
+    assert counted == {("main", "404"): 1, ("main", "422"): 1, ("main", "200"): 1}, counted

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
 from ris.api.keys import KeyChecker, key_principals
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
+from ris.api.response_counts import ResponseCounts
 from ris.api.routes import (
     console,
     docs,
@@ -256,6 +258,7 @@ def create_app(
         responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)},
     )
     app.state.engine = eng
+    app.state.responses = Counter()  # (listener, status code): HTTP answers, for /metrics
     _quiet_broken_streams()
     # The console's charts over the last 15 minutes, sampled while the server runs.
     app.state.charts = ChartHistory(time.time, ticker=time.monotonic)
@@ -315,6 +318,9 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
         sessions=None if getattr(app.state, OLLAMA_ONLY, False) else app.state.sessions,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it
+    # Outermost: every answer counted, the guards' refusals too (one counter for both ports).
+    listener = "ollama" if getattr(app.state, OLLAMA_ONLY, False) else "main"
+    app.add_middleware(ResponseCounts, counts=app.state.responses, listener=listener)
 
 
 def create_ollama_app(main: FastAPI) -> FastAPI:
@@ -331,6 +337,7 @@ def create_ollama_app(main: FastAPI) -> FastAPI:
     app.state.keys = main.state.keys
     app.state.url_signer = main.state.url_signer
     app.state.sessions = main.state.sessions
+    app.state.responses = main.state.responses
     setattr(app.state, OLLAMA_ONLY, True)
     _serve(app, engine.config, OLLAMA_ROUTERS)
     return app

@@ -71,6 +71,8 @@ class ServerFacts:
     # Each enabled lane's configured models: their task counters start at 0, so an alert on
     # their increase sees the first failure after a start (a series born at 2 has none).
     models: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # HTTP answers since the start by (listener, status code) (api.response_counts).
+    responses: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def prometheus_text(
@@ -123,7 +125,15 @@ def _server(facts: ServerFacts) -> list[Metric]:
     ):
         if value is not None:
             family.add_metric([], value)
-    return [rss, limit, free, held]
+    answers = CounterMetricFamily(
+        "ris_http_responses",
+        "HTTP answers by status code since the server started (refusals before any task included), "
+        "per listener: the main port, or the Ollama one",
+        labels=["listener", "code"],
+    )
+    for (listener, code), n in sorted(facts.responses.items()):
+        answers.add_metric([listener, code], n)
+    return [rss, limit, free, held, answers]
 
 
 def _lanes(snap: Snapshot) -> list[Metric]:

@@ -70,11 +70,12 @@ async def metrics(request: Request) -> PlainTextResponse:
     models = {lane: tuple(cfg.lane(lane).models) for lane in cfg.lanes if cfg.lane(lane).enabled}
     limit = cfg.server.memory_limit_mb * 2**20 or None
     held = engine.held_writes()
+    responses = dict(request.app.state.responses)  # a copy: the loop counts on meanwhile
 
     def text() -> bytes:
         # NVML, the data folder's statvfs and the text's encoding are blocking work: done off
         # the event loop, on the frozen snapshot taken here.
-        facts = ServerFacts(own_rss(), limit, _free_bytes(cfg.data_dir), held, models)
+        facts = ServerFacts(own_rss(), limit, _free_bytes(cfg.data_dir), held, models, responses)
         return prometheus_text(snapshot, gpu_devices(), facts)
 
     return PlainTextResponse(await asyncio.to_thread(text), media_type=CONTENT_TYPE)

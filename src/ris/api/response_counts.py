@@ -1,0 +1,31 @@
+"""HTTP answers counted by status code, for /metrics: a 400, 404 or 422 was in the access log
+only (the task counters see no request refused before it became a task), and an operator's
+alert on a client sending bad requests, or on 5xx answers, had nothing to read."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ResponseCounts:
+    """Counts each answer's status in `counts`, keyed (listener, status code): the main port's
+    as "main", the Ollama listener's as "ollama". Outermost, so refusals of the guards count."""
+
+    def __init__(self, app: ASGIApp, counts: Counter[tuple[str, str]], listener: str) -> None:
+        self.app = app
+        self.counts = counts
+        self.listener = listener
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.counts[(self.listener, str(message["status"]))] += 1
+            await send(message)
+
+        await self.app(scope, receive, counted)
