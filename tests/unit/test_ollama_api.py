@@ -647,3 +647,17 @@ async def test_a_model_loaded_for_the_request_is_its_load_duration(tmp_path: Pat
         r = await asyncio.wait_for(request, 5)
     said = r.json()
     assert said["load_duration"] == 750_000_000 and said["prompt_eval_duration"] == 250_000_000, said
+
+
+@run
+async def test_openais_speech_and_image_model_names_are_retrieved_where_their_routes_take_them(
+    tmp_path: Path,
+) -> None:
+    """retrieve("tts-1") was a 404 for a name /v1/audio/speech takes as the lane's default."""
+    async with started_engine(tmp_path) as (eng, _, _):  # the image lane is off here
+        tts = await call(eng, "GET", "/v1/models/tts-1", ollama_port=False)
+        assert tts.status_code == 200 and tts.json()["id"] == "tts-1" and tts.json()["owned_by"] == "ris:tts"
+        image = await call(eng, "GET", "/v1/models/dall-e-3", ollama_port=False)
+        assert image.status_code == 404 and image.json()["error"]["code"] == "model_not_found"
+        listener = await call(eng, "GET", "/v1/models/tts-1", ollama_port=True)
+        assert listener.status_code == 404  # Ollama's port lists its text models only

@@ -45,6 +45,7 @@ from ris.api.openai_tools import (
     response_constraint,
     tool_plan,
 )
+from ris.api.routes.openai_media import OPENAI_IMAGE_MODELS, OPENAI_SPEECH_MODELS
 from ris.api.streams import SSE_DONE, sse_data, texts
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM
@@ -93,6 +94,13 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     for m in models:
         if untagged != model_id and m["id"] == untagged and m["owned_by"] == f"ris:{Lane.LLM}":
             return {**m, "id": model_id}
+    # OpenAI's speech and image model names, which /v1/audio/speech and /v1/images/generations
+    # take for the lane's default: retrieve("tts-1") was a 404 for a name the route served.
+    engine = engine_of(request)
+    for lane, names in ((Lane.TTS, OPENAI_SPEECH_MODELS), (Lane.IMAGE, OPENAI_IMAGE_MODELS)):
+        cfg = engine.config.lane(lane)
+        if model_id in names and cfg.enabled and not getattr(request.app.state, OLLAMA_ONLY, False):
+            return {"id": model_id, "object": "model", "created": 0, "owned_by": f"ris:{lane}"}
     raise APIError(
         404,
         "model_not_found",
