@@ -68,7 +68,9 @@ def audio_response(path: Path, fmt: SpeechFormat, sample_rate: int, headers: dic
             "model": TTSSynthesizeResponse,
             "content": {m: {} for m in MEDIA_TYPES.values()},
             "description": "JSON, or the audio's bytes when Accept asks for audio (audio/mpeg, "
-            "audio/ogg, audio/aac, audio/flac, audio/wav, audio/pcm or audio/*) and not JSON",
+            "audio/ogg, audio/aac, audio/flac, audio/wav, audio/pcm or audio/*) and not JSON; "
+            "answered once the whole text is spoken (for sound as it is made: /v1/audio/speech, "
+            "or /api/chat/speak for an LLM's answer)",
         },
         406: {"description": "Accept names no audio type served, or not the one `format` asks for"},
     },
