@@ -17,7 +17,8 @@ from ris.lanes import Lane
 from ris.lanes.image import LANE as IMAGE
 from ris.lanes.image import ImageRequest
 from ris.runtime import data_lock
-from ris.runtime.engine import DATA_FOLDER_CHECK_S, DISK_ROOM_BYTES
+from ris.runtime.disk_room import DISK_ROOM_BYTES
+from ris.runtime.engine import DATA_FOLDER_CHECK_S
 
 from .fakes import IMAGE_ON, run, started_engine
 
@@ -135,7 +136,7 @@ async def test_queued_images_wait_while_the_data_disk_has_no_room_and_start_when
         image = workers[Lane.IMAGE]
         image.ready()
         free: list[int | None] = [DISK_ROOM_BYTES - 1]
-        eng.disk_free = lambda _folder: free[0]
+        eng.disk_room.read = lambda _folder: free[0]
 
         async def look() -> None:  # a supervision pass after the check's interval, and its thread
             clock.advance(DATA_FOLDER_CHECK_S + 1)
@@ -145,7 +146,7 @@ async def test_queued_images_wait_while_the_data_disk_has_no_room_and_start_when
                 await asyncio.sleep(0.01)
 
         await look()
-        assert eng.disk_short
+        assert eng.disk_room.short
         picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))  # accepted: it waits
         eng.check()
         view = eng.lookup(picture.task_id)
@@ -159,4 +160,26 @@ async def test_queued_images_wait_while_the_data_disk_has_no_room_and_start_when
         assert lanes[Lane.IMAGE].stats.held == "disk_space"  # in /api/stats
         free[0] = None  # cannot tell: not a reason to hold anything
         await look()
-        assert not eng.disk_short and [t.task_id for t in image.runs] == [picture.task_id]
+        assert not eng.disk_room.short and [t.task_id for t in image.runs] == [picture.task_id]
+
+
+@run
+async def test_a_disk_that_does_not_answer_holds_one_thread_not_one_per_pass(tmp_path: Path) -> None:
+    import threading
+
+    from ris.runtime.disk_room import DiskRoom
+
+    stuck, calls = threading.Event(), []
+
+    def read(_folder: Path) -> int | None:
+        calls.append(1)
+        stuck.wait(5)
+        return None
+
+    room = DiskRoom(tmp_path, ["image"], lambda _lane, _why: None, lambda: None, read)
+    for _ in range(5):  # supervision passes while the mount hangs
+        room.check()
+        await asyncio.sleep(0.01)
+    stuck.set()
+    await room.wait()
+    assert len(calls) == 1

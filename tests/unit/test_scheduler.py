@@ -745,12 +745,27 @@ def test_a_held_lane_starts_nothing_and_keeps_its_queue_until_let_go(ordering: O
         "disk_space",
         1,
     )
-    if ordering is Ordering.LANES:  # other lanes go on (FIFO's one queue waits behind its head)
-        sched.submit(spec(lane=Lane.LLM))
-        assert [t.id for t in sched.dispatch()] == ["t1"]
+    sched.submit(spec(lane=Lane.LLM))  # other lanes go on, FIFO's too: a held head blocks none
+    assert [t.id for t in sched.dispatch()] == ["t1"]
     sched.hold(Lane.IMAGE, None)
     assert [t.id for t in sched.dispatch()] == ["t0"]
     assert sched.stats(Lane.IMAGE).held is None
+
+
+def test_a_held_lane_admits_no_more_than_its_queue_holds() -> None:
+    """Its free slots admitted every submission past max_queue: 50 of 50 queued, each a
+    record on the nearly full disk the hold was for."""
+    sched, _ = make(max_queue=2, slots=1)
+    sched.hold(Lane.IMAGE, "disk_space")
+    sched.submit(spec(lane=Lane.IMAGE))
+    sched.submit(spec(lane=Lane.IMAGE))
+    with pytest.raises(QueueFull) as exc:
+        sched.submit(spec(lane=Lane.IMAGE))
+    assert exc.value.retry_after_s == pytest.approx(5.0)
+    assert sched.room(Lane.IMAGE) == 0
+    with pytest.raises(QueueFull) as exc:
+        sched.require_room(Lane.IMAGE, 3)
+    assert exc.value.most is None  # waiting for room is what helps: a 429, not a 400
 
 
 def test_retry_after_is_when_the_soonest_running_task_ends_by_its_progress() -> None:

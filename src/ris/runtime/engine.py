@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import errno
 import logging
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from ris.lanes.base import LaneKind, LaneResult, Seen, Timings
 from ris.machine import MachineInfo
 from ris.memory.residency import expiry
 from ris.runtime import data_lock
+from ris.runtime.disk_room import DiskRoom
 from ris.runtime.durable import DurableTasks
 from ris.runtime.files import ResultFiles
 from ris.runtime.metrics import WorkMeter
@@ -58,21 +58,8 @@ MONITOR_INTERVAL_S = 0.25
 # A supervision pass this much later than due: the server, not its workers, stood still.
 SERVER_STALL_S = 1.0
 # How often the engine checks its data folder is still the one it locked (two stats), and
-# the room left on its disk.
+# the room left on its disk (ris.runtime.disk_room).
 DATA_FOLDER_CHECK_S = 5.0
-# Free space below which a durable lane's queued tasks wait rather than start: an image whose
-# picture could not be written ran all its steps first, then failed storage_full, one after
-# another down the queue. Room for a few of the largest pictures and the store's journal.
-DISK_ROOM_BYTES = 64 * 2**20
-
-
-def disk_free(folder: Path) -> int | None:
-    """Free bytes for this user on the file system holding `folder` (None: cannot tell)."""
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
-
 
 Req = TypeVar("Req", bound=m.LaneRequest)
 Res = TypeVar("Res", bound=LaneResult)
@@ -165,10 +152,13 @@ class Engine:
         self._next_folder_check = 0.0
         self._folder_check: asyncio.Future[bool] | None = None
         self.folder_lost = False
-        # The data folder's free bytes, read with its lock check (a test sets its own).
-        self.disk_free: Callable[[Path], int | None] = disk_free
-        self._disk_check: asyncio.Future[int | None] | None = None
-        self.disk_short = False  # under DISK_ROOM_BYTES free: durable lanes start nothing
+        # Room on the data folder's disk for durable results, read with its lock check.
+        self.disk_room = DiskRoom(
+            Path(config.data_dir),
+            [lane for lane in config.enabled_lanes if self.kinds[lane].durable],
+            self._scheduler.hold,
+            self._dispatch,
+        )
         # What happens once the data folder is gone from under the engine (deleted, moved):
         # `ris serve` stops, exit status 1; an embedder decides (the engine says so in the log
         # and sweeps no more).
@@ -192,6 +182,7 @@ class Engine:
         self._holds_data = True
         self._stopping = self._stop_signalled = False
         self.folder_lost, self._next_folder_check = False, 0.0
+        self.disk_room.closed = False
         try:
             await self._start(data)
         except BaseException:
@@ -288,9 +279,10 @@ class Engine:
             self._monitor.cancel()
         if self._sweep is not None:
             await asyncio.wait([self._sweep])  # it uses the store closed below
-        for check in (self._folder_check, self._disk_check):
-            if check is not None:
-                await asyncio.wait([check])
+        if self._folder_check is not None:
+            await asyncio.wait([self._folder_check])
+        self.disk_room.closed = True
+        await self.disk_room.wait()
         # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
         for task_id, handle in list(self._handles.items()):
             if not self.kinds[handle.lane].durable:
@@ -506,6 +498,8 @@ class Engine:
                 self._scheduler.require_room(kind.name, len(requests), client)
             except QueueFull as e:
                 e.retry_after_s += self._start_left(kind.name)
+                if not all(r.ready for r in self._replicas[kind.name]):
+                    e.most = None  # a replica still starting may bring the slots it lacks
                 raise
         handles: list[TaskHandle[Res]] = []
         try:
@@ -940,35 +934,7 @@ class Engine:
         folder = Path(self.config.data_dir)
         self._folder_check = asyncio.ensure_future(asyncio.to_thread(data_lock.still_held, folder))
         self._folder_check.add_done_callback(self._folder_checked)
-        if any(self.kinds[lane].durable for lane in self._replicas):
-            self._disk_check = asyncio.ensure_future(asyncio.to_thread(self.disk_free, folder))
-            self._disk_check.add_done_callback(self._disk_checked)
-
-    def _disk_checked(self, done: asyncio.Future[int | None]) -> None:
-        """A durable lane's queue waits while its results have no room (waiting_for
-        "disk_space" in its tasks, `held` in the lane's stats), and goes on when there is."""
-        if done.cancelled() or done.exception() is not None or self._stopping:
-            return
-        free = done.result()
-        short = free is not None and free < DISK_ROOM_BYTES
-        if short == self.disk_short:
-            return
-        self.disk_short = short
-        durable = [lane for lane in self._replicas if self.kinds[lane].durable]
-        for lane in durable:
-            self._scheduler.hold(lane, "disk_space" if short else None)
-        if short:
-            log.error(
-                "the data folder's disk has %.1f MiB free (under %d): %s tasks wait, queued, until "
-                "it has room for their results (free some space in %s)",
-                (free or 0) / 2**20,
-                DISK_ROOM_BYTES // 2**20,
-                " and ".join(durable),
-                self.config.data_dir,
-            )
-        else:
-            log.warning("the data folder's disk has room again: %s tasks start", " and ".join(durable))
-            self._dispatch()
+        self.disk_room.check()
 
     def _folder_checked(self, done: asyncio.Future[bool]) -> None:
         if done.cancelled() or done.exception() is not None or done.result() or self.folder_lost:

@@ -78,6 +78,11 @@ class Ordering(enum.StrEnum):
     FIFO = "fifo"  # one arrival-order queue across lanes, head-of-line blocking
 
 
+# Retry-After for a held lane's full queue (Scheduler.hold): about when the engine looks again
+# (its data folder check, every 5 s).
+HELD_RETRY_S = 5.0
+
+
 class QueueFull(Exception):
     """The lane's queue is at its bound, or has no room for a whole batch (`wanted` tasks, of
     which `room` would fit); the caller should retry after `retry_after_s`."""
@@ -233,7 +238,14 @@ class Scheduler:
         # share, slots can be free beside a full queue: a task that would start at once on one
         # (not costly) is admitted past the bound, not refused.
         # (Per-lane ordering only: under FIFO the oldest task of any lane blocks the rest.)
-        starts_now = self.ordering is Ordering.LANES and not spec.costly and len(book.running) < book.slots
+        # A held lane starts nothing: its free slots admit nothing past the bound (a lane held
+        # for disk space took every submission, each a record on the nearly full disk).
+        starts_now = (
+            self.ordering is Ordering.LANES
+            and not spec.costly
+            and book.held is None
+            and len(book.running) < book.slots
+        )
         if book.queue.full and not force and not starts_now:
             if not retry:
                 book.rejected += 1
@@ -283,7 +295,7 @@ class Scheduler:
         cap = self._client_queue_cap(book)
         if cap is not None and client is not None:
             places = min(places, max(0, cap - book.queue.queued_of(client)))
-        if places == 0 or self.ordering is Ordering.FIFO:
+        if places == 0 or self.ordering is Ordering.FIFO or book.held is not None:
             return places
         return places + max(0, book.slots - len(book.running))
 
@@ -294,7 +306,6 @@ class Scheduler:
         room = self.room(lane, client)
         if count > room:
             book = self._book(lane)
-            book.rejected += 1
             full = QueueFull(lane, len(book.queue), self.retry_after(lane), wanted=count, room=room)
             # More than the lane holds even when idle (its whole queue and, its workers up,
             # their slots): no wait makes room, and a retry after Retry-After met it again.
@@ -302,8 +313,10 @@ class Scheduler:
             cap = self._client_queue_cap(book)
             if cap is not None and client is not None:
                 most = min(most, cap + (book.slots if self.ordering is Ordering.LANES else 0))
-            if book.slots and count > most:
-                full.most = most
+            if book.slots and book.held is None and count > most:
+                full.most = most  # a 400, not one of the lane's 429s
+            else:
+                book.rejected += 1
             raise full
 
     def retry_after(self, lane: str) -> float:
@@ -313,6 +326,8 @@ class Scheduler:
         model (a switch: no progress yet) has the whole load and its run ahead. Nothing
         running (no worker up yet): a mean run per slot."""
         book = self._book(lane)
+        if book.held is not None:
+            return HELD_RETRY_S  # no end frees a place while the lane starts nothing
         ends = []
         for t in book.running.values():
             left = self.eta(t.id) or 0.0
@@ -403,11 +418,16 @@ class Scheduler:
         # until then everything behind it waits too (head-of-line blocking).
         started: list[Task] = []
         while True:
-            heads = [(t.seq, b, t) for b in self._lanes.values() if (t := b.queue.peek()) is not None]
+            # A held lane's head blocks no other lane (its own queue waits).
+            heads = [
+                (t.seq, b, t)
+                for b in self._lanes.values()
+                if b.held is None and (t := b.queue.peek()) is not None
+            ]
             if not heads:
                 return started
             _, book, task = min(heads, key=lambda h: h[0])
-            if book.held is not None or len(book.running) >= book.slots:
+            if len(book.running) >= book.slots:
                 return started
             book.queue.pop()
             self._start(book, task, now)
