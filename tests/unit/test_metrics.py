@@ -200,8 +200,15 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
 
     async with started_engine(tmp_path) as (eng, workers, _):
         workers[Lane.LLM].ready()
-        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        app = create_app(eng.config, eng)
+
+        async def defect() -> None:
+            raise RuntimeError("a defect of the server's")
+
+        app.add_api_route("/defect", defect)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            assert (await client.get("/defect")).status_code == 500  # sent outside the counter
             assert (await client.get("/no/such/route")).status_code == 404
             assert (await client.post("/api/llm/generate", json={"max_tokens": -1})).status_code == 422
             assert (await client.get("/health")).status_code == 200
@@ -212,4 +219,6 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
         if family.name == "ris_http_responses"
         for s in family.samples
     }
-    assert counted == {("main", "404"): 1, ("main", "422"): 1, ("main", "200"): 1}, counted
+    assert counted == {("main", "500"): 1, ("main", "404"): 1, ("main", "422"): 1, ("main", "200"): 1}, (
+        counted
+    )

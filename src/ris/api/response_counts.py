@@ -23,9 +23,20 @@ class ResponseCounts:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def counted(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.counts[(self.listener, str(message["status"]))] += 1
             await send(message)
 
-        await self.app(scope, receive, counted)
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            # A defect's 500 is sent by Starlette's error middleware, outside this one: counted
+            # here, where the exception passes on its way there.
+            if not started:
+                self.counts[(self.listener, "500")] += 1
+            raise
