@@ -73,8 +73,11 @@ def test_files_no_task_names_are_set_aside_after_a_grace_period_and_other_folder
     assert report.orphans == 2
     assert not orphan.exists() and not half_written.with_name(half_written.name + ".tmp").exists()
     assert being_recorded.exists() and model_cache.exists()
-    aside = tmp_path / ORPHANS_FOLDER
-    assert sorted(p.name for p in aside.iterdir()) == [f"audio-{'e' * 32}.wav.tmp", f"images-{'d' * 32}.wav"]
+    # Set aside in their folder's orphaned/; a half-written one deleted, not kept.
+    assert [p.name for p in (tmp_path / "images" / ORPHANS_FOLDER).iterdir()] == [orphan.name]
+    assert not (tmp_path / "audio" / ORPHANS_FOLDER).exists() or not any(
+        (tmp_path / "audio" / ORPHANS_FOLDER).iterdir()
+    )
 
 
 def test_a_store_restored_from_an_older_copy_loses_no_result_at_once(tmp_path: Path) -> None:
@@ -85,7 +88,7 @@ def test_a_store_restored_from_an_older_copy_loses_no_result_at_once(tmp_path: P
     newer = result_file(tmp_path, "a" * 32, 10, age_s=30 * HOUR, folder="images")  # older than max_age_h
     sweeper = policy(tmp_path, store, max_age_h=24)
     assert sweeper.sweep().orphans == 1 and not newer.exists()
-    aside = tmp_path / ORPHANS_FOLDER / f"images-{newer.name}"
+    aside = tmp_path / "images" / ORPHANS_FOLDER / newer.name
     assert aside.exists()  # not deleted for the age it had before
     assert sweeper.sweep().orphans_deleted == 0 and aside.exists()
     later = Retention(
@@ -105,3 +108,20 @@ def test_a_file_ris_did_not_name_is_never_deleted(tmp_path: Path) -> None:
     ours = result_file(tmp_path, "d" * 32, 10, age_s=2 * HOUR, folder="images")
     assert policy(tmp_path, store).sweep().orphans == 1
     assert not ours.exists() and all(p.exists() for p in theirs)  # ours set aside
+
+
+def test_set_aside_files_go_first_when_the_folders_are_over_their_size(tmp_path: Path) -> None:
+    """They counted toward no limit and stayed max_age_h: a full disk (the reason images wait
+    for room) could not be relieved by the size limit."""
+    store = TaskStore(tmp_path / "tasks.db")
+    mib = 2**20
+    record(store, "1" * 32, finished_h_ago=1)
+    kept = result_file(tmp_path, "1" * 32, int(0.6 * mib), age_s=HOUR)
+    stray = result_file(tmp_path, "2" * 32, int(0.6 * mib), age_s=2 * HOUR)
+    assert policy(tmp_path, store).sweep().orphans == 1  # set aside: no limit reached
+    theirs = tmp_path / "audio" / ORPHANS_FOLDER / "notes.txt"
+    theirs.write_text("an operator's")
+    report = policy(tmp_path, store, max_total_mb=1).sweep()
+    assert (report.orphans_deleted, report.evicted) == (1, 0)
+    assert kept.exists() and not (tmp_path / "audio" / ORPHANS_FOLDER / stray.name).exists()
+    assert theirs.exists()  # only files named as RIS names them

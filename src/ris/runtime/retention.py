@@ -4,10 +4,12 @@ Policy (config.json `retention`): a task record older than `max_age_h` is delete
 files; when the result folders hold more than `max_total_mb`, the oldest results go first
 until they fit; a file no task record names (a crash between writing it and recording its
 task, a store deleted by hand, or one restored from an older copy) is moved, once it is
-`ORPHAN_GRACE_S` old, to `data_dir/orphans/`, where it stays `max_age_h` before it is deleted:
-a store restored from a backup made while the server ran (its newest records still in the
-WAL file) had every newer picture and speech deleted within a second of the start. Only the
-lanes' result folders and `orphans/` are swept, never the rest of data_dir.
+`ORPHAN_GRACE_S` old, to its folder's `orphaned/` (`images/orphaned/<id>.png`), where it stays
+`max_age_h` before it is deleted, and goes first when the folders are over `max_total_mb`: a
+store restored from a backup made while the server ran (its newest records still in the WAL
+file) had every newer picture and speech deleted within a second of the start. A half-written
+file (`<id>.png.tmp`) is deleted, not kept. Only the lanes' result folders are swept, and in
+them only files named as RIS names its results, never the rest of data_dir.
 
 Result files are named `<task id>.<ext>` (ris.runtime.files), which is how a file is matched
 to its record. A sweep reads the disk and the store and may run on a worker thread: the grace
@@ -32,8 +34,9 @@ log = logging.getLogger("ris.engine")  # the engine schedules the sweeps
 
 # A file with no record is left alone this long (its task may be being recorded right now).
 ORPHAN_GRACE_S = 60.0
-# Where such files are set aside (under data_dir), and kept retention.max_age_h from then.
-ORPHANS_FOLDER = "orphans"
+# Where such files are set aside (in their own folder: a move, never a copy across disks),
+# and kept retention.max_age_h from then.
+ORPHANS_FOLDER = "orphaned"
 # What RIS names the files it writes: a task id (32 hex digits), then its extensions
 # (`<id>.wav`, `<id>.png.tmp`). Anything else in the folders is not RIS's, and is never
 # deleted: an operator's `holiday.jpg` in images/ went as an orphan.
@@ -71,7 +74,6 @@ class Retention:
     ) -> None:
         self.store = store
         self.folders = [Path(root) / f for f in folders]
-        self.orphans = Path(root) / ORPHANS_FOLDER
         self.policy = policy
         self._wall = wall
 
@@ -95,11 +97,24 @@ class Retention:
         known = self.store.known(list(results))
         orphans = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
         for task_id in orphans:
-            self._set_aside(results.pop(task_id), now)
-        old_orphans = self._sweep_orphans(now - self.policy.max_age_h * 3600)
-
+            freed += self._set_aside(results.pop(task_id), now)
+        # Set-aside files past max_age_h go; over the size limit, the rest go first (oldest
+        # first), before any result.
+        kept_until = now - self.policy.max_age_h * 3600
+        aside = sorted(self._aside(), key=lambda a: a[2])
+        gone = [a for a in aside if a[2] < kept_until]
+        staying = [a for a in aside if a[2] >= kept_until]
         limit = self.policy.max_total_mb * 2**20
-        total = sum(r.size for r in results.values())
+        total = sum(r.size for r in results.values()) + sum(size for _, size, _ in staying)
+        while staying and total > limit:
+            gone.append(staying.pop(0))
+            total -= gone[-1][1]
+        for path, size, _ in gone:
+            try:
+                path.unlink()
+                freed += size
+            except OSError:  # gone already, or not ours to delete now: the next sweep
+                continue
         evicted: list[str] = []
         for task_id in sorted(results, key=lambda i: results[i].newest):  # oldest first
             if total <= limit:
@@ -109,36 +124,45 @@ class Retention:
             evicted.append(task_id)
         self.store.delete(evicted)
         return SweepReport(
-            len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted), old_orphans
+            len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted), len(gone)
         )
 
-    def _set_aside(self, found: _Result, now: float) -> None:
-        """A result no record names, moved to orphans/ (its folder's name kept in front:
-        `images/<id>.png` as `orphans/images-<id>.png`), its time set to now: kept from then."""
-        self.orphans.mkdir(exist_ok=True)
+    @staticmethod
+    def _set_aside(found: _Result, now: float) -> int:
+        """A result no record names, moved to its folder's orphaned/ with its time set to now
+        (kept from then); a half-written one deleted. The bytes deleted. A file that cannot be
+        moved now (no rights; on Windows, open in a stream) is left for the next sweep."""
+        freed = 0
         for path in found.paths:
-            target = self.orphans / f"{path.parent.name}-{path.name}"
             try:
+                if path.name.endswith(".tmp"):
+                    freed += path.stat().st_size
+                    path.unlink()
+                    continue
+                target = path.parent / ORPHANS_FOLDER / path.name
+                target.parent.mkdir(exist_ok=True)
                 path.replace(target)
                 os.utime(target, (now, now))
-            except FileNotFoundError:
+            except OSError:
                 continue
+        return freed
 
-    def _sweep_orphans(self, before: float) -> int:
-        """Delete the set-aside files older than `before`; how many."""
-        deleted = 0
-        try:
-            entries = list(self.orphans.iterdir())
-        except FileNotFoundError:
-            return 0
-        for path in entries:
+    def _aside(self) -> list[tuple[Path, int, float]]:
+        """The set-aside files (as RIS names results): path, size, when set aside."""
+        out = []
+        for folder in self.folders:
             try:
-                if path.is_file() and path.stat().st_mtime < before:
-                    path.unlink()
-                    deleted += 1
-            except FileNotFoundError:
+                entries = list((folder / ORPHANS_FOLDER).iterdir())
+            except OSError:
                 continue
-        return deleted
+            for path in entries:
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                if path.is_file() and RESULT_NAME.match(path.name):
+                    out.append((path, st.st_size, st.st_mtime))
+        return out
 
     def _scan(self) -> dict[str, _Result]:
         """Result files by task id; temporary files of an interrupted write count as their
@@ -183,9 +207,9 @@ def log_sweep(done: asyncio.Future[SweepReport]) -> None:
         )
     if r.orphans:
         log.warning(
-            "retention: %d results that no task record names set aside in %s/ (kept retention."
-            "max_age_h, then deleted): a crash between a result and its record, or a task store "
-            "restored from an older copy (docs/DEPLOYMENT_GUIDE.md, Backup)",
+            "retention: %d results that no task record names set aside in their folder's %s/ "
+            "(kept retention.max_age_h, then deleted): a crash between a result and its record, "
+            "or a task store restored from an older copy (docs/DEPLOYMENT_GUIDE.md, Backup)",
             r.orphans,
             ORPHANS_FOLDER,
         )
