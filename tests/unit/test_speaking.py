@@ -19,7 +19,7 @@ from ris.lanes.tts import TTSOutcome, TTSRequest
 from ris.lanes.tts_audio import AudioChunk
 from ris.runtime.engine import Engine
 from ris.runtime.views import TaskHandle
-from ris.services.speaking import SpeakingPipeline, unmarked
+from ris.services.speaking import SENTENCES_AHEAD, SpeakingPipeline, unmarked
 
 from .fakes import FakeWorker, run, settle, started_engine
 
@@ -196,3 +196,23 @@ def test_markdown_marks_are_left_out_of_what_is_spoken(written: str, spoken: str
 )
 def test_emoji_and_tags_an_llm_writes_are_not_read_aloud(written: str, spoken: str) -> None:
     assert unmarked(written) == spoken
+
+
+@run
+async def test_no_more_than_four_sentences_go_to_speech_ahead_of_the_one_heard(tmp_path: Path) -> None:
+    """Each sentence's audio waits in memory (up to 1 MiB) until heard: a listener who stopped
+    reading held every sentence of the answer."""
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready(slots=8)
+        answer, events, listener = speak(eng, voice="en-US")
+        llm.deliver(
+            m.TaskOutput(answer.task_id, TextDelta("".join(f"Sentence number {i}. " for i in range(10))))
+        )
+        await settle()
+        assert len(tts.runs) == SENTENCES_AHEAD == 4
+        first = tts.runs[0]
+        tts.deliver(m.TaskOutput(first.task_id, AudioChunk(b"\x01\x00" * 10, 16000)))
+        tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 10, "en-US")))
+        await settle()
+        assert len(tts.runs) == 5  # the first heard: one more goes
+        listener.cancel()

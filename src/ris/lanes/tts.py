@@ -2,9 +2,9 @@
 
 Speech models are small and the server routes requests by the voices they speak, so the worker
 loads every configured model at start. Audio streams back as 16-bit mono PCM chunks; the
-server writes each to the task's WAV file as it arrives (AudioFile), and streams read it back
-from there at their own pace: a client that reads slowly, or not at all, holds no audio in
-the server's memory.
+server keeps each as it arrives (AudioFile: in memory up to 1 MiB a task, then in the task's
+WAV file), and streams read it back at their own pace: a client that reads slowly, or not at
+all, holds at most that much of its audio in the server's memory.
 """
 
 from __future__ import annotations

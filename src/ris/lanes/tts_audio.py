@@ -19,8 +19,9 @@ from ris.lanes.base import Coalesces
 
 # A task's audio held in memory before it goes to its file: 1 MiB is 24 s of 22.05 kHz speech
 # (a spoken sentence is a few seconds). Bounds what a client that stops reading holds in the
-# server; below it, streamed speech needs no disk (a full one included) and no file write on
-# the event loop for each chunk.
+# server; below it, streamed speech needs no disk (a full one included) and no file write for
+# each chunk (the spill writes what was held at once, on the event loop, as the chunks' writes
+# were: a megabyte to the page cache).
 SPILL_BYTES = 1 << 20
 
 

@@ -15,7 +15,8 @@ AUDIO_PIECE_BYTES = 64 * 1024
 class AudioStream:
     """A TTS task's PCM as it is made, read back from the task's WAV file where the server
     wrote it (ris.lanes.tts_audio.AudioFile), in pieces of at most AUDIO_PIECE_BYTES, at the pace of
-    whoever reads: unread audio stays on disk, not in memory."""
+    whoever reads: unread audio stays where the server keeps it (in memory up to 1 MiB a task,
+    beyond that on disk), not in the stream."""
 
     def __init__(self, handle: TaskHandle[Any]) -> None:
         self.handle = handle

@@ -62,6 +62,11 @@ def unmarked(text: str) -> str:
 
 
 OUT_PENDING = 8  # events (an audio piece is at most 64 KiB) ready for a listener, at most
+# Sentences sent to TTS ahead of the one the listener is hearing, at most: each one's audio is
+# held in memory up to 1 MiB (ris.lanes.tts_audio.SPILL_BYTES; a sentence of 150 characters
+# is about 10 s, 450 KB at 22.05 kHz), so a listener that stops reading holds about 2 MB; as
+# many as the TTS lane speaks at once (its `parallel`, 4), so a listener who reads waits for none.
+SENTENCES_AHEAD = 4
 
 
 # What the speech lane answers for a text it has no sound for (ris.lanes.tts).
@@ -103,10 +108,11 @@ class SpeakingPipeline:
         self.home = home if home in self.models else tts_model
         self.speed = speed
         self.queue_wait_s = queue_wait_s
-        # Bounded: for a listener that stops reading, the parts wait here and the audio stays
-        # on disk (ris.services.audio) instead of piling up in memory.
+        # Bounded: for a listener that stops reading, the parts wait here, and at most
+        # SENTENCES_AHEAD sentences' audio waits in the server (ris.services.audio).
         self._out: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=OUT_PENDING)
         self._sentences: asyncio.Queue[TaskHandle[TTSResult] | None] = asyncio.Queue()
+        self._ahead = asyncio.Semaphore(SENTENCES_AHEAD)
         self.tts: list[TaskHandle[TTSResult]] = []
 
     async def run(self) -> AsyncGenerator[tuple[str, dict[str, Any]]]:
@@ -195,6 +201,7 @@ class SpeakingPipeline:
             said = unmarked(text)
             if not speakable(said):  # the TTS lane would refuse it; the answer goes on
                 return True
+            await self._ahead.acquire()  # given back once the listener has had its audio
             handle = await self._submit_sentence(said)
             if handle is None:
                 return False
@@ -231,6 +238,7 @@ class SpeakingPipeline:
             while (pcm := await audio.next()) is not None:
                 await self._out.put(("audio", {"index": index, "pcm": pcm}))
             view = await handle.done
+            self._ahead.release()
             index += 1
             if view.error_code == SILENT:
                 # A piece the voice has no sound for (an emoji, a symbol, digits of another
