@@ -192,6 +192,9 @@ def test_markdown_marks_are_left_out_of_what_is_spoken(written: str, spoken: str
         ("One<br>two.", "One two."),
         ("If a < b and c > d.", "If a < b and c > d."),  # comparisons are no tags
         ("20°C, ©2024.", "20°C, ©2024."),  # symbols a voice reads well stay
+        ("Family 👨\u200d👩\u200d👧 time.", "Family time."),  # a joined emoji, joiners and all
+        ("ශ්\u200dරී Lanka.", "ශ්\u200dරී Lanka."),  # a joiner Sinhala spells with stays
+        ("Vec<String> holds text.", "Vec<String> holds text."),  # code, not a tag
     ],
 )
 def test_emoji_and_tags_an_llm_writes_are_not_read_aloud(written: str, spoken: str) -> None:

@@ -45,10 +45,20 @@ _LINE_MARKS = re.compile(r"^[ \t]*(?:[-*+][ \t]+|#{1,6}[ \t]+|>[ \t]+(?=\D))", r
 
 
 # Also not read: emoji (a voice names them, "party popper" six times for "🎉" six times;
-# their joiners, variation selectors and skin tones with them) and HTML or SSML tags an LLM
-# writes ("<br>", "<speak>": "speak hello break time equals one s"), which no engine here reads.
-_EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\ufe0e\ufe0f\u200d\u20e3]+")
-_TAG = re.compile(r"</?[A-Za-z][\w:-]*(?:\s[^<>]*)?/?>")
+# with their variation selectors, skin tones and the joiners between them, but not a joiner
+# elsewhere: Sinhala and Devanagari spell with it) and the HTML or SSML tags an LLM writes
+# ("<br>", "<speak>": "speak hello break time equals one s"), which no engine here reads: known
+# tag names only ("Vec<String>" is code, read as written).
+_EMOJI = re.compile(
+    "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff]"
+    "(?:[\ufe0e\ufe0f\u20e3]|\u200d[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff])*"
+    "|[\ufe0f\u20e3]"
+)
+_TAG_NAMES = (
+    "speak|break|emphasis|prosody|say-as|voice|phoneme|sub|mark|audio|lang|p|s|w|br|hr|b|i|u|em|"
+    "strong|small|sup|span|div|a|code|pre|ul|ol|li|h[1-6]|table|tr|td|th|img|think"
+)
+_TAG = re.compile(rf"</?(?:{_TAG_NAMES})(?:\s[^<>]*)?/?>", re.IGNORECASE)
 
 
 def unmarked(text: str) -> str:
