@@ -11,10 +11,13 @@ async function loadModels() {
   // /ready lists the enabled lanes: a disabled one's form says so and sends nothing (its
   // models were offered, and every request refused).
   const on = (lane) => lane in (ready.lanes || {});
+  // Only ever turned off here: a button busy with a request (Generate following a picture)
+  // is not turned back on under it.
   for (const [lane, form, button] of [["llm", "chat-form", "chat-send"], ["tts", "speak-form", "speak-send"], ["image", "image-form", "image-send"]]) {
-    $(form).dataset.disabledLane = on(lane) ? "" : lane;
-    $(button).disabled = !on(lane);
-    $(button).title = on(lane) ? "" : `the ${lane} lane is disabled in the server's configuration`;
+    if (on(lane)) continue;
+    $(form).dataset.disabledLane = lane;
+    $(button).disabled = true;
+    $(button).title = `the ${lane} lane is disabled in the server's configuration`;
   }
   const fillSelect = (select, list, label) => select.replaceChildren(...list.map((m) =>
     el("option", { value: m.name, selected: m.default }, label(m))));
@@ -413,6 +416,6 @@ async function lanesReady() {
   return waiting.length ? `not ready: ${waiting.join(", ")}` : "ready";
 }
 
-loadModels().catch((e) => showError($("chat-stats"), e));
-resumeImage();
+// The lanes known first (a disabled image lane keeps Generate off), then the last picture.
+loadModels().catch((e) => showError($("chat-stats"), e)).finally(resumeImage);
 poll(lanesReady, 5000, { figures: false });
