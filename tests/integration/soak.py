@@ -362,7 +362,9 @@ class Soak:
             self.report.tasks_final = Counter(s for s in states.values() if s in FINAL)
             self.report.tasks_lost = [i for i in ids if states.get(i) not in FINAL]
             self.report.ready_at_end = http.get("/ready").status_code == 200
-            files = [p for folder in ("audio", "images") for p in (self.data_dir / folder).glob("*")]
+            files = [
+                p for folder in ("audio", "images") for p in (self.data_dir / folder).glob("*") if p.is_file()
+            ]
             self.report.files = len(files)
             self.report.files_without_task = [
                 p.name for p in files if http.get(f"/api/tasks/{p.name.split('.')[0]}").status_code != 200

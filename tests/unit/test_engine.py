@@ -1254,3 +1254,20 @@ async def test_a_full_queue_of_a_lane_whose_worker_is_starting_says_retry_after_
         with pytest.raises(QueueFull) as exc:
             eng.submit_many(IMAGE, "i", [ImageRequest(prompt="c")])
         assert exc.value.retry_after_s >= 40.0
+
+
+@run
+async def test_a_batch_too_large_for_the_ready_workers_waits_for_one_still_starting(tmp_path: Path) -> None:
+    """n tasks at once over what the ready workers and the queue hold: no retry helps (a 400),
+    unless a worker still starting will bring the slots they lack (a 429, counted as one)."""
+    async with started_engine(tmp_path, tts={"replicas": 2, "max_queue": 1}) as (eng, workers, _):
+        first, second = workers.replicas(Lane.TTS)
+        first.ready()  # the second still starting
+        asks = [TTSRequest(text="hi")] * 3  # 1 place + 1 ready slot < 3
+        with pytest.raises(QueueFull) as exc:
+            eng.submit_many(TTS, "e", asks)
+        assert exc.value.most is None and eng.snapshot().lanes[1].stats.rejected == 1
+        second.ready()
+        with pytest.raises(QueueFull) as exc:
+            eng.submit_many(TTS, "e", [TTSRequest(text="hi")] * 4)  # 1 place + 2 slots < 4
+        assert exc.value.most == 3

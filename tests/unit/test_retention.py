@@ -125,3 +125,14 @@ def test_set_aside_files_go_first_when_the_folders_are_over_their_size(tmp_path:
     assert (report.orphans_deleted, report.evicted) == (1, 0)
     assert kept.exists() and not (tmp_path / "audio" / ORPHANS_FOLDER / stray.name).exists()
     assert theirs.exists()  # only files named as RIS names them
+
+
+def test_a_result_that_cannot_be_set_aside_stays_counted_where_it_is(tmp_path: Path) -> None:
+    """A file that could not be moved was said to be set aside at every sweep, and left out of
+    the size limit."""
+    store = TaskStore(tmp_path / "tasks.db")
+    stray = result_file(tmp_path, "3" * 32, 100, age_s=2 * HOUR, folder="images")
+    (tmp_path / "images" / ORPHANS_FOLDER).write_text("a file where the folder would go")
+    report = policy(tmp_path, store).sweep()
+    assert (report.orphans, report.bytes_kept, report.bytes_freed) == (0, 100, 0)
+    assert stray.exists()

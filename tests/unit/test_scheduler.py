@@ -764,7 +764,7 @@ def test_a_held_lane_admits_no_more_than_its_queue_holds() -> None:
     assert exc.value.retry_after_s == pytest.approx(5.0)
     assert sched.room(Lane.IMAGE) == 0
     with pytest.raises(QueueFull) as exc:
-        sched.require_room(Lane.IMAGE, 3)
+        sched.require_room(Lane.IMAGE, 4)  # more than its 2 places and 1 slot: yet not a 400
     assert exc.value.most is None  # waiting for room is what helps: a 429, not a 400
 
 

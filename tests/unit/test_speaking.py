@@ -195,6 +195,9 @@ def test_markdown_marks_are_left_out_of_what_is_spoken(written: str, spoken: str
         ("Family 👨\u200d👩\u200d👧 time.", "Family time."),  # a joined emoji, joiners and all
         ("ශ්\u200dරී Lanka.", "ශ්\u200dරී Lanka."),  # a joiner Sinhala spells with stays
         ("Vec<String> holds text.", "Vec<String> holds text."),  # code, not a tag
+        ("If x <b and y> z, stop.", "If x <b and y> z, stop."),  # a comparison, not a tag
+        ('<emphasis level="strong">Now</emphasis>.', "Now."),
+        ("Go \U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f team.", "Go team."),
     ],
 )
 def test_emoji_and_tags_an_llm_writes_are_not_read_aloud(written: str, spoken: str) -> None:
@@ -218,4 +221,27 @@ async def test_no_more_than_four_sentences_go_to_speech_ahead_of_the_one_heard(t
         tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 10, "en-US")))
         await settle()
         assert len(tts.runs) == 5  # the first heard: one more goes
+        listener.cancel()
+
+
+@run
+async def test_a_heard_sentence_leaves_nothing_of_its_audio_in_the_answer(tmp_path: Path) -> None:
+    """The answer kept every sentence's handle to its end, and each handle its audio (up to
+    1 MiB in memory): a long answer held all it had said."""
+    async with started(tmp_path) as (eng, llm, tts):
+        tts.ready(slots=4)
+        answer = eng.submit(LLM, "m", LLMRequest(prompt="talk"))
+        pipeline = SpeakingPipeline(eng, answer, "e", "en-US", 1.0)
+        events: Events = []
+        listener = asyncio.create_task(collect(pipeline.run(), events))
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("One sentence here. Another one there. ")))
+        await settle()
+        first = tts.runs[0]
+        handle = next(h for h in pipeline.tts if h.task_id == first.task_id)
+        tts.deliver(m.TaskOutput(first.task_id, AudioChunk(b"\x01\x00" * 1000, 16000)))
+        tts.deliver(m.TaskDone(first.task_id, TTSOutcome(16000, 1000, "en-US")))
+        await settle()
+        assert ("audio", {"index": 0, "pcm": b"\x01\x00" * 1000}) in events
+        assert handle not in pipeline.tts  # heard: nothing left to cancel
+        assert getattr(handle.collector, "_buffer", "gone") is None  # and its audio let go
         listener.cancel()

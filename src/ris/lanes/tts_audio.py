@@ -201,10 +201,14 @@ class AudioFile:
         self.release()
 
     def release(self) -> None:
+        # The audio goes with the last event that reads it (AudioWritten.source), not with
+        # the handle: a spoken answer keeps its sentences' handles to the end, and held every
+        # sentence's audio after it was heard.
+        self._buffer = None
         if self._file is not None:
             self._file.close()
         if self._on_disk:
             try:
                 self.path.unlink(missing_ok=True)
-            except OSError:  # Windows, while a stream reads it: the retention sweep takes it later
+            except OSError:  # Windows, while a stream reads it: the retention sweep sets it aside
                 pass

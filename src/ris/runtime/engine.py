@@ -281,8 +281,7 @@ class Engine:
             await asyncio.wait([self._sweep])  # it uses the store closed below
         if self._folder_check is not None:
             await asyncio.wait([self._folder_check])
-        self.disk_room.closed = True
-        await self.disk_room.wait()
+        self.disk_room.closed = True  # its answer changes nothing now (a hung mount's: no wait)
         # Durable tasks stay queued (or are re-run) after a restart; the rest end here.
         for task_id, handle in list(self._handles.items()):
             if not self.kinds[handle.lane].durable:
@@ -498,8 +497,10 @@ class Engine:
                 self._scheduler.require_room(kind.name, len(requests), client)
             except QueueFull as e:
                 e.retry_after_s += self._start_left(kind.name)
-                if not all(r.ready for r in self._replicas[kind.name]):
-                    e.most = None  # a replica still starting may bring the slots it lacks
+                starting = [r for r in self._replicas[kind.name] if r.watch.state is WorkerState.STARTING]
+                if e.most is not None and starting:
+                    e.most = None  # a replica still starting may bring the slots it lacks: a 429
+                    self._scheduler.count_refusal(kind.name)
                 raise
         handles: list[TaskHandle[Res]] = []
         try:

@@ -47,7 +47,7 @@ RESULT_NAME = re.compile(r"^[0-9a-f]{32}\.")
 class SweepReport:
     expired: int = 0  # task records deleted for their age (with their files)
     evicted: int = 0  # results deleted to bring the folders under the size limit
-    orphans: int = 0  # results set aside in orphans/ because no task record names them
+    orphans: int = 0  # results set aside in orphaned/ because no task record names them
     bytes_freed: int = 0
     bytes_kept: int = 0
     deleted: tuple[str, ...] = ()  # the task ids whose records went (expired and evicted)
@@ -95,9 +95,18 @@ class Retention:
         self.store.delete(expired)
 
         known = self.store.known(list(results))
-        orphans = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
-        for task_id in orphans:
-            freed += self._set_aside(results.pop(task_id), now)
+        candidates = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
+        orphans = []
+        for task_id in candidates:
+            left, deleted_bytes = self._set_aside(results[task_id], now)
+            freed += deleted_bytes
+            if left:  # not moved now (no rights, open elsewhere): counted where it is
+                results[task_id] = _Result(
+                    [p for p, _ in left], sum(size for _, size in left), results[task_id].newest
+                )
+            else:
+                del results[task_id]
+                orphans.append(task_id)
         # Set-aside files past max_age_h go; over the size limit, the rest go first (oldest
         # first), before any result.
         kept_until = now - self.policy.max_age_h * 3600
@@ -109,12 +118,16 @@ class Retention:
         while staying and total > limit:
             gone.append(staying.pop(0))
             total -= gone[-1][1]
-        for path, size, _ in gone:
+        deleted = 0
+        for path, size, when in gone:
             try:
                 path.unlink()
-                freed += size
-            except OSError:  # gone already, or not ours to delete now: the next sweep
+            except OSError:  # not ours to delete now: still there, and counted
+                if when >= kept_until:
+                    total += size
                 continue
+            freed += size
+            deleted += 1
         evicted: list[str] = []
         for task_id in sorted(results, key=lambda i: results[i].newest):  # oldest first
             if total <= limit:
@@ -124,28 +137,34 @@ class Retention:
             evicted.append(task_id)
         self.store.delete(evicted)
         return SweepReport(
-            len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted), len(gone)
+            len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted), deleted
         )
 
     @staticmethod
-    def _set_aside(found: _Result, now: float) -> int:
+    def _set_aside(found: _Result, now: float) -> tuple[list[tuple[Path, int]], int]:
         """A result no record names, moved to its folder's orphaned/ with its time set to now
-        (kept from then); a half-written one deleted. The bytes deleted. A file that cannot be
-        moved now (no rights; on Windows, open in a stream) is left for the next sweep."""
-        freed = 0
+        (kept from then); a half-written one deleted. Returns the files left where they were
+        (no rights; on Windows, open in a stream), with their sizes, for the next sweep, and
+        the bytes deleted."""
+        left = []
+        deleted = 0
         for path in found.paths:
             try:
+                size = path.stat().st_size
+            except OSError:
+                continue  # gone meanwhile
+            try:
                 if path.name.endswith(".tmp"):
-                    freed += path.stat().st_size
                     path.unlink()
+                    deleted += size
                     continue
                 target = path.parent / ORPHANS_FOLDER / path.name
                 target.parent.mkdir(exist_ok=True)
                 path.replace(target)
                 os.utime(target, (now, now))
             except OSError:
-                continue
-        return freed
+                left.append((path, size))
+        return left, deleted
 
     def _aside(self) -> list[tuple[Path, int, float]]:
         """The set-aside files (as RIS names results): path, size, when set aside."""

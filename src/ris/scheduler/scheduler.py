@@ -319,6 +319,10 @@ class Scheduler:
                 book.rejected += 1
             raise full
 
+    def count_refusal(self, lane: str) -> None:
+        """A refusal the caller answers with 429 after all (Scheduler.rejected)."""
+        self._book(lane).rejected += 1
+
     def retry_after(self, lane: str) -> float:
         """Seconds until a queue place is likely to free up, at least one: the soonest end of
         a running task by its own ETA (its progress counted: a 60-step picture 2 steps in was

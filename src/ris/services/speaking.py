@@ -51,14 +51,16 @@ _LINE_MARKS = re.compile(r"^[ \t]*(?:[-*+][ \t]+|#{1,6}[ \t]+|>[ \t]+(?=\D))", r
 # tag names only ("Vec<String>" is code, read as written).
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff]"
-    "(?:[\ufe0e\ufe0f\u20e3]|\u200d[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff])*"
+    "(?:[\ufe0e\ufe0f\u20e3\U000e0020-\U000e007f]|\u200d[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff])*"
     "|[\ufe0f\u20e3]"
 )
 _TAG_NAMES = (
     "speak|break|emphasis|prosody|say-as|voice|phoneme|sub|mark|audio|lang|p|s|w|br|hr|b|i|u|em|"
     "strong|small|sup|span|div|a|code|pre|ul|ol|li|h[1-6]|table|tr|td|th|img|think"
 )
-_TAG = re.compile(rf"</?(?:{_TAG_NAMES})(?:\s[^<>]*)?/?>", re.IGNORECASE)
+# Attributes with values only ("<b and y>" is a comparison, not a bold tag).
+_ATTRIBUTE = r"""\s+[\w:-]+\s*=\s*(?:"[^"]*"|'[^']*'|[^\s<>"']+)"""
+_TAG = re.compile(rf"</?(?:{_TAG_NAMES})(?:{_ATTRIBUTE})*\s*/?>", re.IGNORECASE)
 
 
 def unmarked(text: str) -> str:
@@ -249,6 +251,7 @@ class SpeakingPipeline:
                 await self._out.put(("audio", {"index": index, "pcm": pcm}))
             view = await handle.done
             self._ahead.release()
+            self.tts.remove(handle)  # ended: nothing to cancel, and nothing of it kept here
             index += 1
             if view.error_code == SILENT:
                 # A piece the voice has no sound for (an emoji, a symbol, digits of another
