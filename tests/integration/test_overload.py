@@ -133,12 +133,16 @@ def test_a_batch_of_images_is_queued_whole_or_not_at_all(small: Server) -> None:
     with httpx.Client(base_url=small.url, timeout=60) as http:
         busy = [http.post("/api/image/generate", json=long).json()["task_id"] for _ in range(2)]
         before = {t["task_id"] for t in http.get("/api/image/tasks").json()["tasks"]}
-        # One image runs and one waits: the queue (Q=2) has room for one, not for four.
-        r = http.post("/v1/images/generations", json={"prompt": "x", "n": 4, "size": "64x64"})
+        # One image runs and one waits: the queue (Q=2) has room for one, not for three.
+        r = http.post("/v1/images/generations", json={"prompt": "x", "n": 3, "size": "64x64"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         after = {t["task_id"] for t in http.get("/api/image/tasks").json()["tasks"]}
-        assert after == before  # was: one of the four queued and ran, its id never told
+        assert after == before  # was: one of the three queued and ran, its id never told
         err = r.json()["error"]
-        assert err["type"] == "rate_limit_error" and "not the 4 asked for together" in err["message"]
+        assert err["type"] == "rate_limit_error" and "not the 3 asked for together" in err["message"]
+        # Four: more than the lane ever holds at once (2 places, 1 slot), which no wait changes.
+        r = http.post("/v1/images/generations", json={"prompt": "x", "n": 4, "size": "64x64"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "batch_too_large", r.text
+        assert {t["task_id"] for t in http.get("/api/image/tasks").json()["tasks"]} == before
         for task_id in busy:
             http.post(f"/api/image/cancel/{task_id}")
