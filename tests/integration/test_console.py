@@ -223,13 +223,18 @@ def test_each_spoken_clip_gets_its_own_player_and_download(page: Page, server: S
     shot(page, "playground-clips")
 
 
+def ask_image(pg: Page, prompt: str, side: int, steps: int) -> None:
+    """The playground's image form filled in and sent, as a person does."""
+    pg.get_by_label("Prompt").fill(prompt)
+    pg.get_by_label("Width").select_option(str(side))
+    pg.get_by_label("Height").select_option(str(side))
+    pg.get_by_label("Steps").fill(str(steps))
+    pg.get_by_role("button", name="Generate").click()
+
+
 def test_image_progress_rises_to_full_then_the_picture(page: Page, server: Server) -> None:
     page.goto(server.url + "/ui/playground")
-    page.get_by_label("Prompt").fill("a lighthouse at dusk")
-    page.get_by_label("Width").select_option("256")
-    page.get_by_label("Height").select_option("256")
-    page.get_by_label("Steps").fill("24")
-    page.get_by_role("button", name="Generate").click()
+    ask_image(page, "a lighthouse at dusk", 256, 24)
     picture = page.locator("#image-result")
     expect(picture).to_be_visible(timeout=120_000)
     assert page.evaluate("() => document.getElementById('image-result').naturalWidth") == 256
@@ -247,11 +252,7 @@ def test_a_picture_asked_for_before_leaving_the_playground_is_there_on_return(
     """Leaving the playground while a picture was queued (the Work page, a reload) lost it: the
     console never showed it again, nor linked to it anywhere."""
     page.goto(server.url + "/ui/playground")
-    page.get_by_label("Width").select_option("64")
-    page.get_by_label("Height").select_option("64")
-    page.get_by_label("Steps").fill("2")
-    page.get_by_label("Prompt").fill("a blue door")
-    page.get_by_role("button", name="Generate").click()
+    ask_image(page, "a blue door", 64, 2)
     expect(page.get_by_role("button", name="Cancel")).to_be_enabled(timeout=30_000)
     task_id = page.evaluate("() => JSON.parse(sessionStorage.getItem('ris-playground-image')).task_id")
     page.goto(server.url + "/ui/work")  # away while it is made

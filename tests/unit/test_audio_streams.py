@@ -102,6 +102,24 @@ async def sound_each(tts: FakeWorker, count: int) -> None:
         tts.deliver(m.TaskDone(task_id, TTSOutcome(16000, 8, "en-US")))
 
 
+async def spoken_answer(
+    tmp: Path, prompt: str, answered: str, voices: tuple[m.ModelInfo, ...], sentences: int, **lanes: Any
+) -> tuple[httpx.Response, list[m.RunTask]]:
+    """/api/chat/speak's events for `prompt`, the LLM answering `answered` and the TTS lane (of
+    `voices`) sounding each of its `sentences`: the response, and what went to the TTS lane."""
+    async with started_engine(tmp, **lanes) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        workers[Lane.TTS].ready(models=voices)
+        body = {"prompt": prompt, "stream_format": "events"}
+        request = asyncio.create_task(post(eng, "/api/chat/speak", body))
+        await settle()
+        answer(workers[Lane.LLM], answered)
+        await sound_each(workers[Lane.TTS], sentences)
+        r = await asyncio.wait_for(request, 5)
+    assert r.status_code == 200, r.text
+    return r, workers[Lane.TTS].runs
+
+
 def answer(llm: FakeWorker, text: str) -> None:
     task_id = llm.runs[0].task_id
     llm.deliver(m.TaskOutput(task_id, TextDelta(text)))
@@ -448,18 +466,8 @@ async def test_a_spoken_answer_with_no_voice_reads_each_sentence_in_its_scripts_
     the English voice ("Chinese letter" read out per character). The model is chosen for the
     prompt's language, and each sentence gets the voice of its script where the model has one."""
     both = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US", "zh-CN", "zh"), 16000))
-    body = {"prompt": "你好，请介绍一下猫。", "stream_format": "events"}
-    async with started_engine(tmp_path) as (eng, workers, _):
-        workers[Lane.LLM].ready()
-        workers[Lane.TTS].ready(models=(both,))
-        request = asyncio.create_task(post(eng, "/api/chat/speak", body))
-        await settle()
-        answer(workers[Lane.LLM], "猫很可爱。 The cat sleeps.")
-        tts = workers[Lane.TTS]
-        await sound_each(tts, 2)
-        r = await asyncio.wait_for(request, 5)
-    assert r.status_code == 200
-    voices = [(run.request.text, run.request.voice) for run in tts.runs]  # type: ignore[attr-defined]
+    r, runs = await spoken_answer(tmp_path, "你好，请介绍一下猫。", "猫很可爱。 The cat sleeps.", (both,), 2)
+    voices = [(run.request.text, run.request.voice) for run in runs]  # type: ignore[attr-defined]
     assert voices == [("猫很可爱。", "zh"), ("The cat sleeps.", None)], voices
     start = json.loads(next(line for line in r.text.splitlines() if line.startswith("data: "))[6:])
     assert any("the prompt is Chinese" in w for w in start["warnings"]), start
@@ -483,18 +491,9 @@ async def test_each_sentence_of_a_spoken_answer_goes_to_a_model_with_a_voice_of_
     voice, not Piper's: the whole answer went to the one model picked for the prompt."""
     piper = m.ModelInfo("p", "piper", m.ModelDetails(("en_US-joe-medium",), 16000))
     espeak = m.ModelInfo("e", "espeak", m.ModelDetails(("en-US", "zh-CN", "zh"), 16000))
-    body = {"prompt": prompt, "stream_format": "events"}
-    async with started_engine(tmp_path, tts=TWO_VOICES) as (eng, workers, _):
-        workers[Lane.LLM].ready()
-        workers[Lane.TTS].ready(models=(piper, espeak))
-        request = asyncio.create_task(post(eng, "/api/chat/speak", body))
-        await settle()
-        answer(workers[Lane.LLM], "The cat sleeps. 猫很可爱。 It purrs.")
-        tts = workers[Lane.TTS]
-        await sound_each(tts, 3)
-        r = await asyncio.wait_for(request, 5)
-    assert r.status_code == 200
-    read = [(run.request.text, run.model, run.request.voice) for run in tts.runs]  # type: ignore[attr-defined]
+    answered = "The cat sleeps. 猫很可爱。 It purrs."
+    r, runs = await spoken_answer(tmp_path, prompt, answered, (piper, espeak), 3, tts=TWO_VOICES)
+    read = [(run.request.text, run.model, run.request.voice) for run in runs]  # type: ignore[attr-defined]
     assert read == [("The cat sleeps.", "p", None), ("猫很可爱。", "e", "zh"), ("It purrs.", "p", None)], read
     start = json.loads(next(line for line in r.text.splitlines() if line.startswith("data: "))[6:])
     assert start["tts_model"] == started_with
