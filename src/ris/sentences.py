@@ -8,7 +8,13 @@ from __future__ import annotations
 
 # Ends a sentence at once (full-width punctuation needs no following space; the Devanagari
 # danda, and Arabic and Urdu marks, are followed by a space anyway).
-_CJK_ENDERS = "。！？；…\n।॥؟۔؛"
+_CJK_ENDERS = "。！？；…｡\n।॥؟۔؛"
+# A run of enders ends one sentence ("……", "！！！", "。。。"), not one sentence each.
+_RUN_ENDERS = "。！？；…｡!?."
+# A clause mark at which a long Chinese (or Japanese) sentence is cut as it arrives
+# (SentenceSplitter's clause_chars): spoken at about 4 characters a second, 150 of them were
+# 37 s of an answer written with commas before its first sound.
+_CJK_CLAUSE_MARKS = "，："  # not "、", which joins a list's items
 # Ends a sentence only when followed by whitespace: "3.14" and "e.g.x" stay whole.
 _LATIN_ENDERS = ".!?;"
 # Words whose trailing period does not end a sentence.
@@ -16,7 +22,7 @@ _ABBREVIATIONS = frozenset(
     {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "no"}
 )
 # Closing quotes and brackets that belong to the sentence they end.
-_CLOSERS = "\"')]}»”’」』）"
+_CLOSERS = "\"')]}»”’」』）》】"
 
 
 def _abbreviated(word: str, after: str) -> bool:
@@ -25,13 +31,22 @@ def _abbreviated(word: str, after: str) -> bool:
     return word in _ABBREVIATIONS and (word != "no" or after.isdigit())
 
 
+def _cjk(ch: str) -> bool:
+    """A character of the CJK scripts (Han, kana, Hangul, their punctuation)."""
+    return "\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uff00" <= ch <= "\uffef"
+
+
 class SentenceSplitter:
-    def __init__(self, min_chars: int = 12, max_chars: int | None = None) -> None:
+    def __init__(
+        self, min_chars: int = 12, max_chars: int | None = None, clause_chars: int | None = None
+    ) -> None:
         # Latin sentences shorter than this are joined to the next ("Mr. Smith", "1. First").
         self.min_chars = min_chars
         # A sentence longer than this is cut at a clause, else a space, as it arrives: a list
         # of 400 characters with no full stop was spoken only after the whole answer.
         self.max_chars = max_chars
+        # A CJK sentence this long is cut at its next clause mark (，：) as it arrives.
+        self.clause_chars = clause_chars
         self._buf = ""
         # Where the next feed resumes in _buf: everything before it was decided already (a scan
         # from the start each time was quadratic in a long sentence, on the event loop).
@@ -50,13 +65,27 @@ class SentenceSplitter:
             end = None
             if ch in _CJK_ENDERS:
                 j = i + 1
-                while j < len(buf) and buf[j] in _CLOSERS:
+                while j < len(buf) and (buf[j] in _CLOSERS or (ch != "\n" and buf[j] in _RUN_ENDERS)):
                     j += 1
                 if j >= len(buf):
                     # Its closing quotes may come in the next piece (“你好。 then ”): decided
                     # with what follows, as a Latin ender is, whatever the pieces' sizes.
                     break
                 end = j
+            elif ch in "!?" and i > start and _cjk(buf[i - 1]):
+                # Half-width "!" or "?" after Chinese needs no space after it ("你好!我是助手").
+                j = i + 1
+                while j < len(buf) and (buf[j] in _CLOSERS or buf[j] in _RUN_ENDERS):
+                    j += 1
+                if j >= len(buf):
+                    break  # its closers or a run may follow
+                end = j
+            elif (
+                ch in _CJK_CLAUSE_MARKS
+                and self.clause_chars is not None
+                and len(buf[start:i].strip()) >= self.clause_chars
+            ):
+                end = i + 1
             elif ch in _LATIN_ENDERS:
                 j = i + 1
                 while j < len(buf) and buf[j] in _CLOSERS:
@@ -73,7 +102,7 @@ class SentenceSplitter:
                 while end < len(buf) and buf[end] in _CLOSERS:
                     end += 1
                 piece = buf[start:end].strip()
-                if piece and (len(piece) >= self.min_chars or ch in _CJK_ENDERS):
+                if piece and (len(piece) >= self.min_chars or ch in _CJK_ENDERS or _cjk(ch) or ch in "!?"):
                     out.append(piece)
                     start = end
                 elif end == len(buf):

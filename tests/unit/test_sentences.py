@@ -7,8 +7,8 @@ import pytest
 from ris.sentences import SentenceSplitter, speech_chunks
 
 
-def split(text: str, step: int) -> list[str]:
-    s = SentenceSplitter()
+def split(text: str, step: int, **options: int) -> list[str]:
+    s = SentenceSplitter(**options)
     out: list[str] = []
     for i in range(0, len(text), step):
         out += s.feed(text[i : i + step])
@@ -156,3 +156,26 @@ def test_a_run_of_blank_text_longer_than_max_chars_is_no_sentence(blank: str) ->
     splitter = SentenceSplitter(max_chars=150)
     assert splitter.feed(blank) == []
     assert splitter.feed("Hello world, this is fine. ") == ["Hello world, this is fine."]
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_chinese_punctuation_as_chinese_writers_use_it(step: int) -> None:
+    """Runs of marks were sentences of their own ("…", "！"); "!" and "?" after Chinese ended
+    nothing without a space; 》 left its sentence."""
+    assert split("我想想……好吧。嗯。。。好的！！！", step) == ["我想想……", "好吧。", "嗯。。。", "好的！！！"]
+    assert split("你好!我是助手。你呢?我很好。", step) == ["你好!", "我是助手。", "你呢?", "我很好。"]
+    assert split("他读《三体》。第一｡第二", step) == ["他读《三体》。", "第一｡", "第二"]
+    assert split("Wait... really?! Yes.", step) == ["Wait... really?!", "Yes."]
+
+
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_a_long_chinese_sentence_goes_at_its_comma(step: int) -> None:
+    """An answer written with commas and no full stop was spoken only after 150 characters
+    (37 s of speech); English commas are not cut."""
+    text = "长城是中国古代的军事防御工程，是一道高大、坚固而且连绵不断的长垣，用以限隔敌骑的行动。"
+    assert split(text, step, clause_chars=20) == [  # the first comma comes at 14: too soon
+        "长城是中国古代的军事防御工程，是一道高大、坚固而且连绵不断的长垣，",
+        "用以限隔敌骑的行动。",
+    ]
+    english = "Hello there, my friend, this is a long English sentence, with commas, and more words."
+    assert split(english, step, clause_chars=20) == [english]
