@@ -113,6 +113,14 @@ def test_pieces_of_punctuation_alone_are_left_out_of_longer_text() -> None:
     assert tts.texts == ["Hello there.", "How are you?"]
 
 
+def test_full_width_digits_and_letters_reach_the_engine_as_the_plain_ones() -> None:
+    """espeak-ng left "价格１２３元" without its number and refused "１２３４５" (what a Chinese
+    input method types); full-width punctuation is how Chinese is written, and stays."""
+    tts = RecordingTTS()
+    run_tts(tts, TTSRequest(text="价格１２３元，型号ＡＢｃ！"))
+    assert tts.texts == ["价格123元，型号ABc！"]
+
+
 @pytest.mark.parametrize("silent_samples", [0, 154])
 @pytest.mark.parametrize("streamed", [True, False])
 def test_an_engine_that_produces_no_audio_fails_the_task_before_any_audio(

@@ -240,6 +240,16 @@ class _WorkerOutput(AudioOutput):
 # Control characters other than tab and line breaks are not speech, and speech engines reached
 # through C strings fail on NUL ("embedded null character"): they become spaces.
 _CONTROLS = {c: " " for c in (*range(0, 9), 11, 12, *range(14, 32), 127)}
+# Full-width digits and Latin letters (what a Chinese or Japanese input method types: "１２３",
+# "ＡＢＣ") as the plain ones they stand for, which is all Unicode's compatibility mapping does
+# to them: espeak-ng left "价格１２３元" without its number, and refused "１２３４５". Full-width
+# punctuation stays: it is how Chinese is written, and the engines read it.
+_FULL_WIDTH = {
+    **{0xFF10 + i: 0x30 + i for i in range(10)},
+    **{0xFF21 + i: 0x41 + i for i in range(26)},
+    **{0xFF41 + i: 0x61 + i for i in range(26)},
+}
+_SPOKEN_FORM = {**_CONTROLS, **_FULL_WIDTH}
 
 
 # The most text a speech engine is given at once. Engines hold a whole input in memory (Piper
@@ -259,7 +269,7 @@ def _pieces(backend: TTSBackend, request: TTSRequest) -> list[str]:
             f"this model does not speak voice {request.voice!r}; its voices: {voice_listing(backend.voices)}",
         )
     # Lone surrogates (valid JSON escapes, not text) would fail in the engine's UTF-8.
-    text = request.text.translate(_CONTROLS).encode("utf-8", "replace").decode("utf-8")
+    text = request.text.translate(_SPOKEN_FORM).encode("utf-8", "replace").decode("utf-8")
     # Pieces of punctuation alone ("..." between sentences) are left out, not read aloud.
     chunks = [chunk for chunk in speech_chunks(text, MAX_CHUNK_CHARS) if speakable(chunk)]
     if not chunks:
