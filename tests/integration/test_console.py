@@ -165,6 +165,21 @@ def test_speak_plays_the_answer_as_it_is_spoken(page: Page, server: Server) -> N
     assert out.get_attribute("data-played-early") == "true"
 
 
+def test_chinese_text_is_spoken_by_a_voice_of_its_language_and_the_page_says_so(
+    page: Page, server: Server
+) -> None:
+    """The voice-model picker always named the default (Piper's English voice), which read
+    Chinese as its own language would, and the server's warning was never shown."""
+    page.goto(server.url + "/ui/playground")
+    expect(page.locator("#speak-model option")).not_to_have_count(0)
+    assert page.locator("#speak-model").input_value() == ""  # the server picks, by language
+    page.get_by_label("Words").fill("你好，今天天气很好。")
+    page.get_by_role("button", name="Speak").click()
+    status = page.locator("#speak-status")
+    expect(status).to_contain_text("s of speech", timeout=60_000)
+    expect(status).to_contain_text("the text is Chinese")
+
+
 def test_a_spoken_answer_stops_when_asked(page: Page, server: Server) -> None:
     """Its sound played on with no way to stop it short of leaving the page."""
     page.goto(server.url + "/ui/playground")

@@ -23,10 +23,13 @@ async function loadModels() {
     el("option", { value: m.name, selected: m.default }, label(m))));
   fillSelect($("chat-model"), on("llm") ? lanes.llm || [] : [], (m) => m.name + (m.default ? " (default)" : ""));
   const tts = on("tts") ? lanes.tts || [] : [];
-  fillSelect($("speak-model"), tts, (m) => m.name + (m.default ? " (default)" : ""));
+  // No model named, as the API's default: the server picks one with a voice of the text's
+  // language (Chinese went to the English voice when the picker always named the default).
+  fillSelect($("speak-model"), tts, (m) => m.name);
+  if (tts.length) $("speak-model").prepend(el("option", { value: "", selected: true }, "by the text's language"));
   const voices = () => {
     const m = tts.find((x) => x.name === $("speak-model").value);
-    $("speak-voice").replaceChildren(el("option", { value: "" }, "the model's default"),
+    $("speak-voice").replaceChildren(el("option", { value: "" }, m ? "the model's default" : "by the text's language"),
       ...distinct((m && m.voices) || []).map((v) => el("option", { value: v }, v)));
   };
   $("speak-model").addEventListener("change", voices);
@@ -136,8 +139,14 @@ async function speakText(status) {
     signal: speakAbort.signal,
   });
   const audio = addClip(await resp.blob(), "text", $("speak-text").value);
-  status.textContent = `${resp.headers.get("X-Duration-S")} s of speech`;
+  status.textContent = `${resp.headers.get("X-Duration-S")} s of speech` + warned(JSON.parse(resp.headers.get("X-Warnings") || "[]"));
   await audio.play().catch(() => {}); // a browser may refuse to play without a gesture
+}
+
+// What the server said of a request it served otherwise than asked (a voice of another
+// language, a speed beyond the engine's), after the status line's own words.
+function warned(warnings) {
+  return warnings.length ? `; ${warnings.join("; ")}` : "";
 }
 
 // Every clip spoken on this page gets its own player and a link that saves it as a WAV, the
@@ -200,8 +209,9 @@ async function playAnswer(resp, ctx, out, status, sound) {
   let chunks = 0;
   let lastSound = null;
   const kept = []; // every chunk, for the answer's own clip once it has all arrived
+  let warnings = [];
   for await (const { event, data } of sse(resp)) {
-    if (event === "start") rate = data.sample_rate;
+    if (event === "start") [rate, warnings] = [data.sample_rate, data.warnings || []];
     else if (event === "text") out.append(data.text + " ");
     else if (event === "audio") {
       const bytes = Uint8Array.from(atob(data.pcm), (c) => c.charCodeAt(0));
@@ -221,7 +231,7 @@ async function playAnswer(resp, ctx, out, status, sound) {
       if (firstSound === null) firstSound = (performance.now() - t0) / 1000;
       lastSound = (performance.now() - t0) / 1000;
       out.dataset.chunks = String(++chunks);
-      status.textContent = `playing; first sound after ${firstSound.toFixed(2)} s`;
+      status.textContent = `playing; first sound after ${firstSound.toFixed(2)} s` + warned(warnings);
     } else if (event === "llm_done") {
       answerDone = (performance.now() - t0) / 1000;
     } else if (event === "error") {
@@ -233,7 +243,7 @@ async function playAnswer(resp, ctx, out, status, sound) {
   // Sound began before the last of it arrived: it was played as it came, not at the end.
   out.dataset.playedEarly = String(chunks >= 2 && firstSound < lastSound);
   status.textContent = `first sound after ${firstSound?.toFixed(2)} s; answer written after ` +
-    `${answerDone?.toFixed(2) ?? "?"} s; all spoken audio received after ${total.toFixed(2)} s`;
+    `${answerDone?.toFixed(2) ?? "?"} s; all spoken audio received after ${total.toFixed(2)} s` + warned(warnings);
 }
 
 $("speak-form").addEventListener("submit", async (ev) => {
