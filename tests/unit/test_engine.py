@@ -4,6 +4,7 @@ hang, restart, deadlines and durable recovery, with no process, pipe or socket."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import sqlite3
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from ris import messages as m
-from ris.api.errors import task_error
+from ris.api.errors import no_result, task_error
 from ris.config import RetentionConfig
 from ris.failures import failure_status
 from ris.lanes import Lane
@@ -30,7 +31,7 @@ from ris.runtime.retention import Retention
 from ris.runtime.store import StoredTask
 from ris.runtime.supervisor import backoff
 from ris.runtime.tenancy import ANONYMOUS
-from ris.runtime.views import TaskHandle
+from ris.runtime.views import TaskHandle, TaskView
 from ris.scheduler import CancelOutcome, QueueFull
 
 from .fakes import (
@@ -517,6 +518,14 @@ def test_failures_a_retry_repeats_say_so_and_passing_ones_say_when() -> None:
         assert refused.headers == {"x-should-retry": "false"}, code
     # A deadline that passed in the queue: a backlog, which a retry may find gone.
     assert task_error("deadline_exceeded", "x", ran=False).headers == {}
+    # The result of an ended task that has none: no retry brings it (not_ready may come).
+    view: TaskView[Any] = TaskView(
+        "t", "image", "i", "cancelled", 0, 0.0, 0.0, 1.0, None, 0, None, None, None, None, None
+    )
+    assert no_result(view, "image").headers == {"x-should-retry": "false"}
+    view = dataclasses.replace(view, state="failed")
+    assert no_result(view, "image").headers == {"x-should-retry": "false"}
+    assert no_result(dataclasses.replace(view, state="running"), "image").headers == {}
     assert task_error("lane_pending", "x").headers == {"Retry-After": "5"}
     assert task_error("server_shutdown", "x").headers == {"Retry-After": "5"}
 

@@ -46,6 +46,7 @@ def test_bookkeeping_fields_pass_and_a_typo_is_named() -> None:
         ("verbosity", "high"),
         ("logprobs", True),
         ("audio", {"voice": "alloy", "format": "wav"}),
+        ("web_search_options", {}),  # {} turns OpenAI's web search on: it passed, unsaid
     ],
 )
 def test_fields_that_would_change_the_answer_are_refused_when_set(field: str, value: Any) -> None:

@@ -144,11 +144,12 @@ def no_result(view: TaskView[Any], what: str) -> APIError:
     """Why a task's result (`what`: "image", "audio") cannot be fetched: 409 `not_ready` while
     it may still come; once the task ended without one, `cancelled` or `task_failed` with the
     task's own error, so a client that polls on `not_ready` stops."""
+    # An ended task never gets one: said not to retry (OpenAI's SDKs retry a 409).
     if view.state == "cancelled":
-        return APIError(409, "cancelled", f"task {view.id} was cancelled; it has no {what}")
+        return APIError(409, "cancelled", f"task {view.id} was cancelled; it has no {what}", NO_RETRY)
     if view.state == "failed":
         why = f"{view.error_code or 'failed'}: {view.error_message or 'the task failed'}"
-        return APIError(409, "task_failed", f"task {view.id} failed ({why}); it has no {what}")
+        return APIError(409, "task_failed", f"task {view.id} failed ({why}); it has no {what}", NO_RETRY)
     return APIError(409, "not_ready", f"task {view.id} is {view.state}; no {what} yet")
 
 

@@ -42,7 +42,7 @@ class _OllamaBody(RequestBody):
 class OllamaOptions(_OllamaBody):
     """Ollama's `options`. Those listed here shape the answer (the penalties on a backend that
     applies them); Ollama's others (top_k, min_p, num_ctx, mirostat, ...) are accepted and
-    ignored, as Ollama ignores an option its runner does not know: `GET /api/show` lists what
+    ignored, as Ollama ignores an option its runner does not know: `POST /api/show` lists what
     applies."""
 
     model_config = ConfigDict(extra="allow")

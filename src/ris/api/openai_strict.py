@@ -87,7 +87,8 @@ CHAT = FieldRules(
         "audio": _given,
         "modalities": _not(["text"]),
         "prediction": _given,
-        "web_search_options": _given,
+        # {} turns OpenAI's web search on, with its default settings: no neutral value.
+        "web_search_options": _not(),
     },
 )
 COMPLETIONS = FieldRules(

@@ -67,7 +67,9 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
 - A finished task's file (`/api/image/result/...`, `/api/tts/audio/...`) never changes: it is
   sent with `ETag`, `Last-Modified` and `Cache-Control: private, max-age=86400, immutable`,
   answers `Range` requests (206), and a revalidation (`If-None-Match`, `If-Modified-Since`)
-  of a copy that is current with 304 and no body.
+  of a copy that is current with 304 and no body. Speech in an encoded format (`format=mp3`,
+  ...) without `Range` is encoded as it is sent, chunked, `Cache-Control: no-cache`, with none
+  of those; a `Range` request gets the encoded file, with them.
 
 ## Status codes
 

@@ -98,7 +98,7 @@ class Retention:
         candidates = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
         orphans = []
         for task_id in candidates:
-            left, deleted_bytes = self._set_aside(results[task_id], now)
+            left, deleted_bytes, moved = self._set_aside(results[task_id], now)
             freed += deleted_bytes
             if left:  # not moved now (no rights, open elsewhere): counted where it is
                 results[task_id] = _Result(
@@ -106,6 +106,7 @@ class Retention:
                 )
             else:
                 del results[task_id]
+            if moved:  # a half-written file alone was deleted, not set aside
                 orphans.append(task_id)
         # Set-aside files past max_age_h go; over the size limit, the rest go first (oldest
         # first), before any result.
@@ -141,13 +142,13 @@ class Retention:
         )
 
     @staticmethod
-    def _set_aside(found: _Result, now: float) -> tuple[list[tuple[Path, int]], int]:
+    def _set_aside(found: _Result, now: float) -> tuple[list[tuple[Path, int]], int, int]:
         """A result no record names, moved to its folder's orphaned/ with its time set to now
         (kept from then); a half-written one deleted. Returns the files left where they were
-        (no rights; on Windows, open in a stream), with their sizes, for the next sweep, and
-        the bytes deleted."""
+        (no rights; on Windows, open in a stream), with their sizes, for the next sweep, the
+        bytes deleted and how many files were moved."""
         left = []
-        deleted = 0
+        deleted = moved = 0
         for path in found.paths:
             try:
                 size = path.stat().st_size
@@ -161,10 +162,11 @@ class Retention:
                 target = path.parent / ORPHANS_FOLDER / path.name
                 target.parent.mkdir(exist_ok=True)
                 path.replace(target)
+                moved += 1
                 os.utime(target, (now, now))
             except OSError:
                 left.append((path, size))
-        return left, deleted
+        return left, deleted, moved
 
     def _aside(self) -> list[tuple[Path, int, float]]:
         """The set-aside files (as RIS names results): path, size, when set aside."""
