@@ -61,6 +61,17 @@ async def test_a_refusal_names_the_field_the_client_sent(tmp_path: Path) -> None
 
 
 @run
+async def test_a_validators_words_come_without_the_librarys_prefix(tmp_path: Path) -> None:
+    """ "messages[0]: Value error, a message of role 'user' needs content": the prefix is
+    pydantic's, and says nothing."""
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        r = await post(eng, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user"}]})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 400 and message.startswith("messages[0]: a message of role 'user'"), message
+
+
+@run
 async def test_a_stream_refused_before_its_first_token_is_an_error_status_not_a_200(tmp_path: Path) -> None:
     too_long = "the prompt is 5031 tokens; this model's context is 2048"
     for path in ("/v1/chat/completions", "/v1/completions"):

@@ -193,7 +193,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     said: dict[str, list[str]] = {}  # by field, in order: a union's members name one field
     for err in exc.errors():
-        said.setdefault(field_path(err["loc"]), []).append(err["msg"])
+        # The validation library's "Value error, " before a validator's own words says nothing.
+        said.setdefault(field_path(err["loc"]), []).append(str(err["msg"]).removeprefix("Value error, "))
     first = next((path for path in said if path), None)
     message = "; ".join(f"{path or 'body'}: {'; or '.join(msgs)}" for path, msgs in said.items())
     message = message or "invalid request"

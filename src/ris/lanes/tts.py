@@ -249,7 +249,7 @@ _FULL_WIDTH = {
     **{0xFF21 + i: 0x41 + i for i in range(26)},
     **{0xFF41 + i: 0x61 + i for i in range(26)},
 }
-_SPOKEN_FORM = {**_CONTROLS, **_FULL_WIDTH}
+_SPOKEN_FORM: dict[int, str | int] = {**_CONTROLS, **_FULL_WIDTH}
 
 
 # The most text a speech engine is given at once. Engines hold a whole input in memory (Piper
