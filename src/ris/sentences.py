@@ -63,6 +63,9 @@ class SentenceSplitter:
         while i < len(buf):
             ch = buf[i]
             end = None
+            # Ends a Chinese sentence or clause: kept however short ("好!"), where a short Latin
+            # one joins the next ("Hi! How are you?" is one).
+            cjk_end = ch in _CJK_ENDERS or _cjk(ch)
             if ch in _CJK_ENDERS:
                 j = i + 1
                 while j < len(buf) and (buf[j] in _CLOSERS or (ch != "\n" and buf[j] in _RUN_ENDERS)):
@@ -79,7 +82,7 @@ class SentenceSplitter:
                     j += 1
                 if j >= len(buf):
                     break  # its closers or a run may follow
-                end = j
+                end, cjk_end = j, True
             elif (
                 ch in _CJK_CLAUSE_MARKS
                 and self.clause_chars is not None
@@ -102,7 +105,7 @@ class SentenceSplitter:
                 while end < len(buf) and buf[end] in _CLOSERS:
                     end += 1
                 piece = buf[start:end].strip()
-                if piece and (len(piece) >= self.min_chars or ch in _CJK_ENDERS or _cjk(ch) or ch in "!?"):
+                if piece and (len(piece) >= self.min_chars or cjk_end):
                     out.append(piece)
                     start = end
                 elif end == len(buf):

@@ -166,6 +166,7 @@ def test_chinese_punctuation_as_chinese_writers_use_it(step: int) -> None:
     assert split("你好!我是助手。你呢?我很好。", step) == ["你好!", "我是助手。", "你呢?", "我很好。"]
     assert split("他读《三体》。第一｡第二", step) == ["他读《三体》。", "第一｡", "第二"]
     assert split("Wait... really?! Yes.", step) == ["Wait... really?!", "Yes."]
+    assert split("Hi! How are you? Fine.", step) == ["Hi! How are you?", "Fine."]  # short Latin: joined
 
 
 @pytest.mark.parametrize("step", [1, 4, 1000])
