@@ -673,7 +673,7 @@ class Engine:
             # Its cluster has not placed a worker (a head or a node lost): when it will is not
             # known, and an estimate would be a guess (a durable image waits; others are refused).
             return dataclasses.replace(view, waiting_for="lane_pending", eta_s=None)
-        left = min(r.start_left(self.clock()) for r in replicas if not r.worker.waiting_for())
+        left = self._start_left(lane)
         eta = None if view.eta_s is None else view.eta_s + left
         return dataclasses.replace(view, waiting_for="worker_start", eta_s=eta)
 

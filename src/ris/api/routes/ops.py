@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +16,7 @@ from ris.api.stats import gpus_json, lane_stats
 from ris.config.fit_checks import lane_footprints, preloaded
 from ris.gpus import gpu_devices
 from ris.messages import ModelInfo
+from ris.runtime.disk_room import disk_free
 
 router = APIRouter(tags=["ops"])
 
@@ -75,17 +74,10 @@ async def metrics(request: Request) -> PlainTextResponse:
     def text() -> bytes:
         # NVML, the data folder's statvfs and the text's encoding are blocking work: done off
         # the event loop, on the frozen snapshot taken here.
-        facts = ServerFacts(own_rss(), limit, _free_bytes(cfg.data_dir), held, models, responses)
+        facts = ServerFacts(own_rss(), limit, disk_free(cfg.data_dir), held, models, responses)
         return prometheus_text(snapshot, gpu_devices(), facts)
 
     return PlainTextResponse(await asyncio.to_thread(text), media_type=CONTENT_TYPE)
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:  # gone or unreadable: said by the data folder's own watch
-        return None
 
 
 # An uptime checker pointed at the scrape URL sends HEAD; it got 405 as if the path were wrong.
