@@ -69,16 +69,18 @@ def test_audio_comes_in_order_and_before_the_llm_finishes(server: Server) -> Non
 
 
 def test_audio_stream_is_a_wav(server: Server) -> None:
-    r = httpx.post(
-        f"{server.url}/api/chat/speak", json={"prompt": "Say hello.", "max_tokens": 24}, timeout=120
-    )
-    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    # Greedy: a sampled answer from the tiny model is now and then only emoji or markup, which
+    # is rightly 422 nothing_to_speak (CI saw it once) and not what this test is about.
+    hello = {"prompt": "Say hello.", "max_tokens": 24, "temperature": 0, "seed": 1}
+    r = httpx.post(f"{server.url}/api/chat/speak", json=hello, timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
     assert r.content[:4] == b"RIFF" and len(r.content) > 44
     assert "x-warnings" not in r.headers
     # What /api/tts/synthesize would warn of, the audio's answer says in a header.
-    fast = {"prompt": "Say hello.", "max_tokens": 24, "tts_model": "espeak", "voice": "en", "speed": 3.0}
+    fast = {**hello, "tts_model": "espeak", "voice": "en", "speed": 3.0}
     r = httpx.post(f"{server.url}/api/chat/speak", json=fast, timeout=120)
-    assert r.status_code == 200 and json.loads(r.headers["x-warnings"])[0].startswith("speed: espeak-ng")
+    assert r.status_code == 200, r.text
+    assert json.loads(r.headers["x-warnings"])[0].startswith("speed: espeak-ng")
 
 
 def test_the_sdk_speaks_a_whole_wav_and_raises_the_code_of_a_failure(server: Server) -> None:

@@ -153,7 +153,7 @@ async def test_an_answer_with_nothing_to_speak_ends_in_an_error_not_a_silent_don
         assert tts.runs == []
         kind, data = events[-1]
         assert kind == "error" and data["code"] == "nothing_to_speak"
-        assert "letter, digit or symbol" in data["message"]
+        assert "only punctuation, emoji or symbols" in data["message"]
 
 
 @pytest.mark.parametrize(

@@ -265,8 +265,9 @@ class SpeakingPipeline:
                 await self._out.put(("error", _error(view)))
                 return
             spoken += 1
-        if spoken == 0:  # an answer of punctuation alone, or none: silence is not a success
-            message = "the answer has nothing to speak: no letter, digit or symbol, only punctuation"
+        if spoken == 0:  # punctuation, emoji alone ("🌟🌍✨": a small model's sampled
+            # answer now and then), or none: silence is not a success
+            message = "the answer has nothing to speak: only punctuation, emoji or symbols with no sound"
             await self._out.put(("error", {"code": "nothing_to_speak", "message": message}))
             return
         await self._out.put(("done", {"sentences": spoken}))
