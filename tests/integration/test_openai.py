@@ -207,6 +207,8 @@ def test_unknown_model_is_an_openai_error(oa: OpenAI, server: Server) -> None:
     with pytest.raises(openai.NotFoundError) as exc:
         oa.chat.completions.create(model="gpt-4o", messages=SKY)
     assert exc.value.status_code == 404
+    # A refusal names itself too, as OpenAI's do: what a user quotes in a report (was None).
+    assert exc.value.request_id and exc.value.request_id.startswith("req_")
     body = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": SKY}).json()
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"

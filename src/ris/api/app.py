@@ -30,6 +30,7 @@ from ris.api.deps import DOCUMENTED_BODIES
 from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
 from ris.api.keys import KeyChecker, key_principals
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
+from ris.api.request_ids import RequestIds
 from ris.api.response_counts import ResponseCounts
 from ris.api.routes import (
     console,
@@ -318,6 +319,7 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
         sessions=None if getattr(app.state, OLLAMA_ONLY, False) else app.state.sessions,
     )
     app.add_middleware(ForwardedProto)  # the scheme a local TLS proxy says, before anything reads it
+    app.add_middleware(RequestIds)  # outside the guards: their refusals are named too
     # Outermost: every answer counted, the guards' refusals too (one counter for both ports).
     listener = "ollama" if getattr(app.state, OLLAMA_ONLY, False) else "main"
     app.add_middleware(ResponseCounts, counts=app.state.responses, listener=listener)

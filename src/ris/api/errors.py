@@ -4,6 +4,7 @@ and on the Ollama listener (server.ollama_port)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -15,10 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from ris.api.request_ids import request_id
 from ris.failures import NOT_TO_RETRY, failure_status
 from ris.runtime.engine import LaneUnavailable, NotRecorded
 from ris.runtime.views import TaskView
 from ris.scheduler import QueueFull
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -234,11 +238,18 @@ async def _not_recorded(request: Request, exc: Exception) -> JSONResponse:
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     """A defect's answer: still an error body with a code, in the request's dialect (Starlette's
-    own is a plain-text "Internal Server Error"). Starlette logs the traceback after it."""
+    own is a plain-text "Internal Server Error"). Starlette logs the traceback after it, and the
+    line before it names the request as its answer does, so a user's report finds it. Sent
+    outside the middleware that names answers: the header is set here."""
+    rid = request_id(request.scope)
+    log.error(
+        "request %s (%s %s) failed: %s; its traceback follows", rid, request.method, request.url.path, exc
+    )
     return error_response(
         500,
         "internal_error",
-        "the server failed on this request; the log has the details",
+        f"the server failed on this request; the log has the details under request id {rid}",
+        headers={"x-request-id": rid},
         dialect=dialect_of(request.scope),
     )
 
