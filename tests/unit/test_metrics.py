@@ -15,12 +15,16 @@ from ris.api.prometheus import ServerFacts, prometheus_text
 from ris.gpus import GPUDevice
 from ris.lanes import Lane
 from ris.lanes.base import Counted
+from ris.lanes.image import LANE as IMAGE
+from ris.lanes.image import ImageRequest
 from ris.lanes.llm import LANE as LLM
 from ris.lanes.llm import LLMOutcome, LLMRequest, TextDelta
-from ris.runtime.metrics import Histogram, WorkMeter
-from ris.runtime.snapshot import Snapshot
+from ris.preemption.policy import Activity
+from ris.runtime.metrics import MAX_FAILURE_SERIES, Histogram, WorkMeter
+from ris.runtime.snapshot import LaneStatus, Snapshot, WorkerStatus
+from ris.scheduler.scheduler import LaneStats
 
-from .fakes import FakeClock, run, started_engine
+from .fakes import IMAGE_ON, FakeClock, run, started_engine
 
 
 def test_a_histogram_counts_each_value_under_every_bound_it_does_not_pass() -> None:
@@ -37,11 +41,20 @@ def test_finished_tasks_are_counted_by_lane_model_and_outcome() -> None:
     clock = FakeClock()
     meter = WorkMeter(clock)
     tokens = (Counted("generated_tokens", "tokens", 7), Counted("prompt_tokens", "prompt", 3))
-    meter.finished("llm", "a", "succeeded", latency_s=2.0, queue_wait_s=0.5, counted=tokens)
-    meter.finished("llm", "a", "succeeded", latency_s=4.0, queue_wait_s=0.0, counted=tokens)
-    meter.finished("llm", "b", "cancelled", latency_s=9.0, queue_wait_s=None)
+    meter.started("llm", "a", 0.5)
+    meter.started("llm", "a", 0.0)
+    meter.finished("llm", "a", "succeeded", latency_s=2.0, counted=tokens)
+    meter.finished("llm", "a", "succeeded", latency_s=4.0, counted=tokens)
+    meter.finished("llm", "b", "cancelled", latency_s=9.0)
+    meter.finished("llm", "b", "failed", latency_s=1.0, code="worker_crashed")
+    meter.finished("llm", "b", "failed", latency_s=1.0, code=None)
     view = meter.view()
-    assert view.tasks == {("llm", "a", "succeeded"): 2, ("llm", "b", "cancelled"): 1}
+    assert view.tasks == {
+        ("llm", "a", "succeeded"): 2,
+        ("llm", "b", "cancelled"): 1,
+        ("llm", "b", "failed"): 2,
+    }
+    assert view.failures == {("llm", "worker_crashed"): 1, ("llm", "other"): 1}
     # Latency of succeeded tasks only; queue wait of those that started.
     assert set(view.latency) == {("llm", "a")} and view.latency["llm", "a"].sum == 6.0
     assert view.queue_wait["llm", "a"].count == 2 and ("llm", "b") not in view.queue_wait
@@ -49,14 +62,21 @@ def test_finished_tasks_are_counted_by_lane_model_and_outcome() -> None:
     assert view.counted["prompt_tokens"].help == "prompt"
 
 
+def test_failure_codes_past_the_cap_are_counted_together() -> None:
+    """A plugin's backend may invent codes: their series stay bounded."""
+    meter = WorkMeter(FakeClock())
+    for i in range(MAX_FAILURE_SERIES + 5):
+        meter.finished("x", "m", "failed", latency_s=None, code=f"code_{i}")
+    failures = meter.view().failures
+    assert len(failures) == MAX_FAILURE_SERIES + 1 and failures["x", "other"] == 5
+
+
 def test_rates_cover_the_recent_window_and_forget_what_left_it() -> None:
     clock = FakeClock()
     meter = WorkMeter(clock, window_s=10.0)
-    meter.finished(
-        "tts", "x", "succeeded", latency_s=1, queue_wait_s=0, counted=[Counted("audio_seconds", "", 4)]
-    )
+    meter.finished("tts", "x", "succeeded", latency_s=1, counted=[Counted("audio_seconds", "", 4)])
     clock.advance(5)
-    meter.finished("tts", "x", "failed", latency_s=1, queue_wait_s=0)
+    meter.finished("tts", "x", "failed", latency_s=1)
     assert meter.view().rates == {"tts": {"tasks": 0.2, "audio_seconds": 0.4}}
     clock.advance(6)  # the first task is 11 s old: out of the 10 s window
     assert meter.view().rates == {"tts": {"tasks": 0.1}}
@@ -69,7 +89,7 @@ def test_rates_cover_the_recent_window_and_forget_what_left_it() -> None:
 def test_series_past_the_cap_are_counted_together_not_kept_apart() -> None:
     meter = WorkMeter(FakeClock(), max_series=2)
     for model in ("a", "b", "c", "d"):
-        meter.finished("llm", model, "succeeded", latency_s=1, queue_wait_s=0)
+        meter.finished("llm", model, "succeeded", latency_s=1)
     assert meter.view().tasks == {
         ("llm", "a", "succeeded"): 1,
         ("llm", "b", "succeeded"): 1,
@@ -101,6 +121,29 @@ async def test_the_engine_measures_first_output_gaps_latency_and_tokens(tmp_path
         assert view.counted["generated_tokens"].values == {("llm", "m"): 3}
         assert view.counted["prompt_tokens"].values == {("llm", "m"): 5}
         assert view.rates["llm"]["generated_tokens"] == pytest.approx(3 / view.window_s)
+
+
+@run
+async def test_a_wait_is_measured_when_the_task_starts_and_an_images_steps_are_timed(tmp_path: Path) -> None:
+    """An image's queue wait reached /metrics only when it ended (up to its hour-long timeout
+    later), its steps were timed nowhere, and a failure's code was nowhere either."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, clock):
+        image = workers[Lane.IMAGE]
+        picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        clock.advance(2.0)
+        image.ready()
+        eng.check()
+        waited = eng.snapshot().metrics.queue_wait["image", "i"]
+        assert waited.count == 1 and waited.sum == pytest.approx(2.0)
+        for step in (1, 2, 3):
+            image.deliver(m.TaskProgress(picture.task_id, step, 3))
+            clock.advance(0.5)
+        image.deliver(m.TaskError(picture.task_id, "worker_timeout", "stuck"))
+        await picture.done
+        view = eng.snapshot().metrics
+    steps = view.output_gap["image", "i"]
+    assert steps.count == 2 and steps.sum == pytest.approx(1.0)
+    assert view.failures == {("image", "worker_timeout"): 1}
 
 
 def families(text: str) -> dict[str, tuple[str, list[Sample]]]:
@@ -173,7 +216,7 @@ def test_a_lane_kinds_counted_work_never_breaks_the_exposition() -> None:
     meter = WorkMeter(FakeClock())
     counted = [Counted("tasks", "", 1), Counted("task_latency_seconds", "", 1), Counted("9 bad", "", 1)]
     counted += [Counted("pages", "pages read", 2), Counted("pages_total", "", 5)]
-    meter.finished("ocr", "m", "succeeded", latency_s=1.0, queue_wait_s=0.0, counted=counted)
+    meter.finished("ocr", "m", "succeeded", latency_s=1.0, counted=counted)
     found = families(prometheus_text(Snapshot(0.0, 0.0, (), metrics=meter.view())).decode())
     assert [(s.name, s.value) for s in found["ris_tasks"][1]] == [("ris_tasks_total", 1)]
     assert found["ris_task_latency_seconds"][0] == "histogram"
@@ -211,7 +254,12 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
             assert (await client.get("/defect")).status_code == 500  # sent outside the counter
             assert (await client.get("/no/such/route")).status_code == 404
             assert (await client.post("/api/llm/generate", json={"max_tokens": -1})).status_code == 422
+            assert (await client.get("/api/stats")).status_code == 200
+            # Probes are not counted: a load balancer polling /ready while a worker started
+            # or restarted set off the 5xx alert (18 answers 503 before one server was ready).
             assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/ready")).status_code == 503  # the TTS worker is not up
+            assert (await client.head("/ready")).status_code == 503
             text = (await client.get("/metrics")).text
     counted = {
         (s.labels["listener"], s.labels["code"]): s.value
@@ -222,3 +270,61 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
     assert counted == {("main", "500"): 1, ("main", "404"): 1, ("main", "422"): 1, ("main", "200"): 1}, (
         counted
     )
+    # The API process's own figures, as every Prometheus client exports them.
+    assert {"process_cpu_seconds", "process_start_time_seconds", "process_open_fds"} <= set(families(text))
+
+
+@run
+async def test_ready_asks_only_the_lanes_named(tmp_path: Path) -> None:
+    """/ready was all lanes or nothing: a restarting image worker (98 s under load) took a
+    server whose chat and speech served out of a load balancer's rotation."""
+    import httpx
+
+    from ris.api.app import create_app
+
+    async with started_engine(tmp_path) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        app = create_app(eng.config, eng)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            every = await client.get("/ready")
+            llm = await client.get("/ready", params={"lane": "llm"})
+            both = await client.get("/ready", params=[("lane", "llm"), ("lane", "tts")])
+            wrong = await client.get("/ready", params={"lane": "chat"})
+    assert every.status_code == 503 and every.json()["lanes"] == {"llm": True, "tts": False}
+    assert llm.status_code == 200 and llm.json() == {"ready": True, "lanes": {"llm": True}}
+    assert both.status_code == 503
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "unknown_lane"
+    assert "enabled: llm, tts" in wrong.json()["error"]["message"]
+
+
+def test_lent_cores_activity_and_a_held_lane_are_there_to_graph() -> None:
+    """Lending, what a lane does and a lane held for disk room were in /api/stats and the
+    console only: an operator could neither graph nor alert on them."""
+
+    def lane(
+        name: str, cores: tuple[int, ...], borrowed: tuple[int, ...] | None, held: str | None = None
+    ) -> LaneStatus:
+        stats = LaneStats(name, 0, 0, 1, 0, 0, 0, None, None, None, None, None, held=held)
+        worker = WorkerStatus("ready", borrowed_cores=borrowed)
+        doing = None if held else Activity.DECODE  # the image lane's pool keeps no board
+        return LaneStatus(name, True, "cpu", cores, 8, stats, (worker,), activity=doing)
+
+    snap = Snapshot(
+        0.0,
+        0.0,
+        (lane("llm", (0,), (1,)), lane("tts", (1,), None), lane("image", (0, 1), None, held="disk_space")),
+    )
+    found = families(prometheus_text(snap).decode())
+
+    def values(name: str) -> dict[tuple[str, ...], float]:
+        return {
+            (s.labels["lane"], *([s.labels["activity"]] if "activity" in s.labels else [])): s.value
+            for s in found[name][1]
+        }
+
+    assert values("ris_lane_borrowed_cores") == {("llm",): 1, ("tts",): 0, ("image",): 0}
+    assert values("ris_lane_lent_cores") == {("llm",): 0, ("tts",): 1, ("image",): 1}
+    assert values("ris_lane_held") == {("llm",): 0, ("tts",): 0, ("image",): 1}
+    decode = {k: v for k, v in values("ris_lane_activity").items() if v == 1}
+    assert decode == {("llm", "decode"): 1, ("tts", "decode"): 1}

@@ -24,10 +24,12 @@ from prometheus_client.metrics_core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ris import __version__
 from ris.gpus import GPUDevice
+from ris.preemption.policy import Activity
 from ris.runtime.metrics import HistogramView
 from ris.runtime.snapshot import Snapshot
 
@@ -49,7 +51,8 @@ HISTOGRAMS = (
     ),
     (
         "ris_inter_output_seconds",
-        "time between two streamed outputs of a task: inter-token latency (llm), between audio chunks (tts)",
+        "time between two streamed outputs of a task: inter-token latency (llm), between audio chunks (tts), "
+        "between two denoising steps, pauses included (image)",
         "output_gap",
     ),
 )
@@ -81,6 +84,10 @@ def prometheus_text(
     """The exposition (text format 0.0.4). Runs off the event loop: the snapshot is frozen."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(snapshot, gpus, server or ServerFacts()))
+    # The API process's own process_* figures, as every Prometheus client exports them
+    # (process_start_time_seconds, process_cpu_seconds_total, process_open_fds...): read from
+    # /proc where it exists, nothing elsewhere.
+    ProcessCollector(registry=registry)
     return generate_latest(registry)
 
 
@@ -149,6 +156,23 @@ def _lanes(snap: Snapshot) -> list[Metric]:
         "submissions refused with 429 because the lane's queue was full",
         labels=["lane"],
     )
+    held = GaugeMetricFamily(
+        "ris_lane_held",
+        "1 while the lane's queue starts nothing (a durable lane with no room on the data folder's disk)",
+        labels=["lane"],
+    )
+    activity = GaugeMetricFamily(
+        "ris_lane_activity",
+        "1 for what the lane's worker is doing now (idle, prefill, decode, busy), 0 for the others",
+        labels=["lane", "activity"],
+    )
+    lent = GaugeMetricFamily(
+        "ris_lane_lent_cores", "the lane's idle cores another lane's worker runs on now", labels=["lane"]
+    )
+    borrowed = GaugeMetricFamily(
+        "ris_lane_borrowed_cores", "other lanes' idle cores the lane's workers run on now", labels=["lane"]
+    )
+    borrowers = {core for lane in snap.lanes for w in lane.workers for core in w.borrowed_cores or ()}
     for lane in snap.lanes:
         s = lane.stats
         enabled.add_metric([lane.lane], 1 if lane.enabled else 0)
@@ -159,7 +183,14 @@ def _lanes(snap: Snapshot) -> list[Metric]:
         slots.add_metric([lane.lane], s.slots)
         limit.add_metric([lane.lane], lane.max_queue)
         rejected.add_metric([lane.lane], s.rejected)
-    return [enabled, queued, running, slots, limit, rejected]
+        held.add_metric([lane.lane], 0 if s.held is None else 1)
+        if lane.activity is not None:
+            for state in Activity:
+                activity.add_metric([lane.lane, state.name.lower()], 1 if state is lane.activity else 0)
+        own = {c for w in lane.workers for c in w.borrowed_cores or ()}
+        borrowed.add_metric([lane.lane], len(own))
+        lent.add_metric([lane.lane], len((set(lane.cores or ()) & borrowers) - own))
+    return [enabled, queued, running, slots, limit, rejected, held, activity, lent, borrowed]
 
 
 def _work(snap: Snapshot, models: Mapping[str, Sequence[str]]) -> list[Metric]:
@@ -175,7 +206,15 @@ def _work(snap: Snapshot, models: Mapping[str, Sequence[str]]) -> list[Metric]:
     counts.update(view.tasks)
     for (lane, model, outcome), n in sorted(counts.items()):
         tasks.add_metric([lane, model, outcome], n)
-    out: list[Metric] = [tasks]
+    failures = CounterMetricFamily(
+        "ris_task_failures",
+        "failed tasks by error code (the code of the API's error answer: worker_crashed, "
+        "deadline_exceeded, gpu_out_of_memory...)",
+        labels=["lane", "code"],
+    )
+    for (lane, code), n in sorted(view.failures.items()):
+        failures.add_metric([lane, code], n)
+    out: list[Metric] = [tasks, failures]
     for name, help_, kept_in in HISTOGRAMS:
         histogram = HistogramMetricFamily(name, help_, labels=LANE_MODEL)
         histograms: Mapping[tuple[str, str], HistogramView] = getattr(view, kept_in)

@@ -1,12 +1,18 @@
 """HTTP answers counted by status code, for /metrics: a 400, 404 or 422 was in the access log
 only (the task counters see no request refused before it became a task), and an operator's
-alert on a client sending bad requests, or on 5xx answers, had nothing to read."""
+alert on a client sending bad requests, or on 5xx answers, had nothing to read.
+
+Probes (GET or HEAD of /health, /ready, /metrics) are not counted: their status is the probe's
+answer, not a failure. A load balancer polling /ready while a worker restarted made the 5xx
+alert go off at every start and restart (18 answers 503 before one server was ready)."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ris.api.access_log import PROBE_PATHS
 
 
 class ResponseCounts:
@@ -19,7 +25,7 @@ class ResponseCounts:
         self.listener = listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and scope["path"] in PROBE_PATHS):
             await self.app(scope, receive, send)
             return
 

@@ -345,7 +345,7 @@ class Engine:
         # Those ended here count as any task's end: an alert on ris_tasks_total{outcome="failed"}
         # never saw a task interrupted twice.
         for lane, named, outcome in self.durable.ended_at_start:
-            self._meter.finished(lane, named, outcome, latency_s=None, queue_wait_s=None)
+            self._meter.finished(lane, named, outcome, latency_s=None, code=None)
         self.durable.ended_at_start.clear()
 
     # ----- requests ------------------------------------------------------------------------
@@ -588,6 +588,8 @@ class Engine:
             self._supervisor.task_started(replica.watch)
             if self.durable is not None:
                 self.durable.started(task)
+            if task.queue_wait is not None:
+                self._meter.started(task.lane, handle.model if handle is not None else model, task.queue_wait)
             keep_alive = handle.keep_alive_s if handle is not None else None
             streamed = handle.streamed if handle is not None else True
             if not replica.worker.send(m.RunTask(task.id, model, request, keep_alive, streamed)):
@@ -729,11 +731,14 @@ class Engine:
         if handle is None:
             return
         self._supervisor.progressed(replica.watch)
-        if isinstance(msg, m.TaskProgress):
+        now = self.clock()
+        if isinstance(msg, m.TaskProgress):  # an image's step: its time, pauses included
+            if handle.last_output_at is not None:
+                self._meter.output_gap(handle.lane, handle.model, now - handle.last_output_at)
+            handle.last_output_at = now
             self._scheduler.progress(msg.task_id, msg.done, msg.total)
             handle.events.put_nowait(msg)
             return
-        now = self.clock()
         self._rates.output(handle.lane, now)
         task = self._scheduler.get(msg.task_id)
         if handle.first_output_at is None:
@@ -853,7 +858,7 @@ class Engine:
             handle.model,
             task.state.value,
             latency_s=None if task.finished_at is None else task.finished_at - task.submitted_at,
-            queue_wait_s=task.queue_wait,
+            code=task.error_code,
             counted=result.counted() if isinstance(result, LaneResult) else (),
         )
 

@@ -24,12 +24,20 @@ from ris.lanes.base import Counted
 TASK_BUCKETS_S = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 )  # fmt: skip
-FIRST_OUTPUT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A first output waits behind the queue: up to the 300 s a request may wait by default (past
+# 60 s every slow one was in +Inf and histogram_quantile said 60 s).
+FIRST_OUTPUT_BUCKETS_S = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0
+)  # fmt: skip
 OUTPUT_GAP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 RATE_WINDOW_S = 60.0  # the window of the work-per-second rates
 MAX_SERIES = 256
 OTHER_MODEL = "other"
+# Failure codes are the server's and the lane kinds' own (ris.failures), a few dozen; a
+# plugin's backend could invent more: past this many (lane, code) pairs they count as "other".
+MAX_FAILURE_SERIES = 128
+OTHER_CODE = "other"
 
 Series = tuple[str, str]  # (lane, model)
 
@@ -83,11 +91,16 @@ class MetricsView:
 
     # Finished tasks per (lane, model, outcome): succeeded, failed or cancelled.
     tasks: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
-    # Submission to end of succeeded tasks; submission to start of every task that started.
+    # Failed tasks per (lane, error code): what an alert on failures wants to tell apart (a
+    # worker crash, a deadline, GPU memory).
+    failures: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Submission to end of succeeded tasks; submission to start of every task that started
+    # (observed as it starts: an image's wait showed only when it ended, up to an hour late).
     latency: Mapping[Series, HistogramView] = field(default_factory=dict)
     queue_wait: Mapping[Series, HistogramView] = field(default_factory=dict)
     # Submission to a task's first streamed output (LLM: its first token; TTS: its first
-    # audio chunk), and the time between one output and the next.
+    # audio chunk), and the time between one output and the next (and between two of an
+    # image's steps).
     first_output: Mapping[Series, HistogramView] = field(default_factory=dict)
     output_gap: Mapping[Series, HistogramView] = field(default_factory=dict)
     # Work done by succeeded tasks (tokens, audio seconds, image steps), by name.
@@ -113,6 +126,7 @@ class WorkMeter:
         self._max_series = max_series
         self._series: set[Series] = set()
         self._tasks: dict[tuple[str, str, str], int] = {}
+        self._failures: dict[tuple[str, str], int] = {}
         self._latency: dict[Series, Histogram] = {}
         self._queue_wait: dict[Series, Histogram] = {}
         self._first_output: dict[Series, Histogram] = {}
@@ -130,6 +144,10 @@ class WorkMeter:
     def output_gap(self, lane: str, model: str, seconds: float) -> None:
         self._histogram(self._output_gap, OUTPUT_GAP_BUCKETS_S, lane, model).observe(seconds)
 
+    def started(self, lane: str, model: str, queue_wait_s: float) -> None:
+        """A task left the queue for a worker after `queue_wait_s`."""
+        self._histogram(self._queue_wait, TASK_BUCKETS_S, lane, model).observe(queue_wait_s)
+
     def finished(
         self,
         lane: str,
@@ -137,18 +155,21 @@ class WorkMeter:
         outcome: str,
         *,
         latency_s: float | None,
-        queue_wait_s: float | None,
+        code: str | None = None,
         counted: Iterable[Counted] = (),
     ) -> None:
-        """A task ended as `outcome`. `latency_s` is observed for succeeded tasks only (a
-        cancelled one's life is the client's choice); `queue_wait_s` when it started."""
+        """A task ended as `outcome` (a failed one with its error `code`). `latency_s` is
+        observed for succeeded tasks only (a cancelled one's life is the client's choice)."""
         series = self._key(lane, model)
         key = (*series, outcome)
         self._tasks[key] = self._tasks.get(key, 0) + 1
+        if outcome == "failed":
+            failure = (lane, code or OTHER_CODE)
+            if failure not in self._failures and len(self._failures) >= MAX_FAILURE_SERIES:
+                failure = (lane, OTHER_CODE)
+            self._failures[failure] = self._failures.get(failure, 0) + 1
         if latency_s is not None and outcome == "succeeded":
             self._series_histogram(self._latency, TASK_BUCKETS_S, series).observe(latency_s)
-        if queue_wait_s is not None:
-            self._series_histogram(self._queue_wait, TASK_BUCKETS_S, series).observe(queue_wait_s)
         window = self._bin()
         window[(lane, "tasks")] = window.get((lane, "tasks"), 0.0) + 1
         for c in counted:
@@ -171,6 +192,7 @@ class WorkMeter:
                 per_lane[name] /= self._window_s
         return MetricsView(
             tasks=dict(self._tasks),
+            failures=dict(self._failures),
             latency=_views(self._latency),
             queue_wait=_views(self._queue_wait),
             first_output=_views(self._first_output),

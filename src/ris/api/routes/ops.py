@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ris.api.deps import engine_of, viewer_of
@@ -26,13 +26,34 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Every enabled lane's worker is up (503 otherwise)")
-async def ready(request: Request) -> JSONResponse:
+@router.get(
+    "/ready", summary="Every enabled lane's worker is up, or every lane named by `lane` (503 otherwise)"
+)
+async def ready(
+    request: Request,
+    lane: Annotated[
+        list[str] | None,
+        Query(
+            description="only these lanes decide (repeat it: ?lane=llm&lane=tts), so a load "
+            "balancer for chat and speech keeps the server in rotation while the image worker restarts",
+        ),
+    ] = None,
+) -> JSONResponse:
     engine = engine_of(request)
     lanes = engine.ready()
+    if lane:
+        unknown = [name for name in lane if name not in lanes]
+        if unknown:
+            raise APIError(
+                422,
+                "unknown_lane",
+                f"lane {unknown[0]!r} is not an enabled lane; enabled: {', '.join(lanes) or 'none'}",
+                param="lane",
+            )
+        lanes = {name: up for name, up in lanes.items() if name in lane}
     ok = bool(lanes) and all(lanes.values())
     body: dict[str, object] = {"ready": ok, "lanes": lanes}
-    pending = engine.pending()
+    pending = {name: why for name, why in engine.pending().items() if name in lanes}
     if pending:  # a worker a cluster has not placed: not "starting", and said why
         body["pending"] = pending
     return JSONResponse(body, status_code=200 if ok else 503)
