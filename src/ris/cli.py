@@ -543,6 +543,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         cfg = _for_card(card_gb, args)
     if getattr(args, "check", False):
         return _check_serves(cfg)
+    _say_ceilings(cfg)
     printed = cfg.model_dump(mode="json")
     keys = printed["server"]["api_keys"]
     if keys and not args.show_keys:
@@ -575,7 +576,20 @@ def _check_serves(cfg: Config) -> int:
         raise ConfigError("`ris serve` would refuse this configuration:\n  - " + "\n  - ".join(problems))
     lanes = ", ".join(cfg.enabled_lanes)
     print(f"ris config: the configuration can serve (lanes: {lanes}; {cfg.server.host}:{cfg.server.port})")
+    _say_ceilings(cfg)
     return 0
+
+
+def _say_ceilings(cfg: Config) -> None:
+    """The memory ceilings in force on this machine, on stderr: the printed config says null
+    for a default one (a share of the machine), and a user sizing a small box saw the real
+    figures only in a running server's /api/stats. (A ceiling the machine cannot give was
+    already warned of, when the config loaded.)"""
+    from ris.config.fit_checks import ceiling_notes
+    from ris.machine import machine_info
+
+    for fact in ceiling_notes(cfg, machine_info())[1]:
+        print(f"ris config: {fact}", file=sys.stderr)
 
 
 def _redacted(entry: str | dict[str, Any]) -> str | dict[str, Any]:

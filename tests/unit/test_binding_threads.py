@@ -47,3 +47,28 @@ def test_every_thread_is_pinned_and_reniced_and_the_nice_can_be_left_to_the_shar
     assert bound == {name: ((0,), 19) for name in ("serving", "pool", "main")}, bound
     parent = os.getpriority(os.PRIO_PROCESS, 0)
     assert unniced == {name: ((0,), parent) for name in ("serving", "pool", "main")}, unniced
+
+
+def _oom_score_adj_after(adj: int) -> int:
+    from ris.runtime.binding import Binding, apply_binding
+
+    apply_binding(Binding(cores=None, threads=1, nice=0, gpu=None, oom_score_adj=adj))
+    with open("/proc/self/oom_score_adj") as f:
+        return int(f.read())
+
+
+def test_a_batch_lanes_worker_is_the_oom_killers_first_choice() -> None:
+    """With the machine out of memory before any lane's ceiling (their shares add up to more
+    than it has), the kernel killed an idle LLM worker, the biggest, not the growing image one."""
+    from ris.config import Config
+    from ris.config.load import with_lane_defaults
+    from ris.runtime.binding import BATCH_OOM_SCORE_ADJ
+    from ris.runtime.specs import worker_spec
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_oom_score_adj_after, (BATCH_OOM_SCORE_ADJ,)) == BATCH_OOM_SCORE_ADJ
+    lanes = {"lanes": {"llm": {"enabled": True}, "image": {"enabled": True}}}
+    config = Config.model_validate(with_lane_defaults(lanes))
+    assert worker_spec(config, "image").binding.oom_score_adj == BATCH_OOM_SCORE_ADJ
+    assert worker_spec(config, "llm").binding.oom_score_adj == 0

@@ -590,3 +590,28 @@ def test_settings_that_do_nothing_where_they_are_are_said(caplog: pytest.LogCapt
         parse_config(base(), TWO_CORES)  # nothing idle: nothing said
         default_config(TWO_CORES)
     assert caplog.text == ""
+
+
+def test_memory_ceilings_the_machine_cannot_give_are_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A 4,000 MiB LLM ceiling on a 1.5 GiB machine passed every check: the kernel's OOM
+    killer, not RIS, then stopped the worker on its first big load."""
+    small = MachineInfo(cores=(0, 1), gpus=0, memory_bytes=1536 * 2**20)
+    with caplog.at_level("INFO", logger="ris.config"):
+        parse_config(base(), small)
+    # The defaults (shares of the machine) add up to more than it has: said, not warned.
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert "the memory ceilings add up to 3,354 MiB (llm 922 MiB, tts 384 MiB" in caplog.text
+    assert "more than the machine's 1,536 MiB" in caplog.text and "worker first" not in caplog.text
+    caplog.clear()
+    data = base()
+    data["lanes"]["llm"]["memory_limit_mb"] = 4000
+    with caplog.at_level("INFO", logger="ris.config"):
+        parse_config(data, small)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2, warned
+    assert "lanes.llm.memory_limit_mb 4000 is above the machine's memory (1,536 MiB)" in warned[0]
+    assert warned[1].endswith("lower lanes.llm.memory_limit_mb")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ris.config"):
+        parse_config(base(), MachineInfo(cores=(0, 1), gpus=0, memory_bytes=64 * 2**30))
+    assert "within the machine's 65,536 MiB" in caplog.text

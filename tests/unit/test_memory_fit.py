@@ -467,11 +467,18 @@ def test_a_configured_model_over_the_ram_budget_refuses_the_start() -> None:
         "lanes.llm.models.a needs 230 MiB (weights 92 MiB, KV cache 90 MiB, working margin 48 MiB) "
         "but the lane's RAM budget is 200 MiB; raise lanes.llm.memory_budget_mb" in str(exc.value)
     )
-    # No budget of its own: the worker's ceiling is the budget, and the message says so.
-    data = _layout({"memory_limit_mb": 200, "parallel": 2, "models": {"a": smol}})
+    # No budget of its own: the worker's ceiling less its own base (interpreter, libraries:
+    # 96 MiB) is the budget, and the message says so. A ceiling of the model's 230 MiB need
+    # passed, and the worker went over it at its first request, restarted every 2 s.
+    data = _layout({"memory_limit_mb": 296, "parallel": 2, "models": {"a": smol}})
     with pytest.raises(ConfigError) as exc:
         parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
-    assert "RAM budget is 200 MiB; raise lanes.llm.memory_limit_mb (the worker's memory" in str(exc.value)
+    assert (
+        "RAM budget is 200 MiB; raise lanes.llm.memory_limit_mb (the worker's memory ceiling: the budget "
+        "is what it leaves beside the worker's own 96 MiB)" in str(exc.value)
+    )
+    data = _layout({"memory_limit_mb": 240 + 96, "parallel": 2, "models": {"a": smol}})
+    assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_limit_mb == 336
     data = _layout({"memory_budget_mb": 200, "parallel": 1, "models": {"a": smol}})
     assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 200
 
@@ -594,9 +601,13 @@ def test_a_ram_budget_above_the_workers_ceiling_refuses_the_start() -> None:
     smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
     data = _layout({"memory_limit_mb": 120, "memory_budget_mb": 1000, "models": {"a": smol}})
     with pytest.raises(
-        ConfigError, match=r"memory_budget_mb 1000 is above the worker's memory ceiling \(120 MiB"
+        ConfigError,
+        match=r"memory_budget_mb 1000 and the worker's own 96 MiB are above its memory ceiling \(120 MiB",
     ):
         parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
+    # A budget the ceiling holds with the worker's own base beside it is taken.
+    data = _layout({"memory_limit_mb": 1096, "memory_budget_mb": 1000, "models": {"a": smol}})
+    assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 1000
 
 
 def test_replicas_on_one_card_are_counted_each() -> None:

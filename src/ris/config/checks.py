@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ris.config.backend_options import option_problems
-from ris.config.fit_checks import memory_problems, preloaded
+from ris.config.fit_checks import ceiling_notes, memory_problems, preloaded
 from ris.config.schema import Config, ConfigError, LaneConfig
 from ris.config.sharing import resolve_policy, yields_to
 from ris.lanes import kind, kinds
@@ -41,6 +41,11 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     for note in idle_settings(cfg):
         log.warning("%s", note)
+    warnings, facts = ceiling_notes(cfg, machine)
+    for note in warnings:
+        log.warning("%s", note)
+    for note in facts:
+        log.info("%s", note)
     return cfg
 
 

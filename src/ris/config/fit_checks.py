@@ -20,11 +20,19 @@ from ris.memory.fit import (
 )
 from ris.memory.footprint import Footprint, model_footprint
 
+# What a worker holds with no model loaded: its interpreter, RIS and the backend's libraries
+# (an LLM worker whose model keep_alive unloaded: 95 MiB resident, measured). The ceiling is on
+# the whole process: a model footprint equal to the ceiling passed the checks, and the worker
+# then went over it on its first request and was restarted every 2 s.
+WORKER_BASE_BYTES = 96 * 2**20
+
 
 def ram_budget(cfg: LaneConfig, ceiling_bytes: int | None) -> int | None:
     """The RAM the lane's loaded models may use together: its memory_budget_mb, else the
-    worker's ceiling (None: no bound)."""
-    return cfg.memory_budget_mb * 2**20 if cfg.memory_budget_mb is not None else ceiling_bytes
+    worker's ceiling less the worker's own base (None: no bound)."""
+    if cfg.memory_budget_mb is not None:
+        return cfg.memory_budget_mb * 2**20
+    return None if ceiling_bytes is None else max(0, ceiling_bytes - WORKER_BASE_BYTES)
 
 
 def preloaded(cfg: LaneConfig, load_all: bool) -> list[str]:
@@ -101,20 +109,22 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         if (
             cfg.memory_budget_mb is not None
             and ceiling is not None
-            and cfg.memory_budget_mb * 2**20 > ceiling
+            and cfg.memory_budget_mb * 2**20 + WORKER_BASE_BYTES > ceiling
         ):
             # Residency would let models fill more than the worker may hold: the watchdog kills
             # the worker where an idle model should have been evicted, and again after each restart.
             problems.append(
-                f"lanes.{lane}: memory_budget_mb {cfg.memory_budget_mb} is above the worker's memory "
-                f"ceiling ({mib(ceiling)}, memory_limit_mb); lower the budget or raise the ceiling"
+                f"lanes.{lane}: memory_budget_mb {cfg.memory_budget_mb} and the worker's own "
+                f"{mib(WORKER_BASE_BYTES)} are above its memory ceiling ({mib(ceiling)}, memory_limit_mb); "
+                "lower the budget or raise the ceiling"
             )
         if gpu is None:
             budget = ram_budget(cfg, ceiling)
             setting = (
                 f"lanes.{lane}.memory_budget_mb"
                 if cfg.memory_budget_mb is not None
-                else f"lanes.{lane}.memory_limit_mb (the worker's memory ceiling, which is the budget)"
+                else f"lanes.{lane}.memory_limit_mb (the worker's memory ceiling: the budget is what "
+                f"it leaves beside the worker's own {mib(WORKER_BASE_BYTES)})"
             )
             problems += model_problems(lane, "RAM", budget, footprints, setting)
             eager = {n: fp.total for n, fp in footprints.items()}
@@ -198,3 +208,57 @@ def _on_card_problems(
                 "unset (the layers that fit go on the card, the rest runs on the CPU)"
             )
     return problems
+
+
+def memory_ceilings(config: Config, machine: MachineInfo) -> dict[str, int]:
+    """Each enabled lane's workers' memory ceilings together in bytes (a ceiling times the
+    lane's replicas), on this machine; lanes with no ceiling left out."""
+    out: dict[str, int] = {}
+    for lane in config.enabled_lanes:
+        cfg = config.lane(lane)
+        ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
+        if ceiling:
+            out[lane] = ceiling * cfg.replicas
+    return out
+
+
+def ceiling_notes(config: Config, machine: MachineInfo) -> tuple[list[str], list[str]]:
+    """(warnings, facts) on the memory ceilings against the machine's RAM. A ceiling the machine
+    cannot give is no ceiling: the kernel's OOM killer, not RIS, stops the worker first (a
+    low-memory user's 4,000 MiB LLM ceiling on 1.5 GiB was a crash on the first big load, said
+    nowhere). Each default ceiling is a share of the machine; the defaults add up to more than
+    it has (lanes seldom peak together): a fact, a warning only where a setting was written.
+    Local lanes only: a cluster's workers have their nodes' memory."""
+    if config.cluster.engine != "local" or not machine.memory_bytes:
+        return [], []
+    ram = machine.memory_bytes
+    ceilings = memory_ceilings(config, machine)
+    written_mb = {lane: config.lane(lane).memory_limit_mb or 0 for lane in ceilings}
+    warnings = [
+        f"lanes.{lane}.memory_limit_mb {mb} is above the machine's memory ({mib(ram)}): the "
+        "kernel's OOM killer, not the ceiling, stops that worker"
+        for lane, mb in written_mb.items()
+        if mb * 2**20 > ram
+    ]
+    server = config.server.memory_limit_mb * 2**20
+    total = sum(ceilings.values()) + server
+    parts = ", ".join(f"{lane} {mib(b)}" for lane, b in ceilings.items())
+    said = f"the memory ceilings add up to {mib(total)} ({parts}, the API process {mib(server)})"
+    facts = []
+    if total > ram:
+        written = [f"lanes.{lane}.memory_limit_mb" for lane, mb in written_mb.items() if mb]
+        if config.server.memory_limit_mb != type(config.server).model_fields["memory_limit_mb"].default:
+            written.append("server.memory_limit_mb")  # (a CLI override marks every field as set)
+        batch = [lane for lane in ceilings if config.lane(lane).priority_class == "batch"]
+        first = f" (the {' or '.join(batch)} worker first)" if batch else ""
+        news = (
+            f"{said}, more than the machine's {mib(ram)}: if the lanes peak together the kernel's "
+            f"OOM killer stops a worker before any ceiling does{first}"
+        )
+        if written:
+            warnings.append(f"{news}; lower {', '.join(written)}")
+        else:
+            facts.append(f"{news}; each default ceiling is a share of the machine (TTS 25%, others 60%)")
+    else:
+        facts.append(f"{said}, within the machine's {mib(ram)}")
+    return warnings, facts

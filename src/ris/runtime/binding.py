@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 import psutil
 
+# The OOM-killer bias of a batch lane's worker (Binding.oom_score_adj): about as if it held half
+# the machine's memory more than it does, so the kernel stops it before a real-time worker.
+BATCH_OOM_SCORE_ADJ = 500
+
 # Every pool-size knob the libraries we host read at import time.
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -54,6 +58,12 @@ class Binding:
     # Cores other lanes may lend this one while they idle (work-conserving isolation); OpenMP
     # must see them when it loads, see `load_openmp_seeing`.
     may_borrow: tuple[int, ...] = ()
+    # Linux's OOM killer's bias (/proc/self/oom_score_adj, -1000 to 1000; raising it needs no
+    # privilege). The lanes' ceilings are each a share of the machine and may add up to more
+    # than it has: when the machine runs out before any ceiling is reached, the kernel picked
+    # the biggest process, an idle LLM worker, over the image worker that was growing. A batch
+    # lane is made its first choice (BATCH_OOM_SCORE_ADJ), the real-time lanes kept.
+    oom_score_adj: int = 0
 
     def removed(self) -> tuple[str, ...]:
         """Variables the worker must not inherit from the server: a spinning lane drops an
@@ -125,6 +135,7 @@ def apply_binding(binding: Binding, with_nice: bool = True) -> None:
     for var in binding.removed():
         os.environ.pop(var, None)
     _limit_data_memory(binding)
+    _adjust_oom_score(binding.oom_score_adj)
     if binding.cores is not None and binding.may_borrow:
         load_openmp_seeing((*binding.cores, *binding.may_borrow))
     if binding.cores is not None:
@@ -253,6 +264,14 @@ def observed_affinity() -> tuple[int, ...] | None:
     if not hasattr(proc, "cpu_affinity"):
         return None
     return tuple(sorted(proc.cpu_affinity() or []))
+
+
+def _adjust_oom_score(adj: int) -> None:
+    """Raise the process's OOM-killer bias (a lower one needs CAP_SYS_RESOURCE: left as is)."""
+    if adj <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write(str(adj))
 
 
 def _limit_data_memory(binding: Binding) -> None:

@@ -10,7 +10,7 @@ from ris.config import Config
 from ris.config.fit_checks import gpu_budget
 from ris.config.sharing import lenders, lends, resolve_policy, waits_passively, yields_to
 from ris.machine import MachineInfo, machine_info
-from ris.runtime.binding import Binding
+from ris.runtime.binding import BATCH_OOM_SCORE_ADJ, Binding
 from ris.runtime.workers.base import WorkerSpec
 
 
@@ -56,6 +56,7 @@ def worker_spec(config: Config, lane: str, machine: MachineInfo | None = None) -
             memory_limit_bytes=memory_limit(config, lane, machine),
             passive_wait=waits_passively(config, lane),
             may_borrow=tuple(sorted({c for lender in borrow_from for c in lender.cores})),
+            oom_score_adj=BATCH_OOM_SCORE_ADJ if cfg.priority_class == "batch" else 0,
         ),
         device=cfg.device,
         lane_config_json=cfg.model_dump_json(),
