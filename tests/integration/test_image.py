@@ -90,6 +90,7 @@ def test_cancel_running_and_queued(idle_image_lane: Client) -> None:
     r = httpx.get(f"{c._http.base_url}/api/image/result/{running}")
     assert r.status_code == 409 and r.json()["error"]["code"] == "cancelled", r.text
     assert r.json()["progress"]["status"] == "cancelled"
+    assert r.headers["x-should-retry"] == "false"  # OpenAI's SDKs retry a 409 (was missing here)
 
 
 def test_priority_orders_the_queue_and_positions_move(idle_image_lane: Client) -> None:
@@ -141,6 +142,8 @@ def test_queue_position_counts_down(holding: Client) -> None:
     ("body", "status", "needle"),
     [
         ({"prompt": "x", "width": 100}, 422, "multiple of 8"),
+        # The whole rule at once: 1 said "a multiple of 8", then 8 said ">= 64".
+        ({"prompt": "x", "width": 1}, 422, "64 to 2048 and a multiple of 8"),
         ({"prompt": "x", "width": 4096}, 422, "2048"),
         ({"prompt": "x", "width": 2048, "height": 2048}, 422, "limit is 1048576"),
         ({"prompt": "x", "steps": 500}, 422, "limit of 100"),

@@ -177,6 +177,24 @@ def test_image_url_points_at_the_result(oa: OpenAI) -> None:
     assert httpx.get(url, timeout=10).content[:4] == b"\x89PNG"
 
 
+def test_image_answers_name_their_tasks_take_any_seed_and_warn_of_a_cut_prompt(
+    oa: OpenAI, server: Server
+) -> None:
+    """A /v1 client could not find its pictures' tasks (no X-Task-Id), a seed of -1 was a 400
+    where the reference says any 64-bit integer, and a prompt longer than CLIP reads was cut
+    in silence (said on /api/image/generate only)."""
+    long_prompt = " ".join(["a small red boat on a calm blue sea at dawn"] * 12)
+    raw = oa.images.with_raw_response.generate(
+        prompt=long_prompt, size="64x64", n=2, response_format="url", extra_body={"seed": -1}
+    )
+    ids = raw.headers["x-task-id"].split(",")
+    assert len(ids) == 2 and raw.headers["x-request-id"] == ids[0]
+    tasks = [httpx.get(f"{server.url}/api/tasks/{i}", timeout=10).json() for i in ids]
+    assert [t["result"]["seed"] for t in tasks] == [2**32 - 1, 0], tasks  # -1 and -1 + 1, modulo 2^32
+    (note,) = json.loads(raw.headers["x-warnings"])
+    assert note.startswith("prompt: ") and "(CLIP) reads the first" in note
+
+
 def test_a_named_voice_model_without_the_inputs_language_names_the_one_with_it(oa: OpenAI) -> None:
     """model piper, voice alloy, a Chinese input: spoken by piper as English, and the warning
     said "no loaded voice reads" zh-CN while espeak, loaded beside it, reads it."""

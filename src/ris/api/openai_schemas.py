@@ -202,4 +202,10 @@ class ImageGenerationRequest(_OpenAIBody):
     size: str = "512x512"
     # Absent: OpenAI's default for the model named, base64 for gpt-image-1 (which has no url), else url.
     response_format: Literal["url", "b64_json"] | None = None
-    seed: Int | None = Field(default=None, ge=0, le=SEED_MAX)
+    # As on the chat routes (the API reference says so of every /v1 seed): -1 was a 400 here.
+    seed: Int | None = Field(
+        default=None,
+        ge=INT64_MIN,
+        le=INT64_MAX,
+        description=f"any 64-bit integer, taken modulo {SEED_MAX + 1} (the n images: seed, seed + 1, ...)",
+    )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from ris.api.limits import (
     IMAGE_SIDE_MULTIPLE,
@@ -22,6 +22,7 @@ from ris.api.limits import (
     Float,
     Int,
     RequestBody,
+    image_side_ok,
 )
 from ris.runtime.views import TaskView
 from ris.services.speech_encoding import SpeechFormat
@@ -142,15 +143,36 @@ class TTSSynthesizeResponse(BaseModel):
 _SIDE = f"pixels, multiple of {IMAGE_SIDE_MULTIPLE}"
 
 
+def _image_side(pixels: int) -> int:
+    """The whole rule in one message: `"width": 1` was "a multiple of 8", then 8 was ">= 64"."""
+    if not image_side_ok(pixels):
+        raise ValueError(
+            f"each side is {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} and a multiple of {IMAGE_SIDE_MULTIPLE} "
+            f"(pixels; got {pixels})"
+        )
+    return pixels
+
+
+# Checked by _image_side; the schema still says the bounds to a client that reads it.
+ImageSide = Annotated[
+    Int,
+    AfterValidator(_image_side),
+    Field(
+        description=_SIDE,
+        json_schema_extra={
+            "minimum": MIN_IMAGE_SIDE,
+            "maximum": MAX_IMAGE_SIDE,
+            "multipleOf": IMAGE_SIDE_MULTIPLE,
+        },
+    ),
+]
+
+
 class ImageGenerateRequest(_Body):
     prompt: str = Field(min_length=1, max_length=MAX_IMAGE_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_IMAGE_PROMPT_CHARS)
-    width: Int = Field(
-        default=512, ge=MIN_IMAGE_SIDE, le=MAX_IMAGE_SIDE, multiple_of=IMAGE_SIDE_MULTIPLE, description=_SIDE
-    )
-    height: Int = Field(
-        default=512, ge=MIN_IMAGE_SIDE, le=MAX_IMAGE_SIDE, multiple_of=IMAGE_SIDE_MULTIPLE, description=_SIDE
-    )
+    width: ImageSide = 512
+    height: ImageSide = 512
     use_turbo: Bool = Field(default=False, description="use the configured turbo model (few steps)")
     steps: Int | None = Field(default=None, ge=1, le=1000, description="default: the model's")
     guidance: Float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")

@@ -107,7 +107,7 @@ def _unused_negative(engine: Engine, model: str, req: ImageRequest) -> list[str]
     ]
 
 
-def _cut_prompts(req: ImageRequest) -> list[str]:
+def cut_prompts(req: ImageRequest) -> list[str]:
     """A prompt longer than the text encoder reads is cut, silently in diffusers (a line in the
     worker's log): the answer says so where the count is certain."""
     notes = []
@@ -149,7 +149,7 @@ async def image_generate(request: Request) -> Any:
     check_size(engine, body.width, body.height, body.steps)
     model, req, warnings = _pick_model(engine, body)
     req, capped = capped_steps(engine, model, req)
-    warnings += capped + _cut_prompts(req)
+    warnings += capped + cut_prompts(req)
     handle = engine.submit(
         IMAGE,
         model,
@@ -218,6 +218,8 @@ async def image_result(task_id: str, request: Request) -> Any:
         return JSONResponse(
             {"error": {"code": why.code, "message": why.message}, "progress": progress_body(view)},
             status_code=why.status,
+            # x-should-retry: false on a cancelled or failed task (OpenAI's SDKs retry a 409).
+            headers={"X-Task-Id": task_id, **why.headers},
         )
     path = engine.files.servable(IMAGE_FOLDER, view.result.path)
     if path is None:  # served only from the data folder

@@ -30,7 +30,7 @@ from ris.api.errors import APIError
 from ris.api.limits import IMAGE_SIDE_MULTIPLE, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, image_side_ok, wrap_seed
 from ris.api.openai_schemas import ImageGenerationRequest, SpeechRequest
 from ris.api.openai_strict import IMAGES, SPEECH, refuse_other_lane, refuse_unknown
-from ris.api.routes.image import capped_steps, result_url
+from ris.api.routes.image import capped_steps, cut_prompts, result_url
 from ris.api.signed_urls import opened_by_url
 from ris.api.streams import json_response, warnings_header
 from ris.api.tts_support import first_audio, pick_tts_model, require_speakable, task_pcm, tts_rate
@@ -215,6 +215,7 @@ async def images_generations(request: Request) -> Any:
     first, warnings = capped_steps(
         engine, model, ImageRequest(prompt=body.prompt, width=width, height=height)
     )
+    warnings += cut_prompts(first)  # said on /api/image/generate, and nowhere here
     reqs = [dataclasses.replace(first, seed=seed) for seed in seeds]
     # All n or none: a 429 after some were queued would leave tasks running whose ids the
     # client never gets.
@@ -234,7 +235,12 @@ async def images_generations(request: Request) -> Any:
             # Opens without the API key, as OpenAI's URLs do (<img src>): signed where keys are set.
             path = opened_by_url(request.app.state.url_signer, result_url(view.id))
             data.append({"url": f"{str(request.base_url).rstrip('/')}{path}"})
-    return json_response({"created": int(time.time()), "data": data}, headers=warnings_header(warnings))
+    # The tasks' ids, as every RIS answer names its task (the first is x-request-id too): a
+    # client can find them in /api/tasks, the log and the console.
+    named = {"X-Task-Id": ",".join(h.task_id for h in handles), "x-request-id": handles[0].task_id}
+    return json_response(
+        {"created": int(time.time()), "data": data}, headers={**named, **warnings_header(warnings)}
+    )
 
 
 def _b64_file(path: Path) -> str:
