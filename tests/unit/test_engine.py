@@ -1280,3 +1280,29 @@ async def test_a_batch_too_large_for_the_ready_workers_waits_for_one_still_start
         with pytest.raises(QueueFull) as exc:
             eng.submit_many(TTS, "e", [TTSRequest(text="hi")] * 4)  # 1 place + 2 slots < 4
         assert exc.value.most == 3
+
+
+@run
+async def test_a_finished_task_keeps_its_model_not_its_request(tmp_path: Path) -> None:
+    """The last 1,000 finished tasks of each lane are kept for lookups, and each held its whole
+    request: 1,000 prompts of 128 KB took the API process from 152 to 369 MB, never read again."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+        llm, image = workers[Lane.LLM], workers[Lane.IMAGE]
+        llm.ready()
+        image.ready()
+        answer = eng.submit(LLM, "m", LLMRequest(prompt="x" * 100_000))
+        llm.deliver(m.TaskOutput(answer.task_id, TextDelta("a")))
+        llm.deliver(m.TaskDone(answer.task_id, LLMOutcome("stop", 5, 1)))
+        picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a boat"))
+        eng.check()
+        image.deliver(m.TaskDone(picture.task_id, ImageOutcome(GeneratedImage(PNG, 64, 64, 2, 7))))
+        await answer.done
+        view = await picture.done
+        assert view.succeeded, view
+        for handle, model in ((answer, "m"), (picture, "i")):
+            task = eng._scheduler.get(handle.task_id)
+            assert task is not None and task.spec.payload == (model,)
+            assert eng.lookup(handle.task_id).model == model  # type: ignore[union-attr]
+        # The picture's record, written with its request before it was let go, has it.
+        stored = eng.durable.store.get(picture.task_id)  # type: ignore[union-attr]
+        assert stored is not None and stored.request["prompt"] == "a boat"

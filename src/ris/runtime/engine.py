@@ -826,6 +826,7 @@ class Engine:
         except Exception:  # noqa: BLE001 - a lane's result that does not serialise or count
             # Said, and the client still answered: its handle is already out of the table.
             log.exception("%s task %s: not recorded", task.lane, task_id)
+        self._scheduler.forget_request(task_id)  # recorded: only its model is read again
         view = self._view(task)
         if handle is not None:
             handle.events.put_nowait(None)

@@ -25,7 +25,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ris.scheduler.fairness import fair_order, fair_pick
@@ -552,6 +552,15 @@ class Scheduler:
         return to_interrupt
 
     # ----- queries -------------------------------------------------------------------------
+
+    def forget_request(self, task_id: str) -> None:
+        """Drop a finished task's request, keeping the model it ran (its payload's first item,
+        what views read): the last keep_finished tasks of a lane are kept for lookups, and each
+        held its whole request, a 128 KB prompt too (up to ~220 MB for an LLM lane), never read
+        again once the task's end was recorded."""
+        task = self._tasks.get(task_id)
+        if task is not None and task.state.finished and isinstance(task.spec.payload, tuple):
+            task.spec = replace(task.spec, payload=task.spec.payload[:1])
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
