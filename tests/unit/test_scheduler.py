@@ -286,6 +286,43 @@ def test_progress_and_eta() -> None:
     assert sched.eta("t0") == pytest.approx(1.0)
 
 
+def test_a_running_images_eta_counts_down_and_learns_what_follows_its_last_step() -> None:
+    """Polled between steps, the ETA rose every second no step came (elapsed / done * left);
+    past the last step it was one step's time while a large image's decode took twice that,
+    and the bar sat at 99% for half the image's time."""
+    sched, clock = make(slots=1)
+    big = TaskSpec(lane=Lane.IMAGE, work=8.0)  # 2 steps of 4 units (1024 x 1024)
+    sched.submit(big)
+    sched.dispatch()
+    clock.advance(2.5)
+    sched.progress("t0", 1, 2)
+    etas: list[float] = []
+    shown: list[float] = []
+    for _ in range(4):  # between steps: counts down
+        etas.append(sched.eta("t0") or 0.0)
+        shown.append(sched.fraction_done("t0") or 0.0)
+        clock.advance(0.5)
+    assert etas == sorted(etas, reverse=True) and etas[0] == pytest.approx(2.5)
+    clock.advance(0.5)
+    sched.progress("t0", 2, 2)
+    clock.advance(5.5)  # the decode: no learned tail yet, a step's time, then a little left
+    assert sched.eta("t0") == pytest.approx(0.375)  # 5% of the run foreseen
+    shown.append(sched.fraction_done("t0") or 0.0)
+    assert shown == sorted(shown) and 0.4 < shown[0] and shown[-1] <= 0.99
+    sched.finish("t0", TaskState.SUCCEEDED)
+    # The next image of that size knows the decode that follows its last step.
+    sched.submit(big)
+    sched.dispatch()
+    clock.advance(2.5)
+    sched.progress("t1", 1, 2)
+    assert sched.eta("t1") == pytest.approx(2.5 + 5.5)
+    clock.advance(2.5)
+    sched.progress("t1", 2, 2)
+    clock.advance(2.0)
+    assert sched.eta("t1") == pytest.approx(3.5)
+    assert sched.fraction_done("t1") == pytest.approx(7.0 / 10.5)
+
+
 def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:
     """A long image running (10% done in 10 s: 90 s left) puts 90 s ahead of the task queued
     behind it, not the lane's mean run (1 s)."""

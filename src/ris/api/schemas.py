@@ -203,14 +203,16 @@ class ImageProgress(BaseModel):
     step: int
     total_steps: int | None
     progress: float = Field(
-        description="0 to 1: steps done of total_steps, short of 1 until the image is done (its "
-        "decode after the last step is work too)"
+        description="0 to 1, by time once it runs: its run so far against that plus eta_s (the "
+        "decode after the last step moves it too); short of 1 until the image is done, and never "
+        "lower than a value shown before"
     )
     queue_position: int | None
     eta_s: float | None = Field(
-        description="seconds until it ends, estimated: by its progress once it has some, before "
-        "that from the lane's learned time per 512 x 512 step times its own steps and size, and "
-        "the work queued ahead of it"
+        description="seconds until it ends, estimated: once it runs, its steps left at its pace so "
+        "far plus what the lane's images of its size took after their last step (the decode), "
+        "counting down between steps; before that from the lane's learned time per 512 x 512 "
+        "step times its own steps and size, and the work queued ahead of it"
     )
     waiting_for: str | None = Field(
         default=None,

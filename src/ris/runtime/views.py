@@ -118,6 +118,9 @@ class TaskView(Generic[R]):
     waiting_for: str | None = None
     # The model whose load it waits for: its own, or the one a switch it is held behind loads.
     waiting_for_model: str | None = None
+    # A running task that counts steps (an image): how much of it is done, 0-0.99, by time
+    # (its run against its run plus its ETA: the decode after the last step moves it too).
+    fraction_done: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -152,6 +155,7 @@ def task_view(
         owner=task.spec.owner,
         waiting_for=None if wait is None else "model_load",
         waiting_for_model=None if wait is None else wait.model,
+        fraction_done=scheduler.fraction_done(task.id),
     )
 
 

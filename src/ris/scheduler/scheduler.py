@@ -193,6 +193,10 @@ class _LaneBook:
         # Run times learned as a fixed part and a part per unit of work (TaskSpec.work), for
         # ETAs at a task's size; its mean, for Retry-After (when a slot frees).
         self.runs = RunFit(policy.initial_run_estimate_s)
+        # What a task that counts steps takes after its last one (an image's VAE decode and
+        # its file), by the size of one step's work (TaskSpec.work / steps: its pixels); None
+        # until one such task has ended.
+        self.tails: RunFit | None = None
 
 
 class Scheduler:
@@ -452,6 +456,7 @@ class Scheduler:
         if task is None or task.state is not TaskState.RUNNING:
             return
         task.progress_done = done
+        task.progress_at = self._clock()
         if total is not None:
             task.progress_total = total
 
@@ -490,6 +495,16 @@ class Scheduler:
         task.result = result
         if state is TaskState.SUCCEEDED and task.run_time is not None:
             self.learned_run_times(task.lane, ((task.run_time, task.spec.work),))
+        total = task.progress_total
+        if (
+            state is TaskState.SUCCEEDED
+            and total
+            and task.progress_done >= total
+            and task.progress_at is not None
+        ):
+            if book.tails is None:
+                book.tails = RunFit(self._clock() - task.progress_at)
+            book.tails.add(self._clock() - task.progress_at, task.spec.work / total)
         return task
 
     # ----- cancellation and deadlines ------------------------------------------------------
@@ -599,12 +614,7 @@ class Scheduler:
             start = task.own_run_start
             since = self._clock() if start is None else start
             if task.progress_total and task.progress_done:
-                # A task running past its last step has work left all the same (an image's
-                # decode and file): a step's time, not 0 (a large image said "ETA 0 s" for
-                # half of its time).
-                elapsed = self._clock() - since
-                steps_left = max(task.progress_total - task.progress_done, 1)
-                return elapsed / task.progress_done * steps_left
+                return self._steps_left_s(book, task, since)
             # Its model's load is ahead of it until it reports progress or the model arrives.
             load = task.spec.load_s if not task.progress_done and task.run_since is None else 0.0
             return max(0.0, est + load - (self._clock() - since))
@@ -618,6 +628,40 @@ class Scheduler:
         before = book.queue.work_before(task_id) if placing is None else placing[1].get(task_id, 0.0)
         ahead = left + place * fixed + per_unit * before
         return ahead / max(1, book.slots) + est + task.spec.load_s
+
+    def _steps_left_s(self, book: _LaneBook, task: Task, since: float) -> float:
+        """A running task that counts steps: the steps left at its pace so far, then what the
+        lane's tasks take after their last step (an image's decode and file: learned; a step's
+        time before any has ended), less the time since its last step. It counts down between
+        steps: it rose with every second no step came (elapsed / done * left), and past the
+        last step it was one step's time, while a large image's decode took twice that."""
+        now = self._clock()
+        total, done = task.progress_total or 0, task.progress_done
+        last = task.progress_at if task.progress_at is not None else now
+        per_step = max(0.0, last - since) / done
+        if book.tails is None:  # the steps left, and past the last one a step's time
+            ahead = per_step * max(total - done, 1)
+        else:
+            ahead = per_step * max(total - done, 0) + book.tails.estimate(task.spec.work / total)
+        left = ahead - (now - last)
+        # Overdue: a little left, never 0 while it runs nor growing again.
+        return max(left, 0.05 * (per_step * done + ahead), 0.1)
+
+    def fraction_done(self, task_id: str) -> float | None:
+        """How much of a running task that counts steps is done, 0-0.99, by time: its run so
+        far against that plus its ETA, so a large image's decode moves the bar (by steps it sat
+        at 99% for half of the image's time); never below what was shown before. None: not a
+        running task with steps."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.RUNNING or not task.progress_total:
+            return None
+        start = task.own_run_start
+        left = self.eta(task_id)
+        if start is None or left is None or not task.progress_done:
+            return task.fraction_shown
+        ran = self._clock() - start
+        task.fraction_shown = max(task.fraction_shown, min(0.99, ran / (ran + left) if ran + left else 0.0))
+        return task.fraction_shown
 
     def stats(self, lane: str) -> LaneStats:
         book = self._book(lane)

@@ -81,6 +81,10 @@ class Task:
     # Progress reported by the worker: steps (tokens, audio chunks, denoising steps) done/total.
     progress_done: int = 0
     progress_total: int | None = None
+    # When the last progress came (the scheduler's clock), and the most of the task a view has
+    # shown as done (0-1): a fraction shown never goes back (Scheduler.fraction_done).
+    progress_at: float | None = None
+    fraction_shown: float = 0.0
     # Set when cancel() hits a running task: the runtime must stop the worker's work.
     cancel_requested: bool = False
     error_code: str | None = None

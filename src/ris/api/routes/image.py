@@ -176,8 +176,13 @@ def progress_body(view: TaskView[Any]) -> dict[str, Any]:
     total = view.progress_total
     done = view.progress_done
     # Below 1 until it is done: the decode after the last step is work too (a bar said 100%
-    # for half of a large image's time).
-    fraction = 1.0 if view.succeeded else (min(0.99, done / total) if total else 0.0)
+    # for half of a large image's time, then 99%: now by time, Scheduler.fraction_done).
+    if view.succeeded:
+        fraction = 1.0
+    elif view.fraction_done is not None:
+        fraction = view.fraction_done
+    else:
+        fraction = min(0.99, done / total) if total else 0.0
     return ImageProgress(
         task_id=view.id,
         status=view.state,
