@@ -220,6 +220,27 @@ async def test_a_task_queued_while_its_worker_restarts_says_so_and_counts_the_st
 
 
 @run
+async def test_after_a_restart_a_waiting_tasks_eta_counts_down_the_start_the_last_one_took(
+    tmp_path: Path,
+) -> None:
+    """After a server restart the resumed images' ETAs stood still for the whole first start
+    (a minute for the image worker): this server had seen no start to go by."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        clock.advance(8.0)
+        workers[Lane.LLM].ready()
+        assert eng.durable is not None
+        eng.durable.store.flush()
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        queued = eng.submit(LLM, "m", LLMRequest(prompt="a"))
+        first = eng.lookup(queued.task_id)
+        assert first is not None and first.waiting_for == "worker_start"
+        assert first.eta_s is not None and first.eta_s >= 8.0
+        clock.advance(5.0)
+        later = eng.lookup(queued.task_id)
+        assert later is not None and later.eta_s == pytest.approx(first.eta_s - 5.0, abs=0.01)
+
+
+@run
 async def test_a_worker_over_its_memory_ceiling_fails_its_task_and_is_replaced(tmp_path: Path) -> None:
     async with started_engine(tmp_path, llm={"memory_limit_mb": 100}) as (eng, workers, clock):
         llm, running, queued = two_tasks(eng, workers)

@@ -218,7 +218,8 @@ class ImageProgress(BaseModel):
         default=None,
         description='"model_load" while its worker loads a model for it, or holds it until a switch can '
         'load; "worker_start" while queued on a lane whose worker is starting or restarting (both '
-        'counted in eta_s); "lane_pending" while its cluster has placed none of the lane\'s workers '
+        "counted in eta_s: a start as long as the lane's last, kept across server restarts); "
+        '"lane_pending" while its cluster has placed none of the lane\'s workers '
         '(a Ray head or node lost: eta_s null); "disk_space" while queued with the data folder\'s disk '
         "under 64 MiB free: it starts once there is room for its picture (eta_s null)",
     )

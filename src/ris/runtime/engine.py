@@ -306,6 +306,12 @@ class Engine:
         """Resume the durable tasks a previous server accepted but did not finish, with the
         run times their lanes took before (their ETAs)."""
         assert self.durable is not None
+        # How long each lane's worker took to start last time, for the ETAs of the tasks that
+        # wait for this first start (ready replaces it with this start's own).
+        for lane, seconds in self.durable.store.start_times().items():
+            for replica in self._replicas.get(lane, ()):
+                if replica.start_s is None:
+                    replica.start_s = seconds
         for lane in self._replicas:  # (lanes whose tasks the store keeps: images, speech)
             kind, models = self.kinds[lane], self.config.lane(lane).models
             stored = self.durable.store.run_times(lane)
@@ -636,6 +642,8 @@ class Engine:
                 )
             self._supervisor.ready(replica.watch)
             replica.start_s = replica.watch.ready_at - replica.watch.started_at
+            if self.durable is not None:
+                self.durable.store.note_start(replica.lane, replica.start_s)
             self._note_filled(replica.lane)
             log.info("%s worker ready (pid %s)", replica.lane, msg.pid)
             self._update_slots(replica.lane)

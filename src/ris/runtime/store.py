@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, submitted_at);
 CREATE INDEX IF NOT EXISTS tasks_lane ON tasks (lane, submitted_at);
+CREATE TABLE IF NOT EXISTS lane_starts (
+    lane    TEXT PRIMARY KEY,
+    seconds REAL NOT NULL
+);
 """
 # Columns added since the first schema, with the default older rows get: a data folder from an
 # older version is brought up to date when opened (`_migrate`). A task from before owners has
@@ -459,6 +463,23 @@ class TaskStore:
                 (lane, limit),
             ).fetchall()
         return [(float(r[0]), str(r[1]), _request(r[2])) for r in reversed(rows) if not _damaged(r[1])]
+
+    def note_start(self, lane: str, seconds: float) -> Future[None]:
+        """How long the lane's worker last took to start: after a restart the resumed tasks'
+        ETAs count down what is left of the first start (they stood still for the whole start,
+        a minute for an image worker, none having been seen by this server)."""
+        return self._write(
+            "INSERT INTO lane_starts (lane, seconds) VALUES (?, ?) "
+            "ON CONFLICT(lane) DO UPDATE SET seconds = excluded.seconds",
+            (lane, seconds),
+            hold=False,
+        )
+
+    def start_times(self) -> dict[str, float]:
+        """Each lane's last worker start in seconds, as note_start kept it."""
+        with self._lock:
+            rows = self._db.execute("SELECT lane, seconds FROM lane_starts").fetchall()
+        return {str(lane): float(seconds) for lane, seconds in rows}
 
     def unfinished(self) -> list[StoredTask]:
         """Queued and running tasks, oldest first (the order they are resumed in)."""
