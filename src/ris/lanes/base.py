@@ -359,6 +359,10 @@ class BackendEntry:
     # (libespeak-ng: espeak runs it synchronously, pyttsx3 asynchronously): two backends that
     # name the same one cannot share a lane's worker, and the config says so when it loads.
     drives: str | None = None
+    # Resident memory a worker holds with this backend's libraries loaded and no model (its
+    # interpreter and RIS included): counted before the models against the worker's ceiling.
+    # None: WORKER_BASE_BYTES (ris.config.fit_checks), the interpreter and a light library.
+    process_bytes: int | None = None
 
 
 ResultT = TypeVar("ResultT", bound=LaneResult)

@@ -237,7 +237,10 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
     }
 
     builtin_backends = {
-        "diffusers": BackendEntry("ris.backends.image_diffusers:DiffusersImage", options=DiffusersOptions)
+        # Importing torch and diffusers alone: 311 MiB; a worker with the tiny pipeline: ~450.
+        "diffusers": BackendEntry(
+            "ris.backends.image_diffusers:DiffusersImage", options=DiffusersOptions, process_bytes=384 * 2**20
+        )
     }
     embedded_models = {
         "tiny-sd": ModelSpec(

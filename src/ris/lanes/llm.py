@@ -689,9 +689,13 @@ class LLMLane(LaneKind[LLMRequest, LLMOutcome, LLMResult]):
             constrains=True,
             penalizes=True,
             options=LlamaCppOptions,
+            process_bytes=96 * 2**20,  # a worker whose model keep_alive unloaded: 95 MiB
         ),
         "transformers": BackendEntry(
-            "ris.backends.llm_transformers:TransformersLLM", batches=True, options=TransformersOptions
+            "ris.backends.llm_transformers:TransformersLLM",
+            batches=True,
+            options=TransformersOptions,
+            process_bytes=320 * 2**20,  # importing torch and transformers alone: 240 MiB
         ),
         "noop": "ris.backends.llm_noop:NoopLLM",  # benchmark-only: measures the service's own cost
     }

@@ -38,6 +38,11 @@ GGUF_MARGIN_BYTES = 48 * MIB
 # margin (203 MiB). The CUDA context is not in it (498-582 MiB per torch worker there).
 TORCH_MARGIN_SHARE = 0.10
 TORCH_MARGIN_MIN_BYTES = 64 * MIB
+# onnxruntime (Piper's voices): what synthesis takes beyond the weights, measured as a TTS
+# worker's resident memory after a 4,990-character text (each engine call at most 200
+# characters) less the same worker idle: 164 MiB. Counted as 64 MiB, a ceiling the check took
+# failed a 95-character sentence worker_out_of_memory.
+ONNX_MARGIN_BYTES = 176 * MIB
 # Bytes per KV element by llama.cpp cache type (type_k / type_v options; f16 is its default).
 KV_TYPE_BYTES = {
     "f32": 4.0,
@@ -243,10 +248,20 @@ def file_footprint(
         parts: dict[str, int] = _cached(path, lambda p: folder_weights(p, float_bytes), variant)
         if not parts:
             return None
+        if _onnx_only(path):  # a Piper voice's folder: onnxruntime's working memory, not torch's
+            return Footprint(weights=sum(parts.values()), margin=ONNX_MARGIN_BYTES)
         return replace(torch_footprint(parts), kv=_hf_kv_bytes(path, options, parallel, dtype))
+    if path.is_file() and path.suffix == ".onnx":
+        return Footprint(weights=os.path.getsize(path), margin=ONNX_MARGIN_BYTES)
     if path.is_file():
-        return Footprint(weights=os.path.getsize(path))  # onnx (Piper) and the like: read whole
+        return Footprint(weights=os.path.getsize(path))  # a file of another kind: read whole
     return None
+
+
+def _onnx_only(folder: Path) -> bool:
+    """A folder whose weights are ONNX files only (no safetensors, no torch checkpoint)."""
+    names = {p.suffix for p in folder.rglob("*") if p.is_file()}
+    return ".onnx" in names and not names & {".safetensors", ".bin", ".pt", ".pth", ".ckpt"}
 
 
 def model_footprint(spec: ModelSpec, parallel: int, device: str) -> Footprint | None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ris import messages as m
 from ris.config import LaneConfig
-from ris.config.fit_checks import ram_budget
+from ris.config.fit_checks import WORKER_BASE_BYTES, ram_budget
 from ris.memory.fit import gpu_bytes_needed, ram_bytes_beside
 from ris.memory.footprint import model_footprint
 from ris.memory.residency import Load, Ready, Refuse, Residency, Wait
@@ -45,6 +45,7 @@ class ModelCache:
         gpu_budget_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         check: Callable[[str], None] = lambda name: None,
+        base_bytes: int = WORKER_BASE_BYTES,
     ) -> None:
         """`construct(name)`: the backend of model `name`, loaded; `check(name)`: raises what
         can be known wrong of it without loading (Backend.check), before others are evicted."""
@@ -61,7 +62,7 @@ class ModelCache:
         # and against its RAM budget for what stays in RAM (layers left on the CPU, an offload
         # plan's components); the RAM a load takes for a moment is the worker's ceiling's.
         self._gpu_budget = gpu_budget_bytes if device.startswith("cuda") else None
-        ram = ram_budget(cfg, ceiling_bytes)
+        ram = ram_budget(cfg, ceiling_bytes, base_bytes)  # what the worker holds before any model
         if self._gpu_budget is not None:
             self.residency = Residency(self._gpu_budget, cfg.keep_alive_s, clock, ram_budget=ram)
         else:

@@ -224,7 +224,7 @@ def serve(
     `inbound` until Shutdown, reporting on `outbound`. Returns after Shutdown or a failed start."""
     # Imports below may pull numpy and friends: only once the binding's thread variables are set.
     from ris.config import LaneConfig
-    from ris.config.fit_checks import preloaded
+    from ris.config.fit_checks import preloaded, worker_base_bytes
     from ris.lanes import import_kind
     from ris.lanes.base import (
         BackendContext,
@@ -291,6 +291,7 @@ def serve(
             out.send,
             spec.gpu_budget_bytes,
             check=check,
+            base_bytes=worker_base_bytes(spec.lane, cfg),
         )
         # Large models load on first use, except the default (and those marked preload); small
         # ones (speech) all at once.
