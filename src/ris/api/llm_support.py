@@ -4,6 +4,7 @@ the model's backend can decode under a grammar (structured output, tools)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from ris import catalogue
@@ -11,7 +12,7 @@ from ris.api.errors import APIError
 from ris.api.streams import warnings_header
 from ris.lanes import Lane
 from ris.lanes.llm import LANE as LLM_LANE
-from ris.lanes.llm import LLMRequest
+from ris.lanes.llm import LLMRequest, LLMResult
 from ris.languages import language_warning, script_language
 from ris.runtime.engine import Engine
 
@@ -32,6 +33,27 @@ def llm_warnings(engine: Engine, model: str, texts: Iterable[str | None]) -> lis
     text = "\n".join(t for t in texts if t)
     note = language_warning(model, languages, text, _suggestion(text))
     return [] if note is None else [note]
+
+
+def context_full(r: LLMResult, asked: int | None) -> list[str]:
+    """A note for an answer the model's context cut short of the `max_tokens` asked (None: none
+    asked, the context's end is the answer's): it ended "length" after 1 token of 16, a prompt
+    of 126 tokens leaving no more of a 128-token context, and nothing said why. OpenAI refuses
+    such a request; llama.cpp's server cuts it; here it is answered, and said."""
+    if asked is None or r.finish_reason != "length" or r.completion_tokens >= asked:
+        return []
+    return [
+        f"max_tokens: the answer stopped after {r.completion_tokens} of the {asked} tokens asked: "
+        f"the prompt's {r.prompt_tokens} tokens left no more room in the model's context (n_ctx)"
+    ]
+
+
+def with_notes(header: dict[str, str], notes: list[str]) -> dict[str, str]:
+    """An `X-Warnings` header (warnings_header) with `notes` added."""
+    if not notes:
+        return header
+    said = json.loads(header["X-Warnings"]) if "X-Warnings" in header else []
+    return {**header, **warnings_header([*said, *notes])}
 
 
 def request_warnings(engine: Engine, model: str, req: LLMRequest) -> dict[str, str]:

@@ -101,7 +101,9 @@ class LLMGenerateResponse(BaseModel):
     usage: Usage
     timings: Timings
     warnings: list[str] = Field(
-        default_factory=list, description="what the answer may not be as asked (e.g. its language)"
+        default_factory=list,
+        description="what the answer may not be as asked (its language; an answer the model's context "
+        "cut short of max_tokens)",
     )
 
 

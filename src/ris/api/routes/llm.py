@@ -21,7 +21,7 @@ from ris.api.deps import (
 )
 from ris.api.errors import failure
 from ris.api.llm_request import seed_llm_request
-from ris.api.llm_support import llm_context, llm_warnings, require_constraining_backend
+from ris.api.llm_support import context_full, llm_context, llm_warnings, require_constraining_backend
 from ris.api.schemas import ERRORS, LLMGenerateRequest, LLMGenerateResponse
 from ris.api.streams import json_response, sse_event, texts
 from ris.lanes import Lane
@@ -67,14 +67,14 @@ async def llm_generate(request: Request) -> Any:
     )
     if body.stream:
         return StreamingResponse(
-            _sse(engine, handle, warnings),
+            _sse(engine, handle, warnings, req.max_tokens),
             media_type="text/event-stream",
             headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
         )
     r = result_or_failure(await wait_task(engine, handle, request))
     # A plain response: the body is built from a typed result, so FastAPI's response-model
     # validation would only check it a second time, on the hot path.
-    return json_response(generation_body(handle.task_id, r, warnings))
+    return json_response(generation_body(handle.task_id, r, warnings + context_full(r, req.max_tokens)))
 
 
 def generation_body(task_id: str, r: LLMResult, warnings: list[str]) -> dict[str, Any]:
@@ -95,14 +95,17 @@ def generation_body(task_id: str, r: LLMResult, warnings: list[str]) -> dict[str
     }
 
 
-async def _sse(engine: Engine, handle: TaskHandle[LLMResult], warnings: list[str]) -> AsyncIterator[bytes]:
+async def _sse(
+    engine: Engine, handle: TaskHandle[LLMResult], warnings: list[str], asked: int
+) -> AsyncIterator[bytes]:
     with cancel_unless_ended(engine, handle):
         yield sse_event("start", {"task_id": handle.task_id, "model": handle.model, "warnings": warnings})
         async for text in texts(handle):
             yield sse_event("token", {"text": text})
         view = await handle.done
         if view.succeeded and view.result is not None:
-            yield sse_event("done", generation_body(view.id, view.result, warnings))
+            notes = warnings + context_full(view.result, asked)
+            yield sse_event("done", generation_body(view.id, view.result, notes))
         else:
             err = failure(view)
             yield sse_event("error", {"code": err.code, "message": err.message})

@@ -28,11 +28,13 @@ from ris.api.errors import OLLAMA_ONLY, APIError, failure, openai_error_body
 from ris.api.limits import MIN_TOP_P, wrap_seed
 from ris.api.llm_request import NO_PENALTIES, OPENAI, Penalties, llm_request
 from ris.api.llm_support import (
+    context_full,
     llm_context,
     request_warnings,
     require_constraining_backend,
     require_penalizing_backend,
     tagged,
+    with_notes,
 )
 from ris.api.openai_schemas import ChatCompletionRequest, CompletionRequest, SamplingBody
 from ris.api.openai_strict import refuse_other_lane
@@ -271,7 +273,7 @@ async def chat_completions(request: Request, response: Response) -> Any:
             warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
-    response.headers.update({**warned, **_task_headers(handle)})
+    response.headers.update({**with_notes(warned, context_full(r, asked)), **_task_headers(handle)})
     message, finish = chat_answer(r.text, _finish_reason(r), plan, call_ids)
     return {
         **base,
@@ -318,7 +320,7 @@ async def completions(request: Request, response: Response) -> Any:
             warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
-    response.headers.update({**warned, **_task_headers(handle)})
+    response.headers.update({**with_notes(warned, context_full(r, req.max_tokens)), **_task_headers(handle)})
     return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
 
 
