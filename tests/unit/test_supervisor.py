@@ -128,6 +128,9 @@ def test_a_worker_over_its_memory_ceiling_is_replaced_with_its_own_code() -> Non
     over = sup.decide(w, alive=True, memory_bytes=101 * 2**20)
     assert isinstance(over, Fail) and over.code == "worker_out_of_memory"
     assert "101 MiB" in over.message and "100 MiB" in over.message
+    # Over by less than half a MiB: "used 100 MiB, over its ceiling of 100 MiB" said nothing.
+    just = sup.decide(w, alive=True, memory_bytes=100 * 2**20 + 2**18)
+    assert isinstance(just, Fail) and "used 100.2 MiB, over its ceiling of 100 MiB" in just.message
     sup.ready(w)
     assert isinstance(sup.decide(w, alive=True, memory_bytes=2**40), Fail)
     assert sup.decide(w, alive=True, memory_bytes=None) is None  # unknown: no guess

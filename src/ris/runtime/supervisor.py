@@ -158,10 +158,13 @@ class Supervisor:
         over = lim.memory_bytes is not None and memory_bytes is not None and memory_bytes > lim.memory_bytes
         if w.state in (WorkerState.STARTING, WorkerState.READY) and over:
             assert lim.memory_bytes is not None and memory_bytes is not None
+            used, ceiling = f"{memory_bytes / 2**20:,.0f}", f"{lim.memory_bytes / 2**20:,.0f}"
+            if used == ceiling:  # "used 250 MiB, over its ceiling of 250 MiB" said nothing
+                used = f"{memory_bytes / 2**20:,.1f}"
             return Fail(
                 "worker_out_of_memory",
-                f"the {w.name} worker used {memory_bytes / 2**20:,.0f} MiB, over its ceiling of "
-                f"{lim.memory_bytes / 2**20:,.0f} MiB (memory_limit_mb); it was restarted",
+                f"the {w.name} worker used {used} MiB, over its ceiling of {ceiling} MiB "
+                "(memory_limit_mb); it was restarted",
             )
         if w.state is WorkerState.READY and now - w.last_heard > lim.heartbeat_timeout_s:
             return Fail(
