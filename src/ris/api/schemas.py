@@ -143,6 +143,13 @@ class TTSSynthesizeResponse(BaseModel):
 
 
 _SIDE = f"pixels, multiple of {IMAGE_SIDE_MULTIPLE}"
+# Said where priority is: a user's priority-10 picture ran after another user's -10 one, as
+# clients take turns on a lane they share (the lane's client_share), which the docs said nowhere.
+PRIORITY = (
+    "higher runs earlier among the waiting tasks; where several clients (API keys, else addresses) "
+    "share the lane, a client holding its share of the lane's slots (client_share) waits for the "
+    "others' turn first, whatever its priority"
+)
 
 
 def _image_side(pixels: int) -> int:
@@ -180,7 +187,7 @@ class ImageGenerateRequest(_Body):
     guidance: Float | None = Field(default=None, ge=0.0, le=30.0, description="default: the model's")
     seed: Int | None = Field(default=None, ge=0, le=SEED_MAX)
     model: str | None = None
-    priority: Int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
+    priority: Int = Field(default=0, ge=-10, le=10, description=PRIORITY)
     timeout_s: Float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
 
 
@@ -235,7 +242,7 @@ class TaskSubmit(_Body):
     lane: str = Field(description="a lane whose kind takes generic submissions (registered kinds)")
     model: str | None = Field(default=None, description="a configured model of the lane; default if absent")
     request: dict[str, Any] = Field(default_factory=dict, description="the lane's request fields")
-    priority: Int = Field(default=0, ge=-10, le=10, description="higher runs earlier")
+    priority: Int = Field(default=0, ge=-10, le=10, description=PRIORITY)
     timeout_s: Float | None = Field(default=None, ge=1, le=7 * 86_400, description="deadline, seconds")
 
 
