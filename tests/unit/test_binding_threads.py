@@ -49,9 +49,12 @@ def test_every_thread_is_pinned_and_reniced_and_the_nice_can_be_left_to_the_shar
     assert unniced == {name: ((0,), parent) for name in ("serving", "pool", "main")}, unniced
 
 
-def _oom_score_adj_after(adj: int) -> int:
+def _oom_score_adj_after(adj: int, inherited: int = 0) -> int:
     from ris.runtime.binding import Binding, apply_binding
 
+    if inherited:  # as Ray starts its workers (worker_oom_score_adjustment 1000)
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(inherited))
     apply_binding(Binding(cores=None, threads=1, nice=0, gpu=None, oom_score_adj=adj))
     with open("/proc/self/oom_score_adj") as f:
         return int(f.read())
@@ -68,6 +71,8 @@ def test_a_batch_lanes_worker_is_the_oom_killers_first_choice() -> None:
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         assert pool.apply(_oom_score_adj_after, (BATCH_OOM_SCORE_ADJ,)) == BATCH_OOM_SCORE_ADJ
+    with ctx.Pool(1) as pool:  # never lowered: under Ray it spared the image actor first
+        assert pool.apply(_oom_score_adj_after, (BATCH_OOM_SCORE_ADJ, 1000)) == 1000
     lanes = {"lanes": {"llm": {"enabled": True}, "image": {"enabled": True}}}
     config = Config.model_validate(with_lane_defaults(lanes))
     assert worker_spec(config, "image").binding.oom_score_adj == BATCH_OOM_SCORE_ADJ

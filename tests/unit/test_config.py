@@ -610,7 +610,13 @@ def test_memory_ceilings_the_machine_cannot_give_are_said(caplog: pytest.LogCapt
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 2, warned
     assert "lanes.llm.memory_limit_mb 4000 is above the machine's memory (1,536 MiB)" in warned[0]
-    assert warned[1].endswith("lower lanes.llm.memory_limit_mb")
+    assert warned[1].endswith("lanes.llm.memory_limit_mb raised above the default share")
+    # A ceiling written below its default share cannot be why the sum is over: no warning.
+    caplog.clear()
+    data["lanes"]["llm"]["memory_limit_mb"] = 256
+    with caplog.at_level("INFO", logger="ris.config"):
+        parse_config(data, small)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="ris.config"):
         parse_config(base(), MachineInfo(cores=(0, 1), gpus=0, memory_bytes=64 * 2**30))

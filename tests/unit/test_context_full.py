@@ -43,6 +43,10 @@ async def test_an_answer_the_context_cut_short_says_so(tmp_path: Path) -> None:
     body = {"prompt": "hi", "max_tokens": 1}
     _, answer, _ = await _answered(tmp_path / "b", "/api/llm/generate", body, LLMOutcome("length", 3, 1))
     assert answer["warnings"] == []
+    # None asked: its default is no promise the context broke.
+    body = {"prompt": "word " * 120}
+    _, answer, _ = await _answered(tmp_path / "c", "/api/llm/generate", body, LLMOutcome("length", 126, 2))
+    assert answer["warnings"] == []
 
 
 @run

@@ -601,13 +601,29 @@ def test_a_ram_budget_above_the_workers_ceiling_refuses_the_start() -> None:
     smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
     data = _layout({"memory_limit_mb": 120, "memory_budget_mb": 1000, "models": {"a": smol}})
     with pytest.raises(
-        ConfigError,
-        match=r"memory_budget_mb 1000 and the worker's own 96 MiB are above its memory ceiling \(120 MiB",
+        ConfigError, match=r"memory_budget_mb 1000 is above the worker's memory ceiling \(120 MiB"
     ):
         parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
-    # A budget the ceiling holds with the worker's own base beside it is taken.
+
+
+def test_a_budget_that_leaves_the_worker_no_room_under_its_ceiling_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Taken, as before the worker's own memory was counted, and said."""
+    from ris.config.load import parse_config
+    from ris.machine import MachineInfo
+
+    smol = {"backend": "llama_cpp", "source": SMOLLM2_SOURCE}
+    data = _layout({"memory_limit_mb": 1050, "memory_budget_mb": 1000, "models": {"a": smol}})
+    with caplog.at_level("WARNING", logger="ris.config"):
+        assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 1000
+    assert "lanes.llm.memory_budget_mb 1000 leaves the worker's own 96 MiB no room" in caplog.text
+    assert "lower the budget to 954 or raise memory_limit_mb" in caplog.text
+    caplog.clear()
     data = _layout({"memory_limit_mb": 1096, "memory_budget_mb": 1000, "models": {"a": smol}})
-    assert parse_config(data, MachineInfo(cores=(0, 1), gpus=0)).lane("llm").memory_budget_mb == 1000
+    with caplog.at_level("WARNING", logger="ris.config"):
+        parse_config(data, MachineInfo(cores=(0, 1), gpus=0))
+    assert "no room" not in caplog.text
 
 
 def test_replicas_on_one_card_are_counted_each() -> None:

@@ -260,6 +260,11 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
             assert (await client.get("/health")).status_code == 200
             assert (await client.get("/ready")).status_code == 503  # the TTS worker is not up
             assert (await client.head("/ready")).status_code == 503
+            # A probe that fails is counted as any failure.
+            real_ready = eng.ready
+            eng.ready = lambda: 1 / 0  # type: ignore[assignment,method-assign,return-value]
+            assert (await client.get("/ready")).status_code == 500
+            eng.ready = real_ready  # type: ignore[method-assign]
             text = (await client.get("/metrics")).text
     counted = {
         (s.labels["listener"], s.labels["code"]): s.value
@@ -267,7 +272,7 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
         if family.name == "ris_http_responses"
         for s in family.samples
     }
-    assert counted == {("main", "500"): 1, ("main", "404"): 1, ("main", "422"): 1, ("main", "200"): 1}, (
+    assert counted == {("main", "500"): 2, ("main", "404"): 1, ("main", "422"): 1, ("main", "200"): 1}, (
         counted
     )
     # The API process's own figures, as every Prometheus client exports them.

@@ -323,6 +323,14 @@ def test_a_running_images_eta_counts_down_and_learns_what_follows_its_last_step(
     assert sched.fraction_done("t1") == pytest.approx(7.0 / 10.5)
 
 
+def test_a_first_observation_is_the_prior_at_its_own_size() -> None:
+    """The tail after an image's last step was seeded as if seen at 1 unit whatever its size:
+    a 1024 px decode of 8 s, then a 512 px one of 2 s, made no line between them."""
+    fit = RunFit(8.0, initial_work=4.0)
+    fit.add(2.0, 1.0)
+    assert fit.estimate(4.0) > fit.estimate(1.0)
+
+
 def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:
     """A long image running (10% done in 10 s: 90 s left) puts 90 s ahead of the task queued
     behind it, not the lane's mean run (1 s)."""

@@ -2,9 +2,11 @@
 only (the task counters see no request refused before it became a task), and an operator's
 alert on a client sending bad requests, or on 5xx answers, had nothing to read.
 
-Probes (GET or HEAD of /health, /ready, /metrics) are not counted: their status is the probe's
-answer, not a failure. A load balancer polling /ready while a worker restarted made the 5xx
-alert go off at every start and restart (18 answers 503 before one server was ready)."""
+A probe's expected answers (GET or HEAD of /health, /ready, /metrics answered 2xx, and /ready's
+503 "not ready") are not counted: its status is the probe's answer, not a failure. A load
+balancer polling /ready while a worker restarted made the 5xx alert go off at every start and
+restart (18 answers 503 before one server was ready). A probe refused (401, 403) or failing
+(500) is counted as any answer."""
 
 from __future__ import annotations
 
@@ -25,17 +27,20 @@ class ResponseCounts:
         self.listener = listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and scope["path"] in PROBE_PATHS):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-
+        probe = scope["method"] in ("GET", "HEAD") and scope["path"] in PROBE_PATHS
+        ready = scope["path"] == "/ready"
         started = False
 
         async def counted(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                self.counts[(self.listener, str(message["status"]))] += 1
+                status = message["status"]
+                if not (probe and (200 <= status < 300 or (ready and status == 503))):
+                    self.counts[(self.listener, str(status))] += 1
             await send(message)
 
         try:

@@ -128,14 +128,15 @@ def memory_problems(config: Config, machine: MachineInfo) -> list[str]:
         elif (
             cfg.memory_budget_mb is not None
             and ceiling is not None
-            and cfg.memory_budget_mb * 2**20 + base > ceiling
+            and cfg.memory_budget_mb * 2**20 > ceiling
         ):
             # Residency would let models fill more than the worker may hold: the watchdog kills
-            # the worker where an idle model should have been evicted, and again after each restart.
+            # the worker where an idle model should have been evicted, and again after each
+            # restart. (A budget the worker's own memory does not fit beside is warned of:
+            # ceiling_notes, a config that started before it was counted keeps starting.)
             problems.append(
-                f"lanes.{lane}: memory_budget_mb {cfg.memory_budget_mb} and the worker's own "
-                f"{mib(base)} are above its memory ceiling ({mib(ceiling)}, memory_limit_mb); "
-                "lower the budget or raise the ceiling"
+                f"lanes.{lane}: memory_budget_mb {cfg.memory_budget_mb} is above the worker's memory "
+                f"ceiling ({mib(ceiling)}, memory_limit_mb); lower the budget or raise the ceiling"
             )
         if gpu is None:
             budget = ram_budget(cfg, ceiling, base)
@@ -248,7 +249,9 @@ def ceiling_notes(config: Config, machine: MachineInfo) -> tuple[list[str], list
     cannot give is no ceiling: the kernel's OOM killer, not RIS, stops the worker first (a
     low-memory user's 4,000 MiB LLM ceiling on 1.5 GiB was a crash on the first big load, said
     nowhere). Each default ceiling is a share of the machine; the defaults add up to more than
-    it has (lanes seldom peak together): a fact, a warning only where a setting was written.
+    it has (lanes seldom peak together): a fact, a warning only where a written setting raised
+    a ceiling above its default and the sum above the machine (a lowered one cannot be the
+    cause). And a model budget that leaves the worker's own memory no room under its ceiling.
     Local lanes only: a cluster's workers have their nodes' memory."""
     if config.cluster.engine != "local" or not machine.memory_bytes:
         return [], []
@@ -261,25 +264,40 @@ def ceiling_notes(config: Config, machine: MachineInfo) -> tuple[list[str], list
         for lane, mb in written_mb.items()
         if mb * 2**20 > ram
     ]
+    for lane, ceiling in ceilings.items():
+        cfg, base = config.lane(lane), worker_base_bytes(lane, config.lane(lane))
+        per_worker = ceiling // cfg.replicas
+        budget = cfg.memory_budget_mb
+        if budget is not None and budget * 2**20 <= per_worker < budget * 2**20 + base:
+            warnings.append(
+                f"lanes.{lane}.memory_budget_mb {budget} leaves the worker's own {mib(base)} no room "
+                f"under its ceiling ({mib(per_worker)}): models filling the budget put the worker over "
+                f"it; lower the budget to {(per_worker - base) // 2**20} or raise memory_limit_mb"
+            )
     server = config.server.memory_limit_mb * 2**20
+    default_server = type(config.server).model_fields["memory_limit_mb"].default * 2**20
     total = sum(ceilings.values()) + server
     parts = ", ".join(f"{lane} {mib(b)}" for lane, b in ceilings.items())
     said = f"the memory ceilings add up to {mib(total)} ({parts}, the API process {mib(server)})"
     facts = []
     if total > ram:
-        written = [f"lanes.{lane}.memory_limit_mb" for lane, mb in written_mb.items() if mb]
-        if config.server.memory_limit_mb != type(config.server).model_fields["memory_limit_mb"].default:
-            written.append("server.memory_limit_mb")  # (a CLI override marks every field as set)
+        raised = [
+            f"lanes.{lane}.memory_limit_mb"
+            for lane, mb in written_mb.items()
+            if mb and mb * 2**20 > machine.memory_bytes * kind(lane).memory_share
+        ]
+        if server > default_server:  # (a CLI override marks every field as set: by value)
+            raised.append("server.memory_limit_mb")
         batch = [lane for lane in ceilings if config.lane(lane).priority_class == "batch"]
         first = f" (the {' or '.join(batch)} worker first)" if batch else ""
         news = (
             f"{said}, more than the machine's {mib(ram)}: if the lanes peak together the kernel's "
             f"OOM killer stops a worker before any ceiling does{first}"
         )
-        if written:
-            warnings.append(f"{news}; lower {', '.join(written)}")
+        if raised:
+            warnings.append(f"{news}; {', '.join(raised)} raised above the default share")
         else:
-            facts.append(f"{news}; each default ceiling is a share of the machine (TTS 25%, others 60%)")
+            facts.append(f"{news}; a default ceiling is a share of the machine (TTS 25%, others 60%)")
     else:
         facts.append(f"{said}, within the machine's {mib(ram)}")
     return warnings, facts

@@ -267,11 +267,17 @@ def observed_affinity() -> tuple[int, ...] | None:
 
 
 def _adjust_oom_score(adj: int) -> None:
-    """Raise the process's OOM-killer bias (a lower one needs CAP_SYS_RESOURCE: left as is)."""
+    """Raise the process's OOM-killer bias to `adj`, never lower it: a Ray worker starts at
+    Ray's 1000 (worker_oom_score_adjustment), a service may run under systemd's OOMScoreAdjust;
+    written down to 500, the image actor would have been spared before the real-time ones."""
     if adj <= 0 or not sys.platform.startswith("linux"):
         return
-    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-        f.write(str(adj))
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/oom_score_adj") as f:
+            if int(f.read()) >= adj:
+                return
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(adj))
 
 
 def _limit_data_memory(binding: Binding) -> None:

@@ -35,9 +35,10 @@ class DurableTasks:
         self._wall = wall
         self._to_wall = to_wall
         # Tasks a previous server accepted that this start ended without running them: (lane,
-        # model, outcome), for the counters (`ris_tasks_total`: a failure there was unseen by
-        # an alert on it). Taken by the engine after `resumable`.
-        self.ended_at_start: list[tuple[str, str, str]] = []
+        # model, outcome, error code), for the counters (`ris_tasks_total`: a failure there was
+        # unseen by an alert on it; ris_task_failures_total by its code). Taken by the engine
+        # after `resumable`.
+        self.ended_at_start: list[tuple[str, str, str, str | None]] = []
 
     def close(self) -> None:
         self.store.close()
@@ -138,11 +139,11 @@ class DurableTasks:
             now = self._wall()
             if st.on_restart == CANCELLED:
                 self.store.finish(st.id, "cancelled", now, "cancelled", "cancelled before the server stopped")
-                self.ended_at_start.append((st.lane, st.model, "cancelled"))
+                self.ended_at_start.append((st.lane, st.model, "cancelled", "cancelled"))
             elif st.on_restart == ABANDONED:
                 message = "its client waited for it on a connection the server's stop closed"
                 self.store.finish(st.id, "cancelled", now, "server_shutdown", message)
-                self.ended_at_start.append((st.lane, st.model, "cancelled"))
+                self.ended_at_start.append((st.lane, st.model, "cancelled", "server_shutdown"))
             elif st.deadline is not None and st.deadline <= now:
                 self._fail(st, "deadline_exceeded", "its timeout passed while the server was stopped")
             elif st.state == "running" and st.attempts >= MAX_ATTEMPTS:
@@ -190,4 +191,4 @@ class DurableTasks:
     def _fail(self, st: StoredTask, code: str, message: str) -> None:
         log.warning("%s task %s accepted before this start failed: %s (%s)", st.lane, st.id, message, code)
         self.store.finish(st.id, "failed", self._wall(), code, message)
-        self.ended_at_start.append((st.lane, st.model, "failed"))
+        self.ended_at_start.append((st.lane, st.model, "failed", code))

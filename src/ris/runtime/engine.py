@@ -350,8 +350,8 @@ class Engine:
             log.info("resumed %s task %s (%s)", st.lane, st.id, st.state)
         # Those ended here count as any task's end: an alert on ris_tasks_total{outcome="failed"}
         # never saw a task interrupted twice.
-        for lane, named, outcome in self.durable.ended_at_start:
-            self._meter.finished(lane, named, outcome, latency_s=None, code=None)
+        for lane, named, outcome, code in self.durable.ended_at_start:
+            self._meter.finished(lane, named, outcome, latency_s=None, code=code)
         self.durable.ended_at_start.clear()
 
     # ----- requests ------------------------------------------------------------------------

@@ -20,9 +20,11 @@ ALPHA = 0.2  # a run's weight in the moments (the last few runs count most)
 class RunFit:
     """seconds ~ fixed + per_unit * work over the runs seen, exponentially weighted."""
 
-    def __init__(self, initial_s: float) -> None:
-        # Weighted means of work, seconds, work^2 and work*seconds; the prior as one run.
-        self._w, self._t, self._ww, self._wt = 1.0, initial_s, 1.0, initial_s
+    def __init__(self, initial_s: float, initial_work: float = 1.0) -> None:
+        # Weighted means of work, seconds, work^2 and work*seconds; the prior as one run (of
+        # `initial_work` units: a first observation's own size, where it is one).
+        w = initial_work
+        self._w, self._t, self._ww, self._wt = w, initial_s, w * w, w * initial_s
 
     def add(self, seconds: float, work: float) -> None:
         a, b = ALPHA, 1.0 - ALPHA

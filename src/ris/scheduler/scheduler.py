@@ -502,9 +502,11 @@ class Scheduler:
             and task.progress_done >= total
             and task.progress_at is not None
         ):
+            tail, size = self._clock() - task.progress_at, task.spec.work / total
             if book.tails is None:
-                book.tails = RunFit(self._clock() - task.progress_at)
-            book.tails.add(self._clock() - task.progress_at, task.spec.work / total)
+                book.tails = RunFit(tail, size)  # the prior at the size it was seen at
+            else:
+                book.tails.add(tail, size)
         return task
 
     # ----- cancellation and deadlines ------------------------------------------------------

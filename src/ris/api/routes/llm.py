@@ -65,16 +65,18 @@ async def llm_generate(request: Request) -> Any:
         client=client_of(request),
         owner=owner_of(request),
     )
+    # What the client asked, not the default: an answer with none asked ends where it ends.
+    asked = req.max_tokens if "max_tokens" in body.model_fields_set else None
     if body.stream:
         return StreamingResponse(
-            _sse(engine, handle, warnings, req.max_tokens),
+            _sse(engine, handle, warnings, asked),
             media_type="text/event-stream",
             headers={"X-Task-Id": handle.task_id, "Cache-Control": "no-cache"},
         )
     r = result_or_failure(await wait_task(engine, handle, request))
     # A plain response: the body is built from a typed result, so FastAPI's response-model
     # validation would only check it a second time, on the hot path.
-    return json_response(generation_body(handle.task_id, r, warnings + context_full(r, req.max_tokens)))
+    return json_response(generation_body(handle.task_id, r, warnings + context_full(r, asked)))
 
 
 def generation_body(task_id: str, r: LLMResult, warnings: list[str]) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def generation_body(task_id: str, r: LLMResult, warnings: list[str]) -> dict[str
 
 
 async def _sse(
-    engine: Engine, handle: TaskHandle[LLMResult], warnings: list[str], asked: int
+    engine: Engine, handle: TaskHandle[LLMResult], warnings: list[str], asked: int | None
 ) -> AsyncIterator[bytes]:
     with cancel_unless_ended(engine, handle):
         yield sse_event("start", {"task_id": handle.task_id, "model": handle.model, "warnings": warnings})

@@ -320,7 +320,8 @@ async def completions(request: Request, response: Response) -> Any:
             warned,
         )
     r = result_or_failure(await wait_task(engine, handle, request))
-    response.headers.update({**with_notes(warned, context_full(r, req.max_tokens)), **_task_headers(handle)})
+    asked = req.max_tokens if body.max_tokens is not None else None  # (its default is 16)
+    response.headers.update({**with_notes(warned, context_full(r, asked)), **_task_headers(handle)})
     return {**choice(r.text, _finish_reason(r)), "usage": _usage(r)}
 
 
