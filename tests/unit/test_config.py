@@ -611,7 +611,13 @@ def test_memory_ceilings_the_machine_cannot_give_are_said(caplog: pytest.LogCapt
     assert len(warned) == 2, warned
     assert "lanes.llm.memory_limit_mb 4000 is above the machine's memory (1,536 MiB)" in warned[0]
     assert warned[1].endswith("lanes.llm.memory_limit_mb raised above the default share")
-    # A ceiling written below its default share cannot be why the sum is over: no warning.
+    # A ceiling written below its default share cannot be why the sum is over: no warning;
+    # nor the default as `ris config` prints it (922 MiB: 60% of 1,536 is 921.6).
+    caplog.clear()
+    data["lanes"]["llm"]["memory_limit_mb"] = 922
+    with caplog.at_level("INFO", logger="ris.config"):
+        parse_config(data, small)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
     caplog.clear()
     data["lanes"]["llm"]["memory_limit_mb"] = 256
     with caplog.at_level("INFO", logger="ris.config"):

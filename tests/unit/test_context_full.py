@@ -56,6 +56,13 @@ async def test_on_v1_it_is_said_in_x_warnings_where_max_tokens_was_asked(tmp_pat
         tmp_path / "a", "/v1/chat/completions", chat, LLMOutcome("length", 126, 1)
     )
     assert status == 200 and "after 1 of the 16 tokens asked" in json.loads(headers["x-warnings"])[0]
+    # /v1/completions with none asked: its default of 16 is no promise the context broke.
+    plain: dict[str, object] = {"model": "m", "prompt": "word " * 120}
+    _, _, headers = await _answered(tmp_path / "c", "/v1/completions", plain, LLMOutcome("length", 126, 1))
+    assert "x-warnings" not in headers
+    plain["max_tokens"] = 16
+    _, _, headers = await _answered(tmp_path / "d", "/v1/completions", plain, LLMOutcome("length", 126, 1))
+    assert "after 1 of the 16 tokens asked" in json.loads(headers["x-warnings"])[0]
     # None asked: the context's end is where such an answer ends.
     del chat["max_tokens"]
     _, _, headers = await _answered(

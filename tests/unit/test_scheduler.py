@@ -324,11 +324,27 @@ def test_a_running_images_eta_counts_down_and_learns_what_follows_its_last_step(
 
 
 def test_a_first_observation_is_the_prior_at_its_own_size() -> None:
-    """The tail after an image's last step was seeded as if seen at 1 unit whatever its size:
-    a 1024 px decode of 8 s, then a 512 px one of 2 s, made no line between them."""
+    """The tail after an image's last step was seeded as if seen at 1 unit whatever its size
+    (and counted twice): a 1024 px decode of 8 s, then a 512 px one of 2 s, made no line."""
     fit = RunFit(8.0, initial_work=4.0)
     fit.add(2.0, 1.0)
     assert fit.estimate(4.0) > fit.estimate(1.0)
+    sched, clock = make(slots=1)
+    for name, work, tail in (("t0", 8.0, 8.0), ("t1", 2.0, 2.0)):  # 2 steps: 4 units, then 1
+        sched.submit(TaskSpec(lane=Lane.IMAGE, work=work))
+        sched.dispatch()
+        clock.advance(1.0)
+        sched.progress(name, 2, 2)
+        clock.advance(tail)
+        sched.finish(name, TaskState.SUCCEEDED)
+    for name, work, decode in (("t2", 8.0, 8.0), ("t3", 2.0, 2.0)):  # each its own size's decode
+        sched.submit(TaskSpec(lane=Lane.IMAGE, work=work))
+        sched.dispatch()
+        clock.advance(1.0)
+        sched.progress(name, 2, 2)
+        assert sched.eta(name) == pytest.approx(decode, abs=0.5)  # a small one was told 6.6 s
+        clock.advance(decode)
+        sched.finish(name, TaskState.SUCCEEDED)
 
 
 def test_a_queued_tasks_eta_counts_what_the_running_task_has_left() -> None:

@@ -32,6 +32,15 @@ from ris.services.speech_encoding import SpeechFormat
 SPEED_NOTE = "speech rate, 1 = the voice's own; espeak-ng: 0.46 to 2.57 (its limits), Piper: all"
 
 
+# Said where priority is: a user's priority-10 picture ran after another user's -10 one, as
+# clients take turns on a lane they share (the lane's client_share), which the docs said nowhere.
+PRIORITY = (
+    "higher runs earlier among the waiting tasks; where several clients (API keys, else addresses) "
+    "share the lane, a client holding its share of the lane's slots (client_share) waits for the "
+    "others' turn first, whatever its priority"
+)
+
+
 class _Body(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,7 +86,7 @@ class LLMGenerateRequest(LLMFields):
         '{"type": "object"}: any JSON object); not with stop or ignore_eos',
     )
     stream: Bool = Field(default=False, description="stream tokens as server-sent events")
-    priority: Int = Field(default=0, ge=-10, le=10, description="higher runs earlier in the lane")
+    priority: Int = Field(default=0, ge=-10, le=10, description=PRIORITY)
     timeout_s: Float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
 
 
@@ -117,7 +126,7 @@ class TTSSynthesizeRequest(_Body):
     )
     speed: Float = Field(default=1.0, ge=0.25, le=4.0, description=SPEED_NOTE)
     model: str | None = Field(default=None, description="a configured TTS model; else by voice")
-    priority: Int = Field(default=0, ge=-10, le=10)
+    priority: Int = Field(default=0, ge=-10, le=10, description=PRIORITY)
     timeout_s: Float | None = Field(default=None, ge=1, le=86_400, description="deadline, seconds")
     format: SpeechFormat | None = Field(
         default=None,
@@ -143,13 +152,6 @@ class TTSSynthesizeResponse(BaseModel):
 
 
 _SIDE = f"pixels, multiple of {IMAGE_SIDE_MULTIPLE}"
-# Said where priority is: a user's priority-10 picture ran after another user's -10 one, as
-# clients take turns on a lane they share (the lane's client_share), which the docs said nowhere.
-PRIORITY = (
-    "higher runs earlier among the waiting tasks; where several clients (API keys, else addresses) "
-    "share the lane, a client holding its share of the lane's slots (client_share) waits for the "
-    "others' turn first, whatever its priority"
-)
 
 
 def _image_side(pixels: int) -> int:

@@ -4,6 +4,8 @@ that cannot fit is refused with the numbers, before any worker starts."""
 
 from __future__ import annotations
 
+import math
+
 from ris.config.schema import Config, LaneConfig
 from ris.lanes import kind
 from ris.machine import MachineInfo
@@ -284,7 +286,8 @@ def ceiling_notes(config: Config, machine: MachineInfo) -> tuple[list[str], list
         raised = [
             f"lanes.{lane}.memory_limit_mb"
             for lane, mb in written_mb.items()
-            if mb and mb * 2**20 > machine.memory_bytes * kind(lane).memory_share
+            # (in whole MiB, as `ris config` prints a default: writing it back raises nothing)
+            if mb and mb > math.ceil(machine.memory_bytes * kind(lane).memory_share / 2**20)
         ]
         if server > default_server:  # (a CLI override marks every field as set: by value)
             raised.append("server.memory_limit_mb")
