@@ -211,3 +211,22 @@ async def settle() -> None:
     """Let the tasks the engine woke run until they wait again (a few loop turns)."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def client_with_a_defect(eng: Engine) -> AsyncIterator[Any]:
+    """An HTTP client of the real app over `eng`, with one more route, /defect, that raises:
+    a defect's 500 as Starlette's outermost middleware sends it."""
+    import httpx
+
+    from ris.api.app import create_app
+
+    app = create_app(eng.config, eng)
+
+    async def defect() -> None:
+        raise RuntimeError("a defect of the server's")
+
+    app.add_api_route("/defect", defect)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client

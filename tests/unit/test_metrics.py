@@ -24,7 +24,7 @@ from ris.runtime.metrics import MAX_FAILURE_SERIES, Histogram, WorkMeter
 from ris.runtime.snapshot import LaneStatus, Snapshot, WorkerStatus
 from ris.scheduler.scheduler import LaneStats
 
-from .fakes import IMAGE_ON, FakeClock, run, started_engine
+from .fakes import IMAGE_ON, FakeClock, client_with_a_defect, run, started_engine
 
 
 def test_a_histogram_counts_each_value_under_every_bound_it_does_not_pass() -> None:
@@ -237,20 +237,9 @@ def test_gpus_appear_with_memory_in_bytes_and_utilisation_as_a_ratio() -> None:
 @run
 async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_path: Path) -> None:
     """A 404 or 422 was in the access log only: an alert on bad requests had nothing to read."""
-    import httpx
-
-    from ris.api.app import create_app
-
     async with started_engine(tmp_path) as (eng, workers, _):
         workers[Lane.LLM].ready()
-        app = create_app(eng.config, eng)
-
-        async def defect() -> None:
-            raise RuntimeError("a defect of the server's")
-
-        app.add_api_route("/defect", defect)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        async with client_with_a_defect(eng) as client:
             assert (await client.get("/defect")).status_code == 500  # sent outside the counter
             assert (await client.get("/no/such/route")).status_code == 404
             assert (await client.post("/api/llm/generate", json={"max_tokens": -1})).status_code == 422

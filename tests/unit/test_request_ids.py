@@ -7,13 +7,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import httpx
 import pytest
 
-from ris.api.app import create_app
 from ris.lanes import Lane
 
-from .fakes import run, started_engine
+from .fakes import client_with_a_defect, run, started_engine
 
 
 @run
@@ -22,14 +20,7 @@ async def test_answers_with_no_task_are_named_and_a_defect_is_found_in_the_log_b
 ) -> None:
     async with started_engine(tmp_path) as (eng, workers, _):
         workers[Lane.LLM].ready()
-        app = create_app(eng.config, eng)
-
-        async def defect() -> None:
-            raise RuntimeError("a defect of the server's")
-
-        app.add_api_route("/defect", defect)
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        async with client_with_a_defect(eng) as client:
             with caplog.at_level(logging.ERROR, logger="ris.api.errors"):
                 failed = await client.get("/defect")
             answers = [
