@@ -49,7 +49,9 @@ def test_cancel_stops_generation(tiny: object) -> None:
     out = TextCollector(cancel_after=3)
     req = LLMRequest(prompt="abc", max_tokens=500, ignore_eos=True)
     outcome = tiny.generate(req, out)  # type: ignore[attr-defined]
-    assert outcome.finish_reason == "cancelled" and outcome.completion_tokens == 3
+    # Stopped at the engine's next step: its async engine may have streamed a token or two more
+    # by then (CI once counted 4), never the 500 asked.
+    assert outcome.finish_reason == "cancelled" and 3 <= outcome.completion_tokens <= 8
 
 
 def test_unknown_dummy_shape(tmp_path: Path) -> None:

@@ -191,3 +191,34 @@ def test_piper_speaks_a_long_sentence_in_bounded_runs(tmp_path: Path) -> None:
     assert outcome.samples > 0 and len(runs) >= 4
     # Each phoneme is an id and a pad, after a start and its pad, before an end.
     assert max(runs) <= 2 * MAX_PHONEMES + 3, runs
+
+
+def test_pyttsx3_tries_again_once_before_a_silence_is_the_texts(tmp_path: Path) -> None:
+    """Under load pyttsx3's driver now and then ended an utterance before its first sample: a
+    Chinese request among eight at once came back 422 synthesis_empty. In a process of its own
+    (libespeak-ng's state is per process)."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from ris.backends import BackendContext, backend_class\n"
+        "from ris.config import ModelSpec\n"
+        "from ris.lanes.tts import AudioOutput, TTSRequest\n"
+        "class Out(AudioOutput):\n"
+        "    def emit(self, pcm): pass\n"
+        "    def cancelled(self): return False\n"
+        "b = backend_class('tts', 'pyttsx3')(ModelSpec(backend='pyttsx3'),"
+        " BackendContext(device='cpu', threads=1, data_dir=Path(sys.argv[1])))\n"
+        "real, calls = b._synthesize_locked, []\n"
+        "def flaky(*args):\n"
+        "    calls.append(1)\n"
+        "    return b'' if len(calls) == 1 else real(*args)\n"
+        "b._synthesize_locked = flaky\n"
+        "out = Out()\n"
+        "outcome = b.synthesize(TTSRequest(text='这是一段测试文本', voice='zh-CN'), out)\n"
+        "assert len(calls) == 2 and outcome.samples > 0, (calls, outcome)\n"
+        "b.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -133,6 +133,11 @@ class Pyttsx3TTS(TTSBackend):
             raise BackendError("synthesis_timeout", "pyttsx3 is busy with another synthesis")
         try:
             pcm = self._synthesize_locked(req.text, name, req.speed, out)
+            if not pcm and not out.cancelled():
+                # The driver, under CPU load, now and then ends an utterance before its first
+                # sample (eight requests at once in CI: a Chinese one came back silent, 422
+                # synthesis_empty): once more before the silence is taken for the text's own.
+                pcm = self._synthesize_locked(req.text, name, req.speed, out)
         finally:
             self._lock.release()
         for start in range(0, len(pcm), _PCM_CHUNK_BYTES):
