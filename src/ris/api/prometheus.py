@@ -172,7 +172,6 @@ def _lanes(snap: Snapshot) -> list[Metric]:
     borrowed = GaugeMetricFamily(
         "ris_lane_borrowed_cores", "other lanes' idle cores the lane's workers run on now", labels=["lane"]
     )
-    borrowers = {core for lane in snap.lanes for w in lane.workers for core in w.borrowed_cores or ()}
     for lane in snap.lanes:
         s = lane.stats
         enabled.add_metric([lane.lane], 1 if lane.enabled else 0)
@@ -187,9 +186,8 @@ def _lanes(snap: Snapshot) -> list[Metric]:
         if lane.activity is not None:
             for state in Activity:
                 activity.add_metric([lane.lane, state.name.lower()], 1 if state is lane.activity else 0)
-        own = {c for w in lane.workers for c in w.borrowed_cores or ()}
-        borrowed.add_metric([lane.lane], len(own))
-        lent.add_metric([lane.lane], len((set(lane.cores or ()) & borrowers) - own))
+        borrowed.add_metric([lane.lane], len({c for w in lane.workers for c in w.borrowed_cores or ()}))
+        lent.add_metric([lane.lane], len(snap.lent_cores(lane)))
     return [enabled, queued, running, slots, limit, rejected, held, activity, lent, borrowed]
 
 

@@ -26,10 +26,6 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     rates = snapshot.metrics.rates
     activity = {lane.lane: lane.activity for lane in snapshot.lanes}
-    # Cores some lane's worker borrows now, and by which lane (work-conserving isolation).
-    borrowers = {
-        core: lane.lane for lane in snapshot.lanes for w in lane.workers for core in w.borrowed_cores or ()
-    }
     for lane in snapshot.lanes:
         s = lane.stats
         out[lane.lane] = {
@@ -38,9 +34,7 @@ def lane_stats(snapshot: Snapshot, config: Config) -> dict[str, Any]:
             "cores": list(lane.cores) if lane.cores is not None else None,
             # Work-conserving isolation: this lane's idle cores that another lane runs on now
             # ({"core": lane}), and the other lanes' cores this lane runs on now.
-            "lent_cores": {
-                str(c): borrowers[c] for c in lane.cores or () if borrowers.get(c, lane.lane) != lane.lane
-            },
+            "lent_cores": {str(c): by for c, by in snapshot.lent_cores(lane).items()},
             "borrowed_cores": sorted({c for w in lane.workers for c in w.borrowed_cores or ()}),
             # A batch lane's minimum CPU share under saturation and how the OS keeps it.
             "min_cpu_share": lane.workers[0].cpu_share if lane.workers else None,

@@ -136,6 +136,12 @@ class Snapshot:
     def lane(self, name: str) -> LaneStatus:
         return next(s for s in self.lanes if s.lane == name)
 
+    def lent_cores(self, lane: LaneStatus) -> dict[int, str]:
+        """Work-conserving isolation: `lane`'s idle cores another lane's worker runs on now,
+        and which lane (what /api/stats and /metrics both show)."""
+        borrowers = {c: s.lane for s in self.lanes for w in s.workers for c in w.borrowed_cores or ()}
+        return {c: borrowers[c] for c in lane.cores or () if borrowers.get(c, lane.lane) != lane.lane}
+
 
 class OutputRates:
     """Each lane's streamed outputs over the last RATE_WINDOW_S."""
