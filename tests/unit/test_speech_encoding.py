@@ -128,7 +128,6 @@ def test_a_closed_encoder_stays_closed() -> None:
     assert encoder.finish() == b""
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def _threads_left_after_closing() -> tuple[int, int]:
     """(threads before, threads after) encoders of every format were used and closed."""
     before = len(os.listdir("/proc/self/task"))
@@ -146,10 +145,12 @@ def _threads_left_after_closing() -> tuple[int, int]:
     return before, len(os.listdir("/proc/self/task"))
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
 def test_a_closed_encoder_lets_go_of_ffmpegs_threads_at_once() -> None:
     """A stream its client cut off kept its encoder, and FFmpeg's 2-4 threads with it, until a
-    garbage collection: 81 threads in the API process during a soak with disconnects. Counted
-    in a process of its own: in the suite's, other tests' threads came and went (62 vs 54)."""
+    garbage collection: 81 threads in the API process during a soak with disconnects; under
+    PyAV 18.1.1 the resampler's filter graph kept its pool past close() (10 threads where there had been 2).
+    Counted in a process of its own: in the suite's, other tests' threads came and went."""
     with mp.get_context("spawn").Pool(1) as pool:
         before, after = pool.apply(_threads_left_after_closing)
     assert after <= before, (before, after)

@@ -142,7 +142,9 @@ class SpeechEncoder:
             if self._pcm_rate is not None:
                 import av
 
-                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self._pcm_rate)
+                self._resampler = av.AudioResampler(
+                    format="s16", layout="mono", rate=self._pcm_rate, threads=1
+                )
             return b""
         import av
 
@@ -157,7 +159,10 @@ class SpeechEncoder:
         if spec.bit_rate:
             stream.bit_rate = spec.bit_rate
         fmt = stream.codec_context.format.name
-        self._resampler = av.AudioResampler(format=fmt, layout="mono", rate=rate)
+        # One thread: resampling mono speech is microseconds of work a piece, and the filter
+        # graph's own pool (2-4 threads by default) outlived close() under PyAV 18.1.1, its
+        # graph kept by a reference cycle until a garbage collection.
+        self._resampler = av.AudioResampler(format=fmt, layout="mono", rate=rate, threads=1)
         self._container, self._stream = container, stream
         container.start_encoding()  # the header, written now: the first bytes need no audio
         return self._sink.take()
@@ -194,10 +199,9 @@ class SpeechEncoder:
         return self._sink.take()
 
     def close(self) -> None:
-        """Release FFmpeg's state (the stream ended early: a client left) now, its threads with
-        it: the resampler's filter graph holds 2-4, and a stream cut off by its client kept its
-        encoder, so those threads, until a garbage collection (81 threads in the API process in
-        a soak with disconnects). Idempotent."""
+        """Release FFmpeg's state (the stream ended early: a client left) now: a stream cut off
+        by its client kept its encoder, and the threads it then had, until a garbage collection
+        (81 threads in the API process in a soak with disconnects). Idempotent."""
         if self._container is not None and not self._closed:
             self._container.close()
         self._closed = True
