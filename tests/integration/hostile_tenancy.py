@@ -47,10 +47,12 @@ def http(url: str, who: str) -> httpx.Client:
 
 def id_routes(task_id: str) -> list[tuple[str, str]]:
     """Every route that takes a task id (the console's work page reads and cancels through
-    /api/tasks; /v1/images answers with /api/image/result URLs)."""
+    /api/tasks; /v1/images answers with /api/image/result URLs). An unknown id's DELETE is
+    404 as another user's must be: bob deletes nothing of alice's."""
     return [
         ("GET", f"/api/tasks/{task_id}"),
         ("POST", f"/api/tasks/{task_id}/cancel"),
+        ("DELETE", f"/api/tasks/{task_id}"),
         ("GET", f"/api/image/progress/{task_id}"),
         ("GET", f"/api/image/result/{task_id}"),
         ("POST", f"/api/image/cancel/{task_id}"),
@@ -104,7 +106,7 @@ def probe(url: str, victim_ids: list[str], intruder: str = "bob") -> list[str]:
 def states(url: str, task_ids: list[str], who: str = "alice") -> dict[str, str]:
     """Each task's state as its owner sees it."""
     with http(url, who) as c:
-        return {t: c.get(f"/api/tasks/{t}").json()["state"] for t in task_ids}
+        return {t: c.get(f"/api/tasks/{t}").json().get("state", "gone") for t in task_ids}
 
 
 def wait_state(c: httpx.Client, task_id: str, wanted: tuple[str, ...], timeout: float = 120) -> str:
@@ -153,6 +155,9 @@ def main() -> None:
             cancelled = [t for t, state in after.items() if state == "cancelled"]
             if cancelled:
                 leaks.append(f"bob's cancels reached alice's tasks: {cancelled} are cancelled")
+            gone = [t for t, state in after.items() if state == "gone"]
+            if gone:
+                leaks.append(f"bob's deletes reached alice's tasks: {gone} are gone")
             for leak in leaks:
                 print("LEAK:", leak)
             print(f"{len(leaks)} leaks")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +51,33 @@ def test_submit_poll_fetch_png_of_the_requested_size(idle_image_lane: Client) ->
     # HEAD as GET, without the body (it was 405).
     head = httpx.head(f"{c._http.base_url}/api/image/result/{accepted['task_id']}")
     assert head.status_code == 200 and head.headers["content-length"] == str(len(png)) and not head.content
+
+
+def test_a_deleted_image_is_gone_from_disk_and_every_route(server: Server, idle_image_lane: Client) -> None:
+    """DELETE /api/tasks/{id}: the PNG and the record go before the answer, the id answers 404
+    on every route after; a task still running is refused with a word on what to do."""
+    c = idle_image_lane
+    done = c.generate_image("a pear", width=64, height=64, steps=2, seed=3)["task_id"]
+    assert c.wait(done, timeout=300)["status"] == "succeeded"
+    png = Path(server.config["data_dir"]) / "images" / f"{done}.png"
+    assert png.is_file() and c.result(done)[:4] == b"\x89PNG"
+    running = c.generate_image(**LONG)["task_id"]
+    wait_state(c, running, ("running",))
+    with pytest.raises(RISError) as refused:
+        c.delete(running)
+    assert (refused.value.status, refused.value.code) == (409, "task_not_finished")
+    assert "cancel it first" in str(refused.value)
+    assert c.delete(done) == {"task_id": done, "object": "task.deleted", "deleted": True}
+    assert not png.exists()
+    for method, path in [
+        ("GET", f"/api/tasks/{done}"),
+        ("GET", f"/api/image/progress/{done}"),
+        ("GET", f"/api/image/result/{done}"),
+        ("DELETE", f"/api/tasks/{done}"),
+    ]:
+        assert c._http.request(method, path).status_code == 404, (method, path)
+    assert done not in {t["task_id"] for t in c.tasks()} | {t["task_id"] for t in c.image_tasks()}
+    c.cancel(running)
 
 
 def test_same_seed_same_image(idle_image_lane: Client) -> None:

@@ -37,6 +37,10 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             assert b.get("/api/stats").status_code == 200  # the lanes' state, no task in it
         with http(srv.url, "alice") as a:
             assert a.get(f"/api/tasks/{bobs}").status_code == 404
+            assert a.delete(f"/api/tasks/{bobs}").status_code == 404
+            unfinished = a.delete(f"/api/tasks/{tasks['running']}")
+            assert unfinished.status_code == 409, unfinished.text
+            assert unfinished.json()["error"]["code"] == "task_not_finished"
             assert states(srv.url, list(tasks.values())) == {
                 tasks["done"]: "succeeded",
                 tasks["speech"]: "succeeded",
@@ -50,6 +54,8 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             assert everyone >= {tasks["done"], tasks["running"], tasks["queued"], bobs}
             assert r.get(f"/api/image/result/{tasks['done']}").content[:8] == b"\x89PNG\r\n\x1a\n"
             assert r.get(f"/api/tts/audio/{tasks['speech']}").content[:4] == b"RIFF"
+            assert r.delete(f"/api/tasks/{tasks['speech']}").json()["deleted"] is True  # anyone's
+            assert r.get(f"/api/tts/audio/{tasks['speech']}").status_code == 404
             assert r.get("/metrics").status_code == 200
             assert r.post(f"/api/image/cancel/{tasks['queued']}").json()["status"] == "cancelled"
             assert r.post(f"/api/tasks/{tasks['running']}/cancel").json()["cancelled"] is True
@@ -59,6 +65,8 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             assert sdk.wait(bobs, timeout=300)["status"] == "succeeded"
             assert sdk.result(bobs)[:8] == b"\x89PNG\r\n\x1a\n"
             assert [t["task_id"] for t in sdk.tasks()] == [bobs]
+            assert sdk.delete(bobs)["deleted"] is True  # his own
+            assert sdk.tasks() == []
             with pytest.raises(RISError) as e:
                 sdk.cancel(tasks["done"])
             assert (e.value.status, e.value.code) == (404, "not_found")

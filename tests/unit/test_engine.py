@@ -761,6 +761,35 @@ async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(t
 
 
 @run
+async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(tmp_path: Path) -> None:
+    """DELETE /api/tasks/{id}'s engine side: the file and the record go before it returns, the
+    scheduler forgets the task, and a restart finds nothing; a live task is refused."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        tts = workers[Lane.TTS]
+        tts.ready()
+        said = eng.submit(TTS, "e", TTSRequest(text="hello"))
+        waiting = eng.submit(TTS, "e", TTSRequest(text="still queued"))
+        tts.deliver(m.TaskOutput(said.task_id, AudioChunk(b"\x01\x00" * 100)))
+        tts.deliver(m.TaskDone(said.task_id, TTSOutcome(sample_rate=16000, samples=100, voice="en")))
+        result = (await said.done).result
+        assert isinstance(result, TTSResult) and Path(result.audio_path).is_file()
+        live = eng.lookup(waiting.task_id)
+        assert live is not None and live.state in ("queued", "running")
+        with pytest.raises(ValueError, match="only a finished task is deleted"):
+            await eng.delete(live)
+        view = eng.lookup(said.task_id)
+        assert view is not None and view.succeeded
+        await eng.delete(view)
+        assert not Path(result.audio_path).exists()
+        assert eng.lookup(said.task_id) is None
+        assert said.task_id not in {v.id for v in eng.tasks(viewer=ANONYMOUS)}
+        assert eng.durable is not None and eng.durable.store.get(said.task_id) is None
+
+    async with started_engine(tmp_path) as (eng2, _, _):
+        assert eng2.lookup(said.task_id) is None
+
+
+@run
 async def test_streamed_speech_not_kept_leaves_no_file_and_no_record_but_reads_to_its_end(
     tmp_path: Path,
 ) -> None:

@@ -94,6 +94,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "task": ((TASK,), {}),
     "tasks": ((), {"lane": "llm"}),
     "cancel": ((TASK,), {}),
+    "delete": ((TASK,), {}),
     "health": ((), {}),
     "ready": ((), {}),
     "stats": ((), {}),

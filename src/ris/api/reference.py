@@ -64,6 +64,10 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `GET /api/image/progress/{{task_id}}` and fetch `GET /api/image/result/{{task_id}}` (409
   `not_ready` with the progress while it runs; 409 `cancelled`, or `task_failed` with the
   task's own error, once it ended without an image).
+- A finished task is deleted at once with `DELETE /api/tasks/{{task_id}}`: its record and its
+  result file (a picture, a recording) go before the answer, and its id then answers 404
+  everywhere; without it they are kept as `retention` says (`max_age_h`, `max_total_mb`). A
+  task still queued or running gets 409 `task_not_finished`: cancel it, then delete it.
 - A finished task's file (`/api/image/result/...`, `/api/tts/audio/...`) never changes: it is
   sent with `ETag`, `Last-Modified` and `Cache-Control: private, max-age=86400, immutable`,
   answers `Range` requests (206), and a revalidation (`If-None-Match`, `If-Modified-Since`)
@@ -94,7 +98,8 @@ file the full disk could not take fails with it too, another write failure `resu
 500); 507 `gpu_out_of_memory`
 (the task, or its model's load, needed more than its
 lane's GPU budget or the card had: the message names the budget, and the lane serves on);
-409 for a cancelled task (with `x-should-retry: false`: OpenAI's SDKs retry a 409);
+409 for a cancelled task's result (with `x-should-retry: false`: OpenAI's SDKs retry a 409),
+and `task_not_finished` for a delete of a task still queued or running;
 500 `internal_error` for a defect of the server's (the log has the
 traceback). Speech is never a 200 without audio: the audio streams
 (`/v1/audio/speech`, `/api/chat/speak`) send their status with the first sound, so a failure

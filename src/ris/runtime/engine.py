@@ -563,6 +563,30 @@ class Engine:
             await asyncio.wrap_future(self.durable.store.flushed())
         return outcome
 
+    async def delete(self, view: TaskView[Any]) -> None:
+        """Delete a finished task for good, at its owner's word (a picture or a voice recording
+        not to be kept until the retention policy's max_age_h): its result files, then its
+        record, then the scheduler's memory of it. Files first: a crash between the two leaves
+        a record whose result answers 404 "no longer on disk", never a file its owner deleted.
+        The disk work is on a thread: the loop only moves bytes."""
+        if view.state in ("queued", "running"):
+            raise ValueError(f"task {view.id} is {view.state}: only a finished task is deleted")
+        kind = self.kinds.get(view.lane)
+        folder = kind.result_folder if kind is not None else None
+        names = view.result.files() if view.result is not None and folder is not None else ()
+
+        def remove() -> None:
+            for name in names:
+                assert folder is not None
+                path = self.files.servable(folder, name)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            if self.durable is not None:
+                self.durable.store.delete([view.id])  # returns once the row is gone on disk
+
+        await asyncio.to_thread(remove)
+        self._scheduler.forget([view.id])
+
     def keep_model(self, lane: str, model: str, keep_alive_s: float | None) -> None:
         """How long `model` stays loaded once idle, from now, on every worker of `lane` that
         has it (m.KeepModel; 0: unloaded as soon as nothing runs on it). A worker that has not

@@ -407,6 +407,13 @@ class Operations:
         return _json((yield Call("POST", f"/api/tasks/{task_id}/cancel")))
 
     @op
+    def delete(self, /, task_id: str) -> Op[dict[str, Any]]:
+        """Delete a finished task now, its record and its result file with it (DELETE
+        /api/tasks/{id}); a task still queued or running is refused (409 task_not_finished):
+        cancel it first."""
+        return _json((yield Call("DELETE", f"/api/tasks/{task_id}")))
+
+    @op
     def health(self, /) -> Op[bool]:
         """Whether the server answers /health: False for any other answer and for no answer (a
         server not running, not reachable, or timing out), where other calls raise httpx's

@@ -160,3 +160,26 @@ async def cancel_task(task_id: str, request: Request) -> dict[str, Any]:
         "state": after.state,
         "cancelled": outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED),
     }
+
+
+@router.delete(
+    "/api/tasks/{task_id}",
+    responses=ERRORS,
+    summary="Delete a finished task: its record and its result file (a picture, a recording), now",
+)
+async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
+    """A finished task of any lane, deleted with its files before the answer; its id then
+    answers 404 everywhere. A task still queued or running is refused (409 task_not_finished):
+    cancel it first, then delete it once it has ended. A user key deletes its own tasks, an
+    admin key any."""
+    engine = engine_of(request)
+    view = view_or_404(request, task_id)
+    if view.state in ("queued", "running"):
+        raise APIError(
+            409,
+            "task_not_finished",
+            f"task {view.id} is {view.state}: only a finished task is deleted; cancel it first "
+            f"(POST /api/tasks/{view.id}/cancel), then delete it once it has ended",
+        )
+    await engine.delete(view)
+    return {"task_id": view.id, "object": "task.deleted", "deleted": True}
