@@ -106,6 +106,21 @@ def test_a_key_the_address_showed_right_still_passes_when_its_budget_is_spent() 
     assert keys.check("nat", "another-guess").retry_after_s is not None
 
 
+def test_every_key_an_address_used_rightly_passes_when_its_budget_is_spent() -> None:
+    """Behind one reverse proxy every user has its address: a guesser there locked out all but
+    the first four users whose keys it had seen (only four were kept per address)."""
+    users = [f"user-{i}-key" for i in range(40)]
+    keys = KeyChecker(users, FakeClock())
+    assert all(keys.check("proxy", k).ok for k in users)
+    for i in range(FREE_WRONG_KEYS):
+        keys.check("proxy", f"guess{i}")
+    assert keys.check("proxy", "guess").retry_after_s is not None  # spent
+    assert all(keys.check("proxy", k).ok for k in users)
+    for i in range(FREE_WRONG_KEYS):
+        keys.check("elsewhere", f"guess{i}")
+    assert keys.check("elsewhere", users[0]).retry_after_s is not None  # known per address only
+
+
 def test_an_ipv6_site_spends_a_wider_budget_of_its_48() -> None:
     keys = KeyChecker([KEY], FakeClock())
     for i in range(FREE_WRONG_KEYS * NETWORK_SHARE):

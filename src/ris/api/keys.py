@@ -43,9 +43,6 @@ REFILL_S = 6.0  # one more wrong key every 6 s: ten a minute
 MAX_CLIENTS = 10_000
 
 
-KNOWN_KEYS_PER_CLIENT = 4
-
-
 def key_fingerprint(key: str) -> str:
     """A key as it may be kept and logged: its SHA-256, hex."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -129,15 +126,18 @@ class KeyChecker:
     ) -> None:
         principals = key_principals(keys)
         self.keys = [(k.encode(), p) for k, p in principals.items()]
-        # Who a key the address already showed to be right is, by its fingerprint.
-        self._by_fingerprint = {key_fingerprint(k): p for k, p in principals.items()}
+        # Which key (its place in self.keys) a fingerprint is: what an address is known by.
+        self._by_fingerprint = {key_fingerprint(k): i for i, k in enumerate(principals)}
         self._clock = clock
         self._free = free
         self._refill_s = refill_s
         self._max_clients = max_clients
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        # Fingerprints of keys each address has shown to be right (a few per address).
-        self._known: OrderedDict[str, set[str]] = OrderedDict()
+        # The keys (places in self.keys) each address has shown to be right: every one, since
+        # many people may share an address (a NAT, the reverse proxy in front): at most the
+        # configured keys per address, which no caller without a key can add to. (Four were
+        # kept: behind one proxy a guesser locked out all users but the first four.)
+        self._known: OrderedDict[str, set[int]] = OrderedDict()
 
     def check(self, client: str, given: str) -> Verdict:
         """Whether `given` (non-empty) is a key, for a request from address `client`."""
@@ -153,19 +153,19 @@ class KeyChecker:
         if spent:
             # Unchecked, but for a key this address already showed to be right: that tells a
             # guesser nothing, and a stale client behind the same NAT locks no one else out.
-            fingerprint = key_fingerprint(given)
-            if fingerprint in self._known.get(client, ()):
-                return Verdict(True, principal=self._by_fingerprint[fingerprint])
+            which = self._by_fingerprint.get(key_fingerprint(given))
+            if which is not None and which in self._known.get(client, ()):
+                return Verdict(True, principal=self.keys[which][1])
             return Verdict(False, max(spent))
         # Constant-time comparison against every key, all of them whichever matches: timing
         # reveals neither a prefix nor which key it was.
-        found: Principal | None = None
-        for key, principal in self.keys:
+        found: int | None = None
+        for i, (key, _) in enumerate(self.keys):
             if hmac.compare_digest(given.encode(), key):
-                found = principal
+                found = i
         if found is not None:
-            self._remember(client, given)
-            return Verdict(True, principal=found)
+            self._remember(client, found)
+            return Verdict(True, principal=self.keys[found][1])
         if bucket is None:
             bucket = self._buckets[client] = _Bucket(float(self._free), self._clock())
         if wide is None and network != client:
@@ -208,10 +208,8 @@ class KeyChecker:
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
 
-    def _remember(self, client: str, key: str) -> None:
-        known = self._known.setdefault(client, set())
-        if len(known) < KNOWN_KEYS_PER_CLIENT:
-            known.add(key_fingerprint(key))
+    def _remember(self, client: str, key: int) -> None:
+        self._known.setdefault(client, set()).add(key)
         self._known.move_to_end(client)
         while len(self._known) > self._max_clients:
             self._known.popitem(last=False)
