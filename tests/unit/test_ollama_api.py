@@ -661,3 +661,18 @@ async def test_openais_speech_and_image_model_names_are_retrieved_where_their_ro
         assert image.status_code == 404 and image.json()["error"]["code"] == "model_not_found"
         listener = await call(eng, "GET", "/v1/models/tts-1", ollama_port=True)
         assert listener.status_code == 404  # Ollama's port lists its text models only
+
+
+@run
+async def test_the_listener_answers_head_on_an_image_result_as_get_and_says_nosniff(tmp_path: Path) -> None:
+    """HEAD of a result URL the listener's /v1/images gave out was 405 there (200 on the main
+    port); and an error's JSON, which echoes what was asked, is never sniffed as a page."""
+    async with started_engine(tmp_path) as (eng, _, _):
+        for ollama_port in (True, False):
+            path = f"/api/image/result/{'0' * 32}"
+            head = await call(eng, "HEAD", path, ollama_port=ollama_port)
+            get = await call(eng, "GET", path, ollama_port=ollama_port)
+            assert head.status_code == get.status_code == 404, (ollama_port, head.status_code)
+            assert get.headers["x-content-type-options"] == "nosniff"
+        page = await call(eng, "GET", "/ui/models", ollama_port=False)
+        assert page.headers.get_list("x-content-type-options") == ["nosniff"]  # said once

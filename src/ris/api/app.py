@@ -77,7 +77,8 @@ ROUTERS: tuple[APIRouter, ...] = tuple(
 )
 # The image result route, for the URLs the listener's /v1/images/generations answers with.
 _LISTENER_IMAGES = APIRouter(include_in_schema=False)
-_LISTENER_IMAGES.add_api_route("/api/image/result/{task_id}", image.image_result, methods=["GET"])
+# HEAD as on the main port (a browser or a proxy asking the type and length first): it was 405.
+_LISTENER_IMAGES.add_api_route("/api/image/result/{task_id}", image.image_result, methods=["GET", "HEAD"])
 # What the Ollama listener (server.ollama_port) serves: the Ollama API, and the OpenAI API under
 # /v1 as Ollama serves it on its port (tools set up for Ollama use http://localhost:11434/v1).
 OLLAMA_ROUTERS: tuple[APIRouter, ...] = (
