@@ -35,6 +35,10 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             pulled = b.post("/api/pull", json={"model": "qwen2.5", "stream": False})
             assert pulled.status_code == 403 and "admin keys" in pulled.json()["error"], pulled.text
             assert b.get("/api/stats").status_code == 200  # the lanes' state, no task in it
+            # The configuration in force names the server's folders: the operator's to read.
+            page = b.get("/ui/models")
+            assert page.status_code == 200 and "config-admins-only" in page.text
+            assert "data_dir" not in page.text and str(tmp_path) not in page.text
         with http(srv.url, "alice") as a:
             assert a.get(f"/api/tasks/{bobs}").status_code == 404
             assert a.delete(f"/api/tasks/{bobs}").status_code == 404
@@ -57,6 +61,7 @@ def test_a_users_tasks_are_anothers_404_and_an_admins_to_see_and_cancel(tmp_path
             assert r.delete(f"/api/tasks/{tasks['speech']}").json()["deleted"] is True  # anyone's
             assert r.get(f"/api/tts/audio/{tasks['speech']}").status_code == 404
             assert r.get("/metrics").status_code == 200
+            assert "&#34;data_dir&#34;" in r.get("/ui/models").text  # HTML-escaped JSON
             assert r.post(f"/api/image/cancel/{tasks['queued']}").json()["status"] == "cancelled"
             assert r.post(f"/api/tasks/{tasks['running']}/cancel").json()["cancelled"] is True
         assert states(srv.url, [tasks["queued"]]) == {tasks["queued"]: "cancelled"}  # as alice sees it

@@ -115,11 +115,13 @@ async def playground(request: Request) -> HTMLResponse:
 @router.get("/ui/models")
 async def models(request: Request) -> HTMLResponse:
     engine = engine_of(request)
-    config = redact(json.loads(engine.config.model_dump_json()))
+    # The configuration (paths, hosts, limits) is the operator's: a user key sees the models
+    # (/api/models) and not the file layout behind them, as /metrics is an admin's too.
+    config = redact(json.loads(engine.config.model_dump_json())) if viewer_of(request).admin else None
     return _page(
         request,
         "models",
-        config_json=json.dumps(config, indent=2, ensure_ascii=False),
+        config_json=None if config is None else json.dumps(config, indent=2, ensure_ascii=False),
         # No route reloads the config: it is read once, at start, and refused then if invalid.
         reload_note="The configuration is read and validated when the server starts; "
         "to change it, edit the file and restart the server (an invalid file is refused with "
