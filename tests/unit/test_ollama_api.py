@@ -676,3 +676,5 @@ async def test_the_listener_answers_head_on_an_image_result_as_get_and_says_nosn
             assert get.headers["x-content-type-options"] == "nosniff"
         page = await call(eng, "GET", "/ui/models", ollama_port=False)
         assert page.headers.get_list("x-content-type-options") == ["nosniff"]  # said once
+        refused = await _raw(eng, "GET", "/api/tags", host="evil.example")  # the guard's own
+        assert refused.status_code == 403 and refused.headers["x-content-type-options"] == "nosniff"

@@ -249,7 +249,7 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         500,
         "internal_error",
         f"the server failed on this request; the log has the details under request id {rid}",
-        headers={"x-request-id": rid},
+        headers={"x-request-id": rid, "x-content-type-options": "nosniff"},
         dialect=dialect_of(request.scope),
     )
 

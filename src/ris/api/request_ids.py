@@ -32,7 +32,8 @@ def request_id(scope: Scope) -> str:
 
 class RequestIds:
     """Adds `x-request-id` to each HTTP answer that has none: the task's id where the answer
-    names a task (X-Task-Id), else the request's own."""
+    names a task (X-Task-Id), else the request's own; and `X-Content-Type-Options: nosniff`.
+    Outside the guards, so that their refusals carry both."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -48,6 +49,10 @@ class RequestIds:
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers["x-request-id"] = headers.get("x-task-id", rid)
+                # Every answer is what its type says: a browser sniffing an error's JSON (which
+                # echoes what was asked: a model's name, a Host) as HTML would run what it names.
+                if "x-content-type-options" not in headers:
+                    headers["x-content-type-options"] = "nosniff"
             await send(message)
 
         await self.app(scope, receive, named)

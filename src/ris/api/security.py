@@ -332,12 +332,7 @@ class Guard:
                 # network and the client), e.g. the cost of a 429 under a burst.
                 dur = f"app;dur={1000 * (time.perf_counter() - started):.2f}"
                 extra = [(k.lower().encode(), v.encode()) for k, v in cors.items()]
-                headers_out = [*message.get("headers", []), *extra, (b"server-timing", dur.encode())]
-                # Every answer is what its type says: a browser sniffing an error's JSON (which
-                # echoes what was asked, a model's name) as HTML would run what it names.
-                if not any(k.lower() == b"x-content-type-options" for k, _ in headers_out):
-                    headers_out.append((b"x-content-type-options", b"nosniff"))
-                message["headers"] = headers_out
+                message["headers"] = [*message.get("headers", []), *extra, (b"server-timing", dur.encode())]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
