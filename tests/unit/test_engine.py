@@ -779,8 +779,16 @@ async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(tmp_path
             await eng.delete(live)
         view = eng.lookup(said.task_id)
         assert view is not None and view.succeeded
+        wav = Path(result.audio_path)
+        copies = [wav.with_suffix(".mp3"), wav.parent / "orphaned" / f"{said.task_id}.opus"]
+        for copy in copies:  # a player's encoded copy; one a sweep had set aside
+            copy.parent.mkdir(exist_ok=True)
+            copy.write_bytes(b"encoded")
+        neighbour = wav.with_name(f"{waiting.task_id}.wav")
+        neighbour.write_bytes(b"another task's")
         await eng.delete(view)
-        assert not Path(result.audio_path).exists()
+        assert not wav.exists() and not any(c.exists() for c in copies)
+        assert neighbour.exists()
         assert eng.lookup(said.task_id) is None
         assert said.task_id not in {v.id for v in eng.tasks(viewer=ANONYMOUS)}
         assert eng.durable is not None and eng.durable.store.get(said.task_id) is None

@@ -38,3 +38,28 @@ def test_a_moved_data_folder_serves_its_results_by_name(tmp_path: Path) -> None:
     assert new.servable("images", recorded) == (tmp_path / "new" / "images" / "c3.png").resolve()
     assert new.servable("images", tmp_path / "new" / "images" / "missing.png") is None
     assert new.servable("audio", recorded) is None  # another lane's folder
+
+
+def test_a_result_file_deleted_after_its_route_found_it_answers_404_not_500(tmp_path: Path) -> None:
+    """A GET that found the file, then lost it to a DELETE or a sweep before it was read: 404
+    `not_found` as the next lookup answers (FileResponse's own answer was a 500)."""
+    import asyncio
+
+    from ris.api.streams import ResultFile
+
+    path = tmp_path / f"{'0' * 32}.png"
+    path.write_bytes(b"\x89PNG")
+    response = ResultFile(path, media_type="image/png")
+    path.unlink()  # the DELETE, between the route's check and the answer
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+    asyncio.run(response(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 404
+    assert b'"not_found"' in b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]

@@ -65,9 +65,11 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   `not_ready` with the progress while it runs; 409 `cancelled`, or `task_failed` with the
   task's own error, once it ended without an image).
 - A finished task is deleted at once with `DELETE /api/tasks/{{task_id}}`: its record and its
-  result file (a picture, a recording) go before the answer, and its id then answers 404
-  everywhere; without it they are kept as `retention` says (`max_age_h`, `max_total_mb`). A
-  task still queued or running gets 409 `task_not_finished`: cancel it, then delete it.
+  result files (a picture, a recording and its encoded copies) go before the answer, and its
+  id then answers 404 everywhere (a browser may still show a copy it cached: result files are
+  sent `private, immutable` for a day); without it they are kept as `retention` says
+  (`max_age_h`, `max_total_mb`). A task still queued or running gets 409 `task_not_finished`:
+  cancel it, then delete it.
 - A finished task's file (`/api/image/result/...`, `/api/tts/audio/...`) never changes: it is
   sent with `ETag`, `Last-Modified` and `Cache-Control: private, max-age=86400, immutable`,
   answers `Range` requests (206), and a revalidation (`If-None-Match`, `If-Modified-Since`)

@@ -116,8 +116,13 @@ class ResultFile(FileResponse):
         if self.stat_result is None:
             try:
                 self.stat_result = await asyncio.to_thread(os.stat, self.path)
-            except OSError:  # gone meanwhile: FileResponse's own answer for that
-                return await super().__call__(scope, receive, send)
+            except OSError:
+                # Deleted since the route found it (DELETE /api/tasks/{id}, a retention sweep):
+                # gone, as the next lookup answers. FileResponse's own answer was a 500.
+                from ris.api.errors import error_response
+
+                gone = error_response(404, "not_found", "the result file is no longer on disk")
+                return await gone(scope, receive, send)
             self.set_stat_headers(self.stat_result)
         if not _current(Headers(scope=scope), self.headers, self.stat_result.st_mtime):
             return await super().__call__(scope, receive, send)

@@ -42,7 +42,7 @@ from ris.runtime.files import ResultFiles
 from ris.runtime.metrics import WorkMeter
 from ris.runtime.model_log import ModelLog, ModelLogView
 from ris.runtime.replica import Replica
-from ris.runtime.retention import Retention, SweepReport, log_sweep
+from ris.runtime.retention import ORPHANS_FOLDER, Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
 from ris.runtime.specs import memory_limit, worker_spec
 from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
@@ -573,13 +573,14 @@ class Engine:
             raise ValueError(f"task {view.id} is {view.state}: only a finished task is deleted")
         kind = self.kinds.get(view.lane)
         folder = kind.result_folder if kind is not None else None
-        names = view.result.files() if view.result is not None and folder is not None else ()
 
         def remove() -> None:
-            for name in names:
-                assert folder is not None
-                path = self.files.servable(folder, name)
-                if path is not None:
+            if folder is not None:
+                # Every file of the task's, not only those its result names: the encoded
+                # copies a player asked for (`<id>.mp3` beside `<id>.wav`), one being written
+                # (`<id>.mp3.<hex>.tmp`), one a sweep set aside (ids are hex: no glob syntax).
+                where = self.files.folder(folder)
+                for path in (*where.glob(f"{view.id}.*"), *(where / ORPHANS_FOLDER).glob(f"{view.id}.*")):
                     path.unlink(missing_ok=True)
             if self.durable is not None:
                 self.durable.store.delete([view.id])  # returns once the row is gone on disk

@@ -293,6 +293,8 @@ async def _encode_once(
         finally:
             await anyio.to_thread.run_sync(f.close)
         await anyio.to_thread.run_sync(os.replace, part, target)
+        if not wav.exists():  # its task deleted while this encoded it: not left behind
+            target.unlink(missing_ok=True)
     finally:
         part.unlink(missing_ok=True)
     return target

@@ -179,7 +179,8 @@ async def delete_task(task_id: str, request: Request) -> dict[str, Any]:
             409,
             "task_not_finished",
             f"task {view.id} is {view.state}: only a finished task is deleted; cancel it first "
-            f"(POST /api/tasks/{view.id}/cancel), then delete it once it has ended",
+            f"(POST /api/tasks/{view.id}/cancel), then delete it once it has ended (one that has "
+            "just ended reads as running for the moment its record takes to reach the disk)",
         )
     await engine.delete(view)
     return {"task_id": view.id, "object": "task.deleted", "deleted": True}
