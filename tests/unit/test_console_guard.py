@@ -108,6 +108,7 @@ def test_a_session_lets_in_on_the_consoles_routes_only() -> None:
         "/api/generate",
         "/api/chat",
         "/api/tasks",
+        "/api/image/tasks",  # a task list too, under the playground's prefix
         "/api/stats",
     )
     for path in refused:

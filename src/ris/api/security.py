@@ -387,9 +387,13 @@ SESSION_PATHS = ("/ui", "/api/models", "/ready", "/docs", "/redoc", "/openapi.js
 SESSION_PREFIXES = ("/ui/", "/api/console/", "/api/tasks/", "/docs/") + (
     ("/api/llm/", "/api/tts/", "/api/image/", "/api/chat/")  # the playground's
 )
+# Under those prefixes, what the console never calls: a list of tasks (as /api/tasks is not).
+SESSION_CLOSED = frozenset({"/api/image/tasks"})
 
 
 def _session_path(path: str) -> bool:
+    if path in SESSION_CLOSED:
+        return False
     return path == "/" or path in SESSION_PATHS or path.startswith(SESSION_PREFIXES)
 
 
