@@ -200,11 +200,13 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
                 raise APIError(
                     422, "model_wrong_lane", f"{name} is a {other} model; the {lane} lane's models: {mine}"
                 ) from None
-        # An unknown name is the client's mistake (404); no default model is the server's (503).
+        # An unknown name is the client's mistake (404); no default model is the server's (503),
+        # which no retry mends (its config names none): x-should-retry, not Retry-After.
         raise APIError(
             404 if name is not None else 503,
             "unknown_model",
             unknown_model_message(str(e.args[0]), name, lane),
+            headers=None if name is not None else {"x-should-retry": "false"},
         ) from None
 
 

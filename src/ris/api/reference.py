@@ -44,11 +44,13 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   key (403 `admin_only`). See docs/DEPLOYMENT_GUIDE.md, "Keys and users".
 - 429 and 503 answers carry `Retry-After`, except those no retry should follow, which say
   `x-should-retry: false` instead (OpenAI's SDKs obey it): a lane the config disables (503
-  `lane_unavailable`), a request whose worker died or hung under it (`worker_crashed`,
-  `worker_out_of_memory`, `worker_timeout`: it may be the cause), a request that ran out its
-  deadline while running (504 `deadline_exceeded`: sent again it holds the lane as long, and
-  ends the same way; one whose deadline passed in the queue says nothing either way) and the
-  wrong-key throttle's 429 (`too_many_wrong_keys`, which keeps its `Retry-After` too).
+  `lane_unavailable`), a request naming no model on a lane whose config names no default (503
+  `unknown_model`; naming an unknown one is 404), a request whose worker died or hung under
+  it (`worker_crashed`, `worker_out_of_memory`, `worker_timeout`: it may be the cause), a
+  request that ran out its deadline while running (504 `deadline_exceeded`: sent again it
+  holds the lane as long, and ends the same way; one whose deadline passed in the queue says
+  nothing either way) and the wrong-key throttle's 429 (`too_many_wrong_keys`, which keeps its
+  `Retry-After` too).
 - `prompt` on `/api/llm/generate` (and `/api/chat/speak`) is what its writer means: sent to a
   model with a chat template it goes through that template as the user's message (with an
   optional `system`); `"raw": true`, or `/v1/completions`, keeps raw text completion.
