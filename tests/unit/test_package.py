@@ -15,7 +15,8 @@ from ris.runtime.binding import THREAD_ENV_VARS, Binding
 
 
 def test_public_names() -> None:
-    assert ris.__all__ == ["AsyncClient", "Client", "Generation", "RISError", "Speech", "__version__"]
+    names = ["AsyncClient", "Client", "Generation", "RISError", "Speech", "TaskTimeout", "__version__"]
+    assert ris.__all__ == names
 
 
 def test_package_imports_without_heavy_libraries() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ris import AsyncClient, Client, RISError
+from ris import AsyncClient, Client, RISError, TaskTimeout
 
 TASK = "a" * 32
 PROGRESS = {"task_id": TASK, "status": "succeeded", "step": 2, "total_steps": 2, "progress": 1.0}
@@ -549,3 +549,55 @@ def test_image_takes_a_progress_callback_and_a_timeout_as_wait_does() -> None:
         "running",
         "succeeded",
     ]
+
+
+def _running_image_server(log: list[str]) -> httpx.MockTransport:
+    """An image task that never ends; every request logged as "METHOD path"."""
+
+    def server(request: httpx.Request) -> httpx.Response:
+        log.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/api/image/generate":
+            return httpx.Response(202, json={"task_id": TASK, "status": "queued"})
+        if request.url.path.endswith("/cancel"):
+            return httpx.Response(200, json={"task_id": TASK, "outcome": "requested"})
+        return httpx.Response(200, json={"task_id": TASK, "status": "running", "progress": 0.5})
+
+    return httpx.MockTransport(server)
+
+
+def test_an_image_given_up_is_cancelled_and_its_timeout_names_the_task() -> None:
+    """image() hides its task's id: given up at its timeout, or by a cancelled asyncio task
+    (asyncio.wait_for), the picture was made all the same, for no one (an app developer's
+    run: step 57 of 100 when the caller had gone, then succeeded)."""
+    log: list[str] = []
+    results = _both(_running_image_server(log), lambda c: c.image("a cat", timeout=0.05))
+    assert all(isinstance(r, TaskTimeout) and r.task_id == TASK for r in results), results
+    assert log.count(f"POST /api/tasks/{TASK}/cancel") == 2  # once by each client
+
+    async def abandoned() -> None:
+        async with AsyncClient("http://ris.test", transport=_running_image_server(log)) as c:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(c.image("a dog"), 0.3)
+
+    log.clear()
+    asyncio.run(abandoned())
+    assert log[0] == "POST /api/image/generate" and log[-1] == f"POST /api/tasks/{TASK}/cancel"
+    # wait() leaves the task alone: its caller has the id.
+    log.clear()
+    with Client("http://ris.test", transport=_running_image_server(log)) as c, pytest.raises(TaskTimeout):
+        c.wait(TASK, timeout=0.05, poll_s=0.01)
+    assert not any(entry.endswith("/cancel") for entry in log)
+
+
+def test_a_slow_server_is_not_taken_for_a_restart() -> None:
+    """A read timeout means a server that is there: the client's timeout bounds the call (it
+    was asked again for 120 s, as a restarting server is)."""
+    asked: list[str] = []
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    results = _both(httpx.MockTransport(slow), lambda c: c.wait(TASK, poll_s=0.01))
+    assert all(isinstance(r, httpx.ReadTimeout) for r in results), results
+    assert len(asked) == 2  # once each

@@ -197,8 +197,9 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
                 # A model this server has, on another lane (as /v1 says it: model_wrong_lane);
                 # "unknown model" was wrong about it.
                 mine = ", ".join(engine.config.lane(lane).models) or "none"
+                a = "an" if other[0] in "aeiou" else "a"
                 raise APIError(
-                    422, "model_wrong_lane", f"{name} is a {other} model; the {lane} lane's models: {mine}"
+                    422, "model_wrong_lane", f"{name} is {a} {other} model; the {lane} lane's models: {mine}"
                 ) from None
         # An unknown name is the client's mistake (404); no default model is the server's (503),
         # which no retry mends (its config names none): x-should-retry, not Retry-After.

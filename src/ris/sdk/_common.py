@@ -28,6 +28,15 @@ class RISError(Exception):
         self.retry_after = retry_after
 
 
+class TaskTimeout(TimeoutError):
+    """A task still queued or running when the caller's `timeout` passed; `task_id` names it
+    (to wait again, cancel or delete it)."""
+
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
 @dataclass(frozen=True)
 class Generation:
     task_id: str

@@ -27,6 +27,7 @@ from ris.sdk._common import (
     RISError,
     Speech,
     SSEDecoder,
+    TaskTimeout,
     check_final,
     error_from,
     generation_from,
@@ -59,7 +60,16 @@ class Pause:
     seconds: float
 
 
-Op = Generator[Call | Pause, Any, T]
+@dataclass(frozen=True)
+class Undo:
+    """What to send, best-effort, if the operation is given up before it returns (its caller's
+    timeout, a cancelled asyncio task, Ctrl-C): a task it started and hid the id of is
+    cancelled, not left running with no one to ask for it. None: nothing any more."""
+
+    call: Call | None
+
+
+Op = Generator[Call | Pause | Undo, Any, T]
 
 
 class LineDecoder(Generic[T]):
@@ -309,8 +319,9 @@ class Operations:
         timeout: float | None = None,
     ) -> Op[dict[str, Any]]:
         """Poll an image task until it ends; return its last progress, or raise RISError if it
-        failed (404 not_found for an id that is not an image task's), TimeoutError once
-        `timeout` seconds passed with the task still queued or running (it is not cancelled).
+        failed (404 not_found for an id that is not an image task's), TaskTimeout (a
+        TimeoutError with the `task_id`) once `timeout` seconds passed with the task still
+        queued or running (it is not cancelled: cancel(task_id) does that).
         A server restart is ridden out (the task is durable): httpx's error only once the
         server has not answered for RIDE_OUT_RESTART_S (120 s), or by `timeout`, whichever
         comes first (a request under way is not cut short: its own HTTP timeout bounds it)."""
@@ -333,12 +344,15 @@ class Operations:
         **options: Any,
     ) -> Op[bytes]:
         """Generate, wait and fetch: the PNG bytes (written to `path` if given). `on_progress`
-        and `timeout` as wait() takes them (a progress bar; TimeoutError past `timeout`, the
-        task left running); other options go to the request (width, height, steps, seed, ...).
-        They were sent as fields of the request: a callback was "not JSON serializable"."""
+        and `timeout` as wait() takes them (a progress bar; TaskTimeout, a TimeoutError with
+        the `task_id`, past `timeout`); other options go to the request (width, height, steps,
+        seed, ...). Given up before the picture came (`timeout`, a cancelled asyncio task, an
+        interrupt), the task is cancelled: its id was the caller's only way to stop it."""
         body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
         task_id = (yield Call("POST", "/api/image/generate", json=body)).json()["task_id"]
+        yield Undo(Call("POST", f"/api/tasks/{task_id}/cancel", retry=False))
         yield from _wait(task_id, on_progress, 0.25, timeout)
+        yield Undo(None)  # it ended: nothing left to stop
         return _save((yield Call("GET", f"/api/image/result/{task_id}")).content, path)
 
     @op
@@ -455,6 +469,13 @@ RIDE_OUT_RESTART_S = 120.0
 RESTART_POLL_S = 1.0
 
 
+def _unanswered(e: httpx.TransportError) -> bool:
+    """Whether `e` says the server is not there (a restart: refused, or the connection cut),
+    which is ridden out; not that it is slow to answer (a timeout: the client's `timeout`
+    bounds a call, and a read timeout was asked again for RIDE_OUT_RESTART_S)."""
+    return not isinstance(e, httpx.TimeoutException) or isinstance(e, httpx.ConnectTimeout)
+
+
 def _fetch_riding_out(url: str) -> Generator[Call | Pause, Any, httpx.Response]:
     """GET `url`, asking again for RIDE_OUT_RESTART_S while the server does not answer (a
     synthesis made, then its server restarted: the audio was lost to the caller with a bare
@@ -464,7 +485,9 @@ def _fetch_riding_out(url: str) -> Generator[Call | Pause, Any, httpx.Response]:
         try:
             resp: httpx.Response = yield Call("GET", url)
             return resp
-        except httpx.TransportError:
+        except httpx.TransportError as e:
+            if not _unanswered(e):
+                raise
             now = time.monotonic()
             unanswered_since = now if unanswered_since is None else unanswered_since
             if now - unanswered_since > RIDE_OUT_RESTART_S:
@@ -483,7 +506,9 @@ def _wait(
     while True:
         try:
             prog = _json((yield Call("GET", f"/api/image/progress/{task_id}")))
-        except httpx.TransportError:
+        except httpx.TransportError as e:
+            if not _unanswered(e):
+                raise
             # An image task outlives a restart of its server (the durable queue): a wait that
             # raised ConnectError at the restart's first refused connection left the client
             # without the picture the server then made. Ridden out for a bounded time.
@@ -500,6 +525,6 @@ def _wait(
             return check_final(prog)
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            raise TimeoutError(f"task {task_id} still {prog['status']} after {timeout} s")
+            raise TaskTimeout(task_id, f"task {task_id} still {prog['status']} after {timeout} s")
         # Never past the deadline: one last look when it comes, then the answer.
         yield Pause(poll_s if left is None else min(poll_s, left))

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from ris.sdk._common import NOT_RETRIED, RETRY_STATUSES, RISError, backoff_delay, error_from, server_url
-from ris.sdk._ops import AsyncRunner, Call, Op, Operations, Pause, StreamSpec, SyncRunner, T
+from ris.sdk._ops import AsyncRunner, Call, Op, Operations, Pause, StreamSpec, SyncRunner, T, Undo
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -77,6 +77,10 @@ def unreachable_on_retry(answered: RISError, e: httpx.TransportError) -> RISErro
     )
 
 
+# How long the cancel of a task an operation gave up on may take (Undo): best effort, short.
+UNDO_TIMEOUT_S = 5.0
+
+
 class Client(_Base, SyncRunner):
     """Synchronous client. Retries 429/503 up to `max_retries` times, honouring Retry-After."""
 
@@ -95,11 +99,14 @@ class Client(_Base, SyncRunner):
     def _run(self, operation: Op[T]) -> T:
         reply: Any = None
         failed: httpx.TransportError | None = None  # thrown into the operation: its to handle
+        undo: Call | None = None
         try:
             while True:
                 step = operation.send(reply) if failed is None else operation.throw(failed)
                 failed = None
-                if isinstance(step, Pause):
+                if isinstance(step, Undo):
+                    undo, reply = step.call, None
+                elif isinstance(step, Pause):
                     time.sleep(step.seconds)
                     reply = None
                 else:
@@ -110,6 +117,13 @@ class Client(_Base, SyncRunner):
         except StopIteration as done:
             result: T = done.value
             return result
+        except BaseException:  # given up (a timeout, Ctrl-C) or failed: what it started, stopped
+            if undo is not None:
+                try:
+                    self._http.request(undo.method, undo.url, json=undo.json, timeout=UNDO_TIMEOUT_S)
+                except httpx.HTTPError:
+                    pass  # best effort: the error the caller gets is the one that ended it
+            raise
 
     def _call(self, call: Call) -> httpx.Response:
         attempt, answered = 0, None
@@ -161,11 +175,14 @@ class AsyncClient(_Base, AsyncRunner):
     async def _run(self, operation: Op[T]) -> T:
         reply: Any = None
         failed: httpx.TransportError | None = None  # as Client._run
+        undo: Call | None = None
         try:
             while True:
                 step = operation.send(reply) if failed is None else operation.throw(failed)
                 failed = None
-                if isinstance(step, Pause):
+                if isinstance(step, Undo):
+                    undo, reply = step.call, None
+                elif isinstance(step, Pause):
                     await asyncio.sleep(step.seconds)
                     reply = None
                 else:
@@ -176,6 +193,13 @@ class AsyncClient(_Base, AsyncRunner):
         except StopIteration as done:
             result: T = done.value
             return result
+        except BaseException:  # as Client._run; a cancelled task (asyncio.wait_for) included
+            if undo is not None:
+                try:
+                    await self._http.request(undo.method, undo.url, json=undo.json, timeout=UNDO_TIMEOUT_S)
+                except httpx.HTTPError:
+                    pass
+            raise
 
     async def _call(self, call: Call) -> httpx.Response:
         attempt, answered = 0, None
