@@ -116,14 +116,6 @@ def test_every_key_an_address_used_rightly_passes_when_its_budget_is_spent() -> 
         keys.check("proxy", f"guess{i}")
     assert keys.check("proxy", "guess").retry_after_s is not None  # spent
     assert all(keys.check("proxy", k).ok for k in users)
-    # Those checks answer guesses too: at most a second budget's worth, then no key passes.
-    weak = KeyChecker([*users, "1234"], FakeClock())
-    assert weak.check("proxy", "1234").ok  # a weak key, used rightly behind the proxy
-    for i in range(FREE_WRONG_KEYS):
-        weak.check("proxy", f"guess{i}")
-    answered = [g for g in map(str, range(10_000)) if weak.check("proxy", g).ok]
-    assert answered == []  # the weak key's own turn (1234) came after the second budget
-    assert weak.check("proxy", users[0]).retry_after_s is not None  # every key waits now
     for i in range(FREE_WRONG_KEYS):
         keys.check("elsewhere", f"guess{i}")
     assert keys.check("elsewhere", users[0]).retry_after_s is not None  # known per address only

@@ -6,15 +6,14 @@ not checked at all (a check would tell a guesser whether the key was right, at f
 it is answered 429 with the seconds until its next try, until the bucket refills. A right key
 costs nothing and is never delayed while the budget lasts, and one the address has already
 shown to be right still passes when it is spent (a stale client behind the same NAT locks no
-one else out), until the wrong keys answered so (a check they are) spend a second budget as
-large, after which none passes either; a request with no key is not a guess and costs
-nothing either. IPv6 addresses spend the budget of their /64, and loopback addresses one
-budget. The addresses of one IPv4 /24 (an IPv6 /48) also spend a wider budget together
-(NETWORK_SHARE addresses' worth, refilled as fast): a host given many addresses guesses no
-faster than that many hosts. The price: a host with a few addresses there can keep that wider
-budget spent, and a neighbour's key not used rightly from its address before then waits too.
-Behind a reverse proxy every client has the proxy's address: the budget is then the proxy's,
-and the proxy should limit its own clients.
+one else out); a request with no key is not a guess and costs nothing either. IPv6 addresses
+spend the budget of their /64, and loopback addresses one budget. The addresses of one IPv4 /24
+(an IPv6 /48) also spend a wider budget together (NETWORK_SHARE addresses' worth, refilled as
+fast): a host given many addresses guesses no faster than that many hosts. The price: a host
+with a few addresses there can keep that wider budget spent, and a neighbour's key not used
+rightly from its address before then waits too. Behind a reverse proxy every
+client has the proxy's address: the budget is then the proxy's, and the proxy should limit its
+own clients.
 
 A key is also who the request is (`Verdict.principal`, ris.runtime.tenancy): a named key
 (`{"name", "key", "role"}`) is its name, with its role; a plain string key is an admin, owner
@@ -105,9 +104,6 @@ class Verdict:
     principal: Principal | None = None  # who the key is, when ok
 
 
-# The name of an address's second budget (its bucket's key: the address and this), spent by
-# the guesses answered while its first is spent (KeyChecker.check).
-AFTER_LOCKOUT = " after lockout"
 # How many addresses' budget of wrong keys the addresses of one IPv4 /24 share.
 NETWORK_SHARE = 10
 
@@ -155,23 +151,11 @@ class KeyChecker:
             if b is not None and b.tokens < 1
         ]
         if spent:
-            # Unchecked, but for a key this address already showed to be right, so that the
-            # others behind the same NAT or proxy are not locked out by a guesser there. That
-            # check answers a guess too (right: 200, wrong: 429), so the guesses it answers
-            # spend a second budget of the address's, as large: spent, no key is honoured
-            # (a guesser is answered at twice the rate at most, never at full speed).
-            known = self._known.get(client, ())
-            after = self._bucket(client + AFTER_LOCKOUT)
-            if after is not None and after.tokens < 1:
-                return Verdict(False, max(*spent, (1 - after.tokens) * self._refill_s))
+            # Unchecked, but for a key this address already showed to be right: that tells a
+            # guesser nothing, and a stale client behind the same NAT locks no one else out.
             which = self._by_fingerprint.get(key_fingerprint(given))
-            if which is not None and which in known:
+            if which is not None and which in self._known.get(client, ()):
                 return Verdict(True, principal=self.keys[which][1])
-            if known:  # a guess was answered: spend
-                if after is None:
-                    after = self._buckets[client + AFTER_LOCKOUT] = _Bucket(float(self._free), self._clock())
-                    self._bound()
-                after.tokens -= 1
             return Verdict(False, max(spent))
         # Constant-time comparison against every key, all of them whichever matches: timing
         # reveals neither a prefix nor which key it was.
