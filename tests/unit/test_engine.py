@@ -171,6 +171,24 @@ async def test_a_batch_member_that_cannot_be_admitted_takes_the_others_back(tmp_
 
 
 @run
+async def test_a_cancel_the_full_disk_holds_is_not_told_as_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flushed() counts a write held for want of room as done: a cancel answered "cancelled"
+    on a full disk, and the task ran after a restart (an operator's run). Now 507: in effect,
+    and not kept."""
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, _, _):
+        picture = eng.submit(IMAGE, "i", ImageRequest(prompt="a"))
+        assert eng.durable is not None
+        monkeypatch.setattr(type(eng.durable.store), "held_writes", property(lambda _: 1))
+        with pytest.raises(NotRecorded) as refused:
+            await eng.cancel_recorded(picture.task_id)
+        assert refused.value.code == "storage_full"
+        assert "the cancel is in effect now, but a restart before there is room" in str(refused.value)
+        assert eng.lookup(picture.task_id).state == "cancelled"  # type: ignore[union-attr]
+
+
+@run
 async def test_a_crash_fails_the_running_task_and_the_worker_restarts_after_a_backoff(tmp_path: Path) -> None:
     async with started_engine(tmp_path) as (eng, workers, clock):
         llm, running, queued = two_tasks(eng, workers)
@@ -786,6 +804,20 @@ async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(tmp_path
             copy.write_bytes(b"encoded")
         neighbour = wav.with_name(f"{waiting.task_id}.wav")
         neighbour.write_bytes(b"another task's")
+        # A full disk refuses the record's deletion: nothing goes (the files went first, and the
+        # task read succeeded with its audio gone).
+        assert eng.durable is not None
+        store_delete = eng.durable.store.delete
+
+        def full(ids: list[str]) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        eng.durable.store.delete = full  # type: ignore[method-assign]
+        with pytest.raises(NotRecorded) as refused:
+            await eng.delete(view)
+        assert refused.value.code == "storage_full" and "files are as they were" in str(refused.value)
+        assert wav.exists() and all(c.exists() for c in copies) and eng.lookup(said.task_id) is not None
+        eng.durable.store.delete = store_delete  # type: ignore[method-assign]
         await eng.delete(view)
         assert not wav.exists() and not any(c.exists() for c in copies)
         assert neighbour.exists()

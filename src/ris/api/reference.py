@@ -71,7 +71,9 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   id then answers 404 everywhere (a browser may still show a copy it cached: result files are
   sent `private, immutable` for a day); without it they are kept as `retention` says
   (`max_age_h`, `max_total_mb`). A task still queued or running gets 409 `task_not_finished`:
-  cancel it, then delete it.
+  cancel it, then delete it. On a full disk (SQLite needs room to delete a row) it is 507
+  `storage_full`, and nothing is deleted; a cancel the full disk cannot keep is 507 too (in
+  effect, but a restart before there is room would run the task again).
 - A finished task's file (`/api/image/result/...`, `/api/tts/audio/...`) never changes: it is
   sent with `ETag`, `Last-Modified` and `Cache-Control: private, max-age=86400, immutable`,
   answers `Range` requests (206), and a revalidation (`If-None-Match`, `If-Modified-Since`)

@@ -80,9 +80,17 @@ class LaneUnavailable(Exception):
 
 class NotRecorded(Exception):
     """A durable lane's task whose record could not be written (`code` "storage_full" for a
-    full disk, else "store_unavailable"): nothing was queued."""
+    full disk, else "store_unavailable"): `outcome` says what that leaves (for a submission,
+    nothing queued)."""
 
-    def __init__(self, lane: str, error: Exception, where: Path) -> None:
+    def __init__(
+        self,
+        lane: str,
+        error: Exception,
+        where: Path,
+        outcome: str = "nothing was queued",
+        act: str = "recorded",
+    ) -> None:
         full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(
             error, "errno", None
         ) in (errno.ENOSPC, errno.EDQUOT)
@@ -90,7 +98,7 @@ class NotRecorded(Exception):
         self.code = "storage_full" if full else "store_unavailable"
         what = "the disk is full" if full else f"{type(error).__name__}: {error}"
         super().__init__(
-            f"the {lane} task could not be recorded ({what}); nothing was queued. "
+            f"the {lane} task could not be {act} ({what}); {outcome}. "
             + (f"Free space where the server keeps its data ({where}) and retry." if full else "Retry later.")
         )
 
@@ -561,20 +569,46 @@ class Engine:
             and outcome in (CancelOutcome.CANCELLED, CancelOutcome.REQUESTED)
         ):
             await asyncio.wrap_future(self.durable.store.flushed())
+            if self.durable.store.held_writes:
+                # flushed() counts a write held for want of room as done: the cancel waits in
+                # memory behind the held ones, and a restart before there is room ran the task
+                # (it answered "cancelled", and the picture was made after the restart).
+                stored = self.durable.store.get(task_id) if task is None else None
+                raise NotRecorded(
+                    task.lane if task is not None else stored.lane if stored is not None else "durable",
+                    OSError(errno.ENOSPC, "no space left on the device"),
+                    Path(self.config.data_dir),
+                    outcome="the cancel is in effect now, but a restart before there is room "
+                    "would run the task again",
+                    act="cancelled on disk",
+                )
         return outcome
 
     async def delete(self, view: TaskView[Any]) -> None:
         """Delete a finished task for good, at its owner's word (a picture or a voice recording
-        not to be kept until the retention policy's max_age_h): its result files, then its
-        record, then the scheduler's memory of it. Files first: a crash between the two leaves
-        a record whose result answers 404 "no longer on disk", never a file its owner deleted.
-        The disk work is on a thread: the loop only moves bytes."""
+        not to be kept until the retention policy's max_age_h): its record, then its result
+        files, then the scheduler's memory of it. The record first: a full disk refuses its
+        deletion (SQLite needs room to delete), and nothing is gone (NotRecorded, 507); files
+        first left a task that read succeeded with its picture gone (an operator's run). A
+        crash between the two leaves files no record names, which the retention sweep sets
+        aside and deletes. The disk work is on a thread: the loop only moves bytes."""
         if view.state in ("queued", "running"):
             raise ValueError(f"task {view.id} is {view.state}: only a finished task is deleted")
         kind = self.kinds.get(view.lane)
         folder = kind.result_folder if kind is not None else None
 
         def remove() -> None:
+            if self.durable is not None:
+                try:
+                    self.durable.store.delete([view.id])  # returns once the row is gone on disk
+                except Exception as e:  # noqa: BLE001 - a full disk, a store that failed: said
+                    raise NotRecorded(
+                        view.lane,
+                        e,
+                        Path(self.config.data_dir),
+                        outcome="its record and its files are as they were",
+                        act="deleted",
+                    ) from e
             if folder is not None:
                 # Every file of the task's, not only those its result names: the encoded
                 # copies a player asked for (`<id>.mp3` beside `<id>.wav`), one being written
@@ -582,8 +616,6 @@ class Engine:
                 where = self.files.folder(folder)
                 for path in (*where.glob(f"{view.id}.*"), *(where / ORPHANS_FOLDER).glob(f"{view.id}.*")):
                     path.unlink(missing_ok=True)
-            if self.durable is not None:
-                self.durable.store.delete([view.id])  # returns once the row is gone on disk
 
         await asyncio.to_thread(remove)
         self._scheduler.forget([view.id])
