@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -134,6 +135,26 @@ PRIVATE_UMASK = 0o077
 # Where the server writes every result (the store is checked whole). Not `models`, which
 # serving only reads (a read-only mount of pulled models is fine).
 DATA_SUBFOLDERS = ("audio", "images")
+
+
+def _data_folder_unusable(folder: Path) -> str | None:
+    """What `ris serve` refuses the data folder itself for, found without making it (`ris
+    config --check` said "can serve" for a file, a folder under /proc, one in use): a file in
+    its place, a folder that cannot be made there, another server holding it."""
+    if folder.exists():
+        if not folder.is_dir():
+            return "it is a file, not a folder"
+        return data_lock.held_elsewhere(folder)
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is a file, not a folder"
+    try:  # made and taken away at once: whether this user may make it there (root included)
+        os.rmdir(tempfile.mkdtemp(prefix=".ris-check-", dir=parent))
+    except OSError as e:
+        return f"it cannot be made in {str(parent)!r}: {e.strerror or e}"
+    return None
 
 
 def _data_folder_problem(folder: Path) -> str | None:
@@ -570,7 +591,10 @@ def _check_serves(cfg: Config) -> int:
     except ConfigError as e:
         problems.append(str(e))
     problems += missing_model_problems(cfg)
-    if cfg.data_dir.exists():
+    unusable = _data_folder_unusable(cfg.data_dir)
+    if unusable:
+        problems.append(f"cannot use the data folder {str(cfg.data_dir)!r}: {unusable}")
+    elif cfg.data_dir.exists():
         problems += [p for p in (_data_folder_problem(cfg.data_dir),) if p]
     if problems:
         raise ConfigError("`ris serve` would refuse this configuration:\n  - " + "\n  - ".join(problems))

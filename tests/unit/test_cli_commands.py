@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from ris.runtime import data_lock
+
 
 def ris(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -452,3 +454,20 @@ def test_config_check_says_what_serve_would_refuse_without_starting_it(tmp_path:
     done = ris("config", "--check", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ris config: the configuration can serve (lanes: tts;")
+    assert not (tmp_path / "d").exists()  # checked, not made
+    # The data folder as serve refuses it: a file, one that cannot be made, one in use.
+    (tmp_path / "afile").write_text("")
+    held = tmp_path / "held"
+    data_lock.acquire(held, 8123)
+    try:
+        for folder, why in (
+            (tmp_path / "afile", "it is a file, not a folder"),
+            (tmp_path / "afile" / "d", "is a file, not a folder"),
+            (Path("/proc/ris-nope"), "it cannot be made in '/proc'"),
+            (held, "is in use by another RIS server (pid"),
+        ):
+            config.write_text(json.dumps({"data_dir": str(folder), "lanes": lanes}))
+            done = ris("config", "--check", "--config", str(config))
+            assert done.returncode == 2 and why in done.stderr, (folder, done.stderr)
+    finally:
+        data_lock.release(held)

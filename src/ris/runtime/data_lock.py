@@ -96,6 +96,25 @@ def acquire(folder: Path, port: int, *, engine: bool = False) -> None:
             _engines.add(key)
 
 
+def held_elsewhere(folder: Path) -> str | None:
+    """What acquire() would refuse `folder` with, asked without taking it (`ris config
+    --check`): the holder, while another server holds it; None otherwise (no lock file made)."""
+    lock = folder / LOCK_FILE
+    if folder.resolve() in _held or not lock.is_file():
+        return None
+    try:
+        with lock.open("a+", encoding="utf-8") as f:  # closed: a lock taken here is let go
+            if _try_lock(f):
+                return None
+    except OSError:
+        return None  # unreadable: acquire() says why
+    who = holder(folder)
+    return (
+        f"data_dir {folder.resolve()} is in use by another RIS server (pid {who.get('pid', '?')}, "
+        f"port {who.get('port', '?')})"
+    )
+
+
 def still_held(folder: Path) -> bool:
     """Whether the lock this process holds on `folder` is still the folder's: the folder
     deleted (or moved, or replaced) while the server runs leaves the lock on a file no path
