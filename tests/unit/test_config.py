@@ -95,6 +95,18 @@ def test_two_realtime_lanes_on_the_same_core() -> None:
     assert "lanes.tts.cores: core(s) 0 also given to the real-time llm lane" in msg
 
 
+def test_a_short_key_is_warned_of_never_written(caplog: pytest.LogCaptureFixture) -> None:
+    """Behind the address a key was used from, a guesser is answered for it while throttled
+    (its users must not be locked out): a short key can be found there."""
+    data = base()
+    data["server"] = {"api_keys": ["1234", {"name": "bob", "key": "b0b"}, "a" * 16]}
+    with caplog.at_level("WARNING", logger="ris.config"):
+        parse_config(data, TWO_CORES)
+    assert "server.api_keys[0] has 4 characters: a key shorter than 16 can be guessed" in caplog.text
+    assert "the key of 'bob' has 3 characters" in caplog.text
+    assert "[2]" not in caplog.text and "1234" not in caplog.text and "b0b" not in caplog.text
+
+
 def test_sharing_allowed_when_asked_for(caplog: pytest.LogCaptureFixture) -> None:
     data = base()
     data["lanes"]["tts"]["cores"] = [0]

@@ -39,7 +39,7 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
         problems.append(f"lanes: no lane is enabled; configure at least one of {', '.join(cfg.lanes)}")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-    for note in idle_settings(cfg):
+    for note in (*idle_settings(cfg), *short_keys(cfg)):
         log.warning("%s", note)
     warnings, facts = ceiling_notes(cfg, machine)
     for note in warnings:
@@ -47,6 +47,28 @@ def check_config(cfg: Config, machine: MachineInfo) -> Config:
     for note in facts:
         log.info("%s", note)
     return cfg
+
+
+# Shorter than this, a key can be guessed: the wrong-key throttle slows a guesser (ten a
+# minute), but one behind the address a key was used from is answered for that key at full
+# speed while the address is throttled (so that its users are not locked out: ris.api.keys).
+MIN_KEY_CHARS = 16
+
+
+def short_keys(cfg: Config) -> list[str]:
+    """A warning for each key shorter than MIN_KEY_CHARS, naming it by its name or place."""
+    notes = []
+    for i, entry in enumerate(cfg.server.api_keys):
+        secret = entry if isinstance(entry, str) else entry.key
+        if len(secret) < MIN_KEY_CHARS:
+            who = f"server.api_keys[{i}]" if isinstance(entry, str) else f"the key of {entry.name!r}"
+            notes.append(
+                f"{who} has {len(secret)} characters: a key shorter than {MIN_KEY_CHARS} can be "
+                "guessed (the throttle answers a guesser behind the address a key was used from "
+                "for that key); use a random one, e.g. `python -c 'import secrets; "
+                "print(secrets.token_hex(16))'`"
+            )
+    return notes
 
 
 def idle_settings(cfg: Config) -> list[str]:
