@@ -1047,14 +1047,17 @@ async def test_a_result_that_cannot_be_counted_still_answers_its_client(
 
 @run
 async def test_an_image_running_through_graceful_restarts_is_not_failed_as_interrupted(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Attempts count runs a crash may have cut (MAX_ATTEMPTS 2); a graceful stop is none: an
-    image running through three restarts still runs after them."""
-    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
-        workers[Lane.IMAGE].ready()
-        long = eng.submit(IMAGE, "i", ImageRequest(prompt="a long one"))
-        assert eng.lookup(long.task_id).state == "running"  # type: ignore[union-attr]
+    image running through three restarts still runs after them. The stop says what it kept."""
+    with caplog.at_level(logging.INFO, logger="ris.engine"):
+        async with started_engine(tmp_path, image=IMAGE_ON) as (eng, workers, _):
+            workers[Lane.IMAGE].ready()
+            long = eng.submit(IMAGE, "i", ImageRequest(prompt="a long one"))
+            eng.submit(IMAGE, "i", ImageRequest(prompt="waits"))
+            assert eng.lookup(long.task_id).state == "running"  # type: ignore[union-attr]
+    assert "image: 1 running task(s) set aside and 1 queued kept" in caplog.text
     for _ in range(3):
         async with started_engine(tmp_path, image=IMAGE_ON) as (again, workers, _):
             assert again.lookup(long.task_id).state == "queued"  # type: ignore[union-attr]
@@ -1204,6 +1207,8 @@ async def test_images_queued_before_a_start_without_the_image_lane_wait_for_its_
             view = later.lookup(kept[1].task_id)
             assert view is not None and (view.state, view.error_code) == ("failed", "model_not_found")
             assert "model 'i' is no longer configured (the image lane has: j)" in (view.error_message or "")
+            # In the lane's stats too (/api/stats, ris status), as /metrics counted it.
+            assert later.snapshot().lane(Lane.IMAGE).stats.failed == 1
             workers[Lane.IMAGE].ready()
             assert kept[1].task_id not in [r.task_id for r in workers[Lane.IMAGE].runs]
     assert f"image task {kept[1].task_id} accepted before this start failed" in caplog.text

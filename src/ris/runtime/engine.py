@@ -305,9 +305,20 @@ class Engine:
             if task.id in self._handles and not self.kinds[task.lane].durable and task.state.finished:
                 self._settle(task.id)
         if self.durable is not None:
+            kept: dict[str, list[int]] = {}  # lane: [running, queued]
             for task in self._scheduler.tasks():
                 if task.state is TaskState.RUNNING:
                     self.durable.set_aside(task)  # cut by this stop, not by a crash
+                if self.durable.durable(task.lane) and not task.state.finished and not task.cancel_requested:
+                    kept.setdefault(task.lane, [0, 0])[task.state is not TaskState.RUNNING] += 1
+            # The start names what it resumes; the stop said nothing of what it kept.
+            for lane, (running, queued) in kept.items():
+                log.info(
+                    "%s: %d running task(s) set aside and %d queued kept: they run at the next start",
+                    lane,
+                    running,
+                    queued,
+                )
             await asyncio.to_thread(self.durable.close)  # the queued writes reach the disk first
 
     def _recover(self) -> None:
@@ -360,6 +371,7 @@ class Engine:
         # never saw a task interrupted twice.
         for lane, named, outcome, code in self.durable.ended_at_start:
             self._meter.finished(lane, named, outcome, latency_s=None, code=code)
+            self._scheduler.count_ended(lane, TaskState(outcome))
         self.durable.ended_at_start.clear()
 
     # ----- requests ------------------------------------------------------------------------

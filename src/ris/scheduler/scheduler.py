@@ -665,6 +665,13 @@ class Scheduler:
         task.fraction_shown = max(task.fraction_shown, min(0.99, ran / (ran + left) if ran + left else 0.0))
         return task.fraction_shown
 
+    def count_ended(self, lane: str, state: TaskState) -> None:
+        """A task this scheduler never held that ended all the same: one accepted before the
+        server's start and failed or cancelled then (its lane's stats counted it nowhere while
+        /metrics did)."""
+        if lane in self._lanes:
+            self._book(lane).counts[state] += 1
+
     def stats(self, lane: str) -> LaneStats:
         book = self._book(lane)
         return LaneStats(
