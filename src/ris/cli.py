@@ -508,6 +508,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if w.get("error"):
             print(f"       error: {w['error']}")
+        if s.get("held"):  # its queue starts nothing now (a full disk): "idle" said nothing of it
+            print(f"       held: {s['held']} (its queue starts nothing until that passes)")
         rates = s.get("throughput_per_s") or {}
         if rates:
             shown = ", ".join(f"{_num(v, 3)} {_per_s(k)}" for k, v in sorted(rates.items()))

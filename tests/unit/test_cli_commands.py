@@ -471,3 +471,14 @@ def test_config_check_says_what_serve_would_refuse_without_starting_it(tmp_path:
             assert done.returncode == 2 and why in done.stderr, (folder, done.stderr)
     finally:
         data_lock.release(held)
+
+
+def test_status_says_a_lane_is_held() -> None:
+    """Images held for a full disk read "idle" with their queue, the reason only in /api/stats
+    and /metrics (an operator's run)."""
+    lanes = {"image": {**STATS["lanes"]["llm"], "held": "disk_space", "queue_depth": 2}}  # type: ignore[index]
+    with answering(200, json.dumps({"lanes": lanes}).encode()) as url:
+        code, out, err = status(url)
+    assert code == 0 and "held: disk_space (its queue starts nothing until that passes)" in out, err
+    with answering(200, json.dumps(STATS).encode()) as url:
+        assert "held" not in status(url)[1]
