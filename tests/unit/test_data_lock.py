@@ -183,3 +183,11 @@ async def test_a_disk_that_does_not_answer_holds_one_thread_not_one_per_pass(tmp
     stuck.set()
     await room.wait()
     assert len(calls) == 1
+
+
+def test_a_small_data_volume_holds_images_under_an_eighth_of_it_not_64_mib() -> None:
+    """A 20 MiB volume with 15 MiB free held every image for ever (an operator's run)."""
+    from ris.runtime.disk_room import DISK_ROOM_BYTES, room_for
+
+    assert room_for(20 * 2**20) == 2.5 * 2**20
+    assert room_for(100 * 2**30) == DISK_ROOM_BYTES

@@ -232,7 +232,8 @@ class ImageProgress(BaseModel):
         "counted in eta_s: a start as long as the lane's last, kept across server restarts); "
         '"lane_pending" while its cluster has placed none of the lane\'s workers '
         '(a Ray head or node lost: eta_s null); "disk_space" while queued with the data folder\'s disk '
-        "under 64 MiB free: it starts once there is room for its picture (eta_s null)",
+        "under 64 MiB free (an eighth of a volume under 512 MiB): it starts once there is room for "
+        "its picture (eta_s null)",
     )
     waiting_for_model: str | None = Field(
         default=None, description="the model whose load it waits for (with waiting_for)"
