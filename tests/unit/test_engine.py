@@ -1176,8 +1176,11 @@ async def test_images_queued_before_a_start_without_the_image_lane_wait_for_its_
         kept = [eng.submit(IMAGE, "i", ImageRequest(prompt=p)) for p in ("a", "b", "c")]
     with caplog.at_level(logging.WARNING, logger="ris.engine"):
         async with started_engine(tmp_path) as (off, workers, _):
-            # Waiting, not running: it does not run while its lane is off.
-            assert off.lookup(kept[0].task_id).state == "queued"  # type: ignore[union-attr]
+            # Waiting, not running: it does not run while its lane is off, and says why.
+            waiting = off.lookup(kept[0].task_id)
+            assert waiting is not None and (waiting.state, waiting.waiting_for) == ("queued", "lane_disabled")
+            listed = {v.id: v.waiting_for for v in off.tasks(viewer=ANONYMOUS)}
+            assert listed[kept[0].task_id] == "lane_disabled"
             # A client may still cancel one (it answered "unknown" and ran it later).
             assert await off.cancel_recorded(kept[2].task_id) is CancelOutcome.CANCELLED
             assert off.lookup(kept[2].task_id).state == "cancelled"  # type: ignore[union-attr]

@@ -233,7 +233,8 @@ class ImageProgress(BaseModel):
         '"lane_pending" while its cluster has placed none of the lane\'s workers '
         '(a Ray head or node lost: eta_s null); "disk_space" while queued with the data folder\'s disk '
         "under 64 MiB free (an eighth of a volume under 512 MiB): it starts once there is room for "
-        "its picture (eta_s null)",
+        'its picture (eta_s null); "lane_disabled" while kept from before a restart for a lane this '
+        "server's config turns off: it runs at a start with the lane on",
     )
     waiting_for_model: str | None = Field(
         default=None, description="the model whose load it waits for (with waiting_for)"

@@ -45,6 +45,7 @@ from ris.runtime.replica import Replica
 from ris.runtime.retention import ORPHANS_FOLDER, Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
 from ris.runtime.specs import memory_limit, worker_spec
+from ris.runtime.store import StoredTask
 from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
 from ris.runtime.tenancy import ANONYMOUS, Principal
 from ris.runtime.views import TaskHandle, TaskView, stored_view, task_view
@@ -1199,7 +1200,15 @@ class Engine:
         st = self.durable.store.get(task_id) if self.durable is not None else None
         if task is not None or st is None or not viewer.sees(st.owner):
             return None
-        return stored_view(st, self.kinds.get(st.lane))
+        return self._kept_view(st)
+
+    def _kept_view(self, st: StoredTask) -> TaskView[Any]:
+        """A task as the store has it; one kept for a start with its lane on says so (its
+        client polled a queued task with no reason given: an operator's run)."""
+        view = stored_view(st, self.kinds.get(st.lane))
+        if view.state in ("queued", "running") and st.lane not in self._replicas:
+            return dataclasses.replace(view, state="queued", waiting_for="lane_disabled")
+        return view
 
     def tasks(
         self, lane: str | None = None, state: str | None = None, limit: int = 100, *, viewer: Principal
@@ -1215,7 +1224,7 @@ class Engine:
             # A task the scheduler still holds is its live view above (or not the viewer's);
             # the rest as the store has them, with no second read of each row.
             held = self._scheduler.get
-            views += [stored_view(st, self.kinds.get(st.lane)) for st in stored if held(st.id) is None]
+            views += [self._kept_view(st) for st in stored if held(st.id) is None]
         views.sort(key=lambda v: v.submitted_at, reverse=True)
         return views[:limit]
 

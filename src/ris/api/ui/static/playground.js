@@ -317,7 +317,7 @@ async function progressOf(url, status) {
 
 // What a queued picture waits for, said as the API's waiting_for says it.
 const WAITING = { disk_space: "waiting for room on the server's disk", lane_pending: "waiting for the cluster",
-  worker_start: "waiting for its worker to start" };
+  worker_start: "waiting for its worker to start", lane_disabled: "waiting for its lane to be turned on" };
 
 // Where a queued task stands, in words: position 0 runs next.
 

@@ -48,6 +48,7 @@ function cancelButton(task) {
 function progressCell(t) {
   if (t.waiting_for === "model_load") return el("span", { class: "waiting" }, `loading ${t.waiting_for_model || t.model}`);
   if (t.waiting_for === "disk_space") return el("span", { class: "waiting" }, "waiting for disk space");
+  if (t.waiting_for === "lane_disabled") return el("span", { class: "waiting" }, "waiting for its lane to be on");
   if (!t.progress_total) return el("span", {}, t.progress_done ? `${t.progress_done} outputs` : "started");
   const label = `${t.lane} task ${t.task_id} progress`;
   return el("span", { class: "prog" },
