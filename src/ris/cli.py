@@ -141,20 +141,21 @@ def _data_folder_unusable(folder: Path) -> str | None:
     """What `ris serve` refuses the data folder itself for, found without making it (`ris
     config --check` said "can serve" for a file, a folder under /proc, one in use): a file in
     its place, a folder that cannot be made there, another server holding it."""
-    if folder.exists():
-        if not folder.is_dir():
+    parent = folder
+    try:
+        if folder.exists() and not folder.is_dir():
             return "it is a file, not a folder"
-        return data_lock.held_elsewhere(folder)
-    parent = folder.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{str(parent)!r} is a file, not a folder"
-    try:  # made and taken away at once: whether this user may make it there (root included)
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"{str(parent)!r} is a file, not a folder"
+        # A folder made and taken away at once: whether this user may write there (root
+        # included, whom os.access answers yes for /proc).
         os.rmdir(tempfile.mkdtemp(prefix=".ris-check-", dir=parent))
     except OSError as e:
-        return f"it cannot be made in {str(parent)!r}: {e.strerror or e}"
-    return None
+        where = "written" if folder.exists() else f"made in {str(parent)!r}"
+        return f"it cannot be {where}: {e.strerror or e}"
+    return data_lock.held_elsewhere(folder) if folder.exists() else None
 
 
 def _data_folder_problem(folder: Path) -> str | None:

@@ -779,7 +779,9 @@ async def test_speech_stays_reachable_after_a_restart_and_goes_with_its_record(t
 
 
 @run
-async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(tmp_path: Path) -> None:
+async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """DELETE /api/tasks/{id}'s engine side: the file and the record go before it returns, the
     scheduler forgets the task, and a restart finds nothing; a live task is refused."""
     async with started_engine(tmp_path) as (eng, workers, clock):
@@ -818,6 +820,12 @@ async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(tmp_path
         assert refused.value.code == "storage_full" and "files are as they were" in str(refused.value)
         assert wav.exists() and all(c.exists() for c in copies) and eng.lookup(said.task_id) is not None
         eng.durable.store.delete = store_delete  # type: ignore[method-assign]
+        # Writes held for room (this task's end among them, maybe): refused too, nothing gone.
+        monkeypatch.setattr(type(eng.durable.store), "held_writes", property(lambda _: 1))
+        with pytest.raises(NotRecorded):
+            await eng.delete(view)
+        assert wav.exists() and eng.lookup(said.task_id) is not None
+        monkeypatch.undo()
         await eng.delete(view)
         assert not wav.exists() and not any(c.exists() for c in copies)
         assert neighbour.exists()

@@ -582,6 +582,23 @@ def test_an_image_given_up_is_cancelled_and_its_timeout_names_the_task() -> None
     log.clear()
     asyncio.run(abandoned())
     assert log[0] == "POST /api/image/generate" and log[-1] == f"POST /api/tasks/{TASK}/cancel"
+    # Pickled as made (a process pool hands it back); a client closed under a running image()
+    # raises what ended it, not httpx's "client has been closed" from the cancel.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(results[0]))
+    assert isinstance(again, TaskTimeout) and (again.task_id, str(again)) == (TASK, str(results[0]))
+
+    async def closed_under_it() -> None:
+        c = AsyncClient("http://ris.test", transport=_running_image_server(log))
+        running = asyncio.ensure_future(c.image("a fish"))
+        await asyncio.sleep(0.05)
+        await c.aclose()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(closed_under_it())
     # wait() leaves the task alone: its caller has the id.
     log.clear()
     with Client("http://ris.test", transport=_running_image_server(log)) as c, pytest.raises(TaskTimeout):

@@ -54,6 +54,18 @@ def _try_lock(f: IO[str]) -> bool:
     return True
 
 
+def _unlock(f: IO[str]) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        f.seek(_WINDOWS_LOCK_BYTE)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def holder(folder: Path) -> dict[str, object]:
     """What the lock file says about the server holding `folder` ({} when unreadable)."""
     try:
@@ -103,11 +115,12 @@ def held_elsewhere(folder: Path) -> str | None:
     if folder.resolve() in _held or not lock.is_file():
         return None
     try:
-        with lock.open("a+", encoding="utf-8") as f:  # closed: a lock taken here is let go
+        with lock.open("a+", encoding="utf-8") as f:
             if _try_lock(f):
+                _unlock(f)  # at once, not at the close (Windows lets go of it late)
                 return None
-    except OSError:
-        return None  # unreadable: acquire() says why
+    except OSError as e:
+        return f"its lock file {str(lock)!r} cannot be opened: {e.strerror or e}"
     who = holder(folder)
     return (
         f"data_dir {folder.resolve()} is in use by another RIS server (pid {who.get('pid', '?')}, "

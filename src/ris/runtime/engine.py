@@ -91,6 +91,7 @@ class NotRecorded(Exception):
         where: Path,
         outcome: str = "nothing was queued",
         act: str = "recorded",
+        then: str = " and retry",
     ) -> None:
         full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(
             error, "errno", None
@@ -100,7 +101,7 @@ class NotRecorded(Exception):
         what = "the disk is full" if full else f"{type(error).__name__}: {error}"
         super().__init__(
             f"the {lane} task could not be {act} ({what}); {outcome}. "
-            + (f"Free space where the server keeps its data ({where}) and retry." if full else "Retry later.")
+            + (f"Free space where the server keeps its data ({where}){then}." if full else "Retry later.")
         )
 
 
@@ -594,6 +595,7 @@ class Engine:
                     outcome="the cancel is in effect now, but a restart before there is room "
                     "would run the task again",
                     act="cancelled on disk",
+                    then=": the cancel is written once there is room",
                 )
         return outcome
 
@@ -613,6 +615,11 @@ class Engine:
         def remove() -> None:
             if self.durable is not None:
                 try:
+                    if self.durable.store.held_writes:
+                        # A write held for room may be this task's end: the row on disk still
+                        # says running, a DELETE of finished rows matches none, and the held
+                        # end would bring the task back, its files gone (a review).
+                        raise OSError(errno.ENOSPC, "writes wait for room on the disk")
                     self.durable.store.delete([view.id])  # returns once the row is gone on disk
                 except Exception as e:  # noqa: BLE001 - a full disk, a store that failed: said
                     raise NotRecorded(

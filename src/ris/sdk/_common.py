@@ -36,6 +36,9 @@ class TaskTimeout(TimeoutError):
         super().__init__(message)
         self.task_id = task_id
 
+    def __reduce__(self) -> tuple[type[TaskTimeout], tuple[str, str]]:
+        return type(self), (self.task_id, str(self))  # pickled (a process pool) as it was made
+
 
 @dataclass(frozen=True)
 class Generation:

@@ -78,7 +78,7 @@ def unreachable_on_retry(answered: RISError, e: httpx.TransportError) -> RISErro
 
 
 # How long the cancel of a task an operation gave up on may take (Undo): best effort, short.
-UNDO_TIMEOUT_S = 5.0
+UNDO_TIMEOUT_S = 2.0
 
 
 class Client(_Base, SyncRunner):
@@ -117,12 +117,14 @@ class Client(_Base, SyncRunner):
         except StopIteration as done:
             result: T = done.value
             return result
+        except GeneratorExit:  # the operation itself dropped (its loop gone): nothing to send
+            raise
         except BaseException:  # given up (a timeout, Ctrl-C) or failed: what it started, stopped
-            if undo is not None:
+            if undo is not None and not self._http.is_closed:
                 try:
                     self._http.request(undo.method, undo.url, json=undo.json, timeout=UNDO_TIMEOUT_S)
-                except httpx.HTTPError:
-                    pass  # best effort: the error the caller gets is the one that ended it
+                except Exception:  # noqa: BLE001 - best effort: the caller gets what ended it
+                    pass
             raise
 
     def _call(self, call: Call) -> httpx.Response:
@@ -193,11 +195,14 @@ class AsyncClient(_Base, AsyncRunner):
         except StopIteration as done:
             result: T = done.value
             return result
+        except GeneratorExit:
+            raise
         except BaseException:  # as Client._run; a cancelled task (asyncio.wait_for) included
-            if undo is not None:
-                try:
-                    await self._http.request(undo.method, undo.url, json=undo.json, timeout=UNDO_TIMEOUT_S)
-                except httpx.HTTPError:
+            if undo is not None and not self._http.is_closed:
+                try:  # one deadline for it all (httpx's timeout is per phase: connect, read, ...)
+                    request = self._http.request(undo.method, undo.url, json=undo.json)
+                    await asyncio.wait_for(request, UNDO_TIMEOUT_S)
+                except Exception:  # noqa: BLE001 - as Client._run
                     pass
             raise
 
