@@ -39,6 +39,13 @@ def test_stream_joins_into_the_same_text(client: Client) -> None:
     pieces = list(client.generate_stream(messages=QUESTION, temperature=0, max_tokens=32, seed=3))
     assert len(pieces) > 1
     assert "".join(pieces) == whole.text
+    # The events: who answered, then the pieces, then how and why it ended, as generate() says.
+    events = list(client.generate_events(messages=QUESTION, temperature=0, max_tokens=32, seed=3))
+    assert events[0][0] == "start" and len(events[0][1]["task_id"]) == 32
+    assert "".join(data["text"] for name, data in events if name == "token") == whole.text
+    name, done = events[-1]
+    assert name == "done" and done["task_id"] == events[0][1]["task_id"] and done["text"] == whole.text
+    assert (done["finish_reason"], done["usage"]) == (whole.finish_reason, whole.usage)
 
 
 def test_plain_prompt_and_max_tokens(client: Client) -> None:

@@ -49,7 +49,9 @@ def handler(log: list[tuple[str, str, Any]]) -> httpx.MockTransport:
         path = request.url.path
         if path == "/api/llm/generate":
             if body["stream"]:
-                return httpx.Response(200, content=sse(("token", {"text": "h"}), ("token", {"text": "i"})))
+                start = {"task_id": TASK, "model": "m", "warnings": []}
+                events = (("start", start), ("token", {"text": "h"}), ("token", {"text": "i"}), ("done", GEN))
+                return httpx.Response(200, content=sse(*events))
             return httpx.Response(200, json=GEN)
         if path == "/api/chat/speak":
             if body.get("stream_format") == "events":
@@ -82,6 +84,7 @@ def handler(log: list[tuple[str, str, Any]]) -> httpx.MockTransport:
 CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "generate": (("hi",), {"max_tokens": 2}),
     "generate_stream": ((), {"messages": [{"role": "user", "content": "hi"}]}),
+    "generate_events": (("hi",), {"max_tokens": 2}),
     "synthesize": (("hello",), {"voice": "en-US"}),
     "generate_image": (("a cat",), {"width": 64, "height": 64}),
     "progress": ((TASK,), {}),
@@ -100,7 +103,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "stats": ((), {}),
     "models": ((), {}),
 }
-STREAMS = {"generate_stream", "speak_events"}
+STREAMS = {"generate_stream", "generate_events", "speak_events"}
 
 
 def public(cls: type) -> set[str]:
@@ -148,6 +151,8 @@ def test_both_clients_send_the_same_requests_and_return_the_same_results() -> No
     assert sync_log == async_log
     assert sync_results == async_results
     assert sync_results["generate_stream"] == ["h", "i"]
+    assert [name for name, _ in sync_results["generate_events"]] == ["start", "token", "token", "done"]
+    assert sync_results["generate_events"][-1][1] == GEN  # finish_reason, usage: what generate() says
     assert sync_results["speak_events"][0] == ("audio", {"index": 0, "pcm": b"\x00\x01"})
     assert sync_results["synthesize"].audio == f"bytes of /api/tts/audio/{TASK}".encode()
     assert sync_results["synthesize"].warnings == ("voice: none given and the text is Chinese",)
@@ -243,6 +248,24 @@ def test_speak_failing_after_its_first_sound_is_a_ris_error_with_the_code() -> N
         pytest.raises(TypeError, match=r"speak\(\) sets"),
     ):
         c.speak("hi", stream_format="audio")
+
+
+def test_a_text_stream_cut_off_before_its_end_is_a_ris_error_not_a_shorter_answer() -> None:
+    """generate_stream() ended quietly when the server stopped mid-answer (a restart, a proxy's
+    timeout): the caller took the text so far for the whole answer. Now, as speak() does, a
+    stream that ends with neither `done` nor `error` raises stream_incomplete; one whose last
+    event lacks its closing blank line still counts."""
+    token = ("token", {"text": "h"})
+    cut = httpx.MockTransport(lambda _r: httpx.Response(200, content=sse(token)))
+    for name in ("generate_stream", "generate_events", "speak_events"):
+        for outcome in _both(cut, lambda c, n=name: getattr(c, n)("hi")):
+            assert isinstance(outcome, RISError), (name, outcome)
+            assert (outcome.status, outcome.code) == (502, "stream_incomplete"), name
+    unclosed = sse(token, ("done", GEN)).rstrip(b"\n")
+    whole = httpx.MockTransport(lambda _r: httpx.Response(200, content=unclosed))
+    assert _both(whole, lambda c: c.generate_stream("hi")) == [["h"], ["h"]]
+    events = _both(whole, lambda c: c.generate_events("hi"))
+    assert events[0] == events[1] == [token, ("done", GEN)]
 
 
 def test_an_option_the_call_sets_itself_is_a_clear_type_error() -> None:

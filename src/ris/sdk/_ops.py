@@ -78,6 +78,10 @@ class LineDecoder(Generic[T]):
     def feed(self, line: str) -> list[T]:
         raise NotImplementedError
 
+    def end(self) -> list[T]:
+        """The response ended: the last items, or RISError if it ended short of its end."""
+        return []
+
 
 @dataclass(frozen=True)
 class StreamSpec(Generic[T]):
@@ -170,34 +174,61 @@ def stream_op(
 # ----- decoders of the seed API's event streams -------------------------------------------
 
 
-class _Tokens(LineDecoder[str]):
+# A seed API event stream that ended with neither `done` nor `error`: the server stopped (or
+# a proxy cut it) mid-answer. The text so far is not the whole answer, and must not pass for it.
+def _incomplete(what: str) -> RISError:
+    return RISError(502, "stream_incomplete", f"{what} ended before its end (the server stopped?)")
+
+
+class _Events(LineDecoder[tuple[str, dict[str, Any]]]):
+    """A seed API event stream as (event, data), its `error` event raised as RISError, and an
+    end with neither `done` nor `error` as RISError stream_incomplete."""
+
+    what = "the answer's stream"
+
     def __init__(self) -> None:
         self._sse = SSEDecoder()
-
-    def feed(self, line: str) -> list[str]:
-        event = self._sse.feed(line)
-        if event is None:
-            return []
-        name, data = event
-        if name == "error":
-            raise stream_failure(data)
-        return [data["text"]] if name == "token" else []
-
-
-class _SpeakEvents(LineDecoder[tuple[str, dict[str, Any]]]):
-    def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        self._done = False
 
     def feed(self, line: str) -> list[tuple[str, dict[str, Any]]]:
         event = self._sse.feed(line)
         if event is None:
             return []
         name, data = event
-        if name == "audio":
-            data["pcm"] = base64.b64decode(data["pcm"])
-        elif name == "error":
+        if name == "error":
             raise stream_failure(data)
+        self._done = self._done or name == "done"
         return [(name, data)]
+
+    def end(self) -> list[tuple[str, dict[str, Any]]]:
+        last = self.feed("")  # an event the stream's last blank line did not close
+        if not self._done:
+            raise _incomplete(self.what)
+        return last
+
+
+class _Tokens(LineDecoder[str]):
+    """The text of a generate stream's token events (the events: _Events)."""
+
+    def __init__(self) -> None:
+        self._events = _Events()
+
+    def feed(self, line: str) -> list[str]:
+        return [data["text"] for name, data in self._events.feed(line) if name == "token"]
+
+    def end(self) -> list[str]:
+        return [data["text"] for name, data in self._events.end() if name == "token"]
+
+
+class _SpeakEvents(_Events):
+    what = "the spoken answer"
+
+    def feed(self, line: str) -> list[tuple[str, dict[str, Any]]]:
+        events = super().feed(line)
+        for name, data in events:
+            if name == "audio":
+                data["pcm"] = base64.b64decode(data["pcm"])
+        return events
 
 
 def _spoken(text: str) -> tuple[int, bytes]:
@@ -205,15 +236,12 @@ def _spoken(text: str) -> tuple[int, bytes]:
     A stream that ended with neither `done` nor `error` was cut short (the server stopped): a
     RISError too, not a shorter answer passed off as the whole."""
     decoder, rate, pieces = _SpeakEvents(), 0, []
-    for line in [*text.splitlines(), ""]:
-        for name, data in decoder.feed(line):
-            if name == "start":
-                rate = int(data["sample_rate"])
-            elif name == "audio":
-                pieces.append(data["pcm"])
-            elif name == "done":
-                return rate, b"".join(pieces)
-    raise RISError(502, "stream_incomplete", "the spoken answer ended before its end (the server stopped?)")
+    for name, data in [event for line in text.splitlines() for event in decoder.feed(line)] + decoder.end():
+        if name == "start":
+            rate = int(data["sample_rate"])
+        elif name == "audio":
+            pieces.append(data["pcm"])
+    return rate, b"".join(pieces)
 
 
 def _json(resp: httpx.Response) -> dict[str, Any]:
@@ -250,12 +278,29 @@ class Operations:
     def generate_stream(
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> StreamSpec[str]:
-        """Text pieces as the model produces them."""
+        """Text pieces as the model produces them (options as generate() takes them). A failure
+        is a RISError with its code, before the first piece or after it; so is a stream cut off
+        before its end (`stream_incomplete`: the server stopped). generate_events() gives the
+        task id, finish_reason, usage and warnings too."""
         options = set_by_the_call(
             "generate_stream", options, {"stream": True}, "generate() waits for the whole text"
         )
         body = llm_body(prompt, messages, **options)
         return StreamSpec(Call("POST", "/api/llm/generate", json=body), _Tokens)
+
+    @stream_op
+    def generate_events(
+        self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
+    ) -> StreamSpec[tuple[str, dict[str, Any]]]:
+        """(event, data) as they happen: start (task_id, model, warnings), token (text), then
+        done, whose data is the whole answer as generate() returns it in JSON (task_id, model,
+        text, finish_reason, usage, timings, warnings). Failures and a cut-off stream raise as
+        generate_stream()'s do."""
+        options = set_by_the_call(
+            "generate_events", options, {"stream": True}, "generate() waits for the whole text"
+        )
+        body = llm_body(prompt, messages, **options)
+        return StreamSpec(Call("POST", "/api/llm/generate", json=body), _Events)
 
     # ----- TTS -----------------------------------------------------------------------------
 
@@ -393,7 +438,8 @@ class Operations:
         self, /, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, **options: Any
     ) -> StreamSpec[tuple[str, dict[str, Any]]]:
         """(event, data) as they happen: start (task_id, sample_rate, tts_model), text, audio
-        (data["pcm"] as bytes), llm_done, done."""
+        (data["pcm"] as bytes), llm_done, done. A failure raises RISError with its code; so
+        does a stream cut off before `done` (`stream_incomplete`)."""
         options = set_by_the_call(
             "speak_events", options, {"stream_format": "events"}, "speak() returns the audio"
         )

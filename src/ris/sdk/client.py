@@ -156,6 +156,7 @@ class Client(_Base, SyncRunner):
                 decoder = spec.decoder()
                 for line in resp.iter_lines():
                     yield from decoder.feed(line)
+                yield from decoder.end()
                 return
 
 
@@ -236,4 +237,6 @@ class AsyncClient(_Base, AsyncRunner):
                 async for line in resp.aiter_lines():
                     for item in decoder.feed(line):
                         yield item
+                for item in decoder.end():
+                    yield item
                 return
