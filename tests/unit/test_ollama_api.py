@@ -26,7 +26,7 @@ from ris.lanes import Lane
 from ris.lanes.llm import LLMOutcome, LLMRequest, Message, TextDelta
 from ris.runtime.engine import Engine
 
-from .fakes import FakeWorkers, run, settle, started_engine
+from .fakes import TWO_CORES, FakeWorkers, run, settle, started_engine
 
 ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -678,3 +678,27 @@ async def test_the_listener_answers_head_on_an_image_result_as_get_and_says_nosn
         assert page.headers.get_list("x-content-type-options") == ["nosniff"]  # said once
         refused = await _raw(eng, "GET", "/api/tags", host="evil.example")  # the guard's own
         assert refused.status_code == 403 and refused.headers["x-content-type-options"] == "nosniff"
+
+
+@run
+async def test_a_user_key_is_shown_a_models_name_not_the_path_its_file_lies_at(tmp_path: Path) -> None:
+    """/api/show's Modelfile said `FROM /srv/models/...` to every key: a path on the server,
+    which a user key is not shown elsewhere (the console's config is the operator's). An admin
+    key still reads the source there."""
+    source = str(tmp_path / "operators-folder" / "model.gguf")
+    llm = {"models": {"m": {"backend": "noop"}, "g": {"backend": "llama_cpp", "source": source}}}
+    async with started_engine(tmp_path, llm=llm) as (eng, workers, _):
+        workers[Lane.LLM].ready()
+        data = json.loads(eng.config.model_dump_json())
+        alice, root = "alice-key-0123456789", "root-key-0123456789abc"
+        data["server"]["api_keys"] = [{"name": "alice", "key": alice}, root]
+        transport = httpx.ASGITransport(app=create_app(parse_config(data, TWO_CORES), eng))
+        shown = {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            for key in (alice, root):
+                auth = {"Authorization": f"Bearer {key}"}
+                r = await client.post("/api/show", json={"model": "g"}, headers=auth)
+                assert r.status_code == 200, r.text
+                shown[key] = r.text
+    assert "operators-folder" not in shown[alice] and "FROM g\\n" in shown[alice]
+    assert f"FROM {source}\\n" in shown[root]

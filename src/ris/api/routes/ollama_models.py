@@ -136,6 +136,13 @@ async def ollama_tags(request: Request) -> Any:
     return json_response({"models": listed})
 
 
+def _shown_source(request: Request, name: str, spec: ModelSpec) -> str:
+    """What the Modelfile's FROM names: the config's source for an admin (or a server without
+    keys); the model's name for a user key, as the console's config is the operator's: a
+    source is a path on the server (its folders, a user's home)."""
+    return spec.source or spec.backend if viewer_of(request).admin else name
+
+
 @router.post("/api/show", summary="Ollama: one model's details", openapi_extra=body_doc(OllamaModelRequest))
 async def ollama_show(request: Request) -> Any:
     body = await json_body(request, OllamaModelRequest)
@@ -155,7 +162,7 @@ async def ollama_show(request: Request) -> Any:
     capabilities = ["completion"] + (["tools"] if features["tools"] != "unsupported" else [])
     return json_response(
         {
-            "modelfile": f"# RIS model {name!r} (config.json)\nFROM {spec.source or spec.backend}\n",
+            "modelfile": f"# RIS model {name!r} (config.json)\nFROM {_shown_source(request, name, spec)}\n",
             # Ollama's Modelfile form, "name value" a line: the defaults a request without
             # options gets, and the context a loaded model has.
             "parameters": _parameters(context),
