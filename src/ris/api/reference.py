@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ris.error_codes import ERROR_CODES, SECTIONS
+
 REGENERATE = "python -m ris.api.reference"
 DEFAULT_PATH = Path("docs/API_REFERENCE.md")
 
@@ -115,6 +117,8 @@ response, not a clean end).
 On `/v1`, errors are `{{"error": {{"message", "type", "param", "code"}}}}` with OpenAI's status codes
 (400 for invalid parameters, where the seed API answers 422, `nothing_to_speak` included; 404
 `model_not_found`, 413 `body_too_large`, 429 with `Retry-After` when a lane is full).
+
+Every error code, its status and what it means: [Error codes](#error-codes), below.
 
 ## Limits
 
@@ -251,9 +255,27 @@ def _operation(path: str, method: str, op: Mapping[str, Any]) -> Iterator[str]:
     yield ""
 
 
+def _error_codes() -> Iterator[str]:
+    """The table of ris.error_codes, by section (a test keeps it to the codes the source gives)."""
+    yield from ["## Error codes", ""]
+    yield (
+        "The `code` of an error answer (on `/v1`, OpenAI's `code` field), of a failed task's "
+        "`error` and of a stream's `error` event. Status: the seed API's, with `/v1`'s where it "
+        "differs; a task's failure answers with it where a response still can."
+    )
+    yield ""
+    for section in SECTIONS:
+        yield from [f"### {section}", "", "| code | status | meaning |", "|---|---|---|"]
+        for code, (where, status, meaning) in ERROR_CODES.items():
+            if where == section:
+                yield f"| `{code}` | {_cell(status)} | {_cell(meaning)} |"
+        yield ""
+
+
 def render(schema: Mapping[str, Any]) -> str:
     """The Markdown reference for an OpenAPI document."""
     lines = [_INTRO, f"Service version {schema['info']['version']}; OpenAPI {schema['openapi']}.", ""]
+    lines += list(_error_codes())
     groups: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = {}
     for path, ops in schema["paths"].items():
         for method, op in ops.items():

@@ -319,8 +319,8 @@ class Guard:
                 await RedirectResponse(login, status_code=303)(scope, receive, send)
                 return
             code, message = "unauthorized", _refusal(headers, cookie=same, session_path=_session_path(path))
-            if signature == "expired" or signature == "invalid":
-                code, message = f"url_{signature}", _url_refusal(signature, path)
+            if signature in _URL_CODES:
+                code, message = _URL_CODES[signature], _url_refusal(signature, path)
             resp = error_response(401, code, message, {"WWW-Authenticate": "Bearer", **cors}, dialect=dialect)
             await resp(scope, receive, send)
             return
@@ -415,6 +415,10 @@ def _refusal(headers: dict[str, str], *, cookie: bool, session_path: bool = True
             "log in again at /ui/login"
         )
     return "this server needs an API key: send 'Authorization: Bearer <key>'"
+
+
+# A signed result URL that did not open (UrlSigner.verdict), as its error code.
+_URL_CODES = {"expired": "url_expired", "invalid": "url_invalid"}
 
 
 def _url_refusal(signature: str, path: str) -> str:

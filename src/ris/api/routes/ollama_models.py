@@ -70,7 +70,7 @@ _QUANT = re.compile(r"(?i)\b(IQ\d\w*|Q\d(?:_[A-Z0-9]+)*|F16|BF16|F32)\b")
 _FORMATS = {"llama_cpp": "gguf", "transformers": "safetensors"}
 # Pull errors the client can fix (a name not in the catalogue, or gone from the hub): 404.
 _NOT_FOUND = {"unknown_model", "unavailable", "not_found"}
-_OWN_FAULT = {"config_error", "config_not_written"}
+_OWN_FAULT = {"config_error", "config_invalid", "config_not_written"}
 # One pull at a time: each rewrites config.json. Held by the pulling thread, so a client that
 # leaves mid-pull (its pull runs on to the end) still keeps the next one waiting.
 _PULLING = threading.Lock()
