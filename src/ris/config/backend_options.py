@@ -38,41 +38,119 @@ class LlamaCppOptions(_Options):
     """RIS reads these; the others go to llama-cpp-python's Llama (its parameters: checked here
     where its source can be read, and at load)."""
 
-    n_ctx: int | None = Field(default=None, ge=64, le=1 << 20, description="context tokens of each slot")
-    prefill_chunk: int | None = Field(default=None, ge=1, le=1 << 16)
-    flash_attn: bool | None = None
-    n_gpu_layers: int | None = Field(default=None, ge=-1)
+    n_ctx: int | None = Field(
+        default=None,
+        ge=64,
+        le=1 << 20,
+        description="context tokens of each of the lane's `parallel` slots, each with its own KV cache "
+        "(default 2048)",
+    )
+    prefill_chunk: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 16,
+        description="prompt tokens prefilled per decode step while other streams decode, so a long "
+        "prompt does not stall them (default 32 on a CPU, 512 on a GPU; a prompt with nobody decoding "
+        "goes in up to 512 a step)",
+    )
+    flash_attn: bool | None = Field(
+        default=None,
+        description="flash attention; unset: llama.cpp decides on a GPU (as llama-server does), off on a "
+        "CPU (there a seeded answer then depends on how its prompt was batched)",
+    )
+    n_gpu_layers: int | None = Field(
+        default=None,
+        ge=-1,
+        description="layers on the GPU (-1: all); unset on a GPU lane: as many as its GPU budget "
+        "holds with the KV cache, all where no budget is set; 0 on a CPU lane",
+    )
     # The KV cache's element types, as llama-cpp-python's Llama takes them: GGML type numbers
     # (8: q8_0; ris.memory.footprint.GGML_TYPE_NAMES).
-    type_k: int | None = Field(default=None, ge=0)
-    type_v: int | None = Field(default=None, ge=0)
+    type_k: int | None = Field(
+        default=None,
+        ge=0,
+        description="the KV cache's key type as a GGML type number (1: f16, the default; 8: q8_0, "
+        "about half the memory); counted in the model's footprint",
+    )
+    type_v: int | None = Field(
+        default=None,
+        ge=0,
+        description="the KV cache's value type, as type_k (a quantized one wants flash_attn on)",
+    )
 
 
 class TransformersOptions(_Options):
     """RIS reads these; the others go to from_pretrained."""
 
-    dtype: str | None = None
-    max_context: int | None = Field(default=None, ge=64)
-    kv_cache_tokens: int | None = Field(default=None, ge=1)
-    cuda_graphs: bool | None = None
-    compile_level: int | None = Field(default=None, ge=0, le=3)
+    dtype: str | None = Field(
+        default=None,
+        description="the torch dtype the weights load in (default bfloat16 on a GPU, float32 on a CPU)",
+    )
+    max_context: int | None = Field(
+        default=None, ge=64, description="the longest sequence, prompt and answer (default 32768)"
+    )
+    kv_cache_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="tokens the continuous-batching engine's paged KV cache holds, shared by the "
+        "sequences (default the lane's parallel x 4096, never the engine's 90% of free GPU memory)",
+    )
+    cuda_graphs: bool | None = Field(
+        default=None, description="CUDA graphs for the engine's steps; unset: transformers decides"
+    )
+    compile_level: int | None = Field(
+        default=None,
+        ge=0,
+        le=3,
+        description="torch.compile of the engine's steps, 0 (none, the default) to 3",
+    )
 
 
 class DiffusersOptions(_Options):
     """RIS reads these; the others go to from_pretrained (`variant`, `use_safetensors`, ...).
     A request that names no steps runs `default_steps` held to server.max_image_steps."""
 
-    dtype: str | None = None
-    turbo: bool | None = None
-    default_steps: int | None = Field(default=None, ge=1)
-    default_guidance: float | None = Field(default=None, ge=0.0, le=30.0)
-    block_lookahead: int | None = Field(default=None, ge=0, le=64)
-    arch: str | None = None
-    config: str | None = None
+    dtype: str | None = Field(
+        default=None,
+        description="the torch dtype the pipeline loads in (default float16 on a GPU, float32 on a CPU)",
+    )
+    turbo: bool | None = Field(
+        default=None,
+        description="a turbo model (SD-Turbo, SDXL-Turbo): chosen by a request's use_turbo, 4 steps "
+        "and guidance 0 by default",
+    )
+    default_steps: int | None = Field(
+        default=None, ge=1, description="steps when a request names none (default 25; turbo: 4)"
+    )
+    default_guidance: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=30.0,
+        description="guidance when a request names none (default 7.5; turbo: 0)",
+    )
+    block_lookahead: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="UNet blocks queued on the GPU ahead of the yield checks: how long a yield to the "
+        "LLM may wait (default 2)",
+    )
+    arch: str | None = Field(
+        default=None, description="a single .safetensors file's architecture: sd15 (default) or sdxl"
+    )
+    config: str | None = Field(
+        default=None,
+        description="for a single file: a local diffusers-layout folder of the same architecture, "
+        "whose configs and tokenizer it loads with",
+    )
 
 
 class Pyttsx3Options(_Closed):
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds one piece of text (up to 200 characters) may take (default 30)",
+    )
 
 
 class NoOptions(_Closed):
