@@ -53,5 +53,20 @@ NOT_TO_RETRY = frozenset(
 )
 
 
+# The failures that are the server's (a worker, an engine, the disk), not the request's: each
+# lane's counter of them starts at 0 on /metrics, so an alert on its increase sees the first one
+# after a start (a series born at 2, as a crash of two streams made it, shows no increase).
+SERVER_FAILURES = (
+    "worker_crashed",
+    "worker_timeout",
+    "worker_out_of_memory",
+    "gpu_out_of_memory",
+    "deadline_exceeded",
+    "backend_error",
+    "storage_full",
+    "result_not_stored",
+)
+
+
 def failure_status(code: str) -> int:
     return FAILURE_STATUS.get(code, 500)

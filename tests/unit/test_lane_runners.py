@@ -365,3 +365,25 @@ def test_requests_a_model_serves_at_once_is_the_lanes_word() -> None:
     assert LLM_LANE.serves_at_once("llama_cpp", 8) == 8  # batches
     assert IMAGE_LANE.serves_at_once("diffusers", 3) == 1  # one image after another
     assert TTS_LANE.serves_at_once("piper", 4) == 4 and TTS_LANE.serves_at_once("espeak", 4) == 4  # in turns
+
+
+def test_an_image_being_made_reads_busy_on_the_board() -> None:
+    """ris_lane_activity{lane="image"} (and /api/stats) read idle while a picture was made: the
+    image runner never marked its lane busy. It does as a task starts; the worker marks it idle
+    once nothing waits (worker_main's gate, as for every lane)."""
+    from ris.lanes.image import GeneratedImage, ImageBackend, ImageRequest, ImageRun, ImageRunner
+
+    env = Env()
+    seen: list[list[Activity]] = []
+
+    class Painter(ImageBackend):
+        def __init__(self) -> None:
+            pass
+
+        def generate(self, req: ImageRequest, run: ImageRun) -> GeneratedImage:
+            seen.append(list(env.board))  # what the board reads while it paints
+            run.step(1, 1)
+            return GeneratedImage(b"png", req.width, req.height, 1, 0)
+
+    outcome = ImageRunner(env.worker_env()).run(Painter(), "t", ImageRequest("a cat"), lambda: False)
+    assert outcome.image.png == b"png" and seen == [[Activity.BUSY]]

@@ -31,7 +31,7 @@ from ris.api.errors import HANDLERS, OLLAMA_ONLY, dialect_of, error_response
 from ris.api.keys import KeyChecker, key_principals
 from ris.api.memory import MemoryCeiling, MemoryReading, own_rss
 from ris.api.request_ids import RequestIds
-from ris.api.response_counts import ResponseCounts
+from ris.api.response_counts import ALERTED_STATUSES, ResponseCounts
 from ris.api.routes import (
     console,
     docs,
@@ -324,6 +324,8 @@ def _serve(app: FastAPI, config: Config, routers: tuple[APIRouter, ...]) -> None
     # Outermost: every answer counted, the guards' refusals too (one counter for both ports).
     listener = "ollama" if getattr(app.state, OLLAMA_ONLY, False) else "main"
     app.add_middleware(ResponseCounts, counts=app.state.responses, listener=listener)
+    for code in ALERTED_STATUSES:  # from 0: an alert on their increase sees the first one
+        app.state.responses.setdefault((listener, code), 0)
 
 
 def create_ollama_app(main: FastAPI) -> FastAPI:

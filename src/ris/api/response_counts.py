@@ -16,6 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ris.api.access_log import PROBE_PATHS
 
+# The statuses an operator's alerts watch (a full queue, the server's own failures): their series
+# start at 0 on each listener, so `increase()` sees the first one (a series born at 1 shows none).
+ALERTED_STATUSES = ("429", "500", "502", "503", "504", "507")
+
 
 class ResponseCounts:
     """Counts each answer's status in `counts`, keyed (listener, status code): the main port's

@@ -408,6 +408,10 @@ class LaneKind(ABC, Generic[RequestT, OutcomeT, ResultT]):
     # ones (the image lane: batch priority class, lowest OS priority, a long deadline).
     config_defaults: ClassVar[Mapping[str, Any]] = {}
 
+    # The work its tasks count (LaneResult.counted), each as a Counted of 0: /metrics shows
+    # every model's counter from the start, not from its first task.
+    counters: ClassVar[tuple[Counted, ...]] = ()
+
     # The worker-side runner of this lane's tasks.
     runner_type: ClassVar[type[LaneRunner[Any, Any, Any]]]
     # Backends that come with RIS: name -> "module:Class", or an entry for one that declares

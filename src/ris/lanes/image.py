@@ -16,7 +16,7 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from ris.config.backend_options import DiffusersOptions
@@ -34,7 +34,7 @@ from ris.lanes.base import (
     WorkerEnv,
     result_from_json,
 )
-from ris.preemption.policy import PreemptedCancel
+from ris.preemption.policy import Activity, PreemptedCancel
 
 IMAGE_FOLDER = "images"  # under the server's data_dir
 
@@ -131,6 +131,10 @@ class ImageBackend(Backend):
         called between steps. A backend that cannot change it keeps its own."""
 
 
+# The work a task of this lane counts (its result's counted(); the lane declares it: counters).
+IMAGE_STEPS = Counted("image_steps", "denoising steps run by finished tasks", 0)
+
+
 @dataclass(frozen=True)
 class ImageResult(LaneResult):
     # The PNG on the server's disk (its route serves it by task id).
@@ -147,7 +151,7 @@ class ImageResult(LaneResult):
         return self.steps
 
     def counted(self) -> tuple[Counted, ...]:
-        return (Counted("image_steps", "denoising steps run by finished tasks", self.steps),)
+        return (replace(IMAGE_STEPS, value=self.steps),)
 
     def files(self) -> tuple[str, ...]:
         return (self.path,)
@@ -199,6 +203,11 @@ class ImageRunner(LaneRunner[ImageBackend, ImageRequest, ImageOutcome]):
     def run(
         self, backend: ImageBackend, task_id: str, request: ImageRequest, cancelled: Callable[[], bool]
     ) -> ImageOutcome:
+        # Busy on the activity board while a picture is made (/api/stats, the console and
+        # ris_lane_activity read it; it read idle throughout); the worker marks it idle after.
+        # No lane reads a batch lane's mark for a decision: yielders and borrowers read only
+        # real-time lanes' (ris.config.sharing).
+        self.env.publish(Activity.BUSY)
         yielder = self.env.yielder
         before = (yielder.stats.paused_s, yielder.stats.pauses) if yielder else (0.0, 0)
         if yielder is not None:
@@ -227,6 +236,7 @@ class ImageLane(LaneKind[ImageRequest, ImageOutcome, ImageResult]):
     durable = True
     preemptible = True
     borrows_cores = True  # its runner sets the backend's threads between denoising steps
+    counters = (IMAGE_STEPS,)
     result_folder = IMAGE_FOLDER
     config_defaults: ClassVar[Mapping[str, Any]] = {
         "priority_class": "batch",

@@ -16,7 +16,7 @@ import unicodedata
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ris.config.backend_options import NoOptions, Pyttsx3Options
@@ -102,6 +102,10 @@ class TTSBackend(Backend):
         back); called between sentences, only where `uses_threads`."""
 
 
+# The work a task of this lane counts (its result's counted(); the lane declares it: counters).
+AUDIO_SECONDS = Counted("audio_seconds", "seconds of speech synthesized by finished tasks", 0)
+
+
 @dataclass(frozen=True)
 class TTSResult(LaneResult):
     voice: str
@@ -112,7 +116,7 @@ class TTSResult(LaneResult):
     audio_path: str
 
     def counted(self) -> tuple[Counted, ...]:
-        return (Counted("audio_seconds", "seconds of speech synthesized by finished tasks", self.duration_s),)
+        return (replace(AUDIO_SECONDS, value=self.duration_s),)
 
     def files(self) -> tuple[str, ...]:
         return (self.audio_path,) if self.audio_path else ()
@@ -415,6 +419,7 @@ class TTSLane(LaneKind[TTSRequest, TTSOutcome, TTSResult]):
     name = "tts"
     generic_api = False
     request_type, outcome_type, backend_type, runner_type = TTSRequest, TTSOutcome, TTSBackend, TTSRunner
+    counters = (AUDIO_SECONDS,)
     cpu_only = True
     load_all_models = True
     # Tasks its worker holds at once, spoken a piece each in turn (TTSRunner).

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 from ris import lanes
 from ris import messages as m
 from ris.config import Config, ModelSpec
+from ris.config.sharing import lends
+from ris.failures import SERVER_FAILURES
 from ris.lanes.base import LaneKind, LaneResult, Seen, Timings
 from ris.machine import MachineInfo
 from ris.memory.residency import expiry
@@ -146,6 +148,10 @@ class Engine:
         self._where: dict[str, Replica] = {}  # running task id -> the replica running it
         self._rates = OutputRates(config.lanes)
         self._meter = WorkMeter(clock)  # counters and histograms for /metrics and `ris status`
+        self._lending_lanes = frozenset(lane for lane in config.lanes if lends(config, lane))
+        for lane in config.enabled_lanes:
+            models = config.lane(lane).models
+            self._meter.declare(lane, models, self.kinds[lane].counters, SERVER_FAILURES)
         # Loads and evictions the workers report, timed as tasks are (their finished_at).
         self._model_log = ModelLog(lambda: self._to_wall(self.clock()))
         self._pool = workers
@@ -1304,6 +1310,7 @@ class Engine:
                 outputs_per_s=self._rates.per_s(lane, now),
                 activity=self._pool.activity(lane) if self._pool is not None else None,
                 now=now,
+                lends=lane in self._lending_lanes,
             )
             for lane, cfg in self.config.lanes.items()
         )

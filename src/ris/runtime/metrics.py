@@ -141,6 +141,22 @@ class WorkMeter:
 
     # ----- what the engine reports ---------------------------------------------------------
 
+    def declare(
+        self, lane: str, models: Iterable[str], counters: Iterable[Counted], failures: Iterable[str]
+    ) -> None:
+        """A lane's series that start at 0, before any task: its models' counted work (each
+        counter a Counted of value 0) and the failure codes alerts watch. A counter that
+        appears only at its first increase hides that increase from Prometheus (`increase()`
+        sees none), and one that a restart brings back only later hides the reset."""
+        counters = tuple(counters)
+        for model in models:
+            series = self._key(lane, model)
+            for c in counters:
+                self._counted.setdefault(c.name, (c.help, {}))[1].setdefault(series, 0.0)
+        for code in failures:
+            if len(self._failures) < MAX_FAILURE_SERIES:
+                self._failures.setdefault((lane, code), 0)
+
     def first_output(self, lane: str, model: str, seconds: float) -> None:
         self._histogram(self._first_output, FIRST_OUTPUT_BUCKETS_S, lane, model).observe(seconds)
 

@@ -84,6 +84,9 @@ class LaneStatus:
     activity: Activity | None = None
     # Since its longest-running ready worker started; None while none is ready.
     uptime_s: float | None = None
+    # Another lane borrows its idle cores (ris.config.sharing.lends: a real-time lane with cores
+    # of its own); a batch lane's cores are shared already and lend nothing.
+    lends: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ class Snapshot:
     def lent_cores(self, lane: LaneStatus) -> dict[int, str]:
         """Work-conserving isolation: `lane`'s idle cores another lane's worker runs on now,
         and which lane (what /api/stats and /metrics both show)."""
+        if not lane.lends:  # the image lane's cores [0, 1] counted core 1 lent twice over
+            return {}
         borrowers = {c: s.lane for s in self.lanes for w in s.workers for c in w.borrowed_cores or ()}
         return {c: borrowers[c] for c in lane.cores or () if borrowers.get(c, lane.lane) != lane.lane}
 
@@ -201,6 +206,7 @@ def lane_status(
     outputs_per_s: float,
     activity: Activity | None,
     now: float,
+    lends: bool = False,
 ) -> LaneStatus:
     """`now` on the scheduler's clock (the replicas' start times are on it)."""
     ready = [r.watch.started_at for r in replicas if r.ready]
@@ -215,6 +221,7 @@ def lane_status(
         outputs_per_s=outputs_per_s,
         activity=activity,
         uptime_s=now - min(ready) if ready else None,
+        lends=lends,
     )
 
 
