@@ -254,7 +254,11 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
             eng.ready = lambda: 1 / 0  # type: ignore[assignment,method-assign,return-value]
             assert (await client.get("/ready")).status_code == 500
             eng.ready = real_ready  # type: ignore[method-assign]
-            text = (await client.get("/metrics")).text
+            scraped = await client.get("/metrics")  # httpx asks for gzip, as Prometheus does
+            plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+            text = scraped.text
+    assert scraped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert plain.text.startswith("# HELP") and scraped.num_bytes_downloaded < len(plain.content) / 3
     counted = {
         (s.labels["listener"], s.labels["code"]): s.value
         for family in text_string_to_metric_families(text)
@@ -364,3 +368,33 @@ async def test_work_counters_and_the_servers_failure_codes_start_at_zero(tmp_pat
     assert not any(
         s.labels.get("code") == "unknown_voice" for s in found["ris_task_failures"][1]
     )  # a client's
+
+
+def test_the_example_alert_rules_read_only_metrics_the_server_exports() -> None:
+    """examples/prometheus/ris-alerts.yml names metrics by hand: each `ris_` family it reads is
+    one the exporter writes (a renamed metric makes an alert that never fires, silently). Where
+    promtool is installed, it checks the rules too."""
+    import re
+    import shutil
+    import subprocess
+
+    import yaml
+
+    import ris.api.prometheus
+    from ris.lanes import kinds
+
+    rules_file = Path(__file__).parents[2] / "examples" / "prometheus" / "ris-alerts.yml"
+    rules = [r for g in yaml.safe_load(rules_file.read_text())["groups"] for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    read = {n for r in rules for n in re.findall(r"\bris[_:][a-z0-9_:]+", r["expr"])} - recorded
+    families_read = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in read}
+    exporter = Path(ris.api.prometheus.__file__).read_text()
+    written = set(re.findall(r'"(ris_[a-z0-9_]+)"', exporter))
+    written |= {f"ris_{c.name}" for k in kinds().values() for c in k.counters}
+    assert "ris_worker_up" in written and "ris_generated_tokens" in written  # the scan reads names
+    assert families_read and families_read <= written, sorted(families_read - written)
+    if shutil.which("promtool"):
+        checked = subprocess.run(
+            ["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
