@@ -123,3 +123,12 @@ def test_second_model_loads_on_first_use(client: Client) -> None:
     assert gen.model == "tiny-dummy" and gen.usage["completion_tokens"] == 6
     # The default model is still loaded and answering.
     assert client.generate("hi", max_tokens=2, ignore_eos=True).model == "smollm2"
+
+
+def test_a_chat_ending_in_the_assistants_words_is_continued_not_begun_again(client: Client) -> None:
+    """A last assistant message was answered with a new turn ("1, 2, 3, 4, 5, 6, 7,"): Ollama
+    and llama-server continue it (Open WebUI's "continue response", an answer begun for the
+    model), the answer holding only what follows."""
+    begun = [{"role": "user", "content": "Count to ten."}, {"role": "assistant", "content": "1, 2, 3, 4,"}]
+    gen = client.generate(messages=begun, temperature=0, max_tokens=8, seed=1)
+    assert gen.text.lstrip().startswith("5"), gen.text

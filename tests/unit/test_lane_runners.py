@@ -387,3 +387,13 @@ def test_an_image_being_made_reads_busy_on_the_board() -> None:
 
     outcome = ImageRunner(env.worker_env()).run(Painter(), "t", ImageRequest("a cat"), lambda: False)
     assert outcome.image.png == b"png" and seen == [[Activity.BUSY]]
+
+
+def test_only_a_chat_ending_in_the_assistants_own_text_is_continued() -> None:
+    from ris.lanes.llm import Message, ToolCall, continued_turn
+
+    user, begun = Message("user", "Count to ten."), Message("assistant", "1, 2,")
+    assert continued_turn([user, begun]) == ([user], "1, 2,")
+    call = Message("assistant", "", tool_calls=(ToolCall("c1", "f", "{}"),))
+    for turns in ([user], [begun], [user, Message("assistant", "")], [user, call]):
+        assert continued_turn(turns) == (turns, ""), turns

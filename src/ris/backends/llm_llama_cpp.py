@@ -21,7 +21,15 @@ from ris.backends.llama_batch import PREFILL_CHUNK_CPU, PREFILL_CHUNK_GPU, Llama
 from ris.config import ModelSpec
 from ris.config.backend_options import LLAMA_CPP_DEFAULT_N_CTX
 from ris.lanes.base import ModelDetails
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
+from ris.lanes.llm import (
+    LLMBackend,
+    LLMOutcome,
+    LLMRequest,
+    TextOutput,
+    as_message,
+    continued_turn,
+    generate_alone,
+)
 from ris.lanes.llm_tools import fallback_turns, openai_tool, template_turns
 from ris.memory.fit import layer_split, mib
 from ris.memory.footprint import file_footprint
@@ -140,12 +148,12 @@ class LlamaCppLLM(LLMBackend):
         # it is completed as written (the role-prefixed fallback below is for `messages`).
         if chat is None or (req.messages is None and self._formatter is None):
             return req.plain_prompt(), ()
-        turns = [as_message(t) for t in chat]
+        turns, begun = continued_turn([as_message(t) for t in chat])
         tools = [openai_tool(t) for t in req.tools]
         if self._formatter is None:
             plain = fallback_turns(turns, req.tools)
             text = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant:"
-            return text, ("\nuser:",)
+            return text + (f" {begun}" if begun else ""), ("\nuser:",)
         try:
             if self.native_tools:
                 formatted = self._formatter(messages=template_turns(turns), tools=tools or None)  # type: ignore[arg-type]
@@ -156,7 +164,7 @@ class LlamaCppLLM(LLMBackend):
                 "invalid_request", f"the model's chat template refused the messages: {e}"
             ) from e
         stops = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
-        return formatted.prompt, tuple(s for s in stops if s)
+        return formatted.prompt + begun, tuple(s for s in stops if s)
 
     def _tokens(self, req: LLMRequest) -> tuple[list[int], tuple[str, ...]]:
         prompt, template_stops = self._prompt(req)

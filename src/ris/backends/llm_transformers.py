@@ -20,7 +20,15 @@ from ris.backends import BackendContext, BackendError, resolve_source
 from ris.backends.hf_batch import TransformersBatch
 from ris.backends.torch_memory import cap_allocator
 from ris.config import ModelSpec
-from ris.lanes.llm import LLMBackend, LLMOutcome, LLMRequest, TextOutput, as_message, generate_alone
+from ris.lanes.llm import (
+    LLMBackend,
+    LLMOutcome,
+    LLMRequest,
+    TextOutput,
+    as_message,
+    continued_turn,
+    generate_alone,
+)
 from ris.lanes.llm_tools import fallback_turns
 from ris.memory.footprint import DEFAULT_LOAD_DTYPES
 from ris.messages import ModelDetails
@@ -173,12 +181,14 @@ class TransformersLLM(LLMBackend):
         turns = req.chat_turns()
         if turns is not None and (req.messages is not None or self._tok.has_template):
             # Past tool calls and tool answers as plain turns (the fallback's text form).
-            plain = fallback_turns([as_message(t) for t in turns], ())
+            chat, begun = continued_turn([as_message(t) for t in turns])
+            plain = fallback_turns(chat, ())
             if self._tok.has_template:
-                ids = self._tok.encode(self._tok.chat_prompt(plain))
+                ids = self._tok.encode(self._tok.chat_prompt(plain) + begun)
                 return ids or [self._tok.eos_token_id or 0], ()
             # No chat template (a base model): the turns as text, as the llama.cpp lane does.
             text = "".join(f"{m['role']}: {m['content']}\n" for m in plain) + "assistant:"
+            text += f" {begun}" if begun else ""
             return self._tok.encode(text, special=True) or [self._tok.eos_token_id or 0], ("\nuser:",)
         # A raw completion: with the tokenizer's BOS, as the model was trained (Gemma, Llama).
         return self._tok.encode(req.plain_prompt(), special=True) or [self._tok.eos_token_id or 0], ()

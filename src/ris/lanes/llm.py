@@ -14,7 +14,7 @@ import logging
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -202,6 +202,17 @@ def costly_schema(schema: str) -> bool:
 
 def as_message(turn: tuple[str, str] | Message) -> Message:
     return turn if isinstance(turn, Message) else Message(turn[0], turn[1])
+
+
+def continued_turn(turns: Sequence[Message]) -> tuple[list[Message], str]:
+    """A chat that ends in the assistant's own text (no tool calls, a turn before it): the
+    turns before it, and that text, which the answer goes on from rather than opening a new
+    turn, as Ollama and llama-server do (a client's "continue", an answer begun for the model:
+    "1, 2, 3, 4," goes on " 5, 6"). Otherwise the turns as they are, and ""."""
+    last = turns[-1] if turns else None
+    if last is None or len(turns) < 2 or last.role != "assistant" or last.tool_calls or not last.content:
+        return list(turns), ""
+    return list(turns[:-1]), last.content
 
 
 # The work an LLM task counts (its result's counted(); the lane declares them: LLMLane.counters).
