@@ -387,3 +387,31 @@ def test_a_listener_port_in_use_is_one_line_before_any_worker(tmp_path: Path) ->
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"ris serve: server.ollama_port {port}: Address already in use (Ollama itself")
+
+
+def test_a_tool_named_as_mcp_bridges_name_them_is_served(base: str) -> None:
+    """`<server>.<tool>` names (MCP bridges for Ollama) were a 400 before any model saw them;
+    the grammar built from the name runs in the worker."""
+    read = {
+        "type": "function",
+        "function": {
+            "name": "filesystem.read_file",
+            "description": "Read a file",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}},
+                "required": ["path"],
+            },
+        },
+    }
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Read the file /etc/hosts."}],
+        "tools": [read],
+        "stream": False,
+        "options": {"temperature": 0, "seed": 1, "num_predict": 60},
+    }
+    r = httpx.post(f"{base}/api/chat", json=body, headers=AUTH, timeout=120)
+    assert r.status_code == 200, r.text
+    calls = r.json()["message"].get("tool_calls") or []
+    assert all(c["function"]["name"] == "filesystem.read_file" for c in calls), calls

@@ -4,6 +4,7 @@ answer, the streamed deltas, the refusal of unimplemented fields, the lane's JSO
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -617,3 +618,31 @@ def test_costly_schemas_are_many_enum_values_or_deep_nesting() -> None:
     assert not costly_schema(json.dumps({"type": "object", "properties": {"name": {"type": "string"}}}))
     assert LANE.costly(LLMRequest(prompt="x", constraint=Constraint(json.dumps(many))))
     assert not LANE.costly(LLMRequest(prompt="x"))
+
+
+def test_an_mcp_style_tool_name_is_taken_by_the_ollama_api_and_its_grammar_compiles() -> None:
+    """Ollama takes any tool name, and MCP bridges name tools `<server>.<tool>`: every request
+    of theirs was a 400 (OpenAI's ^[A-Za-z0-9_-]{1,64}$). The name reaches a grammar (its
+    schema referenced under it) and the answer's parser."""
+    from ris.api.ollama_schemas import OllamaFunctionDef
+    from ris.backends._grammar import gbnf
+
+    name = "filesystem.read_file"
+    assert OllamaFunctionDef.model_validate({"name": name}).name == name
+    with pytest.raises(ValueError):
+        OllamaFunctionDef.model_validate({"name": "read file"})
+    params = {
+        "type": "object",
+        "properties": {"p": {"$ref": "#/$defs/path"}},
+        "$defs": {"path": {"type": "string"}},
+    }
+    tool = Tool(name, "", json.dumps(params))
+    rules, root = gbnf(Constraint(call_schema((tool,)), "tool_calls"))
+    # GBNF's rule names are letters, digits and dashes: the converter's names from the tool's
+    # must be (a dot in one is a grammar llama.cpp refuses, failing the request in the worker).
+    names = [line.split("::=")[0].strip() for line in rules.splitlines() if "::=" in line]
+    assert root in names and all(re.fullmatch(r"[A-Za-z0-9-]+", n) for n in names), names
+    parsed = parse_calls(
+        f'<tool_call>\n{{"name": "{name}", "arguments": {{"p": "/etc/hosts"}}}}\n</tool_call>', [name]
+    )
+    assert parsed is not None and [c[0] for c in parsed.calls] == [name]

@@ -524,6 +524,7 @@ async def test_the_ollama_listener_lets_in_the_origins_ollama_does(tmp_path: Pat
             (create_ollama_app(main), "http://localhost:3000", True),
             (create_ollama_app(main), "vscode-webview://1a2b3c", True),
             (create_ollama_app(main), "app://obsidian.md", True),
+            (create_ollama_app(main), "file://", True),  # an Electron app's page, as Ollama lets in
             (create_ollama_app(main), "http://localhost.evil.example:3000", False),
             (create_ollama_app(main), "https://evil.example", False),
             (main, "http://localhost:3000", False),  # the main port: server.allowed_origins only
@@ -702,3 +703,44 @@ async def test_a_user_key_is_shown_a_models_name_not_the_path_its_file_lies_at(t
                 shown[key] = r.text
     assert "operators-folder" not in shown[alice] and "FROM g\\n" in shown[alice]
     assert f"FROM {source}\\n" in shown[root]
+
+
+@run
+async def test_what_ollama_refuses_or_calls_otherwise_is_said_in_its_terms(tmp_path: Path) -> None:
+    """An Ollama client's run: `think` and `logprobs` were dropped in silence (Ollama refuses
+    thinking of a model that does not think, and clients ask again without it); a full queue
+    was a 429 where Ollama answers 503; `curl -d ''` and `-d 'not json'` were told to change
+    their Content-Type, which the docs say does not matter."""
+    llm = {"parallel": 1, "max_queue": 1}
+    async with started_engine(tmp_path, llm=llm) as (eng, workers, _):
+        workers[Lane.LLM].ready(models=(m.ModelInfo("m", "noop", m.ModelDetails()),))  # loaded: no task
+        for extra, said in (
+            ({"think": True}, '"m" does not support thinking'),
+            ({"think": "high"}, '"m" does not support thinking'),
+            ({"logprobs": True}, "logprobs: no model here gives token probabilities"),
+            ({"top_logprobs": 2}, "top_logprobs: no model here gives token probabilities"),
+        ):
+            for path in ("/api/chat", "/api/generate"):
+                r = await call(eng, "POST", path, {**ASK, "prompt": "hi", **extra}, ollama_port=True)
+                assert r.status_code == 400 and r.json()["error"] == said, (path, extra, r.text)
+        nameless = await call(eng, "POST", "/api/show", {}, ollama_port=True)
+        assert nameless.status_code == 400 and nameless.json()["error"] == "model is required"
+        passes = await call(eng, "POST", "/api/generate", {"model": "m", "think": False}, ollama_port=True)
+        assert passes.status_code == 200, passes.text  # false asks for nothing
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        empty = await _raw(eng, "POST", "/api/chat", b"", **form)
+        assert empty.status_code == 400 and "has no body" in empty.json()["error"], empty.text
+        text = await _raw(eng, "POST", "/api/chat", b"not json", **form)
+        assert text.status_code == 400 and "not valid JSON" in text.json()["error"], text.text
+        # The queue: one running, one waiting, the third refused as Ollama refuses it.
+        ask = {**ASK, "stream": False}
+        running = [
+            asyncio.create_task(call(eng, "POST", "/api/chat", ask, ollama_port=True)) for _ in range(2)
+        ]
+        await settle()
+        full = await call(eng, "POST", "/api/chat", ask, ollama_port=True)
+        assert full.status_code == 503 and full.json()["error"].startswith("server busy, please try again.")
+        assert int(full.headers["retry-after"]) >= 1
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)

@@ -77,10 +77,12 @@ async def json_body(request: Request, model: type[M]) -> M:
         except ValidationError as e:
             errors = e.errors(include_url=False)
         except (ValueError, RecursionError) as e:
-            if not typed_json:  # a form or text that is not JSON: say what is wanted
-                # ... or, for a body meant as JSON (curl -d '{...'), why it is not
-                meant = body.lstrip()[:1] in (b"{", b"[")
-                raise _wrong_type(ctype, e if meant else None) from None
+            if not typed_json:  # read as JSON whatever its type (no web page sent it): why it is
+                # not JSON (curl -d 'a=b', a truncated line), or that there is no body at all;
+                # "send Content-Type: application/json" blamed a type that was not the fault
+                if not body.strip():
+                    raise _missing_body() from None
+                raise _wrong_type(ctype, e) from None
             # not JSON for Python either: pydantic's words stand
     raise RequestValidationError(errors)
 
@@ -95,6 +97,11 @@ def _wrong_type(ctype: str, why: Exception | None = None) -> RequestValidationEr
         msg = f"send JSON with Content-Type: application/json, not {ctype!r}"
     error = {"loc": ("body",), "msg": msg}
     return RequestValidationError([{**error, "type": "content_type"}])
+
+
+def _missing_body() -> RequestValidationError:
+    error = {"loc": ("body",), "msg": "the request has no body: send a JSON object", "type": "missing"}
+    return RequestValidationError([error])
 
 
 # As deep as pydantic-core's own parser goes (it refuses more in words about a recursion limit),

@@ -85,6 +85,11 @@ def error_response(
     or `dialect` "openai"), or Ollama's `{"error": message}` (`dialect` "ollama"), which has no
     place for a code: Ollama's clients read the message and the status."""
     if dialect == "ollama":
+        if code == "queue_full":  # Ollama's full queue (ErrMaxQueue) is a 503, in these words
+            status, message = (
+                503,
+                f"server busy, please try again. maximum pending requests exceeded ({message})",
+            )
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     if openai or dialect == "openai":
         return JSONResponse(_openai_body(status, code, message, param), status_code=status, headers=headers)

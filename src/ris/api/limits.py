@@ -39,7 +39,10 @@ MAX_SCHEMA_CHARS = 32_000
 MAX_ENUM_VALUES = 500
 MAX_TOOLS = 128
 MAX_TOOL_DESCRIPTION_CHARS = 4_000
-TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule
+# Ollama takes any name: MCP bridges name tools `<server>.<tool>` or `<server>:<tool>`. No `/`
+# (a tool's schema is referenced by its name in a JSON pointer) and no spaces.
+OLLAMA_TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 MAX_IMAGE_PROMPT_CHARS = 4_000
 # An image's width and height, in pixels: diffusion models work in blocks of 8 pixels. The
 # pixel count (width x height) is bounded by config (server.max_image_pixels).

@@ -1,8 +1,9 @@
 """Request bodies of the Ollama-compatible API (routes/ollama.py; docs/OLLAMA_COMPATIBILITY.md).
 
-Ollama's clients send more than RIS uses: fields that change nothing here (`think` on a model
-that does not think, `shift`, ...) are accepted and ignored, as Ollama itself
-ignores what a model does not support. The limits are the seed API's (ris.api.limits).
+Ollama's clients send more than RIS uses: fields that change nothing here (`shift`, ...) are
+accepted and ignored, as Ollama itself ignores what a model does not support; `think` and
+`logprobs`, asked for, are refused, as Ollama refuses thinking of a model that does not think.
+The limits are the seed API's (ris.api.limits).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from ris.api.limits import (
     MAX_TEMPERATURE,
     MAX_TOOL_DESCRIPTION_CHARS,
     MAX_TOOLS,
-    TOOL_NAME_PATTERN,
+    OLLAMA_TOOL_NAME_PATTERN,
     RequestBody,
     without_nulls,
 )
 
 
 class _OllamaBody(RequestBody):
-    # Ollama's clients add fields as Ollama grows (`think`, `logprobs`, ...): unknown ones are
-    # ignored, as Ollama ignores them.
+    # Ollama's clients add fields as Ollama grows: unknown ones are ignored, as Ollama ignores
+    # them (`think` and `logprobs` are known: refused when asked for, _GenerationBody).
     model_config = ConfigDict(extra="ignore")
 
     @model_validator(mode="before")
@@ -82,7 +83,7 @@ OLLAMA_TOP_P = 0.9
 
 
 class OllamaCalledFunction(RequestBody):
-    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    name: str = Field(pattern=OLLAMA_TOOL_NAME_PATTERN)
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -106,11 +107,11 @@ class OllamaChatMessage(_OllamaBody):
     content: Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)] = ""
     images: list[str] | None = Field(default=None, description="refused: no model here reads images")
     tool_calls: list[OllamaMessageToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
-    tool_name: str | None = Field(default=None, max_length=64, description="on role tool: the function")
+    tool_name: str | None = Field(default=None, max_length=128, description="on role tool: the function")
 
 
 class OllamaFunctionDef(RequestBody):
-    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    name: str = Field(pattern=OLLAMA_TOOL_NAME_PATTERN)
     description: str = Field(default="", max_length=MAX_TOOL_DESCRIPTION_CHARS)
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
@@ -152,6 +153,16 @@ class _GenerationBody(_OllamaBody):
         "the answer (num_predict, at most a quarter of the context) (Ollama's default); false: "
         "refused with 400 instead",
     )
+    # Refused when asked for, as Ollama refuses thinking of a model that does not think (clients
+    # catch that and ask again without it); dropped in silence, a client waited for thoughts or
+    # probabilities that never came. false or absent passes.
+    think: bool | Literal["low", "medium", "high"] | None = Field(
+        default=None, description="refused when true or a level: no model here thinks"
+    )
+    logprobs: bool | None = Field(
+        default=None, description="refused when true: no backend gives token probabilities"
+    )
+    top_logprobs: int | None = Field(default=None, ge=0, description="refused above 0, as logprobs")
     _keep_alive_no_bool = field_validator("keep_alive", mode="before")(_no_bool)
 
 

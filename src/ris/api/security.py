@@ -52,7 +52,8 @@ OLLAMA_ORIGINS = (
         for scheme in ("http", "https")
         for port in ("", ":*")
     ),
-    *("app://*", "tauri://*", "vscode-webview://*", "vscode-file://*"),
+    # Desktop apps' schemes, as Ollama's envconfig lists them (file://: an Electron app's pages).
+    *("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"),
 )
 # What a page let in by default_origins may not do (Guard).
 OPERATOR_PATHS = frozenset({"/api/pull"})
@@ -262,7 +263,9 @@ class Guard:
         cors: dict[str, str] = {}
         same = True  # no Origin: not a cross-origin request from a browser
         if origin is not None:
-            o = origin.rstrip("/").lower()
+            # One trailing "/" as a slip of the writer's; "file://" (an app's page) keeps its own.
+            o = origin.lower()
+            o = o[:-1] if o.endswith("/") and not o.endswith("://") else o
             scheme, _, rest = o.partition("://")
             # Same origin: this server's pages, over http(s); another scheme is another origin.
             same = scheme in ("http", "https") and rest == headers.get("host", "").lower()

@@ -346,6 +346,7 @@ async def ollama_chat(request: Request) -> Any:
     body = await json_body(request, OllamaChatRequest)
     engine = engine_of(request)
     model = llm_model(engine, body.model)
+    _refuse_unserved(body)
     if not body.messages:
         empty = {"role": "assistant", "content": ""}
         loaded = await _loaded(request, engine, model, "message", empty, body.keep_alive)
@@ -399,6 +400,20 @@ async def ollama_chat(request: Request) -> Any:
     )
 
 
+def _refuse_unserved(body: OllamaChatRequest | OllamaGenerateRequest) -> None:
+    """Thinking and token probabilities, asked for: a 400 in Ollama's words for thinking
+    ("... does not support thinking", which clients catch to ask again without it)."""
+    if body.think:
+        raise APIError(
+            400, "unsupported_parameter", f'"{body.model}" does not support thinking', param="think"
+        )
+    if body.logprobs or body.top_logprobs:
+        name = "logprobs" if body.logprobs else "top_logprobs"
+        raise APIError(
+            400, "unsupported_parameter", f"{name}: no model here gives token probabilities", param=name
+        )
+
+
 @router.post(
     "/api/generate",
     responses=JSON_OR_NDJSON,
@@ -409,6 +424,7 @@ async def ollama_generate(request: Request) -> Any:
     body = await json_body(request, OllamaGenerateRequest)
     engine = engine_of(request)
     model = llm_model(engine, body.model)
+    _refuse_unserved(body)
     for name, why in (
         ("suffix", "fill-in-the-middle is not supported"),
         ("template", "the model's own chat template applies (or raw: true and a prompt of your own)"),

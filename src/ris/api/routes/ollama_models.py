@@ -147,6 +147,8 @@ def _shown_source(request: Request, name: str, spec: ModelSpec) -> str:
 async def ollama_show(request: Request) -> Any:
     body = await json_body(request, OllamaModelRequest)
     engine = engine_of(request)
+    if not (body.model or body.name):  # Ollama's words: a 404 naming model '' told nothing
+        raise APIError(400, "invalid_request", "model is required", param="model")
     if not engine.config.lane(Lane.LLM).enabled:  # as /api/tags lists none of its models
         asked = body.model or body.name
         raise APIError(404, "model_not_found", f"model '{asked}' not found: the LLM lane is disabled here")
