@@ -675,6 +675,9 @@ async def test_the_listener_answers_head_on_an_image_result_as_get_and_says_nosn
             get = await call(eng, "GET", path, ollama_port=ollama_port)
             assert head.status_code == get.status_code == 404, (ollama_port, head.status_code)
             assert get.headers["x-content-type-options"] == "nosniff"
+            assert get.headers["cache-control"] == "no-store"  # JSON: live state, never cached
+        stats = await call(eng, "GET", "/api/stats", ollama_port=False)
+        assert stats.status_code == 200 and stats.headers["cache-control"] == "no-store"
         page = await call(eng, "GET", "/ui/models", ollama_port=False)
         assert page.headers.get_list("x-content-type-options") == ["nosniff"]  # said once
         refused = await _raw(eng, "GET", "/api/tags", host="evil.example")  # the guard's own

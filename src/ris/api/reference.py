@@ -82,6 +82,9 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
   of a copy that is current with 304 and no body. Speech in an encoded format (`format=mp3`,
   ...) without `Range` is encoded as it is sent, chunked, `Cache-Control: no-cache`, with none
   of those; a `Range` request gets the encoded file, with them.
+- JSON answers are live state: `Cache-Control: no-store` (no shared or browser cache keeps a
+  task's view, its signed URL or a user's list), and every answer says
+  `X-Content-Type-Options: nosniff`.
 
 ## Status codes
 

@@ -32,7 +32,8 @@ def request_id(scope: Scope) -> str:
 
 class RequestIds:
     """Adds `x-request-id` to each HTTP answer that has none: the task's id where the answer
-    names a task (X-Task-Id), else the request's own; and `X-Content-Type-Options: nosniff`.
+    names a task (X-Task-Id), else the request's own; `X-Content-Type-Options: nosniff`; and
+    `Cache-Control: no-store` on JSON that says nothing of its caching.
     Outside the guards, so that their refusals carry both."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -53,6 +54,12 @@ class RequestIds:
                 # echoes what was asked: a model's name, a Host) as HTML would run what it names.
                 if "x-content-type-options" not in headers:
                     headers["x-content-type-options"] = "nosniff"
+                # JSON is live state (a task's view with its signed result URL, a user's list):
+                # never kept by a shared cache or a browser's, unless its route says otherwise.
+                if "cache-control" not in headers and headers.get("content-type", "").startswith(
+                    "application/json"
+                ):
+                    headers["cache-control"] = "no-store"
             await send(message)
 
         await self.app(scope, receive, named)
