@@ -107,6 +107,12 @@ ERROR_CODES: dict[str, tuple[str, str, str]] = {
     ),
     "not_found": (REQUEST, "404", "no such task (or another user's), route or file"),
     "task_not_finished": (REQUEST, "409", "DELETE of a task still queued or running"),
+    "task_expired": (
+        REQUEST,
+        "410",
+        "a task the retention policy removed (older than max_age_h, or over max_total_mb); the "
+        "message says when and why; after 7 days its id answers not_found",
+    ),
     "not_ready": (REQUEST, "409", "a result asked for while its task runs; the body gives the progress"),
     "internal_error": (REQUEST, "500", "a defect of the server's; the log has the traceback"),
     # ----- access ---------------------------------------------------------------------------

@@ -811,7 +811,7 @@ async def test_a_deleted_task_takes_its_file_and_record_with_it_at_once(
         assert eng.durable is not None
         store_delete = eng.durable.store.delete
 
-        def full(ids: list[str]) -> None:
+        def full(ids: list[str], removal: object = None) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         eng.durable.store.delete = full  # type: ignore[method-assign]

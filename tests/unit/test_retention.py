@@ -136,3 +136,22 @@ def test_a_result_that_cannot_be_set_aside_stays_counted_where_it_is(tmp_path: P
     report = policy(tmp_path, store).sweep()
     assert (report.orphans, report.bytes_kept, report.bytes_freed) == (0, 100, 0)
     assert stray.exists()
+
+
+def test_a_removed_task_is_noted_with_why_and_when_and_the_notes_go_in_time(tmp_path: Path) -> None:
+    """A client polling a task the sweep removed got 404 not_found, as for an id never seen:
+    the store notes why and when (the API answers 410 task_expired from it), for a week."""
+    store = TaskStore(tmp_path / "tasks.db")
+    record(store, "a" * 32, finished_h_ago=30)
+    mib = 2**20
+    for i, task_id in enumerate(("1" * 32, "2" * 32)):
+        record(store, task_id, finished_h_ago=2 - i)
+        result_file(tmp_path, task_id, int(0.6 * mib), age_s=(2 - i) * HOUR)
+    report = policy(tmp_path, store, max_age_h=24, max_total_mb=1).sweep()
+    assert (report.expired, report.evicted) == (1, 1)
+    old, evicted = store.removal("a" * 32), store.removal("1" * 32)
+    assert old is not None and old[1].at == NOW and "max_age_h (24 h)" in old[1].why
+    assert evicted is not None and "max_total_mb (1 MiB)" in evicted[1].why
+    assert store.removal("2" * 32) is None  # kept
+    store.forget_removals(NOW + 1).result()
+    assert store.removal("a" * 32) is None

@@ -4,6 +4,7 @@ on a store from before tasks had owners. Fake workers, no process."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,38 @@ async def test_an_llm_task_reaches_its_worker_scoped_to_its_owner(tmp_path: Path
         eng.submit(LLM, "m", LLMRequest(prompt="posing", cache_scope="alice"), owner="bob")
         eng.submit(LLM, "m", LLMRequest(prompt="no keys"))
         assert [r.request.cache_scope for r in llm.runs] == ["alice", "bob", None]  # type: ignore[attr-defined]
+
+
+@run
+async def test_a_task_the_retention_policy_removed_is_gone_to_its_owner_and_unknown_to_others(
+    tmp_path: Path,
+) -> None:
+    """A client polling a picture the sweep had removed got 404 not_found, as for an id never
+    seen: now 410 task_expired saying when and why, to whoever may see the task; another
+    user still learns nothing of it."""
+
+    import httpx
+
+    from ris.api.app import create_app
+    from ris.runtime.store import StoredTask
+
+    gone = "e" * 32
+    async with started_engine(tmp_path, image=IMAGE_ON) as (eng, _, _):
+        assert eng.durable is not None and eng.retention is not None
+        long_ago = eng.wall_clock() - 1000 * 3600  # the engine's wall clock (a fake one here)
+        record = StoredTask(
+            gone, "image", "i", "succeeded", 0, {}, long_ago, long_ago, long_ago, 1, None, None, None
+        )
+        eng.durable.store.keep(dataclasses.replace(record, owner="alice")).result()
+        assert eng.retention.sweep().expired == 1
+        assert eng.lookup(gone, ALICE) is None
+        removal = eng.removal(gone, ALICE)
+        assert removal is not None and "max_age_h" in removal.why
+        assert eng.removal(gone, BOB) is None and eng.removal(gone, ROOT) is not None
+        transport = httpx.ASGITransport(app=create_app(eng.config, eng))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            for path in (f"/api/tasks/{gone}", f"/api/image/progress/{gone}", f"/api/image/result/{gone}"):
+                r = await client.get(path)  # no keys: the anonymous admin
+                assert r.status_code == 410 and r.json()["error"]["code"] == "task_expired", (path, r.text)
+                assert "retention policy" in r.json()["error"]["message"]
+            assert (await client.get(f"/api/tasks/{'f' * 32}")).status_code == 404  # never was

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar, overload
 
 from fastapi import Request
@@ -157,8 +158,21 @@ def view_or_404(request: Request, task_id: str, kind: LaneKind[Any, Any, Any] | 
     a task of that kind's lane is found (its view then holds its result type)."""
     if not _TASK_ID.match(task_id):
         raise APIError(404, "not_found", "task ids are 32 lowercase hex characters")
-    view = engine_of(request).lookup(task_id, viewer_of(request))
+    engine, viewer = engine_of(request), viewer_of(request)
+    view = engine.lookup(task_id, viewer)
     if view is None:
+        removed = engine.removal(task_id, viewer)
+        if removed is not None:  # it was: say why it is gone, not that it never was
+            when = (
+                datetime.fromtimestamp(removed.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            )
+            raise APIError(
+                410,
+                "task_expired",
+                f"task {task_id} was removed at {when} by the retention policy: {removed.why}; "
+                "its record and its result are gone",
+                NO_RETRY,
+            )
         raise APIError(404, "not_found", f"no task {task_id}")
     if kind is not None and view.lane != kind.name:
         lane = kind.name

@@ -109,7 +109,9 @@ file the full disk could not take fails with it too, another write failure `resu
 500); 507 `gpu_out_of_memory`
 (the task, or its model's load, needed more than its
 lane's GPU budget or the card had: the message names the budget, and the lane serves on);
-409 for a cancelled task's result (with `x-should-retry: false`: OpenAI's SDKs retry a 409),
+410 `task_expired` for a task the retention policy removed (the message says when and why;
+for 7 days, then 404); 409 for a cancelled task's result (with `x-should-retry: false`:
+OpenAI's SDKs retry a 409),
 and `task_not_finished` for a delete of a task still queued or running;
 500 `internal_error` for a defect of the server's (the log has the
 traceback). Speech is never a 200 without audio: the audio streams

@@ -47,7 +47,7 @@ from ris.runtime.replica import Replica
 from ris.runtime.retention import ORPHANS_FOLDER, Retention, SweepReport, log_sweep
 from ris.runtime.snapshot import OutputRates, Snapshot, TaskWindow, lane_status, task_lists
 from ris.runtime.specs import memory_limit, worker_spec
-from ris.runtime.store import StoredTask
+from ris.runtime.store import Removal, StoredTask
 from ris.runtime.supervisor import Fail, Limits, Restart, Supervisor, Watch, WorkerState
 from ris.runtime.tenancy import ANONYMOUS, Principal
 from ris.runtime.views import TaskHandle, TaskView, stored_view, task_view
@@ -1214,6 +1214,14 @@ class Engine:
         if task is not None or st is None or not viewer.sees(st.owner):
             return None
         return self._kept_view(st)
+
+    def removal(self, task_id: str, viewer: Principal = ANONYMOUS) -> Removal | None:
+        """Why and when the retention policy removed a task `viewer` may see (another user's
+        is as unknown as an id never seen); None where it did not, or long ago."""
+        found = self.durable.store.removal(task_id) if self.durable is not None else None
+        if found is None or not viewer.sees(found[0]):
+            return None
+        return found[1]
 
     def _kept_view(self, st: StoredTask) -> TaskView[Any]:
         """A task as the store has it; one kept for a start with its lane on says so (its

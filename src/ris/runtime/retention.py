@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ris.config import RetentionConfig
-from ris.runtime.store import TaskStore
+from ris.runtime.store import Removal, TaskStore
 
 log = logging.getLogger("ris.engine")  # the engine schedules the sweeps
 
@@ -37,6 +37,9 @@ ORPHAN_GRACE_S = 60.0
 # Where such files are set aside (in their own folder: a move, never a copy across disks),
 # and kept retention.max_age_h from then.
 ORPHANS_FOLDER = "orphaned"
+# How long a removed task's note is kept (its id then answers 410 task_expired, saying why; a
+# client polling past that gets the 404 of an id never seen). A row of ~100 bytes a task.
+REMOVALS_KEPT_S = 7 * 86400.0
 # What RIS names the files it writes: a task id (32 hex digits), then its extensions
 # (`<id>.wav`, `<id>.png.tmp`). Anything else in the folders is not RIS's, and is never
 # deleted: an operator's `holiday.jpg` in images/ went as an orphan.
@@ -92,7 +95,10 @@ class Retention:
         expired = self.store.finished_before(now - self.policy.max_age_h * 3600)
         for task_id in expired:
             remove(task_id)
-        self.store.delete(expired)
+        self.store.delete(
+            expired, Removal(f"older than retention.max_age_h ({self.policy.max_age_h:g} h)", now)
+        )
+        self.store.forget_removals(now - REMOVALS_KEPT_S)
 
         known = self.store.known(list(results))
         candidates = [i for i, r in results.items() if i not in known and r.newest < now - ORPHAN_GRACE_S]
@@ -136,7 +142,8 @@ class Retention:
             total -= results[task_id].size
             remove(task_id)
             evicted.append(task_id)
-        self.store.delete(evicted)
+        full = f"the results passed retention.max_total_mb ({self.policy.max_total_mb:g} MiB), oldest first"
+        self.store.delete(evicted, Removal(full, now))
         return SweepReport(
             len(expired), len(evicted), len(orphans), freed, total, (*expired, *evicted), deleted
         )

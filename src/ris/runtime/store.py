@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS lane_starts (
     lane    TEXT PRIMARY KEY,
     seconds REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS removed (
+    id    TEXT PRIMARY KEY,
+    owner TEXT,
+    lane  TEXT NOT NULL,
+    why   TEXT NOT NULL,
+    at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS removed_at ON removed (at);
 """
 # Columns added since the first schema, with the default older rows get: a data folder from an
 # older version is brought up to date when opened (`_migrate`). A task from before owners has
@@ -107,6 +115,14 @@ def _of_task(sql: str, args: tuple[Any, ...]) -> str:
     if " WHERE id=?" in sql:
         return f" of task {args[sql.split(' WHERE id=?', 1)[0].count('?')]}"
     return ""
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Why and when (wall time) the retention policy removed a finished task."""
+
+    why: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -429,24 +445,50 @@ class TaskStore:
                 )
         return found
 
-    def delete(self, ids: list[str]) -> None:
+    def delete(self, ids: list[str], removal: Removal | None = None) -> None:
         """Forget finished tasks (never a queued or running one); returns once it is done (a
-        retention sweep, on a thread of its own, deletes their files next)."""
+        retention sweep, on a thread of its own, deletes their files next). `removal`: why
+        and when the retention policy removed them, kept for a while (`removed`), so that a
+        client asking for one hears it is gone (410), not that it never was (404)."""
         written = []
         for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+            chunk = tuple(ids[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            written.append(
-                self._write(
-                    f"DELETE FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')",
-                    tuple(chunk),
-                    # Its sweep forgets the tasks once this returns: held, they would stay
-                    # listed with their files gone; refused, the next sweep finds them again.
-                    hold=False,
-                )
+            delete = f"DELETE FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')"
+            if removal is None:
+                # Its sweep forgets the tasks once this returns: held, they would stay
+                # listed with their files gone; refused, the next sweep finds them again.
+                written.append(self._write(delete, chunk, hold=False))
+                continue
+            note = (
+                f"INSERT OR REPLACE INTO removed (id, owner, lane, why, at) SELECT id, owner, lane, ?, ? "
+                f"FROM tasks WHERE id IN ({marks}) AND state NOT IN ('queued', 'running')"
             )
+
+            def both(note: str = note, delete: str = delete, chunk: tuple[str, ...] = chunk) -> None:
+                self._wdb.execute("BEGIN")  # the note and the forgetting, or neither
+                try:
+                    self._wdb.execute(note, (removal.why, removal.at, *chunk))
+                    self._wdb.execute(delete, chunk)
+                    self._wdb.execute("COMMIT")
+                except BaseException:
+                    self._wdb.execute("ROLLBACK")
+                    raise
+
+            written.append(self._writer.submit(both, f"DELETE FROM tasks ({len(chunk)} removed)", hold=False))
         for w in written:
             w.result()
+
+    def removal(self, task_id: str) -> tuple[str | None, Removal] | None:
+        """The owner of a task the retention policy removed, and why and when; None where none
+        was (or its note has itself been forgotten: forget_removals)."""
+        with self._lock:
+            row = self._db.execute("SELECT owner, why, at FROM removed WHERE id=?", (task_id,)).fetchone()
+        return None if row is None else (row[0], Removal(str(row[1]), float(row[2])))
+
+    def forget_removals(self, before: float) -> Future[None]:
+        """Notes of removals made before wall time `before` go: the table stays bounded."""
+        return self._write("DELETE FROM removed WHERE at < ?", (before,), hold=False)
 
     def get(self, task_id: str) -> StoredTask | None:
         rows = self._select("WHERE id=?", (task_id,))
