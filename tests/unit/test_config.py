@@ -423,10 +423,18 @@ def test_model_options_are_checked_as_their_backend_reads_them() -> None:
     assert parse_config(data, TWO_CORES).lanes[Lane.LLM].models["m"].options["type_k"] == 8
     # A name Llama does not take (read from its source, not imported): said here with the
     # nearest, not only by a worker that failed to load and was restarted for ever.
-    data["lanes"]["llm"]["models"]["m"]["options"] = {"n_ctxx": 4096, "n_threads": 1}
+    data["lanes"]["llm"]["models"]["m"]["options"] = {"n_ctxx": 4096, "use_mmap": True}
     said = error_of(data)
     assert "options.n_ctxx: not an option of llama.cpp" in said and "did you mean 'n_ctx'?" in said, said
-    assert "n_threads" not in said
+    assert "use_mmap" not in said  # Llama's own
+    # One RIS sets itself passed, and the worker raised "got multiple values" at every start;
+    # a KV type llama.cpp does not have aborted it (SIGABRT) at every start.
+    data["lanes"]["llm"]["models"]["m"]["options"] = {"n_threads": 2, "type_k": 999}
+    said = error_of(data)
+    assert "options.n_threads: set by RIS itself, not an option here (use lanes.llm.threads)" in said, said
+    data["lanes"]["llm"]["models"]["m"]["options"] = {"type_k": 999}
+    assert "options.type_k: Input should be 0, 1, 2, 3, 6, 7, 8 or 30" in error_of(data)
+    data["lanes"]["llm"]["models"]["m"]["options"] = {"n_ctxx": 4096}
     # On a cluster the nodes' llama-cpp-python reads them, which may be another version.
     parse_config({**data, "cluster": {"engine": "ray", "address": "10.0.0.1:6379"}}, TWO_CORES)
     data = base()
@@ -442,6 +450,12 @@ def test_model_options_are_checked_as_their_backend_reads_them() -> None:
     assert "options.default_steps: Input should be greater than or equal to 1 (got 0)" in error_of(data)
     data["lanes"]["image"]["models"]["i"]["options"] = {"default_steps": 8, "default_guidance": -5}
     assert "options.default_guidance: Input should be greater than or equal to 0" in error_of(data)
+    # A dtype torch does not have, an architecture the loader does not know: said here, not by
+    # an image worker restarted for ever (dtype) or loading the file as SD 1.5 (arch "sd3").
+    data["lanes"]["image"]["models"]["i"]["options"] = {"dtype": "float99", "arch": "sd3"}
+    said = error_of(data)
+    assert "options.dtype: Input should be 'float32', 'float16', 'bfloat16'" in said, said
+    assert "options.arch: Input should be 'sd15' or 'sdxl' (got 'sd3')" in said, said
 
 
 def test_two_backends_driving_libespeak_in_one_lane_are_refused_when_the_config_loads() -> None:

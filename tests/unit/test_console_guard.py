@@ -261,3 +261,14 @@ def test_an_allowed_origin_may_be_a_pattern() -> None:
     ):
         got = answer("/api/stats", ("authorization", f"Bearer {KEY}"), ("origin", origin), origins=pattern)
         assert got[0] == status, origin
+
+
+def test_an_operators_file_origin_is_compared_as_written() -> None:
+    """`"allowed_origins": ["file://"]` was stored as "file:" (every "/" stripped) and matched
+    no request; a request's "file://" is kept whole too, and "http://a.example/" is the origin
+    without its slip of a "/"."""
+    guard = Guard(ok, keys=KeyChecker([KEY], FakeClock()), allowed_origins=("file://", "http://a.example/"))
+    for origin, allowed in (("file://", True), ("http://a.example", True), ("file:", False)):
+        headers = [("host", "127.0.0.1:8080"), ("origin", origin), ("authorization", f"Bearer {KEY}")]
+        status, _ = through(guard, "GET", "/v1/models", headers)
+        assert (status == 200) is allowed, (origin, status)

@@ -394,6 +394,41 @@ def test_only_a_chat_ending_in_the_assistants_own_text_is_continued() -> None:
 
     user, begun = Message("user", "Count to ten."), Message("assistant", "1, 2,")
     assert continued_turn([user, begun]) == ([user], "1, 2,")
+    assert continued_turn([user, begun], constrained=True) == (
+        [user, begun],
+        "",
+    )  # a grammar's answer is whole
     call = Message("assistant", "", tool_calls=(ToolCall("c1", "f", "{}"),))
     for turns in ([user], [begun], [user, Message("assistant", "")], [user, call]):
         assert continued_turn(turns) == (turns, ""), turns
+
+
+def test_both_llm_backends_write_a_begun_answer_after_their_generation_prompt() -> None:
+    """The prompt each LLM backend builds for a chat ending in the assistant's words: the
+    template's (or the fallback's) opening of the assistant's turn, then those words, so the
+    model goes on from them; with a constraint, a new turn as before."""
+    import types
+
+    from ris.backends.llm_llama_cpp import LlamaCppLLM
+    from ris.backends.llm_transformers import ByteTokenizer, TransformersLLM
+    from ris.lanes.llm import Constraint
+
+    chat = [{"role": "user", "content": "Count to ten."}, {"role": "assistant", "content": "1, 2,"}]
+    req = LLMRequest(messages=tuple((m["role"], m["content"]) for m in chat))
+    constrained = dataclasses.replace(req, constraint=Constraint('{"type": "string"}'))
+
+    def template(messages: list[dict[str, str]], **_: object) -> object:
+        text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
+        return types.SimpleNamespace(prompt=text, stop="</assistant>")
+
+    llama = object.__new__(LlamaCppLLM)
+    llama._formatter, llama.native_tools = template, False  # type: ignore[assignment]
+    assert llama._prompt(req)[0] == "<user>Count to ten.</user><assistant>1, 2,"
+    assert llama._prompt(constrained)[0].endswith("<assistant>1, 2,</assistant><assistant>")
+    llama._formatter = None  # a model without a chat template: the role-prefixed fallback
+    assert llama._prompt(req)[0] == "user: Count to ten.\nassistant: 1, 2,"
+
+    hf = object.__new__(TransformersLLM)
+    hf._tok = ByteTokenizer()
+    ids, _ = hf._tokens(req)
+    assert ids == hf._tok.encode("<|user|>Count to ten.\n<|assistant|>1, 2,")

@@ -256,8 +256,10 @@ async def test_http_answers_are_counted_by_status_code_refusals_included(tmp_pat
             eng.ready = real_ready  # type: ignore[method-assign]
             scraped = await client.get("/metrics")  # httpx asks for gzip, as Prometheus does
             plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+            refused = await client.get("/metrics", headers={"Accept-Encoding": "*, gzip;q=0"})
             text = scraped.text
     assert scraped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert "content-encoding" not in refused.headers  # gzip;q=0: not gzip
     assert plain.text.startswith("# HELP") and scraped.num_bytes_downloaded < len(plain.content) / 3
     counted = {
         (s.labels["listener"], s.labels["code"]): s.value
@@ -393,6 +395,12 @@ def test_the_example_alert_rules_read_only_metrics_the_server_exports() -> None:
     written |= {f"ris_{c.name}" for k in kinds().values() for c in k.counters}
     assert "ris_worker_up" in written and "ris_generated_tokens" in written  # the scan reads names
     assert families_read and families_read <= written, sorted(families_read - written)
+    # The server-failure alert watches the codes whose series start at 0, all of them.
+    from ris.failures import SERVER_FAILURES
+
+    failures = next(r["expr"] for r in rules if r.get("alert") == "RISServerFailures")
+    watched = re.search(r'code=~\s*"([^"]+)"', failures)
+    assert watched is not None and set(watched.group(1).split("|")) == set(SERVER_FAILURES)
     if shutil.which("promtool"):
         checked = subprocess.run(
             ["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True

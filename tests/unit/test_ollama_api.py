@@ -731,8 +731,9 @@ async def test_what_ollama_refuses_or_calls_otherwise_is_said_in_its_terms(tmp_p
         passes = await call(eng, "POST", "/api/generate", {"model": "m", "think": False}, ollama_port=True)
         assert passes.status_code == 200, passes.text  # false asks for nothing
         form = {"content-type": "application/x-www-form-urlencoded"}
-        empty = await _raw(eng, "POST", "/api/chat", b"", **form)
-        assert empty.status_code == 400 and "has no body" in empty.json()["error"], empty.text
+        for headers in (form, {"content-type": "application/json"}, {}):  # any type, or none
+            empty = await _raw(eng, "POST", "/api/chat", b"", **headers)
+            assert empty.status_code == 400 and "has no body" in empty.json()["error"], (headers, empty.text)
         text = await _raw(eng, "POST", "/api/chat", b"not json", **form)
         assert text.status_code == 400 and "not valid JSON" in text.json()["error"], text.text
         # The queue: one running, one waiting, the third refused as Ollama refuses it.

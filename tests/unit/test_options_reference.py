@@ -14,9 +14,13 @@ def test_committed_model_options_are_current() -> None:
 
 
 def test_every_option_says_what_it_does() -> None:
+    from ris.lanes import kinds
+
     text = render()
-    for model in (LlamaCppOptions, TransformersOptions, DiffusersOptions, Pyttsx3Options):
+    models = {e.options for k in kinds().values() for e in k.backends.values() if e.options is not None}
+    assert {LlamaCppOptions, TransformersOptions, DiffusersOptions, Pyttsx3Options} <= models
+    for model in models:  # every backend's, a new one's too
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name} has no description"
             assert f"| `{name}` |" in text, name
-    assert "| `type_k` | int | >= 0 |" in text  # read and checked, and in no doc before
+    assert "| `type_k` | one of 0, 1, 2, 3, 6, 7, 8, 30 |" in text  # read and checked, and in no doc before

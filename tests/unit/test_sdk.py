@@ -641,3 +641,23 @@ def test_a_slow_server_is_not_taken_for_a_restart() -> None:
     results = _both(httpx.MockTransport(slow), lambda c: c.wait(TASK, poll_s=0.01))
     assert all(isinstance(r, httpx.ReadTimeout) for r in results), results
     assert len(asked) == 2  # once each
+
+
+def test_a_stream_whose_connection_breaks_is_stream_incomplete_too() -> None:
+    """A killed server leaves its chunked body cut short: httpx raises RemoteProtocolError
+    (incomplete chunked read), which a caller catching RISError, as documented, missed."""
+
+    class Broken(httpx.SyncByteStream, httpx.AsyncByteStream):
+        def __iter__(self) -> Any:
+            yield sse(("token", {"text": "h"}))
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+        async def __aiter__(self) -> Any:
+            yield sse(("token", {"text": "h"}))
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    transport = httpx.MockTransport(lambda _r: httpx.Response(200, stream=Broken()))
+    for name in ("generate_stream", "generate_events", "speak_events"):
+        for outcome in _both(transport, lambda c, n=name: getattr(c, n)("hi")):
+            assert isinstance(outcome, RISError) and outcome.code == "stream_incomplete", (name, outcome)
+            assert "RemoteProtocolError" in outcome.message

@@ -57,6 +57,8 @@ async def json_body(request: Request, model: type[M]) -> M:
     if "origin" in request.headers and not typed_json:
         raise _wrong_type(ctype)
     body = await request.body()
+    if not body.strip():  # curl -X POST, a client that forgot json=: said as that, any type
+        raise _missing_body()
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
@@ -79,10 +81,8 @@ async def json_body(request: Request, model: type[M]) -> M:
             errors = e.errors(include_url=False)
         except (ValueError, RecursionError) as e:
             if not typed_json:  # read as JSON whatever its type (no web page sent it): why it is
-                # not JSON (curl -d 'a=b', a truncated line), or that there is no body at all;
-                # "send Content-Type: application/json" blamed a type that was not the fault
-                if not body.strip():
-                    raise _missing_body() from None
+                # not JSON (curl -d 'a=b', a truncated line): "send Content-Type:
+                # application/json" blamed a type that was not the fault
                 raise _wrong_type(ctype, e) from None
             # not JSON for Python either: pydantic's words stand
     raise RequestValidationError(errors)

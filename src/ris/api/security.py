@@ -139,6 +139,13 @@ def wildcard_host_hint(config: Config, addresses: Iterable[str]) -> str | None:
     )
 
 
+def _origin(origin: str) -> str:
+    """An origin as compared: lowercase, without a trailing "/" (a slip of the writer's), but
+    "file://" (an app's page) keeps its own: stripped, it read "file:" and matched nothing."""
+    o = origin.lower()
+    return o[:-1] if o.endswith("/") and not o.endswith("://") else o
+
+
 def _glob(pattern: str) -> re.Pattern[str]:
     """An origin pattern, everything but "*" as written (fnmatch read the brackets of
     "http://[::1]:*" as a character class, and "?" as any character). A "*" in the port's place
@@ -223,7 +230,7 @@ class Guard:
         hosts = {h.lower() for h in allowed_hosts}
         self.any_host = "*" in hosts
         self.hosts = LOOPBACK_NAMES | hosts
-        origins = {o.rstrip("/").lower() for o in allowed_origins}
+        origins = {_origin(o) for o in allowed_origins}
         self.any_origin = "*" in origins
         # "http://localhost:*", "vscode-webview://*": a pattern, for origins that cannot be
         # listed one by one (a port chosen at random, a webview's id).
@@ -263,9 +270,7 @@ class Guard:
         cors: dict[str, str] = {}
         same = True  # no Origin: not a cross-origin request from a browser
         if origin is not None:
-            # One trailing "/" as a slip of the writer's; "file://" (an app's page) keeps its own.
-            o = origin.lower()
-            o = o[:-1] if o.endswith("/") and not o.endswith("://") else o
+            o = _origin(origin)
             scheme, _, rest = o.partition("://")
             # Same origin: this server's pages, over http(s); another scheme is another origin.
             same = scheme in ("http", "https") and rest == headers.get("host", "").lower()

@@ -148,7 +148,7 @@ class LlamaCppLLM(LLMBackend):
         # it is completed as written (the role-prefixed fallback below is for `messages`).
         if chat is None or (req.messages is None and self._formatter is None):
             return req.plain_prompt(), ()
-        turns, begun = continued_turn([as_message(t) for t in chat])
+        turns, begun = continued_turn([as_message(t) for t in chat], req.constraint is not None)
         tools = [openai_tool(t) for t in req.tools]
         if self._formatter is None:
             plain = fallback_turns(turns, req.tools)

@@ -181,7 +181,7 @@ class TransformersLLM(LLMBackend):
         turns = req.chat_turns()
         if turns is not None and (req.messages is not None or self._tok.has_template):
             # Past tool calls and tool answers as plain turns (the fallback's text form).
-            chat, begun = continued_turn([as_message(t) for t in turns])
+            chat, begun = continued_turn([as_message(t) for t in turns], req.constraint is not None)
             plain = fallback_turns(chat, ())
             if self._tok.has_template:
                 ids = self._tok.encode(self._tok.chat_prompt(plain) + begun)

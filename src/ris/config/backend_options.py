@@ -17,7 +17,7 @@ import difflib
 import functools
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,6 +29,21 @@ class _Options(BaseModel):
 class _Closed(_Options):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
+
+# llama.cpp's KV cache types as GGML type numbers (ris.memory.footprint.GGML_TYPE_NAMES): another
+# number fails an assertion inside llama.cpp, which aborts the worker at every start.
+KVType = Literal[0, 1, 2, 3, 6, 7, 8, 30]
+# The floating dtypes a model's weights load in (torch's names; checked without importing torch).
+TorchDType = Literal["float32", "float16", "bfloat16", "float64", "half", "float", "double"]
+# Llama's parameters the llama_cpp backend sets itself (its threads are the lane's, its context
+# and batch the continuous batch's): one in `options` too raised "got multiple values" in the
+# worker at every start, after `ris config --check` had passed it.
+LLAMA_SET_BY_RIS = {
+    "model_path": "the model's `source`",
+    "n_threads": "lanes.llm.threads",
+    "n_threads_batch": "lanes.llm.threads",
+    "n_batch": "prefill_chunk (RIS sizes the batch)",
+}
 
 # The context of each slot where a llama_cpp model's options name no n_ctx.
 LLAMA_CPP_DEFAULT_N_CTX = 2048
@@ -66,15 +81,14 @@ class LlamaCppOptions(_Options):
     )
     # The KV cache's element types, as llama-cpp-python's Llama takes them: GGML type numbers
     # (8: q8_0; ris.memory.footprint.GGML_TYPE_NAMES).
-    type_k: int | None = Field(
+    type_k: KVType | None = Field(
         default=None,
-        ge=0,
-        description="the KV cache's key type as a GGML type number (1: f16, the default; 8: q8_0, "
-        "about half the memory); counted in the model's footprint",
+        description="the KV cache's key type as a GGML type number: 0 f32, 1 f16 (the default), "
+        "2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0 (about half f16's memory), 30 bf16; counted in the "
+        "model's footprint (another number aborted llama.cpp in the worker)",
     )
-    type_v: int | None = Field(
+    type_v: KVType | None = Field(
         default=None,
-        ge=0,
         description="the KV cache's value type, as type_k (a quantized one wants flash_attn on)",
     )
 
@@ -82,7 +96,7 @@ class LlamaCppOptions(_Options):
 class TransformersOptions(_Options):
     """RIS reads these; the others go to from_pretrained."""
 
-    dtype: str | None = Field(
+    dtype: TorchDType | None = Field(
         default=None,
         description="the torch dtype the weights load in (default bfloat16 on a GPU, float32 on a CPU)",
     )
@@ -93,7 +107,8 @@ class TransformersOptions(_Options):
         default=None,
         ge=1,
         description="tokens the continuous-batching engine's paged KV cache holds, shared by the "
-        "sequences (default the lane's parallel x 4096, never the engine's 90% of free GPU memory)",
+        "sequences (default the lane's parallel x 4096, or x max_context where that is less; never "
+        "the engine's 90% of free GPU memory)",
     )
     cuda_graphs: bool | None = Field(
         default=None, description="CUDA graphs for the engine's steps; unset: transformers decides"
@@ -110,7 +125,7 @@ class DiffusersOptions(_Options):
     """RIS reads these; the others go to from_pretrained (`variant`, `use_safetensors`, ...).
     A request that names no steps runs `default_steps` held to server.max_image_steps."""
 
-    dtype: str | None = Field(
+    dtype: TorchDType | None = Field(
         default=None,
         description="the torch dtype the pipeline loads in (default float16 on a GPU, float32 on a CPU)",
     )
@@ -135,7 +150,7 @@ class DiffusersOptions(_Options):
         description="UNet blocks queued on the GPU ahead of the yield checks: how long a yield to the "
         "LLM may wait (default 2)",
     )
-    arch: str | None = Field(
+    arch: Literal["sd15", "sdxl"] | None = Field(
         default=None, description="a single .safetensors file's architecture: sd15 (default) or sdxl"
     )
     config: str | None = Field(
@@ -192,10 +207,17 @@ def option_problems(
     `library`: also the names a backend's library takes (this host's version of it)."""
     if model is None:
         return []
+    reserved = [
+        f"{where}.{key}: set by RIS itself, not an option here (use {instead})"
+        for key, instead in (LLAMA_SET_BY_RIS.items() if backend == "llama_cpp" else ())
+        if key in options
+    ]
     try:
         model.model_validate(options)
     except ValidationError as e:
-        return [_problem(where, backend, err) for err in e.errors()]
+        return reserved + [_problem(where, backend, err) for err in e.errors()]
+    if reserved:
+        return reserved
     if library and backend in _LIBRARY_PARAMETERS:
         parameters, named = _LIBRARY_PARAMETERS[backend]
         known = parameters()

@@ -8,9 +8,10 @@ checked, and in no doc. tests/unit/test_options_reference.py fails when the file
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -42,8 +43,13 @@ LIBRARIES = {
 
 
 def _type(info: Any) -> str:
-    names = [getattr(a, "__name__", str(a)) for a in getattr(info.annotation, "__args__", (info.annotation,))]
-    return " or ".join(n for n in names if n != "NoneType")
+    names = []
+    for a in getattr(info.annotation, "__args__", (info.annotation,)):
+        if get_origin(a) is Literal:  # the values allowed, as JSON writes them
+            names.append("one of " + ", ".join(json.dumps(v) for v in get_args(a)))
+        elif a is not type(None):
+            names.append(getattr(a, "__name__", str(a)))
+    return " or ".join(names)
 
 
 def _range(info: Any) -> str:

@@ -204,13 +204,22 @@ def as_message(turn: tuple[str, str] | Message) -> Message:
     return turn if isinstance(turn, Message) else Message(turn[0], turn[1])
 
 
-def continued_turn(turns: Sequence[Message]) -> tuple[list[Message], str]:
+def continued_turn(turns: Sequence[Message], constrained: bool = False) -> tuple[list[Message], str]:
     """A chat that ends in the assistant's own text (no tool calls, a turn before it): the
     turns before it, and that text, which the answer goes on from rather than opening a new
     turn, as Ollama and llama-server do (a client's "continue", an answer begun for the model:
-    "1, 2, 3, 4," goes on " 5, 6"). Otherwise the turns as they are, and ""."""
+    "1, 2, 3, 4," goes on " 5, 6"). Otherwise the turns as they are, and "". Never under a
+    `constrained` answer (a JSON schema, tools): its grammar holds the whole answer from its
+    first token, so a continuation would be a second document after the begun text."""
     last = turns[-1] if turns else None
-    if last is None or len(turns) < 2 or last.role != "assistant" or last.tool_calls or not last.content:
+    if (
+        constrained
+        or last is None
+        or len(turns) < 2
+        or last.role != "assistant"
+        or last.tool_calls
+        or not last.content
+    ):
         return list(turns), ""
     return list(turns[:-1]), last.content
 

@@ -77,6 +77,18 @@ def unreachable_on_retry(answered: RISError, e: httpx.TransportError) -> RISErro
     )
 
 
+# A stream whose connection broke after its 200 (a killed server leaves its chunked body cut
+# short): what the caller hears is RISError stream_incomplete, as for one that ended cleanly
+# before its end, not httpx's error, which a caller catching RISError as documented missed.
+CUT_OFF = (httpx.RemoteProtocolError, httpx.ReadError)
+
+
+def cut_off(e: httpx.TransportError) -> RISError:
+    return RISError(
+        502, "stream_incomplete", f"the stream broke off before its end ({type(e).__name__}: {e})"
+    )
+
+
 # How long the cancel of a task an operation gave up on may take (Undo): best effort, short.
 UNDO_TIMEOUT_S = 2.0
 
@@ -154,8 +166,11 @@ class Client(_Base, SyncRunner):
                         attempt += 1
                         continue
                 decoder = spec.decoder()
-                for line in resp.iter_lines():
-                    yield from decoder.feed(line)
+                try:
+                    for line in resp.iter_lines():
+                        yield from decoder.feed(line)
+                except CUT_OFF as e:
+                    raise cut_off(e) from e
                 yield from decoder.end()
                 return
 
@@ -234,9 +249,12 @@ class AsyncClient(_Base, AsyncRunner):
                         attempt += 1
                         continue
                 decoder = spec.decoder()
-                async for line in resp.aiter_lines():
-                    for item in decoder.feed(line):
-                        yield item
+                try:
+                    async for line in resp.aiter_lines():
+                        for item in decoder.feed(line):
+                            yield item
+                except CUT_OFF as e:
+                    raise cut_off(e) from e
                 for item in decoder.end():
                     yield item
                 return

@@ -94,7 +94,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     responses = dict(request.app.state.responses)  # a copy: the loop counts on meanwhile
 
     # Prometheus asks for gzip (Accept-Encoding: gzip): ~30 KB of text is ~4 KB on the wire.
-    gzipped = "gzip" in request.headers.get("accept-encoding", "").lower()
+    gzipped = accepts_gzip(request.headers.get("accept-encoding", ""))
 
     def text() -> bytes:
         # NVML, the data folder's statvfs and the text's encoding are blocking work: done off
@@ -105,6 +105,20 @@ async def metrics(request: Request) -> PlainTextResponse:
 
     headers = {"Vary": "Accept-Encoding", **({"Content-Encoding": "gzip"} if gzipped else {})}
     return PlainTextResponse(await asyncio.to_thread(text), media_type=CONTENT_TYPE, headers=headers)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding asks for gzip: named, or `*`, with a weight above 0
+    (`gzip;q=0` refuses it, whatever `*` says)."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.partition(";")
+        q = params.strip()
+        try:
+            weights[coding.strip()] = float(q[2:]) if q.startswith("q=") else 1.0
+        except ValueError:
+            weights[coding.strip()] = 0.0
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
 # An uptime checker pointed at the scrape URL sends HEAD; it got 405 as if the path were wrong.
