@@ -8,6 +8,7 @@ import contextlib
 import copy
 import errno
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -450,6 +451,7 @@ def _fmt_bytes(n: float | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from ris.sdk import Client, RISError
 
+    default = args.url is None and not os.environ.get("RIS_URL")
     if args.url is None:
         try:
             args.url = _url(os.environ.get("RIS_URL") or "http://127.0.0.1:8080")
@@ -471,11 +473,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     except json.JSONDecodeError:  # reached: a 200 that is not JSON (a web page)
         answer = None
-    except OSError as e:
-        print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - httpx transport errors
-        print(f"ris status: cannot reach {args.url}: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - OSError, httpx's transport errors
+        # Which server is asked, and how to ask another (a server on another port: a newcomer
+        # read "cannot reach http://127.0.0.1:8080" with no hint).
+        where = " (the default address; --url or $RIS_URL name another)" if default else ""
+        print(f"ris status: cannot reach {args.url}{where}: {e}", file=sys.stderr)
         return 1
     if not isinstance(answer, dict) or not isinstance(answer.get("lanes"), dict):
         # Another service on that port: "cannot reach" would send the user looking at the network.
@@ -699,6 +701,13 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(
             f"ris test: {TESTS[args.which]} is not here ({root}): it runs from a source checkout "
             "installed with `pip install -e .[test]`",
+            file=sys.stderr,
+        )
+        return 2
+    if importlib.util.find_spec("pytest") is None:  # `make setup` installs what serving needs only
+        print(
+            "ris test: pytest is not installed in this environment: `make test` (or "
+            "`pip install -e .[test]`) installs what the tests need",
             file=sys.stderr,
         )
         return 2

@@ -47,7 +47,7 @@ EXITS = (
         "a usage error (an unknown flag); the configuration refused (invalid, a model file that "
         "is not there, what `ris config --check` finds `ris serve` would refuse, a port in "
         "use); `ris pull` with no name (it lists the catalogue) or no config file; `ris test` "
-        "outside a source checkout",
+        "outside a source checkout, or without pytest installed (`make test` installs it)",
     ),
     ("3", "`ris serve`: the server did not start (stopped while its workers started)"),
     ("130", "interrupted (Ctrl-C)"),

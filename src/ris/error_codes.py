@@ -31,7 +31,12 @@ ERROR_CODES: dict[str, tuple[str, str, str]] = {
         "a field out of its range, of the wrong type or missing; the message names it and what is "
         "allowed (also a request only the worker can judge, for a model loaded on first use)",
     ),
-    "invalid_value": (REQUEST, "400", "/v1's name for invalid_request (OpenAI's)"),
+    "invalid_value": (
+        REQUEST,
+        "400",
+        "/v1 and Ollama's routes: a value out of range that the server checks itself (max_tokens over "
+        "the context, stop strings); a field of the wrong type or range reads invalid_request",
+    ),
     "bad_request": (REQUEST, "400", "a malformed HTTP request (several Host headers)"),
     "body_too_large": (
         REQUEST,
@@ -102,7 +107,8 @@ ERROR_CODES: dict[str, tuple[str, str, str]] = {
     "model_wrong_lane": (REQUEST, "422 (/v1: 400)", "a model of another lane (an image model for a chat)"),
     "unknown_model": (
         REQUEST,
-        "404; 503 with x-should-retry: false when no model is named and the lane has no default",
+        "404 (/v1 and Ollama's routes: model_not_found); 503 with x-should-retry: false when no model "
+        "is named and the lane has no default",
         "a model name the config does not have; the message lists the configured ones",
     ),
     "not_found": (REQUEST, "404", "no such task (or another user's), route or file"),
@@ -209,7 +215,8 @@ ERROR_CODES: dict[str, tuple[str, str, str]] = {
     "model_not_found": (
         MODEL,
         "404",
-        "a configured model whose file or package is not on the machine (the message names the path)",
+        "a configured model whose file or package is not on the machine (the message names the path); "
+        "on /v1 and Ollama's routes also a name the config does not have (OpenAI's and Ollama's code)",
     ),
     "model_source_missing": (
         MODEL,

@@ -213,7 +213,7 @@ def test_media_models_are_openais_names_or_ours_never_a_quiet_substitute(oa: Ope
     assert wav.content[:4] == b"RIFF"
     with pytest.raises(openai.BadRequestError) as exc:  # ours, on another lane: named as such
         oa.audio.speech.create(model="smollm2", voice="alloy", input="Hi.", response_format="wav")
-    assert "smollm2 is a llm model" in str(exc.value) and "tts models: piper, espeak" in str(exc.value)
+    assert "smollm2 is an llm model" in str(exc.value) and "tts models: piper, espeak" in str(exc.value)
     r = oa.images.generate(model="dall-e-3", prompt="a boat", size="64x64", response_format="b64_json")
     assert base64.b64decode(r.data[0].b64_json or "")[:4] == b"\x89PNG"
     with pytest.raises(openai.NotFoundError) as exc:

@@ -60,7 +60,7 @@ async def test_a_prompt_cut_by_the_text_encoder_is_served_with_a_warning(tmp_pat
             # A model of another lane (the LLM's "m") is named as such, not "unknown" (404).
             r = await client.post("/api/image/generate", json={**body, "model": "m"})
             assert r.status_code == 422 and r.json()["error"]["code"] == "model_wrong_lane", r.text
-            assert r.json()["error"]["message"].startswith("m is a llm model; the image lane's models: ")
+            assert r.json()["error"]["message"].startswith("m is an llm model; the image lane's models: ")
 
 
 @run

@@ -661,3 +661,26 @@ def test_a_stream_whose_connection_breaks_is_stream_incomplete_too() -> None:
         for outcome in _both(transport, lambda c, n=name: getattr(c, n)("hi")):
             assert isinstance(outcome, RISError) and outcome.code == "stream_incomplete", (name, outcome)
             assert "RemoteProtocolError" in outcome.message
+
+
+def test_the_address_and_key_come_from_the_environment_as_the_ris_command_reads_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With $RIS_API_KEY exported (as the README says the examples and `ris status` read it),
+    ris.Client(url) still sent no key: every call was a 401."""
+    seen: list[tuple[str, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization")))
+        return httpx.Response(200, json={"status": "ok"})
+
+    monkeypatch.setenv("RIS_URL", "http://gpu-box:9000")
+    monkeypatch.setenv("RIS_API_KEY", "from-the-env")
+    with Client(transport=httpx.MockTransport(answer)) as c:
+        c.health()
+    with Client("http://other:1", api_key="given", transport=httpx.MockTransport(answer)) as c:
+        c.health()  # what the caller gives wins
+    assert seen == [
+        ("http://gpu-box:9000/health", "Bearer from-the-env"),
+        ("http://other:1/health", "Bearer given"),
+    ]

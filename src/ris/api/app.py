@@ -168,7 +168,7 @@ class BodyLimit:
         resp = error_response(
             413,
             "body_too_large",
-            f"request bodies are limited to {self.max_bytes} bytes",
+            f"request bodies are limited to {self.max_bytes} bytes (server.max_body_bytes)",
             dialect=dialect_of(scope),
         )
         await resp(scope, receive, send)

@@ -21,6 +21,7 @@ from ris.api.errors import NO_RETRY, APIError, failure
 from ris.api.security import CLIENT_STATE, PRINCIPAL_STATE
 from ris.lanes.base import LaneKind, LaneResult
 from ris.lanes.llm import TextDelta
+from ris.lanes.names import a_lane
 from ris.messages import LaneRequest
 from ris.runtime.engine import Engine
 from ris.runtime.tenancy import ANONYMOUS, NOBODY, Principal
@@ -93,7 +94,10 @@ def _wrong_type(ctype: str, why: Exception | None = None) -> RequestValidationEr
     `why`: the parser's reason, for a body read as JSON anyway (curl -d, Ollama's examples):
     a truncated JSON line must be told as that, not as a wrong Content-Type."""
     if why is not None:
-        msg = f"the body is not valid JSON ({why}); it is read as JSON whatever its Content-Type ({ctype!r})"
+        msg = (
+            f"the body is not valid JSON ({why}): send a JSON object (Content-Type: application/json; "
+            f"a body is read as JSON whatever its type, here {ctype!r})"
+        )
     else:
         msg = f"send JSON with Content-Type: application/json, not {ctype!r}"
     error = {"loc": ("body",), "msg": msg}
@@ -176,9 +180,7 @@ def view_or_404(request: Request, task_id: str, kind: LaneKind[Any, Any, Any] | 
         raise APIError(404, "not_found", f"no task {task_id}")
     if kind is not None and view.lane != kind.name:
         lane = kind.name
-        raise APIError(
-            404, "not_found", f"task {task_id} is not a{'n' if lane[0] in 'aeiou' else ''} {lane} task"
-        )
+        raise APIError(404, "not_found", f"task {task_id} is not {a_lane(lane)} task")
     return view
 
 
@@ -218,9 +220,10 @@ def resolve_model(engine: Engine, lane: str, name: str | None) -> str:
                 # A model this server has, on another lane (as /v1 says it: model_wrong_lane);
                 # "unknown model" was wrong about it.
                 mine = ", ".join(engine.config.lane(lane).models) or "none"
-                a = "an" if other[0] in "aeiou" else "a"
                 raise APIError(
-                    422, "model_wrong_lane", f"{name} is {a} {other} model; the {lane} lane's models: {mine}"
+                    422,
+                    "model_wrong_lane",
+                    f"{name} is {a_lane(other)} model; the {lane} lane's models: {mine}",
                 ) from None
         # An unknown name is the client's mistake (404); no default model is the server's (503),
         # which no retry mends (its config names none): x-should-retry, not Retry-After.

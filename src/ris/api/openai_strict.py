@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from ris.api.errors import APIError
 from ris.api.openai_schemas import ChatCompletionRequest, OAMessage
+from ris.lanes.names import a_lane
 
 if TYPE_CHECKING:
     from ris.runtime.engine import Engine
@@ -191,10 +192,10 @@ def refuse_other_lane(engine: Engine, name: str, lane: str, endpoint: str) -> No
     for other, cfg in engine.config.lanes.items():
         if other != lane and cfg.enabled and name in cfg.models:
             mine = engine.config.lane(lane).models
-            a = "an" if other[0] in "aeiou" else "a"
             raise APIError(
                 400,
                 "model_wrong_lane",
-                f"{name} is {a} {other} model; {endpoint} takes {lane} models: {', '.join(mine) or 'none'}",
+                f"{name} is {a_lane(other)} model; {endpoint} takes {lane} models: "
+                f"{', '.join(mine) or 'none'}",
                 param="model",
             )

@@ -91,7 +91,7 @@ interactive pages at `/docs` and `/redoc` on a running server). Conventions:
 413 for bodies (`body_too_large`, with or without Content-Length), prompts or texts over the
 configured limits; 408 `body_timeout` for a body whose next part did not come within 20 s; 422 for invalid
 fields (the message names the field and the allowed range), a model of another lane
-(`model_wrong_lane`: "smollm2 is a llm model; the image lane's models: tiny-sd"), unknown voices
+(`model_wrong_lane`: "smollm2 is an llm model; the image lane's models: tiny-sd"), unknown voices
 (`unknown_voice`,
 also for a voice the named model does not speak; the message lists its voices), text with
 nothing to speak (`nothing_to_speak`: no letter, digit or symbol), text a voice has no sound

@@ -51,7 +51,8 @@ def pick_tts_model(engine: Engine, model: str | None, voice: str | None) -> str:
     raise APIError(
         422,
         "unknown_voice",
-        f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)}",
+        f"no configured TTS model speaks voice {voice!r}; examples: {', '.join(known)} "
+        "(GET /api/models lists each model's voices)",
         param="voice",
     )
 

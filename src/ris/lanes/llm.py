@@ -553,7 +553,7 @@ def answer_room(max_tokens: int, n_ctx: int) -> int:
 def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_tokens") -> str:
     return (
         f"{name} {max_tokens} is over this model's context of {context} tokens "
-        "(the prompt and the answer share it)"
+        "(the prompt and the answer share it; the model's options.n_ctx sets it)"
     )
 
 

@@ -19,3 +19,9 @@ class Lane(enum.StrEnum):
     LLM = "llm"
     TTS = "tts"
     IMAGE = "image"
+
+
+def a_lane(name: str) -> str:
+    """The lane's name with its article as read aloud: "an image", "a tts", "an llm" (read by
+    its letters: "a llm model" was in an error message)."""
+    return f"{'an' if name[:1] in 'aeiou' or name == Lane.LLM else 'a'} {name}"

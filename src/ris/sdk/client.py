@@ -7,6 +7,7 @@ with blocking or with asynchronous I/O.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
@@ -22,7 +23,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 class _Base(Operations):
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | None = None,
         *,
         api_key: str | None = None,
         timeout: float = 300.0,
@@ -31,8 +32,11 @@ class _Base(Operations):
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`base_url`: `http://host:port`, or `host:port` as curl takes it (ValueError for what
-        cannot be a server's address). `transport`: httpx's (an httpx.MockTransport in tests)."""
-        base_url = server_url(base_url)
+        cannot be a server's address); unset, $RIS_URL, else http://127.0.0.1:8080. `api_key`:
+        unset, $RIS_API_KEY (as the `ris` command and the examples read them, and OpenAI's SDK
+        reads its own). `transport`: httpx's (an httpx.MockTransport in tests)."""
+        base_url = server_url(base_url or os.environ.get("RIS_URL") or DEFAULT_URL)
+        api_key = api_key if api_key is not None else os.environ.get("RIS_API_KEY") or None
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

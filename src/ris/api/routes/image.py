@@ -128,10 +128,15 @@ def check_size(engine: Engine, width: int, height: int, steps: int | None) -> No
         raise APIError(
             422,
             "image_too_large",
-            f"{width}x{height} is {pixels} pixels; the limit is {limits.max_image_pixels} (width x height)",
+            f"{width}x{height} is {pixels} pixels; the limit is {limits.max_image_pixels} (width x height, "
+            "server.max_image_pixels)",
         )
     if steps is not None and steps > limits.max_image_steps:
-        raise APIError(422, "too_many_steps", f"steps {steps} is over the limit of {limits.max_image_steps}")
+        raise APIError(
+            422,
+            "too_many_steps",
+            f"steps {steps} is over the limit of {limits.max_image_steps} (server.max_image_steps)",
+        )
 
 
 @router.post(

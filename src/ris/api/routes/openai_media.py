@@ -97,7 +97,7 @@ async def speech(request: Request) -> Any:
         raise APIError(
             400,
             "input_too_long",
-            f"input is {len(body.input)} characters; the limit is {limit}",
+            f"input is {len(body.input)} characters; the limit is {limit} (server.max_tts_chars)",
             param="input",
         )
     require_speakable(body.input, 400, param="input")  # /v1 answers bad parameters with 400

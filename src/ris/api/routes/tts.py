@@ -82,7 +82,11 @@ async def tts_synthesize(request: Request) -> Any:
     engine = engine_of(request)
     limit = engine.config.server.max_tts_chars
     if len(body.text) > limit:
-        raise APIError(413, "text_too_long", f"the text is {len(body.text)} characters; the limit is {limit}")
+        raise APIError(
+            413,
+            "text_too_long",
+            f"the text is {len(body.text)} characters; the limit is {limit} (server.max_tts_chars)",
+        )
     require_speakable(body.text)
     # Before queueing: a request whose answer cannot be written is refused without work.
     fmt = accepted_format(request.headers.get("accept", ""), body.format)
