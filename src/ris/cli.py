@@ -585,8 +585,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _check_serves(cfg: Config) -> int:
     """`ris config --check`: what `ris serve` refuses before it starts a worker (a host open
-    to the network without keys, a model file that is not there, a data folder it cannot
-    use), said without starting it; status 2 for a refusal, as a config error."""
+    to the network without keys, a model file that is not there, a port in use, a data
+    folder it cannot use), said without starting it; status 2 for a refusal, as a config
+    error."""
     from ris.api.security import check_exposure
     from ris.config.checks import missing_model_problems
 
@@ -596,6 +597,7 @@ def _check_serves(cfg: Config) -> int:
     except ConfigError as e:
         problems.append(str(e))
     problems += missing_model_problems(cfg)
+    problems += _port_problems(cfg)
     unusable = _data_folder_unusable(cfg.data_dir)
     if unusable:
         problems.append(f"cannot use the data folder {str(cfg.data_dir)!r}: {unusable}")
@@ -607,6 +609,25 @@ def _check_serves(cfg: Config) -> int:
     print(f"ris config: the configuration can serve (lanes: {lanes}; {cfg.server.host}:{cfg.server.port})")
     _say_ceilings(cfg)
     return 0
+
+
+def _port_problems(cfg: Config) -> list[str]:
+    """The ports `ris serve` would bind, bound and let go at once: one in use (a server already
+    running there) passed the check, and `ris serve` then exited 2."""
+    from ris.api.app import bind_main_port, bind_ollama_port
+
+    problems = []
+    try:
+        for sock in bind_main_port(cfg):
+            sock.close()
+    except OSError as e:
+        problems.append(_bind_failure(cfg, e))
+    try:
+        for sock in bind_ollama_port(cfg):
+            sock.close()
+    except OSError as e:
+        problems.append(f"server.ollama_port {cfg.server.ollama_port}: {e.strerror or e}")
+    return problems
 
 
 def _say_ceilings(cfg: Config) -> None:
@@ -752,8 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--check",
                 action="store_true",
                 help="check what `ris serve` checks before it starts (model files there, keys for a "
-                "host beyond loopback, the data folder usable) and print one line, not the config; "
-                "status 2 when it would refuse",
+                "host beyond loopback, its ports free, the data folder usable) and print one line, "
+                "not the config; status 2 when it would refuse",
             )
             sp.add_argument(
                 "--show-keys",

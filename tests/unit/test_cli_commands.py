@@ -450,11 +450,18 @@ def test_config_check_says_what_serve_would_refuse_without_starting_it(tmp_path:
     assert "server.host '0.0.0.0' exposes the service" in done.stderr
     assert "lanes.tts.models.p.source" in done.stderr and "does not exist" in done.stderr
     tts["models"] = {"p": {"backend": "espeak"}}
-    config.write_text(json.dumps({"data_dir": str(tmp_path / "d"), "lanes": lanes}))
+    config.write_text(json.dumps({"server": {"port": 0}, "data_dir": str(tmp_path / "d"), "lanes": lanes}))
     done = ris("config", "--check", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ris config: the configuration can serve (lanes: tts;")
     assert not (tmp_path / "d").exists()  # checked, not made
+    # A port in use (a server already there): `ris serve` exits 2 for it; so does the check.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = ris("config", "--check", "--config", str(config), "--port", str(port))
+    assert done.returncode == 2 and f"server.port {port}: Address already in use" in done.stderr, done.stderr
     # The data folder as serve refuses it: a file, one that cannot be made, one in use.
     (tmp_path / "afile").write_text("")
     held = tmp_path / "held"
