@@ -137,6 +137,10 @@ def test_a_browser_without_the_key_goes_to_the_login_form_and_a_client_gets_401(
     status, headers = answer("/ui/work", ("accept", "text/html,application/xhtml+xml"))
     assert (status, headers["location"]) == (303, "/ui/login?next=%2Fui%2Fwork")  # and back after
     assert answer("/", ("accept", "text/html"))[0] == 303
+    # The API's interactive pages, which a session opens: a browser was shown a JSON 401.
+    status, headers = answer("/docs", ("accept", "text/html"))
+    assert (status, headers["location"]) == (303, "/ui/login?next=%2Fdocs")
+    assert answer("/docs", ("accept", "application/json"))[0] == 401
     assert answer("/ui/work", ("accept", "application/json"))[0] == 401
     assert answer("/api/console/state", ("accept", "text/html"))[0] == 401  # data, not a page
     assert answer("/ui/logout", method="POST")[0] == 200  # it only clears the cookie
@@ -216,6 +220,7 @@ def test_the_login_sends_a_person_back_only_to_a_console_page() -> None:
     never another site or path (an open redirect a link could abuse)."""
     assert _after_login("/ui/work") == "/ui/work"
     assert _after_login("/ui/playground") == "/ui/playground"
+    assert _after_login("/docs") == "/docs" and _after_login("/redoc") == "/redoc"  # a session opens them
     for asked in (
         None,
         "",

@@ -473,8 +473,9 @@ def _open(path: str) -> bool:
 
 
 def _console_page(path: str, method: str, headers: dict[str, str]) -> bool:
-    """A browser asking for a console page (or / with HTML accepted)."""
-    page = path == "/ui" or path.startswith("/ui/") or path == "/"
+    """A browser asking for a console page (or /, or the API's interactive pages, /docs and
+    /redoc, which a session opens: they were a bare JSON 401 a browser cannot answer)."""
+    page = path == "/ui" or path.startswith("/ui/") or path in ("/", "/docs", "/redoc")
     return page and method == "GET" and "text/html" in headers.get("accept", "")
 
 

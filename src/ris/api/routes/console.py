@@ -139,7 +139,7 @@ async def login_form(request: Request) -> Response:
 def _after_login(asked: str | None) -> str:
     """Where the login form sends a person: the console page they were sent from (`next`),
     only ever one of the console's own pages (never another site: an open redirect)."""
-    return asked if asked in PAGE_PATHS and asked != "/ui/login" else "/ui"
+    return asked if (asked in PAGE_PATHS and asked != "/ui/login") or asked in API_PAGES else "/ui"
 
 
 @router.post("/ui/login")
@@ -242,6 +242,9 @@ async def history(request: Request) -> dict[str, Any]:
 
 
 PAGE_PATHS = frozenset({"/ui", "/ui/work", "/ui/playground", "/ui/models", "/ui/login"})
+# The API's interactive pages (routes/docs.py), which a session opens too: a login sent from
+# one goes back to it.
+API_PAGES = frozenset({"/docs", "/redoc"})
 
 
 # Registered last, so every /ui page above answers first: any other path under /ui is a page
