@@ -300,7 +300,11 @@ def ceiling_notes(config: Config, machine: MachineInfo) -> tuple[list[str], list
         if raised:
             warnings.append(f"{news}; {', '.join(raised)} raised above the default share")
         else:
-            facts.append(f"{news}; a default ceiling is a share of the machine (TTS 25%, others 60%)")
+            facts.append(
+                f"{news}; a default ceiling is a share of the machine (TTS 25%, others 60%), a cap on "
+                "one worker, not memory set aside: nothing to do unless the lanes' models together "
+                "need more than the machine has (then lower lanes.<lane>.memory_limit_mb)"
+            )
     else:
         facts.append(f"{said}, within the machine's {mib(ram)}")
     return warnings, facts
