@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from ris.generated_doc import write_or_check
+
 REGENERATE = "python -m ris.cli_reference"
 TARGET = Path(__file__).resolve().parents[2] / "docs" / "CLI.md"
 WIDTH = "100"  # argparse wraps to the terminal: one width, so the file is the same everywhere
@@ -82,16 +84,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    check = "--check" in (argv if argv is not None else sys.argv[1:])
-    text = render()
-    if check:
-        if not TARGET.is_file() or TARGET.read_text(encoding="utf-8") != text:
-            print(f"docs/CLI.md is stale; regenerate it with: PYTHONPATH=src {REGENERATE}", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text, encoding="utf-8")
-    print(f"wrote {TARGET.relative_to(TARGET.parents[1])}")
-    return 0
+    return write_or_check(TARGET, render(), REGENERATE, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
+from ris.generated_doc import write_or_check
+
 REGENERATE = "python -m ris.config.options_reference"
 TARGET = Path(__file__).resolve().parents[3] / "docs" / "MODEL_OPTIONS.md"
 
@@ -93,19 +95,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    check = "--check" in (argv if argv is not None else sys.argv[1:])
-    text = render()
-    if check:
-        if not TARGET.is_file() or TARGET.read_text(encoding="utf-8") != text:
-            print(
-                f"docs/MODEL_OPTIONS.md is stale; regenerate it with: PYTHONPATH=src {REGENERATE}",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    TARGET.write_text(text, encoding="utf-8")
-    print(f"wrote {TARGET.relative_to(TARGET.parents[1])}")
-    return 0
+    return write_or_check(TARGET, render(), REGENERATE, argv)
 
 
 if __name__ == "__main__":
