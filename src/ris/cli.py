@@ -524,6 +524,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             for i, r in enumerate(workers, start=1):
                 if r.get("node"):
                     node = f"on node {r['node'][:12]} at {r['node_ip']}"
+                    if r.get("link"):
+                        node += " (direct link)" if r["link"] == "direct" else " (through Ray)"
                 else:
                     node = "on no node yet" if r["state"] == "pending" else "on local"
                 pid = r["pid"] or "-"

@@ -144,6 +144,10 @@ def test_each_lane_lands_on_a_node_that_advertises_it(
 
 
 def test_the_seed_api_answers_through_the_cluster(ray_server: Server) -> None:
+    # cluster.link "direct", the default: every worker speaks with the server over its own
+    # connection (the nodes are this machine's processes: the server reaches them).
+    for lane in ("llm", "tts", "image"):
+        assert {w["link"] for w in workers(ray_server, lane)} == {"direct"}, lane
     with Client(ray_server.url, timeout=120, max_retries=0) as c:
         tokens = list(c.generate_stream("Say hello.", max_tokens=8))
         assert len(tokens) >= 2  # streamed back token by token across the actor boundary
@@ -269,6 +273,8 @@ def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
         image={"preemption": {"policy": "block", "scope": "request", "yield_to": ["llm"]}},
         tts={"enabled": False, "replicas": 1},
     )
+    # The other way for messages (cluster.link "ray"): through Ray's calls, end to end.
+    cfg["cluster"]["link"] = "ray"
     # A board a SIGKILLed server left in /dev/shm (every fake node shares this machine's):
     # its placement group is gone, so the next server on the node sweeps it.
     stale = shared_memory.SharedMemory(f"ris-board-{'0' * 36}", create=True, size=2)
@@ -277,6 +283,7 @@ def test_an_image_lane_that_yields_is_placed_with_the_llm_and_sees_its_activity(
     srv = Server(tmp_path, cfg).start(timeout=300)
     try:
         (llm,), (image,) = workers(srv, "llm"), workers(srv, "image")
+        assert llm["link"] == image["link"] == "ray"
         assert llm["node"] == image["node"] in ray_cluster["hosts"]["ris_lane_image"]
         assert not Path(f"/dev/shm/{stale.name}").exists()
         assert [p for p in Path("/dev/shm").glob("ris-board-*")], "the server's own board"
@@ -379,6 +386,7 @@ def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(
             self._usage_at = None
             self._last_usage = (0, 0.0, 0.0)
             self._node_id, self._node_ip = "node", "127.0.0.1"
+            self._listener, self._linked, self._first = None, False, False
 
         def fail_and_exit(self, n: int) -> None:
             import threading
@@ -402,6 +410,66 @@ def test_a_worker_exiting_in_an_actor_gets_the_failures_it_just_sent_out_first(
             while time.monotonic() < deadline:
                 batch = ray.get(next(stream), timeout=30)
                 received.extend(batch.messages)
+        assert received[0] == m.WorkerExiting("out of memory")
+        assert [(msg.task_id, msg.code) for msg in received[1:]] == [
+            (f"t{i}", "worker_out_of_memory") for i in range(3)
+        ]
+    finally:
+        ray.kill(actor)
+
+
+def test_a_worker_exiting_over_its_direct_link_gets_the_failures_it_just_sent_out_first(
+    ray_cluster: dict[str, Any],
+) -> None:
+    """The same exit over the direct link (cluster.link "direct"), with tasks the dying worker
+    never read in its socket and a server that reads late: a socket closed with unread bytes
+    is reset, and the reset throws away what the server had not read. The worker's flush ends
+    the link first (end_link), so the server reads every failure, then the end. A real actor,
+    the real listener and key exchange, the real exit path."""
+    import secrets
+
+    from ris.runtime.workers.link import connect_link
+    from ris.runtime.workers.ray import ACTOR_OPTIONS, LaneActor
+
+    class DyingLinked(LaneActor):
+        def __init__(self, key: bytes) -> None:  # the listener only: no worker, no model
+            from ris.runtime.workers.link import LinkListener
+
+            self._probe = LinkListener("127.0.0.1", key)
+
+        def address(self) -> tuple[str, int]:
+            return self._probe.address
+
+        def fail_and_exit(self, n: int) -> None:
+            import threading
+
+            from ris import messages as m
+            from ris.runtime.worker_main import EXIT_OUT_OF_MEMORY, _SerialSender
+            from ris.runtime.workers.link import SocketOut
+
+            def worker() -> None:
+                conn = self._probe.accept(30)
+                assert conn is not None
+                time.sleep(0.3)  # the server's tasks arrive meanwhile, never read
+                failures = [m.TaskError(f"t{i}", "worker_out_of_memory", "over") for i in range(n)]
+                _SerialSender(SocketOut(conn)).fail_and_exit(EXIT_OUT_OF_MEMORY, "out of memory", failures)
+
+            threading.Thread(target=worker, daemon=True).start()
+
+    key = secrets.token_bytes(32)
+    actor = ray.remote(**ACTOR_OPTIONS)(DyingLinked).options(num_cpus=0).remote(key)
+    try:
+        address = ray.get(actor.address.remote(), timeout=60)
+        actor.fail_and_exit.remote(3)
+        conn = connect_link(address, key, 10)
+        for i in range(5):
+            conn.send(m.CancelTask(f"unread{i}"))  # the bytes matter, not what they say
+        time.sleep(1.0)  # a server busy elsewhere: the worker has exited by now
+        received: list[Any] = []
+        with pytest.raises(EOFError):
+            while True:
+                received.append(conn.recv())
+        conn.close()
         assert received[0] == m.WorkerExiting("out of memory")
         assert [(msg.task_id, msg.code) for msg in received[1:]] == [
             (f"t{i}", "worker_out_of_memory") for i in range(3)

@@ -289,13 +289,13 @@ def test_status_json_is_all_of_the_statistics_and_the_table_shows_the_gpus() -> 
 def test_status_numbers_replicas_as_the_start_does_and_a_pending_one_is_on_no_node() -> None:
     """A Ray replica waiting for a node read "replica 1: pending pid - on local" beside a start
     warning that named it replica 2."""
-    placed = {**WORKER, "node": "abcdef0123456789", "node_ip": "10.0.0.2", "running": 1}
+    placed = {**WORKER, "node": "abcdef0123456789", "node_ip": "10.0.0.2", "link": "direct", "running": 1}
     waiting = {**WORKER, "state": "pending", "pid": None, "node": None, "running": 0}
     lanes = {"llm": {**STATS["lanes"]["llm"], "workers": [placed, waiting]}}  # type: ignore[index]
     with answering(200, json.dumps({"lanes": lanes}).encode()) as url:
         code, out, err = status(url)
     assert code == 0, err
-    assert "replica 1: ready pid 4242 on node abcdef012345 at 10.0.0.2, running 1" in out, out
+    assert "replica 1: ready pid 4242 on node abcdef012345 at 10.0.0.2 (direct link), running 1" in out, out
     assert "replica 2: pending pid - on no node yet, running 0" in out, out
 
 

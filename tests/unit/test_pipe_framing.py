@@ -10,7 +10,7 @@ import pickle
 import struct
 
 from ris import messages as m
-from ris.runtime.workers.process import Deframer, frame
+from ris.runtime.workers.link import Deframer, frame
 
 
 def written_by_connection(payloads: list[bytes]) -> bytes:

@@ -19,6 +19,7 @@ from ris.runtime.binding import Binding
 from ris.runtime.engine import Engine
 from ris.runtime.workers import KINDS, pool_class
 from ris.runtime.workers.base import WorkerSpec
+from ris.runtime.workers.link import LoopLink
 from ris.runtime.workers.process import ProcessWorkers
 
 from .fakes import TWO_CORES, FakeClock, FakeWorkers, config
@@ -117,9 +118,10 @@ def test_a_dead_workers_last_messages_are_read_before_it_is_called_dead(tmp_path
         worker = pool(_spec(Lane.LLM), said.append)
         up_r, up_w = multiprocessing.Pipe(duplex=False)
         down_r, down_w = multiprocessing.Pipe(duplex=False)
-        worker._proc, worker._up, worker._down = _Gone(), up_r, down_w  # noqa: SLF001 - as start() sets them
-        worker._generation += 1  # noqa: SLF001
-        worker._watch(worker._generation)  # noqa: SLF001
+        worker._proc = _Gone()  # noqa: SLF001 - as start() sets it
+        worker._link = LoopLink(  # noqa: SLF001
+            asyncio.get_running_loop(), up_r, down_w, said.append, lambda: said.append(m.WorkerGone()), "llm"
+        )
         last = [m.WorkerExiting("over its memory"), m.TaskError("t", "worker_out_of_memory", "too big")]
         for msg in last:
             up_w.send(msg)
@@ -205,6 +207,7 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
         pool.board = ActivityBoard([Lane.LLM, Lane.TTS], array=bytearray(2))
         pool._placements = idled = Idled()
         pool.head_lost = None
+        pool.direct_link = False  # messages through the fake stream
         worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, pool)
         worker.start()
         await asyncio.sleep(0)
@@ -246,6 +249,7 @@ def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
         monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream))
         pool = object.__new__(ray_kind.RayWorkers)
         pool.head_lost = None
+        pool.direct_link = False  # messages through the fake stream
 
         class Unplaced:
             def get(self, lane: str) -> None:
@@ -284,6 +288,7 @@ def test_a_ray_worker_left_unplaced_is_said_pending_with_why(
         monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Silent))
         pool = object.__new__(ray_kind.RayWorkers)
         pool.head_lost = None
+        pool.direct_link = False  # messages through the fake stream
         pool.rejoined_at = time.monotonic() if "after a rejoin" in case else None
 
         class Unplaced:
@@ -324,3 +329,120 @@ def test_a_workers_cpu_percent_is_the_same_whoever_asked_last() -> None:
     assert meter.read(11.25, now=101.5) == 50.0  # over the half second since the last sample
     assert meter.read(0.1, now=102.0) == 50.0  # fewer CPU seconds: a new process, measured anew
     assert meter.read(0.6, now=103.0) == 50.0
+
+
+def _linking_actor_class(
+    stream: Callable[[], object], calls: list[tuple[str, object]]
+) -> Callable[[], object]:
+    """A fake actor class that records what reaches its actors through Ray: the key it was
+    made with, put() and decline_link() calls."""
+
+    class Method:
+        def __init__(self, fn: Callable[..., object]) -> None:
+            self.remote = fn
+
+    class Actor:
+        def __init__(self) -> None:
+            self.stream = Method(stream)
+            self.put = Method(lambda msg: calls.append(("put", msg)))
+            self.decline_link = Method(lambda: calls.append(("decline_link", None)))
+
+    class ActorClass:
+        def options(self, **options: object) -> ActorClass:
+            return self
+
+        def remote(self, *args: object) -> Actor:
+            calls.append(("key", args[3]))
+            return Actor()
+
+    return ActorClass
+
+
+@pytest.mark.parametrize("reachable", [True, False], ids=["linked", "unreachable"])
+def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
+    monkeypatch: pytest.MonkeyPatch, reachable: bool
+) -> None:
+    """cluster.link "direct": the first yield names the actor's listener and the server links
+    to it with the key it made the actor with; what was sent before goes first, over the link;
+    the link's messages are delivered and its end says WorkerGone once, the stream's end
+    after it too. A listener the server cannot reach: the same messages go through put(), and
+    the actor is told to stop listening (decline_link)."""
+    import threading
+
+    ray_kind = pytest.importorskip("ris.runtime.workers.ray")
+    from ris.preemption.board import ActivityBoard
+    from ris.runtime.workers.link import LinkListener, SocketOut, end_link
+
+    monkeypatch.setattr(ray_kind, "LINK_CONNECT_S", 1.0)
+    calls: list[tuple[str, object]] = []
+    actor_got: list[object] = []
+
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        yields: asyncio.Queue[object] = asyncio.Queue()
+
+        class Stream:
+            async def __anext__(self) -> asyncio.Future[object]:
+                ref: asyncio.Future[object] = loop.create_future()
+                ref.set_result(await yields.get())
+                return ref
+
+        monkeypatch.setattr(ray_kind, "_actor_class", _linking_actor_class(Stream, calls))
+        monkeypatch.setattr(ray_kind.ray, "get", lambda ref, timeout: ref.result())
+        pool = object.__new__(ray_kind.RayWorkers)
+        pool.board = ActivityBoard([Lane.TTS], array=bytearray(1))
+        pool.head_lost = None
+        pool.direct_link = True
+
+        class Unplaced:
+            def get(self, lane: str) -> None:
+                return None
+
+        pool._placements = Unplaced()
+        said: list[object] = []
+        worker = ray_kind.RayWorker(_spec(Lane.TTS), said.append, loop, {}, pool)
+        worker.start()
+        assert worker.send(m.CancelTask("early"))  # before the link: kept, in order
+        key = calls[0][1]
+        assert isinstance(key, bytes) and len(key) == 32
+        listener = LinkListener("127.0.0.1", key)
+        address = listener.address
+
+        def actor() -> None:
+            conn = listener.accept(10)
+            listener.close()
+            assert conn is not None
+            actor_got.append(conn.recv())
+            out = SocketOut(conn)
+            out.send(m.TaskCancelled("early"))
+            end_link(conn, 5)
+            conn.close()
+
+        if reachable:
+            threading.Thread(target=actor, daemon=True).start()
+        else:
+            listener.close()  # nobody listens there: refused
+        batch = ray_kind._Batch([], False, 7, 0, 0.0, 0.0, "node", "127.0.0.1", 0, address)
+        yields.put_nowait(batch)
+        for _ in range(500):
+            if (reachable and said) or (not reachable and len(calls) >= 3):
+                break
+            await asyncio.sleep(0.01)
+        if reachable:
+            for _ in range(500):  # the link's end, then the stream's
+                if m.WorkerGone() in said:
+                    break
+                await asyncio.sleep(0.01)
+        yields.put_nowait(ray_kind._Batch([], True, 7, 0, 0.0, 0.0, "node", "127.0.0.1", 0))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        return said
+
+    said = asyncio.run(scenario())
+    if reachable:
+        assert actor_got == [m.CancelTask("early")]
+        assert said == [m.TaskCancelled("early"), m.WorkerGone()]
+        assert [c for c, _ in calls] == ["key"]  # nothing through Ray
+    else:
+        assert calls[1:] == [("decline_link", None), ("put", m.CancelTask("early"))]
+        assert said == [m.WorkerGone()]  # the stream's end

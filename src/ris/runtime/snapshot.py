@@ -57,6 +57,8 @@ class WorkerStatus:
     # The Ray node running it (id and address); None for a local process.
     node: str | None = None
     node_ip: str | None = None
+    # How a Ray actor's messages travel: "direct" (its own link) or "ray" (cluster.link).
+    link: str | None = None
     # The models it holds now (loaded at start or on first use, not yet unloaded).
     models: tuple[str, ...] = ()
 
@@ -193,6 +195,7 @@ def worker_status(r: Replica) -> WorkerStatus:
         error=waiting or (r.failure.message if r.failure else None),
         node=usage.node,
         node_ip=usage.node_ip,
+        link=usage.link,
         models=tuple(r.models) if info else (),
     )
 

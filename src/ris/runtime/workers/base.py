@@ -73,6 +73,9 @@ class ResourceUsage:
     # The Ray node running the worker (its id and address); None for a local process.
     node: str | None = None
     node_ip: str | None = None
+    # How its messages travel (a Ray actor: "direct" over its own link, "ray" through Ray's
+    # calls; None until that is settled, and for a local process).
+    link: str | None = None
 
 
 def cpu_seconds(times: Any) -> float:

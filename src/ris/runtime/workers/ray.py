@@ -1,26 +1,41 @@
 """A lane's worker as a Ray actor, on a node that advertises the lane's resource.
 
-The actor runs the same serving loop as a local worker process (worker_main) in a thread, with
-two in-memory queues where the local worker has its two pipes. The server speaks to it with
-two actor methods, each in a concurrency group of one thread of its own:
-  put(msg)    a RunTask, CancelTask or Shutdown. One thread and one submitter: Ray runs the
-              calls in the order they were sent, so a cancel never overtakes its task.
-  stream()    one streaming call (a Ray generator) for the actor's life: it yields every
-              message the worker has written since the last yield (tokens, audio, progress,
-              results, heartbeats), as soon as there is one, in order.
-A message reaches the engine one report of Ray's after the worker wrote it. Ray holds at most
-BACKLOG unread yields; beyond that the worker's messages wait in the actor and leave together,
-and past OUTBOX_LIMIT of them the worker waits too, as a local worker does on a full pipe.
-Results are values inside the messages (image bytes, audio samples), never paths: the nodes
-share no disk. The engine's pure supervisor sees this worker as it sees a process:
-heartbeats, `alive()` false once Ray says the actor died (killed, or its node lost), and a
-restart that creates a new actor. Joining the cluster and placing lanes together is in
-ray_cluster.py.
+The actor runs the same serving loop as a local worker process (worker_main) in a thread. Ray
+places it, starts it, says when it died (killed, or its node lost) and carries its usage; the
+messages (tasks in; tokens, audio, progress, results, heartbeats out) take one of two ways:
+
+* the direct link (cluster.link "direct", the default): the actor listens on its node's
+  address, its stream's first yield says where, and the server connects, proving a key it made
+  and handed to the actor through Ray (link.py). One TCP connection both ways, served by the
+  event loop as a local worker's pipes are: 0.12 ms per round trip against Ray's 1.3-1.4 on
+  this project's 2-core machine (bench/ray_transport.py), the difference between the Ray
+  path's added latency per task and its 2 ms goal. Ordered by TCP; the actor closes its end
+  when its worker returns, and the server reads every message before that end. Where the
+  server cannot reach the node (a firewall, Ray Client from outside the cluster), it says so
+  in the log and the actor's messages take the second way.
+* through Ray (cluster.link "ray"): two actor methods, each in a concurrency group of one
+  thread of its own:
+    put(msg)    a RunTask, CancelTask or Shutdown. One thread and one submitter: Ray runs the
+                calls in the order they were sent, so a cancel never overtakes its task.
+    stream()    one streaming call (a Ray generator) for the actor's life: it yields every
+                message the worker has written since the last yield, as soon as there is one,
+                in order.
+  A message reaches the engine one report of Ray's after the worker wrote it. Ray holds at most
+  BACKLOG unread yields; beyond that the worker's messages wait in the actor and leave
+  together, and past OUTBOX_LIMIT of them the worker waits too, as a local worker does on a
+  full pipe.
+
+The stream runs either way: with a link it carries no messages, only the usage, the lane's
+activity and the end, every LINK_REPORT_S. Results are values inside the messages (image bytes,
+audio samples), never paths: the nodes share no disk. The engine's pure supervisor sees this
+worker as it sees a process: heartbeats, `alive()` false once Ray says the actor died or its
+link ended, and a restart that creates a new actor. Joining the cluster and placing lanes
+together is in ray_cluster.py.
 
 Activity: lanes placed together share a board in their node's memory, out of the server's
 reach, so every yield also reports the lane's activity there; the pool keeps the latest
 report of each lane on a board of its own (`RayWorkers.activity`), half a round trip behind
-the node's (heartbeats bound it to about half a second).
+the node's (heartbeats bound it to about half a second; with a link, LINK_REPORT_S).
 
 Imported only when the Ray kind is chosen: it imports ray at module level.
 """
@@ -33,10 +48,12 @@ import dataclasses
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import connection
 from typing import Any, TypeVar
 
 import psutil
@@ -54,6 +71,7 @@ from ris.runtime.binding import renice_process
 from ris.runtime.cpu_share import remove_stale
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
+from ris.runtime.workers.link import LinkListener, LoopLink, SocketOut, connect_link, end_link
 from ris.runtime.workers.ray_cluster import (
     INLINE_OBJECTS,
     Placements,
@@ -98,6 +116,17 @@ HEAD_LOST_AFTER = 3
 LOST_HEAD_PROBE_S = 0.5
 # How long shutting down waits for the placement groups to be freed.
 CLOSE_WAIT_S = 15.0
+# The direct link (cluster.link "direct"): how long the server tries to connect to an actor's
+# listener before its messages go through Ray instead; how long the actor listens (the server
+# connects as soon as the first yield says where; past this, it no longer will); how often the
+# listening thread looks whether the server gave up; how often a linked actor's stream still
+# yields its usage and activity (no messages come that way).
+LINK_CONNECT_S = 5.0
+LINK_WAIT_S = 60.0
+LINK_POLL_S = 0.2
+LINK_REPORT_S = 0.5
+# How long a linked actor whose worker returned waits for the server to close its end.
+LINK_END_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,9 @@ class _Batch:
     node_ip: str
     # The lane's activity on the worker's board when the batch left (Activity's value).
     activity: int = 0
+    # Where the actor listens for the server's direct link (the first batch only; None: the
+    # messages come in the batches).
+    link: tuple[str, int] | None = None
 
 
 class _Inbox:
@@ -188,7 +220,13 @@ class _Outbox:
 class LaneActor:
     """The body of the Ray actor (wrapped by ray.remote when the first worker starts)."""
 
-    def __init__(self, spec: WorkerSpec, board_name: str | None, board_lanes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        board_name: str | None,
+        board_lanes: tuple[str, ...],
+        link_key: bytes | None = None,
+    ) -> None:
         gpus = ray.get_gpu_ids()
         if spec.memory_share is not None:
             # A defaulted ceiling is a share of this node's memory, not of the RIS machine's.
@@ -220,9 +258,14 @@ class LaneActor:
         self._node_id = ctx.get_node_id()
         node_ip: Any = ray.util.get_node_ip_address  # unannotated in Ray
         self._node_ip = node_ip()
+        self._listener = LinkListener(self._node_ip, link_key) if link_key is not None else None
+        self._declined = threading.Event()  # the server could not reach the listener
+        self._linked = False
+        self._first = True  # the first yield goes at once: it says where the listener is
         threading.Thread(target=self._serve, args=(spec, board), name="ris-serve", daemon=True).start()
 
     def _serve(self, spec: WorkerSpec, board: ActivityBoard) -> None:
+        conn = None
         try:
             _nice_as_a_local_worker(spec.lane)
             if spec.min_cpu_share is not None:
@@ -230,9 +273,34 @@ class LaneActor:
                 # raylet (its parent, which outlives every actor); those of actors gone before
                 # it on this node are removed here, as the server removes a killed server's.
                 remove_stale()
-            worker_main(spec, self._inbox, self._outbox, board, share_owner=os.getpid())
+            conn = self._await_link()
+            if conn is not None:
+                self._linked = True
+                worker_main(spec, conn, SocketOut(conn), board, share_owner=os.getpid())
+            else:
+                worker_main(spec, self._inbox, self._outbox, board, share_owner=os.getpid())
         finally:
+            if conn is not None:
+                end_link(conn, LINK_END_S)  # the server reads every message, then the end
+                conn.close()
             self._outbox.end()
+
+    def _await_link(self) -> connection.Connection | None:
+        """The server's direct link, or None where there is none: not asked for, the server
+        said it cannot reach us (decline_link), or nobody came within LINK_WAIT_S."""
+        listener = self._listener
+        if listener is None:
+            return None
+        deadline = time.monotonic() + LINK_WAIT_S
+        try:
+            while not self._declined.is_set() and time.monotonic() < deadline:
+                conn = listener.accept(LINK_POLL_S)
+                if conn is not None:
+                    return conn
+            log.warning("the %s worker's messages go through Ray: the server did not link", self._lane)
+            return None
+        finally:
+            listener.close()
 
     def _usage(self) -> tuple[int, float, float]:
         """The process's resident memory, CPU percent and CPU seconds, read at most every
@@ -250,10 +318,23 @@ class LaneActor:
     def put(self, msg: object) -> None:
         self._inbox.put(msg)
 
+    @ray.method(concurrency_group="inbox")
+    def decline_link(self) -> None:
+        """The server cannot reach the listener: the messages go through put() and stream()."""
+        self._declined.set()
+
     @ray.method(concurrency_group="outbox", _generator_backpressure_num_objects=BACKLOG)
     def stream(self) -> Iterator[_Batch]:
         while True:
-            messages, ended = self._outbox.drain(QUIET_YIELD_S)
+            if self._first:
+                wait_s = 0.0
+            elif self._linked:
+                wait_s = LINK_REPORT_S  # no messages come this way: the usage and activity do
+            else:
+                wait_s = QUIET_YIELD_S
+            messages, ended = self._outbox.drain(wait_s)
+            link = self._listener.address if self._first and self._listener is not None else None
+            self._first = False
             yield _Batch(
                 messages,
                 ended,
@@ -262,6 +343,7 @@ class LaneActor:
                 self._node_id,
                 self._node_ip,
                 int(self._board.get(self._lane)),
+                link,
             )
             if ended:
                 return
@@ -317,6 +399,7 @@ class RayWorkers:
         lanes = list(config.lanes)
         self.board = ActivityBoard(lanes, array=bytearray(max(1, len(lanes))))
         self._workers: list[RayWorker] = []
+        self.direct_link = config.cluster.link == "direct"
         # Set while the head does not answer: what the lanes wait for, said in /ready and 503s.
         self.head_lost: str | None = None
         # When it last joined the head again (monotonic): a worker pending soon after waits for
@@ -516,13 +599,20 @@ class RayWorker:
         self._placement: asyncio.Task[None] | None = None
         self._last: _Batch | None = None
         self._waiting: str | None = None  # what Ray has not found for the actor yet
+        # The direct link: the key the actor was made with while it is being linked (sends
+        # wait in _early meanwhile), then the link; neither: messages go through Ray.
+        self._link_key: bytes | None = None
+        self._link: LoopLink | None = None
+        self._early: list[object] = []
+        self._gone_said = False  # WorkerGone delivered for this generation
 
     # ----- LaneWorker ----------------------------------------------------------------------
 
     def start(self) -> None:
         self._generation += 1
-        self._dead = self._ended = False
+        self._dead = self._ended = self._gone_said = False
         self._last = None
+        self._drop_link()
         if self._pool.head_lost is not None:
             self._parked, self._waiting = True, self._pool.head_lost
             return
@@ -532,7 +622,10 @@ class RayWorker:
         if strategy is not None:
             # The bundle already holds the resources: the actor asks for them inside it.
             options["scheduling_strategy"] = strategy
-        self._actor = _actor_class().options(**options).remote(self.spec, board_name, board_lanes)
+        self._link_key = secrets.token_bytes(32) if self._pool.direct_link else None
+        self._actor = (
+            _actor_class().options(**options).remote(self.spec, board_name, board_lanes, self._link_key)
+        )
         self._pump = self._loop.create_task(self._pump_loop(self._actor, self._generation))
         self._placement = self._loop.create_task(self._watch_placement(self._generation))
 
@@ -548,6 +641,7 @@ class RayWorker:
                     task.cancel()
             self._pump = self._placement = None
             self._actor, self._dead = None, True
+            self._drop_link()
 
     def head_back(self) -> None:
         if self._parked:
@@ -561,11 +655,28 @@ class RayWorker:
     def send(self, msg: object) -> bool:
         if self._actor is None or self._dead:
             return False
+        if self._link is not None:
+            return self._link.send(msg)
+        if self._link_key is not None:  # being linked: sent over the link, or through Ray
+            self._early.append(msg)
+            return True
         self._actor.put.remote(msg)
         return True
 
-    def alive(self) -> bool:
+    def _running(self) -> bool:
         return self._parked or (self._actor is not None and not self._dead and not self._ended)
+
+    def alive(self) -> bool:
+        """The supervisor's question (Engine.check), which may deliver a gone worker's last
+        messages; the worker's own figures ask `_running()`."""
+        if self._running():
+            return True
+        # Gone: what it wrote on its way out (an exit over its memory ceiling sends its tasks'
+        # failures first) may still wait on the link when the supervisor looks.
+        link = self._link
+        while link is not None and link.drain():
+            pass
+        return False
 
     def kill(self) -> None:
         self._generation += 1  # whatever the old actor still sends is dropped
@@ -576,6 +687,7 @@ class RayWorker:
                 task.cancel()
         self._pump = self._placement = None
         self._waiting = None
+        self._drop_link()
         self._pool.killed(self.spec.lane, actor)
 
     async def stop(self, timeout: float) -> None:
@@ -589,13 +701,13 @@ class RayWorker:
         return self._waiting
 
     def memory_bytes(self) -> int | None:
-        return self._last.rss_bytes if self._last is not None and self.alive() else None
+        return self._last.rss_bytes if self._last is not None and self._running() else None
 
     def usage(self) -> ResourceUsage:
         b = self._last
         if b is None:
             return ResourceUsage()
-        if not self.alive():
+        if not self._running():
             return ResourceUsage(pid=b.pid, node=b.node_id, node_ip=b.node_ip)
         return ResourceUsage(
             pid=b.pid,
@@ -604,7 +716,13 @@ class RayWorker:
             rss_bytes=b.rss_bytes,
             node=b.node_id,
             node_ip=b.node_ip,
+            link=self._link_kind(),
         )
+
+    def _link_kind(self) -> str | None:
+        if self._link is not None:
+            return "direct"
+        return None if self._link_key is not None else "ray"  # None: being linked
 
     # ----- placement -----------------------------------------------------------------------
 
@@ -659,8 +777,9 @@ class RayWorker:
                             m.WorkerFailed("worker_start_failed", f"the Ray actor did not start: {e}")
                         )
                     self._dead = True
-                    if generation == self._generation:  # not replaced by the WorkerFailed above
-                        self._deliver(m.WorkerGone())  # no more work for it: the supervisor's pass follows
+                    # Not replaced by the WorkerFailed above: no more work for it; the
+                    # supervisor's pass follows.
+                    self._worker_ended(generation)
                 return
             if generation != self._generation:
                 return
@@ -669,6 +788,10 @@ class RayWorker:
                 self._waiting = None
             self._last = batch
             self._pool.reported(self.spec.lane, batch.activity)
+            if batch.link is not None and self._link_key is not None:
+                await self._open_link(actor, batch.link, self._link_key, generation)
+                if generation != self._generation:
+                    return
             for msg in batch.messages:
                 try:
                     self._deliver(msg)
@@ -678,8 +801,66 @@ class RayWorker:
                     return  # delivering a message got this worker replaced
             if batch.ended:
                 self._ended = True
-                self._deliver(m.WorkerGone())
+                self._worker_ended(generation)
                 return
+
+    def _worker_ended(self, generation: int) -> None:
+        """No more work for this worker (its stream ended or failed, or its link did): what the
+        link still holds first, then WorkerGone, once."""
+        if generation != self._generation or self._gone_said:
+            return
+        link = self._link
+        while link is not None and link.drain():
+            pass
+        if generation == self._generation and not self._gone_said:
+            self._gone_said = True
+            self._deliver(m.WorkerGone())
+
+    # ----- the direct link ------------------------------------------------------------------
+
+    async def _open_link(self, actor: Any, address: tuple[str, int], key: bytes, generation: int) -> None:
+        """Connect to the actor's listener: from then on messages go both ways over one TCP
+        connection, a tenth of a Ray round trip here (bench/ray_transport.py). Where the server
+        cannot reach the node's address, they go through Ray, as with cluster.link "ray"."""
+        try:
+            conn = await asyncio.wrap_future(off_loop(connect_link, address, key, LINK_CONNECT_S))
+        except Exception as e:  # noqa: BLE001 - refused, unreachable, timed out, a wrong peer
+            if generation != self._generation:
+                return
+            log.warning(
+                "%s worker: no direct link to its Ray actor at %s:%d (%s: %s); its messages go "
+                "through Ray (slower; cluster.link in docs/CLUSTER.md)",
+                self.spec.lane,
+                *address,
+                type(e).__name__,
+                e,
+            )
+            early, self._early, self._link_key = self._early, [], None
+            actor.decline_link.remote()
+            for msg in early:
+                actor.put.remote(msg)
+            return
+        if generation != self._generation:
+            conn.close()
+            return
+        self._link = LoopLink(
+            self._loop, conn, conn, self._deliver, lambda: self._link_ended(generation), self.spec.lane
+        )
+        early, self._early, self._link_key = self._early, [], None
+        for msg in early:
+            self._link.send(msg)
+
+    def _link_ended(self, generation: int) -> None:
+        """The actor closed its end (its worker returned) or died: nothing more will come."""
+        if generation == self._generation:
+            self._ended = True
+            self._worker_ended(generation)
+
+    def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        self._link_key, self._early = None, []
 
 
 __all__ = ["LaneActor", "RayWorker", "RayWorkers"]

@@ -1,0 +1,102 @@
+"""The direct link between the server and a Ray actor (ris.runtime.workers.link), on loopback
+sockets without Ray: the key exchange, the event loop's end, and the actor's end of it."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import threading
+from multiprocessing import AuthenticationError
+from typing import Any
+
+import pytest
+
+from ris import messages as m
+from ris.runtime.workers.link import LinkListener, LoopLink, SocketOut, connect_link, end_link, frame
+
+KEY = b"k" * 32
+
+
+class Marker:
+    """Unpickling one of these records it: a listener must never unpickle a stranger's bytes."""
+
+    seen: list[str] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Marker.seen.append, ("unpickled",))
+
+
+def test_messages_go_both_ways_and_the_end_is_said_once_after_them() -> None:
+    listener = LinkListener("127.0.0.1", KEY)
+    actor_side: dict[str, Any] = {}
+
+    def actor() -> None:
+        conn = listener.accept(10)
+        assert conn is not None
+        out = SocketOut(conn)
+        msg = conn.recv()
+        for i in range(3):
+            out.send(m.Heartbeat(progress_events=i))
+        out.send(m.TaskCancelled(msg.task_id))
+        # The server closes its end once it has read ours: the actor's wait ends with it.
+        actor_side["server_closed"] = end_link(conn, 5)
+        conn.close()
+
+    thread = threading.Thread(target=actor)
+    thread.start()
+
+    async def serve() -> list[object]:
+        said: list[object] = []
+        ended = asyncio.Event()
+        conn = await asyncio.to_thread(connect_link, listener.address, KEY, 5)
+
+        def on_end() -> None:
+            said.append("end")
+            ended.set()
+
+        link = LoopLink(asyncio.get_running_loop(), conn, conn, said.append, on_end, "tts")
+        assert link.send(m.CancelTask("t1"))
+        await asyncio.wait_for(ended.wait(), 10)
+        assert link.drain() is False  # nothing after the end
+        link.close()
+        assert link.send(m.CancelTask("t2")) is False
+        return said
+
+    said = asyncio.run(serve())
+    thread.join(10)
+    listener.close()
+    assert said == [*(m.Heartbeat(progress_events=i) for i in range(3)), m.TaskCancelled("t1"), "end"]
+    assert actor_side["server_closed"] is True
+
+
+def test_a_wrong_key_is_refused_both_ways_and_a_strangers_bytes_are_never_unpickled() -> None:
+    listener = LinkListener("127.0.0.1", KEY)
+    accepted: list[object] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept(8)))
+    thread.start()
+    # A stranger who sends a pickle where the challenge's answer belongs, then one with a wrong
+    # key: both dropped, and the holder of the key is linked after them.
+    with socket.create_connection(listener.address) as stranger:
+        stranger.sendall(frame(pickle.dumps(Marker())))
+        stranger.recv(1024)  # the challenge
+        stranger.sendall(frame(pickle.dumps(Marker())))
+    with pytest.raises(AuthenticationError):
+        connect_link(listener.address, b"w" * 32, 5)
+    conn = connect_link(listener.address, KEY, 5)
+    thread.join(10)
+    listener.close()
+    assert Marker.seen == []
+    assert len(accepted) == 1 and accepted[0] is not None
+    conn.send("hello")
+    assert accepted[0].recv() == "hello"  # type: ignore[attr-defined]
+    conn.close()
+
+
+def test_a_listener_nobody_links_to_gives_up_and_an_unreachable_one_fails_fast() -> None:
+    listener = LinkListener("127.0.0.1", KEY)
+    assert listener.accept(0.3) is None
+    address = listener.address
+    listener.close()
+    with pytest.raises(OSError):
+        connect_link(address, KEY, 2)  # refused: nobody listens there any more
