@@ -13,8 +13,13 @@ a local server (worker processes on pipes, no Ray) runs beside them all along.
                minus p50 of local (goal <= 2 ms)
 Rounds alternate which replica count goes first; median and range over rounds.
 
+`--links direct,ray` measures the added p50 for each way the messages can travel between the
+server and its actors (config.json's `cluster.link`), a Ray server of one replica per way, all
+taking turns with the local one request by request; the first is the one the throughput part
+runs with (the default: `direct`, as shipped).
+
     python bench/ray_replicas.py [--rounds 3] [--requests 16] [--clients 4] [--latency-n 200]
-                                 [--tts-model espeak]
+                                 [--tts-model espeak] [--links direct,ray]
 
 `--tts-model espeak` serves the throughput part with espeak-ng instead of Piper, for a machine
 without the Piper voice's package (the GPU machine: bench/gpu_run.sh's `ray` part).
@@ -47,7 +52,7 @@ TTS_MODEL = "piper"
 WARM_REQUESTS = 20
 
 
-def tts_config(tmp: Path, address: str | None, replicas: int) -> dict[str, Any]:
+def tts_config(tmp: Path, address: str | None, replicas: int, link: str = "direct") -> dict[str, Any]:
     cfg: dict[str, Any] = json.loads((ROOT / "config.json").read_text())
     cfg["data_dir"] = str(tmp / "data")
     cfg["server"] = {**cfg.get("server", {}), "port": 0}  # a free one
@@ -57,12 +62,12 @@ def tts_config(tmp: Path, address: str | None, replicas: int) -> dict[str, Any]:
         tts.update({"default_model": TTS_MODEL, "models": {TTS_MODEL: tts["models"][TTS_MODEL]}})
     cfg["lanes"] = {"tts": tts, "llm": {"enabled": False}, "image": {"enabled": False}}
     if address:
-        cfg["cluster"] = {"engine": "ray", "address": address}
+        cfg["cluster"] = {"engine": "ray", "address": address, "link": link}
     return cfg
 
 
-def start(folder: Path, address: str | None, replicas: int) -> ServiceProcess:
-    return ServiceProcess(folder, tts_config(folder, address, replicas)).start(timeout=300)
+def start(folder: Path, address: str | None, replicas: int, link: str = "direct") -> ServiceProcess:
+    return ServiceProcess(folder, tts_config(folder, address, replicas, link)).start(timeout=300)
 
 
 def throughput(srv: ServiceProcess, requests: int, clients: int) -> float:
@@ -116,8 +121,12 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--latency-n", type=int, default=200)
     p.add_argument("--tts-model", choices=("piper", "espeak"), default="piper")
+    p.add_argument("--links", default="direct", help="comma-separated, from direct, ray")
     p.add_argument("--out", default=str(ROOT / "bench/results/ray_replicas.json"))
     args = p.parse_args()
+    links = args.links.split(",")
+    if not links or any(x not in ("direct", "ray") for x in links) or len(set(links)) != len(links):
+        p.error("--links: distinct names from direct, ray")
     global TTS_MODEL
     TTS_MODEL = args.tts_model
 
@@ -127,8 +136,10 @@ def main() -> int:
         cluster.add_node(num_cpus=1, resources={"ris_lane_tts": 1})
     cluster.wait_for_nodes()
     cluster_start_s = time.monotonic() - t0
-    ratios, added_ms, rates = [], [], {1: [], 2: []}
-    ray_p50, local_p50 = [], []
+    ratios, rates = [], {1: [], 2: []}
+    added: dict[str, list[float]] = {x: [] for x in links}
+    ray_p50: dict[str, list[float]] = {x: [] for x in links}
+    local_p50: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         local = start(Path(tmp) / "local", None, 1)
         try:
@@ -136,22 +147,29 @@ def main() -> int:
                 order = (1, 2) if rnd % 2 == 0 else (2, 1)
                 rate: dict[int, float] = {}
                 for replicas in order:
-                    srv = start(Path(tmp) / f"ray-{rnd}-{replicas}", cluster.address, replicas)
+                    srv = start(Path(tmp) / f"ray-{rnd}-{replicas}", cluster.address, replicas, links[0])
                     try:
                         rate[replicas] = throughput(srv, args.requests, args.clients)
                         if replicas == 1:
-                            ray_lat, local_lat = latencies([srv, local], args.latency_n)
-                            ray_p50.append(statistics.median(ray_lat))
+                            # One more single-replica server per other way (the second node).
+                            folder = Path(tmp) / f"ray-{rnd}-1"
+                            others = [start(folder / x, cluster.address, 1, x) for x in links[1:]]
+                            try:
+                                *ray_lat, local_lat = latencies([srv, *others, local], args.latency_n)
+                            finally:
+                                for o in others:
+                                    o.stop()
                             local_p50.append(statistics.median(local_lat))
-                            added_ms.append((ray_p50[-1] - local_p50[-1]) * 1000)
+                            for x, lat in zip(links, ray_lat, strict=True):
+                                ray_p50[x].append(statistics.median(lat))
+                                added[x].append((ray_p50[x][-1] - local_p50[-1]) * 1000)
                     finally:
                         srv.stop()
                 for k, v in rate.items():
                     rates[k].append(v)
                 ratios.append(rate[2] / rate[1])
-                print(
-                    f"round {rnd + 1}: {rate[1]:.2f} -> {rate[2]:.2f} req/s, added p50 {added_ms[-1]:.2f} ms"
-                )
+                each = ", ".join(f"{x} {added[x][-1]:.2f}" for x in links)
+                print(f"round {rnd + 1}: {rate[1]:.2f} -> {rate[2]:.2f} req/s, added p50 (ms): {each}")
         finally:
             local.stop()
             ray.shutdown()
@@ -171,8 +189,10 @@ def main() -> int:
         "tts_requests_per_s": {"1_replica": summary(rates[1], 2), "2_replicas": summary(rates[2], 2)},
         "throughput_ratio_2_over_1": summary(ratios, 2),
         "goal_ratio": 1.8,
-        "latency_p50_s": {"ray": summary(ray_p50, 4), "local": summary(local_p50, 4)},
-        "added_latency_p50_ms": summary(added_ms, 2),
+        "link": links[0],
+        "latency_p50_s": {"ray": summary(ray_p50[links[0]], 4), "local": summary(local_p50, 4)},
+        "added_latency_p50_ms": summary(added[links[0]], 2),
+        "added_latency_p50_ms_by_link": {x: summary(added[x], 2) for x in links},
         "goal_added_ms": 2.0,
     }
     print(json.dumps(row, indent=1))
