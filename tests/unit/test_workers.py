@@ -8,6 +8,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,8 +140,13 @@ def test_a_dead_workers_last_messages_are_read_before_it_is_called_dead(tmp_path
     ]
 
 
-def _actor_class_streaming(stream: Callable[[], object]) -> Callable[[], object]:
-    """A fake of ris.runtime.workers.ray's actor class whose actors' stream is `stream()`."""
+def _actor_class_streaming(
+    stream: Callable[[], object], calls: list[tuple[str, object]] | None = None
+) -> Callable[[], object]:
+    """A fake of ris.runtime.workers.ray's actor class whose actors' stream is `stream()`;
+    into `calls`, what reaches its actors through Ray: the key each was made with, put() and
+    decline_link() calls."""
+    said: list[tuple[str, object]] = [] if calls is None else calls
 
     class Method:
         def __init__(self, fn: Callable[..., object]) -> None:
@@ -148,16 +154,50 @@ def _actor_class_streaming(stream: Callable[[], object]) -> Callable[[], object]
 
     class Actor:
         def __init__(self) -> None:
-            self.stream, self.put = Method(stream), Method(lambda msg: None)
+            self.stream = Method(stream)
+            self.put = Method(lambda msg: said.append(("put", msg)))
+            self.decline_link = Method(lambda: said.append(("decline_link", None)))
 
     class ActorClass:
         def options(self, **options: object) -> ActorClass:
             return self
 
         def remote(self, *args: object) -> Actor:
+            said.append(("key", args[3]))
             return Actor()
 
     return ActorClass
+
+
+def _queued_stream(loop: asyncio.AbstractEventLoop) -> tuple[type, asyncio.Queue[object]]:
+    """Ray's ObjectRefGenerator as the pump reads it (each next is a ref to await), yielding
+    what is put in the queue."""
+    yields: asyncio.Queue[object] = asyncio.Queue()
+
+    class Stream:
+        async def __anext__(self) -> asyncio.Future[object]:
+            ref: asyncio.Future[object] = loop.create_future()
+            ref.set_result(await yields.get())
+            return ref
+
+    return Stream, yields
+
+
+class _Unplaced:
+    """The placements' part of a Ray pool for a lane placed alone."""
+
+    def get(self, lane: str) -> None:
+        return None
+
+
+def _fake_ray_pool(ray_kind: Any, *, direct_link: bool = False, placements: object = None) -> Any:
+    """A Ray pool without its cluster part (not needed here); messages through the fake
+    stream unless `direct_link`."""
+    pool = object.__new__(ray_kind.RayWorkers)
+    pool.head_lost = None
+    pool.direct_link = direct_link
+    pool._placements = placements if placements is not None else _Unplaced()
+    return pool
 
 
 def _spec(lane: str) -> WorkerSpec:
@@ -187,27 +227,15 @@ def test_a_ray_pool_shows_what_its_actors_report_and_idles_a_killed_lane(
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        yields: asyncio.Queue[object] = asyncio.Queue()
-
-        class Stream:
-            """Ray's ObjectRefGenerator as the pump reads it: each next is a ref to await."""
-
-            async def __anext__(self) -> asyncio.Future[object]:
-                ref: asyncio.Future[object] = loop.create_future()
-                ref.set_result(await yields.get())
-                return ref
-
+        Stream, yields = _queued_stream(loop)
         monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream))
         killed: list[object] = []
         # Ray's own kill would start a local Ray instance for a fake actor: record it instead.
         monkeypatch.setattr(ray_kind.ray, "kill", lambda actor, no_restart: killed.append(actor))
         # Ray's get of a yield __anext__ returned, its value here already: the fake ref's.
         monkeypatch.setattr(ray_kind.ray, "get", lambda ref, timeout: ref.result())
-        pool = object.__new__(ray_kind.RayWorkers)  # its cluster part is not needed here
+        pool = _fake_ray_pool(ray_kind, placements=(idled := Idled()))
         pool.board = ActivityBoard([Lane.LLM, Lane.TTS], array=bytearray(2))
-        pool._placements = idled = Idled()
-        pool.head_lost = None
-        pool.direct_link = False  # messages through the fake stream
         worker = ray_kind.RayWorker(_spec(Lane.LLM), lambda msg: None, loop, {}, pool)
         worker.start()
         await asyncio.sleep(0)
@@ -247,15 +275,7 @@ def test_a_ray_actor_that_never_started_is_a_failed_start_with_rays_reason(
                 raise InitFailed("ModuleNotFoundError: No module named 'ris'")
 
         monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream))
-        pool = object.__new__(ray_kind.RayWorkers)
-        pool.head_lost = None
-        pool.direct_link = False  # messages through the fake stream
-
-        class Unplaced:
-            def get(self, lane: str) -> None:
-                return None
-
-        pool._placements = Unplaced()
+        pool = _fake_ray_pool(ray_kind)
         said: list[object] = []
         worker = ray_kind.RayWorker(_spec(Lane.TTS), said.append, loop, {}, pool)
         worker.start()
@@ -286,19 +306,12 @@ def test_a_ray_worker_left_unplaced_is_said_pending_with_why(
                 return None
 
         monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Silent))
-        pool = object.__new__(ray_kind.RayWorkers)
-        pool.head_lost = None
-        pool.direct_link = False  # messages through the fake stream
+        pool = _fake_ray_pool(ray_kind)
         pool.rejoined_at = time.monotonic() if "after a rejoin" in case else None
-
-        class Unplaced:
-            def get(self, lane: str) -> None:
-                return None
 
         async def available() -> dict[str, float]:
             return {"CPU": 1.0}
 
-        pool._placements = Unplaced()
         pool.available = available
         pool.killed = lambda lane, actor: None  # Ray's own kill would start a local Ray
         options = {"num_cpus": 1, "num_gpus": 0, "resources": {"ris_lane_tts": 1}}
@@ -331,33 +344,6 @@ def test_a_workers_cpu_percent_is_the_same_whoever_asked_last() -> None:
     assert meter.read(0.6, now=103.0) == 50.0
 
 
-def _linking_actor_class(
-    stream: Callable[[], object], calls: list[tuple[str, object]]
-) -> Callable[[], object]:
-    """A fake actor class that records what reaches its actors through Ray: the key it was
-    made with, put() and decline_link() calls."""
-
-    class Method:
-        def __init__(self, fn: Callable[..., object]) -> None:
-            self.remote = fn
-
-    class Actor:
-        def __init__(self) -> None:
-            self.stream = Method(stream)
-            self.put = Method(lambda msg: calls.append(("put", msg)))
-            self.decline_link = Method(lambda: calls.append(("decline_link", None)))
-
-    class ActorClass:
-        def options(self, **options: object) -> ActorClass:
-            return self
-
-        def remote(self, *args: object) -> Actor:
-            calls.append(("key", args[3]))
-            return Actor()
-
-    return ActorClass
-
-
 @pytest.mark.parametrize("reachable", [True, False], ids=["linked", "unreachable"])
 def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
     monkeypatch: pytest.MonkeyPatch, reachable: bool
@@ -379,26 +365,11 @@ def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
 
     async def scenario() -> list[object]:
         loop = asyncio.get_running_loop()
-        yields: asyncio.Queue[object] = asyncio.Queue()
-
-        class Stream:
-            async def __anext__(self) -> asyncio.Future[object]:
-                ref: asyncio.Future[object] = loop.create_future()
-                ref.set_result(await yields.get())
-                return ref
-
-        monkeypatch.setattr(ray_kind, "_actor_class", _linking_actor_class(Stream, calls))
+        Stream, yields = _queued_stream(loop)
+        monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream, calls))
         monkeypatch.setattr(ray_kind.ray, "get", lambda ref, timeout: ref.result())
-        pool = object.__new__(ray_kind.RayWorkers)
+        pool = _fake_ray_pool(ray_kind, direct_link=True)
         pool.board = ActivityBoard([Lane.TTS], array=bytearray(1))
-        pool.head_lost = None
-        pool.direct_link = True
-
-        class Unplaced:
-            def get(self, lane: str) -> None:
-                return None
-
-        pool._placements = Unplaced()
         said: list[object] = []
         worker = ray_kind.RayWorker(_spec(Lane.TTS), said.append, loop, {}, pool)
         worker.start()
