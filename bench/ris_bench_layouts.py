@@ -19,6 +19,13 @@ picture's threads, measured.
 includes the image lane's `min_cpu_share` (0.1), so a variant `{"image": {"min_cpu_share":
 0.1}}` compares it with itself; `{"image": {"min_cpu_share": null}}` is the layout before.
 
+`--variant-alone`: each variant also runs its LLM alone (the lanes alone are otherwise the
+shipped layout's only), and its LLM's gap p99 is also given as a multiple of that
+(`llm_gap_p99_x_own_alone`), the shipped layout's as a multiple of each variant's
+(`llm_gap_p99_x_alone_of_<variant>`): with `{"llm": {"borrow_idle_cores": false}}`, what the
+mixed load costs the LLM beside the LLM alone on its own core, lending's gain to the LLM alone
+taken out.
+
 Prints, per layout, the median and range over repetitions of the figures `ris bench`'s goals
 read: the LLM's gap between tokens p99 and TTS's real-time factor p99 as multiples of alone,
 and image denoising steps/s; writes them with every repetition's figures, and the samples
@@ -31,6 +38,7 @@ counted as stalls (which lane, how long), to `--out`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -39,6 +47,7 @@ from typing import Any
 
 from ris.benchmark import configs
 from ris.benchmark import run as bench_run
+from ris.benchmark import summary as bench_summary
 from ris.benchmark.workload import STALL_S
 from ris.config import Config
 from ris.lanes import Lane
@@ -107,15 +116,33 @@ def stalled(raw: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def figures(rep: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
+def figures(rep: dict[str, dict[str, Any]], name: str, own_alone: dict[str, float]) -> dict[str, float]:
+    """`own_alone`: the LLM-alone gap p99 of each layout that ran one (--variant-alone)."""
     alone, mixed = rep["alone"], rep[name]
-    return {
+    out = {
         "llm_gap_p99_x_alone": mixed["llm_itl_p99"] / alone["llm_itl_p99"],
         "tts_rtf_p99_x_alone": mixed["tts_rtf_p99"] / alone["tts_rtf_p99"],
         "image_steps_s": mixed["image_steps_s"],
         "stalls": mixed["stalls"],
         "errors": mixed["errors"],
     }
+    if name in own_alone:
+        out["llm_gap_p99_x_own_alone"] = mixed["llm_itl_p99"] / own_alone[name]
+    elif name == SHIPPED:
+        for other, p99 in own_alone.items():
+            out[f"llm_gap_p99_x_alone_of_{other}"] = mixed["llm_itl_p99"] / p99
+    return out
+
+
+def own_alone(raw_rep: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The variants' LLM-alone gap p99 in one repetition."""
+    out = {}
+    for name, phases in raw_rep.items():
+        if name != SHIPPED and "llm" in phases:
+            p99 = bench_summary.phase_figures(phases["llm"])["llm_itl_p99"]
+            if p99:
+                out[name] = float(p99)
+    return out
 
 
 def main() -> None:
@@ -123,6 +150,7 @@ def main() -> None:
     p.add_argument("--variant", type=variant, action="append", default=[], required=True)
     p.add_argument("--repetitions", type=bench_run._repetitions, default=3)
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    p.add_argument("--variant-alone", action="store_true", help="each variant's LLM alone too")
     p.add_argument("--out", type=Path, default=Path("bench/results/ris_bench_layouts.json"))
     args = p.parse_args()
     variants = dict(args.variant)
@@ -158,13 +186,26 @@ def main() -> None:
             return started
 
     bench_run.ServiceProcess = PinnedService  # type: ignore[misc]
+    if args.variant_alone:
+        shipped_plan = bench_run.plan
+
+        def plan(config_names: list[str], repetitions: int) -> list[bench_run.Step]:
+            return [
+                s if s.config == SHIPPED else dataclasses.replace(s, phases=("llm", *s.phases))
+                for s in shipped_plan(config_names, repetitions)
+            ]
+
+        bench_run.plan = plan
     names = [SHIPPED, *variants]
     ns = argparse.Namespace(
         gpu=False, quick=False, duration=args.duration, configs=names, tts_model=None,
         repetitions=args.repetitions,
     )  # fmt: skip
     result = bench_run.run(ns)
-    per_rep = [{name: figures(rep, name) for name in names} for rep in result["per_repetition"]]
+    per_rep = [
+        {name: figures(rep, name, own_alone(raw)) for name in names}
+        for rep, raw in zip(result["per_repetition"], result["raw"], strict=True)
+    ]
     summary: dict[str, dict[str, Any]] = {}
     for name in names:
         summary[name] = {}
