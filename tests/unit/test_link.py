@@ -58,7 +58,6 @@ def test_messages_go_both_ways_and_the_end_is_said_once_after_them() -> None:
         link = LoopLink(asyncio.get_running_loop(), conn, conn, said.append, on_end, "tts")
         assert link.send(m.CancelTask("t1"))
         await asyncio.wait_for(ended.wait(), 10)
-        assert link.drain() is False  # nothing after the end
         link.close()
         assert link.send(m.CancelTask("t2")) is False
         return said

@@ -344,15 +344,17 @@ def test_a_workers_cpu_percent_is_the_same_whoever_asked_last() -> None:
     assert meter.read(0.6, now=103.0) == 50.0
 
 
-@pytest.mark.parametrize("reachable", [True, False], ids=["linked", "unreachable"])
+@pytest.mark.parametrize("case", ["linked", "unreachable", "not listening"])
 def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
-    monkeypatch: pytest.MonkeyPatch, reachable: bool
+    monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """cluster.link "direct": the first yield names the actor's listener and the server links
     to it with the key it made the actor with; what was sent before goes first, over the link;
     the link's messages are delivered and its end says WorkerGone once, the stream's end
     after it too. A listener the server cannot reach: the same messages go through put(), and
-    the actor is told to stop listening (decline_link)."""
+    the actor is told to stop listening (decline_link). An actor that could not listen (its
+    first yield names no listener): through put() at once."""
+    reachable = case == "linked"
     import threading
 
     ray_kind = pytest.importorskip("ris.runtime.workers.ray")
@@ -393,10 +395,10 @@ def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
             threading.Thread(target=actor, daemon=True).start()
         else:
             listener.close()  # nobody listens there: refused
-        batch = ray_kind._Batch([], False, 7, 0, 0.0, 0.0, "node", "127.0.0.1", 0, address)
-        yields.put_nowait(batch)
+        named = None if case == "not listening" else address
+        yields.put_nowait(ray_kind._Batch([], False, 7, 0, 0.0, 0.0, "node", "127.0.0.1", 0, named))
         for _ in range(500):
-            if (reachable and said) or (not reachable and len(calls) >= 3):
+            if (reachable and said) or (not reachable and ("put", m.CancelTask("early")) in calls):
                 break
             await asyncio.sleep(0.01)
         if reachable:
@@ -414,6 +416,9 @@ def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
         assert actor_got == [m.CancelTask("early")]
         assert said == [m.TaskCancelled("early"), m.WorkerGone()]
         assert [c for c, _ in calls] == ["key"]  # nothing through Ray
-    else:
+    elif case == "unreachable":
         assert calls[1:] == [("decline_link", None), ("put", m.CancelTask("early"))]
         assert said == [m.WorkerGone()]  # the stream's end
+    else:
+        assert calls[1:] == [("put", m.CancelTask("early"))]
+        assert said == [m.WorkerGone()]

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import pickle
-import select
 import socket
 import struct
 import threading
@@ -155,6 +154,11 @@ class LoopLink:
             except Exception:  # noqa: BLE001 - the messages after it must still be delivered
                 log.exception("%s worker: handling %s failed", self._lane, type(msg).__name__)
         return True
+
+    def drain_all(self) -> None:
+        """Everything the worker has written so far (its last words, when it is gone)."""
+        while self.drain():
+            pass
 
     def close(self) -> None:
         self.closed = True
@@ -308,9 +312,9 @@ def end_link(conn: connection.Connection, timeout: float) -> bool:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_WR)
         while (left := deadline - time.monotonic()) > 0:
-            # select, not a timeout on the socket: that would make the descriptor non-blocking
-            # under the serving thread's own read.
-            if select.select([fd], [], [], left)[0] and not os.read(fd, _READ_CHUNK):
+            # A wait, not a timeout on the socket: that would make the descriptor non-blocking
+            # under the serving thread's own read (and poll, not select: any descriptor number).
+            if connection.wait([conn], left) and not os.read(fd, _READ_CHUNK):
                 return True
     except OSError:  # reset, or closed meanwhile: nothing more to wait for
         return False

@@ -91,6 +91,8 @@ class ProcessWorker:
     # ----- LaneWorker ----------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._link is not None:  # a start without a kill first: the old process is not heard
+            self._link.close()
         down_r, down_w = _CTX.Pipe(duplex=False)
         up_r, up_w = _CTX.Pipe(duplex=False)
         proc = _CTX.Process(
@@ -140,9 +142,8 @@ class ProcessWorker:
         # exit over its memory ceiling, a WorkerFailed) may still wait in the pipe when the
         # supervisor looks before the loop reads: taken now, so its tasks fail with the worker's
         # own codes and a worker that cannot load is marked failed, not restarted as a crash.
-        link = self._link
-        while link is not None and link.drain():
-            pass
+        if self._link is not None:
+            self._link.drain_all()
         return False
 
     def kill(self) -> None:

@@ -258,7 +258,7 @@ class LaneActor:
         self._node_id = ctx.get_node_id()
         node_ip: Any = ray.util.get_node_ip_address  # unannotated in Ray
         self._node_ip = node_ip()
-        self._listener = LinkListener(self._node_ip, link_key) if link_key is not None else None
+        self._listener = _listen(self._node_ip, link_key, spec.lane) if link_key is not None else None
         self._declined = threading.Event()  # the server could not reach the listener
         self._linked = False
         self._first = True  # the first yield goes at once: it says where the listener is
@@ -280,6 +280,8 @@ class LaneActor:
             else:
                 worker_main(spec, self._inbox, self._outbox, board, share_owner=os.getpid())
         finally:
+            if self._listener is not None:
+                self._listener.close()  # also when the start failed before it was listened on
             if conn is not None:
                 end_link(conn, LINK_END_S)  # the server reads every message, then the end
                 conn.close()
@@ -349,6 +351,22 @@ class LaneActor:
                 return
 
 
+def _listen(host: str, key: bytes, lane: str) -> LinkListener | None:
+    """The direct link's listener, or None where the node's address cannot be bound (a node
+    started with an address of its NAT or its container host): the messages go through Ray."""
+    try:
+        return LinkListener(host, key)
+    except OSError as e:
+        log.warning("the %s worker cannot listen on %s (%s): its messages go through Ray", lane, host, e)
+        return None
+
+
+def _ray_tls() -> bool:
+    """Whether Ray's own traffic is encrypted (RAY_USE_TLS): the direct link is not, so such a
+    cluster keeps its messages on Ray's calls."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+
+
 def _nice_as_a_local_worker(lane: str) -> None:
     """Every thread of the actor to nice 0, where a local worker starts (its server's level),
     before the binding sets the lane's own. Ray starts its worker processes at nice 15
@@ -399,7 +417,11 @@ class RayWorkers:
         lanes = list(config.lanes)
         self.board = ActivityBoard(lanes, array=bytearray(max(1, len(lanes))))
         self._workers: list[RayWorker] = []
-        self.direct_link = config.cluster.link == "direct"
+        self.direct_link = config.cluster.link == "direct" and not _ray_tls()
+        if config.cluster.link == "direct" and not self.direct_link:
+            log.warning(
+                "RAY_USE_TLS is set: the actors' messages go through Ray (the direct link is not encrypted)"
+            )
         # Set while the head does not answer: what the lanes wait for, said in /ready and 503s.
         self.head_lost: str | None = None
         # When it last joined the head again (monotonic): a worker pending soon after waits for
@@ -556,6 +578,8 @@ def off_loop(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled before it started
         try:
             future.set_result(fn(*args))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
@@ -563,6 +587,11 @@ def off_loop(fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
 
     threading.Thread(target=run, name=f"ris-ray-{getattr(fn, '__name__', 'call')}", daemon=True).start()
     return future
+
+
+def _close_made(connecting: concurrent.futures.Future[connection.Connection]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().close()
 
 
 def _kill(lane: str, actor: Any, placements: Placements) -> None:
@@ -673,9 +702,8 @@ class RayWorker:
             return True
         # Gone: what it wrote on its way out (an exit over its memory ceiling sends its tasks'
         # failures first) may still wait on the link when the supervisor looks.
-        link = self._link
-        while link is not None and link.drain():
-            pass
+        if self._link is not None:
+            self._link.drain_all()
         return False
 
     def kill(self) -> None:
@@ -788,10 +816,13 @@ class RayWorker:
                 self._waiting = None
             self._last = batch
             self._pool.reported(self.spec.lane, batch.activity)
-            if batch.link is not None and self._link_key is not None:
-                await self._open_link(actor, batch.link, self._link_key, generation)
-                if generation != self._generation:
-                    return
+            if self._link_key is not None:  # the first batch: where the actor listens, if it does
+                if batch.link is None or batch.ended:
+                    self._through_ray(actor, decline=False)
+                else:
+                    await self._open_link(actor, batch.link, self._link_key, generation)
+                    if generation != self._generation:
+                        return
             for msg in batch.messages:
                 try:
                     self._deliver(msg)
@@ -809,9 +840,8 @@ class RayWorker:
         link still holds first, then WorkerGone, once."""
         if generation != self._generation or self._gone_said:
             return
-        link = self._link
-        while link is not None and link.drain():
-            pass
+        if self._link is not None:
+            self._link.drain_all()
         if generation == self._generation and not self._gone_said:
             self._gone_said = True
             self._deliver(m.WorkerGone())
@@ -822,8 +852,12 @@ class RayWorker:
         """Connect to the actor's listener: from then on messages go both ways over one TCP
         connection, a tenth of a Ray round trip here (bench/ray_transport.py). Where the server
         cannot reach the node's address, they go through Ray, as with cluster.link "ray"."""
+        connecting = off_loop(connect_link, address, key, LINK_CONNECT_S)
         try:
-            conn = await asyncio.wrap_future(off_loop(connect_link, address, key, LINK_CONNECT_S))
+            conn = await asyncio.wrap_future(connecting)
+        except asyncio.CancelledError:  # killed meanwhile: a connection made after is closed
+            connecting.add_done_callback(_close_made)
+            raise
         except Exception as e:  # noqa: BLE001 - refused, unreachable, timed out, a wrong peer
             if generation != self._generation:
                 return
@@ -835,10 +869,7 @@ class RayWorker:
                 type(e).__name__,
                 e,
             )
-            early, self._early, self._link_key = self._early, [], None
-            actor.decline_link.remote()
-            for msg in early:
-                actor.put.remote(msg)
+            self._through_ray(actor, decline=True)
             return
         if generation != self._generation:
             conn.close()
@@ -849,6 +880,15 @@ class RayWorker:
         early, self._early, self._link_key = self._early, [], None
         for msg in early:
             self._link.send(msg)
+
+    def _through_ray(self, actor: Any, decline: bool) -> None:
+        """No link for this actor: what waited for one goes through put(), in order (the
+        actor told first to stop listening, where it listens)."""
+        early, self._early, self._link_key = self._early, [], None
+        if decline:
+            actor.decline_link.remote()
+        for msg in early:
+            actor.put.remote(msg)
 
     def _link_ended(self, generation: int) -> None:
         """The actor closed its end (its worker returned) or died: nothing more will come."""
