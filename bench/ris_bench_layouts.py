@@ -151,6 +151,7 @@ def main() -> None:
     p.add_argument("--repetitions", type=bench_run._repetitions, default=3)
     p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
     p.add_argument("--variant-alone", action="store_true", help="each variant's LLM alone too")
+    p.add_argument("--rounds", type=bench_run._rounds, default=1, help="as ris bench --rounds")
     p.add_argument("--out", type=Path, default=Path("bench/results/ris_bench_layouts.json"))
     args = p.parse_args()
     variants = dict(args.variant)
@@ -199,7 +200,7 @@ def main() -> None:
     names = [SHIPPED, *variants]
     ns = argparse.Namespace(
         gpu=False, quick=False, duration=args.duration, configs=names, tts_model=None,
-        repetitions=args.repetitions,
+        repetitions=args.repetitions, rounds=args.rounds,
     )  # fmt: skip
     result = bench_run.run(ns)
     per_rep = [

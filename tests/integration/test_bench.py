@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "ris", "bench", "--quick", "--out", str(tmp_path)],
+        # In two rounds: each phase of a service taken in turns with the others, pooled.
+        [sys.executable, "-m", "ris", "bench", "--quick", "--rounds", "2", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=840,
@@ -28,6 +29,7 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "ris_bench_quick.json").read_text())
     assert report["meta"]["configs"] == ["traditional", "isolated"]
     assert report["meta"]["repetitions"] == 1 and report["meta"]["machine"]["cores"] >= 1
+    assert report["meta"]["rounds"] == 2
     # What was measured: the code, and each configuration's lanes as the service applied them.
     assert report["meta"]["revision"].startswith("ris ")
     layouts = report["meta"]["layouts"]
@@ -48,7 +50,8 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
 
     raw = json.loads((tmp_path / "ris_bench_quick_raw.json").read_text())
     mixed = raw[0]["isolated"]["mixed"]
-    assert mixed["lanes"] == ["image", "llm", "tts"]
+    assert mixed["lanes"] == ["image", "llm", "tts"] and mixed["rounds"] == 2
+    assert mixed["workload"]["duration_s"] == report["meta"]["workload"]["duration_s"]
     assert all(mixed["samples"][lane] for lane in ("llm", "tts", "image"))
 
     table = (tmp_path / "ris_bench_quick.md").read_text()
@@ -56,7 +59,12 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert header.split("|")[3:6] == [" alone ", " traditional ", " isolated "]
     rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
     assert len(rows) == len(METRICS)
-    assert "Goals:" in table and "- code: ris " in table and "\n- isolated: llm on cores [0]" in table
+    assert (
+        "in 2 rounds taken in turns" in table
+        and "Goals:" in table
+        and "- code: ris " in table
+        and "\n- isolated: llm on cores [0]" in table
+    )
 
     assert (tmp_path / "ris_bench_quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -198,3 +198,50 @@ def test_bench_refuses_a_bad_count_before_starting_anything(
         main(["bench", option, value, "--out", "/nonexistent"])
     assert exit_.value.code == 2  # argparse's usage error, as any other bad argument
     assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_rounds_pool_into_one_phase_counting_each_round_in_its_own_window() -> None:
+    first = phase(
+        ["llm", "tts", "image"],
+        {
+            "llm": [llm(0, 0.1, [0.02] * 9), llm(9.5, 0.1, [0.5] * 2)],  # the second ends in the drain
+            "tts": [
+                {"t0": 1, "t_end": 1.3, "latency_s": 0.3, "ok": True, "rtf": 0.2, "burst": 1},
+                {"t0": 1, "t_end": 1.6, "latency_s": 0.6, "ok": True, "rtf": 0.2, "burst": 1},
+            ],
+            "image": [{"t0": 0, "t_end": 4, "ok": True, "queue_wait_s": 0.0, "steps_in_window": 8}],
+        },
+    )
+    second = phase(
+        ["llm", "tts", "image"],
+        {
+            "llm": [llm(0, 0.3, [0.04] * 9)],
+            "tts": [
+                {"t0": 2, "t_end": 2.1, "latency_s": 0.1, "ok": True, "rtf": 0.4, "burst": 1},
+                {"t0": 2, "t_end": 3.0, "latency_s": 1.0, "ok": False, "burst": 1},
+            ],
+            "image": [{"t0": 1, "ok": False, "unfinished": True, "queue_wait_s": 1.0, "steps_in_window": 4}],
+        },
+    )
+    pooled = summary.pool([first, second])
+    assert pooled["workload"]["duration_s"] == 20.0 and pooled["rounds"] == 2
+    assert [s["t0"] for s in pooled["samples"]["llm"]] == [0, 9.5, 10]
+    f = summary.phase_figures(pooled)
+    # Every round's samples count: 10 + 2 + 10 gaps, the slowest from the first round's drain.
+    assert f["llm_itl_p99"] == pytest.approx(0.5) and f["llm_ttft_p99"] == pytest.approx(0.3)
+    # Round 1's burst is whole; round 2's, numbered apart, had a failure and does not count.
+    assert f["tts_burst_s"] == pytest.approx(0.6)
+    assert f["image_steps_s"] == pytest.approx(12 / 20)
+    # Done in its round's window: 1 + 2 + 1 in round 1 (not the chat that ended in its drain,
+    # though 10.6 s lies inside the pooled 20 s), 1 + 1 in round 2.
+    assert f["requests_per_min"] == pytest.approx(6 / 20 * 60)
+    assert summary.pool([first]) is first
+
+
+def test_rounds_take_the_phases_in_turns_odd_rounds_reversed() -> None:
+    from ris.benchmark.run import round_order
+
+    phases = ("llm", "tts", "image", "mixed")
+    assert round_order(phases, 1) == [(0, p) for p in phases]
+    assert [p for _, p in round_order(phases, 2)] == [*phases, *reversed(phases)]
+    assert round_order(("mixed",), 3) == [(0, "mixed"), (1, "mixed"), (2, "mixed")]

@@ -182,13 +182,28 @@ async def image_driver(ph: Phase, client: httpx.AsyncClient) -> None:
         for sample in list(active):
             if await _poll_image(ph, client, sample):
                 active.remove(sample)
-    # The window is over: what is still queued or running is not waited for.
+    # The window is over: what is still queued or running is not waited for, but its end is:
+    # a cancelled image stops at its next sub-step, and the phase that follows (ris bench
+    # --rounds) must not meet the rest of it.
     for sample in active:
         sample["unfinished"] = True
         try:
             await client.post(f"/api/tasks/{sample['task_id']}/cancel")
         except httpx.HTTPError:
             pass
+    deadline = ph.now() + ph.w.drain_s
+    while active and ph.now() < deadline:
+        await asyncio.sleep(ph.w.poll_s)
+        active = [s for s in active if not await _ended(client, s["task_id"])]
+
+
+async def _ended(client: httpx.AsyncClient, task_id: str) -> bool:
+    try:
+        r = await client.get(f"/api/tasks/{task_id}")
+        r.raise_for_status()
+        return r.json()["state"] in ("succeeded", "failed", "cancelled")
+    except (httpx.HTTPError, KeyError, ValueError):
+        return True  # nothing more to learn about it
 
 
 async def _submit_image(ph: Phase, client: httpx.AsyncClient, seed: int) -> dict[str, Any] | None:

@@ -79,7 +79,8 @@ def markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     out = [
         f"`ris bench` ({meta['kind']}{', quick' if meta['quick'] else ''}) on {meta['machine']['summary']}, "
-        f"{meta['repetitions']} repetition(s), {meta['workload']['duration_s']:g} s per phase; "
+        f"{meta['repetitions']} repetition(s), {meta['workload']['duration_s']:g} s per phase"
+        f"{_rounds_text(meta.get('rounds', 1))}; "
         "median (min–max over repetitions). Ratios are taken within each repetition.",
         "",
         *_layout_lines(meta),
@@ -133,6 +134,10 @@ def chart(distributions: dict[str, dict[str, list[float]]], path: Path, title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _rounds_text(rounds: int) -> str:
+    return "" if rounds == 1 else f" in {rounds} rounds taken in turns with the service's other phases"
 
 
 def distributions(phase_results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:

@@ -52,6 +52,18 @@ def plan(config_names: list[str], repetitions: int) -> list[Step]:
     return steps
 
 
+def round_order(phases: tuple[str, ...], rounds: int) -> list[tuple[int, str]]:
+    """The phases of one service, in rounds: each round runs every phase for its share of the
+    duration, odd rounds in reverse order. A phase's rounds are pooled into one (summary.pool),
+    so the lanes alone and all lanes at once are measured in turns across the whole run, and
+    what the machine does meanwhile (a burst of other work, a slow drift) falls on both rather
+    than on whichever phase it happened to meet; the reversal keeps each phase's place in the
+    sequence from favouring it."""
+    return [
+        (k, phase) for k in range(rounds) for phase in (phases if k % 2 == 0 else tuple(reversed(phases)))
+    ]
+
+
 class ProgressBar:
     """One line redrawn in place on a terminal; a line every few seconds otherwise."""
 
@@ -227,8 +239,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"ris bench: {e}") from None
     code = revision()  # now: the code that runs, not what the checkout holds at the end
     steps = plan(names, args.repetitions)
-    per_phase = w.duration_s + 2.0
-    total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) for s in steps)
+    slice_w = replace(w, duration_s=w.duration_s / args.rounds)
+    per_phase = slice_w.duration_s + 2.0
+    total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) * args.rounds for s in steps)
     bar = ProgressBar(total)
     raw: list[dict[str, dict[str, Any]]] = [{} for _ in range(args.repetitions)]
     layouts: dict[str, dict[str, Any]] = {}
@@ -245,18 +258,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if step.config not in layouts:
                     layouts[step.config] = applied_layout(service.url, built[step.config])
                 bar.advance(STARTUP_ESTIMATE_S[kind])
-                for phase in step.phases:
+                measured: dict[str, list[dict[str, Any]]] = {}
+                for k, phase in round_order(step.phases, args.rounds):
                     lanes = "llm,tts,image" if phase == "mixed" else phase
-                    out = folder / f"{phase}.json"
-                    raw[step.repetition].setdefault(step.config, {})[phase] = run_loadgen(
-                        service.url,
-                        lanes,
-                        w,
-                        out,
-                        bar,
-                        f"{label}: {'all lanes' if phase == 'mixed' else phase + ' alone'}",
+                    out = folder / f"{phase}-{k}.json"
+                    what = "all lanes" if phase == "mixed" else phase + " alone"
+                    if args.rounds > 1:
+                        what += f", round {k + 1}/{args.rounds}"
+                    measured.setdefault(phase, []).append(
+                        run_loadgen(service.url, lanes, slice_w, out, bar, f"{label}: {what}")
                     )
-                    bar.advance(per_phase - w.duration_s)
+                    bar.advance(per_phase - slice_w.duration_s)
+                raw[step.repetition][step.config] = {ph: summary.pool(rs) for ph, rs in measured.items()}
             finally:
                 service.stop()
     bar.close()
@@ -289,6 +302,7 @@ def assemble(
             "kind": kind,
             "quick": args.quick,
             "repetitions": args.repetitions,
+            "rounds": args.rounds,
             "configs": names,
             "workload": w.to_json(),
             "machine": machine_summary(),
@@ -344,6 +358,16 @@ def _repetitions(text: str) -> int:
     return n
 
 
+def _rounds(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= 20:
+        raise argparse.ArgumentTypeError(f"{text!r}: from 1 to 20 rounds")
+    return n
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short phases, one repetition, two configurations")
     p.add_argument(
@@ -355,6 +379,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--repetitions", type=_repetitions, default=None, help="at least 1; default 3 (1 with --quick)"
     )
     p.add_argument("--duration", type=_seconds, default=None, help="seconds per phase (more than 0)")
+    p.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=1,
+        help="split each phase into this many rounds taken in turns with the other phases of the "
+        "same service, pooled (default 1: each phase at once); the duration is the rounds' total",
+    )
     p.add_argument(
         "--tts-model",
         default=None,

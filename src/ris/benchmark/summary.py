@@ -97,11 +97,46 @@ def phase_figures(result: dict[str, Any]) -> dict[str, float | None]:
         f["image_wait_p50"], f["image_wait_p99"] = _p(waits, 50), _p(waits, 99)
         f["image_steps_s"] = sum(s.get("steps_in_window", 0) for s in images) / window
     everything = [s for xs in samples.values() for s in xs]
-    completed = [s for s in everything if s.get("ok") and s["t_end"] <= window]
+    # A pooled sample carries the end of its own round's window (pool).
+    completed = [s for s in everything if s.get("ok") and s["t_end"] <= s.get("window_end", window)]
     f["requests_per_min"] = len(completed) / window * 60
     f["errors"] = float(sum(1 for s in everything if s.get("error")))
     f["stalls"] = float(sum(1 for s in everything if s.get("max_gap_s", 0.0) > STALL_S))
     return f
+
+
+def pool(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A phase measured in rounds (`ris bench --rounds`) as one phase: the rounds' windows laid
+    end to end, each sample moved by the windows before its own and marked with its own
+    window's end (what finished in the drain after its round is not counted as done in the
+    window), bursts numbered apart. One round is returned as it is."""
+    if len(rounds) == 1:
+        return rounds[0]
+    samples: dict[str, list[dict[str, Any]]] = {"llm": [], "tts": [], "image": []}
+    offset = 0.0
+    for k, r in enumerate(rounds):
+        window = float(r["workload"]["duration_s"])
+        for lane, xs in r["samples"].items():
+            for x in xs:
+                y = {**x, "window_end": offset + window}
+                for t in ("t0", "t_end"):
+                    if t in y:
+                        y[t] += offset
+                if y.get("burst"):
+                    y["burst"] = k * BURSTS_PER_ROUND + int(y["burst"])
+                samples.setdefault(lane, []).append(y)
+        offset += window
+    first = rounds[0]
+    return {
+        "lanes": first["lanes"],
+        "workload": {**first["workload"], "duration_s": offset},
+        "samples": samples,
+        "rounds": len(rounds),
+    }
+
+
+# Bursts of one round are numbered from 1; pooled, round k's start at k * this.
+BURSTS_PER_ROUND = 1_000_000
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
