@@ -99,3 +99,67 @@ def test_a_listener_nobody_links_to_gives_up_and_an_unreachable_one_fails_fast()
     listener.close()
     with pytest.raises(OSError):
         connect_link(address, KEY, 2)  # refused: nobody listens there any more
+
+
+def _linked_pair() -> tuple[Any, socket.socket]:
+    """An actor's Connection and the server's plain socket, over loopback TCP."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        peer = socket.create_connection(server.getsockname())
+        sock, _ = server.accept()
+    from multiprocessing import connection
+
+    return connection.Connection(sock.detach()), peer
+
+
+def test_ending_the_link_waits_for_the_servers_end_without_reading_what_it_sent() -> None:
+    """The worker's receiver thread may be blocked reading the same socket: end_link must not
+    take bytes from under it (a part of its frame). What the server sent stays in the socket,
+    whole, after the server read our end and closed its own."""
+    conn, peer = _linked_pair()
+    sent = [m.CancelTask(f"t{i}") for i in range(3)]
+    peer.sendall(b"".join(frame(pickle.dumps(msg)) for msg in sent))
+    conn.send(m.WorkerExiting("out of memory"))
+
+    def server() -> None:  # reads every message, then our end, then closes its own
+        while peer.recv(1 << 16):
+            pass
+        peer.close()
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    assert end_link(conn, 5) is True
+    thread.join(10)
+    assert [conn.recv() for _ in sent] == sent  # none taken by end_link
+    with pytest.raises(EOFError):
+        conn.recv()
+    conn.close()
+
+
+def test_ending_the_link_says_when_the_server_never_closes() -> None:
+    conn, peer = _linked_pair()
+    assert end_link(conn, 0.2) is False
+    assert peer.recv(16) == b""  # our end reached it all the same
+    peer.close()
+    conn.close()
+
+
+def test_without_pollrdhup_ending_the_link_reads_until_the_servers_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where poll cannot say the peer closed (not Linux): read and drop until its end."""
+    import select
+
+    monkeypatch.delattr(select, "POLLRDHUP", raising=False)
+    conn, peer = _linked_pair()
+    peer.sendall(frame(pickle.dumps(m.CancelTask("t1"))))
+
+    def server() -> None:
+        while peer.recv(1 << 16):
+            pass
+        peer.close()
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    assert end_link(conn, 5) is True
+    thread.join(10)
+    conn.close()

@@ -664,6 +664,71 @@ def test_a_worker_exiting_on_purpose_says_so_then_fails_its_tasks_then_flushes(
     assert events == [*said, ("flush", worker_main.EXIT_FLUSH_S), ("exit", 3), *said, ("exit", 3)]
 
 
+def test_a_worker_exiting_on_purpose_exits_with_its_code_when_the_server_then_closes_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a direct link the flush of an exit on purpose waits for the server to close its
+    end, and the receiver thread reads that end too: it must not end the process with 0
+    before fail_and_exit ends it with the memory code."""
+    import os as real_os
+
+    from ris.runtime import worker_main
+
+    exits: list[int] = []
+
+    def record_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)  # ends the calling thread here
+
+    class Os:  # worker_main's os, its os._exit recorded (the receiver's exit when the server is gone)
+        def __getattr__(self, name: str) -> Any:
+            return record_exit if name == "_exit" else getattr(real_os, name)
+
+    monkeypatch.setattr(worker_main, "os", Os())
+    monkeypatch.setattr(worker_main, "_exit_process", record_exit)
+
+    def out_of_memory(*_args: object) -> int:
+        raise MemoryError
+
+    monkeypatch.setattr(Counter, "count", out_of_memory)
+    server_closed = object()
+
+    class Linked(MemoryChannel):  # SocketOut's flush: the server reads our end, then closes its own
+        def recv(self) -> object:
+            msg = super().recv()
+            if msg is server_closed:
+                raise EOFError
+            return msg
+
+        def flush(self, timeout: float) -> bool:
+            self.put(server_closed)
+            assert self.reader is not None
+            self.reader.join(WAIT_S)  # the receiver has seen the end (and exited, or not)
+            return True
+
+    spec = count_worker(tmp_path, "one", LANE.backend_target("counter"))
+    chan = Linked()
+    board = ActivityBoard(("count",), array=bytearray(1))
+
+    def serving() -> None:
+        with pytest.raises(SystemExit):
+            serve(spec, chan, chan, board)
+
+    worker = threading.Thread(target=serving, daemon=True)
+    worker.start()
+    try:
+        assert isinstance(chan.take(), m.WorkerReady)
+        chan.put(m.RunTask("t1", "one", CountRequest(upto=1)))
+        assert chan.take() == m.WorkerExiting("out of memory")
+        assert chan.take() == m.TaskError("t1", "worker_out_of_memory", worker_main._OUT_OF_MEMORY)
+        worker.join(WAIT_S)
+        assert not worker.is_alive()
+        assert exits == [worker_main.EXIT_OUT_OF_MEMORY]
+    finally:
+        chan.close()
+        lanes.unregister("count")
+
+
 def test_a_worker_whose_server_died_while_it_loaded_ends_within_a_second() -> None:
     """A server SIGKILLed while its worker loaded a model: the worker went on loading, then
     held the model (a GPU's memory) until it first read its channel."""

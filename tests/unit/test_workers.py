@@ -196,6 +196,7 @@ def _fake_ray_pool(ray_kind: Any, *, direct_link: bool = False, placements: obje
     pool = object.__new__(ray_kind.RayWorkers)
     pool.head_lost = None
     pool.direct_link = direct_link
+    pool.unreachable = {}
     pool._placements = placements if placements is not None else _Unplaced()
     return pool
 
@@ -422,3 +423,61 @@ def test_a_ray_worker_links_to_its_actor_or_goes_through_ray(
     else:
         assert calls[1:] == [("put", m.CancelTask("early"))]
         assert said == [m.WorkerGone()]
+
+
+@pytest.mark.parametrize("error", [TimeoutError, ConnectionRefusedError])
+def test_a_node_the_server_cannot_reach_is_not_tried_again_by_the_next_actors_for_a_while(
+    monkeypatch: pytest.MonkeyPatch, error: type[OSError]
+) -> None:
+    """A firewall that drops the connection costs LINK_CONNECT_S at every actor's start: once
+    a link to a node's address timed out, the actors restarted on it go through Ray at once
+    (told to stop listening) for LINK_UNREACHABLE_S, then it is tried again. A refusal is
+    quick and may be one actor's own (gone before the server came): it is tried every time."""
+    ray_kind = pytest.importorskip("ris.runtime.workers.ray")
+    from ris.preemption.board import ActivityBoard
+
+    tries: list[tuple[str, int]] = []
+
+    def connect_link(address: tuple[str, int], key: bytes, timeout: float) -> object:
+        tries.append(address)
+        raise error("timed out" if error is TimeoutError else "refused")
+
+    monkeypatch.setattr(ray_kind, "connect_link", connect_link)
+    calls: list[tuple[str, object]] = []
+
+    async def scenario() -> Any:
+        loop = asyncio.get_running_loop()
+        Stream, yields = _queued_stream(loop)
+        monkeypatch.setattr(ray_kind, "_actor_class", _actor_class_streaming(Stream, calls))
+        monkeypatch.setattr(ray_kind.ray, "get", lambda ref, timeout: ref.result())
+        pool = _fake_ray_pool(ray_kind, direct_link=True)
+        pool.board = ActivityBoard([Lane.TTS], array=bytearray(1))
+        pool.killed = lambda lane, actor: None  # Ray's own kill would start a local Ray
+        worker = ray_kind.RayWorker(_spec(Lane.TTS), lambda msg: None, loop, {}, pool)
+
+        async def start(port: int) -> None:  # an actor on 10.0.0.9, its messages through Ray
+            calls.clear()
+            worker.start()
+            assert worker.send(m.CancelTask("early"))
+            link = ("10.0.0.9", port)
+            yields.put_nowait(ray_kind._Batch([], False, 7, 0, 0.0, 0.0, "node", "10.0.0.9", 0, link))
+            for _ in range(500):
+                if ("put", m.CancelTask("early")) in calls:
+                    break
+                await asyncio.sleep(0.01)
+            assert calls[1:] == [("decline_link", None), ("put", m.CancelTask("early"))]
+            worker.kill()
+
+        await start(4001)
+        await start(4002)  # a restart on the same node: its listener has another port
+        pool.unreachable = {host: at - ray_kind.LINK_UNREACHABLE_S for host, at in pool.unreachable.items()}
+        await start(4003)  # long after: tried again
+        return pool
+
+    pool = asyncio.run(scenario())
+    if error is TimeoutError:
+        assert tries == [("10.0.0.9", 4001), ("10.0.0.9", 4003)]
+        assert list(pool.unreachable) == ["10.0.0.9"]  # for the next while
+    else:
+        assert tries == [("10.0.0.9", 4001), ("10.0.0.9", 4002), ("10.0.0.9", 4003)]
+        assert pool.unreachable == {}

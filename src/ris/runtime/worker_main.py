@@ -93,6 +93,9 @@ class _SerialSender:
     def __init__(self, channel: ChannelOut) -> None:
         self._channel = channel
         self._lock = threading.Lock()
+        # Set once the worker exits on purpose (fail_and_exit): the end of the server's side
+        # that its flush waits for is then no reason for the receiver to end the process.
+        self.exiting = threading.Event()
 
     def send(self, msg: object) -> None:
         with self._lock:
@@ -102,6 +105,7 @@ class _SerialSender:
         """Say the worker is going (so no more work comes), send its tasks' failures, and end
         the process once they have left: at once over a pipe (a send is a write), after the
         channel's flush where sends only queue (a Ray actor's outbox)."""
+        self.exiting.set()  # before the first send: the server's end can only come after it
         try:
             self.send(m.WorkerExiting(reason))
             for failure in failures:
@@ -319,6 +323,11 @@ def serve(
             try:
                 msg = inbound.recv()
             except (EOFError, OSError):
+                if out.exiting.is_set():
+                    # Exiting on purpose: a direct link's flush ends our side and waits for the
+                    # server to close its own, which this read sees. The exit code must be the
+                    # one fail_and_exit gives (a memory ceiling's), not 0 from this thread.
+                    return
                 os._exit(0)  # the server is gone: nothing left to serve
             if isinstance(msg, m.CancelTask):
                 if msg.task_id in state.known:  # a late cancel of an ended task is no flag to keep

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import pickle
+import select
 import socket
 import struct
 import threading
@@ -301,23 +302,48 @@ def connect_link(address: tuple[str, int], key: bytes, timeout: float) -> connec
 
 def end_link(conn: connection.Connection, timeout: float) -> bool:
     """End the actor's side of a link so the server reads everything sent: close our sending
-    side (the server reads every message, then the end), then take and drop what the server
-    still sends until it closes its end (LoopLink does on our end). A socket closed with
-    unread bytes in it is reset, and a reset throws away what the server had not read yet
-    (measured: two of three messages lost when the server read 0.6 s late). True when the
-    server's end came within `timeout`."""
+    side (the server reads every message, then the end), then wait until the server closes its
+    end (LoopLink does on our end). True when the server's end came within `timeout`.
+
+    A socket closed with unread bytes in it is reset, and a reset throws away what the server
+    had not read yet (measured: two of three messages lost when the server read 0.6 s late).
+    Waiting for the server's end makes that harmless without reading a byte: the server closes
+    only after it has read our end, that is every message we sent, so a reset our later close
+    may still send (for what the server sent and we never read) loses nothing. Not reading
+    matters: the worker's receiver thread may be blocked in `conn.recv()` on this very socket,
+    and bytes taken from under it would be part of its frame (garbage for it to unpickle).
+    Where poll cannot say the peer's end came (POLLRDHUP is Linux's), what the server still
+    sends is read and dropped until its end instead, as before (racing such a reader)."""
     fd = conn.fileno()
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_WR)
+        peer_closed = getattr(select, "POLLRDHUP", None)
+        if peer_closed is None:
+            return _read_until_the_end(conn, deadline)
+        # poll, not select: any descriptor number. Only the peer's end is asked for (a hang-up
+        # or an error is always reported): bytes that arrive wake nobody, and stay unread.
+        poller = select.poll()
+        poller.register(fd, peer_closed)
         while (left := deadline - time.monotonic()) > 0:
-            # A wait, not a timeout on the socket: that would make the descriptor non-blocking
-            # under the serving thread's own read (and poll, not select: any descriptor number).
-            if connection.wait([conn], left) and not os.read(fd, _READ_CHUNK):
-                return True
+            for _fd, events in poller.poll(left * 1000):
+                # A reset (POLLERR) or a descriptor closed meanwhile (POLLNVAL): no clean end.
+                return not events & (select.POLLERR | select.POLLNVAL)
     except OSError:  # reset, or closed meanwhile: nothing more to wait for
         return False
+    return False
+
+
+def _read_until_the_end(conn: connection.Connection, deadline: float) -> bool:
+    """end_link's wait without POLLRDHUP: take and drop what the server still sends until its
+    end (an empty read)."""
+    fd = conn.fileno()
+    while (left := deadline - time.monotonic()) > 0:
+        # A wait, not a timeout on the socket: that would make the descriptor non-blocking
+        # under the serving thread's own read.
+        if connection.wait([conn], left) and not os.read(fd, _READ_CHUNK):
+            return True
     return False
 
 

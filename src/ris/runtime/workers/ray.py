@@ -12,7 +12,8 @@ messages (tasks in; tokens, audio, progress, results, heartbeats out) take one o
   path's added latency per task and its 2 ms goal. Ordered by TCP; the actor closes its end
   when its worker returns, and the server reads every message before that end. Where the
   server cannot reach the node (a firewall, Ray Client from outside the cluster), it says so
-  in the log and the actor's messages take the second way.
+  in the log and the actor's messages take the second way (for LINK_UNREACHABLE_S so do those
+  of the next actors on that node, without the wait for the connection).
 * through Ray (cluster.link "ray"): two actor methods, each in a concurrency group of one
   thread of its own:
     put(msg)    a RunTask, CancelTask or Shutdown. One thread and one submitter: Ray runs the
@@ -127,6 +128,11 @@ LINK_POLL_S = 0.2
 LINK_REPORT_S = 0.5
 # How long a linked actor whose worker returned waits for the server to close its end.
 LINK_END_S = 2.0
+# A node whose address the server could not reach (a firewall that drops the connection: each
+# try waits LINK_CONNECT_S, at every start and restart of every actor there): the actors
+# started on it this long after go through Ray without trying. Then a try again, in case the
+# firewall was opened meanwhile.
+LINK_UNREACHABLE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -418,6 +424,8 @@ class RayWorkers:
         self.board = ActivityBoard(lanes, array=bytearray(max(1, len(lanes))))
         self._workers: list[RayWorker] = []
         self.direct_link = config.cluster.link == "direct" and not _ray_tls()
+        # Node address -> when a link to it last failed unreachable (monotonic): LINK_UNREACHABLE_S.
+        self.unreachable: dict[str, float] = {}
         if config.cluster.link == "direct" and not self.direct_link:
             log.warning(
                 "RAY_USE_TLS is set: the actors' messages go through Ray (the direct link is not encrypted)"
@@ -526,6 +534,14 @@ class RayWorkers:
     def reported(self, lane: str, activity: int) -> None:
         """A yield of the stream brought the lane's activity on its node."""
         self.board.set(lane, Activity(activity))
+
+    def link_unreachable(self, host: str) -> bool:
+        """A link to `host` failed unreachable less than LINK_UNREACHABLE_S ago: don't try."""
+        failed = self.unreachable.get(host)
+        if failed is not None and time.monotonic() - failed >= LINK_UNREACHABLE_S:
+            del self.unreachable[host]
+            failed = None
+        return failed is not None
 
     def killed(self, lane: str, actor: Any) -> None:
         """The kill rule (base.py): the lane reads idle here and on its node's board; the actor
@@ -852,6 +868,10 @@ class RayWorker:
         """Connect to the actor's listener: from then on messages go both ways over one TCP
         connection, a tenth of a Ray round trip here (bench/ray_transport.py). Where the server
         cannot reach the node's address, they go through Ray, as with cluster.link "ray"."""
+        host = address[0]
+        if self._pool.link_unreachable(host):  # said when it was found unreachable
+            self._through_ray(actor, decline=True)
+            return
         connecting = off_loop(connect_link, address, key, LINK_CONNECT_S)
         try:
             conn = await asyncio.wrap_future(connecting)
@@ -861,13 +881,23 @@ class RayWorker:
         except Exception as e:  # noqa: BLE001 - refused, unreachable, timed out, a wrong peer
             if generation != self._generation:
                 return
+            # The node's address not reached (timed out, no route) is the node's, for a while;
+            # a refusal or a reset is quick and may be this actor's own (gone before we came),
+            # and a failed key exchange a stranger's port.
+            node = isinstance(e, OSError) and not isinstance(e, ConnectionError)
+            if node:
+                self._pool.unreachable[host] = time.monotonic()
             log.warning(
                 "%s worker: no direct link to its Ray actor at %s:%d (%s: %s); its messages go "
-                "through Ray (slower; cluster.link in docs/CLUSTER.md)",
+                "through Ray (slower; cluster.link in docs/CLUSTER.md)%s",
                 self.spec.lane,
                 *address,
                 type(e).__name__,
                 e,
+                f", as will those of the actors started on {host} in the next "
+                f"{LINK_UNREACHABLE_S / 60:g} minutes, without trying"
+                if node
+                else "",
             )
             self._through_ray(actor, decline=True)
             return
