@@ -46,7 +46,7 @@ def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "traditional/alone",
         "isolated/traditional",
     }
-    assert [g["met"] in (True, False) for g in report["goals"]] == [True, True, True]
+    assert [g["met"] in (True, False) for g in report["goals"]] == [True, True, True, True]
 
     raw = json.loads((tmp_path / "ris_bench_quick_raw.json").read_text())
     mixed = raw[0]["isolated"]["mixed"]

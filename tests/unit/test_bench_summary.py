@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ris.benchmark import configs, summary
+from ris.benchmark import configs, report, summary
 from ris.config.load import parse_config
 from ris.config.sharing import resolve_policy
 from ris.lanes import Lane
@@ -245,3 +245,32 @@ def test_rounds_take_the_phases_in_turns_odd_rounds_reversed() -> None:
     assert round_order(phases, 1) == [(0, p) for p in phases]
     assert [p for _, p in round_order(phases, 2)] == [*phases, *reversed(phases)]
     assert round_order(("mixed",), 3) == [(0, "mixed"), (1, "mixed"), (2, "mixed")]
+
+
+def test_a_goal_met_at_the_median_with_a_repetition_far_beyond_it_is_not_met() -> None:
+    def combined(itl: list[float], steps: list[float]) -> dict[str, Any]:
+        reps: list[dict[str, dict[str, float | None]]] = [
+            {
+                "alone": {"llm_itl_p99": 0.020},
+                "isolated": {"llm_itl_p99": 0.020 * r, "image_steps_s": 10.0 * q},
+                "traditional": {"image_steps_s": 10.0},
+            }
+            for r, q in zip(itl, steps, strict=True)
+        ]
+        return summary.combine(reps)
+
+    llm, _tts, images, _stalls = summary.goals("cpu", combined([1.0, 1.05, 1.25], [1.0, 0.96, 0.80]))
+    # Medians 1.05x and 0.96x; the third repetition 1.25x (over 1.21) and 0.80x (under 0.855).
+    assert llm["met_at_median"] and not llm["each_within_10pct"] and llm["met"] is False
+    assert images["met_at_median"] and not images["met"]
+    llm, _tts, images, _stalls = summary.goals("cpu", combined([1.0, 1.05, 1.20], [1.0, 0.96, 0.86]))
+    assert llm["met"] is True and images["met"] is True  # each within 10% of its bound
+    text = report.markdown(
+        {
+            "meta": {"kind": "cpu", "quick": False, "machine": {"summary": "m"}, "repetitions": 3,
+                     "workload": {"duration_s": 30}, "configs": []},
+            "combined": {"figures": {}, "ratios": {}},
+            "goals": summary.goals("cpu", combined([1.0, 1.05, 1.25], [1.0, 0.96, 0.80])),
+        }
+    )  # fmt: skip
+    assert "1.05x, worst repetition 1.25x — **NOT met** (met at the median; a repetition beyond" in text

@@ -92,8 +92,14 @@ def markdown(report: dict[str, Any]) -> str:
     for g in report["goals"]:
         mark = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
         if "median" in g:
+            why = (
+                " (met at the median; a repetition beyond 10% of the goal)"
+                if g["met_at_median"] and not g["met"]
+                else ""
+            )
             out.append(
-                f"- {g['goal']}: median {g['median']:.2f}x, worst repetition {g['worst']:.2f}x — **{mark}**"
+                f"- {g['goal']}: median {g['median']:.2f}x, "
+                f"worst repetition {g['worst']:.2f}x — **{mark}**{why}"
             )
         else:
             out.append(f"- {g['goal']}: errors {g.get('errors')}, stalls {g.get('stalls')} — **{mark}**")
