@@ -220,6 +220,23 @@ class WorkerFailed:
 
 
 @dataclass(frozen=True)
+class EngineFigures:
+    """What an LLM worker's batching engine has done since the worker started (counters) and
+    holds now (gauges), as llama-server's /metrics tells its users: the figures behind a
+    throughput or a cache question that per-task counts cannot answer (a cancelled stream's
+    tokens were still computed; a reused prompt prefix was not)."""
+
+    decode_steps: int = 0  # decode calls (one step of every running sequence)
+    batched_tokens: int = 0  # tokens over all those calls: / decode_steps = the mean batch
+    prompt_tokens: int = 0  # prompt tokens computed (prefill)
+    reused_prompt_tokens: int = 0  # prompt tokens found in a slot's KV cache, not computed
+    generated_tokens: int = 0  # tokens sampled, cancelled and failed sequences' included
+    sequences: int = 0  # sequences running now
+    kv_cache_tokens: int = 0  # tokens whose KV the slots hold now (kept prefixes included)
+    kv_cache_capacity_tokens: int = 0  # what the slots' KV cache holds at most
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     # Monotonic count of progress events so far: the supervisor tells "busy" from "stuck".
     progress_events: int
@@ -227,6 +244,8 @@ class Heartbeat:
     # runs on now, and its library's thread count now; None where the lane borrows nothing.
     borrowed_cores: tuple[int, ...] | None = None
     threads_now: int | None = None
+    # A batching engine's figures (an LLM worker whose backend counts them), else None.
+    engine: EngineFigures | None = None
 
 
 @dataclass(frozen=True)

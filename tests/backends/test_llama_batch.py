@@ -205,3 +205,28 @@ def test_an_option_llama_cpp_does_not_have_fails_the_load_naming_it(tmp_path: Pa
         LlamaCppLLM(typo, BackendContext(device="cpu", threads=1, data_dir=tmp_path))
     assert e.value.code == "bad_model" and "options n_ctxx: not options of llama.cpp" in e.value.message
     assert "n_ctx," in e.value.message  # the ones it takes are listed
+
+
+def test_the_batch_counts_what_it_computed_reused_and_holds(llm: LlamaCppLLM) -> None:
+    """The engine figures /metrics exports (ris_llm_engine_*): each prompt token is computed or
+    found in a slot's cache; each sampled token counts, and all but a sequence's last go
+    through one more decode; what the slots keep stays in their cache after the sequences end."""
+    batch = llm.batch()
+    before = batch.figures()
+    req = LLMRequest(
+        messages=(("system", "You count sheep. " * 20), ("user", "Go")), max_tokens=6, ignore_eos=True
+    )
+    got = run_batch(llm, {"a": req, "b": story(4, max_tokens=5)})
+    mid = batch.figures()
+    prompts = sum(outcome.prompt_tokens for outcome, _ in got.values())
+    computed = mid.prompt_tokens - before.prompt_tokens
+    assert computed + mid.reused_prompt_tokens - before.reused_prompt_tokens == prompts
+    assert mid.generated_tokens - before.generated_tokens == 11
+    assert mid.batched_tokens - before.batched_tokens == computed + 11 - 2
+    assert mid.decode_steps - before.decode_steps >= 6
+    assert mid.sequences == 0 and prompts <= mid.kv_cache_tokens <= mid.kv_cache_capacity_tokens
+    assert mid.kv_cache_capacity_tokens == batch.n_ctx * (batch.free())
+    run_batch(llm, {"again": req})  # the same prompt: found in the cache but its last token
+    after = batch.figures()
+    assert after.reused_prompt_tokens - mid.reused_prompt_tokens == got["a"][0].prompt_tokens - 1 > 50
+    assert after.prompt_tokens - mid.prompt_tokens == 1

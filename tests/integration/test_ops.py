@@ -105,6 +105,30 @@ def test_prometheus_metrics(server: Server, client: Client) -> None:
     # No GPU on this machine: no GPU family at all (with one, each has a sample).
     assert all(f.samples for n, f in found.items() if n.startswith("ris_gpu_"))
 
+    # The LLM worker's engine, from its heartbeat (every 0.5 s): what llama-server's /metrics
+    # tells its users, decode calls and prompt tokens computed or reused, the KV cache's use.
+    generated = "ris_llm_engine_generated_tokens"
+    deadline = time.monotonic() + 10
+    while generated not in found or value(generated, generated + "_total", lane="llm") < 8:
+        assert time.monotonic() < deadline, sorted(found)
+        time.sleep(0.2)
+        found = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)}
+    prompt = generation.usage["prompt_tokens"]
+    computed = value("ris_llm_engine_prompt_tokens", "ris_llm_engine_prompt_tokens_total", lane="llm")
+    reused = value(
+        "ris_llm_engine_reused_prompt_tokens", "ris_llm_engine_reused_prompt_tokens_total", lane="llm"
+    )
+    assert computed + reused >= prompt > 0
+    assert value("ris_llm_engine_decode_steps", "ris_llm_engine_decode_steps_total", lane="llm") >= 8
+    capacity = value(
+        "ris_llm_engine_kv_cache_capacity_tokens", "ris_llm_engine_kv_cache_capacity_tokens", lane="llm"
+    )
+    assert (
+        0 < value("ris_llm_engine_kv_cache_tokens", "ris_llm_engine_kv_cache_tokens", lane="llm") <= capacity
+    )
+    engine = client.stats()["lanes"]["llm"]["workers"][0]["engine"]
+    assert engine["kv_cache_capacity_tokens"] == capacity and engine["generated_tokens"] >= 8
+
 
 def check_histogram(family: Metric) -> None:
     """Per series: buckets cumulative (never falling as le grows), +Inf equal to _count."""

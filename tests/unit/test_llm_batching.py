@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ris.lanes.base import BackendError
 from ris.lanes.llm import LLMBackend, LLMBatch, LLMOutcome, LLMRequest, LLMRunner, StepFailed, TextOutput
+from ris.messages import EngineFigures
 from ris.preemption.policy import Activity
 
 from .fakes import Env
@@ -279,3 +280,41 @@ def test_single_stream_tasks_are_reported_one_by_one() -> None:
     assert [k for k, _ in runner.step()] == ["s3"]
     # The lane is busy from the first to the last: no idle moment between them.
     assert env.board[-1] is Activity.IDLE and Activity.IDLE not in env.board[:-1]
+
+
+def test_the_workers_engine_figures_add_its_batches_and_keep_counting_past_an_unload() -> None:
+    """The heartbeat's engine figures: every batch's counters since the worker started (a
+    model unloaded keeps what it counted: a Prometheus counter must not fall), the gauges of
+    the batches live now."""
+
+    class Counting(ScriptedBatch):
+        def __init__(self, steps: int) -> None:
+            super().__init__(slots=2)
+            self.steps = steps
+
+        def figures(self) -> EngineFigures:
+            return EngineFigures(
+                decode_steps=self.steps,
+                generated_tokens=2 * self.steps,
+                sequences=len(self.seqs),
+                kv_cache_tokens=10,
+                kv_cache_capacity_tokens=100,
+            )
+
+    runner = LLMRunner(Env().worker_env())
+    assert runner.figures() is None  # nothing counted yet: no figures, not zeros
+    first, second = Batched(Counting(3)), Batched(Counting(5))
+    runner.admit(first, "a", LLMRequest(prompt="a", max_tokens=2), never)
+    runner.admit(second, "b", LLMRequest(prompt="b", max_tokens=2), never)
+    runner.step()
+    assert runner.figures() == EngineFigures(
+        decode_steps=8, generated_tokens=16, sequences=2, kv_cache_tokens=20, kv_cache_capacity_tokens=200
+    )
+    while runner.busy():
+        runner.step()
+    runner.forget(first)  # its model unloaded: its counters stay, its cache is gone
+    assert runner.figures() == EngineFigures(
+        decode_steps=8, generated_tokens=16, sequences=0, kv_cache_tokens=10, kv_cache_capacity_tokens=100
+    )
+    runner.forget(second)
+    assert runner.figures() == EngineFigures(decode_steps=8, generated_tokens=16)

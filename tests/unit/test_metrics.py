@@ -4,6 +4,7 @@ back as Prometheus would."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -406,3 +407,41 @@ def test_the_example_alert_rules_read_only_metrics_the_server_exports() -> None:
             ["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_an_llm_workers_engine_figures_are_exported_per_worker() -> None:
+    """What llama-server's /metrics tells its users (decode calls, prompt tokens computed and
+    reused, the KV cache's use) comes from the heartbeat's engine figures, per worker; a worker
+    that counts none has no sample, not a zero."""
+    figures = m.EngineFigures(
+        decode_steps=10,
+        batched_tokens=130,
+        prompt_tokens=120,
+        reused_prompt_tokens=300,
+        generated_tokens=14,
+        sequences=2,
+        kv_cache_tokens=450,
+        kv_cache_capacity_tokens=16384,
+    )
+    stats = LaneStats("llm", 0, 0, 1, 0, 0, 0, None, None, None, None, None)
+    workers = (WorkerStatus("ready", engine=dataclasses.asdict(figures)), WorkerStatus("ready"))
+    snap = Snapshot(0.0, 0.0, (LaneStatus("llm", True, "cpu", (0,), 8, stats, workers),))
+    found = families(prometheus_text(snap).decode())
+    assert found["ris_llm_engine_generated_tokens"][0] == "counter"
+    assert found["ris_llm_engine_kv_cache_tokens"][0] == "gauge"
+    samples = {
+        (s.name, s.labels["replica"]): s.value
+        for name, (_kind, xs) in found.items()
+        if name.startswith("ris_llm_engine_")
+        for s in xs
+    }
+    assert samples == {
+        ("ris_llm_engine_decode_steps_total", "0"): 10,
+        ("ris_llm_engine_batched_tokens_total", "0"): 130,
+        ("ris_llm_engine_prompt_tokens_total", "0"): 120,
+        ("ris_llm_engine_reused_prompt_tokens_total", "0"): 300,
+        ("ris_llm_engine_generated_tokens_total", "0"): 14,
+        ("ris_llm_engine_sequences", "0"): 2,
+        ("ris_llm_engine_kv_cache_tokens", "0"): 450,
+        ("ris_llm_engine_kv_cache_capacity_tokens", "0"): 16384,
+    }

@@ -100,7 +100,7 @@ class _Families(Collector):
     def collect(self) -> Iterator[Metric]:
         families = [*_build(), *_server(self._server), *_lanes(self._snapshot)]
         families += _work(self._snapshot, self._server.models)
-        families += [*_workers(self._snapshot), *_gpus(self._gpus)]
+        families += [*_workers(self._snapshot), *_engines(self._snapshot), *_gpus(self._gpus)]
         families += _counted(self._snapshot, {n for f in families for n in _sample_names(f)})
         return (f for f in families if f.samples)
 
@@ -321,6 +321,34 @@ def _workers(snap: Snapshot) -> list[Metric]:
                 if value is not None:  # unknown (a dead worker, no NVML): no sample
                     family.add_metric(labels, value)
     return [up, restarts, cpu, rss, limit, gpu]
+
+
+# An LLM worker's batching engine (messages.EngineFigures), as llama-server's /metrics has them:
+# each field as ris_llm_engine_<field>, a counter or a gauge. Counters restart from 0 with the
+# worker process.
+ENGINE_FAMILIES = (
+    ("decode_steps", True, "decode calls, each one step of every running sequence"),
+    ("batched_tokens", True, "tokens over all decode calls (per step: the mean batch)"),
+    ("prompt_tokens", True, "prompt tokens computed (prefill)"),
+    ("reused_prompt_tokens", True, "prompt tokens found in a slot's KV cache, not computed"),
+    ("generated_tokens", True, "tokens sampled, those of cancelled streams included"),
+    ("sequences", False, "sequences running now"),
+    ("kv_cache_tokens", False, "tokens whose KV the slots hold now"),
+    ("kv_cache_capacity_tokens", False, "the most tokens the slots' KV cache holds"),
+)
+
+
+def _engines(snap: Snapshot) -> list[Metric]:
+    families: list[CounterMetricFamily | GaugeMetricFamily] = [
+        (CounterMetricFamily if counter else GaugeMetricFamily)(f"ris_llm_engine_{name}", text, labels=WORKER)
+        for name, counter, text in ENGINE_FAMILIES
+    ]
+    for lane in snap.lanes:
+        for i, w in enumerate(lane.workers):
+            if w.engine is not None:
+                for family, (name, _counter, _text) in zip(families, ENGINE_FAMILIES, strict=True):
+                    family.add_metric([lane.lane, str(i)], w.engine[name])
+    return list(families)
 
 
 def _gpus(gpus: Sequence[GPUDevice]) -> list[Metric]:

@@ -40,6 +40,7 @@ from ris.backends._textgen import StopScanner
 from ris.backends.thread_choice import ThreadChoice
 from ris.lanes.llm import LLMBatch, LLMOutcome, LLMRequest, TextOutput, fit_context, stepped
 from ris.memory.footprint import GGML_TYPE_NAMES, kv_bytes_per_token
+from ris.messages import EngineFigures
 
 # Prompt tokens a step may carry while streams decode (shared by the prompts waiting): the
 # streams wait that long for their next token. On one CPU core SmolLM2-135M prefills ~145
@@ -152,6 +153,9 @@ class LlamaBatch(LLMBatch):
         self._turn = 0  # which prefilling slot gets the step's prompt budget first
         self.last_reused = 0  # prompt tokens the last added request found in a slot's cache
         self.last_step_tokens = 0  # tokens the last step decoded, all sequences together
+        # Counters for figures() (plain ints: the heartbeat thread reads them mid-step).
+        self._steps = self._batched = self._prompt = self._reused = self._generated = 0
+        self._step_prompt = 0  # prompt tokens in the batch being filled
 
     # ----- LLMBatch ------------------------------------------------------------------------
 
@@ -187,6 +191,7 @@ class LlamaBatch(LLMBatch):
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
         slot.cached = prompt[:keep]
         self.last_reused = keep
+        self._reused += keep
         self._uses += 1
         slot.last_used = self._uses
         slot.seq = _Sequence(
@@ -221,6 +226,9 @@ class LlamaBatch(LLMBatch):
             self.threads.record(threads, self._batch.n_tokens, time.perf_counter() - started)
             if rc != 0:
                 raise BackendError("backend_error", f"llama_decode failed ({rc}) with {len(work)} sequences")
+            self._steps += 1
+            self._batched += self._batch.n_tokens
+            self._prompt += self._step_prompt
             for slot in work:
                 try:
                     self._advance(slot)
@@ -247,6 +255,19 @@ class LlamaBatch(LLMBatch):
             slot.cached = []
             llama_cpp.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
         return keys
+
+    def figures(self) -> EngineFigures:
+        slots = self._slots
+        return EngineFigures(
+            decode_steps=self._steps,
+            batched_tokens=self._batched,
+            prompt_tokens=self._prompt,
+            reused_prompt_tokens=self._reused,
+            generated_tokens=self._generated,
+            sequences=sum(1 for s in slots if s.seq is not None),
+            kv_cache_tokens=sum(len(s.cached) for s in slots),
+            kv_cache_capacity_tokens=self.n_ctx * len(slots),
+        )
 
     def set_threads(self, threads: int) -> None:
         """The lane's thread count from now on (cores lent to it, or given back). The next step
@@ -328,6 +349,7 @@ class LlamaBatch(LLMBatch):
                 put(slot, seq.next_token, True)
                 seq.next_token = None
                 work.append(slot)
+        decoding = n
         # Streams decoding: at most `prefill_chunk` prompt tokens in all per step, shared in
         # turn by the prompts waiting, so a burst of new requests stalls the streams no longer
         # than one. Nobody decoding: whole prompts, as many as fit. A sequence waiting for its
@@ -352,6 +374,7 @@ class LlamaBatch(LLMBatch):
             seq.index = n - 1 if not seq.pending else -1
             work.append(slot)
         b.n_tokens = n
+        self._step_prompt = n - decoding
         return work
 
     def _advance(self, slot: _Slot) -> None:
@@ -402,6 +425,7 @@ class LlamaBatch(LLMBatch):
             seq.finish = "stop"
             return
         seq.produced += 1
+        self._generated += 1
         if not is_eog:
             seq.scanner.feed_bytes(self._piece(token))
         if seq.scanner.stopped:

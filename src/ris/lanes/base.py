@@ -32,7 +32,7 @@ from ris.config.schema import ModelSpec
 
 # ModelDetails lives with the wire message that carries it to the server (ModelInfo); backends
 # know it from here.
-from ris.messages import LaneRequest, ModelDetails, TaskOutput, TaskProgress
+from ris.messages import EngineFigures, LaneRequest, ModelDetails, TaskOutput, TaskProgress
 from ris.preemption.policy import Activity, PreemptionPolicy, Yielder
 
 
@@ -244,6 +244,11 @@ class ConcurrentRunner(LaneRunner[BackendT, RequestT, OutcomeT]):
 
     def forget(self, backend: BackendT) -> None:  # noqa: B027 - optional: most keep nothing
         """`backend` is being unloaded (it holds no task): drop what was kept of it."""
+
+    def figures(self) -> EngineFigures | None:
+        """Its engine's figures for the heartbeat (None: it counts none). Called from the
+        heartbeat thread while the worker's thread steps: read, never change, its state."""
+        return None
 
     def run(
         self, backend: BackendT, task_id: str, request: RequestT, cancelled: Callable[[], bool]

@@ -8,9 +8,11 @@ too, so a backend that forgets cannot leave images paused for a whole request.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
+import threading
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
@@ -34,6 +36,7 @@ from ris.lanes.base import (
     WorkerEnv,
     result_from_json,
 )
+from ris.messages import EngineFigures
 from ris.preemption.policy import Activity
 
 # Sequences the worker decodes together when config.json does not say (LaneConfig.parallel).
@@ -346,6 +349,11 @@ class LLMBatch(ABC):
         """Compute the coming steps on `threads` threads (the lane borrowed or gave back idle
         cores between two steps). A batch whose library cannot change its pool keeps its own."""
 
+    def figures(self) -> EngineFigures | None:
+        """What this batch has done since it was made and holds now (None: it does not count).
+        Read from the heartbeat thread between or during steps: plain reads of counters."""
+        return None
+
 
 def generate_alone(batch: LLMBatch, req: LLMRequest, out: TextOutput) -> LLMOutcome:
     """One request alone on a backend's batch, start to end: a batching backend's `generate`
@@ -557,6 +565,17 @@ def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_toke
     )
 
 
+def add_figures(a: EngineFigures, b: EngineFigures, gauges: bool) -> EngineFigures:
+    """`a` with `b`'s counters added, and its gauges (what a batch holds now) when `gauges`."""
+    held = ("sequences", "kv_cache_tokens", "kv_cache_capacity_tokens")
+    return EngineFigures(
+        **{
+            f.name: getattr(a, f.name) + (getattr(b, f.name) if gauges or f.name not in held else 0)
+            for f in dataclasses.fields(EngineFigures)
+        }
+    )
+
+
 def _as_backend_error(e: Exception) -> BackendError:
     if isinstance(e, BackendError):
         return e
@@ -576,6 +595,10 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         self._batches: dict[int, LLMBatch | None] = {}  # by id() of the backend
         self._phase = Activity.IDLE  # the board starts idle
         self._threads: int | None = None  # set once the lane borrowed or gave back cores
+        # The counters of batches forgotten (their model unloaded), so the worker's own stay
+        # monotonic; the lock keeps a heartbeat from summing a batch both here and live.
+        self._retired = EngineFigures()
+        self._figures_lock = threading.Lock()
 
     def admit(
         self, backend: LLMBackend, task_id: str, request: LLMRequest, cancelled: Callable[[], bool]
@@ -670,7 +693,25 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         # Its batch held the backend (a bound method of it): kept, every reload of a model
         # (keep_alive 0, an eviction) left one more backend behind, and a later backend could
         # not take its id.
-        self._batches.pop(id(backend), None)
+        with self._figures_lock:
+            batch = self._batches.pop(id(backend), None)
+            done = batch.figures() if batch is not None else None
+            if done is not None:  # its counters stay counted; what it held is let go
+                self._retired = add_figures(self._retired, done, gauges=False)
+
+    def figures(self) -> EngineFigures | None:
+        """The worker's engine figures: every batch's counters since the worker started, what
+        the live ones hold now. None while no batch has counted anything."""
+        with self._figures_lock:
+            live = [
+                f for b in list(self._batches.values()) if b is not None and (f := b.figures()) is not None
+            ]
+            if not live and self._retired == EngineFigures():
+                return None
+            total = self._retired
+            for f in live:
+                total = add_figures(total, f, gauges=True)
+            return total
 
     def _batch(self, backend: LLMBackend) -> LLMBatch | None:
         if id(backend) not in self._batches:

@@ -690,8 +690,11 @@ class Engine:
             self._update_slots(replica.lane)
             return
         self._supervisor.heard(replica.watch, msg.progress_events if isinstance(msg, m.Heartbeat) else None)
-        if isinstance(msg, m.Heartbeat) and msg.borrowed_cores is not None:
-            replica.lending = msg
+        if isinstance(msg, m.Heartbeat):
+            if msg.borrowed_cores is not None:
+                replica.lending = msg
+            if msg.engine is not None:
+                replica.engine = msg.engine
         if isinstance(msg, (m.TaskOutput, m.TaskProgress)):
             self._on_progress(replica, msg)
         elif isinstance(msg, (m.TaskDone, m.TaskError, m.TaskCancelled)):
@@ -1095,6 +1098,7 @@ class Engine:
             replica.failure = m.WorkerFailed(code, message)
         replica.worker.kill()
         replica.ready_info = None  # its models and voices went with it
+        replica.engine = None  # and its counters: the next process counts from 0
         replica.forget_waits()
         self._supervisor.killed(replica.watch)
         self._update_slots(replica.lane)

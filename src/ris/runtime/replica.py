@@ -21,6 +21,8 @@ class Replica:
     ready_info: m.WorkerReady | None = None
     # The last heartbeat's word on borrowed cores (a lane with borrow_idle_cores).
     lending: m.Heartbeat | None = None
+    # The last heartbeat's engine figures (an LLM worker whose backend counts them).
+    engine: m.EngineFigures | None = None
     failure: m.WorkerFailed | None = None
     # The models it holds now, by name: those of WorkerReady, then ModelLoaded / ModelUnloaded.
     models: dict[str, m.ModelInfo] = field(default_factory=dict)

@@ -61,6 +61,9 @@ class WorkerStatus:
     link: str | None = None
     # The models it holds now (loaded at start or on first use, not yet unloaded).
     models: tuple[str, ...] = ()
+    # An LLM worker's batching engine: decode steps, prompt and generated tokens since it
+    # started, its KV cache now (messages.EngineFigures as JSON; None: it counts none).
+    engine: dict[str, int] | None = None
 
     def as_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -197,6 +200,7 @@ def worker_status(r: Replica) -> WorkerStatus:
         node_ip=usage.node_ip,
         link=usage.link,
         models=tuple(r.models) if info else (),
+        engine=dataclasses.asdict(r.engine) if r.engine is not None and info else None,
     )
 
 

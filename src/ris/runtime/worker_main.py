@@ -131,6 +131,8 @@ class _Shared:
     running: set[str] = field(default_factory=set)  # ids held by a concurrent runner
     known: set[str] = field(default_factory=set)  # ids received and not yet reported ended
     unstreamed: set[str] = field(default_factory=set)  # ids whose outputs only the result reads
+    # The runner's engine figures for the heartbeat (ConcurrentRunner.figures), once it exists.
+    figures: Callable[[], m.EngineFigures | None] | None = None
 
     def ended(self, task_id: str) -> None:
         self.running.discard(task_id)
@@ -350,10 +352,14 @@ def serve(
         stop = threading.Event()
         while not stop.wait(HEARTBEAT_INTERVAL_S):
             try:
+                engine = state.figures() if state.figures is not None else None
+            except Exception:  # noqa: BLE001 - a view: a bug in it must not stop the heartbeat
+                engine = None
+            try:
                 if lending is None:
-                    out.send(m.Heartbeat(progress_events=state.progress_events))
+                    out.send(m.Heartbeat(progress_events=state.progress_events, engine=engine))
                 else:
-                    out.send(m.Heartbeat(state.progress_events, lending.borrowed, lending.threads))
+                    out.send(m.Heartbeat(state.progress_events, lending.borrowed, lending.threads, engine))
             except (OSError, ValueError):
                 return
 
@@ -398,6 +404,7 @@ def serve(
     gpu_oom_message = _gpu_budget_message(spec.gpu_budget_bytes, cfg.gpu_memory_fraction)
     if isinstance(runner, ConcurrentRunner):
         cache.unloading.append(runner.forget)
+        state.figures = runner.figures
         # The lane is idle again once nothing runs or waits, even where its last task ended
         # before the runner published anything (a refused request, a failed load) after the
         # runner's own idle mark was held back for it: a lender's busy mark on arrival too.
