@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 import wave
@@ -19,6 +20,7 @@ import pytest
 
 from ris import Client
 from ris.launch import free_port
+from ris.runtime.store import STORE_VERSION
 
 from .server import PLUGINS, refused_serve, with_plugins
 from .waiting import wait_state
@@ -76,19 +78,28 @@ def test_a_store_sqlite_cannot_read_is_one_line_naming_it_and_what_to_do(tmp_pat
         )
     )
     data.mkdir()
-    for broken in (b"not a database at all " * 300, None):
-        store = data / "tasks.db"
+    store = data / "tasks.db"
+    for broken in (b"not a database at all " * 300, None, "newer"):
         if broken is None:
             store.unlink()
             store.mkdir()
+        elif broken == "newer":  # a data folder a newer RIS wrote, served by this one
+            store.rmdir()
+            db = sqlite3.connect(str(store))
+            db.execute(f"PRAGMA user_version={STORE_VERSION + 1}")
+            db.execute("CREATE TABLE tasks (id TEXT)")
+            db.commit()
+            db.close()
         else:
             store.write_bytes(broken)
         done = refused_serve(config)
         assert done.returncode == 1, done.stderr
         [line] = done.stderr.strip().splitlines()
         assert line.startswith("ris serve: the task store") and str(store) in line, line
-        if broken is not None:
+        if isinstance(broken, bytes):
             assert "move it aside to start with an empty one" in line
+        if broken == "newer":
+            assert "was written by a newer RIS" in line and "another data_dir" in line
 
 
 @contextmanager

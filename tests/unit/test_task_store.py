@@ -112,3 +112,29 @@ def test_a_held_write_is_named_by_its_task() -> None:
         " of task t2"
     )
     assert _of_task("DELETE FROM tasks WHERE id IN (?, ?)", ("a", "b")) == ""
+
+
+def test_a_store_says_its_version_and_one_newer_than_this_code_is_refused_in_words(tmp_path: Path) -> None:
+    """A downgrade (an older RIS on a data folder a newer one wrote) is refused before it
+    could misread rows, with what to do; an unversioned store from before is brought up."""
+    from ris.runtime.store import STORE_VERSION, store_problem
+
+    path = tmp_path / "tasks.db"
+    older = sqlite3.connect(str(path))
+    older.execute(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, lane TEXT, model TEXT, state TEXT, priority INTEGER, "
+        "request TEXT, submitted_at REAL, started_at REAL, finished_at REAL, attempts INTEGER, "
+        "error_code TEXT, error_message TEXT, result TEXT)"
+    )
+    older.commit()
+    older.close()
+    assert store_problem(path) is None  # user_version 0: a store from before versions
+    TaskStore(path).close()
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION
+    db.execute(f"PRAGMA user_version={STORE_VERSION + 1}")
+    db.commit()
+    db.close()
+    problem = store_problem(path)
+    assert problem is not None and "written by a newer RIS" in problem and str(path) in problem
+    assert f"store version {STORE_VERSION + 1}; this one reads up to {STORE_VERSION}" in problem

@@ -78,6 +78,13 @@ _ADDED_COLUMNS = (
 )
 
 
+# The store's layout, in SQLite's user_version: what an older RIS finds there tells it the
+# store is newer than it reads (store_problem refuses it in words, before it could misread
+# rows or fail on a table it lacks). Raise it with a change an older version cannot read
+# (not with an added column: _ADDED_COLUMNS brings those up to date both ways).
+STORE_VERSION = 1
+
+
 # StoredTask.on_restart's values.
 CANCELLED = "cancelled"
 ABANDONED = "abandoned"
@@ -203,10 +210,12 @@ def store_problem(path: Path) -> str | None:
             return f"the task store's {str(p)!r} {what}{owner_note(p)}"
     if not path.exists():
         return None
+    version = 0
     try:
         db = sqlite3.connect(str(path), timeout=1.0)
         try:
             found = db.execute("PRAGMA quick_check").fetchone()
+            version = db.execute("PRAGMA user_version").fetchone()[0]
         finally:
             db.close()
     except sqlite3.OperationalError as e:  # locked, cannot be opened, an I/O error: not damage
@@ -217,6 +226,12 @@ def store_problem(path: Path) -> str | None:
         return (
             f"the task store {str(path)!r} is damaged ({found[0]}): move it aside to start "
             "with an empty one (the tasks it held, and their results, are then forgotten)"
+        )
+    if version > STORE_VERSION:
+        return (
+            f"the task store {str(path)!r} was written by a newer RIS (store version {version}; "
+            f"this one reads up to {STORE_VERSION}): serve with that version, or give this one "
+            "another data_dir"
         )
     return None
 
@@ -240,6 +255,8 @@ class TaskStore:
         self._wdb.execute("PRAGMA synchronous=FULL")
         self._wdb.executescript(_SCHEMA)
         self._migrate()
+        if self._wdb.execute("PRAGMA user_version").fetchone()[0] < STORE_VERSION:
+            self._wdb.execute(f"PRAGMA user_version={STORE_VERSION}")
         self._writer = StoreWriter()
         # Result files made durable before their rows are queued (_write).
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="ris-store-files")
