@@ -12,9 +12,18 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ris.sdk import AsyncClient, Client, Generation, RISError, Speech, TaskTimeout
+    from ris.sdk import AsyncClient, Client, Generation, RISError, RISWarning, Speech, TaskTimeout
 
-__all__ = ["AsyncClient", "Client", "Generation", "RISError", "Speech", "TaskTimeout", "__version__"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Generation",
+    "RISError",
+    "RISWarning",
+    "Speech",
+    "TaskTimeout",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,19 @@ pytestmark = pytest.mark.slow
 def test_quick_bench_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     proc = subprocess.run(
         # In two rounds: each phase of a service taken in turns with the others, pooled.
-        [sys.executable, "-m", "ris", "bench", "--quick", "--rounds", "2", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "ris",
+            "bench",
+            "--quick",
+            "--duration",
+            "6",
+            "--rounds",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=840,

@@ -83,7 +83,7 @@ def test_a_store_sqlite_cannot_read_is_one_line_naming_it_and_what_to_do(tmp_pat
         if broken is None:
             store.unlink()
             store.mkdir()
-        elif broken == "newer":  # a data folder a newer RIS wrote, served by this one
+        elif isinstance(broken, str):  # a data folder a newer RIS wrote, served by this one
             store.rmdir()
             db = sqlite3.connect(str(store))
             db.execute(f"PRAGMA user_version={STORE_VERSION + 1}")

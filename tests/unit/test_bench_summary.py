@@ -227,8 +227,9 @@ def test_rounds_pool_into_one_phase_counting_each_round_in_its_own_window() -> N
     assert pooled["workload"]["duration_s"] == 20.0 and pooled["rounds"] == 2
     assert [s["t0"] for s in pooled["samples"]["llm"]] == [0, 9.5, 10]
     f = summary.phase_figures(pooled)
-    # Every round's samples count: 10 + 2 + 10 gaps, the slowest from the first round's drain.
-    assert f["llm_itl_p99"] == pytest.approx(0.5) and f["llm_ttft_p99"] == pytest.approx(0.3)
+    # Every round's gaps count, by the end of its own window: not the 0.5 s gaps of the first
+    # round's drain (after 10 s), though they lie inside the pooled 20 s.
+    assert f["llm_itl_p99"] == pytest.approx(0.04) and f["llm_ttft_p99"] == pytest.approx(0.3)
     # Round 1's burst is whole; round 2's, numbered apart, had a failure and does not count.
     assert f["tts_burst_s"] == pytest.approx(0.6)
     assert f["image_steps_s"] == pytest.approx(12 / 20)
@@ -274,3 +275,15 @@ def test_a_goal_met_at_the_median_with_a_repetition_far_beyond_it_is_not_met() -
         }
     )  # fmt: skip
     assert "1.05x, worst repetition 1.25x — **NOT met** (met at the median; a repetition beyond" in text
+
+
+def test_rounds_too_short_to_hold_a_speech_burst_are_refused_before_anything_starts() -> None:
+    import argparse
+
+    from ris.benchmark import run
+
+    ns = argparse.Namespace(
+        gpu=False, quick=False, duration=30.0, rounds=10, configs=["isolated"], tts_model=None, repetitions=1
+    )
+    with pytest.raises(SystemExit, match="rounds of 3 s, shorter than the 8 s between speech bursts"):
+        run.run(ns)

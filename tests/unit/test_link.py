@@ -163,3 +163,25 @@ def test_without_pollrdhup_ending_the_link_reads_until_the_servers_end(
     assert end_link(conn, 5) is True
     thread.join(10)
     conn.close()
+
+
+def test_only_an_address_that_never_answers_is_the_nodes_a_silent_port_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the server remembers as a node it cannot reach (ray.py, LINK_UNREACHABLE_S): a
+    connection with no answer at all or no route. A port that accepts and never answers the
+    key exchange (a stranger's, a slow actor) is that actor's, not the node's."""
+    from ris.runtime.workers import link
+
+    def dropped(address: tuple[str, int], timeout: float) -> socket.socket:
+        raise TimeoutError("timed out")  # what a firewall that drops gives after `timeout`
+
+    with monkeypatch.context() as patch:
+        patch.setattr(socket, "create_connection", dropped)
+        with pytest.raises(link.NodeUnreachable, match="no answer from 10.0.0.9"):
+            connect_link(("10.0.0.9", 4000), KEY, 0.2)
+    monkeypatch.setattr(link, "CHALLENGE_TIMEOUT_S", 0.3)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        with pytest.raises(OSError) as raised:
+            connect_link(silent.getsockname(), KEY, 1.0)
+        assert not isinstance(raised.value, link.NodeUnreachable)

@@ -318,3 +318,15 @@ def test_the_workers_engine_figures_add_its_batches_and_keep_counting_past_an_un
     )
     runner.forget(second)
     assert runner.figures() == EngineFigures(decode_steps=8, generated_tokens=16)
+
+    class Uncounted(ScriptedBatch):
+        def figures(self) -> EngineFigures:
+            return EngineFigures(kv_cache_capacity_tokens=64)  # made, nothing counted yet
+
+    runner, uncounted = LLMRunner(Env().worker_env()), Batched(Uncounted(slots=1))
+    runner.admit(uncounted, "c", LLMRequest(prompt="bad", max_tokens=1), never)  # refused at add
+    runner.step()
+    assert runner.figures() == EngineFigures(kv_cache_capacity_tokens=64)
+    runner.forget(uncounted)
+    # Zeros, not None: no figures would leave the last heartbeat's capacity standing.
+    assert runner.figures() == EngineFigures()

@@ -445,3 +445,26 @@ def test_an_llm_workers_engine_figures_are_exported_per_worker() -> None:
         ("ris_llm_engine_kv_cache_tokens", "0"): 450,
         ("ris_llm_engine_kv_cache_capacity_tokens", "0"): 16384,
     }
+
+
+@run
+async def test_a_crashed_workers_engine_figures_go_with_it(tmp_path: Path) -> None:
+    """The figures are the process's (its counters from 0): after a crash its successor's are
+    shown once it says them, never the dead one's as if they were the new one's."""
+    async with started_engine(tmp_path) as (eng, workers, clock):
+        llm = workers[Lane.LLM]
+        llm.ready()
+        llm.deliver(m.Heartbeat(3, engine=m.EngineFigures(decode_steps=40, kv_cache_capacity_tokens=2048)))
+
+        def engine() -> dict[str, int] | None:
+            return eng.snapshot().lane(Lane.LLM).workers[0].engine
+
+        assert engine() == dataclasses.asdict(m.EngineFigures(decode_steps=40, kv_cache_capacity_tokens=2048))
+        llm.die()
+        eng.check()
+        clock.advance(1.0)
+        eng.check()
+        llm.ready()
+        assert engine() is None
+        llm.deliver(m.Heartbeat(1, engine=m.EngineFigures(decode_steps=2, kv_cache_capacity_tokens=2048)))
+        assert engine() is not None and engine()["decode_steps"] == 2  # type: ignore[index]

@@ -15,7 +15,16 @@ from ris.runtime.binding import THREAD_ENV_VARS, Binding
 
 
 def test_public_names() -> None:
-    names = ["AsyncClient", "Client", "Generation", "RISError", "Speech", "TaskTimeout", "__version__"]
+    names = [
+        "AsyncClient",
+        "Client",
+        "Generation",
+        "RISError",
+        "RISWarning",
+        "Speech",
+        "TaskTimeout",
+        "__version__",
+    ]
     assert ris.__all__ == names
 
 

@@ -9,13 +9,14 @@ import inspect
 import io
 import json
 import time
+import warnings
 import wave
 from typing import Any
 
 import httpx
 import pytest
 
-from ris import AsyncClient, Client, RISError, TaskTimeout
+from ris import AsyncClient, Client, RISError, RISWarning, TaskTimeout
 
 TASK = "a" * 32
 PROGRESS = {"task_id": TASK, "status": "succeeded", "step": 2, "total_steps": 2, "progress": 1.0}
@@ -684,3 +685,31 @@ def test_the_address_and_key_come_from_the_environment_as_the_ris_command_reads_
         ("http://gpu-box:9000/health", "Bearer from-the-env"),
         ("http://other:1/health", "Bearer given"),
     ]
+
+
+def test_the_calls_that_return_bare_bytes_raise_the_servers_warnings_as_python_warnings() -> None:
+    """image() and speak() return bytes: the task's warnings (use_turbo served by a model that
+    is not a turbo one) reached generate_image()'s JSON only, never their callers."""
+    said = "use_turbo: no turbo model is installed; sd-tiny runs 4 steps"
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/image/generate":
+            return httpx.Response(202, json={"task_id": "t", "status": "queued", "warnings": [said]})
+        if "/progress/" in request.url.path:
+            return httpx.Response(200, json={"task_id": "t", "status": "succeeded", "progress": 1.0})
+        if request.url.path == "/api/chat/speak":
+            start = {"task_id": "s", "sample_rate": 16000, "tts_model": "e", "warnings": ["voice chosen: zh"]}
+            return httpx.Response(200, content=_speak_stream(("start", start), ("done", {})))
+        return httpx.Response(200, content=b"\x89PNG")
+
+    calls = (
+        (lambda c: c.image("a cat", use_turbo=True), said),
+        (lambda c: c.speak("hi"), "voice chosen: zh"),
+    )
+    for call, expected in calls:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            results = _both(httpx.MockTransport(server), call)
+        assert not [r for r in results if isinstance(r, Exception)], results
+        # Once from each client, the sync and the async one.
+        assert [str(w.message) for w in got if w.category is RISWarning] == [expected, expected]

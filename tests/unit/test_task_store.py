@@ -117,7 +117,7 @@ def test_a_held_write_is_named_by_its_task() -> None:
 def test_a_store_says_its_version_and_one_newer_than_this_code_is_refused_in_words(tmp_path: Path) -> None:
     """A downgrade (an older RIS on a data folder a newer one wrote) is refused before it
     could misread rows, with what to do; an unversioned store from before is brought up."""
-    from ris.runtime.store import STORE_VERSION, store_problem
+    from ris.runtime.store import STORE_VERSION, StoreTooNew, store_problem
 
     path = tmp_path / "tasks.db"
     older = sqlite3.connect(str(path))
@@ -138,3 +138,11 @@ def test_a_store_says_its_version_and_one_newer_than_this_code_is_refused_in_wor
     problem = store_problem(path)
     assert problem is not None and "written by a newer RIS" in problem and str(path) in problem
     assert f"store version {STORE_VERSION + 1}; this one reads up to {STORE_VERSION}" in problem
+    # Opened without the command's check (an app made in a program): refused the same, untouched.
+    with pytest.raises(StoreTooNew, match="written by a newer RIS"):
+        TaskStore(path)
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION + 1
+    assert "owner" in {row[1] for row in db.execute("PRAGMA table_info(tasks)")}  # from the first open
+    assert db.execute("SELECT name FROM sqlite_master WHERE name='removed'").fetchone() is not None
+    db.close()

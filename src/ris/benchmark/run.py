@@ -58,7 +58,8 @@ def round_order(phases: tuple[str, ...], rounds: int) -> list[tuple[int, str]]:
     so the lanes alone and all lanes at once are measured in turns across the whole run, and
     what the machine does meanwhile (a burst of other work, a slow drift) falls on both rather
     than on whichever phase it happened to meet; the reversal keeps each phase's place in the
-    sequence from favouring it."""
+    sequence from favouring it (exactly with an even number of rounds; with an odd one the
+    first round's order has one round more)."""
     return [
         (k, phase) for k in range(rounds) for phase in (phases if k % 2 == 0 else tuple(reversed(phases)))
     ]
@@ -240,6 +241,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     code = revision()  # now: the code that runs, not what the checkout holds at the end
     steps = plan(names, args.repetitions)
     slice_w = replace(w, duration_s=w.duration_s / args.rounds)
+    if args.rounds > 1 and slice_w.duration_s < w.tts_burst_every_s:
+        raise SystemExit(
+            f"ris bench: --rounds {args.rounds} makes rounds of {slice_w.duration_s:g} s, shorter than "
+            f"the {w.tts_burst_every_s:g} s between speech bursts (a round would have none): "
+            f"fewer rounds, or --duration {w.tts_burst_every_s * args.rounds:g} or more"
+        )
     per_phase = slice_w.duration_s + 2.0
     total = sum(STARTUP_ESTIMATE_S[kind] + per_phase * len(s.phases) * args.rounds for s in steps)
     bar = ProgressBar(total)

@@ -69,6 +69,20 @@ def burst_times(tts: Iterable[dict[str, Any]]) -> list[float]:
     ]
 
 
+def gaps_in_window(stream: dict[str, Any], end: float) -> list[float]:
+    """A streamed answer's gaps between tokens that ended by `end`, its window's end: after
+    it the load eases (no new speech, images cancelled), and the gaps of the drain would be
+    the calm ones, one more drain per round (`--rounds`) diluting the phase's tail."""
+    t = stream["t0"] + stream["ttft_s"]
+    out = []
+    for gap in stream["itl_s"]:
+        t += gap
+        if t > end:
+            break
+        out.append(gap)
+    return out
+
+
 def phase_figures(result: dict[str, Any]) -> dict[str, float | None]:
     """One phase's raw samples -> its figures (see METRICS)."""
     samples: dict[str, list[dict[str, Any]]] = result["samples"]
@@ -80,7 +94,7 @@ def phase_figures(result: dict[str, Any]) -> dict[str, float | None]:
     if "llm" in lanes:
         f["llm_ttft_p50"] = _p([s["ttft_s"] for s in streams], 50)
         f["llm_ttft_p99"] = _p([s["ttft_s"] for s in streams], 99)
-        itl = [g for s in streams for g in s["itl_s"]]
+        itl = [g for s in streams for g in gaps_in_window(s, s.get("window_end", window))]
         f["llm_itl_p50"], f["llm_itl_p99"] = _p(itl, 50), _p(itl, 99)
         f["llm_latency_p50"] = _p([s["latency_s"] for s in llm], 50)
         f["llm_tok_s"] = _p([s["decode_tok_s"] for s in streams if s.get("decode_tok_s")], 50)

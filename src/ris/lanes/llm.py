@@ -598,6 +598,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
         # The counters of batches forgotten (their model unloaded), so the worker's own stay
         # monotonic; the lock keeps a heartbeat from summing a batch both here and live.
         self._retired = EngineFigures()
+        self._counting = False  # a batch has given figures
         self._figures_lock = threading.Lock()
 
     def admit(
@@ -706,8 +707,11 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             live = [
                 f for b in list(self._batches.values()) if b is not None and (f := b.figures()) is not None
             ]
-            if not live and self._retired == EngineFigures():
+            self._counting = self._counting or bool(live)
+            if not self._counting:
                 return None
+            # Once a batch counted, figures always: with every model unloaded, zeros for what
+            # they held (no figures at all would leave the last ones standing where they go).
             total = self._retired
             for f in live:
                 total = add_figures(total, f, gauges=True)

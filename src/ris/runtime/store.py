@@ -227,13 +227,21 @@ def store_problem(path: Path) -> str | None:
             f"the task store {str(path)!r} is damaged ({found[0]}): move it aside to start "
             "with an empty one (the tasks it held, and their results, are then forgotten)"
         )
-    if version > STORE_VERSION:
-        return (
-            f"the task store {str(path)!r} was written by a newer RIS (store version {version}; "
-            f"this one reads up to {STORE_VERSION}): serve with that version, or give this one "
-            "another data_dir"
-        )
-    return None
+    return _too_new(path, version)
+
+
+def _too_new(path: Path, version: int) -> str | None:
+    if version <= STORE_VERSION:
+        return None
+    return (
+        f"the task store {str(path)!r} was written by a newer RIS (store version {version}; "
+        f"this one reads up to {STORE_VERSION}): serve with that version, or give this one "
+        "another data_dir"
+    )
+
+
+class StoreTooNew(RuntimeError):
+    """A store whose layout is newer than this code reads (store_problem's words)."""
 
 
 def owner_note(path: Path) -> str:
@@ -253,6 +261,12 @@ class TaskStore:
         self._wdb = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._wdb.execute("PRAGMA journal_mode=WAL")
         self._wdb.execute("PRAGMA synchronous=FULL")
+        # Before the schema script or a migration touches it (an app made without the CLI's
+        # store_problem check, a test, an embedding program).
+        too_new = _too_new(path, self._wdb.execute("PRAGMA user_version").fetchone()[0])
+        if too_new:
+            self._wdb.close()
+            raise StoreTooNew(too_new)
         self._wdb.executescript(_SCHEMA)
         self._migrate()
         if self._wdb.execute("PRAGMA user_version").fetchone()[0] < STORE_VERSION:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ class RISError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
+
+
+class RISWarning(UserWarning):
+    """What the server said of a request it served differently than asked (a task's
+    `warnings`: use_turbo served by a model that is not a turbo one, a voice chosen for the
+    text's language), raised through Python's warnings for the calls that return bare bytes
+    (image(), speak()), whose callers would otherwise never see it. Filter it as any warning:
+    `warnings.simplefilter("error", ris.RISWarning)` makes it an exception."""
+
+
+def warn(said: Any) -> None:
+    for text in said or ():
+        warnings.warn(str(text), RISWarning, stacklevel=4)
 
 
 class TaskTimeout(TimeoutError):

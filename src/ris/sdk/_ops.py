@@ -34,6 +34,7 @@ from ris.sdk._common import (
     llm_body,
     set_by_the_call,
     stream_failure,
+    warn,
     wav_bytes,
 )
 
@@ -239,6 +240,7 @@ def _spoken(text: str) -> tuple[int, bytes]:
     for name, data in [event for line in text.splitlines() for event in decoder.feed(line)] + decoder.end():
         if name == "start":
             rate = int(data["sample_rate"])
+            warn(data.get("warnings"))  # bytes come back: the answer's warnings would be lost
         elif name == "audio":
             pieces.append(data["pcm"])
     return rate, b"".join(pieces)
@@ -394,7 +396,9 @@ class Operations:
         seed, ...). Given up before the picture came (`timeout`, a cancelled asyncio task, an
         interrupt), the task is cancelled: its id was the caller's only way to stop it."""
         body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
-        task_id = (yield Call("POST", "/api/image/generate", json=body)).json()["task_id"]
+        queued = (yield Call("POST", "/api/image/generate", json=body)).json()
+        task_id = queued["task_id"]
+        warn(queued.get("warnings"))  # bytes come back: the task's warnings would be lost
         yield Undo(Call("POST", f"/api/tasks/{task_id}/cancel", retry=False))
         yield from _wait(task_id, on_progress, 0.25, timeout)
         yield Undo(None)  # it ended: nothing left to stop

@@ -17,6 +17,7 @@ handed to the actor through Ray, so nothing unpickles bytes from anyone else.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import pickle
@@ -282,10 +283,24 @@ class LinkListener:
         self._sock.close()
 
 
+class NodeUnreachable(OSError):
+    """The connection to a node's address itself failed without an answer (timed out, no
+    route): the node's, for a while (ray.py remembers it), where a refusal, a reset or a key
+    exchange that failed or timed out belong to the one actor or port."""
+
+
 def connect_link(address: tuple[str, int], key: bytes, timeout: float) -> connection.Connection:
-    """The server's end of a direct link (blocking: call it off the loop). Raises OSError
-    (refused, unreachable, timed out) or AuthenticationError."""
-    sock = socket.create_connection(address, timeout=timeout)
+    """The server's end of a direct link (blocking: call it off the loop). Raises
+    NodeUnreachable, another OSError (refused, reset, the key exchange timed out) or
+    AuthenticationError."""
+    try:
+        sock = socket.create_connection(address, timeout=timeout)
+    except TimeoutError as e:  # a firewall that drops: no answer at all
+        raise NodeUnreachable(errno.ETIMEDOUT, f"no answer from {address[0]} in {timeout:g} s") from e
+    except OSError as e:
+        if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            raise NodeUnreachable(e.errno, f"{e.strerror} ({address[0]})") from e
+        raise
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
     conn = connection.Connection(sock.detach())

@@ -72,7 +72,14 @@ from ris.runtime.binding import renice_process
 from ris.runtime.cpu_share import remove_stale
 from ris.runtime.worker_main import worker_main
 from ris.runtime.workers.base import ResourceUsage, WorkerSpec, cpu_seconds
-from ris.runtime.workers.link import LinkListener, LoopLink, SocketOut, connect_link, end_link
+from ris.runtime.workers.link import (
+    LinkListener,
+    LoopLink,
+    NodeUnreachable,
+    SocketOut,
+    connect_link,
+    end_link,
+)
 from ris.runtime.workers.ray_cluster import (
     INLINE_OBJECTS,
     Placements,
@@ -883,8 +890,8 @@ class RayWorker:
                 return
             # The node's address not reached (timed out, no route) is the node's, for a while;
             # a refusal or a reset is quick and may be this actor's own (gone before we came),
-            # and a failed key exchange a stranger's port.
-            node = isinstance(e, OSError) and not isinstance(e, ConnectionError)
+            # and a failed or timed-out key exchange a stranger's port or a slow actor.
+            node = isinstance(e, NodeUnreachable)
             if node:
                 self._pool.unreachable[host] = time.monotonic()
             log.warning(
