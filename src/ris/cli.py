@@ -513,6 +513,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"       error: {w['error']}")
         if s.get("held"):  # its queue starts nothing now (a full disk): "idle" said nothing of it
             print(f"       held: {s['held']} (its queue starts nothing until that passes)")
+        if w.get("engine"):
+            print(f"       engine: {_engine_line(w['engine'])}")
         rates = s.get("throughput_per_s") or {}
         if rates:
             shown = ", ".join(f"{_num(v, 3)} {_per_s(k)}" for k, v in sorted(rates.items()))
@@ -537,6 +539,25 @@ def cmd_status(args: argparse.Namespace) -> int:
         used, total = g["memory_used_bytes"] / 2**30, g["memory_total_bytes"] / 2**30
         print(f"gpu {g['index']} {g['name']}: {used:.1f} of {total:.1f} GiB memory used{busy}")
     return 0
+
+
+def _engine_line(e: dict[str, int]) -> str:
+    """An LLM worker's batching engine in words (messages.EngineFigures): what is running and
+    held now, and since the worker started the mean batch and the prompt cache's hits."""
+    parts = [
+        f"{e['sequences']} running",
+        f"KV cache {e['kv_cache_tokens']} of {e['kv_cache_capacity_tokens']} tokens",
+    ]
+    if e["decode_steps"]:
+        parts.append(
+            f"mean batch {e['batched_tokens'] / e['decode_steps']:.1f} tokens over {e['decode_steps']} steps"
+        )
+    prompts = e["prompt_tokens"] + e["reused_prompt_tokens"]
+    if prompts:
+        parts.append(
+            f"{100 * e['reused_prompt_tokens'] / prompts:.0f}% of {prompts} prompt tokens from the cache"
+        )
+    return ", ".join(parts)
 
 
 def _refusal_hint(e: RISError, key: str | None) -> str:

@@ -489,3 +489,29 @@ def test_status_says_a_lane_is_held() -> None:
     assert code == 0 and "held: disk_space (its queue starts nothing until that passes)" in out, err
     with answering(200, json.dumps(STATS).encode()) as url:
         assert "held" not in status(url)[1]
+
+
+def test_status_shows_the_llm_engine_of_the_lanes_worker() -> None:
+    """What /metrics has of the LLM engine, in words: running now, the KV cache's use, the mean
+    batch and the prompt cache's hits."""
+    engine = {
+        "decode_steps": 10,
+        "batched_tokens": 130,
+        "prompt_tokens": 100,
+        "reused_prompt_tokens": 300,
+        "generated_tokens": 14,
+        "sequences": 2,
+        "kv_cache_tokens": 450,
+        "kv_cache_capacity_tokens": 16384,
+    }
+    worker = {**WORKER, "engine": engine}
+    lanes = {"llm": {**STATS["lanes"]["llm"], "worker": worker, "workers": [worker]}}  # type: ignore[index]
+    with answering(200, json.dumps({"lanes": lanes}).encode()) as url:
+        code, out, err = status(url)
+    assert code == 0, err
+    assert (
+        "engine: 2 running, KV cache 450 of 16384 tokens, mean batch 13.0 tokens over 10 steps, "
+        "75% of 400 prompt tokens from the cache"
+    ) in out, out
+    with answering(200, json.dumps(STATS).encode()) as url:
+        assert "engine" not in status(url)[1]
