@@ -204,7 +204,8 @@ def test_rounds_pool_into_one_phase_counting_each_round_in_its_own_window() -> N
     first = phase(
         ["llm", "tts", "image"],
         {
-            "llm": [llm(0, 0.1, [0.02] * 9), llm(9.5, 0.1, [0.5] * 2)],  # the second ends in the drain
+            # The second's first gap ends in the window (9.9 s), its next two in the drain.
+            "llm": [llm(0, 0.1, [0.02] * 9), llm(9.0, 0.1, [0.8, 0.5, 0.5])],
             "tts": [
                 {"t0": 1, "t_end": 1.3, "latency_s": 0.3, "ok": True, "rtf": 0.2, "burst": 1},
                 {"t0": 1, "t_end": 1.6, "latency_s": 0.6, "ok": True, "rtf": 0.2, "burst": 1},
@@ -225,11 +226,14 @@ def test_rounds_pool_into_one_phase_counting_each_round_in_its_own_window() -> N
     )
     pooled = summary.pool([first, second])
     assert pooled["workload"]["duration_s"] == 20.0 and pooled["rounds"] == 2
-    assert [s["t0"] for s in pooled["samples"]["llm"]] == [0, 9.5, 10]
+    assert [s["t0"] for s in pooled["samples"]["llm"]] == [0, 9.0, 10]
     f = summary.phase_figures(pooled)
-    # Every round's gaps count, by the end of its own window: not the 0.5 s gaps of the first
-    # round's drain (after 10 s), though they lie inside the pooled 20 s.
-    assert f["llm_itl_p99"] == pytest.approx(0.04) and f["llm_ttft_p99"] == pytest.approx(0.3)
+    # Every round's gaps count, by the end of its own window: the 0.8 s gap that ended at 9.9 s,
+    # not the 0.5 s ones of the first round's drain (after 10 s), though they lie inside the
+    # pooled 20 s.
+    itl = sorted(g for s in pooled["samples"]["llm"] for g in summary.gaps_in_window(s, s["window_end"]))
+    assert itl == [0.02] * 9 + [0.04] * 9 + [0.8]
+    assert f["llm_itl_p99"] == pytest.approx(0.8) and f["llm_ttft_p99"] == pytest.approx(0.3)
     # Round 1's burst is whole; round 2's, numbered apart, had a failure and does not count.
     assert f["tts_burst_s"] == pytest.approx(0.6)
     assert f["image_steps_s"] == pytest.approx(12 / 20)

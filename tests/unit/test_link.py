@@ -4,6 +4,7 @@ sockets without Ray: the key exchange, the event loop's end, and the actor's end
 from __future__ import annotations
 
 import asyncio
+import errno
 import pickle
 import socket
 import threading
@@ -176,10 +177,19 @@ def test_only_an_address_that_never_answers_is_the_nodes_a_silent_port_is_not(
     def dropped(address: tuple[str, int], timeout: float) -> socket.socket:
         raise TimeoutError("timed out")  # what a firewall that drops gives after `timeout`
 
-    with monkeypatch.context() as patch:
-        patch.setattr(socket, "create_connection", dropped)
-        with pytest.raises(link.NodeUnreachable, match="no answer from 10.0.0.9"):
-            connect_link(("10.0.0.9", 4000), KEY, 0.2)
+    def no_route(address: tuple[str, int], timeout: float) -> socket.socket:
+        raise OSError(errno.EHOSTUNREACH, "No route to host")
+
+    def refused(address: tuple[str, int], timeout: float) -> socket.socket:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    for failing, node in ((dropped, True), (no_route, True), (refused, False)):
+        with monkeypatch.context() as patch:
+            patch.setattr(socket, "create_connection", failing)
+            with pytest.raises(OSError) as raised:
+                connect_link(("10.0.0.9", 4000), KEY, 0.2)
+        assert isinstance(raised.value, link.NodeUnreachable) is node, failing
+        assert "10.0.0.9" in str(raised.value) or not node
     monkeypatch.setattr(link, "CHALLENGE_TIMEOUT_S", 0.3)
     with socket.create_server(("127.0.0.1", 0)) as silent:
         with pytest.raises(OSError) as raised:

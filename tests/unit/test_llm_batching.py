@@ -330,3 +330,11 @@ def test_the_workers_engine_figures_add_its_batches_and_keep_counting_past_an_un
     runner.forget(uncounted)
     # Zeros, not None: no figures would leave the last heartbeat's capacity standing.
     assert runner.figures() == EngineFigures()
+    # A batch that counted and was forgotten between two heartbeats (keep_alive 0 on a short
+    # request): no heartbeat saw it alive, its counters still count.
+    runner, brief = LLMRunner(Env().worker_env()), Batched(Counting(4))
+    runner.admit(brief, "d", LLMRequest(prompt="d", max_tokens=1), never)
+    while runner.busy():
+        runner.step()
+    runner.forget(brief)
+    assert runner.figures() == EngineFigures(decode_steps=4, generated_tokens=8)

@@ -711,5 +711,23 @@ def test_the_calls_that_return_bare_bytes_raise_the_servers_warnings_as_python_w
             warnings.simplefilter("always")
             results = _both(httpx.MockTransport(server), call)
         assert not [r for r in results if isinstance(r, Exception)], results
-        # Once from each client, the sync and the async one.
-        assert [str(w.message) for w in got if w.category is RISWarning] == [expected, expected]
+        # Once from each client, the sync and the async one; the sync one at the caller's line.
+        warned = [w for w in got if w.category is RISWarning]
+        assert [str(w.message) for w in warned] == [expected, expected]
+        assert warned[0].filename == __file__, warned[0].filename
+    # Made an error by the caller's filter: image() gives up, and cancels its task as it does
+    # for every other way of giving up (the task id was the caller's only way to stop it).
+    log: list[str] = []
+
+    def logged(request: httpx.Request) -> httpx.Response:
+        log.append(f"{request.method} {request.url.path}")
+        if request.url.path.endswith("/cancel"):
+            return httpx.Response(200, json={"task_id": "t", "outcome": "requested"})
+        return server(request)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RISWarning)
+        with Client("http://ris.test", transport=httpx.MockTransport(logged)) as c:
+            with pytest.raises(RISWarning):
+                c.image("a cat", use_turbo=True)
+    assert log == ["POST /api/image/generate", "POST /api/tasks/t/cancel"]

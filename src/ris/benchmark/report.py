@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ris.benchmark.summary import METRICS, Metric
+from ris.benchmark.summary import METRICS, Metric, gaps_in_window
 
 SEED_ROWS = {
     "llm": "LLM response time",
@@ -154,7 +154,13 @@ def distributions(phase_results: dict[str, list[dict[str, Any]]]) -> dict[str, d
         for r in results:
             s = r["samples"]
             d["llm_ttft_ms"] += [1000 * x["ttft_s"] for x in s["llm"] if x.get("ok") and x.get("stream")]
-            d["llm_itl_ms"] += [1000 * g for x in s["llm"] if x.get("ok") for g in x.get("itl_s", [])]
+            end = float(r["workload"]["duration_s"])
+            d["llm_itl_ms"] += [
+                1000 * g
+                for x in s["llm"]
+                if x.get("ok") and x.get("stream")
+                for g in gaps_in_window(x, x.get("window_end", end))
+            ]
             d["tts_rtf"] += [x["rtf"] for x in s["tts"] if x.get("ok")]
             d["image_wait_s"] += [x["queue_wait_s"] for x in s["image"] if "queue_wait_s" in x]
     return out

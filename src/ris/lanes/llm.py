@@ -699,6 +699,7 @@ class LLMRunner(ConcurrentRunner[LLMBackend, LLMRequest, LLMOutcome]):
             done = batch.figures() if batch is not None else None
             if done is not None:  # its counters stay counted; what it held is let go
                 self._retired = add_figures(self._retired, done, gauges=False)
+                self._counting = True  # also where no heartbeat saw it alive
 
     def figures(self) -> EngineFigures | None:
         """The worker's engine figures: every batch's counters since the worker started, what

@@ -259,14 +259,14 @@ class TaskStore:
         self.path = path
         # The writer's connection, used only on the writer's thread.
         self._wdb = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._wdb.execute("PRAGMA journal_mode=WAL")
-        self._wdb.execute("PRAGMA synchronous=FULL")
-        # Before the schema script or a migration touches it (an app made without the CLI's
-        # store_problem check, a test, an embedding program).
+        # Before anything writes to it (an app made without the CLI's store_problem check, a
+        # test, an embedding program).
         too_new = _too_new(path, self._wdb.execute("PRAGMA user_version").fetchone()[0])
         if too_new:
             self._wdb.close()
             raise StoreTooNew(too_new)
+        self._wdb.execute("PRAGMA journal_mode=WAL")
+        self._wdb.execute("PRAGMA synchronous=FULL")
         self._wdb.executescript(_SCHEMA)
         self._migrate()
         if self._wdb.execute("PRAGMA user_version").fetchone()[0] < STORE_VERSION:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,17 @@ class RISWarning(UserWarning):
     `warnings.simplefilter("error", ris.RISWarning)` makes it an exception."""
 
 
+_SDK_DIR = str(Path(__file__).parent)
+
+
 def warn(said: Any) -> None:
+    """Each of the server's warnings as a RISWarning, said at the caller's line: the first
+    frame outside the SDK (its calls run through generators and the client's driver)."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_code.co_filename.startswith(_SDK_DIR):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     for text in said or ():
-        warnings.warn(str(text), RISWarning, stacklevel=4)
+        warnings.warn(str(text), RISWarning, stacklevel=level)
 
 
 class TaskTimeout(TimeoutError):

@@ -398,8 +398,10 @@ class Operations:
         body = {"prompt": prompt, **{k: v for k, v in options.items() if v is not None}}
         queued = (yield Call("POST", "/api/image/generate", json=body)).json()
         task_id = queued["task_id"]
-        warn(queued.get("warnings"))  # bytes come back: the task's warnings would be lost
         yield Undo(Call("POST", f"/api/tasks/{task_id}/cancel", retry=False))
+        # Bytes come back: the task's warnings would be lost. After the undo: a warning made an
+        # error (warnings' "error" filter) cancels the task as any other way of giving up.
+        warn(queued.get("warnings"))
         yield from _wait(task_id, on_progress, 0.25, timeout)
         yield Undo(None)  # it ended: nothing left to stop
         return _save((yield Call("GET", f"/api/image/result/{task_id}")).content, path)
