@@ -353,26 +353,24 @@ def _configs(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _repetitions(text: str) -> int:
-    """--repetitions as a count of at least one, refused as a usage error (exit 2) like any
-    other bad argument, not after argparse has accepted it."""
+def _count(text: str, most: int | None = None) -> int:
+    """A count of at least one (and at most `most`), refused as a usage error (exit 2) like
+    any other bad argument, not after argparse has accepted it."""
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 repetition")
+    if n < 1 or (most is not None and n > most):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1" + (f", at most {most}" if most else ""))
     return n
+
+
+def _repetitions(text: str) -> int:
+    return _count(text)
 
 
 def _rounds(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= n <= 20:
-        raise argparse.ArgumentTypeError(f"{text!r}: from 1 to 20 rounds")
-    return n
+    return _count(text, most=20)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
