@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import errno
 import gc
 import importlib.util
@@ -544,7 +545,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _engine_line(said: dict[str, int]) -> str:
     """An LLM worker's batching engine in words (messages.EngineFigures): what is running and
     held now, and since the worker started the mean batch and the prompt cache's hits."""
-    e = {name: said.get(name) or 0 for name in ENGINE_FIELDS}  # a server with fewer: 0
+    from ris.messages import EngineFigures
+
+    e = {f.name: said.get(f.name) or 0 for f in dataclasses.fields(EngineFigures)}  # fewer: 0
     parts = [
         f"{e['sequences']} running",
         f"KV cache {e['kv_cache_tokens']} of {e['kv_cache_capacity_tokens']} tokens",
@@ -559,17 +562,6 @@ def _engine_line(said: dict[str, int]) -> str:
             f"{100 * e['reused_prompt_tokens'] / prompts:.0f}% of {prompts} prompt tokens from the cache"
         )
     return ", ".join(parts)
-
-
-ENGINE_FIELDS = (
-    "decode_steps",
-    "batched_tokens",
-    "prompt_tokens",
-    "reused_prompt_tokens",
-    "sequences",
-    "kv_cache_tokens",
-    "kv_cache_capacity_tokens",
-)
 
 
 def _refusal_hint(e: RISError, key: str | None) -> str:

@@ -219,21 +219,30 @@ class WorkerFailed:
     message: str
 
 
+def _counter(text: str) -> Any:
+    return field(default=0, metadata={"help": text, "gauge": False})
+
+
+def _gauge(text: str) -> Any:
+    return field(default=0, metadata={"help": text, "gauge": True})
+
+
 @dataclass(frozen=True)
 class EngineFigures:
     """What an LLM worker's batching engine has done since the worker started (counters) and
     holds now (gauges), as llama-server's /metrics tells its users: the figures behind a
     throughput or a cache question that per-task counts cannot answer (a cancelled stream's
-    tokens were still computed; a reused prompt prefix was not)."""
+    tokens were still computed; a reused prompt prefix was not). Each field's metadata says
+    which it is and what it means (/metrics' help; ris.lanes.llm.add_figures)."""
 
-    decode_steps: int = 0  # decode calls (one step of every running sequence)
-    batched_tokens: int = 0  # tokens over all those calls: / decode_steps = the mean batch
-    prompt_tokens: int = 0  # prompt tokens computed (prefill)
-    reused_prompt_tokens: int = 0  # prompt tokens found in a slot's KV cache, not computed
-    generated_tokens: int = 0  # tokens sampled, cancelled and failed sequences' included
-    sequences: int = 0  # sequences running now
-    kv_cache_tokens: int = 0  # tokens whose KV the slots hold now (kept prefixes included)
-    kv_cache_capacity_tokens: int = 0  # what the slots' KV cache holds at most
+    decode_steps: int = _counter("decode calls, each one step of every running sequence")
+    batched_tokens: int = _counter("tokens over all decode calls (per step: the mean batch)")
+    prompt_tokens: int = _counter("prompt tokens computed (prefill)")
+    reused_prompt_tokens: int = _counter("prompt tokens found in a slot's KV cache, not computed")
+    generated_tokens: int = _counter("tokens sampled, those of cancelled streams included")
+    sequences: int = _gauge("sequences running now")
+    kv_cache_tokens: int = _gauge("tokens whose KV the slots hold now (kept prefixes included)")
+    kv_cache_capacity_tokens: int = _gauge("the most tokens the slots' KV cache holds")
 
 
 @dataclass(frozen=True)

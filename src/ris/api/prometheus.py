@@ -10,6 +10,7 @@ is left out rather than printed as a bare HELP/TYPE. docs/DEPLOYMENT_GUIDE.md li
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import re
@@ -29,6 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ris import __version__
 from ris.gpus import GPUDevice
+from ris.messages import EngineFigures
 from ris.preemption.policy import Activity
 from ris.runtime.metrics import HistogramView
 from ris.runtime.snapshot import Snapshot
@@ -324,30 +326,23 @@ def _workers(snap: Snapshot) -> list[Metric]:
 
 
 # An LLM worker's batching engine (messages.EngineFigures), as llama-server's /metrics has them:
-# each field as ris_llm_engine_<field>, a counter or a gauge. Counters restart from 0 with the
-# worker process.
-ENGINE_FAMILIES = (
-    ("decode_steps", True, "decode calls, each one step of every running sequence"),
-    ("batched_tokens", True, "tokens over all decode calls (per step: the mean batch)"),
-    ("prompt_tokens", True, "prompt tokens computed (prefill)"),
-    ("reused_prompt_tokens", True, "prompt tokens found in a slot's KV cache, not computed"),
-    ("generated_tokens", True, "tokens sampled, those of cancelled streams included"),
-    ("sequences", False, "sequences running now"),
-    ("kv_cache_tokens", False, "tokens whose KV the slots hold now"),
-    ("kv_cache_capacity_tokens", False, "the most tokens the slots' KV cache holds"),
-)
+# each field as ris_llm_engine_<field>, a counter or a gauge as its metadata says. Counters
+# restart from 0 with the worker process.
+ENGINE_FIELDS = dataclasses.fields(EngineFigures)
 
 
 def _engines(snap: Snapshot) -> list[Metric]:
     families: list[CounterMetricFamily | GaugeMetricFamily] = [
-        (CounterMetricFamily if counter else GaugeMetricFamily)(f"ris_llm_engine_{name}", text, labels=WORKER)
-        for name, counter, text in ENGINE_FAMILIES
+        (GaugeMetricFamily if f.metadata["gauge"] else CounterMetricFamily)(
+            f"ris_llm_engine_{f.name}", f.metadata["help"], labels=WORKER
+        )
+        for f in ENGINE_FIELDS
     ]
     for lane in snap.lanes:
         for i, w in enumerate(lane.workers):
             if w.engine is not None:
-                for family, (name, _counter, _text) in zip(families, ENGINE_FAMILIES, strict=True):
-                    family.add_metric([lane.lane, str(i)], w.engine[name])
+                for family, f in zip(families, ENGINE_FIELDS, strict=True):
+                    family.add_metric([lane.lane, str(i)], w.engine[f.name])
     return list(families)
 
 

@@ -567,10 +567,9 @@ def max_tokens_over_context(max_tokens: int, context: int, name: str = "max_toke
 
 def add_figures(a: EngineFigures, b: EngineFigures, gauges: bool) -> EngineFigures:
     """`a` with `b`'s counters added, and its gauges (what a batch holds now) when `gauges`."""
-    held = ("sequences", "kv_cache_tokens", "kv_cache_capacity_tokens")
     return EngineFigures(
         **{
-            f.name: getattr(a, f.name) + (getattr(b, f.name) if gauges or f.name not in held else 0)
+            f.name: getattr(a, f.name) + (getattr(b, f.name) if gauges or not f.metadata["gauge"] else 0)
             for f in dataclasses.fields(EngineFigures)
         }
     )
